@@ -1,0 +1,65 @@
+"""The `sdrt` command. Importing it loads no export code, so runtime commands start fast."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from sdrt import __version__
+from sdrt.errors import SdrtError
+
+
+class SdrtGroup(click.Group):
+    """Turns sdrt's own errors into one line on stderr and a non-zero exit, never a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except SdrtError as error:
+            click.echo(f"error: {error}", err=True)
+            sys.exit(error.exit_code)
+
+
+@click.group(cls=SdrtGroup)
+@click.version_option(__version__, prog_name="sdrt")
+def main() -> None:
+    """sdrt: Stable Diffusion inference on exported ONNX / TensorRT engines."""
+
+
+@main.command()
+@click.argument("prompts", nargs=-1, required=True)
+@click.option(
+    "--model",
+    "model_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Model folder (with a tokenizer/ inside) or a tokenizer folder.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print ids, lengths and dropped text as JSON.")
+def tokenize(prompts: tuple[str, ...], model_dir: str, as_json: bool) -> None:
+    """Print the text encoder's input ids for each PROMPT."""
+    from sdrt.runtime.tokenizer import ClipTokenizer
+
+    tokenizer = ClipTokenizer.from_folder(model_dir)
+    batch = tokenizer.encode(list(prompts))
+    if as_json:
+        rows = [
+            {"prompt": p, "input_ids": ids.tolist(), "length": n, "dropped_text": d}
+            for p, ids, n, d in zip(prompts, batch.input_ids, batch.lengths, batch.dropped_text)
+        ]
+        click.echo(json.dumps(rows, ensure_ascii=False))
+        return
+    for prompt, ids, length, dropped in zip(prompts, batch.input_ids, batch.lengths, batch.dropped_text):
+        click.echo(" ".join(str(i) for i in ids[:length]))
+        if dropped:
+            click.echo(
+                f"warning: the prompt is longer than {tokenizer.max_length - 2} tokens; "
+                f"this part was dropped: {dropped!r}",
+                err=True,
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Export: Stable Diffusion models to ONNX engines (needs the `export` extra: torch, diffusers)."""

@@ -1,0 +1,1 @@
+"""The inference runtime. Nothing here imports torch, transformers, diffusers or scipy."""

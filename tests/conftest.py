@@ -1,0 +1,27 @@
+"""Shared fixtures: the real CLIP tokenizer and tiny random-weight pipelines built with diffusers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sdrt.export.random_model import KINDS, SD15_PRESET
+
+DATA_DIR = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="session")
+def sd15_dir() -> Path:
+    """The SD 1.5 preset: real configs and the real CLIP tokenizer, no weights."""
+    return SD15_PRESET
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    """One tiny random-weight pipeline per kind (standard, inpaint, v_prediction), saved in
+    the diffusers folder layout. Built once per test session, in about a second each."""
+    from sdrt.export.random_model import save_random_pipeline
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    return {kind: save_random_pipeline(root / kind, size="tiny", kind=kind, seed=0) for kind in KINDS}
