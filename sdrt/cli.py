@@ -61,5 +61,28 @@ def tokenize(prompts: tuple[str, ...], model_dir: str, as_json: bool) -> None:
             )
 
 
+@main.command()
+@click.argument("model")
+@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
+              help="Output folder (default: engines/NAME, NAME from MODEL).")
+@click.option("--config", "config_dir", default=None, type=click.Path(file_okay=False, exists=True),
+              help="For a single-file checkpoint offline: a diffusers folder with matching configs.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing export in --out.")
+def export(model: str, out_dir: str | None, config_dir: str | None, overwrite: bool) -> None:
+    """Export MODEL (diffusers folder, .safetensors/.ckpt checkpoint or hub id) to validated
+    fp32 ONNX with a manifest.json, in the layout OnnxStableDiffusionPipeline reads."""
+    from pathlib import Path
+
+    try:
+        from sdrt.export.exporter import export_model
+    except ImportError as error:
+        raise SdrtError(f"export needs the export extra ({error.name} is missing): pip install 'sdrt[export]'")
+    if out_dir is None:
+        out_dir = str(Path("engines") / Path(model.rstrip("/")).stem.replace("/", "--"))
+    manifest = export_model(model, out_dir, config=config_dir, overwrite=overwrite,
+                            progress=lambda line: click.echo(line, err=True))
+    click.echo(f"exported {len(manifest.components)} components to {out_dir}")
+
+
 if __name__ == "__main__":
     main()

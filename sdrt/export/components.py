@@ -1,0 +1,197 @@
+"""What each exported component is: its torch module, tensor names, dynamic axes and sample inputs.
+
+One `ComponentExport` per engine, read by the exporter for `torch.onnx.export`, by validation
+for its test inputs, and turned into the manifest's tensor specs. Names follow diffusers'
+`OnnxStableDiffusionPipeline`, so exported folders run there too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from sdrt.runtime.manifest import DimRange, TensorSpec
+
+# Dynamic dimension names, shared by the manifest's `dims`.
+BATCH = "batch"
+UNET_BATCH = "unet_batch"  # the UNet sees the conditional and unconditional halves together
+TIMESTEP_BATCH = "timestep_batch"  # 1 (broadcast) or unet_batch
+HEIGHT, WIDTH = "height", "width"
+LATENT_HEIGHT, LATENT_WIDTH = "latent_height", "latent_width"
+
+# Export-time ranges recorded in the manifest (TensorRT profiles are built from them).
+MAX_BATCH = 8
+MIN_IMAGE_SIDE_LATENTS = 1  # in units of the UNet's size multiple
+MAX_IMAGE_SIDE_FACTOR = 2  # up to twice the model's native size
+ONNX_OPSET = 17
+
+
+@dataclass(frozen=True)
+class ModelGeometry:
+    """Sizes read from the pipeline's configs that fix every tensor shape."""
+
+    latent_channels: int
+    unet_in_channels: int
+    text_length: int
+    text_hidden_size: int
+    vae_scale_factor: int
+    unet_size_multiple: int  # latent sides must be a multiple of this (the UNet's downsampling)
+    native_latent_size: int
+
+    @classmethod
+    def of(cls, pipeline) -> "ModelGeometry":
+        unet, vae, text = pipeline.unet.config, pipeline.vae.config, pipeline.text_encoder.config
+        downsamplers = sum(1 for block in unet.down_block_types) - 1
+        return cls(
+            latent_channels=vae.latent_channels,
+            unet_in_channels=unet.in_channels,
+            text_length=text.max_position_embeddings,
+            text_hidden_size=text.hidden_size,
+            vae_scale_factor=2 ** (len(vae.block_out_channels) - 1),
+            unet_size_multiple=2**downsamplers,
+            native_latent_size=unet.sample_size,
+        )
+
+    @property
+    def image_multiple(self) -> int:
+        return self.vae_scale_factor * self.unet_size_multiple
+
+    def dims(self) -> dict[str, DimRange]:
+        latent_max = self.native_latent_size * MAX_IMAGE_SIDE_FACTOR
+        latent_max -= latent_max % self.unet_size_multiple
+        latent = DimRange(self.unet_size_multiple * MIN_IMAGE_SIDE_LATENTS, self.native_latent_size,
+                          latent_max, self.unet_size_multiple)
+        scale = self.vae_scale_factor
+        image = DimRange(latent.min * scale, latent.opt * scale, latent.max * scale, latent.multiple * scale)
+        return {
+            BATCH: DimRange(1, 1, MAX_BATCH),
+            UNET_BATCH: DimRange(1, 2, 2 * MAX_BATCH),
+            TIMESTEP_BATCH: DimRange(1, 1, 2 * MAX_BATCH),
+            HEIGHT: image,
+            WIDTH: image,
+            LATENT_HEIGHT: latent,
+            LATENT_WIDTH: latent,
+        }
+
+
+class TextEncoder(torch.nn.Module):
+    """int32 ids (what OnnxStableDiffusionPipeline feeds) -> hidden states and pooled output."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids):
+        out = self.model(input_ids.to(torch.int64), return_dict=True)
+        return out.last_hidden_state, out.pooler_output
+
+
+class Unet(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, sample, timestep, encoder_hidden_states):
+        return self.model(sample, timestep, encoder_hidden_states, return_dict=False)[0]
+
+
+class VaeDecoder(torch.nn.Module):
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, latent_sample):
+        return self.vae.decode(latent_sample, return_dict=False)[0]
+
+
+class VaeEncoder(torch.nn.Module):
+    """Image -> the latent distribution's mean and standard deviation (logvar clamped as
+    diffusers does), so the runtime draws the sample with the user's seed."""
+
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, sample):
+        distribution = self.vae.encode(sample, return_dict=False)[0]
+        return distribution.mean, distribution.std
+
+
+@dataclass(frozen=True)
+class ComponentExport:
+    name: str  # also the sub-folder, as OnnxStableDiffusionPipeline expects
+    module: torch.nn.Module
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    make_inputs: Callable[[torch.Generator, int, int, int], tuple[torch.Tensor, ...]]
+
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        return {
+            t.name: {axis: dim for axis, dim in enumerate(t.shape) if isinstance(dim, str)}
+            for t in self.inputs + self.outputs
+        }
+
+
+def component_exports(pipeline, geometry: ModelGeometry, num_train_timesteps: int) -> list[ComponentExport]:
+    """The four engines of a Stable Diffusion 1.x/2.x pipeline."""
+    g = geometry
+    f32 = "float32"
+
+    def text_inputs(gen, batch, latent_h, latent_w):
+        vocab = pipeline.text_encoder.config.vocab_size
+        return (torch.randint(0, vocab, (batch, g.text_length), generator=gen, dtype=torch.int32),)
+
+    def unet_inputs(gen, batch, latent_h, latent_w):
+        return (
+            torch.randn(2 * batch, g.unet_in_channels, latent_h, latent_w, generator=gen),
+            torch.randint(0, num_train_timesteps, (2 * batch,), generator=gen).to(torch.float32),
+            torch.randn(2 * batch, g.text_length, g.text_hidden_size, generator=gen),
+        )
+
+    def decoder_inputs(gen, batch, latent_h, latent_w):
+        return (torch.randn(batch, g.latent_channels, latent_h, latent_w, generator=gen),)
+
+    def encoder_inputs(gen, batch, latent_h, latent_w):
+        shape = (batch, 3, latent_h * g.vae_scale_factor, latent_w * g.vae_scale_factor)
+        return (torch.rand(shape, generator=gen) * 2 - 1,)
+
+    latent = [g.latent_channels, LATENT_HEIGHT, LATENT_WIDTH]
+    return [
+        ComponentExport(
+            "text_encoder",
+            TextEncoder(pipeline.text_encoder),
+            [TensorSpec("input_ids", "int32", [BATCH, g.text_length])],
+            [
+                TensorSpec("last_hidden_state", f32, [BATCH, g.text_length, g.text_hidden_size]),
+                TensorSpec("pooler_output", f32, [BATCH, g.text_hidden_size]),
+            ],
+            text_inputs,
+        ),
+        ComponentExport(
+            "unet",
+            Unet(pipeline.unet),
+            [
+                TensorSpec("sample", f32, [UNET_BATCH, g.unet_in_channels, LATENT_HEIGHT, LATENT_WIDTH]),
+                TensorSpec("timestep", f32, [TIMESTEP_BATCH]),
+                TensorSpec("encoder_hidden_states", f32, [UNET_BATCH, g.text_length, g.text_hidden_size]),
+            ],
+            [TensorSpec("out_sample", f32, [UNET_BATCH, *latent])],
+            unet_inputs,
+        ),
+        ComponentExport(
+            "vae_decoder",
+            VaeDecoder(pipeline.vae),
+            [TensorSpec("latent_sample", f32, [BATCH, *latent])],
+            [TensorSpec("sample", f32, [BATCH, 3, HEIGHT, WIDTH])],
+            decoder_inputs,
+        ),
+        ComponentExport(
+            "vae_encoder",
+            VaeEncoder(pipeline.vae),
+            [TensorSpec("sample", f32, [BATCH, 3, HEIGHT, WIDTH])],
+            [TensorSpec("latent_mean", f32, [BATCH, *latent]), TensorSpec("latent_std", f32, [BATCH, *latent])],
+            encoder_inputs,
+        ),
+    ]

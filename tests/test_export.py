@@ -1,0 +1,169 @@
+"""`sdrt export` on the tiny models: validated ONNX, the manifest, diffusers compatibility, errors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from click.testing import CliRunner
+from diffusers import OnnxStableDiffusionPipeline, StableDiffusionPipeline
+
+import sdrt.export.exporter as exporter
+from sdrt.cli import main
+from sdrt.errors import ModelFolderError
+from sdrt.export.sources import load_pipeline
+from sdrt.runtime.manifest import Manifest
+
+SCHEMA = json.loads((Path(__file__).parent.parent / "docs" / "manifest.schema.json").read_text())
+ONNX_TYPES = {"float32": "tensor(float)", "float16": "tensor(float16)", "int32": "tensor(int32)", "int64": "tensor(int64)"}
+
+
+@pytest.fixture(scope="session")
+def exported(tiny_models, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("exported")
+    out = {}
+    for kind, folder in tiny_models.items():
+        exporter.export_model(str(folder), root / kind, progress=lambda line: None)
+        out[kind] = root / kind
+    return out
+
+
+@pytest.mark.parametrize("kind", ["standard", "inpaint", "v_prediction"])
+def test_folder_layout_manifest_and_validation(exported, tiny_models, kind):
+    folder = exported[kind]
+    data = json.loads((folder / "manifest.json").read_text())
+    jsonschema.validate(data, SCHEMA)
+    manifest = Manifest.load(folder)
+    source_unet = json.loads((tiny_models[kind] / "unet" / "config.json").read_text())
+    source_vae = json.loads((tiny_models[kind] / "vae" / "config.json").read_text())
+    assert manifest.unet_in_channels == source_unet["in_channels"] == (9 if kind == "inpaint" else 4)
+    assert manifest.vae_scaling_factor == source_vae["scaling_factor"]
+    assert manifest.prediction_type == ("v_prediction" if kind == "v_prediction" else "epsilon")
+    assert manifest.family == ("sd2" if kind == "v_prediction" else "sd1")
+    assert manifest.native_height == source_unet["sample_size"] * manifest.vae_scale_factor
+    assert set(manifest.components) == {"text_encoder", "unet", "vae_decoder", "vae_encoder"}
+    for name, spec in manifest.components.items():
+        path = folder / spec.file
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == spec.sha256
+        validation = spec.validation
+        assert validation["passed"] and validation["max_rel_error"] <= exporter.FP32_RELATIVE_TOLERANCE
+        first, second = validation["shapes"]
+        assert second[0] > 1 and second[-1] != second[-2], "a batch > 1, non-square shape is validated"
+        # The graph's tensors are the manifest's, by name and dtype.
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        for specs, actual in ((spec.inputs, session.get_inputs()), (spec.outputs, session.get_outputs())):
+            assert [(t.name, ONNX_TYPES[t.dtype]) for t in specs] == [(a.name, a.type) for a in actual]
+    for name in ("model_index.json", "scheduler/scheduler_config.json", "tokenizer/tokenizer_config.json"):
+        assert (folder / name).is_file()
+
+
+@pytest.mark.parametrize("kind", ["standard", "v_prediction"])
+def test_folder_runs_in_diffusers_onnx_pipeline_like_torch(exported, tiny_models, kind):
+    onnx_pipe = OnnxStableDiffusionPipeline.from_pretrained(exported[kind], provider="CPUExecutionProvider")
+    torch_pipe = StableDiffusionPipeline.from_pretrained(tiny_models[kind])
+    for pipe in (onnx_pipe, torch_pipe):
+        pipe.set_progress_bar_config(disable=True)
+    manifest = Manifest.load(exported[kind])
+    side = manifest.native_height // manifest.vae_scale_factor
+    latents = np.random.default_rng(0).standard_normal((1, manifest.latent_channels, side, side)).astype(np.float32)
+    size = {"height": manifest.native_height, "width": manifest.native_width}
+    got = onnx_pipe("a photo of a cat", num_inference_steps=3, output_type="np", latents=latents, **size).images
+    expected = torch_pipe("a photo of a cat", num_inference_steps=3, output_type="np",
+                          latents=torch.from_numpy(latents), **size).images
+    assert got.shape == expected.shape
+    assert np.abs(got - expected).max() < 1 / 255
+
+
+def test_vae_encoder_gives_the_latent_distribution(exported, tiny_models):
+    """Mean and std of diffusers' latent distribution, so the runtime samples with its seed."""
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_models["standard"])
+    image = torch.rand(2, 3, 64, 96) * 2 - 1
+    with torch.no_grad():
+        distribution = pipe.vae.encode(image).latent_dist
+    session = ort.InferenceSession(str(exported["standard"] / "vae_encoder" / "model.onnx"))
+    mean, std = session.run(["latent_mean", "latent_std"], {"sample": image.numpy()})
+    np.testing.assert_allclose(mean, distribution.mean.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(std, distribution.std.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_cli_export_overwrite_and_refusals(tiny_models, tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "engine"
+    result = runner.invoke(main, ["export", str(tiny_models["standard"]), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    first = (out / "manifest.json").read_text()
+    result = runner.invoke(main, ["export", str(tiny_models["standard"]), "--out", str(out)])
+    assert result.exit_code == 2 and "pass --overwrite" in result.output
+    result = runner.invoke(main, ["export", str(tiny_models["inpaint"]), "--out", str(out), "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert (out / "manifest.json").read_text() != first
+    assert Manifest.load(out).unet_in_channels == 9
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["engine"], "no staging or old folders left"
+
+
+def test_failed_validation_leaves_nothing_behind(tiny_models, tmp_path, monkeypatch):
+    monkeypatch.setattr(exporter, "FP32_RELATIVE_TOLERANCE", 0.0)
+    with pytest.raises(exporter.ExportError, match="does not reproduce the PyTorch model"):
+        exporter.export_model(str(tiny_models["standard"]), tmp_path / "engine", progress=lambda line: None)
+    assert list(tmp_path.iterdir()) == []
+
+
+def _copy_tree(source: Path, target: Path) -> Path:
+    import shutil
+
+    shutil.copytree(source, target)
+    return target
+
+
+@pytest.mark.parametrize(
+    "make_source, message",
+    [
+        (lambda tmp, tiny: str(tmp), "is not a diffusers model folder"),
+        (lambda tmp, tiny: str(tmp / "nope"), "does not exist"),
+        (lambda tmp, tiny: _write(tmp / "weights.bin", b"x"), "is not a checkpoint"),
+        (lambda tmp, tiny: _write(tmp / "broken.safetensors", b"not a checkpoint"), "cannot load checkpoint"),
+        (lambda tmp, tiny: _remove(_copy_tree(tiny, tmp / "m"), "unet"), "lacks the component folder"),
+        (lambda tmp, tiny: _sdxl(_copy_tree(tiny, tmp / "m")), "is SDXL"),
+    ],
+    ids=["no-model-index", "missing", "not-a-checkpoint", "corrupt-checkpoint", "missing-unet", "sdxl"],
+)
+def test_bad_sources_are_one_line_errors(tiny_models, tmp_path, make_source, message):
+    source_dir = tmp_path / "src"
+    source_dir.mkdir()
+    source = make_source(source_dir, tiny_models["standard"])
+    result = CliRunner().invoke(main, ["export", source, "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_hub_id_offline_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelFolderError, match="cannot download someone/some-model"):
+        load_pipeline("someone/some-model")
+
+
+def _write(path: Path, content: bytes) -> str:
+    path.write_bytes(content)
+    return str(path)
+
+
+def _remove(folder: Path, component: str) -> str:
+    import shutil
+
+    shutil.rmtree(folder / component)
+    return str(folder)
+
+
+def _sdxl(folder: Path) -> str:
+    index = json.loads((folder / "model_index.json").read_text())
+    index["text_encoder_2"] = ["transformers", "CLIPTextModelWithProjection"]
+    (folder / "model_index.json").write_text(json.dumps(index))
+    return str(folder)
