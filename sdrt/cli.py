@@ -67,19 +67,29 @@ def tokenize(prompts: tuple[str, ...], model_dir: str, as_json: bool) -> None:
               help="Output folder (default: engines/NAME, NAME from MODEL).")
 @click.option("--config", "config_dir", default=None, type=click.Path(file_okay=False, exists=True),
               help="For a single-file checkpoint offline: a diffusers folder with matching configs.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+              help="UNet and text encoder precision (normalizations and softmax stay fp32).")
+@click.option("--vae-precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+              help="VAE precision: the fp16 SD VAE can overflow into NaN/black images.")
+@click.option("--target", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="Execution provider the graphs are made for.")
+@click.option("--optimize", is_flag=True,
+              help="Apply the target's graph optimizations (CUDA: fused attention, GroupNorm, GELU).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing export in --out.")
-def export(model: str, out_dir: str | None, config_dir: str | None, overwrite: bool) -> None:
+def export(model: str, out_dir: str | None, config_dir: str | None, precision: str, vae_precision: str,
+           target: str, optimize: bool, overwrite: bool) -> None:
     """Export MODEL (diffusers folder, .safetensors/.ckpt checkpoint or hub id) to validated
-    fp32 ONNX with a manifest.json, in the layout OnnxStableDiffusionPipeline reads."""
+    ONNX with a manifest.json, in the layout OnnxStableDiffusionPipeline reads."""
     from pathlib import Path
 
     try:
-        from sdrt.export.exporter import export_model
+        from sdrt.export.exporter import ExportOptions, export_model
     except ImportError as error:
         raise SdrtError(f"export needs the export extra ({error.name} is missing): pip install 'sdrt[export]'")
     if out_dir is None:
         out_dir = str(Path("engines") / Path(model.rstrip("/")).stem.replace("/", "--"))
-    manifest = export_model(model, out_dir, config=config_dir, overwrite=overwrite,
+    options = ExportOptions(precision=precision, vae_precision=vae_precision, target=target, optimize=optimize)
+    manifest = export_model(model, out_dir, config=config_dir, options=options, overwrite=overwrite,
                             progress=lambda line: click.echo(line, err=True))
     click.echo(f"exported {len(manifest.components)} components to {out_dir}")
 

@@ -53,7 +53,8 @@ def test_folder_layout_manifest_and_validation(exported, tiny_models, kind):
         path = folder / spec.file
         assert hashlib.sha256(path.read_bytes()).hexdigest() == spec.sha256
         validation = spec.validation
-        assert validation["passed"] and validation["max_rel_error"] <= exporter.FP32_RELATIVE_TOLERANCE
+        assert validation["passed"] and validation["max_rel_error"] <= exporter.RELATIVE_TOLERANCE["fp32"]
+        assert (spec.precision, spec.target, validation["graph"]) == ("fp32", "cpu", "exported")
         first, second = validation["shapes"]
         assert second[0] > 1 and second[-1] != second[-2], "a batch > 1, non-square shape is validated"
         # The graph's tensors are the manifest's, by name and dtype.
@@ -109,7 +110,7 @@ def test_cli_export_overwrite_and_refusals(tiny_models, tmp_path):
 
 
 def test_failed_validation_leaves_nothing_behind(tiny_models, tmp_path, monkeypatch):
-    monkeypatch.setattr(exporter, "FP32_RELATIVE_TOLERANCE", 0.0)
+    monkeypatch.setitem(exporter.RELATIVE_TOLERANCE, "fp32", 0.0)
     with pytest.raises(exporter.ExportError, match="does not reproduce the PyTorch model"):
         exporter.export_model(str(tiny_models["standard"]), tmp_path / "engine", progress=lambda line: None)
     assert list(tmp_path.iterdir()) == []
@@ -167,3 +168,67 @@ def _sdxl(folder: Path) -> str:
     index["text_encoder_2"] = ["transformers", "CLIPTextModelWithProjection"]
     (folder / "model_index.json").write_text(json.dumps(index))
     return str(folder)
+
+
+def _export(tiny_models, tmp_path, **options) -> Manifest:
+    return exporter.export_model(str(tiny_models["standard"]), tmp_path / "engine",
+                                 options=exporter.ExportOptions(**options), progress=lambda line: None)
+
+
+def test_fp16_keeps_the_vae_fp32_by_default_and_is_validated(tiny_models, tmp_path):
+    manifest = _export(tiny_models, tmp_path, precision="fp16")
+    unet = manifest.components["unet"]
+    assert unet.precision == "fp16" and manifest.components["text_encoder"].precision == "fp16"
+    assert manifest.components["vae_decoder"].precision == "fp32"
+    dtypes = {t.name: t.dtype for t in unet.inputs + unet.outputs}
+    assert dtypes == {"sample": "float16", "timestep": "float32", "encoder_hidden_states": "float16",
+                      "out_sample": "float16"}
+    for spec in manifest.components.values():
+        tolerance = exporter.RELATIVE_TOLERANCE[spec.precision]
+        assert spec.validation["tolerance"] == tolerance and spec.validation["max_rel_error"] <= tolerance
+    # fp16 really changes the numbers (the check is not vacuous) but stays close.
+    assert 1e-5 < unet.validation["max_rel_error"]
+
+
+def test_fp16_vae_when_asked(tiny_models, tmp_path):
+    manifest = _export(tiny_models, tmp_path, precision="fp16", vae_precision="fp16")
+    decoder = manifest.components["vae_decoder"]
+    assert decoder.precision == "fp16" and decoder.outputs[0].dtype == "float16"
+    assert decoder.validation["passed"]
+
+
+def test_cpu_optimized_graph_is_validated_itself(tiny_models, tmp_path):
+    manifest = _export(tiny_models, tmp_path, optimize=True)
+    for spec in manifest.components.values():
+        assert spec.validation["graph"] == "optimized" and spec.validation["passed"]
+        assert spec.validation["max_rel_error"] <= exporter.RELATIVE_TOLERANCE["fp32"]
+
+
+def test_cuda_optimized_graph_has_the_fused_diffusion_ops(tiny_models, tmp_path):
+    import onnx
+
+    manifest = _export(tiny_models, tmp_path, precision="fp16", target="cuda", optimize=True)
+    unet = manifest.components["unet"]
+    assert unet.target == "cuda"
+    ops = {node.op_type for node in onnx.load(str(tmp_path / "engine" / unet.file)).graph.node}
+    assert {"MultiHeadAttention", "GroupNorm", "BiasSplitGelu"} <= ops
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        # Here the fused graph cannot run: the same-precision graph before fusion was checked.
+        assert unet.validation["graph"] == "exported" and unet.validation["provider"] == "CPUExecutionProvider"
+    assert unet.validation["passed"]
+
+
+def test_large_weights_go_to_one_external_data_file(tiny_models, tmp_path, monkeypatch):
+    import sdrt.export.onnx_graph as onnx_graph
+
+    monkeypatch.setattr(onnx_graph, "PROTOBUF_LIMIT_BYTES", 1)
+    manifest = _export(tiny_models, tmp_path)
+    folder = tmp_path / "engine"
+    for name, spec in manifest.components.items():
+        (data_file, digest), = spec.data_files.items()
+        assert data_file == f"{name}/model.onnx.data"
+        assert hashlib.sha256((folder / data_file).read_bytes()).hexdigest() == digest
+        assert (folder / spec.file).stat().st_size < (folder / data_file).stat().st_size
+        assert spec.validation["passed"]
+    session = ort.InferenceSession(str(folder / "unet" / "model.onnx"))
+    assert [i.name for i in session.get_inputs()] == ["sample", "timestep", "encoder_hidden_states"]

@@ -15,6 +15,7 @@ import os
 import shutil
 import time
 import warnings
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -22,18 +23,45 @@ import numpy as np
 
 from sdrt import __version__
 from sdrt.errors import ModelFolderError, SdrtError
+from sdrt.export import onnx_graph
 from sdrt.export.components import ONNX_OPSET, ComponentExport, ModelGeometry, component_exports
-from sdrt.runtime.manifest import FORMAT_VERSION, ComponentSpec, Manifest
+from sdrt.runtime.manifest import FORMAT_VERSION, ComponentSpec, Manifest, TensorSpec
+
+CUDA_PROVIDER = "CUDAExecutionProvider"
+ORT_TO_NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
+                "tensor(int32)": np.int32, "tensor(int64)": np.int64}
 
 ONNX_FILE = "model.onnx"
-# fp32 export must reproduce the PyTorch module to this relative error (max |diff| / max |ref|).
-FP32_RELATIVE_TOLERANCE = 1e-4
+# Export fails when an engine's output differs from its PyTorch module by more than this
+# (max |diff| / max |reference|, worst output and shape). fp16 keeps an 11-bit mantissa, and
+# its error grows with depth: the tiny models stay under 6e-3.
+RELATIVE_TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2}
 VALIDATION_SEED = 0
-TARGET_CPU = "cpu"
+WORK_DIR = ".work"
 
 
 class ExportError(SdrtError):
     """The export could not be written or did not reproduce the PyTorch model."""
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """How to export: precision of the UNet and text encoder, of the VAE (fp32 unless asked:
+    the fp16 VAE is known to overflow into NaN/black images), the target execution provider
+    and whether to apply that target's offline graph optimizations."""
+
+    precision: str = "fp32"
+    vae_precision: str = "fp32"
+    target: str = "cpu"
+    optimize: bool = False
+
+    def __post_init__(self):
+        onnx_graph.check_choice("precision", self.precision, onnx_graph.PRECISIONS)
+        onnx_graph.check_choice("VAE precision", self.vae_precision, onnx_graph.PRECISIONS)
+        onnx_graph.check_choice("target", self.target, onnx_graph.TARGETS)
+
+    def precision_of(self, component: str) -> str:
+        return self.vae_precision if component.startswith("vae") else self.precision
 
 
 def _sha256(path: Path) -> str:
@@ -51,13 +79,17 @@ def _validation_shapes(geometry: ModelGeometry) -> list[tuple[int, int, int]]:
     return [(1, native, native), (2, native, wider)]
 
 
-def validate_component(component: ComponentExport, onnx_path: Path, geometry: ModelGeometry) -> dict:
-    """Run ONNX Runtime and the PyTorch module on the same seeded inputs at two shapes."""
+def validate_component(component: ComponentExport, onnx_path: Path, geometry: ModelGeometry,
+                       precision: str, provider: str = "CPUExecutionProvider") -> dict:
+    """Run the graph in ONNX Runtime and the PyTorch module on the same seeded inputs at two
+    shapes; inputs are cast to the graph's dtypes, errors measured in float32."""
     import onnxruntime as ort
     import torch
 
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(onnx_path), providers=[provider])
+    graph_types = {i.name: ORT_TO_NUMPY[i.type] for i in session.get_inputs()}
     generator = torch.Generator().manual_seed(VALIDATION_SEED)
+    tolerance = RELATIVE_TOLERANCE[precision]
     worst = {"max_abs_error": 0.0, "max_rel_error": 0.0}
     shapes = []
     for batch, latent_h, latent_w in _validation_shapes(geometry):
@@ -65,24 +97,23 @@ def validate_component(component: ComponentExport, onnx_path: Path, geometry: Mo
         with torch.no_grad():
             expected = component.module(*inputs)
         expected = expected if isinstance(expected, tuple) else (expected,)
-        feeds = {spec.name: tensor.numpy() for spec, tensor in zip(component.inputs, inputs)}
+        feeds = {spec.name: t.numpy().astype(graph_types[spec.name]) for spec, t in zip(component.inputs, inputs)}
         got = session.run([spec.name for spec in component.outputs], feeds)
         for reference, output in zip(expected, got):
             reference = reference.numpy()
-            abs_error = float(np.abs(output - reference).max())
+            abs_error = float(np.abs(output.astype(np.float32) - reference).max())
             rel_error = abs_error / max(float(np.abs(reference).max()), 1e-30)
             worst["max_abs_error"] = max(worst["max_abs_error"], abs_error)
             worst["max_rel_error"] = max(worst["max_rel_error"], rel_error)
         shapes.append(list(inputs[0].shape))
-    worst.update(shapes=shapes, tolerance=FP32_RELATIVE_TOLERANCE, passed=worst["max_rel_error"] <= FP32_RELATIVE_TOLERANCE)
+    passed = bool(worst["max_rel_error"] <= tolerance)  # False for NaN too
+    worst.update(shapes=shapes, tolerance=tolerance, passed=passed, provider=provider)
     return worst
 
 
-def _export_onnx(component: ComponentExport, folder: Path, geometry: ModelGeometry) -> Path:
+def _export_torch(component: ComponentExport, path: Path, geometry: ModelGeometry) -> None:
     import torch
 
-    folder.mkdir(parents=True)
-    path = folder / ONNX_FILE
     batch, latent_h, latent_w = _validation_shapes(geometry)[0]
     example = component.make_inputs(torch.Generator().manual_seed(VALIDATION_SEED), batch, latent_h, latent_w)
     with torch.no_grad(), warnings.catch_warnings():
@@ -98,7 +129,58 @@ def _export_onnx(component: ComponentExport, folder: Path, geometry: ModelGeomet
             dynamic_axes=component.dynamic_axes(),
             do_constant_folding=True,
         )
-    return path
+
+
+def _graph_dtypes(path: Path, specs: list[TensorSpec]) -> list[TensorSpec]:
+    """The specs with the dtypes the final graph really has (fp16 conversion changes them)."""
+    import onnx
+
+    graph = onnx.load_model(str(path), load_external_data=False).graph
+    types = {v.name: onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name
+             for v in list(graph.input) + list(graph.output)}
+    return [replace(spec, dtype=types[spec.name]) for spec in specs]
+
+
+def _build_component(component: ComponentExport, staging: Path, geometry: ModelGeometry,
+                     options: ExportOptions) -> tuple[Path, list[Path], dict]:
+    """Export, convert and optimize one engine; returns its file, all its files, validation."""
+    precision = options.precision_of(component.name)
+    work = staging / WORK_DIR / component.name
+    work.mkdir(parents=True)
+    out_dir = staging / component.name
+    out_dir.mkdir()
+    final = out_dir / ONNX_FILE
+    traced = work / "fp32.onnx"
+    _export_torch(component, traced, geometry)
+    model = onnx_graph.load(traced)
+    if precision == "fp16":
+        model = onnx_graph.to_fp16(model)
+    if not options.optimize:
+        files = onnx_graph.save(model, final)
+        validation = validate_component(component, final, geometry, precision)
+        return final, files, dict(validation, graph="exported")
+    if options.target == "cpu":
+        plain = work / f"{precision}.onnx"
+        onnx_graph.save(model, plain)
+        onnx_graph.optimize_for_cpu(plain, final)
+        files = [p for p in (final, final.with_name(final.name + onnx_graph.EXTERNAL_DATA_SUFFIX)) if p.exists()]
+        validation = validate_component(component, final, geometry, precision)
+        return final, files, dict(validation, graph="optimized")
+    # CUDA target: validate the same-precision graph here; the fused one runs only on CUDA.
+    plain = work / f"{precision}.onnx"
+    onnx_graph.save(model, plain)
+    files = onnx_graph.save(onnx_graph.optimize_for_cuda(traced, component.name, precision == "fp16"), final)
+    if CUDA_PROVIDER in _available_providers():
+        validation = dict(validate_component(component, final, geometry, precision, CUDA_PROVIDER), graph="optimized")
+    else:
+        validation = dict(validate_component(component, plain, geometry, precision), graph="exported")
+    return final, files, validation
+
+
+def _available_providers() -> list[str]:
+    import onnxruntime as ort
+
+    return ort.get_available_providers()
 
 
 def _family(pipeline) -> str:
@@ -151,6 +233,7 @@ def export_pipeline(
     out_dir: str | Path,
     *,
     source: dict,
+    options: ExportOptions = ExportOptions(),
     overwrite: bool = False,
     progress: Callable[[str], None] = print,
 ) -> Manifest:
@@ -162,15 +245,18 @@ def export_pipeline(
     staging = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     geometry = ModelGeometry.of(pipeline)
+    if options.optimize and options.target == "cuda":
+        _use_classic_attention(pipeline)
     num_train_timesteps = pipeline.scheduler.config.num_train_timesteps
     try:
         staging.mkdir()
         components = {}
         for component in component_exports(pipeline, geometry, num_train_timesteps):
             started = time.perf_counter()
-            progress(f"{component.name}: exporting")
-            path = _export_onnx(component, staging / component.name, geometry)
-            validation = validate_component(component, path, geometry)
+            precision = options.precision_of(component.name)
+            progress(f"{component.name}: exporting ({precision}, {options.target}"
+                     f"{', optimized' if options.optimize else ''})")
+            final, files, validation = _build_component(component, staging, geometry, options)
             elapsed = time.perf_counter() - started
             progress(
                 f"{component.name}: max abs error {validation['max_abs_error']:.2e}, "
@@ -178,18 +264,20 @@ def export_pipeline(
             )
             if not validation["passed"]:
                 raise ExportError(
-                    f"{component.name} does not reproduce the PyTorch model: relative error "
-                    f"{validation['max_rel_error']:.2e} > {FP32_RELATIVE_TOLERANCE:.0e}"
+                    f"{component.name} ({precision}) does not reproduce the PyTorch model: relative "
+                    f"error {validation['max_rel_error']:.2e} > {validation['tolerance']:.0e}"
                 )
             components[component.name] = ComponentSpec(
-                file=f"{component.name}/{ONNX_FILE}",
-                precision="fp32",
-                target=TARGET_CPU,
-                inputs=component.inputs,
-                outputs=component.outputs,
-                sha256=_sha256(path),
+                file=final.relative_to(staging).as_posix(),
+                precision=precision,
+                target=options.target,
+                inputs=_graph_dtypes(final, component.inputs),
+                outputs=_graph_dtypes(final, component.outputs),
+                sha256=_sha256(final),
                 validation=validation,
+                data_files={f.relative_to(staging).as_posix(): _sha256(f) for f in files if f != final},
             )
+        shutil.rmtree(staging / WORK_DIR)
         _write_diffusers_files(pipeline, staging)
         vae = pipeline.vae.config
         manifest = Manifest(
@@ -221,6 +309,15 @@ def export_pipeline(
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def _use_classic_attention(pipeline) -> None:
+    """Attention as explicit matmul + softmax: the graph pattern ONNX Runtime's diffusion
+    optimizer fuses into MultiHeadAttention (it does not match every SDPA export)."""
+    from diffusers.models.attention_processor import AttnProcessor
+
+    pipeline.unet.set_attn_processor(AttnProcessor())
+    pipeline.vae.set_attn_processor(AttnProcessor())
+
+
 def _replace(staging: Path, out_dir: Path) -> None:
     """Move the finished folder into place; an old one is removed only after that succeeds."""
     old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
@@ -230,7 +327,8 @@ def _replace(staging: Path, out_dir: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def export_model(source: str, out_dir: str | Path, *, config: str | None = None, overwrite: bool = False,
+def export_model(source: str, out_dir: str | Path, *, config: str | None = None,
+                 options: ExportOptions = ExportOptions(), overwrite: bool = False,
                  progress: Callable[[str], None] = print) -> Manifest:
     """Load `source` (folder, checkpoint or hub id) and export it to `out_dir`."""
     from sdrt.export.sources import load_pipeline
@@ -242,4 +340,5 @@ def export_model(source: str, out_dir: str | Path, *, config: str | None = None,
         raise ModelFolderError(f"{out_dir} is not an sdrt export; refusing to replace it")
     progress(f"loading {source}")
     pipeline = load_pipeline(source, config)
-    return export_pipeline(pipeline, out_dir, source={"model": str(source)}, overwrite=overwrite, progress=progress)
+    return export_pipeline(pipeline, out_dir, source={"model": str(source)}, options=options,
+                           overwrite=overwrite, progress=progress)

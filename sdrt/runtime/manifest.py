@@ -49,6 +49,8 @@ class ComponentSpec:
     outputs: list[TensorSpec]
     sha256: str
     validation: dict[str, Any] = field(default_factory=dict)
+    # External weight files next to `file` (models over 2 GB): relative path -> sha256.
+    data_files: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,101 @@
+"""ONNX graph transforms of the export: fp16 conversion, target-specific optimization, saving
+with external data. Each takes and returns a file path, so large models never need to be
+serialized into one protobuf (which cannot exceed 2 GB)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from sdrt.errors import ConfigError
+
+# Kept in fp32 in fp16 graphs: they overflow or lose too much in fp16 (GroupNorm is exported
+# as InstanceNormalization plus an affine; its statistics need fp32).
+FP16_KEEP_FP32_OPS = ["InstanceNormalization", "LayerNormalization", "GroupNorm", "SkipGroupNorm", "Softmax"]
+# Graph inputs kept fp32 in fp16 graphs: fractional (Karras) timesteps near 1000 would round
+# to 0.5 in fp16.
+FP16_KEEP_FP32_IO = ["timestep"]
+# protobuf cannot serialize a message over 2 GiB: larger weights go to an external data file.
+PROTOBUF_LIMIT_BYTES = 2**31
+EXTERNAL_DATA_SUFFIX = ".data"
+# ORT transformer-optimizer model types, per component.
+OPTIMIZER_MODEL_TYPES = {"text_encoder": "clip", "unet": "unet", "vae_decoder": "vae", "vae_encoder": "vae"}
+TARGETS = ("cpu", "cuda")
+PRECISIONS = ("fp32", "fp16")
+
+
+def weights_size(model) -> int:
+    return sum(len(t.raw_data) for t in model.graph.initializer)
+
+
+def save(model, path: Path) -> list[Path]:
+    """Save `model` to `path`; weights go to `path + .data` when the model is too large for
+    one protobuf. Returns the files written."""
+    import onnx
+
+    if weights_size(model) < PROTOBUF_LIMIT_BYTES:
+        onnx.save_model(model, str(path))
+        return [path]
+    data = path.with_name(path.name + EXTERNAL_DATA_SUFFIX)
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=data.name, size_threshold=0)
+    return [path, data]
+
+
+def load(path: Path):
+    import onnx
+
+    return onnx.load_model(str(path), load_external_data=True)
+
+
+def to_fp16(model):
+    """fp16 weights, activations, inputs and outputs, but FP16_KEEP_FP32_OPS and _IO stay fp32."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    return convert_float_to_float16(model, keep_io_types=FP16_KEEP_FP32_IO, op_block_list=FP16_KEEP_FP32_OPS)
+
+
+def optimize_for_cpu(source: Path, destination: Path) -> None:
+    """ONNX Runtime's own graph optimizations for its CPU provider, applied once offline.
+
+    The 'extended' level (fusions the CPU provider implements: GELU, LayerNorm, attention,
+    MatMul+Add) is portable across CPUs, unlike 'all', whose layout changes are tied to the
+    machine that made them."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(destination)
+    if source.with_name(source.name + EXTERNAL_DATA_SUFFIX).exists():
+        options.add_session_config_entry(
+            "session.optimized_model_external_initializers_file_name", destination.name + EXTERNAL_DATA_SUFFIX
+        )
+        options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "0")
+    destination.unlink(missing_ok=True)
+    ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+
+
+def optimize_for_cuda(source: Path, component: str, fp16: bool):
+    """ONNX Runtime's transformer optimizer for diffusion models (fused attention, GroupNorm,
+    BiasSplitGelu, NHWC convolutions) for the CUDA provider; returns the optimized model.
+
+    The VAE's attention fusion is left off: in onnxruntime 1.32 it fails on NumPy >= 2.4
+    (it converts a one-element array with int()), and the VAE has a single attention block."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    model_type = OPTIMIZER_MODEL_TYPES[component]
+    options = FusionOptions(model_type)
+    if model_type == "vae":
+        options.enable_attention = False
+    logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
+    optimized = optimize_model(str(source), model_type=model_type, num_heads=0, hidden_size=0, opt_level=0,
+                               optimization_options=options, use_gpu=True)
+    if fp16:
+        optimized.convert_float_to_float16(keep_io_types=FP16_KEEP_FP32_IO, op_block_list=FP16_KEEP_FP32_OPS)
+    return optimized.model
+
+
+def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name} {value!r} is not supported; choose one of {', '.join(allowed)}")
