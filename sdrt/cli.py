@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+import time
+from pathlib import Path
 
 import click
 
@@ -92,6 +95,110 @@ def export(model: str, out_dir: str | None, config_dir: str | None, precision: s
     manifest = export_model(model, out_dir, config=config_dir, options=options, overwrite=overwrite,
                             progress=lambda line: click.echo(line, err=True))
     click.echo(f"exported {len(manifest.components)} components to {out_dir}")
+
+
+def _check_writable(path: Path) -> None:
+    folder = path.parent
+    if not folder.is_dir():
+        raise SdrtError(f"cannot write {path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise SdrtError(f"cannot write {path}: folder {folder} is not writable")
+
+
+def _output_paths(out: str | None, seed: int | None, count: int) -> list[Path]:
+    base = Path(out) if out else Path(f"sdrt-{seed if seed is not None else 'image'}.png")
+    if base.suffix.lower() != ".png":
+        base = base.with_suffix(base.suffix + ".png") if base.suffix else base.with_suffix(".png")
+    if count == 1:
+        return [base]
+    return [base.with_name(f"{base.stem}-{i}{base.suffix}") for i in range(1, count + 1)]
+
+
+class _Progress:
+    """One status line on stderr: step, total and steps per second."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.started: float | None = None
+
+    def __call__(self, step: int, total: int) -> None:
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        if self.started is None or step == 1:
+            self.started = now - 1e-9 if step == 1 else now
+        rate = step / max(now - self.started, 1e-9) if step > 1 else 0.0
+        done = "#" * (step * 30 // total)
+        click.echo(f"\r[{done:<30}] {step}/{total} steps, {rate:.2f} it/s", err=True, nl=step == total)
+
+
+@main.command()
+@click.argument("prompt")
+@click.option("--model", "model_dir", required=True, type=click.Path(), help="Exported model folder.")
+@click.option("--negative-prompt", default=None, help="What the image should not show.")
+@click.option("--steps", default=50, show_default=True, type=int, help="Denoising steps.")
+@click.option("--guidance", default=7.5, show_default=True, type=float, help="Classifier-free guidance scale.")
+@click.option("--seed", default=None, type=int, help="Random seed (same image as diffusers with this seed).")
+@click.option("--height", default=None, type=int, help="Image height (default: the model's native size).")
+@click.option("--width", default=None, type=int, help="Image width (default: the model's native size).")
+@click.option("--num-images", default=1, show_default=True, type=int, help="Images to generate.")
+@click.option("--scheduler", default="lms", show_default=True, help="Sampler: lms.")
+@click.option("--backend", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]),
+              help="Execution backend.")
+@click.option("--threads", default=None, type=int, help="CPU threads per engine (default: all cores).")
+@click.option("--out", default=None, help="Output PNG (default: sdrt-SEED.png; -N is added for several).")
+@click.option("--quiet", is_flag=True, help="No progress bar or warnings.")
+@click.option("--json", "as_json", is_flag=True, help="Print parameters, output paths and timings as JSON.")
+def generate(prompt, model_dir, negative_prompt, steps, guidance, seed, height, width, num_images, scheduler,
+             backend, threads, out, quiet, as_json) -> None:
+    """Generate images for PROMPT with an exported model."""
+    started = time.perf_counter()
+    from sdrt.runtime.pipeline import Pipeline
+    from sdrt.runtime.png_info import format_parameters, save_png
+
+    paths = _output_paths(out, seed, num_images)
+    for path in paths:
+        _check_writable(path)
+    pipeline = Pipeline.load(model_dir, backend=backend, threads=threads)
+    load_seconds = time.perf_counter() - started
+    first_step: list[float] = []
+    bar = _Progress(enabled=not quiet and not as_json)
+
+    def progress(step: int, total: int) -> None:
+        if not first_step:
+            first_step.append(time.perf_counter() - started)
+        bar(step, total)
+
+    result = pipeline.generate(prompt, negative_prompt=negative_prompt, steps=steps, guidance_scale=guidance,
+                               seed=seed, height=height, width=width, num_images=num_images,
+                               scheduler=scheduler, progress=progress)
+    if seed is None and out is None:
+        paths = _output_paths(out, result.parameters["seed"], num_images)
+    if not quiet:
+        for warning in result.warnings:
+            click.echo(f"warning: {warning}", err=True)
+    stage = time.perf_counter()
+    for position, (image, path) in enumerate(zip(result.images, paths), start=1):
+        save_png(image, path, format_parameters(prompt, result.parameters, position if len(paths) > 1 else None))
+    timings = dict(result.timings, load=load_seconds, png=time.perf_counter() - stage,
+                   start_to_first_step=first_step[0] if first_step else None)
+    if as_json:
+        click.echo(json.dumps({"parameters": result.parameters, "outputs": [str(p) for p in paths],
+                               "timings": timings, "warnings": result.warnings}))
+    elif not quiet:
+        for path in paths:
+            click.echo(str(path))
+
+
+@main.command()
+@click.argument("image", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print the fields as JSON.")
+def info(image: str, as_json: bool) -> None:
+    """Print the generation parameters stored in an IMAGE made by sdrt (or AUTOMATIC1111)."""
+    from sdrt.runtime.png_info import parse_parameters, read_parameters
+
+    text = read_parameters(Path(image))
+    click.echo(json.dumps(parse_parameters(text), ensure_ascii=False) if as_json else text)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from sdrt.cli import main
@@ -54,4 +55,84 @@ def test_cli_and_runtime_import_no_heavy_packages(sd15_dir):
         "assert np.isfinite(x).all()\n"
     )
     result = subprocess.run([sys.executable, str(NO_HEAVY_IMPORTS), code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_models, tmp_path_factory) -> Path:
+    from sdrt.export.exporter import export_model
+
+    folder = tmp_path_factory.mktemp("cli") / "engine"
+    export_model(str(tiny_models["standard"]), folder, progress=lambda line: None)
+    return folder
+
+
+def test_generate_writes_png_with_a1111_parameters_and_info_reads_them(engine, tmp_path):
+    out = tmp_path / "cat.png"
+    result = CliRunner().invoke(main, ["generate", "a photo of a cat", "--model", str(engine), "--steps", "2",
+                                       "--seed", "42", "--negative-prompt", "blurry", "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    from PIL import Image
+
+    with Image.open(out) as image:
+        assert image.size == (64, 64)
+        text = image.info["parameters"]
+    assert text == ("a photo of a cat\nNegative prompt: blurry\n"
+                    "Steps: 2, Sampler: LMS, CFG scale: 7.5, Seed: 42, Size: 64x64, Model: engine")
+    shown = CliRunner().invoke(main, ["info", str(out), "--json"])
+    assert json.loads(shown.output) == {"Prompt": "a photo of a cat", "Negative prompt": "blurry", "Steps": "2",
+                                        "Sampler": "LMS", "CFG scale": "7.5", "Seed": "42", "Size": "64x64",
+                                        "Model": "engine"}
+
+
+def test_generate_json_reports_outputs_and_timings(engine, tmp_path):
+    result = CliRunner().invoke(main, ["generate", "a cat", "--model", str(engine), "--steps", "2", "--json",
+                                       "--num-images", "2", "--out", str(tmp_path / "cats.png")])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["outputs"] == [str(tmp_path / "cats-1.png"), str(tmp_path / "cats-2.png")]
+    assert all(Path(p).is_file() for p in report["outputs"])
+    assert {"load", "text_encoder", "denoise", "vae_decoder", "png", "start_to_first_step"} <= set(report["timings"])
+    second = CliRunner().invoke(main, ["info", report["outputs"][1], "--json"])
+    assert json.loads(second.output)["Batch pos"] == "2"
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--height", "70"], "error: height 70 is not a multiple of 16, which this model needs: use 64 or 80"),
+        (["--steps", "0"], "error: steps must be a positive integer, got 0"),
+        (["--guidance", "-2"], "error: guidance scale must be >= 0, got -2.0"),
+        (["--scheduler", "euler"], "error: unknown scheduler 'euler'; choose one of lms"),
+        (["--out", "/nonexistent-dir/x.png"], "error: cannot write /nonexistent-dir/x.png: folder /nonexistent-dir does not exist"),
+        (["--num-images", "20"], "error: 20 images at once exceed this export's batch limit of 8"),
+    ],
+)
+def test_generate_bad_inputs_are_one_line_errors(engine, tmp_path, arguments, message):
+    result = CliRunner().invoke(main, ["generate", "a cat", "--model", str(engine), "--steps", "1",
+                                       "--out", str(tmp_path / "x.png"), *arguments])
+    assert result.exit_code == 2
+    assert result.output.strip() == message
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_generate_without_a_model_says_how_to_export(tmp_path):
+    result = CliRunner().invoke(main, ["generate", "a cat", "--model", str(tmp_path / "none")])
+    assert result.exit_code == 2
+    assert "export one with `sdrt export MODEL" in result.output
+
+
+def test_info_on_a_file_without_parameters(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (4, 4)).save(tmp_path / "plain.png")
+    result = CliRunner().invoke(main, ["info", str(tmp_path / "plain.png")])
+    assert result.exit_code == 2 and "has no generation parameters" in result.output
+
+
+def test_cli_import_loads_no_export_code():
+    code = ("import sys, sdrt.cli\n"
+            "bad = [m for m in sys.modules if m.startswith(('sdrt.export', 'torch', 'diffusers', 'onnx'))]\n"
+            "assert not bad, bad\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

@@ -1,0 +1,151 @@
+"""Engines: one exported component, run by tensor name with its inputs checked first.
+
+`Engine` is the interface (the TensorRT backend implements it too); `OrtEngine` runs an ONNX
+file in ONNX Runtime. Every input is checked against the manifest before the backend sees it:
+its name, dtype, rank, fixed sizes, and each dynamic dimension's range and agreement between
+tensors that share it. A mismatch is an `EngineInputError` naming the tensor.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from sdrt.errors import ConfigError, SdrtError
+from sdrt.runtime.manifest import ComponentSpec, DimRange, TensorSpec
+
+BACKEND_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int32)": "int32",
+              "tensor(int64)": "int64"}
+
+
+class EngineInputError(SdrtError):
+    """An input does not fit the engine (wrong name, dtype or shape)."""
+
+
+class EngineRunError(SdrtError):
+    """The backend failed while running an engine (for example, out of memory)."""
+
+
+class Engine(ABC):
+    """A component engine: `run(feeds)` maps input names to arrays and returns outputs by name."""
+
+    def __init__(self, name: str, spec: ComponentSpec, dims: Mapping[str, DimRange]):
+        self.name = name
+        self.spec = spec
+        self.dims = dict(dims)
+        self.inputs = {t.name: t for t in spec.inputs}
+        self.output_names = [t.name for t in spec.outputs]
+
+    def input_dtype(self, name: str) -> np.dtype:
+        return np.dtype(self.inputs[name].dtype)
+
+    def check(self, feeds: Mapping[str, np.ndarray]) -> dict[str, int]:
+        """Validate feeds against the spec; returns the value of each dynamic dimension."""
+        missing = sorted(set(self.inputs) - set(feeds))
+        unknown = sorted(set(feeds) - set(self.inputs))
+        if missing or unknown:
+            raise EngineInputError(f"{self.name}: missing inputs {missing}, unknown inputs {unknown}")
+        seen: dict[str, tuple[int, str]] = {}
+        for name, spec in self.inputs.items():
+            array = feeds[name]
+            if array.dtype != np.dtype(spec.dtype):
+                raise EngineInputError(f"{self.name}.{name}: dtype {array.dtype}, the engine takes {spec.dtype}")
+            if array.ndim != len(spec.shape):
+                raise EngineInputError(
+                    f"{self.name}.{name}: shape {list(array.shape)} has rank {array.ndim}, "
+                    f"the engine takes {spec.shape}"
+                )
+            for axis, (size, expected) in enumerate(zip(array.shape, spec.shape)):
+                if isinstance(expected, int):
+                    if size != expected:
+                        raise EngineInputError(
+                            f"{self.name}.{name}: axis {axis} is {size}, the engine takes {expected} "
+                            f"(shape {spec.shape})"
+                        )
+                    continue
+                _check_dim(self.name, name, expected, size, self.dims.get(expected))
+                if expected in seen and seen[expected][0] != size:
+                    other_size, other = seen[expected]
+                    raise EngineInputError(
+                        f"{self.name}.{name}: {expected} is {size} but {other_size} in {other}"
+                    )
+                seen[expected] = (size, name)
+        return {dim: size for dim, (size, _) in seen.items()}
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.check(feeds)
+        return self._run(feeds)
+
+    @abstractmethod
+    def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the checked feeds on the backend."""
+
+
+def _check_dim(engine: str, tensor: str, dim: str, size: int, valid: DimRange | None) -> None:
+    if valid is None or valid.contains(size):
+        return
+    raise EngineInputError(
+        f"{engine}.{tensor}: {dim} {size} is outside the exported range "
+        f"{valid.min}..{valid.max}" + (f" in steps of {valid.multiple}" if valid.multiple > 1 else "")
+    )
+
+
+class OrtEngine(Engine):
+    """An ONNX file in ONNX Runtime. `InferenceSession.run` is safe to call from many threads."""
+
+    def __init__(self, path: Path, name: str, spec: ComponentSpec, dims: Mapping[str, DimRange], *,
+                 backend: str = "cpu", threads: int | None = None):
+        super().__init__(name, spec, dims)
+        import onnxruntime as ort
+
+        provider = provider_for(backend)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=[provider])
+        except Exception as error:  # onnxruntime raises its own exception types for bad files
+            raise EngineRunError(f"cannot load {path}: {error}") from None
+
+    def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            outputs = self.session.run(self.output_names, dict(feeds))
+        except Exception as error:  # onnxruntime raises RuntimeException and friends
+            message = str(error)
+            if "allocate" in message.lower() or "memory" in message.lower():
+                raise EngineRunError(
+                    f"{self.name} ran out of memory: generate fewer images at once or a smaller size"
+                ) from None
+            raise EngineRunError(f"{self.name} failed: {message.splitlines()[0]}") from None
+        return dict(zip(self.output_names, outputs))
+
+
+def provider_for(backend: str) -> str:
+    """The ONNX Runtime execution provider of an sdrt backend, checked to be installed."""
+    import onnxruntime as ort
+
+    if backend not in BACKEND_PROVIDERS:
+        raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKEND_PROVIDERS)}")
+    provider = BACKEND_PROVIDERS[backend]
+    available = ort.get_available_providers()
+    if provider not in available:
+        raise ConfigError(
+            f"backend {backend!r} needs ONNX Runtime's {provider}, which this installation lacks "
+            f"(it has {', '.join(available)}); for cuda install onnxruntime-gpu (see README.md)"
+        )
+    return provider
+
+
+def session_tensor_specs(session) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Inputs and outputs of an ONNX Runtime session as specs (for folders without a manifest)."""
+
+    def spec(arg) -> TensorSpec:
+        shape = [d if isinstance(d, int) else (d or f"{arg.name}_{i}") for i, d in enumerate(arg.shape)]
+        return TensorSpec(arg.name, ORT_DTYPES.get(arg.type, arg.type), shape)
+
+    return [spec(a) for a in session.get_inputs()], [spec(a) for a in session.get_outputs()]

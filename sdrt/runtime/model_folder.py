@@ -1,0 +1,91 @@
+"""A manifest for ONNX folders made elsewhere (diffusers' conversion script, Optimum), which
+carry no manifest.json: read from the graphs' inputs and outputs and the folder's configs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sdrt.errors import ModelFolderError
+from sdrt.runtime.engine import session_tensor_specs
+from sdrt.runtime.manifest import FORMAT_VERSION, ComponentSpec, DimRange, Manifest
+
+ONNX_FILE = "model.onnx"
+FOLDER_COMPONENTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
+# The SD 1.x/2.x VAE latent scale, used only when the folder has no vae config: diffusers'
+# OnnxStableDiffusionPipeline assumes the same value for such folders.
+SD_VAE_SCALING_FACTOR = 0.18215
+# SD's VAE halves the resolution three times; a UNet with four resolution levels halves the
+# latents three more, so latent sides are multiples of 8 in graphs traced at such sizes.
+SD_VAE_SCALE_FACTOR = 8
+SD_LATENT_MULTIPLE = 8
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except json.JSONDecodeError as error:
+        raise ModelFolderError(f"{path} is not valid JSON: {error}") from None
+
+
+def infer_manifest(folder: Path) -> Manifest:
+    import onnxruntime as ort
+
+    if not (folder / "model_index.json").is_file():
+        raise ModelFolderError(
+            f"{folder} is not an exported model (no manifest.json or model_index.json); "
+            f"export one with `sdrt export MODEL --out {folder}`"
+        )
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    components = {}
+    for name in FOLDER_COMPONENTS:
+        path = folder / name / ONNX_FILE
+        if not path.is_file():
+            continue
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        inputs, outputs = session_tensor_specs(session)
+        components[name] = ComponentSpec(file=f"{name}/{ONNX_FILE}", precision="unknown", target="unknown",
+                                         inputs=inputs, outputs=outputs, sha256="")
+    for required in ("text_encoder", "unet", "vae_decoder"):
+        if required not in components:
+            raise ModelFolderError(f"{folder}/{required}/{ONNX_FILE} is missing")
+    unet_sample = {t.name: t for t in components["unet"].inputs}["sample"]
+    first_output = components["text_encoder"].outputs[0]
+    tokenizer_config = _read_json(folder / "tokenizer" / "tokenizer_config.json")
+    text_length = _fixed(first_output.shape[1], tokenizer_config.get("model_max_length"))
+    vae = _read_json(folder / "vae_decoder" / "config.json")
+    scheduler = _read_json(folder / "scheduler" / "scheduler_config.json")
+    unet = _read_json(folder / "unet" / "config.json")
+    vae_scale = 2 ** (len(vae["block_out_channels"]) - 1) if "block_out_channels" in vae else SD_VAE_SCALE_FACTOR
+    latent_channels = _fixed(components["vae_decoder"].inputs[0].shape[1], vae.get("latent_channels"))
+    native_latent = unet.get("sample_size") or SD_LATENT_MULTIPLE * SD_VAE_SCALE_FACTOR
+    return Manifest(
+        format_version=FORMAT_VERSION,
+        family="unknown",
+        prediction_type=scheduler.get("prediction_type", "epsilon"),
+        vae_scaling_factor=float(vae.get("scaling_factor", SD_VAE_SCALING_FACTOR)),
+        vae_shift_factor=float(vae.get("shift_factor") or 0.0),
+        vae_scale_factor=vae_scale,
+        latent_channels=latent_channels,
+        unet_in_channels=_fixed(unet_sample.shape[1], unet.get("in_channels")),
+        text_length=text_length,
+        text_hidden_size=_fixed(first_output.shape[2], None),
+        native_height=native_latent * vae_scale,
+        native_width=native_latent * vae_scale,
+        dims={
+            "height": DimRange(vae_scale, native_latent * vae_scale, 2**16, vae_scale * SD_LATENT_MULTIPLE),
+            "width": DimRange(vae_scale, native_latent * vae_scale, 2**16, vae_scale * SD_LATENT_MULTIPLE),
+        },
+        components=components,
+        source={"inferred_from": str(folder)},
+        versions={},
+    )
+
+
+def _fixed(size, fallback) -> int:
+    if isinstance(size, int):
+        return size
+    if isinstance(fallback, int):
+        return fallback
+    raise ModelFolderError(f"cannot tell a model size from the graph ({size!r}) or its config")

@@ -1,0 +1,280 @@
+"""Text-to-image on exported engines: tokenize, encode, denoise with guidance, decode.
+
+`Pipeline.load(folder, backend=..., threads=...)` takes the load-time settings and builds the
+engines once; `generate(...)` takes the per-request settings. The numerics follow diffusers'
+`StableDiffusionPipeline` step for step, so the same model, prompt, settings and seed give the
+same image (tests/test_pipeline.py compares them).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+from PIL import Image
+
+from sdrt.errors import ConfigError, ModelFolderError, SdrtError
+from sdrt.runtime.engine import Engine, OrtEngine
+from sdrt.runtime.manifest import MANIFEST_NAME, Manifest
+from sdrt.runtime.model_folder import infer_manifest
+from sdrt.runtime.rng import TorchGenerator
+from sdrt.runtime.scheduler_np import SCHEDULERS, scheduler_from_config
+from sdrt.runtime.tokenizer import ClipTokenizer
+
+COMPONENTS = ("text_encoder", "unet", "vae_decoder")
+MAX_SEED = 2**32 - 1  # PyTorch's CPU generator keeps the low 32 bits of a seed
+PIXEL_LEVELS = 255
+
+
+class GenerationError(SdrtError):
+    """A request cannot be generated as asked (bad setting, or a NaN image)."""
+
+
+@dataclass
+class GenerationResult:
+    images: list[Image.Image]
+    array: np.ndarray  # float32 [batch, height, width, 3] in [0, 1], before 8-bit rounding
+    parameters: dict
+    timings: dict[str, float]
+    warnings: list[str] = field(default_factory=list)
+
+
+def nearest_multiples(value: int, multiple: int, low: int, high: int) -> list[int]:
+    below = max(low, value // multiple * multiple)
+    above = min(high, below + multiple)
+    return sorted({below, above})
+
+
+class Pipeline:
+    """A loaded model. Shared by all calls, and safe to share between threads: the engines
+    (ONNX Runtime sessions run concurrently), the tokenizer (its word cache is locked), the
+    manifest and the scheduler config. Per call: the scheduler and its history, the random
+    generator, the latents and every intermediate array."""
+
+    def __init__(self, folder: Path, manifest: Manifest, tokenizer: ClipTokenizer, scheduler_config: dict,
+                 engines: dict[str, Engine], backend: str):
+        self.folder = folder
+        self.manifest = manifest
+        self.tokenizer = tokenizer
+        self.scheduler_config = scheduler_config
+        self.engines = engines
+        self.backend = backend
+
+    @classmethod
+    def load(cls, folder: str | Path, backend: str = "cpu", threads: int | None = None) -> "Pipeline":
+        """Load an exported folder (with manifest.json, or a diffusers ONNX folder without one)."""
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise ModelFolderError(
+                f"model folder {folder} does not exist; export one with `sdrt export MODEL --out {folder}`"
+            )
+        if (folder / MANIFEST_NAME).is_file():
+            manifest = Manifest.load(folder)
+        else:
+            manifest = infer_manifest(folder)
+        for name in COMPONENTS:
+            if name not in manifest.components or not (folder / manifest.components[name].file).is_file():
+                raise ModelFolderError(f"{folder} lacks {name}; re-export it with `sdrt export`")
+        scheduler_path = folder / "scheduler" / "scheduler_config.json"
+        if not scheduler_path.is_file():
+            raise ModelFolderError(f"{scheduler_path} is missing; re-export the model")
+        scheduler_config = json.loads(scheduler_path.read_text(encoding="utf-8"))
+        tokenizer = ClipTokenizer.from_folder(folder / "tokenizer")
+        if tokenizer.max_length != manifest.text_length:
+            raise ModelFolderError(
+                f"tokenizer length {tokenizer.max_length} differs from the text encoder's {manifest.text_length}"
+            )
+        engines = {
+            name: OrtEngine(folder / spec.file, name, spec, manifest.dims, backend=backend, threads=threads)
+            for name, spec in manifest.components.items()
+            if name in COMPONENTS
+        }
+        return cls(folder, manifest, tokenizer, scheduler_config, engines, backend)
+
+    # ------------------------------------------------------------------ request checks
+    def _check_size(self, name: str, value: int, dim: str) -> None:
+        valid = self.manifest.dims.get(dim)
+        if valid is None or valid.contains(value):
+            return
+        if not isinstance(value, int) or value < 1:
+            raise GenerationError(f"{name} must be a positive integer, got {value!r}")
+        if value % valid.multiple:
+            options = " or ".join(str(v) for v in nearest_multiples(value, valid.multiple, valid.min, valid.max))
+            raise GenerationError(
+                f"{name} {value} is not a multiple of {valid.multiple}, which this model needs: use {options}"
+            )
+        raise GenerationError(f"{name} {value} is outside this export's range {valid.min}..{valid.max}")
+
+    def _prompts(self, prompt: str | Sequence[str], negative_prompt) -> tuple[list[str], list[str]]:
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts or not all(isinstance(p, str) for p in prompts):
+            raise GenerationError("prompt must be a string or a non-empty list of strings")
+        if negative_prompt is None:
+            negatives = [""] * len(prompts)
+        elif isinstance(negative_prompt, str):
+            negatives = [negative_prompt] * len(prompts)
+        else:
+            negatives = list(negative_prompt)
+            if len(negatives) != len(prompts) or not all(isinstance(n, str) for n in negatives):
+                raise GenerationError(
+                    f"negative_prompt has {len(negatives)} entries for {len(prompts)} prompts"
+                )
+        return prompts, negatives
+
+    # ------------------------------------------------------------------ stages
+    def encode_prompts(self, prompts: list[str], warnings: list[str]) -> np.ndarray:
+        """Text embeddings, float32 [len(prompts), text_length, hidden]."""
+        tokens = self.tokenizer.encode(prompts)
+        for prompt, dropped in zip(prompts, tokens.dropped_text):
+            if dropped:
+                warnings.append(
+                    f"the prompt is longer than {self.tokenizer.max_length - 2} tokens; "
+                    f"this part was dropped: {dropped!r}"
+                )
+        engine = self.engines["text_encoder"]
+        ids = tokens.input_ids.astype(engine.input_dtype("input_ids"))
+        hidden = engine.run({"input_ids": ids})["last_hidden_state"]
+        return hidden.astype(np.float32)
+
+    def denoise(self, latents: np.ndarray, embeddings: np.ndarray, scheduler, guidance_scale: float,
+                progress: Callable[[int, int], None] | None) -> np.ndarray:
+        """The denoising loop; `embeddings` holds [unconditional; conditional] with guidance."""
+        engine = self.engines["unet"]
+        guided = embeddings.shape[0] == 2 * latents.shape[0]
+        sample_dtype = engine.input_dtype("sample")
+        context = embeddings.astype(engine.input_dtype("encoder_hidden_states"))
+        total = len(scheduler.timesteps)
+        for index, timestep in enumerate(scheduler.timesteps):
+            model_input = np.concatenate([latents, latents]) if guided else latents
+            model_input = scheduler.scale_model_input(model_input, index)
+            prediction = engine.run({
+                "sample": model_input.astype(sample_dtype),
+                "timestep": np.array([timestep], dtype=engine.input_dtype("timestep")),
+                "encoder_hidden_states": context,
+            })["out_sample"].astype(np.float32)
+            if guided:
+                unconditional, conditional = np.split(prediction, 2)
+                prediction = unconditional + guidance_scale * (conditional - unconditional)
+            latents = scheduler.step(prediction, index, latents)
+            if progress is not None:
+                progress(index + 1, total)
+        return latents
+
+    def decode_latents(self, latents: np.ndarray) -> np.ndarray:
+        """Images as float32 [batch, height, width, 3] in [0, 1]."""
+        engine = self.engines["vae_decoder"]
+        scaled = latents / np.float32(self.manifest.vae_scaling_factor) + np.float32(self.manifest.vae_shift_factor)
+        limit = self.manifest.dims["batch"].max if "batch" in self.manifest.dims else len(scaled)
+        chunks = [
+            engine.run({"latent_sample": scaled[i : i + limit].astype(engine.input_dtype("latent_sample"))})["sample"]
+            for i in range(0, len(scaled), limit)
+        ]
+        image = np.concatenate(chunks).astype(np.float32)
+        if not np.isfinite(image).all():
+            raise GenerationError(
+                "the VAE decoded NaN or infinite values (the fp16 VAE overflows): re-export with "
+                "--vae-precision fp32"
+            )
+        image = np.clip(image / 2 + 0.5, 0, 1)
+        return image.transpose(0, 2, 3, 1)
+
+    # ------------------------------------------------------------------ request
+    def generate(
+        self,
+        prompt: str | Sequence[str],
+        negative_prompt: str | Sequence[str] | None = None,
+        steps: int = 50,
+        guidance_scale: float = 7.5,
+        height: int | None = None,
+        width: int | None = None,
+        seed: int | None = None,
+        num_images: int = 1,
+        latents: np.ndarray | None = None,
+        scheduler: str = "lms",
+        progress: Callable[[int, int], None] | None = None,
+    ) -> GenerationResult:
+        """Generate `num_images` images per prompt. With `seed`, the initial latents equal
+        diffusers' with `torch.Generator("cpu").manual_seed(seed)`; without one, a seed is
+        drawn and reported in `parameters`. `latents` overrides the seeded noise."""
+        started = time.perf_counter()
+        timings: dict[str, float] = {}
+        warnings: list[str] = []
+        m = self.manifest
+        if m.unet_in_channels != m.latent_channels:
+            raise GenerationError(
+                f"this is an inpainting model (UNet takes {m.unet_in_channels} channels): text-to-image "
+                "needs a standard model"
+            )
+        prompts, negatives = self._prompts(prompt, negative_prompt)
+        height = m.native_height if height is None else height
+        width = m.native_width if width is None else width
+        self._check_size("height", height, "height")
+        self._check_size("width", width, "width")
+        if not isinstance(steps, (int, np.integer)) or steps < 1:
+            raise GenerationError(f"steps must be a positive integer, got {steps!r}")
+        if guidance_scale < 0:
+            raise GenerationError(f"guidance scale must be >= 0, got {guidance_scale}")
+        if not isinstance(num_images, (int, np.integer)) or num_images < 1:
+            raise GenerationError(f"num_images must be a positive integer, got {num_images!r}")
+        if scheduler not in SCHEDULERS:
+            raise ConfigError(f"unknown scheduler {scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
+        if seed is None:
+            seed = random.SystemRandom().randint(0, MAX_SEED)
+        elif not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED:
+            raise GenerationError(f"seed must be an integer from 0 to {MAX_SEED}, got {seed!r}")
+
+        batch = len(prompts) * num_images
+        batch_range = m.dims.get("batch")
+        if batch_range is not None and batch > batch_range.max:
+            raise GenerationError(
+                f"{batch} images at once exceed this export's batch limit of {batch_range.max}"
+            )
+        guided = guidance_scale > 1
+        shape = (batch, m.latent_channels, height // m.vae_scale_factor, width // m.vae_scale_factor)
+
+        stage = time.perf_counter()
+        # diffusers repeats each prompt's embedding num_images times, consecutively.
+        conditional = np.repeat(self.encode_prompts(prompts, warnings), num_images, axis=0)
+        embeddings = conditional
+        if guided:
+            unconditional = np.repeat(self.encode_prompts(negatives, []), num_images, axis=0)
+            embeddings = np.concatenate([unconditional, conditional])
+        timings["text_encoder"] = time.perf_counter() - stage
+
+        sampler = scheduler_from_config(scheduler, self.scheduler_config)
+        sampler.set_timesteps(int(steps))
+        if latents is None:
+            latents = TorchGenerator(seed).randn(shape)
+        else:
+            latents = np.asarray(latents, dtype=np.float32)
+            if latents.shape != shape:
+                raise GenerationError(f"latents must have shape {list(shape)}, got {list(latents.shape)}")
+        latents = latents * np.float32(sampler.init_noise_sigma)
+
+        stage = time.perf_counter()
+        latents = self.denoise(latents, embeddings, sampler, guidance_scale, progress)
+        timings["denoise"] = time.perf_counter() - stage
+
+        stage = time.perf_counter()
+        array = self.decode_latents(latents)
+        timings["vae_decoder"] = time.perf_counter() - stage
+        images = [Image.fromarray((image * PIXEL_LEVELS).round().astype(np.uint8)) for image in array]
+        timings["total"] = time.perf_counter() - started
+        parameters = {
+            "prompt": prompts if len(prompts) > 1 else prompts[0],
+            "negative_prompt": negative_prompt,
+            "steps": int(steps),
+            "guidance_scale": float(guidance_scale),
+            "seed": int(seed),
+            "height": int(height),
+            "width": int(width),
+            "num_images": int(num_images),
+            "scheduler": scheduler,
+            "model": self.folder.name,
+        }
+        return GenerationResult(images, array, parameters, timings, warnings)

@@ -1,0 +1,94 @@
+"""Generation parameters in PNG files, in the `parameters` text chunk AUTOMATIC1111 writes:
+
+    <prompt>
+    Negative prompt: <negative prompt>
+    Steps: 20, Sampler: LMS, CFG scale: 7.5, Seed: 42, Size: 512x512, Model: name
+
+so other tools (A1111, ComfyUI, image browsers) read them.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from PIL import Image, PngImagePlugin
+
+from sdrt.errors import SdrtError
+
+PARAMETERS_KEY = "parameters"
+NEGATIVE_PREFIX = "Negative prompt: "
+# sdrt scheduler names as A1111 names its samplers.
+SAMPLER_NAMES = {"lms": "LMS"}
+
+
+class ImageFileError(SdrtError):
+    """An image cannot be read or written."""
+
+
+def format_parameters(prompt: str, parameters: dict, batch_position: int | None = None) -> str:
+    """A1111's text; with several images of one seed, `batch_position` (1-based) says which."""
+    lines = [prompt]
+    if parameters.get("negative_prompt"):
+        lines.append(NEGATIVE_PREFIX + str(parameters["negative_prompt"]))
+    scheduler = parameters["scheduler"]
+    fields = [
+        ("Steps", parameters["steps"]),
+        ("Sampler", SAMPLER_NAMES.get(scheduler, scheduler)),
+        ("CFG scale", parameters["guidance_scale"]),
+        ("Seed", parameters["seed"]),
+        ("Size", f"{parameters['width']}x{parameters['height']}"),
+        ("Model", parameters["model"]),
+    ]
+    if batch_position is not None:
+        fields += [("Batch size", parameters["num_images"]), ("Batch pos", batch_position)]
+    lines.append(", ".join(f"{key}: {value}" for key, value in fields))
+    return "\n".join(lines)
+
+
+def parse_parameters(text: str) -> dict:
+    """The fields of a `parameters` chunk: prompt, negative prompt and the key: value line."""
+    lines = text.split("\n")
+    settings = lines.pop() if lines else ""
+    negative = [i for i, line in enumerate(lines) if line.startswith(NEGATIVE_PREFIX)]
+    result: dict[str, str] = {}
+    if negative:
+        first = negative[0]
+        result["Prompt"] = "\n".join(lines[:first])
+        result["Negative prompt"] = "\n".join(lines[first:])[len(NEGATIVE_PREFIX):]
+    else:
+        result["Prompt"] = "\n".join(lines)
+    for item in settings.split(", "):
+        key, sep, value = item.partition(": ")
+        if sep:
+            result[key] = value
+    return result
+
+
+def save_png(image: Image.Image, path: Path, parameters_text: str) -> None:
+    """Write the PNG aside and rename it into place, so a failure leaves no partial file."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text(PARAMETERS_KEY, parameters_text)
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            image.save(stream, format="PNG", pnginfo=info)
+        os.replace(temporary, path)
+    except OSError as error:
+        Path(temporary).unlink(missing_ok=True)
+        raise ImageFileError(f"cannot write {path}: {error.strerror or error}") from None
+
+
+def read_parameters(path: Path) -> str:
+    try:
+        with Image.open(path) as image:
+            text = image.info.get(PARAMETERS_KEY)
+    except FileNotFoundError:
+        raise ImageFileError(f"{path} does not exist") from None
+    except (OSError, SyntaxError) as error:
+        raise ImageFileError(f"cannot read {path} as an image: {error}") from None
+    if text is None:
+        raise ImageFileError(f"{path} has no generation parameters")
+    return text
