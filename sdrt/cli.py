@@ -12,6 +12,9 @@ import click
 
 from sdrt import __version__
 from sdrt.errors import SdrtError
+from sdrt.runtime.scheduler_np import SCHEDULERS
+
+SCHEDULER_NAMES = tuple(SCHEDULERS)
 
 
 class SdrtGroup(click.Group):
@@ -142,7 +145,8 @@ class _Progress:
 @click.option("--height", default=None, type=int, help="Image height (default: the model's native size).")
 @click.option("--width", default=None, type=int, help="Image width (default: the model's native size).")
 @click.option("--num-images", default=1, show_default=True, type=int, help="Images to generate.")
-@click.option("--scheduler", default="lms", show_default=True, help="Sampler: lms.")
+@click.option("--scheduler", default="lms", show_default=True, metavar="NAME",
+              help=f"Sampler: {', '.join(SCHEDULER_NAMES)}.")
 @click.option("--backend", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]),
               help="Execution backend.")
 @click.option("--threads", default=None, type=int, help="CPU threads per engine (default: all cores).")

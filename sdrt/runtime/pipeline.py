@@ -142,8 +142,9 @@ class Pipeline:
         return hidden.astype(np.float32)
 
     def denoise(self, latents: np.ndarray, embeddings: np.ndarray, scheduler, guidance_scale: float,
-                progress: Callable[[int, int], None] | None) -> np.ndarray:
-        """The denoising loop; `embeddings` holds [unconditional; conditional] with guidance."""
+                generator: TorchGenerator, progress: Callable[[int, int], None] | None) -> np.ndarray:
+        """The denoising loop; `embeddings` holds [unconditional; conditional] with guidance.
+        Stochastic samplers draw from `generator`, after the initial latents, as in diffusers."""
         engine = self.engines["unet"]
         guided = embeddings.shape[0] == 2 * latents.shape[0]
         sample_dtype = engine.input_dtype("sample")
@@ -160,7 +161,7 @@ class Pipeline:
             if guided:
                 unconditional, conditional = np.split(prediction, 2)
                 prediction = unconditional + guidance_scale * (conditional - unconditional)
-            latents = scheduler.step(prediction, index, latents)
+            latents = scheduler.step(prediction, index, latents, generator=generator)
             if progress is not None:
                 progress(index + 1, total)
         return latents
@@ -248,8 +249,9 @@ class Pipeline:
 
         sampler = scheduler_from_config(scheduler, self.scheduler_config)
         sampler.set_timesteps(int(steps))
+        generator = TorchGenerator(seed)
         if latents is None:
-            latents = TorchGenerator(seed).randn(shape)
+            latents = generator.randn(shape)
         else:
             latents = np.asarray(latents, dtype=np.float32)
             if latents.shape != shape:
@@ -257,7 +259,7 @@ class Pipeline:
         latents = latents * np.float32(sampler.init_noise_sigma)
 
         stage = time.perf_counter()
-        latents = self.denoise(latents, embeddings, sampler, guidance_scale, progress)
+        latents = self.denoise(latents, embeddings, sampler, guidance_scale, generator, progress)
         timings["denoise"] = time.perf_counter() - stage
 
         stage = time.perf_counter()

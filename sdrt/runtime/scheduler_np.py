@@ -25,6 +25,7 @@ from typing import Any, ClassVar, Mapping
 import numpy as np
 
 from sdrt.errors import ConfigError
+from sdrt.runtime.rng import TorchGenerator
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -39,12 +40,20 @@ KARRAS_RHO = 7.0
 LOG_SIGMA_FLOOR = 1e-10
 
 
+FINAL_SIGMAS_TYPES = ("zero", "sigma_min")
+INTERPOLATION_TYPES = ("linear", "log_linear")
+SOLVER_TYPES = ("midpoint", "heun")
+# alphas_cumprod's last value after zero-terminal-SNR rescaling (diffusers keeps sigma finite).
+ZERO_SNR_ALPHA_CUMPROD = 2.0**-24
+
+
 @dataclass(frozen=True)
 class SchedulerConfig:
-    """The fields of a diffusers `scheduler_config.json` that the noise schedule depends on.
+    """The fields of a diffusers `scheduler_config.json` that sdrt's samplers read.
 
-    Unknown keys (another scheduler's, such as PNDM's `skip_prk_steps`) are ignored and missing
-    ones take the scheduler class's own defaults, as diffusers' `from_config` does.
+    Each sampler class lists the keys its diffusers namesake accepts, with that class's own
+    defaults; other keys in the file (another scheduler's, such as PNDM's `skip_prk_steps`) are
+    ignored and take neutral values, as diffusers' `from_config` does.
     """
 
     num_train_timesteps: int
@@ -57,17 +66,42 @@ class SchedulerConfig:
     steps_offset: int
     use_karras_sigmas: bool
     use_exponential_sigmas: bool
+    rescale_betas_zero_snr: bool
+    final_sigmas_type: str
+    interpolation_type: str
+    sigma_min: float | None
+    sigma_max: float | None
+    clip_sample: bool
+    clip_sample_range: float
+    set_alpha_to_one: bool
+    solver_order: int
+    solver_type: str
+    lower_order_final: bool
+    euler_at_final: bool
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any], defaults: Mapping[str, Any]) -> "SchedulerConfig":
         values = {}
         for field in fields(cls):
-            value = config.get(field.name)
-            values[field.name] = defaults[field.name] if value is None else value
+            if field.name in defaults:
+                value = config.get(field.name)
+                values[field.name] = defaults[field.name] if value is None else value
+            else:
+                values[field.name] = NEUTRAL_CONFIG[field.name]
         if values["trained_betas"] is not None:
             values["trained_betas"] = tuple(float(b) for b in values["trained_betas"])
-        if config.get("use_beta_sigmas"):
-            raise ConfigError("use_beta_sigmas is not supported; use use_karras_sigmas instead")
+        unsupported = {
+            "use_beta_sigmas": (True, "use_beta_sigmas is not supported; use use_karras_sigmas instead"),
+            "thresholding": (True, "dynamic thresholding (for pixel-space models) is not supported"),
+            "timestep_type": ("continuous", "continuous timesteps are not supported"),
+            "use_lu_lambdas": (True, "use_lu_lambdas is not supported"),
+        }
+        for key, (bad, message) in unsupported.items():
+            if key in defaults.get("_reads", ()) and config.get(key) == bad:
+                raise ConfigError(message)
+        algorithm = config.get("algorithm_type")
+        if "algorithm_type" in defaults.get("_reads", ()) and algorithm not in (None, "dpmsolver++"):
+            raise ConfigError(f"algorithm_type {algorithm!r} is not supported; sdrt implements dpmsolver++")
         result = cls(**values)
         result.validate()
         return result
@@ -77,6 +111,9 @@ class SchedulerConfig:
             "beta_schedule": BETA_SCHEDULES,
             "prediction_type": PREDICTION_TYPES,
             "timestep_spacing": TIMESTEP_SPACINGS,
+            "final_sigmas_type": FINAL_SIGMAS_TYPES,
+            "interpolation_type": INTERPOLATION_TYPES,
+            "solver_type": SOLVER_TYPES,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -93,6 +130,21 @@ class SchedulerConfig:
             )
         if self.use_karras_sigmas and self.use_exponential_sigmas:
             raise ConfigError("use_karras_sigmas and use_exponential_sigmas exclude each other")
+        if self.solver_order not in (1, 2):
+            raise ConfigError(f"solver_order {self.solver_order} is not supported; sdrt implements 1 and 2")
+
+
+# Values of the fields a sampler does not read (so they change nothing).
+NEUTRAL_CONFIG: dict[str, Any] = {
+    "num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear",
+    "trained_betas": None, "prediction_type": "epsilon", "timestep_spacing": "linspace", "steps_offset": 0,
+    "use_karras_sigmas": False, "use_exponential_sigmas": False, "rescale_betas_zero_snr": False,
+    "final_sigmas_type": "zero", "interpolation_type": "linear", "sigma_min": None, "sigma_max": None,
+    "clip_sample": False, "clip_sample_range": 1.0, "set_alpha_to_one": False, "solver_order": 2,
+    "solver_type": "midpoint", "lower_order_final": True, "euler_at_final": False,
+}
+BETA_DEFAULTS = {"num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear",
+                 "trained_betas": None, "prediction_type": "epsilon", "steps_offset": 0}
 
 
 def _linspace_float32(start: float, end: float, steps: int) -> np.ndarray:
@@ -136,11 +188,32 @@ def compute_betas(config: SchedulerConfig) -> np.ndarray:
     return _cosine_betas(n)
 
 
-def compute_alphas_cumprod(config: SchedulerConfig) -> np.ndarray:
-    """Cumulative product of (1 - beta) as torch.cumprod gives it: float32 values, with the
-    product accumulated in float64 (PyTorch's CPU accumulation type for float)."""
-    alphas = np.float32(1.0) - compute_betas(config)
-    return np.cumprod(alphas.astype(np.float64)).astype(np.float32)
+def _cumprod_float32(values: np.ndarray) -> np.ndarray:
+    """torch.cumprod of float32: float32 results, accumulated in float64 (PyTorch's CPU
+    accumulation type for float)."""
+    return np.cumprod(values.astype(np.float64)).astype(np.float32)
+
+
+def rescale_zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
+    """Betas whose last timestep has zero signal (Lin et al. 2023), in float32 like diffusers."""
+    alphas_bar_sqrt = np.sqrt(_cumprod_float32(np.float32(1.0) - betas))
+    first, last = alphas_bar_sqrt[0], alphas_bar_sqrt[-1]
+    alphas_bar_sqrt = (alphas_bar_sqrt - last) * (first / (first - last))
+    alphas_bar = alphas_bar_sqrt**2
+    alphas = np.concatenate([alphas_bar[:1], alphas_bar[1:] / alphas_bar[:-1]])
+    return np.float32(1.0) - alphas
+
+
+def compute_alphas_cumprod(config: SchedulerConfig, zero_snr_floor: bool = True) -> np.ndarray:
+    """Cumulative product of (1 - beta). With zero-terminal-SNR rescaling the last value is
+    floored (`zero_snr_floor`) as diffusers' sigma-based samplers do, so sigmas stay finite."""
+    betas = compute_betas(config)
+    if config.rescale_betas_zero_snr:
+        betas = rescale_zero_terminal_snr(betas)
+    alphas_cumprod = _cumprod_float32(np.float32(1.0) - betas)
+    if config.rescale_betas_zero_snr and zero_snr_floor:
+        alphas_cumprod[-1] = ZERO_SNR_ALPHA_CUMPROD
+    return alphas_cumprod
 
 
 def spaced_timesteps(config: SchedulerConfig, num_inference_steps: int) -> np.ndarray:
@@ -169,7 +242,8 @@ def sigma_to_timestep(sigmas: np.ndarray, log_sigmas: np.ndarray) -> np.ndarray:
 class Scheduler(ABC):
     """The interface every sdrt sampler implements (see the module docstring for the loop)."""
 
-    #: Defaults for fields missing from the config: the diffusers class's own defaults.
+    #: Defaults for the config keys the diffusers class reads (and only those), under "_reads"
+    #: the further keys it accepts whose unsupported values sdrt refuses.
     config_defaults: ClassVar[dict[str, Any]]
     #: The diffusers class this one reproduces.
     reference_name: ClassVar[str]
@@ -198,10 +272,10 @@ class Scheduler(ABC):
         """The UNet input for step `step_index`."""
 
     @abstractmethod
-    def step(
-        self, model_output: np.ndarray, step_index: int, sample: np.ndarray, noise: np.ndarray | None = None
-    ) -> np.ndarray:
-        """The sample after step `step_index`; `noise` is used by stochastic samplers only."""
+    def step(self, model_output: np.ndarray, step_index: int, sample: np.ndarray,
+             generator: TorchGenerator | None = None) -> np.ndarray:
+        """The sample after step `step_index`. Stochastic samplers draw their noise from
+        `generator` (the one that drew the initial latents, as in diffusers)."""
 
     @abstractmethod
     def add_noise(self, original: np.ndarray, noise: np.ndarray, step_index: int) -> np.ndarray:
@@ -215,6 +289,84 @@ class Scheduler(ABC):
                 f"steps ({num_inference_steps}) cannot exceed the model's "
                 f"{self.config.num_train_timesteps} training timesteps"
             )
+
+    @staticmethod
+    def _need_generator(generator: TorchGenerator | None, name: str) -> TorchGenerator:
+        if generator is None:
+            raise ValueError(f"{name} is stochastic: step() needs the generator")
+        return generator
+
+
+class SigmaScheduler(Scheduler):
+    """Samplers that work on sigma = sqrt((1 - alpha_bar) / alpha_bar), k-diffusion style:
+    the model input is scaled by 1 / sqrt(sigma^2 + 1) and noise is added as x + sigma * n."""
+
+    #: Whether the diffusers class honours use_karras_sigmas / use_exponential_sigmas.
+    supports_sigma_schedules: ClassVar[bool] = True
+
+    def __init__(self, config: SchedulerConfig):
+        super().__init__(config)
+        self.alphas_cumprod = compute_alphas_cumprod(config)
+        # sigma of each training timestep, float32 like the reference's torch arithmetic.
+        self.train_sigmas = ((1 - self.alphas_cumprod) / self.alphas_cumprod) ** np.float32(0.5)
+        self.sigmas = np.zeros(1, dtype=np.float32)
+
+    def _compute_sigmas(self, num_inference_steps: int) -> None:
+        """`timesteps` (float32) and `sigmas` (float32, one more: the final level)."""
+        config = self.config
+        timesteps = spaced_timesteps(config, num_inference_steps)
+        train_sigmas = self.train_sigmas
+        log_sigmas = np.log(train_sigmas)
+        if config.interpolation_type == "log_linear":
+            sigmas = np.exp(_linspace_float32(float(np.log(train_sigmas[-1])), float(np.log(train_sigmas[0])),
+                                              num_inference_steps + 1)).astype(np.float32)
+        else:
+            sigmas = np.interp(timesteps, np.arange(len(train_sigmas)), train_sigmas)
+        if self.supports_sigma_schedules and (config.use_karras_sigmas or config.use_exponential_sigmas):
+            sigma_min = config.sigma_min if config.sigma_min is not None else float(sigmas[-1])
+            sigma_max = config.sigma_max if config.sigma_max is not None else float(sigmas[0])
+            if config.use_karras_sigmas:
+                sigmas = karras_sigmas(sigma_min, sigma_max, num_inference_steps)
+            else:
+                sigmas = np.exp(np.linspace(math.log(sigma_max), math.log(sigma_min), num_inference_steps))
+            timesteps = sigma_to_timestep(sigmas, log_sigmas)
+        final = 0.0
+        if config.final_sigmas_type == "sigma_min":
+            final = float(((1 - self.alphas_cumprod[0]) / self.alphas_cumprod[0]) ** np.float32(0.5))
+        self.sigmas = np.concatenate([sigmas, [final]]).astype(np.float32)
+        self.timesteps = np.asarray(timesteps, dtype=np.float32)
+
+    @property
+    def init_noise_sigma(self) -> float:
+        sigma_max = self.sigmas.max()
+        if self.config.timestep_spacing in ("linspace", "trailing"):
+            return float(sigma_max)
+        return float(np.sqrt(sigma_max**2 + np.float32(1)))
+
+    def scale_model_input(self, sample: np.ndarray, step_index: int) -> np.ndarray:
+        sigma = self.sigmas[step_index]
+        return sample / ((sigma**2 + 1) ** np.float32(0.5))
+
+    def predict_original(self, model_output: np.ndarray, step_index: int, sample: np.ndarray) -> np.ndarray:
+        """The denoised sample x0 implied by the model output at this step."""
+        sigma = self.sigmas[step_index]
+        prediction = self.config.prediction_type
+        if prediction == "epsilon":
+            return sample - sigma * model_output
+        if prediction == "v_prediction":
+            return model_output * (-sigma / (sigma**2 + 1) ** np.float32(0.5)) + sample / (sigma**2 + 1)
+        return model_output
+
+    def add_noise(self, original: np.ndarray, noise: np.ndarray, step_index: int) -> np.ndarray:
+        sigma = self.sigmas[step_index].astype(original.dtype)
+        return original + noise * sigma
+
+
+def karras_sigmas(sigma_min: float, sigma_max: float, num_inference_steps: int) -> np.ndarray:
+    """Karras et al. (2022): noise levels evenly spaced in sigma^(1/rho)."""
+    ramp = np.linspace(0, 1, num_inference_steps)
+    min_inv, max_inv = sigma_min ** (1 / KARRAS_RHO), sigma_max ** (1 / KARRAS_RHO)
+    return (max_inv + ramp * (min_inv - max_inv)) ** KARRAS_RHO
 
 
 def lms_coefficients(sigmas: np.ndarray, order: int) -> np.ndarray:
@@ -248,22 +400,12 @@ def lms_coefficients(sigmas: np.ndarray, order: int) -> np.ndarray:
     return table
 
 
-class LMSDiscreteScheduler(Scheduler):
+class LMSDiscreteScheduler(SigmaScheduler):
     """Linear multistep sampler (Karras et al.'s LMS), as `diffusers.LMSDiscreteScheduler`."""
 
     reference_name = "LMSDiscreteScheduler"
-    config_defaults = {
-        "num_train_timesteps": 1000,
-        "beta_start": 0.0001,
-        "beta_end": 0.02,
-        "beta_schedule": "linear",
-        "trained_betas": None,
-        "prediction_type": "epsilon",
-        "timestep_spacing": "linspace",
-        "steps_offset": 0,
-        "use_karras_sigmas": False,
-        "use_exponential_sigmas": False,
-    }
+    config_defaults = {**BETA_DEFAULTS, "timestep_spacing": "linspace", "use_karras_sigmas": False,
+                       "use_exponential_sigmas": False, "_reads": ("use_beta_sigmas",)}
     #: How many past derivatives the multistep formula uses (diffusers' `step(order=4)`).
     default_order = 4
 
@@ -272,58 +414,18 @@ class LMSDiscreteScheduler(Scheduler):
         if order < 1:
             raise ConfigError(f"LMS order must be >= 1, got {order}")
         self.order = order
-        self.alphas_cumprod = compute_alphas_cumprod(config)
-        # sigma of each training timestep, float32 like the reference's torch arithmetic.
-        self.train_sigmas = ((1 - self.alphas_cumprod) / self.alphas_cumprod) ** np.float32(0.5)
-        self.sigmas = np.zeros(1, dtype=np.float32)
         self.coefficients = np.zeros((0, order))
         self._derivatives: deque[np.ndarray] = deque(maxlen=order)
 
     def set_timesteps(self, num_inference_steps: int) -> None:
         self._check_steps(num_inference_steps)
         self.num_inference_steps = int(num_inference_steps)
-        timesteps = spaced_timesteps(self.config, self.num_inference_steps)
-        train_sigmas = self.train_sigmas
-        log_sigmas = np.log(train_sigmas)
-        sigmas = np.interp(timesteps, np.arange(len(train_sigmas)), train_sigmas)
-        if self.config.use_karras_sigmas or self.config.use_exponential_sigmas:
-            sigma_min, sigma_max = float(sigmas[-1]), float(sigmas[0])
-            if self.config.use_karras_sigmas:
-                ramp = np.linspace(0, 1, self.num_inference_steps)
-                min_inv, max_inv = sigma_min ** (1 / KARRAS_RHO), sigma_max ** (1 / KARRAS_RHO)
-                sigmas = (max_inv + ramp * (min_inv - max_inv)) ** KARRAS_RHO
-            else:
-                sigmas = np.exp(np.linspace(math.log(sigma_max), math.log(sigma_min), self.num_inference_steps))
-            timesteps = sigma_to_timestep(sigmas, log_sigmas)
-        self.sigmas = np.concatenate([sigmas, [0.0]]).astype(np.float32)
-        self.timesteps = np.asarray(timesteps, dtype=np.float32)
+        self._compute_sigmas(self.num_inference_steps)
         self.coefficients = lms_coefficients(self.sigmas, self.order)
         self._derivatives.clear()
 
-    @property
-    def init_noise_sigma(self) -> float:
-        sigma_max = self.sigmas.max()
-        if self.config.timestep_spacing in ("linspace", "trailing"):
-            return float(sigma_max)
-        return float(np.sqrt(sigma_max**2 + np.float32(1)))
-
-    def scale_model_input(self, sample: np.ndarray, step_index: int) -> np.ndarray:
-        sigma = self.sigmas[step_index]
-        return sample / ((sigma**2 + 1) ** np.float32(0.5))
-
-    def predict_original(self, model_output: np.ndarray, step_index: int, sample: np.ndarray) -> np.ndarray:
-        """The denoised sample x0 implied by the model output at this step."""
-        sigma = self.sigmas[step_index]
-        prediction = self.config.prediction_type
-        if prediction == "epsilon":
-            return sample - sigma * model_output
-        if prediction == "v_prediction":
-            return model_output * (-sigma / (sigma**2 + 1) ** np.float32(0.5)) + sample / (sigma**2 + 1)
-        return model_output
-
-    def step(
-        self, model_output: np.ndarray, step_index: int, sample: np.ndarray, noise: np.ndarray | None = None
-    ) -> np.ndarray:
+    def step(self, model_output: np.ndarray, step_index: int, sample: np.ndarray,
+             generator: TorchGenerator | None = None) -> np.ndarray:
         if len(self._derivatives) != min(step_index, self.order):
             raise RuntimeError(
                 f"LMS step {step_index} called after {len(self._derivatives)} steps of history: "
@@ -341,16 +443,267 @@ class LMSDiscreteScheduler(Scheduler):
             update = update + float(coefficient) * past
         return sample + update
 
+
+class EulerDiscreteScheduler(SigmaScheduler):
+    """Euler's method on the probability-flow ODE (Karras et al. Algorithm 2 without churn),
+    as `diffusers.EulerDiscreteScheduler` with its default step arguments."""
+
+    reference_name = "EulerDiscreteScheduler"
+    config_defaults = {**BETA_DEFAULTS, "timestep_spacing": "linspace", "use_karras_sigmas": False,
+                       "use_exponential_sigmas": False, "rescale_betas_zero_snr": False,
+                       "final_sigmas_type": "zero", "interpolation_type": "linear", "sigma_min": None,
+                       "sigma_max": None, "_reads": ("use_beta_sigmas", "timestep_type")}
+
+    def set_timesteps(self, num_inference_steps: int) -> None:
+        self._check_steps(num_inference_steps)
+        self.num_inference_steps = int(num_inference_steps)
+        self._compute_sigmas(self.num_inference_steps)
+
+    def step(self, model_output: np.ndarray, step_index: int, sample: np.ndarray,
+             generator: TorchGenerator | None = None) -> np.ndarray:
+        sigma = self.sigmas[step_index]
+        derivative = (sample - self.predict_original(model_output, step_index, sample)) / sigma
+        return sample + derivative * (self.sigmas[step_index + 1] - sigma)
+
+
+class EulerAncestralDiscreteScheduler(SigmaScheduler):
+    """Euler ancestral: an Euler step down to sigma_down, then fresh noise up to the next
+    level, as `diffusers.EulerAncestralDiscreteScheduler` (noise from the pipeline's generator)."""
+
+    reference_name = "EulerAncestralDiscreteScheduler"
+    supports_sigma_schedules = False
+    config_defaults = {**BETA_DEFAULTS, "timestep_spacing": "linspace", "rescale_betas_zero_snr": False}
+
+    def set_timesteps(self, num_inference_steps: int) -> None:
+        self._check_steps(num_inference_steps)
+        self.num_inference_steps = int(num_inference_steps)
+        self._compute_sigmas(self.num_inference_steps)
+        sigma_from, sigma_to = self.sigmas[:-1], self.sigmas[1:]
+        self.sigma_up = (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** np.float32(0.5)
+        self.sigma_down = (sigma_to**2 - self.sigma_up**2) ** np.float32(0.5)
+
+    def step(self, model_output: np.ndarray, step_index: int, sample: np.ndarray,
+             generator: TorchGenerator | None = None) -> np.ndarray:
+        generator = self._need_generator(generator, "euler_a")
+        sigma = self.sigmas[step_index]
+        derivative = (sample - self.predict_original(model_output, step_index, sample)) / sigma
+        prev_sample = sample + derivative * (self.sigma_down[step_index] - sigma)
+        return prev_sample + generator.randn(model_output.shape) * self.sigma_up[step_index]
+
+
+class DDIMScheduler(Scheduler):
+    """Denoising diffusion implicit models with eta = 0 (deterministic), as
+    `diffusers.DDIMScheduler` called the way StableDiffusionPipeline calls it."""
+
+    reference_name = "DDIMScheduler"
+    config_defaults = {**BETA_DEFAULTS, "timestep_spacing": "leading", "clip_sample": True,
+                       "clip_sample_range": 1.0, "set_alpha_to_one": True, "rescale_betas_zero_snr": False,
+                       "_reads": ("thresholding",)}
+
+    def __init__(self, config: SchedulerConfig):
+        super().__init__(config)
+        self.alphas_cumprod = compute_alphas_cumprod(config, zero_snr_floor=False)
+        self.final_alpha_cumprod = np.float32(1.0) if config.set_alpha_to_one else self.alphas_cumprod[0]
+
+    @property
+    def init_noise_sigma(self) -> float:
+        return 1.0
+
+    def set_timesteps(self, num_inference_steps: int) -> None:
+        self._check_steps(num_inference_steps)
+        n, n_train = int(num_inference_steps), self.config.num_train_timesteps
+        self.num_inference_steps = n
+        spacing = self.config.timestep_spacing
+        if spacing == "linspace":
+            timesteps = np.linspace(0, n_train - 1, n).round()[::-1].astype(np.int64)
+        elif spacing == "leading":
+            timesteps = (np.arange(0, n) * (n_train // n)).round()[::-1].astype(np.int64) + self.config.steps_offset
+        else:
+            timesteps = np.round(np.arange(n_train, 0, -n_train / n)).astype(np.int64) - 1
+        self.timesteps = timesteps.copy()
+        # diffusers steps back by n_train // n whatever the spacing.
+        previous = timesteps - n_train // n
+        self.alpha_prod = self.alphas_cumprod[timesteps]
+        self.alpha_prod_prev = np.where(previous >= 0, self.alphas_cumprod[np.maximum(previous, 0)],
+                                        self.final_alpha_cumprod).astype(np.float32)
+
+    def scale_model_input(self, sample: np.ndarray, step_index: int) -> np.ndarray:
+        return sample
+
+    def step(self, model_output: np.ndarray, step_index: int, sample: np.ndarray,
+             generator: TorchGenerator | None = None) -> np.ndarray:
+        alpha_prod_t = self.alpha_prod[step_index]
+        alpha_prod_prev = self.alpha_prod_prev[step_index]
+        beta_prod_t = 1 - alpha_prod_t
+        half = np.float32(0.5)
+        prediction = self.config.prediction_type
+        if prediction == "epsilon":
+            pred_original = (sample - beta_prod_t**half * model_output) / alpha_prod_t**half
+            pred_epsilon = model_output
+        elif prediction == "sample":
+            pred_original = model_output
+            pred_epsilon = (sample - alpha_prod_t**half * pred_original) / beta_prod_t**half
+        else:
+            pred_original = alpha_prod_t**half * sample - beta_prod_t**half * model_output
+            pred_epsilon = alpha_prod_t**half * model_output + beta_prod_t**half * sample
+        if self.config.clip_sample:
+            limit = self.config.clip_sample_range
+            pred_original = np.clip(pred_original, -limit, limit)
+        direction = (1 - alpha_prod_prev) ** half * pred_epsilon  # eta = 0: no variance term
+        return alpha_prod_prev**half * pred_original + direction
+
     def add_noise(self, original: np.ndarray, noise: np.ndarray, step_index: int) -> np.ndarray:
-        sigma = self.sigmas[step_index].astype(original.dtype)
-        return original + noise * sigma
+        alpha_prod = self.alpha_prod[step_index]
+        return alpha_prod ** np.float32(0.5) * original + (1 - alpha_prod) ** np.float32(0.5) * noise
 
 
-SCHEDULERS: dict[str, type[Scheduler]] = {"lms": LMSDiscreteScheduler}
+class DPMSolverMultistepScheduler(Scheduler):
+    """DPM-Solver++ (2M by default: second order, multistep), as
+    `diffusers.DPMSolverMultistepScheduler` with algorithm_type "dpmsolver++". Each step's
+    float32 coefficients are computed once in set_timesteps."""
+
+    reference_name = "DPMSolverMultistepScheduler"
+    config_defaults = {**BETA_DEFAULTS, "timestep_spacing": "linspace", "use_karras_sigmas": False,
+                       "use_exponential_sigmas": False, "rescale_betas_zero_snr": False,
+                       "final_sigmas_type": "zero", "solver_order": 2, "solver_type": "midpoint",
+                       "lower_order_final": True, "euler_at_final": False,
+                       "_reads": ("use_beta_sigmas", "thresholding", "algorithm_type", "use_lu_lambdas")}
+    #: Below this many steps diffusers lowers the order of the last steps (lower_order_final).
+    LOWER_ORDER_FINAL_BELOW = 15
+
+    def __init__(self, config: SchedulerConfig):
+        super().__init__(config)
+        self.alphas_cumprod = compute_alphas_cumprod(config)
+        self._previous_x0: np.ndarray | None = None
+
+    @property
+    def init_noise_sigma(self) -> float:
+        return 1.0
+
+    def set_timesteps(self, num_inference_steps: int) -> None:
+        self._check_steps(num_inference_steps)
+        config, n = self.config, int(num_inference_steps)
+        n_train = config.num_train_timesteps
+        if config.timestep_spacing == "linspace":
+            timesteps = np.linspace(0, n_train - 1, n + 1).round()[::-1][:-1].astype(np.int64)
+        elif config.timestep_spacing == "leading":
+            ratio = n_train // (n + 1)
+            timesteps = (np.arange(0, n + 1) * ratio).round()[::-1][:-1].astype(np.int64) + config.steps_offset
+        else:
+            timesteps = np.arange(n_train, 0, -n_train / n).round().astype(np.int64) - 1
+        train_sigmas = ((1 - self.alphas_cumprod) / self.alphas_cumprod) ** np.float32(0.5)
+        log_sigmas = np.log(train_sigmas)
+        if config.use_karras_sigmas or config.use_exponential_sigmas:
+            descending = train_sigmas[::-1]
+            sigma_min, sigma_max = float(descending[-1]), float(descending[0])
+            if config.use_karras_sigmas:
+                sigmas = karras_sigmas(sigma_min, sigma_max, n)
+            else:
+                sigmas = np.exp(np.linspace(math.log(sigma_max), math.log(sigma_min), n))
+            timesteps = sigma_to_timestep(sigmas, log_sigmas)
+            if config.use_karras_sigmas and config.beta_schedule != "squaredcos_cap_v2":
+                timesteps = timesteps.round()
+        else:
+            sigmas = np.interp(timesteps, np.arange(len(train_sigmas)), train_sigmas)
+        final = 0.0
+        if config.final_sigmas_type == "sigma_min":
+            final = float(((1 - self.alphas_cumprod[0]) / self.alphas_cumprod[0]) ** np.float32(0.5))
+        self.sigmas = np.concatenate([sigmas, [final]]).astype(np.float32)
+        self.timesteps = timesteps.astype(np.int64)
+        self.num_inference_steps = len(self.timesteps)
+        self._plan_updates()
+        self._previous_x0 = None
+
+    def _plan_updates(self) -> None:
+        """Per step: its order and the float32 coefficients of x_t = a*x + b*D0 + c*D1."""
+        one, half = np.float32(1.0), np.float32(0.5)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            alpha = one / (self.sigmas**2 + one) ** half
+            sigma = self.sigmas * alpha
+            lambdas = np.log(alpha) - np.log(sigma)
+        count, config = self.num_inference_steps, self.config
+        self.orders = np.ones(count, dtype=np.int64)
+        self.coefficients = np.zeros((count, 3), dtype=np.float32)
+        for i in range(count):
+            last = i == count - 1
+            lower_final = last and (config.euler_at_final or config.final_sigmas_type == "zero" or
+                                    (config.lower_order_final and count < self.LOWER_ORDER_FINAL_BELOW))
+            # (diffusers' "lower_order_second" only demotes third-order steps, which sdrt lacks.)
+            second = config.solver_order == 2 and i >= 1 and not lower_final
+            h = lambdas[i + 1] - lambdas[i]
+            with np.errstate(over="ignore", invalid="ignore"):
+                ratio = sigma[i + 1] / sigma[i]
+                weight = -(alpha[i + 1] * (np.exp(-h) - one))
+            self.coefficients[i, 0] = ratio
+            self.coefficients[i, 1] = weight
+            if second:
+                self.orders[i] = 2
+                r0 = (lambdas[i] - lambdas[i - 1]) / h
+                if config.solver_type == "midpoint":
+                    self.coefficients[i, 2] = -half * (alpha[i + 1] * (np.exp(-h) - one)) * (one / r0)
+                else:
+                    self.coefficients[i, 2] = (alpha[i + 1] * ((np.exp(-h) - one) / h + one)) * (one / r0)
+
+    def scale_model_input(self, sample: np.ndarray, step_index: int) -> np.ndarray:
+        return sample
+
+    def _data_prediction(self, model_output: np.ndarray, step_index: int, sample: np.ndarray) -> np.ndarray:
+        one, half = np.float32(1.0), np.float32(0.5)
+        sigma = self.sigmas[step_index]
+        alpha_t = one / (sigma**2 + one) ** half
+        sigma_t = sigma * alpha_t
+        prediction = self.config.prediction_type
+        if prediction == "epsilon":
+            return (sample - sigma_t * model_output) / alpha_t
+        if prediction == "v_prediction":
+            return alpha_t * sample - sigma_t * model_output
+        return model_output
+
+    def step(self, model_output: np.ndarray, step_index: int, sample: np.ndarray,
+             generator: TorchGenerator | None = None) -> np.ndarray:
+        x0 = self._data_prediction(model_output, step_index, sample)
+        ratio, weight, second = self.coefficients[step_index]
+        if self.orders[step_index] == 2:
+            if self._previous_x0 is None:
+                raise RuntimeError("DPM-Solver steps must run in order from 0 on one scheduler object")
+            # diffusers: ratio*x - (alpha*(e^-h - 1))*D0 - 0.5*(alpha*(e^-h - 1))*D1, D1 = (m0 - m1)/r0
+            prev_sample = ratio * sample + weight * x0 + second * (x0 - self._previous_x0)
+        else:
+            prev_sample = ratio * sample + weight * x0
+        self._previous_x0 = x0
+        return prev_sample
+
+    def add_noise(self, original: np.ndarray, noise: np.ndarray, step_index: int) -> np.ndarray:
+        one, half = np.float32(1.0), np.float32(0.5)
+        sigma = self.sigmas[step_index]
+        alpha_t = one / (sigma**2 + one) ** half
+        return alpha_t * original + (sigma * alpha_t) * noise
+
+
+def _karras(cls: type[Scheduler]) -> type[Scheduler]:
+    """The same sampler with Karras sigmas forced on, as UIs name e.g. "DPM++ 2M Karras"."""
+
+    class Karras(cls):  # type: ignore[valid-type, misc]
+        @classmethod
+        def from_config(cls_, config: Mapping[str, Any]) -> Scheduler:
+            return super().from_config({**dict(config), "use_karras_sigmas": True, "use_exponential_sigmas": False})
+
+    Karras.__name__ = Karras.__qualname__ = f"{cls.__name__}Karras"
+    return Karras
+
+
+SCHEDULERS: dict[str, type[Scheduler]] = {
+    "lms": LMSDiscreteScheduler,
+    "euler": EulerDiscreteScheduler,
+    "euler_a": EulerAncestralDiscreteScheduler,
+    "ddim": DDIMScheduler,
+    "dpmpp_2m": DPMSolverMultistepScheduler,
+    "dpmpp_2m_karras": _karras(DPMSolverMultistepScheduler),
+}
 
 
 def scheduler_from_config(name: str, config: Mapping[str, Any]) -> Scheduler:
-    """A scheduler by sdrt name ('lms', ...) configured from a scheduler_config.json dict."""
+    """A scheduler by sdrt name ('lms', 'euler', ...) configured from a scheduler_config.json dict."""
     try:
         cls = SCHEDULERS[name]
     except KeyError:
