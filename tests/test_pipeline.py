@@ -211,3 +211,19 @@ def test_every_sampler_end_to_end_equals_diffusers(ours, tiny_models, sampler):
     expected = reference("a photo of a cat", negative_prompt="blurry", num_inference_steps=6, output_type="np",
                          generator=torch.Generator("cpu").manual_seed(21)).images
     assert_same_image(result.array, expected)
+
+
+def test_nan_from_the_vae_is_a_clear_error(exported_standard):
+    from sdrt.runtime.engine import Engine
+
+    pipeline = Pipeline.load(exported_standard)
+
+    class NanDecoder(Engine):
+        def _run(self, feeds):
+            latents = feeds["latent_sample"]
+            return {"sample": np.full((latents.shape[0], 3, 64, 64), np.nan, np.float32)}
+
+    real = pipeline.engines["vae_decoder"]
+    pipeline.engines["vae_decoder"] = NanDecoder("vae_decoder", real.spec, real.dims)
+    with pytest.raises(SdrtError, match="the VAE decoded NaN .* re-export with --vae-precision fp32"):
+        pipeline.generate("a cat", steps=1, seed=0)
