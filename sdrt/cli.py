@@ -150,12 +150,15 @@ class _Progress:
 @click.option("--backend", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]),
               help="Execution backend.")
 @click.option("--threads", default=None, type=int, help="CPU threads per engine (default: all cores).")
+@click.option("--init-image", default=None, help="Image-to-image: start from this image.")
+@click.option("--strength", default=0.8, show_default=True, type=float,
+              help="Image-to-image: how much to change the image, in (0, 1].")
 @click.option("--out", default=None, help="Output PNG (default: sdrt-SEED.png; -N is added for several).")
 @click.option("--quiet", is_flag=True, help="No progress bar or warnings.")
 @click.option("--json", "as_json", is_flag=True, help="Print parameters, output paths and timings as JSON.")
 def generate(prompt, model_dir, negative_prompt, steps, guidance, seed, height, width, num_images, scheduler,
-             backend, threads, out, quiet, as_json) -> None:
-    """Generate images for PROMPT with an exported model."""
+             backend, threads, init_image, strength, out, quiet, as_json) -> None:
+    """Generate images for PROMPT with an exported model (from --init-image: image-to-image)."""
     started = time.perf_counter()
     from sdrt.runtime.pipeline import Pipeline
     from sdrt.runtime.png_info import format_parameters, save_png
@@ -175,7 +178,7 @@ def generate(prompt, model_dir, negative_prompt, steps, guidance, seed, height, 
 
     result = pipeline.generate(prompt, negative_prompt=negative_prompt, steps=steps, guidance_scale=guidance,
                                seed=seed, height=height, width=width, num_images=num_images,
-                               scheduler=scheduler, progress=progress)
+                               scheduler=scheduler, progress=progress, init_image=init_image, strength=strength)
     if seed is None and out is None:
         paths = _output_paths(out, result.parameters["seed"], num_images)
     if not quiet:

@@ -20,13 +20,15 @@ from PIL import Image
 
 from sdrt.errors import ConfigError, ModelFolderError, SdrtError
 from sdrt.runtime.engine import Engine, OrtEngine
+from sdrt.runtime.images import open_image, target_size, to_model_input
 from sdrt.runtime.manifest import MANIFEST_NAME, Manifest
 from sdrt.runtime.model_folder import infer_manifest
 from sdrt.runtime.rng import TorchGenerator
 from sdrt.runtime.scheduler_np import SCHEDULERS, scheduler_from_config
 from sdrt.runtime.tokenizer import ClipTokenizer
 
-COMPONENTS = ("text_encoder", "unet", "vae_decoder")
+COMPONENTS = ("text_encoder", "unet", "vae_decoder")  # required; vae_encoder is for img2img
+OPTIONAL_COMPONENTS = ("vae_encoder",)
 MAX_SEED = 2**32 - 1  # PyTorch's CPU generator keeps the low 32 bits of a seed
 PIXEL_LEVELS = 255
 
@@ -92,7 +94,7 @@ class Pipeline:
         engines = {
             name: OrtEngine(folder / spec.file, name, spec, manifest.dims, backend=backend, threads=threads)
             for name, spec in manifest.components.items()
-            if name in COMPONENTS
+            if name in COMPONENTS or (name in OPTIONAL_COMPONENTS and (folder / spec.file).is_file())
         }
         return cls(folder, manifest, tokenizer, scheduler_config, engines, backend)
 
@@ -141,16 +143,31 @@ class Pipeline:
         hidden = engine.run({"input_ids": ids})["last_hidden_state"]
         return hidden.astype(np.float32)
 
+    def encode_image(self, image: np.ndarray, generator: TorchGenerator) -> np.ndarray:
+        """Latents of an image in [-1, 1], sampled from the VAE's distribution with `generator`
+        and scaled as the UNet expects."""
+        engine = self.engines.get("vae_encoder")
+        if engine is None:
+            raise GenerationError("this export has no vae_encoder; re-export the model for image-to-image")
+        out = engine.run({"sample": image.astype(engine.input_dtype("sample"))})
+        mean, std = out["latent_mean"].astype(np.float32), out["latent_std"].astype(np.float32)
+        latents = mean + std * generator.randn(mean.shape)
+        m = self.manifest
+        return (latents - np.float32(m.vae_shift_factor)) * np.float32(m.vae_scaling_factor)
+
     def denoise(self, latents: np.ndarray, embeddings: np.ndarray, scheduler, guidance_scale: float,
-                generator: TorchGenerator, progress: Callable[[int, int], None] | None) -> np.ndarray:
-        """The denoising loop; `embeddings` holds [unconditional; conditional] with guidance.
-        Stochastic samplers draw from `generator`, after the initial latents, as in diffusers."""
+                generator: TorchGenerator, progress: Callable[[int, int], None] | None,
+                start: int = 0) -> np.ndarray:
+        """The denoising loop from step `start` (image-to-image skips the first steps);
+        `embeddings` holds [unconditional; conditional] with guidance. Stochastic samplers draw
+        from `generator`, after the initial latents, as in diffusers."""
         engine = self.engines["unet"]
         guided = embeddings.shape[0] == 2 * latents.shape[0]
         sample_dtype = engine.input_dtype("sample")
         context = embeddings.astype(engine.input_dtype("encoder_hidden_states"))
-        total = len(scheduler.timesteps)
-        for index, timestep in enumerate(scheduler.timesteps):
+        total = len(scheduler.timesteps) - start
+        for index in range(start, len(scheduler.timesteps)):
+            timestep = scheduler.timesteps[index]
             model_input = np.concatenate([latents, latents]) if guided else latents
             model_input = scheduler.scale_model_input(model_input, index)
             prediction = engine.run({
@@ -163,7 +180,7 @@ class Pipeline:
                 prediction = unconditional + guidance_scale * (conditional - unconditional)
             latents = scheduler.step(prediction, index, latents, generator=generator)
             if progress is not None:
-                progress(index + 1, total)
+                progress(index - start + 1, total)
         return latents
 
     def decode_latents(self, latents: np.ndarray) -> np.ndarray:
@@ -198,10 +215,16 @@ class Pipeline:
         latents: np.ndarray | None = None,
         scheduler: str = "lms",
         progress: Callable[[int, int], None] | None = None,
+        init_image: "str | Path | Image.Image | None" = None,
+        strength: float = 0.8,
     ) -> GenerationResult:
         """Generate `num_images` images per prompt. With `seed`, the initial latents equal
         diffusers' with `torch.Generator("cpu").manual_seed(seed)`; without one, a seed is
-        drawn and reported in `parameters`. `latents` overrides the seeded noise."""
+        drawn and reported in `parameters`. `latents` overrides the seeded noise.
+
+        With `init_image` (image-to-image, as StableDiffusionImg2ImgPipeline): the image is
+        encoded, noised to the level of step n - int(n * strength), and denoised from there;
+        see sdrt.runtime.images for how modes and sizes are handled."""
         started = time.perf_counter()
         timings: dict[str, float] = {}
         warnings: list[str] = []
@@ -212,6 +235,13 @@ class Pipeline:
                 "needs a standard model"
             )
         prompts, negatives = self._prompts(prompt, negative_prompt)
+        image = None
+        if init_image is not None:
+            image = open_image(init_image)
+            multiple = m.dims["height"].multiple if "height" in m.dims else m.vae_scale_factor
+            height, width = target_size(image, height, width, multiple)
+            if not 0 < strength <= 1:
+                raise GenerationError(f"strength must be in (0, 1], got {strength}")
         height = m.native_height if height is None else height
         width = m.native_width if width is None else width
         self._check_size("height", height, "height")
@@ -250,16 +280,28 @@ class Pipeline:
         sampler = scheduler_from_config(scheduler, self.scheduler_config)
         sampler.set_timesteps(int(steps))
         generator = TorchGenerator(seed)
-        if latents is None:
-            latents = generator.randn(shape)
+        start = 0
+        if image is not None:
+            start = int(steps) - min(int(steps * strength), int(steps))
+            if start >= int(steps):
+                raise GenerationError(
+                    f"strength {strength} with {steps} steps leaves no denoising step; raise either"
+                )
+            stage = time.perf_counter()
+            encoded = self.encode_image(to_model_input(image, height, width), generator)
+            timings["vae_encoder"] = time.perf_counter() - stage
+            encoded = np.concatenate([encoded] * batch) if encoded.shape[0] != batch else encoded
+            latents = sampler.add_noise(encoded, generator.randn(shape), start)
+        elif latents is None:
+            latents = generator.randn(shape) * np.float32(sampler.init_noise_sigma)
         else:
             latents = np.asarray(latents, dtype=np.float32)
             if latents.shape != shape:
                 raise GenerationError(f"latents must have shape {list(shape)}, got {list(latents.shape)}")
-        latents = latents * np.float32(sampler.init_noise_sigma)
+            latents = latents * np.float32(sampler.init_noise_sigma)
 
         stage = time.perf_counter()
-        latents = self.denoise(latents, embeddings, sampler, guidance_scale, generator, progress)
+        latents = self.denoise(latents, embeddings, sampler, guidance_scale, generator, progress, start)
         timings["denoise"] = time.perf_counter() - stage
 
         stage = time.perf_counter()
@@ -279,4 +321,6 @@ class Pipeline:
             "scheduler": scheduler,
             "model": self.folder.name,
         }
+        if image is not None:
+            parameters["strength"] = float(strength)
         return GenerationResult(images, array, parameters, timings, warnings)

@@ -42,6 +42,8 @@ def format_parameters(prompt: str, parameters: dict, batch_position: int | None 
         ("Size", f"{parameters['width']}x{parameters['height']}"),
         ("Model", parameters["model"]),
     ]
+    if "strength" in parameters:
+        fields.append(("Denoising strength", parameters["strength"]))
     if batch_position is not None:
         fields += [("Batch size", parameters["num_images"]), ("Batch pos", batch_position)]
     lines.append(", ".join(f"{key}: {value}" for key, value in fields))

@@ -416,6 +416,7 @@ class LMSDiscreteScheduler(SigmaScheduler):
         self.order = order
         self.coefficients = np.zeros((0, order))
         self._derivatives: deque[np.ndarray] = deque(maxlen=order)
+        self._last_index: int | None = None
 
     def set_timesteps(self, num_inference_steps: int) -> None:
         self._check_steps(num_inference_steps)
@@ -423,19 +424,23 @@ class LMSDiscreteScheduler(SigmaScheduler):
         self._compute_sigmas(self.num_inference_steps)
         self.coefficients = lms_coefficients(self.sigmas, self.order)
         self._derivatives.clear()
+        self._last_index = None
 
     def step(self, model_output: np.ndarray, step_index: int, sample: np.ndarray,
              generator: TorchGenerator | None = None) -> np.ndarray:
-        if len(self._derivatives) != min(step_index, self.order):
+        if self._last_index is not None and step_index != self._last_index + 1:
             raise RuntimeError(
-                f"LMS step {step_index} called after {len(self._derivatives)} steps of history: "
-                "steps must run in order from 0 on one scheduler object"
+                f"LMS step {step_index} called after step {self._last_index}: "
+                "steps must run in order on one scheduler object"
             )
+        self._last_index = step_index
         sigma = self.sigmas[step_index]
         derivative = (sample - self.predict_original(model_output, step_index, sample)) / sigma
         self._derivatives.append(derivative)
         # Newest derivative first, matching the coefficient columns; summed before it is added
-        # to the sample, in the reference's order, so float32 rounding agrees.
+        # to the sample, in the reference's order, so float32 rounding agrees. A run that starts
+        # mid-schedule (image-to-image) has fewer derivatives than the row's order: zip stops
+        # at the history there is, as diffusers does.
         terms = zip(self.coefficients[step_index], reversed(self._derivatives))
         coefficient, past = next(terms)
         update = float(coefficient) * past
@@ -663,9 +668,8 @@ class DPMSolverMultistepScheduler(Scheduler):
              generator: TorchGenerator | None = None) -> np.ndarray:
         x0 = self._data_prediction(model_output, step_index, sample)
         ratio, weight, second = self.coefficients[step_index]
-        if self.orders[step_index] == 2:
-            if self._previous_x0 is None:
-                raise RuntimeError("DPM-Solver steps must run in order from 0 on one scheduler object")
+        # The first step of a run is first order, also when it starts mid-schedule (img2img).
+        if self.orders[step_index] == 2 and self._previous_x0 is not None:
             # diffusers: ratio*x - (alpha*(e^-h - 1))*D0 - 0.5*(alpha*(e^-h - 1))*D1, D1 = (m0 - m1)/r0
             prev_sample = ratio * sample + weight * x0 + second * (x0 - self._previous_x0)
         else:

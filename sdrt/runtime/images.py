@@ -1,0 +1,81 @@
+"""Input images for image-to-image: one rule for every mode and size.
+
+- Modes: RGB as is; RGBA, LA and P with transparency are flattened onto white (as AUTOMATIC1111
+  does by default); L, P, CMYK and the rest are converted to RGB; 16-bit and 32-bit grayscale
+  (I;16, I) are scaled from their full range to 8 bits first.
+- Size: the output size is the requested height and width, or else the image's own size rounded
+  down to the model's size multiple; an image of another size is resized to it with Lanczos
+  filtering (diffusers' VaeImageProcessor resamples the same way).
+- Values: 8-bit RGB becomes float32 in [-1, 1] as 2 * (v / 255) - 1, NCHW.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from sdrt.errors import SdrtError
+
+FLATTEN_BACKGROUND = (255, 255, 255)
+MAX_8BIT = 255
+# Full scale of PIL's integer grayscale modes.
+INTEGER_MODE_RANGE = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I": 65535}
+
+
+class InputImageError(SdrtError):
+    """An input image cannot be read or does not fit the request."""
+
+
+def open_image(source: str | Path | Image.Image) -> Image.Image:
+    """A loaded PIL image from a path or an image; a missing or corrupt file is a clear error."""
+    if isinstance(source, Image.Image):
+        return source
+    path = Path(source)
+    if not path.is_file():
+        raise InputImageError(f"input image {path} does not exist")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.copy()
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        raise InputImageError(f"cannot read {path} as an image: {error}") from None
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB by the module's rule (alpha flattened onto white, high bit depths scaled)."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in INTEGER_MODE_RANGE:
+        values = np.asarray(image, dtype=np.float64) / INTEGER_MODE_RANGE[image.mode] * MAX_8BIT
+        image = Image.fromarray(np.clip(values.round(), 0, MAX_8BIT).astype(np.uint8), "L")
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, FLATTEN_BACKGROUND + (MAX_8BIT,))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def target_size(image: Image.Image, height: int | None, width: int | None, multiple: int) -> tuple[int, int]:
+    """(height, width): as requested, else the image's size rounded down to `multiple`."""
+    if height is None:
+        height = image.height - image.height % multiple
+    if width is None:
+        width = image.width - image.width % multiple
+    if height < multiple or width < multiple:
+        raise InputImageError(
+            f"input image {image.width}x{image.height} is smaller than this model's minimum side {multiple}"
+        )
+    return height, width
+
+
+def to_model_input(image: Image.Image, height: int, width: int) -> np.ndarray:
+    """float32 [1, 3, height, width] in [-1, 1]."""
+    image = to_rgb(image)
+    if image.size != (width, height):
+        image = image.resize((width, height), resample=Image.LANCZOS)
+    values = np.asarray(image).astype(np.float32) / np.float32(MAX_8BIT)
+    return (np.float32(2.0) * values - np.float32(1.0)).transpose(2, 0, 1)[np.newaxis]
