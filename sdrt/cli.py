@@ -151,14 +151,17 @@ class _Progress:
               help="Execution backend.")
 @click.option("--threads", default=None, type=int, help="CPU threads per engine (default: all cores).")
 @click.option("--init-image", default=None, help="Image-to-image: start from this image.")
-@click.option("--strength", default=0.8, show_default=True, type=float,
-              help="Image-to-image: how much to change the image, in (0, 1].")
+@click.option("--mask", "mask_image", default=None,
+              help="Inpainting: white (or opaque) = repaint, black = keep; needs --init-image.")
+@click.option("--strength", default=None, type=float,
+              help="How much to change the init image, in (0, 1] [default: 0.8, inpainting 1.0].")
 @click.option("--out", default=None, help="Output PNG (default: sdrt-SEED.png; -N is added for several).")
 @click.option("--quiet", is_flag=True, help="No progress bar or warnings.")
 @click.option("--json", "as_json", is_flag=True, help="Print parameters, output paths and timings as JSON.")
 def generate(prompt, model_dir, negative_prompt, steps, guidance, seed, height, width, num_images, scheduler,
-             backend, threads, init_image, strength, out, quiet, as_json) -> None:
-    """Generate images for PROMPT with an exported model (from --init-image: image-to-image)."""
+             backend, threads, init_image, mask_image, strength, out, quiet, as_json) -> None:
+    """Generate images for PROMPT with an exported model (from --init-image: image-to-image;
+    with --mask too: inpainting)."""
     started = time.perf_counter()
     from sdrt.runtime.pipeline import Pipeline
     from sdrt.runtime.png_info import format_parameters, save_png
@@ -178,7 +181,8 @@ def generate(prompt, model_dir, negative_prompt, steps, guidance, seed, height, 
 
     result = pipeline.generate(prompt, negative_prompt=negative_prompt, steps=steps, guidance_scale=guidance,
                                seed=seed, height=height, width=width, num_images=num_images,
-                               scheduler=scheduler, progress=progress, init_image=init_image, strength=strength)
+                               scheduler=scheduler, progress=progress, init_image=init_image, strength=strength,
+                               mask_image=mask_image)
     if seed is None and out is None:
         paths = _output_paths(out, result.parameters["seed"], num_images)
     if not quiet:

@@ -7,6 +7,11 @@
   down to the model's size multiple; an image of another size is resized to it with Lanczos
   filtering (diffusers' VaeImageProcessor resamples the same way).
 - Values: 8-bit RGB becomes float32 in [-1, 1] as 2 * (v / 255) - 1, NCHW.
+
+Masks (inpainting; white = repaint, black = keep): an image with an alpha channel (RGBA, LA, or
+P with transparency) is read by its alpha, opaque = repaint; any other mode is converted to
+grayscale (1-bit, L, RGB alike). The mask must have the image's size; it is resized with the
+image, then binarized at half intensity, as diffusers' mask processor does.
 """
 
 from __future__ import annotations
@@ -79,3 +84,34 @@ def to_model_input(image: Image.Image, height: int, width: int) -> np.ndarray:
         image = image.resize((width, height), resample=Image.LANCZOS)
     values = np.asarray(image).astype(np.float32) / np.float32(MAX_8BIT)
     return (np.float32(2.0) * values - np.float32(1.0)).transpose(2, 0, 1)[np.newaxis]
+
+
+MASK_THRESHOLD = 0.5
+
+
+def to_mask_input(mask: Image.Image, image: Image.Image, height: int, width: int) -> np.ndarray:
+    """float32 [1, 1, height, width] of 0 (keep) and 1 (repaint)."""
+    if mask.size != image.size:
+        raise InputImageError(
+            f"the mask is {mask.width}x{mask.height} but the image is {image.width}x{image.height}; "
+            "they must have the same size"
+        )
+    if mask.mode in ("RGBA", "LA", "PA") or (mask.mode == "P" and "transparency" in mask.info):
+        gray = mask.convert("RGBA").getchannel("A")
+    elif mask.mode in INTEGER_MODE_RANGE:
+        gray = to_rgb(mask).convert("L")
+    else:
+        gray = mask.convert("L")
+    if gray.size != (width, height):
+        gray = gray.resize((width, height), resample=Image.LANCZOS)
+    values = np.asarray(gray).astype(np.float32) / np.float32(MAX_8BIT)
+    return (values >= MASK_THRESHOLD).astype(np.float32)[np.newaxis, np.newaxis]
+
+
+def downsample_nearest(mask: np.ndarray, height: int, width: int) -> np.ndarray:
+    """torch.nn.functional.interpolate(mode="nearest") to [.., height, width]: source index
+    floor(i * in / out)."""
+    in_h, in_w = mask.shape[-2:]
+    rows = np.minimum(np.floor(np.arange(height) * (in_h / height)).astype(np.int64), in_h - 1)
+    cols = np.minimum(np.floor(np.arange(width) * (in_w / width)).astype(np.int64), in_w - 1)
+    return mask[..., rows[:, None], cols[None, :]]

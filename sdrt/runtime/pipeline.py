@@ -20,7 +20,14 @@ from PIL import Image
 
 from sdrt.errors import ConfigError, ModelFolderError, SdrtError
 from sdrt.runtime.engine import Engine, OrtEngine
-from sdrt.runtime.images import open_image, target_size, to_model_input
+from sdrt.runtime.images import (
+    MASK_THRESHOLD,
+    downsample_nearest,
+    open_image,
+    target_size,
+    to_mask_input,
+    to_model_input,
+)
 from sdrt.runtime.manifest import MANIFEST_NAME, Manifest
 from sdrt.runtime.model_folder import infer_manifest
 from sdrt.runtime.rng import TorchGenerator
@@ -31,6 +38,9 @@ COMPONENTS = ("text_encoder", "unet", "vae_decoder")  # required; vae_encoder is
 OPTIONAL_COMPONENTS = ("vae_encoder",)
 MAX_SEED = 2**32 - 1  # PyTorch's CPU generator keeps the low 32 bits of a seed
 PIXEL_LEVELS = 255
+# diffusers' default strengths: image-to-image keeps some of the image, inpainting repaints fully.
+IMG2IMG_STRENGTH = 0.8
+INPAINT_STRENGTH = 1.0
 
 
 class GenerationError(SdrtError):
@@ -157,10 +167,13 @@ class Pipeline:
 
     def denoise(self, latents: np.ndarray, embeddings: np.ndarray, scheduler, guidance_scale: float,
                 generator: TorchGenerator, progress: Callable[[int, int], None] | None,
-                start: int = 0) -> np.ndarray:
+                start: int = 0, conditioning: np.ndarray | None = None,
+                blend: Callable[[int, np.ndarray], np.ndarray] | None = None) -> np.ndarray:
         """The denoising loop from step `start` (image-to-image skips the first steps);
         `embeddings` holds [unconditional; conditional] with guidance. Stochastic samplers draw
-        from `generator`, after the initial latents, as in diffusers."""
+        from `generator`, after the initial latents, as in diffusers. `conditioning` (an
+        inpainting UNet's mask and masked-image latents) is appended to the scaled input's
+        channels; `blend(index, latents)` runs after each step (inpainting with an ordinary UNet)."""
         engine = self.engines["unet"]
         guided = embeddings.shape[0] == 2 * latents.shape[0]
         sample_dtype = engine.input_dtype("sample")
@@ -170,6 +183,8 @@ class Pipeline:
             timestep = scheduler.timesteps[index]
             model_input = np.concatenate([latents, latents]) if guided else latents
             model_input = scheduler.scale_model_input(model_input, index)
+            if conditioning is not None:
+                model_input = np.concatenate([model_input, conditioning], axis=1)
             prediction = engine.run({
                 "sample": model_input.astype(sample_dtype),
                 "timestep": np.array([timestep], dtype=engine.input_dtype("timestep")),
@@ -179,6 +194,8 @@ class Pipeline:
                 unconditional, conditional = np.split(prediction, 2)
                 prediction = unconditional + guidance_scale * (conditional - unconditional)
             latents = scheduler.step(prediction, index, latents, generator=generator)
+            if blend is not None:
+                latents = blend(index, latents)
             if progress is not None:
                 progress(index - start + 1, total)
         return latents
@@ -201,6 +218,43 @@ class Pipeline:
         image = np.clip(image / 2 + 0.5, 0, 1)
         return image.transpose(0, 2, 3, 1)
 
+    def _prepare_inpainting(self, image, mask, height, width, shape, strength, steps, sampler, generator, guided):
+        """Initial latents, first step, UNet conditioning and blend step of an inpainting run,
+        drawing from `generator` in diffusers' order: image latents (when needed), noise, then
+        the masked image's latents."""
+        batch = shape[0]
+        start = steps - min(int(steps * strength), steps)
+        if start >= steps:
+            raise GenerationError(f"strength {strength} with {steps} steps leaves no denoising step; raise either")
+        pixels = to_model_input(image, height, width)
+        mask_pixels = to_mask_input(mask, image, height, width)
+        ordinary_unet = self.manifest.unet_in_channels == self.manifest.latent_channels
+        full_strength = strength == 1.0
+        image_latents = None
+        if ordinary_unet or not full_strength:
+            image_latents = np.concatenate([self.encode_image(pixels, generator)] * batch)
+        noise = generator.randn(shape)
+        if full_strength:
+            latents = noise * np.float32(sampler.init_noise_sigma)
+        else:
+            latents = sampler.add_noise(image_latents, noise, start)
+        masked_latents = self.encode_image(pixels * (mask_pixels < MASK_THRESHOLD), generator)
+        latent_mask = downsample_nearest(mask_pixels, shape[2], shape[3])
+        latent_mask = np.concatenate([latent_mask] * batch)
+        masked_latents = np.concatenate([masked_latents] * batch)
+        if not ordinary_unet:
+            conditioning = np.concatenate([latent_mask, masked_latents], axis=1)
+            if guided:
+                conditioning = np.concatenate([conditioning, conditioning])
+            return latents, start, conditioning, None
+        last = len(sampler.timesteps) - 1
+
+        def blend(index: int, current: np.ndarray) -> np.ndarray:
+            known = image_latents if index == last else sampler.add_noise(image_latents, noise, index + 1)
+            return (1 - latent_mask) * known + latent_mask * current
+
+        return latents, start, None, blend
+
     # ------------------------------------------------------------------ request
     def generate(
         self,
@@ -216,32 +270,45 @@ class Pipeline:
         scheduler: str = "lms",
         progress: Callable[[int, int], None] | None = None,
         init_image: "str | Path | Image.Image | None" = None,
-        strength: float = 0.8,
+        strength: float | None = None,
+        mask_image: "str | Path | Image.Image | None" = None,
     ) -> GenerationResult:
         """Generate `num_images` images per prompt. With `seed`, the initial latents equal
         diffusers' with `torch.Generator("cpu").manual_seed(seed)`; without one, a seed is
         drawn and reported in `parameters`. `latents` overrides the seeded noise.
 
         With `init_image` (image-to-image, as StableDiffusionImg2ImgPipeline): the image is
-        encoded, noised to the level of step n - int(n * strength), and denoised from there;
-        see sdrt.runtime.images for how modes and sizes are handled."""
+        encoded, noised to the level of step n - int(n * strength) (strength 0.8 by default),
+        and denoised from there; see sdrt.runtime.images for how modes and sizes are handled.
+
+        With `mask_image` too (inpainting, as StableDiffusionInpaintPipeline; strength 1 by
+        default): an inpainting UNet (9 input channels) gets the mask and the masked image's
+        latents with every call; an ordinary UNet denoises everything and, after each step, the
+        kept region is replaced by the original latents noised to the next step's level."""
         started = time.perf_counter()
         timings: dict[str, float] = {}
         warnings: list[str] = []
         m = self.manifest
-        if m.unet_in_channels != m.latent_channels:
+        inpainting_unet = m.unet_in_channels != m.latent_channels
+        if inpainting_unet and mask_image is None:
             raise GenerationError(
-                f"this is an inpainting model (UNet takes {m.unet_in_channels} channels): text-to-image "
-                "needs a standard model"
+                f"this is an inpainting model (UNet takes {m.unet_in_channels} channels): give it "
+                "an init image and a mask"
             )
+        if mask_image is not None and init_image is None:
+            raise GenerationError("a mask needs an init image to inpaint")
         prompts, negatives = self._prompts(prompt, negative_prompt)
-        image = None
+        image = mask = None
         if init_image is not None:
             image = open_image(init_image)
             multiple = m.dims["height"].multiple if "height" in m.dims else m.vae_scale_factor
             height, width = target_size(image, height, width, multiple)
+            if strength is None:
+                strength = INPAINT_STRENGTH if mask_image is not None else IMG2IMG_STRENGTH
             if not 0 < strength <= 1:
                 raise GenerationError(f"strength must be in (0, 1], got {strength}")
+        if mask_image is not None:
+            mask = open_image(mask_image)
         height = m.native_height if height is None else height
         width = m.native_width if width is None else width
         self._check_size("height", height, "height")
@@ -281,7 +348,13 @@ class Pipeline:
         sampler.set_timesteps(int(steps))
         generator = TorchGenerator(seed)
         start = 0
-        if image is not None:
+        conditioning = blend = None
+        if mask is not None:
+            stage = time.perf_counter()
+            latents, start, conditioning, blend = self._prepare_inpainting(
+                image, mask, height, width, shape, strength, int(steps), sampler, generator, guided)
+            timings["vae_encoder"] = time.perf_counter() - stage
+        elif image is not None:
             start = int(steps) - min(int(steps * strength), int(steps))
             if start >= int(steps):
                 raise GenerationError(
@@ -301,7 +374,8 @@ class Pipeline:
             latents = latents * np.float32(sampler.init_noise_sigma)
 
         stage = time.perf_counter()
-        latents = self.denoise(latents, embeddings, sampler, guidance_scale, generator, progress, start)
+        latents = self.denoise(latents, embeddings, sampler, guidance_scale, generator, progress, start,
+                               conditioning, blend)
         timings["denoise"] = time.perf_counter() - stage
 
         stage = time.perf_counter()
