@@ -23,6 +23,8 @@ REFERENCES = {
     "ddim": ("DDIMScheduler", {}),
     "dpmpp_2m": ("DPMSolverMultistepScheduler", {}),
     "dpmpp_2m_karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
+    "pndm": ("PNDMScheduler", {}),
+    "ddpm": ("DDPMScheduler", {}),
 }
 STEP_COUNTS = [1, 2, 3, 10, 25, 50]
 
@@ -106,6 +108,10 @@ def test_timestep_spacings(sd15_config, name, spacing):
         ("dpmpp_2m", {"lower_order_final": False, "final_sigmas_type": "sigma_min"}),
         ("dpmpp_2m", {"use_exponential_sigmas": True}),
         ("dpmpp_2m", {"beta_schedule": "squaredcos_cap_v2"}),
+        ("pndm", {"set_alpha_to_one": True}),
+        ("ddpm", {"clip_sample": True}),
+        ("ddpm", {"variance_type": "fixed_small_log"}),
+        ("ddpm", {"variance_type": "fixed_large"}),
         ("dpmpp_2m", {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing", "prediction_type": "v_prediction"}),
     ],
 )

@@ -43,6 +43,9 @@ LOG_SIGMA_FLOOR = 1e-10
 FINAL_SIGMAS_TYPES = ("zero", "sigma_min")
 INTERPOLATION_TYPES = ("linear", "log_linear")
 SOLVER_TYPES = ("midpoint", "heun")
+VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large")
+# DDPM's variance floor (diffusers clamps it before the square root or log).
+DDPM_MIN_VARIANCE = 1e-20
 # alphas_cumprod's last value after zero-terminal-SNR rescaling (diffusers keeps sigma finite).
 ZERO_SNR_ALPHA_CUMPROD = 2.0**-24
 
@@ -78,6 +81,8 @@ class SchedulerConfig:
     solver_type: str
     lower_order_final: bool
     euler_at_final: bool
+    skip_prk_steps: bool
+    variance_type: str
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any], defaults: Mapping[str, Any]) -> "SchedulerConfig":
@@ -114,6 +119,7 @@ class SchedulerConfig:
             "final_sigmas_type": FINAL_SIGMAS_TYPES,
             "interpolation_type": INTERPOLATION_TYPES,
             "solver_type": SOLVER_TYPES,
+            "variance_type": VARIANCE_TYPES,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -132,6 +138,11 @@ class SchedulerConfig:
             raise ConfigError("use_karras_sigmas and use_exponential_sigmas exclude each other")
         if self.solver_order not in (1, 2):
             raise ConfigError(f"solver_order {self.solver_order} is not supported; sdrt implements 1 and 2")
+        if not self.skip_prk_steps:
+            raise ConfigError(
+                "PNDM's Runge-Kutta warm-up (skip_prk_steps false) is not supported; set "
+                "skip_prk_steps true (as Stable Diffusion's configs do) or use another sampler"
+            )
 
 
 # Values of the fields a sampler does not read (so they change nothing).
@@ -141,7 +152,8 @@ NEUTRAL_CONFIG: dict[str, Any] = {
     "use_karras_sigmas": False, "use_exponential_sigmas": False, "rescale_betas_zero_snr": False,
     "final_sigmas_type": "zero", "interpolation_type": "linear", "sigma_min": None, "sigma_max": None,
     "clip_sample": False, "clip_sample_range": 1.0, "set_alpha_to_one": False, "solver_order": 2,
-    "solver_type": "midpoint", "lower_order_final": True, "euler_at_final": False,
+    "solver_type": "midpoint", "lower_order_final": True, "euler_at_final": False, "skip_prk_steps": True,
+    "variance_type": "fixed_small",
 }
 BETA_DEFAULTS = {"num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear",
                  "trained_betas": None, "prediction_type": "epsilon", "steps_offset": 0}
@@ -227,6 +239,16 @@ def spaced_timesteps(config: SchedulerConfig, num_inference_steps: int) -> np.nd
         return timesteps + np.float32(config.steps_offset)
     ratio = n_train / num_inference_steps
     return np.arange(n_train, 0, -ratio).round().astype(np.float32) - np.float32(1)
+
+
+def integer_timesteps(config: SchedulerConfig, num_inference_steps: int) -> np.ndarray:
+    """Integer timesteps, high to low, as DDIM and DDPM space them."""
+    n, n_train = num_inference_steps, config.num_train_timesteps
+    if config.timestep_spacing == "linspace":
+        return np.linspace(0, n_train - 1, n).round()[::-1].astype(np.int64)
+    if config.timestep_spacing == "leading":
+        return (np.arange(0, n) * (n_train // n)).round()[::-1].astype(np.int64) + config.steps_offset
+    return np.round(np.arange(n_train, 0, -n_train / n)).astype(np.int64) - 1
 
 
 def sigma_to_timestep(sigmas: np.ndarray, log_sigmas: np.ndarray) -> np.ndarray:
@@ -518,13 +540,7 @@ class DDIMScheduler(Scheduler):
         self._check_steps(num_inference_steps)
         n, n_train = int(num_inference_steps), self.config.num_train_timesteps
         self.num_inference_steps = n
-        spacing = self.config.timestep_spacing
-        if spacing == "linspace":
-            timesteps = np.linspace(0, n_train - 1, n).round()[::-1].astype(np.int64)
-        elif spacing == "leading":
-            timesteps = (np.arange(0, n) * (n_train // n)).round()[::-1].astype(np.int64) + self.config.steps_offset
-        else:
-            timesteps = np.round(np.arange(n_train, 0, -n_train / n)).astype(np.int64) - 1
+        timesteps = integer_timesteps(self.config, n)
         self.timesteps = timesteps.copy()
         # diffusers steps back by n_train // n whatever the spacing.
         previous = timesteps - n_train // n
@@ -684,6 +700,148 @@ class DPMSolverMultistepScheduler(Scheduler):
         return alpha_t * original + (sigma * alpha_t) * noise
 
 
+class _AlphaTableScheduler(Scheduler):
+    """Samplers stepping on alpha_bar(t) directly (PNDM, DDPM): unscaled input, unit noise."""
+
+    def __init__(self, config: SchedulerConfig):
+        super().__init__(config)
+        self.alphas_cumprod = compute_alphas_cumprod(config, zero_snr_floor=False)
+
+    @property
+    def init_noise_sigma(self) -> float:
+        return 1.0
+
+    def scale_model_input(self, sample: np.ndarray, step_index: int) -> np.ndarray:
+        return sample
+
+    def add_noise(self, original: np.ndarray, noise: np.ndarray, step_index: int) -> np.ndarray:
+        alpha_prod = self.alphas_cumprod[int(self.timesteps[step_index])]
+        half = np.float32(0.5)
+        return alpha_prod**half * original + (1 - alpha_prod) ** half * noise
+
+
+class PNDMScheduler(_AlphaTableScheduler):
+    """Pseudo numerical methods (PLMS: linear multistep on the model output), as
+    `diffusers.PNDMScheduler` with skip_prk_steps, the setting of Stable Diffusion's configs.
+    n steps make n + 1 UNet calls: the second step re-evaluates the first's target."""
+
+    reference_name = "PNDMScheduler"
+    config_defaults = {**BETA_DEFAULTS, "timestep_spacing": "leading", "set_alpha_to_one": False,
+                       "skip_prk_steps": False}
+
+    def __init__(self, config: SchedulerConfig):
+        super().__init__(config)
+        self.final_alpha_cumprod = np.float32(1.0) if config.set_alpha_to_one else self.alphas_cumprod[0]
+        self._ets: list[np.ndarray] = []
+        self._counter = 0
+        self._held_sample: np.ndarray | None = None
+
+    def set_timesteps(self, num_inference_steps: int) -> None:
+        self._check_steps(num_inference_steps)
+        n = int(num_inference_steps)
+        self.num_inference_steps = n
+        n_train, spacing = self.config.num_train_timesteps, self.config.timestep_spacing
+        # PNDM keeps its timesteps ascending before reversing them (unlike DDIM for trailing).
+        if spacing == "linspace":
+            ascending = np.linspace(0, n_train - 1, n).round().astype(np.int64)
+        elif spacing == "leading":
+            ascending = (np.arange(0, n) * (n_train // n)).round().astype(np.int64) + self.config.steps_offset
+        else:
+            ascending = np.round(np.arange(n_train, 0, -n_train / n))[::-1].astype(np.int64) - 1
+        self.timesteps = np.concatenate([ascending[:-1], ascending[-2:-1], ascending[-1:]])[::-1].copy()
+        self._ets, self._counter, self._held_sample = [], 0, None
+
+    def _alpha(self, timestep: int) -> np.float32:
+        return self.alphas_cumprod[timestep] if timestep >= 0 else self.final_alpha_cumprod
+
+    def step(self, model_output: np.ndarray, step_index: int, sample: np.ndarray,
+             generator: TorchGenerator | None = None) -> np.ndarray:
+        ratio = self.config.num_train_timesteps // self.num_inference_steps
+        timestep = int(self.timesteps[step_index])
+        prev_timestep = timestep - ratio
+        if self._counter != 1:
+            self._ets = self._ets[-3:] + [model_output]
+        else:
+            prev_timestep, timestep = timestep, timestep + ratio
+        ets = self._ets
+        if len(ets) == 1 and self._counter == 0:
+            self._held_sample = sample
+        elif len(ets) == 1 and self._counter == 1:
+            model_output = (model_output + ets[-1]) / 2
+            sample, self._held_sample = self._held_sample, None
+        elif len(ets) == 2:
+            model_output = (3 * ets[-1] - ets[-2]) / 2
+        elif len(ets) == 3:
+            model_output = (23 * ets[-1] - 16 * ets[-2] + 5 * ets[-3]) / 12
+        else:
+            model_output = (1 / 24) * (55 * ets[-1] - 59 * ets[-2] + 37 * ets[-3] - 9 * ets[-4])
+        self._counter += 1
+        alpha_t, alpha_prev = self._alpha(timestep), self._alpha(prev_timestep)
+        beta_t, beta_prev = 1 - alpha_t, 1 - alpha_prev
+        half = np.float32(0.5)
+        if self.config.prediction_type == "v_prediction":
+            model_output = alpha_t**half * model_output + beta_t**half * sample
+        elif self.config.prediction_type != "epsilon":
+            raise ConfigError("PNDM supports the epsilon and v_prediction prediction types")
+        sample_coefficient = (alpha_prev / alpha_t) ** half
+        denominator = alpha_t * beta_prev**half + (alpha_t * beta_t * alpha_prev) ** half
+        return sample_coefficient * sample - (alpha_prev - alpha_t) * model_output / denominator
+
+
+class DDPMScheduler(_AlphaTableScheduler):
+    """Denoising diffusion probabilistic models (ancestral sampling with the posterior's
+    variance), as `diffusers.DDPMScheduler`; the noise comes from the pipeline's generator."""
+
+    reference_name = "DDPMScheduler"
+    config_defaults = {**BETA_DEFAULTS, "timestep_spacing": "leading", "clip_sample": True,
+                       "clip_sample_range": 1.0, "variance_type": "fixed_small",
+                       "rescale_betas_zero_snr": False, "_reads": ("thresholding",)}
+
+    def set_timesteps(self, num_inference_steps: int) -> None:
+        self._check_steps(num_inference_steps)
+        self.num_inference_steps = int(num_inference_steps)
+        timesteps = integer_timesteps(self.config, self.num_inference_steps)
+        self.timesteps = timesteps.copy()
+        previous = np.append(timesteps[1:], -1)
+        one = np.float32(1.0)
+        alpha = self.alphas_cumprod[timesteps]
+        alpha_prev = np.where(previous >= 0, self.alphas_cumprod[np.maximum(previous, 0)], one).astype(np.float32)
+        beta, beta_prev = one - alpha, one - alpha_prev
+        current_alpha = alpha / alpha_prev
+        current_beta = one - current_alpha
+        half = np.float32(0.5)
+        self.alpha_prod, self.beta_prod = alpha, beta
+        self.original_coefficient = (alpha_prev**half * current_beta) / beta
+        self.sample_coefficient = current_alpha**half * beta_prev / beta
+        variance = np.maximum((one - alpha_prev) / (one - alpha) * current_beta, np.float32(DDPM_MIN_VARIANCE))
+        if self.config.variance_type == "fixed_small":
+            self.noise_scale = variance**half
+        elif self.config.variance_type == "fixed_small_log":
+            self.noise_scale = np.exp(half * np.log(variance))
+        else:
+            self.noise_scale = current_beta**half
+
+    def step(self, model_output: np.ndarray, step_index: int, sample: np.ndarray,
+             generator: TorchGenerator | None = None) -> np.ndarray:
+        alpha, beta = self.alpha_prod[step_index], self.beta_prod[step_index]
+        half = np.float32(0.5)
+        prediction = self.config.prediction_type
+        if prediction == "epsilon":
+            original = (sample - beta**half * model_output) / alpha**half
+        elif prediction == "v_prediction":
+            original = alpha**half * sample - beta**half * model_output
+        else:
+            original = model_output
+        if self.config.clip_sample:
+            limit = self.config.clip_sample_range
+            original = np.clip(original, -limit, limit)
+        prev_sample = self.original_coefficient[step_index] * original + self.sample_coefficient[step_index] * sample
+        if self.timesteps[step_index] > 0:
+            noise = self._need_generator(generator, "ddpm").randn(model_output.shape)
+            prev_sample = prev_sample + self.noise_scale[step_index] * noise
+        return prev_sample
+
+
 def _karras(cls: type[Scheduler]) -> type[Scheduler]:
     """The same sampler with Karras sigmas forced on, as UIs name e.g. "DPM++ 2M Karras"."""
 
@@ -703,6 +861,8 @@ SCHEDULERS: dict[str, type[Scheduler]] = {
     "ddim": DDIMScheduler,
     "dpmpp_2m": DPMSolverMultistepScheduler,
     "dpmpp_2m_karras": _karras(DPMSolverMultistepScheduler),
+    "pndm": PNDMScheduler,
+    "ddpm": DDPMScheduler,
 }
 
 
