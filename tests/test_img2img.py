@@ -20,7 +20,8 @@ from sdrt.runtime.pipeline import Pipeline
 MAX_PIXEL_ERROR = 2 / 255
 SAMPLERS = {"lms": "LMSDiscreteScheduler", "euler": "EulerDiscreteScheduler",
             "euler_a": "EulerAncestralDiscreteScheduler", "ddim": "DDIMScheduler",
-            "dpmpp_2m": "DPMSolverMultistepScheduler", "pndm": "PNDMScheduler", "ddpm": "DDPMScheduler"}
+            "dpmpp_2m": "DPMSolverMultistepScheduler", "pndm": "PNDMScheduler", "ddpm": "DDPMScheduler",
+            "heun": "HeunDiscreteScheduler"}
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from sdrt.runtime.pipeline import Pipeline
 
 MAX_PIXEL_ERROR = 2 / 255
 SAMPLERS = {"lms": "LMSDiscreteScheduler", "euler_a": "EulerAncestralDiscreteScheduler",
-            "ddim": "DDIMScheduler", "dpmpp_2m": "DPMSolverMultistepScheduler"}
+            "ddim": "DDIMScheduler", "dpmpp_2m": "DPMSolverMultistepScheduler", "heun": "HeunDiscreteScheduler"}
 
 
 @pytest.fixture(scope="module")

@@ -195,6 +195,7 @@ SAMPLER_REFERENCES = {
     "dpmpp_2m_karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
     "pndm": ("PNDMScheduler", {}),
     "ddpm": ("DDPMScheduler", {}),
+    "heun": ("HeunDiscreteScheduler", {}),
 }
 
 

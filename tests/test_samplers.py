@@ -25,6 +25,7 @@ REFERENCES = {
     "dpmpp_2m_karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
     "pndm": ("PNDMScheduler", {}),
     "ddpm": ("DDPMScheduler", {}),
+    "heun": ("HeunDiscreteScheduler", {}),
 }
 STEP_COUNTS = [1, 2, 3, 10, 25, 50]
 
@@ -112,6 +113,8 @@ def test_timestep_spacings(sd15_config, name, spacing):
         ("ddpm", {"clip_sample": True}),
         ("ddpm", {"variance_type": "fixed_small_log"}),
         ("ddpm", {"variance_type": "fixed_large"}),
+        ("heun", {"use_karras_sigmas": True}),
+        ("heun", {"clip_sample": True}),
         ("dpmpp_2m", {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing", "prediction_type": "v_prediction"}),
     ],
 )

@@ -223,8 +223,8 @@ class Pipeline:
         drawing from `generator` in diffusers' order: image latents (when needed), noise, then
         the masked image's latents."""
         batch = shape[0]
-        start = steps - min(int(steps * strength), steps)
-        if start >= steps:
+        start = (steps - min(int(steps * strength), steps)) * sampler.calls_per_step
+        if start >= len(sampler.timesteps):
             raise GenerationError(f"strength {strength} with {steps} steps leaves no denoising step; raise either")
         pixels = to_model_input(image, height, width)
         mask_pixels = to_mask_input(mask, image, height, width)
@@ -355,8 +355,8 @@ class Pipeline:
                 image, mask, height, width, shape, strength, int(steps), sampler, generator, guided)
             timings["vae_encoder"] = time.perf_counter() - stage
         elif image is not None:
-            start = int(steps) - min(int(steps * strength), int(steps))
-            if start >= int(steps):
+            start = (int(steps) - min(int(steps * strength), int(steps))) * sampler.calls_per_step
+            if start >= len(sampler.timesteps):
                 raise GenerationError(
                     f"strength {strength} with {steps} steps leaves no denoising step; raise either"
                 )
