@@ -202,6 +202,64 @@ def generate(prompt, model_dir, negative_prompt, steps, guidance, seed, height, 
 
 
 @main.command()
+@click.option("--model", "model_dir", default=None, type=click.Path(), help="Exported model folder.")
+@click.option("--arch", default=None, help="Instead of --model: a random-weight model of a real architecture "
+              "(sd15), built and exported once into ~/.cache/sdrt (or $SDRT_CACHE).")
+@click.option("--backend", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]))
+@click.option("--height", default=None, type=int, help="Image height (default: the model's native size).")
+@click.option("--width", default=None, type=int, help="Image width (default: the model's native size).")
+@click.option("--steps", default=10, show_default=True, type=int)
+@click.option("--guidance", default=7.5, show_default=True, type=float)
+@click.option("--num-images", default=1, show_default=True, type=int)
+@click.option("--scheduler", default="lms", show_default=True, metavar="NAME")
+@click.option("--runs", default=3, show_default=True, type=int, help="Measured runs (after the warm-up).")
+@click.option("--warmup", default=1, show_default=True, type=int, help="Unmeasured runs first.")
+@click.option("--threads", default=None, type=int, help="CPU threads (default: all cores).")
+@click.option("--compare", default=None, type=click.Choice(["diffusers"]),
+              help="Also run the same model in diffusers + torch, interleaved A B A B.")
+@click.option("--diffusers-model", default=None, type=click.Path(),
+              help="The diffusers folder the export came from (default: the manifest's source).")
+@click.option("--sweep", default=None, help="Repeat over values: height=256,512 (also width, size, batch, steps).")
+@click.option("--json", "json_path", default=None, type=click.Path(), help="Write the full report here.")
+def bench(model_dir, arch, backend, height, width, steps, guidance, num_images, scheduler, runs, warmup, threads,
+          compare, diffusers_model, sweep, json_path) -> None:
+    """Measure latency per stage, memory and (with --compare) the ratio to diffusers."""
+    from sdrt.benchmark import (BenchSettings, format_report, parse_sweep, run_benchmark, sweep_settings,
+                                arch_model)
+    from sdrt.runtime.manifest import Manifest
+
+    def say(line: str) -> None:
+        click.echo(line, err=True)
+
+    if (model_dir is None) == (arch is None):
+        raise SdrtError("pass exactly one of --model DIR or --arch NAME")
+    if runs < 1 or warmup < 0:
+        raise SdrtError("--runs must be >= 1 and --warmup >= 0")
+    if scheduler not in SCHEDULER_NAMES:
+        raise SdrtError(f"unknown scheduler {scheduler!r}; choose one of {', '.join(SCHEDULER_NAMES)}")
+    if arch is not None:
+        model_dir, source = arch_model(arch, progress=say)
+        diffusers_model = diffusers_model or source
+    manifest = Manifest.load(model_dir)
+    base = BenchSettings(height=height or manifest.native_height, width=width or manifest.native_width,
+                         steps=steps, guidance=guidance, num_images=num_images, scheduler=scheduler)
+    plan = [base]
+    if sweep:
+        name, values = parse_sweep(sweep)
+        plan = [sweep_settings(base, name, value) for value in values]
+    reports = []
+    for settings in plan:
+        report = run_benchmark(model_dir, settings, backend=backend, threads=threads, runs=runs, warmup=warmup,
+                               compare=compare, diffusers_model=diffusers_model, progress=say)
+        reports.append(report)
+        click.echo(format_report(report) + "\n")
+    if json_path:
+        payload = reports[0] if len(reports) == 1 else {"sweep": sweep, "reports": reports}
+        Path(json_path).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        say(f"wrote {json_path}")
+
+
+@main.command()
 @click.argument("image", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print the fields as JSON.")
 def info(image: str, as_json: bool) -> None:

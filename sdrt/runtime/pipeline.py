@@ -52,7 +52,7 @@ class GenerationResult:
     images: list[Image.Image]
     array: np.ndarray  # float32 [batch, height, width, 3] in [0, 1], before 8-bit rounding
     parameters: dict
-    timings: dict[str, float]
+    timings: dict  # seconds per stage; "unet_steps" lists every UNet call
     warnings: list[str] = field(default_factory=list)
 
 
@@ -139,9 +139,12 @@ class Pipeline:
         return prompts, negatives
 
     # ------------------------------------------------------------------ stages
-    def encode_prompts(self, prompts: list[str], warnings: list[str]) -> np.ndarray:
+    def encode_prompts(self, prompts: list[str], warnings: list[str], timings: dict | None = None) -> np.ndarray:
         """Text embeddings, float32 [len(prompts), text_length, hidden]."""
+        started = time.perf_counter()
         tokens = self.tokenizer.encode(prompts)
+        if timings is not None:
+            timings["tokenize"] = timings.get("tokenize", 0.0) + time.perf_counter() - started
         for prompt, dropped in zip(prompts, tokens.dropped_text):
             if dropped:
                 warnings.append(
@@ -168,12 +171,14 @@ class Pipeline:
     def denoise(self, latents: np.ndarray, embeddings: np.ndarray, scheduler, guidance_scale: float,
                 generator: TorchGenerator, progress: Callable[[int, int], None] | None,
                 start: int = 0, conditioning: np.ndarray | None = None,
-                blend: Callable[[int, np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+                blend: Callable[[int, np.ndarray], np.ndarray] | None = None,
+                unet_seconds: list[float] | None = None) -> np.ndarray:
         """The denoising loop from step `start` (image-to-image skips the first steps);
         `embeddings` holds [unconditional; conditional] with guidance. Stochastic samplers draw
         from `generator`, after the initial latents, as in diffusers. `conditioning` (an
         inpainting UNet's mask and masked-image latents) is appended to the scaled input's
-        channels; `blend(index, latents)` runs after each step (inpainting with an ordinary UNet)."""
+        channels; `blend(index, latents)` runs after each step (inpainting with an ordinary UNet).
+        Each UNet call's duration is appended to `unet_seconds` when given."""
         engine = self.engines["unet"]
         guided = embeddings.shape[0] == 2 * latents.shape[0]
         sample_dtype = engine.input_dtype("sample")
@@ -185,11 +190,16 @@ class Pipeline:
             model_input = scheduler.scale_model_input(model_input, index)
             if conditioning is not None:
                 model_input = np.concatenate([model_input, conditioning], axis=1)
-            prediction = engine.run({
+            feeds = {
                 "sample": model_input.astype(sample_dtype),
                 "timestep": np.array([timestep], dtype=engine.input_dtype("timestep")),
                 "encoder_hidden_states": context,
-            })["out_sample"].astype(np.float32)
+            }
+            called = time.perf_counter()
+            prediction = engine.run(feeds)["out_sample"]
+            if unet_seconds is not None:
+                unet_seconds.append(time.perf_counter() - called)
+            prediction = prediction.astype(np.float32)
             if guided:
                 unconditional, conditional = np.split(prediction, 2)
                 prediction = unconditional + guidance_scale * (conditional - unconditional)
@@ -337,10 +347,10 @@ class Pipeline:
 
         stage = time.perf_counter()
         # diffusers repeats each prompt's embedding num_images times, consecutively.
-        conditional = np.repeat(self.encode_prompts(prompts, warnings), num_images, axis=0)
+        conditional = np.repeat(self.encode_prompts(prompts, warnings, timings), num_images, axis=0)
         embeddings = conditional
         if guided:
-            unconditional = np.repeat(self.encode_prompts(negatives, []), num_images, axis=0)
+            unconditional = np.repeat(self.encode_prompts(negatives, [], timings), num_images, axis=0)
             embeddings = np.concatenate([unconditional, conditional])
         timings["text_encoder"] = time.perf_counter() - stage
 
@@ -374,9 +384,13 @@ class Pipeline:
             latents = latents * np.float32(sampler.init_noise_sigma)
 
         stage = time.perf_counter()
+        unet_seconds: list[float] = []
         latents = self.denoise(latents, embeddings, sampler, guidance_scale, generator, progress, start,
-                               conditioning, blend)
+                               conditioning, blend, unet_seconds)
         timings["denoise"] = time.perf_counter() - stage
+        timings["unet_steps"] = unet_seconds
+        # Everything in the loop but the UNet: scheduler, guidance, copies and casts.
+        timings["scheduler_and_guidance"] = timings["denoise"] - sum(unet_seconds)
 
         stage = time.perf_counter()
         array = self.decode_latents(latents)

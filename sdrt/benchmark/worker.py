@@ -1,0 +1,114 @@
+"""One side of a benchmark, in its own process so its memory peak is its own.
+
+`python -m sdrt.benchmark.worker sdrt|diffusers MODEL SETTINGS_JSON [BACKEND] [THREADS]` loads the
+model, prints `{"ready": ..., "load_seconds": ...}`, then answers each `run` line on stdin with one
+JSON line of timings, and `quit` with its peak resident memory. The sdrt side imports no torch.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import resource
+import sys
+import time
+
+# diffusers scheduler class of each sdrt sampler, for the diffusers side.
+DIFFUSERS_SCHEDULERS = {
+    "lms": ("LMSDiscreteScheduler", {}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
+    "heun": ("HeunDiscreteScheduler", {}),
+    "ddim": ("DDIMScheduler", {}),
+    "dpmpp_2m": ("DPMSolverMultistepScheduler", {}),
+    "dpmpp_2m_karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
+    "pndm": ("PNDMScheduler", {}),
+    "ddpm": ("DDPMScheduler", {}),
+}
+PROMPT = "an astronaut riding a horse on mars, highly detailed"
+KIB = 1024
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * KIB  # Linux reports KiB
+
+
+def png_seconds(image) -> float:
+    started = time.perf_counter()
+    image.save(io.BytesIO(), format="PNG")
+    return time.perf_counter() - started
+
+
+class SdrtSide:
+    def __init__(self, model: str, settings: dict, backend: str, threads: int | None):
+        from sdrt.runtime.pipeline import Pipeline
+
+        self.pipeline = Pipeline.load(model, backend=backend, threads=threads)
+        self.settings = settings
+
+    def run(self, seed: int) -> dict:
+        s = self.settings
+        result = self.pipeline.generate(PROMPT, steps=s["steps"], guidance_scale=s["guidance"], height=s["height"],
+                                        width=s["width"], num_images=s["num_images"], scheduler=s["scheduler"],
+                                        seed=seed)
+        timings = dict(result.timings)
+        timings["png"] = png_seconds(result.images[0])
+        timings["end_to_end"] = timings["total"] + timings["png"]
+        return timings
+
+
+class DiffusersSide:
+    def __init__(self, model: str, settings: dict, backend: str, threads: int | None):
+        import diffusers
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.torch = torch
+        self.device = "cuda" if backend == "cuda" else "cpu"
+        dtype = torch.float16 if self.device == "cuda" else torch.float32
+        pipeline = diffusers.StableDiffusionPipeline.from_pretrained(
+            model, safety_checker=None, requires_safety_checker=False, torch_dtype=dtype)
+        with open(f"{model}/scheduler/scheduler_config.json", encoding="utf-8") as handle:
+            config = json.load(handle)
+        class_name, overrides = DIFFUSERS_SCHEDULERS[settings["scheduler"]]
+        pipeline.scheduler = getattr(diffusers, class_name).from_config({**config, **overrides})
+        pipeline.set_progress_bar_config(disable=True)
+        self.pipeline = pipeline.to(self.device)
+        self.settings = settings
+
+    def run(self, seed: int) -> dict:
+        s = self.settings
+        torch = self.torch
+        started = time.perf_counter()
+        with torch.inference_mode():
+            images = self.pipeline(PROMPT, num_inference_steps=s["steps"], guidance_scale=s["guidance"],
+                                   height=s["height"], width=s["width"], num_images_per_prompt=s["num_images"],
+                                   generator=torch.Generator("cpu").manual_seed(seed)).images
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+        total = time.perf_counter() - started
+        png = png_seconds(images[0])
+        return {"total": total, "png": png, "end_to_end": total + png}
+
+
+def main() -> None:
+    kind, model, settings = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    backend = sys.argv[4] if len(sys.argv) > 4 else "cpu"
+    threads = int(sys.argv[5]) if len(sys.argv) > 5 and sys.argv[5] != "0" else None
+    started = time.perf_counter()
+    side = (SdrtSide if kind == "sdrt" else DiffusersSide)(model, settings, backend, threads)
+    print(json.dumps({"ready": kind, "load_seconds": time.perf_counter() - started}), flush=True)
+    seed = 0
+    for line in sys.stdin:
+        command = line.strip()
+        if command == "run":
+            print(json.dumps(side.run(seed)), flush=True)
+            seed += 1
+        elif command == "quit":
+            break
+    print(json.dumps({"peak_rss_bytes": peak_rss_bytes()}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

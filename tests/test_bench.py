@@ -1,0 +1,86 @@
+"""`sdrt bench` on the tiny model: the report's structure and the command's errors.
+Timings are reported, never asserted (they belong to a benchmark command, not to a test)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from sdrt.benchmark import BenchError, BenchSettings, parse_sweep, run_benchmark, summarize
+from sdrt.cli import main
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_models, tmp_path_factory) -> Path:
+    from sdrt.export.exporter import export_model
+
+    folder = tmp_path_factory.mktemp("bench") / "engine"
+    export_model(str(tiny_models["standard"]), folder, progress=lambda line: None)
+    return folder
+
+
+def test_report_with_diffusers_baseline(engine, tiny_models):
+    settings = BenchSettings(height=64, width=64, steps=3)
+    report = run_benchmark(str(engine), settings, runs=2, warmup=1, compare="diffusers",
+                           diffusers_model=str(tiny_models["standard"]))
+    sdrt = report["sdrt"]
+    assert set(sdrt["stages"]) == {"tokenize", "text_encoder", "denoise", "scheduler_and_guidance", "vae_decoder",
+                                   "png", "end_to_end"}
+    assert sdrt["unet_step"]["count"] == 2 * 3  # two runs of three steps
+    assert sdrt["unet_step"]["p50"] <= sdrt["unet_step"]["p99"]
+    assert 0 <= sdrt["outside_engines_fraction"]["median"] < 1
+    assert sdrt["load_seconds"] > 0 and sdrt["peak_rss_bytes"] > 0
+    assert len(report["speedup_vs_diffusers"]["pairs"]) == 2 and report["memory_ratio_vs_diffusers"] > 0
+    assert report["unet_gflop_per_call"] > 0 and report["matmul_gflops"] > 0
+    assert report["precision"]["unet"] == "fp32" and len(report["model"]["hash"]) == 16
+    assert {"sdrt", "onnxruntime", "torch", "diffusers"} <= set(report["versions"])
+
+
+def test_cli_sweep_writes_one_report_per_value(engine, tmp_path):
+    out = tmp_path / "sweep.json"
+    result = CliRunner().invoke(main, ["bench", "--model", str(engine), "--sweep", "size=32,64", "--steps", "2",
+                                       "--runs", "1", "--warmup", "0", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(out.read_text())
+    assert [r["settings"]["height"] for r in payload["reports"]] == [32, 64]
+    assert "UNet step p50/p90/p99" in result.output
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        ([], "pass exactly one of --model DIR or --arch NAME"),
+        (["--arch", "sdxl"], "unknown architecture 'sdxl'"),
+        (["--sweep", "colour=1,2"], "--sweep takes NAME=V1,V2"),
+        (["--runs", "0"], "--runs must be >= 1"),
+        (["--scheduler", "nope"], "unknown scheduler 'nope'"),
+    ],
+)
+def test_cli_errors(engine, arguments, message):
+    if arguments[:1] != ["--arch"] and arguments:
+        arguments = ["--model", str(engine), *arguments]
+    result = CliRunner().invoke(main, ["bench", *arguments])
+    assert result.exit_code == 2 and message in result.output
+
+
+def test_compare_needs_the_diffusers_folder(engine, tmp_path):
+    import shutil
+
+    copy = tmp_path / "moved"
+    shutil.copytree(engine, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["source"] = {"model": "someone/hub-id"}
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BenchError, match="pass --diffusers-model DIR"):
+        run_benchmark(str(copy), BenchSettings(64, 64), compare="diffusers")
+
+
+def test_summary_and_sweep_parsing():
+    summary = summarize([3.0, 1.0, 2.0, 10.0])
+    assert summary["median"] == 2.5 and summary["min"] == 1.0 and summary["max"] == 10.0 and summary["count"] == 4
+    assert parse_sweep("height=256,512") == ("height", [256, 512])
+    with pytest.raises(BenchError, match="must be integers"):
+        parse_sweep("steps=ten")
