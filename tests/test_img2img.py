@@ -144,3 +144,11 @@ def test_cli_img2img_writes_denoising_strength(engine, tmp_path):
     with Image.open(out) as image:
         assert image.size == (96, 64)
         assert image.info["parameters"].endswith("Model: engine, Denoising strength: 0.5")
+
+
+def test_vae_encoder_loads_only_when_image_to_image_needs_it(engine):
+    pipeline = Pipeline.load(engine)
+    pipeline.generate("a cat", steps=1, seed=0)
+    assert "vae_encoder" not in pipeline.engines
+    pipeline.generate("a cat", init_image=photo(), steps=2, seed=0)
+    assert "vae_encoder" in pipeline.engines

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,8 +35,7 @@ from sdrt.runtime.rng import TorchGenerator
 from sdrt.runtime.scheduler_np import SCHEDULERS, scheduler_from_config
 from sdrt.runtime.tokenizer import ClipTokenizer
 
-COMPONENTS = ("text_encoder", "unet", "vae_decoder")  # required; vae_encoder is for img2img
-OPTIONAL_COMPONENTS = ("vae_encoder",)
+COMPONENTS = ("text_encoder", "unet", "vae_decoder")  # required; vae_encoder loads on first img2img
 MAX_SEED = 2**32 - 1  # PyTorch's CPU generator keeps the low 32 bits of a seed
 PIXEL_LEVELS = 255
 # diffusers' default strengths: image-to-image keeps some of the image, inpainting repaints fully.
@@ -64,9 +64,10 @@ def nearest_multiples(value: int, multiple: int, low: int, high: int) -> list[in
 
 class Pipeline:
     """A loaded model. Shared by all calls, and safe to share between threads: the engines
-    (ONNX Runtime sessions run concurrently), the tokenizer (its word cache is locked), the
-    manifest and the scheduler config. Per call: the scheduler and its history, the random
-    generator, the latents and every intermediate array."""
+    (ONNX Runtime sessions run concurrently; the VAE encoder is loaded once, under a lock, by
+    the first image-to-image request), the tokenizer (its word cache is locked), the manifest
+    and the scheduler config. Per call: the scheduler and its history, the random generator,
+    the latents and every intermediate array."""
 
     def __init__(self, folder: Path, manifest: Manifest, tokenizer: ClipTokenizer, scheduler_config: dict,
                  engines: dict[str, Engine], backend: str):
@@ -76,6 +77,8 @@ class Pipeline:
         self.scheduler_config = scheduler_config
         self.engines = engines
         self.backend = backend
+        self._threads: int | None = None
+        self._engine_lock = threading.Lock()
 
     @classmethod
     def load(cls, folder: str | Path, backend: str = "cpu", threads: int | None = None) -> "Pipeline":
@@ -104,9 +107,23 @@ class Pipeline:
         engines = {
             name: OrtEngine(folder / spec.file, name, spec, manifest.dims, backend=backend, threads=threads)
             for name, spec in manifest.components.items()
-            if name in COMPONENTS or (name in OPTIONAL_COMPONENTS and (folder / spec.file).is_file())
+            if name in COMPONENTS
         }
-        return cls(folder, manifest, tokenizer, scheduler_config, engines, backend)
+        pipeline = cls(folder, manifest, tokenizer, scheduler_config, engines, backend)
+        pipeline._threads = threads
+        return pipeline
+
+    def _optional_engine(self, name: str) -> Engine | None:
+        """An engine only some requests need (the VAE encoder), loaded on first use: text-to-
+        image never pays its memory or load time."""
+        with self._engine_lock:
+            if name not in self.engines:
+                spec = self.manifest.components.get(name)
+                if spec is None or not (self.folder / spec.file).is_file():
+                    return None
+                self.engines[name] = OrtEngine(self.folder / spec.file, name, spec, self.manifest.dims,
+                                               backend=self.backend, threads=self._threads)
+            return self.engines[name]
 
     # ------------------------------------------------------------------ request checks
     def _check_size(self, name: str, value: int, dim: str) -> None:
@@ -159,7 +176,7 @@ class Pipeline:
     def encode_image(self, image: np.ndarray, generator: TorchGenerator) -> np.ndarray:
         """Latents of an image in [-1, 1], sampled from the VAE's distribution with `generator`
         and scaled as the UNet expects."""
-        engine = self.engines.get("vae_encoder")
+        engine = self._optional_engine("vae_encoder")
         if engine is None:
             raise GenerationError("this export has no vae_encoder; re-export the model for image-to-image")
         out = engine.run({"sample": image.astype(engine.input_dtype("sample"))})
