@@ -260,6 +260,36 @@ def bench(model_dir, arch, backend, height, width, steps, guidance, num_images, 
 
 
 @main.command()
+@click.option("--model", "model_dir", required=True, type=click.Path(), help="Exported model folder.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
+@click.option("--port", default=7860, show_default=True, type=int)
+@click.option("--backend", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]))
+@click.option("--threads", default=None, type=int, help="CPU threads per engine (default: all cores).")
+@click.option("--api-key", default=None, envvar="SDRT_API_KEY",
+              help="Require 'Authorization: Bearer KEY' on every route but /health (or $SDRT_API_KEY).")
+@click.option("--max-queue", default=16, show_default=True, type=int, help="Requests admitted; more get 503.")
+@click.option("--concurrency", default=1, show_default=True, type=int, help="Generations at once.")
+@click.option("--timeout", default=300.0, show_default=True, type=float, help="Seconds per request.")
+def serve(model_dir, host, port, backend, threads, api_key, max_queue, concurrency, timeout) -> None:
+    """Serve the model over HTTP: OpenAI Images API, AUTOMATIC1111 API, /health, /metrics."""
+    try:
+        import uvicorn
+
+        from sdrt.serve.app import ServeSettings, create_app
+    except ImportError as error:
+        raise SdrtError(f"serve needs the serve extra ({error.name} is missing): pip install 'sdrt[serve]'")
+    from sdrt.runtime.pipeline import Pipeline
+
+    if max_queue < 1 or concurrency < 1 or timeout <= 0:
+        raise SdrtError("--max-queue and --concurrency must be >= 1 and --timeout > 0")
+    pipeline = Pipeline.load(model_dir, backend=backend, threads=threads)
+    settings = ServeSettings(max_queue=max_queue, concurrency=concurrency, timeout_s=timeout, api_key=api_key)
+    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        click.echo(f"warning: serving on {host} without --api-key: anyone who can reach it can use it", err=True)
+    uvicorn.run(create_app(pipeline, settings), host=host, port=port, log_level="info")
+
+
+@main.command()
 @click.argument("image", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print the fields as JSON.")
 def info(image: str, as_json: bool) -> None:
