@@ -25,3 +25,30 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("tiny-models")
     return {kind: save_random_pipeline(root / kind, size="tiny", kind=kind, seed=0) for kind in KINDS}
+
+
+@pytest.fixture(scope="session")
+def exported_tiny(tiny_models, tmp_path_factory):
+    """Function kind -> folder of that tiny model exported to fp32 ONNX (once per session)."""
+    from sdrt.export.exporter import export_model
+
+    root = tmp_path_factory.mktemp("exported-tiny")
+    folders: dict[str, Path] = {}
+
+    def get(kind: str = "standard") -> Path:
+        if kind not in folders:
+            export_model(str(tiny_models[kind]), root / kind, progress=lambda line: None)
+            folders[kind] = root / kind
+        return folders[kind]
+
+    return get
+
+
+def reference_scheduler(name: str, config: dict):
+    """The diffusers scheduler an sdrt sampler reproduces, built from the same config."""
+    import diffusers
+
+    from sdrt.runtime.scheduler_np import SCHEDULERS
+
+    sampler = SCHEDULERS[name]
+    return getattr(diffusers, sampler.reference_name).from_config({**config, **sampler.reference_overrides})

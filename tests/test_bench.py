@@ -14,12 +14,8 @@ from sdrt.cli import main
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_models, tmp_path_factory) -> Path:
-    from sdrt.export.exporter import export_model
-
-    folder = tmp_path_factory.mktemp("bench") / "engine"
-    export_model(str(tiny_models["standard"]), folder, progress=lambda line: None)
-    return folder
+def engine(exported_tiny) -> Path:
+    return exported_tiny("standard")
 
 
 def test_report_with_diffusers_baseline(engine, tiny_models):

@@ -59,12 +59,8 @@ def test_cli_and_runtime_import_no_heavy_packages(sd15_dir):
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_models, tmp_path_factory) -> Path:
-    from sdrt.export.exporter import export_model
-
-    folder = tmp_path_factory.mktemp("cli") / "engine"
-    export_model(str(tiny_models["standard"]), folder, progress=lambda line: None)
-    return folder
+def engine(exported_tiny) -> Path:
+    return exported_tiny("standard")
 
 
 def test_generate_writes_png_with_a1111_parameters_and_info_reads_them(engine, tmp_path):
@@ -78,11 +74,11 @@ def test_generate_writes_png_with_a1111_parameters_and_info_reads_them(engine, t
         assert image.size == (64, 64)
         text = image.info["parameters"]
     assert text == ("a photo of a cat\nNegative prompt: blurry\n"
-                    "Steps: 2, Sampler: LMS, CFG scale: 7.5, Seed: 42, Size: 64x64, Model: engine")
+                    f"Steps: 2, Sampler: LMS, CFG scale: 7.5, Seed: 42, Size: 64x64, Model: {engine.name}")
     shown = CliRunner().invoke(main, ["info", str(out), "--json"])
     assert json.loads(shown.output) == {"Prompt": "a photo of a cat", "Negative prompt": "blurry", "Steps": "2",
                                         "Sampler": "LMS", "CFG scale": "7.5", "Seed": "42", "Size": "64x64",
-                                        "Model": "engine"}
+                                        "Model": engine.name}
 
 
 def test_generate_json_reports_outputs_and_timings(engine, tmp_path):

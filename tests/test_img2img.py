@@ -12,25 +12,19 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+from conftest import reference_scheduler
 from sdrt.cli import main
 from sdrt.errors import SdrtError
 from sdrt.runtime.images import to_model_input, to_rgb
 from sdrt.runtime.pipeline import Pipeline
 
 MAX_PIXEL_ERROR = 2 / 255
-SAMPLERS = {"lms": "LMSDiscreteScheduler", "euler": "EulerDiscreteScheduler",
-            "euler_a": "EulerAncestralDiscreteScheduler", "ddim": "DDIMScheduler",
-            "dpmpp_2m": "DPMSolverMultistepScheduler", "pndm": "PNDMScheduler", "ddpm": "DDPMScheduler",
-            "heun": "HeunDiscreteScheduler"}
+SAMPLERS = ["lms", "euler", "euler_a", "heun", "ddim", "dpmpp_2m", "pndm", "ddpm"]
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_models, tmp_path_factory) -> Path:
-    from sdrt.export.exporter import export_model
-
-    folder = tmp_path_factory.mktemp("img2img") / "engine"
-    export_model(str(tiny_models["standard"]), folder, progress=lambda line: None)
-    return folder
+def engine(exported_tiny) -> Path:
+    return exported_tiny("standard")
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +50,7 @@ def photo(width=96, height=64, seed=0) -> Image.Image:
 @pytest.mark.parametrize("sampler", sorted(SAMPLERS))
 def test_img2img_equals_diffusers(ours, reference, tiny_models, sampler, strength):
     config = json.loads((tiny_models["standard"] / "scheduler" / "scheduler_config.json").read_text())
-    reference.scheduler = getattr(diffusers, SAMPLERS[sampler]).from_config(config)
+    reference.scheduler = reference_scheduler(sampler, config)
     image = photo()
     result = ours.generate("a photo of a cat", init_image=image, strength=strength, steps=8, seed=4,
                            scheduler=sampler, negative_prompt="blurry")
@@ -70,7 +64,7 @@ def test_img2img_equals_diffusers(ours, reference, tiny_models, sampler, strengt
 
 def test_img2img_batch_of_prompts_equals_diffusers(ours, reference, tiny_models):
     config = json.loads((tiny_models["standard"] / "scheduler" / "scheduler_config.json").read_text())
-    reference.scheduler = diffusers.LMSDiscreteScheduler.from_config(config)
+    reference.scheduler = reference_scheduler("lms", config)
     prompts = ["a photo of a cat", "a watercolor fox"]
     result = ours.generate(prompts, init_image=photo(), strength=0.6, steps=5, seed=8, num_images=2)
     expected = reference(prompts, image=photo(), strength=0.6, num_inference_steps=5, num_images_per_prompt=2,
@@ -143,7 +137,7 @@ def test_cli_img2img_writes_denoising_strength(engine, tmp_path):
     assert result.exit_code == 0, result.output
     with Image.open(out) as image:
         assert image.size == (96, 64)
-        assert image.info["parameters"].endswith("Model: engine, Denoising strength: 0.5")
+        assert image.info["parameters"].endswith(f"Model: {engine.name}, Denoising strength: 0.5")
 
 
 def test_vae_encoder_loads_only_when_image_to_image_needs_it(engine):

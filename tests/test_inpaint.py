@@ -13,26 +13,19 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+from conftest import reference_scheduler
 from sdrt.cli import main
 from sdrt.errors import SdrtError
 from sdrt.runtime.images import downsample_nearest, to_mask_input
 from sdrt.runtime.pipeline import Pipeline
 
 MAX_PIXEL_ERROR = 2 / 255
-SAMPLERS = {"lms": "LMSDiscreteScheduler", "euler_a": "EulerAncestralDiscreteScheduler",
-            "ddim": "DDIMScheduler", "dpmpp_2m": "DPMSolverMultistepScheduler", "heun": "HeunDiscreteScheduler"}
+SAMPLERS = ["lms", "euler_a", "ddim", "dpmpp_2m", "heun"]
 
 
 @pytest.fixture(scope="module")
-def engines(tiny_models, tmp_path_factory) -> dict[str, Path]:
-    from sdrt.export.exporter import export_model
-
-    root = tmp_path_factory.mktemp("inpaint")
-    out = {}
-    for kind in ("inpaint", "standard"):
-        export_model(str(tiny_models[kind]), root / kind, progress=lambda line: None)
-        out[kind] = root / kind
-    return out
+def engines(exported_tiny) -> dict[str, Path]:
+    return {kind: exported_tiny(kind) for kind in ("inpaint", "standard")}
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +56,7 @@ def test_inpainting_equals_diffusers(engines, references, tiny_models, kind, sam
     ours = Pipeline.load(engines[kind])
     reference = references[kind]
     config = json.loads((tiny_models[kind] / "scheduler" / "scheduler_config.json").read_text())
-    reference.scheduler = getattr(diffusers, SAMPLERS[sampler]).from_config(config)
+    reference.scheduler = reference_scheduler(sampler, config)
     result = ours.generate("a photo of a cat", init_image=photo(), mask_image=box_mask(), strength=strength,
                            steps=8, seed=4, scheduler=sampler, negative_prompt="blurry")
     expected = reference("a photo of a cat", image=photo(), mask_image=box_mask(), strength=strength,
@@ -77,7 +70,7 @@ def test_inpainting_batch_equals_diffusers(engines, references, tiny_models):
     ours = Pipeline.load(engines["inpaint"])
     reference = references["inpaint"]
     config = json.loads((tiny_models["inpaint"] / "scheduler" / "scheduler_config.json").read_text())
-    reference.scheduler = diffusers.LMSDiscreteScheduler.from_config(config)
+    reference.scheduler = reference_scheduler("lms", config)
     result = ours.generate(["a cat", "a dog"], init_image=photo(), mask_image=box_mask(), steps=4, seed=2,
                            num_images=2)
     expected = reference(["a cat", "a dog"], image=photo(), mask_image=box_mask(), num_inference_steps=4,

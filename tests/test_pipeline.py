@@ -13,8 +13,10 @@ import pytest
 import torch
 from diffusers import LMSDiscreteScheduler, StableDiffusionPipeline
 
+from conftest import reference_scheduler
 from sdrt.errors import SdrtError
 from sdrt.runtime.pipeline import Pipeline
+from sdrt.runtime.scheduler_np import SCHEDULERS
 
 MAX_PIXEL_ERROR = 2 / 255
 MEAN_PIXEL_ERROR = 0.5 / 255
@@ -22,21 +24,13 @@ NO_HEAVY_IMPORTS = Path(__file__).parent / "no_heavy_imports.py"
 
 
 @pytest.fixture(scope="module")
-def exported_standard(tiny_models, tmp_path_factory) -> Path:
-    from sdrt.export.exporter import export_model
-
-    out = tmp_path_factory.mktemp("pipeline") / "standard"
-    export_model(str(tiny_models["standard"]), out, progress=lambda line: None)
-    return out
+def exported_standard(exported_tiny) -> Path:
+    return exported_tiny("standard")
 
 
 @pytest.fixture(scope="module")
-def exported_v_prediction(tiny_models, tmp_path_factory) -> Path:
-    from sdrt.export.exporter import export_model
-
-    out = tmp_path_factory.mktemp("pipeline") / "v_prediction"
-    export_model(str(tiny_models["v_prediction"]), out, progress=lambda line: None)
-    return out
+def exported_v_prediction(exported_tiny) -> Path:
+    return exported_tiny("v_prediction")
 
 
 @pytest.fixture(scope="module")
@@ -186,29 +180,13 @@ def test_generation_needs_no_torch(exported_standard, tmp_path):
     assert (tmp_path / "out.png").stat().st_size > 0
 
 
-SAMPLER_REFERENCES = {
-    "lms": ("LMSDiscreteScheduler", {}),
-    "euler": ("EulerDiscreteScheduler", {}),
-    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
-    "ddim": ("DDIMScheduler", {}),
-    "dpmpp_2m": ("DPMSolverMultistepScheduler", {}),
-    "dpmpp_2m_karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
-    "pndm": ("PNDMScheduler", {}),
-    "ddpm": ("DDPMScheduler", {}),
-    "heun": ("HeunDiscreteScheduler", {}),
-}
-
-
-@pytest.mark.parametrize("sampler", sorted(SAMPLER_REFERENCES))
+@pytest.mark.parametrize("sampler", sorted(SCHEDULERS))
 def test_every_sampler_end_to_end_equals_diffusers(ours, tiny_models, sampler):
-    import diffusers
-
-    class_name, overrides = SAMPLER_REFERENCES[sampler]
     reference = reference_pipeline(tiny_models["standard"])
     # From the folder's file: a config that passed through another scheduler lists keys in
     # `_use_default_values`, and diffusers then drops overrides of those keys (Karras here).
     file_config = json.loads((tiny_models["standard"] / "scheduler" / "scheduler_config.json").read_text())
-    reference.scheduler = getattr(diffusers, class_name).from_config({**file_config, **overrides})
+    reference.scheduler = reference_scheduler(sampler, file_config)
     assert reference.scheduler.config.get("use_karras_sigmas", False) == ("karras" in sampler)
     result = ours.generate("a photo of a cat", steps=6, seed=21, scheduler=sampler, negative_prompt="blurry")
     expected = reference("a photo of a cat", negative_prompt="blurry", num_inference_steps=6, output_type="np",

@@ -10,8 +10,6 @@ import json
 import resource
 import threading
 import time
-from pathlib import Path
-from types import SimpleNamespace
 
 import httpx
 import numpy as np
@@ -46,12 +44,8 @@ def live_server(app):
 
 
 @pytest.fixture(scope="module")
-def pipeline(tiny_models, tmp_path_factory) -> Pipeline:
-    from sdrt.export.exporter import export_model
-
-    folder = tmp_path_factory.mktemp("serve") / "engine"
-    export_model(str(tiny_models["standard"]), folder, progress=lambda line: None)
-    return Pipeline.load(folder)
+def pipeline(exported_tiny) -> Pipeline:
+    return Pipeline.load(exported_tiny("standard"))
 
 
 @pytest.fixture(scope="module")

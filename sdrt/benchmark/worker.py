@@ -13,18 +13,6 @@ import resource
 import sys
 import time
 
-# diffusers scheduler class of each sdrt sampler, for the diffusers side.
-DIFFUSERS_SCHEDULERS = {
-    "lms": ("LMSDiscreteScheduler", {}),
-    "euler": ("EulerDiscreteScheduler", {}),
-    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
-    "heun": ("HeunDiscreteScheduler", {}),
-    "ddim": ("DDIMScheduler", {}),
-    "dpmpp_2m": ("DPMSolverMultistepScheduler", {}),
-    "dpmpp_2m_karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
-    "pndm": ("PNDMScheduler", {}),
-    "ddpm": ("DDPMScheduler", {}),
-}
 PROMPT = "an astronaut riding a horse on mars, highly detailed"
 KIB = 1024
 
@@ -71,8 +59,11 @@ class DiffusersSide:
             model, safety_checker=None, requires_safety_checker=False, torch_dtype=dtype)
         with open(f"{model}/scheduler/scheduler_config.json", encoding="utf-8") as handle:
             config = json.load(handle)
-        class_name, overrides = DIFFUSERS_SCHEDULERS[settings["scheduler"]]
-        pipeline.scheduler = getattr(diffusers, class_name).from_config({**config, **overrides})
+        from sdrt.runtime.scheduler_np import SCHEDULERS
+
+        sampler = SCHEDULERS[settings["scheduler"]]
+        pipeline.scheduler = getattr(diffusers, sampler.reference_name).from_config(
+            {**config, **sampler.reference_overrides})
         pipeline.set_progress_bar_config(disable=True)
         self.pipeline = pipeline.to(self.device)
         self.settings = settings

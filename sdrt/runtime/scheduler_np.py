@@ -267,8 +267,9 @@ class Scheduler(ABC):
     #: Defaults for the config keys the diffusers class reads (and only those), under "_reads"
     #: the further keys it accepts whose unsupported values sdrt refuses.
     config_defaults: ClassVar[dict[str, Any]]
-    #: The diffusers class this one reproduces.
+    #: The diffusers class this one reproduces, and the config it needs beyond the model's.
     reference_name: ClassVar[str]
+    reference_overrides: ClassVar[dict[str, Any]] = {}
     #: UNet calls per requested step (diffusers' `order`): image-to-image starts at
     #: calls_per_step * the first step it keeps.
     calls_per_step: ClassVar[int] = 1
@@ -912,6 +913,7 @@ def _karras(cls: type[Scheduler]) -> type[Scheduler]:
             return super().from_config({**dict(config), "use_karras_sigmas": True, "use_exponential_sigmas": False})
 
     Karras.__name__ = Karras.__qualname__ = f"{cls.__name__}Karras"
+    Karras.reference_overrides = {"use_karras_sigmas": True}
     return Karras
 
 
