@@ -70,14 +70,14 @@ class Pipeline:
     the latents and every intermediate array."""
 
     def __init__(self, folder: Path, manifest: Manifest, tokenizer: ClipTokenizer, scheduler_config: dict,
-                 engines: dict[str, Engine], backend: str):
+                 engines: dict[str, Engine], backend: str, threads: int | None = None):
         self.folder = folder
         self.manifest = manifest
         self.tokenizer = tokenizer
         self.scheduler_config = scheduler_config
         self.engines = engines
         self.backend = backend
-        self._threads: int | None = None
+        self._threads = threads
         self._engine_lock = threading.Lock()
 
     @classmethod
@@ -109,9 +109,7 @@ class Pipeline:
             for name, spec in manifest.components.items()
             if name in COMPONENTS
         }
-        pipeline = cls(folder, manifest, tokenizer, scheduler_config, engines, backend)
-        pipeline._threads = threads
-        return pipeline
+        return cls(folder, manifest, tokenizer, scheduler_config, engines, backend, threads)
 
     def _optional_engine(self, name: str) -> Engine | None:
         """An engine only some requests need (the VAE encoder), loaded on first use: text-to-
