@@ -348,14 +348,12 @@ class SigmaScheduler(Scheduler):
                                               num_inference_steps + 1)).astype(np.float32)
         else:
             sigmas = np.interp(timesteps, np.arange(len(train_sigmas)), train_sigmas)
-        if self.supports_sigma_schedules and (config.use_karras_sigmas or config.use_exponential_sigmas):
+        if self.supports_sigma_schedules:
             sigma_min = config.sigma_min if config.sigma_min is not None else float(sigmas[-1])
             sigma_max = config.sigma_max if config.sigma_max is not None else float(sigmas[0])
-            if config.use_karras_sigmas:
-                sigmas = karras_sigmas(sigma_min, sigma_max, num_inference_steps)
-            else:
-                sigmas = np.exp(np.linspace(math.log(sigma_max), math.log(sigma_min), num_inference_steps))
-            timesteps = sigma_to_timestep(sigmas, log_sigmas)
+            converted = converted_sigmas(config, sigma_min, sigma_max, num_inference_steps)
+            if converted is not None:
+                sigmas, timesteps = converted, sigma_to_timestep(converted, log_sigmas)
         final = 0.0
         if config.final_sigmas_type == "sigma_min":
             final = float(((1 - self.alphas_cumprod[0]) / self.alphas_cumprod[0]) ** np.float32(0.5))
@@ -393,6 +391,16 @@ def karras_sigmas(sigma_min: float, sigma_max: float, num_inference_steps: int) 
     ramp = np.linspace(0, 1, num_inference_steps)
     min_inv, max_inv = sigma_min ** (1 / KARRAS_RHO), sigma_max ** (1 / KARRAS_RHO)
     return (max_inv + ramp * (min_inv - max_inv)) ** KARRAS_RHO
+
+
+def converted_sigmas(config: SchedulerConfig, sigma_min: float, sigma_max: float, num_inference_steps: int):
+    """The config's alternative noise levels between sigma_max and sigma_min (Karras or
+    exponential spacing), or None when the config asks for neither."""
+    if config.use_karras_sigmas:
+        return karras_sigmas(sigma_min, sigma_max, num_inference_steps)
+    if config.use_exponential_sigmas:
+        return np.exp(np.linspace(math.log(sigma_max), math.log(sigma_min), num_inference_steps))
+    return None
 
 
 def lms_coefficients(sigmas: np.ndarray, order: int) -> np.ndarray:
@@ -580,7 +588,42 @@ class HeunDiscreteScheduler(SigmaScheduler):
         return sample + derivative * dt
 
 
-class DDIMScheduler(Scheduler):
+class _AlphaTableScheduler(Scheduler):
+    """Samplers stepping on alpha_bar(t) directly (DDIM, PNDM, DDPM): unscaled input, unit noise."""
+
+    def __init__(self, config: SchedulerConfig):
+        super().__init__(config)
+        self.alphas_cumprod = compute_alphas_cumprod(config, zero_snr_floor=False)
+
+    @property
+    def init_noise_sigma(self) -> float:
+        return 1.0
+
+    def scale_model_input(self, sample: np.ndarray, step_index: int) -> np.ndarray:
+        return sample
+
+    def add_noise(self, original: np.ndarray, noise: np.ndarray, step_index: int) -> np.ndarray:
+        alpha_prod = self.alphas_cumprod[int(self.timesteps[step_index])]
+        half = np.float32(0.5)
+        return alpha_prod**half * original + (1 - alpha_prod) ** half * noise
+
+    def _predict_original(self, model_output: np.ndarray, sample: np.ndarray, alpha_prod, beta_prod) -> np.ndarray:
+        """x0 implied by the model output at alpha_bar = alpha_prod, clipped if configured."""
+        half = np.float32(0.5)
+        prediction = self.config.prediction_type
+        if prediction == "epsilon":
+            original = (sample - beta_prod**half * model_output) / alpha_prod**half
+        elif prediction == "v_prediction":
+            original = alpha_prod**half * sample - beta_prod**half * model_output
+        else:
+            original = model_output
+        if self.config.clip_sample:
+            limit = self.config.clip_sample_range
+            original = np.clip(original, -limit, limit)
+        return original
+
+
+class DDIMScheduler(_AlphaTableScheduler):
     """Denoising diffusion implicit models with eta = 0 (deterministic), as
     `diffusers.DDIMScheduler` called the way StableDiffusionPipeline calls it."""
 
@@ -591,12 +634,7 @@ class DDIMScheduler(Scheduler):
 
     def __init__(self, config: SchedulerConfig):
         super().__init__(config)
-        self.alphas_cumprod = compute_alphas_cumprod(config, zero_snr_floor=False)
         self.final_alpha_cumprod = np.float32(1.0) if config.set_alpha_to_one else self.alphas_cumprod[0]
-
-    @property
-    def init_noise_sigma(self) -> float:
-        return 1.0
 
     def set_timesteps(self, num_inference_steps: int) -> None:
         self._check_steps(num_inference_steps)
@@ -610,34 +648,24 @@ class DDIMScheduler(Scheduler):
         self.alpha_prod_prev = np.where(previous >= 0, self.alphas_cumprod[np.maximum(previous, 0)],
                                         self.final_alpha_cumprod).astype(np.float32)
 
-    def scale_model_input(self, sample: np.ndarray, step_index: int) -> np.ndarray:
-        return sample
-
     def step(self, model_output: np.ndarray, step_index: int, sample: np.ndarray,
              generator: TorchGenerator | None = None) -> np.ndarray:
         alpha_prod_t = self.alpha_prod[step_index]
         alpha_prod_prev = self.alpha_prod_prev[step_index]
         beta_prod_t = 1 - alpha_prod_t
         half = np.float32(0.5)
+        pred_original = self._predict_original(model_output, sample, alpha_prod_t, beta_prod_t)
+        # The noise estimate comes from the unclipped prediction, as in diffusers.
         prediction = self.config.prediction_type
         if prediction == "epsilon":
-            pred_original = (sample - beta_prod_t**half * model_output) / alpha_prod_t**half
             pred_epsilon = model_output
         elif prediction == "sample":
-            pred_original = model_output
-            pred_epsilon = (sample - alpha_prod_t**half * pred_original) / beta_prod_t**half
+            pred_epsilon = (sample - alpha_prod_t**half * model_output) / beta_prod_t**half
         else:
-            pred_original = alpha_prod_t**half * sample - beta_prod_t**half * model_output
             pred_epsilon = alpha_prod_t**half * model_output + beta_prod_t**half * sample
-        if self.config.clip_sample:
-            limit = self.config.clip_sample_range
-            pred_original = np.clip(pred_original, -limit, limit)
         direction = (1 - alpha_prod_prev) ** half * pred_epsilon  # eta = 0: no variance term
         return alpha_prod_prev**half * pred_original + direction
 
-    def add_noise(self, original: np.ndarray, noise: np.ndarray, step_index: int) -> np.ndarray:
-        alpha_prod = self.alpha_prod[step_index]
-        return alpha_prod ** np.float32(0.5) * original + (1 - alpha_prod) ** np.float32(0.5) * noise
 
 
 class DPMSolverMultistepScheduler(Scheduler):
@@ -676,13 +704,9 @@ class DPMSolverMultistepScheduler(Scheduler):
             timesteps = np.arange(n_train, 0, -n_train / n).round().astype(np.int64) - 1
         train_sigmas = ((1 - self.alphas_cumprod) / self.alphas_cumprod) ** np.float32(0.5)
         log_sigmas = np.log(train_sigmas)
-        if config.use_karras_sigmas or config.use_exponential_sigmas:
-            descending = train_sigmas[::-1]
-            sigma_min, sigma_max = float(descending[-1]), float(descending[0])
-            if config.use_karras_sigmas:
-                sigmas = karras_sigmas(sigma_min, sigma_max, n)
-            else:
-                sigmas = np.exp(np.linspace(math.log(sigma_max), math.log(sigma_min), n))
+        # Unlike the sigma samplers, DPM++ spans the whole training range.
+        sigmas = converted_sigmas(config, float(train_sigmas[0]), float(train_sigmas[-1]), n)
+        if sigmas is not None:
             timesteps = sigma_to_timestep(sigmas, log_sigmas)
             if config.use_karras_sigmas and config.beta_schedule != "squaredcos_cap_v2":
                 timesteps = timesteps.round()
@@ -698,11 +722,12 @@ class DPMSolverMultistepScheduler(Scheduler):
         self._previous_x0 = None
 
     def _plan_updates(self) -> None:
-        """Per step: its order and the float32 coefficients of x_t = a*x + b*D0 + c*D1."""
+        """Per step: its order and the float32 coefficients of x_t = a*x + b*D0 + c*D1, from
+        alpha_t = 1 / sqrt(sigma^2 + 1) and sigma_t = sigma * alpha_t (kept for step/add_noise)."""
         one, half = np.float32(1.0), np.float32(0.5)
+        self.alpha_t = alpha = one / (self.sigmas**2 + one) ** half
+        self.sigma_t = sigma = self.sigmas * alpha
         with np.errstate(divide="ignore", invalid="ignore"):
-            alpha = one / (self.sigmas**2 + one) ** half
-            sigma = self.sigmas * alpha
             lambdas = np.log(alpha) - np.log(sigma)
         count, config = self.num_inference_steps, self.config
         self.orders = np.ones(count, dtype=np.int64)
@@ -731,10 +756,7 @@ class DPMSolverMultistepScheduler(Scheduler):
         return sample
 
     def _data_prediction(self, model_output: np.ndarray, step_index: int, sample: np.ndarray) -> np.ndarray:
-        one, half = np.float32(1.0), np.float32(0.5)
-        sigma = self.sigmas[step_index]
-        alpha_t = one / (sigma**2 + one) ** half
-        sigma_t = sigma * alpha_t
+        alpha_t, sigma_t = self.alpha_t[step_index], self.sigma_t[step_index]
         prediction = self.config.prediction_type
         if prediction == "epsilon":
             return (sample - sigma_t * model_output) / alpha_t
@@ -756,30 +778,7 @@ class DPMSolverMultistepScheduler(Scheduler):
         return prev_sample
 
     def add_noise(self, original: np.ndarray, noise: np.ndarray, step_index: int) -> np.ndarray:
-        one, half = np.float32(1.0), np.float32(0.5)
-        sigma = self.sigmas[step_index]
-        alpha_t = one / (sigma**2 + one) ** half
-        return alpha_t * original + (sigma * alpha_t) * noise
-
-
-class _AlphaTableScheduler(Scheduler):
-    """Samplers stepping on alpha_bar(t) directly (PNDM, DDPM): unscaled input, unit noise."""
-
-    def __init__(self, config: SchedulerConfig):
-        super().__init__(config)
-        self.alphas_cumprod = compute_alphas_cumprod(config, zero_snr_floor=False)
-
-    @property
-    def init_noise_sigma(self) -> float:
-        return 1.0
-
-    def scale_model_input(self, sample: np.ndarray, step_index: int) -> np.ndarray:
-        return sample
-
-    def add_noise(self, original: np.ndarray, noise: np.ndarray, step_index: int) -> np.ndarray:
-        alpha_prod = self.alphas_cumprod[int(self.timesteps[step_index])]
-        half = np.float32(0.5)
-        return alpha_prod**half * original + (1 - alpha_prod) ** half * noise
+        return self.alpha_t[step_index] * original + self.sigma_t[step_index] * noise
 
 
 class PNDMScheduler(_AlphaTableScheduler):
@@ -885,18 +884,8 @@ class DDPMScheduler(_AlphaTableScheduler):
 
     def step(self, model_output: np.ndarray, step_index: int, sample: np.ndarray,
              generator: TorchGenerator | None = None) -> np.ndarray:
-        alpha, beta = self.alpha_prod[step_index], self.beta_prod[step_index]
-        half = np.float32(0.5)
-        prediction = self.config.prediction_type
-        if prediction == "epsilon":
-            original = (sample - beta**half * model_output) / alpha**half
-        elif prediction == "v_prediction":
-            original = alpha**half * sample - beta**half * model_output
-        else:
-            original = model_output
-        if self.config.clip_sample:
-            limit = self.config.clip_sample_range
-            original = np.clip(original, -limit, limit)
+        original = self._predict_original(model_output, sample, self.alpha_prod[step_index],
+                                          self.beta_prod[step_index])
         prev_sample = self.original_coefficient[step_index] * original + self.sample_coefficient[step_index] * sample
         if self.timesteps[step_index] > 0:
             noise = self._need_generator(generator, "ddpm").randn(model_output.shape)
