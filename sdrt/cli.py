@@ -118,21 +118,26 @@ def _output_paths(out: str | None, seed: int | None, count: int) -> list[Path]:
 
 
 class _Progress:
-    """One status line on stderr: step, total and steps per second."""
+    """One status line on stderr: step, total and steps per second (timed from the end of the
+    first step, so load and warm-up do not count)."""
+
+    BAR_WIDTH = 30
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
-        self.started: float | None = None
+        self.first_step_done: float | None = None
 
     def __call__(self, step: int, total: int) -> None:
         if not self.enabled:
             return
         now = time.perf_counter()
-        if self.started is None or step == 1:
-            self.started = now - 1e-9 if step == 1 else now
-        rate = step / max(now - self.started, 1e-9) if step > 1 else 0.0
-        done = "#" * (step * 30 // total)
-        click.echo(f"\r[{done:<30}] {step}/{total} steps, {rate:.2f} it/s", err=True, nl=step == total)
+        if self.first_step_done is None:
+            self.first_step_done = now
+        elapsed = now - self.first_step_done
+        rate = (step - 1) / elapsed if elapsed > 0 else 0.0
+        done = "#" * (step * self.BAR_WIDTH // total)
+        click.echo(f"\r[{done:<{self.BAR_WIDTH}}] {step}/{total} steps, {rate:.2f} it/s", err=True,
+                   nl=step == total)
 
 
 @main.command()

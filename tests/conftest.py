@@ -52,3 +52,14 @@ def reference_scheduler(name: str, config: dict):
 
     sampler = SCHEDULERS[name]
     return getattr(diffusers, sampler.reference_name).from_config({**config, **sampler.reference_overrides})
+
+
+def diffusers_pipeline(class_name: str, folder: Path):
+    """The reference diffusers pipeline `class_name` for a model folder: no safety checker,
+    no progress bar."""
+    import diffusers
+
+    pipeline = getattr(diffusers, class_name).from_pretrained(folder, safety_checker=None,
+                                                              requires_safety_checker=False)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline

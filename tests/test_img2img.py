@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import diffusers
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from conftest import reference_scheduler
+from conftest import diffusers_pipeline, reference_scheduler
 from sdrt.cli import main
 from sdrt.errors import SdrtError
 from sdrt.runtime.images import to_model_input, to_rgb
@@ -34,10 +33,7 @@ def ours(engine) -> Pipeline:
 
 @pytest.fixture(scope="module")
 def reference(tiny_models):
-    pipeline = diffusers.StableDiffusionImg2ImgPipeline.from_pretrained(
-        tiny_models["standard"], safety_checker=None, requires_safety_checker=False)
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
+    return diffusers_pipeline("StableDiffusionImg2ImgPipeline", tiny_models["standard"])
 
 
 def photo(width=96, height=64, seed=0) -> Image.Image:

@@ -6,14 +6,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import diffusers
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from conftest import reference_scheduler
+from conftest import diffusers_pipeline, reference_scheduler
 from sdrt.cli import main
 from sdrt.errors import SdrtError
 from sdrt.runtime.images import downsample_nearest, to_mask_input
@@ -30,13 +29,8 @@ def engines(exported_tiny) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def references(tiny_models):
-    pipelines = {}
-    for kind in ("inpaint", "standard"):
-        pipeline = diffusers.StableDiffusionInpaintPipeline.from_pretrained(
-            tiny_models[kind], safety_checker=None, requires_safety_checker=False)
-        pipeline.set_progress_bar_config(disable=True)
-        pipelines[kind] = pipeline
-    return pipelines
+    return {kind: diffusers_pipeline("StableDiffusionInpaintPipeline", tiny_models[kind])
+            for kind in ("inpaint", "standard")}
 
 
 def photo(width=96, height=64) -> Image.Image:

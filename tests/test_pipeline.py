@@ -13,7 +13,7 @@ import pytest
 import torch
 from diffusers import LMSDiscreteScheduler, StableDiffusionPipeline
 
-from conftest import reference_scheduler
+from conftest import diffusers_pipeline, reference_scheduler
 from sdrt.errors import SdrtError
 from sdrt.runtime.pipeline import Pipeline
 from sdrt.runtime.scheduler_np import SCHEDULERS
@@ -44,9 +44,8 @@ def reference(tiny_models) -> StableDiffusionPipeline:
 
 
 def reference_pipeline(folder: Path) -> StableDiffusionPipeline:
-    pipeline = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
+    pipeline = diffusers_pipeline("StableDiffusionPipeline", folder)
     pipeline.scheduler = LMSDiscreteScheduler.from_config(pipeline.scheduler.config)
-    pipeline.set_progress_bar_config(disable=True)
     return pipeline
 
 

@@ -94,23 +94,29 @@ def _check_dim(engine: str, tensor: str, dim: str, size: int, valid: DimRange | 
     )
 
 
+def open_session(path: Path, backend: str = "cpu", threads: int | None = None):
+    """An ONNX Runtime session for `path` on an sdrt backend, with all graph optimizations."""
+    import onnxruntime as ort
+
+    provider = provider_for(backend)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+    try:
+        return ort.InferenceSession(str(path), options, providers=[provider])
+    except Exception as error:  # onnxruntime raises its own exception types for bad files
+        raise EngineRunError(f"cannot load {path}: {error}") from None
+
+
 class OrtEngine(Engine):
-    """An ONNX file in ONNX Runtime. `InferenceSession.run` is safe to call from many threads."""
+    """An ONNX file in ONNX Runtime. `InferenceSession.run` is safe to call from many threads.
+    `session`, when given, is one already opened with open_session for the same file."""
 
     def __init__(self, path: Path, name: str, spec: ComponentSpec, dims: Mapping[str, DimRange], *,
-                 backend: str = "cpu", threads: int | None = None):
+                 backend: str = "cpu", threads: int | None = None, session=None):
         super().__init__(name, spec, dims)
-        import onnxruntime as ort
-
-        provider = provider_for(backend)
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            options.intra_op_num_threads = threads
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=[provider])
-        except Exception as error:  # onnxruntime raises its own exception types for bad files
-            raise EngineRunError(f"cannot load {path}: {error}") from None
+        self.session = session if session is not None else open_session(path, backend, threads)
 
     def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:

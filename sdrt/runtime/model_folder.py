@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any, Callable
 
 from sdrt.errors import ModelFolderError
 from sdrt.runtime.engine import session_tensor_specs
@@ -28,22 +29,20 @@ def _read_json(path: Path) -> dict:
         raise ModelFolderError(f"{path} is not valid JSON: {error}") from None
 
 
-def infer_manifest(folder: Path) -> Manifest:
-    import onnxruntime as ort
-
+def infer_manifest(folder: Path, open_session: Callable[[Path], Any]) -> tuple[Manifest, dict[str, Any]]:
+    """The manifest, and the sessions opened (with `open_session`) to read the graphs' tensors:
+    the caller's engines adopt them rather than load each model a second time."""
     if not (folder / "model_index.json").is_file():
         raise ModelFolderError(
             f"{folder} is not an exported model (no manifest.json or model_index.json); "
             f"export one with `sdrt export MODEL --out {folder}`"
         )
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    components = {}
+    components, sessions = {}, {}
     for name in FOLDER_COMPONENTS:
         path = folder / name / ONNX_FILE
         if not path.is_file():
             continue
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        sessions[name] = session = open_session(path)
         inputs, outputs = session_tensor_specs(session)
         components[name] = ComponentSpec(file=f"{name}/{ONNX_FILE}", precision="unknown", target="unknown",
                                          inputs=inputs, outputs=outputs, sha256="")
@@ -60,7 +59,7 @@ def infer_manifest(folder: Path) -> Manifest:
     vae_scale = 2 ** (len(vae["block_out_channels"]) - 1) if "block_out_channels" in vae else SD_VAE_SCALE_FACTOR
     latent_channels = _fixed(components["vae_decoder"].inputs[0].shape[1], vae.get("latent_channels"))
     native_latent = unet.get("sample_size") or SD_LATENT_MULTIPLE * SD_VAE_SCALE_FACTOR
-    return Manifest(
+    manifest = Manifest(
         format_version=FORMAT_VERSION,
         family="unknown",
         prediction_type=scheduler.get("prediction_type", "epsilon"),
@@ -81,6 +80,7 @@ def infer_manifest(folder: Path) -> Manifest:
         source={"inferred_from": str(folder)},
         versions={},
     )
+    return manifest, sessions
 
 
 def _fixed(size, fallback) -> int:

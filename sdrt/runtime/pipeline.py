@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from sdrt.errors import ConfigError, ModelFolderError, SdrtError
-from sdrt.runtime.engine import Engine, OrtEngine
+from sdrt.runtime.engine import Engine, OrtEngine, open_session
 from sdrt.runtime.images import (
     MASK_THRESHOLD,
     downsample_nearest,
@@ -88,10 +88,11 @@ class Pipeline:
             raise ModelFolderError(
                 f"model folder {folder} does not exist; export one with `sdrt export MODEL --out {folder}`"
             )
+        sessions: dict = {}
         if (folder / MANIFEST_NAME).is_file():
             manifest = Manifest.load(folder)
         else:
-            manifest = infer_manifest(folder)
+            manifest, sessions = infer_manifest(folder, lambda path: open_session(path, backend, threads))
         for name in COMPONENTS:
             if name not in manifest.components or not (folder / manifest.components[name].file).is_file():
                 raise ModelFolderError(f"{folder} lacks {name}; re-export it with `sdrt export`")
@@ -104,10 +105,12 @@ class Pipeline:
             raise ModelFolderError(
                 f"tokenizer length {tokenizer.max_length} differs from the text encoder's {manifest.text_length}"
             )
+        # Required engines load now; an optional one only if inferring the manifest opened it.
         engines = {
-            name: OrtEngine(folder / spec.file, name, spec, manifest.dims, backend=backend, threads=threads)
+            name: OrtEngine(folder / spec.file, name, spec, manifest.dims, backend=backend, threads=threads,
+                            session=sessions.get(name))
             for name, spec in manifest.components.items()
-            if name in COMPONENTS
+            if name in COMPONENTS or name in sessions
         }
         return cls(folder, manifest, tokenizer, scheduler_config, engines, backend, threads)
 
