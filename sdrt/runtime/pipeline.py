@@ -31,7 +31,7 @@ from sdrt.runtime.images import (
 )
 from sdrt.runtime.manifest import MANIFEST_NAME, Manifest
 from sdrt.runtime.model_folder import infer_manifest
-from sdrt.runtime.rng import TorchGenerator
+from sdrt.runtime.rng import GeneratorGroup, TorchGenerator
 from sdrt.runtime.scheduler_np import SCHEDULERS, scheduler_from_config
 from sdrt.runtime.tokenizer import ClipTokenizer
 
@@ -187,7 +187,7 @@ class Pipeline:
         return (latents - np.float32(m.vae_shift_factor)) * np.float32(m.vae_scaling_factor)
 
     def denoise(self, latents: np.ndarray, embeddings: np.ndarray, scheduler, guidance_scale: float,
-                generator: TorchGenerator, progress: Callable[[int, int], None] | None,
+                generator: TorchGenerator | GeneratorGroup, progress: Callable[[int, int], None] | None,
                 start: int = 0, conditioning: np.ndarray | None = None,
                 blend: Callable[[int, np.ndarray], np.ndarray] | None = None,
                 unet_seconds: list[float] | None = None) -> np.ndarray:
@@ -292,7 +292,7 @@ class Pipeline:
         guidance_scale: float = 7.5,
         height: int | None = None,
         width: int | None = None,
-        seed: int | None = None,
+        seed: int | Sequence[int] | None = None,
         num_images: int = 1,
         latents: np.ndarray | None = None,
         scheduler: str = "lms",
@@ -303,7 +303,10 @@ class Pipeline:
     ) -> GenerationResult:
         """Generate `num_images` images per prompt. With `seed`, the initial latents equal
         diffusers' with `torch.Generator("cpu").manual_seed(seed)`; without one, a seed is
-        drawn and reported in `parameters`. `latents` overrides the seeded noise.
+        drawn and reported in `parameters`. `latents` overrides the seeded noise. For text-to-
+        image, `seed` may be a list with one seed per prompt: each prompt's images (initial noise
+        and every stochastic sampler's draws) then equal a call with that prompt and seed alone,
+        which is how a server batches requests into one UNet call.
 
         With `init_image` (image-to-image, as StableDiffusionImg2ImgPipeline): the image is
         encoded, noised to the level of step n - int(n * strength) (strength 0.8 by default),
@@ -351,8 +354,16 @@ class Pipeline:
             raise ConfigError(f"unknown scheduler {scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
         if seed is None:
             seed = random.SystemRandom().randint(0, MAX_SEED)
-        elif not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED:
-            raise GenerationError(f"seed must be an integer from 0 to {MAX_SEED}, got {seed!r}")
+        per_prompt_seeds = isinstance(seed, (list, tuple, np.ndarray))
+        seeds = list(seed) if per_prompt_seeds else [seed]
+        for value in seeds:
+            if not isinstance(value, (int, np.integer)) or not 0 <= value <= MAX_SEED:
+                raise GenerationError(f"seed must be an integer from 0 to {MAX_SEED}, got {value!r}")
+        if per_prompt_seeds:
+            if len(seeds) != len(prompts):
+                raise GenerationError(f"seed has {len(seeds)} entries for {len(prompts)} prompts")
+            if image is not None:
+                raise GenerationError("one seed per prompt works for text-to-image only; give one seed")
 
         batch = len(prompts) * num_images
         batch_range = m.dims.get("batch")
@@ -374,7 +385,10 @@ class Pipeline:
 
         sampler = scheduler_from_config(scheduler, self.scheduler_config)
         sampler.set_timesteps(int(steps))
-        generator = TorchGenerator(seed)
+        if per_prompt_seeds:
+            generator = GeneratorGroup([TorchGenerator(value) for value in seeds], num_images)
+        else:
+            generator = TorchGenerator(seed)
         start = 0
         conditioning = blend = None
         if mask is not None:
@@ -420,7 +434,7 @@ class Pipeline:
             "negative_prompt": negative_prompt,
             "steps": int(steps),
             "guidance_scale": float(guidance_scale),
-            "seed": int(seed),
+            "seed": [int(value) for value in seeds] if per_prompt_seeds else int(seed),
             "height": int(height),
             "width": int(width),
             "num_images": int(num_images),

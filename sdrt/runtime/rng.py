@@ -92,3 +92,23 @@ class TorchGenerator:
             self._box_muller_blocks(tail)
             data[count - VECTOR_BLOCK :] = tail[0]
         return data.reshape(shape)
+
+
+class GeneratorGroup:
+    """One generator per block of consecutive batch rows (diffusers' list of generators, one
+    per prompt): `randn` gives each block the values its own generator would draw for a batch
+    of just that block, so a prompt's images do not depend on what else is in the batch."""
+
+    def __init__(self, generators: list[TorchGenerator], rows_each: int):
+        if not generators or rows_each < 1:
+            raise ValueError("a generator group needs generators and at least one row each")
+        self.generators = generators
+        self.rows_each = int(rows_each)
+
+    def randn(self, shape: tuple[int, ...] | list[int]) -> np.ndarray:
+        shape = tuple(int(s) for s in shape)
+        rows = len(self.generators) * self.rows_each
+        if not shape or shape[0] != rows:
+            raise ValueError(f"this generator group draws batches of {rows} rows, asked for {list(shape)}")
+        block = (self.rows_each, *shape[1:])
+        return np.concatenate([generator.randn(block) for generator in self.generators])

@@ -273,6 +273,8 @@ class Scheduler(ABC):
     #: UNet calls per requested step (diffusers' `order`): image-to-image starts at
     #: calls_per_step * the first step it keeps.
     calls_per_step: ClassVar[int] = 1
+    #: Whether step() draws noise from the generator (so a batch's noise depends on its size).
+    stochastic: ClassVar[bool] = False
 
     def __init__(self, config: SchedulerConfig):
         self.config = config
@@ -510,6 +512,7 @@ class EulerAncestralDiscreteScheduler(SigmaScheduler):
     level, as `diffusers.EulerAncestralDiscreteScheduler` (noise from the pipeline's generator)."""
 
     reference_name = "EulerAncestralDiscreteScheduler"
+    stochastic = True
     supports_sigma_schedules = False
     config_defaults = {**BETA_DEFAULTS, "timestep_spacing": "linspace", "rescale_betas_zero_snr": False}
 
@@ -854,6 +857,7 @@ class DDPMScheduler(_AlphaTableScheduler):
     variance), as `diffusers.DDPMScheduler`; the noise comes from the pipeline's generator."""
 
     reference_name = "DDPMScheduler"
+    stochastic = True
     config_defaults = {**BETA_DEFAULTS, "timestep_spacing": "leading", "clip_sample": True,
                        "clip_sample_range": 1.0, "variance_type": "fixed_small",
                        "rescale_betas_zero_snr": False, "_reads": ("thresholding",)}
