@@ -3,8 +3,8 @@
 One `Pipeline` is loaded once and shared. Requests pass a bounded admission count (a full
 service answers 503 with Retry-After), then wait for one of `concurrency` generation slots; each
 generation runs in a worker thread and checks a cancel flag at every denoising step, so a request
-that exceeds its time limit (504) or whose client disconnects frees its slot. Requests are not
-batched together: each runs as its own generate() call.
+that exceeds its time limit (504) or whose client disconnects frees its slot. Compatible
+text-to-image requests waiting together run as one batched call (sdrt.serve.batching).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import binascii
 import io
 import json
 import os
+import random
 import threading
 import time
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr
 from sdrt.errors import SdrtError
 from sdrt.runtime.png_info import SAMPLER_NAMES, format_parameters
 from sdrt.runtime.scheduler_np import SCHEDULERS
+from sdrt.serve.batching import Job, batch_key, merged_kwargs, split_result, take_batch, take_compatible
 from sdrt.serve.metrics import Metrics
 
 API_KEY_ENV = "SDRT_API_KEY"
@@ -45,7 +47,9 @@ class ServeSettings:
     """Load-time settings of the service."""
 
     max_queue: int = 16  # admitted requests, running or waiting; more get 503
-    concurrency: int = 1  # generations at once (one saturates a CPU; more for GPUs)
+    concurrency: int = 1  # generate() calls at once (one saturates a CPU; more for GPUs)
+    max_batch_images: int = 4  # images that compatible requests may share one call with; 1 = no batching
+    batch_window_s: float = 0.0  # how long a worker waits for more compatible requests to join
     timeout_s: float = 300.0  # per request, queue wait included
     max_body_bytes: int = 20 * 2**20
     max_images: int = 4
@@ -107,18 +111,28 @@ class A1111Img2ImgRequest(A1111Txt2ImgRequest):
 
 # ---------------------------------------------------------------- the service
 class Service:
+    """Admission, batching and execution. Admitted requests wait in `pending`; each of
+    `concurrency` workers takes the oldest one plus the compatible requests behind it (see
+    sdrt.serve.batching) and runs them as one generate() call in a thread. A batch stops at its
+    next denoising step once every request in it has timed out or disconnected."""
+
     def __init__(self, pipeline, settings: ServeSettings):
         self.pipeline = pipeline
         self.settings = settings
         self.metrics = Metrics()
         self._admitted = 0
         self._admit_lock = threading.Lock()
-        self._slots: asyncio.Semaphore | None = None
+        self._pending: list[Job] = []
+        self._wakeup: asyncio.Event | None = None
+        self._workers: list[asyncio.Task] = []
+        batch_range = pipeline.manifest.dims.get("batch")
+        self.max_batch_images = min(settings.max_batch_images, batch_range.max if batch_range else 1)
 
-    def _slots_semaphore(self) -> asyncio.Semaphore:
-        if self._slots is None:  # created inside the server's event loop
-            self._slots = asyncio.Semaphore(self.settings.concurrency)
-        return self._slots
+    def _start_workers(self) -> asyncio.Event:
+        if self._wakeup is None:  # created inside the server's event loop
+            self._wakeup = asyncio.Event()
+            self._workers = [asyncio.ensure_future(self._worker()) for _ in range(self.settings.concurrency)]
+        return self._wakeup
 
     async def generate(self, request: Request, **kwargs) -> Any:
         settings = self.settings
@@ -127,36 +141,46 @@ class Service:
                 raise RequestError(503, f"the service is busy ({settings.max_queue} requests queued); retry later")
             self._admitted += 1
             self.metrics.queue_length = self._admitted
-        deadline = time.monotonic() + settings.timeout_s
-        cancel = threading.Event()
+        arrived = time.monotonic()
+        deadline = arrived + settings.timeout_s
         try:
-            slots = self._slots_semaphore()
-            while True:  # wait for a slot, giving up on timeout or disconnect
-                try:
-                    await asyncio.wait_for(slots.acquire(), POLL_S)
-                    break
-                except asyncio.TimeoutError:
-                    await self._check_alive(request, deadline)
+            if kwargs.get("seed") is None:  # drawn here so that a batch can report each request's seed
+                kwargs["seed"] = random.SystemRandom().randint(0, MAX_SEED)
+            m = self.pipeline.manifest
+            job = Job(kwargs, batch_key(kwargs, m.native_height, m.native_width),
+                      asyncio.get_running_loop().create_future())
+            self._pending.append(job)
+            self._start_workers().set()
             try:
-                self.metrics.in_flight += 1
-                task = asyncio.ensure_future(asyncio.to_thread(self._run, cancel, kwargs))
-                while not task.done():
-                    await asyncio.wait({task}, timeout=POLL_S)
-                    if not task.done():
-                        try:
-                            await self._check_alive(request, deadline)
-                        except RequestError:
-                            cancel.set()
-                            await asyncio.wait({task})  # the thread stops at its next step
-                            raise
-                return task.result()
-            finally:
-                self.metrics.in_flight -= 1
-                slots.release()
+                while not job.future.done():
+                    await asyncio.wait({job.future}, timeout=POLL_S)
+                    if not job.future.done():
+                        await self._check_alive(request, deadline)
+            except RequestError:
+                await self._abandon(job, wait=True)
+                raise
+            except BaseException:  # cancelled by the server (shutdown, or Ray Serve on disconnect)
+                await self._abandon(job, wait=False)
+                raise
+            outcome = job.future.result()
+            self.metrics.observe("request", time.monotonic() - arrived)
+            if isinstance(outcome, BaseException):
+                raise outcome
+            return outcome
         finally:
             with self._admit_lock:
                 self._admitted -= 1
                 self.metrics.queue_length = self._admitted
+
+    async def _abandon(self, job: Job, wait: bool) -> None:
+        """Marks a job cancelled. A job still pending leaves the queue; one running in a batch
+        whose every request is now cancelled is waited for (one step), so its slot is free when
+        the answer goes out."""
+        job.cancel.set()
+        if job in self._pending:
+            self._pending.remove(job)
+        elif wait and job.started and all(other.cancel.is_set() for other in job.batch):
+            await asyncio.wait({job.future})
 
     async def _check_alive(self, request: Request, deadline: float) -> None:
         if time.monotonic() > deadline:
@@ -164,19 +188,53 @@ class Service:
         if await request.is_disconnected():
             raise RequestError(499, "the client disconnected")
 
-    def _run(self, cancel: threading.Event, kwargs: dict):
+    async def _worker(self) -> None:
+        assert self._wakeup is not None
+        while True:
+            batch = take_batch(self._pending, self.max_batch_images)
+            if not batch:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            if self.settings.batch_window_s > 0 and batch[0].key is not None:
+                await asyncio.sleep(self.settings.batch_window_s)  # let simultaneous requests join
+                take_compatible(self._pending, batch, self.max_batch_images)
+            self.metrics.in_flight += len(batch)
+            self.metrics.observe_batch(len(batch))
+            try:
+                outcomes = await asyncio.to_thread(self._run, batch)
+            except BaseException as error:  # noqa: BLE001 - answered to the requests, never lost
+                outcomes = [error] * len(batch)
+            finally:
+                self.metrics.in_flight -= len(batch)
+            for job, outcome in zip(batch, outcomes):
+                if not job.future.done():
+                    job.future.set_result(outcome)
+
+    def _run(self, batch: list[Job]) -> list[Any]:
+        """Outcomes for a batch: GenerationResult, None (cancelled) or the exception. A batch
+        whose call fails on a request's own settings is retried one request at a time, so one
+        bad request never fails the others."""
+
         def progress(step: int, total: int) -> None:
-            if cancel.is_set():
+            if all(job.cancel.is_set() for job in batch):
                 raise GenerationCancelled()
 
         try:
-            result = self.pipeline.generate(progress=progress, **kwargs)
+            if len(batch) == 1:
+                results = [self.pipeline.generate(progress=progress, **batch[0].kwargs)]
+            else:
+                results = split_result(self.pipeline.generate(progress=progress, **merged_kwargs(batch)), batch)
         except GenerationCancelled:
-            return None
+            return [None] * len(batch)
+        except SdrtError as error:
+            if len(batch) == 1:
+                return [error]
+            return [self._run([job])[0] for job in batch]
         for stage in ("text_encoder", "denoise", "vae_decoder", "total"):
-            if stage in result.timings:
-                self.metrics.observe(stage, result.timings[stage])
-        return result
+            if stage in results[0].timings:
+                self.metrics.observe(stage, results[0].timings[stage])
+        return results
 
 
 # ---------------------------------------------------------------- helpers
@@ -354,7 +412,7 @@ def create_app(pipeline, settings: ServeSettings | None = None) -> FastAPI:
     @app.get("/health")
     async def health():
         m = pipeline.manifest
-        return {"status": "ok", "model": pipeline.folder.name, "backend": pipeline.backend,
+        return {"status": "ok", "model": pipeline.folder.name, "backend": pipeline.backend, "process": os.getpid(),
                 "queue_length": service.metrics.queue_length, "native_size": [m.native_width, m.native_height]}
 
     @app.get("/metrics")

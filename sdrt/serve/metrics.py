@@ -18,6 +18,8 @@ class Metrics:
         self._histograms: dict[str, list[int]] = {}
         self._sums: dict[str, float] = defaultdict(float)
         self._counts: dict[str, int] = defaultdict(int)
+        self.batches = 0
+        self.batched_requests = 0
 
     def count_request(self, route: str, status: int) -> None:
         with self._lock:
@@ -32,6 +34,11 @@ class Metrics:
             self._sums[stage] += seconds
             self._counts[stage] += 1
 
+    def observe_batch(self, requests: int) -> None:
+        with self._lock:
+            self.batches += 1
+            self.batched_requests += requests
+
     def render(self) -> str:
         with self._lock:
             lines = ["# HELP sdrt_requests_total Requests answered, by route and status.",
@@ -42,7 +49,13 @@ class Metrics:
                       f"sdrt_queue_length {self.queue_length}",
                       "# HELP sdrt_generations_in_flight Generations running now.",
                       "# TYPE sdrt_generations_in_flight gauge", f"sdrt_generations_in_flight {self.in_flight}",
-                      "# HELP sdrt_stage_seconds Time per stage of a generation.",
+                      "# HELP sdrt_batches_total generate() calls (each serves one or more requests).",
+                      "# TYPE sdrt_batches_total counter", f"sdrt_batches_total {self.batches}",
+                      "# HELP sdrt_batched_requests_total Requests served by those calls.",
+                      "# TYPE sdrt_batched_requests_total counter",
+                      f"sdrt_batched_requests_total {self.batched_requests}",
+                      "# HELP sdrt_stage_seconds Time per stage of a generation (stage request: a "
+                      "request from admission to its result).",
                       "# TYPE sdrt_stage_seconds histogram"]
             for stage in sorted(self._histograms):
                 for bound, count in zip(LATENCY_BUCKETS, self._histograms[stage]):

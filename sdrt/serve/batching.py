@@ -1,0 +1,105 @@
+"""Which requests can share one generate() call, and how a shared call is split back.
+
+Text-to-image requests batch together when they agree on everything that shapes the denoising
+loop: size, steps, guidance scale, sampler and images per prompt. Prompts, negative prompts and
+seeds may differ: the pipeline takes one seed per prompt and gives each prompt the images it
+would get alone (stochastic samplers included), so batching never changes a result. Image-to-
+image and inpainting requests (each with its own input image) and requests with given latents
+always run alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from sdrt.runtime.pipeline import GenerationResult
+
+# The per-request settings that must agree for requests to share a UNet call.
+SHARED_SETTINGS = ("steps", "guidance_scale", "scheduler", "num_images")
+UNBATCHABLE = ("init_image", "mask_image", "latents")
+
+
+@dataclass(eq=False)
+class Job:
+    """One admitted request: its generate() arguments (seed resolved), its batch key, and
+    the future the worker resolves with a GenerationResult, None (cancelled) or an exception."""
+
+    kwargs: dict[str, Any]
+    key: tuple | None
+    future: asyncio.Future
+    cancel: threading.Event = field(default_factory=threading.Event)
+    batch: list["Job"] = field(default_factory=list)  # set when a worker takes it
+
+    @property
+    def images(self) -> int:
+        return int(self.kwargs.get("num_images", 1))
+
+    @property
+    def started(self) -> bool:
+        return bool(self.batch)
+
+
+def batch_key(kwargs: dict[str, Any], native_height: int, native_width: int) -> tuple | None:
+    """Requests with equal keys may run as one call; None means the request runs alone."""
+    if any(kwargs.get(name) is not None for name in UNBATCHABLE):
+        return None
+    if not isinstance(kwargs.get("prompt"), str):
+        return None
+    size = (kwargs.get("height") or native_height, kwargs.get("width") or native_width)
+    return (*size, *(kwargs.get(name) for name in SHARED_SETTINGS))
+
+
+def take_batch(pending: list[Job], max_images: int) -> list[Job]:
+    """Removes and returns the oldest live job plus, when it can batch, the compatible jobs
+    behind it (take_compatible). Cancelled jobs are dropped."""
+    pending[:] = [job for job in pending if not job.cancel.is_set()]
+    if not pending:
+        return []
+    batch = [pending.pop(0)]
+    batch[0].batch = batch
+    take_compatible(pending, batch, max_images)
+    return batch
+
+
+def take_compatible(pending: list[Job], batch: list[Job], max_images: int) -> None:
+    """Moves the live pending jobs with the batch's key into `batch` (the list every member
+    shares), oldest first, while the images fit in `max_images`."""
+    key = batch[0].key
+    if key is None:
+        return
+    images = sum(job.images for job in batch)
+    for job in list(pending):
+        if job.key == key and not job.cancel.is_set() and images + job.images <= max_images:
+            pending.remove(job)
+            images += job.images
+            job.batch = batch
+            batch.append(job)
+
+
+def merged_kwargs(jobs: list[Job]) -> dict[str, Any]:
+    """One generate() call for jobs with the same key: a prompt, negative prompt and seed each."""
+    first = jobs[0].kwargs
+    merged = {name: value for name, value in first.items() if name not in ("prompt", "negative_prompt", "seed")}
+    merged["prompt"] = [job.kwargs["prompt"] for job in jobs]
+    merged["negative_prompt"] = [job.kwargs.get("negative_prompt") or "" for job in jobs]
+    merged["seed"] = [job.kwargs["seed"] for job in jobs]
+    return merged
+
+
+def split_result(result: GenerationResult, jobs: list[Job]) -> list[GenerationResult]:
+    """Each job's share of a merged call, with its own prompt and seed in `parameters`.
+    Timings are the batch's; `batch_images` says how many images shared them. Truncation
+    warnings are not attributed to prompts in a batch (the service does not return them)."""
+    images_each = jobs[0].images
+    total = images_each * len(jobs)
+    timings = {**result.timings, "batch_images": total}
+    results = []
+    for index, job in enumerate(jobs):
+        rows = slice(index * images_each, (index + 1) * images_each)
+        parameters = {**result.parameters, "prompt": job.kwargs["prompt"],
+                      "negative_prompt": job.kwargs.get("negative_prompt"), "seed": job.kwargs["seed"]}
+        results.append(GenerationResult(result.images[rows], result.array[rows], parameters, timings, []))
+    return results

@@ -1,0 +1,135 @@
+"""Batching in `sdrt serve`: which requests share a UNet call, and that sharing one never
+changes a response (each equals the pipeline's result for that request alone)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+
+import httpx
+import numpy as np
+import pytest
+
+from sdrt.errors import SdrtError
+from sdrt.runtime.pipeline import Pipeline
+from sdrt.serve.app import ServeSettings, create_app
+from sdrt.serve.batching import Job, batch_key, merged_kwargs, take_batch
+from test_serve import decode_png, live_server
+
+NATIVE = (64, 64)
+
+
+def job(cancelled: bool = False, **kwargs) -> Job:
+    settings = dict(prompt="a cat", steps=4, guidance_scale=7.5, scheduler="lms", num_images=1, seed=1)
+    settings.update(kwargs)
+    made = Job(settings, batch_key(settings, *NATIVE), asyncio.Future(loop=asyncio.new_event_loop()))
+    if cancelled:
+        made.cancel.set()
+    return made
+
+
+def test_keys_agree_only_when_the_loop_is_the_same():
+    base = job()
+    assert base.key == job(prompt="a dog", negative_prompt="blurry", seed=7).key
+    assert base.key == job(height=64, width=64).key  # the native size, spelled out
+    for different in (dict(steps=5), dict(guidance_scale=1.0), dict(scheduler="euler"), dict(num_images=2),
+                      dict(height=128)):
+        assert job(**different).key != base.key, different
+    for alone in (dict(init_image="x"), dict(mask_image="x"), dict(latents=np.zeros(1)), dict(prompt=["a", "b"])):
+        assert job(**alone).key is None, alone
+
+
+def test_take_batch_groups_compatible_jobs_in_order_up_to_the_image_limit():
+    a, b, c, d, e = job(), job(steps=9), job(prompt="x", cancelled=True), job(prompt="y"), job(prompt="z")
+    pending = [c, a, b, d, e]
+    batch = take_batch(pending, max_images=2)
+    assert batch == [a, d] and pending == [b, e]
+    assert all(member.batch is batch for member in batch)
+    assert take_batch(pending, max_images=2) == [b]
+    assert take_batch(pending, max_images=2) == [e] and pending == []
+    alone = [job(init_image="x"), job()]
+    assert len(take_batch(alone, max_images=4)) == 1
+
+
+def test_merged_call_has_a_prompt_negative_and_seed_each():
+    merged = merged_kwargs([job(prompt="p", seed=3), job(prompt="q", negative_prompt="n", seed=4)])
+    assert merged["prompt"] == ["p", "q"] and merged["negative_prompt"] == ["", "n"] and merged["seed"] == [3, 4]
+    assert merged["steps"] == 4 and merged["num_images"] == 1
+
+
+@pytest.fixture(scope="module")
+def pipeline(exported_tiny) -> Pipeline:
+    return Pipeline.load(exported_tiny("standard"))
+
+
+def post_together(base: str, payloads: list[dict]) -> list[httpx.Response]:
+    responses: list = [None] * len(payloads)
+
+    def send(index: int) -> None:
+        responses[index] = httpx.post(f"{base}/v1/images/generations", json=payloads[index], timeout=60)
+
+    threads = [threading.Thread(target=send, args=(index,)) for index in range(len(payloads))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return responses
+
+
+def metric(text: str, name: str) -> int:
+    return int(re.search(rf"^{name} (\d+)$", text, re.MULTILINE).group(1))
+
+
+@pytest.mark.parametrize("sampler", ["lms", "euler_a"])
+def test_requests_that_arrive_together_share_a_call_and_equal_running_alone(pipeline, sampler):
+    settings = ServeSettings(max_batch_images=4, batch_window_s=0.5)
+    payloads = [{"prompt": prompt, "seed": seed, "steps": 3, "n": 2, "scheduler": sampler, "negative_prompt": negative}
+                for prompt, seed, negative in (("a photo of a cat", 1, ""), ("a red fox", 2, "blurry"))]
+    payloads.append({"prompt": "a red fox", "seed": 2, "steps": 4, "n": 2, "scheduler": sampler})  # other key
+    with live_server(create_app(pipeline, settings)) as base:
+        responses = post_together(base, payloads)
+        text = httpx.get(f"{base}/metrics").text
+    assert [response.status_code for response in responses] == [200, 200, 200]
+    assert metric(text, "sdrt_batched_requests_total") == 3
+    assert metric(text, "sdrt_batches_total") == 2  # the first two together, the third alone
+    for payload, response in zip(payloads, responses):
+        alone = pipeline.generate(payload["prompt"], negative_prompt=payload.get("negative_prompt"),
+                                  steps=payload["steps"], seed=payload["seed"], num_images=2, scheduler=sampler)
+        got = [np.asarray(decode_png(item["b64_json"]), dtype=np.int16) for item in response.json()["data"]]
+        for image, expected in zip(got, alone.images):
+            assert np.abs(image - np.asarray(expected, dtype=np.int16)).max() <= 1
+
+
+class FailsOnPrompt:
+    """A pipeline whose calls fail for one prompt (in a batch or alone)."""
+
+    def __init__(self, real: Pipeline, bad: str):
+        self.folder, self.manifest, self.backend, self.real, self.bad = real.folder, real.manifest, real.backend, real, bad
+        self.calls: list[int] = []
+
+    def generate(self, prompt, **kwargs):
+        prompts = [prompt] if isinstance(prompt, str) else prompt
+        self.calls.append(len(prompts))
+        if self.bad in prompts:
+            raise SdrtError(f"prompt {self.bad!r} is refused")
+        return self.real.generate(prompt, **kwargs)
+
+
+def test_a_failing_request_does_not_fail_its_batch(pipeline):
+    failing = FailsOnPrompt(pipeline, "boom")
+    with live_server(create_app(failing, ServeSettings(batch_window_s=0.5))) as base:
+        responses = post_together(base, [{"prompt": "a cat", "steps": 1, "seed": 1},
+                                         {"prompt": "boom", "steps": 1, "seed": 2}])
+    statuses = sorted(response.status_code for response in responses)
+    assert statuses == [200, 400] and failing.calls[0] == 2 and sorted(failing.calls[1:]) == [1, 1]
+    error = next(response for response in responses if response.status_code == 400).json()["error"]
+    assert error["param"] == "prompt" and "boom" in error["message"]
+
+
+def test_batching_off_runs_each_request_alone(pipeline):
+    with live_server(create_app(pipeline, ServeSettings(max_batch_images=1, batch_window_s=0.3))) as base:
+        responses = post_together(base, [{"prompt": "a cat", "steps": 1}] * 3)
+        text = httpx.get(f"{base}/metrics").text
+    assert all(response.status_code == 200 for response in responses)
+    assert metric(text, "sdrt_batches_total") == 3
