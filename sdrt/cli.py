@@ -12,6 +12,7 @@ import click
 
 from sdrt import __version__
 from sdrt.errors import SdrtError
+from sdrt.runtime.engine import BACKENDS
 from sdrt.runtime.scheduler_np import SCHEDULERS
 
 SCHEDULER_NAMES = tuple(SCHEDULERS)
@@ -152,8 +153,8 @@ class _Progress:
 @click.option("--num-images", default=1, show_default=True, type=int, help="Images to generate.")
 @click.option("--scheduler", default="lms", show_default=True, metavar="NAME",
               help=f"Sampler: {', '.join(SCHEDULER_NAMES)}.")
-@click.option("--backend", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]),
-              help="Execution backend.")
+@click.option("--backend", default="cpu", show_default=True, type=click.Choice(BACKENDS),
+              help="cpu or cuda (ONNX Runtime), or tensorrt (engines from `sdrt build`).")
 @click.option("--threads", default=None, type=int, help="CPU threads per engine (default: all cores).")
 @click.option("--init-image", default=None, help="Image-to-image: start from this image.")
 @click.option("--mask", "mask_image", default=None,
@@ -174,7 +175,8 @@ def generate(prompt, model_dir, negative_prompt, steps, guidance, seed, height, 
     paths = _output_paths(out, seed, num_images)
     for path in paths:
         _check_writable(path)
-    pipeline = Pipeline.load(model_dir, backend=backend, threads=threads)
+    pipeline = Pipeline.load(model_dir, backend=backend, threads=threads,
+                             progress=None if quiet else lambda line: click.echo(line, err=True))
     load_seconds = time.perf_counter() - started
     first_step: list[float] = []
     bar = _Progress(enabled=not quiet and not as_json)
@@ -207,10 +209,43 @@ def generate(prompt, model_dir, negative_prompt, steps, guidance, seed, height, 
 
 
 @main.command()
+@click.argument("model_dir", type=click.Path())
+@click.option("--static", "static_size", default=None, metavar="WxH",
+              help="One fixed image size (fastest, and the UNet runs as a CUDA graph).")
+@click.option("--min", "min_size", default=None, metavar="WxH", help="Smallest size [default: the export's].")
+@click.option("--opt", "opt_size", default=None, metavar="WxH", help="Size to tune for [default: native].")
+@click.option("--max", "max_size", default=None, metavar="WxH", help="Largest size [default: the export's].")
+@click.option("--max-batch", default=4, show_default=True, type=int, help="Most images per call.")
+@click.option("--precision", default="fp16", show_default=True, type=click.Choice(["fp16", "fp32"]),
+              help="For fp32 exports (fp16 exports build as exported; the VAE stays fp32).")
+@click.option("--workspace-gb", default=8.0, show_default=True, type=float, help="Builder scratch memory limit.")
+@click.option("--force", is_flag=True, help="Rebuild even engines that are up to date.")
+def build(model_dir, static_size, min_size, opt_size, max_size, max_batch, precision, workspace_gb, force) -> None:
+    """Build TensorRT engines for an exported MODEL_DIR (into MODEL_DIR/tensorrt/)."""
+    from sdrt.runtime.manifest import Manifest
+    from sdrt.runtime.tensorrt_plan import BuildSettings, parse_size, plan_profile
+
+    manifest = Manifest.load(model_dir)
+    sizes = {name: parse_size(value, f"--{name}") if value else None
+             for name, value in (("static", static_size), ("min", min_size), ("opt", opt_size), ("max", max_size))}
+    if workspace_gb <= 0:
+        raise SdrtError("--workspace-gb must be positive")
+    profile = plan_profile(manifest, static=sizes["static"], min_size=sizes["min"], opt_size=sizes["opt"],
+                           max_size=sizes["max"], max_batch=max_batch)
+    settings = BuildSettings(profile, precision, int(workspace_gb * 2**30))
+    from sdrt.runtime.tensorrt_backend import build_engines
+
+    started = time.perf_counter()
+    plans = build_engines(model_dir, settings, progress=lambda line: click.echo(line, err=True), force=force)
+    click.echo(f"{len(plans)} engines ready in {time.perf_counter() - started:.0f} s: "
+               + ", ".join(str(path) for path in plans.values()))
+
+
+@main.command()
 @click.option("--model", "model_dir", default=None, type=click.Path(), help="Exported model folder.")
 @click.option("--arch", default=None, help="Instead of --model: a random-weight model of a real architecture "
               "(sd15), built and exported once into ~/.cache/sdrt (or $SDRT_CACHE).")
-@click.option("--backend", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]))
+@click.option("--backend", default="cpu", show_default=True, type=click.Choice(BACKENDS))
 @click.option("--height", default=None, type=int, help="Image height (default: the model's native size).")
 @click.option("--width", default=None, type=int, help="Image width (default: the model's native size).")
 @click.option("--steps", default=10, show_default=True, type=int)
@@ -268,7 +303,7 @@ def bench(model_dir, arch, backend, height, width, steps, guidance, num_images, 
 @click.option("--model", "model_dir", required=True, type=click.Path(), help="Exported model folder.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
 @click.option("--port", default=7860, show_default=True, type=int)
-@click.option("--backend", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]))
+@click.option("--backend", default="cpu", show_default=True, type=click.Choice(BACKENDS))
 @click.option("--threads", default=None, type=int, help="CPU threads per engine (default: all cores).")
 @click.option("--api-key", default=None, envvar="SDRT_API_KEY",
               help="Require 'Authorization: Bearer KEY' on every route but /health (or $SDRT_API_KEY).")

@@ -12,14 +12,17 @@ from typing import Callable
 
 import torch
 
-from sdrt.runtime.manifest import DimRange, TensorSpec
-
-# Dynamic dimension names, shared by the manifest's `dims`.
-BATCH = "batch"
-UNET_BATCH = "unet_batch"  # the UNet sees the conditional and unconditional halves together
-TIMESTEP_BATCH = "timestep_batch"  # 1 (broadcast) or unet_batch
-HEIGHT, WIDTH = "height", "width"
-LATENT_HEIGHT, LATENT_WIDTH = "latent_height", "latent_width"
+from sdrt.runtime.manifest import (  # noqa: F401 - the dimension names, re-exported for the exporter
+    BATCH,
+    HEIGHT,
+    LATENT_HEIGHT,
+    LATENT_WIDTH,
+    TIMESTEP_BATCH,
+    UNET_BATCH,
+    WIDTH,
+    DimRange,
+    TensorSpec,
+)
 
 # Export-time ranges recorded in the manifest (TensorRT profiles are built from them).
 MAX_BATCH = 8

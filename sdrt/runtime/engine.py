@@ -18,6 +18,8 @@ from sdrt.errors import ConfigError, SdrtError
 from sdrt.runtime.manifest import ComponentSpec, DimRange, TensorSpec
 
 BACKEND_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+TENSORRT = "tensorrt"  # engines built by `sdrt build` (sdrt.runtime.tensorrt_backend)
+BACKENDS = (*BACKEND_PROVIDERS, TENSORRT)
 ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int32)": "int32",
               "tensor(int64)": "int64"}
 
@@ -32,6 +34,9 @@ class EngineRunError(SdrtError):
 
 class Engine(ABC):
     """A component engine: `run(feeds)` maps input names to arrays and returns outputs by name."""
+
+    #: What `dims` are, for error messages.
+    range_source = "exported range"
 
     def __init__(self, name: str, spec: ComponentSpec, dims: Mapping[str, DimRange]):
         self.name = name
@@ -67,7 +72,7 @@ class Engine(ABC):
                             f"(shape {spec.shape})"
                         )
                     continue
-                _check_dim(self.name, name, expected, size, self.dims.get(expected))
+                _check_dim(self.name, name, expected, size, self.dims.get(expected), self.range_source)
                 if expected in seen and seen[expected][0] != size:
                     other_size, other = seen[expected]
                     raise EngineInputError(
@@ -85,11 +90,11 @@ class Engine(ABC):
         """Run the checked feeds on the backend."""
 
 
-def _check_dim(engine: str, tensor: str, dim: str, size: int, valid: DimRange | None) -> None:
+def _check_dim(engine: str, tensor: str, dim: str, size: int, valid: DimRange | None, source: str) -> None:
     if valid is None or valid.contains(size):
         return
     raise EngineInputError(
-        f"{engine}.{tensor}: {dim} {size} is outside the exported range "
+        f"{engine}.{tensor}: {dim} {size} is outside the {source} "
         f"{valid.min}..{valid.max}" + (f" in steps of {valid.multiple}" if valid.multiple > 1 else "")
     )
 

@@ -16,6 +16,13 @@ from typing import Any
 from sdrt.errors import ModelFolderError
 
 MANIFEST_NAME = "manifest.json"
+
+# Dynamic dimension names in `dims` (the exporter writes them, the runtime and builder read them).
+BATCH = "batch"  # images
+UNET_BATCH = "unet_batch"  # the UNet sees the conditional and unconditional halves together
+TIMESTEP_BATCH = "timestep_batch"  # 1 (broadcast) or unet_batch
+HEIGHT, WIDTH = "height", "width"
+LATENT_HEIGHT, LATENT_WIDTH = "latent_height", "latent_width"
 FORMAT_VERSION = 1
 DTYPES = ("float32", "float16", "int32", "int64")
 

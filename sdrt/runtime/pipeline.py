@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from sdrt.errors import ConfigError, ModelFolderError, SdrtError
-from sdrt.runtime.engine import Engine, OrtEngine, open_session
+from sdrt.runtime.engine import BACKENDS, TENSORRT, Engine, OrtEngine, open_session
 from sdrt.runtime.images import (
     MASK_THRESHOLD,
     downsample_nearest,
@@ -70,27 +70,35 @@ class Pipeline:
     the latents and every intermediate array."""
 
     def __init__(self, folder: Path, manifest: Manifest, tokenizer: ClipTokenizer, scheduler_config: dict,
-                 engines: dict[str, Engine], backend: str, threads: int | None = None):
+                 engines: dict[str, Engine], backend: str, make_engine: Callable[[str], Engine]):
         self.folder = folder
         self.manifest = manifest
         self.tokenizer = tokenizer
         self.scheduler_config = scheduler_config
         self.engines = engines
         self.backend = backend
-        self._threads = threads
+        self._make_engine = make_engine
         self._engine_lock = threading.Lock()
 
     @classmethod
-    def load(cls, folder: str | Path, backend: str = "cpu", threads: int | None = None) -> "Pipeline":
-        """Load an exported folder (with manifest.json, or a diffusers ONNX folder without one)."""
+    def load(cls, folder: str | Path, backend: str = "cpu", threads: int | None = None,
+             progress: Callable[[str], None] | None = None) -> "Pipeline":
+        """Load an exported folder (with manifest.json, or a diffusers ONNX folder without one).
+        `backend` is cpu or cuda (ONNX Runtime) or tensorrt (engines from `sdrt build`, rebuilt
+        with a message through `progress` when stale)."""
         folder = Path(folder)
         if not folder.is_dir():
             raise ModelFolderError(
                 f"model folder {folder} does not exist; export one with `sdrt export MODEL --out {folder}`"
             )
+        if backend not in BACKENDS:
+            raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         sessions: dict = {}
         if (folder / MANIFEST_NAME).is_file():
             manifest = Manifest.load(folder)
+        elif backend == TENSORRT:
+            raise ModelFolderError(f"{folder} has no manifest.json, which TensorRT builds need; export it with "
+                                   "`sdrt export`")
         else:
             manifest, sessions = infer_manifest(folder, lambda path: open_session(path, backend, threads))
         for name in COMPONENTS:
@@ -105,14 +113,20 @@ class Pipeline:
             raise ModelFolderError(
                 f"tokenizer length {tokenizer.max_length} differs from the text encoder's {manifest.text_length}"
             )
+        if backend == TENSORRT:
+            from sdrt.runtime.tensorrt_backend import load_engines
+
+            runtime, manifest = load_engines(folder, manifest, progress)
+            make_engine: Callable[[str], Engine] = runtime.engine
+        else:
+            def make_engine(name: str) -> Engine:
+                spec = manifest.components[name]
+                return OrtEngine(folder / spec.file, name, spec, manifest.dims, backend=backend, threads=threads,
+                                 session=sessions.get(name))
+
         # Required engines load now; an optional one only if inferring the manifest opened it.
-        engines = {
-            name: OrtEngine(folder / spec.file, name, spec, manifest.dims, backend=backend, threads=threads,
-                            session=sessions.get(name))
-            for name, spec in manifest.components.items()
-            if name in COMPONENTS or name in sessions
-        }
-        return cls(folder, manifest, tokenizer, scheduler_config, engines, backend, threads)
+        engines = {name: make_engine(name) for name in manifest.components if name in COMPONENTS or name in sessions}
+        return cls(folder, manifest, tokenizer, scheduler_config, engines, backend, make_engine)
 
     def _optional_engine(self, name: str) -> Engine | None:
         """An engine only some requests need (the VAE encoder), loaded on first use: text-to-
@@ -122,8 +136,7 @@ class Pipeline:
                 spec = self.manifest.components.get(name)
                 if spec is None or not (self.folder / spec.file).is_file():
                     return None
-                self.engines[name] = OrtEngine(self.folder / spec.file, name, spec, self.manifest.dims,
-                                               backend=self.backend, threads=self._threads)
+                self.engines[name] = self._make_engine(name)
             return self.engines[name]
 
     # ------------------------------------------------------------------ request checks
