@@ -220,7 +220,10 @@ def generate(prompt, model_dir, negative_prompt, steps, guidance, seed, height, 
               help="For fp32 exports (fp16 exports build as exported; the VAE stays fp32).")
 @click.option("--workspace-gb", default=8.0, show_default=True, type=float, help="Builder scratch memory limit.")
 @click.option("--force", is_flag=True, help="Rebuild even engines that are up to date.")
-def build(model_dir, static_size, min_size, opt_size, max_size, max_batch, precision, workspace_gb, force) -> None:
+@click.option("--verify", "then_verify", is_flag=True,
+              help="Then generate one image with TensorRT and on the CPU and compare them (sdrt verify).")
+def build(model_dir, static_size, min_size, opt_size, max_size, max_batch, precision, workspace_gb, force,
+          then_verify) -> None:
     """Build TensorRT engines for an exported MODEL_DIR (into MODEL_DIR/tensorrt/)."""
     from sdrt.runtime.manifest import Manifest
     from sdrt.runtime.tensorrt_plan import BuildSettings, parse_size, plan_profile
@@ -239,6 +242,33 @@ def build(model_dir, static_size, min_size, opt_size, max_size, max_batch, preci
     plans = build_engines(model_dir, settings, progress=lambda line: click.echo(line, err=True), force=force)
     click.echo(f"{len(plans)} engines ready in {time.perf_counter() - started:.0f} s: "
                + ", ".join(str(path) for path in plans.values()))
+    if then_verify:
+        _verify(model_dir, "tensorrt", None)
+
+
+@main.command()
+@click.argument("model_dir", type=click.Path())
+@click.option("--backend", required=True, type=click.Choice([b for b in BACKENDS if b != "cpu"]),
+              help="The backend to check against the fp32 CPU path.")
+@click.option("--steps", default=8, show_default=True, type=int)
+@click.option("--json", "json_path", default=None, help="Also write the report here.")
+def verify(model_dir, backend, steps, json_path) -> None:
+    """Generate one image with BACKEND and on the CPU, and compare them (exit 1 if they differ
+    by more than the documented tolerance, or the image has NaNs)."""
+    _verify(model_dir, backend, json_path, steps)
+
+
+def _verify(model_dir, backend, json_path, steps: int = 8) -> None:
+    from sdrt.runtime.verify import verify as run_verify
+
+    report = run_verify(model_dir, backend, steps=steps, progress=lambda line: click.echo(line, err=True))
+    if json_path:
+        Path(json_path).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    click.echo(json.dumps(report))
+    if not report["passed"]:
+        click.echo(f"error: {backend} differs from the CPU path by {report['mean_abs'] * 255:.2f}/255 on average "
+                   f"(tolerance {report['tolerance_mean_abs'] * 255:.1f}/255), finite: {report['finite']}", err=True)
+        sys.exit(1)
 
 
 @main.command()

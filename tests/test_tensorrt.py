@@ -283,3 +283,30 @@ def test_generate_cli_with_the_tensorrt_backend(model, monkeypatch, tmp_path):
     assert result.exit_code == 0, result.output
     expected = Pipeline.load(model).generate("a cat", steps=2, seed=4).images[0]
     assert np.abs(np.asarray(Image.open(out), np.int16) - np.asarray(expected, np.int16)).max() <= 1
+
+
+def test_build_then_verify_compares_with_the_cpu_path(model, monkeypatch, tmp_path):
+    fake_tensorrt.install(monkeypatch)
+    output = build(model, "--static", "64x64", "--verify")
+    report = json.loads(output.strip().splitlines()[-1])
+    assert report["passed"] and report["backend"] == "tensorrt" and report["finite"]
+    assert report["mean_abs"] < 1e-5 and report["settings"]["height"] == 64  # the fake computes in fp32
+    assert report["timings"]["tensorrt"]["unet_step_median"] > 0
+
+
+def test_verify_fails_loudly_when_the_backend_differs(model, monkeypatch):
+    from sdrt.runtime import tensorrt_backend
+
+    fake_tensorrt.install(monkeypatch)
+    build(model, "--static", "64x64")
+    real_run = tensorrt_backend.TrtEngine._run
+
+    def drifting(self, feeds):
+        outputs = real_run(self, feeds)
+        if self.name == "vae_decoder":
+            outputs["sample"] = outputs["sample"] + np.float32(0.1)  # about 13/255 brighter
+        return outputs
+
+    monkeypatch.setattr(tensorrt_backend.TrtEngine, "_run", drifting)
+    result = CliRunner().invoke(main, ["verify", str(model), "--backend", "tensorrt", "--steps", "2"])
+    assert result.exit_code == 1 and "differs from the CPU path by" in result.output
