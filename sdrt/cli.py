@@ -291,8 +291,10 @@ def _verify(model_dir, backend, json_path, steps: int = 8) -> None:
               help="The diffusers folder the export came from (default: the manifest's source).")
 @click.option("--sweep", default=None, help="Repeat over values: height=256,512 (also width, size, batch, steps).")
 @click.option("--json", "json_path", default=None, type=click.Path(), help="Write the full report here.")
+@click.option("--plot", "plot_path", default=None, type=click.Path(),
+              help="With --sweep: a PNG plot here [default: beside --json] (needs matplotlib: sdrt[plot]).")
 def bench(model_dir, arch, backend, height, width, steps, guidance, num_images, scheduler, runs, warmup, threads,
-          compare, diffusers_model, sweep, json_path) -> None:
+          compare, diffusers_model, sweep, json_path, plot_path) -> None:
     """Measure latency per stage, memory and (with --compare) the ratio to diffusers."""
     from sdrt.benchmark import (BenchSettings, format_report, parse_sweep, run_benchmark, sweep_settings,
                                 arch_model)
@@ -323,8 +325,19 @@ def bench(model_dir, arch, backend, height, width, steps, guidance, num_images, 
                                compare=compare, diffusers_model=diffusers_model, progress=say)
         reports.append(report)
         click.echo(format_report(report) + "\n")
+    payload = reports[0]
+    if sweep:
+        from sdrt.benchmark.sweep import format_table, plot, sweep_rows
+
+        rows = sweep_rows(name, values, reports)
+        click.echo(format_table(name, rows))
+        payload = {"sweep": sweep, "table": rows, "reports": reports}
+        plot_path = plot_path or (str(Path(json_path).with_suffix(".png")) if json_path else None)
+        if plot_path:
+            title = f"{Path(model_dir).name}, {backend}, {base.steps} steps, batch {base.num_images}"
+            written = plot(name, rows, Path(plot_path), title)
+            say(f"wrote {written}" if written else "no plot: install matplotlib (pip install 'sdrt[plot]')")
     if json_path:
-        payload = reports[0] if len(reports) == 1 else {"sweep": sweep, "reports": reports}
         Path(json_path).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
         say(f"wrote {json_path}")
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from click.testing import CliRunner
 
 from sdrt.benchmark import BenchError, BenchSettings, parse_sweep, run_benchmark, summarize
@@ -43,6 +44,14 @@ def test_cli_sweep_writes_one_report_per_value(engine, tmp_path):
     payload = json.loads(out.read_text())
     assert [r["settings"]["height"] for r in payload["reports"]] == [32, 64]
     assert "UNet step p50/p90/p99" in result.output
+    table = payload["table"]
+    assert [row["size"] for row in table] == [32, 64] and table[0]["relative"] == 1.0
+    for row, report in zip(table, payload["reports"]):
+        assert row["end_to_end_s"] == report["sdrt"]["stages"]["end_to_end"]["median"]
+        assert row["per_unit_s"] == pytest.approx(row["end_to_end_s"] / (row["size"] ** 2 / 1e6))
+    assert "per megapixel" in result.output
+    with Image.open(out.with_suffix(".png")) as plot:
+        assert plot.format == "PNG" and plot.size[0] > 300
 
 
 @pytest.mark.parametrize(
