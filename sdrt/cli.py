@@ -156,6 +156,7 @@ class _Progress:
 @click.option("--backend", default="cpu", show_default=True, type=click.Choice(BACKENDS),
               help="cpu or cuda (ONNX Runtime), or tensorrt (engines from `sdrt build`).")
 @click.option("--threads", default=None, type=int, help="CPU threads per engine (default: all cores).")
+@click.option("--cuda-graph", is_flag=True, help="With --backend cuda: capture the UNet as a CUDA graph per shape.")
 @click.option("--init-image", default=None, help="Image-to-image: start from this image.")
 @click.option("--mask", "mask_image", default=None,
               help="Inpainting: white (or opaque) = repaint, black = keep; needs --init-image.")
@@ -165,7 +166,7 @@ class _Progress:
 @click.option("--quiet", is_flag=True, help="No progress bar or warnings.")
 @click.option("--json", "as_json", is_flag=True, help="Print parameters, output paths and timings as JSON.")
 def generate(prompt, model_dir, negative_prompt, steps, guidance, seed, height, width, num_images, scheduler,
-             backend, threads, init_image, mask_image, strength, out, quiet, as_json) -> None:
+             backend, threads, cuda_graph, init_image, mask_image, strength, out, quiet, as_json) -> None:
     """Generate images for PROMPT with an exported model (from --init-image: image-to-image;
     with --mask too: inpainting)."""
     started = time.perf_counter()
@@ -175,7 +176,7 @@ def generate(prompt, model_dir, negative_prompt, steps, guidance, seed, height, 
     paths = _output_paths(out, seed, num_images)
     for path in paths:
         _check_writable(path)
-    pipeline = Pipeline.load(model_dir, backend=backend, threads=threads,
+    pipeline = Pipeline.load(model_dir, backend=backend, threads=threads, cuda_graph=cuda_graph,
                              progress=None if quiet else lambda line: click.echo(line, err=True))
     load_seconds = time.perf_counter() - started
     first_step: list[float] = []
@@ -291,10 +292,11 @@ def _verify(model_dir, backend, json_path, steps: int = 8) -> None:
               help="The diffusers folder the export came from (default: the manifest's source).")
 @click.option("--sweep", default=None, help="Repeat over values: height=256,512 (also width, size, batch, steps).")
 @click.option("--json", "json_path", default=None, type=click.Path(), help="Write the full report here.")
+@click.option("--cuda-graph", is_flag=True, help="With --backend cuda: the UNet as a CUDA graph per shape.")
 @click.option("--plot", "plot_path", default=None, type=click.Path(),
               help="With --sweep: a PNG plot here [default: beside --json] (needs matplotlib: sdrt[plot]).")
 def bench(model_dir, arch, backend, height, width, steps, guidance, num_images, scheduler, runs, warmup, threads,
-          compare, diffusers_model, sweep, json_path, plot_path) -> None:
+          compare, diffusers_model, sweep, json_path, cuda_graph, plot_path) -> None:
     """Measure latency per stage, memory and (with --compare) the ratio to diffusers."""
     from sdrt.benchmark import (BenchSettings, format_report, parse_sweep, run_benchmark, sweep_settings,
                                 arch_model)
@@ -322,7 +324,8 @@ def bench(model_dir, arch, backend, height, width, steps, guidance, num_images, 
     reports = []
     for settings in plan:
         report = run_benchmark(model_dir, settings, backend=backend, threads=threads, runs=runs, warmup=warmup,
-                               compare=compare, diffusers_model=diffusers_model, progress=say)
+                               compare=compare, diffusers_model=diffusers_model, progress=say,
+                               cuda_graph=cuda_graph)
         reports.append(report)
         click.echo(format_report(report) + "\n")
     payload = reports[0]

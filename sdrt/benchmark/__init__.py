@@ -56,10 +56,11 @@ def summarize(values: list[float]) -> dict:
 class Worker:
     """A worker process (see worker.py) driven over its stdin and stdout."""
 
-    def __init__(self, kind: str, model: str, settings: BenchSettings, backend: str, threads: int | None):
+    def __init__(self, kind: str, model: str, settings: BenchSettings, backend: str, threads: int | None,
+                 load_options: dict | None = None):
         self.kind = kind
         command = [sys.executable, "-m", "sdrt.benchmark.worker", kind, model, json.dumps(asdict(settings)),
-                   backend, str(threads or 0)]
+                   backend, str(threads or 0), json.dumps(load_options or {})]
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE, text=True)
         ready = self._read()
@@ -157,7 +158,8 @@ def model_hash(manifest: Manifest) -> str:
 
 
 def _sdrt_summary(runs: list[dict], load_seconds: float, peak: int) -> dict:
-    stages = ["tokenize", "text_encoder", "denoise", "scheduler_and_guidance", "vae_decoder", "png", "end_to_end"]
+    stages = ["tokenize", "text_encoder", "denoise", "scheduler_and_guidance", "unet_host_copies", "vae_decoder", "png",
+              "end_to_end"]
     steps = [t for run in runs for t in run["unet_steps"]]
     outside = [(r["end_to_end"] - r["text_encoder"] - sum(r["unet_steps"]) - r["vae_decoder"]) / r["end_to_end"]
                for r in runs]
@@ -173,7 +175,7 @@ def _sdrt_summary(runs: list[dict], load_seconds: float, peak: int) -> dict:
 
 def run_benchmark(model: str, settings: BenchSettings, *, backend: str = "cpu", threads: int | None = None,
                   runs: int = 3, warmup: int = 1, compare: str | None = None,
-                  diffusers_model: str | None = None, progress=lambda line: None) -> dict:
+                  diffusers_model: str | None = None, progress=lambda line: None, cuda_graph: bool = False) -> dict:
     """Benchmark an exported model; with compare="diffusers" also the same model in diffusers."""
     manifest = Manifest.load(model)
     if diffusers_model is None:
@@ -190,7 +192,8 @@ def run_benchmark(model: str, settings: BenchSettings, *, backend: str = "cpu", 
         except ImportError:
             raise BenchError("--compare diffusers needs torch and diffusers: pip install 'sdrt[export]'") from None
     progress(f"loading sdrt ({backend})")
-    workers = [Worker("sdrt", model, settings, backend, threads)]
+    load_options = {"cuda_graph": True} if cuda_graph else {}
+    workers = [Worker("sdrt", model, settings, backend, threads, load_options)]
     if compare:
         progress("loading diffusers")
         workers.append(Worker("diffusers", diffusers_model, settings, backend, threads))
@@ -209,6 +212,7 @@ def run_benchmark(model: str, settings: BenchSettings, *, backend: str = "cpu", 
     report = {
         "settings": asdict(settings),
         "backend": backend,
+        "load_options": load_options,
         "threads": threads or os.cpu_count(),
         "precision": {name: spec.precision for name, spec in manifest.components.items()},
         "model": {"path": str(model), "hash": model_hash(manifest)},

@@ -1,6 +1,6 @@
 """One side of a benchmark, in its own process so its memory peak is its own.
 
-`python -m sdrt.benchmark.worker sdrt|diffusers MODEL SETTINGS_JSON [BACKEND] [THREADS]` loads the
+`python -m sdrt.benchmark.worker sdrt|diffusers MODEL SETTINGS_JSON [BACKEND] [THREADS] [LOAD_JSON]` loads the
 model, prints `{"ready": ..., "load_seconds": ...}`, then answers each `run` line on stdin with one
 JSON line of timings, and `quit` with its peak resident memory. The sdrt side imports no torch.
 """
@@ -28,10 +28,10 @@ def png_seconds(image) -> float:
 
 
 class SdrtSide:
-    def __init__(self, model: str, settings: dict, backend: str, threads: int | None):
+    def __init__(self, model: str, settings: dict, backend: str, threads: int | None, load_options: dict):
         from sdrt.runtime.pipeline import Pipeline
 
-        self.pipeline = Pipeline.load(model, backend=backend, threads=threads)
+        self.pipeline = Pipeline.load(model, backend=backend, threads=threads, **load_options)
         self.settings = settings
 
     def run(self, seed: int) -> dict:
@@ -46,7 +46,7 @@ class SdrtSide:
 
 
 class DiffusersSide:
-    def __init__(self, model: str, settings: dict, backend: str, threads: int | None):
+    def __init__(self, model: str, settings: dict, backend: str, threads: int | None, load_options: dict):
         import diffusers
         import torch
 
@@ -87,8 +87,9 @@ def main() -> None:
     kind, model, settings = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
     backend = sys.argv[4] if len(sys.argv) > 4 else "cpu"
     threads = int(sys.argv[5]) if len(sys.argv) > 5 and sys.argv[5] != "0" else None
+    load_options = json.loads(sys.argv[6]) if len(sys.argv) > 6 else {}  # sdrt's Pipeline.load options
     started = time.perf_counter()
-    side = (SdrtSide if kind == "sdrt" else DiffusersSide)(model, settings, backend, threads)
+    side = (SdrtSide if kind == "sdrt" else DiffusersSide)(model, settings, backend, threads, load_options)
     print(json.dumps({"ready": kind, "load_seconds": time.perf_counter() - started}), flush=True)
     seed = 0
     for line in sys.stdin:

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from sdrt.errors import ConfigError, ModelFolderError, SdrtError
-from sdrt.runtime.engine import BACKENDS, TENSORRT, Engine, OrtEngine, open_session
+from sdrt.runtime.engine import BACKENDS, TENSORRT, BoundOrtEngine, Engine, OrtEngine, open_session
 from sdrt.runtime.images import (
     MASK_THRESHOLD,
     downsample_nearest,
@@ -82,10 +82,13 @@ class Pipeline:
 
     @classmethod
     def load(cls, folder: str | Path, backend: str = "cpu", threads: int | None = None,
-             progress: Callable[[str], None] | None = None) -> "Pipeline":
+             progress: Callable[[str], None] | None = None, io_binding: bool | None = None,
+             cuda_graph: bool = False) -> "Pipeline":
         """Load an exported folder (with manifest.json, or a diffusers ONNX folder without one).
         `backend` is cpu or cuda (ONNX Runtime) or tensorrt (engines from `sdrt build`, rebuilt
-        with a message through `progress` when stale)."""
+        with a message through `progress` when stale). On ONNX Runtime, `io_binding` (the
+        default on cuda) keeps buffers on the device and reuses them per shape; `cuda_graph`
+        (cuda only) also captures the UNet once per shape and replays it (see BoundOrtEngine)."""
         folder = Path(folder)
         if not folder.is_dir():
             raise ModelFolderError(
@@ -119,8 +122,18 @@ class Pipeline:
             runtime, manifest = load_engines(folder, manifest, progress)
             make_engine: Callable[[str], Engine] = runtime.engine
         else:
+            if cuda_graph and backend != "cuda":
+                raise ConfigError("CUDA graphs need the cuda backend")
+            bound = backend == "cuda" if io_binding is None else io_binding
+            if cuda_graph and not bound:
+                raise ConfigError("CUDA graphs need IO binding; leave io_binding on")
+
             def make_engine(name: str) -> Engine:
                 spec = manifest.components[name]
+                if bound:
+                    return BoundOrtEngine(folder / spec.file, name, spec, manifest.dims, backend=backend,
+                                          threads=threads, session=sessions.get(name),
+                                          cuda_graph=cuda_graph and name == "unet")
                 return OrtEngine(folder / spec.file, name, spec, manifest.dims, backend=backend, threads=threads,
                                  session=sessions.get(name))
 
@@ -203,17 +216,21 @@ class Pipeline:
                 generator: TorchGenerator | GeneratorGroup, progress: Callable[[int, int], None] | None,
                 start: int = 0, conditioning: np.ndarray | None = None,
                 blend: Callable[[int, np.ndarray], np.ndarray] | None = None,
-                unet_seconds: list[float] | None = None) -> np.ndarray:
+                timings: dict | None = None) -> np.ndarray:
         """The denoising loop from step `start` (image-to-image skips the first steps);
         `embeddings` holds [unconditional; conditional] with guidance. Stochastic samplers draw
         from `generator`, after the initial latents, as in diffusers. `conditioning` (an
         inpainting UNet's mask and masked-image latents) is appended to the scaled input's
         channels; `blend(index, latents)` runs after each step (inpainting with an ordinary UNet).
-        Each UNet call's duration is appended to `unet_seconds` when given."""
+        With `timings`, each UNet call's duration is appended to timings["unet_steps"], and
+        timings["unet_host_copies"] adds up the host-device copies inside those calls (engines
+        that keep buffers on a device report them)."""
         engine = self.engines["unet"]
         guided = embeddings.shape[0] == 2 * latents.shape[0]
         sample_dtype = engine.input_dtype("sample")
         context = embeddings.astype(engine.input_dtype("encoder_hidden_states"))
+        context.flags.writeable = False  # the same every step: a device-resident engine uploads it once
+        unet_steps = timings.setdefault("unet_steps", []) if timings is not None else []
         total = len(scheduler.timesteps) - start
         for index in range(start, len(scheduler.timesteps)):
             timestep = scheduler.timesteps[index]
@@ -228,8 +245,9 @@ class Pipeline:
             }
             called = time.perf_counter()
             prediction = engine.run(feeds)["out_sample"]
-            if unet_seconds is not None:
-                unet_seconds.append(time.perf_counter() - called)
+            unet_steps.append(time.perf_counter() - called)
+            if timings is not None and hasattr(engine, "last_copy_seconds"):
+                timings["unet_host_copies"] = timings.get("unet_host_copies", 0.0) + engine.last_copy_seconds
             prediction = prediction.astype(np.float32)
             if guided:
                 unconditional, conditional = np.split(prediction, 2)
@@ -429,13 +447,11 @@ class Pipeline:
             latents = latents * np.float32(sampler.init_noise_sigma)
 
         stage = time.perf_counter()
-        unet_seconds: list[float] = []
         latents = self.denoise(latents, embeddings, sampler, guidance_scale, generator, progress, start,
-                               conditioning, blend, unet_seconds)
+                               conditioning, blend, timings)
         timings["denoise"] = time.perf_counter() - stage
-        timings["unet_steps"] = unet_seconds
         # Everything in the loop but the UNet: scheduler, guidance, copies and casts.
-        timings["scheduler_and_guidance"] = timings["denoise"] - sum(unet_seconds)
+        timings["scheduler_and_guidance"] = timings["denoise"] - sum(timings["unet_steps"])
 
         stage = time.perf_counter()
         array = self.decode_latents(latents)
