@@ -89,3 +89,11 @@ def test_summary_and_sweep_parsing():
     assert parse_sweep("height=256,512") == ("height", [256, 512])
     with pytest.raises(BenchError, match="must be integers"):
         parse_sweep("steps=ten")
+
+
+def test_gpu_memory_is_read_per_process_from_nvidia_smi():
+    from sdrt.benchmark.worker import parse_compute_apps
+
+    text = "4242, 1536\n77, 900\n4242, 512\n[N/A], [N/A]\n"
+    assert parse_compute_apps(text, 4242) == 2048 * 2**20
+    assert parse_compute_apps(text, 5) is None and parse_compute_apps("", 4242) is None

@@ -79,12 +79,13 @@ class Worker:
         self.process.stdin.flush()
         return self._read()
 
-    def close(self) -> int:
+    def close(self) -> dict:
+        """Peak host memory (peak_rss_bytes) and, on GPU backends, GPU memory (peak_gpu_bytes)."""
         self.process.stdin.write("quit\n")
         self.process.stdin.flush()
-        peak = self._read()["peak_rss_bytes"]
+        peaks = self._read()
         self.process.wait()
-        return peak
+        return peaks
 
 
 def matmul_gflops() -> float:
@@ -220,8 +221,9 @@ def run_benchmark(model: str, settings: BenchSettings, *, backend: str = "cpu", 
         "versions": versions(compare is not None),
         "runs": runs,
         "warmup": warmup,
-        "sdrt": _sdrt_summary(results["sdrt"], workers[0].load_seconds, peaks["sdrt"]),
+        "sdrt": _sdrt_summary(results["sdrt"], workers[0].load_seconds, peaks["sdrt"]["peak_rss_bytes"]),
     }
+    report["sdrt"]["peak_gpu_bytes"] = peaks["sdrt"].get("peak_gpu_bytes")
     flop = unet_gflop_per_call(diffusers_model, manifest, settings)
     report["unet_gflop_per_call"] = flop
     report["matmul_gflops"] = matmul_gflops()
@@ -230,10 +232,16 @@ def run_benchmark(model: str, settings: BenchSettings, *, backend: str = "cpu", 
     if compare:
         baseline = results["diffusers"]
         pairs = [b["end_to_end"] / a["end_to_end"] for a, b in zip(results["sdrt"], baseline)]
-        report["diffusers"] = {"load_seconds": workers[1].load_seconds, "peak_rss_bytes": peaks["diffusers"],
+        report["diffusers"] = {"load_seconds": workers[1].load_seconds,
+                               "peak_rss_bytes": peaks["diffusers"]["peak_rss_bytes"],
+                               "peak_gpu_bytes": peaks["diffusers"].get("peak_gpu_bytes"),
                                "end_to_end": summarize([b["end_to_end"] for b in baseline])}
         report["speedup_vs_diffusers"] = {"pairs": pairs, **summarize(pairs)}
-        report["memory_ratio_vs_diffusers"] = peaks["sdrt"] / peaks["diffusers"]
+        report["memory_ratio_vs_diffusers"] = (peaks["sdrt"]["peak_rss_bytes"]
+                                               / peaks["diffusers"]["peak_rss_bytes"])
+        if report["sdrt"]["peak_gpu_bytes"] and report["diffusers"]["peak_gpu_bytes"]:
+            report["gpu_memory_ratio_vs_diffusers"] = (report["sdrt"]["peak_gpu_bytes"]
+                                                       / report["diffusers"]["peak_gpu_bytes"])
     return report
 
 
@@ -295,6 +303,8 @@ def format_report(report: dict) -> str:
                  f"{step['p99'] * 1e3:.1f} ms")
     lines.append(f"outside the engines      {sd['outside_engines_fraction']['median'] * 100:.2f} % of end to end")
     lines.append(f"peak memory              {sd['peak_rss_bytes'] / 2**30:.2f} GiB")
+    if sd.get("peak_gpu_bytes"):
+        lines.append(f"peak GPU memory          {sd['peak_gpu_bytes'] / 2**30:.2f} GiB (nvidia-smi)")
     if report.get("unet_gflops_achieved") is not None:
         lines.append(f"UNet                     {report['unet_gflops_achieved']:.1f} GFLOP/s achieved "
                      f"({report['unet_gflop_per_call']:.1f} GFLOP a call); machine matmul "

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import resource
+import subprocess
 import sys
 import time
 
@@ -19,6 +21,28 @@ KIB = 1024
 
 def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * KIB  # Linux reports KiB
+
+
+GPU_QUERY = ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"]
+MIB = 2**20
+
+
+def parse_compute_apps(text: str, pid: int) -> int | None:
+    """Bytes of GPU memory `pid` holds in nvidia-smi's compute-apps CSV (pid, MiB), or None."""
+    used = [int(fields[1]) for fields in (line.split(",") for line in text.splitlines())
+            if len(fields) == 2 and fields[0].strip() == str(pid) and fields[1].strip().isdigit()]
+    return sum(used) * MIB if used else None
+
+
+def gpu_memory_bytes(pid: int) -> int | None:
+    """GPU memory this process holds now, as nvidia-smi sees it (the same measure for ONNX
+    Runtime, TensorRT and torch, CUDA context included); None without nvidia-smi. Framework
+    allocators keep what they grew to, so after a run this is that run's peak."""
+    try:
+        done = subprocess.run(GPU_QUERY, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return parse_compute_apps(done.stdout, pid) if done.returncode == 0 else None
 
 
 def png_seconds(image) -> float:
@@ -92,14 +116,19 @@ def main() -> None:
     side = (SdrtSide if kind == "sdrt" else DiffusersSide)(model, settings, backend, threads, load_options)
     print(json.dumps({"ready": kind, "load_seconds": time.perf_counter() - started}), flush=True)
     seed = 0
+    peak_gpu = None
     for line in sys.stdin:
         command = line.strip()
         if command == "run":
-            print(json.dumps(side.run(seed)), flush=True)
+            timings = side.run(seed)
+            if backend != "cpu":
+                used = gpu_memory_bytes(os.getpid())
+                peak_gpu = used if peak_gpu is None or (used or 0) > peak_gpu else peak_gpu
+            print(json.dumps(timings), flush=True)
             seed += 1
         elif command == "quit":
             break
-    print(json.dumps({"peak_rss_bytes": peak_rss_bytes()}), flush=True)
+    print(json.dumps({"peak_rss_bytes": peak_rss_bytes(), "peak_gpu_bytes": peak_gpu}), flush=True)
 
 
 if __name__ == "__main__":
