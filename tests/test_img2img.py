@@ -18,7 +18,7 @@ from sdrt.runtime.images import to_model_input, to_rgb
 from sdrt.runtime.pipeline import Pipeline
 
 MAX_PIXEL_ERROR = 2 / 255
-SAMPLERS = ["lms", "euler", "euler_a", "heun", "ddim", "dpmpp_2m", "pndm", "ddpm"]
+SAMPLERS = ["lms", "euler", "euler_a", "heun", "ddim", "dpmpp_2m", "pndm", "ddpm", "unipc"]
 
 
 @pytest.fixture(scope="module")

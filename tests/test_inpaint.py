@@ -19,7 +19,7 @@ from sdrt.runtime.images import downsample_nearest, to_mask_input
 from sdrt.runtime.pipeline import Pipeline
 
 MAX_PIXEL_ERROR = 2 / 255
-SAMPLERS = ["lms", "euler_a", "ddim", "dpmpp_2m", "heun"]
+SAMPLERS = ["lms", "euler_a", "ddim", "dpmpp_2m", "heun", "unipc"]
 
 
 @pytest.fixture(scope="module")

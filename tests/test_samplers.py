@@ -107,12 +107,34 @@ def test_timestep_spacings(sd15_config, name, spacing):
         ("heun", {"use_karras_sigmas": True}),
         ("heun", {"clip_sample": True}),
         ("dpmpp_2m", {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing", "prediction_type": "v_prediction"}),
+        ("unipc", {"solver_type": "bh1", "final_sigmas_type": "sigma_min"}),
+        ("unipc", {"solver_order": 1}),
+        ("unipc", {"solver_order": 3}),
+        ("unipc", {"solver_order": 3, "solver_type": "bh1", "lower_order_final": False,
+                   "final_sigmas_type": "sigma_min"}),
+        ("unipc", {"use_karras_sigmas": True}),
+        ("unipc", {"use_karras_sigmas": True, "final_sigmas_type": "sigma_min"}),
+        ("unipc", {"use_exponential_sigmas": True}),
+        ("unipc", {"final_sigmas_type": "sigma_min"}),
+        ("unipc", {"solver_type": "midpoint"}),  # a DPM++ config: diffusers' UniPC reads it as bh2
+        ("unipc", {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing", "prediction_type": "v_prediction"}),
     ],
 )
 @pytest.mark.parametrize("steps", [4, 30])
 def test_config_options(sd15_config, name, overrides, steps):
     ref_final, our_final, _, _ = run_both(name, dict(sd15_config, **overrides), steps)
     assert relative_error(our_final, ref_final) < LOOP_TOLERANCE
+
+
+def test_unipc_bh1_ends_on_the_data_prediction_where_diffusers_gives_nan(sd15_config):
+    """With a zero final noise level, B(h) = h is infinite on the last step; diffusers then
+    multiplies it by a zero correction (NaN). That step is first order, with nothing to
+    correct: sdrt returns its data prediction, as bh2 does."""
+    config = dict(sd15_config, solver_type="bh1")
+    ref_final, our_final, _, _ = run_both("unipc", config, 4)
+    assert np.isnan(ref_final).all() and np.isfinite(our_final).all()
+    _, bh2_final, _, _ = run_both("unipc", dict(sd15_config, solver_type="bh2"), 4)
+    assert np.abs(our_final).max() > 0 and relative_error(our_final, bh2_final) < 0.5
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -22,7 +22,7 @@ NEGATIVE_PREFIX = "Negative prompt: "
 # sdrt scheduler names as A1111 names its samplers.
 SAMPLER_NAMES = {"lms": "LMS", "euler": "Euler", "euler_a": "Euler a", "ddim": "DDIM",
                  "dpmpp_2m": "DPM++ 2M", "dpmpp_2m_karras": "DPM++ 2M Karras", "pndm": "PLMS", "ddpm": "DDPM",
-                 "heun": "Heun"}
+                 "heun": "Heun", "unipc": "UniPC"}
 
 
 class ImageFileError(SdrtError):

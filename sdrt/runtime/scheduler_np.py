@@ -42,7 +42,7 @@ LOG_SIGMA_FLOOR = 1e-10
 
 FINAL_SIGMAS_TYPES = ("zero", "sigma_min")
 INTERPOLATION_TYPES = ("linear", "log_linear")
-SOLVER_TYPES = ("midpoint", "heun")
+SOLVER_TYPES = ("midpoint", "heun", "bh1", "bh2")  # DPM++'s, then UniPC's
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large")
 # DDPM's variance floor (diffusers clamps it before the square root or log).
 DDPM_MIN_VARIANCE = 1e-20
@@ -83,6 +83,8 @@ class SchedulerConfig:
     euler_at_final: bool
     skip_prk_steps: bool
     variance_type: str
+    predict_x0: bool
+    disable_corrector: tuple[int, ...]
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any], defaults: Mapping[str, Any]) -> "SchedulerConfig":
@@ -95,11 +97,13 @@ class SchedulerConfig:
                 values[field.name] = NEUTRAL_CONFIG[field.name]
         if values["trained_betas"] is not None:
             values["trained_betas"] = tuple(float(b) for b in values["trained_betas"])
+        values["disable_corrector"] = tuple(int(step) for step in values["disable_corrector"])
         unsupported = {
             "use_beta_sigmas": (True, "use_beta_sigmas is not supported; use use_karras_sigmas instead"),
             "thresholding": (True, "dynamic thresholding (for pixel-space models) is not supported"),
             "timestep_type": ("continuous", "continuous timesteps are not supported"),
             "use_lu_lambdas": (True, "use_lu_lambdas is not supported"),
+            "use_flow_sigmas": (True, "flow-matching sigmas are not supported"),
         }
         for key, (bad, message) in unsupported.items():
             if key in defaults.get("_reads", ()) and config.get(key) == bad:
@@ -136,8 +140,8 @@ class SchedulerConfig:
             )
         if self.use_karras_sigmas and self.use_exponential_sigmas:
             raise ConfigError("use_karras_sigmas and use_exponential_sigmas exclude each other")
-        if self.solver_order not in (1, 2):
-            raise ConfigError(f"solver_order {self.solver_order} is not supported; sdrt implements 1 and 2")
+        if self.solver_order not in (1, 2, 3):
+            raise ConfigError(f"solver_order {self.solver_order} is not supported; sdrt implements 1 to 3")
         if not self.skip_prk_steps:
             raise ConfigError(
                 "PNDM's Runge-Kutta warm-up (skip_prk_steps false) is not supported; set "
@@ -153,7 +157,7 @@ NEUTRAL_CONFIG: dict[str, Any] = {
     "final_sigmas_type": "zero", "interpolation_type": "linear", "sigma_min": None, "sigma_max": None,
     "clip_sample": False, "clip_sample_range": 1.0, "set_alpha_to_one": False, "solver_order": 2,
     "solver_type": "midpoint", "lower_order_final": True, "euler_at_final": False, "skip_prk_steps": True,
-    "variance_type": "fixed_small",
+    "variance_type": "fixed_small", "predict_x0": True, "disable_corrector": (),
 }
 BETA_DEFAULTS = {"num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear",
                  "trained_betas": None, "prediction_type": "epsilon", "steps_offset": 0}
@@ -687,6 +691,10 @@ class DPMSolverMultistepScheduler(Scheduler):
 
     def __init__(self, config: SchedulerConfig):
         super().__init__(config)
+        if config.solver_order > 2:
+            raise ConfigError(f"DPM++ solver_order {config.solver_order} is not supported; sdrt implements 1 and 2")
+        if config.solver_type not in ("midpoint", "heun"):
+            raise ConfigError(f"DPM++ solver_type {config.solver_type!r} is not supported; use midpoint or heun")
         self.alphas_cumprod = compute_alphas_cumprod(config)
         self._previous_x0: np.ndarray | None = None
 
@@ -778,6 +786,157 @@ class DPMSolverMultistepScheduler(Scheduler):
         else:
             prev_sample = ratio * sample + weight * x0
         self._previous_x0 = x0
+        return prev_sample
+
+    def add_noise(self, original: np.ndarray, noise: np.ndarray, step_index: int) -> np.ndarray:
+        return self.alpha_t[step_index] * original + self.sigma_t[step_index] * noise
+
+
+class UniPCMultistepScheduler(Scheduler):
+    """UniPC (a unified predictor-corrector on the data prediction, B(h) variants), as
+    `diffusers.UniPCMultistepScheduler`: each step first corrects the sample the previous step
+    predicted, using the new model output (UniC), then predicts the next sample from the stored
+    data predictions (UniP). Noise levels and timesteps follow DPM++'s spacing rules; every
+    step's coefficients are computed once per (step, order)."""
+
+    reference_name = "UniPCMultistepScheduler"
+    config_defaults = {**BETA_DEFAULTS, "timestep_spacing": "linspace", "use_karras_sigmas": False,
+                       "use_exponential_sigmas": False, "rescale_betas_zero_snr": False,
+                       "final_sigmas_type": "zero", "solver_order": 2, "solver_type": "bh2",
+                       "lower_order_final": True, "predict_x0": True, "disable_corrector": (),
+                       "_reads": ("use_beta_sigmas", "thresholding", "use_flow_sigmas")}
+    #: DPM++'s solver types, which diffusers' UniPC reads as bh2.
+    BH2_ALIASES = ("midpoint", "heun")
+    MAX_ORDER = 3
+
+    def __init__(self, config: SchedulerConfig):
+        super().__init__(config)
+        self.solver_type = "bh2" if config.solver_type in self.BH2_ALIASES else config.solver_type
+        if not config.predict_x0:
+            raise ConfigError("UniPC with predict_x0 false (noise prediction) is not supported")
+        if config.disable_corrector:
+            raise ConfigError("UniPC's disable_corrector is not supported")
+        if not 1 <= config.solver_order <= self.MAX_ORDER:
+            raise ConfigError(f"UniPC solver_order must be 1 to {self.MAX_ORDER}, got {config.solver_order}")
+        self.alphas_cumprod = compute_alphas_cumprod(config)
+        self._reset()
+
+    def _reset(self) -> None:
+        self._x0s: list[np.ndarray] = []  # data predictions, newest last
+        self._last_sample: np.ndarray | None = None
+        self._last_order = 0
+        self._coefficients: dict[tuple, tuple] = {}
+
+    @property
+    def init_noise_sigma(self) -> float:
+        return 1.0
+
+    def set_timesteps(self, num_inference_steps: int) -> None:
+        self._check_steps(num_inference_steps)
+        config, n = self.config, int(num_inference_steps)
+        n_train = config.num_train_timesteps
+        if config.timestep_spacing == "linspace":
+            timesteps = np.linspace(0, n_train - 1, n + 1).round()[::-1][:-1].astype(np.int64)
+        elif config.timestep_spacing == "leading":
+            ratio = n_train // (n + 1)
+            timesteps = (np.arange(0, n + 1) * ratio).round()[::-1][:-1].astype(np.int64) + config.steps_offset
+        else:
+            timesteps = np.arange(n_train, 0, -n_train / n).round().astype(np.int64) - 1
+        train_sigmas = ((1 - self.alphas_cumprod) / self.alphas_cumprod) ** np.float32(0.5)
+        sigmas = converted_sigmas(config, float(train_sigmas[0]), float(train_sigmas[-1]), n)
+        if sigmas is not None:
+            timesteps = sigma_to_timestep(sigmas, np.log(train_sigmas))
+            if config.use_karras_sigmas:
+                timesteps = timesteps.round()
+            final = float(sigmas[-1]) if config.final_sigmas_type == "sigma_min" else 0.0
+        else:
+            sigmas = np.interp(timesteps, np.arange(len(train_sigmas)), train_sigmas)
+            final = 0.0
+            if config.final_sigmas_type == "sigma_min":
+                final = float(((1 - self.alphas_cumprod[0]) / self.alphas_cumprod[0]) ** np.float32(0.5))
+        self.sigmas = np.concatenate([sigmas, [final]]).astype(np.float32)
+        self.timesteps = timesteps.astype(np.int64)
+        self.num_inference_steps = len(self.timesteps)
+        one, half = np.float32(1.0), np.float32(0.5)
+        self.alpha_t = one / (self.sigmas**2 + one) ** half
+        self.sigma_t = self.sigmas * self.alpha_t
+        with np.errstate(divide="ignore"):
+            self.lambdas = np.log(self.alpha_t) - np.log(self.sigma_t)
+        self._reset()
+
+    def _update(self, source: int, target: int, order: int, corrector: bool) -> tuple:
+        """Coefficients of one UniP (predictor) or UniC (corrector) update from step `source`
+        to noise level `target` of the given order: (sample ratio, m0 weight, B(h) weight, the
+        rhos, the r_k of the older predictions). Cached: each is computed once per run."""
+        key = (source, target, order, corrector)
+        if key in self._coefficients:
+            return self._coefficients[key]
+        one = np.float32(1.0)
+        lam, alpha, sigma = self.lambdas, self.alpha_t, self.sigma_t
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            h = lam[target] - lam[source]
+            rks = [np.float32((lam[source - k] - lam[source]) / h) for k in range(1, order)]
+            hh = -h
+            h_phi_1 = np.expm1(hh)
+            b_h = hh if self.solver_type == "bh1" else np.expm1(hh)
+            h_phi_k = h_phi_1 / hh - one
+            factorial, b = 1, []
+            for i in range(1, order + 1):
+                b.append(np.float32(h_phi_k * np.float32(factorial) / b_h))
+                factorial *= i + 1
+                h_phi_k = h_phi_k / hh - one / np.float32(factorial)
+            ratio = sigma[target] / sigma[source]
+            m0_weight = -alpha[target] * h_phi_1
+            b_weight = -alpha[target] * b_h
+        r = np.array(rks + [one], dtype=np.float64)
+        matrix = np.stack([r**power for power in range(order)])
+        if corrector:
+            rhos = (np.array([0.5]) if order == 1 else np.linalg.solve(matrix, np.array(b, np.float64)))
+        elif order == 1:
+            rhos = np.zeros(0)
+        elif order == 2:
+            rhos = np.array([0.5])
+        else:
+            rhos = np.linalg.solve(matrix[:-1, :-1], np.array(b[:-1], np.float64))
+        result = (np.float32(ratio), np.float32(m0_weight), np.float32(b_weight), rhos.astype(np.float32), rks)
+        self._coefficients[key] = result
+        return result
+
+    def scale_model_input(self, sample: np.ndarray, step_index: int) -> np.ndarray:
+        return sample
+
+    def _data_prediction(self, model_output: np.ndarray, step_index: int, sample: np.ndarray) -> np.ndarray:
+        alpha_t, sigma_t = self.alpha_t[step_index], self.sigma_t[step_index]
+        prediction = self.config.prediction_type
+        if prediction == "epsilon":
+            return (sample - sigma_t * model_output) / alpha_t
+        if prediction == "v_prediction":
+            return alpha_t * sample - sigma_t * model_output
+        return model_output
+
+    def step(self, model_output: np.ndarray, step_index: int, sample: np.ndarray,
+             generator: TorchGenerator | None = None) -> np.ndarray:
+        x0 = self._data_prediction(model_output, step_index, sample)
+        if self._last_sample is not None:  # UniC: correct this step's sample with the new output
+            order = self._last_order
+            ratio, m0_weight, b_weight, rhos, rks = self._update(step_index - 1, step_index, order, corrector=True)
+            m0 = self._x0s[-1]
+            correction = rhos[-1] * (x0 - m0)
+            for k, rk in enumerate(rks, start=1):
+                correction = correction + rhos[k - 1] * ((self._x0s[-(k + 1)] - m0) / rk)
+            sample = ratio * self._last_sample + m0_weight * m0 + b_weight * correction
+        self._x0s = (self._x0s + [x0])[-self.config.solver_order:]
+        order = self.config.solver_order
+        if self.config.lower_order_final:
+            order = min(order, self.num_inference_steps - step_index)
+        order = min(order, len(self._x0s))  # warm-up: as many predictions as this run has made
+        ratio, m0_weight, b_weight, rhos, rks = self._update(step_index, step_index + 1, order, corrector=False)
+        prev_sample = ratio * sample + m0_weight * x0
+        if rks:
+            prediction = sum(rho * ((self._x0s[-(k + 1)] - x0) / rk)
+                             for k, (rho, rk) in enumerate(zip(rhos, rks), start=1))
+            prev_sample = prev_sample + b_weight * prediction
+        self._last_sample, self._last_order = sample, order
         return prev_sample
 
     def add_noise(self, original: np.ndarray, noise: np.ndarray, step_index: int) -> np.ndarray:
@@ -920,6 +1079,7 @@ SCHEDULERS: dict[str, type[Scheduler]] = {
     "pndm": PNDMScheduler,
     "ddpm": DDPMScheduler,
     "heun": HeunDiscreteScheduler,
+    "unipc": UniPCMultistepScheduler,
 }
 
 
