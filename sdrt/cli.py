@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -407,7 +408,12 @@ def serve_on_ray(model_dir, backend, threads, settings, host, port, address, rep
     ray_settings = ray_serve.RaySettings(**replica_options)
     ray_settings.check()
     ray_serve.run(model_dir, backend, threads, settings, ray_settings, host, port, address)
-    click.echo(f"serving on http://{host}:{port} with Ray Serve; Ctrl-C stops it", err=True)
+    click.echo(f"serving on http://{host}:{port} with Ray Serve; Ctrl-C (or SIGTERM) stops it", err=True)
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)  # what service managers and containers send
     try:
         while True:
             time.sleep(3600)
