@@ -11,6 +11,21 @@ from sdrt.export.random_model import KINDS, SD15_PRESET
 DATA_DIR = Path(__file__).parent / "data"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """sdrt's caches (optimized ONNX Runtime graphs, benchmark models) go to a temporary
+    folder, not the user's ~/.cache, and start empty."""
+    import os
+
+    previous = os.environ.get("SDRT_CACHE")
+    os.environ["SDRT_CACHE"] = str(tmp_path_factory.mktemp("sdrt-cache"))
+    yield Path(os.environ["SDRT_CACHE"])
+    if previous is None:
+        os.environ.pop("SDRT_CACHE", None)
+    else:
+        os.environ["SDRT_CACHE"] = previous
+
+
 @pytest.fixture(scope="session")
 def sd15_dir() -> Path:
     """The SD 1.5 preset: real configs and the real CLIP tokenizer, no weights."""

@@ -214,6 +214,8 @@ def run_benchmark(model: str, settings: BenchSettings, *, backend: str = "cpu", 
         "settings": asdict(settings),
         "backend": backend,
         "load_options": load_options,
+        # With the optimized-graph cache on, "load" is a cached load once the first run saved it.
+        "ort_cache": ort_cache_state(),
         "threads": threads or os.cpu_count(),
         "precision": {name: spec.precision for name, spec in manifest.components.items()},
         "model": {"path": str(model), "hash": model_hash(manifest)},
@@ -263,8 +265,16 @@ def sweep_settings(base: BenchSettings, name: str, value: int) -> BenchSettings:
     return BenchSettings(**{**asdict(base), **changes})
 
 
+def ort_cache_state() -> dict:
+    from sdrt.runtime import ort_cache
+
+    return {"enabled": ort_cache.enabled(), "folder": str(ort_cache.cache_root() / "ort")}
+
+
 def cache_dir() -> Path:
-    return Path(os.environ.get("SDRT_CACHE", Path.home() / ".cache" / "sdrt"))
+    from sdrt.runtime.ort_cache import cache_root
+
+    return cache_root()
 
 
 def arch_model(arch: str, progress=lambda line: None) -> tuple[str, str]:

@@ -103,19 +103,31 @@ def _check_dim(engine: str, tensor: str, dim: str, size: int, valid: DimRange | 
     )
 
 
-def open_session(path: Path, backend: str = "cpu", threads: int | None = None, cuda_graph: bool = False):
+def open_session(path: Path, backend: str = "cpu", threads: int | None = None, cuda_graph: bool = False,
+                 spec: ComponentSpec | None = None):
     """An ONNX Runtime session for `path` on an sdrt backend, with all graph optimizations.
-    `cuda_graph` turns on the CUDA provider's graph capture (runs must use IO binding)."""
+    `cuda_graph` turns on the CUDA provider's graph capture (runs must use IO binding). On the
+    CPU, with the component's `spec` (its sha256), the optimized graph is cached per machine
+    (sdrt.runtime.ort_cache) so that later loads skip the optimization."""
     import onnxruntime as ort
 
+    from sdrt.runtime import ort_cache
+
     provider = provider_for(backend)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        options.intra_op_num_threads = threads
+
+    def make_options():
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+        return options
+
     provider_options = {"enable_cuda_graph": "1"} if cuda_graph and backend == "cuda" else {}
+    providers = [(provider, provider_options)]
     try:
-        return ort.InferenceSession(str(path), options, providers=[(provider, provider_options)])
+        if backend == "cpu" and spec is not None and ort_cache.enabled():
+            return ort_cache.cached_session(Path(path), spec, make_options, providers)
+        return ort.InferenceSession(str(path), make_options(), providers=providers)
     except Exception as error:  # onnxruntime raises its own exception types for bad files
         raise EngineRunError(f"cannot load {path}: {error}") from None
 
@@ -127,7 +139,7 @@ class OrtEngine(Engine):
     def __init__(self, path: Path, name: str, spec: ComponentSpec, dims: Mapping[str, DimRange], *,
                  backend: str = "cpu", threads: int | None = None, session=None):
         super().__init__(name, spec, dims)
-        self.session = session if session is not None else open_session(path, backend, threads)
+        self.session = session if session is not None else open_session(path, backend, threads, spec=spec)
 
     def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         with self._errors():
@@ -175,7 +187,7 @@ class BoundOrtEngine(OrtEngine):
     def __init__(self, path: Path, name: str, spec: ComponentSpec, dims: Mapping[str, DimRange], *,
                  backend: str = "cuda", threads: int | None = None, session=None, cuda_graph: bool = False):
         if session is None:
-            session = open_session(path, backend, threads, cuda_graph=cuda_graph)
+            session = open_session(path, backend, threads, cuda_graph=cuda_graph, spec=spec)
         else:
             cuda_graph = False  # a session opened elsewhere has no graph capture enabled
         super().__init__(path, name, spec, dims, backend=backend, threads=threads, session=session)

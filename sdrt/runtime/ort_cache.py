@@ -1,0 +1,99 @@
+"""A per-machine cache of ONNX Runtime's optimized CPU graphs, for fast cold starts.
+
+Creating a CPU session at the highest optimization level rewrites the graph for this CPU
+(blocked NCHWc convolution layouts, fused operators) and packs weights; for SD 1.5's fp32 UNet
+that takes 11 to 22 s of the load. The first load on a machine saves the optimized graph;
+later loads open it with optimizations off, in about 2 s, and run at the same speed with the
+same outputs. The graph is specific to the CPU and ONNX Runtime version that made it, so the
+cache key holds both, with the ONNX file's sha256 from the manifest.
+
+Where: $SDRT_CACHE/ort (default ~/.cache/sdrt/ort), one folder per key. SDRT_ORT_CACHE=0 turns
+it off. A cache that cannot be written (read-only, disk full) or read is skipped, never fatal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+from pathlib import Path
+from typing import Callable
+
+from sdrt.runtime.manifest import ComponentSpec
+
+CACHE_ENV = "SDRT_CACHE"
+SWITCH_ENV = "SDRT_ORT_CACHE"  # "0" turns the cache off
+MODEL_FILE = "model.onnx"
+DATA_FILE = "model.onnx.data"
+COMPLETE_FILE = "complete.json"  # written last: a folder without it is an interrupted save
+# Initializers from this size go to the data file (small ones stay inline in the graph).
+EXTERNAL_MIN_BYTES = 1024
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "sdrt"))
+
+
+def enabled() -> bool:
+    return os.environ.get(SWITCH_ENV, "1") != "0"
+
+
+def cpu_identity() -> dict:
+    """What an optimized CPU graph depends on: the instruction sets and the CPU model."""
+    identity = {"machine": platform.machine(), "processor": platform.processor()}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("model name", "flags", "Features") and key not in identity:
+                    identity[key] = " ".join(sorted(value.split())) if key != "model name" else value.strip()
+    except OSError:
+        pass
+    return identity
+
+
+def cache_key(spec: ComponentSpec, ort_version: str) -> str:
+    payload = {"onnx_sha256": spec.sha256, "data_sha256": dict(spec.data_files), "onnxruntime": ort_version,
+               "cpu": cpu_identity(), "level": "all"}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def cached_session(source: Path, spec: ComponentSpec, make_options: Callable, providers: list):
+    """An InferenceSession for `source`: from the cached optimized graph when there is one,
+    otherwise optimized now and saved for next time. `make_options()` gives fresh
+    SessionOptions (threads etc.) at the highest optimization level."""
+    import onnxruntime as ort
+
+    folder = cache_root() / "ort" / cache_key(spec, ort.__version__)
+    if (folder / COMPLETE_FILE).is_file():
+        options = make_options()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        try:
+            return ort.InferenceSession(str(folder / MODEL_FILE), options, providers=providers)
+        except Exception:  # a damaged cache entry: drop it and optimize again
+            shutil.rmtree(folder, ignore_errors=True)
+    staging = folder.with_name(f".{folder.name}.{os.getpid()}")
+    options = make_options()
+    try:
+        staging.mkdir(parents=True, exist_ok=True)
+        options.optimized_model_filepath = str(staging / MODEL_FILE)
+        options.add_session_config_entry("session.optimized_model_external_initializers_file_name", DATA_FILE)
+        options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
+                                         str(EXTERNAL_MIN_BYTES))
+        session = ort.InferenceSession(str(source), options, providers=providers)
+        (staging / COMPLETE_FILE).write_text(json.dumps({"source": str(source), "sha256": spec.sha256}),
+                                             encoding="utf-8")
+        if folder.exists() and not (folder / COMPLETE_FILE).is_file():
+            shutil.rmtree(folder, ignore_errors=True)  # an interrupted save
+        try:
+            os.replace(staging, folder)
+        except OSError:  # another process saved it first
+            shutil.rmtree(staging, ignore_errors=True)
+        return session
+    except Exception:
+        shutil.rmtree(staging, ignore_errors=True)
+        # Saving failed (no space, read-only cache): load as usual, without the cache.
+        return ort.InferenceSession(str(source), make_options(), providers=providers)
