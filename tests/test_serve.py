@@ -105,8 +105,12 @@ def test_a1111_img2img_and_inpainting(url):
 
 
 def test_health_and_metrics(url):
-    health = httpx.get(f"{url}/health").json()
+    response = httpx.get(f"{url}/health")
+    health = response.json()
     assert health["status"] == "ok" and health["native_size"] == [64, 64]
+    import os
+
+    assert response.headers["x-sdrt-process"] == str(os.getpid()) == str(health["process"])
     httpx.post(f"{url}/v1/images/generations", json={"prompt": PROMPT, "steps": 1}, timeout=60)
     text = httpx.get(f"{url}/metrics").text
     assert 'sdrt_requests_total{route="/v1/images/generations",status="200"}' in text

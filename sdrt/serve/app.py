@@ -330,6 +330,8 @@ class Guard:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                # Which process answered: with several replicas, where a request went.
+                message = {**message, "headers": [*message.get("headers", []), (b"x-sdrt-process", str(os.getpid()).encode())]}
             await send(message)
 
         try:
