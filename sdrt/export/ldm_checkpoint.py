@@ -1,0 +1,116 @@
+"""Write a diffusers Stable Diffusion 1.x/2.x pipeline as a single-file checkpoint in the
+original (LDM / CompVis, AUTOMATIC1111) layout, the format people download as one
+`.safetensors` file.
+
+sdrt reads such files through diffusers' `from_single_file`; this writer exists so that path
+can be tested on models built here (no checkpoint can be downloaded). It is the inverse of
+diffusers' key conversion: UNet blocks become `input_blocks` / `middle_block` /
+`output_blocks`, the VAE's become `down` / `mid` / `up` (the decoder's up blocks in reverse
+order, attention projections as 1x1 convolutions), and the text encoder keeps its keys under
+`cond_stage_model.transformer.`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+UNET_PREFIX = "model.diffusion_model."
+VAE_PREFIX = "first_stage_model."
+TEXT_PREFIX = "cond_stage_model.transformer."
+TEXT_MODEL = "text_model"
+
+UNET_TOP = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
+            "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}
+UNET_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
+               "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
+VAE_ATTENTION = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+VAE_TOP = {"conv_norm_out": "norm_out"}
+
+
+def _renamed(rest: str, table: dict[str, str]) -> str:
+    for old, new in table.items():
+        if rest == old or rest.startswith(old + "."):
+            return new + rest[len(old):]
+    return rest
+
+
+def unet_key(key: str, layers_per_block: int, blocks_with_attention: set[int]) -> str:
+    """The LDM name of a diffusers UNet2DConditionModel parameter."""
+    per_block = layers_per_block + 1
+    for old, new in UNET_TOP.items():
+        if key.startswith(old + "."):
+            return new + key[len(old):]
+    if match := re.fullmatch(r"down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)", key):
+        block, kind, layer, rest = int(match[1]), match[2], int(match[3]), match[4]
+        index = block * per_block + layer + 1
+        if kind == "resnets":
+            return f"input_blocks.{index}.0.{_renamed(rest, UNET_RESNET)}"
+        return f"input_blocks.{index}.1.{rest}"
+    if match := re.fullmatch(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.+)", key):
+        return f"input_blocks.{(int(match[1]) + 1) * per_block}.0.op.{match[2]}"
+    if match := re.fullmatch(r"mid_block\.resnets\.(\d+)\.(.+)", key):
+        return f"middle_block.{2 * int(match[1])}.{_renamed(match[2], UNET_RESNET)}"
+    if match := re.fullmatch(r"mid_block\.attentions\.0\.(.+)", key):
+        return f"middle_block.1.{match[1]}"
+    if match := re.fullmatch(r"up_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)", key):
+        block, kind, layer, rest = int(match[1]), match[2], int(match[3]), match[4]
+        index = block * per_block + layer
+        if kind == "resnets":
+            return f"output_blocks.{index}.0.{_renamed(rest, UNET_RESNET)}"
+        return f"output_blocks.{index}.1.{rest}"
+    if match := re.fullmatch(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.+)", key):
+        block = int(match[1])
+        slot = 2 if block in blocks_with_attention else 1
+        return f"output_blocks.{block * per_block + layers_per_block}.{slot}.conv.{match[2]}"
+    raise ValueError(f"no LDM name for UNet parameter {key}")
+
+
+def vae_key(key: str, up_blocks: int) -> str:
+    """The LDM name of a diffusers AutoencoderKL parameter."""
+    if match := re.fullmatch(r"(encoder|decoder)\.mid_block\.resnets\.(\d+)\.(.+)", key):
+        return f"{match[1]}.mid.block_{int(match[2]) + 1}.{match[3].replace('conv_shortcut', 'nin_shortcut')}"
+    if match := re.fullmatch(r"(encoder|decoder)\.mid_block\.attentions\.0\.(.+)", key):
+        return f"{match[1]}.mid.attn_1.{_renamed(match[2], VAE_ATTENTION)}"
+    if match := re.fullmatch(r"encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.(.+)", key):
+        return f"encoder.down.{match[1]}.block.{match[2]}.{match[3].replace('conv_shortcut', 'nin_shortcut')}"
+    if match := re.fullmatch(r"encoder\.down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.+)", key):
+        return f"encoder.down.{match[1]}.downsample.conv.{match[2]}"
+    if match := re.fullmatch(r"decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.(.+)", key):
+        block = up_blocks - 1 - int(match[1])
+        return f"decoder.up.{block}.block.{match[2]}.{match[3].replace('conv_shortcut', 'nin_shortcut')}"
+    if match := re.fullmatch(r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.+)", key):
+        return f"decoder.up.{up_blocks - 1 - int(match[1])}.upsample.conv.{match[2]}"
+    if match := re.fullmatch(r"(encoder|decoder)\.(conv_norm_out)\.(.+)", key):
+        return f"{match[1]}.{VAE_TOP[match[2]]}.{match[3]}"
+    if re.fullmatch(r"(encoder|decoder)\.(conv_in|conv_out)\..+|(post_)?quant_conv\..+", key):
+        return key
+    raise ValueError(f"no LDM name for VAE parameter {key}")
+
+
+def ldm_state_dict(pipeline) -> dict:
+    """The pipeline's UNet, VAE and text encoder weights under their LDM names."""
+    unet_config = pipeline.unet.config
+    with_attention = {index for index, kind in enumerate(unet_config.up_block_types) if "CrossAttn" in kind}
+    state = {}
+    for key, tensor in pipeline.unet.state_dict().items():
+        state[UNET_PREFIX + unet_key(key, unet_config.layers_per_block, with_attention)] = tensor
+    up_blocks = len(pipeline.vae.config.up_block_types)
+    for key, tensor in pipeline.vae.state_dict().items():
+        name = vae_key(key, up_blocks)
+        if ".mid.attn_1." in name and name.endswith("weight") and tensor.ndim == 2:
+            tensor = tensor[:, :, None, None]  # LDM's attention projections are 1x1 convolutions
+        state[VAE_PREFIX + name] = tensor
+    for key, tensor in pipeline.text_encoder.state_dict().items():
+        # Real checkpoints name CLIP's weights text_model.*; transformers 5 drops that prefix.
+        state[TEXT_PREFIX + (key if key.startswith(TEXT_MODEL + ".") else f"{TEXT_MODEL}.{key}")] = tensor
+    return state
+
+
+def save_ldm_checkpoint(pipeline, path: str | Path) -> Path:
+    """Writes `ldm_state_dict(pipeline)` as one .safetensors file."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    save_file({key: tensor.contiguous() for key, tensor in ldm_state_dict(pipeline).items()}, str(path))
+    return path
