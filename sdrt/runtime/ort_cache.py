@@ -3,8 +3,8 @@
 Creating a CPU session at the highest optimization level rewrites the graph for this CPU
 (blocked NCHWc convolution layouts, fused operators) and packs weights; for SD 1.5's fp32 UNet
 that takes 11 to 22 s of the load. The first load on a machine saves the optimized graph;
-later loads open it with optimizations off, in about 2 s, and run at the same speed with the
-same outputs. The graph is specific to the CPU and ONNX Runtime version that made it, so the
+later loads open it with optimizations off, in about 2 s, with the same outputs (steps measured
+2 to 3% slower on SD 1.5; docs/benchmarks). The graph is specific to the CPU and ONNX Runtime version that made it, so the
 cache key holds both, with the ONNX file's sha256 from the manifest.
 
 Where: $SDRT_CACHE/ort (default ~/.cache/sdrt/ort), one folder per key. SDRT_ORT_CACHE=0 turns
