@@ -21,7 +21,7 @@ SPEC = ComponentSpec(
 
 
 class EchoEngine(Engine):
-    def _run(self, feeds):
+    def _run(self, feeds, dims):
         return {"out_sample": feeds["sample"]}
 
 

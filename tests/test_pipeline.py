@@ -243,7 +243,7 @@ def test_nan_from_the_vae_is_a_clear_error(exported_standard):
     pipeline = Pipeline.load(exported_standard)
 
     class NanDecoder(Engine):
-        def _run(self, feeds):
+        def _run(self, feeds, dims):
             latents = feeds["latent_sample"]
             return {"sample": np.full((latents.shape[0], 3, 64, 64), np.nan, np.float32)}
 

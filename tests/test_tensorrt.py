@@ -301,8 +301,8 @@ def test_verify_fails_loudly_when_the_backend_differs(model, monkeypatch):
     build(model, "--static", "64x64")
     real_run = tensorrt_backend.TrtEngine._run
 
-    def drifting(self, feeds):
-        outputs = real_run(self, feeds)
+    def drifting(self, feeds, dims):
+        outputs = real_run(self, feeds, dims)
         if self.name == "vae_decoder":
             outputs["sample"] = outputs["sample"] + np.float32(0.1)  # about 13/255 brighter
         return outputs

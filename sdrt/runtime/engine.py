@@ -86,12 +86,11 @@ class Engine(ABC):
         return {dim: size for dim, (size, _) in seen.items()}
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        self.check(feeds)
-        return self._run(feeds)
+        return self._run(feeds, self.check(feeds))
 
     @abstractmethod
-    def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run the checked feeds on the backend."""
+    def _run(self, feeds: Mapping[str, np.ndarray], dims: Mapping[str, int]) -> dict[str, np.ndarray]:
+        """Run the checked feeds on the backend; `dims` holds each dynamic dimension's value."""
 
 
 def _check_dim(engine: str, tensor: str, dim: str, size: int, valid: DimRange | None, source: str) -> None:
@@ -141,7 +140,7 @@ class OrtEngine(Engine):
         super().__init__(name, spec, dims)
         self.session = session if session is not None else open_session(path, backend, threads, spec=spec)
 
-    def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _run(self, feeds: Mapping[str, np.ndarray], dims: Mapping[str, int]) -> dict[str, np.ndarray]:
         with self._errors():
             outputs = self.session.run(self.output_names, dict(feeds))
         return dict(zip(self.output_names, outputs))
@@ -230,8 +229,7 @@ class BoundOrtEngine(OrtEngine):
         self._shapes[key] = _BoundShape(binding, inputs, outputs, run_options)
         return self._shapes[key]
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        dims = self.check(feeds)
+    def _run(self, feeds: Mapping[str, np.ndarray], dims: Mapping[str, int]) -> dict[str, np.ndarray]:
         with self._lock:
             bound = self._bound(feeds, dims)
             copying = time.perf_counter()
@@ -253,9 +251,6 @@ class BoundOrtEngine(OrtEngine):
                        for name, value in zip(self.output_names, values)}
             self._local.copy_seconds = copy_seconds + time.perf_counter() - copying
         return outputs
-
-    def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        raise NotImplementedError("BoundOrtEngine overrides run()")
 
 
 def provider_for(backend: str) -> str:

@@ -675,6 +675,36 @@ class DDIMScheduler(_AlphaTableScheduler):
 
 
 
+def multistep_schedule(config: SchedulerConfig, alphas_cumprod: np.ndarray, n: int, *, karras_rounds: bool,
+                       final_from_schedule: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(sigmas with the final level appended, int64 timesteps) of the multistep solvers (DPM++,
+    UniPC), which span the whole training range. They differ in two details: whether Karras
+    timesteps are rounded, and whether a sigma_min final level repeats the converted
+    schedule's last sigma (UniPC) or is the training sigma_min (DPM++)."""
+    n_train = config.num_train_timesteps
+    if config.timestep_spacing == "linspace":
+        timesteps = np.linspace(0, n_train - 1, n + 1).round()[::-1][:-1].astype(np.int64)
+    elif config.timestep_spacing == "leading":
+        ratio = n_train // (n + 1)
+        timesteps = (np.arange(0, n + 1) * ratio).round()[::-1][:-1].astype(np.int64) + config.steps_offset
+    else:
+        timesteps = np.arange(n_train, 0, -n_train / n).round().astype(np.int64) - 1
+    train_sigmas = ((1 - alphas_cumprod) / alphas_cumprod) ** np.float32(0.5)
+    sigmas = converted_sigmas(config, float(train_sigmas[0]), float(train_sigmas[-1]), n)
+    final = 0.0
+    if config.final_sigmas_type == "sigma_min":
+        final = float(train_sigmas[0])
+    if sigmas is not None:
+        timesteps = sigma_to_timestep(sigmas, np.log(train_sigmas))
+        if config.use_karras_sigmas and karras_rounds:
+            timesteps = timesteps.round()
+        if config.final_sigmas_type == "sigma_min" and final_from_schedule:
+            final = float(sigmas[-1])
+    else:
+        sigmas = np.interp(timesteps, np.arange(len(train_sigmas)), train_sigmas)
+    return np.concatenate([sigmas, [final]]).astype(np.float32), timesteps.astype(np.int64)
+
+
 class DPMSolverMultistepScheduler(Scheduler):
     """DPM-Solver++ (2M by default: second order, multistep), as
     `diffusers.DPMSolverMultistepScheduler` with algorithm_type "dpmsolver++". Each step's
@@ -704,30 +734,9 @@ class DPMSolverMultistepScheduler(Scheduler):
 
     def set_timesteps(self, num_inference_steps: int) -> None:
         self._check_steps(num_inference_steps)
-        config, n = self.config, int(num_inference_steps)
-        n_train = config.num_train_timesteps
-        if config.timestep_spacing == "linspace":
-            timesteps = np.linspace(0, n_train - 1, n + 1).round()[::-1][:-1].astype(np.int64)
-        elif config.timestep_spacing == "leading":
-            ratio = n_train // (n + 1)
-            timesteps = (np.arange(0, n + 1) * ratio).round()[::-1][:-1].astype(np.int64) + config.steps_offset
-        else:
-            timesteps = np.arange(n_train, 0, -n_train / n).round().astype(np.int64) - 1
-        train_sigmas = ((1 - self.alphas_cumprod) / self.alphas_cumprod) ** np.float32(0.5)
-        log_sigmas = np.log(train_sigmas)
-        # Unlike the sigma samplers, DPM++ spans the whole training range.
-        sigmas = converted_sigmas(config, float(train_sigmas[0]), float(train_sigmas[-1]), n)
-        if sigmas is not None:
-            timesteps = sigma_to_timestep(sigmas, log_sigmas)
-            if config.use_karras_sigmas and config.beta_schedule != "squaredcos_cap_v2":
-                timesteps = timesteps.round()
-        else:
-            sigmas = np.interp(timesteps, np.arange(len(train_sigmas)), train_sigmas)
-        final = 0.0
-        if config.final_sigmas_type == "sigma_min":
-            final = float(((1 - self.alphas_cumprod[0]) / self.alphas_cumprod[0]) ** np.float32(0.5))
-        self.sigmas = np.concatenate([sigmas, [final]]).astype(np.float32)
-        self.timesteps = timesteps.astype(np.int64)
+        karras_rounds = self.config.beta_schedule != "squaredcos_cap_v2"
+        self.sigmas, self.timesteps = multistep_schedule(self.config, self.alphas_cumprod, int(num_inference_steps),
+                                                         karras_rounds=karras_rounds, final_from_schedule=False)
         self.num_inference_steps = len(self.timesteps)
         self._plan_updates()
         self._previous_x0 = None
@@ -833,29 +842,8 @@ class UniPCMultistepScheduler(Scheduler):
 
     def set_timesteps(self, num_inference_steps: int) -> None:
         self._check_steps(num_inference_steps)
-        config, n = self.config, int(num_inference_steps)
-        n_train = config.num_train_timesteps
-        if config.timestep_spacing == "linspace":
-            timesteps = np.linspace(0, n_train - 1, n + 1).round()[::-1][:-1].astype(np.int64)
-        elif config.timestep_spacing == "leading":
-            ratio = n_train // (n + 1)
-            timesteps = (np.arange(0, n + 1) * ratio).round()[::-1][:-1].astype(np.int64) + config.steps_offset
-        else:
-            timesteps = np.arange(n_train, 0, -n_train / n).round().astype(np.int64) - 1
-        train_sigmas = ((1 - self.alphas_cumprod) / self.alphas_cumprod) ** np.float32(0.5)
-        sigmas = converted_sigmas(config, float(train_sigmas[0]), float(train_sigmas[-1]), n)
-        if sigmas is not None:
-            timesteps = sigma_to_timestep(sigmas, np.log(train_sigmas))
-            if config.use_karras_sigmas:
-                timesteps = timesteps.round()
-            final = float(sigmas[-1]) if config.final_sigmas_type == "sigma_min" else 0.0
-        else:
-            sigmas = np.interp(timesteps, np.arange(len(train_sigmas)), train_sigmas)
-            final = 0.0
-            if config.final_sigmas_type == "sigma_min":
-                final = float(((1 - self.alphas_cumprod[0]) / self.alphas_cumprod[0]) ** np.float32(0.5))
-        self.sigmas = np.concatenate([sigmas, [final]]).astype(np.float32)
-        self.timesteps = timesteps.astype(np.int64)
+        self.sigmas, self.timesteps = multistep_schedule(self.config, self.alphas_cumprod, int(num_inference_steps),
+                                                         karras_rounds=True, final_from_schedule=True)
         self.num_inference_steps = len(self.timesteps)
         one, half = np.float32(1.0), np.float32(0.5)
         self.alpha_t = one / (self.sigmas**2 + one) ** half

@@ -383,7 +383,7 @@ class TrtEngine(Engine):
     def input_dtype(self, name: str) -> np.dtype:
         return self.dtypes[name]
 
-    def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _run(self, feeds: Mapping[str, np.ndarray], dims: Mapping[str, int]) -> dict[str, np.ndarray]:
         runtime, cuda, stream = self.runtime, self.runtime.cuda, self.runtime.stream
         with runtime.lock:
             for name, array in feeds.items():
