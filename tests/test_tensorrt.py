@@ -220,6 +220,7 @@ def test_trt_image_to_image_loads_the_encoder_into_the_shared_memory(model, monk
     np.testing.assert_allclose(got, expected, atol=1e-5)
     runtime = trt.engines["unet"].runtime
     assert set(runtime.engines) == {"text_encoder", "unet", "vae_decoder", "vae_encoder"}
+    assert stats.executions["vae_encoder"] == 1
     plan = runtime.memory()
     assert plan.shared_activation_bytes == max(fake_tensorrt.ACTIVATION_BYTES.values())
     assert plan.saved_bytes == sum(fake_tensorrt.ACTIVATION_BYTES.values()) - plan.shared_activation_bytes

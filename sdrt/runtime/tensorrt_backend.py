@@ -36,7 +36,6 @@ from sdrt.runtime.tensorrt_plan import (
     Device,
     EngineKey,
     MemoryPlan,
-    Profile,
     aligned,
     component_precision,
     io_shapes,
