@@ -66,19 +66,23 @@ def unet_key(key: str, layers_per_block: int, blocks_with_attention: set[int]) -
     raise ValueError(f"no LDM name for UNet parameter {key}")
 
 
+def _vae_resnet(rest: str) -> str:
+    return rest.replace("conv_shortcut", "nin_shortcut")
+
+
 def vae_key(key: str, up_blocks: int) -> str:
     """The LDM name of a diffusers AutoencoderKL parameter."""
     if match := re.fullmatch(r"(encoder|decoder)\.mid_block\.resnets\.(\d+)\.(.+)", key):
-        return f"{match[1]}.mid.block_{int(match[2]) + 1}.{match[3].replace('conv_shortcut', 'nin_shortcut')}"
+        return f"{match[1]}.mid.block_{int(match[2]) + 1}.{_vae_resnet(match[3])}"
     if match := re.fullmatch(r"(encoder|decoder)\.mid_block\.attentions\.0\.(.+)", key):
         return f"{match[1]}.mid.attn_1.{_renamed(match[2], VAE_ATTENTION)}"
     if match := re.fullmatch(r"encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.(.+)", key):
-        return f"encoder.down.{match[1]}.block.{match[2]}.{match[3].replace('conv_shortcut', 'nin_shortcut')}"
+        return f"encoder.down.{match[1]}.block.{match[2]}.{_vae_resnet(match[3])}"
     if match := re.fullmatch(r"encoder\.down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.+)", key):
         return f"encoder.down.{match[1]}.downsample.conv.{match[2]}"
     if match := re.fullmatch(r"decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.(.+)", key):
         block = up_blocks - 1 - int(match[1])
-        return f"decoder.up.{block}.block.{match[2]}.{match[3].replace('conv_shortcut', 'nin_shortcut')}"
+        return f"decoder.up.{block}.block.{match[2]}.{_vae_resnet(match[3])}"
     if match := re.fullmatch(r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.+)", key):
         return f"decoder.up.{up_blocks - 1 - int(match[1])}.upsample.conv.{match[2]}"
     if match := re.fullmatch(r"(encoder|decoder)\.(conv_norm_out)\.(.+)", key):

@@ -705,7 +705,59 @@ def multistep_schedule(config: SchedulerConfig, alphas_cumprod: np.ndarray, n: i
     return np.concatenate([sigmas, [final]]).astype(np.float32), timesteps.astype(np.int64)
 
 
-class DPMSolverMultistepScheduler(Scheduler):
+class _MultistepScheduler(Scheduler):
+    """What DPM++ and UniPC share: the schedule (multistep_schedule), the VP tables alpha_t =
+    1 / sqrt(sigma^2 + 1), sigma_t = sigma * alpha_t and lambda = log(alpha_t / sigma_t), and
+    the data (x0) prediction their updates work on. Subclasses say how Karras timesteps round
+    and where a sigma_min final level comes from, then plan their own coefficients."""
+
+    #: Whether Karras timesteps are rounded, and whether a sigma_min final level repeats the
+    #: converted schedule's last sigma (see multistep_schedule).
+    karras_rounds: bool = True
+    final_from_schedule: bool = False
+
+    def __init__(self, config: SchedulerConfig):
+        super().__init__(config)
+        self.alphas_cumprod = compute_alphas_cumprod(config)
+
+    @property
+    def init_noise_sigma(self) -> float:
+        return 1.0
+
+    def set_timesteps(self, num_inference_steps: int) -> None:
+        self._check_steps(num_inference_steps)
+        self.sigmas, self.timesteps = multistep_schedule(self.config, self.alphas_cumprod, int(num_inference_steps),
+                                                         karras_rounds=self.karras_rounds,
+                                                         final_from_schedule=self.final_from_schedule)
+        self.num_inference_steps = len(self.timesteps)
+        one, half = np.float32(1.0), np.float32(0.5)
+        self.alpha_t = one / (self.sigmas**2 + one) ** half
+        self.sigma_t = self.sigmas * self.alpha_t
+        with np.errstate(divide="ignore"):  # the final sigma 0 gives lambda = +inf
+            self.lambdas = np.log(self.alpha_t) - np.log(self.sigma_t)
+        self._plan()
+
+    @abstractmethod
+    def _plan(self) -> None:
+        """Compute the sampler's coefficients from the tables and reset its history."""
+
+    def scale_model_input(self, sample: np.ndarray, step_index: int) -> np.ndarray:
+        return sample
+
+    def _data_prediction(self, model_output: np.ndarray, step_index: int, sample: np.ndarray) -> np.ndarray:
+        alpha_t, sigma_t = self.alpha_t[step_index], self.sigma_t[step_index]
+        prediction = self.config.prediction_type
+        if prediction == "epsilon":
+            return (sample - sigma_t * model_output) / alpha_t
+        if prediction == "v_prediction":
+            return alpha_t * sample - sigma_t * model_output
+        return model_output
+
+    def add_noise(self, original: np.ndarray, noise: np.ndarray, step_index: int) -> np.ndarray:
+        return self.alpha_t[step_index] * original + self.sigma_t[step_index] * noise
+
+
+class DPMSolverMultistepScheduler(_MultistepScheduler):
     """DPM-Solver++ (2M by default: second order, multistep), as
     `diffusers.DPMSolverMultistepScheduler` with algorithm_type "dpmsolver++". Each step's
     float32 coefficients are computed once in set_timesteps."""
@@ -725,30 +777,15 @@ class DPMSolverMultistepScheduler(Scheduler):
             raise ConfigError(f"DPM++ solver_order {config.solver_order} is not supported; sdrt implements 1 and 2")
         if config.solver_type not in ("midpoint", "heun"):
             raise ConfigError(f"DPM++ solver_type {config.solver_type!r} is not supported; use midpoint or heun")
-        self.alphas_cumprod = compute_alphas_cumprod(config)
+        # diffusers rounds Karras timesteps except for the cosine schedule.
+        self.karras_rounds = config.beta_schedule != "squaredcos_cap_v2"
         self._previous_x0: np.ndarray | None = None
 
-    @property
-    def init_noise_sigma(self) -> float:
-        return 1.0
-
-    def set_timesteps(self, num_inference_steps: int) -> None:
-        self._check_steps(num_inference_steps)
-        karras_rounds = self.config.beta_schedule != "squaredcos_cap_v2"
-        self.sigmas, self.timesteps = multistep_schedule(self.config, self.alphas_cumprod, int(num_inference_steps),
-                                                         karras_rounds=karras_rounds, final_from_schedule=False)
-        self.num_inference_steps = len(self.timesteps)
-        self._plan_updates()
-        self._previous_x0 = None
-
-    def _plan_updates(self) -> None:
-        """Per step: its order and the float32 coefficients of x_t = a*x + b*D0 + c*D1, from
-        alpha_t = 1 / sqrt(sigma^2 + 1) and sigma_t = sigma * alpha_t (kept for step/add_noise)."""
+    def _plan(self) -> None:
+        """Per step: its order and the float32 coefficients of x_t = a*x + b*D0 + c*D1."""
         one, half = np.float32(1.0), np.float32(0.5)
-        self.alpha_t = alpha = one / (self.sigmas**2 + one) ** half
-        self.sigma_t = sigma = self.sigmas * alpha
-        with np.errstate(divide="ignore", invalid="ignore"):
-            lambdas = np.log(alpha) - np.log(sigma)
+        alpha, sigma, lambdas = self.alpha_t, self.sigma_t, self.lambdas
+        self._previous_x0 = None
         count, config = self.num_inference_steps, self.config
         self.orders = np.ones(count, dtype=np.int64)
         self.coefficients = np.zeros((count, 3), dtype=np.float32)
@@ -772,18 +809,6 @@ class DPMSolverMultistepScheduler(Scheduler):
                 else:
                     self.coefficients[i, 2] = (alpha[i + 1] * ((np.exp(-h) - one) / h + one)) * (one / r0)
 
-    def scale_model_input(self, sample: np.ndarray, step_index: int) -> np.ndarray:
-        return sample
-
-    def _data_prediction(self, model_output: np.ndarray, step_index: int, sample: np.ndarray) -> np.ndarray:
-        alpha_t, sigma_t = self.alpha_t[step_index], self.sigma_t[step_index]
-        prediction = self.config.prediction_type
-        if prediction == "epsilon":
-            return (sample - sigma_t * model_output) / alpha_t
-        if prediction == "v_prediction":
-            return alpha_t * sample - sigma_t * model_output
-        return model_output
-
     def step(self, model_output: np.ndarray, step_index: int, sample: np.ndarray,
              generator: TorchGenerator | None = None) -> np.ndarray:
         x0 = self._data_prediction(model_output, step_index, sample)
@@ -797,11 +822,7 @@ class DPMSolverMultistepScheduler(Scheduler):
         self._previous_x0 = x0
         return prev_sample
 
-    def add_noise(self, original: np.ndarray, noise: np.ndarray, step_index: int) -> np.ndarray:
-        return self.alpha_t[step_index] * original + self.sigma_t[step_index] * noise
-
-
-class UniPCMultistepScheduler(Scheduler):
+class UniPCMultistepScheduler(_MultistepScheduler):
     """UniPC (a unified predictor-corrector on the data prediction, B(h) variants), as
     `diffusers.UniPCMultistepScheduler`: each step first corrects the sample the previous step
     predicted, using the new model output (UniC), then predicts the next sample from the stored
@@ -817,6 +838,7 @@ class UniPCMultistepScheduler(Scheduler):
     #: DPM++'s solver types, which diffusers' UniPC reads as bh2.
     BH2_ALIASES = ("midpoint", "heun")
     MAX_ORDER = 3
+    final_from_schedule = True
 
     def __init__(self, config: SchedulerConfig):
         super().__init__(config)
@@ -827,30 +849,15 @@ class UniPCMultistepScheduler(Scheduler):
             raise ConfigError("UniPC's disable_corrector is not supported")
         if not 1 <= config.solver_order <= self.MAX_ORDER:
             raise ConfigError(f"UniPC solver_order must be 1 to {self.MAX_ORDER}, got {config.solver_order}")
-        self.alphas_cumprod = compute_alphas_cumprod(config)
-        self._reset()
+        self._plan()
 
-    def _reset(self) -> None:
+    def _plan(self) -> None:
+        """Coefficients are computed on first use per (step, order) (_update); reset them and
+        the history."""
         self._x0s: list[np.ndarray] = []  # data predictions, newest last
         self._last_sample: np.ndarray | None = None
         self._last_order = 0
         self._coefficients: dict[tuple, tuple] = {}
-
-    @property
-    def init_noise_sigma(self) -> float:
-        return 1.0
-
-    def set_timesteps(self, num_inference_steps: int) -> None:
-        self._check_steps(num_inference_steps)
-        self.sigmas, self.timesteps = multistep_schedule(self.config, self.alphas_cumprod, int(num_inference_steps),
-                                                         karras_rounds=True, final_from_schedule=True)
-        self.num_inference_steps = len(self.timesteps)
-        one, half = np.float32(1.0), np.float32(0.5)
-        self.alpha_t = one / (self.sigmas**2 + one) ** half
-        self.sigma_t = self.sigmas * self.alpha_t
-        with np.errstate(divide="ignore"):
-            self.lambdas = np.log(self.alpha_t) - np.log(self.sigma_t)
-        self._reset()
 
     def _update(self, source: int, target: int, order: int, corrector: bool) -> tuple:
         """Coefficients of one UniP (predictor) or UniC (corrector) update from step `source`
@@ -890,18 +897,6 @@ class UniPCMultistepScheduler(Scheduler):
         self._coefficients[key] = result
         return result
 
-    def scale_model_input(self, sample: np.ndarray, step_index: int) -> np.ndarray:
-        return sample
-
-    def _data_prediction(self, model_output: np.ndarray, step_index: int, sample: np.ndarray) -> np.ndarray:
-        alpha_t, sigma_t = self.alpha_t[step_index], self.sigma_t[step_index]
-        prediction = self.config.prediction_type
-        if prediction == "epsilon":
-            return (sample - sigma_t * model_output) / alpha_t
-        if prediction == "v_prediction":
-            return alpha_t * sample - sigma_t * model_output
-        return model_output
-
     def step(self, model_output: np.ndarray, step_index: int, sample: np.ndarray,
              generator: TorchGenerator | None = None) -> np.ndarray:
         x0 = self._data_prediction(model_output, step_index, sample)
@@ -926,10 +921,6 @@ class UniPCMultistepScheduler(Scheduler):
             prev_sample = prev_sample + b_weight * prediction
         self._last_sample, self._last_order = sample, order
         return prev_sample
-
-    def add_noise(self, original: np.ndarray, noise: np.ndarray, step_index: int) -> np.ndarray:
-        return self.alpha_t[step_index] * original + self.sigma_t[step_index] * noise
-
 
 class PNDMScheduler(_AlphaTableScheduler):
     """Pseudo numerical methods (PLMS: linear multistep on the model output), as

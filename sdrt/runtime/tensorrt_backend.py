@@ -155,7 +155,8 @@ def build_engines(folder: str | Path, settings: BuildSettings, progress: Callabl
     trt, cudart = import_tensorrt()
     folder = Path(folder)
     manifest = Manifest.load(folder)
-    device = Cuda(cudart).device(trt.__version__)
+    cuda = Cuda(cudart)
+    device = cuda.device(trt.__version__)
     components = [name for name in settings.components if name in manifest.components]
     plans = {}
     for component in components:
@@ -167,13 +168,13 @@ def build_engines(folder: str | Path, settings: BuildSettings, progress: Callabl
             progress(f"{component}: up to date ({plan.name})")
         else:
             progress(f"{component}: building ({reason})")
-            build_one(trt, cudart, folder, component, spec, key, settings, progress)
+            build_one(trt, cuda, folder, component, spec, key, settings, progress)
         plans[component] = plan
     settings.save(folder)
     return plans
 
 
-def build_one(trt, cudart, folder: Path, component: str, spec: ComponentSpec, key: EngineKey,
+def build_one(trt, cuda: Cuda, folder: Path, component: str, spec: ComponentSpec, key: EngineKey,
               settings: BuildSettings, progress: Callable[[str], None]) -> Path:
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -218,7 +219,7 @@ def build_one(trt, cudart, folder: Path, component: str, spec: ComponentSpec, ke
     write_atomically(key_path(plan), (json.dumps(record, indent=2) + "\n").encode())
     progress(f"{component}: built {plan.name} ({plan.stat().st_size / MIB:.0f} MiB) in "
              f"{record['built_seconds']:.0f} s; peak host memory {peak_host_mib():.0f} MiB, GPU memory in use "
-             f"{Cuda(cudart).memory_in_use() / MIB:.0f} MiB")
+             f"{cuda.memory_in_use() / MIB:.0f} MiB")
     return plan
 
 
@@ -304,7 +305,7 @@ class TrtRuntime:
             if not self.rebuild:
                 raise SdrtError(f"{reason}: run `sdrt build {self.folder}`")
             self.progress(f"{component}: rebuilding the TensorRT engine ({reason})")
-            build_one(self.trt, self.cuda.rt, self.folder, component, spec, key, self.settings, self.progress)
+            build_one(self.trt, self.cuda, self.folder, component, spec, key, self.settings, self.progress)
         plan = plan_path(self.folder, key)
         engine = self.runtime.deserialize_cuda_engine(plan.read_bytes())
         if engine is None:
