@@ -14,7 +14,7 @@ import click
 from sdrt import __version__
 from sdrt.errors import SdrtError
 from sdrt.runtime.engine import BACKENDS
-from sdrt.runtime.scheduler_np import SCHEDULERS
+from sdrt.runtime.schedulers import SAMPLERS as SCHEDULERS
 
 SCHEDULER_NAMES = tuple(SCHEDULERS)
 

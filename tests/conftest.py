@@ -63,10 +63,10 @@ def reference_scheduler(name: str, config: dict):
     """The diffusers scheduler an sdrt sampler reproduces, built from the same config."""
     import diffusers
 
-    from sdrt.runtime.scheduler_np import SCHEDULERS
+    from sdrt.runtime.schedulers import SAMPLERS
 
-    sampler = SCHEDULERS[name]
-    return getattr(diffusers, sampler.reference_name).from_config({**config, **sampler.reference_overrides})
+    sampler = SAMPLERS[name]
+    return getattr(diffusers, sampler.reference_name).from_config({**config, **sampler.overrides})
 
 
 def diffusers_pipeline(class_name: str, folder: Path):

@@ -16,7 +16,7 @@ from diffusers import LMSDiscreteScheduler, StableDiffusionPipeline
 from conftest import diffusers_pipeline, reference_scheduler
 from sdrt.errors import SdrtError
 from sdrt.runtime.pipeline import Pipeline
-from sdrt.runtime.scheduler_np import SCHEDULERS
+from sdrt.runtime.schedulers import SAMPLER_NAMES
 
 MAX_PIXEL_ERROR = 2 / 255
 MEAN_PIXEL_ERROR = 0.5 / 255
@@ -223,7 +223,7 @@ def test_generation_needs_no_torch(exported_standard, tmp_path):
     assert (tmp_path / "out.png").stat().st_size > 0
 
 
-@pytest.mark.parametrize("sampler", sorted(SCHEDULERS))
+@pytest.mark.parametrize("sampler", SAMPLER_NAMES)
 def test_every_sampler_end_to_end_equals_diffusers(ours, tiny_models, sampler):
     reference = reference_pipeline(tiny_models["standard"])
     # From the folder's file: a config that passed through another scheduler lists keys in

@@ -83,11 +83,11 @@ class DiffusersSide:
             model, safety_checker=None, requires_safety_checker=False, torch_dtype=dtype)
         with open(f"{model}/scheduler/scheduler_config.json", encoding="utf-8") as handle:
             config = json.load(handle)
-        from sdrt.runtime.scheduler_np import SCHEDULERS
+        from sdrt.runtime.schedulers import SAMPLERS
 
-        sampler = SCHEDULERS[settings["scheduler"]]
+        sampler = SAMPLERS[settings["scheduler"]]
         pipeline.scheduler = getattr(diffusers, sampler.reference_name).from_config(
-            {**config, **sampler.reference_overrides})
+            {**config, **sampler.overrides})
         pipeline.set_progress_bar_config(disable=True)
         self.pipeline = pipeline.to(self.device)
         self.settings = settings

@@ -32,7 +32,7 @@ from sdrt.runtime.images import (
 from sdrt.runtime.manifest import MANIFEST_NAME, Manifest
 from sdrt.runtime.model_folder import infer_manifest
 from sdrt.runtime.rng import GeneratorGroup, TorchGenerator
-from sdrt.runtime.scheduler_np import SCHEDULERS, scheduler_from_config
+from sdrt.runtime.schedulers import SAMPLERS as SCHEDULERS, sampler_from_config as scheduler_from_config
 from sdrt.runtime.tokenizer import ClipTokenizer
 
 COMPONENTS = ("text_encoder", "unet", "vae_decoder")  # required; vae_encoder loads on first img2img

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from sdrt.errors import SdrtError
 from sdrt.runtime.png_info import SAMPLER_NAMES, format_parameters
-from sdrt.runtime.scheduler_np import SCHEDULERS
+from sdrt.runtime.schedulers import SAMPLERS as SCHEDULERS
 from sdrt.serve.batching import Job, batch_key, merged_kwargs, split_result, take_batch, take_compatible
 from sdrt.serve.metrics import Metrics
 

@@ -1,0 +1,90 @@
+"""NumPy samplers with the numerics of their diffusers namesakes, and the registry that is the
+one source of every list of sampler names (CLI choices, PNG and A1111 names, serve, tests).
+
+A registry entry is a sampler (the update rule, one class per family) plus the config
+overrides that make a variant of it: "DPM++ 2M Karras" is DPM++ 2M with Karras sigmas, not a
+class of its own. `sampler_from_config(name, scheduler_config)` builds one for a model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from sdrt.errors import ConfigError
+from sdrt.runtime.schedulers.base import Scheduler
+from sdrt.runtime.schedulers.ddim import DDIMScheduler
+from sdrt.runtime.schedulers.ddpm import DDPMScheduler
+from sdrt.runtime.schedulers.dpm_solver import DPMSolverMultistepScheduler
+from sdrt.runtime.schedulers.euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
+from sdrt.runtime.schedulers.heun import HeunDiscreteScheduler
+from sdrt.runtime.schedulers.lms import LMSDiscreteScheduler
+from sdrt.runtime.schedulers.pndm import PNDMScheduler
+from sdrt.runtime.schedulers.unipc import UniPCMultistepScheduler
+
+KARRAS = {"use_karras_sigmas": True, "use_exponential_sigmas": False}
+
+
+@dataclass(frozen=True)
+class SamplerEntry:
+    """One sampler as users name it: sdrt's name, its class, the config it forces, and the
+    name AUTOMATIC1111 shows for it."""
+
+    name: str
+    cls: type[Scheduler]
+    display_name: str
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def reference_name(self) -> str:
+        """The diffusers class this sampler equals (built with `overrides` on the same config)."""
+        return self.cls.reference_name
+
+    @property
+    def stochastic(self) -> bool:
+        return self.cls.stochastic
+
+    def build(self, config: Mapping[str, Any]) -> Scheduler:
+        return self.cls.from_config({**dict(config), **self.overrides})
+
+
+_ENTRIES = (
+    SamplerEntry("lms", LMSDiscreteScheduler, "LMS"),
+    SamplerEntry("euler", EulerDiscreteScheduler, "Euler"),
+    SamplerEntry("euler_a", EulerAncestralDiscreteScheduler, "Euler a"),
+    SamplerEntry("ddim", DDIMScheduler, "DDIM"),
+    SamplerEntry("dpmpp_2m", DPMSolverMultistepScheduler, "DPM++ 2M"),
+    SamplerEntry("dpmpp_2m_karras", DPMSolverMultistepScheduler, "DPM++ 2M Karras", KARRAS),
+    # PLMS as documented, also for models whose scheduler file asks for PNDM's Runge-Kutta warm-up.
+    SamplerEntry("pndm", PNDMScheduler, "PLMS", {"skip_prk_steps": True}),
+    SamplerEntry("ddpm", DDPMScheduler, "DDPM"),
+    SamplerEntry("heun", HeunDiscreteScheduler, "Heun"),
+    SamplerEntry("unipc", UniPCMultistepScheduler, "UniPC"),
+)
+SAMPLERS: dict[str, SamplerEntry] = {entry.name: entry for entry in _ENTRIES}
+SAMPLER_NAMES = tuple(SAMPLERS)
+DEFAULT_SAMPLER = "lms"
+#: A1111 display name -> sdrt name.
+DISPLAY_NAMES = {entry.display_name: entry.name for entry in _ENTRIES}
+
+
+def sampler_entry(name: str) -> SamplerEntry:
+    try:
+        return SAMPLERS[name]
+    except (KeyError, TypeError):
+        raise ConfigError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLER_NAMES)}") from None
+
+
+def sampler_from_config(name: str, config: Mapping[str, Any]) -> Scheduler:
+    """A sampler by sdrt name ('lms', 'euler', ...) configured from a scheduler_config.json dict."""
+    return sampler_entry(name).build(config)
+
+
+def display_name(name: str) -> str:
+    """The name A1111 shows for an sdrt sampler (what PNG parameters and `info` record)."""
+    entry = SAMPLERS.get(name)
+    return entry.display_name if entry else name
+
+
+__all__ = ["DEFAULT_SAMPLER", "DISPLAY_NAMES", "SAMPLERS", "SAMPLER_NAMES", "SamplerEntry", "Scheduler",
+           "display_name", "sampler_entry", "sampler_from_config"]
