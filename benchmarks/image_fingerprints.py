@@ -28,24 +28,24 @@ SEED = 21
 
 def cases(samplers: list[str]) -> list[tuple[str, str, dict]]:
     """(name, model kind, generate() keyword arguments)."""
-    listed = [(f"txt2img-{name}", "standard", dict(prompt=PROMPT, steps=6, seed=SEED, scheduler=name,
+    listed = [(f"txt2img-{name}", "standard", dict(prompt=PROMPT, steps=6, seed=SEED, sampler=name,
                                                    negative_prompt="blurry")) for name in samplers]
     listed += [
         ("no-guidance", "standard", dict(prompt=PROMPT, steps=3, seed=SEED, guidance_scale=1.0)),
         ("two-prompts-two-seeds", "standard", dict(prompt=[PROMPT, "a red fox"], steps=3, seed=[5, 9],
-                                                   scheduler="euler_a", num_images=2)),
+                                                   sampler="euler_a", num_images=2)),
         ("non-square", "standard", dict(prompt=PROMPT, steps=3, seed=SEED, height=64, width=96)),
-        ("v-prediction", "v_prediction", dict(prompt=PROMPT, steps=4, seed=SEED, scheduler="dpmpp_2m")),
-        ("v-prediction-euler", "v_prediction", dict(prompt=PROMPT, steps=4, seed=SEED, scheduler="euler")),
-        ("v-prediction-heun", "v_prediction", dict(prompt=PROMPT, steps=3, seed=SEED, scheduler="heun")),
-        ("v-prediction-ddim", "v_prediction", dict(prompt=PROMPT, steps=4, seed=SEED, scheduler="ddim")),
-        ("v-prediction-pndm", "v_prediction", dict(prompt=PROMPT, steps=4, seed=SEED, scheduler="pndm")),
+        ("v-prediction", "v_prediction", dict(prompt=PROMPT, steps=4, seed=SEED, sampler="dpmpp_2m")),
+        ("v-prediction-euler", "v_prediction", dict(prompt=PROMPT, steps=4, seed=SEED, sampler="euler")),
+        ("v-prediction-heun", "v_prediction", dict(prompt=PROMPT, steps=3, seed=SEED, sampler="heun")),
+        ("v-prediction-ddim", "v_prediction", dict(prompt=PROMPT, steps=4, seed=SEED, sampler="ddim")),
+        ("v-prediction-pndm", "v_prediction", dict(prompt=PROMPT, steps=4, seed=SEED, sampler="pndm")),
         ("img2img", "standard", dict(prompt=PROMPT, steps=5, seed=SEED, init_image="photo", strength=0.6,
-                                     scheduler="euler")),
+                                     sampler="euler")),
         ("inpaint-ordinary-unet", "standard", dict(prompt=PROMPT, steps=5, seed=SEED, init_image="photo",
                                                    mask_image="mask", strength=0.7)),
         ("inpaint-9-channel-unet", "inpaint", dict(prompt=PROMPT, steps=5, seed=SEED, init_image="photo",
-                                                   mask_image="mask", scheduler="ddim")),
+                                                   mask_image="mask", sampler="ddim")),
     ]
     return listed
 
@@ -56,9 +56,9 @@ def fingerprints(work: Path) -> dict[str, dict[str, str]]:
     from sdrt.runtime.pipeline import Pipeline
 
     try:
-        from sdrt.runtime.schedulers import SAMPLERS as registry
+        from sdrt.runtime.schedulers import SAMPLER_NAMES as registry
     except ImportError:  # before the schedulers package
-        from sdrt.runtime.scheduler_np import SCHEDULERS as registry  # noqa
+        from sdrt.runtime.scheduler_np import SCHEDULERS as registry
     rng = np.random.default_rng(0)
     photo = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
     mask = Image.new("L", (64, 64), 0)
@@ -73,7 +73,11 @@ def fingerprints(work: Path) -> dict[str, dict[str, str]]:
             pipelines[kind] = Pipeline.load(work / "onnx" / kind)
         settings = {key: inputs.get(value, value) if isinstance(value, str) and key.endswith("image") else value
                     for key, value in settings.items()}
-        generated = pipelines[kind].generate(**settings)
+        try:
+            generated = pipelines[kind].generate(**settings)
+        except TypeError:  # before the typed request: the sampler was called `scheduler`
+            settings["scheduler"] = settings.pop("sampler", "lms")
+            generated = pipelines[kind].generate(**settings)
         pixels = np.stack([np.asarray(image) for image in generated.images])
         result[name] = {"array_sha256": hashlib.sha256(np.ascontiguousarray(generated.array).tobytes()).hexdigest(),
                         "pixels_sha256": hashlib.sha256(pixels.tobytes()).hexdigest()}

@@ -228,7 +228,8 @@ def build(model_dir, static_size, min_size, opt_size, max_size, max_batch, preci
           then_verify) -> None:
     """Build TensorRT engines for an exported MODEL_DIR (into MODEL_DIR/tensorrt/)."""
     from sdrt.runtime.manifest import Manifest
-    from sdrt.runtime.tensorrt_plan import BuildSettings, parse_size, plan_profile
+    from sdrt.runtime.engines.tensorrt.plan import BuildSettings, plan_profile
+    from sdrt.runtime.sizes import parse_size
 
     manifest = Manifest.load(model_dir)
     sizes = {name: parse_size(value, f"--{name}") if value else None
@@ -238,7 +239,7 @@ def build(model_dir, static_size, min_size, opt_size, max_size, max_batch, preci
     profile = plan_profile(manifest, static=sizes["static"], min_size=sizes["min"], opt_size=sizes["opt"],
                            max_size=sizes["max"], max_batch=max_batch)
     settings = BuildSettings(profile, precision, int(workspace_gb * 2**30))
-    from sdrt.runtime.tensorrt_backend import build_engines
+    from sdrt.runtime.engines.tensorrt.build import build_engines
 
     started = time.perf_counter()
     plans = build_engines(model_dir, settings, progress=lambda line: click.echo(line, err=True), force=force)

@@ -61,7 +61,7 @@ def test_cli_sweep_writes_one_report_per_value(engine, tmp_path):
         (["--arch", "sdxl"], "unknown architecture 'sdxl'"),
         (["--sweep", "colour=1,2"], "--sweep takes NAME=V1,V2"),
         (["--runs", "0"], "--runs must be >= 1"),
-        (["--scheduler", "nope"], "unknown scheduler 'nope'"),
+        (["--sampler", "nope"], "unknown sampler 'nope'"),
     ],
 )
 def test_cli_errors(engine, arguments, message):

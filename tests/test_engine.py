@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from sdrt.errors import ConfigError
-from sdrt.runtime.engine import Engine, EngineInputError, EngineRunError, OrtEngine, provider_for
+from sdrt.runtime.engines.base import Engine, EngineInputError, EngineRunError
+from sdrt.runtime.engines.onnxruntime import OrtEngine, provider_for
 from sdrt.runtime.manifest import ComponentSpec, DimRange, TensorSpec
 
 DIMS = {"unet_batch": DimRange(1, 2, 16), "latent_height": DimRange(2, 8, 16, 2),

@@ -49,7 +49,7 @@ def test_img2img_equals_diffusers(ours, reference, tiny_models, sampler, strengt
     reference.scheduler = reference_scheduler(sampler, config)
     image = photo()
     result = ours.generate("a photo of a cat", init_image=image, strength=strength, steps=8, seed=4,
-                           scheduler=sampler, negative_prompt="blurry")
+                           sampler=sampler, negative_prompt="blurry")
     expected = reference("a photo of a cat", image=image, strength=strength, num_inference_steps=8,
                          negative_prompt="blurry", output_type="np",
                          generator=torch.Generator("cpu").manual_seed(4)).images

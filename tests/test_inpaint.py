@@ -52,7 +52,7 @@ def test_inpainting_equals_diffusers(engines, references, tiny_models, kind, sam
     config = json.loads((tiny_models[kind] / "scheduler" / "scheduler_config.json").read_text())
     reference.scheduler = reference_scheduler(sampler, config)
     result = ours.generate("a photo of a cat", init_image=photo(), mask_image=box_mask(), strength=strength,
-                           steps=8, seed=4, scheduler=sampler, negative_prompt="blurry")
+                           steps=8, seed=4, sampler=sampler, negative_prompt="blurry")
     expected = reference("a photo of a cat", image=photo(), mask_image=box_mask(), strength=strength,
                          num_inference_steps=8, height=64, width=96, negative_prompt="blurry",
                          output_type="np", generator=torch.Generator("cpu").manual_seed(4)).images

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from sdrt.errors import ConfigError
-from sdrt.runtime.engine import BoundOrtEngine, OrtEngine
+from sdrt.runtime.engines.onnxruntime import BoundOrtEngine, OrtEngine
 from sdrt.runtime.manifest import Manifest
 from sdrt.runtime.pipeline import Pipeline
 

@@ -10,8 +10,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from sdrt.runtime import ort_cache
-from sdrt.runtime.engine import OrtEngine
+from sdrt.runtime.engines import ort_cache
+from sdrt.runtime.engines.onnxruntime import OrtEngine
 from sdrt.runtime.manifest import Manifest
 from sdrt.runtime.pipeline import Pipeline
 

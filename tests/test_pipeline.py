@@ -111,7 +111,7 @@ def test_one_seed_per_prompt_equals_diffusers_generator_list(ours, tiny_models, 
     reference = reference_pipeline(tiny_models["standard"])
     file_config = json.loads((tiny_models["standard"] / "scheduler" / "scheduler_config.json").read_text())
     reference.scheduler = reference_scheduler(sampler, file_config)
-    result = ours.generate(prompts, steps=3, seed=seeds, scheduler=sampler)
+    result = ours.generate(prompts, steps=3, seed=seeds, sampler=sampler)
     expected = reference(prompts, num_inference_steps=3, output_type="np",
                          generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds]).images
     assert_same_image(result.array, expected)
@@ -123,9 +123,9 @@ def test_a_prompt_in_a_batch_equals_that_prompt_alone(ours, sampler):
     """What lets a server batch requests: each prompt's images depend only on its own seed."""
     prompts, seeds = ["a photo of a cat", "a red fox in the snow", "a cat"], [3, 1000, 3]
     batched = ours.generate(prompts, negative_prompt=["", "blurry", "dark"], steps=4, seed=seeds,
-                            num_images=2, scheduler=sampler)
+                            num_images=2, sampler=sampler)
     for index, (prompt, negative, seed) in enumerate(zip(prompts, ["", "blurry", "dark"], seeds)):
-        alone = ours.generate(prompt, negative_prompt=negative, steps=4, seed=seed, num_images=2, scheduler=sampler)
+        alone = ours.generate(prompt, negative_prompt=negative, steps=4, seed=seed, num_images=2, sampler=sampler)
         np.testing.assert_allclose(batched.array[2 * index : 2 * index + 2], alone.array, atol=1e-5)
     # Same seed, different prompts: different images (the comparison above is not vacuous).
     assert np.abs(batched.array[0] - batched.array[4]).max() > 0.05
@@ -188,7 +188,7 @@ def test_long_prompt_warns_with_the_dropped_words(ours):
         (dict(num_images=0), "num_images must be a positive integer"),
         (dict(num_images=9), "9 images at once exceed this export's batch limit of 8"),
         (dict(seed=-1), "seed must be an integer"),
-        (dict(scheduler="nope"), "unknown scheduler 'nope'"),
+        (dict(sampler="nope"), "unknown sampler 'nope'"),
         (dict(latents=np.zeros((1, 4, 4, 4), np.float32)), "latents must have shape"),
         (dict(prompt=["a", 3]), "prompt must be a string or a non-empty list"),
     ],
@@ -231,14 +231,14 @@ def test_every_sampler_end_to_end_equals_diffusers(ours, tiny_models, sampler):
     file_config = json.loads((tiny_models["standard"] / "scheduler" / "scheduler_config.json").read_text())
     reference.scheduler = reference_scheduler(sampler, file_config)
     assert reference.scheduler.config.get("use_karras_sigmas", False) == ("karras" in sampler)
-    result = ours.generate("a photo of a cat", steps=6, seed=21, scheduler=sampler, negative_prompt="blurry")
+    result = ours.generate("a photo of a cat", steps=6, seed=21, sampler=sampler, negative_prompt="blurry")
     expected = reference("a photo of a cat", negative_prompt="blurry", num_inference_steps=6, output_type="np",
                          generator=torch.Generator("cpu").manual_seed(21)).images
     assert_same_image(result.array, expected)
 
 
 def test_nan_from_the_vae_is_a_clear_error(exported_standard):
-    from sdrt.runtime.engine import Engine
+    from sdrt.runtime.engines.base import Engine
 
     pipeline = Pipeline.load(exported_standard)
 

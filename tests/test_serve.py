@@ -17,7 +17,7 @@ import pytest
 import uvicorn
 from PIL import Image
 
-from sdrt.runtime.pipeline import Pipeline
+from sdrt.runtime.pipeline import GenerationCancelled, Pipeline
 from sdrt.serve.app import ServeSettings, create_app
 
 PROMPT = "a photo of a cat"
@@ -176,8 +176,8 @@ def test_api_key_guards_every_route_but_health(pipeline):
 
 
 class SlowPipeline:
-    """Stands in for the pipeline to exercise queueing: each generate runs until `release`
-    is set, or until the service cancels it through the progress callback."""
+    """Stands in for the pipeline to exercise queueing: each run lasts until `release` is set,
+    or until the service sets its cancel token."""
 
     def __init__(self, real: Pipeline):
         self.folder, self.manifest, self.backend = real.folder, real.manifest, real.backend
@@ -186,14 +186,12 @@ class SlowPipeline:
         self.cancelled = 0
         self.real = real
 
-    def generate(self, progress=None, **kwargs):
+    def run(self, request, progress=None, cancel=None):
         self.started.release()
-        try:
-            while not self.release.wait(0.01):
-                progress(0, 1)
-        except Exception:
-            self.cancelled += 1
-            raise
+        while not self.release.wait(0.01):
+            if cancel is not None and cancel.is_set():
+                self.cancelled += 1
+                raise GenerationCancelled("cancelled")
         return self.real.generate("a cat", steps=1, seed=0)
 
 

@@ -11,19 +11,20 @@ import httpx
 import numpy as np
 import pytest
 
-from sdrt.errors import SdrtError
 from sdrt.runtime.pipeline import Pipeline
+from sdrt.runtime.request import GenerationError, GenerationRequest
 from sdrt.serve.app import ServeSettings, create_app
-from sdrt.serve.batching import Job, batch_key, merged_kwargs, take_batch
+from sdrt.serve.batching import Job, batch_key, merged_request, take_batch
 from test_serve import decode_png, live_server
 
 NATIVE = (64, 64)
 
 
 def job(cancelled: bool = False, **kwargs) -> Job:
-    settings = dict(prompt="a cat", steps=4, guidance_scale=7.5, scheduler="lms", num_images=1, seed=1)
+    settings = dict(prompt="a cat", steps=4, guidance_scale=7.5, sampler="lms", num_images=1, seed=1)
     settings.update(kwargs)
-    made = Job(settings, batch_key(settings, *NATIVE), asyncio.Future(loop=asyncio.new_event_loop()))
+    request = GenerationRequest(**settings)
+    made = Job(request, batch_key(request, *NATIVE), asyncio.Future(loop=asyncio.new_event_loop()))
     if cancelled:
         made.cancel.set()
     return made
@@ -33,7 +34,7 @@ def test_keys_agree_only_when_the_loop_is_the_same():
     base = job()
     assert base.key == job(prompt="a dog", negative_prompt="blurry", seed=7).key
     assert base.key == job(height=64, width=64).key  # the native size, spelled out
-    for different in (dict(steps=5), dict(guidance_scale=1.0), dict(scheduler="euler"), dict(num_images=2),
+    for different in (dict(steps=5), dict(guidance_scale=1.0), dict(sampler="euler"), dict(num_images=2),
                       dict(height=128)):
         assert job(**different).key != base.key, different
     for alone in (dict(init_image="x"), dict(mask_image="x"), dict(latents=np.zeros(1)), dict(prompt=["a", "b"])):
@@ -53,9 +54,9 @@ def test_take_batch_groups_compatible_jobs_in_order_up_to_the_image_limit():
 
 
 def test_merged_call_has_a_prompt_negative_and_seed_each():
-    merged = merged_kwargs([job(prompt="p", seed=3), job(prompt="q", negative_prompt="n", seed=4)])
-    assert merged["prompt"] == ["p", "q"] and merged["negative_prompt"] == ["", "n"] and merged["seed"] == [3, 4]
-    assert merged["steps"] == 4 and merged["num_images"] == 1
+    merged = merged_request([job(prompt="p", seed=3), job(prompt="q", negative_prompt="n", seed=4)])
+    assert merged.prompt == ["p", "q"] and merged.negative_prompt == ["", "n"] and merged.seed == [3, 4]
+    assert merged.steps == 4 and merged.num_images == 1
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +96,7 @@ def test_requests_that_arrive_together_share_a_call_and_equal_running_alone(pipe
     assert metric(text, "sdrt_batches_total") == 2  # the first two together, the third alone
     for payload, response in zip(payloads, responses):
         alone = pipeline.generate(payload["prompt"], negative_prompt=payload.get("negative_prompt"),
-                                  steps=payload["steps"], seed=payload["seed"], num_images=2, scheduler=sampler)
+                                  steps=payload["steps"], seed=payload["seed"], num_images=2, sampler=sampler)
         got = [np.asarray(decode_png(item["b64_json"]), dtype=np.int16) for item in response.json()["data"]]
         for image, expected in zip(got, alone.images):
             assert np.abs(image - np.asarray(expected, dtype=np.int16)).max() <= 1
@@ -108,12 +109,12 @@ class FailsOnPrompt:
         self.folder, self.manifest, self.backend, self.real, self.bad = real.folder, real.manifest, real.backend, real, bad
         self.calls: list[int] = []
 
-    def generate(self, prompt, **kwargs):
-        prompts = [prompt] if isinstance(prompt, str) else prompt
+    def run(self, request, progress=None, cancel=None):
+        prompts = [request.prompt] if isinstance(request.prompt, str) else request.prompt
         self.calls.append(len(prompts))
         if self.bad in prompts:
-            raise SdrtError(f"prompt {self.bad!r} is refused")
-        return self.real.generate(prompt, **kwargs)
+            raise GenerationError(f"prompt {self.bad!r} is refused", "prompt")
+        return self.real.run(request, progress=progress, cancel=cancel)
 
 
 def test_a_failing_request_does_not_fail_its_batch(pipeline):

@@ -21,14 +21,14 @@ from sdrt.cli import main
 from sdrt.errors import ConfigError, SdrtError
 from sdrt.runtime.manifest import Manifest
 from sdrt.runtime.pipeline import Pipeline
-from sdrt.runtime.tensorrt_plan import (
+from sdrt.runtime.engines.tensorrt.memory import memory_plan
+from sdrt.runtime.sizes import parse_size
+from sdrt.runtime.engines.tensorrt.plan import (
     BuildSettings,
     Device,
     EngineKey,
     Request,
     component_precision,
-    memory_plan,
-    parse_size,
     plan_path,
     plan_profile,
     stale_reason,
@@ -198,7 +198,7 @@ def test_trt_images_equal_the_cpu_path_and_the_unet_replays_a_cuda_graph(model, 
     cpu = Pipeline.load(model)
     trt = Pipeline.load(model, backend="tensorrt")
     for settings in (dict(prompt="a photo of a cat", steps=4, seed=3),
-                     dict(prompt=["a cat", "a dog"], steps=3, seed=[1, 2], scheduler="euler_a"),
+                     dict(prompt=["a cat", "a dog"], steps=3, seed=[1, 2], sampler="euler_a"),
                      dict(prompt="a cat", steps=2, seed=5, guidance_scale=1.0)):
         expected = cpu.generate(**settings).array
         got = trt.generate(**settings).array
@@ -266,7 +266,7 @@ def test_a_new_tensorrt_version_rebuilds(model, monkeypatch):
     build(model, "--static", "64x64")
     settings = BuildSettings.load(model)
     manifest = Manifest.load(model)
-    from sdrt.runtime.tensorrt_backend import component_key
+    from sdrt.runtime.engines.tensorrt.build import component_key
 
     key = component_key("unet", manifest.components["unet"], settings, replace(DEVICE, tensorrt_version="10.10.1"))
     reason = stale_reason(model, key)
@@ -296,7 +296,7 @@ def test_build_then_verify_compares_with_the_cpu_path(model, monkeypatch, tmp_pa
 
 
 def test_verify_fails_loudly_when_the_backend_differs(model, monkeypatch):
-    from sdrt.runtime import tensorrt_backend
+    from sdrt.runtime.engines.tensorrt import run as tensorrt_backend
 
     fake_tensorrt.install(monkeypatch)
     build(model, "--static", "64x64")

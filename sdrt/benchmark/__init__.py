@@ -18,6 +18,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from sdrt.runtime.schedulers import DEFAULT_SAMPLER
+
 import numpy as np
 
 from sdrt import __version__
@@ -42,7 +44,7 @@ class BenchSettings:
     steps: int = 10
     guidance: float = 7.5
     num_images: int = 1
-    scheduler: str = "lms"
+    sampler: str = DEFAULT_SAMPLER
 
 
 def summarize(values: list[float]) -> dict:
@@ -266,13 +268,13 @@ def sweep_settings(base: BenchSettings, name: str, value: int) -> BenchSettings:
 
 
 def ort_cache_state() -> dict:
-    from sdrt.runtime import ort_cache
+    from sdrt.runtime.engines import ort_cache
 
     return {"enabled": ort_cache.enabled(), "folder": str(ort_cache.cache_root() / "ort")}
 
 
 def cache_dir() -> Path:
-    from sdrt.runtime.ort_cache import cache_root
+    from sdrt.runtime.engines.ort_cache import cache_root
 
     return cache_root()
 
@@ -303,7 +305,7 @@ def format_report(report: dict) -> str:
     """A human-readable summary of one benchmark report."""
     s, sd = report["settings"], report["sdrt"]
     lines = [f"{s['width']}x{s['height']}, {s['steps']} steps, guidance {s['guidance']}, "
-             f"batch {s['num_images']}, {s['scheduler']}, {report['backend']}, {report['threads']} threads",
+             f"batch {s['num_images']}, {s['sampler']}, {report['backend']}, {report['threads']} threads",
              f"load (cold start)        {sd['load_seconds']:.2f} s"]
     for stage, summary in sd["stages"].items():
         lines.append(f"{stage:<24} {summary['median'] * 1e3:10.1f} ms  (p10 {summary['p10'] * 1e3:.1f}, "

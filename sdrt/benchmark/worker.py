@@ -61,7 +61,7 @@ class SdrtSide:
     def run(self, seed: int) -> dict:
         s = self.settings
         result = self.pipeline.generate(PROMPT, steps=s["steps"], guidance_scale=s["guidance"], height=s["height"],
-                                        width=s["width"], num_images=s["num_images"], scheduler=s["scheduler"],
+                                        width=s["width"], num_images=s["num_images"], sampler=s["sampler"],
                                         seed=seed)
         timings = dict(result.timings)
         timings["png"] = png_seconds(result.images[0])
@@ -85,7 +85,7 @@ class DiffusersSide:
             config = json.load(handle)
         from sdrt.runtime.schedulers import SAMPLERS
 
-        sampler = SAMPLERS[settings["scheduler"]]
+        sampler = SAMPLERS[settings["sampler"]]
         pipeline.scheduler = getattr(diffusers, sampler.reference_name).from_config(
             {**config, **sampler.overrides})
         pipeline.set_progress_bar_config(disable=True)

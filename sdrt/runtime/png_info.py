@@ -16,13 +16,10 @@ from pathlib import Path
 from PIL import Image, PngImagePlugin
 
 from sdrt.errors import SdrtError
+from sdrt.runtime.schedulers import display_name
 
 PARAMETERS_KEY = "parameters"
 NEGATIVE_PREFIX = "Negative prompt: "
-# sdrt scheduler names as A1111 names its samplers.
-SAMPLER_NAMES = {"lms": "LMS", "euler": "Euler", "euler_a": "Euler a", "ddim": "DDIM",
-                 "dpmpp_2m": "DPM++ 2M", "dpmpp_2m_karras": "DPM++ 2M Karras", "pndm": "PLMS", "ddpm": "DDPM",
-                 "heun": "Heun", "unipc": "UniPC"}
 
 
 class ImageFileError(SdrtError):
@@ -34,10 +31,9 @@ def format_parameters(prompt: str, parameters: dict, batch_position: int | None 
     lines = [prompt]
     if parameters.get("negative_prompt"):
         lines.append(NEGATIVE_PREFIX + str(parameters["negative_prompt"]))
-    scheduler = parameters["scheduler"]
     fields = [
         ("Steps", parameters["steps"]),
-        ("Sampler", SAMPLER_NAMES.get(scheduler, scheduler)),
+        ("Sampler", display_name(parameters["sampler"])),
         ("CFG scale", parameters["guidance_scale"]),
         ("Seed", parameters["seed"]),
         ("Size", f"{parameters['width']}x{parameters['height']}"),

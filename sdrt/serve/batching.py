@@ -12,22 +12,22 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
 
 from sdrt.runtime.pipeline import GenerationResult
+from sdrt.runtime.request import GenerationRequest
 
 # The per-request settings that must agree for requests to share a UNet call.
-SHARED_SETTINGS = ("steps", "guidance_scale", "scheduler", "num_images")
+SHARED_SETTINGS = ("steps", "guidance_scale", "sampler", "num_images")
 UNBATCHABLE = ("init_image", "mask_image", "latents")
 
 
 @dataclass(eq=False)
 class Job:
-    """One admitted request: its generate() arguments (seed resolved), its batch key, and
-    the future the worker resolves with a GenerationResult, None (cancelled) or an exception."""
+    """One admitted request (its seed resolved), its batch key, and the future the worker
+    resolves with a GenerationResult, None (cancelled) or an exception."""
 
-    kwargs: dict[str, Any]
+    request: GenerationRequest
     key: tuple | None
     future: asyncio.Future
     cancel: threading.Event = field(default_factory=threading.Event)
@@ -35,21 +35,21 @@ class Job:
 
     @property
     def images(self) -> int:
-        return int(self.kwargs.get("num_images", 1))
+        return int(self.request.num_images)
 
     @property
     def started(self) -> bool:
         return bool(self.batch)
 
 
-def batch_key(kwargs: dict[str, Any], native_height: int, native_width: int) -> tuple | None:
+def batch_key(request: GenerationRequest, native_height: int, native_width: int) -> tuple | None:
     """Requests with equal keys may run as one call; None means the request runs alone."""
-    if any(kwargs.get(name) is not None for name in UNBATCHABLE):
+    if any(getattr(request, name) is not None for name in UNBATCHABLE):
         return None
-    if not isinstance(kwargs.get("prompt"), str):
+    if not isinstance(request.prompt, str):
         return None
-    size = (kwargs.get("height") or native_height, kwargs.get("width") or native_width)
-    return (*size, *(kwargs.get(name) for name in SHARED_SETTINGS))
+    size = (request.height or native_height, request.width or native_width)
+    return (*size, *(getattr(request, name) for name in SHARED_SETTINGS))
 
 
 def take_batch(pending: list[Job], max_images: int) -> list[Job]:
@@ -79,14 +79,11 @@ def take_compatible(pending: list[Job], batch: list[Job], max_images: int) -> No
             batch.append(job)
 
 
-def merged_kwargs(jobs: list[Job]) -> dict[str, Any]:
-    """One generate() call for jobs with the same key: a prompt, negative prompt and seed each."""
-    first = jobs[0].kwargs
-    merged = {name: value for name, value in first.items() if name not in ("prompt", "negative_prompt", "seed")}
-    merged["prompt"] = [job.kwargs["prompt"] for job in jobs]
-    merged["negative_prompt"] = [job.kwargs.get("negative_prompt") or "" for job in jobs]
-    merged["seed"] = [job.kwargs["seed"] for job in jobs]
-    return merged
+def merged_request(jobs: list[Job]) -> GenerationRequest:
+    """One request for jobs with the same key: a prompt, negative prompt and seed each."""
+    return replace(jobs[0].request, prompt=[job.request.prompt for job in jobs],
+                   negative_prompt=[job.request.negative_prompt or "" for job in jobs],
+                   seed=[job.request.seed for job in jobs])
 
 
 def split_result(result: GenerationResult, jobs: list[Job]) -> list[GenerationResult]:
@@ -99,7 +96,7 @@ def split_result(result: GenerationResult, jobs: list[Job]) -> list[GenerationRe
     results = []
     for index, job in enumerate(jobs):
         rows = slice(index * images_each, (index + 1) * images_each)
-        parameters = {**result.parameters, "prompt": job.kwargs["prompt"],
-                      "negative_prompt": job.kwargs.get("negative_prompt"), "seed": job.kwargs["seed"]}
+        parameters = {**result.parameters, "prompt": job.request.prompt,
+                      "negative_prompt": job.request.negative_prompt, "seed": job.request.seed}
         results.append(GenerationResult(result.images[rows], result.array[rows], parameters, timings, []))
     return results

@@ -1,105 +1,26 @@
-"""Engines: one exported component, run by tensor name with its inputs checked first.
-
-`Engine` is the interface (the TensorRT backend implements it too); `OrtEngine` runs an ONNX
-file in ONNX Runtime. Every input is checked against the manifest before the backend sees it:
-its name, dtype, rank, fixed sizes, and each dynamic dimension's range and agreement between
-tensors that share it. A mismatch is an `EngineInputError` naming the tensor.
-"""
+"""ONNX Runtime engines: `OrtEngine` runs an ONNX file with `InferenceSession.run`;
+`BoundOrtEngine` keeps its buffers on the device with IO binding (the cuda backend's default)."""
 
 from __future__ import annotations
 
 import contextlib
 import threading
 import time
-from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 
-from sdrt.errors import ConfigError, SdrtError
+from sdrt.errors import ConfigError
+from sdrt.runtime.engines.base import Engine, EngineRunError
 from sdrt.runtime.manifest import ComponentSpec, DimRange, TensorSpec
 
+#: sdrt's ONNX Runtime backends and their execution providers.
 BACKEND_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
-TENSORRT = "tensorrt"  # engines built by `sdrt build` (sdrt.runtime.tensorrt_backend)
-BACKENDS = (*BACKEND_PROVIDERS, TENSORRT)
+#: ONNX Runtime's type names -> the manifest's dtypes (the one table of them).
 ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int32)": "int32",
               "tensor(int64)": "int64"}
-
-
-class EngineInputError(SdrtError):
-    """An input does not fit the engine (wrong name, dtype or shape)."""
-
-
-class EngineRunError(SdrtError):
-    """The backend failed while running an engine (for example, out of memory)."""
-
-
-class Engine(ABC):
-    """A component engine: `run(feeds)` maps input names to arrays and returns outputs by name."""
-
-    #: What `dims` are, for error messages.
-    range_source = "exported range"
-
-    def __init__(self, name: str, spec: ComponentSpec, dims: Mapping[str, DimRange]):
-        self.name = name
-        self.spec = spec
-        self.dims = dict(dims)
-        self.inputs = {t.name: t for t in spec.inputs}
-        self.output_names = [t.name for t in spec.outputs]
-
-    def input_dtype(self, name: str) -> np.dtype:
-        return np.dtype(self.inputs[name].dtype)
-
-    def check(self, feeds: Mapping[str, np.ndarray]) -> dict[str, int]:
-        """Validate feeds against the spec; returns the value of each dynamic dimension."""
-        missing = sorted(set(self.inputs) - set(feeds))
-        unknown = sorted(set(feeds) - set(self.inputs))
-        if missing or unknown:
-            raise EngineInputError(f"{self.name}: missing inputs {missing}, unknown inputs {unknown}")
-        seen: dict[str, tuple[int, str]] = {}
-        for name, spec in self.inputs.items():
-            array = feeds[name]
-            if array.dtype != np.dtype(spec.dtype):
-                raise EngineInputError(f"{self.name}.{name}: dtype {array.dtype}, the engine takes {spec.dtype}")
-            if array.ndim != len(spec.shape):
-                raise EngineInputError(
-                    f"{self.name}.{name}: shape {list(array.shape)} has rank {array.ndim}, "
-                    f"the engine takes {spec.shape}"
-                )
-            for axis, (size, expected) in enumerate(zip(array.shape, spec.shape)):
-                if isinstance(expected, int):
-                    if size != expected:
-                        raise EngineInputError(
-                            f"{self.name}.{name}: axis {axis} is {size}, the engine takes {expected} "
-                            f"(shape {spec.shape})"
-                        )
-                    continue
-                _check_dim(self.name, name, expected, size, self.dims.get(expected), self.range_source)
-                if expected in seen and seen[expected][0] != size:
-                    other_size, other = seen[expected]
-                    raise EngineInputError(
-                        f"{self.name}.{name}: {expected} is {size} but {other_size} in {other}"
-                    )
-                seen[expected] = (size, name)
-        return {dim: size for dim, (size, _) in seen.items()}
-
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self._run(feeds, self.check(feeds))
-
-    @abstractmethod
-    def _run(self, feeds: Mapping[str, np.ndarray], dims: Mapping[str, int]) -> dict[str, np.ndarray]:
-        """Run the checked feeds on the backend; `dims` holds each dynamic dimension's value."""
-
-
-def _check_dim(engine: str, tensor: str, dim: str, size: int, valid: DimRange | None, source: str) -> None:
-    if valid is None or valid.contains(size):
-        return
-    raise EngineInputError(
-        f"{engine}.{tensor}: {dim} {size} is outside the {source} "
-        f"{valid.min}..{valid.max}" + (f" in steps of {valid.multiple}" if valid.multiple > 1 else "")
-    )
 
 
 def open_session(path: Path, backend: str = "cpu", threads: int | None = None, cuda_graph: bool = False,
@@ -107,10 +28,10 @@ def open_session(path: Path, backend: str = "cpu", threads: int | None = None, c
     """An ONNX Runtime session for `path` on an sdrt backend, with all graph optimizations.
     `cuda_graph` turns on the CUDA provider's graph capture (runs must use IO binding). On the
     CPU, with the component's `spec` (its sha256), the optimized graph is cached per machine
-    (sdrt.runtime.ort_cache) so that later loads skip the optimization."""
+    (sdrt.runtime.engines.ort_cache) so that later loads skip the optimization."""
     import onnxruntime as ort
 
-    from sdrt.runtime import ort_cache
+    from sdrt.runtime.engines import ort_cache
 
     provider = provider_for(backend)
 
@@ -191,6 +112,7 @@ class BoundOrtEngine(OrtEngine):
             cuda_graph = False  # a session opened elsewhere has no graph capture enabled
         super().__init__(path, name, spec, dims, backend=backend, threads=threads, session=session)
         self.device = "cuda" if backend == "cuda" else "cpu"
+        self.copies_to_device = True
         self.cuda_graph = cuda_graph and backend == "cuda"
         self._shapes: dict[tuple, _BoundShape] = {}
         self._lock = threading.Lock()

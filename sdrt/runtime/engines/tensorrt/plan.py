@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
@@ -40,9 +39,6 @@ KEY_SUFFIX = ".plan.json"
 BUILD_FORMAT = 1
 DEFAULT_MAX_BATCH = 4
 DEFAULT_WORKSPACE_BYTES = 8 * 2**30
-#: CUDA allocations are aligned to 256 bytes; the plan rounds each buffer up to it.
-DEVICE_ALIGNMENT = 256
-DTYPE_BYTES = {"float32": 4, "float16": 2, "int32": 4, "int64": 8}
 PRECISIONS = ("fp16", "fp32")
 
 
@@ -106,16 +102,6 @@ class Profile:
     @classmethod
     def from_json(cls, data: Mapping) -> "Profile":
         return cls({name: tuple(triple) for name, triple in data["dims"].items()}, bool(data.get("static", False)))
-
-
-def parse_size(text: str, option: str) -> tuple[int, int]:
-    """'WxH' (or one number for a square) -> (height, width)."""
-    width, sep, height = text.lower().partition("x")
-    if not sep:
-        height = width
-    if not (width.isdigit() and height.isdigit()) or int(width) < 1 or int(height) < 1:
-        raise ConfigError(f"{option} must be WIDTHxHEIGHT in pixels, got {text!r}")
-    return int(height), int(width)
 
 
 def plan_profile(manifest: Manifest, *, static: tuple[int, int] | None = None,
@@ -280,52 +266,3 @@ class BuildSettings:
         data = json.loads(path.read_text(encoding="utf-8"))
         return cls(Profile.from_json(data["profile"]), data["precision"], int(data["workspace_bytes"]),
                    tuple(data["components"]))
-
-
-# ---------------------------------------------------------------- memory plan
-def aligned(size: int) -> int:
-    return -(-size // DEVICE_ALIGNMENT) * DEVICE_ALIGNMENT
-
-
-def tensor_bytes(dtype: str, shape: list[int]) -> int:
-    return DTYPE_BYTES[dtype] * math.prod(shape)
-
-
-def io_shapes(spec: ComponentSpec, values: Mapping[str, int]) -> dict[str, list[int]]:
-    """Concrete shapes of a component's inputs and outputs for the given dimension values."""
-    return {t.name: [size if isinstance(size, int) else int(values[size]) for size in t.shape]
-            for t in spec.inputs + spec.outputs}
-
-
-@dataclass(frozen=True)
-class MemoryPlan:
-    """Device memory of a loaded TensorRT pipeline. IO buffers are allocated once, at the
-    profile's largest shapes, and reused for every smaller request; the engines' activation
-    memory is one block the size of the largest need (they never run at once), instead of one
-    block each."""
-
-    io_bytes: dict[str, int]  # per component, all its inputs and outputs
-    activation_bytes: dict[str, int]  # per component, as the engine reports it
-    shared_activation_bytes: int
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(self.io_bytes.values()) + self.shared_activation_bytes
-
-    @property
-    def saved_bytes(self) -> int:
-        """What sharing saves over one activation block per engine."""
-        return sum(self.activation_bytes.values()) - self.shared_activation_bytes
-
-
-def memory_plan(manifest: Manifest, profile: Profile, components: list[str],
-                activation_bytes: Mapping[str, int]) -> MemoryPlan:
-    largest = {name: high for name, (_, _, high) in profile.dims.items()}
-    io = {}
-    for component in components:
-        spec = manifest.components[component]
-        shapes = io_shapes(spec, largest)
-        dtypes = {t.name: t.dtype for t in spec.inputs + spec.outputs}
-        io[component] = sum(aligned(tensor_bytes(dtypes[name], shape)) for name, shape in shapes.items())
-    activations = {component: int(activation_bytes.get(component, 0)) for component in components}
-    return MemoryPlan(io, activations, aligned(max(activations.values(), default=0)))

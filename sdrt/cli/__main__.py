@@ -1,0 +1,3 @@
+from sdrt.cli import main
+
+main()

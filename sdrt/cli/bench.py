@@ -1,0 +1,87 @@
+"""`sdrt bench`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from sdrt.cli import main
+from sdrt.errors import SdrtError
+from sdrt.runtime.engines import BACKEND_NAMES, DEFAULT_BACKEND
+from sdrt.runtime.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES
+
+
+@main.command()
+@click.option("--model", "model_dir", default=None, type=click.Path(), help="Exported model folder.")
+@click.option("--arch", default=None, help="Instead of --model: a random-weight model of a real architecture "
+              "(sd15), built and exported once into ~/.cache/sdrt (or $SDRT_CACHE).")
+@click.option("--backend", default="cpu", show_default=True, type=click.Choice(BACKEND_NAMES))
+@click.option("--height", default=None, type=int, help="Image height (default: the model's native size).")
+@click.option("--width", default=None, type=int, help="Image width (default: the model's native size).")
+@click.option("--steps", default=10, show_default=True, type=int)
+@click.option("--guidance", default=7.5, show_default=True, type=float)
+@click.option("--num-images", default=1, show_default=True, type=int)
+@click.option("--sampler", "--scheduler", "sampler", default=DEFAULT_SAMPLER, show_default=True, metavar="NAME",
+              help=f"Sampler: {', '.join(SAMPLER_NAMES)}.")
+@click.option("--runs", default=3, show_default=True, type=int, help="Measured runs (after the warm-up).")
+@click.option("--warmup", default=1, show_default=True, type=int, help="Unmeasured runs first.")
+@click.option("--threads", default=None, type=int, help="CPU threads (default: all cores).")
+@click.option("--compare", default=None, type=click.Choice(["diffusers"]),
+              help="Also run the same model in diffusers + torch, interleaved A B A B.")
+@click.option("--diffusers-model", default=None, type=click.Path(),
+              help="The diffusers folder the export came from (default: the manifest's source).")
+@click.option("--sweep", default=None, help="Repeat over values: height=256,512 (also width, size, batch, steps).")
+@click.option("--json", "json_path", default=None, type=click.Path(), help="Write the full report here.")
+@click.option("--cuda-graph", is_flag=True, help="With --backend cuda: the UNet as a CUDA graph per shape.")
+@click.option("--plot", "plot_path", default=None, type=click.Path(),
+              help="With --sweep: a PNG plot here [default: beside --json] (needs matplotlib: sdrt[plot]).")
+def bench(model_dir, arch, backend, height, width, steps, guidance, num_images, sampler, runs, warmup, threads,
+          compare, diffusers_model, sweep, json_path, cuda_graph, plot_path) -> None:
+    """Measure latency per stage, memory and (with --compare) the ratio to diffusers."""
+    from sdrt.benchmark import (BenchSettings, format_report, parse_sweep, run_benchmark, sweep_settings,
+                                arch_model)
+    from sdrt.runtime.manifest import Manifest
+
+    def say(line: str) -> None:
+        click.echo(line, err=True)
+
+    if (model_dir is None) == (arch is None):
+        raise SdrtError("pass exactly one of --model DIR or --arch NAME")
+    if runs < 1 or warmup < 0:
+        raise SdrtError("--runs must be >= 1 and --warmup >= 0")
+    if sampler not in SAMPLER_NAMES:
+        raise SdrtError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLER_NAMES)}")
+    if arch is not None:
+        model_dir, source = arch_model(arch, progress=say)
+        diffusers_model = diffusers_model or source
+    manifest = Manifest.load(model_dir)
+    base = BenchSettings(height=height or manifest.native_height, width=width or manifest.native_width,
+                         steps=steps, guidance=guidance, num_images=num_images, sampler=sampler)
+    plan = [base]
+    if sweep:
+        name, values = parse_sweep(sweep)
+        plan = [sweep_settings(base, name, value) for value in values]
+    reports = []
+    for settings in plan:
+        report = run_benchmark(model_dir, settings, backend=backend, threads=threads, runs=runs, warmup=warmup,
+                               compare=compare, diffusers_model=diffusers_model, progress=say,
+                               cuda_graph=cuda_graph)
+        reports.append(report)
+        click.echo(format_report(report) + "\n")
+    payload = reports[0]
+    if sweep:
+        from sdrt.benchmark.sweep import format_table, plot, sweep_rows
+
+        rows = sweep_rows(name, values, reports)
+        click.echo(format_table(name, rows))
+        payload = {"sweep": sweep, "table": rows, "reports": reports}
+        plot_path = plot_path or (str(Path(json_path).with_suffix(".png")) if json_path else None)
+        if plot_path:
+            title = f"{Path(model_dir).name}, {backend}, {base.steps} steps, batch {base.num_images}"
+            written = plot(name, rows, Path(plot_path), title)
+            say(f"wrote {written}" if written else "no plot: install matplotlib (pip install 'sdrt[plot]')")
+    if json_path:
+        Path(json_path).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        say(f"wrote {json_path}")

@@ -1,0 +1,159 @@
+"""`sdrt generate` and `sdrt tokenize`."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import click
+
+from sdrt.cli import main
+from sdrt.errors import SdrtError
+from sdrt.runtime.engines import BACKEND_NAMES, DEFAULT_BACKEND
+from sdrt.runtime.request import DEFAULT_GUIDANCE, DEFAULT_STEPS
+from sdrt.runtime.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES
+
+
+@main.command()
+@click.argument("prompts", nargs=-1, required=True)
+@click.option(
+    "--model",
+    "model_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Model folder (with a tokenizer/ inside) or a tokenizer folder.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print ids, lengths and dropped text as JSON.")
+def tokenize(prompts: tuple[str, ...], model_dir: str, as_json: bool) -> None:
+    """Print the text encoder's input ids for each PROMPT."""
+    from sdrt.runtime.tokenizer import ClipTokenizer
+
+    tokenizer = ClipTokenizer.from_folder(model_dir)
+    batch = tokenizer.encode(list(prompts))
+    if as_json:
+        rows = [
+            {"prompt": p, "input_ids": ids.tolist(), "length": n, "dropped_text": d}
+            for p, ids, n, d in zip(prompts, batch.input_ids, batch.lengths, batch.dropped_text)
+        ]
+        click.echo(json.dumps(rows, ensure_ascii=False))
+        return
+    for prompt, ids, length, dropped in zip(prompts, batch.input_ids, batch.lengths, batch.dropped_text):
+        click.echo(" ".join(str(i) for i in ids[:length]))
+        if dropped:
+            click.echo(
+                f"warning: the prompt is longer than {tokenizer.max_length - 2} tokens; "
+                f"this part was dropped: {dropped!r}",
+                err=True,
+            )
+
+
+def _check_writable(path: Path) -> None:
+    folder = path.parent
+    if not folder.is_dir():
+        raise SdrtError(f"cannot write {path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise SdrtError(f"cannot write {path}: folder {folder} is not writable")
+
+
+def _output_paths(out: str | None, seed: int | None, count: int) -> list[Path]:
+    base = Path(out) if out else Path(f"sdrt-{seed if seed is not None else 'image'}.png")
+    if base.suffix.lower() != ".png":
+        base = base.with_suffix(base.suffix + ".png") if base.suffix else base.with_suffix(".png")
+    if count == 1:
+        return [base]
+    return [base.with_name(f"{base.stem}-{i}{base.suffix}") for i in range(1, count + 1)]
+
+
+class _Progress:
+    """One status line on stderr: step, total and steps per second (timed from the end of the
+    first step, so load and warm-up do not count)."""
+
+    BAR_WIDTH = 30
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.first_step_done: float | None = None
+
+    def __call__(self, step: int, total: int) -> None:
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        if self.first_step_done is None:
+            self.first_step_done = now
+        elapsed = now - self.first_step_done
+        rate = (step - 1) / elapsed if elapsed > 0 else 0.0
+        done = "#" * (step * self.BAR_WIDTH // total)
+        click.echo(f"\r[{done:<{self.BAR_WIDTH}}] {step}/{total} steps, {rate:.2f} it/s", err=True,
+                   nl=step == total)
+
+
+@main.command()
+@click.argument("prompt")
+@click.option("--model", "model_dir", required=True, type=click.Path(), help="Exported model folder.")
+@click.option("--negative-prompt", default=None, help="What the image should not show.")
+@click.option("--steps", default=DEFAULT_STEPS, show_default=True, type=int, help="Denoising steps.")
+@click.option("--guidance", default=DEFAULT_GUIDANCE, show_default=True, type=float,
+              help="Classifier-free guidance scale.")
+@click.option("--seed", default=None, type=int, help="Random seed (same image as diffusers with this seed).")
+@click.option("--height", default=None, type=int, help="Image height (default: the model's native size).")
+@click.option("--width", default=None, type=int, help="Image width (default: the model's native size).")
+@click.option("--num-images", default=1, show_default=True, type=int, help="Images to generate.")
+@click.option("--sampler", "--scheduler", "sampler", default=DEFAULT_SAMPLER, show_default=True, metavar="NAME",
+              help=f"Sampler: {', '.join(SAMPLER_NAMES)} (--scheduler is its earlier name).")
+@click.option("--backend", default="cpu", show_default=True, type=click.Choice(BACKEND_NAMES),
+              help="cpu or cuda (ONNX Runtime), or tensorrt (engines from `sdrt build`).")
+@click.option("--threads", default=None, type=int, help="CPU threads per engine (default: all cores).")
+@click.option("--cuda-graph", is_flag=True, help="With --backend cuda: capture the UNet as a CUDA graph per shape.")
+@click.option("--init-image", default=None, help="Image-to-image: start from this image.")
+@click.option("--mask", "mask_image", default=None,
+              help="Inpainting: white (or opaque) = repaint, black = keep; needs --init-image.")
+@click.option("--strength", default=None, type=float,
+              help="How much to change the init image, in (0, 1] [default: 0.8, inpainting 1.0].")
+@click.option("--out", default=None, help="Output PNG (default: sdrt-SEED.png; -N is added for several).")
+@click.option("--quiet", is_flag=True, help="No progress bar or warnings.")
+@click.option("--json", "as_json", is_flag=True, help="Print parameters, output paths and timings as JSON.")
+def generate(prompt, model_dir, negative_prompt, steps, guidance, seed, height, width, num_images, sampler,
+             backend, threads, cuda_graph, init_image, mask_image, strength, out, quiet, as_json) -> None:
+    """Generate images for PROMPT with an exported model (from --init-image: image-to-image;
+    with --mask too: inpainting)."""
+    started = time.perf_counter()
+    from sdrt.runtime.pipeline import Pipeline
+    from sdrt.runtime.png_info import format_parameters, save_png
+    from sdrt.runtime.request import GenerationRequest
+
+    paths = _output_paths(out, seed, num_images)
+    for path in paths:
+        _check_writable(path)
+    pipeline = Pipeline.load(model_dir, backend=backend, threads=threads, cuda_graph=cuda_graph,
+                             progress=None if quiet else lambda line: click.echo(line, err=True))
+    load_seconds = time.perf_counter() - started
+    first_step: list[float] = []
+    bar = _Progress(enabled=not quiet and not as_json)
+
+    def progress(step: int, total: int) -> None:
+        if not first_step:
+            first_step.append(time.perf_counter() - started)
+        bar(step, total)
+
+    request = GenerationRequest(prompt, negative_prompt=negative_prompt, steps=steps, guidance_scale=guidance,
+                                seed=seed, height=height, width=width, num_images=num_images, sampler=sampler,
+                                init_image=init_image, mask_image=mask_image, strength=strength)
+    result = pipeline.run(request, progress=progress)
+    if seed is None and out is None:
+        paths = _output_paths(out, result.parameters["seed"], num_images)
+    if not quiet:
+        for warning in result.warnings:
+            click.echo(f"warning: {warning}", err=True)
+    stage = time.perf_counter()
+    for position, (image, path) in enumerate(zip(result.images, paths), start=1):
+        save_png(image, path, format_parameters(prompt, result.parameters, position if len(paths) > 1 else None))
+    timings = dict(result.timings, load=load_seconds, png=time.perf_counter() - stage,
+                   start_to_first_step=first_step[0] if first_step else None)
+    if as_json:
+        click.echo(json.dumps({"parameters": result.parameters, "outputs": [str(p) for p in paths],
+                               "timings": timings, "warnings": result.warnings}))
+    elif not quiet:
+        for path in paths:
+            click.echo(str(path))

@@ -1,0 +1,89 @@
+"""`sdrt serve`, in one process or as a Ray Serve deployment."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import click
+
+from sdrt.cli import main
+from sdrt.errors import SdrtError
+from sdrt.runtime.engines import BACKEND_NAMES, DEFAULT_BACKEND
+
+
+@main.command()
+@click.option("--model", "model_dir", required=True, type=click.Path(), help="Exported model folder.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
+@click.option("--port", default=7860, show_default=True, type=int)
+@click.option("--backend", default="cpu", show_default=True, type=click.Choice(BACKEND_NAMES))
+@click.option("--threads", default=None, type=int, help="CPU threads per engine (default: all cores).")
+@click.option("--api-key", default=None, envvar="SDRT_API_KEY",
+              help="Require 'Authorization: Bearer KEY' on every route but /health (or $SDRT_API_KEY).")
+@click.option("--max-queue", default=16, show_default=True, type=int, help="Requests admitted; more get 503.")
+@click.option("--concurrency", default=1, show_default=True, type=int, help="Generations at once.")
+@click.option("--timeout", default=300.0, show_default=True, type=float, help="Seconds per request.")
+@click.option("--max-batch", default=4, show_default=True, type=int,
+              help="Images that compatible waiting requests may share one UNet call with (1: no batching).")
+@click.option("--batch-window-ms", default=0.0, show_default=True, type=float,
+              help="How long a free worker waits for compatible requests to join a batch.")
+@click.option("--ray", "use_ray", is_flag=True, help="Run as a Ray Serve deployment (pip install 'sdrt[ray]').")
+@click.option("--replicas", default=None, type=int, help="With --ray: a fixed number of replicas.")
+@click.option("--min-replicas", default=1, show_default=True, type=int, help="With --ray: autoscaling lower bound.")
+@click.option("--max-replicas", default=1, show_default=True, type=int, help="With --ray: autoscaling upper bound.")
+@click.option("--gpus-per-replica", default=0.0, show_default=True, type=float,
+              help="With --ray: GPUs each replica reserves (1 = one replica per GPU).")
+@click.option("--cpus-per-replica", default=1.0, show_default=True, type=float,
+              help="With --ray: CPUs each replica reserves (and its engine threads unless --threads).")
+@click.option("--ray-address", default=None,
+              help="With --ray: the cluster to join ('auto' for the one this machine belongs to); "
+                   "default: start a local Ray instance.")
+def serve(model_dir, host, port, backend, threads, api_key, max_queue, concurrency, timeout, max_batch,
+          batch_window_ms, use_ray, replicas, min_replicas, max_replicas, gpus_per_replica, cpus_per_replica,
+          ray_address) -> None:
+    """Serve the model over HTTP: OpenAI Images API, AUTOMATIC1111 API, /health, /metrics."""
+    try:
+        import uvicorn
+
+        from sdrt.serve.app import ServeSettings, create_app
+    except ImportError as error:
+        raise SdrtError(f"serve needs the serve extra ({error.name} is missing): pip install 'sdrt[serve]'")
+    from sdrt.runtime.pipeline import Pipeline
+
+    if max_queue < 1 or concurrency < 1 or timeout <= 0 or max_batch < 1 or batch_window_ms < 0:
+        raise SdrtError("--max-queue, --concurrency and --max-batch must be >= 1, --timeout > 0 "
+                        "and --batch-window-ms >= 0")
+    settings = ServeSettings(max_queue=max_queue, concurrency=concurrency, timeout_s=timeout, api_key=api_key,
+                             max_batch_images=max_batch, batch_window_s=batch_window_ms / 1000)
+    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        click.echo(f"warning: serving on {host} without --api-key: anyone who can reach it can use it", err=True)
+    if use_ray:
+        serve_on_ray(model_dir, backend, threads, settings, host, port, ray_address,
+                     dict(replicas=replicas, min_replicas=min_replicas, max_replicas=max_replicas,
+                          gpus_per_replica=gpus_per_replica, cpus_per_replica=cpus_per_replica))
+        return
+    pipeline = Pipeline.load(model_dir, backend=backend, threads=threads)
+    uvicorn.run(create_app(pipeline, settings), host=host, port=port, log_level="info")
+
+
+def serve_on_ray(model_dir, backend, threads, settings, host, port, address, replica_options: dict) -> None:
+    try:
+        from sdrt.serve import ray_serve
+    except ImportError as error:
+        raise SdrtError(f"--ray needs Ray Serve ({error.name} is missing): pip install 'sdrt[ray]'")
+    ray_settings = ray_serve.RaySettings(**replica_options)
+    ray_settings.check()
+    ray_serve.run(model_dir, backend, threads, settings, ray_settings, host, port, address)
+    click.echo(f"serving on http://{host}:{port} with Ray Serve; Ctrl-C (or SIGTERM) stops it", err=True)
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)  # what service managers and containers send
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        ray_serve.shutdown()

@@ -1,0 +1,114 @@
+"""Engines and the backends that make them.
+
+A backend is a value with behaviour: its name (the CLI's choices come from BACKENDS), whether
+a model folder needs a manifest for it, how it opens a session to read a folder without one,
+and `load(...)`, which returns the manifest as the engines see it (TensorRT narrows the ranges
+to its built profile) and a factory that makes one engine per component. The pipeline holds a
+backend and never compares backend names.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from sdrt.errors import ConfigError, ModelFolderError
+from sdrt.runtime.engines.base import Engine, EngineInputError, EngineRunError
+from sdrt.runtime.manifest import Manifest
+
+EngineFactory = Callable[[str], Engine]
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """Load-time engine settings (see Pipeline.load)."""
+
+    threads: int | None = None
+    io_binding: bool | None = None  # None: the backend's default
+    cuda_graph: bool = False
+    progress: Callable[[str], None] | None = None
+
+
+class Backend(ABC):
+    """Where engines run."""
+
+    name: str
+    #: Whether a folder without manifest.json can be used (its graphs are read instead).
+    infers_manifest: bool = True
+
+    def open_session(self, path: Path, options: LoadOptions) -> Any:
+        """A session for reading a manifest-less folder's graphs (backends that infer)."""
+        raise ModelFolderError(f"{path.parent.parent} has no manifest.json, which the {self.name} backend needs; "
+                               "export it with `sdrt export`")
+
+    @abstractmethod
+    def load(self, folder: Path, manifest: Manifest, options: LoadOptions,
+             sessions: dict[str, Any]) -> tuple[Manifest, EngineFactory]:
+        """(the manifest the engines accept, a factory of engines by component name).
+        `sessions` are ones open_session opened to infer the manifest; engines adopt them."""
+
+
+@dataclass(frozen=True)
+class OrtBackend(Backend):
+    """ONNX Runtime on one execution provider; IO binding is the default on devices."""
+
+    name: str
+    device_resident: bool
+
+    def open_session(self, path: Path, options: LoadOptions) -> Any:
+        from sdrt.runtime.engines.onnxruntime import open_session
+
+        return open_session(path, self.name, options.threads)
+
+    def load(self, folder, manifest, options, sessions):
+        from sdrt.runtime.engines.onnxruntime import BoundOrtEngine, OrtEngine
+
+        if options.cuda_graph and not self.device_resident:
+            raise ConfigError("CUDA graphs need the cuda backend")
+        bound = self.device_resident if options.io_binding is None else options.io_binding
+        if options.cuda_graph and not bound:
+            raise ConfigError("CUDA graphs need IO binding; leave io_binding on")
+
+        def make_engine(name: str) -> Engine:
+            spec = manifest.components[name]
+            common = dict(backend=self.name, threads=options.threads, session=sessions.get(name))
+            if bound:
+                return BoundOrtEngine(folder / spec.file, name, spec, manifest.dims,
+                                      cuda_graph=options.cuda_graph and name == "unet", **common)
+            return OrtEngine(folder / spec.file, name, spec, manifest.dims, **common)
+
+        return manifest, make_engine
+
+
+class TensorRtBackend(Backend):
+    """Engines built by `sdrt build` (rebuilt, with a message through `progress`, when stale)."""
+
+    name = "tensorrt"
+    infers_manifest = False
+
+    def load(self, folder, manifest, options, sessions):
+        from sdrt.runtime.engines.tensorrt.run import load_engines
+
+        runtime, narrowed = load_engines(folder, manifest, options.progress)
+        return narrowed, runtime.engine
+
+
+BACKENDS: dict[str, Backend] = {backend.name: backend for backend in (
+    OrtBackend("cpu", device_resident=False), OrtBackend("cuda", device_resident=True), TensorRtBackend())}
+BACKEND_NAMES = tuple(BACKENDS)
+DEFAULT_BACKEND = "cpu"
+
+
+def backend_named(name: str | Backend) -> Backend:
+    if isinstance(name, Backend):
+        return name
+    try:
+        return BACKENDS[name]
+    except (KeyError, TypeError):
+        raise ConfigError(f"unknown backend {name!r}; choose one of {', '.join(BACKEND_NAMES)}") from None
+
+
+__all__ = ["BACKENDS", "BACKEND_NAMES", "Backend", "DEFAULT_BACKEND", "Engine", "EngineFactory",
+           "EngineInputError", "EngineRunError", "LoadOptions", "backend_named"]

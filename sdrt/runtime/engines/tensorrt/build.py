@@ -1,0 +1,152 @@
+"""`sdrt build`: one TensorRT engine per component, from the ONNX file and the build settings,
+cached under the model folder with a key that says when it is stale (plan.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+from sdrt.runtime.engines.tensorrt.cuda import MIB, BuildError, Cuda, import_tensorrt, peak_host_mib
+from sdrt.runtime.engines.tensorrt.plan import (
+    BuildSettings,
+    Device,
+    EngineKey,
+    component_precision,
+    key_path,
+    plan_path,
+    stale_reason,
+)
+from sdrt.runtime.manifest import ComponentSpec, Manifest
+
+TIMING_CACHE = "timing.cache"
+
+
+def component_key(component: str, spec: ComponentSpec, settings: BuildSettings, device: Device) -> EngineKey:
+    precision = component_precision(component, spec, settings.precision)
+    return EngineKey.of(component, spec, settings.profile, precision, device, settings.builder())
+
+
+def build_engines(folder: str | Path, settings: BuildSettings, progress: Callable[[str], None] = print,
+                  force: bool = False) -> dict[str, Path]:
+    """Builds (or keeps, when still valid) one engine per component, saves build.json, and
+    returns the engine files. The timing cache in tensorrt/timing.cache is read and updated."""
+    trt, cudart = import_tensorrt()
+    folder = Path(folder)
+    manifest = Manifest.load(folder)
+    cuda = Cuda(cudart)
+    device = cuda.device(trt.__version__)
+    components = [name for name in settings.components if name in manifest.components]
+    plans = {}
+    for component in components:
+        spec = manifest.components[component]
+        key = component_key(component, spec, settings, device)
+        reason = "--force" if force else stale_reason(folder, key)
+        plan = plan_path(folder, key)
+        if reason is None:
+            progress(f"{component}: up to date ({plan.name})")
+        else:
+            progress(f"{component}: building ({reason})")
+            build_one(trt, cuda, folder, component, spec, key, settings, progress)
+        plans[component] = plan
+    settings.save(folder)
+    return plans
+
+
+def build_one(trt, cuda: Cuda, folder: Path, component: str, spec: ComponentSpec, key: EngineKey,
+              settings: BuildSettings, progress: Callable[[str], None]) -> Path:
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    strongly_typed = spec.precision == "fp16"
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if hasattr(trt, "OnnxParserFlag") and hasattr(trt.OnnxParserFlag, "NATIVE_INSTANCENORM"):
+        parser.set_flag(trt.OnnxParserFlag.NATIVE_INSTANCENORM)  # GroupNorm as one normalization layer
+    onnx_file = folder / spec.file
+    if not parser.parse_from_file(str(onnx_file)):
+        errors = "; ".join(str(parser.get_error(index)) for index in range(parser.num_errors))
+        raise BuildError(f"TensorRT cannot parse {onnx_file}: {errors or 'unknown error'}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings.workspace_bytes)
+    if key.precision == "fp16" and not strongly_typed:
+        config.set_flag(trt.BuilderFlag.FP16)
+        kept = keep_fp32_layers(trt, network)
+        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+        progress(f"{component}: fp16, {kept} normalization/softmax/reduction layers kept in fp32")
+    profile = builder.create_optimization_profile()
+    for name, (low, opt, high) in settings.profile.shapes(spec).items():
+        profile.set_shape(name, low, opt, high)
+    config.add_optimization_profile(profile)
+    cache_file = plan_path(folder, key).parent / TIMING_CACHE
+    cache = config.create_timing_cache(cache_file.read_bytes() if cache_file.is_file() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    monitor = make_progress_monitor(trt, component, progress)
+    if monitor is not None:
+        config.progress_monitor = monitor
+    started = time.perf_counter()
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise BuildError(f"TensorRT could not build {component} (see its log above); "
+                         "a smaller --max size or --max-batch, or more --workspace, may help")
+    plan = plan_path(folder, key)
+    plan.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(plan, memoryview(serialized))
+    write_atomically(cache_file, memoryview(config.get_timing_cache().serialize()))
+    record = {"key": key.to_json(), "plan_bytes": plan.stat().st_size,
+              "built_seconds": round(time.perf_counter() - started, 1)}
+    write_atomically(key_path(plan), (json.dumps(record, indent=2) + "\n").encode())
+    progress(f"{component}: built {plan.name} ({plan.stat().st_size / MIB:.0f} MiB) in "
+             f"{record['built_seconds']:.0f} s; peak host memory {peak_host_mib():.0f} MiB, GPU memory in use "
+             f"{cuda.memory_in_use() / MIB:.0f} MiB")
+    return plan
+
+
+def keep_fp32_layers(trt, network) -> int:
+    """Pins normalization, softmax and reduction layers (and their outputs) to fp32 in an fp16
+    build: their sums and variances lose accuracy in fp16 and show up as image artefacts."""
+    pinned = {trt.LayerType.NORMALIZATION, trt.LayerType.SOFTMAX, trt.LayerType.REDUCE}
+    count = 0
+    for index in range(network.num_layers):
+        layer = network.get_layer(index)
+        if layer.type in pinned:
+            layer.precision = trt.float32
+            for output in range(layer.num_outputs):
+                layer.set_output_type(output, trt.float32)
+            count += 1
+    return count
+
+
+def make_progress_monitor(trt, component: str, progress: Callable[[str], None]):
+    """An IProgressMonitor that reports top-level build phases with elapsed time and memory."""
+    if not hasattr(trt, "IProgressMonitor"):
+        return None
+    started = time.perf_counter()
+
+    class Monitor(trt.IProgressMonitor):
+        def __init__(self):
+            trt.IProgressMonitor.__init__(self)
+            self.steps: dict[str, int] = {}
+
+        def phase_start(self, phase_name, parent_phase, num_steps):
+            self.steps[phase_name] = num_steps
+            if parent_phase is None:
+                progress(f"{component}: {phase_name} ({time.perf_counter() - started:.0f} s, "
+                         f"peak host {peak_host_mib():.0f} MiB)")
+
+        def step_complete(self, phase_name, step):
+            return True  # False would cancel the build
+
+        def phase_finish(self, phase_name):
+            self.steps.pop(phase_name, None)
+
+    return Monitor()
+
+
+def write_atomically(path: Path, data) -> None:
+    temporary = path.with_name(path.name + f".tmp{os.getpid()}")
+    with open(temporary, "wb") as handle:
+        handle.write(data)
+    os.replace(temporary, path)

@@ -1,0 +1,204 @@
+"""A generation request as one typed value, validated once against the model's manifest.
+
+The CLI, `Pipeline.generate`, both server APIs and the batcher all build a `GenerationRequest`;
+`resolve(manifest)` checks every field and fills in the defaults that depend on the model
+(native size, the mode's strength, a drawn seed). Every error a request can cause is a
+`GenerationError` whose `param` names the field, so the HTTP layer maps it to its own field
+name instead of reading the message.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from sdrt.errors import SdrtError
+from sdrt.runtime.images import InputImageError, open_image, target_size
+from sdrt.runtime.manifest import BATCH, HEIGHT, WIDTH, Manifest
+from sdrt.runtime.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES, SAMPLERS
+
+#: PyTorch's CPU generator keeps the low 32 bits of a seed.
+MAX_SEED = 2**32 - 1
+DEFAULT_STEPS = 50
+DEFAULT_GUIDANCE = 7.5
+# diffusers' default strengths: image-to-image keeps some of the image, inpainting repaints fully.
+IMG2IMG_STRENGTH = 0.8
+INPAINT_STRENGTH = 1.0
+
+
+
+class GenerationError(SdrtError):
+    """A request cannot be generated as asked; `param` names the request field at fault
+    (None for a failure that is no field's, such as a NaN image)."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
+
+
+def nearest_multiples(value: int, multiple: int, low: int, high: int) -> list[int]:
+    below = max(low, value // multiple * multiple)
+    above = min(high, below + multiple)
+    return sorted({below, above})
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """What one generate() call is asked for. `prompt` may be a list (one image set each);
+    `seed` may then be a list with one seed per prompt (text-to-image). `init_image` makes it
+    image-to-image, with `mask_image` too inpainting. `latents` replaces the seeded noise."""
+
+    prompt: str | Sequence[str]
+    negative_prompt: str | Sequence[str] | None = None
+    steps: int = DEFAULT_STEPS
+    guidance_scale: float = DEFAULT_GUIDANCE
+    height: int | None = None
+    width: int | None = None
+    seed: int | Sequence[int] | None = None
+    num_images: int = 1
+    sampler: str = DEFAULT_SAMPLER
+    init_image: "str | Path | Image.Image | None" = None
+    mask_image: "str | Path | Image.Image | None" = None
+    strength: float | None = None
+    latents: np.ndarray | None = field(default=None, compare=False)
+
+    def resolve(self, manifest: Manifest) -> "ResolvedRequest":
+        """Every field checked against the model; defaults filled in; images opened."""
+        return _resolve(self, manifest)
+
+
+@dataclass(frozen=True)
+class ResolvedRequest:
+    """A checked request: lists where the request allowed one value or many."""
+
+    request: GenerationRequest
+    prompts: list[str]
+    negatives: list[str]
+    seeds: list[int]
+    per_prompt_seeds: bool
+    height: int
+    width: int
+    strength: float | None
+    image: Image.Image | None
+    mask: Image.Image | None
+
+    @property
+    def batch(self) -> int:
+        return len(self.prompts) * self.request.num_images
+
+    @property
+    def guided(self) -> bool:
+        return self.request.guidance_scale > 1
+
+
+def _prompts(request: GenerationRequest) -> tuple[list[str], list[str]]:
+    prompt, negative = request.prompt, request.negative_prompt
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt, (list, tuple)) else []
+    if not prompts or not all(isinstance(p, str) for p in prompts):
+        raise GenerationError("prompt must be a string or a non-empty list of strings", "prompt")
+    if negative is None:
+        return prompts, [""] * len(prompts)
+    if isinstance(negative, str):
+        return prompts, [negative] * len(prompts)
+    negatives = list(negative) if isinstance(negative, (list, tuple)) else [None]
+    if len(negatives) != len(prompts) or not all(isinstance(n, str) for n in negatives):
+        raise GenerationError(f"negative_prompt has {len(negatives)} entries for {len(prompts)} prompts",
+                              "negative_prompt")
+    return prompts, negatives
+
+
+def check_side(manifest: Manifest, name: str, value) -> None:
+    """A height or width against the export's range and multiple."""
+    if not _is_int(value) or value < 1:
+        raise GenerationError(f"{name} must be a positive integer, got {value!r}", name)
+    valid = manifest.dims.get(HEIGHT if name == "height" else WIDTH)
+    if valid is None or valid.contains(value):
+        return
+    if value % valid.multiple:
+        options = " or ".join(str(v) for v in nearest_multiples(value, valid.multiple, valid.min, valid.max))
+        raise GenerationError(
+            f"{name} {value} is not a multiple of {valid.multiple}, which this model needs: use {options}", name)
+    raise GenerationError(f"{name} {value} is outside this export's range {valid.min}..{valid.max}", name)
+
+
+def _open(source, param: str) -> Image.Image:
+    try:
+        return open_image(source)
+    except InputImageError as error:
+        raise GenerationError(str(error), param) from None
+
+
+def _seeds(request: GenerationRequest, prompts: list[str], image_mode: bool) -> tuple[list[int], bool]:
+    seed = request.seed if request.seed is not None else random.SystemRandom().randint(0, MAX_SEED)
+    per_prompt = isinstance(seed, (list, tuple, np.ndarray))
+    seeds = list(seed) if per_prompt else [seed]
+    for value in seeds:
+        if not _is_int(value) or not 0 <= value <= MAX_SEED:
+            raise GenerationError(f"seed must be an integer from 0 to {MAX_SEED}, got {value!r}", "seed")
+    if per_prompt and len(seeds) != len(prompts):
+        raise GenerationError(f"seed has {len(seeds)} entries for {len(prompts)} prompts", "seed")
+    if per_prompt and image_mode:
+        raise GenerationError("one seed per prompt works for text-to-image only; give one seed", "seed")
+    return [int(value) for value in seeds], per_prompt
+
+
+def _resolve(request: GenerationRequest, manifest: Manifest) -> ResolvedRequest:
+    inpainting_unet = manifest.unet_in_channels != manifest.latent_channels
+    if inpainting_unet and request.mask_image is None:
+        raise GenerationError(f"this is an inpainting model (UNet takes {manifest.unet_in_channels} channels): "
+                              "give it an init image and a mask", "mask_image")
+    if request.mask_image is not None and request.init_image is None:
+        raise GenerationError("a mask needs an init image to inpaint", "init_image")
+    prompts, negatives = _prompts(request)
+    height, width, strength = request.height, request.width, request.strength
+    image = mask = None
+    if request.init_image is not None:
+        image = _open(request.init_image, "init_image")
+        multiple = manifest.dims[HEIGHT].multiple if HEIGHT in manifest.dims else manifest.vae_scale_factor
+        try:
+            height, width = target_size(image, height, width, multiple)
+        except InputImageError as error:
+            raise GenerationError(str(error), "init_image") from None
+        if strength is None:
+            strength = INPAINT_STRENGTH if request.mask_image is not None else IMG2IMG_STRENGTH
+        if not isinstance(strength, (int, float)) or not 0 < strength <= 1:
+            raise GenerationError(f"strength must be in (0, 1], got {strength}", "strength")
+    if request.mask_image is not None:
+        mask = _open(request.mask_image, "mask_image")
+        if mask.size != image.size:
+            raise GenerationError(f"the mask is {mask.width}x{mask.height} but the image is "
+                                  f"{image.width}x{image.height}; they must have the same size", "mask_image")
+    height = manifest.native_height if height is None else height
+    width = manifest.native_width if width is None else width
+    check_side(manifest, "height", height)
+    check_side(manifest, "width", width)
+    if not _is_int(request.steps) or request.steps < 1:
+        raise GenerationError(f"steps must be a positive integer, got {request.steps!r}", "steps")
+    guidance = request.guidance_scale
+    if not isinstance(guidance, (int, float)) or not math.isfinite(guidance):
+        raise GenerationError(f"guidance scale must be a finite number, got {guidance!r}", "guidance_scale")
+    if guidance < 0:
+        raise GenerationError(f"guidance scale must be >= 0, got {guidance}", "guidance_scale")
+    if not _is_int(request.num_images) or request.num_images < 1:
+        raise GenerationError(f"num_images must be a positive integer, got {request.num_images!r}", "num_images")
+    if request.sampler not in SAMPLERS:
+        raise GenerationError(f"unknown sampler {request.sampler!r}; choose one of {', '.join(SAMPLER_NAMES)}",
+                              "sampler")
+    seeds, per_prompt = _seeds(request, prompts, image is not None)
+    batch = len(prompts) * request.num_images
+    batch_range = manifest.dims.get(BATCH)
+    if batch_range is not None and batch > batch_range.max:
+        raise GenerationError(f"{batch} images at once exceed this export's batch limit of {batch_range.max}",
+                              "num_images")
+    return ResolvedRequest(request, prompts, negatives, seeds, per_prompt, int(height), int(width),
+                           None if strength is None else float(strength), image, mask)

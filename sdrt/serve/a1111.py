@@ -1,0 +1,60 @@
+"""Helpers of the HTTP APIs: images as base64 PNGs, A1111 sampler names, and the map from a
+request field (GenerationError.param) to each API's own field name."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+
+from PIL import Image, UnidentifiedImageError
+
+from sdrt.runtime.schedulers import DEFAULT_SAMPLER, DISPLAY_NAMES, SAMPLERS
+from sdrt.serve.schemas import RequestError
+
+# A1111 sampler names (lower case) to sdrt's.
+A1111_SAMPLERS = {display.lower(): name for display, name in DISPLAY_NAMES.items()}
+#: GenerationRequest fields -> the field of each API that carries them.
+OPENAI_FIELDS = {"num_images": "n", "sampler": "scheduler"}
+A1111_FIELDS = {"num_images": "batch_size", "guidance_scale": "cfg_scale", "sampler": "sampler_name",
+                "strength": "denoising_strength", "init_image": "init_images", "mask_image": "mask"}
+
+
+def png_base64(image: Image.Image, parameters_text: str | None = None) -> str:
+    from PIL import PngImagePlugin
+
+    buffer = io.BytesIO()
+    info = None
+    if parameters_text is not None:
+        info = PngImagePlugin.PngInfo()
+        info.add_text("parameters", parameters_text)
+    image.save(buffer, format="PNG", pnginfo=info)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def decode_image(data: str, param: str) -> Image.Image:
+    if data.startswith("data:"):
+        data = data.split(",", 1)[-1]
+    try:
+        raw = base64.b64decode(data, validate=True)
+        with Image.open(io.BytesIO(raw)) as image:
+            image.load()
+            return image.copy()
+    except (binascii.Error, ValueError, UnidentifiedImageError, OSError):
+        raise RequestError(400, f"{param} is not a base64-encoded image", param) from None
+
+
+def sdrt_sampler(sampler: str | None, schedule_type: str | None) -> str:
+    """The sdrt sampler for A1111's sampler name and schedule type ("Karras" picks the Karras
+    variant where there is one); sdrt names are accepted too."""
+    if sampler is None:
+        return DEFAULT_SAMPLER
+    name = sampler.lower()
+    if schedule_type and schedule_type.lower() == "karras" and not name.endswith("karras"):
+        name += " karras"
+    if name in SAMPLERS:
+        return name
+    if name not in A1111_SAMPLERS:
+        raise RequestError(400, f"unknown sampler {sampler!r}; choose one of {', '.join(DISPLAY_NAMES)}",
+                           "sampler_name")
+    return A1111_SAMPLERS[name]

@@ -1,0 +1,77 @@
+"""The service's load-time settings, its JSON errors, and the request bodies of both APIs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
+
+from sdrt.runtime.request import DEFAULT_GUIDANCE, MAX_SEED
+
+API_KEY_ENV = "SDRT_API_KEY"
+OPEN_ROUTES = {"/health"}
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Load-time settings of the service."""
+
+    max_queue: int = 16  # admitted requests, running or waiting; more get 503
+    concurrency: int = 1  # generate() calls at once (one saturates a CPU; more for GPUs)
+    max_batch_images: int = 4  # images that compatible requests may share one call with; 1 = no batching
+    batch_window_s: float = 0.0  # how long a worker waits for more compatible requests to join
+    timeout_s: float = 300.0  # per request, queue wait included
+    max_body_bytes: int = 20 * 2**20
+    max_images: int = 4
+    max_steps: int = 150
+    retry_after_s: int = 5
+    api_key: str | None = None
+
+
+class RequestError(Exception):
+    """An HTTP error answered as JSON; `param` names the body field at fault."""
+
+    def __init__(self, status: int, message: str, param: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param = status, message, param
+
+
+def error_body(message: str, param: str | None, kind: str = "invalid_request_error") -> dict:
+    return {"error": {"message": message, "type": kind, "param": param, "code": None}}
+
+
+class OpenAIImageRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    prompt: StrictStr
+    n: int = Field(1, ge=1)
+    size: StrictStr | None = None
+    response_format: StrictStr = "b64_json"
+    model: StrictStr | None = None
+    negative_prompt: StrictStr | None = None
+    steps: int = Field(30, ge=1)
+    guidance_scale: float = Field(DEFAULT_GUIDANCE, ge=0)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    sampler: StrictStr | None = None
+    scheduler: StrictStr | None = None  # sampler's earlier name, still accepted
+
+
+class A1111Txt2ImgRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    prompt: StrictStr = ""
+    negative_prompt: StrictStr = ""
+    steps: int = Field(20, ge=1)
+    cfg_scale: float = Field(7.0, ge=0)
+    seed: int = Field(-1, ge=-1, le=MAX_SEED)
+    width: int | None = Field(None, ge=1)
+    height: int | None = Field(None, ge=1)
+    batch_size: int = Field(1, ge=1)
+    n_iter: int = Field(1, ge=1)
+    sampler_name: StrictStr | None = None
+    sampler_index: StrictStr | None = None
+    scheduler: StrictStr | None = None
+
+
+class A1111Img2ImgRequest(A1111Txt2ImgRequest):
+    init_images: list[StrictStr] = Field(min_length=1)
+    denoising_strength: float = Field(0.75, gt=0, le=1)
+    mask: StrictStr | None = None

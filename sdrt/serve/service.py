@@ -1,0 +1,163 @@
+"""Admission, batching and execution of generations, with no HTTP framework: a bounded count
+of admitted requests (a full service answers 503), `concurrency` workers that run batches of
+compatible requests in threads, and cancellation (timeout or disconnect) through a cancel token
+the pipeline checks at every denoising step."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from dataclasses import replace
+from typing import Any, Protocol
+
+from sdrt.errors import SdrtError
+from sdrt.runtime.pipeline import GenerationCancelled
+from sdrt.runtime.request import MAX_SEED, GenerationRequest
+from sdrt.serve.batching import Job, batch_key, merged_request, split_result, take_batch, take_compatible
+from sdrt.serve.metrics import Metrics
+from sdrt.serve.schemas import RequestError, ServeSettings
+
+POLL_S = 0.05
+
+
+class Request(Protocol):
+    """What the service needs of an HTTP request: whether its client is still there."""
+
+    async def is_disconnected(self) -> bool: ...
+
+
+class BatchCancel:
+    """The cancel token of a batch: set once every request in it is cancelled."""
+
+    def __init__(self, batch: list[Job]):
+        self.batch = batch
+
+    def is_set(self) -> bool:
+        return all(job.cancel.is_set() for job in self.batch)
+
+
+class Service:
+    """Admission, batching and execution. Admitted requests wait in `pending`; each of
+    `concurrency` workers takes the oldest one plus the compatible requests behind it (see
+    sdrt.serve.batching) and runs them as one generate() call in a thread. A batch stops at its
+    next denoising step once every request in it has timed out or disconnected."""
+
+    def __init__(self, pipeline, settings: ServeSettings):
+        self.pipeline = pipeline
+        self.settings = settings
+        self.metrics = Metrics()
+        self._admitted = 0
+        self._admit_lock = threading.Lock()
+        self._pending: list[Job] = []
+        self._wakeup: asyncio.Event | None = None
+        self._workers: list[asyncio.Task] = []
+        batch_range = pipeline.manifest.dims.get("batch")
+        self.max_batch_images = min(settings.max_batch_images, batch_range.max if batch_range else 1)
+
+    def _start_workers(self) -> asyncio.Event:
+        if self._wakeup is None:  # created inside the server's event loop
+            self._wakeup = asyncio.Event()
+            self._workers = [asyncio.ensure_future(self._worker()) for _ in range(self.settings.concurrency)]
+        return self._wakeup
+
+    async def generate(self, request: Request, generation: GenerationRequest) -> Any:
+        settings = self.settings
+        with self._admit_lock:
+            if self._admitted >= settings.max_queue:
+                raise RequestError(503, f"the service is busy ({settings.max_queue} requests queued); retry later")
+            self._admitted += 1
+            self.metrics.queue_length = self._admitted
+        arrived = time.monotonic()
+        deadline = arrived + settings.timeout_s
+        try:
+            if generation.seed is None:  # drawn here so that a batch can report each request's seed
+                generation = replace(generation, seed=random.SystemRandom().randint(0, MAX_SEED))
+            m = self.pipeline.manifest
+            job = Job(generation, batch_key(generation, m.native_height, m.native_width),
+                      asyncio.get_running_loop().create_future())
+            self._pending.append(job)
+            self._start_workers().set()
+            try:
+                while not job.future.done():
+                    await asyncio.wait({job.future}, timeout=POLL_S)
+                    if not job.future.done():
+                        await self._check_alive(request, deadline)
+            except RequestError:
+                await self._abandon(job, wait=True)
+                raise
+            except BaseException:  # cancelled by the server (shutdown, or Ray Serve on disconnect)
+                await self._abandon(job, wait=False)
+                raise
+            outcome = job.future.result()
+            self.metrics.observe("request", time.monotonic() - arrived)
+            if isinstance(outcome, BaseException):
+                raise outcome
+            return outcome
+        finally:
+            with self._admit_lock:
+                self._admitted -= 1
+                self.metrics.queue_length = self._admitted
+
+    async def _abandon(self, job: Job, wait: bool) -> None:
+        """Marks a job cancelled. A job still pending leaves the queue; one running in a batch
+        whose every request is now cancelled is waited for (one step), so its slot is free when
+        the answer goes out."""
+        job.cancel.set()
+        if job in self._pending:
+            self._pending.remove(job)
+        elif wait and job.started and all(other.cancel.is_set() for other in job.batch):
+            await asyncio.wait({job.future})
+
+    async def _check_alive(self, request: Request, deadline: float) -> None:
+        if time.monotonic() > deadline:
+            raise RequestError(504, f"the request took longer than {self.settings.timeout_s:g} s")
+        if await request.is_disconnected():
+            raise RequestError(499, "the client disconnected")
+
+    async def _worker(self) -> None:
+        assert self._wakeup is not None
+        while True:
+            batch = take_batch(self._pending, self.max_batch_images)
+            if not batch:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            if self.settings.batch_window_s > 0 and batch[0].key is not None:
+                await asyncio.sleep(self.settings.batch_window_s)  # let simultaneous requests join
+                take_compatible(self._pending, batch, self.max_batch_images)
+            self.metrics.in_flight += len(batch)
+            self.metrics.observe_batch(len(batch))
+            try:
+                outcomes = await asyncio.to_thread(self._run, batch)
+            except BaseException as error:  # noqa: BLE001 - answered to the requests, never lost
+                outcomes = [error] * len(batch)
+            finally:
+                self.metrics.in_flight -= len(batch)
+            for job, outcome in zip(batch, outcomes):
+                if not job.future.done():
+                    job.future.set_result(outcome)
+
+    def _run(self, batch: list[Job]) -> list[Any]:
+        """Outcomes for a batch: GenerationResult, None (cancelled) or the exception. A batch
+        whose call fails on a request's own settings is retried one request at a time, so one
+        bad request never fails the others."""
+
+        cancel = BatchCancel(batch)
+        try:
+            if len(batch) == 1:
+                results = [self.pipeline.run(batch[0].request, cancel=cancel)]
+            else:
+                results = split_result(self.pipeline.run(merged_request(batch), cancel=cancel), batch)
+        except GenerationCancelled:
+            return [None] * len(batch)
+        except Exception as error:  # noqa: BLE001 - one request's failure must not fail its batch
+            if len(batch) > 1:
+                return [self._run([job])[0] for job in batch]
+            return [error if isinstance(error, SdrtError) else
+                    RequestError(500, f"the generation failed: {type(error).__name__}")]
+        for stage in ("text_encoder", "denoise", "vae_decoder", "total"):
+            if stage in results[0].timings:
+                self.metrics.observe(stage, results[0].timings[stage])
+        return results
