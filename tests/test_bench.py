@@ -27,7 +27,10 @@ def test_report_with_diffusers_baseline(engine, tiny_models):
     assert set(sdrt["stages"]) == {"tokenize", "text_encoder", "denoise", "scheduler_and_guidance", "vae_decoder",
                                    "png", "end_to_end"}
     assert sdrt["unet_step"]["count"] == 2 * 3  # two runs of three steps
-    assert sdrt["unet_step"]["p50"] <= sdrt["unet_step"]["p99"]
+    # The step percentiles are of the UNet calls inside the measured denoising loops: ordered,
+    # and no call longer than the longest loop that contained it.
+    step, denoise = sdrt["unet_step"], sdrt["stages"]["denoise"]
+    assert 0 < step["p50"] <= step["p90"] <= step["p99"] <= denoise["max"]
     assert 0 <= sdrt["outside_engines_fraction"]["median"] < 1
     assert sdrt["load_seconds"] > 0 and sdrt["peak_rss_bytes"] > 0
     assert len(report["speedup_vs_diffusers"]["pairs"]) == 2 and report["memory_ratio_vs_diffusers"] > 0

@@ -83,7 +83,10 @@ def test_an_unwritable_cache_is_skipped(folder, tmp_path, monkeypatch):
     blocker = tmp_path / "file"
     blocker.write_text("a file where the cache folder would go")
     monkeypatch.setenv("SDRT_CACHE", str(blocker))
-    assert unet(folder).run(feeds())["out_sample"].shape == (2, 4, 8, 8)
+    skipped = unet(folder).run(feeds())["out_sample"]
+    monkeypatch.setenv("SDRT_ORT_CACHE", "0")
+    np.testing.assert_array_equal(skipped, unet(folder).run(feeds())["out_sample"])
+    assert blocker.is_file()  # nothing was written in its place
 
 
 def test_the_cache_can_be_turned_off(folder, cache, monkeypatch):

@@ -193,3 +193,14 @@ def test_unsupported_options_are_clear_errors(sd15_config):
         sampler_from_config("dpmpp_2m", dict(sd15_config, solver_order=3))
     with pytest.raises(ConfigError, match="dynamic thresholding"):
         sampler_from_config("ddim", dict(sd15_config, thresholding=True))
+
+
+def test_pndm_runs_plms_on_a_config_without_skip_prk_steps(sd15_config):
+    """A scheduler file saved by another class (LMS here) lacks skip_prk_steps, whose diffusers
+    default is the Runge-Kutta warm-up; `pndm` is documented as PLMS and runs it, equal to
+    diffusers' PNDMScheduler with skip_prk_steps set."""
+    config = {key: value for key, value in sd15_config.items() if key != "skip_prk_steps"}
+    config["_class_name"] = "LMSDiscreteScheduler"
+    ref_final, our_final, reference, _, magnitudes = run_both("pndm", config, 10)
+    assert reference.config.skip_prk_steps
+    assert_within_loop_bound(our_final, ref_final, magnitudes)
