@@ -102,7 +102,7 @@ class _Progress:
 @click.option("--num-images", default=1, show_default=True, type=int, help="Images to generate.")
 @click.option("--sampler", "--scheduler", "sampler", default=DEFAULT_SAMPLER, show_default=True, metavar="NAME",
               help=f"Sampler: {', '.join(SAMPLER_NAMES)} (--scheduler is its earlier name).")
-@click.option("--backend", default="cpu", show_default=True, type=click.Choice(BACKEND_NAMES),
+@click.option("--backend", default=DEFAULT_BACKEND, show_default=True, type=click.Choice(BACKEND_NAMES),
               help="cpu or cuda (ONNX Runtime), or tensorrt (engines from `sdrt build`).")
 @click.option("--threads", default=None, type=int, help="CPU threads per engine (default: all cores).")
 @click.option("--cuda-graph", is_flag=True, help="With --backend cuda: capture the UNet as a CUDA graph per shape.")

@@ -16,7 +16,7 @@ from sdrt.runtime.engines import BACKEND_NAMES, DEFAULT_BACKEND
 @click.option("--model", "model_dir", required=True, type=click.Path(), help="Exported model folder.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
 @click.option("--port", default=7860, show_default=True, type=int)
-@click.option("--backend", default="cpu", show_default=True, type=click.Choice(BACKEND_NAMES))
+@click.option("--backend", default=DEFAULT_BACKEND, show_default=True, type=click.Choice(BACKEND_NAMES))
 @click.option("--threads", default=None, type=int, help="CPU threads per engine (default: all cores).")
 @click.option("--api-key", default=None, envvar="SDRT_API_KEY",
               help="Require 'Authorization: Bearer KEY' on every route but /health (or $SDRT_API_KEY).")

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+from typing import TYPE_CHECKING
 
 from sdrt.serve.schemas import OPEN_ROUTES, error_body
+
+if TYPE_CHECKING:
+    from sdrt.serve.service import Service
 
 
 async def send_json(send, status: int, payload: dict, headers: list | None = None) -> None:
