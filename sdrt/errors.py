@@ -13,3 +13,12 @@ class ModelFolderError(SdrtError):
 
 class ConfigError(SdrtError):
     """A configuration value is unknown, out of range or inconsistent."""
+
+
+class GenerationError(SdrtError):
+    """A request cannot be generated as asked; `param` names the request field at fault
+    (None for a failure that is no field's, such as a NaN image)."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param

@@ -183,7 +183,7 @@ def test_long_prompt_warns_with_the_dropped_words(ours):
     [
         (dict(height=70), "height 70 is not a multiple of 16, which this model needs: use 64 or 80"),
         (dict(width=8), "width 8 is not a multiple of 16"),
-        (dict(steps=0), "steps must be a positive integer"),
+        (dict(steps=0), "steps must be an integer from 1 to 10000"),
         (dict(guidance_scale=-1.0), "guidance scale must be >= 0"),
         (dict(num_images=0), "num_images must be a positive integer"),
         (dict(num_images=9), "9 images at once exceed this export's batch limit of 8"),

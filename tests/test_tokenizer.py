@@ -333,7 +333,9 @@ def test_missing_or_broken_folders_are_clear_errors(sd15_dir, tmp_path):
 
 
 def test_non_string_prompt_is_rejected(tokenizer):
-    with pytest.raises(TypeError, match="must be a str"):
+    from sdrt.errors import GenerationError
+
+    with pytest.raises(GenerationError, match="prompt must be text, got int"):
         tokenizer.encode([123])
 
 

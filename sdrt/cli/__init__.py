@@ -21,6 +21,10 @@ class SdrtGroup(click.Group):
         except SdrtError as error:
             click.echo(f"error: {error}", err=True)
             sys.exit(error.exit_code)
+        except click.UsageError as error:  # a bad option value: one line, not click's usage block
+            name = f" (see sdrt {error.ctx.info_name} --help)" if error.ctx and error.ctx.parent else ""
+            click.echo(f"error: {error.format_message()}{name}", err=True)
+            sys.exit(error.exit_code)
 
 
 @click.group(cls=SdrtGroup)

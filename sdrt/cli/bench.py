@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from sdrt.cli import main
+from sdrt.cli.types import FiniteFloat, THREADS
 from sdrt.errors import SdrtError
 from sdrt.runtime.engines import BACKEND_NAMES, DEFAULT_BACKEND
 from sdrt.runtime.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES
@@ -21,13 +22,13 @@ from sdrt.runtime.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES
 @click.option("--height", default=None, type=int, help="Image height (default: the model's native size).")
 @click.option("--width", default=None, type=int, help="Image width (default: the model's native size).")
 @click.option("--steps", default=10, show_default=True, type=int)
-@click.option("--guidance", default=7.5, show_default=True, type=float)
+@click.option("--guidance", default=7.5, show_default=True, type=FiniteFloat(0))
 @click.option("--num-images", default=1, show_default=True, type=int)
 @click.option("--sampler", "--scheduler", "sampler", default=DEFAULT_SAMPLER, show_default=True, metavar="NAME",
               help=f"Sampler: {', '.join(SAMPLER_NAMES)}.")
 @click.option("--runs", default=3, show_default=True, type=int, help="Measured runs (after the warm-up).")
 @click.option("--warmup", default=1, show_default=True, type=int, help="Unmeasured runs first.")
-@click.option("--threads", default=None, type=int, help="CPU threads (default: all cores).")
+@click.option("--threads", default=None, type=THREADS, help="CPU threads (default: all cores).")
 @click.option("--compare", default=None, type=click.Choice(["diffusers"]),
               help="Also run the same model in diffusers + torch, interleaved A B A B.")
 @click.option("--diffusers-model", default=None, type=click.Path(),

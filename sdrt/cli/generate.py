@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import time
 from pathlib import Path
 
 import click
 
 from sdrt.cli import main
+from sdrt.cli.types import FiniteFloat, THREADS
 from sdrt.errors import SdrtError
 from sdrt.runtime.engines import BACKEND_NAMES, DEFAULT_BACKEND
 from sdrt.runtime.request import DEFAULT_GUIDANCE, DEFAULT_STEPS
@@ -49,21 +51,46 @@ def tokenize(prompts: tuple[str, ...], model_dir: str, as_json: bool) -> None:
             )
 
 
-def _check_writable(path: Path) -> None:
+# Fallbacks where the file system does not say (Linux's values).
+NAME_MAX, PATH_MAX = 255, 4096
+
+
+def _limit(folder: Path, name: str, fallback: int) -> int:
+    try:
+        return os.pathconf(folder, name)
+    except (OSError, ValueError):
+        return fallback
+
+
+def check_output(path: Path) -> None:
+    """Everything that would make writing `path` fail, checked before any generation."""
     folder = path.parent
+    if path.is_dir():
+        raise SdrtError(f"cannot write {path}: it is a folder")
     if not folder.is_dir():
         raise SdrtError(f"cannot write {path}: folder {folder} does not exist")
     if not os.access(folder, os.W_OK):
         raise SdrtError(f"cannot write {path}: folder {folder} is not writable")
+    name_bytes, name_max = len(os.fsencode(path.name)), _limit(folder, "PC_NAME_MAX", NAME_MAX)
+    if name_bytes > name_max:
+        raise SdrtError(f"cannot write {path.name[:40]}...: the file name is {name_bytes} bytes, "
+                        f"more than the {name_max} this file system allows")
+    path_bytes, path_max = len(os.fsencode(str(path.absolute()))), _limit(folder, "PC_PATH_MAX", PATH_MAX)
+    if path_bytes >= path_max:
+        raise SdrtError(f"cannot write the output: its path is {path_bytes} bytes, more than {path_max - 1}")
 
 
-def _output_paths(out: str | None, seed: int | None, count: int) -> list[Path]:
-    base = Path(out) if out else Path(f"sdrt-{seed if seed is not None else 'image'}.png")
+def output_paths(out: str | None, seed: int, count: int) -> list[Path]:
+    """Where the images go: --out (a file name, or an existing folder to put sdrt-SEED.png in),
+    with -1, -2, ... added for several images; every path checked first."""
+    default = Path(f"sdrt-{seed}.png")
+    base = Path(out) / default if out and Path(out).is_dir() else Path(out) if out else default
     if base.suffix.lower() != ".png":
         base = base.with_suffix(base.suffix + ".png") if base.suffix else base.with_suffix(".png")
-    if count == 1:
-        return [base]
-    return [base.with_name(f"{base.stem}-{i}{base.suffix}") for i in range(1, count + 1)]
+    paths = [base] if count == 1 else [base.with_name(f"{base.stem}-{i}{base.suffix}") for i in range(1, count + 1)]
+    for path in paths:
+        check_output(path)
+    return paths
 
 
 class _Progress:
@@ -94,7 +121,7 @@ class _Progress:
 @click.option("--model", "model_dir", required=True, type=click.Path(), help="Exported model folder.")
 @click.option("--negative-prompt", default=None, help="What the image should not show.")
 @click.option("--steps", default=DEFAULT_STEPS, show_default=True, type=int, help="Denoising steps.")
-@click.option("--guidance", default=DEFAULT_GUIDANCE, show_default=True, type=float,
+@click.option("--guidance", default=DEFAULT_GUIDANCE, show_default=True, type=FiniteFloat(0),
               help="Classifier-free guidance scale.")
 @click.option("--seed", default=None, type=int, help="Random seed (same image as diffusers with this seed).")
 @click.option("--height", default=None, type=int, help="Image height (default: the model's native size).")
@@ -104,12 +131,12 @@ class _Progress:
               help=f"Sampler: {', '.join(SAMPLER_NAMES)} (--scheduler is its earlier name).")
 @click.option("--backend", default=DEFAULT_BACKEND, show_default=True, type=click.Choice(BACKEND_NAMES),
               help="cpu or cuda (ONNX Runtime), or tensorrt (engines from `sdrt build`).")
-@click.option("--threads", default=None, type=int, help="CPU threads per engine (default: all cores).")
+@click.option("--threads", default=None, type=THREADS, help="CPU threads per engine (default: all cores).")
 @click.option("--cuda-graph", is_flag=True, help="With --backend cuda: capture the UNet as a CUDA graph per shape.")
 @click.option("--init-image", default=None, help="Image-to-image: start from this image.")
 @click.option("--mask", "mask_image", default=None,
               help="Inpainting: white (or opaque) = repaint, black = keep; needs --init-image.")
-@click.option("--strength", default=None, type=float,
+@click.option("--strength", default=None, type=FiniteFloat(0, 1, low_open=True),
               help="How much to change the init image, in (0, 1] [default: 0.8, inpainting 1.0].")
 @click.option("--out", default=None, help="Output PNG (default: sdrt-SEED.png; -N is added for several).")
 @click.option("--quiet", is_flag=True, help="No progress bar or warnings.")
@@ -123,9 +150,11 @@ def generate(prompt, model_dir, negative_prompt, steps, guidance, seed, height, 
     from sdrt.runtime.png_info import format_parameters, save_png
     from sdrt.runtime.request import GenerationRequest
 
-    paths = _output_paths(out, seed, num_images)
-    for path in paths:
-        _check_writable(path)
+    from sdrt.runtime.request import MAX_SEED
+
+    if seed is None:  # drawn here, so that the output names are known (and checked) first
+        seed = random.SystemRandom().randint(0, MAX_SEED)
+    paths = output_paths(out, seed, num_images)
     pipeline = Pipeline.load(model_dir, backend=backend, threads=threads, cuda_graph=cuda_graph,
                              progress=None if quiet else lambda line: click.echo(line, err=True))
     load_seconds = time.perf_counter() - started
@@ -141,8 +170,6 @@ def generate(prompt, model_dir, negative_prompt, steps, guidance, seed, height, 
                                 seed=seed, height=height, width=width, num_images=num_images, sampler=sampler,
                                 init_image=init_image, mask_image=mask_image, strength=strength)
     result = pipeline.run(request, progress=progress)
-    if seed is None and out is None:
-        paths = _output_paths(out, result.parameters["seed"], num_images)
     if not quiet:
         for warning in result.warnings:
             click.echo(f"warning: {warning}", err=True)

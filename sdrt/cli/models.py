@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from sdrt.cli import main
+from sdrt.cli.types import FiniteFloat
 from sdrt.errors import SdrtError
 from sdrt.runtime.engines import BACKEND_NAMES, DEFAULT_BACKEND
 
@@ -57,7 +58,8 @@ def export(model: str, out_dir: str | None, config_dir: str | None, precision: s
 @click.option("--max-batch", default=4, show_default=True, type=int, help="Most images per call.")
 @click.option("--precision", default="fp16", show_default=True, type=click.Choice(["fp16", "fp32"]),
               help="For fp32 exports (fp16 exports build as exported; the VAE stays fp32).")
-@click.option("--workspace-gb", default=8.0, show_default=True, type=float, help="Builder scratch memory limit.")
+@click.option("--workspace-gb", default=8.0, show_default=True, type=FiniteFloat(0, low_open=True),
+              help="Builder scratch memory limit.")
 @click.option("--force", is_flag=True, help="Rebuild even engines that are up to date.")
 @click.option("--verify", "then_verify", is_flag=True,
               help="Then generate one image with TensorRT and on the CPU and compare them (sdrt verify).")

@@ -8,6 +8,7 @@ import time
 import click
 
 from sdrt.cli import main
+from sdrt.cli.types import FiniteFloat, PORT, THREADS
 from sdrt.errors import SdrtError
 from sdrt.runtime.engines import BACKEND_NAMES, DEFAULT_BACKEND
 
@@ -15,25 +16,26 @@ from sdrt.runtime.engines import BACKEND_NAMES, DEFAULT_BACKEND
 @main.command()
 @click.option("--model", "model_dir", required=True, type=click.Path(), help="Exported model folder.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
-@click.option("--port", default=7860, show_default=True, type=int)
+@click.option("--port", default=7860, show_default=True, type=PORT)
 @click.option("--backend", default=DEFAULT_BACKEND, show_default=True, type=click.Choice(BACKEND_NAMES))
-@click.option("--threads", default=None, type=int, help="CPU threads per engine (default: all cores).")
+@click.option("--threads", default=None, type=THREADS, help="CPU threads per engine (default: all cores).")
 @click.option("--api-key", default=None, envvar="SDRT_API_KEY",
               help="Require 'Authorization: Bearer KEY' on every route but /health (or $SDRT_API_KEY).")
 @click.option("--max-queue", default=16, show_default=True, type=int, help="Requests admitted; more get 503.")
 @click.option("--concurrency", default=1, show_default=True, type=int, help="Generations at once.")
-@click.option("--timeout", default=300.0, show_default=True, type=float, help="Seconds per request.")
+@click.option("--timeout", default=300.0, show_default=True, type=FiniteFloat(0, low_open=True),
+              help="Seconds per request.")
 @click.option("--max-batch", default=4, show_default=True, type=int,
               help="Images that compatible waiting requests may share one UNet call with (1: no batching).")
-@click.option("--batch-window-ms", default=0.0, show_default=True, type=float,
+@click.option("--batch-window-ms", default=0.0, show_default=True, type=FiniteFloat(0),
               help="How long a free worker waits for compatible requests to join a batch.")
 @click.option("--ray", "use_ray", is_flag=True, help="Run as a Ray Serve deployment (pip install 'sdrt[ray]').")
 @click.option("--replicas", default=None, type=int, help="With --ray: a fixed number of replicas.")
 @click.option("--min-replicas", default=1, show_default=True, type=int, help="With --ray: autoscaling lower bound.")
 @click.option("--max-replicas", default=1, show_default=True, type=int, help="With --ray: autoscaling upper bound.")
-@click.option("--gpus-per-replica", default=0.0, show_default=True, type=float,
+@click.option("--gpus-per-replica", default=0.0, show_default=True, type=FiniteFloat(0),
               help="With --ray: GPUs each replica reserves (1 = one replica per GPU).")
-@click.option("--cpus-per-replica", default=1.0, show_default=True, type=float,
+@click.option("--cpus-per-replica", default=1.0, show_default=True, type=FiniteFloat(0, low_open=True),
               help="With --ray: CPUs each replica reserves (and its engine threads unless --threads).")
 @click.option("--ray-address", default=None,
               help="With --ray: the cluster to join ('auto' for the one this machine belongs to); "

@@ -9,7 +9,6 @@ place at the end, so a failed or interrupted export leaves no half-written folde
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -25,6 +24,7 @@ from sdrt import __version__
 from sdrt.errors import ModelFolderError, SdrtError
 from sdrt.export import onnx_graph
 from sdrt.export.components import ONNX_OPSET, ComponentExport, ModelGeometry, component_exports
+from sdrt.runtime.integrity import hash_file, remember
 from sdrt.runtime.manifest import FORMAT_VERSION, ComponentSpec, Manifest, TensorSpec
 
 CUDA_PROVIDER = "CUDAExecutionProvider"
@@ -65,11 +65,10 @@ class ExportOptions:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """The file's sha256, recorded in the digest cache so the first load need not hash it."""
+    digest = hash_file(path)
+    remember(path, digest)
+    return digest
 
 
 def _validation_shapes(geometry: ModelGeometry) -> list[tuple[int, int, int]]:

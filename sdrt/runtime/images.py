@@ -16,6 +16,7 @@ image, then binarized at half intensity, as diffusers' mask processor does.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -27,25 +28,44 @@ FLATTEN_BACKGROUND = (255, 255, 255)
 MAX_8BIT = 255
 # Full scale of PIL's integer grayscale modes.
 INTEGER_MODE_RANGE = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I": 65535}
+#: The largest input image decoded, in pixels (a 7680x5120 photo fits): an RGB image this size
+#: takes 120 MB decoded. Larger ones are refused from their header, before any decoding.
+MAX_INPUT_PIXELS = 40_000_000
 
 
 class InputImageError(SdrtError):
     """An input image cannot be read or does not fit the request."""
 
 
-def open_image(source: str | Path | Image.Image) -> Image.Image:
-    """A loaded PIL image from a path or an image; a missing or corrupt file is a clear error."""
+def check_pixels(size: tuple[int, int], name: str, max_pixels: int = MAX_INPUT_PIXELS) -> None:
+    width, height = size
+    if width * height > max_pixels:
+        raise InputImageError(f"{name} is {width}x{height} ({width * height / 1e6:.0f} megapixels); "
+                              f"the limit is {max_pixels / 1e6:.0f} megapixels")
+
+
+def open_image(source: str | Path | bytes | Image.Image, max_pixels: int = MAX_INPUT_PIXELS) -> Image.Image:
+    """A loaded PIL image from a path, encoded bytes or an image; a missing or corrupt file, or
+    one over `max_pixels` (checked from its header, before decoding), is a clear error."""
     if isinstance(source, Image.Image):
+        check_pixels(source.size, "the input image", max_pixels)
         return source
-    path = Path(source)
-    if not path.is_file():
-        raise InputImageError(f"input image {path} does not exist")
+    if isinstance(source, (bytes, bytearray)):
+        stream, name = io.BytesIO(source), "the input image"
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise InputImageError(f"input image {path} does not exist")
+        stream, name = path, f"input image {path}"
     try:
-        with Image.open(path) as image:
+        with Image.open(stream) as image:  # reads the header only
+            check_pixels(image.size, name, max_pixels)
             image.load()
             return image.copy()
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
-        raise InputImageError(f"cannot read {path} as an image: {error}") from None
+    except Image.DecompressionBombError:
+        raise InputImageError(f"{name} is larger than the limit of {max_pixels / 1e6:.0f} megapixels") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise InputImageError(f"cannot read {name} as an image: {error}") from None
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

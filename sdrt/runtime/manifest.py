@@ -3,19 +3,24 @@
 The exporter writes it; the runtime and the engine builder only read it. It names every
 tensor with its dtype and shape (ints, or the name of a dynamic dimension whose range is in
 `dims`), and carries the model constants the runtime needs. docs/manifest.md documents each
-field and docs/manifest.schema.json is its JSON Schema.
+field and manifest.schema.json (beside this module) is its JSON Schema, checked at load.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from sdrt.errors import ModelFolderError
 
 MANIFEST_NAME = "manifest.json"
+SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
+#: A manifest is a few kilobytes; anything this large is not one.
+MAX_MANIFEST_BYTES = 16 * 2**20
+MAX_MESSAGE_CHARS = 200  # of a schema error's text (it can quote a huge value)
 
 # Dynamic dimension names in `dims` (the exporter writes them, the runtime and builder read them).
 BATCH = "batch"  # images
@@ -107,11 +112,67 @@ class Manifest:
 
     @classmethod
     def load(cls, folder: str | Path) -> "Manifest":
+        """The folder's manifest, validated against its JSON Schema (manifest.schema.json) and
+        for what a schema cannot say: ranges in order, named sizes defined, finite numbers and
+        every file inside the folder. Any defect is one ModelFolderError."""
         path = Path(folder) / MANIFEST_NAME
         if not path.is_file():
             raise ModelFolderError(f"{folder} has no {MANIFEST_NAME}; export the model with `sdrt export`")
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            return cls.from_dict(data)
-        except (json.JSONDecodeError, KeyError, TypeError) as error:
-            raise ModelFolderError(f"{path} is malformed ({error}); re-export the model") from None
+            if path.stat().st_size > MAX_MANIFEST_BYTES:
+                raise ModelFolderError(f"{path} is larger than {MAX_MANIFEST_BYTES >> 20} MiB; re-export the model")
+            data = json.loads(path.read_text(encoding="utf-8"), parse_constant=_reject_constant)
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:
+            reason = "nested too deeply" if isinstance(error, RecursionError) else str(error).splitlines()[0]
+            raise ModelFolderError(f"{path} is malformed ({reason}); re-export the model") from None
+        _check_schema(data, path)
+        manifest = cls.from_dict(data)
+        manifest.check(path)
+        return manifest
+
+    def check(self, path: Path) -> None:
+        """What the schema cannot say; `path` names the manifest in messages."""
+        for name, dim in self.dims.items():
+            if not dim.min <= dim.opt <= dim.max:
+                raise ModelFolderError(f"{path}: dims.{name} needs min <= opt <= max, got {dim.min}, {dim.opt}, "
+                                       f"{dim.max}; re-export the model")
+        for component, spec in self.components.items():
+            for key, relative in [("file", spec.file), *(("data_files", name) for name in spec.data_files)]:
+                confined_path(path.parent, relative, f"{path}: components.{component}.{key}")
+            for tensor in (*spec.inputs, *spec.outputs):
+                for size in tensor.shape:
+                    if isinstance(size, str) and size not in self.dims:
+                        raise ModelFolderError(f"{path}: {component}.{tensor.name} has size {size!r}, which dims "
+                                               "does not define; re-export the model")
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _check_schema(data, path: Path) -> None:
+    import jsonschema
+
+    error = jsonschema.exceptions.best_match(_validator().iter_errors(data))
+    if error is not None:
+        where = "/".join(str(part) for part in error.absolute_path) or "the top level"
+        message = error.message if len(error.message) <= MAX_MESSAGE_CHARS else error.message[:MAX_MESSAGE_CHARS] + "..."
+        raise ModelFolderError(f"{path} is malformed at {where}: {message}; re-export the model")
+
+
+@functools.lru_cache(maxsize=1)
+def _validator():
+    import jsonschema
+
+    schema = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+    return jsonschema.Draft202012Validator(schema)
+
+
+def confined_path(folder: Path, relative: str, what: str) -> Path:
+    """`folder / relative`, refused unless `relative` is a relative path that stays inside the
+    folder (no absolute path, no `..`). Checked lexically: a folder may use symbolic links."""
+    parts = PurePosixPath(relative).parts
+    if not relative or PurePosixPath(relative).is_absolute() or PureWindowsPath(relative).drive or ".." in parts \
+            or "\\" in relative:
+        raise ModelFolderError(f"{what} is {relative!r}, which is not a path inside the model folder")
+    return Path(folder, *parts)

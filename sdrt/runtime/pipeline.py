@@ -20,6 +20,7 @@ from PIL import Image
 
 from sdrt.errors import ConfigError, ModelFolderError, SdrtError
 from sdrt.runtime.engines import DEFAULT_BACKEND, Backend, Engine, LoadOptions, backend_named
+from sdrt.runtime.integrity import verify_components
 from sdrt.runtime.manifest import MANIFEST_NAME, Manifest
 from sdrt.runtime.model_folder import infer_manifest
 from sdrt.runtime import modes
@@ -88,8 +89,10 @@ class Pipeline:
         else:
             manifest, sessions = infer_manifest(folder, lambda path: backend.open_session(path, options))
         for name in COMPONENTS:
-            if name not in manifest.components or not (folder / manifest.components[name].file).is_file():
+            if name not in manifest.components:
                 raise ModelFolderError(f"{folder} lacks {name}; re-export it with `sdrt export`")
+        verify_components(folder, manifest, [name for name in manifest.components
+                                             if name in COMPONENTS or name in sessions])
         scheduler_path = folder / "scheduler" / "scheduler_config.json"
         if not scheduler_path.is_file():
             raise ModelFolderError(f"{scheduler_path} is missing; re-export the model")
@@ -117,6 +120,7 @@ class Pipeline:
                 spec = self.manifest.components.get(name)
                 if spec is None or not (self.folder / spec.file).is_file():
                     return None
+                verify_components(self.folder, self.manifest, [name])
                 self.engines[name] = self._make_engine(name)
             return self.engines[name]
 

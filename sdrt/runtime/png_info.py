@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from pathlib import Path
 
 from PIL import Image, PngImagePlugin
@@ -20,6 +21,10 @@ from sdrt.runtime.schedulers import display_name
 
 PARAMETERS_KEY = "parameters"
 NEGATIVE_PREFIX = "Negative prompt: "
+# Temporary files beside the output (a short name, so any valid output name has room for it).
+PARTIAL_PREFIX, PARTIAL_SUFFIX = ".sdrt-", ".partial"
+NEW_FILE_MODE = 0o666  # what open() creates a file with, before the umask
+_UMASK_LOCK = threading.Lock()
 
 
 class ImageFileError(SdrtError):
@@ -66,15 +71,25 @@ def parse_parameters(text: str) -> dict:
     return result
 
 
+def _umask() -> int:
+    """The process's umask (read by setting and restoring it, under a lock)."""
+    with _UMASK_LOCK:
+        mask = os.umask(0)
+        os.umask(mask)
+    return mask
+
+
 def save_png(image: Image.Image, path: Path, parameters_text: str) -> None:
-    """Write the PNG aside and rename it into place, so a failure leaves no partial file."""
+    """Write the PNG aside and rename it into place, so a failure leaves no partial file. The
+    file gets the permissions the user's umask gives a new file (mkstemp's are 0600)."""
     info = PngImagePlugin.PngInfo()
     info.add_text(PARAMETERS_KEY, parameters_text)
     path = Path(path)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    handle, temporary = tempfile.mkstemp(prefix=PARTIAL_PREFIX, suffix=PARTIAL_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as stream:
             image.save(stream, format="PNG", pnginfo=info)
+        os.chmod(temporary, NEW_FILE_MODE & ~_umask())
         os.replace(temporary, path)
     except OSError as error:
         Path(temporary).unlink(missing_ok=True)
@@ -87,7 +102,9 @@ def read_parameters(path: Path) -> str:
             text = image.info.get(PARAMETERS_KEY)
     except FileNotFoundError:
         raise ImageFileError(f"{path} does not exist") from None
-    except (OSError, SyntaxError) as error:
+    except Image.DecompressionBombError:
+        raise ImageFileError(f"{path} declares an image too large to be one sdrt made") from None
+    except (OSError, SyntaxError, ValueError) as error:  # ValueError: PIL's text-chunk limits
         raise ImageFileError(f"cannot read {path} as an image: {error}") from None
     if text is None:
         raise ImageFileError(f"{path} has no generation parameters")

@@ -18,28 +18,21 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from sdrt.errors import SdrtError
+from sdrt.errors import GenerationError
 from sdrt.runtime.images import InputImageError, open_image, target_size
 from sdrt.runtime.manifest import BATCH, HEIGHT, WIDTH, Manifest
+from sdrt.runtime.text import check_text
 from sdrt.runtime.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES, SAMPLERS
 
 #: PyTorch's CPU generator keeps the low 32 bits of a seed.
 MAX_SEED = 2**32 - 1
 DEFAULT_STEPS = 50
+#: More steps than any sampler schedule needs; bounds a request's tables and time.
+MAX_STEPS = 10_000
 DEFAULT_GUIDANCE = 7.5
 # diffusers' default strengths: image-to-image keeps some of the image, inpainting repaints fully.
 IMG2IMG_STRENGTH = 0.8
 INPAINT_STRENGTH = 1.0
-
-
-
-class GenerationError(SdrtError):
-    """A request cannot be generated as asked; `param` names the request field at fault
-    (None for a failure that is no field's, such as a NaN image)."""
-
-    def __init__(self, message: str, param: str | None = None):
-        super().__init__(message)
-        self.param = param
 
 
 def nearest_multiples(value: int, multiple: int, low: int, high: int) -> list[int]:
@@ -67,8 +60,8 @@ class GenerationRequest:
     seed: int | Sequence[int] | None = None
     num_images: int = 1
     sampler: str = DEFAULT_SAMPLER
-    init_image: "str | Path | Image.Image | None" = None
-    mask_image: "str | Path | Image.Image | None" = None
+    init_image: "str | Path | bytes | Image.Image | None" = None  # bytes: an encoded image file
+    mask_image: "str | Path | bytes | Image.Image | None" = None
     strength: float | None = None
     latents: np.ndarray | None = field(default=None, compare=False)
 
@@ -106,14 +99,19 @@ def _prompts(request: GenerationRequest) -> tuple[list[str], list[str]]:
     prompts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt, (list, tuple)) else []
     if not prompts or not all(isinstance(p, str) for p in prompts):
         raise GenerationError("prompt must be a string or a non-empty list of strings", "prompt")
+    for text in prompts:
+        check_text(text, "prompt")
     if negative is None:
         return prompts, [""] * len(prompts)
     if isinstance(negative, str):
+        check_text(negative, "negative_prompt")
         return prompts, [negative] * len(prompts)
     negatives = list(negative) if isinstance(negative, (list, tuple)) else [None]
     if len(negatives) != len(prompts) or not all(isinstance(n, str) for n in negatives):
         raise GenerationError(f"negative_prompt has {len(negatives)} entries for {len(prompts)} prompts",
                               "negative_prompt")
+    for text in negatives:
+        check_text(text, "negative_prompt")
     return prompts, negatives
 
 
@@ -182,8 +180,8 @@ def _resolve(request: GenerationRequest, manifest: Manifest) -> ResolvedRequest:
     width = manifest.native_width if width is None else width
     check_side(manifest, "height", height)
     check_side(manifest, "width", width)
-    if not _is_int(request.steps) or request.steps < 1:
-        raise GenerationError(f"steps must be a positive integer, got {request.steps!r}", "steps")
+    if not _is_int(request.steps) or not 1 <= request.steps <= MAX_STEPS:
+        raise GenerationError(f"steps must be an integer from 1 to {MAX_STEPS}, got {request.steps!r}", "steps")
     guidance = request.guidance_scale
     if not isinstance(guidance, (int, float)) or not math.isfinite(guidance):
         raise GenerationError(f"guidance scale must be a finite number, got {guidance!r}", "guidance_scale")

@@ -20,7 +20,6 @@ no ftfy fixing and no HTML unescaping: "&amp;" stays as typed. So does sdrt.
 
 from __future__ import annotations
 
-import json
 import threading
 import unicodedata
 from dataclasses import dataclass
@@ -31,17 +30,19 @@ import numpy as np
 import regex
 
 from sdrt.errors import ModelFolderError
+from sdrt.runtime.bpe import merge_word
+from sdrt.runtime.text import check_text
+from sdrt.runtime.tokenizer_files import END_OF_WORD, read_tokenizer_folder
 
-END_OF_WORD = "</w>"
 # Byte-level pre-tokenizer pattern (GPT-2's), applied inside each CLIP piece as the reference does.
 BYTE_LEVEL_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 # The CLIP split after the alternatives for the bos/eos strings, which are prepended at load time.
 CLIP_PATTERN_TAIL = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 WHITESPACE_RUN = regex.compile(r"\s+")
-# transformers writes this sentinel as model_max_length when a tokenizer has no limit.
-NO_LIMIT_SENTINEL = int(1e29)
 WORD_CACHE_SIZE = 65536
-SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token")
+# Words longer than this are not cached: they are rare, and the cache's memory stays bounded
+# (WORD_CACHE_SIZE x this many characters at most).
+MAX_CACHED_WORD_CHARS = 64
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -148,70 +149,19 @@ class ClipTokenizer:
     # ------------------------------------------------------------------ loading
     @classmethod
     def from_folder(cls, folder: str | Path) -> "ClipTokenizer":
-        """Load from a tokenizer folder, or from a model folder that has a `tokenizer/` inside.
-
-        Reads `tokenizer.json` when present, otherwise `vocab.json` + `merges.txt`; special
-        tokens and the maximum length come from `tokenizer_config.json` and
-        `special_tokens_map.json` (the latter wins, as in transformers).
-        """
+        """Load from a tokenizer folder, or from a model folder that has a `tokenizer/` inside
+        (sdrt.runtime.tokenizer_files reads and checks the files)."""
         folder = Path(folder)
         if (folder / "tokenizer").is_dir():
             folder = folder / "tokenizer"
         if not folder.is_dir():
             raise ModelFolderError(f"tokenizer folder {folder} does not exist")
-        config = _read_json(folder / "tokenizer_config.json", required=False)
-        config.update(_read_json(folder / "special_tokens_map.json", required=False))
-
-        added_tokens: dict[str, int] = {}
-        for index, entry in (config.get("added_tokens_decoder") or {}).items():
-            if entry.get("special", True):
-                added_tokens[entry["content"]] = int(index)
-
-        split_pattern = None
-        if (folder / "tokenizer.json").is_file():
-            vocab, merges, from_json, split_pattern = _read_tokenizer_json(folder / "tokenizer.json")
-            added_tokens.update(from_json)
-        elif (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
-            vocab = _read_json(folder / "vocab.json", required=True)
-            merges = _read_merges(folder / "merges.txt")
-        else:
-            raise ModelFolderError(
-                f"{folder} has neither tokenizer.json nor vocab.json + merges.txt; "
-                "re-export the model or copy its tokenizer folder"
-            )
-
-        def special(key: str) -> str:
-            value = config.get(key)
-            if isinstance(value, dict):
-                value = value.get("content")
-            if not isinstance(value, str):
-                raise ModelFolderError(
-                    f"{folder}: {key} is not set in tokenizer_config.json or special_tokens_map.json"
-                )
-            return value
-
-        max_length = config.get("model_max_length")
-        if not isinstance(max_length, int) or max_length >= NO_LIMIT_SENTINEL:
-            raise ModelFolderError(
-                f"{folder}/tokenizer_config.json has no usable model_max_length ({max_length!r})"
-            )
-        return cls(
-            vocab,
-            merges,
-            bos_token=special("bos_token"),
-            eos_token=special("eos_token"),
-            pad_token=special("pad_token"),
-            unk_token=special("unk_token"),
-            max_length=max_length,
-            added_tokens=added_tokens,
-            split_pattern=split_pattern,
-        )
+        return cls(**read_tokenizer_folder(folder))
 
     # ------------------------------------------------------------------ encoding
     def tokenize(self, text: str) -> list[int]:
         """Content token ids of one prompt: no bos/eos, no truncation, no padding."""
-        if not isinstance(text, str):
-            raise TypeError(f"a prompt must be a str, got {type(text).__name__}")
+        check_text(text, "prompt")
         ids: list[int] = []
         position = 0
         for match in self._special_split.finditer(text):
@@ -270,79 +220,11 @@ class ClipTokenizer:
             return cached
         symbols = list(to_byte_level(word))
         symbols[-1] += END_OF_WORD
-        symbols = self._merge(symbols)
+        symbols = merge_word(symbols, self.merge_ranks)
         result = tuple(self.vocab.get(symbol, self.unk_id) for symbol in symbols)
-        with self._cache_lock:
-            if len(self._cache) >= WORD_CACHE_SIZE:
-                self._cache.clear()
-            self._cache[word] = result
+        if len(word) <= MAX_CACHED_WORD_CHARS:
+            with self._cache_lock:
+                if len(self._cache) >= WORD_CACHE_SIZE:
+                    self._cache.clear()
+                self._cache[word] = result
         return result
-
-    def _merge(self, symbols: list[str]) -> list[str]:
-        """Apply merges lowest rank first; each pass merges every occurrence left to right."""
-        ranks = self.merge_ranks
-        while len(symbols) > 1:
-            best_rank, best_pair = None, None
-            for pair in zip(symbols, symbols[1:]):
-                rank = ranks.get(pair)
-                if rank is not None and (best_rank is None or rank < best_rank):
-                    best_rank, best_pair = rank, pair
-            if best_pair is None:
-                break
-            first, second = best_pair
-            merged: list[str] = []
-            i = 0
-            while i < len(symbols):
-                if i + 1 < len(symbols) and symbols[i] == first and symbols[i + 1] == second:
-                    merged.append(first + second)
-                    i += 2
-                else:
-                    merged.append(symbols[i])
-                    i += 1
-            symbols = merged
-        return symbols
-
-
-def _read_json(path: Path, *, required: bool) -> dict:
-    if not path.is_file():
-        if required:
-            raise ModelFolderError(f"{path} is missing")
-        return {}
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except (OSError, json.JSONDecodeError) as error:
-        raise ModelFolderError(f"cannot read {path}: {error}") from None
-
-
-def _read_merges(path: Path) -> list[tuple[str, str]]:
-    merges = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            line = line.rstrip("\n")
-            if not line or (number == 1 and line.startswith("#version")):
-                continue
-            parts = line.split(" ")
-            if len(parts) != 2:
-                raise ModelFolderError(f"{path}:{number}: a merge must be two symbols, got {line!r}")
-            merges.append((parts[0], parts[1]))
-    return merges
-
-
-def _read_tokenizer_json(path: Path) -> tuple[dict, list, dict, str | None]:
-    """Vocab, merges, added special tokens and the Split pattern of a CLIP tokenizer.json."""
-    data = _read_json(path, required=True)
-    model = data.get("model") or {}
-    if model.get("type") != "BPE" or model.get("end_of_word_suffix") != END_OF_WORD:
-        raise ModelFolderError(
-            f"{path} is not a CLIP BPE tokenizer (model type {model.get('type')!r}, "
-            f"end_of_word_suffix {model.get('end_of_word_suffix')!r})"
-        )
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
-    added = {t["content"]: t["id"] for t in data.get("added_tokens", []) if t.get("special")}
-    pattern = None
-    pre = data.get("pre_tokenizer") or {}
-    for step in pre.get("pretokenizers", [pre]):
-        if step.get("type") == "Split":
-            pattern = (step.get("pattern") or {}).get("Regex")
-    return model["vocab"], merges, added, pattern

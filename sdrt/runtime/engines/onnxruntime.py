@@ -14,6 +14,7 @@ import numpy as np
 
 from sdrt.errors import ConfigError
 from sdrt.runtime.engines.base import Engine, EngineRunError
+from sdrt.runtime.integrity import check_graph_io
 from sdrt.runtime.manifest import ComponentSpec, DimRange, TensorSpec
 
 #: sdrt's ONNX Runtime backends and their execution providers.
@@ -60,6 +61,7 @@ class OrtEngine(Engine):
                  backend: str = "cpu", threads: int | None = None, session=None):
         super().__init__(name, spec, dims)
         self.session = session if session is not None else open_session(path, backend, threads, spec=spec)
+        check_graph_io(name, spec.inputs, spec.outputs, *session_tensor_specs(self.session))
 
     def _run(self, feeds: Mapping[str, np.ndarray], dims: Mapping[str, int]) -> dict[str, np.ndarray]:
         with self._errors():

@@ -19,6 +19,7 @@ from sdrt.runtime.engines.tensorrt.plan import (
     plan_path,
     stale_reason,
 )
+from sdrt.runtime.integrity import verify_components
 from sdrt.runtime.manifest import ComponentSpec, Manifest
 
 TIMING_CACHE = "timing.cache"
@@ -36,6 +37,7 @@ def build_engines(folder: str | Path, settings: BuildSettings, progress: Callabl
     trt, cudart = import_tensorrt()
     folder = Path(folder)
     manifest = Manifest.load(folder)
+    verify_components(folder, manifest, [name for name in settings.components if name in manifest.components])
     cuda = Cuda(cudart)
     device = cuda.device(trt.__version__)
     components = [name for name in settings.components if name in manifest.components]
