@@ -8,12 +8,9 @@ spread and the ratio of each pair. Timings never decide a test: this is a comman
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
-import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,8 +20,9 @@ from sdrt.runtime.schedulers import DEFAULT_SAMPLER
 import numpy as np
 
 from sdrt import __version__
-from sdrt.errors import SdrtError
+from sdrt.benchmark.driver import BenchError, Worker
 from sdrt.runtime.manifest import Manifest
+from sdrt.runtime.request import GenerationRequest
 
 MATMUL_SIZE = 2048
 MATMUL_REPEATS = 5
@@ -33,9 +31,7 @@ WORKER_START_TIMEOUT_S = 1800
 FLOPS_PER_MAC = 2
 
 
-class BenchError(SdrtError):
-    """A benchmark cannot run as asked."""
-
+PROMPT = "an astronaut riding a horse on mars, highly detailed"  # what every measured run draws
 
 @dataclass(frozen=True)
 class BenchSettings:
@@ -46,6 +42,11 @@ class BenchSettings:
     num_images: int = 1
     sampler: str = DEFAULT_SAMPLER
 
+    def request(self, seed: int = 0) -> GenerationRequest:
+        """The generation one measured run makes."""
+        return GenerationRequest(PROMPT, steps=self.steps, guidance_scale=self.guidance, height=self.height,
+                                 width=self.width, num_images=self.num_images, sampler=self.sampler, seed=seed)
+
 
 def summarize(values: list[float]) -> dict:
     """Median and spread (10th and 90th percentiles, min, max) of repeated measurements."""
@@ -53,41 +54,6 @@ def summarize(values: list[float]) -> dict:
     return {"median": float(np.median(data)), "p10": float(np.percentile(data, 10)),
             "p90": float(np.percentile(data, 90)), "min": float(data.min()), "max": float(data.max()),
             "count": int(data.size)}
-
-
-class Worker:
-    """A worker process (see worker.py) driven over its stdin and stdout."""
-
-    def __init__(self, kind: str, model: str, settings: BenchSettings, backend: str, threads: int | None,
-                 load_options: dict | None = None):
-        self.kind = kind
-        command = [sys.executable, "-m", "sdrt.benchmark.worker", kind, model, json.dumps(asdict(settings)),
-                   backend, str(threads or 0), json.dumps(load_options or {})]
-        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, text=True)
-        ready = self._read()
-        self.load_seconds = ready["load_seconds"]
-
-    def _read(self) -> dict:
-        line = self.process.stdout.readline()
-        if not line:
-            error = self.process.stderr.read().strip().splitlines()
-            reason = error[-1] if error else f"exit code {self.process.wait()}"
-            raise BenchError(f"the {self.kind} benchmark worker failed: {reason}")
-        return json.loads(line)
-
-    def run(self) -> dict:
-        self.process.stdin.write("run\n")
-        self.process.stdin.flush()
-        return self._read()
-
-    def close(self) -> dict:
-        """Peak host memory (peak_rss_bytes) and, on GPU backends, GPU memory (peak_gpu_bytes)."""
-        self.process.stdin.write("quit\n")
-        self.process.stdin.flush()
-        peaks = self._read()
-        self.process.wait()
-        return peaks
 
 
 def matmul_gflops() -> float:
@@ -194,6 +160,7 @@ def run_benchmark(model: str, settings: BenchSettings, *, backend: str = "cpu", 
             import torch  # noqa: F401
         except ImportError:
             raise BenchError("--compare diffusers needs torch and diffusers: pip install 'sdrt[export]'") from None
+    settings.request().resolve(manifest)  # a setting the model cannot take: one line, before any worker
     progress(f"loading sdrt ({backend})")
     load_options = {"cuda_graph": True} if cuda_graph else {}
     workers = [Worker("sdrt", model, settings, backend, threads, load_options)]

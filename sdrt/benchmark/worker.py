@@ -15,7 +15,9 @@ import subprocess
 import sys
 import time
 
-PROMPT = "an astronaut riding a horse on mars, highly detailed"
+from sdrt.benchmark import PROMPT, BenchSettings
+from sdrt.errors import SdrtError
+
 KIB = 1024
 
 
@@ -60,9 +62,7 @@ class SdrtSide:
 
     def run(self, seed: int) -> dict:
         s = self.settings
-        result = self.pipeline.generate(PROMPT, steps=s["steps"], guidance_scale=s["guidance"], height=s["height"],
-                                        width=s["width"], num_images=s["num_images"], sampler=s["sampler"],
-                                        seed=seed)
+        result = self.pipeline.run(BenchSettings(**s).request(seed))
         timings = dict(result.timings)
         timings["png"] = png_seconds(result.images[0])
         timings["end_to_end"] = timings["total"] + timings["png"]
@@ -108,6 +108,15 @@ class DiffusersSide:
 
 
 def main() -> None:
+    """Runs the worker; an sdrt error is answered as one JSON line {"error": message}."""
+    try:
+        serve_commands()
+    except SdrtError as error:
+        print(json.dumps({"error": str(error)}), flush=True)
+        sys.exit(error.exit_code)
+
+
+def serve_commands() -> None:
     kind, model, settings = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
     backend = sys.argv[4] if len(sys.argv) > 4 else "cpu"
     threads = int(sys.argv[5]) if len(sys.argv) > 5 and sys.argv[5] != "0" else None

@@ -65,7 +65,9 @@ def serve(model_dir, host, port, backend, threads, api_key, max_queue, concurren
                           gpus_per_replica=gpus_per_replica, cpus_per_replica=cpus_per_replica))
         return
     pipeline = Pipeline.load(model_dir, backend=backend, threads=threads)
-    uvicorn.run(create_app(pipeline, settings), host=host, port=port, log_level="info")
+    from sdrt.serve.http import JsonErrorProtocol
+
+    uvicorn.run(create_app(pipeline, settings), host=host, port=port, log_level="info", http=JsonErrorProtocol)
 
 
 def serve_on_ray(model_dir, backend, threads, settings, host, port, address, replica_options: dict) -> None:

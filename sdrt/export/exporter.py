@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import time
 import warnings
@@ -25,6 +26,7 @@ from sdrt.errors import ModelFolderError, SdrtError
 from sdrt.export import onnx_graph
 from sdrt.export.components import ONNX_OPSET, ComponentExport, ModelGeometry, component_exports
 from sdrt.runtime.integrity import hash_file, remember
+from sdrt.runtime.leftovers import remove_stale
 from sdrt.runtime.manifest import FORMAT_VERSION, ComponentSpec, Manifest, TensorSpec
 
 CUDA_PROVIDER = "CUDAExecutionProvider"
@@ -43,6 +45,8 @@ WORK_DIR = ".work"
 class ExportError(SdrtError):
     """The export could not be written or did not reproduce the PyTorch model."""
 
+# An export works in `.NAME.partial-PID` and moves the old folder to `.NAME.old-PID`.
+STALE_EXPORT = re.compile(r"\..+\.(partial|old)-(?P<pid>\d+)")
 
 @dataclass(frozen=True)
 class ExportOptions:
@@ -247,6 +251,7 @@ def export_pipeline(
     if out_dir.exists() and not overwrite:
         raise ExportError(f"{out_dir} already exists; pass --overwrite to replace it")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(out_dir.parent, STALE_EXPORT)  # folders of exports that were killed
     staging = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     geometry = ModelGeometry.of(pipeline)

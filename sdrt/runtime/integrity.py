@@ -24,12 +24,14 @@ from pathlib import Path
 from typing import Iterable
 
 from sdrt.errors import ModelFolderError
+from sdrt.runtime.leftovers import remove_stale
 from sdrt.runtime.manifest import Manifest, TensorSpec, confined_path
 
 DIGEST_DIR = "digests"
 CHUNK_BYTES = 16 * 2**20
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 SHORT_DIGEST = 12  # hex digits quoted in messages
+STALE_RECORD = re.compile(r"\.[0-9]+-[0-9]+\.json\.(?P<pid>\d+)")  # a record being written
 
 
 def _cache_dir() -> Path:
@@ -60,6 +62,7 @@ def remember(path: Path, sha256: str, stat: os.stat_result | None = None) -> Non
     record = _record_path(stat)
     try:
         record.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale(record.parent, STALE_RECORD)
         staging = record.with_name(f".{record.name}.{os.getpid()}")
         staging.write_text(json.dumps({"stamp": _stamp(stat), "sha256": sha256}), encoding="utf-8")
         os.replace(staging, record)

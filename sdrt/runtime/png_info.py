@@ -10,6 +10,7 @@ so other tools (A1111, ComfyUI, image browsers) read them.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import threading
 from pathlib import Path
@@ -17,12 +18,14 @@ from pathlib import Path
 from PIL import Image, PngImagePlugin
 
 from sdrt.errors import SdrtError
+from sdrt.runtime.leftovers import remove_stale
 from sdrt.runtime.schedulers import display_name
 
 PARAMETERS_KEY = "parameters"
 NEGATIVE_PREFIX = "Negative prompt: "
 # Temporary files beside the output (a short name, so any valid output name has room for it).
-PARTIAL_PREFIX, PARTIAL_SUFFIX = ".sdrt-", ".partial"
+PARTIAL_PREFIX, PARTIAL_SUFFIX = ".sdrt-", ".partial"  # .sdrt-PID-XXXXXXXX.partial
+STALE_PARTIAL = re.compile(r"\.sdrt-(?P<pid>\d+)-\w+\.partial")
 NEW_FILE_MODE = 0o666  # what open() creates a file with, before the umask
 _UMASK_LOCK = threading.Lock()
 
@@ -85,7 +88,9 @@ def save_png(image: Image.Image, path: Path, parameters_text: str) -> None:
     info = PngImagePlugin.PngInfo()
     info.add_text(PARAMETERS_KEY, parameters_text)
     path = Path(path)
-    handle, temporary = tempfile.mkstemp(prefix=PARTIAL_PREFIX, suffix=PARTIAL_SUFFIX, dir=path.parent)
+    remove_stale(path.parent, STALE_PARTIAL)
+    handle, temporary = tempfile.mkstemp(prefix=f"{PARTIAL_PREFIX}{os.getpid()}-", suffix=PARTIAL_SUFFIX,
+                                         dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as stream:
             image.save(stream, format="PNG", pnginfo=info)

@@ -9,6 +9,7 @@ import io
 
 from PIL import Image, UnidentifiedImageError
 
+from sdrt.runtime.images import InputImageError, check_pixels
 from sdrt.runtime.schedulers import DEFAULT_SAMPLER, DISPLAY_NAMES, SAMPLERS
 from sdrt.serve.schemas import RequestError
 
@@ -32,16 +33,21 @@ def png_base64(image: Image.Image, parameters_text: str | None = None) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def decode_image(data: str, param: str) -> Image.Image:
+def decode_image(data: str, param: str) -> bytes:
+    """The image file in a base64 field, checked from its header only (a known format, at most
+    MAX_INPUT_PIXELS): cheap enough for the event loop. The pixels are decoded later, in the
+    worker, once the request is admitted."""
     if data.startswith("data:"):
         data = data.split(",", 1)[-1]
     try:
         raw = base64.b64decode(data, validate=True)
-        with Image.open(io.BytesIO(raw)) as image:
-            image.load()
-            return image.copy()
-    except (binascii.Error, ValueError, UnidentifiedImageError, OSError):
+        with Image.open(io.BytesIO(raw)) as image:  # parses the header, decodes nothing
+            check_pixels(image.size, param)
+    except InputImageError as error:
+        raise RequestError(400, str(error), param) from None
+    except (binascii.Error, ValueError, UnidentifiedImageError, OSError, Image.DecompressionBombError):
         raise RequestError(400, f"{param} is not a base64-encoded image", param) from None
+    return raw
 
 
 def sdrt_sampler(sampler: str | None, schedule_type: str | None) -> str:

@@ -40,7 +40,7 @@ __all__ = ["ServeSettings", "create_app"]
 def create_app(pipeline, settings: ServeSettings | None = None) -> FastAPI:
     settings = settings or ServeSettings(api_key=os.environ.get(API_KEY_ENV) or None)
     service = Service(pipeline, settings)
-    app = FastAPI(title="sdrt", docs_url=None, redoc_url=None)
+    app = FastAPI(title="sdrt", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service = service
 
     @app.exception_handler(StarletteHTTPException)
@@ -60,6 +60,11 @@ def create_app(pipeline, settings: ServeSettings | None = None) -> FastAPI:
         headers = {"Retry-After": str(settings.retry_after_s)} if error.status == 503 else None
         kind = "server_busy" if error.status == 503 else "invalid_request_error"
         return JSONResponse(error_body(error.message, error.param, kind), status_code=error.status, headers=headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception):  # a defect: still JSON, with no internals
+        return JSONResponse(error_body(f"internal error ({type(error).__name__})", None, "server_error"),
+                            status_code=500)
 
     @app.exception_handler(SdrtError)
     async def generation_error(request: Request, error: SdrtError):
@@ -145,5 +150,5 @@ def create_app(pipeline, settings: ServeSettings | None = None) -> FastAPI:
         return await a1111(body, request, image=image, mask=mask, strength=body.denoising_strength)
 
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
-    app.add_middleware(Guard, service=service, api_key=settings.api_key)  # added last: outermost
+    app.add_middleware(Guard, service=service, api_key=settings.api_key, routes=app.router.routes)  # outermost
     return app

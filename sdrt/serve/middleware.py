@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import hmac
 import json
 import os
 from typing import TYPE_CHECKING
 
 from sdrt.serve.schemas import OPEN_ROUTES, error_body
+
+UNMATCHED = "unmatched"  # the metrics label of every path no route serves
 
 if TYPE_CHECKING:
     from sdrt.serve.service import Service
@@ -25,8 +28,19 @@ class Guard:
     """ASGI middleware, outermost: the bearer-token check (all routes but /health) and the
     request count by route and status. Plain ASGI, so disconnects reach the endpoints."""
 
-    def __init__(self, app, service: "Service", api_key: str | None):
-        self.app, self.service, self.api_key = app, service, api_key
+    def __init__(self, app, service: "Service", api_key: str | None, routes: list):
+        self.app, self.service, self.api_key, self.routes = app, service, api_key, routes
+        self.expected = f"Bearer {api_key}".encode() if api_key else b""
+
+    def label(self, scope) -> str:
+        """The route template a request matches (the metrics label): a bounded set of values,
+        whatever paths clients send; UNMATCHED for any other path."""
+        from starlette.routing import Match
+
+        for route in self.routes:
+            if getattr(route, "path", None) is not None and route.matches(scope)[0] != Match.NONE:
+                return route.path
+        return UNMATCHED
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -34,8 +48,8 @@ class Guard:
         route = scope["path"]
         if self.api_key and route not in OPEN_ROUTES:
             headers = dict(scope.get("headers", []))
-            if headers.get(b"authorization", b"").decode("latin-1") != f"Bearer {self.api_key}":
-                self.service.metrics.count_request(route, 401)
+            if not hmac.compare_digest(headers.get(b"authorization", b""), self.expected):  # constant time
+                self.service.metrics.count_request(self.label(scope), 401)
                 await send_json(send, 401, error_body("a valid bearer token is required", None,
                                                       "authentication_error"))
                 return
@@ -52,7 +66,7 @@ class Guard:
         try:
             await self.app(scope, receive, counting_send)
         finally:
-            self.service.metrics.count_request(route, status)
+            self.service.metrics.count_request(self.label(scope), status)
 
 
 class BodyLimit:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
 from sdrt.runtime.request import DEFAULT_GUIDANCE, MAX_SEED
 
@@ -40,8 +40,33 @@ def error_body(message: str, param: str | None, kind: str = "invalid_request_err
     return {"error": {"message": message, "type": kind, "param": param, "code": None}}
 
 
-class OpenAIImageRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+def _texts(value) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [text for item in value for text in _texts(item)]
+    if isinstance(value, dict):
+        return [text for item in value.items() for text in _texts(list(item))]
+    return []
+
+
+class Body(BaseModel):
+    """A request body: unknown fields ignored, numbers finite, every string real UTF-8 text."""
+
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _unicode_text(cls, value):
+        for text in _texts(value):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as error:
+                raise ValueError(f"holds a lone surrogate U+{ord(text[error.start]):04X}, which is not text") from None
+        return value
+
+
+class OpenAIImageRequest(Body):
     prompt: StrictStr
     n: int = Field(1, ge=1)
     size: StrictStr | None = None
@@ -55,8 +80,7 @@ class OpenAIImageRequest(BaseModel):
     scheduler: StrictStr | None = None  # sampler's earlier name, still accepted
 
 
-class A1111Txt2ImgRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class A1111Txt2ImgRequest(Body):
     prompt: StrictStr = ""
     negative_prompt: StrictStr = ""
     steps: int = Field(20, ge=1)

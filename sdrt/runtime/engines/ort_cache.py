@@ -17,10 +17,12 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 from pathlib import Path
 from typing import Callable
 
+from sdrt.runtime.leftovers import remove_stale
 from sdrt.runtime.manifest import ComponentSpec
 
 CACHE_ENV = "SDRT_CACHE"
@@ -28,6 +30,8 @@ SWITCH_ENV = "SDRT_ORT_CACHE"  # "0" turns the cache off
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
 COMPLETE_FILE = "complete.json"  # written last: a folder without it is an interrupted save
+# A save in progress: `.KEY.PID` beside the entries (removed if its process was killed).
+STALE_STAGING = re.compile(r"\.[0-9a-f]+\.(?P<pid>\d+)")
 # Initializers from this size go to the data file (small ones stay inline in the graph).
 EXTERNAL_MIN_BYTES = 1024
 
@@ -68,6 +72,7 @@ def cached_session(source: Path, spec: ComponentSpec, make_options: Callable, pr
     import onnxruntime as ort
 
     folder = cache_root() / "ort" / cache_key(spec, ort.__version__)
+    remove_stale(folder.parent, STALE_STAGING)
     if (folder / COMPLETE_FILE).is_file():
         options = make_options()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
