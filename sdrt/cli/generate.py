@@ -30,8 +30,11 @@ from sdrt.runtime.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES
 @click.option("--json", "as_json", is_flag=True, help="Print ids, lengths and dropped text as JSON.")
 def tokenize(prompts: tuple[str, ...], model_dir: str, as_json: bool) -> None:
     """Print the text encoder's input ids for each PROMPT."""
+    from sdrt.runtime.manifest import MANIFEST_NAME, Manifest
     from sdrt.runtime.tokenizer import ClipTokenizer
 
+    if (Path(model_dir) / MANIFEST_NAME).is_file():
+        Manifest.load(model_dir)  # a malformed model folder is one line here too
     tokenizer = ClipTokenizer.from_folder(model_dir)
     batch = tokenizer.encode(list(prompts))
     if as_json:
@@ -62,12 +65,19 @@ def _limit(folder: Path, name: str, fallback: int) -> int:
         return fallback
 
 
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:  # a name too long to look up: check_output says so
+        return False
+
+
 def check_output(path: Path) -> None:
     """Everything that would make writing `path` fail, checked before any generation."""
     folder = path.parent
-    if path.is_dir():
+    if _is_dir(path):
         raise SdrtError(f"cannot write {path}: it is a folder")
-    if not folder.is_dir():
+    if not _is_dir(folder):
         raise SdrtError(f"cannot write {path}: folder {folder} does not exist")
     if not os.access(folder, os.W_OK):
         raise SdrtError(f"cannot write {path}: folder {folder} is not writable")
@@ -84,7 +94,7 @@ def output_paths(out: str | None, seed: int, count: int) -> list[Path]:
     """Where the images go: --out (a file name, or an existing folder to put sdrt-SEED.png in),
     with -1, -2, ... added for several images; every path checked first."""
     default = Path(f"sdrt-{seed}.png")
-    base = Path(out) / default if out and Path(out).is_dir() else Path(out) if out else default
+    base = Path(out) / default if out and _is_dir(Path(out)) else Path(out) if out else default
     if base.suffix.lower() != ".png":
         base = base.with_suffix(base.suffix + ".png") if base.suffix else base.with_suffix(".png")
     paths = [base] if count == 1 else [base.with_name(f"{base.stem}-{i}{base.suffix}") for i in range(1, count + 1)]

@@ -5,8 +5,8 @@ truncated, emptied, garbled or swapped file is one clear error, and the optimize
 TensorRT caches (keyed by that sha256) can never serve a model that is no longer there.
 
 Hashing SD 1.5's fp32 UNet (3.4 GB) takes seconds, so a file's digest is remembered in
-$SDRT_CACHE/digests/, keyed by the file's device and inode, and reused while its size and
-modification time are unchanged (the fast path); any change hashes it again. The exporter
+$SDRT_CACHE/digests/, keyed by the file's device and inode, and reused while its size,
+modification and status-change times are unchanged (the fast path); any change hashes it again. The exporter
 records the digests it computes, so the first load of a fresh export hashes nothing. A cache
 that cannot be read or written only costs the hashing.
 
@@ -41,7 +41,9 @@ def _cache_dir() -> Path:
 
 
 def _stamp(stat: os.stat_result) -> dict:
-    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    """What changes whenever the file's content does. The status-change time cannot be set
+    back by a user (unlike the modification time), so an in-place edit is always noticed."""
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "ctime_ns": stat.st_ctime_ns}
 
 
 def _record_path(stat: os.stat_result) -> Path:

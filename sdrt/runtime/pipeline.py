@@ -26,7 +26,7 @@ from sdrt.runtime.model_folder import infer_manifest
 from sdrt.runtime import modes
 from sdrt.runtime.request import GenerationError, GenerationRequest, ResolvedRequest
 from sdrt.runtime.rng import GeneratorGroup, TorchGenerator
-from sdrt.runtime.schedulers import Scheduler, sampler_from_config
+from sdrt.runtime.schedulers import DEFAULT_SAMPLER, Scheduler, sampler_from_config
 from sdrt.runtime.tokenizer import ClipTokenizer
 
 COMPONENTS = ("text_encoder", "unet", "vae_decoder")  # required; vae_encoder loads on first img2img
@@ -102,6 +102,10 @@ class Pipeline:
             raise ModelFolderError(f"{scheduler_path} is not valid JSON ({error}); re-export the model") from None
         if not isinstance(scheduler_config, dict):
             raise ModelFolderError(f"{scheduler_path} must hold a JSON object; re-export the model")
+        try:
+            sampler_from_config(DEFAULT_SAMPLER, scheduler_config)  # every field's type and range, now
+        except ConfigError as error:
+            raise ModelFolderError(f"{scheduler_path}: {error}") from None
         tokenizer = ClipTokenizer.from_folder(folder / "tokenizer")
         if tokenizer.max_length != manifest.text_length:
             raise ModelFolderError(

@@ -9,6 +9,8 @@ ignores them.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, fields
 from typing import Any, Collection, Mapping
 
@@ -94,6 +96,8 @@ class SchedulerConfig:
         algorithm = config.get("algorithm_type")
         if "algorithm_type" in refused_keys and algorithm not in (None, SUPPORTED_ALGORITHM):
             raise ConfigError(f"algorithm_type {algorithm!r} is not supported; sdrt implements {SUPPORTED_ALGORITHM}")
+        for field in fields(cls):
+            _check_type(field.name, field.type, values[field.name])
         result = cls(**values)
         result.validate()
         return result
@@ -118,6 +122,14 @@ class SchedulerConfig:
                 or not 1 <= self.num_train_timesteps <= MAX_TRAIN_TIMESTEPS):
             raise ConfigError(f"num_train_timesteps must be an integer from 1 to {MAX_TRAIN_TIMESTEPS}, "
                               f"got {self.num_train_timesteps!r}")
+        for name in ("beta_start", "beta_end"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"scheduler {name} must be in [0, 1), got {getattr(self, name)!r}")
+        if not 0 <= self.steps_offset < self.num_train_timesteps:
+            raise ConfigError(f"scheduler steps_offset must be from 0 to num_train_timesteps - 1, "
+                              f"got {self.steps_offset!r}")
+        if self.trained_betas is not None and not all(0 <= beta < 1 for beta in self.trained_betas):
+            raise ConfigError("scheduler trained_betas must all be in [0, 1)")
         if self.trained_betas is not None and len(self.trained_betas) != self.num_train_timesteps:
             raise ConfigError(
                 f"trained_betas has {len(self.trained_betas)} values, "
@@ -142,3 +154,21 @@ NEUTRAL_CONFIG: dict[str, Any] = {
 #: What every diffusers scheduler reads, with its defaults.
 BETA_DEFAULTS = {"num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear",
                  "trained_betas": None, "prediction_type": "epsilon", "steps_offset": 0}
+
+
+# Field annotations (strings: this module postpones annotations) -> the JSON types they take.
+_JSON_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+
+
+def _check_type(name: str, annotation: str, value: Any) -> None:
+    """A scheduler config value of the wrong JSON type (or a non-finite number) is a ConfigError."""
+    base, _, optional = annotation.partition(" | ")
+    if value is None and optional == "None":
+        return
+    if base not in _JSON_TYPES:
+        return  # tuples: converted and checked above
+    is_bool = isinstance(value, bool)
+    if not isinstance(value, _JSON_TYPES[base]) or (is_bool and base != "bool") or (
+            base == "float" and not math.isfinite(value)):
+        raise ConfigError(f"scheduler config {name} must be {'a finite number' if base == 'float' else 'a ' + base}"
+                          f", got {value!r}"[:200])
