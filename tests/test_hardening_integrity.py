@@ -125,21 +125,13 @@ def _size(tensor: dict) -> None:
 EDITS = {f.__name__.strip("_"): f for f in (_rename, _dtype, _rank, _size)}
 
 
-def _edits():
-    """(component, side, edit): every edit on the first input and on the first output that has
-    a fixed size (the size edit needs one)."""
-    for component, side, edit in itertools.product(COMPONENTS, ("inputs", "outputs"), EDITS):
-        yield component, side, edit
-
-
-@pytest.mark.parametrize("component, side, edit", list(_edits()))
+@pytest.mark.parametrize("component, side, edit", list(itertools.product(COMPONENTS, ("inputs", "outputs"), EDITS)))
 def test_graphs_that_do_not_fit_the_manifest_fail_at_load(exported_tiny, tmp_path, component, side, edit):
     folder = copy_model(exported_tiny("standard"), tmp_path / "model")
     data = json.loads((folder / "manifest.json").read_text())
     tensors = data["components"][component][side]
+    # The first tensor, or for the size edit the first with a fixed size (every side has one).
     candidates = [t for t in tensors if edit != "size" or any(isinstance(s, int) for s in t["shape"])]
-    if not candidates:
-        pytest.skip(f"no {side} of {component} has a fixed size")
     EDITS[edit](candidates[0])
     (folder / "manifest.json").write_text(json.dumps(data))
     with pytest.raises(ModelFolderError, match=f"the {component} graph's"):

@@ -26,15 +26,12 @@ class FiniteFloat(click.ParamType):
         self.low, self.high, self.low_open = low, high, low_open
 
     def convert(self, value, param, ctx) -> float:
-        if isinstance(value, float) and math.isfinite(value):
-            number = value
-        else:
-            try:
-                number = float(value)
-            except (TypeError, ValueError):
-                self.fail(f"{value!r} is not a number", param, ctx)
-            if not math.isfinite(number):
-                self.fail(f"must be a finite number, got {value!r}", param, ctx)
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"must be a finite number, got {value!r}", param, ctx)
         if self.low is not None and (number <= self.low if self.low_open else number < self.low):
             self.fail(f"must be {'>' if self.low_open else '>='} {self.low:g}, got {value!r}", param, ctx)
         if self.high is not None and number > self.high:

@@ -25,7 +25,7 @@ from sdrt import __version__
 from sdrt.errors import ModelFolderError, SdrtError
 from sdrt.export import onnx_graph
 from sdrt.export.components import ONNX_OPSET, ComponentExport, ModelGeometry, component_exports
-from sdrt.runtime.integrity import hash_file, remember
+from sdrt.runtime.integrity import record_sha256
 from sdrt.runtime.leftovers import remove_stale
 from sdrt.runtime.manifest import FORMAT_VERSION, ComponentSpec, Manifest, TensorSpec
 
@@ -66,13 +66,6 @@ class ExportOptions:
 
     def precision_of(self, component: str) -> str:
         return self.vae_precision if component.startswith("vae") else self.precision
-
-
-def _sha256(path: Path) -> str:
-    """The file's sha256, recorded in the digest cache so the first load need not hash it."""
-    digest = hash_file(path)
-    remember(path, digest)
-    return digest
 
 
 def _validation_shapes(geometry: ModelGeometry) -> list[tuple[int, int, int]]:
@@ -283,9 +276,9 @@ def export_pipeline(
                 target=options.target,
                 inputs=_graph_dtypes(final, component.inputs),
                 outputs=_graph_dtypes(final, component.outputs),
-                sha256=_sha256(final),
+                sha256=record_sha256(final),
                 validation=validation,
-                data_files={f.relative_to(staging).as_posix(): _sha256(f) for f in files if f != final},
+                data_files={f.relative_to(staging).as_posix(): record_sha256(f) for f in files if f != final},
             )
         shutil.rmtree(staging / WORK_DIR)
         _write_diffusers_files(pipeline, staging)

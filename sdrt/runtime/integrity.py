@@ -72,6 +72,13 @@ def remember(path: Path, sha256: str, stat: os.stat_result | None = None) -> Non
         pass
 
 
+def record_sha256(path: Path) -> str:
+    """Hash a file just written (the exporter's) and record it, so its first load hashes nothing."""
+    sha256 = hash_file(path)
+    remember(path, sha256)
+    return sha256
+
+
 def file_sha256(path: Path) -> str:
     """The sha256 of `path`, from the digest cache while the file's stamp is unchanged."""
     stat = path.stat()

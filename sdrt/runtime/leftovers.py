@@ -19,10 +19,10 @@ def pid_alive(pid: int) -> bool:
         return False
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # none with this id (or an id no process can have)
         return False
-    except (PermissionError, OverflowError):
-        return pid < 2**31  # another user's process (or an id no process can have)
+    except PermissionError:  # it exists, owned by another user
+        pass
     return True
 
 

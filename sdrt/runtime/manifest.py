@@ -15,6 +15,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from sdrt.errors import ModelFolderError
+from sdrt.runtime.json_files import read_json
 
 MANIFEST_NAME = "manifest.json"
 SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
@@ -118,13 +119,7 @@ class Manifest:
         path = Path(folder) / MANIFEST_NAME
         if not path.is_file():
             raise ModelFolderError(f"{folder} has no {MANIFEST_NAME}; export the model with `sdrt export`")
-        try:
-            if path.stat().st_size > MAX_MANIFEST_BYTES:
-                raise ModelFolderError(f"{path} is larger than {MAX_MANIFEST_BYTES >> 20} MiB; re-export the model")
-            data = json.loads(path.read_text(encoding="utf-8"), parse_constant=_reject_constant)
-        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:
-            reason = "nested too deeply" if isinstance(error, RecursionError) else str(error).splitlines()[0]
-            raise ModelFolderError(f"{path} is malformed ({reason}); re-export the model") from None
+        data = read_json(path, kind=object, max_bytes=MAX_MANIFEST_BYTES)
         _check_schema(data, path)
         manifest = cls.from_dict(data)
         manifest.check(path)
@@ -144,10 +139,6 @@ class Manifest:
                     if isinstance(size, str) and size not in self.dims:
                         raise ModelFolderError(f"{path}: {component}.{tensor.name} has size {size!r}, which dims "
                                                "does not define; re-export the model")
-
-
-def _reject_constant(name: str):
-    raise ValueError(f"{name} is not a number JSON allows")
 
 
 def _check_schema(data, path: Path) -> None:

@@ -3,12 +3,12 @@ carry no manifest.json: read from the graphs' inputs and outputs and the folder'
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable
 
 from sdrt.errors import ModelFolderError
 from sdrt.runtime.engines.onnxruntime import session_tensor_specs
+from sdrt.runtime.json_files import read_json
 from sdrt.runtime.manifest import FORMAT_VERSION, ComponentSpec, DimRange, Manifest
 
 ONNX_FILE = "model.onnx"
@@ -23,10 +23,7 @@ SD_LATENT_MULTIPLE = 8
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    except json.JSONDecodeError as error:
-        raise ModelFolderError(f"{path} is not valid JSON: {error}") from None
+    return read_json(path) if path.is_file() else {}
 
 
 def infer_manifest(folder: Path, open_session: Callable[[Path], Any]) -> tuple[Manifest, dict[str, Any]]:

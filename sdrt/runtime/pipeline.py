@@ -8,7 +8,6 @@ model, prompt, settings and seed give the same image (tests/test_pipeline.py com
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from PIL import Image
 from sdrt.errors import ConfigError, ModelFolderError, SdrtError
 from sdrt.runtime.engines import DEFAULT_BACKEND, Backend, Engine, LoadOptions, backend_named
 from sdrt.runtime.integrity import verify_components
+from sdrt.runtime.json_files import read_json
 from sdrt.runtime.manifest import MANIFEST_NAME, Manifest
 from sdrt.runtime.model_folder import infer_manifest
 from sdrt.runtime import modes
@@ -91,17 +91,13 @@ class Pipeline:
         for name in COMPONENTS:
             if name not in manifest.components:
                 raise ModelFolderError(f"{folder} lacks {name}; re-export it with `sdrt export`")
-        verify_components(folder, manifest, [name for name in manifest.components
-                                             if name in COMPONENTS or name in sessions])
+        # Required engines load now; an optional one only if inferring the manifest opened it.
+        loaded = [name for name in manifest.components if name in COMPONENTS or name in sessions]
+        verify_components(folder, manifest, loaded)
         scheduler_path = folder / "scheduler" / "scheduler_config.json"
         if not scheduler_path.is_file():
             raise ModelFolderError(f"{scheduler_path} is missing; re-export the model")
-        try:
-            scheduler_config = json.loads(scheduler_path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ModelFolderError(f"{scheduler_path} is not valid JSON ({error}); re-export the model") from None
-        if not isinstance(scheduler_config, dict):
-            raise ModelFolderError(f"{scheduler_path} must hold a JSON object; re-export the model")
+        scheduler_config = read_json(scheduler_path)
         try:
             sampler_from_config(DEFAULT_SAMPLER, scheduler_config)  # every field's type and range, now
         except ConfigError as error:
@@ -112,8 +108,7 @@ class Pipeline:
                 f"tokenizer length {tokenizer.max_length} differs from the text encoder's {manifest.text_length}"
             )
         manifest, make_engine = backend.load(folder, manifest, options, sessions)
-        # Required engines load now; an optional one only if inferring the manifest opened it.
-        engines = {name: make_engine(name) for name in manifest.components if name in COMPONENTS or name in sessions}
+        engines = {name: make_engine(name) for name in loaded}
         return cls(folder, manifest, tokenizer, scheduler_config, engines, backend, make_engine)
 
     def _optional_engine(self, name: str) -> Engine | None:

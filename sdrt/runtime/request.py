@@ -99,19 +99,18 @@ def _prompts(request: GenerationRequest) -> tuple[list[str], list[str]]:
     prompts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt, (list, tuple)) else []
     if not prompts or not all(isinstance(p, str) for p in prompts):
         raise GenerationError("prompt must be a string or a non-empty list of strings", "prompt")
-    for text in prompts:
-        check_text(text, "prompt")
     if negative is None:
-        return prompts, [""] * len(prompts)
-    if isinstance(negative, str):
-        check_text(negative, "negative_prompt")
-        return prompts, [negative] * len(prompts)
-    negatives = list(negative) if isinstance(negative, (list, tuple)) else [None]
-    if len(negatives) != len(prompts) or not all(isinstance(n, str) for n in negatives):
-        raise GenerationError(f"negative_prompt has {len(negatives)} entries for {len(prompts)} prompts",
-                              "negative_prompt")
-    for text in negatives:
-        check_text(text, "negative_prompt")
+        negatives = [""] * len(prompts)
+    elif isinstance(negative, str):
+        negatives = [negative] * len(prompts)
+    else:
+        negatives = list(negative) if isinstance(negative, (list, tuple)) else [None]
+        if len(negatives) != len(prompts) or not all(isinstance(n, str) for n in negatives):
+            raise GenerationError(f"negative_prompt has {len(negatives)} entries for {len(prompts)} prompts",
+                                  "negative_prompt")
+    for param, texts in (("prompt", prompts), ("negative_prompt", negatives)):
+        for text in texts:
+            check_text(text, param)
     return prompts, negatives
 
 

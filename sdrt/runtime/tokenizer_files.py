@@ -8,37 +8,25 @@ that is not two symbols: each is one ModelFolderError naming the file.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from sdrt.errors import ModelFolderError
+from sdrt.runtime.json_files import MAX_CONFIG_BYTES, read_json
 
 END_OF_WORD = "</w>"
 # transformers writes this sentinel as model_max_length when a tokenizer has no limit.
 NO_LIMIT_SENTINEL = int(1e29)
-#: Tokenizer files larger than this are not a CLIP tokenizer (CLIP's tokenizer.json: 3.6 MB).
-MAX_FILE_BYTES = 64 * 2**20
 SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token")
 
 
-def read_json(path: Path, *, required: bool, kind: type = dict) -> Any:
+def _read(path: Path, *, required: bool, kind: type = dict) -> Any:
     """The JSON value of `path` ({} when optional and missing), checked to be a `kind`."""
     if not path.is_file():
         if required:
             raise ModelFolderError(f"{path} is missing")
         return kind()
-    try:
-        if path.stat().st_size > MAX_FILE_BYTES:
-            raise ModelFolderError(f"{path} is larger than {MAX_FILE_BYTES >> 20} MiB; it is not a tokenizer file")
-        with open(path, encoding="utf-8") as handle:
-            value = json.load(handle)
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:
-        reason = "too deeply nested" if isinstance(error, RecursionError) else str(error).splitlines()[0]
-        raise ModelFolderError(f"cannot read {path}: {reason}") from None
-    if not isinstance(value, kind):
-        raise ModelFolderError(f"{path} must hold a JSON {kind.__name__}, not {type(value).__name__}")
-    return value
+    return read_json(path, kind=kind)
 
 
 def _vocab(value: Any, path: Path) -> dict[str, int]:
@@ -62,8 +50,8 @@ def _merges(entries: Any, path: Path) -> list[tuple[str, str]]:
 
 def read_merges(path: Path) -> list[tuple[str, str]]:
     try:
-        if path.stat().st_size > MAX_FILE_BYTES:
-            raise ModelFolderError(f"{path} is larger than {MAX_FILE_BYTES >> 20} MiB; it is not a tokenizer file")
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ModelFolderError(f"{path} is larger than {MAX_CONFIG_BYTES >> 20} MiB; it is not a merges file")
         with open(path, encoding="utf-8") as handle:
             lines = [line.rstrip("\n") for line in handle]
     except (OSError, UnicodeDecodeError) as error:
@@ -75,7 +63,7 @@ def read_merges(path: Path) -> list[tuple[str, str]]:
 
 def read_tokenizer_json(path: Path) -> tuple[dict, list, dict, str | None]:
     """Vocab, merges, added special tokens and the Split pattern of a CLIP tokenizer.json."""
-    data = read_json(path, required=True)
+    data = _read(path, required=True)
     model = data.get("model")
     if not isinstance(model, dict) or model.get("type") != "BPE" or model.get("end_of_word_suffix") != END_OF_WORD:
         model = model if isinstance(model, dict) else {}
@@ -97,7 +85,8 @@ def read_tokenizer_json(path: Path) -> tuple[dict, list, dict, str | None]:
     steps = pre.get("pretokenizers", [pre]) if isinstance(pre, dict) else []
     for step in steps if isinstance(steps, list) else []:
         if isinstance(step, dict) and step.get("type") == "Split":
-            regex = (step.get("pattern") or {}).get("Regex") if isinstance(step.get("pattern"), dict) else None
+            spec = step.get("pattern")
+            regex = spec.get("Regex") if isinstance(spec, dict) else None
             if not isinstance(regex, str):
                 raise ModelFolderError(f"{path}: the Split pre-tokenizer's pattern must be a regex string")
             pattern = regex
@@ -106,8 +95,8 @@ def read_tokenizer_json(path: Path) -> tuple[dict, list, dict, str | None]:
 
 def read_tokenizer_folder(folder: Path) -> dict[str, Any]:
     """The keyword arguments of ClipTokenizer for a tokenizer folder."""
-    config = read_json(folder / "tokenizer_config.json", required=False)
-    config.update(read_json(folder / "special_tokens_map.json", required=False))
+    config = _read(folder / "tokenizer_config.json", required=False)
+    config.update(_read(folder / "special_tokens_map.json", required=False))
     decoder = config.get("added_tokens_decoder") or {}
     if not isinstance(decoder, dict) or not all(isinstance(e, dict) for e in decoder.values()):
         raise ModelFolderError(f"{folder}/tokenizer_config.json: added_tokens_decoder must map ids to objects")
@@ -122,7 +111,7 @@ def read_tokenizer_folder(folder: Path) -> dict[str, Any]:
         vocab, merges, from_json, split_pattern = read_tokenizer_json(folder / "tokenizer.json")
         added_tokens.update(from_json)
     elif (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
-        vocab = _vocab(read_json(folder / "vocab.json", required=True), folder / "vocab.json")
+        vocab = _vocab(_read(folder / "vocab.json", required=True), folder / "vocab.json")
         merges = read_merges(folder / "merges.txt")
     else:
         raise ModelFolderError(f"{folder} has neither tokenizer.json nor vocab.json + merges.txt; "

@@ -8,6 +8,8 @@ import json
 import os
 from typing import TYPE_CHECKING
 
+from starlette.routing import Match
+
 from sdrt.serve.schemas import OPEN_ROUTES, error_body
 
 UNMATCHED = "unmatched"  # the metrics label of every path no route serves
@@ -35,8 +37,6 @@ class Guard:
     def label(self, scope) -> str:
         """The route template a request matches (the metrics label): a bounded set of values,
         whatever paths clients send; UNMATCHED for any other path."""
-        from starlette.routing import Match
-
         for route in self.routes:
             if getattr(route, "path", None) is not None and route.matches(scope)[0] != Match.NONE:
                 return route.path
