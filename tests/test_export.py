@@ -130,9 +130,11 @@ def _copy_tree(source: Path, target: Path) -> Path:
         (lambda tmp, tiny: _write(tmp / "weights.bin", b"x"), "is not a checkpoint"),
         (lambda tmp, tiny: _write(tmp / "broken.safetensors", b"not a checkpoint"), "cannot load checkpoint"),
         (lambda tmp, tiny: _remove(_copy_tree(tiny, tmp / "m"), "unet"), "lacks the component folder"),
-        (lambda tmp, tiny: _sdxl(_copy_tree(tiny, tmp / "m")), "is SDXL"),
+        (lambda tmp, tiny: _sdxl(_copy_tree(tiny, tmp / "m")), "lacks the component folder(s): text_encoder_2"),
+        (lambda tmp, tiny: _sd3(_copy_tree(tiny, tmp / "m")), "is SD3"),
     ],
-    ids=["no-model-index", "missing", "not-a-checkpoint", "corrupt-checkpoint", "missing-unet", "sdxl"],
+    ids=["no-model-index", "missing", "not-a-checkpoint", "corrupt-checkpoint", "missing-unet", "sdxl-incomplete",
+         "sd3"],
 )
 def test_bad_sources_are_one_line_errors(tiny_models, tmp_path, make_source, message):
     source_dir = tmp_path / "src"
@@ -159,6 +161,13 @@ def _remove(folder: Path, component: str) -> str:
     import shutil
 
     shutil.rmtree(folder / component)
+    return str(folder)
+
+
+def _sd3(folder: Path) -> str:
+    index = json.loads((folder / "model_index.json").read_text())
+    index["text_encoder_3"] = ["transformers", "T5EncoderModel"]
+    (folder / "model_index.json").write_text(json.dumps(index))
     return str(folder)
 
 

@@ -45,13 +45,14 @@ class ModelGeometry:
 
     @classmethod
     def of(cls, pipeline) -> "ModelGeometry":
-        unet, vae, text = pipeline.unet.config, pipeline.vae.config, pipeline.text_encoder.config
+        unet, vae = pipeline.unet.config, pipeline.vae.config
+        text = next(encoder for encoder in text_encoder_modules(pipeline).values()).config
         downsamplers = sum(1 for block in unet.down_block_types) - 1
         return cls(
             latent_channels=vae.latent_channels,
             unet_in_channels=unet.in_channels,
             text_length=text.max_position_embeddings,
-            text_hidden_size=text.hidden_size,
+            text_hidden_size=unet.cross_attention_dim,  # SDXL concatenates two encoders' states
             vae_scale_factor=2 ** (len(vae.block_out_channels) - 1),
             unet_size_multiple=2**downsamplers,
             native_latent_size=unet.sample_size,
@@ -77,6 +78,16 @@ class ModelGeometry:
             LATENT_HEIGHT: latent,
             LATENT_WIDTH: latent,
         }
+
+
+def text_encoder_modules(pipeline) -> dict[str, torch.nn.Module]:
+    """The pipeline's text encoders by component name (an SDXL refiner has only the second)."""
+    names = ("text_encoder", "text_encoder_2")
+    return {name: getattr(pipeline, name) for name in names if getattr(pipeline, name, None) is not None}
+
+
+def is_sdxl(pipeline) -> bool:
+    return getattr(pipeline.unet.config, "addition_embed_type", None) == "text_time"
 
 
 class TextEncoder(torch.nn.Module):
@@ -138,6 +149,46 @@ class ComponentExport:
 
 
 def component_exports(pipeline, geometry: ModelGeometry, num_train_timesteps: int) -> list[ComponentExport]:
+    """The engines of a pipeline: SD 1.x/2.x here, SDXL in sdrt.export.sdxl."""
+    if is_sdxl(pipeline):
+        from sdrt.export.sdxl import sdxl_component_exports
+
+        return sdxl_component_exports(pipeline, geometry, num_train_timesteps)
+    return clip_component_exports(pipeline, geometry, num_train_timesteps)
+
+
+def vae_exports(pipeline, geometry: ModelGeometry) -> list[ComponentExport]:
+    """The VAE decoder and encoder (the encoder's output is the latent distribution)."""
+    g = geometry
+    f32 = "float32"
+
+    def decoder_inputs(gen, batch, latent_h, latent_w):
+        return (torch.randn(batch, g.latent_channels, latent_h, latent_w, generator=gen),)
+
+    def encoder_inputs(gen, batch, latent_h, latent_w):
+        shape = (batch, 3, latent_h * g.vae_scale_factor, latent_w * g.vae_scale_factor)
+        return (torch.rand(shape, generator=gen) * 2 - 1,)
+
+    latent = [g.latent_channels, LATENT_HEIGHT, LATENT_WIDTH]
+    return [
+        ComponentExport(
+            "vae_decoder",
+            VaeDecoder(pipeline.vae),
+            [TensorSpec("latent_sample", f32, [BATCH, *latent])],
+            [TensorSpec("sample", f32, [BATCH, 3, HEIGHT, WIDTH])],
+            decoder_inputs,
+        ),
+        ComponentExport(
+            "vae_encoder",
+            VaeEncoder(pipeline.vae),
+            [TensorSpec("sample", f32, [BATCH, 3, HEIGHT, WIDTH])],
+            [TensorSpec("latent_mean", f32, [BATCH, *latent]), TensorSpec("latent_std", f32, [BATCH, *latent])],
+            encoder_inputs,
+        ),
+    ]
+
+
+def clip_component_exports(pipeline, geometry: ModelGeometry, num_train_timesteps: int) -> list[ComponentExport]:
     """The four engines of a Stable Diffusion 1.x/2.x pipeline."""
     g = geometry
     f32 = "float32"
@@ -152,13 +203,6 @@ def component_exports(pipeline, geometry: ModelGeometry, num_train_timesteps: in
             torch.randint(0, num_train_timesteps, (2 * batch,), generator=gen).to(torch.float32),
             torch.randn(2 * batch, g.text_length, g.text_hidden_size, generator=gen),
         )
-
-    def decoder_inputs(gen, batch, latent_h, latent_w):
-        return (torch.randn(batch, g.latent_channels, latent_h, latent_w, generator=gen),)
-
-    def encoder_inputs(gen, batch, latent_h, latent_w):
-        shape = (batch, 3, latent_h * g.vae_scale_factor, latent_w * g.vae_scale_factor)
-        return (torch.rand(shape, generator=gen) * 2 - 1,)
 
     latent = [g.latent_channels, LATENT_HEIGHT, LATENT_WIDTH]
     return [
@@ -183,18 +227,5 @@ def component_exports(pipeline, geometry: ModelGeometry, num_train_timesteps: in
             [TensorSpec("out_sample", f32, [UNET_BATCH, *latent])],
             unet_inputs,
         ),
-        ComponentExport(
-            "vae_decoder",
-            VaeDecoder(pipeline.vae),
-            [TensorSpec("latent_sample", f32, [BATCH, *latent])],
-            [TensorSpec("sample", f32, [BATCH, 3, HEIGHT, WIDTH])],
-            decoder_inputs,
-        ),
-        ComponentExport(
-            "vae_encoder",
-            VaeEncoder(pipeline.vae),
-            [TensorSpec("sample", f32, [BATCH, 3, HEIGHT, WIDTH])],
-            [TensorSpec("latent_mean", f32, [BATCH, *latent]), TensorSpec("latent_std", f32, [BATCH, *latent])],
-            encoder_inputs,
-        ),
+        *vae_exports(pipeline, g),
     ]

@@ -9,7 +9,6 @@ place at the end, so a failed or interrupted export leaves no half-written folde
 from __future__ import annotations
 
 import errno
-import json
 import os
 import re
 import shutil
@@ -21,10 +20,10 @@ from typing import Callable
 
 import numpy as np
 
-from sdrt import __version__
 from sdrt.errors import ModelFolderError, SdrtError
 from sdrt.export import onnx_graph
 from sdrt.export.components import ONNX_OPSET, ComponentExport, ModelGeometry, component_exports
+from sdrt.export.model_files import family, sdxl_settings, versions, write_diffusers_files
 from sdrt.runtime.integrity import record_sha256
 from sdrt.runtime.leftovers import remove_stale
 from sdrt.runtime.manifest import FORMAT_VERSION, ComponentSpec, Manifest, TensorSpec
@@ -185,51 +184,6 @@ def _available_providers() -> list[str]:
     return ort.get_available_providers()
 
 
-def _family(pipeline) -> str:
-    """sd2 for OpenCLIP text encoders with linear attention projections, else sd1."""
-    return "sd2" if getattr(pipeline.unet.config, "use_linear_projection", False) else "sd1"
-
-
-def _versions() -> dict[str, str]:
-    import diffusers
-    import onnx
-    import onnxruntime
-    import torch
-    import transformers
-
-    return {
-        "sdrt": __version__,
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "transformers": transformers.__version__,
-        "onnx": onnx.__version__,
-        "onnxruntime": onnxruntime.__version__,
-    }
-
-
-def _write_diffusers_files(pipeline, folder: Path) -> None:
-    """tokenizer/, scheduler/ and the model_index.json OnnxStableDiffusionPipeline reads."""
-    import diffusers
-
-    pipeline.tokenizer.save_pretrained(folder / "tokenizer")
-    pipeline.scheduler.save_config(folder / "scheduler")
-    onnx_model = ["diffusers", "OnnxRuntimeModel"]
-    index = {
-        "_class_name": "OnnxStableDiffusionPipeline",
-        "_diffusers_version": diffusers.__version__,
-        "text_encoder": onnx_model,
-        "unet": onnx_model,
-        "vae_decoder": onnx_model,
-        "vae_encoder": onnx_model,
-        "tokenizer": ["transformers", type(pipeline.tokenizer).__name__],
-        "scheduler": ["diffusers", type(pipeline.scheduler).__name__],
-        "safety_checker": [None, None],
-        "feature_extractor": [None, None],
-        "requires_safety_checker": False,
-    }
-    (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
-
-
 def export_pipeline(
     pipeline,
     out_dir: str | Path,
@@ -251,6 +205,10 @@ def export_pipeline(
     if options.optimize and options.target == "cuda":
         _use_classic_attention(pipeline)
     num_train_timesteps = pipeline.scheduler.config.num_train_timesteps
+    sdxl = sdxl_settings(pipeline)
+    if sdxl is not None and sdxl.vae_force_upcast and options.vae_precision == "fp16":
+        progress("vae: kept in fp32: this VAE overflows in fp16 (its config sets force_upcast)")
+        options = replace(options, vae_precision="fp32")
     try:
         staging.mkdir()
         components = {}
@@ -281,11 +239,11 @@ def export_pipeline(
                 data_files={f.relative_to(staging).as_posix(): record_sha256(f) for f in files if f != final},
             )
         shutil.rmtree(staging / WORK_DIR)
-        _write_diffusers_files(pipeline, staging)
+        write_diffusers_files(pipeline, staging, list(components))
         vae = pipeline.vae.config
         manifest = Manifest(
             format_version=FORMAT_VERSION,
-            family=_family(pipeline),
+            family=family(pipeline),
             prediction_type=pipeline.scheduler.config.get("prediction_type", "epsilon"),
             vae_scaling_factor=float(vae.scaling_factor),
             vae_shift_factor=float(getattr(vae, "shift_factor", None) or 0.0),
@@ -299,7 +257,8 @@ def export_pipeline(
             dims=geometry.dims(),
             components=components,
             source=source,
-            versions=_versions(),
+            versions=versions(),
+            sdxl=sdxl,
         )
         manifest.save(staging)
         _replace(staging, out_dir)

@@ -1,4 +1,4 @@
-"""Load a Stable Diffusion 1.x/2.x pipeline from what users have: a diffusers folder, a
+"""Load a Stable Diffusion 1.x/2.x or SDXL pipeline from what users have: a diffusers folder, a
 single-file `.safetensors` / `.ckpt` checkpoint, or a Hugging Face hub id."""
 
 from __future__ import annotations
@@ -10,7 +10,53 @@ from sdrt.errors import ModelFolderError
 
 REQUIRED_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
-UNSUPPORTED_COMPONENTS = {"text_encoder_2": "SDXL", "transformer": "a diffusion transformer (SD3, Flux)"}
+UNSUPPORTED_COMPONENTS = {"transformer": "a diffusion transformer (SD3, Flux)", "text_encoder_3": "SD3"}
+SDXL_COMPONENT = "text_encoder_2"
+# diffusers pipeline classes by what a model is; the refiner has no first text encoder, which
+# only the image-to-image class accepts.
+SD_CLASS, SDXL_CLASS, SDXL_REFINER_CLASS = ("StableDiffusionPipeline", "StableDiffusionXLPipeline",
+                                            "StableDiffusionXLImg2ImgPipeline")
+SDXL_CLASSES = (SDXL_CLASS, SDXL_REFINER_CLASS, "StableDiffusionXLInpaintPipeline")
+# Single-file SDXL checkpoints keep their text encoders under these prefixes (LDM "conditioner").
+SDXL_CHECKPOINT_PREFIX = "conditioner.embedders."
+SDXL_FIRST_ENCODER_PREFIX = "conditioner.embedders.0.transformer."
+
+def _pipeline_class_for_index(index: dict) -> str:
+    """The diffusers class that loads a folder with this model_index.json."""
+    if SDXL_COMPONENT not in index:
+        return SD_CLASS
+    if index.get("text_encoder", [None])[0] is None:
+        return SDXL_REFINER_CLASS
+    named = index.get("_class_name")
+    return named if named in SDXL_CLASSES else SDXL_CLASS
+
+
+def _pipeline_class_for_checkpoint(path: Path, config: str | None) -> str:
+    """From the configs folder when given, else from the checkpoint's tensor names (read from a
+    .safetensors header; a .ckpt is assumed SD 1.x/2.x unless --config says otherwise)."""
+    if config is not None and (Path(config) / "model_index.json").is_file():
+        return _pipeline_class_for_index(_read_index(Path(config)))
+    if path.suffix.lower() != ".safetensors":
+        return SD_CLASS
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            keys = list(handle.keys())
+    except Exception as error:  # safetensors raises its own error types for a corrupt header
+        raise ModelFolderError(f"cannot load checkpoint {path}: {error}") from None
+    if not any(key.startswith(SDXL_CHECKPOINT_PREFIX) for key in keys):
+        return SD_CLASS
+    first = any(key.startswith(SDXL_FIRST_ENCODER_PREFIX) for key in keys)
+    return SDXL_CLASS if first else SDXL_REFINER_CLASS
+
+
+def _read_index(folder: Path) -> dict:
+    index_path = folder / "model_index.json"
+    try:
+        return json.loads(index_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise ModelFolderError(f"{index_path} is not valid JSON: {error}") from None
 
 
 def _check_diffusers_folder(folder: Path) -> None:
@@ -20,51 +66,60 @@ def _check_diffusers_folder(folder: Path) -> None:
             f"{folder} is not a diffusers model folder (no model_index.json); pass a diffusers "
             "folder, a .safetensors/.ckpt checkpoint or a hub id"
         )
-    try:
-        index = json.loads(index_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ModelFolderError(f"{index_path} is not valid JSON: {error}") from None
+    index = _read_index(folder)
     for component, family in UNSUPPORTED_COMPONENTS.items():
         if component in index:
-            raise ModelFolderError(f"{folder} is {family}; sdrt exports Stable Diffusion 1.x and 2.x only")
-    missing = [c for c in REQUIRED_COMPONENTS if not (folder / c).is_dir()]
+            raise ModelFolderError(f"{folder} is {family}; sdrt exports Stable Diffusion 1.x, 2.x and SDXL only")
+    required = REQUIRED_COMPONENTS
+    if SDXL_COMPONENT in index:
+        required = ("unet", "vae", SDXL_COMPONENT, "tokenizer_2", "scheduler")
+    missing = [c for c in required if not (folder / c).is_dir()]
     if missing:
         raise ModelFolderError(f"{folder} lacks the component folder(s): {', '.join(missing)}")
 
 
 def load_pipeline(source: str, config: str | None = None):
-    """A `StableDiffusionPipeline` on the CPU, from a folder, checkpoint or hub id.
+    """A `StableDiffusionPipeline` (or an SDXL one) on the CPU, from a folder, checkpoint or hub id.
 
     `config` (a diffusers folder with the component configs) is for single-file checkpoints
     on machines without network access: diffusers otherwise downloads the matching configs.
     """
-    from diffusers import StableDiffusionPipeline
+    import diffusers
 
     path = Path(source).expanduser()
-    common = {"safety_checker": None, "requires_safety_checker": False}  # weights load as float32
     if path.is_dir():
         _check_diffusers_folder(path)
         try:
-            return StableDiffusionPipeline.from_pretrained(path, **common)
+            return _from(diffusers, _pipeline_class_for_index(_read_index(path)), "from_pretrained", path)
         except (OSError, ValueError, KeyError) as error:
             raise ModelFolderError(f"cannot load {path}: {error}") from None
     if path.is_file():
         if path.suffix.lower() not in CHECKPOINT_SUFFIXES:
             raise ModelFolderError(f"{path} is not a checkpoint (expected {' or '.join(CHECKPOINT_SUFFIXES)})")
-        kwargs = dict(common)
-        if config is not None:
-            kwargs.update(config=str(config), local_files_only=True)
+        kwargs = {} if config is None else {"config": str(config), "local_files_only": True}
+        class_name = _pipeline_class_for_checkpoint(path, config)
         try:
-            return StableDiffusionPipeline.from_single_file(str(path), **kwargs)
+            return _from(diffusers, class_name, "from_single_file", str(path), **kwargs)
         except Exception as error:  # diffusers raises many types for a bad or unknown checkpoint
             hint = "" if config else "; offline, pass --config with a diffusers folder of matching configs"
             raise ModelFolderError(f"cannot load checkpoint {path}: {error}{hint}") from None
     if path.exists() or source.startswith((".", "/", "~")) or source.count("/") != 1:
         raise ModelFolderError(f"{source} does not exist (expected a folder, a checkpoint file or a hub id)")
     try:
-        return StableDiffusionPipeline.from_pretrained(source, **common)
+        index = diffusers.DiffusionPipeline.load_config(source)
+        return _from(diffusers, _pipeline_class_for_index(index), "from_pretrained", source)
     except Exception as error:  # network, authentication and missing-repo errors differ by version
         raise ModelFolderError(
             f"cannot download {source} from the Hugging Face hub ({type(error).__name__}); "
             "check the network and the id, or pass a local folder"
         ) from None
+
+
+def _from(diffusers, class_name: str, method: str, source, **kwargs):
+    """`class_name.method(source)` with the arguments that class takes: SD pipelines drop their
+    safety checker, SDXL ones their watermarker. Weights load as float32."""
+    if class_name in SDXL_CLASSES:
+        kwargs["add_watermarker"] = False
+    else:
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    return getattr(getattr(diffusers, class_name), method)(source, **kwargs)

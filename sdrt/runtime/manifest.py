@@ -31,6 +31,10 @@ HEIGHT, WIDTH = "height", "width"
 LATENT_HEIGHT, LATENT_WIDTH = "latent_height", "latent_width"
 FORMAT_VERSION = 1
 DTYPES = ("float32", "float16", "int32", "int64")
+#: Model families: SD 1.x, SD 2.x, SDXL base and SDXL refiner (manifest.schema.json lists them too).
+FAMILIES = ("sd1", "sd2", "sdxl", "sdxl-refiner")
+#: The text encoder and tokenizer of SD 1.x/2.x exports (SDXL lists its own in `sdxl`).
+CLIP_TEXT_ENCODER, CLIP_TOKENIZER = "text_encoder", "tokenizer"
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,18 @@ class ComponentSpec:
 
 
 @dataclass(frozen=True)
+class SdxlSpec:
+    """What an SDXL export's runtime reads from the model's configs (diffusers' pipeline config
+    and the VAE's): no SDXL constant is a literal in the runtime."""
+
+    text_encoders: list[str]  # components, in the order their hidden states are concatenated
+    tokenizers: list[str]  # folders, one per text encoder; the last encoder gives the pooled embedding
+    force_zeros_for_empty_prompt: bool  # no negative prompt -> zero negative conditioning
+    requires_aesthetics_score: bool  # time ids end with an aesthetic score (the refiner), not the target size
+    vae_force_upcast: bool  # the VAE overflows in fp16: the exporter kept it fp32
+
+
+@dataclass(frozen=True)
 class Manifest:
     format_version: int
     family: str
@@ -84,6 +100,14 @@ class Manifest:
     components: dict[str, ComponentSpec]
     source: dict[str, Any]
     versions: dict[str, str]
+    sdxl: SdxlSpec | None = None  # SDXL families only
+
+    @property
+    def text_encoders(self) -> list[tuple[str, str]]:
+        """(text encoder component, tokenizer folder) pairs, in concatenation order."""
+        if self.sdxl is None:
+            return [(CLIP_TEXT_ENCODER, CLIP_TOKENIZER)]
+        return list(zip(self.sdxl.text_encoders, self.sdxl.tokenizers))
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=False) + "\n"
@@ -109,6 +133,8 @@ class Manifest:
             value["outputs"] = [TensorSpec(**t) for t in value["outputs"]]
             components[name] = ComponentSpec(**value)
         data["components"] = components
+        if data.get("sdxl") is not None:
+            data["sdxl"] = SdxlSpec(**data["sdxl"])
         return cls(**data)
 
     @classmethod
@@ -131,6 +157,16 @@ class Manifest:
             if not dim.min <= dim.opt <= dim.max:
                 raise ModelFolderError(f"{path}: dims.{name} needs min <= opt <= max, got {dim.min}, {dim.opt}, "
                                        f"{dim.max}; re-export the model")
+        if self.sdxl is not None and len(self.sdxl.text_encoders) != len(self.sdxl.tokenizers):
+            raise ModelFolderError(f"{path}: sdxl lists {len(self.sdxl.text_encoders)} text encoders and "
+                                   f"{len(self.sdxl.tokenizers)} tokenizers; re-export the model")
+        for component, tokenizer in self.text_encoders:
+            if component not in self.components:
+                raise ModelFolderError(f"{path}: the text encoder {component!r} is not among the components; "
+                                       "re-export the model")
+            confined_path(path.parent, tokenizer, f"{path}: tokenizer")
+        if (self.sdxl is None) != (self.family in ("sd1", "sd2")):
+            raise ModelFolderError(f"{path}: family {self.family!r} and the sdxl section disagree; re-export the model")
         for component, spec in self.components.items():
             for key, relative in [("file", spec.file), *(("data_files", name) for name in spec.data_files)]:
                 confined_path(path.parent, relative, f"{path}: components.{component}.{key}")

@@ -32,10 +32,14 @@ class ImageEncoder(Protocol):
 class DenoiseStart:
     """Where a denoising run begins and what each step adds."""
 
-    latents: np.ndarray
+    latents: np.ndarray | None  # None until a previous run (the SDXL base, for its refiner) gives them
     start: int = 0  # the first UNet call
     conditioning: np.ndarray | None = None  # appended to the UNet input's channels every call
     blend: Callable[[int, np.ndarray], np.ndarray] | None = None  # runs after each step
+    end: int | None = None  # the UNet call to stop before (None: the sampler's last)
+
+    def stop(self, sampler: Scheduler) -> int:
+        return len(sampler.timesteps) if self.end is None else self.end
 
 
 def text_to_image(resolved: ResolvedRequest, sampler: Scheduler, generator, shape: tuple[int, ...]) -> DenoiseStart:

@@ -23,13 +23,15 @@ from sdrt.runtime.integrity import verify_components
 from sdrt.runtime.json_files import read_json
 from sdrt.runtime.manifest import MANIFEST_NAME, Manifest
 from sdrt.runtime.model_folder import infer_manifest
-from sdrt.runtime import modes
+from sdrt.runtime import modes, refiner as refiners
+from sdrt.runtime.conditioning import unet_conditioning
 from sdrt.runtime.request import GenerationError, GenerationRequest, ResolvedRequest
 from sdrt.runtime.rng import GeneratorGroup, TorchGenerator
 from sdrt.runtime.schedulers import DEFAULT_SAMPLER, Scheduler, sampler_from_config
-from sdrt.runtime.tokenizer import ClipTokenizer
+from sdrt.runtime.text_encoders import TextEncoders
 
-COMPONENTS = ("text_encoder", "unet", "vae_decoder")  # required; vae_encoder loads on first img2img
+# Required besides the text encoders; vae_encoder loads on the first image-to-image request.
+COMPONENTS = ("unet", "vae_decoder")
 PIXEL_LEVELS = 255
 
 
@@ -53,11 +55,13 @@ class Pipeline:
     and the scheduler config. Per call: the sampler and its history, the random generator,
     the latents and every intermediate array."""
 
-    def __init__(self, folder: Path, manifest: Manifest, tokenizer: ClipTokenizer, scheduler_config: dict,
+    def __init__(self, folder: Path, manifest: Manifest, text_encoders: TextEncoders, scheduler_config: dict,
                  engines: dict[str, Engine], backend: Backend, make_engine: Callable[[str], Engine]):
         self.folder = folder
         self.manifest = manifest
-        self.tokenizer = tokenizer
+        self.text_encoders = text_encoders
+        self.tokenizer = text_encoders.tokenizers[0]
+        self.refiner: Pipeline | None = None  # an SDXL refiner (attach_refiner)
         self.scheduler_config = scheduler_config
         self.engines = engines
         self.backend = backend
@@ -67,12 +71,13 @@ class Pipeline:
     @classmethod
     def load(cls, folder: str | Path, backend: str | Backend = DEFAULT_BACKEND, threads: int | None = None,
              progress: Callable[[str], None] | None = None, io_binding: bool | None = None,
-             cuda_graph: bool = False) -> "Pipeline":
+             cuda_graph: bool = False, refiner: str | Path | None = None) -> "Pipeline":
         """Load an exported folder (with manifest.json, or a diffusers ONNX folder without one).
         `backend` is cpu or cuda (ONNX Runtime) or tensorrt (engines from `sdrt build`, rebuilt
         with a message through `progress` when stale). On ONNX Runtime, `io_binding` (the
         default on cuda) keeps buffers on the device and reuses them per shape; `cuda_graph`
-        (cuda only) also captures the UNet once per shape and replays it (see BoundOrtEngine)."""
+        (cuda only) also captures the UNet once per shape and replays it (see BoundOrtEngine).
+        `refiner`: an SDXL refiner's folder, loaded the same way (see attach_refiner)."""
         folder = Path(folder)
         if not folder.is_dir():
             raise ModelFolderError(
@@ -88,11 +93,12 @@ class Pipeline:
                                    "`sdrt export`")
         else:
             manifest, sessions = infer_manifest(folder, lambda path: backend.open_session(path, options))
-        for name in COMPONENTS:
+        required = [name for name, _ in manifest.text_encoders] + list(COMPONENTS)
+        for name in required:
             if name not in manifest.components:
                 raise ModelFolderError(f"{folder} lacks {name}; re-export it with `sdrt export`")
         # Required engines load now; an optional one only if inferring the manifest opened it.
-        loaded = [name for name in manifest.components if name in COMPONENTS or name in sessions]
+        loaded = [name for name in manifest.components if name in required or name in sessions]
         verify_components(folder, manifest, loaded)
         scheduler_path = folder / "scheduler" / "scheduler_config.json"
         if not scheduler_path.is_file():
@@ -102,14 +108,19 @@ class Pipeline:
             sampler_from_config(DEFAULT_SAMPLER, scheduler_config)  # every field's type and range, now
         except ConfigError as error:
             raise ModelFolderError(f"{scheduler_path}: {error}") from None
-        tokenizer = ClipTokenizer.from_folder(folder / "tokenizer")
-        if tokenizer.max_length != manifest.text_length:
-            raise ModelFolderError(
-                f"tokenizer length {tokenizer.max_length} differs from the text encoder's {manifest.text_length}"
-            )
+        text_encoders = TextEncoders.load(folder, manifest)
         manifest, make_engine = backend.load(folder, manifest, options, sessions)
+        text_encoders.manifest = manifest
         engines = {name: make_engine(name) for name in loaded}
-        return cls(folder, manifest, tokenizer, scheduler_config, engines, backend, make_engine)
+        pipeline = cls(folder, manifest, text_encoders, scheduler_config, engines, backend, make_engine)
+        if refiner is not None:
+            pipeline.attach_refiner(cls.load(refiner, backend, threads, progress, io_binding, cuda_graph))
+        return pipeline
+
+    def attach_refiner(self, refiner: "Pipeline") -> None:
+        """Requests with a `refiner_switch` then hand their latents to `refiner` (sdrt.runtime.refiner)."""
+        refiners.check_pair(self, refiner)
+        self.refiner = refiner
 
     def _optional_engine(self, name: str) -> Engine | None:
         """An engine only some requests need (the VAE encoder), loaded on first use: text-to-
@@ -123,26 +134,7 @@ class Pipeline:
                 self.engines[name] = self._make_engine(name)
             return self.engines[name]
 
-    # ------------------------------------------------------------------ request checks
-
     # ------------------------------------------------------------------ stages
-    def encode_prompts(self, prompts: list[str], warnings: list[str], timings: dict | None = None) -> np.ndarray:
-        """Text embeddings, float32 [len(prompts), text_length, hidden]."""
-        started = time.perf_counter()
-        tokens = self.tokenizer.encode(prompts)
-        if timings is not None:
-            timings["tokenize"] = timings.get("tokenize", 0.0) + time.perf_counter() - started
-        for prompt, dropped in zip(prompts, tokens.dropped_text):
-            if dropped:
-                warnings.append(
-                    f"the prompt is longer than {self.tokenizer.max_length - 2} tokens; "
-                    f"this part was dropped: {dropped!r}"
-                )
-        engine = self.engines["text_encoder"]
-        ids = tokens.input_ids.astype(engine.input_dtype("input_ids"))
-        hidden = engine.run({"input_ids": ids})["last_hidden_state"]
-        return hidden.astype(np.float32)
-
     def encode_image(self, image: np.ndarray, generator: TorchGenerator) -> np.ndarray:
         """Latents of an image in [-1, 1], sampled from the VAE's distribution with `generator`
         and scaled as the UNet expects."""
@@ -156,11 +148,13 @@ class Pipeline:
         m = self.manifest
         return (latents - np.float32(m.vae_shift_factor)) * np.float32(m.vae_scaling_factor)
 
-    def denoise(self, start: modes.DenoiseStart, embeddings: np.ndarray, sampler: Scheduler, guidance_scale: float,
-                generator: TorchGenerator | GeneratorGroup, progress: Callable[[int, int], None] | None = None,
-                timings: dict | None = None, cancel: threading.Event | None = None) -> np.ndarray:
-        """The denoising loop from UNet call `start.start` (image-to-image skips the first);
-        `embeddings` holds [unconditional; conditional] with guidance. Stochastic samplers draw
+    def denoise(self, start: modes.DenoiseStart, conditioning: dict[str, np.ndarray], sampler: Scheduler,
+                guidance_scale: float, generator: TorchGenerator | GeneratorGroup,
+                progress: Callable[[int, int], None] | None = None, timings: dict | None = None,
+                cancel: threading.Event | None = None) -> np.ndarray:
+        """The denoising loop over UNet calls `start.start` (image-to-image skips the first) to
+        `start.end`; `conditioning` holds the UNet's feeds besides the latents and timestep
+        ([unconditional; conditional] with guidance, sdrt.runtime.conditioning). Stochastic samplers draw
         from `generator`, after the initial latents, as in diffusers. `start.conditioning` (an
         inpainting UNet's mask and masked-image latents) is appended to the scaled input's
         channels; `start.blend(index, latents)` runs after each step. With `timings`, each UNet
@@ -169,13 +163,14 @@ class Pipeline:
         next step with GenerationCancelled."""
         engine = self.engines["unet"]
         latents = start.latents
-        guided = embeddings.shape[0] == 2 * latents.shape[0]
+        guided = conditioning["encoder_hidden_states"].shape[0] == 2 * latents.shape[0]
         sample_dtype = engine.input_dtype("sample")
-        context = embeddings.astype(engine.input_dtype("encoder_hidden_states"))
-        context.flags.writeable = False  # the same every step: a device-resident engine uploads it once
+        context = {name: value.astype(engine.input_dtype(name)) for name, value in conditioning.items()}
+        for value in context.values():
+            value.flags.writeable = False  # the same every step: a device-resident engine uploads it once
         unet_steps = timings.setdefault("unet_steps", []) if timings is not None else []
-        total = len(sampler.timesteps) - start.start
-        for index in range(start.start, len(sampler.timesteps)):
+        end = start.stop(sampler)
+        for index in range(start.start, end):
             if cancel is not None and cancel.is_set():
                 raise GenerationCancelled("the generation was cancelled")
             model_input = np.concatenate([latents, latents]) if guided else latents
@@ -185,7 +180,7 @@ class Pipeline:
             feeds = {
                 "sample": model_input.astype(sample_dtype),
                 "timestep": np.array([sampler.timesteps[index]], dtype=engine.input_dtype("timestep")),
-                "encoder_hidden_states": context,
+                **context,
             }
             called = time.perf_counter()
             prediction = engine.run(feeds)["out_sample"]
@@ -200,7 +195,7 @@ class Pipeline:
             if start.blend is not None:
                 latents = start.blend(index, latents)
             if progress is not None:
-                progress(index - start.start + 1, total)
+                progress(index - start.start + 1, end - start.start)
         return latents
 
     def decode_latents(self, latents: np.ndarray) -> np.ndarray:
@@ -258,40 +253,44 @@ class Pipeline:
         timings: dict[str, float] = {}
         warnings: list[str] = []
         resolved = request.resolve(self.manifest)
-        num_images = request.num_images
-
-        stage = time.perf_counter()
-        # diffusers repeats each prompt's embedding num_images times, consecutively.
-        embeddings = np.repeat(self.encode_prompts(resolved.prompts, warnings, timings), num_images, axis=0)
-        if resolved.guided:
-            unconditional = np.repeat(self.encode_prompts(resolved.negatives, [], timings), num_images, axis=0)
-            embeddings = np.concatenate([unconditional, embeddings])
-        timings["text_encoder"] = time.perf_counter() - stage
-
-        sampler = sampler_from_config(request.sampler, self.scheduler_config)
-        try:
-            sampler.set_timesteps(request.steps)
-        except ConfigError as error:
-            raise GenerationError(str(error), "steps") from None
         if resolved.per_prompt_seeds:
-            generator = GeneratorGroup([TorchGenerator(value) for value in resolved.seeds], num_images)
+            generator = GeneratorGroup([TorchGenerator(value) for value in resolved.seeds], request.num_images)
         else:
             generator = TorchGenerator(resolved.seeds[0])
-        start = self.prepare(resolved, sampler, generator, timings)
+        stage = time.perf_counter()
+        conditioning = unet_conditioning(self.text_encoders, self.engines, resolved, warnings, timings)
+        timings["text_encoder"] = time.perf_counter() - stage
+        sampler = self.new_sampler(request)
+        runs = [(self, self.prepare(resolved, sampler, generator, timings), sampler, conditioning)]
+        if request.refiner_switch is not None:
+            runs.append(refiners.refiner_run(self.refiner, resolved, runs[0], timings))
 
         stage = time.perf_counter()
-        latents = self.denoise(start, embeddings, sampler, request.guidance_scale, generator, progress, timings,
-                               cancel)
+        latents, done, total = None, 0, sum(start.stop(s) - start.start for _, start, s, _ in runs)
+        for model, start, run_sampler, run_conditioning in runs:
+            start.latents = latents if start.latents is None else start.latents
+            step_progress = None if progress is None else lambda i, _, done=done: progress(done + i, total)
+            latents = model.denoise(start, run_conditioning, run_sampler, request.guidance_scale, generator,
+                                    step_progress, timings, cancel)
+            done += start.stop(run_sampler) - start.start
         timings["denoise"] = time.perf_counter() - stage
         # Everything in the loop but the UNet: sampler, guidance, copies and casts.
         timings["scheduler_and_guidance"] = timings["denoise"] - sum(timings["unet_steps"])
 
         stage = time.perf_counter()
-        array = self.decode_latents(latents)
+        array = runs[-1][0].decode_latents(latents)  # the refiner decodes with its own VAE
         timings["vae_decoder"] = time.perf_counter() - stage
         images = [Image.fromarray((image * PIXEL_LEVELS).round().astype(np.uint8)) for image in array]
         timings["total"] = time.perf_counter() - started
         return GenerationResult(images, array, self.parameters(resolved), timings, warnings)
+
+    def new_sampler(self, request: GenerationRequest) -> Scheduler:
+        sampler = sampler_from_config(request.sampler, self.scheduler_config)
+        try:
+            sampler.set_timesteps(request.steps)
+        except ConfigError as error:
+            raise GenerationError(str(error), "steps") from None
+        return sampler
 
     def parameters(self, resolved: ResolvedRequest) -> dict:
         """What was generated, as PNG parameters and API responses report it."""
@@ -311,4 +310,6 @@ class Pipeline:
         }
         if resolved.image is not None:
             parameters["strength"] = resolved.strength
+        if request.refiner_switch is not None:
+            parameters.update(refiner=self.refiner.folder.name, refiner_switch=float(request.refiner_switch))
         return parameters

@@ -21,6 +21,7 @@ from PIL import Image
 from sdrt.errors import GenerationError
 from sdrt.runtime.images import InputImageError, open_image, target_size
 from sdrt.runtime.manifest import BATCH, HEIGHT, WIDTH, Manifest
+from sdrt.runtime.sdxl import SizeConditioning
 from sdrt.runtime.text import check_text
 from sdrt.runtime.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES, SAMPLERS
 
@@ -49,7 +50,10 @@ def _is_int(value) -> bool:
 class GenerationRequest:
     """What one generate() call is asked for. `prompt` may be a list (one image set each);
     `seed` may then be a list with one seed per prompt (text-to-image). `init_image` makes it
-    image-to-image, with `mask_image` too inpainting. `latents` replaces the seeded noise."""
+    image-to-image, with `mask_image` too inpainting. `latents` replaces the seeded noise.
+    SDXL only: `size_conditioning` (sdrt.runtime.sdxl), and `refiner_switch` in (0, 1), the
+    fraction of the noise schedule after which a loaded refiner takes over (diffusers'
+    denoising_end / denoising_start)."""
 
     prompt: str | Sequence[str]
     negative_prompt: str | Sequence[str] | None = None
@@ -64,6 +68,8 @@ class GenerationRequest:
     mask_image: "str | Path | bytes | Image.Image | None" = None
     strength: float | None = None
     latents: np.ndarray | None = field(default=None, compare=False)
+    size_conditioning: SizeConditioning | None = None
+    refiner_switch: float | None = None
 
     def resolve(self, manifest: Manifest) -> "ResolvedRequest":
         """Every field checked against the model; defaults filled in; images opened."""
@@ -149,7 +155,29 @@ def _seeds(request: GenerationRequest, prompts: list[str], image_mode: bool) -> 
     return [int(value) for value in seeds], per_prompt
 
 
+def _check_family(request: GenerationRequest, manifest: Manifest) -> None:
+    """What only some model families take."""
+    if manifest.sdxl is None:
+        for name in ("size_conditioning", "refiner_switch"):
+            if getattr(request, name) is not None:
+                raise GenerationError(f"{name} applies to SDXL models only; this is {manifest.family}", name)
+        return
+    if manifest.family == "sdxl-refiner" and request.init_image is None:
+        raise GenerationError("this is an SDXL refiner, which refines an image: load it as the refiner of an "
+                              "SDXL base model (--refiner), or give it an init image", "init_image")
+    if request.size_conditioning is not None:
+        if not isinstance(request.size_conditioning, SizeConditioning):
+            raise GenerationError("size_conditioning must be a SizeConditioning", "size_conditioning")
+        request.size_conditioning.check()
+    switch = request.refiner_switch
+    if switch is not None and (not isinstance(switch, (int, float)) or isinstance(switch, bool)
+                               or not 0 < switch < 1):
+        raise GenerationError(f"refiner switch must be a number between 0 and 1 (exclusive), got {switch!r}",
+                              "refiner_switch")
+
+
 def _resolve(request: GenerationRequest, manifest: Manifest) -> ResolvedRequest:
+    _check_family(request, manifest)
     inpainting_unet = manifest.unet_in_channels != manifest.latent_channels
     if inpainting_unet and request.mask_image is None:
         raise GenerationError(f"this is an inpainting model (UNet takes {manifest.unet_in_channels} channels): "
