@@ -78,3 +78,38 @@ def diffusers_pipeline(class_name: str, folder: Path):
                                                               requires_safety_checker=False)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl(tmp_path_factory) -> dict[str, Path]:
+    """Tiny random SDXL pipelines (base, refiner, inpaint) as diffusers folders, once per session."""
+    from sdrt.export.random_sdxl import SDXL_KINDS, save_random_sdxl
+
+    root = tmp_path_factory.mktemp("tiny-sdxl")
+    return {kind: save_random_sdxl(root / kind, size="tiny", kind=kind, seed=0) for kind in SDXL_KINDS}
+
+
+@pytest.fixture(scope="session")
+def exported_sdxl(tiny_sdxl, tmp_path_factory):
+    """Function kind -> folder of that tiny SDXL model exported to fp32 ONNX (once per session)."""
+    from sdrt.export.exporter import export_model
+
+    root = tmp_path_factory.mktemp("exported-sdxl")
+    folders: dict[str, Path] = {}
+
+    def get(kind: str = "base") -> Path:
+        if kind not in folders:
+            export_model(str(tiny_sdxl[kind]), root / kind, progress=lambda line: None)
+            folders[kind] = root / kind
+        return folders[kind]
+
+    return get
+
+
+def sdxl_reference(class_name: str, folder: Path):
+    """A diffusers SDXL pipeline class for a folder: no watermark, no progress bar."""
+    import diffusers
+
+    pipeline = getattr(diffusers, class_name).from_pretrained(folder, add_watermarker=False)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
