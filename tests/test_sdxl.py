@@ -235,3 +235,102 @@ def test_bad_pairs_are_refused(exported_sdxl, exported_tiny):
     with pytest.raises(GenerationError, match="inpainting with a refiner"):
         Pipeline.load(exported_sdxl("base"), refiner=exported_sdxl("refiner")).generate(
             PROMPT, steps=2, init_image=photo(), mask_image=box_mask(), refiner_switch=0.5)
+
+
+# ---------------------------------------------------------------- TensorRT (strict fake), CLI and servers
+def test_sdxl_builds_and_runs_through_tensorrt(exported_sdxl, tmp_path, monkeypatch):
+    import shutil
+
+    import fake_tensorrt
+    from click.testing import CliRunner
+
+    from sdrt.cli import main
+
+    stats = fake_tensorrt.install(monkeypatch)
+    folders = {}
+    for kind in ("base", "refiner"):
+        folders[kind] = tmp_path / kind
+        shutil.copytree(exported_sdxl(kind), folders[kind])
+        built = CliRunner().invoke(main, ["build", str(folders[kind]), "--static", "128x128", "--max-batch", "1"])
+        assert built.exit_code == 0, built.output
+    unet = next(b for b in stats.builds if b["onnx"].endswith("base/unet/model.onnx"))
+    assert unet["profile"]["time_ids"] == [[1, 6], [2, 6], [2, 6]]
+    assert unet["profile"]["text_embeds"] == [[1, 40], [2, 40], [2, 40]]
+    assert sum(b["onnx"].endswith("text_encoder_2/model.onnx") for b in stats.builds) == 2
+    cpu = Pipeline.load(folders["base"], refiner=folders["refiner"])
+    trt = Pipeline.load(folders["base"], backend="tensorrt", refiner=folders["refiner"])
+    for settings in (dict(steps=4, seed=3), dict(steps=6, seed=1, refiner_switch=0.5, sampler="euler_a")):
+        np.testing.assert_allclose(trt.generate(PROMPT, **settings).array, cpu.generate(PROMPT, **settings).array,
+                                   atol=1e-5)
+    # The base zeroes a missing negative (its config says so) and the refiner encodes "" instead:
+    # the base's prompt in both runs, the refiner's prompt and negative in the second.
+    assert stats.executions["text_encoder_2"] == 1 + 1 + 2
+
+
+def test_generate_cli_with_refiner_and_size_conditioning(exported_sdxl, base, tmp_path):
+    from click.testing import CliRunner
+
+    from sdrt.cli import main
+    from sdrt.runtime.png_info import read_parameters
+
+    out = tmp_path / "x.png"
+    arguments = ["generate", PROMPT, "--model", str(exported_sdxl("base")), "--steps", "6", "--seed", "9",
+                 "--sampler", "euler", "--refiner", str(exported_sdxl("refiner")), "--refiner-switch", "0.6",
+                 "--original-size", "512,768", "--crop-top-left", "0,16", "--out", str(out), "--quiet"]
+    result = CliRunner().invoke(main, arguments)
+    assert result.exit_code == 0, result.output
+    with_refiner = Pipeline.load(exported_sdxl("base"), refiner=exported_sdxl("refiner"))
+    expected = with_refiner.generate(PROMPT, steps=6, seed=9, sampler="euler", refiner_switch=0.6,
+                                     size_conditioning=SizeConditioning(original_size=(512, 768),
+                                                                        crop_top_left=(0, 16))).images[0]
+    assert np.array_equal(np.asarray(Image.open(out)), np.asarray(expected))
+    text = read_parameters(out)
+    assert "Refiner: refiner, Refiner switch at: 0.6" in text
+
+
+@pytest.mark.parametrize("arguments,message", [
+    (["--model", "{refiner}"], "SDXL refiner"),
+    (["--model", "{sd15}", "--refiner", "{refiner}"], "needs an SDXL base"),
+    (["--model", "{base}", "--height", "4096"], "outside this export's range 16..256"),
+    (["--model", "{base}", "--refiner-switch", "0.5"], "--refiner-switch needs --refiner"),
+    (["--model", "{base}", "--original-size", "12"], "expected two whole numbers"),
+    (["--model", "{sd15}", "--original-size", "512,512"], "SDXL models only"),
+])
+def test_bad_sdxl_commands_are_one_line_errors(exported_sdxl, exported_tiny, tmp_path, arguments, message):
+    from click.testing import CliRunner
+
+    from sdrt.cli import main
+
+    folders = {"refiner": exported_sdxl("refiner"), "base": exported_sdxl("base"), "sd15": exported_tiny("standard")}
+    arguments = [argument.format(**folders) for argument in arguments]
+    result = CliRunner().invoke(main, ["generate", PROMPT, "--steps", "2", "--out", str(tmp_path / "x.png"),
+                                       *arguments])
+    assert result.exit_code != 0 and message in result.output, result.output
+    assert result.output.count("\n") == 1 and "Traceback" not in result.output
+
+
+def test_a1111_refiner_fields_and_openai_route_serve_sdxl(exported_sdxl):
+    import base64
+    import io
+
+    from fastapi.testclient import TestClient
+
+    from sdrt.serve.app import create_app
+
+    pipeline = Pipeline.load(exported_sdxl("base"), refiner=exported_sdxl("refiner"))
+    body = {"prompt": PROMPT, "steps": 6, "seed": 4, "sampler_name": "Euler", "cfg_scale": 5,
+            "refiner_checkpoint": "refiner", "refiner_switch_at": 0.7}
+    with TestClient(create_app(pipeline)) as client:
+        answer = client.post("/sdapi/v1/txt2img", json=body)
+        assert answer.status_code == 200, answer.text
+        got = np.asarray(Image.open(io.BytesIO(base64.b64decode(answer.json()["images"][0]))))
+        expected = pipeline.generate(PROMPT, steps=6, seed=4, sampler="euler", guidance_scale=5,
+                                     refiner_switch=0.7).images[0]
+        assert np.array_equal(got, np.asarray(expected))
+        assert json.loads(answer.json()["info"])["refiner_switch_at"] == 0.7
+        unknown = client.post("/sdapi/v1/txt2img", json=dict(body, refiner_checkpoint="sd_xl_refiner_1.0"))
+        assert unknown.status_code == 400 and unknown.json()["error"]["param"] == "refiner_checkpoint"
+        plain = client.post("/sdapi/v1/txt2img", json=dict(body, refiner_checkpoint="None"))
+        assert plain.status_code == 200
+        openai = client.post("/v1/images/generations", json={"prompt": PROMPT, "size": "128x128", "steps": 3})
+        assert openai.status_code == 200 and openai.json()["data"][0]["b64_json"]

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from sdrt.cli import main
+from sdrt.cli.sdxl_options import resolve_refiner_switch, sdxl_options, size_conditioning
 from sdrt.cli.types import FiniteFloat, THREADS
 from sdrt.errors import SdrtError
 from sdrt.runtime.engines import BACKEND_NAMES, DEFAULT_BACKEND
@@ -33,9 +34,10 @@ def tokenize(prompts: tuple[str, ...], model_dir: str, as_json: bool) -> None:
     from sdrt.runtime.manifest import MANIFEST_NAME, Manifest
     from sdrt.runtime.tokenizer import ClipTokenizer
 
-    if (Path(model_dir) / MANIFEST_NAME).is_file():
-        Manifest.load(model_dir)  # a malformed model folder is one line here too
-    tokenizer = ClipTokenizer.from_folder(model_dir)
+    folder = Path(model_dir)
+    if (folder / MANIFEST_NAME).is_file():  # a malformed model folder is one line here too
+        folder = folder / Manifest.load(folder).text_encoders[0][1]  # SDXL: the first encoder's
+    tokenizer = ClipTokenizer.from_folder(folder)
     batch = tokenizer.encode(list(prompts))
     if as_json:
         rows = [
@@ -151,10 +153,12 @@ class _Progress:
 @click.option("--out", default=None, help="Output PNG (default: sdrt-SEED.png; -N is added for several).")
 @click.option("--quiet", is_flag=True, help="No progress bar or warnings.")
 @click.option("--json", "as_json", is_flag=True, help="Print parameters, output paths and timings as JSON.")
+@sdxl_options
 def generate(prompt, model_dir, negative_prompt, steps, guidance, seed, height, width, num_images, sampler,
-             backend, threads, cuda_graph, init_image, mask_image, strength, out, quiet, as_json) -> None:
+             backend, threads, cuda_graph, init_image, mask_image, strength, out, quiet, as_json, refiner,
+             refiner_switch, **sdxl) -> None:
     """Generate images for PROMPT with an exported model (from --init-image: image-to-image;
-    with --mask too: inpainting)."""
+    with --mask too: inpainting). SDXL: --refiner and the size conditioning."""
     started = time.perf_counter()
     from sdrt.runtime.pipeline import Pipeline
     from sdrt.runtime.png_info import format_parameters, save_png
@@ -162,10 +166,12 @@ def generate(prompt, model_dir, negative_prompt, steps, guidance, seed, height, 
 
     from sdrt.runtime.request import MAX_SEED
 
+    switch = resolve_refiner_switch(refiner, refiner_switch)
+    conditioning = size_conditioning(sdxl)
     if seed is None:  # drawn here, so that the output names are known (and checked) first
         seed = random.SystemRandom().randint(0, MAX_SEED)
     paths = output_paths(out, seed, num_images)
-    pipeline = Pipeline.load(model_dir, backend=backend, threads=threads, cuda_graph=cuda_graph,
+    pipeline = Pipeline.load(model_dir, backend=backend, threads=threads, cuda_graph=cuda_graph, refiner=refiner,
                              progress=None if quiet else lambda line: click.echo(line, err=True))
     load_seconds = time.perf_counter() - started
     first_step: list[float] = []
@@ -178,7 +184,8 @@ def generate(prompt, model_dir, negative_prompt, steps, guidance, seed, height, 
 
     request = GenerationRequest(prompt, negative_prompt=negative_prompt, steps=steps, guidance_scale=guidance,
                                 seed=seed, height=height, width=width, num_images=num_images, sampler=sampler,
-                                init_image=init_image, mask_image=mask_image, strength=strength)
+                                init_image=init_image, mask_image=mask_image, strength=strength,
+                                size_conditioning=conditioning, refiner_switch=switch)
     result = pipeline.run(request, progress=progress)
     if not quiet:
         for warning in result.warnings:

@@ -15,6 +15,8 @@ from sdrt.runtime.engines import BACKEND_NAMES, DEFAULT_BACKEND
 
 @main.command()
 @click.option("--model", "model_dir", required=True, type=click.Path(), help="Exported model folder.")
+@click.option("--refiner", default=None, type=click.Path(),
+              help="SDXL refiner folder; A1111 requests pick it with refiner_checkpoint.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
 @click.option("--port", default=7860, show_default=True, type=PORT)
 @click.option("--backend", default=DEFAULT_BACKEND, show_default=True, type=click.Choice(BACKEND_NAMES))
@@ -40,7 +42,7 @@ from sdrt.runtime.engines import BACKEND_NAMES, DEFAULT_BACKEND
 @click.option("--ray-address", default=None,
               help="With --ray: the cluster to join ('auto' for the one this machine belongs to); "
                    "default: start a local Ray instance.")
-def serve(model_dir, host, port, backend, threads, api_key, max_queue, concurrency, timeout, max_batch,
+def serve(model_dir, refiner, host, port, backend, threads, api_key, max_queue, concurrency, timeout, max_batch,
           batch_window_ms, use_ray, replicas, min_replicas, max_replicas, gpus_per_replica, cpus_per_replica,
           ray_address) -> None:
     """Serve the model over HTTP: OpenAI Images API, AUTOMATIC1111 API, /health, /metrics."""
@@ -60,24 +62,25 @@ def serve(model_dir, host, port, backend, threads, api_key, max_queue, concurren
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         click.echo(f"warning: serving on {host} without --api-key: anyone who can reach it can use it", err=True)
     if use_ray:
-        serve_on_ray(model_dir, backend, threads, settings, host, port, ray_address,
+        serve_on_ray(model_dir, refiner, backend, threads, settings, host, port, ray_address,
                      dict(replicas=replicas, min_replicas=min_replicas, max_replicas=max_replicas,
                           gpus_per_replica=gpus_per_replica, cpus_per_replica=cpus_per_replica))
         return
-    pipeline = Pipeline.load(model_dir, backend=backend, threads=threads)
+    pipeline = Pipeline.load(model_dir, backend=backend, threads=threads, refiner=refiner)
     from sdrt.serve.http import JsonErrorProtocol
 
     uvicorn.run(create_app(pipeline, settings), host=host, port=port, log_level="info", http=JsonErrorProtocol)
 
 
-def serve_on_ray(model_dir, backend, threads, settings, host, port, address, replica_options: dict) -> None:
+def serve_on_ray(model_dir, refiner, backend, threads, settings, host, port, address,
+                 replica_options: dict) -> None:
     try:
         from sdrt.serve import ray_serve
     except ImportError as error:
         raise SdrtError(f"--ray needs Ray Serve ({error.name} is missing): pip install 'sdrt[ray]'")
     ray_settings = ray_serve.RaySettings(**replica_options)
     ray_settings.check()
-    ray_serve.run(model_dir, backend, threads, settings, ray_settings, host, port, address)
+    ray_serve.run(model_dir, backend, threads, settings, ray_settings, host, port, address, refiner)
     click.echo(f"serving on http://{host}:{port} with Ray Serve; Ctrl-C (or SIGTERM) stops it", err=True)
 
     def stop(signum, frame):

@@ -33,6 +33,8 @@ FORMAT_VERSION = 1
 DTYPES = ("float32", "float16", "int32", "int64")
 #: Model families: SD 1.x, SD 2.x, SDXL base and SDXL refiner (manifest.schema.json lists them too).
 FAMILIES = ("sd1", "sd2", "sdxl", "sdxl-refiner")
+#: Every engine an export may have (SDXL adds the second text encoder; a refiner has only it).
+COMPONENT_NAMES = ("text_encoder", "text_encoder_2", "unet", "vae_decoder", "vae_encoder")
 #: The text encoder and tokenizer of SD 1.x/2.x exports (SDXL lists its own in `sdxl`).
 CLIP_TEXT_ENCODER, CLIP_TOKENIZER = "text_encoder", "tokenizer"
 

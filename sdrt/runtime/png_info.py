@@ -49,6 +49,8 @@ def format_parameters(prompt: str, parameters: dict, batch_position: int | None 
     ]
     if "strength" in parameters:
         fields.append(("Denoising strength", parameters["strength"]))
+    if "refiner" in parameters:  # A1111's names for its refiner settings
+        fields += [("Refiner", parameters["refiner"]), ("Refiner switch at", parameters["refiner_switch"])]
     if batch_position is not None:
         fields += [("Batch size", parameters["num_images"]), ("Batch pos", batch_position)]
     lines.append(", ".join(f"{key}: {value}" for key, value in fields))

@@ -18,7 +18,10 @@ A1111_SAMPLERS = {display.lower(): name for display, name in DISPLAY_NAMES.items
 #: GenerationRequest fields -> the field of each API that carries them.
 OPENAI_FIELDS = {"num_images": "n", "sampler": "scheduler"}
 A1111_FIELDS = {"num_images": "batch_size", "guidance_scale": "cfg_scale", "sampler": "sampler_name",
-                "strength": "denoising_strength", "init_image": "init_images", "mask_image": "mask"}
+                "strength": "denoising_strength", "init_image": "init_images", "mask_image": "mask",
+                "refiner_switch": "refiner_switch_at"}
+#: What A1111 clients send for "no refiner".
+NO_REFINER = ("", "none")
 
 
 def png_base64(image: Image.Image, parameters_text: str | None = None) -> str:
@@ -64,3 +67,20 @@ def sdrt_sampler(sampler: str | None, schedule_type: str | None) -> str:
         raise RequestError(400, f"unknown sampler {sampler!r}; choose one of {', '.join(DISPLAY_NAMES)}",
                            "sampler_name")
     return A1111_SAMPLERS[name]
+
+
+def refiner_switch(pipeline, checkpoint: str | None, switch_at: float) -> float | None:
+    """The refiner switch for A1111's refiner fields: None without a refiner (or with
+    refiner_switch_at 1, where A1111 never switches). The checkpoint must name the served
+    refiner: its folder name, with or without a path or an extension."""
+    if checkpoint is None or checkpoint.strip().lower() in NO_REFINER or switch_at >= 1:
+        return None
+    refiner = getattr(pipeline, "refiner", None)
+    if refiner is None:
+        raise RequestError(400, f"refiner_checkpoint {checkpoint!r}: this server has no refiner (start it with "
+                           "--refiner DIR)", "refiner_checkpoint")
+    stem = checkpoint.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1].split(" [", 1)[0]
+    if stem not in (refiner.folder.name, refiner.folder.stem) and stem.rsplit(".", 1)[0] != refiner.folder.name:
+        raise RequestError(400, f"refiner_checkpoint {checkpoint!r} is not served; this server's refiner is "
+                           f"{refiner.folder.name!r}", "refiner_checkpoint")
+    return switch_at

@@ -21,7 +21,7 @@ from sdrt.runtime.png_info import format_parameters
 from sdrt.runtime.request import MAX_SEED, GenerationRequest
 from sdrt.runtime.schedulers import DEFAULT_SAMPLER, display_name
 from sdrt.runtime.sizes import SizeError, parse_size
-from sdrt.serve.a1111 import A1111_FIELDS, OPENAI_FIELDS, decode_image, png_base64, sdrt_sampler
+from sdrt.serve.a1111 import A1111_FIELDS, OPENAI_FIELDS, decode_image, png_base64, refiner_switch, sdrt_sampler
 from sdrt.serve.middleware import BodyLimit, Guard
 from sdrt.serve.schemas import (
     API_KEY_ENV,
@@ -116,13 +116,15 @@ def create_app(pipeline, settings: ServeSettings | None = None) -> FastAPI:
         sampler = sdrt_sampler(body.sampler_name or body.sampler_index, body.scheduler)
         check_limits(body.batch_size * body.n_iter, body.steps, "batch_size")
         seed = None if body.seed == -1 else body.seed
+        switch = refiner_switch(pipeline, body.refiner_checkpoint, body.refiner_switch_at)
         images, texts, seeds, parameters = [], [], [], None
         for iteration in range(body.n_iter):
             run_seed = None if seed is None else (seed + iteration * body.batch_size) % (MAX_SEED + 1)
             result = await run(request, GenerationRequest(
                 body.prompt, negative_prompt=body.negative_prompt or None, steps=body.steps,
                 guidance_scale=body.cfg_scale, height=body.height, width=body.width, seed=run_seed,
-                num_images=body.batch_size, sampler=sampler, init_image=image, mask_image=mask, strength=strength))
+                num_images=body.batch_size, sampler=sampler, init_image=image, mask_image=mask, strength=strength,
+                refiner_switch=switch))
             parameters = result.parameters
             for position, picture in enumerate(result.images, start=1):
                 text = format_parameters(body.prompt, result.parameters,
@@ -136,6 +138,8 @@ def create_app(pipeline, settings: ServeSettings | None = None) -> FastAPI:
                 "steps": body.steps, "batch_size": body.batch_size, "infotexts": texts}
         if strength is not None:
             info["denoising_strength"] = strength
+        if switch is not None:
+            info.update(refiner_checkpoint=parameters["refiner"], refiner_switch_at=switch)
         return {"images": images, "parameters": body.model_dump(exclude={"init_images", "mask"}),
                 "info": json.dumps(info)}
 

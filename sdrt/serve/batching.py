@@ -1,8 +1,9 @@
 """Which requests can share one generate() call, and how a shared call is split back.
 
 Text-to-image requests batch together when they agree on everything that shapes the denoising
-loop: size, steps, guidance scale, sampler and images per prompt. Prompts, negative prompts and
-seeds may differ: the pipeline takes one seed per prompt and gives each prompt the images it
+loop: size, steps, guidance scale, sampler, images per prompt, SDXL's size conditioning and
+refiner switch, and whether a negative prompt is given (an SDXL model zeroes the negative
+conditioning of requests without one). Prompts, negative prompts and seeds may differ: the pipeline takes one seed per prompt and gives each prompt the images it
 would get alone (stochastic samplers included), so batching never changes a result. Image-to-
 image and inpainting requests (each with its own input image) and requests with given latents
 always run alone.
@@ -18,7 +19,7 @@ from sdrt.runtime.pipeline import GenerationResult
 from sdrt.runtime.request import GenerationRequest
 
 # The per-request settings that must agree for requests to share a UNet call.
-SHARED_SETTINGS = ("steps", "guidance_scale", "sampler", "num_images")
+SHARED_SETTINGS = ("steps", "guidance_scale", "sampler", "num_images", "size_conditioning", "refiner_switch")
 UNBATCHABLE = ("init_image", "mask_image", "latents")
 
 
@@ -49,7 +50,7 @@ def batch_key(request: GenerationRequest, native_height: int, native_width: int)
     if not isinstance(request.prompt, str):
         return None
     size = (request.height or native_height, request.width or native_width)
-    return (*size, *(getattr(request, name) for name in SHARED_SETTINGS))
+    return (*size, *(getattr(request, name) for name in SHARED_SETTINGS), request.negative_prompt is None)
 
 
 def take_batch(pending: list[Job], max_images: int) -> list[Job]:
@@ -81,8 +82,8 @@ def take_compatible(pending: list[Job], batch: list[Job], max_images: int) -> No
 
 def merged_request(jobs: list[Job]) -> GenerationRequest:
     """One request for jobs with the same key: a prompt, negative prompt and seed each."""
-    return replace(jobs[0].request, prompt=[job.request.prompt for job in jobs],
-                   negative_prompt=[job.request.negative_prompt or "" for job in jobs],
+    negatives = None if jobs[0].request.negative_prompt is None else [job.request.negative_prompt for job in jobs]
+    return replace(jobs[0].request, prompt=[job.request.prompt for job in jobs], negative_prompt=negatives,
                    seed=[job.request.seed for job in jobs])
 
 

@@ -46,10 +46,11 @@ class RaySettings:
 class SdrtReplica:
     """A replica: the pipeline loads in the actor, then Ray asks it for the ASGI app."""
 
-    def __init__(self, model_dir: str, backend: str, threads: int | None, settings: ServeSettings):
+    def __init__(self, model_dir: str, backend: str, threads: int | None, settings: ServeSettings,
+                 refiner: str | None = None):
         from sdrt.runtime.pipeline import Pipeline
 
-        self.pipeline = Pipeline.load(model_dir, backend=backend, threads=threads)
+        self.pipeline = Pipeline.load(model_dir, backend=backend, threads=threads, refiner=refiner)
         self.settings = settings
 
     def __serve_build_asgi_app__(self):
@@ -57,12 +58,13 @@ class SdrtReplica:
 
 
 def build_application(model_dir: str | Path, backend: str, threads: int | None, settings: ServeSettings,
-                      ray_settings: RaySettings):
+                      ray_settings: RaySettings, refiner: str | Path | None = None):
     """The bound Ray Serve application (pass it to `serve.run`)."""
     ray_settings.check()
-    model_dir = str(Path(model_dir).resolve())
-    if not Path(model_dir).is_dir():
-        raise SdrtError(f"model folder {model_dir} does not exist (on a cluster it must exist on every node)")
+    folders = [str(Path(folder).resolve()) for folder in (model_dir, refiner) if folder is not None]
+    for folder in folders:
+        if not Path(folder).is_dir():
+            raise SdrtError(f"model folder {folder} does not exist (on a cluster it must exist on every node)")
     if threads is None:  # replicas sharing a machine must not each take every core
         threads = max(1, int(ray_settings.cpus_per_replica))
     options: dict = {
@@ -81,16 +83,17 @@ def build_application(model_dir: str | Path, backend: str, threads: int | None, 
             "target_ongoing_requests": ray_settings.target_ongoing_requests,
         }
     deployment = serve.deployment(**options)(SdrtReplica)
-    return deployment.bind(model_dir, backend, threads, settings)
+    return deployment.bind(folders[0], backend, threads, settings, folders[1] if refiner is not None else None)
 
 
 def run(model_dir: str | Path, backend: str, threads: int | None, settings: ServeSettings,
-        ray_settings: RaySettings, host: str, port: int, address: str | None = None) -> None:
+        ray_settings: RaySettings, host: str, port: int, address: str | None = None,
+        refiner: str | Path | None = None) -> None:
     """Connects to (or starts) Ray, starts Serve's HTTP proxy on host:port and deploys; returns
     once every replica is up. `address` "auto" joins the cluster this machine belongs to."""
     import ray
 
-    application = build_application(model_dir, backend, threads, settings, ray_settings)
+    application = build_application(model_dir, backend, threads, settings, ray_settings, refiner)
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": host, "port": port})

@@ -93,6 +93,8 @@ class A1111Txt2ImgRequest(Body):
     sampler_name: StrictStr | None = None
     sampler_index: StrictStr | None = None
     scheduler: StrictStr | None = None
+    refiner_checkpoint: StrictStr | None = None  # the served refiner's name; None, "" or "None": no refiner
+    refiner_switch_at: float = Field(0.8, gt=0, le=1)  # 1: the refiner never takes over
 
 
 class A1111Img2ImgRequest(A1111Txt2ImgRequest):

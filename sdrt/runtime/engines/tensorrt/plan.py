@@ -20,6 +20,7 @@ from typing import Callable, Mapping
 from sdrt.errors import ConfigError, SdrtError
 from sdrt.runtime.manifest import (
     BATCH,
+    COMPONENT_NAMES,
     HEIGHT,
     LATENT_HEIGHT,
     LATENT_WIDTH,
@@ -245,7 +246,7 @@ class BuildSettings:
     profile: Profile
     precision: str = "fp16"
     workspace_bytes: int = DEFAULT_WORKSPACE_BYTES
-    components: tuple[str, ...] = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
+    components: tuple[str, ...] = COMPONENT_NAMES  # those the model has are built
 
     def builder(self) -> dict:
         return {"workspace_bytes": self.workspace_bytes}
