@@ -45,8 +45,9 @@ def test_names_follow_the_sd15_layout():
     assert vae_key("encoder.down_blocks.1.resnets.0.conv_shortcut.weight", 4) == \
         "encoder.down.1.block.0.nin_shortcut.weight"
     assert vae_key("decoder.mid_block.attentions.0.to_out.0.weight", 4) == "decoder.mid.attn_1.proj_out.weight"
+    assert unet_key("add_embedding.linear_1.weight", 2, with_attention) == "label_emb.0.0.weight"  # SDXL
     with pytest.raises(ValueError, match="no LDM name"):
-        unet_key("add_embedding.linear_1.weight", 2, with_attention)
+        unet_key("class_embedding.linear_1.weight", 2, with_attention)
 
 
 def test_vae_attention_weights_are_1x1_convolutions(tiny_models):
@@ -67,3 +68,38 @@ def test_export_from_a_single_file_equals_export_from_the_folder(tiny_models, ex
     got = Pipeline.load(out).generate(**settings).array
     expected = Pipeline.load(exported_tiny("standard")).generate(**settings).array
     np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind,embedders", [("base", 2), ("refiner", 1)])
+def test_sdxl_checkpoint_round_trips_and_is_recognized_from_its_names(tiny_sdxl, tmp_path, kind, embedders):
+    from sdrt.export.sources import _pipeline_class_for_checkpoint
+
+    original = load_pipeline(str(tiny_sdxl[kind]))
+    checkpoint = save_ldm_checkpoint(original, tmp_path / "sdxl.safetensors")
+    state = ldm_state_dict(original)
+    assert {key.split(".")[2] for key in state if key.startswith("conditioner.")} == set(map(str, range(embedders)))
+    bigg = f"conditioner.embedders.{embedders - 1}.model."
+    assert state[bigg + "text_projection"].shape == (48, 40)  # [width, projection], OpenCLIP's way
+    assert state[bigg + "transformer.resblocks.0.attn.in_proj_weight"].shape == (3 * 48, 48)
+    expected_class = "StableDiffusionXLPipeline" if kind == "base" else "StableDiffusionXLImg2ImgPipeline"
+    assert _pipeline_class_for_checkpoint(checkpoint, None) == expected_class
+    loaded = load_pipeline(str(checkpoint), config=str(tiny_sdxl[kind]))
+    for component in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        if getattr(original, component) is None:
+            assert getattr(loaded, component) is None
+            continue
+        expected, got = getattr(original, component).state_dict(), getattr(loaded, component).state_dict()
+        assert set(got) == set(expected), component
+        for key, tensor in expected.items():
+            assert torch.equal(got[key].reshape(tensor.shape), tensor), f"{component}.{key}"
+
+
+def test_sdxl_export_from_a_single_file_equals_export_from_the_folder(tiny_sdxl, exported_sdxl, tmp_path):
+    checkpoint = save_ldm_checkpoint(load_pipeline(str(tiny_sdxl["base"])), tmp_path / "sdxl.safetensors")
+    out = tmp_path / "from-file"
+    result = CliRunner().invoke(main, ["export", str(checkpoint), "--config", str(tiny_sdxl["base"]),
+                                       "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    settings = dict(prompt="a photo of a cat", steps=4, seed=2, guidance_scale=5.0)
+    expected = Pipeline.load(exported_sdxl("base")).generate(**settings).array
+    np.testing.assert_array_equal(Pipeline.load(out).generate(**settings).array, expected)

@@ -246,14 +246,19 @@ def cache_dir() -> Path:
     return cache_root()
 
 
+#: Architectures `--arch` builds with random weights: SD 1.5 and SDXL 1.0 base (bundled presets).
+ARCHES = ("sd15", "sdxl")
+
+
 def arch_model(arch: str, progress=lambda line: None) -> tuple[str, str]:
     """(export folder, diffusers folder) of a random-weight model of a real architecture,
     built and exported once into the cache."""
-    if arch != "sd15":
-        raise BenchError(f"unknown architecture {arch!r}; sdrt has the sd15 preset")
+    if arch not in ARCHES:
+        raise BenchError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHES)}")
     try:
         from sdrt.export.exporter import export_model
         from sdrt.export.random_model import save_random_pipeline
+        from sdrt.export.random_sdxl import save_random_sdxl
     except ImportError:
         raise BenchError("--arch needs the export extra to build the model: pip install 'sdrt[export]'") from None
     root = cache_dir() / "arch"
@@ -261,7 +266,10 @@ def arch_model(arch: str, progress=lambda line: None) -> tuple[str, str]:
     if not (source / "model_index.json").is_file():
         progress(f"building a random-weight {arch} model in {source} (once)")
         root.mkdir(parents=True, exist_ok=True)
-        save_random_pipeline(source, size=arch, kind="standard", seed=0)
+        if arch == "sdxl":
+            save_random_sdxl(source, size="full", kind="base", seed=0)
+        else:
+            save_random_pipeline(source, size=arch, kind="standard", seed=0)
     if not (engine / "manifest.json").is_file():
         progress(f"exporting it to {engine} (once)")
         export_model(str(source), engine, overwrite=engine.exists(), progress=progress)

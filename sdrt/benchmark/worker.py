@@ -79,8 +79,9 @@ class DiffusersSide:
         self.torch = torch
         self.device = "cuda" if backend == "cuda" else "cpu"
         dtype = torch.float16 if self.device == "cuda" else torch.float32
-        pipeline = diffusers.StableDiffusionPipeline.from_pretrained(
-            model, safety_checker=None, requires_safety_checker=False, torch_dtype=dtype)
+        from sdrt.export.sources import load_folder
+
+        pipeline = load_folder(model, torch_dtype=dtype)  # SD 1.x/2.x or SDXL, as the folder says
         with open(f"{model}/scheduler/scheduler_config.json", encoding="utf-8") as handle:
             config = json.load(handle)
         from sdrt.runtime.schedulers import SAMPLERS

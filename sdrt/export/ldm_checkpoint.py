@@ -8,6 +8,12 @@ diffusers' key conversion: UNet blocks become `input_blocks` / `middle_block` /
 `output_blocks`, the VAE's become `down` / `mid` / `up` (the decoder's up blocks in reverse
 order, attention projections as 1x1 convolutions), and the text encoder keeps its keys under
 `cond_stage_model.transformer.`.
+
+SDXL checkpoints (Stability's `sgm` layout) put the UNet's added embedding at `label_emb` and the
+text encoders under `conditioner.embedders.N.`: CLIP ViT-L with its Hugging Face names
+(`transformer.`), OpenCLIP bigG with OpenCLIP's (`model.`: `resblocks`, one packed `in_proj`
+for q, k and v, the projection as a [width, projection] matrix). The refiner has only bigG, as
+embedder 0.
 """
 
 from __future__ import annotations
@@ -20,8 +26,16 @@ VAE_PREFIX = "first_stage_model."
 TEXT_PREFIX = "cond_stage_model.transformer."
 TEXT_MODEL = "text_model"
 
+SDXL_EMBEDDER = "conditioner.embedders.{}."
 UNET_TOP = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
+            "add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2",
             "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}
+OPEN_CLIP_TOP = {"embeddings.token_embedding.weight": "token_embedding.weight",
+                 "embeddings.position_embedding.weight": "positional_embedding",
+                 "final_layer_norm.weight": "ln_final.weight", "final_layer_norm.bias": "ln_final.bias"}
+OPEN_CLIP_LAYER = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj",
+                   "self_attn.out_proj": "attn.out_proj"}
+PACKED_PROJECTIONS = ("q_proj", "k_proj", "v_proj")  # OpenCLIP's in_proj rows, in this order
 UNET_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
                "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
 VAE_ATTENTION = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
@@ -92,6 +106,51 @@ def vae_key(key: str, up_blocks: int) -> str:
     raise ValueError(f"no LDM name for VAE parameter {key}")
 
 
+def _without_text_model(key: str) -> str:
+    return key[len(TEXT_MODEL) + 1:] if key.startswith(TEXT_MODEL + ".") else key
+
+
+def open_clip_state(text_encoder) -> dict:
+    """A CLIPTextModelWithProjection's weights under OpenCLIP's names."""
+    import torch
+
+    state, packed = {}, {}
+    for key, tensor in text_encoder.state_dict().items():
+        if key == "text_projection.weight":
+            state["text_projection"] = tensor.T
+            continue
+        key = _without_text_model(key)
+        if key in OPEN_CLIP_TOP:
+            state[OPEN_CLIP_TOP[key]] = tensor
+            continue
+        match = re.fullmatch(r"encoder\.layers\.(\d+)\.(.+)\.(weight|bias)", key)
+        if match is None:
+            raise ValueError(f"no OpenCLIP name for text encoder parameter {key}")
+        layer, module, kind = match[1], match[2], match[3]
+        if module.startswith("self_attn.") and module.split(".")[-1] in PACKED_PROJECTIONS:
+            packed.setdefault((layer, kind), {})[module.split(".")[-1]] = tensor
+            continue
+        state[f"transformer.resblocks.{layer}.{_renamed(module, OPEN_CLIP_LAYER)}.{kind}"] = tensor
+    for (layer, kind), parts in packed.items():
+        state[f"transformer.resblocks.{layer}.attn.in_proj_{kind}"] = torch.cat([parts[p] for p in PACKED_PROJECTIONS])
+    return state
+
+
+def _text_encoder_state(pipeline) -> dict:
+    """SD 1.x/2.x: one CLIP text model; SDXL: its embedders (see the module docstring)."""
+    if getattr(pipeline, "text_encoder_2", None) is None:
+        return {TEXT_PREFIX + f"{TEXT_MODEL}.{_without_text_model(key)}": tensor
+                for key, tensor in pipeline.text_encoder.state_dict().items()}
+    state, index = {}, 0
+    if pipeline.text_encoder is not None:
+        for key, tensor in pipeline.text_encoder.state_dict().items():
+            state[SDXL_EMBEDDER.format(0) + f"transformer.{TEXT_MODEL}.{_without_text_model(key)}"] = tensor
+        index = 1
+    for key, tensor in open_clip_state(pipeline.text_encoder_2).items():
+        state[SDXL_EMBEDDER.format(index) + "model." + key] = tensor
+    return state
+
+
 def ldm_state_dict(pipeline) -> dict:
     """The pipeline's UNet, VAE and text encoder weights under their LDM names."""
     unet_config = pipeline.unet.config
@@ -105,9 +164,8 @@ def ldm_state_dict(pipeline) -> dict:
         if ".mid.attn_1." in name and name.endswith("weight") and tensor.ndim == 2:
             tensor = tensor[:, :, None, None]  # LDM's attention projections are 1x1 convolutions
         state[VAE_PREFIX + name] = tensor
-    for key, tensor in pipeline.text_encoder.state_dict().items():
-        # Real checkpoints name CLIP's weights text_model.*; transformers 5 drops that prefix.
-        state[TEXT_PREFIX + (key if key.startswith(TEXT_MODEL + ".") else f"{TEXT_MODEL}.{key}")] = tensor
+    # Real checkpoints name CLIP's weights text_model.*; transformers 5 drops that prefix.
+    state.update(_text_encoder_state(pipeline))
     return state
 
 

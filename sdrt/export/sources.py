@@ -90,7 +90,7 @@ def load_pipeline(source: str, config: str | None = None):
     if path.is_dir():
         _check_diffusers_folder(path)
         try:
-            return _from(diffusers, _pipeline_class_for_index(_read_index(path)), "from_pretrained", path)
+            return load_folder(path)
         except (OSError, ValueError, KeyError) as error:
             raise ModelFolderError(f"cannot load {path}: {error}") from None
     if path.is_file():
@@ -113,6 +113,13 @@ def load_pipeline(source: str, config: str | None = None):
             f"cannot download {source} from the Hugging Face hub ({type(error).__name__}); "
             "check the network and the id, or pass a local folder"
         ) from None
+
+
+def load_folder(folder: str | Path, **kwargs):
+    """A diffusers folder with the pipeline class its model_index.json calls for (SD or SDXL)."""
+    import diffusers
+
+    return _from(diffusers, _pipeline_class_for_index(_read_index(Path(folder))), "from_pretrained", folder, **kwargs)
 
 
 def _from(diffusers, class_name: str, method: str, source, **kwargs):
