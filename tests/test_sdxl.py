@@ -334,3 +334,17 @@ def test_a1111_refiner_fields_and_openai_route_serve_sdxl(exported_sdxl):
         assert plain.status_code == 200
         openai = client.post("/v1/images/generations", json={"prompt": PROMPT, "size": "128x128", "steps": 3})
         assert openai.status_code == 200 and openai.json()["data"][0]["b64_json"]
+
+
+def test_batched_sdxl_requests_equal_their_runs_alone(base):
+    from sdrt.runtime.request import GenerationRequest
+    from sdrt.serve.batching import batch_key, merged_request, split_result
+    from sdrt.serve.batching import Job
+
+    requests = [GenerationRequest(PROMPT, seed=1, steps=3, guidance_scale=5.0),
+                GenerationRequest("a fox", seed=2, steps=3, guidance_scale=5.0)]
+    jobs = [Job(request, batch_key(request, 128, 128), None) for request in requests]
+    assert jobs[0].key == jobs[1].key
+    together = split_result(base.run(merged_request(jobs)), jobs)
+    for request, result in zip(requests, together):
+        np.testing.assert_allclose(result.array, base.run(request).array, atol=1e-6)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from sdrt.runtime.pipeline import Pipeline
+from sdrt.runtime.sdxl import SizeConditioning
 from sdrt.runtime.request import GenerationError, GenerationRequest
 from sdrt.serve.app import ServeSettings, create_app
 from sdrt.serve.batching import Job, batch_key, merged_request, take_batch
@@ -32,10 +33,13 @@ def job(cancelled: bool = False, **kwargs) -> Job:
 
 def test_keys_agree_only_when_the_loop_is_the_same():
     base = job()
-    assert base.key == job(prompt="a dog", negative_prompt="blurry", seed=7).key
+    assert base.key == job(prompt="a dog", seed=7).key
+    assert job(negative_prompt="").key == job(prompt="a dog", negative_prompt="blurry", seed=7).key
     assert base.key == job(height=64, width=64).key  # the native size, spelled out
+    # A missing negative prompt zeroes an SDXL model's negative conditioning; "" is encoded.
     for different in (dict(steps=5), dict(guidance_scale=1.0), dict(sampler="euler"), dict(num_images=2),
-                      dict(height=128)):
+                      dict(height=128), dict(negative_prompt=""), dict(refiner_switch=0.5),
+                      dict(size_conditioning=SizeConditioning(original_size=(64, 64)))):
         assert job(**different).key != base.key, different
     for alone in (dict(init_image="x"), dict(mask_image="x"), dict(latents=np.zeros(1)), dict(prompt=["a", "b"])):
         assert job(**alone).key is None, alone
@@ -54,9 +58,10 @@ def test_take_batch_groups_compatible_jobs_in_order_up_to_the_image_limit():
 
 
 def test_merged_call_has_a_prompt_negative_and_seed_each():
-    merged = merged_request([job(prompt="p", seed=3), job(prompt="q", negative_prompt="n", seed=4)])
+    merged = merged_request([job(prompt="p", negative_prompt="", seed=3), job(prompt="q", negative_prompt="n", seed=4)])
     assert merged.prompt == ["p", "q"] and merged.negative_prompt == ["", "n"] and merged.seed == [3, 4]
     assert merged.steps == 4 and merged.num_images == 1
+    assert merged_request([job(prompt="p"), job(prompt="q")]).negative_prompt is None
 
 
 @pytest.fixture(scope="module")
