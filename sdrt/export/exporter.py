@@ -153,9 +153,7 @@ def _build_component(component: ComponentExport, staging: Path, geometry: ModelG
     final = out_dir / ONNX_FILE
     traced = work / "fp32.onnx"
     _export_torch(component, traced, geometry)
-    model = onnx_graph.load(traced)
-    if precision == "fp16":
-        model = onnx_graph.to_fp16(model)
+    model = onnx_graph.to_fp16(traced) if precision == "fp16" else onnx_graph.load(traced)
     if not options.optimize:
         files = onnx_graph.save(model, final)
         validation = validate_component(component, final, geometry, precision)

@@ -19,7 +19,8 @@ FP16_KEEP_FP32_IO = ["timestep"]
 PROTOBUF_LIMIT_BYTES = 2**31
 EXTERNAL_DATA_SUFFIX = ".data"
 # ORT transformer-optimizer model types, per component.
-OPTIMIZER_MODEL_TYPES = {"text_encoder": "clip", "unet": "unet", "vae_decoder": "vae", "vae_encoder": "vae"}
+OPTIMIZER_MODEL_TYPES = {"text_encoder": "clip", "text_encoder_2": "clip", "unet": "unet", "vae_decoder": "vae",
+                         "vae_encoder": "vae"}
 TARGETS = ("cpu", "cuda")
 PRECISIONS = ("fp32", "fp16")
 
@@ -48,11 +49,18 @@ def load(path: Path):
     return onnx.load_model(str(path), load_external_data=True)
 
 
-def to_fp16(model):
-    """fp16 weights, activations, inputs and outputs, but FP16_KEEP_FP32_OPS and _IO stay fp32."""
+def to_fp16(path: Path):
+    """The graph at `path` with fp16 weights, activations, inputs and outputs, but
+    FP16_KEEP_FP32_OPS and _IO stay fp32. Shapes are inferred from the file (which works past
+    protobuf's 2 GB limit: SDXL's UNet and bigG text encoder), not from a serialized copy."""
+    import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    return convert_float_to_float16(model, keep_io_types=FP16_KEEP_FP32_IO, op_block_list=FP16_KEEP_FP32_OPS)
+    inferred = path.with_name(path.stem + ".shapes.onnx")
+    onnx.shape_inference.infer_shapes_path(str(path), str(inferred))
+    model = load(inferred)
+    return convert_float_to_float16(model, keep_io_types=FP16_KEEP_FP32_IO, op_block_list=FP16_KEEP_FP32_OPS,
+                                    disable_shape_infer=True)
 
 
 def optimize_for_cpu(source: Path, destination: Path) -> None:
