@@ -23,7 +23,7 @@ from sdrt.runtime.integrity import verify_components
 from sdrt.runtime.json_files import read_json
 from sdrt.runtime.manifest import MANIFEST_NAME, Manifest
 from sdrt.runtime.model_folder import infer_manifest
-from sdrt.runtime import modes, refiner as refiners
+from sdrt.runtime import modes, refiner as refiners, vae
 from sdrt.runtime.conditioning import unet_conditioning
 from sdrt.runtime.request import GenerationError, GenerationRequest, ResolvedRequest
 from sdrt.runtime.rng import GeneratorGroup, TorchGenerator
@@ -136,17 +136,12 @@ class Pipeline:
 
     # ------------------------------------------------------------------ stages
     def encode_image(self, image: np.ndarray, generator: TorchGenerator) -> np.ndarray:
-        """Latents of an image in [-1, 1], sampled from the VAE's distribution with `generator`
-        and scaled as the UNet expects."""
+        """sdrt.runtime.vae.encode with the VAE encoder, loaded on first use."""
         engine = self._optional_engine("vae_encoder")
         if engine is None:
             raise GenerationError("this export has no vae_encoder; re-export the model for image-to-image",
                                   "init_image")
-        out = engine.run({"sample": image.astype(engine.input_dtype("sample"))})
-        mean, std = out["latent_mean"].astype(np.float32), out["latent_std"].astype(np.float32)
-        latents = mean + std * generator.randn(mean.shape)
-        m = self.manifest
-        return (latents - np.float32(m.vae_shift_factor)) * np.float32(m.vae_scaling_factor)
+        return vae.encode(engine, self.manifest, image, generator)
 
     def denoise(self, start: modes.DenoiseStart, conditioning: dict[str, np.ndarray], sampler: Scheduler,
                 guidance_scale: float, generator: TorchGenerator | GeneratorGroup,
@@ -199,22 +194,8 @@ class Pipeline:
         return latents
 
     def decode_latents(self, latents: np.ndarray) -> np.ndarray:
-        """Images as float32 [batch, height, width, 3] in [0, 1]."""
-        engine = self.engines["vae_decoder"]
-        scaled = latents / np.float32(self.manifest.vae_scaling_factor) + np.float32(self.manifest.vae_shift_factor)
-        limit = self.manifest.dims["batch"].max if "batch" in self.manifest.dims else len(scaled)
-        chunks = [
-            engine.run({"latent_sample": scaled[i : i + limit].astype(engine.input_dtype("latent_sample"))})["sample"]
-            for i in range(0, len(scaled), limit)
-        ]
-        image = np.concatenate(chunks).astype(np.float32)
-        if not np.isfinite(image).all():
-            raise GenerationError(
-                "the VAE decoded NaN or infinite values (the fp16 VAE overflows): re-export with "
-                "--vae-precision fp32"
-            )
-        image = np.clip(image / 2 + 0.5, 0, 1)
-        return image.transpose(0, 2, 3, 1)
+        """Images as float32 [batch, height, width, 3] in [0, 1] (sdrt.runtime.vae.decode)."""
+        return vae.decode(self.engines["vae_decoder"], self.manifest, latents)
 
     # ------------------------------------------------------------------ request
     def generate(self, prompt, *, progress: Callable[[int, int], None] | None = None,

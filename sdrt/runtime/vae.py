@@ -1,0 +1,34 @@
+"""The VAE's two directions, as diffusers' pipelines use them: an image to scaled latents sampled
+from the encoder's distribution, and latents back to pixels in [0, 1]."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sdrt.errors import GenerationError
+from sdrt.runtime.engines import Engine
+from sdrt.runtime.manifest import BATCH, Manifest
+from sdrt.runtime.rng import TorchGenerator
+
+
+def encode(engine: Engine, manifest: Manifest, image: np.ndarray, generator: TorchGenerator) -> np.ndarray:
+    """Latents of an image in [-1, 1], sampled with `generator` and scaled as the UNet expects."""
+    out = engine.run({"sample": image.astype(engine.input_dtype("sample"))})
+    mean, std = out["latent_mean"].astype(np.float32), out["latent_std"].astype(np.float32)
+    latents = mean + std * generator.randn(mean.shape)
+    return (latents - np.float32(manifest.vae_shift_factor)) * np.float32(manifest.vae_scaling_factor)
+
+
+def decode(engine: Engine, manifest: Manifest, latents: np.ndarray) -> np.ndarray:
+    """Images as float32 [batch, height, width, 3] in [0, 1], decoded in chunks of the export's
+    batch limit. NaN or infinite pixels (an fp16 VAE's overflow) are an error, never a black image."""
+    scaled = latents / np.float32(manifest.vae_scaling_factor) + np.float32(manifest.vae_shift_factor)
+    limit = manifest.dims[BATCH].max if BATCH in manifest.dims else len(scaled)
+    dtype = engine.input_dtype("latent_sample")
+    chunks = [engine.run({"latent_sample": scaled[i: i + limit].astype(dtype)})["sample"]
+              for i in range(0, len(scaled), limit)]
+    image = np.concatenate(chunks).astype(np.float32)
+    if not np.isfinite(image).all():
+        raise GenerationError("the VAE decoded NaN or infinite values (the fp16 VAE overflows): re-export with "
+                              "--vae-precision fp32")
+    return np.clip(image / 2 + 0.5, 0, 1).transpose(0, 2, 3, 1)
