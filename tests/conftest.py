@@ -45,14 +45,18 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def exported_tiny(tiny_models, tmp_path_factory):
     """Function kind -> folder of that tiny model exported to fp32 ONNX (once per session)."""
+    return _exports(tiny_models, tmp_path_factory.mktemp("exported-tiny"), "standard")
+
+
+def _exports(sources: dict[str, Path], root: Path, default: str):
+    """Function kind -> `sources[kind]` exported to fp32 ONNX under `root`, on first use."""
     from sdrt.export.exporter import export_model
 
-    root = tmp_path_factory.mktemp("exported-tiny")
     folders: dict[str, Path] = {}
 
-    def get(kind: str = "standard") -> Path:
+    def get(kind: str = default) -> Path:
         if kind not in folders:
-            export_model(str(tiny_models[kind]), root / kind, progress=lambda line: None)
+            export_model(str(sources[kind]), root / kind, progress=lambda line: None)
             folders[kind] = root / kind
         return folders[kind]
 
@@ -92,18 +96,7 @@ def tiny_sdxl(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def exported_sdxl(tiny_sdxl, tmp_path_factory):
     """Function kind -> folder of that tiny SDXL model exported to fp32 ONNX (once per session)."""
-    from sdrt.export.exporter import export_model
-
-    root = tmp_path_factory.mktemp("exported-sdxl")
-    folders: dict[str, Path] = {}
-
-    def get(kind: str = "base") -> Path:
-        if kind not in folders:
-            export_model(str(tiny_sdxl[kind]), root / kind, progress=lambda line: None)
-            folders[kind] = root / kind
-        return folders[kind]
-
-    return get
+    return _exports(tiny_sdxl, tmp_path_factory.mktemp("exported-sdxl"), "base")
 
 
 def sdxl_reference(class_name: str, folder: Path):

@@ -61,7 +61,7 @@ def test_cli_sweep_writes_one_report_per_value(engine, tmp_path):
     "arguments, message",
     [
         ([], "pass exactly one of --model DIR or --arch NAME"),
-        (["--arch", "sdxl"], "unknown architecture 'sdxl'"),
+        (["--arch", "sd3"], "unknown architecture 'sd3'; choose one of sd15, sdxl"),
         (["--sweep", "colour=1,2"], "--sweep takes NAME=V1,V2"),
         (["--runs", "0"], "--runs must be >= 1"),
         (["--sampler", "nope"], "unknown sampler 'nope'"),

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from sdrt.errors import ConfigError
 
@@ -125,14 +125,19 @@ def build_random_pipeline(size: str = "tiny", kind: str = "standard", seed: int 
 
 
 def save_random_pipeline(out_dir: str | Path, size: str = "tiny", kind: str = "standard", seed: int = 0) -> Path:
-    """Build a random pipeline and save it as a diffusers folder (written aside, then renamed)."""
+    """Build a random pipeline and save it as a diffusers folder."""
+    return save_folder(out_dir, lambda: build_random_pipeline(size, kind, seed))
+
+
+def save_folder(out_dir: str | Path, build: Callable[[], Any]) -> Path:
+    """Save the pipeline `build()` makes as a diffusers folder, written aside, then renamed."""
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise ConfigError(f"{out_dir} already exists")
     staging = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        build_random_pipeline(size, kind, seed).save_pretrained(staging, safe_serialization=True)
+        build().save_pretrained(staging, safe_serialization=True)
         staging.rename(out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -10,12 +10,11 @@ preset, for benchmarks. Needs the export extra (torch, diffusers, transformers).
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 from sdrt.errors import ConfigError
-from sdrt.export.random_model import PRESETS_DIR, SD15_PRESET, SD2_PAD_TOKEN
+from sdrt.export.random_model import PRESETS_DIR, SD15_PRESET, SD2_PAD_TOKEN, save_folder
 
 SDXL_PRESET = PRESETS_DIR / "sdxl"
 SDXL_KINDS = ("base", "refiner", "inpaint")
@@ -102,15 +101,5 @@ def build_random_sdxl(size: str = "tiny", kind: str = "base", seed: int = 0):
 
 
 def save_random_sdxl(out_dir: str | Path, size: str = "tiny", kind: str = "base", seed: int = 0) -> Path:
-    """Build a random SDXL pipeline and save it as a diffusers folder (written aside, renamed)."""
-    out_dir = Path(out_dir)
-    if out_dir.exists():
-        raise ConfigError(f"{out_dir} already exists")
-    staging = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        build_random_sdxl(size, kind, seed).save_pretrained(staging, safe_serialization=True)
-        staging.rename(out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return out_dir
+    """Build a random SDXL pipeline and save it as a diffusers folder."""
+    return save_folder(out_dir, lambda: build_random_sdxl(size, kind, seed))
