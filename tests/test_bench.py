@@ -100,3 +100,16 @@ def test_gpu_memory_is_read_per_process_from_nvidia_smi():
     text = "4242, 1536\n77, 900\n4242, 512\n[N/A], [N/A]\n"
     assert parse_compute_apps(text, 4242) == 2048 * 2**20
     assert parse_compute_apps(text, 5) is None and parse_compute_apps("", 4242) is None
+
+
+def test_sequential_sdxl_report_with_diffusers_baseline(exported_sdxl, tiny_sdxl):
+    """SDXL against diffusers' SDXL pipeline, one side at a time (what --arch sdxl needs on 24 GiB)."""
+    settings = BenchSettings(height=128, width=128, steps=2)
+    report = run_benchmark(str(exported_sdxl("base")), settings, runs=1, warmup=0, compare="diffusers",
+                           diffusers_model=str(tiny_sdxl["base"]), sequential=True)
+    assert report["sequential"] and report["sdrt"]["unet_step"]["count"] == 2
+    assert len(report["speedup_vs_diffusers"]["pairs"]) == 1 and report["diffusers"]["load_seconds"] > 0
+    assert report["unet_gflop_per_call"] > 0 and report["precision"]["text_encoder_2"] == "fp32"
+    from sdrt.benchmark.report import format_report
+
+    assert "1 sequential pairs" in format_report(report)

@@ -68,6 +68,10 @@ def matmul_gflops() -> float:
     return FLOPS_PER_MAC * MATMUL_SIZE**3 / statistics.median(times) / 1e9
 
 
+#: The UNet inputs diffusers takes as `added_cond_kwargs`.
+ADDED_CONDITIONS = ("text_embeds", "time_ids")
+
+
 def unet_gflop_per_call(diffusers_model: str | None, manifest: Manifest, settings: BenchSettings) -> float | None:
     """FLOPs of one UNet call at these settings, counted by PyTorch's FlopCounterMode on the
     meta device (no weights needed); None without torch/diffusers or the model's configs."""
@@ -86,9 +90,11 @@ def unet_gflop_per_call(diffusers_model: str | None, manifest: Manifest, setting
         unet = UNet2DConditionModel.from_config(config)
         sample = torch.zeros(batch, manifest.unet_in_channels, settings.height // scale, settings.width // scale)
         context = torch.zeros(batch, manifest.text_length, manifest.text_hidden_size)
+        added = {t.name: torch.zeros(batch, *t.shape[1:]) for t in manifest.components["unet"].inputs
+                 if t.name in ADDED_CONDITIONS}  # SDXL's
         counter = FlopCounterMode(display=False)
         with counter, torch.no_grad():
-            unet(sample, torch.zeros(batch), context)
+            unet(sample, torch.zeros(batch), context, added_cond_kwargs=added or None)
     return counter.get_total_flops() / 1e9
 
 
@@ -144,8 +150,10 @@ def _sdrt_summary(runs: list[dict], load_seconds: float, peak: int) -> dict:
 
 def run_benchmark(model: str, settings: BenchSettings, *, backend: str = "cpu", threads: int | None = None,
                   runs: int = 3, warmup: int = 1, compare: str | None = None,
-                  diffusers_model: str | None = None, progress=lambda line: None, cuda_graph: bool = False) -> dict:
-    """Benchmark an exported model; with compare="diffusers" also the same model in diffusers."""
+                  diffusers_model: str | None = None, progress=lambda line: None, cuda_graph: bool = False,
+                  sequential: bool = False) -> dict:
+    """Benchmark an exported model; with compare="diffusers" also the same model in diffusers,
+    interleaved run by run, or after it with `sequential`."""
     manifest = Manifest.load(model)
     if diffusers_model is None:
         source = manifest.source.get("model")
@@ -161,24 +169,22 @@ def run_benchmark(model: str, settings: BenchSettings, *, backend: str = "cpu", 
         except ImportError:
             raise BenchError("--compare diffusers needs torch and diffusers: pip install 'sdrt[export]'") from None
     settings.request().resolve(manifest)  # a setting the model cannot take: one line, before any worker
-    progress(f"loading sdrt ({backend})")
     load_options = {"cuda_graph": True} if cuda_graph else {}
-    workers = [Worker("sdrt", model, settings, backend, threads, load_options)]
-    if compare:
-        progress("loading diffusers")
-        workers.append(Worker("diffusers", diffusers_model, settings, backend, threads))
-    results: dict[str, list[dict]] = {w.kind: [] for w in workers}
-    try:
-        for index in range(warmup + runs):
-            for worker in workers:  # A B A B: drift on a shared machine hits both sides alike
-                timing = worker.run()
-                if index >= warmup:
-                    results[worker.kind].append(timing)
-            label = "warm-up" if index < warmup else f"run {index - warmup + 1}/{runs}"
-            progress(f"{label}: " + ", ".join(f"{k} {results[k][-1]['end_to_end']:.3f}s" for k in results
-                                              if index >= warmup))
-    finally:
-        peaks = {w.kind: w.close() for w in workers}
+    sides = [("sdrt", model, load_options)] + ([("diffusers", diffusers_model, {})] if compare else [])
+    results: dict[str, list[dict]] = {kind: [] for kind, _, _ in sides}
+    peaks, loads = {}, {}
+    # Interleaved (A B A B): drift on a shared machine hits both sides alike. Sequential: one
+    # side at a time, for models of which two copies do not fit in memory (SDXL on 24 GiB).
+    for group in ([[side] for side in sides] if sequential else [sides]):
+        workers = []
+        try:
+            for kind, path, options in group:
+                progress(f"loading {kind} ({backend})")
+                workers.append(Worker(kind, path, settings, backend, threads, options))
+            _measure(workers, warmup, runs, results, progress)
+        finally:
+            peaks.update({w.kind: w.close() for w in workers})
+            loads.update({w.kind: w.load_seconds for w in workers})
     report = {
         "settings": asdict(settings),
         "backend": backend,
@@ -192,7 +198,8 @@ def run_benchmark(model: str, settings: BenchSettings, *, backend: str = "cpu", 
         "versions": versions(compare is not None),
         "runs": runs,
         "warmup": warmup,
-        "sdrt": _sdrt_summary(results["sdrt"], workers[0].load_seconds, peaks["sdrt"]["peak_rss_bytes"]),
+        "sequential": sequential,
+        "sdrt": _sdrt_summary(results["sdrt"], loads["sdrt"], peaks["sdrt"]["peak_rss_bytes"]),
     }
     report["sdrt"]["peak_gpu_bytes"] = peaks["sdrt"].get("peak_gpu_bytes")
     flop = unet_gflop_per_call(diffusers_model, manifest, settings)
@@ -203,7 +210,7 @@ def run_benchmark(model: str, settings: BenchSettings, *, backend: str = "cpu", 
     if compare:
         baseline = results["diffusers"]
         pairs = [b["end_to_end"] / a["end_to_end"] for a, b in zip(results["sdrt"], baseline)]
-        report["diffusers"] = {"load_seconds": workers[1].load_seconds,
+        report["diffusers"] = {"load_seconds": loads["diffusers"],
                                "peak_rss_bytes": peaks["diffusers"]["peak_rss_bytes"],
                                "peak_gpu_bytes": peaks["diffusers"].get("peak_gpu_bytes"),
                                "end_to_end": summarize([b["end_to_end"] for b in baseline])}
@@ -214,6 +221,18 @@ def run_benchmark(model: str, settings: BenchSettings, *, backend: str = "cpu", 
             report["gpu_memory_ratio_vs_diffusers"] = (report["sdrt"]["peak_gpu_bytes"]
                                                        / report["diffusers"]["peak_gpu_bytes"])
     return report
+
+
+def _measure(workers: list, warmup: int, runs: int, results: dict, progress) -> None:
+    """Warm-up and measured runs, the workers taking turns each run."""
+    for index in range(warmup + runs):
+        for worker in workers:
+            timing = worker.run()
+            if index >= warmup:
+                results[worker.kind].append(timing)
+        label = "warm-up" if index < warmup else f"run {index - warmup + 1}/{runs}"
+        progress(f"{label}: " + ", ".join(f"{w.kind} {results[w.kind][-1]['end_to_end']:.3f}s" for w in workers
+                                          if index >= warmup))
 
 
 def parse_sweep(text: str) -> tuple[str, list[int]]:
@@ -274,34 +293,3 @@ def arch_model(arch: str, progress=lambda line: None) -> tuple[str, str]:
         progress(f"exporting it to {engine} (once)")
         export_model(str(source), engine, overwrite=engine.exists(), progress=progress)
     return str(engine), str(source)
-
-
-def format_report(report: dict) -> str:
-    """A human-readable summary of one benchmark report."""
-    s, sd = report["settings"], report["sdrt"]
-    lines = [f"{s['width']}x{s['height']}, {s['steps']} steps, guidance {s['guidance']}, "
-             f"batch {s['num_images']}, {s['sampler']}, {report['backend']}, {report['threads']} threads",
-             f"load (cold start)        {sd['load_seconds']:.2f} s"]
-    for stage, summary in sd["stages"].items():
-        lines.append(f"{stage:<24} {summary['median'] * 1e3:10.1f} ms  (p10 {summary['p10'] * 1e3:.1f}, "
-                     f"p90 {summary['p90'] * 1e3:.1f})")
-    step = sd["unet_step"]
-    lines.append(f"UNet step p50/p90/p99     {step['p50'] * 1e3:.1f} / {step['p90'] * 1e3:.1f} / "
-                 f"{step['p99'] * 1e3:.1f} ms")
-    lines.append(f"outside the engines      {sd['outside_engines_fraction']['median'] * 100:.2f} % of end to end")
-    lines.append(f"peak memory              {sd['peak_rss_bytes'] / 2**30:.2f} GiB")
-    if sd.get("peak_gpu_bytes"):
-        lines.append(f"peak GPU memory          {sd['peak_gpu_bytes'] / 2**30:.2f} GiB (nvidia-smi)")
-    if report.get("unet_gflops_achieved") is not None:
-        lines.append(f"UNet                     {report['unet_gflops_achieved']:.1f} GFLOP/s achieved "
-                     f"({report['unet_gflop_per_call']:.1f} GFLOP a call); machine matmul "
-                     f"{report['matmul_gflops']:.1f} GFLOP/s")
-    if "diffusers" in report:
-        d = report["diffusers"]
-        lines.append(f"diffusers end to end     {d['end_to_end']['median'] * 1e3:10.1f} ms, load "
-                     f"{d['load_seconds']:.2f} s, peak {d['peak_rss_bytes'] / 2**30:.2f} GiB")
-        ratio = report["speedup_vs_diffusers"]
-        lines.append(f"speedup vs diffusers     {ratio['median']:.2f}x median of "
-                     f"{len(ratio['pairs'])} interleaved pairs (min {ratio['min']:.2f}, max {ratio['max']:.2f}); "
-                     f"memory {report['memory_ratio_vs_diffusers']:.2f}x")
-    return "\n".join(lines)

@@ -31,6 +31,8 @@ from sdrt.runtime.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES
 @click.option("--threads", default=None, type=THREADS, help="CPU threads (default: all cores).")
 @click.option("--compare", default=None, type=click.Choice(["diffusers"]),
               help="Also run the same model in diffusers + torch, interleaved A B A B.")
+@click.option("--sequential", is_flag=True,
+              help="With --compare: all of sdrt's runs, then diffusers' (one model in memory at a time).")
 @click.option("--diffusers-model", default=None, type=click.Path(),
               help="The diffusers folder the export came from (default: the manifest's source).")
 @click.option("--sweep", default=None, help="Repeat over values: height=256,512 (also width, size, batch, steps).")
@@ -39,10 +41,10 @@ from sdrt.runtime.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES
 @click.option("--plot", "plot_path", default=None, type=click.Path(),
               help="With --sweep: a PNG plot here [default: beside --json] (needs matplotlib: sdrt[plot]).")
 def bench(model_dir, arch, backend, height, width, steps, guidance, num_images, sampler, runs, warmup, threads,
-          compare, diffusers_model, sweep, json_path, cuda_graph, plot_path) -> None:
+          compare, sequential, diffusers_model, sweep, json_path, cuda_graph, plot_path) -> None:
     """Measure latency per stage, memory and (with --compare) the ratio to diffusers."""
-    from sdrt.benchmark import (BenchSettings, format_report, parse_sweep, run_benchmark, sweep_settings,
-                                arch_model)
+    from sdrt.benchmark import BenchSettings, arch_model, parse_sweep, run_benchmark, sweep_settings
+    from sdrt.benchmark.report import format_report
     from sdrt.runtime.manifest import Manifest
 
     def say(line: str) -> None:
@@ -68,7 +70,7 @@ def bench(model_dir, arch, backend, height, width, steps, guidance, num_images, 
     for settings in plan:
         report = run_benchmark(model_dir, settings, backend=backend, threads=threads, runs=runs, warmup=warmup,
                                compare=compare, diffusers_model=diffusers_model, progress=say,
-                               cuda_graph=cuda_graph)
+                               cuda_graph=cuda_graph, sequential=sequential)
         reports.append(report)
         click.echo(format_report(report) + "\n")
     payload = reports[0]
