@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from diffusers import OnnxStableDiffusionPipeline, StableDiffusionPipeline
 
 import sdrt.export.exporter as exporter
+from sdrt.export.validation import RELATIVE_TOLERANCE
 from sdrt.cli import main
 from sdrt.errors import ModelFolderError
 from sdrt.export.sources import load_pipeline
@@ -52,7 +53,7 @@ def test_folder_layout_manifest_and_validation(exported, tiny_models, kind):
         path = folder / spec.file
         assert hashlib.sha256(path.read_bytes()).hexdigest() == spec.sha256
         validation = spec.validation
-        assert validation["passed"] and validation["max_rel_error"] <= exporter.RELATIVE_TOLERANCE["fp32"]
+        assert validation["passed"] and validation["max_rel_error"] <= RELATIVE_TOLERANCE["fp32"]
         assert (spec.precision, spec.target, validation["graph"]) == ("fp32", "cpu", "exported")
         first, second = validation["shapes"]
         assert second[0] > 1 and second[-1] != second[-2], "a batch > 1, non-square shape is validated"
@@ -109,7 +110,7 @@ def test_cli_export_overwrite_and_refusals(tiny_models, tmp_path):
 
 
 def test_failed_validation_leaves_nothing_behind(tiny_models, tmp_path, monkeypatch):
-    monkeypatch.setitem(exporter.RELATIVE_TOLERANCE, "fp32", 0.0)
+    monkeypatch.setitem(RELATIVE_TOLERANCE, "fp32", 0.0)
     with pytest.raises(exporter.ExportError, match="does not reproduce the PyTorch model"):
         exporter.export_model(str(tiny_models["standard"]), tmp_path / "engine", progress=lambda line: None)
     assert list(tmp_path.iterdir()) == []
@@ -192,7 +193,7 @@ def test_fp16_keeps_the_vae_fp32_by_default_and_is_validated(tiny_models, tmp_pa
     assert dtypes == {"sample": "float16", "timestep": "float32", "encoder_hidden_states": "float16",
                       "out_sample": "float16"}
     for spec in manifest.components.values():
-        tolerance = exporter.RELATIVE_TOLERANCE[spec.precision]
+        tolerance = RELATIVE_TOLERANCE[spec.precision]
         assert spec.validation["tolerance"] == tolerance and spec.validation["max_rel_error"] <= tolerance
     # fp16 really changes the numbers (the check is not vacuous) but stays close.
     assert 1e-5 < unet.validation["max_rel_error"]
@@ -209,7 +210,7 @@ def test_cpu_optimized_graph_is_validated_itself(tiny_models, tmp_path):
     manifest = _export(tiny_models, tmp_path, optimize=True)
     for spec in manifest.components.values():
         assert spec.validation["graph"] == "optimized" and spec.validation["passed"]
-        assert spec.validation["max_rel_error"] <= exporter.RELATIVE_TOLERANCE["fp32"]
+        assert spec.validation["max_rel_error"] <= RELATIVE_TOLERANCE["fp32"]
 
 
 def test_cuda_optimized_graph_has_the_fused_diffusion_ops(tiny_models, tmp_path):

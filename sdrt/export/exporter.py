@@ -18,26 +18,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
 from sdrt.errors import ModelFolderError, SdrtError
 from sdrt.export import onnx_graph
 from sdrt.export.components import ONNX_OPSET, ComponentExport, ModelGeometry, component_exports
 from sdrt.export.model_files import family, sdxl_settings, versions, write_diffusers_files
+from sdrt.export.validation import Case, reference_cases, validate
 from sdrt.runtime.integrity import record_sha256
 from sdrt.runtime.leftovers import remove_stale
 from sdrt.runtime.manifest import FORMAT_VERSION, ComponentSpec, Manifest, TensorSpec
 
 CUDA_PROVIDER = "CUDAExecutionProvider"
-ORT_TO_NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
-                "tensor(int32)": np.int32, "tensor(int64)": np.int64}
-
 ONNX_FILE = "model.onnx"
-# Export fails when an engine's output differs from its PyTorch module by more than this
-# (max |diff| / max |reference|, worst output and shape). fp16 keeps an 11-bit mantissa, and
-# its error grows with depth: the tiny models stay under 6e-3.
-RELATIVE_TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2}
-VALIDATION_SEED = 0
 WORK_DIR = ".work"
 
 
@@ -67,56 +58,10 @@ class ExportOptions:
         return self.vae_precision if component.startswith("vae") else self.precision
 
 
-def _validation_shapes(geometry: ModelGeometry) -> list[tuple[int, int, int]]:
-    """(batch, latent height, latent width): native square at batch 1, then batch 2 at a
-    non-square half size (3:2), which bounds memory: SD 1.5's fp32 VAE at batch 2 and full
-    size pushed a CPU export past 23 GB."""
-    native, multiple = geometry.native_latent_size, geometry.unet_size_multiple
-
-    def fit(size: int) -> int:
-        return max(multiple, size - size % multiple)
-
-    half = fit(native // 2)
-    return [(1, native, native), (2, half, fit(half * 3 // 2) if fit(half * 3 // 2) != half else half + multiple)]
-
-
-def validate_component(component: ComponentExport, onnx_path: Path, geometry: ModelGeometry,
-                       precision: str, provider: str = "CPUExecutionProvider") -> dict:
-    """Run the graph in ONNX Runtime and the PyTorch module on the same seeded inputs at two
-    shapes; inputs are cast to the graph's dtypes, errors measured in float32."""
-    import onnxruntime as ort
+def _export_torch(component: ComponentExport, path: Path, case: Case) -> None:
     import torch
 
-    session = ort.InferenceSession(str(onnx_path), providers=[provider])
-    graph_types = {i.name: ORT_TO_NUMPY[i.type] for i in session.get_inputs()}
-    generator = torch.Generator().manual_seed(VALIDATION_SEED)
-    tolerance = RELATIVE_TOLERANCE[precision]
-    worst = {"max_abs_error": 0.0, "max_rel_error": 0.0}
-    shapes = []
-    for batch, latent_h, latent_w in _validation_shapes(geometry):
-        inputs = component.make_inputs(generator, batch, latent_h, latent_w)
-        with torch.no_grad():
-            expected = component.module(*inputs)
-        expected = expected if isinstance(expected, tuple) else (expected,)
-        feeds = {spec.name: t.numpy().astype(graph_types[spec.name]) for spec, t in zip(component.inputs, inputs)}
-        got = session.run([spec.name for spec in component.outputs], feeds)
-        for reference, output in zip(expected, got):
-            reference = reference.numpy()
-            abs_error = float(np.abs(output.astype(np.float32) - reference).max())
-            rel_error = abs_error / max(float(np.abs(reference).max()), 1e-30)
-            worst["max_abs_error"] = max(worst["max_abs_error"], abs_error)
-            worst["max_rel_error"] = max(worst["max_rel_error"], rel_error)
-        shapes.append(list(inputs[0].shape))
-    passed = bool(worst["max_rel_error"] <= tolerance)  # False for NaN too
-    worst.update(shapes=shapes, tolerance=tolerance, passed=passed, provider=provider)
-    return worst
-
-
-def _export_torch(component: ComponentExport, path: Path, geometry: ModelGeometry) -> None:
-    import torch
-
-    batch, latent_h, latent_w = _validation_shapes(geometry)[0]
-    example = component.make_inputs(torch.Generator().manual_seed(VALIDATION_SEED), batch, latent_h, latent_w)
+    example = tuple(torch.from_numpy(array) for array in case.inputs)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about Python control flow on shapes
         torch.onnx.export(
@@ -143,8 +88,9 @@ def _graph_dtypes(path: Path, specs: list[TensorSpec]) -> list[TensorSpec]:
 
 
 def _build_component(component: ComponentExport, staging: Path, geometry: ModelGeometry,
-                     options: ExportOptions) -> tuple[Path, list[Path], dict]:
-    """Export, convert and optimize one engine; returns its file, all its files, validation."""
+                     options: ExportOptions, release: bool = False) -> tuple[Path, list[Path], dict]:
+    """Export, convert and optimize one engine; returns its file, all its files, validation.
+    With `release`, the module's weights are dropped once traced (nothing later needs them)."""
     precision = options.precision_of(component.name)
     work = staging / WORK_DIR / component.name
     work.mkdir(parents=True)
@@ -152,27 +98,30 @@ def _build_component(component: ComponentExport, staging: Path, geometry: ModelG
     out_dir.mkdir()
     final = out_dir / ONNX_FILE
     traced = work / "fp32.onnx"
-    _export_torch(component, traced, geometry)
+    cases = reference_cases(component, geometry)
+    _export_torch(component, traced, cases[0])
+    if release:
+        component.module.to("meta")  # frees the weights before the ONNX copy is converted and run
     model = onnx_graph.to_fp16(traced) if precision == "fp16" else onnx_graph.load(traced)
     if not options.optimize:
         files = onnx_graph.save(model, final)
-        validation = validate_component(component, final, geometry, precision)
+        validation = validate(component, final, cases, precision)
         return final, files, dict(validation, graph="exported")
     if options.target == "cpu":
         plain = work / f"{precision}.onnx"
         onnx_graph.save(model, plain)
         onnx_graph.optimize_for_cpu(plain, final)
         files = [p for p in (final, final.with_name(final.name + onnx_graph.EXTERNAL_DATA_SUFFIX)) if p.exists()]
-        validation = validate_component(component, final, geometry, precision)
+        validation = validate(component, final, cases, precision)
         return final, files, dict(validation, graph="optimized")
     # CUDA target: validate the same-precision graph here; the fused one runs only on CUDA.
     plain = work / f"{precision}.onnx"
     onnx_graph.save(model, plain)
     files = onnx_graph.save(onnx_graph.optimize_for_cuda(traced, component.name, precision == "fp16"), final)
     if CUDA_PROVIDER in _available_providers():
-        validation = dict(validate_component(component, final, geometry, precision, CUDA_PROVIDER), graph="optimized")
+        validation = dict(validate(component, final, cases, precision, CUDA_PROVIDER), graph="optimized")
     else:
-        validation = dict(validate_component(component, plain, geometry, precision), graph="exported")
+        validation = dict(validate(component, plain, cases, precision), graph="exported")
     return final, files, validation
 
 
@@ -190,8 +139,11 @@ def export_pipeline(
     options: ExportOptions = ExportOptions(),
     overwrite: bool = False,
     progress: Callable[[str], None] = print,
+    release_weights: bool = False,
 ) -> Manifest:
-    """Export, validate and write the folder; returns its manifest."""
+    """Export, validate and write the folder; returns its manifest. `release_weights` (for a
+    pipeline nothing else uses) drops each module's weights once no later engine needs them,
+    which keeps a full-size SDXL export within 24 GiB."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise ExportError(f"{out_dir} already exists; pass --overwrite to replace it")
@@ -210,12 +162,14 @@ def export_pipeline(
     try:
         staging.mkdir()
         components = {}
-        for component in component_exports(pipeline, geometry, num_train_timesteps):
+        exports = component_exports(pipeline, geometry, num_train_timesteps)
+        for index, component in enumerate(exports):
             started = time.perf_counter()
             precision = options.precision_of(component.name)
             progress(f"{component.name}: exporting ({precision}, {options.target}"
                      f"{', optimized' if options.optimize else ''})")
-            final, files, validation = _build_component(component, staging, geometry, options)
+            release = release_weights and not _shares_weights(component, exports[index + 1:])
+            final, files, validation = _build_component(component, staging, geometry, options, release)
             elapsed = time.perf_counter() - started
             progress(
                 f"{component.name}: max abs error {validation['max_abs_error']:.2e}, "
@@ -269,6 +223,12 @@ def export_pipeline(
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def _shares_weights(component: ComponentExport, later: list[ComponentExport]) -> bool:
+    """Whether a later engine uses one of this one's weights (the VAE's decoder and encoder do)."""
+    mine = {parameter.data_ptr() for parameter in component.module.parameters()}
+    return any(parameter.data_ptr() in mine for other in later for parameter in other.module.parameters())
+
+
 def _use_classic_attention(pipeline) -> None:
     """Attention as explicit matmul + softmax: the graph pattern ONNX Runtime's diffusion
     optimizer fuses into MultiHeadAttention (it does not match every SDPA export)."""
@@ -301,4 +261,4 @@ def export_model(source: str, out_dir: str | Path, *, config: str | None = None,
     progress(f"loading {source}")
     pipeline = load_pipeline(source, config)
     return export_pipeline(pipeline, out_dir, source={"model": str(source)}, options=options,
-                           overwrite=overwrite, progress=progress)
+                           overwrite=overwrite, progress=progress, release_weights=True)
