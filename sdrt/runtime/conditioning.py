@@ -21,7 +21,7 @@ def unet_conditioning(encoders: TextEncoders, engines: dict[str, Engine], resolv
                       warnings: list[str], timings: dict) -> dict[str, np.ndarray]:
     """The UNet's conditioning feeds for a request; each prompt's rows are repeated
     num_images times, consecutively, as diffusers does."""
-    if encoders.manifest.sdxl is not None:
+    if encoders.sdxl is not None:
         from sdrt.runtime.sdxl import sdxl_conditioning
 
         return sdxl_conditioning(encoders, engines, resolved, warnings, timings)

@@ -110,7 +110,6 @@ class Pipeline:
             raise ModelFolderError(f"{scheduler_path}: {error}") from None
         text_encoders = TextEncoders.load(folder, manifest)
         manifest, make_engine = backend.load(folder, manifest, options, sessions)
-        text_encoders.manifest = manifest
         engines = {name: make_engine(name) for name in loaded}
         pipeline = cls(folder, manifest, text_encoders, scheduler_config, engines, backend, make_engine)
         if refiner is not None:

@@ -84,7 +84,7 @@ def _check_pair(name: str, value, low: int) -> None:
 
 def sdxl_conditioning(encoders: TextEncoders, engines: dict[str, Engine], resolved: ResolvedRequest,
                       warnings: list[str], timings: dict) -> dict[str, np.ndarray]:
-    spec = encoders.manifest.sdxl
+    spec = encoders.sdxl
     request = resolved.request
     repeat = request.num_images
     positive = encoders.encode(resolved.prompts, engines, warnings, timings)

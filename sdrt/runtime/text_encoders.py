@@ -12,7 +12,7 @@ import numpy as np
 
 from sdrt.errors import ModelFolderError
 from sdrt.runtime.engines import Engine
-from sdrt.runtime.manifest import Manifest
+from sdrt.runtime.manifest import Manifest, SdxlSpec
 from sdrt.runtime.tokenizer import ClipTokenizer
 
 #: Output names of the text encoders: SD 1.x/2.x use the last layer's hidden states; SDXL the
@@ -28,11 +28,11 @@ class TextEncoding:
 
 
 class TextEncoders:
-    def __init__(self, manifest: Manifest, tokenizers: list[ClipTokenizer], names: list[str]):
-        self.manifest = manifest
+    def __init__(self, sdxl: SdxlSpec | None, tokenizers: list[ClipTokenizer], names: list[str]):
+        self.sdxl = sdxl  # the manifest's SDXL settings, None for SD 1.x/2.x
         self.tokenizers = tokenizers
         self.names = names
-        self.hidden_output = LAST_HIDDEN if manifest.sdxl is None else PENULTIMATE_HIDDEN
+        self.hidden_output = LAST_HIDDEN if sdxl is None else PENULTIMATE_HIDDEN
 
     @classmethod
     def load(cls, folder: Path, manifest: Manifest) -> "TextEncoders":
@@ -44,7 +44,7 @@ class TextEncoders:
                                        f"encoder's {manifest.text_length}")
             tokenizers.append(tokenizer)
             names.append(component)
-        return cls(manifest, tokenizers, names)
+        return cls(manifest.sdxl, tokenizers, names)
 
     def encode(self, prompts: list[str], engines: dict[str, Engine], warnings: list[str],
                timings: dict | None = None) -> TextEncoding:
