@@ -241,3 +241,40 @@ def test_large_weights_go_to_one_external_data_file(tiny_models, tmp_path, monke
         assert spec.validation["passed"]
     session = ort.InferenceSession(str(folder / "unet" / "model.onnx"))
     assert [i.name for i in session.get_inputs()] == ["sample", "timestep", "encoder_hidden_states"]
+
+
+@pytest.mark.parametrize("fp16", [False, True])
+def test_streamed_conversion_of_external_weights_equals_the_in_memory_one(exported_tiny, tmp_path, fp16):
+    """A graph whose weights are external files (what torch writes past 2 GB: SDXL's UNet) is
+    converted tensor by tensor; the result equals converting the same graph held in memory."""
+    import onnx
+    from onnx import numpy_helper
+
+    import sdrt.export.onnx_graph as onnx_graph
+
+    source = exported_tiny("standard") / "unet" / "model.onnx"
+    (tmp_path / "external").mkdir()
+    external = tmp_path / "external" / "model.onnx"
+    onnx.save_model(onnx.load_model(str(source)), str(external), save_as_external_data=True,
+                    all_tensors_to_one_file=False, size_threshold=0)
+    streamed = onnx_graph.convert(external, tmp_path / "streamed.onnx", fp16)
+    in_memory = onnx_graph.convert(source, tmp_path / "in_memory.onnx", fp16)
+    assert [p.name for p in streamed] == ["streamed.onnx", "streamed.onnx.data"] and len(in_memory) == 1
+
+    def weights(path):
+        model = onnx.load_model(str(path))
+        return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+    got, expected = weights(streamed[0]), weights(in_memory[0])
+    assert got.keys() == expected.keys()
+    assert {name: value.dtype for name, value in got.items()} == {n: v.dtype for n, v in expected.items()}
+    assert all(np.array_equal(got[name], expected[name]) for name in expected)
+    assert any(value.dtype == (np.float16 if fp16 else np.float32) and value.size > 100 for value in got.values())
+    feeds = {"sample": np.ones((2, 4, 8, 8), np.float32), "timestep": np.array([500], np.float32),
+             "encoder_hidden_states": np.ones((2, 77, 32), np.float32)}
+    outputs = []
+    for files in (streamed, in_memory):
+        session = ort.InferenceSession(str(files[0]))
+        types = {i.name: np.float16 if i.type == ONNX_TYPES["float16"] else np.float32 for i in session.get_inputs()}
+        outputs.append(session.run(None, {name: value.astype(types[name]) for name, value in feeds.items()})[0])
+    np.testing.assert_array_equal(outputs[0], outputs[1])

@@ -102,21 +102,19 @@ def _build_component(component: ComponentExport, staging: Path, geometry: ModelG
     _export_torch(component, traced, cases[0])
     if release:
         component.module.to("meta")  # frees the weights before the ONNX copy is converted and run
-    model = onnx_graph.to_fp16(traced) if precision == "fp16" else onnx_graph.load(traced)
+    fp16 = precision == "fp16"
     if not options.optimize:
-        files = onnx_graph.save(model, final)
+        files = onnx_graph.convert(traced, final, fp16)
         validation = validate(component, final, cases, precision)
         return final, files, dict(validation, graph="exported")
+    plain = work / f"{precision}.onnx"
+    onnx_graph.convert(traced, plain, fp16)
     if options.target == "cpu":
-        plain = work / f"{precision}.onnx"
-        onnx_graph.save(model, plain)
         onnx_graph.optimize_for_cpu(plain, final)
         files = [p for p in (final, final.with_name(final.name + onnx_graph.EXTERNAL_DATA_SUFFIX)) if p.exists()]
         validation = validate(component, final, cases, precision)
         return final, files, dict(validation, graph="optimized")
     # CUDA target: validate the same-precision graph here; the fused one runs only on CUDA.
-    plain = work / f"{precision}.onnx"
-    onnx_graph.save(model, plain)
     files = onnx_graph.save(onnx_graph.optimize_for_cuda(traced, component.name, precision == "fp16"), final)
     if CUDA_PROVIDER in _available_providers():
         validation = dict(validate(component, final, cases, precision, CUDA_PROVIDER), graph="optimized")

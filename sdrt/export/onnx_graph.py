@@ -4,6 +4,7 @@ serialized into one protobuf (which cannot exceed 2 GB)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -43,24 +44,80 @@ def save(model, path: Path) -> list[Path]:
     return [path, data]
 
 
-def load(path: Path):
+def convert(source: Path, destination: Path, fp16: bool) -> list[Path]:
+    """The traced graph at `source` saved as `destination` (weights over protobuf's limit in one
+    `.data` file beside it), in fp16 if asked: fp16 weights, activations, inputs and outputs,
+    but FP16_KEEP_FP32_OPS and _IO stay fp32. Returns the files written.
+
+    Weights are streamed one tensor at a time, never all in memory: the graph is converted
+    without its external data (shapes inferred from the file), then each tensor is read,
+    converted (with onnxruntime's own value clamping) and appended. SDXL's UNet (10 GB in
+    fp32) and bigG text encoder (2.8 GB) convert this way within a few hundred MB."""
     import onnx
-
-    return onnx.load_model(str(path), load_external_data=True)
-
-
-def to_fp16(path: Path):
-    """The graph at `path` with fp16 weights, activations, inputs and outputs, but
-    FP16_KEEP_FP32_OPS and _IO stay fp32. Shapes are inferred from the file (which works past
-    protobuf's 2 GB limit: SDXL's UNet and bigG text encoder), not from a serialized copy."""
-    import onnx
+    from onnx.external_data_helper import uses_external_data
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    inferred = path.with_name(path.stem + ".shapes.onnx")
-    onnx.shape_inference.infer_shapes_path(str(path), str(inferred))
-    model = load(inferred)
-    return convert_float_to_float16(model, keep_io_types=FP16_KEEP_FP32_IO, op_block_list=FP16_KEEP_FP32_OPS,
-                                    disable_shape_infer=True)
+    if not fp16:
+        return _save_streamed(onnx.load_model(str(source), load_external_data=False), source.parent, destination,
+                              set())
+    inferred = source.with_name(source.stem + ".shapes.onnx")
+    onnx.shape_inference.infer_shapes_path(str(source), str(inferred))
+    model = onnx.load_model(str(inferred), load_external_data=False)
+    external_floats = {t.name for t in model.graph.initializer
+                       if t.data_type == onnx.TensorProto.FLOAT and uses_external_data(t)}
+    with _shapes_from_dims():
+        model = convert_float_to_float16(model, keep_io_types=FP16_KEEP_FP32_IO, op_block_list=FP16_KEEP_FP32_OPS,
+                                         disable_shape_infer=True)
+    halved = {t.name for t in model.graph.initializer
+              if t.name in external_floats and t.data_type == onnx.TensorProto.FLOAT16}
+    return _save_streamed(model, source.parent, destination, halved)
+
+
+@contextlib.contextmanager
+def _shapes_from_dims():
+    """onnxruntime's converter reads a whole tensor to learn its shape (for the value info of
+    an initializer that feeds a kept-fp32 op); with external data not loaded, the shape is
+    taken from the tensor's dims instead, which is the same value without reading it."""
+    from onnx import helper
+    from onnxruntime.transformers import float16
+
+    original = float16.make_value_info_from_tensor
+    float16.make_value_info_from_tensor = lambda tensor: helper.make_tensor_value_info(
+        tensor.name, tensor.data_type, list(tensor.dims))
+    try:
+        yield
+    finally:
+        float16.make_value_info_from_tensor = original
+
+
+def _save_streamed(model, base_dir: Path, destination: Path, to_half: set[str]) -> list[Path]:
+    """Save `model`, whose external tensors live under `base_dir`, as `destination` plus one
+    data file; the tensors named in `to_half` hold float32 data to store as float16."""
+    import numpy as np
+    import onnx
+    from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
+    from onnxruntime.transformers.float16 import convert_np_to_float16
+
+    external = [t for t in model.graph.initializer if uses_external_data(t)]
+    if not external:  # all in the graph already: small enough to hold
+        return save(model, destination)
+    data = destination.with_name(destination.name + EXTERNAL_DATA_SUFFIX)
+    with open(data, "wb") as handle:
+        for tensor in external:
+            load_external_data_for_tensor(tensor, str(base_dir))
+            raw = tensor.raw_data
+            if tensor.name in to_half:
+                raw = convert_np_to_float16(np.frombuffer(raw, dtype=np.float32)).astype(np.float16).tobytes()
+            offset = handle.tell()
+            handle.write(raw)
+            tensor.ClearField("raw_data")
+            del tensor.external_data[:]
+            for key, value in (("location", data.name), ("offset", str(offset)), ("length", str(len(raw)))):
+                entry = tensor.external_data.add()
+                entry.key, entry.value = key, value
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+    onnx.save_model(model, str(destination))
+    return [destination, data]
 
 
 def optimize_for_cpu(source: Path, destination: Path) -> None:
