@@ -21,7 +21,7 @@ import numpy as np
 
 from sdrt import __version__
 from sdrt.benchmark.driver import BenchError, Worker
-from sdrt.runtime.manifest import Manifest
+from sdrt.runtime.manifest import ADDED_CONDITIONS, Manifest
 from sdrt.runtime.request import GenerationRequest
 
 MATMUL_SIZE = 2048
@@ -66,10 +66,6 @@ def matmul_gflops() -> float:
         a @ a
         times.append(time.perf_counter() - started)
     return FLOPS_PER_MAC * MATMUL_SIZE**3 / statistics.median(times) / 1e9
-
-
-#: The UNet inputs diffusers takes as `added_cond_kwargs`.
-ADDED_CONDITIONS = ("text_embeds", "time_ids")
 
 
 def unet_gflop_per_call(diffusers_model: str | None, manifest: Manifest, settings: BenchSettings) -> float | None:

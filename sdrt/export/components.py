@@ -15,9 +15,12 @@ import torch
 from sdrt.runtime.manifest import (  # noqa: F401 - the dimension names, re-exported for the exporter
     BATCH,
     HEIGHT,
+    LAST_HIDDEN,
     LATENT_HEIGHT,
     LATENT_WIDTH,
+    POOLED,
     TIMESTEP_BATCH,
+    UNET_CONTEXT,
     UNET_BATCH,
     WIDTH,
     DimRange,
@@ -211,8 +214,8 @@ def clip_component_exports(pipeline, geometry: ModelGeometry, num_train_timestep
             TextEncoder(pipeline.text_encoder),
             [TensorSpec("input_ids", "int32", [BATCH, g.text_length])],
             [
-                TensorSpec("last_hidden_state", f32, [BATCH, g.text_length, g.text_hidden_size]),
-                TensorSpec("pooler_output", f32, [BATCH, g.text_hidden_size]),
+                TensorSpec(LAST_HIDDEN, f32, [BATCH, g.text_length, g.text_hidden_size]),
+                TensorSpec(POOLED, f32, [BATCH, g.text_hidden_size]),
             ],
             text_inputs,
         ),
@@ -222,7 +225,7 @@ def clip_component_exports(pipeline, geometry: ModelGeometry, num_train_timestep
             [
                 TensorSpec("sample", f32, [UNET_BATCH, g.unet_in_channels, LATENT_HEIGHT, LATENT_WIDTH]),
                 TensorSpec("timestep", f32, [TIMESTEP_BATCH]),
-                TensorSpec("encoder_hidden_states", f32, [UNET_BATCH, g.text_length, g.text_hidden_size]),
+                TensorSpec(UNET_CONTEXT, f32, [UNET_BATCH, g.text_length, g.text_hidden_size]),
             ],
             [TensorSpec("out_sample", f32, [UNET_BATCH, *latent])],
             unet_inputs,

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from sdrt import __version__
 from sdrt.export.components import is_sdxl
+from sdrt.export.sdxl import TOKENIZER_OF, sdxl_spec
+from sdrt.export.sdxl import family as sdxl_family
 from sdrt.runtime.manifest import SdxlSpec
 
 ONNX_SD_PIPELINE = "OnnxStableDiffusionPipeline"
@@ -17,18 +19,12 @@ ONNX_SDXL_PIPELINE = "ORTStableDiffusionXLPipeline"  # optimum's class for this 
 def family(pipeline) -> str:
     """sd1, sd2 (OpenCLIP text encoder: linear attention projections), sdxl or sdxl-refiner."""
     if is_sdxl(pipeline):
-        from sdrt.export.sdxl import family as sdxl_family
-
         return sdxl_family(pipeline)
     return "sd2" if getattr(pipeline.unet.config, "use_linear_projection", False) else "sd1"
 
 
 def sdxl_settings(pipeline) -> SdxlSpec | None:
-    if not is_sdxl(pipeline):
-        return None
-    from sdrt.export.sdxl import sdxl_spec
-
-    return sdxl_spec(pipeline)
+    return sdxl_spec(pipeline) if is_sdxl(pipeline) else None
 
 
 def versions() -> dict[str, str]:
@@ -53,7 +49,7 @@ def write_diffusers_files(pipeline, folder: Path, components: list[str]) -> None
     layout diffusers' OnnxStableDiffusionPipeline and optimum's SDXL pipeline read)."""
     import diffusers
 
-    tokenizers = [name for name in ("tokenizer", "tokenizer_2") if getattr(pipeline, name, None) is not None]
+    tokenizers = [name for name in TOKENIZER_OF.values() if getattr(pipeline, name, None) is not None]
     for name in tokenizers:
         getattr(pipeline, name).save_pretrained(folder / name)
     pipeline.scheduler.save_config(folder / "scheduler")

@@ -24,12 +24,18 @@ from sdrt.export.components import (
     text_encoder_modules,
     vae_exports,
 )
-from sdrt.runtime.manifest import SdxlSpec
+from sdrt.runtime.manifest import (
+    PENULTIMATE_HIDDEN,
+    POOLED,
+    PROJECTED,
+    TEXT_EMBEDS,
+    TIME_IDS,
+    UNET_CONTEXT,
+    SdxlSpec,
+)
 
+#: Each text encoder's tokenizer folder (diffusers' names).
 TOKENIZER_OF = {"text_encoder": "tokenizer", "text_encoder_2": "tokenizer_2"}
-HIDDEN_OUTPUT = "penultimate_hidden_state"
-#: The pooled output of a plain CLIP text model and of one with a projection (SDXL's second).
-POOLED_OUTPUT, PROJECTED_OUTPUT = "pooler_output", "text_embeds"
 PENULTIMATE = -2
 # Size conditioning values for validation inputs: pixel sizes and crop offsets up to this.
 MAX_SIZE_CONDITION = 2048
@@ -55,7 +61,7 @@ class SdxlUnet(torch.nn.Module):
         self.model = model
 
     def forward(self, sample, timestep, encoder_hidden_states, text_embeds, time_ids):
-        added = {"text_embeds": text_embeds, "time_ids": time_ids}
+        added = {TEXT_EMBEDS: text_embeds, TIME_IDS: time_ids}
         return self.model(sample, timestep, encoder_hidden_states, added_cond_kwargs=added, return_dict=False)[0]
 
 
@@ -103,7 +109,7 @@ def sdxl_component_exports(pipeline, geometry: ModelGeometry, num_train_timestep
     for name, module in encoders.items():
         config = module.config
         wrapper = PenultimateTextEncoder(module)
-        pooled = PROJECTED_OUTPUT if wrapper.projected else POOLED_OUTPUT
+        pooled = PROJECTED if wrapper.projected else POOLED
         pooled_size = config.projection_dim if wrapper.projected else config.hidden_size
 
         def text_inputs(gen, batch, latent_h, latent_w, vocab=config.vocab_size):
@@ -113,7 +119,7 @@ def sdxl_component_exports(pipeline, geometry: ModelGeometry, num_train_timestep
             name,
             wrapper,
             [TensorSpec("input_ids", "int32", [BATCH, g.text_length])],
-            [TensorSpec(HIDDEN_OUTPUT, f32, [BATCH, g.text_length, config.hidden_size]),
+            [TensorSpec(PENULTIMATE_HIDDEN, f32, [BATCH, g.text_length, config.hidden_size]),
              TensorSpec(pooled, f32, [BATCH, pooled_size])],
             text_inputs,
         ))
@@ -133,9 +139,9 @@ def sdxl_component_exports(pipeline, geometry: ModelGeometry, num_train_timestep
         [
             TensorSpec("sample", f32, [UNET_BATCH, g.unet_in_channels, LATENT_HEIGHT, LATENT_WIDTH]),
             TensorSpec("timestep", f32, [TIMESTEP_BATCH]),
-            TensorSpec("encoder_hidden_states", f32, [UNET_BATCH, g.text_length, g.text_hidden_size]),
-            TensorSpec("text_embeds", f32, [UNET_BATCH, pooled_width]),
-            TensorSpec("time_ids", f32, [UNET_BATCH, time_ids]),
+            TensorSpec(UNET_CONTEXT, f32, [UNET_BATCH, g.text_length, g.text_hidden_size]),
+            TensorSpec(TEXT_EMBEDS, f32, [UNET_BATCH, pooled_width]),
+            TensorSpec(TIME_IDS, f32, [UNET_BATCH, time_ids]),
         ],
         [TensorSpec("out_sample", f32, [UNET_BATCH, g.latent_channels, LATENT_HEIGHT, LATENT_WIDTH])],
         unet_inputs,

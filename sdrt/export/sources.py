@@ -59,7 +59,8 @@ def _read_index(folder: Path) -> dict:
         raise ModelFolderError(f"{index_path} is not valid JSON: {error}") from None
 
 
-def _check_diffusers_folder(folder: Path) -> None:
+def _check_diffusers_folder(folder: Path) -> dict:
+    """The folder's model_index.json, once the folder is known to hold a supported model."""
     index_path = folder / "model_index.json"
     if not index_path.is_file():
         raise ModelFolderError(
@@ -76,6 +77,7 @@ def _check_diffusers_folder(folder: Path) -> None:
     missing = [c for c in required if not (folder / c).is_dir()]
     if missing:
         raise ModelFolderError(f"{folder} lacks the component folder(s): {', '.join(missing)}")
+    return index
 
 
 def load_pipeline(source: str, config: str | None = None):
@@ -88,9 +90,9 @@ def load_pipeline(source: str, config: str | None = None):
 
     path = Path(source).expanduser()
     if path.is_dir():
-        _check_diffusers_folder(path)
+        index = _check_diffusers_folder(path)
         try:
-            return load_folder(path)
+            return _from(diffusers, _pipeline_class_for_index(index), "from_pretrained", path)
         except (OSError, ValueError, KeyError) as error:
             raise ModelFolderError(f"cannot load {path}: {error}") from None
     if path.is_file():

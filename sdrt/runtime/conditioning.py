@@ -11,10 +11,9 @@ from __future__ import annotations
 import numpy as np
 
 from sdrt.runtime.engines import Engine
+from sdrt.runtime.manifest import UNET_CONTEXT
 from sdrt.runtime.request import ResolvedRequest
 from sdrt.runtime.text_encoders import TextEncoders
-
-HIDDEN_STATES = "encoder_hidden_states"
 
 
 def unet_conditioning(encoders: TextEncoders, engines: dict[str, Engine], resolved: ResolvedRequest,
@@ -30,4 +29,4 @@ def unet_conditioning(encoders: TextEncoders, engines: dict[str, Engine], resolv
     if resolved.guided:
         unconditional = encoders.encode(resolved.negatives, engines, [], timings).hidden
         hidden = np.concatenate([np.repeat(unconditional, repeat, axis=0), hidden])
-    return {HIDDEN_STATES: hidden}
+    return {UNET_CONTEXT: hidden}

@@ -33,6 +33,14 @@ FORMAT_VERSION = 1
 DTYPES = ("float32", "float16", "int32", "int64")
 #: Model families: SD 1.x, SD 2.x, SDXL base and SDXL refiner (manifest.schema.json lists them too).
 FAMILIES = ("sd1", "sd2", "sdxl", "sdxl-refiner")
+# Tensor names shared by the exporter and the runtime: the UNet's text context and SDXL's added
+# conditions; the text encoders' hidden states (SD 1.x/2.x: last layer; SDXL: layer -2) and
+# pooled embedding (projected for SDXL's second encoder).
+UNET_CONTEXT = "encoder_hidden_states"
+TEXT_EMBEDS, TIME_IDS = "text_embeds", "time_ids"
+ADDED_CONDITIONS = (TEXT_EMBEDS, TIME_IDS)
+LAST_HIDDEN, PENULTIMATE_HIDDEN = "last_hidden_state", "penultimate_hidden_state"
+POOLED, PROJECTED = "pooler_output", "text_embeds"
 #: Every engine an export may have (SDXL adds the second text encoder; a refiner has only it).
 COMPONENT_NAMES = ("text_encoder", "text_encoder_2", "unet", "vae_decoder", "vae_encoder")
 #: The text encoder and tokenizer of SD 1.x/2.x exports (SDXL lists its own in `sdxl`).

@@ -21,7 +21,7 @@ from sdrt.errors import ConfigError, ModelFolderError, SdrtError
 from sdrt.runtime.engines import DEFAULT_BACKEND, Backend, Engine, LoadOptions, backend_named
 from sdrt.runtime.integrity import verify_components
 from sdrt.runtime.json_files import read_json
-from sdrt.runtime.manifest import MANIFEST_NAME, Manifest
+from sdrt.runtime.manifest import MANIFEST_NAME, UNET_CONTEXT, Manifest
 from sdrt.runtime.model_folder import infer_manifest
 from sdrt.runtime import modes, refiner as refiners, vae
 from sdrt.runtime.conditioning import unet_conditioning
@@ -157,7 +157,7 @@ class Pipeline:
         next step with GenerationCancelled."""
         engine = self.engines["unet"]
         latents = start.latents
-        guided = conditioning["encoder_hidden_states"].shape[0] == 2 * latents.shape[0]
+        guided = conditioning[UNET_CONTEXT].shape[0] == 2 * latents.shape[0]
         sample_dtype = engine.input_dtype("sample")
         context = {name: value.astype(engine.input_dtype(name)) for name, value in conditioning.items()}
         for value in context.values():
@@ -248,7 +248,8 @@ class Pipeline:
         stage = time.perf_counter()
         latents, done, total = None, 0, sum(start.stop(s) - start.start for _, start, s, _ in runs)
         for model, start, run_sampler, run_conditioning in runs:
-            start.latents = latents if start.latents is None else start.latents
+            if start.latents is None:  # the refiner continues from the base's latents
+                start.latents = latents
             step_progress = None if progress is None else lambda i, _, done=done: progress(done + i, total)
             latents = model.denoise(start, run_conditioning, run_sampler, request.guidance_scale, generator,
                                     step_progress, timings, cancel)

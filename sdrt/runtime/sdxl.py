@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from sdrt.errors import GenerationError
+from sdrt.runtime.manifest import TEXT_EMBEDS, TIME_IDS, UNET_CONTEXT
 
 if TYPE_CHECKING:  # the request module imports this one
     from sdrt.runtime.engines import Engine
@@ -104,4 +105,4 @@ def sdxl_conditioning(encoders: TextEncoders, engines: dict[str, Engine], resolv
         hidden = np.concatenate([negative_hidden, hidden])
         pooled = np.concatenate([negative_pooled, pooled])
         time_ids = np.concatenate([np.tile(np.array([negative_ids], np.float32), (batch, 1)), time_ids])
-    return {"encoder_hidden_states": hidden, "text_embeds": pooled, "time_ids": time_ids}
+    return {UNET_CONTEXT: hidden, TEXT_EMBEDS: pooled, TIME_IDS: time_ids}

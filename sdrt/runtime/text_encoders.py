@@ -12,13 +12,11 @@ import numpy as np
 
 from sdrt.errors import ModelFolderError
 from sdrt.runtime.engines import Engine
-from sdrt.runtime.manifest import Manifest, SdxlSpec
+from sdrt.runtime.manifest import LAST_HIDDEN, PENULTIMATE_HIDDEN, POOLED, PROJECTED, Manifest, SdxlSpec
 from sdrt.runtime.tokenizer import ClipTokenizer
 
-#: Output names of the text encoders: SD 1.x/2.x use the last layer's hidden states; SDXL the
-#: second-to-last layer's, and the pooled embedding (projected for its second encoder).
-LAST_HIDDEN, PENULTIMATE_HIDDEN = "last_hidden_state", "penultimate_hidden_state"
-POOLED_OUTPUTS = ("text_embeds", "pooler_output")
+#: The last encoder's pooled output, projected where it has a projection.
+POOLED_OUTPUTS = (PROJECTED, POOLED)
 
 
 @dataclass
