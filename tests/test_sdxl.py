@@ -197,7 +197,8 @@ def test_manifest_records_what_the_runtime_reads(exported_sdxl):
     assert not refiner["sdxl"]["force_zeros_for_empty_prompt"]
     unet = {t["name"]: t["shape"] for t in base["components"]["unet"]["inputs"]}
     assert unet["time_ids"] == ["unet_batch", 6] and unet["text_embeds"] == ["unet_batch", 40]
-    assert unet["encoder_hidden_states"] == ["unet_batch", 77, 32 + 48]
+    assert unet["encoder_hidden_states"] == ["unet_batch", "text_sequence", 32 + 48]
+    assert base["dims"]["text_sequence"] == {"min": 77, "opt": 77, "max": 77 * 4, "multiple": 77}
     refiner_unet = {t["name"]: t["shape"] for t in refiner["components"]["unet"]["inputs"]}
     assert refiner_unet["time_ids"] == ["unet_batch", 5]
 

@@ -64,7 +64,12 @@ def test_default_profile_spans_the_export_and_tunes_for_the_native_size(manifest
     assert profile.dims["timestep_batch"] == (1, 1, 1)
     shapes = profile.shapes(manifest.components["unet"])
     assert shapes["sample"] == ([1, 4, 2, 2], [2, 4, 8, 8], [8, 4, 16, 16])
-    assert shapes["encoder_hidden_states"] == ([1, 77, 32], [2, 77, 32], [8, 77, 32])
+    # The text context: one chunk at least and to tune for, the export's 4 chunks at most.
+    assert shapes["encoder_hidden_states"] == ([1, 77, 32], [2, 77, 32], [8, 4 * 77, 32])
+    shorter = plan_profile(manifest, max_prompt_chunks=2).shapes(manifest.components["unet"])
+    assert shorter["encoder_hidden_states"][2] == [8, 2 * 77, 32]
+    with pytest.raises(ConfigError, match="--max-prompt-chunks must be from 1 to this export's 4, got 5"):
+        plan_profile(manifest, max_prompt_chunks=5)
 
 
 def test_static_and_explicit_profiles(manifest):
@@ -145,8 +150,8 @@ def test_memory_plan_shares_one_activation_block(manifest):
     plan = memory_plan(manifest, profile, components, {"text_encoder": 1000, "unet": 50_000, "vae_decoder": 30_000})
     assert plan.shared_activation_bytes == 50_176  # the largest need, rounded up to 256
     assert plan.saved_bytes == 31_000 - 176
-    # UNet IO at the largest shapes: sample and out_sample 4x4x16x16 fp32, timestep 1, context 4x77x32.
-    expected_unet = 2 * 4 * 4 * 16 * 16 * 4 + 256 + 4 * 77 * 32 * 4
+    # UNet IO at the largest shapes: sample and out_sample 4x4x16x16 fp32, timestep 1, context 4x(4x77)x32.
+    expected_unet = 2 * 4 * 4 * 16 * 16 * 4 + 256 + 4 * 4 * 77 * 32 * 4
     assert plan.io_bytes["unet"] == expected_unet
     assert plan.total_bytes == sum(plan.io_bytes.values()) + plan.shared_activation_bytes
 

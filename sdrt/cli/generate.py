@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from sdrt.cli import main
+from sdrt.cli.prompt_options import prompt_options
 from sdrt.cli.sdxl_options import resolve_refiner_switch, sdxl_options, size_conditioning
 from sdrt.cli.types import FiniteFloat, THREADS
 from sdrt.errors import SdrtError
@@ -28,32 +29,46 @@ from sdrt.runtime.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES
     type=click.Path(file_okay=False),
     help="Model folder (with a tokenizer/ inside) or a tokenizer folder.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print ids, lengths and dropped text as JSON.")
-def tokenize(prompts: tuple[str, ...], model_dir: str, as_json: bool) -> None:
-    """Print the text encoder's input ids for each PROMPT."""
+@click.option("--steps", default=None, type=click.IntRange(min=1),
+              help="Show the text of each step's part of a [from:to:when] or [a|b] schedule of this many steps.")
+@click.option("--json", "as_json", is_flag=True, help="Print the chunks' ids, tokens and weights as JSON.")
+@prompt_options
+def tokenize(prompts: tuple[str, ...], model_dir: str, steps: int | None, as_json: bool, emphasis: str,
+             clip_skip: int, plain_prompt: bool) -> None:
+    """Print each PROMPT's chunks of text encoder ids, with the weights emphasis gives them."""
     from sdrt.runtime.manifest import MANIFEST_NAME, Manifest
+    from sdrt.runtime.prompts.chunks import chunk_fragments
+    from sdrt.runtime.prompts.emphasis import emphasis_mode, parse_emphasis
+    from sdrt.runtime.prompts.schedule import prompt_schedule
     from sdrt.runtime.tokenizer import ClipTokenizer
 
     folder = Path(model_dir)
     if (folder / MANIFEST_NAME).is_file():  # a malformed model folder is one line here too
         folder = folder / Manifest.load(folder).text_encoders[0][1]  # SDXL: the first encoder's
     tokenizer = ClipTokenizer.from_folder(folder)
-    batch = tokenizer.encode(list(prompts))
+    mode = emphasis_mode("None" if plain_prompt else emphasis)
+    rows = []
+    for prompt in prompts:
+        schedule = prompt_schedule(prompt, steps) if steps and not plain_prompt else [(steps, prompt)]
+        for last_step, text in schedule:
+            chunks = chunk_fragments(parse_emphasis(text) if mode.parses else [(text, 1.0)], tokenizer)
+            rows.append({"prompt": prompt, "text": text, "last_step": last_step, "token_count": chunks.token_count,
+                         "chunks": [{"input_ids": ids.tolist(), "tokens": [tokenizer.decode([i]) for i in ids],
+                                     "weights": [round(float(w), 6) for w in weights]}
+                                    for ids, weights in zip(chunks.ids, chunks.weights)]})
     if as_json:
-        rows = [
-            {"prompt": p, "input_ids": ids.tolist(), "length": n, "dropped_text": d}
-            for p, ids, n, d in zip(prompts, batch.input_ids, batch.lengths, batch.dropped_text)
-        ]
         click.echo(json.dumps(rows, ensure_ascii=False))
         return
-    for prompt, ids, length, dropped in zip(prompts, batch.input_ids, batch.lengths, batch.dropped_text):
-        click.echo(" ".join(str(i) for i in ids[:length]))
-        if dropped:
-            click.echo(
-                f"warning: the prompt is longer than {tokenizer.max_length - 2} tokens; "
-                f"this part was dropped: {dropped!r}",
-                err=True,
-            )
+    for row in rows:
+        if row["last_step"] is not None:
+            click.echo(f"to step {row['last_step']}: {row['text']}")
+        for number, chunk in enumerate(row["chunks"], start=1):
+            shown = chunk["input_ids"].index(tokenizer.eos_id) + 1  # through the end token: the rest is padding
+            click.echo(f"chunk {number}/{len(row['chunks'])} ({row['token_count']} tokens in all):")
+            click.echo(" ".join(str(i) for i in chunk["input_ids"][:shown]))
+            words = [token if weight == 1 else f"({token}:{weight:g})"
+                     for token, weight in zip(chunk["tokens"][:shown], chunk["weights"][:shown])]
+            click.echo(" ".join(words))
 
 
 # Fallbacks where the file system does not say (Linux's values).
@@ -154,9 +169,10 @@ class _Progress:
 @click.option("--quiet", is_flag=True, help="No progress bar or warnings.")
 @click.option("--json", "as_json", is_flag=True, help="Print parameters, output paths and timings as JSON.")
 @sdxl_options
+@prompt_options
 def generate(prompt, model_dir, negative_prompt, steps, guidance, seed, height, width, num_images, sampler,
              backend, threads, cuda_graph, init_image, mask_image, strength, out, quiet, as_json, refiner,
-             refiner_switch, **sdxl) -> None:
+             refiner_switch, emphasis, clip_skip, plain_prompt, **sdxl) -> None:
     """Generate images for PROMPT with an exported model (from --init-image: image-to-image;
     with --mask too: inpainting). SDXL: --refiner and the size conditioning."""
     started = time.perf_counter()
@@ -185,7 +201,8 @@ def generate(prompt, model_dir, negative_prompt, steps, guidance, seed, height, 
     request = GenerationRequest(prompt, negative_prompt=negative_prompt, steps=steps, guidance_scale=guidance,
                                 seed=seed, height=height, width=width, num_images=num_images, sampler=sampler,
                                 init_image=init_image, mask_image=mask_image, strength=strength,
-                                size_conditioning=conditioning, refiner_switch=switch)
+                                size_conditioning=conditioning, refiner_switch=switch, emphasis=emphasis,
+                                clip_skip=clip_skip, plain_prompt=plain_prompt)
     result = pipeline.run(request, progress=progress)
     if not quiet:
         for warning in result.warnings:

@@ -13,6 +13,7 @@ from sdrt.cli import main
 from sdrt.cli.types import FiniteFloat
 from sdrt.errors import SdrtError
 from sdrt.runtime.engines import BACKEND_NAMES, DEFAULT_BACKEND
+from sdrt.runtime.manifest import DEFAULT_PROMPT_CHUNKS
 
 
 @main.command()
@@ -29,9 +30,11 @@ from sdrt.runtime.engines import BACKEND_NAMES, DEFAULT_BACKEND
               help="Execution provider the graphs are made for.")
 @click.option("--optimize", is_flag=True,
               help="Apply the target's graph optimizations (CUDA: fused attention, GroupNorm, GELU).")
+@click.option("--max-prompt-chunks", default=DEFAULT_PROMPT_CHUNKS, show_default=True, type=click.IntRange(min=1),
+              help="Longest prompt the UNet takes, in chunks of 75 tokens (A1111's long prompts).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing export in --out.")
 def export(model: str, out_dir: str | None, config_dir: str | None, precision: str, vae_precision: str,
-           target: str, optimize: bool, overwrite: bool) -> None:
+           target: str, optimize: bool, max_prompt_chunks: int, overwrite: bool) -> None:
     """Export MODEL (diffusers folder, .safetensors/.ckpt checkpoint or hub id) to validated
     ONNX with a manifest.json, in the layout OnnxStableDiffusionPipeline reads."""
     from pathlib import Path
@@ -42,7 +45,8 @@ def export(model: str, out_dir: str | None, config_dir: str | None, precision: s
         raise SdrtError(f"export needs the export extra ({error.name} is missing): pip install 'sdrt[export]'")
     if out_dir is None:
         out_dir = str(Path("engines") / Path(model.rstrip("/")).stem.replace("/", "--"))
-    options = ExportOptions(precision=precision, vae_precision=vae_precision, target=target, optimize=optimize)
+    options = ExportOptions(precision=precision, vae_precision=vae_precision, target=target, optimize=optimize,
+                            max_prompt_chunks=max_prompt_chunks)
     manifest = export_model(model, out_dir, config=config_dir, options=options, overwrite=overwrite,
                             progress=lambda line: click.echo(line, err=True))
     click.echo(f"exported {len(manifest.components)} components to {out_dir}")
@@ -56,6 +60,8 @@ def export(model: str, out_dir: str | None, config_dir: str | None, precision: s
 @click.option("--opt", "opt_size", default=None, metavar="WxH", help="Size to tune for [default: native].")
 @click.option("--max", "max_size", default=None, metavar="WxH", help="Largest size [default: the export's].")
 @click.option("--max-batch", default=4, show_default=True, type=int, help="Most images per call.")
+@click.option("--max-prompt-chunks", default=None, type=int,
+              help="Longest prompt, in chunks of 75 tokens [default: the export's limit].")
 @click.option("--precision", default="fp16", show_default=True, type=click.Choice(["fp16", "fp32"]),
               help="For fp32 exports (fp16 exports build as exported; the VAE stays fp32).")
 @click.option("--workspace-gb", default=8.0, show_default=True, type=FiniteFloat(0, low_open=True),
@@ -63,8 +69,8 @@ def export(model: str, out_dir: str | None, config_dir: str | None, precision: s
 @click.option("--force", is_flag=True, help="Rebuild even engines that are up to date.")
 @click.option("--verify", "then_verify", is_flag=True,
               help="Then generate one image with TensorRT and on the CPU and compare them (sdrt verify).")
-def build(model_dir, static_size, min_size, opt_size, max_size, max_batch, precision, workspace_gb, force,
-          then_verify) -> None:
+def build(model_dir, static_size, min_size, opt_size, max_size, max_batch, max_prompt_chunks, precision,
+          workspace_gb, force, then_verify) -> None:
     """Build TensorRT engines for an exported MODEL_DIR (into MODEL_DIR/tensorrt/)."""
     from sdrt.runtime.manifest import Manifest
     from sdrt.runtime.engines.tensorrt.plan import BuildSettings, plan_profile
@@ -76,7 +82,7 @@ def build(model_dir, static_size, min_size, opt_size, max_size, max_batch, preci
     if workspace_gb <= 0:
         raise SdrtError("--workspace-gb must be positive")
     profile = plan_profile(manifest, static=sizes["static"], min_size=sizes["min"], opt_size=sizes["opt"],
-                           max_size=sizes["max"], max_batch=max_batch)
+                           max_size=sizes["max"], max_batch=max_batch, max_prompt_chunks=max_prompt_chunks)
     settings = BuildSettings(profile, precision, int(workspace_gb * 2**30))
     from sdrt.runtime.engines.tensorrt.build import build_engines
 

@@ -14,11 +14,15 @@ import torch
 
 from sdrt.runtime.manifest import (  # noqa: F401 - the dimension names, re-exported for the exporter
     BATCH,
+    CLIP_SKIP_FAMILIES,
+    DEFAULT_PROMPT_CHUNKS,
     HEIGHT,
     LAST_HIDDEN,
+    LAYER_HIDDEN,
     LATENT_HEIGHT,
     LATENT_WIDTH,
     POOLED,
+    TEXT_SEQUENCE,
     TIMESTEP_BATCH,
     UNET_CONTEXT,
     UNET_BATCH,
@@ -45,9 +49,10 @@ class ModelGeometry:
     vae_scale_factor: int
     unet_size_multiple: int  # latent sides must be a multiple of this (the UNet's downsampling)
     native_latent_size: int
+    max_prompt_chunks: int = DEFAULT_PROMPT_CHUNKS  # the UNet's text context: up to this many encoder lengths
 
     @classmethod
-    def of(cls, pipeline) -> "ModelGeometry":
+    def of(cls, pipeline, max_prompt_chunks: int = DEFAULT_PROMPT_CHUNKS) -> "ModelGeometry":
         unet, vae = pipeline.unet.config, pipeline.vae.config
         text = next(encoder for encoder in text_encoder_modules(pipeline).values()).config
         downsamplers = sum(1 for block in unet.down_block_types) - 1
@@ -59,6 +64,7 @@ class ModelGeometry:
             vae_scale_factor=2 ** (len(vae.block_out_channels) - 1),
             unet_size_multiple=2**downsamplers,
             native_latent_size=unet.sample_size,
+            max_prompt_chunks=max_prompt_chunks,
         )
 
     @property
@@ -80,7 +86,13 @@ class ModelGeometry:
             WIDTH: image,
             LATENT_HEIGHT: latent,
             LATENT_WIDTH: latent,
+            TEXT_SEQUENCE: DimRange(self.text_length, self.text_length, self.text_length * self.max_prompt_chunks,
+                                    self.text_length),
         }
+
+    def context_length(self, batch: int) -> int:
+        """The text context of validation inputs: a batch of 2 also checks a two-chunk context."""
+        return self.text_length * min(batch, self.max_prompt_chunks)
 
 
 def text_encoder_modules(pipeline) -> dict[str, torch.nn.Module]:
@@ -89,20 +101,32 @@ def text_encoder_modules(pipeline) -> dict[str, torch.nn.Module]:
     return {name: getattr(pipeline, name) for name in names if getattr(pipeline, name, None) is not None}
 
 
+def clip_family(pipeline) -> str:
+    """sd1, or sd2 (OpenCLIP text encoder: linear attention projections)."""
+    return "sd2" if getattr(pipeline.unet.config, "use_linear_projection", False) else "sd1"
+
+
 def is_sdxl(pipeline) -> bool:
     return getattr(pipeline.unet.config, "addition_embed_type", None) == "text_time"
 
 
 class TextEncoder(torch.nn.Module):
-    """int32 ids (what OnnxStableDiffusionPipeline feeds) -> hidden states and pooled output."""
+    """int32 ids (what OnnxStableDiffusionPipeline feeds) -> hidden states and pooled output;
+    with `layers`, also every layer's hidden states through the final layer norm (clip skip)."""
 
-    def __init__(self, model):
+    def __init__(self, model, layers: bool):
         super().__init__()
         self.model = model
+        self.layers = layers
 
     def forward(self, input_ids):
-        out = self.model(input_ids.to(torch.int64), return_dict=True)
-        return out.last_hidden_state, out.pooler_output
+        out = self.model(input_ids.to(torch.int64), output_hidden_states=self.layers, return_dict=True)
+        if not self.layers:
+            return out.last_hidden_state, out.pooler_output
+        # transformers 5 keeps the norm on the model, earlier versions on its `text_model`.
+        norm = getattr(self.model, "text_model", self.model).final_layer_norm
+        stacked = torch.stack([norm(states) for states in out.hidden_states[1:]], dim=1)
+        return out.last_hidden_state, out.pooler_output, stacked
 
 
 class Unet(torch.nn.Module):
@@ -204,19 +228,24 @@ def clip_component_exports(pipeline, geometry: ModelGeometry, num_train_timestep
         return (
             torch.randn(2 * batch, g.unet_in_channels, latent_h, latent_w, generator=gen),
             torch.randint(0, num_train_timesteps, (2 * batch,), generator=gen).to(torch.float32),
-            torch.randn(2 * batch, g.text_length, g.text_hidden_size, generator=gen),
+            torch.randn(2 * batch, g.context_length(batch), g.text_hidden_size, generator=gen),
         )
 
     latent = [g.latent_channels, LATENT_HEIGHT, LATENT_WIDTH]
+    layers = clip_family(pipeline) in CLIP_SKIP_FAMILIES
+    text_outputs = [
+        TensorSpec(LAST_HIDDEN, f32, [BATCH, g.text_length, g.text_hidden_size]),
+        TensorSpec(POOLED, f32, [BATCH, g.text_hidden_size]),
+    ]
+    if layers:
+        depth = pipeline.text_encoder.config.num_hidden_layers
+        text_outputs.append(TensorSpec(LAYER_HIDDEN, f32, [BATCH, depth, g.text_length, g.text_hidden_size]))
     return [
         ComponentExport(
             "text_encoder",
-            TextEncoder(pipeline.text_encoder),
+            TextEncoder(pipeline.text_encoder, layers),
             [TensorSpec("input_ids", "int32", [BATCH, g.text_length])],
-            [
-                TensorSpec(LAST_HIDDEN, f32, [BATCH, g.text_length, g.text_hidden_size]),
-                TensorSpec(POOLED, f32, [BATCH, g.text_hidden_size]),
-            ],
+            text_outputs,
             text_inputs,
         ),
         ComponentExport(
@@ -225,7 +254,7 @@ def clip_component_exports(pipeline, geometry: ModelGeometry, num_train_timestep
             [
                 TensorSpec("sample", f32, [UNET_BATCH, g.unet_in_channels, LATENT_HEIGHT, LATENT_WIDTH]),
                 TensorSpec("timestep", f32, [TIMESTEP_BATCH]),
-                TensorSpec(UNET_CONTEXT, f32, [UNET_BATCH, g.text_length, g.text_hidden_size]),
+                TensorSpec(UNET_CONTEXT, f32, [UNET_BATCH, TEXT_SEQUENCE, g.text_hidden_size]),
             ],
             [TensorSpec("out_sample", f32, [UNET_BATCH, *latent])],
             unet_inputs,

@@ -25,7 +25,7 @@ from sdrt.export.model_files import family, sdxl_settings, versions, write_diffu
 from sdrt.export.validation import Case, reference_cases, validate
 from sdrt.runtime.integrity import record_sha256
 from sdrt.runtime.leftovers import remove_stale
-from sdrt.runtime.manifest import FORMAT_VERSION, ComponentSpec, Manifest, TensorSpec
+from sdrt.runtime.manifest import DEFAULT_PROMPT_CHUNKS, FORMAT_VERSION, ComponentSpec, Manifest, TensorSpec
 
 CUDA_PROVIDER = "CUDAExecutionProvider"
 ONNX_FILE = "model.onnx"
@@ -48,11 +48,14 @@ class ExportOptions:
     vae_precision: str = "fp32"
     target: str = "cpu"
     optimize: bool = False
+    max_prompt_chunks: int = DEFAULT_PROMPT_CHUNKS  # the UNet's longest text context, in encoder lengths
 
     def __post_init__(self):
         onnx_graph.check_choice("precision", self.precision, onnx_graph.PRECISIONS)
         onnx_graph.check_choice("VAE precision", self.vae_precision, onnx_graph.PRECISIONS)
         onnx_graph.check_choice("target", self.target, onnx_graph.TARGETS)
+        if not isinstance(self.max_prompt_chunks, int) or self.max_prompt_chunks < 1:
+            raise ExportError(f"max_prompt_chunks must be a positive integer, got {self.max_prompt_chunks!r}")
 
     def precision_of(self, component: str) -> str:
         return self.vae_precision if component.startswith("vae") else self.precision
@@ -149,7 +152,7 @@ def export_pipeline(
     remove_stale(out_dir.parent, STALE_EXPORT)  # folders of exports that were killed
     staging = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
-    geometry = ModelGeometry.of(pipeline)
+    geometry = ModelGeometry.of(pipeline, options.max_prompt_chunks)
     if options.optimize and options.target == "cuda":
         _use_classic_attention(pipeline)
     num_train_timesteps = pipeline.scheduler.config.num_train_timesteps

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from sdrt import __version__
-from sdrt.export.components import is_sdxl
+from sdrt.export.components import clip_family, is_sdxl
 from sdrt.export.sdxl import TOKENIZER_OF, sdxl_spec
 from sdrt.export.sdxl import family as sdxl_family
 from sdrt.runtime.manifest import SdxlSpec
@@ -18,9 +18,7 @@ ONNX_SDXL_PIPELINE = "ORTStableDiffusionXLPipeline"  # optimum's class for this 
 
 def family(pipeline) -> str:
     """sd1, sd2 (OpenCLIP text encoder: linear attention projections), sdxl or sdxl-refiner."""
-    if is_sdxl(pipeline):
-        return sdxl_family(pipeline)
-    return "sd2" if getattr(pipeline.unet.config, "use_linear_projection", False) else "sd1"
+    return sdxl_family(pipeline) if is_sdxl(pipeline) else clip_family(pipeline)
 
 
 def sdxl_settings(pipeline) -> SdxlSpec | None:

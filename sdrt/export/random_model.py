@@ -55,6 +55,25 @@ TINY_TEXT_ENCODER = {
 }
 
 
+# Layer norms of trained CLIP text encoders have scales around 1 and biases that are not zero,
+# so hidden states do not average to zero (A1111's emphasis rescales by that average). A fresh
+# model's norms are exactly 1 and 0; random ones get these spreads, and the bias this offset.
+NORM_WEIGHT_SPREAD, NORM_BIAS_SPREAD, NORM_BIAS_OFFSET = 0.1, 0.1, 0.3
+
+
+def realistic_norms(text_encoder, seed: int) -> None:
+    """Give every layer norm of a text encoder random, non-trivial weights and biases."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in text_encoder.modules():
+            if isinstance(module, torch.nn.LayerNorm):
+                shape = module.weight.shape
+                module.weight.copy_(1 + NORM_WEIGHT_SPREAD * torch.randn(shape, generator=generator))
+                module.bias.copy_(NORM_BIAS_OFFSET + NORM_BIAS_SPREAD * torch.randn(shape, generator=generator))
+
+
 def _read_config(component: str) -> dict[str, Any]:
     with open(SD15_PRESET / component / "config.json", encoding="utf-8") as handle:
         return json.load(handle)
@@ -108,6 +127,7 @@ def build_random_pipeline(size: str = "tiny", kind: str = "standard", seed: int 
     unet = UNet2DConditionModel.from_config(configs["unet"])
     vae = AutoencoderKL.from_config(configs["vae"])
     text_encoder = CLIPTextModel(CLIPTextConfig(**configs["text_encoder"]))
+    realistic_norms(text_encoder, seed)
     tokenizer = CLIPTokenizer.from_pretrained(SD15_PRESET / "tokenizer", **configs["tokenizer"])
     scheduler = PNDMScheduler.from_config(configs["scheduler"])
     pipeline_class = StableDiffusionInpaintPipeline if kind == "inpaint" else StableDiffusionPipeline

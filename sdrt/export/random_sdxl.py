@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sdrt.errors import ConfigError
-from sdrt.export.random_model import PRESETS_DIR, SD15_PRESET, SD2_PAD_TOKEN, save_folder
+from sdrt.export.random_model import PRESETS_DIR, SD15_PRESET, SD2_PAD_TOKEN, realistic_norms, save_folder
 
 SDXL_PRESET = PRESETS_DIR / "sdxl"
 SDXL_KINDS = ("base", "refiner", "inpaint")
@@ -87,6 +87,7 @@ def build_random_sdxl(size: str = "tiny", kind: str = "base", seed: int = 0):
     unet = UNet2DConditionModel.from_config(configs["unet"])
     vae = AutoencoderKL.from_config(configs["vae"])
     text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**configs["text_encoder_2"]))
+    realistic_norms(text_encoder_2, seed)
     tokenizer_2 = CLIPTokenizer.from_pretrained(SD15_PRESET / "tokenizer", pad_token=SD2_PAD_TOKEN)
     scheduler = EulerDiscreteScheduler.from_config(configs["scheduler"])
     common = dict(vae=vae, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler,
@@ -95,6 +96,7 @@ def build_random_sdxl(size: str = "tiny", kind: str = "base", seed: int = 0):
         return StableDiffusionXLImg2ImgPipeline(text_encoder=None, tokenizer=None, requires_aesthetics_score=True,
                                                 force_zeros_for_empty_prompt=False, **common)
     text_encoder = CLIPTextModel(CLIPTextConfig(**configs["text_encoder"]))
+    realistic_norms(text_encoder, seed + 1)
     tokenizer = CLIPTokenizer.from_pretrained(SD15_PRESET / "tokenizer")
     pipeline_class = StableDiffusionXLInpaintPipeline if kind == "inpaint" else StableDiffusionXLPipeline
     return pipeline_class(text_encoder=text_encoder, tokenizer=tokenizer, **common)

@@ -16,6 +16,7 @@ from sdrt.export.components import (
     BATCH,
     LATENT_HEIGHT,
     LATENT_WIDTH,
+    TEXT_SEQUENCE,
     TIMESTEP_BATCH,
     UNET_BATCH,
     ComponentExport,
@@ -128,7 +129,7 @@ def sdxl_component_exports(pipeline, geometry: ModelGeometry, num_train_timestep
         return (
             torch.randn(2 * batch, g.unet_in_channels, latent_h, latent_w, generator=gen),
             torch.randint(0, num_train_timesteps, (2 * batch,), generator=gen).to(torch.float32),
-            torch.randn(2 * batch, g.text_length, g.text_hidden_size, generator=gen),
+            torch.randn(2 * batch, g.context_length(batch), g.text_hidden_size, generator=gen),
             torch.randn(2 * batch, pooled_width, generator=gen),
             torch.randint(0, MAX_SIZE_CONDITION, (2 * batch, time_ids), generator=gen).to(torch.float32),
         )
@@ -139,7 +140,7 @@ def sdxl_component_exports(pipeline, geometry: ModelGeometry, num_train_timestep
         [
             TensorSpec("sample", f32, [UNET_BATCH, g.unet_in_channels, LATENT_HEIGHT, LATENT_WIDTH]),
             TensorSpec("timestep", f32, [TIMESTEP_BATCH]),
-            TensorSpec(UNET_CONTEXT, f32, [UNET_BATCH, g.text_length, g.text_hidden_size]),
+            TensorSpec(UNET_CONTEXT, f32, [UNET_BATCH, TEXT_SEQUENCE, g.text_hidden_size]),
             TensorSpec(TEXT_EMBEDS, f32, [UNET_BATCH, pooled_width]),
             TensorSpec(TIME_IDS, f32, [UNET_BATCH, time_ids]),
         ],

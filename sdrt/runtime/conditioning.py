@@ -1,32 +1,132 @@
-"""What the UNet gets besides the latents and the timestep, by model family, as UNet feeds
-stacked [unconditional; conditional] along the batch when guided (diffusers' order).
+"""What the UNet gets besides the latents and the timestep, step by step.
 
+Rows are stacked [unconditional; conditional] along the batch when guided (diffusers' order),
+each prompt's rows repeated num_images times, consecutively. Per family:
 - SD 1.x/2.x: the prompt's hidden states (`encoder_hidden_states`);
-- SDXL (sdrt.runtime.sdxl): both encoders' hidden states, the pooled embedding
-  (`text_embeds`) and the size (or aesthetic score) conditioning (`time_ids`).
+- SDXL (sdrt.runtime.sdxl): both encoders' hidden states, the pooled embedding (`text_embeds`)
+  and the size (or aesthetic score) conditioning (`time_ids`).
+
+Prompt editing and alternation (sdrt.runtime.prompts.schedule) make a row's text change during
+denoising; each distinct text is encoded once. Rows whose texts have different chunk counts
+cannot share a UNet call: they run in one call per length, which is what A1111 does by default
+for a prompt and negative prompt of different lengths (its `pad_cond_uncond` is off), and keeps
+a prompt's image independent of what it is batched with.
 """
 
 from __future__ import annotations
 
+import bisect
+import re
+from dataclasses import dataclass, field
+
 import numpy as np
 
 from sdrt.runtime.engines import Engine
-from sdrt.runtime.manifest import UNET_CONTEXT
+from sdrt.runtime.manifest import TEXT_EMBEDS, UNET_CONTEXT
+from sdrt.runtime.prompts.schedule import prompt_schedule
 from sdrt.runtime.request import ResolvedRequest
 from sdrt.runtime.text_encoders import TextEncoders
 
+#: A row whose conditioning is zeros shaped like its partner's (SDXL's missing negative prompt).
+ZEROS = object()
+#: A1111's separator of composable-diffusion sub-prompts, which sdrt does not implement.
+COMPOSABLE_AND = re.compile(r"\bAND\b")
+
+
+@dataclass
+class Row:
+    ends: list[int]  # the last step of each schedule entry, ascending
+    texts: list  # the text of each entry (or ZEROS)
+    extra: dict[str, np.ndarray] = field(default_factory=dict)  # per-row feeds that do not change
+    partner: int | None = None  # for ZEROS: the row whose shapes to copy
+
+    def text_at(self, step: int) -> str:
+        return self.texts[min(bisect.bisect_left(self.ends, step), len(self.texts) - 1)]
+
+
+class UnetConditioning:
+    """The UNet's conditioning feeds at each step, as calls: (rows, feeds), `rows` the batch
+    rows a call covers (None: all of them, in order)."""
+
+    def __init__(self, rows: list[Row], encodings: dict[str, dict[str, np.ndarray]], guided: bool):
+        self.rows = rows
+        self.encodings = encodings
+        self.guided = guided
+        self._calls: dict[tuple, list] = {}
+
+    @property
+    def scheduled(self) -> bool:
+        return any(len(row.texts) > 1 for row in self.rows)
+
+    def calls(self, step: int, dtypes: dict[str, np.dtype]) -> list[tuple[np.ndarray | None, dict[str, np.ndarray]]]:
+        state = tuple(row.text_at(step) for row in self.rows)
+        if state not in self._calls:
+            self._calls[state] = self._build(state, dtypes)
+        return self._calls[state]
+
+    def _build(self, state: tuple, dtypes: dict[str, np.dtype]) -> list:
+        feeds = []
+        for row, text in zip(self.rows, state):
+            if text is ZEROS:
+                partner = self.encodings[state[row.partner]]
+                values = {name: np.zeros_like(value) for name, value in partner.items()}
+            else:
+                values = dict(self.encodings[text])
+            feeds.append({**values, **row.extra})
+        lengths = [f[UNET_CONTEXT].shape[0] for f in feeds]
+        calls = []
+        for length in dict.fromkeys(lengths):
+            members = [index for index, value in enumerate(lengths) if value == length]
+            stacked = {name: np.stack([feeds[i][name] for i in members]).astype(dtypes.get(name, np.float32))
+                       for name in feeds[members[0]]}
+            for value in stacked.values():
+                value.flags.writeable = False  # constant while the state lasts: a device engine uploads it once
+            rows = None if len(members) == len(feeds) else np.array(members)
+            calls.append((rows, stacked))
+        return calls
+
 
 def unet_conditioning(encoders: TextEncoders, engines: dict[str, Engine], resolved: ResolvedRequest,
-                      warnings: list[str], timings: dict) -> dict[str, np.ndarray]:
-    """The UNet's conditioning feeds for a request; each prompt's rows are repeated
-    num_images times, consecutively, as diffusers does."""
-    if encoders.sdxl is not None:
-        from sdrt.runtime.sdxl import sdxl_conditioning
+                      warnings: list[str], timings: dict) -> UnetConditioning:
+    """The request's conditioning; each prompt's rows repeated num_images times."""
+    request = resolved.request
+    options = resolved.text_options
+    if options.clip_skip > 1 and not encoders.clip_skip_applies:
+        warnings.append(f"clip skip is ignored for {encoders.family} models, as A1111 ignores it")
+    steps = request.steps
 
-        return sdxl_conditioning(encoders, engines, resolved, warnings, timings)
-    repeat = resolved.request.num_images
-    hidden = np.repeat(encoders.encode(resolved.prompts, engines, warnings, timings).hidden, repeat, axis=0)
-    if resolved.guided:
-        unconditional = encoders.encode(resolved.negatives, engines, [], timings).hidden
-        hidden = np.concatenate([np.repeat(unconditional, repeat, axis=0), hidden])
-    return {UNET_CONTEXT: hidden}
+    def schedule(text: str) -> list[tuple[int, str]]:
+        return [(steps, text)] if request.plain_prompt else prompt_schedule(text, steps)
+
+    extras = _family_extras(encoders, resolved)
+    positive = [schedule(p) for p in resolved.prompts]
+    zero_negative = encoders.sdxl is not None and encoders.sdxl.force_zeros_for_empty_prompt \
+        and request.negative_prompt is None
+    negative = [[(steps, ZEROS)] if zero_negative else schedule(n) for n in resolved.negatives] \
+        if resolved.guided else []
+    texts = list(dict.fromkeys(t for s in positive + negative for _, t in s if t is not ZEROS))
+    encoded = encoders.encode(texts, engines, options, timings)
+    encodings = {}
+    for text, encoding in zip(texts, encoded):
+        encodings[text] = {UNET_CONTEXT: encoding.hidden}
+        if encoders.sdxl is not None:
+            encodings[text][TEXT_EMBEDS] = encoding.pooled
+    rows = []
+    half = len(resolved.prompts) * request.num_images
+    for kind, schedules in (("negative", negative), ("positive", positive)):
+        for index, entries in enumerate(schedules):
+            for _ in range(request.num_images):
+                partner = len(rows) + half if entries[0][1] is ZEROS else None
+                rows.append(Row([e for e, _ in entries], [t for _, t in entries], dict(extras[kind]), partner))
+    if not request.plain_prompt and any(COMPOSABLE_AND.search(p) for p in resolved.prompts):
+        warnings.append("AND (A1111's composable diffusion) is not supported: it is read as a word")
+    return UnetConditioning(rows, encodings, resolved.guided)
+
+
+def _family_extras(encoders: TextEncoders, resolved: ResolvedRequest) -> dict[str, dict[str, np.ndarray]]:
+    """Per-row feeds besides the text, for negative and positive rows (SDXL's time ids)."""
+    if encoders.sdxl is None:
+        return {"negative": {}, "positive": {}}
+    from sdrt.runtime.sdxl import time_id_rows
+
+    return time_id_rows(encoders.sdxl, resolved)

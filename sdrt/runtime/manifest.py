@@ -28,6 +28,9 @@ BATCH = "batch"  # images
 UNET_BATCH = "unet_batch"  # the UNet sees the conditional and unconditional halves together
 TIMESTEP_BATCH = "timestep_batch"  # 1 (broadcast) or unet_batch
 HEIGHT, WIDTH = "height", "width"
+TEXT_SEQUENCE = "text_sequence"  # the UNet's text context: whole chunks of the encoder's length
+#: Chunks of the encoder's length an export's UNet takes by default (300 tokens and more).
+DEFAULT_PROMPT_CHUNKS = 4
 LATENT_HEIGHT, LATENT_WIDTH = "latent_height", "latent_width"
 FORMAT_VERSION = 1
 DTYPES = ("float32", "float16", "int32", "int64")
@@ -41,6 +44,10 @@ TEXT_EMBEDS, TIME_IDS = "text_embeds", "time_ids"
 ADDED_CONDITIONS = (TEXT_EMBEDS, TIME_IDS)
 LAST_HIDDEN, PENULTIMATE_HIDDEN = "last_hidden_state", "penultimate_hidden_state"
 POOLED, PROJECTED = "pooler_output", "text_embeds"
+# Every layer's hidden states through the final layer norm, [batch, layers, length, width]: clip skip.
+LAYER_HIDDEN = "layer_hidden_states"
+#: The families whose text encoders A1111 applies clip skip to (SD 2.x and SDXL ignore it).
+CLIP_SKIP_FAMILIES = ("sd1",)
 #: Every engine an export may have (SDXL adds the second text encoder; a refiner has only it).
 COMPONENT_NAMES = ("text_encoder", "text_encoder_2", "unet", "vae_decoder", "vae_encoder")
 #: The text encoder and tokenizer of SD 1.x/2.x exports (SDXL lists its own in `sdxl`).

@@ -37,6 +37,7 @@ class DenoiseStart:
     conditioning: np.ndarray | None = None  # appended to the UNet input's channels every call
     blend: Callable[[int, np.ndarray], np.ndarray] | None = None  # runs after each step
     end: int | None = None  # the UNet call to stop before (None: the sampler's last)
+    counted_from: int | None = None  # the call prompt schedules count steps from (None: `start`)
 
     def stop(self, sampler: Scheduler) -> int:
         return len(sampler.timesteps) if self.end is None else self.end

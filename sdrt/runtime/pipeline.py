@@ -21,10 +21,11 @@ from sdrt.errors import ConfigError, ModelFolderError, SdrtError
 from sdrt.runtime.engines import DEFAULT_BACKEND, Backend, Engine, LoadOptions, backend_named
 from sdrt.runtime.integrity import verify_components
 from sdrt.runtime.json_files import read_json
-from sdrt.runtime.manifest import MANIFEST_NAME, UNET_CONTEXT, Manifest
+from sdrt.runtime.manifest import MANIFEST_NAME, Manifest
 from sdrt.runtime.model_folder import infer_manifest
 from sdrt.runtime import modes, refiner as refiners, vae
-from sdrt.runtime.conditioning import unet_conditioning
+from sdrt.runtime.conditioning import UnetConditioning, unet_conditioning
+from sdrt.runtime.prompts.emphasis import DEFAULT_EMPHASIS
 from sdrt.runtime.request import GenerationError, GenerationRequest, ResolvedRequest
 from sdrt.runtime.rng import GeneratorGroup, TorchGenerator
 from sdrt.runtime.schedulers import DEFAULT_SAMPLER, Scheduler, sampler_from_config
@@ -108,8 +109,8 @@ class Pipeline:
             sampler_from_config(DEFAULT_SAMPLER, scheduler_config)  # every field's type and range, now
         except ConfigError as error:
             raise ModelFolderError(f"{scheduler_path}: {error}") from None
-        text_encoders = TextEncoders.load(folder, manifest)
         manifest, make_engine = backend.load(folder, manifest, options, sessions)
+        text_encoders = TextEncoders.load(folder, manifest)  # after the backend: its profile limits prompts
         engines = {name: make_engine(name) for name in loaded}
         pipeline = cls(folder, manifest, text_encoders, scheduler_config, engines, backend, make_engine)
         if refiner is not None:
@@ -142,28 +143,28 @@ class Pipeline:
                                   "init_image")
         return vae.encode(engine, self.manifest, image, generator)
 
-    def denoise(self, start: modes.DenoiseStart, conditioning: dict[str, np.ndarray], sampler: Scheduler,
+    def denoise(self, start: modes.DenoiseStart, conditioning: UnetConditioning, sampler: Scheduler,
                 guidance_scale: float, generator: TorchGenerator | GeneratorGroup,
                 progress: Callable[[int, int], None] | None = None, timings: dict | None = None,
                 cancel: threading.Event | None = None) -> np.ndarray:
         """The denoising loop over UNet calls `start.start` (image-to-image skips the first) to
-        `start.end`; `conditioning` holds the UNet's feeds besides the latents and timestep
-        ([unconditional; conditional] with guidance, sdrt.runtime.conditioning). Stochastic samplers draw
-        from `generator`, after the initial latents, as in diffusers. `start.conditioning` (an
-        inpainting UNet's mask and masked-image latents) is appended to the scaled input's
-        channels; `start.blend(index, latents)` runs after each step. With `timings`, each UNet
-        call's duration is appended to timings["unet_steps"], and timings["unet_host_copies"]
-        adds up the host-device copies inside those calls. A set `cancel` stops the loop at the
-        next step with GenerationCancelled."""
+        `start.end`; `conditioning` gives the UNet's feeds besides the latents and timestep at
+        each step ([unconditional; conditional] with guidance, sdrt.runtime.conditioning), in
+        one call or in one per text length. Stochastic samplers draw from `generator`, after
+        the initial latents, as in diffusers. `start.conditioning` (an inpainting UNet's mask
+        and masked-image latents) is appended to the scaled input's channels;
+        `start.blend(index, latents)` runs after each step. With `timings`, each UNet call's
+        duration is appended to timings["unet_steps"], and timings["unet_host_copies"] adds up
+        the host-device copies inside those calls. A set `cancel` stops the loop at the next
+        step with GenerationCancelled."""
         engine = self.engines["unet"]
         latents = start.latents
-        guided = conditioning[UNET_CONTEXT].shape[0] == 2 * latents.shape[0]
+        guided = conditioning.guided
         sample_dtype = engine.input_dtype("sample")
-        context = {name: value.astype(engine.input_dtype(name)) for name, value in conditioning.items()}
-        for value in context.values():
-            value.flags.writeable = False  # the same every step: a device-resident engine uploads it once
+        dtypes = {name: engine.input_dtype(name) for name in engine.inputs}
         unet_steps = timings.setdefault("unet_steps", []) if timings is not None else []
         end = start.stop(sampler)
+        counted_from = start.start if start.counted_from is None else start.counted_from
         for index in range(start.start, end):
             if cancel is not None and cancel.is_set():
                 raise GenerationCancelled("the generation was cancelled")
@@ -171,13 +172,18 @@ class Pipeline:
             model_input = sampler.scale_model_input(model_input, index)
             if start.conditioning is not None:
                 model_input = np.concatenate([model_input, start.conditioning], axis=1)
-            feeds = {
-                "sample": model_input.astype(sample_dtype),
-                "timestep": np.array([sampler.timesteps[index]], dtype=engine.input_dtype("timestep")),
-                **context,
-            }
+            model_input = model_input.astype(sample_dtype)
+            timestep = np.array([sampler.timesteps[index]], dtype=engine.input_dtype("timestep"))
+            calls = conditioning.calls(index - counted_from, dtypes)
             called = time.perf_counter()
-            prediction = engine.run(feeds)["out_sample"]
+            if len(calls) == 1:
+                prediction = engine.run({"sample": model_input, "timestep": timestep, **calls[0][1]})["out_sample"]
+            else:
+                parts = [(rows, engine.run({"sample": model_input[rows], "timestep": timestep, **feeds})["out_sample"])
+                         for rows, feeds in calls]
+                prediction = np.empty((len(model_input), *parts[0][1].shape[1:]), parts[0][1].dtype)
+                for rows, part in parts:
+                    prediction[rows] = part
             unet_steps.append(time.perf_counter() - called)
             if timings is not None and engine.copies_to_device:
                 timings["unet_host_copies"] = timings.get("unet_host_copies", 0.0) + engine.last_copy_seconds
@@ -291,6 +297,11 @@ class Pipeline:
         }
         if resolved.image is not None:
             parameters["strength"] = resolved.strength
+        options = resolved.text_options
+        if options.clip_skip > 1:  # A1111 records these only when they change something
+            parameters["clip_skip"] = options.clip_skip
+        if options.emphasis.name != DEFAULT_EMPHASIS and any("(" in t or "[" in t for t in prompts + resolved.negatives):
+            parameters["emphasis"] = options.emphasis.name
         if request.refiner_switch is not None:
             parameters.update(refiner=self.refiner.folder.name, refiner_switch=float(request.refiner_switch))
         return parameters

@@ -49,6 +49,10 @@ def format_parameters(prompt: str, parameters: dict, batch_position: int | None 
     ]
     if "strength" in parameters:
         fields.append(("Denoising strength", parameters["strength"]))
+    if "clip_skip" in parameters:
+        fields.append(("Clip skip", parameters["clip_skip"]))
+    if "emphasis" in parameters:
+        fields.append(("Emphasis", parameters["emphasis"]))
     if "refiner" in parameters:  # A1111's names for its refiner settings
         fields += [("Refiner", parameters["refiner"]), ("Refiner switch at", parameters["refiner_switch"])]
     if batch_position is not None:

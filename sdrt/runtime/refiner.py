@@ -74,4 +74,5 @@ def refiner_run(refiner: "Pipeline | None", resolved: ResolvedRequest, base_run:
     conditioning = unet_conditioning(refiner.text_encoders, refiner.engines, resolved, [], timings)
     timings["text_encoder"] += time.perf_counter() - stage
     sampler = refiner.new_sampler(request)
-    return refiner, DenoiseStart(None, refiner_start(sampler, request.refiner_switch)), sampler, conditioning
+    start = DenoiseStart(None, refiner_start(sampler, request.refiner_switch), counted_from=base_start.start)
+    return refiner, start, sampler, conditioning

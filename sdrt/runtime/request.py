@@ -21,6 +21,8 @@ from PIL import Image
 from sdrt.errors import GenerationError
 from sdrt.runtime.images import InputImageError, open_image, target_size
 from sdrt.runtime.manifest import BATCH, HEIGHT, WIDTH, Manifest
+from sdrt.runtime.prompts.emphasis import DEFAULT_EMPHASIS, emphasis_mode
+from sdrt.runtime.prompts.options import TextOptions
 from sdrt.runtime.sdxl import SizeConditioning
 from sdrt.runtime.text import check_text
 from sdrt.runtime.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES, SAMPLERS
@@ -34,6 +36,8 @@ DEFAULT_GUIDANCE = 7.5
 # diffusers' default strengths: image-to-image keeps some of the image, inpainting repaints fully.
 IMG2IMG_STRENGTH = 0.8
 INPAINT_STRENGTH = 1.0
+#: A1111's range for CLIP_stop_at_last_layers (the model's layer count is checked at encoding).
+MAX_CLIP_SKIP = 12
 
 
 def nearest_multiples(value: int, multiple: int, low: int, high: int) -> list[int]:
@@ -53,7 +57,9 @@ class GenerationRequest:
     image-to-image, with `mask_image` too inpainting. `latents` replaces the seeded noise.
     SDXL only: `size_conditioning` (sdrt.runtime.sdxl), and `refiner_switch` in (0, 1), the
     fraction of the noise schedule after which a loaded refiner takes over (diffusers'
-    denoising_end / denoising_start)."""
+    denoising_end / denoising_start). Prompts are read in A1111's prompt language
+    (sdrt.runtime.prompts) with an `emphasis` mode and A1111's `clip_skip`; `plain_prompt`
+    reads them as plain text (no emphasis, BREAK, editing or alternation)."""
 
     prompt: str | Sequence[str]
     negative_prompt: str | Sequence[str] | None = None
@@ -70,6 +76,9 @@ class GenerationRequest:
     latents: np.ndarray | None = field(default=None, compare=False)
     size_conditioning: SizeConditioning | None = None
     refiner_switch: float | None = None
+    emphasis: str = DEFAULT_EMPHASIS
+    clip_skip: int = 1
+    plain_prompt: bool = False
 
     def resolve(self, manifest: Manifest) -> "ResolvedRequest":
         """Every field checked against the model; defaults filled in; images opened."""
@@ -90,6 +99,7 @@ class ResolvedRequest:
     strength: float | None
     image: Image.Image | None
     mask: Image.Image | None
+    text_options: TextOptions = TextOptions()
 
     @property
     def batch(self) -> int:
@@ -226,4 +236,16 @@ def _resolve(request: GenerationRequest, manifest: Manifest) -> ResolvedRequest:
         raise GenerationError(f"{batch} images at once exceed this export's batch limit of {batch_range.max}",
                               "num_images")
     return ResolvedRequest(request, prompts, negatives, seeds, per_prompt, int(height), int(width),
-                           None if strength is None else float(strength), image, mask)
+                           None if strength is None else float(strength), image, mask, _text_options(request))
+
+
+def _text_options(request: GenerationRequest) -> TextOptions:
+    if not isinstance(request.plain_prompt, bool):
+        raise GenerationError(f"plain_prompt must be true or false, got {request.plain_prompt!r}", "plain_prompt")
+    if not isinstance(request.emphasis, str):
+        raise GenerationError(f"emphasis must be a mode's name, got {request.emphasis!r}", "emphasis")
+    mode = emphasis_mode("None" if request.plain_prompt else request.emphasis)
+    if not _is_int(request.clip_skip) or not 1 <= request.clip_skip <= MAX_CLIP_SKIP:
+        raise GenerationError(f"clip skip must be an integer from 1 to {MAX_CLIP_SKIP}, got {request.clip_skip!r}",
+                              "clip_skip")
+    return TextOptions(mode, int(request.clip_skip))

@@ -1,10 +1,10 @@
 """SDXL's conditioning, as diffusers' `StableDiffusionXLPipeline` (and its image-to-image and
 inpainting pipelines) compute it.
 
-- Text: both encoders' penultimate hidden states concatenated, the pooled embedding from the
-  last encoder. With guidance and no negative prompt, a model whose config sets
-  `force_zeros_for_empty_prompt` gets zeros as its negative conditioning (hidden and pooled).
-  A negative prompt of "" is encoded like any other text.
+- Text (sdrt.runtime.text_encoders, sdrt.runtime.conditioning): both encoders' penultimate
+  hidden states concatenated, the pooled embedding from the last encoder. With guidance and no
+  negative prompt, a model whose config sets `force_zeros_for_empty_prompt` gets zeros as its
+  negative conditioning (hidden and pooled). A negative prompt of "" is encoded like any other.
 - `time_ids`: (original size, crop top-left, target size), or for a model that
   `requires_aesthetics_score` (the refiner) (original size, crop top-left, aesthetic score);
   sizes are (height, width) and default to the image's size. The negative row uses the
@@ -20,12 +20,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from sdrt.errors import GenerationError
-from sdrt.runtime.manifest import TEXT_EMBEDS, TIME_IDS, UNET_CONTEXT
+from sdrt.runtime.manifest import TIME_IDS
 
 if TYPE_CHECKING:  # the request module imports this one
-    from sdrt.runtime.engines import Engine
+    from sdrt.runtime.manifest import SdxlSpec
     from sdrt.runtime.request import ResolvedRequest
-    from sdrt.runtime.text_encoders import TextEncoders
 
 #: diffusers' default aesthetic scores for the refiner's conditioning.
 AESTHETIC_SCORE, NEGATIVE_AESTHETIC_SCORE = 6.0, 2.5
@@ -83,26 +82,9 @@ def _check_pair(name: str, value, low: int) -> None:
                               f"(height, width), got {value!r}", name)
 
 
-def sdxl_conditioning(encoders: TextEncoders, engines: dict[str, Engine], resolved: ResolvedRequest,
-                      warnings: list[str], timings: dict) -> dict[str, np.ndarray]:
-    spec = encoders.sdxl
-    request = resolved.request
-    repeat = request.num_images
-    positive = encoders.encode(resolved.prompts, engines, warnings, timings)
-    hidden, pooled = positive.hidden, positive.pooled
-    negative_ids, positive_ids = (request.size_conditioning or SizeConditioning()).time_ids(
+def time_id_rows(spec: SdxlSpec, resolved: ResolvedRequest) -> dict[str, dict[str, np.ndarray]]:
+    """The `time_ids` feed of negative and positive rows."""
+    negative, positive = (resolved.request.size_conditioning or SizeConditioning()).time_ids(
         resolved.height, resolved.width, spec.requires_aesthetics_score)
-    batch = len(resolved.prompts) * repeat
-    time_ids = np.tile(np.array([positive_ids], np.float32), (batch, 1))
-    hidden, pooled = np.repeat(hidden, repeat, axis=0), np.repeat(pooled, repeat, axis=0)
-    if resolved.guided:
-        if request.negative_prompt is None and spec.force_zeros_for_empty_prompt:
-            negative_hidden, negative_pooled = np.zeros_like(hidden), np.zeros_like(pooled)
-        else:
-            negative = encoders.encode(resolved.negatives, engines, [], timings)
-            negative_hidden = np.repeat(negative.hidden, repeat, axis=0)
-            negative_pooled = np.repeat(negative.pooled, repeat, axis=0)
-        hidden = np.concatenate([negative_hidden, hidden])
-        pooled = np.concatenate([negative_pooled, pooled])
-        time_ids = np.concatenate([np.tile(np.array([negative_ids], np.float32), (batch, 1)), time_ids])
-    return {UNET_CONTEXT: hidden, TEXT_EMBEDS: pooled, TIME_IDS: time_ids}
+    return {"negative": {TIME_IDS: np.array(negative, np.float32)},
+            "positive": {TIME_IDS: np.array(positive, np.float32)}}

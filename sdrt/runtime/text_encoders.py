@@ -1,6 +1,13 @@
-"""The model's text encoders with their tokenizers, as the manifest lists them: prompts in,
+"""The model's text encoders with their tokenizers, as the manifest lists them: prompt texts in,
 hidden states (concatenated along the feature axis when there are several, as SDXL does) and
-the last encoder's pooled embedding out."""
+the last encoder's pooled embedding out.
+
+Each text is read in A1111's prompt language (sdrt.runtime.prompts): its weighted fragments
+become chunks of the encoder's length, each chunk is encoded on its own, weighted by the
+emphasis mode, and the chunks are concatenated along the sequence axis. The pooled embedding is
+the first chunk's, as in A1111. A prompt of one chunk without emphasis gives exactly diffusers'
+conditioning.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-from sdrt.errors import ModelFolderError
+from sdrt.errors import GenerationError, ModelFolderError
 from sdrt.runtime.engines import Engine
-from sdrt.runtime.manifest import LAST_HIDDEN, PENULTIMATE_HIDDEN, POOLED, PROJECTED, Manifest, SdxlSpec
+from sdrt.runtime.manifest import (
+    BATCH, CLIP_SKIP_FAMILIES, LAST_HIDDEN, LAYER_HIDDEN, PENULTIMATE_HIDDEN, POOLED, PROJECTED, UNET_CONTEXT, Manifest,
+)
+from sdrt.runtime.prompts.chunks import TokenChunks, chunk_fragments
+from sdrt.runtime.prompts.emphasis import parse_emphasis
+from sdrt.runtime.prompts.options import TextOptions
 from sdrt.runtime.tokenizer import ClipTokenizer
 
 #: The last encoder's pooled output, projected where it has a projection.
@@ -21,16 +33,25 @@ POOLED_OUTPUTS = (PROJECTED, POOLED)
 
 @dataclass
 class TextEncoding:
-    hidden: np.ndarray  # float32 [prompts, text_length, hidden]
-    pooled: np.ndarray | None  # float32 [prompts, pooled width] from the last encoder
+    hidden: np.ndarray  # float32 [chunks x encoder length, width]
+    pooled: np.ndarray | None  # float32 [pooled width] from the last encoder's first chunk
 
 
 class TextEncoders:
-    def __init__(self, sdxl: SdxlSpec | None, tokenizers: list[ClipTokenizer], names: list[str]):
-        self.sdxl = sdxl  # the manifest's SDXL settings, None for SD 1.x/2.x
+    def __init__(self, manifest: Manifest, tokenizers: list[ClipTokenizer], names: list[str]):
+        self.sdxl = manifest.sdxl  # the manifest's SDXL settings, None for SD 1.x/2.x
+        self.family = manifest.family
         self.tokenizers = tokenizers
         self.names = names
-        self.hidden_output = LAST_HIDDEN if sdxl is None else PENULTIMATE_HIDDEN
+        self.hidden_output = LAST_HIDDEN if manifest.sdxl is None else PENULTIMATE_HIDDEN
+        batch = manifest.dims.get(BATCH)
+        self.max_rows = batch.max if batch is not None else None
+        self.max_chunks = _max_chunks(manifest)
+
+    @property
+    def clip_skip_applies(self) -> bool:
+        """A1111 applies clip skip to SD 1.x only; SD 2.x and SDXL ignore it (see docs/prompts.md)."""
+        return self.family in CLIP_SKIP_FAMILIES
 
     @classmethod
     def load(cls, folder: Path, manifest: Manifest) -> "TextEncoders":
@@ -42,24 +63,85 @@ class TextEncoders:
                                        f"encoder's {manifest.text_length}")
             tokenizers.append(tokenizer)
             names.append(component)
-        return cls(manifest.sdxl, tokenizers, names)
+        return cls(manifest, tokenizers, names)
 
-    def encode(self, prompts: list[str], engines: dict[str, Engine], warnings: list[str],
-               timings: dict | None = None) -> TextEncoding:
-        """Each encoder on its tokenizer's ids; a warning names text cut at the length limit."""
-        hidden, pooled = [], None
+    def chunks(self, text: str, options: TextOptions, tokenizer: ClipTokenizer | None = None) -> TokenChunks:
+        """The text's chunks for one tokenizer (the first by default)."""
+        fragments = parse_emphasis(text) if options.emphasis.parses else [(text, 1.0)]
+        return chunk_fragments(fragments, tokenizer or self.tokenizers[0])
+
+    def encode(self, texts: list[str], engines: dict[str, Engine], options: TextOptions,
+               timings: dict | None = None) -> list[TextEncoding]:
+        """One encoding per text: every encoder's chunks, weighted, concatenated."""
+        hidden: list[list[np.ndarray]] = [[] for _ in texts]
+        pooled: list[np.ndarray | None] = [None] * len(texts)
         for tokenizer, name in zip(self.tokenizers, self.names):
             started = time.perf_counter()
-            tokens = tokenizer.encode(prompts)
+            chunked = [self.chunks(text, options, tokenizer) for text in texts]
+            for text, chunks in zip(texts, chunked):
+                if self.max_chunks is not None and chunks.count > self.max_chunks:
+                    raise GenerationError(
+                        f"the prompt {_start(text)} needs {chunks.count} chunks of {tokenizer.max_length - 2} tokens; "
+                        f"this export takes at most {self.max_chunks}: shorten it, or re-export the model with "
+                        f"--max-prompt-chunks {chunks.count}", "prompt")
             if timings is not None:
                 timings["tokenize"] = timings.get("tokenize", 0.0) + time.perf_counter() - started
-            if name == self.names[0]:
-                for dropped in tokens.dropped_text:
-                    if dropped:
-                        warnings.append(f"the prompt is longer than {tokenizer.max_length - 2} tokens; "
-                                        f"this part was dropped: {dropped!r}")
-            engine = engines[name]
-            outputs = engine.run({"input_ids": tokens.input_ids.astype(engine.input_dtype("input_ids"))})
-            hidden.append(outputs[self.hidden_output].astype(np.float32))
-            pooled = next((outputs[key].astype(np.float32) for key in POOLED_OUTPUTS if key in outputs), None)
-        return TextEncoding(np.concatenate(hidden, axis=-1) if len(hidden) > 1 else hidden[0], pooled)
+            ids = np.concatenate([c.ids for c in chunked])
+            outputs = self._run(engines[name], ids, options)
+            row = 0
+            for index, chunks in enumerate(chunked):
+                rows = slice(row, row + chunks.count)
+                row += chunks.count
+                states = options.emphasis.apply(outputs["hidden"][rows], chunks.weights)
+                hidden[index].append(states.reshape(-1, states.shape[-1]))
+                if outputs["pooled"] is not None:
+                    pooled[index] = outputs["pooled"][rows.start]
+        return [TextEncoding(np.concatenate(h, axis=-1) if len(h) > 1 else h[0], p) for h, p in zip(hidden, pooled)]
+
+    def _run(self, engine: Engine, ids: np.ndarray, options: TextOptions) -> dict:
+        """The encoder over all chunk rows, in batches the export accepts."""
+        step = self.max_rows or len(ids)
+        layer = self._layer(engine, options)
+        hidden, pooled = [], []
+        for start in range(0, len(ids), step):
+            feeds = {"input_ids": ids[start:start + step].astype(engine.input_dtype("input_ids"))}
+            out = engine.run(feeds)
+            states = out[self.hidden_output] if layer is None else out[LAYER_HIDDEN][:, layer]
+            hidden.append(states.astype(np.float32))
+            pooled.append(next((out[key].astype(np.float32) for key in POOLED_OUTPUTS if key in out), None))
+        return {"hidden": np.concatenate(hidden),
+                "pooled": None if pooled[0] is None else np.concatenate(pooled)}
+
+    def _layer(self, engine: Engine, options: TextOptions) -> int | None:
+        """The index into LAYER_HIDDEN for the clip skip, None for the usual output."""
+        if options.clip_skip <= 1 or not self.clip_skip_applies:
+            return None
+        spec = next((t for t in engine.spec.outputs if t.name == LAYER_HIDDEN), None)
+        if spec is None:
+            raise GenerationError("this export's text encoder does not give its layers' outputs, which clip skip "
+                                  "needs: re-export the model with this sdrt version", "clip_skip")
+        layers = spec.shape[1]
+        if options.clip_skip > layers:
+            raise GenerationError(f"clip skip {options.clip_skip} is more than the text encoder's {layers} layers",
+                                  "clip_skip")
+        return layers - options.clip_skip
+
+
+def _max_chunks(manifest: Manifest) -> int | None:
+    """How many encoder-length chunks the UNet's text context takes: 1 for exports made before
+    long prompts (a fixed length), None for a dynamic length without a recorded range (a
+    diffusers ONNX folder)."""
+    unet = manifest.components.get("unet")
+    context = next((t for t in unet.inputs if t.name == UNET_CONTEXT), None) if unet is not None else None
+    if context is None or len(context.shape) < 2:
+        return 1
+    length = context.shape[1]
+    if isinstance(length, str):
+        if length not in manifest.dims:
+            return None
+        length = manifest.dims[length].max
+    return max(1, length // manifest.text_length)
+
+
+def _start(text: str, shown: int = 40) -> str:
+    return repr(text if len(text) <= shown else text[:shown] + "...")

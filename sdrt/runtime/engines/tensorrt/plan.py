@@ -24,6 +24,7 @@ from sdrt.runtime.manifest import (
     HEIGHT,
     LATENT_HEIGHT,
     LATENT_WIDTH,
+    TEXT_SEQUENCE,
     TIMESTEP_BATCH,
     UNET_BATCH,
     WIDTH,
@@ -51,6 +52,7 @@ class Request:
     height: int
     width: int
     guided: bool = True
+    text_tokens: int = 0  # the UNet's text context length (whole chunks of the encoder's length)
 
 
 #: Each manifest dimension as a function of (request, VAE scale factor).
@@ -62,6 +64,7 @@ DIM_RULES: dict[str, Callable[[Request, int], int]] = {
     WIDTH: lambda r, f: r.width,
     LATENT_HEIGHT: lambda r, f: r.height // f,
     LATENT_WIDTH: lambda r, f: r.width // f,
+    TEXT_SEQUENCE: lambda r, f: r.text_tokens,
 }
 
 
@@ -108,9 +111,10 @@ class Profile:
 def plan_profile(manifest: Manifest, *, static: tuple[int, int] | None = None,
                  min_size: tuple[int, int] | None = None, opt_size: tuple[int, int] | None = None,
                  max_size: tuple[int, int] | None = None, max_batch: int = DEFAULT_MAX_BATCH,
-                 opt_batch: int = 1) -> Profile:
+                 opt_batch: int = 1, max_prompt_chunks: int | None = None) -> Profile:
     """The profile for sizes given as (height, width): `static` fixes the size (what CUDA graphs
-    want); otherwise min/opt/max default to the export's range and the native size."""
+    want); otherwise min/opt/max default to the export's range and the native size. The text
+    context takes 1 to `max_prompt_chunks` chunks (default: the export's limit), opt 1."""
     unknown = sorted(set(manifest.dims) - set(DIM_RULES))
     if unknown:
         raise ConfigError(f"this model has dimensions sdrt build does not know ({', '.join(unknown)}); "
@@ -140,12 +144,27 @@ def plan_profile(manifest: Manifest, *, static: tuple[int, int] | None = None,
         raise ConfigError(f"--max-batch must be from 1 to this export's {batch_limit}, got {max_batch}")
     opt_batch = min(opt_batch, max_batch)
     factor = manifest.vae_scale_factor
-    low = Request(1, *min_size, guided=False)
-    opt = Request(opt_batch, *opt_size, guided=True)
-    high = Request(max_batch, *max_size, guided=True)
+    one_chunk, most_tokens = _text_tokens(manifest, max_prompt_chunks)
+    low = Request(1, *min_size, guided=False, text_tokens=one_chunk)
+    opt = Request(opt_batch, *opt_size, guided=True, text_tokens=one_chunk)
+    high = Request(max_batch, *max_size, guided=True, text_tokens=most_tokens)
     dims = {name: (DIM_RULES[name](low, factor), DIM_RULES[name](opt, factor), DIM_RULES[name](high, factor))
             for name in manifest.dims}
     return Profile(dims, static=static is not None)
+
+
+def _text_tokens(manifest: Manifest, max_chunks: int | None) -> tuple[int, int]:
+    """One chunk's tokens and the most tokens of the profile."""
+    valid = manifest.dims.get(TEXT_SEQUENCE)
+    if valid is None:
+        if max_chunks not in (None, 1):
+            raise ConfigError("this export's UNet takes one prompt chunk: re-export it for --max-prompt-chunks")
+        return manifest.text_length, manifest.text_length
+    limit = valid.max // valid.multiple
+    chunks = limit if max_chunks is None else max_chunks
+    if not 1 <= chunks <= limit:
+        raise ConfigError(f"--max-prompt-chunks must be from 1 to this export's {limit}, got {chunks}")
+    return valid.min, chunks * valid.multiple
 
 
 # ---------------------------------------------------------------- cache keys

@@ -1,0 +1,25 @@
+"""Options of the commands that read prompts: A1111's prompt language settings."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import click
+
+from sdrt.runtime.prompts.emphasis import DEFAULT_EMPHASIS, EMPHASIS_MODES
+from sdrt.runtime.request import MAX_CLIP_SKIP
+
+
+def prompt_options(command: Callable) -> Callable:
+    """Adds --emphasis, --clip-skip and --plain-prompt to a command."""
+    options = [
+        click.option("--emphasis", default=DEFAULT_EMPHASIS, show_default=True, type=click.Choice(list(EMPHASIS_MODES)),
+                     help="A1111's emphasis mode for (text:1.2) and [text]; None reads brackets and BREAK as text."),
+        click.option("--clip-skip", default=1, show_default=True, type=click.IntRange(1, MAX_CLIP_SKIP),
+                     help="A1111's clip skip: condition on the N-th text encoder layer from the end (SD 1.x)."),
+        click.option("--plain-prompt", is_flag=True,
+                     help="Read prompts as plain text: no emphasis, BREAK, [from:to:when] or [a|b]."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command

@@ -1,0 +1,83 @@
+"""A prompt's weighted fragments as chunks of token ids, each the text encoder's full length.
+
+A1111's rules (`sd_hijack_clip.py`): tokens go into chunks of `length - 2` (75 for CLIP), each
+chunk then framed by the start and end tokens and padded to the encoder's length (77). When a
+chunk is full and the token that does not fit is not a comma, the tokens after the chunk's last
+comma move to the next chunk if that comma is among its last COMMA_BACKTRACK tokens, so a
+phrase is not cut in two. BREAK closes the current chunk. Padding is the end token, and after
+the first end token a tokenizer with another pad token (SD 2.x's and SDXL's OpenCLIP) gets its
+pad token, as the text encoders were trained. Start, end and padding weigh 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from sdrt.runtime.prompts.emphasis import BREAK
+from sdrt.runtime.tokenizer import ClipTokenizer
+
+#: A1111's `comma_padding_backtrack` default: how far back a comma may be to move the words after it.
+COMMA_BACKTRACK = 20
+COMMA = ",</w>"
+
+
+@dataclass(frozen=True)
+class TokenChunks:
+    ids: np.ndarray  # int64 [chunks, encoder length]
+    weights: np.ndarray  # float32 [chunks, encoder length]
+    token_count: int  # the prompt's tokens (without start, end and padding)
+
+    @property
+    def count(self) -> int:
+        return len(self.ids)
+
+
+def chunk_fragments(fragments: list, tokenizer: ClipTokenizer) -> TokenChunks:
+    """`fragments` from sdrt.runtime.prompts.emphasis.parse_emphasis (or [(text, 1.0)])."""
+    capacity = tokenizer.max_length - 2
+    comma = tokenizer.vocab.get(COMMA)
+    rows: list[tuple[list[int], list[float]]] = []
+    tokens: list[int] = []
+    weights: list[float] = []
+    last_comma = -1
+    count = 0
+
+    def close() -> None:
+        nonlocal tokens, weights, last_comma
+        rows.append((tokens, weights))
+        tokens, weights, last_comma = [], [], -1
+
+    for fragment in fragments:
+        if fragment is BREAK:
+            close()
+            continue
+        text, weight = fragment
+        ids = tokenizer.tokenize(text)
+        count += len(ids)
+        for token in ids:
+            if token == comma:
+                last_comma = len(tokens)
+            elif len(tokens) == capacity and last_comma != -1 and len(tokens) - last_comma <= COMMA_BACKTRACK:
+                moved = tokens[last_comma + 1:], weights[last_comma + 1:]
+                tokens, weights = tokens[:last_comma + 1], weights[:last_comma + 1]
+                close()
+                tokens, weights = list(moved[0]), list(moved[1])
+            if len(tokens) == capacity:
+                close()
+            tokens.append(token)
+            weights.append(weight)
+    if tokens or not rows:
+        close()
+    ids = np.full((len(rows), tokenizer.max_length), tokenizer.pad_id, dtype=np.int64)
+    weight_rows = np.ones((len(rows), tokenizer.max_length), dtype=np.float32)
+    for row, (chunk_tokens, chunk_weights) in enumerate(rows):
+        framed = [tokenizer.bos_id, *chunk_tokens, *[tokenizer.eos_id] * (capacity - len(chunk_tokens)),
+                  tokenizer.eos_id]
+        first_end = framed.index(tokenizer.eos_id)
+        ids[row, :first_end + 1] = framed[:first_end + 1]
+        if tokenizer.pad_id == tokenizer.eos_id:
+            ids[row] = framed
+        weight_rows[row, 1:1 + len(chunk_weights)] = chunk_weights
+    return TokenChunks(ids, weight_rows, count)
