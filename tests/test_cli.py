@@ -18,16 +18,22 @@ NO_HEAVY_IMPORTS = Path(__file__).parent / "no_heavy_imports.py"
 def test_tokenize_prints_ids(sd15_dir):
     result = CliRunner().invoke(main, ["tokenize", "a photo of a cat", "--model", str(sd15_dir)])
     assert result.exit_code == 0
-    assert result.output.strip() == "49406 320 1125 539 320 2368 49407"
+    assert result.output.strip().splitlines() == [
+        "chunk 1/1 (5 tokens in all):", "49406 320 1125 539 320 2368 49407",
+        "<|startoftext|> a photo of a cat <|endoftext|>"]
 
 
-def test_tokenize_json_reports_dropped_text(sd15_dir):
-    long_prompt = "word " * 80 + "tail end"
+def test_tokenize_json_gives_every_chunk_with_its_weights(sd15_dir):
+    long_prompt = "word " * 80 + "(tail:1.5) end"
     result = CliRunner().invoke(main, ["tokenize", long_prompt, "--model", str(sd15_dir), "--json"])
     assert result.exit_code == 0
     (row,) = json.loads(result.output)
-    assert row["length"] == 77 and len(row["input_ids"]) == 77
-    assert row["dropped_text"].endswith("tail end")
+    assert row["token_count"] == 82 and len(row["chunks"]) == 2
+    first, second = row["chunks"]
+    assert len(first["input_ids"]) == len(second["input_ids"]) == 77
+    assert first["tokens"][1:76] == ["word"] * 75 and first["weights"] == [1.0] * 77
+    assert second["tokens"][:9] == ["<|startoftext|>", *["word"] * 5, "tail", "end", "<|endoftext|>"]
+    assert second["weights"][6:8] == [1.5, 1.0]
 
 
 def test_user_errors_are_one_line_and_non_zero(tmp_path):

@@ -31,6 +31,8 @@ from sdrt.runtime.engines import BACKEND_NAMES, DEFAULT_BACKEND
               help="Images that compatible waiting requests may share one UNet call with (1: no batching).")
 @click.option("--batch-window-ms", default=0.0, show_default=True, type=FiniteFloat(0),
               help="How long a free worker waits for compatible requests to join a batch.")
+@click.option("--plain-prompts", is_flag=True,
+              help="The OpenAI route reads prompts as plain text (A1111 routes always read A1111's prompt language).")
 @click.option("--ray", "use_ray", is_flag=True, help="Run as a Ray Serve deployment (pip install 'sdrt[ray]').")
 @click.option("--replicas", default=None, type=int, help="With --ray: a fixed number of replicas.")
 @click.option("--min-replicas", default=1, show_default=True, type=int, help="With --ray: autoscaling lower bound.")
@@ -43,7 +45,7 @@ from sdrt.runtime.engines import BACKEND_NAMES, DEFAULT_BACKEND
               help="With --ray: the cluster to join ('auto' for the one this machine belongs to); "
                    "default: start a local Ray instance.")
 def serve(model_dir, refiner, host, port, backend, threads, api_key, max_queue, concurrency, timeout, max_batch,
-          batch_window_ms, use_ray, replicas, min_replicas, max_replicas, gpus_per_replica, cpus_per_replica,
+          batch_window_ms, plain_prompts, use_ray, replicas, min_replicas, max_replicas, gpus_per_replica, cpus_per_replica,
           ray_address) -> None:
     """Serve the model over HTTP: OpenAI Images API, AUTOMATIC1111 API, /health, /metrics."""
     try:
@@ -58,7 +60,8 @@ def serve(model_dir, refiner, host, port, backend, threads, api_key, max_queue, 
         raise SdrtError("--max-queue, --concurrency and --max-batch must be >= 1, --timeout > 0 "
                         "and --batch-window-ms >= 0")
     settings = ServeSettings(max_queue=max_queue, concurrency=concurrency, timeout_s=timeout, api_key=api_key,
-                             max_batch_images=max_batch, batch_window_s=batch_window_ms / 1000)
+                             max_batch_images=max_batch, batch_window_s=batch_window_ms / 1000,
+                             plain_prompts=plain_prompts)
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         click.echo(f"warning: serving on {host} without --api-key: anyone who can reach it can use it", err=True)
     if use_ray:

@@ -19,7 +19,8 @@ A1111_SAMPLERS = {display.lower(): name for display, name in DISPLAY_NAMES.items
 OPENAI_FIELDS = {"num_images": "n", "sampler": "scheduler"}
 A1111_FIELDS = {"num_images": "batch_size", "guidance_scale": "cfg_scale", "sampler": "sampler_name",
                 "strength": "denoising_strength", "init_image": "init_images", "mask_image": "mask",
-                "refiner_switch": "refiner_switch_at"}
+                "refiner_switch": "refiner_switch_at", "clip_skip": "override_settings.CLIP_stop_at_last_layers",
+                "emphasis": "override_settings.emphasis"}
 #: What A1111 clients send for "no refiner".
 NO_REFINER = ("", "none")
 

@@ -108,7 +108,8 @@ def create_app(pipeline, settings: ServeSettings | None = None) -> FastAPI:
         sampler = body.sampler or body.scheduler or DEFAULT_SAMPLER
         result = await run(request, GenerationRequest(
             body.prompt, negative_prompt=body.negative_prompt, steps=body.steps, guidance_scale=body.guidance_scale,
-            height=height, width=width, seed=body.seed, num_images=body.n, sampler=sampler))
+            height=height, width=width, seed=body.seed, num_images=body.n, sampler=sampler,
+            plain_prompt=settings.plain_prompts))
         return {"created": int(time.time()),
                 "data": [{"b64_json": png_base64(image), "revised_prompt": body.prompt} for image in result.images]}
 
@@ -117,6 +118,7 @@ def create_app(pipeline, settings: ServeSettings | None = None) -> FastAPI:
         check_limits(body.batch_size * body.n_iter, body.steps, "batch_size")
         seed = None if body.seed == -1 else body.seed
         switch = refiner_switch(pipeline, body.refiner_checkpoint, body.refiner_switch_at)
+        overrides = body.override_settings
         images, texts, seeds, parameters = [], [], [], None
         for iteration in range(body.n_iter):
             run_seed = None if seed is None else (seed + iteration * body.batch_size) % (MAX_SEED + 1)
@@ -124,7 +126,7 @@ def create_app(pipeline, settings: ServeSettings | None = None) -> FastAPI:
                 body.prompt, negative_prompt=body.negative_prompt or None, steps=body.steps,
                 guidance_scale=body.cfg_scale, height=body.height, width=body.width, seed=run_seed,
                 num_images=body.batch_size, sampler=sampler, init_image=image, mask_image=mask, strength=strength,
-                refiner_switch=switch))
+                refiner_switch=switch, clip_skip=overrides.CLIP_stop_at_last_layers, emphasis=overrides.emphasis))
             parameters = result.parameters
             for position, picture in enumerate(result.images, start=1):
                 text = format_parameters(body.prompt, result.parameters,
@@ -135,7 +137,8 @@ def create_app(pipeline, settings: ServeSettings | None = None) -> FastAPI:
         info = {"prompt": body.prompt, "negative_prompt": body.negative_prompt, "seed": seeds[0], "all_seeds": seeds,
                 "width": parameters["width"], "height": parameters["height"],
                 "sampler_name": display_name(sampler), "cfg_scale": body.cfg_scale,
-                "steps": body.steps, "batch_size": body.batch_size, "infotexts": texts}
+                "steps": body.steps, "batch_size": body.batch_size, "clip_skip": overrides.CLIP_stop_at_last_layers,
+                "infotexts": texts}
         if strength is not None:
             info["denoising_strength"] = strength
         if switch is not None:

@@ -19,7 +19,8 @@ from sdrt.runtime.pipeline import GenerationResult
 from sdrt.runtime.request import GenerationRequest
 
 # The per-request settings that must agree for requests to share a UNet call.
-SHARED_SETTINGS = ("steps", "guidance_scale", "sampler", "num_images", "size_conditioning", "refiner_switch")
+SHARED_SETTINGS = ("steps", "guidance_scale", "sampler", "num_images", "size_conditioning", "refiner_switch",
+                   "emphasis", "clip_skip", "plain_prompt")
 UNBATCHABLE = ("init_image", "mask_image", "latents")
 
 

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
-from sdrt.runtime.request import DEFAULT_GUIDANCE, MAX_SEED
+from sdrt.runtime.prompts.emphasis import DEFAULT_EMPHASIS
+from sdrt.runtime.request import DEFAULT_GUIDANCE, MAX_CLIP_SKIP, MAX_SEED
 
 API_KEY_ENV = "SDRT_API_KEY"
 OPEN_ROUTES = {"/health"}
@@ -26,6 +27,7 @@ class ServeSettings:
     max_steps: int = 150
     retry_after_s: int = 5
     api_key: str | None = None
+    plain_prompts: bool = False  # the OpenAI route reads prompts as plain text, not A1111's prompt language
 
 
 class RequestError(Exception):
@@ -80,6 +82,13 @@ class OpenAIImageRequest(Body):
     scheduler: StrictStr | None = None  # sampler's earlier name, still accepted
 
 
+class A1111Overrides(Body):
+    """A1111 options a request may override; the prompt-reading ones are honoured."""
+
+    CLIP_stop_at_last_layers: int = Field(1, ge=1, le=MAX_CLIP_SKIP)
+    emphasis: StrictStr = DEFAULT_EMPHASIS
+
+
 class A1111Txt2ImgRequest(Body):
     prompt: StrictStr = ""
     negative_prompt: StrictStr = ""
@@ -95,6 +104,7 @@ class A1111Txt2ImgRequest(Body):
     scheduler: StrictStr | None = None
     refiner_checkpoint: StrictStr | None = None  # the served refiner's name; None, "" or "None": no refiner
     refiner_switch_at: float = Field(0.8, gt=0, le=1)  # 1: the refiner never takes over
+    override_settings: A1111Overrides = Field(default_factory=lambda: A1111Overrides())
 
 
 class A1111Img2ImgRequest(A1111Txt2ImgRequest):
