@@ -16,6 +16,7 @@ import enum
 import json
 import math
 import types
+from pathlib import Path
 
 import numpy as np
 
@@ -196,9 +197,19 @@ def make_tensorrt(stats: Stats, cudart: types.ModuleType, version: str = "10.9.0
 
         def parse_from_file(self, path):
             model = onnx.load(path, load_external_data=False)
+            inputs = {tensor.name for tensor in model.graph.input}
+            # As TensorRT does: an input with an initializer is a constant, never an engine input.
+            self.network.constant_inputs = sorted(t.name for t in model.graph.initializer if t.name in inputs)
             self.network.layers = [Layer(node.op_type) for node in model.graph.node]
             self.network.onnx_path = path
             return True
+
+        def parse(self, model_bytes, path=None):
+            """The model from memory; `path` locates its external data (the graph written beside it)."""
+            assert path is not None, "sdrt passes the ONNX file's path for its external weights"
+            copy = Path(path).with_name(Path(path).stem + f".parsed-{len(stats.builds)}.onnx")
+            copy.write_bytes(bytes(model_bytes))
+            return self.parse_from_file(str(copy))
 
         def get_error(self, index):
             raise IndexError(index)

@@ -57,10 +57,14 @@ def test_folder_layout_manifest_and_validation(exported, tiny_models, kind):
         assert (spec.precision, spec.target, validation["graph"]) == ("fp32", "cpu", "exported")
         first, second = validation["shapes"]
         assert second[0] > 1 and second[-1] != second[-2], "a batch > 1, non-square shape is validated"
-        # The graph's tensors are the manifest's, by name and dtype.
+        # The graph's tensors are the manifest's, by name and dtype; the extra token rows (textual
+        # inversion) have a default value, so callers that do not know them may leave them out.
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        for specs, actual in ((spec.inputs, session.get_inputs()), (spec.outputs, session.get_outputs())):
+        inputs = session.get_inputs() + session.get_overridable_initializers()
+        for specs, actual in ((spec.inputs, inputs), (spec.outputs, session.get_outputs())):
             assert [(t.name, ONNX_TYPES[t.dtype]) for t in specs] == [(a.name, a.type) for a in actual]
+        assert [a.name for a in session.get_overridable_initializers()] == (
+            ["extra_token_embeddings"] if name == "text_encoder" else [])
     for name in ("model_index.json", "scheduler/scheduler_config.json", "tokenizer/tokenizer_config.json"):
         assert (folder / name).is_file()
 

@@ -63,10 +63,11 @@ def _cases(data: dict):
 
 
 # Edits that leave a manifest valid as a document: other numbers, free-form source and
-# versions; no sdxl section (an SD 1.x model's is null); and three that only the files can refute (checked at load, below).
+# versions; no sdxl section (an SD 1.x model's is null); no token table sizes (no embeddings then); and three that only the files can refute (checked at load, below).
 EXPECTED_VALID = ["vae_scaling_factor=1180591620717411303424", "vae_scaling_factor=1.5", "vae_shift_factor=-1",
                   "vae_shift_factor=0", "vae_shift_factor=1180591620717411303424", "vae_shift_factor=1.5",
-                  "source={}", "source={'a': 1}", "versions={}", "sdxl=None", "no sdxl", "unet.inputs[0].name='x'", "unet.file='zz'",
+                  "source={}", "source={'a': 1}", "versions={}", "sdxl=None", "no sdxl", "token_table_rows={}", "no token_table_rows",
+                  "unet.inputs[0].name='x'", "unet.file='zz'",
                   "unet.inputs=[]"]
 REFUTED_AT_LOAD = {"unet.inputs[0].name='x'": "the unet graph's inputs", "unet.file='zz'": "is missing",
                    "unet.inputs=[]": "the unet graph's inputs"}

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from sdrt.cli import main
-from sdrt.cli.prompt_options import prompt_options
+from sdrt.cli.prompt_options import embedding_options, embedding_sources, prompt_options
 from sdrt.cli.sdxl_options import resolve_refiner_switch, sdxl_options, size_conditioning
 from sdrt.cli.types import FiniteFloat, THREADS
 from sdrt.errors import SdrtError
@@ -33,27 +33,46 @@ from sdrt.runtime.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES
               help="Show the text of each step's part of a [from:to:when] or [a|b] schedule of this many steps.")
 @click.option("--json", "as_json", is_flag=True, help="Print the chunks' ids, tokens and weights as JSON.")
 @prompt_options
+@embedding_options
 def tokenize(prompts: tuple[str, ...], model_dir: str, steps: int | None, as_json: bool, emphasis: str,
-             clip_skip: int, plain_prompt: bool) -> None:
-    """Print each PROMPT's chunks of text encoder ids, with the weights emphasis gives them."""
+             clip_skip: int, plain_prompt: bool, embedding_dirs, embedding_files) -> None:
+    """Print each PROMPT's chunks of text encoder ids, with the weights emphasis gives them
+    (and, with a model folder's embeddings, the ids their trigger words become)."""
+    from sdrt.runtime.embeddings import EmbeddingSource
     from sdrt.runtime.manifest import MANIFEST_NAME, Manifest
     from sdrt.runtime.prompts.chunks import chunk_fragments
     from sdrt.runtime.prompts.emphasis import emphasis_mode, parse_emphasis
+    from sdrt.runtime.prompts.options import TextOptions
     from sdrt.runtime.prompts.schedule import prompt_schedule
+    from sdrt.runtime.text_encoders import TextEncoders
     from sdrt.runtime.tokenizer import ClipTokenizer
 
     folder = Path(model_dir)
-    if (folder / MANIFEST_NAME).is_file():  # a malformed model folder is one line here too
-        folder = folder / Manifest.load(folder).text_encoders[0][1]  # SDXL: the first encoder's
-    tokenizer = ClipTokenizer.from_folder(folder)
     mode = emphasis_mode("None" if plain_prompt else emphasis)
+    sources = [EmbeddingSource.parse(s) for s in embedding_sources(embedding_dirs, embedding_files)]
+    names: dict[int, str] = {}
+    if (folder / MANIFEST_NAME).is_file():  # a malformed model folder is one line here too
+        encoders = TextEncoders.load(folder, Manifest.load(folder), sources)  # SDXL: the first encoder's
+        tokenizer = encoders.tokenizers[0]
+        if encoders.tables[0] is not None:  # an embedding's ids show as NAME#N
+            for triggers in encoders.tables[0].by_first.values():
+                names.update({i: f"<{t.name}#{n}>" for t in triggers for n, i in enumerate(t.ids)})
+        chunker = lambda text: encoders.chunks(text, TextOptions(mode, clip_skip))  # noqa: E731
+    elif sources:
+        raise SdrtError("--embeddings needs an exported model folder (its manifest says the vectors' widths)")
+    else:
+        tokenizer = ClipTokenizer.from_folder(folder)
+        chunker = lambda text: chunk_fragments(parse_emphasis(text) if mode.parses else [(text, 1.0)],  # noqa: E731
+                                               tokenizer)
     rows = []
     for prompt in prompts:
         schedule = prompt_schedule(prompt, steps) if steps and not plain_prompt else [(steps, prompt)]
         for last_step, text in schedule:
-            chunks = chunk_fragments(parse_emphasis(text) if mode.parses else [(text, 1.0)], tokenizer)
+            chunks = chunker(text)
             rows.append({"prompt": prompt, "text": text, "last_step": last_step, "token_count": chunks.token_count,
-                         "chunks": [{"input_ids": ids.tolist(), "tokens": [tokenizer.decode([i]) for i in ids],
+                         "embeddings": list(chunks.embeddings),
+                         "chunks": [{"input_ids": ids.tolist(),
+                                     "tokens": [names.get(int(i)) or tokenizer.decode([i]) for i in ids],
                                      "weights": [round(float(w), 6) for w in weights]}
                                     for ids, weights in zip(chunks.ids, chunks.weights)]})
     if as_json:
@@ -170,9 +189,10 @@ class _Progress:
 @click.option("--json", "as_json", is_flag=True, help="Print parameters, output paths and timings as JSON.")
 @sdxl_options
 @prompt_options
+@embedding_options
 def generate(prompt, model_dir, negative_prompt, steps, guidance, seed, height, width, num_images, sampler,
              backend, threads, cuda_graph, init_image, mask_image, strength, out, quiet, as_json, refiner,
-             refiner_switch, emphasis, clip_skip, plain_prompt, **sdxl) -> None:
+             refiner_switch, emphasis, clip_skip, plain_prompt, embedding_dirs, embedding_files, **sdxl) -> None:
     """Generate images for PROMPT with an exported model (from --init-image: image-to-image;
     with --mask too: inpainting). SDXL: --refiner and the size conditioning."""
     started = time.perf_counter()
@@ -188,7 +208,11 @@ def generate(prompt, model_dir, negative_prompt, steps, guidance, seed, height, 
         seed = random.SystemRandom().randint(0, MAX_SEED)
     paths = output_paths(out, seed, num_images)
     pipeline = Pipeline.load(model_dir, backend=backend, threads=threads, cuda_graph=cuda_graph, refiner=refiner,
-                             progress=None if quiet else lambda line: click.echo(line, err=True))
+                             progress=None if quiet else lambda line: click.echo(line, err=True),
+                             embeddings=embedding_sources(embedding_dirs, embedding_files))
+    if not quiet:
+        for name, reason in pipeline.text_encoders.embeddings.skipped.items():
+            click.echo(f"warning: embedding {name} skipped: {reason}", err=True)
     load_seconds = time.perf_counter() - started
     first_step: list[float] = []
     bar = _Progress(enabled=not quiet and not as_json)

@@ -23,3 +23,20 @@ def prompt_options(command: Callable) -> Callable:
     for option in reversed(options):
         command = option(command)
     return command
+
+
+def embedding_options(command: Callable) -> Callable:
+    """Adds --embeddings DIR and --embedding PATH[:TOKEN] (load-time; both repeatable)."""
+    options = [
+        click.option("--embeddings", "embedding_dirs", multiple=True, type=click.Path(file_okay=False),
+                     help="A folder of textual-inversion embeddings (a file's stem is its trigger word)."),
+        click.option("--embedding", "embedding_files", multiple=True, metavar="PATH[:TOKEN]",
+                     help="A textual-inversion embedding file, with its trigger word [default: the file's stem]."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def embedding_sources(dirs: tuple[str, ...], files: tuple[str, ...]) -> list[str]:
+    return [*dirs, *files]

@@ -7,8 +7,10 @@ for its test inputs, and turned into the manifest's tensor specs. Names follow d
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
+
+import numpy as np
 
 import torch
 
@@ -16,6 +18,8 @@ from sdrt.runtime.manifest import (  # noqa: F401 - the dimension names, re-expo
     BATCH,
     CLIP_SKIP_FAMILIES,
     DEFAULT_PROMPT_CHUNKS,
+    EXTRA_EMBEDDINGS,
+    EXTRA_TOKENS,
     HEIGHT,
     LAST_HIDDEN,
     LAYER_HIDDEN,
@@ -33,6 +37,8 @@ from sdrt.runtime.manifest import (  # noqa: F401 - the dimension names, re-expo
 
 # Export-time ranges recorded in the manifest (TensorRT profiles are built from them).
 MAX_BATCH = 8
+MAX_EXTRA_TOKENS = 1024  # textual-inversion vectors a text encoder takes at once
+VALIDATION_EXTRA_TOKENS = 3  # extra rows the validation inputs use (and address)
 MIN_IMAGE_SIDE_LATENTS = 1  # in units of the UNet's size multiple
 MAX_IMAGE_SIDE_FACTOR = 2  # up to twice the model's native size
 ONNX_OPSET = 17
@@ -88,6 +94,7 @@ class ModelGeometry:
             LATENT_WIDTH: latent,
             TEXT_SEQUENCE: DimRange(self.text_length, self.text_length, self.text_length * self.max_prompt_chunks,
                                     self.text_length),
+            EXTRA_TOKENS: DimRange(1, 1, MAX_EXTRA_TOKENS),
         }
 
     def context_length(self, batch: int) -> int:
@@ -110,6 +117,42 @@ def is_sdxl(pipeline) -> bool:
     return getattr(pipeline.unet.config, "addition_embed_type", None) == "text_time"
 
 
+class ExtendedTokens(torch.nn.Module):
+    """A token embedding whose ids from the table's size on read the rows of `extra` (the
+    textual-inversion vectors the runtime feeds), so embeddings load without a re-export."""
+
+    def __init__(self, table: torch.nn.Embedding):
+        super().__init__()
+        self.table = table
+        self.extra: torch.Tensor | None = None  # set by the wrapper for each call
+
+    def forward(self, ids):
+        rows = self.table.num_embeddings
+        known = self.table(ids.clamp(max=rows - 1))
+        added = torch.nn.functional.embedding((ids - rows).clamp(min=0), self.extra.to(known.dtype))
+        return torch.where((ids >= rows).unsqueeze(-1), added, known)
+
+
+def extend_tokens(model) -> ExtendedTokens:
+    """Installs ExtendedTokens in a transformers text model (once) and returns it."""
+    tokens = model.get_input_embeddings()
+    if not isinstance(tokens, ExtendedTokens):
+        tokens = ExtendedTokens(tokens)
+        model.set_input_embeddings(tokens)
+    return tokens
+
+
+def text_inputs_maker(text_length: int, vocab: int):
+    """Validation inputs of a text encoder: random ids, a few of them addressing extra rows."""
+
+    def make(gen, batch, latent_h, latent_w, width: int):
+        ids = torch.randint(0, vocab, (batch, text_length), generator=gen, dtype=torch.int32)
+        ids[:, 1:1 + VALIDATION_EXTRA_TOKENS] = vocab + torch.arange(VALIDATION_EXTRA_TOKENS, dtype=torch.int32)
+        return ids, torch.randn(VALIDATION_EXTRA_TOKENS, width, generator=gen)
+
+    return make
+
+
 class TextEncoder(torch.nn.Module):
     """int32 ids (what OnnxStableDiffusionPipeline feeds) -> hidden states and pooled output;
     with `layers`, also every layer's hidden states through the final layer norm (clip skip)."""
@@ -118,8 +161,10 @@ class TextEncoder(torch.nn.Module):
         super().__init__()
         self.model = model
         self.layers = layers
+        self.tokens = extend_tokens(model)
 
-    def forward(self, input_ids):
+    def forward(self, input_ids, extra_token_embeddings):
+        self.tokens.extra = extra_token_embeddings
         out = self.model(input_ids.to(torch.int64), output_hidden_states=self.layers, return_dict=True)
         if not self.layers:
             return out.last_hidden_state, out.pooler_output
@@ -167,12 +212,23 @@ class ComponentExport:
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     make_inputs: Callable[[torch.Generator, int, int, int], tuple[torch.Tensor, ...]]
+    # Inputs with a default value in the graph (an initializer of the same name): callers may leave them out.
+    defaults: dict[str, "np.ndarray"] = field(default_factory=dict)
 
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
         return {
             t.name: {axis: dim for axis, dim in enumerate(t.shape) if isinstance(dim, str)}
             for t in self.inputs + self.outputs
         }
+
+
+def extra_tokens_spec(width: int) -> TensorSpec:
+    return TensorSpec(EXTRA_EMBEDDINGS, "float32", [EXTRA_TOKENS, width])
+
+
+def no_extra_tokens(width: int) -> dict[str, np.ndarray]:
+    """The default of the extra rows: one row no id addresses."""
+    return {EXTRA_EMBEDDINGS: np.zeros((1, width), np.float32)}
 
 
 def component_exports(pipeline, geometry: ModelGeometry, num_train_timesteps: int) -> list[ComponentExport]:
@@ -220,9 +276,11 @@ def clip_component_exports(pipeline, geometry: ModelGeometry, num_train_timestep
     g = geometry
     f32 = "float32"
 
+    text_config = pipeline.text_encoder.config
+    make_text = text_inputs_maker(g.text_length, text_config.vocab_size)
+
     def text_inputs(gen, batch, latent_h, latent_w):
-        vocab = pipeline.text_encoder.config.vocab_size
-        return (torch.randint(0, vocab, (batch, g.text_length), generator=gen, dtype=torch.int32),)
+        return make_text(gen, batch, latent_h, latent_w, text_config.hidden_size)
 
     def unet_inputs(gen, batch, latent_h, latent_w):
         return (
@@ -244,9 +302,10 @@ def clip_component_exports(pipeline, geometry: ModelGeometry, num_train_timestep
         ComponentExport(
             "text_encoder",
             TextEncoder(pipeline.text_encoder, layers),
-            [TensorSpec("input_ids", "int32", [BATCH, g.text_length])],
+            [TensorSpec("input_ids", "int32", [BATCH, g.text_length]), extra_tokens_spec(text_config.hidden_size)],
             text_outputs,
             text_inputs,
+            no_extra_tokens(text_config.hidden_size),
         ),
         ComponentExport(
             "unet",

@@ -20,7 +20,7 @@ from typing import Callable
 
 from sdrt.errors import ModelFolderError, SdrtError
 from sdrt.export import onnx_graph
-from sdrt.export.components import ONNX_OPSET, ComponentExport, ModelGeometry, component_exports
+from sdrt.export.components import ONNX_OPSET, ComponentExport, ModelGeometry, component_exports, text_encoder_modules
 from sdrt.export.model_files import family, sdxl_settings, versions, write_diffusers_files
 from sdrt.export.validation import Case, reference_cases, validate
 from sdrt.runtime.integrity import record_sha256
@@ -108,20 +108,24 @@ def _build_component(component: ComponentExport, staging: Path, geometry: ModelG
     fp16 = precision == "fp16"
     if not options.optimize:
         files = onnx_graph.convert(traced, final, fp16)
+        onnx_graph.add_input_defaults(final, component.defaults)
         validation = validate(component, final, cases, precision)
         return final, files, dict(validation, graph="exported")
     plain = work / f"{precision}.onnx"
     onnx_graph.convert(traced, plain, fp16)
     if options.target == "cpu":
         onnx_graph.optimize_for_cpu(plain, final)
+        onnx_graph.add_input_defaults(final, component.defaults)
         files = [p for p in (final, final.with_name(final.name + onnx_graph.EXTERNAL_DATA_SUFFIX)) if p.exists()]
         validation = validate(component, final, cases, precision)
         return final, files, dict(validation, graph="optimized")
     # CUDA target: validate the same-precision graph here; the fused one runs only on CUDA.
     files = onnx_graph.save(onnx_graph.optimize_for_cuda(traced, component.name, precision == "fp16"), final)
+    onnx_graph.add_input_defaults(final, component.defaults)
     if CUDA_PROVIDER in _available_providers():
         validation = dict(validate(component, final, cases, precision, CUDA_PROVIDER), graph="optimized")
     else:
+        onnx_graph.add_input_defaults(plain, component.defaults)
         validation = dict(validate(component, plain, cases, precision), graph="exported")
     return final, files, validation
 
@@ -157,6 +161,7 @@ def export_pipeline(
         _use_classic_attention(pipeline)
     num_train_timesteps = pipeline.scheduler.config.num_train_timesteps
     sdxl = sdxl_settings(pipeline)
+    token_rows = {name: module.config.vocab_size for name, module in text_encoder_modules(pipeline).items()}
     if sdxl is not None and sdxl.vae_force_upcast and options.vae_precision == "fp16":
         progress("vae: kept in fp32: this VAE overflows in fp16 (its config sets force_upcast)")
         options = replace(options, vae_precision="fp32")
@@ -212,6 +217,7 @@ def export_pipeline(
             source=source,
             versions=versions(),
             sdxl=sdxl,
+            token_table_rows=token_rows,
         )
         manifest.save(staging)
         _replace(staging, out_dir)

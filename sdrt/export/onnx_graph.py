@@ -164,3 +164,20 @@ def optimize_for_cuda(source: Path, component: str, fp16: bool):
 def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ConfigError(f"{name} {value!r} is not supported; choose one of {', '.join(allowed)}")
+
+
+def add_input_defaults(path: Path, defaults: dict) -> None:
+    """Gives graph inputs a default value (an initializer of the same name, which ONNX Runtime
+    lets a caller override), so that callers that do not know an input can leave it out."""
+    if not defaults:
+        return
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load_model(str(path), load_external_data=False)
+    types = {i.name: onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type) for i in model.graph.input}
+    for name, value in defaults.items():
+        if name not in types:
+            raise ValueError(f"{path} has no input {name} to give a default")
+        model.graph.initializer.append(numpy_helper.from_array(value.astype(types[name]), name))
+    onnx.save_model(model, str(path))

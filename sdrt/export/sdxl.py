@@ -22,7 +22,11 @@ from sdrt.export.components import (
     ComponentExport,
     ModelGeometry,
     TensorSpec,
+    extend_tokens,
+    extra_tokens_spec,
+    no_extra_tokens,
     text_encoder_modules,
+    text_inputs_maker,
     vae_exports,
 )
 from sdrt.runtime.manifest import (
@@ -49,8 +53,10 @@ class PenultimateTextEncoder(torch.nn.Module):
         super().__init__()
         self.model = model
         self.projected = hasattr(model, "text_projection")
+        self.tokens = extend_tokens(model)
 
-    def forward(self, input_ids):
+    def forward(self, input_ids, extra_token_embeddings):
+        self.tokens.extra = extra_token_embeddings
         out = self.model(input_ids.to(torch.int64), output_hidden_states=True, return_dict=True)
         pooled = out.text_embeds if self.projected else out.pooler_output
         return out.hidden_states[PENULTIMATE], pooled
@@ -113,16 +119,18 @@ def sdxl_component_exports(pipeline, geometry: ModelGeometry, num_train_timestep
         pooled = PROJECTED if wrapper.projected else POOLED
         pooled_size = config.projection_dim if wrapper.projected else config.hidden_size
 
-        def text_inputs(gen, batch, latent_h, latent_w, vocab=config.vocab_size):
-            return (torch.randint(0, vocab, (batch, g.text_length), generator=gen, dtype=torch.int32),)
+        def text_inputs(gen, batch, latent_h, latent_w, make=text_inputs_maker(g.text_length, config.vocab_size),
+                        width=config.hidden_size):
+            return make(gen, batch, latent_h, latent_w, width)
 
         exports.append(ComponentExport(
             name,
             wrapper,
-            [TensorSpec("input_ids", "int32", [BATCH, g.text_length])],
+            [TensorSpec("input_ids", "int32", [BATCH, g.text_length]), extra_tokens_spec(config.hidden_size)],
             [TensorSpec(PENULTIMATE_HIDDEN, f32, [BATCH, g.text_length, config.hidden_size]),
              TensorSpec(pooled, f32, [BATCH, pooled_size])],
             text_inputs,
+            no_extra_tokens(config.hidden_size),
         ))
 
     def unet_inputs(gen, batch, latent_h, latent_w):

@@ -68,7 +68,8 @@ def validate(component: ComponentExport, onnx_path: Path, cases: list[Case], pre
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=[provider])
-    graph_types = {i.name: ORT_TO_NUMPY[i.type] for i in session.get_inputs()}
+    inputs = list(session.get_inputs()) + list(session.get_overridable_initializers())  # with defaults too
+    graph_types = {i.name: ORT_TO_NUMPY[i.type] for i in inputs}
     tolerance = RELATIVE_TOLERANCE[precision]
     worst = {"max_abs_error": 0.0, "max_rel_error": 0.0}
     for case in cases:

@@ -48,7 +48,9 @@ class UnetConditioning:
     """The UNet's conditioning feeds at each step, as calls: (rows, feeds), `rows` the batch
     rows a call covers (None: all of them, in order)."""
 
-    def __init__(self, rows: list[Row], encodings: dict[str, dict[str, np.ndarray]], guided: bool):
+    def __init__(self, rows: list[Row], encodings: dict[str, dict[str, np.ndarray]], guided: bool,
+                 embeddings: tuple[str, ...] = ()):
+        self.embeddings = embeddings  # the textual-inversion embeddings the texts use
         self.rows = rows
         self.encodings = encodings
         self.guided = guided
@@ -105,7 +107,8 @@ def unet_conditioning(encoders: TextEncoders, engines: dict[str, Engine], resolv
     negative = [[(steps, ZEROS)] if zero_negative else schedule(n) for n in resolved.negatives] \
         if resolved.guided else []
     texts = list(dict.fromkeys(t for s in positive + negative for _, t in s if t is not ZEROS))
-    encoded = encoders.encode(texts, engines, options, timings)
+    used: dict[str, None] = {}
+    encoded = encoders.encode(texts, engines, options, timings, used)
     encodings = {}
     for text, encoding in zip(texts, encoded):
         encodings[text] = {UNET_CONTEXT: encoding.hidden}
@@ -120,7 +123,7 @@ def unet_conditioning(encoders: TextEncoders, engines: dict[str, Engine], resolv
                 rows.append(Row([e for e, _ in entries], [t for _, t in entries], dict(extras[kind]), partner))
     if not request.plain_prompt and any(COMPOSABLE_AND.search(p) for p in resolved.prompts):
         warnings.append("AND (A1111's composable diffusion) is not supported: it is read as a word")
-    return UnetConditioning(rows, encodings, resolved.guided)
+    return UnetConditioning(rows, encodings, resolved.guided, tuple(used))
 
 
 def _family_extras(encoders: TextEncoders, resolved: ResolvedRequest) -> dict[str, dict[str, np.ndarray]]:

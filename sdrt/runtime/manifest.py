@@ -31,6 +31,9 @@ HEIGHT, WIDTH = "height", "width"
 TEXT_SEQUENCE = "text_sequence"  # the UNet's text context: whole chunks of the encoder's length
 #: Chunks of the encoder's length an export's UNet takes by default (300 tokens and more).
 DEFAULT_PROMPT_CHUNKS = 4
+EXTRA_TOKENS = "extra_tokens"  # rows of textual-inversion vectors fed to a text encoder
+#: A text encoder input: rows its token ids address from the token table's size on (textual inversion).
+EXTRA_EMBEDDINGS = "extra_token_embeddings"
 LATENT_HEIGHT, LATENT_WIDTH = "latent_height", "latent_width"
 FORMAT_VERSION = 1
 DTYPES = ("float32", "float16", "int32", "int64")
@@ -118,6 +121,7 @@ class Manifest:
     source: dict[str, Any]
     versions: dict[str, str]
     sdxl: SdxlSpec | None = None  # SDXL families only
+    token_table_rows: dict[str, int] = field(default_factory=dict)  # text encoder -> its token table's rows
 
     @property
     def text_encoders(self) -> list[tuple[str, str]]:
@@ -182,6 +186,11 @@ class Manifest:
                 raise ModelFolderError(f"{path}: the text encoder {component!r} is not among the components; "
                                        "re-export the model")
             confined_path(path.parent, tokenizer, f"{path}: tokenizer")
+        encoders = [component for component, _ in self.text_encoders]
+        for component in self.token_table_rows:
+            if component not in encoders:
+                raise ModelFolderError(f"{path}: token_table_rows names {component!r}, which is not one of the text "
+                                       f"encoders ({', '.join(encoders)}); re-export the model")
         if (self.sdxl is None) != (self.family in ("sd1", "sd2")):
             raise ModelFolderError(f"{path}: family {self.family!r} and the sdxl section disagree; re-export the model")
         for component, spec in self.components.items():

@@ -12,12 +12,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image
 
 from sdrt.errors import ConfigError, ModelFolderError, SdrtError
+from sdrt.runtime.embeddings import EmbeddingSource
 from sdrt.runtime.engines import DEFAULT_BACKEND, Backend, Engine, LoadOptions, backend_named
 from sdrt.runtime.integrity import verify_components
 from sdrt.runtime.json_files import read_json
@@ -72,13 +73,16 @@ class Pipeline:
     @classmethod
     def load(cls, folder: str | Path, backend: str | Backend = DEFAULT_BACKEND, threads: int | None = None,
              progress: Callable[[str], None] | None = None, io_binding: bool | None = None,
-             cuda_graph: bool = False, refiner: str | Path | None = None) -> "Pipeline":
+             cuda_graph: bool = False, refiner: str | Path | None = None,
+             embeddings: Sequence[str | Path | EmbeddingSource] | None = None) -> "Pipeline":
         """Load an exported folder (with manifest.json, or a diffusers ONNX folder without one).
         `backend` is cpu or cuda (ONNX Runtime) or tensorrt (engines from `sdrt build`, rebuilt
         with a message through `progress` when stale). On ONNX Runtime, `io_binding` (the
         default on cuda) keeps buffers on the device and reuses them per shape; `cuda_graph`
         (cuda only) also captures the UNet once per shape and replays it (see BoundOrtEngine).
-        `refiner`: an SDXL refiner's folder, loaded the same way (see attach_refiner)."""
+        `refiner`: an SDXL refiner's folder, loaded the same way (see attach_refiner).
+        `embeddings`: textual-inversion files (PATH or PATH:TOKEN) and folders of them
+        (sdrt.runtime.embeddings), for the base model and the refiner."""
         folder = Path(folder)
         if not folder.is_dir():
             raise ModelFolderError(
@@ -110,11 +114,13 @@ class Pipeline:
         except ConfigError as error:
             raise ModelFolderError(f"{scheduler_path}: {error}") from None
         manifest, make_engine = backend.load(folder, manifest, options, sessions)
-        text_encoders = TextEncoders.load(folder, manifest)  # after the backend: its profile limits prompts
+        sources = [e if isinstance(e, EmbeddingSource) else EmbeddingSource.parse(str(e)) for e in embeddings or ()]
+        text_encoders = TextEncoders.load(folder, manifest, sources)  # after the backend: its profile limits prompts
         engines = {name: make_engine(name) for name in loaded}
         pipeline = cls(folder, manifest, text_encoders, scheduler_config, engines, backend, make_engine)
         if refiner is not None:
-            pipeline.attach_refiner(cls.load(refiner, backend, threads, progress, io_binding, cuda_graph))
+            pipeline.attach_refiner(cls.load(refiner, backend, threads, progress, io_binding, cuda_graph,
+                                             embeddings=embeddings))
         return pipeline
 
     def attach_refiner(self, refiner: "Pipeline") -> None:
@@ -269,7 +275,7 @@ class Pipeline:
         timings["vae_decoder"] = time.perf_counter() - stage
         images = [Image.fromarray((image * PIXEL_LEVELS).round().astype(np.uint8)) for image in array]
         timings["total"] = time.perf_counter() - started
-        return GenerationResult(images, array, self.parameters(resolved), timings, warnings)
+        return GenerationResult(images, array, self.parameters(resolved, conditioning.embeddings), timings, warnings)
 
     def new_sampler(self, request: GenerationRequest) -> Scheduler:
         sampler = sampler_from_config(request.sampler, self.scheduler_config)
@@ -279,8 +285,9 @@ class Pipeline:
             raise GenerationError(str(error), "steps") from None
         return sampler
 
-    def parameters(self, resolved: ResolvedRequest) -> dict:
-        """What was generated, as PNG parameters and API responses report it."""
+    def parameters(self, resolved: ResolvedRequest, embeddings: Sequence[str] = ()) -> dict:
+        """What was generated, as PNG parameters and API responses report it; `embeddings`
+        names the textual-inversion embeddings the prompts used."""
         request = resolved.request
         prompts = resolved.prompts
         parameters = {
@@ -302,6 +309,9 @@ class Pipeline:
             parameters["clip_skip"] = options.clip_skip
         if options.emphasis.name != DEFAULT_EMPHASIS and any("(" in t or "[" in t for t in prompts + resolved.negatives):
             parameters["emphasis"] = options.emphasis.name
+        if embeddings:
+            hashes = {e.name: e.short_hash for e in self.text_encoders.embeddings.loaded}
+            parameters["ti_hashes"] = {name: hashes[name] for name in embeddings}
         if request.refiner_switch is not None:
             parameters.update(refiner=self.refiner.folder.name, refiner_switch=float(request.refiner_switch))
         return parameters

@@ -9,6 +9,7 @@ so other tools (A1111, ComfyUI, image browsers) read them.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tempfile
@@ -53,12 +54,20 @@ def format_parameters(prompt: str, parameters: dict, batch_position: int | None 
         fields.append(("Clip skip", parameters["clip_skip"]))
     if "emphasis" in parameters:
         fields.append(("Emphasis", parameters["emphasis"]))
+    if "ti_hashes" in parameters:
+        fields.append(("TI hashes", quote(", ".join(f"{name}: {digest}" for name, digest in
+                                                    parameters["ti_hashes"].items()))))
     if "refiner" in parameters:  # A1111's names for its refiner settings
         fields += [("Refiner", parameters["refiner"]), ("Refiner switch at", parameters["refiner_switch"])]
     if batch_position is not None:
         fields += [("Batch size", parameters["num_images"]), ("Batch pos", batch_position)]
     lines.append(", ".join(f"{key}: {value}" for key, value in fields))
     return "\n".join(lines)
+
+
+def quote(value: str) -> str:
+    """A1111's quoting of a field value that holds its separators (a JSON string)."""
+    return json.dumps(value, ensure_ascii=False) if any(c in value for c in ",:\n") else value
 
 
 def parse_parameters(text: str) -> dict:

@@ -19,12 +19,14 @@ import numpy as np
 
 from sdrt.errors import GenerationError, ModelFolderError
 from sdrt.runtime.engines import Engine
+from sdrt.runtime.embeddings import Embedding, EmbeddingSet, EmbeddingSource, load_embeddings
 from sdrt.runtime.manifest import (
-    BATCH, CLIP_SKIP_FAMILIES, LAST_HIDDEN, LAYER_HIDDEN, PENULTIMATE_HIDDEN, POOLED, PROJECTED, UNET_CONTEXT, Manifest,
+    BATCH, CLIP_SKIP_FAMILIES, EXTRA_EMBEDDINGS, LAST_HIDDEN, LAYER_HIDDEN, PENULTIMATE_HIDDEN, POOLED, PROJECTED, UNET_CONTEXT, Manifest,
 )
 from sdrt.runtime.prompts.chunks import TokenChunks, chunk_fragments
 from sdrt.runtime.prompts.emphasis import parse_emphasis
 from sdrt.runtime.prompts.options import TextOptions
+from sdrt.runtime.token_tables import TokenTable
 from sdrt.runtime.tokenizer import ClipTokenizer
 
 #: The last encoder's pooled output, projected where it has a projection.
@@ -38,7 +40,11 @@ class TextEncoding:
 
 
 class TextEncoders:
-    def __init__(self, manifest: Manifest, tokenizers: list[ClipTokenizer], names: list[str]):
+    def __init__(self, manifest: Manifest, tokenizers: list[ClipTokenizer], names: list[str],
+                 embeddings: EmbeddingSet | None = None):
+        self.embeddings = embeddings or EmbeddingSet()
+        self.tables = [_token_table(manifest, name, tokenizer, self.embeddings.loaded)
+                       for name, tokenizer in zip(names, tokenizers)]
         self.sdxl = manifest.sdxl  # the manifest's SDXL settings, None for SD 1.x/2.x
         self.family = manifest.family
         self.tokenizers = tokenizers
@@ -54,7 +60,9 @@ class TextEncoders:
         return self.family in CLIP_SKIP_FAMILIES
 
     @classmethod
-    def load(cls, folder: Path, manifest: Manifest) -> "TextEncoders":
+    def load(cls, folder: Path, manifest: Manifest, embeddings: list[EmbeddingSource] | None = None
+             ) -> "TextEncoders":
+        """The tokenizers, and the embeddings of `embeddings` (files and folders) that fit."""
         tokenizers, names = [], []
         for component, tokenizer_folder in manifest.text_encoders:
             tokenizer = ClipTokenizer.from_folder(folder / tokenizer_folder)
@@ -63,21 +71,25 @@ class TextEncoders:
                                        f"encoder's {manifest.text_length}")
             tokenizers.append(tokenizer)
             names.append(component)
-        return cls(manifest, tokenizers, names)
+        loaded = load_embeddings(embeddings, lambda e: embedding_misfit(e, manifest)) if embeddings else None
+        return cls(manifest, tokenizers, names, loaded)
 
-    def chunks(self, text: str, options: TextOptions, tokenizer: ClipTokenizer | None = None) -> TokenChunks:
-        """The text's chunks for one tokenizer (the first by default)."""
+    def chunks(self, text: str, options: TextOptions, encoder: int = 0) -> TokenChunks:
+        """The text's chunks for one encoder's tokenizer and embeddings (the first by default)."""
         fragments = parse_emphasis(text) if options.emphasis.parses else [(text, 1.0)]
-        return chunk_fragments(fragments, tokenizer or self.tokenizers[0])
+        return chunk_fragments(fragments, self.tokenizers[encoder], self.tables[encoder])
 
     def encode(self, texts: list[str], engines: dict[str, Engine], options: TextOptions,
-               timings: dict | None = None) -> list[TextEncoding]:
-        """One encoding per text: every encoder's chunks, weighted, concatenated."""
+               timings: dict | None = None, used: dict | None = None) -> list[TextEncoding]:
+        """One encoding per text: every encoder's chunks, weighted, concatenated. The names of
+        the embeddings the texts use are added to `used`."""
         hidden: list[list[np.ndarray]] = [[] for _ in texts]
         pooled: list[np.ndarray | None] = [None] * len(texts)
-        for tokenizer, name in zip(self.tokenizers, self.names):
+        for encoder, (tokenizer, name) in enumerate(zip(self.tokenizers, self.names)):
             started = time.perf_counter()
-            chunked = [self.chunks(text, options, tokenizer) for text in texts]
+            chunked = [self.chunks(text, options, encoder) for text in texts]
+            if used is not None:
+                used.update(dict.fromkeys(e for c in chunked for e in c.embeddings))
             for text, chunks in zip(texts, chunked):
                 if self.max_chunks is not None and chunks.count > self.max_chunks:
                     raise GenerationError(
@@ -87,7 +99,7 @@ class TextEncoders:
             if timings is not None:
                 timings["tokenize"] = timings.get("tokenize", 0.0) + time.perf_counter() - started
             ids = np.concatenate([c.ids for c in chunked])
-            outputs = self._run(engines[name], ids, options)
+            outputs = self._run(engines[name], ids, options, self.tables[encoder])
             row = 0
             for index, chunks in enumerate(chunked):
                 rows = slice(row, row + chunks.count)
@@ -98,13 +110,14 @@ class TextEncoders:
                     pooled[index] = outputs["pooled"][rows.start]
         return [TextEncoding(np.concatenate(h, axis=-1) if len(h) > 1 else h[0], p) for h, p in zip(hidden, pooled)]
 
-    def _run(self, engine: Engine, ids: np.ndarray, options: TextOptions) -> dict:
+    def _run(self, engine: Engine, ids: np.ndarray, options: TextOptions, table: TokenTable | None) -> dict:
         """The encoder over all chunk rows, in batches the export accepts."""
         step = self.max_rows or len(ids)
         layer = self._layer(engine, options)
         hidden, pooled = [], []
+        extra = {} if table is None else {EXTRA_EMBEDDINGS: table.rows.astype(engine.input_dtype(EXTRA_EMBEDDINGS))}
         for start in range(0, len(ids), step):
-            feeds = {"input_ids": ids[start:start + step].astype(engine.input_dtype("input_ids"))}
+            feeds = {"input_ids": ids[start:start + step].astype(engine.input_dtype("input_ids")), **extra}
             out = engine.run(feeds)
             states = out[self.hidden_output] if layer is None else out[LAYER_HIDDEN][:, layer]
             hidden.append(states.astype(np.float32))
@@ -125,6 +138,44 @@ class TextEncoders:
             raise GenerationError(f"clip skip {options.clip_skip} is more than the text encoder's {layers} layers",
                                   "clip_skip")
         return layers - options.clip_skip
+
+
+def _extra_input(manifest: Manifest, component: str):
+    spec = manifest.components[component]
+    return next((t for t in spec.inputs if t.name == EXTRA_EMBEDDINGS), None)
+
+
+def embedding_misfit(embedding: Embedding, manifest: Manifest) -> str | None:
+    """Why an embedding cannot be used with this model, or None."""
+    for component, _ in manifest.text_encoders:
+        spec = _extra_input(manifest, component)
+        if spec is None:
+            raise ModelFolderError(f"this export's {component} takes no textual-inversion embeddings: re-export "
+                                   "the model with this sdrt version to use them")
+        vectors = embedding.for_encoder(component)
+        if vectors is None:
+            return f"it has no vectors for {component} (an embedding for another model family)"
+        if vectors.shape[1] != spec.shape[1]:
+            return (f"its vectors are {vectors.shape[1]} wide; this model's {component} takes {spec.shape[1]} "
+                    "(an embedding for another model family)")
+        if len(vectors) > manifest.text_length - 2:
+            return f"it has {len(vectors)} vectors; a prompt chunk holds {manifest.text_length - 2}"
+    return None
+
+
+def _token_table(manifest: Manifest, component: str, tokenizer: ClipTokenizer,
+                 embeddings: list[Embedding]) -> TokenTable | None:
+    """The encoder's extra rows (None for exports made before embeddings, which take none)."""
+    spec = _extra_input(manifest, component)
+    rows = manifest.token_table_rows.get(component)
+    if spec is None or rows is None:
+        return None
+    table = TokenTable.build(embeddings, component, tokenizer, rows, spec.shape[1])
+    limit = manifest.dims[spec.shape[0]].max if isinstance(spec.shape[0], str) else spec.shape[0]
+    if len(table.rows) > limit:
+        raise ModelFolderError(f"the embeddings have {len(table.rows)} vectors for {component}; this export takes "
+                               f"at most {limit}")
+    return table
 
 
 def _max_chunks(manifest: Manifest) -> int | None:

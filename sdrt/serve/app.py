@@ -146,6 +146,17 @@ def create_app(pipeline, settings: ServeSettings | None = None) -> FastAPI:
         return {"images": images, "parameters": body.model_dump(exclude={"init_images", "mask"}),
                 "info": json.dumps(info)}
 
+    @app.get("/sdapi/v1/embeddings")
+    async def embeddings():
+        """A1111's listing: the loaded textual-inversion embeddings, and those skipped with why."""
+        found = pipeline.text_encoders.embeddings
+        loaded = {e.name: {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None,
+                           "shape": int(next(iter(e.vectors.values())).shape[1]), "vectors": e.count}
+                  for e in found.loaded}
+        skipped = {name: {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None, "shape": None,
+                          "vectors": None, "reason": reason} for name, reason in found.skipped.items()}
+        return {"loaded": loaded, "skipped": skipped}
+
     @app.post("/sdapi/v1/txt2img")
     async def txt2img(body: A1111Txt2ImgRequest, request: Request):
         return await a1111(body, request)

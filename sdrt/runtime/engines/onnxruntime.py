@@ -15,8 +15,9 @@ import numpy as np
 from sdrt.errors import ConfigError
 from sdrt.runtime.engines.base import Engine, EngineRunError
 from sdrt.runtime.integrity import check_graph_io
-from sdrt.runtime.manifest import ComponentSpec, DimRange, TensorSpec
+from sdrt.runtime.manifest import EXTRA_EMBEDDINGS, ComponentSpec, DimRange, TensorSpec
 
+ORT_ERRORS_ONLY = 3  # SessionOptions.log_severity_level: 0 verbose .. 4 fatal
 #: sdrt's ONNX Runtime backends and their execution providers.
 BACKEND_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 #: ONNX Runtime's type names -> the manifest's dtypes (the one table of them).
@@ -39,6 +40,10 @@ def open_session(path: Path, backend: str = "cpu", threads: int | None = None, c
     def make_options():
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if spec is not None and any(t.name == EXTRA_EMBEDDINGS for t in spec.inputs):
+            # An input with a default (sdrt.export.onnx_graph.add_input_defaults) is by design;
+            # ONNX Runtime would warn about it at every load.
+            options.log_severity_level = ORT_ERRORS_ONLY
         if threads:
             options.intra_op_num_threads = threads
         return options
@@ -200,4 +205,5 @@ def session_tensor_specs(session) -> tuple[list[TensorSpec], list[TensorSpec]]:
         shape = [d if isinstance(d, int) else (d or f"{arg.name}_{i}") for i, d in enumerate(arg.shape)]
         return TensorSpec(arg.name, ORT_DTYPES.get(arg.type, arg.type), shape)
 
-    return [spec(a) for a in session.get_inputs()], [spec(a) for a in session.get_outputs()]
+    inputs = list(session.get_inputs()) + list(session.get_overridable_initializers())  # inputs with defaults too
+    return [spec(a) for a in inputs], [spec(a) for a in session.get_outputs()]

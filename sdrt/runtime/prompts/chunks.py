@@ -12,11 +12,15 @@ pad token, as the text encoders were trained. Start, end and padding weigh 1.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from sdrt.runtime.prompts.emphasis import BREAK
 from sdrt.runtime.tokenizer import ClipTokenizer
+
+if TYPE_CHECKING:
+    from sdrt.runtime.token_tables import TokenTable
 
 #: A1111's `comma_padding_backtrack` default: how far back a comma may be to move the words after it.
 COMMA_BACKTRACK = 20
@@ -28,14 +32,17 @@ class TokenChunks:
     ids: np.ndarray  # int64 [chunks, encoder length]
     weights: np.ndarray  # float32 [chunks, encoder length]
     token_count: int  # the prompt's tokens (without start, end and padding)
+    embeddings: tuple[str, ...] = ()  # the textual-inversion embeddings the prompt uses
 
     @property
     def count(self) -> int:
         return len(self.ids)
 
 
-def chunk_fragments(fragments: list, tokenizer: ClipTokenizer) -> TokenChunks:
-    """`fragments` from sdrt.runtime.prompts.emphasis.parse_emphasis (or [(text, 1.0)])."""
+def chunk_fragments(fragments: list, tokenizer: ClipTokenizer, table: "TokenTable | None" = None) -> TokenChunks:
+    """`fragments` from sdrt.runtime.prompts.emphasis.parse_emphasis (or [(text, 1.0)]). With a
+    token `table`, a trigger word's tokens become its embedding's ids (A1111: all in one chunk,
+    a new chunk if they do not fit in this one; the word's weight applies to each)."""
     capacity = tokenizer.max_length - 2
     comma = tokenizer.vocab.get(COMMA)
     rows: list[tuple[list[int], list[float]]] = []
@@ -43,6 +50,7 @@ def chunk_fragments(fragments: list, tokenizer: ClipTokenizer) -> TokenChunks:
     weights: list[float] = []
     last_comma = -1
     count = 0
+    used: dict[str, None] = {}
 
     def close() -> None:
         nonlocal tokens, weights, last_comma
@@ -56,7 +64,9 @@ def chunk_fragments(fragments: list, tokenizer: ClipTokenizer) -> TokenChunks:
         text, weight = fragment
         ids = tokenizer.tokenize(text)
         count += len(ids)
-        for token in ids:
+        position = 0
+        while position < len(ids):
+            token = ids[position]
             if token == comma:
                 last_comma = len(tokens)
             elif len(tokens) == capacity and last_comma != -1 and len(tokens) - last_comma <= COMMA_BACKTRACK:
@@ -66,8 +76,18 @@ def chunk_fragments(fragments: list, tokenizer: ClipTokenizer) -> TokenChunks:
                 tokens, weights = list(moved[0]), list(moved[1])
             if len(tokens) == capacity:
                 close()
-            tokens.append(token)
-            weights.append(weight)
+            trigger = table.match(ids, position) if table is not None else None
+            if trigger is None:
+                tokens.append(token)
+                weights.append(weight)
+                position += 1
+                continue
+            if len(tokens) + len(trigger.ids) > capacity:
+                close()
+            tokens += trigger.ids
+            weights += [weight] * len(trigger.ids)
+            position += len(trigger.tokens)
+            used[trigger.name] = None
     if tokens or not rows:
         close()
     ids = np.full((len(rows), tokenizer.max_length), tokenizer.pad_id, dtype=np.int64)
@@ -80,4 +100,4 @@ def chunk_fragments(fragments: list, tokenizer: ClipTokenizer) -> TokenChunks:
         if tokenizer.pad_id == tokenizer.eos_id:
             ids[row] = framed
         weight_rows[row, 1:1 + len(chunk_weights)] = chunk_weights
-    return TokenChunks(ids, weight_rows, count)
+    return TokenChunks(ids, weight_rows, count, tuple(used))

@@ -68,7 +68,9 @@ def build_one(trt, cuda: Cuda, folder: Path, component: str, spec: ComponentSpec
     if hasattr(trt, "OnnxParserFlag") and hasattr(trt.OnnxParserFlag, "NATIVE_INSTANCENORM"):
         parser.set_flag(trt.OnnxParserFlag.NATIVE_INSTANCENORM)  # GroupNorm as one normalization layer
     onnx_file = folder / spec.file
-    if not parser.parse_from_file(str(onnx_file)):
+    stripped = without_input_defaults(onnx_file)
+    parsed = parser.parse_from_file(str(onnx_file)) if stripped is None else parser.parse(stripped, str(onnx_file))
+    if not parsed:
         errors = "; ".join(str(parser.get_error(index)) for index in range(parser.num_errors))
         raise BuildError(f"TensorRT cannot parse {onnx_file}: {errors or 'unknown error'}")
     config = builder.create_builder_config()
@@ -104,6 +106,23 @@ def build_one(trt, cuda: Cuda, folder: Path, component: str, spec: ComponentSpec
              f"{record['built_seconds']:.0f} s; peak host memory {peak_host_mib():.0f} MiB, GPU memory in use "
              f"{cuda.memory_in_use() / MIB:.0f} MiB")
     return plan
+
+
+def without_input_defaults(onnx_file: Path) -> bytes | None:
+    """The graph without the default values of its inputs (None if it has none). TensorRT
+    reads an input that has an initializer as a constant; sdrt's text encoders give their
+    extra token rows a default for runtimes that do not feed them, and TensorRT must get them
+    as a real input. External weights stay where they are (the parser reads them by path)."""
+    import onnx
+
+    model = onnx.load_model(str(onnx_file), load_external_data=False)
+    inputs = {tensor.name for tensor in model.graph.input}
+    kept = [tensor for tensor in model.graph.initializer if tensor.name not in inputs]
+    if len(kept) == len(model.graph.initializer):
+        return None
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    return model.SerializeToString()
 
 
 def keep_fp32_layers(trt, network) -> int:

@@ -21,6 +21,7 @@ from sdrt.errors import ConfigError, SdrtError
 from sdrt.runtime.manifest import (
     BATCH,
     COMPONENT_NAMES,
+    EXTRA_TOKENS,
     HEIGHT,
     LATENT_HEIGHT,
     LATENT_WIDTH,
@@ -53,6 +54,7 @@ class Request:
     width: int
     guided: bool = True
     text_tokens: int = 0  # the UNet's text context length (whole chunks of the encoder's length)
+    extra_tokens: int = 1  # rows of textual-inversion vectors the text encoders get
 
 
 #: Each manifest dimension as a function of (request, VAE scale factor).
@@ -65,6 +67,7 @@ DIM_RULES: dict[str, Callable[[Request, int], int]] = {
     LATENT_HEIGHT: lambda r, f: r.height // f,
     LATENT_WIDTH: lambda r, f: r.width // f,
     TEXT_SEQUENCE: lambda r, f: r.text_tokens,
+    EXTRA_TOKENS: lambda r, f: r.extra_tokens,
 }
 
 
@@ -145,9 +148,10 @@ def plan_profile(manifest: Manifest, *, static: tuple[int, int] | None = None,
     opt_batch = min(opt_batch, max_batch)
     factor = manifest.vae_scale_factor
     one_chunk, most_tokens = _text_tokens(manifest, max_prompt_chunks)
+    extra = manifest.dims[EXTRA_TOKENS].max if EXTRA_TOKENS in manifest.dims else 1  # the export's limit
     low = Request(1, *min_size, guided=False, text_tokens=one_chunk)
     opt = Request(opt_batch, *opt_size, guided=True, text_tokens=one_chunk)
-    high = Request(max_batch, *max_size, guided=True, text_tokens=most_tokens)
+    high = Request(max_batch, *max_size, guided=True, text_tokens=most_tokens, extra_tokens=extra)
     dims = {name: (DIM_RULES[name](low, factor), DIM_RULES[name](opt, factor), DIM_RULES[name](high, factor))
             for name in manifest.dims}
     return Profile(dims, static=static is not None)
