@@ -22,6 +22,7 @@ from sdrt.cli import main
 from sdrt.errors import SdrtError
 from sdrt.runtime.pipeline import Pipeline
 from sdrt.runtime.png_info import PARAMETERS_KEY
+from sdrt.runtime.prompts.options import TextOptions
 
 MAX_PIXEL_ERROR = 2 / 255
 MEAN_PIXEL_ERROR = 0.5 / 255
@@ -278,3 +279,86 @@ def test_runs_without_torch(folder, ours, tmp_path):
     )
     completed = subprocess.run([sys.executable, str(NO_HEAVY_IMPORTS), code], capture_output=True, text=True)
     assert completed.returncode == 0, completed.stderr
+
+
+def test_a_batch_of_prompts_of_different_lengths_equals_each_alone(ours):
+    prompts = ["a (red:1.2) fox", LONG, "a [cat:dog:1] BREAK in snow"]
+    together = ours.generate(prompts, steps=2, seed=[1, 2, 3], guidance_scale=GUIDANCE)
+    for index, prompt in enumerate(prompts):
+        alone = ours.generate(prompt, steps=2, seed=index + 1, guidance_scale=GUIDANCE)
+        np.testing.assert_allclose(together.array[index], alone.array[0], atol=1e-5)
+
+
+def test_a_300_token_prompt_on_onnx_runtime_and_through_tensorrt(folder, tmp_path, monkeypatch):
+    import shutil
+
+    import fake_tensorrt
+
+    prompt = "(cat:1.1) dog " * 150  # 300 tokens: 4 chunks
+    cpu = Pipeline.load(folder)
+    assert cpu.text_encoders.chunks(prompt, TextOptions()).count == 4
+    expected = cpu.generate(prompt, steps=2, seed=1).array
+    model = tmp_path / "model"
+    shutil.copytree(folder, model)
+    stats = fake_tensorrt.install(monkeypatch)
+    built = CliRunner().invoke(main, ["build", str(model), "--static", "64x64", "--max-batch", "1"])
+    assert built.exit_code == 0, built.output
+    unet = next(b for b in stats.builds if "/unet/" in b["onnx"])
+    assert unet["profile"]["encoder_hidden_states"] == [[1, 77, 32], [2, 77, 32], [2, 4 * 77, 32]]
+    trt = Pipeline.load(model, backend="tensorrt")
+    np.testing.assert_allclose(trt.generate(prompt, steps=2, seed=1).array, expected, atol=1e-5)
+    shorter = tmp_path / "shorter"
+    shutil.copytree(folder, shorter)
+    built = CliRunner().invoke(main, ["build", str(shorter), "--static", "64x64", "--max-batch", "1",
+                                      "--max-prompt-chunks", "2"])
+    assert built.exit_code == 0, built.output
+    with pytest.raises(SdrtError, match="needs 4 chunks of 75 tokens; this export takes at most 2"):
+        Pipeline.load(shorter, backend="tensorrt").generate(prompt, steps=1)
+
+
+def test_servers_read_the_prompt_language(ours):
+    import base64
+    import io
+    import json
+
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from sdrt.serve.app import ServeSettings, create_app
+
+    def pixels(b64: str) -> np.ndarray:
+        return np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))))
+
+    def ours_png(prompt, **settings) -> np.ndarray:
+        return np.asarray(ours.generate(prompt, **settings).images[0])
+
+    prompt = "a (red:1.5) fox BREAK [snow|rain]"
+    with TestClient(create_app(ours)) as client:
+        body = {"prompt": prompt, "steps": 2, "seed": 5, "width": 64, "height": 64, "cfg_scale": GUIDANCE,
+                "override_settings": {"CLIP_stop_at_last_layers": 2, "emphasis": "No norm"}}
+        response = client.post("/sdapi/v1/txt2img", json=body)
+        assert response.status_code == 200, response.text
+        expected = ours_png(prompt, steps=2, seed=5, guidance_scale=GUIDANCE, clip_skip=2, emphasis="No norm")
+        np.testing.assert_array_equal(pixels(response.json()["images"][0]), expected)
+        info = json.loads(response.json()["info"])
+        assert info["clip_skip"] == 2 and "Clip skip: 2, Emphasis: No norm" in info["infotexts"][0]
+        bad = client.post("/sdapi/v1/txt2img", json={**body, "override_settings": {"emphasis": "Loud"}})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "override_settings.emphasis"
+        openai = client.post("/v1/images/generations", json={"prompt": prompt, "steps": 2, "seed": 5,
+                                                             "guidance_scale": GUIDANCE, "size": "64x64"})
+        np.testing.assert_array_equal(pixels(openai.json()["data"][0]["b64_json"]),
+                                      ours_png(prompt, steps=2, seed=5, guidance_scale=GUIDANCE))
+    with TestClient(create_app(ours, ServeSettings(plain_prompts=True))) as client:
+        openai = client.post("/v1/images/generations", json={"prompt": prompt, "steps": 2, "seed": 5,
+                                                             "guidance_scale": GUIDANCE, "size": "64x64"})
+        np.testing.assert_array_equal(pixels(openai.json()["data"][0]["b64_json"]),
+                                      ours_png(prompt, steps=2, seed=5, guidance_scale=GUIDANCE, plain_prompt=True))
+
+
+def test_bench_measures_a_long_weighted_prompt(folder):
+    from sdrt.benchmark import BenchSettings, run_benchmark
+
+    settings = BenchSettings(height=64, width=64, steps=2, prompt="(cat:1.2) " * 100)
+    report = run_benchmark(str(folder), settings, runs=1, warmup=0)
+    assert report["settings"]["prompt"] == settings.prompt
+    assert report["sdrt"]["stages"]["text_encoder"]["median"] > 0 and report["sdrt"]["unet_step"]["count"] == 2

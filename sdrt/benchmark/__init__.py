@@ -41,10 +41,11 @@ class BenchSettings:
     guidance: float = 7.5
     num_images: int = 1
     sampler: str = DEFAULT_SAMPLER
+    prompt: str = PROMPT  # sdrt reads it in A1111's prompt language; diffusers as plain text
 
     def request(self, seed: int = 0) -> GenerationRequest:
         """The generation one measured run makes."""
-        return GenerationRequest(PROMPT, steps=self.steps, guidance_scale=self.guidance, height=self.height,
+        return GenerationRequest(self.prompt, steps=self.steps, guidance_scale=self.guidance, height=self.height,
                                  width=self.width, num_images=self.num_images, sampler=self.sampler, seed=seed)
 
 
@@ -147,7 +148,7 @@ def _sdrt_summary(runs: list[dict], load_seconds: float, peak: int) -> dict:
 def run_benchmark(model: str, settings: BenchSettings, *, backend: str = "cpu", threads: int | None = None,
                   runs: int = 3, warmup: int = 1, compare: str | None = None,
                   diffusers_model: str | None = None, progress=lambda line: None, cuda_graph: bool = False,
-                  sequential: bool = False) -> dict:
+                  sequential: bool = False, embeddings: list[str] | None = None) -> dict:
     """Benchmark an exported model; with compare="diffusers" also the same model in diffusers,
     interleaved run by run, or after it with `sequential`."""
     manifest = Manifest.load(model)
@@ -166,6 +167,8 @@ def run_benchmark(model: str, settings: BenchSettings, *, backend: str = "cpu", 
             raise BenchError("--compare diffusers needs torch and diffusers: pip install 'sdrt[export]'") from None
     settings.request().resolve(manifest)  # a setting the model cannot take: one line, before any worker
     load_options = {"cuda_graph": True} if cuda_graph else {}
+    if embeddings:
+        load_options["embeddings"] = [str(Path(e).resolve()) if Path(e).exists() else e for e in embeddings]
     sides = [("sdrt", model, load_options)] + ([("diffusers", diffusers_model, {})] if compare else [])
     results: dict[str, list[dict]] = {kind: [] for kind, _, _ in sides}
     peaks, loads = {}, {}

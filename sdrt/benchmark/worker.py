@@ -98,7 +98,7 @@ class DiffusersSide:
         torch = self.torch
         started = time.perf_counter()
         with torch.inference_mode():
-            images = self.pipeline(PROMPT, num_inference_steps=s["steps"], guidance_scale=s["guidance"],
+            images = self.pipeline(s.get("prompt", PROMPT), num_inference_steps=s["steps"], guidance_scale=s["guidance"],
                                    height=s["height"], width=s["width"], num_images_per_prompt=s["num_images"],
                                    generator=torch.Generator("cpu").manual_seed(seed)).images
         if self.device == "cuda":

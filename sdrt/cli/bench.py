@@ -26,6 +26,11 @@ from sdrt.runtime.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES
 @click.option("--num-images", default=1, show_default=True, type=int)
 @click.option("--sampler", "--scheduler", "sampler", default=DEFAULT_SAMPLER, show_default=True, metavar="NAME",
               help=f"Sampler: {', '.join(SAMPLER_NAMES)}.")
+@click.option("--prompt", default=None,
+              help="The prompt every run draws, in A1111's prompt language (diffusers reads it as plain text and "
+                   "cuts it at 75 tokens) [default: a short plain prompt].")
+@click.option("--embedding", "embeddings", multiple=True, metavar="PATH[:TOKEN]",
+              help="Load a textual-inversion embedding (sdrt side; repeatable).")
 @click.option("--runs", default=3, show_default=True, type=int, help="Measured runs (after the warm-up).")
 @click.option("--warmup", default=1, show_default=True, type=int, help="Unmeasured runs first.")
 @click.option("--threads", default=None, type=THREADS, help="CPU threads (default: all cores).")
@@ -40,8 +45,8 @@ from sdrt.runtime.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES
 @click.option("--cuda-graph", is_flag=True, help="With --backend cuda: the UNet as a CUDA graph per shape.")
 @click.option("--plot", "plot_path", default=None, type=click.Path(),
               help="With --sweep: a PNG plot here [default: beside --json] (needs matplotlib: sdrt[plot]).")
-def bench(model_dir, arch, backend, height, width, steps, guidance, num_images, sampler, runs, warmup, threads,
-          compare, sequential, diffusers_model, sweep, json_path, cuda_graph, plot_path) -> None:
+def bench(model_dir, arch, backend, height, width, steps, guidance, num_images, sampler, prompt, embeddings, runs,
+          warmup, threads, compare, sequential, diffusers_model, sweep, json_path, cuda_graph, plot_path) -> None:
     """Measure latency per stage, memory and (with --compare) the ratio to diffusers."""
     from sdrt.benchmark import BenchSettings, arch_model, parse_sweep, run_benchmark, sweep_settings
     from sdrt.benchmark.report import format_report
@@ -61,7 +66,8 @@ def bench(model_dir, arch, backend, height, width, steps, guidance, num_images, 
         diffusers_model = diffusers_model or source
     manifest = Manifest.load(model_dir)
     base = BenchSettings(height=height or manifest.native_height, width=width or manifest.native_width,
-                         steps=steps, guidance=guidance, num_images=num_images, sampler=sampler)
+                         steps=steps, guidance=guidance, num_images=num_images, sampler=sampler,
+                         **({"prompt": prompt} if prompt is not None else {}))
     plan = [base]
     if sweep:
         name, values = parse_sweep(sweep)
@@ -70,7 +76,7 @@ def bench(model_dir, arch, backend, height, width, steps, guidance, num_images, 
     for settings in plan:
         report = run_benchmark(model_dir, settings, backend=backend, threads=threads, runs=runs, warmup=warmup,
                                compare=compare, diffusers_model=diffusers_model, progress=say,
-                               cuda_graph=cuda_graph, sequential=sequential)
+                               cuda_graph=cuda_graph, sequential=sequential, embeddings=list(embeddings))
         reports.append(report)
         click.echo(format_report(report) + "\n")
     payload = reports[0]

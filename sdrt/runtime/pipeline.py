@@ -26,7 +26,7 @@ from sdrt.runtime.manifest import MANIFEST_NAME, Manifest
 from sdrt.runtime.model_folder import infer_manifest
 from sdrt.runtime import modes, refiner as refiners, vae
 from sdrt.runtime.conditioning import UnetConditioning, unet_conditioning
-from sdrt.runtime.prompts.emphasis import DEFAULT_EMPHASIS
+from sdrt.runtime.parameters import generation_parameters
 from sdrt.runtime.request import GenerationError, GenerationRequest, ResolvedRequest
 from sdrt.runtime.rng import GeneratorGroup, TorchGenerator
 from sdrt.runtime.schedulers import DEFAULT_SAMPLER, Scheduler, sampler_from_config
@@ -275,7 +275,10 @@ class Pipeline:
         timings["vae_decoder"] = time.perf_counter() - stage
         images = [Image.fromarray((image * PIXEL_LEVELS).round().astype(np.uint8)) for image in array]
         timings["total"] = time.perf_counter() - started
-        return GenerationResult(images, array, self.parameters(resolved, conditioning.embeddings), timings, warnings)
+        hashes = {e.name: e.short_hash for e in self.text_encoders.embeddings.loaded}
+        parameters = generation_parameters(resolved, self.folder.name, {n: hashes[n] for n in conditioning.embeddings},
+                                           self.refiner.folder.name if request.refiner_switch is not None else None)
+        return GenerationResult(images, array, parameters, timings, warnings)
 
     def new_sampler(self, request: GenerationRequest) -> Scheduler:
         sampler = sampler_from_config(request.sampler, self.scheduler_config)
@@ -284,34 +287,3 @@ class Pipeline:
         except ConfigError as error:
             raise GenerationError(str(error), "steps") from None
         return sampler
-
-    def parameters(self, resolved: ResolvedRequest, embeddings: Sequence[str] = ()) -> dict:
-        """What was generated, as PNG parameters and API responses report it; `embeddings`
-        names the textual-inversion embeddings the prompts used."""
-        request = resolved.request
-        prompts = resolved.prompts
-        parameters = {
-            "prompt": prompts if len(prompts) > 1 else prompts[0],
-            "negative_prompt": request.negative_prompt,
-            "steps": int(request.steps),
-            "guidance_scale": float(request.guidance_scale),
-            "seed": resolved.seeds if resolved.per_prompt_seeds else resolved.seeds[0],
-            "height": resolved.height,
-            "width": resolved.width,
-            "num_images": int(request.num_images),
-            "sampler": request.sampler,
-            "model": self.folder.name,
-        }
-        if resolved.image is not None:
-            parameters["strength"] = resolved.strength
-        options = resolved.text_options
-        if options.clip_skip > 1:  # A1111 records these only when they change something
-            parameters["clip_skip"] = options.clip_skip
-        if options.emphasis.name != DEFAULT_EMPHASIS and any("(" in t or "[" in t for t in prompts + resolved.negatives):
-            parameters["emphasis"] = options.emphasis.name
-        if embeddings:
-            hashes = {e.name: e.short_hash for e in self.text_encoders.embeddings.loaded}
-            parameters["ti_hashes"] = {name: hashes[name] for name in embeddings}
-        if request.refiner_switch is not None:
-            parameters.update(refiner=self.refiner.folder.name, refiner_switch=float(request.refiner_switch))
-        return parameters

@@ -115,7 +115,10 @@ class TextEncoders:
         step = self.max_rows or len(ids)
         layer = self._layer(engine, options)
         hidden, pooled = [], []
-        extra = {} if table is None else {EXTRA_EMBEDDINGS: table.rows.astype(engine.input_dtype(EXTRA_EMBEDDINGS))}
+        extra = {}
+        if EXTRA_EMBEDDINGS in engine.inputs:  # no table (a folder without a manifest): the default's one row
+            rows = table.rows if table is not None else np.zeros((1, engine.inputs[EXTRA_EMBEDDINGS].shape[1]))
+            extra[EXTRA_EMBEDDINGS] = rows.astype(engine.input_dtype(EXTRA_EMBEDDINGS))
         for start in range(0, len(ids), step):
             feeds = {"input_ids": ids[start:start + step].astype(engine.input_dtype("input_ids")), **extra}
             out = engine.run(feeds)

@@ -1,0 +1,38 @@
+"""What a generation made, as PNG parameters (sdrt.runtime.png_info) and API responses report it."""
+
+from __future__ import annotations
+
+from sdrt.runtime.prompts.emphasis import DEFAULT_EMPHASIS
+from sdrt.runtime.request import ResolvedRequest
+
+
+def generation_parameters(resolved: ResolvedRequest, model: str, embeddings: dict[str, str],
+                          refiner: str | None) -> dict:
+    """`embeddings`: the textual-inversion embeddings the prompts used, name -> short hash;
+    `refiner`: the refiner's name when one took over."""
+    request = resolved.request
+    prompts = resolved.prompts
+    parameters = {
+        "prompt": prompts if len(prompts) > 1 else prompts[0],
+        "negative_prompt": request.negative_prompt,
+        "steps": int(request.steps),
+        "guidance_scale": float(request.guidance_scale),
+        "seed": resolved.seeds if resolved.per_prompt_seeds else resolved.seeds[0],
+        "height": resolved.height,
+        "width": resolved.width,
+        "num_images": int(request.num_images),
+        "sampler": request.sampler,
+        "model": model,
+    }
+    if resolved.image is not None:
+        parameters["strength"] = resolved.strength
+    options = resolved.text_options
+    if options.clip_skip > 1:  # A1111 records these only when they change something
+        parameters["clip_skip"] = options.clip_skip
+    if options.emphasis.name != DEFAULT_EMPHASIS and any("(" in t or "[" in t for t in prompts + resolved.negatives):
+        parameters["emphasis"] = options.emphasis.name
+    if embeddings:
+        parameters["ti_hashes"] = dict(embeddings)
+    if refiner is not None:
+        parameters.update(refiner=refiner, refiner_switch=float(request.refiner_switch))
+    return parameters
