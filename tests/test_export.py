@@ -152,7 +152,11 @@ def test_bad_sources_are_one_line_errors(tiny_models, tmp_path, make_source, mes
 
 
 def test_hub_id_offline_is_a_clear_error(monkeypatch):
+    import huggingface_hub
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # huggingface_hub reads the variable when imported: without this it retries the network.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(ModelFolderError, match="cannot download someone/some-model"):
         load_pipeline("someone/some-model")
 
