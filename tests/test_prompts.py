@@ -247,6 +247,9 @@ def test_a_prompt_longer_than_the_export_takes_is_one_clear_error(ours, folder):
     with pytest.raises(SdrtError, match=r"needs 5 chunks of 75 tokens; this export takes at most 4: shorten it, "
                                         r"or re-export the model with --max-prompt-chunks 5"):
         ours.generate("cat " * 370, steps=1)
+    with pytest.raises(SdrtError, match=r"the negative prompt 'dog dog dog") as caught:
+        ours.generate("cat", negative_prompt="dog " * 370, steps=1)
+    assert caught.value.param == "negative_prompt"
     result = CliRunner().invoke(main, ["generate", "a (cat:1.2.3)", "--model", str(folder), "--steps", "1"])
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert result.output.strip().splitlines()[-1].startswith("error: prompt has a malformed emphasis weight '1.2.3'")

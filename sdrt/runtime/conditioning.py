@@ -108,7 +108,9 @@ def unet_conditioning(encoders: TextEncoders, engines: dict[str, Engine], resolv
         if resolved.guided else []
     texts = list(dict.fromkeys(t for s in positive + negative for _, t in s if t is not ZEROS))
     used: dict[str, None] = {}
-    encoded = encoders.encode(texts, engines, options, timings, used)
+    positive_texts = {t for s in positive for _, t in s}
+    negative_texts = frozenset(t for s in negative for _, t in s if t is not ZEROS and t not in positive_texts)
+    encoded = encoders.encode(texts, engines, options, timings, used, negative_texts)
     encodings = {}
     for text, encoding in zip(texts, encoded):
         encodings[text] = {UNET_CONTEXT: encoding.hidden}

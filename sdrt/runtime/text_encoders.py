@@ -80,9 +80,11 @@ class TextEncoders:
         return chunk_fragments(fragments, self.tokenizers[encoder], self.tables[encoder])
 
     def encode(self, texts: list[str], engines: dict[str, Engine], options: TextOptions,
-               timings: dict | None = None, used: dict | None = None) -> list[TextEncoding]:
+               timings: dict | None = None, used: dict | None = None,
+               negatives: frozenset[str] = frozenset()) -> list[TextEncoding]:
         """One encoding per text: every encoder's chunks, weighted, concatenated. The names of
-        the embeddings the texts use are added to `used`."""
+        the embeddings the texts use are added to `used`; a text in `negatives` that is too
+        long is reported as the negative prompt."""
         hidden: list[list[np.ndarray]] = [[] for _ in texts]
         pooled: list[np.ndarray | None] = [None] * len(texts)
         for encoder, (tokenizer, name) in enumerate(zip(self.tokenizers, self.names)):
@@ -92,10 +94,11 @@ class TextEncoders:
                 used.update(dict.fromkeys(e for c in chunked for e in c.embeddings))
             for text, chunks in zip(texts, chunked):
                 if self.max_chunks is not None and chunks.count > self.max_chunks:
+                    param = "negative_prompt" if text in negatives else "prompt"
                     raise GenerationError(
-                        f"the prompt {_start(text)} needs {chunks.count} chunks of {tokenizer.max_length - 2} tokens; "
-                        f"this export takes at most {self.max_chunks}: shorten it, or re-export the model with "
-                        f"--max-prompt-chunks {chunks.count}", "prompt")
+                        f"the {param.replace('_', ' ')} {_start(text)} needs {chunks.count} chunks of "
+                        f"{tokenizer.max_length - 2} tokens; this export takes at most {self.max_chunks}: shorten it, "
+                        f"or re-export the model with --max-prompt-chunks {chunks.count}", param)
             if timings is not None:
                 timings["tokenize"] = timings.get("tokenize", 0.0) + time.perf_counter() - started
             ids = np.concatenate([c.ids for c in chunked])
