@@ -365,3 +365,20 @@ def test_bench_measures_a_long_weighted_prompt(folder):
     report = run_benchmark(str(folder), settings, runs=1, warmup=0)
     assert report["settings"]["prompt"] == settings.prompt
     assert report["sdrt"]["stages"]["text_encoder"]["median"] > 0 and report["sdrt"]["unet_step"]["count"] == 2
+
+
+def test_sd2_pads_chunks_with_its_pad_token(exported_tiny, tiny_models):
+    """SD 2.x's OpenCLIP tokenizer pads with "!" after the end token, in every chunk."""
+    reference = diffusers_pipeline("StableDiffusionPipeline", tiny_models["v_prediction"])
+    reference.scheduler = reference_scheduler(SAMPLER, dict(reference.scheduler.config))
+    assert reference.tokenizer.pad_token_id != reference.tokenizer.eos_token_id
+    chunks = [[("a ", 1.0), ("red", 1.4), (" fox", 1.0)], [("snow", 1.0)]]
+    expected = reference_image(reference, sd_embeds(reference, chunks),
+                               sd_embeds(reference, [[("blurry", 1.0)], [("dark", 1.0)]]))
+    ours = Pipeline.load(exported_tiny("v_prediction"))
+    got = ours.generate("a (red:1.4) fox BREAK snow", negative_prompt="blurry BREAK dark", steps=3, seed=7,
+                        sampler=SAMPLER, guidance_scale=GUIDANCE)
+    assert_same_image(got.array, expected)
+    # Clip skip is A1111's SD 1.x setting: SD 2.x ignores it (with a warning), as A1111 does.
+    skipped = ours.generate("a fox", steps=1, seed=1, clip_skip=2)
+    assert skipped.warnings == ["clip skip is ignored for sd2 models, as A1111 ignores it"]
