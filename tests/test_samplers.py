@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from conftest import reference_scheduler
+from sdrt.errors import ConfigError
 from sdrt.runtime.rng import TorchGenerator
 from sdrt.runtime.schedulers import SAMPLER_NAMES, SAMPLERS, sampler_from_config
 from support.numerics import assert_within_loop_bound
@@ -127,6 +128,10 @@ def test_timestep_spacings(sd15_config, name, spacing):
         ("unipc", {"final_sigmas_type": "sigma_min"}),
         ("unipc", {"solver_type": "midpoint"}),  # a DPM++ config: diffusers' UniPC reads it as bh2
         ("unipc", {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing", "prediction_type": "v_prediction"}),
+        # LCM: the distillation schedule's length and the boundary condition's timestep scaling.
+        ("lcm", {"original_inference_steps": 30, "timestep_scaling": 5.0}),
+        ("lcm", {"clip_sample": True, "set_alpha_to_one": False}),
+        ("lcm", {"rescale_betas_zero_snr": True, "prediction_type": "v_prediction"}),
     ],
 )
 @pytest.mark.parametrize("steps", [4, 30])
@@ -204,3 +209,8 @@ def test_pndm_runs_plms_on_a_config_without_skip_prk_steps(sd15_config):
     ref_final, our_final, reference, _, magnitudes = run_both("pndm", config, 10)
     assert reference.config.skip_prk_steps
     assert_within_loop_bound(our_final, ref_final, magnitudes)
+
+
+def test_lcm_steps_are_a_subset_of_its_distillation_schedule(sd15_config):
+    with pytest.raises(ConfigError, match=r"steps \(8\) cannot exceed this LCM schedule's original_inference_steps \(6\)"):
+        sampler_from_config("lcm", dict(sd15_config, original_inference_steps=6)).set_timesteps(8)

@@ -18,6 +18,7 @@ from sdrt.runtime.schedulers.ddpm import DDPMScheduler
 from sdrt.runtime.schedulers.dpm_solver import DPMSolverMultistepScheduler
 from sdrt.runtime.schedulers.euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 from sdrt.runtime.schedulers.heun import HeunDiscreteScheduler
+from sdrt.runtime.schedulers.lcm import LCMScheduler
 from sdrt.runtime.schedulers.lms import LMSDiscreteScheduler
 from sdrt.runtime.schedulers.pndm import PNDMScheduler
 from sdrt.runtime.schedulers.unipc import UniPCMultistepScheduler
@@ -60,6 +61,7 @@ _ENTRIES = (
     SamplerEntry("ddpm", DDPMScheduler, "DDPM"),
     SamplerEntry("heun", HeunDiscreteScheduler, "Heun"),
     SamplerEntry("unipc", UniPCMultistepScheduler, "UniPC"),
+    SamplerEntry("lcm", LCMScheduler, "LCM"),  # latent consistency models, LCM-LoRA (1 to 8 steps)
 )
 SAMPLERS: dict[str, SamplerEntry] = {entry.name: entry for entry in _ENTRIES}
 SAMPLER_NAMES = tuple(SAMPLERS)

@@ -69,6 +69,8 @@ class SchedulerConfig:
     variance_type: str
     predict_x0: bool
     disable_corrector: tuple[int, ...]
+    original_inference_steps: int
+    timestep_scaling: float
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any], defaults: Mapping[str, Any],
@@ -137,6 +139,11 @@ class SchedulerConfig:
             )
         if self.use_karras_sigmas and self.use_exponential_sigmas:
             raise ConfigError("use_karras_sigmas and use_exponential_sigmas exclude each other")
+        if not 1 <= self.original_inference_steps <= self.num_train_timesteps:
+            raise ConfigError(f"original_inference_steps must be from 1 to num_train_timesteps, "
+                              f"got {self.original_inference_steps!r}")
+        if not self.timestep_scaling > 0:
+            raise ConfigError(f"timestep_scaling must be positive, got {self.timestep_scaling!r}")
         if self.solver_order not in SOLVER_ORDERS:
             raise ConfigError(f"solver_order {self.solver_order} is not supported; sdrt implements 1 to 3")
 
@@ -150,6 +157,7 @@ NEUTRAL_CONFIG: dict[str, Any] = {
     "clip_sample": False, "clip_sample_range": 1.0, "set_alpha_to_one": False, "solver_order": 2,
     "solver_type": "midpoint", "lower_order_final": True, "euler_at_final": False, "skip_prk_steps": True,
     "variance_type": "fixed_small", "predict_x0": True, "disable_corrector": (),
+    "original_inference_steps": 50, "timestep_scaling": 10.0,
 }
 #: What every diffusers scheduler reads, with its defaults.
 BETA_DEFAULTS = {"num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear",
