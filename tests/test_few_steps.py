@@ -1,0 +1,81 @@
+"""Few-step use (issue 18, first part): SD-Turbo-style runs (trailing timesteps, guidance 0,
+1 to 4 steps: one UNet batch, no unconditional half) and LCM sampling, against diffusers."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from diffusers import EulerDiscreteScheduler, LCMScheduler
+
+from conftest import diffusers_pipeline
+from sdrt.runtime.pipeline import Pipeline
+from sdrt.runtime.request import GenerationRequest
+
+MAX_PIXEL_ERROR = 2 / 255
+MEAN_PIXEL_ERROR = 0.5 / 255
+PROMPT = "a photo of a cat"
+
+
+def assert_same_image(got: np.ndarray, expected: np.ndarray) -> None:
+    difference = np.abs(got - expected)
+    assert difference.max() <= MAX_PIXEL_ERROR and difference.mean() <= MEAN_PIXEL_ERROR, difference.max() * 255
+    assert expected.std() > 0.01
+
+
+@pytest.fixture(scope="module")
+def turbo(exported_tiny, tmp_path_factory):
+    """The tiny model with SD-Turbo's scheduler settings (Euler, trailing timesteps)."""
+    folder = tmp_path_factory.mktemp("turbo") / "model"
+    shutil.copytree(exported_tiny("standard"), folder)
+    path = folder / "scheduler" / "scheduler_config.json"
+    config = json.loads(path.read_text())
+    config.update({"_class_name": "EulerDiscreteScheduler", "timestep_spacing": "trailing"})
+    path.write_text(json.dumps(config))
+    return folder, config
+
+
+def unet_batches(pipeline: Pipeline) -> list[int]:
+    """Records the batch of every UNet call."""
+    engine, seen = pipeline.engines["unet"], []
+    original = engine.run
+
+    def run(feeds):
+        seen.append(feeds["sample"].shape[0])
+        return original(feeds)
+
+    engine.run = run
+    return seen
+
+
+@pytest.mark.parametrize("steps", [1, 4])
+def test_turbo_style_runs_equal_diffusers_with_one_unet_batch(turbo, tiny_models, steps):
+    folder, config = turbo
+    reference = diffusers_pipeline("StableDiffusionPipeline", tiny_models["standard"])
+    reference.scheduler = EulerDiscreteScheduler.from_config(config)
+    generator = torch.Generator("cpu").manual_seed(11)
+    expected = reference(PROMPT, num_inference_steps=steps, guidance_scale=0.0, generator=generator,
+                         output_type="np").images
+    ours = Pipeline.load(folder)
+    batches = unet_batches(ours)
+    got = ours.generate(PROMPT, steps=steps, seed=11, guidance_scale=0.0, sampler="euler")
+    assert_same_image(got.array, expected)
+    assert batches == [1] * steps  # guidance 0 (or 1): no unconditional half
+    assert ours.new_sampler(GenerationRequest(PROMPT, steps=steps, sampler="euler")).timesteps[0] == 999  # trailing
+
+
+@pytest.mark.parametrize("steps, guidance", [(1, 1.0), (4, 1.0), (4, 1.5)])
+def test_lcm_sampling_equals_diffusers(exported_tiny, tiny_models, steps, guidance):
+    reference = diffusers_pipeline("StableDiffusionPipeline", tiny_models["standard"])
+    reference.scheduler = LCMScheduler.from_config(reference.scheduler.config)
+    generator = torch.Generator("cpu").manual_seed(5)
+    expected = reference(PROMPT, num_inference_steps=steps, guidance_scale=guidance, generator=generator,
+                         output_type="np").images
+    ours = Pipeline.load(exported_tiny("standard"))
+    batches = unet_batches(ours)
+    got = ours.generate(PROMPT, steps=steps, seed=5, guidance_scale=guidance, sampler="lcm")
+    assert_same_image(got.array, expected)
+    assert batches == [1 if guidance <= 1 else 2] * steps
