@@ -105,7 +105,8 @@ def test_generate_json_reports_outputs_and_timings(engine, tmp_path):
         (["--height", "70"], "error: height 70 is not a multiple of 16, which this model needs: use 64 or 80"),
         (["--steps", "0"], "error: steps must be an integer from 1 to 10000, got 0"),
         (["--guidance", "-2"], "error: Invalid value for '--guidance': must be >= 0, got '-2' (see sdrt generate --help)"),
-        (["--scheduler", "dpm3"], "error: unknown sampler 'dpm3'; choose one of lms, euler, euler_a, ddim, dpmpp_2m, dpmpp_2m_karras, pndm, ddpm, heun, unipc"),
+        (["--scheduler", "dpm3"], "error: unknown sampler 'dpm3'; choose one of lms, euler, euler_a, ddim, dpmpp_2m, "
+                                   "dpmpp_2m_karras, pndm, ddpm, heun, unipc, lcm"),
         (["--out", "/nonexistent-dir/x.png"], "error: cannot write /nonexistent-dir/x.png: folder /nonexistent-dir does not exist"),
         (["--num-images", "20"], "error: 20 images at once exceed this export's batch limit of 8"),
     ],

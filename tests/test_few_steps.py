@@ -1,5 +1,6 @@
 """Few-step use (issue 18, first part): SD-Turbo-style runs (trailing timesteps, guidance 0,
-1 to 4 steps: one UNet batch, no unconditional half) and LCM sampling, against diffusers."""
+1 to 4 steps: one UNet batch, no unconditional half), LCM sampling, and LCM-distilled UNets
+(guidance as an embedding), against diffusers."""
 
 from __future__ import annotations
 
@@ -67,7 +68,7 @@ def test_turbo_style_runs_equal_diffusers_with_one_unet_batch(turbo, tiny_models
     assert ours.new_sampler(GenerationRequest(PROMPT, steps=steps, sampler="euler")).timesteps[0] == 999  # trailing
 
 
-@pytest.mark.parametrize("steps, guidance", [(1, 1.0), (4, 1.0), (4, 1.5)])
+@pytest.mark.parametrize("steps, guidance", [(1, 1.0), (4, 1.5)])
 def test_lcm_sampling_equals_diffusers(exported_tiny, tiny_models, steps, guidance):
     reference = diffusers_pipeline("StableDiffusionPipeline", tiny_models["standard"])
     reference.scheduler = LCMScheduler.from_config(reference.scheduler.config)
@@ -79,3 +80,28 @@ def test_lcm_sampling_equals_diffusers(exported_tiny, tiny_models, steps, guidan
     got = ours.generate(PROMPT, steps=steps, seed=5, guidance_scale=guidance, sampler="lcm")
     assert_same_image(got.array, expected)
     assert batches == [1 if guidance <= 1 else 2] * steps
+
+
+@pytest.mark.parametrize("steps, guidance", [(1, 8.5), (4, 8.5)])
+def test_lcm_distilled_unet_equals_latent_consistency_pipeline(exported_tiny, tiny_models, steps, guidance):
+    """A UNet with `time_cond_proj_dim` takes the guidance as an embedding: one batch, no
+    negative prompt, as diffusers' LatentConsistencyModelPipeline runs it."""
+    reference = diffusers_pipeline("LatentConsistencyModelPipeline", tiny_models["lcm"])
+    reference.scheduler = LCMScheduler.from_config(reference.scheduler.config)
+    generator = torch.Generator("cpu").manual_seed(9)
+    expected = reference(PROMPT, num_inference_steps=steps, guidance_scale=guidance, generator=generator,
+                         output_type="np").images
+    folder = exported_tiny("lcm")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    unet_inputs = {t["name"]: t["shape"] for t in manifest["components"]["unet"]["inputs"]}
+    assert unet_inputs["timestep_cond"] == ["unet_batch", 32]
+    ours = Pipeline.load(folder)
+    batches = unet_batches(ours)
+    got = ours.generate(PROMPT, steps=steps, seed=9, guidance_scale=guidance, sampler="lcm")
+    assert_same_image(got.array, expected)
+    assert batches == [1] * steps
+    other = ours.generate(PROMPT, steps=steps, seed=9, guidance_scale=guidance + 4, sampler="lcm")
+    assert np.abs(other.array - got.array).max() > 2 * MAX_PIXEL_ERROR  # the embedding carries the guidance
+    warned = ours.generate(PROMPT, negative_prompt="blurry", steps=1, seed=9, sampler="lcm")
+    assert warned.warnings == ["this latent consistency model takes no negative prompt (guidance is built in): "
+                               "it was not used"]

@@ -28,6 +28,7 @@ from sdrt.runtime.manifest import (  # noqa: F401 - the dimension names, re-expo
     POOLED,
     TEXT_SEQUENCE,
     TIMESTEP_BATCH,
+    TIMESTEP_COND,
     UNET_CONTEXT,
     UNET_BATCH,
     WIDTH,
@@ -183,6 +184,13 @@ class Unet(torch.nn.Module):
         return self.model(sample, timestep, encoder_hidden_states, return_dict=False)[0]
 
 
+class GuidanceEmbeddedUnet(Unet):
+    """An LCM-distilled UNet: the guidance scale comes in as an embedding (`timestep_cond`)."""
+
+    def forward(self, sample, timestep, encoder_hidden_states, timestep_cond):
+        return self.model(sample, timestep, encoder_hidden_states, timestep_cond=timestep_cond, return_dict=False)[0]
+
+
 class VaeDecoder(torch.nn.Module):
     def __init__(self, vae):
         super().__init__()
@@ -282,12 +290,15 @@ def clip_component_exports(pipeline, geometry: ModelGeometry, num_train_timestep
     def text_inputs(gen, batch, latent_h, latent_w):
         return make_text(gen, batch, latent_h, latent_w, text_config.hidden_size)
 
+    guidance_width = getattr(pipeline.unet.config, "time_cond_proj_dim", None)
+
     def unet_inputs(gen, batch, latent_h, latent_w):
-        return (
+        inputs = (
             torch.randn(2 * batch, g.unet_in_channels, latent_h, latent_w, generator=gen),
             torch.randint(0, num_train_timesteps, (2 * batch,), generator=gen).to(torch.float32),
             torch.randn(2 * batch, g.context_length(batch), g.text_hidden_size, generator=gen),
         )
+        return inputs + ((torch.randn(2 * batch, guidance_width, generator=gen),) if guidance_width else ())
 
     latent = [g.latent_channels, LATENT_HEIGHT, LATENT_WIDTH]
     layers = clip_family(pipeline) in CLIP_SKIP_FAMILIES
@@ -309,11 +320,12 @@ def clip_component_exports(pipeline, geometry: ModelGeometry, num_train_timestep
         ),
         ComponentExport(
             "unet",
-            Unet(pipeline.unet),
+            GuidanceEmbeddedUnet(pipeline.unet) if guidance_width else Unet(pipeline.unet),
             [
                 TensorSpec("sample", f32, [UNET_BATCH, g.unet_in_channels, LATENT_HEIGHT, LATENT_WIDTH]),
                 TensorSpec("timestep", f32, [TIMESTEP_BATCH]),
                 TensorSpec(UNET_CONTEXT, f32, [UNET_BATCH, TEXT_SEQUENCE, g.text_hidden_size]),
+                *([TensorSpec(TIMESTEP_COND, f32, [UNET_BATCH, guidance_width])] if guidance_width else []),
             ],
             [TensorSpec("out_sample", f32, [UNET_BATCH, *latent])],
             unet_inputs,

@@ -23,7 +23,9 @@ from sdrt.errors import ConfigError
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 SD15_PRESET = PRESETS_DIR / "sd15"
-KINDS = ("standard", "inpaint", "v_prediction")
+KINDS = ("standard", "inpaint", "v_prediction", "lcm")
+#: LCM-distilled UNets' guidance embedding width (`time_cond_proj_dim`): SD 1.5's, and a tiny one.
+LCM_TIME_COND_DIM, TINY_TIME_COND_DIM = 256, 32
 # Latents, plus the mask and the masked image's latents, for an inpainting UNet.
 INPAINT_EXTRA_CHANNELS = 5
 # SD 2.x tokenizers pad with "!" instead of the end-of-text token.
@@ -102,6 +104,8 @@ def component_configs(size: str, kind: str) -> dict[str, dict[str, Any]]:
     tokenizer: dict[str, Any] = {}
     if kind == "inpaint":
         unet["in_channels"] = unet["out_channels"] + INPAINT_EXTRA_CHANNELS
+    if kind == "lcm":  # a latent consistency model: guidance goes in through an embedding
+        unet["time_cond_proj_dim"] = TINY_TIME_COND_DIM if size == "tiny" else LCM_TIME_COND_DIM
     if kind == "v_prediction":
         scheduler["prediction_type"] = "v_prediction"
         unet["use_linear_projection"] = True

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sdrt.runtime.engines import Engine
-from sdrt.runtime.manifest import TEXT_EMBEDS, UNET_CONTEXT
+from sdrt.runtime.guidance_embedding import guidance_embedding
+from sdrt.runtime.manifest import TEXT_EMBEDS, TIMESTEP_COND, UNET_CONTEXT
 from sdrt.runtime.prompts.schedule import prompt_schedule
 from sdrt.runtime.request import ResolvedRequest
 from sdrt.runtime.text_encoders import TextEncoders
@@ -101,11 +102,18 @@ def unet_conditioning(encoders: TextEncoders, engines: dict[str, Engine], resolv
         return [(steps, text)] if request.plain_prompt else prompt_schedule(text, steps)
 
     extras = _family_extras(encoders, resolved)
+    guided = resolved.guided
+    guidance_input = engines["unet"].inputs.get(TIMESTEP_COND) if "unet" in engines else None
+    if guidance_input is not None:  # an LCM-distilled UNet: guidance through an embedding, no unconditional half
+        guided = False
+        extras["positive"][TIMESTEP_COND] = guidance_embedding(float(request.guidance_scale), guidance_input.shape[1])
+        if request.negative_prompt is not None:
+            warnings.append("this latent consistency model takes no negative prompt (guidance is built in): "
+                            "it was not used")
     positive = [schedule(p) for p in resolved.prompts]
     zero_negative = encoders.sdxl is not None and encoders.sdxl.force_zeros_for_empty_prompt \
         and request.negative_prompt is None
-    negative = [[(steps, ZEROS)] if zero_negative else schedule(n) for n in resolved.negatives] \
-        if resolved.guided else []
+    negative = [[(steps, ZEROS)] if zero_negative else schedule(n) for n in resolved.negatives] if guided else []
     texts = list(dict.fromkeys(t for s in positive + negative for _, t in s if t is not ZEROS))
     used: dict[str, None] = {}
     positive_texts = {t for s in positive for _, t in s}
@@ -125,7 +133,7 @@ def unet_conditioning(encoders: TextEncoders, engines: dict[str, Engine], resolv
                 rows.append(Row([e for e, _ in entries], [t for _, t in entries], dict(extras[kind]), partner))
     if not request.plain_prompt and any(COMPOSABLE_AND.search(p) for p in resolved.prompts):
         warnings.append("AND (A1111's composable diffusion) is not supported: it is read as a word")
-    return UnetConditioning(rows, encodings, resolved.guided, tuple(used))
+    return UnetConditioning(rows, encodings, guided, tuple(used))
 
 
 def _family_extras(encoders: TextEncoders, resolved: ResolvedRequest) -> dict[str, dict[str, np.ndarray]]:

@@ -43,6 +43,8 @@ FAMILIES = ("sd1", "sd2", "sdxl", "sdxl-refiner")
 # conditions; the text encoders' hidden states (SD 1.x/2.x: last layer; SDXL: layer -2) and
 # pooled embedding (projected for SDXL's second encoder).
 UNET_CONTEXT = "encoder_hidden_states"
+#: An LCM-distilled UNet's guidance embedding input (config `time_cond_proj_dim`).
+TIMESTEP_COND = "timestep_cond"
 TEXT_EMBEDS, TIME_IDS = "text_embeds", "time_ids"
 ADDED_CONDITIONS = (TEXT_EMBEDS, TIME_IDS)
 LAST_HIDDEN, PENULTIMATE_HIDDEN = "last_hidden_state", "penultimate_hidden_state"
