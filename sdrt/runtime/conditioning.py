@@ -41,7 +41,8 @@ class Row:
     extra: dict[str, np.ndarray] = field(default_factory=dict)  # per-row feeds that do not change
     partner: int | None = None  # for ZEROS: the row whose shapes to copy
 
-    def text_at(self, step: int) -> str:
+    def text_at(self, step: int):
+        """The entry of UNet call `step` (counted from 0): the first whose last step is >= it."""
         return self.texts[min(bisect.bisect_left(self.ends, step), len(self.texts) - 1)]
 
 
@@ -56,10 +57,6 @@ class UnetConditioning:
         self.encodings = encodings
         self.guided = guided
         self._calls: dict[tuple, list] = {}
-
-    @property
-    def scheduled(self) -> bool:
-        return any(len(row.texts) > 1 for row in self.rows)
 
     def calls(self, step: int, dtypes: dict[str, np.dtype]) -> list[tuple[np.ndarray | None, dict[str, np.ndarray]]]:
         state = tuple(row.text_at(step) for row in self.rows)
