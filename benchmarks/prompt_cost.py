@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 from pathlib import Path
 
@@ -30,13 +29,6 @@ PROMPTS = {
 EMBEDDING_VECTORS = 2
 
 
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.machine()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="an exported model folder")
@@ -48,7 +40,7 @@ def main() -> None:
     args = parser.parse_args()
     from safetensors.numpy import save_file
 
-    from sdrt.benchmark import arch_model
+    from sdrt.benchmark import arch_model, machine_info
     from sdrt.runtime.manifest import Manifest
     from sdrt.runtime.pipeline import Pipeline
 
@@ -76,7 +68,7 @@ def main() -> None:
     report = {
         "command": "python benchmarks/prompt_cost.py " + " ".join(
             f"--{k} {v}" for k, v in vars(args).items() if v is not None and k != "json_path"),
-        "machine": {"cpu": cpu_name(), "cores": __import__("os").cpu_count()},
+        "machine": machine_info(),
         "model": {"path": str(model), "family": manifest.family},
         "settings": {"size": args.size, "steps": args.steps, "runs": args.runs},
         "prompts": PROMPTS,
