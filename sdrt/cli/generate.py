@@ -40,8 +40,8 @@ def tokenize(prompts: tuple[str, ...], model_dir: str, steps: int | None, as_jso
     (and, with a model folder's embeddings, the ids their trigger words become)."""
     from sdrt.runtime.embeddings import EmbeddingSource
     from sdrt.runtime.manifest import MANIFEST_NAME, Manifest
-    from sdrt.runtime.prompts.chunks import chunk_fragments
-    from sdrt.runtime.prompts.emphasis import emphasis_mode, parse_emphasis
+    from sdrt.runtime.prompts.chunks import text_chunks
+    from sdrt.runtime.prompts.emphasis import emphasis_mode
     from sdrt.runtime.prompts.options import TextOptions
     from sdrt.runtime.prompts.schedule import prompt_schedule
     from sdrt.runtime.text_encoders import TextEncoders
@@ -62,8 +62,7 @@ def tokenize(prompts: tuple[str, ...], model_dir: str, steps: int | None, as_jso
         raise SdrtError("--embeddings needs an exported model folder (its manifest says the vectors' widths)")
     else:
         tokenizer = ClipTokenizer.from_folder(folder)
-        chunker = lambda text: chunk_fragments(parse_emphasis(text) if mode.parses else [(text, 1.0)],  # noqa: E731
-                                               tokenizer)
+        chunker = lambda text: text_chunks(text, mode, tokenizer)  # noqa: E731
     rows = []
     for prompt in prompts:
         schedule = prompt_schedule(prompt, steps) if steps and not plain_prompt else [(steps, prompt)]

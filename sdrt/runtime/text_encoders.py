@@ -23,8 +23,7 @@ from sdrt.runtime.embeddings import Embedding, EmbeddingSet, EmbeddingSource, lo
 from sdrt.runtime.manifest import (
     BATCH, CLIP_SKIP_FAMILIES, EXTRA_EMBEDDINGS, LAST_HIDDEN, LAYER_HIDDEN, PENULTIMATE_HIDDEN, POOLED, PROJECTED, UNET_CONTEXT, Manifest,
 )
-from sdrt.runtime.prompts.chunks import TokenChunks, chunk_fragments
-from sdrt.runtime.prompts.emphasis import parse_emphasis
+from sdrt.runtime.prompts.chunks import TokenChunks, text_chunks
 from sdrt.runtime.prompts.options import TextOptions
 from sdrt.runtime.token_tables import TokenTable
 from sdrt.runtime.tokenizer import ClipTokenizer
@@ -76,8 +75,7 @@ class TextEncoders:
 
     def chunks(self, text: str, options: TextOptions, encoder: int = 0) -> TokenChunks:
         """The text's chunks for one encoder's tokenizer and embeddings (the first by default)."""
-        fragments = parse_emphasis(text) if options.emphasis.parses else [(text, 1.0)]
-        return chunk_fragments(fragments, self.tokenizers[encoder], self.tables[encoder])
+        return text_chunks(text, options.emphasis, self.tokenizers[encoder], self.tables[encoder])
 
     def encode(self, texts: list[str], engines: dict[str, Engine], options: TextOptions,
                timings: dict | None = None, used: dict | None = None,

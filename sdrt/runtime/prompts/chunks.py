@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from sdrt.runtime.prompts.emphasis import BREAK
+from sdrt.runtime.prompts.emphasis import BREAK, EmphasisMode, parse_emphasis
 from sdrt.runtime.tokenizer import ClipTokenizer
 
 if TYPE_CHECKING:
@@ -37,6 +37,12 @@ class TokenChunks:
     @property
     def count(self) -> int:
         return len(self.ids)
+
+
+def text_chunks(text: str, emphasis: "EmphasisMode", tokenizer: ClipTokenizer,
+                table: "TokenTable | None" = None) -> TokenChunks:
+    """A prompt text's chunks: its emphasis fragments if the mode parses them, else the text as one."""
+    return chunk_fragments(parse_emphasis(text) if emphasis.parses else [(text, 1.0)], tokenizer, table)
 
 
 def chunk_fragments(fragments: list, tokenizer: ClipTokenizer, table: "TokenTable | None" = None) -> TokenChunks:
@@ -95,9 +101,7 @@ def chunk_fragments(fragments: list, tokenizer: ClipTokenizer, table: "TokenTabl
     for row, (chunk_tokens, chunk_weights) in enumerate(rows):
         framed = [tokenizer.bos_id, *chunk_tokens, *[tokenizer.eos_id] * (capacity - len(chunk_tokens)),
                   tokenizer.eos_id]
-        first_end = framed.index(tokenizer.eos_id)
-        ids[row, :first_end + 1] = framed[:first_end + 1]
-        if tokenizer.pad_id == tokenizer.eos_id:
-            ids[row] = framed
+        ids[row] = framed
+        ids[row, framed.index(tokenizer.eos_id) + 1:] = tokenizer.pad_id  # a no-op where pad is the end token
         weight_rows[row, 1:1 + len(chunk_weights)] = chunk_weights
     return TokenChunks(ids, weight_rows, count, tuple(used))
