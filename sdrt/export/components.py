@@ -222,6 +222,8 @@ class ComponentExport:
     make_inputs: Callable[[torch.Generator, int, int, int], tuple[torch.Tensor, ...]]
     # Inputs with a default value in the graph (an initializer of the same name): callers may leave them out.
     defaults: dict[str, "np.ndarray"] = field(default_factory=dict)
+    # The model whose layers LoRA files name (the UNet, a text model): it gets a weights map.
+    lora_model: torch.nn.Module | None = None
 
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
         return {
@@ -317,6 +319,7 @@ def clip_component_exports(pipeline, geometry: ModelGeometry, num_train_timestep
             text_outputs,
             text_inputs,
             no_extra_tokens(text_config.hidden_size),
+            lora_model=pipeline.text_encoder,
         ),
         ComponentExport(
             "unet",
@@ -329,6 +332,7 @@ def clip_component_exports(pipeline, geometry: ModelGeometry, num_train_timestep
             ],
             [TensorSpec("out_sample", f32, [UNET_BATCH, *latent])],
             unet_inputs,
+            lora_model=pipeline.unet,
         ),
         *vae_exports(pipeline, g),
     ]

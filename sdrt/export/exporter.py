@@ -23,6 +23,7 @@ from sdrt.export import onnx_graph
 from sdrt.export.components import ONNX_OPSET, ComponentExport, ModelGeometry, component_exports, text_encoder_modules
 from sdrt.export.model_files import family, sdxl_settings, versions, write_diffusers_files
 from sdrt.export.validation import Case, reference_cases, validate
+from sdrt.export.weights_map import fingerprint, write_weights_map
 from sdrt.runtime.integrity import record_sha256
 from sdrt.runtime.leftovers import remove_stale
 from sdrt.runtime.manifest import DEFAULT_PROMPT_CHUNKS, FORMAT_VERSION, ComponentSpec, Manifest, TensorSpec
@@ -175,7 +176,17 @@ def export_pipeline(
             progress(f"{component.name}: exporting ({precision}, {options.target}"
                      f"{', optimized' if options.optimize else ''})")
             release = release_weights and not _shares_weights(component, exports[index + 1:])
+            prints = None if component.lora_model is None else fingerprint(
+                component.lora_model, component.name, precision == "fp16")
             final, files, validation = _build_component(component, staging, geometry, options, release)
+            weights_map = ""
+            if prints is not None:
+                map_file, unmapped = write_weights_map(final, prints, component.name)
+                files.append(map_file)
+                weights_map = map_file.relative_to(staging).as_posix()
+                progress(f"{component.name}: LoRA map of {len(prints.shapes) - len(unmapped)} layers"
+                         + (f" ({len(unmapped)} not held as one tensor: {', '.join(unmapped[:3])}"
+                            f"{', ...' if len(unmapped) > 3 else ''})" if unmapped else ""))
             elapsed = time.perf_counter() - started
             progress(
                 f"{component.name}: max abs error {validation['max_abs_error']:.2e}, "
@@ -195,6 +206,7 @@ def export_pipeline(
                 sha256=record_sha256(final),
                 validation=validation,
                 data_files={f.relative_to(staging).as_posix(): record_sha256(f) for f in files if f != final},
+                weights_map=weights_map,
             )
         shutil.rmtree(staging / WORK_DIR)
         write_diffusers_files(pipeline, staging, list(components))

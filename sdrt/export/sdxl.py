@@ -131,6 +131,7 @@ def sdxl_component_exports(pipeline, geometry: ModelGeometry, num_train_timestep
              TensorSpec(pooled, f32, [BATCH, pooled_size])],
             text_inputs,
             no_extra_tokens(config.hidden_size),
+            lora_model=module,
         ))
 
     def unet_inputs(gen, batch, latent_h, latent_w):
@@ -154,5 +155,6 @@ def sdxl_component_exports(pipeline, geometry: ModelGeometry, num_train_timestep
         ],
         [TensorSpec("out_sample", f32, [UNET_BATCH, g.latent_channels, LATENT_HEIGHT, LATENT_WIDTH])],
         unet_inputs,
+        lora_model=pipeline.unet,
     ))
     return exports + vae_exports(pipeline, g)

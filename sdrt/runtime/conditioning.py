@@ -107,7 +107,7 @@ def unet_conditioning(encoders: TextEncoders, engines: dict[str, Engine], resolv
         if request.negative_prompt is not None:
             warnings.append("this latent consistency model takes no negative prompt (guidance is built in): "
                             "it was not used")
-    positive = [schedule(p) for p in resolved.prompts]
+    positive = [schedule(p) for p in resolved.texts]
     zero_negative = encoders.sdxl is not None and encoders.sdxl.force_zeros_for_empty_prompt \
         and request.negative_prompt is None
     negative = [[(steps, ZEROS)] if zero_negative else schedule(n) for n in resolved.negatives] if guided else []
@@ -128,7 +128,7 @@ def unet_conditioning(encoders: TextEncoders, engines: dict[str, Engine], resolv
             for _ in range(request.num_images):
                 partner = len(rows) + half if entries[0][1] is ZEROS else None
                 rows.append(Row([e for e, _ in entries], [t for _, t in entries], dict(extras[kind]), partner))
-    if not request.plain_prompt and any(COMPOSABLE_AND.search(p) for p in resolved.prompts):
+    if not request.plain_prompt and any(COMPOSABLE_AND.search(p) for p in resolved.texts):
         warnings.append("AND (A1111's composable diffusion) is not supported: it is read as a word")
     return UnetConditioning(rows, encodings, guided, tuple(used))
 

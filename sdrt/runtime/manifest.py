@@ -90,6 +90,9 @@ class ComponentSpec:
     validation: dict[str, Any] = field(default_factory=dict)
     # External weight files next to `file` (models over 2 GB): relative path -> sha256.
     data_files: dict[str, str] = field(default_factory=dict)
+    # LoRA's map from the model's parameter names to this graph's initializers (one of
+    # data_files; sdrt.runtime.lora.weights_map); "" in exports made before LoRA.
+    weights_map: str = ""
 
 
 @dataclass(frozen=True)
@@ -196,7 +199,13 @@ class Manifest:
         if (self.sdxl is None) != (self.family in ("sd1", "sd2")):
             raise ModelFolderError(f"{path}: family {self.family!r} and the sdxl section disagree; re-export the model")
         for component, spec in self.components.items():
-            for key, relative in [("file", spec.file), *(("data_files", name) for name in spec.data_files)]:
+            named = [("file", spec.file), *(("data_files", name) for name in spec.data_files)]
+            if spec.weights_map:
+                if spec.weights_map not in spec.data_files:
+                    raise ModelFolderError(f"{path}: components.{component}.weights_map is not among its data_files "
+                                           "(so nothing checks it); re-export the model")
+                named.append(("weights_map", spec.weights_map))
+            for key, relative in named:
                 confined_path(path.parent, relative, f"{path}: components.{component}.{key}")
             for tensor in (*spec.inputs, *spec.outputs):
                 for size in tensor.shape:

@@ -7,9 +7,10 @@ from sdrt.runtime.request import ResolvedRequest
 
 
 def generation_parameters(resolved: ResolvedRequest, model: str, embeddings: dict[str, str],
-                          refiner: str | None) -> dict:
+                          refiner: str | None, loras: list | None = None) -> dict:
     """`embeddings`: the textual-inversion embeddings the prompts used, name -> short hash;
-    `refiner`: the refiner's name when one took over."""
+    `refiner`: the refiner's name when one took over; `loras`: the LoRAs merged
+    (sdrt.runtime.lora.adapters.UsedLora)."""
     request = resolved.request
     prompts = resolved.prompts
     parameters = {
@@ -33,6 +34,9 @@ def generation_parameters(resolved: ResolvedRequest, model: str, embeddings: dic
         parameters["emphasis"] = options.emphasis.name
     if embeddings:
         parameters["ti_hashes"] = dict(embeddings)
+    if loras:
+        parameters["loras"] = {lora.name: {"text": lora.weights.text, "unet": lora.weights.unet} for lora in loras}
+        parameters["lora_hashes"] = {lora.name: lora.short_hash for lora in loras}
     if refiner is not None:
         parameters.update(refiner=refiner, refiner_switch=float(request.refiner_switch))
     return parameters

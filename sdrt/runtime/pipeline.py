@@ -19,8 +19,10 @@ from PIL import Image
 
 from sdrt.errors import ConfigError, ModelFolderError, SdrtError
 from sdrt.runtime.embeddings import EmbeddingSource
-from sdrt.runtime.engines import DEFAULT_BACKEND, Backend, Engine, LoadOptions, backend_named
+from sdrt.runtime.engines import DEFAULT_BACKEND, DEFAULT_LORA_CACHE_MB, Backend, Engine, LoadOptions, backend_named
 from sdrt.runtime.integrity import verify_components
+from sdrt.runtime.lora.adapters import LoraAdapters
+from sdrt.runtime.lora.library import LoraLibrary
 from sdrt.runtime.json_files import read_json
 from sdrt.runtime.manifest import MANIFEST_NAME, Manifest
 from sdrt.runtime.model_folder import infer_manifest
@@ -58,7 +60,8 @@ class Pipeline:
     the latents and every intermediate array."""
 
     def __init__(self, folder: Path, manifest: Manifest, text_encoders: TextEncoders, scheduler_config: dict,
-                 engines: dict[str, Engine], backend: Backend, make_engine: Callable[[str], Engine]):
+                 engines: dict[str, Engine], backend: Backend, make_engine: Callable[[str], Engine],
+                 options: LoadOptions = LoadOptions(), loras: LoraLibrary | None = None):
         self.folder = folder
         self.manifest = manifest
         self.text_encoders = text_encoders
@@ -69,12 +72,16 @@ class Pipeline:
         self.backend = backend
         self._make_engine = make_engine
         self._engine_lock = threading.Lock()
+        self.loras = LoraAdapters(folder, manifest, engines, lambda component, weights: backend.weight_variants(
+            folder, manifest, component, engines[component], make_engine, weights.pristine, options),
+            loras or LoraLibrary())
 
     @classmethod
     def load(cls, folder: str | Path, backend: str | Backend = DEFAULT_BACKEND, threads: int | None = None,
              progress: Callable[[str], None] | None = None, io_binding: bool | None = None,
              cuda_graph: bool = False, refiner: str | Path | None = None,
-             embeddings: Sequence[str | Path | EmbeddingSource] | None = None) -> "Pipeline":
+             embeddings: Sequence[str | Path | EmbeddingSource] | None = None, lora_dir: str | Path | None = None,
+             lora_cache_mb: int = DEFAULT_LORA_CACHE_MB) -> "Pipeline":
         """Load an exported folder (with manifest.json, or a diffusers ONNX folder without one).
         `backend` is cpu or cuda (ONNX Runtime) or tensorrt (engines from `sdrt build`, rebuilt
         with a message through `progress` when stale). On ONNX Runtime, `io_binding` (the
@@ -82,14 +89,18 @@ class Pipeline:
         (cuda only) also captures the UNet once per shape and replays it (see BoundOrtEngine).
         `refiner`: an SDXL refiner's folder, loaded the same way (see attach_refiner).
         `embeddings`: textual-inversion files (PATH or PATH:TOKEN) and folders of them
-        (sdrt.runtime.embeddings), for the base model and the refiner."""
+        (sdrt.runtime.embeddings), for the base model and the refiner. `lora_dir`: the folder
+        `<lora:NAME>` tags name files in; `lora_cache_mb`: memory for LoRA-merged sessions per
+        component (ONNX Runtime; sdrt.runtime.lora)."""
         folder = Path(folder)
         if not folder.is_dir():
             raise ModelFolderError(
                 f"model folder {folder} does not exist; export one with `sdrt export MODEL --out {folder}`"
             )
         backend = backend_named(backend)
-        options = LoadOptions(threads=threads, io_binding=io_binding, cuda_graph=cuda_graph, progress=progress)
+        options = LoadOptions(threads=threads, io_binding=io_binding, cuda_graph=cuda_graph, progress=progress,
+                              lora_cache_mb=lora_cache_mb)
+        library = LoraLibrary(lora_dir)
         sessions: dict = {}
         if (folder / MANIFEST_NAME).is_file():
             manifest = Manifest.load(folder)
@@ -117,7 +128,8 @@ class Pipeline:
         sources = [e if isinstance(e, EmbeddingSource) else EmbeddingSource.parse(str(e)) for e in embeddings or ()]
         text_encoders = TextEncoders.load(folder, manifest, sources)  # after the backend: its profile limits prompts
         engines = {name: make_engine(name) for name in loaded}
-        pipeline = cls(folder, manifest, text_encoders, scheduler_config, engines, backend, make_engine)
+        pipeline = cls(folder, manifest, text_encoders, scheduler_config, engines, backend, make_engine, options,
+                       library)
         if refiner is not None:
             pipeline.attach_refiner(cls.load(refiner, backend, threads, progress, io_binding, cuda_graph,
                                              embeddings=embeddings))
@@ -152,7 +164,7 @@ class Pipeline:
     def denoise(self, start: modes.DenoiseStart, conditioning: UnetConditioning, sampler: Scheduler,
                 guidance_scale: float, generator: TorchGenerator | GeneratorGroup,
                 progress: Callable[[int, int], None] | None = None, timings: dict | None = None,
-                cancel: threading.Event | None = None) -> np.ndarray:
+                cancel: threading.Event | None = None, engines: dict[str, Engine] | None = None) -> np.ndarray:
         """The denoising loop over UNet calls `start.start` (image-to-image skips the first) to
         `start.end`; `conditioning` gives the UNet's feeds besides the latents and timestep at
         each step ([unconditional; conditional] with guidance, sdrt.runtime.conditioning), in
@@ -162,8 +174,8 @@ class Pipeline:
         `start.blend(index, latents)` runs after each step. With `timings`, each UNet call's
         duration is appended to timings["unet_steps"], and timings["unet_host_copies"] adds up
         the host-device copies inside those calls. A set `cancel` stops the loop at the next
-        step with GenerationCancelled."""
-        engine = self.engines["unet"]
+        step with GenerationCancelled. `engines` replaces the pipeline's (LoRA-merged ones)."""
+        engine = (engines or self.engines)["unet"]
         latents = start.latents
         guided = conditioning.guided
         sample_dtype = engine.input_dtype("sample")
@@ -242,15 +254,26 @@ class Pipeline:
         images then equal a call with that prompt and seed alone, which is how a server
         batches requests into one UNet call."""
         started = time.perf_counter()
-        timings: dict[str, float] = {}
         warnings: list[str] = []
         resolved = request.resolve(self.manifest)
+        with self.loras.use(resolved.loras, warnings) as (engines, loras):
+            result = self._run(resolved, engines, progress, cancel, warnings)
+        refiner = self.refiner.folder.name if request.refiner_switch is not None else None
+        result.parameters = generation_parameters(resolved, self.folder.name, result.parameters, refiner, loras)
+        result.timings["total"] = time.perf_counter() - started
+        return result
+
+    def _run(self, resolved: ResolvedRequest, engines: dict[str, Engine], progress, cancel,
+             warnings: list[str]) -> GenerationResult:
+        """run() on the request's engines; its parameters are the embeddings it used."""
+        request = resolved.request
+        timings: dict[str, float] = {}
         if resolved.per_prompt_seeds:
             generator = GeneratorGroup([TorchGenerator(value) for value in resolved.seeds], request.num_images)
         else:
             generator = TorchGenerator(resolved.seeds[0])
         stage = time.perf_counter()
-        conditioning = unet_conditioning(self.text_encoders, self.engines, resolved, warnings, timings)
+        conditioning = unet_conditioning(self.text_encoders, engines, resolved, warnings, timings)
         timings["text_encoder"] = time.perf_counter() - stage
         sampler = self.new_sampler(request)
         runs = [(self, self.prepare(resolved, sampler, generator, timings), sampler, conditioning)]
@@ -264,7 +287,7 @@ class Pipeline:
                 start.latents = latents
             step_progress = None if progress is None else lambda i, _, done=done: progress(done + i, total)
             latents = model.denoise(start, run_conditioning, run_sampler, request.guidance_scale, generator,
-                                    step_progress, timings, cancel)
+                                    step_progress, timings, cancel, engines if model is self else None)
             done += start.stop(run_sampler) - start.start
         timings["denoise"] = time.perf_counter() - stage
         # Everything in the loop but the UNet: sampler, guidance, copies and casts.
@@ -274,11 +297,8 @@ class Pipeline:
         array = runs[-1][0].decode_latents(latents)  # the refiner decodes with its own VAE
         timings["vae_decoder"] = time.perf_counter() - stage
         images = [Image.fromarray((image * PIXEL_LEVELS).round().astype(np.uint8)) for image in array]
-        timings["total"] = time.perf_counter() - started
         hashes = {e.name: e.short_hash for e in self.text_encoders.embeddings.loaded}
-        parameters = generation_parameters(resolved, self.folder.name, {n: hashes[n] for n in conditioning.embeddings},
-                                           self.refiner.folder.name if request.refiner_switch is not None else None)
-        return GenerationResult(images, array, parameters, timings, warnings)
+        return GenerationResult(images, array, {n: hashes[n] for n in conditioning.embeddings}, timings, warnings)
 
     def new_sampler(self, request: GenerationRequest) -> Scheduler:
         sampler = sampler_from_config(request.sampler, self.scheduler_config)

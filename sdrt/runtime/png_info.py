@@ -57,6 +57,9 @@ def format_parameters(prompt: str, parameters: dict, batch_position: int | None 
     if "ti_hashes" in parameters:
         fields.append(("TI hashes", quote(", ".join(f"{name}: {digest}" for name, digest in
                                                     parameters["ti_hashes"].items()))))
+    if "lora_hashes" in parameters:
+        fields.append(("Lora hashes", quote(", ".join(f"{name}: {digest}" for name, digest in
+                                                      parameters["lora_hashes"].items()))))
     if "refiner" in parameters:  # A1111's names for its refiner settings
         fields += [("Refiner", parameters["refiner"]), ("Refiner switch at", parameters["refiner_switch"])]
     if batch_position is not None:

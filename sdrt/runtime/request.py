@@ -20,6 +20,8 @@ from PIL import Image
 
 from sdrt.errors import GenerationError
 from sdrt.runtime.images import InputImageError, open_image, target_size
+from sdrt.runtime.lora.tags import LoraRef, extract_tags
+from sdrt.runtime.lora.weights_map import LoraError
 from sdrt.runtime.manifest import BATCH, HEIGHT, WIDTH, Manifest
 from sdrt.runtime.prompts.emphasis import DEFAULT_EMPHASIS, emphasis_mode
 from sdrt.runtime.prompts.options import TextOptions
@@ -59,7 +61,8 @@ class GenerationRequest:
     fraction of the noise schedule after which a loaded refiner takes over (diffusers'
     denoising_end / denoising_start). Prompts are read in A1111's prompt language
     (sdrt.runtime.prompts) with an `emphasis` mode and A1111's `clip_skip`; `plain_prompt`
-    reads them as plain text (no emphasis, BREAK, editing or alternation)."""
+    reads them as plain text (no emphasis, BREAK, editing or alternation). `loras`: LoRAs
+    (sdrt.runtime.lora.tags.LoraRef, or "PATH[:WEIGHT]"), besides the prompt's `<lora:...>` tags."""
 
     prompt: str | Sequence[str]
     negative_prompt: str | Sequence[str] | None = None
@@ -79,6 +82,7 @@ class GenerationRequest:
     emphasis: str = DEFAULT_EMPHASIS
     clip_skip: int = 1
     plain_prompt: bool = False
+    loras: Sequence["LoraRef | str"] = ()
 
     def resolve(self, manifest: Manifest) -> "ResolvedRequest":
         """Every field checked against the model; defaults filled in; images opened."""
@@ -100,6 +104,8 @@ class ResolvedRequest:
     image: Image.Image | None
     mask: Image.Image | None
     text_options: TextOptions = TextOptions()
+    texts: list[str] = field(default_factory=list)  # the prompts as encoded: without LoRA tags
+    loras: tuple[LoraRef, ...] = ()
 
     @property
     def batch(self) -> int:
@@ -235,8 +241,29 @@ def _resolve(request: GenerationRequest, manifest: Manifest) -> ResolvedRequest:
     if batch_range is not None and batch > batch_range.max:
         raise GenerationError(f"{batch} images at once exceed this export's batch limit of {batch_range.max}",
                               "num_images")
+    options = _text_options(request)
+    texts, loras = _loras(request, prompts)
     return ResolvedRequest(request, prompts, negatives, seeds, per_prompt, int(height), int(width),
-                           None if strength is None else float(strength), image, mask, _text_options(request))
+                           None if strength is None else float(strength), image, mask, options, texts, loras)
+
+
+def _loras(request: GenerationRequest, prompts: list[str]) -> tuple[list[str], tuple[LoraRef, ...]]:
+    """The prompts without their `<lora:...>` tags, and the request's LoRAs (plain prompts keep
+    their text as it is)."""
+    if isinstance(request.loras, str) or not isinstance(request.loras, (list, tuple)):
+        raise GenerationError("loras must be a list of LoRAs", "loras")
+    try:
+        loras = [ref if isinstance(ref, LoraRef) else LoraRef.parse(ref) for ref in request.loras]
+        if request.plain_prompt:
+            return list(prompts), tuple(loras)
+        stripped = [extract_tags(prompt) for prompt in prompts]
+    except LoraError as error:
+        raise GenerationError(str(error), "loras") from None
+    tagged = {tuple(tags) for _, tags in stripped}
+    if len(tagged) > 1:
+        raise GenerationError("the prompts of one request name different <lora:...> tags; give each set of "
+                              "LoRAs its own request", "prompt")
+    return [text for text, _ in stripped], tuple(loras) + tuple(stripped[0][1])
 
 
 def _text_options(request: GenerationRequest) -> TextOptions:

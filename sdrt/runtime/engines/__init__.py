@@ -19,6 +19,9 @@ from sdrt.runtime.engines.base import Engine, EngineInputError, EngineRunError
 from sdrt.runtime.manifest import Manifest
 
 EngineFactory = Callable[[str], Engine]
+#: Memory for LoRA-merged ONNX Runtime sessions of one component (sdrt.runtime.lora.variants).
+DEFAULT_LORA_CACHE_MB = 8192
+MIB = 2**20
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,7 @@ class LoadOptions:
     io_binding: bool | None = None  # None: the backend's default
     cuda_graph: bool = False
     progress: Callable[[str], None] | None = None
+    lora_cache_mb: int = DEFAULT_LORA_CACHE_MB
 
 
 class Backend(ABC):
@@ -48,6 +52,11 @@ class Backend(ABC):
              sessions: dict[str, Any]) -> tuple[Manifest, EngineFactory]:
         """(the manifest the engines accept, a factory of engines by component name).
         `sessions` are ones open_session opened to infer the manifest; engines adopt them."""
+
+    @abstractmethod
+    def weight_variants(self, folder: Path, manifest: Manifest, component: str, engine: Engine,
+                        make_engine: EngineFactory, pristine: Callable[[str], Any], options: LoadOptions):
+        """The component's engines for LoRA-merged weights (sdrt.runtime.lora.variants)."""
 
 
 @dataclass(frozen=True)
@@ -71,15 +80,25 @@ class OrtBackend(Backend):
         if options.cuda_graph and not bound:
             raise ConfigError("CUDA graphs need IO binding; leave io_binding on")
 
-        def make_engine(name: str) -> Engine:
+        def make_engine(name: str, weights=None) -> Engine:
             spec = manifest.components[name]
-            common = dict(backend=self.name, threads=options.threads, session=sessions.get(name))
+            common = dict(backend=self.name, threads=options.threads, session=None if weights else sessions.get(name),
+                          weights=weights)
             if bound:
                 return BoundOrtEngine(folder / spec.file, name, spec, manifest.dims,
                                       cuda_graph=options.cuda_graph and name == "unet", **common)
             return OrtEngine(folder / spec.file, name, spec, manifest.dims, **common)
 
         return manifest, make_engine
+
+    def weight_variants(self, folder, manifest, component, engine, make_engine, pristine, options):
+        from sdrt.runtime.lora.variants import SessionVariants
+
+        spec = manifest.components[component]
+        files = [folder / spec.file, *(folder / name for name in spec.data_files)]
+        size = sum(path.stat().st_size for path in files if path.is_file() and path.suffix != ".json")
+        return SessionVariants(engine, lambda weights: make_engine(component, weights), size,
+                               options.lora_cache_mb * MIB)
 
 
 class TensorRtBackend(Backend):
@@ -93,6 +112,11 @@ class TensorRtBackend(Backend):
 
         runtime, narrowed = load_engines(folder, manifest, options.progress)
         return narrowed, runtime.engine
+
+    def weight_variants(self, folder, manifest, component, engine, make_engine, pristine, options):
+        from sdrt.runtime.lora.variants import RefitVariants
+
+        return RefitVariants(engine, pristine)
 
 
 BACKENDS: dict[str, Backend] = {backend.name: backend for backend in (

@@ -18,6 +18,10 @@ from sdrt.runtime.integrity import check_graph_io
 from sdrt.runtime.manifest import EXTRA_EMBEDDINGS, ComponentSpec, DimRange, TensorSpec
 
 ORT_ERRORS_ONLY = 3  # SessionOptions.log_severity_level: 0 verbose .. 4 fatal
+#: ONNX Runtime's NCHWc transform reorders convolution filters from the graph file, not from
+#: initializers given with add_initializer (so a LoRA on a convolution would be lost: measured
+#: on onnxruntime 1.32): sessions built with replaced weights go without it.
+IGNORES_REPLACED_WEIGHTS = ["NchwcTransformer"]
 #: sdrt's ONNX Runtime backends and their execution providers.
 BACKEND_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 #: ONNX Runtime's type names -> the manifest's dtypes (the one table of them).
@@ -26,11 +30,12 @@ ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(
 
 
 def open_session(path: Path, backend: str = "cpu", threads: int | None = None, cuda_graph: bool = False,
-                 spec: ComponentSpec | None = None):
+                 spec: ComponentSpec | None = None, weights: dict[str, np.ndarray] | None = None):
     """An ONNX Runtime session for `path` on an sdrt backend, with all graph optimizations.
     `cuda_graph` turns on the CUDA provider's graph capture (runs must use IO binding). On the
     CPU, with the component's `spec` (its sha256), the optimized graph is cached per machine
-    (sdrt.runtime.engines.ort_cache) so that later loads skip the optimization."""
+    (sdrt.runtime.engines.ort_cache) so that later loads skip the optimization. `weights`
+    replaces initializers by name (LoRA-merged weights; sdrt.runtime.engines.ort_overrides)."""
     import onnxruntime as ort
 
     from sdrt.runtime.engines import ort_cache
@@ -51,6 +56,8 @@ def open_session(path: Path, backend: str = "cpu", threads: int | None = None, c
     provider_options = {"enable_cuda_graph": "1"} if cuda_graph and backend == "cuda" else {}
     providers = [(provider, provider_options)]
     try:
+        if weights:
+            return _session_with_weights(Path(path), backend, spec, make_options, providers, weights)
         if backend == "cpu" and spec is not None and ort_cache.enabled():
             return ort_cache.cached_session(Path(path), spec, make_options, providers)
         return ort.InferenceSession(str(path), make_options(), providers=providers)
@@ -58,14 +65,39 @@ def open_session(path: Path, backend: str = "cpu", threads: int | None = None, c
         raise EngineRunError(f"cannot load {path}: {error}") from None
 
 
+def _session_with_weights(path: Path, backend: str, spec: ComponentSpec | None, make_options, providers,
+                          weights: dict[str, np.ndarray]):
+    """A session with `weights` replaced: from the cached optimized graph where every weight
+    can be placed in it, else optimized from the exported graph with the weights in it."""
+    import onnxruntime as ort
+
+    from sdrt.runtime.engines import ort_cache, ort_overrides
+
+    entry = ort_cache.complete_entry(spec) if backend == "cpu" and spec is not None and ort_cache.enabled() else None
+    placed = None if entry is None else ort_overrides.place(entry, path, weights, ort_cache.MODEL_FILE)
+    options = make_options()
+    if placed is not None:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        source, replacements = entry / ort_cache.MODEL_FILE, placed
+    else:
+        source, replacements = path, weights
+    values = ort_overrides.add_initializers(options, replacements)
+    disabled = {} if placed is not None else {"disabled_optimizers": IGNORES_REPLACED_WEIGHTS}
+    session = ort.InferenceSession(str(source), options, providers=providers, **disabled)
+    session.sdrt_weights = values  # ONNX Runtime reads them for the session's lifetime
+    session.sdrt_from_cache = placed is not None
+    return session
+
+
 class OrtEngine(Engine):
     """An ONNX file in ONNX Runtime. `InferenceSession.run` is safe to call from many threads.
     `session`, when given, is one already opened with open_session for the same file."""
 
     def __init__(self, path: Path, name: str, spec: ComponentSpec, dims: Mapping[str, DimRange], *,
-                 backend: str = "cpu", threads: int | None = None, session=None):
+                 backend: str = "cpu", threads: int | None = None, session=None, weights=None):
         super().__init__(name, spec, dims)
-        self.session = session if session is not None else open_session(path, backend, threads, spec=spec)
+        self.session = session if session is not None else open_session(path, backend, threads, spec=spec,
+                                                                         weights=weights)
         check_graph_io(name, spec.inputs, spec.outputs, *session_tensor_specs(self.session))
 
     def _run(self, feeds: Mapping[str, np.ndarray], dims: Mapping[str, int]) -> dict[str, np.ndarray]:
@@ -112,9 +144,10 @@ class BoundOrtEngine(OrtEngine):
     MAX_SHAPES = 8  # shape sets kept (and CUDA graphs); the oldest is dropped past this
 
     def __init__(self, path: Path, name: str, spec: ComponentSpec, dims: Mapping[str, DimRange], *,
-                 backend: str = "cuda", threads: int | None = None, session=None, cuda_graph: bool = False):
+                 backend: str = "cuda", threads: int | None = None, session=None, cuda_graph: bool = False,
+                 weights=None):
         if session is None:
-            session = open_session(path, backend, threads, cuda_graph=cuda_graph, spec=spec)
+            session = open_session(path, backend, threads, cuda_graph=cuda_graph, spec=spec, weights=weights)
         else:
             cuda_graph = False  # a session opened elsewhere has no graph capture enabled
         super().__init__(path, name, spec, dims, backend=backend, threads=threads, session=session)

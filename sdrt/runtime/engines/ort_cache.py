@@ -65,6 +65,14 @@ def cache_key(spec: ComponentSpec, ort_version: str) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 
 
+def complete_entry(spec: ComponentSpec) -> Path | None:
+    """The cache folder of a component's optimized graph, if one has been saved."""
+    import onnxruntime as ort
+
+    folder = cache_root() / "ort" / cache_key(spec, ort.__version__)
+    return folder if (folder / COMPLETE_FILE).is_file() else None
+
+
 def cached_session(source: Path, spec: ComponentSpec, make_options: Callable, providers: list):
     """An InferenceSession for `source`: from the cached optimized graph when there is one,
     otherwise optimized now and saved for next time. `make_options()` gives fresh

@@ -1,0 +1,123 @@
+"""The LoRA weights map of an exported component (read by sdrt.runtime.lora.weights_map).
+
+Before the module is traced away, every Linear and Conv2d weight is fingerprinted in each
+layout the graph could hold it in (sdrt.runtime.lora.weights_map.TRANSFORMS), in the graph's
+precision (fp16 exactly as the fp16 conversion rounds it). After the final graph is written,
+its initializers are hashed and each layer takes the one initializer whose bytes equal one of
+its fingerprints: an exact comparison, so an entry is never a guess. A layer whose weight the
+graph does not hold as one tensor (folded into another, or two layers with equal weights) is
+listed as unmapped, and a LoRA key for it is reported at generation time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from sdrt.runtime.lora.weights_map import (
+    TEXT_MODEL_PREFIX,
+    TRANSFORMS,
+    WEIGHTS_MAP_FILE,
+    WEIGHTS_MAP_FORMAT,
+    applicable_transforms,
+)
+from sdrt.runtime.onnx_weights import initializers
+
+
+@dataclass
+class Fingerprints:
+    """Digest of a layer's weight in each candidate layout -> (module, transform, shape in the
+    graph), and the layers' shapes and LDM names. A reshape keeps the bytes, so the stored
+    shape tells "same" from "kernel" or "matrix"."""
+
+    digests: dict[str, list[tuple[str, str, tuple[int, ...]]]] = field(default_factory=dict)
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    ldm: dict[str, str] = field(default_factory=dict)
+
+
+def _digest(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+def _stored(array: np.ndarray, fp16: bool) -> np.ndarray:
+    if not fp16:
+        return array.astype(np.float32)
+    from onnxruntime.transformers.float16 import convert_np_to_float16
+
+    return convert_np_to_float16(array).astype(np.float16)  # clamps as the fp16 conversion does
+
+
+def fingerprint(model, component: str, fp16: bool) -> Fingerprints:
+    """Fingerprints of the Linear and Conv2d layers of `model` (the diffusers UNet or the
+    transformers text model the component wraps)."""
+    import torch
+
+    prints = Fingerprints()
+    ldm_name = _ldm_namer(model) if component == "unet" else None
+    for path, module in model.named_modules():
+        if not isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+            continue
+        name = path[len(TEXT_MODEL_PREFIX):] if path.startswith(TEXT_MODEL_PREFIX) else path
+        weight = module.weight.detach().to(torch.float32).cpu().numpy()
+        prints.shapes[name] = tuple(weight.shape)
+        reshaped_digest = None  # a reshape (a view of the weight) keeps its bytes: hashed once
+        for transform in applicable_transforms(tuple(weight.shape)):
+            arranged = np.ascontiguousarray(TRANSFORMS[transform](weight))
+            if np.shares_memory(arranged, weight):
+                reshaped_digest = reshaped_digest or _digest(_stored(arranged, fp16))
+                digest = reshaped_digest
+            else:
+                digest = _digest(_stored(arranged, fp16))
+            prints.digests.setdefault(digest, []).append((name, transform, tuple(arranged.shape)))
+        if ldm_name is not None:
+            prints.ldm[name] = ldm_name(name)
+    return prints
+
+
+def _ldm_namer(unet):
+    """module path -> its LDM name (kohya's SDXL LoRAs use them), or "" where none exists."""
+    from sdrt.export.ldm_checkpoint import unet_key
+
+    config = unet.config
+    with_attention = {index for index, kind in enumerate(config.up_block_types) if "CrossAttn" in kind}
+
+    def name(path: str) -> str:
+        try:
+            return unet_key(path + ".weight", config.layers_per_block, with_attention)[:-len(".weight")]
+        except ValueError:
+            return ""
+
+    return name
+
+
+def write_weights_map(onnx_file: Path, prints: Fingerprints, component: str) -> tuple[Path, list[str]]:
+    """Matches the graph's initializers to the fingerprints and writes WEIGHTS_MAP_FILE beside
+    `onnx_file`; returns the file and the layers left unmapped."""
+    by_layer: dict[str, list[tuple[str, str]]] = {}
+    claimed: dict[str, int] = {}
+    for tensor in initializers(onnx_file).values():
+        for module, transform, shape in prints.digests.get(_digest(tensor.read()), ()):
+            if shape != tensor.shape:
+                continue
+            by_layer.setdefault(module, []).append((tensor.name, transform))
+            claimed[tensor.name] = claimed.get(tensor.name, 0) + 1
+    modules, unmapped = {}, []
+    for module, shape in prints.shapes.items():
+        found = by_layer.get(module, [])
+        # One initializer, held by this layer alone: anything else would merge a LoRA twice or
+        # into another layer.
+        if len(found) != 1 or claimed[found[0][0]] != 1:
+            unmapped.append(module)
+            continue
+        initializer, transform = found[0]
+        modules[module] = {"initializer": initializer, "transform": transform, "shape": list(shape)}
+        if prints.ldm.get(module):
+            modules[module]["ldm"] = prints.ldm[module]
+    path = onnx_file.with_name(WEIGHTS_MAP_FILE)
+    data = {"format": WEIGHTS_MAP_FORMAT, "component": component, "modules": modules, "unmapped": unmapped}
+    path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    return path, unmapped
