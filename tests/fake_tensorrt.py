@@ -34,6 +34,7 @@ class Stats:
         self.executions: dict[str, int] = {}
         self.graph_launches = 0
         self.captures = 0
+        self.refits: list[dict] = []  # {"component", "names"} per successful refit
         self.allocated: dict[int, np.ndarray] = {}
 
 
@@ -146,7 +147,7 @@ def make_tensorrt(stats: Stats, cudart: types.ModuleType, version: str = "10.9.0
     trt.float32, trt.float16 = DataType.FLOAT, DataType.HALF
     trt.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, level=2: None})
     trt.NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag", {"STRONGLY_TYPED": 5})
-    trt.BuilderFlag = enum.Enum("BuilderFlag", "FP16 OBEY_PRECISION_CONSTRAINTS TF32")
+    trt.BuilderFlag = enum.Enum("BuilderFlag", "FP16 OBEY_PRECISION_CONSTRAINTS TF32 REFIT REFIT_INDIVIDUAL")
     trt.MemoryPoolType = enum.Enum("MemoryPoolType", "WORKSPACE")
     trt.OnnxParserFlag = enum.Enum("OnnxParserFlag", "NATIVE_INSTANCENORM")
     trt.LayerType = enum.Enum("LayerType", "NORMALIZATION SOFTMAX REDUCE CONVOLUTION OTHER")
@@ -178,6 +179,14 @@ def make_tensorrt(stats: Stats, cudart: types.ModuleType, version: str = "10.9.0
             self.flags = flags
             self.layers: list[Layer] = []
             self.onnx_path = None
+            self.weights: dict[str, tuple] = {}  # initializer -> (shape, dtype)
+            self.refittable: set[str] = set()
+
+        def mark_weights_refittable(self, name):
+            if name not in self.weights:
+                return False
+            self.refittable.add(name)
+            return True
 
         @property
         def num_layers(self):
@@ -202,6 +211,8 @@ def make_tensorrt(stats: Stats, cudart: types.ModuleType, version: str = "10.9.0
             self.network.constant_inputs = sorted(t.name for t in model.graph.initializer if t.name in inputs)
             self.network.layers = [Layer(node.op_type) for node in model.graph.node]
             self.network.onnx_path = path
+            self.network.weights = {t.name: (tuple(t.dims), onnx.helper.tensor_dtype_to_np_dtype(t.data_type))
+                                    for t in model.graph.initializer if t.name not in inputs}
             return True
 
         def parse(self, model_bytes, path=None):
@@ -284,7 +295,14 @@ def make_tensorrt(stats: Stats, cudart: types.ModuleType, version: str = "10.9.0
                 assert monitor.step_complete("Building engine", 0) is True
                 monitor.phase_finish("Building engine")
             config.cache.entries.append(network.onnx_path)
+            individual = trt.BuilderFlag.REFIT_INDIVIDUAL in config.flags
+            assert not (individual and trt.BuilderFlag.REFIT in config.flags), "one refit mode"
+            assert not (network.refittable and not individual), "marked weights need REFIT_INDIVIDUAL"
+            refittable = sorted(network.refittable) if individual else (
+                sorted(network.weights) if trt.BuilderFlag.REFIT in config.flags else [])
             record = {"onnx": network.onnx_path, "profile": config.profiles[0].shapes,
+                      "refittable": {name: [list(network.weights[name][0]), np.dtype(network.weights[name][1]).name]
+                                     for name in refittable},
                       "fp16": trt.BuilderFlag.FP16 in config.flags, "strongly_typed": strongly,
                       "pinned_fp32": len(pinned), "version": version, "device": DEVICE_NAME}
             stats.builds.append(record)
@@ -303,10 +321,42 @@ def make_tensorrt(stats: Stats, cudart: types.ModuleType, version: str = "10.9.0
                 return None
             return Engine(record)
 
+    class Weights:
+        def __init__(self, array):
+            assert isinstance(array, np.ndarray) and array.flags.c_contiguous, "Weights take contiguous arrays"
+            self.array = array
+
+    class Refitter:
+        """Refits the fake engine: its ONNX Runtime session is remade with the new weights as
+        initializer overrides (the engine's current weights are kept for assertions)."""
+
+        def __init__(self, engine, logger):
+            assert isinstance(engine, Engine)
+            self.engine = engine
+            self.pending: dict[str, np.ndarray] = {}
+
+        def set_named_weights(self, name, weights):
+            spec = self.engine.record["refittable"].get(name)
+            if spec is None or list(weights.array.shape) != spec[0] or weights.array.dtype.name != spec[1]:
+                return False
+            self.pending[name] = weights.array.copy()  # TensorRT copies at refit; the caller may free after
+            return True
+
+        def refit_cuda_engine(self):
+            assert self.pending, "a refit with no weights"
+            self.engine.weights.update(self.pending)
+            self.engine.open_session()
+            stats.refits.append({"component": self.engine.component, "names": sorted(self.pending)})
+            self.pending = {}
+            return True
+
+    trt.Weights, trt.Refitter = Weights, Refitter
+
     class Engine:
         def __init__(self, record):
             self.record = record
-            self.session = ort.InferenceSession(record["onnx"], providers=["CPUExecutionProvider"])
+            self.weights: dict[str, np.ndarray] = {}  # refitted weights, by name
+            self.open_session()
             self.inputs = {arg.name: arg for arg in self.session.get_inputs()}
             self.outputs = {arg.name: arg for arg in self.session.get_outputs()}
             self.names = [*self.inputs, *self.outputs]
@@ -314,6 +364,17 @@ def make_tensorrt(stats: Stats, cudart: types.ModuleType, version: str = "10.9.0
             component = record["onnx"].replace("\\", "/").split("/")[-2]
             self.component = component
             self.device_memory_size_v2 = ACTIVATION_BYTES.get(component, 1 << 20)
+
+        def open_session(self):
+            options = ort.SessionOptions()
+            options.log_severity_level = 3
+            self._kept = [ort.OrtValue.ortvalue_from_numpy(array) for array in self.weights.values()]
+            for name, value in zip(self.weights, self._kept):
+                options.add_initializer(name, value)
+            # ONNX Runtime's NCHWc transform would ignore replaced convolution weights.
+            disabled = {"disabled_optimizers": ["NchwcTransformer"]} if self.weights else {}
+            self.session = ort.InferenceSession(self.record["onnx"], options, providers=["CPUExecutionProvider"],
+                                                **disabled)
 
         @property
         def num_io_tensors(self):

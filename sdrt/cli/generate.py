@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from sdrt.cli import main
-from sdrt.cli.prompt_options import embedding_options, embedding_sources, prompt_options
+from sdrt.cli.prompt_options import embedding_options, embedding_sources, lora_options, prompt_options
 from sdrt.cli.sdxl_options import resolve_refiner_switch, sdxl_options, size_conditioning
 from sdrt.cli.types import FiniteFloat, THREADS
 from sdrt.errors import SdrtError
@@ -189,11 +189,14 @@ class _Progress:
 @sdxl_options
 @prompt_options
 @embedding_options
+@lora_options
 def generate(prompt, model_dir, negative_prompt, steps, guidance, seed, height, width, num_images, sampler,
              backend, threads, cuda_graph, init_image, mask_image, strength, out, quiet, as_json, refiner,
-             refiner_switch, emphasis, clip_skip, plain_prompt, embedding_dirs, embedding_files, **sdxl) -> None:
+             refiner_switch, emphasis, clip_skip, plain_prompt, embedding_dirs, embedding_files, loras, lora_dir,
+             lora_cache_mb, **sdxl) -> None:
     """Generate images for PROMPT with an exported model (from --init-image: image-to-image;
-    with --mask too: inpainting). SDXL: --refiner and the size conditioning."""
+    with --mask too: inpainting). SDXL: --refiner and the size conditioning. LoRAs: --lora,
+    or <lora:NAME:WEIGHT> in PROMPT with --lora-dir."""
     started = time.perf_counter()
     from sdrt.runtime.pipeline import Pipeline
     from sdrt.runtime.png_info import format_parameters, save_png
@@ -208,7 +211,8 @@ def generate(prompt, model_dir, negative_prompt, steps, guidance, seed, height, 
     paths = output_paths(out, seed, num_images)
     pipeline = Pipeline.load(model_dir, backend=backend, threads=threads, cuda_graph=cuda_graph, refiner=refiner,
                              progress=None if quiet else lambda line: click.echo(line, err=True),
-                             embeddings=embedding_sources(embedding_dirs, embedding_files))
+                             embeddings=embedding_sources(embedding_dirs, embedding_files), lora_dir=lora_dir,
+                             lora_cache_mb=lora_cache_mb)
     if not quiet:
         for name, reason in pipeline.text_encoders.embeddings.skipped.items():
             click.echo(f"warning: embedding {name} skipped: {reason}", err=True)
@@ -225,7 +229,7 @@ def generate(prompt, model_dir, negative_prompt, steps, guidance, seed, height, 
                                 seed=seed, height=height, width=width, num_images=num_images, sampler=sampler,
                                 init_image=init_image, mask_image=mask_image, strength=strength,
                                 size_conditioning=conditioning, refiner_switch=switch, emphasis=emphasis,
-                                clip_skip=clip_skip, plain_prompt=plain_prompt)
+                                clip_skip=clip_skip, plain_prompt=plain_prompt, loras=list(loras))
     result = pipeline.run(request, progress=progress)
     if not quiet:
         for warning in result.warnings:

@@ -6,6 +6,7 @@ from typing import Callable
 
 import click
 
+from sdrt.runtime.engines import DEFAULT_LORA_CACHE_MB
 from sdrt.runtime.prompts.emphasis import DEFAULT_EMPHASIS, EMPHASIS_MODES
 from sdrt.runtime.request import MAX_CLIP_SKIP
 
@@ -40,3 +41,25 @@ def embedding_options(command: Callable) -> Callable:
 
 def embedding_sources(dirs: tuple[str, ...], files: tuple[str, ...]) -> list[str]:
     return [*dirs, *files]
+
+
+def lora_options(command: Callable, per_request: bool = True) -> Callable:
+    """Adds --lora-dir DIR and --lora-cache-mb (load-time), and with `per_request` --lora
+    PATH[:WEIGHT] (repeatable)."""
+    options = [
+        click.option("--lora-dir", default=None, type=click.Path(file_okay=False),
+                     help="A folder of LoRAs that <lora:NAME:WEIGHT> tags in prompts name (by file stem)."),
+        click.option("--lora-cache-mb", default=DEFAULT_LORA_CACHE_MB, show_default=True, type=click.IntRange(1),
+                     help="Memory for LoRA-merged ONNX Runtime sessions, per component."),
+    ]
+    if per_request:
+        options.insert(0, click.option("--lora", "loras", multiple=True, metavar="PATH[:WEIGHT]",
+                                       help="Merge this LoRA (a file, or a name in --lora-dir) with WEIGHT "
+                                            "[default: 1]; repeatable."))
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def serve_lora_options(command: Callable) -> Callable:
+    return lora_options(command, per_request=False)

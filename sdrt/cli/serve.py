@@ -8,7 +8,7 @@ import time
 import click
 
 from sdrt.cli import main
-from sdrt.cli.prompt_options import embedding_options, embedding_sources
+from sdrt.cli.prompt_options import embedding_options, embedding_sources, serve_lora_options
 from sdrt.cli.types import FiniteFloat, PORT, THREADS
 from sdrt.errors import SdrtError
 from sdrt.runtime.engines import BACKEND_NAMES, DEFAULT_BACKEND
@@ -35,6 +35,7 @@ from sdrt.runtime.engines import BACKEND_NAMES, DEFAULT_BACKEND
 @click.option("--plain-prompts", is_flag=True,
               help="The OpenAI route reads prompts as plain text (A1111 routes always read A1111's prompt language).")
 @embedding_options
+@serve_lora_options
 @click.option("--ray", "use_ray", is_flag=True, help="Run as a Ray Serve deployment (pip install 'sdrt[ray]').")
 @click.option("--replicas", default=None, type=int, help="With --ray: a fixed number of replicas.")
 @click.option("--min-replicas", default=1, show_default=True, type=int, help="With --ray: autoscaling lower bound.")
@@ -47,8 +48,8 @@ from sdrt.runtime.engines import BACKEND_NAMES, DEFAULT_BACKEND
               help="With --ray: the cluster to join ('auto' for the one this machine belongs to); "
                    "default: start a local Ray instance.")
 def serve(model_dir, refiner, host, port, backend, threads, api_key, max_queue, concurrency, timeout, max_batch,
-          batch_window_ms, plain_prompts, embedding_dirs, embedding_files, use_ray, replicas, min_replicas, max_replicas, gpus_per_replica, cpus_per_replica,
-          ray_address) -> None:
+          batch_window_ms, plain_prompts, embedding_dirs, embedding_files, lora_dir, lora_cache_mb, use_ray, replicas,
+          min_replicas, max_replicas, gpus_per_replica, cpus_per_replica, ray_address) -> None:
     """Serve the model over HTTP: OpenAI Images API, AUTOMATIC1111 API, /health, /metrics."""
     try:
         import uvicorn
@@ -70,16 +71,18 @@ def serve(model_dir, refiner, host, port, backend, threads, api_key, max_queue, 
     if use_ray:
         serve_on_ray(model_dir, refiner, backend, threads, settings, host, port, ray_address,
                      dict(replicas=replicas, min_replicas=min_replicas, max_replicas=max_replicas,
-                          gpus_per_replica=gpus_per_replica, cpus_per_replica=cpus_per_replica), embeddings)
+                          gpus_per_replica=gpus_per_replica, cpus_per_replica=cpus_per_replica), embeddings,
+                     dict(lora_dir=lora_dir, lora_cache_mb=lora_cache_mb))
         return
-    pipeline = Pipeline.load(model_dir, backend=backend, threads=threads, refiner=refiner, embeddings=embeddings)
+    pipeline = Pipeline.load(model_dir, backend=backend, threads=threads, refiner=refiner, embeddings=embeddings,
+                             lora_dir=lora_dir, lora_cache_mb=lora_cache_mb)
     from sdrt.serve.http import JsonErrorProtocol
 
     uvicorn.run(create_app(pipeline, settings), host=host, port=port, log_level="info", http=JsonErrorProtocol)
 
 
 def serve_on_ray(model_dir, refiner, backend, threads, settings, host, port, address,
-                 replica_options: dict, embeddings: list[str] = ()) -> None:
+                 replica_options: dict, embeddings: list[str] = (), loras: dict | None = None) -> None:
     try:
         from sdrt.serve import ray_serve
     except ImportError as error:
@@ -87,7 +90,7 @@ def serve_on_ray(model_dir, refiner, backend, threads, settings, host, port, add
     ray_settings = ray_serve.RaySettings(**replica_options)
     ray_settings.check()
     ray_serve.run(model_dir, backend, threads, settings, ray_settings, host, port, address, refiner,
-                  tuple(embeddings))
+                  tuple(embeddings), loras)
     click.echo(f"serving on http://{host}:{port} with Ray Serve; Ctrl-C (or SIGTERM) stops it", err=True)
 
     def stop(signum, frame):

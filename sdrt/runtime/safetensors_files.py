@@ -72,6 +72,15 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str,
     return tensors, {str(k): str(v) for k, v in metadata.items()} if isinstance(metadata, dict) else {}
 
 
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The file's string metadata, without reading its tensors."""
+    path = Path(path)
+    with open(path, "rb") as handle:
+        header, _ = _header(handle, path)
+    metadata = header.get(METADATA_KEY) or {}
+    return {str(k): str(v) for k, v in metadata.items()} if isinstance(metadata, dict) else {}
+
+
 def tensor_data_sha256(path: str | Path) -> str:
     """sha256 of the data after the header: the hash A1111 (and kohya's additional networks)
     record for a safetensors LoRA, unchanged when only its metadata is edited."""

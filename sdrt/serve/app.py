@@ -157,6 +157,25 @@ def create_app(pipeline, settings: ServeSettings | None = None) -> FastAPI:
                           "vectors": None, "reason": reason} for name, reason in found.skipped.items()}
         return {"loaded": loaded, "skipped": skipped}
 
+    @app.get("/sdapi/v1/loras")
+    async def loras():
+        """A1111's listing: the LoRAs of --lora-dir that <lora:NAME:WEIGHT> tags can name."""
+        from sdrt.runtime.safetensors_files import SafetensorsError, read_metadata
+
+        listed = []
+        for name, path in pipeline.loras.library.names().items():
+            try:
+                metadata = read_metadata(path) if path.suffix.lower() == ".safetensors" else {}
+            except (SafetensorsError, OSError):
+                metadata = {}
+            listed.append({"name": name, "alias": name, "path": str(path), "metadata": metadata})
+        return listed
+
+    @app.post("/sdapi/v1/refresh-loras")
+    async def refresh_loras():
+        """The folder is read at every request; nothing to refresh (A1111 clients call it)."""
+        return None
+
     @app.post("/sdapi/v1/txt2img")
     async def txt2img(body: A1111Txt2ImgRequest, request: Request):
         return await a1111(body, request)

@@ -2,8 +2,8 @@
 
 Text-to-image requests batch together when they agree on everything that shapes the denoising
 loop: size, steps, guidance scale, sampler, images per prompt, SDXL's size conditioning and
-refiner switch, and whether a negative prompt is given (an SDXL model zeroes the negative
-conditioning of requests without one). Prompts, negative prompts and seeds may differ: the pipeline takes one seed per prompt and gives each prompt the images it
+refiner switch, the LoRAs (named or in `<lora:...>` tags) and whether a negative prompt is
+given (an SDXL model zeroes the negative conditioning of requests without one). Prompts, negative prompts and seeds may differ: the pipeline takes one seed per prompt and gives each prompt the images it
 would get alone (stochastic samplers included), so batching never changes a result. Image-to-
 image and inpainting requests (each with its own input image) and requests with given latents
 always run alone.
@@ -15,6 +15,8 @@ import asyncio
 import threading
 from dataclasses import dataclass, field, replace
 
+from sdrt.runtime.lora.tags import extract_tags
+from sdrt.runtime.lora.weights_map import LoraError
 from sdrt.runtime.pipeline import GenerationResult
 from sdrt.runtime.request import GenerationRequest
 
@@ -50,8 +52,14 @@ def batch_key(request: GenerationRequest, native_height: int, native_width: int)
         return None
     if not isinstance(request.prompt, str):
         return None
+    try:
+        tags = () if request.plain_prompt else tuple(extract_tags(request.prompt)[1])
+        loras = tuple(request.loras) + tags
+        hash(loras)
+    except (LoraError, TypeError):
+        return None  # it runs alone, and its resolution says what is wrong
     size = (request.height or native_height, request.width or native_width)
-    return (*size, *(getattr(request, name) for name in SHARED_SETTINGS), request.negative_prompt is None)
+    return (*size, *(getattr(request, name) for name in SHARED_SETTINGS), request.negative_prompt is None, loras)
 
 
 def take_batch(pending: list[Job], max_images: int) -> list[Job]:

@@ -48,11 +48,11 @@ class SdrtReplica:
     """A replica: the pipeline loads in the actor, then Ray asks it for the ASGI app."""
 
     def __init__(self, model_dir: str, backend: str, threads: int | None, settings: ServeSettings,
-                 refiner: str | None = None, embeddings: tuple = ()):
+                 refiner: str | None = None, embeddings: tuple = (), loras: dict | None = None):
         from sdrt.runtime.pipeline import Pipeline
 
         self.pipeline = Pipeline.load(model_dir, backend=backend, threads=threads, refiner=refiner,
-                                      embeddings=list(embeddings))
+                                      embeddings=list(embeddings), **(loras or {}))
         self.settings = settings
 
     def __serve_build_asgi_app__(self):
@@ -60,9 +60,11 @@ class SdrtReplica:
 
 
 def build_application(model_dir: str | Path, backend: str, threads: int | None, settings: ServeSettings,
-                      ray_settings: RaySettings, refiner: str | Path | None = None, embeddings: tuple = ()):
-    """The bound Ray Serve application (pass it to `serve.run`); `embeddings` as Pipeline.load
-    takes them (absolute paths: replicas may run elsewhere)."""
+                      ray_settings: RaySettings, refiner: str | Path | None = None, embeddings: tuple = (),
+                      loras: dict | None = None):
+    """The bound Ray Serve application (pass it to `serve.run`); `embeddings` and `loras`
+    (lora_dir, lora_cache_mb) as Pipeline.load takes them (absolute paths: replicas may run
+    elsewhere)."""
     ray_settings.check()
     folders = [str(Path(folder).resolve()) for folder in (model_dir, refiner) if folder is not None]
     for folder in folders:
@@ -88,18 +90,21 @@ def build_application(model_dir: str | Path, backend: str, threads: int | None, 
     deployment = serve.deployment(**options)(SdrtReplica)
     sources = [EmbeddingSource.parse(str(e)) for e in embeddings]
     absolute = tuple(EmbeddingSource(source.path.resolve(), source.token) for source in sources)
+    loras = dict(loras or {})
+    if loras.get("lora_dir") is not None:
+        loras["lora_dir"] = str(Path(loras["lora_dir"]).resolve())
     return deployment.bind(folders[0], backend, threads, settings, folders[1] if refiner is not None else None,
-                           absolute)
+                           absolute, loras)
 
 
 def run(model_dir: str | Path, backend: str, threads: int | None, settings: ServeSettings,
         ray_settings: RaySettings, host: str, port: int, address: str | None = None,
-        refiner: str | Path | None = None, embeddings: tuple = ()) -> None:
+        refiner: str | Path | None = None, embeddings: tuple = (), loras: dict | None = None) -> None:
     """Connects to (or starts) Ray, starts Serve's HTTP proxy on host:port and deploys; returns
     once every replica is up. `address` "auto" joins the cluster this machine belongs to."""
     import ray
 
-    application = build_application(model_dir, backend, threads, settings, ray_settings, refiner, embeddings)
+    application = build_application(model_dir, backend, threads, settings, ray_settings, refiner, embeddings, loras)
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": host, "port": port})

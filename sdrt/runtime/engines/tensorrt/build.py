@@ -75,6 +75,9 @@ def build_one(trt, cuda: Cuda, folder: Path, component: str, spec: ComponentSpec
         raise BuildError(f"TensorRT cannot parse {onnx_file}: {errors or 'unknown error'}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings.workspace_bytes)
+    if spec.weights_map:
+        marked = refittable_weights(trt, network, config, folder, component, spec)
+        progress(f"{component}: {marked} refittable (LoRA)")
     if key.precision == "fp16" and not strongly_typed:
         config.set_flag(trt.BuilderFlag.FP16)
         kept = keep_fp32_layers(trt, network)
@@ -123,6 +126,23 @@ def without_input_defaults(onnx_file: Path) -> bytes | None:
     del model.graph.initializer[:]
     model.graph.initializer.extend(kept)
     return model.SerializeToString()
+
+
+def refittable_weights(trt, network, config, folder: Path, component: str, spec: ComponentSpec) -> str:
+    """Makes the weights a LoRA can change refittable: only those where TensorRT can mark them
+    one by one (REFIT_INDIVIDUAL), so every other weight keeps its build-time optimizations;
+    all weights with older TensorRT versions."""
+    from sdrt.runtime.lora.weights_map import WeightsMap
+
+    names = sorted({w.initializer for w in WeightsMap.load(folder, component, spec).weights.values()})
+    if hasattr(trt.BuilderFlag, "REFIT_INDIVIDUAL") and hasattr(network, "mark_weights_refittable"):
+        for name in names:
+            if not network.mark_weights_refittable(name):
+                raise BuildError(f"TensorRT cannot make {component}'s weight {name} refittable")
+        config.set_flag(trt.BuilderFlag.REFIT_INDIVIDUAL)
+        return f"{len(names)} weights"
+    config.set_flag(trt.BuilderFlag.REFIT)
+    return "all weights"
 
 
 def keep_fp32_layers(trt, network) -> int:

@@ -261,6 +261,11 @@ def component_precision(component: str, spec: ComponentSpec, requested: str) -> 
 
 
 # ---------------------------------------------------------------- build settings
+#: How LoRA-adaptable engines are built: their mapped weights refittable (a change here makes
+#: older engines stale).
+REFIT_KIND = "lora-layers"
+
+
 @dataclass(frozen=True)
 class BuildSettings:
     """What `sdrt build` was asked for; saved as tensorrt/build.json so the backend loads the
@@ -272,7 +277,8 @@ class BuildSettings:
     components: tuple[str, ...] = COMPONENT_NAMES  # those the model has are built
 
     def builder(self) -> dict:
-        return {"workspace_bytes": self.workspace_bytes}
+        # Engines with a LoRA weights map are built refittable (build.refittable_weights).
+        return {"workspace_bytes": self.workspace_bytes, "refit": REFIT_KIND}
 
     def save(self, folder: Path) -> Path:
         path = Path(folder) / ENGINE_FOLDER / BUILD_FILE

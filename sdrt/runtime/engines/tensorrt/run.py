@@ -144,6 +144,21 @@ class TrtEngine(Engine):
     def input_dtype(self, name: str) -> np.dtype:
         return self.dtypes[name]
 
+    def refit(self, weights: Mapping[str, np.ndarray]) -> None:
+        """Replaces weights by their ONNX initializer names (LoRA; sdrt.runtime.lora.variants)."""
+        trt = self.runtime.trt
+        with self.runtime.lock:
+            self.runtime.cuda.synchronize(self.runtime.stream)  # nothing may run on the old weights
+            refitter = trt.Refitter(self.engine, self.runtime.logger)
+            arrays = {name: np.ascontiguousarray(array) for name, array in weights.items()}  # alive until refit
+            for name, array in arrays.items():
+                if not refitter.set_named_weights(name, trt.Weights(array)):
+                    raise EngineRunError(f"{self.name}: TensorRT cannot refit {name}; rebuild the engines with "
+                                         f"`sdrt build {self.runtime.folder} --force`")
+            if not refitter.refit_cuda_engine():
+                raise EngineRunError(f"{self.name}: TensorRT refit failed (see its log)")
+            self._graph = None  # captured before the refit
+
     def _run(self, feeds: Mapping[str, np.ndarray], dims: Mapping[str, int]) -> dict[str, np.ndarray]:
         runtime, cuda, stream = self.runtime, self.runtime.cuda, self.runtime.stream
         with runtime.lock:
