@@ -200,13 +200,11 @@ class Manifest:
             raise ModelFolderError(f"{path}: family {self.family!r} and the sdxl section disagree; re-export the model")
         for component, spec in self.components.items():
             named = [("file", spec.file), *(("data_files", name) for name in spec.data_files)]
-            if spec.weights_map:
-                if spec.weights_map not in spec.data_files:
-                    raise ModelFolderError(f"{path}: components.{component}.weights_map is not among its data_files "
-                                           "(so nothing checks it); re-export the model")
-                named.append(("weights_map", spec.weights_map))
-            for key, relative in named:
+            for key, relative in named + ([("weights_map", spec.weights_map)] if spec.weights_map else []):
                 confined_path(path.parent, relative, f"{path}: components.{component}.{key}")
+            if spec.weights_map and spec.weights_map not in spec.data_files:
+                raise ModelFolderError(f"{path}: components.{component}.weights_map is not among its data_files "
+                                       "(so nothing checks it); re-export the model")
             for tensor in (*spec.inputs, *spec.outputs):
                 for size in tensor.shape:
                     if isinstance(size, str) and size not in self.dims:
