@@ -42,11 +42,13 @@ class BenchSettings:
     num_images: int = 1
     sampler: str = DEFAULT_SAMPLER
     prompt: str = PROMPT  # sdrt reads it in A1111's prompt language; diffusers as plain text
+    loras: tuple[str, ...] = ()  # PATH[:WEIGHT]: merged on both sides (diffusers: load_lora_weights + fuse)
 
     def request(self, seed: int = 0) -> GenerationRequest:
         """The generation one measured run makes."""
         return GenerationRequest(self.prompt, steps=self.steps, guidance_scale=self.guidance, height=self.height,
-                                 width=self.width, num_images=self.num_images, sampler=self.sampler, seed=seed)
+                                 width=self.width, num_images=self.num_images, sampler=self.sampler, seed=seed,
+                                 loras=list(self.loras))
 
 
 def summarize(values: list[float]) -> dict:

@@ -90,8 +90,23 @@ class DiffusersSide:
         pipeline.scheduler = getattr(diffusers, sampler.reference_name).from_config(
             {**config, **sampler.overrides})
         pipeline.set_progress_bar_config(disable=True)
+        self._fuse_loras(pipeline, settings.get("loras") or [])
         self.pipeline = pipeline.to(self.device)
         self.settings = settings
+
+    @staticmethod
+    def _fuse_loras(pipeline, loras: list[str]) -> None:
+        """The LoRAs sdrt merges, fused into the weights (no per-step LoRA cost on either side)."""
+        from sdrt.runtime.lora.tags import LoraRef
+
+        if not loras:
+            return
+        refs = [LoraRef.parse(text) for text in loras]
+        names = [f"lora{index}" for index in range(len(refs))]
+        for name, ref in zip(names, refs):
+            pipeline.load_lora_weights(ref.source, adapter_name=name)
+        pipeline.set_adapters(names, [ref.weights.unet for ref in refs])
+        pipeline.fuse_lora(adapter_names=names)
 
     def run(self, seed: int) -> dict:
         s = self.settings

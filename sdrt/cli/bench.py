@@ -31,6 +31,8 @@ from sdrt.runtime.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES
                    "cuts it at 75 tokens) [default: a short plain prompt].")
 @click.option("--embedding", "embeddings", multiple=True, metavar="PATH[:TOKEN]",
               help="Load a textual-inversion embedding (sdrt side; repeatable).")
+@click.option("--lora", "loras", multiple=True, metavar="PATH[:WEIGHT]",
+              help="Merge this LoRA in every run (diffusers: load_lora_weights + fuse_lora); repeatable.")
 @click.option("--runs", default=3, show_default=True, type=int, help="Measured runs (after the warm-up).")
 @click.option("--warmup", default=1, show_default=True, type=int, help="Unmeasured runs first.")
 @click.option("--threads", default=None, type=THREADS, help="CPU threads (default: all cores).")
@@ -45,7 +47,7 @@ from sdrt.runtime.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES
 @click.option("--cuda-graph", is_flag=True, help="With --backend cuda: the UNet as a CUDA graph per shape.")
 @click.option("--plot", "plot_path", default=None, type=click.Path(),
               help="With --sweep: a PNG plot here [default: beside --json] (needs matplotlib: sdrt[plot]).")
-def bench(model_dir, arch, backend, height, width, steps, guidance, num_images, sampler, prompt, embeddings, runs,
+def bench(model_dir, arch, backend, height, width, steps, guidance, num_images, sampler, prompt, embeddings, loras, runs,
           warmup, threads, compare, sequential, diffusers_model, sweep, json_path, cuda_graph, plot_path) -> None:
     """Measure latency per stage, memory and (with --compare) the ratio to diffusers."""
     from sdrt.benchmark import BenchSettings, arch_model, parse_sweep, run_benchmark, sweep_settings
@@ -67,6 +69,7 @@ def bench(model_dir, arch, backend, height, width, steps, guidance, num_images, 
     manifest = Manifest.load(model_dir)
     base = BenchSettings(height=height or manifest.native_height, width=width or manifest.native_width,
                          steps=steps, guidance=guidance, num_images=num_images, sampler=sampler,
+                         loras=tuple(str(Path(lora).resolve()) if Path(lora).exists() else lora for lora in loras),
                          **({"prompt": prompt} if prompt is not None else {}))
     plan = [base]
     if sweep:
