@@ -305,14 +305,14 @@ def _serve_loras(client):
     assert openai.status_code == 400 and "unknown LoRA" in openai.text
 
 
-def test_bench_measures_a_lora_on_both_sides(exported, source, loras, tmp_path):
-    """`sdrt bench --lora` merges it in sdrt's runs and fuses it in diffusers' (same images)."""
+def test_bench_measures_a_lora(exported, loras, tmp_path):
+    """`sdrt bench --lora` merges it in every run (with --compare, diffusers fuses it: not run
+    here, to keep the suite's time)."""
     out = tmp_path / "bench.json"
-    result = CliRunner().invoke(main, ["bench", "--model", str(exported), "--diffusers-model", str(source),
-                                       "--compare", "diffusers", "--lora", f"{loras['kohya']}:0.7", "--steps", "2",
+    result = CliRunner().invoke(main, ["bench", "--model", str(exported), "--lora", f"{loras['kohya']}:0.7", "--steps", "2",
                                        "--height", "64", "--width", "64", "--runs", "1", "--warmup", "0",
                                        "--json", str(out)])
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     assert report["settings"]["loras"] == [f"{loras['kohya']}:0.7"]
-    assert report["diffusers"]["end_to_end"]["median"] > 0 and report["speedup_vs_diffusers"]["median"] > 0
+    assert report["sdrt"]["unet_step"]["p50"] > 0
