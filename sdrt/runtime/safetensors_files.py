@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 
 from sdrt.errors import SdrtError
+from sdrt.runtime.torch_files import BFLOAT16_SHIFT
 
 HEADER_LENGTH_BYTES = 8
 MAX_HEADER_BYTES = 100 * 2**20  # the format's own limit
 METADATA_KEY = "__metadata__"
-BFLOAT16_SHIFT = 16  # a bfloat16 is the high half of a float32
 DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": "bfloat16", "I64": np.int64,
           "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
 HASH_BLOCK_BYTES = 1 << 20

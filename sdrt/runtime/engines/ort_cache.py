@@ -65,11 +65,16 @@ def cache_key(spec: ComponentSpec, ort_version: str) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def complete_entry(spec: ComponentSpec) -> Path | None:
-    """The cache folder of a component's optimized graph, if one has been saved."""
+def entry_folder(spec: ComponentSpec) -> Path:
+    """Where a component's optimized graph is (or would be) saved."""
     import onnxruntime as ort
 
-    folder = cache_root() / "ort" / cache_key(spec, ort.__version__)
+    return cache_root() / "ort" / cache_key(spec, ort.__version__)
+
+
+def complete_entry(spec: ComponentSpec) -> Path | None:
+    """The cache folder of a component's optimized graph, if one has been saved."""
+    folder = entry_folder(spec)
     return folder if (folder / COMPLETE_FILE).is_file() else None
 
 
@@ -79,7 +84,7 @@ def cached_session(source: Path, spec: ComponentSpec, make_options: Callable, pr
     SessionOptions (threads etc.) at the highest optimization level."""
     import onnxruntime as ort
 
-    folder = cache_root() / "ort" / cache_key(spec, ort.__version__)
+    folder = entry_folder(spec)
     remove_stale(folder.parent, STALE_STAGING)
     if (folder / COMPLETE_FILE).is_file():
         options = make_options()

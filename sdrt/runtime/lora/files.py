@@ -14,6 +14,7 @@ merged: they are reported with the keys nothing uses.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -98,8 +99,6 @@ def read_lora(path: str | Path, name: str | None = None) -> LoraFile:
             sha256 = tensor_data_sha256(path)
         else:
             tensors, metadata = load_torch_file(path), {}
-            import hashlib
-
             sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
     except (SafetensorsError, TorchFileError) as error:
         raise LoraError(str(error)) from None
