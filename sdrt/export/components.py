@@ -34,7 +34,9 @@ from sdrt.runtime.manifest import (  # noqa: F401 - the dimension names, re-expo
     WIDTH,
     DimRange,
     TensorSpec,
+    downsampled,
 )
+from sdrt.export.residuals import added_residuals, residual_inputs, residual_layout, residual_specs
 
 # Export-time ranges recorded in the manifest (TensorRT profiles are built from them).
 MAX_BATCH = 8
@@ -85,6 +87,12 @@ class ModelGeometry:
                           latent_max, self.unet_size_multiple)
         scale = self.vae_scale_factor
         image = DimRange(latent.min * scale, latent.opt * scale, latent.max * scale, latent.multiple * scale)
+        inner = {}  # the latent sides inside the UNet (ControlNet residuals)
+        factor = 2
+        while factor <= self.unet_size_multiple:
+            side = DimRange(latent.min // factor, latent.opt // factor, latent.max // factor, latent.multiple // factor)
+            inner.update({downsampled(LATENT_HEIGHT, factor): side, downsampled(LATENT_WIDTH, factor): side})
+            factor *= 2
         return {
             BATCH: DimRange(1, 1, MAX_BATCH),
             UNET_BATCH: DimRange(1, 2, 2 * MAX_BATCH),
@@ -96,6 +104,7 @@ class ModelGeometry:
             TEXT_SEQUENCE: DimRange(self.text_length, self.text_length, self.text_length * self.max_prompt_chunks,
                                     self.text_length),
             EXTRA_TOKENS: DimRange(1, 1, MAX_EXTRA_TOKENS),
+            **inner,
         }
 
     def context_length(self, batch: int) -> int:
@@ -176,19 +185,22 @@ class TextEncoder(torch.nn.Module):
 
 
 class Unet(torch.nn.Module):
+    """The UNet; trailing inputs are ControlNet residuals (sdrt.export.residuals)."""
+
     def __init__(self, model):
         super().__init__()
         self.model = model
 
-    def forward(self, sample, timestep, encoder_hidden_states):
-        return self.model(sample, timestep, encoder_hidden_states, return_dict=False)[0]
+    def forward(self, sample, timestep, encoder_hidden_states, *residuals):
+        return self.model(sample, timestep, encoder_hidden_states, return_dict=False, **added_residuals(residuals))[0]
 
 
 class GuidanceEmbeddedUnet(Unet):
     """An LCM-distilled UNet: the guidance scale comes in as an embedding (`timestep_cond`)."""
 
-    def forward(self, sample, timestep, encoder_hidden_states, timestep_cond):
-        return self.model(sample, timestep, encoder_hidden_states, timestep_cond=timestep_cond, return_dict=False)[0]
+    def forward(self, sample, timestep, encoder_hidden_states, timestep_cond, *residuals):
+        return self.model(sample, timestep, encoder_hidden_states, timestep_cond=timestep_cond, return_dict=False,
+                          **added_residuals(residuals))[0]
 
 
 class VaeDecoder(torch.nn.Module):
@@ -293,6 +305,7 @@ def clip_component_exports(pipeline, geometry: ModelGeometry, num_train_timestep
         return make_text(gen, batch, latent_h, latent_w, text_config.hidden_size)
 
     guidance_width = getattr(pipeline.unet.config, "time_cond_proj_dim", None)
+    residuals = residual_layout(pipeline.unet.config)
 
     def unet_inputs(gen, batch, latent_h, latent_w):
         inputs = (
@@ -300,7 +313,8 @@ def clip_component_exports(pipeline, geometry: ModelGeometry, num_train_timestep
             torch.randint(0, num_train_timesteps, (2 * batch,), generator=gen).to(torch.float32),
             torch.randn(2 * batch, g.context_length(batch), g.text_hidden_size, generator=gen),
         )
-        return inputs + ((torch.randn(2 * batch, guidance_width, generator=gen),) if guidance_width else ())
+        inputs += (torch.randn(2 * batch, guidance_width, generator=gen),) if guidance_width else ()
+        return inputs + residual_inputs(gen, residuals, 2 * batch, latent_h, latent_w)
 
     latent = [g.latent_channels, LATENT_HEIGHT, LATENT_WIDTH]
     layers = clip_family(pipeline) in CLIP_SKIP_FAMILIES
@@ -329,6 +343,7 @@ def clip_component_exports(pipeline, geometry: ModelGeometry, num_train_timestep
                 TensorSpec("timestep", f32, [TIMESTEP_BATCH]),
                 TensorSpec(UNET_CONTEXT, f32, [UNET_BATCH, TEXT_SEQUENCE, g.text_hidden_size]),
                 *([TensorSpec(TIMESTEP_COND, f32, [UNET_BATCH, guidance_width])] if guidance_width else []),
+                *residual_specs(residuals),
             ],
             [TensorSpec("out_sample", f32, [UNET_BATCH, *latent])],
             unet_inputs,

@@ -268,8 +268,9 @@ def _replace(staging: Path, out_dir: Path) -> None:
 
 def export_model(source: str, out_dir: str | Path, *, config: str | None = None,
                  options: ExportOptions = ExportOptions(), overwrite: bool = False,
-                 progress: Callable[[str], None] = print) -> Manifest:
-    """Load `source` (folder, checkpoint or hub id) and export it to `out_dir`."""
+                 progress: Callable[[str], None] = print):
+    """Load `source` (folder, checkpoint or hub id) and export it to `out_dir`; returns its
+    manifest. A ControlNet is exported alone (sdrt.export.controlnet)."""
     from sdrt.export.sources import load_pipeline
 
     out_dir = Path(out_dir)
@@ -277,7 +278,12 @@ def export_model(source: str, out_dir: str | Path, *, config: str | None = None,
         raise ExportError(f"{out_dir} already exists; pass --overwrite to replace it")
     if out_dir.exists() and not (out_dir / "manifest.json").is_file() and any(out_dir.iterdir()):
         raise ModelFolderError(f"{out_dir} is not an sdrt export; refusing to replace it")
+    from sdrt.export.controlnet import export_controlnet_model, is_controlnet_source, load_controlnet
+
     progress(f"loading {source}")
+    if is_controlnet_source(source):
+        return export_controlnet_model(load_controlnet(source, config), out_dir, source={"model": str(source)},
+                                       options=options, overwrite=overwrite, progress=progress)
     pipeline = load_pipeline(source, config)
     return export_pipeline(pipeline, out_dir, source={"model": str(source)}, options=options,
                            overwrite=overwrite, progress=progress, release_weights=True)

@@ -166,3 +166,36 @@ def save_folder(out_dir: str | Path, build: Callable[[], Any]) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out_dir
+
+
+#: A tiny ControlNet's conditioning embedding: four widths, three stride-2 convolutions, so the
+#: control image is 8x the latent (the tiny VAE's factor); the full size takes diffusers' default.
+TINY_CONDITIONING_EMBEDDING = (8, 8, 16, 16)
+#: diffusers zero-initializes a ControlNet's output convolutions (a fresh one changes nothing);
+#: random ones get weights of this spread, so tests can see what it does.
+ZERO_CONVOLUTION_SPREAD = 0.05
+
+
+def save_random_controlnet(out_dir: str | Path, model_dir: str | Path, seed: int = 0,
+                           conditioning_embedding: tuple[int, ...] | None = None) -> Path:
+    """A ControlNet with random weights for the UNet of the diffusers folder `model_dir` (SD or
+    SDXL), saved as a diffusers ControlNet folder."""
+
+    def build():
+        import torch
+        from diffusers import ControlNetModel, UNet2DConditionModel
+
+        unet = UNet2DConditionModel.from_pretrained(Path(model_dir) / "unet")
+        torch.manual_seed(seed)
+        extra = {} if conditioning_embedding is None else {"conditioning_embedding_out_channels": conditioning_embedding}
+        controlnet = ControlNetModel.from_unet(unet, load_weights_from_unet=False, **extra)
+        generator = torch.Generator().manual_seed(seed)
+        zeroed = [controlnet.controlnet_cond_embedding.conv_out, *controlnet.controlnet_down_blocks,
+                  controlnet.controlnet_mid_block]
+        with torch.no_grad():
+            for module in zeroed:
+                for parameter in module.parameters():
+                    parameter.copy_(ZERO_CONVOLUTION_SPREAD * torch.randn(parameter.shape, generator=generator))
+        return controlnet
+
+    return save_folder(out_dir, build)

@@ -29,6 +29,7 @@ from sdrt.export.components import (
     text_inputs_maker,
     vae_exports,
 )
+from sdrt.export.residuals import added_residuals, residual_inputs, residual_layout, residual_specs
 from sdrt.runtime.manifest import (
     PENULTIMATE_HIDDEN,
     POOLED,
@@ -67,9 +68,10 @@ class SdxlUnet(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, sample, timestep, encoder_hidden_states, text_embeds, time_ids):
+    def forward(self, sample, timestep, encoder_hidden_states, text_embeds, time_ids, *residuals):
         added = {TEXT_EMBEDS: text_embeds, TIME_IDS: time_ids}
-        return self.model(sample, timestep, encoder_hidden_states, added_cond_kwargs=added, return_dict=False)[0]
+        return self.model(sample, timestep, encoder_hidden_states, added_cond_kwargs=added, return_dict=False,
+                          **added_residuals(residuals))[0]
 
 
 def time_ids_length(pipeline) -> int:
@@ -134,6 +136,8 @@ def sdxl_component_exports(pipeline, geometry: ModelGeometry, num_train_timestep
             lora_model=module,
         ))
 
+    residuals = residual_layout(pipeline.unet.config)
+
     def unet_inputs(gen, batch, latent_h, latent_w):
         return (
             torch.randn(2 * batch, g.unet_in_channels, latent_h, latent_w, generator=gen),
@@ -141,7 +145,7 @@ def sdxl_component_exports(pipeline, geometry: ModelGeometry, num_train_timestep
             torch.randn(2 * batch, g.context_length(batch), g.text_hidden_size, generator=gen),
             torch.randn(2 * batch, pooled_width, generator=gen),
             torch.randint(0, MAX_SIZE_CONDITION, (2 * batch, time_ids), generator=gen).to(torch.float32),
-        )
+        ) + residual_inputs(gen, residuals, 2 * batch, latent_h, latent_w)
 
     exports.append(ComponentExport(
         "unet",
@@ -152,6 +156,7 @@ def sdxl_component_exports(pipeline, geometry: ModelGeometry, num_train_timestep
             TensorSpec(UNET_CONTEXT, f32, [UNET_BATCH, TEXT_SEQUENCE, g.text_hidden_size]),
             TensorSpec(TEXT_EMBEDS, f32, [UNET_BATCH, pooled_width]),
             TensorSpec(TIME_IDS, f32, [UNET_BATCH, time_ids]),
+            *residual_specs(residuals),
         ],
         [TensorSpec("out_sample", f32, [UNET_BATCH, g.latent_channels, LATENT_HEIGHT, LATENT_WIDTH])],
         unet_inputs,

@@ -97,13 +97,18 @@ def target_size(image: Image.Image, height: int | None, width: int | None, multi
     return height, width
 
 
-def to_model_input(image: Image.Image, height: int, width: int) -> np.ndarray:
-    """float32 [1, 3, height, width] in [-1, 1]."""
+def to_control_input(image: Image.Image, height: int, width: int) -> np.ndarray:
+    """float32 [1, 3, height, width] in [0, 1]: a ControlNet's control image (diffusers' control
+    image processor: RGB, Lanczos resize, no normalization)."""
     image = to_rgb(image)
     if image.size != (width, height):
         image = image.resize((width, height), resample=Image.LANCZOS)
-    values = np.asarray(image).astype(np.float32) / np.float32(MAX_8BIT)
-    return (np.float32(2.0) * values - np.float32(1.0)).transpose(2, 0, 1)[np.newaxis]
+    return (np.asarray(image).astype(np.float32) / np.float32(MAX_8BIT)).transpose(2, 0, 1)[np.newaxis]
+
+
+def to_model_input(image: Image.Image, height: int, width: int) -> np.ndarray:
+    """float32 [1, 3, height, width] in [-1, 1]."""
+    return np.float32(2.0) * to_control_input(image, height, width) - np.float32(1.0)
 
 
 MASK_THRESHOLD = 0.5

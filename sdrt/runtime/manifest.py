@@ -53,10 +53,29 @@ POOLED, PROJECTED = "pooler_output", "text_embeds"
 LAYER_HIDDEN = "layer_hidden_states"
 #: The families whose text encoders A1111 applies clip skip to (SD 2.x and SDXL ignore it).
 CLIP_SKIP_FAMILIES = ("sd1",)
+# ControlNet residuals (sdrt.runtime.controlnet): a ControlNet's outputs and the UNet's inputs of
+# the same names, one per down-block output (diffusers' order) and one for the mid block. Their
+# sides are the latent's over a power of two, named by `downsampled`.
+DOWN_RESIDUAL_PREFIX, MID_RESIDUAL = "down_block_residual_", "mid_block_residual"
+CONTROL_IMAGE = "controlnet_cond"  # a ControlNet's conditioning image, [0, 1] RGB at the image's size
 #: Every engine an export may have (SDXL adds the second text encoder; a refiner has only it).
 COMPONENT_NAMES = ("text_encoder", "text_encoder_2", "unet", "vae_decoder", "vae_encoder")
 #: The text encoder and tokenizer of SD 1.x/2.x exports (SDXL lists its own in `sdxl`).
 CLIP_TEXT_ENCODER, CLIP_TOKENIZER = "text_encoder", "tokenizer"
+
+
+def downsampled(dim: str, factor: int) -> str:
+    """The name of dimension `dim` divided by `factor` (a latent side inside the UNet)."""
+    return dim if factor == 1 else f"{dim}/{factor}"
+
+
+def residual_names(spec: "ComponentSpec") -> list[str]:
+    """A UNet's or ControlNet's residual tensors, down blocks in order then the mid block
+    (none for a UNet exported before ControlNet)."""
+    names = {t.name for t in (*spec.inputs, *spec.outputs)}
+    down = sorted((n for n in names if n.startswith(DOWN_RESIDUAL_PREFIX) and n[len(DOWN_RESIDUAL_PREFIX):].isdigit()),
+                  key=lambda n: int(n[len(DOWN_RESIDUAL_PREFIX):]))
+    return down + [MID_RESIDUAL] if MID_RESIDUAL in names else []
 
 
 @dataclass(frozen=True)
@@ -172,6 +191,9 @@ class Manifest:
         if not path.is_file():
             raise ModelFolderError(f"{folder} has no {MANIFEST_NAME}; export the model with `sdrt export`")
         data = read_json(path, kind=object, max_bytes=MAX_MANIFEST_BYTES)
+        if isinstance(data, dict) and data.get("kind") == "controlnet":
+            raise ModelFolderError(f"{folder} is an exported ControlNet, not a model: load a model and give this "
+                                   "folder with --controlnet")
         _check_schema(data, path)
         manifest = cls.from_dict(data)
         manifest.check(path)

@@ -13,11 +13,13 @@ and runs the same loop for all of them.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
 import numpy as np
 
+from sdrt.runtime.manifest import Manifest
 from sdrt.runtime.images import MASK_THRESHOLD, downsample_nearest, to_mask_input, to_model_input
 from sdrt.runtime.request import GenerationError, ResolvedRequest
 from sdrt.runtime.rng import TorchGenerator
@@ -103,3 +105,20 @@ def inpainting(resolved: ResolvedRequest, sampler: Scheduler, generator, shape: 
         return (1 - latent_mask) * known + latent_mask * current
 
     return DenoiseStart(latents, start, blend=blend)
+
+
+def prepare(manifest: Manifest, resolved: ResolvedRequest, sampler: Scheduler, generator, timings: dict,
+            encode: ImageEncoder) -> DenoiseStart:
+    """The request's mode's start (the VAE encoder's time in timings["vae_encoder"])."""
+    m = manifest
+    shape = (resolved.batch, m.latent_channels, resolved.height // m.vae_scale_factor,
+             resolved.width // m.vae_scale_factor)
+    if resolved.image is None:
+        return text_to_image(resolved, sampler, generator, shape)
+    stage = time.perf_counter()
+    if resolved.mask is not None:
+        start = inpainting(resolved, sampler, generator, shape, encode, inpainting_unet=m.unet_in_channels != m.latent_channels)
+    else:
+        start = image_to_image(resolved, sampler, generator, shape, encode)
+    timings["vae_encoder"] = time.perf_counter() - stage
+    return start

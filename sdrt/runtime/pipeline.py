@@ -20,6 +20,9 @@ from PIL import Image
 from sdrt.errors import ConfigError, ModelFolderError, SdrtError
 from sdrt.runtime.embeddings import EmbeddingSource
 from sdrt.runtime.engines import DEFAULT_BACKEND, DEFAULT_LORA_CACHE_MB, Backend, Engine, LoadOptions, backend_named
+from sdrt.runtime.controlnet.guidance import ZeroResiduals
+from sdrt.runtime.controlnet.library import ControlNetLibrary
+from sdrt.runtime.controlnet.manifest import COMPONENT as CONTROLNET
 from sdrt.runtime.integrity import verify_components
 from sdrt.runtime.lora.adapters import LoraAdapters
 from sdrt.runtime.lora.library import LoraLibrary
@@ -61,7 +64,8 @@ class Pipeline:
 
     def __init__(self, folder: Path, manifest: Manifest, text_encoders: TextEncoders, scheduler_config: dict,
                  engines: dict[str, Engine], backend: Backend, make_engine: Callable[[str], Engine],
-                 options: LoadOptions = LoadOptions(), loras: LoraLibrary | None = None):
+                 options: LoadOptions = LoadOptions(), loras: LoraLibrary | None = None,
+                 controlnet_dir: str | Path | None = None):
         self.folder = folder
         self.manifest = manifest
         self.text_encoders = text_encoders
@@ -75,13 +79,15 @@ class Pipeline:
         self.loras = LoraAdapters(folder, manifest, engines, lambda component, weights: backend.weight_variants(
             folder, manifest, component, engines[component], make_engine, weights.pristine, options),
             loras or LoraLibrary())
+        self.controlnets = ControlNetLibrary(manifest, folder.name, lambda path, spec: backend.attached_engine(
+            path, spec, CONTROLNET, options), controlnet_dir)
 
     @classmethod
     def load(cls, folder: str | Path, backend: str | Backend = DEFAULT_BACKEND, threads: int | None = None,
              progress: Callable[[str], None] | None = None, io_binding: bool | None = None,
              cuda_graph: bool = False, refiner: str | Path | None = None,
              embeddings: Sequence[str | Path | EmbeddingSource] | None = None, lora_dir: str | Path | None = None,
-             lora_cache_mb: int = DEFAULT_LORA_CACHE_MB) -> "Pipeline":
+             lora_cache_mb: int = DEFAULT_LORA_CACHE_MB, controlnet_dir: str | Path | None = None) -> "Pipeline":
         """Load an exported folder (with manifest.json, or a diffusers ONNX folder without one).
         `backend` is cpu or cuda (ONNX Runtime) or tensorrt (engines from `sdrt build`, rebuilt
         with a message through `progress` when stale). On ONNX Runtime, `io_binding` (the
@@ -91,7 +97,8 @@ class Pipeline:
         `embeddings`: textual-inversion files (PATH or PATH:TOKEN) and folders of them
         (sdrt.runtime.embeddings), for the base model and the refiner. `lora_dir`: the folder
         `<lora:NAME>` tags name files in; `lora_cache_mb`: memory for LoRA-merged sessions per
-        component (ONNX Runtime; sdrt.runtime.lora)."""
+        component (ONNX Runtime; sdrt.runtime.lora). `controlnet_dir`: the folder of exported
+        ControlNets requests name (sdrt.runtime.controlnet)."""
         folder = Path(folder)
         if not folder.is_dir():
             raise ModelFolderError(
@@ -129,7 +136,7 @@ class Pipeline:
         text_encoders = TextEncoders.load(folder, manifest, sources)  # after the backend: its profile limits prompts
         engines = {name: make_engine(name) for name in loaded}
         pipeline = cls(folder, manifest, text_encoders, scheduler_config, engines, backend, make_engine, options,
-                       library)
+                       library, controlnet_dir)
         if refiner is not None:
             pipeline.attach_refiner(cls.load(refiner, backend, threads, progress, io_binding, cuda_graph,
                                              embeddings=embeddings))
@@ -164,7 +171,8 @@ class Pipeline:
     def denoise(self, start: modes.DenoiseStart, conditioning: UnetConditioning, sampler: Scheduler,
                 guidance_scale: float, generator: TorchGenerator | GeneratorGroup,
                 progress: Callable[[int, int], None] | None = None, timings: dict | None = None,
-                cancel: threading.Event | None = None, engines: dict[str, Engine] | None = None) -> np.ndarray:
+                cancel: threading.Event | None = None, engines: dict[str, Engine] | None = None,
+                control=None) -> np.ndarray:
         """The denoising loop over UNet calls `start.start` (image-to-image skips the first) to
         `start.end`; `conditioning` gives the UNet's feeds besides the latents and timestep at
         each step ([unconditional; conditional] with guidance, sdrt.runtime.conditioning), in
@@ -174,31 +182,39 @@ class Pipeline:
         `start.blend(index, latents)` runs after each step. With `timings`, each UNet call's
         duration is appended to timings["unet_steps"], and timings["unet_host_copies"] adds up
         the host-device copies inside those calls. A set `cancel` stops the loop at the next
-        step with GenerationCancelled. `engines` replaces the pipeline's (LoRA-merged ones)."""
+        step with GenerationCancelled. `engines` replaces the pipeline's (LoRA-merged ones).
+        `control` gives each call's ControlNet residuals (sdrt.runtime.controlnet.guidance;
+        without it a UNet with residual inputs gets zeros)."""
         engine = (engines or self.engines)["unet"]
         latents = start.latents
         guided = conditioning.guided
         sample_dtype = engine.input_dtype("sample")
         dtypes = {name: engine.input_dtype(name) for name in engine.inputs}
+        residuals = control or ZeroResiduals(engine.spec, dtypes)
         unet_steps = timings.setdefault("unet_steps", []) if timings is not None else []
         end = start.stop(sampler)
         counted_from = start.start if start.counted_from is None else start.counted_from
         for index in range(start.start, end):
             if cancel is not None and cancel.is_set():
                 raise GenerationCancelled("the generation was cancelled")
-            model_input = np.concatenate([latents, latents]) if guided else latents
-            model_input = sampler.scale_model_input(model_input, index)
+            scaled = sampler.scale_model_input(np.concatenate([latents, latents]) if guided else latents, index)
+            model_input = scaled
             if start.conditioning is not None:
                 model_input = np.concatenate([model_input, start.conditioning], axis=1)
             model_input = model_input.astype(sample_dtype)
             timestep = np.array([sampler.timesteps[index]], dtype=engine.input_dtype("timestep"))
             calls = conditioning.calls(index - counted_from, dtypes)
             called = time.perf_counter()
+
+            def unet(rows, feeds):
+                pick = (lambda a: a) if rows is None else (lambda a: a[rows])
+                added = residuals(index, pick(scaled), timestep, feeds, rows) if residuals else {}
+                return engine.run({"sample": pick(model_input), "timestep": timestep, **feeds, **added})["out_sample"]
+
             if len(calls) == 1:
-                prediction = engine.run({"sample": model_input, "timestep": timestep, **calls[0][1]})["out_sample"]
+                prediction = unet(*calls[0])
             else:
-                parts = [(rows, engine.run({"sample": model_input[rows], "timestep": timestep, **feeds})["out_sample"])
-                         for rows, feeds in calls]
+                parts = [(rows, unet(rows, feeds)) for rows, feeds in calls]
                 prediction = np.empty((len(model_input), *parts[0][1].shape[1:]), parts[0][1].dtype)
                 for rows, part in parts:
                     prediction[rows] = part
@@ -230,22 +246,6 @@ class Pipeline:
             raise GenerationError(f"unknown generation setting: {error}") from None
         return self.run(request, progress=progress, cancel=cancel)
 
-    def prepare(self, resolved: ResolvedRequest, sampler: Scheduler, generator, timings: dict) -> modes.DenoiseStart:
-        """The mode's start of the denoising run (see sdrt.runtime.modes)."""
-        m = self.manifest
-        shape = (resolved.batch, m.latent_channels, resolved.height // m.vae_scale_factor,
-                 resolved.width // m.vae_scale_factor)
-        if resolved.image is None:
-            return modes.text_to_image(resolved, sampler, generator, shape)
-        stage = time.perf_counter()
-        if resolved.mask is not None:
-            start = modes.inpainting(resolved, sampler, generator, shape, self.encode_image,
-                                     inpainting_unet=m.unet_in_channels != m.latent_channels)
-        else:
-            start = modes.image_to_image(resolved, sampler, generator, shape, self.encode_image)
-        timings["vae_encoder"] = time.perf_counter() - stage
-        return start
-
     def run(self, request: GenerationRequest, progress: Callable[[int, int], None] | None = None,
             cancel: threading.Event | None = None) -> GenerationResult:
         """Generate `num_images` images per prompt. With a seed, the initial latents equal
@@ -276,18 +276,24 @@ class Pipeline:
         conditioning = unet_conditioning(self.text_encoders, engines, resolved, warnings, timings)
         timings["text_encoder"] = time.perf_counter() - stage
         sampler = self.new_sampler(request)
-        runs = [(self, self.prepare(resolved, sampler, generator, timings), sampler, conditioning)]
+        start = modes.prepare(self.manifest, resolved, sampler, generator, timings, self.encode_image)
+        unet = engines["unet"]
+        control = self.controlnets.prepare(
+            resolved.controls, resolved.height, resolved.width, start.start, start.stop(sampler) - start.start,
+            conditioning.guided, len(resolved.prompts) * request.num_images * (2 if conditioning.guided else 1),
+            ZeroResiduals(unet.spec, {name: unet.input_dtype(name) for name in unet.inputs}), warnings)
+        runs = [(self, start, sampler, conditioning, control)]
         if request.refiner_switch is not None:
             runs.append(refiners.refiner_run(self.refiner, resolved, runs[0], timings))
 
         stage = time.perf_counter()
-        latents, done, total = None, 0, sum(start.stop(s) - start.start for _, start, s, _ in runs)
-        for model, start, run_sampler, run_conditioning in runs:
+        latents, done, total = None, 0, sum(start.stop(s) - start.start for _, start, s, _, _ in runs)
+        for model, start, run_sampler, run_conditioning, run_control in runs:
             if start.latents is None:  # the refiner continues from the base's latents
                 start.latents = latents
             step_progress = None if progress is None else lambda i, _, done=done: progress(done + i, total)
             latents = model.denoise(start, run_conditioning, run_sampler, request.guidance_scale, generator,
-                                    step_progress, timings, cancel, engines if model is self else None)
+                                    step_progress, timings, cancel, engines if model is self else None, run_control)
             done += start.stop(run_sampler) - start.start
         timings["denoise"] = time.perf_counter() - stage
         # Everything in the loop but the UNet: sampler, guidance, copies and casts.

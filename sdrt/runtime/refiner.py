@@ -60,19 +60,22 @@ def check_pair(base: "Pipeline", refiner: "Pipeline") -> None:
 
 
 def refiner_run(refiner: "Pipeline | None", resolved: ResolvedRequest, base_run: tuple, timings: dict) -> tuple:
-    """The refiner's (model, start, sampler, conditioning) for a request with a refiner switch;
-    ends the base's run (`base_run`, the same tuple) at the switch."""
+    """The refiner's (model, start, sampler, conditioning, control) for a request with a refiner
+    switch; ends the base's run (`base_run`, the same tuple) at the switch."""
     request = resolved.request
     if refiner is None:
         raise GenerationError("refiner_switch needs a refiner; load one (--refiner DIR)", "refiner_switch")
     if resolved.mask is not None:
         raise GenerationError("a refiner works with text-to-image and image-to-image; inpainting with a "
                               "refiner is not supported yet", "refiner_switch")
-    _, base_start, base_sampler, _ = base_run
+    if resolved.controls:
+        raise GenerationError("ControlNets with a refiner are not supported yet (diffusers' SDXL ControlNet "
+                              "pipelines have no refiner switch either)", "refiner_switch")
+    _, base_start, base_sampler, _, _ = base_run
     base_start.end = base_end(base_sampler, base_start.start, request.refiner_switch)
     stage = time.perf_counter()
     conditioning = unet_conditioning(refiner.text_encoders, refiner.engines, resolved, [], timings)
     timings["text_encoder"] += time.perf_counter() - stage
     sampler = refiner.new_sampler(request)
     start = DenoiseStart(None, refiner_start(sampler, request.refiner_switch), counted_from=base_start.start)
-    return refiner, start, sampler, conditioning
+    return refiner, start, sampler, conditioning, None

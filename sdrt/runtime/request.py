@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from sdrt.errors import GenerationError
+from sdrt.runtime.controlnet.units import PARAM as CONTROLNETS, ControlUnit, check_units
 from sdrt.runtime.images import InputImageError, open_image, target_size
 from sdrt.runtime.lora.tags import LoraRef, extract_tags
 from sdrt.runtime.lora.weights_map import LoraError
@@ -62,7 +63,8 @@ class GenerationRequest:
     denoising_end / denoising_start). Prompts are read in A1111's prompt language
     (sdrt.runtime.prompts) with an `emphasis` mode and A1111's `clip_skip`; `plain_prompt`
     reads them as plain text (no emphasis, BREAK, editing or alternation). `loras`: LoRAs
-    (sdrt.runtime.lora.tags.LoraRef, or "PATH[:WEIGHT]"), besides the prompt's `<lora:...>` tags."""
+    (sdrt.runtime.lora.tags.LoraRef, or "PATH[:WEIGHT]"), besides the prompt's `<lora:...>` tags.
+    `controlnets`: ControlNets with their control images (sdrt.runtime.controlnet.units)."""
 
     prompt: str | Sequence[str]
     negative_prompt: str | Sequence[str] | None = None
@@ -83,6 +85,7 @@ class GenerationRequest:
     clip_skip: int = 1
     plain_prompt: bool = False
     loras: Sequence["LoraRef | str"] = ()
+    controlnets: Sequence[ControlUnit] = ()
 
     def resolve(self, manifest: Manifest) -> "ResolvedRequest":
         """Every field checked against the model; defaults filled in; images opened."""
@@ -106,6 +109,7 @@ class ResolvedRequest:
     text_options: TextOptions = TextOptions()
     texts: list[str] = field(default_factory=list)  # the prompts as encoded: without LoRA tags
     loras: tuple[LoraRef, ...] = ()
+    controls: tuple[tuple[ControlUnit, Image.Image], ...] = ()  # each ControlNet and its opened image
 
     @property
     def batch(self) -> int:
@@ -243,8 +247,9 @@ def _resolve(request: GenerationRequest, manifest: Manifest) -> ResolvedRequest:
                               "num_images")
     options = _text_options(request)
     texts, loras = _loras(request, prompts)
+    controls = tuple((unit, _open(unit.image, CONTROLNETS)) for unit in check_units(request.controlnets))
     return ResolvedRequest(request, prompts, negatives, seeds, per_prompt, int(height), int(width),
-                           None if strength is None else float(strength), image, mask, options, texts, loras)
+                           None if strength is None else float(strength), image, mask, options, texts, loras, controls)
 
 
 def _loras(request: GenerationRequest, prompts: list[str]) -> tuple[list[str], tuple[LoraRef, ...]]:

@@ -72,6 +72,14 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str,
     return tensors, {str(k): str(v) for k, v in metadata.items()} if isinstance(metadata, dict) else {}
 
 
+def tensor_names(path: str | Path) -> list[str]:
+    """The names of the file's tensors, from its header alone."""
+    path = Path(path)
+    with open(path, "rb") as handle:
+        header, _ = _header(handle, path)
+    return [name for name in header if name != METADATA_KEY]
+
+
 def read_metadata(path: str | Path) -> dict[str, str]:
     """The file's string metadata, without reading its tensors."""
     path = Path(path)

@@ -53,6 +53,11 @@ class Backend(ABC):
         """(the manifest the engines accept, a factory of engines by component name).
         `sessions` are ones open_session opened to infer the manifest; engines adopt them."""
 
+    def attached_engine(self, folder: Path, manifest, component: str, options: LoadOptions) -> Engine:
+        """An engine from another folder that runs beside the model's, at the model's ranges
+        (`manifest.dims`): a ControlNet's."""
+        return self.load(folder, manifest, options, {})[1](component)
+
     @abstractmethod
     def weight_variants(self, folder: Path, manifest: Manifest, component: str, engine: Engine,
                         make_engine: EngineFactory, pristine: Callable[[str], Any], options: LoadOptions):

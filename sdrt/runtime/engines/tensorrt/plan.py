@@ -32,6 +32,7 @@ from sdrt.runtime.manifest import (
     ComponentSpec,
     DimRange,
     Manifest,
+    downsampled,
 )
 
 ENGINE_FOLDER = "tensorrt"
@@ -69,6 +70,18 @@ DIM_RULES: dict[str, Callable[[Request, int], int]] = {
     TEXT_SEQUENCE: lambda r, f: r.text_tokens,
     EXTRA_TOKENS: lambda r, f: r.extra_tokens,
 }
+#: Dimensions named `downsampled(dim, factor)` (latent sides inside the UNet) follow these.
+DOWNSAMPLED_DIMS = (LATENT_HEIGHT, LATENT_WIDTH)
+
+
+def dim_rule(name: str) -> Callable[[Request, int], int] | None:
+    """The rule of a manifest dimension (None: sdrt does not know it)."""
+    if name in DIM_RULES:
+        return DIM_RULES[name]
+    base, _, factor = name.partition("/")
+    if base not in DOWNSAMPLED_DIMS or not factor.isdigit() or int(factor) < 1 or downsampled(base, int(factor)) != name:
+        return None
+    return lambda r, f, rule=DIM_RULES[base], by=int(factor): rule(r, f) // by
 
 
 @dataclass(frozen=True)
@@ -101,7 +114,7 @@ class Profile:
         return {name: list(self.dims[name]) for name in names}
 
     def values(self, request: Request, scale_factor: int) -> dict[str, int]:
-        return {name: DIM_RULES[name](request, scale_factor) for name in self.dims}
+        return {name: dim_rule(name)(request, scale_factor) for name in self.dims}
 
     def to_json(self) -> dict:
         return {"dims": {name: list(triple) for name, triple in self.dims.items()}, "static": self.static}
@@ -118,7 +131,7 @@ def plan_profile(manifest: Manifest, *, static: tuple[int, int] | None = None,
     """The profile for sizes given as (height, width): `static` fixes the size (what CUDA graphs
     want); otherwise min/opt/max default to the export's range and the native size. The text
     context takes 1 to `max_prompt_chunks` chunks (default: the export's limit), opt 1."""
-    unknown = sorted(set(manifest.dims) - set(DIM_RULES))
+    unknown = sorted(name for name in manifest.dims if dim_rule(name) is None)
     if unknown:
         raise ConfigError(f"this model has dimensions sdrt build does not know ({', '.join(unknown)}); "
                           "re-export it with `sdrt export`")
@@ -152,7 +165,7 @@ def plan_profile(manifest: Manifest, *, static: tuple[int, int] | None = None,
     low = Request(1, *min_size, guided=False, text_tokens=one_chunk)
     opt = Request(opt_batch, *opt_size, guided=True, text_tokens=one_chunk)
     high = Request(max_batch, *max_size, guided=True, text_tokens=most_tokens, extra_tokens=extra)
-    dims = {name: (DIM_RULES[name](low, factor), DIM_RULES[name](opt, factor), DIM_RULES[name](high, factor))
+    dims = {name: tuple(dim_rule(name)(request, factor) for request in (low, opt, high))
             for name in manifest.dims}
     return Profile(dims, static=static is not None)
 

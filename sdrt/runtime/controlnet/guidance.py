@@ -1,0 +1,145 @@
+"""The residual feeds of each UNet call, as diffusers' ControlNet pipelines compute them.
+
+Before each UNet call the request's ControlNets run on the same scaled latents (before an
+inpainting UNet's extra channels), timestep and text conditioning, with their control images;
+each residual is multiplied by the unit's scale (guess mode: times 10^(-1 + k/n) for residual
+k of n, so 0.1 for the first and 1 for the mid block) and the units' residuals are summed in
+order. A unit guides the UNet calls i of n (counted from the run's first) with
+i/n >= start and (i+1)/n <= end; outside them it is not run at all (its scale would be 0). A
+unit in guess mode runs on the conditional rows only and gives the unconditional rows zeros.
+
+A UNet exported with residual inputs gets zeros when no ControlNet guides the call: adding
+zero leaves its output exactly as without them (docs/controlnet.md measures the cost).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from sdrt.runtime.engines import Engine
+from sdrt.runtime.manifest import (
+    CONTROL_IMAGE,
+    LATENT_HEIGHT,
+    LATENT_WIDTH,
+    UNET_BATCH,
+    ComponentSpec,
+    residual_names,
+)
+
+#: Guess mode's weights run from 10^-1 (the first residual) to 10^0 (the mid block's).
+SOFT_WEIGHTS_FROM, SOFT_WEIGHTS_TO = -1.0, 0.0
+
+
+def dim_size(name: str, sizes: dict[str, int]) -> int:
+    """The size of a dimension named `downsampled(dim, factor)` (or a plain name) in `sizes`."""
+    base, _, factor = name.partition("/")
+    return sizes[base] // int(factor) if factor else sizes[base]
+
+
+class ZeroResiduals:
+    """Zero residuals for a UNet's residual inputs, made once per shape and read-only (a device
+    engine then uploads them once)."""
+
+    def __init__(self, spec: ComponentSpec, dtypes: dict[str, np.dtype]):
+        by_name = {t.name: t for t in spec.inputs}
+        self.specs = {name: by_name[name] for name in residual_names(spec)}  # down blocks in order, then mid
+        self.dtypes = dtypes
+        self._made: dict[tuple, dict[str, np.ndarray]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.specs)
+
+    def of(self, rows: int, latent_h: int, latent_w: int) -> dict[str, np.ndarray]:
+        key = (rows, latent_h, latent_w)
+        if key not in self._made:
+            sizes = {UNET_BATCH: rows, LATENT_HEIGHT: latent_h, LATENT_WIDTH: latent_w}
+            made = {}
+            for name, spec in self.specs.items():
+                shape = [size if isinstance(size, int) else dim_size(size, sizes) for size in spec.shape]
+                made[name] = np.zeros(shape, self.dtypes[name])
+                made[name].flags.writeable = False
+            self._made[key] = made
+        return self._made[key]
+
+    def __call__(self, index: int, sample: np.ndarray, timestep: np.ndarray, feeds: dict,
+                 rows: np.ndarray | None) -> dict[str, np.ndarray]:
+        return self.of(len(sample), *sample.shape[2:])
+
+
+@dataclass
+class PreparedUnit:
+    """One unit of a request, ready to run: its engine, control image [1, C, H, W] in the
+    engine's dtype, scale, the calls it guides (a 0/1 per call) and its mode."""
+
+    engine: Engine
+    image: np.ndarray
+    scale: float
+    keep: np.ndarray
+    soft: bool
+    conditional_only: bool
+
+
+def guidance_window(start: float, end: float, calls: int) -> np.ndarray:
+    """1 for the calls a unit guides, of `calls` (diffusers' `controlnet_keep`)."""
+    return np.array([0.0 if i / calls < start or (i + 1) / calls > end else 1.0 for i in range(calls)])
+
+
+class ControlRun:
+    """The residual feeds of one denoising run's UNet calls (a callable the loop calls with each
+    call's scaled latents, timestep, conditioning feeds and rows)."""
+
+    def __init__(self, units: list[PreparedUnit], zeros: ZeroResiduals, first: int, guided: bool, total_rows: int):
+        self.units = units
+        self.zeros = zeros
+        self.first = first
+        self.guided = guided
+        self.total_rows = total_rows
+        self.names = list(zeros.specs)
+
+    def __call__(self, index: int, sample: np.ndarray, timestep: np.ndarray, feeds: dict,
+                 rows: np.ndarray | None) -> dict[str, np.ndarray]:
+        rows = np.arange(self.total_rows) if rows is None else rows
+        summed: dict[str, np.ndarray] | None = None
+        for unit in self.units:
+            scale = unit.scale * unit.keep[index - self.first]
+            if scale == 0:
+                continue
+            active = rows >= self.total_rows // 2 if unit.conditional_only and self.guided else np.ones(len(rows), bool)
+            if not active.any():
+                continue
+            residuals = self._run(unit, sample, timestep, feeds, active, np.float32(scale))
+            if summed is None:
+                summed = residuals
+            else:
+                summed = {name: summed[name] + residuals[name] for name in self.names}
+        if summed is None:
+            return self.zeros(index, sample, timestep, feeds, rows)
+        return {name: value.astype(self.zeros.dtypes[name], copy=False) for name, value in summed.items()}
+
+    def _run(self, unit: PreparedUnit, sample, timestep, feeds, active: np.ndarray, scale: np.float32) -> dict:
+        engine = unit.engine
+        everyone = bool(active.all())
+        pick = (lambda a: a) if everyone else (lambda a: a[active])
+        count = int(active.sum())
+        inputs = {"sample": pick(sample), "timestep": timestep,
+                  CONTROL_IMAGE: np.repeat(unit.image, count, axis=0)}
+        for name in engine.inputs:
+            if name not in inputs:
+                inputs[name] = pick(feeds[name])
+        inputs = {name: value.astype(engine.input_dtype(name), copy=False) for name, value in inputs.items()}
+        outputs = engine.run(inputs)
+        weights = np.full(len(self.names), scale, np.float32)
+        if unit.soft:
+            weights = np.logspace(SOFT_WEIGHTS_FROM, SOFT_WEIGHTS_TO, len(self.names)).astype(np.float32) * scale
+        result = {}
+        for name, weight in zip(self.names, weights):
+            value = outputs[name].astype(np.float32) * weight
+            if not everyone:
+                full = np.zeros((len(active), *value.shape[1:]), np.float32)
+                full[active] = value
+                value = full
+            result[name] = value
+        return result
+
