@@ -152,3 +152,173 @@ def test_a_control_image_of_another_size_is_resized_with_a_warning(pipeline, sou
     got = pipeline.generate(PROMPT, controlnets=[ControlUnit("edges", image)], **SETTINGS)
     assert_same_image(got.array, expected)
     assert any("96x80" in warning and "resized to 64x64" in warning for warning in got.warnings), got.warnings
+
+
+def test_inpainting_with_a_controlnet_equals_diffusers(pipeline, source, controlnets):
+    init, control = shapes_image(8), shapes_image(9)
+    mask = Image.new("L", (64, 64))
+    ImageDraw.Draw(mask).rectangle([16, 16, 47, 47], fill=255)
+    expected = run_reference(reference("StableDiffusionControlNetInpaintPipeline", source, [controlnets["edges"]]),
+                             image=init, mask_image=mask, control_image=control, strength=1.0,
+                             controlnet_conditioning_scale=0.7, height=64, width=64)
+    got = pipeline.generate(PROMPT, init_image=init, mask_image=mask, strength=1.0,
+                            controlnets=[ControlUnit("edges", control, 0.7)], **SETTINGS)
+    assert_same_image(got.array, expected)
+
+
+# ---------------------------------------------------------------- SDXL
+@pytest.fixture(scope="module")
+def sdxl_controlnet(tiny_sdxl, tmp_path_factory) -> tuple[Path, Path]:
+    """(diffusers folder, export) of a tiny random SDXL ControlNet."""
+    root = tmp_path_factory.mktemp("sdxl-controlnet")
+    folder = save_random_controlnet(root / "diffusers", tiny_sdxl["base"], seed=3,
+                                    conditioning_embedding=TINY_CONDITIONING_EMBEDDING)
+    export_model(str(folder), root / "exported", progress=lambda line: None)
+    return folder, root / "exported"
+
+
+def test_an_sdxl_controlnet_equals_diffusers(tiny_sdxl, exported_sdxl, sdxl_controlnet):
+    from diffusers import ControlNetModel, StableDiffusionXLControlNetPipeline
+
+    folder, exported = sdxl_controlnet
+    image = shapes_image(10)
+    reference_pipeline = StableDiffusionXLControlNetPipeline.from_pretrained(
+        tiny_sdxl["base"], controlnet=ControlNetModel.from_pretrained(folder), add_watermarker=False)
+    reference_pipeline.set_progress_bar_config(disable=True)
+    reference_pipeline.scheduler = reference_scheduler(SAMPLER, reference_pipeline.scheduler.config)
+    expected = run_reference(reference_pipeline, image=image, controlnet_conditioning_scale=0.6,
+                             control_guidance_start=0.2, control_guidance_end=0.8, height=64, width=64)
+    got = Pipeline.load(exported_sdxl("base")).generate(
+        PROMPT, controlnets=[ControlUnit(str(exported), image, 0.6, start=0.2, end=0.8)], **SETTINGS)
+    assert_same_image(got.array, expected)
+
+
+def test_an_sdxl_controlnet_on_an_sd15_model_is_one_line(pipeline, sdxl_controlnet):
+    with pytest.raises(GenerationError, match="is for sdxl models and .* is sd1; use a ControlNet trained for sd1"):
+        pipeline.generate(PROMPT, controlnets=[ControlUnit(str(sdxl_controlnet[1]), shapes_image(1))], **SETTINGS)
+
+
+# ---------------------------------------------------------------- preprocessors
+def test_canny_equals_opencv():
+    cv2 = pytest.importorskip("cv2")
+    from sdrt.runtime.controlnet.preprocess import canny
+
+    rng = np.random.default_rng(0)
+    for seed, (low, high) in enumerate([(100, 200), (50, 100), (10, 300), (200, 100)]):
+        pixels = np.asarray(shapes_image(seed, (97, 80)))
+        if seed % 2:  # noise: many weak edges, ties and broken chains for the hysteresis
+            pixels = np.clip(pixels.astype(int) + rng.integers(-25, 25, pixels.shape), 0, 255).astype(np.uint8)
+        expected = cv2.Canny(pixels, low, high)
+        assert np.count_nonzero(expected) > 100
+        np.testing.assert_array_equal(canny(pixels, low, high), expected)
+
+
+def test_invert_and_canny_preprocess_the_control_image(pipeline):
+    from sdrt.runtime.controlnet.preprocess import canny
+
+    photo = shapes_image(11)
+    edges = Image.fromarray(np.repeat(canny(np.asarray(photo), 100, 200)[..., None], 3, axis=2))
+    direct = pipeline.generate(PROMPT, controlnets=[ControlUnit("edges", edges)], **SETTINGS).array
+    made = pipeline.generate(PROMPT, controlnets=[ControlUnit("edges", photo, preprocessor="canny")], **SETTINGS)
+    np.testing.assert_array_equal(made.array, direct)
+    inverted = Image.fromarray(255 - np.asarray(edges))
+    again = pipeline.generate(PROMPT, controlnets=[ControlUnit("edges", inverted, preprocessor="invert")], **SETTINGS)
+    np.testing.assert_array_equal(again.array, direct)
+
+
+# ---------------------------------------------------------------- no torch, CLI, servers, bad input
+def test_generation_with_a_controlnet_needs_no_torch(exported_tiny, exported_controlnets, tmp_path):
+    control = tmp_path / "control.png"
+    shapes_image(1).save(control)
+    code = (f"from sdrt.runtime.pipeline import Pipeline\n"
+            f"from sdrt.runtime.controlnet.units import ControlUnit\n"
+            f"p = Pipeline.load({str(exported_tiny('standard'))!r}, controlnet_dir={str(exported_controlnets)!r})\n"
+            f"r = p.generate('a cat', controlnets=[ControlUnit('edges', {str(control)!r}, 0.5, mode='controlnet')],"
+            f" steps=2, seed=1, height=64, width=64)\n"
+            f"assert r.parameters['controlnets'][0]['model'] == 'edges', r.parameters")
+    completed = subprocess.run([sys.executable, str(NO_HEAVY_IMPORTS), code], capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr
+
+
+def test_cli_generate_with_two_controlnets_equals_the_api(pipeline, exported_tiny, exported_controlnets, tmp_path):
+    images = []
+    for seed in (1, 2):
+        images.append(tmp_path / f"control{seed}.png")
+        shapes_image(seed).save(images[-1])
+    out = tmp_path / "out.png"
+    args = ["generate", PROMPT, "--model", str(exported_tiny("standard")), "--controlnet-dir",
+            str(exported_controlnets), "--controlnet", "edges:0.5", "--control-image", str(images[0]),
+            "--controlnet", str(exported_controlnets / "depth"), "--control-image", str(images[1]),
+            "--control-start", "0.2", "--control-start", "0", "--control-mode", "prompt", "--steps", "5", "--seed",
+            "7", "--sampler", SAMPLER, "--guidance", "7.5", "--out", str(out), "--quiet"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    units = [ControlUnit("edges", Image.open(images[0]), 0.5, start=0.2, mode="prompt"),
+             ControlUnit("depth", Image.open(images[1]), start=0.0, mode="prompt")]
+    expected = pipeline.generate(PROMPT, controlnets=units, **SETTINGS).images[0]
+    written = Image.open(out)
+    np.testing.assert_array_equal(np.asarray(written), np.asarray(expected))
+    assert 'ControlNet 0: "Module: none, Model: edges, Weight: 0.5, Guidance Start: 0.2' in written.info["parameters"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--controlnet", "edges"], "--controlnet is given 1 time(s) and --control-image 0"),
+    (["--controlnet", "nothing", "--control-image", "IMAGE"], "unknown ControlNet 'nothing'"),
+    (["--controlnet", "edges:x", "--control-image", "IMAGE"], "the scale 'x' is not a number"),
+    (["--controlnet", "edges", "--control-image", "IMAGE", "--control-start", "0.9", "--control-end", "0.1"],
+     "start and end must satisfy 0 <= start < end <= 1"),
+    (["--controlnet", "edges", "--control-image", "missing.png"], "input image missing.png does not exist"),
+])
+def test_bad_controlnet_input_is_one_line(exported_tiny, exported_controlnets, tmp_path, args, message):
+    image = tmp_path / "control.png"
+    shapes_image(1).save(image)
+    args = [str(image) if a == "IMAGE" else a for a in args]
+    result = CliRunner().invoke(main, ["generate", PROMPT, "--model", str(exported_tiny("standard")), "--controlnet-dir",
+                                       str(exported_controlnets), "--steps", "2", "--out", str(tmp_path / "o.png"),
+                                       *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_a_model_exported_before_controlnet_says_to_re_export(pipeline, exported_controlnets):
+    from dataclasses import replace
+
+    from sdrt.runtime.controlnet.manifest import ControlNetManifest
+
+    unet = pipeline.manifest.components["unet"]
+    old_unet = replace(unet, inputs=[t for t in unet.inputs if "residual" not in t.name])
+    old = replace(pipeline.manifest, components={**pipeline.manifest.components, "unet": old_unet})
+    with pytest.raises(Exception, match="exported before ControlNet support; re-export it"):
+        ControlNetManifest.load(exported_controlnets / "edges").for_model("edges", old, "old-model")
+
+
+def test_a1111_controlnet_requests_and_model_list(pipeline):
+    import base64
+    import io
+
+    from fastapi.testclient import TestClient
+
+    from sdrt.serve.app import create_app
+
+    buffer = io.BytesIO()
+    shapes_image(1).save(buffer, format="PNG")
+    encoded = base64.b64encode(buffer.getvalue()).decode()
+    with TestClient(create_app(pipeline)) as client:
+        assert set(client.get("/controlnet/model_list").json()["model_list"]) == {"edges", "depth"}
+        assert "canny" in client.get("/controlnet/module_list").json()["module_list"]
+        unit = {"image": encoded, "module": "none", "model": "edges [0123abcd]", "weight": 0.5,
+                "guidance_start": 0.0, "guidance_end": 1.0, "control_mode": "Balanced"}
+        body = {"prompt": PROMPT, "steps": 5, "seed": 7, "width": 64, "height": 64, "sampler_name": "Euler",
+                "cfg_scale": 7.5, "alwayson_scripts": {"controlnet": {"args": [unit, {"enabled": False}]}}}
+        response = client.post("/sdapi/v1/txt2img", json=body)
+        assert response.status_code == 200, response.text
+        got = np.asarray(Image.open(io.BytesIO(base64.b64decode(response.json()["images"][0]))))
+        expected = pipeline.generate(PROMPT, controlnets=[ControlUnit("edges", shapes_image(1), 0.5)], **SETTINGS)
+        np.testing.assert_array_equal(got, np.asarray(expected.images[0]))
+        bad = client.post("/sdapi/v1/txt2img", json={**body, "alwayson_scripts": {"controlnet": {"args": [
+            {**unit, "model": "nothing"}]}}})
+        assert bad.status_code == 400 and "unknown ControlNet 'nothing'" in bad.text
+        assert "alwayson_scripts.controlnet.args" in bad.text
+        missing = client.post("/sdapi/v1/txt2img", json={**body, "alwayson_scripts": {"controlnet": {"args": [
+            {**unit, "image": None}]}}})
+        assert missing.status_code == 400 and "has no control image" in missing.text

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from sdrt.cli import main
+from sdrt.cli.controlnet_options import controlnet_options, control_units
 from sdrt.cli.prompt_options import embedding_options, embedding_sources, lora_options, prompt_options
 from sdrt.cli.sdxl_options import resolve_refiner_switch, sdxl_options, size_conditioning
 from sdrt.cli.types import FiniteFloat, THREADS
@@ -190,13 +191,16 @@ class _Progress:
 @prompt_options
 @embedding_options
 @lora_options
+@controlnet_options
 def generate(prompt, model_dir, negative_prompt, steps, guidance, seed, height, width, num_images, sampler,
              backend, threads, cuda_graph, init_image, mask_image, strength, out, quiet, as_json, refiner,
              refiner_switch, emphasis, clip_skip, plain_prompt, embedding_dirs, embedding_files, loras, lora_dir,
-             lora_cache_mb, **sdxl) -> None:
+             lora_cache_mb, controlnets, control_images, canny_thresholds, controlnet_dir, control_starts,
+             control_ends, control_modes, preprocessors, **sdxl) -> None:
     """Generate images for PROMPT with an exported model (from --init-image: image-to-image;
     with --mask too: inpainting). SDXL: --refiner and the size conditioning. LoRAs: --lora,
-    or <lora:NAME:WEIGHT> in PROMPT with --lora-dir."""
+    or <lora:NAME:WEIGHT> in PROMPT with --lora-dir. ControlNets: --controlnet with
+    --control-image."""
     started = time.perf_counter()
     from sdrt.runtime.pipeline import Pipeline
     from sdrt.runtime.png_info import format_parameters, save_png
@@ -205,6 +209,8 @@ def generate(prompt, model_dir, negative_prompt, steps, guidance, seed, height, 
     from sdrt.runtime.request import MAX_SEED
 
     switch = resolve_refiner_switch(refiner, refiner_switch)
+    units = control_units(controlnets, control_images, canny_thresholds, control_starts=control_starts,
+                          control_ends=control_ends, control_modes=control_modes, preprocessors=preprocessors)
     conditioning = size_conditioning(sdxl)
     if seed is None:  # drawn here, so that the output names are known (and checked) first
         seed = random.SystemRandom().randint(0, MAX_SEED)
@@ -212,7 +218,7 @@ def generate(prompt, model_dir, negative_prompt, steps, guidance, seed, height, 
     pipeline = Pipeline.load(model_dir, backend=backend, threads=threads, cuda_graph=cuda_graph, refiner=refiner,
                              progress=None if quiet else lambda line: click.echo(line, err=True),
                              embeddings=embedding_sources(embedding_dirs, embedding_files), lora_dir=lora_dir,
-                             lora_cache_mb=lora_cache_mb)
+                             lora_cache_mb=lora_cache_mb, controlnet_dir=controlnet_dir)
     if not quiet:
         for name, reason in pipeline.text_encoders.embeddings.skipped.items():
             click.echo(f"warning: embedding {name} skipped: {reason}", err=True)
@@ -229,7 +235,8 @@ def generate(prompt, model_dir, negative_prompt, steps, guidance, seed, height, 
                                 seed=seed, height=height, width=width, num_images=num_images, sampler=sampler,
                                 init_image=init_image, mask_image=mask_image, strength=strength,
                                 size_conditioning=conditioning, refiner_switch=switch, emphasis=emphasis,
-                                clip_skip=clip_skip, plain_prompt=plain_prompt, loras=list(loras))
+                                clip_skip=clip_skip, plain_prompt=plain_prompt, loras=list(loras),
+                                controlnets=units)
     result = pipeline.run(request, progress=progress)
     if not quiet:
         for warning in result.warnings:

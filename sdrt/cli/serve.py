@@ -8,6 +8,7 @@ import time
 import click
 
 from sdrt.cli import main
+from sdrt.cli.controlnet_options import controlnet_dir_option
 from sdrt.cli.prompt_options import embedding_options, embedding_sources, serve_lora_options
 from sdrt.cli.types import FiniteFloat, PORT, THREADS
 from sdrt.errors import SdrtError
@@ -36,6 +37,7 @@ from sdrt.runtime.engines import BACKEND_NAMES, DEFAULT_BACKEND
               help="The OpenAI route reads prompts as plain text (A1111 routes always read A1111's prompt language).")
 @embedding_options
 @serve_lora_options
+@controlnet_dir_option
 @click.option("--ray", "use_ray", is_flag=True, help="Run as a Ray Serve deployment (pip install 'sdrt[ray]').")
 @click.option("--replicas", default=None, type=int, help="With --ray: a fixed number of replicas.")
 @click.option("--min-replicas", default=1, show_default=True, type=int, help="With --ray: autoscaling lower bound.")
@@ -48,8 +50,8 @@ from sdrt.runtime.engines import BACKEND_NAMES, DEFAULT_BACKEND
               help="With --ray: the cluster to join ('auto' for the one this machine belongs to); "
                    "default: start a local Ray instance.")
 def serve(model_dir, refiner, host, port, backend, threads, api_key, max_queue, concurrency, timeout, max_batch,
-          batch_window_ms, plain_prompts, embedding_dirs, embedding_files, lora_dir, lora_cache_mb, use_ray, replicas,
-          min_replicas, max_replicas, gpus_per_replica, cpus_per_replica, ray_address) -> None:
+          batch_window_ms, plain_prompts, embedding_dirs, embedding_files, lora_dir, lora_cache_mb, controlnet_dir, use_ray,
+          replicas, min_replicas, max_replicas, gpus_per_replica, cpus_per_replica, ray_address) -> None:
     """Serve the model over HTTP: OpenAI Images API, AUTOMATIC1111 API, /health, /metrics."""
     try:
         import uvicorn
@@ -72,10 +74,10 @@ def serve(model_dir, refiner, host, port, backend, threads, api_key, max_queue, 
         serve_on_ray(model_dir, refiner, backend, threads, settings, host, port, ray_address,
                      dict(replicas=replicas, min_replicas=min_replicas, max_replicas=max_replicas,
                           gpus_per_replica=gpus_per_replica, cpus_per_replica=cpus_per_replica), embeddings,
-                     dict(lora_dir=lora_dir, lora_cache_mb=lora_cache_mb))
+                     dict(lora_dir=lora_dir, lora_cache_mb=lora_cache_mb, controlnet_dir=controlnet_dir))
         return
     pipeline = Pipeline.load(model_dir, backend=backend, threads=threads, refiner=refiner, embeddings=embeddings,
-                             lora_dir=lora_dir, lora_cache_mb=lora_cache_mb)
+                             lora_dir=lora_dir, lora_cache_mb=lora_cache_mb, controlnet_dir=controlnet_dir)
     from sdrt.serve.http import JsonErrorProtocol
 
     uvicorn.run(create_app(pipeline, settings), host=host, port=port, log_level="info", http=JsonErrorProtocol)

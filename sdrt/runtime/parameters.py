@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from sdrt.runtime.prompts.emphasis import DEFAULT_EMPHASIS
 from sdrt.runtime.request import ResolvedRequest
 
@@ -37,6 +39,13 @@ def generation_parameters(resolved: ResolvedRequest, model: str, embeddings: dic
     if loras:
         parameters["loras"] = {lora.name: {"text": lora.weights.text, "unet": lora.weights.unet} for lora in loras}
         parameters["lora_hashes"] = {lora.name: lora.short_hash for lora in loras}
+    if resolved.controls:
+        from sdrt.runtime.controlnet.units import CONTROL_MODES
+
+        parameters["controlnets"] = [
+            {"model": Path(str(unit.model)).name, "scale": float(unit.scale), "start": float(unit.start),
+             "end": float(unit.end), "mode": CONTROL_MODES[unit.mode], "preprocessor": unit.preprocessor}
+            for unit, _ in resolved.controls]
     if refiner is not None:
         parameters.update(refiner=refiner, refiner_switch=float(request.refiner_switch))
     return parameters

@@ -60,6 +60,10 @@ def format_parameters(prompt: str, parameters: dict, batch_position: int | None 
     if "lora_hashes" in parameters:
         fields.append(("Lora hashes", quote(", ".join(f"{name}: {digest}" for name, digest in
                                                       parameters["lora_hashes"].items()))))
+    for index, unit in enumerate(parameters.get("controlnets", ())):  # the A1111 extension's record
+        fields.append((f"ControlNet {index}", quote(
+            f"Module: {unit['preprocessor']}, Model: {unit['model']}, Weight: {unit['scale']}, "
+            f"Guidance Start: {unit['start']}, Guidance End: {unit['end']}, Control Mode: {unit['mode']}")))
     if "refiner" in parameters:  # A1111's names for its refiner settings
         fields += [("Refiner", parameters["refiner"]), ("Refiner switch at", parameters["refiner_switch"])]
     if batch_position is not None:

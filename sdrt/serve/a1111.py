@@ -20,9 +20,10 @@ OPENAI_FIELDS = {"num_images": "n", "sampler": "scheduler", "loras": "prompt"}
 A1111_FIELDS = {"num_images": "batch_size", "guidance_scale": "cfg_scale", "sampler": "sampler_name",
                 "strength": "denoising_strength", "init_image": "init_images", "mask_image": "mask",
                 "refiner_switch": "refiner_switch_at", "clip_skip": "override_settings.CLIP_stop_at_last_layers",
-                "emphasis": "override_settings.emphasis", "loras": "prompt"}
-#: What A1111 clients send for "no refiner".
-NO_REFINER = ("", "none")
+                "emphasis": "override_settings.emphasis", "loras": "prompt",
+                "controlnets": "alwayson_scripts.controlnet.args"}
+#: What A1111 clients send for "no refiner" and "no ControlNet model".
+NO_REFINER = NO_MODEL = ("", "none")
 
 
 def png_base64(image: Image.Image, parameters_text: str | None = None) -> str:
@@ -85,3 +86,27 @@ def refiner_switch(pipeline, checkpoint: str | None, switch_at: float) -> float 
         raise RequestError(400, f"refiner_checkpoint {checkpoint!r} is not served; this server's refiner is "
                            f"{refiner.folder.name!r}", "refiner_checkpoint")
     return switch_at
+
+
+def control_units(body, init_image: bytes | None) -> list:
+    """The enabled units of the A1111 ControlNet extension's request. A unit without an image
+    takes the init image (image-to-image), as the extension does; model names may carry the
+    extension's " [hash]" suffix."""
+    from sdrt.runtime.controlnet.units import ControlUnit
+
+    scripts = body.alwayson_scripts.controlnet
+    units = []
+    for index, unit in enumerate(scripts.args if scripts is not None else ()):
+        model = unit.model.split(" [", 1)[0].strip()
+        if not unit.enabled or model.lower() in NO_MODEL:
+            continue
+        field = f"alwayson_scripts.controlnet.args[{index}].image"
+        data = unit.image if unit.image is not None else unit.input_image
+        if isinstance(data, dict):
+            data = data.get("image")
+        if data is not None and not isinstance(data, str):
+            raise RequestError(400, f"{field} must be a base64-encoded image", field)
+        image = decode_image(data, field) if data else init_image
+        units.append(ControlUnit(model, image, unit.weight, unit.guidance_start, unit.guidance_end,
+                                 unit.control_mode, unit.module, unit.threshold_a, unit.threshold_b))
+    return units

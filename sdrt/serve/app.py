@@ -21,7 +21,8 @@ from sdrt.runtime.png_info import format_parameters
 from sdrt.runtime.request import MAX_SEED, GenerationRequest
 from sdrt.runtime.schedulers import DEFAULT_SAMPLER, display_name
 from sdrt.runtime.sizes import SizeError, parse_size
-from sdrt.serve.a1111 import A1111_FIELDS, OPENAI_FIELDS, decode_image, png_base64, refiner_switch, sdrt_sampler
+from sdrt.serve.a1111 import (A1111_FIELDS, OPENAI_FIELDS, control_units, decode_image, png_base64, refiner_switch,
+                              sdrt_sampler)
 from sdrt.serve.middleware import BodyLimit, Guard
 from sdrt.serve.schemas import (
     API_KEY_ENV,
@@ -119,6 +120,7 @@ def create_app(pipeline, settings: ServeSettings | None = None) -> FastAPI:
         seed = None if body.seed == -1 else body.seed
         switch = refiner_switch(pipeline, body.refiner_checkpoint, body.refiner_switch_at)
         overrides = body.override_settings
+        units = control_units(body, image)
         images, texts, seeds, parameters = [], [], [], None
         for iteration in range(body.n_iter):
             run_seed = None if seed is None else (seed + iteration * body.batch_size) % (MAX_SEED + 1)
@@ -126,7 +128,8 @@ def create_app(pipeline, settings: ServeSettings | None = None) -> FastAPI:
                 body.prompt, negative_prompt=body.negative_prompt or None, steps=body.steps,
                 guidance_scale=body.cfg_scale, height=body.height, width=body.width, seed=run_seed,
                 num_images=body.batch_size, sampler=sampler, init_image=image, mask_image=mask, strength=strength,
-                refiner_switch=switch, clip_skip=overrides.CLIP_stop_at_last_layers, emphasis=overrides.emphasis))
+                refiner_switch=switch, clip_skip=overrides.CLIP_stop_at_last_layers, emphasis=overrides.emphasis,
+                controlnets=units))
             parameters = result.parameters
             for position, picture in enumerate(result.images, start=1):
                 text = format_parameters(body.prompt, result.parameters,
@@ -175,6 +178,17 @@ def create_app(pipeline, settings: ServeSettings | None = None) -> FastAPI:
     async def refresh_loras():
         """The folder is read at every request; nothing to refresh (A1111 clients call it)."""
         return None
+
+    @app.get("/controlnet/model_list")
+    async def controlnet_models():
+        """The A1111 ControlNet extension's listing: the exported ControlNets of --controlnet-dir."""
+        return {"model_list": list(pipeline.controlnets.names())}
+
+    @app.get("/controlnet/module_list")
+    async def controlnet_modules():
+        from sdrt.runtime.controlnet.preprocess import PREPROCESSORS
+
+        return {"module_list": list(PREPROCESSORS)}
 
     @app.post("/sdapi/v1/txt2img")
     async def txt2img(body: A1111Txt2ImgRequest, request: Request):

@@ -50,7 +50,7 @@ def batch_key(request: GenerationRequest, native_height: int, native_width: int)
     """Requests with equal keys may run as one call; None means the request runs alone."""
     if any(getattr(request, name) is not None for name in UNBATCHABLE):
         return None
-    if not isinstance(request.prompt, str):
+    if not isinstance(request.prompt, str) or request.controlnets:  # each ControlNet request has its own images
         return None
     try:
         tags = () if request.plain_prompt else tuple(extract_tags(request.prompt)[1])

@@ -63,7 +63,7 @@ def build_application(model_dir: str | Path, backend: str, threads: int | None, 
                       ray_settings: RaySettings, refiner: str | Path | None = None, embeddings: tuple = (),
                       loras: dict | None = None):
     """The bound Ray Serve application (pass it to `serve.run`); `embeddings` and `loras`
-    (lora_dir, lora_cache_mb) as Pipeline.load takes them (absolute paths: replicas may run
+    (lora_dir, lora_cache_mb, controlnet_dir) as Pipeline.load takes them (absolute paths: replicas may run
     elsewhere)."""
     ray_settings.check()
     folders = [str(Path(folder).resolve()) for folder in (model_dir, refiner) if folder is not None]
@@ -91,8 +91,9 @@ def build_application(model_dir: str | Path, backend: str, threads: int | None, 
     sources = [EmbeddingSource.parse(str(e)) for e in embeddings]
     absolute = tuple(EmbeddingSource(source.path.resolve(), source.token) for source in sources)
     loras = dict(loras or {})
-    if loras.get("lora_dir") is not None:
-        loras["lora_dir"] = str(Path(loras["lora_dir"]).resolve())
+    for folder in ("lora_dir", "controlnet_dir"):  # replicas may start elsewhere: absolute paths
+        if loras.get(folder) is not None:
+            loras[folder] = str(Path(loras[folder]).resolve())
     return deployment.bind(folders[0], backend, threads, settings, folders[1] if refiner is not None else None,
                            absolute, loras)
 

@@ -89,6 +89,30 @@ class A1111Overrides(Body):
     emphasis: StrictStr = DEFAULT_EMPHASIS
 
 
+class A1111ControlNetUnit(Body):
+    """One unit of the A1111 ControlNet extension's `alwayson_scripts.controlnet.args`."""
+
+    enabled: bool = True
+    image: StrictStr | dict | None = None  # base64; or {"image": ..., "mask": ...}
+    input_image: StrictStr | None = None  # the extension's older name of `image`
+    module: StrictStr = "none"
+    model: StrictStr = "None"
+    weight: float = Field(1.0, ge=0)
+    guidance_start: float = Field(0.0, ge=0, le=1)
+    guidance_end: float = Field(1.0, ge=0, le=1)
+    control_mode: StrictStr | int = "Balanced"
+    threshold_a: float = 100.0  # canny's low threshold
+    threshold_b: float = 200.0  # canny's high threshold
+
+
+class A1111ControlNetArgs(Body):
+    args: list[A1111ControlNetUnit] = Field(default_factory=list)
+
+
+class A1111Scripts(Body):
+    controlnet: A1111ControlNetArgs | None = None
+
+
 class A1111Txt2ImgRequest(Body):
     prompt: StrictStr = ""
     negative_prompt: StrictStr = ""
@@ -105,6 +129,7 @@ class A1111Txt2ImgRequest(Body):
     refiner_checkpoint: StrictStr | None = None  # the served refiner's name; None, "" or "None": no refiner
     refiner_switch_at: float = Field(0.8, gt=0, le=1)  # 1: the refiner never takes over
     override_settings: A1111Overrides = Field(default_factory=lambda: A1111Overrides())
+    alwayson_scripts: A1111Scripts = Field(default_factory=lambda: A1111Scripts())
 
 
 class A1111Img2ImgRequest(A1111Txt2ImgRequest):
