@@ -322,3 +322,32 @@ def test_a1111_controlnet_requests_and_model_list(pipeline):
         missing = client.post("/sdapi/v1/txt2img", json={**body, "alwayson_scripts": {"controlnet": {"args": [
             {**unit, "image": None}]}}})
         assert missing.status_code == 400 and "has no control image" in missing.text
+
+
+def test_tensorrt_builds_the_controlnet_with_the_models_profile(exported_tiny, exported_controlnets, monkeypatch,
+                                                                tmp_path):
+    import shutil
+
+    import fake_tensorrt
+
+    stats = fake_tensorrt.install(monkeypatch)
+    model, controlnet = tmp_path / "model", tmp_path / "edges"
+    shutil.copytree(exported_tiny("standard"), model)
+    shutil.copytree(exported_controlnets / "edges", controlnet)
+    result = CliRunner().invoke(main, ["build", str(model), "--static", "64x64", "--max-batch", "1"])
+    assert result.exit_code == 0, result.output
+    unet = next(b for b in stats.builds if b["onnx"].endswith("unet/model.onnx"))
+    units = [ControlUnit(str(controlnet), shapes_image(1), 0.5, start=0.2, mode="controlnet")]
+    trt = Pipeline.load(model, backend="tensorrt")
+    got = trt.generate(PROMPT, controlnets=units, **SETTINGS).array
+    built = [b for b in stats.builds if b["onnx"].endswith("controlnet/model.onnx")]
+    assert len(built) == 1 and list((controlnet / "tensorrt").glob("controlnet-*.plan"))
+    profile = built[0]["profile"]  # the model's: its static size and batch
+    assert any("residual" in name for name in unet["profile"])
+    for name in ("sample", "timestep", "encoder_hidden_states"):
+        assert profile[name] == unet["profile"][name], name
+    assert all(shape[2:] == [64, 64] for shape in profile["controlnet_cond"]), profile["controlnet_cond"]
+    expected = Pipeline.load(model).generate(PROMPT, controlnets=units, **SETTINGS).array
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    trt.generate(PROMPT, controlnets=units, **SETTINGS)
+    assert len([b for b in stats.builds if b["onnx"].endswith("controlnet/model.onnx")]) == 1  # kept

@@ -80,7 +80,7 @@ class Pipeline:
             folder, manifest, component, engines[component], make_engine, weights.pristine, options),
             loras or LoraLibrary())
         self.controlnets = ControlNetLibrary(manifest, folder.name, lambda path, spec: backend.attached_engine(
-            path, spec, CONTROLNET, options), controlnet_dir)
+            path, spec, CONTROLNET, options, engines), controlnet_dir)
 
     @classmethod
     def load(cls, folder: str | Path, backend: str | Backend = DEFAULT_BACKEND, threads: int | None = None,

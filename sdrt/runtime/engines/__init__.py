@@ -53,9 +53,10 @@ class Backend(ABC):
         """(the manifest the engines accept, a factory of engines by component name).
         `sessions` are ones open_session opened to infer the manifest; engines adopt them."""
 
-    def attached_engine(self, folder: Path, manifest, component: str, options: LoadOptions) -> Engine:
-        """An engine from another folder that runs beside the model's, at the model's ranges
-        (`manifest.dims`): a ControlNet's."""
+    def attached_engine(self, folder: Path, manifest, component: str, options: LoadOptions,
+                        model_engines: dict[str, Engine]) -> Engine:
+        """An engine from another folder that runs beside the model's engines, at the model's
+        ranges (`manifest.dims`): a ControlNet's."""
         return self.load(folder, manifest, options, {})[1](component)
 
     @abstractmethod
@@ -117,6 +118,10 @@ class TensorRtBackend(Backend):
 
         runtime, narrowed = load_engines(folder, manifest, options.progress)
         return narrowed, runtime.engine
+
+    def attached_engine(self, folder, manifest, component, options, model_engines):
+        """Built with the model's settings and profile, on the model's stream and memory."""
+        return model_engines["unet"].runtime.attach(folder, component, manifest.components[component])
 
     def weight_variants(self, folder, manifest, component, engine, make_engine, pristine, options):
         from sdrt.runtime.lora.variants import RefitVariants

@@ -52,6 +52,7 @@ class TrtRuntime:
         self.activation_pointer = 0
         self.activation_bytes = 0
         self.engines: dict[str, TrtEngine] = {}
+        self.attached: dict[Path, TrtEngine] = {}  # engines of other folders (ControlNets), by folder
 
     def engine(self, component: str) -> "TrtEngine":
         with self.lock:
@@ -59,15 +60,25 @@ class TrtRuntime:
                 self.engines[component] = TrtEngine(self, component)
             return self.engines[component]
 
-    def deserialize(self, component: str, spec: ComponentSpec):
+    def attach(self, folder: Path, component: str, spec: ComponentSpec) -> "TrtEngine":
+        """The engine of another folder's component (a ControlNet), built with this model's
+        settings and profile into that folder's tensorrt/ on first use, and kept."""
+        with self.lock:
+            if folder not in self.attached:
+                self.attached[folder] = TrtEngine(self, component, folder, spec)
+            return self.attached[folder]
+
+    def deserialize(self, component: str, spec: ComponentSpec, folder: Path | None = None):
+        folder = folder or self.folder
         key = component_key(component, spec, self.settings, self.device)
-        reason = stale_reason(self.folder, key)
+        reason = stale_reason(folder, key)
         if reason is not None:
-            if not self.rebuild:
+            if not self.rebuild and folder == self.folder:
                 raise SdrtError(f"{reason}: run `sdrt build {self.folder}`")
-            self.progress(f"{component}: rebuilding the TensorRT engine ({reason})")
-            build_one(self.trt, self.cuda, self.folder, component, spec, key, self.settings, self.progress)
-        plan = plan_path(self.folder, key)
+            self.progress(f"{component}: {'building' if folder != self.folder else 'rebuilding'} the TensorRT "
+                          f"engine ({reason})")
+            build_one(self.trt, self.cuda, folder, component, spec, key, self.settings, self.progress)
+        plan = plan_path(folder, key)
         engine = self.runtime.deserialize_cuda_engine(plan.read_bytes())
         if engine is None:
             raise SdrtError(f"TensorRT cannot load {plan} although its key matches; delete it and run "
@@ -84,7 +95,7 @@ class TrtRuntime:
                     self.cuda.free(self.activation_pointer)
                 self.activation_bytes = aligned(size)
                 self.activation_pointer = self.cuda.malloc(self.activation_bytes)
-                for engine in self.engines.values():
+                for engine in (*self.engines.values(), *self.attached.values()):
                     engine.bind_activations()
             return self.activation_pointer
 
@@ -98,13 +109,14 @@ class TrtEngine(Engine):
 
     range_source = "range its TensorRT engine was built for (see `sdrt build --help`)"
 
-    def __init__(self, runtime: TrtRuntime, component: str):
+    def __init__(self, runtime: TrtRuntime, component: str, folder: Path | None = None,
+                 spec: ComponentSpec | None = None):
         manifest = runtime.manifest
-        spec = manifest.components[component]
+        spec = spec or manifest.components[component]
         super().__init__(component, spec, runtime.settings.profile.dim_ranges(manifest))
         self.runtime = runtime
         trt = runtime.trt
-        self.engine = runtime.deserialize(component, spec)
+        self.engine = runtime.deserialize(component, spec, folder)
         names = [self.engine.get_tensor_name(index) for index in range(self.engine.num_io_tensors)]
         expected = [t.name for t in spec.inputs + spec.outputs]
         if sorted(names) != sorted(expected):
