@@ -351,3 +351,16 @@ def test_tensorrt_builds_the_controlnet_with_the_models_profile(exported_tiny, e
     np.testing.assert_allclose(got, expected, atol=1e-5)
     trt.generate(PROMPT, controlnets=units, **SETTINGS)
     assert len([b for b in stats.builds if b["onnx"].endswith("controlnet/model.onnx")]) == 1  # kept
+
+
+def test_bench_reports_the_controlnets_cost_per_step(exported_tiny, exported_controlnets, tmp_path):
+    import json
+
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(main, ["bench", "--model", str(exported_tiny("standard")), "--controlnet",
+                                       f"{exported_controlnets / 'edges'}:0.5", "--steps", "2", "--height", "64",
+                                       "--width", "64", "--runs", "1", "--warmup", "0", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["sdrt"]["controlnet_step"]["count"] == 2 and report["sdrt"]["controlnet_step"]["median"] > 0
+    assert "ControlNets per step" in result.output

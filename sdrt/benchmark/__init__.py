@@ -43,12 +43,28 @@ class BenchSettings:
     sampler: str = DEFAULT_SAMPLER
     prompt: str = PROMPT  # sdrt reads it in A1111's prompt language; diffusers as plain text
     loras: tuple[str, ...] = ()  # PATH[:WEIGHT]: merged on both sides (diffusers: load_lora_weights + fuse)
+    controlnets: tuple[str, ...] = ()  # DIR[:SCALE], each with a synthetic control map (sdrt side)
 
     def request(self, seed: int = 0) -> GenerationRequest:
         """The generation one measured run makes."""
+        from sdrt.runtime.controlnet.units import ControlUnit
+
+        image = control_map(self.height, self.width) if self.controlnets else None
         return GenerationRequest(self.prompt, steps=self.steps, guidance_scale=self.guidance, height=self.height,
                                  width=self.width, num_images=self.num_images, sampler=self.sampler, seed=seed,
-                                 loras=list(self.loras))
+                                 loras=list(self.loras),
+                                 controlnets=[ControlUnit.parse(text, image) for text in self.controlnets])
+
+
+def control_map(height: int, width: int):
+    """A fixed control map for benchmarks: white outlines of nested rectangles on black."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (width, height))
+    draw = ImageDraw.Draw(image)
+    for inset in range(0, min(height, width) // 2, max(1, min(height, width) // 16)):
+        draw.rectangle([inset, inset, width - 1 - inset, height - 1 - inset], outline=(255, 255, 255))
+    return image
 
 
 def summarize(values: list[float]) -> dict:
@@ -135,8 +151,8 @@ def _sdrt_summary(runs: list[dict], load_seconds: float, peak: int) -> dict:
     stages = ["tokenize", "text_encoder", "denoise", "scheduler_and_guidance", "unet_host_copies", "vae_decoder", "png",
               "end_to_end"]
     steps = [t for run in runs for t in run["unet_steps"]]
-    outside = [(r["end_to_end"] - r["text_encoder"] - sum(r["unet_steps"]) - r["vae_decoder"]) / r["end_to_end"]
-               for r in runs]
+    outside = [(r["end_to_end"] - r["text_encoder"] - sum(r["unet_steps"]) - sum(r.get("controlnet_steps", ()))
+                - r["vae_decoder"]) / r["end_to_end"] for r in runs]
     return {
         "load_seconds": load_seconds,
         "peak_rss_bytes": peak,
@@ -144,6 +160,8 @@ def _sdrt_summary(runs: list[dict], load_seconds: float, peak: int) -> dict:
         "unet_step": {"p50": float(np.percentile(steps, 50)), "p90": float(np.percentile(steps, 90)),
                       "p99": float(np.percentile(steps, 99)), "count": len(steps)},
         "outside_engines_fraction": summarize(outside),
+        **({"controlnet_step": summarize([t for run in runs for t in run["controlnet_steps"]])}
+           if "controlnet_steps" in runs[0] else {}),
     }
 
 
@@ -162,6 +180,8 @@ def run_benchmark(model: str, settings: BenchSettings, *, backend: str = "cpu", 
             raise BenchError(f"unknown baseline {compare!r}; sdrt compares with diffusers")
         if diffusers_model is None:
             raise BenchError("--compare diffusers needs the model's diffusers folder: pass --diffusers-model DIR")
+        if settings.controlnets:
+            raise BenchError("--compare with --controlnet is not supported yet: measure sdrt alone")
         try:
             import diffusers  # noqa: F401
             import torch  # noqa: F401

@@ -15,6 +15,10 @@ def format_report(report: dict) -> str:
     step = sd["unet_step"]
     lines.append(f"UNet step p50/p90/p99     {step['p50'] * 1e3:.1f} / {step['p90'] * 1e3:.1f} / "
                  f"{step['p99'] * 1e3:.1f} ms")
+    if "controlnet_step" in sd:
+        control = sd["controlnet_step"]
+        lines.append(f"ControlNets per step p50 {control['median'] * 1e3:.1f} ms ({control['median'] / step['p50']:.2f}x "
+                     f"the UNet's)")
     lines.append(f"outside the engines      {sd['outside_engines_fraction']['median'] * 100:.2f} % of end to end")
     lines.append(f"peak memory              {sd['peak_rss_bytes'] / 2**30:.2f} GiB")
     if sd.get("peak_gpu_bytes"):

@@ -33,6 +33,9 @@ from sdrt.runtime.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES
               help="Load a textual-inversion embedding (sdrt side; repeatable).")
 @click.option("--lora", "loras", multiple=True, metavar="PATH[:WEIGHT]",
               help="Merge this LoRA in every run (diffusers: load_lora_weights + fuse_lora); repeatable.")
+@click.option("--controlnet", "controlnets", multiple=True, metavar="DIR[:SCALE]",
+              help="Guide every run with this exported ControlNet and a synthetic control map (sdrt side; "
+                   "repeatable): the report gives its cost per step beside the UNet's.")
 @click.option("--runs", default=3, show_default=True, type=int, help="Measured runs (after the warm-up).")
 @click.option("--warmup", default=1, show_default=True, type=int, help="Unmeasured runs first.")
 @click.option("--threads", default=None, type=THREADS, help="CPU threads (default: all cores).")
@@ -47,8 +50,8 @@ from sdrt.runtime.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES
 @click.option("--cuda-graph", is_flag=True, help="With --backend cuda: the UNet as a CUDA graph per shape.")
 @click.option("--plot", "plot_path", default=None, type=click.Path(),
               help="With --sweep: a PNG plot here [default: beside --json] (needs matplotlib: sdrt[plot]).")
-def bench(model_dir, arch, backend, height, width, steps, guidance, num_images, sampler, prompt, embeddings, loras, runs,
-          warmup, threads, compare, sequential, diffusers_model, sweep, json_path, cuda_graph, plot_path) -> None:
+def bench(model_dir, arch, backend, height, width, steps, guidance, num_images, sampler, prompt, embeddings, loras,
+          controlnets, runs, warmup, threads, compare, sequential, diffusers_model, sweep, json_path, cuda_graph, plot_path) -> None:
     """Measure latency per stage, memory and (with --compare) the ratio to diffusers."""
     from sdrt.benchmark import BenchSettings, arch_model, parse_sweep, run_benchmark, sweep_settings
     from sdrt.benchmark.report import format_report
@@ -70,6 +73,7 @@ def bench(model_dir, arch, backend, height, width, steps, guidance, num_images, 
     base = BenchSettings(height=height or manifest.native_height, width=width or manifest.native_width,
                          steps=steps, guidance=guidance, num_images=num_images, sampler=sampler,
                          loras=tuple(str(Path(lora).resolve()) if Path(lora).exists() else lora for lora in loras),
+                         controlnets=tuple(str(Path(c).resolve()) if Path(c).exists() else c for c in controlnets),
                          **({"prompt": prompt} if prompt is not None else {}))
     plan = [base]
     if sweep:

@@ -181,7 +181,8 @@ class Pipeline:
         and masked-image latents) is appended to the scaled input's channels;
         `start.blend(index, latents)` runs after each step. With `timings`, each UNet call's
         duration is appended to timings["unet_steps"], and timings["unet_host_copies"] adds up
-        the host-device copies inside those calls. A set `cancel` stops the loop at the next
+        the host-device copies inside those calls (the ControlNets' time goes to
+        timings["controlnet_steps"]). A set `cancel` stops the loop at the next
         step with GenerationCancelled. `engines` replaces the pipeline's (LoRA-merged ones).
         `control` gives each call's ControlNet residuals (sdrt.runtime.controlnet.guidance;
         without it a UNet with residual inputs gets zeros)."""
@@ -206,9 +207,13 @@ class Pipeline:
             calls = conditioning.calls(index - counted_from, dtypes)
             called = time.perf_counter()
 
+            control_seconds = [0.0]
+
             def unet(rows, feeds):
                 pick = (lambda a: a) if rows is None else (lambda a: a[rows])
+                began = time.perf_counter()
                 added = residuals(index, pick(scaled), timestep, feeds, rows) if residuals else {}
+                control_seconds[0] += time.perf_counter() - began
                 return engine.run({"sample": pick(model_input), "timestep": timestep, **feeds, **added})["out_sample"]
 
             if len(calls) == 1:
@@ -218,7 +223,9 @@ class Pipeline:
                 prediction = np.empty((len(model_input), *parts[0][1].shape[1:]), parts[0][1].dtype)
                 for rows, part in parts:
                     prediction[rows] = part
-            unet_steps.append(time.perf_counter() - called)
+            unet_steps.append(time.perf_counter() - called - control_seconds[0])
+            if control is not None and timings is not None:
+                timings.setdefault("controlnet_steps", []).append(control_seconds[0])
             if timings is not None and engine.copies_to_device:
                 timings["unet_host_copies"] = timings.get("unet_host_copies", 0.0) + engine.last_copy_seconds
             prediction = prediction.astype(np.float32)
@@ -296,8 +303,9 @@ class Pipeline:
                                     step_progress, timings, cancel, engines if model is self else None, run_control)
             done += start.stop(run_sampler) - start.start
         timings["denoise"] = time.perf_counter() - stage
-        # Everything in the loop but the UNet: sampler, guidance, copies and casts.
-        timings["scheduler_and_guidance"] = timings["denoise"] - sum(timings["unet_steps"])
+        # Everything in the loop but the UNet and the ControlNets: sampler, guidance, copies and casts.
+        timings["scheduler_and_guidance"] = (timings["denoise"] - sum(timings["unet_steps"])
+                                             - sum(timings.get("controlnet_steps", ())))
 
         stage = time.perf_counter()
         array = runs[-1][0].decode_latents(latents)  # the refiner decodes with its own VAE
