@@ -14,7 +14,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image, ImageDraw
 
-from conftest import reference_scheduler, sdxl_reference
+from conftest import reference_scheduler
 from sdrt.cli import main
 from sdrt.errors import GenerationError
 from sdrt.export.exporter import export_model

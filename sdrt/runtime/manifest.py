@@ -69,6 +69,14 @@ def downsampled(dim: str, factor: int) -> str:
     return dim if factor == 1 else f"{dim}/{factor}"
 
 
+def split_downsampled(name: str) -> tuple[str, int]:
+    """(dim, factor) of a name `downsampled` made; (name, 1) for any other name."""
+    base, _, factor = name.partition("/")
+    if factor.isdigit() and int(factor) > 1 and downsampled(base, int(factor)) == name:
+        return base, int(factor)
+    return name, 1
+
+
 def residual_names(spec: "ComponentSpec") -> list[str]:
     """A UNet's or ControlNet's residual tensors, down blocks in order then the mid block
     (none for a UNet exported before ControlNet)."""

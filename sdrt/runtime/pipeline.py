@@ -36,6 +36,7 @@ from sdrt.runtime.request import GenerationError, GenerationRequest, ResolvedReq
 from sdrt.runtime.rng import GeneratorGroup, TorchGenerator
 from sdrt.runtime.schedulers import DEFAULT_SAMPLER, Scheduler, sampler_from_config
 from sdrt.runtime.text_encoders import TextEncoders
+from sdrt.runtime.unet_call import predict
 
 # Required besides the text encoders; vae_encoder loads on the first image-to-image request.
 COMPONENTS = ("unet", "vae_decoder")
@@ -206,26 +207,10 @@ class Pipeline:
             timestep = np.array([sampler.timesteps[index]], dtype=engine.input_dtype("timestep"))
             calls = conditioning.calls(index - counted_from, dtypes)
             called = time.perf_counter()
-
-            control_seconds = [0.0]
-
-            def unet(rows, feeds):
-                pick = (lambda a: a) if rows is None else (lambda a: a[rows])
-                began = time.perf_counter()
-                added = residuals(index, pick(scaled), timestep, feeds, rows) if residuals else {}
-                control_seconds[0] += time.perf_counter() - began
-                return engine.run({"sample": pick(model_input), "timestep": timestep, **feeds, **added})["out_sample"]
-
-            if len(calls) == 1:
-                prediction = unet(*calls[0])
-            else:
-                parts = [(rows, unet(rows, feeds)) for rows, feeds in calls]
-                prediction = np.empty((len(model_input), *parts[0][1].shape[1:]), parts[0][1].dtype)
-                for rows, part in parts:
-                    prediction[rows] = part
-            unet_steps.append(time.perf_counter() - called - control_seconds[0])
+            prediction, control_seconds = predict(engine, index, model_input, scaled, timestep, calls, residuals)
+            unet_steps.append(time.perf_counter() - called - control_seconds)
             if control is not None and timings is not None:
-                timings.setdefault("controlnet_steps", []).append(control_seconds[0])
+                timings.setdefault("controlnet_steps", []).append(control_seconds)
             if timings is not None and engine.copies_to_device:
                 timings["unet_host_copies"] = timings.get("unet_host_copies", 0.0) + engine.last_copy_seconds
             prediction = prediction.astype(np.float32)

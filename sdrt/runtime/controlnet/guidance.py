@@ -26,6 +26,7 @@ from sdrt.runtime.manifest import (
     UNET_BATCH,
     ComponentSpec,
     residual_names,
+    split_downsampled,
 )
 
 #: Guess mode's weights run from 10^-1 (the first residual) to 10^0 (the mid block's).
@@ -34,8 +35,8 @@ SOFT_WEIGHTS_FROM, SOFT_WEIGHTS_TO = -1.0, 0.0
 
 def dim_size(name: str, sizes: dict[str, int]) -> int:
     """The size of a dimension named `downsampled(dim, factor)` (or a plain name) in `sizes`."""
-    base, _, factor = name.partition("/")
-    return sizes[base] // int(factor) if factor else sizes[base]
+    base, factor = split_downsampled(name)
+    return sizes[base] // factor
 
 
 class ZeroResiduals:

@@ -32,7 +32,7 @@ from sdrt.runtime.manifest import (
     ComponentSpec,
     DimRange,
     Manifest,
-    downsampled,
+    split_downsampled,
 )
 
 ENGINE_FOLDER = "tensorrt"
@@ -78,10 +78,10 @@ def dim_rule(name: str) -> Callable[[Request, int], int] | None:
     """The rule of a manifest dimension (None: sdrt does not know it)."""
     if name in DIM_RULES:
         return DIM_RULES[name]
-    base, _, factor = name.partition("/")
-    if base not in DOWNSAMPLED_DIMS or not factor.isdigit() or int(factor) < 1 or downsampled(base, int(factor)) != name:
+    base, factor = split_downsampled(name)
+    if base not in DOWNSAMPLED_DIMS or factor == 1:
         return None
-    return lambda r, f, rule=DIM_RULES[base], by=int(factor): rule(r, f) // by
+    return lambda r, f, rule=DIM_RULES[base]: rule(r, f) // factor
 
 
 @dataclass(frozen=True)
