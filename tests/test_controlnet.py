@@ -25,7 +25,7 @@ from sdrt.runtime.pipeline import Pipeline
 MAX_PIXEL_ERROR = 2 / 255
 MEAN_PIXEL_ERROR = 0.5 / 255
 SAMPLER = "euler"
-SETTINGS = dict(steps=5, seed=7, height=64, width=64, sampler=SAMPLER, guidance_scale=7.5)
+SETTINGS = dict(steps=4, seed=7, height=64, width=64, sampler=SAMPLER, guidance_scale=7.5)
 PROMPT = "a photo of a cat"
 NO_HEAVY_IMPORTS = Path(__file__).parent / "no_heavy_imports.py"
 
@@ -249,7 +249,7 @@ def test_cli_generate_with_two_controlnets_equals_the_api(pipeline, exported_tin
     args = ["generate", PROMPT, "--model", str(exported_tiny("standard")), "--controlnet-dir",
             str(exported_controlnets), "--controlnet", "edges:0.5", "--control-image", str(images[0]),
             "--controlnet", str(exported_controlnets / "depth"), "--control-image", str(images[1]),
-            "--control-start", "0.2", "--control-start", "0", "--control-mode", "prompt", "--steps", "5", "--seed",
+            "--control-start", "0.2", "--control-start", "0", "--control-mode", "prompt", "--steps", "4", "--seed",
             "7", "--sampler", SAMPLER, "--guidance", "7.5", "--out", str(out), "--quiet"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
@@ -280,6 +280,11 @@ def test_bad_controlnet_input_is_one_line(exported_tiny, exported_controlnets, t
     assert message in result.output and len(result.output.strip().splitlines()) == 1, result.output
 
 
+def test_too_many_controlnets_are_refused(pipeline):
+    with pytest.raises(GenerationError, match="9 ControlNets in one request; at most 8"):
+        pipeline.generate(PROMPT, controlnets=[ControlUnit("edges", shapes_image(1))] * 9, **SETTINGS)
+
+
 def test_a_model_exported_before_controlnet_says_to_re_export(pipeline, exported_controlnets):
     from dataclasses import replace
 
@@ -308,7 +313,7 @@ def test_a1111_controlnet_requests_and_model_list(pipeline):
         assert "canny" in client.get("/controlnet/module_list").json()["module_list"]
         unit = {"image": encoded, "module": "none", "model": "edges [0123abcd]", "weight": 0.5,
                 "guidance_start": 0.0, "guidance_end": 1.0, "control_mode": "Balanced"}
-        body = {"prompt": PROMPT, "steps": 5, "seed": 7, "width": 64, "height": 64, "sampler_name": "Euler",
+        body = {"prompt": PROMPT, "steps": 4, "seed": 7, "width": 64, "height": 64, "sampler_name": "Euler",
                 "cfg_scale": 7.5, "alwayson_scripts": {"controlnet": {"args": [unit, {"enabled": False}]}}}
         response = client.post("/sdapi/v1/txt2img", json=body)
         assert response.status_code == 200, response.text

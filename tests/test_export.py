@@ -19,7 +19,7 @@ from sdrt.export.validation import RELATIVE_TOLERANCE
 from sdrt.cli import main
 from sdrt.errors import ModelFolderError
 from sdrt.export.sources import load_pipeline
-from sdrt.runtime.manifest import Manifest
+from sdrt.runtime.manifest import Manifest, residual_names
 
 SCHEMA = json.loads((Path(__file__).parent.parent / "sdrt" / "runtime" / "manifest.schema.json").read_text())
 ONNX_TYPES = {"float32": "tensor(float)", "float16": "tensor(float16)", "int32": "tensor(int32)", "int64": "tensor(int64)"}
@@ -58,13 +58,15 @@ def test_folder_layout_manifest_and_validation(exported, tiny_models, kind):
         first, second = validation["shapes"]
         assert second[0] > 1 and second[-1] != second[-2], "a batch > 1, non-square shape is validated"
         # The graph's tensors are the manifest's, by name and dtype; the extra token rows (textual
-        # inversion) have a default value, so callers that do not know them may leave them out.
+        # inversion) and the UNet's ControlNet residuals have default values, so callers that do
+        # not know them may leave them out.
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         inputs = session.get_inputs() + session.get_overridable_initializers()
         for specs, actual in ((spec.inputs, inputs), (spec.outputs, session.get_outputs())):
             assert [(t.name, ONNX_TYPES[t.dtype]) for t in specs] == [(a.name, a.type) for a in actual]
-        assert [a.name for a in session.get_overridable_initializers()] == (
-            ["extra_token_embeddings"] if name == "text_encoder" else [])
+        defaults = {"text_encoder": ["extra_token_embeddings"], "unet": residual_names(spec)}.get(name, [])
+        assert [a.name for a in session.get_overridable_initializers()] == defaults
+        assert name != "unet" or len(defaults) == 5  # the tiny UNet: conv_in, 1 + 1 + 1 down, mid
     for name in ("model_index.json", "scheduler/scheduler_config.json", "tokenizer/tokenizer_config.json"):
         assert (folder / name).is_file()
 
@@ -199,7 +201,7 @@ def test_fp16_keeps_the_vae_fp32_by_default_and_is_validated(tiny_models, tmp_pa
     assert manifest.components["vae_decoder"].precision == "fp32"
     dtypes = {t.name: t.dtype for t in unet.inputs + unet.outputs}
     assert dtypes == {"sample": "float16", "timestep": "float32", "encoder_hidden_states": "float16",
-                      "out_sample": "float16"}
+                      "out_sample": "float16", **{name: "float16" for name in residual_names(unet)}}
     for spec in manifest.components.values():
         tolerance = RELATIVE_TOLERANCE[spec.precision]
         assert spec.validation["tolerance"] == tolerance and spec.validation["max_rel_error"] <= tolerance

@@ -36,7 +36,8 @@ from sdrt.runtime.manifest import (  # noqa: F401 - the dimension names, re-expo
     TensorSpec,
     downsampled,
 )
-from sdrt.export.residuals import added_residuals, residual_inputs, residual_layout, residual_specs
+from sdrt.export.residuals import (added_residuals, residual_defaults, residual_inputs, residual_layout,
+                                   residual_specs)
 
 # Export-time ranges recorded in the manifest (TensorRT profiles are built from them).
 MAX_BATCH = 8
@@ -347,6 +348,7 @@ def clip_component_exports(pipeline, geometry: ModelGeometry, num_train_timestep
             ],
             [TensorSpec("out_sample", f32, [UNET_BATCH, *latent])],
             unet_inputs,
+            residual_defaults(residuals),
             lora_model=pipeline.unet,
         ),
         *vae_exports(pipeline, g),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from sdrt.runtime.manifest import (
@@ -56,6 +57,13 @@ def residual_inputs(generator: torch.Generator, layout: list[Residual], rows: in
     """Random residuals for validation inputs."""
     return tuple(torch.randn(rows, r.channels, latent_h // r.factor, latent_w // r.factor, generator=generator)
                  for r in layout)
+
+
+def residual_defaults(layout: list[Residual]) -> dict[str, np.ndarray]:
+    """Zero defaults of the UNet's residual inputs, [1, C, 1, 1] (broadcast by the UNet's adds):
+    callers that know nothing of ControlNet (diffusers' OnnxStableDiffusionPipeline) leave them
+    out. sdrt always feeds them, and TensorRT builds without defaults."""
+    return {r.name: np.zeros((1, r.channels, 1, 1), np.float32) for r in layout}
 
 
 def added_residuals(residuals: tuple[torch.Tensor, ...]) -> dict:

@@ -29,7 +29,8 @@ from sdrt.export.components import (
     text_inputs_maker,
     vae_exports,
 )
-from sdrt.export.residuals import added_residuals, residual_inputs, residual_layout, residual_specs
+from sdrt.export.residuals import (added_residuals, residual_defaults, residual_inputs, residual_layout,
+                                   residual_specs)
 from sdrt.runtime.manifest import (
     PENULTIMATE_HIDDEN,
     POOLED,
@@ -160,6 +161,7 @@ def sdxl_component_exports(pipeline, geometry: ModelGeometry, num_train_timestep
         ],
         [TensorSpec("out_sample", f32, [UNET_BATCH, g.latent_channels, LATENT_HEIGHT, LATENT_WIDTH])],
         unet_inputs,
+        residual_defaults(residuals),
         lora_model=pipeline.unet,
     ))
     return exports + vae_exports(pipeline, g)

@@ -28,6 +28,9 @@ CONTROL_MODES = {"balanced": "Balanced", "prompt": "My prompt is more important"
 DEFAULT_MODE = "balanced"
 #: The largest conditioning scale accepted (A1111's slider stops at 2).
 MAX_SCALE = 10.0
+#: ControlNets one request may use (A1111's extension offers 3 units by default); each adds a
+#: ControlNet call per step, so this bounds a request's cost.
+MAX_UNITS = 8
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,8 @@ def check_units(units) -> tuple[ControlUnit, ...]:
     """A request's `controlnets`, each checked."""
     if isinstance(units, (str, ControlUnit)) or not isinstance(units, (list, tuple)):
         raise GenerationError("controlnets must be a list of ControlUnit", PARAM)
+    if len(units) > MAX_UNITS:
+        raise GenerationError(f"{len(units)} ControlNets in one request; at most {MAX_UNITS}", PARAM)
     for unit in units:
         if not isinstance(unit, ControlUnit):
             raise GenerationError(f"controlnets must be a list of ControlUnit, got {type(unit).__name__}", PARAM)
