@@ -178,7 +178,8 @@ def make_tensorrt(stats: Stats, cudart: types.ModuleType, version: str = "10.9.0
         def __init__(self, flags):
             self.flags = flags
             self.layers: list[Layer] = []
-            self.onnx_path = None
+            self.onnx_path = None  # the graph parsed (a copy without input defaults, when sdrt passes bytes)
+            self.source_path = None  # the model's file, when sdrt parsed a copy of it
             self.weights: dict[str, tuple] = {}  # initializer -> (shape, dtype)
             self.refittable: set[str] = set()
 
@@ -220,7 +221,9 @@ def make_tensorrt(stats: Stats, cudart: types.ModuleType, version: str = "10.9.0
             assert path is not None, "sdrt passes the ONNX file's path for its external weights"
             copy = Path(path).with_name(Path(path).stem + f".parsed-{len(stats.builds)}.onnx")
             copy.write_bytes(bytes(model_bytes))
-            return self.parse_from_file(str(copy))
+            parsed = self.parse_from_file(str(copy))
+            self.network.source_path = str(path)
+            return parsed
 
         def get_error(self, index):
             raise IndexError(index)
@@ -300,7 +303,8 @@ def make_tensorrt(stats: Stats, cudart: types.ModuleType, version: str = "10.9.0
             assert not (network.refittable and not individual), "marked weights need REFIT_INDIVIDUAL"
             refittable = sorted(network.refittable) if individual else (
                 sorted(network.weights) if trt.BuilderFlag.REFIT in config.flags else [])
-            record = {"onnx": network.onnx_path, "profile": config.profiles[0].shapes,
+            record = {"onnx": network.source_path or network.onnx_path, "graph": network.onnx_path,
+                      "profile": config.profiles[0].shapes,
                       "refittable": {name: [list(network.weights[name][0]), np.dtype(network.weights[name][1]).name]
                                      for name in refittable},
                       "fp16": trt.BuilderFlag.FP16 in config.flags, "strongly_typed": strongly,
@@ -373,7 +377,7 @@ def make_tensorrt(stats: Stats, cudart: types.ModuleType, version: str = "10.9.0
                 options.add_initializer(name, value)
             # ONNX Runtime's NCHWc transform would ignore replaced convolution weights.
             disabled = {"disabled_optimizers": ["NchwcTransformer"]} if self.weights else {}
-            self.session = ort.InferenceSession(self.record["onnx"], options, providers=["CPUExecutionProvider"],
+            self.session = ort.InferenceSession(self.record["graph"], options, providers=["CPUExecutionProvider"],
                                                 **disabled)
 
         @property

@@ -104,7 +104,7 @@ def test_gpu_memory_is_read_per_process_from_nvidia_smi():
 
 def test_sequential_sdxl_report_with_diffusers_baseline(exported_sdxl, tiny_sdxl):
     """SDXL against diffusers' SDXL pipeline, one side at a time (what --arch sdxl needs on 24 GiB)."""
-    settings = BenchSettings(height=128, width=128, steps=2)
+    settings = BenchSettings(height=64, width=64, steps=2)
     report = run_benchmark(str(exported_sdxl("base")), settings, runs=1, warmup=0, compare="diffusers",
                            diffusers_model=str(tiny_sdxl["base"]), sequential=True)
     assert report["sequential"] and report["sdrt"]["unet_step"]["count"] == 2

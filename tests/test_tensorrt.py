@@ -150,8 +150,11 @@ def test_memory_plan_shares_one_activation_block(manifest):
     plan = memory_plan(manifest, profile, components, {"text_encoder": 1000, "unet": 50_000, "vae_decoder": 30_000})
     assert plan.shared_activation_bytes == 50_176  # the largest need, rounded up to 256
     assert plan.saved_bytes == 31_000 - 176
-    # UNet IO at the largest shapes: sample and out_sample 4x4x16x16 fp32, timestep 1, context 4x(4x77)x32.
-    expected_unet = 2 * 4 * 4 * 16 * 16 * 4 + 256 + 4 * 4 * 77 * 32 * 4
+    # UNet IO at the largest shapes: sample and out_sample 4x4x16x16 fp32, timestep 1, context 4x(4x77)x32,
+    # and the ControlNet residuals (channels, latent side over): (32, 1) twice, (32, 2), (64, 2), mid (64, 2).
+    residuals = sum(4 * channels * (16 // factor) ** 2 * 4 for channels, factor in
+                    ((32, 1), (32, 1), (32, 2), (64, 2), (64, 2)))
+    expected_unet = 2 * 4 * 4 * 16 * 16 * 4 + 256 + 4 * 4 * 77 * 32 * 4 + residuals
     assert plan.io_bytes["unet"] == expected_unet
     assert plan.total_bytes == sum(plan.io_bytes.values()) + plan.shared_activation_bytes
 

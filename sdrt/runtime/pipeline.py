@@ -20,7 +20,7 @@ from PIL import Image
 from sdrt.errors import ConfigError, ModelFolderError, SdrtError
 from sdrt.runtime.embeddings import EmbeddingSource
 from sdrt.runtime.engines import DEFAULT_BACKEND, DEFAULT_LORA_CACHE_MB, Backend, Engine, LoadOptions, backend_named
-from sdrt.runtime.controlnet.guidance import ZeroResiduals
+from sdrt.runtime.residuals import ZeroResiduals
 from sdrt.runtime.controlnet.library import ControlNetLibrary
 from sdrt.runtime.controlnet.manifest import COMPONENT as CONTROLNET
 from sdrt.runtime.integrity import verify_components
@@ -186,13 +186,13 @@ class Pipeline:
         timings["controlnet_steps"]). A set `cancel` stops the loop at the next
         step with GenerationCancelled. `engines` replaces the pipeline's (LoRA-merged ones).
         `control` gives each call's ControlNet residuals (sdrt.runtime.controlnet.guidance;
-        without it a UNet with residual inputs gets zeros)."""
+        without it a UNet with residual inputs gets zeros from its engine)."""
         engine = (engines or self.engines)["unet"]
         latents = start.latents
         guided = conditioning.guided
         sample_dtype = engine.input_dtype("sample")
         dtypes = {name: engine.input_dtype(name) for name in engine.inputs}
-        residuals = control or ZeroResiduals(engine.spec, dtypes)
+        residuals = control  # None: the engine feeds zeros (sdrt.runtime.engines.base)
         unet_steps = timings.setdefault("unet_steps", []) if timings is not None else []
         end = start.stop(sampler)
         counted_from = start.start if start.counted_from is None else start.counted_from

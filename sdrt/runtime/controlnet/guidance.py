@@ -19,54 +19,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from sdrt.runtime.engines import Engine
-from sdrt.runtime.manifest import (
-    CONTROL_IMAGE,
-    LATENT_HEIGHT,
-    LATENT_WIDTH,
-    UNET_BATCH,
-    ComponentSpec,
-    residual_names,
-    split_downsampled,
-)
+from sdrt.runtime.manifest import CONTROL_IMAGE
+from sdrt.runtime.residuals import ZeroResiduals
 
 #: Guess mode's weights run from 10^-1 (the first residual) to 10^0 (the mid block's).
 SOFT_WEIGHTS_FROM, SOFT_WEIGHTS_TO = -1.0, 0.0
-
-
-def dim_size(name: str, sizes: dict[str, int]) -> int:
-    """The size of a dimension named `downsampled(dim, factor)` (or a plain name) in `sizes`."""
-    base, factor = split_downsampled(name)
-    return sizes[base] // factor
-
-
-class ZeroResiduals:
-    """Zero residuals for a UNet's residual inputs, made once per shape and read-only (a device
-    engine then uploads them once)."""
-
-    def __init__(self, spec: ComponentSpec, dtypes: dict[str, np.dtype]):
-        by_name = {t.name: t for t in spec.inputs}
-        self.specs = {name: by_name[name] for name in residual_names(spec)}  # down blocks in order, then mid
-        self.dtypes = dtypes
-        self._made: dict[tuple, dict[str, np.ndarray]] = {}
-
-    def __bool__(self) -> bool:
-        return bool(self.specs)
-
-    def of(self, rows: int, latent_h: int, latent_w: int) -> dict[str, np.ndarray]:
-        key = (rows, latent_h, latent_w)
-        if key not in self._made:
-            sizes = {UNET_BATCH: rows, LATENT_HEIGHT: latent_h, LATENT_WIDTH: latent_w}
-            made = {}
-            for name, spec in self.specs.items():
-                shape = [size if isinstance(size, int) else dim_size(size, sizes) for size in spec.shape]
-                made[name] = np.zeros(shape, self.dtypes[name])
-                made[name].flags.writeable = False
-            self._made[key] = made
-        return self._made[key]
-
-    def __call__(self, index: int, sample: np.ndarray, timestep: np.ndarray, feeds: dict,
-                 rows: np.ndarray | None) -> dict[str, np.ndarray]:
-        return self.of(len(sample), *sample.shape[2:])
 
 
 @dataclass

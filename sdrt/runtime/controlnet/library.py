@@ -13,7 +13,7 @@ from typing import Callable
 from PIL import Image
 
 from sdrt.errors import GenerationError, ModelFolderError
-from sdrt.runtime.controlnet.guidance import ControlRun, PreparedUnit, ZeroResiduals, guidance_window
+from sdrt.runtime.controlnet.guidance import ControlRun, PreparedUnit, guidance_window
 from sdrt.runtime.controlnet.manifest import COMPONENT, KIND, ControlNetManifest
 from sdrt.runtime.controlnet.preprocess import preprocess
 from sdrt.runtime.controlnet.units import PARAM, ControlUnit
@@ -21,6 +21,7 @@ from sdrt.runtime.engines import Engine
 from sdrt.runtime.images import to_control_input
 from sdrt.runtime.integrity import verify_components
 from sdrt.runtime.json_files import read_json
+from sdrt.runtime.residuals import ZeroResiduals
 from sdrt.runtime.manifest import CONTROL_IMAGE, MANIFEST_NAME, Manifest
 
 #: (folder, its manifest with the model's ranges) -> the ControlNet's engine.

@@ -1,7 +1,8 @@
 """The engine interface: one exported component, run by tensor name with its inputs checked
 first. Every input is checked against the manifest before a backend sees it: its name, dtype,
 rank, fixed sizes, and each dynamic dimension's range and agreement between tensors that share
-it. A mismatch is an `EngineInputError` naming the tensor.
+it. A mismatch is an `EngineInputError` naming the tensor. A UNet's ControlNet residual inputs
+may be left out: they are zeros then (sdrt.runtime.residuals), as the graph's defaults are.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import numpy as np
 
 from sdrt.errors import SdrtError
 from sdrt.runtime.manifest import ComponentSpec, DimRange
+from sdrt.runtime.residuals import ZeroResiduals
 
 
 class EngineInputError(SdrtError):
@@ -37,6 +39,7 @@ class Engine(ABC):
         self.dims = dict(dims)
         self.inputs = {t.name: t for t in spec.inputs}
         self.output_names = [t.name for t in spec.outputs]
+        self._zero_residuals = ZeroResiduals(spec, {t.name: np.dtype(t.dtype) for t in spec.inputs})
 
     def input_dtype(self, name: str) -> np.dtype:
         return np.dtype(self.inputs[name].dtype)
@@ -80,6 +83,10 @@ class Engine(ABC):
         return {dim: size for dim, (size, _) in seen.items()}
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        zeros = self._zero_residuals
+        if zeros and "sample" in feeds and any(name not in feeds for name in zeros.specs):
+            sample = feeds["sample"]
+            feeds = {**zeros.of(len(sample), *sample.shape[2:]), **feeds}
         return self._run(feeds, self.check(feeds))
 
     @abstractmethod
