@@ -327,6 +327,27 @@ def test_a1111_controlnet_requests_and_model_list(pipeline):
         missing = client.post("/sdapi/v1/txt2img", json={**body, "alwayson_scripts": {"controlnet": {"args": [
             {**unit, "image": None}]}}})
         assert missing.status_code == 400 and "has no control image" in missing.text
+        # img2img: a unit without an image guides with the init image, as the extension does.
+        init = {**body, "init_images": [encoded], "denoising_strength": 0.6,
+                "alwayson_scripts": {"controlnet": {"args": [{**unit, "image": None}]}}}
+        response = client.post("/sdapi/v1/img2img", json=init)
+        assert response.status_code == 200, response.text
+        got = np.asarray(Image.open(io.BytesIO(base64.b64decode(response.json()["images"][0]))))
+        settings = {k: v for k, v in SETTINGS.items() if k not in ("height", "width")}
+        expected = pipeline.generate(PROMPT, init_image=shapes_image(1), strength=0.6,
+                                     controlnets=[ControlUnit("edges", shapes_image(1), 0.5)], **settings)
+        np.testing.assert_array_equal(got, np.asarray(expected.images[0]))
+        # The OpenAI route takes sdrt's `controlnets` extension.
+        openai = {"prompt": PROMPT, "size": "64x64", "steps": 4, "seed": 7, "sampler": SAMPLER, "guidance_scale": 7.5,
+                  "controlnets": [{"model": "edges", "image": encoded, "scale": 0.5}]}
+        response = client.post("/v1/images/generations", json=openai)
+        assert response.status_code == 200, response.text
+        got = np.asarray(Image.open(io.BytesIO(base64.b64decode(response.json()["data"][0]["b64_json"]))))
+        np.testing.assert_array_equal(got, np.asarray(
+            pipeline.generate(PROMPT, controlnets=[ControlUnit("edges", shapes_image(1), 0.5)], **SETTINGS).images[0]))
+        bad = client.post("/v1/images/generations", json={**openai, "controlnets": [{"model": "nothing",
+                                                                                      "image": encoded}]})
+        assert bad.status_code == 400 and "unknown ControlNet 'nothing'" in bad.text
 
 
 def test_tensorrt_builds_the_controlnet_with_the_models_profile(exported_tiny, exported_controlnets, monkeypatch,

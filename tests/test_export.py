@@ -26,13 +26,9 @@ ONNX_TYPES = {"float32": "tensor(float)", "float16": "tensor(float16)", "int32":
 
 
 @pytest.fixture(scope="session")
-def exported(tiny_models, tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("exported")
-    out = {}
-    for kind, folder in tiny_models.items():
-        exporter.export_model(str(folder), root / kind, progress=lambda line: None)
-        out[kind] = root / kind
-    return out
+def exported(tiny_models, exported_tiny) -> dict[str, Path]:
+    """Every tiny kind exported (the session's exports, which other tests share; read only)."""
+    return {kind: exported_tiny(kind) for kind in tiny_models}
 
 
 @pytest.mark.parametrize("kind", ["standard", "inpaint", "v_prediction"])

@@ -16,7 +16,7 @@ from sdrt.serve.schemas import RequestError
 # A1111 sampler names (lower case) to sdrt's.
 A1111_SAMPLERS = {display.lower(): name for display, name in DISPLAY_NAMES.items()}
 #: GenerationRequest fields -> the field of each API that carries them.
-OPENAI_FIELDS = {"num_images": "n", "sampler": "scheduler", "loras": "prompt"}
+OPENAI_FIELDS = {"num_images": "n", "sampler": "scheduler", "loras": "prompt", "controlnets": "controlnets"}
 A1111_FIELDS = {"num_images": "batch_size", "guidance_scale": "cfg_scale", "sampler": "sampler_name",
                 "strength": "denoising_strength", "init_image": "init_images", "mask_image": "mask",
                 "refiner_switch": "refiner_switch_at", "clip_skip": "override_settings.CLIP_stop_at_last_layers",

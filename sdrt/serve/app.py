@@ -23,6 +23,7 @@ from sdrt.runtime.schedulers import DEFAULT_SAMPLER, display_name
 from sdrt.runtime.sizes import SizeError, parse_size
 from sdrt.serve.a1111 import (A1111_FIELDS, OPENAI_FIELDS, control_units, decode_image, png_base64, refiner_switch,
                               sdrt_sampler)
+from sdrt.runtime.controlnet.units import ControlUnit
 from sdrt.serve.middleware import BodyLimit, Guard
 from sdrt.serve.schemas import (
     API_KEY_ENV,
@@ -107,10 +108,12 @@ def create_app(pipeline, settings: ServeSettings | None = None) -> FastAPI:
                 raise RequestError(400, str(error), "size") from None
         check_limits(body.n, body.steps, "n")
         sampler = body.sampler or body.scheduler or DEFAULT_SAMPLER
+        units = [ControlUnit(c.model, decode_image(c.image, f"controlnets[{index}].image"), c.scale, c.start, c.end,
+                             c.mode, c.preprocessor) for index, c in enumerate(body.controlnets)]
         result = await run(request, GenerationRequest(
             body.prompt, negative_prompt=body.negative_prompt, steps=body.steps, guidance_scale=body.guidance_scale,
             height=height, width=width, seed=body.seed, num_images=body.n, sampler=sampler,
-            plain_prompt=settings.plain_prompts))
+            plain_prompt=settings.plain_prompts, controlnets=units))
         return {"created": int(time.time()),
                 "data": [{"b64_json": png_base64(image), "revised_prompt": body.prompt} for image in result.images]}
 

@@ -68,6 +68,18 @@ class Body(BaseModel):
         return value
 
 
+class ControlNetField(Body):
+    """sdrt's ControlNet unit on the OpenAI route (the OpenAI API has none): names as the CLI's."""
+
+    model: StrictStr
+    image: StrictStr  # base64
+    scale: float = Field(1.0, ge=0)
+    start: float = Field(0.0, ge=0, le=1)
+    end: float = Field(1.0, ge=0, le=1)
+    mode: StrictStr = "balanced"
+    preprocessor: StrictStr = "none"
+
+
 class OpenAIImageRequest(Body):
     prompt: StrictStr
     n: int = Field(1, ge=1)
@@ -80,6 +92,7 @@ class OpenAIImageRequest(Body):
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
     sampler: StrictStr | None = None
     scheduler: StrictStr | None = None  # sampler's earlier name, still accepted
+    controlnets: list[ControlNetField] = Field(default_factory=list)  # sdrt's extension
 
 
 class A1111Overrides(Body):
