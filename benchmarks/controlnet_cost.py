@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from sdrt.benchmark import control_map, machine_info
-from sdrt.runtime.controlnet.guidance import ZeroResiduals
+from sdrt.runtime.residuals import ZeroResiduals
 from sdrt.runtime.controlnet.units import ControlUnit
 from sdrt.runtime.engines.onnxruntime import OrtEngine
 from sdrt.runtime.manifest import Manifest

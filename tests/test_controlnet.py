@@ -390,3 +390,14 @@ def test_bench_reports_the_controlnets_cost_per_step(exported_tiny, exported_con
     report = json.loads(out.read_text())
     assert report["sdrt"]["controlnet_step"]["count"] == 2 and report["sdrt"]["controlnet_step"]["median"] > 0
     assert "ControlNets per step" in result.output
+
+
+def test_loaded_controlnets_are_bounded(pipeline, monkeypatch):
+    import sdrt.runtime.controlnet.library as library
+
+    monkeypatch.setattr(library, "KEPT_CONTROLNETS", 1)
+    first = pipeline.generate(PROMPT, controlnets=[ControlUnit("edges", shapes_image(1))], **SETTINGS).array
+    pipeline.generate(PROMPT, controlnets=[ControlUnit("depth", shapes_image(1))], **SETTINGS)
+    assert [loaded.name for loaded in pipeline.controlnets._loaded.values()] == ["depth"]
+    again = pipeline.generate(PROMPT, controlnets=[ControlUnit("edges", shapes_image(1))], **SETTINGS).array
+    np.testing.assert_array_equal(again, first)  # loaded again, the same engine

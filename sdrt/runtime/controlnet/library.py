@@ -6,6 +6,7 @@ first use, then kept."""
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -24,6 +25,9 @@ from sdrt.runtime.json_files import read_json
 from sdrt.runtime.residuals import ZeroResiduals
 from sdrt.runtime.manifest import CONTROL_IMAGE, MANIFEST_NAME, Manifest
 
+#: ControlNets whose engines stay loaded (the least recently used goes first; SD 1.5's takes
+#: 1.4 GB in fp32). A request holds its engines until it ends.
+KEPT_CONTROLNETS = 4
 #: (folder, its manifest with the model's ranges) -> the ControlNet's engine.
 EngineMaker = Callable[[Path, ControlNetManifest], Engine]
 
@@ -43,7 +47,7 @@ class ControlNetLibrary:
         if self.folder is not None and not self.folder.is_dir():
             raise ModelFolderError(f"ControlNet folder {self.folder} does not exist")
         self._make_engine = make_engine
-        self._loaded: dict[Path, LoadedControlNet] = {}
+        self._loaded: OrderedDict[Path, LoadedControlNet] = OrderedDict()
         self._lock = threading.Lock()
 
     def names(self) -> dict[str, Path]:
@@ -78,6 +82,9 @@ class ControlNetLibrary:
                 except ModelFolderError as error:
                     raise GenerationError(str(error), PARAM) from None
                 self._loaded[path] = LoadedControlNet(path.name, path, manifest, self._make_engine(path, manifest))
+                while len(self._loaded) > KEPT_CONTROLNETS:
+                    self._loaded.popitem(last=False)
+            self._loaded.move_to_end(path)
             return self._loaded[path]
 
     def prepare(self, controls: tuple[tuple[ControlUnit, Image.Image], ...], height: int, width: int, first: int,
