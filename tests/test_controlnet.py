@@ -401,3 +401,27 @@ def test_loaded_controlnets_are_bounded(pipeline, monkeypatch):
     assert [loaded.name for loaded in pipeline.controlnets._loaded.values()] == ["depth"]
     again = pipeline.generate(PROMPT, controlnets=[ControlUnit("edges", shapes_image(1))], **SETTINGS).array
     np.testing.assert_array_equal(again, first)  # loaded again, the same engine
+
+
+def test_a_controlnet_hub_id_is_exported_as_a_controlnet(controlnets, monkeypatch, tmp_path):
+    """A hub repository without model_index.json (what the hub answers for a ControlNet's) is
+    loaded as a ControlNetModel; the hub is stood in for by the tiny ControlNet's folder."""
+    import diffusers
+    from huggingface_hub.errors import EntryNotFoundError
+
+    from sdrt.runtime.controlnet.manifest import ControlNetManifest
+
+    def no_index(source, *args, **kwargs):
+        raise EntryNotFoundError(f"{source} has no model_index.json")
+
+    real = diffusers.ControlNetModel.from_pretrained.__func__
+
+    def from_hub(cls, source, **kwargs):
+        assert source == "someone/canny", source
+        return real(cls, controlnets["edges"])
+
+    monkeypatch.setattr(diffusers.DiffusionPipeline, "load_config", staticmethod(no_index))
+    monkeypatch.setattr(diffusers.ControlNetModel, "from_pretrained", classmethod(from_hub))
+    export_model("someone/canny", tmp_path / "canny", progress=lambda line: None)
+    manifest = ControlNetManifest.load(tmp_path / "canny")
+    assert manifest.family == "sd1" and manifest.source == {"model": "someone/canny"}

@@ -271,7 +271,7 @@ def export_model(source: str, out_dir: str | Path, *, config: str | None = None,
                  progress: Callable[[str], None] = print):
     """Load `source` (folder, checkpoint or hub id) and export it to `out_dir`; returns its
     manifest. A ControlNet is exported alone (sdrt.export.controlnet)."""
-    from sdrt.export.sources import load_pipeline
+    from sdrt.export.sources import NotAPipeline, load_pipeline
 
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
@@ -284,6 +284,14 @@ def export_model(source: str, out_dir: str | Path, *, config: str | None = None,
     if is_controlnet_source(source):
         return export_controlnet_model(load_controlnet(source, config), out_dir, source={"model": str(source)},
                                        options=options, overwrite=overwrite, progress=progress)
-    pipeline = load_pipeline(source, config)
+    try:
+        pipeline = load_pipeline(source, config)
+    except NotAPipeline as error:  # a hub id: a ControlNet's repository has a config.json instead
+        try:
+            model = load_controlnet(source)
+        except ModelFolderError:
+            raise error from None
+        return export_controlnet_model(model, out_dir, source={"model": str(source)}, options=options,
+                                       overwrite=overwrite, progress=progress)
     return export_pipeline(pipeline, out_dir, source={"model": str(source)}, options=options,
                            overwrite=overwrite, progress=progress, release_weights=True)

@@ -21,6 +21,10 @@ SDXL_CLASSES = (SDXL_CLASS, SDXL_REFINER_CLASS, "StableDiffusionXLInpaintPipelin
 SDXL_CHECKPOINT_PREFIX = "conditioner.embedders."
 SDXL_FIRST_ENCODER_PREFIX = "conditioner.embedders.0.transformer."
 
+class NotAPipeline(ModelFolderError):
+    """A hub repository that exists but holds no pipeline (a ControlNet's, for instance)."""
+
+
 def _pipeline_class_for_index(index: dict) -> str:
     """The diffusers class that loads a folder with this model_index.json."""
     if SDXL_COMPONENT not in index:
@@ -111,6 +115,10 @@ def load_pipeline(source: str, config: str | None = None):
         index = diffusers.DiffusionPipeline.load_config(source)
         return _from(diffusers, _pipeline_class_for_index(index), "from_pretrained", source)
     except Exception as error:  # network, authentication and missing-repo errors differ by version
+        from huggingface_hub.errors import EntryNotFoundError
+
+        if isinstance(error, EntryNotFoundError):  # the repository exists, without model_index.json
+            raise NotAPipeline(f"{source} is not a diffusers pipeline (it has no model_index.json)") from None
         raise ModelFolderError(
             f"cannot download {source} from the Hugging Face hub ({type(error).__name__}); "
             "check the network and the id, or pass a local folder"
