@@ -425,3 +425,19 @@ def test_a_controlnet_hub_id_is_exported_as_a_controlnet(controlnets, monkeypatc
     export_model("someone/canny", tmp_path / "canny", progress=lambda line: None)
     manifest = ControlNetManifest.load(tmp_path / "canny")
     assert manifest.family == "sd1" and manifest.source == {"model": "someone/canny"}
+
+
+def test_a_single_file_controlnet_exports_like_its_folder(controlnets, pipeline, tmp_path):
+    """The original-layout .safetensors (control_model.*) through diffusers' from_single_file,
+    with the folder's config offline: the same images as the folder's export."""
+    from diffusers import ControlNetModel
+
+    from sdrt.export.ldm_checkpoint import save_ldm_controlnet
+
+    path = save_ldm_controlnet(ControlNetModel.from_pretrained(controlnets["edges"]), tmp_path / "edges.safetensors")
+    result = CliRunner().invoke(main, ["export", str(path), "--out", str(tmp_path / "single"), "--config",
+                                       str(controlnets["edges"])])
+    assert result.exit_code == 0, result.output
+    units = lambda model: [ControlUnit(model, shapes_image(1), 0.7)]  # noqa: E731
+    got = pipeline.generate(PROMPT, controlnets=units(str(tmp_path / "single")), **SETTINGS).array
+    np.testing.assert_allclose(got, pipeline.generate(PROMPT, controlnets=units("edges"), **SETTINGS).array, atol=1e-6)

@@ -176,3 +176,33 @@ def save_ldm_checkpoint(pipeline, path: str | Path) -> Path:
     path = Path(path)
     save_file({key: tensor.contiguous() for key, tensor in ldm_state_dict(pipeline).items()}, str(path))
     return path
+
+
+CONTROLNET_PREFIX = "control_model."
+
+
+def controlnet_key(key: str, layers_per_block: int, hint_blocks: int) -> str:
+    """The LDM name of a diffusers ControlNetModel parameter (the original ControlNet layout:
+    the UNet's down half, `input_hint_block` for the conditioning embedding, one `zero_convs`
+    per residual and `middle_block_out`)."""
+    if match := re.fullmatch(r"controlnet_cond_embedding\.(conv_in|conv_out|blocks\.(\d+))\.(.+)", key):
+        position = {"conv_in": 0, "conv_out": hint_blocks + 1}.get(match[1], int(match[2] or 0) + 1)
+        return f"input_hint_block.{2 * position}.{match[3]}"  # SiLUs sit between the convolutions
+    if match := re.fullmatch(r"controlnet_down_blocks\.(\d+)\.(.+)", key):
+        return f"zero_convs.{match[1]}.0.{match[2]}"
+    if match := re.fullmatch(r"controlnet_mid_block\.(.+)", key):
+        return f"middle_block_out.0.{match[1]}"
+    return unet_key(key, layers_per_block, set())
+
+
+def save_ldm_controlnet(controlnet, path: str | Path) -> Path:
+    """Writes a diffusers ControlNetModel as one .safetensors file in the original layout (what
+    A1111 users keep in models/ControlNet)."""
+    from safetensors.torch import save_file
+
+    hint_blocks = len(controlnet.controlnet_cond_embedding.blocks)
+    state = {CONTROLNET_PREFIX + controlnet_key(key, controlnet.config.layers_per_block, hint_blocks): tensor.contiguous()
+             for key, tensor in controlnet.state_dict().items()}
+    path = Path(path)
+    save_file(state, str(path))
+    return path
