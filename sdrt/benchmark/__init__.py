@@ -44,6 +44,7 @@ class BenchSettings:
     prompt: str = PROMPT  # sdrt reads it in A1111's prompt language; diffusers as plain text
     loras: tuple[str, ...] = ()  # PATH[:WEIGHT]: merged on both sides (diffusers: load_lora_weights + fuse)
     controlnets: tuple[str, ...] = ()  # DIR[:SCALE], each with a synthetic control map (sdrt side)
+    vae: str = "full"  # the decoder ("tiny": the export's tiny VAE; diffusers: its AutoencoderTiny is not loaded)
 
     def request(self, seed: int = 0) -> GenerationRequest:
         """The generation one measured run makes."""
@@ -52,7 +53,7 @@ class BenchSettings:
         image = control_map(self.height, self.width) if self.controlnets else None
         return GenerationRequest(self.prompt, steps=self.steps, guidance_scale=self.guidance, height=self.height,
                                  width=self.width, num_images=self.num_images, sampler=self.sampler, seed=seed,
-                                 loras=list(self.loras),
+                                 loras=list(self.loras), vae=self.vae,
                                  controlnets=[ControlUnit.parse(text, image) for text in self.controlnets])
 
 
@@ -180,8 +181,8 @@ def run_benchmark(model: str, settings: BenchSettings, *, backend: str = "cpu", 
             raise BenchError(f"unknown baseline {compare!r}; sdrt compares with diffusers")
         if diffusers_model is None:
             raise BenchError("--compare diffusers needs the model's diffusers folder: pass --diffusers-model DIR")
-        if settings.controlnets:
-            raise BenchError("--compare with --controlnet is not supported yet: measure sdrt alone")
+        if settings.controlnets or settings.vae != "full":
+            raise BenchError("--compare with --controlnet or --vae tiny is not supported yet: measure sdrt alone")
         try:
             import diffusers  # noqa: F401
             import torch  # noqa: F401

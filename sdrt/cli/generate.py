@@ -184,6 +184,10 @@ class _Progress:
               help="Inpainting: white (or opaque) = repaint, black = keep; needs --init-image.")
 @click.option("--strength", default=None, type=FiniteFloat(0, 1, low_open=True),
               help="How much to change the init image, in (0, 1] [default: 0.8, inpainting 1.0].")
+@click.option("--vae", "vae_decoder", default="full", show_default=True, type=click.Choice(["full", "tiny"]),
+              help="Decode with the full VAE or the tiny one (an export made with --tiny-vae).")
+@click.option("--preview", default=None, type=click.IntRange(min=1), metavar="N",
+              help="Every N steps, write the first image so far as OUT-step-K.png (tiny VAE when exported).")
 @click.option("--out", default=None, help="Output PNG (default: sdrt-SEED.png; -N is added for several).")
 @click.option("--quiet", is_flag=True, help="No progress bar or warnings.")
 @click.option("--json", "as_json", is_flag=True, help="Print parameters, output paths and timings as JSON.")
@@ -193,7 +197,8 @@ class _Progress:
 @lora_options
 @controlnet_options
 def generate(prompt, model_dir, negative_prompt, steps, guidance, seed, height, width, num_images, sampler,
-             backend, threads, cuda_graph, init_image, mask_image, strength, out, quiet, as_json, refiner,
+             backend, threads, cuda_graph, init_image, mask_image, strength, vae_decoder, preview, out, quiet, as_json,
+             refiner,
              refiner_switch, emphasis, clip_skip, plain_prompt, embedding_dirs, embedding_files, loras, lora_dir,
              lora_cache_mb, controlnets, control_images, canny_thresholds, controlnet_dir, control_starts,
              control_ends, control_modes, preprocessors, **sdxl) -> None:
@@ -236,8 +241,16 @@ def generate(prompt, model_dir, negative_prompt, steps, guidance, seed, height, 
                                 init_image=init_image, mask_image=mask_image, strength=strength,
                                 size_conditioning=conditioning, refiner_switch=switch, emphasis=emphasis,
                                 clip_skip=clip_skip, plain_prompt=plain_prompt, loras=list(loras),
-                                controlnets=units)
-    result = pipeline.run(request, progress=progress)
+                                controlnets=units, vae=vae_decoder)
+    previews = None
+    if preview is not None:
+        from sdrt.runtime.preview import Preview
+
+        def write_preview(step: int, total: int, images) -> None:
+            images[0].save(paths[0].with_name(f"{paths[0].stem}-step-{step}.png"))
+
+        previews = Preview(preview, write_preview)
+    result = pipeline.run(request, progress=progress, preview=previews)
     if not quiet:
         for warning in result.warnings:
             click.echo(f"warning: {warning}", err=True)

@@ -32,9 +32,11 @@ from sdrt.runtime.manifest import DEFAULT_PROMPT_CHUNKS
               help="Apply the target's graph optimizations (CUDA: fused attention, GroupNorm, GELU).")
 @click.option("--max-prompt-chunks", default=DEFAULT_PROMPT_CHUNKS, show_default=True, type=click.IntRange(min=1),
               help="Longest prompt the UNet takes, in chunks of 75 tokens (A1111's long prompts).")
+@click.option("--tiny-vae", default=None, metavar="SOURCE",
+              help="Also export this AutoencoderTiny (TAESD/TAESDXL folder or hub id) as a fast decoder (--vae tiny).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing export in --out.")
 def export(model: str, out_dir: str | None, config_dir: str | None, precision: str, vae_precision: str,
-           target: str, optimize: bool, max_prompt_chunks: int, overwrite: bool) -> None:
+           target: str, optimize: bool, max_prompt_chunks: int, tiny_vae: str | None, overwrite: bool) -> None:
     """Export MODEL (diffusers folder, .safetensors/.ckpt checkpoint or hub id) to validated
     ONNX with a manifest.json, in the layout OnnxStableDiffusionPipeline reads."""
     from pathlib import Path
@@ -46,7 +48,7 @@ def export(model: str, out_dir: str | None, config_dir: str | None, precision: s
     if out_dir is None:
         out_dir = str(Path("engines") / Path(model.rstrip("/")).stem.replace("/", "--"))
     options = ExportOptions(precision=precision, vae_precision=vae_precision, target=target, optimize=optimize,
-                            max_prompt_chunks=max_prompt_chunks)
+                            max_prompt_chunks=max_prompt_chunks, tiny_vae=tiny_vae)
     manifest = export_model(model, out_dir, config=config_dir, options=options, overwrite=overwrite,
                             progress=lambda line: click.echo(line, err=True))
     click.echo(f"exported {len(manifest.components)} components to {out_dir}")

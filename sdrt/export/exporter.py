@@ -50,6 +50,7 @@ class ExportOptions:
     target: str = "cpu"
     optimize: bool = False
     max_prompt_chunks: int = DEFAULT_PROMPT_CHUNKS  # the UNet's longest text context, in encoder lengths
+    tiny_vae: str | None = None  # an AutoencoderTiny (folder or hub id) to export beside the VAE
 
     def __post_init__(self):
         onnx_graph.check_choice("precision", self.precision, onnx_graph.PRECISIONS)
@@ -170,6 +171,12 @@ def export_pipeline(
         staging.mkdir()
         components = {}
         exports = component_exports(pipeline, geometry, num_train_timesteps)
+        tiny = None
+        if options.tiny_vae is not None:
+            from sdrt.export.tiny_vae import load_tiny_vae, tiny_vae_export
+
+            tiny_component, tiny = tiny_vae_export(load_tiny_vae(options.tiny_vae), geometry)
+            exports.append(tiny_component)
         for index, component in enumerate(exports):
             started = time.perf_counter()
             precision = options.precision_of(component.name)
@@ -230,6 +237,7 @@ def export_pipeline(
             versions=versions(),
             sdxl=sdxl,
             token_table_rows=token_rows,
+            tiny_vae=tiny,
         )
         manifest.save(staging)
         _replace(staging, out_dir)

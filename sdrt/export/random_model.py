@@ -199,3 +199,21 @@ def save_random_controlnet(out_dir: str | Path, model_dir: str | Path, seed: int
         return controlnet
 
     return save_folder(out_dir, build)
+
+
+#: A tiny AutoencoderTiny: TAESD's four blocks (8x) with narrow widths and one layer each.
+TINY_TAESD = {"encoder_block_out_channels": [8, 8, 8, 8], "decoder_block_out_channels": [8, 8, 8, 8],
+              "num_encoder_blocks": [1, 1, 1, 1], "num_decoder_blocks": [1, 1, 1, 1]}
+
+
+def save_random_tiny_vae(out_dir: str | Path, latent_channels: int = 4, seed: int = 0, tiny: bool = True) -> Path:
+    """A random AutoencoderTiny (TAESD's architecture, or a tiny one) as a diffusers folder."""
+
+    def build():
+        import torch
+        from diffusers import AutoencoderTiny
+
+        torch.manual_seed(seed)
+        return AutoencoderTiny(latent_channels=latent_channels, **(TINY_TAESD if tiny else {}))
+
+    return save_folder(out_dir, build)

@@ -58,8 +58,10 @@ CLIP_SKIP_FAMILIES = ("sd1",)
 # sides are the latent's over a power of two, named by `downsampled`.
 DOWN_RESIDUAL_PREFIX, MID_RESIDUAL = "down_block_residual_", "mid_block_residual"
 CONTROL_IMAGE = "controlnet_cond"  # a ControlNet's conditioning image, [0, 1] RGB at the image's size
+#: A tiny VAE's decoder (AutoencoderTiny), exported beside the full one (sdrt.export.tiny_vae).
+TINY_VAE_DECODER = "vae_decoder_tiny"
 #: Every engine an export may have (SDXL adds the second text encoder; a refiner has only it).
-COMPONENT_NAMES = ("text_encoder", "text_encoder_2", "unet", "vae_decoder", "vae_encoder")
+COMPONENT_NAMES = ("text_encoder", "text_encoder_2", "unet", "vae_decoder", "vae_encoder", TINY_VAE_DECODER)
 #: The text encoder and tokenizer of SD 1.x/2.x exports (SDXL lists its own in `sdxl`).
 CLIP_TEXT_ENCODER, CLIP_TOKENIZER = "text_encoder", "tokenizer"
 
@@ -135,6 +137,14 @@ class SdxlSpec:
 
 
 @dataclass(frozen=True)
+class TinyVaeSpec:
+    """The tiny VAE decoder's own latent scaling (TAESD: 1 and 0, its latents are the UNet's)."""
+
+    scaling_factor: float
+    shift_factor: float
+
+
+@dataclass(frozen=True)
 class Manifest:
     format_version: int
     family: str
@@ -154,6 +164,7 @@ class Manifest:
     versions: dict[str, str]
     sdxl: SdxlSpec | None = None  # SDXL families only
     token_table_rows: dict[str, int] = field(default_factory=dict)  # text encoder -> its token table's rows
+    tiny_vae: TinyVaeSpec | None = None  # with a vae_decoder_tiny component
 
     @property
     def text_encoders(self) -> list[tuple[str, str]]:
@@ -188,6 +199,8 @@ class Manifest:
         data["components"] = components
         if data.get("sdxl") is not None:
             data["sdxl"] = SdxlSpec(**data["sdxl"])
+        if data.get("tiny_vae") is not None:
+            data["tiny_vae"] = TinyVaeSpec(**data["tiny_vae"])
         return cls(**data)
 
     @classmethod
@@ -226,6 +239,10 @@ class Manifest:
             if component not in encoders:
                 raise ModelFolderError(f"{path}: token_table_rows names {component!r}, which is not one of the text "
                                        f"encoders ({', '.join(encoders)}); re-export the model")
+        if (self.tiny_vae is None) == (TINY_VAE_DECODER in self.components):
+            raise ModelFolderError(f"{path}: tiny_vae and the {TINY_VAE_DECODER} component disagree; re-export the model")
+        if self.tiny_vae is not None and self.tiny_vae.scaling_factor == 0:
+            raise ModelFolderError(f"{path}: tiny_vae.scaling_factor must not be 0; re-export the model")
         if (self.sdxl is None) != (self.family in ("sd1", "sd2")):
             raise ModelFolderError(f"{path}: family {self.family!r} and the sdxl section disagree; re-export the model")
         for component, spec in self.components.items():

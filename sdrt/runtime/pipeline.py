@@ -32,6 +32,7 @@ from sdrt.runtime.model_folder import infer_manifest
 from sdrt.runtime import modes, refiner as refiners, vae
 from sdrt.runtime.conditioning import UnetConditioning, unet_conditioning
 from sdrt.runtime.parameters import generation_parameters
+from sdrt.runtime.preview import Preview
 from sdrt.runtime.request import GenerationError, GenerationRequest, ResolvedRequest
 from sdrt.runtime.rng import GeneratorGroup, TorchGenerator
 from sdrt.runtime.schedulers import DEFAULT_SAMPLER, Scheduler, sampler_from_config
@@ -173,7 +174,7 @@ class Pipeline:
                 guidance_scale: float, generator: TorchGenerator | GeneratorGroup,
                 progress: Callable[[int, int], None] | None = None, timings: dict | None = None,
                 cancel: threading.Event | None = None, engines: dict[str, Engine] | None = None,
-                control=None) -> np.ndarray:
+                control=None, after_step: Callable[[int, int, np.ndarray], None] | None = None) -> np.ndarray:
         """The denoising loop over UNet calls `start.start` (image-to-image skips the first) to
         `start.end`; `conditioning` gives the UNet's feeds besides the latents and timestep at
         each step ([unconditional; conditional] with guidance, sdrt.runtime.conditioning), in
@@ -186,7 +187,8 @@ class Pipeline:
         timings["controlnet_steps"]). A set `cancel` stops the loop at the next
         step with GenerationCancelled. `engines` replaces the pipeline's (LoRA-merged ones).
         `control` gives each call's ControlNet residuals (sdrt.runtime.controlnet.guidance;
-        without it a UNet with residual inputs gets zeros from its engine)."""
+        without it a UNet with residual inputs gets zeros from its engine). `after_step(step,
+        total, latents)` runs after each step (previews, sdrt.runtime.preview)."""
         engine = (engines or self.engines)["unet"]
         latents = start.latents
         guided = conditioning.guided
@@ -222,11 +224,17 @@ class Pipeline:
                 latents = start.blend(index, latents)
             if progress is not None:
                 progress(index - start.start + 1, end - start.start)
+            if after_step is not None:
+                after_step(index - start.start + 1, end - start.start, latents)
         return latents
 
-    def decode_latents(self, latents: np.ndarray) -> np.ndarray:
-        """Images as float32 [batch, height, width, 3] in [0, 1] (sdrt.runtime.vae.decode)."""
-        return vae.decode(self.engines["vae_decoder"], self.manifest, latents)
+    def decode_latents(self, latents: np.ndarray, decoder: str = vae.DEFAULT_DECODER) -> np.ndarray:
+        """Images as float32 [batch, height, width, 3] in [0, 1] (sdrt.runtime.vae.decode); the
+        tiny decoder loads on first use."""
+        engine = self._optional_engine(vae.DECODERS[decoder])
+        if engine is None:
+            raise GenerationError("this export has no tiny VAE: re-export it with --tiny-vae SOURCE", "vae")
+        return vae.decode(engine, self.manifest, latents, decoder)
 
     # ------------------------------------------------------------------ request
     def generate(self, prompt, *, progress: Callable[[int, int], None] | None = None,
@@ -239,24 +247,24 @@ class Pipeline:
         return self.run(request, progress=progress, cancel=cancel)
 
     def run(self, request: GenerationRequest, progress: Callable[[int, int], None] | None = None,
-            cancel: threading.Event | None = None) -> GenerationResult:
+            cancel: threading.Event | None = None, preview: Preview | None = None) -> GenerationResult:
         """Generate `num_images` images per prompt. With a seed, the initial latents equal
         diffusers' with `torch.Generator("cpu").manual_seed(seed)`; without one, a seed is
         drawn and reported in `parameters`. One seed per prompt (text-to-image): each prompt's
         images then equal a call with that prompt and seed alone, which is how a server
-        batches requests into one UNet call."""
+        batches requests into one UNet call. `preview` decodes the latents every N steps."""
         started = time.perf_counter()
         warnings: list[str] = []
         resolved = request.resolve(self.manifest)
         with self.loras.use(resolved.loras, warnings) as (engines, loras):
-            result = self._run(resolved, engines, progress, cancel, warnings)
+            result = self._run(resolved, engines, progress, cancel, warnings, preview)
         refiner = self.refiner.folder.name if request.refiner_switch is not None else None
         result.parameters = generation_parameters(resolved, self.folder.name, result.parameters, refiner, loras)
         result.timings["total"] = time.perf_counter() - started
         return result
 
     def _run(self, resolved: ResolvedRequest, engines: dict[str, Engine], progress, cancel,
-             warnings: list[str]) -> GenerationResult:
+             warnings: list[str], preview: Preview | None = None) -> GenerationResult:
         """run() on the request's engines; its parameters are the embeddings it used."""
         request = resolved.request
         timings: dict[str, float] = {}
@@ -284,16 +292,19 @@ class Pipeline:
             if start.latents is None:  # the refiner continues from the base's latents
                 start.latents = latents
             step_progress = None if progress is None else lambda i, _, done=done: progress(done + i, total)
+            hook = None if preview is None else preview.hook(self, timings)
+            after_step = None if hook is None else lambda i, _, x, done=done: hook(done + i, total, x)
             latents = model.denoise(start, run_conditioning, run_sampler, request.guidance_scale, generator,
-                                    step_progress, timings, cancel, engines if model is self else None, run_control)
+                                    step_progress, timings, cancel, engines if model is self else None, run_control,
+                                    after_step)
             done += start.stop(run_sampler) - start.start
         timings["denoise"] = time.perf_counter() - stage
         # Everything in the loop but the UNet and the ControlNets: sampler, guidance, copies and casts.
         timings["scheduler_and_guidance"] = (timings["denoise"] - sum(timings["unet_steps"])
-                                             - sum(timings.get("controlnet_steps", ())))
+                                             - sum(timings.get("controlnet_steps", ())) - timings.get("previews", 0.0))
 
         stage = time.perf_counter()
-        array = runs[-1][0].decode_latents(latents)  # the refiner decodes with its own VAE
+        array = runs[-1][0].decode_latents(latents, request.vae)  # the refiner decodes with its own VAE
         timings["vae_decoder"] = time.perf_counter() - stage
         images = [Image.fromarray((image * PIXEL_LEVELS).round().astype(np.uint8)) for image in array]
         hashes = {e.name: e.short_hash for e in self.text_encoders.embeddings.loaded}

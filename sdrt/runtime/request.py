@@ -86,6 +86,7 @@ class GenerationRequest:
     plain_prompt: bool = False
     loras: Sequence["LoraRef | str"] = ()
     controlnets: Sequence[ControlUnit] = ()
+    vae: str = "full"  # the decoder: "full", or "tiny" (an export with --tiny-vae)
 
     def resolve(self, manifest: Manifest) -> "ResolvedRequest":
         """Every field checked against the model; defaults filled in; images opened."""
@@ -248,8 +249,19 @@ def _resolve(request: GenerationRequest, manifest: Manifest) -> ResolvedRequest:
     options = _text_options(request)
     texts, loras = _loras(request, prompts)
     controls = tuple((unit, _open(unit.image, CONTROLNETS)) for unit in check_units(request.controlnets))
+    _check_vae(request, manifest)
     return ResolvedRequest(request, prompts, negatives, seeds, per_prompt, int(height), int(width),
                            None if strength is None else float(strength), image, mask, options, texts, loras, controls)
+
+
+def _check_vae(request: GenerationRequest, manifest: Manifest) -> None:
+    from sdrt.runtime.vae import DECODERS
+
+    if request.vae not in DECODERS:
+        raise GenerationError(f"unknown VAE {request.vae!r}; choose one of {', '.join(DECODERS)}", "vae")
+    if request.vae == "tiny" and manifest.tiny_vae is None:
+        raise GenerationError("this export has no tiny VAE: re-export the model with --tiny-vae SOURCE (TAESD for "
+                              "SD 1.x/2.x, TAESDXL for SDXL)", "vae")
 
 
 def _loras(request: GenerationRequest, prompts: list[str]) -> tuple[list[str], tuple[LoraRef, ...]]:

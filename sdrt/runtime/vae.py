@@ -7,8 +7,19 @@ import numpy as np
 
 from sdrt.errors import GenerationError
 from sdrt.runtime.engines import Engine
-from sdrt.runtime.manifest import BATCH, Manifest
+from sdrt.runtime.manifest import BATCH, TINY_VAE_DECODER, Manifest
 from sdrt.runtime.rng import TorchGenerator
+
+#: The decoders a request picks with `vae` -> their components.
+DECODERS = {"full": "vae_decoder", "tiny": TINY_VAE_DECODER}
+DEFAULT_DECODER = "full"
+
+
+def latent_scaling(manifest: Manifest, decoder: str) -> tuple[float, float]:
+    """(scaling factor, shift factor) of a decoder's latents."""
+    if DECODERS[decoder] == TINY_VAE_DECODER:
+        return manifest.tiny_vae.scaling_factor, manifest.tiny_vae.shift_factor
+    return manifest.vae_scaling_factor, manifest.vae_shift_factor
 
 
 def encode(engine: Engine, manifest: Manifest, image: np.ndarray, generator: TorchGenerator) -> np.ndarray:
@@ -19,10 +30,12 @@ def encode(engine: Engine, manifest: Manifest, image: np.ndarray, generator: Tor
     return (latents - np.float32(manifest.vae_shift_factor)) * np.float32(manifest.vae_scaling_factor)
 
 
-def decode(engine: Engine, manifest: Manifest, latents: np.ndarray) -> np.ndarray:
-    """Images as float32 [batch, height, width, 3] in [0, 1], decoded in chunks of the export's
-    batch limit. NaN or infinite pixels (an fp16 VAE's overflow) are an error, never a black image."""
-    scaled = latents / np.float32(manifest.vae_scaling_factor) + np.float32(manifest.vae_shift_factor)
+def decode(engine: Engine, manifest: Manifest, latents: np.ndarray, decoder: str = DEFAULT_DECODER) -> np.ndarray:
+    """Images as float32 [batch, height, width, 3] in [0, 1], decoded by `decoder` (its engine
+    given) in chunks of the export's batch limit. NaN or infinite pixels (an fp16 VAE's
+    overflow) are an error, never a black image."""
+    scaling, shift = latent_scaling(manifest, decoder)
+    scaled = latents / np.float32(scaling) + np.float32(shift)
     limit = manifest.dims[BATCH].max if BATCH in manifest.dims else len(scaled)
     dtype = engine.input_dtype("latent_sample")
     chunks = [engine.run({"latent_sample": scaled[i: i + limit].astype(dtype)})["sample"]

@@ -16,12 +16,16 @@ from sdrt.serve.schemas import RequestError
 # A1111 sampler names (lower case) to sdrt's.
 A1111_SAMPLERS = {display.lower(): name for display, name in DISPLAY_NAMES.items()}
 #: GenerationRequest fields -> the field of each API that carries them.
-OPENAI_FIELDS = {"num_images": "n", "sampler": "scheduler", "loras": "prompt", "controlnets": "controlnets"}
+OPENAI_FIELDS = {"num_images": "n", "sampler": "scheduler", "loras": "prompt", "controlnets": "controlnets",
+                 "vae": "vae"}
+#: A1111 `sd_vae` values that pick the tiny VAE (its live previews call TAESD so); any other
+#: value ("Automatic", "None", a VAE file) decodes with the model's own VAE.
+TINY_VAE_NAMES = ("tiny", "taesd", "taesdxl")
 A1111_FIELDS = {"num_images": "batch_size", "guidance_scale": "cfg_scale", "sampler": "sampler_name",
                 "strength": "denoising_strength", "init_image": "init_images", "mask_image": "mask",
                 "refiner_switch": "refiner_switch_at", "clip_skip": "override_settings.CLIP_stop_at_last_layers",
                 "emphasis": "override_settings.emphasis", "loras": "prompt",
-                "controlnets": "alwayson_scripts.controlnet.args"}
+                "controlnets": "alwayson_scripts.controlnet.args", "vae": "override_settings.sd_vae"}
 #: What A1111 clients send for "no refiner" and "no ControlNet model".
 NO_REFINER = NO_MODEL = ("", "none")
 
@@ -110,3 +114,7 @@ def control_units(body, init_image: bytes | None) -> list:
         units.append(ControlUnit(model, image, unit.weight, unit.guidance_start, unit.guidance_end,
                                  unit.control_mode, unit.module, unit.threshold_a, unit.threshold_b))
     return units
+
+
+def a1111_vae(sd_vae: str) -> str:
+    return "tiny" if sd_vae.strip().lower() in TINY_VAE_NAMES else "full"

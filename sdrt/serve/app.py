@@ -21,8 +21,8 @@ from sdrt.runtime.png_info import format_parameters
 from sdrt.runtime.request import MAX_SEED, GenerationRequest
 from sdrt.runtime.schedulers import DEFAULT_SAMPLER, display_name
 from sdrt.runtime.sizes import SizeError, parse_size
-from sdrt.serve.a1111 import (A1111_FIELDS, OPENAI_FIELDS, control_units, decode_image, png_base64, refiner_switch,
-                              sdrt_sampler)
+from sdrt.serve.a1111 import (A1111_FIELDS, OPENAI_FIELDS, a1111_vae, control_units, decode_image, png_base64,
+                              refiner_switch, sdrt_sampler)
 from sdrt.runtime.controlnet.units import ControlUnit
 from sdrt.serve.middleware import BodyLimit, Guard
 from sdrt.serve.schemas import (
@@ -113,7 +113,7 @@ def create_app(pipeline, settings: ServeSettings | None = None) -> FastAPI:
         result = await run(request, GenerationRequest(
             body.prompt, negative_prompt=body.negative_prompt, steps=body.steps, guidance_scale=body.guidance_scale,
             height=height, width=width, seed=body.seed, num_images=body.n, sampler=sampler,
-            plain_prompt=settings.plain_prompts, controlnets=units))
+            plain_prompt=settings.plain_prompts, controlnets=units, vae=body.vae))
         return {"created": int(time.time()),
                 "data": [{"b64_json": png_base64(image), "revised_prompt": body.prompt} for image in result.images]}
 
@@ -132,7 +132,7 @@ def create_app(pipeline, settings: ServeSettings | None = None) -> FastAPI:
                 guidance_scale=body.cfg_scale, height=body.height, width=body.width, seed=run_seed,
                 num_images=body.batch_size, sampler=sampler, init_image=image, mask_image=mask, strength=strength,
                 refiner_switch=switch, clip_skip=overrides.CLIP_stop_at_last_layers, emphasis=overrides.emphasis,
-                controlnets=units))
+                controlnets=units, vae=a1111_vae(overrides.sd_vae)))
             parameters = result.parameters
             for position, picture in enumerate(result.images, start=1):
                 text = format_parameters(body.prompt, result.parameters,

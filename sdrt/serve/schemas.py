@@ -93,6 +93,7 @@ class OpenAIImageRequest(Body):
     sampler: StrictStr | None = None
     scheduler: StrictStr | None = None  # sampler's earlier name, still accepted
     controlnets: list[ControlNetField] = Field(default_factory=list)  # sdrt's extension
+    vae: StrictStr = "full"  # sdrt's extension: "tiny" decodes with the tiny VAE
 
 
 class A1111Overrides(Body):
@@ -100,6 +101,7 @@ class A1111Overrides(Body):
 
     CLIP_stop_at_last_layers: int = Field(1, ge=1, le=MAX_CLIP_SKIP)
     emphasis: StrictStr = DEFAULT_EMPHASIS
+    sd_vae: StrictStr = "Automatic"  # "TAESD" (or "tiny") picks the tiny VAE; others the model's
 
 
 class A1111ControlNetUnit(Body):
