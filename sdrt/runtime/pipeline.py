@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from sdrt.errors import ConfigError, ModelFolderError, SdrtError
+from sdrt.errors import ConfigError, ModelFolderError
 from sdrt.runtime.embeddings import EmbeddingSource
 from sdrt.runtime.engines import DEFAULT_BACKEND, DEFAULT_LORA_CACHE_MB, Backend, Engine, LoadOptions, backend_named
 from sdrt.runtime.residuals import ZeroResiduals
@@ -37,15 +37,12 @@ from sdrt.runtime.request import GenerationError, GenerationRequest, ResolvedReq
 from sdrt.runtime.rng import GeneratorGroup, TorchGenerator
 from sdrt.runtime.schedulers import DEFAULT_SAMPLER, Scheduler, sampler_from_config
 from sdrt.runtime.text_encoders import TextEncoders
-from sdrt.runtime.unet_call import predict
+from sdrt.runtime.denoise import GenerationCancelled, denoise_loop
 
 # Required besides the text encoders; vae_encoder loads on the first image-to-image request.
 COMPONENTS = ("unet", "vae_decoder")
 PIXEL_LEVELS = 255
-
-
-class GenerationCancelled(SdrtError):
-    """The caller's cancel token was set: the generation stopped at a step boundary."""
+__all__ = ["GenerationCancelled", "GenerationResult", "Pipeline"]
 
 
 @dataclass
@@ -189,44 +186,8 @@ class Pipeline:
         `control` gives each call's ControlNet residuals (sdrt.runtime.controlnet.guidance;
         without it a UNet with residual inputs gets zeros from its engine). `after_step(step,
         total, latents)` runs after each step (previews, sdrt.runtime.preview)."""
-        engine = (engines or self.engines)["unet"]
-        latents = start.latents
-        guided = conditioning.guided
-        sample_dtype = engine.input_dtype("sample")
-        dtypes = {name: engine.input_dtype(name) for name in engine.inputs}
-        residuals = control  # None: the engine feeds zeros (sdrt.runtime.engines.base)
-        unet_steps = timings.setdefault("unet_steps", []) if timings is not None else []
-        end = start.stop(sampler)
-        counted_from = start.start if start.counted_from is None else start.counted_from
-        for index in range(start.start, end):
-            if cancel is not None and cancel.is_set():
-                raise GenerationCancelled("the generation was cancelled")
-            scaled = sampler.scale_model_input(np.concatenate([latents, latents]) if guided else latents, index)
-            model_input = scaled
-            if start.conditioning is not None:
-                model_input = np.concatenate([model_input, start.conditioning], axis=1)
-            model_input = model_input.astype(sample_dtype)
-            timestep = np.array([sampler.timesteps[index]], dtype=engine.input_dtype("timestep"))
-            calls = conditioning.calls(index - counted_from, dtypes)
-            called = time.perf_counter()
-            prediction, control_seconds = predict(engine, index, model_input, scaled, timestep, calls, residuals)
-            unet_steps.append(time.perf_counter() - called - control_seconds)
-            if control is not None and timings is not None:
-                timings.setdefault("controlnet_steps", []).append(control_seconds)
-            if timings is not None and engine.copies_to_device:
-                timings["unet_host_copies"] = timings.get("unet_host_copies", 0.0) + engine.last_copy_seconds
-            prediction = prediction.astype(np.float32)
-            if guided:
-                unconditional, conditional = np.split(prediction, 2)
-                prediction = unconditional + guidance_scale * (conditional - unconditional)
-            latents = sampler.step(prediction, index, latents, generator=generator)
-            if start.blend is not None:
-                latents = start.blend(index, latents)
-            if progress is not None:
-                progress(index - start.start + 1, end - start.start)
-            if after_step is not None:
-                after_step(index - start.start + 1, end - start.start, latents)
-        return latents
+        return denoise_loop((engines or self.engines)["unet"], start, conditioning, sampler, guidance_scale,
+                            generator, progress, timings, cancel, control, after_step)
 
     def decode_latents(self, latents: np.ndarray, decoder: str = vae.DEFAULT_DECODER) -> np.ndarray:
         """Images as float32 [batch, height, width, 3] in [0, 1] (sdrt.runtime.vae.decode); the

@@ -82,9 +82,9 @@ class ControlNetLibrary:
                 except ModelFolderError as error:
                     raise GenerationError(str(error), PARAM) from None
                 self._loaded[path] = LoadedControlNet(path.name, path, manifest, self._make_engine(path, manifest))
-                while len(self._loaded) > KEPT_CONTROLNETS:
-                    self._loaded.popitem(last=False)
             self._loaded.move_to_end(path)
+            while len(self._loaded) > KEPT_CONTROLNETS:
+                self._loaded.popitem(last=False)
             return self._loaded[path]
 
     def prepare(self, controls: tuple[tuple[ControlUnit, Image.Image], ...], height: int, width: int, first: int,
