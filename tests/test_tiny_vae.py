@@ -148,3 +148,35 @@ def test_bad_tiny_vae_input_is_one_line(exported_tiny, tiny_models, tmp_path):
     result = CliRunner().invoke(main, ["generate", PROMPT, "--model", str(exported_tiny("standard")), "--vae", "tiny",
                                        "--steps", "1", "--out", str(tmp_path / "x.png")])
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_image_to_image_with_the_tiny_vae_equals_diffusers(pipeline, tiny_models, tiny_vae):
+    from diffusers import AutoencoderTiny, StableDiffusionImg2ImgPipeline
+
+    init = Image.fromarray((np.random.default_rng(1).random((64, 64, 3)) * 255).astype(np.uint8))
+    pipe = StableDiffusionImg2ImgPipeline.from_pretrained(tiny_models["standard"],
+                                                          vae=AutoencoderTiny.from_pretrained(tiny_vae),
+                                                          safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = reference_scheduler(SETTINGS["sampler"], pipe.scheduler.config)
+    expected = pipe(PROMPT, image=init, strength=0.6, num_inference_steps=4, guidance_scale=7.5,
+                    generator=torch.Generator().manual_seed(7), output_type="np").images
+    settings = {k: v for k, v in SETTINGS.items() if k not in ("height", "width")}
+    got = pipeline.generate(PROMPT, init_image=init, strength=0.6, vae="tiny", **settings).array
+    difference = np.abs(got - expected)
+    assert difference.max() <= MAX_PIXEL_ERROR and difference.mean() <= MEAN_PIXEL_ERROR, difference.max() * 255
+
+
+def test_tensorrt_builds_and_runs_the_tiny_vae(exported, monkeypatch, tmp_path):
+    import shutil
+
+    import fake_tensorrt
+
+    stats = fake_tensorrt.install(monkeypatch)
+    model = tmp_path / "model"
+    shutil.copytree(exported, model)
+    result = CliRunner().invoke(main, ["build", str(model), "--static", "64x64", "--max-batch", "1"])
+    assert result.exit_code == 0, result.output
+    assert any(b["onnx"].endswith("vae_decoder_tiny/model.onnx") for b in stats.builds)
+    got = Pipeline.load(model, backend="tensorrt").generate(PROMPT, vae="tiny", **SETTINGS).array
+    np.testing.assert_allclose(got, Pipeline.load(model).generate(PROMPT, vae="tiny", **SETTINGS).array, atol=1e-5)

@@ -173,10 +173,10 @@ def export_pipeline(
         exports = component_exports(pipeline, geometry, num_train_timesteps)
         tiny = None
         if options.tiny_vae is not None:
-            from sdrt.export.tiny_vae import load_tiny_vae, tiny_vae_export
+            from sdrt.export.tiny_vae import load_tiny_vae, tiny_vae_exports
 
-            tiny_component, tiny = tiny_vae_export(load_tiny_vae(options.tiny_vae), geometry)
-            exports.append(tiny_component)
+            tiny_components, tiny = tiny_vae_exports(load_tiny_vae(options.tiny_vae), geometry)
+            exports += tiny_components
         for index, component in enumerate(exports):
             started = time.perf_counter()
             precision = options.precision_of(component.name)

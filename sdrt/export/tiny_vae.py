@@ -1,6 +1,7 @@
-"""A tiny VAE decoder (diffusers' `AutoencoderTiny`: TAESD for SD 1.x/2.x, TAESDXL for SDXL)
-exported beside the model's VAE as `vae_decoder_tiny`, with the same tensors as `vae_decoder`:
-requests pick it with `vae="tiny"` (much cheaper decodes, and previews during denoising).
+"""A tiny VAE (diffusers' `AutoencoderTiny`: TAESD for SD 1.x/2.x, TAESDXL for SDXL) exported
+beside the model's VAE: `vae_decoder_tiny` with the same tensors as `vae_decoder`, and
+`vae_encoder_tiny`, whose latents are deterministic (no distribution to sample). Requests pick
+them with `vae="tiny"` (much cheaper decodes and encodes, and previews during denoising).
 
 `AutoencoderTiny.decode` takes the latents divided by its own scaling factor (1 for TAESD:
 it decodes the UNet's scaled latents as they are) and returns pixels in [-1, 1], as the full
@@ -13,7 +14,7 @@ import torch
 
 from sdrt.errors import ModelFolderError
 from sdrt.export.components import BATCH, HEIGHT, LATENT_HEIGHT, LATENT_WIDTH, WIDTH, ComponentExport, ModelGeometry
-from sdrt.runtime.manifest import TINY_VAE_DECODER, TensorSpec, TinyVaeSpec
+from sdrt.runtime.manifest import TINY_VAE_DECODER, TINY_VAE_ENCODER, TensorSpec, TinyVaeSpec
 
 
 class TinyVaeDecoder(torch.nn.Module):
@@ -23,6 +24,15 @@ class TinyVaeDecoder(torch.nn.Module):
 
     def forward(self, latent_sample):
         return self.vae.decode(latent_sample, return_dict=False)[0]
+
+
+class TinyVaeEncoder(torch.nn.Module):
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, sample):
+        return self.vae.encode(sample, return_dict=False)[0]
 
 
 def load_tiny_vae(source: str):
@@ -35,8 +45,9 @@ def load_tiny_vae(source: str):
         raise ModelFolderError(f"cannot load the tiny VAE {source}: {str(error).splitlines()[0]}") from None
 
 
-def tiny_vae_export(vae, geometry: ModelGeometry) -> tuple[ComponentExport, TinyVaeSpec]:
-    """The decoder's export and its manifest entry, once the tiny VAE is known to fit the model."""
+def tiny_vae_exports(vae, geometry: ModelGeometry) -> tuple[list[ComponentExport], TinyVaeSpec]:
+    """The decoder's and encoder's exports and the manifest entry, once the tiny VAE is known to
+    fit the model."""
     config = vae.config
     factor = config.upsampling_scaling_factor ** (len(config.decoder_block_out_channels) - 1)
     if config.latent_channels != geometry.latent_channels or factor != geometry.vae_scale_factor:
@@ -44,12 +55,19 @@ def tiny_vae_export(vae, geometry: ModelGeometry) -> tuple[ComponentExport, Tiny
                                f"{factor}x, the model {geometry.latent_channels} and {geometry.vae_scale_factor}x: "
                                "use the tiny VAE of this model's family (TAESD for SD 1.x/2.x, TAESDXL for SDXL)")
 
-    def make_inputs(gen, batch, latent_h, latent_w):
+    def decoder_inputs(gen, batch, latent_h, latent_w):
         return (torch.randn(batch, geometry.latent_channels, latent_h, latent_w, generator=gen),)
 
-    component = ComponentExport(
-        TINY_VAE_DECODER, TinyVaeDecoder(vae),
-        [TensorSpec("latent_sample", "float32", [BATCH, geometry.latent_channels, LATENT_HEIGHT, LATENT_WIDTH])],
-        [TensorSpec("sample", "float32", [BATCH, 3, HEIGHT, WIDTH])],
-        make_inputs)
-    return component, TinyVaeSpec(float(config.scaling_factor), float(getattr(config, "shift_factor", 0.0) or 0.0))
+    def encoder_inputs(gen, batch, latent_h, latent_w):
+        shape = (batch, 3, latent_h * geometry.vae_scale_factor, latent_w * geometry.vae_scale_factor)
+        return (torch.rand(shape, generator=gen) * 2 - 1,)
+
+    latent = [BATCH, geometry.latent_channels, LATENT_HEIGHT, LATENT_WIDTH]
+    image = [BATCH, 3, HEIGHT, WIDTH]
+    components = [
+        ComponentExport(TINY_VAE_DECODER, TinyVaeDecoder(vae), [TensorSpec("latent_sample", "float32", latent)],
+                        [TensorSpec("sample", "float32", image)], decoder_inputs),
+        ComponentExport(TINY_VAE_ENCODER, TinyVaeEncoder(vae), [TensorSpec("sample", "float32", image)],
+                        [TensorSpec("latents", "float32", latent)], encoder_inputs),
+    ]
+    return components, TinyVaeSpec(float(config.scaling_factor), float(getattr(config, "shift_factor", 0.0) or 0.0))

@@ -59,9 +59,10 @@ CLIP_SKIP_FAMILIES = ("sd1",)
 DOWN_RESIDUAL_PREFIX, MID_RESIDUAL = "down_block_residual_", "mid_block_residual"
 CONTROL_IMAGE = "controlnet_cond"  # a ControlNet's conditioning image, [0, 1] RGB at the image's size
 #: A tiny VAE's decoder (AutoencoderTiny), exported beside the full one (sdrt.export.tiny_vae).
-TINY_VAE_DECODER = "vae_decoder_tiny"
+TINY_VAE_DECODER, TINY_VAE_ENCODER = "vae_decoder_tiny", "vae_encoder_tiny"
 #: Every engine an export may have (SDXL adds the second text encoder; a refiner has only it).
-COMPONENT_NAMES = ("text_encoder", "text_encoder_2", "unet", "vae_decoder", "vae_encoder", TINY_VAE_DECODER)
+COMPONENT_NAMES = ("text_encoder", "text_encoder_2", "unet", "vae_decoder", "vae_encoder", TINY_VAE_DECODER,
+                   TINY_VAE_ENCODER)
 #: The text encoder and tokenizer of SD 1.x/2.x exports (SDXL lists its own in `sdxl`).
 CLIP_TEXT_ENCODER, CLIP_TOKENIZER = "text_encoder", "tokenizer"
 

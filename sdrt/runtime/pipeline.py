@@ -159,13 +159,13 @@ class Pipeline:
             return self.engines[name]
 
     # ------------------------------------------------------------------ stages
-    def encode_image(self, image: np.ndarray, generator: TorchGenerator) -> np.ndarray:
-        """sdrt.runtime.vae.encode with the VAE encoder, loaded on first use."""
-        engine = self._optional_engine("vae_encoder")
+    def encode_image(self, image: np.ndarray, generator: TorchGenerator, encoder: str = vae.DEFAULT_DECODER) -> np.ndarray:
+        """sdrt.runtime.vae.encode with the VAE's (or the tiny VAE's) encoder, loaded on first use."""
+        engine = self._optional_engine(vae.ENCODERS[encoder])
         if engine is None:
-            raise GenerationError("this export has no vae_encoder; re-export the model for image-to-image",
+            raise GenerationError(f"this export has no {vae.ENCODERS[encoder]}; re-export the model for image-to-image",
                                   "init_image")
-        return vae.encode(engine, self.manifest, image, generator)
+        return vae.encode(engine, self.manifest, image, generator, encoder)
 
     def denoise(self, start: modes.DenoiseStart, conditioning: UnetConditioning, sampler: Scheduler,
                 guidance_scale: float, generator: TorchGenerator | GeneratorGroup,
@@ -237,7 +237,8 @@ class Pipeline:
         conditioning = unet_conditioning(self.text_encoders, engines, resolved, warnings, timings)
         timings["text_encoder"] = time.perf_counter() - stage
         sampler = self.new_sampler(request)
-        start = modes.prepare(self.manifest, resolved, sampler, generator, timings, self.encode_image)
+        start = modes.prepare(self.manifest, resolved, sampler, generator, timings,
+                              lambda image, draw: self.encode_image(image, draw, request.vae))
         unet = engines["unet"]
         control = self.controlnets.prepare(
             resolved.controls, resolved.height, resolved.width, start.start, start.stop(sampler) - start.start,

@@ -7,11 +7,12 @@ import numpy as np
 
 from sdrt.errors import GenerationError
 from sdrt.runtime.engines import Engine
-from sdrt.runtime.manifest import BATCH, TINY_VAE_DECODER, Manifest
+from sdrt.runtime.manifest import BATCH, TINY_VAE_DECODER, TINY_VAE_ENCODER, Manifest
 from sdrt.runtime.rng import TorchGenerator
 
-#: The decoders a request picks with `vae` -> their components.
+#: The VAEs a request picks with `vae` -> their decoder and encoder components.
 DECODERS = {"full": "vae_decoder", "tiny": TINY_VAE_DECODER}
+ENCODERS = {"full": "vae_encoder", "tiny": TINY_VAE_ENCODER}
 DEFAULT_DECODER = "full"
 
 
@@ -22,12 +23,18 @@ def latent_scaling(manifest: Manifest, decoder: str) -> tuple[float, float]:
     return manifest.vae_scaling_factor, manifest.vae_shift_factor
 
 
-def encode(engine: Engine, manifest: Manifest, image: np.ndarray, generator: TorchGenerator) -> np.ndarray:
-    """Latents of an image in [-1, 1], sampled with `generator` and scaled as the UNet expects."""
+def encode(engine: Engine, manifest: Manifest, image: np.ndarray, generator: TorchGenerator,
+           vae: str = DEFAULT_DECODER) -> np.ndarray:
+    """Latents of an image in [-1, 1] scaled as the UNet expects: sampled with `generator` from
+    the full VAE's distribution, or the tiny VAE's (deterministic, nothing drawn)."""
     out = engine.run({"sample": image.astype(engine.input_dtype("sample"))})
-    mean, std = out["latent_mean"].astype(np.float32), out["latent_std"].astype(np.float32)
-    latents = mean + std * generator.randn(mean.shape)
-    return (latents - np.float32(manifest.vae_shift_factor)) * np.float32(manifest.vae_scaling_factor)
+    if "latents" in out:
+        latents = out["latents"].astype(np.float32)
+    else:
+        mean, std = out["latent_mean"].astype(np.float32), out["latent_std"].astype(np.float32)
+        latents = mean + std * generator.randn(mean.shape)
+    scaling, shift = latent_scaling(manifest, vae)
+    return (latents - np.float32(shift)) * np.float32(scaling)
 
 
 def decode(engine: Engine, manifest: Manifest, latents: np.ndarray, decoder: str = DEFAULT_DECODER) -> np.ndarray:
