@@ -67,7 +67,7 @@ def _cases(data: dict):
 EXPECTED_VALID = ["vae_scaling_factor=1180591620717411303424", "vae_scaling_factor=1.5", "vae_shift_factor=-1",
                   "vae_shift_factor=0", "vae_shift_factor=1180591620717411303424", "vae_shift_factor=1.5",
                   "source={}", "source={'a': 1}", "versions={}", "sdxl=None", "no sdxl", "token_table_rows={}", "no token_table_rows",
-                  "unet.inputs[0].name='x'", "unet.file='zz'",
+                  "tiny_vae=None", "no tiny_vae", "unet.inputs[0].name='x'", "unet.file='zz'",
                   "unet.inputs=[]"]
 REFUTED_AT_LOAD = {"unet.inputs[0].name='x'": "the unet graph's inputs", "unet.file='zz'": "is missing",
                    "unet.inputs=[]": "the unet graph's inputs"}
