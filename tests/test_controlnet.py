@@ -348,6 +348,13 @@ def test_a1111_controlnet_requests_and_model_list(pipeline):
         bad = client.post("/v1/images/generations", json={**openai, "controlnets": [{"model": "nothing",
                                                                                       "image": encoded}]})
         assert bad.status_code == 400 and "unknown ControlNet 'nothing'" in bad.text
+        # Clients name ControlNets; a path on the server's disk is refused on both routes.
+        path = str(pipeline.controlnets.names()["edges"])
+        bad = client.post("/v1/images/generations", json={**openai, "controlnets": [{"model": path, "image": encoded}]})
+        assert bad.status_code == 400 and "not a path" in bad.text and "controlnets[0].model" in bad.text
+        bad = client.post("/sdapi/v1/txt2img", json={**body, "alwayson_scripts": {"controlnet": {"args": [
+            {**unit, "model": path}]}}})
+        assert bad.status_code == 400 and "not a path" in bad.text
 
 
 def test_tensorrt_builds_the_controlnet_with_the_models_profile(exported_tiny, exported_controlnets, monkeypatch,

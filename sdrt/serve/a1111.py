@@ -111,10 +111,20 @@ def control_units(body, init_image: bytes | None) -> list:
         if data is not None and not isinstance(data, str):
             raise RequestError(400, f"{field} must be a base64-encoded image", field)
         image = decode_image(data, field) if data else init_image
-        units.append(ControlUnit(model, image, unit.weight, unit.guidance_start, unit.guidance_end,
+        units.append(ControlUnit(served_name(model, f"alwayson_scripts.controlnet.args[{index}].model"), image,
+                                 unit.weight, unit.guidance_start, unit.guidance_end,
                                  unit.control_mode, unit.module, unit.threshold_a, unit.threshold_b))
     return units
 
 
 def a1111_vae(sd_vae: str) -> str:
     return "tiny" if sd_vae.strip().lower() in TINY_VAE_NAMES else "full"
+
+
+def served_name(model: str, param: str) -> str:
+    """A ControlNet named by a client: a name in the server's --controlnet-dir, never a path on
+    the server's disk."""
+    if not model or model in (".", "..") or "/" in model or "\\" in model:
+        raise RequestError(400, f"{param}: name a ControlNet of this server (GET /controlnet/model_list), not a "
+                           f"path: {model[:100]!r}", param)
+    return model

@@ -22,7 +22,7 @@ from sdrt.runtime.request import MAX_SEED, GenerationRequest
 from sdrt.runtime.schedulers import DEFAULT_SAMPLER, display_name
 from sdrt.runtime.sizes import SizeError, parse_size
 from sdrt.serve.a1111 import (A1111_FIELDS, OPENAI_FIELDS, a1111_vae, control_units, decode_image, png_base64,
-                              refiner_switch, sdrt_sampler)
+                              refiner_switch, sdrt_sampler, served_name)
 from sdrt.runtime.controlnet.units import ControlUnit
 from sdrt.serve.middleware import BodyLimit, Guard
 from sdrt.serve.schemas import (
@@ -108,8 +108,9 @@ def create_app(pipeline, settings: ServeSettings | None = None) -> FastAPI:
                 raise RequestError(400, str(error), "size") from None
         check_limits(body.n, body.steps, "n")
         sampler = body.sampler or body.scheduler or DEFAULT_SAMPLER
-        units = [ControlUnit(c.model, decode_image(c.image, f"controlnets[{index}].image"), c.scale, c.start, c.end,
-                             c.mode, c.preprocessor) for index, c in enumerate(body.controlnets)]
+        units = [ControlUnit(served_name(c.model, f"controlnets[{index}].model"),
+                             decode_image(c.image, f"controlnets[{index}].image"), c.scale, c.start, c.end, c.mode,
+                             c.preprocessor) for index, c in enumerate(body.controlnets)]
         result = await run(request, GenerationRequest(
             body.prompt, negative_prompt=body.negative_prompt, steps=body.steps, guidance_scale=body.guidance_scale,
             height=height, width=width, seed=body.seed, num_images=body.n, sampler=sampler,
