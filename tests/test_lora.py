@@ -303,6 +303,12 @@ def _serve_loras(client):
     assert bad.status_code == 400 and "unknown LoRA" in bad.text
     openai = client.post("/v1/images/generations", json={"prompt": "a cat <lora:nothing:1>", "size": "64x64"})
     assert openai.status_code == 400 and "unknown LoRA" in openai.text
+    # Clients name LoRAs of the server's folder; a file on the server's disk is refused.
+    path = str(next(iter(client.app.state.service.pipeline.loras.library.names().values())))
+    for route, request in (("/sdapi/v1/txt2img", dict(body, prompt=f"a cat <lora:{path}:0.5>")),
+                           ("/v1/images/generations", {"prompt": f"a cat <lora:{path}:0.5>", "size": "64x64"})):
+        refused = client.post(route, json=request)
+        assert refused.status_code == 400 and "not a path" in refused.text, refused.text
 
 
 def test_bench_measures_a_lora(exported, loras, tmp_path):

@@ -121,10 +121,30 @@ def a1111_vae(sd_vae: str) -> str:
     return "tiny" if sd_vae.strip().lower() in TINY_VAE_NAMES else "full"
 
 
+def _is_path(name: str) -> bool:
+    return not name or name in (".", "..") or "/" in name or "\\" in name
+
+
 def served_name(model: str, param: str) -> str:
     """A ControlNet named by a client: a name in the server's --controlnet-dir, never a path on
     the server's disk."""
-    if not model or model in (".", "..") or "/" in model or "\\" in model:
+    if _is_path(model):
         raise RequestError(400, f"{param}: name a ControlNet of this server (GET /controlnet/model_list), not a "
                            f"path: {model[:100]!r}", param)
     return model
+
+
+def check_lora_tags(prompt: str, param: str) -> None:
+    """A client's `<lora:NAME>` tags name LoRAs of the server's --lora-dir, never files on its disk
+    (a malformed tag is left to the request's resolution, which says what is wrong)."""
+    from sdrt.runtime.lora.tags import extract_tags
+    from sdrt.runtime.lora.weights_map import LoraError
+
+    try:
+        _, refs = extract_tags(prompt)
+    except LoraError:
+        return
+    for ref in refs:
+        if _is_path(ref.source):
+            raise RequestError(400, f"{param}: <lora:...> names a LoRA of this server (GET /sdapi/v1/loras), not a "
+                               f"path: {ref.source[:100]!r}", param)

@@ -21,7 +21,7 @@ from sdrt.runtime.png_info import format_parameters
 from sdrt.runtime.request import MAX_SEED, GenerationRequest
 from sdrt.runtime.schedulers import DEFAULT_SAMPLER, display_name
 from sdrt.runtime.sizes import SizeError, parse_size
-from sdrt.serve.a1111 import (A1111_FIELDS, OPENAI_FIELDS, a1111_vae, control_units, decode_image, png_base64,
+from sdrt.serve.a1111 import (A1111_FIELDS, OPENAI_FIELDS, a1111_vae, check_lora_tags, control_units, decode_image, png_base64,
                               refiner_switch, sdrt_sampler, served_name)
 from sdrt.runtime.controlnet.units import ControlUnit
 from sdrt.serve.middleware import BodyLimit, Guard
@@ -108,6 +108,8 @@ def create_app(pipeline, settings: ServeSettings | None = None) -> FastAPI:
                 raise RequestError(400, str(error), "size") from None
         check_limits(body.n, body.steps, "n")
         sampler = body.sampler or body.scheduler or DEFAULT_SAMPLER
+        if not settings.plain_prompts:
+            check_lora_tags(body.prompt, "prompt")
         units = [ControlUnit(served_name(c.model, f"controlnets[{index}].model"),
                              decode_image(c.image, f"controlnets[{index}].image"), c.scale, c.start, c.end, c.mode,
                              c.preprocessor) for index, c in enumerate(body.controlnets)]
@@ -124,6 +126,7 @@ def create_app(pipeline, settings: ServeSettings | None = None) -> FastAPI:
         seed = None if body.seed == -1 else body.seed
         switch = refiner_switch(pipeline, body.refiner_checkpoint, body.refiner_switch_at)
         overrides = body.override_settings
+        check_lora_tags(body.prompt, "prompt")
         units = control_units(body, image)
         images, texts, seeds, parameters = [], [], [], None
         for iteration in range(body.n_iter):

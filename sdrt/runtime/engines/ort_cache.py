@@ -22,6 +22,7 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
+from sdrt.runtime.engines.onnxruntime import ORT_ERRORS_ONLY
 from sdrt.runtime.leftovers import remove_stale
 from sdrt.runtime.manifest import ComponentSpec
 
@@ -98,6 +99,9 @@ def cached_session(source: Path, spec: ComponentSpec, make_options: Callable, pr
     try:
         staging.mkdir(parents=True, exist_ok=True)
         options.optimized_model_filepath = str(staging / MODEL_FILE)
+        # ONNX Runtime warns that a saved NCHWc graph is specific to this machine: this cache is
+        # (its key names the machine), so the warning would only alarm users.
+        options.log_severity_level = max(options.log_severity_level, ORT_ERRORS_ONLY)
         options.add_session_config_entry("session.optimized_model_external_initializers_file_name", DATA_FILE)
         options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
                                          str(EXTERNAL_MIN_BYTES))
