@@ -186,7 +186,7 @@ class SlowPipeline:
         self.cancelled = 0
         self.real = real
 
-    def run(self, request, progress=None, cancel=None):
+    def run(self, request, progress=None, cancel=None, preview=None):
         self.started.release()
         while not self.release.wait(0.01):
             if cancel is not None and cancel.is_set():

@@ -114,7 +114,7 @@ class FailsOnPrompt:
         self.folder, self.manifest, self.backend, self.real, self.bad = real.folder, real.manifest, real.backend, real, bad
         self.calls: list[int] = []
 
-    def run(self, request, progress=None, cancel=None):
+    def run(self, request, progress=None, cancel=None, preview=None):
         prompts = [request.prompt] if isinstance(request.prompt, str) else request.prompt
         self.calls.append(len(prompts))
         if self.bad in prompts:

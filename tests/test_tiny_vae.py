@@ -180,3 +180,34 @@ def test_tensorrt_builds_and_runs_the_tiny_vae(exported, monkeypatch, tmp_path):
     assert any(b["onnx"].endswith("vae_decoder_tiny/model.onnx") for b in stats.builds)
     got = Pipeline.load(model, backend="tensorrt").generate(PROMPT, vae="tiny", **SETTINGS).array
     np.testing.assert_allclose(got, Pipeline.load(model).generate(PROMPT, vae="tiny", **SETTINGS).array, atol=1e-5)
+
+
+def test_a1111_progress_streams_previews(pipeline):
+    """With --preview-every, /sdapi/v1/progress reports the running generation's step and its
+    latest preview (the tiny VAE's); idle, it reports nothing running."""
+    import threading
+
+    from fastapi.testclient import TestClient
+
+    from sdrt.serve.app import create_app
+    from sdrt.serve.schemas import ServeSettings
+
+    with TestClient(create_app(pipeline, ServeSettings(preview_every=2))) as client:
+        idle = client.get("/sdapi/v1/progress").json()
+        assert idle["progress"] == 0 and idle["current_image"] is None and idle["state"]["job_count"] == 0
+        body = {"prompt": PROMPT, "steps": 60, "seed": 7, "width": 64, "height": 64, "sampler_name": "Euler"}
+        done = threading.Event()
+        thread = threading.Thread(target=lambda: (client.post("/sdapi/v1/txt2img", json=body), done.set()))
+        thread.start()
+        seen = []
+        while not done.is_set():
+            report = client.get("/sdapi/v1/progress").json()
+            if report["current_image"] is not None:
+                seen.append(report)
+        thread.join()
+    assert seen, "no preview was reported while the generation ran"
+    report = seen[-1]
+    assert 0 < report["progress"] <= 1 and report["state"]["sampling_steps"] == 60 and report["state"]["job_count"] == 1
+    assert report["state"]["sampling_step"] >= 2
+    preview = Image.open(io.BytesIO(base64.b64decode(report["current_image"])))
+    assert preview.size == (64, 64)

@@ -35,6 +35,9 @@ from sdrt.runtime.engines import BACKEND_NAMES, DEFAULT_BACKEND
               help="How long a free worker waits for compatible requests to join a batch.")
 @click.option("--plain-prompts", is_flag=True,
               help="The OpenAI route reads prompts as plain text (A1111 routes always read A1111's prompt language).")
+@click.option("--preview-every", default=0, show_default=True, type=click.IntRange(min=0), metavar="N",
+              help="Decode a preview every N steps for A1111's /sdapi/v1/progress current_image (tiny VAE when "
+                   "exported; 0: none).")
 @embedding_options
 @serve_lora_options
 @controlnet_dir_option
@@ -50,8 +53,8 @@ from sdrt.runtime.engines import BACKEND_NAMES, DEFAULT_BACKEND
               help="With --ray: the cluster to join ('auto' for the one this machine belongs to); "
                    "default: start a local Ray instance.")
 def serve(model_dir, refiner, host, port, backend, threads, api_key, max_queue, concurrency, timeout, max_batch,
-          batch_window_ms, plain_prompts, embedding_dirs, embedding_files, lora_dir, lora_cache_mb, controlnet_dir, use_ray,
-          replicas, min_replicas, max_replicas, gpus_per_replica, cpus_per_replica, ray_address) -> None:
+          batch_window_ms, plain_prompts, preview_every, embedding_dirs, embedding_files, lora_dir, lora_cache_mb,
+          controlnet_dir, use_ray, replicas, min_replicas, max_replicas, gpus_per_replica, cpus_per_replica, ray_address) -> None:
     """Serve the model over HTTP: OpenAI Images API, AUTOMATIC1111 API, /health, /metrics."""
     try:
         import uvicorn
@@ -66,7 +69,7 @@ def serve(model_dir, refiner, host, port, backend, threads, api_key, max_queue, 
                         "and --batch-window-ms >= 0")
     settings = ServeSettings(max_queue=max_queue, concurrency=concurrency, timeout_s=timeout, api_key=api_key,
                              max_batch_images=max_batch, batch_window_s=batch_window_ms / 1000,
-                             plain_prompts=plain_prompts)
+                             plain_prompts=plain_prompts, preview_every=preview_every)
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         click.echo(f"warning: serving on {host} without --api-key: anyone who can reach it can use it", err=True)
     embeddings = embedding_sources(embedding_dirs, embedding_files)

@@ -186,6 +186,11 @@ def create_app(pipeline, settings: ServeSettings | None = None) -> FastAPI:
         """The folder is read at every request; nothing to refresh (A1111 clients call it)."""
         return None
 
+    @app.get("/sdapi/v1/progress")
+    async def progress(skip_current_image: bool = False):
+        """A1111's progress of the running generation (current_image: with --preview-every)."""
+        return service.progress.report(service.admitted, skip_current_image, png_base64)
+
     @app.get("/controlnet/model_list")
     async def controlnet_models():
         """The A1111 ControlNet extension's listing: the exported ControlNets of --controlnet-dir."""

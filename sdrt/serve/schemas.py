@@ -28,6 +28,7 @@ class ServeSettings:
     retry_after_s: int = 5
     api_key: str | None = None
     plain_prompts: bool = False  # the OpenAI route reads prompts as plain text, not A1111's prompt language
+    preview_every: int = 0  # steps between previews for /sdapi/v1/progress's current_image (0: none)
 
 
 class RequestError(Exception):

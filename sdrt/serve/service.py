@@ -17,6 +17,7 @@ from sdrt.runtime.pipeline import GenerationCancelled
 from sdrt.runtime.request import MAX_SEED, GenerationRequest
 from sdrt.serve.batching import Job, batch_key, merged_request, split_result, take_batch, take_compatible
 from sdrt.serve.metrics import Metrics
+from sdrt.serve.progress import Progress
 from sdrt.serve.schemas import RequestError, ServeSettings
 
 POLL_S = 0.05
@@ -48,6 +49,7 @@ class Service:
         self.pipeline = pipeline
         self.settings = settings
         self.metrics = Metrics()
+        self.progress = Progress()
         self._admitted = 0
         self._admit_lock = threading.Lock()
         self._pending: list[Job] = []
@@ -55,6 +57,11 @@ class Service:
         self._workers: list[asyncio.Task] = []
         batch_range = pipeline.manifest.dims.get("batch")
         self.max_batch_images = min(settings.max_batch_images, batch_range.max if batch_range else 1)
+
+    @property
+    def admitted(self) -> int:
+        """Requests admitted: running or waiting."""
+        return self._admitted
 
     def _start_workers(self) -> asyncio.Event:
         if self._wakeup is None:  # created inside the server's event loop
@@ -145,11 +152,18 @@ class Service:
         bad request never fails the others."""
 
         cancel = BatchCancel(batch)
+        preview = None
+        if self.settings.preview_every:
+            from sdrt.runtime.preview import Preview
+
+            preview = Preview(self.settings.preview_every, self.progress.on_preview)
+        run = dict(cancel=cancel, progress=self.progress.on_step, preview=preview)
+        self.progress.begin()
         try:
             if len(batch) == 1:
-                results = [self.pipeline.run(batch[0].request, cancel=cancel)]
+                results = [self.pipeline.run(batch[0].request, **run)]
             else:
-                results = split_result(self.pipeline.run(merged_request(batch), cancel=cancel), batch)
+                results = split_result(self.pipeline.run(merged_request(batch), **run), batch)
         except GenerationCancelled:
             return [None] * len(batch)
         except Exception as error:  # noqa: BLE001 - one request's failure must not fail its batch
@@ -157,6 +171,8 @@ class Service:
                 return [self._run([job])[0] for job in batch]
             return [error if isinstance(error, SdrtError) else
                     RequestError(500, f"the generation failed: {type(error).__name__}")]
+        finally:
+            self.progress.end()
         for stage in ("text_encoder", "denoise", "vae_decoder", "total"):
             if stage in results[0].timings:
                 self.metrics.observe(stage, results[0].timings[stage])
