@@ -211,3 +211,11 @@ def test_a1111_progress_streams_previews(pipeline):
     assert report["state"]["sampling_step"] >= 2
     preview = Image.open(io.BytesIO(base64.b64decode(report["current_image"])))
     assert preview.size == (64, 64)
+
+
+def test_the_batcher_keeps_decoders_apart():
+    from sdrt.serve.batching import batch_key
+
+    tiny, full = (batch_key(GenerationRequest(PROMPT, vae=vae, seed=1), 64, 64) for vae in ("tiny", "full"))
+    assert tiny is not None and full is not None and tiny != full
+    assert batch_key(GenerationRequest("another prompt", vae="tiny", seed=2), 64, 64) == tiny

@@ -257,7 +257,7 @@ def _resolve(request: GenerationRequest, manifest: Manifest) -> ResolvedRequest:
 def _check_vae(request: GenerationRequest, manifest: Manifest) -> None:
     from sdrt.runtime.vae import DECODERS
 
-    if request.vae not in DECODERS:
+    if not isinstance(request.vae, str) or request.vae not in DECODERS:
         raise GenerationError(f"unknown VAE {request.vae!r}; choose one of {', '.join(DECODERS)}", "vae")
     if request.vae == "tiny" and manifest.tiny_vae is None:
         raise GenerationError("this export has no tiny VAE: re-export the model with --tiny-vae SOURCE (TAESD for "
