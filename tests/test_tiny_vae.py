@@ -219,3 +219,23 @@ def test_the_batcher_keeps_decoders_apart():
     tiny, full = (batch_key(GenerationRequest(PROMPT, vae=vae, seed=1), 64, 64) for vae in ("tiny", "full"))
     assert tiny is not None and full is not None and tiny != full
     assert batch_key(GenerationRequest("another prompt", vae="tiny", seed=2), 64, 64) == tiny
+
+
+def test_an_sdxl_tiny_vae_equals_diffusers(tiny_sdxl, tmp_path):
+    """TAESDXL's place: the tiny VAE of a tiny SDXL base, against StableDiffusionXLPipeline with it."""
+    from diffusers import AutoencoderTiny
+
+    from conftest import sdxl_reference
+
+    taesdxl = save_random_tiny_vae(tmp_path / "taesdxl", seed=4)
+    folder = tmp_path / "sdxl"
+    export_model(str(tiny_sdxl["base"]), folder, options=ExportOptions(tiny_vae=str(taesdxl)), progress=lambda line: None)
+    reference_pipeline = sdxl_reference("StableDiffusionXLPipeline", tiny_sdxl["base"])
+    reference_pipeline.vae = AutoencoderTiny.from_pretrained(taesdxl)
+    reference_pipeline.scheduler = reference_scheduler(SETTINGS["sampler"], reference_pipeline.scheduler.config)
+    expected = reference_pipeline(PROMPT, num_inference_steps=4, guidance_scale=7.5, height=64, width=64,
+                                  generator=torch.Generator().manual_seed(7), output_type="np").images
+    got = Pipeline.load(folder).generate(PROMPT, vae="tiny", **SETTINGS).array
+    difference = np.abs(got - expected)
+    assert difference.max() <= MAX_PIXEL_ERROR and difference.mean() <= MEAN_PIXEL_ERROR, difference.max() * 255
+    assert expected.std() > 0.01
