@@ -21,7 +21,7 @@ def engine(exported_tiny) -> Path:
 
 def test_report_with_diffusers_baseline(engine, tiny_models):
     settings = BenchSettings(height=64, width=64, steps=3)
-    report = run_benchmark(str(engine), settings, runs=2, warmup=1, compare="diffusers",
+    report = run_benchmark(str(engine), settings, runs=2, warmup=0, compare="diffusers",
                            diffusers_model=str(tiny_models["standard"]))
     sdrt = report["sdrt"]
     assert set(sdrt["stages"]) == {"tokenize", "text_encoder", "denoise", "scheduler_and_guidance", "vae_decoder",
@@ -104,10 +104,10 @@ def test_gpu_memory_is_read_per_process_from_nvidia_smi():
 
 def test_sequential_sdxl_report_with_diffusers_baseline(exported_sdxl, tiny_sdxl):
     """SDXL against diffusers' SDXL pipeline, one side at a time (what --arch sdxl needs on 24 GiB)."""
-    settings = BenchSettings(height=64, width=64, steps=2)
+    settings = BenchSettings(height=64, width=64, steps=1)
     report = run_benchmark(str(exported_sdxl("base")), settings, runs=1, warmup=0, compare="diffusers",
                            diffusers_model=str(tiny_sdxl["base"]), sequential=True)
-    assert report["sequential"] and report["sdrt"]["unet_step"]["count"] == 2
+    assert report["sequential"] and report["sdrt"]["unet_step"]["count"] == 1
     assert len(report["speedup_vs_diffusers"]["pairs"]) == 1 and report["diffusers"]["load_seconds"] > 0
     assert report["unet_gflop_per_call"] > 0 and report["precision"]["text_encoder_2"] == "fp32"
     from sdrt.benchmark.report import format_report

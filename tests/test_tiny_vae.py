@@ -195,7 +195,7 @@ def test_a1111_progress_streams_previews(pipeline):
     with TestClient(create_app(pipeline, ServeSettings(preview_every=2))) as client:
         idle = client.get("/sdapi/v1/progress").json()
         assert idle["progress"] == 0 and idle["current_image"] is None and idle["state"]["job_count"] == 0
-        body = {"prompt": PROMPT, "steps": 60, "seed": 7, "width": 64, "height": 64, "sampler_name": "Euler"}
+        body = {"prompt": PROMPT, "steps": 40, "seed": 7, "width": 64, "height": 64, "sampler_name": "Euler"}
         done = threading.Event()
         thread = threading.Thread(target=lambda: (client.post("/sdapi/v1/txt2img", json=body), done.set()))
         thread.start()
@@ -207,7 +207,7 @@ def test_a1111_progress_streams_previews(pipeline):
         thread.join()
     assert seen, "no preview was reported while the generation ran"
     report = seen[-1]
-    assert 0 < report["progress"] <= 1 and report["state"]["sampling_steps"] == 60 and report["state"]["job_count"] == 1
+    assert 0 < report["progress"] <= 1 and report["state"]["sampling_steps"] == 40 and report["state"]["job_count"] == 1
     assert report["state"]["sampling_step"] >= 2
     preview = Image.open(io.BytesIO(base64.b64decode(report["current_image"])))
     assert preview.size == (64, 64)
