@@ -102,6 +102,7 @@ def test_gpu_memory_is_read_per_process_from_nvidia_smi():
     assert parse_compute_apps(text, 5) is None and parse_compute_apps("", 4242) is None
 
 
+@pytest.mark.slow  # 20 s: two SDXL bench workers
 def test_sequential_sdxl_report_with_diffusers_baseline(exported_sdxl, tiny_sdxl):
     """SDXL against diffusers' SDXL pipeline, one side at a time (what --arch sdxl needs on 24 GiB)."""
     settings = BenchSettings(height=64, width=64, steps=1)

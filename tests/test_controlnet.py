@@ -21,19 +21,12 @@ from sdrt.export.exporter import export_model
 from sdrt.export.random_model import TINY_CONDITIONING_EMBEDDING, save_random_controlnet
 from sdrt.runtime.controlnet.units import ControlUnit
 from sdrt.runtime.pipeline import Pipeline
+from support.images import MAX_PIXEL_ERROR, assert_same_image
 
-MAX_PIXEL_ERROR = 2 / 255
-MEAN_PIXEL_ERROR = 0.5 / 255
 SAMPLER = "euler"
 SETTINGS = dict(steps=4, seed=7, height=64, width=64, sampler=SAMPLER, guidance_scale=7.5)
 PROMPT = "a photo of a cat"
 NO_HEAVY_IMPORTS = Path(__file__).parent / "no_heavy_imports.py"
-
-
-def assert_same_image(got: np.ndarray, expected: np.ndarray) -> None:
-    difference = np.abs(got - expected)
-    assert difference.max() <= MAX_PIXEL_ERROR, f"max {difference.max() * 255:.3f}/255"
-    assert difference.mean() <= MEAN_PIXEL_ERROR, f"mean {difference.mean() * 255:.3f}/255"
 
 
 def shapes_image(seed: int, size: tuple[int, int] = (64, 64)) -> Image.Image:

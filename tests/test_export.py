@@ -219,6 +219,7 @@ def test_cpu_optimized_graph_is_validated_itself(tiny_models, tmp_path):
         assert spec.validation["max_rel_error"] <= RELATIVE_TOLERANCE["fp32"]
 
 
+@pytest.mark.slow  # 17 s: the whole tiny model through the CUDA optimizer
 def test_cuda_optimized_graph_has_the_fused_diffusion_ops(tiny_models, tmp_path):
     import onnx
 

@@ -25,20 +25,13 @@ from sdrt.runtime.lora.files import read_lora
 from sdrt.runtime.lora.weights_map import WeightsMap
 from sdrt.runtime.manifest import Manifest
 from sdrt.runtime.pipeline import Pipeline
+from support.images import MAX_PIXEL_ERROR, assert_same_image
 from support.lora_files import kohya_lora, peft_lora
 
-MAX_PIXEL_ERROR = 2 / 255
-MEAN_PIXEL_ERROR = 0.5 / 255
 SAMPLER = "euler"
 SETTINGS = dict(steps=4, seed=7, height=64, width=64, sampler=SAMPLER, guidance_scale=7.5)
 PROMPT = "a photo of a cat"
 NO_HEAVY_IMPORTS = Path(__file__).parent / "no_heavy_imports.py"
-
-
-def assert_same_image(got: np.ndarray, expected: np.ndarray) -> None:
-    difference = np.abs(got - expected)
-    assert difference.max() <= MAX_PIXEL_ERROR, f"max {difference.max() * 255:.3f}/255"
-    assert difference.mean() <= MEAN_PIXEL_ERROR, f"mean {difference.mean() * 255:.3f}/255"
 
 
 @pytest.fixture(scope="module")

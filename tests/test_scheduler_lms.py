@@ -76,6 +76,7 @@ def test_whole_loop_matches_reference(sd15_scheduler_config, spacing, prediction
     assert_within_loop_bound(our_final, ref_final, magnitudes, seeded=False)
 
 
+@pytest.mark.slow  # 8 s: diffusers integrates 1000 LMS steps
 def test_whole_loop_of_the_full_schedule_matches_reference(sd15_scheduler_config):
     ref_final, our_final, reference, ours, magnitudes = run_both(dict(sd15_scheduler_config), FULL_SCHEDULE)
     assert_tables_match(reference, ours)
