@@ -22,13 +22,12 @@ from sdrt.export.components import (
     ComponentExport,
     ModelGeometry,
     TensorSpec,
-    extend_tokens,
     extra_tokens_spec,
     no_extra_tokens,
     text_encoder_modules,
-    text_inputs_maker,
     vae_exports,
 )
+from sdrt.export.token_rows import extend_tokens, text_inputs_maker
 from sdrt.export.residuals import (added_residuals, residual_defaults, residual_inputs, residual_layout,
                                    residual_specs)
 from sdrt.runtime.manifest import (
