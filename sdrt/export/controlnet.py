@@ -12,8 +12,6 @@ and control mode, so one engine serves them all. A ControlNet whose config sets
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -21,13 +19,11 @@ import torch
 
 from sdrt.errors import ModelFolderError, SdrtError
 from sdrt.export.components import ComponentExport, ModelGeometry
-from sdrt.export.exporter import ExportError, ExportOptions, STALE_EXPORT, _build_component, _graph_dtypes, _replace
+from sdrt.export.exporter import ExportOptions, component_spec, export_component, staged
 from sdrt.export.model_files import versions
 from sdrt.export.sdxl import MAX_SIZE_CONDITION
 from sdrt.export.residuals import residual_layout, residual_specs
 from sdrt.runtime.controlnet.manifest import COMPONENT, KIND, ControlNetManifest
-from sdrt.runtime.integrity import record_sha256
-from sdrt.runtime.leftovers import remove_stale
 from sdrt.runtime.manifest import (
     CONTROL_IMAGE,
     FORMAT_VERSION,
@@ -41,7 +37,6 @@ from sdrt.runtime.manifest import (
     UNET_BATCH,
     UNET_CONTEXT,
     WIDTH,
-    ComponentSpec,
     TensorSpec,
 )
 
@@ -135,32 +130,12 @@ def controlnet_component(model) -> ComponentExport:
 def export_controlnet_model(model, out_dir: str | Path, *, source: dict, options: ExportOptions = ExportOptions(),
                             overwrite: bool = False, progress: Callable[[str], None] = print) -> ControlNetManifest:
     """Export, validate and write a ControlNet's folder; returns its manifest."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise ExportError(f"{out_dir} already exists; pass --overwrite to replace it")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale(out_dir.parent, STALE_EXPORT)
-    staging = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
     config = model.config
     geometry = controlnet_geometry(config)
     component = controlnet_component(model)
-    try:
-        staging.mkdir()
-        progress(f"{COMPONENT}: exporting ({options.precision}, {options.target}"
-                 f"{', optimized' if options.optimize else ''})")
-        final, files, validation = _build_component(component, staging, geometry, options)
-        progress(f"{COMPONENT}: max abs error {validation['max_abs_error']:.2e}, "
-                 f"max rel error {validation['max_rel_error']:.2e}")
-        if not validation["passed"]:
-            raise ExportError(f"{COMPONENT} ({options.precision}) does not reproduce the PyTorch model: relative "
-                              f"error {validation['max_rel_error']:.2e} > {validation['tolerance']:.0e}")
-        shutil.rmtree(staging / ".work")
-        spec = ComponentSpec(
-            file=final.relative_to(staging).as_posix(), precision=options.precision, target=options.target,
-            inputs=_graph_dtypes(final, component.inputs), outputs=_graph_dtypes(final, component.outputs),
-            sha256=record_sha256(final), validation=validation,
-            data_files={f.relative_to(staging).as_posix(): record_sha256(f) for f in files if f != final})
+    with staged(Path(out_dir), overwrite) as staging:
+        final, files, validation = export_component(component, staging, geometry, options, progress)
+        spec = component_spec(component, staging, final, files, validation, options)
         (staging / COMPONENT / "config.json").write_text(json.dumps(dict(config), indent=2, default=str) + "\n",
                                                         encoding="utf-8")
         manifest = ControlNetManifest(
@@ -171,12 +146,7 @@ def export_controlnet_model(model, out_dir: str | Path, *, source: dict, options
             global_pool_conditions=bool(config.global_pool_conditions),
             dims=geometry.dims(), components={COMPONENT: spec}, source=source, versions=versions())
         manifest.save(staging)
-        _replace(staging, out_dir)
-        return manifest
-    except OSError as error:
-        raise ExportError(f"cannot write {out_dir}: {error}") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    return manifest
 
 
 def is_controlnet_source(source: str) -> bool:

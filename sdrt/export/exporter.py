@@ -14,6 +14,7 @@ import re
 import shutil
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -132,6 +133,62 @@ def _build_component(component: ComponentExport, staging: Path, geometry: ModelG
     return final, files, validation
 
 
+@contextmanager
+def staged(out_dir: Path, overwrite: bool):
+    """The folder an export writes in, beside `out_dir`; moved into place when the block ends
+    without an error and removed in any case (a failed or killed export leaves nothing). Write
+    errors are one ExportError."""
+    if out_dir.exists() and not overwrite:
+        raise ExportError(f"{out_dir} already exists; pass --overwrite to replace it")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(out_dir.parent, STALE_EXPORT)  # folders of exports that were killed
+    staging = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        staging.mkdir()
+        yield staging
+        shutil.rmtree(staging / WORK_DIR, ignore_errors=True)
+        _replace(staging, out_dir)
+    except OSError as error:
+        if error.errno == errno.ENOSPC:
+            raise ExportError(f"no space left on the device while writing {out_dir}") from None
+        raise ExportError(f"cannot write {out_dir}: {error}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def export_component(component: ComponentExport, staging: Path, geometry: ModelGeometry, options: ExportOptions,
+                     progress: Callable[[str], None], release: bool = False) -> tuple[Path, list[Path], dict]:
+    """_build_component with its progress lines; an engine that does not reproduce its module
+    is an ExportError."""
+    started = time.perf_counter()
+    precision = options.precision_of(component.name)
+    progress(f"{component.name}: exporting ({precision}, {options.target}{', optimized' if options.optimize else ''})")
+    final, files, validation = _build_component(component, staging, geometry, options, release)
+    progress(f"{component.name}: max abs error {validation['max_abs_error']:.2e}, "
+             f"max rel error {validation['max_rel_error']:.2e} ({time.perf_counter() - started:.1f}s)")
+    if not validation["passed"]:
+        raise ExportError(f"{component.name} ({precision}) does not reproduce the PyTorch model: relative "
+                          f"error {validation['max_rel_error']:.2e} > {validation['tolerance']:.0e}")
+    return final, files, validation
+
+
+def component_spec(component: ComponentExport, staging: Path, final: Path, files: list[Path], validation: dict,
+                   options: ExportOptions, weights_map: str = "") -> ComponentSpec:
+    """The manifest entry of an exported engine (paths relative to the folder, digests recorded)."""
+    return ComponentSpec(
+        file=final.relative_to(staging).as_posix(),
+        precision=options.precision_of(component.name),
+        target=options.target,
+        inputs=_graph_dtypes(final, component.inputs),
+        outputs=_graph_dtypes(final, component.outputs),
+        sha256=record_sha256(final),
+        validation=validation,
+        data_files={f.relative_to(staging).as_posix(): record_sha256(f) for f in files if f != final},
+        weights_map=weights_map,
+    )
+
+
 def _available_providers() -> list[str]:
     import onnxruntime as ort
 
@@ -152,12 +209,6 @@ def export_pipeline(
     pipeline nothing else uses) drops each module's weights once no later engine needs them,
     which keeps a full-size SDXL export within 24 GiB."""
     out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise ExportError(f"{out_dir} already exists; pass --overwrite to replace it")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale(out_dir.parent, STALE_EXPORT)  # folders of exports that were killed
-    staging = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
     geometry = ModelGeometry.of(pipeline, options.max_prompt_chunks)
     if options.optimize and options.target == "cuda":
         _use_classic_attention(pipeline)
@@ -167,8 +218,7 @@ def export_pipeline(
     if sdxl is not None and sdxl.vae_force_upcast and options.vae_precision == "fp16":
         progress("vae: kept in fp32: this VAE overflows in fp16 (its config sets force_upcast)")
         options = replace(options, vae_precision="fp32")
-    try:
-        staging.mkdir()
+    with staged(out_dir, overwrite) as staging:
         components = {}
         exports = component_exports(pipeline, geometry, num_train_timesteps)
         tiny = None
@@ -178,14 +228,10 @@ def export_pipeline(
             tiny_components, tiny = tiny_vae_exports(load_tiny_vae(options.tiny_vae), geometry)
             exports += tiny_components
         for index, component in enumerate(exports):
-            started = time.perf_counter()
-            precision = options.precision_of(component.name)
-            progress(f"{component.name}: exporting ({precision}, {options.target}"
-                     f"{', optimized' if options.optimize else ''})")
             release = release_weights and not _shares_weights(component, exports[index + 1:])
             prints = None if component.lora_model is None else fingerprint(
-                component.lora_model, component.name, precision == "fp16")
-            final, files, validation = _build_component(component, staging, geometry, options, release)
+                component.lora_model, component.name, options.precision_of(component.name) == "fp16")
+            final, files, validation = export_component(component, staging, geometry, options, progress, release)
             weights_map = ""
             if prints is not None:
                 map_file, unmapped = write_weights_map(final, prints, component.name)
@@ -194,28 +240,8 @@ def export_pipeline(
                 progress(f"{component.name}: LoRA map of {len(prints.shapes) - len(unmapped)} layers"
                          + (f" ({len(unmapped)} not held as one tensor: {', '.join(unmapped[:3])}"
                             f"{', ...' if len(unmapped) > 3 else ''})" if unmapped else ""))
-            elapsed = time.perf_counter() - started
-            progress(
-                f"{component.name}: max abs error {validation['max_abs_error']:.2e}, "
-                f"max rel error {validation['max_rel_error']:.2e} ({elapsed:.1f}s)"
-            )
-            if not validation["passed"]:
-                raise ExportError(
-                    f"{component.name} ({precision}) does not reproduce the PyTorch model: relative "
-                    f"error {validation['max_rel_error']:.2e} > {validation['tolerance']:.0e}"
-                )
-            components[component.name] = ComponentSpec(
-                file=final.relative_to(staging).as_posix(),
-                precision=precision,
-                target=options.target,
-                inputs=_graph_dtypes(final, component.inputs),
-                outputs=_graph_dtypes(final, component.outputs),
-                sha256=record_sha256(final),
-                validation=validation,
-                data_files={f.relative_to(staging).as_posix(): record_sha256(f) for f in files if f != final},
-                weights_map=weights_map,
-            )
-        shutil.rmtree(staging / WORK_DIR)
+            components[component.name] = component_spec(component, staging, final, files, validation, options,
+                                                         weights_map)
         write_diffusers_files(pipeline, staging, list(components))
         vae = pipeline.vae.config
         manifest = Manifest(
@@ -240,14 +266,7 @@ def export_pipeline(
             tiny_vae=tiny,
         )
         manifest.save(staging)
-        _replace(staging, out_dir)
-        return manifest
-    except OSError as error:
-        if error.errno == errno.ENOSPC:
-            raise ExportError(f"no space left on the device while writing {out_dir}") from None
-        raise ExportError(f"cannot write {out_dir}: {error}") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    return manifest
 
 
 def _shares_weights(component: ComponentExport, later: list[ComponentExport]) -> bool:

@@ -13,20 +13,14 @@ from __future__ import annotations
 import torch
 
 from sdrt.errors import ModelFolderError
-from sdrt.export.components import BATCH, HEIGHT, LATENT_HEIGHT, LATENT_WIDTH, WIDTH, ComponentExport, ModelGeometry
+from sdrt.export.components import (BATCH, HEIGHT, LATENT_HEIGHT, LATENT_WIDTH, WIDTH, ComponentExport, ModelGeometry,
+                                    VaeDecoder)
 from sdrt.runtime.manifest import TINY_VAE_DECODER, TINY_VAE_ENCODER, TensorSpec, TinyVaeSpec
 
 
-class TinyVaeDecoder(torch.nn.Module):
-    def __init__(self, vae):
-        super().__init__()
-        self.vae = vae
-
-    def forward(self, latent_sample):
-        return self.vae.decode(latent_sample, return_dict=False)[0]
-
-
 class TinyVaeEncoder(torch.nn.Module):
+    """Image -> latents (AutoencoderTiny's are deterministic; the decoder is components.VaeDecoder)."""
+
     def __init__(self, vae):
         super().__init__()
         self.vae = vae
@@ -65,7 +59,7 @@ def tiny_vae_exports(vae, geometry: ModelGeometry) -> tuple[list[ComponentExport
     latent = [BATCH, geometry.latent_channels, LATENT_HEIGHT, LATENT_WIDTH]
     image = [BATCH, 3, HEIGHT, WIDTH]
     components = [
-        ComponentExport(TINY_VAE_DECODER, TinyVaeDecoder(vae), [TensorSpec("latent_sample", "float32", latent)],
+        ComponentExport(TINY_VAE_DECODER, VaeDecoder(vae), [TensorSpec("latent_sample", "float32", latent)],
                         [TensorSpec("sample", "float32", image)], decoder_inputs),
         ComponentExport(TINY_VAE_ENCODER, TinyVaeEncoder(vae), [TensorSpec("sample", "float32", image)],
                         [TensorSpec("latents", "float32", latent)], encoder_inputs),

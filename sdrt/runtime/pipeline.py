@@ -20,7 +20,6 @@ from PIL import Image
 from sdrt.errors import ConfigError, ModelFolderError
 from sdrt.runtime.embeddings import EmbeddingSource
 from sdrt.runtime.engines import DEFAULT_BACKEND, DEFAULT_LORA_CACHE_MB, Backend, Engine, LoadOptions, backend_named
-from sdrt.runtime.residuals import ZeroResiduals
 from sdrt.runtime.controlnet.library import ControlNetLibrary
 from sdrt.runtime.controlnet.manifest import COMPONENT as CONTROLNET
 from sdrt.runtime.integrity import verify_components
@@ -239,11 +238,9 @@ class Pipeline:
         sampler = self.new_sampler(request)
         start = modes.prepare(self.manifest, resolved, sampler, generator, timings,
                               lambda image, draw: self.encode_image(image, draw, request.vae))
-        unet = engines["unet"]
         control = self.controlnets.prepare(
             resolved.controls, resolved.height, resolved.width, start.start, start.stop(sampler) - start.start,
-            conditioning.guided, len(resolved.prompts) * request.num_images * (2 if conditioning.guided else 1),
-            ZeroResiduals(unet.spec, {name: unet.input_dtype(name) for name in unet.inputs}), warnings)
+            conditioning.guided, resolved.batch * (2 if conditioning.guided else 1), engines["unet"], warnings)
         runs = [(self, start, sampler, conditioning, control)]
         if request.refiner_switch is not None:
             runs.append(refiners.refiner_run(self.refiner, resolved, runs[0], timings))

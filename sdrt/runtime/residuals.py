@@ -3,6 +3,8 @@ ControlNet guides a call (adding zero leaves its output exactly as without the i
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from sdrt.runtime.manifest import LATENT_HEIGHT, LATENT_WIDTH, UNET_BATCH, ComponentSpec, residual_names, split_downsampled
@@ -26,12 +28,18 @@ class ZeroResiduals:
         self.specs = {name: by_name[name] for name in residual_names(spec) if name in by_name}  # inputs, in order
         self.dtypes = dtypes
         self._made: dict[tuple, dict[str, np.ndarray]] = {}
+        self._lock = threading.Lock()
 
     def __bool__(self) -> bool:
         return bool(self.specs)
 
     def of(self, rows: int, latent_h: int, latent_w: int) -> dict[str, np.ndarray]:
         key = (rows, latent_h, latent_w)
+        with self._lock:  # engines run from several threads (a server's workers)
+            return self._zeros(key)
+
+    def _zeros(self, key: tuple[int, int, int]) -> dict[str, np.ndarray]:
+        rows, latent_h, latent_w = key
         if key not in self._made:
             sizes = {UNET_BATCH: rows, LATENT_HEIGHT: latent_h, LATENT_WIDTH: latent_w}
             made = {}
@@ -43,7 +51,3 @@ class ZeroResiduals:
             while len(self._made) > KEPT_SHAPES:
                 self._made.pop(next(iter(self._made)))
         return self._made[key]
-
-    def __call__(self, index: int, sample: np.ndarray, timestep: np.ndarray, feeds: dict,
-                 rows: np.ndarray | None) -> dict[str, np.ndarray]:
-        return self.of(len(sample), *sample.shape[2:])

@@ -8,8 +8,9 @@ order. A unit guides the UNet calls i of n (counted from the run's first) with
 i/n >= start and (i+1)/n <= end; outside them it is not run at all (its scale would be 0). A
 unit in guess mode runs on the conditional rows only and gives the unconditional rows zeros.
 
-A UNet exported with residual inputs gets zeros when no ControlNet guides the call: adding
-zero leaves its output exactly as without them (docs/controlnet.md measures the cost).
+A call no unit guides gets no residual feeds: the UNet's engine then feeds zeros
+(sdrt.runtime.engines.base), and adding zero leaves its output exactly as without them
+(docs/controlnet.md measures the cost).
 """
 
 from __future__ import annotations
@@ -19,8 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sdrt.runtime.engines import Engine
-from sdrt.runtime.manifest import CONTROL_IMAGE
-from sdrt.runtime.residuals import ZeroResiduals
+from sdrt.runtime.manifest import CONTROL_IMAGE, residual_names
 
 #: Guess mode's weights run from 10^-1 (the first residual) to 10^0 (the mid block's).
 SOFT_WEIGHTS_FROM, SOFT_WEIGHTS_TO = -1.0, 0.0
@@ -48,13 +48,13 @@ class ControlRun:
     """The residual feeds of one denoising run's UNet calls (a callable the loop calls with each
     call's scaled latents, timestep, conditioning feeds and rows)."""
 
-    def __init__(self, units: list[PreparedUnit], zeros: ZeroResiduals, first: int, guided: bool, total_rows: int):
+    def __init__(self, units: list[PreparedUnit], unet: Engine, first: int, guided: bool, total_rows: int):
         self.units = units
-        self.zeros = zeros
         self.first = first
         self.guided = guided
         self.total_rows = total_rows
-        self.names = list(zeros.specs)
+        self.names = residual_names(unet.spec)  # down blocks in order, then mid
+        self.dtypes = {name: unet.input_dtype(name) for name in self.names}
 
     def __call__(self, index: int, sample: np.ndarray, timestep: np.ndarray, feeds: dict,
                  rows: np.ndarray | None) -> dict[str, np.ndarray]:
@@ -73,8 +73,8 @@ class ControlRun:
             else:
                 summed = {name: summed[name] + residuals[name] for name in self.names}
         if summed is None:
-            return self.zeros(index, sample, timestep, feeds, rows)
-        return {name: value.astype(self.zeros.dtypes[name], copy=False) for name, value in summed.items()}
+            return {}  # the UNet's engine feeds zeros
+        return {name: value.astype(self.dtypes[name], copy=False) for name, value in summed.items()}
 
     def _run(self, unit: PreparedUnit, sample, timestep, feeds, active: np.ndarray, scale: np.float32) -> dict:
         engine = unit.engine

@@ -22,8 +22,7 @@ from sdrt.runtime.engines import Engine
 from sdrt.runtime.images import to_control_input
 from sdrt.runtime.integrity import verify_components
 from sdrt.runtime.json_files import read_json
-from sdrt.runtime.residuals import ZeroResiduals
-from sdrt.runtime.manifest import CONTROL_IMAGE, MANIFEST_NAME, Manifest
+from sdrt.runtime.manifest import CONTROL_IMAGE, MANIFEST_NAME, Manifest, residual_names
 
 #: ControlNets whose engines stay loaded (the least recently used goes first; SD 1.5's takes
 #: 1.4 GB in fp32). A request holds its engines until it ends.
@@ -88,12 +87,12 @@ class ControlNetLibrary:
             return self._loaded[path]
 
     def prepare(self, controls: tuple[tuple[ControlUnit, Image.Image], ...], height: int, width: int, first: int,
-                calls: int, guided: bool, rows: int, zeros: ZeroResiduals, warnings: list[str]) -> ControlRun | None:
+                calls: int, guided: bool, rows: int, unet: Engine, warnings: list[str]) -> ControlRun | None:
         """The run's ControlNets: each unit's engine and control image at the image's size,
         and the calls (`calls` from UNet call `first` on) it guides."""
         if not controls:
             return None
-        if not zeros:
+        if not residual_names(unet.spec):
             self.get(controls[0][0].model)  # says the model's UNet takes no residuals
         units = []
         for index, (unit, image) in enumerate(controls):
@@ -106,7 +105,7 @@ class ControlNetLibrary:
             pooled = loaded.manifest.global_pool_conditions  # diffusers runs these in guess mode
             units.append(PreparedUnit(loaded.engine, pixels, float(unit.scale), guidance_window(unit.start, unit.end, calls),
                                       soft=unit.soft or pooled, conditional_only=unit.conditional_only or pooled))
-        return ControlRun(units, zeros, first, guided, rows)
+        return ControlRun(units, unet, first, guided, rows)
 
 
 def _kind(path: Path):

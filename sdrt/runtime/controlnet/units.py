@@ -14,12 +14,13 @@ strongly and when it guides.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from PIL import Image
 
 from sdrt.errors import GenerationError
+from sdrt.runtime.controlnet.preprocess import check_preprocessor
 
 PARAM = "controlnets"
 #: A1111's control mode names -> sdrt's, both accepted (and A1111's indices 0, 1, 2).
@@ -88,10 +89,8 @@ class ControlUnit:
             raise GenerationError(f"{where}: start and end must satisfy 0 <= start < end <= 1, got {self.start} "
                                   f"and {self.end}", PARAM)
         mode = mode_named(self.mode, where)
-        from sdrt.runtime.controlnet.preprocess import check_preprocessor
-
         check_preprocessor(self, where)
-        return self if mode == self.mode else _replace(self, mode=mode)
+        return self if mode == self.mode else replace(self, mode=mode)
 
 
 def mode_named(mode, where: str) -> str:
@@ -105,12 +104,6 @@ def mode_named(mode, where: str) -> str:
                 return name
     choices = ", ".join(f"{name!r} ({title})" for name, title in CONTROL_MODES.items())
     raise GenerationError(f"{where}: unknown control mode {mode!r}; choose one of {choices}", PARAM)
-
-
-def _replace(unit: ControlUnit, **changes) -> ControlUnit:
-    from dataclasses import replace
-
-    return replace(unit, **changes)
 
 
 def check_units(units) -> tuple[ControlUnit, ...]:
