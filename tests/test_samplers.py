@@ -14,7 +14,7 @@ import torch
 from conftest import reference_scheduler
 from sdrt.errors import ConfigError
 from sdrt.runtime.rng import TorchGenerator
-from sdrt.runtime.schedulers import SAMPLER_NAMES, SAMPLERS, sampler_from_config
+from sdrt.runtime.schedulers import SAMPLER_NAMES, SAMPLERS, SCHEDULES, sampler_from_config
 from support.numerics import assert_within_loop_bound
 
 SAMPLE_SHAPE = (2, 4, 8, 12)
@@ -31,13 +31,14 @@ def stand_in_model(model_input: np.ndarray, timestep: float) -> np.ndarray:
     return (np.sin(0.7 * model_input + timestep / 97.0) * 0.9 + 0.05 * model_input).astype(np.float32)
 
 
-def run_both(name: str, config: dict, steps: int, seed: int = 3, last_step_x0: bool = False):
+def run_both(name: str, config: dict, steps: int, seed: int = 3, last_step_x0: bool = False,
+             schedule: str = "automatic"):
     """Both samplers through a whole loop from the same seed: (reference result, ours, the
     reference scheduler, ours, the reference's largest |sample| before each call and at the
     end). With `last_step_x0`, the reference's last step is replaced by its data prediction
     (diffusers' convert_model_output) from that step's model output."""
-    reference = reference_scheduler(name, config)
-    ours = sampler_from_config(name, config)
+    reference = reference_scheduler(name, {**config, **SCHEDULES[schedule].overrides})
+    ours = sampler_from_config(name, config, schedule)
     reference.set_timesteps(steps)
     ours.set_timesteps(steps)
     torch_generator = torch.Generator("cpu").manual_seed(seed)
@@ -214,3 +215,27 @@ def test_pndm_runs_plms_on_a_config_without_skip_prk_steps(sd15_config):
 def test_lcm_steps_are_a_subset_of_its_distillation_schedule(sd15_config):
     with pytest.raises(ConfigError, match=r"steps \(8\) cannot exceed this LCM schedule's original_inference_steps \(6\)"):
         sampler_from_config("lcm", dict(sd15_config, original_inference_steps=6)).set_timesteps(8)
+
+
+SCHEDULE_PAIRS = [(name, schedule) for name in NAMES for schedule in SCHEDULES
+                  if schedule != "automatic" and SCHEDULES[schedule].supports(SAMPLERS[name].cls.config_defaults)
+                  and not set(SCHEDULES[schedule].overrides) & set(SAMPLERS[name].overrides)]
+
+
+@pytest.mark.parametrize("name, schedule", SCHEDULE_PAIRS)
+def test_schedule_types_equal_diffusers_configured_alike(sd15_config, name, schedule):
+    """A1111's schedule types (Karras, Exponential, SGM Uniform) equal the diffusers class with the
+    documented config options."""
+    ref_final, our_final, reference, ours, magnitudes = run_both(name, sd15_config, 12, schedule=schedule)
+    np.testing.assert_allclose(np.asarray(ours.timesteps, dtype=np.float64),
+                               reference.timesteps.numpy().astype(np.float64), rtol=1e-6)
+    assert_within_loop_bound(our_final, ref_final, magnitudes)
+
+
+def test_schedule_types_a_sampler_cannot_take_are_refused(sd15_config):
+    assert ("euler", "karras") in SCHEDULE_PAIRS and ("dpmpp_2m", "exponential") in SCHEDULE_PAIRS
+    for name, schedule, words in (("euler_a", "karras", "does not take"), ("dpmpp_2m_karras", "exponential", "fixes"),
+                                  ("euler", "Align Your Steps", "no diffusers equivalent"),
+                                  ("euler", "warp", "unknown schedule")):
+        with pytest.raises(ConfigError, match=words):
+            sampler_from_config(name, sd15_config, schedule)

@@ -18,7 +18,7 @@ from sdrt.cli.types import FiniteFloat, THREADS
 from sdrt.errors import SdrtError
 from sdrt.runtime.engines import BACKEND_NAMES, DEFAULT_BACKEND
 from sdrt.runtime.request import DEFAULT_GUIDANCE, DEFAULT_STEPS
-from sdrt.runtime.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES
+from sdrt.runtime.schedulers import DEFAULT_SAMPLER, DEFAULT_SCHEDULE, SAMPLER_NAMES, SCHEDULE_NAMES
 
 
 @main.command()
@@ -175,6 +175,8 @@ class _Progress:
 @click.option("--num-images", default=1, show_default=True, type=int, help="Images to generate.")
 @click.option("--sampler", "--scheduler", "sampler", default=DEFAULT_SAMPLER, show_default=True, metavar="NAME",
               help=f"Sampler: {', '.join(SAMPLER_NAMES)} (--scheduler is its earlier name).")
+@click.option("--schedule", default=DEFAULT_SCHEDULE, show_default=True, type=click.Choice(SCHEDULE_NAMES),
+              help="Schedule type (A1111's): the noise levels' spacing, for the samplers that take it.")
 @click.option("--backend", default=DEFAULT_BACKEND, show_default=True, type=click.Choice(BACKEND_NAMES),
               help="cpu or cuda (ONNX Runtime), or tensorrt (engines from `sdrt build`).")
 @click.option("--threads", default=None, type=THREADS, help="CPU threads per engine (default: all cores).")
@@ -196,7 +198,7 @@ class _Progress:
 @embedding_options
 @lora_options
 @controlnet_options
-def generate(prompt, model_dir, negative_prompt, steps, guidance, seed, height, width, num_images, sampler,
+def generate(prompt, model_dir, negative_prompt, steps, guidance, seed, height, width, num_images, sampler, schedule,
              backend, threads, cuda_graph, init_image, mask_image, strength, vae_decoder, preview, out, quiet, as_json,
              refiner,
              refiner_switch, emphasis, clip_skip, plain_prompt, embedding_dirs, embedding_files, loras, lora_dir,
@@ -238,7 +240,7 @@ def generate(prompt, model_dir, negative_prompt, steps, guidance, seed, height, 
 
     request = GenerationRequest(prompt, negative_prompt=negative_prompt, steps=steps, guidance_scale=guidance,
                                 seed=seed, height=height, width=width, num_images=num_images, sampler=sampler,
-                                init_image=init_image, mask_image=mask_image, strength=strength,
+                                schedule=schedule, init_image=init_image, mask_image=mask_image, strength=strength,
                                 size_conditioning=conditioning, refiner_switch=switch, emphasis=emphasis,
                                 clip_skip=clip_skip, plain_prompt=plain_prompt, loras=list(loras),
                                 controlnets=units, vae=vae_decoder)

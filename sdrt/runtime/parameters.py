@@ -25,6 +25,7 @@ def generation_parameters(resolved: ResolvedRequest, model: str, embeddings: dic
         "width": resolved.width,
         "num_images": int(request.num_images),
         "sampler": request.sampler,
+        "schedule": request.schedule,
         "model": model,
     }
     if resolved.image is not None:

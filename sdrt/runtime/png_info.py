@@ -20,7 +20,8 @@ from PIL import Image, PngImagePlugin
 
 from sdrt.errors import SdrtError
 from sdrt.runtime.leftovers import remove_stale
-from sdrt.runtime.schedulers import display_name
+from sdrt.runtime.schedulers import DEFAULT_SCHEDULE, display_name
+from sdrt.runtime.schedulers.schedules import schedule_label
 
 PARAMETERS_KEY = "parameters"
 NEGATIVE_PREFIX = "Negative prompt: "
@@ -43,6 +44,8 @@ def format_parameters(prompt: str, parameters: dict, batch_position: int | None 
     fields = [
         ("Steps", parameters["steps"]),
         ("Sampler", display_name(parameters["sampler"])),
+        *((("Schedule type", schedule_label(parameters["schedule"])),)
+          if parameters.get("schedule", DEFAULT_SCHEDULE) != DEFAULT_SCHEDULE else ()),
         ("CFG scale", parameters["guidance_scale"]),
         ("Seed", parameters["seed"]),
         ("Size", f"{parameters['width']}x{parameters['height']}"),

@@ -21,6 +21,7 @@ from sdrt.runtime.schedulers.heun import HeunDiscreteScheduler
 from sdrt.runtime.schedulers.lcm import LCMScheduler
 from sdrt.runtime.schedulers.lms import LMSDiscreteScheduler
 from sdrt.runtime.schedulers.pndm import PNDMScheduler
+from sdrt.runtime.schedulers.schedules import DEFAULT_SCHEDULE, SCHEDULE_NAMES, SCHEDULES, schedule_overrides
 from sdrt.runtime.schedulers.unipc import UniPCMultistepScheduler
 
 KARRAS = {"use_karras_sigmas": True, "use_exponential_sigmas": False}
@@ -45,8 +46,12 @@ class SamplerEntry:
     def stochastic(self) -> bool:
         return self.cls.stochastic
 
-    def build(self, config: Mapping[str, Any]) -> Scheduler:
-        return self.cls.from_config({**dict(config), **self.overrides})
+    def schedule_overrides(self, schedule: str) -> dict[str, Any]:
+        """The config a schedule type adds to this sampler's (ConfigError if it cannot take it)."""
+        return schedule_overrides(schedule, self.name, self.cls.config_defaults, self.overrides)
+
+    def build(self, config: Mapping[str, Any], schedule: str = DEFAULT_SCHEDULE) -> Scheduler:
+        return self.cls.from_config({**dict(config), **self.overrides, **self.schedule_overrides(schedule)})
 
 
 _ENTRIES = (
@@ -77,9 +82,10 @@ def sampler_entry(name: str) -> SamplerEntry:
         raise ConfigError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLER_NAMES)}") from None
 
 
-def sampler_from_config(name: str, config: Mapping[str, Any]) -> Scheduler:
-    """A sampler by sdrt name ('lms', 'euler', ...) configured from a scheduler_config.json dict."""
-    return sampler_entry(name).build(config)
+def sampler_from_config(name: str, config: Mapping[str, Any], schedule: str = DEFAULT_SCHEDULE) -> Scheduler:
+    """A sampler by sdrt name ('lms', 'euler', ...) configured from a scheduler_config.json dict,
+    with a schedule type (sdrt.runtime.schedulers.schedules) on top."""
+    return sampler_entry(name).build(config, schedule)
 
 
 def display_name(name: str) -> str:
@@ -88,5 +94,5 @@ def display_name(name: str) -> str:
     return entry.display_name if entry else name
 
 
-__all__ = ["DEFAULT_SAMPLER", "DISPLAY_NAMES", "SAMPLERS", "SAMPLER_NAMES", "SamplerEntry", "Scheduler",
+__all__ = ["DEFAULT_SAMPLER", "DEFAULT_SCHEDULE", "SCHEDULES", "SCHEDULE_NAMES", "DISPLAY_NAMES", "SAMPLERS", "SAMPLER_NAMES", "SamplerEntry", "Scheduler",
            "display_name", "sampler_entry", "sampler_from_config"]
