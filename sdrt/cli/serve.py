@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import time
+from pathlib import Path
 
 import click
 
@@ -25,6 +26,10 @@ from sdrt.runtime.engines import BACKEND_NAMES, DEFAULT_BACKEND
 @click.option("--threads", default=None, type=THREADS, help="CPU threads per engine (default: all cores).")
 @click.option("--api-key", default=None, envvar="SDRT_API_KEY",
               help="Require 'Authorization: Bearer KEY' on every route but /health (or $SDRT_API_KEY).")
+@click.option("--api-auth", default=None, envvar="SDRT_API_AUTH", metavar="USER:PASS[,USER:PASS]",
+              help="A1111's --api-auth: also accept HTTP basic with these credentials (or $SDRT_API_AUTH).")
+@click.option("--models-dir", default=None, type=click.Path(file_okay=False),
+              help="Exported models A1111's sd_model_checkpoint (and OpenAI's model) may switch to.")
 @click.option("--max-queue", default=16, show_default=True, type=int, help="Requests admitted; more get 503.")
 @click.option("--concurrency", default=1, show_default=True, type=int, help="Generations at once.")
 @click.option("--timeout", default=300.0, show_default=True, type=FiniteFloat(0, low_open=True),
@@ -52,7 +57,7 @@ from sdrt.runtime.engines import BACKEND_NAMES, DEFAULT_BACKEND
 @click.option("--ray-address", default=None,
               help="With --ray: the cluster to join ('auto' for the one this machine belongs to); "
                    "default: start a local Ray instance.")
-def serve(model_dir, refiner, host, port, backend, threads, api_key, max_queue, concurrency, timeout, max_batch,
+def serve(model_dir, refiner, host, port, backend, threads, api_key, api_auth, models_dir, max_queue, concurrency, timeout, max_batch,
           batch_window_ms, plain_prompts, preview_every, embedding_dirs, embedding_files, lora_dir, lora_cache_mb,
           controlnet_dir, use_ray, replicas, min_replicas, max_replicas, gpus_per_replica, cpus_per_replica, ray_address) -> None:
     """Serve the model over HTTP: OpenAI Images API, AUTOMATIC1111 API, /health, /metrics."""
@@ -68,9 +73,10 @@ def serve(model_dir, refiner, host, port, backend, threads, api_key, max_queue, 
         raise SdrtError("--max-queue, --concurrency and --max-batch must be >= 1, --timeout > 0 "
                         "and --batch-window-ms >= 0")
     settings = ServeSettings(max_queue=max_queue, concurrency=concurrency, timeout_s=timeout, api_key=api_key,
+                             api_auth=parse_api_auth(api_auth),
                              max_batch_images=max_batch, batch_window_s=batch_window_ms / 1000,
                              plain_prompts=plain_prompts, preview_every=preview_every)
-    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+    if host not in ("127.0.0.1", "localhost", "::1") and not (api_key or api_auth):
         click.echo(f"warning: serving on {host} without --api-key: anyone who can reach it can use it", err=True)
     embeddings = embedding_sources(embedding_dirs, embedding_files)
     if use_ray:
@@ -79,11 +85,31 @@ def serve(model_dir, refiner, host, port, backend, threads, api_key, max_queue, 
                           gpus_per_replica=gpus_per_replica, cpus_per_replica=cpus_per_replica), embeddings,
                      dict(lora_dir=lora_dir, lora_cache_mb=lora_cache_mb, controlnet_dir=controlnet_dir))
         return
-    pipeline = Pipeline.load(model_dir, backend=backend, threads=threads, refiner=refiner, embeddings=embeddings,
+    if models_dir is not None and not Path(models_dir).is_dir():
+        raise SdrtError(f"--models-dir {models_dir} is not a folder")
+
+    def load(folder):
+        return Pipeline.load(folder, backend=backend, threads=threads, refiner=refiner, embeddings=embeddings,
                              lora_dir=lora_dir, lora_cache_mb=lora_cache_mb, controlnet_dir=controlnet_dir)
+
+    from sdrt.serve.catalog import ModelCatalog
     from sdrt.serve.http import JsonErrorProtocol
 
-    uvicorn.run(create_app(pipeline, settings), host=host, port=port, log_level="info", http=JsonErrorProtocol)
+    app = create_app(load(model_dir), settings, ModelCatalog(Path(model_dir), models_dir, load))
+    uvicorn.run(app, host=host, port=port, log_level="info", http=JsonErrorProtocol)
+
+
+def parse_api_auth(text: str | None) -> tuple[tuple[str, str], ...]:
+    """A1111's --api-auth "user:pass,user2:pass2"."""
+    if not text:
+        return ()
+    pairs = []
+    for item in text.split(","):
+        user, sep, password = item.strip().partition(":")
+        if not sep or not user or not password:
+            raise SdrtError("--api-auth must be USER:PASSWORD pairs separated by commas")
+        pairs.append((user, password))
+    return tuple(pairs)
 
 
 def serve_on_ray(model_dir, refiner, backend, threads, settings, host, port, address,

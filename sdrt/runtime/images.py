@@ -114,6 +114,15 @@ def to_model_input(image: Image.Image, height: int, width: int) -> np.ndarray:
 MASK_THRESHOLD = 0.5
 
 
+def mask_gray(mask: Image.Image) -> Image.Image:
+    """A mask as 8-bit gray, 255 = repaint: its alpha where it has one, else its luminance."""
+    if mask.mode in ("RGBA", "LA", "PA") or (mask.mode == "P" and "transparency" in mask.info):
+        return mask.convert("RGBA").getchannel("A")
+    if mask.mode in INTEGER_MODE_RANGE:
+        return to_rgb(mask).convert("L")
+    return mask.convert("L")
+
+
 def to_mask_input(mask: Image.Image, image: Image.Image, height: int, width: int) -> np.ndarray:
     """float32 [1, 1, height, width] of 0 (keep) and 1 (repaint)."""
     if mask.size != image.size:
@@ -121,12 +130,7 @@ def to_mask_input(mask: Image.Image, image: Image.Image, height: int, width: int
             f"the mask is {mask.width}x{mask.height} but the image is {image.width}x{image.height}; "
             "they must have the same size"
         )
-    if mask.mode in ("RGBA", "LA", "PA") or (mask.mode == "P" and "transparency" in mask.info):
-        gray = mask.convert("RGBA").getchannel("A")
-    elif mask.mode in INTEGER_MODE_RANGE:
-        gray = to_rgb(mask).convert("L")
-    else:
-        gray = mask.convert("L")
+    gray = mask_gray(mask)
     if gray.size != (width, height):
         gray = gray.resize((width, height), resample=Image.LANCZOS)
     values = np.asarray(gray).astype(np.float32) / np.float32(MAX_8BIT)

@@ -37,6 +37,7 @@ from sdrt.runtime.rng import GeneratorGroup, TorchGenerator
 from sdrt.runtime.schedulers import DEFAULT_SAMPLER, Scheduler, sampler_from_config
 from sdrt.runtime.text_encoders import TextEncoders
 from sdrt.runtime.denoise import GenerationCancelled, denoise_loop
+from sdrt.runtime.inpaint_area import masked_run
 
 # Required besides the text encoders; vae_encoder loads on the first image-to-image request.
 COMPONENTS = ("unet", "vae_decoder")
@@ -213,6 +214,8 @@ class Pipeline:
         drawn and reported in `parameters`. One seed per prompt (text-to-image): each prompt's
         images then equal a call with that prompt and seed alone, which is how a server
         batches requests into one UNet call. `preview` decodes the latents every N steps."""
+        if request.mask_options is not None and request.mask_image is not None:
+            return masked_run(self, request, progress=progress, cancel=cancel, preview=preview)
         started = time.perf_counter()
         warnings: list[str] = []
         resolved = request.resolve(self.manifest)
@@ -270,7 +273,7 @@ class Pipeline:
         return GenerationResult(images, array, {n: hashes[n] for n in conditioning.embeddings}, timings, warnings)
 
     def new_sampler(self, request: GenerationRequest) -> Scheduler:
-        sampler = sampler_from_config(request.sampler, self.scheduler_config)
+        sampler = sampler_from_config(request.sampler, self.scheduler_config, request.schedule)
         try:
             sampler.set_timesteps(request.steps)
         except ConfigError as error:

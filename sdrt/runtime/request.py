@@ -18,9 +18,10 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from sdrt.errors import GenerationError
+from sdrt.errors import ConfigError, GenerationError
 from sdrt.runtime.controlnet.units import PARAM as CONTROLNETS, ControlUnit, check_units
 from sdrt.runtime.images import InputImageError, open_image, target_size
+from sdrt.runtime.inpaint_area import MaskOptions
 from sdrt.runtime.lora.tags import LoraRef, extract_tags
 from sdrt.runtime.lora.weights_map import LoraError
 from sdrt.runtime.manifest import BATCH, HEIGHT, WIDTH, Manifest
@@ -28,7 +29,7 @@ from sdrt.runtime.prompts.emphasis import DEFAULT_EMPHASIS, emphasis_mode
 from sdrt.runtime.prompts.options import TextOptions
 from sdrt.runtime.sdxl import SizeConditioning
 from sdrt.runtime.text import check_text
-from sdrt.runtime.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES, SAMPLERS
+from sdrt.runtime.schedulers import DEFAULT_SAMPLER, DEFAULT_SCHEDULE, SAMPLER_NAMES, SAMPLERS
 
 #: PyTorch's CPU generator keeps the low 32 bits of a seed.
 MAX_SEED = 2**32 - 1
@@ -75,8 +76,10 @@ class GenerationRequest:
     seed: int | Sequence[int] | None = None
     num_images: int = 1
     sampler: str = DEFAULT_SAMPLER
+    schedule: str = DEFAULT_SCHEDULE  # how the sampler spaces its noise levels (schedulers.schedules)
     init_image: "str | Path | bytes | Image.Image | None" = None  # bytes: an encoded image file
     mask_image: "str | Path | bytes | Image.Image | None" = None
+    mask_options: MaskOptions | None = None  # A1111's mask handling (sdrt.runtime.inpaint_area)
     strength: float | None = None
     latents: np.ndarray | None = field(default=None, compare=False)
     size_conditioning: SizeConditioning | None = None
@@ -152,7 +155,9 @@ def check_side(manifest: Manifest, name: str, value) -> None:
         options = " or ".join(str(v) for v in nearest_multiples(value, valid.multiple, valid.min, valid.max))
         raise GenerationError(
             f"{name} {value} is not a multiple of {valid.multiple}, which this model needs: use {options}", name)
-    raise GenerationError(f"{name} {value} is outside this export's range {valid.min}..{valid.max}", name)
+    nearest = min(max(value, valid.min), valid.max)
+    raise GenerationError(f"{name} {value} is outside this export's range {valid.min}..{valid.max}; the nearest valid "
+                          f"{name} is {nearest}", name)
 
 
 def _open(source, param: str) -> Image.Image:
@@ -219,6 +224,8 @@ def _resolve(request: GenerationRequest, manifest: Manifest) -> ResolvedRequest:
             strength = INPAINT_STRENGTH if request.mask_image is not None else IMG2IMG_STRENGTH
         if not isinstance(strength, (int, float)) or not 0 < strength <= 1:
             raise GenerationError(f"strength must be in (0, 1], got {strength}", "strength")
+    if request.mask_options is not None and request.mask_options.check():
+        raise GenerationError(request.mask_options.check(), "mask_options")
     if request.mask_image is not None:
         mask = _open(request.mask_image, "mask_image")
         if mask.size != image.size:
@@ -240,6 +247,10 @@ def _resolve(request: GenerationRequest, manifest: Manifest) -> ResolvedRequest:
     if request.sampler not in SAMPLERS:
         raise GenerationError(f"unknown sampler {request.sampler!r}; choose one of {', '.join(SAMPLER_NAMES)}",
                               "sampler")
+    try:
+        SAMPLERS[request.sampler].schedule_overrides(request.schedule)
+    except ConfigError as error:
+        raise GenerationError(str(error), "schedule") from None
     seeds, per_prompt = _seeds(request, prompts, image is not None)
     batch = len(prompts) * request.num_images
     batch_range = manifest.dims.get(BATCH)

@@ -10,22 +10,28 @@ import io
 from PIL import Image, UnidentifiedImageError
 
 from sdrt.runtime.images import InputImageError, check_pixels
-from sdrt.runtime.schedulers import DEFAULT_SAMPLER, DISPLAY_NAMES, SAMPLERS
+from sdrt.errors import ConfigError
+from sdrt.runtime.schedulers import DEFAULT_SAMPLER, DEFAULT_SCHEDULE, DISPLAY_NAMES, SAMPLERS, display_name
+from sdrt.runtime.schedulers.schedules import schedule_entry
 from sdrt.serve.schemas import RequestError
 
-# A1111 sampler names (lower case) to sdrt's.
+# A1111 sampler names (lower case) to sdrt's; "DPM++ 2M Karras" keeps its own entry.
 A1111_SAMPLERS = {display.lower(): name for display, name in DISPLAY_NAMES.items()}
+#: Older A1111 sampler names carry their schedule: "Euler Karras" is Euler + Karras.
+LEGACY_SCHEDULE_SUFFIXES = {" karras": "karras", " exponential": "exponential"}
 #: GenerationRequest fields -> the field of each API that carries them.
-OPENAI_FIELDS = {"num_images": "n", "sampler": "scheduler", "loras": "prompt", "controlnets": "controlnets",
-                 "vae": "vae"}
+OPENAI_FIELDS = {"num_images": "n", "sampler": "sampler", "loras": "prompt", "controlnets": "controlnets",
+                 "vae": "vae", "schedule": "schedule", "init_image": "image", "mask_image": "mask"}
 #: A1111 `sd_vae` values that pick the tiny VAE (its live previews call TAESD so); any other
 #: value ("Automatic", "None", a VAE file) decodes with the model's own VAE.
 TINY_VAE_NAMES = ("tiny", "taesd", "taesdxl")
+MODEL_VAE_NAMES = ("automatic", "none", "full", "")
 A1111_FIELDS = {"num_images": "batch_size", "guidance_scale": "cfg_scale", "sampler": "sampler_name",
                 "strength": "denoising_strength", "init_image": "init_images", "mask_image": "mask",
                 "refiner_switch": "refiner_switch_at", "clip_skip": "override_settings.CLIP_stop_at_last_layers",
                 "emphasis": "override_settings.emphasis", "loras": "prompt",
-                "controlnets": "alwayson_scripts.controlnet.args", "vae": "override_settings.sd_vae"}
+                "controlnets": "alwayson_scripts.controlnet.args", "vae": "override_settings.sd_vae",
+                "schedule": "scheduler", "mask_options": "mask"}
 #: What A1111 clients send for "no refiner" and "no ControlNet model".
 NO_REFINER = NO_MODEL = ("", "none")
 
@@ -59,20 +65,29 @@ def decode_image(data: str, param: str) -> bytes:
     return raw
 
 
-def sdrt_sampler(sampler: str | None, schedule_type: str | None) -> str:
-    """The sdrt sampler for A1111's sampler name and schedule type ("Karras" picks the Karras
-    variant where there is one); sdrt names are accepted too."""
+def sdrt_sampler(sampler: str | None, schedule_type: str | None) -> tuple[str, str]:
+    """(sdrt sampler, schedule type) for A1111's sampler name and schedule type: "DPM++ 2M" +
+    "Karras" is DPM++ 2M with Karras sigmas, as is the older name "DPM++ 2M Karras"; sdrt's own
+    names are accepted too. A pair sdrt cannot run is refused by the request's check."""
+    schedule = DEFAULT_SCHEDULE
+    if schedule_type is not None and schedule_type.strip():
+        try:
+            schedule = schedule_entry(schedule_type).name
+        except ConfigError as error:
+            raise RequestError(400, f"scheduler: {error}", "scheduler") from None
     if sampler is None:
-        return DEFAULT_SAMPLER
-    name = sampler.lower()
-    if schedule_type and schedule_type.lower() == "karras" and not name.endswith("karras"):
-        name += " karras"
+        return DEFAULT_SAMPLER, schedule
+    name = sampler.strip().lower()
+    for suffix, implied in LEGACY_SCHEDULE_SUFFIXES.items():  # "DPM++ 2M Karras": the older A1111 names
+        if name.endswith(suffix) and name not in A1111_SAMPLERS and name not in SAMPLERS:
+            name = name[: -len(suffix)]
+            schedule = implied if schedule == DEFAULT_SCHEDULE else schedule
     if name in SAMPLERS:
-        return name
+        return name, schedule
     if name not in A1111_SAMPLERS:
-        raise RequestError(400, f"unknown sampler {sampler!r}; choose one of {', '.join(DISPLAY_NAMES)}",
-                           "sampler_name")
-    return A1111_SAMPLERS[name]
+        raise RequestError(400, f"unknown sampler {sampler!r}; choose one of {', '.join(DISPLAY_NAMES)} "
+                           "(GET /sdapi/v1/samplers)", "sampler_name")
+    return A1111_SAMPLERS[name], schedule
 
 
 def refiner_switch(pipeline, checkpoint: str | None, switch_at: float) -> float | None:
@@ -98,9 +113,8 @@ def control_units(body, init_image: bytes | None) -> list:
     extension's " [hash]" suffix."""
     from sdrt.runtime.controlnet.units import ControlUnit
 
-    scripts = body.alwayson_scripts.controlnet
     units = []
-    for index, unit in enumerate(scripts.args if scripts is not None else ()):
+    for index, unit in enumerate(body.controlnet_units()):
         model = unit.model.split(" [", 1)[0].strip()
         if not unit.enabled or model.lower() in NO_MODEL:
             continue
@@ -117,8 +131,15 @@ def control_units(body, init_image: bytes | None) -> list:
     return units
 
 
-def a1111_vae(sd_vae: str) -> str:
-    return "tiny" if sd_vae.strip().lower() in TINY_VAE_NAMES else "full"
+def a1111_vae(sd_vae: str, param: str) -> str:
+    """The decoder for A1111's sd_vae: the model's own ("Automatic", "None") or the tiny VAE."""
+    name = sd_vae.strip().lower()
+    if name in TINY_VAE_NAMES:
+        return "tiny"
+    if name in MODEL_VAE_NAMES:
+        return "full"
+    raise RequestError(400, f"{param}: sdrt decodes with the model's own VAE (Automatic) or its tiny VAE (TAESD), "
+                       f"not {sd_vae[:100]!r} (GET /sdapi/v1/sd-vae)", param)
 
 
 def _is_path(name: str) -> bool:
@@ -148,3 +169,33 @@ def check_lora_tags(prompt: str, param: str) -> None:
         if _is_path(ref.source):
             raise RequestError(400, f"{param}: <lora:...> names a LoRA of this server (GET /sdapi/v1/loras), not a "
                                f"path: {ref.source[:100]!r}", param)
+
+
+#: The eta each sdrt sampler runs with, where eta means something: ancestral samplers add all
+#: their noise (A1111's eta 1), DDIM adds none (eta 0). Other samplers take no eta, in A1111 too.
+SAMPLER_ETA = {"euler_a": 1.0, "ddim": 0.0}
+
+
+def check_eta(sampler: str, eta: float | None) -> None:
+    if eta is None or sampler not in SAMPLER_ETA or eta == SAMPLER_ETA[sampler]:
+        return
+    raise RequestError(400, f"eta: {display_name(sampler)} runs with eta {SAMPLER_ETA[sampler]:g} only, got {eta:g}",
+                       "eta")
+
+
+#: A1111's inpainting_fill values sdrt honours -> sdrt.runtime.inpaint_area fills.
+INPAINTING_FILLS = {0: "fill", 1: "original"}
+
+
+def a1111_mask_options(body):
+    """A1111's mask fields as sdrt's MaskOptions (A1111 always pastes the original back)."""
+    from sdrt.runtime.inpaint_area import MaskOptions
+
+    if body.inpainting_fill not in INPAINTING_FILLS:
+        raise RequestError(400, "inpainting_fill: 2 (latent noise) and 3 (latent nothing) are not supported; use 0 "
+                           "(fill) or 1 (original)", "inpainting_fill")
+    blur_x = body.mask_blur_x if body.mask_blur is None else body.mask_blur
+    blur_y = body.mask_blur_y if body.mask_blur is None else body.mask_blur
+    return MaskOptions(invert=bool(body.inpainting_mask_invert), blur_x=blur_x, blur_y=blur_y,
+                       fill=INPAINTING_FILLS[body.inpainting_fill], only_masked=bool(body.inpaint_full_res),
+                       padding=body.inpaint_full_res_padding, paste_back=True)

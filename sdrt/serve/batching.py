@@ -21,7 +21,7 @@ from sdrt.runtime.pipeline import GenerationResult
 from sdrt.runtime.request import GenerationRequest
 
 # The per-request settings that must agree for requests to share a UNet call.
-SHARED_SETTINGS = ("steps", "guidance_scale", "sampler", "num_images", "size_conditioning", "refiner_switch",
+SHARED_SETTINGS = ("steps", "guidance_scale", "sampler", "schedule", "num_images", "size_conditioning", "refiner_switch",
                    "emphasis", "clip_skip", "plain_prompt", "vae")
 UNBATCHABLE = ("init_image", "mask_image", "latents")
 
@@ -36,6 +36,7 @@ class Job:
     future: asyncio.Future
     cancel: threading.Event = field(default_factory=threading.Event)
     batch: list["Job"] = field(default_factory=list)  # set when a worker takes it
+    stopped_by: str | None = None  # "interrupt" or "skip" (A1111's /interrupt, /skip) when one stopped it
 
     @property
     def images(self) -> int:

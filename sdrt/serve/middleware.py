@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 import hmac
 import json
 import os
@@ -27,12 +28,22 @@ async def send_json(send, status: int, payload: dict, headers: list | None = Non
 
 
 class Guard:
-    """ASGI middleware, outermost: the bearer-token check (all routes but /health) and the
-    request count by route and status. Plain ASGI, so disconnects reach the endpoints."""
+    """ASGI middleware, outermost: the credentials check (all routes but /health) and the
+    request count by route and status. Plain ASGI, so disconnects reach the endpoints. With an
+    API key and/or A1111's --api-auth pairs, a request needs `Authorization: Bearer KEY` or
+    HTTP basic with one of the pairs (what webuiapi's set_auth sends)."""
 
-    def __init__(self, app, service: "Service", api_key: str | None, routes: list):
+    def __init__(self, app, service: "Service", api_key: str | None, routes: list,
+                 api_auth: tuple[tuple[str, str], ...] = ()):
         self.app, self.service, self.api_key, self.routes = app, service, api_key, routes
-        self.expected = f"Bearer {api_key}".encode() if api_key else b""
+        self.accepted = [f"Bearer {api_key}".encode()] if api_key else []
+        self.accepted += [b"Basic " + base64.b64encode(f"{user}:{password}".encode()) for user, password in api_auth]
+        self.challenge = [(b"www-authenticate", b'Basic realm="sdrt"')] if api_auth else []
+
+    def authorized(self, scope) -> bool:
+        given = dict(scope.get("headers", [])).get(b"authorization", b"")
+        # Every candidate is compared (constant time each), so timing says nothing of which matched.
+        return sum(hmac.compare_digest(given, expected) for expected in self.accepted) > 0
 
     def label(self, scope) -> str:
         """The route template a request matches (the metrics label): a bounded set of values,
@@ -46,13 +57,12 @@ class Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         route = scope["path"]
-        if self.api_key and route not in OPEN_ROUTES:
-            headers = dict(scope.get("headers", []))
-            if not hmac.compare_digest(headers.get(b"authorization", b""), self.expected):  # constant time
-                self.service.metrics.count_request(self.label(scope), 401)
-                await send_json(send, 401, error_body("a valid bearer token is required", None,
-                                                      "authentication_error"))
-                return
+        if self.accepted and route not in OPEN_ROUTES and not self.authorized(scope):
+            self.service.metrics.count_request(self.label(scope), 401)
+            what = "a valid bearer token" if not self.challenge else "valid credentials (HTTP basic or bearer token)"
+            await send_json(send, 401, error_body(f"{what} is required", None, "authentication_error"),
+                            self.challenge)
+            return
         status = 500
 
         async def counting_send(message):

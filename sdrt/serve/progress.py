@@ -24,10 +24,12 @@ class Progress:
         self.job_timestamp = "0"
         self.image: Image.Image | None = None
         self.image_step = 0
+        self.flags = {"interrupted": False, "skipped": False}
 
     def begin(self) -> None:
         with self._lock:
             self.step, self.total, self.image, self.image_step = 0, 0, None, 0
+            self.flags = {"interrupted": False, "skipped": False}
             self.started = time.monotonic()
             self.job_timestamp = datetime.now().strftime("%Y%m%d%H%M%S")
 
@@ -39,6 +41,11 @@ class Progress:
         with self._lock:
             self.image, self.image_step = images[0], step
 
+    def stopped(self, kind: str) -> None:
+        """A1111's state flags: the running job was interrupted or skipped."""
+        with self._lock:
+            self.flags = {**self.flags, ("interrupted" if kind == "interrupt" else "skipped"): True}
+
     def end(self) -> None:
         with self._lock:
             self.step, self.total, self.started, self.image = 0, 0, None, None
@@ -47,14 +54,14 @@ class Progress:
         """A1111's response; `encode` makes a base64 PNG of an image."""
         with self._lock:
             step, total, started, image = self.step, self.total, self.started, self.image
-            timestamp = self.job_timestamp
+            timestamp, flags = self.job_timestamp, dict(self.flags)
         fraction = step / total if total else 0.0
         elapsed = time.monotonic() - started if started is not None else 0.0
         eta = elapsed / fraction - elapsed if fraction > 0 else None
         return {
             "progress": fraction,
             "eta_relative": eta if eta is not None else 0.0,
-            "state": {"skipped": False, "interrupted": False, "job": "txt2img" if started is not None else "",
+            "state": {**flags, "job": "txt2img" if started is not None else "",
                       "job_count": admitted, "job_timestamp": timestamp, "job_no": 0, "sampling_step": step,
                       "sampling_steps": total},
             "current_image": None if image is None or skip_current_image else encode(image),

@@ -6,8 +6,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
-from sdrt.runtime.prompts.emphasis import DEFAULT_EMPHASIS
-from sdrt.runtime.request import DEFAULT_GUIDANCE, MAX_CLIP_SKIP, MAX_SEED
+from sdrt.runtime.request import DEFAULT_GUIDANCE, MAX_SEED
 
 API_KEY_ENV = "SDRT_API_KEY"
 OPEN_ROUTES = {"/health"}
@@ -28,6 +27,7 @@ class ServeSettings:
     retry_after_s: int = 5
     api_key: str | None = None
     plain_prompts: bool = False  # the OpenAI route reads prompts as plain text, not A1111's prompt language
+    api_auth: tuple[tuple[str, str], ...] = ()  # A1111's --api-auth: HTTP basic (user, password) pairs
     preview_every: int = 0  # steps between previews for /sdapi/v1/progress's current_image (0: none)
 
 
@@ -37,6 +37,18 @@ class RequestError(Exception):
     def __init__(self, status: int, message: str, param: str | None = None):
         super().__init__(message)
         self.status, self.message, self.param = status, message, param
+
+
+#: OpenAI fields sdrt answers only with these values (None: not sent).
+OPENAI_NEUTRAL = {
+    "response_format": (("b64_json",), "only b64_json is supported (sdrt keeps no image URLs)"),
+    "quality": ((None, "auto", "standard"), "quality levels are not supported; steps set the quality"),
+    "style": ((None,), "styles are not supported; describe the style in the prompt"),
+    "background": ((None, "auto", "opaque"), "transparent backgrounds are not supported"),
+    "moderation": ((None, "auto", "low"), "sdrt runs no moderation model"),
+    "output_format": ((None, "png"), "only png is supported"),
+    "output_compression": ((None, 100), "only lossless png is supported"),
+}
 
 
 def error_body(message: str, param: str | None, kind: str = "invalid_request_error") -> dict:
@@ -82,73 +94,35 @@ class ControlNetField(Body):
 
 
 class OpenAIImageRequest(Body):
+    """OpenAI's image request, plus sdrt's extension fields (steps, seed, sampler, ...). Fields
+    OpenAI defines that sdrt cannot honour are refused unless neutral (check)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
     prompt: StrictStr
     n: int = Field(1, ge=1)
     size: StrictStr | None = None
     response_format: StrictStr = "b64_json"
     model: StrictStr | None = None
+    user: StrictStr | None = None  # the end user's id, for the caller's own records
+    quality: StrictStr | None = None
+    style: StrictStr | None = None
+    background: StrictStr | None = None
+    moderation: StrictStr | None = None
+    output_format: StrictStr | None = None
+    output_compression: int | None = None
     negative_prompt: StrictStr | None = None
     steps: int = Field(30, ge=1)
     guidance_scale: float = Field(DEFAULT_GUIDANCE, ge=0)
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
     sampler: StrictStr | None = None
     scheduler: StrictStr | None = None  # sampler's earlier name, still accepted
+    schedule: StrictStr = "automatic"
+    strength: float | None = Field(None, gt=0, le=1)  # edits and variations
     controlnets: list[ControlNetField] = Field(default_factory=list)  # sdrt's extension
     vae: StrictStr = "full"  # sdrt's extension: "tiny" decodes with the tiny VAE
 
-
-class A1111Overrides(Body):
-    """A1111 options a request may override; the prompt-reading ones are honoured."""
-
-    CLIP_stop_at_last_layers: int = Field(1, ge=1, le=MAX_CLIP_SKIP)
-    emphasis: StrictStr = DEFAULT_EMPHASIS
-    sd_vae: StrictStr = "Automatic"  # "TAESD" (or "tiny") picks the tiny VAE; others the model's
-
-
-class A1111ControlNetUnit(Body):
-    """One unit of the A1111 ControlNet extension's `alwayson_scripts.controlnet.args`."""
-
-    enabled: bool = True
-    image: StrictStr | dict | None = None  # base64; or {"image": ..., "mask": ...}
-    input_image: StrictStr | None = None  # the extension's older name of `image`
-    module: StrictStr = "none"
-    model: StrictStr = "None"
-    weight: float = Field(1.0, ge=0)
-    guidance_start: float = Field(0.0, ge=0, le=1)
-    guidance_end: float = Field(1.0, ge=0, le=1)
-    control_mode: StrictStr | int = "Balanced"
-    threshold_a: float = 100.0  # canny's low threshold
-    threshold_b: float = 200.0  # canny's high threshold
-
-
-class A1111ControlNetArgs(Body):
-    args: list[A1111ControlNetUnit] = Field(default_factory=list)
-
-
-class A1111Scripts(Body):
-    controlnet: A1111ControlNetArgs | None = None
-
-
-class A1111Txt2ImgRequest(Body):
-    prompt: StrictStr = ""
-    negative_prompt: StrictStr = ""
-    steps: int = Field(20, ge=1)
-    cfg_scale: float = Field(7.0, ge=0)
-    seed: int = Field(-1, ge=-1, le=MAX_SEED)
-    width: int | None = Field(None, ge=1)
-    height: int | None = Field(None, ge=1)
-    batch_size: int = Field(1, ge=1)
-    n_iter: int = Field(1, ge=1)
-    sampler_name: StrictStr | None = None
-    sampler_index: StrictStr | None = None
-    scheduler: StrictStr | None = None
-    refiner_checkpoint: StrictStr | None = None  # the served refiner's name; None, "" or "None": no refiner
-    refiner_switch_at: float = Field(0.8, gt=0, le=1)  # 1: the refiner never takes over
-    override_settings: A1111Overrides = Field(default_factory=lambda: A1111Overrides())
-    alwayson_scripts: A1111Scripts = Field(default_factory=lambda: A1111Scripts())
-
-
-class A1111Img2ImgRequest(A1111Txt2ImgRequest):
-    init_images: list[StrictStr] = Field(min_length=1)
-    denoising_strength: float = Field(0.75, gt=0, le=1)
-    mask: StrictStr | None = None
+    def check(self) -> None:
+        for field, (allowed, why) in OPENAI_NEUTRAL.items():
+            if getattr(self, field) not in allowed:
+                raise RequestError(400, f"{field}: {why}", field)

@@ -23,6 +23,14 @@ from sdrt.serve.schemas import RequestError, ServeSettings
 POLL_S = 0.05
 
 
+class Stopped(Exception):
+    """A generation stopped by A1111's /interrupt or /skip (`kind`), not by its client."""
+
+    def __init__(self, kind: str):
+        super().__init__(kind)
+        self.kind = kind
+
+
 class Request(Protocol):
     """What the service needs of an HTTP request: whether its client is still there."""
 
@@ -55,8 +63,36 @@ class Service:
         self._pending: list[Job] = []
         self._wakeup: asyncio.Event | None = None
         self._workers: list[asyncio.Task] = []
-        batch_range = pipeline.manifest.dims.get("batch")
-        self.max_batch_images = min(settings.max_batch_images, batch_range.max if batch_range else 1)
+        self._running: list[Job] = []
+        # Held while a batch runs and while the served model is replaced (switch_model).
+        self._model_lock = threading.Lock()
+        self._set_batch_limit()
+
+    def _set_batch_limit(self) -> None:
+        batch_range = self.pipeline.manifest.dims.get("batch")
+        self.max_batch_images = min(self.settings.max_batch_images, batch_range.max if batch_range else 1)
+
+    async def switch_model(self, load) -> None:
+        """Serve the pipeline `load()` returns from now on: loaded once the running batch is done,
+        while waiting requests wait (A1111's checkpoint switch)."""
+        def switch():
+            with self._model_lock:
+                pipeline = load()
+                self.pipeline = pipeline
+                self._set_batch_limit()
+
+        await asyncio.to_thread(switch)
+
+    def stop_running(self, kind: str) -> int:
+        """Stops the running generations at their next step (A1111's /interrupt and /skip);
+        their requests raise Stopped(kind). Returns how many were stopped."""
+        running = [job for job in self._running if not job.cancel.is_set()]
+        for job in running:
+            job.stopped_by = kind
+            job.cancel.set()
+        if running:
+            self.progress.stopped(kind)
+        return len(running)
 
     @property
     def admitted(self) -> int:
@@ -101,6 +137,8 @@ class Service:
             self.metrics.observe("request", time.monotonic() - arrived)
             if isinstance(outcome, BaseException):
                 raise outcome
+            if outcome is None and job.stopped_by is not None:
+                raise Stopped(job.stopped_by)
             return outcome
         finally:
             with self._admit_lock:
@@ -136,15 +174,22 @@ class Service:
                 take_compatible(self._pending, batch, self.max_batch_images)
             self.metrics.in_flight += len(batch)
             self.metrics.observe_batch(len(batch))
+            self._running.extend(batch)
             try:
-                outcomes = await asyncio.to_thread(self._run, batch)
+                outcomes = await asyncio.to_thread(self._run_locked, batch)
             except BaseException as error:  # noqa: BLE001 - answered to the requests, never lost
                 outcomes = [error] * len(batch)
             finally:
                 self.metrics.in_flight -= len(batch)
+                for job in batch:
+                    self._running.remove(job)
             for job, outcome in zip(batch, outcomes):
                 if not job.future.done():
                     job.future.set_result(outcome)
+
+    def _run_locked(self, batch: list[Job]) -> list[Any]:
+        with self._model_lock:
+            return self._run(batch)
 
     def _run(self, batch: list[Job]) -> list[Any]:
         """Outcomes for a batch: GenerationResult, None (cancelled) or the exception. A batch

@@ -1,0 +1,225 @@
+"""A1111's routes around generation: what webuiapi and A1111 scripts list, set and stop
+(samplers, schedulers, sd-models, options, interrupt, skip, sd-vae, upscalers, ...). The
+generation routes themselves are in sdrt.serve.app."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import os
+
+from fastapi import Body as RawBody
+from fastapi import FastAPI
+from PIL import Image, UnidentifiedImageError
+
+from sdrt.runtime.png_info import PARAMETERS_KEY, parse_parameters
+from sdrt.runtime.schedulers import SAMPLERS
+from sdrt.runtime.schedulers.schedules import SCHEDULES
+from sdrt.serve.a1111_options import MODEL_OPTION
+from sdrt.serve.schemas import RequestError
+from sdrt.serve.a1111 import png_base64
+from sdrt.serve.upscale import UPSCALERS, upscale_request
+
+#: /proc/meminfo's fields (kB) that /sdapi/v1/memory reports.
+MEMINFO = "/proc/meminfo"
+KIB = 1024
+
+
+def _memory() -> dict:
+    fields = {}
+    try:
+        with open(MEMINFO, encoding="ascii") as file:
+            for line in file:
+                key, _, value = line.partition(":")
+                fields[key] = int(value.split()[0]) * KIB
+    except (OSError, ValueError, IndexError):
+        return {"ram": {"error": "memory figures are not available on this system"}}
+    total, free = fields.get("MemTotal", 0), fields.get("MemAvailable", 0)
+    return {"ram": {"free": free, "used": total - free, "total": total},
+            "cuda": {"error": "see the backend's own tools (sdrt reports no device memory here)"}}
+
+
+def add_a1111_routes(app: FastAPI, service, catalog, settings) -> None:
+    """`app.state.options` holds the A1111 options (sdrt.serve.a1111_options.A1111Options)."""
+
+    def current_model():
+        models = catalog.models()
+        return next((m for m in models if catalog.is_served(m, service.pipeline.folder)), models[0])
+
+    @app.get("/sdapi/v1/embeddings")
+    async def embeddings():
+        """A1111's listing: the loaded textual-inversion embeddings, and those skipped with why."""
+        found = service.pipeline.text_encoders.embeddings
+        loaded = {e.name: {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None,
+                           "shape": int(next(iter(e.vectors.values())).shape[1]), "vectors": e.count}
+                  for e in found.loaded}
+        skipped = {name: {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None, "shape": None,
+                          "vectors": None, "reason": reason} for name, reason in found.skipped.items()}
+        return {"loaded": loaded, "skipped": skipped}
+
+    @app.get("/sdapi/v1/loras")
+    async def loras():
+        """A1111's listing: the LoRAs of --lora-dir that <lora:NAME:WEIGHT> tags can name."""
+        from sdrt.runtime.safetensors_files import SafetensorsError, read_metadata
+
+        listed = []
+        for name, path in service.pipeline.loras.library.names().items():
+            try:
+                metadata = read_metadata(path) if path.suffix.lower() == ".safetensors" else {}
+            except (SafetensorsError, OSError):
+                metadata = {}
+            listed.append({"name": name, "alias": name, "path": str(path), "metadata": metadata})
+        return listed
+
+    @app.post("/sdapi/v1/refresh-loras")
+    async def refresh_loras():
+        """The folder is read at every request; nothing to refresh (A1111 clients call it)."""
+        return None
+
+    @app.get("/sdapi/v1/progress")
+    async def progress(skip_current_image: bool = False):
+        """A1111's progress of the running generation (current_image: with --preview-every)."""
+        return service.progress.report(service.admitted, skip_current_image, png_base64)
+
+    @app.get("/controlnet/model_list")
+    async def controlnet_models():
+        """The A1111 ControlNet extension's listing: the exported ControlNets of --controlnet-dir."""
+        return {"model_list": list(service.pipeline.controlnets.names())}
+
+    @app.get("/controlnet/module_list")
+    async def controlnet_modules():
+        from sdrt.runtime.controlnet.preprocess import PREPROCESSORS
+
+        return {"module_list": list(PREPROCESSORS)}
+
+    @app.get("/sdapi/v1/samplers")
+    async def samplers():
+        return [{"name": entry.display_name, "aliases": [entry.name], "options": {}} for entry in SAMPLERS.values()]
+
+    @app.get("/sdapi/v1/schedulers")
+    async def schedulers():
+        return [{"name": entry.name, "label": entry.label, "aliases": None, "default_rho": -1,
+                 "need_inner_model": False} for entry in SCHEDULES.values()]
+
+    @app.get("/sdapi/v1/sd-models")
+    async def sd_models():
+        return [model.describe() for model in catalog.models()]
+
+    @app.post("/sdapi/v1/refresh-checkpoints")
+    async def refresh_checkpoints():
+        return None  # the models folder is read at every listing
+
+    @app.get("/sdapi/v1/options")
+    async def get_options():
+        model = current_model()
+        return app.state.options.report(model.title, model.sha256 or None, settings.preview_every)
+
+    @app.post("/sdapi/v1/options")
+    async def set_options(changes: dict = RawBody(...)):
+        options = app.state.options.changed(changes, "options")
+        if MODEL_OPTION in changes:
+            await switch_to(changes[MODEL_OPTION], f"options.{MODEL_OPTION}")
+        app.state.options = options
+        return None
+
+    async def switch_to(name, param: str):
+        """Serves the model A1111 names `name` from now on (no-op when it is served already)."""
+        model = catalog.find(name) if isinstance(name, str) else None
+        if model is None:
+            raise RequestError(400, f"{param}: no model {name!r}; this server has {catalog.describe_choices()} "
+                               "(GET /sdapi/v1/sd-models)", param)
+        if not catalog.is_served(model, service.pipeline.folder):
+            await service.switch_model(lambda: catalog.load(model.folder))
+
+    app.state.switch_model = switch_to
+
+    @app.post("/sdapi/v1/interrupt")
+    async def interrupt():
+        service.stop_running("interrupt")
+        return None
+
+    @app.post("/sdapi/v1/skip")
+    async def skip():
+        service.stop_running("skip")
+        return None
+
+    @app.get("/sdapi/v1/sd-vae")
+    async def sd_vae():
+        if service.pipeline.manifest.tiny_vae is None:
+            return []
+        return [{"model_name": "TAESD", "filename": "vae_decoder_tiny"}]
+
+    @app.post("/sdapi/v1/refresh-vae")
+    async def refresh_vae():
+        return None
+
+    @app.get("/sdapi/v1/upscalers")
+    async def upscalers():
+        return [{"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
+                for name in UPSCALERS]
+
+    @app.get("/sdapi/v1/latent-upscale-modes")
+    async def latent_upscale_modes():
+        return []  # no hires fix yet (enable_hr is refused)
+
+    @app.post("/sdapi/v1/extra-single-image")
+    async def extra_single_image(body: dict = RawBody(...)):
+        image, info = upscale_request(body)
+        return {"image": png_base64(image), "html_info": info}
+
+    @app.post("/sdapi/v1/png-info")
+    async def png_info(body: dict = RawBody(...)):
+        data = body.get("image")
+        if not isinstance(data, str):
+            raise RequestError(400, "image must be a base64-encoded image", "image")
+        try:
+            with Image.open(io.BytesIO(base64.b64decode(data.split(",", 1)[-1], validate=True))) as picture:
+                text = picture.info.get(PARAMETERS_KEY)
+        except (binascii.Error, ValueError, UnidentifiedImageError, OSError, Image.DecompressionBombError):
+            raise RequestError(400, "image is not a base64-encoded image", "image") from None
+        if text is None:
+            return {"info": "", "items": {}, "parameters": {}}
+        return {"info": text, "items": {PARAMETERS_KEY: text}, "parameters": parse_parameters(text)}
+
+    @app.get("/sdapi/v1/memory")
+    async def memory():
+        return _memory()
+
+    @app.get("/sdapi/v1/cmd-flags")
+    async def cmd_flags():
+        return {"api": True, "nowebui": True, "api_auth": bool(settings.api_auth), "api_key": bool(settings.api_key),
+                "ckpt_dir": str(catalog.models_dir) if catalog.models_dir else None,
+                "ckpt": str(catalog.first), "lora_dir": _folder(service.pipeline.loras.library),
+                "controlnet_dir": _folder(service.pipeline.controlnets), "backend": service.pipeline.backend.name, "max_queue": settings.max_queue,
+                "concurrency": settings.concurrency, "preview_every": settings.preview_every, "pid": os.getpid()}
+
+    @app.get("/sdapi/v1/scripts")
+    async def scripts():
+        names = ["controlnet"] if service.pipeline.controlnets.names() else []
+        return {"txt2img": names, "img2img": list(names)}
+
+    @app.get("/sdapi/v1/script-info")
+    async def script_info():
+        return []
+
+    @app.get("/sdapi/v1/prompt-styles")
+    async def prompt_styles():
+        return []
+
+    @app.get("/sdapi/v1/hypernetworks")
+    async def hypernetworks():
+        return []
+
+    @app.get("/sdapi/v1/face-restorers")
+    async def face_restorers():
+        return []
+
+    @app.get("/sdapi/v1/realesrgan-models")
+    async def realesrgan_models():
+        return []
+
+
+def _folder(library) -> str | None:
+    folder = getattr(library, "folder", None)
+    return None if folder is None else str(folder)

@@ -1,0 +1,311 @@
+"""`sdrt serve` driven by the clients people already use (A1111's `webuiapi`, the official
+`openai` client) and the A1111 calls around generation: listings, options, model switching,
+interrupt/skip, HTTP basic auth, refusals of what sdrt cannot honour, A1111's mask handling,
+OpenAI edits/variations. Images are compared with the pipeline's own results for the same
+settings (the pipeline itself equals diffusers: test_pipeline, test_inpaint)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from sdrt.runtime.pipeline import Pipeline
+from sdrt.serve.app import ServeSettings, create_app
+from sdrt.serve.catalog import ModelCatalog
+from test_serve import SlowPipeline, decode_png, live_server, png_b64
+
+PROMPT = "a photo of a cat"
+USER, PASSWORD = "ann", "s3cret"
+A1111_CFG = 7.0  # A1111's default cfg_scale (sdrt's own default is diffusers' 7.5)
+
+
+@pytest.fixture(scope="module")
+def served(exported_tiny, tmp_path_factory):
+    """A server with basic auth and a models folder of two exports; yields (url, pipelines)."""
+    first, second = exported_tiny("standard"), exported_tiny("v_prediction")
+    models = tmp_path_factory.mktemp("models")
+    (models / "second").symlink_to(second, target_is_directory=True)
+    pipelines = {first.resolve(): Pipeline.load(first), second.resolve(): Pipeline.load(second)}
+    catalog = ModelCatalog(first, models, lambda folder: pipelines[folder.resolve()])
+    app = create_app(pipelines[first.resolve()], ServeSettings(api_auth=((USER, PASSWORD),)), catalog)
+    with live_server(app) as url:
+        yield url, pipelines[first.resolve()], pipelines[second.resolve()]
+
+
+def client(url, auth=(USER, PASSWORD)):
+    return httpx.Client(base_url=url, auth=auth, timeout=60)
+
+
+def webui(url):
+    import webuiapi
+
+    host, port = url.rsplit("//", 1)[1].split(":")
+    api = webuiapi.WebUIApi(host=host, port=int(port), username=USER, password=PASSWORD, steps=2)
+    return api
+
+
+def test_webuiapi_lists_switches_and_generates(served):
+    url, first, second = served
+    api = webui(url)
+    api.util_wait_for_ready(check_interval=0.1)
+    assert "Euler a" in api.util_get_sampler_names() and "karras" in api.util_get_scheduler_names()
+    names = api.util_get_model_names()
+    assert len(names) == 2 and any(name.startswith("second [") for name in names)
+    # webuiapi sends every A1111 field, at A1111's defaults: all must be accepted.
+    result = api.txt2img(prompt=PROMPT, seed=5, width=64, height=64, cfg_scale=7.0)
+    expected = first.generate(PROMPT, steps=2, seed=5, sampler="euler_a", height=64, width=64, guidance_scale=7.0)
+    np.testing.assert_array_equal(np.asarray(result.image), np.asarray(expected.images[0]))
+    assert result.info["sd_model_name"] == first.folder.name
+    api.util_set_model("second")
+    try:
+        assert api.util_get_current_model().startswith("second [")
+        result = api.txt2img(prompt=PROMPT, seed=5, width=64, height=64)
+        expected = second.generate(PROMPT, steps=2, seed=5, sampler="euler_a", height=64, width=64, guidance_scale=7.0)
+        np.testing.assert_array_equal(np.asarray(result.image), np.asarray(expected.images[0]))
+    finally:
+        api.util_set_model(first.folder.name)
+    assert api.util_get_current_model().startswith(first.folder.name)
+    for listing in (api.get_upscalers(), api.get_sd_vae(), api.get_prompt_styles(), api.get_memory(),
+                    api.get_cmd_flags(), api.get_scripts(), api.get_hypernetworks(), api.get_face_restorers(),
+                    api.get_latent_upscale_modes(), api.get_embeddings(), api.get_loras()):
+        assert listing is not None
+
+
+def test_basic_auth_is_required(served):
+    url = served[0]
+    response = httpx.get(f"{url}/sdapi/v1/samplers")
+    assert response.status_code == 401 and response.headers["www-authenticate"].startswith("Basic")
+    assert httpx.get(f"{url}/sdapi/v1/samplers", auth=(USER, "wrong")).status_code == 401
+    assert httpx.get(f"{url}/health").status_code == 200
+
+
+def test_sampler_and_schedule_type_pairs(served):
+    url, first, _ = served
+    with client(url) as http:
+        body = http.post("/sdapi/v1/txt2img", json={"prompt": PROMPT, "steps": 3, "seed": 2, "width": 64, "height": 64,
+                                                    "sampler_name": "Euler", "scheduler": "Karras"}).json()
+        expected = first.generate(PROMPT, steps=3, seed=2, sampler="euler", schedule="karras", height=64, width=64,
+                                  guidance_scale=A1111_CFG)
+        np.testing.assert_array_equal(np.asarray(decode_png(body["images"][0])), np.asarray(expected.images[0]))
+        assert "Sampler: Euler, Schedule type: Karras" in json.loads(body["info"])["infotexts"][0]
+        old_name = http.post("/sdapi/v1/txt2img", json={"prompt": PROMPT, "steps": 2, "seed": 2, "width": 64,
+                                                        "height": 64, "sampler_name": "DPM++ 2M Karras"})
+        new_name = http.post("/sdapi/v1/txt2img", json={"prompt": PROMPT, "steps": 2, "seed": 2, "width": 64,
+                                                        "height": 64, "sampler_name": "DPM++ 2M", "scheduler": "karras"})
+        assert json.loads(old_name.json()["info"])["infotexts"][0] != ""
+        np.testing.assert_array_equal(np.asarray(decode_png(old_name.json()["images"][0])),
+                                      np.asarray(decode_png(new_name.json()["images"][0])))
+        refused = http.post("/sdapi/v1/txt2img", json={"prompt": PROMPT, "steps": 1, "sampler_name": "Euler a",
+                                                       "scheduler": "Karras"})
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "scheduler"
+        assert "Euler a" in refused.json()["error"]["message"] or "euler_a" in refused.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("payload, param", [
+    ({"tiling": True}, "tiling"),
+    ({"restore_faces": True}, "restore_faces"),
+    ({"styles": ["Cinematic"]}, "styles"),
+    ({"enable_hr": True}, "enable_hr"),
+    ({"subseed_strength": 0.3}, "subseed_strength"),
+    ({"script_name": "x/y/z plot"}, "script_name"),
+    ({"frobnicate": 1}, "frobnicate"),
+    ({"eta": 0.5, "sampler_name": "Euler a"}, "eta"),
+    ({"override_settings": {"sd_model_checkpoint": "nope"}}, "override_settings.sd_model_checkpoint"),
+    ({"override_settings": {"samples_format": "jpg"}}, "override_settings.samples_format"),
+    ({"override_settings": {"sd_vae": "vae-ft-mse-840000.safetensors"}}, "override_settings.sd_vae"),
+    ({"alwayson_scripts": {"ADetailer": {"args": [True, {"ad_model": "face_yolov8n.pt"}]}}}, "alwayson_scripts"),
+    ({"width": 4096}, "width"),
+])
+def test_what_sdrt_cannot_honour_is_refused_by_name(served, payload, param):
+    with client(served[0]) as http:
+        response = http.post("/sdapi/v1/txt2img", json={"prompt": PROMPT, "steps": 1, **payload})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param, response.json()
+    if param == "width":
+        assert "nearest valid width" in response.json()["error"]["message"]
+
+
+def test_cosmetic_fields_warn_and_neutral_ones_pass(served):
+    with client(served[0]) as http:
+        response = http.post("/sdapi/v1/txt2img", json={
+            "prompt": PROMPT, "steps": 1, "width": 64, "height": 64, "save_images": True, "tiling": False,
+            "eta": 1.0, "sampler_name": "Euler a", "alwayson_scripts": {"ADetailer": {"args": [False]}},
+            "override_settings": {"samples_format": "png", "CLIP_stop_at_last_layers": 2}, "send_images": False})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    info = json.loads(body["info"])
+    assert body["images"] == [] and info["clip_skip"] == 2
+    assert any(warning.startswith("save_images:") for warning in info["warnings"])
+
+
+def test_options_set_the_server_defaults(served):
+    url, first, _ = served
+    with client(url) as http:
+        assert http.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 2}).status_code == 200
+        try:
+            assert http.get("/sdapi/v1/options").json()["CLIP_stop_at_last_layers"] == 2
+            body = http.post("/sdapi/v1/txt2img", json={"prompt": PROMPT, "steps": 2, "seed": 4, "width": 64,
+                                                        "height": 64, "sampler_name": "Euler"}).json()
+        finally:
+            http.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 1})
+        expected = first.generate(PROMPT, steps=2, seed=4, sampler="euler", clip_skip=2, height=64, width=64,
+                                  guidance_scale=A1111_CFG)
+        np.testing.assert_array_equal(np.asarray(decode_png(body["images"][0])), np.asarray(expected.images[0]))
+        refused = http.post("/sdapi/v1/options", json={"show_warnings": True})
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "options.show_warnings"
+
+
+def test_extras_upscale_and_png_info(served):
+    url, first, _ = served
+    picture = first.generate(PROMPT, steps=1, seed=1, height=64, width=64).images[0]
+    with client(url) as http:
+        body = http.post("/sdapi/v1/extra-single-image", json={"image": png_b64(picture), "upscaling_resize": 2,
+                                                               "upscaler_1": "Lanczos"}).json()
+        assert "image" in body, body
+        expected = picture.resize((128, 128), resample=Image.LANCZOS)
+        np.testing.assert_array_equal(np.asarray(decode_png(body["image"])), np.asarray(expected))
+        refused = http.post("/sdapi/v1/extra-single-image", json={"image": png_b64(picture), "upscaler_1": "R-ESRGAN 4x+"})
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "upscaler_1"
+        made = http.post("/sdapi/v1/txt2img", json={"prompt": PROMPT, "steps": 1, "seed": 9, "width": 64,
+                                                    "height": 64}).json()["images"][0]
+        info = http.post("/sdapi/v1/png-info", json={"image": made}).json()
+        assert info["parameters"]["Seed"] == "9" and info["info"].startswith(PROMPT)
+
+
+def overlay_paste(generated: np.ndarray, original: np.ndarray, overlay: np.ndarray) -> np.ndarray:
+    weight = overlay.astype(np.float32)[..., None] / 255
+    return np.clip(np.rint(generated * weight + original * (1 - weight)), 0, 255).astype(np.uint8)
+
+
+def test_a1111_mask_invert_blur_and_paste_back(served):
+    """A1111's rules (docs/serve.md), computed here independently: OpenCV's Gaussian for the
+    blur, the blurred mask doubled as the paste-back alpha, the original outside it."""
+    import cv2
+
+    url, first, _ = served
+    rng = np.random.default_rng(3)
+    source = Image.fromarray((rng.random((64, 64, 3)) * 255).astype(np.uint8))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    base = {"prompt": PROMPT, "steps": 3, "seed": 7, "width": 64, "height": 64, "denoising_strength": 0.9,
+            "sampler_name": "Euler", "init_images": [png_b64(source)], "mask": png_b64(mask),
+            "inpainting_fill": 1, "inpaint_full_res": False}
+    with client(url) as http:
+        inverted = http.post("/sdapi/v1/img2img", json={**base, "mask_blur": 0, "inpainting_mask_invert": 1}).json()
+        blurred = http.post("/sdapi/v1/img2img", json={**base, "mask_blur": 4}).json()
+    flipped = ImageOps.invert(mask)
+    expected = first.generate(PROMPT, steps=3, seed=7, sampler="euler", init_image=source, mask_image=flipped,
+                              strength=0.9, guidance_scale=A1111_CFG).images[0]
+    overlay = np.clip(np.asarray(flipped, dtype=np.float32) * 2, 0, 255)
+    want = overlay_paste(np.asarray(expected, dtype=np.float32), np.asarray(source, dtype=np.float32), overlay)
+    np.testing.assert_array_equal(np.asarray(decode_png(inverted["images"][0])), want)
+    size = 2 * int(2.5 * 4 + 0.5) + 1
+    soft = cv2.GaussianBlur(np.asarray(mask, dtype=np.float32), (size, size), 4, borderType=cv2.BORDER_REFLECT_101)
+    soft = Image.fromarray(np.clip(np.rint(soft), 0, 255).astype(np.uint8))
+    expected = first.generate(PROMPT, steps=3, seed=7, sampler="euler", init_image=source, mask_image=soft,
+                              strength=0.9, guidance_scale=A1111_CFG).images[0]
+    overlay = np.clip(np.asarray(soft, dtype=np.float32) * 2, 0, 255)
+    want = overlay_paste(np.asarray(expected, dtype=np.float32), np.asarray(source, dtype=np.float32), overlay)
+    got = np.asarray(decode_png(blurred["images"][0])).astype(int)
+    assert np.abs(got - want).max() <= 1  # the blur's rounding may differ by one level from OpenCV's
+    outside = np.asarray(soft) == 0
+    np.testing.assert_array_equal(np.asarray(decode_png(blurred["images"][0]))[outside], np.asarray(source)[outside])
+
+
+def test_a1111_only_masked_crops_inpaints_and_pastes(served):
+    """inpaint_full_res: the mask's box (grown by the padding; here already the request's aspect
+    ratio) is cropped, inpainted at the request's size and put back (Lanczos both ways)."""
+    url, first, _ = served
+    rng = np.random.default_rng(4)
+    source = Image.fromarray((rng.random((128, 128, 3)) * 255).astype(np.uint8))
+    mask = Image.new("L", (128, 128), 0)
+    mask.paste(255, (44, 40, 68, 64))  # 24x24 at (44, 40); with padding 4: the box (40, 36)-(72, 68)
+    with client(url) as http:
+        body = http.post("/sdapi/v1/img2img", json={
+            "prompt": PROMPT, "steps": 2, "seed": 3, "width": 64, "height": 64, "sampler_name": "Euler",
+            "denoising_strength": 0.8, "init_images": [png_b64(source)], "mask": png_b64(mask), "mask_blur": 0,
+            "inpainting_fill": 1, "inpaint_full_res": True, "inpaint_full_res_padding": 4}).json()
+    box = (40, 36, 72, 68)
+    crop = source.crop(box).resize((64, 64), resample=Image.LANCZOS)
+    crop_mask = mask.crop(box).resize((64, 64), resample=Image.LANCZOS)
+    inner = first.generate(PROMPT, steps=2, seed=3, sampler="euler", init_image=crop, mask_image=crop_mask,
+                           strength=0.8, guidance_scale=A1111_CFG).images[0]
+    placed = source.copy()
+    placed.paste(inner.resize((32, 32), resample=Image.LANCZOS), box[:2])
+    want = overlay_paste(np.asarray(placed, dtype=np.float32), np.asarray(source, dtype=np.float32),
+                         np.asarray(mask, dtype=np.float32))
+    got = decode_png(body["images"][0])
+    assert got.size == (128, 128)
+    np.testing.assert_array_equal(np.asarray(got), want)
+
+
+def test_interrupt_and_skip(pipeline_for_slow):
+    slow = SlowPipeline(pipeline_for_slow)
+    with live_server(create_app(slow, ServeSettings())) as url:
+        for route, stopped, images in (("skip", "skipped", 1), ("interrupt", "interrupted", 0)):
+            slow.release.clear()
+            outcome = {}
+
+            def post():
+                outcome["response"] = httpx.post(f"{url}/sdapi/v1/txt2img", json={"prompt": PROMPT, "n_iter": 2},
+                                                 timeout=30)
+
+            thread = threading.Thread(target=post)
+            thread.start()
+            assert slow.started.acquire(timeout=10)
+            time.sleep(0.1)
+            assert httpx.get(f"{url}/sdapi/v1/progress").json()["state"]["job_count"] == 1
+            assert httpx.post(f"{url}/sdapi/v1/{route}").status_code == 200
+            if images:  # the second iteration runs to its end
+                assert slow.started.acquire(timeout=10)
+                slow.release.set()
+            thread.join(timeout=30)
+            body = outcome["response"].json()
+            assert outcome["response"].status_code == 200, body
+            assert len(body["images"]) == images and json.loads(body["info"])[stopped] is True
+
+
+@pytest.fixture(scope="module")
+def pipeline_for_slow(served):
+    return served[1]
+
+
+def test_openai_client_generations_edits_variations_and_models(served):
+    from openai import OpenAI
+
+    url, first, _ = served
+    token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    api = OpenAI(base_url=f"{url}/v1", api_key="unused", default_headers={"Authorization": f"Basic {token}"})
+    assert {model.id for model in api.models.list()} == {first.folder.name, "second"}
+    made = api.images.generate(prompt=PROMPT, size="auto", response_format="b64_json", extra_body={"steps": 2, "seed": 8})
+    item = made.data[0]
+    assert item.model_extra["seed"] == 8
+    picture = decode_png(item.b64_json)
+    assert picture.size == (64, 64) and "Seed: 8" in picture.info["parameters"]
+    rng = np.random.default_rng(5)
+    source = Image.fromarray((rng.random((64, 64, 3)) * 255).astype(np.uint8))
+    alpha = Image.new("L", (64, 64), 255)
+    alpha.paste(0, (16, 16, 48, 48))  # transparent = edit here
+    mask = Image.merge("RGBA", (*source.split(), alpha))
+    files = {name: io.BytesIO(base64.b64decode(png_b64(image))) for name, image in (("image", source), ("mask", mask))}
+    edited = api.images.edit(image=("image.png", files["image"]), mask=("mask.png", files["mask"]), prompt=PROMPT,
+                             response_format="b64_json", extra_body={"steps": 2, "seed": 6})
+    expected = first.generate(PROMPT, steps=2, seed=6, init_image=source, mask_image=ImageOps.invert(alpha),
+                              strength=1.0).images[0]
+    np.testing.assert_array_equal(np.asarray(decode_png(edited.data[0].b64_json)), np.asarray(expected))
+    varied = api.images.create_variation(image=("image.png", io.BytesIO(base64.b64decode(png_b64(source)))),
+                                         response_format="b64_json", extra_body={"steps": 2, "seed": 6})
+    expected = first.generate("", steps=2, seed=6, init_image=source, strength=0.75).images[0]
+    np.testing.assert_array_equal(np.asarray(decode_png(varied.data[0].b64_json)), np.asarray(expected))
+    with pytest.raises(Exception, match="style"):
+        api.images.generate(prompt=PROMPT, style="vivid", response_format="b64_json")
+    with pytest.raises(Exception, match="model"):
+        api.images.generate(prompt=PROMPT, model="dall-e-3", response_format="b64_json")
