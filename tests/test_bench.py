@@ -57,6 +57,18 @@ def test_cli_sweep_writes_one_report_per_value(engine, tmp_path):
         assert plot.format == "PNG" and plot.size[0] > 300
 
 
+def test_cli_measures_the_hires_fix_and_a_schedule_type(engine, tmp_path):
+    out = tmp_path / "hires.json"
+    result = CliRunner().invoke(main, ["bench", "--model", str(engine), "--steps", "2", "--runs", "1", "--warmup", "0",
+                                       "--sampler", "euler", "--schedule", "karras", "--hires", "2",
+                                       "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["settings"]["hires"] == 2 and report["settings"]["schedule"] == "karras"
+    stages = report["sdrt"]["stages"]
+    assert stages["end_to_end"]["median"] > stages["first_pass_total"]["median"] > 0
+
+
 @pytest.mark.parametrize(
     "arguments, message",
     [

@@ -122,3 +122,28 @@ def test_cli_inpainting(engines, tmp_path):
     with Image.open(tmp_path / "out.png") as image:
         assert image.size == (96, 64)
         assert "Denoising strength: 1.0" in image.info["parameters"]
+
+
+def test_cli_a1111_mask_handling(engines, tmp_path):
+    """--invert-mask, --mask-blur, --inpaint-area masked, --mask-padding, --mask-fill and --paste-back
+    reach the request (the rules themselves: test_serve_clients, against an independent computation)."""
+    from sdrt.runtime.inpaint_area import MaskOptions
+
+    photo().save(tmp_path / "in.png")
+    box_mask().save(tmp_path / "mask.png")
+    arguments = ["generate", "a cat", "--model", str(engines["standard"]), "--init-image", str(tmp_path / "in.png"),
+                 "--mask", str(tmp_path / "mask.png"), "--steps", "2", "--seed", "1", "--quiet"]
+    flags = ["--invert-mask", "--mask-blur", "2", "--inpaint-area", "masked", "--mask-padding", "4", "--mask-fill",
+             "fill", "--paste-back"]
+    result = CliRunner().invoke(main, [*arguments, *flags, "--out", str(tmp_path / "out.png")])
+    assert result.exit_code == 0, result.output
+    options = MaskOptions(invert=True, blur_x=2, blur_y=2, fill="fill", only_masked=True, padding=4, paste_back=True)
+    expected = Pipeline.load(engines["standard"]).generate("a cat", init_image=photo(), mask_image=box_mask(), steps=2,
+                                                           seed=1, mask_options=options).images[0]
+    plain = Pipeline.load(engines["standard"]).generate("a cat", init_image=photo(), mask_image=box_mask(), steps=2,
+                                                        seed=1).images[0]
+    with Image.open(tmp_path / "out.png") as image:
+        np.testing.assert_array_equal(np.asarray(image), np.asarray(expected))
+        assert not np.array_equal(np.asarray(image), np.asarray(plain))
+    refused = CliRunner().invoke(main, [*arguments[:4], "--steps", "1", "--mask-blur", "4", "--quiet"])
+    assert refused.exit_code == 2 and "need --mask" in refused.output

@@ -22,6 +22,7 @@ import numpy as np
 from sdrt import __version__
 from sdrt.benchmark.driver import BenchError, Worker
 from sdrt.runtime.manifest import ADDED_CONDITIONS, Manifest
+from sdrt.runtime.hires import HiresFix
 from sdrt.runtime.request import GenerationRequest
 
 MATMUL_SIZE = 2048
@@ -45,6 +46,8 @@ class BenchSettings:
     loras: tuple[str, ...] = ()  # PATH[:WEIGHT]: merged on both sides (diffusers: load_lora_weights + fuse)
     controlnets: tuple[str, ...] = ()  # DIR[:SCALE], each with a synthetic control map (sdrt side)
     vae: str = "full"  # the decoder ("tiny": the export's tiny VAE; diffusers: its AutoencoderTiny is not loaded)
+    schedule: str = "automatic"  # A1111's schedule type (sdrt.runtime.schedulers.schedules)
+    hires: float | None = None  # the hires fix's scale (Latent upscaler, as many steps, strength 0.7)
 
     def request(self, seed: int = 0) -> GenerationRequest:
         """The generation one measured run makes."""
@@ -53,7 +56,8 @@ class BenchSettings:
         image = control_map(self.height, self.width) if self.controlnets else None
         return GenerationRequest(self.prompt, steps=self.steps, guidance_scale=self.guidance, height=self.height,
                                  width=self.width, num_images=self.num_images, sampler=self.sampler, seed=seed,
-                                 loras=list(self.loras), vae=self.vae,
+                                 loras=list(self.loras), vae=self.vae, schedule=self.schedule,
+                                 hires=None if self.hires is None else HiresFix(scale=self.hires),
                                  controlnets=[ControlUnit.parse(text, image) for text in self.controlnets])
 
 
@@ -150,7 +154,7 @@ def model_hash(manifest: Manifest) -> str:
 
 def _sdrt_summary(runs: list[dict], load_seconds: float, peak: int) -> dict:
     stages = ["tokenize", "text_encoder", "denoise", "scheduler_and_guidance", "unet_host_copies", "vae_decoder", "png",
-              "end_to_end"]
+              "first_pass_total", "end_to_end"]
     steps = [t for run in runs for t in run["unet_steps"]]
     outside = [(r["end_to_end"] - r["text_encoder"] - sum(r["unet_steps"]) - sum(r.get("controlnet_steps", ()))
                 - r["vae_decoder"]) / r["end_to_end"] for r in runs]
@@ -181,8 +185,9 @@ def run_benchmark(model: str, settings: BenchSettings, *, backend: str = "cpu", 
             raise BenchError(f"unknown baseline {compare!r}; sdrt compares with diffusers")
         if diffusers_model is None:
             raise BenchError("--compare diffusers needs the model's diffusers folder: pass --diffusers-model DIR")
-        if settings.controlnets or settings.vae != "full":
-            raise BenchError("--compare with --controlnet or --vae tiny is not supported yet: measure sdrt alone")
+        if settings.controlnets or settings.vae != "full" or settings.hires or settings.schedule != "automatic":
+            raise BenchError("--compare with --controlnet, --vae tiny, --hires or --schedule is not supported yet: "
+                             "measure sdrt alone")
         try:
             import diffusers  # noqa: F401
             import torch  # noqa: F401

@@ -11,7 +11,7 @@ from sdrt.cli import main
 from sdrt.cli.types import FiniteFloat, THREADS
 from sdrt.errors import SdrtError
 from sdrt.runtime.engines import BACKEND_NAMES, DEFAULT_BACKEND
-from sdrt.runtime.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES
+from sdrt.runtime.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES, SCHEDULE_NAMES
 
 
 @main.command()
@@ -38,6 +38,10 @@ from sdrt.runtime.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES
                    "repeatable): the report gives its cost per step beside the UNet's.")
 @click.option("--vae", "vae_decoder", default="full", show_default=True, type=click.Choice(["full", "tiny"]),
               help="Decode with the full VAE or the export's tiny one (sdrt side).")
+@click.option("--schedule", default="automatic", show_default=True, type=click.Choice(SCHEDULE_NAMES),
+              help="Schedule type (A1111's) for the sampler.")
+@click.option("--hires", default=None, type=FiniteFloat(1, 4), metavar="SCALE",
+              help="Measure the hires fix: a second pass at SCALE times the size (Latent upscaler).")
 @click.option("--runs", default=3, show_default=True, type=int, help="Measured runs (after the warm-up).")
 @click.option("--warmup", default=1, show_default=True, type=int, help="Unmeasured runs first.")
 @click.option("--threads", default=None, type=THREADS, help="CPU threads (default: all cores).")
@@ -53,7 +57,7 @@ from sdrt.runtime.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES
 @click.option("--plot", "plot_path", default=None, type=click.Path(),
               help="With --sweep: a PNG plot here [default: beside --json] (needs matplotlib: sdrt[plot]).")
 def bench(model_dir, arch, backend, height, width, steps, guidance, num_images, sampler, prompt, embeddings, loras,
-          controlnets, vae_decoder, runs, warmup, threads, compare, sequential, diffusers_model, sweep, json_path, cuda_graph, plot_path) -> None:
+          controlnets, vae_decoder, schedule, hires, runs, warmup, threads, compare, sequential, diffusers_model, sweep, json_path, cuda_graph, plot_path) -> None:
     """Measure latency per stage, memory and (with --compare) the ratio to diffusers."""
     from sdrt.benchmark import BenchSettings, arch_model, parse_sweep, run_benchmark, sweep_settings
     from sdrt.benchmark.report import format_report
@@ -76,7 +80,7 @@ def bench(model_dir, arch, backend, height, width, steps, guidance, num_images, 
                          steps=steps, guidance=guidance, num_images=num_images, sampler=sampler,
                          loras=tuple(str(Path(lora).resolve()) if Path(lora).exists() else lora for lora in loras),
                          controlnets=tuple(str(Path(c).resolve()) if Path(c).exists() else c for c in controlnets),
-                         vae=vae_decoder,
+                         vae=vae_decoder, schedule=schedule, hires=hires,
                          **({"prompt": prompt} if prompt is not None else {}))
     plan = [base]
     if sweep:

@@ -13,6 +13,7 @@ import click
 from sdrt.cli import main
 from sdrt.cli.controlnet_options import controlnet_options, control_units
 from sdrt.cli.prompt_options import embedding_options, embedding_sources, lora_options, prompt_options
+from sdrt.cli.image_options import hires_fix, image_options, mask_options
 from sdrt.cli.sdxl_options import resolve_refiner_switch, sdxl_options, size_conditioning
 from sdrt.cli.types import FiniteFloat, THREADS
 from sdrt.errors import SdrtError
@@ -193,6 +194,7 @@ class _Progress:
 @click.option("--out", default=None, help="Output PNG (default: sdrt-SEED.png; -N is added for several).")
 @click.option("--quiet", is_flag=True, help="No progress bar or warnings.")
 @click.option("--json", "as_json", is_flag=True, help="Print parameters, output paths and timings as JSON.")
+@image_options
 @sdxl_options
 @prompt_options
 @embedding_options
@@ -219,6 +221,10 @@ def generate(prompt, model_dir, negative_prompt, steps, guidance, seed, height, 
     units = control_units(controlnets, control_images, canny_thresholds, control_starts=control_starts,
                           control_ends=control_ends, control_modes=control_modes, preprocessors=preprocessors)
     conditioning = size_conditioning(sdxl)
+    hires, masking = hires_fix(sdxl), mask_options(sdxl)
+    if masking is not None and mask_image is None:
+        raise click.UsageError("--mask-blur, --invert-mask, --inpaint-area, --mask-padding, --mask-fill and "
+                               "--paste-back need --mask")
     if seed is None:  # drawn here, so that the output names are known (and checked) first
         seed = random.SystemRandom().randint(0, MAX_SEED)
     paths = output_paths(out, seed, num_images)
@@ -243,7 +249,7 @@ def generate(prompt, model_dir, negative_prompt, steps, guidance, seed, height, 
                                 schedule=schedule, init_image=init_image, mask_image=mask_image, strength=strength,
                                 size_conditioning=conditioning, refiner_switch=switch, emphasis=emphasis,
                                 clip_skip=clip_skip, plain_prompt=plain_prompt, loras=list(loras),
-                                controlnets=units, vae=vae_decoder)
+                                controlnets=units, vae=vae_decoder, hires=hires, mask_options=masking)
     previews = None
     if preview is not None:
         from sdrt.runtime.preview import Preview

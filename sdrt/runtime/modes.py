@@ -68,7 +68,10 @@ def first_step(resolved: ResolvedRequest, sampler: Scheduler) -> int:
 def image_to_image(resolved: ResolvedRequest, sampler: Scheduler, generator, shape: tuple[int, ...],
                    encode: ImageEncoder) -> DenoiseStart:
     start = first_step(resolved, sampler)
-    encoded = encode(to_model_input(resolved.image, resolved.height, resolved.width), generator)
+    if resolved.init_latents is not None:  # diffusers' img2img given latents: used as they are
+        encoded = resolved.init_latents
+    else:
+        encoded = encode(to_model_input(resolved.image, resolved.height, resolved.width), generator)
     encoded = np.concatenate([encoded] * shape[0]) if encoded.shape[0] != shape[0] else encoded
     return DenoiseStart(sampler.add_noise(encoded, generator.randn(shape), start), start)
 
@@ -113,7 +116,7 @@ def prepare(manifest: Manifest, resolved: ResolvedRequest, sampler: Scheduler, g
     m = manifest
     shape = (resolved.batch, m.latent_channels, resolved.height // m.vae_scale_factor,
              resolved.width // m.vae_scale_factor)
-    if resolved.image is None:
+    if not resolved.from_image:
         return text_to_image(resolved, sampler, generator, shape)
     stage = time.perf_counter()
     if resolved.mask is not None:

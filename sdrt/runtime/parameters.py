@@ -28,7 +28,7 @@ def generation_parameters(resolved: ResolvedRequest, model: str, embeddings: dic
         "schedule": request.schedule,
         "model": model,
     }
-    if resolved.image is not None:
+    if resolved.from_image:
         parameters["strength"] = resolved.strength
     options = resolved.text_options
     if options.clip_skip > 1:  # A1111 records these only when they change something

@@ -37,6 +37,7 @@ from sdrt.runtime.rng import GeneratorGroup, TorchGenerator
 from sdrt.runtime.schedulers import DEFAULT_SAMPLER, Scheduler, sampler_from_config
 from sdrt.runtime.text_encoders import TextEncoders
 from sdrt.runtime.denoise import GenerationCancelled, denoise_loop
+from sdrt.runtime.hires import hires_run
 from sdrt.runtime.inpaint_area import masked_run
 
 # Required besides the text encoders; vae_encoder loads on the first image-to-image request.
@@ -52,6 +53,7 @@ class GenerationResult:
     parameters: dict
     timings: dict  # seconds per stage; "unet_steps" lists every UNet call
     warnings: list[str] = field(default_factory=list)
+    latents: np.ndarray | None = None  # the final latents, before the VAE decode
 
 
 class Pipeline:
@@ -208,26 +210,30 @@ class Pipeline:
         return self.run(request, progress=progress, cancel=cancel)
 
     def run(self, request: GenerationRequest, progress: Callable[[int, int], None] | None = None,
-            cancel: threading.Event | None = None, preview: Preview | None = None) -> GenerationResult:
+            cancel: threading.Event | None = None, preview: Preview | None = None,
+            latents_only: bool = False) -> GenerationResult:
         """Generate `num_images` images per prompt. With a seed, the initial latents equal
         diffusers' with `torch.Generator("cpu").manual_seed(seed)`; without one, a seed is
         drawn and reported in `parameters`. One seed per prompt (text-to-image): each prompt's
         images then equal a call with that prompt and seed alone, which is how a server
-        batches requests into one UNet call. `preview` decodes the latents every N steps."""
+        batches requests into one UNet call. `preview` decodes the latents every N steps.
+        `latents_only`: no VAE decode (diffusers' output_type="latent"): `latents`, no images."""
+        if request.hires is not None:
+            return hires_run(self, request, progress=progress, cancel=cancel, preview=preview)
         if request.mask_options is not None and request.mask_image is not None:
             return masked_run(self, request, progress=progress, cancel=cancel, preview=preview)
         started = time.perf_counter()
         warnings: list[str] = []
         resolved = request.resolve(self.manifest)
         with self.loras.use(resolved.loras, warnings) as (engines, loras):
-            result = self._run(resolved, engines, progress, cancel, warnings, preview)
+            result = self._run(resolved, engines, progress, cancel, warnings, preview, latents_only)
         refiner = self.refiner.folder.name if request.refiner_switch is not None else None
         result.parameters = generation_parameters(resolved, self.folder.name, result.parameters, refiner, loras)
         result.timings["total"] = time.perf_counter() - started
         return result
 
     def _run(self, resolved: ResolvedRequest, engines: dict[str, Engine], progress, cancel,
-             warnings: list[str], preview: Preview | None = None) -> GenerationResult:
+             warnings: list[str], preview: Preview | None = None, latents_only: bool = False) -> GenerationResult:
         """run() on the request's engines; its parameters are the embeddings it used."""
         request = resolved.request
         timings: dict[str, float] = {}
@@ -266,11 +272,15 @@ class Pipeline:
                                              - sum(timings.get("controlnet_steps", ())) - timings.get("previews", 0.0))
 
         stage = time.perf_counter()
-        array = runs[-1][0].decode_latents(latents, request.vae)  # the refiner decodes with its own VAE
+        if latents_only:
+            array = np.zeros((0, resolved.height, resolved.width, 3), dtype=np.float32)
+        else:
+            array = runs[-1][0].decode_latents(latents, request.vae)  # the refiner decodes with its own VAE
         timings["vae_decoder"] = time.perf_counter() - stage
         images = [Image.fromarray((image * PIXEL_LEVELS).round().astype(np.uint8)) for image in array]
         hashes = {e.name: e.short_hash for e in self.text_encoders.embeddings.loaded}
-        return GenerationResult(images, array, {n: hashes[n] for n in conditioning.embeddings}, timings, warnings)
+        return GenerationResult(images, array, {n: hashes[n] for n in conditioning.embeddings}, timings, warnings,
+                                latents)
 
     def new_sampler(self, request: GenerationRequest) -> Scheduler:
         sampler = sampler_from_config(request.sampler, self.scheduler_config, request.schedule)

@@ -53,6 +53,11 @@ def format_parameters(prompt: str, parameters: dict, batch_position: int | None 
     ]
     if "strength" in parameters:
         fields.append(("Denoising strength", parameters["strength"]))
+    if "hires" in parameters:  # A1111's hires fix fields
+        hires = parameters["hires"]
+        fields.append(("Hires upscale", hires["scale"]) if "scale" in hires
+                      else ("Hires resize", f"{hires['width']}x{hires['height']}"))
+        fields += [*((("Hires steps", hires["steps"]),) if hires["steps"] else ()), ("Hires upscaler", hires["upscaler"])]
     if "clip_skip" in parameters:
         fields.append(("Clip skip", parameters["clip_skip"]))
     if "emphasis" in parameters:

@@ -21,6 +21,7 @@ from PIL import Image
 from sdrt.errors import ConfigError, GenerationError
 from sdrt.runtime.controlnet.units import PARAM as CONTROLNETS, ControlUnit, check_units
 from sdrt.runtime.images import InputImageError, open_image, target_size
+from sdrt.runtime.hires import HiresFix
 from sdrt.runtime.inpaint_area import MaskOptions
 from sdrt.runtime.lora.tags import LoraRef, extract_tags
 from sdrt.runtime.lora.weights_map import LoraError
@@ -80,6 +81,9 @@ class GenerationRequest:
     init_image: "str | Path | bytes | Image.Image | None" = None  # bytes: an encoded image file
     mask_image: "str | Path | bytes | Image.Image | None" = None
     mask_options: MaskOptions | None = None  # A1111's mask handling (sdrt.runtime.inpaint_area)
+    # Image-to-image from latents (diffusers' img2img given latents as its image): [1 or batch, C, h, w].
+    init_latents: np.ndarray | None = field(default=None, compare=False)
+    hires: HiresFix | None = None  # A1111's hires fix (sdrt.runtime.hires)
     strength: float | None = None
     latents: np.ndarray | None = field(default=None, compare=False)
     size_conditioning: SizeConditioning | None = None
@@ -114,6 +118,12 @@ class ResolvedRequest:
     texts: list[str] = field(default_factory=list)  # the prompts as encoded: without LoRA tags
     loras: tuple[LoraRef, ...] = ()
     controls: tuple[tuple[ControlUnit, Image.Image], ...] = ()  # each ControlNet and its opened image
+    init_latents: np.ndarray | None = None
+
+    @property
+    def from_image(self) -> bool:
+        """Image-to-image (or inpainting): from an image or from latents."""
+        return self.image is not None or self.init_latents is not None
 
     @property
     def batch(self) -> int:
@@ -224,6 +234,8 @@ def _resolve(request: GenerationRequest, manifest: Manifest) -> ResolvedRequest:
             strength = INPAINT_STRENGTH if request.mask_image is not None else IMG2IMG_STRENGTH
         if not isinstance(strength, (int, float)) or not 0 < strength <= 1:
             raise GenerationError(f"strength must be in (0, 1], got {strength}", "strength")
+    if request.init_latents is not None:
+        height, width, strength = _latent_size(request, manifest, strength)
     if request.mask_options is not None and request.mask_options.check():
         raise GenerationError(request.mask_options.check(), "mask_options")
     if request.mask_image is not None:
@@ -251,7 +263,7 @@ def _resolve(request: GenerationRequest, manifest: Manifest) -> ResolvedRequest:
         SAMPLERS[request.sampler].schedule_overrides(request.schedule)
     except ConfigError as error:
         raise GenerationError(str(error), "schedule") from None
-    seeds, per_prompt = _seeds(request, prompts, image is not None)
+    seeds, per_prompt = _seeds(request, prompts, image is not None or request.init_latents is not None)
     batch = len(prompts) * request.num_images
     batch_range = manifest.dims.get(BATCH)
     if batch_range is not None and batch > batch_range.max:
@@ -262,7 +274,20 @@ def _resolve(request: GenerationRequest, manifest: Manifest) -> ResolvedRequest:
     controls = tuple((unit, _open(unit.image, CONTROLNETS)) for unit in check_units(request.controlnets))
     _check_vae(request, manifest)
     return ResolvedRequest(request, prompts, negatives, seeds, per_prompt, int(height), int(width),
-                           None if strength is None else float(strength), image, mask, options, texts, loras, controls)
+                           None if strength is None else float(strength), image, mask, options, texts, loras, controls,
+                           None if request.init_latents is None else np.asarray(request.init_latents, np.float32))
+
+
+def _latent_size(request: GenerationRequest, manifest: Manifest, strength) -> tuple[int, int, float]:
+    latents = request.init_latents
+    if request.init_image is not None or request.mask_image is not None or not isinstance(latents, np.ndarray) \
+            or latents.ndim != 4 or latents.shape[1] != manifest.latent_channels:
+        raise GenerationError(f"init latents must be one array [batch, {manifest.latent_channels}, h, w], without "
+                              "an init image or mask", "init_latents")
+    strength = IMG2IMG_STRENGTH if strength is None else strength
+    if not isinstance(strength, (int, float)) or not 0 < strength <= 1:
+        raise GenerationError(f"strength must be in (0, 1], got {strength}", "strength")
+    return latents.shape[2] * manifest.vae_scale_factor, latents.shape[3] * manifest.vae_scale_factor, strength
 
 
 def _check_vae(request: GenerationRequest, manifest: Manifest) -> None:

@@ -31,7 +31,7 @@ A1111_FIELDS = {"num_images": "batch_size", "guidance_scale": "cfg_scale", "samp
                 "refiner_switch": "refiner_switch_at", "clip_skip": "override_settings.CLIP_stop_at_last_layers",
                 "emphasis": "override_settings.emphasis", "loras": "prompt",
                 "controlnets": "alwayson_scripts.controlnet.args", "vae": "override_settings.sd_vae",
-                "schedule": "scheduler", "mask_options": "mask"}
+                "schedule": "scheduler", "mask_options": "mask", "hires": "enable_hr"}
 #: What A1111 clients send for "no refiner" and "no ControlNet model".
 NO_REFINER = NO_MODEL = ("", "none")
 
@@ -199,3 +199,37 @@ def a1111_mask_options(body):
     return MaskOptions(invert=bool(body.inpainting_mask_invert), blur_x=blur_x, blur_y=blur_y,
                        fill=INPAINTING_FILLS[body.inpainting_fill], only_masked=bool(body.inpaint_full_res),
                        padding=body.inpaint_full_res_padding, paste_back=True)
+
+
+#: What A1111 clients send for "the same as the first pass" in the hires fix's fields.
+SAME_AS_FIRST_PASS = ("", "use same sampler", "use same scheduler", "use same checkpoint", "use same choices")
+
+
+def _same(value) -> bool:
+    return value is None or (isinstance(value, str) and value.strip().lower() in SAME_AS_FIRST_PASS)
+
+
+def a1111_hires(body):
+    """A1111's hires fix fields as a HiresFix (None without enable_hr)."""
+    from sdrt.runtime.hires import DEFAULT_STRENGTH, DEFAULT_UPSCALER, HiresFix, upscaler_named
+
+    if not body.enable_hr:
+        return None
+    if not _same(body.hr_checkpoint_name):
+        raise RequestError(400, "hr_checkpoint_name: the second pass runs on the same model", "hr_checkpoint_name")
+    if body.hr_additional_modules and not all(_same(item) for item in body.hr_additional_modules):
+        raise RequestError(400, "hr_additional_modules are not supported", "hr_additional_modules")
+    try:
+        upscaler = upscaler_named(body.hr_upscaler or DEFAULT_UPSCALER)
+    except ValueError as error:
+        raise RequestError(400, f"hr_upscaler: {error}", "hr_upscaler") from None
+    sampler = schedule = None
+    if not _same(body.hr_sampler_name) or not _same(body.hr_scheduler):
+        sampler, schedule = sdrt_sampler(None if _same(body.hr_sampler_name) else body.hr_sampler_name,
+                                         None if _same(body.hr_scheduler) else body.hr_scheduler)
+    return HiresFix(scale=body.hr_scale if body.hr_scale is not None else 2.0, width=body.hr_resize_x or None,
+                    height=body.hr_resize_y or None, upscaler=upscaler, steps=body.hr_second_pass_steps or 0,
+                    strength=body.denoising_strength or DEFAULT_STRENGTH, prompt=body.hr_prompt or None,
+                    negative_prompt=body.hr_negative_prompt or None,
+                    sampler=None if _same(body.hr_sampler_name) else sampler,
+                    schedule=None if _same(body.hr_scheduler) else schedule)

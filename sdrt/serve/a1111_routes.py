@@ -13,6 +13,7 @@ from fastapi import Body as RawBody
 from fastapi import FastAPI
 from PIL import Image, UnidentifiedImageError
 
+from sdrt.runtime.hires import UPSCALERS as HIRES_UPSCALERS
 from sdrt.runtime.png_info import PARAMETERS_KEY, parse_parameters
 from sdrt.runtime.schedulers import SAMPLERS
 from sdrt.runtime.schedulers.schedules import SCHEDULES
@@ -161,7 +162,7 @@ def add_a1111_routes(app: FastAPI, service, catalog, settings) -> None:
 
     @app.get("/sdapi/v1/latent-upscale-modes")
     async def latent_upscale_modes():
-        return []  # no hires fix yet (enable_hr is refused)
+        return [{"name": name} for name, (kind, _) in HIRES_UPSCALERS.items() if kind == "latent"]
 
     @app.post("/sdapi/v1/extra-single-image")
     async def extra_single_image(body: dict = RawBody(...)):

@@ -32,7 +32,6 @@ NEUTRAL_ONLY: dict[str, tuple[tuple, str]] = {
     "script_args": (([], None), "scripts are not supported (GET /sdapi/v1/scripts)"),
     "firstphase_width": ((0, None), "the hires fix's first-pass size is not supported"),
     "firstphase_height": ((0, None), "the hires fix's first-pass size is not supported"),
-    "enable_hr": ((False, None), "the hires fix is not supported yet"),
     "resize_mode": ((0, None), "only resize mode 0 (just resize) is supported"),
     "disable_extra_networks": ((False, None), "disabling <lora:...> tags is not supported"),
     "latent_mask": ((None, ""), "a separate latent mask is not supported"),
@@ -128,9 +127,9 @@ class A1111Request(Body):
     denoising_strength: float | None = Field(None, gt=0, le=1)
     firstphase_width: int | None = None
     firstphase_height: int | None = None
-    hr_scale: float | None = None
+    hr_scale: float | None = Field(None, ge=1, le=4)
     hr_upscaler: StrictStr | None = None
-    hr_second_pass_steps: int | None = None
+    hr_second_pass_steps: int | None = Field(None, ge=0)
     hr_resize_x: int | None = None
     hr_resize_y: int | None = None
     hr_checkpoint_name: StrictStr | None = None

@@ -19,7 +19,7 @@ from sdrt.errors import SdrtError
 from sdrt.runtime.png_info import format_parameters
 from sdrt.runtime.request import MAX_SEED, GenerationRequest
 from sdrt.runtime.schedulers import display_name
-from sdrt.serve.a1111 import (A1111_FIELDS, OPENAI_FIELDS, a1111_mask_options, a1111_vae, check_eta, check_lora_tags,
+from sdrt.serve.a1111 import (A1111_FIELDS, OPENAI_FIELDS, a1111_hires, a1111_mask_options, a1111_vae, check_eta, check_lora_tags,
                               control_units, decode_image, png_base64, refiner_switch, sdrt_sampler)
 from sdrt.serve.middleware import BodyLimit, Guard
 from sdrt.runtime.schedulers.schedules import schedule_label
@@ -115,6 +115,7 @@ def create_app(pipeline, settings: ServeSettings | None = None, catalog: ModelCa
         check_lora_tags(body.prompt, "prompt")
         units = control_units(body, image)
         vae = a1111_vae(options.sd_vae, "override_settings.sd_vae")
+        hires = a1111_hires(body) if image is None else None
         checkpoint = body.override_settings.get(MODEL_OPTION)
         if checkpoint is not None:  # A1111 loads it for this request (and keeps it: see the warning)
             await app.state.switch_model(checkpoint, f"override_settings.{MODEL_OPTION}")
@@ -127,7 +128,8 @@ def create_app(pipeline, settings: ServeSettings | None = None, catalog: ModelCa
                     guidance_scale=body.cfg_scale, height=body.height, width=body.width, seed=run_seed,
                     num_images=body.batch_size, sampler=sampler, schedule=schedule, init_image=image,
                     mask_image=mask, mask_options=mask_options, strength=strength, refiner_switch=switch,
-                    clip_skip=options.clip_skip, emphasis=options.emphasis, controlnets=units, vae=vae))
+                    clip_skip=options.clip_skip, emphasis=options.emphasis, controlnets=units, vae=vae,
+                    hires=hires))
             except Stopped as stop:  # A1111's /skip drops this image set, /interrupt the rest too
                 stopped = stop.kind
                 if stop.kind == "interrupt":
@@ -149,8 +151,11 @@ def create_app(pipeline, settings: ServeSettings | None = None, catalog: ModelCa
             info.update(width=parameters["width"], height=parameters["height"])
         if stopped is not None:
             info["interrupted" if stopped == "interrupt" else "skipped"] = True
-        if strength is not None:
-            info["denoising_strength"] = strength
+        if strength is not None or hires is not None:
+            info["denoising_strength"] = strength if hires is None else hires.strength
+        if hires is not None and parameters is not None:
+            info.update(enable_hr=True, hr_upscaler=hires.upscaler, hr_width=parameters["hires"]["width"],
+                        hr_height=parameters["hires"]["height"])
         if switch is not None and parameters is not None:
             info.update(refiner_checkpoint=parameters["refiner"], refiner_switch_at=switch)
         return {"images": images if body.send_images else [],

@@ -77,6 +77,18 @@ def _edit_images(image_file: bytes, mask_file: bytes | None) -> tuple[bytes, Ima
     return image_file, ImageOps.invert(alpha)
 
 
+def hires_of(body: OpenAIImageRequest):
+    from sdrt.runtime.hires import HiresFix, upscaler_named
+
+    if body.hires is None:
+        return None
+    try:
+        upscaler = upscaler_named(body.hires.upscaler)
+    except ValueError as error:
+        raise RequestError(400, f"hires.upscaler: {error}", "hires.upscaler") from None
+    return HiresFix(scale=body.hires.scale, upscaler=upscaler, steps=body.hires.steps, strength=body.hires.strength)
+
+
 def add_openai_routes(app: FastAPI, service, catalog, settings, run, check_limits) -> None:
     def check_model(name: str | None):
         if name is None:
@@ -129,7 +141,8 @@ def add_openai_routes(app: FastAPI, service, catalog, settings, run, check_limit
             body.prompt, negative_prompt=body.negative_prompt, steps=body.steps, guidance_scale=body.guidance_scale,
             height=height, width=width, seed=body.seed, num_images=body.n,
             sampler=sampler_of(body), schedule=body.schedule,
-            plain_prompt=settings.plain_prompts, controlnets=units, vae=body.vae), body.model, body.prompt)
+            plain_prompt=settings.plain_prompts, controlnets=units, vae=body.vae, hires=hires_of(body)),
+            body.model, body.prompt)
 
     async def image_route(request: Request, needs_prompt: bool) -> dict:
         fields, files = await _form(request)

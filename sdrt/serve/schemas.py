@@ -93,6 +93,15 @@ class ControlNetField(Body):
     preprocessor: StrictStr = "none"
 
 
+class HiresField(Body):
+    """sdrt's hires fix on the OpenAI route (sdrt.runtime.hires.HiresFix's fields)."""
+
+    scale: float = Field(2.0, ge=1, le=4)
+    upscaler: StrictStr = "Latent"
+    steps: int = Field(0, ge=0)
+    strength: float = Field(0.7, gt=0, le=1)
+
+
 class OpenAIImageRequest(Body):
     """OpenAI's image request, plus sdrt's extension fields (steps, seed, sampler, ...). Fields
     OpenAI defines that sdrt cannot honour are refused unless neutral (check)."""
@@ -121,6 +130,7 @@ class OpenAIImageRequest(Body):
     strength: float | None = Field(None, gt=0, le=1)  # edits and variations
     controlnets: list[ControlNetField] = Field(default_factory=list)  # sdrt's extension
     vae: StrictStr = "full"  # sdrt's extension: "tiny" decodes with the tiny VAE
+    hires: HiresField | None = None  # sdrt's extension: A1111's hires fix
 
     def check(self) -> None:
         for field, (allowed, why) in OPENAI_NEUTRAL.items():
