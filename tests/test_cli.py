@@ -139,3 +139,24 @@ def test_cli_import_loads_no_export_code():
             "assert not bad, bad\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_sigterm_stops_a_generation_at_a_step_boundary(exported_tiny, tmp_path):
+    """SIGTERM (as Ctrl-C) during `sdrt generate`: one line, exit 130, no image written."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "never.png"
+    process = subprocess.Popen([sys.executable, "-m", "sdrt.cli", "generate", "a cat", "--model",
+                                str(exported_tiny("standard")), "--steps", "1000", "--sampler", "euler", "--seed", "1", "--out", str(out)],
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    line = ""
+    while "1/1000" not in line and time.monotonic() < deadline and process.poll() is None:
+        line += process.stderr.read(1)  # until the progress bar shows the loop running
+    process.send_signal(signal.SIGTERM)
+    _, errors = process.communicate(timeout=60)
+    assert process.returncode == 130, line + errors
+    assert "stopped by a signal" in errors and "Traceback" not in errors and not out.exists()

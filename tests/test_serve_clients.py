@@ -310,3 +310,24 @@ def test_openai_client_generations_edits_variations_and_models(served):
         api.images.generate(prompt=PROMPT, style="vivid", response_format="b64_json")
     with pytest.raises(Exception, match="model"):
         api.images.generate(prompt=PROMPT, model="dall-e-3", response_format="b64_json")
+
+
+def test_shutdown_stops_running_and_waiting_generations(pipeline_for_slow):
+    """What Ctrl-C / SIGTERM on `sdrt serve` does first (sdrt.serve.http.StoppingServer)."""
+    slow = SlowPipeline(pipeline_for_slow)
+    app = create_app(slow, ServeSettings())
+    with live_server(app) as url:
+        answers = []
+        threads = [threading.Thread(target=lambda: answers.append(httpx.post(
+            f"{url}/v1/images/generations", json={"prompt": PROMPT}, timeout=30))) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        assert slow.started.acquire(timeout=10)
+        time.sleep(0.2)  # the second request waits in the queue
+        started = time.monotonic()
+        app.state.service.shutdown()
+        for thread in threads:
+            thread.join(timeout=30)
+        assert time.monotonic() - started < 5
+        assert sorted(answer.status_code for answer in answers) == [503, 503]
+        assert slow.cancelled == 1

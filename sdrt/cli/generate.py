@@ -14,6 +14,7 @@ from sdrt.cli import main
 from sdrt.cli.controlnet_options import controlnet_options, control_units
 from sdrt.cli.prompt_options import embedding_options, embedding_sources, lora_options, prompt_options
 from sdrt.cli.image_options import hires_fix, image_options, mask_options
+from sdrt.cli.signals import stop_on_signals
 from sdrt.cli.sdxl_options import resolve_refiner_switch, sdxl_options, size_conditioning
 from sdrt.cli.types import FiniteFloat, THREADS
 from sdrt.errors import SdrtError
@@ -258,7 +259,8 @@ def generate(prompt, model_dir, negative_prompt, steps, guidance, seed, height, 
             images[0].save(paths[0].with_name(f"{paths[0].stem}-step-{step}.png"))
 
         previews = Preview(preview, write_preview)
-    result = pipeline.run(request, progress=progress, preview=previews)
+    with stop_on_signals() as stop:
+        result = pipeline.run(request, progress=progress, preview=previews, cancel=stop)
     if not quiet:
         for warning in result.warnings:
             click.echo(f"warning: {warning}", err=True)

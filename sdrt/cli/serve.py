@@ -93,10 +93,11 @@ def serve(model_dir, refiner, host, port, backend, threads, api_key, api_auth, m
                              lora_dir=lora_dir, lora_cache_mb=lora_cache_mb, controlnet_dir=controlnet_dir)
 
     from sdrt.serve.catalog import ModelCatalog
-    from sdrt.serve.http import JsonErrorProtocol
+    from sdrt.serve.http import JsonErrorProtocol, StoppingServer
 
     app = create_app(load(model_dir), settings, ModelCatalog(Path(model_dir), models_dir, load))
-    uvicorn.run(app, host=host, port=port, log_level="info", http=JsonErrorProtocol)
+    config = uvicorn.Config(app, host=host, port=port, log_level="info", http=JsonErrorProtocol)
+    StoppingServer(config, app.state.service).run()
 
 
 def parse_api_auth(text: str | None) -> tuple[tuple[str, str], ...]:

@@ -74,6 +74,11 @@ def create_app(pipeline, settings: ServeSettings | None = None, catalog: ModelCa
         return JSONResponse(error_body(f"internal error ({type(error).__name__})", None, "server_error"),
                             status_code=500)
 
+    @app.exception_handler(Stopped)
+    async def stopped(request: Request, error: Stopped):
+        return JSONResponse(error_body(f"the generation was stopped ({error.kind})", None, "server_busy"),
+                            status_code=503)
+
     @app.exception_handler(SdrtError)
     async def generation_error(request: Request, error: SdrtError):
         param = getattr(error, "param", None)
@@ -131,6 +136,8 @@ def create_app(pipeline, settings: ServeSettings | None = None, catalog: ModelCa
                     clip_skip=options.clip_skip, emphasis=options.emphasis, controlnets=units, vae=vae,
                     hires=hires))
             except Stopped as stop:  # A1111's /skip drops this image set, /interrupt the rest too
+                if stop.kind not in ("interrupt", "skip"):
+                    raise
                 stopped = stop.kind
                 if stop.kind == "interrupt":
                     break

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import h11
+import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from sdrt.serve.schemas import error_body
@@ -24,3 +25,16 @@ class JsonErrorProtocol(H11Protocol):
                       h11.EndOfMessage()):
             self.transport.write(self.conn.send(event))
         self.transport.close()
+
+
+class StoppingServer(uvicorn.Server):
+    """uvicorn's server that, on Ctrl-C or SIGTERM, first stops the running generations at their
+    next step and drops the waiting ones (uvicorn alone would wait for them to finish)."""
+
+    def __init__(self, config: uvicorn.Config, service):
+        super().__init__(config)
+        self.service = service
+
+    def handle_exit(self, sig, frame) -> None:
+        self.service.shutdown()
+        super().handle_exit(sig, frame)

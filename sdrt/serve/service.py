@@ -21,6 +21,7 @@ from sdrt.serve.progress import Progress
 from sdrt.serve.schemas import RequestError, ServeSettings
 
 POLL_S = 0.05
+SHUTDOWN = "shutdown"  # Stopped.kind when the server stops (besides A1111's "interrupt" and "skip")
 
 
 class Stopped(Exception):
@@ -82,6 +83,18 @@ class Service:
                 self._set_batch_limit()
 
         await asyncio.to_thread(switch)
+
+    def shutdown(self) -> None:
+        """The server is stopping: running generations stop at their next step, waiting ones
+        are dropped (their requests answer as cancelled)."""
+        for job in list(self._pending):
+            job.cancel.set()
+            job.stopped_by = SHUTDOWN
+            if not job.future.done():
+                job.future.get_loop().call_soon_threadsafe(
+                    lambda future=job.future: future.done() or future.set_result(None))
+        self._pending.clear()
+        self.stop_running(SHUTDOWN)
 
     def stop_running(self, kind: str) -> int:
         """Stops the running generations at their next step (A1111's /interrupt and /skip);
