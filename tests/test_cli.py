@@ -82,8 +82,8 @@ def test_generate_writes_png_with_a1111_parameters_and_info_reads_them(engine, t
     assert text == ("a photo of a cat\nNegative prompt: blurry\n"
                     f"Steps: 2, Sampler: LMS, CFG scale: 7.5, Seed: 42, Size: 64x64, Model: {engine.name}")
     shown = CliRunner().invoke(main, ["info", str(out), "--json"])
-    assert json.loads(shown.output) == {"Prompt": "a photo of a cat", "Negative prompt": "blurry", "Steps": "2",
-                                        "Sampler": "LMS", "CFG scale": "7.5", "Seed": "42", "Size": "64x64",
+    assert json.loads(shown.output) == {"Prompt": "a photo of a cat", "Negative prompt": "blurry", "Steps": 2,
+                                        "Sampler": "LMS", "CFG scale": 7.5, "Seed": 42, "Size": "64x64",
                                         "Model": engine.name}
 
 
@@ -96,7 +96,7 @@ def test_generate_json_reports_outputs_and_timings(engine, tmp_path):
     assert all(Path(p).is_file() for p in report["outputs"])
     assert {"load", "text_encoder", "denoise", "vae_decoder", "png", "start_to_first_step"} <= set(report["timings"])
     second = CliRunner().invoke(main, ["info", report["outputs"][1], "--json"])
-    assert json.loads(second.output)["Batch pos"] == "2"
+    assert json.loads(second.output)["Batch pos"] == 2
 
 
 @pytest.mark.parametrize(
@@ -160,3 +160,48 @@ def test_sigterm_stops_a_generation_at_a_step_boundary(exported_tiny, tmp_path):
     _, errors = process.communicate(timeout=60)
     assert process.returncode == 130, line + errors
     assert "stopped by a signal" in errors and "Traceback" not in errors and not out.exists()
+
+
+def test_info_on_an_export_says_its_sizes(engine):
+    from sdrt.runtime.manifest import Manifest
+
+    manifest = Manifest.load(engine)
+    shown = CliRunner().invoke(main, ["info", str(engine)])
+    assert shown.exit_code == 0, shown.output
+    width = manifest.dims["width"]
+    assert f"width: {width.min} to {width.max} in steps of {width.multiple}" in shown.output
+    summary = json.loads(CliRunner().invoke(main, ["info", str(engine), "--json"]).output)
+    assert summary["height"]["max"] == manifest.dims["height"].max and summary["max_prompt_tokens"] % 75 == 0
+    assert set(summary["components"]) == set(manifest.components)
+    assert all(c["mib"] > 0 for c in summary["components"].values())
+
+
+@pytest.mark.slow
+def test_random_export(tmp_path):
+    """`sdrt export --random tiny` (a model built and exported: about 12 s, so in the slow tier)."""
+    out = tmp_path / "random-tiny"
+    made = CliRunner().invoke(main, ["export", "--random", "tiny", "--out", str(out)])
+    assert made.exit_code == 0, made.output
+    result = CliRunner().invoke(main, ["generate", "a photo of a cat", "--model", str(out), "--steps", "1",
+                                       "--out", str(tmp_path / "cat.png"), "--quiet"])
+    assert result.exit_code == 0, result.output
+
+
+def test_the_default_model(engine, tmp_path, monkeypatch):
+    """`sdrt generate` with no --model uses $SDRT_MODEL; with neither, offline, one line says how
+    to point sdrt at a model."""
+    import huggingface_hub
+    from PIL import Image
+
+    monkeypatch.setenv("SDRT_MODEL", str(engine))
+    picture = tmp_path / "cat.png"
+    result = CliRunner().invoke(main, ["generate", "a photo of a cat", "--steps", "1", "--out", str(picture), "--quiet"])
+    assert result.exit_code == 0, result.output
+    with Image.open(picture) as image:
+        assert f"Model: {engine.name}" in image.info["parameters"]
+    monkeypatch.delenv("SDRT_MODEL")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read when imported
+    offline = CliRunner().invoke(main, ["generate", "a photo of a cat", "--steps", "1", "--quiet"])
+    assert offline.exit_code != 0 and "Traceback" not in offline.output
+    assert "--model DIR" in offline.output and "sdrt export --random tiny" in offline.output

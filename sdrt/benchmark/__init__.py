@@ -303,19 +303,11 @@ def arch_model(arch: str, progress=lambda line: None) -> tuple[str, str]:
         raise BenchError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHES)}")
     try:
         from sdrt.export.exporter import export_model
-        from sdrt.export.random_model import save_random_pipeline
-        from sdrt.export.random_sdxl import save_random_sdxl
+        from sdrt.export.random_sources import random_source
     except ImportError:
         raise BenchError("--arch needs the export extra to build the model: pip install 'sdrt[export]'") from None
     root = cache_dir() / "arch"
-    source, engine = root / f"{arch}-diffusers", root / f"{arch}-onnx-fp32"
-    if not (source / "model_index.json").is_file():
-        progress(f"building a random-weight {arch} model in {source} (once)")
-        root.mkdir(parents=True, exist_ok=True)
-        if arch == "sdxl":
-            save_random_sdxl(source, size="full", kind="base", seed=0)
-        else:
-            save_random_pipeline(source, size=arch, kind="standard", seed=0)
+    source, engine = random_source(arch, root, progress), root / f"{arch}-onnx-fp32"
     if not (engine / "manifest.json").is_file():
         progress(f"exporting it to {engine} (once)")
         export_model(str(source), engine, overwrite=engine.exists(), progress=progress)

@@ -14,6 +14,7 @@ from sdrt.cli import main
 from sdrt.cli.controlnet_options import controlnet_options, control_units
 from sdrt.cli.prompt_options import embedding_options, embedding_sources, lora_options, prompt_options
 from sdrt.cli.image_options import hires_fix, image_options, mask_options
+from sdrt.cli.default_model import resolve_model
 from sdrt.cli.signals import stop_on_signals
 from sdrt.cli.sdxl_options import resolve_refiner_switch, sdxl_options, size_conditioning
 from sdrt.cli.types import FiniteFloat, THREADS
@@ -166,7 +167,8 @@ class _Progress:
 
 @main.command()
 @click.argument("prompt")
-@click.option("--model", "model_dir", required=True, type=click.Path(), help="Exported model folder.")
+@click.option("--model", "model_dir", default=None, type=click.Path(),
+              help="Exported model folder [default: $SDRT_MODEL, else SD 1.5 exported once into the cache].")
 @click.option("--negative-prompt", default=None, help="What the image should not show.")
 @click.option("--steps", default=DEFAULT_STEPS, show_default=True, type=int, help="Denoising steps.")
 @click.option("--guidance", default=DEFAULT_GUIDANCE, show_default=True, type=FiniteFloat(0),
@@ -229,6 +231,7 @@ def generate(prompt, model_dir, negative_prompt, steps, guidance, seed, height, 
     if seed is None:  # drawn here, so that the output names are known (and checked) first
         seed = random.SystemRandom().randint(0, MAX_SEED)
     paths = output_paths(out, seed, num_images)
+    model_dir = resolve_model(model_dir)
     pipeline = Pipeline.load(model_dir, backend=backend, threads=threads, cuda_graph=cuda_graph, refiner=refiner,
                              progress=None if quiet else lambda line: click.echo(line, err=True),
                              embeddings=embedding_sources(embedding_dirs, embedding_files), lora_dir=lora_dir,

@@ -15,9 +15,13 @@ from sdrt.errors import SdrtError
 from sdrt.runtime.engines import BACKEND_NAMES, DEFAULT_BACKEND
 from sdrt.runtime.manifest import DEFAULT_PROMPT_CHUNKS
 
+RANDOM_NAMES = ("tiny", "sd15", "tiny-sdxl", "sdxl")  # sdrt.export.random_sources.RANDOM_MODELS (no import here)
+
 
 @main.command()
-@click.argument("model")
+@click.argument("model", required=False)
+@click.option("--random", "random_name", default=None, type=click.Choice(RANDOM_NAMES),
+              help="Instead of MODEL: a random-weight model (tiny, sd15, tiny-sdxl, sdxl), to try every step offline.")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
               help="Output folder (default: engines/NAME, NAME from MODEL).")
 @click.option("--config", "config_dir", default=None, type=click.Path(file_okay=False, exists=True),
@@ -35,16 +39,22 @@ from sdrt.runtime.manifest import DEFAULT_PROMPT_CHUNKS
 @click.option("--tiny-vae", default=None, metavar="SOURCE",
               help="Also export this AutoencoderTiny (TAESD/TAESDXL folder or hub id) as a fast decoder (--vae tiny).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing export in --out.")
-def export(model: str, out_dir: str | None, config_dir: str | None, precision: str, vae_precision: str,
+def export(model: str | None, random_name: str | None, out_dir: str | None, config_dir: str | None, precision: str, vae_precision: str,
            target: str, optimize: bool, max_prompt_chunks: int, tiny_vae: str | None, overwrite: bool) -> None:
     """Export MODEL (diffusers folder, .safetensors/.ckpt checkpoint or hub id) to validated
     ONNX with a manifest.json, in the layout OnnxStableDiffusionPipeline reads."""
-    from pathlib import Path
-
     try:
         from sdrt.export.exporter import ExportOptions, export_model
     except ImportError as error:
         raise SdrtError(f"export needs the export extra ({error.name} is missing): pip install 'sdrt[export]'")
+    if (model is None) == (random_name is None):
+        raise SdrtError("pass a MODEL to export, or --random NAME for a random-weight one")
+    if random_name is not None:
+        from sdrt.export.random_sources import random_source
+        from sdrt.runtime.engines.ort_cache import cache_root
+
+        model = str(random_source(random_name, cache_root() / "random", lambda line: click.echo(line, err=True)))
+        out_dir = out_dir or str(Path("engines") / f"random-{random_name}")
     if out_dir is None:
         out_dir = str(Path("engines") / Path(model.rstrip("/")).stem.replace("/", "--"))
     options = ExportOptions(precision=precision, vae_precision=vae_precision, target=target, optimize=optimize,
@@ -122,11 +132,18 @@ def _verify(model_dir, backend, json_path, steps: int = 8) -> None:
 
 
 @main.command()
-@click.argument("image", type=click.Path())
-@click.option("--json", "as_json", is_flag=True, help="Print the fields as JSON.")
-def info(image: str, as_json: bool) -> None:
-    """Print the generation parameters stored in an IMAGE made by sdrt (or AUTOMATIC1111)."""
-    from sdrt.runtime.png_info import parse_parameters, read_parameters
+@click.argument("path", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print the fields as JSON (numbers as numbers).")
+def info(path: str, as_json: bool) -> None:
+    """Print what PATH is: an export folder's model, sizes and components, or the generation
+    parameters stored in an image made by sdrt (or AUTOMATIC1111)."""
+    from sdrt.runtime.png_info import parse_parameters, read_parameters, typed_parameters
 
-    text = read_parameters(Path(image))
-    click.echo(json.dumps(parse_parameters(text), ensure_ascii=False) if as_json else text)
+    if Path(path).is_dir():
+        from sdrt.runtime.model_summary import format_summary, model_summary
+
+        summary = model_summary(path)
+        click.echo(json.dumps(summary) if as_json else format_summary(summary))
+        return
+    text = read_parameters(Path(path))
+    click.echo(json.dumps(typed_parameters(parse_parameters(text)), ensure_ascii=False) if as_json else text)

@@ -10,6 +10,7 @@ import click
 
 from sdrt.cli import main
 from sdrt.cli.controlnet_options import controlnet_dir_option
+from sdrt.cli.default_model import resolve_model
 from sdrt.cli.prompt_options import embedding_options, embedding_sources, serve_lora_options
 from sdrt.cli.types import FiniteFloat, PORT, THREADS
 from sdrt.errors import SdrtError
@@ -17,7 +18,8 @@ from sdrt.runtime.engines import BACKEND_NAMES, DEFAULT_BACKEND
 
 
 @main.command()
-@click.option("--model", "model_dir", required=True, type=click.Path(), help="Exported model folder.")
+@click.option("--model", "model_dir", default=None, type=click.Path(),
+              help="Exported model folder [default: $SDRT_MODEL, else SD 1.5 exported once into the cache].")
 @click.option("--refiner", default=None, type=click.Path(),
               help="SDXL refiner folder; A1111 requests pick it with refiner_checkpoint.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
@@ -79,6 +81,7 @@ def serve(model_dir, refiner, host, port, backend, threads, api_key, api_auth, m
     if host not in ("127.0.0.1", "localhost", "::1") and not (api_key or api_auth):
         click.echo(f"warning: serving on {host} without --api-key: anyone who can reach it can use it", err=True)
     embeddings = embedding_sources(embedding_dirs, embedding_files)
+    model_dir = resolve_model(model_dir)
     if use_ray:
         serve_on_ray(model_dir, refiner, backend, threads, settings, host, port, ray_address,
                      dict(replicas=replicas, min_replicas=min_replicas, max_replicas=max_replicas,

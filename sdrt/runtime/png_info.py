@@ -10,6 +10,7 @@ so other tools (A1111, ComfyUI, image browsers) read them.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import tempfile
@@ -99,11 +100,54 @@ def parse_parameters(text: str) -> dict:
         result["Negative prompt"] = "\n".join(lines[first:])[len(NEGATIVE_PREFIX):]
     else:
         result["Prompt"] = "\n".join(lines)
-    for item in settings.split(", "):
+    for item in _split_fields(settings):
         key, sep, value = item.partition(": ")
         if sep:
             result[key] = value
     return result
+
+
+def _split_fields(line: str) -> list[str]:
+    """The "Key: value" items of A1111's settings line: split at ", " outside quoted values."""
+    items, start, quoted, index = [], 0, False, 0
+    while index < len(line):
+        char = line[index]
+        if char == "\\" and quoted:
+            index += 2
+            continue
+        if char == '"':
+            quoted = not quoted
+        elif not quoted and line.startswith(", ", index):
+            items.append(line[start:index])
+            start = index + 2
+            index += 1
+        index += 1
+    items.append(line[start:])
+    return items
+
+
+def typed_parameters(fields: dict[str, str]) -> dict:
+    """parse_parameters' fields with numbers as numbers and quoted values unquoted (for JSON)."""
+    typed: dict = {}
+    for key, value in fields.items():
+        if key in ("Prompt", "Negative prompt"):
+            typed[key] = value
+            continue
+        if value.startswith('"') and value.endswith('"'):
+            try:
+                typed[key] = json.loads(value)
+                continue
+            except ValueError:
+                pass
+        try:
+            typed[key] = int(value)
+        except ValueError:
+            try:
+                number = float(value)
+                typed[key] = number if math.isfinite(number) else value
+            except ValueError:
+                typed[key] = value
+    return typed
 
 
 def _umask() -> int:

@@ -1,0 +1,48 @@
+"""The random-weight models `sdrt export --random NAME` (and `sdrt bench --arch`) start from:
+one registry of names, each built once into the cache as a diffusers folder and reused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from sdrt.errors import ConfigError
+
+
+def _sd(size: str) -> Callable[[Path], Path]:
+    def build(folder: Path) -> Path:
+        from sdrt.export.random_model import save_random_pipeline
+
+        return save_random_pipeline(folder, size=size, kind="standard", seed=0)
+
+    return build
+
+
+def _sdxl(size: str) -> Callable[[Path], Path]:
+    def build(folder: Path) -> Path:
+        from sdrt.export.random_sdxl import save_random_sdxl
+
+        return save_random_sdxl(folder, size=size, kind="base", seed=0)
+
+    return build
+
+
+#: Name -> (what it is, builder). The full-size ones have real architectures for benchmarks.
+RANDOM_MODELS: dict[str, tuple[str, Callable[[Path], Path]]] = {
+    "tiny": ("a tiny SD 1.x (seconds to build and run; for trying the whole path)", _sd("tiny")),
+    "sd15": ("SD 1.5's full-size architecture (benchmarks; about 4 GB)", _sd("sd15")),
+    "tiny-sdxl": ("a tiny SDXL base", _sdxl("tiny")),
+    "sdxl": ("SDXL 1.0 base's full-size architecture (benchmarks; about 14 GB)", _sdxl("full")),
+}
+
+
+def random_source(name: str, root: Path, progress: Callable[[str], None] = lambda line: None) -> Path:
+    """The diffusers folder of random model `name` under `root`, built on first use."""
+    if name not in RANDOM_MODELS:
+        raise ConfigError(f"unknown random model {name!r}; choose one of {', '.join(RANDOM_MODELS)}")
+    folder = Path(root) / f"{name}-diffusers"
+    if not (folder / "model_index.json").is_file():
+        progress(f"building a random-weight {name} model ({RANDOM_MODELS[name][0]}) in {folder} (once)")
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        RANDOM_MODELS[name][1](folder)
+    return folder

@@ -1,0 +1,55 @@
+"""What `sdrt info DIR` says of an export: the model, the sizes it takes, its components."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sdrt.runtime.manifest import BATCH, HEIGHT, WIDTH, Manifest
+
+MIB = 2**20
+
+
+def model_summary(folder: str | Path) -> dict:
+    manifest = Manifest.load(folder)
+    folder = Path(folder)
+    dims = manifest.dims
+
+    def side(name: str) -> dict | None:
+        valid = dims.get(name)
+        return None if valid is None else {"min": valid.min, "max": valid.max, "multiple": valid.multiple}
+
+    components = {}
+    for name, spec in manifest.components.items():
+        files = [folder / spec.file, *(folder / Path(spec.file).parent / extra for extra in spec.data_files)]
+        size = sum(path.stat().st_size for path in files if path.is_file())
+        components[name] = {"precision": spec.precision, "target": spec.target, "mib": round(size / MIB, 1)}
+    batch = dims.get(BATCH)
+    return {
+        "model": folder.name, "family": manifest.family, "prediction_type": manifest.prediction_type,
+        "native_size": {"width": manifest.native_width, "height": manifest.native_height},
+        "width": side(WIDTH), "height": side(HEIGHT), "max_batch": batch.max if batch else None,
+        "max_prompt_tokens": _prompt_tokens(manifest), "tiny_vae": manifest.tiny_vae is not None,
+        "components": components, "source": manifest.source.get("model"),
+    }
+
+
+def _prompt_tokens(manifest: Manifest) -> int:
+    from sdrt.runtime.manifest import TEXT_SEQUENCE
+
+    sequence = manifest.dims.get(TEXT_SEQUENCE)
+    chunks = 1 if sequence is None else sequence.max // manifest.text_length  # older exports: one chunk
+    return chunks * (manifest.text_length - 2)  # each chunk holds its tokens between start and end
+
+
+def format_summary(summary: dict) -> str:
+    def sizes(side: dict | None) -> str:
+        return "any" if side is None else f"{side['min']} to {side['max']} in steps of {side['multiple']}"
+
+    native = summary["native_size"]
+    lines = [f"{summary['model']}: {summary['family']} ({summary['prediction_type']}), from {summary['source']}",
+             f"native size: {native['width']}x{native['height']}",
+             f"width: {sizes(summary['width'])}", f"height: {sizes(summary['height'])}",
+             f"images per call: up to {summary['max_batch']}",
+             f"longest prompt: {summary['max_prompt_tokens']} tokens", f"tiny VAE: {'yes' if summary['tiny_vae'] else 'no'}"]
+    lines += [f"  {name}: {c['precision']} for {c['target']}, {c['mib']} MiB" for name, c in summary["components"].items()]
+    return "\n".join(lines)
