@@ -22,6 +22,7 @@ import numpy as np
 from sdrt import __version__
 from sdrt.benchmark.driver import BenchError, Worker
 from sdrt.runtime.manifest import ADDED_CONDITIONS, Manifest
+from sdrt.runtime.deepcache import DeepCache
 from sdrt.runtime.hires import HiresFix
 from sdrt.runtime.request import GenerationRequest
 
@@ -48,6 +49,7 @@ class BenchSettings:
     vae: str = "full"  # the decoder ("tiny": the export's tiny VAE; diffusers: its AutoencoderTiny is not loaded)
     schedule: str = "automatic"  # A1111's schedule type (sdrt.runtime.schedulers.schedules)
     hires: float | None = None  # the hires fix's scale (Latent upscaler, as many steps, strength 0.7)
+    deepcache: str | None = None  # DeepCache "INTERVAL[:BRANCH]" (an export made with --deepcache)
 
     def request(self, seed: int = 0) -> GenerationRequest:
         """The generation one measured run makes."""
@@ -58,6 +60,7 @@ class BenchSettings:
                                  width=self.width, num_images=self.num_images, sampler=self.sampler, seed=seed,
                                  loras=list(self.loras), vae=self.vae, schedule=self.schedule,
                                  hires=None if self.hires is None else HiresFix(scale=self.hires),
+                                 deepcache=None if self.deepcache is None else DeepCache.parse(self.deepcache),
                                  controlnets=[ControlUnit.parse(text, image) for text in self.controlnets])
 
 
@@ -185,9 +188,10 @@ def run_benchmark(model: str, settings: BenchSettings, *, backend: str = "cpu", 
             raise BenchError(f"unknown baseline {compare!r}; sdrt compares with diffusers")
         if diffusers_model is None:
             raise BenchError("--compare diffusers needs the model's diffusers folder: pass --diffusers-model DIR")
-        if settings.controlnets or settings.vae != "full" or settings.hires or settings.schedule != "automatic":
-            raise BenchError("--compare with --controlnet, --vae tiny, --hires or --schedule is not supported yet: "
-                             "measure sdrt alone")
+        if settings.controlnets or settings.vae != "full" or settings.hires or settings.schedule != "automatic" \
+                or settings.deepcache:
+            raise BenchError("--compare with --controlnet, --vae tiny, --hires, --schedule or --deepcache is not "
+                             "supported yet: measure sdrt alone (or use --latency-table)")
         try:
             import diffusers  # noqa: F401
             import torch  # noqa: F401

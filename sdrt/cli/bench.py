@@ -42,6 +42,8 @@ from sdrt.runtime.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES, SCHEDULE_NAM
               help="Schedule type (A1111's) for the sampler.")
 @click.option("--hires", default=None, type=FiniteFloat(1, 4), metavar="SCALE",
               help="Measure the hires fix: a second pass at SCALE times the size (Latent upscaler).")
+@click.option("--deepcache", default=None, metavar="INTERVAL[:BRANCH]",
+              help="Measure DeepCache (an export made with --deepcache).")
 @click.option("--runs", default=3, show_default=True, type=int, help="Measured runs (after the warm-up).")
 @click.option("--warmup", default=1, show_default=True, type=int, help="Unmeasured runs first.")
 @click.option("--threads", default=None, type=THREADS, help="CPU threads (default: all cores).")
@@ -57,7 +59,7 @@ from sdrt.runtime.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES, SCHEDULE_NAM
 @click.option("--plot", "plot_path", default=None, type=click.Path(),
               help="With --sweep: a PNG plot here [default: beside --json] (needs matplotlib: sdrt[plot]).")
 def bench(model_dir, arch, backend, height, width, steps, guidance, num_images, sampler, prompt, embeddings, loras,
-          controlnets, vae_decoder, schedule, hires, runs, warmup, threads, compare, sequential, diffusers_model, sweep, json_path, cuda_graph, plot_path) -> None:
+          controlnets, vae_decoder, schedule, hires, deepcache, runs, warmup, threads, compare, sequential, diffusers_model, sweep, json_path, cuda_graph, plot_path) -> None:
     """Measure latency per stage, memory and (with --compare) the ratio to diffusers."""
     from sdrt.benchmark import BenchSettings, arch_model, parse_sweep, run_benchmark, sweep_settings
     from sdrt.benchmark.report import format_report
@@ -70,6 +72,13 @@ def bench(model_dir, arch, backend, height, width, steps, guidance, num_images, 
         raise SdrtError("pass exactly one of --model DIR or --arch NAME")
     if runs < 1 or warmup < 0:
         raise SdrtError("--runs must be >= 1 and --warmup >= 0")
+    if deepcache is not None:
+        from sdrt.runtime.deepcache import DeepCache
+
+        try:
+            DeepCache.parse(deepcache)
+        except ValueError as error:
+            raise SdrtError(f"--deepcache: {error}") from None
     if sampler not in SAMPLER_NAMES:
         raise SdrtError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLER_NAMES)}")
     if arch is not None:
@@ -80,7 +89,7 @@ def bench(model_dir, arch, backend, height, width, steps, guidance, num_images, 
                          steps=steps, guidance=guidance, num_images=num_images, sampler=sampler,
                          loras=tuple(str(Path(lora).resolve()) if Path(lora).exists() else lora for lora in loras),
                          controlnets=tuple(str(Path(c).resolve()) if Path(c).exists() else c for c in controlnets),
-                         vae=vae_decoder, schedule=schedule, hires=hires,
+                         vae=vae_decoder, schedule=schedule, hires=hires, deepcache=deepcache,
                          **({"prompt": prompt} if prompt is not None else {}))
     plan = [base]
     if sweep:

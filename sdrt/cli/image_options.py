@@ -8,8 +8,25 @@ from typing import Callable
 import click
 
 from sdrt.cli.types import FiniteFloat
+from sdrt.runtime.deepcache import DeepCache
 from sdrt.runtime.hires import DEFAULT_STRENGTH, DEFAULT_UPSCALER, MAX_SCALE, UPSCALERS, HiresFix, upscaler_named
 from sdrt.runtime.inpaint_area import MASK_FILLS, MaskOptions
+
+class DeepCacheOption(click.ParamType):
+    name = "INTERVAL[:BRANCH]"
+
+    def convert(self, value, param, ctx):
+        if value is None or isinstance(value, DeepCache):
+            return value
+        try:
+            return DeepCache.parse(value)
+        except ValueError as error:
+            self.fail(str(error), param, ctx)
+
+
+DEEPCACHE = click.option("--deepcache", default=None, type=DeepCacheOption(), metavar="INTERVAL[:BRANCH]",
+                         help="DeepCache: the full UNet every INTERVAL steps, its shallow branch between (an export "
+                              "made with --deepcache; branch 0).")
 
 HIRES = ("hires", "hires_upscaler", "hires_steps", "hires_strength", "hires_prompt")
 MASK = ("mask_blur", "invert_mask", "inpaint_area", "mask_padding", "mask_fill", "paste_back")
@@ -18,6 +35,7 @@ INPAINT_AREAS = ("whole", "masked")
 
 def image_options(command: Callable) -> Callable:
     options = [
+        DEEPCACHE,
         click.option("--hires", default=None, type=FiniteFloat(1, MAX_SCALE), metavar="SCALE",
                      help="Hires fix: a second image-to-image pass at SCALE times the size (A1111's)."),
         click.option("--hires-upscaler", default=DEFAULT_UPSCALER, show_default=True, metavar="NAME",

@@ -38,9 +38,12 @@ RANDOM_NAMES = ("tiny", "sd15", "tiny-sdxl", "sdxl")  # sdrt.export.random_sourc
               help="Longest prompt the UNet takes, in chunks of 75 tokens (A1111's long prompts).")
 @click.option("--tiny-vae", default=None, metavar="SOURCE",
               help="Also export this AutoencoderTiny (TAESD/TAESDXL folder or hub id) as a fast decoder (--vae tiny).")
+@click.option("--deepcache", is_flag=True,
+              help="Also export the graphs DeepCache needs (generate --deepcache; a few MB, SD 1.x/2.x).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing export in --out.")
 def export(model: str | None, random_name: str | None, out_dir: str | None, config_dir: str | None, precision: str, vae_precision: str,
-           target: str, optimize: bool, max_prompt_chunks: int, tiny_vae: str | None, overwrite: bool) -> None:
+           target: str, optimize: bool, max_prompt_chunks: int, tiny_vae: str | None, deepcache: bool,
+           overwrite: bool) -> None:
     """Export MODEL (diffusers folder, .safetensors/.ckpt checkpoint or hub id) to validated
     ONNX with a manifest.json, in the layout OnnxStableDiffusionPipeline reads."""
     try:
@@ -58,7 +61,7 @@ def export(model: str | None, random_name: str | None, out_dir: str | None, conf
     if out_dir is None:
         out_dir = str(Path("engines") / Path(model.rstrip("/")).stem.replace("/", "--"))
     options = ExportOptions(precision=precision, vae_precision=vae_precision, target=target, optimize=optimize,
-                            max_prompt_chunks=max_prompt_chunks, tiny_vae=tiny_vae)
+                            max_prompt_chunks=max_prompt_chunks, tiny_vae=tiny_vae, deepcache=deepcache)
     manifest = export_model(model, out_dir, config=config_dir, options=options, overwrite=overwrite,
                             progress=lambda line: click.echo(line, err=True))
     click.echo(f"exported {len(manifest.components)} components to {out_dir}")

@@ -52,6 +52,7 @@ class ExportOptions:
     optimize: bool = False
     max_prompt_chunks: int = DEFAULT_PROMPT_CHUNKS  # the UNet's longest text context, in encoder lengths
     tiny_vae: str | None = None  # an AutoencoderTiny (folder or hub id) to export beside the VAE
+    deepcache: bool = False  # also the graphs DeepCache needs (sdrt.export.deepcache)
 
     def __post_init__(self):
         onnx_graph.check_choice("precision", self.precision, onnx_graph.PRECISIONS)
@@ -222,6 +223,10 @@ def export_pipeline(
         components = {}
         exports = component_exports(pipeline, geometry, num_train_timesteps)
         tiny = None
+        if options.deepcache:
+            from sdrt.export.deepcache import deepcache_exports
+
+            exports = deepcache_exports(exports, pipeline)
         if options.tiny_vae is not None:
             from sdrt.export.tiny_vae import load_tiny_vae, tiny_vae_exports
 

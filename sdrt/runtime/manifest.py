@@ -45,6 +45,8 @@ FAMILIES = ("sd1", "sd2", "sdxl", "sdxl-refiner")
 UNET_CONTEXT = "encoder_hidden_states"
 #: An LCM-distilled UNet's guidance embedding input (config `time_cond_proj_dim`).
 TIMESTEP_COND = "timestep_cond"
+#: DeepCache (sdrt.export.deepcache): the UNet's extra output, and the graph of a cached step.
+DEEP_FEATURE, UNET_SHALLOW = "deep_feature", "unet_shallow"
 TEXT_EMBEDS, TIME_IDS = "text_embeds", "time_ids"
 ADDED_CONDITIONS = (TEXT_EMBEDS, TIME_IDS)
 LAST_HIDDEN, PENULTIMATE_HIDDEN = "last_hidden_state", "penultimate_hidden_state"

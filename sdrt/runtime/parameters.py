@@ -40,6 +40,8 @@ def generation_parameters(resolved: ResolvedRequest, model: str, embeddings: dic
     if loras:
         parameters["loras"] = {lora.name: {"text": lora.weights.text, "unet": lora.weights.unet} for lora in loras}
         parameters["lora_hashes"] = {lora.name: lora.short_hash for lora in loras}
+    if request.deepcache is not None:
+        parameters["deepcache"] = f"{request.deepcache.interval}:{request.deepcache.branch}"
     if request.vae != "full":
         parameters["vae"] = request.vae
     if resolved.controls:

@@ -26,7 +26,7 @@ from sdrt.runtime.integrity import verify_components
 from sdrt.runtime.lora.adapters import LoraAdapters
 from sdrt.runtime.lora.library import LoraLibrary
 from sdrt.runtime.json_files import read_json
-from sdrt.runtime.manifest import MANIFEST_NAME, Manifest
+from sdrt.runtime.manifest import MANIFEST_NAME, UNET_SHALLOW, Manifest
 from sdrt.runtime.model_folder import infer_manifest
 from sdrt.runtime import modes, refiner as refiners, vae
 from sdrt.runtime.conditioning import UnetConditioning, unet_conditioning
@@ -37,6 +37,7 @@ from sdrt.runtime.rng import GeneratorGroup, TorchGenerator
 from sdrt.runtime.schedulers import DEFAULT_SAMPLER, Scheduler, sampler_from_config
 from sdrt.runtime.text_encoders import TextEncoders
 from sdrt.runtime.denoise import GenerationCancelled, denoise_loop
+from sdrt.runtime.deepcache import StepCachedUnet
 from sdrt.runtime.hires import hires_run
 from sdrt.runtime.inpaint_area import masked_run
 
@@ -245,6 +246,9 @@ class Pipeline:
         conditioning = unet_conditioning(self.text_encoders, engines, resolved, warnings, timings)
         timings["text_encoder"] = time.perf_counter() - stage
         sampler = self.new_sampler(request)
+        if request.deepcache is not None:
+            engines = {**engines, "unet": StepCachedUnet(engines["unet"], self._optional_engine(UNET_SHALLOW),
+                                                         sampler.timesteps, request.deepcache.interval)}
         start = modes.prepare(self.manifest, resolved, sampler, generator, timings,
                               lambda image, draw: self.encode_image(image, draw, request.vae))
         control = self.controlnets.prepare(

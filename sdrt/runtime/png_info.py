@@ -69,6 +69,8 @@ def format_parameters(prompt: str, parameters: dict, batch_position: int | None 
     if "lora_hashes" in parameters:
         fields.append(("Lora hashes", quote(", ".join(f"{name}: {digest}" for name, digest in
                                                       parameters["lora_hashes"].items()))))
+    if "deepcache" in parameters:
+        fields.append(("DeepCache", quote(parameters["deepcache"])))
     if "vae" in parameters:  # A1111's field for the VAE used
         fields.append(("VAE", "TAESD" if parameters["vae"] == "tiny" else parameters["vae"]))
     for index, unit in enumerate(parameters.get("controlnets", ())):  # the A1111 extension's record

@@ -21,6 +21,7 @@ from PIL import Image
 from sdrt.errors import ConfigError, GenerationError
 from sdrt.runtime.controlnet.units import PARAM as CONTROLNETS, ControlUnit, check_units
 from sdrt.runtime.images import InputImageError, open_image, target_size
+from sdrt.runtime.deepcache import DeepCache
 from sdrt.runtime.hires import HiresFix
 from sdrt.runtime.inpaint_area import MaskOptions
 from sdrt.runtime.lora.tags import LoraRef, extract_tags
@@ -84,6 +85,7 @@ class GenerationRequest:
     # Image-to-image from latents (diffusers' img2img given latents as its image): [1 or batch, C, h, w].
     init_latents: np.ndarray | None = field(default=None, compare=False)
     hires: HiresFix | None = None  # A1111's hires fix (sdrt.runtime.hires)
+    deepcache: DeepCache | None = None  # step caching (sdrt.runtime.deepcache)
     strength: float | None = None
     latents: np.ndarray | None = field(default=None, compare=False)
     size_conditioning: SizeConditioning | None = None
@@ -273,9 +275,20 @@ def _resolve(request: GenerationRequest, manifest: Manifest) -> ResolvedRequest:
     texts, loras = _loras(request, prompts)
     controls = tuple((unit, _open(unit.image, CONTROLNETS)) for unit in check_units(request.controlnets))
     _check_vae(request, manifest)
+    _check_deepcache(request, manifest, loras)
     return ResolvedRequest(request, prompts, negatives, seeds, per_prompt, int(height), int(width),
                            None if strength is None else float(strength), image, mask, options, texts, loras, controls,
                            None if request.init_latents is None else np.asarray(request.init_latents, np.float32))
+
+
+def _check_deepcache(request: GenerationRequest, manifest: Manifest, loras) -> None:
+    if request.deepcache is None:
+        return
+    problem = request.deepcache.problem(manifest)
+    if problem is None and (request.controlnets or loras or request.refiner_switch is not None):
+        problem = "DeepCache does not run with ControlNets, LoRAs or a refiner (their graphs are not cached)"
+    if problem is not None:
+        raise GenerationError(problem, "deepcache")
 
 
 def _latent_size(request: GenerationRequest, manifest: Manifest, strength) -> tuple[int, int, float]:

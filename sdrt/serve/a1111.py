@@ -31,7 +31,8 @@ A1111_FIELDS = {"num_images": "batch_size", "guidance_scale": "cfg_scale", "samp
                 "refiner_switch": "refiner_switch_at", "clip_skip": "override_settings.CLIP_stop_at_last_layers",
                 "emphasis": "override_settings.emphasis", "loras": "prompt",
                 "controlnets": "alwayson_scripts.controlnet.args", "vae": "override_settings.sd_vae",
-                "schedule": "scheduler", "mask_options": "mask", "hires": "enable_hr"}
+                "schedule": "scheduler", "mask_options": "mask", "hires": "enable_hr",
+                "deepcache": "deepcache"}
 #: What A1111 clients send for "no refiner" and "no ControlNet model".
 NO_REFINER = NO_MODEL = ("", "none")
 
@@ -233,3 +234,15 @@ def a1111_hires(body):
                     negative_prompt=body.hr_negative_prompt or None,
                     sampler=None if _same(body.hr_sampler_name) else sampler,
                     schedule=None if _same(body.hr_scheduler) else schedule)
+
+
+def deepcache_field(value, param: str = "deepcache"):
+    """sdrt's `deepcache` extension field ("INTERVAL[:BRANCH]" or an interval) as DeepCache."""
+    from sdrt.runtime.deepcache import DeepCache
+
+    if value is None:
+        return None
+    try:
+        return DeepCache.parse(str(value))
+    except ValueError as error:
+        raise RequestError(400, f"{param}: {error}", param) from None

@@ -100,6 +100,7 @@ class A1111Request(Body):
     override_settings: dict[str, Any] = Field(default_factory=dict)
     alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
     send_images: bool = True
+    deepcache: StrictStr | int | None = None  # sdrt's extension: DeepCache "INTERVAL[:BRANCH]"
     # Fields checked against NEUTRAL_ONLY and COSMETIC (declared so that their types are A1111's).
     restore_faces: bool | None = None
     tiling: bool | None = None

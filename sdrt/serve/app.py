@@ -20,7 +20,7 @@ from sdrt.runtime.png_info import format_parameters
 from sdrt.runtime.request import MAX_SEED, GenerationRequest
 from sdrt.runtime.schedulers import display_name
 from sdrt.serve.a1111 import (A1111_FIELDS, OPENAI_FIELDS, a1111_hires, a1111_mask_options, a1111_vae, check_eta, check_lora_tags,
-                              control_units, decode_image, png_base64, refiner_switch, sdrt_sampler)
+                              control_units, decode_image, deepcache_field, png_base64, refiner_switch, sdrt_sampler)
 from sdrt.serve.middleware import BodyLimit, Guard
 from sdrt.runtime.schedulers.schedules import schedule_label
 from sdrt.serve.a1111_options import MODEL_OPTION, A1111Options
@@ -121,6 +121,7 @@ def create_app(pipeline, settings: ServeSettings | None = None, catalog: ModelCa
         units = control_units(body, image)
         vae = a1111_vae(options.sd_vae, "override_settings.sd_vae")
         hires = a1111_hires(body) if image is None else None
+        deepcache = deepcache_field(body.deepcache)
         checkpoint = body.override_settings.get(MODEL_OPTION)
         if checkpoint is not None:  # A1111 loads it for this request (and keeps it: see the warning)
             await app.state.switch_model(checkpoint, f"override_settings.{MODEL_OPTION}")
@@ -134,7 +135,7 @@ def create_app(pipeline, settings: ServeSettings | None = None, catalog: ModelCa
                     num_images=body.batch_size, sampler=sampler, schedule=schedule, init_image=image,
                     mask_image=mask, mask_options=mask_options, strength=strength, refiner_switch=switch,
                     clip_skip=options.clip_skip, emphasis=options.emphasis, controlnets=units, vae=vae,
-                    hires=hires))
+                    hires=hires, deepcache=deepcache))
             except Stopped as stop:  # A1111's /skip drops this image set, /interrupt the rest too
                 if stop.kind not in ("interrupt", "skip"):
                     raise

@@ -22,7 +22,7 @@ from sdrt.runtime.request import GenerationRequest
 
 # The per-request settings that must agree for requests to share a UNet call.
 SHARED_SETTINGS = ("steps", "guidance_scale", "sampler", "schedule", "num_images", "size_conditioning", "refiner_switch",
-                   "emphasis", "clip_skip", "plain_prompt", "vae")
+                   "emphasis", "clip_skip", "plain_prompt", "vae", "deepcache")
 UNBATCHABLE = ("init_image", "mask_image", "latents", "init_latents", "hires")
 
 

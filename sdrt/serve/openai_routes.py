@@ -21,7 +21,7 @@ from sdrt.runtime.png_info import format_parameters
 from sdrt.runtime.request import MAX_SEED, GenerationRequest
 from sdrt.runtime.schedulers import DEFAULT_SAMPLER, SAMPLERS
 from sdrt.runtime.sizes import SizeError, parse_size
-from sdrt.serve.a1111 import check_lora_tags, decode_image, png_base64, served_name
+from sdrt.serve.a1111 import check_lora_tags, decode_image, deepcache_field, png_base64, served_name
 from sdrt.serve.schemas import OpenAIImageRequest, RequestError
 
 AUTO_SIZE = "auto"
@@ -30,7 +30,7 @@ VARIATION_STRENGTH = 0.75
 #: Form fields of edits and variations besides the files, with their types.
 FORM_NUMBERS = {"n": int, "steps": int, "seed": int, "guidance_scale": float, "strength": float}
 FORM_TEXTS = ("prompt", "negative_prompt", "size", "response_format", "model", "sampler", "schedule", "user",
-              "quality", "vae", "output_format", "background")
+              "quality", "vae", "output_format", "background", "deepcache")
 
 
 def parse_openai_size(size: str | None) -> tuple[int | None, int | None]:
@@ -141,7 +141,8 @@ def add_openai_routes(app: FastAPI, service, catalog, settings, run, check_limit
             body.prompt, negative_prompt=body.negative_prompt, steps=body.steps, guidance_scale=body.guidance_scale,
             height=height, width=width, seed=body.seed, num_images=body.n,
             sampler=sampler_of(body), schedule=body.schedule,
-            plain_prompt=settings.plain_prompts, controlnets=units, vae=body.vae, hires=hires_of(body)),
+            plain_prompt=settings.plain_prompts, controlnets=units, vae=body.vae, hires=hires_of(body),
+            deepcache=deepcache_field(body.deepcache)),
             body.model, body.prompt)
 
     async def image_route(request: Request, needs_prompt: bool) -> dict:
@@ -168,7 +169,8 @@ def add_openai_routes(app: FastAPI, service, catalog, settings, run, check_limit
             height=height, width=width, seed=seed, num_images=body.n,
             sampler=sampler_of(body), schedule=body.schedule, init_image=image,
             mask_image=_png(mask) if mask is not None else None, strength=strength,
-            plain_prompt=settings.plain_prompts, vae=body.vae), body.model, body.prompt)
+            plain_prompt=settings.plain_prompts, vae=body.vae, deepcache=deepcache_field(body.deepcache)),
+            body.model, body.prompt)
 
     @app.post("/v1/images/edits")
     async def edits(request: Request):

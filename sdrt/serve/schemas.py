@@ -131,6 +131,7 @@ class OpenAIImageRequest(Body):
     controlnets: list[ControlNetField] = Field(default_factory=list)  # sdrt's extension
     vae: StrictStr = "full"  # sdrt's extension: "tiny" decodes with the tiny VAE
     hires: HiresField | None = None  # sdrt's extension: A1111's hires fix
+    deepcache: StrictStr | int | None = None  # sdrt's extension: DeepCache "INTERVAL[:BRANCH]"
 
     def check(self) -> None:
         for field, (allowed, why) in OPENAI_NEUTRAL.items():

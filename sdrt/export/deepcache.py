@@ -1,0 +1,96 @@
+"""The UNet graphs DeepCache needs (`sdrt export --deepcache`), branch 0 of the `deepcache`
+package's DeepCacheSDHelper:
+
+- `unet` gains one output, `deep_feature`: the hidden state the last up block hands its last
+  layer (the output of its second-to-last attention, or resnet where it has none). Plain
+  generation asks the engine for `out_sample` only, so it runs as before.
+- `unet_shallow` (a new, small graph) is what a cached step computes: the time embedding,
+  `conv_in`, the last up block's last resnet (and attention) on [deep_feature, conv_in's
+  output], and the output convolution. Its weights are the UNet's own, exported again (a few
+  MB: one resnet and one transformer block at the highest resolution).
+
+SD 1.x/2.x UNets, text-to-image and image-to-image; the runtime refuses the rest by name."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from sdrt.errors import ConfigError
+from sdrt.runtime.manifest import DEEP_FEATURE, LATENT_HEIGHT, LATENT_WIDTH, UNET_BATCH, UNET_SHALLOW, TensorSpec
+
+
+def _handoff_layer(unet) -> torch.nn.Module:
+    """The layer whose output the last up block's last layer concatenates with conv_in's."""
+    block = unet.up_blocks[-1]
+    attentions = getattr(block, "attentions", None)
+    if len(block.resnets) < 2:
+        raise ConfigError("DeepCache needs a last up block of at least two layers")
+    return attentions[-2] if attentions else block.resnets[-2]
+
+
+class DeepFeatureUnet(torch.nn.Module):
+    """The plain UNet export's module, also returning the deep feature."""
+
+    def __init__(self, plain: torch.nn.Module, unet):
+        super().__init__()
+        self.plain = plain
+        self.captured: list[torch.Tensor] = []
+        _handoff_layer(unet).register_forward_hook(self._capture)
+
+    def _capture(self, module, args, output):
+        self.captured.append(output[0] if isinstance(output, (tuple, list)) else
+                             getattr(output, "sample", output))
+
+    def forward(self, *inputs):
+        self.captured.clear()
+        out = self.plain(*inputs)
+        return out, self.captured[-1]
+
+
+class ShallowUnet(torch.nn.Module):
+    """A cached step of branch 0: see the module's note."""
+
+    def __init__(self, unet, guidance: bool):
+        super().__init__()
+        self.unet, self.guidance = unet, guidance
+
+    def forward(self, sample, timestep, encoder_hidden_states, *rest):
+        unet = self.unet
+        timestep_cond = rest[0] if self.guidance else None
+        deep_feature = rest[-1]
+        emb = unet.time_embedding(unet.get_time_embed(sample=sample, timestep=timestep), timestep_cond)
+        if unet.time_embed_act is not None:
+            emb = unet.time_embed_act(emb)
+        hidden = torch.cat([deep_feature, unet.conv_in(sample)], dim=1)
+        block = unet.up_blocks[-1]
+        hidden = block.resnets[-1](hidden, emb)
+        if getattr(block, "attentions", None):
+            hidden = block.attentions[-1](hidden, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
+        if unet.conv_norm_out is not None:
+            hidden = unet.conv_act(unet.conv_norm_out(hidden))
+        return unet.conv_out(hidden)
+
+
+def deepcache_exports(exports: list, pipeline) -> list:
+    """`exports` with the UNet giving its deep feature, and the shallow UNet after it."""
+    unet = pipeline.unet
+    if getattr(unet.config, "addition_embed_type", None) or getattr(unet.config, "class_embed_type", None):
+        raise ConfigError("--deepcache is for SD 1.x/2.x UNets (this one takes added embeddings, as SDXL's)")
+    _handoff_layer(unet)
+    index = next(i for i, e in enumerate(exports) if e.name == "unet")
+    plain = exports[index]
+    width = unet.up_blocks[-1].resnets[-2].out_channels
+    feature = TensorSpec(DEEP_FEATURE, "float32", [UNET_BATCH, width, LATENT_HEIGHT, LATENT_WIDTH])
+    full = replace(plain, module=DeepFeatureUnet(plain.module, unet), outputs=[*plain.outputs, feature])
+    kept = [spec for spec in plain.inputs if spec.name not in plain.defaults]  # no ControlNet residuals
+    guidance = any(spec.name == "timestep_cond" for spec in kept)
+
+    def shallow_inputs(gen, batch, latent_h, latent_w):
+        made = plain.make_inputs(gen, batch, latent_h, latent_w)[:len(kept)]
+        return (*made, torch.randn(made[0].shape[0], width, latent_h, latent_w, generator=gen))
+
+    shallow = replace(plain, name=UNET_SHALLOW, module=ShallowUnet(unet, guidance), inputs=[*kept, feature],
+                      make_inputs=shallow_inputs, defaults={}, lora_model=None)
+    return [*exports[:index], full, shallow, *exports[index + 1:]]
