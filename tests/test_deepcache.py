@@ -111,3 +111,32 @@ def test_bench_measures_deepcache(export, tmp_path):
                                     "--deepcache", "2", "--json", str(out)])
     assert run.exit_code == 0, run.output
     assert json.loads(out.read_text())["settings"]["deepcache"] == "2"
+
+
+def test_bench_latency_table(export, tmp_path):
+    out = tmp_path / "table.json"
+    run = CliRunner().invoke(main, ["bench", "--model", str(export), "--latency-table", "--steps", "6", "--sampler",
+                                    "euler", "--runs", "1", "--warmup", "0", "--json", str(out)])
+    assert run.exit_code == 0, run.output
+    rows = json.loads(out.read_text())["items"]
+    assert list(rows) == ["plain", "lcm_4", "tcd_4", "deepcache_2", "deepcache_3"]
+    assert rows["plain"]["speedup"] == 1.0 and rows["plain"]["mean_abs_255"] == 0 and rows["plain"]["psnr_db"] is None
+    assert rows["deepcache_3"]["mean_abs_255"] > 0 and rows["deepcache_3"]["unet_calls"] == rows["plain"]["unet_calls"]
+    assert rows["lcm_4"]["steps"] == 4 and "speed-up" in run.output
+
+
+def test_tensorrt_through_the_fake(export, tmp_path, monkeypatch):
+    import shutil
+
+    import fake_tensorrt
+
+    folder = tmp_path / "model"
+    shutil.copytree(export, folder)
+    stats = fake_tensorrt.install(monkeypatch)
+    built = CliRunner().invoke(main, ["build", str(folder), "--static", "64x64", "--max-batch", "1"])
+    assert built.exit_code == 0, built.output
+    settings = dict(prompt=PROMPT, steps=5, seed=3, sampler="euler", deepcache=DeepCache(2))
+    expected = Pipeline.load(folder).generate(**settings).array
+    got = Pipeline.load(folder, backend="tensorrt").generate(**settings).array
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert stats.executions["unet"] == 3 and stats.executions["unet_shallow"] == 2

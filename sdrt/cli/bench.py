@@ -44,6 +44,9 @@ from sdrt.runtime.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES, SCHEDULE_NAM
               help="Measure the hires fix: a second pass at SCALE times the size (Latent upscaler).")
 @click.option("--deepcache", default=None, metavar="INTERVAL[:BRANCH]",
               help="Measure DeepCache (an export made with --deepcache).")
+@click.option("--latency-table", is_flag=True,
+              help="Time per image, speed-up and image change of each shortcut the export takes (LCM, TCD, "
+                   "DeepCache, tiny VAE) against the plain --steps run, in this process.")
 @click.option("--runs", default=3, show_default=True, type=int, help="Measured runs (after the warm-up).")
 @click.option("--warmup", default=1, show_default=True, type=int, help="Unmeasured runs first.")
 @click.option("--threads", default=None, type=THREADS, help="CPU threads (default: all cores).")
@@ -59,7 +62,7 @@ from sdrt.runtime.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES, SCHEDULE_NAM
 @click.option("--plot", "plot_path", default=None, type=click.Path(),
               help="With --sweep: a PNG plot here [default: beside --json] (needs matplotlib: sdrt[plot]).")
 def bench(model_dir, arch, backend, height, width, steps, guidance, num_images, sampler, prompt, embeddings, loras,
-          controlnets, vae_decoder, schedule, hires, deepcache, runs, warmup, threads, compare, sequential, diffusers_model, sweep, json_path, cuda_graph, plot_path) -> None:
+          controlnets, vae_decoder, schedule, hires, deepcache, latency_table, runs, warmup, threads, compare, sequential, diffusers_model, sweep, json_path, cuda_graph, plot_path) -> None:
     """Measure latency per stage, memory and (with --compare) the ratio to diffusers."""
     from sdrt.benchmark import BenchSettings, arch_model, parse_sweep, run_benchmark, sweep_settings
     from sdrt.benchmark.report import format_report
@@ -91,6 +94,9 @@ def bench(model_dir, arch, backend, height, width, steps, guidance, num_images, 
                          controlnets=tuple(str(Path(c).resolve()) if Path(c).exists() else c for c in controlnets),
                          vae=vae_decoder, schedule=schedule, hires=hires, deepcache=deepcache,
                          **({"prompt": prompt} if prompt is not None else {}))
+    if latency_table:
+        _latency_table(model_dir, base, backend, threads, runs, warmup, json_path, say)
+        return
     plan = [base]
     if sweep:
         name, values = parse_sweep(sweep)
@@ -115,5 +121,21 @@ def bench(model_dir, arch, backend, height, width, steps, guidance, num_images, 
             written = plot(name, rows, Path(plot_path), title)
             say(f"wrote {written}" if written else "no plot: install matplotlib (pip install 'sdrt[plot]')")
     if json_path:
+        Path(json_path).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        say(f"wrote {json_path}")
+
+
+def _latency_table(model_dir, base, backend, threads, runs, warmup, json_path, say) -> None:
+    from sdrt.benchmark import machine_info
+    from sdrt.benchmark.items import format_table, latency_table
+    from sdrt.runtime.pipeline import Pipeline
+
+    pipeline = Pipeline.load(model_dir, backend=backend, threads=threads)
+    rows = latency_table(pipeline, base.request(seed=0), runs, warmup, say)
+    click.echo(format_table(rows))
+    if json_path:
+        payload = {"machine": machine_info(), "model": str(model_dir), "backend": backend,
+                   "settings": {"steps": base.steps, "height": base.height, "width": base.width,
+                                "sampler": base.sampler, "guidance": base.guidance}, "items": rows}
         Path(json_path).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
         say(f"wrote {json_path}")

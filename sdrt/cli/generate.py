@@ -224,7 +224,7 @@ def generate(prompt, model_dir, negative_prompt, steps, guidance, seed, height, 
     units = control_units(controlnets, control_images, canny_thresholds, control_starts=control_starts,
                           control_ends=control_ends, control_modes=control_modes, preprocessors=preprocessors)
     conditioning = size_conditioning(sdxl)
-    hires, masking, deepcache = hires_fix(sdxl), mask_options(sdxl), sdxl.pop("deepcache")
+    hires, masking, deepcache, eta = hires_fix(sdxl), mask_options(sdxl), sdxl.pop("deepcache"), sdxl.pop("eta")
     if masking is not None and mask_image is None:
         raise click.UsageError("--mask-blur, --invert-mask, --inpaint-area, --mask-padding, --mask-fill and "
                                "--paste-back need --mask")
@@ -254,7 +254,7 @@ def generate(prompt, model_dir, negative_prompt, steps, guidance, seed, height, 
                                 size_conditioning=conditioning, refiner_switch=switch, emphasis=emphasis,
                                 clip_skip=clip_skip, plain_prompt=plain_prompt, loras=list(loras),
                                 controlnets=units, vae=vae_decoder, hires=hires, mask_options=masking,
-                                deepcache=deepcache)
+                                deepcache=deepcache, eta=eta)
     previews = None
     if preview is not None:
         from sdrt.runtime.preview import Preview

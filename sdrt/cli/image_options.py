@@ -36,6 +36,8 @@ INPAINT_AREAS = ("whole", "masked")
 def image_options(command: Callable) -> Callable:
     options = [
         DEEPCACHE,
+        click.option("--eta", default=None, type=FiniteFloat(0, 1),
+                     help="For --sampler tcd: its gamma, from 0 (deterministic) to 1 [default: 0.3]."),
         click.option("--hires", default=None, type=FiniteFloat(1, MAX_SCALE), metavar="SCALE",
                      help="Hires fix: a second image-to-image pass at SCALE times the size (A1111's)."),
         click.option("--hires-upscaler", default=DEFAULT_UPSCALER, show_default=True, metavar="NAME",

@@ -64,7 +64,7 @@ CONTROL_IMAGE = "controlnet_cond"  # a ControlNet's conditioning image, [0, 1] R
 TINY_VAE_DECODER, TINY_VAE_ENCODER = "vae_decoder_tiny", "vae_encoder_tiny"
 #: Every engine an export may have (SDXL adds the second text encoder; a refiner has only it).
 COMPONENT_NAMES = ("text_encoder", "text_encoder_2", "unet", "vae_decoder", "vae_encoder", TINY_VAE_DECODER,
-                   TINY_VAE_ENCODER)
+                   TINY_VAE_ENCODER, UNET_SHALLOW)
 #: The text encoder and tokenizer of SD 1.x/2.x exports (SDXL lists its own in `sdxl`).
 CLIP_TEXT_ENCODER, CLIP_TOKENIZER = "text_encoder", "tokenizer"
 

@@ -288,6 +288,8 @@ class Pipeline:
 
     def new_sampler(self, request: GenerationRequest) -> Scheduler:
         sampler = sampler_from_config(request.sampler, self.scheduler_config, request.schedule)
+        if request.eta is not None:
+            sampler.eta = request.eta
         try:
             sampler.set_timesteps(request.steps)
         except ConfigError as error:

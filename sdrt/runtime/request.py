@@ -18,11 +18,12 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from sdrt.errors import ConfigError, GenerationError
+from sdrt.errors import GenerationError
 from sdrt.runtime.controlnet.units import PARAM as CONTROLNETS, ControlUnit, check_units
 from sdrt.runtime.images import InputImageError, open_image, target_size
 from sdrt.runtime.deepcache import DeepCache
 from sdrt.runtime.hires import HiresFix
+from sdrt.runtime.request_checks import check_deepcache, check_family, check_sampling, check_vae, latent_size
 from sdrt.runtime.inpaint_area import MaskOptions
 from sdrt.runtime.lora.tags import LoraRef, extract_tags
 from sdrt.runtime.lora.weights_map import LoraError
@@ -31,7 +32,7 @@ from sdrt.runtime.prompts.emphasis import DEFAULT_EMPHASIS, emphasis_mode
 from sdrt.runtime.prompts.options import TextOptions
 from sdrt.runtime.sdxl import SizeConditioning
 from sdrt.runtime.text import check_text
-from sdrt.runtime.schedulers import DEFAULT_SAMPLER, DEFAULT_SCHEDULE, SAMPLER_NAMES, SAMPLERS
+from sdrt.runtime.schedulers import DEFAULT_SAMPLER, DEFAULT_SCHEDULE
 
 #: PyTorch's CPU generator keeps the low 32 bits of a seed.
 MAX_SEED = 2**32 - 1
@@ -86,6 +87,7 @@ class GenerationRequest:
     init_latents: np.ndarray | None = field(default=None, compare=False)
     hires: HiresFix | None = None  # A1111's hires fix (sdrt.runtime.hires)
     deepcache: DeepCache | None = None  # step caching (sdrt.runtime.deepcache)
+    eta: float | None = None  # the stochasticity of samplers that take one (TCD's gamma); None: theirs
     strength: float | None = None
     latents: np.ndarray | None = field(default=None, compare=False)
     size_conditioning: SizeConditioning | None = None
@@ -193,29 +195,8 @@ def _seeds(request: GenerationRequest, prompts: list[str], image_mode: bool) -> 
     return [int(value) for value in seeds], per_prompt
 
 
-def _check_family(request: GenerationRequest, manifest: Manifest) -> None:
-    """What only some model families take."""
-    if manifest.sdxl is None:
-        for name in ("size_conditioning", "refiner_switch"):
-            if getattr(request, name) is not None:
-                raise GenerationError(f"{name} applies to SDXL models only; this is {manifest.family}", name)
-        return
-    if manifest.family == "sdxl-refiner" and request.init_image is None:
-        raise GenerationError("this is an SDXL refiner, which refines an image: load it as the refiner of an "
-                              "SDXL base model (--refiner), or give it an init image", "init_image")
-    if request.size_conditioning is not None:
-        if not isinstance(request.size_conditioning, SizeConditioning):
-            raise GenerationError("size_conditioning must be a SizeConditioning", "size_conditioning")
-        request.size_conditioning.check()
-    switch = request.refiner_switch
-    if switch is not None and (not isinstance(switch, (int, float)) or isinstance(switch, bool)
-                               or not 0 < switch < 1):
-        raise GenerationError(f"refiner switch must be a number between 0 and 1 (exclusive), got {switch!r}",
-                              "refiner_switch")
-
-
 def _resolve(request: GenerationRequest, manifest: Manifest) -> ResolvedRequest:
-    _check_family(request, manifest)
+    check_family(request, manifest)
     inpainting_unet = manifest.unet_in_channels != manifest.latent_channels
     if inpainting_unet and request.mask_image is None:
         raise GenerationError(f"this is an inpainting model (UNet takes {manifest.unet_in_channels} channels): "
@@ -237,7 +218,7 @@ def _resolve(request: GenerationRequest, manifest: Manifest) -> ResolvedRequest:
         if not isinstance(strength, (int, float)) or not 0 < strength <= 1:
             raise GenerationError(f"strength must be in (0, 1], got {strength}", "strength")
     if request.init_latents is not None:
-        height, width, strength = _latent_size(request, manifest, strength)
+        height, width, strength = latent_size(request, manifest, IMG2IMG_STRENGTH if strength is None else strength)
     if request.mask_options is not None and request.mask_options.check():
         raise GenerationError(request.mask_options.check(), "mask_options")
     if request.mask_image is not None:
@@ -258,13 +239,7 @@ def _resolve(request: GenerationRequest, manifest: Manifest) -> ResolvedRequest:
         raise GenerationError(f"guidance scale must be >= 0, got {guidance}", "guidance_scale")
     if not _is_int(request.num_images) or request.num_images < 1:
         raise GenerationError(f"num_images must be a positive integer, got {request.num_images!r}", "num_images")
-    if request.sampler not in SAMPLERS:
-        raise GenerationError(f"unknown sampler {request.sampler!r}; choose one of {', '.join(SAMPLER_NAMES)}",
-                              "sampler")
-    try:
-        SAMPLERS[request.sampler].schedule_overrides(request.schedule)
-    except ConfigError as error:
-        raise GenerationError(str(error), "schedule") from None
+    check_sampling(request)
     seeds, per_prompt = _seeds(request, prompts, image is not None or request.init_latents is not None)
     batch = len(prompts) * request.num_images
     batch_range = manifest.dims.get(BATCH)
@@ -274,43 +249,11 @@ def _resolve(request: GenerationRequest, manifest: Manifest) -> ResolvedRequest:
     options = _text_options(request)
     texts, loras = _loras(request, prompts)
     controls = tuple((unit, _open(unit.image, CONTROLNETS)) for unit in check_units(request.controlnets))
-    _check_vae(request, manifest)
-    _check_deepcache(request, manifest, loras)
+    check_vae(request, manifest)
+    check_deepcache(request, manifest, loras)
     return ResolvedRequest(request, prompts, negatives, seeds, per_prompt, int(height), int(width),
                            None if strength is None else float(strength), image, mask, options, texts, loras, controls,
                            None if request.init_latents is None else np.asarray(request.init_latents, np.float32))
-
-
-def _check_deepcache(request: GenerationRequest, manifest: Manifest, loras) -> None:
-    if request.deepcache is None:
-        return
-    problem = request.deepcache.problem(manifest)
-    if problem is None and (request.controlnets or loras or request.refiner_switch is not None):
-        problem = "DeepCache does not run with ControlNets, LoRAs or a refiner (their graphs are not cached)"
-    if problem is not None:
-        raise GenerationError(problem, "deepcache")
-
-
-def _latent_size(request: GenerationRequest, manifest: Manifest, strength) -> tuple[int, int, float]:
-    latents = request.init_latents
-    if request.init_image is not None or request.mask_image is not None or not isinstance(latents, np.ndarray) \
-            or latents.ndim != 4 or latents.shape[1] != manifest.latent_channels:
-        raise GenerationError(f"init latents must be one array [batch, {manifest.latent_channels}, h, w], without "
-                              "an init image or mask", "init_latents")
-    strength = IMG2IMG_STRENGTH if strength is None else strength
-    if not isinstance(strength, (int, float)) or not 0 < strength <= 1:
-        raise GenerationError(f"strength must be in (0, 1], got {strength}", "strength")
-    return latents.shape[2] * manifest.vae_scale_factor, latents.shape[3] * manifest.vae_scale_factor, strength
-
-
-def _check_vae(request: GenerationRequest, manifest: Manifest) -> None:
-    from sdrt.runtime.vae import DECODERS
-
-    if not isinstance(request.vae, str) or request.vae not in DECODERS:
-        raise GenerationError(f"unknown VAE {request.vae!r}; choose one of {', '.join(DECODERS)}", "vae")
-    if request.vae == "tiny" and manifest.tiny_vae is None:
-        raise GenerationError("this export has no tiny VAE: re-export the model with --tiny-vae SOURCE (TAESD for "
-                              "SD 1.x/2.x, TAESDXL for SDXL)", "vae")
 
 
 def _loras(request: GenerationRequest, prompts: list[str]) -> tuple[list[str], tuple[LoraRef, ...]]:

@@ -177,9 +177,13 @@ def check_lora_tags(prompt: str, param: str) -> None:
 SAMPLER_ETA = {"euler_a": 1.0, "ddim": 0.0}
 
 
-def check_eta(sampler: str, eta: float | None) -> None:
+def check_eta(sampler: str, eta: float | None) -> float | None:
+    """The eta to pass on (samplers that take one: TCD's gamma), after refusing an eta that would
+    change a sampler that runs with a fixed one."""
+    if getattr(SAMPLERS[sampler].cls, "takes_eta", False):
+        return eta
     if eta is None or sampler not in SAMPLER_ETA or eta == SAMPLER_ETA[sampler]:
-        return
+        return None
     raise RequestError(400, f"eta: {display_name(sampler)} runs with eta {SAMPLER_ETA[sampler]:g} only, got {eta:g}",
                        "eta")
 

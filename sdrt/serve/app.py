@@ -112,7 +112,7 @@ def create_app(pipeline, settings: ServeSettings | None = None, catalog: ModelCa
                     mask_options=None):
         warnings = body.checked()
         sampler, schedule = sdrt_sampler(body.sampler_name or body.sampler_index, body.scheduler)
-        check_eta(sampler, body.eta)
+        eta = check_eta(sampler, body.eta)
         check_limits(body.batch_size * body.n_iter, body.steps, "batch_size")
         seed = None if body.seed == -1 else body.seed
         switch = refiner_switch(service.pipeline, body.refiner_checkpoint, body.refiner_switch_at)
@@ -135,7 +135,7 @@ def create_app(pipeline, settings: ServeSettings | None = None, catalog: ModelCa
                     num_images=body.batch_size, sampler=sampler, schedule=schedule, init_image=image,
                     mask_image=mask, mask_options=mask_options, strength=strength, refiner_switch=switch,
                     clip_skip=options.clip_skip, emphasis=options.emphasis, controlnets=units, vae=vae,
-                    hires=hires, deepcache=deepcache))
+                    hires=hires, deepcache=deepcache, eta=eta))
             except Stopped as stop:  # A1111's /skip drops this image set, /interrupt the rest too
                 if stop.kind not in ("interrupt", "skip"):
                     raise

@@ -142,7 +142,7 @@ def add_openai_routes(app: FastAPI, service, catalog, settings, run, check_limit
             height=height, width=width, seed=body.seed, num_images=body.n,
             sampler=sampler_of(body), schedule=body.schedule,
             plain_prompt=settings.plain_prompts, controlnets=units, vae=body.vae, hires=hires_of(body),
-            deepcache=deepcache_field(body.deepcache)),
+            deepcache=deepcache_field(body.deepcache), eta=body.eta),
             body.model, body.prompt)
 
     async def image_route(request: Request, needs_prompt: bool) -> dict:

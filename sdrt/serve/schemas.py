@@ -132,6 +132,7 @@ class OpenAIImageRequest(Body):
     vae: StrictStr = "full"  # sdrt's extension: "tiny" decodes with the tiny VAE
     hires: HiresField | None = None  # sdrt's extension: A1111's hires fix
     deepcache: StrictStr | int | None = None  # sdrt's extension: DeepCache "INTERVAL[:BRANCH]"
+    eta: float | None = Field(None, ge=0, le=1)  # sdrt's extension: TCD's gamma
 
     def check(self) -> None:
         for field, (allowed, why) in OPENAI_NEUTRAL.items():

@@ -21,6 +21,7 @@ from sdrt.runtime.schedulers.heun import HeunDiscreteScheduler
 from sdrt.runtime.schedulers.lcm import LCMScheduler
 from sdrt.runtime.schedulers.lms import LMSDiscreteScheduler
 from sdrt.runtime.schedulers.pndm import PNDMScheduler
+from sdrt.runtime.schedulers.tcd import TCDScheduler
 from sdrt.runtime.schedulers.schedules import DEFAULT_SCHEDULE, SCHEDULE_NAMES, SCHEDULES, schedule_overrides
 from sdrt.runtime.schedulers.unipc import UniPCMultistepScheduler
 
@@ -67,6 +68,7 @@ _ENTRIES = (
     SamplerEntry("heun", HeunDiscreteScheduler, "Heun"),
     SamplerEntry("unipc", UniPCMultistepScheduler, "UniPC"),
     SamplerEntry("lcm", LCMScheduler, "LCM"),  # latent consistency models, LCM-LoRA (1 to 8 steps)
+    SamplerEntry("tcd", TCDScheduler, "TCD"),  # trajectory consistency distillation (TCD-LoRA), gamma = eta
 )
 SAMPLERS: dict[str, SamplerEntry] = {entry.name: entry for entry in _ENTRIES}
 SAMPLER_NAMES = tuple(SAMPLERS)

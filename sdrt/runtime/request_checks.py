@@ -1,0 +1,78 @@
+"""Checks of a GenerationRequest's optional features against the model: the model family's
+own settings, the sampler with its schedule type and eta, latents as the start, the VAE, and
+DeepCache. Each failure is a GenerationError naming the request field."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sdrt.errors import ConfigError, GenerationError
+from sdrt.runtime.manifest import Manifest
+from sdrt.runtime.schedulers import SAMPLER_NAMES, SAMPLERS
+from sdrt.runtime.sdxl import SizeConditioning
+
+
+def check_sampling(request) -> None:
+    if request.sampler not in SAMPLERS:
+        raise GenerationError(f"unknown sampler {request.sampler!r}; choose one of {', '.join(SAMPLER_NAMES)}",
+                              "sampler")
+    try:
+        SAMPLERS[request.sampler].schedule_overrides(request.schedule)
+    except ConfigError as error:
+        raise GenerationError(str(error), "schedule") from None
+    if request.eta is not None and (not getattr(SAMPLERS[request.sampler].cls, "takes_eta", False)
+                                    or not isinstance(request.eta, (int, float)) or not 0 <= request.eta <= 1):
+        raise GenerationError(f"eta must be in [0, 1] and is for samplers that take one (tcd), not "
+                              f"{request.sampler} with eta {request.eta!r}", "eta")
+
+
+def check_family(request, manifest: Manifest) -> None:
+    """What only some model families take."""
+    if manifest.sdxl is None:
+        for name in ("size_conditioning", "refiner_switch"):
+            if getattr(request, name) is not None:
+                raise GenerationError(f"{name} applies to SDXL models only; this is {manifest.family}", name)
+        return
+    if manifest.family == "sdxl-refiner" and request.init_image is None:
+        raise GenerationError("this is an SDXL refiner, which refines an image: load it as the refiner of an "
+                              "SDXL base model (--refiner), or give it an init image", "init_image")
+    if request.size_conditioning is not None:
+        if not isinstance(request.size_conditioning, SizeConditioning):
+            raise GenerationError("size_conditioning must be a SizeConditioning", "size_conditioning")
+        request.size_conditioning.check()
+    switch = request.refiner_switch
+    if switch is not None and (not isinstance(switch, (int, float)) or isinstance(switch, bool)
+                               or not 0 < switch < 1):
+        raise GenerationError(f"refiner switch must be a number between 0 and 1 (exclusive), got {switch!r}",
+                              "refiner_switch")
+
+
+def check_deepcache(request, manifest: Manifest, loras) -> None:
+    if request.deepcache is None:
+        return
+    problem = request.deepcache.problem(manifest)
+    if problem is None and (request.controlnets or loras or request.refiner_switch is not None):
+        problem = "DeepCache does not run with ControlNets, LoRAs or a refiner (their graphs are not cached)"
+    if problem is not None:
+        raise GenerationError(problem, "deepcache")
+
+
+def latent_size(request, manifest: Manifest, strength) -> tuple[int, int, float]:
+    latents = request.init_latents
+    if request.init_image is not None or request.mask_image is not None or not isinstance(latents, np.ndarray) \
+            or latents.ndim != 4 or latents.shape[1] != manifest.latent_channels:
+        raise GenerationError(f"init latents must be one array [batch, {manifest.latent_channels}, h, w], without "
+                              "an init image or mask", "init_latents")
+    if not isinstance(strength, (int, float)) or not 0 < strength <= 1:
+        raise GenerationError(f"strength must be in (0, 1], got {strength}", "strength")
+    return latents.shape[2] * manifest.vae_scale_factor, latents.shape[3] * manifest.vae_scale_factor, strength
+
+
+def check_vae(request, manifest: Manifest) -> None:
+    from sdrt.runtime.vae import DECODERS
+
+    if not isinstance(request.vae, str) or request.vae not in DECODERS:
+        raise GenerationError(f"unknown VAE {request.vae!r}; choose one of {', '.join(DECODERS)}", "vae")
+    if request.vae == "tiny" and manifest.tiny_vae is None:
+        raise GenerationError("this export has no tiny VAE: re-export the model with --tiny-vae SOURCE (TAESD for "
+                              "SD 1.x/2.x, TAESDXL for SDXL)", "vae")
