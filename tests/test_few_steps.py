@@ -127,3 +127,10 @@ def test_tcd_sampling_equals_diffusers(exported_tiny, tiny_models, steps, eta):
         refused = CliRunner().invoke(main, ["generate", PROMPT, "--model", str(exported_tiny("standard")),
                                             "--sampler", "euler", "--eta", "0.5", "--steps", "1", "--quiet"])
         assert refused.exit_code == 2 and "eta" in refused.output and "Traceback" not in refused.output
+
+
+def test_consistency_sampler_with_guidance_on_a_plain_unet_warns(exported_tiny):
+    ours = Pipeline.load(exported_tiny("standard"))
+    warned = ours.generate(PROMPT, steps=2, seed=1, sampler="lcm", guidance_scale=7.5).warnings
+    assert any("not consistency-distilled runs classifier-free guidance at 7.5" in w for w in warned)
+    assert not ours.generate(PROMPT, steps=2, seed=1, sampler="lcm", guidance_scale=1.5).warnings

@@ -24,6 +24,10 @@ import numpy as np
 from sdrt.runtime.engines import Engine
 from sdrt.runtime.guidance_embedding import guidance_embedding
 from sdrt.runtime.manifest import TEXT_EMBEDS, TIMESTEP_COND, UNET_CONTEXT
+
+#: Samplers for consistency-distilled models (LCM, TCD), and the guidance their LoRAs are made for.
+CONSISTENCY_SAMPLERS = ("lcm", "tcd")
+CONSISTENCY_GUIDANCE_MAX = 2.0
 from sdrt.runtime.prompts.schedule import prompt_schedule
 from sdrt.runtime.request import ResolvedRequest
 from sdrt.runtime.text_encoders import TextEncoders
@@ -107,6 +111,10 @@ def unet_conditioning(encoders: TextEncoders, engines: dict[str, Engine], resolv
         if request.negative_prompt is not None:
             warnings.append("this latent consistency model takes no negative prompt (guidance is built in): "
                             "it was not used")
+    elif request.sampler in CONSISTENCY_SAMPLERS and request.guidance_scale > CONSISTENCY_GUIDANCE_MAX:
+        warnings.append(f"the {request.sampler} sampler on a UNet that is not consistency-distilled runs classifier-free "
+                        f"guidance at {request.guidance_scale:g} (two UNet batches a step); LCM/TCD-LoRAs are made "
+                        f"for guidance 1 to {CONSISTENCY_GUIDANCE_MAX:g}, and without such a LoRA few steps stay noisy")
     positive = [schedule(p) for p in resolved.texts]
     zero_negative = encoders.sdxl is not None and encoders.sdxl.force_zeros_for_empty_prompt \
         and request.negative_prompt is None
