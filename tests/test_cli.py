@@ -205,3 +205,21 @@ def test_the_default_model(engine, tmp_path, monkeypatch):
     offline = CliRunner().invoke(main, ["generate", "a photo of a cat", "--steps", "1", "--quiet"])
     assert offline.exit_code != 0 and "Traceback" not in offline.output
     assert "--model DIR" in offline.output and "sdrt export --random tiny" in offline.output
+
+
+def test_generate_with_a1111_styles(engine, tmp_path):
+    from PIL import Image
+
+    styles = tmp_path / "styles.csv"
+    styles.write_text('name,prompt,negative_prompt\nCinematic,"{prompt}, cinematic still",blurry\n')
+    out = tmp_path / "styled.png"
+    result = CliRunner().invoke(main, ["generate", "a cat", "--model", str(engine), "--steps", "1", "--style",
+                                       "Cinematic", "--styles", str(styles), "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    with Image.open(out) as image:
+        assert image.info["parameters"].startswith("a cat, cinematic still\nNegative prompt: blurry\n")
+    missing = CliRunner().invoke(main, ["generate", "a cat", "--model", str(engine), "--style", "Cinematic", "--quiet"])
+    assert missing.exit_code == 2 and "--style needs --styles FILE" in missing.output
+    unknown = CliRunner().invoke(main, ["generate", "a cat", "--model", str(engine), "--steps", "1", "--style", "Noir",
+                                        "--styles", str(styles), "--quiet"])
+    assert unknown.exit_code == 2 and "unknown style 'Noir'" in unknown.output

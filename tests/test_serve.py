@@ -149,7 +149,8 @@ def test_bad_requests_name_the_field(url, route, payload, status, param):
 def test_malformed_and_oversized_bodies(url):
     response = httpx.post(f"{url}/v1/images/generations", content=b"{not json", timeout=10,
                           headers={"content-type": "application/json"})
-    assert response.status_code == 400 and "error" in response.json()
+    assert response.status_code == 400 and response.json()["error"]["param"] is None
+    assert response.json()["error"]["message"] == "the body is not valid JSON"
     huge = json.dumps({"prompt": "x" * (2**20 + 10)})
     assert httpx.post(f"{url}/v1/images/generations", content=huge, timeout=10,
                       headers={"content-type": "application/json"}).status_code == 413

@@ -35,7 +35,10 @@ def served(exported_tiny, tmp_path_factory):
     (models / "second").symlink_to(second, target_is_directory=True)
     pipelines = {first.resolve(): Pipeline.load(first), second.resolve(): Pipeline.load(second)}
     catalog = ModelCatalog(first, models, lambda folder: pipelines[folder.resolve()])
-    app = create_app(pipelines[first.resolve()], ServeSettings(api_auth=((USER, PASSWORD),)), catalog)
+    styles = tmp_path_factory.mktemp("styles") / "styles.csv"
+    styles.write_text('name,prompt,negative_prompt\nCinematic,"{prompt}, cinematic still",blurry\nGrain,film grain,\n')
+    settings = ServeSettings(api_auth=((USER, PASSWORD),), styles_file=str(styles))
+    app = create_app(pipelines[first.resolve()], settings, catalog)
     with live_server(app) as url:
         yield url, pipelines[first.resolve()], pipelines[second.resolve()]
 
@@ -112,7 +115,7 @@ def test_sampler_and_schedule_type_pairs(served):
 @pytest.mark.parametrize("payload, param", [
     ({"tiling": True}, "tiling"),
     ({"restore_faces": True}, "restore_faces"),
-    ({"styles": ["Cinematic"]}, "styles"),
+    ({"styles": ["Nope"]}, "styles"),
     ({"enable_hr": True, "hr_upscaler": "R-ESRGAN 4x+"}, "hr_upscaler"),
     ({"enable_hr": True, "hr_checkpoint_name": "other"}, "hr_checkpoint_name"),
     ({"subseed_strength": 0.3}, "subseed_strength"),
@@ -331,3 +334,18 @@ def test_shutdown_stops_running_and_waiting_generations(pipeline_for_slow):
         assert time.monotonic() - started < 5
         assert sorted(answer.status_code for answer in answers) == [503, 503]
         assert slow.cancelled == 1
+
+
+def test_prompt_styles_apply_as_a1111_does(served):
+    """A1111's rule: "{prompt}" in a style takes the prompt, otherwise the style is appended."""
+    url, first, _ = served
+    with client(url) as http:
+        listed = http.get("/sdapi/v1/prompt-styles").json()
+        body = http.post("/sdapi/v1/txt2img", json={"prompt": PROMPT, "negative_prompt": "ugly", "steps": 2, "seed": 1,
+                                                    "width": 64, "height": 64, "styles": ["Cinematic", "Grain"]}).json()
+    assert [style["name"] for style in listed] == ["Cinematic", "Grain"]
+    info = json.loads(body["info"])
+    assert info["prompt"] == f"{PROMPT}, cinematic still, film grain" and info["negative_prompt"] == "ugly, blurry"
+    expected = first.generate(f"{PROMPT}, cinematic still, film grain", negative_prompt="ugly, blurry", steps=2, seed=1,
+                              height=64, width=64, guidance_scale=A1111_CFG)
+    np.testing.assert_array_equal(np.asarray(decode_png(body["images"][0])), np.asarray(expected.images[0]))

@@ -13,7 +13,7 @@ import click
 from sdrt.cli import main
 from sdrt.cli.controlnet_options import controlnet_options, control_units
 from sdrt.cli.prompt_options import embedding_options, embedding_sources, lora_options, prompt_options
-from sdrt.cli.image_options import hires_fix, image_options, mask_options
+from sdrt.cli.image_options import hires_fix, image_options, mask_options, styled
 from sdrt.cli.default_model import resolve_model
 from sdrt.cli.signals import stop_on_signals
 from sdrt.cli.sdxl_options import resolve_refiner_switch, sdxl_options, size_conditioning
@@ -225,6 +225,7 @@ def generate(prompt, model_dir, negative_prompt, steps, guidance, seed, height, 
                           control_ends=control_ends, control_modes=control_modes, preprocessors=preprocessors)
     conditioning = size_conditioning(sdxl)
     hires, masking, deepcache, eta = hires_fix(sdxl), mask_options(sdxl), sdxl.pop("deepcache"), sdxl.pop("eta")
+    prompt, negative_prompt = styled(prompt, negative_prompt, sdxl)
     if masking is not None and mask_image is None:
         raise click.UsageError("--mask-blur, --invert-mask, --inpaint-area, --mask-padding, --mask-fill and "
                                "--paste-back need --mask")

@@ -36,6 +36,10 @@ INPAINT_AREAS = ("whole", "masked")
 def image_options(command: Callable) -> Callable:
     options = [
         DEEPCACHE,
+        click.option("--style", "styles", multiple=True, metavar="NAME",
+                     help="Apply this A1111 style of --styles (repeatable, in order)."),
+        click.option("--styles", "styles_file", default=None, type=click.Path(dir_okay=False, exists=True),
+                     help="A1111's styles.csv (name, prompt, negative_prompt)."),
         click.option("--eta", default=None, type=FiniteFloat(0, 1),
                      help="For --sampler tcd: its gamma, from 0 (deterministic) to 1 [default: 0.3]."),
         click.option("--hires", default=None, type=FiniteFloat(1, MAX_SCALE), metavar="SCALE",
@@ -82,3 +86,16 @@ def mask_options(settings: dict) -> MaskOptions | None:
     options = MaskOptions(invert=invert, blur_x=blur, blur_y=blur, fill=fill, only_masked=area == "masked",
                           padding=padding, paste_back=paste_back)
     return None if options == MaskOptions() else options
+
+
+def styled(prompt: str, negative: str | None, settings: dict) -> tuple[str, str | None]:
+    """The prompt and negative prompt with the --style styles applied (popped from `settings`)."""
+    from sdrt.runtime.prompts.styles import apply_styles, load_styles
+
+    names, path = settings.pop("styles"), settings.pop("styles_file")
+    if not names:
+        return prompt, negative
+    if path is None:
+        raise click.UsageError("--style needs --styles FILE (A1111's styles.csv)")
+    prompt, styled_negative = apply_styles(prompt, negative or "", names, load_styles(path), "--style")
+    return prompt, styled_negative or None

@@ -30,6 +30,8 @@ from sdrt.runtime.engines import BACKEND_NAMES, DEFAULT_BACKEND
               help="Require 'Authorization: Bearer KEY' on every route but /health (or $SDRT_API_KEY).")
 @click.option("--api-auth", default=None, envvar="SDRT_API_AUTH", metavar="USER:PASS[,USER:PASS]",
               help="A1111's --api-auth: also accept HTTP basic with these credentials (or $SDRT_API_AUTH).")
+@click.option("--styles", "styles_file", default=None, type=click.Path(dir_okay=False, exists=True),
+              help="A1111's styles.csv (name, prompt, negative_prompt): the styles requests may name.")
 @click.option("--models-dir", default=None, type=click.Path(file_okay=False),
               help="Exported models A1111's sd_model_checkpoint (and OpenAI's model) may switch to.")
 @click.option("--max-queue", default=16, show_default=True, type=int, help="Requests admitted; more get 503.")
@@ -59,7 +61,7 @@ from sdrt.runtime.engines import BACKEND_NAMES, DEFAULT_BACKEND
 @click.option("--ray-address", default=None,
               help="With --ray: the cluster to join ('auto' for the one this machine belongs to); "
                    "default: start a local Ray instance.")
-def serve(model_dir, refiner, host, port, backend, threads, api_key, api_auth, models_dir, max_queue, concurrency, timeout, max_batch,
+def serve(model_dir, refiner, host, port, backend, threads, api_key, api_auth, styles_file, models_dir, max_queue, concurrency, timeout, max_batch,
           batch_window_ms, plain_prompts, preview_every, embedding_dirs, embedding_files, lora_dir, lora_cache_mb,
           controlnet_dir, use_ray, replicas, min_replicas, max_replicas, gpus_per_replica, cpus_per_replica, ray_address) -> None:
     """Serve the model over HTTP: OpenAI Images API, AUTOMATIC1111 API, /health, /metrics."""
@@ -75,7 +77,7 @@ def serve(model_dir, refiner, host, port, backend, threads, api_key, api_auth, m
         raise SdrtError("--max-queue, --concurrency and --max-batch must be >= 1, --timeout > 0 "
                         "and --batch-window-ms >= 0")
     settings = ServeSettings(max_queue=max_queue, concurrency=concurrency, timeout_s=timeout, api_key=api_key,
-                             api_auth=parse_api_auth(api_auth),
+                             api_auth=parse_api_auth(api_auth), styles_file=styles_file,
                              max_batch_images=max_batch, batch_window_s=batch_window_ms / 1000,
                              plain_prompts=plain_prompts, preview_every=preview_every)
     if host not in ("127.0.0.1", "localhost", "::1") and not (api_key or api_auth):

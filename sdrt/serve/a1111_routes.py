@@ -206,7 +206,8 @@ def add_a1111_routes(app: FastAPI, service, catalog, settings) -> None:
 
     @app.get("/sdapi/v1/prompt-styles")
     async def prompt_styles():
-        return []
+        return [{"name": style.name, "prompt": style.prompt, "negative_prompt": style.negative_prompt}
+                for style in app.state.styles.values()]
 
     @app.get("/sdapi/v1/hypernetworks")
     async def hypernetworks():

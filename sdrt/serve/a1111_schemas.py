@@ -19,7 +19,6 @@ MAX_MASK_BLUR = 64  # A1111's slider limit
 NEUTRAL_ONLY: dict[str, tuple[tuple, str]] = {
     "restore_faces": ((False, None), "face restoration is not supported"),
     "tiling": ((False, None), "seamless tiling is not supported"),
-    "styles": (([], None), "sdrt has no prompt styles (GET /sdapi/v1/prompt-styles)"),
     "subseed_strength": ((0, None), "variation seeds are not supported"),
     "seed_resize_from_h": ((0, -1, None), "seed resizing is not supported"),
     "seed_resize_from_w": ((0, -1, None), "seed resizing is not supported"),

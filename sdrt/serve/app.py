@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sdrt.errors import SdrtError
 from sdrt.runtime.png_info import format_parameters
+from sdrt.runtime.prompts.styles import apply_styles, load_styles
 from sdrt.runtime.request import MAX_SEED, GenerationRequest
 from sdrt.runtime.schedulers import display_name
 from sdrt.serve.a1111 import (A1111_FIELDS, OPENAI_FIELDS, a1111_hires, a1111_mask_options, a1111_vae, check_eta, check_lora_tags,
@@ -48,6 +49,7 @@ def create_app(pipeline, settings: ServeSettings | None = None, catalog: ModelCa
     app = FastAPI(title="sdrt", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service = service
     app.state.options = A1111Options()
+    app.state.styles = load_styles(settings.styles_file) if settings.styles_file else {}
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException):
@@ -117,7 +119,8 @@ def create_app(pipeline, settings: ServeSettings | None = None, catalog: ModelCa
         seed = None if body.seed == -1 else body.seed
         switch = refiner_switch(service.pipeline, body.refiner_checkpoint, body.refiner_switch_at)
         options = app.state.options.changed(body.override_settings, "override_settings")
-        check_lora_tags(body.prompt, "prompt")
+        prompt, negative = apply_styles(body.prompt, body.negative_prompt, body.styles or (), app.state.styles)
+        check_lora_tags(prompt, "prompt")
         units = control_units(body, image)
         vae = a1111_vae(options.sd_vae, "override_settings.sd_vae")
         hires = a1111_hires(body) if image is None else None
@@ -130,7 +133,7 @@ def create_app(pipeline, settings: ServeSettings | None = None, catalog: ModelCa
             run_seed = None if seed is None else (seed + iteration * body.batch_size) % (MAX_SEED + 1)
             try:
                 result = await run(request, GenerationRequest(
-                    body.prompt, negative_prompt=body.negative_prompt or None, steps=body.steps,
+                    prompt, negative_prompt=negative or None, steps=body.steps,
                     guidance_scale=body.cfg_scale, height=body.height, width=body.width, seed=run_seed,
                     num_images=body.batch_size, sampler=sampler, schedule=schedule, init_image=image,
                     mask_image=mask, mask_options=mask_options, strength=strength, refiner_switch=switch,
@@ -145,12 +148,12 @@ def create_app(pipeline, settings: ServeSettings | None = None, catalog: ModelCa
                 continue
             parameters = result.parameters
             for position, picture in enumerate(result.images, start=1):
-                text = format_parameters(body.prompt, result.parameters, position if body.batch_size > 1 else None)
+                text = format_parameters(prompt, result.parameters, position if body.batch_size > 1 else None)
                 images.append(png_base64(picture, text))
                 texts.append(text)
                 seeds.append(result.parameters["seed"])
             warnings += result.warnings
-        info = {"prompt": body.prompt, "negative_prompt": body.negative_prompt, "seed": seeds[0] if seeds else seed,
+        info = {"prompt": prompt, "negative_prompt": negative, "styles": body.styles or [], "seed": seeds[0] if seeds else seed,
                 "all_seeds": seeds, "sampler_name": display_name(sampler), "scheduler": schedule_label(schedule),
                 "cfg_scale": body.cfg_scale, "steps": body.steps, "batch_size": body.batch_size,
                 "clip_skip": options.clip_skip, "infotexts": texts, "warnings": warnings,

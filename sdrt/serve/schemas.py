@@ -28,6 +28,7 @@ class ServeSettings:
     api_key: str | None = None
     plain_prompts: bool = False  # the OpenAI route reads prompts as plain text, not A1111's prompt language
     api_auth: tuple[tuple[str, str], ...] = ()  # A1111's --api-auth: HTTP basic (user, password) pairs
+    styles_file: str | None = None  # A1111's styles.csv: the styles requests may name
     preview_every: int = 0  # steps between previews for /sdapi/v1/progress's current_image (0: none)
 
 

@@ -1,0 +1,55 @@
+"""A1111's prompt styles: a styles.csv (columns name, prompt, negative_prompt; A1111's older
+`text` column is read as prompt) and A1111's rule for applying them, in the order named: a
+style's text that holds "{prompt}" has it replaced by the prompt so far; any other is appended
+after a comma (empty parts left out). Negative prompts the same way with the style's negative."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+from sdrt.errors import ConfigError, GenerationError
+
+PLACEHOLDER = "{prompt}"
+MAX_STYLES_BYTES = 4 * 2**20
+
+
+@dataclass(frozen=True)
+class Style:
+    name: str
+    prompt: str = ""
+    negative_prompt: str = ""
+
+
+def load_styles(path: str | Path) -> dict[str, Style]:
+    path = Path(path)
+    try:
+        if path.stat().st_size > MAX_STYLES_BYTES:
+            raise ConfigError(f"styles file {path} is larger than {MAX_STYLES_BYTES} bytes")
+        with path.open(encoding="utf-8-sig", newline="") as file:
+            rows = list(csv.DictReader(file))
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise ConfigError(f"cannot read styles file {path}: {error}") from None
+    styles = {}
+    for row in rows:
+        name = (row.get("name") or "").strip()
+        if name:
+            styles[name] = Style(name, row.get("prompt") or row.get("text") or "", row.get("negative_prompt") or "")
+    return styles
+
+
+def merge(style_text: str, prompt: str) -> str:
+    if PLACEHOLDER in style_text:
+        return style_text.replace(PLACEHOLDER, prompt)
+    return ", ".join(part for part in (prompt.strip(), style_text.strip()) if part)
+
+
+def apply_styles(prompt: str, negative: str, names, styles: dict[str, Style], param: str = "styles") -> tuple[str, str]:
+    """(prompt, negative prompt) with the named styles applied in order."""
+    for name in names:
+        if name not in styles:
+            known = ", ".join(styles) or "none (start the server with --styles FILE)"
+            raise GenerationError(f"unknown style {name!r}; the styles are: {known}", param)
+        prompt, negative = merge(styles[name].prompt, prompt), merge(styles[name].negative_prompt, negative)
+    return prompt, negative
