@@ -140,3 +140,27 @@ def test_tensorrt_through_the_fake(export, tmp_path, monkeypatch):
     got = Pipeline.load(folder, backend="tensorrt").generate(**settings).array
     np.testing.assert_allclose(got, expected, atol=1e-5)
     assert stats.executions["unet"] == 3 and stats.executions["unet_shallow"] == 2
+
+
+def test_sdxl_deepcache_equals_the_deepcache_package(tiny_sdxl, tmp_path):
+    """SDXL: the shallow graph adds the pooled text and size conditioning as the UNet does; its last
+    up block has no attention, so the graph takes no text context."""
+    import diffusers
+    from DeepCache import DeepCacheSDHelper
+
+    from sdrt.export.exporter import ExportOptions, export_model
+
+    folder = tmp_path / "sdxl"
+    manifest = export_model(str(tiny_sdxl["base"]), folder, options=ExportOptions(deepcache=True),
+                            progress=lambda line: None)
+    assert "encoder_hidden_states" not in {t.name for t in manifest.components["unet_shallow"].inputs}
+    reference = diffusers_pipeline("StableDiffusionXLPipeline", tiny_sdxl["base"])
+    reference.scheduler = diffusers.EulerDiscreteScheduler.from_config(reference.scheduler.config)
+    helper = DeepCacheSDHelper(pipe=reference)
+    helper.set_params(cache_interval=3, cache_branch_id=0)
+    helper.enable()
+    expected = reference(PROMPT, num_inference_steps=6, guidance_scale=7.5, output_type="np",
+                         generator=torch.Generator("cpu").manual_seed(2)).images
+    helper.disable()
+    got = Pipeline.load(folder).generate(PROMPT, steps=6, seed=2, sampler="euler", deepcache=DeepCache(3))
+    assert_same_image(got.array, expected)
