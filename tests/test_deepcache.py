@@ -98,6 +98,8 @@ def test_bad_input_is_one_clear_line(ours, exported_tiny, export):
         Pipeline.load(exported_tiny("standard")).generate(PROMPT, steps=2, deepcache=DeepCache(2))
     with pytest.raises(GenerationError, match="branch 1 is not exported"):
         ours.generate(PROMPT, steps=2, deepcache=DeepCache(2, 1))
+    with pytest.raises(GenerationError, match="calls the UNet twice a step"):
+        ours.generate(PROMPT, steps=2, sampler="heun", deepcache=DeepCache(2))
     run = CliRunner().invoke(main, ["generate", PROMPT, "--model", str(export), "--deepcache", "0", "--quiet"])
     assert run.exit_code == 2 and "interval must be a whole number from 1" in run.output and "Traceback" not in run.output
     run = CliRunner().invoke(main, ["generate", PROMPT, "--model", str(exported_tiny("standard")), "--steps", "1",

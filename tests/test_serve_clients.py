@@ -349,3 +349,20 @@ def test_prompt_styles_apply_as_a1111_does(served):
     expected = first.generate(f"{PROMPT}, cinematic still, film grain", negative_prompt="ugly, blurry", steps=2, seed=1,
                               height=64, width=64, guidance_scale=A1111_CFG)
     np.testing.assert_array_equal(np.asarray(decode_png(body["images"][0])), np.asarray(expected.images[0]))
+
+
+def test_override_checkpoint_for_one_request_then_back(served):
+    url, first, second = served
+    payload = {"prompt": PROMPT, "steps": 2, "seed": 4, "width": 64, "height": 64,
+               "override_settings": {"sd_model_checkpoint": "second"}}
+    with client(url) as http:
+        body = http.post("/sdapi/v1/txt2img", json=payload).json()
+        expected = second.generate(PROMPT, steps=2, seed=4, height=64, width=64, guidance_scale=A1111_CFG)
+        np.testing.assert_array_equal(np.asarray(decode_png(body["images"][0])), np.asarray(expected.images[0]))
+        assert http.get("/sdapi/v1/options").json()["sd_model_checkpoint"].startswith(first.folder.name)
+        kept = http.post("/sdapi/v1/txt2img", json={**payload, "override_settings_restore_afterwards": False})
+        assert kept.status_code == 200
+        try:
+            assert http.get("/sdapi/v1/options").json()["sd_model_checkpoint"].startswith("second [")
+        finally:
+            http.post("/sdapi/v1/options", json={"sd_model_checkpoint": first.folder.name})

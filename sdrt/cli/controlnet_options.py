@@ -6,7 +6,7 @@ from typing import Callable
 
 import click
 
-from sdrt.cli.types import FiniteFloat
+from sdrt.cli.types import FiniteFloat, with_options
 from sdrt.errors import SdrtError
 from sdrt.runtime.controlnet.preprocess import PREPROCESSORS
 from sdrt.runtime.controlnet.units import CONTROL_MODES, ControlUnit
@@ -41,9 +41,7 @@ def controlnet_options(command: Callable) -> Callable:
                      help="The canny preprocessor's hysteresis thresholds."),
         controlnet_dir_option,
     ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+    return with_options(command, options)
 
 
 def control_units(controlnets: tuple[str, ...], control_images: tuple[str, ...], canny_thresholds: str,

@@ -7,7 +7,7 @@ from typing import Callable
 
 import click
 
-from sdrt.cli.types import FiniteFloat
+from sdrt.cli.types import FiniteFloat, with_options
 from sdrt.runtime.deepcache import DeepCache
 from sdrt.runtime.hires import DEFAULT_STRENGTH, DEFAULT_UPSCALER, MAX_SCALE, UPSCALERS, HiresFix, upscaler_named
 from sdrt.runtime.inpaint_area import MASK_FILLS, MaskOptions
@@ -63,9 +63,7 @@ def image_options(command: Callable) -> Callable:
         click.option("--paste-back", is_flag=True,
                      help="Inpainting: keep every unmasked pixel of the original (A1111 does; diffusers does not)."),
     ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+    return with_options(command, options)
 
 
 def hires_fix(settings: dict) -> HiresFix | None:

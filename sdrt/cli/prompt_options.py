@@ -6,6 +6,7 @@ from typing import Callable
 
 import click
 
+from sdrt.cli.types import with_options
 from sdrt.runtime.engines import DEFAULT_LORA_CACHE_MB
 from sdrt.runtime.prompts.emphasis import DEFAULT_EMPHASIS, EMPHASIS_MODES
 from sdrt.runtime.request import MAX_CLIP_SKIP
@@ -21,9 +22,7 @@ def prompt_options(command: Callable) -> Callable:
         click.option("--plain-prompt", is_flag=True,
                      help="Read prompts as plain text: no emphasis, BREAK, [from:to:when] or [a|b]."),
     ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+    return with_options(command, options)
 
 
 def embedding_options(command: Callable) -> Callable:
@@ -34,9 +33,7 @@ def embedding_options(command: Callable) -> Callable:
         click.option("--embedding", "embedding_files", multiple=True, metavar="PATH[:TOKEN]",
                      help="A textual-inversion embedding file, with its trigger word [default: the file's stem]."),
     ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+    return with_options(command, options)
 
 
 def embedding_sources(dirs: tuple[str, ...], files: tuple[str, ...]) -> list[str]:
@@ -56,9 +53,7 @@ def lora_options(command: Callable, per_request: bool = True) -> Callable:
         options.insert(0, click.option("--lora", "loras", multiple=True, metavar="PATH[:WEIGHT]",
                                        help="Merge this LoRA (a file, or a name in --lora-dir) with WEIGHT "
                                             "[default: 1]; repeatable."))
-    for option in reversed(options):
-        command = option(command)
-    return command
+    return with_options(command, options)
 
 
 def serve_lora_options(command: Callable) -> Callable:

@@ -6,7 +6,7 @@ from typing import Callable
 
 import click
 
-from sdrt.cli.types import FiniteFloat
+from sdrt.cli.types import FiniteFloat, with_options
 from sdrt.runtime.sdxl import AESTHETIC_SCORE, NEGATIVE_AESTHETIC_SCORE, SizeConditioning
 
 #: diffusers' documented hand-off for the ensemble of experts (and A1111's refiner_switch_at default).
@@ -49,9 +49,7 @@ def sdxl_options(command: Callable) -> Callable:
     for name, default in SCORES.items():
         options.append(click.option(f"--{name.replace('_', '-')}", name, default=None, type=FiniteFloat(),
                                     help=f"SDXL refiner conditioning [default: {default:g}]."))
-    for option in reversed(options):
-        command = option(command)
-    return command
+    return with_options(command, options)
 
 
 def size_conditioning(settings: dict) -> SizeConditioning | None:

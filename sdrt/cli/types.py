@@ -58,3 +58,10 @@ class Threads(click.ParamType):
 #: TCP ports (0: any free port).
 PORT = click.IntRange(0, 65535)
 THREADS = Threads()
+
+
+def with_options(command, options: list):
+    """`command` decorated with `options` (click options), which then show in this order."""
+    for option in reversed(options):
+        command = option(command)
+    return command

@@ -1,9 +1,9 @@
 """DeepCache (step caching, opt-in): on a full step the UNet also returns its deep feature; on
 the cached steps between, only the shallow graph runs (sdrt.export.deepcache), on that feature.
 A step is full when its position, counted from the first denoising step, is a multiple of the
-interval: the `deepcache` package's DeepCacheSDHelper rule (it finds a call's step as the first
-position of its timestep in the sampler's list, so samplers that repeat a timestep (Heun) count
-as it does). Branch 0 only: the graphs of deeper branches are not exported."""
+interval: the `deepcache` package's DeepCacheSDHelper rule (it finds a call's step as the position
+of its timestep in the sampler's list). Samplers with two UNet calls a step (Heun) are refused.
+Branch 0 only: the graphs of deeper branches are not exported."""
 
 from __future__ import annotations
 
@@ -58,7 +58,6 @@ class StepCachedUnet:
         self.step: int | None = None
         self.call = 0  # calls within the step (one per text length: sdrt.runtime.conditioning)
         self.features: dict[int, np.ndarray] = {}
-        self.full_steps = self.cached_steps = 0
 
     def input_dtype(self, name: str) -> np.dtype:
         return self.full.input_dtype(name)
@@ -79,8 +78,6 @@ class StepCachedUnet:
         if (step - self.start) % self.interval == 0 or self.call not in self.features:
             outputs = self.full.run(feeds)
             self.features[self.call] = outputs[DEEP_FEATURE]
-            self.full_steps += self.call == 0
             return outputs
-        self.cached_steps += self.call == 0
         shallow = {name: feeds[name] for name in self.shallow.inputs if name != DEEP_FEATURE}
         return self.shallow.run({**shallow, DEEP_FEATURE: self.features[self.call]})

@@ -53,6 +53,8 @@ def check_deepcache(request, manifest: Manifest, loras) -> None:
     problem = request.deepcache.problem(manifest)
     if problem is None and (request.controlnets or loras or request.refiner_switch is not None):
         problem = "DeepCache does not run with ControlNets, LoRAs or a refiner (their graphs are not cached)"
+    if problem is None and SAMPLERS[request.sampler].cls.calls_per_step > 1:
+        problem = f"DeepCache does not run with {request.sampler}, which calls the UNet twice a step"
     if problem is not None:
         raise GenerationError(problem, "deepcache")
 

@@ -124,14 +124,18 @@ def add_a1111_routes(app: FastAPI, service, catalog, settings) -> None:
         app.state.options = options
         return None
 
-    async def switch_to(name, param: str):
-        """Serves the model A1111 names `name` from now on (no-op when it is served already)."""
+    async def switch_to(name, param: str) -> str | None:
+        """Serves the model A1111 names `name` from now on; returns the title of the model served
+        before, or None when `name` was served already."""
         model = catalog.find(name) if isinstance(name, str) else None
         if model is None:
             raise RequestError(400, f"{param}: no model {name!r}; this server has {catalog.describe_choices()} "
                                "(GET /sdapi/v1/sd-models)", param)
-        if not catalog.is_served(model, service.pipeline.folder):
-            await service.switch_model(lambda: catalog.load(model.folder))
+        if catalog.is_served(model, service.pipeline.folder):
+            return None
+        before = current_model().title
+        await service.switch_model(lambda: catalog.load(model.folder))
+        return before
 
     app.state.switch_model = switch_to
 

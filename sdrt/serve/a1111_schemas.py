@@ -40,7 +40,6 @@ COSMETIC: dict[str, tuple[tuple, str]] = {
     "save_images": ((False, None), "sdrt does not save images on the server; they are in the response"),
     "do_not_save_samples": ((False, True, None), ""),
     "do_not_save_grid": ((False, True, None), ""),
-    "override_settings_restore_afterwards": ((True, None), "override_settings always apply to this request only"),
     "include_init_images": ((False, None), "init images are not sent back"),
     "comments": (({}, None), "comments are not written to the images"),
     "force_task_id": ((None, ""), "progress is reported for the running job only"),

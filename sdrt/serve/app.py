@@ -125,9 +125,24 @@ def create_app(pipeline, settings: ServeSettings | None = None, catalog: ModelCa
         vae = a1111_vae(options.sd_vae, "override_settings.sd_vae")
         hires = a1111_hires(body) if image is None else None
         deepcache = deepcache_field(body.deepcache)
+        keep = body.override_settings_restore_afterwards is False  # A1111: the overrides become the options
         checkpoint = body.override_settings.get(MODEL_OPTION)
-        if checkpoint is not None:  # A1111 loads it for this request (and keeps it: see the warning)
-            await app.state.switch_model(checkpoint, f"override_settings.{MODEL_OPTION}")
+        served_before = None
+        if checkpoint is not None:  # A1111 loads it for this request, and loads the other one back after
+            served_before = await app.state.switch_model(checkpoint, f"override_settings.{MODEL_OPTION}")
+        try:
+            answer = await a1111_iterations(body, request, prompt, negative, sampler, schedule, eta, seed, switch,
+                                            options, units, vae, hires, deepcache, image, mask, mask_options,
+                                            strength, warnings)
+            if keep:
+                app.state.options = options
+            return answer
+        finally:
+            if served_before is not None and not keep:
+                await app.state.switch_model(served_before, f"override_settings.{MODEL_OPTION}")
+
+    async def a1111_iterations(body, request, prompt, negative, sampler, schedule, eta, seed, switch, options, units,
+                               vae, hires, deepcache, image, mask, mask_options, strength, warnings):
         images, texts, seeds, parameters, stopped = [], [], [], None, None
         for iteration in range(body.n_iter):
             run_seed = None if seed is None else (seed + iteration * body.batch_size) % (MAX_SEED + 1)
@@ -153,8 +168,8 @@ def create_app(pipeline, settings: ServeSettings | None = None, catalog: ModelCa
                 texts.append(text)
                 seeds.append(result.parameters["seed"])
             warnings += result.warnings
-        info = {"prompt": prompt, "negative_prompt": negative, "styles": body.styles or [], "seed": seeds[0] if seeds else seed,
-                "all_seeds": seeds, "sampler_name": display_name(sampler), "scheduler": schedule_label(schedule),
+        info = {"prompt": prompt, "negative_prompt": negative, "styles": body.styles or [],
+                "seed": seeds[0] if seeds else seed, "all_seeds": seeds, "sampler_name": display_name(sampler), "scheduler": schedule_label(schedule),
                 "cfg_scale": body.cfg_scale, "steps": body.steps, "batch_size": body.batch_size,
                 "clip_skip": options.clip_skip, "infotexts": texts, "warnings": warnings,
                 "sd_model_name": service.pipeline.folder.name}

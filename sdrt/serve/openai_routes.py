@@ -18,7 +18,7 @@ from PIL import Image, ImageOps
 
 from sdrt.runtime.controlnet.units import ControlUnit
 from sdrt.runtime.png_info import format_parameters
-from sdrt.runtime.request import MAX_SEED, GenerationRequest
+from sdrt.runtime.request import GenerationRequest
 from sdrt.runtime.schedulers import DEFAULT_SAMPLER, SAMPLERS
 from sdrt.runtime.sizes import SizeError, parse_size
 from sdrt.serve.a1111 import check_lora_tags, decode_image, deepcache_field, png_base64, served_name
@@ -26,7 +26,7 @@ from sdrt.serve.schemas import OpenAIImageRequest, RequestError
 
 AUTO_SIZE = "auto"
 #: Edits and variations: how much of the image changes (sdrt's extension field `strength`).
-VARIATION_STRENGTH = 0.75
+EDIT_STRENGTH, VARIATION_STRENGTH = 1.0, 0.75
 #: Form fields of edits and variations besides the files, with their types.
 FORM_NUMBERS = {"n": int, "steps": int, "seed": int, "guidance_scale": float, "strength": float}
 FORM_TEXTS = ("prompt", "negative_prompt", "size", "response_format", "model", "sampler", "schedule", "user",
@@ -160,13 +160,10 @@ def add_openai_routes(app: FastAPI, service, catalog, settings, run, check_limit
         height, width = parse_openai_size(body.size)
         check_limits(body.n, body.steps, "n")
         image, mask = (_edit_images(files["image"], files.get("mask")) if needs_prompt else (files["image"], None))
-        strength = fields.get("strength", 1.0 if mask is not None else VARIATION_STRENGTH)
-        seed = body.seed if body.seed is not None else None
-        if seed is not None and not 0 <= seed <= MAX_SEED:
-            raise RequestError(400, f"seed must be from 0 to {MAX_SEED}", "seed")
+        strength = body.strength or (EDIT_STRENGTH if mask is not None else VARIATION_STRENGTH)
         return await answer(request, GenerationRequest(
             body.prompt, negative_prompt=body.negative_prompt, steps=body.steps, guidance_scale=body.guidance_scale,
-            height=height, width=width, seed=seed, num_images=body.n,
+            height=height, width=width, seed=body.seed, num_images=body.n,
             sampler=sampler_of(body), schedule=body.schedule, init_image=image,
             mask_image=_png(mask) if mask is not None else None, strength=strength,
             plain_prompt=settings.plain_prompts, vae=body.vae, deepcache=deepcache_field(body.deepcache)),

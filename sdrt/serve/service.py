@@ -6,6 +6,7 @@ the pipeline checks at every denoising step."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import threading
 import time
@@ -25,11 +26,47 @@ SHUTDOWN = "shutdown"  # Stopped.kind when the server stops (besides A1111's "in
 
 
 class Stopped(Exception):
-    """A generation stopped by A1111's /interrupt or /skip (`kind`), not by its client."""
+    """A generation stopped by A1111's /interrupt or /skip, or by the server's shutdown (`kind`),
+    not by its client."""
 
     def __init__(self, kind: str):
         super().__init__(kind)
         self.kind = kind
+
+
+class ModelLock:
+    """Batches share the served model (several at once with --concurrency); replacing it waits for
+    the running ones and holds new ones back until the new model is in place."""
+
+    def __init__(self):
+        self._condition = threading.Condition()
+        self._running = 0
+        self._replacing = False
+
+    @contextlib.contextmanager
+    def shared(self):
+        with self._condition:
+            self._condition.wait_for(lambda: not self._replacing)
+            self._running += 1
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._running -= 1
+                self._condition.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self):
+        with self._condition:
+            self._condition.wait_for(lambda: not self._replacing)
+            self._replacing = True
+            self._condition.wait_for(lambda: self._running == 0)
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._replacing = False
+                self._condition.notify_all()
 
 
 class Request(Protocol):
@@ -65,8 +102,7 @@ class Service:
         self._wakeup: asyncio.Event | None = None
         self._workers: list[asyncio.Task] = []
         self._running: list[Job] = []
-        # Held while a batch runs and while the served model is replaced (switch_model).
-        self._model_lock = threading.Lock()
+        self._model_lock = ModelLock()  # batches share the model; switch_model replaces it alone
         self._set_batch_limit()
 
     def _set_batch_limit(self) -> None:
@@ -77,7 +113,7 @@ class Service:
         """Serve the pipeline `load()` returns from now on: loaded once the running batch is done,
         while waiting requests wait (A1111's checkpoint switch)."""
         def switch():
-            with self._model_lock:
+            with self._model_lock.exclusive():
                 pipeline = load()
                 self.pipeline = pipeline
                 self._set_batch_limit()
@@ -201,7 +237,7 @@ class Service:
                     job.future.set_result(outcome)
 
     def _run_locked(self, batch: list[Job]) -> list[Any]:
-        with self._model_lock:
+        with self._model_lock.shared():
             return self._run(batch)
 
     def _run(self, batch: list[Job]) -> list[Any]:
