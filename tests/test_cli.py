@@ -106,7 +106,7 @@ def test_generate_json_reports_outputs_and_timings(engine, tmp_path):
         (["--steps", "0"], "error: steps must be an integer from 1 to 10000, got 0"),
         (["--guidance", "-2"], "error: Invalid value for '--guidance': must be >= 0, got '-2' (see sdrt generate --help)"),
         (["--scheduler", "dpm3"], "error: unknown sampler 'dpm3'; choose one of lms, euler, euler_a, ddim, dpmpp_2m, "
-                                   "dpmpp_2m_karras, pndm, ddpm, heun, unipc, lcm"),
+                                   "dpmpp_2m_karras, pndm, ddpm, heun, unipc, lcm, tcd"),
         (["--out", "/nonexistent-dir/x.png"], "error: cannot write /nonexistent-dir/x.png: folder /nonexistent-dir does not exist"),
         (["--num-images", "20"], "error: 20 images at once exceed this export's batch limit of 8"),
     ],

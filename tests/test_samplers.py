@@ -46,11 +46,14 @@ def run_both(name: str, config: dict, steps: int, seed: int = 3, last_step_x0: b
     ref_sample = torch.randn(SAMPLE_SHAPE, generator=torch_generator) * reference.init_noise_sigma
     our_sample = our_generator.randn(SAMPLE_SHAPE) * np.float32(ours.init_noise_sigma)
     takes_generator = "generator" in inspect.signature(reference.step).parameters
+    # diffusers' pipelines pass eta=0.0 to every scheduler whose step takes one (DDIM, TCD).
+    takes_eta = "eta" in inspect.signature(reference.step).parameters
     magnitudes = []
     for index, timestep in enumerate(reference.timesteps):
         magnitudes.append(float(ref_sample.abs().max()))
         ref_input = reference.scale_model_input(ref_sample, timestep).numpy()
         extra = {"generator": torch_generator} if takes_generator else {}
+        extra.update({"eta": 0.0} if takes_eta else {})
         ref_output = torch.from_numpy(stand_in_model(ref_input, float(timestep)))
         if last_step_x0 and index == len(reference.timesteps) - 1:
             ref_sample = reference.convert_model_output(ref_output, sample=ref_sample)

@@ -41,7 +41,8 @@ def image_options(command: Callable) -> Callable:
         click.option("--styles", "styles_file", default=None, type=click.Path(dir_okay=False, exists=True),
                      help="A1111's styles.csv (name, prompt, negative_prompt)."),
         click.option("--eta", default=None, type=FiniteFloat(0, 1),
-                     help="For --sampler tcd: its gamma, from 0 (deterministic) to 1 [default: 0.3]."),
+                     help="For --sampler tcd: its gamma, from 0 (deterministic) to 1 [default: 0, as diffusers; "
+                          "the TCD authors suggest 0.3]."),
         click.option("--hires", default=None, type=FiniteFloat(1, MAX_SCALE), metavar="SCALE",
                      help="Hires fix: a second image-to-image pass at SCALE times the size (A1111's)."),
         click.option("--hires-upscaler", default=DEFAULT_UPSCALER, show_default=True, metavar="NAME",

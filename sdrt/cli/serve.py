@@ -84,6 +84,8 @@ def serve(model_dir, refiner, host, port, backend, threads, api_key, api_auth, s
         click.echo(f"warning: serving on {host} without --api-key: anyone who can reach it can use it", err=True)
     embeddings = embedding_sources(embedding_dirs, embedding_files)
     model_dir = resolve_model(model_dir)
+    if use_ray and models_dir is not None:
+        raise SdrtError("--models-dir is not supported with --ray yet: each replica serves one model")
     if use_ray:
         serve_on_ray(model_dir, refiner, backend, threads, settings, host, port, ray_address,
                      dict(replicas=replicas, min_replicas=min_replicas, max_replicas=max_replicas,

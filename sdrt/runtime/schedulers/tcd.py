@@ -1,8 +1,9 @@
 """Trajectory consistency distillation's sampling, as `diffusers.TCDScheduler`: LCM's schedule
 (sdrt.runtime.schedulers.lcm), and a step that maps the model's prediction to an intermediate
 timestep s = floor((1 - gamma) * next timestep), then, for gamma > 0 and except on the last step,
-noises it to the next timestep's level with fresh noise. gamma (diffusers' `eta`) is 0.3 unless
-the request says otherwise (`eta`); 0 makes it deterministic."""
+noises it to the next timestep's level with fresh noise. gamma is the request's `eta`; without one
+it is 0 (deterministic), what diffusers' pipelines pass by default (their `eta=0.0`). The TCD
+authors suggest 0.3."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from sdrt.runtime.rng import TorchGenerator
 from sdrt.runtime.schedulers.base import HALF, predict_epsilon, predict_x0
 from sdrt.runtime.schedulers.lcm import LCMScheduler
 
-DEFAULT_GAMMA = 0.3  # the TCD authors' default stochasticity (diffusers' TCDScheduler.step eta)
+DEFAULT_GAMMA = 0.0  # diffusers' pipelines pass eta=0.0 to every scheduler that takes one
 
 
 class TCDScheduler(LCMScheduler):
