@@ -21,10 +21,10 @@ import statistics
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from sdrt.benchmark import cache_dir, machine_info
+from sdrt.benchmark.items import compare
 from sdrt.export.exporter import ExportOptions, export_model
 from sdrt.export.random_model import save_random_tiny_vae
 from sdrt.export.random_sources import random_source
@@ -39,16 +39,6 @@ ITEMS = {  # name -> (sdrt settings, diffusers settings)
                     {"steps": 20, "scheduler": "euler", "deepcache": 3}),
     "tiny_vae": ({"steps": 20, "sampler": "euler", "vae": "tiny"}, {"steps": 20, "scheduler": "euler", "tiny": True}),
 }
-PIXEL_MAX = 1.0
-
-
-def quality(image: np.ndarray, plain: np.ndarray) -> dict:
-    difference = np.abs(image.astype(np.float64) - plain.astype(np.float64))
-    mse = float(np.mean(difference**2))
-    return {"mean_abs_255": float(difference.mean() * 255),
-            "psnr_db": float("inf") if mse == 0 else float(10 * np.log10(PIXEL_MAX**2 / mse))}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=256)
@@ -124,7 +114,7 @@ def main() -> None:
             stages = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
             plain = statistics.median(run["end_to_end"] for run in measured["plain_euler_20"][side])
             entry[side] = {"stages": stages, "speedup_vs_plain": plain / stages["end_to_end"],
-                           "quality_vs_plain": quality(images[(name, side)], images[("plain_euler_20", side)])}
+                           "quality_vs_plain": compare(images[("plain_euler_20", side)], images[(name, side)])}
         entry["sdrt_vs_diffusers"] = entry["diffusers"]["stages"]["end_to_end"] / entry["sdrt"]["stages"]["end_to_end"]
         report["items"][name] = entry
     text = json.dumps(report, indent=2)

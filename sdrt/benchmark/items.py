@@ -27,7 +27,7 @@ class Item:
     settings: dict = field(default_factory=dict)
 
 
-def items_for(manifest, steps: int) -> list[Item]:
+def items_for(manifest) -> list[Item]:
     """The plain run, and each shortcut this export can take."""
     found = [Item(PLAIN), Item(f"lcm_{FEW_STEPS}", {"sampler": "lcm", "steps": FEW_STEPS,
                                                     "guidance_scale": FEW_STEP_GUIDANCE}),
@@ -52,7 +52,7 @@ def latency_table(pipeline, base: GenerationRequest, runs: int, warmup: int,
 
     rows = {}
     plain_image = plain_time = None
-    for item in items_for(pipeline.manifest, base.steps):
+    for item in items_for(pipeline.manifest):
         request = replace(base, **item.settings)
         for _ in range(warmup):
             pipeline.run(replace(request, steps=1) if item.name == PLAIN else request)

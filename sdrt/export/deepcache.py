@@ -39,17 +39,22 @@ class DeepFeatureUnet(torch.nn.Module):
     def __init__(self, plain: torch.nn.Module, unet):
         super().__init__()
         self.plain = plain
-        self.captured: list[torch.Tensor] = []
-        _handoff_layer(unet).register_forward_hook(self._capture)
-
-    def _capture(self, module, args, output):
-        self.captured.append(output[0] if isinstance(output, (tuple, list)) else
-                             getattr(output, "sample", output))
+        self.handoff = (_handoff_layer(unet),)  # a tuple: not registered twice as a submodule
 
     def forward(self, *inputs):
-        self.captured.clear()
-        out = self.plain(*inputs)
-        return out, self.captured[-1]
+        """The plain output and the handoff layer's, caught by a hook that lives for this call only
+        (the pipeline's UNet is left as it was)."""
+        caught = []
+
+        def catch(module, args, output):
+            caught.append(output[0] if isinstance(output, (tuple, list)) else getattr(output, "sample", output))
+
+        hook = self.handoff[0].register_forward_hook(catch)
+        try:
+            out = self.plain(*inputs)
+        finally:
+            hook.remove()
+        return out, caught[-1]
 
 
 class ShallowUnet(torch.nn.Module):

@@ -66,6 +66,18 @@ def decode_image(data: str, param: str) -> bytes:
     return raw
 
 
+def open_base64_image(data, param: str) -> Image.Image:
+    """The decoded image of a base64 field (checked as decode_image checks it)."""
+    if not isinstance(data, str):
+        raise RequestError(400, f"{param} must be a base64-encoded image", param)
+    try:
+        with Image.open(io.BytesIO(decode_image(data, param))) as image:
+            image.load()
+            return image
+    except (ValueError, OSError, Image.DecompressionBombError):
+        raise RequestError(400, f"{param} is not a base64-encoded image", param) from None
+
+
 def sdrt_sampler(sampler: str | None, schedule_type: str | None) -> tuple[str, str]:
     """(sdrt sampler, schedule type) for A1111's sampler name and schedule type: "DPM++ 2M" +
     "Karras" is DPM++ 2M with Karras sigmas, as is the older name "DPM++ 2M Karras"; sdrt's own

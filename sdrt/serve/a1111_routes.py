@@ -4,14 +4,10 @@ generation routes themselves are in sdrt.serve.app."""
 
 from __future__ import annotations
 
-import base64
-import binascii
-import io
 import os
 
 from fastapi import Body as RawBody
 from fastapi import FastAPI
-from PIL import Image, UnidentifiedImageError
 
 from sdrt.runtime.hires import UPSCALERS as HIRES_UPSCALERS
 from sdrt.runtime.png_info import PARAMETERS_KEY, parse_parameters
@@ -19,7 +15,7 @@ from sdrt.runtime.schedulers import SAMPLERS
 from sdrt.runtime.schedulers.schedules import SCHEDULES
 from sdrt.serve.a1111_options import MODEL_OPTION
 from sdrt.serve.schemas import RequestError
-from sdrt.serve.a1111 import png_base64
+from sdrt.serve.a1111 import open_base64_image, png_base64
 from sdrt.serve.upscale import UPSCALERS, upscale_request
 
 #: /proc/meminfo's fields (kB) that /sdapi/v1/memory reports.
@@ -175,14 +171,7 @@ def add_a1111_routes(app: FastAPI, service, catalog, settings) -> None:
 
     @app.post("/sdapi/v1/png-info")
     async def png_info(body: dict = RawBody(...)):
-        data = body.get("image")
-        if not isinstance(data, str):
-            raise RequestError(400, "image must be a base64-encoded image", "image")
-        try:
-            with Image.open(io.BytesIO(base64.b64decode(data.split(",", 1)[-1], validate=True))) as picture:
-                text = picture.info.get(PARAMETERS_KEY)
-        except (binascii.Error, ValueError, UnidentifiedImageError, OSError, Image.DecompressionBombError):
-            raise RequestError(400, "image is not a base64-encoded image", "image") from None
+        text = open_base64_image(body.get("image"), "image").info.get(PARAMETERS_KEY)
         if text is None:
             return {"info": "", "items": {}, "parameters": {}}
         return {"info": text, "items": {PARAMETERS_KEY: text}, "parameters": parse_parameters(text)}

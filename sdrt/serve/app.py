@@ -8,6 +8,7 @@ request error names the API's own field (sdrt.serve.a1111's field maps).
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 import os
 
 from fastapi import FastAPI, Request
@@ -116,24 +117,26 @@ def create_app(pipeline, settings: ServeSettings | None = None, catalog: ModelCa
         sampler, schedule = sdrt_sampler(body.sampler_name or body.sampler_index, body.scheduler)
         eta = check_eta(sampler, body.eta)
         check_limits(body.batch_size * body.n_iter, body.steps, "batch_size")
-        seed = None if body.seed == -1 else body.seed
         switch = refiner_switch(service.pipeline, body.refiner_checkpoint, body.refiner_switch_at)
         options = app.state.options.changed(body.override_settings, "override_settings")
         prompt, negative = apply_styles(body.prompt, body.negative_prompt, body.styles or (), app.state.styles)
         check_lora_tags(prompt, "prompt")
         units = control_units(body, image)
         vae = a1111_vae(options.sd_vae, "override_settings.sd_vae")
-        hires = a1111_hires(body) if image is None else None
-        deepcache = deepcache_field(body.deepcache)
+        base = GenerationRequest(
+            prompt, negative_prompt=negative or None, steps=body.steps, guidance_scale=body.cfg_scale,
+            height=body.height, width=body.width, seed=None if body.seed == -1 else body.seed,
+            num_images=body.batch_size, sampler=sampler, schedule=schedule, init_image=image, mask_image=mask,
+            mask_options=mask_options, strength=strength, refiner_switch=switch, clip_skip=options.clip_skip,
+            emphasis=options.emphasis, controlnets=units, vae=vae, hires=a1111_hires(body) if image is None else None,
+            deepcache=deepcache_field(body.deepcache), eta=eta)
         keep = body.override_settings_restore_afterwards is False  # A1111: the overrides become the options
         checkpoint = body.override_settings.get(MODEL_OPTION)
         served_before = None
         if checkpoint is not None:  # A1111 loads it for this request, and loads the other one back after
             served_before = await app.state.switch_model(checkpoint, f"override_settings.{MODEL_OPTION}")
         try:
-            answer = await a1111_iterations(body, request, prompt, negative, sampler, schedule, eta, seed, switch,
-                                            options, units, vae, hires, deepcache, image, mask, mask_options,
-                                            strength, warnings)
+            answer = await a1111_iterations(body, request, base, warnings)
             if keep:
                 app.state.options = options
             return answer
@@ -141,19 +144,14 @@ def create_app(pipeline, settings: ServeSettings | None = None, catalog: ModelCa
             if served_before is not None and not keep:
                 await app.state.switch_model(served_before, f"override_settings.{MODEL_OPTION}")
 
-    async def a1111_iterations(body, request, prompt, negative, sampler, schedule, eta, seed, switch, options, units,
-                               vae, hires, deepcache, image, mask, mask_options, strength, warnings):
+    async def a1111_iterations(body, request, base: GenerationRequest, warnings: list[str]):
+        """The request's `n_iter` image sets (the seed moving on by `batch_size` each), and A1111's answer."""
+        seed, hires, prompt = base.seed, base.hires, base.prompt
         images, texts, seeds, parameters, stopped = [], [], [], None, None
         for iteration in range(body.n_iter):
             run_seed = None if seed is None else (seed + iteration * body.batch_size) % (MAX_SEED + 1)
             try:
-                result = await run(request, GenerationRequest(
-                    prompt, negative_prompt=negative or None, steps=body.steps,
-                    guidance_scale=body.cfg_scale, height=body.height, width=body.width, seed=run_seed,
-                    num_images=body.batch_size, sampler=sampler, schedule=schedule, init_image=image,
-                    mask_image=mask, mask_options=mask_options, strength=strength, refiner_switch=switch,
-                    clip_skip=options.clip_skip, emphasis=options.emphasis, controlnets=units, vae=vae,
-                    hires=hires, deepcache=deepcache, eta=eta))
+                result = await run(request, replace(base, seed=run_seed))
             except Stopped as stop:  # A1111's /skip drops this image set, /interrupt the rest too
                 if stop.kind not in ("interrupt", "skip"):
                     raise
@@ -168,22 +166,22 @@ def create_app(pipeline, settings: ServeSettings | None = None, catalog: ModelCa
                 texts.append(text)
                 seeds.append(result.parameters["seed"])
             warnings += result.warnings
-        info = {"prompt": prompt, "negative_prompt": negative, "styles": body.styles or [],
-                "seed": seeds[0] if seeds else seed, "all_seeds": seeds, "sampler_name": display_name(sampler), "scheduler": schedule_label(schedule),
-                "cfg_scale": body.cfg_scale, "steps": body.steps, "batch_size": body.batch_size,
-                "clip_skip": options.clip_skip, "infotexts": texts, "warnings": warnings,
+        info = {"prompt": prompt, "negative_prompt": base.negative_prompt or "", "styles": body.styles or [],
+                "seed": seeds[0] if seeds else seed, "all_seeds": seeds, "sampler_name": display_name(base.sampler),
+                "scheduler": schedule_label(base.schedule), "cfg_scale": body.cfg_scale, "steps": body.steps,
+                "batch_size": body.batch_size, "clip_skip": base.clip_skip, "infotexts": texts, "warnings": warnings,
                 "sd_model_name": service.pipeline.folder.name}
         if parameters is not None:
             info.update(width=parameters["width"], height=parameters["height"])
         if stopped is not None:
             info["interrupted" if stopped == "interrupt" else "skipped"] = True
-        if strength is not None or hires is not None:
-            info["denoising_strength"] = strength if hires is None else hires.strength
+        if base.strength is not None or hires is not None:
+            info["denoising_strength"] = base.strength if hires is None else hires.strength
         if hires is not None and parameters is not None:
             info.update(enable_hr=True, hr_upscaler=hires.upscaler, hr_width=parameters["hires"]["width"],
                         hr_height=parameters["hires"]["height"])
-        if switch is not None and parameters is not None:
-            info.update(refiner_checkpoint=parameters["refiner"], refiner_switch_at=switch)
+        if base.refiner_switch is not None and parameters is not None:
+            info.update(refiner_checkpoint=parameters["refiner"], refiner_switch_at=base.refiner_switch)
         return {"images": images if body.send_images else [],
                 "parameters": body.model_dump(exclude={"init_images", "mask"}), "info": json.dumps(info)}
 

@@ -64,10 +64,9 @@ class ModelCatalog:
         """A model by A1111 title ("NAME [HASH]"), name, hash, or a file-like name ("NAME.safetensors")."""
         wanted = name.strip()
         stem = wanted.split(" [", 1)[0].replace("\\", "/").rsplit("/", 1)[-1]
+        names = {stem, stem.rsplit(".", 1)[0]}  # with or without a file extension
         for model in self.models():
-            if wanted in (model.title, model.name, model.sha256[:SHORT_HASH], model.sha256) and wanted:
-                return model
-            if stem and stem.rsplit(".", 1)[0] == model.name or stem == model.name:
+            if model.name in names or (wanted and wanted in (model.title, model.sha256[:SHORT_HASH], model.sha256)):
                 return model
         return None
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 import io
 import time
 
-from fastapi import FastAPI, Request, UploadFile
+from fastapi import FastAPI, Request
+from starlette.datastructures import UploadFile
 from PIL import Image, ImageOps
 
 from sdrt.runtime.controlnet.units import ControlUnit
@@ -50,7 +51,7 @@ async def _form(request: Request) -> tuple[dict, dict[str, bytes]]:
         raise RequestError(400, "the body must be multipart/form-data with an image file", "image") from None
     fields, files = {}, {}
     for key, value in form.multi_items():
-        if isinstance(value, (UploadFile,)) or hasattr(value, "read"):
+        if isinstance(value, UploadFile):
             files.setdefault(key.removesuffix("[]"), await value.read())
         elif key in FORM_NUMBERS:
             try:

@@ -5,13 +5,10 @@ cropped to it), with A1111's blend of a second upscaler. Face restorers and mode
 
 from __future__ import annotations
 
-import base64
-import binascii
-import io
+from PIL import Image
 
-from PIL import Image, UnidentifiedImageError
-
-from sdrt.runtime.images import MAX_INPUT_PIXELS, check_pixels, InputImageError, to_rgb
+from sdrt.runtime.images import MAX_INPUT_PIXELS, to_rgb
+from sdrt.serve.a1111 import open_base64_image
 from sdrt.serve.schemas import RequestError
 
 #: A1111's upscaler names -> PIL resampling (None: keep the size).
@@ -40,18 +37,7 @@ def upscale_request(body: dict) -> tuple[Image.Image, str]:
     for field in ("gfpgan_visibility", "codeformer_visibility"):
         if _number(body, field, 0, 0, 1) > 0:
             raise RequestError(400, f"{field}: face restoration is not supported", field)
-    data = body.get("image")
-    if not isinstance(data, str):
-        raise RequestError(400, "image must be a base64-encoded image", "image")
-    try:
-        with Image.open(io.BytesIO(base64.b64decode(data.split(",", 1)[-1], validate=True))) as opened:
-            check_pixels(opened.size, "image")
-            opened.load()
-            image = to_rgb(opened)
-    except InputImageError as error:
-        raise RequestError(400, str(error), "image") from None
-    except (binascii.Error, ValueError, UnidentifiedImageError, OSError, Image.DecompressionBombError):
-        raise RequestError(400, "image is not a base64-encoded image", "image") from None
+    image = to_rgb(open_base64_image(body.get("image"), "image"))
     first, second = _upscaler(body, "upscaler_1", "None"), _upscaler(body, "upscaler_2", "None")
     visibility = _number(body, "extras_upscaler_2_visibility", 0, 0, 1)
     mode = body.get("resize_mode", 0)
