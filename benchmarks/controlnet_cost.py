@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from sdrt.benchmark import control_map, machine_info
-from sdrt.runtime.residuals import ZeroResiduals
-from sdrt.runtime.controlnet.units import ControlUnit
+from sdrt.runtime.features.controlnet.residuals import ZeroResiduals
+from sdrt.runtime.features.controlnet.units import ControlUnit
 from sdrt.runtime.engines.onnxruntime import OrtEngine
 from sdrt.runtime.manifest import Manifest
 from sdrt.runtime.pipeline import Pipeline

@@ -28,7 +28,7 @@ from sdrt.benchmark.items import compare
 from sdrt.export.exporter import ExportOptions, export_model
 from sdrt.export.random_model import save_random_tiny_vae
 from sdrt.export.random_sources import random_source
-from sdrt.runtime.deepcache import DeepCache
+from sdrt.runtime.features.deepcache import DeepCache
 from sdrt.runtime.pipeline import Pipeline
 
 PROMPT = "an astronaut riding a horse on mars, highly detailed"

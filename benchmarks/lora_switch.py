@@ -24,7 +24,7 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from sdrt.benchmark import machine_info
-from sdrt.runtime.lora.weights_map import WeightsMap, kohya_name
+from sdrt.runtime.features.lora.weights_map import WeightsMap, kohya_name
 from sdrt.runtime.manifest import Manifest
 from sdrt.runtime.pipeline import Pipeline
 
@@ -86,8 +86,8 @@ def main() -> None:
     report["one_step_image_base_s"] = median(base)
 
     # Merge alone (read, resolve, base + deltas), per component.
-    from sdrt.runtime.lora.files import read_lora
-    from sdrt.runtime.lora.merge import LoraWeights, merged_tensors, resolve
+    from sdrt.runtime.features.lora.files import read_lora
+    from sdrt.runtime.features.lora.merge import LoraWeights, merged_tensors, resolve
 
     maps = pipeline.loras.weights_maps()
     merges, touched = [], {}

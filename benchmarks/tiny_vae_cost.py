@@ -27,7 +27,7 @@ from sdrt.export.exporter import ExportOptions, _build_component
 from sdrt.export.random_model import save_random_tiny_vae
 from sdrt.export.tiny_vae import load_tiny_vae, tiny_vae_exports
 from sdrt.runtime.engines.onnxruntime import OrtEngine
-from sdrt.runtime.integrity import hash_file
+from sdrt.runtime.files.integrity import hash_file
 from sdrt.runtime.manifest import Manifest
 from sdrt.runtime.vae import decode
 

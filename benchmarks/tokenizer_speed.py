@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sdrt.runtime.tokenizer import ClipTokenizer  # noqa: E402
+from sdrt.runtime.text.tokenizer import ClipTokenizer  # noqa: E402
 
 PASSES = 20
 

@@ -19,7 +19,7 @@ from sdrt.cli import main
 from sdrt.errors import GenerationError
 from sdrt.export.exporter import export_model
 from sdrt.export.random_model import TINY_CONDITIONING_EMBEDDING, save_random_controlnet
-from sdrt.runtime.controlnet.units import ControlUnit
+from sdrt.runtime.features.controlnet.units import ControlUnit
 from sdrt.runtime.pipeline import Pipeline
 from support.images import MAX_PIXEL_ERROR, assert_same_image
 
@@ -194,7 +194,7 @@ def test_an_sdxl_controlnet_on_an_sd15_model_is_one_line(pipeline, sdxl_controln
 # ---------------------------------------------------------------- preprocessors
 def test_canny_equals_opencv():
     cv2 = pytest.importorskip("cv2")
-    from sdrt.runtime.controlnet.preprocess import canny
+    from sdrt.runtime.features.controlnet.preprocess import canny
 
     rng = np.random.default_rng(0)
     for seed, (low, high) in enumerate([(100, 200), (50, 100), (10, 300), (200, 100)]):
@@ -207,7 +207,7 @@ def test_canny_equals_opencv():
 
 
 def test_invert_and_canny_preprocess_the_control_image(pipeline):
-    from sdrt.runtime.controlnet.preprocess import canny
+    from sdrt.runtime.features.controlnet.preprocess import canny
 
     photo = shapes_image(11)
     edges = Image.fromarray(np.repeat(canny(np.asarray(photo), 100, 200)[..., None], 3, axis=2))
@@ -224,7 +224,7 @@ def test_generation_with_a_controlnet_needs_no_torch(exported_tiny, exported_con
     control = tmp_path / "control.png"
     shapes_image(1).save(control)
     code = (f"from sdrt.runtime.pipeline import Pipeline\n"
-            f"from sdrt.runtime.controlnet.units import ControlUnit\n"
+            f"from sdrt.runtime.features.controlnet.units import ControlUnit\n"
             f"p = Pipeline.load({str(exported_tiny('standard'))!r}, controlnet_dir={str(exported_controlnets)!r})\n"
             f"r = p.generate('a cat', controlnets=[ControlUnit('edges', {str(control)!r}, 0.5, mode='controlnet')],"
             f" steps=2, seed=1, height=64, width=64)\n"
@@ -281,7 +281,7 @@ def test_too_many_controlnets_are_refused(pipeline):
 def test_a_model_exported_before_controlnet_says_to_re_export(pipeline, exported_controlnets):
     from dataclasses import replace
 
-    from sdrt.runtime.controlnet.manifest import ControlNetManifest
+    from sdrt.runtime.features.controlnet.manifest import ControlNetManifest
 
     unet = pipeline.manifest.components["unet"]
     old_unet = replace(unet, inputs=[t for t in unet.inputs if "residual" not in t.name])
@@ -393,7 +393,7 @@ def test_bench_reports_the_controlnets_cost_per_step(exported_tiny, exported_con
 
 
 def test_loaded_controlnets_are_bounded(pipeline, monkeypatch):
-    import sdrt.runtime.controlnet.library as library
+    import sdrt.runtime.features.controlnet.library as library
 
     monkeypatch.setattr(library, "KEPT_CONTROLNETS", 1)
     first = pipeline.generate(PROMPT, controlnets=[ControlUnit("edges", shapes_image(1))], **SETTINGS).array
@@ -409,7 +409,7 @@ def test_a_controlnet_hub_id_is_exported_as_a_controlnet(controlnets, monkeypatc
     import diffusers
     from huggingface_hub.errors import EntryNotFoundError
 
-    from sdrt.runtime.controlnet.manifest import ControlNetManifest
+    from sdrt.runtime.features.controlnet.manifest import ControlNetManifest
 
     def no_index(source, *args, **kwargs):
         raise EntryNotFoundError(f"{source} has no model_index.json")

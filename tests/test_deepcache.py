@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from conftest import diffusers_pipeline, reference_scheduler
 from sdrt.cli import main
 from sdrt.errors import GenerationError
-from sdrt.runtime.deepcache import DeepCache
+from sdrt.runtime.features.deepcache import DeepCache
 from sdrt.runtime.pipeline import Pipeline
 from support.images import assert_same_image
 

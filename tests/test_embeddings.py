@@ -20,8 +20,8 @@ from conftest import diffusers_pipeline, reference_scheduler, sdxl_reference
 from sdrt.cli import main
 from sdrt.errors import SdrtError
 from sdrt.runtime.pipeline import Pipeline
-from sdrt.runtime.png_info import PARAMETERS_KEY
-from sdrt.runtime.torch_files import TorchFileError, load_torch_file
+from sdrt.runtime.imaging.png_info import PARAMETERS_KEY
+from sdrt.runtime.files.torch_files import TorchFileError, load_torch_file
 
 MAX_PIXEL_ERROR = 2 / 255
 MEAN_PIXEL_ERROR = 0.5 / 255

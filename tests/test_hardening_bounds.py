@@ -12,9 +12,9 @@ from click.testing import CliRunner
 
 from sdrt.cli import main
 from sdrt.errors import GenerationError
-from sdrt.runtime.images import InputImageError, MAX_INPUT_PIXELS, open_image
-from sdrt.runtime.text import MAX_PROMPT_CHARS
-from sdrt.runtime.tokenizer import MAX_CACHED_WORD_CHARS, WORD_CACHE_SIZE, ClipTokenizer
+from sdrt.runtime.imaging.inputs import InputImageError, MAX_INPUT_PIXELS, open_image
+from sdrt.runtime.text.checks import MAX_PROMPT_CHARS
+from sdrt.runtime.text.tokenizer import MAX_CACHED_WORD_CHARS, WORD_CACHE_SIZE, ClipTokenizer
 from tests.support.hostile import assert_one_line_error, gif_header, png_header
 
 # The quadratic merge took 21 s on 40,000 letters; the heap merge takes about 0.3 s. The bound

@@ -16,7 +16,7 @@ from sdrt.cli import main
 from sdrt.errors import ModelFolderError, SdrtError
 from sdrt.runtime.manifest import Manifest
 from sdrt.runtime.pipeline import Pipeline
-from sdrt.runtime.tokenizer import ClipTokenizer
+from sdrt.runtime.text.tokenizer import ClipTokenizer
 from tests.support.hostile import assert_one_line_error, copy_model
 
 WRONG_VALUES = [None, "text", -1, 0, 2**70, 1.5, True, [], {}, [1, 2], {"a": 1}]

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from conftest import diffusers_pipeline, reference_scheduler
-from sdrt.runtime.hires import HiresFix
+from sdrt.runtime.features.hires import HiresFix
 from sdrt.runtime.pipeline import Pipeline
-from sdrt.runtime.resample import LATENT_MODES, resize_latents
+from sdrt.runtime.imaging.resample import LATENT_MODES, resize_latents
 from support.images import assert_same_image
 
 PROMPT = "a photo of a cat"
@@ -80,7 +80,7 @@ def test_hires_fix_from_the_cli_and_both_apis(ours, exported_tiny, tmp_path):
     from click.testing import CliRunner
 
     from sdrt.cli import main
-    from sdrt.runtime.png_info import read_parameters
+    from sdrt.runtime.imaging.png_info import read_parameters
 
     out = tmp_path / "hires.png"
     run = CliRunner().invoke(main, ["generate", PROMPT, "--model", str(exported_tiny("standard")), "--steps", "2",

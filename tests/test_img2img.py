@@ -14,7 +14,7 @@ from PIL import Image
 from conftest import diffusers_pipeline, reference_scheduler
 from sdrt.cli import main
 from sdrt.errors import SdrtError
-from sdrt.runtime.images import to_model_input, to_rgb
+from sdrt.runtime.imaging.inputs import to_model_input, to_rgb
 from sdrt.runtime.pipeline import Pipeline
 
 MAX_PIXEL_ERROR = 2 / 255

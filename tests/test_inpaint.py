@@ -15,7 +15,7 @@ from PIL import Image
 from conftest import diffusers_pipeline, reference_scheduler
 from sdrt.cli import main
 from sdrt.errors import SdrtError
-from sdrt.runtime.images import downsample_nearest, to_mask_input
+from sdrt.runtime.imaging.inputs import downsample_nearest, to_mask_input
 from sdrt.runtime.pipeline import Pipeline
 
 MAX_PIXEL_ERROR = 2 / 255
@@ -127,7 +127,7 @@ def test_cli_inpainting(engines, tmp_path):
 def test_cli_a1111_mask_handling(engines, tmp_path):
     """--invert-mask, --mask-blur, --inpaint-area masked, --mask-padding, --mask-fill and --paste-back
     reach the request (the rules themselves: test_serve_clients, against an independent computation)."""
-    from sdrt.runtime.inpaint_area import MaskOptions
+    from sdrt.runtime.features.inpaint_area import MaskOptions
 
     photo().save(tmp_path / "in.png")
     box_mask().save(tmp_path / "mask.png")

@@ -20,9 +20,9 @@ from safetensors.torch import save_file
 import fake_tensorrt
 from conftest import diffusers_pipeline, reference_scheduler, sdxl_reference
 from sdrt.cli import main
-from sdrt.runtime.lora.merge import LoraWeights, merged_tensors, resolve
-from sdrt.runtime.lora.files import read_lora
-from sdrt.runtime.lora.weights_map import WeightsMap
+from sdrt.runtime.features.lora.merge import LoraWeights, merged_tensors, resolve
+from sdrt.runtime.features.lora.files import read_lora
+from sdrt.runtime.features.lora.weights_map import WeightsMap
 from sdrt.runtime.manifest import Manifest
 from sdrt.runtime.pipeline import Pipeline
 from support.images import MAX_PIXEL_ERROR, assert_same_image

@@ -8,10 +8,10 @@ from __future__ import annotations
 import pytest
 
 from sdrt.errors import GenerationError
-from sdrt.runtime.prompts.chunks import COMMA_BACKTRACK, chunk_fragments
-from sdrt.runtime.prompts.emphasis import BREAK, parse_emphasis
-from sdrt.runtime.prompts.schedule import prompt_schedule
-from sdrt.runtime.tokenizer import ClipTokenizer
+from sdrt.runtime.text.prompts.chunks import COMMA_BACKTRACK, chunk_fragments
+from sdrt.runtime.text.prompts.emphasis import BREAK, parse_emphasis
+from sdrt.runtime.text.prompts.schedule import prompt_schedule
+from sdrt.runtime.text.tokenizer import ClipTokenizer
 
 R, S = 1.1, 1 / 1.1  # ( ) and [ ]
 

@@ -21,8 +21,8 @@ from conftest import diffusers_pipeline, reference_scheduler, sdxl_reference
 from sdrt.cli import main
 from sdrt.errors import SdrtError
 from sdrt.runtime.pipeline import Pipeline
-from sdrt.runtime.png_info import PARAMETERS_KEY
-from sdrt.runtime.prompts.options import TextOptions
+from sdrt.runtime.imaging.png_info import PARAMETERS_KEY
+from sdrt.runtime.text.prompts.options import TextOptions
 
 MAX_PIXEL_ERROR = 2 / 255
 MEAN_PIXEL_ERROR = 0.5 / 255

@@ -15,7 +15,7 @@ from PIL import Image
 from conftest import reference_scheduler, sdxl_reference
 from sdrt.errors import GenerationError, ModelFolderError
 from sdrt.runtime.pipeline import Pipeline
-from sdrt.runtime.sdxl import SizeConditioning
+from sdrt.runtime.families.sdxl import SizeConditioning
 
 MAX_PIXEL_ERROR = 2 / 255
 MEAN_PIXEL_ERROR = 0.5 / 255
@@ -275,7 +275,7 @@ def test_generate_cli_with_refiner_and_size_conditioning(exported_sdxl, base, tm
     from click.testing import CliRunner
 
     from sdrt.cli import main
-    from sdrt.runtime.png_info import read_parameters
+    from sdrt.runtime.imaging.png_info import read_parameters
 
     out = tmp_path / "x.png"
     arguments = ["generate", PROMPT, "--model", str(exported_sdxl("base")), "--steps", "6", "--seed", "9",

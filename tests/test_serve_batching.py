@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from sdrt.runtime.pipeline import Pipeline
-from sdrt.runtime.sdxl import SizeConditioning
+from sdrt.runtime.families.sdxl import SizeConditioning
 from sdrt.runtime.request import GenerationError, GenerationRequest
 from sdrt.serve.app import ServeSettings, create_app
 from sdrt.serve.batching import Job, batch_key, merged_request, take_batch

@@ -20,7 +20,7 @@ from sdrt.errors import GenerationError, ModelFolderError
 from sdrt.export.exporter import ExportOptions, export_model
 from sdrt.export.random_model import save_random_tiny_vae
 from sdrt.runtime.pipeline import Pipeline
-from sdrt.runtime.preview import Preview
+from sdrt.runtime.features.preview import Preview
 from support.images import MAX_PIXEL_ERROR, assert_same_image
 from sdrt.runtime.request import GenerationRequest
 

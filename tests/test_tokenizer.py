@@ -15,7 +15,7 @@ import pytest
 from transformers import CLIPTokenizer
 
 from sdrt.errors import ModelFolderError
-from sdrt.runtime.tokenizer import ClipTokenizer, normalize, to_byte_level
+from sdrt.runtime.text.tokenizer import ClipTokenizer, normalize, to_byte_level
 
 DATA_DIR = Path(__file__).parent / "data"
 
@@ -341,7 +341,7 @@ def test_non_string_prompt_is_rejected(tokenizer):
 
 def test_tokenizer_runs_without_torch_or_transformers(sd15_dir):
     code = (
-        "from sdrt.runtime.tokenizer import ClipTokenizer\n"
+        "from sdrt.runtime.text.tokenizer import ClipTokenizer\n"
         f"t = ClipTokenizer.from_folder({str(sd15_dir)!r})\n"
         "assert t.encode('a photo of a cat').input_ids[0, :7].tolist() == "
         "[49406, 320, 1125, 539, 320, 2368, 49407]\n"

@@ -22,8 +22,8 @@ import numpy as np
 from sdrt import __version__
 from sdrt.benchmark.driver import BenchError, Worker
 from sdrt.runtime.manifest import ADDED_CONDITIONS, Manifest
-from sdrt.runtime.deepcache import DeepCache
-from sdrt.runtime.hires import HiresFix
+from sdrt.runtime.features.deepcache import DeepCache
+from sdrt.runtime.features.hires import HiresFix
 from sdrt.runtime.request import GenerationRequest
 
 MATMUL_SIZE = 2048
@@ -53,7 +53,7 @@ class BenchSettings:
 
     def request(self, seed: int = 0) -> GenerationRequest:
         """The generation one measured run makes."""
-        from sdrt.runtime.controlnet.units import ControlUnit
+        from sdrt.runtime.features.controlnet.units import ControlUnit
 
         image = control_map(self.height, self.width) if self.controlnets else None
         return GenerationRequest(self.prompt, steps=self.steps, guidance_scale=self.guidance, height=self.height,

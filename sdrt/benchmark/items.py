@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from sdrt.runtime.deepcache import DeepCache
+from sdrt.runtime.features.deepcache import DeepCache
 from sdrt.runtime.manifest import UNET_SHALLOW
 from sdrt.runtime.request import GenerationRequest
 

@@ -97,7 +97,7 @@ class DiffusersSide:
     @staticmethod
     def _fuse_loras(pipeline, loras: list[str]) -> None:
         """The LoRAs sdrt merges, fused into the weights (no per-step LoRA cost on either side)."""
-        from sdrt.runtime.lora.tags import LoraRef
+        from sdrt.runtime.features.lora.tags import LoraRef
 
         if not loras:
             return

@@ -76,7 +76,7 @@ def bench(model_dir, arch, backend, height, width, steps, guidance, num_images, 
     if runs < 1 or warmup < 0:
         raise SdrtError("--runs must be >= 1 and --warmup >= 0")
     if deepcache is not None:
-        from sdrt.runtime.deepcache import DeepCache
+        from sdrt.runtime.features.deepcache import DeepCache
 
         try:
             DeepCache.parse(deepcache)

@@ -8,8 +8,8 @@ import click
 
 from sdrt.cli.types import FiniteFloat, with_options
 from sdrt.errors import SdrtError
-from sdrt.runtime.controlnet.preprocess import PREPROCESSORS
-from sdrt.runtime.controlnet.units import CONTROL_MODES, ControlUnit
+from sdrt.runtime.features.controlnet.preprocess import PREPROCESSORS
+from sdrt.runtime.features.controlnet.units import CONTROL_MODES, ControlUnit
 
 #: Options given once apply to every ControlNet; given once per ControlNet, to each in order.
 PER_UNIT = {"control_starts": ("--control-start", "start"), "control_ends": ("--control-end", "end"),

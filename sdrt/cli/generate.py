@@ -42,14 +42,14 @@ def tokenize(prompts: tuple[str, ...], model_dir: str, steps: int | None, as_jso
              clip_skip: int, plain_prompt: bool, embedding_dirs, embedding_files) -> None:
     """Print each PROMPT's chunks of text encoder ids, with the weights emphasis gives them
     (and, with a model folder's embeddings, the ids their trigger words become)."""
-    from sdrt.runtime.embeddings import EmbeddingSource
+    from sdrt.runtime.text.embeddings import EmbeddingSource
     from sdrt.runtime.manifest import MANIFEST_NAME, Manifest
-    from sdrt.runtime.prompts.chunks import text_chunks
-    from sdrt.runtime.prompts.emphasis import emphasis_mode
-    from sdrt.runtime.prompts.options import TextOptions
-    from sdrt.runtime.prompts.schedule import prompt_schedule
-    from sdrt.runtime.text_encoders import TextEncoders
-    from sdrt.runtime.tokenizer import ClipTokenizer
+    from sdrt.runtime.text.prompts.chunks import text_chunks
+    from sdrt.runtime.text.prompts.emphasis import emphasis_mode
+    from sdrt.runtime.text.prompts.options import TextOptions
+    from sdrt.runtime.text.prompts.schedule import prompt_schedule
+    from sdrt.runtime.text.encoders import TextEncoders
+    from sdrt.runtime.text.tokenizer import ClipTokenizer
 
     folder = Path(model_dir)
     mode = emphasis_mode("None" if plain_prompt else emphasis)
@@ -215,7 +215,7 @@ def generate(prompt, model_dir, negative_prompt, steps, guidance, seed, height, 
     --control-image."""
     started = time.perf_counter()
     from sdrt.runtime.pipeline import Pipeline
-    from sdrt.runtime.png_info import format_parameters, save_png
+    from sdrt.runtime.imaging.png_info import format_parameters, save_png
     from sdrt.runtime.request import GenerationRequest
 
     from sdrt.runtime.request import MAX_SEED
@@ -258,7 +258,7 @@ def generate(prompt, model_dir, negative_prompt, steps, guidance, seed, height, 
                                 deepcache=deepcache, eta=eta)
     previews = None
     if preview is not None:
-        from sdrt.runtime.preview import Preview
+        from sdrt.runtime.features.preview import Preview
 
         def write_preview(step: int, total: int, images) -> None:
             images[0].save(paths[0].with_name(f"{paths[0].stem}-step-{step}.png"))

@@ -8,9 +8,9 @@ from typing import Callable
 import click
 
 from sdrt.cli.types import FiniteFloat, with_options
-from sdrt.runtime.deepcache import DeepCache
-from sdrt.runtime.hires import DEFAULT_STRENGTH, DEFAULT_UPSCALER, MAX_SCALE, UPSCALERS, HiresFix, upscaler_named
-from sdrt.runtime.inpaint_area import MASK_FILLS, MaskOptions
+from sdrt.runtime.features.deepcache import DeepCache
+from sdrt.runtime.features.hires import DEFAULT_STRENGTH, DEFAULT_UPSCALER, MAX_SCALE, UPSCALERS, HiresFix, upscaler_named
+from sdrt.runtime.features.inpaint_area import MASK_FILLS, MaskOptions
 
 class DeepCacheOption(click.ParamType):
     name = "INTERVAL[:BRANCH]"
@@ -89,7 +89,7 @@ def mask_options(settings: dict) -> MaskOptions | None:
 
 def styled(prompt: str, negative: str | None, settings: dict) -> tuple[str, str | None]:
     """The prompt and negative prompt with the --style styles applied (popped from `settings`)."""
-    from sdrt.runtime.prompts.styles import apply_styles, load_styles
+    from sdrt.runtime.text.prompts.styles import apply_styles, load_styles
 
     names, path = settings.pop("styles"), settings.pop("styles_file")
     if not names:

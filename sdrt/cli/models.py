@@ -140,7 +140,7 @@ def _verify(model_dir, backend, json_path, steps: int = 8) -> None:
 def info(path: str, as_json: bool) -> None:
     """Print what PATH is: an export folder's model, sizes and components, or the generation
     parameters stored in an image made by sdrt (or AUTOMATIC1111)."""
-    from sdrt.runtime.png_info import parse_parameters, read_parameters, typed_parameters
+    from sdrt.runtime.imaging.png_info import parse_parameters, read_parameters, typed_parameters
 
     if Path(path).is_dir():
         from sdrt.runtime.model_summary import format_summary, model_summary

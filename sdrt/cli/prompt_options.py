@@ -8,7 +8,7 @@ import click
 
 from sdrt.cli.types import with_options
 from sdrt.runtime.engines import DEFAULT_LORA_CACHE_MB
-from sdrt.runtime.prompts.emphasis import DEFAULT_EMPHASIS, EMPHASIS_MODES
+from sdrt.runtime.text.prompts.emphasis import DEFAULT_EMPHASIS, EMPHASIS_MODES
 from sdrt.runtime.request import MAX_CLIP_SKIP
 
 

@@ -7,7 +7,7 @@ from typing import Callable
 import click
 
 from sdrt.cli.types import FiniteFloat, with_options
-from sdrt.runtime.sdxl import AESTHETIC_SCORE, NEGATIVE_AESTHETIC_SCORE, SizeConditioning
+from sdrt.runtime.families.sdxl import AESTHETIC_SCORE, NEGATIVE_AESTHETIC_SCORE, SizeConditioning
 
 #: diffusers' documented hand-off for the ensemble of experts (and A1111's refiner_switch_at default).
 DEFAULT_REFINER_SWITCH = 0.8

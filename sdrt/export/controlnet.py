@@ -1,6 +1,6 @@
 """`sdrt export` of a ControlNet (diffusers' `ControlNetModel`: a folder, a hub id, or a single
 file with --config) to a folder with one validated engine and its manifest (kind "controlnet",
-sdrt.runtime.controlnet.manifest).
+sdrt.runtime.features.controlnet.manifest).
 
 The engine takes the UNet's inputs (scaled latents, timestep, text context; SDXL's pooled text
 embedding and time ids) and the control image in [0, 1], and returns the residuals unscaled
@@ -23,7 +23,7 @@ from sdrt.export.exporter import ExportOptions, component_spec, export_component
 from sdrt.export.model_files import versions
 from sdrt.export.sdxl import MAX_SIZE_CONDITION
 from sdrt.export.residuals import residual_layout, residual_specs
-from sdrt.runtime.controlnet.manifest import COMPONENT, KIND, ControlNetManifest
+from sdrt.runtime.features.controlnet.manifest import COMPONENT, KIND, ControlNetManifest
 from sdrt.runtime.manifest import (
     CONTROL_IMAGE,
     FORMAT_VERSION,
@@ -168,7 +168,7 @@ def _class_of(config_path: Path) -> str | None:
 
 
 def _has_controlnet_tensors(path: Path) -> bool:
-    from sdrt.runtime.safetensors_files import tensor_names
+    from sdrt.runtime.files.safetensors_files import tensor_names
 
     try:
         keys = tensor_names(path)

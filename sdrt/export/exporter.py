@@ -25,8 +25,8 @@ from sdrt.export.components import ONNX_OPSET, ComponentExport, ModelGeometry, c
 from sdrt.export.model_files import family, sdxl_settings, versions, write_diffusers_files
 from sdrt.export.validation import Case, reference_cases, validate
 from sdrt.export.weights_map import fingerprint, write_weights_map
-from sdrt.runtime.integrity import record_sha256
-from sdrt.runtime.leftovers import remove_stale
+from sdrt.runtime.files.integrity import record_sha256
+from sdrt.runtime.files.leftovers import remove_stale
 from sdrt.runtime.manifest import DEFAULT_PROMPT_CHUNKS, FORMAT_VERSION, ComponentSpec, Manifest, TensorSpec
 
 CUDA_PROVIDER = "CUDAExecutionProvider"

@@ -1,7 +1,7 @@
-"""The LoRA weights map of an exported component (read by sdrt.runtime.lora.weights_map).
+"""The LoRA weights map of an exported component (read by sdrt.runtime.features.lora.weights_map).
 
 Before the module is traced away, every Linear and Conv2d weight is fingerprinted in each
-layout the graph could hold it in (sdrt.runtime.lora.weights_map.TRANSFORMS), in the graph's
+layout the graph could hold it in (sdrt.runtime.features.lora.weights_map.TRANSFORMS), in the graph's
 precision (fp16 exactly as the fp16 conversion rounds it). After the final graph is written,
 its initializers are hashed and each layer takes the one initializer whose bytes equal one of
 its fingerprints: an exact comparison, so an entry is never a guess. A layer whose weight the
@@ -18,14 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
-from sdrt.runtime.lora.weights_map import (
+from sdrt.runtime.features.lora.weights_map import (
     TEXT_MODEL_PREFIX,
     TRANSFORMS,
     WEIGHTS_MAP_FILE,
     WEIGHTS_MAP_FORMAT,
     applicable_transforms,
 )
-from sdrt.runtime.onnx_weights import initializers
+from sdrt.runtime.files.onnx_weights import initializers
 
 
 @dataclass

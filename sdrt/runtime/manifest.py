@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from sdrt.errors import ModelFolderError
-from sdrt.runtime.json_files import read_json
+from sdrt.runtime.files.json_files import read_json
 
 MANIFEST_NAME = "manifest.json"
 SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
@@ -55,7 +55,7 @@ POOLED, PROJECTED = "pooler_output", "text_embeds"
 LAYER_HIDDEN = "layer_hidden_states"
 #: The families whose text encoders A1111 applies clip skip to (SD 2.x and SDXL ignore it).
 CLIP_SKIP_FAMILIES = ("sd1",)
-# ControlNet residuals (sdrt.runtime.controlnet): a ControlNet's outputs and the UNet's inputs of
+# ControlNet residuals (sdrt.runtime.features.controlnet): a ControlNet's outputs and the UNet's inputs of
 # the same names, one per down-block output (diffusers' order) and one for the mid block. Their
 # sides are the latent's over a power of two, named by `downsampled`.
 DOWN_RESIDUAL_PREFIX, MID_RESIDUAL = "down_block_residual_", "mid_block_residual"
@@ -123,7 +123,7 @@ class ComponentSpec:
     # External weight files next to `file` (models over 2 GB): relative path -> sha256.
     data_files: dict[str, str] = field(default_factory=dict)
     # LoRA's map from the model's parameter names to this graph's initializers (one of
-    # data_files; sdrt.runtime.lora.weights_map); "" in exports made before LoRA.
+    # data_files; sdrt.runtime.features.lora.weights_map); "" in exports made before LoRA.
     weights_map: str = ""
 
 

@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 from sdrt.errors import ModelFolderError
 from sdrt.runtime.engines.onnxruntime import session_tensor_specs
-from sdrt.runtime.json_files import read_json
+from sdrt.runtime.files.json_files import read_json
 from sdrt.runtime.manifest import FORMAT_VERSION, ComponentSpec, DimRange, Manifest
 
 ONNX_FILE = "model.onnx"

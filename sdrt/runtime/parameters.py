@@ -1,10 +1,10 @@
-"""What a generation made, as PNG parameters (sdrt.runtime.png_info) and API responses report it."""
+"""What a generation made, as PNG parameters (sdrt.runtime.imaging.png_info) and API responses report it."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from sdrt.runtime.prompts.emphasis import DEFAULT_EMPHASIS
+from sdrt.runtime.text.prompts.emphasis import DEFAULT_EMPHASIS
 from sdrt.runtime.request import ResolvedRequest
 
 
@@ -12,7 +12,7 @@ def generation_parameters(resolved: ResolvedRequest, model: str, embeddings: dic
                           refiner: str | None, loras: list | None = None) -> dict:
     """`embeddings`: the textual-inversion embeddings the prompts used, name -> short hash;
     `refiner`: the refiner's name when one took over; `loras`: the LoRAs merged
-    (sdrt.runtime.lora.adapters.UsedLora)."""
+    (sdrt.runtime.features.lora.adapters.UsedLora)."""
     request = resolved.request
     prompts = resolved.prompts
     parameters = {
@@ -45,7 +45,7 @@ def generation_parameters(resolved: ResolvedRequest, model: str, embeddings: dic
     if request.vae != "full":
         parameters["vae"] = request.vae
     if resolved.controls:
-        from sdrt.runtime.controlnet.units import CONTROL_MODES
+        from sdrt.runtime.features.controlnet.units import CONTROL_MODES
 
         parameters["controlnets"] = [
             {"model": Path(str(unit.model)).name, "scale": float(unit.scale), "start": float(unit.start),

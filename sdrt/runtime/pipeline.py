@@ -18,28 +18,30 @@ import numpy as np
 from PIL import Image
 
 from sdrt.errors import ConfigError, ModelFolderError
-from sdrt.runtime.embeddings import EmbeddingSource
+from sdrt.runtime.text.embeddings import EmbeddingSource
 from sdrt.runtime.engines import DEFAULT_BACKEND, DEFAULT_LORA_CACHE_MB, Backend, Engine, LoadOptions, backend_named
-from sdrt.runtime.controlnet.library import ControlNetLibrary
-from sdrt.runtime.controlnet.manifest import COMPONENT as CONTROLNET
-from sdrt.runtime.integrity import verify_components
-from sdrt.runtime.lora.adapters import LoraAdapters
-from sdrt.runtime.lora.library import LoraLibrary
-from sdrt.runtime.json_files import read_json
+from sdrt.runtime.features.controlnet.library import ControlNetLibrary
+from sdrt.runtime.features.controlnet.manifest import COMPONENT as CONTROLNET
+from sdrt.runtime.files.integrity import verify_components
+from sdrt.runtime.features.lora.adapters import LoraAdapters
+from sdrt.runtime.features.lora.library import LoraLibrary
+from sdrt.runtime.files.json_files import read_json
 from sdrt.runtime.manifest import MANIFEST_NAME, UNET_SHALLOW, Manifest
 from sdrt.runtime.model_folder import infer_manifest
-from sdrt.runtime import modes, refiner as refiners, vae
-from sdrt.runtime.conditioning import UnetConditioning, unet_conditioning
+from sdrt.runtime import vae
+from sdrt.runtime.features import refiner as refiners
+from sdrt.runtime.loop import modes
+from sdrt.runtime.loop.conditioning import UnetConditioning, unet_conditioning
 from sdrt.runtime.parameters import generation_parameters
-from sdrt.runtime.preview import Preview
+from sdrt.runtime.features.preview import Preview
 from sdrt.runtime.request import GenerationError, GenerationRequest, ResolvedRequest
 from sdrt.runtime.rng import GeneratorGroup, TorchGenerator
 from sdrt.runtime.schedulers import DEFAULT_SAMPLER, Scheduler, sampler_from_config
-from sdrt.runtime.text_encoders import TextEncoders
-from sdrt.runtime.denoise import GenerationCancelled, denoise_loop
-from sdrt.runtime.deepcache import StepCachedUnet
-from sdrt.runtime.hires import hires_run
-from sdrt.runtime.inpaint_area import masked_run
+from sdrt.runtime.text.encoders import TextEncoders
+from sdrt.runtime.loop.denoise import GenerationCancelled, denoise_loop
+from sdrt.runtime.features.deepcache import StepCachedUnet
+from sdrt.runtime.features.hires import hires_run
+from sdrt.runtime.features.inpaint_area import masked_run
 
 # Required besides the text encoders; vae_encoder loads on the first image-to-image request.
 COMPONENTS = ("unet", "vae_decoder")
@@ -97,10 +99,10 @@ class Pipeline:
         (cuda only) also captures the UNet once per shape and replays it (see BoundOrtEngine).
         `refiner`: an SDXL refiner's folder, loaded the same way (see attach_refiner).
         `embeddings`: textual-inversion files (PATH or PATH:TOKEN) and folders of them
-        (sdrt.runtime.embeddings), for the base model and the refiner. `lora_dir`: the folder
+        (sdrt.runtime.text.embeddings), for the base model and the refiner. `lora_dir`: the folder
         `<lora:NAME>` tags name files in; `lora_cache_mb`: memory for LoRA-merged sessions per
-        component (ONNX Runtime; sdrt.runtime.lora). `controlnet_dir`: the folder of exported
-        ControlNets requests name (sdrt.runtime.controlnet)."""
+        component (ONNX Runtime; sdrt.runtime.features.lora). `controlnet_dir`: the folder of exported
+        ControlNets requests name (sdrt.runtime.features.controlnet)."""
         folder = Path(folder)
         if not folder.is_dir():
             raise ModelFolderError(
@@ -145,7 +147,7 @@ class Pipeline:
         return pipeline
 
     def attach_refiner(self, refiner: "Pipeline") -> None:
-        """Requests with a `refiner_switch` then hand their latents to `refiner` (sdrt.runtime.refiner)."""
+        """Requests with a `refiner_switch` then hand their latents to `refiner` (sdrt.runtime.features.refiner)."""
         refiners.check_pair(self, refiner)
         self.refiner = refiner
 
@@ -177,7 +179,7 @@ class Pipeline:
                 control=None, after_step: Callable[[int, int, np.ndarray], None] | None = None) -> np.ndarray:
         """The denoising loop over UNet calls `start.start` (image-to-image skips the first) to
         `start.end`; `conditioning` gives the UNet's feeds besides the latents and timestep at
-        each step ([unconditional; conditional] with guidance, sdrt.runtime.conditioning), in
+        each step ([unconditional; conditional] with guidance, sdrt.runtime.loop.conditioning), in
         one call or in one per text length. Stochastic samplers draw from `generator`, after
         the initial latents, as in diffusers. `start.conditioning` (an inpainting UNet's mask
         and masked-image latents) is appended to the scaled input's channels;
@@ -186,9 +188,9 @@ class Pipeline:
         the host-device copies inside those calls (the ControlNets' time goes to
         timings["controlnet_steps"]). A set `cancel` stops the loop at the next
         step with GenerationCancelled. `engines` replaces the pipeline's (LoRA-merged ones).
-        `control` gives each call's ControlNet residuals (sdrt.runtime.controlnet.guidance;
+        `control` gives each call's ControlNet residuals (sdrt.runtime.features.controlnet.guidance;
         without it a UNet with residual inputs gets zeros from its engine). `after_step(step,
-        total, latents)` runs after each step (previews, sdrt.runtime.preview)."""
+        total, latents)` runs after each step (previews, sdrt.runtime.features.preview)."""
         return denoise_loop((engines or self.engines)["unet"], start, conditioning, sampler, guidance_scale,
                             generator, progress, timings, cancel, control, after_step)
 

@@ -19,19 +19,19 @@ import numpy as np
 from PIL import Image
 
 from sdrt.errors import GenerationError
-from sdrt.runtime.controlnet.units import PARAM as CONTROLNETS, ControlUnit, check_units
-from sdrt.runtime.images import InputImageError, open_image, target_size
-from sdrt.runtime.deepcache import DeepCache
-from sdrt.runtime.hires import HiresFix
+from sdrt.runtime.features.controlnet.units import PARAM as CONTROLNETS, ControlUnit, check_units
+from sdrt.runtime.imaging.inputs import InputImageError, open_image, target_size
+from sdrt.runtime.features.deepcache import DeepCache
+from sdrt.runtime.features.hires import HiresFix
 from sdrt.runtime.request_checks import check_deepcache, check_family, check_sampling, check_vae, latent_size
-from sdrt.runtime.inpaint_area import MaskOptions
-from sdrt.runtime.lora.tags import LoraRef, extract_tags
-from sdrt.runtime.lora.weights_map import LoraError
+from sdrt.runtime.features.inpaint_area import MaskOptions
+from sdrt.runtime.features.lora.tags import LoraRef, extract_tags
+from sdrt.runtime.features.lora.weights_map import LoraError
 from sdrt.runtime.manifest import BATCH, HEIGHT, WIDTH, Manifest
-from sdrt.runtime.prompts.emphasis import DEFAULT_EMPHASIS, emphasis_mode
-from sdrt.runtime.prompts.options import TextOptions
-from sdrt.runtime.sdxl import SizeConditioning
-from sdrt.runtime.text import check_text
+from sdrt.runtime.text.prompts.emphasis import DEFAULT_EMPHASIS, emphasis_mode
+from sdrt.runtime.text.prompts.options import TextOptions
+from sdrt.runtime.families.sdxl import SizeConditioning
+from sdrt.runtime.text.checks import check_text
 from sdrt.runtime.schedulers import DEFAULT_SAMPLER, DEFAULT_SCHEDULE
 
 #: PyTorch's CPU generator keeps the low 32 bits of a seed.
@@ -62,13 +62,13 @@ class GenerationRequest:
     """What one generate() call is asked for. `prompt` may be a list (one image set each);
     `seed` may then be a list with one seed per prompt (text-to-image). `init_image` makes it
     image-to-image, with `mask_image` too inpainting. `latents` replaces the seeded noise.
-    SDXL only: `size_conditioning` (sdrt.runtime.sdxl), and `refiner_switch` in (0, 1), the
+    SDXL only: `size_conditioning` (sdrt.runtime.families.sdxl), and `refiner_switch` in (0, 1), the
     fraction of the noise schedule after which a loaded refiner takes over (diffusers'
     denoising_end / denoising_start). Prompts are read in A1111's prompt language
-    (sdrt.runtime.prompts) with an `emphasis` mode and A1111's `clip_skip`; `plain_prompt`
+    (sdrt.runtime.text.prompts) with an `emphasis` mode and A1111's `clip_skip`; `plain_prompt`
     reads them as plain text (no emphasis, BREAK, editing or alternation). `loras`: LoRAs
-    (sdrt.runtime.lora.tags.LoraRef, or "PATH[:WEIGHT]"), besides the prompt's `<lora:...>` tags.
-    `controlnets`: ControlNets with their control images (sdrt.runtime.controlnet.units)."""
+    (sdrt.runtime.features.lora.tags.LoraRef, or "PATH[:WEIGHT]"), besides the prompt's `<lora:...>` tags.
+    `controlnets`: ControlNets with their control images (sdrt.runtime.features.controlnet.units)."""
 
     prompt: str | Sequence[str]
     negative_prompt: str | Sequence[str] | None = None
@@ -82,11 +82,11 @@ class GenerationRequest:
     schedule: str = DEFAULT_SCHEDULE  # how the sampler spaces its noise levels (schedulers.schedules)
     init_image: "str | Path | bytes | Image.Image | None" = None  # bytes: an encoded image file
     mask_image: "str | Path | bytes | Image.Image | None" = None
-    mask_options: MaskOptions | None = None  # A1111's mask handling (sdrt.runtime.inpaint_area)
+    mask_options: MaskOptions | None = None  # A1111's mask handling (sdrt.runtime.features.inpaint_area)
     # Image-to-image from latents (diffusers' img2img given latents as its image): [1 or batch, C, h, w].
     init_latents: np.ndarray | None = field(default=None, compare=False)
-    hires: HiresFix | None = None  # A1111's hires fix (sdrt.runtime.hires)
-    deepcache: DeepCache | None = None  # step caching (sdrt.runtime.deepcache)
+    hires: HiresFix | None = None  # A1111's hires fix (sdrt.runtime.features.hires)
+    deepcache: DeepCache | None = None  # step caching (sdrt.runtime.features.deepcache)
     eta: float | None = None  # the stochasticity of samplers that take one (TCD's gamma); None: theirs
     strength: float | None = None
     latents: np.ndarray | None = field(default=None, compare=False)

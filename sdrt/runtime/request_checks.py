@@ -9,7 +9,7 @@ import numpy as np
 from sdrt.errors import ConfigError, GenerationError
 from sdrt.runtime.manifest import Manifest
 from sdrt.runtime.schedulers import SAMPLER_NAMES, SAMPLERS
-from sdrt.runtime.sdxl import SizeConditioning
+from sdrt.runtime.families.sdxl import SizeConditioning
 
 
 def check_sampling(request) -> None:

@@ -9,7 +9,7 @@ import io
 
 from PIL import Image, UnidentifiedImageError
 
-from sdrt.runtime.images import InputImageError, check_pixels
+from sdrt.runtime.imaging.inputs import InputImageError, check_pixels
 from sdrt.errors import ConfigError
 from sdrt.runtime.schedulers import DEFAULT_SAMPLER, DEFAULT_SCHEDULE, DISPLAY_NAMES, SAMPLERS, display_name
 from sdrt.runtime.schedulers.schedules import schedule_entry
@@ -124,7 +124,7 @@ def control_units(body, init_image: bytes | None) -> list:
     """The enabled units of the A1111 ControlNet extension's request. A unit without an image
     takes the init image (image-to-image), as the extension does; model names may carry the
     extension's " [hash]" suffix."""
-    from sdrt.runtime.controlnet.units import ControlUnit
+    from sdrt.runtime.features.controlnet.units import ControlUnit
 
     units = []
     for index, unit in enumerate(body.controlnet_units()):
@@ -171,8 +171,8 @@ def served_name(model: str, param: str) -> str:
 def check_lora_tags(prompt: str, param: str) -> None:
     """A client's `<lora:NAME>` tags name LoRAs of the server's --lora-dir, never files on its disk
     (a malformed tag is left to the request's resolution, which says what is wrong)."""
-    from sdrt.runtime.lora.tags import extract_tags
-    from sdrt.runtime.lora.weights_map import LoraError
+    from sdrt.runtime.features.lora.tags import extract_tags
+    from sdrt.runtime.features.lora.weights_map import LoraError
 
     try:
         _, refs = extract_tags(prompt)
@@ -200,13 +200,13 @@ def check_eta(sampler: str, eta: float | None) -> float | None:
                        "eta")
 
 
-#: A1111's inpainting_fill values sdrt honours -> sdrt.runtime.inpaint_area fills.
+#: A1111's inpainting_fill values sdrt honours -> sdrt.runtime.features.inpaint_area fills.
 INPAINTING_FILLS = {0: "fill", 1: "original"}
 
 
 def a1111_mask_options(body):
     """A1111's mask fields as sdrt's MaskOptions (A1111 always pastes the original back)."""
-    from sdrt.runtime.inpaint_area import MaskOptions
+    from sdrt.runtime.features.inpaint_area import MaskOptions
 
     if body.inpainting_fill not in INPAINTING_FILLS:
         raise RequestError(400, "inpainting_fill: 2 (latent noise) and 3 (latent nothing) are not supported; use 0 "
@@ -228,7 +228,7 @@ def _same(value) -> bool:
 
 def a1111_hires(body):
     """A1111's hires fix fields as a HiresFix (None without enable_hr)."""
-    from sdrt.runtime.hires import DEFAULT_STRENGTH, DEFAULT_UPSCALER, HiresFix, upscaler_named
+    from sdrt.runtime.features.hires import DEFAULT_STRENGTH, DEFAULT_UPSCALER, HiresFix, upscaler_named
 
     if not body.enable_hr:
         return None
@@ -254,7 +254,7 @@ def a1111_hires(body):
 
 def deepcache_field(value, param: str = "deepcache"):
     """sdrt's `deepcache` extension field ("INTERVAL[:BRANCH]" or an interval) as DeepCache."""
-    from sdrt.runtime.deepcache import DeepCache
+    from sdrt.runtime.features.deepcache import DeepCache
 
     if value is None:
         return None

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from sdrt.runtime.prompts.emphasis import DEFAULT_EMPHASIS, EMPHASIS_MODES
+from sdrt.runtime.text.prompts.emphasis import DEFAULT_EMPHASIS, EMPHASIS_MODES
 from sdrt.runtime.request import MAX_CLIP_SKIP
 from sdrt.serve.schemas import RequestError
 

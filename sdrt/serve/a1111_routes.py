@@ -9,8 +9,8 @@ import os
 from fastapi import Body as RawBody
 from fastapi import FastAPI
 
-from sdrt.runtime.hires import UPSCALERS as HIRES_UPSCALERS
-from sdrt.runtime.png_info import PARAMETERS_KEY, parse_parameters
+from sdrt.runtime.features.hires import UPSCALERS as HIRES_UPSCALERS
+from sdrt.runtime.imaging.png_info import PARAMETERS_KEY, parse_parameters
 from sdrt.runtime.schedulers import SAMPLERS
 from sdrt.runtime.schedulers.schedules import SCHEDULES
 from sdrt.serve.a1111_options import MODEL_OPTION
@@ -58,7 +58,7 @@ def add_a1111_routes(app: FastAPI, service, catalog, settings) -> None:
     @app.get("/sdapi/v1/loras")
     async def loras():
         """A1111's listing: the LoRAs of --lora-dir that <lora:NAME:WEIGHT> tags can name."""
-        from sdrt.runtime.safetensors_files import SafetensorsError, read_metadata
+        from sdrt.runtime.files.safetensors_files import SafetensorsError, read_metadata
 
         listed = []
         for name, path in service.pipeline.loras.library.names().items():
@@ -86,7 +86,7 @@ def add_a1111_routes(app: FastAPI, service, catalog, settings) -> None:
 
     @app.get("/controlnet/module_list")
     async def controlnet_modules():
-        from sdrt.runtime.controlnet.preprocess import PREPROCESSORS
+        from sdrt.runtime.features.controlnet.preprocess import PREPROCESSORS
 
         return {"module_list": list(PREPROCESSORS)}
 

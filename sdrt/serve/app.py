@@ -17,8 +17,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sdrt.errors import SdrtError
-from sdrt.runtime.png_info import format_parameters
-from sdrt.runtime.prompts.styles import apply_styles, load_styles
+from sdrt.runtime.imaging.png_info import format_parameters
+from sdrt.runtime.text.prompts.styles import apply_styles, load_styles
 from sdrt.runtime.request import MAX_SEED, GenerationRequest
 from sdrt.runtime.schedulers import display_name
 from sdrt.serve.a1111 import (A1111_FIELDS, OPENAI_FIELDS, a1111_hires, a1111_mask_options, a1111_vae, check_eta, check_lora_tags,

@@ -15,8 +15,8 @@ import asyncio
 import threading
 from dataclasses import dataclass, field, replace
 
-from sdrt.runtime.lora.tags import extract_tags
-from sdrt.runtime.lora.weights_map import LoraError
+from sdrt.runtime.features.lora.tags import extract_tags
+from sdrt.runtime.features.lora.weights_map import LoraError
 from sdrt.runtime.pipeline import GenerationResult
 from sdrt.runtime.request import GenerationRequest
 

@@ -17,8 +17,8 @@ from fastapi import FastAPI, Request
 from starlette.datastructures import UploadFile
 from PIL import Image, ImageOps
 
-from sdrt.runtime.controlnet.units import ControlUnit
-from sdrt.runtime.png_info import format_parameters
+from sdrt.runtime.features.controlnet.units import ControlUnit
+from sdrt.runtime.imaging.png_info import format_parameters
 from sdrt.runtime.request import GenerationRequest
 from sdrt.runtime.schedulers import DEFAULT_SAMPLER, SAMPLERS
 from sdrt.runtime.sizes import SizeError, parse_size
@@ -67,7 +67,7 @@ async def _form(request: Request) -> tuple[dict, dict[str, bytes]]:
 
 def _edit_images(image_file: bytes, mask_file: bytes | None) -> tuple[bytes, Image.Image | None]:
     """The image, and the inpainting mask (255 = repaint) from OpenAI's transparency convention."""
-    from sdrt.runtime.images import open_image
+    from sdrt.runtime.imaging.inputs import open_image
 
     source = open_image(mask_file if mask_file is not None else image_file)
     if mask_file is None and "A" not in source.getbands() and "transparency" not in source.info:
@@ -79,7 +79,7 @@ def _edit_images(image_file: bytes, mask_file: bytes | None) -> tuple[bytes, Ima
 
 
 def hires_of(body: OpenAIImageRequest):
-    from sdrt.runtime.hires import HiresFix, upscaler_named
+    from sdrt.runtime.features.hires import HiresFix, upscaler_named
 
     if body.hires is None:
         return None

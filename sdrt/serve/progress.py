@@ -1,6 +1,6 @@
 """What A1111's `GET /sdapi/v1/progress` reports: the running generation's step, the fraction of
 it done, an ETA from the rate so far, how many requests are admitted, and with `--preview-every N`
-the latest preview (sdrt.runtime.preview: the tiny VAE's decode when the export has one) as a
+the latest preview (sdrt.runtime.features.preview: the tiny VAE's decode when the export has one) as a
 base64 PNG in `current_image`. With several generations running at once it follows the one that
 moved last."""
 

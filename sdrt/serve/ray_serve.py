@@ -16,7 +16,7 @@ from pathlib import Path
 from ray import serve
 
 from sdrt.errors import SdrtError
-from sdrt.runtime.embeddings import EmbeddingSource
+from sdrt.runtime.text.embeddings import EmbeddingSource
 from sdrt.serve.app import ServeSettings, create_app
 
 DEPLOYMENT_NAME = "sdrt"

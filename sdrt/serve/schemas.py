@@ -95,7 +95,7 @@ class ControlNetField(Body):
 
 
 class HiresField(Body):
-    """sdrt's hires fix on the OpenAI route (sdrt.runtime.hires.HiresFix's fields)."""
+    """sdrt's hires fix on the OpenAI route (sdrt.runtime.features.hires.HiresFix's fields)."""
 
     scale: float = Field(2.0, ge=1, le=4)
     upscaler: StrictStr = "Latent"

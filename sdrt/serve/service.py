@@ -248,7 +248,7 @@ class Service:
         cancel = BatchCancel(batch)
         preview = None
         if self.settings.preview_every:
-            from sdrt.runtime.preview import Preview
+            from sdrt.runtime.features.preview import Preview
 
             preview = Preview(self.settings.preview_every, self.progress.on_preview)
         run = dict(cancel=cancel, progress=self.progress.on_step, preview=preview)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from PIL import Image
 
-from sdrt.runtime.images import MAX_INPUT_PIXELS, to_rgb
+from sdrt.runtime.imaging.inputs import MAX_INPUT_PIXELS, to_rgb
 from sdrt.serve.a1111 import open_base64_image
 from sdrt.serve.schemas import RequestError
 

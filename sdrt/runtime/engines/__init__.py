@@ -19,7 +19,7 @@ from sdrt.runtime.engines.base import Engine, EngineInputError, EngineRunError
 from sdrt.runtime.manifest import Manifest
 
 EngineFactory = Callable[[str], Engine]
-#: Memory for LoRA-merged ONNX Runtime sessions of one component (sdrt.runtime.lora.variants).
+#: Memory for LoRA-merged ONNX Runtime sessions of one component (sdrt.runtime.features.lora.variants).
 DEFAULT_LORA_CACHE_MB = 8192
 MIB = 2**20
 
@@ -62,7 +62,7 @@ class Backend(ABC):
     @abstractmethod
     def weight_variants(self, folder: Path, manifest: Manifest, component: str, engine: Engine,
                         make_engine: EngineFactory, pristine: Callable[[str], Any], options: LoadOptions):
-        """The component's engines for LoRA-merged weights (sdrt.runtime.lora.variants)."""
+        """The component's engines for LoRA-merged weights (sdrt.runtime.features.lora.variants)."""
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ class OrtBackend(Backend):
         return manifest, make_engine
 
     def weight_variants(self, folder, manifest, component, engine, make_engine, pristine, options):
-        from sdrt.runtime.lora.variants import SessionVariants
+        from sdrt.runtime.features.lora.variants import SessionVariants
 
         spec = manifest.components[component]
         files = [folder / spec.file, *(folder / name for name in spec.data_files)]
@@ -124,7 +124,7 @@ class TensorRtBackend(Backend):
         return model_engines["unet"].runtime.attach(folder, component, manifest.components[component])
 
     def weight_variants(self, folder, manifest, component, engine, make_engine, pristine, options):
-        from sdrt.runtime.lora.variants import RefitVariants
+        from sdrt.runtime.features.lora.variants import RefitVariants
 
         return RefitVariants(engine, pristine)
 

@@ -2,7 +2,7 @@
 first. Every input is checked against the manifest before a backend sees it: its name, dtype,
 rank, fixed sizes, and each dynamic dimension's range and agreement between tensors that share
 it. A mismatch is an `EngineInputError` naming the tensor. A UNet's ControlNet residual inputs
-may be left out: they are zeros then (sdrt.runtime.residuals), as the graph's defaults are.
+may be left out: they are zeros then (sdrt.runtime.features.controlnet.residuals), as the graph's defaults are.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 
 from sdrt.errors import SdrtError
 from sdrt.runtime.manifest import ComponentSpec, DimRange
-from sdrt.runtime.residuals import ZeroResiduals
+from sdrt.runtime.features.controlnet.residuals import ZeroResiduals
 
 
 class EngineInputError(SdrtError):

@@ -14,7 +14,7 @@ import numpy as np
 
 from sdrt.errors import ConfigError
 from sdrt.runtime.engines.base import Engine, EngineRunError
-from sdrt.runtime.integrity import check_graph_io
+from sdrt.runtime.files.integrity import check_graph_io
 from sdrt.runtime.manifest import EXTRA_EMBEDDINGS, ComponentSpec, DimRange, TensorSpec, residual_names
 
 ORT_ERRORS_ONLY = 3  # SessionOptions.log_severity_level: 0 verbose .. 4 fatal

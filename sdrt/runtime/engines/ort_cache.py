@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from sdrt.runtime.engines.onnxruntime import ORT_ERRORS_ONLY
-from sdrt.runtime.leftovers import remove_stale
+from sdrt.runtime.files.leftovers import remove_stale
 from sdrt.runtime.manifest import ComponentSpec
 
 CACHE_ENV = "SDRT_CACHE"

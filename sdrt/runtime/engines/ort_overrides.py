@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sdrt.runtime.onnx_weights import StoredTensor, initializers
+from sdrt.runtime.files.onnx_weights import StoredTensor, initializers
 
 PLACEMENTS_FILE = "placements.json"
 NCHWC_BLOCKS = (8, 16)  # MLAS's NCHWc block sizes (AVX2 and AVX-512)

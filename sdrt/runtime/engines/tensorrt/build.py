@@ -19,7 +19,7 @@ from sdrt.runtime.engines.tensorrt.plan import (
     plan_path,
     stale_reason,
 )
-from sdrt.runtime.integrity import verify_components
+from sdrt.runtime.files.integrity import verify_components
 from sdrt.runtime.manifest import ComponentSpec, Manifest
 
 TIMING_CACHE = "timing.cache"
@@ -132,7 +132,7 @@ def refittable_weights(trt, network, config, folder: Path, component: str, spec:
     """Makes the weights a LoRA can change refittable: only those where TensorRT can mark them
     one by one (REFIT_INDIVIDUAL), so every other weight keeps its build-time optimizations;
     all weights with older TensorRT versions."""
-    from sdrt.runtime.lora.weights_map import WeightsMap
+    from sdrt.runtime.features.lora.weights_map import WeightsMap
 
     names = sorted({w.initializer for w in WeightsMap.load(folder, component, spec).weights.values()})
     if hasattr(trt.BuilderFlag, "REFIT_INDIVIDUAL") and hasattr(network, "mark_weights_refittable"):

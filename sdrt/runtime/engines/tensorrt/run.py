@@ -157,7 +157,7 @@ class TrtEngine(Engine):
         return self.dtypes[name]
 
     def refit(self, weights: Mapping[str, np.ndarray]) -> None:
-        """Replaces weights by their ONNX initializer names (LoRA; sdrt.runtime.lora.variants)."""
+        """Replaces weights by their ONNX initializer names (LoRA; sdrt.runtime.features.lora.variants)."""
         trt = self.runtime.trt
         with self.runtime.lock:
             self.runtime.cuda.synchronize(self.runtime.stream)  # nothing may run on the old weights

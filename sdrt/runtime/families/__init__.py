@@ -1,0 +1,1 @@
+"""Model families: what an export of each holds and how the loop drives it."""

@@ -1,0 +1,1 @@
+"""ControlNet: exported ControlNets, their units, preprocessors and residual feeds."""

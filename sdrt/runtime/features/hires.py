@@ -1,0 +1,155 @@
+"""A1111's hires fix: a text-to-image first pass, an upscale (of the latents, or of the decoded
+images with a pixel upscaler), and an image-to-image second pass at the larger size. Each pass
+equals its diffusers counterpart: the first a text-to-image pipeline, the second an
+image-to-image pipeline given the upscaled latents as its image (latent upscalers, resized as
+`torch.nn.functional.interpolate` does: sdrt.runtime.imaging.resample) or the upscaled picture (pixel
+upscalers), with the same seed.
+
+With a pixel upscaler and several images, each image's second pass runs alone with its
+prompt's seed (diffusers' image-to-image takes one picture per prompt); latent upscalers keep
+the batch. The PNG parameters record the first pass's size and A1111's "Hires" fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+from PIL import Image
+
+from sdrt.runtime.imaging.resample import resize_latents
+
+#: A1111's upscaler names (any case) -> ("latent", interpolate mode) or ("pixel", PIL resampling).
+UPSCALERS = {
+    "Latent": ("latent", "bilinear"),
+    "Latent (antialiased)": ("latent", "bilinear-antialias"),
+    "Latent (bicubic)": ("latent", "bicubic"),
+    "Latent (bicubic antialiased)": ("latent", "bicubic-antialias"),
+    "Latent (nearest)": ("latent", "nearest"),
+    "Latent (nearest-exact)": ("latent", "nearest-exact"),
+    "Lanczos": ("pixel", Image.LANCZOS),
+    "Nearest": ("pixel", Image.NEAREST),
+    "None": ("pixel", Image.LANCZOS),  # A1111 resizes with Lanczos when no upscaler is named
+}
+DEFAULT_UPSCALER = "Latent"
+DEFAULT_STRENGTH = 0.7  # A1111's denoising strength for the second pass
+MAX_SCALE = 4.0
+
+
+def upscaler_named(name: str) -> str:
+    """The registry name for `name` in any case, or ValueError naming the choices."""
+    for known in UPSCALERS:
+        if known.lower() == str(name).strip().lower():
+            return known
+    raise ValueError(f"unknown hires upscaler {name!r}; choose one of {', '.join(UPSCALERS)}")
+
+
+@dataclass(frozen=True)
+class HiresFix:
+    """The second pass: its size (scale, or a width and/or height), upscaler, steps (0: the
+    first pass's), strength, and optional prompt, negative prompt, sampler and schedule."""
+
+    scale: float = 2.0
+    width: int | None = None
+    height: int | None = None
+    upscaler: str = DEFAULT_UPSCALER
+    steps: int = 0
+    strength: float = DEFAULT_STRENGTH
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    sampler: str | None = None
+    schedule: str | None = None
+
+    def problem(self) -> str | None:
+        if self.upscaler not in UPSCALERS:
+            return f"unknown hires upscaler {self.upscaler!r}; choose one of {', '.join(UPSCALERS)}"
+        if not 1 <= self.scale <= MAX_SCALE:
+            return f"the hires scale must be from 1 to {MAX_SCALE:g}, got {self.scale}"
+        if not 0 < self.strength <= 1:
+            return f"the hires strength must be in (0, 1], got {self.strength}"
+        if self.steps < 0:
+            return "hires steps must be >= 0 (0: as many as the first pass)"
+        return None
+
+    def size(self, height: int, width: int, multiple: int) -> tuple[int, int]:
+        """(height, width) of the second pass, rounded down to `multiple`."""
+        if self.width and self.height:
+            target_h, target_w = self.height, self.width
+            if abs(target_w / target_h - width / height) > multiple / min(target_h, target_w):
+                raise ValueError(f"a hires size of {target_w}x{target_h} changes the first pass's aspect ratio "
+                                 f"({width}x{height}); give one side, or the same ratio")
+        elif self.width or self.height:
+            ratio = (self.width or 0) / width if self.width else (self.height or 0) / height
+            target_h, target_w = round(height * ratio), round(width * ratio)
+        else:
+            target_h, target_w = int(height * self.scale), int(width * self.scale)
+        return target_h - target_h % multiple, target_w - target_w % multiple
+
+
+def hires_run(pipeline, request, **run):
+    """`pipeline.run(request)` with its hires fix (GenerationRequest.hires)."""
+    from sdrt.errors import GenerationError
+
+    hires = request.hires
+    if hires.problem():
+        raise GenerationError(hires.problem(), "hires")
+    if request.init_image is not None or request.init_latents is not None:
+        raise GenerationError("the hires fix is for text-to-image; this request has an init image", "hires")
+    kind, mode = UPSCALERS[hires.upscaler]
+    first = pipeline.run(replace(request, hires=None), latents_only=kind == "latent", **run)
+    m = pipeline.manifest
+    try:
+        height, width = hires.size(first.parameters["height"], first.parameters["width"], m.vae_scale_factor)
+    except ValueError as error:
+        raise GenerationError(str(error), "hires") from None
+    second = replace(request, hires=None, height=height, width=width, strength=hires.strength,
+                     steps=hires.steps or request.steps, prompt=hires.prompt or request.prompt,
+                     negative_prompt=hires.negative_prompt or request.negative_prompt,
+                     sampler=hires.sampler or request.sampler, schedule=hires.schedule or request.schedule,
+                     seed=first.parameters["seed"])
+    if kind == "latent":
+        latents = resize_latents(first.latents, height // m.vae_scale_factor, width // m.vae_scale_factor, mode)
+        result = pipeline.run(replace(second, init_latents=latents), **run)
+    else:
+        result = _pixel_passes(pipeline, second, first, mode, run)
+    result.parameters.update(width=first.parameters["width"], height=first.parameters["height"],
+                             hires={"upscaler": hires.upscaler, "steps": hires.steps, "strength": hires.strength,
+                                    "width": width, "height": height,
+                                    **({"scale": hires.scale} if not (hires.width or hires.height) else {})})
+    result.timings = merged_timings(first.timings, result.timings)
+    return result
+
+
+def merged_timings(first: dict, second: dict) -> dict:
+    """Both passes' time per stage (lists of calls joined), and the first pass's own as first_pass_*."""
+    merged = {f"first_pass_{key}": value for key, value in first.items() if not isinstance(value, list)}
+    for key in first.keys() | second.keys():
+        a, b = first.get(key), second.get(key)
+        if isinstance(a, list) or isinstance(b, list):
+            merged[key] = list(a or ()) + list(b or ())
+        else:
+            merged[key] = (a or 0.0) + (b or 0.0)
+    return merged
+
+
+def _pixel_passes(pipeline, second, first, resample, run):
+    """One image-to-image pass per first-pass image (see the module's note)."""
+    images = [image.resize((second.width, second.height), resample=resample) for image in first.images]
+    prompts = second.prompt if isinstance(second.prompt, (list, tuple)) else [second.prompt]
+    seeds = second.seed if isinstance(second.seed, (list, tuple)) else [second.seed] * len(prompts)
+    negatives = second.negative_prompt
+    per_prompt = len(images) // len(prompts)
+    results = []
+    for index, image in enumerate(images):
+        which = index // per_prompt
+        negative = negatives[which] if isinstance(negatives, (list, tuple)) else negatives
+        results.append(pipeline.run(replace(second, prompt=prompts[which], negative_prompt=negative,
+                                            seed=seeds[which], num_images=1, init_image=image), **run))
+    merged = results[0]
+    if len(results) > 1:
+        merged.images = [r.images[0] for r in results]
+        merged.array = np.concatenate([r.array for r in results])
+        merged.latents = np.concatenate([r.latents for r in results])
+        merged.parameters.update(prompt=first.parameters["prompt"], seed=first.parameters["seed"],
+                                 num_images=first.parameters["num_images"])
+    return merged

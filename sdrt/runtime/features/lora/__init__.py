@@ -1,0 +1,1 @@
+"""LoRA: files, tags, merging into engines and the merged-weight cache."""

@@ -1,0 +1,63 @@
+"""Where LoRAs come from: files named by path, and a folder (`--lora-dir`) whose files are
+named by their stem, subfolders included, as A1111 names them in `<lora:NAME>` tags. Parsed
+files are kept (by path, size and modification time), a few at a time."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+from sdrt.runtime.features.lora.files import SUFFIXES, LoraFile, read_lora
+from sdrt.runtime.features.lora.weights_map import LoraError
+
+KEPT_FILES = 16  # parsed LoRA files kept in memory
+
+
+class LoraLibrary:
+    def __init__(self, folder: str | Path | None = None):
+        self.folder = None if folder is None else Path(folder)
+        if self.folder is not None and not self.folder.is_dir():
+            raise LoraError(f"LoRA folder {self.folder} does not exist")
+        self._files: OrderedDict[tuple, LoraFile] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def names(self) -> dict[str, Path]:
+        """Name -> file for every LoRA in the folder (the first by sorted path wins a name)."""
+        if self.folder is None:
+            return {}
+        found: dict[str, Path] = {}
+        for path in sorted(self.folder.rglob("*")):
+            if path.suffix.lower() in SUFFIXES and path.is_file():
+                found.setdefault(path.stem, path)
+        return found
+
+    def path_of(self, source: str) -> Path:
+        """A LoRA's file: `source` as a path, else a name in the folder."""
+        path = Path(source)
+        if path.suffix.lower() in SUFFIXES and path.is_file():
+            return path
+        names = self.names()
+        if source in names:
+            return names[source]
+        if self.folder is None:
+            raise LoraError(f"LoRA {source!r} is not a file; name a LoRA file, or give a LoRA folder (--lora-dir) "
+                            "to name LoRAs by their file name")
+        close = [name for name in names if source.lower() in name.lower()][:3]
+        hint = f" (similar: {', '.join(close)})" if close else ""
+        raise LoraError(f"unknown LoRA {source!r}: no such file in {self.folder}{hint}")
+
+    def read(self, source: str) -> LoraFile:
+        path = self.path_of(source)
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+        with self._lock:
+            if key in self._files:
+                self._files.move_to_end(key)
+                return self._files[key]
+        lora = read_lora(path)
+        with self._lock:
+            self._files[key] = lora
+            while len(self._files) > KEPT_FILES:
+                self._files.popitem(last=False)
+        return lora

@@ -1,0 +1,86 @@
+"""LoRA layers resolved against a model's weights maps, and merged into its pristine weights.
+
+Each requested LoRA's layers are matched to the model's layers by name (sdrt.runtime.features.lora.
+weights_map.WeightsMap.resolve: never by guessing from underscores); the deltas of every LoRA
+on one layer are summed in fp32 with their weights, mapped to the graph's layout and added to
+the weight as exported. Keys that reach no layer are reported; a layer whose shape does not fit
+means the LoRA was made for another model, which is an error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sdrt.runtime.features.lora.files import LoraFile, LoraLayer
+from sdrt.runtime.features.lora.weights_map import LoraError, WeightsMap
+
+UNET = "unet"
+MAX_NAMED_KEYS = 5  # unmatched keys a warning names
+
+
+@dataclass(frozen=True)
+class LoraWeights:
+    """How strongly one LoRA applies: to the text encoders and to the UNet (A1111's te/unet)."""
+
+    text: float = 1.0
+    unet: float = 1.0
+
+    def of(self, component: str) -> float:
+        return self.unet if component == UNET else self.text
+
+
+@dataclass
+class ResolvedLora:
+    file: LoraFile
+    layers: dict[str, list[tuple[LoraLayer, str]]] = field(default_factory=dict)  # component -> (layer, module)
+    unmatched: list[str] = field(default_factory=list)
+
+
+def resolve(lora: LoraFile, maps: dict[str, WeightsMap]) -> ResolvedLora:
+    resolved = ResolvedLora(lora, unmatched=list(lora.ignored))
+    made_for = f" (it says it was made for {lora.base_model})" if lora.base_model else ""
+    for layer in lora.layers:
+        weights = maps.get(layer.component)
+        module = None if weights is None else weights.resolve(layer.name)
+        if module is None:
+            resolved.unmatched.extend(layer.keys)
+            continue
+        shape = weights.weights[module].shape
+        try:
+            layer.delta(shape)
+        except ValueError as error:
+            raise LoraError(f"LoRA {lora.name} does not fit this model: its layer {layer.name}: {error}; it is "
+                            f"for another model architecture{made_for}") from None
+        resolved.layers.setdefault(layer.component, []).append((layer, module))
+    if not resolved.layers:
+        raise LoraError(f"LoRA {lora.name} matches no layer of this model{made_for}: it is for another model "
+                        f"architecture (first keys: {', '.join(resolved.unmatched[:3])})")
+    return resolved
+
+
+def unmatched_warning(resolved: ResolvedLora) -> str | None:
+    keys = resolved.unmatched
+    if not keys:
+        return None
+    named = ", ".join(keys[:MAX_NAMED_KEYS]) + (", ..." if len(keys) > MAX_NAMED_KEYS else "")
+    return f"LoRA {resolved.file.name}: {len(keys)} keys match no layer of this model and were ignored: {named}"
+
+
+def merged_tensors(component: str, uses: list[tuple[ResolvedLora, LoraWeights]],
+                   weights: WeightsMap) -> dict[str, np.ndarray]:
+    """Initializer name -> pristine weight + the sum of the LoRAs' deltas, in the graph's
+    layout and dtype, for every layer of `component` a LoRA touches."""
+    deltas: dict[str, np.ndarray] = {}
+    for resolved, strength in uses:
+        scale = np.float32(strength.of(component))
+        for layer, module in resolved.layers.get(component, ()):
+            delta = layer.delta(weights.weights[module].shape) * scale
+            deltas[module] = deltas[module] + delta if module in deltas else delta
+    merged = {}
+    for module, delta in deltas.items():
+        mapped = weights.weights[module]
+        base = weights.pristine(mapped.initializer)
+        merged[mapped.initializer] = (base.astype(np.float32) + mapped.to_graph(delta)).astype(base.dtype)
+    return merged

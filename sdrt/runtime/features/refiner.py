@@ -1,0 +1,81 @@
+"""SDXL's ensemble of experts: the base model denoises the high-noise part of the schedule,
+the refiner the rest, handing over latents (diffusers' `denoising_end` on the base pipeline and
+`denoising_start` on `StableDiffusionXLImg2ImgPipeline`, whose rules this module reproduces).
+
+The switch s in (0, 1) is a fraction of the training schedule: the base runs the steps whose
+timestep is >= round(T - s * T) (T the training timesteps), the refiner the steps below it,
+plus one for a second-order sampler whose count would otherwise split a step's pair of calls.
+The refiner continues with the base's generator and decodes with its own VAE.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from sdrt.errors import GenerationError, ModelFolderError
+from sdrt.runtime.loop.conditioning import unet_conditioning
+from sdrt.runtime.loop.modes import DenoiseStart
+from sdrt.runtime.request import ResolvedRequest
+from sdrt.runtime.schedulers import Scheduler
+
+if TYPE_CHECKING:
+    from sdrt.runtime.pipeline import Pipeline
+
+BASE_FAMILY = "sdxl"
+REFINER_FAMILIES = ("sdxl", "sdxl-refiner")
+
+
+def cutoff(sampler: Scheduler, switch: float) -> int:
+    train = sampler.config.num_train_timesteps
+    return int(round(train - switch * train))
+
+
+def base_end(sampler: Scheduler, start: int, switch: float) -> int:
+    """The UNet call the base stops before: the calls from `start` whose timestep is at or
+    above the cutoff."""
+    return start + int(np.count_nonzero(sampler.timesteps[start:] >= cutoff(sampler, switch)))
+
+
+def refiner_start(sampler: Scheduler, switch: float) -> int:
+    """The UNet call the refiner starts at."""
+    remaining = int(np.count_nonzero(sampler.timesteps < cutoff(sampler, switch)))
+    if sampler.calls_per_step == 2 and remaining % 2 == 0:
+        remaining += 1
+    return len(sampler.timesteps) - remaining
+
+
+def check_pair(base: "Pipeline", refiner: "Pipeline") -> None:
+    """A refiner needs an SDXL base with the same latent space."""
+    if base.manifest.family != BASE_FAMILY:
+        raise ModelFolderError(f"a refiner needs an SDXL base model; {base.folder} is {base.manifest.family}")
+    if refiner.manifest.family not in REFINER_FAMILIES:
+        raise ModelFolderError(f"{refiner.folder} is {refiner.manifest.family}, not an SDXL model to refine with")
+    for field in ("latent_channels", "vae_scale_factor"):
+        if getattr(base.manifest, field) != getattr(refiner.manifest, field):
+            raise ModelFolderError(f"the refiner's {field} ({getattr(refiner.manifest, field)}) differs from the "
+                                   f"base model's ({getattr(base.manifest, field)})")
+
+
+def refiner_run(refiner: "Pipeline | None", resolved: ResolvedRequest, base_run: tuple, timings: dict) -> tuple:
+    """The refiner's (model, start, sampler, conditioning, control) for a request with a refiner
+    switch; ends the base's run (`base_run`, the same tuple) at the switch."""
+    request = resolved.request
+    if refiner is None:
+        raise GenerationError("refiner_switch needs a refiner; load one (--refiner DIR)", "refiner_switch")
+    if resolved.mask is not None:
+        raise GenerationError("a refiner works with text-to-image and image-to-image; inpainting with a "
+                              "refiner is not supported yet", "refiner_switch")
+    if resolved.controls:
+        raise GenerationError("ControlNets with a refiner are not supported yet (diffusers' SDXL ControlNet "
+                              "pipelines have no refiner switch either)", "refiner_switch")
+    _, base_start, base_sampler, _, _ = base_run
+    base_start.end = base_end(base_sampler, base_start.start, request.refiner_switch)
+    stage = time.perf_counter()
+    conditioning = unet_conditioning(refiner.text_encoders, refiner.engines, resolved, [], timings)
+    timings["text_encoder"] += time.perf_counter() - stage
+    sampler = refiner.new_sampler(request)
+    start = DenoiseStart(None, refiner_start(sampler, request.refiner_switch), counted_from=base_start.start)
+    return refiner, start, sampler, conditioning, None

@@ -1,0 +1,1 @@
+"""Reading the files of model folders and users (JSON, safetensors, torch zip files, ONNX weights) safely, and checking them."""

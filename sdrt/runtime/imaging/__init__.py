@@ -1,0 +1,1 @@
+"""Images in and out: input images and masks, resizing latents, PNG parameters."""

@@ -1,0 +1,194 @@
+"""Generation parameters in PNG files, in the `parameters` text chunk AUTOMATIC1111 writes:
+
+    <prompt>
+    Negative prompt: <negative prompt>
+    Steps: 20, Sampler: LMS, CFG scale: 7.5, Seed: 42, Size: 512x512, Model: name
+
+so other tools (A1111, ComfyUI, image browsers) read them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+import threading
+from pathlib import Path
+
+from PIL import Image, PngImagePlugin
+
+from sdrt.errors import SdrtError
+from sdrt.runtime.files.leftovers import remove_stale
+from sdrt.runtime.schedulers import DEFAULT_SCHEDULE, display_name
+from sdrt.runtime.schedulers.schedules import schedule_label
+
+PARAMETERS_KEY = "parameters"
+NEGATIVE_PREFIX = "Negative prompt: "
+# Temporary files beside the output (a short name, so any valid output name has room for it).
+PARTIAL_PREFIX, PARTIAL_SUFFIX = ".sdrt-", ".partial"  # .sdrt-PID-XXXXXXXX.partial
+STALE_PARTIAL = re.compile(r"\.sdrt-(?P<pid>\d+)-\w+\.partial")
+NEW_FILE_MODE = 0o666  # what open() creates a file with, before the umask
+_UMASK_LOCK = threading.Lock()
+
+
+class ImageFileError(SdrtError):
+    """An image cannot be read or written."""
+
+
+def format_parameters(prompt: str, parameters: dict, batch_position: int | None = None) -> str:
+    """A1111's text; with several images of one seed, `batch_position` (1-based) says which."""
+    lines = [prompt]
+    if parameters.get("negative_prompt"):
+        lines.append(NEGATIVE_PREFIX + str(parameters["negative_prompt"]))
+    fields = [
+        ("Steps", parameters["steps"]),
+        ("Sampler", display_name(parameters["sampler"])),
+        *((("Schedule type", schedule_label(parameters["schedule"])),)
+          if parameters.get("schedule", DEFAULT_SCHEDULE) != DEFAULT_SCHEDULE else ()),
+        ("CFG scale", parameters["guidance_scale"]),
+        ("Seed", parameters["seed"]),
+        ("Size", f"{parameters['width']}x{parameters['height']}"),
+        ("Model", parameters["model"]),
+    ]
+    if "strength" in parameters:
+        fields.append(("Denoising strength", parameters["strength"]))
+    if "hires" in parameters:  # A1111's hires fix fields
+        hires = parameters["hires"]
+        fields.append(("Hires upscale", hires["scale"]) if "scale" in hires
+                      else ("Hires resize", f"{hires['width']}x{hires['height']}"))
+        fields += [*((("Hires steps", hires["steps"]),) if hires["steps"] else ()), ("Hires upscaler", hires["upscaler"])]
+    if "clip_skip" in parameters:
+        fields.append(("Clip skip", parameters["clip_skip"]))
+    if "emphasis" in parameters:
+        fields.append(("Emphasis", parameters["emphasis"]))
+    if "ti_hashes" in parameters:
+        fields.append(("TI hashes", quote(", ".join(f"{name}: {digest}" for name, digest in
+                                                    parameters["ti_hashes"].items()))))
+    if "lora_hashes" in parameters:
+        fields.append(("Lora hashes", quote(", ".join(f"{name}: {digest}" for name, digest in
+                                                      parameters["lora_hashes"].items()))))
+    if "deepcache" in parameters:
+        fields.append(("DeepCache", quote(parameters["deepcache"])))
+    if "vae" in parameters:  # A1111's field for the VAE used
+        fields.append(("VAE", "TAESD" if parameters["vae"] == "tiny" else parameters["vae"]))
+    for index, unit in enumerate(parameters.get("controlnets", ())):  # the A1111 extension's record
+        fields.append((f"ControlNet {index}", quote(
+            f"Module: {unit['preprocessor']}, Model: {unit['model']}, Weight: {unit['scale']}, "
+            f"Guidance Start: {unit['start']}, Guidance End: {unit['end']}, Control Mode: {unit['mode']}")))
+    if "refiner" in parameters:  # A1111's names for its refiner settings
+        fields += [("Refiner", parameters["refiner"]), ("Refiner switch at", parameters["refiner_switch"])]
+    if batch_position is not None:
+        fields += [("Batch size", parameters["num_images"]), ("Batch pos", batch_position)]
+    lines.append(", ".join(f"{key}: {value}" for key, value in fields))
+    return "\n".join(lines)
+
+
+def quote(value: str) -> str:
+    """A1111's quoting of a field value that holds its separators (a JSON string)."""
+    return json.dumps(value, ensure_ascii=False) if any(c in value for c in ",:\n") else value
+
+
+def parse_parameters(text: str) -> dict:
+    """The fields of a `parameters` chunk: prompt, negative prompt and the key: value line."""
+    lines = text.split("\n")
+    settings = lines.pop() if lines else ""
+    negative = [i for i, line in enumerate(lines) if line.startswith(NEGATIVE_PREFIX)]
+    result: dict[str, str] = {}
+    if negative:
+        first = negative[0]
+        result["Prompt"] = "\n".join(lines[:first])
+        result["Negative prompt"] = "\n".join(lines[first:])[len(NEGATIVE_PREFIX):]
+    else:
+        result["Prompt"] = "\n".join(lines)
+    for item in _split_fields(settings):
+        key, sep, value = item.partition(": ")
+        if sep:
+            result[key] = value
+    return result
+
+
+def _split_fields(line: str) -> list[str]:
+    """The "Key: value" items of A1111's settings line: split at ", " outside quoted values."""
+    items, start, quoted, index = [], 0, False, 0
+    while index < len(line):
+        char = line[index]
+        if char == "\\" and quoted:
+            index += 2
+            continue
+        if char == '"':
+            quoted = not quoted
+        elif not quoted and line.startswith(", ", index):
+            items.append(line[start:index])
+            start = index + 2
+            index += 1
+        index += 1
+    items.append(line[start:])
+    return items
+
+
+def typed_parameters(fields: dict[str, str]) -> dict:
+    """parse_parameters' fields with numbers as numbers and quoted values unquoted (for JSON)."""
+    typed: dict = {}
+    for key, value in fields.items():
+        if key in ("Prompt", "Negative prompt"):
+            typed[key] = value
+            continue
+        if value.startswith('"') and value.endswith('"'):
+            try:
+                typed[key] = json.loads(value)
+                continue
+            except ValueError:
+                pass
+        try:
+            typed[key] = int(value)
+        except ValueError:
+            try:
+                number = float(value)
+                typed[key] = number if math.isfinite(number) else value
+            except ValueError:
+                typed[key] = value
+    return typed
+
+
+def _umask() -> int:
+    """The process's umask (read by setting and restoring it, under a lock)."""
+    with _UMASK_LOCK:
+        mask = os.umask(0)
+        os.umask(mask)
+    return mask
+
+
+def save_png(image: Image.Image, path: Path, parameters_text: str) -> None:
+    """Write the PNG aside and rename it into place, so a failure leaves no partial file. The
+    file gets the permissions the user's umask gives a new file (mkstemp's are 0600)."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text(PARAMETERS_KEY, parameters_text)
+    path = Path(path)
+    remove_stale(path.parent, STALE_PARTIAL)
+    handle, temporary = tempfile.mkstemp(prefix=f"{PARTIAL_PREFIX}{os.getpid()}-", suffix=PARTIAL_SUFFIX,
+                                         dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            image.save(stream, format="PNG", pnginfo=info)
+        os.chmod(temporary, NEW_FILE_MODE & ~_umask())
+        os.replace(temporary, path)
+    except OSError as error:
+        Path(temporary).unlink(missing_ok=True)
+        raise ImageFileError(f"cannot write {path}: {error.strerror or error}") from None
+
+
+def read_parameters(path: Path) -> str:
+    try:
+        with Image.open(path) as image:
+            text = image.info.get(PARAMETERS_KEY)
+    except FileNotFoundError:
+        raise ImageFileError(f"{path} does not exist") from None
+    except Image.DecompressionBombError:
+        raise ImageFileError(f"{path} declares an image too large to be one sdrt made") from None
+    except (OSError, SyntaxError, ValueError) as error:  # ValueError: PIL's text-chunk limits
+        raise ImageFileError(f"cannot read {path} as an image: {error}") from None
+    if text is None:
+        raise ImageFileError(f"{path} has no generation parameters")
+    return text

@@ -1,0 +1,127 @@
+"""The three generation modes, each as the start of a denoising run: initial latents, the first
+step, UNet conditioning and a per-step blend. The pipeline picks one by the request's inputs
+and runs the same loop for all of them.
+
+- text-to-image: seeded noise (or given latents) at the first step's noise level;
+- image-to-image (StableDiffusionImg2ImgPipeline): the image's latents noised to the level of
+  step n - int(n * strength);
+- inpainting (StableDiffusionInpaintPipeline): an inpainting UNet (more input channels) gets
+  the mask and the masked image's latents with every call; an ordinary UNet denoises
+  everything and, after each step, the kept region is replaced by the original latents noised
+  to the next step's level.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import numpy as np
+
+from sdrt.runtime.manifest import Manifest
+from sdrt.runtime.imaging.inputs import MASK_THRESHOLD, downsample_nearest, to_mask_input, to_model_input
+from sdrt.runtime.request import GenerationError, ResolvedRequest
+from sdrt.runtime.rng import TorchGenerator
+from sdrt.runtime.schedulers import Scheduler
+
+
+class ImageEncoder(Protocol):
+    def __call__(self, image: np.ndarray, generator: TorchGenerator) -> np.ndarray: ...
+
+
+@dataclass
+class DenoiseStart:
+    """Where a denoising run begins and what each step adds."""
+
+    latents: np.ndarray | None  # None until a previous run (the SDXL base, for its refiner) gives them
+    start: int = 0  # the first UNet call
+    conditioning: np.ndarray | None = None  # appended to the UNet input's channels every call
+    blend: Callable[[int, np.ndarray], np.ndarray] | None = None  # runs after each step
+    end: int | None = None  # the UNet call to stop before (None: the sampler's last)
+    counted_from: int | None = None  # the call prompt schedules count steps from (None: `start`)
+
+    def stop(self, sampler: Scheduler) -> int:
+        return len(sampler.timesteps) if self.end is None else self.end
+
+
+def text_to_image(resolved: ResolvedRequest, sampler: Scheduler, generator, shape: tuple[int, ...]) -> DenoiseStart:
+    given = resolved.request.latents
+    if given is None:
+        return DenoiseStart(generator.randn(shape) * np.float32(sampler.init_noise_sigma))
+    latents = np.asarray(given, dtype=np.float32)
+    if latents.shape != shape:
+        raise GenerationError(f"latents must have shape {list(shape)}, got {list(latents.shape)}", "latents")
+    return DenoiseStart(latents * np.float32(sampler.init_noise_sigma))
+
+
+def first_step(resolved: ResolvedRequest, sampler: Scheduler) -> int:
+    """The UNet call image-to-image and inpainting start from, for their strength."""
+    steps = resolved.request.steps
+    start = (steps - min(int(steps * resolved.strength), steps)) * sampler.calls_per_step
+    if start >= len(sampler.timesteps):
+        raise GenerationError(f"strength {resolved.strength} with {steps} steps leaves no denoising step; "
+                              "raise either", "strength")
+    return start
+
+
+def image_to_image(resolved: ResolvedRequest, sampler: Scheduler, generator, shape: tuple[int, ...],
+                   encode: ImageEncoder) -> DenoiseStart:
+    start = first_step(resolved, sampler)
+    if resolved.init_latents is not None:  # diffusers' img2img given latents: used as they are
+        encoded = resolved.init_latents
+    else:
+        encoded = encode(to_model_input(resolved.image, resolved.height, resolved.width), generator)
+    encoded = np.concatenate([encoded] * shape[0]) if encoded.shape[0] != shape[0] else encoded
+    return DenoiseStart(sampler.add_noise(encoded, generator.randn(shape), start), start)
+
+
+def inpainting(resolved: ResolvedRequest, sampler: Scheduler, generator, shape: tuple[int, ...],
+               encode: ImageEncoder, inpainting_unet: bool) -> DenoiseStart:
+    """Draws from `generator` in diffusers' order: image latents (when needed), noise, then the
+    masked image's latents."""
+    batch = shape[0]
+    start = first_step(resolved, sampler)
+    pixels = to_model_input(resolved.image, resolved.height, resolved.width)
+    mask_pixels = to_mask_input(resolved.mask, resolved.image, resolved.height, resolved.width)
+    full_strength = resolved.strength == 1.0
+    image_latents = None
+    if not inpainting_unet or not full_strength:
+        image_latents = np.concatenate([encode(pixels, generator)] * batch)
+    noise = generator.randn(shape)
+    if full_strength:
+        latents = noise * np.float32(sampler.init_noise_sigma)
+    else:
+        latents = sampler.add_noise(image_latents, noise, start)
+    masked_latents = encode(pixels * (mask_pixels < MASK_THRESHOLD), generator)
+    latent_mask = np.concatenate([downsample_nearest(mask_pixels, shape[2], shape[3])] * batch)
+    masked_latents = np.concatenate([masked_latents] * batch)
+    if inpainting_unet:
+        conditioning = np.concatenate([latent_mask, masked_latents], axis=1)
+        if resolved.guided:
+            conditioning = np.concatenate([conditioning, conditioning])
+        return DenoiseStart(latents, start, conditioning=conditioning)
+    last = len(sampler.timesteps) - 1
+
+    def blend(index: int, current: np.ndarray) -> np.ndarray:
+        known = image_latents if index == last else sampler.add_noise(image_latents, noise, index + 1)
+        return (1 - latent_mask) * known + latent_mask * current
+
+    return DenoiseStart(latents, start, blend=blend)
+
+
+def prepare(manifest: Manifest, resolved: ResolvedRequest, sampler: Scheduler, generator, timings: dict,
+            encode: ImageEncoder) -> DenoiseStart:
+    """The request's mode's start (the VAE encoder's time in timings["vae_encoder"])."""
+    m = manifest
+    shape = (resolved.batch, m.latent_channels, resolved.height // m.vae_scale_factor,
+             resolved.width // m.vae_scale_factor)
+    if not resolved.from_image:
+        return text_to_image(resolved, sampler, generator, shape)
+    stage = time.perf_counter()
+    if resolved.mask is not None:
+        start = inpainting(resolved, sampler, generator, shape, encode, inpainting_unet=m.unet_in_channels != m.latent_channels)
+    else:
+        start = image_to_image(resolved, sampler, generator, shape, encode)
+    timings["vae_encoder"] = time.perf_counter() - stage
+    return start
