@@ -14,9 +14,9 @@ import numpy as np
 
 import torch
 
+from sdrt.runtime.families import FAMILIES
 from sdrt.runtime.manifest import (  # noqa: F401 - the dimension names, re-exported for the exporter
     BATCH,
-    CLIP_SKIP_FAMILIES,
     DEFAULT_PROMPT_CHUNKS,
     EXTRA_EMBEDDINGS,
     EXTRA_TOKENS,
@@ -282,7 +282,7 @@ def clip_component_exports(pipeline, geometry: ModelGeometry, num_train_timestep
         return inputs + residual_inputs(gen, residuals, 2 * batch, latent_h, latent_w)
 
     latent = [g.latent_channels, LATENT_HEIGHT, LATENT_WIDTH]
-    layers = clip_family(pipeline) in CLIP_SKIP_FAMILIES
+    layers = FAMILIES[clip_family(pipeline)].clip_skip_applies
     text_outputs = [
         TensorSpec(LAST_HIDDEN, f32, [BATCH, g.text_length, g.text_hidden_size]),
         TensorSpec(POOLED, f32, [BATCH, g.text_hidden_size]),

@@ -37,12 +37,13 @@ EXTRA_EMBEDDINGS = "extra_token_embeddings"
 LATENT_HEIGHT, LATENT_WIDTH = "latent_height", "latent_width"
 FORMAT_VERSION = 1
 DTYPES = ("float32", "float16", "int32", "int64")
-#: Model families: SD 1.x, SD 2.x, SDXL base and SDXL refiner (manifest.schema.json lists them too).
-FAMILIES = ("sd1", "sd2", "sdxl", "sdxl-refiner")
 # Tensor names shared by the exporter and the runtime: the UNet's text context and SDXL's added
 # conditions; the text encoders' hidden states (SD 1.x/2.x: last layer; SDXL: layer -2) and
 # pooled embedding (projected for SDXL's second encoder).
 UNET_CONTEXT = "encoder_hidden_states"
+#: The denoiser component of the UNet families, and the tensors of one denoiser call besides its conditioning.
+UNET = "unet"
+DENOISER_SAMPLE, DENOISER_TIMESTEP, DENOISER_OUTPUT = "sample", "timestep", "out_sample"
 #: An LCM-distilled UNet's guidance embedding input (config `time_cond_proj_dim`).
 TIMESTEP_COND = "timestep_cond"
 #: DeepCache (sdrt.export.deepcache): the UNet's extra output, and the graph of a cached step.
@@ -53,8 +54,6 @@ LAST_HIDDEN, PENULTIMATE_HIDDEN = "last_hidden_state", "penultimate_hidden_state
 POOLED, PROJECTED = "pooler_output", "text_embeds"
 # Every layer's hidden states through the final layer norm, [batch, layers, length, width]: clip skip.
 LAYER_HIDDEN = "layer_hidden_states"
-#: The families whose text encoders A1111 applies clip skip to (SD 2.x and SDXL ignore it).
-CLIP_SKIP_FAMILIES = ("sd1",)
 # ControlNet residuals (sdrt.runtime.features.controlnet): a ControlNet's outputs and the UNet's inputs of
 # the same names, one per down-block output (diffusers' order) and one for the mid block. Their
 # sides are the latent's over a power of two, named by `downsampled`.
@@ -63,7 +62,7 @@ CONTROL_IMAGE = "controlnet_cond"  # a ControlNet's conditioning image, [0, 1] R
 #: A tiny VAE's decoder (AutoencoderTiny), exported beside the full one (sdrt.export.tiny_vae).
 TINY_VAE_DECODER, TINY_VAE_ENCODER = "vae_decoder_tiny", "vae_encoder_tiny"
 #: Every engine an export may have (SDXL adds the second text encoder; a refiner has only it).
-COMPONENT_NAMES = ("text_encoder", "text_encoder_2", "unet", "vae_decoder", "vae_encoder", TINY_VAE_DECODER,
+COMPONENT_NAMES = ("text_encoder", "text_encoder_2", UNET, "vae_decoder", "vae_encoder", TINY_VAE_DECODER,
                    TINY_VAE_ENCODER, UNET_SHALLOW)
 #: The text encoder and tokenizer of SD 1.x/2.x exports (SDXL lists its own in `sdxl`).
 CLIP_TEXT_ENCODER, CLIP_TOKENIZER = "text_encoder", "tokenizer"
@@ -171,10 +170,15 @@ class Manifest:
 
     @property
     def text_encoders(self) -> list[tuple[str, str]]:
-        """(text encoder component, tokenizer folder) pairs, in concatenation order."""
-        if self.sdxl is None:
-            return [(CLIP_TEXT_ENCODER, CLIP_TOKENIZER)]
-        return list(zip(self.sdxl.text_encoders, self.sdxl.tokenizers))
+        """(text encoder component, tokenizer folder) pairs, in concatenation order (the family's)."""
+        return self.model_family.text_encoders(self)
+
+    @property
+    def model_family(self):
+        """The registered family (sdrt.runtime.families) this export names."""
+        from sdrt.runtime.families import family_named  # the families read this module's names
+
+        return family_named(self.family)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=False) + "\n"
@@ -229,9 +233,9 @@ class Manifest:
             if not dim.min <= dim.opt <= dim.max:
                 raise ModelFolderError(f"{path}: dims.{name} needs min <= opt <= max, got {dim.min}, {dim.opt}, "
                                        f"{dim.max}; re-export the model")
-        if self.sdxl is not None and len(self.sdxl.text_encoders) != len(self.sdxl.tokenizers):
-            raise ModelFolderError(f"{path}: sdxl lists {len(self.sdxl.text_encoders)} text encoders and "
-                                   f"{len(self.sdxl.tokenizers)} tokenizers; re-export the model")
+        problem = self.model_family.check_manifest(self)
+        if problem is not None:
+            raise ModelFolderError(f"{path}: {problem}; re-export the model")
         for component, tokenizer in self.text_encoders:
             if component not in self.components:
                 raise ModelFolderError(f"{path}: the text encoder {component!r} is not among the components; "
@@ -246,8 +250,6 @@ class Manifest:
             raise ModelFolderError(f"{path}: tiny_vae and the {TINY_VAE_DECODER} component disagree; re-export the model")
         if self.tiny_vae is not None and self.tiny_vae.scaling_factor == 0:
             raise ModelFolderError(f"{path}: tiny_vae.scaling_factor must not be 0; re-export the model")
-        if (self.sdxl is None) != (self.family in ("sd1", "sd2")):
-            raise ModelFolderError(f"{path}: family {self.family!r} and the sdxl section disagree; re-export the model")
         for component, spec in self.components.items():
             named = [("file", spec.file), *(("data_files", name) for name in spec.data_files)]
             for key, relative in named + ([("weights_map", spec.weights_map)] if spec.weights_map else []):

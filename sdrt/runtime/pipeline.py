@@ -12,7 +12,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
@@ -31,20 +31,29 @@ from sdrt.runtime.model_folder import infer_manifest
 from sdrt.runtime import vae
 from sdrt.runtime.features import refiner as refiners
 from sdrt.runtime.loop import modes
-from sdrt.runtime.loop.conditioning import UnetConditioning, unet_conditioning
+from sdrt.runtime.loop.conditioning import clip_skip_warning, encode_conditioning
+from sdrt.runtime.loop.context import GenerationCancelled, StepContext
+from sdrt.runtime.loop.denoise import denoise
+from sdrt.runtime.loop.denoiser import EngineDenoiser
+from sdrt.runtime.loop.guiders import guider_for
+from sdrt.runtime.loop.hooks import ProgressHook
+from sdrt.runtime.loop.stage import Stage
+from sdrt.runtime.loop.timings import (
+    CONTROLNET_STEPS, DENOISE, PREVIEWS, SCHEDULER_AND_GUIDANCE, TEXT_ENCODER, TOTAL, UNET_STEPS, VAE_DECODER, Timings,
+)
 from sdrt.runtime.parameters import generation_parameters
 from sdrt.runtime.features.preview import Preview
 from sdrt.runtime.request import GenerationError, GenerationRequest, ResolvedRequest
 from sdrt.runtime.rng import GeneratorGroup, TorchGenerator
 from sdrt.runtime.schedulers import DEFAULT_SAMPLER, Scheduler, sampler_from_config
 from sdrt.runtime.text.encoders import TextEncoders
-from sdrt.runtime.loop.denoise import GenerationCancelled, denoise_loop
-from sdrt.runtime.features.deepcache import StepCachedUnet
+from sdrt.runtime.features.deepcache import StepCachedDenoiser
 from sdrt.runtime.features.hires import hires_run
 from sdrt.runtime.features.inpaint_area import masked_run
 
-# Required besides the text encoders; vae_encoder loads on the first image-to-image request.
-COMPONENTS = ("unet", "vae_decoder")
+# Required besides the text encoders and the family's denoiser; vae_encoder loads on the first
+# image-to-image request.
+COMPONENTS = ("vae_decoder",)
 PIXEL_LEVELS = 255
 __all__ = ["GenerationCancelled", "GenerationResult", "Pipeline"]
 
@@ -54,7 +63,7 @@ class GenerationResult:
     images: list[Image.Image]
     array: np.ndarray  # float32 [batch, height, width, 3] in [0, 1], before 8-bit rounding
     parameters: dict
-    timings: dict  # seconds per stage; "unet_steps" lists every UNet call
+    timings: Mapping[str, float | list[float]]  # Timings: seconds per stage (sdrt.runtime.loop.timings); "unet_steps" lists every UNet call
     warnings: list[str] = field(default_factory=list)
     latents: np.ndarray | None = None  # the final latents, before the VAE decode
 
@@ -72,6 +81,7 @@ class Pipeline:
                  controlnet_dir: str | Path | None = None):
         self.folder = folder
         self.manifest = manifest
+        self.family = manifest.model_family
         self.text_encoders = text_encoders
         self.tokenizer = text_encoders.tokenizers[0]
         self.refiner: Pipeline | None = None  # an SDXL refiner (attach_refiner)
@@ -120,7 +130,8 @@ class Pipeline:
                                    "`sdrt export`")
         else:
             manifest, sessions = infer_manifest(folder, lambda path: backend.open_session(path, options))
-        required = [name for name, _ in manifest.text_encoders] + list(COMPONENTS)
+        required = [name for name, _ in manifest.text_encoders] + [manifest.model_family.denoiser.component,
+                                                                   *COMPONENTS]
         for name in required:
             if name not in manifest.components:
                 raise ModelFolderError(f"{folder} lacks {name}; re-export it with `sdrt export`")
@@ -172,28 +183,6 @@ class Pipeline:
                                   "init_image")
         return vae.encode(engine, self.manifest, image, generator, encoder)
 
-    def denoise(self, start: modes.DenoiseStart, conditioning: UnetConditioning, sampler: Scheduler,
-                guidance_scale: float, generator: TorchGenerator | GeneratorGroup,
-                progress: Callable[[int, int], None] | None = None, timings: dict | None = None,
-                cancel: threading.Event | None = None, engines: dict[str, Engine] | None = None,
-                control=None, after_step: Callable[[int, int, np.ndarray], None] | None = None) -> np.ndarray:
-        """The denoising loop over UNet calls `start.start` (image-to-image skips the first) to
-        `start.end`; `conditioning` gives the UNet's feeds besides the latents and timestep at
-        each step ([unconditional; conditional] with guidance, sdrt.runtime.loop.conditioning), in
-        one call or in one per text length. Stochastic samplers draw from `generator`, after
-        the initial latents, as in diffusers. `start.conditioning` (an inpainting UNet's mask
-        and masked-image latents) is appended to the scaled input's channels;
-        `start.blend(index, latents)` runs after each step. With `timings`, each UNet call's
-        duration is appended to timings["unet_steps"], and timings["unet_host_copies"] adds up
-        the host-device copies inside those calls (the ControlNets' time goes to
-        timings["controlnet_steps"]). A set `cancel` stops the loop at the next
-        step with GenerationCancelled. `engines` replaces the pipeline's (LoRA-merged ones).
-        `control` gives each call's ControlNet residuals (sdrt.runtime.features.controlnet.guidance;
-        without it a UNet with residual inputs gets zeros from its engine). `after_step(step,
-        total, latents)` runs after each step (previews, sdrt.runtime.features.preview)."""
-        return denoise_loop((engines or self.engines)["unet"], start, conditioning, sampler, guidance_scale,
-                            generator, progress, timings, cancel, control, after_step)
-
     def decode_latents(self, latents: np.ndarray, decoder: str = vae.DEFAULT_DECODER) -> np.ndarray:
         """Images as float32 [batch, height, width, 3] in [0, 1] (sdrt.runtime.vae.decode); the
         tiny decoder loads on first use."""
@@ -232,57 +221,52 @@ class Pipeline:
             result = self._run(resolved, engines, progress, cancel, warnings, preview, latents_only)
         refiner = self.refiner.folder.name if request.refiner_switch is not None else None
         result.parameters = generation_parameters(resolved, self.folder.name, result.parameters, refiner, loras)
-        result.timings["total"] = time.perf_counter() - started
+        result.timings.set(TOTAL, time.perf_counter() - started)
         return result
 
     def _run(self, resolved: ResolvedRequest, engines: dict[str, Engine], progress, cancel,
              warnings: list[str], preview: Preview | None = None, latents_only: bool = False) -> GenerationResult:
-        """run() on the request's engines; its parameters are the embeddings it used."""
+        """One request on `engines` (the pipeline's, or LoRA-merged ones): its stages composed
+        (the mode's start, the denoiser with DeepCache, ControlNet and preview hooks, the
+        refiner's stage) and run by the one loop; `parameters` are the embeddings it used."""
         request = resolved.request
-        timings: dict[str, float] = {}
+        timings = Timings()
         if resolved.per_prompt_seeds:
             generator = GeneratorGroup([TorchGenerator(value) for value in resolved.seeds], request.num_images)
         else:
             generator = TorchGenerator(resolved.seeds[0])
-        stage = time.perf_counter()
-        conditioning = unet_conditioning(self.text_encoders, engines, resolved, warnings, timings)
-        timings["text_encoder"] = time.perf_counter() - stage
+        names = self.family.denoiser
+        engine = engines[names.component]
+        with timings.stage(TEXT_ENCODER):
+            clip_skip_warning(self.text_encoders, resolved, warnings)
+            guider = guider_for(engine, request, resolved.guided, warnings)
+            conditioning = encode_conditioning(self.text_encoders, engines, resolved, guider, warnings, timings)
         sampler = self.new_sampler(request)
+        denoiser = EngineDenoiser(engine, names)
         if request.deepcache is not None:
-            engines = {**engines, "unet": StepCachedUnet(engines["unet"], self._optional_engine(UNET_SHALLOW),
-                                                         sampler.timesteps, request.deepcache.interval)}
+            denoiser = StepCachedDenoiser(engine, self._optional_engine(UNET_SHALLOW), names, request.deepcache.interval)
         start = modes.prepare(self.manifest, resolved, sampler, generator, timings,
                               lambda image, draw: self.encode_image(image, draw, request.vae))
-        control = self.controlnets.prepare(
-            resolved.controls, resolved.height, resolved.width, start.start, start.stop(sampler) - start.start,
-            conditioning.guided, resolved.batch * (2 if conditioning.guided else 1), engines["unet"], warnings)
-        runs = [(self, start, sampler, conditioning, control)]
+        base = Stage(denoiser, sampler, conditioning, guider, start, self.decode_latents)
+        control = self.controlnets.prepare(resolved, start.first, base.steps, guider.unconditional, engine, warnings)
+        if control is not None:
+            base.hooks.append(control)
+        stages = [base]
         if request.refiner_switch is not None:
-            runs.append(refiners.refiner_run(self.refiner, resolved, runs[0], timings))
-
-        stage = time.perf_counter()
-        latents, done, total = None, 0, sum(start.stop(s) - start.start for _, start, s, _, _ in runs)
-        for model, start, run_sampler, run_conditioning, run_control in runs:
-            if start.latents is None:  # the refiner continues from the base's latents
-                start.latents = latents
-            step_progress = None if progress is None else lambda i, _, done=done: progress(done + i, total)
-            hook = None if preview is None else preview.hook(self, timings)
-            after_step = None if hook is None else lambda i, _, x, done=done: hook(done + i, total, x)
-            latents = model.denoise(start, run_conditioning, run_sampler, request.guidance_scale, generator,
-                                    step_progress, timings, cancel, engines if model is self else None, run_control,
-                                    after_step)
-            done += start.stop(run_sampler) - start.start
-        timings["denoise"] = time.perf_counter() - stage
-        # Everything in the loop but the UNet and the ControlNets: sampler, guidance, copies and casts.
-        timings["scheduler_and_guidance"] = (timings["denoise"] - sum(timings["unet_steps"])
-                                             - sum(timings.get("controlnet_steps", ())) - timings.get("previews", 0.0))
-
-        stage = time.perf_counter()
-        if latents_only:
-            array = np.zeros((0, resolved.height, resolved.width, 3), dtype=np.float32)
-        else:
-            array = runs[-1][0].decode_latents(latents, request.vae)  # the refiner decodes with its own VAE
-        timings["vae_decoder"] = time.perf_counter() - stage
+            stages.append(refiners.refiner_stage(self.refiner, resolved, base, timings))
+        run_hooks = [] if progress is None else [ProgressHook(progress)]
+        if preview is not None:
+            run_hooks.append(preview.hook(self))
+        with timings.stage(DENOISE):
+            latents = denoise(stages, StepContext(generator, timings, cancel), run_hooks)
+        # Everything in the loop but the denoiser and the ControlNets: sampler, guidance, copies and casts.
+        timings.set(SCHEDULER_AND_GUIDANCE, timings.total(DENOISE) - timings.total(UNET_STEPS)
+                    - timings.total(CONTROLNET_STEPS) - timings.total(PREVIEWS))
+        with timings.stage(VAE_DECODER):
+            if latents_only:
+                array = np.zeros((0, resolved.height, resolved.width, 3), dtype=np.float32)
+            else:
+                array = stages[-1].decode(latents, request.vae)  # the refiner decodes with its own VAE
         images = [Image.fromarray((image * PIXEL_LEVELS).round().astype(np.uint8)) for image in array]
         hashes = {e.name: e.short_hash for e in self.text_encoders.embeddings.loaded}
         return GenerationResult(images, array, {n: hashes[n] for n in conditioning.embeddings}, timings, warnings,

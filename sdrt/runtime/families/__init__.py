@@ -1,1 +1,27 @@
-"""Model families: what an export of each holds and how the loop drives it."""
+"""Model families: what an export of each holds and how the loop drives it (base.Family).
+
+`FAMILIES` is the single source of family names: the manifest's `family` picks one
+(`family_of`), the manifest schema and the ControlNet manifest take their lists from it, and
+adding a family is adding a module here and a line below.
+"""
+
+from __future__ import annotations
+
+from sdrt.errors import ModelFolderError
+from sdrt.runtime.families.base import DenoiserCall, Family, LatentFormat
+from sdrt.runtime.families.sd import InferredStableDiffusion, StableDiffusion1, StableDiffusion2
+from sdrt.runtime.families.sdxl import StableDiffusionXL, StableDiffusionXLRefiner
+
+FAMILIES: dict[str, Family] = {family.name: family for family in (
+    StableDiffusion1(), StableDiffusion2(), StableDiffusionXL(), StableDiffusionXLRefiner(), InferredStableDiffusion(),
+)}
+FAMILY_NAMES = tuple(FAMILIES)
+
+__all__ = ["FAMILIES", "FAMILY_NAMES", "DenoiserCall", "Family", "LatentFormat", "family_named"]
+
+
+def family_named(name: str) -> Family:
+    """The registered family called `name` (ModelFolderError naming the known ones)."""
+    if name not in FAMILIES:
+        raise ModelFolderError(f"unknown model family {name!r}; sdrt runs {', '.join(FAMILY_NAMES)}")
+    return FAMILIES[name]

@@ -1,4 +1,4 @@
-"""SDXL's conditioning, as diffusers' `StableDiffusionXLPipeline` (and its image-to-image and
+"""The SDXL families (base and refiner) and their conditioning, as diffusers' `StableDiffusionXLPipeline` (and its image-to-image and
 inpainting pipelines) compute it.
 
 - Text (sdrt.runtime.text.encoders, sdrt.runtime.loop.conditioning): both encoders' penultimate
@@ -20,11 +20,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from sdrt.errors import GenerationError
-from sdrt.runtime.manifest import TIME_IDS
+from sdrt.runtime.families.base import Family, RowFeeds
+from sdrt.runtime.families.sd import SD_FEATURES
+from sdrt.runtime.manifest import PENULTIMATE_HIDDEN, TEXT_EMBEDS, TIME_IDS, UNET_CONTEXT, Manifest
 
 if TYPE_CHECKING:  # the request module imports this one
     from sdrt.runtime.manifest import SdxlSpec
-    from sdrt.runtime.request import ResolvedRequest
+    from sdrt.runtime.request import GenerationRequest, ResolvedRequest
+    from sdrt.runtime.text.encoders import TextEncoding
 
 #: diffusers' default aesthetic scores for the refiner's conditioning.
 AESTHETIC_SCORE, NEGATIVE_AESTHETIC_SCORE = 6.0, 2.5
@@ -88,3 +91,63 @@ def time_id_rows(spec: SdxlSpec, resolved: ResolvedRequest) -> dict[str, dict[st
         resolved.height, resolved.width, spec.requires_aesthetics_score)
     return {"negative": {TIME_IDS: np.array(negative, np.float32)},
             "positive": {TIME_IDS: np.array(positive, np.float32)}}
+
+
+class StableDiffusionXL(Family):
+    """SDXL base: two CLIP encoders (penultimate hidden states concatenated, the second's projected
+    pooled output as `text_embeds`) and the size conditioning (`time_ids`)."""
+
+    name = "sdxl"
+    display_name = "SDXL"
+    hidden_output = PENULTIMATE_HIDDEN
+    zeros_negative = True
+    own_settings = ("size_conditioning", "refiner_switch")
+    features = SD_FEATURES | {"refiner", "size_conditioning"}
+    controlnet_family = "sdxl"
+
+    def text_encoders(self, manifest: Manifest) -> list[tuple[str, str]]:
+        return list(zip(manifest.sdxl.text_encoders, manifest.sdxl.tokenizers))
+
+    def text_feeds(self, encoding: "TextEncoding") -> dict[str, np.ndarray]:
+        return {UNET_CONTEXT: encoding.hidden, TEXT_EMBEDS: encoding.pooled}
+
+    def zero_negative(self, manifest: Manifest, request: "GenerationRequest") -> bool:
+        return manifest.sdxl.force_zeros_for_empty_prompt and request.negative_prompt is None
+
+    def row_feeds(self, manifest: Manifest, resolved: "ResolvedRequest") -> RowFeeds:
+        return time_id_rows(manifest.sdxl, resolved)
+
+    def check_request(self, request: "GenerationRequest", manifest: Manifest) -> None:
+        super().check_request(request, manifest)
+        if request.size_conditioning is not None:
+            if not isinstance(request.size_conditioning, SizeConditioning):
+                raise GenerationError("size_conditioning must be a SizeConditioning", "size_conditioning")
+            request.size_conditioning.check()
+        switch = request.refiner_switch
+        if switch is not None and (not isinstance(switch, (int, float)) or isinstance(switch, bool)
+                                   or not 0 < switch < 1):
+            raise GenerationError(f"refiner switch must be a number between 0 and 1 (exclusive), got {switch!r}",
+                                  "refiner_switch")
+
+    def check_manifest(self, manifest: Manifest) -> str | None:
+        if manifest.sdxl is None:
+            return f"family {manifest.family!r} and the sdxl section disagree"
+        if len(manifest.sdxl.text_encoders) != len(manifest.sdxl.tokenizers):
+            return (f"sdxl lists {len(manifest.sdxl.text_encoders)} text encoders and "
+                    f"{len(manifest.sdxl.tokenizers)} tokenizers")
+        return None
+
+
+class StableDiffusionXLRefiner(StableDiffusionXL):
+    """SDXL's refiner: the second encoder only, and the aesthetic score in its time ids; it
+    refines an image (or an SDXL base's latents, sdrt.runtime.features.refiner)."""
+
+    name = "sdxl-refiner"
+    display_name = "SDXL refiner"
+    features = StableDiffusionXL.features - {"refiner"}
+
+    def check_request(self, request: "GenerationRequest", manifest: Manifest) -> None:
+        if request.init_image is None:
+            raise GenerationError("this is an SDXL refiner, which refines an image: load it as the refiner of an "
+                                  "SDXL base model (--refiner), or give it an init image", "init_image")
+        super().check_request(request, manifest)

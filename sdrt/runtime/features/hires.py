@@ -116,20 +116,8 @@ def hires_run(pipeline, request, **run):
                              hires={"upscaler": hires.upscaler, "steps": hires.steps, "strength": hires.strength,
                                     "width": width, "height": height,
                                     **({"scale": hires.scale} if not (hires.width or hires.height) else {})})
-    result.timings = merged_timings(first.timings, result.timings)
+    result.timings = first.timings.merged(result.timings)
     return result
-
-
-def merged_timings(first: dict, second: dict) -> dict:
-    """Both passes' time per stage (lists of calls joined), and the first pass's own as first_pass_*."""
-    merged = {f"first_pass_{key}": value for key, value in first.items() if not isinstance(value, list)}
-    for key in first.keys() | second.keys():
-        a, b = first.get(key), second.get(key)
-        if isinstance(a, list) or isinstance(b, list):
-            merged[key] = list(a or ()) + list(b or ())
-        else:
-            merged[key] = (a or 0.0) + (b or 0.0)
-    return merged
 
 
 def _pixel_passes(pipeline, second, first, resample, run):

@@ -4,7 +4,6 @@ and handed to a callback (the CLI writes them as PNGs)."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -12,6 +11,9 @@ import numpy as np
 from PIL import Image
 
 from sdrt.errors import GenerationError
+from sdrt.runtime.loop.context import StepContext
+from sdrt.runtime.loop.hooks import StepHook
+from sdrt.runtime.loop.timings import PREVIEWS
 
 PIXEL_LEVELS = 255
 
@@ -27,17 +29,22 @@ class Preview:
         if not isinstance(self.every, int) or isinstance(self.every, bool) or self.every < 1:
             raise GenerationError(f"previews need a positive step interval, got {self.every!r}", "preview")
 
-    def hook(self, pipeline, timings: dict) -> Callable[[int, int, np.ndarray], None]:
-        """What the denoising loop calls after each step with (step, total, latents)."""
+    def hook(self, pipeline) -> "PreviewHook":
+        """The step hook that decodes and hands over the latents (the tiny VAE when exported)."""
         decoder = "tiny" if pipeline.manifest.tiny_vae is not None else "full"
+        return PreviewHook(self, lambda latents: pipeline.decode_latents(latents, decoder))
 
-        def after_step(step: int, total: int, latents: np.ndarray) -> None:
-            if step % self.every or step >= total:
-                return
-            began = time.perf_counter()
-            array = pipeline.decode_latents(latents, decoder)
+
+class PreviewHook(StepHook):
+    def __init__(self, preview: Preview, decode: Callable[[np.ndarray], np.ndarray]):
+        self.preview, self.decode = preview, decode
+
+    def after_step(self, ctx: StepContext, latents: np.ndarray) -> np.ndarray:
+        step, total = ctx.completed, ctx.total
+        if step % self.preview.every or step >= total:
+            return latents
+        with ctx.timings.stage(PREVIEWS):
+            array = self.decode(latents)
             images = [Image.fromarray((image * PIXEL_LEVELS).round().astype(np.uint8)) for image in array]
-            timings["previews"] = timings.get("previews", 0.0) + time.perf_counter() - began
-            self.callback(step, total, images)
-
-        return after_step
+        self.preview.callback(step, total, images)
+        return latents

@@ -10,20 +10,24 @@ The refiner continues with the base's generator and decodes with its own VAE.
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from sdrt.errors import GenerationError, ModelFolderError
-from sdrt.runtime.loop.conditioning import unet_conditioning
+from sdrt.runtime.loop.conditioning import encode_conditioning
+from sdrt.runtime.loop.denoiser import EngineDenoiser
+from sdrt.runtime.loop.guiders import guider_for
 from sdrt.runtime.loop.modes import DenoiseStart
+from sdrt.runtime.loop.stage import Stage
+from sdrt.runtime.loop.timings import TEXT_ENCODER, Timings
 from sdrt.runtime.request import ResolvedRequest
 from sdrt.runtime.schedulers import Scheduler
 
 if TYPE_CHECKING:
     from sdrt.runtime.pipeline import Pipeline
 
+#: The family a refiner refines, and the families that can refine it.
 BASE_FAMILY = "sdxl"
 REFINER_FAMILIES = ("sdxl", "sdxl-refiner")
 
@@ -59,9 +63,8 @@ def check_pair(base: "Pipeline", refiner: "Pipeline") -> None:
                                    f"base model's ({getattr(base.manifest, field)})")
 
 
-def refiner_run(refiner: "Pipeline | None", resolved: ResolvedRequest, base_run: tuple, timings: dict) -> tuple:
-    """The refiner's (model, start, sampler, conditioning, control) for a request with a refiner
-    switch; ends the base's run (`base_run`, the same tuple) at the switch."""
+def refiner_stage(refiner: "Pipeline | None", resolved: ResolvedRequest, base: Stage, timings: Timings) -> Stage:
+    """The refiner's stage of a request with a refiner switch; ends the base's stage at the switch."""
     request = resolved.request
     if refiner is None:
         raise GenerationError("refiner_switch needs a refiner; load one (--refiner DIR)", "refiner_switch")
@@ -71,11 +74,12 @@ def refiner_run(refiner: "Pipeline | None", resolved: ResolvedRequest, base_run:
     if resolved.controls:
         raise GenerationError("ControlNets with a refiner are not supported yet (diffusers' SDXL ControlNet "
                               "pipelines have no refiner switch either)", "refiner_switch")
-    _, base_start, base_sampler, _, _ = base_run
-    base_start.end = base_end(base_sampler, base_start.start, request.refiner_switch)
-    stage = time.perf_counter()
-    conditioning = unet_conditioning(refiner.text_encoders, refiner.engines, resolved, [], timings)
-    timings["text_encoder"] += time.perf_counter() - stage
+    base.start.end = base_end(base.sampler, base.start.first, request.refiner_switch)
+    engine = refiner.engines[refiner.family.denoiser.component]
+    guider = guider_for(engine, request, resolved.guided, [])
+    with timings.stage(TEXT_ENCODER):
+        conditioning = encode_conditioning(refiner.text_encoders, refiner.engines, resolved, guider, [], timings)
     sampler = refiner.new_sampler(request)
-    start = DenoiseStart(None, refiner_start(sampler, request.refiner_switch), counted_from=base_start.start)
-    return refiner, start, sampler, conditioning, None
+    start = DenoiseStart(None, refiner_start(sampler, request.refiner_switch), counted_from=base.start.first)
+    return Stage(EngineDenoiser(engine, refiner.family.denoiser), sampler, conditioning, guider, start,
+                 refiner.decode_latents)

@@ -1,63 +1,69 @@
-"""The denoising loop (Pipeline.denoise): UNet calls from a mode's start to its end, guidance,
-the sampler's step and the mode's blend, with timings, cancellation and a per-step hook."""
+"""The denoising loop: its stages in turn, each step the guider's batch, the sampler's scaled
+input, one denoiser prediction (with the hooks' extra feeds), guidance, the sampler's step and
+the hooks after it; timings, cancellation and the step index in one StepContext.
+
+    with guidance:  model input = scale([latents; latents]) (+ the mode's channels)
+                    prediction  = u + scale * (c - u)
+                    latents     = sampler.step(prediction, index, latents)
+
+Stochastic samplers draw from the context's generator, after the initial latents, as diffusers.
+"""
 
 from __future__ import annotations
 
-import threading
 import time
-from typing import Callable
+from typing import Sequence
 
 import numpy as np
 
-from sdrt.errors import SdrtError
-from sdrt.runtime.loop.conditioning import UnetConditioning
-from sdrt.runtime.engines import Engine
-from sdrt.runtime.loop.modes import DenoiseStart
-from sdrt.runtime.schedulers import Scheduler
-from sdrt.runtime.loop.denoiser import predict
+from sdrt.runtime.loop.context import StepContext
+from sdrt.runtime.loop.hooks import StepHook
+from sdrt.runtime.loop.stage import Stage
+from sdrt.runtime.loop.timings import UNET_HOST_COPIES, UNET_STEPS
 
 
-class GenerationCancelled(SdrtError):
-    """The caller's cancel token was set: the generation stopped at a step boundary."""
+def denoise(stages: Sequence[Stage], ctx: StepContext, hooks: Sequence[StepHook] = ()) -> np.ndarray:
+    """The final latents of every stage run in turn; `hooks` run after each step of all of
+    them, after each stage's own (progress, previews). A stage without initial latents
+    continues from the previous stage's."""
+    ctx.total = sum(stage.steps for stage in stages)
+    ctx.done = 0
+    latents = None
+    for stage in stages:
+        if stage.start.latents is None:
+            stage.start.latents = latents
+        latents = run_stage(stage, ctx, [*stage.step_hooks, *hooks])
+        ctx.done += stage.steps
+    return latents
 
 
-def denoise_loop(engine: Engine, start: DenoiseStart, conditioning: UnetConditioning, sampler: Scheduler,
-                 guidance_scale: float, generator, progress: Callable[[int, int], None] | None, timings: dict | None,
-                 cancel: threading.Event | None, control, after_step) -> np.ndarray:
-    """See Pipeline.denoise."""
+def run_stage(stage: Stage, ctx: StepContext, hooks: Sequence[StepHook]) -> np.ndarray:
+    start, sampler, denoiser, guider = stage.start, stage.sampler, stage.denoiser, stage.guider
     latents = start.latents
-    guided = conditioning.guided
-    sample_dtype = engine.input_dtype("sample")
-    dtypes = {name: engine.input_dtype(name) for name in engine.inputs}
-    unet_steps = timings.setdefault("unet_steps", []) if timings is not None else []
-    end = start.stop(sampler)
-    counted_from = start.start if start.counted_from is None else start.counted_from
-    for index in range(start.start, end):
-        if cancel is not None and cancel.is_set():
-            raise GenerationCancelled("the generation was cancelled")
-        scaled = sampler.scale_model_input(np.concatenate([latents, latents]) if guided else latents, index)
+    feeding = [hook for hook in hooks if hook.feeds_measure is not None]
+    unet_steps = ctx.timings.calls(UNET_STEPS)
+    counted_from = start.first if start.counted_from is None else start.counted_from
+    ctx.first, ctx.end = start.first, stage.end
+    for index in range(start.first, stage.end):
+        ctx.index = index
+        ctx.timestep = float(sampler.timesteps[index])
+        ctx.check_cancelled()
+        scaled = sampler.scale_model_input(guider.model_latents(latents), index)
         model_input = scaled
-        if start.conditioning is not None:
-            model_input = np.concatenate([model_input, start.conditioning], axis=1)
-        model_input = model_input.astype(sample_dtype)
-        timestep = np.array([sampler.timesteps[index]], dtype=engine.input_dtype("timestep"))
-        calls = conditioning.calls(index - counted_from, dtypes)
+        if start.channels is not None:
+            model_input = np.concatenate([model_input, start.channels], axis=1)
+        model_input = model_input.astype(denoiser.sample_dtype)
+        timestep = np.array([sampler.timesteps[index]], dtype=denoiser.timestep_dtype)
+        calls = stage.conditioning.calls(index - counted_from, denoiser.dtypes)
         called = time.perf_counter()
-        prediction, control_seconds = predict(engine, index, model_input, scaled, timestep, calls, control)
-        unet_steps.append(time.perf_counter() - called - control_seconds)
-        if control is not None and timings is not None:
-            timings.setdefault("controlnet_steps", []).append(control_seconds)
-        if timings is not None and engine.copies_to_device:
-            timings["unet_host_copies"] = timings.get("unet_host_copies", 0.0) + engine.last_copy_seconds
-        prediction = prediction.astype(np.float32)
-        if guided:
-            unconditional, conditional = np.split(prediction, 2)
-            prediction = unconditional + guidance_scale * (conditional - unconditional)
-        latents = sampler.step(prediction, index, latents, generator=generator)
-        if start.blend is not None:
-            latents = start.blend(index, latents)
-        if progress is not None:
-            progress(index - start.start + 1, end - start.start)
-        if after_step is not None:
-            after_step(index - start.start + 1, end - start.start, latents)
+        prediction, hook_seconds = denoiser.predict(ctx, model_input, scaled, timestep, calls, feeding)
+        unet_steps.append(time.perf_counter() - called - sum(hook_seconds))
+        for hook, seconds in zip(feeding, hook_seconds):
+            ctx.timings.call(hook.feeds_measure, seconds)
+        if denoiser.copies_to_device:
+            ctx.timings.add(UNET_HOST_COPIES, denoiser.last_copy_seconds)
+        prediction = guider.combine(prediction.astype(np.float32))
+        latents = sampler.step(prediction, index, latents, generator=ctx.generator)
+        for hook in hooks:
+            latents = hook.after_step(ctx, latents)
     return latents

@@ -1,35 +1,67 @@
-"""One denoising step's UNet prediction: the UNet run once per call of the step's conditioning
-(sdrt.runtime.loop.conditioning: one call, or one per text length), each call with its residual
-feeds (ControlNet residuals, or zeros; sdrt.runtime.features.controlnet.guidance)."""
+"""The denoiser: one model call for a batch of latents at one step, whatever the family.
+
+`EngineDenoiser` runs the family's denoiser engine (sdrt.runtime.families: its component and
+tensor names) once per call of the step's conditioning (sdrt.runtime.loop.conditioning: one
+call, or one per text length), each call with the extra feeds of the step hooks (ControlNet
+residuals; a UNet with residual inputs that gets none feeds zeros, sdrt.runtime.engines.base).
+Step caches (DeepCache) subclass it and override `run`, reading the step from the context.
+"""
 
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Sequence
 
 import numpy as np
 
 from sdrt.runtime.engines import Engine
+from sdrt.runtime.families import DenoiserCall
+from sdrt.runtime.loop.context import StepContext
+from sdrt.runtime.loop.hooks import ModelCall, StepHook
 
 
-def predict(engine: Engine, index: int, model_input: np.ndarray, scaled: np.ndarray, timestep: np.ndarray,
-            calls: list, residuals: Callable | None) -> tuple[np.ndarray, float]:
-    """(the UNet's output for every row, the seconds spent computing residuals). `scaled` is
-    the scaled latents before an inpainting UNet's extra channels (what ControlNets see)."""
-    control_seconds = 0.0
+class EngineDenoiser:
+    def __init__(self, engine: Engine, names: DenoiserCall):
+        self.engine = engine
+        self.names = names
+        self.spec = engine.spec
+        self.sample_dtype = engine.input_dtype(names.sample)
+        self.timestep_dtype = engine.input_dtype(names.timestep)
+        self.dtypes = {name: engine.input_dtype(name) for name in engine.inputs}
 
-    def unet(rows, feeds):
-        nonlocal control_seconds
-        pick = (lambda a: a) if rows is None else (lambda a: a[rows])
-        began = time.perf_counter()
-        added = residuals(index, pick(scaled), timestep, feeds, rows) if residuals else {}
-        control_seconds += time.perf_counter() - began
-        return engine.run({"sample": pick(model_input), "timestep": timestep, **feeds, **added})["out_sample"]
+    @property
+    def copies_to_device(self) -> bool:
+        return self.engine.copies_to_device
 
-    if len(calls) == 1:
-        return unet(*calls[0]), control_seconds
-    parts = [(rows, unet(rows, feeds)) for rows, feeds in calls]
-    prediction = np.empty((len(model_input), *parts[0][1].shape[1:]), parts[0][1].dtype)
-    for rows, part in parts:
-        prediction[rows] = part
-    return prediction, control_seconds
+    @property
+    def last_copy_seconds(self) -> float:
+        return self.engine.last_copy_seconds
+
+    def predict(self, ctx: StepContext, model_input: np.ndarray, scaled: np.ndarray, timestep: np.ndarray,
+                calls: list, hooks: Sequence[StepHook]) -> tuple[np.ndarray, list[float]]:
+        """(the prediction for every row, each feeding hook's seconds). `scaled` is the scaled
+        latents before an inpainting denoiser's extra channels (what ControlNets see)."""
+        seconds = [0.0] * len(hooks)
+
+        def one(position: int, rows, feeds) -> np.ndarray:
+            pick = (lambda a: a) if rows is None else (lambda a: a[rows])
+            call = ModelCall(rows, pick(model_input), pick(scaled), timestep, feeds)
+            added: dict[str, np.ndarray] = {}
+            for index, hook in enumerate(hooks):
+                began = time.perf_counter()
+                added.update(hook.extra_feeds(ctx, call))
+                seconds[index] += time.perf_counter() - began
+            inputs = {self.names.sample: call.sample, self.names.timestep: timestep, **feeds, **added}
+            return self.run(ctx, position, inputs)
+
+        if len(calls) == 1:
+            return one(0, *calls[0]), seconds
+        parts = [(rows, one(position, rows, feeds)) for position, (rows, feeds) in enumerate(calls)]
+        prediction = np.empty((len(model_input), *parts[0][1].shape[1:]), parts[0][1].dtype)
+        for rows, part in parts:
+            prediction[rows] = part
+        return prediction, seconds
+
+    def run(self, ctx: StepContext, position: int, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """One engine call: the `position`-th call of the step."""
+        return self.engine.run(inputs)[self.names.output]

@@ -1,5 +1,5 @@
 """The three generation modes, each as the start of a denoising run: initial latents, the first
-step, UNet conditioning and a per-step blend. The pipeline picks one by the request's inputs
+step, the denoiser's extra input channels and a per-step blend (a step hook). The pipeline picks one by the request's inputs
 and runs the same loop for all of them.
 
 - text-to-image: seeded noise (or given latents) at the first step's noise level;
@@ -13,12 +13,15 @@ and runs the same loop for all of them.
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
-from typing import Callable, Protocol
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
+from sdrt.runtime.families import LatentFormat
+from sdrt.runtime.loop.context import StepContext
+from sdrt.runtime.loop.hooks import StepHook
+from sdrt.runtime.loop.timings import VAE_ENCODER, Timings
 from sdrt.runtime.manifest import Manifest
 from sdrt.runtime.imaging.inputs import MASK_THRESHOLD, downsample_nearest, to_mask_input, to_model_input
 from sdrt.runtime.request import GenerationError, ResolvedRequest
@@ -35,14 +38,11 @@ class DenoiseStart:
     """Where a denoising run begins and what each step adds."""
 
     latents: np.ndarray | None  # None until a previous run (the SDXL base, for its refiner) gives them
-    start: int = 0  # the first UNet call
-    conditioning: np.ndarray | None = None  # appended to the UNet input's channels every call
-    blend: Callable[[int, np.ndarray], np.ndarray] | None = None  # runs after each step
-    end: int | None = None  # the UNet call to stop before (None: the sampler's last)
-    counted_from: int | None = None  # the call prompt schedules count steps from (None: `start`)
-
-    def stop(self, sampler: Scheduler) -> int:
-        return len(sampler.timesteps) if self.end is None else self.end
+    first: int = 0  # the first denoiser call
+    channels: np.ndarray | None = None  # appended to the denoiser input's channels every call
+    hooks: list[StepHook] = field(default_factory=list)  # the mode's step hooks (the inpainting blend)
+    end: int | None = None  # the denoiser call to stop before (None: the sampler's last)
+    counted_from: int | None = None  # the call prompt schedules count steps from (None: `first`)
 
 
 def text_to_image(resolved: ResolvedRequest, sampler: Scheduler, generator, shape: tuple[int, ...]) -> DenoiseStart:
@@ -76,6 +76,21 @@ def image_to_image(resolved: ResolvedRequest, sampler: Scheduler, generator, sha
     return DenoiseStart(sampler.add_noise(encoded, generator.randn(shape), start), start)
 
 
+class InpaintBlend(StepHook):
+    """An ordinary UNet's inpainting: after each step the kept region is the original latents
+    noised to the next step's level (the last step: the original itself)."""
+
+    def __init__(self, sampler: Scheduler, image_latents: np.ndarray, noise: np.ndarray, latent_mask: np.ndarray):
+        self.sampler, self.image_latents, self.noise, self.latent_mask = sampler, image_latents, noise, latent_mask
+        self.last = len(sampler.timesteps) - 1
+
+    def after_step(self, ctx: StepContext, latents: np.ndarray) -> np.ndarray:
+        index = ctx.index
+        known = self.image_latents if index == self.last else self.sampler.add_noise(self.image_latents, self.noise,
+                                                                                   index + 1)
+        return (1 - self.latent_mask) * known + self.latent_mask * latents
+
+
 def inpainting(resolved: ResolvedRequest, sampler: Scheduler, generator, shape: tuple[int, ...],
                encode: ImageEncoder, inpainting_unet: bool) -> DenoiseStart:
     """Draws from `generator` in diffusers' order: image latents (when needed), noise, then the
@@ -100,28 +115,18 @@ def inpainting(resolved: ResolvedRequest, sampler: Scheduler, generator, shape: 
         conditioning = np.concatenate([latent_mask, masked_latents], axis=1)
         if resolved.guided:
             conditioning = np.concatenate([conditioning, conditioning])
-        return DenoiseStart(latents, start, conditioning=conditioning)
-    last = len(sampler.timesteps) - 1
-
-    def blend(index: int, current: np.ndarray) -> np.ndarray:
-        known = image_latents if index == last else sampler.add_noise(image_latents, noise, index + 1)
-        return (1 - latent_mask) * known + latent_mask * current
-
-    return DenoiseStart(latents, start, blend=blend)
+        return DenoiseStart(latents, start, channels=conditioning)
+    return DenoiseStart(latents, start, hooks=[InpaintBlend(sampler, image_latents, noise, latent_mask)])
 
 
-def prepare(manifest: Manifest, resolved: ResolvedRequest, sampler: Scheduler, generator, timings: dict,
+def prepare(manifest: Manifest, resolved: ResolvedRequest, sampler: Scheduler, generator, timings: Timings,
             encode: ImageEncoder) -> DenoiseStart:
-    """The request's mode's start (the VAE encoder's time in timings["vae_encoder"])."""
-    m = manifest
-    shape = (resolved.batch, m.latent_channels, resolved.height // m.vae_scale_factor,
-             resolved.width // m.vae_scale_factor)
+    """The request's mode's start (the VAE encoder's time in VAE_ENCODER)."""
+    shape = LatentFormat.of(manifest).shape(resolved.batch, resolved.height, resolved.width)
     if not resolved.from_image:
         return text_to_image(resolved, sampler, generator, shape)
-    stage = time.perf_counter()
-    if resolved.mask is not None:
-        start = inpainting(resolved, sampler, generator, shape, encode, inpainting_unet=m.unet_in_channels != m.latent_channels)
-    else:
-        start = image_to_image(resolved, sampler, generator, shape, encode)
-    timings["vae_encoder"] = time.perf_counter() - stage
-    return start
+    with timings.stage(VAE_ENCODER):
+        if resolved.mask is not None:
+            return inpainting(resolved, sampler, generator, shape, encode,
+                              inpainting_unet=manifest.model_family.inpainting_denoiser(manifest))
+        return image_to_image(resolved, sampler, generator, shape, encode)

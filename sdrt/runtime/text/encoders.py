@@ -19,9 +19,10 @@ import numpy as np
 
 from sdrt.errors import GenerationError, ModelFolderError
 from sdrt.runtime.engines import Engine
+from sdrt.runtime.loop.timings import TOKENIZE, Timings
 from sdrt.runtime.text.embeddings import Embedding, EmbeddingSet, EmbeddingSource, load_embeddings
 from sdrt.runtime.manifest import (
-    BATCH, CLIP_SKIP_FAMILIES, EXTRA_EMBEDDINGS, LAST_HIDDEN, LAYER_HIDDEN, PENULTIMATE_HIDDEN, POOLED, PROJECTED, UNET_CONTEXT, Manifest,
+    BATCH, EXTRA_EMBEDDINGS, LAYER_HIDDEN, POOLED, PROJECTED, UNET_CONTEXT, Manifest,
 )
 from sdrt.runtime.text.prompts.chunks import TokenChunks, text_chunks
 from sdrt.runtime.text.prompts.options import TextOptions
@@ -44,19 +45,19 @@ class TextEncoders:
         self.embeddings = embeddings or EmbeddingSet()
         self.tables = [_token_table(manifest, name, tokenizer, self.embeddings.loaded)
                        for name, tokenizer in zip(names, tokenizers)]
-        self.sdxl = manifest.sdxl  # the manifest's SDXL settings, None for SD 1.x/2.x
-        self.family = manifest.family
+        self.manifest = manifest
+        self.family = manifest.model_family
         self.tokenizers = tokenizers
         self.names = names
-        self.hidden_output = LAST_HIDDEN if manifest.sdxl is None else PENULTIMATE_HIDDEN
+        self.hidden_output = self.family.hidden_output
         batch = manifest.dims.get(BATCH)
         self.max_rows = batch.max if batch is not None else None
         self.max_chunks = _max_chunks(manifest)
 
     @property
     def clip_skip_applies(self) -> bool:
-        """A1111 applies clip skip to SD 1.x only; SD 2.x and SDXL ignore it (see docs/prompts.md)."""
-        return self.family in CLIP_SKIP_FAMILIES
+        """Whether the family's encoders take clip skip (sdrt.runtime.families)."""
+        return self.family.clip_skip_applies
 
     @classmethod
     def load(cls, folder: Path, manifest: Manifest, embeddings: list[EmbeddingSource] | None = None
@@ -78,7 +79,7 @@ class TextEncoders:
         return text_chunks(text, options.emphasis, self.tokenizers[encoder], self.tables[encoder])
 
     def encode(self, texts: list[str], engines: dict[str, Engine], options: TextOptions,
-               timings: dict | None = None, used: dict | None = None,
+               timings: Timings | None = None, used: dict | None = None,
                negatives: frozenset[str] = frozenset()) -> list[TextEncoding]:
         """One encoding per text: every encoder's chunks, weighted, concatenated. The names of
         the embeddings the texts use are added to `used`; a text in `negatives` that is too
@@ -98,7 +99,7 @@ class TextEncoders:
                         f"{tokenizer.max_length - 2} tokens; this export takes at most {self.max_chunks}: shorten it, "
                         f"or re-export the model with --max-prompt-chunks {chunks.count}", param)
             if timings is not None:
-                timings["tokenize"] = timings.get("tokenize", 0.0) + time.perf_counter() - started
+                timings.add(TOKENIZE, time.perf_counter() - started)
             ids = np.concatenate([c.ids for c in chunked])
             outputs = self._run(engines[name], ids, options, self.tables[encoder])
             row = 0
@@ -186,7 +187,7 @@ def _max_chunks(manifest: Manifest) -> int | None:
     """How many encoder-length chunks the UNet's text context takes: 1 for exports made before
     long prompts (a fixed length), None for a dynamic length without a recorded range (a
     diffusers ONNX folder)."""
-    unet = manifest.components.get("unet")
+    unet = manifest.components.get(manifest.model_family.denoiser.component)
     context = next((t for t in unet.inputs if t.name == UNET_CONTEXT), None) if unet is not None else None
     if context is None or len(context.shape) < 2:
         return 1

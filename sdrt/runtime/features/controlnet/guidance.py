@@ -20,7 +20,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from sdrt.runtime.engines import Engine
-from sdrt.runtime.manifest import CONTROL_IMAGE, residual_names
+from sdrt.runtime.loop.context import StepContext
+from sdrt.runtime.loop.hooks import ModelCall, StepHook
+from sdrt.runtime.loop.timings import CONTROLNET_STEPS
+from sdrt.runtime.manifest import CONTROL_IMAGE, DENOISER_SAMPLE, DENOISER_TIMESTEP, residual_names
 
 #: Guess mode's weights run from 10^-1 (the first residual) to 10^0 (the mid block's).
 SOFT_WEIGHTS_FROM, SOFT_WEIGHTS_TO = -1.0, 0.0
@@ -44,9 +47,11 @@ def guidance_window(start: float, end: float, calls: int) -> np.ndarray:
     return np.array([0.0 if i / calls < start or (i + 1) / calls > end else 1.0 for i in range(calls)])
 
 
-class ControlRun:
-    """The residual feeds of one denoising run's UNet calls (a callable the loop calls with each
-    call's scaled latents, timestep, conditioning feeds and rows)."""
+class ControlRun(StepHook):
+    """The residual feeds of one denoising run's UNet calls: a step hook whose extra feeds are
+    each call's residuals, computed from its scaled latents, timestep, conditioning and rows."""
+
+    feeds_measure = CONTROLNET_STEPS
 
     def __init__(self, units: list[PreparedUnit], unet: Engine, first: int, guided: bool, total_rows: int):
         self.units = units
@@ -56,8 +61,11 @@ class ControlRun:
         self.names = residual_names(unet.spec)  # down blocks in order, then mid
         self.dtypes = {name: unet.input_dtype(name) for name in self.names}
 
-    def __call__(self, index: int, sample: np.ndarray, timestep: np.ndarray, feeds: dict,
-                 rows: np.ndarray | None) -> dict[str, np.ndarray]:
+    def extra_feeds(self, ctx: StepContext, call: ModelCall) -> dict[str, np.ndarray]:
+        return self.residuals(ctx.index, call.scaled, call.timestep, call.feeds, call.rows)
+
+    def residuals(self, index: int, sample: np.ndarray, timestep: np.ndarray, feeds: dict,
+                  rows: np.ndarray | None) -> dict[str, np.ndarray]:
         rows = np.arange(self.total_rows) if rows is None else rows
         summed: dict[str, np.ndarray] | None = None
         for unit in self.units:
@@ -81,7 +89,7 @@ class ControlRun:
         everyone = bool(active.all())
         pick = (lambda a: a) if everyone else (lambda a: a[active])
         count = int(active.sum())
-        inputs = {"sample": pick(sample), "timestep": timestep,
+        inputs = {DENOISER_SAMPLE: pick(sample), DENOISER_TIMESTEP: timestep,
                   CONTROL_IMAGE: np.repeat(unit.image, count, axis=0)}
         for name in engine.inputs:
             if name not in inputs:

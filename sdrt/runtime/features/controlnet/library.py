@@ -9,7 +9,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from PIL import Image
 
@@ -23,6 +23,9 @@ from sdrt.runtime.imaging.inputs import to_control_input
 from sdrt.runtime.files.integrity import verify_components
 from sdrt.runtime.files.json_files import read_json
 from sdrt.runtime.manifest import CONTROL_IMAGE, MANIFEST_NAME, Manifest, residual_names
+
+if TYPE_CHECKING:
+    from sdrt.runtime.request import ResolvedRequest
 
 #: ControlNets whose engines stay loaded (the least recently used goes first; SD 1.5's takes
 #: 1.4 GB in fp32). A request holds its engines until it ends.
@@ -86,10 +89,12 @@ class ControlNetLibrary:
                 self._loaded.popitem(last=False)
             return self._loaded[path]
 
-    def prepare(self, controls: tuple[tuple[ControlUnit, Image.Image], ...], height: int, width: int, first: int,
-                calls: int, guided: bool, rows: int, unet: Engine, warnings: list[str]) -> ControlRun | None:
+    def prepare(self, resolved: "ResolvedRequest", first: int, calls: int, guided: bool, unet: Engine,
+                warnings: list[str]) -> ControlRun | None:
         """The run's ControlNets: each unit's engine and control image at the image's size,
         and the calls (`calls` from UNet call `first` on) it guides."""
+        controls, height, width = resolved.controls, resolved.height, resolved.width
+        rows = resolved.batch * (2 if guided else 1)
         if not controls:
             return None
         if not residual_names(unet.spec):

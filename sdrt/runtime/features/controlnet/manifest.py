@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sdrt.errors import ModelFolderError
+from sdrt.runtime.families import FAMILIES as MODEL_FAMILIES
 from sdrt.runtime.files.json_files import read_json
 from sdrt.runtime.manifest import (
     FORMAT_VERSION,
@@ -32,7 +33,7 @@ from sdrt.runtime.manifest import (
 
 KIND = "controlnet"
 COMPONENT = "controlnet"
-FAMILIES = ("sd1", "sd2", "sdxl")
+FAMILIES = tuple(dict.fromkeys(f.controlnet_family for f in MODEL_FAMILIES.values() if f.controlnet_family))
 
 
 @dataclass(frozen=True)
@@ -94,8 +95,8 @@ class ControlNetManifest:
     def for_model(self, name: str, model: Manifest, model_name: str) -> "ControlNetManifest":
         """This ControlNet with the model's dimension ranges, once it is known to fit the model
         (a ModelFolderError naming what differs otherwise)."""
-        family = "sdxl" if model.sdxl is not None else model.family
-        if (self.family == "sdxl") != (model.sdxl is not None):
+        family = model.model_family.controlnet_family or model.family
+        if (self.family == "sdxl") != (family == "sdxl"):
             raise ModelFolderError(f"ControlNet {name} is for {self.family} models and {model_name} is {family}; "
                                    f"use a ControlNet trained for {family}")
         unet = model.components["unet"]

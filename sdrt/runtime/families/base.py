@@ -1,0 +1,119 @@
+"""What a model family is: how an export of it is driven by the one denoising loop.
+
+A family says which text encoders its export holds and how their outputs become the
+denoiser's conditioning feeds, which component denoises and the tensor names of one call, its
+latent format (channels, VAE scaling and shift, the image-to-latent factor), its default
+sampler and schedule, the features it supports (sdrt.runtime.features.combinations) and the
+request settings only it takes. Each family is a module of this package, registered once in
+`sdrt.runtime.families` (the single source of family names).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+
+from sdrt.errors import GenerationError
+from sdrt.runtime.schedulers import DEFAULT_SAMPLER, DEFAULT_SCHEDULE
+from sdrt.runtime.manifest import (
+    CLIP_TEXT_ENCODER, CLIP_TOKENIZER, DENOISER_OUTPUT, DENOISER_SAMPLE, DENOISER_TIMESTEP, LAST_HIDDEN, UNET,
+    UNET_CONTEXT, Manifest,
+)
+
+if TYPE_CHECKING:
+    from sdrt.runtime.request import GenerationRequest, ResolvedRequest
+    from sdrt.runtime.text.encoders import TextEncoding
+
+#: Per-row feeds besides the text that stay constant through a run, for negative and positive rows.
+RowFeeds = dict[str, dict[str, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class LatentFormat:
+    """The latent space a family's VAE and denoiser share, with the constants from the export."""
+
+    channels: int
+    vae_scale_factor: int  # image side / latent side
+    scaling_factor: float
+    shift_factor: float
+
+    @classmethod
+    def of(cls, manifest: Manifest) -> "LatentFormat":
+        return cls(manifest.latent_channels, manifest.vae_scale_factor, manifest.vae_scaling_factor,
+                   manifest.vae_shift_factor)
+
+    def shape(self, batch: int, height: int, width: int) -> tuple[int, int, int, int]:
+        """The latents of `batch` images of this size."""
+        return batch, self.channels, height // self.vae_scale_factor, width // self.vae_scale_factor
+
+
+@dataclass(frozen=True)
+class DenoiserCall:
+    """The denoiser's component and the tensor names of one call (the rest are conditioning feeds)."""
+
+    component: str = UNET
+    sample: str = DENOISER_SAMPLE
+    timestep: str = DENOISER_TIMESTEP
+    output: str = DENOISER_OUTPUT
+
+
+class Family:
+    """A model family; subclasses set the class attributes and override what differs."""
+
+    name: ClassVar[str]
+    display_name: ClassVar[str]
+    denoiser: ClassVar[DenoiserCall] = DenoiserCall()
+    #: The text encoders' output that conditions the denoiser (clip skip reads other layers).
+    hidden_output: ClassVar[str] = LAST_HIDDEN
+    #: The conditioning feed whose length is the text's sequence (rows of equal length share a call).
+    text_sequence_feed: ClassVar[str] = UNET_CONTEXT
+    #: A1111 applies clip skip to SD 1.x only (SD 2.x and SDXL ignore it; docs/prompts.md).
+    clip_skip_applies: ClassVar[bool] = False
+    #: Whether a missing negative prompt may become zero conditioning (the model's config decides).
+    zeros_negative: ClassVar[bool] = False
+    #: Request fields only this family takes (others refuse them, naming the family).
+    own_settings: ClassVar[tuple[str, ...]] = ()
+    #: The features a request may use on this family (names in sdrt.runtime.features.combinations).
+    features: ClassVar[frozenset[str]] = frozenset()
+    default_sampler: ClassVar[str] = DEFAULT_SAMPLER
+    default_schedule: ClassVar[str] = DEFAULT_SCHEDULE
+    #: Whether `sdrt export` writes this family (manifest.schema.json lists those).
+    exported: ClassVar[bool] = True
+    #: Families whose exports a ControlNet trained for this one fits.
+    controlnet_family: ClassVar[str | None] = None
+
+    def text_encoders(self, manifest: Manifest) -> list[tuple[str, str]]:
+        """(text encoder component, tokenizer folder) pairs, in concatenation order."""
+        return [(CLIP_TEXT_ENCODER, CLIP_TOKENIZER)]
+
+    def text_feeds(self, encoding: "TextEncoding") -> dict[str, np.ndarray]:
+        """The denoiser's feeds of one encoded text."""
+        return {UNET_CONTEXT: encoding.hidden}
+
+    def zero_negative(self, manifest: Manifest, request: "GenerationRequest") -> bool:
+        """Whether the negative rows get zeros instead of an encoded negative prompt."""
+        return False
+
+    def row_feeds(self, manifest: Manifest, resolved: "ResolvedRequest") -> RowFeeds:
+        """Per-row feeds besides the text (SDXL's size conditioning)."""
+        return {"negative": {}, "positive": {}}
+
+    def inpainting_denoiser(self, manifest: Manifest) -> bool:
+        """A denoiser that takes the mask and masked image's latents as extra input channels."""
+        return manifest.unet_in_channels != manifest.latent_channels
+
+    def check_request(self, request: "GenerationRequest", manifest: Manifest) -> None:
+        """What only some families take: other families' settings are refused by name."""
+        from sdrt.runtime.families import FAMILIES
+
+        for family in FAMILIES.values():
+            for name in family.own_settings:
+                if name not in self.own_settings and getattr(request, name) is not None:
+                    raise GenerationError(f"{name} applies to {family.display_name} models only; this is "
+                                          f"{manifest.family}", name)
+
+    def check_manifest(self, manifest: Manifest) -> str | None:
+        """What is wrong with an export that names this family, or None."""
+        return None

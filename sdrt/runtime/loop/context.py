@@ -1,0 +1,45 @@
+"""Where the denoising loop is, handed to the denoiser, the guider and every step hook: the
+step's sampler index and timestep, the stage's range, the steps done and in all, the timings,
+the random source of stochastic samplers and the caller's cancel token."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+from sdrt.errors import SdrtError
+from sdrt.runtime.loop.timings import Timings
+from sdrt.runtime.rng import GeneratorGroup, TorchGenerator
+
+
+class GenerationCancelled(SdrtError):
+    """The caller's cancel token was set: the generation stopped at a step boundary."""
+
+
+@dataclass
+class StepContext:
+    """One generation's position in its loop; the loop updates it before each step."""
+
+    generator: TorchGenerator | GeneratorGroup
+    timings: Timings = field(default_factory=Timings)
+    cancel: threading.Event | None = None
+    total: int = 0  # steps of the whole run, every stage
+    done: int = 0  # steps finished by the stages before the current one
+    index: int = 0  # the sampler's call index of the current step
+    first: int = 0  # the current stage's first call index
+    end: int = 0  # the call index the current stage stops before
+    timestep: float = 0.0
+
+    @property
+    def position(self) -> int:
+        """The current step counted from the stage's first (DeepCache's full-step rule)."""
+        return self.index - self.first
+
+    @property
+    def completed(self) -> int:
+        """Steps of the whole run finished once the current step is (progress, previews)."""
+        return self.done + self.index - self.first + 1
+
+    def check_cancelled(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise GenerationCancelled("the generation was cancelled")
