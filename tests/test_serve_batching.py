@@ -4,6 +4,7 @@ changes a response (each equals the pipeline's result for that request alone).""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import threading
 
@@ -14,6 +15,7 @@ import pytest
 from sdrt.runtime.pipeline import Pipeline
 from sdrt.runtime.families.sdxl import SizeConditioning
 from sdrt.runtime.request import GenerationError, GenerationRequest
+from sdrt.runtime.request_fields import BATCHING, SHARED, Batching, policies
 from sdrt.serve.app import ServeSettings, create_app
 from sdrt.serve.batching import Job, batch_key, merged_request, take_batch
 from test_serve import decode_png, live_server
@@ -43,6 +45,35 @@ def test_keys_agree_only_when_the_loop_is_the_same():
         assert job(**different).key != base.key, different
     for alone in (dict(init_image="x"), dict(mask_image="x"), dict(latents=np.zeros(1)), dict(prompt=["a", "b"])):
         assert job(**alone).key is None, alone
+
+
+def test_every_request_field_declares_how_it_batches():
+    undeclared = [item.name for item in dataclasses.fields(GenerationRequest)
+                  if not isinstance(item.metadata.get(BATCHING), Batching)]
+    assert undeclared == []
+
+    @dataclasses.dataclass
+    class Undeclared:
+        steps: int = dataclasses.field(default=1, metadata=SHARED)
+        added: int = 0
+
+    with pytest.raises(TypeError, match="Undeclared.added declares no batching policy"):
+        policies(Undeclared)
+
+
+def test_keys_follow_the_declarations_eta_included():
+    """eta is SHARED: TCD requests with different etas get different keys, equal etas one key
+    (prompt and seed are PER_ROW); a set ALONE field, or a request's own list of seeds, runs alone."""
+    declared = policies(GenerationRequest)
+    base = job(sampler="tcd", seed=1)
+    assert declared["eta"] is Batching.SHARED
+    assert job(sampler="tcd", eta=0.3).key != base.key != job(sampler="tcd", eta=0.7).key
+    assert job(sampler="tcd", eta=0.3).key == job(sampler="tcd", eta=0.3, prompt="a dog", seed=5).key
+    assert all(declared[name] is Batching.SHARED for name in ("strength", "mask_options", "deepcache", "vae"))
+    assert {name for name, policy in declared.items() if policy is Batching.PER_ROW} == {"prompt", "negative_prompt",
+                                                                                        "seed"}
+    assert job(controlnets=[object()]).key is None and job(controlnets=[]).key == job().key
+    assert job(seed=[1]).key is None  # its own rows: merging would nest the seed lists
 
 
 def test_take_batch_groups_compatible_jobs_in_order_up_to_the_image_limit():
@@ -105,6 +136,24 @@ def test_requests_that_arrive_together_share_a_call_and_equal_running_alone(pipe
         got = [np.asarray(decode_png(item["b64_json"]), dtype=np.int16) for item in response.json()["data"]]
         for image, expected in zip(got, alone.images):
             assert np.abs(image - np.asarray(expected, dtype=np.int16)).max() <= 1
+
+
+def test_tcd_requests_with_different_etas_are_not_merged(pipeline):
+    """Each request keeps its own eta (TCD's gamma): a batch with another eta would run with
+    the first request's."""
+    settings = ServeSettings(max_batch_images=4, batch_window_s=0.5)
+    payloads = [{"prompt": "a red fox", "seed": seed, "steps": 3, "sampler": "tcd", "guidance_scale": 1.5, "eta": eta}
+                for seed, eta in ((1, 0.2), (2, 0.9), (3, 0.2))]
+    with live_server(create_app(pipeline, settings)) as base:
+        responses = post_together(base, payloads)
+        text = httpx.get(f"{base}/metrics").text
+    assert [response.status_code for response in responses] == [200, 200, 200]
+    assert metric(text, "sdrt_batches_total") == 2  # the two with eta 0.2 together, the other alone
+    for payload, response in zip(payloads, responses):
+        alone = pipeline.generate(payload["prompt"], steps=3, seed=payload["seed"], sampler="tcd", guidance_scale=1.5,
+                                  eta=payload["eta"])
+        image = np.asarray(decode_png(response.json()["data"][0]["b64_json"]), dtype=np.int16)
+        assert np.abs(image - np.asarray(alone.images[0], dtype=np.int16)).max() <= 1
 
 
 class FailsOnPrompt:

@@ -24,6 +24,7 @@ from sdrt.runtime.imaging.inputs import InputImageError, open_image, target_size
 from sdrt.runtime.features.deepcache import DeepCache
 from sdrt.runtime.features.hires import HiresFix
 from sdrt.runtime.request_checks import check_deepcache, check_family, check_sampling, check_vae, latent_size
+from sdrt.runtime.request_fields import ALONE, PER_ROW, SHARED
 from sdrt.runtime.features.inpaint_area import MaskOptions
 from sdrt.runtime.features.lora.tags import LoraRef, extract_tags
 from sdrt.runtime.features.lora.weights_map import LoraError
@@ -70,34 +71,39 @@ class GenerationRequest:
     (sdrt.runtime.features.lora.tags.LoraRef, or "PATH[:WEIGHT]"), besides the prompt's `<lora:...>` tags.
     `controlnets`: ControlNets with their control images (sdrt.runtime.features.controlnet.units)."""
 
-    prompt: str | Sequence[str]
-    negative_prompt: str | Sequence[str] | None = None
-    steps: int = DEFAULT_STEPS
-    guidance_scale: float = DEFAULT_GUIDANCE
-    height: int | None = None
-    width: int | None = None
-    seed: int | Sequence[int] | None = None
-    num_images: int = 1
-    sampler: str = DEFAULT_SAMPLER
-    schedule: str = DEFAULT_SCHEDULE  # how the sampler spaces its noise levels (schedulers.schedules)
-    init_image: "str | Path | bytes | Image.Image | None" = None  # bytes: an encoded image file
-    mask_image: "str | Path | bytes | Image.Image | None" = None
-    mask_options: MaskOptions | None = None  # A1111's mask handling (sdrt.runtime.features.inpaint_area)
+    # Each field's metadata says how it batches in a server (sdrt.runtime.request_fields).
+    prompt: str | Sequence[str] = field(metadata=PER_ROW)
+    negative_prompt: str | Sequence[str] | None = field(default=None, metadata=PER_ROW)
+    steps: int = field(default=DEFAULT_STEPS, metadata=SHARED)
+    guidance_scale: float = field(default=DEFAULT_GUIDANCE, metadata=SHARED)
+    height: int | None = field(default=None, metadata=SHARED)
+    width: int | None = field(default=None, metadata=SHARED)
+    seed: int | Sequence[int] | None = field(default=None, metadata=PER_ROW)
+    num_images: int = field(default=1, metadata=SHARED)
+    sampler: str = field(default=DEFAULT_SAMPLER, metadata=SHARED)
+    # How the sampler spaces its noise levels (schedulers.schedules).
+    schedule: str = field(default=DEFAULT_SCHEDULE, metadata=SHARED)
+    # bytes: an encoded image file.
+    init_image: "str | Path | bytes | Image.Image | None" = field(default=None, metadata=ALONE)
+    mask_image: "str | Path | bytes | Image.Image | None" = field(default=None, metadata=ALONE)
+    # A1111's mask handling (sdrt.runtime.features.inpaint_area); read only with a mask image.
+    mask_options: MaskOptions | None = field(default=None, metadata=SHARED)
     # Image-to-image from latents (diffusers' img2img given latents as its image): [1 or batch, C, h, w].
-    init_latents: np.ndarray | None = field(default=None, compare=False)
-    hires: HiresFix | None = None  # A1111's hires fix (sdrt.runtime.features.hires)
-    deepcache: DeepCache | None = None  # step caching (sdrt.runtime.features.deepcache)
-    eta: float | None = None  # the stochasticity of samplers that take one (TCD's gamma); None: theirs
-    strength: float | None = None
-    latents: np.ndarray | None = field(default=None, compare=False)
-    size_conditioning: SizeConditioning | None = None
-    refiner_switch: float | None = None
-    emphasis: str = DEFAULT_EMPHASIS
-    clip_skip: int = 1
-    plain_prompt: bool = False
-    loras: Sequence["LoraRef | str"] = ()
-    controlnets: Sequence[ControlUnit] = ()
-    vae: str = "full"  # the decoder: "full", or "tiny" (an export with --tiny-vae)
+    init_latents: np.ndarray | None = field(default=None, compare=False, metadata=ALONE)
+    hires: HiresFix | None = field(default=None, metadata=ALONE)  # A1111's hires fix (sdrt.runtime.features.hires)
+    deepcache: DeepCache | None = field(default=None, metadata=SHARED)  # step caching (sdrt.runtime.features.deepcache)
+    # The stochasticity of samplers that take one (TCD's gamma); None: theirs.
+    eta: float | None = field(default=None, metadata=SHARED)
+    strength: float | None = field(default=None, metadata=SHARED)  # read only from an image or init latents
+    latents: np.ndarray | None = field(default=None, compare=False, metadata=ALONE)
+    size_conditioning: SizeConditioning | None = field(default=None, metadata=SHARED)
+    refiner_switch: float | None = field(default=None, metadata=SHARED)
+    emphasis: str = field(default=DEFAULT_EMPHASIS, metadata=SHARED)
+    clip_skip: int = field(default=1, metadata=SHARED)
+    plain_prompt: bool = field(default=False, metadata=SHARED)
+    loras: Sequence["LoraRef | str"] = field(default=(), metadata=SHARED)
+    controlnets: Sequence[ControlUnit] = field(default=(), metadata=ALONE)
+    vae: str = field(default="full", metadata=SHARED)  # the decoder: "full", or "tiny" (an export with --tiny-vae)
 
     def resolve(self, manifest: Manifest) -> "ResolvedRequest":
         """Every field checked against the model; defaults filled in; images opened."""

@@ -1,12 +1,28 @@
 """Which requests can share one generate() call, and how a shared call is split back.
 
-Text-to-image requests batch together when they agree on everything that shapes the denoising
-loop: size, steps, guidance scale, sampler, images per prompt, SDXL's size conditioning and
-refiner switch, the LoRAs (named or in `<lora:...>` tags) and whether a negative prompt is
-given (an SDXL model zeroes the negative conditioning of requests without one). Prompts, negative prompts and seeds may differ: the pipeline takes one seed per prompt and gives each prompt the images it
-would get alone (stochastic samplers included), so batching never changes a result. Image-to-
-image and inpainting requests (each with its own input image) and requests with given latents
-always run alone.
+Each GenerationRequest field declares how it batches (sdrt.runtime.request_fields), and the
+lists here are read from those declarations, so a new setting is never left out:
+
+- SHARED fields (size, steps, guidance scale, sampler and schedule, eta, images per prompt,
+  SDXL's size conditioning and refiner switch, text options, VAE, DeepCache, LoRAs; strength
+  and mask options too, which only requests that run alone read) must be equal: the shared
+  call runs with the first request's values.
+- PER_ROW fields (prompt, negative prompt, seed) may differ: the shared call takes one of each
+  per request, and the pipeline gives each prompt the images it would get alone with its seed
+  (stochastic samplers included), so batching never changes a result.
+- A request that sets an ALONE field (an init image or mask, given latents or init latents,
+  hires fix, ControlNets: each carries its own images) runs alone.
+
+Special cases the key handles beyond the declarations:
+- a height or width of None is the model's native size, as resolution fills it in;
+- the LoRAs are the `loras` field plus the prompt's `<lora:...>` tags (none for a plain prompt);
+  a request whose tags or LoRAs cannot be read runs alone, and its resolution says what is wrong;
+- whether a negative prompt is given is part of the key (an SDXL model zeroes the negative
+  conditioning of requests without one, and "" is encoded), so a merged call has a negative
+  prompt for every request or for none;
+- a per-row value must be one value (the prompt a str): a request with a list of prompts or
+  seeds already has rows of its own, and runs alone;
+- a request whose shared values cannot be hashed runs alone (its resolution refuses them).
 """
 
 from __future__ import annotations
@@ -15,15 +31,21 @@ import asyncio
 import threading
 from dataclasses import dataclass, field, replace
 
+import numpy as np
+
 from sdrt.runtime.features.lora.tags import extract_tags
 from sdrt.runtime.features.lora.weights_map import LoraError
 from sdrt.runtime.pipeline import GenerationResult
 from sdrt.runtime.request import GenerationRequest
+from sdrt.runtime.request_fields import Batching, fields_with, is_set
 
-# The per-request settings that must agree for requests to share a UNet call.
-SHARED_SETTINGS = ("steps", "guidance_scale", "sampler", "schedule", "num_images", "size_conditioning", "refiner_switch",
-                   "emphasis", "clip_skip", "plain_prompt", "vae", "deepcache")
-UNBATCHABLE = ("init_image", "mask_image", "latents", "init_latents", "hires")
+SHARED_SETTINGS = fields_with(GenerationRequest, Batching.SHARED)
+PER_ROW_SETTINGS = fields_with(GenerationRequest, Batching.PER_ROW)
+UNBATCHABLE = fields_with(GenerationRequest, Batching.ALONE)
+#: Shared settings whose None means the model's native value (batch_key's arguments).
+NATIVE_SIZE = ("height", "width")
+#: What a per-row value may not be: a request's own list of rows (request._prompts, _seeds).
+ROWS = (list, tuple, np.ndarray)
 
 
 @dataclass(eq=False)
@@ -49,18 +71,23 @@ class Job:
 
 def batch_key(request: GenerationRequest, native_height: int, native_width: int) -> tuple | None:
     """Requests with equal keys may run as one call; None means the request runs alone."""
-    if any(getattr(request, name) is not None for name in UNBATCHABLE):
+    if any(is_set(getattr(request, name)) for name in UNBATCHABLE):
         return None
-    if not isinstance(request.prompt, str) or request.controlnets:  # each ControlNet request has its own images
-        return None
+    if not isinstance(request.prompt, str) or any(isinstance(getattr(request, name), ROWS)
+                                                  for name in PER_ROW_SETTINGS):
+        return None  # a request with rows of its own (one prompt is a str: its LoRA tags are read)
+    shared = {name: getattr(request, name) for name in SHARED_SETTINGS}
+    for name, native in zip(NATIVE_SIZE, (native_height, native_width)):
+        if shared[name] is None:
+            shared[name] = native
     try:
         tags = () if request.plain_prompt else tuple(extract_tags(request.prompt)[1])
-        loras = tuple(request.loras) + tags
-        hash(loras)
+        shared["loras"] = tuple(request.loras) + tags
+        key = (*shared.items(), ("negative_prompt given", request.negative_prompt is not None))
+        hash(key)
     except (LoraError, TypeError):
         return None  # it runs alone, and its resolution says what is wrong
-    size = (request.height or native_height, request.width or native_width)
-    return (*size, *(getattr(request, name) for name in SHARED_SETTINGS), request.negative_prompt is None, loras)
+    return key
 
 
 def take_batch(pending: list[Job], max_images: int) -> list[Job]:
@@ -91,14 +118,16 @@ def take_compatible(pending: list[Job], batch: list[Job], max_images: int) -> No
 
 
 def merged_request(jobs: list[Job]) -> GenerationRequest:
-    """One request for jobs with the same key: a prompt, negative prompt and seed each."""
-    negatives = None if jobs[0].request.negative_prompt is None else [job.request.negative_prompt for job in jobs]
-    return replace(jobs[0].request, prompt=[job.request.prompt for job in jobs], negative_prompt=negatives,
-                   seed=[job.request.seed for job in jobs])
+    """One request for jobs with the same key: a list of each per-row setting (a prompt,
+    negative prompt and seed each), or no negative prompt when none of them gives one."""
+    rows = {name: [getattr(job.request, name) for job in jobs] for name in PER_ROW_SETTINGS}
+    if jobs[0].request.negative_prompt is None:  # the key holds whether one is given
+        rows["negative_prompt"] = None
+    return replace(jobs[0].request, **rows)
 
 
 def split_result(result: GenerationResult, jobs: list[Job]) -> list[GenerationResult]:
-    """Each job's share of a merged call, with its own prompt and seed in `parameters`.
+    """Each job's share of a merged call, with its own per-row settings in `parameters`.
     Timings are the batch's; `batch_images` says how many images shared them. Truncation
     warnings are not attributed to prompts in a batch (the service does not return them)."""
     images_each = jobs[0].images
@@ -107,7 +136,6 @@ def split_result(result: GenerationResult, jobs: list[Job]) -> list[GenerationRe
     results = []
     for index, job in enumerate(jobs):
         rows = slice(index * images_each, (index + 1) * images_each)
-        parameters = {**result.parameters, "prompt": job.request.prompt,
-                      "negative_prompt": job.request.negative_prompt, "seed": job.request.seed}
+        parameters = {**result.parameters, **{name: getattr(job.request, name) for name in PER_ROW_SETTINGS}}
         results.append(GenerationResult(result.images[rows], result.array[rows], parameters, timings, []))
     return results
