@@ -20,7 +20,7 @@ class Stopped(SdrtError):
 def stop_on_signals():
     """A cancel token that SIGINT and SIGTERM set; a second Ctrl-C interrupts at once. The
     previous handlers come back afterwards."""
-    from sdrt.runtime.loop.denoise import GenerationCancelled
+    from sdrt.runtime.loop.context import GenerationCancelled
 
     stop = threading.Event()
     previous = {}

@@ -23,7 +23,7 @@ from sdrt.runtime.features.controlnet.units import PARAM as CONTROLNETS, Control
 from sdrt.runtime.imaging.inputs import InputImageError, open_image, target_size
 from sdrt.runtime.features.deepcache import DeepCache
 from sdrt.runtime.features.hires import HiresFix
-from sdrt.runtime.request_checks import check_deepcache, check_family, check_sampling, check_vae, latent_size
+from sdrt.runtime.request_checks import check_deepcache, check_sampling, check_vae, latent_size
 from sdrt.runtime.request_fields import ALONE, PER_ROW, SHARED
 from sdrt.runtime.features.inpaint_area import MaskOptions
 from sdrt.runtime.features.lora.tags import LoraRef, extract_tags
@@ -202,9 +202,9 @@ def _seeds(request: GenerationRequest, prompts: list[str], image_mode: bool) -> 
 
 
 def _resolve(request: GenerationRequest, manifest: Manifest) -> ResolvedRequest:
-    check_family(request, manifest)
-    inpainting_unet = manifest.unet_in_channels != manifest.latent_channels
-    if inpainting_unet and request.mask_image is None:
+    family = manifest.model_family
+    family.check_request(request, manifest)
+    if family.inpainting_denoiser(manifest) and request.mask_image is None:
         raise GenerationError(f"this is an inpainting model (UNet takes {manifest.unet_in_channels} channels): "
                               "give it an init image and a mask", "mask_image")
     if request.mask_image is not None and request.init_image is None:

@@ -1,5 +1,5 @@
-"""Checks of a GenerationRequest's optional features against the model: the model family's
-own settings, the sampler with its schedule type and eta, latents as the start, the VAE, and
+"""Checks of a GenerationRequest's optional features against the model (the family's own
+settings are its family's: sdrt.runtime.families): the sampler with its schedule type and eta, latents as the start, the VAE, and
 DeepCache. Each failure is a GenerationError naming the request field."""
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ import numpy as np
 from sdrt.errors import ConfigError, GenerationError
 from sdrt.runtime.manifest import Manifest
 from sdrt.runtime.schedulers import SAMPLER_NAMES, SAMPLERS
-from sdrt.runtime.families.sdxl import SizeConditioning
 
 
 def check_sampling(request) -> None:
@@ -24,27 +23,6 @@ def check_sampling(request) -> None:
                                     or not isinstance(request.eta, (int, float)) or not 0 <= request.eta <= 1):
         raise GenerationError(f"eta must be in [0, 1] and is for samplers that take one (tcd), not "
                               f"{request.sampler} with eta {request.eta!r}", "eta")
-
-
-def check_family(request, manifest: Manifest) -> None:
-    """What only some model families take."""
-    if manifest.sdxl is None:
-        for name in ("size_conditioning", "refiner_switch"):
-            if getattr(request, name) is not None:
-                raise GenerationError(f"{name} applies to SDXL models only; this is {manifest.family}", name)
-        return
-    if manifest.family == "sdxl-refiner" and request.init_image is None:
-        raise GenerationError("this is an SDXL refiner, which refines an image: load it as the refiner of an "
-                              "SDXL base model (--refiner), or give it an init image", "init_image")
-    if request.size_conditioning is not None:
-        if not isinstance(request.size_conditioning, SizeConditioning):
-            raise GenerationError("size_conditioning must be a SizeConditioning", "size_conditioning")
-        request.size_conditioning.check()
-    switch = request.refiner_switch
-    if switch is not None and (not isinstance(switch, (int, float)) or isinstance(switch, bool)
-                               or not 0 < switch < 1):
-        raise GenerationError(f"refiner switch must be a number between 0 and 1 (exclusive), got {switch!r}",
-                              "refiner_switch")
 
 
 def check_deepcache(request, manifest: Manifest, loras) -> None:
