@@ -19,7 +19,9 @@ from PIL import Image
 
 from sdrt.errors import ConfigError, ModelFolderError
 from sdrt.runtime.text.embeddings import EmbeddingSource
-from sdrt.runtime.engines import DEFAULT_BACKEND, DEFAULT_LORA_CACHE_MB, Backend, Engine, LoadOptions, backend_named
+from sdrt.runtime.engines import (
+    DEFAULT_BACKEND, DEFAULT_LORA_CACHE_MB, Backend, Engine, LoadedEngines, LoadedFolder, LoadOptions, backend_named,
+)
 from sdrt.runtime.features.controlnet.library import ControlNetLibrary
 from sdrt.runtime.features.controlnet.manifest import COMPONENT as CONTROLNET
 from sdrt.runtime.files.integrity import verify_components
@@ -76,8 +78,7 @@ class Pipeline:
     the latents and every intermediate array."""
 
     def __init__(self, folder: Path, manifest: Manifest, text_encoders: TextEncoders, scheduler_config: dict,
-                 engines: dict[str, Engine], backend: Backend, make_engine: Callable[[str], Engine],
-                 options: LoadOptions = LoadOptions(), loras: LoraLibrary | None = None,
+                 loaded: LoadedEngines, options: LoadOptions = LoadOptions(), loras: LoraLibrary | None = None,
                  controlnet_dir: str | Path | None = None):
         self.folder = folder
         self.manifest = manifest
@@ -86,12 +87,13 @@ class Pipeline:
         self.tokenizer = text_encoders.tokenizers[0]
         self.refiner: Pipeline | None = None  # an SDXL refiner (attach_refiner)
         self.scheduler_config = scheduler_config
-        self.engines = engines
-        self.backend = backend
-        self._make_engine = make_engine
+        self.engines = loaded.engines
+        self.backend = backend = loaded.backend
+        self._make_engine = make_engine = loaded.make_engine
         self._engine_lock = threading.Lock()
+        engines = self.engines
         self.loras = LoraAdapters(folder, manifest, engines, lambda component, weights: backend.weight_variants(
-            folder, manifest, component, engines[component], make_engine, weights.pristine, options),
+            component, engines[component], make_engine, weights.pristine, LoadedFolder(folder, manifest, options)),
             loras or LoraLibrary())
         self.controlnets = ControlNetLibrary(manifest, folder.name, lambda path, spec: backend.attached_engine(
             path, spec, CONTROLNET, options, engines), controlnet_dir)
@@ -150,8 +152,8 @@ class Pipeline:
         sources = [e if isinstance(e, EmbeddingSource) else EmbeddingSource.parse(str(e)) for e in embeddings or ()]
         text_encoders = TextEncoders.load(folder, manifest, sources)  # after the backend: its profile limits prompts
         engines = {name: make_engine(name) for name in loaded}
-        pipeline = cls(folder, manifest, text_encoders, scheduler_config, engines, backend, make_engine, options,
-                       library, controlnet_dir)
+        pipeline = cls(folder, manifest, text_encoders, scheduler_config, LoadedEngines(engines, backend, make_engine),
+                       options, library, controlnet_dir)
         if refiner is not None:
             pipeline.attach_refiner(cls.load(refiner, backend, threads, progress, io_binding, cuda_graph,
                                              embeddings=embeddings))

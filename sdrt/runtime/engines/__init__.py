@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from sdrt.errors import ConfigError, ModelFolderError
 from sdrt.runtime.engines.base import Engine, EngineInputError, EngineRunError
-from sdrt.runtime.manifest import Manifest
+from sdrt.runtime.manifest import UNET, Manifest
 
 EngineFactory = Callable[[str], Engine]
 #: Memory for LoRA-merged ONNX Runtime sessions of one component (sdrt.runtime.features.lora.variants).
@@ -60,8 +60,8 @@ class Backend(ABC):
         return self.load(folder, manifest, options, {})[1](component)
 
     @abstractmethod
-    def weight_variants(self, folder: Path, manifest: Manifest, component: str, engine: Engine,
-                        make_engine: EngineFactory, pristine: Callable[[str], Any], options: LoadOptions):
+    def weight_variants(self, component: str, engine: Engine, make_engine: EngineFactory,
+                        pristine: Callable[[str], Any], loaded: "LoadedFolder"):
         """The component's engines for LoRA-merged weights (sdrt.runtime.features.lora.variants)."""
 
 
@@ -92,15 +92,15 @@ class OrtBackend(Backend):
                           weights=weights)
             if bound:
                 return BoundOrtEngine(folder / spec.file, name, spec, manifest.dims,
-                                      cuda_graph=options.cuda_graph and name == "unet", **common)
+                                      cuda_graph=options.cuda_graph and name == UNET, **common)
             return OrtEngine(folder / spec.file, name, spec, manifest.dims, **common)
 
         return manifest, make_engine
 
-    def weight_variants(self, folder, manifest, component, engine, make_engine, pristine, options):
+    def weight_variants(self, component, engine, make_engine, pristine, loaded):
         from sdrt.runtime.features.lora.variants import SessionVariants
 
-        spec = manifest.components[component]
+        folder, spec, options = loaded.folder, loaded.manifest.components[component], loaded.options
         files = [folder / spec.file, *(folder / name for name in spec.data_files)]
         size = sum(path.stat().st_size for path in files if path.is_file() and path.suffix != ".json")
         return SessionVariants(engine, lambda weights: make_engine(component, weights), size,
@@ -121,12 +121,30 @@ class TensorRtBackend(Backend):
 
     def attached_engine(self, folder, manifest, component, options, model_engines):
         """Built with the model's settings and profile, on the model's stream and memory."""
-        return model_engines["unet"].runtime.attach(folder, component, manifest.components[component])
+        return model_engines[UNET].runtime.attach(folder, component, manifest.components[component])
 
-    def weight_variants(self, folder, manifest, component, engine, make_engine, pristine, options):
+    def weight_variants(self, component, engine, make_engine, pristine, loaded):
         from sdrt.runtime.features.lora.variants import RefitVariants
 
         return RefitVariants(engine, pristine)
+
+
+@dataclass(frozen=True)
+class LoadedFolder:
+    """A model folder as loaded: where, its manifest and the load-time options."""
+
+    folder: Path
+    manifest: Manifest
+    options: LoadOptions
+
+
+@dataclass
+class LoadedEngines:
+    """A loaded model's engines by component, its backend and the factory of the rest."""
+
+    engines: dict[str, Engine]
+    backend: Backend
+    make_engine: EngineFactory
 
 
 BACKENDS: dict[str, Backend] = {backend.name: backend for backend in (
@@ -145,4 +163,4 @@ def backend_named(name: str | Backend) -> Backend:
 
 
 __all__ = ["BACKENDS", "BACKEND_NAMES", "Backend", "DEFAULT_BACKEND", "Engine", "EngineFactory",
-           "EngineInputError", "EngineRunError", "LoadOptions", "backend_named"]
+           "EngineInputError", "EngineRunError", "LoadOptions", "LoadedEngines", "LoadedFolder", "backend_named"]

@@ -7,7 +7,8 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, Callable
 
 from sdrt.runtime.engines.tensorrt.cuda import MIB, BuildError, Cuda, import_tensorrt, peak_host_mib
 from sdrt.runtime.engines.tensorrt.plan import (
@@ -51,14 +52,24 @@ def build_engines(folder: str | Path, settings: BuildSettings, progress: Callabl
             progress(f"{component}: up to date ({plan.name})")
         else:
             progress(f"{component}: building ({reason})")
-            build_one(trt, cuda, folder, component, spec, key, settings, progress)
+            build_one(Builder(trt, cuda, progress), folder, component, spec, key, settings)
         plans[component] = plan
     settings.save(folder)
     return plans
 
 
-def build_one(trt, cuda: Cuda, folder: Path, component: str, spec: ComponentSpec, key: EngineKey,
-              settings: BuildSettings, progress: Callable[[str], None]) -> Path:
+@dataclass(frozen=True)
+class Builder:
+    """What a build runs with: TensorRT's module, CUDA, and where progress lines go."""
+
+    trt: Any
+    cuda: Cuda
+    progress: Callable[[str], None]
+
+
+def build_one(builder_tools: Builder, folder: Path, component: str, spec: ComponentSpec, key: EngineKey,
+              settings: BuildSettings) -> Path:
+    trt, cuda, progress = builder_tools.trt, builder_tools.cuda, builder_tools.progress
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     strongly_typed = spec.precision == "fp16"

@@ -23,7 +23,7 @@ import numpy as np
 
 from sdrt.errors import SdrtError
 from sdrt.runtime.engines.base import Engine, EngineRunError
-from sdrt.runtime.engines.tensorrt.build import build_one, component_key
+from sdrt.runtime.engines.tensorrt.build import Builder, build_one, component_key
 from sdrt.runtime.engines.tensorrt.cuda import Cuda, import_tensorrt
 from sdrt.runtime.engines.tensorrt.memory import MemoryPlan, aligned, io_shapes, memory_plan
 from sdrt.runtime.engines.tensorrt.plan import BuildSettings, plan_path, stale_reason
@@ -77,7 +77,7 @@ class TrtRuntime:
                 raise SdrtError(f"{reason}: run `sdrt build {self.folder}`")
             self.progress(f"{component}: {'building' if folder != self.folder else 'rebuilding'} the TensorRT "
                           f"engine ({reason})")
-            build_one(self.trt, self.cuda, folder, component, spec, key, self.settings, self.progress)
+            build_one(Builder(self.trt, self.cuda, self.progress), folder, component, spec, key, self.settings)
         plan = plan_path(folder, key)
         engine = self.runtime.deserialize_cuda_engine(plan.read_bytes())
         if engine is None:
