@@ -1,8 +1,9 @@
 """Model families: what an export of each holds and how the loop drives it (base.Family).
 
 `FAMILIES` is the single source of family names: the manifest's `family` picks one
-(`family_of`), the manifest schema and the ControlNet manifest take their lists from it, and
-adding a family is adding a module here and a line below.
+(`family_named`, `Manifest.model_family`), the ControlNet manifest takes its list from it, a test
+holds manifest.schema.json's list to it, and adding a family is adding a module here and a line
+below.
 """
 
 from __future__ import annotations

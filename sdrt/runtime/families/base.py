@@ -71,8 +71,6 @@ class Family:
     text_sequence_feed: ClassVar[str] = UNET_CONTEXT
     #: A1111 applies clip skip to SD 1.x only (SD 2.x and SDXL ignore it; docs/prompts.md).
     clip_skip_applies: ClassVar[bool] = False
-    #: Whether a missing negative prompt may become zero conditioning (the model's config decides).
-    zeros_negative: ClassVar[bool] = False
     #: Request fields only this family takes (others refuse them, naming the family).
     own_settings: ClassVar[tuple[str, ...]] = ()
     #: The features a request may use on this family (names in sdrt.runtime.features.combinations).

@@ -100,7 +100,6 @@ class StableDiffusionXL(Family):
     name = "sdxl"
     display_name = "SDXL"
     hidden_output = PENULTIMATE_HIDDEN
-    zeros_negative = True
     own_settings = ("size_conditioning", "refiner_switch")
     features = SD_FEATURES | {"refiner", "size_conditioning"}
     controlnet_family = "sdxl"

@@ -44,14 +44,15 @@ def run_stage(stage: Stage, ctx: StepContext, hooks: Sequence[StepHook]) -> np.n
     unet_steps = ctx.timings.calls(UNET_STEPS)
     counted_from = start.first if start.counted_from is None else start.counted_from
     ctx.first, ctx.end = start.first, stage.end
+    channels = None if start.channels is None else guider.model_latents(start.channels)
     for index in range(start.first, stage.end):
         ctx.index = index
         ctx.timestep = float(sampler.timesteps[index])
         ctx.check_cancelled()
         scaled = sampler.scale_model_input(guider.model_latents(latents), index)
         model_input = scaled
-        if start.channels is not None:
-            model_input = np.concatenate([model_input, start.channels], axis=1)
+        if channels is not None:
+            model_input = np.concatenate([model_input, channels], axis=1)
         model_input = model_input.astype(denoiser.sample_dtype)
         timestep = np.array([sampler.timesteps[index]], dtype=denoiser.timestep_dtype)
         calls = stage.conditioning.calls(index - counted_from, denoiser.dtypes)

@@ -39,7 +39,7 @@ class DenoiseStart:
 
     latents: np.ndarray | None  # None until a previous run (the SDXL base, for its refiner) gives them
     first: int = 0  # the first denoiser call
-    channels: np.ndarray | None = None  # appended to the denoiser input's channels every call
+    channels: np.ndarray | None = None  # per image, appended to the denoiser input's channels every call
     hooks: list[StepHook] = field(default_factory=list)  # the mode's step hooks (the inpainting blend)
     end: int | None = None  # the denoiser call to stop before (None: the sampler's last)
     counted_from: int | None = None  # the call prompt schedules count steps from (None: `first`)
@@ -112,10 +112,8 @@ def inpainting(resolved: ResolvedRequest, sampler: Scheduler, generator, shape: 
     latent_mask = np.concatenate([downsample_nearest(mask_pixels, shape[2], shape[3])] * batch)
     masked_latents = np.concatenate([masked_latents] * batch)
     if inpainting_unet:
-        conditioning = np.concatenate([latent_mask, masked_latents], axis=1)
-        if resolved.guided:
-            conditioning = np.concatenate([conditioning, conditioning])
-        return DenoiseStart(latents, start, channels=conditioning)
+        # One row per image: the loop stacks them as the guider stacks the latents.
+        return DenoiseStart(latents, start, channels=np.concatenate([latent_mask, masked_latents], axis=1))
     return DenoiseStart(latents, start, hooks=[InpaintBlend(sampler, image_latents, noise, latent_mask)])
 
 
