@@ -14,12 +14,16 @@ from dataclasses import replace
 from typing import Any, Protocol
 
 from sdrt.errors import SdrtError
+from sdrt.runtime.loop.timings import DENOISE, TEXT_ENCODER, TOTAL, VAE_DECODER
 from sdrt.runtime.pipeline import GenerationCancelled
 from sdrt.runtime.request import MAX_SEED, GenerationRequest
 from sdrt.serve.batching import Job, batch_key, merged_request, split_result, take_batch, take_compatible
 from sdrt.serve.metrics import Metrics
 from sdrt.serve.progress import Progress
 from sdrt.serve.schemas import RequestError, ServeSettings
+
+#: The timings the metrics endpoint reports as histograms (sdrt.runtime.loop.timings).
+OBSERVED_STAGES = (TEXT_ENCODER, DENOISE, VAE_DECODER, TOTAL)
 
 POLL_S = 0.05
 SHUTDOWN = "shutdown"  # Stopped.kind when the server stops (besides A1111's "interrupt" and "skip")
@@ -267,7 +271,7 @@ class Service:
                     RequestError(500, f"the generation failed: {type(error).__name__}")]
         finally:
             self.progress.end()
-        for stage in ("text_encoder", "denoise", "vae_decoder", "total"):
+        for stage in OBSERVED_STAGES:
             if stage in results[0].timings:
                 self.metrics.observe(stage, results[0].timings[stage])
         return results
