@@ -16,6 +16,7 @@ from typing import Any
 
 from sdrt.errors import ModelFolderError
 from sdrt.runtime.json_files import read_json
+from sdrt.runtime.schedulers.spaces import DIFFUSION
 
 MANIFEST_NAME = "manifest.json"
 SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
@@ -39,6 +40,11 @@ FORMAT_VERSION = 1
 DTYPES = ("float32", "float16", "int32", "int64")
 #: Model families: SD 1.x, SD 2.x, SDXL base and SDXL refiner (manifest.schema.json lists them too).
 FAMILIES = ("sd1", "sd2", "sdxl", "sdxl-refiner")
+#: The family of a manifest inferred from an ONNX folder made elsewhere (sdrt.runtime.model_folder):
+#: diffusers' SD layout (text encoder, UNet, VAE), family not recorded.
+INFERRED_FAMILY = "unknown"
+#: The sampler space (sdrt.runtime.schedulers.spaces) of each family's denoiser: all diffusion so far.
+FAMILY_SPACES = dict.fromkeys((*FAMILIES, INFERRED_FAMILY), DIFFUSION)
 # Tensor names shared by the exporter and the runtime: the UNet's text context and SDXL's added
 # conditions; the text encoders' hidden states (SD 1.x/2.x: last layer; SDXL: layer -2) and
 # pooled embedding (projected for SDXL's second encoder).
@@ -168,6 +174,11 @@ class Manifest:
     sdxl: SdxlSpec | None = None  # SDXL families only
     token_table_rows: dict[str, int] = field(default_factory=dict)  # text encoder -> its token table's rows
     tiny_vae: TinyVaeSpec | None = None  # with a vae_decoder_tiny component
+
+    @property
+    def sampler_space(self) -> str:
+        """The model space of this family: which samplers it is offered."""
+        return FAMILY_SPACES[self.family]
 
     @property
     def text_encoders(self) -> list[tuple[str, str]]:
