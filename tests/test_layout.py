@@ -28,7 +28,7 @@ def package_dirs() -> list[str]:
 
 def mentions(section: str, package: str) -> bool:
     """`package` ('sdrt/runtime/text') named on its own, as sdrt/runtime/text(/) or
-    sdrt.runtime.text; a child (sdrt/runtime/text/prompts/) or a module (sdrt.runtime.text.bpe)
+    sdrt.runtime.text.checks; a child (sdrt/runtime/text/prompts/) or a module (sdrt.runtime.text.bpe)
     does not count."""
     slashed = rf"(?<![\w./]){re.escape(package)}/?(?![\w/])"
     dotted = rf"(?<![\w./]){re.escape(package.replace('/', '.'))}(?!\.?\w)"
@@ -36,8 +36,8 @@ def mentions(section: str, package: str) -> bool:
 
 
 def test_mentions_helper():
-    assert mentions("sdrt/runtime/text/   tokenizer", "sdrt/runtime/text")
-    assert mentions("see sdrt.runtime.text.", "sdrt/runtime/text")
+    assert mentions("sdrt/runtime/text/checks/   tokenizer", "sdrt/runtime/text")
+    assert mentions("see sdrt.runtime.text.checks.", "sdrt/runtime/text")
     assert not mentions("sdrt/runtime/text/prompts/   schedule", "sdrt/runtime/text")
     assert not mentions("sdrt.runtime.text.bpe", "sdrt/runtime/text")
     assert not mentions("sdrt/runtime/textual/", "sdrt/runtime/text")

@@ -169,6 +169,11 @@ class Manifest:
     tiny_vae: TinyVaeSpec | None = None  # with a vae_decoder_tiny component
 
     @property
+    def sampler_space(self) -> str:
+        """The sampler space (sdrt.runtime.schedulers.spaces) of the family's denoiser."""
+        return self.model_family.sampler_space
+
+    @property
     def text_encoders(self) -> list[tuple[str, str]]:
         """(text encoder component, tokenizer folder) pairs, in concatenation order (the family's)."""
         return self.model_family.text_encoders(self)

@@ -9,6 +9,7 @@ from typing import Any, Callable
 from sdrt.errors import ModelFolderError
 from sdrt.runtime.engines.onnxruntime import session_tensor_specs
 from sdrt.runtime.files.json_files import read_json
+from sdrt.runtime.families.sd import InferredStableDiffusion
 from sdrt.runtime.manifest import FORMAT_VERSION, ComponentSpec, DimRange, Manifest
 
 ONNX_FILE = "model.onnx"
@@ -58,7 +59,7 @@ def infer_manifest(folder: Path, open_session: Callable[[Path], Any]) -> tuple[M
     native_latent = unet.get("sample_size") or SD_LATENT_MULTIPLE * SD_VAE_SCALE_FACTOR
     manifest = Manifest(
         format_version=FORMAT_VERSION,
-        family="unknown",
+        family=InferredStableDiffusion.name,
         prediction_type=scheduler.get("prediction_type", "epsilon"),
         vae_scaling_factor=float(vae.get("scaling_factor", SD_VAE_SCALING_FACTOR)),
         vae_shift_factor=float(vae.get("shift_factor") or 0.0),

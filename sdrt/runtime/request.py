@@ -245,7 +245,7 @@ def _resolve(request: GenerationRequest, manifest: Manifest) -> ResolvedRequest:
         raise GenerationError(f"guidance scale must be >= 0, got {guidance}", "guidance_scale")
     if not _is_int(request.num_images) or request.num_images < 1:
         raise GenerationError(f"num_images must be a positive integer, got {request.num_images!r}", "num_images")
-    check_sampling(request)
+    check_sampling(request, manifest)
     seeds, per_prompt = _seeds(request, prompts, image is not None or request.init_latents is not None)
     batch = len(prompts) * request.num_images
     batch_range = manifest.dims.get(BATCH)

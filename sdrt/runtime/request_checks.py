@@ -8,13 +8,17 @@ import numpy as np
 
 from sdrt.errors import ConfigError, GenerationError
 from sdrt.runtime.manifest import Manifest
-from sdrt.runtime.schedulers import SAMPLER_NAMES, SAMPLERS
+from sdrt.runtime.schedulers import SAMPLER_NAMES, SAMPLERS, check_sampler_space
 
 
-def check_sampling(request) -> None:
+def check_sampling(request, manifest: Manifest) -> None:
     if request.sampler not in SAMPLERS:
         raise GenerationError(f"unknown sampler {request.sampler!r}; choose one of {', '.join(SAMPLER_NAMES)}",
                               "sampler")
+    try:
+        check_sampler_space(request.sampler, manifest.sampler_space)
+    except ConfigError as error:
+        raise GenerationError(str(error), "sampler") from None
     try:
         SAMPLERS[request.sampler].schedule_overrides(request.schedule)
     except ConfigError as error:

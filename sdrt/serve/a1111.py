@@ -15,8 +15,9 @@ from sdrt.runtime.schedulers import DEFAULT_SAMPLER, DEFAULT_SCHEDULE, DISPLAY_N
 from sdrt.runtime.schedulers.schedules import schedule_entry
 from sdrt.serve.schemas import RequestError
 
-# A1111 sampler names (lower case) to sdrt's; "DPM++ 2M Karras" keeps its own entry.
-A1111_SAMPLERS = {display.lower(): name for display, name in DISPLAY_NAMES.items()}
+# A1111 sampler names (lower case) to sdrt's, of every space (the request check refuses a sampler
+# of another space than the model's by name); "DPM++ 2M Karras" keeps its own entry.
+A1111_SAMPLERS = {entry.display_name.lower(): entry.name for entry in SAMPLERS.values()}
 #: Older A1111 sampler names carry their schedule: "Euler Karras" is Euler + Karras.
 LEGACY_SCHEDULE_SUFFIXES = {" karras": "karras", " exponential": "exponential"}
 #: GenerationRequest fields -> the field of each API that carries them.

@@ -11,7 +11,7 @@ from fastapi import FastAPI
 
 from sdrt.runtime.features.hires import UPSCALERS as HIRES_UPSCALERS
 from sdrt.runtime.imaging.png_info import PARAMETERS_KEY, parse_parameters
-from sdrt.runtime.schedulers import SAMPLERS
+from sdrt.runtime.schedulers import sampler_entries
 from sdrt.runtime.schedulers.schedules import SCHEDULES
 from sdrt.serve.a1111_options import MODEL_OPTION
 from sdrt.serve.schemas import RequestError
@@ -92,7 +92,8 @@ def add_a1111_routes(app: FastAPI, service, catalog, settings) -> None:
 
     @app.get("/sdapi/v1/samplers")
     async def samplers():
-        return [{"name": entry.display_name, "aliases": [entry.name], "options": {}} for entry in SAMPLERS.values()]
+        return [{"name": entry.display_name, "aliases": [entry.name], "options": {}}
+                for entry in sampler_entries(service.pipeline.manifest.sampler_space)]
 
     @app.get("/sdapi/v1/schedulers")
     async def schedulers():

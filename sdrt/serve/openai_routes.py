@@ -20,7 +20,7 @@ from PIL import Image, ImageOps
 from sdrt.runtime.features.controlnet.units import ControlUnit
 from sdrt.runtime.imaging.png_info import format_parameters
 from sdrt.runtime.request import GenerationRequest
-from sdrt.runtime.schedulers import DEFAULT_SAMPLER, SAMPLERS
+from sdrt.runtime.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES, SAMPLERS
 from sdrt.runtime.sizes import SizeError, parse_size
 from sdrt.serve.a1111 import check_lora_tags, decode_image, deepcache_field, png_base64, served_name
 from sdrt.serve.schemas import OpenAIImageRequest, RequestError
@@ -120,7 +120,8 @@ def add_openai_routes(app: FastAPI, service, catalog, settings, run, check_limit
         field = "sampler" if body.sampler is not None or body.scheduler is None else "scheduler"
         name = body.sampler or body.scheduler or DEFAULT_SAMPLER
         if name not in SAMPLERS:
-            raise RequestError(400, f"{field}: unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}", field)
+            raise RequestError(400, f"{field}: unknown sampler {name!r}; choose one of {', '.join(SAMPLER_NAMES)}",
+                               field)
         return name
 
     @app.get("/v1/models")

@@ -17,6 +17,7 @@ import numpy as np
 
 from sdrt.errors import GenerationError
 from sdrt.runtime.schedulers import DEFAULT_SAMPLER, DEFAULT_SCHEDULE
+from sdrt.runtime.schedulers.spaces import DIFFUSION
 from sdrt.runtime.manifest import (
     CLIP_TEXT_ENCODER, CLIP_TOKENIZER, DENOISER_OUTPUT, DENOISER_SAMPLE, DENOISER_TIMESTEP, LAST_HIDDEN, UNET,
     UNET_CONTEXT, Manifest,
@@ -75,6 +76,8 @@ class Family:
     own_settings: ClassVar[tuple[str, ...]] = ()
     #: The features a request may use on this family (names in sdrt.runtime.features.combinations).
     features: ClassVar[frozenset[str]] = frozenset()
+    #: The sampler space of the denoiser (sdrt.runtime.schedulers.spaces): which samplers it takes.
+    sampler_space: ClassVar[str] = DIFFUSION
     default_sampler: ClassVar[str] = DEFAULT_SAMPLER
     default_schedule: ClassVar[str] = DEFAULT_SCHEDULE
     #: Whether `sdrt export` writes this family (manifest.schema.json lists those).

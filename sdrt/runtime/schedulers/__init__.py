@@ -4,6 +4,10 @@ one source of every list of sampler names (CLI choices, PNG and A1111 names, ser
 A registry entry is a sampler (the update rule, one class per family) plus the config
 overrides that make a variant of it: "DPM++ 2M Karras" is DPM++ 2M with Karras sigmas, not a
 class of its own. `sampler_from_config(name, scheduler_config)` builds one for a model.
+
+Each sampler samples one model space (sdrt.runtime.schedulers.spaces): `SAMPLERS` holds them
+all (look-ups by name), `sampler_names(space)` / `sampler_entries(space)` list one space's, and
+`SAMPLER_NAMES` / `DISPLAY_NAMES` list the diffusion samplers, the ones the SD families take.
 """
 
 from __future__ import annotations
@@ -17,12 +21,14 @@ from sdrt.runtime.schedulers.ddim import DDIMScheduler
 from sdrt.runtime.schedulers.ddpm import DDPMScheduler
 from sdrt.runtime.schedulers.dpm_solver import DPMSolverMultistepScheduler
 from sdrt.runtime.schedulers.euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
+from sdrt.runtime.schedulers.flow import FlowMatchEulerDiscreteScheduler
 from sdrt.runtime.schedulers.heun import HeunDiscreteScheduler
 from sdrt.runtime.schedulers.lcm import LCMScheduler
 from sdrt.runtime.schedulers.lms import LMSDiscreteScheduler
 from sdrt.runtime.schedulers.pndm import PNDMScheduler
 from sdrt.runtime.schedulers.tcd import TCDScheduler
 from sdrt.runtime.schedulers.schedules import DEFAULT_SCHEDULE, SCHEDULE_NAMES, SCHEDULES, schedule_overrides
+from sdrt.runtime.schedulers.spaces import DIFFUSION, FLOW, SPACE_LABELS, SPACES, check_space
 from sdrt.runtime.schedulers.unipc import UniPCMultistepScheduler
 
 KARRAS = {"use_karras_sigmas": True, "use_exponential_sigmas": False}
@@ -47,6 +53,11 @@ class SamplerEntry:
     def stochastic(self) -> bool:
         return self.cls.stochastic
 
+    @property
+    def space(self) -> str:
+        """The model space the sampler samples (spaces.DIFFUSION or spaces.FLOW)."""
+        return self.cls.space
+
     def schedule_overrides(self, schedule: str) -> dict[str, Any]:
         """The config a schedule type adds to this sampler's (ConfigError if it cannot take it)."""
         return schedule_overrides(schedule, self.name, self.cls.config_defaults, self.overrides)
@@ -69,19 +80,44 @@ _ENTRIES = (
     SamplerEntry("unipc", UniPCMultistepScheduler, "UniPC"),
     SamplerEntry("lcm", LCMScheduler, "LCM"),  # latent consistency models, LCM-LoRA (1 to 8 steps)
     SamplerEntry("tcd", TCDScheduler, "TCD"),  # trajectory consistency distillation (TCD-LoRA), gamma = eta
+    SamplerEntry("flow_euler", FlowMatchEulerDiscreteScheduler, "Euler (flow matching)"),  # SD3, FLUX
 )
+#: Every sampler of every space, by sdrt name.
 SAMPLERS: dict[str, SamplerEntry] = {entry.name: entry for entry in _ENTRIES}
-SAMPLER_NAMES = tuple(SAMPLERS)
+
+
+def sampler_entries(space: str) -> tuple[SamplerEntry, ...]:
+    """The samplers of one model space, in registry order."""
+    check_space(space)
+    return tuple(entry for entry in _ENTRIES if entry.space == space)
+
+
+def sampler_names(space: str) -> tuple[str, ...]:
+    """The sdrt names of one model space's samplers (what a model of that space is offered)."""
+    return tuple(entry.name for entry in sampler_entries(space))
+
+
+#: The diffusion samplers: what the SD families (every family sdrt serves so far) take.
+SAMPLER_NAMES = sampler_names(DIFFUSION)
 DEFAULT_SAMPLER = "lms"
-#: A1111 display name -> sdrt name.
-DISPLAY_NAMES = {entry.display_name: entry.name for entry in _ENTRIES}
+#: A1111 display name -> sdrt name, of the diffusion samplers.
+DISPLAY_NAMES = {entry.display_name: entry.name for entry in sampler_entries(DIFFUSION)}
 
 
 def sampler_entry(name: str) -> SamplerEntry:
+    """A sampler of any space by sdrt name (ConfigError, listing the diffusion samplers, if none)."""
     try:
         return SAMPLERS[name]
     except (KeyError, TypeError):
         raise ConfigError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLER_NAMES)}") from None
+
+
+def check_sampler_space(name: str, space: str) -> None:
+    """ConfigError unless sampler `name` (a registered one) samples models of `space`."""
+    entry = SAMPLERS[name]
+    if entry.space != check_space(space):
+        raise ConfigError(f"{name} is a {SPACE_LABELS[entry.space]} sampler; this model is a {SPACE_LABELS[space]} "
+                          f"model: choose one of {', '.join(sampler_names(space))}")
 
 
 def sampler_from_config(name: str, config: Mapping[str, Any], schedule: str = DEFAULT_SCHEDULE) -> Scheduler:
@@ -96,5 +132,6 @@ def display_name(name: str) -> str:
     return entry.display_name if entry else name
 
 
-__all__ = ["DEFAULT_SAMPLER", "DEFAULT_SCHEDULE", "SCHEDULES", "SCHEDULE_NAMES", "DISPLAY_NAMES", "SAMPLERS", "SAMPLER_NAMES", "SamplerEntry", "Scheduler",
-           "display_name", "sampler_entry", "sampler_from_config"]
+__all__ = ["DEFAULT_SAMPLER", "DEFAULT_SCHEDULE", "DIFFUSION", "FLOW", "SCHEDULES", "SCHEDULE_NAMES", "SPACES",
+           "DISPLAY_NAMES", "SAMPLERS", "SAMPLER_NAMES", "SamplerEntry", "Scheduler", "check_sampler_space",
+           "display_name", "sampler_entries", "sampler_entry", "sampler_from_config", "sampler_names"]

@@ -1,5 +1,5 @@
-"""The base of the samplers that step on alpha_bar(t) directly (DDIM, DDPM, PNDM): integer
-timesteps, unscaled model input, unit initial noise."""
+"""The base of the samplers that step on alpha_bar(t) directly (DDIM, DDPM, PNDM, LCM, TCD):
+whole-number timesteps, unscaled model input, unit initial noise."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 
 from sdrt.runtime.schedulers.base import HALF, Scheduler, predict_x0
 from sdrt.runtime.schedulers.config import SchedulerConfig
-from sdrt.runtime.schedulers.tables import compute_alphas_cumprod
+from sdrt.runtime.schedulers.tables import compute_alphas_cumprod, training_sigmas
 
 
 class AlphaTableScheduler(Scheduler):
@@ -23,6 +23,11 @@ class AlphaTableScheduler(Scheduler):
 
     def scale_model_input(self, sample: np.ndarray, step_index: int) -> np.ndarray:
         return sample
+
+    def set_levels(self, alpha_prods: np.ndarray, final_alpha_prod) -> None:
+        """`sigmas` (the interface's noise levels) of each call's alpha_bar and of the alpha_bar
+        the last step leaves; the update itself reads its own alpha tables."""
+        self.sigmas = training_sigmas(np.append(alpha_prods, final_alpha_prod).astype(np.float32))
 
     def add_noise(self, original: np.ndarray, noise: np.ndarray, step_index: int) -> np.ndarray:
         alpha_prod = self.alphas_cumprod[int(self.timesteps[step_index])]

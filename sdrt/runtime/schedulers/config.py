@@ -15,15 +15,17 @@ from dataclasses import dataclass, fields
 from typing import Any, Collection, Mapping
 
 from sdrt.errors import ConfigError
+from sdrt.runtime.schedulers.spaces import PREDICTION_TYPES
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
 FINAL_SIGMAS_TYPES = ("zero", "sigma_min")
 INTERPOLATION_TYPES = ("linear", "log_linear")
 SOLVER_TYPES = ("midpoint", "heun", "bh1", "bh2")  # DPM++'s, then UniPC's
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large")
 SOLVER_ORDERS = (1, 2, 3)
+#: Flow matching's resolution-dependent shifts of the sigmas by mu (diffusers' time_shift_type).
+TIME_SHIFT_TYPES = ("exponential", "linear")
 #: A bound on num_train_timesteps: every table is this long, and real models use 1000.
 MAX_TRAIN_TIMESTEPS = 100_000
 
@@ -71,12 +73,22 @@ class SchedulerConfig:
     disable_corrector: tuple[int, ...]
     original_inference_steps: int
     timestep_scaling: float
+    shift: float
+    use_dynamic_shifting: bool
+    base_shift: float
+    max_shift: float
+    base_image_seq_len: int
+    max_image_seq_len: int
+    time_shift_type: str
+    shift_terminal: float | None
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any], defaults: Mapping[str, Any],
-                  refused_keys: Collection[str] = ()) -> "SchedulerConfig":
+                  refused_keys: Collection[str] = (),
+                  unsupported: Mapping[str, tuple[Any, str]] = UNSUPPORTED_VALUES) -> "SchedulerConfig":
         """The fields a class reads (`defaults`) from `config`, the others neutral; values of
-        `refused_keys` that sdrt does not implement are a ConfigError."""
+        `refused_keys` that sdrt does not implement (`unsupported`: key -> (value, message))
+        are a ConfigError."""
         if not isinstance(config, Mapping):
             raise ConfigError(f"a scheduler config must be a JSON object, got {type(config).__name__}")
         values = {}
@@ -93,8 +105,8 @@ class SchedulerConfig:
         except (TypeError, ValueError):
             raise ConfigError("scheduler trained_betas and disable_corrector must be lists of numbers") from None
         for key in refused_keys:
-            if key in UNSUPPORTED_VALUES and config.get(key) == UNSUPPORTED_VALUES[key][0]:
-                raise ConfigError(UNSUPPORTED_VALUES[key][1])
+            if key in unsupported and config.get(key) == unsupported[key][0]:
+                raise ConfigError(unsupported[key][1])
         algorithm = config.get("algorithm_type")
         if "algorithm_type" in refused_keys and algorithm not in (None, SUPPORTED_ALGORITHM):
             raise ConfigError(f"algorithm_type {algorithm!r} is not supported; sdrt implements {SUPPORTED_ALGORITHM}")
@@ -113,6 +125,7 @@ class SchedulerConfig:
             "interpolation_type": INTERPOLATION_TYPES,
             "solver_type": SOLVER_TYPES,
             "variance_type": VARIANCE_TYPES,
+            "time_shift_type": TIME_SHIFT_TYPES,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -146,6 +159,13 @@ class SchedulerConfig:
             raise ConfigError(f"timestep_scaling must be positive, got {self.timestep_scaling!r}")
         if self.solver_order not in SOLVER_ORDERS:
             raise ConfigError(f"solver_order {self.solver_order} is not supported; sdrt implements 1 to 3")
+        if not self.shift > 0:
+            raise ConfigError(f"scheduler shift must be positive, got {self.shift!r}")
+        if self.base_image_seq_len == self.max_image_seq_len:
+            raise ConfigError("scheduler base_image_seq_len and max_image_seq_len must differ (mu is interpolated "
+                              "between them)")
+        if self.shift_terminal is not None and not 0 <= self.shift_terminal < 1:
+            raise ConfigError(f"scheduler shift_terminal must be in [0, 1), got {self.shift_terminal!r}")
 
 
 # Values of the fields a sampler does not read (so they change nothing).
@@ -157,7 +177,9 @@ NEUTRAL_CONFIG: dict[str, Any] = {
     "clip_sample": False, "clip_sample_range": 1.0, "set_alpha_to_one": False, "solver_order": 2,
     "solver_type": "midpoint", "lower_order_final": True, "euler_at_final": False, "skip_prk_steps": True,
     "variance_type": "fixed_small", "predict_x0": True, "disable_corrector": (),
-    "original_inference_steps": 50, "timestep_scaling": 10.0,
+    "original_inference_steps": 50, "timestep_scaling": 10.0, "shift": 1.0, "use_dynamic_shifting": False,
+    "base_shift": 0.5, "max_shift": 1.15, "base_image_seq_len": 256, "max_image_seq_len": 4096,
+    "time_shift_type": "exponential", "shift_terminal": None,
 }
 #: What every diffusers scheduler reads, with its defaults.
 BETA_DEFAULTS = {"num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear",

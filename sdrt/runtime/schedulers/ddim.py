@@ -26,12 +26,13 @@ class DDIMScheduler(AlphaTableScheduler):
 
     def _plan(self, num_inference_steps: int) -> None:
         timesteps = spaced_timesteps(self.config, num_inference_steps)
-        self.timesteps = timesteps.copy()
+        self.timesteps = timesteps.astype(np.float32)
         # diffusers steps back by n_train // n whatever the spacing.
         previous = timesteps - self.config.num_train_timesteps // num_inference_steps
         self.alpha_prod = self.alphas_cumprod[timesteps]
         self.alpha_prod_prev = np.where(previous >= 0, self.alphas_cumprod[np.maximum(previous, 0)],
                                         self.final_alpha_cumprod).astype(np.float32)
+        self.set_levels(self.alpha_prod, self.alpha_prod_prev[-1])
 
     def step(self, model_output: np.ndarray, step_index: int, sample: np.ndarray,
              generator: TorchGenerator | None = None) -> np.ndarray:

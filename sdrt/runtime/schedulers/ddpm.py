@@ -26,7 +26,7 @@ class DDPMScheduler(AlphaTableScheduler):
 
     def _plan(self, num_inference_steps: int) -> None:
         timesteps = spaced_timesteps(self.config, num_inference_steps)
-        self.timesteps = timesteps.copy()
+        self.timesteps = timesteps.astype(np.float32)
         previous = np.append(timesteps[1:], -1)
         one = np.float32(1.0)
         alpha = self.alphas_cumprod[timesteps]
@@ -35,6 +35,7 @@ class DDPMScheduler(AlphaTableScheduler):
         current_alpha = alpha / alpha_prev
         current_beta = one - current_alpha
         self.alpha_prod, self.beta_prod = alpha, beta
+        self.set_levels(alpha, alpha_prev[-1])
         self.original_coefficient = (alpha_prev**HALF * current_beta) / beta
         self.sample_coefficient = current_alpha**HALF * beta_prev / beta
         variance = np.maximum((one - alpha_prev) / (one - alpha) * current_beta, np.float32(DDPM_MIN_VARIANCE))

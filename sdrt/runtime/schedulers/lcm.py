@@ -46,7 +46,7 @@ class LCMScheduler(AlphaTableScheduler):
         distilled = (np.arange(1, original + 1) * k - 1)[::-1]
         picks = np.floor(np.linspace(0, len(distilled), num=num_inference_steps, endpoint=False)).astype(np.int64)
         timesteps = distilled[picks].astype(np.int64)
-        self.timesteps = timesteps
+        self.timesteps = timesteps.astype(np.float32)
         following = np.append(timesteps[1:], timesteps[-1])  # the last step "continues" at its own timestep
         self.alpha_prod = self.alphas_cumprod[timesteps]
         self.alpha_prod_next = np.where(following >= 0, self.alphas_cumprod[np.maximum(following, 0)],
@@ -54,6 +54,11 @@ class LCMScheduler(AlphaTableScheduler):
         scaled = timesteps.astype(np.float32) * np.float32(self.config.timestep_scaling)  # float32, as diffusers
         self.c_skip = np.float32(SIGMA_DATA**2) / (scaled**2 + np.float32(SIGMA_DATA**2))
         self.c_out = scaled / (scaled**2 + np.float32(SIGMA_DATA**2)) ** np.float32(HALF)
+        self.set_levels(self.alpha_prod, self.final_level_alpha())
+
+    def final_level_alpha(self) -> np.float32:
+        """alpha_bar of what the last step returns: LCM's last step returns its x0 estimate."""
+        return np.float32(1.0)
 
     def step(self, model_output: np.ndarray, step_index: int, sample: np.ndarray,
              generator: TorchGenerator | None = None) -> np.ndarray:

@@ -25,7 +25,7 @@ MULTISTEP_DEFAULTS = {**BETA_DEFAULTS, "timestep_spacing": "linspace", "use_karr
 
 def multistep_schedule(config: SchedulerConfig, alphas_cumprod: np.ndarray, n: int, *, karras_rounds: bool,
                        final_from_schedule: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(sigmas with the final level appended, int64 timesteps). DPM++ and UniPC differ in two
+    """(sigmas with the final level appended, whole-number float32 timesteps). DPM++ and UniPC differ in two
     details: whether Karras timesteps are rounded, and whether a sigma_min final level repeats
     the converted schedule's last sigma (UniPC) or is the training sigma_min (DPM++)."""
     timesteps = spaced_timesteps(config, n, span_final=True)
@@ -42,7 +42,7 @@ def multistep_schedule(config: SchedulerConfig, alphas_cumprod: np.ndarray, n: i
             final = float(sigmas[-1])
     else:
         sigmas = np.interp(timesteps, np.arange(len(train_sigmas)), train_sigmas)
-    return np.concatenate([sigmas, [final]]).astype(np.float32), timesteps.astype(np.int64)
+    return np.concatenate([sigmas, [final]]).astype(np.float32), timesteps.astype(np.int64).astype(np.float32)
 
 
 class MultistepScheduler(Scheduler):

@@ -36,7 +36,11 @@ class PNDMScheduler(AlphaTableScheduler):
 
     def _plan(self, num_inference_steps: int) -> None:
         ascending = spaced_timesteps(self.config, num_inference_steps)[::-1]
-        self.timesteps = np.concatenate([ascending[:-1], ascending[-2:-1], ascending[-1:]])[::-1].copy()
+        timesteps = np.concatenate([ascending[:-1], ascending[-2:-1], ascending[-1:]])[::-1]
+        self.timesteps = timesteps.astype(np.float32)
+        # The last call steps back by n_train // n (never the repeated second call's way).
+        final = self._alpha(int(timesteps[-1]) - self.config.num_train_timesteps // num_inference_steps)
+        self.set_levels(self.alphas_cumprod[timesteps], final)
         self._ets, self._counter, self._held_sample = [], 0, None
 
     def _alpha(self, timestep: int) -> np.float32:

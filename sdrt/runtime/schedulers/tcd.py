@@ -27,6 +27,10 @@ class TCDScheduler(LCMScheduler):
         super().__init__(config)
         self.eta = DEFAULT_GAMMA
 
+    def final_level_alpha(self) -> np.float32:
+        """TCD's last step maps x0 to timestep floor((1 - gamma) * 0) = 0, not to x0 itself."""
+        return self.alphas_cumprod[0]
+
     def step(self, model_output: np.ndarray, step_index: int, sample: np.ndarray,
              generator: TorchGenerator | None = None) -> np.ndarray:
         eta = float(self.eta)
