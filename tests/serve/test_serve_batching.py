@@ -16,7 +16,7 @@ from sdrt.runtime.sdxl import SizeConditioning
 from sdrt.runtime.request import GenerationError, GenerationRequest
 from sdrt.serve.app import ServeSettings, create_app
 from sdrt.serve.batching import Job, batch_key, merged_request, take_batch
-from test_serve import decode_png, live_server
+from support.serving import decode_png, live_server
 
 NATIVE = (64, 64)
 
