@@ -3,7 +3,7 @@
 `Pipeline.load(folder, backend=..., threads=...)` takes the load-time settings and builds the
 engines once; `run(GenerationRequest)` (or `generate(prompt, **settings)`) takes the per-request
 settings. The numerics follow diffusers' `StableDiffusionPipeline` step for step, so the same
-model, prompt, settings and seed give the same image (tests/test_pipeline.py compares them).
+model, prompt, settings and seed give the same image (tests/runtime/test_pipeline.py compares them).
 """
 
 from __future__ import annotations

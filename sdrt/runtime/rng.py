@@ -15,7 +15,7 @@
 The scalar path is bit-exact. In the vectorized path PyTorch evaluates log, sin and cos with
 SIMD approximations that depend on the CPU (Sleef on AVX2/AVX-512); sdrt rounds exact float64
 values instead, which is the same on every machine and within 1e-6 of PyTorch (a few float32
-ulp; tests/test_rng.py checks both).
+ulp; tests/runtime/test_rng.py checks both).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ can be counted up to GROWTH times. The difference after a whole loop is then bou
 This scales with the trajectory's magnitudes: a zero-terminal-SNR schedule starts at
 sigma ~ 4096, where one float32 ulp of the sample is ~1e-3, and an error measured relative to
 the final sample (~1) would be a bound on one machine's luck rather than on the arithmetic.
-On an AMD EPYC (AVX2) the largest error in tests/test_samplers.py was 8% of this bound (UniPC
+On an AMD EPYC (AVX2) the largest error in tests/runtime/test_samplers.py was 8% of this bound (UniPC
 of order 3, 4 steps), while a wrong coefficient (a 3e-3 relative slip in one of ten sigmas)
 exceeds it.
 """

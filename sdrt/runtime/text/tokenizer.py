@@ -11,8 +11,8 @@ The reference pipeline, which this module reproduces step by step:
 4. byte-pair merges are applied to each word, whose last symbol carries the "</w>" suffix.
 
 Unicode tables come from Python's `unicodedata` and the `regex` module. For every code point that
-Python's Unicode version assigns, they agree with the reference (tests/test_tokenizer.py checks
-all of them); only characters added to Unicode after that version may tokenize differently.
+Python's Unicode version assigns, they agree with the reference (tests/runtime/test_tokenizer.py
+checks all of them); only characters added to Unicode after that version may tokenize differently.
 
 Unlike OpenAI's original CLIP tokenizer and transformers 4's Python one, the reference applies
 no ftfy fixing and no HTML unescaping: "&amp;" stays as typed. So does sdrt.

@@ -15,7 +15,7 @@ from sdrt.errors import GenerationError
 from sdrt.runtime.imaging.inputs import InputImageError, MAX_INPUT_PIXELS, open_image
 from sdrt.runtime.text.checks import MAX_PROMPT_CHARS
 from sdrt.runtime.text.tokenizer import MAX_CACHED_WORD_CHARS, WORD_CACHE_SIZE, ClipTokenizer
-from tests.support.hostile import assert_one_line_error, gif_header, png_header
+from support.hostile import assert_one_line_error, gif_header, png_header
 
 # The quadratic merge took 21 s on 40,000 letters; the heap merge takes about 0.3 s. The bound
 # is far from both, so machine speed cannot decide the test, only the algorithm's order.

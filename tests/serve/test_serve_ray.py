@@ -13,7 +13,7 @@ import pytest
 from sdrt.errors import SdrtError
 from sdrt.runtime.pipeline import Pipeline
 from sdrt.serve.app import ServeSettings
-from test_serve import decode_png
+from support.serving import decode_png
 
 ray = pytest.importorskip("ray", reason="needs Ray Serve: pip install 'sdrt[ray]'")
 ray_serve = pytest.importorskip("sdrt.serve.ray_serve")

@@ -20,7 +20,7 @@ from sdrt.runtime.families.sdxl import SizeConditioning
 MAX_PIXEL_ERROR = 2 / 255
 MEAN_PIXEL_ERROR = 0.5 / 255
 PROMPT = "a photo of a cat"
-NO_HEAVY_IMPORTS = Path(__file__).with_name("no_heavy_imports.py")
+NO_HEAVY_IMPORTS = Path(__file__).parent.parent / "no_heavy_imports.py"
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ from sdrt.runtime.text.prompts.options import TextOptions
 MAX_PIXEL_ERROR = 2 / 255
 MEAN_PIXEL_ERROR = 0.5 / 255
 SAMPLER = "euler"
-NO_HEAVY_IMPORTS = Path(__file__).parent / "no_heavy_imports.py"
+NO_HEAVY_IMPORTS = Path(__file__).parent.parent / "no_heavy_imports.py"
 R = 1.1
 # Guidance amplifies the text's effect on these tiny random models, so that a wrong conditioning
 # shows as a wrong image (each test also checks that the wrong conditioning would fail).

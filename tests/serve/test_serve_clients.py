@@ -20,7 +20,7 @@ from PIL import Image, ImageOps
 from sdrt.runtime.pipeline import Pipeline
 from sdrt.serve.app import ServeSettings, create_app
 from sdrt.serve.catalog import ModelCatalog
-from test_serve import SlowPipeline, decode_png, live_server, png_b64
+from support.serving import SlowPipeline, decode_png, live_server, png_b64
 
 PROMPT = "a photo of a cat"
 USER, PASSWORD = "ann", "s3cret"

@@ -21,7 +21,7 @@ from sdrt.errors import ModelFolderError
 from sdrt.export.sources import load_pipeline
 from sdrt.runtime.manifest import Manifest, residual_names
 
-SCHEMA = json.loads((Path(__file__).parent.parent / "sdrt" / "runtime" / "manifest.schema.json").read_text())
+SCHEMA = json.loads((Path(__file__).parent.parent.parent / "sdrt" / "runtime" / "manifest.schema.json").read_text())
 ONNX_TYPES = {"float32": "tensor(float)", "float16": "tensor(float16)", "int32": "tensor(int32)", "int64": "tensor(int64)"}
 
 

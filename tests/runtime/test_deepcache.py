@@ -68,7 +68,7 @@ def test_image_to_image_and_the_cli_and_both_servers(ours, export, tmp_path):
     from PIL import Image
 
     from sdrt.serve.app import create_app
-    from test_serve import decode_png, live_server
+    from support.serving import decode_png, live_server
 
     photo = Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8))
     img2img = ours.generate(PROMPT, init_image=photo, strength=0.7, steps=6, seed=2, deepcache=DeepCache(2))

@@ -31,7 +31,7 @@ from support.lora_files import kohya_lora, peft_lora
 SAMPLER = "euler"
 SETTINGS = dict(steps=4, seed=7, height=64, width=64, sampler=SAMPLER, guidance_scale=7.5)
 PROMPT = "a photo of a cat"
-NO_HEAVY_IMPORTS = Path(__file__).parent / "no_heavy_imports.py"
+NO_HEAVY_IMPORTS = Path(__file__).parent.parent / "no_heavy_imports.py"
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from sdrt.cli import main
 from sdrt.errors import ModelFolderError
 from sdrt.runtime.manifest import Manifest
 from sdrt.runtime.pipeline import Pipeline
-from tests.support.hostile import assert_one_line_error, copy_model
+from support.hostile import assert_one_line_error, copy_model
 
 COMPONENTS = ("text_encoder", "unet", "vae_decoder")
 

@@ -29,7 +29,7 @@ GUIDANCE = 40.0  # amplifies the text's effect on the tiny random models (see te
 SAMPLER = "euler"
 TOKEN = "sdrtcat"
 PROMPT = f"a photo of {TOKEN} on grass"
-NO_HEAVY_IMPORTS = Path(__file__).parent / "no_heavy_imports.py"
+NO_HEAVY_IMPORTS = Path(__file__).parent.parent / "no_heavy_imports.py"
 
 
 def assert_same_image(got: np.ndarray, expected: np.ndarray) -> None:

@@ -26,7 +26,7 @@ from support.images import MAX_PIXEL_ERROR, assert_same_image
 SAMPLER = "euler"
 SETTINGS = dict(steps=4, seed=7, height=64, width=64, sampler=SAMPLER, guidance_scale=7.5)
 PROMPT = "a photo of a cat"
-NO_HEAVY_IMPORTS = Path(__file__).parent / "no_heavy_imports.py"
+NO_HEAVY_IMPORTS = Path(__file__).parent.parent / "no_heavy_imports.py"
 
 
 def shapes_image(seed: int, size: tuple[int, int] = (64, 64)) -> Image.Image:

@@ -17,7 +17,7 @@ from transformers import CLIPTokenizer
 from sdrt.errors import ModelFolderError
 from sdrt.runtime.text.tokenizer import ClipTokenizer, normalize, to_byte_level
 
-DATA_DIR = Path(__file__).parent / "data"
+DATA_DIR = Path(__file__).parent.parent / "data"
 
 OWN_PROMPTS = [
     "A majestic lion jumping from a big stone at night",
@@ -346,6 +346,6 @@ def test_tokenizer_runs_without_torch_or_transformers(sd15_dir):
         "assert t.encode('a photo of a cat').input_ids[0, :7].tolist() == "
         "[49406, 320, 1125, 539, 320, 2368, 49407]\n"
     )
-    script = Path(__file__).parent / "no_heavy_imports.py"
+    script = Path(__file__).parent.parent / "no_heavy_imports.py"
     result = subprocess.run([sys.executable, str(script), code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

@@ -17,7 +17,7 @@ from sdrt.errors import ModelFolderError, SdrtError
 from sdrt.runtime.manifest import Manifest
 from sdrt.runtime.pipeline import Pipeline
 from sdrt.runtime.text.tokenizer import ClipTokenizer
-from tests.support.hostile import assert_one_line_error, copy_model
+from support.hostile import assert_one_line_error, copy_model
 
 WRONG_VALUES = [None, "text", -1, 0, 2**70, 1.5, True, [], {}, [1, 2], {"a": 1}]
 WHOLE_FILES = {

@@ -97,7 +97,7 @@ def test_hires_fix_from_the_cli_and_both_apis(ours, exported_tiny, tmp_path):
     bad = CliRunner().invoke(main, ["generate", PROMPT, "--model", str(exported_tiny("standard")), "--steps", "1",
                                     "--hires", "2", "--hires-upscaler", "R-ESRGAN 4x+", "--quiet"])
     assert bad.exit_code != 0 and "Traceback" not in bad.output and "hires upscaler" in bad.output
-    from test_serve import decode_png, live_server
+    from support.serving import decode_png, live_server
 
     from sdrt.serve.app import create_app
 

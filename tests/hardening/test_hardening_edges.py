@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from sdrt.cli import main
-from tests.support.hostile import assert_one_line_error, png_header
+from support.hostile import assert_one_line_error, png_header
 
 NON_FINITE = ["nan", "inf", "-inf", "1e999", "NaN", "abc", ""]
 NUMBER_OPTIONS = {"--guidance": "generate", "--strength": "generate", "--timeout": "serve",

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from sdrt.cli import main
 
-NO_HEAVY_IMPORTS = Path(__file__).parent / "no_heavy_imports.py"
+NO_HEAVY_IMPORTS = Path(__file__).parent.parent / "no_heavy_imports.py"
 
 
 def test_tokenize_prints_ids(sd15_dir):

@@ -16,7 +16,7 @@ import pytest
 from sdrt.runtime.pipeline import Pipeline
 from sdrt.serve.app import ServeSettings, create_app
 from sdrt.serve.http import JsonErrorProtocol
-from tests.test_serve import live_server
+from support.serving import live_server
 
 KEY = "secret-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}

@@ -18,7 +18,7 @@ from sdrt.runtime.request import GenerationError, GenerationRequest
 from sdrt.runtime.request_fields import BATCHING, SHARED, Batching, policies
 from sdrt.serve.app import ServeSettings, create_app
 from sdrt.serve.batching import Job, batch_key, merged_request, take_batch
-from test_serve import decode_png, live_server
+from support.serving import decode_png, live_server
 
 NATIVE = (64, 64)
 

@@ -3,9 +3,6 @@ errors, auth, the queue (503), time limits (504), disconnects, and a storm of ba
 
 from __future__ import annotations
 
-import base64
-import contextlib
-import io
 import json
 import resource
 import threading
@@ -14,33 +11,13 @@ import time
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 from PIL import Image
 
-from sdrt.runtime.pipeline import GenerationCancelled, Pipeline
+from sdrt.runtime.pipeline import Pipeline
 from sdrt.serve.app import ServeSettings, create_app
+from support.serving import SlowPipeline, decode_png, live_server, png_b64
 
 PROMPT = "a photo of a cat"
-
-
-@contextlib.contextmanager
-def live_server(app):
-    """uvicorn on 127.0.0.1 with a free port, in a thread; yields the base URL."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline:
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -52,16 +29,6 @@ def pipeline(exported_tiny) -> Pipeline:
 def url(pipeline):
     with live_server(create_app(pipeline, ServeSettings(max_body_bytes=2**20))) as base:
         yield base
-
-
-def decode_png(data: str) -> Image.Image:
-    return Image.open(io.BytesIO(base64.b64decode(data)))
-
-
-def png_b64(image: Image.Image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
 
 
 def test_openai_client_unchanged(url, pipeline):
@@ -174,26 +141,6 @@ def test_api_key_guards_every_route_but_health(pipeline):
         assert httpx.post(f"{base}/v1/images/generations", json=payload, headers=wrong).status_code == 401
         right = {"Authorization": "Bearer s3cret"}
         assert httpx.post(f"{base}/v1/images/generations", json=payload, headers=right, timeout=60).status_code == 200
-
-
-class SlowPipeline:
-    """Stands in for the pipeline to exercise queueing: each run lasts until `release` is set,
-    or until the service sets its cancel token."""
-
-    def __init__(self, real: Pipeline):
-        self.folder, self.manifest, self.backend = real.folder, real.manifest, real.backend
-        self.release = threading.Event()
-        self.started = threading.Semaphore(0)
-        self.cancelled = 0
-        self.real = real
-
-    def run(self, request, progress=None, cancel=None, preview=None):
-        self.started.release()
-        while not self.release.wait(0.01):
-            if cancel is not None and cancel.is_set():
-                self.cancelled += 1
-                raise GenerationCancelled("cancelled")
-        return self.real.generate("a cat", steps=1, seed=0)
 
 
 def test_full_queue_answers_503_with_retry_after(pipeline):

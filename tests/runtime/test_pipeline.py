@@ -20,7 +20,7 @@ from sdrt.runtime.schedulers import SAMPLER_NAMES
 
 MAX_PIXEL_ERROR = 2 / 255
 MEAN_PIXEL_ERROR = 0.5 / 255
-NO_HEAVY_IMPORTS = Path(__file__).parent / "no_heavy_imports.py"
+NO_HEAVY_IMPORTS = Path(__file__).parent.parent / "no_heavy_imports.py"
 
 
 @pytest.fixture(scope="module")
