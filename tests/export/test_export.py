@@ -205,6 +205,7 @@ def test_fp16_keeps_the_vae_fp32_by_default_and_is_validated(tiny_models, tmp_pa
     assert 1e-5 < unet.validation["max_rel_error"]
 
 
+@pytest.mark.slow  # 24 s: a whole fp16 export for one VAE dtype flag (the default fp16 export is checked by default)
 def test_fp16_vae_when_asked(tiny_models, tmp_path):
     manifest = _export(tiny_models, tmp_path, precision="fp16", vae_precision="fp16")
     decoder = manifest.components["vae_decoder"]

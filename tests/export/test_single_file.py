@@ -94,6 +94,7 @@ def test_sdxl_checkpoint_round_trips_and_is_recognized_from_its_names(tiny_sdxl,
             assert torch.equal(got[key].reshape(tensor.shape), tensor), f"{component}.{key}"
 
 
+@pytest.mark.slow  # 31 s: SDXL's names round-trip cheaply by default; its SD 1.5 twin runs by default
 def test_sdxl_export_from_a_single_file_equals_export_from_the_folder(tiny_sdxl, exported_sdxl, tmp_path):
     checkpoint = save_ldm_checkpoint(load_pipeline(str(tiny_sdxl["base"])), tmp_path / "sdxl.safetensors")
     out = tmp_path / "from-file"

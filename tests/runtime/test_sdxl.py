@@ -203,6 +203,7 @@ def test_manifest_records_what_the_runtime_reads(exported_sdxl):
     assert refiner_unet["time_ids"] == ["unet_batch", 5]
 
 
+@pytest.mark.slow  # 14 s: a whole fp16 SDXL export for one flag
 def test_fp16_export_keeps_the_sdxl_vae_in_fp32(tiny_sdxl, tmp_path):
     from sdrt.export.exporter import ExportOptions, export_model
 
