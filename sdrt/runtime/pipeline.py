@@ -145,7 +145,7 @@ class Pipeline:
             raise ModelFolderError(f"{scheduler_path} is missing; re-export the model")
         scheduler_config = read_json(scheduler_path)
         try:
-            sampler_from_config(DEFAULT_SAMPLER, scheduler_config)  # every field's type and range, now
+            sampler_from_config(manifest.model_family.default_sampler, scheduler_config)  # every field's type and range, now
         except ConfigError as error:
             raise ModelFolderError(f"{scheduler_path}: {error}") from None
         manifest, make_engine = backend.load(folder, manifest, options, sessions)

@@ -27,9 +27,9 @@ from sdrt.runtime.engines.tensorrt.build import Builder, build_one, component_ke
 from sdrt.runtime.engines.tensorrt.cuda import Cuda, import_tensorrt
 from sdrt.runtime.engines.tensorrt.memory import MemoryPlan, aligned, io_shapes, memory_plan
 from sdrt.runtime.engines.tensorrt.plan import BuildSettings, plan_path, stale_reason
-from sdrt.runtime.manifest import ComponentSpec, Manifest
+from sdrt.runtime.manifest import UNET, ComponentSpec, Manifest
 
-CUDA_GRAPH_COMPONENTS = ("unet",)  # called once per step: where a graph pays off
+CUDA_GRAPH_COMPONENTS = (UNET,)  # called once per step: where a graph pays off
 NUMPY_DTYPES = {"FLOAT": np.float32, "HALF": np.float16, "INT32": np.int32, "INT64": np.int64}
 
 

@@ -99,7 +99,7 @@ class ControlNetManifest:
         if (self.family == "sdxl") != (family == "sdxl"):
             raise ModelFolderError(f"ControlNet {name} is for {self.family} models and {model_name} is {family}; "
                                    f"use a ControlNet trained for {family}")
-        unet = model.components["unet"]
+        unet = model.components[model.model_family.denoiser.component]
         wanted = residual_names(unet)
         if not wanted:
             raise ModelFolderError(f"{model_name}'s UNet takes no ControlNet residuals: it was exported before "

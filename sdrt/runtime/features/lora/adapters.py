@@ -19,10 +19,10 @@ from sdrt.runtime.features.lora.library import LoraLibrary
 from sdrt.runtime.features.lora.merge import LoraWeights, ResolvedLora, merged_tensors, resolve, unmatched_warning
 from sdrt.runtime.features.lora.tags import LoraRef
 from sdrt.runtime.features.lora.weights_map import LoraError, WeightsMap
-from sdrt.runtime.manifest import Manifest
+from sdrt.runtime.manifest import UNET, Manifest
 
 #: The components a LoRA can change.
-ADAPTABLE = ("unet", "text_encoder", "text_encoder_2")
+ADAPTABLE = (UNET, "text_encoder", "text_encoder_2")
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ import numpy as np
 
 from sdrt.runtime.features.lora.files import LoraFile, LoraLayer
 from sdrt.runtime.features.lora.weights_map import LoraError, WeightsMap
+from sdrt.runtime.manifest import UNET
 
-UNET = "unet"
 MAX_NAMED_KEYS = 5  # unmatched keys a warning names
 
 
