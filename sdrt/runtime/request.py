@@ -2,7 +2,8 @@
 
 The CLI, `Pipeline.generate`, both server APIs and the batcher all build a `GenerationRequest`;
 `resolve(manifest)` checks every field and fills in the defaults that depend on the model
-(native size, the mode's strength, a drawn seed). Every error a request can cause is a
+(native size, the mode's strength, a drawn seed), then what combines with what, once
+(sdrt.runtime.features.combinations). Every error a request can cause is a
 `GenerationError` whose `param` names the field, so the HTTP layer maps it to its own field
 name instead of reading the message.
 """
@@ -21,6 +22,7 @@ from PIL import Image
 from sdrt.errors import GenerationError
 from sdrt.runtime.features.controlnet.units import PARAM as CONTROLNETS, ControlUnit, check_units
 from sdrt.runtime.imaging.inputs import InputImageError, open_image, target_size
+from sdrt.runtime.features.combinations import check_combinations
 from sdrt.runtime.features.deepcache import DeepCache
 from sdrt.runtime.features.hires import HiresFix
 from sdrt.runtime.request_checks import check_deepcache, check_sampling, check_vae, latent_size
@@ -187,7 +189,7 @@ def _open(source, param: str) -> Image.Image:
         raise GenerationError(str(error), param) from None
 
 
-def _seeds(request: GenerationRequest, prompts: list[str], image_mode: bool) -> tuple[list[int], bool]:
+def _seeds(request: GenerationRequest, prompts: list[str]) -> tuple[list[int], bool]:
     seed = request.seed if request.seed is not None else random.SystemRandom().randint(0, MAX_SEED)
     per_prompt = isinstance(seed, (list, tuple, np.ndarray))
     seeds = list(seed) if per_prompt else [seed]
@@ -196,8 +198,6 @@ def _seeds(request: GenerationRequest, prompts: list[str], image_mode: bool) -> 
             raise GenerationError(f"seed must be an integer from 0 to {MAX_SEED}, got {value!r}", "seed")
     if per_prompt and len(seeds) != len(prompts):
         raise GenerationError(f"seed has {len(seeds)} entries for {len(prompts)} prompts", "seed")
-    if per_prompt and image_mode:
-        raise GenerationError("one seed per prompt works for text-to-image only; give one seed", "seed")
     return [int(value) for value in seeds], per_prompt
 
 
@@ -246,7 +246,7 @@ def _resolve(request: GenerationRequest, manifest: Manifest) -> ResolvedRequest:
     if not _is_int(request.num_images) or request.num_images < 1:
         raise GenerationError(f"num_images must be a positive integer, got {request.num_images!r}", "num_images")
     check_sampling(request, manifest)
-    seeds, per_prompt = _seeds(request, prompts, image is not None or request.init_latents is not None)
+    seeds, per_prompt = _seeds(request, prompts)
     batch = len(prompts) * request.num_images
     batch_range = manifest.dims.get(BATCH)
     if batch_range is not None and batch > batch_range.max:
@@ -256,10 +256,13 @@ def _resolve(request: GenerationRequest, manifest: Manifest) -> ResolvedRequest:
     texts, loras = _loras(request, prompts)
     controls = tuple((unit, _open(unit.image, CONTROLNETS)) for unit in check_units(request.controlnets))
     check_vae(request, manifest)
-    check_deepcache(request, manifest, loras)
-    return ResolvedRequest(request, prompts, negatives, seeds, per_prompt, int(height), int(width),
-                           None if strength is None else float(strength), image, mask, options, texts, loras, controls,
-                           None if request.init_latents is None else np.asarray(request.init_latents, np.float32))
+    check_deepcache(request, manifest)
+    init_latents = None if request.init_latents is None else np.asarray(request.init_latents, np.float32)
+    resolved = ResolvedRequest(request, prompts, negatives, seeds, per_prompt, int(height), int(width),
+                               None if strength is None else float(strength), image, mask, options, texts, loras,
+                               controls, init_latents)
+    check_combinations(resolved, family)  # what combines: the one table (sdrt.runtime.features.combinations)
+    return resolved
 
 
 def _loras(request: GenerationRequest, prompts: list[str]) -> tuple[list[str], tuple[LoraRef, ...]]:

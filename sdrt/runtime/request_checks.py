@@ -1,6 +1,7 @@
 """Checks of a GenerationRequest's optional features against the model (the family's own
-settings are its family's: sdrt.runtime.families): the sampler with its schedule type and eta, latents as the start, the VAE, and
-DeepCache. Each failure is a GenerationError naming the request field."""
+settings are its family's: sdrt.runtime.families; what combines with what:
+sdrt.runtime.features.combinations): the sampler with its schedule type and eta, latents as the
+start, the VAE, and DeepCache. Each failure is a GenerationError naming the request field."""
 
 from __future__ import annotations
 
@@ -29,24 +30,18 @@ def check_sampling(request, manifest: Manifest) -> None:
                               f"{request.sampler} with eta {request.eta!r}", "eta")
 
 
-def check_deepcache(request, manifest: Manifest, loras) -> None:
-    if request.deepcache is None:
-        return
-    problem = request.deepcache.problem(manifest)
-    if problem is None and (request.controlnets or loras or request.refiner_switch is not None):
-        problem = "DeepCache does not run with ControlNets, LoRAs or a refiner (their graphs are not cached)"
-    if problem is None and SAMPLERS[request.sampler].cls.calls_per_step > 1:
-        problem = f"DeepCache does not run with {request.sampler}, which calls the UNet twice a step"
+def check_deepcache(request, manifest: Manifest) -> None:
+    """DeepCache's settings and the export's graphs (what it runs with: sdrt.runtime.features.combinations)."""
+    problem = None if request.deepcache is None else request.deepcache.problem(manifest)
     if problem is not None:
         raise GenerationError(problem, "deepcache")
 
 
 def latent_size(request, manifest: Manifest, strength) -> tuple[int, int, float]:
     latents = request.init_latents
-    if request.init_image is not None or request.mask_image is not None or not isinstance(latents, np.ndarray) \
-            or latents.ndim != 4 or latents.shape[1] != manifest.latent_channels:
-        raise GenerationError(f"init latents must be one array [batch, {manifest.latent_channels}, h, w], without "
-                              "an init image or mask", "init_latents")
+    if not isinstance(latents, np.ndarray) or latents.ndim != 4 or latents.shape[1] != manifest.latent_channels:
+        raise GenerationError(f"init latents must be one array [batch, {manifest.latent_channels}, h, w]",
+                              "init_latents")
     if not isinstance(strength, (int, float)) or not 0 < strength <= 1:
         raise GenerationError(f"strength must be in (0, 1], got {strength}", "strength")
     return latents.shape[2] * manifest.vae_scale_factor, latents.shape[3] * manifest.vae_scale_factor, strength

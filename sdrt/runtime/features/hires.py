@@ -93,8 +93,7 @@ def hires_run(pipeline, request, **run):
     hires = request.hires
     if hires.problem():
         raise GenerationError(hires.problem(), "hires")
-    if request.init_image is not None or request.init_latents is not None:
-        raise GenerationError("the hires fix is for text-to-image; this request has an init image", "hires")
+    request.resolve(pipeline.manifest)  # the whole request checked, what combines with the hires fix among it
     kind, mode = UPSCALERS[hires.upscaler]
     first = pipeline.run(replace(request, hires=None), latents_only=kind == "latent", **run)
     m = pipeline.manifest

@@ -64,16 +64,11 @@ def check_pair(base: "Pipeline", refiner: "Pipeline") -> None:
 
 
 def refiner_stage(refiner: "Pipeline | None", resolved: ResolvedRequest, base: Stage, timings: Timings) -> Stage:
-    """The refiner's stage of a request with a refiner switch; ends the base's stage at the switch."""
+    """The refiner's stage of a request with a refiner switch; ends the base's stage at the switch.
+    (What a refiner runs with was checked when the request was resolved: sdrt.runtime.features.combinations.)"""
     request = resolved.request
     if refiner is None:
         raise GenerationError("refiner_switch needs a refiner; load one (--refiner DIR)", "refiner_switch")
-    if resolved.mask is not None:
-        raise GenerationError("a refiner works with text-to-image and image-to-image; inpainting with a "
-                              "refiner is not supported yet", "refiner_switch")
-    if resolved.controls:
-        raise GenerationError("ControlNets with a refiner are not supported yet (diffusers' SDXL ControlNet "
-                              "pipelines have no refiner switch either)", "refiner_switch")
     base.start.end = base_end(base.sampler, base.start.first, request.refiner_switch)
     engine = refiner.engines[refiner.family.denoiser.component]
     guider = guider_for(engine, request, resolved.guided, [])
