@@ -34,7 +34,7 @@ from sdrt.runtime import vae
 from sdrt.runtime.features import refiner as refiners
 from sdrt.runtime.loop import modes
 from sdrt.runtime.loop.conditioning import clip_skip_warning, encode_conditioning
-from sdrt.runtime.loop.context import GenerationCancelled, StepContext
+from sdrt.runtime.loop.context import GenerationCancelled, RunWatch, StepContext
 from sdrt.runtime.loop.denoise import denoise
 from sdrt.runtime.loop.denoiser import EngineDenoiser
 from sdrt.runtime.loop.guiders import guider_for
@@ -213,9 +213,9 @@ class Pipeline:
         batches requests into one UNet call. `preview` decodes the latents every N steps.
         `latents_only`: no VAE decode (diffusers' output_type="latent"): `latents`, no images."""
         if request.hires is not None:
-            return hires_run(self, request, progress=progress, cancel=cancel, preview=preview)
+            return hires_run(self, request, RunWatch(progress, cancel, preview))
         if request.mask_options is not None and request.mask_image is not None:
-            return masked_run(self, request, progress=progress, cancel=cancel, preview=preview)
+            return masked_run(self, request, RunWatch(progress, cancel, preview))
         started = time.perf_counter()
         warnings: list[str] = []
         resolved = request.resolve(self.manifest)

@@ -82,3 +82,4 @@ def test_two_passes_merge_per_measure_and_keep_the_first_pass_totals():
     merged = first.merged(second)
     assert dict(merged) == {"first_pass_total": 1.0, "total": 3.0, UNET_STEPS: [0.1, 0.2, 0.3]}
     assert all(key in MEASURES for key in ("total", UNET_STEPS))
+    assert dict(first.plus(second)) == {"total": 3.0, UNET_STEPS: [0.1, 0.2, 0.3]}  # per-image passes, as one

@@ -12,12 +12,20 @@ the batch. The PNG parameters record the first pass's size and A1111's "Hires" f
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
+from sdrt.errors import GenerationError
 from sdrt.runtime.imaging.resample import resize_latents
+from sdrt.runtime.loop.context import RunWatch
+
+if TYPE_CHECKING:
+    from sdrt.runtime.pipeline import GenerationResult, Pipeline
+    from sdrt.runtime.request import GenerationRequest
 
 #: A1111's upscaler names (any case) -> ("latent", interpolate mode) or ("pixel", PIL resampling).
 UPSCALERS = {
@@ -86,16 +94,15 @@ class HiresFix:
         return target_h - target_h % multiple, target_w - target_w % multiple
 
 
-def hires_run(pipeline, request, **run):
+def hires_run(pipeline: "Pipeline", request: "GenerationRequest", watch: RunWatch) -> "GenerationResult":
     """`pipeline.run(request)` with its hires fix (GenerationRequest.hires)."""
-    from sdrt.errors import GenerationError
-
     hires = request.hires
     if hires.problem():
         raise GenerationError(hires.problem(), "hires")
     request.resolve(pipeline.manifest)  # the whole request checked, what combines with the hires fix among it
     kind, mode = UPSCALERS[hires.upscaler]
-    first = pipeline.run(replace(request, hires=None), latents_only=kind == "latent", **run)
+    first = pipeline.run(replace(request, hires=None), watch.progress, watch.cancel, watch.preview,
+                         latents_only=kind == "latent")
     m = pipeline.manifest
     try:
         height, width = hires.size(first.parameters["height"], first.parameters["width"], m.vae_scale_factor)
@@ -108,9 +115,9 @@ def hires_run(pipeline, request, **run):
                      seed=first.parameters["seed"])
     if kind == "latent":
         latents = resize_latents(first.latents, height // m.vae_scale_factor, width // m.vae_scale_factor, mode)
-        result = pipeline.run(replace(second, init_latents=latents), **run)
+        result = pipeline.run(replace(second, init_latents=latents), watch.progress, watch.cancel, watch.preview)
     else:
-        result = _pixel_passes(pipeline, second, first, mode, run)
+        result = _pixel_passes(pipeline, second, first, mode, watch)
     result.parameters.update(width=first.parameters["width"], height=first.parameters["height"],
                              hires={"upscaler": hires.upscaler, "steps": hires.steps, "strength": hires.strength,
                                     "width": width, "height": height,
@@ -119,7 +126,8 @@ def hires_run(pipeline, request, **run):
     return result
 
 
-def _pixel_passes(pipeline, second, first, resample, run):
+def _pixel_passes(pipeline: "Pipeline", second: "GenerationRequest", first: "GenerationResult", resample: int,
+                  watch: RunWatch) -> "GenerationResult":
     """One image-to-image pass per first-pass image (see the module's note)."""
     images = [image.resize((second.width, second.height), resample=resample) for image in first.images]
     prompts = second.prompt if isinstance(second.prompt, (list, tuple)) else [second.prompt]
@@ -131,7 +139,8 @@ def _pixel_passes(pipeline, second, first, resample, run):
         which = index // per_prompt
         negative = negatives[which] if isinstance(negatives, (list, tuple)) else negatives
         results.append(pipeline.run(replace(second, prompt=prompts[which], negative_prompt=negative,
-                                            seed=seeds[which], num_images=1, init_image=image), **run))
+                                            seed=seeds[which], num_images=1, init_image=image),
+                                    watch.progress, watch.cancel, watch.preview))
     merged = results[0]
     if len(results) > 1:
         merged.images = [r.images[0] for r in results]
@@ -139,4 +148,5 @@ def _pixel_passes(pipeline, second, first, resample, run):
         merged.latents = np.concatenate([r.latents for r in results])
         merged.parameters.update(prompt=first.parameters["prompt"], seed=first.parameters["seed"],
                                  num_images=first.parameters["num_images"])
+        merged.timings = functools.reduce(lambda a, b: a.plus(b), [r.timings for r in results])
     return merged

@@ -19,12 +19,18 @@ The rules, from A1111's img2img processing (docs/serve.md):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps
 
 from sdrt.runtime.imaging.inputs import MAX_8BIT, mask_gray, to_rgb
+from sdrt.runtime.loop.context import RunWatch
+
+if TYPE_CHECKING:
+    from sdrt.runtime.pipeline import GenerationResult, Pipeline
+    from sdrt.runtime.request import GenerationRequest
 
 MASK_FILLS = ("original", "fill")  # A1111's inpainting_fill 1 and 0
 #: A1111's kernel size for a Gaussian of sigma s: 2 * int(KERNEL_SIGMAS * s + 0.5) + 1.
@@ -169,14 +175,12 @@ def prepare_area(image: Image.Image, mask: Image.Image, width: int, height: int,
     return MaskedArea(image, mask, original, overlay if options.paste_back else None, box)
 
 
-def masked_run(pipeline, request, **run):
+def masked_run(pipeline: "Pipeline", request: "GenerationRequest", watch: RunWatch) -> "GenerationResult":
     """`pipeline.run(request)` with `request.mask_options` applied around the inpainting."""
-    from dataclasses import replace
-
     resolved = request.resolve(pipeline.manifest)  # opens and checks the images, fixes the size
     area = prepare_area(resolved.image, resolved.mask, resolved.width, resolved.height, request.mask_options)
     result = pipeline.run(replace(request, init_image=area.image, mask_image=area.mask, height=resolved.height,
-                                  width=resolved.width, mask_options=None), **run)
+                                  width=resolved.width, mask_options=None), watch.progress, watch.cancel, watch.preview)
     result.images = [area.finish(image) for image in result.images]
     result.array = np.stack([np.asarray(image, dtype=np.float32) / np.float32(MAX_8BIT) for image in result.images])
     if area.box is not None:

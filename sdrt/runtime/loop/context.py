@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
 
 from sdrt.errors import SdrtError
 from sdrt.runtime.loop.timings import Timings
 from sdrt.runtime.rng import GeneratorGroup, TorchGenerator
+
+if TYPE_CHECKING:
+    from sdrt.runtime.features.preview import Preview
 
 
 class GenerationCancelled(SdrtError):
@@ -43,3 +47,13 @@ class StepContext:
     def check_cancelled(self) -> None:
         if self.cancel is not None and self.cancel.is_set():
             raise GenerationCancelled("the generation was cancelled")
+
+
+@dataclass(frozen=True)
+class RunWatch:
+    """How a caller follows a run: `progress(done, total)` after each step, a cancel token,
+    previews. Outer wrappers (hires fix, masked area) hand it to each run they make."""
+
+    progress: Callable[[int, int], None] | None = None
+    cancel: threading.Event | None = None
+    preview: "Preview | None" = None

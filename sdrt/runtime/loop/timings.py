@@ -87,17 +87,21 @@ class Timings(Mapping):
         value = self._values.get(name, 0.0)
         return float(sum(value)) if isinstance(value, list) else float(value)
 
-    def merged(self, second: "Timings") -> "Timings":
-        """Two passes' time per measure (lists of calls joined), with this pass's totals also
-        under FIRST_PASS (the hires fix)."""
-        merged = {FIRST_PASS + key: value for key, value in self.items() if not isinstance(value, list)}
-        for key in self.keys() | second.keys():
-            a, b = self.get(key), second.get(key)
+    def plus(self, other: "Timings") -> "Timings":
+        """Both runs' time per measure (lists of calls joined): several runs reported as one."""
+        summed: dict[str, float | list[float]] = {}
+        for key in self.keys() | other.keys():
+            a, b = self.get(key), other.get(key)
             if isinstance(a, list) or isinstance(b, list):
-                merged[key] = list(a or ()) + list(b or ())
+                summed[key] = list(a or ()) + list(b or ())
             else:
-                merged[key] = (a or 0.0) + (b or 0.0)
-        return Timings(merged)
+                summed[key] = (a or 0.0) + (b or 0.0)
+        return Timings(summed)
+
+    def merged(self, second: "Timings") -> "Timings":
+        """Two passes' time (`plus`), with this pass's totals also under FIRST_PASS (the hires fix)."""
+        first = {FIRST_PASS + key: value for key, value in self.items() if not isinstance(value, list)}
+        return Timings({**first, **self.plus(second)})
 
     def __getitem__(self, name: str) -> float | list[float]:
         return self._values[name]
