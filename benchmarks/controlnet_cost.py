@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from sdrt.benchmark import control_map, machine_info
+from sdrt.runtime.engines.onnxruntime import OrtEngine
 from sdrt.runtime.features.controlnet.residuals import ZeroResiduals
 from sdrt.runtime.features.controlnet.units import ControlUnit
-from sdrt.runtime.engines.onnxruntime import OrtEngine
 from sdrt.runtime.manifest import Manifest
 from sdrt.runtime.pipeline import Pipeline
 
@@ -38,10 +38,11 @@ def unet_engine(folder: Path) -> OrtEngine:
 def plain_feeds(manifest: Manifest, size: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
     latent = size // manifest.vae_scale_factor
-    return {"sample": rng.standard_normal((2, manifest.unet_in_channels, latent, latent), np.float32),
-            "timestep": np.array([500.0], np.float32),
-            "encoder_hidden_states": rng.standard_normal((2, manifest.text_length, manifest.text_hidden_size),
-                                                         np.float32)}
+    return {
+        "sample": rng.standard_normal((2, manifest.unet_in_channels, latent, latent), np.float32),
+        "timestep": np.array([500.0], np.float32),
+        "encoder_hidden_states": rng.standard_normal((2, manifest.text_length, manifest.text_hidden_size), np.float32),
+    }
 
 
 def main() -> None:
@@ -55,8 +56,14 @@ def main() -> None:
     parser.add_argument("--json", dest="json_path")
     args = parser.parse_args()
     new_folder, old_folder = Path(args.model), Path(args.old_model)
-    report: dict = {"model": str(new_folder), "old_model": str(old_folder), "controlnet": args.controlnet,
-                    "size": args.size, "runs": args.runs, "machine": machine_info()}
+    report: dict = {
+        "model": str(new_folder),
+        "old_model": str(old_folder),
+        "controlnet": args.controlnet,
+        "size": args.size,
+        "runs": args.runs,
+        "machine": machine_info(),
+    }
 
     new, old = unet_engine(new_folder), unet_engine(old_folder)
     feeds = plain_feeds(Manifest.load(new_folder), args.size)
@@ -70,8 +77,9 @@ def main() -> None:
             engine.run(inputs)
             times[name].append(time.perf_counter() - began)
     report["plain_unet_call_s"] = {name: round(statistics.median(values), 4) for name, values in times.items()}
-    report["plain_unet_call_ratio"] = round(statistics.median(
-        [a / b for a, b in zip(times["with_residual_inputs"], times["without"])]), 4)
+    report["plain_unet_call_ratio"] = round(
+        statistics.median([a / b for a, b in zip(times["with_residual_inputs"], times["without"])]), 4
+    )
     report["plain_outputs_bit_equal"] = True
     del new, old
 
@@ -86,11 +94,13 @@ def main() -> None:
         control += result.timings["controlnet_steps"]
         totals.append(result.timings["total"])
         plain.append(pipeline.generate("a house", **settings).timings["total"])
-    report["controlled"] = {"unet_step_s": round(statistics.median(unet), 4),
-                            "controlnet_step_s": round(statistics.median(control), 4),
-                            "controlnet_over_unet": round(statistics.median(control) / statistics.median(unet), 3),
-                            "image_s": round(statistics.median(totals), 3),
-                            "plain_image_s": round(statistics.median(plain), 3)}
+    report["controlled"] = {
+        "unet_step_s": round(statistics.median(unet), 4),
+        "controlnet_step_s": round(statistics.median(control), 4),
+        "controlnet_over_unet": round(statistics.median(control) / statistics.median(unet), 3),
+        "image_s": round(statistics.median(totals), 3),
+        "plain_image_s": round(statistics.median(plain), 3),
+    }
     print(json.dumps(report, indent=2))
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

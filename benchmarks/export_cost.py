@@ -54,8 +54,18 @@ def main() -> None:
 
     threading.Thread(target=sample, daemon=True).start()
     started = time.perf_counter()
-    command = [sys.executable, "-m", "sdrt.cli", "export", args.source, "--out", args.out,
-               "--precision", args.precision, "--overwrite"]
+    command = [
+        sys.executable,
+        "-m",
+        "sdrt.cli",
+        "export",
+        args.source,
+        "--out",
+        args.out,
+        "--precision",
+        args.precision,
+        "--overwrite",
+    ]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
     for line in process.stdout:

@@ -50,13 +50,27 @@ PROMPT = "a photo of a cat"
 SEED = 21
 #: The registry's samplers when these fingerprints were first taken: a sampler added later
 #: adds no case, so fingerprints taken before and after it stay comparable.
-SAMPLERS = ("ddim", "ddpm", "dpmpp_2m", "dpmpp_2m_karras", "euler", "euler_a", "heun", "lcm", "lms", "pndm",
-            "tcd", "unipc")
-LONG_PROMPT = ("a detailed oil painting of a small orange cat sitting on a wooden chair beside a tall window "
-               "in an old stone house, soft morning light falling across the floor, dust in the air, a blue vase "
-               "of yellow flowers on the table, green hills and a winding river far outside, clouds drifting over "
-               "the distant mountains, a red scarf on the chair, books stacked on the shelf, a sleeping dog by "
-               "the fireplace, warm colours, fine brush strokes, high detail, masterpiece")
+SAMPLERS = (
+    "ddim",
+    "ddpm",
+    "dpmpp_2m",
+    "dpmpp_2m_karras",
+    "euler",
+    "euler_a",
+    "heun",
+    "lcm",
+    "lms",
+    "pndm",
+    "tcd",
+    "unipc",
+)
+LONG_PROMPT = (
+    "a detailed oil painting of a small orange cat sitting on a wooden chair beside a tall window "
+    "in an old stone house, soft morning light falling across the floor, dust in the air, a blue vase "
+    "of yellow flowers on the table, green hills and a winding river far outside, clouds drifting over "
+    "the distant mountains, a red scarf on the chair, books stacked on the shelf, a sleeping dog by "
+    "the fireplace, warm colours, fine brush strokes, high detail, masterpiece"
+)
 EMBEDDING_TOKEN = "sdrtcat"
 LORA_NAME = "kohya"
 SDXL = dict(height=64, width=64)
@@ -67,8 +81,11 @@ RUNTIME_TYPES = {
     "HiresFix": ("sdrt.runtime.hires", "sdrt.runtime.features.hires"),
     "SizeConditioning": ("sdrt.runtime.sdxl", "sdrt.runtime.families.sdxl", "sdrt.runtime.families.sdxl.conditioning"),
     "MaskOptions": ("sdrt.runtime.inpaint_area", "sdrt.runtime.features.inpaint_area"),
-    "ControlUnit": ("sdrt.runtime.controlnet.units", "sdrt.runtime.features.controlnet.units",
-                    "sdrt.runtime.features.controlnet"),
+    "ControlUnit": (
+        "sdrt.runtime.controlnet.units",
+        "sdrt.runtime.features.controlnet.units",
+        "sdrt.runtime.features.controlnet",
+    ),
     "LoraRef": ("sdrt.runtime.lora.tags", "sdrt.runtime.features.lora.tags", "sdrt.runtime.features.lora"),
     "Preview": ("sdrt.runtime.preview", "sdrt.runtime.features.preview"),
     "GenerationRequest": ("sdrt.runtime.request", "sdrt.runtime.requests", "sdrt.runtime.pipeline"),
@@ -99,24 +116,42 @@ class Case:
 
 def cases(assets: dict) -> list[Case]:
     """Every case; `assets` holds what is made at run time (LoRA and ControlNet paths, images)."""
-    listed = [Case(f"txt2img-{name}", "standard", dict(prompt=PROMPT, steps=6, seed=SEED, sampler=name,
-                                                       negative_prompt="blurry")) for name in SAMPLERS]
+    listed = [
+        Case(
+            f"txt2img-{name}",
+            "standard",
+            dict(prompt=PROMPT, steps=6, seed=SEED, sampler=name, negative_prompt="blurry"),
+        )
+        for name in SAMPLERS
+    ]
     listed += [
         Case("no-guidance", "standard", dict(prompt=PROMPT, steps=3, seed=SEED, guidance_scale=1.0)),
-        Case("two-prompts-two-seeds", "standard", dict(prompt=[PROMPT, "a red fox"], steps=3, seed=[5, 9],
-                                                       sampler="euler_a", num_images=2)),
+        Case(
+            "two-prompts-two-seeds",
+            "standard",
+            dict(prompt=[PROMPT, "a red fox"], steps=3, seed=[5, 9], sampler="euler_a", num_images=2),
+        ),
         Case("non-square", "standard", dict(prompt=PROMPT, steps=3, seed=SEED, height=64, width=96)),
         Case("v-prediction", "v_prediction", dict(prompt=PROMPT, steps=4, seed=SEED, sampler="dpmpp_2m")),
         Case("v-prediction-euler", "v_prediction", dict(prompt=PROMPT, steps=4, seed=SEED, sampler="euler")),
         Case("v-prediction-heun", "v_prediction", dict(prompt=PROMPT, steps=3, seed=SEED, sampler="heun")),
         Case("v-prediction-ddim", "v_prediction", dict(prompt=PROMPT, steps=4, seed=SEED, sampler="ddim")),
         Case("v-prediction-pndm", "v_prediction", dict(prompt=PROMPT, steps=4, seed=SEED, sampler="pndm")),
-        Case("img2img", "standard", dict(prompt=PROMPT, steps=5, seed=SEED, init_image="photo", strength=0.6,
-                                         sampler="euler")),
-        Case("inpaint-ordinary-unet", "standard", dict(prompt=PROMPT, steps=5, seed=SEED, init_image="photo",
-                                                       mask_image="mask", strength=0.7)),
-        Case("inpaint-9-channel-unet", "inpaint", dict(prompt=PROMPT, steps=5, seed=SEED, init_image="photo",
-                                                       mask_image="mask", sampler="ddim")),
+        Case(
+            "img2img",
+            "standard",
+            dict(prompt=PROMPT, steps=5, seed=SEED, init_image="photo", strength=0.6, sampler="euler"),
+        ),
+        Case(
+            "inpaint-ordinary-unet",
+            "standard",
+            dict(prompt=PROMPT, steps=5, seed=SEED, init_image="photo", mask_image="mask", strength=0.7),
+        ),
+        Case(
+            "inpaint-9-channel-unet",
+            "inpaint",
+            dict(prompt=PROMPT, steps=5, seed=SEED, init_image="photo", mask_image="mask", sampler="ddim"),
+        ),
     ]
     # The cases above are the first fingerprints' (names and settings unchanged); the rest came later.
     base = dict(steps=4, seed=SEED, sampler="euler")
@@ -126,85 +161,197 @@ def cases(assets: dict) -> list[Case]:
     control = assets["control"]
     listed += [
         # Several images per prompt with stochastic samplers (their noise is drawn per image).
-        Case("three-images-euler-a", "standard", dict(prompt=PROMPT, steps=4, seed=SEED, sampler="euler_a",
-                                                      num_images=3)),
-        Case("img2img-two-images-ddpm", "standard", dict(prompt=PROMPT, steps=5, seed=SEED, sampler="ddpm",
-                                                         init_image="photo", strength=0.7, num_images=2)),
+        Case(
+            "three-images-euler-a", "standard", dict(prompt=PROMPT, steps=4, seed=SEED, sampler="euler_a", num_images=3)
+        ),
+        Case(
+            "img2img-two-images-ddpm",
+            "standard",
+            dict(prompt=PROMPT, steps=5, seed=SEED, sampler="ddpm", init_image="photo", strength=0.7, num_images=2),
+        ),
         # Schedule types.
-        Case("schedule-karras-euler", "standard", dict(prompt=PROMPT, steps=5, seed=SEED, sampler="euler",
-                                                       schedule="karras")),
-        Case("schedule-karras-dpmpp_2m", "standard", dict(prompt=PROMPT, steps=5, seed=SEED, sampler="dpmpp_2m",
-                                                          schedule="karras")),
-        Case("schedule-exponential-euler", "standard", dict(prompt=PROMPT, steps=5, seed=SEED, sampler="euler",
-                                                            schedule="exponential")),
-        Case("schedule-sgm_uniform-euler_a", "standard", dict(prompt=PROMPT, steps=5, seed=SEED, sampler="euler_a",
-                                                              schedule="sgm_uniform")),
+        Case(
+            "schedule-karras-euler",
+            "standard",
+            dict(prompt=PROMPT, steps=5, seed=SEED, sampler="euler", schedule="karras"),
+        ),
+        Case(
+            "schedule-karras-dpmpp_2m",
+            "standard",
+            dict(prompt=PROMPT, steps=5, seed=SEED, sampler="dpmpp_2m", schedule="karras"),
+        ),
+        Case(
+            "schedule-exponential-euler",
+            "standard",
+            dict(prompt=PROMPT, steps=5, seed=SEED, sampler="euler", schedule="exponential"),
+        ),
+        Case(
+            "schedule-sgm_uniform-euler_a",
+            "standard",
+            dict(prompt=PROMPT, steps=5, seed=SEED, sampler="euler_a", schedule="sgm_uniform"),
+        ),
         # Few-step samplers.
         Case("lcm-distilled-unet", "lcm", dict(prompt=PROMPT, steps=4, seed=SEED, sampler="lcm", guidance_scale=8.0)),
-        Case("lcm-distilled-unet-one-step", "lcm", dict(prompt=PROMPT, steps=1, seed=SEED, sampler="lcm",
-                                                        guidance_scale=1.5)),
-        Case("tcd-eta", "standard", dict(prompt=PROMPT, steps=4, seed=SEED, sampler="tcd", eta=0.3,
-                                         guidance_scale=1.5)),
+        Case(
+            "lcm-distilled-unet-one-step",
+            "lcm",
+            dict(prompt=PROMPT, steps=1, seed=SEED, sampler="lcm", guidance_scale=1.5),
+        ),
+        Case(
+            "tcd-eta", "standard", dict(prompt=PROMPT, steps=4, seed=SEED, sampler="tcd", eta=0.3, guidance_scale=1.5)
+        ),
         # A1111's prompt language.
         Case("prompt-emphasis", "standard", dict(prompt="a photo of a (red:1.3) cat, ((sharp))", **base)),
         Case("prompt-break", "standard", dict(prompt="a photo of a cat BREAK a red fox in the snow", **base)),
         Case("prompt-long", "standard", dict(prompt=LONG_PROMPT, negative_prompt="blurry", **base)),
-        Case("prompt-editing", "standard", dict(prompt="a photo of a [dog:cat:0.5] on [grass:snow:2]",
-                                                **dict(base, steps=6))),
+        Case(
+            "prompt-editing",
+            "standard",
+            dict(prompt="a photo of a [dog:cat:0.5] on [grass:snow:2]", **dict(base, steps=6)),
+        ),
         Case("prompt-alternation", "standard", dict(prompt="a photo of a [dog|cat]", **base)),
         Case("clip-skip-2", "standard", dict(prompt=PROMPT, clip_skip=2, **base)),
         Case("embedding", "addons", dict(prompt=f"a photo of {EMBEDDING_TOKEN} on grass", **base)),
         Case("lora-path", "addons", dict(prompt=PROMPT, loras=[f"{assets['lora']}:0.8"], **base)),
-        Case("lora-ref-and-tag", "addons", dict(prompt=f"{PROMPT} <lora:{LORA_NAME}:0.6>",
-                                                loras=[LoraRef(str(assets["lora_2"]))], **base)),
+        Case(
+            "lora-ref-and-tag",
+            "addons",
+            dict(prompt=f"{PROMPT} <lora:{LORA_NAME}:0.6>", loras=[LoraRef(str(assets["lora_2"]))], **base),
+        ),
         # ControlNet.
         Case("controlnet", "addons", dict(prompt=PROMPT, controlnets=[ControlUnit("edges", control, 0.5)], **base)),
-        Case("controlnet-guess-mode", "addons", dict(prompt=PROMPT, controlnets=[
-            ControlUnit("edges", control, mode="controlnet")], **base)),
-        Case("controlnet-window", "addons", dict(prompt=PROMPT, controlnets=[
-            ControlUnit(str(assets["controlnet"]), control, 0.8, start=0.2, end=0.8)], **dict(base, steps=5))),
+        Case(
+            "controlnet-guess-mode",
+            "addons",
+            dict(prompt=PROMPT, controlnets=[ControlUnit("edges", control, mode="controlnet")], **base),
+        ),
+        Case(
+            "controlnet-window",
+            "addons",
+            dict(
+                prompt=PROMPT,
+                controlnets=[ControlUnit(str(assets["controlnet"]), control, 0.8, start=0.2, end=0.8)],
+                **dict(base, steps=5),
+            ),
+        ),
         # DeepCache, the tiny VAE and previews (the features export has DeepCache's graphs and a tiny VAE).
-        Case("deepcache-2", "features", dict(prompt=PROMPT, steps=7, seed=SEED, sampler="euler",
-                                             negative_prompt="blurry", deepcache=DeepCache(2))),
-        Case("deepcache-3", "features", dict(prompt=PROMPT, steps=7, seed=SEED, sampler="dpmpp_2m",
-                                             negative_prompt="blurry", deepcache=DeepCache(3))),
+        Case(
+            "deepcache-2",
+            "features",
+            dict(prompt=PROMPT, steps=7, seed=SEED, sampler="euler", negative_prompt="blurry", deepcache=DeepCache(2)),
+        ),
+        Case(
+            "deepcache-3",
+            "features",
+            dict(
+                prompt=PROMPT, steps=7, seed=SEED, sampler="dpmpp_2m", negative_prompt="blurry", deepcache=DeepCache(3)
+            ),
+        ),
         Case("tiny-vae", "features", dict(prompt=PROMPT, vae="tiny", **base)),
-        Case("previews-full-vae", "standard", dict(prompt=PROMPT, steps=6, seed=SEED, sampler="euler_a"),
-             preview_every=2),
-        Case("previews-tiny-vae", "features", dict(prompt=PROMPT, steps=6, seed=SEED, sampler="euler"),
-             preview_every=2),
+        Case(
+            "previews-full-vae", "standard", dict(prompt=PROMPT, steps=6, seed=SEED, sampler="euler_a"), preview_every=2
+        ),
+        Case(
+            "previews-tiny-vae", "features", dict(prompt=PROMPT, steps=6, seed=SEED, sampler="euler"), preview_every=2
+        ),
         # The hires fix.
-        Case("hires-latent", "standard", dict(prompt=PROMPT, hires=HiresFix(scale=1.5, steps=3, strength=0.6),
-                                              **base)),
-        Case("hires-lanczos", "standard", dict(prompt=PROMPT, num_images=2, hires=HiresFix(
-            scale=1.5, upscaler="Lanczos", steps=3, strength=0.6), **base)),
+        Case("hires-latent", "standard", dict(prompt=PROMPT, hires=HiresFix(scale=1.5, steps=3, strength=0.6), **base)),
+        Case(
+            "hires-lanczos",
+            "standard",
+            dict(
+                prompt=PROMPT,
+                num_images=2,
+                hires=HiresFix(scale=1.5, upscaler="Lanczos", steps=3, strength=0.6),
+                **base,
+            ),
+        ),
         # A1111's masked-area inpainting.
-        Case("inpaint-only-masked", "standard", dict(prompt=PROMPT, init_image="photo", mask_image="mask",
-                                                     strength=0.7, mask_options=MaskOptions(
-                                                         invert=True, blur_x=2, blur_y=2, fill="fill",
-                                                         only_masked=True, padding=4, paste_back=True), **base)),
-        Case("inpaint-whole-picture-blur", "inpaint", dict(prompt=PROMPT, init_image="photo", mask_image="mask",
-                                                           mask_options=MaskOptions(blur_x=3, blur_y=1,
-                                                                                    paste_back=True), **base)),
+        Case(
+            "inpaint-only-masked",
+            "standard",
+            dict(
+                prompt=PROMPT,
+                init_image="photo",
+                mask_image="mask",
+                strength=0.7,
+                mask_options=MaskOptions(
+                    invert=True, blur_x=2, blur_y=2, fill="fill", only_masked=True, padding=4, paste_back=True
+                ),
+                **base,
+            ),
+        ),
+        Case(
+            "inpaint-whole-picture-blur",
+            "inpaint",
+            dict(
+                prompt=PROMPT,
+                init_image="photo",
+                mask_image="mask",
+                mask_options=MaskOptions(blur_x=3, blur_y=1, paste_back=True),
+                **base,
+            ),
+        ),
         # SDXL.
-        Case("sdxl-txt2img", "sdxl", dict(prompt=PROMPT, negative_prompt="blurry", steps=5, seed=SEED,
-                                          sampler="euler", guidance_scale=5.0, **SDXL)),
-        Case("sdxl-two-images-euler-a", "sdxl", dict(prompt=PROMPT, steps=4, seed=SEED, sampler="euler_a",
-                                                     num_images=2, guidance_scale=5.0, **SDXL)),
-        Case("sdxl-size-conditioning", "sdxl", dict(prompt=PROMPT, steps=4, seed=SEED, sampler="euler",
-                                                    guidance_scale=5.0, size_conditioning=SizeConditioning(
-                                                        original_size=(128, 96), crop_top_left=(8, 4),
-                                                        target_size=(64, 64), negative_original_size=(32, 32)),
-                                                    **SDXL)),
-        Case("sdxl-prompt-language", "sdxl", dict(
-            prompt="a photo of a (red:1.3) cat BREAK [dog:fox:0.5] in [snow|rain]", steps=4, seed=SEED,
-            sampler="euler", guidance_scale=5.0, clip_skip=2, **SDXL)),
-        Case("sdxl-refiner", "sdxl", dict(prompt=PROMPT, steps=6, seed=SEED, sampler="euler", refiner_switch=0.7,
-                                          guidance_scale=5.0, **SDXL)),
-        Case("sdxl-refiner-heun-aesthetic", "sdxl", dict(prompt=PROMPT, steps=4, seed=SEED, sampler="heun",
-                                                         refiner_switch=0.6, guidance_scale=5.0,
-                                                         size_conditioning=SizeConditioning(aesthetic_score=7.0),
-                                                         **SDXL)),
+        Case(
+            "sdxl-txt2img",
+            "sdxl",
+            dict(
+                prompt=PROMPT, negative_prompt="blurry", steps=5, seed=SEED, sampler="euler", guidance_scale=5.0, **SDXL
+            ),
+        ),
+        Case(
+            "sdxl-two-images-euler-a",
+            "sdxl",
+            dict(prompt=PROMPT, steps=4, seed=SEED, sampler="euler_a", num_images=2, guidance_scale=5.0, **SDXL),
+        ),
+        Case(
+            "sdxl-size-conditioning",
+            "sdxl",
+            dict(
+                prompt=PROMPT,
+                steps=4,
+                seed=SEED,
+                sampler="euler",
+                guidance_scale=5.0,
+                size_conditioning=SizeConditioning(
+                    original_size=(128, 96), crop_top_left=(8, 4), target_size=(64, 64), negative_original_size=(32, 32)
+                ),
+                **SDXL,
+            ),
+        ),
+        Case(
+            "sdxl-prompt-language",
+            "sdxl",
+            dict(
+                prompt="a photo of a (red:1.3) cat BREAK [dog:fox:0.5] in [snow|rain]",
+                steps=4,
+                seed=SEED,
+                sampler="euler",
+                guidance_scale=5.0,
+                clip_skip=2,
+                **SDXL,
+            ),
+        ),
+        Case(
+            "sdxl-refiner",
+            "sdxl",
+            dict(prompt=PROMPT, steps=6, seed=SEED, sampler="euler", refiner_switch=0.7, guidance_scale=5.0, **SDXL),
+        ),
+        Case(
+            "sdxl-refiner-heun-aesthetic",
+            "sdxl",
+            dict(
+                prompt=PROMPT,
+                steps=4,
+                seed=SEED,
+                sampler="heun",
+                refiner_switch=0.6,
+                guidance_scale=5.0,
+                size_conditioning=SizeConditioning(aesthetic_score=7.0),
+                **SDXL,
+            ),
+        ),
     ]
     return listed
 
@@ -221,23 +368,29 @@ def kohya_lora(model: Path, path: Path, seed: int) -> Path:
     from transformers import CLIPTextModel
 
     rank, alpha, spread = 4, 2.0, 0.3
-    attention = re.compile(r"attentions\.\d+\.(proj_in|proj_out|transformer_blocks\.\d+\.(attn[12]\.(to_q|to_k|to_v"
-                           r"|to_out\.0)|ff\.net\.(0\.proj|2)))$")
+    attention = re.compile(
+        r"attentions\.\d+\.(proj_in|proj_out|transformer_blocks\.\d+\.(attn[12]\.(to_q|to_k|to_v"
+        r"|to_out\.0)|ff\.net\.(0\.proj|2)))$"
+    )
     text = re.compile(r"layers\.\d+\.(self_attn\.(q|k|v|out)_proj|mlp\.fc[12])$")
     rng = np.random.default_rng(seed)
     tensors = {}
-    for prefix, module, pattern in (("lora_unet_", UNet2DConditionModel.from_pretrained(model / "unet"), attention),
-                                    ("lora_te_", CLIPTextModel.from_pretrained(model / "text_encoder"), text)):
+    for prefix, module, pattern in (
+        ("lora_unet_", UNet2DConditionModel.from_pretrained(model / "unet"), attention),
+        ("lora_te_", CLIPTextModel.from_pretrained(model / "text_encoder"), text),
+    ):
         for name, layer in module.named_modules():
             if not (isinstance(layer, (torch.nn.Linear, torch.nn.Conv2d)) and pattern.search(name)):
                 continue
             out, inner = layer.weight.shape[:2]
             tail = tuple(layer.weight.shape[2:])
-            key = prefix + (name if prefix == "lora_unet_" or name.startswith("text_model.")
-                            else "text_model." + name).replace(".", "_")
+            key = prefix + (
+                name if prefix == "lora_unet_" or name.startswith("text_model.") else "text_model." + name
+            ).replace(".", "_")
             tensors[f"{key}.lora_down.weight"] = (rng.standard_normal((rank, inner, *tail)) * spread).astype(np.float32)
-            tensors[f"{key}.lora_up.weight"] = (rng.standard_normal((out, rank) + (1,) * len(tail)) * spread
-                                                ).astype(np.float32)
+            tensors[f"{key}.lora_up.weight"] = (rng.standard_normal((out, rank) + (1,) * len(tail)) * spread).astype(
+                np.float32
+            )
             tensors[f"{key}.alpha"] = np.array(alpha, np.float32)
     save_file(tensors, str(path), metadata={"ss_network_module": "networks.lora"})
     return path
@@ -282,7 +435,7 @@ class Models:
 
             folder = self.work / "diffusers" / kind
             if kind.startswith("sdxl-"):
-                self.sources[kind] = save_random_sdxl(folder, size="tiny", kind=kind[len("sdxl-"):], seed=0)
+                self.sources[kind] = save_random_sdxl(folder, size="tiny", kind=kind[len("sdxl-") :], seed=0)
             else:
                 self.sources[kind] = save_random_pipeline(folder, size="tiny", kind=kind, seed=0)
         return self.sources[kind]
@@ -291,8 +444,9 @@ class Models:
         if name not in self.exports:
             from sdrt.export.exporter import ExportOptions, export_model
 
-            export_model(str(source), self.work / "onnx" / name, options=ExportOptions(**options),
-                         progress=lambda line: None)
+            export_model(
+                str(source), self.work / "onnx" / name, options=ExportOptions(**options), progress=lambda line: None
+            )
             self.exports[name] = self.work / "onnx" / name
         return self.exports[name]
 
@@ -308,14 +462,18 @@ class Models:
         loras = self.work / "loras"
         loras.mkdir(parents=True, exist_ok=True)
         controlnets = self.work / "onnx-controlnets"  # the ControlNet folder requests name "edges" in
-        folder = save_random_controlnet(self.work / "diffusers" / "controlnet", standard, seed=1,
-                                        conditioning_embedding=TINY_CONDITIONING_EMBEDDING)
+        folder = save_random_controlnet(
+            self.work / "diffusers" / "controlnet", standard, seed=1, conditioning_embedding=TINY_CONDITIONING_EMBEDDING
+        )
         export_model(str(folder), controlnets / "edges", progress=lambda line: None)
-        self.assets = {"lora": kohya_lora(standard, loras / f"{LORA_NAME}.safetensors", seed=1),
-                       "lora_2": kohya_lora(standard, loras / "other.safetensors", seed=2),
-                       "embedding": embedding_file(self.work / "embeddings", width=32),
-                       "controlnet": controlnets / "edges", "controlnet_dir": controlnets,
-                       "control": control_image(1)}
+        self.assets = {
+            "lora": kohya_lora(standard, loras / f"{LORA_NAME}.safetensors", seed=1),
+            "lora_2": kohya_lora(standard, loras / "other.safetensors", seed=2),
+            "embedding": embedding_file(self.work / "embeddings", width=32),
+            "controlnet": controlnets / "edges",
+            "controlnet_dir": controlnets,
+            "control": control_image(1),
+        }
         return self.assets
 
     def pipeline(self, name: str):
@@ -326,18 +484,24 @@ class Models:
         if name in ("standard", "inpaint", "v_prediction", "lcm"):
             loaded = Pipeline.load(self.export(name, self.source(name)))
         elif name == "addons":  # the standard export with a LoRA folder, an embedding and ControlNets
-            loaded = Pipeline.load(self.export("standard", self.source("standard")),
-                                   lora_dir=self.assets["lora"].parent, embeddings=[str(self.assets["embedding"])],
-                                   controlnet_dir=self.assets["controlnet_dir"])
+            loaded = Pipeline.load(
+                self.export("standard", self.source("standard")),
+                lora_dir=self.assets["lora"].parent,
+                embeddings=[str(self.assets["embedding"])],
+                controlnet_dir=self.assets["controlnet_dir"],
+            )
         elif name == "features":  # DeepCache's graphs and a tiny VAE
             from sdrt.export.random_model import save_random_tiny_vae
 
             tiny_vae = save_random_tiny_vae(self.work / "diffusers" / "taesd", seed=3)
-            loaded = Pipeline.load(self.export("features", self.source("standard"), deepcache=True,
-                                               tiny_vae=str(tiny_vae)))
+            loaded = Pipeline.load(
+                self.export("features", self.source("standard"), deepcache=True, tiny_vae=str(tiny_vae))
+            )
         elif name == "sdxl":
-            loaded = Pipeline.load(self.export("sdxl-base", self.source("sdxl-base")),
-                                   refiner=self.export("sdxl-refiner", self.source("sdxl-refiner")))
+            loaded = Pipeline.load(
+                self.export("sdxl-base", self.source("sdxl-base")),
+                refiner=self.export("sdxl-refiner", self.source("sdxl-refiner")),
+            )
         else:
             raise ValueError(f"unknown model {name!r}")
         self.pipelines[name] = loaded
@@ -379,8 +543,10 @@ def fingerprints(work: Path, only: set[str] | None = None) -> dict[str, dict[str
         if only and case.name not in only:
             continue
         pipeline = models.pipeline(case.model)
-        settings = {key: inputs.get(value, value) if isinstance(value, str) and key.endswith("image") else value
-                    for key, value in case.settings.items()}
+        settings = {
+            key: inputs.get(value, value) if isinstance(value, str) and key.endswith("image") else value
+            for key, value in case.settings.items()
+        }
         started = time.perf_counter()
         generated, previews = generate(pipeline, settings, case.preview_every)
         pixels = np.stack([np.asarray(image) for image in generated.images])
@@ -389,8 +555,10 @@ def fingerprints(work: Path, only: set[str] | None = None) -> dict[str, dict[str
             steps = np.array([(step, total) for step, total, _ in previews], np.int64)
             shown = np.stack([np.asarray(image) for _, _, images in previews for image in images])
             result[case.name].update(preview_steps=steps.tolist(), previews_sha256=sha256(shown))
-        print(f"{case.name}: {result[case.name]['array_sha256'][:16]} ({time.perf_counter() - started:.1f} s)",
-              file=sys.stderr)
+        print(
+            f"{case.name}: {result[case.name]['array_sha256'][:16]} ({time.perf_counter() - started:.1f} s)",
+            file=sys.stderr,
+        )
     return result
 
 
@@ -412,9 +580,11 @@ def main() -> int:
             expected = {name: value for name, value in expected.items() if name in found}
         differing = sorted(name for name in expected if name in found and found[name] != expected[name])
         missing = sorted(set(expected) - set(found))
-        print(f"{len(expected) - len(differing) - len(missing)} of {len(expected)} cases byte-identical"
-              + (f"; differ: {', '.join(differing)}" if differing else "")
-              + (f"; missing: {', '.join(missing)}" if missing else ""))
+        print(
+            f"{len(expected) - len(differing) - len(missing)} of {len(expected)} cases byte-identical"
+            + (f"; differ: {', '.join(differing)}" if differing else "")
+            + (f"; missing: {', '.join(missing)}" if missing else "")
+        )
         return 1 if differing or missing else 0
     return 0
 

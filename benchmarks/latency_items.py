@@ -35,10 +35,14 @@ PROMPT = "an astronaut riding a horse on mars, highly detailed"
 ITEMS = {  # name -> (sdrt settings, diffusers settings)
     "plain_euler_20": ({"steps": 20, "sampler": "euler"}, {"steps": 20, "scheduler": "euler"}),
     "lcm_4": ({"steps": 4, "sampler": "lcm", "guidance_scale": 1.0}, {"steps": 4, "scheduler": "lcm", "guidance": 1.0}),
-    "deepcache_3": ({"steps": 20, "sampler": "euler", "deepcache": DeepCache(3)},
-                    {"steps": 20, "scheduler": "euler", "deepcache": 3}),
+    "deepcache_3": (
+        {"steps": 20, "sampler": "euler", "deepcache": DeepCache(3)},
+        {"steps": 20, "scheduler": "euler", "deepcache": 3},
+    ),
     "tiny_vae": ({"steps": 20, "sampler": "euler", "vae": "tiny"}, {"steps": 20, "scheduler": "euler", "tiny": True}),
 }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=256)
@@ -55,24 +59,36 @@ def main() -> None:
         save_random_tiny_vae(taesd, tiny=False)
     export = root / "sd15-onnx-fp32-deepcache-taesd"
     if not (export / "manifest.json").is_file():
-        export_model(str(source), export, overwrite=export.exists(), progress=print,
-                     options=ExportOptions(deepcache=True, tiny_vae=str(taesd)))
+        export_model(
+            str(source),
+            export,
+            overwrite=export.exists(),
+            progress=print,
+            options=ExportOptions(deepcache=True, tiny_vae=str(taesd)),
+        )
     ours = Pipeline.load(export)
-    reference = diffusers.StableDiffusionPipeline.from_pretrained(source, safety_checker=None,
-                                                                   requires_safety_checker=False)
+    reference = diffusers.StableDiffusionPipeline.from_pretrained(
+        source, safety_checker=None, requires_safety_checker=False
+    )
     reference.set_progress_bar_config(disable=True)
     full_vae = reference.vae
     tiny_vae = diffusers.AutoencoderTiny.from_pretrained(taesd)
-    schedulers = {"euler": diffusers.EulerDiscreteScheduler.from_config(reference.scheduler.config),
-                  "lcm": diffusers.LCMScheduler.from_config(reference.scheduler.config)}
+    schedulers = {
+        "euler": diffusers.EulerDiscreteScheduler.from_config(reference.scheduler.config),
+        "lcm": diffusers.LCMScheduler.from_config(reference.scheduler.config),
+    }
     size = args.size
 
     def run_sdrt(settings: dict):
         result = ours.generate(PROMPT, seed=0, height=size, width=size, **settings)
         timings = result.timings
-        return result.array[0], {"end_to_end": timings["total"], "text_encoder": timings["text_encoder"],
-                                 "denoise": timings["denoise"], "vae_decoder": timings["vae_decoder"],
-                                 "unet_calls": len(timings["unet_steps"])}
+        return result.array[0], {
+            "end_to_end": timings["total"],
+            "text_encoder": timings["text_encoder"],
+            "denoise": timings["denoise"],
+            "vae_decoder": timings["vae_decoder"],
+            "unet_calls": len(timings["unet_steps"]),
+        }
 
     def run_diffusers(settings: dict):
         reference.scheduler = schedulers[settings["scheduler"]]
@@ -84,9 +100,15 @@ def main() -> None:
             helper.enable()
         began = time.perf_counter()
         with torch.inference_mode():
-            image = reference(PROMPT, num_inference_steps=settings["steps"], guidance_scale=settings.get("guidance", 7.5),
-                              height=size, width=size, output_type="np",
-                              generator=torch.Generator("cpu").manual_seed(0)).images[0]
+            image = reference(
+                PROMPT,
+                num_inference_steps=settings["steps"],
+                guidance_scale=settings.get("guidance", 7.5),
+                height=size,
+                width=size,
+                output_type="np",
+                generator=torch.Generator("cpu").manual_seed(0),
+            ).images[0]
         elapsed = time.perf_counter() - began
         if helper is not None:
             helper.disable()
@@ -105,16 +127,23 @@ def main() -> None:
             image, timing = run_diffusers(theirs_settings)
             measured[name]["diffusers"].append(timing)
             images[(name, "diffusers")] = image
-            print(name, measured[name]["sdrt"][-1]["end_to_end"], measured[name]["diffusers"][-1]["end_to_end"],
-                  flush=True)
+            print(
+                name,
+                measured[name]["sdrt"][-1]["end_to_end"],
+                measured[name]["diffusers"][-1]["end_to_end"],
+                flush=True,
+            )
     report = {"machine": machine_info(), "size": size, "runs": args.runs, "prompt": PROMPT, "items": {}}
     for name, sides in measured.items():
         entry = {}
         for side, runs in sides.items():
             stages = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
             plain = statistics.median(run["end_to_end"] for run in measured["plain_euler_20"][side])
-            entry[side] = {"stages": stages, "speedup_vs_plain": plain / stages["end_to_end"],
-                           "quality_vs_plain": compare(images[("plain_euler_20", side)], images[(name, side)])}
+            entry[side] = {
+                "stages": stages,
+                "speedup_vs_plain": plain / stages["end_to_end"],
+                "quality_vs_plain": compare(images[("plain_euler_20", side)], images[(name, side)]),
+            }
         entry["sdrt_vs_diffusers"] = entry["diffusers"]["stages"]["end_to_end"] / entry["sdrt"]["stages"]["end_to_end"]
         report["items"][name] = entry
     text = json.dumps(report, indent=2)

@@ -29,8 +29,10 @@ from sdrt.runtime.manifest import Manifest
 from sdrt.runtime.pipeline import Pipeline
 
 RANK = 16
-TARGETS = re.compile(r"(attentions\.\d+\.(proj_in|proj_out|transformer_blocks\.\d+\.(attn[12]\.(to_q|to_k|to_v|"
-                     r"to_out\.0)|ff\.net\.(0\.proj|2))))$|(self_attn\.(q|k|v|out)_proj|mlp\.fc[12])$")
+TARGETS = re.compile(
+    r"(attentions\.\d+\.(proj_in|proj_out|transformer_blocks\.\d+\.(attn[12]\.(to_q|to_k|to_v|"
+    r"to_out\.0)|ff\.net\.(0\.proj|2))))$|(self_attn\.(q|k|v|out)_proj|mlp\.fc[12])$"
+)
 PREFIXES = {"unet": "lora_unet_", "text_encoder": "lora_te_text_model_"}
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -74,8 +76,13 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="sdrt-lora-"))
     paths = [write_lora(folder, manifest, work / f"lora{seed}.safetensors", seed) for seed in range(2)]
     settings = dict(steps=1, seed=1, height=args.size, width=args.size)
-    report: dict = {"model": str(folder), "machine": machine_info(), "rank": RANK, "runs": args.runs,
-                    "lora_file_mib": round(paths[0].stat().st_size / 2**20, 1)}
+    report: dict = {
+        "model": str(folder),
+        "machine": machine_info(),
+        "rank": RANK,
+        "runs": args.runs,
+        "lora_file_mib": round(paths[0].stat().st_size / 2**20, 1),
+    }
 
     started = time.perf_counter()
     # The default budget: every cached set holds a whole UNet session (3.4 GB for SD 1.5 fp32);
@@ -113,8 +120,9 @@ def main() -> None:
     report["rss_growth_per_new_set_mib"] = round(statistics.median(memory), 0)  # after eviction, from the 3rd
     sessions = pipeline.loras.variants("unet")._engines.values()
     report["unet_sessions_from_cached_graph"] = all(e.session.sdrt_from_cache for e in sessions)
-    back = [pipeline.generate("a cat", loras=[f"{paths[0]}:0.5"], **settings).timings["total"]
-            for _ in range(args.runs)]
+    back = [
+        pipeline.generate("a cat", loras=[f"{paths[0]}:0.5"], **settings).timings["total"] for _ in range(args.runs)
+    ]
     report["one_step_image_cached_set_s"] = median(back)
 
     # The slow path: sessions optimized from the export with the merged weights in.

@@ -49,8 +49,10 @@ def main() -> None:
     width = manifest.components["text_encoder"].inputs[1].shape[1]
     folder = Path(tempfile.mkdtemp())
     rng = np.random.default_rng(0)
-    save_file({"emb_params": rng.standard_normal((EMBEDDING_VECTORS, width)).astype(np.float32) * 0.02},
-              str(folder / "sdrtstyle.safetensors"))
+    save_file(
+        {"emb_params": rng.standard_normal((EMBEDDING_VECTORS, width)).astype(np.float32) * 0.02},
+        str(folder / "sdrtstyle.safetensors"),
+    )
     pipeline = Pipeline.load(model, embeddings=[folder])
     timings: dict[str, list[dict]] = {kind: [] for kind in PROMPTS}
     for run in range(args.runs + 1):  # the first is a warm-up
@@ -58,23 +60,32 @@ def main() -> None:
             result = pipeline.generate(prompt, steps=args.steps, seed=run, height=args.size, width=args.size)
             if run:
                 t = result.timings
-                timings[kind].append({"text_encoder": t["text_encoder"], "tokenize": t.get("tokenize", 0.0),
-                                      "unet_step": float(np.median(t["unet_steps"])),
-                                      "unet_calls": len(t["unet_steps"]), "end_to_end": t["total"]})
+                timings[kind].append(
+                    {
+                        "text_encoder": t["text_encoder"],
+                        "tokenize": t.get("tokenize", 0.0),
+                        "unet_step": float(np.median(t["unet_steps"])),
+                        "unet_calls": len(t["unet_steps"]),
+                        "end_to_end": t["total"],
+                    }
+                )
             print(f"run {run}: {kind} {result.timings['total']:.2f}s", flush=True)
-    medians = {kind: {key: float(np.median([r[key] for r in rows])) for key in rows[0]}
-               for kind, rows in timings.items()}
+    medians = {
+        kind: {key: float(np.median([r[key] for r in rows])) for key in rows[0]} for kind, rows in timings.items()
+    }
     plain = medians["plain"]
     report = {
-        "command": "python benchmarks/prompt_cost.py " + " ".join(
-            f"--{k} {v}" for k, v in vars(args).items() if v is not None and k != "json_path"),
+        "command": "python benchmarks/prompt_cost.py "
+        + " ".join(f"--{k} {v}" for k, v in vars(args).items() if v is not None and k != "json_path"),
         "machine": machine_info(),
         "model": {"path": str(model), "family": manifest.family},
         "settings": {"size": args.size, "steps": args.steps, "runs": args.runs},
         "prompts": PROMPTS,
         "medians_s": medians,
-        "ratio_to_plain": {kind: {key: m[key] / plain[key] for key in ("text_encoder", "unet_step", "end_to_end")}
-                           for kind, m in medians.items()},
+        "ratio_to_plain": {
+            kind: {key: m[key] / plain[key] for key in ("text_encoder", "unet_step", "end_to_end")}
+            for kind, m in medians.items()
+        },
     }
     print(json.dumps(report["ratio_to_plain"], indent=2))
     if args.json_path:

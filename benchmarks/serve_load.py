@@ -57,14 +57,20 @@ def main() -> None:
     latencies = [seconds for status, seconds in results if status == 200]
     batches = counter(after, "sdrt_batches_total") - counter(before, "sdrt_batches_total")
     served = counter(after, "sdrt_batched_requests_total") - counter(before, "sdrt_batched_requests_total")
-    print(json.dumps({
-        "clients": args.clients, "requests": args.requests, "ok": len(latencies),
-        "statuses": sorted({status for status, _ in results}),
-        "throughput_rps": round(len(latencies) / elapsed, 3),
-        "latency_p50_s": round(statistics.median(latencies), 4) if latencies else None,
-        "latency_p99_s": round(percentile(latencies, 0.99), 4) if latencies else None,
-        "requests_per_call": round(served / batches, 2) if batches else None,
-    }))
+    print(
+        json.dumps(
+            {
+                "clients": args.clients,
+                "requests": args.requests,
+                "ok": len(latencies),
+                "statuses": sorted({status for status, _ in results}),
+                "throughput_rps": round(len(latencies) / elapsed, 3),
+                "latency_p50_s": round(statistics.median(latencies), 4) if latencies else None,
+                "latency_p99_s": round(percentile(latencies, 0.99), 4) if latencies else None,
+                "requests_per_call": round(served / batches, 2) if batches else None,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -53,34 +53,47 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="sdrt-taesd-"))
     tiny_source = save_random_tiny_vae(work / "taesd", tiny=False)
     tiny_torch = load_tiny_vae(str(tiny_source)).eval()
-    geometry = ModelGeometry(latent_channels=manifest.latent_channels, unet_in_channels=manifest.latent_channels,
-                             text_length=manifest.text_length, text_hidden_size=manifest.text_hidden_size,
-                             vae_scale_factor=manifest.vae_scale_factor, unet_size_multiple=manifest.vae_scale_factor,
-                             native_latent_size=manifest.native_height // manifest.vae_scale_factor)
+    geometry = ModelGeometry(
+        latent_channels=manifest.latent_channels,
+        unet_in_channels=manifest.latent_channels,
+        text_length=manifest.text_length,
+        text_hidden_size=manifest.text_hidden_size,
+        vae_scale_factor=manifest.vae_scale_factor,
+        unet_size_multiple=manifest.vae_scale_factor,
+        native_latent_size=manifest.native_height // manifest.vae_scale_factor,
+    )
     components, tiny_spec = tiny_vae_exports(tiny_torch, geometry)
     (work / "export").mkdir()
     tiny_file, _, validation = _build_component(components[0], work / "export", geometry, ExportOptions())
     full_spec = manifest.components["vae_decoder"]
     # Its own sha256: the optimized-graph cache is keyed by it.
     tiny_component = replace(full_spec, file=tiny_file.name, sha256=hash_file(tiny_file), data_files={})
-    engines = {"full": OrtEngine(folder / full_spec.file, "vae_decoder", full_spec, manifest.dims),
-               "tiny": OrtEngine(tiny_file, "vae_decoder_tiny", tiny_component, manifest.dims)}
+    engines = {
+        "full": OrtEngine(folder / full_spec.file, "vae_decoder", full_spec, manifest.dims),
+        "tiny": OrtEngine(tiny_file, "vae_decoder_tiny", tiny_component, manifest.dims),
+    }
     tiny_manifest = replace(manifest, tiny_vae=tiny_spec)
     full_torch = AutoencoderKL.from_pretrained(Path(args.diffusers_model) / "vae").eval()
-    report = {"model": str(folder), "runs": args.runs, "machine": machine_info(),
-              "tiny_export_max_rel_error": validation["max_rel_error"], "sizes": {}}
+    report = {
+        "model": str(folder),
+        "runs": args.runs,
+        "machine": machine_info(),
+        "tiny_export_max_rel_error": validation["max_rel_error"],
+        "sizes": {},
+    }
     for size in (int(s) for s in args.sizes.split(",")):
         latents = np.random.default_rng(size).standard_normal((1, 4, size // 8, size // 8)).astype(np.float32)
         tensor = torch.from_numpy(latents)
+        # Each lambda runs within this iteration (the warm-up and the timed runs below).
         runs = {
-            "sdrt_full": lambda: decode(engines["full"], manifest, latents),
-            "sdrt_tiny": lambda: decode(engines["tiny"], tiny_manifest, latents, "tiny"),
-            "diffusers_full": lambda: full_torch.decode(tensor / full_torch.config.scaling_factor),
-            "diffusers_tiny": lambda: tiny_torch.decode(tensor / tiny_torch.config.scaling_factor),
+            "sdrt_full": lambda: decode(engines["full"], manifest, latents),  # noqa: B023
+            "sdrt_tiny": lambda: decode(engines["tiny"], tiny_manifest, latents, "tiny"),  # noqa: B023
+            "diffusers_full": lambda: full_torch.decode(tensor / full_torch.config.scaling_factor),  # noqa: B023
+            "diffusers_tiny": lambda: tiny_torch.decode(tensor / tiny_torch.config.scaling_factor),  # noqa: B023
         }
         times = {name: [] for name in runs}
         with torch.no_grad():
-            for name, run in runs.items():  # warm-up
+            for run in runs.values():  # warm-up
                 run()
             for _ in range(args.runs):
                 for name, run in runs.items():

@@ -78,8 +78,9 @@ def diffusers_pipeline(class_name: str, folder: Path):
     no progress bar."""
     import diffusers
 
-    pipeline = getattr(diffusers, class_name).from_pretrained(folder, safety_checker=None,
-                                                              requires_safety_checker=False)
+    pipeline = getattr(diffusers, class_name).from_pretrained(
+        folder, safety_checker=None, requires_safety_checker=False
+    )
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 

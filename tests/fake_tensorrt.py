@@ -151,11 +151,17 @@ def make_tensorrt(stats: Stats, cudart: types.ModuleType, version: str = "10.9.0
     trt.MemoryPoolType = enum.Enum("MemoryPoolType", "WORKSPACE")
     trt.OnnxParserFlag = enum.Enum("OnnxParserFlag", "NATIVE_INSTANCENORM")
     trt.LayerType = enum.Enum("LayerType", "NORMALIZATION SOFTMAX REDUCE CONVOLUTION OTHER")
-    trt.ExecutionContextAllocationStrategy = enum.Enum("ExecutionContextAllocationStrategy",
-                                                       "STATIC ON_PROFILE_CHANGE USER_MANAGED")
-    layer_types = {"LayerNormalization": "NORMALIZATION", "InstanceNormalization": "NORMALIZATION",
-                   "GroupNormalization": "NORMALIZATION", "Softmax": "SOFTMAX", "ReduceMean": "REDUCE",
-                   "Conv": "CONVOLUTION"}
+    trt.ExecutionContextAllocationStrategy = enum.Enum(
+        "ExecutionContextAllocationStrategy", "STATIC ON_PROFILE_CHANGE USER_MANAGED"
+    )
+    layer_types = {
+        "LayerNormalization": "NORMALIZATION",
+        "InstanceNormalization": "NORMALIZATION",
+        "GroupNormalization": "NORMALIZATION",
+        "Softmax": "SOFTMAX",
+        "ReduceMean": "REDUCE",
+        "Conv": "CONVOLUTION",
+    }
 
     class IProgressMonitor:
         def __init__(self):
@@ -212,8 +218,11 @@ def make_tensorrt(stats: Stats, cudart: types.ModuleType, version: str = "10.9.0
             self.network.constant_inputs = sorted(t.name for t in model.graph.initializer if t.name in inputs)
             self.network.layers = [Layer(node.op_type) for node in model.graph.node]
             self.network.onnx_path = path
-            self.network.weights = {t.name: (tuple(t.dims), onnx.helper.tensor_dtype_to_np_dtype(t.data_type))
-                                    for t in model.graph.initializer if t.name not in inputs}
+            self.network.weights = {
+                t.name: (tuple(t.dims), onnx.helper.tensor_dtype_to_np_dtype(t.data_type))
+                for t in model.graph.initializer
+                if t.name not in inputs
+            }
             return True
 
         def parse(self, model_bytes, path=None):
@@ -301,14 +310,25 @@ def make_tensorrt(stats: Stats, cudart: types.ModuleType, version: str = "10.9.0
             individual = trt.BuilderFlag.REFIT_INDIVIDUAL in config.flags
             assert not (individual and trt.BuilderFlag.REFIT in config.flags), "one refit mode"
             assert not (network.refittable and not individual), "marked weights need REFIT_INDIVIDUAL"
-            refittable = sorted(network.refittable) if individual else (
-                sorted(network.weights) if trt.BuilderFlag.REFIT in config.flags else [])
-            record = {"onnx": network.source_path or network.onnx_path, "graph": network.onnx_path,
-                      "profile": config.profiles[0].shapes,
-                      "refittable": {name: [list(network.weights[name][0]), np.dtype(network.weights[name][1]).name]
-                                     for name in refittable},
-                      "fp16": trt.BuilderFlag.FP16 in config.flags, "strongly_typed": strongly,
-                      "pinned_fp32": len(pinned), "version": version, "device": DEVICE_NAME}
+            refittable = (
+                sorted(network.refittable)
+                if individual
+                else (sorted(network.weights) if trt.BuilderFlag.REFIT in config.flags else [])
+            )
+            record = {
+                "onnx": network.source_path or network.onnx_path,
+                "graph": network.onnx_path,
+                "profile": config.profiles[0].shapes,
+                "refittable": {
+                    name: [list(network.weights[name][0]), np.dtype(network.weights[name][1]).name]
+                    for name in refittable
+                },
+                "fp16": trt.BuilderFlag.FP16 in config.flags,
+                "strongly_typed": strongly,
+                "pinned_fp32": len(pinned),
+                "version": version,
+                "device": DEVICE_NAME,
+            }
             stats.builds.append(record)
             return json.dumps(record).encode()
 
@@ -377,8 +397,9 @@ def make_tensorrt(stats: Stats, cudart: types.ModuleType, version: str = "10.9.0
                 options.add_initializer(name, value)
             # ONNX Runtime's NCHWc transform would ignore replaced convolution weights.
             disabled = {"disabled_optimizers": ["NchwcTransformer"]} if self.weights else {}
-            self.session = ort.InferenceSession(self.record["graph"], options, providers=["CPUExecutionProvider"],
-                                                **disabled)
+            self.session = ort.InferenceSession(
+                self.record["graph"], options, providers=["CPUExecutionProvider"], **disabled
+            )
 
         @property
         def num_io_tensors(self):
@@ -428,7 +449,9 @@ def make_tensorrt(stats: Stats, cudart: types.ModuleType, version: str = "10.9.0
                 return self.shapes[name]
             key = tuple(sorted(self.shapes.items()))
             if key not in self.engine.output_shapes:
-                feeds = {n: np.zeros(self.shapes[n], NUMPY[ONNX_TYPES[arg.type]]) for n, arg in self.engine.inputs.items()}
+                feeds = {
+                    n: np.zeros(self.shapes[n], NUMPY[ONNX_TYPES[arg.type]]) for n, arg in self.engine.inputs.items()
+                }
                 results = self.engine.session.run(list(self.engine.outputs), feeds)
                 self.engine.output_shapes[key] = {n: tuple(r.shape) for n, r in zip(self.engine.outputs, results)}
             return self.engine.output_shapes[key][name]
@@ -467,8 +490,7 @@ def make_tensorrt(stats: Stats, cudart: types.ModuleType, version: str = "10.9.0
     return trt
 
 
-def install(monkeypatch, stats: Stats | None = None, device_name: str = DEVICE_NAME,
-            version: str = "10.9.0") -> Stats:
+def install(monkeypatch, stats: Stats | None = None, device_name: str = DEVICE_NAME, version: str = "10.9.0") -> Stats:
     """Makes `import tensorrt` and `from cuda.bindings import runtime` give the fakes."""
     import sys
 
@@ -479,7 +501,11 @@ def install(monkeypatch, stats: Stats | None = None, device_name: str = DEVICE_N
     bindings = types.ModuleType("cuda.bindings")
     bindings.runtime = cudart
     cuda.bindings = bindings
-    for name, module in (("tensorrt", trt), ("cuda", cuda), ("cuda.bindings", bindings),
-                         ("cuda.bindings.runtime", cudart)):
+    for name, module in (
+        ("tensorrt", trt),
+        ("cuda", cuda),
+        ("cuda.bindings", bindings),
+        ("cuda.bindings.runtime", cudart),
+    ):
         monkeypatch.setitem(sys.modules, name, module)
     return stats

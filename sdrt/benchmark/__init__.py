@@ -15,16 +15,15 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from sdrt.runtime.schedulers import DEFAULT_SAMPLER
-
 import numpy as np
 
 from sdrt import __version__
 from sdrt.benchmark.driver import BenchError, Worker
-from sdrt.runtime.manifest import ADDED_CONDITIONS, Manifest
 from sdrt.runtime.features.deepcache import DeepCache
 from sdrt.runtime.features.hires import HiresFix
+from sdrt.runtime.manifest import ADDED_CONDITIONS, Manifest
 from sdrt.runtime.request import GenerationRequest
+from sdrt.runtime.schedulers import DEFAULT_SAMPLER
 
 MATMUL_SIZE = 2048
 MATMUL_REPEATS = 5
@@ -34,6 +33,7 @@ FLOPS_PER_MAC = 2
 
 
 PROMPT = "an astronaut riding a horse on mars, highly detailed"  # what every measured run draws
+
 
 @dataclass(frozen=True)
 class BenchSettings:
@@ -56,12 +56,22 @@ class BenchSettings:
         from sdrt.runtime.features.controlnet.units import ControlUnit
 
         image = control_map(self.height, self.width) if self.controlnets else None
-        return GenerationRequest(self.prompt, steps=self.steps, guidance_scale=self.guidance, height=self.height,
-                                 width=self.width, num_images=self.num_images, sampler=self.sampler, seed=seed,
-                                 loras=list(self.loras), vae=self.vae, schedule=self.schedule,
-                                 hires=None if self.hires is None else HiresFix(scale=self.hires),
-                                 deepcache=None if self.deepcache is None else DeepCache.parse(self.deepcache),
-                                 controlnets=[ControlUnit.parse(text, image) for text in self.controlnets])
+        return GenerationRequest(
+            self.prompt,
+            steps=self.steps,
+            guidance_scale=self.guidance,
+            height=self.height,
+            width=self.width,
+            num_images=self.num_images,
+            sampler=self.sampler,
+            seed=seed,
+            loras=list(self.loras),
+            vae=self.vae,
+            schedule=self.schedule,
+            hires=None if self.hires is None else HiresFix(scale=self.hires),
+            deepcache=None if self.deepcache is None else DeepCache.parse(self.deepcache),
+            controlnets=[ControlUnit.parse(text, image) for text in self.controlnets],
+        )
 
 
 def control_map(height: int, width: int):
@@ -78,9 +88,14 @@ def control_map(height: int, width: int):
 def summarize(values: list[float]) -> dict:
     """Median and spread (10th and 90th percentiles, min, max) of repeated measurements."""
     data = np.asarray(values, dtype=np.float64)
-    return {"median": float(np.median(data)), "p10": float(np.percentile(data, 10)),
-            "p90": float(np.percentile(data, 90)), "min": float(data.min()), "max": float(data.max()),
-            "count": int(data.size)}
+    return {
+        "median": float(np.median(data)),
+        "p10": float(np.percentile(data, 10)),
+        "p90": float(np.percentile(data, 90)),
+        "min": float(data.min()),
+        "max": float(data.max()),
+        "count": int(data.size),
+    }
 
 
 def matmul_gflops() -> float:
@@ -113,8 +128,11 @@ def unet_gflop_per_call(diffusers_model: str | None, manifest: Manifest, setting
         unet = UNet2DConditionModel.from_config(config)
         sample = torch.zeros(batch, manifest.unet_in_channels, settings.height // scale, settings.width // scale)
         context = torch.zeros(batch, manifest.text_length, manifest.text_hidden_size)
-        added = {t.name: torch.zeros(batch, *t.shape[1:]) for t in manifest.components["unet"].inputs
-                 if t.name in ADDED_CONDITIONS}  # SDXL's
+        added = {
+            t.name: torch.zeros(batch, *t.shape[1:])
+            for t in manifest.components["unet"].inputs
+            if t.name in ADDED_CONDITIONS
+        }  # SDXL's
         counter = FlopCounterMode(display=False)
         with counter, torch.no_grad():
             unet(sample, torch.zeros(batch), context, added_cond_kwargs=added or None)
@@ -130,8 +148,7 @@ def machine_info() -> dict:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version()}
+    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
 
 
 def versions(compare: bool) -> dict:
@@ -156,27 +173,63 @@ def model_hash(manifest: Manifest) -> str:
 
 
 def _sdrt_summary(runs: list[dict], load_seconds: float, peak: int) -> dict:
-    stages = ["tokenize", "text_encoder", "denoise", "scheduler_and_guidance", "unet_host_copies", "vae_decoder", "png",
-              "first_pass_total", "end_to_end"]
+    stages = [
+        "tokenize",
+        "text_encoder",
+        "denoise",
+        "scheduler_and_guidance",
+        "unet_host_copies",
+        "vae_decoder",
+        "png",
+        "first_pass_total",
+        "end_to_end",
+    ]
     steps = [t for run in runs for t in run["unet_steps"]]
-    outside = [(r["end_to_end"] - r["text_encoder"] - sum(r["unet_steps"]) - sum(r.get("controlnet_steps", ()))
-                - r["vae_decoder"]) / r["end_to_end"] for r in runs]
+    outside = [
+        (
+            r["end_to_end"]
+            - r["text_encoder"]
+            - sum(r["unet_steps"])
+            - sum(r.get("controlnet_steps", ()))
+            - r["vae_decoder"]
+        )
+        / r["end_to_end"]
+        for r in runs
+    ]
     return {
         "load_seconds": load_seconds,
         "peak_rss_bytes": peak,
         "stages": {stage: summarize([r[stage] for r in runs]) for stage in stages if stage in runs[0]},
-        "unet_step": {"p50": float(np.percentile(steps, 50)), "p90": float(np.percentile(steps, 90)),
-                      "p99": float(np.percentile(steps, 99)), "count": len(steps)},
+        "unet_step": {
+            "p50": float(np.percentile(steps, 50)),
+            "p90": float(np.percentile(steps, 90)),
+            "p99": float(np.percentile(steps, 99)),
+            "count": len(steps),
+        },
         "outside_engines_fraction": summarize(outside),
-        **({"controlnet_step": summarize([t for run in runs for t in run["controlnet_steps"]])}
-           if "controlnet_steps" in runs[0] else {}),
+        **(
+            {"controlnet_step": summarize([t for run in runs for t in run["controlnet_steps"]])}
+            if "controlnet_steps" in runs[0]
+            else {}
+        ),
     }
 
 
-def run_benchmark(model: str, settings: BenchSettings, *, backend: str = "cpu", threads: int | None = None,
-                  runs: int = 3, warmup: int = 1, compare: str | None = None,
-                  diffusers_model: str | None = None, progress=lambda line: None, cuda_graph: bool = False,
-                  sequential: bool = False, embeddings: list[str] | None = None) -> dict:
+def run_benchmark(
+    model: str,
+    settings: BenchSettings,
+    *,
+    backend: str = "cpu",
+    threads: int | None = None,
+    runs: int = 3,
+    warmup: int = 1,
+    compare: str | None = None,
+    diffusers_model: str | None = None,
+    progress=lambda line: None,
+    cuda_graph: bool = False,
+    sequential: bool = False,
+    embeddings: list[str] | None = None,
+) -> dict:
     """Benchmark an exported model; with compare="diffusers" also the same model in diffusers,
     interleaved run by run, or after it with `sequential`."""
     manifest = Manifest.load(model)
@@ -188,10 +241,17 @@ def run_benchmark(model: str, settings: BenchSettings, *, backend: str = "cpu", 
             raise BenchError(f"unknown baseline {compare!r}; sdrt compares with diffusers")
         if diffusers_model is None:
             raise BenchError("--compare diffusers needs the model's diffusers folder: pass --diffusers-model DIR")
-        if settings.controlnets or settings.vae != "full" or settings.hires or settings.schedule != "automatic" \
-                or settings.deepcache:
-            raise BenchError("--compare with --controlnet, --vae tiny, --hires, --schedule or --deepcache is not "
-                             "supported yet: measure sdrt alone (or use --latency-table)")
+        if (
+            settings.controlnets
+            or settings.vae != "full"
+            or settings.hires
+            or settings.schedule != "automatic"
+            or settings.deepcache
+        ):
+            raise BenchError(
+                "--compare with --controlnet, --vae tiny, --hires, --schedule or --deepcache is not "
+                "supported yet: measure sdrt alone (or use --latency-table)"
+            )
         try:
             import diffusers  # noqa: F401
             import torch  # noqa: F401
@@ -206,7 +266,7 @@ def run_benchmark(model: str, settings: BenchSettings, *, backend: str = "cpu", 
     peaks, loads = {}, {}
     # Interleaved (A B A B): drift on a shared machine hits both sides alike. Sequential: one
     # side at a time, for models of which two copies do not fit in memory (SDXL on 24 GiB).
-    for group in ([[side] for side in sides] if sequential else [sides]):
+    for group in [[side] for side in sides] if sequential else [sides]:
         workers = []
         try:
             for kind, path, options in group:
@@ -241,16 +301,18 @@ def run_benchmark(model: str, settings: BenchSettings, *, backend: str = "cpu", 
     if compare:
         baseline = results["diffusers"]
         pairs = [b["end_to_end"] / a["end_to_end"] for a, b in zip(results["sdrt"], baseline)]
-        report["diffusers"] = {"load_seconds": loads["diffusers"],
-                               "peak_rss_bytes": peaks["diffusers"]["peak_rss_bytes"],
-                               "peak_gpu_bytes": peaks["diffusers"].get("peak_gpu_bytes"),
-                               "end_to_end": summarize([b["end_to_end"] for b in baseline])}
+        report["diffusers"] = {
+            "load_seconds": loads["diffusers"],
+            "peak_rss_bytes": peaks["diffusers"]["peak_rss_bytes"],
+            "peak_gpu_bytes": peaks["diffusers"].get("peak_gpu_bytes"),
+            "end_to_end": summarize([b["end_to_end"] for b in baseline]),
+        }
         report["speedup_vs_diffusers"] = {"pairs": pairs, **summarize(pairs)}
-        report["memory_ratio_vs_diffusers"] = (peaks["sdrt"]["peak_rss_bytes"]
-                                               / peaks["diffusers"]["peak_rss_bytes"])
+        report["memory_ratio_vs_diffusers"] = peaks["sdrt"]["peak_rss_bytes"] / peaks["diffusers"]["peak_rss_bytes"]
         if report["sdrt"]["peak_gpu_bytes"] and report["diffusers"]["peak_gpu_bytes"]:
-            report["gpu_memory_ratio_vs_diffusers"] = (report["sdrt"]["peak_gpu_bytes"]
-                                                       / report["diffusers"]["peak_gpu_bytes"])
+            report["gpu_memory_ratio_vs_diffusers"] = (
+                report["sdrt"]["peak_gpu_bytes"] / report["diffusers"]["peak_gpu_bytes"]
+            )
     return report
 
 
@@ -262,8 +324,10 @@ def _measure(workers: list, warmup: int, runs: int, results: dict, progress) -> 
             if index >= warmup:
                 results[worker.kind].append(timing)
         label = "warm-up" if index < warmup else f"run {index - warmup + 1}/{runs}"
-        progress(f"{label}: " + ", ".join(f"{w.kind} {results[w.kind][-1]['end_to_end']:.3f}s" for w in workers
-                                          if index >= warmup))
+        progress(
+            f"{label}: "
+            + ", ".join(f"{w.kind} {results[w.kind][-1]['end_to_end']:.3f}s" for w in workers if index >= warmup)
+        )
 
 
 def parse_sweep(text: str) -> tuple[str, list[int]]:
@@ -279,8 +343,13 @@ def parse_sweep(text: str) -> tuple[str, list[int]]:
 
 
 def sweep_settings(base: BenchSettings, name: str, value: int) -> BenchSettings:
-    changes = {"height": {"height": value}, "width": {"width": value}, "size": {"height": value, "width": value},
-               "batch": {"num_images": value}, "steps": {"steps": value}}[name]
+    changes = {
+        "height": {"height": value},
+        "width": {"width": value},
+        "size": {"height": value, "width": value},
+        "batch": {"num_images": value},
+        "steps": {"steps": value},
+    }[name]
     return BenchSettings(**{**asdict(base), **changes})
 
 

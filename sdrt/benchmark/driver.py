@@ -22,13 +22,30 @@ class BenchError(SdrtError):
 class Worker:
     """A worker process (see worker.py) driven over its stdin and stdout."""
 
-    def __init__(self, kind: str, model: str, settings: BenchSettings, backend: str, threads: int | None,
-                 load_options: dict | None = None):
+    def __init__(
+        self,
+        kind: str,
+        model: str,
+        settings: BenchSettings,
+        backend: str,
+        threads: int | None,
+        load_options: dict | None = None,
+    ):
         self.kind = kind
-        command = [sys.executable, "-m", "sdrt.benchmark.worker", kind, model, json.dumps(asdict(settings)),
-                   backend, str(threads or 0), json.dumps(load_options or {})]
-        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, text=True)
+        command = [
+            sys.executable,
+            "-m",
+            "sdrt.benchmark.worker",
+            kind,
+            model,
+            json.dumps(asdict(settings)),
+            backend,
+            str(threads or 0),
+            json.dumps(load_options or {}),
+        ]
+        self.process = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         ready = self._read()
         self.load_seconds = ready["load_seconds"]
 

@@ -7,8 +7,8 @@ scores need trained weights)."""
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -29,9 +29,11 @@ class Item:
 
 def items_for(manifest) -> list[Item]:
     """The plain run, and each shortcut this export can take."""
-    found = [Item(PLAIN), Item(f"lcm_{FEW_STEPS}", {"sampler": "lcm", "steps": FEW_STEPS,
-                                                    "guidance_scale": FEW_STEP_GUIDANCE}),
-             Item(f"tcd_{FEW_STEPS}", {"sampler": "tcd", "steps": FEW_STEPS, "guidance_scale": FEW_STEP_GUIDANCE})]
+    found = [
+        Item(PLAIN),
+        Item(f"lcm_{FEW_STEPS}", {"sampler": "lcm", "steps": FEW_STEPS, "guidance_scale": FEW_STEP_GUIDANCE}),
+        Item(f"tcd_{FEW_STEPS}", {"sampler": "tcd", "steps": FEW_STEPS, "guidance_scale": FEW_STEP_GUIDANCE}),
+    ]
     if UNET_SHALLOW in manifest.components:
         found += [Item(f"deepcache_{interval}", {"deepcache": DeepCache(interval)}) for interval in (2, 3)]
     if manifest.tiny_vae is not None:
@@ -42,12 +44,15 @@ def items_for(manifest) -> list[Item]:
 def compare(plain: np.ndarray, image: np.ndarray) -> dict:
     difference = np.abs(image.astype(np.float64) - plain.astype(np.float64))
     mse = float(np.mean(difference**2))
-    return {"mean_abs_255": float(difference.mean() * 255),
-            "psnr_db": None if mse == 0 else float(10 * np.log10(1.0 / mse))}
+    return {
+        "mean_abs_255": float(difference.mean() * 255),
+        "psnr_db": None if mse == 0 else float(10 * np.log10(1.0 / mse)),
+    }
 
 
-def latency_table(pipeline, base: GenerationRequest, runs: int, warmup: int,
-                  say: Callable[[str], None] = lambda line: None) -> dict:
+def latency_table(
+    pipeline, base: GenerationRequest, runs: int, warmup: int, say: Callable[[str], None] = lambda line: None
+) -> dict:
     from dataclasses import replace
 
     rows = {}
@@ -63,9 +68,13 @@ def latency_table(pipeline, base: GenerationRequest, runs: int, warmup: int,
         median = statistics.median(times)
         if item.name == PLAIN:
             plain_image, plain_time = result.array, median
-        rows[item.name] = {"steps": request.steps, "seconds_per_image": median, "speedup": plain_time / median,
-                           **compare(plain_image, result.array),
-                           "unet_calls": len(result.timings.get("unet_steps", ()))}
+        rows[item.name] = {
+            "steps": request.steps,
+            "seconds_per_image": median,
+            "speedup": plain_time / median,
+            **compare(plain_image, result.array),
+            "unet_calls": len(result.timings.get("unet_steps", ())),
+        }
         say(f"{item.name}: {median:.3f} s per image")
     return rows
 
@@ -74,6 +83,8 @@ def format_table(rows: dict) -> str:
     lines = [f"{'item':<14} {'steps':>5} {'s/image':>9} {'speed-up':>9} {'MAD/255':>8} {'PSNR dB':>8}"]
     for name, row in rows.items():
         psnr = "inf" if row["psnr_db"] is None else f"{row['psnr_db']:.1f}"
-        lines.append(f"{name:<14} {row['steps']:>5} {row['seconds_per_image']:>9.3f} {row['speedup']:>8.2f}x "
-                     f"{row['mean_abs_255']:>8.2f} {psnr:>8}")
+        lines.append(
+            f"{name:<14} {row['steps']:>5} {row['seconds_per_image']:>9.3f} {row['speedup']:>8.2f}x "
+            f"{row['mean_abs_255']:>8.2f} {psnr:>8}"
+        )
     return "\n".join(lines)

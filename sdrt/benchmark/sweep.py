@@ -19,8 +19,13 @@ def sweep_rows(name: str, values: list[int], reports: list[dict]) -> list[dict]:
     for value, report in zip(values, reports):
         sd = report["sdrt"]
         end_to_end = sd["stages"]["end_to_end"]["median"]
-        row = {name: value, "end_to_end_s": end_to_end, "unet_step_s": sd["unet_step"]["p50"],
-               "per_unit_s": end_to_end / work_units(name, value), "peak_rss_gib": sd["peak_rss_bytes"] / 2**30}
+        row = {
+            name: value,
+            "end_to_end_s": end_to_end,
+            "unet_step_s": sd["unet_step"]["p50"],
+            "per_unit_s": end_to_end / work_units(name, value),
+            "peak_rss_gib": sd["peak_rss_bytes"] / 2**30,
+        }
         if "speedup_vs_diffusers" in report:
             row["diffusers_s"] = report["diffusers"]["end_to_end"]["median"]
             row["speedup"] = report["speedup_vs_diffusers"]["median"]
@@ -39,8 +44,10 @@ def format_table(name: str, rows: list[dict]) -> str:
         header += f"  {'diffusers':>10}  {'speedup':>7}"
     lines = [header]
     for row in rows:
-        line = (f"{row[name]:>8}  {row['end_to_end_s']:>9.3f} s  {row['unet_step_s'] * 1e3:>7.1f} ms  "
-                f"{row['per_unit_s']:>14.4f} s  {row['relative']:>7.2f}  {row['peak_rss_gib']:>4.2f} GiB")
+        line = (
+            f"{row[name]:>8}  {row['end_to_end_s']:>9.3f} s  {row['unet_step_s'] * 1e3:>7.1f} ms  "
+            f"{row['per_unit_s']:>14.4f} s  {row['relative']:>7.2f}  {row['peak_rss_gib']:>4.2f} GiB"
+        )
         if with_baseline:
             line += f"  {row.get('diffusers_s', float('nan')):>8.3f} s  {row.get('speedup', float('nan')):>6.2f}x"
         lines.append(line)

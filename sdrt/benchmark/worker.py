@@ -31,8 +31,11 @@ MIB = 2**20
 
 def parse_compute_apps(text: str, pid: int) -> int | None:
     """Bytes of GPU memory `pid` holds in nvidia-smi's compute-apps CSV (pid, MiB), or None."""
-    used = [int(fields[1]) for fields in (line.split(",") for line in text.splitlines())
-            if len(fields) == 2 and fields[0].strip() == str(pid) and fields[1].strip().isdigit()]
+    used = [
+        int(fields[1])
+        for fields in (line.split(",") for line in text.splitlines())
+        if len(fields) == 2 and fields[0].strip() == str(pid) and fields[1].strip().isdigit()
+    ]
     return sum(used) * MIB if used else None
 
 
@@ -87,8 +90,7 @@ class DiffusersSide:
         from sdrt.runtime.schedulers import SAMPLERS
 
         sampler = SAMPLERS[settings["sampler"]]
-        pipeline.scheduler = getattr(diffusers, sampler.reference_name).from_config(
-            {**config, **sampler.overrides})
+        pipeline.scheduler = getattr(diffusers, sampler.reference_name).from_config({**config, **sampler.overrides})
         pipeline.set_progress_bar_config(disable=True)
         self._fuse_loras(pipeline, settings.get("loras") or [])
         self.pipeline = pipeline.to(self.device)
@@ -113,9 +115,15 @@ class DiffusersSide:
         torch = self.torch
         started = time.perf_counter()
         with torch.inference_mode():
-            images = self.pipeline(s.get("prompt", PROMPT), num_inference_steps=s["steps"], guidance_scale=s["guidance"],
-                                   height=s["height"], width=s["width"], num_images_per_prompt=s["num_images"],
-                                   generator=torch.Generator("cpu").manual_seed(seed)).images
+            images = self.pipeline(
+                s.get("prompt", PROMPT),
+                num_inference_steps=s["steps"],
+                guidance_scale=s["guidance"],
+                height=s["height"],
+                width=s["width"],
+                num_images_per_prompt=s["num_images"],
+                generator=torch.Generator("cpu").manual_seed(seed),
+            ).images
         if self.device == "cuda":
             torch.cuda.synchronize()
         total = time.perf_counter() - started

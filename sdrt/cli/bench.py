@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from sdrt.cli import main
-from sdrt.cli.types import FiniteFloat, THREADS
+from sdrt.cli.types import THREADS, FiniteFloat
 from sdrt.errors import SdrtError
 from sdrt.runtime.engines import BACKEND_NAMES, DEFAULT_BACKEND
 from sdrt.runtime.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES, SCHEDULE_NAMES
@@ -16,53 +16,149 @@ from sdrt.runtime.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES, SCHEDULE_NAM
 
 @main.command()
 @click.option("--model", "model_dir", default=None, type=click.Path(), help="Exported model folder.")
-@click.option("--arch", default=None, help="Instead of --model: a random-weight model of a real architecture "
-              "(sd15, sdxl), built and exported once into ~/.cache/sdrt (or $SDRT_CACHE).")
+@click.option(
+    "--arch",
+    default=None,
+    help="Instead of --model: a random-weight model of a real architecture "
+    "(sd15, sdxl), built and exported once into ~/.cache/sdrt (or $SDRT_CACHE).",
+)
 @click.option("--backend", default=DEFAULT_BACKEND, show_default=True, type=click.Choice(BACKEND_NAMES))
 @click.option("--height", default=None, type=int, help="Image height (default: the model's native size).")
 @click.option("--width", default=None, type=int, help="Image width (default: the model's native size).")
 @click.option("--steps", default=10, show_default=True, type=int)
 @click.option("--guidance", default=7.5, show_default=True, type=FiniteFloat(0))
 @click.option("--num-images", default=1, show_default=True, type=int)
-@click.option("--sampler", "--scheduler", "sampler", default=DEFAULT_SAMPLER, show_default=True, metavar="NAME",
-              help=f"Sampler: {', '.join(SAMPLER_NAMES)}.")
-@click.option("--prompt", default=None,
-              help="The prompt every run draws, in A1111's prompt language (diffusers reads it as plain text and "
-                   "cuts it at 75 tokens) [default: a short plain prompt].")
-@click.option("--embedding", "embeddings", multiple=True, metavar="PATH[:TOKEN]",
-              help="Load a textual-inversion embedding (sdrt side; repeatable).")
-@click.option("--lora", "loras", multiple=True, metavar="PATH[:WEIGHT]",
-              help="Merge this LoRA in every run (diffusers: load_lora_weights + fuse_lora); repeatable.")
-@click.option("--controlnet", "controlnets", multiple=True, metavar="DIR[:SCALE]",
-              help="Guide every run with this exported ControlNet and a synthetic control map (sdrt side; "
-                   "repeatable): the report gives its cost per step beside the UNet's.")
-@click.option("--vae", "vae_decoder", default="full", show_default=True, type=click.Choice(["full", "tiny"]),
-              help="Decode with the full VAE or the export's tiny one (sdrt side).")
-@click.option("--schedule", default="automatic", show_default=True, type=click.Choice(SCHEDULE_NAMES),
-              help="Schedule type (A1111's) for the sampler.")
-@click.option("--hires", default=None, type=FiniteFloat(1, 4), metavar="SCALE",
-              help="Measure the hires fix: a second pass at SCALE times the size (Latent upscaler).")
-@click.option("--deepcache", default=None, metavar="INTERVAL[:BRANCH]",
-              help="Measure DeepCache (an export made with --deepcache).")
-@click.option("--latency-table", is_flag=True,
-              help="Time per image, speed-up and image change of each shortcut the export takes (LCM, TCD, "
-                   "DeepCache, tiny VAE) against the plain --steps run, in this process.")
+@click.option(
+    "--sampler",
+    "--scheduler",
+    "sampler",
+    default=DEFAULT_SAMPLER,
+    show_default=True,
+    metavar="NAME",
+    help=f"Sampler: {', '.join(SAMPLER_NAMES)}.",
+)
+@click.option(
+    "--prompt",
+    default=None,
+    help="The prompt every run draws, in A1111's prompt language (diffusers reads it as plain text and "
+    "cuts it at 75 tokens) [default: a short plain prompt].",
+)
+@click.option(
+    "--embedding",
+    "embeddings",
+    multiple=True,
+    metavar="PATH[:TOKEN]",
+    help="Load a textual-inversion embedding (sdrt side; repeatable).",
+)
+@click.option(
+    "--lora",
+    "loras",
+    multiple=True,
+    metavar="PATH[:WEIGHT]",
+    help="Merge this LoRA in every run (diffusers: load_lora_weights + fuse_lora); repeatable.",
+)
+@click.option(
+    "--controlnet",
+    "controlnets",
+    multiple=True,
+    metavar="DIR[:SCALE]",
+    help="Guide every run with this exported ControlNet and a synthetic control map (sdrt side; "
+    "repeatable): the report gives its cost per step beside the UNet's.",
+)
+@click.option(
+    "--vae",
+    "vae_decoder",
+    default="full",
+    show_default=True,
+    type=click.Choice(["full", "tiny"]),
+    help="Decode with the full VAE or the export's tiny one (sdrt side).",
+)
+@click.option(
+    "--schedule",
+    default="automatic",
+    show_default=True,
+    type=click.Choice(SCHEDULE_NAMES),
+    help="Schedule type (A1111's) for the sampler.",
+)
+@click.option(
+    "--hires",
+    default=None,
+    type=FiniteFloat(1, 4),
+    metavar="SCALE",
+    help="Measure the hires fix: a second pass at SCALE times the size (Latent upscaler).",
+)
+@click.option(
+    "--deepcache",
+    default=None,
+    metavar="INTERVAL[:BRANCH]",
+    help="Measure DeepCache (an export made with --deepcache).",
+)
+@click.option(
+    "--latency-table",
+    is_flag=True,
+    help="Time per image, speed-up and image change of each shortcut the export takes (LCM, TCD, "
+    "DeepCache, tiny VAE) against the plain --steps run, in this process.",
+)
 @click.option("--runs", default=3, show_default=True, type=int, help="Measured runs (after the warm-up).")
 @click.option("--warmup", default=1, show_default=True, type=int, help="Unmeasured runs first.")
 @click.option("--threads", default=None, type=THREADS, help="CPU threads (default: all cores).")
-@click.option("--compare", default=None, type=click.Choice(["diffusers"]),
-              help="Also run the same model in diffusers + torch, interleaved A B A B.")
-@click.option("--sequential", is_flag=True,
-              help="With --compare: all of sdrt's runs, then diffusers' (one model in memory at a time).")
-@click.option("--diffusers-model", default=None, type=click.Path(),
-              help="The diffusers folder the export came from (default: the manifest's source).")
+@click.option(
+    "--compare",
+    default=None,
+    type=click.Choice(["diffusers"]),
+    help="Also run the same model in diffusers + torch, interleaved A B A B.",
+)
+@click.option(
+    "--sequential",
+    is_flag=True,
+    help="With --compare: all of sdrt's runs, then diffusers' (one model in memory at a time).",
+)
+@click.option(
+    "--diffusers-model",
+    default=None,
+    type=click.Path(),
+    help="The diffusers folder the export came from (default: the manifest's source).",
+)
 @click.option("--sweep", default=None, help="Repeat over values: height=256,512 (also width, size, batch, steps).")
 @click.option("--json", "json_path", default=None, type=click.Path(), help="Write the full report here.")
 @click.option("--cuda-graph", is_flag=True, help="With --backend cuda: the UNet as a CUDA graph per shape.")
-@click.option("--plot", "plot_path", default=None, type=click.Path(),
-              help="With --sweep: a PNG plot here [default: beside --json] (needs matplotlib: sdrt[plot]).")
-def bench(model_dir, arch, backend, height, width, steps, guidance, num_images, sampler, prompt, embeddings, loras,
-          controlnets, vae_decoder, schedule, hires, deepcache, latency_table, runs, warmup, threads, compare, sequential, diffusers_model, sweep, json_path, cuda_graph, plot_path) -> None:
+@click.option(
+    "--plot",
+    "plot_path",
+    default=None,
+    type=click.Path(),
+    help="With --sweep: a PNG plot here [default: beside --json] (needs matplotlib: sdrt[plot]).",
+)
+def bench(
+    model_dir,
+    arch,
+    backend,
+    height,
+    width,
+    steps,
+    guidance,
+    num_images,
+    sampler,
+    prompt,
+    embeddings,
+    loras,
+    controlnets,
+    vae_decoder,
+    schedule,
+    hires,
+    deepcache,
+    latency_table,
+    runs,
+    warmup,
+    threads,
+    compare,
+    sequential,
+    diffusers_model,
+    sweep,
+    json_path,
+    cuda_graph,
+    plot_path,
+) -> None:
     """Measure latency per stage, memory and (with --compare) the ratio to diffusers."""
     from sdrt.benchmark import BenchSettings, arch_model, parse_sweep, run_benchmark, sweep_settings
     from sdrt.benchmark.report import format_report
@@ -88,12 +184,21 @@ def bench(model_dir, arch, backend, height, width, steps, guidance, num_images, 
         model_dir, source = arch_model(arch, progress=say)
         diffusers_model = diffusers_model or source
     manifest = Manifest.load(model_dir)
-    base = BenchSettings(height=height or manifest.native_height, width=width or manifest.native_width,
-                         steps=steps, guidance=guidance, num_images=num_images, sampler=sampler,
-                         loras=tuple(str(Path(lora).resolve()) if Path(lora).exists() else lora for lora in loras),
-                         controlnets=tuple(str(Path(c).resolve()) if Path(c).exists() else c for c in controlnets),
-                         vae=vae_decoder, schedule=schedule, hires=hires, deepcache=deepcache,
-                         **({"prompt": prompt} if prompt is not None else {}))
+    base = BenchSettings(
+        height=height or manifest.native_height,
+        width=width or manifest.native_width,
+        steps=steps,
+        guidance=guidance,
+        num_images=num_images,
+        sampler=sampler,
+        loras=tuple(str(Path(lora).resolve()) if Path(lora).exists() else lora for lora in loras),
+        controlnets=tuple(str(Path(c).resolve()) if Path(c).exists() else c for c in controlnets),
+        vae=vae_decoder,
+        schedule=schedule,
+        hires=hires,
+        deepcache=deepcache,
+        **({"prompt": prompt} if prompt is not None else {}),
+    )
     if latency_table:
         _latency_table(model_dir, base, backend, threads, runs, warmup, json_path, say)
         return
@@ -103,9 +208,20 @@ def bench(model_dir, arch, backend, height, width, steps, guidance, num_images, 
         plan = [sweep_settings(base, name, value) for value in values]
     reports = []
     for settings in plan:
-        report = run_benchmark(model_dir, settings, backend=backend, threads=threads, runs=runs, warmup=warmup,
-                               compare=compare, diffusers_model=diffusers_model, progress=say,
-                               cuda_graph=cuda_graph, sequential=sequential, embeddings=list(embeddings))
+        report = run_benchmark(
+            model_dir,
+            settings,
+            backend=backend,
+            threads=threads,
+            runs=runs,
+            warmup=warmup,
+            compare=compare,
+            diffusers_model=diffusers_model,
+            progress=say,
+            cuda_graph=cuda_graph,
+            sequential=sequential,
+            embeddings=list(embeddings),
+        )
         reports.append(report)
         click.echo(format_report(report) + "\n")
     payload = reports[0]
@@ -134,8 +250,18 @@ def _latency_table(model_dir, base, backend, threads, runs, warmup, json_path, s
     rows = latency_table(pipeline, base.request(seed=0), runs, warmup, say)
     click.echo(format_table(rows))
     if json_path:
-        payload = {"machine": machine_info(), "model": str(model_dir), "backend": backend,
-                   "settings": {"steps": base.steps, "height": base.height, "width": base.width,
-                                "sampler": base.sampler, "guidance": base.guidance}, "items": rows}
+        payload = {
+            "machine": machine_info(),
+            "model": str(model_dir),
+            "backend": backend,
+            "settings": {
+                "steps": base.steps,
+                "height": base.height,
+                "width": base.width,
+                "sampler": base.sampler,
+                "guidance": base.guidance,
+            },
+            "items": rows,
+        }
         Path(json_path).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
         say(f"wrote {json_path}")

@@ -38,14 +38,19 @@ def resolve_model(model_dir: str | None) -> str:
     try:
         from sdrt.export.exporter import export_model
     except ImportError:
-        raise SdrtError(f"no --model given and {source} is not exported yet; exporting it needs the export extra "
-                        f"(pip install 'sdrt[export]'), or pass --model DIR") from None
+        raise SdrtError(
+            f"no --model given and {source} is not exported yet; exporting it needs the export extra "
+            f"(pip install 'sdrt[export]'), or pass --model DIR"
+        ) from None
     where = "" if source != DEFAULT_MODEL else f" (the default; set ${MODEL_ENV} or pass --model to use another)"
-    click.echo(f"no --model given: exporting {source}{where} once into {folder}; this needs {SD15_EXPORT_NEEDS}",
-               err=True)
+    click.echo(
+        f"no --model given: exporting {source}{where} once into {folder}; this needs {SD15_EXPORT_NEEDS}", err=True
+    )
     try:
         export_model(source, folder, overwrite=folder.exists(), progress=lambda line: click.echo(line, err=True))
     except SdrtError as error:
-        raise SdrtError(f"{error}. Point sdrt at a model: --model DIR (an export), ${MODEL_ENV}=DIR or hub id, or "
-                        "try the whole path offline with `sdrt export --random tiny --out DIR`") from None
+        raise SdrtError(
+            f"{error}. Point sdrt at a model: --model DIR (an export), ${MODEL_ENV}=DIR or hub id, or "
+            "try the whole path offline with `sdrt export --random tiny --out DIR`"
+        ) from None
     return str(folder)

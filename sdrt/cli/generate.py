@@ -11,13 +11,13 @@ from pathlib import Path
 import click
 
 from sdrt.cli import main
-from sdrt.cli.controlnet_options import controlnet_options, control_units
-from sdrt.cli.prompt_options import embedding_options, embedding_sources, lora_options, prompt_options
-from sdrt.cli.image_options import hires_fix, image_options, mask_options, styled
+from sdrt.cli.controlnet_options import control_units, controlnet_options
 from sdrt.cli.default_model import resolve_model
-from sdrt.cli.signals import stop_on_signals
+from sdrt.cli.image_options import hires_fix, image_options, mask_options, styled
+from sdrt.cli.prompt_options import embedding_options, embedding_sources, lora_options, prompt_options
 from sdrt.cli.sdxl_options import resolve_refiner_switch, sdxl_options, size_conditioning
-from sdrt.cli.types import FiniteFloat, THREADS
+from sdrt.cli.signals import stop_on_signals
+from sdrt.cli.types import THREADS, FiniteFloat
 from sdrt.errors import SdrtError
 from sdrt.runtime.engines import BACKEND_NAMES, DEFAULT_BACKEND
 from sdrt.runtime.request import DEFAULT_GUIDANCE, DEFAULT_STEPS
@@ -33,22 +33,35 @@ from sdrt.runtime.schedulers import DEFAULT_SAMPLER, DEFAULT_SCHEDULE, SAMPLER_N
     type=click.Path(file_okay=False),
     help="Model folder (with a tokenizer/ inside) or a tokenizer folder.",
 )
-@click.option("--steps", default=None, type=click.IntRange(min=1),
-              help="Show the text of each step's part of a [from:to:when] or [a|b] schedule of this many steps.")
+@click.option(
+    "--steps",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Show the text of each step's part of a [from:to:when] or [a|b] schedule of this many steps.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the chunks' ids, tokens and weights as JSON.")
 @prompt_options
 @embedding_options
-def tokenize(prompts: tuple[str, ...], model_dir: str, steps: int | None, as_json: bool, emphasis: str,
-             clip_skip: int, plain_prompt: bool, embedding_dirs, embedding_files) -> None:
+def tokenize(
+    prompts: tuple[str, ...],
+    model_dir: str,
+    steps: int | None,
+    as_json: bool,
+    emphasis: str,
+    clip_skip: int,
+    plain_prompt: bool,
+    embedding_dirs,
+    embedding_files,
+) -> None:
     """Print each PROMPT's chunks of text encoder ids, with the weights emphasis gives them
     (and, with a model folder's embeddings, the ids their trigger words become)."""
-    from sdrt.runtime.text.embeddings import EmbeddingSource
     from sdrt.runtime.manifest import MANIFEST_NAME, Manifest
+    from sdrt.runtime.text.embeddings import EmbeddingSource
+    from sdrt.runtime.text.encoders import TextEncoders
     from sdrt.runtime.text.prompts.chunks import text_chunks
     from sdrt.runtime.text.prompts.emphasis import emphasis_mode
     from sdrt.runtime.text.prompts.options import TextOptions
     from sdrt.runtime.text.prompts.schedule import prompt_schedule
-    from sdrt.runtime.text.encoders import TextEncoders
     from sdrt.runtime.text.tokenizer import ClipTokenizer
 
     folder = Path(model_dir)
@@ -72,12 +85,23 @@ def tokenize(prompts: tuple[str, ...], model_dir: str, steps: int | None, as_jso
         schedule = prompt_schedule(prompt, steps) if steps and not plain_prompt else [(steps, prompt)]
         for last_step, text in schedule:
             chunks = chunker(text)
-            rows.append({"prompt": prompt, "text": text, "last_step": last_step, "token_count": chunks.token_count,
-                         "embeddings": list(chunks.embeddings),
-                         "chunks": [{"input_ids": ids.tolist(),
-                                     "tokens": [names.get(int(i)) or tokenizer.decode([i]) for i in ids],
-                                     "weights": [round(float(w), 6) for w in weights]}
-                                    for ids, weights in zip(chunks.ids, chunks.weights)]})
+            rows.append(
+                {
+                    "prompt": prompt,
+                    "text": text,
+                    "last_step": last_step,
+                    "token_count": chunks.token_count,
+                    "embeddings": list(chunks.embeddings),
+                    "chunks": [
+                        {
+                            "input_ids": ids.tolist(),
+                            "tokens": [names.get(int(i)) or tokenizer.decode([i]) for i in ids],
+                            "weights": [round(float(w), 6) for w in weights],
+                        }
+                        for ids, weights in zip(chunks.ids, chunks.weights)
+                    ],
+                }
+            )
     if as_json:
         click.echo(json.dumps(rows, ensure_ascii=False))
         return
@@ -88,8 +112,10 @@ def tokenize(prompts: tuple[str, ...], model_dir: str, steps: int | None, as_jso
             shown = chunk["input_ids"].index(tokenizer.eos_id) + 1  # through the end token: the rest is padding
             click.echo(f"chunk {number}/{len(row['chunks'])} ({row['token_count']} tokens in all):")
             click.echo(" ".join(str(i) for i in chunk["input_ids"][:shown]))
-            words = [token if weight == 1 else f"({token}:{weight:g})"
-                     for token, weight in zip(chunk["tokens"][:shown], chunk["weights"][:shown])]
+            words = [
+                token if weight == 1 else f"({token}:{weight:g})"
+                for token, weight in zip(chunk["tokens"][:shown], chunk["weights"][:shown])
+            ]
             click.echo(" ".join(words))
 
 
@@ -122,8 +148,10 @@ def check_output(path: Path) -> None:
         raise SdrtError(f"cannot write {path}: folder {folder} is not writable")
     name_bytes, name_max = len(os.fsencode(path.name)), _limit(folder, "PC_NAME_MAX", NAME_MAX)
     if name_bytes > name_max:
-        raise SdrtError(f"cannot write {path.name[:40]}...: the file name is {name_bytes} bytes, "
-                        f"more than the {name_max} this file system allows")
+        raise SdrtError(
+            f"cannot write {path.name[:40]}...: the file name is {name_bytes} bytes, "
+            f"more than the {name_max} this file system allows"
+        )
     path_bytes, path_max = len(os.fsencode(str(path.absolute()))), _limit(folder, "PC_PATH_MAX", PATH_MAX)
     if path_bytes >= path_max:
         raise SdrtError(f"cannot write the output: its path is {path_bytes} bytes, more than {path_max - 1}")
@@ -161,39 +189,84 @@ class _Progress:
         elapsed = now - self.first_step_done
         rate = (step - 1) / elapsed if elapsed > 0 else 0.0
         done = "#" * (step * self.BAR_WIDTH // total)
-        click.echo(f"\r[{done:<{self.BAR_WIDTH}}] {step}/{total} steps, {rate:.2f} it/s", err=True,
-                   nl=step == total)
+        click.echo(f"\r[{done:<{self.BAR_WIDTH}}] {step}/{total} steps, {rate:.2f} it/s", err=True, nl=step == total)
 
 
 @main.command()
 @click.argument("prompt")
-@click.option("--model", "model_dir", default=None, type=click.Path(),
-              help="Exported model folder [default: $SDRT_MODEL, else SD 1.5 exported once into the cache].")
+@click.option(
+    "--model",
+    "model_dir",
+    default=None,
+    type=click.Path(),
+    help="Exported model folder [default: $SDRT_MODEL, else SD 1.5 exported once into the cache].",
+)
 @click.option("--negative-prompt", default=None, help="What the image should not show.")
 @click.option("--steps", default=DEFAULT_STEPS, show_default=True, type=int, help="Denoising steps.")
-@click.option("--guidance", default=DEFAULT_GUIDANCE, show_default=True, type=FiniteFloat(0),
-              help="Classifier-free guidance scale.")
+@click.option(
+    "--guidance",
+    default=DEFAULT_GUIDANCE,
+    show_default=True,
+    type=FiniteFloat(0),
+    help="Classifier-free guidance scale.",
+)
 @click.option("--seed", default=None, type=int, help="Random seed (same image as diffusers with this seed).")
 @click.option("--height", default=None, type=int, help="Image height (default: the model's native size).")
 @click.option("--width", default=None, type=int, help="Image width (default: the model's native size).")
 @click.option("--num-images", default=1, show_default=True, type=int, help="Images to generate.")
-@click.option("--sampler", "--scheduler", "sampler", default=DEFAULT_SAMPLER, show_default=True, metavar="NAME",
-              help=f"Sampler: {', '.join(SAMPLER_NAMES)} (--scheduler is its earlier name).")
-@click.option("--schedule", default=DEFAULT_SCHEDULE, show_default=True, type=click.Choice(SCHEDULE_NAMES),
-              help="Schedule type (A1111's): the noise levels' spacing, for the samplers that take it.")
-@click.option("--backend", default=DEFAULT_BACKEND, show_default=True, type=click.Choice(BACKEND_NAMES),
-              help="cpu or cuda (ONNX Runtime), or tensorrt (engines from `sdrt build`).")
+@click.option(
+    "--sampler",
+    "--scheduler",
+    "sampler",
+    default=DEFAULT_SAMPLER,
+    show_default=True,
+    metavar="NAME",
+    help=f"Sampler: {', '.join(SAMPLER_NAMES)} (--scheduler is its earlier name).",
+)
+@click.option(
+    "--schedule",
+    default=DEFAULT_SCHEDULE,
+    show_default=True,
+    type=click.Choice(SCHEDULE_NAMES),
+    help="Schedule type (A1111's): the noise levels' spacing, for the samplers that take it.",
+)
+@click.option(
+    "--backend",
+    default=DEFAULT_BACKEND,
+    show_default=True,
+    type=click.Choice(BACKEND_NAMES),
+    help="cpu or cuda (ONNX Runtime), or tensorrt (engines from `sdrt build`).",
+)
 @click.option("--threads", default=None, type=THREADS, help="CPU threads per engine (default: all cores).")
 @click.option("--cuda-graph", is_flag=True, help="With --backend cuda: capture the UNet as a CUDA graph per shape.")
 @click.option("--init-image", default=None, help="Image-to-image: start from this image.")
-@click.option("--mask", "mask_image", default=None,
-              help="Inpainting: white (or opaque) = repaint, black = keep; needs --init-image.")
-@click.option("--strength", default=None, type=FiniteFloat(0, 1, low_open=True),
-              help="How much to change the init image, in (0, 1] [default: 0.8, inpainting 1.0].")
-@click.option("--vae", "vae_decoder", default="full", show_default=True, type=click.Choice(["full", "tiny"]),
-              help="Decode with the full VAE or the tiny one (an export made with --tiny-vae).")
-@click.option("--preview", default=None, type=click.IntRange(min=1), metavar="N",
-              help="Every N steps, write the first image so far as OUT-step-K.png (tiny VAE when exported).")
+@click.option(
+    "--mask",
+    "mask_image",
+    default=None,
+    help="Inpainting: white (or opaque) = repaint, black = keep; needs --init-image.",
+)
+@click.option(
+    "--strength",
+    default=None,
+    type=FiniteFloat(0, 1, low_open=True),
+    help="How much to change the init image, in (0, 1] [default: 0.8, inpainting 1.0].",
+)
+@click.option(
+    "--vae",
+    "vae_decoder",
+    default="full",
+    show_default=True,
+    type=click.Choice(["full", "tiny"]),
+    help="Decode with the full VAE or the tiny one (an export made with --tiny-vae).",
+)
+@click.option(
+    "--preview",
+    default=None,
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Every N steps, write the first image so far as OUT-step-K.png (tiny VAE when exported).",
+)
 @click.option("--out", default=None, help="Output PNG (default: sdrt-SEED.png; -N is added for several).")
 @click.option("--quiet", is_flag=True, help="No progress bar or warnings.")
 @click.option("--json", "as_json", is_flag=True, help="Print parameters, output paths and timings as JSON.")
@@ -203,40 +276,91 @@ class _Progress:
 @embedding_options
 @lora_options
 @controlnet_options
-def generate(prompt, model_dir, negative_prompt, steps, guidance, seed, height, width, num_images, sampler, schedule,
-             backend, threads, cuda_graph, init_image, mask_image, strength, vae_decoder, preview, out, quiet, as_json,
-             refiner,
-             refiner_switch, emphasis, clip_skip, plain_prompt, embedding_dirs, embedding_files, loras, lora_dir,
-             lora_cache_mb, controlnets, control_images, canny_thresholds, controlnet_dir, control_starts,
-             control_ends, control_modes, preprocessors, **sdxl) -> None:
+def generate(
+    prompt,
+    model_dir,
+    negative_prompt,
+    steps,
+    guidance,
+    seed,
+    height,
+    width,
+    num_images,
+    sampler,
+    schedule,
+    backend,
+    threads,
+    cuda_graph,
+    init_image,
+    mask_image,
+    strength,
+    vae_decoder,
+    preview,
+    out,
+    quiet,
+    as_json,
+    refiner,
+    refiner_switch,
+    emphasis,
+    clip_skip,
+    plain_prompt,
+    embedding_dirs,
+    embedding_files,
+    loras,
+    lora_dir,
+    lora_cache_mb,
+    controlnets,
+    control_images,
+    canny_thresholds,
+    controlnet_dir,
+    control_starts,
+    control_ends,
+    control_modes,
+    preprocessors,
+    **sdxl,
+) -> None:
     """Generate images for PROMPT with an exported model (from --init-image: image-to-image;
     with --mask too: inpainting). SDXL: --refiner and the size conditioning. LoRAs: --lora,
     or <lora:NAME:WEIGHT> in PROMPT with --lora-dir. ControlNets: --controlnet with
     --control-image."""
     started = time.perf_counter()
-    from sdrt.runtime.pipeline import Pipeline
     from sdrt.runtime.imaging.png_info import format_parameters, save_png
-    from sdrt.runtime.request import GenerationRequest
-
-    from sdrt.runtime.request import MAX_SEED
+    from sdrt.runtime.pipeline import Pipeline
+    from sdrt.runtime.request import MAX_SEED, GenerationRequest
 
     switch = resolve_refiner_switch(refiner, refiner_switch)
-    units = control_units(controlnets, control_images, canny_thresholds, control_starts=control_starts,
-                          control_ends=control_ends, control_modes=control_modes, preprocessors=preprocessors)
+    units = control_units(
+        controlnets,
+        control_images,
+        canny_thresholds,
+        control_starts=control_starts,
+        control_ends=control_ends,
+        control_modes=control_modes,
+        preprocessors=preprocessors,
+    )
     conditioning = size_conditioning(sdxl)
     hires, masking, deepcache, eta = hires_fix(sdxl), mask_options(sdxl), sdxl.pop("deepcache"), sdxl.pop("eta")
     prompt, negative_prompt = styled(prompt, negative_prompt, sdxl)
     if masking is not None and mask_image is None:
-        raise click.UsageError("--mask-blur, --invert-mask, --inpaint-area, --mask-padding, --mask-fill and "
-                               "--paste-back need --mask")
+        raise click.UsageError(
+            "--mask-blur, --invert-mask, --inpaint-area, --mask-padding, --mask-fill and --paste-back need --mask"
+        )
     if seed is None:  # drawn here, so that the output names are known (and checked) first
         seed = random.SystemRandom().randint(0, MAX_SEED)
     paths = output_paths(out, seed, num_images)
     model_dir = resolve_model(model_dir)
-    pipeline = Pipeline.load(model_dir, backend=backend, threads=threads, cuda_graph=cuda_graph, refiner=refiner,
-                             progress=None if quiet else lambda line: click.echo(line, err=True),
-                             embeddings=embedding_sources(embedding_dirs, embedding_files), lora_dir=lora_dir,
-                             lora_cache_mb=lora_cache_mb, controlnet_dir=controlnet_dir)
+    pipeline = Pipeline.load(
+        model_dir,
+        backend=backend,
+        threads=threads,
+        cuda_graph=cuda_graph,
+        refiner=refiner,
+        progress=None if quiet else lambda line: click.echo(line, err=True),
+        embeddings=embedding_sources(embedding_dirs, embedding_files),
+        lora_dir=lora_dir,
+        lora_cache_mb=lora_cache_mb,
+        controlnet_dir=controlnet_dir,
+    )
     if not quiet:
         for name, reason in pipeline.text_encoders.embeddings.skipped.items():
             click.echo(f"warning: embedding {name} skipped: {reason}", err=True)
@@ -249,13 +373,33 @@ def generate(prompt, model_dir, negative_prompt, steps, guidance, seed, height, 
             first_step.append(time.perf_counter() - started)
         bar(step, total)
 
-    request = GenerationRequest(prompt, negative_prompt=negative_prompt, steps=steps, guidance_scale=guidance,
-                                seed=seed, height=height, width=width, num_images=num_images, sampler=sampler,
-                                schedule=schedule, init_image=init_image, mask_image=mask_image, strength=strength,
-                                size_conditioning=conditioning, refiner_switch=switch, emphasis=emphasis,
-                                clip_skip=clip_skip, plain_prompt=plain_prompt, loras=list(loras),
-                                controlnets=units, vae=vae_decoder, hires=hires, mask_options=masking,
-                                deepcache=deepcache, eta=eta)
+    request = GenerationRequest(
+        prompt,
+        negative_prompt=negative_prompt,
+        steps=steps,
+        guidance_scale=guidance,
+        seed=seed,
+        height=height,
+        width=width,
+        num_images=num_images,
+        sampler=sampler,
+        schedule=schedule,
+        init_image=init_image,
+        mask_image=mask_image,
+        strength=strength,
+        size_conditioning=conditioning,
+        refiner_switch=switch,
+        emphasis=emphasis,
+        clip_skip=clip_skip,
+        plain_prompt=plain_prompt,
+        loras=list(loras),
+        controlnets=units,
+        vae=vae_decoder,
+        hires=hires,
+        mask_options=masking,
+        deepcache=deepcache,
+        eta=eta,
+    )
     previews = None
     if preview is not None:
         from sdrt.runtime.features.preview import Preview
@@ -272,11 +416,23 @@ def generate(prompt, model_dir, negative_prompt, steps, guidance, seed, height, 
     stage = time.perf_counter()
     for position, (image, path) in enumerate(zip(result.images, paths), start=1):
         save_png(image, path, format_parameters(prompt, result.parameters, position if len(paths) > 1 else None))
-    timings = dict(result.timings, load=load_seconds, png=time.perf_counter() - stage,
-                   start_to_first_step=first_step[0] if first_step else None)
+    timings = dict(
+        result.timings,
+        load=load_seconds,
+        png=time.perf_counter() - stage,
+        start_to_first_step=first_step[0] if first_step else None,
+    )
     if as_json:
-        click.echo(json.dumps({"parameters": result.parameters, "outputs": [str(p) for p in paths],
-                               "timings": timings, "warnings": result.warnings}))
+        click.echo(
+            json.dumps(
+                {
+                    "parameters": result.parameters,
+                    "outputs": [str(p) for p in paths],
+                    "timings": timings,
+                    "warnings": result.warnings,
+                }
+            )
+        )
     elif not quiet:
         for path in paths:
             click.echo(str(path))

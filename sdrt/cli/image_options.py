@@ -3,14 +3,22 @@ for inpainting (blur, invert, only-masked area, fill, paste-back)."""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import click
 
 from sdrt.cli.types import FiniteFloat, with_options
 from sdrt.runtime.features.deepcache import DeepCache
-from sdrt.runtime.features.hires import DEFAULT_STRENGTH, DEFAULT_UPSCALER, MAX_SCALE, UPSCALERS, HiresFix, upscaler_named
+from sdrt.runtime.features.hires import (
+    DEFAULT_STRENGTH,
+    DEFAULT_UPSCALER,
+    MAX_SCALE,
+    UPSCALERS,
+    HiresFix,
+    upscaler_named,
+)
 from sdrt.runtime.features.inpaint_area import MASK_FILLS, MaskOptions
+
 
 class DeepCacheOption(click.ParamType):
     name = "INTERVAL[:BRANCH]"
@@ -24,9 +32,14 @@ class DeepCacheOption(click.ParamType):
             self.fail(str(error), param, ctx)
 
 
-DEEPCACHE = click.option("--deepcache", default=None, type=DeepCacheOption(), metavar="INTERVAL[:BRANCH]",
-                         help="DeepCache: the full UNet every INTERVAL steps, its shallow branch between (an export "
-                              "made with --deepcache; branch 0).")
+DEEPCACHE = click.option(
+    "--deepcache",
+    default=None,
+    type=DeepCacheOption(),
+    metavar="INTERVAL[:BRANCH]",
+    help="DeepCache: the full UNet every INTERVAL steps, its shallow branch between (an export "
+    "made with --deepcache; branch 0).",
+)
 
 HIRES = ("hires", "hires_upscaler", "hires_steps", "hires_strength", "hires_prompt")
 MASK = ("mask_blur", "invert_mask", "inpaint_area", "mask_padding", "mask_fill", "paste_back")
@@ -36,33 +49,90 @@ INPAINT_AREAS = ("whole", "masked")
 def image_options(command: Callable) -> Callable:
     options = [
         DEEPCACHE,
-        click.option("--style", "styles", multiple=True, metavar="NAME",
-                     help="Apply this A1111 style of --styles (repeatable, in order)."),
-        click.option("--styles", "styles_file", default=None, type=click.Path(dir_okay=False, exists=True),
-                     help="A1111's styles.csv (name, prompt, negative_prompt)."),
-        click.option("--eta", default=None, type=FiniteFloat(0, 1),
-                     help="For --sampler tcd: its gamma, from 0 (deterministic) to 1 [default: 0, as diffusers; "
-                          "the TCD authors suggest 0.3]."),
-        click.option("--hires", default=None, type=FiniteFloat(1, MAX_SCALE), metavar="SCALE",
-                     help="Hires fix: a second image-to-image pass at SCALE times the size (A1111's)."),
-        click.option("--hires-upscaler", default=DEFAULT_UPSCALER, show_default=True, metavar="NAME",
-                     help=f"With --hires: {', '.join(UPSCALERS)}."),
-        click.option("--hires-steps", default=0, show_default=True, type=click.IntRange(min=0),
-                     help="With --hires: steps of the second pass (0: as many as the first)."),
-        click.option("--hires-strength", default=DEFAULT_STRENGTH, show_default=True,
-                     type=FiniteFloat(0, 1, low_open=True), help="With --hires: the second pass's denoising strength."),
+        click.option(
+            "--style",
+            "styles",
+            multiple=True,
+            metavar="NAME",
+            help="Apply this A1111 style of --styles (repeatable, in order).",
+        ),
+        click.option(
+            "--styles",
+            "styles_file",
+            default=None,
+            type=click.Path(dir_okay=False, exists=True),
+            help="A1111's styles.csv (name, prompt, negative_prompt).",
+        ),
+        click.option(
+            "--eta",
+            default=None,
+            type=FiniteFloat(0, 1),
+            help="For --sampler tcd: its gamma, from 0 (deterministic) to 1 [default: 0, as diffusers; "
+            "the TCD authors suggest 0.3].",
+        ),
+        click.option(
+            "--hires",
+            default=None,
+            type=FiniteFloat(1, MAX_SCALE),
+            metavar="SCALE",
+            help="Hires fix: a second image-to-image pass at SCALE times the size (A1111's).",
+        ),
+        click.option(
+            "--hires-upscaler",
+            default=DEFAULT_UPSCALER,
+            show_default=True,
+            metavar="NAME",
+            help=f"With --hires: {', '.join(UPSCALERS)}.",
+        ),
+        click.option(
+            "--hires-steps",
+            default=0,
+            show_default=True,
+            type=click.IntRange(min=0),
+            help="With --hires: steps of the second pass (0: as many as the first).",
+        ),
+        click.option(
+            "--hires-strength",
+            default=DEFAULT_STRENGTH,
+            show_default=True,
+            type=FiniteFloat(0, 1, low_open=True),
+            help="With --hires: the second pass's denoising strength.",
+        ),
         click.option("--hires-prompt", default=None, help="With --hires: another prompt for the second pass."),
-        click.option("--mask-blur", default=0, show_default=True, type=click.IntRange(0, 64),
-                     help="Inpainting: blur the mask by this many pixels (A1111's mask blur)."),
+        click.option(
+            "--mask-blur",
+            default=0,
+            show_default=True,
+            type=click.IntRange(0, 64),
+            help="Inpainting: blur the mask by this many pixels (A1111's mask blur).",
+        ),
         click.option("--invert-mask", is_flag=True, help="Inpainting: repaint the mask's black part instead."),
-        click.option("--inpaint-area", default="whole", show_default=True, type=click.Choice(INPAINT_AREAS),
-                     help="Inpainting: 'masked' crops to the mask, inpaints at the full size and pastes it back."),
-        click.option("--mask-padding", default=0, show_default=True, type=click.IntRange(min=0),
-                     help="With --inpaint-area masked: pixels around the mask to include."),
-        click.option("--mask-fill", default="original", show_default=True, type=click.Choice(MASK_FILLS),
-                     help="Inpainting: start the masked area from the original, or fill it from its surroundings."),
-        click.option("--paste-back", is_flag=True,
-                     help="Inpainting: keep every unmasked pixel of the original (A1111 does; diffusers does not)."),
+        click.option(
+            "--inpaint-area",
+            default="whole",
+            show_default=True,
+            type=click.Choice(INPAINT_AREAS),
+            help="Inpainting: 'masked' crops to the mask, inpaints at the full size and pastes it back.",
+        ),
+        click.option(
+            "--mask-padding",
+            default=0,
+            show_default=True,
+            type=click.IntRange(min=0),
+            help="With --inpaint-area masked: pixels around the mask to include.",
+        ),
+        click.option(
+            "--mask-fill",
+            default="original",
+            show_default=True,
+            type=click.Choice(MASK_FILLS),
+            help="Inpainting: start the masked area from the original, or fill it from its surroundings.",
+        ),
+        click.option(
+            "--paste-back",
+            is_flag=True,
+            help="Inpainting: keep every unmasked pixel of the original (A1111 does; diffusers does not).",
+        ),
     ]
     return with_options(command, options)
 
@@ -82,8 +152,15 @@ def hires_fix(settings: dict) -> HiresFix | None:
 def mask_options(settings: dict) -> MaskOptions | None:
     """The MaskOptions the options ask for (popped from `settings`); None keeps diffusers' inpainting."""
     blur, invert, area, padding, fill, paste_back = (settings.pop(name) for name in MASK)
-    options = MaskOptions(invert=invert, blur_x=blur, blur_y=blur, fill=fill, only_masked=area == "masked",
-                          padding=padding, paste_back=paste_back)
+    options = MaskOptions(
+        invert=invert,
+        blur_x=blur,
+        blur_y=blur,
+        fill=fill,
+        only_masked=area == "masked",
+        padding=padding,
+        paste_back=paste_back,
+    )
     return None if options == MaskOptions() else options
 
 

@@ -20,36 +20,92 @@ RANDOM_NAMES = ("tiny", "sd15", "tiny-sdxl", "sdxl")  # sdrt.export.random_sourc
 
 @main.command()
 @click.argument("model", required=False)
-@click.option("--random", "random_name", default=None, type=click.Choice(RANDOM_NAMES),
-              help="Instead of MODEL: a random-weight model (tiny, sd15, tiny-sdxl, sdxl), to try every step offline.")
-@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
-              help="Output folder (default: engines/NAME, NAME from MODEL).")
-@click.option("--config", "config_dir", default=None, type=click.Path(file_okay=False, exists=True),
-              help="For a single-file checkpoint offline: a diffusers folder with matching configs.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
-              help="UNet and text encoder precision (normalizations and softmax stay fp32).")
-@click.option("--vae-precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
-              help="VAE precision: the fp16 SD VAE can overflow into NaN/black images.")
-@click.option("--target", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
-              help="Execution provider the graphs are made for.")
-@click.option("--optimize", is_flag=True,
-              help="Apply the target's graph optimizations (CUDA: fused attention, GroupNorm, GELU).")
-@click.option("--max-prompt-chunks", default=DEFAULT_PROMPT_CHUNKS, show_default=True, type=click.IntRange(min=1),
-              help="Longest prompt the UNet takes, in chunks of 75 tokens (A1111's long prompts).")
-@click.option("--tiny-vae", default=None, metavar="SOURCE",
-              help="Also export this AutoencoderTiny (TAESD/TAESDXL folder or hub id) as a fast decoder (--vae tiny).")
-@click.option("--deepcache", is_flag=True,
-              help="Also export the graphs DeepCache needs (generate --deepcache; a few MB, SD 1.x/2.x).")
+@click.option(
+    "--random",
+    "random_name",
+    default=None,
+    type=click.Choice(RANDOM_NAMES),
+    help="Instead of MODEL: a random-weight model (tiny, sd15, tiny-sdxl, sdxl), to try every step offline.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Output folder (default: engines/NAME, NAME from MODEL).",
+)
+@click.option(
+    "--config",
+    "config_dir",
+    default=None,
+    type=click.Path(file_okay=False, exists=True),
+    help="For a single-file checkpoint offline: a diffusers folder with matching configs.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16"]),
+    default="fp32",
+    show_default=True,
+    help="UNet and text encoder precision (normalizations and softmax stay fp32).",
+)
+@click.option(
+    "--vae-precision",
+    type=click.Choice(["fp32", "fp16"]),
+    default="fp32",
+    show_default=True,
+    help="VAE precision: the fp16 SD VAE can overflow into NaN/black images.",
+)
+@click.option(
+    "--target",
+    type=click.Choice(["cpu", "cuda"]),
+    default="cpu",
+    show_default=True,
+    help="Execution provider the graphs are made for.",
+)
+@click.option(
+    "--optimize", is_flag=True, help="Apply the target's graph optimizations (CUDA: fused attention, GroupNorm, GELU)."
+)
+@click.option(
+    "--max-prompt-chunks",
+    default=DEFAULT_PROMPT_CHUNKS,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Longest prompt the UNet takes, in chunks of 75 tokens (A1111's long prompts).",
+)
+@click.option(
+    "--tiny-vae",
+    default=None,
+    metavar="SOURCE",
+    help="Also export this AutoencoderTiny (TAESD/TAESDXL folder or hub id) as a fast decoder (--vae tiny).",
+)
+@click.option(
+    "--deepcache",
+    is_flag=True,
+    help="Also export the graphs DeepCache needs (generate --deepcache; a few MB, SD 1.x/2.x).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing export in --out.")
-def export(model: str | None, random_name: str | None, out_dir: str | None, config_dir: str | None, precision: str, vae_precision: str,
-           target: str, optimize: bool, max_prompt_chunks: int, tiny_vae: str | None, deepcache: bool,
-           overwrite: bool) -> None:
+def export(
+    model: str | None,
+    random_name: str | None,
+    out_dir: str | None,
+    config_dir: str | None,
+    precision: str,
+    vae_precision: str,
+    target: str,
+    optimize: bool,
+    max_prompt_chunks: int,
+    tiny_vae: str | None,
+    deepcache: bool,
+    overwrite: bool,
+) -> None:
     """Export MODEL (diffusers folder, .safetensors/.ckpt checkpoint or hub id) to validated
     ONNX with a manifest.json, in the layout OnnxStableDiffusionPipeline reads."""
     try:
         from sdrt.export.exporter import ExportOptions, export_model
     except ImportError as error:
-        raise SdrtError(f"export needs the export extra ({error.name} is missing): pip install 'sdrt[export]'")
+        raise SdrtError(
+            f"export needs the export extra ({error.name} is missing): pip install 'sdrt[export]'"
+        ) from error
     if (model is None) == (random_name is None):
         raise SdrtError("pass a MODEL to export, or --random NAME for a random-weight one")
     if random_name is not None:
@@ -60,59 +116,121 @@ def export(model: str | None, random_name: str | None, out_dir: str | None, conf
         out_dir = out_dir or str(Path("engines") / f"random-{random_name}")
     if out_dir is None:
         out_dir = str(Path("engines") / Path(model.rstrip("/")).stem.replace("/", "--"))
-    options = ExportOptions(precision=precision, vae_precision=vae_precision, target=target, optimize=optimize,
-                            max_prompt_chunks=max_prompt_chunks, tiny_vae=tiny_vae, deepcache=deepcache)
-    manifest = export_model(model, out_dir, config=config_dir, options=options, overwrite=overwrite,
-                            progress=lambda line: click.echo(line, err=True))
+    options = ExportOptions(
+        precision=precision,
+        vae_precision=vae_precision,
+        target=target,
+        optimize=optimize,
+        max_prompt_chunks=max_prompt_chunks,
+        tiny_vae=tiny_vae,
+        deepcache=deepcache,
+    )
+    manifest = export_model(
+        model,
+        out_dir,
+        config=config_dir,
+        options=options,
+        overwrite=overwrite,
+        progress=lambda line: click.echo(line, err=True),
+    )
     click.echo(f"exported {len(manifest.components)} components to {out_dir}")
 
 
 @main.command()
 @click.argument("model_dir", type=click.Path())
-@click.option("--static", "static_size", default=None, metavar="WxH",
-              help="One fixed image size (fastest, and the UNet runs as a CUDA graph).")
+@click.option(
+    "--static",
+    "static_size",
+    default=None,
+    metavar="WxH",
+    help="One fixed image size (fastest, and the UNet runs as a CUDA graph).",
+)
 @click.option("--min", "min_size", default=None, metavar="WxH", help="Smallest size [default: the export's].")
 @click.option("--opt", "opt_size", default=None, metavar="WxH", help="Size to tune for [default: native].")
 @click.option("--max", "max_size", default=None, metavar="WxH", help="Largest size [default: the export's].")
 @click.option("--max-batch", default=4, show_default=True, type=int, help="Most images per call.")
-@click.option("--max-prompt-chunks", default=None, type=int,
-              help="Longest prompt, in chunks of 75 tokens [default: the export's limit].")
-@click.option("--precision", default="fp16", show_default=True, type=click.Choice(["fp16", "fp32"]),
-              help="For fp32 exports (fp16 exports build as exported; the VAE stays fp32).")
-@click.option("--workspace-gb", default=8.0, show_default=True, type=FiniteFloat(0, low_open=True),
-              help="Builder scratch memory limit.")
+@click.option(
+    "--max-prompt-chunks",
+    default=None,
+    type=int,
+    help="Longest prompt, in chunks of 75 tokens [default: the export's limit].",
+)
+@click.option(
+    "--precision",
+    default="fp16",
+    show_default=True,
+    type=click.Choice(["fp16", "fp32"]),
+    help="For fp32 exports (fp16 exports build as exported; the VAE stays fp32).",
+)
+@click.option(
+    "--workspace-gb",
+    default=8.0,
+    show_default=True,
+    type=FiniteFloat(0, low_open=True),
+    help="Builder scratch memory limit.",
+)
 @click.option("--force", is_flag=True, help="Rebuild even engines that are up to date.")
-@click.option("--verify", "then_verify", is_flag=True,
-              help="Then generate one image with TensorRT and on the CPU and compare them (sdrt verify).")
-def build(model_dir, static_size, min_size, opt_size, max_size, max_batch, max_prompt_chunks, precision,
-          workspace_gb, force, then_verify) -> None:
+@click.option(
+    "--verify",
+    "then_verify",
+    is_flag=True,
+    help="Then generate one image with TensorRT and on the CPU and compare them (sdrt verify).",
+)
+def build(
+    model_dir,
+    static_size,
+    min_size,
+    opt_size,
+    max_size,
+    max_batch,
+    max_prompt_chunks,
+    precision,
+    workspace_gb,
+    force,
+    then_verify,
+) -> None:
     """Build TensorRT engines for an exported MODEL_DIR (into MODEL_DIR/tensorrt/)."""
-    from sdrt.runtime.manifest import Manifest
     from sdrt.runtime.engines.tensorrt.plan import BuildSettings, plan_profile
+    from sdrt.runtime.manifest import Manifest
     from sdrt.runtime.sizes import parse_size
 
     manifest = Manifest.load(model_dir)
-    sizes = {name: parse_size(value, f"--{name}") if value else None
-             for name, value in (("static", static_size), ("min", min_size), ("opt", opt_size), ("max", max_size))}
+    sizes = {
+        name: parse_size(value, f"--{name}") if value else None
+        for name, value in (("static", static_size), ("min", min_size), ("opt", opt_size), ("max", max_size))
+    }
     if workspace_gb <= 0:
         raise SdrtError("--workspace-gb must be positive")
-    profile = plan_profile(manifest, static=sizes["static"], min_size=sizes["min"], opt_size=sizes["opt"],
-                           max_size=sizes["max"], max_batch=max_batch, max_prompt_chunks=max_prompt_chunks)
+    profile = plan_profile(
+        manifest,
+        static=sizes["static"],
+        min_size=sizes["min"],
+        opt_size=sizes["opt"],
+        max_size=sizes["max"],
+        max_batch=max_batch,
+        max_prompt_chunks=max_prompt_chunks,
+    )
     settings = BuildSettings(profile, precision, int(workspace_gb * 2**30))
     from sdrt.runtime.engines.tensorrt.build import build_engines
 
     started = time.perf_counter()
     plans = build_engines(model_dir, settings, progress=lambda line: click.echo(line, err=True), force=force)
-    click.echo(f"{len(plans)} engines ready in {time.perf_counter() - started:.0f} s: "
-               + ", ".join(str(path) for path in plans.values()))
+    click.echo(
+        f"{len(plans)} engines ready in {time.perf_counter() - started:.0f} s: "
+        + ", ".join(str(path) for path in plans.values())
+    )
     if then_verify:
         _verify(model_dir, "tensorrt", None)
 
 
 @main.command()
 @click.argument("model_dir", type=click.Path())
-@click.option("--backend", required=True, type=click.Choice([b for b in BACKEND_NAMES if b != DEFAULT_BACKEND]),
-              help="The backend to check against the fp32 CPU path.")
+@click.option(
+    "--backend",
+    required=True,
+    type=click.Choice([b for b in BACKEND_NAMES if b != DEFAULT_BACKEND]),
+    help="The backend to check against the fp32 CPU path.",
+)
 @click.option("--steps", default=8, show_default=True, type=int)
 @click.option("--json", "json_path", default=None, help="Also write the report here.")
 def verify(model_dir, backend, steps, json_path) -> None:
@@ -129,8 +247,11 @@ def _verify(model_dir, backend, json_path, steps: int = 8) -> None:
         Path(json_path).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     click.echo(json.dumps(report))
     if not report["passed"]:
-        click.echo(f"error: {backend} differs from the CPU path by {report['mean_abs'] * 255:.2f}/255 on average "
-                   f"(tolerance {report['tolerance_mean_abs'] * 255:.1f}/255), finite: {report['finite']}", err=True)
+        click.echo(
+            f"error: {backend} differs from the CPU path by {report['mean_abs'] * 255:.2f}/255 on average "
+            f"(tolerance {report['tolerance_mean_abs'] * 255:.1f}/255), finite: {report['finite']}",
+            err=True,
+        )
         sys.exit(1)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import click
 
@@ -11,8 +11,14 @@ from sdrt.runtime.families.sdxl import AESTHETIC_SCORE, NEGATIVE_AESTHETIC_SCORE
 
 #: diffusers' documented hand-off for the ensemble of experts (and A1111's refiner_switch_at default).
 DEFAULT_REFINER_SWITCH = 0.8
-PAIRS = ("original_size", "crop_top_left", "target_size", "negative_original_size", "negative_crop_top_left",
-         "negative_target_size")
+PAIRS = (
+    "original_size",
+    "crop_top_left",
+    "target_size",
+    "negative_original_size",
+    "negative_crop_top_left",
+    "negative_target_size",
+)
 SCORES = {"aesthetic_score": AESTHETIC_SCORE, "negative_aesthetic_score": NEGATIVE_AESTHETIC_SCORE}
 
 
@@ -38,17 +44,36 @@ def sdxl_options(command: Callable) -> Callable:
     """Adds --refiner, --refiner-switch and the size-conditioning options to a command."""
     options = [
         click.option("--refiner", default=None, type=click.Path(), help="SDXL refiner folder (ensemble of experts)."),
-        click.option("--refiner-switch", default=None, type=FiniteFloat(0, 1, low_open=True),
-                     help=f"With --refiner: the fraction of the schedule the base runs, in (0, 1) "
-                          f"[default: {DEFAULT_REFINER_SWITCH}]."),
+        click.option(
+            "--refiner-switch",
+            default=None,
+            type=FiniteFloat(0, 1, low_open=True),
+            help=f"With --refiner: the fraction of the schedule the base runs, in (0, 1) "
+            f"[default: {DEFAULT_REFINER_SWITCH}].",
+        ),
     ]
     for name in PAIRS:
         what = "TOP,LEFT" if "crop" in name else "HEIGHT,WIDTH"
-        options.append(click.option(f"--{name.replace('_', '-')}", name, default=None, type=Pair(), metavar=what,
-                                    help=f"SDXL size conditioning: {name.replace('_', ' ')}."))
+        options.append(
+            click.option(
+                f"--{name.replace('_', '-')}",
+                name,
+                default=None,
+                type=Pair(),
+                metavar=what,
+                help=f"SDXL size conditioning: {name.replace('_', ' ')}.",
+            )
+        )
     for name, default in SCORES.items():
-        options.append(click.option(f"--{name.replace('_', '-')}", name, default=None, type=FiniteFloat(),
-                                    help=f"SDXL refiner conditioning [default: {default:g}]."))
+        options.append(
+            click.option(
+                f"--{name.replace('_', '-')}",
+                name,
+                default=None,
+                type=FiniteFloat(),
+                help=f"SDXL refiner conditioning [default: {default:g}].",
+            )
+        )
     return with_options(command, options)
 
 

@@ -12,41 +12,88 @@ from sdrt.cli import main
 from sdrt.cli.controlnet_options import controlnet_dir_option
 from sdrt.cli.default_model import resolve_model
 from sdrt.cli.prompt_options import embedding_options, embedding_sources, serve_lora_options
-from sdrt.cli.types import FiniteFloat, PORT, THREADS
+from sdrt.cli.types import PORT, THREADS, FiniteFloat
 from sdrt.errors import SdrtError
 from sdrt.runtime.engines import BACKEND_NAMES, DEFAULT_BACKEND
 
 
 @main.command()
-@click.option("--model", "model_dir", default=None, type=click.Path(),
-              help="Exported model folder [default: $SDRT_MODEL, else SD 1.5 exported once into the cache].")
-@click.option("--refiner", default=None, type=click.Path(),
-              help="SDXL refiner folder; A1111 requests pick it with refiner_checkpoint.")
+@click.option(
+    "--model",
+    "model_dir",
+    default=None,
+    type=click.Path(),
+    help="Exported model folder [default: $SDRT_MODEL, else SD 1.5 exported once into the cache].",
+)
+@click.option(
+    "--refiner",
+    default=None,
+    type=click.Path(),
+    help="SDXL refiner folder; A1111 requests pick it with refiner_checkpoint.",
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
 @click.option("--port", default=7860, show_default=True, type=PORT)
 @click.option("--backend", default=DEFAULT_BACKEND, show_default=True, type=click.Choice(BACKEND_NAMES))
 @click.option("--threads", default=None, type=THREADS, help="CPU threads per engine (default: all cores).")
-@click.option("--api-key", default=None, envvar="SDRT_API_KEY",
-              help="Require 'Authorization: Bearer KEY' on every route but /health (or $SDRT_API_KEY).")
-@click.option("--api-auth", default=None, envvar="SDRT_API_AUTH", metavar="USER:PASS[,USER:PASS]",
-              help="A1111's --api-auth: also accept HTTP basic with these credentials (or $SDRT_API_AUTH).")
-@click.option("--styles", "styles_file", default=None, type=click.Path(dir_okay=False, exists=True),
-              help="A1111's styles.csv (name, prompt, negative_prompt): the styles requests may name.")
-@click.option("--models-dir", default=None, type=click.Path(file_okay=False),
-              help="Exported models A1111's sd_model_checkpoint (and OpenAI's model) may switch to.")
+@click.option(
+    "--api-key",
+    default=None,
+    envvar="SDRT_API_KEY",
+    help="Require 'Authorization: Bearer KEY' on every route but /health (or $SDRT_API_KEY).",
+)
+@click.option(
+    "--api-auth",
+    default=None,
+    envvar="SDRT_API_AUTH",
+    metavar="USER:PASS[,USER:PASS]",
+    help="A1111's --api-auth: also accept HTTP basic with these credentials (or $SDRT_API_AUTH).",
+)
+@click.option(
+    "--styles",
+    "styles_file",
+    default=None,
+    type=click.Path(dir_okay=False, exists=True),
+    help="A1111's styles.csv (name, prompt, negative_prompt): the styles requests may name.",
+)
+@click.option(
+    "--models-dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Exported models A1111's sd_model_checkpoint (and OpenAI's model) may switch to.",
+)
 @click.option("--max-queue", default=16, show_default=True, type=int, help="Requests admitted; more get 503.")
 @click.option("--concurrency", default=1, show_default=True, type=int, help="Generations at once.")
-@click.option("--timeout", default=300.0, show_default=True, type=FiniteFloat(0, low_open=True),
-              help="Seconds per request.")
-@click.option("--max-batch", default=4, show_default=True, type=int,
-              help="Images that compatible waiting requests may share one UNet call with (1: no batching).")
-@click.option("--batch-window-ms", default=0.0, show_default=True, type=FiniteFloat(0),
-              help="How long a free worker waits for compatible requests to join a batch.")
-@click.option("--plain-prompts", is_flag=True,
-              help="The OpenAI route reads prompts as plain text (A1111 routes always read A1111's prompt language).")
-@click.option("--preview-every", default=0, show_default=True, type=click.IntRange(min=0), metavar="N",
-              help="Decode a preview every N steps for A1111's /sdapi/v1/progress current_image (tiny VAE when "
-                   "exported; 0: none).")
+@click.option(
+    "--timeout", default=300.0, show_default=True, type=FiniteFloat(0, low_open=True), help="Seconds per request."
+)
+@click.option(
+    "--max-batch",
+    default=4,
+    show_default=True,
+    type=int,
+    help="Images that compatible waiting requests may share one UNet call with (1: no batching).",
+)
+@click.option(
+    "--batch-window-ms",
+    default=0.0,
+    show_default=True,
+    type=FiniteFloat(0),
+    help="How long a free worker waits for compatible requests to join a batch.",
+)
+@click.option(
+    "--plain-prompts",
+    is_flag=True,
+    help="The OpenAI route reads prompts as plain text (A1111 routes always read A1111's prompt language).",
+)
+@click.option(
+    "--preview-every",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="Decode a preview every N steps for A1111's /sdapi/v1/progress current_image (tiny VAE when "
+    "exported; 0: none).",
+)
 @embedding_options
 @serve_lora_options
 @controlnet_dir_option
@@ -54,32 +101,82 @@ from sdrt.runtime.engines import BACKEND_NAMES, DEFAULT_BACKEND
 @click.option("--replicas", default=None, type=int, help="With --ray: a fixed number of replicas.")
 @click.option("--min-replicas", default=1, show_default=True, type=int, help="With --ray: autoscaling lower bound.")
 @click.option("--max-replicas", default=1, show_default=True, type=int, help="With --ray: autoscaling upper bound.")
-@click.option("--gpus-per-replica", default=0.0, show_default=True, type=FiniteFloat(0),
-              help="With --ray: GPUs each replica reserves (1 = one replica per GPU).")
-@click.option("--cpus-per-replica", default=1.0, show_default=True, type=FiniteFloat(0, low_open=True),
-              help="With --ray: CPUs each replica reserves (and its engine threads unless --threads).")
-@click.option("--ray-address", default=None,
-              help="With --ray: the cluster to join ('auto' for the one this machine belongs to); "
-                   "default: start a local Ray instance.")
-def serve(model_dir, refiner, host, port, backend, threads, api_key, api_auth, styles_file, models_dir, max_queue, concurrency, timeout, max_batch,
-          batch_window_ms, plain_prompts, preview_every, embedding_dirs, embedding_files, lora_dir, lora_cache_mb,
-          controlnet_dir, use_ray, replicas, min_replicas, max_replicas, gpus_per_replica, cpus_per_replica, ray_address) -> None:
+@click.option(
+    "--gpus-per-replica",
+    default=0.0,
+    show_default=True,
+    type=FiniteFloat(0),
+    help="With --ray: GPUs each replica reserves (1 = one replica per GPU).",
+)
+@click.option(
+    "--cpus-per-replica",
+    default=1.0,
+    show_default=True,
+    type=FiniteFloat(0, low_open=True),
+    help="With --ray: CPUs each replica reserves (and its engine threads unless --threads).",
+)
+@click.option(
+    "--ray-address",
+    default=None,
+    help="With --ray: the cluster to join ('auto' for the one this machine belongs to); "
+    "default: start a local Ray instance.",
+)
+def serve(
+    model_dir,
+    refiner,
+    host,
+    port,
+    backend,
+    threads,
+    api_key,
+    api_auth,
+    styles_file,
+    models_dir,
+    max_queue,
+    concurrency,
+    timeout,
+    max_batch,
+    batch_window_ms,
+    plain_prompts,
+    preview_every,
+    embedding_dirs,
+    embedding_files,
+    lora_dir,
+    lora_cache_mb,
+    controlnet_dir,
+    use_ray,
+    replicas,
+    min_replicas,
+    max_replicas,
+    gpus_per_replica,
+    cpus_per_replica,
+    ray_address,
+) -> None:
     """Serve the model over HTTP: OpenAI Images API, AUTOMATIC1111 API, /health, /metrics."""
     try:
         import uvicorn
 
         from sdrt.serve.app import ServeSettings, create_app
     except ImportError as error:
-        raise SdrtError(f"serve needs the serve extra ({error.name} is missing): pip install 'sdrt[serve]'")
+        raise SdrtError(f"serve needs the serve extra ({error.name} is missing): pip install 'sdrt[serve]'") from error
     from sdrt.runtime.pipeline import Pipeline
 
     if max_queue < 1 or concurrency < 1 or timeout <= 0 or max_batch < 1 or batch_window_ms < 0:
-        raise SdrtError("--max-queue, --concurrency and --max-batch must be >= 1, --timeout > 0 "
-                        "and --batch-window-ms >= 0")
-    settings = ServeSettings(max_queue=max_queue, concurrency=concurrency, timeout_s=timeout, api_key=api_key,
-                             api_auth=parse_api_auth(api_auth), styles_file=styles_file,
-                             max_batch_images=max_batch, batch_window_s=batch_window_ms / 1000,
-                             plain_prompts=plain_prompts, preview_every=preview_every)
+        raise SdrtError(
+            "--max-queue, --concurrency and --max-batch must be >= 1, --timeout > 0 and --batch-window-ms >= 0"
+        )
+    settings = ServeSettings(
+        max_queue=max_queue,
+        concurrency=concurrency,
+        timeout_s=timeout,
+        api_key=api_key,
+        api_auth=parse_api_auth(api_auth),
+        styles_file=styles_file,
+        max_batch_images=max_batch,
+        batch_window_s=batch_window_ms / 1000,
+        plain_prompts=plain_prompts,
+        preview_every=preview_every,
+    )
     if host not in ("127.0.0.1", "localhost", "::1") and not (api_key or api_auth):
         click.echo(f"warning: serving on {host} without --api-key: anyone who can reach it can use it", err=True)
     embeddings = embedding_sources(embedding_dirs, embedding_files)
@@ -87,17 +184,40 @@ def serve(model_dir, refiner, host, port, backend, threads, api_key, api_auth, s
     if use_ray and models_dir is not None:
         raise SdrtError("--models-dir is not supported with --ray yet: each replica serves one model")
     if use_ray:
-        serve_on_ray(model_dir, refiner, backend, threads, settings, host, port, ray_address,
-                     dict(replicas=replicas, min_replicas=min_replicas, max_replicas=max_replicas,
-                          gpus_per_replica=gpus_per_replica, cpus_per_replica=cpus_per_replica), embeddings,
-                     dict(lora_dir=lora_dir, lora_cache_mb=lora_cache_mb, controlnet_dir=controlnet_dir))
+        serve_on_ray(
+            model_dir,
+            refiner,
+            backend,
+            threads,
+            settings,
+            host,
+            port,
+            ray_address,
+            dict(
+                replicas=replicas,
+                min_replicas=min_replicas,
+                max_replicas=max_replicas,
+                gpus_per_replica=gpus_per_replica,
+                cpus_per_replica=cpus_per_replica,
+            ),
+            embeddings,
+            dict(lora_dir=lora_dir, lora_cache_mb=lora_cache_mb, controlnet_dir=controlnet_dir),
+        )
         return
     if models_dir is not None and not Path(models_dir).is_dir():
         raise SdrtError(f"--models-dir {models_dir} is not a folder")
 
     def load(folder):
-        return Pipeline.load(folder, backend=backend, threads=threads, refiner=refiner, embeddings=embeddings,
-                             lora_dir=lora_dir, lora_cache_mb=lora_cache_mb, controlnet_dir=controlnet_dir)
+        return Pipeline.load(
+            folder,
+            backend=backend,
+            threads=threads,
+            refiner=refiner,
+            embeddings=embeddings,
+            lora_dir=lora_dir,
+            lora_cache_mb=lora_cache_mb,
+            controlnet_dir=controlnet_dir,
+        )
 
     from sdrt.serve.catalog import ModelCatalog
     from sdrt.serve.http import JsonErrorProtocol, StoppingServer
@@ -120,16 +240,28 @@ def parse_api_auth(text: str | None) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
-def serve_on_ray(model_dir, refiner, backend, threads, settings, host, port, address,
-                 replica_options: dict, embeddings: list[str] = (), loras: dict | None = None) -> None:
+def serve_on_ray(
+    model_dir,
+    refiner,
+    backend,
+    threads,
+    settings,
+    host,
+    port,
+    address,
+    replica_options: dict,
+    embeddings: list[str] = (),
+    loras: dict | None = None,
+) -> None:
     try:
         from sdrt.serve import ray_serve
     except ImportError as error:
-        raise SdrtError(f"--ray needs Ray Serve ({error.name} is missing): pip install 'sdrt[ray]'")
+        raise SdrtError(f"--ray needs Ray Serve ({error.name} is missing): pip install 'sdrt[ray]'") from error
     ray_settings = ray_serve.RaySettings(**replica_options)
     ray_settings.check()
-    ray_serve.run(model_dir, backend, threads, settings, ray_settings, host, port, address, refiner,
-                  tuple(embeddings), loras)
+    ray_serve.run(
+        model_dir, backend, threads, settings, ray_settings, host, port, address, refiner, tuple(embeddings), loras
+    )
     click.echo(f"serving on http://{host}:{port} with Ray Serve; Ctrl-C (or SIGTERM) stops it", err=True)
 
     def stop(signum, frame):

@@ -7,13 +7,14 @@ for its test inputs, and turned into the manifest's tensor specs. Names follow d
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
-
 import torch
 
+from sdrt.export.residuals import added_residuals, residual_defaults, residual_inputs, residual_layout, residual_specs
+from sdrt.export.token_rows import extend_tokens, text_inputs_maker
 from sdrt.runtime.families import FAMILIES
 from sdrt.runtime.manifest import (  # noqa: F401 - the dimension names, re-exported for the exporter
     BATCH,
@@ -22,23 +23,20 @@ from sdrt.runtime.manifest import (  # noqa: F401 - the dimension names, re-expo
     EXTRA_TOKENS,
     HEIGHT,
     LAST_HIDDEN,
-    LAYER_HIDDEN,
     LATENT_HEIGHT,
     LATENT_WIDTH,
+    LAYER_HIDDEN,
     POOLED,
     TEXT_SEQUENCE,
     TIMESTEP_BATCH,
     TIMESTEP_COND,
-    UNET_CONTEXT,
     UNET_BATCH,
+    UNET_CONTEXT,
     WIDTH,
     DimRange,
     TensorSpec,
     downsampled,
 )
-from sdrt.export.token_rows import extend_tokens, text_inputs_maker
-from sdrt.export.residuals import (added_residuals, residual_defaults, residual_inputs, residual_layout,
-                                   residual_specs)
 
 # Export-time ranges recorded in the manifest (TensorRT profiles are built from them).
 MAX_BATCH = 8
@@ -62,7 +60,7 @@ class ModelGeometry:
     max_prompt_chunks: int = DEFAULT_PROMPT_CHUNKS  # the UNet's text context: up to this many encoder lengths
 
     @classmethod
-    def of(cls, pipeline, max_prompt_chunks: int = DEFAULT_PROMPT_CHUNKS) -> "ModelGeometry":
+    def of(cls, pipeline, max_prompt_chunks: int = DEFAULT_PROMPT_CHUNKS) -> ModelGeometry:
         unet, vae = pipeline.unet.config, pipeline.vae.config
         text = next(encoder for encoder in text_encoder_modules(pipeline).values()).config
         downsamplers = sum(1 for block in unet.down_block_types) - 1
@@ -84,8 +82,12 @@ class ModelGeometry:
     def dims(self) -> dict[str, DimRange]:
         latent_max = self.native_latent_size * MAX_IMAGE_SIDE_FACTOR
         latent_max -= latent_max % self.unet_size_multiple
-        latent = DimRange(self.unet_size_multiple * MIN_IMAGE_SIDE_LATENTS, self.native_latent_size,
-                          latent_max, self.unet_size_multiple)
+        latent = DimRange(
+            self.unet_size_multiple * MIN_IMAGE_SIDE_LATENTS,
+            self.native_latent_size,
+            latent_max,
+            self.unet_size_multiple,
+        )
         scale = self.vae_scale_factor
         image = DimRange(latent.min * scale, latent.opt * scale, latent.max * scale, latent.multiple * scale)
         inner = {}  # the latent sides inside the UNet (ControlNet residuals)
@@ -102,8 +104,9 @@ class ModelGeometry:
             WIDTH: image,
             LATENT_HEIGHT: latent,
             LATENT_WIDTH: latent,
-            TEXT_SEQUENCE: DimRange(self.text_length, self.text_length, self.text_length * self.max_prompt_chunks,
-                                    self.text_length),
+            TEXT_SEQUENCE: DimRange(
+                self.text_length, self.text_length, self.text_length * self.max_prompt_chunks, self.text_length
+            ),
             EXTRA_TOKENS: DimRange(1, 1, MAX_EXTRA_TOKENS),
             **inner,
         }
@@ -164,8 +167,14 @@ class GuidanceEmbeddedUnet(Unet):
     """An LCM-distilled UNet: the guidance scale comes in as an embedding (`timestep_cond`)."""
 
     def forward(self, sample, timestep, encoder_hidden_states, timestep_cond, *residuals):
-        return self.model(sample, timestep, encoder_hidden_states, timestep_cond=timestep_cond, return_dict=False,
-                          **added_residuals(residuals))[0]
+        return self.model(
+            sample,
+            timestep,
+            encoder_hidden_states,
+            timestep_cond=timestep_cond,
+            return_dict=False,
+            **added_residuals(residuals),
+        )[0]
 
 
 class VaeDecoder(torch.nn.Module):
@@ -198,7 +207,7 @@ class ComponentExport:
     outputs: list[TensorSpec]
     make_inputs: Callable[[torch.Generator, int, int, int], tuple[torch.Tensor, ...]]
     # Inputs with a default value in the graph (an initializer of the same name): callers may leave them out.
-    defaults: dict[str, "np.ndarray"] = field(default_factory=dict)
+    defaults: dict[str, np.ndarray] = field(default_factory=dict)
     # The model whose layers LoRA files name (the UNet, a text model): it gets a weights map.
     lora_model: torch.nn.Module | None = None
 

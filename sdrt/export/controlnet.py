@@ -12,8 +12,8 @@ and control mode, so one engine serves them all. A ControlNet whose config sets
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -21,8 +21,8 @@ from sdrt.errors import ModelFolderError, SdrtError
 from sdrt.export.components import ComponentExport, ModelGeometry
 from sdrt.export.exporter import ExportOptions, component_spec, export_component, staged
 from sdrt.export.model_files import versions
-from sdrt.export.sdxl import MAX_SIZE_CONDITION
 from sdrt.export.residuals import residual_layout, residual_specs
+from sdrt.export.sdxl import MAX_SIZE_CONDITION
 from sdrt.runtime.features.controlnet.manifest import COMPONENT, KIND, ControlNetManifest
 from sdrt.runtime.manifest import (
     CONTROL_IMAGE,
@@ -61,8 +61,16 @@ class ControlNet(torch.nn.Module):
 
     def forward(self, sample, timestep, encoder_hidden_states, controlnet_cond, *added):
         kwargs = {"added_cond_kwargs": {TEXT_EMBEDS: added[0], TIME_IDS: added[1]}} if added else {}
-        down, mid = self.model(sample, timestep, encoder_hidden_states, controlnet_cond, conditioning_scale=1.0,
-                               guess_mode=False, return_dict=False, **kwargs)
+        down, mid = self.model(
+            sample,
+            timestep,
+            encoder_hidden_states,
+            controlnet_cond,
+            conditioning_scale=1.0,
+            guess_mode=False,
+            return_dict=False,
+            **kwargs,
+        )
         return (*down, mid)
 
 
@@ -96,7 +104,10 @@ def controlnet_component(model) -> ComponentExport:
     added = []
     if is_sdxl_controlnet(config):
         pooled = config.projection_class_embeddings_input_dim - config.addition_time_embed_dim * SDXL_TIME_IDS
-        added = [TensorSpec(TEXT_EMBEDS, f32, [UNET_BATCH, pooled]), TensorSpec(TIME_IDS, f32, [UNET_BATCH, SDXL_TIME_IDS])]
+        added = [
+            TensorSpec(TEXT_EMBEDS, f32, [UNET_BATCH, pooled]),
+            TensorSpec(TIME_IDS, f32, [UNET_BATCH, SDXL_TIME_IDS]),
+        ]
 
     def make_inputs(gen, batch, latent_h, latent_w):
         rows = 2 * batch
@@ -104,12 +115,19 @@ def controlnet_component(model) -> ComponentExport:
             torch.randn(rows, g.latent_channels, latent_h, latent_w, generator=gen),
             torch.randint(0, NUM_TRAIN_TIMESTEPS, (rows,), generator=gen).to(torch.float32),
             torch.randn(rows, g.context_length(batch), g.text_hidden_size, generator=gen),
-            torch.rand(rows, config.conditioning_channels, latent_h * g.vae_scale_factor,
-                       latent_w * g.vae_scale_factor, generator=gen),
+            torch.rand(
+                rows,
+                config.conditioning_channels,
+                latent_h * g.vae_scale_factor,
+                latent_w * g.vae_scale_factor,
+                generator=gen,
+            ),
         )
         if added:
-            inputs += (torch.randn(rows, added[0].shape[1], generator=gen),
-                       torch.randint(0, MAX_SIZE_CONDITION, (rows, SDXL_TIME_IDS), generator=gen).to(torch.float32))
+            inputs += (
+                torch.randn(rows, added[0].shape[1], generator=gen),
+                torch.randint(0, MAX_SIZE_CONDITION, (rows, SDXL_TIME_IDS), generator=gen).to(torch.float32),
+            )
         return inputs
 
     return ComponentExport(
@@ -127,8 +145,15 @@ def controlnet_component(model) -> ComponentExport:
     )
 
 
-def export_controlnet_model(model, out_dir: str | Path, *, source: dict, options: ExportOptions = ExportOptions(),
-                            overwrite: bool = False, progress: Callable[[str], None] = print) -> ControlNetManifest:
+def export_controlnet_model(
+    model,
+    out_dir: str | Path,
+    *,
+    source: dict,
+    options: ExportOptions = ExportOptions(),
+    overwrite: bool = False,
+    progress: Callable[[str], None] = print,
+) -> ControlNetManifest:
     """Export, validate and write a ControlNet's folder; returns its manifest."""
     config = model.config
     geometry = controlnet_geometry(config)
@@ -136,15 +161,23 @@ def export_controlnet_model(model, out_dir: str | Path, *, source: dict, options
     with staged(Path(out_dir), overwrite) as staging:
         final, files, validation = export_component(component, staging, geometry, options, progress)
         spec = component_spec(component, staging, final, files, validation, options)
-        (staging / COMPONENT / "config.json").write_text(json.dumps(dict(config), indent=2, default=str) + "\n",
-                                                        encoding="utf-8")
+        (staging / COMPONENT / "config.json").write_text(
+            json.dumps(dict(config), indent=2, default=str) + "\n", encoding="utf-8"
+        )
         manifest = ControlNetManifest(
-            format_version=FORMAT_VERSION, kind=KIND, family=controlnet_family(config),
-            text_hidden_size=geometry.text_hidden_size, latent_channels=geometry.latent_channels,
+            format_version=FORMAT_VERSION,
+            kind=KIND,
+            family=controlnet_family(config),
+            text_hidden_size=geometry.text_hidden_size,
+            latent_channels=geometry.latent_channels,
             conditioning_channels=config.conditioning_channels,
             conditioning_scale_factor=geometry.vae_scale_factor,
             global_pool_conditions=bool(config.global_pool_conditions),
-            dims=geometry.dims(), components={COMPONENT: spec}, source=source, versions=versions())
+            dims=geometry.dims(),
+            components={COMPONENT: spec},
+            source=source,
+            versions=versions(),
+        )
         manifest.save(staging)
     return manifest
 

@@ -6,8 +6,9 @@ package's DeepCacheSDHelper:
   generation asks the engine for `out_sample` only, so it runs as before.
 - `unet_shallow` (a new, small graph) is what a cached step computes: the time embedding,
   `conv_in`, the last up block's last resnet (and attention) on [deep_feature, conv_in's
-  output], and the output convolution (SDXL: plus its added text/size embedding). Its weights are the UNet's own, exported again (a few
-  MB: one resnet and one transformer block at the highest resolution).
+  output], and the output convolution (SDXL: plus its added text/size embedding). Its weights
+  are the UNet's own, exported again (a few MB: one resnet and one transformer block at the
+  highest resolution).
 
 SD 1.x/2.x and SDXL UNets, text-to-image and image-to-image; the runtime refuses the rest by name."""
 
@@ -18,8 +19,18 @@ from dataclasses import replace
 import torch
 
 from sdrt.errors import ConfigError
-from sdrt.runtime.manifest import (DEEP_FEATURE, LATENT_HEIGHT, LATENT_WIDTH, TEXT_EMBEDS, TIME_IDS, TIMESTEP_COND,
-                                   UNET_BATCH, UNET_CONTEXT, UNET_SHALLOW, TensorSpec)
+from sdrt.runtime.manifest import (
+    DEEP_FEATURE,
+    LATENT_HEIGHT,
+    LATENT_WIDTH,
+    TEXT_EMBEDS,
+    TIME_IDS,
+    TIMESTEP_COND,
+    UNET_BATCH,
+    UNET_CONTEXT,
+    UNET_SHALLOW,
+    TensorSpec,
+)
 
 SUPPORTED_ADDITIONS = (None, "text_time")  # SD 1.x/2.x; SDXL's pooled text + size conditioning
 
@@ -70,8 +81,9 @@ class ShallowUnet(torch.nn.Module):
         unet = self.unet
         given, deep_feature = dict(zip(self.names, inputs[:-1])), inputs[-1]
         sample, context = given["sample"], given.get(UNET_CONTEXT)
-        emb = unet.time_embedding(unet.get_time_embed(sample=sample, timestep=given["timestep"]),
-                                  given.get(TIMESTEP_COND))
+        emb = unet.time_embedding(
+            unet.get_time_embed(sample=sample, timestep=given["timestep"]), given.get(TIMESTEP_COND)
+        )
         added = {name: given[name] for name in (TEXT_EMBEDS, TIME_IDS) if name in given}
         if added:  # SDXL: the pooled text and size conditioning, as the UNet adds them
             emb = emb + unet.get_aug_embed(emb=emb, encoder_hidden_states=context, added_cond_kwargs=added)
@@ -90,8 +102,9 @@ class ShallowUnet(torch.nn.Module):
 def deepcache_exports(exports: list, pipeline) -> list:
     """`exports` with the UNet giving its deep feature, and the shallow UNet after it."""
     unet = pipeline.unet
-    if getattr(unet.config, "addition_embed_type", None) not in SUPPORTED_ADDITIONS \
-            or getattr(unet.config, "class_embed_type", None):
+    if getattr(unet.config, "addition_embed_type", None) not in SUPPORTED_ADDITIONS or getattr(
+        unet.config, "class_embed_type", None
+    ):
         raise ConfigError("--deepcache is for SD 1.x/2.x and SDXL UNets (this one takes other added embeddings)")
     _handoff_layer(unet)
     index = next(i for i, e in enumerate(exports) if e.name == "unet")
@@ -106,9 +119,18 @@ def deepcache_exports(exports: list, pipeline) -> list:
 
     def shallow_inputs(gen, batch, latent_h, latent_w):
         made = plain.make_inputs(gen, batch, latent_h, latent_w)
-        return (*(made[index] for index in positions),
-                torch.randn(made[0].shape[0], width, latent_h, latent_w, generator=gen))
+        return (
+            *(made[index] for index in positions),
+            torch.randn(made[0].shape[0], width, latent_h, latent_w, generator=gen),
+        )
 
-    shallow = replace(plain, name=UNET_SHALLOW, module=ShallowUnet(unet, [spec.name for spec in kept]), inputs=[*kept, feature],
-                      make_inputs=shallow_inputs, defaults={}, lora_model=None)
-    return [*exports[:index], full, shallow, *exports[index + 1:]]
+    shallow = replace(
+        plain,
+        name=UNET_SHALLOW,
+        module=ShallowUnet(unet, [spec.name for spec in kept]),
+        inputs=[*kept, feature],
+        make_inputs=shallow_inputs,
+        defaults={},
+        lora_model=None,
+    )
+    return [*exports[:index], full, shallow, *exports[index + 1 :]]

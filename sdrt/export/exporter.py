@@ -14,10 +14,10 @@ import re
 import shutil
 import time
 import warnings
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 from sdrt.errors import ModelFolderError, SdrtError
 from sdrt.export import onnx_graph
@@ -37,8 +37,10 @@ WORK_DIR = ".work"
 class ExportError(SdrtError):
     """The export could not be written or did not reproduce the PyTorch model."""
 
+
 # An export works in `.NAME.partial-PID` and moves the old folder to `.NAME.old-PID`.
 STALE_EXPORT = re.compile(r"\..+\.(partial|old)-(?P<pid>\d+)")
+
 
 @dataclass(frozen=True)
 class ExportOptions:
@@ -89,13 +91,16 @@ def _graph_dtypes(path: Path, specs: list[TensorSpec]) -> list[TensorSpec]:
     import onnx
 
     graph = onnx.load_model(str(path), load_external_data=False).graph
-    types = {v.name: onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name
-             for v in list(graph.input) + list(graph.output)}
+    types = {
+        v.name: onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name
+        for v in list(graph.input) + list(graph.output)
+    }
     return [replace(spec, dtype=types[spec.name]) for spec in specs]
 
 
-def _build_component(component: ComponentExport, staging: Path, geometry: ModelGeometry,
-                     options: ExportOptions, release: bool = False) -> tuple[Path, list[Path], dict]:
+def _build_component(
+    component: ComponentExport, staging: Path, geometry: ModelGeometry, options: ExportOptions, release: bool = False
+) -> tuple[Path, list[Path], dict]:
     """Export, convert and optimize one engine; returns its file, all its files, validation.
     With `release`, the module's weights are dropped once traced (nothing later needs them)."""
     precision = options.precision_of(component.name)
@@ -158,24 +163,41 @@ def staged(out_dir: Path, overwrite: bool):
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def export_component(component: ComponentExport, staging: Path, geometry: ModelGeometry, options: ExportOptions,
-                     progress: Callable[[str], None], release: bool = False) -> tuple[Path, list[Path], dict]:
+def export_component(
+    component: ComponentExport,
+    staging: Path,
+    geometry: ModelGeometry,
+    options: ExportOptions,
+    progress: Callable[[str], None],
+    release: bool = False,
+) -> tuple[Path, list[Path], dict]:
     """_build_component with its progress lines; an engine that does not reproduce its module
     is an ExportError."""
     started = time.perf_counter()
     precision = options.precision_of(component.name)
     progress(f"{component.name}: exporting ({precision}, {options.target}{', optimized' if options.optimize else ''})")
     final, files, validation = _build_component(component, staging, geometry, options, release)
-    progress(f"{component.name}: max abs error {validation['max_abs_error']:.2e}, "
-             f"max rel error {validation['max_rel_error']:.2e} ({time.perf_counter() - started:.1f}s)")
+    progress(
+        f"{component.name}: max abs error {validation['max_abs_error']:.2e}, "
+        f"max rel error {validation['max_rel_error']:.2e} ({time.perf_counter() - started:.1f}s)"
+    )
     if not validation["passed"]:
-        raise ExportError(f"{component.name} ({precision}) does not reproduce the PyTorch model: relative "
-                          f"error {validation['max_rel_error']:.2e} > {validation['tolerance']:.0e}")
+        raise ExportError(
+            f"{component.name} ({precision}) does not reproduce the PyTorch model: relative "
+            f"error {validation['max_rel_error']:.2e} > {validation['tolerance']:.0e}"
+        )
     return final, files, validation
 
 
-def component_spec(component: ComponentExport, staging: Path, final: Path, files: list[Path], validation: dict,
-                   options: ExportOptions, weights_map: str = "") -> ComponentSpec:
+def component_spec(
+    component: ComponentExport,
+    staging: Path,
+    final: Path,
+    files: list[Path],
+    validation: dict,
+    options: ExportOptions,
+    weights_map: str = "",
+) -> ComponentSpec:
     """The manifest entry of an exported engine (paths relative to the folder, digests recorded)."""
     return ComponentSpec(
         file=final.relative_to(staging).as_posix(),
@@ -233,20 +255,30 @@ def export_pipeline(
             tiny_components, tiny = tiny_vae_exports(load_tiny_vae(options.tiny_vae), geometry)
             exports += tiny_components
         for index, component in enumerate(exports):
-            release = release_weights and not _shares_weights(component, exports[index + 1:])
-            prints = None if component.lora_model is None else fingerprint(
-                component.lora_model, component.name, options.precision_of(component.name) == "fp16")
+            release = release_weights and not _shares_weights(component, exports[index + 1 :])
+            prints = (
+                None
+                if component.lora_model is None
+                else fingerprint(component.lora_model, component.name, options.precision_of(component.name) == "fp16")
+            )
             final, files, validation = export_component(component, staging, geometry, options, progress, release)
             weights_map = ""
             if prints is not None:
                 map_file, unmapped = write_weights_map(final, prints, component.name)
                 files.append(map_file)
                 weights_map = map_file.relative_to(staging).as_posix()
-                progress(f"{component.name}: LoRA map of {len(prints.shapes) - len(unmapped)} layers"
-                         + (f" ({len(unmapped)} not held as one tensor: {', '.join(unmapped[:3])}"
-                            f"{', ...' if len(unmapped) > 3 else ''})" if unmapped else ""))
-            components[component.name] = component_spec(component, staging, final, files, validation, options,
-                                                         weights_map)
+                progress(
+                    f"{component.name}: LoRA map of {len(prints.shapes) - len(unmapped)} layers"
+                    + (
+                        f" ({len(unmapped)} not held as one tensor: {', '.join(unmapped[:3])}"
+                        f"{', ...' if len(unmapped) > 3 else ''})"
+                        if unmapped
+                        else ""
+                    )
+                )
+            components[component.name] = component_spec(
+                component, staging, final, files, validation, options, weights_map
+            )
         write_diffusers_files(pipeline, staging, list(components))
         vae = pipeline.vae.config
         manifest = Manifest(
@@ -298,9 +330,15 @@ def _replace(staging: Path, out_dir: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def export_model(source: str, out_dir: str | Path, *, config: str | None = None,
-                 options: ExportOptions = ExportOptions(), overwrite: bool = False,
-                 progress: Callable[[str], None] = print):
+def export_model(
+    source: str,
+    out_dir: str | Path,
+    *,
+    config: str | None = None,
+    options: ExportOptions = ExportOptions(),
+    overwrite: bool = False,
+    progress: Callable[[str], None] = print,
+):
     """Load `source` (folder, checkpoint or hub id) and export it to `out_dir`; returns its
     manifest. A ControlNet is exported alone (sdrt.export.controlnet)."""
     from sdrt.export.sources import NotAPipeline, load_pipeline
@@ -314,8 +352,14 @@ def export_model(source: str, out_dir: str | Path, *, config: str | None = None,
 
     progress(f"loading {source}")
     if is_controlnet_source(source):
-        return export_controlnet_model(load_controlnet(source, config), out_dir, source={"model": str(source)},
-                                       options=options, overwrite=overwrite, progress=progress)
+        return export_controlnet_model(
+            load_controlnet(source, config),
+            out_dir,
+            source={"model": str(source)},
+            options=options,
+            overwrite=overwrite,
+            progress=progress,
+        )
     try:
         pipeline = load_pipeline(source, config)
     except NotAPipeline as error:  # a hub id: a ControlNet's repository has a config.json instead
@@ -323,7 +367,15 @@ def export_model(source: str, out_dir: str | Path, *, config: str | None = None,
             model = load_controlnet(source)
         except ModelFolderError:
             raise error from None
-        return export_controlnet_model(model, out_dir, source={"model": str(source)}, options=options,
-                                       overwrite=overwrite, progress=progress)
-    return export_pipeline(pipeline, out_dir, source={"model": str(source)}, options=options,
-                           overwrite=overwrite, progress=progress, release_weights=True)
+        return export_controlnet_model(
+            model, out_dir, source={"model": str(source)}, options=options, overwrite=overwrite, progress=progress
+        )
+    return export_pipeline(
+        pipeline,
+        out_dir,
+        source={"model": str(source)},
+        options=options,
+        overwrite=overwrite,
+        progress=progress,
+        release_weights=True,
+    )

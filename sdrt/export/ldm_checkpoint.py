@@ -27,17 +27,37 @@ TEXT_PREFIX = "cond_stage_model.transformer."
 TEXT_MODEL = "text_model"
 
 SDXL_EMBEDDER = "conditioner.embedders.{}."
-UNET_TOP = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
-            "add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2",
-            "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}
-OPEN_CLIP_TOP = {"embeddings.token_embedding.weight": "token_embedding.weight",
-                 "embeddings.position_embedding.weight": "positional_embedding",
-                 "final_layer_norm.weight": "ln_final.weight", "final_layer_norm.bias": "ln_final.bias"}
-OPEN_CLIP_LAYER = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj",
-                   "self_attn.out_proj": "attn.out_proj"}
+UNET_TOP = {
+    "time_embedding.linear_1": "time_embed.0",
+    "time_embedding.linear_2": "time_embed.2",
+    "add_embedding.linear_1": "label_emb.0.0",
+    "add_embedding.linear_2": "label_emb.0.2",
+    "conv_in": "input_blocks.0.0",
+    "conv_norm_out": "out.0",
+    "conv_out": "out.2",
+}
+OPEN_CLIP_TOP = {
+    "embeddings.token_embedding.weight": "token_embedding.weight",
+    "embeddings.position_embedding.weight": "positional_embedding",
+    "final_layer_norm.weight": "ln_final.weight",
+    "final_layer_norm.bias": "ln_final.bias",
+}
+OPEN_CLIP_LAYER = {
+    "layer_norm1": "ln_1",
+    "layer_norm2": "ln_2",
+    "mlp.fc1": "mlp.c_fc",
+    "mlp.fc2": "mlp.c_proj",
+    "self_attn.out_proj": "attn.out_proj",
+}
 PACKED_PROJECTIONS = ("q_proj", "k_proj", "v_proj")  # OpenCLIP's in_proj rows, in this order
-UNET_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
-               "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
+UNET_RESNET = {
+    "norm1": "in_layers.0",
+    "conv1": "in_layers.2",
+    "time_emb_proj": "emb_layers.1",
+    "norm2": "out_layers.0",
+    "conv2": "out_layers.3",
+    "conv_shortcut": "skip_connection",
+}
 VAE_ATTENTION = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
 VAE_TOP = {"conv_norm_out": "norm_out"}
 
@@ -45,7 +65,7 @@ VAE_TOP = {"conv_norm_out": "norm_out"}
 def _renamed(rest: str, table: dict[str, str]) -> str:
     for old, new in table.items():
         if rest == old or rest.startswith(old + "."):
-            return new + rest[len(old):]
+            return new + rest[len(old) :]
     return rest
 
 
@@ -54,7 +74,7 @@ def unet_key(key: str, layers_per_block: int, blocks_with_attention: set[int]) -
     per_block = layers_per_block + 1
     for old, new in UNET_TOP.items():
         if key.startswith(old + "."):
-            return new + key[len(old):]
+            return new + key[len(old) :]
     if match := re.fullmatch(r"down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)", key):
         block, kind, layer, rest = int(match[1]), match[2], int(match[3]), match[4]
         index = block * per_block + layer + 1
@@ -107,7 +127,7 @@ def vae_key(key: str, up_blocks: int) -> str:
 
 
 def _without_text_model(key: str) -> str:
-    return key[len(TEXT_MODEL) + 1:] if key.startswith(TEXT_MODEL + ".") else key
+    return key[len(TEXT_MODEL) + 1 :] if key.startswith(TEXT_MODEL + ".") else key
 
 
 def open_clip_state(text_encoder) -> dict:
@@ -139,8 +159,10 @@ def open_clip_state(text_encoder) -> dict:
 def _text_encoder_state(pipeline) -> dict:
     """SD 1.x/2.x: one CLIP text model; SDXL: its embedders (see the module docstring)."""
     if getattr(pipeline, "text_encoder_2", None) is None:
-        return {TEXT_PREFIX + f"{TEXT_MODEL}.{_without_text_model(key)}": tensor
-                for key, tensor in pipeline.text_encoder.state_dict().items()}
+        return {
+            TEXT_PREFIX + f"{TEXT_MODEL}.{_without_text_model(key)}": tensor
+            for key, tensor in pipeline.text_encoder.state_dict().items()
+        }
     state, index = {}, 0
     if pipeline.text_encoder is not None:
         for key, tensor in pipeline.text_encoder.state_dict().items():
@@ -201,8 +223,10 @@ def save_ldm_controlnet(controlnet, path: str | Path) -> Path:
     from safetensors.torch import save_file
 
     hint_blocks = len(controlnet.controlnet_cond_embedding.blocks)
-    state = {CONTROLNET_PREFIX + controlnet_key(key, controlnet.config.layers_per_block, hint_blocks): tensor.contiguous()
-             for key, tensor in controlnet.state_dict().items()}
+    state = {
+        CONTROLNET_PREFIX + controlnet_key(key, controlnet.config.layers_per_block, hint_blocks): tensor.contiguous()
+        for key, tensor in controlnet.state_dict().items()
+    }
     path = Path(path)
     save_file(state, str(path))
     return path

@@ -20,8 +20,13 @@ FP16_KEEP_FP32_IO = ["timestep"]
 PROTOBUF_LIMIT_BYTES = 2**31
 EXTERNAL_DATA_SUFFIX = ".data"
 # ORT transformer-optimizer model types, per component.
-OPTIMIZER_MODEL_TYPES = {"text_encoder": "clip", "text_encoder_2": "clip", "unet": "unet", "vae_decoder": "vae",
-                         "vae_encoder": "vae"}
+OPTIMIZER_MODEL_TYPES = {
+    "text_encoder": "clip",
+    "text_encoder_2": "clip",
+    "unet": "unet",
+    "vae_decoder": "vae",
+    "vae_encoder": "vae",
+}
 TARGETS = ("cpu", "cuda")
 PRECISIONS = ("fp32", "fp16")
 
@@ -39,8 +44,9 @@ def save(model, path: Path) -> list[Path]:
         onnx.save_model(model, str(path))
         return [path]
     data = path.with_name(path.name + EXTERNAL_DATA_SUFFIX)
-    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=data.name, size_threshold=0)
+    onnx.save_model(
+        model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name, size_threshold=0
+    )
     return [path, data]
 
 
@@ -58,18 +64,20 @@ def convert(source: Path, destination: Path, fp16: bool) -> list[Path]:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     if not fp16:
-        return _save_streamed(onnx.load_model(str(source), load_external_data=False), source.parent, destination,
-                              set())
+        return _save_streamed(onnx.load_model(str(source), load_external_data=False), source.parent, destination, set())
     inferred = source.with_name(source.stem + ".shapes.onnx")
     onnx.shape_inference.infer_shapes_path(str(source), str(inferred))
     model = onnx.load_model(str(inferred), load_external_data=False)
-    external_floats = {t.name for t in model.graph.initializer
-                       if t.data_type == onnx.TensorProto.FLOAT and uses_external_data(t)}
+    external_floats = {
+        t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT and uses_external_data(t)
+    }
     with _shapes_from_dims():
-        model = convert_float_to_float16(model, keep_io_types=FP16_KEEP_FP32_IO, op_block_list=FP16_KEEP_FP32_OPS,
-                                         disable_shape_infer=True)
-    halved = {t.name for t in model.graph.initializer
-              if t.name in external_floats and t.data_type == onnx.TensorProto.FLOAT16}
+        model = convert_float_to_float16(
+            model, keep_io_types=FP16_KEEP_FP32_IO, op_block_list=FP16_KEEP_FP32_OPS, disable_shape_infer=True
+        )
+    halved = {
+        t.name for t in model.graph.initializer if t.name in external_floats and t.data_type == onnx.TensorProto.FLOAT16
+    }
     return _save_streamed(model, source.parent, destination, halved)
 
 
@@ -83,7 +91,8 @@ def _shapes_from_dims():
 
     original = float16.make_value_info_from_tensor
     float16.make_value_info_from_tensor = lambda tensor: helper.make_tensor_value_info(
-        tensor.name, tensor.data_type, list(tensor.dims))
+        tensor.name, tensor.data_type, list(tensor.dims)
+    )
     try:
         yield
     finally:
@@ -154,8 +163,15 @@ def optimize_for_cuda(source: Path, component: str, fp16: bool):
     if model_type == "vae":
         options.enable_attention = False
     logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
-    optimized = optimize_model(str(source), model_type=model_type, num_heads=0, hidden_size=0, opt_level=0,
-                               optimization_options=options, use_gpu=True)
+    optimized = optimize_model(
+        str(source),
+        model_type=model_type,
+        num_heads=0,
+        hidden_size=0,
+        opt_level=0,
+        optimization_options=options,
+        use_gpu=True,
+    )
     if fp16:
         optimized.convert_float_to_float16(keep_io_types=FP16_KEEP_FP32_IO, op_block_list=FP16_KEEP_FP32_OPS)
     return optimized.model

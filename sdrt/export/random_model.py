@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from sdrt.errors import ConfigError
 
@@ -176,8 +177,9 @@ TINY_CONDITIONING_EMBEDDING = (8, 8, 16, 16)
 ZERO_CONVOLUTION_SPREAD = 0.05
 
 
-def save_random_controlnet(out_dir: str | Path, model_dir: str | Path, seed: int = 0,
-                           conditioning_embedding: tuple[int, ...] | None = None) -> Path:
+def save_random_controlnet(
+    out_dir: str | Path, model_dir: str | Path, seed: int = 0, conditioning_embedding: tuple[int, ...] | None = None
+) -> Path:
     """A ControlNet with random weights for the UNet of the diffusers folder `model_dir` (SD or
     SDXL), saved as a diffusers ControlNet folder."""
 
@@ -187,11 +189,16 @@ def save_random_controlnet(out_dir: str | Path, model_dir: str | Path, seed: int
 
         unet = UNet2DConditionModel.from_pretrained(Path(model_dir) / "unet")
         torch.manual_seed(seed)
-        extra = {} if conditioning_embedding is None else {"conditioning_embedding_out_channels": conditioning_embedding}
+        extra = (
+            {} if conditioning_embedding is None else {"conditioning_embedding_out_channels": conditioning_embedding}
+        )
         controlnet = ControlNetModel.from_unet(unet, load_weights_from_unet=False, **extra)
         generator = torch.Generator().manual_seed(seed)
-        zeroed = [controlnet.controlnet_cond_embedding.conv_out, *controlnet.controlnet_down_blocks,
-                  controlnet.controlnet_mid_block]
+        zeroed = [
+            controlnet.controlnet_cond_embedding.conv_out,
+            *controlnet.controlnet_down_blocks,
+            controlnet.controlnet_mid_block,
+        ]
         with torch.no_grad():
             for module in zeroed:
                 for parameter in module.parameters():
@@ -202,8 +209,12 @@ def save_random_controlnet(out_dir: str | Path, model_dir: str | Path, seed: int
 
 
 #: A tiny AutoencoderTiny: TAESD's four blocks (8x) with narrow widths and one layer each.
-TINY_TAESD = {"encoder_block_out_channels": [8, 8, 8, 8], "decoder_block_out_channels": [8, 8, 8, 8],
-              "num_encoder_blocks": [1, 1, 1, 1], "num_decoder_blocks": [1, 1, 1, 1]}
+TINY_TAESD = {
+    "encoder_block_out_channels": [8, 8, 8, 8],
+    "decoder_block_out_channels": [8, 8, 8, 8],
+    "num_encoder_blocks": [1, 1, 1, 1],
+    "num_decoder_blocks": [1, 1, 1, 1],
+}
 
 
 def save_random_tiny_vae(out_dir: str | Path, latent_channels: int = 4, seed: int = 0, tiny: bool = True) -> Path:

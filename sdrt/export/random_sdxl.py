@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sdrt.errors import ConfigError
-from sdrt.export.random_model import PRESETS_DIR, SD15_PRESET, SD2_PAD_TOKEN, realistic_norms, save_folder
+from sdrt.export.random_model import PRESETS_DIR, SD2_PAD_TOKEN, SD15_PRESET, realistic_norms, save_folder
 
 SDXL_PRESET = PRESETS_DIR / "sdxl"
 SDXL_KINDS = ("base", "refiner", "inpaint")
@@ -35,10 +35,20 @@ TINY_UNET = {
     "sample_size": 16,
 }
 TINY_VAE = {"block_out_channels": [16, 16, 32, 32], "layers_per_block": 1, "norm_num_groups": 16, "sample_size": 128}
-TINY_TEXT_ENCODER = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4, "num_hidden_layers": 3,
-                     "projection_dim": 32}
-TINY_TEXT_ENCODER_2 = {"hidden_size": 48, "intermediate_size": 96, "num_attention_heads": 4, "num_hidden_layers": 3,
-                       "projection_dim": 40}
+TINY_TEXT_ENCODER = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_attention_heads": 4,
+    "num_hidden_layers": 3,
+    "projection_dim": 32,
+}
+TINY_TEXT_ENCODER_2 = {
+    "hidden_size": 48,
+    "intermediate_size": 96,
+    "num_attention_heads": 4,
+    "num_hidden_layers": 3,
+    "projection_dim": 40,
+}
 
 
 def _config(component: str) -> dict[str, Any]:
@@ -55,14 +65,19 @@ def sdxl_configs(size: str, kind: str) -> dict[str, dict[str, Any]]:
     configs = {name: _config(name) for name in ("unet", "vae", "text_encoder", "text_encoder_2")}
     configs["scheduler"] = json.loads((SDXL_PRESET / "scheduler" / "scheduler_config.json").read_text("utf-8"))
     if size == "tiny":
-        for name, shrunk in (("unet", TINY_UNET), ("vae", TINY_VAE), ("text_encoder", TINY_TEXT_ENCODER),
-                             ("text_encoder_2", TINY_TEXT_ENCODER_2)):
+        for name, shrunk in (
+            ("unet", TINY_UNET),
+            ("vae", TINY_VAE),
+            ("text_encoder", TINY_TEXT_ENCODER),
+            ("text_encoder_2", TINY_TEXT_ENCODER_2),
+        ):
             configs[name].update(shrunk)
     unet, first, second = configs["unet"], configs["text_encoder"], configs["text_encoder_2"]
     time_ids = REFINER_TIME_IDS if kind == "refiner" else BASE_TIME_IDS
     unet["cross_attention_dim"] = second["hidden_size"] + (0 if kind == "refiner" else first["hidden_size"])
-    unet["projection_class_embeddings_input_dim"] = unet["addition_time_embed_dim"] * time_ids \
-        + second["projection_dim"]
+    unet["projection_class_embeddings_input_dim"] = (
+        unet["addition_time_embed_dim"] * time_ids + second["projection_dim"]
+    )
     if kind == "inpaint":
         unet["in_channels"] = unet["out_channels"] + INPAINT_EXTRA_CHANNELS
     return configs
@@ -90,11 +105,22 @@ def build_random_sdxl(size: str = "tiny", kind: str = "base", seed: int = 0):
     realistic_norms(text_encoder_2, seed)
     tokenizer_2 = CLIPTokenizer.from_pretrained(SD15_PRESET / "tokenizer", pad_token=SD2_PAD_TOKEN)
     scheduler = EulerDiscreteScheduler.from_config(configs["scheduler"])
-    common = dict(vae=vae, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler,
-                  add_watermarker=False)
+    common = dict(
+        vae=vae,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer_2,
+        unet=unet,
+        scheduler=scheduler,
+        add_watermarker=False,
+    )
     if kind == "refiner":
-        return StableDiffusionXLImg2ImgPipeline(text_encoder=None, tokenizer=None, requires_aesthetics_score=True,
-                                                force_zeros_for_empty_prompt=False, **common)
+        return StableDiffusionXLImg2ImgPipeline(
+            text_encoder=None,
+            tokenizer=None,
+            requires_aesthetics_score=True,
+            force_zeros_for_empty_prompt=False,
+            **common,
+        )
     text_encoder = CLIPTextModel(CLIPTextConfig(**configs["text_encoder"]))
     realistic_norms(text_encoder, seed + 1)
     tokenizer = CLIPTokenizer.from_pretrained(SD15_PRESET / "tokenizer")

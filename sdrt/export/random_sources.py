@@ -3,8 +3,8 @@ one registry of names, each built once into the cache as a diffusers folder and 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from sdrt.errors import ConfigError
 

@@ -48,15 +48,23 @@ def residual_layout(config) -> list[Residual]:
 
 
 def residual_specs(layout: list[Residual]) -> list[TensorSpec]:
-    return [TensorSpec(r.name, "float32", [UNET_BATCH, r.channels, downsampled(LATENT_HEIGHT, r.factor),
-                                           downsampled(LATENT_WIDTH, r.factor)]) for r in layout]
+    return [
+        TensorSpec(
+            r.name,
+            "float32",
+            [UNET_BATCH, r.channels, downsampled(LATENT_HEIGHT, r.factor), downsampled(LATENT_WIDTH, r.factor)],
+        )
+        for r in layout
+    ]
 
 
-def residual_inputs(generator: torch.Generator, layout: list[Residual], rows: int, latent_h: int,
-                    latent_w: int) -> tuple[torch.Tensor, ...]:
+def residual_inputs(
+    generator: torch.Generator, layout: list[Residual], rows: int, latent_h: int, latent_w: int
+) -> tuple[torch.Tensor, ...]:
     """Random residuals for validation inputs."""
-    return tuple(torch.randn(rows, r.channels, latent_h // r.factor, latent_w // r.factor, generator=generator)
-                 for r in layout)
+    return tuple(
+        torch.randn(rows, r.channels, latent_h // r.factor, latent_w // r.factor, generator=generator) for r in layout
+    )
 
 
 def residual_defaults(layout: list[Residual]) -> dict[str, np.ndarray]:

@@ -27,9 +27,8 @@ from sdrt.export.components import (
     text_encoder_modules,
     vae_exports,
 )
+from sdrt.export.residuals import added_residuals, residual_defaults, residual_inputs, residual_layout, residual_specs
 from sdrt.export.token_rows import extend_tokens, text_inputs_maker
-from sdrt.export.residuals import (added_residuals, residual_defaults, residual_inputs, residual_layout,
-                                   residual_specs)
 from sdrt.runtime.manifest import (
     PENULTIMATE_HIDDEN,
     POOLED,
@@ -70,8 +69,14 @@ class SdxlUnet(torch.nn.Module):
 
     def forward(self, sample, timestep, encoder_hidden_states, text_embeds, time_ids, *residuals):
         added = {TEXT_EMBEDS: text_embeds, TIME_IDS: time_ids}
-        return self.model(sample, timestep, encoder_hidden_states, added_cond_kwargs=added, return_dict=False,
-                          **added_residuals(residuals))[0]
+        return self.model(
+            sample,
+            timestep,
+            encoder_hidden_states,
+            added_cond_kwargs=added,
+            return_dict=False,
+            **added_residuals(residuals),
+        )[0]
 
 
 def time_ids_length(pipeline) -> int:
@@ -81,8 +86,10 @@ def time_ids_length(pipeline) -> int:
     pooled = pipeline.text_encoder_2.config.projection_dim
     count, remainder = divmod(unet.projection_class_embeddings_input_dim - pooled, unet.addition_time_embed_dim)
     if remainder or count < 1:
-        raise ModelFolderError("the SDXL UNet's added embedding width does not fit the text encoder's "
-                               "projection; the model's configs disagree")
+        raise ModelFolderError(
+            "the SDXL UNet's added embedding width does not fit the text encoder's "
+            "projection; the model's configs disagree"
+        )
     return count
 
 
@@ -91,8 +98,9 @@ def sdxl_spec(pipeline) -> SdxlSpec:
         raise ModelFolderError("an SDXL model needs text_encoder_2 (OpenCLIP bigG with its projection)")
     vae = pipeline.vae.config
     if getattr(vae, "latents_mean", None) is not None or getattr(vae, "latents_std", None) is not None:
-        raise ModelFolderError("this VAE normalizes latents with a mean and standard deviation, which sdrt "
-                               "does not support yet")
+        raise ModelFolderError(
+            "this VAE normalizes latents with a mean and standard deviation, which sdrt does not support yet"
+        )
     encoders = list(text_encoder_modules(pipeline))
     config = pipeline.config
     return SdxlSpec(
@@ -121,20 +129,30 @@ def sdxl_component_exports(pipeline, geometry: ModelGeometry, num_train_timestep
         pooled = PROJECTED if wrapper.projected else POOLED
         pooled_size = config.projection_dim if wrapper.projected else config.hidden_size
 
-        def text_inputs(gen, batch, latent_h, latent_w, make=text_inputs_maker(g.text_length, config.vocab_size),
-                        width=config.hidden_size):
+        def text_inputs(
+            gen,
+            batch,
+            latent_h,
+            latent_w,
+            make=text_inputs_maker(g.text_length, config.vocab_size),  # noqa: B008 (bound per encoder, at definition)
+            width=config.hidden_size,
+        ):
             return make(gen, batch, latent_h, latent_w, width)
 
-        exports.append(ComponentExport(
-            name,
-            wrapper,
-            [TensorSpec("input_ids", "int32", [BATCH, g.text_length]), extra_tokens_spec(config.hidden_size)],
-            [TensorSpec(PENULTIMATE_HIDDEN, f32, [BATCH, g.text_length, config.hidden_size]),
-             TensorSpec(pooled, f32, [BATCH, pooled_size])],
-            text_inputs,
-            no_extra_tokens(config.hidden_size),
-            lora_model=module,
-        ))
+        exports.append(
+            ComponentExport(
+                name,
+                wrapper,
+                [TensorSpec("input_ids", "int32", [BATCH, g.text_length]), extra_tokens_spec(config.hidden_size)],
+                [
+                    TensorSpec(PENULTIMATE_HIDDEN, f32, [BATCH, g.text_length, config.hidden_size]),
+                    TensorSpec(pooled, f32, [BATCH, pooled_size]),
+                ],
+                text_inputs,
+                no_extra_tokens(config.hidden_size),
+                lora_model=module,
+            )
+        )
 
     residuals = residual_layout(pipeline.unet.config)
 
@@ -147,20 +165,22 @@ def sdxl_component_exports(pipeline, geometry: ModelGeometry, num_train_timestep
             torch.randint(0, MAX_SIZE_CONDITION, (2 * batch, time_ids), generator=gen).to(torch.float32),
         ) + residual_inputs(gen, residuals, 2 * batch, latent_h, latent_w)
 
-    exports.append(ComponentExport(
-        "unet",
-        SdxlUnet(pipeline.unet),
-        [
-            TensorSpec("sample", f32, [UNET_BATCH, g.unet_in_channels, LATENT_HEIGHT, LATENT_WIDTH]),
-            TensorSpec("timestep", f32, [TIMESTEP_BATCH]),
-            TensorSpec(UNET_CONTEXT, f32, [UNET_BATCH, TEXT_SEQUENCE, g.text_hidden_size]),
-            TensorSpec(TEXT_EMBEDS, f32, [UNET_BATCH, pooled_width]),
-            TensorSpec(TIME_IDS, f32, [UNET_BATCH, time_ids]),
-            *residual_specs(residuals),
-        ],
-        [TensorSpec("out_sample", f32, [UNET_BATCH, g.latent_channels, LATENT_HEIGHT, LATENT_WIDTH])],
-        unet_inputs,
-        residual_defaults(residuals),
-        lora_model=pipeline.unet,
-    ))
+    exports.append(
+        ComponentExport(
+            "unet",
+            SdxlUnet(pipeline.unet),
+            [
+                TensorSpec("sample", f32, [UNET_BATCH, g.unet_in_channels, LATENT_HEIGHT, LATENT_WIDTH]),
+                TensorSpec("timestep", f32, [TIMESTEP_BATCH]),
+                TensorSpec(UNET_CONTEXT, f32, [UNET_BATCH, TEXT_SEQUENCE, g.text_hidden_size]),
+                TensorSpec(TEXT_EMBEDS, f32, [UNET_BATCH, pooled_width]),
+                TensorSpec(TIME_IDS, f32, [UNET_BATCH, time_ids]),
+                *residual_specs(residuals),
+            ],
+            [TensorSpec("out_sample", f32, [UNET_BATCH, g.latent_channels, LATENT_HEIGHT, LATENT_WIDTH])],
+            unet_inputs,
+            residual_defaults(residuals),
+            lora_model=pipeline.unet,
+        )
+    )
     return exports + vae_exports(pipeline, g)

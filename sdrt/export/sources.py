@@ -14,12 +14,16 @@ UNSUPPORTED_COMPONENTS = {"transformer": "a diffusion transformer (SD3, Flux)", 
 SDXL_COMPONENT = "text_encoder_2"
 # diffusers pipeline classes by what a model is; the refiner has no first text encoder, which
 # only the image-to-image class accepts.
-SD_CLASS, SDXL_CLASS, SDXL_REFINER_CLASS = ("StableDiffusionPipeline", "StableDiffusionXLPipeline",
-                                            "StableDiffusionXLImg2ImgPipeline")
+SD_CLASS, SDXL_CLASS, SDXL_REFINER_CLASS = (
+    "StableDiffusionPipeline",
+    "StableDiffusionXLPipeline",
+    "StableDiffusionXLImg2ImgPipeline",
+)
 SDXL_CLASSES = (SDXL_CLASS, SDXL_REFINER_CLASS, "StableDiffusionXLInpaintPipeline")
 # Single-file SDXL checkpoints keep their text encoders under these prefixes (LDM "conditioner").
 SDXL_CHECKPOINT_PREFIX = "conditioner.embedders."
 SDXL_FIRST_ENCODER_PREFIX = "conditioner.embedders.0.transformer."
+
 
 class NotAPipeline(ModelFolderError):
     """A hub repository that exists but holds no pipeline (a ControlNet's, for instance)."""

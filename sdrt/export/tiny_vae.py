@@ -13,8 +13,16 @@ from __future__ import annotations
 import torch
 
 from sdrt.errors import ModelFolderError
-from sdrt.export.components import (BATCH, HEIGHT, LATENT_HEIGHT, LATENT_WIDTH, WIDTH, ComponentExport, ModelGeometry,
-                                    VaeDecoder)
+from sdrt.export.components import (
+    BATCH,
+    HEIGHT,
+    LATENT_HEIGHT,
+    LATENT_WIDTH,
+    WIDTH,
+    ComponentExport,
+    ModelGeometry,
+    VaeDecoder,
+)
 from sdrt.runtime.manifest import TINY_VAE_DECODER, TINY_VAE_ENCODER, TensorSpec, TinyVaeSpec
 
 
@@ -45,9 +53,11 @@ def tiny_vae_exports(vae, geometry: ModelGeometry) -> tuple[list[ComponentExport
     config = vae.config
     factor = config.upsampling_scaling_factor ** (len(config.decoder_block_out_channels) - 1)
     if config.latent_channels != geometry.latent_channels or factor != geometry.vae_scale_factor:
-        raise ModelFolderError(f"the tiny VAE takes {config.latent_channels} latent channels and upsamples "
-                               f"{factor}x, the model {geometry.latent_channels} and {geometry.vae_scale_factor}x: "
-                               "use the tiny VAE of this model's family (TAESD for SD 1.x/2.x, TAESDXL for SDXL)")
+        raise ModelFolderError(
+            f"the tiny VAE takes {config.latent_channels} latent channels and upsamples "
+            f"{factor}x, the model {geometry.latent_channels} and {geometry.vae_scale_factor}x: "
+            "use the tiny VAE of this model's family (TAESD for SD 1.x/2.x, TAESDXL for SDXL)"
+        )
 
     def decoder_inputs(gen, batch, latent_h, latent_w):
         return (torch.randn(batch, geometry.latent_channels, latent_h, latent_w, generator=gen),)
@@ -59,9 +69,19 @@ def tiny_vae_exports(vae, geometry: ModelGeometry) -> tuple[list[ComponentExport
     latent = [BATCH, geometry.latent_channels, LATENT_HEIGHT, LATENT_WIDTH]
     image = [BATCH, 3, HEIGHT, WIDTH]
     components = [
-        ComponentExport(TINY_VAE_DECODER, VaeDecoder(vae), [TensorSpec("latent_sample", "float32", latent)],
-                        [TensorSpec("sample", "float32", image)], decoder_inputs),
-        ComponentExport(TINY_VAE_ENCODER, TinyVaeEncoder(vae), [TensorSpec("sample", "float32", image)],
-                        [TensorSpec("latents", "float32", latent)], encoder_inputs),
+        ComponentExport(
+            TINY_VAE_DECODER,
+            VaeDecoder(vae),
+            [TensorSpec("latent_sample", "float32", latent)],
+            [TensorSpec("sample", "float32", image)],
+            decoder_inputs,
+        ),
+        ComponentExport(
+            TINY_VAE_ENCODER,
+            TinyVaeEncoder(vae),
+            [TensorSpec("sample", "float32", image)],
+            [TensorSpec("latents", "float32", latent)],
+            encoder_inputs,
+        ),
     ]
     return components, TinyVaeSpec(float(config.scaling_factor), float(getattr(config, "shift_factor", 0.0) or 0.0))

@@ -39,7 +39,7 @@ def text_inputs_maker(text_length: int, vocab: int):
 
     def make(gen, batch, latent_h, latent_w, width: int):
         ids = torch.randint(0, vocab, (batch, text_length), generator=gen, dtype=torch.int32)
-        ids[:, 1:1 + VALIDATION_EXTRA_TOKENS] = vocab + torch.arange(VALIDATION_EXTRA_TOKENS, dtype=torch.int32)
+        ids[:, 1 : 1 + VALIDATION_EXTRA_TOKENS] = vocab + torch.arange(VALIDATION_EXTRA_TOKENS, dtype=torch.int32)
         return ids, torch.randn(VALIDATION_EXTRA_TOKENS, width, generator=gen)
 
     return make

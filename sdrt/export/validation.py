@@ -13,8 +13,12 @@ import numpy as np
 from sdrt.export.components import ComponentExport, ModelGeometry
 from sdrt.runtime.engines.onnxruntime import ORT_ERRORS_ONLY
 
-ORT_TO_NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
-                "tensor(int32)": np.int32, "tensor(int64)": np.int64}
+ORT_TO_NUMPY = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(int32)": np.int32,
+    "tensor(int64)": np.int64,
+}
 # Export fails when an engine's output differs from its PyTorch module by more than this
 # (max |diff| / max |reference|, worst output and shape). fp32: ONNX Runtime and PyTorch sum a
 # convolution's K products in different orders, each order within K * 2**-24 of the sum of
@@ -62,8 +66,9 @@ def reference_cases(component: ComponentExport, geometry: ModelGeometry) -> list
     return cases
 
 
-def validate(component: ComponentExport, onnx_path: Path, cases: list[Case], precision: str,
-             provider: str = CPU_PROVIDER) -> dict:
+def validate(
+    component: ComponentExport, onnx_path: Path, cases: list[Case], precision: str, provider: str = CPU_PROVIDER
+) -> dict:
     """Run the graph in ONNX Runtime on the cases' inputs (cast to the graph's dtypes) and
     measure its errors against their outputs in float32."""
     import onnxruntime as ort
@@ -85,6 +90,7 @@ def validate(component: ComponentExport, onnx_path: Path, cases: list[Case], pre
             worst["max_abs_error"] = max(worst["max_abs_error"], abs_error)
             worst["max_rel_error"] = max(worst["max_rel_error"], rel_error)
     passed = bool(worst["max_rel_error"] <= tolerance)  # False for NaN too
-    worst.update(shapes=[list(case.inputs[0].shape) for case in cases], tolerance=tolerance, passed=passed,
-                 provider=provider)
+    worst.update(
+        shapes=[list(case.inputs[0].shape) for case in cases], tolerance=tolerance, passed=passed, provider=provider
+    )
     return worst

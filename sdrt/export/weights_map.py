@@ -61,7 +61,7 @@ def fingerprint(model, component: str, fp16: bool) -> Fingerprints:
     for path, module in model.named_modules():
         if not isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
             continue
-        name = path[len(TEXT_MODEL_PREFIX):] if path.startswith(TEXT_MODEL_PREFIX) else path
+        name = path[len(TEXT_MODEL_PREFIX) :] if path.startswith(TEXT_MODEL_PREFIX) else path
         weight = module.weight.detach().to(torch.float32).cpu().numpy()
         prints.shapes[name] = tuple(weight.shape)
         reshaped_digest = None  # a reshape (a view of the weight) keeps its bytes: hashed once
@@ -87,7 +87,7 @@ def _ldm_namer(unet):
 
     def name(path: str) -> str:
         try:
-            return unet_key(path + ".weight", config.layers_per_block, with_attention)[:-len(".weight")]
+            return unet_key(path + ".weight", config.layers_per_block, with_attention)[: -len(".weight")]
         except ValueError:
             return ""
 

@@ -62,8 +62,16 @@ CONTROL_IMAGE = "controlnet_cond"  # a ControlNet's conditioning image, [0, 1] R
 #: A tiny VAE's decoder (AutoencoderTiny), exported beside the full one (sdrt.export.tiny_vae).
 TINY_VAE_DECODER, TINY_VAE_ENCODER = "vae_decoder_tiny", "vae_encoder_tiny"
 #: Every engine an export may have (SDXL adds the second text encoder; a refiner has only it).
-COMPONENT_NAMES = ("text_encoder", "text_encoder_2", UNET, "vae_decoder", "vae_encoder", TINY_VAE_DECODER,
-                   TINY_VAE_ENCODER, UNET_SHALLOW)
+COMPONENT_NAMES = (
+    "text_encoder",
+    "text_encoder_2",
+    UNET,
+    "vae_decoder",
+    "vae_encoder",
+    TINY_VAE_DECODER,
+    TINY_VAE_ENCODER,
+    UNET_SHALLOW,
+)
 #: The text encoder and tokenizer of SD 1.x/2.x exports (SDXL lists its own in `sdxl`).
 CLIP_TEXT_ENCODER, CLIP_TOKENIZER = "text_encoder", "tokenizer"
 
@@ -81,12 +89,14 @@ def split_downsampled(name: str) -> tuple[str, int]:
     return name, 1
 
 
-def residual_names(spec: "ComponentSpec") -> list[str]:
+def residual_names(spec: ComponentSpec) -> list[str]:
     """A UNet's or ControlNet's residual tensors, down blocks in order then the mid block
     (none for a UNet exported before ControlNet)."""
     names = {t.name for t in (*spec.inputs, *spec.outputs)}
-    down = sorted((n for n in names if n.startswith(DOWN_RESIDUAL_PREFIX) and n[len(DOWN_RESIDUAL_PREFIX):].isdigit()),
-                  key=lambda n: int(n[len(DOWN_RESIDUAL_PREFIX):]))
+    down = sorted(
+        (n for n in names if n.startswith(DOWN_RESIDUAL_PREFIX) and n[len(DOWN_RESIDUAL_PREFIX) :].isdigit()),
+        key=lambda n: int(n[len(DOWN_RESIDUAL_PREFIX) :]),
+    )
     return down + [MID_RESIDUAL] if MID_RESIDUAL in names else []
 
 
@@ -194,7 +204,7 @@ class Manifest:
         return path
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Manifest":
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
         if data.get("format_version") != FORMAT_VERSION:
             raise ModelFolderError(
                 f"manifest format_version {data.get('format_version')!r} is not {FORMAT_VERSION}; "
@@ -216,7 +226,7 @@ class Manifest:
         return cls(**data)
 
     @classmethod
-    def load(cls, folder: str | Path) -> "Manifest":
+    def load(cls, folder: str | Path) -> Manifest:
         """The folder's manifest, validated against its JSON Schema (manifest.schema.json) and
         for what a schema cannot say: ranges in order, named sizes defined, finite numbers and
         every file inside the folder. Any defect is one ModelFolderError."""
@@ -225,8 +235,9 @@ class Manifest:
             raise ModelFolderError(f"{folder} has no {MANIFEST_NAME}; export the model with `sdrt export`")
         data = read_json(path, kind=object, max_bytes=MAX_MANIFEST_BYTES)
         if isinstance(data, dict) and data.get("kind") == "controlnet":
-            raise ModelFolderError(f"{folder} is an exported ControlNet, not a model: load a model and give this "
-                                   "folder with --controlnet")
+            raise ModelFolderError(
+                f"{folder} is an exported ControlNet, not a model: load a model and give this folder with --controlnet"
+            )
         _check_schema(data, path)
         manifest = cls.from_dict(data)
         manifest.check(path)
@@ -236,23 +247,30 @@ class Manifest:
         """What the schema cannot say; `path` names the manifest in messages."""
         for name, dim in self.dims.items():
             if not dim.min <= dim.opt <= dim.max:
-                raise ModelFolderError(f"{path}: dims.{name} needs min <= opt <= max, got {dim.min}, {dim.opt}, "
-                                       f"{dim.max}; re-export the model")
+                raise ModelFolderError(
+                    f"{path}: dims.{name} needs min <= opt <= max, got {dim.min}, {dim.opt}, "
+                    f"{dim.max}; re-export the model"
+                )
         problem = self.model_family.check_manifest(self)
         if problem is not None:
             raise ModelFolderError(f"{path}: {problem}; re-export the model")
         for component, tokenizer in self.text_encoders:
             if component not in self.components:
-                raise ModelFolderError(f"{path}: the text encoder {component!r} is not among the components; "
-                                       "re-export the model")
+                raise ModelFolderError(
+                    f"{path}: the text encoder {component!r} is not among the components; re-export the model"
+                )
             confined_path(path.parent, tokenizer, f"{path}: tokenizer")
         encoders = [component for component, _ in self.text_encoders]
         for component in self.token_table_rows:
             if component not in encoders:
-                raise ModelFolderError(f"{path}: token_table_rows names {component!r}, which is not one of the text "
-                                       f"encoders ({', '.join(encoders)}); re-export the model")
+                raise ModelFolderError(
+                    f"{path}: token_table_rows names {component!r}, which is not one of the text "
+                    f"encoders ({', '.join(encoders)}); re-export the model"
+                )
         if (self.tiny_vae is None) == (TINY_VAE_DECODER in self.components):
-            raise ModelFolderError(f"{path}: tiny_vae and the {TINY_VAE_DECODER} component disagree; re-export the model")
+            raise ModelFolderError(
+                f"{path}: tiny_vae and the {TINY_VAE_DECODER} component disagree; re-export the model"
+            )
         if self.tiny_vae is not None and self.tiny_vae.scaling_factor == 0:
             raise ModelFolderError(f"{path}: tiny_vae.scaling_factor must not be 0; re-export the model")
         for component, spec in self.components.items():
@@ -260,13 +278,17 @@ class Manifest:
             for key, relative in named + ([("weights_map", spec.weights_map)] if spec.weights_map else []):
                 confined_path(path.parent, relative, f"{path}: components.{component}.{key}")
             if spec.weights_map and spec.weights_map not in spec.data_files:
-                raise ModelFolderError(f"{path}: components.{component}.weights_map is not among its data_files "
-                                       "(so nothing checks it); re-export the model")
+                raise ModelFolderError(
+                    f"{path}: components.{component}.weights_map is not among its data_files "
+                    "(so nothing checks it); re-export the model"
+                )
             for tensor in (*spec.inputs, *spec.outputs):
                 for size in tensor.shape:
                     if isinstance(size, str) and size not in self.dims:
-                        raise ModelFolderError(f"{path}: {component}.{tensor.name} has size {size!r}, which dims "
-                                               "does not define; re-export the model")
+                        raise ModelFolderError(
+                            f"{path}: {component}.{tensor.name} has size {size!r}, which dims "
+                            "does not define; re-export the model"
+                        )
 
 
 def _check_schema(data, path: Path) -> None:
@@ -275,7 +297,9 @@ def _check_schema(data, path: Path) -> None:
     error = jsonschema.exceptions.best_match(_validator().iter_errors(data))
     if error is not None:
         where = "/".join(str(part) for part in error.absolute_path) or "the top level"
-        message = error.message if len(error.message) <= MAX_MESSAGE_CHARS else error.message[:MAX_MESSAGE_CHARS] + "..."
+        message = (
+            error.message if len(error.message) <= MAX_MESSAGE_CHARS else error.message[:MAX_MESSAGE_CHARS] + "..."
+        )
         raise ModelFolderError(f"{path} is malformed at {where}: {message}; re-export the model")
 
 
@@ -291,7 +315,12 @@ def confined_path(folder: Path, relative: str, what: str) -> Path:
     """`folder / relative`, refused unless `relative` is a relative path that stays inside the
     folder (no absolute path, no `..`). Checked lexically: a folder may use symbolic links."""
     parts = PurePosixPath(relative).parts
-    if not relative or PurePosixPath(relative).is_absolute() or PureWindowsPath(relative).drive or ".." in parts \
-            or "\\" in relative:
+    if (
+        not relative
+        or PurePosixPath(relative).is_absolute()
+        or PureWindowsPath(relative).drive
+        or ".." in parts
+        or "\\" in relative
+    ):
         raise ModelFolderError(f"{what} is {relative!r}, which is not a path inside the model folder")
     return Path(folder, *parts)

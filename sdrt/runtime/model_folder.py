@@ -3,13 +3,14 @@ carry no manifest.json: read from the graphs' inputs and outputs and the folder'
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from sdrt.errors import ModelFolderError
 from sdrt.runtime.engines.onnxruntime import session_tensor_specs
-from sdrt.runtime.files.json_files import read_json
 from sdrt.runtime.families.sd import InferredStableDiffusion
+from sdrt.runtime.files.json_files import read_json
 from sdrt.runtime.manifest import FORMAT_VERSION, ComponentSpec, DimRange, Manifest
 
 ONNX_FILE = "model.onnx"
@@ -42,8 +43,9 @@ def infer_manifest(folder: Path, open_session: Callable[[Path], Any]) -> tuple[M
             continue
         sessions[name] = session = open_session(path)
         inputs, outputs = session_tensor_specs(session)
-        components[name] = ComponentSpec(file=f"{name}/{ONNX_FILE}", precision="unknown", target="unknown",
-                                         inputs=inputs, outputs=outputs, sha256="")
+        components[name] = ComponentSpec(
+            file=f"{name}/{ONNX_FILE}", precision="unknown", target="unknown", inputs=inputs, outputs=outputs, sha256=""
+        )
     for required in ("text_encoder", "unet", "vae_decoder"):
         if required not in components:
             raise ModelFolderError(f"{folder}/{required}/{ONNX_FILE} is missing")

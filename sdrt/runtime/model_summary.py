@@ -25,11 +25,17 @@ def model_summary(folder: str | Path) -> dict:
         components[name] = {"precision": spec.precision, "target": spec.target, "mib": round(size / MIB, 1)}
     batch = dims.get(BATCH)
     return {
-        "model": folder.name, "family": manifest.family, "prediction_type": manifest.prediction_type,
+        "model": folder.name,
+        "family": manifest.family,
+        "prediction_type": manifest.prediction_type,
         "native_size": {"width": manifest.native_width, "height": manifest.native_height},
-        "width": side(WIDTH), "height": side(HEIGHT), "max_batch": batch.max if batch else None,
-        "max_prompt_tokens": _prompt_tokens(manifest), "tiny_vae": manifest.tiny_vae is not None,
-        "components": components, "source": manifest.source.get("model"),
+        "width": side(WIDTH),
+        "height": side(HEIGHT),
+        "max_batch": batch.max if batch else None,
+        "max_prompt_tokens": _prompt_tokens(manifest),
+        "tiny_vae": manifest.tiny_vae is not None,
+        "components": components,
+        "source": manifest.source.get("model"),
     }
 
 
@@ -46,10 +52,16 @@ def format_summary(summary: dict) -> str:
         return "any" if side is None else f"{side['min']} to {side['max']} in steps of {side['multiple']}"
 
     native = summary["native_size"]
-    lines = [f"{summary['model']}: {summary['family']} ({summary['prediction_type']}), from {summary['source']}",
-             f"native size: {native['width']}x{native['height']}",
-             f"width: {sizes(summary['width'])}", f"height: {sizes(summary['height'])}",
-             f"images per call: up to {summary['max_batch']}",
-             f"longest prompt: {summary['max_prompt_tokens']} tokens", f"tiny VAE: {'yes' if summary['tiny_vae'] else 'no'}"]
-    lines += [f"  {name}: {c['precision']} for {c['target']}, {c['mib']} MiB" for name, c in summary["components"].items()]
+    lines = [
+        f"{summary['model']}: {summary['family']} ({summary['prediction_type']}), from {summary['source']}",
+        f"native size: {native['width']}x{native['height']}",
+        f"width: {sizes(summary['width'])}",
+        f"height: {sizes(summary['height'])}",
+        f"images per call: up to {summary['max_batch']}",
+        f"longest prompt: {summary['max_prompt_tokens']} tokens",
+        f"tiny VAE: {'yes' if summary['tiny_vae'] else 'no'}",
+    ]
+    lines += [
+        f"  {name}: {c['precision']} for {c['target']}, {c['mib']} MiB" for name, c in summary["components"].items()
+    ]
     return "\n".join(lines)

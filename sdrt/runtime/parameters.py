@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sdrt.runtime.text.prompts.emphasis import DEFAULT_EMPHASIS
 from sdrt.runtime.request import ResolvedRequest
+from sdrt.runtime.text.prompts.emphasis import DEFAULT_EMPHASIS
 
 
-def generation_parameters(resolved: ResolvedRequest, model: str, embeddings: dict[str, str],
-                          refiner: str | None, loras: list | None = None) -> dict:
+def generation_parameters(
+    resolved: ResolvedRequest, model: str, embeddings: dict[str, str], refiner: str | None, loras: list | None = None
+) -> dict:
     """`embeddings`: the textual-inversion embeddings the prompts used, name -> short hash;
     `refiner`: the refiner's name when one took over; `loras`: the LoRAs merged
     (sdrt.runtime.features.lora.adapters.UsedLora)."""
@@ -48,9 +49,16 @@ def generation_parameters(resolved: ResolvedRequest, model: str, embeddings: dic
         from sdrt.runtime.features.controlnet.units import CONTROL_MODES
 
         parameters["controlnets"] = [
-            {"model": Path(str(unit.model)).name, "scale": float(unit.scale), "start": float(unit.start),
-             "end": float(unit.end), "mode": CONTROL_MODES[unit.mode], "preprocessor": unit.preprocessor}
-            for unit, _ in resolved.controls]
+            {
+                "model": Path(str(unit.model)).name,
+                "scale": float(unit.scale),
+                "start": float(unit.start),
+                "end": float(unit.end),
+                "mode": CONTROL_MODES[unit.mode],
+                "preprocessor": unit.preprocessor,
+            }
+            for unit, _ in resolved.controls
+        ]
     if refiner is not None:
         parameters.update(refiner=refiner, refiner_switch=float(request.refiner_switch))
     return parameters

@@ -10,28 +10,36 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
 
 from sdrt.errors import ConfigError, ModelFolderError
-from sdrt.runtime.text.embeddings import EmbeddingSource
+from sdrt.runtime import vae
 from sdrt.runtime.engines import (
-    DEFAULT_BACKEND, DEFAULT_LORA_CACHE_MB, Backend, Engine, LoadedEngines, LoadedFolder, LoadOptions, backend_named,
+    DEFAULT_BACKEND,
+    DEFAULT_LORA_CACHE_MB,
+    Backend,
+    Engine,
+    LoadedEngines,
+    LoadedFolder,
+    LoadOptions,
+    backend_named,
 )
+from sdrt.runtime.features import refiner as refiners
 from sdrt.runtime.features.controlnet.library import ControlNetLibrary
 from sdrt.runtime.features.controlnet.manifest import COMPONENT as CONTROLNET
-from sdrt.runtime.files.integrity import verify_components
+from sdrt.runtime.features.deepcache import StepCachedDenoiser
+from sdrt.runtime.features.hires import hires_run
+from sdrt.runtime.features.inpaint_area import masked_run
 from sdrt.runtime.features.lora.adapters import LoraAdapters
 from sdrt.runtime.features.lora.library import LoraLibrary
+from sdrt.runtime.features.preview import Preview
+from sdrt.runtime.files.integrity import verify_components
 from sdrt.runtime.files.json_files import read_json
-from sdrt.runtime.manifest import MANIFEST_NAME, UNET_SHALLOW, Manifest
-from sdrt.runtime.model_folder import infer_manifest
-from sdrt.runtime import vae
-from sdrt.runtime.features import refiner as refiners
 from sdrt.runtime.loop import modes
 from sdrt.runtime.loop.conditioning import clip_skip_warning, encode_conditioning
 from sdrt.runtime.loop.context import GenerationCancelled, RunWatch, StepContext
@@ -41,17 +49,24 @@ from sdrt.runtime.loop.guiders import guider_for
 from sdrt.runtime.loop.hooks import ProgressHook
 from sdrt.runtime.loop.stage import Stage
 from sdrt.runtime.loop.timings import (
-    CONTROLNET_STEPS, DENOISE, PREVIEWS, SCHEDULER_AND_GUIDANCE, TEXT_ENCODER, TOTAL, UNET_STEPS, VAE_DECODER, Timings,
+    CONTROLNET_STEPS,
+    DENOISE,
+    PREVIEWS,
+    SCHEDULER_AND_GUIDANCE,
+    TEXT_ENCODER,
+    TOTAL,
+    UNET_STEPS,
+    VAE_DECODER,
+    Timings,
 )
+from sdrt.runtime.manifest import MANIFEST_NAME, UNET_SHALLOW, Manifest
+from sdrt.runtime.model_folder import infer_manifest
 from sdrt.runtime.parameters import generation_parameters
-from sdrt.runtime.features.preview import Preview
 from sdrt.runtime.request import GenerationError, GenerationRequest, ResolvedRequest
 from sdrt.runtime.rng import GeneratorGroup, TorchGenerator
-from sdrt.runtime.schedulers import DEFAULT_SAMPLER, Scheduler, sampler_from_config
+from sdrt.runtime.schedulers import Scheduler, sampler_from_config
+from sdrt.runtime.text.embeddings import EmbeddingSource
 from sdrt.runtime.text.encoders import TextEncoders
-from sdrt.runtime.features.deepcache import StepCachedDenoiser
-from sdrt.runtime.features.hires import hires_run
-from sdrt.runtime.features.inpaint_area import masked_run
 
 # Required besides the text encoders and the family's denoiser; vae_encoder loads on the first
 # image-to-image request.
@@ -65,7 +80,9 @@ class GenerationResult:
     images: list[Image.Image]
     array: np.ndarray  # float32 [batch, height, width, 3] in [0, 1], before 8-bit rounding
     parameters: dict
-    timings: Mapping[str, float | list[float]]  # Timings: seconds per stage (sdrt.runtime.loop.timings); "unet_steps" lists every UNet call
+    timings: Mapping[
+        str, float | list[float]
+    ]  # Timings: seconds per stage (sdrt.runtime.loop.timings); "unet_steps" lists every UNet call
     warnings: list[str] = field(default_factory=list)
     latents: np.ndarray | None = None  # the final latents, before the VAE decode
 
@@ -77,9 +94,17 @@ class Pipeline:
     and the scheduler config. Per call: the sampler and its history, the random generator,
     the latents and every intermediate array."""
 
-    def __init__(self, folder: Path, manifest: Manifest, text_encoders: TextEncoders, scheduler_config: dict,
-                 loaded: LoadedEngines, options: LoadOptions = LoadOptions(), loras: LoraLibrary | None = None,
-                 controlnet_dir: str | Path | None = None):
+    def __init__(
+        self,
+        folder: Path,
+        manifest: Manifest,
+        text_encoders: TextEncoders,
+        scheduler_config: dict,
+        loaded: LoadedEngines,
+        options: LoadOptions = LoadOptions(),
+        loras: LoraLibrary | None = None,
+        controlnet_dir: str | Path | None = None,
+    ):
         self.folder = folder
         self.manifest = manifest
         self.family = manifest.model_family
@@ -92,18 +117,37 @@ class Pipeline:
         self._make_engine = make_engine = loaded.make_engine
         self._engine_lock = threading.Lock()
         engines = self.engines
-        self.loras = LoraAdapters(folder, manifest, engines, lambda component, weights: backend.weight_variants(
-            component, engines[component], make_engine, weights.pristine, LoadedFolder(folder, manifest, options)),
-            loras or LoraLibrary())
-        self.controlnets = ControlNetLibrary(manifest, folder.name, lambda path, spec: backend.attached_engine(
-            path, spec, CONTROLNET, options, engines), controlnet_dir)
+        self.loras = LoraAdapters(
+            folder,
+            manifest,
+            engines,
+            lambda component, weights: backend.weight_variants(
+                component, engines[component], make_engine, weights.pristine, LoadedFolder(folder, manifest, options)
+            ),
+            loras or LoraLibrary(),
+        )
+        self.controlnets = ControlNetLibrary(
+            manifest,
+            folder.name,
+            lambda path, spec: backend.attached_engine(path, spec, CONTROLNET, options, engines),
+            controlnet_dir,
+        )
 
     @classmethod
-    def load(cls, folder: str | Path, backend: str | Backend = DEFAULT_BACKEND, threads: int | None = None,
-             progress: Callable[[str], None] | None = None, io_binding: bool | None = None,
-             cuda_graph: bool = False, refiner: str | Path | None = None,
-             embeddings: Sequence[str | Path | EmbeddingSource] | None = None, lora_dir: str | Path | None = None,
-             lora_cache_mb: int = DEFAULT_LORA_CACHE_MB, controlnet_dir: str | Path | None = None) -> "Pipeline":
+    def load(
+        cls,
+        folder: str | Path,
+        backend: str | Backend = DEFAULT_BACKEND,
+        threads: int | None = None,
+        progress: Callable[[str], None] | None = None,
+        io_binding: bool | None = None,
+        cuda_graph: bool = False,
+        refiner: str | Path | None = None,
+        embeddings: Sequence[str | Path | EmbeddingSource] | None = None,
+        lora_dir: str | Path | None = None,
+        lora_cache_mb: int = DEFAULT_LORA_CACHE_MB,
+        controlnet_dir: str | Path | None = None,
+    ) -> Pipeline:
         """Load an exported folder (with manifest.json, or a diffusers ONNX folder without one).
         `backend` is cpu or cuda (ONNX Runtime) or tensorrt (engines from `sdrt build`, rebuilt
         with a message through `progress` when stale). On ONNX Runtime, `io_binding` (the
@@ -121,19 +165,27 @@ class Pipeline:
                 f"model folder {folder} does not exist; export one with `sdrt export MODEL --out {folder}`"
             )
         backend = backend_named(backend)
-        options = LoadOptions(threads=threads, io_binding=io_binding, cuda_graph=cuda_graph, progress=progress,
-                              lora_cache_mb=lora_cache_mb)
+        options = LoadOptions(
+            threads=threads,
+            io_binding=io_binding,
+            cuda_graph=cuda_graph,
+            progress=progress,
+            lora_cache_mb=lora_cache_mb,
+        )
         library = LoraLibrary(lora_dir)
         sessions: dict = {}
         if (folder / MANIFEST_NAME).is_file():
             manifest = Manifest.load(folder)
         elif not backend.infers_manifest:
-            raise ModelFolderError(f"{folder} has no manifest.json, which {backend.name} needs; export it with "
-                                   "`sdrt export`")
+            raise ModelFolderError(
+                f"{folder} has no manifest.json, which {backend.name} needs; export it with `sdrt export`"
+            )
         else:
             manifest, sessions = infer_manifest(folder, lambda path: backend.open_session(path, options))
-        required = [name for name, _ in manifest.text_encoders] + [manifest.model_family.denoiser.component,
-                                                                   *COMPONENTS]
+        required = [name for name, _ in manifest.text_encoders] + [
+            manifest.model_family.denoiser.component,
+            *COMPONENTS,
+        ]
         for name in required:
             if name not in manifest.components:
                 raise ModelFolderError(f"{folder} lacks {name}; re-export it with `sdrt export`")
@@ -145,21 +197,32 @@ class Pipeline:
             raise ModelFolderError(f"{scheduler_path} is missing; re-export the model")
         scheduler_config = read_json(scheduler_path)
         try:
-            sampler_from_config(manifest.model_family.default_sampler, scheduler_config)  # every field's type and range, now
+            sampler_from_config(
+                manifest.model_family.default_sampler, scheduler_config
+            )  # every field's type and range, now
         except ConfigError as error:
             raise ModelFolderError(f"{scheduler_path}: {error}") from None
         manifest, make_engine = backend.load(folder, manifest, options, sessions)
         sources = [e if isinstance(e, EmbeddingSource) else EmbeddingSource.parse(str(e)) for e in embeddings or ()]
         text_encoders = TextEncoders.load(folder, manifest, sources)  # after the backend: its profile limits prompts
         engines = {name: make_engine(name) for name in loaded}
-        pipeline = cls(folder, manifest, text_encoders, scheduler_config, LoadedEngines(engines, backend, make_engine),
-                       options, library, controlnet_dir)
+        pipeline = cls(
+            folder,
+            manifest,
+            text_encoders,
+            scheduler_config,
+            LoadedEngines(engines, backend, make_engine),
+            options,
+            library,
+            controlnet_dir,
+        )
         if refiner is not None:
-            pipeline.attach_refiner(cls.load(refiner, backend, threads, progress, io_binding, cuda_graph,
-                                             embeddings=embeddings))
+            pipeline.attach_refiner(
+                cls.load(refiner, backend, threads, progress, io_binding, cuda_graph, embeddings=embeddings)
+            )
         return pipeline
 
-    def attach_refiner(self, refiner: "Pipeline") -> None:
+    def attach_refiner(self, refiner: Pipeline) -> None:
         """Requests with a `refiner_switch` then hand their latents to `refiner` (sdrt.runtime.features.refiner)."""
         refiners.check_pair(self, refiner)
         self.refiner = refiner
@@ -177,12 +240,15 @@ class Pipeline:
             return self.engines[name]
 
     # ------------------------------------------------------------------ stages
-    def encode_image(self, image: np.ndarray, generator: TorchGenerator, encoder: str = vae.DEFAULT_DECODER) -> np.ndarray:
+    def encode_image(
+        self, image: np.ndarray, generator: TorchGenerator, encoder: str = vae.DEFAULT_DECODER
+    ) -> np.ndarray:
         """sdrt.runtime.vae.encode with the VAE's (or the tiny VAE's) encoder, loaded on first use."""
         engine = self._optional_engine(vae.ENCODERS[encoder])
         if engine is None:
-            raise GenerationError(f"this export has no {vae.ENCODERS[encoder]}; re-export the model for image-to-image",
-                                  "init_image")
+            raise GenerationError(
+                f"this export has no {vae.ENCODERS[encoder]}; re-export the model for image-to-image", "init_image"
+            )
         return vae.encode(engine, self.manifest, image, generator, encoder)
 
     def decode_latents(self, latents: np.ndarray, decoder: str = vae.DEFAULT_DECODER) -> np.ndarray:
@@ -194,8 +260,14 @@ class Pipeline:
         return vae.decode(engine, self.manifest, latents, decoder)
 
     # ------------------------------------------------------------------ request
-    def generate(self, prompt, *, progress: Callable[[int, int], None] | None = None,
-                 cancel: threading.Event | None = None, **settings) -> GenerationResult:
+    def generate(
+        self,
+        prompt,
+        *,
+        progress: Callable[[int, int], None] | None = None,
+        cancel: threading.Event | None = None,
+        **settings,
+    ) -> GenerationResult:
         """`run(GenerationRequest(prompt, **settings))`: see GenerationRequest for the settings."""
         try:
             request = GenerationRequest(prompt, **settings)
@@ -203,9 +275,14 @@ class Pipeline:
             raise GenerationError(f"unknown generation setting: {error}") from None
         return self.run(request, progress=progress, cancel=cancel)
 
-    def run(self, request: GenerationRequest, progress: Callable[[int, int], None] | None = None,
-            cancel: threading.Event | None = None, preview: Preview | None = None,
-            latents_only: bool = False) -> GenerationResult:
+    def run(
+        self,
+        request: GenerationRequest,
+        progress: Callable[[int, int], None] | None = None,
+        cancel: threading.Event | None = None,
+        preview: Preview | None = None,
+        latents_only: bool = False,
+    ) -> GenerationResult:
         """Generate `num_images` images per prompt. With a seed, the initial latents equal
         diffusers' with `torch.Generator("cpu").manual_seed(seed)`; without one, a seed is
         drawn and reported in `parameters`. One seed per prompt (text-to-image): each prompt's
@@ -226,8 +303,16 @@ class Pipeline:
         result.timings.set(TOTAL, time.perf_counter() - started)
         return result
 
-    def _run(self, resolved: ResolvedRequest, engines: dict[str, Engine], progress, cancel,
-             warnings: list[str], preview: Preview | None = None, latents_only: bool = False) -> GenerationResult:
+    def _run(
+        self,
+        resolved: ResolvedRequest,
+        engines: dict[str, Engine],
+        progress,
+        cancel,
+        warnings: list[str],
+        preview: Preview | None = None,
+        latents_only: bool = False,
+    ) -> GenerationResult:
         """One request on `engines` (the pipeline's, or LoRA-merged ones): its stages composed
         (the mode's start, the denoiser with DeepCache, ControlNet and preview hooks, the
         refiner's stage) and run by the one loop; `parameters` are the embeddings it used."""
@@ -246,9 +331,17 @@ class Pipeline:
         sampler = self.new_sampler(request)
         denoiser = EngineDenoiser(engine, names)
         if request.deepcache is not None:
-            denoiser = StepCachedDenoiser(engine, self._optional_engine(UNET_SHALLOW), names, request.deepcache.interval)
-        start = modes.prepare(self.manifest, resolved, sampler, generator, timings,
-                              lambda image, draw: self.encode_image(image, draw, request.vae))
+            denoiser = StepCachedDenoiser(
+                engine, self._optional_engine(UNET_SHALLOW), names, request.deepcache.interval
+            )
+        start = modes.prepare(
+            self.manifest,
+            resolved,
+            sampler,
+            generator,
+            timings,
+            lambda image, draw: self.encode_image(image, draw, request.vae),
+        )
         base = Stage(denoiser, sampler, conditioning, guider, start, self.decode_latents)
         control = self.controlnets.prepare(resolved, start.first, base.steps, guider.unconditional, engine, warnings)
         if control is not None:
@@ -262,8 +355,13 @@ class Pipeline:
         with timings.stage(DENOISE):
             latents = denoise(stages, StepContext(generator, timings, cancel), run_hooks)
         # Everything in the loop but the denoiser and the ControlNets: sampler, guidance, copies and casts.
-        timings.set(SCHEDULER_AND_GUIDANCE, timings.total(DENOISE) - timings.total(UNET_STEPS)
-                    - timings.total(CONTROLNET_STEPS) - timings.total(PREVIEWS))
+        timings.set(
+            SCHEDULER_AND_GUIDANCE,
+            timings.total(DENOISE)
+            - timings.total(UNET_STEPS)
+            - timings.total(CONTROLNET_STEPS)
+            - timings.total(PREVIEWS),
+        )
         with timings.stage(VAE_DECODER):
             if latents_only:
                 array = np.zeros((0, resolved.height, resolved.width, 3), dtype=np.float32)
@@ -271,8 +369,9 @@ class Pipeline:
                 array = stages[-1].decode(latents, request.vae)  # the refiner decodes with its own VAE
         images = [Image.fromarray((image * PIXEL_LEVELS).round().astype(np.uint8)) for image in array]
         hashes = {e.name: e.short_hash for e in self.text_encoders.embeddings.loaded}
-        return GenerationResult(images, array, {n: hashes[n] for n in conditioning.embeddings}, timings, warnings,
-                                latents)
+        return GenerationResult(
+            images, array, {n: hashes[n] for n in conditioning.embeddings}, timings, warnings, latents
+        )
 
     def new_sampler(self, request: GenerationRequest) -> Scheduler:
         sampler = sampler_from_config(request.sampler, self.scheduler_config, request.schedule)

@@ -12,30 +12,31 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
 from sdrt.errors import GenerationError
-from sdrt.runtime.features.controlnet.units import PARAM as CONTROLNETS, ControlUnit, check_units
-from sdrt.runtime.imaging.inputs import InputImageError, open_image, target_size
+from sdrt.runtime.families.sdxl import SizeConditioning
 from sdrt.runtime.features.combinations import check_combinations
+from sdrt.runtime.features.controlnet.units import PARAM as CONTROLNETS
+from sdrt.runtime.features.controlnet.units import ControlUnit, check_units
 from sdrt.runtime.features.deepcache import DeepCache
 from sdrt.runtime.features.hires import HiresFix
-from sdrt.runtime.request_checks import check_deepcache, check_sampling, check_vae, latent_size
-from sdrt.runtime.request_fields import ALONE, PER_ROW, SHARED
 from sdrt.runtime.features.inpaint_area import MaskOptions
 from sdrt.runtime.features.lora.tags import LoraRef, extract_tags
 from sdrt.runtime.features.lora.weights_map import LoraError
+from sdrt.runtime.imaging.inputs import InputImageError, open_image, target_size
 from sdrt.runtime.manifest import BATCH, HEIGHT, WIDTH, Manifest
+from sdrt.runtime.request_checks import check_deepcache, check_sampling, check_vae, latent_size
+from sdrt.runtime.request_fields import ALONE, PER_ROW, SHARED
+from sdrt.runtime.schedulers import DEFAULT_SAMPLER, DEFAULT_SCHEDULE
+from sdrt.runtime.text.checks import check_text
 from sdrt.runtime.text.prompts.emphasis import DEFAULT_EMPHASIS, emphasis_mode
 from sdrt.runtime.text.prompts.options import TextOptions
-from sdrt.runtime.families.sdxl import SizeConditioning
-from sdrt.runtime.text.checks import check_text
-from sdrt.runtime.schedulers import DEFAULT_SAMPLER, DEFAULT_SCHEDULE
 
 #: PyTorch's CPU generator keeps the low 32 bits of a seed.
 MAX_SEED = 2**32 - 1
@@ -86,8 +87,8 @@ class GenerationRequest:
     # How the sampler spaces its noise levels (schedulers.schedules).
     schedule: str = field(default=DEFAULT_SCHEDULE, metadata=SHARED)
     # bytes: an encoded image file.
-    init_image: "str | Path | bytes | Image.Image | None" = field(default=None, metadata=ALONE)
-    mask_image: "str | Path | bytes | Image.Image | None" = field(default=None, metadata=ALONE)
+    init_image: str | Path | bytes | Image.Image | None = field(default=None, metadata=ALONE)
+    mask_image: str | Path | bytes | Image.Image | None = field(default=None, metadata=ALONE)
     # A1111's mask handling (sdrt.runtime.features.inpaint_area); read only with a mask image.
     mask_options: MaskOptions | None = field(default=None, metadata=SHARED)
     # Image-to-image from latents (diffusers' img2img given latents as its image): [1 or batch, C, h, w].
@@ -103,11 +104,11 @@ class GenerationRequest:
     emphasis: str = field(default=DEFAULT_EMPHASIS, metadata=SHARED)
     clip_skip: int = field(default=1, metadata=SHARED)
     plain_prompt: bool = field(default=False, metadata=SHARED)
-    loras: Sequence["LoraRef | str"] = field(default=(), metadata=SHARED)
+    loras: Sequence[LoraRef | str] = field(default=(), metadata=SHARED)
     controlnets: Sequence[ControlUnit] = field(default=(), metadata=ALONE)
     vae: str = field(default="full", metadata=SHARED)  # the decoder: "full", or "tiny" (an export with --tiny-vae)
 
-    def resolve(self, manifest: Manifest) -> "ResolvedRequest":
+    def resolve(self, manifest: Manifest) -> ResolvedRequest:
         """Every field checked against the model; defaults filled in; images opened."""
         return _resolve(self, manifest)
 
@@ -158,8 +159,9 @@ def _prompts(request: GenerationRequest) -> tuple[list[str], list[str]]:
     else:
         negatives = list(negative) if isinstance(negative, (list, tuple)) else [None]
         if len(negatives) != len(prompts) or not all(isinstance(n, str) for n in negatives):
-            raise GenerationError(f"negative_prompt has {len(negatives)} entries for {len(prompts)} prompts",
-                                  "negative_prompt")
+            raise GenerationError(
+                f"negative_prompt has {len(negatives)} entries for {len(prompts)} prompts", "negative_prompt"
+            )
     for param, texts in (("prompt", prompts), ("negative_prompt", negatives)):
         for text in texts:
             check_text(text, param)
@@ -176,10 +178,14 @@ def check_side(manifest: Manifest, name: str, value) -> None:
     if value % valid.multiple:
         options = " or ".join(str(v) for v in nearest_multiples(value, valid.multiple, valid.min, valid.max))
         raise GenerationError(
-            f"{name} {value} is not a multiple of {valid.multiple}, which this model needs: use {options}", name)
+            f"{name} {value} is not a multiple of {valid.multiple}, which this model needs: use {options}", name
+        )
     nearest = min(max(value, valid.min), valid.max)
-    raise GenerationError(f"{name} {value} is outside this export's range {valid.min}..{valid.max}; the nearest valid "
-                          f"{name} is {nearest}", name)
+    raise GenerationError(
+        f"{name} {value} is outside this export's range {valid.min}..{valid.max}; the nearest valid "
+        f"{name} is {nearest}",
+        name,
+    )
 
 
 def _open(source, param: str) -> Image.Image:
@@ -205,8 +211,11 @@ def _resolve(request: GenerationRequest, manifest: Manifest) -> ResolvedRequest:
     family = manifest.model_family
     family.check_request(request, manifest)
     if family.inpainting_denoiser(manifest) and request.mask_image is None:
-        raise GenerationError(f"this is an inpainting model (UNet takes {manifest.unet_in_channels} channels): "
-                              "give it an init image and a mask", "mask_image")
+        raise GenerationError(
+            f"this is an inpainting model (UNet takes {manifest.unet_in_channels} channels): "
+            "give it an init image and a mask",
+            "mask_image",
+        )
     if request.mask_image is not None and request.init_image is None:
         raise GenerationError("a mask needs an init image to inpaint", "init_image")
     prompts, negatives = _prompts(request)
@@ -230,8 +239,11 @@ def _resolve(request: GenerationRequest, manifest: Manifest) -> ResolvedRequest:
     if request.mask_image is not None:
         mask = _open(request.mask_image, "mask_image")
         if mask.size != image.size:
-            raise GenerationError(f"the mask is {mask.width}x{mask.height} but the image is "
-                                  f"{image.width}x{image.height}; they must have the same size", "mask_image")
+            raise GenerationError(
+                f"the mask is {mask.width}x{mask.height} but the image is "
+                f"{image.width}x{image.height}; they must have the same size",
+                "mask_image",
+            )
     height = manifest.native_height if height is None else height
     width = manifest.native_width if width is None else width
     check_side(manifest, "height", height)
@@ -250,17 +262,32 @@ def _resolve(request: GenerationRequest, manifest: Manifest) -> ResolvedRequest:
     batch = len(prompts) * request.num_images
     batch_range = manifest.dims.get(BATCH)
     if batch_range is not None and batch > batch_range.max:
-        raise GenerationError(f"{batch} images at once exceed this export's batch limit of {batch_range.max}",
-                              "num_images")
+        raise GenerationError(
+            f"{batch} images at once exceed this export's batch limit of {batch_range.max}", "num_images"
+        )
     options = _text_options(request)
     texts, loras = _loras(request, prompts)
     controls = tuple((unit, _open(unit.image, CONTROLNETS)) for unit in check_units(request.controlnets))
     check_vae(request, manifest)
     check_deepcache(request, manifest)
     init_latents = None if request.init_latents is None else np.asarray(request.init_latents, np.float32)
-    resolved = ResolvedRequest(request, prompts, negatives, seeds, per_prompt, int(height), int(width),
-                               None if strength is None else float(strength), image, mask, options, texts, loras,
-                               controls, init_latents)
+    resolved = ResolvedRequest(
+        request,
+        prompts,
+        negatives,
+        seeds,
+        per_prompt,
+        int(height),
+        int(width),
+        None if strength is None else float(strength),
+        image,
+        mask,
+        options,
+        texts,
+        loras,
+        controls,
+        init_latents,
+    )
     check_combinations(resolved, family)  # what combines: the one table (sdrt.runtime.features.combinations)
     return resolved
 
@@ -279,8 +306,10 @@ def _loras(request: GenerationRequest, prompts: list[str]) -> tuple[list[str], t
         raise GenerationError(str(error), "loras") from None
     tagged = {tuple(tags) for _, tags in stripped}
     if len(tagged) > 1:
-        raise GenerationError("the prompts of one request name different <lora:...> tags; give each set of "
-                              "LoRAs its own request", "prompt")
+        raise GenerationError(
+            "the prompts of one request name different <lora:...> tags; give each set of LoRAs its own request",
+            "prompt",
+        )
     return [text for text, _ in stripped], tuple(loras) + tuple(stripped[0][1])
 
 
@@ -291,6 +320,7 @@ def _text_options(request: GenerationRequest) -> TextOptions:
         raise GenerationError(f"emphasis must be a mode's name, got {request.emphasis!r}", "emphasis")
     mode = emphasis_mode("None" if request.plain_prompt else request.emphasis)
     if not _is_int(request.clip_skip) or not 1 <= request.clip_skip <= MAX_CLIP_SKIP:
-        raise GenerationError(f"clip skip must be an integer from 1 to {MAX_CLIP_SKIP}, got {request.clip_skip!r}",
-                              "clip_skip")
+        raise GenerationError(
+            f"clip skip must be an integer from 1 to {MAX_CLIP_SKIP}, got {request.clip_skip!r}", "clip_skip"
+        )
     return TextOptions(mode, int(request.clip_skip))

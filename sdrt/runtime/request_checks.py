@@ -14,8 +14,9 @@ from sdrt.runtime.schedulers import SAMPLER_NAMES, SAMPLERS, check_sampler_space
 
 def check_sampling(request, manifest: Manifest) -> None:
     if request.sampler not in SAMPLERS:
-        raise GenerationError(f"unknown sampler {request.sampler!r}; choose one of {', '.join(SAMPLER_NAMES)}",
-                              "sampler")
+        raise GenerationError(
+            f"unknown sampler {request.sampler!r}; choose one of {', '.join(SAMPLER_NAMES)}", "sampler"
+        )
     try:
         check_sampler_space(request.sampler, manifest.sampler_space)
     except ConfigError as error:
@@ -24,10 +25,16 @@ def check_sampling(request, manifest: Manifest) -> None:
         SAMPLERS[request.sampler].schedule_overrides(request.schedule)
     except ConfigError as error:
         raise GenerationError(str(error), "schedule") from None
-    if request.eta is not None and (not getattr(SAMPLERS[request.sampler].cls, "takes_eta", False)
-                                    or not isinstance(request.eta, (int, float)) or not 0 <= request.eta <= 1):
-        raise GenerationError(f"eta must be in [0, 1] and is for samplers that take one (tcd), not "
-                              f"{request.sampler} with eta {request.eta!r}", "eta")
+    if request.eta is not None and (
+        not getattr(SAMPLERS[request.sampler].cls, "takes_eta", False)
+        or not isinstance(request.eta, (int, float))
+        or not 0 <= request.eta <= 1
+    ):
+        raise GenerationError(
+            f"eta must be in [0, 1] and is for samplers that take one (tcd), not "
+            f"{request.sampler} with eta {request.eta!r}",
+            "eta",
+        )
 
 
 def check_deepcache(request, manifest: Manifest) -> None:
@@ -40,8 +47,9 @@ def check_deepcache(request, manifest: Manifest) -> None:
 def latent_size(request, manifest: Manifest, strength) -> tuple[int, int, float]:
     latents = request.init_latents
     if not isinstance(latents, np.ndarray) or latents.ndim != 4 or latents.shape[1] != manifest.latent_channels:
-        raise GenerationError(f"init latents must be one array [batch, {manifest.latent_channels}, h, w]",
-                              "init_latents")
+        raise GenerationError(
+            f"init latents must be one array [batch, {manifest.latent_channels}, h, w]", "init_latents"
+        )
     if not isinstance(strength, (int, float)) or not 0 < strength <= 1:
         raise GenerationError(f"strength must be in (0, 1], got {strength}", "strength")
     return latents.shape[2] * manifest.vae_scale_factor, latents.shape[3] * manifest.vae_scale_factor, strength
@@ -53,5 +61,8 @@ def check_vae(request, manifest: Manifest) -> None:
     if not isinstance(request.vae, str) or request.vae not in DECODERS:
         raise GenerationError(f"unknown VAE {request.vae!r}; choose one of {', '.join(DECODERS)}", "vae")
     if request.vae == "tiny" and manifest.tiny_vae is None:
-        raise GenerationError("this export has no tiny VAE: re-export the model with --tiny-vae SOURCE (TAESD for "
-                              "SD 1.x/2.x, TAESDXL for SDXL)", "vae")
+        raise GenerationError(
+            "this export has no tiny VAE: re-export the model with --tiny-vae SOURCE (TAESD for "
+            "SD 1.x/2.x, TAESDXL for SDXL)",
+            "vae",
+        )

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Mapping
 
 #: The dataclass-metadata key that holds a field's Batching.
 BATCHING = "sdrt.batching"
@@ -40,8 +40,10 @@ def policies(request_type: type) -> dict[str, Batching]:
     for item in dataclasses.fields(request_type):
         policy = item.metadata.get(BATCHING)
         if not isinstance(policy, Batching):
-            raise TypeError(f"{request_type.__name__}.{item.name} declares no batching policy "
-                            f"(metadata=SHARED, PER_ROW or ALONE from {__name__})")
+            raise TypeError(
+                f"{request_type.__name__}.{item.name} declares no batching policy "
+                f"(metadata=SHARED, PER_ROW or ALONE from {__name__})"
+            )
         found[item.name] = policy
     return found
 

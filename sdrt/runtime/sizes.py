@@ -20,7 +20,10 @@ def parse_size(text: str, param: str) -> tuple[int, int]:
     if not sep:
         height = width
     width, height = width.strip(), height.strip()
-    if not (width.isascii() and width.isdigit() and height.isascii() and height.isdigit()) \
-            or int(width) < 1 or int(height) < 1:
+    if (
+        not (width.isascii() and width.isdigit() and height.isascii() and height.isdigit())
+        or int(width) < 1
+        or int(height) < 1
+    ):
         raise SizeError(f"{param} must be WIDTHxHEIGHT in pixels, got {text!r}", param)
     return int(height), int(width)

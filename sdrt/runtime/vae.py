@@ -23,8 +23,9 @@ def latent_scaling(manifest: Manifest, decoder: str) -> tuple[float, float]:
     return manifest.vae_scaling_factor, manifest.vae_shift_factor
 
 
-def encode(engine: Engine, manifest: Manifest, image: np.ndarray, generator: TorchGenerator,
-           vae: str = DEFAULT_DECODER) -> np.ndarray:
+def encode(
+    engine: Engine, manifest: Manifest, image: np.ndarray, generator: TorchGenerator, vae: str = DEFAULT_DECODER
+) -> np.ndarray:
     """Latents of an image in [-1, 1] scaled as the UNet expects: sampled with `generator` from
     the full VAE's distribution, or the tiny VAE's (deterministic, nothing drawn)."""
     out = engine.run({"sample": image.astype(engine.input_dtype("sample"))})
@@ -45,10 +46,13 @@ def decode(engine: Engine, manifest: Manifest, latents: np.ndarray, decoder: str
     scaled = latents / np.float32(scaling) + np.float32(shift)
     limit = manifest.dims[BATCH].max if BATCH in manifest.dims else len(scaled)
     dtype = engine.input_dtype("latent_sample")
-    chunks = [engine.run({"latent_sample": scaled[i: i + limit].astype(dtype)})["sample"]
-              for i in range(0, len(scaled), limit)]
+    chunks = [
+        engine.run({"latent_sample": scaled[i : i + limit].astype(dtype)})["sample"]
+        for i in range(0, len(scaled), limit)
+    ]
     image = np.concatenate(chunks).astype(np.float32)
     if not np.isfinite(image).all():
-        raise GenerationError("the VAE decoded NaN or infinite values (the fp16 VAE overflows): re-export with "
-                              "--vae-precision fp32")
+        raise GenerationError(
+            "the VAE decoded NaN or infinite values (the fp16 VAE overflows): re-export with --vae-precision fp32"
+        )
     return np.clip(image / 2 + 0.5, 0, 1).transpose(0, 2, 3, 1)

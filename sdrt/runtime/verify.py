@@ -8,8 +8,8 @@ rounding that the denoising loop carries along, so the pass mark is on the mean 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -25,13 +25,22 @@ MEAN_TOLERANCE = 2 / 255
 def compare(got: np.ndarray, expected: np.ndarray) -> dict:
     difference = np.abs(got.astype(np.float64) - expected.astype(np.float64))
     mse = float(np.mean(difference**2))
-    return {"max_abs": float(difference.max()), "mean_abs": float(difference.mean()),
-            "psnr_db": math.inf if mse == 0 else 10 * math.log10(1 / mse),
-            "finite": bool(np.isfinite(got).all())}
+    return {
+        "max_abs": float(difference.max()),
+        "mean_abs": float(difference.mean()),
+        "psnr_db": math.inf if mse == 0 else 10 * math.log10(1 / mse),
+        "finite": bool(np.isfinite(got).all()),
+    }
 
 
-def verify(folder: str | Path, backend: str, steps: int = STEPS, height: int | None = None,
-           width: int | None = None, progress: Callable[[str], None] | None = None) -> dict:
+def verify(
+    folder: str | Path,
+    backend: str,
+    steps: int = STEPS,
+    height: int | None = None,
+    width: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
     say = progress or (lambda line: None)
     candidate = Pipeline.load(folder, backend=backend, progress=progress)
     # The candidate's manifest is narrowed to what its engines accept: use its native size.
@@ -44,10 +53,14 @@ def verify(folder: str | Path, backend: str, steps: int = STEPS, height: int | N
     say("cpu (fp32 reference): generating")
     expected = Pipeline.load(folder, backend="cpu").generate(**settings)
     report = compare(got.array, expected.array)
-    report.update(backend=backend, reference="cpu", settings={k: v for k, v in settings.items() if k != "prompt"},
-                  tolerance_mean_abs=MEAN_TOLERANCE,
-                  passed=report["finite"] and report["mean_abs"] <= MEAN_TOLERANCE,
-                  timings={backend: _seconds(got.timings), "cpu": _seconds(expected.timings)})
+    report.update(
+        backend=backend,
+        reference="cpu",
+        settings={k: v for k, v in settings.items() if k != "prompt"},
+        tolerance_mean_abs=MEAN_TOLERANCE,
+        passed=report["finite"] and report["mean_abs"] <= MEAN_TOLERANCE,
+        timings={backend: _seconds(got.timings), "cpu": _seconds(expected.timings)},
+    )
     return report
 
 

@@ -9,8 +9,8 @@ import io
 
 from PIL import Image, UnidentifiedImageError
 
-from sdrt.runtime.imaging.inputs import InputImageError, check_pixels
 from sdrt.errors import ConfigError
+from sdrt.runtime.imaging.inputs import InputImageError, check_pixels
 from sdrt.runtime.schedulers import DEFAULT_SAMPLER, DEFAULT_SCHEDULE, DISPLAY_NAMES, SAMPLERS, display_name
 from sdrt.runtime.schedulers.schedules import schedule_entry
 from sdrt.serve.schemas import RequestError
@@ -21,19 +21,38 @@ A1111_SAMPLERS = {entry.display_name.lower(): entry.name for entry in SAMPLERS.v
 #: Older A1111 sampler names carry their schedule: "Euler Karras" is Euler + Karras.
 LEGACY_SCHEDULE_SUFFIXES = {" karras": "karras", " exponential": "exponential"}
 #: GenerationRequest fields -> the field of each API that carries them.
-OPENAI_FIELDS = {"num_images": "n", "sampler": "sampler", "loras": "prompt", "controlnets": "controlnets",
-                 "vae": "vae", "schedule": "schedule", "init_image": "image", "mask_image": "mask"}
+OPENAI_FIELDS = {
+    "num_images": "n",
+    "sampler": "sampler",
+    "loras": "prompt",
+    "controlnets": "controlnets",
+    "vae": "vae",
+    "schedule": "schedule",
+    "init_image": "image",
+    "mask_image": "mask",
+}
 #: A1111 `sd_vae` values that pick the tiny VAE (its live previews call TAESD so); any other
 #: value ("Automatic", "None", a VAE file) decodes with the model's own VAE.
 TINY_VAE_NAMES = ("tiny", "taesd", "taesdxl")
 MODEL_VAE_NAMES = ("automatic", "none", "full", "")
-A1111_FIELDS = {"num_images": "batch_size", "guidance_scale": "cfg_scale", "sampler": "sampler_name",
-                "strength": "denoising_strength", "init_image": "init_images", "mask_image": "mask",
-                "refiner_switch": "refiner_switch_at", "clip_skip": "override_settings.CLIP_stop_at_last_layers",
-                "emphasis": "override_settings.emphasis", "loras": "prompt",
-                "controlnets": "alwayson_scripts.controlnet.args", "vae": "override_settings.sd_vae",
-                "schedule": "scheduler", "mask_options": "mask", "hires": "enable_hr",
-                "deepcache": "deepcache"}
+A1111_FIELDS = {
+    "num_images": "batch_size",
+    "guidance_scale": "cfg_scale",
+    "sampler": "sampler_name",
+    "strength": "denoising_strength",
+    "init_image": "init_images",
+    "mask_image": "mask",
+    "refiner_switch": "refiner_switch_at",
+    "clip_skip": "override_settings.CLIP_stop_at_last_layers",
+    "emphasis": "override_settings.emphasis",
+    "loras": "prompt",
+    "controlnets": "alwayson_scripts.controlnet.args",
+    "vae": "override_settings.sd_vae",
+    "schedule": "scheduler",
+    "mask_options": "mask",
+    "hires": "enable_hr",
+    "deepcache": "deepcache",
+}
 #: What A1111 clients send for "no refiner" and "no ControlNet model".
 NO_REFINER = NO_MODEL = ("", "none")
 
@@ -99,8 +118,11 @@ def sdrt_sampler(sampler: str | None, schedule_type: str | None) -> tuple[str, s
     if name in SAMPLERS:
         return name, schedule
     if name not in A1111_SAMPLERS:
-        raise RequestError(400, f"unknown sampler {sampler!r}; choose one of {', '.join(DISPLAY_NAMES)} "
-                           "(GET /sdapi/v1/samplers)", "sampler_name")
+        raise RequestError(
+            400,
+            f"unknown sampler {sampler!r}; choose one of {', '.join(DISPLAY_NAMES)} (GET /sdapi/v1/samplers)",
+            "sampler_name",
+        )
     return A1111_SAMPLERS[name], schedule
 
 
@@ -112,12 +134,18 @@ def refiner_switch(pipeline, checkpoint: str | None, switch_at: float) -> float 
         return None
     refiner = getattr(pipeline, "refiner", None)
     if refiner is None:
-        raise RequestError(400, f"refiner_checkpoint {checkpoint!r}: this server has no refiner (start it with "
-                           "--refiner DIR)", "refiner_checkpoint")
+        raise RequestError(
+            400,
+            f"refiner_checkpoint {checkpoint!r}: this server has no refiner (start it with --refiner DIR)",
+            "refiner_checkpoint",
+        )
     stem = checkpoint.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1].split(" [", 1)[0]
     if stem not in (refiner.folder.name, refiner.folder.stem) and stem.rsplit(".", 1)[0] != refiner.folder.name:
-        raise RequestError(400, f"refiner_checkpoint {checkpoint!r} is not served; this server's refiner is "
-                           f"{refiner.folder.name!r}", "refiner_checkpoint")
+        raise RequestError(
+            400,
+            f"refiner_checkpoint {checkpoint!r} is not served; this server's refiner is {refiner.folder.name!r}",
+            "refiner_checkpoint",
+        )
     return switch_at
 
 
@@ -139,9 +167,19 @@ def control_units(body, init_image: bytes | None) -> list:
         if data is not None and not isinstance(data, str):
             raise RequestError(400, f"{field} must be a base64-encoded image", field)
         image = decode_image(data, field) if data else init_image
-        units.append(ControlUnit(served_name(model, f"alwayson_scripts.controlnet.args[{index}].model"), image,
-                                 unit.weight, unit.guidance_start, unit.guidance_end,
-                                 unit.control_mode, unit.module, unit.threshold_a, unit.threshold_b))
+        units.append(
+            ControlUnit(
+                served_name(model, f"alwayson_scripts.controlnet.args[{index}].model"),
+                image,
+                unit.weight,
+                unit.guidance_start,
+                unit.guidance_end,
+                unit.control_mode,
+                unit.module,
+                unit.threshold_a,
+                unit.threshold_b,
+            )
+        )
     return units
 
 
@@ -152,8 +190,12 @@ def a1111_vae(sd_vae: str, param: str) -> str:
         return "tiny"
     if name in MODEL_VAE_NAMES:
         return "full"
-    raise RequestError(400, f"{param}: sdrt decodes with the model's own VAE (Automatic) or its tiny VAE (TAESD), "
-                       f"not {sd_vae[:100]!r} (GET /sdapi/v1/sd-vae)", param)
+    raise RequestError(
+        400,
+        f"{param}: sdrt decodes with the model's own VAE (Automatic) or its tiny VAE (TAESD), "
+        f"not {sd_vae[:100]!r} (GET /sdapi/v1/sd-vae)",
+        param,
+    )
 
 
 def _is_path(name: str) -> bool:
@@ -164,8 +206,11 @@ def served_name(model: str, param: str) -> str:
     """A ControlNet named by a client: a name in the server's --controlnet-dir, never a path on
     the server's disk."""
     if _is_path(model):
-        raise RequestError(400, f"{param}: name a ControlNet of this server (GET /controlnet/model_list), not a "
-                           f"path: {model[:100]!r}", param)
+        raise RequestError(
+            400,
+            f"{param}: name a ControlNet of this server (GET /controlnet/model_list), not a path: {model[:100]!r}",
+            param,
+        )
     return model
 
 
@@ -181,8 +226,12 @@ def check_lora_tags(prompt: str, param: str) -> None:
         return
     for ref in refs:
         if _is_path(ref.source):
-            raise RequestError(400, f"{param}: <lora:...> names a LoRA of this server (GET /sdapi/v1/loras), not a "
-                               f"path: {ref.source[:100]!r}", param)
+            raise RequestError(
+                400,
+                f"{param}: <lora:...> names a LoRA of this server (GET /sdapi/v1/loras), not a "
+                f"path: {ref.source[:100]!r}",
+                param,
+            )
 
 
 #: The eta each sdrt sampler runs with, where eta means something: ancestral samplers add all
@@ -197,8 +246,9 @@ def check_eta(sampler: str, eta: float | None) -> float | None:
         return eta
     if eta is None or sampler not in SAMPLER_ETA or eta == SAMPLER_ETA[sampler]:
         return None
-    raise RequestError(400, f"eta: {display_name(sampler)} runs with eta {SAMPLER_ETA[sampler]:g} only, got {eta:g}",
-                       "eta")
+    raise RequestError(
+        400, f"eta: {display_name(sampler)} runs with eta {SAMPLER_ETA[sampler]:g} only, got {eta:g}", "eta"
+    )
 
 
 #: A1111's inpainting_fill values sdrt honours -> sdrt.runtime.features.inpaint_area fills.
@@ -210,13 +260,22 @@ def a1111_mask_options(body):
     from sdrt.runtime.features.inpaint_area import MaskOptions
 
     if body.inpainting_fill not in INPAINTING_FILLS:
-        raise RequestError(400, "inpainting_fill: 2 (latent noise) and 3 (latent nothing) are not supported; use 0 "
-                           "(fill) or 1 (original)", "inpainting_fill")
+        raise RequestError(
+            400,
+            "inpainting_fill: 2 (latent noise) and 3 (latent nothing) are not supported; use 0 (fill) or 1 (original)",
+            "inpainting_fill",
+        )
     blur_x = body.mask_blur_x if body.mask_blur is None else body.mask_blur
     blur_y = body.mask_blur_y if body.mask_blur is None else body.mask_blur
-    return MaskOptions(invert=bool(body.inpainting_mask_invert), blur_x=blur_x, blur_y=blur_y,
-                       fill=INPAINTING_FILLS[body.inpainting_fill], only_masked=bool(body.inpaint_full_res),
-                       padding=body.inpaint_full_res_padding, paste_back=True)
+    return MaskOptions(
+        invert=bool(body.inpainting_mask_invert),
+        blur_x=blur_x,
+        blur_y=blur_y,
+        fill=INPAINTING_FILLS[body.inpainting_fill],
+        only_masked=bool(body.inpaint_full_res),
+        padding=body.inpaint_full_res_padding,
+        paste_back=True,
+    )
 
 
 #: What A1111 clients send for "the same as the first pass" in the hires fix's fields.
@@ -243,14 +302,22 @@ def a1111_hires(body):
         raise RequestError(400, f"hr_upscaler: {error}", "hr_upscaler") from None
     sampler = schedule = None
     if not _same(body.hr_sampler_name) or not _same(body.hr_scheduler):
-        sampler, schedule = sdrt_sampler(None if _same(body.hr_sampler_name) else body.hr_sampler_name,
-                                         None if _same(body.hr_scheduler) else body.hr_scheduler)
-    return HiresFix(scale=body.hr_scale if body.hr_scale is not None else 2.0, width=body.hr_resize_x or None,
-                    height=body.hr_resize_y or None, upscaler=upscaler, steps=body.hr_second_pass_steps or 0,
-                    strength=body.denoising_strength or DEFAULT_STRENGTH, prompt=body.hr_prompt or None,
-                    negative_prompt=body.hr_negative_prompt or None,
-                    sampler=None if _same(body.hr_sampler_name) else sampler,
-                    schedule=None if _same(body.hr_scheduler) else schedule)
+        sampler, schedule = sdrt_sampler(
+            None if _same(body.hr_sampler_name) else body.hr_sampler_name,
+            None if _same(body.hr_scheduler) else body.hr_scheduler,
+        )
+    return HiresFix(
+        scale=body.hr_scale if body.hr_scale is not None else 2.0,
+        width=body.hr_resize_x or None,
+        height=body.hr_resize_y or None,
+        upscaler=upscaler,
+        steps=body.hr_second_pass_steps or 0,
+        strength=body.denoising_strength or DEFAULT_STRENGTH,
+        prompt=body.hr_prompt or None,
+        negative_prompt=body.hr_negative_prompt or None,
+        sampler=None if _same(body.hr_sampler_name) else sampler,
+        schedule=None if _same(body.hr_scheduler) else schedule,
+    )
 
 
 def deepcache_field(value, param: str = "deepcache"):

@@ -6,19 +6,35 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from sdrt.runtime.text.prompts.emphasis import DEFAULT_EMPHASIS, EMPHASIS_MODES
 from sdrt.runtime.request import MAX_CLIP_SKIP
+from sdrt.runtime.text.prompts.emphasis import DEFAULT_EMPHASIS, EMPHASIS_MODES
 from sdrt.serve.schemas import RequestError
 
 MODEL_OPTION = "sd_model_checkpoint"
 #: Options sdrt cannot change, with the value it works with (a client may set them to that value).
 FIXED_OPTIONS = {
-    "samples_format": "png", "grid_format": "png", "enable_pnginfo": True, "eta_ancestral": 1.0, "eta_ddim": 0.0,
-    "eta_noise_seed_delta": 0, "randn_source": "CPU", "s_churn": 0.0, "s_tmin": 0.0, "s_noise": 1.0,
-    "sd_vae_overrides_per_model_preferences": True, "samples_save": False, "grid_save": False,
-    "save_images_add_number": False, "img2img_fix_steps": False, "CLIP_stop_at_last_layers_sdxl": None,
-    "sdxl_crop_top": 0, "sdxl_crop_left": 0, "sdxl_refiner_low_aesthetic_score": 2.5,
-    "sdxl_refiner_high_aesthetic_score": 6.0, "upcast_attn": False, "token_merging_ratio": 0.0,
+    "samples_format": "png",
+    "grid_format": "png",
+    "enable_pnginfo": True,
+    "eta_ancestral": 1.0,
+    "eta_ddim": 0.0,
+    "eta_noise_seed_delta": 0,
+    "randn_source": "CPU",
+    "s_churn": 0.0,
+    "s_tmin": 0.0,
+    "s_noise": 1.0,
+    "sd_vae_overrides_per_model_preferences": True,
+    "samples_save": False,
+    "grid_save": False,
+    "save_images_add_number": False,
+    "img2img_fix_steps": False,
+    "CLIP_stop_at_last_layers_sdxl": None,
+    "sdxl_crop_top": 0,
+    "sdxl_crop_left": 0,
+    "sdxl_refiner_low_aesthetic_score": 2.5,
+    "sdxl_refiner_high_aesthetic_score": 6.0,
+    "upcast_attn": False,
+    "token_merging_ratio": 0.0,
 }
 #: What A1111 calls the model's own VAE; "TAESD" (or "tiny") picks the tiny VAE (sdrt.serve.a1111).
 VAE_CHOICES = ("Automatic", "None")
@@ -33,12 +49,20 @@ class A1111Options:
     sd_vae: str = "Automatic"
 
     def report(self, model_title: str, model_hash: str | None, preview_every: int) -> dict:
-        return {**FIXED_OPTIONS, MODEL_OPTION: model_title, "sd_checkpoint_hash": model_hash,
-                "CLIP_stop_at_last_layers": self.clip_skip, "emphasis": self.emphasis, "sd_vae": self.sd_vae,
-                "live_previews_enable": preview_every > 0, "show_progress_every_n_steps": preview_every or -1,
-                "live_preview_content": "Combined", "show_progress_type": "Approx cheap" if preview_every else "None"}
+        return {
+            **FIXED_OPTIONS,
+            MODEL_OPTION: model_title,
+            "sd_checkpoint_hash": model_hash,
+            "CLIP_stop_at_last_layers": self.clip_skip,
+            "emphasis": self.emphasis,
+            "sd_vae": self.sd_vae,
+            "live_previews_enable": preview_every > 0,
+            "show_progress_every_n_steps": preview_every or -1,
+            "live_preview_content": "Combined",
+            "show_progress_type": "Approx cheap" if preview_every else "None",
+        }
 
-    def changed(self, changes: dict, field: str) -> "A1111Options":
+    def changed(self, changes: dict, field: str) -> A1111Options:
         """These options with `changes` applied (model switches aside: see MODEL_OPTION); a
         change sdrt cannot make is a 400 naming `field`.KEY."""
         updates = {}
@@ -60,9 +84,13 @@ class A1111Options:
                 updates["sd_vae"] = value
             elif key in FIXED_OPTIONS:
                 if value != FIXED_OPTIONS[key]:
-                    raise RequestError(400, f"{where}: sdrt cannot change this option (it is "
-                                       f"{FIXED_OPTIONS[key]!r})", where)
+                    raise RequestError(
+                        400, f"{where}: sdrt cannot change this option (it is {FIXED_OPTIONS[key]!r})", where
+                    )
             else:
-                raise RequestError(400, f"{where}: sdrt does not support this option (GET /sdapi/v1/options lists "
-                                   "those it reports)", where)
+                raise RequestError(
+                    400,
+                    f"{where}: sdrt does not support this option (GET /sdapi/v1/options lists those it reports)",
+                    where,
+                )
         return replace(self, **updates)

@@ -13,9 +13,9 @@ from sdrt.runtime.features.hires import UPSCALERS as HIRES_UPSCALERS
 from sdrt.runtime.imaging.png_info import PARAMETERS_KEY, parse_parameters
 from sdrt.runtime.schedulers import sampler_entries
 from sdrt.runtime.schedulers.schedules import SCHEDULES
+from sdrt.serve.a1111 import open_base64_image, png_base64
 from sdrt.serve.a1111_options import MODEL_OPTION
 from sdrt.serve.schemas import RequestError
-from sdrt.serve.a1111 import open_base64_image, png_base64
 from sdrt.serve.upscale import UPSCALERS, upscale_request
 
 #: /proc/meminfo's fields (kB) that /sdapi/v1/memory reports.
@@ -33,8 +33,10 @@ def _memory() -> dict:
     except (OSError, ValueError, IndexError):
         return {"ram": {"error": "memory figures are not available on this system"}}
     total, free = fields.get("MemTotal", 0), fields.get("MemAvailable", 0)
-    return {"ram": {"free": free, "used": total - free, "total": total},
-            "cuda": {"error": "see the backend's own tools (sdrt reports no device memory here)"}}
+    return {
+        "ram": {"free": free, "used": total - free, "total": total},
+        "cuda": {"error": "see the backend's own tools (sdrt reports no device memory here)"},
+    }
 
 
 def add_a1111_routes(app: FastAPI, service, catalog, settings) -> None:
@@ -48,11 +50,27 @@ def add_a1111_routes(app: FastAPI, service, catalog, settings) -> None:
     async def embeddings():
         """A1111's listing: the loaded textual-inversion embeddings, and those skipped with why."""
         found = service.pipeline.text_encoders.embeddings
-        loaded = {e.name: {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None,
-                           "shape": int(next(iter(e.vectors.values())).shape[1]), "vectors": e.count}
-                  for e in found.loaded}
-        skipped = {name: {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None, "shape": None,
-                          "vectors": None, "reason": reason} for name, reason in found.skipped.items()}
+        loaded = {
+            e.name: {
+                "step": None,
+                "sd_checkpoint": None,
+                "sd_checkpoint_name": None,
+                "shape": int(next(iter(e.vectors.values())).shape[1]),
+                "vectors": e.count,
+            }
+            for e in found.loaded
+        }
+        skipped = {
+            name: {
+                "step": None,
+                "sd_checkpoint": None,
+                "sd_checkpoint_name": None,
+                "shape": None,
+                "vectors": None,
+                "reason": reason,
+            }
+            for name, reason in found.skipped.items()
+        }
         return {"loaded": loaded, "skipped": skipped}
 
     @app.get("/sdapi/v1/loras")
@@ -92,13 +110,17 @@ def add_a1111_routes(app: FastAPI, service, catalog, settings) -> None:
 
     @app.get("/sdapi/v1/samplers")
     async def samplers():
-        return [{"name": entry.display_name, "aliases": [entry.name], "options": {}}
-                for entry in sampler_entries(service.pipeline.manifest.sampler_space)]
+        return [
+            {"name": entry.display_name, "aliases": [entry.name], "options": {}}
+            for entry in sampler_entries(service.pipeline.manifest.sampler_space)
+        ]
 
     @app.get("/sdapi/v1/schedulers")
     async def schedulers():
-        return [{"name": entry.name, "label": entry.label, "aliases": None, "default_rho": -1,
-                 "need_inner_model": False} for entry in SCHEDULES.values()]
+        return [
+            {"name": entry.name, "label": entry.label, "aliases": None, "default_rho": -1, "need_inner_model": False}
+            for entry in SCHEDULES.values()
+        ]
 
     @app.get("/sdapi/v1/sd-models")
     async def sd_models():
@@ -126,8 +148,11 @@ def add_a1111_routes(app: FastAPI, service, catalog, settings) -> None:
         before, or None when `name` was served already."""
         model = catalog.find(name) if isinstance(name, str) else None
         if model is None:
-            raise RequestError(400, f"{param}: no model {name!r}; this server has {catalog.describe_choices()} "
-                               "(GET /sdapi/v1/sd-models)", param)
+            raise RequestError(
+                400,
+                f"{param}: no model {name!r}; this server has {catalog.describe_choices()} (GET /sdapi/v1/sd-models)",
+                param,
+            )
         if catalog.is_served(model, service.pipeline.folder):
             return None
         before = current_model().title
@@ -158,8 +183,9 @@ def add_a1111_routes(app: FastAPI, service, catalog, settings) -> None:
 
     @app.get("/sdapi/v1/upscalers")
     async def upscalers():
-        return [{"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
-                for name in UPSCALERS]
+        return [
+            {"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 4} for name in UPSCALERS
+        ]
 
     @app.get("/sdapi/v1/latent-upscale-modes")
     async def latent_upscale_modes():
@@ -183,11 +209,21 @@ def add_a1111_routes(app: FastAPI, service, catalog, settings) -> None:
 
     @app.get("/sdapi/v1/cmd-flags")
     async def cmd_flags():
-        return {"api": True, "nowebui": True, "api_auth": bool(settings.api_auth), "api_key": bool(settings.api_key),
-                "ckpt_dir": str(catalog.models_dir) if catalog.models_dir else None,
-                "ckpt": str(catalog.first), "lora_dir": _folder(service.pipeline.loras.library),
-                "controlnet_dir": _folder(service.pipeline.controlnets), "backend": service.pipeline.backend.name, "max_queue": settings.max_queue,
-                "concurrency": settings.concurrency, "preview_every": settings.preview_every, "pid": os.getpid()}
+        return {
+            "api": True,
+            "nowebui": True,
+            "api_auth": bool(settings.api_auth),
+            "api_key": bool(settings.api_key),
+            "ckpt_dir": str(catalog.models_dir) if catalog.models_dir else None,
+            "ckpt": str(catalog.first),
+            "lora_dir": _folder(service.pipeline.loras.library),
+            "controlnet_dir": _folder(service.pipeline.controlnets),
+            "backend": service.pipeline.backend.name,
+            "max_queue": settings.max_queue,
+            "concurrency": settings.concurrency,
+            "preview_every": settings.preview_every,
+            "pid": os.getpid(),
+        }
 
     @app.get("/sdapi/v1/scripts")
     async def scripts():
@@ -200,8 +236,10 @@ def add_a1111_routes(app: FastAPI, service, catalog, settings) -> None:
 
     @app.get("/sdapi/v1/prompt-styles")
     async def prompt_styles():
-        return [{"name": style.name, "prompt": style.prompt, "negative_prompt": style.negative_prompt}
-                for style in app.state.styles.values()]
+        return [
+            {"name": style.name, "prompt": style.prompt, "negative_prompt": style.negative_prompt}
+            for style in app.state.styles.values()
+        ]
 
     @app.get("/sdapi/v1/hypernetworks")
     async def hypernetworks():

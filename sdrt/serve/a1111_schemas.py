@@ -153,8 +153,9 @@ class A1111Request(Body):
                 try:
                     return A1111ControlNetArgs.model_validate(args).args
                 except ValueError as error:
-                    raise RequestError(400, f"alwayson_scripts.{name}: {str(error).splitlines()[0]}",
-                                       f"alwayson_scripts.{name}") from None
+                    raise RequestError(
+                        400, f"alwayson_scripts.{name}: {str(error).splitlines()[0]}", f"alwayson_scripts.{name}"
+                    ) from None
         return []
 
     def checked(self) -> list[str]:

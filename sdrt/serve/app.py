@@ -8,8 +8,8 @@ request error names the API's own field (sdrt.serve.a1111's field maps).
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 import os
+from dataclasses import replace
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -18,18 +18,31 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sdrt.errors import SdrtError
 from sdrt.runtime.imaging.png_info import format_parameters
-from sdrt.runtime.text.prompts.styles import apply_styles, load_styles
 from sdrt.runtime.request import MAX_SEED, GenerationRequest
 from sdrt.runtime.schedulers import display_name
-from sdrt.serve.a1111 import (A1111_FIELDS, OPENAI_FIELDS, a1111_hires, a1111_mask_options, a1111_vae, check_eta, check_lora_tags,
-                              control_units, decode_image, deepcache_field, png_base64, refiner_switch, sdrt_sampler)
-from sdrt.serve.middleware import BodyLimit, Guard
 from sdrt.runtime.schedulers.schedules import schedule_label
+from sdrt.runtime.text.prompts.styles import apply_styles, load_styles
+from sdrt.serve.a1111 import (
+    A1111_FIELDS,
+    OPENAI_FIELDS,
+    a1111_hires,
+    a1111_mask_options,
+    a1111_vae,
+    check_eta,
+    check_lora_tags,
+    control_units,
+    decode_image,
+    deepcache_field,
+    png_base64,
+    refiner_switch,
+    sdrt_sampler,
+)
 from sdrt.serve.a1111_options import MODEL_OPTION, A1111Options
 from sdrt.serve.a1111_routes import add_a1111_routes
-from sdrt.serve.catalog import ModelCatalog
-from sdrt.serve.openai_routes import add_openai_routes
 from sdrt.serve.a1111_schemas import A1111Img2ImgRequest, A1111Txt2ImgRequest
+from sdrt.serve.catalog import ModelCatalog
+from sdrt.serve.middleware import BodyLimit, Guard
+from sdrt.serve.openai_routes import add_openai_routes
 from sdrt.serve.schemas import (
     API_KEY_ENV,
     RequestError,
@@ -74,13 +87,15 @@ def create_app(pipeline, settings: ServeSettings | None = None, catalog: ModelCa
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception):  # a defect: still JSON, with no internals
-        return JSONResponse(error_body(f"internal error ({type(error).__name__})", None, "server_error"),
-                            status_code=500)
+        return JSONResponse(
+            error_body(f"internal error ({type(error).__name__})", None, "server_error"), status_code=500
+        )
 
     @app.exception_handler(Stopped)
     async def stopped(request: Request, error: Stopped):
-        return JSONResponse(error_body(f"the generation was stopped ({error.kind})", None, "server_busy"),
-                            status_code=503)
+        return JSONResponse(
+            error_body(f"the generation was stopped ({error.kind})", None, "server_busy"), status_code=503
+        )
 
     @app.exception_handler(SdrtError)
     async def generation_error(request: Request, error: SdrtError):
@@ -103,16 +118,22 @@ def create_app(pipeline, settings: ServeSettings | None = None, catalog: ModelCa
     @app.get("/health")
     async def health():
         m = service.pipeline.manifest
-        return {"status": "ok", "model": service.pipeline.folder.name, "backend": service.pipeline.backend.name,
-                "process": os.getpid(),
-                "queue_length": service.metrics.queue_length, "native_size": [m.native_width, m.native_height]}
+        return {
+            "status": "ok",
+            "model": service.pipeline.folder.name,
+            "backend": service.pipeline.backend.name,
+            "process": os.getpid(),
+            "queue_length": service.metrics.queue_length,
+            "native_size": [m.native_width, m.native_height],
+        }
 
     @app.get("/metrics")
     async def metrics():
         return PlainTextResponse(service.metrics.render(), media_type="text/plain; version=0.0.4")
 
-    async def a1111(body: A1111Txt2ImgRequest, request: Request, image=None, mask=None, strength=None,
-                    mask_options=None):
+    async def a1111(
+        body: A1111Txt2ImgRequest, request: Request, image=None, mask=None, strength=None, mask_options=None
+    ):
         warnings = body.checked()
         sampler, schedule = sdrt_sampler(body.sampler_name or body.sampler_index, body.scheduler)
         eta = check_eta(sampler, body.eta)
@@ -124,12 +145,29 @@ def create_app(pipeline, settings: ServeSettings | None = None, catalog: ModelCa
         units = control_units(body, image)
         vae = a1111_vae(options.sd_vae, "override_settings.sd_vae")
         base = GenerationRequest(
-            prompt, negative_prompt=negative or None, steps=body.steps, guidance_scale=body.cfg_scale,
-            height=body.height, width=body.width, seed=None if body.seed == -1 else body.seed,
-            num_images=body.batch_size, sampler=sampler, schedule=schedule, init_image=image, mask_image=mask,
-            mask_options=mask_options, strength=strength, refiner_switch=switch, clip_skip=options.clip_skip,
-            emphasis=options.emphasis, controlnets=units, vae=vae, hires=a1111_hires(body) if image is None else None,
-            deepcache=deepcache_field(body.deepcache), eta=eta)
+            prompt,
+            negative_prompt=negative or None,
+            steps=body.steps,
+            guidance_scale=body.cfg_scale,
+            height=body.height,
+            width=body.width,
+            seed=None if body.seed == -1 else body.seed,
+            num_images=body.batch_size,
+            sampler=sampler,
+            schedule=schedule,
+            init_image=image,
+            mask_image=mask,
+            mask_options=mask_options,
+            strength=strength,
+            refiner_switch=switch,
+            clip_skip=options.clip_skip,
+            emphasis=options.emphasis,
+            controlnets=units,
+            vae=vae,
+            hires=a1111_hires(body) if image is None else None,
+            deepcache=deepcache_field(body.deepcache),
+            eta=eta,
+        )
         keep = body.override_settings_restore_afterwards is False  # A1111: the overrides become the options
         checkpoint = body.override_settings.get(MODEL_OPTION)
         served_before = None
@@ -166,11 +204,22 @@ def create_app(pipeline, settings: ServeSettings | None = None, catalog: ModelCa
                 texts.append(text)
                 seeds.append(result.parameters["seed"])
             warnings += result.warnings
-        info = {"prompt": prompt, "negative_prompt": base.negative_prompt or "", "styles": body.styles or [],
-                "seed": seeds[0] if seeds else seed, "all_seeds": seeds, "sampler_name": display_name(base.sampler),
-                "scheduler": schedule_label(base.schedule), "cfg_scale": body.cfg_scale, "steps": body.steps,
-                "batch_size": body.batch_size, "clip_skip": base.clip_skip, "infotexts": texts, "warnings": warnings,
-                "sd_model_name": service.pipeline.folder.name}
+        info = {
+            "prompt": prompt,
+            "negative_prompt": base.negative_prompt or "",
+            "styles": body.styles or [],
+            "seed": seeds[0] if seeds else seed,
+            "all_seeds": seeds,
+            "sampler_name": display_name(base.sampler),
+            "scheduler": schedule_label(base.schedule),
+            "cfg_scale": body.cfg_scale,
+            "steps": body.steps,
+            "batch_size": body.batch_size,
+            "clip_skip": base.clip_skip,
+            "infotexts": texts,
+            "warnings": warnings,
+            "sd_model_name": service.pipeline.folder.name,
+        }
         if parameters is not None:
             info.update(width=parameters["width"], height=parameters["height"])
         if stopped is not None:
@@ -178,12 +227,19 @@ def create_app(pipeline, settings: ServeSettings | None = None, catalog: ModelCa
         if base.strength is not None or hires is not None:
             info["denoising_strength"] = base.strength if hires is None else hires.strength
         if hires is not None and parameters is not None:
-            info.update(enable_hr=True, hr_upscaler=hires.upscaler, hr_width=parameters["hires"]["width"],
-                        hr_height=parameters["hires"]["height"])
+            info.update(
+                enable_hr=True,
+                hr_upscaler=hires.upscaler,
+                hr_width=parameters["hires"]["width"],
+                hr_height=parameters["hires"]["height"],
+            )
         if base.refiner_switch is not None and parameters is not None:
             info.update(refiner_checkpoint=parameters["refiner"], refiner_switch_at=base.refiner_switch)
-        return {"images": images if body.send_images else [],
-                "parameters": body.model_dump(exclude={"init_images", "mask"}), "info": json.dumps(info)}
+        return {
+            "images": images if body.send_images else [],
+            "parameters": body.model_dump(exclude={"init_images", "mask"}),
+            "info": json.dumps(info),
+        }
 
     @app.post("/sdapi/v1/txt2img")
     async def txt2img(body: A1111Txt2ImgRequest, request: Request):
@@ -193,12 +249,19 @@ def create_app(pipeline, settings: ServeSettings | None = None, catalog: ModelCa
     async def img2img(body: A1111Img2ImgRequest, request: Request):
         image = decode_image(body.init_images[0], "init_images")
         mask = decode_image(body.mask, "mask") if body.mask else None
-        return await a1111(body, request, image=image, mask=mask, strength=body.denoising_strength,
-                           mask_options=a1111_mask_options(body) if mask else None)
+        return await a1111(
+            body,
+            request,
+            image=image,
+            mask=mask,
+            strength=body.denoising_strength,
+            mask_options=a1111_mask_options(body) if mask else None,
+        )
 
     add_a1111_routes(app, service, catalog, settings)
     add_openai_routes(app, service, catalog, settings, run, check_limits)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
-    app.add_middleware(Guard, service=service, api_key=settings.api_key, api_auth=settings.api_auth,
-                       routes=app.router.routes)  # outermost
+    app.add_middleware(
+        Guard, service=service, api_key=settings.api_key, api_auth=settings.api_auth, routes=app.router.routes
+    )  # outermost
     return app

@@ -57,7 +57,7 @@ class Job:
     key: tuple | None
     future: asyncio.Future
     cancel: threading.Event = field(default_factory=threading.Event)
-    batch: list["Job"] = field(default_factory=list)  # set when a worker takes it
+    batch: list[Job] = field(default_factory=list)  # set when a worker takes it
     stopped_by: str | None = None  # "interrupt" or "skip" (A1111's /interrupt, /skip) when one stopped it
 
     @property
@@ -73,8 +73,9 @@ def batch_key(request: GenerationRequest, native_height: int, native_width: int)
     """Requests with equal keys may run as one call; None means the request runs alone."""
     if any(is_set(getattr(request, name)) for name in UNBATCHABLE):
         return None
-    if not isinstance(request.prompt, str) or any(isinstance(getattr(request, name), ROWS)
-                                                  for name in PER_ROW_SETTINGS):
+    if not isinstance(request.prompt, str) or any(
+        isinstance(getattr(request, name), ROWS) for name in PER_ROW_SETTINGS
+    ):
         return None  # a request with rows of its own (one prompt is a str: its LoRA tags are read)
     shared = {name: getattr(request, name) for name in SHARED_SETTINGS}
     for name, native in zip(NATIVE_SIZE, (native_height, native_width)):

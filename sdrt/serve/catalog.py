@@ -6,9 +6,9 @@ its title is A1111's "NAME [HASH10]"."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from sdrt.runtime.manifest import MANIFEST_NAME
 
@@ -27,8 +27,14 @@ class ServedModel:
 
     def describe(self) -> dict:
         """A1111's `/sdapi/v1/sd-models` entry."""
-        return {"title": self.title, "model_name": self.name, "hash": self.sha256[:SHORT_HASH] or None,
-                "sha256": self.sha256 or None, "filename": str(self.folder), "config": None}
+        return {
+            "title": self.title,
+            "model_name": self.name,
+            "hash": self.sha256[:SHORT_HASH] or None,
+            "sha256": self.sha256 or None,
+            "filename": str(self.folder),
+            "config": None,
+        }
 
 
 def _fingerprint(folder: Path) -> str:
@@ -53,8 +59,11 @@ class ModelCatalog:
         folders = [self.first]
         if self.models_dir is not None and self.models_dir.is_dir():
             first = self.first.resolve()
-            folders += sorted(path for path in self.models_dir.iterdir()
-                              if (path / MANIFEST_NAME).is_file() and path.resolve() != first)
+            folders += sorted(
+                path
+                for path in self.models_dir.iterdir()
+                if (path / MANIFEST_NAME).is_file() and path.resolve() != first
+            )
         return [ServedModel(folder.name, folder, _fingerprint(folder)) for folder in folders]
 
     def is_served(self, model: ServedModel, folder: Path) -> bool:

@@ -19,10 +19,12 @@ BAD_REQUEST = 400
 class JsonErrorProtocol(H11Protocol):
     def send_400_response(self, msg: str) -> None:
         body = json.dumps(error_body(f"the HTTP request is malformed: {msg}", None)).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                   (b"connection", b"close")]
-        for event in (h11.Response(status_code=BAD_REQUEST, headers=headers), h11.Data(data=body),
-                      h11.EndOfMessage()):
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ]
+        for event in (h11.Response(status_code=BAD_REQUEST, headers=headers), h11.Data(data=body), h11.EndOfMessage()):
             self.transport.write(self.conn.send(event))
         self.transport.close()
 

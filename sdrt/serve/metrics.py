@@ -41,22 +41,29 @@ class Metrics:
 
     def render(self) -> str:
         with self._lock:
-            lines = ["# HELP sdrt_requests_total Requests answered, by route and status.",
-                     "# TYPE sdrt_requests_total counter"]
+            lines = [
+                "# HELP sdrt_requests_total Requests answered, by route and status.",
+                "# TYPE sdrt_requests_total counter",
+            ]
             for (route, status), count in sorted(self.requests.items()):
                 lines.append(f'sdrt_requests_total{{route="{route}",status="{status}"}} {count}')
-            lines += ["# HELP sdrt_queue_length Requests admitted and not finished.", "# TYPE sdrt_queue_length gauge",
-                      f"sdrt_queue_length {self.queue_length}",
-                      "# HELP sdrt_generations_in_flight Generations running now.",
-                      "# TYPE sdrt_generations_in_flight gauge", f"sdrt_generations_in_flight {self.in_flight}",
-                      "# HELP sdrt_batches_total generate() calls (each serves one or more requests).",
-                      "# TYPE sdrt_batches_total counter", f"sdrt_batches_total {self.batches}",
-                      "# HELP sdrt_batched_requests_total Requests served by those calls.",
-                      "# TYPE sdrt_batched_requests_total counter",
-                      f"sdrt_batched_requests_total {self.batched_requests}",
-                      "# HELP sdrt_stage_seconds Time per stage of a generation (stage request: a "
-                      "request from admission to its result).",
-                      "# TYPE sdrt_stage_seconds histogram"]
+            lines += [
+                "# HELP sdrt_queue_length Requests admitted and not finished.",
+                "# TYPE sdrt_queue_length gauge",
+                f"sdrt_queue_length {self.queue_length}",
+                "# HELP sdrt_generations_in_flight Generations running now.",
+                "# TYPE sdrt_generations_in_flight gauge",
+                f"sdrt_generations_in_flight {self.in_flight}",
+                "# HELP sdrt_batches_total generate() calls (each serves one or more requests).",
+                "# TYPE sdrt_batches_total counter",
+                f"sdrt_batches_total {self.batches}",
+                "# HELP sdrt_batched_requests_total Requests served by those calls.",
+                "# TYPE sdrt_batched_requests_total counter",
+                f"sdrt_batched_requests_total {self.batched_requests}",
+                "# HELP sdrt_stage_seconds Time per stage of a generation (stage request: a "
+                "request from admission to its result).",
+                "# TYPE sdrt_stage_seconds histogram",
+            ]
             for stage in sorted(self._histograms):
                 for bound, count in zip(LATENCY_BUCKETS, self._histograms[stage]):
                     lines.append(f'sdrt_stage_seconds_bucket{{stage="{stage}",le="{bound}"}} {count}')

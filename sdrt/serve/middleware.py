@@ -21,9 +21,17 @@ if TYPE_CHECKING:
 
 async def send_json(send, status: int, payload: dict, headers: list | None = None) -> None:
     body = json.dumps(payload).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            *(headers or [])]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *(headers or []),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -33,8 +41,9 @@ class Guard:
     API key and/or A1111's --api-auth pairs, a request needs `Authorization: Bearer KEY` or
     HTTP basic with one of the pairs (what webuiapi's set_auth sends)."""
 
-    def __init__(self, app, service: "Service", api_key: str | None, routes: list,
-                 api_auth: tuple[tuple[str, str], ...] = ()):
+    def __init__(
+        self, app, service: Service, api_key: str | None, routes: list, api_auth: tuple[tuple[str, str], ...] = ()
+    ):
         self.app, self.service, self.api_key, self.routes = app, service, api_key, routes
         self.accepted = [f"Bearer {api_key}".encode()] if api_key else []
         self.accepted += [b"Basic " + base64.b64encode(f"{user}:{password}".encode()) for user, password in api_auth]
@@ -60,8 +69,7 @@ class Guard:
         if self.accepted and route not in OPEN_ROUTES and not self.authorized(scope):
             self.service.metrics.count_request(self.label(scope), 401)
             what = "a valid bearer token" if not self.challenge else "valid credentials (HTTP basic or bearer token)"
-            await send_json(send, 401, error_body(f"{what} is required", None, "authentication_error"),
-                            self.challenge)
+            await send_json(send, 401, error_body(f"{what} is required", None, "authentication_error"), self.challenge)
             return
         status = 500
 
@@ -70,7 +78,10 @@ class Guard:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 # Which process answered: with several replicas, where a request went.
-                message = {**message, "headers": [*message.get("headers", []), (b"x-sdrt-process", str(os.getpid()).encode())]}
+                message = {
+                    **message,
+                    "headers": [*message.get("headers", []), (b"x-sdrt-process", str(os.getpid()).encode())],
+                }
             await send(message)
 
         try:

@@ -14,8 +14,8 @@ import io
 import time
 
 from fastapi import FastAPI, Request
-from starlette.datastructures import UploadFile
 from PIL import Image, ImageOps
+from starlette.datastructures import UploadFile
 
 from sdrt.runtime.features.controlnet.units import ControlUnit
 from sdrt.runtime.imaging.png_info import format_parameters
@@ -30,8 +30,21 @@ AUTO_SIZE = "auto"
 EDIT_STRENGTH, VARIATION_STRENGTH = 1.0, 0.75
 #: Form fields of edits and variations besides the files, with their types.
 FORM_NUMBERS = {"n": int, "steps": int, "seed": int, "guidance_scale": float, "strength": float}
-FORM_TEXTS = ("prompt", "negative_prompt", "size", "response_format", "model", "sampler", "schedule", "user",
-              "quality", "vae", "output_format", "background", "deepcache")
+FORM_TEXTS = (
+    "prompt",
+    "negative_prompt",
+    "size",
+    "response_format",
+    "model",
+    "sampler",
+    "schedule",
+    "user",
+    "quality",
+    "vae",
+    "output_format",
+    "background",
+    "deepcache",
+)
 
 
 def parse_openai_size(size: str | None) -> tuple[int | None, int | None]:
@@ -40,7 +53,7 @@ def parse_openai_size(size: str | None) -> tuple[int | None, int | None]:
     try:
         return parse_size(size, "size")
     except SizeError as error:
-        raise RequestError(400, f"{error} (or \"auto\")", "size") from None
+        raise RequestError(400, f'{error} (or "auto")', "size") from None
 
 
 async def _form(request: Request) -> tuple[dict, dict[str, bytes]]:
@@ -96,8 +109,11 @@ def add_openai_routes(app: FastAPI, service, catalog, settings, run, check_limit
             return None
         model = catalog.find(name)
         if model is None:
-            raise RequestError(400, f"model: this server serves {catalog.describe_choices()} (GET /v1/models), not "
-                               f"{name[:100]!r}", "model")
+            raise RequestError(
+                400,
+                f"model: this server serves {catalog.describe_choices()} (GET /v1/models), not {name[:100]!r}",
+                "model",
+            )
         return model
 
     async def answer(request: Request, generation: GenerationRequest, model_name, prompt: str) -> dict:
@@ -105,29 +121,44 @@ def add_openai_routes(app: FastAPI, service, catalog, settings, run, check_limit
         if model is not None:
             await app.state.switch_model(model.title, "model")
         result = await run(request, generation)
-        seeds = result.parameters["seed"] if isinstance(result.parameters["seed"], list) else [result.parameters["seed"]]
+        seeds = (
+            result.parameters["seed"] if isinstance(result.parameters["seed"], list) else [result.parameters["seed"]]
+        )
         per_image = len(result.images) // max(len(seeds), 1)
         data = []
         for index, image in enumerate(result.images):
             text = format_parameters(prompt, result.parameters, index + 1 if len(result.images) > 1 else None)
-            data.append({"b64_json": png_base64(image, text), "revised_prompt": prompt,
-                         "seed": seeds[min(index // max(per_image, 1), len(seeds) - 1)]})
-        return {"created": int(time.time()), "data": data, "sdrt": {"parameters": result.parameters,
-                                                                    "warnings": result.warnings}}
+            data.append(
+                {
+                    "b64_json": png_base64(image, text),
+                    "revised_prompt": prompt,
+                    "seed": seeds[min(index // max(per_image, 1), len(seeds) - 1)],
+                }
+            )
+        return {
+            "created": int(time.time()),
+            "data": data,
+            "sdrt": {"parameters": result.parameters, "warnings": result.warnings},
+        }
 
     def sampler_of(body: OpenAIImageRequest) -> str:
         """The sampler, checked here so that the error names the field the client used."""
         field = "sampler" if body.sampler is not None or body.scheduler is None else "scheduler"
         name = body.sampler or body.scheduler or DEFAULT_SAMPLER
         if name not in SAMPLERS:
-            raise RequestError(400, f"{field}: unknown sampler {name!r}; choose one of {', '.join(SAMPLER_NAMES)}",
-                               field)
+            raise RequestError(
+                400, f"{field}: unknown sampler {name!r}; choose one of {', '.join(SAMPLER_NAMES)}", field
+            )
         return name
 
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [{"id": model.name, "object": "model", "created": 0, "owned_by": "sdrt"}
-                                           for model in catalog.models()]}
+        return {
+            "object": "list",
+            "data": [
+                {"id": model.name, "object": "model", "created": 0, "owned_by": "sdrt"} for model in catalog.models()
+            ],
+        }
 
     @app.post("/v1/images/generations")
     async def generations(body: OpenAIImageRequest, request: Request):
@@ -136,16 +167,41 @@ def add_openai_routes(app: FastAPI, service, catalog, settings, run, check_limit
         check_limits(body.n, body.steps, "n")
         if not settings.plain_prompts:
             check_lora_tags(body.prompt, "prompt")
-        units = [ControlUnit(served_name(c.model, f"controlnets[{index}].model"),
-                             decode_image(c.image, f"controlnets[{index}].image"), c.scale, c.start, c.end, c.mode,
-                             c.preprocessor) for index, c in enumerate(body.controlnets)]
-        return await answer(request, GenerationRequest(
-            body.prompt, negative_prompt=body.negative_prompt, steps=body.steps, guidance_scale=body.guidance_scale,
-            height=height, width=width, seed=body.seed, num_images=body.n,
-            sampler=sampler_of(body), schedule=body.schedule,
-            plain_prompt=settings.plain_prompts, controlnets=units, vae=body.vae, hires=hires_of(body),
-            deepcache=deepcache_field(body.deepcache), eta=body.eta),
-            body.model, body.prompt)
+        units = [
+            ControlUnit(
+                served_name(c.model, f"controlnets[{index}].model"),
+                decode_image(c.image, f"controlnets[{index}].image"),
+                c.scale,
+                c.start,
+                c.end,
+                c.mode,
+                c.preprocessor,
+            )
+            for index, c in enumerate(body.controlnets)
+        ]
+        return await answer(
+            request,
+            GenerationRequest(
+                body.prompt,
+                negative_prompt=body.negative_prompt,
+                steps=body.steps,
+                guidance_scale=body.guidance_scale,
+                height=height,
+                width=width,
+                seed=body.seed,
+                num_images=body.n,
+                sampler=sampler_of(body),
+                schedule=body.schedule,
+                plain_prompt=settings.plain_prompts,
+                controlnets=units,
+                vae=body.vae,
+                hires=hires_of(body),
+                deepcache=deepcache_field(body.deepcache),
+                eta=body.eta,
+            ),
+            body.model,
+            body.prompt,
+        )
 
     async def image_route(request: Request, needs_prompt: bool) -> dict:
         fields, files = await _form(request)
@@ -161,15 +217,31 @@ def add_openai_routes(app: FastAPI, service, catalog, settings, run, check_limit
         body.check()
         height, width = parse_openai_size(body.size)
         check_limits(body.n, body.steps, "n")
-        image, mask = (_edit_images(files["image"], files.get("mask")) if needs_prompt else (files["image"], None))
+        image, mask = _edit_images(files["image"], files.get("mask")) if needs_prompt else (files["image"], None)
         strength = body.strength or (EDIT_STRENGTH if mask is not None else VARIATION_STRENGTH)
-        return await answer(request, GenerationRequest(
-            body.prompt, negative_prompt=body.negative_prompt, steps=body.steps, guidance_scale=body.guidance_scale,
-            height=height, width=width, seed=body.seed, num_images=body.n,
-            sampler=sampler_of(body), schedule=body.schedule, init_image=image,
-            mask_image=_png(mask) if mask is not None else None, strength=strength,
-            plain_prompt=settings.plain_prompts, vae=body.vae, deepcache=deepcache_field(body.deepcache)),
-            body.model, body.prompt)
+        return await answer(
+            request,
+            GenerationRequest(
+                body.prompt,
+                negative_prompt=body.negative_prompt,
+                steps=body.steps,
+                guidance_scale=body.guidance_scale,
+                height=height,
+                width=width,
+                seed=body.seed,
+                num_images=body.n,
+                sampler=sampler_of(body),
+                schedule=body.schedule,
+                init_image=image,
+                mask_image=_png(mask) if mask is not None else None,
+                strength=strength,
+                plain_prompt=settings.plain_prompts,
+                vae=body.vae,
+                deepcache=deepcache_field(body.deepcache),
+            ),
+            body.model,
+            body.prompt,
+        )
 
     @app.post("/v1/images/edits")
     async def edits(request: Request):

@@ -61,9 +61,15 @@ class Progress:
         return {
             "progress": fraction,
             "eta_relative": eta if eta is not None else 0.0,
-            "state": {**flags, "job": "txt2img" if started is not None else "",
-                      "job_count": admitted, "job_timestamp": timestamp, "job_no": 0, "sampling_step": step,
-                      "sampling_steps": total},
+            "state": {
+                **flags,
+                "job": "txt2img" if started is not None else "",
+                "job_count": admitted,
+                "job_timestamp": timestamp,
+                "job_no": 0,
+                "sampling_step": step,
+                "sampling_steps": total,
+            },
             "current_image": None if image is None or skip_current_image else encode(image),
             "textinfo": None,
             "current_task": None,

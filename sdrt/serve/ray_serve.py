@@ -47,21 +47,37 @@ class RaySettings:
 class SdrtReplica:
     """A replica: the pipeline loads in the actor, then Ray asks it for the ASGI app."""
 
-    def __init__(self, model_dir: str, backend: str, threads: int | None, settings: ServeSettings,
-                 refiner: str | None = None, embeddings: tuple = (), loras: dict | None = None):
+    def __init__(
+        self,
+        model_dir: str,
+        backend: str,
+        threads: int | None,
+        settings: ServeSettings,
+        refiner: str | None = None,
+        embeddings: tuple = (),
+        loras: dict | None = None,
+    ):
         from sdrt.runtime.pipeline import Pipeline
 
-        self.pipeline = Pipeline.load(model_dir, backend=backend, threads=threads, refiner=refiner,
-                                      embeddings=list(embeddings), **(loras or {}))
+        self.pipeline = Pipeline.load(
+            model_dir, backend=backend, threads=threads, refiner=refiner, embeddings=list(embeddings), **(loras or {})
+        )
         self.settings = settings
 
     def __serve_build_asgi_app__(self):
         return create_app(self.pipeline, self.settings)
 
 
-def build_application(model_dir: str | Path, backend: str, threads: int | None, settings: ServeSettings,
-                      ray_settings: RaySettings, refiner: str | Path | None = None, embeddings: tuple = (),
-                      loras: dict | None = None):
+def build_application(
+    model_dir: str | Path,
+    backend: str,
+    threads: int | None,
+    settings: ServeSettings,
+    ray_settings: RaySettings,
+    refiner: str | Path | None = None,
+    embeddings: tuple = (),
+    loras: dict | None = None,
+):
     """The bound Ray Serve application (pass it to `serve.run`); `embeddings` and `loras`
     (lora_dir, lora_cache_mb, controlnet_dir) as Pipeline.load takes them (absolute paths: replicas may run
     elsewhere)."""
@@ -94,13 +110,24 @@ def build_application(model_dir: str | Path, backend: str, threads: int | None, 
     for folder in ("lora_dir", "controlnet_dir"):  # replicas may start elsewhere: absolute paths
         if loras.get(folder) is not None:
             loras[folder] = str(Path(loras[folder]).resolve())
-    return deployment.bind(folders[0], backend, threads, settings, folders[1] if refiner is not None else None,
-                           absolute, loras)
+    return deployment.bind(
+        folders[0], backend, threads, settings, folders[1] if refiner is not None else None, absolute, loras
+    )
 
 
-def run(model_dir: str | Path, backend: str, threads: int | None, settings: ServeSettings,
-        ray_settings: RaySettings, host: str, port: int, address: str | None = None,
-        refiner: str | Path | None = None, embeddings: tuple = (), loras: dict | None = None) -> None:
+def run(
+    model_dir: str | Path,
+    backend: str,
+    threads: int | None,
+    settings: ServeSettings,
+    ray_settings: RaySettings,
+    host: str,
+    port: int,
+    address: str | None = None,
+    refiner: str | Path | None = None,
+    embeddings: tuple = (),
+    loras: dict | None = None,
+) -> None:
     """Connects to (or starts) Ray, starts Serve's HTTP proxy on host:port and deploys; returns
     once every replica is up. `address` "auto" joins the cluster this machine belongs to."""
     import ray

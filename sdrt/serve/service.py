@@ -116,6 +116,7 @@ class Service:
     async def switch_model(self, load) -> None:
         """Serve the pipeline `load()` returns from now on: loaded once the running batch is done,
         while waiting requests wait (A1111's checkpoint switch)."""
+
         def switch():
             with self._model_lock.exclusive():
                 pipeline = load()
@@ -132,7 +133,8 @@ class Service:
             job.stopped_by = SHUTDOWN
             if not job.future.done():
                 job.future.get_loop().call_soon_threadsafe(
-                    lambda future=job.future: future.done() or future.set_result(None))
+                    lambda future=job.future: future.done() or future.set_result(None)
+                )
         self._pending.clear()
         self.stop_running(SHUTDOWN)
 
@@ -171,8 +173,11 @@ class Service:
             if generation.seed is None:  # drawn here so that a batch can report each request's seed
                 generation = replace(generation, seed=random.SystemRandom().randint(0, MAX_SEED))
             m = self.pipeline.manifest
-            job = Job(generation, batch_key(generation, m.native_height, m.native_width),
-                      asyncio.get_running_loop().create_future())
+            job = Job(
+                generation,
+                batch_key(generation, m.native_height, m.native_width),
+                asyncio.get_running_loop().create_future(),
+            )
             self._pending.append(job)
             self._start_workers().set()
             try:
@@ -267,8 +272,11 @@ class Service:
         except Exception as error:  # noqa: BLE001 - one request's failure must not fail its batch
             if len(batch) > 1:
                 return [self._run([job])[0] for job in batch]
-            return [error if isinstance(error, SdrtError) else
-                    RequestError(500, f"the generation failed: {type(error).__name__}")]
+            return [
+                error
+                if isinstance(error, SdrtError)
+                else RequestError(500, f"the generation failed: {type(error).__name__}")
+            ]
         finally:
             self.progress.end()
         for stage in OBSERVED_STAGES:

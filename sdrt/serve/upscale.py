@@ -20,8 +20,12 @@ def _upscaler(body: dict, field: str, default: str) -> int | None:
     name = body.get(field, default)
     name = "None" if name in (None, "", "none") else name
     if name not in UPSCALERS:
-        raise RequestError(400, f"{field}: sdrt has no upscaler {name!r}; choose one of {', '.join(UPSCALERS)} "
-                           "(model upscalers need weights sdrt does not run)", field)
+        raise RequestError(
+            400,
+            f"{field}: sdrt has no upscaler {name!r}; choose one of {', '.join(UPSCALERS)} "
+            "(model upscalers need weights sdrt does not run)",
+            field,
+        )
     return UPSCALERS[name]
 
 
@@ -55,7 +59,9 @@ def upscale_request(body: dict) -> tuple[Image.Image, str]:
     else:
         raise RequestError(400, "resize_mode must be 0 (scale by) or 1 (scale to)", "resize_mode")
     if size[0] * size[1] > MAX_INPUT_PIXELS:
-        raise RequestError(400, f"the upscaled image would have more than {MAX_INPUT_PIXELS} pixels", "upscaling_resize")
+        raise RequestError(
+            400, f"the upscaled image would have more than {MAX_INPUT_PIXELS} pixels", "upscaling_resize"
+        )
 
     def scaled(resample):
         return image if resample is None or size == image.size else image.resize(size, resample=resample)

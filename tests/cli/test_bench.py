@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-from PIL import Image
 from click.testing import CliRunner
+from PIL import Image
 
 from sdrt.benchmark import BenchError, BenchSettings, parse_sweep, run_benchmark, summarize
 from sdrt.cli import main
@@ -21,11 +21,19 @@ def engine(exported_tiny) -> Path:
 
 def test_report_with_diffusers_baseline(engine, tiny_models):
     settings = BenchSettings(height=64, width=64, steps=3)
-    report = run_benchmark(str(engine), settings, runs=2, warmup=0, compare="diffusers",
-                           diffusers_model=str(tiny_models["standard"]))
+    report = run_benchmark(
+        str(engine), settings, runs=2, warmup=0, compare="diffusers", diffusers_model=str(tiny_models["standard"])
+    )
     sdrt = report["sdrt"]
-    assert set(sdrt["stages"]) == {"tokenize", "text_encoder", "denoise", "scheduler_and_guidance", "vae_decoder",
-                                   "png", "end_to_end"}
+    assert set(sdrt["stages"]) == {
+        "tokenize",
+        "text_encoder",
+        "denoise",
+        "scheduler_and_guidance",
+        "vae_decoder",
+        "png",
+        "end_to_end",
+    }
     assert sdrt["unet_step"]["count"] == 2 * 3  # two runs of three steps
     # The step percentiles are of the UNet calls inside the measured denoising loops: ordered,
     # and no call longer than the longest loop that contained it.
@@ -41,8 +49,24 @@ def test_report_with_diffusers_baseline(engine, tiny_models):
 
 def test_cli_sweep_writes_one_report_per_value(engine, tmp_path):
     out = tmp_path / "sweep.json"
-    result = CliRunner().invoke(main, ["bench", "--model", str(engine), "--sweep", "size=32,64", "--steps", "2",
-                                       "--runs", "1", "--warmup", "0", "--json", str(out)])
+    result = CliRunner().invoke(
+        main,
+        [
+            "bench",
+            "--model",
+            str(engine),
+            "--sweep",
+            "size=32,64",
+            "--steps",
+            "2",
+            "--runs",
+            "1",
+            "--warmup",
+            "0",
+            "--json",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     payload = json.loads(out.read_text())
     assert [r["settings"]["height"] for r in payload["reports"]] == [32, 64]
@@ -59,9 +83,28 @@ def test_cli_sweep_writes_one_report_per_value(engine, tmp_path):
 
 def test_cli_measures_the_hires_fix_and_a_schedule_type(engine, tmp_path):
     out = tmp_path / "hires.json"
-    result = CliRunner().invoke(main, ["bench", "--model", str(engine), "--steps", "2", "--runs", "1", "--warmup", "0",
-                                       "--sampler", "euler", "--schedule", "karras", "--hires", "2",
-                                       "--json", str(out)])
+    result = CliRunner().invoke(
+        main,
+        [
+            "bench",
+            "--model",
+            str(engine),
+            "--steps",
+            "2",
+            "--runs",
+            "1",
+            "--warmup",
+            "0",
+            "--sampler",
+            "euler",
+            "--schedule",
+            "karras",
+            "--hires",
+            "2",
+            "--json",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     assert report["settings"]["hires"] == 2 and report["settings"]["schedule"] == "karras"
@@ -118,8 +161,15 @@ def test_gpu_memory_is_read_per_process_from_nvidia_smi():
 def test_sequential_sdxl_report_with_diffusers_baseline(exported_sdxl, tiny_sdxl):
     """SDXL against diffusers' SDXL pipeline, one side at a time (what --arch sdxl needs on 24 GiB)."""
     settings = BenchSettings(height=64, width=64, steps=1)
-    report = run_benchmark(str(exported_sdxl("base")), settings, runs=1, warmup=0, compare="diffusers",
-                           diffusers_model=str(tiny_sdxl["base"]), sequential=True)
+    report = run_benchmark(
+        str(exported_sdxl("base")),
+        settings,
+        runs=1,
+        warmup=0,
+        compare="diffusers",
+        diffusers_model=str(tiny_sdxl["base"]),
+        sequential=True,
+    )
     assert report["sequential"] and report["sdrt"]["unet_step"]["count"] == 1
     assert len(report["speedup_vs_diffusers"]["pairs"]) == 1 and report["diffusers"]["load_seconds"] > 0
     assert report["unet_gflop_per_call"] > 0 and report["precision"]["text_encoder_2"] == "fp32"

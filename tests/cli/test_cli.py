@@ -19,8 +19,10 @@ def test_tokenize_prints_ids(sd15_dir):
     result = CliRunner().invoke(main, ["tokenize", "a photo of a cat", "--model", str(sd15_dir)])
     assert result.exit_code == 0
     assert result.output.strip().splitlines() == [
-        "chunk 1/1 (5 tokens in all):", "49406 320 1125 539 320 2368 49407",
-        "<|startoftext|> a photo of a cat <|endoftext|>"]
+        "chunk 1/1 (5 tokens in all):",
+        "49406 320 1125 539 320 2368 49407",
+        "<|startoftext|> a photo of a cat <|endoftext|>",
+    ]
 
 
 def test_tokenize_json_gives_every_chunk_with_its_weights(sd15_dir):
@@ -71,25 +73,64 @@ def engine(exported_tiny) -> Path:
 
 def test_generate_writes_png_with_a1111_parameters_and_info_reads_them(engine, tmp_path):
     out = tmp_path / "cat.png"
-    result = CliRunner().invoke(main, ["generate", "a photo of a cat", "--model", str(engine), "--steps", "2",
-                                       "--seed", "42", "--negative-prompt", "blurry", "--out", str(out), "--quiet"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "generate",
+            "a photo of a cat",
+            "--model",
+            str(engine),
+            "--steps",
+            "2",
+            "--seed",
+            "42",
+            "--negative-prompt",
+            "blurry",
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     from PIL import Image
 
     with Image.open(out) as image:
         assert image.size == (64, 64)
         text = image.info["parameters"]
-    assert text == ("a photo of a cat\nNegative prompt: blurry\n"
-                    f"Steps: 2, Sampler: LMS, CFG scale: 7.5, Seed: 42, Size: 64x64, Model: {engine.name}")
+    assert text == (
+        "a photo of a cat\nNegative prompt: blurry\n"
+        f"Steps: 2, Sampler: LMS, CFG scale: 7.5, Seed: 42, Size: 64x64, Model: {engine.name}"
+    )
     shown = CliRunner().invoke(main, ["info", str(out), "--json"])
-    assert json.loads(shown.output) == {"Prompt": "a photo of a cat", "Negative prompt": "blurry", "Steps": 2,
-                                        "Sampler": "LMS", "CFG scale": 7.5, "Seed": 42, "Size": "64x64",
-                                        "Model": engine.name}
+    assert json.loads(shown.output) == {
+        "Prompt": "a photo of a cat",
+        "Negative prompt": "blurry",
+        "Steps": 2,
+        "Sampler": "LMS",
+        "CFG scale": 7.5,
+        "Seed": 42,
+        "Size": "64x64",
+        "Model": engine.name,
+    }
 
 
 def test_generate_json_reports_outputs_and_timings(engine, tmp_path):
-    result = CliRunner().invoke(main, ["generate", "a cat", "--model", str(engine), "--steps", "2", "--json",
-                                       "--num-images", "2", "--out", str(tmp_path / "cats.png")])
+    result = CliRunner().invoke(
+        main,
+        [
+            "generate",
+            "a cat",
+            "--model",
+            str(engine),
+            "--steps",
+            "2",
+            "--json",
+            "--num-images",
+            "2",
+            "--out",
+            str(tmp_path / "cats.png"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["outputs"] == [str(tmp_path / "cats-1.png"), str(tmp_path / "cats-2.png")]
@@ -104,16 +145,27 @@ def test_generate_json_reports_outputs_and_timings(engine, tmp_path):
     [
         (["--height", "70"], "error: height 70 is not a multiple of 16, which this model needs: use 64 or 80"),
         (["--steps", "0"], "error: steps must be an integer from 1 to 10000, got 0"),
-        (["--guidance", "-2"], "error: Invalid value for '--guidance': must be >= 0, got '-2' (see sdrt generate --help)"),
-        (["--scheduler", "dpm3"], "error: unknown sampler 'dpm3'; choose one of lms, euler, euler_a, ddim, dpmpp_2m, "
-                                   "dpmpp_2m_karras, pndm, ddpm, heun, unipc, lcm, tcd"),
-        (["--out", "/nonexistent-dir/x.png"], "error: cannot write /nonexistent-dir/x.png: folder /nonexistent-dir does not exist"),
+        (
+            ["--guidance", "-2"],
+            "error: Invalid value for '--guidance': must be >= 0, got '-2' (see sdrt generate --help)",
+        ),
+        (
+            ["--scheduler", "dpm3"],
+            "error: unknown sampler 'dpm3'; choose one of lms, euler, euler_a, ddim, dpmpp_2m, "
+            "dpmpp_2m_karras, pndm, ddpm, heun, unipc, lcm, tcd",
+        ),
+        (
+            ["--out", "/nonexistent-dir/x.png"],
+            "error: cannot write /nonexistent-dir/x.png: folder /nonexistent-dir does not exist",
+        ),
         (["--num-images", "20"], "error: 20 images at once exceed this export's batch limit of 8"),
     ],
 )
 def test_generate_bad_inputs_are_one_line_errors(engine, tmp_path, arguments, message):
-    result = CliRunner().invoke(main, ["generate", "a cat", "--model", str(engine), "--steps", "1",
-                                       "--out", str(tmp_path / "x.png"), *arguments])
+    result = CliRunner().invoke(
+        main,
+        ["generate", "a cat", "--model", str(engine), "--steps", "1", "--out", str(tmp_path / "x.png"), *arguments],
+    )
     assert result.exit_code == 2
     assert result.output.strip() == message
     assert not (tmp_path / "x.png").exists()
@@ -134,9 +186,11 @@ def test_info_on_a_file_without_parameters(tmp_path):
 
 
 def test_cli_import_loads_no_export_code():
-    code = ("import sys, sdrt.cli\n"
-            "bad = [m for m in sys.modules if m.startswith(('sdrt.export', 'torch', 'diffusers', 'onnx'))]\n"
-            "assert not bad, bad\n")
+    code = (
+        "import sys, sdrt.cli\n"
+        "bad = [m for m in sys.modules if m.startswith(('sdrt.export', 'torch', 'diffusers', 'onnx'))]\n"
+        "assert not bad, bad\n"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
 
@@ -149,9 +203,27 @@ def test_sigterm_stops_a_generation_at_a_step_boundary(exported_tiny, tmp_path):
     import time
 
     out = tmp_path / "never.png"
-    process = subprocess.Popen([sys.executable, "-m", "sdrt.cli", "generate", "a cat", "--model",
-                                str(exported_tiny("standard")), "--steps", "1000", "--sampler", "euler", "--seed", "1", "--out", str(out)],
-                               stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sdrt.cli",
+            "generate",
+            "a cat",
+            "--model",
+            str(exported_tiny("standard")),
+            "--steps",
+            "1000",
+            "--sampler",
+            "euler",
+            "--seed",
+            "1",
+            "--out",
+            str(out),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 60
     line = ""
     while "1/1000" not in line and time.monotonic() < deadline and process.poll() is None:
@@ -182,8 +254,20 @@ def test_random_export(tmp_path):
     out = tmp_path / "random-tiny"
     made = CliRunner().invoke(main, ["export", "--random", "tiny", "--out", str(out)])
     assert made.exit_code == 0, made.output
-    result = CliRunner().invoke(main, ["generate", "a photo of a cat", "--model", str(out), "--steps", "1",
-                                       "--out", str(tmp_path / "cat.png"), "--quiet"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "generate",
+            "a photo of a cat",
+            "--model",
+            str(out),
+            "--steps",
+            "1",
+            "--out",
+            str(tmp_path / "cat.png"),
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
 
 
@@ -195,7 +279,9 @@ def test_the_default_model(engine, tmp_path, monkeypatch):
 
     monkeypatch.setenv("SDRT_MODEL", str(engine))
     picture = tmp_path / "cat.png"
-    result = CliRunner().invoke(main, ["generate", "a photo of a cat", "--steps", "1", "--out", str(picture), "--quiet"])
+    result = CliRunner().invoke(
+        main, ["generate", "a photo of a cat", "--steps", "1", "--out", str(picture), "--quiet"]
+    )
     assert result.exit_code == 0, result.output
     with Image.open(picture) as image:
         assert f"Model: {engine.name}" in image.info["parameters"]
@@ -213,13 +299,43 @@ def test_generate_with_a1111_styles(engine, tmp_path):
     styles = tmp_path / "styles.csv"
     styles.write_text('name,prompt,negative_prompt\nCinematic,"{prompt}, cinematic still",blurry\n')
     out = tmp_path / "styled.png"
-    result = CliRunner().invoke(main, ["generate", "a cat", "--model", str(engine), "--steps", "1", "--style",
-                                       "Cinematic", "--styles", str(styles), "--out", str(out), "--quiet"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "generate",
+            "a cat",
+            "--model",
+            str(engine),
+            "--steps",
+            "1",
+            "--style",
+            "Cinematic",
+            "--styles",
+            str(styles),
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     with Image.open(out) as image:
         assert image.info["parameters"].startswith("a cat, cinematic still\nNegative prompt: blurry\n")
     missing = CliRunner().invoke(main, ["generate", "a cat", "--model", str(engine), "--style", "Cinematic", "--quiet"])
     assert missing.exit_code == 2 and "--style needs --styles FILE" in missing.output
-    unknown = CliRunner().invoke(main, ["generate", "a cat", "--model", str(engine), "--steps", "1", "--style", "Noir",
-                                        "--styles", str(styles), "--quiet"])
+    unknown = CliRunner().invoke(
+        main,
+        [
+            "generate",
+            "a cat",
+            "--model",
+            str(engine),
+            "--steps",
+            "1",
+            "--style",
+            "Noir",
+            "--styles",
+            str(styles),
+            "--quiet",
+        ],
+    )
     assert unknown.exit_code == 2 and "unknown style 'Noir'" in unknown.output

@@ -19,8 +19,12 @@ def fp16_cuda_export(tiny_models, tmp_path_factory):
     from sdrt.export.exporter import ExportOptions, export_model
 
     out = tmp_path_factory.mktemp("cuda") / "tiny-fp16"
-    export_model(str(tiny_models["standard"]), out, options=ExportOptions(precision="fp16", target="cuda",
-                                                                         optimize=True), progress=lambda line: None)
+    export_model(
+        str(tiny_models["standard"]),
+        out,
+        options=ExportOptions(precision="fp16", target="cuda", optimize=True),
+        progress=lambda line: None,
+    )
     return out
 
 

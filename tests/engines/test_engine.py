@@ -10,13 +10,22 @@ from sdrt.runtime.engines.base import Engine, EngineInputError, EngineRunError
 from sdrt.runtime.engines.onnxruntime import OrtEngine, provider_for
 from sdrt.runtime.manifest import ComponentSpec, DimRange, TensorSpec
 
-DIMS = {"unet_batch": DimRange(1, 2, 16), "latent_height": DimRange(2, 8, 16, 2),
-        "latent_width": DimRange(2, 8, 16, 2), "timestep_batch": DimRange(1, 1, 16)}
+DIMS = {
+    "unet_batch": DimRange(1, 2, 16),
+    "latent_height": DimRange(2, 8, 16, 2),
+    "latent_width": DimRange(2, 8, 16, 2),
+    "timestep_batch": DimRange(1, 1, 16),
+}
 SPEC = ComponentSpec(
-    file="unet/model.onnx", precision="fp32", target="cpu", sha256="0" * 64,
-    inputs=[TensorSpec("sample", "float32", ["unet_batch", 4, "latent_height", "latent_width"]),
-            TensorSpec("timestep", "float32", ["timestep_batch"]),
-            TensorSpec("encoder_hidden_states", "float32", ["unet_batch", 77, 32])],
+    file="unet/model.onnx",
+    precision="fp32",
+    target="cpu",
+    sha256="0" * 64,
+    inputs=[
+        TensorSpec("sample", "float32", ["unet_batch", 4, "latent_height", "latent_width"]),
+        TensorSpec("timestep", "float32", ["timestep_batch"]),
+        TensorSpec("encoder_hidden_states", "float32", ["unet_batch", 77, 32]),
+    ],
     outputs=[TensorSpec("out_sample", "float32", ["unet_batch", 4, "latent_height", "latent_width"])],
 )
 
@@ -72,7 +81,9 @@ def test_wrong_rank_fixed_size_and_names():
 def test_allocation_failure_becomes_a_clear_error():
     class FailingSession:
         def run(self, names, feeds):
-            raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate memory for requested buffer")
+            raise RuntimeError(
+                "[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate memory for requested buffer"
+            )
 
     engine = OrtEngine.__new__(OrtEngine)
     Engine.__init__(engine, "unet", SPEC, DIMS)

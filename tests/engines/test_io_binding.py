@@ -23,15 +23,20 @@ def engines(folder, name):
     manifest = Manifest.load(folder)
     spec = manifest.components[name]
     path = folder / spec.file
-    return (OrtEngine(path, name, spec, manifest.dims, backend="cpu"),
-            BoundOrtEngine(path, name, spec, manifest.dims, backend="cpu"))
+    return (
+        OrtEngine(path, name, spec, manifest.dims, backend="cpu"),
+        BoundOrtEngine(path, name, spec, manifest.dims, backend="cpu"),
+    )
 
 
 def unet_feeds(rng, batch, side, context=None):
-    return {"sample": rng.standard_normal((batch, 4, side, side)).astype(np.float32),
-            "timestep": np.array([500.0], np.float32),
-            "encoder_hidden_states": context if context is not None
-            else rng.standard_normal((batch, 77, 32)).astype(np.float32)}
+    return {
+        "sample": rng.standard_normal((batch, 4, side, side)).astype(np.float32),
+        "timestep": np.array([500.0], np.float32),
+        "encoder_hidden_states": context
+        if context is not None
+        else rng.standard_normal((batch, 77, 32)).astype(np.float32),
+    }
 
 
 def test_bound_unet_equals_plain_run_across_shapes_and_reuses_buffers(folder):
@@ -85,8 +90,11 @@ def test_pipeline_with_io_binding_gives_the_same_images(folder, tmp_path):
     bound = Pipeline.load(folder, io_binding=True)
     image = tmp_path / "in.png"
     Image.fromarray((np.random.default_rng(4).random((64, 64, 3)) * 255).astype(np.uint8)).save(image)
-    for settings in (dict(prompt="a cat", steps=3, seed=1), dict(prompt=["a", "b"], steps=2, seed=[1, 2]),
-                     dict(prompt="a cat", steps=4, seed=2, init_image=image, strength=0.5)):
+    for settings in (
+        dict(prompt="a cat", steps=3, seed=1),
+        dict(prompt=["a", "b"], steps=2, seed=[1, 2]),
+        dict(prompt="a cat", steps=4, seed=2, init_image=image, strength=0.5),
+    ):
         expected = plain.generate(**settings)
         got = bound.generate(**settings)
         np.testing.assert_array_equal(got.array, expected.array)

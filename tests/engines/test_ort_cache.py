@@ -35,8 +35,11 @@ def unet(folder, **changes):
 
 def feeds():
     rng = np.random.default_rng(0)
-    return {"sample": rng.standard_normal((2, 4, 8, 8)).astype(np.float32), "timestep": np.array([10.0], np.float32),
-            "encoder_hidden_states": rng.standard_normal((2, 77, 32)).astype(np.float32)}
+    return {
+        "sample": rng.standard_normal((2, 4, 8, 8)).astype(np.float32),
+        "timestep": np.array([10.0], np.float32),
+        "encoder_hidden_states": rng.standard_normal((2, 77, 32)).astype(np.float32),
+    }
 
 
 def test_second_load_uses_the_saved_graph_with_the_same_outputs(folder, cache, monkeypatch):

@@ -19,10 +19,7 @@ from PIL import Image
 import fake_tensorrt
 from sdrt.cli import main
 from sdrt.errors import ConfigError, SdrtError
-from sdrt.runtime.manifest import Manifest
-from sdrt.runtime.pipeline import Pipeline
 from sdrt.runtime.engines.tensorrt.memory import memory_plan
-from sdrt.runtime.sizes import parse_size
 from sdrt.runtime.engines.tensorrt.plan import (
     BuildSettings,
     Device,
@@ -33,6 +30,9 @@ from sdrt.runtime.engines.tensorrt.plan import (
     plan_profile,
     stale_reason,
 )
+from sdrt.runtime.manifest import Manifest
+from sdrt.runtime.pipeline import Pipeline
+from sdrt.runtime.sizes import parse_size
 
 DEVICE = Device("10.9.0", fake_tensorrt.DEVICE_NAME, "9.0")
 
@@ -129,8 +129,9 @@ def test_every_invalidating_change_changes_the_key(manifest):
         "compute_capability": EngineKey.of("unet", spec, profile, "fp16", replace(DEVICE, compute_capability="8.9")),
         "profile": EngineKey.of("unet", spec, plan_profile(manifest, max_batch=2), "fp16", DEVICE),
         "precision": EngineKey.of("unet", spec, profile, "fp32", DEVICE),
-        "data_sha256": EngineKey.of("unet", replace(spec, data_files={"model.onnx.data": "1" * 64}), profile,
-                                    "fp16", DEVICE),
+        "data_sha256": EngineKey.of(
+            "unet", replace(spec, data_files={"model.onnx.data": "1" * 64}), profile, "fp16", DEVICE
+        ),
     }
     digests = {base.digest()}
     for field, key in variants.items():
@@ -139,8 +140,10 @@ def test_every_invalidating_change_changes_the_key(manifest):
         assert [change.split(":")[0] for change in key.changes_from(base.to_json())] == [field]
     # A profile change that does not touch a component's tensors keeps its key.
     text = manifest.components["text_encoder"]
-    assert (EngineKey.of("text_encoder", text, plan_profile(manifest, max_size=(96, 96)), "fp16", DEVICE).digest()
-            == EngineKey.of("text_encoder", text, profile, "fp16", DEVICE).digest())
+    assert (
+        EngineKey.of("text_encoder", text, plan_profile(manifest, max_size=(96, 96)), "fp16", DEVICE).digest()
+        == EngineKey.of("text_encoder", text, profile, "fp16", DEVICE).digest()
+    )
 
 
 # ---------------------------------------------------------------- memory plan
@@ -152,8 +155,9 @@ def test_memory_plan_shares_one_activation_block(manifest):
     assert plan.saved_bytes == 31_000 - 176
     # UNet IO at the largest shapes: sample and out_sample 4x4x16x16 fp32, timestep 1, context 4x(4x77)x32,
     # and the ControlNet residuals (channels, latent side over): (32, 1) twice, (32, 2), (64, 2), mid (64, 2).
-    residuals = sum(4 * channels * (16 // factor) ** 2 * 4 for channels, factor in
-                    ((32, 1), (32, 1), (32, 2), (64, 2), (64, 2)))
+    residuals = sum(
+        4 * channels * (16 // factor) ** 2 * 4 for channels, factor in ((32, 1), (32, 1), (32, 2), (64, 2), (64, 2))
+    )
     expected_unet = 2 * 4 * 4 * 16 * 16 * 4 + 256 + 4 * 4 * 77 * 32 * 4 + residuals
     assert plan.io_bytes["unet"] == expected_unet
     assert plan.total_bytes == sum(plan.io_bytes.values()) + plan.shared_activation_bytes
@@ -164,8 +168,10 @@ def test_without_tensorrt_the_backend_says_what_to_install(model, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     result = CliRunner().invoke(main, ["build", str(model), "--static", "64x64"])
     assert result.exit_code == 2 and "Traceback" not in result.output
-    assert result.output.strip() == ("error: the tensorrt backend needs TensorRT >= 10 and cuda-python on a machine "
-                                     "with an NVIDIA GPU: pip install 'sdrt[tensorrt]' (tensorrt is missing)")
+    assert result.output.strip() == (
+        "error: the tensorrt backend needs TensorRT >= 10 and cuda-python on a machine "
+        "with an NVIDIA GPU: pip install 'sdrt[tensorrt]' (tensorrt is missing)"
+    )
 
 
 def test_loading_without_a_build_says_to_build(model):
@@ -205,9 +211,11 @@ def test_trt_images_equal_the_cpu_path_and_the_unet_replays_a_cuda_graph(model, 
     build(model, "--static", "64x64", "--max-batch", "2")
     cpu = Pipeline.load(model)
     trt = Pipeline.load(model, backend="tensorrt")
-    for settings in (dict(prompt="a photo of a cat", steps=4, seed=3),
-                     dict(prompt=["a cat", "a dog"], steps=3, seed=[1, 2], sampler="euler_a"),
-                     dict(prompt="a cat", steps=2, seed=5, guidance_scale=1.0)):
+    for settings in (
+        dict(prompt="a photo of a cat", steps=4, seed=3),
+        dict(prompt=["a cat", "a dog"], steps=3, seed=[1, 2], sampler="euler_a"),
+        dict(prompt="a cat", steps=2, seed=5, guidance_scale=1.0),
+    ):
         expected = cpu.generate(**settings).array
         got = trt.generate(**settings).array
         np.testing.assert_allclose(got, expected, atol=1e-5)
@@ -243,9 +251,13 @@ def test_requests_outside_the_built_profile_are_clear_errors(model, monkeypatch)
     with pytest.raises(SdrtError, match="3 images at once exceed this export's batch limit of 2"):
         trt.generate("a cat", steps=1, num_images=3)
     with pytest.raises(SdrtError, match="unet_batch 8 is outside the range its TensorRT engine was built for"):
-        trt.engines["unet"].run({"sample": np.zeros((8, 4, 8, 8), np.float32),
-                                 "timestep": np.zeros(1, np.float32),
-                                 "encoder_hidden_states": np.zeros((8, 77, 32), np.float32)})
+        trt.engines["unet"].run(
+            {
+                "sample": np.zeros((8, 4, 8, 8), np.float32),
+                "timestep": np.zeros(1, np.float32),
+                "encoder_hidden_states": np.zeros((8, 77, 32), np.float32),
+            }
+        )
 
 
 def test_a_foreign_engine_is_rebuilt_with_a_message_naming_the_change(model, monkeypatch):
@@ -287,8 +299,24 @@ def test_generate_cli_with_the_tensorrt_backend(model, monkeypatch, tmp_path):
     fake_tensorrt.install(monkeypatch)
     build(model, "--static", "64x64")
     out = tmp_path / "cat.png"
-    result = CliRunner().invoke(main, ["generate", "a cat", "--model", str(model), "--backend", "tensorrt",
-                                       "--steps", "2", "--seed", "4", "--out", str(out), "--quiet"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "generate",
+            "a cat",
+            "--model",
+            str(model),
+            "--backend",
+            "tensorrt",
+            "--steps",
+            "2",
+            "--seed",
+            "4",
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     expected = Pipeline.load(model).generate("a cat", steps=2, seed=4).images[0]
     assert np.abs(np.asarray(Image.open(out), np.int16) - np.asarray(expected, np.int16)).max() <= 1

@@ -15,14 +15,19 @@ from click.testing import CliRunner
 from diffusers import OnnxStableDiffusionPipeline, StableDiffusionPipeline
 
 import sdrt.export.exporter as exporter
-from sdrt.export.validation import RELATIVE_TOLERANCE
 from sdrt.cli import main
 from sdrt.errors import ModelFolderError
 from sdrt.export.sources import load_pipeline
+from sdrt.export.validation import RELATIVE_TOLERANCE
 from sdrt.runtime.manifest import Manifest, residual_names
 
 SCHEMA = json.loads((Path(__file__).parent.parent.parent / "sdrt" / "runtime" / "manifest.schema.json").read_text())
-ONNX_TYPES = {"float32": "tensor(float)", "float16": "tensor(float16)", "int32": "tensor(int32)", "int64": "tensor(int64)"}
+ONNX_TYPES = {
+    "float32": "tensor(float)",
+    "float16": "tensor(float16)",
+    "int32": "tensor(int32)",
+    "int64": "tensor(int64)",
+}
 
 
 @pytest.fixture(scope="session")
@@ -78,8 +83,9 @@ def test_folder_runs_in_diffusers_onnx_pipeline_like_torch(exported, tiny_models
     latents = np.random.default_rng(0).standard_normal((1, manifest.latent_channels, side, side)).astype(np.float32)
     size = {"height": manifest.native_height, "width": manifest.native_width}
     got = onnx_pipe("a photo of a cat", num_inference_steps=3, output_type="np", latents=latents, **size).images
-    expected = torch_pipe("a photo of a cat", num_inference_steps=3, output_type="np",
-                          latents=torch.from_numpy(latents), **size).images
+    expected = torch_pipe(
+        "a photo of a cat", num_inference_steps=3, output_type="np", latents=torch.from_numpy(latents), **size
+    ).images
     assert got.shape == expected.shape
     assert np.abs(got - expected).max() < 1 / 255
 
@@ -136,8 +142,15 @@ def _copy_tree(source: Path, target: Path) -> Path:
         (lambda tmp, tiny: _sdxl(_copy_tree(tiny, tmp / "m")), "lacks the component folder(s): text_encoder_2"),
         (lambda tmp, tiny: _sd3(_copy_tree(tiny, tmp / "m")), "is SD3"),
     ],
-    ids=["no-model-index", "missing", "not-a-checkpoint", "corrupt-checkpoint", "missing-unet", "sdxl-incomplete",
-         "sd3"],
+    ids=[
+        "no-model-index",
+        "missing",
+        "not-a-checkpoint",
+        "corrupt-checkpoint",
+        "missing-unet",
+        "sdxl-incomplete",
+        "sd3",
+    ],
 )
 def test_bad_sources_are_one_line_errors(tiny_models, tmp_path, make_source, message):
     source_dir = tmp_path / "src"
@@ -186,8 +199,12 @@ def _sdxl(folder: Path) -> str:
 
 
 def _export(tiny_models, tmp_path, **options) -> Manifest:
-    return exporter.export_model(str(tiny_models["standard"]), tmp_path / "engine",
-                                 options=exporter.ExportOptions(**options), progress=lambda line: None)
+    return exporter.export_model(
+        str(tiny_models["standard"]),
+        tmp_path / "engine",
+        options=exporter.ExportOptions(**options),
+        progress=lambda line: None,
+    )
 
 
 def test_fp16_keeps_the_vae_fp32_by_default_and_is_validated(tiny_models, tmp_path):
@@ -196,8 +213,13 @@ def test_fp16_keeps_the_vae_fp32_by_default_and_is_validated(tiny_models, tmp_pa
     assert unet.precision == "fp16" and manifest.components["text_encoder"].precision == "fp16"
     assert manifest.components["vae_decoder"].precision == "fp32"
     dtypes = {t.name: t.dtype for t in unet.inputs + unet.outputs}
-    assert dtypes == {"sample": "float16", "timestep": "float32", "encoder_hidden_states": "float16",
-                      "out_sample": "float16", **{name: "float16" for name in residual_names(unet)}}
+    assert dtypes == {
+        "sample": "float16",
+        "timestep": "float32",
+        "encoder_hidden_states": "float16",
+        "out_sample": "float16",
+        **{name: "float16" for name in residual_names(unet)},
+    }
     for spec in manifest.components.values():
         tolerance = RELATIVE_TOLERANCE[spec.precision]
         assert spec.validation["tolerance"] == tolerance and spec.validation["max_rel_error"] <= tolerance
@@ -242,7 +264,7 @@ def test_large_weights_go_to_one_external_data_file(tiny_models, tmp_path, monke
     manifest = _export(tiny_models, tmp_path)
     folder = tmp_path / "engine"
     for name, spec in manifest.components.items():
-        (data_file, digest), = [(k, v) for k, v in spec.data_files.items() if k != spec.weights_map]
+        ((data_file, digest),) = [(k, v) for k, v in spec.data_files.items() if k != spec.weights_map]
         assert data_file == f"{name}/model.onnx.data"
         assert hashlib.sha256((folder / data_file).read_bytes()).hexdigest() == digest
         assert (folder / spec.file).stat().st_size < (folder / data_file).stat().st_size
@@ -263,8 +285,13 @@ def test_streamed_conversion_of_external_weights_equals_the_in_memory_one(export
     source = exported_tiny("standard") / "unet" / "model.onnx"
     (tmp_path / "external").mkdir()
     external = tmp_path / "external" / "model.onnx"
-    onnx.save_model(onnx.load_model(str(source)), str(external), save_as_external_data=True,
-                    all_tensors_to_one_file=False, size_threshold=0)
+    onnx.save_model(
+        onnx.load_model(str(source)),
+        str(external),
+        save_as_external_data=True,
+        all_tensors_to_one_file=False,
+        size_threshold=0,
+    )
     streamed = onnx_graph.convert(external, tmp_path / "streamed.onnx", fp16)
     in_memory = onnx_graph.convert(source, tmp_path / "in_memory.onnx", fp16)
     assert [p.name for p in streamed] == ["streamed.onnx", "streamed.onnx.data"] and len(in_memory) == 1
@@ -278,8 +305,11 @@ def test_streamed_conversion_of_external_weights_equals_the_in_memory_one(export
     assert {name: value.dtype for name, value in got.items()} == {n: v.dtype for n, v in expected.items()}
     assert all(np.array_equal(got[name], expected[name]) for name in expected)
     assert any(value.dtype == (np.float16 if fp16 else np.float32) and value.size > 100 for value in got.values())
-    feeds = {"sample": np.ones((2, 4, 8, 8), np.float32), "timestep": np.array([500], np.float32),
-             "encoder_hidden_states": np.ones((2, 77, 32), np.float32)}
+    feeds = {
+        "sample": np.ones((2, 4, 8, 8), np.float32),
+        "timestep": np.array([500], np.float32),
+        "encoder_hidden_states": np.ones((2, 77, 32), np.float32),
+    }
     outputs = []
     for files in (streamed, in_memory):
         session = ort.InferenceSession(str(files[0]))

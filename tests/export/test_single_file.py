@@ -39,11 +39,15 @@ def test_names_follow_the_sd15_layout():
     assert unet_key("up_blocks.0.upsamplers.0.conv.weight", 2, with_attention) == "output_blocks.2.1.conv.weight"
     assert unet_key("up_blocks.1.upsamplers.0.conv.weight", 2, with_attention) == "output_blocks.5.2.conv.weight"
     assert unet_key("mid_block.resnets.1.conv2.weight", 2, with_attention) == "middle_block.2.out_layers.3.weight"
-    assert unet_key("up_blocks.3.resnets.2.conv_shortcut.weight", 2, with_attention) == \
-        "output_blocks.11.0.skip_connection.weight"
+    assert (
+        unet_key("up_blocks.3.resnets.2.conv_shortcut.weight", 2, with_attention)
+        == "output_blocks.11.0.skip_connection.weight"
+    )
     assert vae_key("decoder.up_blocks.0.upsamplers.0.conv.weight", 4) == "decoder.up.3.upsample.conv.weight"
-    assert vae_key("encoder.down_blocks.1.resnets.0.conv_shortcut.weight", 4) == \
-        "encoder.down.1.block.0.nin_shortcut.weight"
+    assert (
+        vae_key("encoder.down_blocks.1.resnets.0.conv_shortcut.weight", 4)
+        == "encoder.down.1.block.0.nin_shortcut.weight"
+    )
     assert vae_key("decoder.mid_block.attentions.0.to_out.0.weight", 4) == "decoder.mid.attn_1.proj_out.weight"
     assert unet_key("add_embedding.linear_1.weight", 2, with_attention) == "label_emb.0.0.weight"  # SDXL
     with pytest.raises(ValueError, match="no LDM name"):
@@ -61,8 +65,9 @@ def test_export_from_a_single_file_equals_export_from_the_folder(tiny_models, ex
     original = diffusers_pipeline("StableDiffusionPipeline", tiny_models["standard"])
     checkpoint = save_ldm_checkpoint(original, tmp_path / "model.safetensors")
     out = tmp_path / "from-checkpoint"
-    result = CliRunner().invoke(main, ["export", str(checkpoint), "--config", str(tiny_models["standard"]),
-                                       "--out", str(out)])
+    result = CliRunner().invoke(
+        main, ["export", str(checkpoint), "--config", str(tiny_models["standard"]), "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     settings = dict(prompt="a photo of a cat", steps=3, seed=7)
     got = Pipeline.load(out).generate(**settings).array
@@ -98,8 +103,9 @@ def test_sdxl_checkpoint_round_trips_and_is_recognized_from_its_names(tiny_sdxl,
 def test_sdxl_export_from_a_single_file_equals_export_from_the_folder(tiny_sdxl, exported_sdxl, tmp_path):
     checkpoint = save_ldm_checkpoint(load_pipeline(str(tiny_sdxl["base"])), tmp_path / "sdxl.safetensors")
     out = tmp_path / "from-file"
-    result = CliRunner().invoke(main, ["export", str(checkpoint), "--config", str(tiny_sdxl["base"]),
-                                       "--out", str(out)])
+    result = CliRunner().invoke(
+        main, ["export", str(checkpoint), "--config", str(tiny_sdxl["base"]), "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     settings = dict(prompt="a photo of a cat", steps=4, seed=2, guidance_scale=5.0)
     expected = Pipeline.load(exported_sdxl("base")).generate(**settings).array

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from sdrt.cli import main
 from sdrt.errors import GenerationError
-from sdrt.runtime.imaging.inputs import InputImageError, MAX_INPUT_PIXELS, open_image
+from sdrt.runtime.imaging.inputs import MAX_INPUT_PIXELS, InputImageError, open_image
 from sdrt.runtime.text.checks import MAX_PROMPT_CHARS
 from sdrt.runtime.text.tokenizer import MAX_CACHED_WORD_CHARS, WORD_CACHE_SIZE, ClipTokenizer
 from support.hostile import assert_one_line_error, gif_header, png_header
@@ -24,9 +24,16 @@ WORST_CASE_SECONDS = 5.0
 
 def _worst_prompts(rng: random.Random) -> dict[str, str]:
     size = MAX_PROMPT_CHARS
-    return {"one letter": "a" * size, "random letters": "".join(rng.choice("abcdefghij") for _ in range(size)),
-            "two letters": "ab" * (size // 2), "accents": "é" * size, "cjk": "日本" * (size // 2),
-            "punctuation": "!?" * (size // 2), "digits": "7" * size, "mixed words": " ".join(["x" * 500] * 60)}
+    return {
+        "one letter": "a" * size,
+        "random letters": "".join(rng.choice("abcdefghij") for _ in range(size)),
+        "two letters": "ab" * (size // 2),
+        "accents": "é" * size,
+        "cjk": "日本" * (size // 2),
+        "punctuation": "!?" * (size // 2),
+        "digits": "7" * size,
+        "mixed words": " ".join(["x" * 500] * 60),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +63,9 @@ def test_the_word_cache_is_bounded_in_entries_and_size(sd15_dir):
     tokenizer = ClipTokenizer.from_folder(sd15_dir)
     rng = random.Random(1)
     for _ in range(300):
-        tokenizer.tokenize(" ".join("".join(rng.choice("abcdefgh") for _ in range(rng.choice((8, 200))))
-                                    for _ in range(50)))
+        tokenizer.tokenize(
+            " ".join("".join(rng.choice("abcdefgh") for _ in range(rng.choice((8, 200)))) for _ in range(50))
+        )
     assert len(tokenizer._cache) <= WORD_CACHE_SIZE
     assert max(len(word) for word in tokenizer._cache) <= MAX_CACHED_WORD_CHARS
 
@@ -101,8 +109,18 @@ def test_cli_image_bombs_are_one_line(exported_tiny, tmp_path, option):
     from PIL import Image
 
     Image.new("RGB", (64, 64)).save(photo)
-    arguments = ["generate", "x", "--model", str(exported_tiny("standard")), "--steps", "1", "--out",
-                 str(tmp_path / "o.png"), "--init-image", str(bomb if option == "--init-image" else photo)]
+    arguments = [
+        "generate",
+        "x",
+        "--model",
+        str(exported_tiny("standard")),
+        "--steps",
+        "1",
+        "--out",
+        str(tmp_path / "o.png"),
+        "--init-image",
+        str(bomb if option == "--init-image" else photo),
+    ]
     if option == "--mask":
         arguments += ["--mask", str(bomb)]
     assert_one_line_error(CliRunner().invoke(main, arguments), "megapixels")

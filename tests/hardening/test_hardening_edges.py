@@ -17,22 +17,32 @@ from sdrt.cli import main
 from support.hostile import assert_one_line_error, png_header
 
 NON_FINITE = ["nan", "inf", "-inf", "1e999", "NaN", "abc", ""]
-NUMBER_OPTIONS = {"--guidance": "generate", "--strength": "generate", "--timeout": "serve",
-                  "--batch-window-ms": "serve", "--cpus-per-replica": "serve", "--gpus-per-replica": "serve",
-                  "--workspace-gb": "build"}
+NUMBER_OPTIONS = {
+    "--guidance": "generate",
+    "--strength": "generate",
+    "--timeout": "serve",
+    "--batch-window-ms": "serve",
+    "--cpus-per-replica": "serve",
+    "--gpus-per-replica": "serve",
+    "--workspace-gb": "build",
+}
 
 
 @pytest.mark.parametrize("option, value", list(itertools.product(NUMBER_OPTIONS, NON_FINITE)))
 def test_non_finite_numbers_are_refused_in_one_line(exported_tiny, tmp_path, option, value):
     folder = str(exported_tiny("standard"))
     command = NUMBER_OPTIONS[option]
-    arguments = {"generate": ["generate", "x", "--model", folder, "--out", str(tmp_path / "x.png")],
-                 "serve": ["serve", "--model", folder], "build": ["build", folder]}[command]
+    arguments = {
+        "generate": ["generate", "x", "--model", folder, "--out", str(tmp_path / "x.png")],
+        "serve": ["serve", "--model", folder],
+        "build": ["build", folder],
+    }[command]
     assert_one_line_error(CliRunner().invoke(main, [*arguments, option, value]), option)
 
 
-@pytest.mark.parametrize("field, value", list(itertools.product(["guidance_scale", "strength"],
-                                                                [float("nan"), float("inf"), -float("inf")])))
+@pytest.mark.parametrize(
+    "field, value", list(itertools.product(["guidance_scale", "strength"], [float("nan"), float("inf"), -float("inf")]))
+)
 def test_the_api_refuses_non_finite_numbers(exported_tiny, tmp_path, field, value):
     from PIL import Image
 
@@ -57,8 +67,12 @@ def test_invalid_utf8_prompts_are_one_line(exported_tiny, tmp_path, command):
         line = assert_one_line_error(CliRunner().invoke(main, [command, text, "--model", folder, *extra]))
         assert "not valid UTF-8" in line, line
     # The real path: bytes from the shell, in a new process.
-    done = subprocess.run([sys.executable, "-m", "sdrt.cli", command, b"a\xff", "--model", folder, *extra],
-                          capture_output=True, text=True, errors="replace")
+    done = subprocess.run(
+        [sys.executable, "-m", "sdrt.cli", command, b"a\xff", "--model", folder, *extra],
+        capture_output=True,
+        text=True,
+        errors="replace",
+    )
     assert_one_line_error(done, "not valid UTF-8")
 
 
@@ -70,10 +84,16 @@ def _png_with_text(kind: bytes, size: int) -> bytes:
     return png_header(8, 8, [(kind, payload)])
 
 
-@pytest.mark.parametrize("label, data", [("pixel bomb", png_header(100_000, 100_000)),
-                                         ("70 MB text", _png_with_text(b"tEXt", 70 * 2**20)),
-                                         ("zTXt bomb", _png_with_text(b"zTXt", 50 * 2**20)),
-                                         ("not an image", b"\x89PNG garbage"), ("empty", b"")])
+@pytest.mark.parametrize(
+    "label, data",
+    [
+        ("pixel bomb", png_header(100_000, 100_000)),
+        ("70 MB text", _png_with_text(b"tEXt", 70 * 2**20)),
+        ("zTXt bomb", _png_with_text(b"zTXt", 50 * 2**20)),
+        ("not an image", b"\x89PNG garbage"),
+        ("empty", b""),
+    ],
+)
 def test_info_on_hostile_files_is_one_line(tmp_path, label, data):
     path = tmp_path / "hostile.png"
     path.write_bytes(data)
@@ -85,8 +105,10 @@ NAMES = ["a" * 300 + ".png", "é" * 128 + ".png", "b" * 252 + ".png"]
 
 @pytest.mark.parametrize("name", NAMES)
 def test_output_names_are_checked_before_generating(exported_tiny, tmp_path, name):
-    result = CliRunner().invoke(main, ["generate", "x", "--model", str(exported_tiny("standard")), "--steps", "1",
-                                       "--out", str(tmp_path / name)])
+    result = CliRunner().invoke(
+        main,
+        ["generate", "x", "--model", str(exported_tiny("standard")), "--steps", "1", "--out", str(tmp_path / name)],
+    )
     if len(os.fsencode(name)) <= 255:  # a long but valid name works (the temporary name is short)
         assert result.exit_code == 0 and (tmp_path / name).is_file(), result.output
         return
@@ -97,14 +119,18 @@ def test_output_names_are_checked_before_generating(exported_tiny, tmp_path, nam
 def test_every_output_path_is_checked_first_and_a_folder_takes_the_images(exported_tiny, tmp_path):
     folder = str(exported_tiny("standard"))
     (tmp_path / "b-2.png").mkdir()
-    result = CliRunner().invoke(main, ["generate", "x", "--model", folder, "--steps", "1", "--num-images", "2",
-                                       "--out", str(tmp_path / "b.png")])
+    result = CliRunner().invoke(
+        main,
+        ["generate", "x", "--model", folder, "--steps", "1", "--num-images", "2", "--out", str(tmp_path / "b.png")],
+    )
     assert_one_line_error(result, "it is a folder")
     assert not (tmp_path / "b-1.png").exists()
     out = tmp_path / "images"
     out.mkdir()
-    result = CliRunner().invoke(main, ["generate", "x", "--model", folder, "--steps", "1", "--num-images", "2",
-                                       "--seed", "5", "--out", str(out)])
+    result = CliRunner().invoke(
+        main,
+        ["generate", "x", "--model", folder, "--steps", "1", "--num-images", "2", "--seed", "5", "--out", str(out)],
+    )
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == ["sdrt-5-1.png", "sdrt-5-2.png"]
 
@@ -113,8 +139,19 @@ def test_every_output_path_is_checked_first_and_a_folder_takes_the_images(export
 def test_pngs_follow_the_umask(exported_tiny, tmp_path, mask):
     previous = os.umask(mask)
     try:
-        result = CliRunner().invoke(main, ["generate", "x", "--model", str(exported_tiny("standard")), "--steps",
-                                           "1", "--out", str(tmp_path / "x.png")])
+        result = CliRunner().invoke(
+            main,
+            [
+                "generate",
+                "x",
+                "--model",
+                str(exported_tiny("standard")),
+                "--steps",
+                "1",
+                "--out",
+                str(tmp_path / "x.png"),
+            ],
+        )
     finally:
         os.umask(previous)
     assert result.exit_code == 0, result.output
@@ -150,8 +187,9 @@ def test_stale_leftovers_of_killed_processes_are_cleaned(exported_tiny, tiny_mod
     out = tmp_path / "out"
     out.mkdir()
     (out / f".sdrt-{dead}-abc123.partial").write_bytes(b"half a png")
-    result = CliRunner().invoke(main, ["generate", "x", "--model", str(exported_tiny("standard")), "--steps", "1",
-                                       "--out", str(out / "x.png")])
+    result = CliRunner().invoke(
+        main, ["generate", "x", "--model", str(exported_tiny("standard")), "--steps", "1", "--out", str(out / "x.png")]
+    )
     assert result.exit_code == 0 and sorted(p.name for p in out.iterdir()) == ["x.png"]
 
 
@@ -163,6 +201,7 @@ def test_serve_refuses_impossible_ports(exported_tiny, port):
 
 @pytest.mark.parametrize("height", ["7", "100000", "-16"])
 def test_bench_with_a_bad_size_says_why(exported_tiny, height):
-    result = CliRunner().invoke(main, ["bench", "--model", str(exported_tiny("standard")), "--height", height,
-                                       "--runs", "1", "--warmup", "0"])
+    result = CliRunner().invoke(
+        main, ["bench", "--model", str(exported_tiny("standard")), "--height", height, "--runs", "1", "--warmup", "0"]
+    )
     assert_one_line_error(result, "height")

@@ -77,18 +77,29 @@ def test_a_changed_graph_file_is_refused(exported_tiny, tmp_path, component, cor
 def test_an_unchanged_copy_loads_and_a_changed_file_is_caught_by_the_cli(exported_tiny, tmp_path):
     folder = copy_model(exported_tiny("standard"), tmp_path / "model")
     runner = CliRunner()
-    good = runner.invoke(main, ["generate", "a cat", "--model", str(folder), "--steps", "1", "--out",
-                                str(tmp_path / "ok.png"), "--quiet"])
+    good = runner.invoke(
+        main,
+        ["generate", "a cat", "--model", str(folder), "--steps", "1", "--out", str(tmp_path / "ok.png"), "--quiet"],
+    )
     assert good.exit_code == 0, good.output
     _truncated(folder / "unet" / "model.onnx", folder)
-    bad = runner.invoke(main, ["generate", "a cat", "--model", str(folder), "--steps", "1", "--out",
-                               str(tmp_path / "bad.png")])
+    bad = runner.invoke(
+        main, ["generate", "a cat", "--model", str(folder), "--steps", "1", "--out", str(tmp_path / "bad.png")]
+    )
     assert_one_line_error(bad, "is not the file manifest.json describes")
     assert not (tmp_path / "bad.png").exists()
 
 
-ESCAPES = ["../outside.onnx", "../../../../etc/passwd", "/etc/passwd", "unet/../../model.onnx", "a/b/../../../c",
-           "", "C:\\model.onnx", "..\\..\\model.onnx"]
+ESCAPES = [
+    "../outside.onnx",
+    "../../../../etc/passwd",
+    "/etc/passwd",
+    "unet/../../model.onnx",
+    "a/b/../../../c",
+    "",
+    "C:\\model.onnx",
+    "..\\..\\model.onnx",
+]
 
 
 @pytest.mark.parametrize("field, escape", list(itertools.product(("file", "data_files"), ESCAPES)))

@@ -21,9 +21,16 @@ from support.hostile import assert_one_line_error, copy_model
 
 WRONG_VALUES = [None, "text", -1, 0, 2**70, 1.5, True, [], {}, [1, 2], {"a": 1}]
 WHOLE_FILES = {
-    "list": b"[]", "null": b"null", "string": b'"manifest"', "number": b"42", "empty": b"",
-    "binary": bytes(range(256)) * 4, "deep": b"[" * 100_000 + b"]" * 100_000, "nan": b'{"format_version": NaN}',
-    "truncated": b'{"format_version": 1, "dims": {', "utf16": '{"format_version": 1}'.encode("utf-16"),
+    "list": b"[]",
+    "null": b"null",
+    "string": b'"manifest"',
+    "number": b"42",
+    "empty": b"",
+    "binary": bytes(range(256)) * 4,
+    "deep": b"[" * 100_000 + b"]" * 100_000,
+    "nan": b'{"format_version": NaN}',
+    "truncated": b'{"format_version": 1, "dims": {',
+    "utf16": '{"format_version": 1}'.encode("utf-16"),
 }
 
 
@@ -55,22 +62,43 @@ def _cases(data: dict):
     yield "dims.height max<min", lambda d: d["dims"]["height"].update(min=64, max=16)
     for field in ("name", "dtype", "shape"):
         for value in (None, 3, "x", [], {"a": 1}, [0, 4], [-1], [1.5], ["undefined_dim"]):
-            yield f"unet.inputs[0].{field}={value!r}", (
-                lambda d, f=field, v=value: d["components"]["unet"]["inputs"][0].__setitem__(f, v))
+            yield (
+                f"unet.inputs[0].{field}={value!r}",
+                (lambda d, f=field, v=value: d["components"]["unet"]["inputs"][0].__setitem__(f, v)),
+            )
     for field in ("file", "sha256", "precision", "inputs", "data_files"):
         for value in (None, 3, [], "zz"):
             yield f"unet.{field}={value!r}", (lambda d, f=field, v=value: d["components"]["unet"].__setitem__(f, v))
 
 
 # Edits that leave a manifest valid as a document: other numbers, free-form source and
-# versions; no sdxl section (an SD 1.x model's is null); no token table sizes (no embeddings then); and three that only the files can refute (checked at load, below).
-EXPECTED_VALID = ["vae_scaling_factor=1180591620717411303424", "vae_scaling_factor=1.5", "vae_shift_factor=-1",
-                  "vae_shift_factor=0", "vae_shift_factor=1180591620717411303424", "vae_shift_factor=1.5",
-                  "source={}", "source={'a': 1}", "versions={}", "sdxl=None", "no sdxl", "token_table_rows={}", "no token_table_rows",
-                  "tiny_vae=None", "no tiny_vae", "unet.inputs[0].name='x'", "unet.file='zz'",
-                  "unet.inputs=[]"]
-REFUTED_AT_LOAD = {"unet.inputs[0].name='x'": "the unet graph's inputs", "unet.file='zz'": "is missing",
-                   "unet.inputs=[]": "the unet graph's inputs"}
+# versions; no sdxl section (an SD 1.x model's is null); no token table sizes (no embeddings
+# then); and three that only the files can refute (checked at load, below).
+EXPECTED_VALID = [
+    "vae_scaling_factor=1180591620717411303424",
+    "vae_scaling_factor=1.5",
+    "vae_shift_factor=-1",
+    "vae_shift_factor=0",
+    "vae_shift_factor=1180591620717411303424",
+    "vae_shift_factor=1.5",
+    "source={}",
+    "source={'a': 1}",
+    "versions={}",
+    "sdxl=None",
+    "no sdxl",
+    "token_table_rows={}",
+    "no token_table_rows",
+    "tiny_vae=None",
+    "no tiny_vae",
+    "unet.inputs[0].name='x'",
+    "unet.file='zz'",
+    "unet.inputs=[]",
+]
+REFUTED_AT_LOAD = {
+    "unet.inputs[0].name='x'": "the unet graph's inputs",
+    "unet.file='zz'": "is missing",
+    "unet.inputs=[]": "the unet graph's inputs",
+}
 
 
 def test_whole_file_garbage_is_one_clear_error(model, tmp_path):
@@ -114,17 +142,28 @@ def test_valid_looking_manifests_that_the_files_refute_fail_at_load(model, manif
 def test_every_command_reports_a_malformed_manifest_in_one_line(model, tmp_path, command, garbage):
     folder = copy_model(model, tmp_path / "m")
     (folder / "manifest.json").write_bytes(WHOLE_FILES[garbage])
-    arguments = {"generate": ["generate", "x", "--model", str(folder), "--out", str(tmp_path / "x.png")],
-                 "tokenize": ["tokenize", "x", "--model", str(folder)],
-                 "build": ["build", str(folder)],
-                 "bench": ["bench", "--model", str(folder), "--runs", "1", "--warmup", "0"],
-                 "serve": ["serve", "--model", str(folder), "--port", "0"]}[command]
+    arguments = {
+        "generate": ["generate", "x", "--model", str(folder), "--out", str(tmp_path / "x.png")],
+        "tokenize": ["tokenize", "x", "--model", str(folder)],
+        "build": ["build", str(folder)],
+        "bench": ["bench", "--model", str(folder), "--runs", "1", "--warmup", "0"],
+        "serve": ["serve", "--model", str(folder), "--port", "0"],
+    }[command]
     assert_one_line_error(CliRunner().invoke(main, arguments), "manifest.json")
 
 
 # The fields the default sampler (LMS) reads: checked at load.
-SCHEDULER_FIELDS = ["num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type",
-                    "timestep_spacing", "steps_offset", "trained_betas", "use_karras_sigmas"]
+SCHEDULER_FIELDS = [
+    "num_train_timesteps",
+    "beta_start",
+    "beta_end",
+    "beta_schedule",
+    "prediction_type",
+    "timestep_spacing",
+    "steps_offset",
+    "trained_betas",
+    "use_karras_sigmas",
+]
 SCHEDULER_VALUES = ["text", [], {}, 10**12, -5, True, 1e308 * 10, [["nested"]], 2**70]
 
 
@@ -156,8 +195,17 @@ def test_scheduler_configs_of_the_wrong_type_fail_at_load(model, tmp_path):
 
 
 TOKENIZER_FILES = ["tokenizer_config.json", "special_tokens_map.json", "tokenizer.json"]
-TOKENIZER_GARBAGE = [b"[]", b"null", b"7", b'"x"', b"\xff" * 10, b"[" * 50_000, b'{"eos_token": {"content": 7}}',
-                     b'{"model_max_length": "77"}', b'{"bos_token": 5}']
+TOKENIZER_GARBAGE = [
+    b"[]",
+    b"null",
+    b"7",
+    b'"x"',
+    b"\xff" * 10,
+    b"[" * 50_000,
+    b'{"eos_token": {"content": 7}}',
+    b'{"model_max_length": "77"}',
+    b'{"bos_token": 5}',
+]
 
 
 @pytest.mark.parametrize("name", TOKENIZER_FILES)
@@ -171,8 +219,12 @@ def test_tokenizer_files_of_the_wrong_type_are_one_clear_error(model, tmp_path, 
         assert "\n" not in str(caught.value)
     if name == "tokenizer.json":
         model = {"type": "BPE", "end_of_word_suffix": "</w>"}
-        for broken in ({"vocab": [], "merges": []}, {"vocab": {"a": "1"}, "merges": []},
-                       {"vocab": {"a": 1}, "merges": ["a b c"]}, {"vocab": {"a": 1}, "merges": 5}):
+        for broken in (
+            {"vocab": [], "merges": []},
+            {"vocab": {"a": "1"}, "merges": []},
+            {"vocab": {"a": 1}, "merges": ["a b c"]},
+            {"vocab": {"a": 1}, "merges": 5},
+        ):
             path.write_text(json.dumps({"model": {**model, **broken}}))
             with pytest.raises(ModelFolderError, match="tokenizer.json"):
                 ClipTokenizer.from_folder(folder)
@@ -183,7 +235,9 @@ def test_tokenizer_files_of_the_wrong_type_are_one_clear_error(model, tmp_path, 
 def test_a_malformed_merges_file_is_one_clear_error(model, tmp_path):
     folder = copy_model(model, tmp_path / "m")
     tokenizer_json = folder / "tokenizer" / "tokenizer.json"  # the same tokenizer as vocab.json + merges.txt
-    (folder / "tokenizer" / "vocab.json").write_text(json.dumps(json.loads(tokenizer_json.read_text())["model"]["vocab"]))
+    (folder / "tokenizer" / "vocab.json").write_text(
+        json.dumps(json.loads(tokenizer_json.read_text())["model"]["vocab"])
+    )
     tokenizer_json.unlink()
     path = folder / "tokenizer" / "merges.txt"
     for garbage in (b"a b c\n", b"\xff\xfe\n", b"single\n"):

@@ -20,12 +20,34 @@ from support.serving import live_server
 
 KEY = "secret-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
-BASES = {"/v1/images/generations": {"prompt": "a cat", "steps": 1},
-         "/sdapi/v1/txt2img": {"prompt": "a cat", "steps": 1}}
+BASES = {
+    "/v1/images/generations": {"prompt": "a cat", "steps": 1},
+    "/sdapi/v1/txt2img": {"prompt": "a cat", "steps": 1},
+}
 # Raw JSON texts: what a JSON encoder would not write, but a client may send.
-HOSTILE = ['"\\ud800"', '"a\\udcff"', "9" * 5000, "-" + "9" * 5000, "1e309", "NaN", "Infinity", '"²x64"',
-           '"٣x64"', "[]", "{}", "null", "true", '""', '"' + "a" * 100_000 + '"', "[" * 3000 + "]" * 3000,
-           "-1", "0", "1.5", '"64x64x64"', '"\\u0000"']
+HOSTILE = [
+    '"\\ud800"',
+    '"a\\udcff"',
+    "9" * 5000,
+    "-" + "9" * 5000,
+    "1e309",
+    "NaN",
+    "Infinity",
+    '"²x64"',
+    '"٣x64"',
+    "[]",
+    "{}",
+    "null",
+    "true",
+    '""',
+    '"' + "a" * 100_000 + '"',
+    "[" * 3000 + "]" * 3000,
+    "-1",
+    "0",
+    "1.5",
+    '"64x64x64"',
+    '"\\u0000"',
+]
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +64,23 @@ def url(pipeline):
 
 def _cases():
     for route, base in BASES.items():
-        fields = ["prompt", "negative_prompt", "n", "size", "steps", "guidance_scale", "seed", "sampler",
-                  "response_format"] if route.startswith("/v1") else \
-            ["prompt", "negative_prompt", "steps", "cfg_scale", "seed", "width", "height", "batch_size", "n_iter",
-             "sampler_name", "scheduler"]
+        fields = (
+            ["prompt", "negative_prompt", "n", "size", "steps", "guidance_scale", "seed", "sampler", "response_format"]
+            if route.startswith("/v1")
+            else [
+                "prompt",
+                "negative_prompt",
+                "steps",
+                "cfg_scale",
+                "seed",
+                "width",
+                "height",
+                "batch_size",
+                "n_iter",
+                "sampler_name",
+                "scheduler",
+            ]
+        )
         for field, value in itertools.product(fields, HOSTILE):
             body = json.dumps({**base, field: "@@"}).replace('"@@"', value)
             yield route, field, body
@@ -76,9 +111,11 @@ def test_one_failing_request_does_not_fail_its_batch(exported_tiny, monkeypatch)
     app = create_app(pipeline, ServeSettings(batch_window_s=0.5, max_batch_images=4))
     results = {}
     with live_server(app) as base:
+
         def send(prompt):
-            results[prompt] = httpx.post(f"{base}/v1/images/generations", json={"prompt": prompt, "steps": 2},
-                                         timeout=60)
+            results[prompt] = httpx.post(
+                f"{base}/v1/images/generations", json={"prompt": prompt, "steps": 2}, timeout=60
+            )
 
         threads = [threading.Thread(target=send, args=(p,)) for p in ("a cat", "poison apple", "a dog")]
         for thread in threads:
@@ -92,19 +129,20 @@ def test_one_failing_request_does_not_fail_its_batch(exported_tiny, monkeypatch)
     assert "sdrt_batched_requests_total 3" in metrics  # they did share a batch first
 
 
-BAD_HTTP = [b"POST /v1/images/generations HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
-            b"POST /v1/images/generations HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
-            b"POST /v1/images/generations HTTP/1.1\r\nHost: x\r\nContent-Length: 1, 2\r\n\r\n",
-            b"GET /health HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
-            b"NOT-HTTP\r\n\r\n"]
+BAD_HTTP = [
+    b"POST /v1/images/generations HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+    b"POST /v1/images/generations HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+    b"POST /v1/images/generations HTTP/1.1\r\nHost: x\r\nContent-Length: 1, 2\r\n\r\n",
+    b"GET /health HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
+    b"NOT-HTTP\r\n\r\n",
+]
 
 
 def test_the_http_layers_own_errors_are_json(pipeline):
     import uvicorn
 
     app = create_app(pipeline, ServeSettings())
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="critical", lifespan="off",
-                            http=JsonErrorProtocol)
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="critical", lifespan="off", http=JsonErrorProtocol)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -133,16 +171,30 @@ def test_metrics_labels_stay_bounded_across_a_storm_of_unknown_paths(url):
             path = "/p" + "".join(rng.choice("abcdefxyz/%") for _ in range(rng.randint(1, 40))) + str(index)
             client.get(path, headers=AUTH if index % 2 else {})
         metrics = client.get("/metrics", headers=AUTH).text
-    routes = {line.split('route="')[1].split('"')[0] for line in metrics.splitlines()
-              if line.startswith("sdrt_requests_total{")}
-    assert routes <= {"unmatched", "/metrics", "/health", "/v1/images/generations", "/sdapi/v1/txt2img",
-                      "/sdapi/v1/img2img"}, routes
+    routes = {
+        line.split('route="')[1].split('"')[0]
+        for line in metrics.splitlines()
+        if line.startswith("sdrt_requests_total{")
+    }
+    assert routes <= {
+        "unmatched",
+        "/metrics",
+        "/health",
+        "/v1/images/generations",
+        "/sdapi/v1/txt2img",
+        "/sdapi/v1/img2img",
+    }, routes
     assert len(metrics) < 20_000
 
 
 def test_auth_docs_and_openapi(url):
-    for header in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Bearer {KEY}x"},
-                   {"Authorization": f"bearer {KEY}"}, {"Authorization": "Bearer \xe9".encode("latin-1")}):
+    for header in (
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": f"Bearer {KEY}x"},
+        {"Authorization": f"bearer {KEY}"},
+        {"Authorization": "Bearer \xe9".encode("latin-1")},
+    ):
         assert httpx.get(f"{url}/metrics", headers=header).status_code == 401
     for path in ("/openapi.json", "/docs", "/redoc"):
         response = httpx.get(f"{url}{path}", headers=AUTH)

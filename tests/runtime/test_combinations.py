@@ -39,8 +39,15 @@ def mask() -> Image.Image:
 
 def settings_for(feature: str, manifest: Manifest) -> dict:
     """Request settings that use `feature` (and what it implies: a mask's handling needs a mask)."""
-    latents = np.zeros((1, manifest.latent_channels, manifest.native_height // manifest.vae_scale_factor,
-                        manifest.native_width // manifest.vae_scale_factor), np.float32)
+    latents = np.zeros(
+        (
+            1,
+            manifest.latent_channels,
+            manifest.native_height // manifest.vae_scale_factor,
+            manifest.native_width // manifest.vae_scale_factor,
+        ),
+        np.float32,
+    )
     return {
         "img2img": dict(init_image=photo()),
         "inpainting": dict(init_image=photo(), mask_image=mask()),
@@ -111,8 +118,12 @@ def test_a_refused_pair_is_one_line_naming_both(manifest, pair):
     assert caught.value.param == second.param
 
 
-LACKING = [(name, feature) for name, family in FAMILIES.items()
-           for feature in REQUESTED if FEATURES[feature].per_family and feature not in family.features]
+LACKING = [
+    (name, feature)
+    for name, family in FAMILIES.items()
+    for feature in REQUESTED
+    if FEATURES[feature].per_family and feature not in family.features
+]
 
 
 @pytest.mark.parametrize("family, feature", LACKING)
@@ -130,7 +141,8 @@ def test_a_feature_the_family_lacks_is_refused_naming_the_family(manifest, famil
 def test_the_sdxl_refiner_family_refuses_a_refiner_switch(manifest):
     with pytest.raises(GenerationError) as caught:
         GenerationRequest("a cat", steps=2, init_image=photo(), refiner_switch=0.5).resolve(
-            replace(manifest, family="sdxl-refiner"))
+            replace(manifest, family="sdxl-refiner")
+        )
     assert str(caught.value) == "the SDXL refiner does not run on SDXL refiner models (sdxl-refiner)"
     assert caught.value.param == "refiner_switch"
 
@@ -182,7 +194,8 @@ def test_the_hires_fix_of_a_pipeline_checks_its_request_first(exported_tiny):
 def test_docs_combinations_md_is_the_rendered_table():
     text = combinations.DOC.read_text(encoding="utf-8")
     assert combinations.documented(text) == render_markdown(), (
-        "docs/combinations.md is out of date: run `python -m sdrt.runtime.features.combinations`")
+        "docs/combinations.md is out of date: run `python -m sdrt.runtime.features.combinations`"
+    )
     for reason in REFUSED.values():
         assert reason in text
 

@@ -51,8 +51,9 @@ def controlnets(source, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("controlnets")
     found = {}
     for name, seed in (("edges", 1), ("depth", 2)):
-        folder = save_random_controlnet(root / "diffusers" / name, source, seed=seed,
-                                        conditioning_embedding=TINY_CONDITIONING_EMBEDDING)
+        folder = save_random_controlnet(
+            root / "diffusers" / name, source, seed=seed, conditioning_embedding=TINY_CONDITIONING_EMBEDDING
+        )
         export_model(str(folder), root / "exported" / name, progress=lambda line: None)
         found[name] = folder
     return found
@@ -69,28 +70,36 @@ def pipeline(exported_tiny, exported_controlnets):
 
 
 def reference(class_name: str, source: Path, controlnets: list[Path]):
-    from diffusers import ControlNetModel
-
     import diffusers
+    from diffusers import ControlNetModel
 
     models = [ControlNetModel.from_pretrained(path) for path in controlnets]
     pipeline = getattr(diffusers, class_name).from_pretrained(
-        source, controlnet=models[0] if len(models) == 1 else models, safety_checker=None,
-        requires_safety_checker=False)
+        source, controlnet=models[0] if len(models) == 1 else models, safety_checker=None, requires_safety_checker=False
+    )
     pipeline.set_progress_bar_config(disable=True)
     pipeline.scheduler = reference_scheduler(SAMPLER, pipeline.scheduler.config)
     return pipeline
 
 
 def run_reference(pipeline, **settings) -> np.ndarray:
-    return pipeline(PROMPT, num_inference_steps=SETTINGS["steps"], guidance_scale=SETTINGS["guidance_scale"],
-                    generator=torch.Generator().manual_seed(SETTINGS["seed"]), output_type="np", **settings).images
+    return pipeline(
+        PROMPT,
+        num_inference_steps=SETTINGS["steps"],
+        guidance_scale=SETTINGS["guidance_scale"],
+        generator=torch.Generator().manual_seed(SETTINGS["seed"]),
+        output_type="np",
+        **settings,
+    ).images
 
 
 def test_one_controlnet_at_half_scale_equals_diffusers(pipeline, source, controlnets):
     image = shapes_image(1)
-    expected = run_reference(reference("StableDiffusionControlNetPipeline", source, [controlnets["edges"]]),
-                             image=image, controlnet_conditioning_scale=0.5)
+    expected = run_reference(
+        reference("StableDiffusionControlNetPipeline", source, [controlnets["edges"]]),
+        image=image,
+        controlnet_conditioning_scale=0.5,
+    )
     got = pipeline.generate(PROMPT, controlnets=[ControlUnit("edges", image, 0.5)], **SETTINGS)
     assert_same_image(got.array, expected)
     plain = pipeline.generate(PROMPT, **SETTINGS).array
@@ -99,49 +108,69 @@ def test_one_controlnet_at_half_scale_equals_diffusers(pipeline, source, control
 
 def test_two_controlnets_with_guidance_windows_equal_diffusers(pipeline, source, controlnets):
     images = [shapes_image(1), shapes_image(2)]
-    expected = run_reference(reference("StableDiffusionControlNetPipeline", source,
-                                       [controlnets["edges"], controlnets["depth"]]),
-                             image=images, controlnet_conditioning_scale=[0.5, 0.8],
-                             control_guidance_start=[0.2, 0.0], control_guidance_end=[0.8, 1.0])
+    expected = run_reference(
+        reference("StableDiffusionControlNetPipeline", source, [controlnets["edges"], controlnets["depth"]]),
+        image=images,
+        controlnet_conditioning_scale=[0.5, 0.8],
+        control_guidance_start=[0.2, 0.0],
+        control_guidance_end=[0.8, 1.0],
+    )
     units = [ControlUnit("edges", images[0], 0.5, start=0.2, end=0.8), ControlUnit("depth", images[1], 0.8)]
     assert_same_image(pipeline.generate(PROMPT, controlnets=units, **SETTINGS).array, expected)
 
 
 def test_guess_mode_equals_diffusers(pipeline, source, controlnets):
     image = shapes_image(3)
-    expected = run_reference(reference("StableDiffusionControlNetPipeline", source, [controlnets["edges"]]),
-                             image=image, guess_mode=True)
-    got = pipeline.generate(PROMPT, controlnets=[ControlUnit("edges", image, mode="ControlNet is more important")],
-                            **SETTINGS)
+    expected = run_reference(
+        reference("StableDiffusionControlNetPipeline", source, [controlnets["edges"]]), image=image, guess_mode=True
+    )
+    got = pipeline.generate(
+        PROMPT, controlnets=[ControlUnit("edges", image, mode="ControlNet is more important")], **SETTINGS
+    )
     assert_same_image(got.array, expected)
 
 
 def test_prompt_mode_without_guidance_equals_diffusers_guess_mode(pipeline, source, controlnets):
-    """"My prompt is more important" weights residuals as guess mode does, on both halves: with
+    """ "My prompt is more important" weights residuals as guess mode does, on both halves: with
     no unconditional half the two are the same computation."""
     image = shapes_image(4)
     model = reference("StableDiffusionControlNetPipeline", source, [controlnets["edges"]])
-    expected = model(PROMPT, image=image, num_inference_steps=SETTINGS["steps"], guidance_scale=1.0, guess_mode=True,
-                     generator=torch.Generator().manual_seed(SETTINGS["seed"]), output_type="np").images
-    got = pipeline.generate(PROMPT, controlnets=[ControlUnit("edges", image, mode="prompt")],
-                            **{**SETTINGS, "guidance_scale": 1.0})
+    expected = model(
+        PROMPT,
+        image=image,
+        num_inference_steps=SETTINGS["steps"],
+        guidance_scale=1.0,
+        guess_mode=True,
+        generator=torch.Generator().manual_seed(SETTINGS["seed"]),
+        output_type="np",
+    ).images
+    got = pipeline.generate(
+        PROMPT, controlnets=[ControlUnit("edges", image, mode="prompt")], **{**SETTINGS, "guidance_scale": 1.0}
+    )
     assert_same_image(got.array, expected)
 
 
 def test_image_to_image_with_a_controlnet_equals_diffusers(pipeline, source, controlnets):
     init, control = shapes_image(5), shapes_image(6)
-    expected = run_reference(reference("StableDiffusionControlNetImg2ImgPipeline", source, [controlnets["depth"]]),
-                             image=init, control_image=control, strength=0.6, controlnet_conditioning_scale=0.8)
+    expected = run_reference(
+        reference("StableDiffusionControlNetImg2ImgPipeline", source, [controlnets["depth"]]),
+        image=init,
+        control_image=control,
+        strength=0.6,
+        controlnet_conditioning_scale=0.8,
+    )
     settings = {k: v for k, v in SETTINGS.items() if k not in ("height", "width")}
-    got = pipeline.generate(PROMPT, init_image=init, strength=0.6, controlnets=[ControlUnit("depth", control, 0.8)],
-                            **settings)
+    got = pipeline.generate(
+        PROMPT, init_image=init, strength=0.6, controlnets=[ControlUnit("depth", control, 0.8)], **settings
+    )
     assert_same_image(got.array, expected)
 
 
 def test_a_control_image_of_another_size_is_resized_with_a_warning(pipeline, source, controlnets):
     image = shapes_image(7, (96, 80))
-    expected = run_reference(reference("StableDiffusionControlNetPipeline", source, [controlnets["edges"]]),
-                             image=image, height=64, width=64)
+    expected = run_reference(
+        reference("StableDiffusionControlNetPipeline", source, [controlnets["edges"]]), image=image, height=64, width=64
+    )
     got = pipeline.generate(PROMPT, controlnets=[ControlUnit("edges", image)], **SETTINGS)
     assert_same_image(got.array, expected)
     assert any("96x80" in warning and "resized to 64x64" in warning for warning in got.warnings), got.warnings
@@ -151,11 +180,24 @@ def test_inpainting_with_a_controlnet_equals_diffusers(pipeline, source, control
     init, control = shapes_image(8), shapes_image(9)
     mask = Image.new("L", (64, 64))
     ImageDraw.Draw(mask).rectangle([16, 16, 47, 47], fill=255)
-    expected = run_reference(reference("StableDiffusionControlNetInpaintPipeline", source, [controlnets["edges"]]),
-                             image=init, mask_image=mask, control_image=control, strength=1.0,
-                             controlnet_conditioning_scale=0.7, height=64, width=64)
-    got = pipeline.generate(PROMPT, init_image=init, mask_image=mask, strength=1.0,
-                            controlnets=[ControlUnit("edges", control, 0.7)], **SETTINGS)
+    expected = run_reference(
+        reference("StableDiffusionControlNetInpaintPipeline", source, [controlnets["edges"]]),
+        image=init,
+        mask_image=mask,
+        control_image=control,
+        strength=1.0,
+        controlnet_conditioning_scale=0.7,
+        height=64,
+        width=64,
+    )
+    got = pipeline.generate(
+        PROMPT,
+        init_image=init,
+        mask_image=mask,
+        strength=1.0,
+        controlnets=[ControlUnit("edges", control, 0.7)],
+        **SETTINGS,
+    )
     assert_same_image(got.array, expected)
 
 
@@ -164,8 +206,9 @@ def test_inpainting_with_a_controlnet_equals_diffusers(pipeline, source, control
 def sdxl_controlnet(tiny_sdxl, tmp_path_factory) -> tuple[Path, Path]:
     """(diffusers folder, export) of a tiny random SDXL ControlNet."""
     root = tmp_path_factory.mktemp("sdxl-controlnet")
-    folder = save_random_controlnet(root / "diffusers", tiny_sdxl["base"], seed=3,
-                                    conditioning_embedding=TINY_CONDITIONING_EMBEDDING)
+    folder = save_random_controlnet(
+        root / "diffusers", tiny_sdxl["base"], seed=3, conditioning_embedding=TINY_CONDITIONING_EMBEDDING
+    )
     export_model(str(folder), root / "exported", progress=lambda line: None)
     return folder, root / "exported"
 
@@ -176,13 +219,22 @@ def test_an_sdxl_controlnet_equals_diffusers(tiny_sdxl, exported_sdxl, sdxl_cont
     folder, exported = sdxl_controlnet
     image = shapes_image(10)
     reference_pipeline = StableDiffusionXLControlNetPipeline.from_pretrained(
-        tiny_sdxl["base"], controlnet=ControlNetModel.from_pretrained(folder), add_watermarker=False)
+        tiny_sdxl["base"], controlnet=ControlNetModel.from_pretrained(folder), add_watermarker=False
+    )
     reference_pipeline.set_progress_bar_config(disable=True)
     reference_pipeline.scheduler = reference_scheduler(SAMPLER, reference_pipeline.scheduler.config)
-    expected = run_reference(reference_pipeline, image=image, controlnet_conditioning_scale=0.6,
-                             control_guidance_start=0.2, control_guidance_end=0.8, height=64, width=64)
+    expected = run_reference(
+        reference_pipeline,
+        image=image,
+        controlnet_conditioning_scale=0.6,
+        control_guidance_start=0.2,
+        control_guidance_end=0.8,
+        height=64,
+        width=64,
+    )
     got = Pipeline.load(exported_sdxl("base")).generate(
-        PROMPT, controlnets=[ControlUnit(str(exported), image, 0.6, start=0.2, end=0.8)], **SETTINGS)
+        PROMPT, controlnets=[ControlUnit(str(exported), image, 0.6, start=0.2, end=0.8)], **SETTINGS
+    )
     assert_same_image(got.array, expected)
 
 
@@ -223,12 +275,14 @@ def test_invert_and_canny_preprocess_the_control_image(pipeline):
 def test_generation_with_a_controlnet_needs_no_torch(exported_tiny, exported_controlnets, tmp_path):
     control = tmp_path / "control.png"
     shapes_image(1).save(control)
-    code = (f"from sdrt.runtime.pipeline import Pipeline\n"
-            f"from sdrt.runtime.features.controlnet.units import ControlUnit\n"
-            f"p = Pipeline.load({str(exported_tiny('standard'))!r}, controlnet_dir={str(exported_controlnets)!r})\n"
-            f"r = p.generate('a cat', controlnets=[ControlUnit('edges', {str(control)!r}, 0.5, mode='controlnet')],"
-            f" steps=2, seed=1, height=64, width=64)\n"
-            f"assert r.parameters['controlnets'][0]['model'] == 'edges', r.parameters")
+    code = (
+        f"from sdrt.runtime.pipeline import Pipeline\n"
+        f"from sdrt.runtime.features.controlnet.units import ControlUnit\n"
+        f"p = Pipeline.load({str(exported_tiny('standard'))!r}, controlnet_dir={str(exported_controlnets)!r})\n"
+        f"r = p.generate('a cat', controlnets=[ControlUnit('edges', {str(control)!r}, 0.5, mode='controlnet')],"
+        f" steps=2, seed=1, height=64, width=64)\n"
+        f"assert r.parameters['controlnets'][0]['model'] == 'edges', r.parameters"
+    )
     completed = subprocess.run([sys.executable, str(NO_HEAVY_IMPORTS), code], capture_output=True, text=True)
     assert completed.returncode == 0, completed.stderr
 
@@ -239,36 +293,84 @@ def test_cli_generate_with_two_controlnets_equals_the_api(pipeline, exported_tin
         images.append(tmp_path / f"control{seed}.png")
         shapes_image(seed).save(images[-1])
     out = tmp_path / "out.png"
-    args = ["generate", PROMPT, "--model", str(exported_tiny("standard")), "--controlnet-dir",
-            str(exported_controlnets), "--controlnet", "edges:0.5", "--control-image", str(images[0]),
-            "--controlnet", str(exported_controlnets / "depth"), "--control-image", str(images[1]),
-            "--control-start", "0.2", "--control-start", "0", "--control-mode", "prompt", "--steps", "4", "--seed",
-            "7", "--sampler", SAMPLER, "--guidance", "7.5", "--out", str(out), "--quiet"]
+    args = [
+        "generate",
+        PROMPT,
+        "--model",
+        str(exported_tiny("standard")),
+        "--controlnet-dir",
+        str(exported_controlnets),
+        "--controlnet",
+        "edges:0.5",
+        "--control-image",
+        str(images[0]),
+        "--controlnet",
+        str(exported_controlnets / "depth"),
+        "--control-image",
+        str(images[1]),
+        "--control-start",
+        "0.2",
+        "--control-start",
+        "0",
+        "--control-mode",
+        "prompt",
+        "--steps",
+        "4",
+        "--seed",
+        "7",
+        "--sampler",
+        SAMPLER,
+        "--guidance",
+        "7.5",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
-    units = [ControlUnit("edges", Image.open(images[0]), 0.5, start=0.2, mode="prompt"),
-             ControlUnit("depth", Image.open(images[1]), start=0.0, mode="prompt")]
+    units = [
+        ControlUnit("edges", Image.open(images[0]), 0.5, start=0.2, mode="prompt"),
+        ControlUnit("depth", Image.open(images[1]), start=0.0, mode="prompt"),
+    ]
     expected = pipeline.generate(PROMPT, controlnets=units, **SETTINGS).images[0]
     written = Image.open(out)
     np.testing.assert_array_equal(np.asarray(written), np.asarray(expected))
     assert 'ControlNet 0: "Module: none, Model: edges, Weight: 0.5, Guidance Start: 0.2' in written.info["parameters"]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--controlnet", "edges"], "--controlnet is given 1 time(s) and --control-image 0"),
-    (["--controlnet", "nothing", "--control-image", "IMAGE"], "unknown ControlNet 'nothing'"),
-    (["--controlnet", "edges:x", "--control-image", "IMAGE"], "the scale 'x' is not a number"),
-    (["--controlnet", "edges", "--control-image", "IMAGE", "--control-start", "0.9", "--control-end", "0.1"],
-     "start and end must satisfy 0 <= start < end <= 1"),
-    (["--controlnet", "edges", "--control-image", "missing.png"], "input image missing.png does not exist"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--controlnet", "edges"], "--controlnet is given 1 time(s) and --control-image 0"),
+        (["--controlnet", "nothing", "--control-image", "IMAGE"], "unknown ControlNet 'nothing'"),
+        (["--controlnet", "edges:x", "--control-image", "IMAGE"], "the scale 'x' is not a number"),
+        (
+            ["--controlnet", "edges", "--control-image", "IMAGE", "--control-start", "0.9", "--control-end", "0.1"],
+            "start and end must satisfy 0 <= start < end <= 1",
+        ),
+        (["--controlnet", "edges", "--control-image", "missing.png"], "input image missing.png does not exist"),
+    ],
+)
 def test_bad_controlnet_input_is_one_line(exported_tiny, exported_controlnets, tmp_path, args, message):
     image = tmp_path / "control.png"
     shapes_image(1).save(image)
     args = [str(image) if a == "IMAGE" else a for a in args]
-    result = CliRunner().invoke(main, ["generate", PROMPT, "--model", str(exported_tiny("standard")), "--controlnet-dir",
-                                       str(exported_controlnets), "--steps", "2", "--out", str(tmp_path / "o.png"),
-                                       *args])
+    result = CliRunner().invoke(
+        main,
+        [
+            "generate",
+            PROMPT,
+            "--model",
+            str(exported_tiny("standard")),
+            "--controlnet-dir",
+            str(exported_controlnets),
+            "--steps",
+            "2",
+            "--out",
+            str(tmp_path / "o.png"),
+            *args,
+        ],
+    )
     assert result.exit_code == 2, result.output
     assert message in result.output and len(result.output.strip().splitlines()) == 1, result.output
 
@@ -304,54 +406,97 @@ def test_a1111_controlnet_requests_and_model_list(pipeline):
     with TestClient(create_app(pipeline)) as client:
         assert set(client.get("/controlnet/model_list").json()["model_list"]) == {"edges", "depth"}
         assert "canny" in client.get("/controlnet/module_list").json()["module_list"]
-        unit = {"image": encoded, "module": "none", "model": "edges [0123abcd]", "weight": 0.5,
-                "guidance_start": 0.0, "guidance_end": 1.0, "control_mode": "Balanced"}
-        body = {"prompt": PROMPT, "steps": 4, "seed": 7, "width": 64, "height": 64, "sampler_name": "Euler",
-                "cfg_scale": 7.5, "alwayson_scripts": {"controlnet": {"args": [unit, {"enabled": False}]}}}
+        unit = {
+            "image": encoded,
+            "module": "none",
+            "model": "edges [0123abcd]",
+            "weight": 0.5,
+            "guidance_start": 0.0,
+            "guidance_end": 1.0,
+            "control_mode": "Balanced",
+        }
+        body = {
+            "prompt": PROMPT,
+            "steps": 4,
+            "seed": 7,
+            "width": 64,
+            "height": 64,
+            "sampler_name": "Euler",
+            "cfg_scale": 7.5,
+            "alwayson_scripts": {"controlnet": {"args": [unit, {"enabled": False}]}},
+        }
         response = client.post("/sdapi/v1/txt2img", json=body)
         assert response.status_code == 200, response.text
         got = np.asarray(Image.open(io.BytesIO(base64.b64decode(response.json()["images"][0]))))
         expected = pipeline.generate(PROMPT, controlnets=[ControlUnit("edges", shapes_image(1), 0.5)], **SETTINGS)
         np.testing.assert_array_equal(got, np.asarray(expected.images[0]))
-        bad = client.post("/sdapi/v1/txt2img", json={**body, "alwayson_scripts": {"controlnet": {"args": [
-            {**unit, "model": "nothing"}]}}})
+        bad = client.post(
+            "/sdapi/v1/txt2img",
+            json={**body, "alwayson_scripts": {"controlnet": {"args": [{**unit, "model": "nothing"}]}}},
+        )
         assert bad.status_code == 400 and "unknown ControlNet 'nothing'" in bad.text
         assert "alwayson_scripts.controlnet.args" in bad.text
-        missing = client.post("/sdapi/v1/txt2img", json={**body, "alwayson_scripts": {"controlnet": {"args": [
-            {**unit, "image": None}]}}})
+        missing = client.post(
+            "/sdapi/v1/txt2img", json={**body, "alwayson_scripts": {"controlnet": {"args": [{**unit, "image": None}]}}}
+        )
         assert missing.status_code == 400 and "has no control image" in missing.text
         # img2img: a unit without an image guides with the init image, as the extension does.
-        init = {**body, "init_images": [encoded], "denoising_strength": 0.6,
-                "alwayson_scripts": {"controlnet": {"args": [{**unit, "image": None}]}}}
+        init = {
+            **body,
+            "init_images": [encoded],
+            "denoising_strength": 0.6,
+            "alwayson_scripts": {"controlnet": {"args": [{**unit, "image": None}]}},
+        }
         response = client.post("/sdapi/v1/img2img", json=init)
         assert response.status_code == 200, response.text
         got = np.asarray(Image.open(io.BytesIO(base64.b64decode(response.json()["images"][0]))))
         settings = {k: v for k, v in SETTINGS.items() if k not in ("height", "width")}
-        expected = pipeline.generate(PROMPT, init_image=shapes_image(1), strength=0.6,
-                                     controlnets=[ControlUnit("edges", shapes_image(1), 0.5)], **settings)
+        expected = pipeline.generate(
+            PROMPT,
+            init_image=shapes_image(1),
+            strength=0.6,
+            controlnets=[ControlUnit("edges", shapes_image(1), 0.5)],
+            **settings,
+        )
         np.testing.assert_array_equal(got, np.asarray(expected.images[0]))
         # The OpenAI route takes sdrt's `controlnets` extension.
-        openai = {"prompt": PROMPT, "size": "64x64", "steps": 4, "seed": 7, "sampler": SAMPLER, "guidance_scale": 7.5,
-                  "controlnets": [{"model": "edges", "image": encoded, "scale": 0.5}]}
+        openai = {
+            "prompt": PROMPT,
+            "size": "64x64",
+            "steps": 4,
+            "seed": 7,
+            "sampler": SAMPLER,
+            "guidance_scale": 7.5,
+            "controlnets": [{"model": "edges", "image": encoded, "scale": 0.5}],
+        }
         response = client.post("/v1/images/generations", json=openai)
         assert response.status_code == 200, response.text
         got = np.asarray(Image.open(io.BytesIO(base64.b64decode(response.json()["data"][0]["b64_json"]))))
-        np.testing.assert_array_equal(got, np.asarray(
-            pipeline.generate(PROMPT, controlnets=[ControlUnit("edges", shapes_image(1), 0.5)], **SETTINGS).images[0]))
-        bad = client.post("/v1/images/generations", json={**openai, "controlnets": [{"model": "nothing",
-                                                                                      "image": encoded}]})
+        np.testing.assert_array_equal(
+            got,
+            np.asarray(
+                pipeline.generate(PROMPT, controlnets=[ControlUnit("edges", shapes_image(1), 0.5)], **SETTINGS).images[
+                    0
+                ]
+            ),
+        )
+        bad = client.post(
+            "/v1/images/generations", json={**openai, "controlnets": [{"model": "nothing", "image": encoded}]}
+        )
         assert bad.status_code == 400 and "unknown ControlNet 'nothing'" in bad.text
         # Clients name ControlNets; a path on the server's disk is refused on both routes.
         path = str(pipeline.controlnets.names()["edges"])
         bad = client.post("/v1/images/generations", json={**openai, "controlnets": [{"model": path, "image": encoded}]})
         assert bad.status_code == 400 and "not a path" in bad.text and "controlnets[0].model" in bad.text
-        bad = client.post("/sdapi/v1/txt2img", json={**body, "alwayson_scripts": {"controlnet": {"args": [
-            {**unit, "model": path}]}}})
+        bad = client.post(
+            "/sdapi/v1/txt2img", json={**body, "alwayson_scripts": {"controlnet": {"args": [{**unit, "model": path}]}}}
+        )
         assert bad.status_code == 400 and "not a path" in bad.text
 
 
-def test_tensorrt_builds_the_controlnet_with_the_models_profile(exported_tiny, exported_controlnets, monkeypatch,
-                                                                tmp_path):
+def test_tensorrt_builds_the_controlnet_with_the_models_profile(
+    exported_tiny, exported_controlnets, monkeypatch, tmp_path
+):
     import shutil
 
     import fake_tensorrt
@@ -383,9 +528,28 @@ def test_bench_reports_the_controlnets_cost_per_step(exported_tiny, exported_con
     import json
 
     out = tmp_path / "bench.json"
-    result = CliRunner().invoke(main, ["bench", "--model", str(exported_tiny("standard")), "--controlnet",
-                                       f"{exported_controlnets / 'edges'}:0.5", "--steps", "2", "--height", "64",
-                                       "--width", "64", "--runs", "1", "--warmup", "0", "--json", str(out)])
+    result = CliRunner().invoke(
+        main,
+        [
+            "bench",
+            "--model",
+            str(exported_tiny("standard")),
+            "--controlnet",
+            f"{exported_controlnets / 'edges'}:0.5",
+            "--steps",
+            "2",
+            "--height",
+            "64",
+            "--width",
+            "64",
+            "--runs",
+            "1",
+            "--warmup",
+            "0",
+            "--json",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     assert report["sdrt"]["controlnet_step"]["count"] == 2 and report["sdrt"]["controlnet_step"]["median"] > 0
@@ -435,8 +599,9 @@ def test_a_single_file_controlnet_exports_like_its_folder(controlnets, pipeline,
     from sdrt.export.ldm_checkpoint import save_ldm_controlnet
 
     path = save_ldm_controlnet(ControlNetModel.from_pretrained(controlnets["edges"]), tmp_path / "edges.safetensors")
-    result = CliRunner().invoke(main, ["export", str(path), "--out", str(tmp_path / "single"), "--config",
-                                       str(controlnets["edges"])])
+    result = CliRunner().invoke(
+        main, ["export", str(path), "--out", str(tmp_path / "single"), "--config", str(controlnets["edges"])]
+    )
     assert result.exit_code == 0, result.output
     units = lambda model: [ControlUnit(model, shapes_image(1), 0.7)]  # noqa: E731
     got = pipeline.generate(PROMPT, controlnets=units(str(tmp_path / "single")), **SETTINGS).array

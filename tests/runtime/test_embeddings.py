@@ -19,9 +19,9 @@ from safetensors.torch import save_file
 from conftest import diffusers_pipeline, reference_scheduler, sdxl_reference
 from sdrt.cli import main
 from sdrt.errors import SdrtError
-from sdrt.runtime.pipeline import Pipeline
-from sdrt.runtime.imaging.png_info import PARAMETERS_KEY
 from sdrt.runtime.files.torch_files import TorchFileError, load_torch_file
+from sdrt.runtime.imaging.png_info import PARAMETERS_KEY
+from sdrt.runtime.pipeline import Pipeline
 
 MAX_PIXEL_ERROR = 2 / 255
 MEAN_PIXEL_ERROR = 0.5 / 255
@@ -52,8 +52,17 @@ def write(kind: str, folder: Path, count: int, width: int = 32, seed: int = 0) -
         save_file({"emb_params": data}, path)
     elif kind == "a1111_pt":
         path = folder / f"{TOKEN}.pt"
-        torch.save({"string_to_token": {"*": 265}, "string_to_param": {"*": data.requires_grad_()}, "name": TOKEN,
-                    "step": 500, "sd_checkpoint": "abc", "sd_checkpoint_name": "model"}, path)
+        torch.save(
+            {
+                "string_to_token": {"*": 265},
+                "string_to_param": {"*": data.requires_grad_()},
+                "name": TOKEN,
+                "step": 500,
+                "sd_checkpoint": "abc",
+                "sd_checkpoint_name": "model",
+            },
+            path,
+        )
     elif kind == "diffusers_bin":
         path = folder / "learned_embeds.bin"
         torch.save({TOKEN: data[0] if count == 1 else data}, path)
@@ -77,12 +86,14 @@ def reference_with(tiny_models, path: Path):
 
 def reference_image(pipeline, prompt: str, seed: int = 4, **settings) -> np.ndarray:
     generator = torch.Generator("cpu").manual_seed(seed)
-    return pipeline(prompt, num_inference_steps=3, guidance_scale=GUIDANCE, generator=generator,
-                    output_type="np", **settings).images
+    return pipeline(
+        prompt, num_inference_steps=3, guidance_scale=GUIDANCE, generator=generator, output_type="np", **settings
+    ).images
 
 
-@pytest.mark.parametrize("kind, count", [("a1111_safetensors", 2), ("a1111_pt", 3), ("diffusers_bin", 1),
-                                         ("diffusers_safetensors", 2)])
+@pytest.mark.parametrize(
+    "kind, count", [("a1111_safetensors", 2), ("a1111_pt", 3), ("diffusers_bin", 1), ("diffusers_safetensors", 2)]
+)
 def test_sd_embedding_equals_diffusers_load_textual_inversion(folder, tiny_models, tmp_path, kind, count):
     path = write(kind, tmp_path, count)
     reference = reference_with(tiny_models, path)
@@ -101,10 +112,12 @@ def test_sdxl_embedding_equals_diffusers_with_one_file_per_encoder(exported_sdxl
     save_file({"clip_l": clip_l, "clip_g": clip_g}, path)
     reference = sdxl_reference("StableDiffusionXLPipeline", tiny_sdxl["base"])
     reference.scheduler = reference_scheduler(SAMPLER, dict(reference.scheduler.config))
-    reference.load_textual_inversion(clip_g, token=TOKEN, text_encoder=reference.text_encoder_2,
-                                     tokenizer=reference.tokenizer_2)
-    reference.load_textual_inversion(clip_l, token=TOKEN, text_encoder=reference.text_encoder,
-                                     tokenizer=reference.tokenizer)
+    reference.load_textual_inversion(
+        clip_g, token=TOKEN, text_encoder=reference.text_encoder_2, tokenizer=reference.tokenizer_2
+    )
+    reference.load_textual_inversion(
+        clip_l, token=TOKEN, text_encoder=reference.text_encoder, tokenizer=reference.tokenizer
+    )
     expected = reference_image(reference, PROMPT, seed=2)
     ours = Pipeline.load(exported_sdxl("base"), embeddings=[tmp_path])
     got = ours.generate(PROMPT, steps=3, seed=2, guidance_scale=GUIDANCE, sampler=SAMPLER)
@@ -129,8 +142,9 @@ def test_a_folder_lists_loaded_and_skipped_embeddings_over_the_a1111_api(folder,
     pipeline = Pipeline.load(folder, embeddings=[library])
     with TestClient(create_app(pipeline)) as client:
         listing = client.get("/sdapi/v1/embeddings").json()
-        assert listing["loaded"] == {TOKEN: {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None,
-                                             "shape": 32, "vectors": 2}}
+        assert listing["loaded"] == {
+            TOKEN: {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None, "shape": 32, "vectors": 2}
+        }
         assert "vectors are 64 wide; this model's text_encoder takes 32" in listing["skipped"]["wide"]["reason"]
         body = {"prompt": f"({TOKEN}:1.2), grass", "steps": 2, "seed": 3, "width": 64, "height": 64}
         response = client.post("/sdapi/v1/txt2img", json=body)
@@ -138,19 +152,38 @@ def test_a_folder_lists_loaded_and_skipped_embeddings_over_the_a1111_api(folder,
         info = json.loads(response.json()["info"])
         assert f'TI hashes: "{TOKEN}: ' in info["infotexts"][0]
     direct = pipeline.generate(f"({TOKEN}:1.2), grass", steps=2, seed=3, guidance_scale=7.0)
-    assert np.array_equal(np.asarray(Image.open(__import__("io").BytesIO(__import__("base64").b64decode(
-        response.json()["images"][0])))), np.asarray(direct.images[0]))
+    assert np.array_equal(
+        np.asarray(Image.open(__import__("io").BytesIO(__import__("base64").b64decode(response.json()["images"][0])))),
+        np.asarray(direct.images[0]),
+    )
 
 
 def test_cli_embedding_png_record_and_unknown_trigger(folder, tmp_path):
     path = write("a1111_pt", tmp_path, 2)
     out = tmp_path / "out.png"
-    result = CliRunner().invoke(main, ["generate", PROMPT, "--model", str(folder), "--embedding", str(path),
-                                       "--steps", "2", "--seed", "1", "--out", str(out), "--quiet"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "generate",
+            PROMPT,
+            "--model",
+            str(folder),
+            "--embedding",
+            str(path),
+            "--steps",
+            "2",
+            "--seed",
+            "1",
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert f'TI hashes: "{TOKEN}: ' in Image.open(out).text[PARAMETERS_KEY]
-    shown = CliRunner().invoke(main, ["tokenize", f"{TOKEN} and sdrtdog", "--model", str(folder),
-                                      "--embedding", str(path), "--json"])
+    shown = CliRunner().invoke(
+        main, ["tokenize", f"{TOKEN} and sdrtdog", "--model", str(folder), "--embedding", str(path), "--json"]
+    )
     (row,) = json.loads(shown.output)
     assert row["embeddings"] == [TOKEN]
     tokens = row["chunks"][0]["tokens"]
@@ -162,7 +195,8 @@ def test_cli_embedding_png_record_and_unknown_trigger(folder, tmp_path):
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert result.output.strip().splitlines()[-1] == (
         f"error: {wide}: its vectors are 64 wide; this model's text_encoder takes 32 (an embedding for another "
-        "model family)")
+        "model family)"
+    )
 
 
 def test_torch_files_give_tensors_and_nothing_else(tmp_path):
@@ -170,8 +204,9 @@ def test_torch_files_give_tensors_and_nothing_else(tmp_path):
     data = load_torch_file(path)
     np.testing.assert_array_equal(data["string_to_param"]["*"], vectors(2, 32, 0).numpy())
     parameter_dict = tmp_path / "old.pt"  # the original textual-inversion tool pickled a ParameterDict
-    torch.save({"string_to_param": torch.nn.ParameterDict({"*": torch.nn.Parameter(vectors(1, 32, 5))})},
-               parameter_dict)
+    torch.save(
+        {"string_to_param": torch.nn.ParameterDict({"*": torch.nn.Parameter(vectors(1, 32, 5))})}, parameter_dict
+    )
     np.testing.assert_array_equal(load_torch_file(parameter_dict)["string_to_param"]["*"], vectors(1, 32, 5).numpy())
     marker = tmp_path / "ran"
 
@@ -205,8 +240,10 @@ def test_tensorrt_and_no_torch_runs_equal_the_cpu(folder, tmp_path, monkeypatch)
     trt = Pipeline.load(model, backend="tensorrt", embeddings=[path]).generate(PROMPT, steps=2, seed=1)
     np.testing.assert_allclose(trt.array, expected, atol=1e-5)
     np.save(tmp_path / "expected.npy", expected)
-    code = ("import numpy as np\nfrom sdrt.runtime.pipeline import Pipeline\n"
-            f"got = Pipeline.load({str(folder)!r}, embeddings=[{str(path)!r}]).generate({PROMPT!r}, steps=2, seed=1)\n"
-            f"np.testing.assert_array_equal(got.array, np.load({str(tmp_path / 'expected.npy')!r}))\n")
+    code = (
+        "import numpy as np\nfrom sdrt.runtime.pipeline import Pipeline\n"
+        f"got = Pipeline.load({str(folder)!r}, embeddings=[{str(path)!r}]).generate({PROMPT!r}, steps=2, seed=1)\n"
+        f"np.testing.assert_array_equal(got.array, np.load({str(tmp_path / 'expected.npy')!r}))\n"
+    )
     completed = subprocess.run([sys.executable, str(NO_HEAVY_IMPORTS), code], capture_output=True, text=True)
     assert completed.returncode == 0, completed.stderr

@@ -58,8 +58,9 @@ def test_turbo_style_runs_equal_diffusers_with_one_unet_batch(turbo, tiny_models
     reference = diffusers_pipeline("StableDiffusionPipeline", tiny_models["standard"])
     reference.scheduler = EulerDiscreteScheduler.from_config(config)
     generator = torch.Generator("cpu").manual_seed(11)
-    expected = reference(PROMPT, num_inference_steps=steps, guidance_scale=0.0, generator=generator,
-                         output_type="np").images
+    expected = reference(
+        PROMPT, num_inference_steps=steps, guidance_scale=0.0, generator=generator, output_type="np"
+    ).images
     ours = Pipeline.load(folder)
     batches = unet_batches(ours)
     got = ours.generate(PROMPT, steps=steps, seed=11, guidance_scale=0.0, sampler="euler")
@@ -73,8 +74,9 @@ def test_lcm_sampling_equals_diffusers(exported_tiny, tiny_models, steps, guidan
     reference = diffusers_pipeline("StableDiffusionPipeline", tiny_models["standard"])
     reference.scheduler = LCMScheduler.from_config(reference.scheduler.config)
     generator = torch.Generator("cpu").manual_seed(5)
-    expected = reference(PROMPT, num_inference_steps=steps, guidance_scale=guidance, generator=generator,
-                         output_type="np").images
+    expected = reference(
+        PROMPT, num_inference_steps=steps, guidance_scale=guidance, generator=generator, output_type="np"
+    ).images
     ours = Pipeline.load(exported_tiny("standard"))
     batches = unet_batches(ours)
     got = ours.generate(PROMPT, steps=steps, seed=5, guidance_scale=guidance, sampler="lcm")
@@ -89,8 +91,9 @@ def test_lcm_distilled_unet_equals_latent_consistency_pipeline(exported_tiny, ti
     reference = diffusers_pipeline("LatentConsistencyModelPipeline", tiny_models["lcm"])
     reference.scheduler = LCMScheduler.from_config(reference.scheduler.config)
     generator = torch.Generator("cpu").manual_seed(9)
-    expected = reference(PROMPT, num_inference_steps=steps, guidance_scale=guidance, generator=generator,
-                         output_type="np").images
+    expected = reference(
+        PROMPT, num_inference_steps=steps, guidance_scale=guidance, generator=generator, output_type="np"
+    ).images
     folder = exported_tiny("lcm")
     manifest = json.loads((folder / "manifest.json").read_text())
     unet_inputs = {t["name"]: t["shape"] for t in manifest["components"]["unet"]["inputs"]}
@@ -103,8 +106,9 @@ def test_lcm_distilled_unet_equals_latent_consistency_pipeline(exported_tiny, ti
     other = ours.generate(PROMPT, steps=steps, seed=9, guidance_scale=guidance + 4, sampler="lcm")
     assert np.abs(other.array - got.array).max() > 2 * MAX_PIXEL_ERROR  # the embedding carries the guidance
     warned = ours.generate(PROMPT, negative_prompt="blurry", steps=1, seed=9, sampler="lcm")
-    assert warned.warnings == ["this latent consistency model takes no negative prompt (guidance is built in): "
-                               "it was not used"]
+    assert warned.warnings == [
+        "this latent consistency model takes no negative prompt (guidance is built in): it was not used"
+    ]
 
 
 @pytest.mark.parametrize("steps, eta", [(4, None), (4, 0.3), (2, 1.0)])
@@ -118,14 +122,34 @@ def test_tcd_sampling_equals_diffusers(exported_tiny, tiny_models, steps, eta):
 
     reference = diffusers_pipeline("StableDiffusionPipeline", tiny_models["standard"])
     reference.scheduler = TCDScheduler.from_config(reference.scheduler.config)
-    expected = reference(PROMPT, num_inference_steps=steps, guidance_scale=1.5, eta=0.0 if eta is None else eta,
-                         generator=torch.Generator("cpu").manual_seed(6), output_type="np").images
+    expected = reference(
+        PROMPT,
+        num_inference_steps=steps,
+        guidance_scale=1.5,
+        eta=0.0 if eta is None else eta,
+        generator=torch.Generator("cpu").manual_seed(6),
+        output_type="np",
+    ).images
     ours = Pipeline.load(exported_tiny("standard"))
     got = ours.generate(PROMPT, steps=steps, seed=6, guidance_scale=1.5, sampler="tcd", eta=eta)
     assert_same_image(got.array, expected)
     if eta is None:
-        refused = CliRunner().invoke(main, ["generate", PROMPT, "--model", str(exported_tiny("standard")),
-                                            "--sampler", "euler", "--eta", "0.5", "--steps", "1", "--quiet"])
+        refused = CliRunner().invoke(
+            main,
+            [
+                "generate",
+                PROMPT,
+                "--model",
+                str(exported_tiny("standard")),
+                "--sampler",
+                "euler",
+                "--eta",
+                "0.5",
+                "--steps",
+                "1",
+                "--quiet",
+            ],
+        )
         assert refused.exit_code == 2 and "eta" in refused.output and "Traceback" not in refused.output
 
 

@@ -123,11 +123,13 @@ def test_image_to_image_start_matches_scale_noise(case, steps, start):
     reference, ours = both(config, steps, mu)
     image = np.random.default_rng(5).standard_normal(SAMPLE_SHAPE).astype(np.float32) * np.float32(0.5)
     noise = start_noise(7)
-    by_timestep = reference.scale_noise(torch.from_numpy(image), reference.timesteps[start:start + 1],
-                                        torch.from_numpy(noise))
+    by_timestep = reference.scale_noise(
+        torch.from_numpy(image), reference.timesteps[start : start + 1], torch.from_numpy(noise)
+    )
     reference.set_begin_index(start)
-    expected = reference.scale_noise(torch.from_numpy(image), reference.timesteps[start:start + 1],
-                                     torch.from_numpy(noise))
+    expected = reference.scale_noise(
+        torch.from_numpy(image), reference.timesteps[start : start + 1], torch.from_numpy(noise)
+    )
     got = ours.add_noise(image, noise, start)
     assert got.dtype == np.float32
     bound = SCALE_NOISE_ROUNDINGS * UNIT_ROUNDOFF * max(float(np.abs(image).max()), float(np.abs(noise).max()))
@@ -145,8 +147,13 @@ def test_dynamic_shift_mu_is_the_pipelines(seq_len, shifts):
     config = {"use_dynamic_shifting": True, **shifts}
     reference = FlowMatchEulerDiscreteScheduler.from_config(config)
     ours = sampler_from_config("flow_euler", config)
-    expected = calculate_shift(seq_len, reference.config.base_image_seq_len, reference.config.max_image_seq_len,
-                               reference.config.base_shift, reference.config.max_shift)
+    expected = calculate_shift(
+        seq_len,
+        reference.config.base_image_seq_len,
+        reference.config.max_image_seq_len,
+        reference.config.base_shift,
+        reference.config.max_shift,
+    )
     assert ours.dynamic_shift_mu(seq_len) == expected
 
 
@@ -182,8 +189,9 @@ def test_mu_is_required_exactly_with_dynamic_shifting():
         with pytest.raises(ConfigError, match="mu"):
             dynamic.set_timesteps(10, mu=bad)
     with pytest.raises(ConfigError, match="positive mu"):
-        sampler_from_config("flow_euler", {"use_dynamic_shifting": True, "time_shift_type": "linear"}) \
-            .set_timesteps(10, mu=0.0)
+        sampler_from_config("flow_euler", {"use_dynamic_shifting": True, "time_shift_type": "linear"}).set_timesteps(
+            10, mu=0.0
+        )
 
 
 def test_one_step_shift_terminal_is_refused():
@@ -192,9 +200,12 @@ def test_one_step_shift_terminal_is_refused():
 
 
 def test_bad_flow_settings_are_refused():
-    for settings, message in [({"shift": 0}, "shift must be positive"), ({"shift_terminal": 1.0}, "shift_terminal"),
-                              ({"time_shift_type": "cubic"}, "time_shift_type"),
-                              ({"base_image_seq_len": 4096}, "must differ")]:
+    for settings, message in [
+        ({"shift": 0}, "shift must be positive"),
+        ({"shift_terminal": 1.0}, "shift_terminal"),
+        ({"time_shift_type": "cubic"}, "time_shift_type"),
+        ({"base_image_seq_len": 4096}, "must differ"),
+    ]:
         with pytest.raises(ConfigError, match=message):
             sampler_from_config("flow_euler", settings)
 
@@ -251,8 +262,9 @@ def test_every_sampler_has_the_shared_tables(sd15_dir, name):
 def test_sd_request_naming_flow_euler_is_refused(exported_tiny):
     manifest = Manifest.load(exported_tiny("standard"))
     assert manifest.sampler_space == DIFFUSION
-    with pytest.raises(GenerationError, match="flow_euler is a flow-matching sampler; this model is a diffusion "
-                                              "model") as caught:
+    with pytest.raises(
+        GenerationError, match="flow_euler is a flow-matching sampler; this model is a diffusion model"
+    ) as caught:
         GenerationRequest("a photo of a cat", steps=4, sampler="flow_euler").resolve(manifest)
     assert caught.value.param == "sampler"
     GenerationRequest("a photo of a cat", steps=4, sampler="euler").resolve(manifest)

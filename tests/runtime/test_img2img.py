@@ -48,11 +48,24 @@ def test_img2img_equals_diffusers(ours, reference, tiny_models, sampler, strengt
     config = json.loads((tiny_models["standard"] / "scheduler" / "scheduler_config.json").read_text())
     reference.scheduler = reference_scheduler(sampler, config)
     image = photo()
-    result = ours.generate("a photo of a cat", init_image=image, strength=strength, steps=8, seed=4,
-                           sampler=sampler, negative_prompt="blurry")
-    expected = reference("a photo of a cat", image=image, strength=strength, num_inference_steps=8,
-                         negative_prompt="blurry", output_type="np",
-                         generator=torch.Generator("cpu").manual_seed(4)).images
+    result = ours.generate(
+        "a photo of a cat",
+        init_image=image,
+        strength=strength,
+        steps=8,
+        seed=4,
+        sampler=sampler,
+        negative_prompt="blurry",
+    )
+    expected = reference(
+        "a photo of a cat",
+        image=image,
+        strength=strength,
+        num_inference_steps=8,
+        negative_prompt="blurry",
+        output_type="np",
+        generator=torch.Generator("cpu").manual_seed(4),
+    ).images
     assert result.array.shape == expected.shape == (1, 64, 96, 3)
     assert np.abs(result.array - expected).max() <= MAX_PIXEL_ERROR
     assert result.parameters["strength"] == strength
@@ -63,8 +76,15 @@ def test_img2img_batch_of_prompts_equals_diffusers(ours, reference, tiny_models)
     reference.scheduler = reference_scheduler("lms", config)
     prompts = ["a photo of a cat", "a watercolor fox"]
     result = ours.generate(prompts, init_image=photo(), strength=0.6, steps=5, seed=8, num_images=2)
-    expected = reference(prompts, image=photo(), strength=0.6, num_inference_steps=5, num_images_per_prompt=2,
-                         output_type="np", generator=torch.Generator("cpu").manual_seed(8)).images
+    expected = reference(
+        prompts,
+        image=photo(),
+        strength=0.6,
+        num_inference_steps=5,
+        num_images_per_prompt=2,
+        output_type="np",
+        generator=torch.Generator("cpu").manual_seed(8),
+    ).images
     assert result.array.shape == expected.shape == (4, 64, 96, 3)
     assert np.abs(result.array - expected).max() <= MAX_PIXEL_ERROR
 
@@ -73,7 +93,7 @@ def test_img2img_batch_of_prompts_equals_diffusers(ours, reference, tiny_models)
 def test_every_mode_becomes_rgb(mode):
     base = photo(32, 16)
     if mode == "I;16":
-        gray = (np.asarray(base.convert("L")).astype(np.uint16) * 257)
+        gray = np.asarray(base.convert("L")).astype(np.uint16) * 257
         image = Image.fromarray(gray)  # uint16 data: mode I;16
         assert image.mode == "I;16"
     else:
@@ -127,9 +147,26 @@ def test_cli_img2img_writes_denoising_strength(engine, tmp_path):
     source = tmp_path / "in.png"
     photo().save(source)
     out = tmp_path / "out.png"
-    result = CliRunner().invoke(main, ["generate", "a cat", "--model", str(engine), "--init-image", str(source),
-                                       "--strength", "0.5", "--steps", "4", "--seed", "3", "--out", str(out),
-                                       "--quiet"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "generate",
+            "a cat",
+            "--model",
+            str(engine),
+            "--init-image",
+            str(source),
+            "--strength",
+            "0.5",
+            "--steps",
+            "4",
+            "--seed",
+            "3",
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     with Image.open(out) as image:
         assert image.size == (96, 64)

@@ -29,8 +29,10 @@ def engines(exported_tiny) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def references(tiny_models):
-    return {kind: diffusers_pipeline("StableDiffusionInpaintPipeline", tiny_models[kind])
-            for kind in ("inpaint", "standard")}
+    return {
+        kind: diffusers_pipeline("StableDiffusionInpaintPipeline", tiny_models[kind])
+        for kind in ("inpaint", "standard")
+    }
 
 
 def photo(width=96, height=64) -> Image.Image:
@@ -51,11 +53,28 @@ def test_inpainting_equals_diffusers(engines, references, tiny_models, kind, sam
     reference = references[kind]
     config = json.loads((tiny_models[kind] / "scheduler" / "scheduler_config.json").read_text())
     reference.scheduler = reference_scheduler(sampler, config)
-    result = ours.generate("a photo of a cat", init_image=photo(), mask_image=box_mask(), strength=strength,
-                           steps=8, seed=4, sampler=sampler, negative_prompt="blurry")
-    expected = reference("a photo of a cat", image=photo(), mask_image=box_mask(), strength=strength,
-                         num_inference_steps=8, height=64, width=96, negative_prompt="blurry",
-                         output_type="np", generator=torch.Generator("cpu").manual_seed(4)).images
+    result = ours.generate(
+        "a photo of a cat",
+        init_image=photo(),
+        mask_image=box_mask(),
+        strength=strength,
+        steps=8,
+        seed=4,
+        sampler=sampler,
+        negative_prompt="blurry",
+    )
+    expected = reference(
+        "a photo of a cat",
+        image=photo(),
+        mask_image=box_mask(),
+        strength=strength,
+        num_inference_steps=8,
+        height=64,
+        width=96,
+        negative_prompt="blurry",
+        output_type="np",
+        generator=torch.Generator("cpu").manual_seed(4),
+    ).images
     assert result.array.shape == expected.shape == (1, 64, 96, 3)
     assert np.abs(result.array - expected).max() <= MAX_PIXEL_ERROR
 
@@ -65,11 +84,18 @@ def test_inpainting_batch_equals_diffusers(engines, references, tiny_models):
     reference = references["inpaint"]
     config = json.loads((tiny_models["inpaint"] / "scheduler" / "scheduler_config.json").read_text())
     reference.scheduler = reference_scheduler("lms", config)
-    result = ours.generate(["a cat", "a dog"], init_image=photo(), mask_image=box_mask(), steps=4, seed=2,
-                           num_images=2)
-    expected = reference(["a cat", "a dog"], image=photo(), mask_image=box_mask(), num_inference_steps=4,
-                         num_images_per_prompt=2, height=64, width=96, output_type="np",
-                         generator=torch.Generator("cpu").manual_seed(2)).images
+    result = ours.generate(["a cat", "a dog"], init_image=photo(), mask_image=box_mask(), steps=4, seed=2, num_images=2)
+    expected = reference(
+        ["a cat", "a dog"],
+        image=photo(),
+        mask_image=box_mask(),
+        num_inference_steps=4,
+        num_images_per_prompt=2,
+        height=64,
+        width=96,
+        output_type="np",
+        generator=torch.Generator("cpu").manual_seed(2),
+    ).images
     assert result.array.shape == expected.shape == (4, 64, 96, 3)
     assert np.abs(result.array - expected).max() <= MAX_PIXEL_ERROR
 
@@ -115,9 +141,26 @@ def test_bad_inpainting_requests(engines, kind, settings, message):
 def test_cli_inpainting(engines, tmp_path):
     photo().save(tmp_path / "in.png")
     box_mask().save(tmp_path / "mask.png")
-    result = CliRunner().invoke(main, ["generate", "a cat", "--model", str(engines["inpaint"]), "--init-image",
-                                       str(tmp_path / "in.png"), "--mask", str(tmp_path / "mask.png"),
-                                       "--steps", "3", "--seed", "1", "--out", str(tmp_path / "out.png"), "--quiet"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "generate",
+            "a cat",
+            "--model",
+            str(engines["inpaint"]),
+            "--init-image",
+            str(tmp_path / "in.png"),
+            "--mask",
+            str(tmp_path / "mask.png"),
+            "--steps",
+            "3",
+            "--seed",
+            "1",
+            "--out",
+            str(tmp_path / "out.png"),
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     with Image.open(tmp_path / "out.png") as image:
         assert image.size == (96, 64)
@@ -131,17 +174,46 @@ def test_cli_a1111_mask_handling(engines, tmp_path):
 
     photo().save(tmp_path / "in.png")
     box_mask().save(tmp_path / "mask.png")
-    arguments = ["generate", "a cat", "--model", str(engines["standard"]), "--init-image", str(tmp_path / "in.png"),
-                 "--mask", str(tmp_path / "mask.png"), "--steps", "2", "--seed", "1", "--quiet"]
-    flags = ["--invert-mask", "--mask-blur", "2", "--inpaint-area", "masked", "--mask-padding", "4", "--mask-fill",
-             "fill", "--paste-back"]
+    arguments = [
+        "generate",
+        "a cat",
+        "--model",
+        str(engines["standard"]),
+        "--init-image",
+        str(tmp_path / "in.png"),
+        "--mask",
+        str(tmp_path / "mask.png"),
+        "--steps",
+        "2",
+        "--seed",
+        "1",
+        "--quiet",
+    ]
+    flags = [
+        "--invert-mask",
+        "--mask-blur",
+        "2",
+        "--inpaint-area",
+        "masked",
+        "--mask-padding",
+        "4",
+        "--mask-fill",
+        "fill",
+        "--paste-back",
+    ]
     result = CliRunner().invoke(main, [*arguments, *flags, "--out", str(tmp_path / "out.png")])
     assert result.exit_code == 0, result.output
     options = MaskOptions(invert=True, blur_x=2, blur_y=2, fill="fill", only_masked=True, padding=4, paste_back=True)
-    expected = Pipeline.load(engines["standard"]).generate("a cat", init_image=photo(), mask_image=box_mask(), steps=2,
-                                                           seed=1, mask_options=options).images[0]
-    plain = Pipeline.load(engines["standard"]).generate("a cat", init_image=photo(), mask_image=box_mask(), steps=2,
-                                                        seed=1).images[0]
+    expected = (
+        Pipeline.load(engines["standard"])
+        .generate("a cat", init_image=photo(), mask_image=box_mask(), steps=2, seed=1, mask_options=options)
+        .images[0]
+    )
+    plain = (
+        Pipeline.load(engines["standard"])
+        .generate("a cat", init_image=photo(), mask_image=box_mask(), steps=2, seed=1)
+        .images[0]
+    )
     with Image.open(tmp_path / "out.png") as image:
         np.testing.assert_array_equal(np.asarray(image), np.asarray(expected))
         assert not np.array_equal(np.asarray(image), np.asarray(plain))

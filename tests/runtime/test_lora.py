@@ -20,8 +20,8 @@ from safetensors.torch import save_file
 import fake_tensorrt
 from conftest import diffusers_pipeline, reference_scheduler, sdxl_reference
 from sdrt.cli import main
-from sdrt.runtime.features.lora.merge import LoraWeights, merged_tensors, resolve
 from sdrt.runtime.features.lora.files import read_lora
+from sdrt.runtime.features.lora.merge import LoraWeights, merged_tensors, resolve
 from sdrt.runtime.features.lora.weights_map import WeightsMap
 from sdrt.runtime.manifest import Manifest
 from sdrt.runtime.pipeline import Pipeline
@@ -48,10 +48,12 @@ def exported(exported_tiny):
 def loras(source, tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("loras")
     reference = diffusers_pipeline("StableDiffusionPipeline", source)
-    return {"kohya": kohya_lora(reference, folder / "kohya.safetensors", seed=1),
-            "locon": kohya_lora(reference, folder / "locon.safetensors", seed=2, conv=True),
-            "peft": peft_lora(reference, folder / "peft.safetensors", seed=3),
-            "other": kohya_lora(reference, folder / "other.safetensors", seed=4)}
+    return {
+        "kohya": kohya_lora(reference, folder / "kohya.safetensors", seed=1),
+        "locon": kohya_lora(reference, folder / "locon.safetensors", seed=2, conv=True),
+        "peft": peft_lora(reference, folder / "peft.safetensors", seed=3),
+        "other": kohya_lora(reference, folder / "other.safetensors", seed=4),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +73,14 @@ def reference_image(source: Path, adapters: list[tuple[Path, float]]) -> np.ndar
             reference.load_lora_weights(str(path), adapter_name=name)
         reference.set_adapters(names, [weight for _, weight in adapters])
     settings = {k: v for k, v in SETTINGS.items() if k not in ("steps", "seed", "sampler", "guidance_scale")}
-    return reference(PROMPT, num_inference_steps=SETTINGS["steps"], guidance_scale=SETTINGS["guidance_scale"],
-                     generator=torch.Generator().manual_seed(SETTINGS["seed"]), output_type="np", **settings).images
+    return reference(
+        PROMPT,
+        num_inference_steps=SETTINGS["steps"],
+        guidance_scale=SETTINGS["guidance_scale"],
+        generator=torch.Generator().manual_seed(SETTINGS["seed"]),
+        output_type="np",
+        **settings,
+    ).images
 
 
 # ---------------------------------------------------------------- the export's map
@@ -89,8 +97,11 @@ def test_the_weights_map_holds_every_layer_in_its_graph_layout(exported, source)
         assert spec.weights_map in spec.data_files
         graph = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(exported / spec.file)).graph.initializer}
         weights = WeightsMap.load(exported, component, spec).weights
-        layers = {name.removeprefix("text_model."): module for name, module in model.named_modules()
-                  if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d))}
+        layers = {
+            name.removeprefix("text_model."): module
+            for name, module in model.named_modules()
+            if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d))
+        }
         assert set(weights) == set(layers)
         for name, mapped in weights.items():
             expected = mapped.to_graph(layers[name].weight.detach().numpy())
@@ -158,18 +169,31 @@ def test_img2img_and_inpainting_with_a_lora(pipeline, source, loras, tmp_path):
     reference.scheduler = reference_scheduler(SAMPLER, reference.scheduler.config)
     reference.load_lora_weights(str(loras["kohya"]))
     reference.fuse_lora(lora_scale=0.9)
-    expected = reference(PROMPT, image=Image.open(image), strength=0.6, num_inference_steps=4,
-                         generator=torch.Generator().manual_seed(7), output_type="np").images
-    got = pipeline.generate(PROMPT, loras=[f"{loras['kohya']}:0.9"], init_image=image, strength=0.6,
-                            **{k: v for k, v in SETTINGS.items() if k not in ("height", "width")}).array
+    expected = reference(
+        PROMPT,
+        image=Image.open(image),
+        strength=0.6,
+        num_inference_steps=4,
+        generator=torch.Generator().manual_seed(7),
+        output_type="np",
+    ).images
+    got = pipeline.generate(
+        PROMPT,
+        loras=[f"{loras['kohya']}:0.9"],
+        init_image=image,
+        strength=0.6,
+        **{k: v for k, v in SETTINGS.items() if k not in ("height", "width")},
+    ).array
     assert_same_image(got, expected)
 
 
 def test_generation_with_a_lora_needs_no_torch(exported, loras):
-    code = (f"from sdrt.runtime.pipeline import Pipeline\n"
-            f"r = Pipeline.load({str(exported)!r}).generate('a cat', loras=[{str(loras['kohya']) + ':0.5'!r}], "
-            f"steps=2, seed=1, height=64, width=64)\n"
-            f"assert r.parameters['lora_hashes'] and not r.warnings, r.warnings")
+    code = (
+        f"from sdrt.runtime.pipeline import Pipeline\n"
+        f"r = Pipeline.load({str(exported)!r}).generate('a cat', loras=[{str(loras['kohya']) + ':0.5'!r}], "
+        f"steps=2, seed=1, height=64, width=64)\n"
+        f"assert r.parameters['lora_hashes'] and not r.warnings, r.warnings"
+    )
     completed = subprocess.run([sys.executable, str(NO_HEAVY_IMPORTS), code], capture_output=True, text=True)
     assert completed.returncode == 0, completed.stderr
 
@@ -182,8 +206,15 @@ def test_a_kohya_sdxl_lora_with_ldm_names_equals_diffusers(tiny_sdxl, exported_s
     reference.scheduler = reference_scheduler(SAMPLER, reference.scheduler.config)
     reference.load_lora_weights(str(path))
     reference.fuse_lora(lora_scale=0.8)
-    expected = reference(PROMPT, num_inference_steps=4, guidance_scale=7.5, height=64, width=64,
-                         generator=torch.Generator().manual_seed(7), output_type="np").images
+    expected = reference(
+        PROMPT,
+        num_inference_steps=4,
+        guidance_scale=7.5,
+        height=64,
+        width=64,
+        generator=torch.Generator().manual_seed(7),
+        output_type="np",
+    ).images
     result = Pipeline.load(exported).generate(PROMPT, loras=[f"{path}:0.8"], **SETTINGS)
     assert result.warnings == []
     assert_same_image(result.array, expected)
@@ -207,23 +238,39 @@ def test_tensorrt_refits_from_pristine_weights(exported, loras, monkeypatch, tmp
     again = trt.generate(PROMPT, loras=a, **SETTINGS).array
     np.testing.assert_array_equal(again, first)
     engine = trt.engines["unet"].engine
-    expected = merged_tensors("unet", [(resolve(read_lora(loras["kohya"]), {"unet": mapped}), LoraWeights(0.7, 0.7))],
-                              mapped)
+    expected = merged_tensors(
+        "unet", [(resolve(read_lora(loras["kohya"]), {"unet": mapped}), LoraWeights(0.7, 0.7))], mapped
+    )
     locon_only = set(engine.weights) - set(expected)  # restored to the export's weights
     assert locon_only
     for name, value in expected.items():
         np.testing.assert_array_equal(engine.weights[name], value)
     for name in locon_only:
         np.testing.assert_array_equal(engine.weights[name], mapped.pristine(name))
-    np.testing.assert_allclose(trt.generate(PROMPT, **SETTINGS).array, cpu.generate(PROMPT, **SETTINGS).array,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        trt.generate(PROMPT, **SETTINGS).array, cpu.generate(PROMPT, **SETTINGS).array, atol=1e-5
+    )
     assert [r["component"] for r in stats.refits].count("unet") == 4  # A, B, A, base
 
 
 # ---------------------------------------------------------------- bad input
 def run_cli(exported, *arguments):
-    return CliRunner().invoke(main, ["generate", "--model", str(exported), "--steps", "1", "--height", "64",
-                                     "--width", "64", "--quiet", *arguments])
+    return CliRunner().invoke(
+        main,
+        [
+            "generate",
+            "--model",
+            str(exported),
+            "--steps",
+            "1",
+            "--height",
+            "64",
+            "--width",
+            "64",
+            "--quiet",
+            *arguments,
+        ],
+    )
 
 
 def test_bad_loras_are_one_clear_line(exported, loras, tmp_path, tiny_sdxl):
@@ -287,8 +334,15 @@ def test_servers_take_lora_tags_and_list_the_folder(pipeline, loras):
 def _serve_loras(client):
     listed = client.get("/sdapi/v1/loras").json()
     assert {entry["name"] for entry in listed} == {"kohya", "locon", "peft", "other"}
-    body = {"prompt": f"{PROMPT} <lora:kohya:0.7>", "steps": 4, "seed": 7, "width": 64, "height": 64,
-            "sampler_name": "Euler", "cfg_scale": 7.5}
+    body = {
+        "prompt": f"{PROMPT} <lora:kohya:0.7>",
+        "steps": 4,
+        "seed": 7,
+        "width": 64,
+        "height": 64,
+        "sampler_name": "Euler",
+        "cfg_scale": 7.5,
+    }
     response = client.post("/sdapi/v1/txt2img", json=body)
     assert response.status_code == 200, response.text
     assert "Lora hashes" in json.loads(response.json()["info"])["infotexts"][0]
@@ -298,8 +352,10 @@ def _serve_loras(client):
     assert openai.status_code == 400 and "unknown LoRA" in openai.text
     # Clients name LoRAs of the server's folder; a file on the server's disk is refused.
     path = str(next(iter(client.app.state.service.pipeline.loras.library.names().values())))
-    for route, request in (("/sdapi/v1/txt2img", dict(body, prompt=f"a cat <lora:{path}:0.5>")),
-                           ("/v1/images/generations", {"prompt": f"a cat <lora:{path}:0.5>", "size": "64x64"})):
+    for route, request in (
+        ("/sdapi/v1/txt2img", dict(body, prompt=f"a cat <lora:{path}:0.5>")),
+        ("/v1/images/generations", {"prompt": f"a cat <lora:{path}:0.5>", "size": "64x64"}),
+    ):
         refused = client.post(route, json=request)
         assert refused.status_code == 400 and "not a path" in refused.text, refused.text
 
@@ -308,9 +364,28 @@ def test_bench_measures_a_lora(exported, loras, tmp_path):
     """`sdrt bench --lora` merges it in every run (with --compare, diffusers fuses it: not run
     here, to keep the suite's time)."""
     out = tmp_path / "bench.json"
-    result = CliRunner().invoke(main, ["bench", "--model", str(exported), "--lora", f"{loras['kohya']}:0.7", "--steps", "2",
-                                       "--height", "64", "--width", "64", "--runs", "1", "--warmup", "0",
-                                       "--json", str(out)])
+    result = CliRunner().invoke(
+        main,
+        [
+            "bench",
+            "--model",
+            str(exported),
+            "--lora",
+            f"{loras['kohya']}:0.7",
+            "--steps",
+            "2",
+            "--height",
+            "64",
+            "--width",
+            "64",
+            "--runs",
+            "1",
+            "--warmup",
+            "0",
+            "--json",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     assert report["settings"]["loras"] == [f"{loras['kohya']}:0.7"]

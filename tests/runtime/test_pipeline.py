@@ -80,9 +80,15 @@ def test_image_equals_diffusers(ours, reference, case, latent_source):
     batch = (len(prompt) if isinstance(prompt, list) else 1) * num_images
     height, width = settings.get("height", m.native_height), settings.get("width", m.native_width)
     shape = (batch, m.latent_channels, height // m.vae_scale_factor, width // m.vae_scale_factor)
-    reference_kwargs = dict(num_inference_steps=steps, guidance_scale=guidance, height=height, width=width,
-                            negative_prompt=settings.get("negative_prompt"), num_images_per_prompt=num_images,
-                            output_type="np")
+    reference_kwargs = dict(
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        height=height,
+        width=width,
+        negative_prompt=settings.get("negative_prompt"),
+        num_images_per_prompt=num_images,
+        output_type="np",
+    )
     if latent_source == "seed":
         result = ours.generate(prompt, steps=steps, seed=1234, **settings)
         expected = reference(prompt, generator=torch.Generator("cpu").manual_seed(1234), **reference_kwargs).images
@@ -100,8 +106,12 @@ def test_v_prediction_model_equals_diffusers(tiny_models, exported_v_prediction)
     assert ours.manifest.prediction_type == "v_prediction"
     result = ours.generate("a photo of a cat", steps=3, seed=5, negative_prompt="ugly!!!")
     expected = reference_pipeline(tiny_models["v_prediction"])(
-        "a photo of a cat", negative_prompt="ugly!!!", num_inference_steps=3,
-        generator=torch.Generator("cpu").manual_seed(5), output_type="np").images
+        "a photo of a cat",
+        negative_prompt="ugly!!!",
+        num_inference_steps=3,
+        generator=torch.Generator("cpu").manual_seed(5),
+        output_type="np",
+    ).images
     assert_same_image(result.array, expected)
 
 
@@ -112,8 +122,12 @@ def test_one_seed_per_prompt_equals_diffusers_generator_list(ours, tiny_models, 
     file_config = json.loads((tiny_models["standard"] / "scheduler" / "scheduler_config.json").read_text())
     reference.scheduler = reference_scheduler(sampler, file_config)
     result = ours.generate(prompts, steps=3, seed=seeds, sampler=sampler)
-    expected = reference(prompts, num_inference_steps=3, output_type="np",
-                         generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds]).images
+    expected = reference(
+        prompts,
+        num_inference_steps=3,
+        output_type="np",
+        generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds],
+    ).images
     assert_same_image(result.array, expected)
     assert result.parameters["seed"] == seeds
 
@@ -122,8 +136,9 @@ def test_one_seed_per_prompt_equals_diffusers_generator_list(ours, tiny_models, 
 def test_a_prompt_in_a_batch_equals_that_prompt_alone(ours, sampler):
     """What lets a server batch requests: each prompt's images depend only on its own seed."""
     prompts, seeds = ["a photo of a cat", "a red fox in the snow", "a cat"], [3, 1000, 3]
-    batched = ours.generate(prompts, negative_prompt=["", "blurry", "dark"], steps=4, seed=seeds,
-                            num_images=2, sampler=sampler)
+    batched = ours.generate(
+        prompts, negative_prompt=["", "blurry", "dark"], steps=4, seed=seeds, num_images=2, sampler=sampler
+    )
     for index, (prompt, negative, seed) in enumerate(zip(prompts, ["", "blurry", "dark"], seeds)):
         alone = ours.generate(prompt, negative_prompt=negative, steps=4, seed=seed, num_images=2, sampler=sampler)
         np.testing.assert_allclose(batched.array[2 * index : 2 * index + 2], alone.array, atol=1e-5)
@@ -227,8 +242,13 @@ def test_every_sampler_end_to_end_equals_diffusers(ours, tiny_models, sampler):
     reference.scheduler = reference_scheduler(sampler, file_config)
     assert reference.scheduler.config.get("use_karras_sigmas", False) == ("karras" in sampler)
     result = ours.generate("a photo of a cat", steps=6, seed=21, sampler=sampler, negative_prompt="blurry")
-    expected = reference("a photo of a cat", negative_prompt="blurry", num_inference_steps=6, output_type="np",
-                         generator=torch.Generator("cpu").manual_seed(21)).images
+    expected = reference(
+        "a photo of a cat",
+        negative_prompt="blurry",
+        num_inference_steps=6,
+        output_type="np",
+        generator=torch.Generator("cpu").manual_seed(21),
+    ).images
     assert_same_image(result.array, expected)
 
 

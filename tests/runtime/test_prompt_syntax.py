@@ -21,9 +21,20 @@ EMPHASIS_CASES = [
     ("(unbalanced", [("unbalanced", R)]),
     (r"\(literal\]", [("(literal]", 1.0)]),
     ("(unnecessary)(parens)", [("unnecessaryparens", R)]),
-    ("a (((house:1.3)) [on] a (hill:0.5), sun, (((sky))).",
-     [("a ", 1.0), ("house", 1.3 * R * R), (" ", R), ("on", 1.0), (" a ", R), ("hill", 0.55), (", sun, ", R),
-      ("sky", R ** 4), (".", R)]),
+    (
+        "a (((house:1.3)) [on] a (hill:0.5), sun, (((sky))).",
+        [
+            ("a ", 1.0),
+            ("house", 1.3 * R * R),
+            (" ", R),
+            ("on", 1.0),
+            (" a ", R),
+            ("hill", 0.55),
+            (", sun, ", R),
+            ("sky", R**4),
+            (".", R),
+        ],
+    ),
     ("((house:1.3))", [("house", 1.3 * R)]),
     ("[a]", [("a", S)]),
     ("[[a]]", [("a", S * S)]),
@@ -123,7 +134,7 @@ def tokenizer(sd15_dir) -> ClipTokenizer:
 
 def _content(tokenizer, chunks, row) -> list[int]:
     ids = chunks.ids[row].tolist()
-    return ids[1:ids.index(tokenizer.eos_id)]
+    return ids[1 : ids.index(tokenizer.eos_id)]
 
 
 def test_a_full_chunk_moves_the_words_after_its_last_comma(tokenizer):
@@ -142,13 +153,25 @@ def test_a_full_chunk_moves_the_words_after_its_last_comma(tokenizer):
 def test_break_weights_padding_and_an_sd2_pad_token(tokenizer):
     chunks = chunk_fragments(parse_emphasis("a (red:1.5) cat BREAK [dog]"), tokenizer)
     red, cat, dog = (tokenizer.tokenize(w)[0] for w in ("red", "cat", "dog"))
-    assert chunks.ids.shape == (2, 77) and chunks.ids[0, :5].tolist() == [tokenizer.bos_id, 320, red, cat,
-                                                                          tokenizer.eos_id]
+    assert chunks.ids.shape == (2, 77) and chunks.ids[0, :5].tolist() == [
+        tokenizer.bos_id,
+        320,
+        red,
+        cat,
+        tokenizer.eos_id,
+    ]
     assert (chunks.ids[0, 4:] == tokenizer.eos_id).all()  # SD 1.x pads with its end token
     assert chunks.weights[0, :5].tolist() == pytest.approx([1, 1, 1.5, 1, 1])
     assert chunks.weights[1, :3].tolist() == pytest.approx([1, 1 / 1.1, 1]) and chunks.ids[1, 1] == dog
-    sd2 = ClipTokenizer(tokenizer.vocab, list(tokenizer.merge_ranks), bos_token="<|startoftext|>",
-                        eos_token="<|endoftext|>", pad_token="!", unk_token="<|endoftext|>", max_length=77)
+    sd2 = ClipTokenizer(
+        tokenizer.vocab,
+        list(tokenizer.merge_ranks),
+        bos_token="<|startoftext|>",
+        eos_token="<|endoftext|>",
+        pad_token="!",
+        unk_token="<|endoftext|>",
+        max_length=77,
+    )
     ids = chunk_fragments([("a cat", 1.0)], sd2).ids[0].tolist()
     assert ids[:4] == [sd2.bos_id, 320, cat, sd2.eos_id] and set(ids[4:]) == {sd2.pad_id}
     assert chunk_fragments([("", 1.0)], tokenizer).count == 1  # an empty prompt is one empty chunk

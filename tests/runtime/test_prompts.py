@@ -20,8 +20,8 @@ from click.testing import CliRunner
 from conftest import diffusers_pipeline, reference_scheduler, sdxl_reference
 from sdrt.cli import main
 from sdrt.errors import SdrtError
-from sdrt.runtime.pipeline import Pipeline
 from sdrt.runtime.imaging.png_info import PARAMETERS_KEY
+from sdrt.runtime.pipeline import Pipeline
 from sdrt.runtime.text.prompts.options import TextOptions
 
 MAX_PIXEL_ERROR = 2 / 255
@@ -113,9 +113,16 @@ def reference_image(pipeline, embeds, negative, steps=3, seed=7, schedule=None, 
 
     generator = torch.Generator("cpu").manual_seed(seed)
     settings.setdefault("guidance_scale", GUIDANCE)
-    return pipeline(prompt_embeds=embeds, negative_prompt_embeds=negative, num_inference_steps=steps,
-                    generator=generator, output_type="np", callback_on_step_end=swap,
-                    callback_on_step_end_tensor_inputs=["prompt_embeds"], **settings).images
+    return pipeline(
+        prompt_embeds=embeds,
+        negative_prompt_embeds=negative,
+        num_inference_steps=steps,
+        generator=generator,
+        output_type="np",
+        callback_on_step_end=swap,
+        callback_on_step_end_tensor_inputs=["prompt_embeds"],
+        **settings,
+    ).images
 
 
 LONG = "cat " * 70 + ", " + "dog " * 10  # two chunks: the comma back-off moves the dogs
@@ -124,8 +131,11 @@ LONG = "cat " * 70 + ", " + "dog " * 10  # two chunks: the comma back-off moves 
 def test_emphasis_and_long_prompts_equal_diffusers_with_the_weighted_chunks(ours, reference):
     prompt = "a (red:2.5) [[[fox]]] BREAK " + LONG
     negative = "blurry BREAK (ugly:0.8) BREAK x"
-    chunks = [[("a ", 1.0), ("red", 2.5), (" ", 1.0), ("fox", 1 / R ** 3)],
-              [("cat " * 70 + ",", 1.0)], [("dog " * 10, 1.0)]]
+    chunks = [
+        [("a ", 1.0), ("red", 2.5), (" ", 1.0), ("fox", 1 / R**3)],
+        [("cat " * 70 + ",", 1.0)],
+        [("dog " * 10, 1.0)],
+    ]
     negative_chunks = [[("blurry", 1.0)], [("ugly", 0.8)], [("x", 1.0)]]  # diffusers needs equal lengths
     embeds = sd_embeds(reference, chunks)
     negative_embeds = sd_embeds(reference, negative_chunks)
@@ -143,21 +153,23 @@ def test_the_other_emphasis_modes(ours, reference, emphasis, rescale):
     embeds = sd_embeds(reference, chunks, rescale=bool(rescale))
     negative = sd_embeds(reference, [[]])
     expected = reference_image(reference, embeds, negative)
-    got = ours.generate("a (red:1.5) fox", steps=3, seed=7, sampler=SAMPLER, emphasis=emphasis,
-                        guidance_scale=GUIDANCE)
+    got = ours.generate("a (red:1.5) fox", steps=3, seed=7, sampler=SAMPLER, emphasis=emphasis, guidance_scale=GUIDANCE)
     assert_same_image(got.array, expected)
     original = ours.generate("a (red:1.5) fox", steps=3, seed=7, sampler=SAMPLER, guidance_scale=GUIDANCE)
     assert_discriminates(got.array, original.array)
 
 
 def test_emphasis_none_reads_brackets_as_text(ours, reference):
-    expected = reference_image(reference, sd_embeds(reference, [[("a (red:1.5) fox BREAK x", 1.0)]]),
-                               sd_embeds(reference, [[]]))
-    got = ours.generate("a (red:1.5) fox BREAK x", steps=3, seed=7, sampler=SAMPLER, emphasis="None",
-                        guidance_scale=GUIDANCE)
+    expected = reference_image(
+        reference, sd_embeds(reference, [[("a (red:1.5) fox BREAK x", 1.0)]]), sd_embeds(reference, [[]])
+    )
+    got = ours.generate(
+        "a (red:1.5) fox BREAK x", steps=3, seed=7, sampler=SAMPLER, emphasis="None", guidance_scale=GUIDANCE
+    )
     assert_same_image(got.array, expected)
-    plain = ours.generate("a (red:1.5) fox BREAK x", steps=3, seed=7, sampler=SAMPLER, plain_prompt=True,
-                          guidance_scale=GUIDANCE)
+    plain = ours.generate(
+        "a (red:1.5) fox BREAK x", steps=3, seed=7, sampler=SAMPLER, plain_prompt=True, guidance_scale=GUIDANCE
+    )
     np.testing.assert_array_equal(plain.array, got.array)
 
 
@@ -201,12 +213,13 @@ def test_clip_skip_2_equals_diffusers_clip_skip_1(ours, reference):
     norm from `text_model`, which transformers 5 no longer has, so its formula is applied here).
     A1111 skips the layer for the negative prompt too; diffusers encodes the negative without it."""
     negative = sd_embeds(reference, [[]], clip_skip=2)
-    expected = reference_image(reference, sd_embeds(reference, [[("a photo of a cat", 1.0)]], clip_skip=2),
-                               negative)
+    expected = reference_image(reference, sd_embeds(reference, [[("a photo of a cat", 1.0)]], clip_skip=2), negative)
     got = ours.generate("a photo of a cat", steps=3, seed=7, sampler=SAMPLER, clip_skip=2, guidance_scale=GUIDANCE)
     assert_same_image(got.array, expected)
-    assert_discriminates(got.array, reference_image(reference, sd_embeds(reference, [[("a photo of a cat", 1.0)]]),
-                                                    sd_embeds(reference, [[]])))
+    assert_discriminates(
+        got.array,
+        reference_image(reference, sd_embeds(reference, [[("a photo of a cat", 1.0)]]), sd_embeds(reference, [[]])),
+    )
     assert got.parameters["clip_skip"] == 2
     with pytest.raises(SdrtError, match="clip skip 3 is more than the text encoder's 2 layers"):
         ours.generate("a cat", steps=1, clip_skip=3)
@@ -219,33 +232,53 @@ def test_sdxl_weights_each_encoder_and_pools_the_first_chunk(exported_sdxl, tiny
     negative_chunks = [[("blurry", 1.0)], [("x", 1.0)]]
 
     def both(chunk_list):
-        first, _ = encode_chunks(reference.text_encoder, reference.tokenizer, chunk_list,
-                                 lambda out: out.hidden_states[-2])
-        second, pooled = encode_chunks(reference.text_encoder_2, reference.tokenizer_2, chunk_list,
-                                       lambda out: out.hidden_states[-2])
+        first, _ = encode_chunks(
+            reference.text_encoder, reference.tokenizer, chunk_list, lambda out: out.hidden_states[-2]
+        )
+        second, pooled = encode_chunks(
+            reference.text_encoder_2, reference.tokenizer_2, chunk_list, lambda out: out.hidden_states[-2]
+        )
         return torch.cat([first, second], dim=-1), pooled
 
     embeds, pooled = both(chunks)
     negative, negative_pooled = both(negative_chunks)
     generator = torch.Generator("cpu").manual_seed(3)
-    expected = reference(prompt_embeds=embeds, pooled_prompt_embeds=pooled, negative_prompt_embeds=negative,
-                         negative_pooled_prompt_embeds=negative_pooled, num_inference_steps=3,
-                         guidance_scale=GUIDANCE, generator=generator, output_type="np").images
+    expected = reference(
+        prompt_embeds=embeds,
+        pooled_prompt_embeds=pooled,
+        negative_prompt_embeds=negative,
+        negative_pooled_prompt_embeds=negative_pooled,
+        num_inference_steps=3,
+        guidance_scale=GUIDANCE,
+        generator=generator,
+        output_type="np",
+    ).images
     ours = Pipeline.load(exported_sdxl("base"))
     prompt = "a (red:1.4) fox BREAK in the [snow]"
-    got = ours.generate(prompt, negative_prompt="blurry BREAK x", steps=3, seed=3, guidance_scale=GUIDANCE,
-                        sampler=SAMPLER)
+    got = ours.generate(
+        prompt, negative_prompt="blurry BREAK x", steps=3, seed=3, guidance_scale=GUIDANCE, sampler=SAMPLER
+    )
     assert_same_image(got.array, expected)
-    unweighted = ours.generate(prompt, negative_prompt="blurry BREAK x", steps=3, seed=3, guidance_scale=GUIDANCE,
-                               sampler=SAMPLER, emphasis="Ignore")
+    unweighted = ours.generate(
+        prompt,
+        negative_prompt="blurry BREAK x",
+        steps=3,
+        seed=3,
+        guidance_scale=GUIDANCE,
+        sampler=SAMPLER,
+        emphasis="Ignore",
+    )
     assert_discriminates(got.array, unweighted.array)
     ignored = ours.generate("a fox", steps=1, seed=3, clip_skip=2)
     assert ignored.warnings == ["clip skip is ignored for sdxl models, as A1111 ignores it"]
 
 
 def test_a_prompt_longer_than_the_export_takes_is_one_clear_error(ours, folder):
-    with pytest.raises(SdrtError, match=r"needs 5 chunks of 75 tokens; this export takes at most 4: shorten it, "
-                                        r"or re-export the model with --max-prompt-chunks 5"):
+    with pytest.raises(
+        SdrtError,
+        match=r"needs 5 chunks of 75 tokens; this export takes at most 4: shorten it, "
+        r"or re-export the model with --max-prompt-chunks 5",
+    ):
         ours.generate("cat " * 370, steps=1)
     with pytest.raises(SdrtError, match=r"the negative prompt 'dog dog dog") as caught:
         ours.generate("cat", negative_prompt="dog " * 370, steps=1)
@@ -258,8 +291,26 @@ def test_a_prompt_longer_than_the_export_takes_is_one_clear_error(ours, folder):
 def test_cli_records_the_prompt_clip_skip_and_emphasis_as_a1111_does(folder, tmp_path):
     out = tmp_path / "out.png"
     prompt = "a (red:1.3) cat, [dog:fox:2]"
-    result = CliRunner().invoke(main, ["generate", prompt, "--model", str(folder), "--steps", "2", "--seed", "1",
-                                       "--clip-skip", "2", "--emphasis", "No norm", "--out", str(out), "--quiet"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "generate",
+            prompt,
+            "--model",
+            str(folder),
+            "--steps",
+            "2",
+            "--seed",
+            "1",
+            "--clip-skip",
+            "2",
+            "--emphasis",
+            "No norm",
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     from PIL import Image
 
@@ -312,8 +363,9 @@ def test_a_300_token_prompt_on_onnx_runtime_and_through_tensorrt(folder, tmp_pat
     np.testing.assert_allclose(trt.generate(prompt, steps=2, seed=1).array, expected, atol=1e-5)
     shorter = tmp_path / "shorter"
     shutil.copytree(folder, shorter)
-    built = CliRunner().invoke(main, ["build", str(shorter), "--static", "64x64", "--max-batch", "1",
-                                      "--max-prompt-chunks", "2"])
+    built = CliRunner().invoke(
+        main, ["build", str(shorter), "--static", "64x64", "--max-batch", "1", "--max-prompt-chunks", "2"]
+    )
     assert built.exit_code == 0, built.output
     with pytest.raises(SdrtError, match="needs 4 chunks of 75 tokens; this export takes at most 2"):
         Pipeline.load(shorter, backend="tensorrt").generate(prompt, steps=1)
@@ -337,8 +389,15 @@ def test_servers_read_the_prompt_language(ours):
 
     prompt = "a (red:1.5) fox BREAK [snow|rain]"
     with TestClient(create_app(ours)) as client:
-        body = {"prompt": prompt, "steps": 2, "seed": 5, "width": 64, "height": 64, "cfg_scale": GUIDANCE,
-                "override_settings": {"CLIP_stop_at_last_layers": 2, "emphasis": "No norm"}}
+        body = {
+            "prompt": prompt,
+            "steps": 2,
+            "seed": 5,
+            "width": 64,
+            "height": 64,
+            "cfg_scale": GUIDANCE,
+            "override_settings": {"CLIP_stop_at_last_layers": 2, "emphasis": "No norm"},
+        }
         response = client.post("/sdapi/v1/txt2img", json=body)
         assert response.status_code == 200, response.text
         expected = ours_png(prompt, steps=2, seed=5, guidance_scale=GUIDANCE, clip_skip=2, emphasis="No norm")
@@ -347,15 +406,22 @@ def test_servers_read_the_prompt_language(ours):
         assert info["clip_skip"] == 2 and "Clip skip: 2, Emphasis: No norm" in info["infotexts"][0]
         bad = client.post("/sdapi/v1/txt2img", json={**body, "override_settings": {"emphasis": "Loud"}})
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "override_settings.emphasis"
-        openai = client.post("/v1/images/generations", json={"prompt": prompt, "steps": 2, "seed": 5,
-                                                             "guidance_scale": GUIDANCE, "size": "64x64"})
-        np.testing.assert_array_equal(pixels(openai.json()["data"][0]["b64_json"]),
-                                      ours_png(prompt, steps=2, seed=5, guidance_scale=GUIDANCE))
+        openai = client.post(
+            "/v1/images/generations",
+            json={"prompt": prompt, "steps": 2, "seed": 5, "guidance_scale": GUIDANCE, "size": "64x64"},
+        )
+        np.testing.assert_array_equal(
+            pixels(openai.json()["data"][0]["b64_json"]), ours_png(prompt, steps=2, seed=5, guidance_scale=GUIDANCE)
+        )
     with TestClient(create_app(ours, ServeSettings(plain_prompts=True))) as client:
-        openai = client.post("/v1/images/generations", json={"prompt": prompt, "steps": 2, "seed": 5,
-                                                             "guidance_scale": GUIDANCE, "size": "64x64"})
-        np.testing.assert_array_equal(pixels(openai.json()["data"][0]["b64_json"]),
-                                      ours_png(prompt, steps=2, seed=5, guidance_scale=GUIDANCE, plain_prompt=True))
+        openai = client.post(
+            "/v1/images/generations",
+            json={"prompt": prompt, "steps": 2, "seed": 5, "guidance_scale": GUIDANCE, "size": "64x64"},
+        )
+        np.testing.assert_array_equal(
+            pixels(openai.json()["data"][0]["b64_json"]),
+            ours_png(prompt, steps=2, seed=5, guidance_scale=GUIDANCE, plain_prompt=True),
+        )
 
 
 def test_bench_measures_a_long_weighted_prompt(folder):
@@ -373,11 +439,18 @@ def test_sd2_pads_chunks_with_its_pad_token(exported_tiny, tiny_models):
     reference.scheduler = reference_scheduler(SAMPLER, dict(reference.scheduler.config))
     assert reference.tokenizer.pad_token_id != reference.tokenizer.eos_token_id
     chunks = [[("a ", 1.0), ("red", 1.4), (" fox", 1.0)], [("snow", 1.0)]]
-    expected = reference_image(reference, sd_embeds(reference, chunks),
-                               sd_embeds(reference, [[("blurry", 1.0)], [("dark", 1.0)]]))
+    expected = reference_image(
+        reference, sd_embeds(reference, chunks), sd_embeds(reference, [[("blurry", 1.0)], [("dark", 1.0)]])
+    )
     ours = Pipeline.load(exported_tiny("v_prediction"))
-    got = ours.generate("a (red:1.4) fox BREAK snow", negative_prompt="blurry BREAK dark", steps=3, seed=7,
-                        sampler=SAMPLER, guidance_scale=GUIDANCE)
+    got = ours.generate(
+        "a (red:1.4) fox BREAK snow",
+        negative_prompt="blurry BREAK dark",
+        steps=3,
+        seed=7,
+        sampler=SAMPLER,
+        guidance_scale=GUIDANCE,
+    )
     assert_same_image(got.array, expected)
     # Clip skip is A1111's SD 1.x setting: SD 2.x ignores it (with a warning), as A1111 does.
     skipped = ours.generate("a fox", steps=1, seed=1, clip_skip=2)

@@ -17,8 +17,15 @@ from sdrt.errors import ConfigError
 from sdrt.export.random_model import component_configs, save_random_pipeline
 
 # transformers 5 saves a tokenizer as tokenizer.json alone (no vocab.json / merges.txt).
-LAYOUT = ["model_index.json", "unet/config.json", "vae/config.json", "text_encoder/config.json",
-          "tokenizer/tokenizer.json", "tokenizer/tokenizer_config.json", "scheduler/scheduler_config.json"]
+LAYOUT = [
+    "model_index.json",
+    "unet/config.json",
+    "vae/config.json",
+    "text_encoder/config.json",
+    "tokenizer/tokenizer.json",
+    "tokenizer/tokenizer_config.json",
+    "scheduler/scheduler_config.json",
+]
 # Parameters of the SD 1.5 UNet (the architecture's published size is 860M).
 SD15_UNET_PARAMETERS = 859_520_964
 
@@ -36,13 +43,16 @@ def test_tiny_model_is_a_working_diffusers_folder(tiny_models, kind):
     extra = {}
     if kind == "inpaint":
         extra = {"image": Image.new("RGB", (size, size), "gray"), "mask_image": Image.new("L", (size, size), 255)}
-    image = pipeline("a photo of a cat", num_inference_steps=2, output_type="np",
-                     generator=torch.Generator().manual_seed(0), **extra).images
+    image = pipeline(
+        "a photo of a cat", num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0), **extra
+    ).images
     assert image.shape == (1, size, size, 3) and np.isfinite(image).all() and image.std() > 0
 
-    expected = {"standard": (4, "epsilon", "<|endoftext|>"),
-                "inpaint": (9, "epsilon", "<|endoftext|>"),
-                "v_prediction": (4, "v_prediction", "!")}[kind]
+    expected = {
+        "standard": (4, "epsilon", "<|endoftext|>"),
+        "inpaint": (9, "epsilon", "<|endoftext|>"),
+        "v_prediction": (4, "v_prediction", "!"),
+    }[kind]
     got = (pipeline.unet.config.in_channels, pipeline.scheduler.config.prediction_type, pipeline.tokenizer.pad_token)
     assert got == expected
     # The real CLIP vocabulary, so token ids are realistic.

@@ -23,8 +23,10 @@ def torch_randn(seed: int, shape) -> np.ndarray:
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-@pytest.mark.parametrize("shape", [(1,), (3,), (2, 7), (15,), (1, 4, 8, 8), (2, 4, 8, 12), (17,), (1000,),
-                                   (1, 4, 64, 64), (4, 4, 96, 64), (3, 5, 7)])
+@pytest.mark.parametrize(
+    "shape",
+    [(1,), (3,), (2, 7), (15,), (1, 4, 8, 8), (2, 4, 8, 12), (17,), (1000,), (1, 4, 64, 64), (4, 4, 96, 64), (3, 5, 7)],
+)
 def test_randn_matches_torch(seed, shape):
     ours = TorchGenerator(seed).randn(shape)
     expected = torch_randn(seed, shape)
@@ -51,8 +53,10 @@ def test_a_sequence_of_draws_matches_torch(seed):
 
 
 def test_many_seeds_stay_within_bound():
-    worst = max(max_difference(TorchGenerator(seed).randn((1, 4, 16, 16)), torch_randn(seed, (1, 4, 16, 16)))
-                for seed in range(300))
+    worst = max(
+        max_difference(TorchGenerator(seed).randn((1, 4, 16, 16)), torch_randn(seed, (1, 4, 16, 16)))
+        for seed in range(300)
+    )
     assert worst <= MAX_ABS_DIFFERENCE
 
 

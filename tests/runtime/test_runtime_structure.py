@@ -33,8 +33,10 @@ def test_no_runtime_function_takes_more_than_six_required_positional_arguments()
     offenders = []
     for path in sorted(RUNTIME.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and \
-                    required_positional(node) > MAX_REQUIRED_POSITIONAL:
+            if (
+                isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                and required_positional(node) > MAX_REQUIRED_POSITIONAL
+            ):
                 offenders.append(f"{path.relative_to(RUNTIME)}:{node.lineno} {node.name}")
     assert offenders == []
 

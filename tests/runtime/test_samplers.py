@@ -31,8 +31,9 @@ def stand_in_model(model_input: np.ndarray, timestep: float) -> np.ndarray:
     return (np.sin(0.7 * model_input + timestep / 97.0) * 0.9 + 0.05 * model_input).astype(np.float32)
 
 
-def run_both(name: str, config: dict, steps: int, seed: int = 3, last_step_x0: bool = False,
-             schedule: str = "automatic"):
+def run_both(
+    name: str, config: dict, steps: int, seed: int = 3, last_step_x0: bool = False, schedule: str = "automatic"
+):
     """Both samplers through a whole loop from the same seed: (reference result, ours, the
     reference scheduler, ours, the reference's largest |sample| before each call and at the
     end). With `last_step_x0`, the reference's last step is replaced by its data prediction
@@ -60,8 +61,9 @@ def run_both(name: str, config: dict, steps: int, seed: int = 3, last_step_x0: b
         else:
             ref_sample = reference.step(ref_output, timestep, ref_sample, **extra).prev_sample
         our_input = ours.scale_model_input(our_sample, index)
-        our_sample = ours.step(stand_in_model(our_input, float(ours.timesteps[index])), index, our_sample,
-                               generator=our_generator)
+        our_sample = ours.step(
+            stand_in_model(our_input, float(ours.timesteps[index])), index, our_sample, generator=our_generator
+        )
     magnitudes.append(float(ref_sample.abs().max()))
     return ref_sample.numpy(), our_sample, reference, ours, magnitudes
 
@@ -81,8 +83,9 @@ def test_every_sampler_names_a_diffusers_class():
 def test_loop_matches_reference(sd15_config, name, steps, prediction):
     config = dict(sd15_config, prediction_type=prediction)
     ref_final, our_final, reference, ours, magnitudes = run_both(name, config, steps)
-    np.testing.assert_allclose(np.asarray(ours.timesteps, dtype=np.float64),
-                               reference.timesteps.numpy().astype(np.float64), rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(ours.timesteps, dtype=np.float64), reference.timesteps.numpy().astype(np.float64), rtol=1e-6
+    )
     assert ours.init_noise_sigma == pytest.approx(float(reference.init_noise_sigma), rel=1e-6)
     assert_within_loop_bound(our_final, ref_final, magnitudes)
 
@@ -104,7 +107,10 @@ def test_timestep_spacings(sd15_config, name, spacing):
         ("euler", {"final_sigmas_type": "sigma_min"}),
         ("euler", {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing", "prediction_type": "v_prediction"}),
         ("euler", {"interpolation_type": "log_linear"}),
-        ("euler_a", {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing", "prediction_type": "v_prediction"}),
+        (
+            "euler_a",
+            {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing", "prediction_type": "v_prediction"},
+        ),
         ("ddim", {"clip_sample": True}),
         ("ddim", {"set_alpha_to_one": True}),
         ("ddim", {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing", "prediction_type": "v_prediction"}),
@@ -120,12 +126,17 @@ def test_timestep_spacings(sd15_config, name, spacing):
         ("ddpm", {"variance_type": "fixed_large"}),
         ("heun", {"use_karras_sigmas": True}),
         ("heun", {"clip_sample": True}),
-        ("dpmpp_2m", {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing", "prediction_type": "v_prediction"}),
+        (
+            "dpmpp_2m",
+            {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing", "prediction_type": "v_prediction"},
+        ),
         ("unipc", {"solver_type": "bh1", "final_sigmas_type": "sigma_min"}),
         ("unipc", {"solver_order": 1}),
         ("unipc", {"solver_order": 3}),
-        ("unipc", {"solver_order": 3, "solver_type": "bh1", "lower_order_final": False,
-                   "final_sigmas_type": "sigma_min"}),
+        (
+            "unipc",
+            {"solver_order": 3, "solver_type": "bh1", "lower_order_final": False, "final_sigmas_type": "sigma_min"},
+        ),
         ("unipc", {"use_karras_sigmas": True}),
         ("unipc", {"use_karras_sigmas": True, "final_sigmas_type": "sigma_min"}),
         ("unipc", {"use_exponential_sigmas": True}),
@@ -216,13 +227,20 @@ def test_pndm_runs_plms_on_a_config_without_skip_prk_steps(sd15_config):
 
 
 def test_lcm_steps_are_a_subset_of_its_distillation_schedule(sd15_config):
-    with pytest.raises(ConfigError, match=r"steps \(8\) cannot exceed this LCM schedule's original_inference_steps \(6\)"):
+    with pytest.raises(
+        ConfigError, match=r"steps \(8\) cannot exceed this LCM schedule's original_inference_steps \(6\)"
+    ):
         sampler_from_config("lcm", dict(sd15_config, original_inference_steps=6)).set_timesteps(8)
 
 
-SCHEDULE_PAIRS = [(name, schedule) for name in NAMES for schedule in SCHEDULES
-                  if schedule != "automatic" and SCHEDULES[schedule].supports(SAMPLERS[name].cls.config_defaults)
-                  and not set(SCHEDULES[schedule].overrides) & set(SAMPLERS[name].overrides)]
+SCHEDULE_PAIRS = [
+    (name, schedule)
+    for name in NAMES
+    for schedule in SCHEDULES
+    if schedule != "automatic"
+    and SCHEDULES[schedule].supports(SAMPLERS[name].cls.config_defaults)
+    and not set(SCHEDULES[schedule].overrides) & set(SAMPLERS[name].overrides)
+]
 
 
 @pytest.mark.parametrize("name, schedule", SCHEDULE_PAIRS)
@@ -230,15 +248,19 @@ def test_schedule_types_equal_diffusers_configured_alike(sd15_config, name, sche
     """A1111's schedule types (Karras, Exponential, SGM Uniform) equal the diffusers class with the
     documented config options."""
     ref_final, our_final, reference, ours, magnitudes = run_both(name, sd15_config, 12, schedule=schedule)
-    np.testing.assert_allclose(np.asarray(ours.timesteps, dtype=np.float64),
-                               reference.timesteps.numpy().astype(np.float64), rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(ours.timesteps, dtype=np.float64), reference.timesteps.numpy().astype(np.float64), rtol=1e-6
+    )
     assert_within_loop_bound(our_final, ref_final, magnitudes)
 
 
 def test_schedule_types_a_sampler_cannot_take_are_refused(sd15_config):
     assert ("euler", "karras") in SCHEDULE_PAIRS and ("dpmpp_2m", "exponential") in SCHEDULE_PAIRS
-    for name, schedule, words in (("euler_a", "karras", "does not take"), ("dpmpp_2m_karras", "exponential", "fixes"),
-                                  ("euler", "Align Your Steps", "no diffusers equivalent"),
-                                  ("euler", "warp", "unknown schedule")):
+    for name, schedule, words in (
+        ("euler_a", "karras", "does not take"),
+        ("dpmpp_2m_karras", "exponential", "fixes"),
+        ("euler", "Align Your Steps", "no diffusers equivalent"),
+        ("euler", "warp", "unknown schedule"),
+    ):
         with pytest.raises(ConfigError, match=words):
             sampler_from_config(name, sd15_config, schedule)

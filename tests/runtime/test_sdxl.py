@@ -14,8 +14,8 @@ from PIL import Image
 
 from conftest import reference_scheduler, sdxl_reference
 from sdrt.errors import GenerationError, ModelFolderError
-from sdrt.runtime.pipeline import Pipeline
 from sdrt.runtime.families.sdxl import SizeConditioning
+from sdrt.runtime.pipeline import Pipeline
 
 MAX_PIXEL_ERROR = 2 / 255
 MEAN_PIXEL_ERROR = 0.5 / 255
@@ -52,7 +52,7 @@ def photo(width=96, height=64) -> Image.Image:
 
 def box_mask(width=96, height=64) -> Image.Image:
     mask = np.zeros((height, width), np.uint8)
-    mask[height // 4: 3 * height // 4, width // 3: 2 * width // 3] = 255
+    mask[height // 4 : 3 * height // 4, width // 3 : 2 * width // 3] = 255
     return Image.fromarray(mask)
 
 
@@ -60,10 +60,15 @@ def box_mask(width=96, height=64) -> Image.Image:
 @pytest.mark.parametrize("guidance", [1.0, 5.0])
 def test_text_to_image_equals_diffusers(base, text_to_image, tiny_sdxl, negative, guidance):
     use_sampler(text_to_image, tiny_sdxl["base"], "euler")
-    result = base.generate(PROMPT, negative_prompt=negative, guidance_scale=guidance, steps=6, seed=3,
-                           sampler="euler")
-    expected = text_to_image(PROMPT, negative_prompt=negative, guidance_scale=guidance, num_inference_steps=6,
-                             output_type="np", generator=torch.Generator().manual_seed(3)).images
+    result = base.generate(PROMPT, negative_prompt=negative, guidance_scale=guidance, steps=6, seed=3, sampler="euler")
+    expected = text_to_image(
+        PROMPT,
+        negative_prompt=negative,
+        guidance_scale=guidance,
+        num_inference_steps=6,
+        output_type="np",
+        generator=torch.Generator().manual_seed(3),
+    ).images
     assert_same_image(result.array, expected)
 
 
@@ -71,11 +76,28 @@ def test_text_to_image_equals_diffusers(base, text_to_image, tiny_sdxl, negative
 def test_non_square_batches_and_samplers_equal_diffusers(base, text_to_image, tiny_sdxl, sampler):
     use_sampler(text_to_image, tiny_sdxl["base"], sampler)
     prompts = [PROMPT, "a watercolor fox"]
-    result = base.generate(prompts, negative_prompt=["blurry", "dark"], guidance_scale=5.0, steps=5, seed=7,
-                           sampler=sampler, height=96, width=160, num_images=2)
-    expected = text_to_image(prompts, negative_prompt=["blurry", "dark"], guidance_scale=5.0,
-                             num_inference_steps=5, height=96, width=160, num_images_per_prompt=2,
-                             output_type="np", generator=torch.Generator().manual_seed(7)).images
+    result = base.generate(
+        prompts,
+        negative_prompt=["blurry", "dark"],
+        guidance_scale=5.0,
+        steps=5,
+        seed=7,
+        sampler=sampler,
+        height=96,
+        width=160,
+        num_images=2,
+    )
+    expected = text_to_image(
+        prompts,
+        negative_prompt=["blurry", "dark"],
+        guidance_scale=5.0,
+        num_inference_steps=5,
+        height=96,
+        width=160,
+        num_images_per_prompt=2,
+        output_type="np",
+        generator=torch.Generator().manual_seed(7),
+    ).images
     assert result.array.shape == (4, 96, 160, 3)
     assert_same_image(result.array, expected)
 
@@ -85,12 +107,18 @@ def test_size_conditioning_equals_diffusers(base, text_to_image, tiny_sdxl):
     sizes = dict(original_size=(512, 768), crop_top_left=(16, 32), target_size=(1024, 1024))
     negative = dict(negative_original_size=(256, 256), negative_target_size=(640, 512))
     conditioning = SizeConditioning(**sizes, **negative, negative_crop_top_left=(0, 0))
-    result = base.generate(PROMPT, guidance_scale=5.0, steps=4, seed=1, sampler="euler",
-                           size_conditioning=conditioning)
-    expected = text_to_image(PROMPT, guidance_scale=5.0, num_inference_steps=4, output_type="np",
-                             crops_coords_top_left=sizes["crop_top_left"], original_size=sizes["original_size"],
-                             target_size=sizes["target_size"], **negative,
-                             generator=torch.Generator().manual_seed(1)).images
+    result = base.generate(PROMPT, guidance_scale=5.0, steps=4, seed=1, sampler="euler", size_conditioning=conditioning)
+    expected = text_to_image(
+        PROMPT,
+        guidance_scale=5.0,
+        num_inference_steps=4,
+        output_type="np",
+        crops_coords_top_left=sizes["crop_top_left"],
+        original_size=sizes["original_size"],
+        target_size=sizes["target_size"],
+        **negative,
+        generator=torch.Generator().manual_seed(1),
+    ).images
     assert_same_image(result.array, expected)
     plain = base.generate(PROMPT, guidance_scale=5.0, steps=4, seed=1, sampler="euler").array
     assert np.abs(plain - result.array).max() > 10 * MAX_PIXEL_ERROR  # the conditioning is used
@@ -100,11 +128,26 @@ def test_size_conditioning_equals_diffusers(base, text_to_image, tiny_sdxl):
 def test_image_to_image_equals_diffusers(base, tiny_sdxl, sampler):
     reference = sdxl_reference("StableDiffusionXLImg2ImgPipeline", tiny_sdxl["base"])
     use_sampler(reference, tiny_sdxl["base"], sampler)
-    result = base.generate(PROMPT, init_image=photo(), strength=0.6, guidance_scale=5.0, steps=8, seed=4,
-                           sampler=sampler, negative_prompt="blurry")
-    expected = reference(PROMPT, image=photo(), strength=0.6, guidance_scale=5.0, num_inference_steps=8,
-                         negative_prompt="blurry", output_type="np",
-                         generator=torch.Generator().manual_seed(4)).images
+    result = base.generate(
+        PROMPT,
+        init_image=photo(),
+        strength=0.6,
+        guidance_scale=5.0,
+        steps=8,
+        seed=4,
+        sampler=sampler,
+        negative_prompt="blurry",
+    )
+    expected = reference(
+        PROMPT,
+        image=photo(),
+        strength=0.6,
+        guidance_scale=5.0,
+        num_inference_steps=8,
+        negative_prompt="blurry",
+        output_type="np",
+        generator=torch.Generator().manual_seed(4),
+    ).images
     assert result.array.shape == (1, 64, 96, 3)
     assert_same_image(result.array, expected)
 
@@ -114,11 +157,28 @@ def test_inpainting_equals_diffusers(exported_sdxl, tiny_sdxl, kind, strength):
     ours = Pipeline.load(exported_sdxl(kind))
     reference = sdxl_reference("StableDiffusionXLInpaintPipeline", tiny_sdxl[kind])
     use_sampler(reference, tiny_sdxl[kind], "euler")
-    result = ours.generate(PROMPT, init_image=photo(), mask_image=box_mask(), strength=strength, guidance_scale=5.0,
-                           steps=6, seed=5, sampler="euler")
-    expected = reference(PROMPT, image=photo(), mask_image=box_mask(), strength=strength, guidance_scale=5.0,
-                         num_inference_steps=6, height=64, width=96, output_type="np",
-                         generator=torch.Generator().manual_seed(5)).images
+    result = ours.generate(
+        PROMPT,
+        init_image=photo(),
+        mask_image=box_mask(),
+        strength=strength,
+        guidance_scale=5.0,
+        steps=6,
+        seed=5,
+        sampler="euler",
+    )
+    expected = reference(
+        PROMPT,
+        image=photo(),
+        mask_image=box_mask(),
+        strength=strength,
+        guidance_scale=5.0,
+        num_inference_steps=6,
+        height=64,
+        width=96,
+        output_type="np",
+        generator=torch.Generator().manual_seed(5),
+    ).images
     assert_same_image(result.array, expected)
 
 
@@ -130,23 +190,39 @@ def with_refiner(exported_sdxl) -> Pipeline:
 def ensemble(tiny_sdxl, sampler, switch, steps, seed, image=None, strength=0.3, **common):
     """diffusers' ensemble of experts: the base to `switch` as latents, the refiner from there,
     one generator through both."""
-    first = sdxl_reference("StableDiffusionXLImg2ImgPipeline" if image else "StableDiffusionXLPipeline",
-                           tiny_sdxl["base"])
+    first = sdxl_reference(
+        "StableDiffusionXLImg2ImgPipeline" if image else "StableDiffusionXLPipeline", tiny_sdxl["base"]
+    )
     refiner = sdxl_reference("StableDiffusionXLImg2ImgPipeline", tiny_sdxl["refiner"])
     use_sampler(first, tiny_sdxl["base"], sampler)
     use_sampler(refiner, tiny_sdxl["refiner"], sampler)
     generator = torch.Generator().manual_seed(seed)
     extra = {} if image is None else {"image": image, "strength": strength}
-    latents = first(PROMPT, num_inference_steps=steps, denoising_end=switch, output_type="latent",
-                    generator=generator, **extra, **common).images
-    return refiner(PROMPT, image=latents, num_inference_steps=steps, denoising_start=switch, output_type="np",
-                   generator=generator, **common).images
+    latents = first(
+        PROMPT,
+        num_inference_steps=steps,
+        denoising_end=switch,
+        output_type="latent",
+        generator=generator,
+        **extra,
+        **common,
+    ).images
+    return refiner(
+        PROMPT,
+        image=latents,
+        num_inference_steps=steps,
+        denoising_start=switch,
+        output_type="np",
+        generator=generator,
+        **common,
+    ).images
 
 
 @pytest.mark.parametrize("sampler,switch", [("euler", 0.8), ("euler_a", 0.8), ("dpmpp_2m", 0.5), ("heun", 0.7)])
 def test_base_and_refiner_equal_diffusers_ensemble(with_refiner, tiny_sdxl, sampler, switch):
-    result = with_refiner.generate(PROMPT, guidance_scale=5.0, steps=10, seed=11, sampler=sampler,
-                                   refiner_switch=switch)
+    result = with_refiner.generate(
+        PROMPT, guidance_scale=5.0, steps=10, seed=11, sampler=sampler, refiner_switch=switch
+    )
     expected = ensemble(tiny_sdxl, sampler, switch, steps=10, seed=11, guidance_scale=5.0)
     assert_same_image(result.array, expected)
     assert result.parameters["refiner_switch"] == switch
@@ -155,10 +231,17 @@ def test_base_and_refiner_equal_diffusers_ensemble(with_refiner, tiny_sdxl, samp
 
 
 def test_image_to_image_with_refiner_equals_diffusers(with_refiner, tiny_sdxl):
-    result = with_refiner.generate(PROMPT, init_image=photo(), strength=0.9, guidance_scale=5.0, steps=10, seed=2,
-                                   sampler="euler", refiner_switch=0.8)
-    expected = ensemble(tiny_sdxl, "euler", 0.8, steps=10, seed=2, image=photo(), strength=0.9,
-                        guidance_scale=5.0)
+    result = with_refiner.generate(
+        PROMPT,
+        init_image=photo(),
+        strength=0.9,
+        guidance_scale=5.0,
+        steps=10,
+        seed=2,
+        sampler="euler",
+        refiner_switch=0.8,
+    )
+    expected = ensemble(tiny_sdxl, "euler", 0.8, steps=10, seed=2, image=photo(), strength=0.9, guidance_scale=5.0)
     assert_same_image(result.array, expected)
 
 
@@ -166,10 +249,25 @@ def test_refiner_alone_refines_an_image(exported_sdxl, tiny_sdxl):
     ours = Pipeline.load(exported_sdxl("refiner"))
     reference = sdxl_reference("StableDiffusionXLImg2ImgPipeline", tiny_sdxl["refiner"])
     use_sampler(reference, tiny_sdxl["refiner"], "euler")
-    result = ours.generate(PROMPT, init_image=photo(), strength=0.3, guidance_scale=5.0, steps=10, seed=6,
-                           sampler="euler", negative_prompt=None)
-    expected = reference(PROMPT, image=photo(), strength=0.3, guidance_scale=5.0, num_inference_steps=10,
-                         output_type="np", generator=torch.Generator().manual_seed(6)).images
+    result = ours.generate(
+        PROMPT,
+        init_image=photo(),
+        strength=0.3,
+        guidance_scale=5.0,
+        steps=10,
+        seed=6,
+        sampler="euler",
+        negative_prompt=None,
+    )
+    expected = reference(
+        PROMPT,
+        image=photo(),
+        strength=0.3,
+        guidance_scale=5.0,
+        num_inference_steps=10,
+        output_type="np",
+        generator=torch.Generator().manual_seed(6),
+    ).images
     assert_same_image(result.array, expected)
 
 
@@ -190,9 +288,13 @@ def test_manifest_records_what_the_runtime_reads(exported_sdxl):
     base = json.loads((exported_sdxl("base") / "manifest.json").read_text())
     refiner = json.loads((exported_sdxl("refiner") / "manifest.json").read_text())
     assert base["family"] == "sdxl" and refiner["family"] == "sdxl-refiner"
-    assert base["sdxl"] == {"text_encoders": ["text_encoder", "text_encoder_2"],
-                            "tokenizers": ["tokenizer", "tokenizer_2"], "force_zeros_for_empty_prompt": True,
-                            "requires_aesthetics_score": False, "vae_force_upcast": True}
+    assert base["sdxl"] == {
+        "text_encoders": ["text_encoder", "text_encoder_2"],
+        "tokenizers": ["tokenizer", "tokenizer_2"],
+        "force_zeros_for_empty_prompt": True,
+        "requires_aesthetics_score": False,
+        "vae_force_upcast": True,
+    }
     assert refiner["sdxl"]["text_encoders"] == ["text_encoder_2"] and refiner["sdxl"]["requires_aesthetics_score"]
     assert not refiner["sdxl"]["force_zeros_for_empty_prompt"]
     unet = {t["name"]: t["shape"] for t in base["components"]["unet"]["inputs"]}
@@ -208,19 +310,26 @@ def test_fp16_export_keeps_the_sdxl_vae_in_fp32(tiny_sdxl, tmp_path):
     from sdrt.export.exporter import ExportOptions, export_model
 
     lines: list[str] = []
-    manifest = export_model(str(tiny_sdxl["refiner"]), tmp_path / "fp16",
-                            options=ExportOptions(precision="fp16", vae_precision="fp16"), progress=lines.append)
+    manifest = export_model(
+        str(tiny_sdxl["refiner"]),
+        tmp_path / "fp16",
+        options=ExportOptions(precision="fp16", vae_precision="fp16"),
+        progress=lines.append,
+    )
     assert manifest.components["unet"].precision == "fp16"
     assert manifest.components["vae_decoder"].precision == "fp32"
     assert any("force_upcast" in line for line in lines)
 
 
-@pytest.mark.parametrize("request_settings,param", [
-    (dict(refiner_switch=0.8), "refiner_switch"),
-    (dict(height=4096), "height"),
-    (dict(size_conditioning=SizeConditioning(original_size=(0, 5))), "original_size"),
-    (dict(size_conditioning=SizeConditioning(aesthetic_score=float("nan"))), "aesthetic_score"),
-])
+@pytest.mark.parametrize(
+    "request_settings,param",
+    [
+        (dict(refiner_switch=0.8), "refiner_switch"),
+        (dict(height=4096), "height"),
+        (dict(size_conditioning=SizeConditioning(original_size=(0, 5))), "original_size"),
+        (dict(size_conditioning=SizeConditioning(aesthetic_score=float("nan"))), "aesthetic_score"),
+    ],
+)
 def test_bad_sdxl_requests_name_their_field(base, request_settings, param):
     with pytest.raises(GenerationError) as caught:
         base.generate(PROMPT, steps=2, **request_settings)
@@ -236,16 +345,17 @@ def test_bad_pairs_are_refused(exported_sdxl, exported_tiny):
         Pipeline.load(exported_tiny("standard")).generate(PROMPT, steps=2, refiner_switch=0.5)
     with pytest.raises(GenerationError, match="inpainting with a refiner"):
         Pipeline.load(exported_sdxl("base"), refiner=exported_sdxl("refiner")).generate(
-            PROMPT, steps=2, init_image=photo(), mask_image=box_mask(), refiner_switch=0.5)
+            PROMPT, steps=2, init_image=photo(), mask_image=box_mask(), refiner_switch=0.5
+        )
 
 
 # ---------------------------------------------------------------- TensorRT (strict fake), CLI and servers
 def test_sdxl_builds_and_runs_through_tensorrt(exported_sdxl, tmp_path, monkeypatch):
     import shutil
 
-    import fake_tensorrt
     from click.testing import CliRunner
 
+    import fake_tensorrt
     from sdrt.cli import main
 
     stats = fake_tensorrt.install(monkeypatch)
@@ -265,8 +375,9 @@ def test_sdxl_builds_and_runs_through_tensorrt(exported_sdxl, tmp_path, monkeypa
     cpu = Pipeline.load(folders["base"], refiner=folders["refiner"])
     trt = Pipeline.load(folders["base"], backend="tensorrt", refiner=folders["refiner"])
     for settings in (dict(steps=4, seed=3), dict(steps=6, seed=1, refiner_switch=0.5, sampler="euler_a")):
-        np.testing.assert_allclose(trt.generate(PROMPT, **settings).array, cpu.generate(PROMPT, **settings).array,
-                                   atol=1e-5)
+        np.testing.assert_allclose(
+            trt.generate(PROMPT, **settings).array, cpu.generate(PROMPT, **settings).array, atol=1e-5
+        )
     # The base zeroes a missing negative (its config says so) and the refiner encodes "" instead:
     # the base's prompt in both runs, the refiner's prompt and negative in the second.
     assert stats.executions["text_encoder_2"] == 1 + 1 + 2
@@ -279,28 +390,56 @@ def test_generate_cli_with_refiner_and_size_conditioning(exported_sdxl, base, tm
     from sdrt.runtime.imaging.png_info import read_parameters
 
     out = tmp_path / "x.png"
-    arguments = ["generate", PROMPT, "--model", str(exported_sdxl("base")), "--steps", "6", "--seed", "9",
-                 "--sampler", "euler", "--refiner", str(exported_sdxl("refiner")), "--refiner-switch", "0.6",
-                 "--original-size", "512,768", "--crop-top-left", "0,16", "--out", str(out), "--quiet"]
+    arguments = [
+        "generate",
+        PROMPT,
+        "--model",
+        str(exported_sdxl("base")),
+        "--steps",
+        "6",
+        "--seed",
+        "9",
+        "--sampler",
+        "euler",
+        "--refiner",
+        str(exported_sdxl("refiner")),
+        "--refiner-switch",
+        "0.6",
+        "--original-size",
+        "512,768",
+        "--crop-top-left",
+        "0,16",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     result = CliRunner().invoke(main, arguments)
     assert result.exit_code == 0, result.output
     with_refiner = Pipeline.load(exported_sdxl("base"), refiner=exported_sdxl("refiner"))
-    expected = with_refiner.generate(PROMPT, steps=6, seed=9, sampler="euler", refiner_switch=0.6,
-                                     size_conditioning=SizeConditioning(original_size=(512, 768),
-                                                                        crop_top_left=(0, 16))).images[0]
+    expected = with_refiner.generate(
+        PROMPT,
+        steps=6,
+        seed=9,
+        sampler="euler",
+        refiner_switch=0.6,
+        size_conditioning=SizeConditioning(original_size=(512, 768), crop_top_left=(0, 16)),
+    ).images[0]
     assert np.array_equal(np.asarray(Image.open(out)), np.asarray(expected))
     text = read_parameters(out)
     assert "Refiner: refiner, Refiner switch at: 0.6" in text
 
 
-@pytest.mark.parametrize("arguments,message", [
-    (["--model", "{refiner}"], "SDXL refiner"),
-    (["--model", "{sd15}", "--refiner", "{refiner}"], "needs an SDXL base"),
-    (["--model", "{base}", "--height", "4096"], "outside this export's range 16..256"),
-    (["--model", "{base}", "--refiner-switch", "0.5"], "--refiner-switch needs --refiner"),
-    (["--model", "{base}", "--original-size", "12"], "expected two whole numbers"),
-    (["--model", "{sd15}", "--original-size", "512,512"], "SDXL models only"),
-])
+@pytest.mark.parametrize(
+    "arguments,message",
+    [
+        (["--model", "{refiner}"], "SDXL refiner"),
+        (["--model", "{sd15}", "--refiner", "{refiner}"], "needs an SDXL base"),
+        (["--model", "{base}", "--height", "4096"], "outside this export's range 16..256"),
+        (["--model", "{base}", "--refiner-switch", "0.5"], "--refiner-switch needs --refiner"),
+        (["--model", "{base}", "--original-size", "12"], "expected two whole numbers"),
+        (["--model", "{sd15}", "--original-size", "512,512"], "SDXL models only"),
+    ],
+)
 def test_bad_sdxl_commands_are_one_line_errors(exported_sdxl, exported_tiny, tmp_path, arguments, message):
     from click.testing import CliRunner
 
@@ -308,8 +447,9 @@ def test_bad_sdxl_commands_are_one_line_errors(exported_sdxl, exported_tiny, tmp
 
     folders = {"refiner": exported_sdxl("refiner"), "base": exported_sdxl("base"), "sd15": exported_tiny("standard")}
     arguments = [argument.format(**folders) for argument in arguments]
-    result = CliRunner().invoke(main, ["generate", PROMPT, "--steps", "2", "--out", str(tmp_path / "x.png"),
-                                       *arguments])
+    result = CliRunner().invoke(
+        main, ["generate", PROMPT, "--steps", "2", "--out", str(tmp_path / "x.png"), *arguments]
+    )
     assert result.exit_code != 0 and message in result.output, result.output
     assert result.output.count("\n") == 1 and "Traceback" not in result.output
 
@@ -323,14 +463,22 @@ def test_a1111_refiner_fields_and_openai_route_serve_sdxl(exported_sdxl):
     from sdrt.serve.app import create_app
 
     pipeline = Pipeline.load(exported_sdxl("base"), refiner=exported_sdxl("refiner"))
-    body = {"prompt": PROMPT, "steps": 6, "seed": 4, "sampler_name": "Euler", "cfg_scale": 5,
-            "refiner_checkpoint": "refiner", "refiner_switch_at": 0.7}
+    body = {
+        "prompt": PROMPT,
+        "steps": 6,
+        "seed": 4,
+        "sampler_name": "Euler",
+        "cfg_scale": 5,
+        "refiner_checkpoint": "refiner",
+        "refiner_switch_at": 0.7,
+    }
     with TestClient(create_app(pipeline)) as client:
         answer = client.post("/sdapi/v1/txt2img", json=body)
         assert answer.status_code == 200, answer.text
         got = np.asarray(Image.open(io.BytesIO(base64.b64decode(answer.json()["images"][0]))))
-        expected = pipeline.generate(PROMPT, steps=6, seed=4, sampler="euler", guidance_scale=5,
-                                     refiner_switch=0.7).images[0]
+        expected = pipeline.generate(
+            PROMPT, steps=6, seed=4, sampler="euler", guidance_scale=5, refiner_switch=0.7
+        ).images[0]
         assert np.array_equal(got, np.asarray(expected))
         assert json.loads(answer.json()["info"])["refiner_switch_at"] == 0.7
         unknown = client.post("/sdapi/v1/txt2img", json=dict(body, refiner_checkpoint="sd_xl_refiner_1.0"))
@@ -343,11 +491,12 @@ def test_a1111_refiner_fields_and_openai_route_serve_sdxl(exported_sdxl):
 
 def test_batched_sdxl_requests_equal_their_runs_alone(base):
     from sdrt.runtime.request import GenerationRequest
-    from sdrt.serve.batching import batch_key, merged_request, split_result
-    from sdrt.serve.batching import Job
+    from sdrt.serve.batching import Job, batch_key, merged_request, split_result
 
-    requests = [GenerationRequest(PROMPT, seed=1, steps=3, guidance_scale=5.0),
-                GenerationRequest("a fox", seed=2, steps=3, guidance_scale=5.0)]
+    requests = [
+        GenerationRequest(PROMPT, seed=1, steps=3, guidance_scale=5.0),
+        GenerationRequest("a fox", seed=2, steps=3, guidance_scale=5.0),
+    ]
     jobs = [Job(request, batch_key(request, 128, 128), None) for request in requests]
     assert jobs[0].key == jobs[1].key
     together = split_result(base.run(merged_request(jobs)), jobs)

@@ -19,10 +19,10 @@ from sdrt.cli import main
 from sdrt.errors import GenerationError, ModelFolderError
 from sdrt.export.exporter import ExportOptions, export_model
 from sdrt.export.random_model import save_random_tiny_vae
-from sdrt.runtime.pipeline import Pipeline
 from sdrt.runtime.features.preview import Preview
-from support.images import MAX_PIXEL_ERROR, assert_same_image
+from sdrt.runtime.pipeline import Pipeline
 from sdrt.runtime.request import GenerationRequest
+from support.images import MAX_PIXEL_ERROR, assert_same_image
 
 PROMPT = "a photo of a cat"
 SETTINGS = dict(steps=4, seed=7, height=64, width=64, sampler="euler", guidance_scale=7.5)
@@ -36,8 +36,9 @@ def tiny_vae(tmp_path_factory):
 @pytest.fixture(scope="module")
 def exported(tiny_models, tiny_vae, tmp_path_factory):
     folder = tmp_path_factory.mktemp("with-tiny-vae") / "model"
-    export_model(str(tiny_models["standard"]), folder, options=ExportOptions(tiny_vae=str(tiny_vae)),
-                 progress=lambda line: None)
+    export_model(
+        str(tiny_models["standard"]), folder, options=ExportOptions(tiny_vae=str(tiny_vae)), progress=lambda line: None
+    )
     return folder
 
 
@@ -49,16 +50,27 @@ def pipeline(exported):
 def reference(tiny_models, tiny_vae):
     from diffusers import AutoencoderTiny, StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(tiny_models["standard"], vae=AutoencoderTiny.from_pretrained(tiny_vae),
-                                                   safety_checker=None, requires_safety_checker=False)
+    pipe = StableDiffusionPipeline.from_pretrained(
+        tiny_models["standard"],
+        vae=AutoencoderTiny.from_pretrained(tiny_vae),
+        safety_checker=None,
+        requires_safety_checker=False,
+    )
     pipe.set_progress_bar_config(disable=True)
     pipe.scheduler = reference_scheduler(SETTINGS["sampler"], pipe.scheduler.config)
     return pipe
 
 
 def test_tiny_vae_decode_equals_diffusers_with_autoencoder_tiny(pipeline, tiny_models, tiny_vae):
-    expected = reference(tiny_models, tiny_vae)(PROMPT, num_inference_steps=4, guidance_scale=7.5, height=64, width=64,
-                                                generator=torch.Generator().manual_seed(7), output_type="np").images
+    expected = reference(tiny_models, tiny_vae)(
+        PROMPT,
+        num_inference_steps=4,
+        guidance_scale=7.5,
+        height=64,
+        width=64,
+        generator=torch.Generator().manual_seed(7),
+        output_type="np",
+    ).images
     got = pipeline.generate(PROMPT, vae="tiny", **SETTINGS)
     assert_same_image(got.array, expected)
     full = pipeline.generate(PROMPT, **SETTINGS).array
@@ -70,7 +82,10 @@ def test_previews_decode_the_latents_every_n_steps(pipeline, tiny_models, tiny_v
     """Each preview is the tiny VAE's decode of that step's latents: diffusers' callback gives
     the same latents, which its AutoencoderTiny decodes."""
     seen = []
-    pipeline.run(GenerationRequest(PROMPT, **SETTINGS), preview=Preview(2, lambda step, total, images: seen.append((step, total, images))))
+    pipeline.run(
+        GenerationRequest(PROMPT, **SETTINGS),
+        preview=Preview(2, lambda step, total, images: seen.append((step, total, images))),
+    )
     assert [(step, total) for step, total, _ in seen] == [(2, 4)]  # not after the last step
     latents = {}
 
@@ -79,8 +94,16 @@ def test_previews_decode_the_latents_every_n_steps(pipeline, tiny_models, tiny_v
         return kwargs
 
     pipe = reference(tiny_models, tiny_vae)
-    pipe(PROMPT, num_inference_steps=4, guidance_scale=7.5, height=64, width=64, output_type="np",
-         generator=torch.Generator().manual_seed(7), callback_on_step_end=keep)
+    pipe(
+        PROMPT,
+        num_inference_steps=4,
+        guidance_scale=7.5,
+        height=64,
+        width=64,
+        output_type="np",
+        generator=torch.Generator().manual_seed(7),
+        callback_on_step_end=keep,
+    )
     with torch.no_grad():
         decoded = pipe.vae.decode(latents[2] / pipe.vae.config.scaling_factor).sample
     expected = (decoded / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()[0]
@@ -90,12 +113,40 @@ def test_previews_decode_the_latents_every_n_steps(pipeline, tiny_models, tiny_v
 
 def test_cli_vae_tiny_and_previews(exported, pipeline, tmp_path):
     out = tmp_path / "cat.png"
-    result = CliRunner().invoke(main, ["generate", PROMPT, "--model", str(exported), "--vae", "tiny", "--preview", "1",
-                                       "--steps", "4", "--seed", "7", "--sampler", "euler", "--height", "64",
-                                       "--width", "64", "--guidance", "7.5", "--out", str(out), "--quiet"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "generate",
+            PROMPT,
+            "--model",
+            str(exported),
+            "--vae",
+            "tiny",
+            "--preview",
+            "1",
+            "--steps",
+            "4",
+            "--seed",
+            "7",
+            "--sampler",
+            "euler",
+            "--height",
+            "64",
+            "--width",
+            "64",
+            "--guidance",
+            "7.5",
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in tmp_path.glob("cat-step-*.png")) == ["cat-step-1.png", "cat-step-2.png",
-                                                                       "cat-step-3.png"]
+    assert sorted(p.name for p in tmp_path.glob("cat-step-*.png")) == [
+        "cat-step-1.png",
+        "cat-step-2.png",
+        "cat-step-3.png",
+    ]
     expected = pipeline.generate(PROMPT, vae="tiny", **SETTINGS).images[0]
     written = Image.open(out)
     np.testing.assert_array_equal(np.asarray(written), np.asarray(expected))
@@ -109,14 +160,29 @@ def test_servers_pick_the_tiny_vae(pipeline):
 
     expected = np.asarray(pipeline.generate(PROMPT, vae="tiny", **SETTINGS).images[0])
     with TestClient(create_app(pipeline)) as client:
-        body = {"prompt": PROMPT, "steps": 4, "seed": 7, "width": 64, "height": 64, "sampler_name": "Euler",
-                "cfg_scale": 7.5, "override_settings": {"sd_vae": "TAESD"}}
+        body = {
+            "prompt": PROMPT,
+            "steps": 4,
+            "seed": 7,
+            "width": 64,
+            "height": 64,
+            "sampler_name": "Euler",
+            "cfg_scale": 7.5,
+            "override_settings": {"sd_vae": "TAESD"},
+        }
         response = client.post("/sdapi/v1/txt2img", json=body)
         assert response.status_code == 200, response.text
         got = Image.open(io.BytesIO(base64.b64decode(response.json()["images"][0])))
         np.testing.assert_array_equal(np.asarray(got), expected)
-        openai = {"prompt": PROMPT, "size": "64x64", "steps": 4, "seed": 7, "sampler": "euler", "guidance_scale": 7.5,
-                  "vae": "tiny"}
+        openai = {
+            "prompt": PROMPT,
+            "size": "64x64",
+            "steps": 4,
+            "seed": 7,
+            "sampler": "euler",
+            "guidance_scale": 7.5,
+            "vae": "tiny",
+        }
         response = client.post("/v1/images/generations", json=openai)
         assert response.status_code == 200, response.text
         got = Image.open(io.BytesIO(base64.b64decode(response.json()["data"][0]["b64_json"])))
@@ -127,8 +193,28 @@ def test_servers_pick_the_tiny_vae(pipeline):
 
 def test_bench_measures_the_tiny_decode(exported, tmp_path):
     out = tmp_path / "bench.json"
-    result = CliRunner().invoke(main, ["bench", "--model", str(exported), "--vae", "tiny", "--steps", "2", "--height",
-                                       "64", "--width", "64", "--runs", "1", "--warmup", "0", "--json", str(out)])
+    result = CliRunner().invoke(
+        main,
+        [
+            "bench",
+            "--model",
+            str(exported),
+            "--vae",
+            "tiny",
+            "--steps",
+            "2",
+            "--height",
+            "64",
+            "--width",
+            "64",
+            "--runs",
+            "1",
+            "--warmup",
+            "0",
+            "--json",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     assert report["settings"]["vae"] == "tiny" and report["sdrt"]["stages"]["vae_decoder"]["median"] > 0
@@ -140,10 +226,27 @@ def test_bad_tiny_vae_input_is_one_line(exported_tiny, tiny_models, tmp_path):
         plain.generate(PROMPT, vae="tiny", **SETTINGS)
     wrong = save_random_tiny_vae(tmp_path / "wrong", latent_channels=16)
     with pytest.raises(ModelFolderError, match="the tiny VAE takes 16 latent channels .* use the tiny VAE of this"):
-        export_model(str(tiny_models["standard"]), tmp_path / "out", options=ExportOptions(tiny_vae=str(wrong)),
-                     progress=lambda line: None)
-    result = CliRunner().invoke(main, ["generate", PROMPT, "--model", str(exported_tiny("standard")), "--vae", "tiny",
-                                       "--steps", "1", "--out", str(tmp_path / "x.png")])
+        export_model(
+            str(tiny_models["standard"]),
+            tmp_path / "out",
+            options=ExportOptions(tiny_vae=str(wrong)),
+            progress=lambda line: None,
+        )
+    result = CliRunner().invoke(
+        main,
+        [
+            "generate",
+            PROMPT,
+            "--model",
+            str(exported_tiny("standard")),
+            "--vae",
+            "tiny",
+            "--steps",
+            "1",
+            "--out",
+            str(tmp_path / "x.png"),
+        ],
+    )
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
 
 
@@ -151,13 +254,23 @@ def test_image_to_image_with_the_tiny_vae_equals_diffusers(pipeline, tiny_models
     from diffusers import AutoencoderTiny, StableDiffusionImg2ImgPipeline
 
     init = Image.fromarray((np.random.default_rng(1).random((64, 64, 3)) * 255).astype(np.uint8))
-    pipe = StableDiffusionImg2ImgPipeline.from_pretrained(tiny_models["standard"],
-                                                          vae=AutoencoderTiny.from_pretrained(tiny_vae),
-                                                          safety_checker=None, requires_safety_checker=False)
+    pipe = StableDiffusionImg2ImgPipeline.from_pretrained(
+        tiny_models["standard"],
+        vae=AutoencoderTiny.from_pretrained(tiny_vae),
+        safety_checker=None,
+        requires_safety_checker=False,
+    )
     pipe.set_progress_bar_config(disable=True)
     pipe.scheduler = reference_scheduler(SETTINGS["sampler"], pipe.scheduler.config)
-    expected = pipe(PROMPT, image=init, strength=0.6, num_inference_steps=4, guidance_scale=7.5,
-                    generator=torch.Generator().manual_seed(7), output_type="np").images
+    expected = pipe(
+        PROMPT,
+        image=init,
+        strength=0.6,
+        num_inference_steps=4,
+        guidance_scale=7.5,
+        generator=torch.Generator().manual_seed(7),
+        output_type="np",
+    ).images
     settings = {k: v for k, v in SETTINGS.items() if k not in ("height", "width")}
     got = pipeline.generate(PROMPT, init_image=init, strength=0.6, vae="tiny", **settings).array
     assert_same_image(got, expected)
@@ -226,11 +339,20 @@ def test_an_sdxl_tiny_vae_equals_diffusers(tiny_sdxl, tmp_path):
 
     taesdxl = save_random_tiny_vae(tmp_path / "taesdxl", seed=4)
     folder = tmp_path / "sdxl"
-    export_model(str(tiny_sdxl["base"]), folder, options=ExportOptions(tiny_vae=str(taesdxl)), progress=lambda line: None)
+    export_model(
+        str(tiny_sdxl["base"]), folder, options=ExportOptions(tiny_vae=str(taesdxl)), progress=lambda line: None
+    )
     reference_pipeline = sdxl_reference("StableDiffusionXLPipeline", tiny_sdxl["base"])
     reference_pipeline.vae = AutoencoderTiny.from_pretrained(taesdxl)
     reference_pipeline.scheduler = reference_scheduler(SETTINGS["sampler"], reference_pipeline.scheduler.config)
-    expected = reference_pipeline(PROMPT, num_inference_steps=4, guidance_scale=7.5, height=64, width=64,
-                                  generator=torch.Generator().manual_seed(7), output_type="np").images
+    expected = reference_pipeline(
+        PROMPT,
+        num_inference_steps=4,
+        guidance_scale=7.5,
+        height=64,
+        width=64,
+        generator=torch.Generator().manual_seed(7),
+        output_type="np",
+    ).images
     got = Pipeline.load(folder).generate(PROMPT, vae="tiny", **SETTINGS).array
     assert_same_image(got, expected)

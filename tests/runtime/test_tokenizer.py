@@ -72,7 +72,7 @@ OWN_PROMPTS = [
     "dashes - – — ― and hyphen‐minus",
     "ellipsis… and middle dot · and bullet •",
     "&amp;&lt;&gt;&quot;&#39;&#x27;&nbsp;&copy;",
-    "<b>html</b> <i>tags</i> <br/> <div class=\"x\">",
+    '<b>html</b> <i>tags</i> <br/> <div class="x">',
     "path/to/file.png and C:\\Windows\\System32",
     "https://example.com/a?b=c&d=e#frag",
     "email me at someone@example.org",
@@ -306,7 +306,7 @@ def test_reads_tokenizer_json_when_present(reference, sd15_dir, tmp_path):
 
 
 def test_model_folders_of_all_tiny_kinds(tiny_models):
-    for kind, folder in tiny_models.items():
+    for folder in tiny_models.values():
         reference = CLIPTokenizer.from_pretrained(folder / "tokenizer")
         _assert_same_ids(reference, ClipTokenizer.from_folder(folder), _shared_prompts())
 

@@ -35,8 +35,13 @@ def test_openai_client_unchanged(url, pipeline):
     from openai import OpenAI
 
     client = OpenAI(base_url=f"{url}/v1", api_key="unused")
-    response = client.images.generate(prompt=PROMPT, n=2, size="96x64", response_format="b64_json",
-                                      extra_body={"steps": 2, "seed": 3, "negative_prompt": "blurry"})
+    response = client.images.generate(
+        prompt=PROMPT,
+        n=2,
+        size="96x64",
+        response_format="b64_json",
+        extra_body={"steps": 2, "seed": 3, "negative_prompt": "blurry"},
+    )
     assert len(response.data) == 2
     images = [np.asarray(decode_png(item.b64_json)) for item in response.data]
     expected = pipeline.generate(PROMPT, negative_prompt="blurry", steps=2, seed=3, num_images=2, height=64, width=96)
@@ -45,8 +50,18 @@ def test_openai_client_unchanged(url, pipeline):
 
 
 def test_a1111_txt2img(url):
-    payload = {"prompt": PROMPT, "negative_prompt": "blurry", "steps": 3, "cfg_scale": 7, "seed": 42,
-               "width": 64, "height": 64, "batch_size": 2, "n_iter": 1, "sampler_name": "Euler a"}
+    payload = {
+        "prompt": PROMPT,
+        "negative_prompt": "blurry",
+        "steps": 3,
+        "cfg_scale": 7,
+        "seed": 42,
+        "width": 64,
+        "height": 64,
+        "batch_size": 2,
+        "n_iter": 1,
+        "sampler_name": "Euler a",
+    }
     body = httpx.post(f"{url}/sdapi/v1/txt2img", json=payload, timeout=60).json()
     assert len(body["images"]) == 2
     info = json.loads(body["info"])
@@ -62,8 +77,14 @@ def test_a1111_img2img_and_inpainting(url):
     mask = Image.new("L", (96, 64), 0)
     mask.paste(255, (24, 16, 72, 48))
     for extra in ({}, {"mask": png_b64(mask)}):
-        payload = {"prompt": PROMPT, "steps": 4, "seed": 1, "denoising_strength": 0.5,
-                   "init_images": ["data:image/png;base64," + png_b64(source)], **extra}
+        payload = {
+            "prompt": PROMPT,
+            "steps": 4,
+            "seed": 1,
+            "denoising_strength": 0.5,
+            "init_images": ["data:image/png;base64," + png_b64(source)],
+            **extra,
+        }
         response = httpx.post(f"{url}/sdapi/v1/img2img", json=payload, timeout=60)
         assert response.status_code == 200, response.text
         body = response.json()
@@ -102,8 +123,12 @@ def test_health_and_metrics(url):
         ("/sdapi/v1/txt2img", {"prompt": PROMPT, "width": 70, "steps": 1}, 400, "width"),
         ("/sdapi/v1/img2img", {"prompt": PROMPT, "init_images": ["bm90IGFuIGltYWdl"]}, 400, "init_images"),
         ("/sdapi/v1/img2img", {"prompt": PROMPT, "init_images": []}, 400, "init_images"),
-        ("/sdapi/v1/img2img", {"prompt": PROMPT, "init_images": ["x"], "denoising_strength": 2}, 400,
-         "denoising_strength"),
+        (
+            "/sdapi/v1/img2img",
+            {"prompt": PROMPT, "init_images": ["x"], "denoising_strength": 2},
+            400,
+            "denoising_strength",
+        ),
     ],
 )
 def test_bad_requests_name_the_field(url, route, payload, status, param):
@@ -114,20 +139,26 @@ def test_bad_requests_name_the_field(url, route, payload, status, param):
 
 
 def test_malformed_and_oversized_bodies(url):
-    response = httpx.post(f"{url}/v1/images/generations", content=b"{not json", timeout=10,
-                          headers={"content-type": "application/json"})
+    response = httpx.post(
+        f"{url}/v1/images/generations", content=b"{not json", timeout=10, headers={"content-type": "application/json"}
+    )
     assert response.status_code == 400 and response.json()["error"]["param"] is None
     assert response.json()["error"]["message"] == "the body is not valid JSON"
     huge = json.dumps({"prompt": "x" * (2**20 + 10)})
-    assert httpx.post(f"{url}/v1/images/generations", content=huge, timeout=10,
-                      headers={"content-type": "application/json"}).status_code == 413
+    assert (
+        httpx.post(
+            f"{url}/v1/images/generations", content=huge, timeout=10, headers={"content-type": "application/json"}
+        ).status_code
+        == 413
+    )
 
     def chunks():  # no Content-Length: counted as it streams
         for _ in range(40):
             yield b"x" * 65536
 
-    response = httpx.post(f"{url}/v1/images/generations", content=chunks(), timeout=10,
-                          headers={"content-type": "application/json"})
+    response = httpx.post(
+        f"{url}/v1/images/generations", content=chunks(), timeout=10, headers={"content-type": "application/json"}
+    )
     assert response.status_code == 413
 
 
@@ -148,8 +179,9 @@ def test_full_queue_answers_503_with_retry_after(pipeline):
     with live_server(create_app(slow, ServeSettings(max_queue=1))) as base:
         payload = {"prompt": PROMPT}
         with httpx.Client(timeout=30) as client:
-            first = threading.Thread(target=client.post, args=(f"{base}/v1/images/generations",),
-                                     kwargs={"json": payload})
+            first = threading.Thread(
+                target=client.post, args=(f"{base}/v1/images/generations",), kwargs={"json": payload}
+            )
             first.start()
             assert slow.started.acquire(timeout=10)
             busy = httpx.post(f"{base}/v1/images/generations", json=payload, timeout=10)
@@ -189,11 +221,14 @@ def rss_bytes() -> int:
 def test_storm_of_bad_and_good_requests_leaves_the_server_healthy(url):
     rng = np.random.default_rng(0)
     bad = [
-        ("/v1/images/generations", {"prompt": None}), ("/v1/images/generations", {"prompt": PROMPT, "n": -1}),
+        ("/v1/images/generations", {"prompt": None}),
+        ("/v1/images/generations", {"prompt": PROMPT, "n": -1}),
         ("/v1/images/generations", {"prompt": PROMPT, "size": "0x0"}),
         ("/v1/images/generations", {"prompt": PROMPT, "guidance_scale": "lots"}),
-        ("/sdapi/v1/img2img", {"init_images": ["AAAA"]}), ("/sdapi/v1/txt2img", {"steps": "many"}),
-        ("/sdapi/v1/txt2img", {"width": 17, "steps": 1}), ("/nope", {}),
+        ("/sdapi/v1/img2img", {"init_images": ["AAAA"]}),
+        ("/sdapi/v1/txt2img", {"steps": "many"}),
+        ("/sdapi/v1/txt2img", {"width": 17, "steps": 1}),
+        ("/nope", {}),
     ]
     good = ("/v1/images/generations", {"prompt": PROMPT, "steps": 1, "size": "64x64"})
 
@@ -206,8 +241,11 @@ def test_storm_of_bad_and_good_requests_leaves_the_server_healthy(url):
                     statuses.append(client.post(url + route, json=payload).status_code)
                 elif index % 8 == 1:
                     garbage = bytes(rng.integers(0, 256, size=int(rng.integers(1, 500)), dtype=np.uint8))
-                    statuses.append(client.post(url + "/sdapi/v1/txt2img", content=garbage,
-                                                headers={"content-type": "application/json"}).status_code)
+                    statuses.append(
+                        client.post(
+                            url + "/sdapi/v1/txt2img", content=garbage, headers={"content-type": "application/json"}
+                        ).status_code
+                    )
                 else:
                     route, payload = bad[index % len(bad)]
                     statuses.append(client.post(url + route, json=payload).status_code)

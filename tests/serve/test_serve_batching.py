@@ -12,8 +12,8 @@ import httpx
 import numpy as np
 import pytest
 
-from sdrt.runtime.pipeline import Pipeline
 from sdrt.runtime.families.sdxl import SizeConditioning
+from sdrt.runtime.pipeline import Pipeline
 from sdrt.runtime.request import GenerationError, GenerationRequest
 from sdrt.runtime.request_fields import BATCHING, SHARED, Batching, policies
 from sdrt.serve.app import ServeSettings, create_app
@@ -39,17 +39,27 @@ def test_keys_agree_only_when_the_loop_is_the_same():
     assert job(negative_prompt="").key == job(prompt="a dog", negative_prompt="blurry", seed=7).key
     assert base.key == job(height=64, width=64).key  # the native size, spelled out
     # A missing negative prompt zeroes an SDXL model's negative conditioning; "" is encoded.
-    for different in (dict(steps=5), dict(guidance_scale=1.0), dict(sampler="euler"), dict(num_images=2),
-                      dict(height=128), dict(negative_prompt=""), dict(refiner_switch=0.5),
-                      dict(size_conditioning=SizeConditioning(original_size=(64, 64)))):
+    for different in (
+        dict(steps=5),
+        dict(guidance_scale=1.0),
+        dict(sampler="euler"),
+        dict(num_images=2),
+        dict(height=128),
+        dict(negative_prompt=""),
+        dict(refiner_switch=0.5),
+        dict(size_conditioning=SizeConditioning(original_size=(64, 64))),
+    ):
         assert job(**different).key != base.key, different
     for alone in (dict(init_image="x"), dict(mask_image="x"), dict(latents=np.zeros(1)), dict(prompt=["a", "b"])):
         assert job(**alone).key is None, alone
 
 
 def test_every_request_field_declares_how_it_batches():
-    undeclared = [item.name for item in dataclasses.fields(GenerationRequest)
-                  if not isinstance(item.metadata.get(BATCHING), Batching)]
+    undeclared = [
+        item.name
+        for item in dataclasses.fields(GenerationRequest)
+        if not isinstance(item.metadata.get(BATCHING), Batching)
+    ]
     assert undeclared == []
 
     @dataclasses.dataclass
@@ -70,8 +80,11 @@ def test_keys_follow_the_declarations_eta_included():
     assert job(sampler="tcd", eta=0.3).key != base.key != job(sampler="tcd", eta=0.7).key
     assert job(sampler="tcd", eta=0.3).key == job(sampler="tcd", eta=0.3, prompt="a dog", seed=5).key
     assert all(declared[name] is Batching.SHARED for name in ("strength", "mask_options", "deepcache", "vae"))
-    assert {name for name, policy in declared.items() if policy is Batching.PER_ROW} == {"prompt", "negative_prompt",
-                                                                                        "seed"}
+    assert {name for name, policy in declared.items() if policy is Batching.PER_ROW} == {
+        "prompt",
+        "negative_prompt",
+        "seed",
+    }
     assert job(controlnets=[object()]).key is None and job(controlnets=[]).key == job().key
     assert job(seed=[1]).key is None  # its own rows: merging would nest the seed lists
 
@@ -121,8 +134,10 @@ def metric(text: str, name: str) -> int:
 @pytest.mark.parametrize("sampler", ["lms", "euler_a"])
 def test_requests_that_arrive_together_share_a_call_and_equal_running_alone(pipeline, sampler):
     settings = ServeSettings(max_batch_images=4, batch_window_s=0.5)
-    payloads = [{"prompt": prompt, "seed": seed, "steps": 3, "n": 2, "scheduler": sampler, "negative_prompt": negative}
-                for prompt, seed, negative in (("a photo of a cat", 1, ""), ("a red fox", 2, "blurry"))]
+    payloads = [
+        {"prompt": prompt, "seed": seed, "steps": 3, "n": 2, "scheduler": sampler, "negative_prompt": negative}
+        for prompt, seed, negative in (("a photo of a cat", 1, ""), ("a red fox", 2, "blurry"))
+    ]
     payloads.append({"prompt": "a red fox", "seed": 2, "steps": 4, "n": 2, "scheduler": sampler})  # other key
     with live_server(create_app(pipeline, settings)) as base:
         responses = post_together(base, payloads)
@@ -131,8 +146,14 @@ def test_requests_that_arrive_together_share_a_call_and_equal_running_alone(pipe
     assert metric(text, "sdrt_batched_requests_total") == 3
     assert metric(text, "sdrt_batches_total") == 2  # the first two together, the third alone
     for payload, response in zip(payloads, responses):
-        alone = pipeline.generate(payload["prompt"], negative_prompt=payload.get("negative_prompt"),
-                                  steps=payload["steps"], seed=payload["seed"], num_images=2, sampler=sampler)
+        alone = pipeline.generate(
+            payload["prompt"],
+            negative_prompt=payload.get("negative_prompt"),
+            steps=payload["steps"],
+            seed=payload["seed"],
+            num_images=2,
+            sampler=sampler,
+        )
         got = [np.asarray(decode_png(item["b64_json"]), dtype=np.int16) for item in response.json()["data"]]
         for image, expected in zip(got, alone.images):
             assert np.abs(image - np.asarray(expected, dtype=np.int16)).max() <= 1
@@ -142,16 +163,19 @@ def test_tcd_requests_with_different_etas_are_not_merged(pipeline):
     """Each request keeps its own eta (TCD's gamma): a batch with another eta would run with
     the first request's."""
     settings = ServeSettings(max_batch_images=4, batch_window_s=0.5)
-    payloads = [{"prompt": "a red fox", "seed": seed, "steps": 3, "sampler": "tcd", "guidance_scale": 1.5, "eta": eta}
-                for seed, eta in ((1, 0.2), (2, 0.9), (3, 0.2))]
+    payloads = [
+        {"prompt": "a red fox", "seed": seed, "steps": 3, "sampler": "tcd", "guidance_scale": 1.5, "eta": eta}
+        for seed, eta in ((1, 0.2), (2, 0.9), (3, 0.2))
+    ]
     with live_server(create_app(pipeline, settings)) as base:
         responses = post_together(base, payloads)
         text = httpx.get(f"{base}/metrics").text
     assert [response.status_code for response in responses] == [200, 200, 200]
     assert metric(text, "sdrt_batches_total") == 2  # the two with eta 0.2 together, the other alone
     for payload, response in zip(payloads, responses):
-        alone = pipeline.generate(payload["prompt"], steps=3, seed=payload["seed"], sampler="tcd", guidance_scale=1.5,
-                                  eta=payload["eta"])
+        alone = pipeline.generate(
+            payload["prompt"], steps=3, seed=payload["seed"], sampler="tcd", guidance_scale=1.5, eta=payload["eta"]
+        )
         image = np.asarray(decode_png(response.json()["data"][0]["b64_json"]), dtype=np.int16)
         assert np.abs(image - np.asarray(alone.images[0], dtype=np.int16)).max() <= 1
 
@@ -160,7 +184,13 @@ class FailsOnPrompt:
     """A pipeline whose calls fail for one prompt (in a batch or alone)."""
 
     def __init__(self, real: Pipeline, bad: str):
-        self.folder, self.manifest, self.backend, self.real, self.bad = real.folder, real.manifest, real.backend, real, bad
+        self.folder, self.manifest, self.backend, self.real, self.bad = (
+            real.folder,
+            real.manifest,
+            real.backend,
+            real,
+            bad,
+        )
         self.calls: list[int] = []
 
     def run(self, request, progress=None, cancel=None, preview=None):
@@ -174,8 +204,9 @@ class FailsOnPrompt:
 def test_a_failing_request_does_not_fail_its_batch(pipeline):
     failing = FailsOnPrompt(pipeline, "boom")
     with live_server(create_app(failing, ServeSettings(batch_window_s=0.5))) as base:
-        responses = post_together(base, [{"prompt": "a cat", "steps": 1, "seed": 1},
-                                         {"prompt": "boom", "steps": 1, "seed": 2}])
+        responses = post_together(
+            base, [{"prompt": "a cat", "steps": 1, "seed": 1}, {"prompt": "boom", "steps": 1, "seed": 2}]
+        )
     statuses = sorted(response.status_code for response in responses)
     assert statuses == [200, 400] and failing.calls[0] == 2 and sorted(failing.calls[1:]) == [1, 1]
     error = next(response for response in responses if response.status_code == 400).json()["error"]

@@ -76,9 +76,19 @@ def test_webuiapi_lists_switches_and_generates(served):
     finally:
         api.util_set_model(first.folder.name)
     assert api.util_get_current_model().startswith(first.folder.name)
-    for listing in (api.get_upscalers(), api.get_sd_vae(), api.get_prompt_styles(), api.get_memory(),
-                    api.get_cmd_flags(), api.get_scripts(), api.get_hypernetworks(), api.get_face_restorers(),
-                    api.get_latent_upscale_modes(), api.get_embeddings(), api.get_loras()):
+    for listing in (
+        api.get_upscalers(),
+        api.get_sd_vae(),
+        api.get_prompt_styles(),
+        api.get_memory(),
+        api.get_cmd_flags(),
+        api.get_scripts(),
+        api.get_hypernetworks(),
+        api.get_face_restorers(),
+        api.get_latent_upscale_modes(),
+        api.get_embeddings(),
+        api.get_loras(),
+    ):
         assert listing is not None
 
 
@@ -93,41 +103,76 @@ def test_basic_auth_is_required(served):
 def test_sampler_and_schedule_type_pairs(served):
     url, first, _ = served
     with client(url) as http:
-        body = http.post("/sdapi/v1/txt2img", json={"prompt": PROMPT, "steps": 3, "seed": 2, "width": 64, "height": 64,
-                                                    "sampler_name": "Euler", "scheduler": "Karras"}).json()
-        expected = first.generate(PROMPT, steps=3, seed=2, sampler="euler", schedule="karras", height=64, width=64,
-                                  guidance_scale=A1111_CFG)
+        body = http.post(
+            "/sdapi/v1/txt2img",
+            json={
+                "prompt": PROMPT,
+                "steps": 3,
+                "seed": 2,
+                "width": 64,
+                "height": 64,
+                "sampler_name": "Euler",
+                "scheduler": "Karras",
+            },
+        ).json()
+        expected = first.generate(
+            PROMPT, steps=3, seed=2, sampler="euler", schedule="karras", height=64, width=64, guidance_scale=A1111_CFG
+        )
         np.testing.assert_array_equal(np.asarray(decode_png(body["images"][0])), np.asarray(expected.images[0]))
         assert "Sampler: Euler, Schedule type: Karras" in json.loads(body["info"])["infotexts"][0]
-        old_name = http.post("/sdapi/v1/txt2img", json={"prompt": PROMPT, "steps": 2, "seed": 2, "width": 64,
-                                                        "height": 64, "sampler_name": "DPM++ 2M Karras"})
-        new_name = http.post("/sdapi/v1/txt2img", json={"prompt": PROMPT, "steps": 2, "seed": 2, "width": 64,
-                                                        "height": 64, "sampler_name": "DPM++ 2M", "scheduler": "karras"})
+        old_name = http.post(
+            "/sdapi/v1/txt2img",
+            json={
+                "prompt": PROMPT,
+                "steps": 2,
+                "seed": 2,
+                "width": 64,
+                "height": 64,
+                "sampler_name": "DPM++ 2M Karras",
+            },
+        )
+        new_name = http.post(
+            "/sdapi/v1/txt2img",
+            json={
+                "prompt": PROMPT,
+                "steps": 2,
+                "seed": 2,
+                "width": 64,
+                "height": 64,
+                "sampler_name": "DPM++ 2M",
+                "scheduler": "karras",
+            },
+        )
         assert json.loads(old_name.json()["info"])["infotexts"][0] != ""
-        np.testing.assert_array_equal(np.asarray(decode_png(old_name.json()["images"][0])),
-                                      np.asarray(decode_png(new_name.json()["images"][0])))
-        refused = http.post("/sdapi/v1/txt2img", json={"prompt": PROMPT, "steps": 1, "sampler_name": "Euler a",
-                                                       "scheduler": "Karras"})
+        np.testing.assert_array_equal(
+            np.asarray(decode_png(old_name.json()["images"][0])), np.asarray(decode_png(new_name.json()["images"][0]))
+        )
+        refused = http.post(
+            "/sdapi/v1/txt2img", json={"prompt": PROMPT, "steps": 1, "sampler_name": "Euler a", "scheduler": "Karras"}
+        )
         assert refused.status_code == 400 and refused.json()["error"]["param"] == "scheduler"
         assert "Euler a" in refused.json()["error"]["message"] or "euler_a" in refused.json()["error"]["message"]
 
 
-@pytest.mark.parametrize("payload, param", [
-    ({"tiling": True}, "tiling"),
-    ({"restore_faces": True}, "restore_faces"),
-    ({"styles": ["Nope"]}, "styles"),
-    ({"enable_hr": True, "hr_upscaler": "R-ESRGAN 4x+"}, "hr_upscaler"),
-    ({"enable_hr": True, "hr_checkpoint_name": "other"}, "hr_checkpoint_name"),
-    ({"subseed_strength": 0.3}, "subseed_strength"),
-    ({"script_name": "x/y/z plot"}, "script_name"),
-    ({"frobnicate": 1}, "frobnicate"),
-    ({"eta": 0.5, "sampler_name": "Euler a"}, "eta"),
-    ({"override_settings": {"sd_model_checkpoint": "nope"}}, "override_settings.sd_model_checkpoint"),
-    ({"override_settings": {"samples_format": "jpg"}}, "override_settings.samples_format"),
-    ({"override_settings": {"sd_vae": "vae-ft-mse-840000.safetensors"}}, "override_settings.sd_vae"),
-    ({"alwayson_scripts": {"ADetailer": {"args": [True, {"ad_model": "face_yolov8n.pt"}]}}}, "alwayson_scripts"),
-    ({"width": 4096}, "width"),
-])
+@pytest.mark.parametrize(
+    "payload, param",
+    [
+        ({"tiling": True}, "tiling"),
+        ({"restore_faces": True}, "restore_faces"),
+        ({"styles": ["Nope"]}, "styles"),
+        ({"enable_hr": True, "hr_upscaler": "R-ESRGAN 4x+"}, "hr_upscaler"),
+        ({"enable_hr": True, "hr_checkpoint_name": "other"}, "hr_checkpoint_name"),
+        ({"subseed_strength": 0.3}, "subseed_strength"),
+        ({"script_name": "x/y/z plot"}, "script_name"),
+        ({"frobnicate": 1}, "frobnicate"),
+        ({"eta": 0.5, "sampler_name": "Euler a"}, "eta"),
+        ({"override_settings": {"sd_model_checkpoint": "nope"}}, "override_settings.sd_model_checkpoint"),
+        ({"override_settings": {"samples_format": "jpg"}}, "override_settings.samples_format"),
+        ({"override_settings": {"sd_vae": "vae-ft-mse-840000.safetensors"}}, "override_settings.sd_vae"),
+        ({"alwayson_scripts": {"ADetailer": {"args": [True, {"ad_model": "face_yolov8n.pt"}]}}}, "alwayson_scripts"),
+        ({"width": 4096}, "width"),
+    ],
+)
 def test_what_sdrt_cannot_honour_is_refused_by_name(served, payload, param):
     with client(served[0]) as http:
         response = http.post("/sdapi/v1/txt2img", json={"prompt": PROMPT, "steps": 1, **payload})
@@ -139,10 +184,22 @@ def test_what_sdrt_cannot_honour_is_refused_by_name(served, payload, param):
 
 def test_cosmetic_fields_warn_and_neutral_ones_pass(served):
     with client(served[0]) as http:
-        response = http.post("/sdapi/v1/txt2img", json={
-            "prompt": PROMPT, "steps": 1, "width": 64, "height": 64, "save_images": True, "tiling": False,
-            "eta": 1.0, "sampler_name": "Euler a", "alwayson_scripts": {"ADetailer": {"args": [False]}},
-            "override_settings": {"samples_format": "png", "CLIP_stop_at_last_layers": 2}, "send_images": False})
+        response = http.post(
+            "/sdapi/v1/txt2img",
+            json={
+                "prompt": PROMPT,
+                "steps": 1,
+                "width": 64,
+                "height": 64,
+                "save_images": True,
+                "tiling": False,
+                "eta": 1.0,
+                "sampler_name": "Euler a",
+                "alwayson_scripts": {"ADetailer": {"args": [False]}},
+                "override_settings": {"samples_format": "png", "CLIP_stop_at_last_layers": 2},
+                "send_images": False,
+            },
+        )
     assert response.status_code == 200, response.text
     body = response.json()
     info = json.loads(body["info"])
@@ -156,12 +213,15 @@ def test_options_set_the_server_defaults(served):
         assert http.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 2}).status_code == 200
         try:
             assert http.get("/sdapi/v1/options").json()["CLIP_stop_at_last_layers"] == 2
-            body = http.post("/sdapi/v1/txt2img", json={"prompt": PROMPT, "steps": 2, "seed": 4, "width": 64,
-                                                        "height": 64, "sampler_name": "Euler"}).json()
+            body = http.post(
+                "/sdapi/v1/txt2img",
+                json={"prompt": PROMPT, "steps": 2, "seed": 4, "width": 64, "height": 64, "sampler_name": "Euler"},
+            ).json()
         finally:
             http.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 1})
-        expected = first.generate(PROMPT, steps=2, seed=4, sampler="euler", clip_skip=2, height=64, width=64,
-                                  guidance_scale=A1111_CFG)
+        expected = first.generate(
+            PROMPT, steps=2, seed=4, sampler="euler", clip_skip=2, height=64, width=64, guidance_scale=A1111_CFG
+        )
         np.testing.assert_array_equal(np.asarray(decode_png(body["images"][0])), np.asarray(expected.images[0]))
         refused = http.post("/sdapi/v1/options", json={"show_warnings": True})
         assert refused.status_code == 400 and refused.json()["error"]["param"] == "options.show_warnings"
@@ -171,15 +231,20 @@ def test_extras_upscale_and_png_info(served):
     url, first, _ = served
     picture = first.generate(PROMPT, steps=1, seed=1, height=64, width=64).images[0]
     with client(url) as http:
-        body = http.post("/sdapi/v1/extra-single-image", json={"image": png_b64(picture), "upscaling_resize": 2,
-                                                               "upscaler_1": "Lanczos"}).json()
+        body = http.post(
+            "/sdapi/v1/extra-single-image",
+            json={"image": png_b64(picture), "upscaling_resize": 2, "upscaler_1": "Lanczos"},
+        ).json()
         assert "image" in body, body
         expected = picture.resize((128, 128), resample=Image.LANCZOS)
         np.testing.assert_array_equal(np.asarray(decode_png(body["image"])), np.asarray(expected))
-        refused = http.post("/sdapi/v1/extra-single-image", json={"image": png_b64(picture), "upscaler_1": "R-ESRGAN 4x+"})
+        refused = http.post(
+            "/sdapi/v1/extra-single-image", json={"image": png_b64(picture), "upscaler_1": "R-ESRGAN 4x+"}
+        )
         assert refused.status_code == 400 and refused.json()["error"]["param"] == "upscaler_1"
-        made = http.post("/sdapi/v1/txt2img", json={"prompt": PROMPT, "steps": 1, "seed": 9, "width": 64,
-                                                    "height": 64}).json()["images"][0]
+        made = http.post(
+            "/sdapi/v1/txt2img", json={"prompt": PROMPT, "steps": 1, "seed": 9, "width": 64, "height": 64}
+        ).json()["images"][0]
         info = http.post("/sdapi/v1/png-info", json={"image": made}).json()
         assert info["parameters"]["Seed"] == "9" and info["info"].startswith(PROMPT)
 
@@ -199,23 +264,49 @@ def test_a1111_mask_invert_blur_and_paste_back(served):
     source = Image.fromarray((rng.random((64, 64, 3)) * 255).astype(np.uint8))
     mask = Image.new("L", (64, 64), 0)
     mask.paste(255, (16, 16, 48, 48))
-    base = {"prompt": PROMPT, "steps": 3, "seed": 7, "width": 64, "height": 64, "denoising_strength": 0.9,
-            "sampler_name": "Euler", "init_images": [png_b64(source)], "mask": png_b64(mask),
-            "inpainting_fill": 1, "inpaint_full_res": False}
+    base = {
+        "prompt": PROMPT,
+        "steps": 3,
+        "seed": 7,
+        "width": 64,
+        "height": 64,
+        "denoising_strength": 0.9,
+        "sampler_name": "Euler",
+        "init_images": [png_b64(source)],
+        "mask": png_b64(mask),
+        "inpainting_fill": 1,
+        "inpaint_full_res": False,
+    }
     with client(url) as http:
         inverted = http.post("/sdapi/v1/img2img", json={**base, "mask_blur": 0, "inpainting_mask_invert": 1}).json()
         blurred = http.post("/sdapi/v1/img2img", json={**base, "mask_blur": 4}).json()
     flipped = ImageOps.invert(mask)
-    expected = first.generate(PROMPT, steps=3, seed=7, sampler="euler", init_image=source, mask_image=flipped,
-                              strength=0.9, guidance_scale=A1111_CFG).images[0]
+    expected = first.generate(
+        PROMPT,
+        steps=3,
+        seed=7,
+        sampler="euler",
+        init_image=source,
+        mask_image=flipped,
+        strength=0.9,
+        guidance_scale=A1111_CFG,
+    ).images[0]
     overlay = np.clip(np.asarray(flipped, dtype=np.float32) * 2, 0, 255)
     want = overlay_paste(np.asarray(expected, dtype=np.float32), np.asarray(source, dtype=np.float32), overlay)
     np.testing.assert_array_equal(np.asarray(decode_png(inverted["images"][0])), want)
     size = 2 * int(2.5 * 4 + 0.5) + 1
     soft = cv2.GaussianBlur(np.asarray(mask, dtype=np.float32), (size, size), 4, borderType=cv2.BORDER_REFLECT_101)
     soft = Image.fromarray(np.clip(np.rint(soft), 0, 255).astype(np.uint8))
-    expected = first.generate(PROMPT, steps=3, seed=7, sampler="euler", init_image=source, mask_image=soft,
-                              strength=0.9, guidance_scale=A1111_CFG).images[0]
+    expected = first.generate(
+        PROMPT,
+        steps=3,
+        seed=7,
+        sampler="euler",
+        init_image=source,
+        mask_image=soft,
+        strength=0.9,
+        guidance_scale=A1111_CFG,
+    ).images[0]
     overlay = np.clip(np.asarray(soft, dtype=np.float32) * 2, 0, 255)
     want = overlay_paste(np.asarray(expected, dtype=np.float32), np.asarray(source, dtype=np.float32), overlay)
     got = np.asarray(decode_png(blurred["images"][0])).astype(int)
@@ -233,19 +324,42 @@ def test_a1111_only_masked_crops_inpaints_and_pastes(served):
     mask = Image.new("L", (128, 128), 0)
     mask.paste(255, (44, 40, 68, 64))  # 24x24 at (44, 40); with padding 4: the box (40, 36)-(72, 68)
     with client(url) as http:
-        body = http.post("/sdapi/v1/img2img", json={
-            "prompt": PROMPT, "steps": 2, "seed": 3, "width": 64, "height": 64, "sampler_name": "Euler",
-            "denoising_strength": 0.8, "init_images": [png_b64(source)], "mask": png_b64(mask), "mask_blur": 0,
-            "inpainting_fill": 1, "inpaint_full_res": True, "inpaint_full_res_padding": 4}).json()
+        body = http.post(
+            "/sdapi/v1/img2img",
+            json={
+                "prompt": PROMPT,
+                "steps": 2,
+                "seed": 3,
+                "width": 64,
+                "height": 64,
+                "sampler_name": "Euler",
+                "denoising_strength": 0.8,
+                "init_images": [png_b64(source)],
+                "mask": png_b64(mask),
+                "mask_blur": 0,
+                "inpainting_fill": 1,
+                "inpaint_full_res": True,
+                "inpaint_full_res_padding": 4,
+            },
+        ).json()
     box = (40, 36, 72, 68)
     crop = source.crop(box).resize((64, 64), resample=Image.LANCZOS)
     crop_mask = mask.crop(box).resize((64, 64), resample=Image.LANCZOS)
-    inner = first.generate(PROMPT, steps=2, seed=3, sampler="euler", init_image=crop, mask_image=crop_mask,
-                           strength=0.8, guidance_scale=A1111_CFG).images[0]
+    inner = first.generate(
+        PROMPT,
+        steps=2,
+        seed=3,
+        sampler="euler",
+        init_image=crop,
+        mask_image=crop_mask,
+        strength=0.8,
+        guidance_scale=A1111_CFG,
+    ).images[0]
     placed = source.copy()
     placed.paste(inner.resize((32, 32), resample=Image.LANCZOS), box[:2])
-    want = overlay_paste(np.asarray(placed, dtype=np.float32), np.asarray(source, dtype=np.float32),
-                         np.asarray(mask, dtype=np.float32))
+    want = overlay_paste(
+        np.asarray(placed, dtype=np.float32), np.asarray(source, dtype=np.float32), np.asarray(mask, dtype=np.float32)
+    )
     got = decode_png(body["images"][0])
     assert got.size == (128, 128)
     np.testing.assert_array_equal(np.asarray(got), want)
@@ -259,8 +373,9 @@ def test_interrupt_and_skip(pipeline_for_slow):
             outcome = {}
 
             def post():
-                outcome["response"] = httpx.post(f"{url}/sdapi/v1/txt2img", json={"prompt": PROMPT, "n_iter": 2},
-                                                 timeout=30)
+                outcome["response"] = httpx.post(  # noqa: B023 (the thread is joined in this iteration)
+                    f"{url}/sdapi/v1/txt2img", json={"prompt": PROMPT, "n_iter": 2}, timeout=30
+                )
 
             thread = threading.Thread(target=post)
             thread.start()
@@ -289,7 +404,9 @@ def test_openai_client_generations_edits_variations_and_models(served):
     token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
     api = OpenAI(base_url=f"{url}/v1", api_key="unused", default_headers={"Authorization": f"Basic {token}"})
     assert {model.id for model in api.models.list()} == {first.folder.name, "second"}
-    made = api.images.generate(prompt=PROMPT, size="auto", response_format="b64_json", extra_body={"steps": 2, "seed": 8})
+    made = api.images.generate(
+        prompt=PROMPT, size="auto", response_format="b64_json", extra_body={"steps": 2, "seed": 8}
+    )
     item = made.data[0]
     assert item.model_extra["seed"] == 8
     picture = decode_png(item.b64_json)
@@ -300,13 +417,22 @@ def test_openai_client_generations_edits_variations_and_models(served):
     alpha.paste(0, (16, 16, 48, 48))  # transparent = edit here
     mask = Image.merge("RGBA", (*source.split(), alpha))
     files = {name: io.BytesIO(base64.b64decode(png_b64(image))) for name, image in (("image", source), ("mask", mask))}
-    edited = api.images.edit(image=("image.png", files["image"]), mask=("mask.png", files["mask"]), prompt=PROMPT,
-                             response_format="b64_json", extra_body={"steps": 2, "seed": 6})
-    expected = first.generate(PROMPT, steps=2, seed=6, init_image=source, mask_image=ImageOps.invert(alpha),
-                              strength=1.0).images[0]
+    edited = api.images.edit(
+        image=("image.png", files["image"]),
+        mask=("mask.png", files["mask"]),
+        prompt=PROMPT,
+        response_format="b64_json",
+        extra_body={"steps": 2, "seed": 6},
+    )
+    expected = first.generate(
+        PROMPT, steps=2, seed=6, init_image=source, mask_image=ImageOps.invert(alpha), strength=1.0
+    ).images[0]
     np.testing.assert_array_equal(np.asarray(decode_png(edited.data[0].b64_json)), np.asarray(expected))
-    varied = api.images.create_variation(image=("image.png", io.BytesIO(base64.b64decode(png_b64(source)))),
-                                         response_format="b64_json", extra_body={"steps": 2, "seed": 6})
+    varied = api.images.create_variation(
+        image=("image.png", io.BytesIO(base64.b64decode(png_b64(source)))),
+        response_format="b64_json",
+        extra_body={"steps": 2, "seed": 6},
+    )
     expected = first.generate("", steps=2, seed=6, init_image=source, strength=0.75).images[0]
     np.testing.assert_array_equal(np.asarray(decode_png(varied.data[0].b64_json)), np.asarray(expected))
     with pytest.raises(Exception, match="style"):
@@ -321,8 +447,14 @@ def test_shutdown_stops_running_and_waiting_generations(pipeline_for_slow):
     app = create_app(slow, ServeSettings())
     with live_server(app) as url:
         answers = []
-        threads = [threading.Thread(target=lambda: answers.append(httpx.post(
-            f"{url}/v1/images/generations", json={"prompt": PROMPT}, timeout=30))) for _ in range(2)]
+        threads = [
+            threading.Thread(
+                target=lambda: answers.append(
+                    httpx.post(f"{url}/v1/images/generations", json={"prompt": PROMPT}, timeout=30)
+                )
+            )
+            for _ in range(2)
+        ]
         for thread in threads:
             thread.start()
         assert slow.started.acquire(timeout=10)
@@ -341,20 +473,43 @@ def test_prompt_styles_apply_as_a1111_does(served):
     url, first, _ = served
     with client(url) as http:
         listed = http.get("/sdapi/v1/prompt-styles").json()
-        body = http.post("/sdapi/v1/txt2img", json={"prompt": PROMPT, "negative_prompt": "ugly", "steps": 2, "seed": 1,
-                                                    "width": 64, "height": 64, "styles": ["Cinematic", "Grain"]}).json()
+        body = http.post(
+            "/sdapi/v1/txt2img",
+            json={
+                "prompt": PROMPT,
+                "negative_prompt": "ugly",
+                "steps": 2,
+                "seed": 1,
+                "width": 64,
+                "height": 64,
+                "styles": ["Cinematic", "Grain"],
+            },
+        ).json()
     assert [style["name"] for style in listed] == ["Cinematic", "Grain"]
     info = json.loads(body["info"])
     assert info["prompt"] == f"{PROMPT}, cinematic still, film grain" and info["negative_prompt"] == "ugly, blurry"
-    expected = first.generate(f"{PROMPT}, cinematic still, film grain", negative_prompt="ugly, blurry", steps=2, seed=1,
-                              height=64, width=64, guidance_scale=A1111_CFG)
+    expected = first.generate(
+        f"{PROMPT}, cinematic still, film grain",
+        negative_prompt="ugly, blurry",
+        steps=2,
+        seed=1,
+        height=64,
+        width=64,
+        guidance_scale=A1111_CFG,
+    )
     np.testing.assert_array_equal(np.asarray(decode_png(body["images"][0])), np.asarray(expected.images[0]))
 
 
 def test_override_checkpoint_for_one_request_then_back(served):
     url, first, second = served
-    payload = {"prompt": PROMPT, "steps": 2, "seed": 4, "width": 64, "height": 64,
-               "override_settings": {"sd_model_checkpoint": "second"}}
+    payload = {
+        "prompt": PROMPT,
+        "steps": 2,
+        "seed": 4,
+        "width": 64,
+        "height": 64,
+        "override_settings": {"sd_model_checkpoint": "second"},
+    }
     with client(url) as http:
         body = http.post("/sdapi/v1/txt2img", json=payload).json()
         expected = second.generate(PROMPT, steps=2, seed=4, height=64, width=64, guidance_scale=A1111_CFG)

@@ -35,8 +35,7 @@ def ray_url(exported_tiny):
     ray.init(num_cpus=REPLICAS, include_dashboard=False, log_to_driver=False)
     port = free_port()
     try:
-        ray_serve.run(folder, "cpu", None, ServeSettings(), ray_serve.RaySettings(replicas=REPLICAS),
-                      "127.0.0.1", port)
+        ray_serve.run(folder, "cpu", None, ServeSettings(), ray_serve.RaySettings(replicas=REPLICAS), "127.0.0.1", port)
         yield f"http://127.0.0.1:{port}", folder
     finally:
         ray_serve.shutdown()
@@ -44,11 +43,12 @@ def ray_url(exported_tiny):
 
 def test_two_replicas_serve_concurrent_clients_with_the_same_images(ray_url):
     url, folder = ray_url
-    payloads = [{"prompt": f"a photo of cat number {index}", "seed": index, "steps": 2, "size": "64x64"}
-                for index in range(REQUESTS)]
+    payloads = [
+        {"prompt": f"a photo of cat number {index}", "seed": index, "steps": 2, "size": "64x64"}
+        for index in range(REQUESTS)
+    ]
     with httpx.Client(timeout=120) as client, ThreadPoolExecutor(CLIENTS) as pool:
-        responses = list(pool.map(lambda payload: client.post(f"{url}/v1/images/generations", json=payload),
-                                  payloads))
+        responses = list(pool.map(lambda payload: client.post(f"{url}/v1/images/generations", json=payload), payloads))
     assert [response.status_code for response in responses] == [200] * REQUESTS
     processes = {response.headers["x-sdrt-process"] for response in responses}
     assert len(processes) == REPLICAS, "concurrent requests should reach both replicas"

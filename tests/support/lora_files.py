@@ -14,8 +14,10 @@ from safetensors.torch import save_file
 RANK = 4
 ALPHA = 2.0
 SPREAD = 0.3  # factor scale: large enough to change a tiny model's image visibly
-ATTENTION = re.compile(r"attentions\.\d+\.(proj_in|proj_out|transformer_blocks\.\d+\.(attn[12]\.(to_q|to_k|to_v|to_out\.0)"
-                       r"|ff\.net\.(0\.proj|2)))$")
+ATTENTION = re.compile(
+    r"attentions\.\d+\.(proj_in|proj_out|transformer_blocks\.\d+\.(attn[12]\.(to_q|to_k|to_v|to_out\.0)"
+    r"|ff\.net\.(0\.proj|2)))$"
+)
 TEXT = re.compile(r"layers\.\d+\.(self_attn\.(q|k|v|out)_proj|mlp\.fc[12])$")
 CONV = re.compile(r"resnets\.\d+\.(conv1|conv2|conv_shortcut|time_emb_proj)$")
 
@@ -23,10 +25,14 @@ CONV = re.compile(r"resnets\.\d+\.(conv1|conv2|conv_shortcut|time_emb_proj)$")
 def _factors(weight: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     out, inner = weight.shape[0], weight.shape[1]
     if weight.ndim == 2:
-        return (torch.randn(RANK, inner, generator=generator) * SPREAD,
-                torch.randn(out, RANK, generator=generator) * SPREAD)
-    return (torch.randn(RANK, inner, *weight.shape[2:], generator=generator) * SPREAD,
-            torch.randn(out, RANK, 1, 1, generator=generator) * SPREAD)
+        return (
+            torch.randn(RANK, inner, generator=generator) * SPREAD,
+            torch.randn(out, RANK, generator=generator) * SPREAD,
+        )
+    return (
+        torch.randn(RANK, inner, *weight.shape[2:], generator=generator) * SPREAD,
+        torch.randn(out, RANK, 1, 1, generator=generator) * SPREAD,
+    )
 
 
 def _layers(model, pattern: re.Pattern):
@@ -67,7 +73,7 @@ def _ldm(name: str, config) -> str:
     from sdrt.export.ldm_checkpoint import unet_key
 
     with_attention = {i for i, kind in enumerate(config.up_block_types) if "CrossAttn" in kind}
-    return unet_key(name + ".weight", config.layers_per_block, with_attention)[:-len(".weight")]
+    return unet_key(name + ".weight", config.layers_per_block, with_attention)[: -len(".weight")]
 
 
 def peft_lora(pipeline, path: Path, seed: int, alpha: float = ALPHA) -> Path:

@@ -10,9 +10,10 @@ backend and never compares backend names.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from sdrt.errors import ConfigError, ModelFolderError
 from sdrt.runtime.engines.base import Engine, EngineInputError, EngineRunError
@@ -44,24 +45,34 @@ class Backend(ABC):
 
     def open_session(self, path: Path, options: LoadOptions) -> Any:
         """A session for reading a manifest-less folder's graphs (backends that infer)."""
-        raise ModelFolderError(f"{path.parent.parent} has no manifest.json, which the {self.name} backend needs; "
-                               "export it with `sdrt export`")
+        raise ModelFolderError(
+            f"{path.parent.parent} has no manifest.json, which the {self.name} backend needs; "
+            "export it with `sdrt export`"
+        )
 
     @abstractmethod
-    def load(self, folder: Path, manifest: Manifest, options: LoadOptions,
-             sessions: dict[str, Any]) -> tuple[Manifest, EngineFactory]:
+    def load(
+        self, folder: Path, manifest: Manifest, options: LoadOptions, sessions: dict[str, Any]
+    ) -> tuple[Manifest, EngineFactory]:
         """(the manifest the engines accept, a factory of engines by component name).
         `sessions` are ones open_session opened to infer the manifest; engines adopt them."""
 
-    def attached_engine(self, folder: Path, manifest, component: str, options: LoadOptions,
-                        model_engines: dict[str, Engine]) -> Engine:
+    def attached_engine(
+        self, folder: Path, manifest, component: str, options: LoadOptions, model_engines: dict[str, Engine]
+    ) -> Engine:
         """An engine from another folder that runs beside the model's engines, at the model's
         ranges (`manifest.dims`): a ControlNet's."""
         return self.load(folder, manifest, options, {})[1](component)
 
     @abstractmethod
-    def weight_variants(self, component: str, engine: Engine, make_engine: EngineFactory,
-                        pristine: Callable[[str], Any], loaded: "LoadedFolder"):
+    def weight_variants(
+        self,
+        component: str,
+        engine: Engine,
+        make_engine: EngineFactory,
+        pristine: Callable[[str], Any],
+        loaded: LoadedFolder,
+    ):
         """The component's engines for LoRA-merged weights (sdrt.runtime.features.lora.variants)."""
 
 
@@ -88,11 +99,21 @@ class OrtBackend(Backend):
 
         def make_engine(name: str, weights=None) -> Engine:
             spec = manifest.components[name]
-            common = dict(backend=self.name, threads=options.threads, session=None if weights else sessions.get(name),
-                          weights=weights)
+            common = dict(
+                backend=self.name,
+                threads=options.threads,
+                session=None if weights else sessions.get(name),
+                weights=weights,
+            )
             if bound:
-                return BoundOrtEngine(folder / spec.file, name, spec, manifest.dims,
-                                      cuda_graph=options.cuda_graph and name == UNET, **common)
+                return BoundOrtEngine(
+                    folder / spec.file,
+                    name,
+                    spec,
+                    manifest.dims,
+                    cuda_graph=options.cuda_graph and name == UNET,
+                    **common,
+                )
             return OrtEngine(folder / spec.file, name, spec, manifest.dims, **common)
 
         return manifest, make_engine
@@ -103,8 +124,9 @@ class OrtBackend(Backend):
         folder, spec, options = loaded.folder, loaded.manifest.components[component], loaded.options
         files = [folder / spec.file, *(folder / name for name in spec.data_files)]
         size = sum(path.stat().st_size for path in files if path.is_file() and path.suffix != ".json")
-        return SessionVariants(engine, lambda weights: make_engine(component, weights), size,
-                               options.lora_cache_mb * MIB)
+        return SessionVariants(
+            engine, lambda weights: make_engine(component, weights), size, options.lora_cache_mb * MIB
+        )
 
 
 class TensorRtBackend(Backend):
@@ -147,8 +169,14 @@ class LoadedEngines:
     make_engine: EngineFactory
 
 
-BACKENDS: dict[str, Backend] = {backend.name: backend for backend in (
-    OrtBackend("cpu", device_resident=False), OrtBackend("cuda", device_resident=True), TensorRtBackend())}
+BACKENDS: dict[str, Backend] = {
+    backend.name: backend
+    for backend in (
+        OrtBackend("cpu", device_resident=False),
+        OrtBackend("cuda", device_resident=True),
+        TensorRtBackend(),
+    )
+}
 BACKEND_NAMES = tuple(BACKENDS)
 DEFAULT_BACKEND = "cpu"
 
@@ -162,5 +190,17 @@ def backend_named(name: str | Backend) -> Backend:
         raise ConfigError(f"unknown backend {name!r}; choose one of {', '.join(BACKEND_NAMES)}") from None
 
 
-__all__ = ["BACKENDS", "BACKEND_NAMES", "Backend", "DEFAULT_BACKEND", "Engine", "EngineFactory",
-           "EngineInputError", "EngineRunError", "LoadOptions", "LoadedEngines", "LoadedFolder", "backend_named"]
+__all__ = [
+    "BACKENDS",
+    "BACKEND_NAMES",
+    "Backend",
+    "DEFAULT_BACKEND",
+    "Engine",
+    "EngineFactory",
+    "EngineInputError",
+    "EngineRunError",
+    "LoadOptions",
+    "LoadedEngines",
+    "LoadedFolder",
+    "backend_named",
+]

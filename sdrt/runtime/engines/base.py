@@ -8,13 +8,13 @@ may be left out: they are zeros then (sdrt.runtime.features.controlnet.residuals
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
 from sdrt.errors import SdrtError
-from sdrt.runtime.manifest import ComponentSpec, DimRange
 from sdrt.runtime.features.controlnet.residuals import ZeroResiduals
+from sdrt.runtime.manifest import ComponentSpec, DimRange
 
 
 class EngineInputError(SdrtError):
@@ -76,9 +76,7 @@ class Engine(ABC):
                 _check_dim(self.name, name, expected, size, self.dims.get(expected), self.range_source)
                 if expected in seen and seen[expected][0] != size:
                     other_size, other = seen[expected]
-                    raise EngineInputError(
-                        f"{self.name}.{name}: {expected} is {size} but {other_size} in {other}"
-                    )
+                    raise EngineInputError(f"{self.name}.{name}: {expected} is {size} but {other_size} in {other}")
                 seen[expected] = (size, name)
         return {dim: size for dim, (size, _) in seen.items()}
 

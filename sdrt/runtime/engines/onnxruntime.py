@@ -6,9 +6,9 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 
@@ -25,12 +25,22 @@ IGNORES_REPLACED_WEIGHTS = ["NchwcTransformer"]
 #: sdrt's ONNX Runtime backends and their execution providers.
 BACKEND_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 #: ONNX Runtime's type names -> the manifest's dtypes (the one table of them).
-ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int32)": "int32",
-              "tensor(int64)": "int64"}
+ORT_DTYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(int32)": "int32",
+    "tensor(int64)": "int64",
+}
 
 
-def open_session(path: Path, backend: str = "cpu", threads: int | None = None, cuda_graph: bool = False,
-                 spec: ComponentSpec | None = None, weights: dict[str, np.ndarray] | None = None):
+def open_session(
+    path: Path,
+    backend: str = "cpu",
+    threads: int | None = None,
+    cuda_graph: bool = False,
+    spec: ComponentSpec | None = None,
+    weights: dict[str, np.ndarray] | None = None,
+):
     """An ONNX Runtime session for `path` on an sdrt backend, with all graph optimizations.
     `cuda_graph` turns on the CUDA provider's graph capture (runs must use IO binding). On the
     CPU, with the component's `spec` (its sha256), the optimized graph is cached per machine
@@ -65,8 +75,9 @@ def open_session(path: Path, backend: str = "cpu", threads: int | None = None, c
         raise EngineRunError(f"cannot load {path}: {error}") from None
 
 
-def _session_with_weights(path: Path, backend: str, spec: ComponentSpec | None, make_options, providers,
-                          weights: dict[str, np.ndarray]):
+def _session_with_weights(
+    path: Path, backend: str, spec: ComponentSpec | None, make_options, providers, weights: dict[str, np.ndarray]
+):
     """A session with `weights` replaced: from the cached optimized graph where every weight
     can be placed in it, else optimized from the exported graph with the weights in it."""
     import onnxruntime as ort
@@ -93,11 +104,22 @@ class OrtEngine(Engine):
     """An ONNX file in ONNX Runtime. `InferenceSession.run` is safe to call from many threads.
     `session`, when given, is one already opened with open_session for the same file."""
 
-    def __init__(self, path: Path, name: str, spec: ComponentSpec, dims: Mapping[str, DimRange], *,
-                 backend: str = "cpu", threads: int | None = None, session=None, weights=None):
+    def __init__(
+        self,
+        path: Path,
+        name: str,
+        spec: ComponentSpec,
+        dims: Mapping[str, DimRange],
+        *,
+        backend: str = "cpu",
+        threads: int | None = None,
+        session=None,
+        weights=None,
+    ):
         super().__init__(name, spec, dims)
-        self.session = session if session is not None else open_session(path, backend, threads, spec=spec,
-                                                                         weights=weights)
+        self.session = (
+            session if session is not None else open_session(path, backend, threads, spec=spec, weights=weights)
+        )
         check_graph_io(name, spec.inputs, spec.outputs, *session_tensor_specs(self.session))
 
     def _run(self, feeds: Mapping[str, np.ndarray], dims: Mapping[str, int]) -> dict[str, np.ndarray]:
@@ -143,9 +165,19 @@ class BoundOrtEngine(OrtEngine):
 
     MAX_SHAPES = 8  # shape sets kept (and CUDA graphs); the oldest is dropped past this
 
-    def __init__(self, path: Path, name: str, spec: ComponentSpec, dims: Mapping[str, DimRange], *,
-                 backend: str = "cuda", threads: int | None = None, session=None, cuda_graph: bool = False,
-                 weights=None):
+    def __init__(
+        self,
+        path: Path,
+        name: str,
+        spec: ComponentSpec,
+        dims: Mapping[str, DimRange],
+        *,
+        backend: str = "cuda",
+        threads: int | None = None,
+        session=None,
+        cuda_graph: bool = False,
+        weights=None,
+    ):
         if session is None:
             session = open_session(path, backend, threads, cuda_graph=cuda_graph, spec=spec, weights=weights)
         else:
@@ -180,8 +212,9 @@ class BoundOrtEngine(OrtEngine):
         for tensor in self.spec.outputs:
             if all(isinstance(size, int) or size in dims for size in tensor.shape):
                 shape = [size if isinstance(size, int) else dims[size] for size in tensor.shape]
-                outputs[tensor.name] = ort.OrtValue.ortvalue_from_shape_and_type(shape, np.dtype(tensor.dtype),
-                                                                                self.device, 0)
+                outputs[tensor.name] = ort.OrtValue.ortvalue_from_shape_and_type(
+                    shape, np.dtype(tensor.dtype), self.device, 0
+                )
                 binding.bind_ortvalue_output(tensor.name, outputs[tensor.name])
             else:  # a size the inputs do not fix (the VAE's image side): ONNX Runtime allocates it
                 binding.bind_output(tensor.name, self.device, 0)
@@ -209,8 +242,10 @@ class BoundOrtEngine(OrtEngine):
             else:
                 values = bound.binding.get_outputs()
             # A CPU buffer's numpy() is a view that the next run overwrites: copy it.
-            outputs = {name: np.array(value.numpy(), copy=True) if self.device == "cpu" else value.numpy()
-                       for name, value in zip(self.output_names, values)}
+            outputs = {
+                name: np.array(value.numpy(), copy=True) if self.device == "cpu" else value.numpy()
+                for name, value in zip(self.output_names, values)
+            }
             self._local.copy_seconds = copy_seconds + time.perf_counter() - copying
         return outputs
 

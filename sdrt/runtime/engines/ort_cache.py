@@ -4,8 +4,8 @@ Creating a CPU session at the highest optimization level rewrites the graph for 
 (blocked NCHWc convolution layouts, fused operators) and packs weights; for SD 1.5's fp32 UNet
 that takes 11 to 22 s of the load. The first load on a machine saves the optimized graph;
 later loads open it with optimizations off, in about 2 s, with the same outputs (steps measured
-2 to 3% slower on SD 1.5; docs/benchmarks). The graph is specific to the CPU and ONNX Runtime version that made it, so the
-cache key holds both, with the ONNX file's sha256 from the manifest.
+2 to 3% slower on SD 1.5; docs/benchmarks). The graph is specific to the CPU and ONNX Runtime
+version that made it, so the cache key holds both, with the ONNX file's sha256 from the manifest.
 
 Where: $SDRT_CACHE/ort (default ~/.cache/sdrt/ort), one folder per key. SDRT_ORT_CACHE=0 turns
 it off. A cache that cannot be written (read-only, disk full) or read is skipped, never fatal.
@@ -19,8 +19,8 @@ import os
 import platform
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from sdrt.runtime.engines.onnxruntime import ORT_ERRORS_ONLY
 from sdrt.runtime.files.leftovers import remove_stale
@@ -61,8 +61,13 @@ def cpu_identity() -> dict:
 
 
 def cache_key(spec: ComponentSpec, ort_version: str) -> str:
-    payload = {"onnx_sha256": spec.sha256, "data_sha256": dict(spec.data_files), "onnxruntime": ort_version,
-               "cpu": cpu_identity(), "level": "all"}
+    payload = {
+        "onnx_sha256": spec.sha256,
+        "data_sha256": dict(spec.data_files),
+        "onnxruntime": ort_version,
+        "cpu": cpu_identity(),
+        "level": "all",
+    }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -103,11 +108,13 @@ def cached_session(source: Path, spec: ComponentSpec, make_options: Callable, pr
         # (its key names the machine), so the warning would only alarm users.
         options.log_severity_level = max(options.log_severity_level, ORT_ERRORS_ONLY)
         options.add_session_config_entry("session.optimized_model_external_initializers_file_name", DATA_FILE)
-        options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
-                                         str(EXTERNAL_MIN_BYTES))
+        options.add_session_config_entry(
+            "session.optimized_model_external_initializers_min_size_in_bytes", str(EXTERNAL_MIN_BYTES)
+        )
         session = ort.InferenceSession(str(source), options, providers=providers)
-        (staging / COMPLETE_FILE).write_text(json.dumps({"source": str(source), "sha256": spec.sha256}),
-                                             encoding="utf-8")
+        (staging / COMPLETE_FILE).write_text(
+            json.dumps({"source": str(source), "sha256": spec.sha256}), encoding="utf-8"
+        )
         if folder.exists() and not (folder / COMPLETE_FILE).is_file():
             shutil.rmtree(folder, ignore_errors=True)  # an interrupted save
         try:

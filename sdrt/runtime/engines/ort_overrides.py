@@ -47,8 +47,9 @@ def blocked_filter(weight: np.ndarray, layout: str, block: int) -> np.ndarray:
     in_padded = _padded(in_channels, block)
     padded = np.zeros((out_padded, in_padded, height, width), weight.dtype)
     padded[:out_channels, :in_channels] = weight
-    return padded.reshape(out_padded // block, block, in_padded // block, block, height, width) \
-        .transpose(0, 2, 4, 5, 3, 1)
+    return padded.reshape(out_padded // block, block, in_padded // block, block, height, width).transpose(
+        0, 2, 4, 5, 3, 1
+    )
 
 
 LAYOUTS = ("OIHWBiBo", "OIHWBo")
@@ -79,14 +80,16 @@ def _find(name: str, original: dict[str, StoredTensor], cached: dict[str, Stored
         for block in NCHWC_BLOCKS:
             candidate = blocked_filter(weight, layout, block)
             for tensor in new:
-                if tensor.length == candidate.nbytes and np.array_equal(tensor.read().reshape(-1),
-                                                                        candidate.reshape(-1)):
+                if tensor.length == candidate.nbytes and np.array_equal(
+                    tensor.read().reshape(-1), candidate.reshape(-1)
+                ):
                     return [tensor.name, layout, block]
     return None
 
 
-def place(cache_folder: Path, source: Path, replacements: dict[str, np.ndarray],
-          cached_model: str) -> dict[str, np.ndarray] | None:
+def place(
+    cache_folder: Path, source: Path, replacements: dict[str, np.ndarray], cached_model: str
+) -> dict[str, np.ndarray] | None:
     """The replacements as the cached optimized graph's initializers, or None where one cannot
     be placed there (then the session must be built from `source`)."""
     record = cache_folder / PLACEMENTS_FILE

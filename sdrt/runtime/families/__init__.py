@@ -13,9 +13,16 @@ from sdrt.runtime.families.base import DenoiserCall, Family, LatentFormat
 from sdrt.runtime.families.sd import InferredStableDiffusion, StableDiffusion1, StableDiffusion2
 from sdrt.runtime.families.sdxl import StableDiffusionXL, StableDiffusionXLRefiner
 
-FAMILIES: dict[str, Family] = {family.name: family for family in (
-    StableDiffusion1(), StableDiffusion2(), StableDiffusionXL(), StableDiffusionXLRefiner(), InferredStableDiffusion(),
-)}
+FAMILIES: dict[str, Family] = {
+    family.name: family
+    for family in (
+        StableDiffusion1(),
+        StableDiffusion2(),
+        StableDiffusionXL(),
+        StableDiffusionXLRefiner(),
+        InferredStableDiffusion(),
+    )
+}
 FAMILY_NAMES = tuple(FAMILIES)
 
 __all__ = ["FAMILIES", "FAMILY_NAMES", "DenoiserCall", "Family", "LatentFormat", "family_named"]

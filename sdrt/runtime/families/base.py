@@ -16,12 +16,19 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 
 from sdrt.errors import GenerationError
+from sdrt.runtime.manifest import (
+    CLIP_TEXT_ENCODER,
+    CLIP_TOKENIZER,
+    DENOISER_OUTPUT,
+    DENOISER_SAMPLE,
+    DENOISER_TIMESTEP,
+    LAST_HIDDEN,
+    UNET,
+    UNET_CONTEXT,
+    Manifest,
+)
 from sdrt.runtime.schedulers import DEFAULT_SAMPLER, DEFAULT_SCHEDULE
 from sdrt.runtime.schedulers.spaces import DIFFUSION
-from sdrt.runtime.manifest import (
-    CLIP_TEXT_ENCODER, CLIP_TOKENIZER, DENOISER_OUTPUT, DENOISER_SAMPLE, DENOISER_TIMESTEP, LAST_HIDDEN, UNET,
-    UNET_CONTEXT, Manifest,
-)
 
 if TYPE_CHECKING:
     from sdrt.runtime.request import GenerationRequest, ResolvedRequest
@@ -41,9 +48,10 @@ class LatentFormat:
     shift_factor: float
 
     @classmethod
-    def of(cls, manifest: Manifest) -> "LatentFormat":
-        return cls(manifest.latent_channels, manifest.vae_scale_factor, manifest.vae_scaling_factor,
-                   manifest.vae_shift_factor)
+    def of(cls, manifest: Manifest) -> LatentFormat:
+        return cls(
+            manifest.latent_channels, manifest.vae_scale_factor, manifest.vae_scaling_factor, manifest.vae_shift_factor
+        )
 
     def shape(self, batch: int, height: int, width: int) -> tuple[int, int, int, int]:
         """The latents of `batch` images of this size."""
@@ -89,15 +97,15 @@ class Family:
         """(text encoder component, tokenizer folder) pairs, in concatenation order."""
         return [(CLIP_TEXT_ENCODER, CLIP_TOKENIZER)]
 
-    def text_feeds(self, encoding: "TextEncoding") -> dict[str, np.ndarray]:
+    def text_feeds(self, encoding: TextEncoding) -> dict[str, np.ndarray]:
         """The denoiser's feeds of one encoded text."""
         return {UNET_CONTEXT: encoding.hidden}
 
-    def zero_negative(self, manifest: Manifest, request: "GenerationRequest") -> bool:
+    def zero_negative(self, manifest: Manifest, request: GenerationRequest) -> bool:
         """Whether the negative rows get zeros instead of an encoded negative prompt."""
         return False
 
-    def row_feeds(self, manifest: Manifest, resolved: "ResolvedRequest") -> RowFeeds:
+    def row_feeds(self, manifest: Manifest, resolved: ResolvedRequest) -> RowFeeds:
         """Per-row feeds besides the text (SDXL's size conditioning)."""
         return {"negative": {}, "positive": {}}
 
@@ -105,15 +113,16 @@ class Family:
         """A denoiser that takes the mask and masked image's latents as extra input channels."""
         return manifest.unet_in_channels != manifest.latent_channels
 
-    def check_request(self, request: "GenerationRequest", manifest: Manifest) -> None:
+    def check_request(self, request: GenerationRequest, manifest: Manifest) -> None:
         """What only some families take: other families' settings are refused by name."""
         from sdrt.runtime.families import FAMILIES
 
         for family in FAMILIES.values():
             for name in family.own_settings:
                 if name not in self.own_settings and getattr(request, name) is not None:
-                    raise GenerationError(f"{name} applies to {family.display_name} models only; this is "
-                                          f"{manifest.family}", name)
+                    raise GenerationError(
+                        f"{name} applies to {family.display_name} models only; this is {manifest.family}", name
+                    )
 
     def check_manifest(self, manifest: Manifest) -> str | None:
         """What is wrong with an export that names this family, or None."""

@@ -5,12 +5,27 @@ the export's scheduler config carries."""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from sdrt.runtime.families.base import Family
 from sdrt.runtime.manifest import Manifest
 
 #: Features both families support (names in sdrt.runtime.features.combinations).
-SD_FEATURES = frozenset({"img2img", "inpainting", "init_latents", "controlnet", "lora", "embeddings", "deepcache",
-                         "hires", "masked_area", "tiny_vae", "preview"})
+SD_FEATURES = frozenset(
+    {
+        "img2img",
+        "inpainting",
+        "init_latents",
+        "controlnet",
+        "lora",
+        "embeddings",
+        "deepcache",
+        "hires",
+        "masked_area",
+        "tiny_vae",
+        "preview",
+    }
+)
 
 
 class StableDiffusion1(Family):
@@ -18,7 +33,7 @@ class StableDiffusion1(Family):
     display_name = "SD 1.x"
     clip_skip_applies = True
     features = SD_FEATURES
-    controlnet_family = "sd1"
+    controlnet_family: ClassVar[str | None] = "sd1"
 
     def check_manifest(self, manifest: Manifest) -> str | None:
         return None if manifest.sdxl is None else f"family {manifest.family!r} and the sdxl section disagree"

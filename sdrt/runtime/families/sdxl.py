@@ -1,5 +1,5 @@
-"""The SDXL families (base and refiner) and their conditioning, as diffusers' `StableDiffusionXLPipeline` (and its image-to-image and
-inpainting pipelines) compute it.
+"""The SDXL families (base and refiner) and their conditioning, as diffusers'
+`StableDiffusionXLPipeline` (and its image-to-image and inpainting pipelines) compute it.
 
 - Text (sdrt.runtime.text.encoders, sdrt.runtime.loop.conditioning): both encoders' penultimate
   hidden states concatenated, the pooled embedding from the last encoder. With guidance and no
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from sdrt.errors import GenerationError
+from sdrt.errors import GenerationError, ModelFolderError
 from sdrt.runtime.families.base import Family, RowFeeds
 from sdrt.runtime.families.sd import SD_FEATURES
 from sdrt.runtime.manifest import PENULTIMATE_HIDDEN, TEXT_EMBEDS, TIME_IDS, UNET_CONTEXT, Manifest
@@ -51,8 +51,14 @@ class SizeConditioning:
     negative_aesthetic_score: float = NEGATIVE_AESTHETIC_SCORE
 
     def check(self) -> None:
-        for name in ("original_size", "target_size", "negative_original_size", "negative_target_size",
-                     "crop_top_left", "negative_crop_top_left"):
+        for name in (
+            "original_size",
+            "target_size",
+            "negative_original_size",
+            "negative_target_size",
+            "crop_top_left",
+            "negative_crop_top_left",
+        ):
             _check_pair(name, getattr(self, name), low=0 if "crop" in name else 1)
         for name in ("aesthetic_score", "negative_aesthetic_score"):
             value = getattr(self, name)
@@ -78,19 +84,33 @@ class SizeConditioning:
 def _check_pair(name: str, value, low: int) -> None:
     if value is None:
         return
-    ok = isinstance(value, (tuple, list)) and len(value) == 2 and all(
-        isinstance(v, int) and not isinstance(v, bool) and low <= v <= MAX_CONDITIONING_SIZE for v in value)
+    ok = (
+        isinstance(value, (tuple, list))
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and low <= v <= MAX_CONDITIONING_SIZE for v in value)
+    )
     if not ok:
-        raise GenerationError(f"{name} must be two integers from {low} to {MAX_CONDITIONING_SIZE} "
-                              f"(height, width), got {value!r}", name)
+        raise GenerationError(
+            f"{name} must be two integers from {low} to {MAX_CONDITIONING_SIZE} (height, width), got {value!r}", name
+        )
 
 
 def time_id_rows(spec: SdxlSpec, resolved: ResolvedRequest) -> dict[str, dict[str, np.ndarray]]:
     """The `time_ids` feed of negative and positive rows."""
     negative, positive = (resolved.request.size_conditioning or SizeConditioning()).time_ids(
-        resolved.height, resolved.width, spec.requires_aesthetics_score)
-    return {"negative": {TIME_IDS: np.array(negative, np.float32)},
-            "positive": {TIME_IDS: np.array(positive, np.float32)}}
+        resolved.height, resolved.width, spec.requires_aesthetics_score
+    )
+    return {
+        "negative": {TIME_IDS: np.array(negative, np.float32)},
+        "positive": {TIME_IDS: np.array(positive, np.float32)},
+    }
+
+
+def _sdxl(manifest: Manifest) -> SdxlSpec:
+    """The manifest's SDXL section (Manifest.check refuses an SDXL family without one)."""
+    if manifest.sdxl is None:
+        raise ModelFolderError(f"family {manifest.family!r} needs the manifest's sdxl section; re-export the model")
+    return manifest.sdxl
 
 
 class StableDiffusionXL(Family):
@@ -105,35 +125,42 @@ class StableDiffusionXL(Family):
     controlnet_family = "sdxl"
 
     def text_encoders(self, manifest: Manifest) -> list[tuple[str, str]]:
-        return list(zip(manifest.sdxl.text_encoders, manifest.sdxl.tokenizers))
+        sdxl = _sdxl(manifest)
+        return list(zip(sdxl.text_encoders, sdxl.tokenizers))
 
-    def text_feeds(self, encoding: "TextEncoding") -> dict[str, np.ndarray]:
+    def text_feeds(self, encoding: TextEncoding) -> dict[str, np.ndarray]:
+        if encoding.pooled is None:
+            raise ModelFolderError("SDXL's last text encoder gives no pooled output; re-export the model")
         return {UNET_CONTEXT: encoding.hidden, TEXT_EMBEDS: encoding.pooled}
 
-    def zero_negative(self, manifest: Manifest, request: "GenerationRequest") -> bool:
-        return manifest.sdxl.force_zeros_for_empty_prompt and request.negative_prompt is None
+    def zero_negative(self, manifest: Manifest, request: GenerationRequest) -> bool:
+        return _sdxl(manifest).force_zeros_for_empty_prompt and request.negative_prompt is None
 
-    def row_feeds(self, manifest: Manifest, resolved: "ResolvedRequest") -> RowFeeds:
-        return time_id_rows(manifest.sdxl, resolved)
+    def row_feeds(self, manifest: Manifest, resolved: ResolvedRequest) -> RowFeeds:
+        return time_id_rows(_sdxl(manifest), resolved)
 
-    def check_request(self, request: "GenerationRequest", manifest: Manifest) -> None:
+    def check_request(self, request: GenerationRequest, manifest: Manifest) -> None:
         super().check_request(request, manifest)
         if request.size_conditioning is not None:
             if not isinstance(request.size_conditioning, SizeConditioning):
                 raise GenerationError("size_conditioning must be a SizeConditioning", "size_conditioning")
             request.size_conditioning.check()
         switch = request.refiner_switch
-        if switch is not None and (not isinstance(switch, (int, float)) or isinstance(switch, bool)
-                                   or not 0 < switch < 1):
-            raise GenerationError(f"refiner switch must be a number between 0 and 1 (exclusive), got {switch!r}",
-                                  "refiner_switch")
+        if switch is not None and (
+            not isinstance(switch, (int, float)) or isinstance(switch, bool) or not 0 < switch < 1
+        ):
+            raise GenerationError(
+                f"refiner switch must be a number between 0 and 1 (exclusive), got {switch!r}", "refiner_switch"
+            )
 
     def check_manifest(self, manifest: Manifest) -> str | None:
         if manifest.sdxl is None:
             return f"family {manifest.family!r} and the sdxl section disagree"
         if len(manifest.sdxl.text_encoders) != len(manifest.sdxl.tokenizers):
-            return (f"sdxl lists {len(manifest.sdxl.text_encoders)} text encoders and "
-                    f"{len(manifest.sdxl.tokenizers)} tokenizers")
+            return (
+                f"sdxl lists {len(manifest.sdxl.text_encoders)} text encoders and "
+                f"{len(manifest.sdxl.tokenizers)} tokenizers"
+            )
         return None
 
 
@@ -145,8 +172,11 @@ class StableDiffusionXLRefiner(StableDiffusionXL):
     display_name = "SDXL refiner"
     features = StableDiffusionXL.features - {"refiner"}
 
-    def check_request(self, request: "GenerationRequest", manifest: Manifest) -> None:
+    def check_request(self, request: GenerationRequest, manifest: Manifest) -> None:
         if request.init_image is None:
-            raise GenerationError("this is an SDXL refiner, which refines an image: load it as the refiner of an "
-                                  "SDXL base model (--refiner), or give it an init image", "init_image")
+            raise GenerationError(
+                "this is an SDXL refiner, which refines an image: load it as the refiner of an "
+                "SDXL base model (--refiner), or give it an init image",
+                "init_image",
+            )
         super().check_request(request, manifest)

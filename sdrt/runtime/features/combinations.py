@@ -15,9 +15,10 @@ sdrt.runtime.features.combinations` rewrites that section (a test compares the t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from sdrt.errors import GenerationError
 from sdrt.runtime.schedulers import SAMPLERS
@@ -42,34 +43,70 @@ class Feature:
     display_name: str
     param: str
     asked_by: str
-    active: Callable[["ResolvedRequest"], bool] | None
+    active: Callable[[ResolvedRequest], bool] | None
     per_family: bool = True
 
 
-FEATURES: dict[str, Feature] = {feature.name: feature for feature in (
-    Feature("img2img", "image-to-image", "init_image", "`init_image` without a mask",
-            lambda r: r.image is not None and r.mask is None),
-    Feature("inpainting", "inpainting", "mask_image", "`init_image` with `mask_image`", lambda r: r.mask is not None),
-    Feature("masked_area", "A1111's mask handling", "mask_options", "`mask_options` with a mask",
-            lambda r: r.request.mask_options is not None and r.mask is not None),
-    Feature("init_latents", "init latents", "init_latents", "`init_latents`", lambda r: r.init_latents is not None),
-    Feature("per_prompt_seeds", "one seed per prompt", "seed", "`seed` as a list", lambda r: r.per_prompt_seeds,
-            per_family=False),
-    Feature("hires", "the hires fix", "hires", "`hires`", lambda r: r.request.hires is not None),
-    Feature("controlnet", "ControlNets", "controlnets", "`controlnets`", lambda r: bool(r.controls)),
-    Feature("lora", "LoRAs", "loras", "`loras` or `<lora:...>` tags", lambda r: bool(r.loras)),
-    Feature("embeddings", "textual-inversion embeddings", "embeddings", "`Pipeline.load(embeddings=...)`", None),
-    Feature("two_call_sampler", "a sampler calling the UNet twice a step", "sampler",
+FEATURES: dict[str, Feature] = {
+    feature.name: feature
+    for feature in (
+        Feature(
+            "img2img",
+            "image-to-image",
+            "init_image",
+            "`init_image` without a mask",
+            lambda r: r.image is not None and r.mask is None,
+        ),
+        Feature(
+            "inpainting", "inpainting", "mask_image", "`init_image` with `mask_image`", lambda r: r.mask is not None
+        ),
+        Feature(
+            "masked_area",
+            "A1111's mask handling",
+            "mask_options",
+            "`mask_options` with a mask",
+            lambda r: r.request.mask_options is not None and r.mask is not None,
+        ),
+        Feature("init_latents", "init latents", "init_latents", "`init_latents`", lambda r: r.init_latents is not None),
+        Feature(
+            "per_prompt_seeds",
+            "one seed per prompt",
+            "seed",
+            "`seed` as a list",
+            lambda r: r.per_prompt_seeds,
+            per_family=False,
+        ),
+        Feature("hires", "the hires fix", "hires", "`hires`", lambda r: r.request.hires is not None),
+        Feature("controlnet", "ControlNets", "controlnets", "`controlnets`", lambda r: bool(r.controls)),
+        Feature("lora", "LoRAs", "loras", "`loras` or `<lora:...>` tags", lambda r: bool(r.loras)),
+        Feature("embeddings", "textual-inversion embeddings", "embeddings", "`Pipeline.load(embeddings=...)`", None),
+        Feature(
+            "two_call_sampler",
+            "a sampler calling the UNet twice a step",
+            "sampler",
             f"`sampler`: {' or '.join(TWO_CALL_SAMPLERS)}",
-            lambda r: r.request.sampler in TWO_CALL_SAMPLERS, per_family=False),
-    Feature("size_conditioning", "SDXL's size conditioning", "size_conditioning", "`size_conditioning`",
-            lambda r: r.request.size_conditioning is not None),
-    Feature("refiner", "the SDXL refiner", "refiner_switch", "`refiner_switch`",
-            lambda r: r.request.refiner_switch is not None),
-    Feature("deepcache", "DeepCache", "deepcache", "`deepcache`", lambda r: r.request.deepcache is not None),
-    Feature("tiny_vae", "the tiny VAE", "vae", '`vae="tiny"`', lambda r: r.request.vae == "tiny"),
-    Feature("preview", "previews", "preview", "`Pipeline.run(preview=...)`", None),
-)}
+            lambda r: r.request.sampler in TWO_CALL_SAMPLERS,
+            per_family=False,
+        ),
+        Feature(
+            "size_conditioning",
+            "SDXL's size conditioning",
+            "size_conditioning",
+            "`size_conditioning`",
+            lambda r: r.request.size_conditioning is not None,
+        ),
+        Feature(
+            "refiner",
+            "the SDXL refiner",
+            "refiner_switch",
+            "`refiner_switch`",
+            lambda r: r.request.refiner_switch is not None,
+        ),
+        Feature("deepcache", "DeepCache", "deepcache", "`deepcache`", lambda r: r.request.deepcache is not None),
+        Feature("tiny_vae", "the tiny VAE", "vae", '`vae="tiny"`', lambda r: r.request.vae == "tiny"),
+        Feature("preview", "previews", "preview", "`Pipeline.run(preview=...)`", None),
+    )
+}
 FEATURE_NAMES = tuple(FEATURES)
 
 _NOT_HIRES = "the hires fix is for text-to-image; this request has an init image"
@@ -90,11 +127,11 @@ REFUSED: dict[tuple[str, str], str] = {
     ("lora", "deepcache"): "DeepCache does not run with LoRAs (their merged graphs are not cached)",
     ("refiner", "deepcache"): "DeepCache does not run with a refiner (its graphs are not cached)",
     ("two_call_sampler", "deepcache"): f"DeepCache does not run with {' or '.join(TWO_CALL_SAMPLERS)}, which calls "
-                                       "the UNet twice a step",
+    "the UNet twice a step",
     ("inpainting", "refiner"): "a refiner works with text-to-image and image-to-image; inpainting with a refiner is "
-                               "not supported yet",
+    "not supported yet",
     ("controlnet", "refiner"): "ControlNets with a refiner are not supported yet (diffusers' SDXL ControlNet "
-                               "pipelines have no refiner switch either)",
+    "pipelines have no refiner switch either)",
 }
 
 
@@ -103,23 +140,26 @@ def refusal(first: str, second: str) -> str | None:
     return REFUSED.get((first, second), REFUSED.get((second, first)))
 
 
-def active_features(resolved: "ResolvedRequest") -> list[Feature]:
+def active_features(resolved: ResolvedRequest) -> list[Feature]:
     """The request's features, in FEATURES' order."""
     return [feature for feature in FEATURES.values() if feature.active is not None and feature.active(resolved)]
 
 
-def check_combinations(resolved: "ResolvedRequest", family: "Family") -> None:
+def check_combinations(resolved: ResolvedRequest, family: Family) -> None:
     """GenerationError on a feature `family` lacks, else on the first refused pair (one line
     naming both features, with the reason)."""
     active = {feature.name: feature for feature in active_features(resolved)}
     for feature in active.values():
         if feature.per_family and feature.name not in family.features:
-            raise GenerationError(f"{feature.display_name} does not run on {family.display_name} models "
-                                  f"({family.name})", feature.param)
+            raise GenerationError(
+                f"{feature.display_name} does not run on {family.display_name} models ({family.name})", feature.param
+            )
     for (first, second), reason in REFUSED.items():
         if first in active and second in active:
-            raise GenerationError(f"{active[first].display_name} and {active[second].display_name} do not combine: "
-                                  f"{reason}", active[second].param)
+            raise GenerationError(
+                f"{active[first].display_name} and {active[second].display_name} do not combine: {reason}",
+                active[second].param,
+            )
 
 
 # ---------------------------------------------------------------------------------------------- docs
@@ -138,19 +178,37 @@ def render_markdown() -> str:
     lines = ["### Features", "", "| feature | name | asked for by |", "| --- | --- | --- |"]
     lines += [f"| {f.display_name} | `{f.name}` | {f.asked_by} |" for f in FEATURES.values()]
     lines += ["", "### Refused pairs", "", "| # | feature | with | why | field |", "| --- | --- | --- | --- | --- |"]
-    lines += [f"| {numbers[(a, b)]} | {FEATURES[a].display_name} | {FEATURES[b].display_name} | {why} | "
-              f"`{FEATURES[b].param}` |" for (a, b), why in REFUSED.items()]
-    lines += ["", "### Feature x feature", "", "A number is a refused pair (above); an empty cell combines.", "",
-              "| | " + " | ".join(f"`{n}`" for n in names) + " |", "| --- |" + " --- |" * len(names)]
+    lines += [
+        f"| {numbers[(a, b)]} | {FEATURES[a].display_name} | {FEATURES[b].display_name} | {why} | "
+        f"`{FEATURES[b].param}` |"
+        for (a, b), why in REFUSED.items()
+    ]
+    lines += [
+        "",
+        "### Feature x feature",
+        "",
+        "A number is a refused pair (above); an empty cell combines.",
+        "",
+        "| | " + " | ".join(f"`{n}`" for n in names) + " |",
+        "| --- |" + " --- |" * len(names),
+    ]
     for row in names:
         cells = ["-" if row == column else _pair_cell(numbers, row, column) for column in names]
         lines.append(f"| `{row}` | " + " | ".join(cells) + " |")
-    lines += ["", "### Feature x family", "", "yes: the family runs it (`Family.features`; * every family does).", "",
-              "| | " + " | ".join(f"{f.display_name} (`{f.name}`)" for f in FAMILIES.values()) + " |",
-              "| --- |" + " --- |" * len(FAMILIES)]
+    lines += [
+        "",
+        "### Feature x family",
+        "",
+        "yes: the family runs it (`Family.features`; * every family does).",
+        "",
+        "| | " + " | ".join(f"{f.display_name} (`{f.name}`)" for f in FAMILIES.values()) + " |",
+        "| --- |" + " --- |" * len(FAMILIES),
+    ]
     for feature in FEATURES.values():
-        cells = ["yes*" if not feature.per_family else "yes" if feature.name in family.features else "no"
-                 for family in FAMILIES.values()]
+        cells = [
+            "yes*" if not feature.per_family else "yes" if feature.name in family.features else "no"
+            for family in FAMILIES.values()
+        ]
         lines.append(f"| `{feature.name}` | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -2,12 +2,14 @@
 the cached steps between, only the shallow graph runs (sdrt.export.deepcache), on that feature.
 A step is full when its position, counted from the first denoising step, is a multiple of the
 interval: the `deepcache` package's DeepCacheSDHelper rule (it finds a call's step as the position
-of its timestep in the sampler's list; the loop's context gives the step's index itself). Samplers with two UNet calls a step (Heun) are refused.
-Branch 0 only: the graphs of deeper branches are not exported."""
+of its timestep in the sampler's list; the loop's context gives the step's index itself).
+Samplers with two UNet calls a step (Heun) are refused. Branch 0 only: the graphs of deeper
+branches are not exported."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import numpy as np
 
 from sdrt.runtime.engines import Engine
@@ -26,8 +28,8 @@ class DeepCache:
     branch: int = 0
 
     @classmethod
-    def parse(cls, text: str) -> "DeepCache":
-        """"INTERVAL[:BRANCH]" (ValueError with what is wrong)."""
+    def parse(cls, text: str) -> DeepCache:
+        """ "INTERVAL[:BRANCH]" (ValueError with what is wrong)."""
         interval, _, branch = str(text).partition(":")
         try:
             made = cls(int(interval), int(branch) if branch else 0)
@@ -42,8 +44,10 @@ class DeepCache:
             return f"the DeepCache interval must be a whole number from 1 to {MAX_INTERVAL}, got {self.interval!r}"
         if self.branch not in EXPORTED_BRANCHES:
             return f"DeepCache branch {self.branch} is not exported; sdrt exports branch 0 (the shallowest)"
-        if manifest is not None and (UNET_SHALLOW not in manifest.components or
-                                     DEEP_FEATURE not in {t.name for t in manifest.components[UNET].outputs}):
+        if manifest is not None and (
+            UNET_SHALLOW not in manifest.components
+            or DEEP_FEATURE not in {t.name for t in manifest.components[UNET].outputs}
+        ):
             return "this export has no DeepCache graphs: re-export it with `sdrt export --deepcache`"
         return None
 

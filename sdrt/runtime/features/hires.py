@@ -84,8 +84,10 @@ class HiresFix:
         if self.width and self.height:
             target_h, target_w = self.height, self.width
             if abs(target_w / target_h - width / height) > multiple / min(target_h, target_w):
-                raise ValueError(f"a hires size of {target_w}x{target_h} changes the first pass's aspect ratio "
-                                 f"({width}x{height}); give one side, or the same ratio")
+                raise ValueError(
+                    f"a hires size of {target_w}x{target_h} changes the first pass's aspect ratio "
+                    f"({width}x{height}); give one side, or the same ratio"
+                )
         elif self.width or self.height:
             ratio = (self.width or 0) / width if self.width else (self.height or 0) / height
             target_h, target_w = round(height * ratio), round(width * ratio)
@@ -94,40 +96,58 @@ class HiresFix:
         return target_h - target_h % multiple, target_w - target_w % multiple
 
 
-def hires_run(pipeline: "Pipeline", request: "GenerationRequest", watch: RunWatch) -> "GenerationResult":
+def hires_run(pipeline: Pipeline, request: GenerationRequest, watch: RunWatch) -> GenerationResult:
     """`pipeline.run(request)` with its hires fix (GenerationRequest.hires)."""
     hires = request.hires
     if hires.problem():
         raise GenerationError(hires.problem(), "hires")
     request.resolve(pipeline.manifest)  # the whole request checked, what combines with the hires fix among it
     kind, mode = UPSCALERS[hires.upscaler]
-    first = pipeline.run(replace(request, hires=None), watch.progress, watch.cancel, watch.preview,
-                         latents_only=kind == "latent")
+    first = pipeline.run(
+        replace(request, hires=None), watch.progress, watch.cancel, watch.preview, latents_only=kind == "latent"
+    )
     m = pipeline.manifest
     try:
         height, width = hires.size(first.parameters["height"], first.parameters["width"], m.vae_scale_factor)
     except ValueError as error:
         raise GenerationError(str(error), "hires") from None
-    second = replace(request, hires=None, height=height, width=width, strength=hires.strength,
-                     steps=hires.steps or request.steps, prompt=hires.prompt or request.prompt,
-                     negative_prompt=hires.negative_prompt or request.negative_prompt,
-                     sampler=hires.sampler or request.sampler, schedule=hires.schedule or request.schedule,
-                     seed=first.parameters["seed"])
+    second = replace(
+        request,
+        hires=None,
+        height=height,
+        width=width,
+        strength=hires.strength,
+        steps=hires.steps or request.steps,
+        prompt=hires.prompt or request.prompt,
+        negative_prompt=hires.negative_prompt or request.negative_prompt,
+        sampler=hires.sampler or request.sampler,
+        schedule=hires.schedule or request.schedule,
+        seed=first.parameters["seed"],
+    )
     if kind == "latent":
         latents = resize_latents(first.latents, height // m.vae_scale_factor, width // m.vae_scale_factor, mode)
         result = pipeline.run(replace(second, init_latents=latents), watch.progress, watch.cancel, watch.preview)
     else:
         result = _pixel_passes(pipeline, second, first, mode, watch)
-    result.parameters.update(width=first.parameters["width"], height=first.parameters["height"],
-                             hires={"upscaler": hires.upscaler, "steps": hires.steps, "strength": hires.strength,
-                                    "width": width, "height": height,
-                                    **({"scale": hires.scale} if not (hires.width or hires.height) else {})})
+    result.parameters.update(
+        width=first.parameters["width"],
+        height=first.parameters["height"],
+        hires={
+            "upscaler": hires.upscaler,
+            "steps": hires.steps,
+            "strength": hires.strength,
+            "width": width,
+            "height": height,
+            **({"scale": hires.scale} if not (hires.width or hires.height) else {}),
+        },
+    )
     result.timings = first.timings.merged(result.timings)
     return result
 
 
-def _pixel_passes(pipeline: "Pipeline", second: "GenerationRequest", first: "GenerationResult", resample: int,
-                  watch: RunWatch) -> "GenerationResult":
+def _pixel_passes(
+    pipeline: Pipeline, second: GenerationRequest, first: GenerationResult, resample: int, watch: RunWatch
+) -> GenerationResult:
     """One image-to-image pass per first-pass image (see the module's note)."""
     images = [image.resize((second.width, second.height), resample=resample) for image in first.images]
     prompts = second.prompt if isinstance(second.prompt, (list, tuple)) else [second.prompt]
@@ -138,15 +158,28 @@ def _pixel_passes(pipeline: "Pipeline", second: "GenerationRequest", first: "Gen
     for index, image in enumerate(images):
         which = index // per_prompt
         negative = negatives[which] if isinstance(negatives, (list, tuple)) else negatives
-        results.append(pipeline.run(replace(second, prompt=prompts[which], negative_prompt=negative,
-                                            seed=seeds[which], num_images=1, init_image=image),
-                                    watch.progress, watch.cancel, watch.preview))
+        results.append(
+            pipeline.run(
+                replace(
+                    second,
+                    prompt=prompts[which],
+                    negative_prompt=negative,
+                    seed=seeds[which],
+                    num_images=1,
+                    init_image=image,
+                ),
+                watch.progress,
+                watch.cancel,
+                watch.preview,
+            )
+        )
     merged = results[0]
     if len(results) > 1:
         merged.images = [r.images[0] for r in results]
         merged.array = np.concatenate([r.array for r in results])
         merged.latents = np.concatenate([r.latents for r in results])
-        merged.parameters.update(prompt=first.parameters["prompt"], seed=first.parameters["seed"],
-                                 num_images=first.parameters["num_images"])
+        merged.parameters.update(
+            prompt=first.parameters["prompt"], seed=first.parameters["seed"], num_images=first.parameters["num_images"]
+        )
         merged.timings = functools.reduce(lambda a, b: a.plus(b), [r.timings for r in results])
     return merged

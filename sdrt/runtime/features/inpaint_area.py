@@ -175,12 +175,23 @@ def prepare_area(image: Image.Image, mask: Image.Image, width: int, height: int,
     return MaskedArea(image, mask, original, overlay if options.paste_back else None, box)
 
 
-def masked_run(pipeline: "Pipeline", request: "GenerationRequest", watch: RunWatch) -> "GenerationResult":
+def masked_run(pipeline: Pipeline, request: GenerationRequest, watch: RunWatch) -> GenerationResult:
     """`pipeline.run(request)` with `request.mask_options` applied around the inpainting."""
     resolved = request.resolve(pipeline.manifest)  # opens and checks the images, fixes the size
     area = prepare_area(resolved.image, resolved.mask, resolved.width, resolved.height, request.mask_options)
-    result = pipeline.run(replace(request, init_image=area.image, mask_image=area.mask, height=resolved.height,
-                                  width=resolved.width, mask_options=None), watch.progress, watch.cancel, watch.preview)
+    result = pipeline.run(
+        replace(
+            request,
+            init_image=area.image,
+            mask_image=area.mask,
+            height=resolved.height,
+            width=resolved.width,
+            mask_options=None,
+        ),
+        watch.progress,
+        watch.cancel,
+        watch.preview,
+    )
     result.images = [area.finish(image) for image in result.images]
     result.array = np.stack([np.asarray(image, dtype=np.float32) / np.float32(MAX_8BIT) for image in result.images])
     if area.box is not None:

@@ -4,8 +4,8 @@ and handed to a callback (the CLI writes them as PNGs)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -29,7 +29,7 @@ class Preview:
         if not isinstance(self.every, int) or isinstance(self.every, bool) or self.every < 1:
             raise GenerationError(f"previews need a positive step interval, got {self.every!r}", "preview")
 
-    def hook(self, pipeline) -> "PreviewHook":
+    def hook(self, pipeline) -> PreviewHook:
         """The step hook that decodes and hands over the latents (the tiny VAE when exported)."""
         decoder = "tiny" if pipeline.manifest.tiny_vae is not None else "full"
         return PreviewHook(self, lambda latents: pipeline.decode_latents(latents, decoder))

@@ -51,7 +51,7 @@ def refiner_start(sampler: Scheduler, switch: float) -> int:
     return len(sampler.timesteps) - remaining
 
 
-def check_pair(base: "Pipeline", refiner: "Pipeline") -> None:
+def check_pair(base: Pipeline, refiner: Pipeline) -> None:
     """A refiner needs an SDXL base with the same latent space."""
     if base.manifest.family != BASE_FAMILY:
         raise ModelFolderError(f"a refiner needs an SDXL base model; {base.folder} is {base.manifest.family}")
@@ -59,11 +59,13 @@ def check_pair(base: "Pipeline", refiner: "Pipeline") -> None:
         raise ModelFolderError(f"{refiner.folder} is {refiner.manifest.family}, not an SDXL model to refine with")
     for field in ("latent_channels", "vae_scale_factor"):
         if getattr(base.manifest, field) != getattr(refiner.manifest, field):
-            raise ModelFolderError(f"the refiner's {field} ({getattr(refiner.manifest, field)}) differs from the "
-                                   f"base model's ({getattr(base.manifest, field)})")
+            raise ModelFolderError(
+                f"the refiner's {field} ({getattr(refiner.manifest, field)}) differs from the "
+                f"base model's ({getattr(base.manifest, field)})"
+            )
 
 
-def refiner_stage(refiner: "Pipeline | None", resolved: ResolvedRequest, base: Stage, timings: Timings) -> Stage:
+def refiner_stage(refiner: Pipeline | None, resolved: ResolvedRequest, base: Stage, timings: Timings) -> Stage:
     """The refiner's stage of a request with a refiner switch; ends the base's stage at the switch.
     (What a refiner runs with was checked when the request was resolved: sdrt.runtime.features.combinations.)"""
     request = resolved.request
@@ -76,5 +78,6 @@ def refiner_stage(refiner: "Pipeline | None", resolved: ResolvedRequest, base: S
         conditioning = encode_conditioning(refiner.text_encoders, refiner.engines, resolved, guider, [], timings)
     sampler = refiner.new_sampler(request)
     start = DenoiseStart(None, refiner_start(sampler, request.refiner_switch), counted_from=base.start.first)
-    return Stage(EngineDenoiser(engine, refiner.family.denoiser), sampler, conditioning, guider, start,
-                 refiner.decode_latents)
+    return Stage(
+        EngineDenoiser(engine, refiner.family.denoiser), sampler, conditioning, guider, start, refiner.decode_latents
+    )

@@ -1,1 +1,2 @@
-"""Reading the files of model folders and users (JSON, safetensors, torch zip files, ONNX weights) safely, and checking them."""
+"""Reading the files of model folders and users (JSON, safetensors, torch zip files, ONNX
+weights) safely, and checking them."""

@@ -20,8 +20,8 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from sdrt.errors import ModelFolderError
 from sdrt.runtime.files.leftovers import remove_stale
@@ -84,8 +84,12 @@ def file_sha256(path: Path) -> str:
     stat = path.stat()
     try:
         record = json.loads(_record_path(stat).read_text(encoding="utf-8"))
-        if (isinstance(record, dict) and record.get("stamp") == _stamp(stat)
-                and isinstance(record.get("sha256"), str) and SHA256_HEX.fullmatch(record["sha256"])):
+        if (
+            isinstance(record, dict)
+            and record.get("stamp") == _stamp(stat)
+            and isinstance(record.get("sha256"), str)
+            and SHA256_HEX.fullmatch(record["sha256"])
+        ):
             return record["sha256"]
     except (OSError, ValueError):
         pass
@@ -127,19 +131,31 @@ def verify_components(folder: Path, manifest: Manifest, names: Iterable[str]) ->
             check_file(folder, relative, sha256, f"components.{name}.data_files")
 
 
-def check_graph_io(component: str, expected_inputs: list[TensorSpec], expected_outputs: list[TensorSpec],
-                   inputs: list[TensorSpec], outputs: list[TensorSpec]) -> None:
+def check_graph_io(
+    component: str,
+    expected_inputs: list[TensorSpec],
+    expected_outputs: list[TensorSpec],
+    inputs: list[TensorSpec],
+    outputs: list[TensorSpec],
+) -> None:
     """The graph's tensors against the manifest's: the same names, dtypes and ranks, and equal
     sizes where both fix one. A mismatch is one ModelFolderError naming the tensor."""
     for kind, expected, actual in (("inputs", expected_inputs, inputs), ("outputs", expected_outputs, outputs)):
         have = {tensor.name: tensor for tensor in actual}
         want = {tensor.name: tensor for tensor in expected}
         if set(have) != set(want):
-            raise ModelFolderError(f"the {component} graph's {kind} are {sorted(have)}, manifest.json says "
-                                   f"{sorted(want)}; re-export the model")
+            raise ModelFolderError(
+                f"the {component} graph's {kind} are {sorted(have)}, manifest.json says "
+                f"{sorted(want)}; re-export the model"
+            )
         for name, spec in want.items():
             graph = have[name]
-            if graph.dtype != spec.dtype or len(graph.shape) != len(spec.shape) or any(
-                    isinstance(a, int) and isinstance(b, int) and a != b for a, b in zip(graph.shape, spec.shape)):
-                raise ModelFolderError(f"the {component} graph's {name} is {graph.dtype} {graph.shape}, manifest.json "
-                                       f"says {spec.dtype} {spec.shape}; re-export the model")
+            if (
+                graph.dtype != spec.dtype
+                or len(graph.shape) != len(spec.shape)
+                or any(isinstance(a, int) and isinstance(b, int) and a != b for a, b in zip(graph.shape, spec.shape))
+            ):
+                raise ModelFolderError(
+                    f"the {component} graph's {name} is {graph.dtype} {graph.shape}, manifest.json "
+                    f"says {spec.dtype} {spec.shape}; re-export the model"
+                )

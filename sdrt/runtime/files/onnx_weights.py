@@ -25,8 +25,13 @@ TENSOR_DIMS, TENSOR_DATA_TYPE, TENSOR_NAME, TENSOR_RAW_DATA, TENSOR_EXTERNAL_DAT
 ENTRY_KEY, ENTRY_VALUE = 1, 2
 WIRE_VARINT, WIRE_FIXED64, WIRE_LENGTH, WIRE_FIXED32 = 0, 1, 2, 5
 #: TensorProto.DataType -> NumPy dtype (the types weights are stored in).
-DATA_TYPES = {1: np.dtype(np.float32), 10: np.dtype(np.float16), 11: np.dtype(np.float64),
-              6: np.dtype(np.int32), 7: np.dtype(np.int64)}
+DATA_TYPES = {
+    1: np.dtype(np.float32),
+    10: np.dtype(np.float16),
+    11: np.dtype(np.float64),
+    6: np.dtype(np.int32),
+    7: np.dtype(np.int64),
+}
 
 
 @dataclass(frozen=True)
@@ -43,8 +48,10 @@ class StoredTensor:
     def read(self) -> np.ndarray:
         count = int(np.prod(self.shape, dtype=np.int64))
         if count * self.dtype.itemsize != self.length:
-            raise ModelFolderError(f"{self.file}: initializer {self.name} holds {self.length} bytes, its shape "
-                                   f"{list(self.shape)} needs {count * self.dtype.itemsize}")
+            raise ModelFolderError(
+                f"{self.file}: initializer {self.name} holds {self.length} bytes, its shape "
+                f"{list(self.shape)} needs {count * self.dtype.itemsize}"
+            )
         with open(self.file, "rb") as handle:
             handle.seek(self.offset)
             data = handle.read(self.length)
@@ -89,7 +96,7 @@ def _fields(buffer, start: int, end: int):
 
 
 def _text(buffer, span) -> str:
-    return bytes(buffer[span[0]:span[1]]).decode("utf-8")
+    return bytes(buffer[span[0] : span[1]]).decode("utf-8")
 
 
 def _tensor(buffer, span, path: Path) -> StoredTensor | None:

@@ -22,9 +22,16 @@ from sdrt.errors import SdrtError
 
 #: torch storage type names and their element types (bfloat16 is read through uint16).
 STORAGE_DTYPES = {
-    "FloatStorage": np.float32, "HalfStorage": np.float16, "DoubleStorage": np.float64,
-    "BFloat16Storage": "bfloat16", "LongStorage": np.int64, "IntStorage": np.int32,
-    "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_,
+    "FloatStorage": np.float32,
+    "HalfStorage": np.float16,
+    "DoubleStorage": np.float64,
+    "BFloat16Storage": "bfloat16",
+    "LongStorage": np.int64,
+    "IntStorage": np.int32,
+    "ShortStorage": np.int16,
+    "CharStorage": np.int8,
+    "ByteStorage": np.uint8,
+    "BoolStorage": np.bool_,
 }
 BFLOAT16_SHIFT = 16  # a bfloat16 is the high half of a float32
 #: Archives larger than this are not embedding or LoRA files.
@@ -46,8 +53,9 @@ def _rebuild_tensor(storage, offset, size, stride, *_ignored):
     if not size:
         return np.array(storage[offset])
     itemsize = storage.dtype.itemsize
-    return np.lib.stride_tricks.as_strided(storage[offset:], shape=tuple(size),
-                                           strides=tuple(s * itemsize for s in stride)).copy()
+    return np.lib.stride_tricks.as_strided(
+        storage[offset:], shape=tuple(size), strides=tuple(s * itemsize for s in stride)
+    ).copy()
 
 
 def _rebuild_parameter(data, *_ignored):
@@ -75,8 +83,10 @@ class _Unpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         allowed = ALLOWED.get((module, name))
         if allowed is None:
-            raise TorchFileError(f"{self.path} refers to {module}.{name}, which is not tensor data; sdrt reads only "
-                                 "tensors from torch files (a .safetensors file avoids this)")
+            raise TorchFileError(
+                f"{self.path} refers to {module}.{name}, which is not tensor data; sdrt reads only "
+                "tensors from torch files (a .safetensors file avoids this)"
+            )
         return allowed
 
     def persistent_load(self, pid):
@@ -98,8 +108,10 @@ def load_torch_file(path: str | Path):
     if path.stat().st_size > MAX_FILE_BYTES:
         raise TorchFileError(f"{path} is larger than {MAX_FILE_BYTES // 2**30} GiB; it is not a file sdrt reads")
     if not zipfile.is_zipfile(path):
-        raise TorchFileError(f"{path} is not a zip-format torch file (a legacy pickle, which sdrt does not read): "
-                             "convert it to .safetensors")
+        raise TorchFileError(
+            f"{path} is not a zip-format torch file (a legacy pickle, which sdrt does not read): "
+            "convert it to .safetensors"
+        )
     with zipfile.ZipFile(path) as archive:
         pickles = [name for name in archive.namelist() if name.endswith("/data.pkl") and name.count("/") == 1]
         if len(pickles) != 1:

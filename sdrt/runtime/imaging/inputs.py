@@ -40,8 +40,10 @@ class InputImageError(SdrtError):
 def check_pixels(size: tuple[int, int], name: str, max_pixels: int = MAX_INPUT_PIXELS) -> None:
     width, height = size
     if width * height > max_pixels:
-        raise InputImageError(f"{name} is {width}x{height} ({width * height / 1e6:.0f} megapixels); "
-                              f"the limit is {max_pixels / 1e6:.0f} megapixels")
+        raise InputImageError(
+            f"{name} is {width}x{height} ({width * height / 1e6:.0f} megapixels); "
+            f"the limit is {max_pixels / 1e6:.0f} megapixels"
+        )
 
 
 def open_image(source: str | Path | bytes | Image.Image, max_pixels: int = MAX_INPUT_PIXELS) -> Image.Image:

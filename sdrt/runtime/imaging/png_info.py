@@ -45,8 +45,11 @@ def format_parameters(prompt: str, parameters: dict, batch_position: int | None 
     fields = [
         ("Steps", parameters["steps"]),
         ("Sampler", display_name(parameters["sampler"])),
-        *((("Schedule type", schedule_label(parameters["schedule"])),)
-          if parameters.get("schedule", DEFAULT_SCHEDULE) != DEFAULT_SCHEDULE else ()),
+        *(
+            (("Schedule type", schedule_label(parameters["schedule"])),)
+            if parameters.get("schedule", DEFAULT_SCHEDULE) != DEFAULT_SCHEDULE
+            else ()
+        ),
         ("CFG scale", parameters["guidance_scale"]),
         ("Seed", parameters["seed"]),
         ("Size", f"{parameters['width']}x{parameters['height']}"),
@@ -56,27 +59,41 @@ def format_parameters(prompt: str, parameters: dict, batch_position: int | None 
         fields.append(("Denoising strength", parameters["strength"]))
     if "hires" in parameters:  # A1111's hires fix fields
         hires = parameters["hires"]
-        fields.append(("Hires upscale", hires["scale"]) if "scale" in hires
-                      else ("Hires resize", f"{hires['width']}x{hires['height']}"))
-        fields += [*((("Hires steps", hires["steps"]),) if hires["steps"] else ()), ("Hires upscaler", hires["upscaler"])]
+        fields.append(
+            ("Hires upscale", hires["scale"])
+            if "scale" in hires
+            else ("Hires resize", f"{hires['width']}x{hires['height']}")
+        )
+        fields += [
+            *((("Hires steps", hires["steps"]),) if hires["steps"] else ()),
+            ("Hires upscaler", hires["upscaler"]),
+        ]
     if "clip_skip" in parameters:
         fields.append(("Clip skip", parameters["clip_skip"]))
     if "emphasis" in parameters:
         fields.append(("Emphasis", parameters["emphasis"]))
     if "ti_hashes" in parameters:
-        fields.append(("TI hashes", quote(", ".join(f"{name}: {digest}" for name, digest in
-                                                    parameters["ti_hashes"].items()))))
+        fields.append(
+            ("TI hashes", quote(", ".join(f"{name}: {digest}" for name, digest in parameters["ti_hashes"].items())))
+        )
     if "lora_hashes" in parameters:
-        fields.append(("Lora hashes", quote(", ".join(f"{name}: {digest}" for name, digest in
-                                                      parameters["lora_hashes"].items()))))
+        fields.append(
+            ("Lora hashes", quote(", ".join(f"{name}: {digest}" for name, digest in parameters["lora_hashes"].items())))
+        )
     if "deepcache" in parameters:
         fields.append(("DeepCache", quote(parameters["deepcache"])))
     if "vae" in parameters:  # A1111's field for the VAE used
         fields.append(("VAE", "TAESD" if parameters["vae"] == "tiny" else parameters["vae"]))
     for index, unit in enumerate(parameters.get("controlnets", ())):  # the A1111 extension's record
-        fields.append((f"ControlNet {index}", quote(
-            f"Module: {unit['preprocessor']}, Model: {unit['model']}, Weight: {unit['scale']}, "
-            f"Guidance Start: {unit['start']}, Guidance End: {unit['end']}, Control Mode: {unit['mode']}")))
+        fields.append(
+            (
+                f"ControlNet {index}",
+                quote(
+                    f"Module: {unit['preprocessor']}, Model: {unit['model']}, Weight: {unit['scale']}, "
+                    f"Guidance Start: {unit['start']}, Guidance End: {unit['end']}, Control Mode: {unit['mode']}"
+                ),
+            )
+        )
     if "refiner" in parameters:  # A1111's names for its refiner settings
         fields += [("Refiner", parameters["refiner"]), ("Refiner switch at", parameters["refiner_switch"])]
     if batch_position is not None:
@@ -99,7 +116,7 @@ def parse_parameters(text: str) -> dict:
     if negative:
         first = negative[0]
         result["Prompt"] = "\n".join(lines[:first])
-        result["Negative prompt"] = "\n".join(lines[first:])[len(NEGATIVE_PREFIX):]
+        result["Negative prompt"] = "\n".join(lines[first:])[len(NEGATIVE_PREFIX) :]
     else:
         result["Prompt"] = "\n".join(lines)
     for item in _split_fields(settings):
@@ -167,8 +184,9 @@ def save_png(image: Image.Image, path: Path, parameters_text: str) -> None:
     info.add_text(PARAMETERS_KEY, parameters_text)
     path = Path(path)
     remove_stale(path.parent, STALE_PARTIAL)
-    handle, temporary = tempfile.mkstemp(prefix=f"{PARTIAL_PREFIX}{os.getpid()}-", suffix=PARTIAL_SUFFIX,
-                                         dir=path.parent)
+    handle, temporary = tempfile.mkstemp(
+        prefix=f"{PARTIAL_PREFIX}{os.getpid()}-", suffix=PARTIAL_SUFFIX, dir=path.parent
+    )
     try:
         with os.fdopen(handle, "wb") as stream:
             image.save(stream, format="PNG", pnginfo=info)

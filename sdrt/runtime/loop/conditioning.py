@@ -18,16 +18,16 @@ from __future__ import annotations
 import bisect
 import re
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 
 from sdrt.runtime.engines import Engine
 from sdrt.runtime.loop.guiders import NoGuidance
 from sdrt.runtime.loop.timings import Timings
-
-from sdrt.runtime.text.prompts.schedule import prompt_schedule
 from sdrt.runtime.request import ResolvedRequest
 from sdrt.runtime.text.encoders import TextEncoders
+from sdrt.runtime.text.prompts.schedule import prompt_schedule
 
 #: A row whose conditioning is zeros shaped like its partner's (SDXL's missing negative prompt).
 ZEROS = object()
@@ -52,8 +52,14 @@ class Conditioning:
     rows a call covers (None: all of them, in order). Rows share a call when their
     `sequence_feed` (the family's text sequence) has the same length."""
 
-    def __init__(self, rows: list[Row], encodings: dict[str, dict[str, np.ndarray]], guided: bool,
-                 sequence_feed: str, embeddings: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        rows: list[Row],
+        encodings: dict[str, dict[str, np.ndarray]],
+        guided: bool,
+        sequence_feed: str,
+        embeddings: tuple[str, ...] = (),
+    ):
         self.sequence_feed = sequence_feed
         self.embeddings = embeddings  # the textual-inversion embeddings the texts use
         self.rows = rows
@@ -71,6 +77,7 @@ class Conditioning:
         feeds = []
         for row, text in zip(self.rows, state):
             if text is ZEROS:
+                assert row.partner is not None  # a ZEROS row has its partner
                 partner = self.encodings[state[row.partner]]
                 values = {name: np.zeros_like(value) for name, value in partner.items()}
             else:
@@ -80,8 +87,10 @@ class Conditioning:
         calls = []
         for length in dict.fromkeys(lengths):
             members = [index for index, value in enumerate(lengths) if value == length]
-            stacked = {name: np.stack([feeds[i][name] for i in members]).astype(dtypes.get(name, np.float32))
-                       for name in feeds[members[0]]}
+            stacked = {
+                name: np.stack([feeds[i][name] for i in members]).astype(dtypes.get(name, np.float32))
+                for name in feeds[members[0]]
+            }
             for value in stacked.values():
                 value.flags.writeable = False  # constant while the state lasts: a device engine uploads it once
             rows = None if len(members) == len(feeds) else np.array(members)
@@ -94,8 +103,14 @@ def clip_skip_warning(encoders: TextEncoders, resolved: ResolvedRequest, warning
         warnings.append(f"clip skip is ignored for {encoders.family.name} models, as A1111 ignores it")
 
 
-def encode_conditioning(encoders: TextEncoders, engines: dict[str, Engine], resolved: ResolvedRequest,
-                        guider: NoGuidance, warnings: list[str], timings: Timings) -> Conditioning:
+def encode_conditioning(
+    encoders: TextEncoders,
+    engines: dict[str, Engine],
+    resolved: ResolvedRequest,
+    guider: NoGuidance,
+    warnings: list[str],
+    timings: Timings,
+) -> Conditioning:
     """The request's conditioning for `guider`; each prompt's rows repeated num_images times."""
     request = resolved.request
     options = resolved.text_options
@@ -111,22 +126,24 @@ def encode_conditioning(encoders: TextEncoders, engines: dict[str, Engine], reso
     positive = [schedule(p) for p in resolved.texts]
     zero_negative = family.zero_negative(encoders.manifest, request)
     negative = [[(steps, ZEROS)] if zero_negative else schedule(n) for n in resolved.negatives] if guided else []
-    texts = list(dict.fromkeys(t for s in positive + negative for _, t in s if t is not ZEROS))
+    # The texts without ZEROS (typed object: a sentinel) are the prompts' strings.
+    texts = cast(list[str], list(dict.fromkeys(t for s in positive + negative for _, t in s if t is not ZEROS)))
     used: dict[str, None] = {}
     positive_texts = {t for s in positive for _, t in s}
-    negative_texts = frozenset(t for s in negative for _, t in s if t is not ZEROS and t not in positive_texts)
+    negative_texts = cast(
+        frozenset[str], frozenset(t for s in negative for _, t in s if t is not ZEROS and t not in positive_texts)
+    )
     encoded = encoders.encode(texts, engines, options, timings, used, negative_texts)
     encodings = {}
     for text, encoding in zip(texts, encoded):
         encodings[text] = family.text_feeds(encoding)
-    rows = []
+    rows: list[Row] = []
     half = len(resolved.prompts) * request.num_images
     for kind, schedules in (("negative", negative), ("positive", positive)):
-        for index, entries in enumerate(schedules):
+        for entries in schedules:
             for _ in range(request.num_images):
                 partner = len(rows) + half if entries[0][1] is ZEROS else None
                 rows.append(Row([e for e, _ in entries], [t for _, t in entries], dict(extras[kind]), partner))
     if not request.plain_prompt and any(COMPOSABLE_AND.search(p) for p in resolved.texts):
         warnings.append("AND (A1111's composable diffusion) is not supported: it is read as a word")
     return Conditioning(rows, encodings, guided, family.text_sequence_feed, tuple(used))
-

@@ -5,8 +5,9 @@ the random source of stochastic samplers and the caller's cancel token."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from sdrt.errors import SdrtError
 from sdrt.runtime.loop.timings import Timings
@@ -56,4 +57,4 @@ class RunWatch:
 
     progress: Callable[[int, int], None] | None = None
     cancel: threading.Event | None = None
-    preview: "Preview | None" = None
+    preview: Preview | None = None

@@ -12,7 +12,7 @@ Stochastic samplers draw from the context's generator, after the initial latents
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -28,19 +28,24 @@ def denoise(stages: Sequence[Stage], ctx: StepContext, hooks: Sequence[StepHook]
     continues from the previous stage's."""
     ctx.total = sum(stage.steps for stage in stages)
     ctx.done = 0
-    latents = None
+    latents: np.ndarray | None = None
     for stage in stages:
         if stage.start.latents is None:
             stage.start.latents = latents
         latents = run_stage(stage, ctx, [*stage.step_hooks, *hooks])
         ctx.done += stage.steps
+    if latents is None:
+        raise ValueError("denoise() needs at least one stage")
     return latents
 
 
 def run_stage(stage: Stage, ctx: StepContext, hooks: Sequence[StepHook]) -> np.ndarray:
     start, sampler, denoiser, guider = stage.start, stage.sampler, stage.denoiser, stage.guider
+    if start.latents is None:
+        raise ValueError("a stage needs initial latents, or a stage before it that gives them")
     latents = start.latents
-    feeding = [hook for hook in hooks if hook.feeds_measure is not None]
+    measured = [(hook, hook.feeds_measure) for hook in hooks if hook.feeds_measure is not None]
+    feeding = [hook for hook, _ in measured]
     unet_steps = ctx.timings.calls(UNET_STEPS)
     counted_from = start.first if start.counted_from is None else start.counted_from
     ctx.first, ctx.end = start.first, stage.end
@@ -59,8 +64,8 @@ def run_stage(stage: Stage, ctx: StepContext, hooks: Sequence[StepHook]) -> np.n
         called = time.perf_counter()
         prediction, hook_seconds = denoiser.predict(ctx, model_input, scaled, timestep, calls, feeding)
         unet_steps.append(time.perf_counter() - called - sum(hook_seconds))
-        for hook, seconds in zip(feeding, hook_seconds):
-            ctx.timings.call(hook.feeds_measure, seconds)
+        for (_, measure), seconds in zip(measured, hook_seconds):
+            ctx.timings.call(measure, seconds)
         if denoiser.copies_to_device:
             ctx.timings.add(UNET_HOST_COPIES, denoiser.last_copy_seconds)
         prediction = guider.combine(prediction.astype(np.float32))

@@ -10,7 +10,7 @@ Step caches (DeepCache) subclass it and override `run`, reading the step from th
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -37,8 +37,15 @@ class EngineDenoiser:
     def last_copy_seconds(self) -> float:
         return self.engine.last_copy_seconds
 
-    def predict(self, ctx: StepContext, model_input: np.ndarray, scaled: np.ndarray, timestep: np.ndarray,
-                calls: list, hooks: Sequence[StepHook]) -> tuple[np.ndarray, list[float]]:
+    def predict(
+        self,
+        ctx: StepContext,
+        model_input: np.ndarray,
+        scaled: np.ndarray,
+        timestep: np.ndarray,
+        calls: list,
+        hooks: Sequence[StepHook],
+    ) -> tuple[np.ndarray, list[float]]:
         """(the prediction for every row, each feeding hook's seconds). `scaled` is the scaled
         latents before an inpainting denoiser's extra channels (what ControlNets see)."""
         seconds = [0.0] * len(hooks)

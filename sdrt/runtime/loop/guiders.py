@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 
 from sdrt.runtime.engines import Engine
@@ -64,11 +66,15 @@ def guider_for(denoiser: Engine | None, request, guided: bool, warnings: list[st
     embedding_input = denoiser.inputs.get(TIMESTEP_COND) if denoiser is not None else None
     if embedding_input is not None:  # an LCM-distilled UNet: guidance through an embedding, no unconditional half
         if request.negative_prompt is not None:
-            warnings.append("this latent consistency model takes no negative prompt (guidance is built in): "
-                            "it was not used")
-        return GuidanceEmbedding(request.guidance_scale, embedding_input.shape[1])
+            warnings.append(
+                "this latent consistency model takes no negative prompt (guidance is built in): it was not used"
+            )
+        width = cast(int, embedding_input.shape[1])  # a fixed size (the exporter's), not a named dim
+        return GuidanceEmbedding(request.guidance_scale, width)
     if request.sampler in CONSISTENCY_SAMPLERS and request.guidance_scale > CONSISTENCY_GUIDANCE_MAX:
-        warnings.append(f"the {request.sampler} sampler on a UNet that is not consistency-distilled runs classifier-free "
-                        f"guidance at {request.guidance_scale:g} (two UNet batches a step); LCM/TCD-LoRAs are made "
-                        f"for guidance 1 to {CONSISTENCY_GUIDANCE_MAX:g}, and without such a LoRA few steps stay noisy")
+        warnings.append(
+            f"the {request.sampler} sampler on a UNet that is not consistency-distilled runs classifier-free "
+            f"guidance at {request.guidance_scale:g} (two UNet batches a step); LCM/TCD-LoRAs are made "
+            f"for guidance 1 to {CONSISTENCY_GUIDANCE_MAX:g}, and without such a LoRA few steps stay noisy"
+        )
     return ClassifierFreeGuidance(request.guidance_scale) if guided else NoGuidance()

@@ -8,8 +8,9 @@ look). Hooks of a stage run before the run-wide ones, in order.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import numpy as np
 

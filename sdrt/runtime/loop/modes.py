@@ -1,6 +1,6 @@
 """The three generation modes, each as the start of a denoising run: initial latents, the first
-step, the denoiser's extra input channels and a per-step blend (a step hook). The pipeline picks one by the request's inputs
-and runs the same loop for all of them.
+step, the denoiser's extra input channels and a per-step blend (a step hook). The pipeline
+picks one by the request's inputs and runs the same loop for all of them.
 
 - text-to-image: seeded noise (or given latents) at the first step's noise level;
 - image-to-image (StableDiffusionImg2ImgPipeline): the image's latents noised to the level of
@@ -19,11 +19,11 @@ from typing import Protocol
 import numpy as np
 
 from sdrt.runtime.families import LatentFormat
+from sdrt.runtime.imaging.inputs import MASK_THRESHOLD, downsample_nearest, to_mask_input, to_model_input
 from sdrt.runtime.loop.context import StepContext
 from sdrt.runtime.loop.hooks import StepHook
 from sdrt.runtime.loop.timings import VAE_ENCODER, Timings
 from sdrt.runtime.manifest import Manifest
-from sdrt.runtime.imaging.inputs import MASK_THRESHOLD, downsample_nearest, to_mask_input, to_model_input
 from sdrt.runtime.request import GenerationError, ResolvedRequest
 from sdrt.runtime.rng import TorchGenerator
 from sdrt.runtime.schedulers import Scheduler
@@ -58,19 +58,23 @@ def text_to_image(resolved: ResolvedRequest, sampler: Scheduler, generator, shap
 def first_step(resolved: ResolvedRequest, sampler: Scheduler) -> int:
     """The UNet call image-to-image and inpainting start from, for their strength."""
     steps = resolved.request.steps
+    assert resolved.strength is not None  # resolve() sets it for every request from an image or latents
     start = (steps - min(int(steps * resolved.strength), steps)) * sampler.calls_per_step
     if start >= len(sampler.timesteps):
-        raise GenerationError(f"strength {resolved.strength} with {steps} steps leaves no denoising step; "
-                              "raise either", "strength")
+        raise GenerationError(
+            f"strength {resolved.strength} with {steps} steps leaves no denoising step; raise either", "strength"
+        )
     return start
 
 
-def image_to_image(resolved: ResolvedRequest, sampler: Scheduler, generator, shape: tuple[int, ...],
-                   encode: ImageEncoder) -> DenoiseStart:
+def image_to_image(
+    resolved: ResolvedRequest, sampler: Scheduler, generator, shape: tuple[int, ...], encode: ImageEncoder
+) -> DenoiseStart:
     start = first_step(resolved, sampler)
     if resolved.init_latents is not None:  # diffusers' img2img given latents: used as they are
         encoded = resolved.init_latents
     else:
+        assert resolved.image is not None  # image-to-image without latents is from an image
         encoded = encode(to_model_input(resolved.image, resolved.height, resolved.width), generator)
     encoded = np.concatenate([encoded] * shape[0]) if encoded.shape[0] != shape[0] else encoded
     return DenoiseStart(sampler.add_noise(encoded, generator.randn(shape), start), start)
@@ -86,17 +90,27 @@ class InpaintBlend(StepHook):
 
     def after_step(self, ctx: StepContext, latents: np.ndarray) -> np.ndarray:
         index = ctx.index
-        known = self.image_latents if index == self.last else self.sampler.add_noise(self.image_latents, self.noise,
-                                                                                   index + 1)
+        known = (
+            self.image_latents
+            if index == self.last
+            else self.sampler.add_noise(self.image_latents, self.noise, index + 1)
+        )
         return (1 - self.latent_mask) * known + self.latent_mask * latents
 
 
-def inpainting(resolved: ResolvedRequest, sampler: Scheduler, generator, shape: tuple[int, ...],
-               encode: ImageEncoder, inpainting_unet: bool) -> DenoiseStart:
+def inpainting(
+    resolved: ResolvedRequest,
+    sampler: Scheduler,
+    generator,
+    shape: tuple[int, ...],
+    encode: ImageEncoder,
+    inpainting_unet: bool,
+) -> DenoiseStart:
     """Draws from `generator` in diffusers' order: image latents (when needed), noise, then the
     masked image's latents."""
     batch = shape[0]
     start = first_step(resolved, sampler)
+    assert resolved.image is not None and resolved.mask is not None  # resolve(): a mask needs an image
     pixels = to_model_input(resolved.image, resolved.height, resolved.width)
     mask_pixels = to_mask_input(resolved.mask, resolved.image, resolved.height, resolved.width)
     full_strength = resolved.strength == 1.0
@@ -107,6 +121,7 @@ def inpainting(resolved: ResolvedRequest, sampler: Scheduler, generator, shape: 
     if full_strength:
         latents = noise * np.float32(sampler.init_noise_sigma)
     else:
+        assert image_latents is not None  # encoded above when not at full strength
         latents = sampler.add_noise(image_latents, noise, start)
     masked_latents = encode(pixels * (mask_pixels < MASK_THRESHOLD), generator)
     latent_mask = np.concatenate([downsample_nearest(mask_pixels, shape[2], shape[3])] * batch)
@@ -114,17 +129,25 @@ def inpainting(resolved: ResolvedRequest, sampler: Scheduler, generator, shape: 
     if inpainting_unet:
         # One row per image: the loop stacks them as the guider stacks the latents.
         return DenoiseStart(latents, start, channels=np.concatenate([latent_mask, masked_latents], axis=1))
+    assert image_latents is not None  # encoded above for an ordinary UNet
     return DenoiseStart(latents, start, hooks=[InpaintBlend(sampler, image_latents, noise, latent_mask)])
 
 
-def prepare(manifest: Manifest, resolved: ResolvedRequest, sampler: Scheduler, generator, timings: Timings,
-            encode: ImageEncoder) -> DenoiseStart:
+def prepare(
+    manifest: Manifest, resolved: ResolvedRequest, sampler: Scheduler, generator, timings: Timings, encode: ImageEncoder
+) -> DenoiseStart:
     """The request's mode's start (the VAE encoder's time in VAE_ENCODER)."""
     shape = LatentFormat.of(manifest).shape(resolved.batch, resolved.height, resolved.width)
     if not resolved.from_image:
         return text_to_image(resolved, sampler, generator, shape)
     with timings.stage(VAE_ENCODER):
         if resolved.mask is not None:
-            return inpainting(resolved, sampler, generator, shape, encode,
-                              inpainting_unet=manifest.model_family.inpainting_denoiser(manifest))
+            return inpainting(
+                resolved,
+                sampler,
+                generator,
+                shape,
+                encode,
+                inpainting_unet=manifest.model_family.inpainting_denoiser(manifest),
+            )
         return image_to_image(resolved, sampler, generator, shape, encode)

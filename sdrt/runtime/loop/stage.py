@@ -4,8 +4,8 @@ first's latents (sdrt.runtime.features.refiner)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 

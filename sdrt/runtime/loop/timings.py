@@ -52,7 +52,7 @@ class Timings(Mapping):
 
     @staticmethod
     def _declared(name: str) -> str:
-        base = name[len(FIRST_PASS):] if name.startswith(FIRST_PASS) else name
+        base = name[len(FIRST_PASS) :] if name.startswith(FIRST_PASS) else name
         if base not in MEASURES:
             raise KeyError(f"{name!r} is not a declared measure (sdrt.runtime.loop.timings.MEASURES)")
         return name
@@ -67,8 +67,10 @@ class Timings(Mapping):
             self.add(name, time.perf_counter() - began)
 
     def add(self, name: str, seconds: float) -> None:
-        self._declared(name)
-        self._values[name] = self._values.get(name, 0.0) + seconds
+        value = self._values.get(self._declared(name), 0.0)
+        if isinstance(value, list):
+            raise KeyError(f"{name!r} is a per-call measure: record it with call()")
+        self._values[name] = value + seconds
 
     def set(self, name: str, seconds: float) -> None:
         self._values[self._declared(name)] = seconds
@@ -87,7 +89,7 @@ class Timings(Mapping):
         value = self._values.get(name, 0.0)
         return float(sum(value)) if isinstance(value, list) else float(value)
 
-    def plus(self, other: "Timings") -> "Timings":
+    def plus(self, other: Timings) -> Timings:
         """Both runs' time per measure (lists of calls joined): several runs reported as one."""
         summed: dict[str, float | list[float]] = {}
         for key in self.keys() | other.keys():
@@ -98,7 +100,7 @@ class Timings(Mapping):
                 summed[key] = (a or 0.0) + (b or 0.0)
         return Timings(summed)
 
-    def merged(self, second: "Timings") -> "Timings":
+    def merged(self, second: Timings) -> Timings:
         """Two passes' time (`plus`), with this pass's totals also under FIRST_PASS (the hires fix)."""
         first = {FIRST_PASS + key: value for key, value in self.items() if not isinstance(value, list)}
         return Timings({**first, **self.plus(second)})

@@ -12,8 +12,9 @@ all (look-ups by name), `sampler_names(space)` / `sampler_entries(space)` list o
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from sdrt.errors import ConfigError
 from sdrt.runtime.schedulers.base import Scheduler
@@ -26,9 +27,9 @@ from sdrt.runtime.schedulers.heun import HeunDiscreteScheduler
 from sdrt.runtime.schedulers.lcm import LCMScheduler
 from sdrt.runtime.schedulers.lms import LMSDiscreteScheduler
 from sdrt.runtime.schedulers.pndm import PNDMScheduler
-from sdrt.runtime.schedulers.tcd import TCDScheduler
 from sdrt.runtime.schedulers.schedules import DEFAULT_SCHEDULE, SCHEDULE_NAMES, SCHEDULES, schedule_overrides
 from sdrt.runtime.schedulers.spaces import DIFFUSION, FLOW, SPACE_LABELS, SPACES, check_space
+from sdrt.runtime.schedulers.tcd import TCDScheduler
 from sdrt.runtime.schedulers.unipc import UniPCMultistepScheduler
 
 KARRAS = {"use_karras_sigmas": True, "use_exponential_sigmas": False}
@@ -116,8 +117,10 @@ def check_sampler_space(name: str, space: str) -> None:
     """ConfigError unless sampler `name` (a registered one) samples models of `space`."""
     entry = SAMPLERS[name]
     if entry.space != check_space(space):
-        raise ConfigError(f"{name} is a {SPACE_LABELS[entry.space]} sampler; this model is a {SPACE_LABELS[space]} "
-                          f"model: choose one of {', '.join(sampler_names(space))}")
+        raise ConfigError(
+            f"{name} is a {SPACE_LABELS[entry.space]} sampler; this model is a {SPACE_LABELS[space]} "
+            f"model: choose one of {', '.join(sampler_names(space))}"
+        )
 
 
 def sampler_from_config(name: str, config: Mapping[str, Any], schedule: str = DEFAULT_SCHEDULE) -> Scheduler:
@@ -132,6 +135,23 @@ def display_name(name: str) -> str:
     return entry.display_name if entry else name
 
 
-__all__ = ["DEFAULT_SAMPLER", "DEFAULT_SCHEDULE", "DIFFUSION", "FLOW", "SCHEDULES", "SCHEDULE_NAMES", "SPACES",
-           "DISPLAY_NAMES", "SAMPLERS", "SAMPLER_NAMES", "SamplerEntry", "Scheduler", "check_sampler_space",
-           "display_name", "sampler_entries", "sampler_entry", "sampler_from_config", "sampler_names"]
+__all__ = [
+    "DEFAULT_SAMPLER",
+    "DEFAULT_SCHEDULE",
+    "DIFFUSION",
+    "FLOW",
+    "SCHEDULES",
+    "SCHEDULE_NAMES",
+    "SPACES",
+    "DISPLAY_NAMES",
+    "SAMPLERS",
+    "SAMPLER_NAMES",
+    "SamplerEntry",
+    "Scheduler",
+    "check_sampler_space",
+    "display_name",
+    "sampler_entries",
+    "sampler_entry",
+    "sampler_from_config",
+    "sampler_names",
+]

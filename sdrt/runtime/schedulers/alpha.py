@@ -35,5 +35,6 @@ class AlphaTableScheduler(Scheduler):
 
     def x0(self, model_output: np.ndarray, sample: np.ndarray, alpha_prod, beta_prod) -> np.ndarray:
         """x0 at alpha_bar = alpha_prod (beta_prod = 1 - alpha_prod), clipped if configured."""
-        return predict_x0(self.config.prediction_type, model_output, sample, beta_prod**HALF, alpha_prod**HALF,
-                          clip=self.clip)
+        return predict_x0(
+            self.config.prediction_type, model_output, sample, beta_prod**HALF, alpha_prod**HALF, clip=self.clip
+        )

@@ -37,20 +37,22 @@ run (LMS keeps its last derivatives): use one object per generation. Constructio
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import numpy as np
 
 from sdrt.errors import ConfigError
-from sdrt.runtime.rng import TorchGenerator
+from sdrt.runtime.rng import GeneratorGroup, TorchGenerator
 from sdrt.runtime.schedulers.config import UNSUPPORTED_VALUES, SchedulerConfig
 from sdrt.runtime.schedulers.spaces import DIFFUSION, FLOW_PREDICTION, SPACE_LABELS, SPACE_PREDICTIONS
 
 HALF = np.float32(0.5)
 
 
-def predict_x0(prediction_type: str, model_output: np.ndarray, sample: np.ndarray, sigma, alpha=None,
-               clip: float | None = None) -> np.ndarray:
+def predict_x0(
+    prediction_type: str, model_output: np.ndarray, sample: np.ndarray, sigma, alpha=None, clip: float | None = None
+) -> np.ndarray:
     """The denoised sample implied by a model output.
 
     Variance preserving (`alpha` given): sample = alpha * x0 + sigma * noise, with alpha and
@@ -109,15 +111,17 @@ class Scheduler(ABC):
         self.sigmas = np.zeros(0, dtype=np.float32)
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> "Scheduler":
+    def from_config(cls, config: Mapping[str, Any]) -> Scheduler:
         """Build from a `scheduler_config.json` dict of any diffusers scheduler class (of this
         sampler's space: a prediction type of the other space is refused)."""
         settings = SchedulerConfig.from_dict(config, cls.config_defaults, cls.refused_keys, cls.unsupported_values)
         allowed = SPACE_PREDICTIONS[cls.space]
         if settings.prediction_type not in allowed:
             label = SPACE_LABELS[cls.space]
-            raise ConfigError(f"prediction_type {settings.prediction_type!r} is not a {label} model's; "
-                              f"{cls.reference_name} samples {label} models (prediction_type {', '.join(allowed)})")
+            raise ConfigError(
+                f"prediction_type {settings.prediction_type!r} is not a {label} model's; "
+                f"{cls.reference_name} samples {label} models (prediction_type {', '.join(allowed)})"
+            )
         return cls(settings)
 
     def set_timesteps(self, num_inference_steps: int) -> None:
@@ -140,8 +144,13 @@ class Scheduler(ABC):
         """The UNet input for step `step_index`."""
 
     @abstractmethod
-    def step(self, model_output: np.ndarray, step_index: int, sample: np.ndarray,
-             generator: TorchGenerator | None = None) -> np.ndarray:
+    def step(
+        self,
+        model_output: np.ndarray,
+        step_index: int,
+        sample: np.ndarray,
+        generator: TorchGenerator | GeneratorGroup | None = None,
+    ) -> np.ndarray:
         """The sample after step `step_index`. Stochastic samplers draw their noise from
         `generator` (the one that drew the initial latents, as in diffusers)."""
 

@@ -10,9 +10,9 @@ ignores them.
 from __future__ import annotations
 
 import math
-
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Collection, Mapping
+from typing import Any
 
 from sdrt.errors import ConfigError
 from sdrt.runtime.schedulers.spaces import PREDICTION_TYPES
@@ -83,9 +83,13 @@ class SchedulerConfig:
     shift_terminal: float | None
 
     @classmethod
-    def from_dict(cls, config: Mapping[str, Any], defaults: Mapping[str, Any],
-                  refused_keys: Collection[str] = (),
-                  unsupported: Mapping[str, tuple[Any, str]] = UNSUPPORTED_VALUES) -> "SchedulerConfig":
+    def from_dict(
+        cls,
+        config: Mapping[str, Any],
+        defaults: Mapping[str, Any],
+        refused_keys: Collection[str] = (),
+        unsupported: Mapping[str, tuple[Any, str]] = UNSUPPORTED_VALUES,
+    ) -> SchedulerConfig:
         """The fields a class reads (`defaults`) from `config`, the others neutral; values of
         `refused_keys` that sdrt does not implement (`unsupported`: key -> (value, message))
         are a ConfigError."""
@@ -130,31 +134,36 @@ class SchedulerConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(
-                    f"scheduler {name} {getattr(self, name)!r} is not supported; "
-                    f"choose one of {', '.join(allowed)}"
+                    f"scheduler {name} {getattr(self, name)!r} is not supported; choose one of {', '.join(allowed)}"
                 )
-        if (not isinstance(self.num_train_timesteps, int) or isinstance(self.num_train_timesteps, bool)
-                or not 1 <= self.num_train_timesteps <= MAX_TRAIN_TIMESTEPS):
-            raise ConfigError(f"num_train_timesteps must be an integer from 1 to {MAX_TRAIN_TIMESTEPS}, "
-                              f"got {self.num_train_timesteps!r}")
+        if (
+            not isinstance(self.num_train_timesteps, int)
+            or isinstance(self.num_train_timesteps, bool)
+            or not 1 <= self.num_train_timesteps <= MAX_TRAIN_TIMESTEPS
+        ):
+            raise ConfigError(
+                f"num_train_timesteps must be an integer from 1 to {MAX_TRAIN_TIMESTEPS}, "
+                f"got {self.num_train_timesteps!r}"
+            )
         for name in ("beta_start", "beta_end"):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"scheduler {name} must be in [0, 1), got {getattr(self, name)!r}")
         if not 0 <= self.steps_offset < self.num_train_timesteps:
-            raise ConfigError(f"scheduler steps_offset must be from 0 to num_train_timesteps - 1, "
-                              f"got {self.steps_offset!r}")
+            raise ConfigError(
+                f"scheduler steps_offset must be from 0 to num_train_timesteps - 1, got {self.steps_offset!r}"
+            )
         if self.trained_betas is not None and not all(0 <= beta < 1 for beta in self.trained_betas):
             raise ConfigError("scheduler trained_betas must all be in [0, 1)")
         if self.trained_betas is not None and len(self.trained_betas) != self.num_train_timesteps:
             raise ConfigError(
-                f"trained_betas has {len(self.trained_betas)} values, "
-                f"num_train_timesteps is {self.num_train_timesteps}"
+                f"trained_betas has {len(self.trained_betas)} values, num_train_timesteps is {self.num_train_timesteps}"
             )
         if self.use_karras_sigmas and self.use_exponential_sigmas:
             raise ConfigError("use_karras_sigmas and use_exponential_sigmas exclude each other")
         if not 1 <= self.original_inference_steps <= self.num_train_timesteps:
-            raise ConfigError(f"original_inference_steps must be from 1 to num_train_timesteps, "
-                              f"got {self.original_inference_steps!r}")
+            raise ConfigError(
+                f"original_inference_steps must be from 1 to num_train_timesteps, got {self.original_inference_steps!r}"
+            )
         if not self.timestep_scaling > 0:
             raise ConfigError(f"timestep_scaling must be positive, got {self.timestep_scaling!r}")
         if self.solver_order not in SOLVER_ORDERS:
@@ -162,28 +171,62 @@ class SchedulerConfig:
         if not self.shift > 0:
             raise ConfigError(f"scheduler shift must be positive, got {self.shift!r}")
         if self.base_image_seq_len == self.max_image_seq_len:
-            raise ConfigError("scheduler base_image_seq_len and max_image_seq_len must differ (mu is interpolated "
-                              "between them)")
+            raise ConfigError(
+                "scheduler base_image_seq_len and max_image_seq_len must differ (mu is interpolated between them)"
+            )
         if self.shift_terminal is not None and not 0 <= self.shift_terminal < 1:
             raise ConfigError(f"scheduler shift_terminal must be in [0, 1), got {self.shift_terminal!r}")
 
 
 # Values of the fields a sampler does not read (so they change nothing).
 NEUTRAL_CONFIG: dict[str, Any] = {
-    "num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear",
-    "trained_betas": None, "prediction_type": "epsilon", "timestep_spacing": "linspace", "steps_offset": 0,
-    "use_karras_sigmas": False, "use_exponential_sigmas": False, "rescale_betas_zero_snr": False,
-    "final_sigmas_type": "zero", "interpolation_type": "linear", "sigma_min": None, "sigma_max": None,
-    "clip_sample": False, "clip_sample_range": 1.0, "set_alpha_to_one": False, "solver_order": 2,
-    "solver_type": "midpoint", "lower_order_final": True, "euler_at_final": False, "skip_prk_steps": True,
-    "variance_type": "fixed_small", "predict_x0": True, "disable_corrector": (),
-    "original_inference_steps": 50, "timestep_scaling": 10.0, "shift": 1.0, "use_dynamic_shifting": False,
-    "base_shift": 0.5, "max_shift": 1.15, "base_image_seq_len": 256, "max_image_seq_len": 4096,
-    "time_shift_type": "exponential", "shift_terminal": None,
+    "num_train_timesteps": 1000,
+    "beta_start": 0.0001,
+    "beta_end": 0.02,
+    "beta_schedule": "linear",
+    "trained_betas": None,
+    "prediction_type": "epsilon",
+    "timestep_spacing": "linspace",
+    "steps_offset": 0,
+    "use_karras_sigmas": False,
+    "use_exponential_sigmas": False,
+    "rescale_betas_zero_snr": False,
+    "final_sigmas_type": "zero",
+    "interpolation_type": "linear",
+    "sigma_min": None,
+    "sigma_max": None,
+    "clip_sample": False,
+    "clip_sample_range": 1.0,
+    "set_alpha_to_one": False,
+    "solver_order": 2,
+    "solver_type": "midpoint",
+    "lower_order_final": True,
+    "euler_at_final": False,
+    "skip_prk_steps": True,
+    "variance_type": "fixed_small",
+    "predict_x0": True,
+    "disable_corrector": (),
+    "original_inference_steps": 50,
+    "timestep_scaling": 10.0,
+    "shift": 1.0,
+    "use_dynamic_shifting": False,
+    "base_shift": 0.5,
+    "max_shift": 1.15,
+    "base_image_seq_len": 256,
+    "max_image_seq_len": 4096,
+    "time_shift_type": "exponential",
+    "shift_terminal": None,
 }
 #: What every diffusers scheduler reads, with its defaults.
-BETA_DEFAULTS = {"num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear",
-                 "trained_betas": None, "prediction_type": "epsilon", "steps_offset": 0}
+BETA_DEFAULTS = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.0001,
+    "beta_end": 0.02,
+    "beta_schedule": "linear",
+    "trained_betas": None,
+    "prediction_type": "epsilon",
+    "steps_offset": 0,
+}
 
 
 # Field annotations (strings: this module postpones annotations) -> the JSON types they take.
@@ -198,7 +241,13 @@ def _check_type(name: str, annotation: str, value: Any) -> None:
     if base not in _JSON_TYPES:
         return  # tuples: converted and checked above
     is_bool = isinstance(value, bool)
-    if not isinstance(value, _JSON_TYPES[base]) or (is_bool and base != "bool") or (
-            base == "float" and not math.isfinite(value)):
-        raise ConfigError(f"scheduler config {name} must be {'a finite number' if base == 'float' else 'a ' + base}"
-                          f", got {value!r}"[:200])
+    if (
+        not isinstance(value, _JSON_TYPES[base])
+        or (is_bool and base != "bool")
+        or (base == "float" and not math.isfinite(value))
+    ):
+        raise ConfigError(
+            f"scheduler config {name} must be {'a finite number' if base == 'float' else 'a ' + base}, got {value!r}"[
+                :200
+            ]
+        )

@@ -16,8 +16,14 @@ class DDIMScheduler(AlphaTableScheduler):
     """DDIM: x0 and the noise estimate from the model output, then the deterministic update."""
 
     reference_name = "DDIMScheduler"
-    config_defaults = {**BETA_DEFAULTS, "timestep_spacing": "leading", "clip_sample": True,
-                       "clip_sample_range": 1.0, "set_alpha_to_one": True, "rescale_betas_zero_snr": False}
+    config_defaults = {
+        **BETA_DEFAULTS,
+        "timestep_spacing": "leading",
+        "clip_sample": True,
+        "clip_sample_range": 1.0,
+        "set_alpha_to_one": True,
+        "rescale_betas_zero_snr": False,
+    }
     refused_keys = ("thresholding",)
 
     def __init__(self, config: SchedulerConfig):
@@ -30,18 +36,21 @@ class DDIMScheduler(AlphaTableScheduler):
         # diffusers steps back by n_train // n whatever the spacing.
         previous = timesteps - self.config.num_train_timesteps // num_inference_steps
         self.alpha_prod = self.alphas_cumprod[timesteps]
-        self.alpha_prod_prev = np.where(previous >= 0, self.alphas_cumprod[np.maximum(previous, 0)],
-                                        self.final_alpha_cumprod).astype(np.float32)
+        self.alpha_prod_prev = np.where(
+            previous >= 0, self.alphas_cumprod[np.maximum(previous, 0)], self.final_alpha_cumprod
+        ).astype(np.float32)
         self.set_levels(self.alpha_prod, self.alpha_prod_prev[-1])
 
-    def step(self, model_output: np.ndarray, step_index: int, sample: np.ndarray,
-             generator: TorchGenerator | None = None) -> np.ndarray:
+    def step(
+        self, model_output: np.ndarray, step_index: int, sample: np.ndarray, generator: TorchGenerator | None = None
+    ) -> np.ndarray:
         alpha_prod_t = self.alpha_prod[step_index]
         alpha_prod_prev = self.alpha_prod_prev[step_index]
         beta_prod_t = 1 - alpha_prod_t
         pred_original = self.x0(model_output, sample, alpha_prod_t, beta_prod_t)
         # The noise estimate comes from the unclipped prediction, as in diffusers.
-        pred_epsilon = predict_epsilon(self.config.prediction_type, model_output, sample, alpha_prod_t**HALF,
-                                       beta_prod_t**HALF)
+        pred_epsilon = predict_epsilon(
+            self.config.prediction_type, model_output, sample, alpha_prod_t**HALF, beta_prod_t**HALF
+        )
         direction = (1 - alpha_prod_prev) ** HALF * pred_epsilon  # eta = 0: no variance term
         return alpha_prod_prev**HALF * pred_original + direction

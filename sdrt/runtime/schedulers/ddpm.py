@@ -20,8 +20,14 @@ class DDPMScheduler(AlphaTableScheduler):
 
     reference_name = "DDPMScheduler"
     stochastic = True
-    config_defaults = {**BETA_DEFAULTS, "timestep_spacing": "leading", "clip_sample": True,
-                       "clip_sample_range": 1.0, "variance_type": "fixed_small", "rescale_betas_zero_snr": False}
+    config_defaults = {
+        **BETA_DEFAULTS,
+        "timestep_spacing": "leading",
+        "clip_sample": True,
+        "clip_sample_range": 1.0,
+        "variance_type": "fixed_small",
+        "rescale_betas_zero_snr": False,
+    }
     refused_keys = ("thresholding",)
 
     def _plan(self, num_inference_steps: int) -> None:
@@ -46,8 +52,9 @@ class DDPMScheduler(AlphaTableScheduler):
         else:
             self.noise_scale = current_beta**HALF
 
-    def step(self, model_output: np.ndarray, step_index: int, sample: np.ndarray,
-             generator: TorchGenerator | None = None) -> np.ndarray:
+    def step(
+        self, model_output: np.ndarray, step_index: int, sample: np.ndarray, generator: TorchGenerator | None = None
+    ) -> np.ndarray:
         original = self.x0(model_output, sample, self.alpha_prod[step_index], self.beta_prod[step_index])
         prev_sample = self.original_coefficient[step_index] * original + self.sample_coefficient[step_index] * sample
         if self.timesteps[step_index] > 0:

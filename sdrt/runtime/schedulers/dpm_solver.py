@@ -42,8 +42,11 @@ class DPMSolverMultistepScheduler(MultistepScheduler):
         self.coefficients = np.zeros((count, 3), dtype=np.float32)
         for i in range(count):
             last = i == count - 1
-            lower_final = last and (config.euler_at_final or config.final_sigmas_type == "zero" or
-                                    (config.lower_order_final and count < self.LOWER_ORDER_FINAL_BELOW))
+            lower_final = last and (
+                config.euler_at_final
+                or config.final_sigmas_type == "zero"
+                or (config.lower_order_final and count < self.LOWER_ORDER_FINAL_BELOW)
+            )
             # (diffusers' "lower_order_second" only demotes third-order steps, which sdrt lacks.)
             second = config.solver_order == 2 and i >= 1 and not lower_final
             h = lambdas[i + 1] - lambdas[i]
@@ -60,8 +63,9 @@ class DPMSolverMultistepScheduler(MultistepScheduler):
                 else:
                     self.coefficients[i, 2] = (alpha[i + 1] * ((np.exp(-h) - one) / h + one)) * (one / r0)
 
-    def step(self, model_output: np.ndarray, step_index: int, sample: np.ndarray,
-             generator: TorchGenerator | None = None) -> np.ndarray:
+    def step(
+        self, model_output: np.ndarray, step_index: int, sample: np.ndarray, generator: TorchGenerator | None = None
+    ) -> np.ndarray:
         x0 = self.data_prediction(model_output, step_index, sample)
         ratio, weight, second = self.coefficients[step_index]
         # The first step of a run is first order, also when it starts mid-schedule (img2img).

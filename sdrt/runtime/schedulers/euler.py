@@ -15,12 +15,19 @@ class EulerDiscreteScheduler(SigmaScheduler):
     with diffusers' default step arguments."""
 
     reference_name = "EulerDiscreteScheduler"
-    config_defaults = {**SIGMA_DEFAULTS, "rescale_betas_zero_snr": False, "final_sigmas_type": "zero",
-                       "interpolation_type": "linear", "sigma_min": None, "sigma_max": None}
+    config_defaults = {
+        **SIGMA_DEFAULTS,
+        "rescale_betas_zero_snr": False,
+        "final_sigmas_type": "zero",
+        "interpolation_type": "linear",
+        "sigma_min": None,
+        "sigma_max": None,
+    }
     refused_keys = ("use_beta_sigmas", "timestep_type")
 
-    def step(self, model_output: np.ndarray, step_index: int, sample: np.ndarray,
-             generator: TorchGenerator | None = None) -> np.ndarray:
+    def step(
+        self, model_output: np.ndarray, step_index: int, sample: np.ndarray, generator: TorchGenerator | None = None
+    ) -> np.ndarray:
         derivative = self.derivative(model_output, step_index, sample)
         return sample + derivative * (self.sigmas[step_index + 1] - self.sigmas[step_index])
 
@@ -40,8 +47,9 @@ class EulerAncestralDiscreteScheduler(SigmaScheduler):
         self.sigma_up = (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** np.float32(0.5)
         self.sigma_down = (sigma_to**2 - self.sigma_up**2) ** np.float32(0.5)
 
-    def step(self, model_output: np.ndarray, step_index: int, sample: np.ndarray,
-             generator: TorchGenerator | None = None) -> np.ndarray:
+    def step(
+        self, model_output: np.ndarray, step_index: int, sample: np.ndarray, generator: TorchGenerator | None = None
+    ) -> np.ndarray:
         generator = self.need_generator(generator, "euler_a")
         derivative = self.derivative(model_output, step_index, sample)
         prev_sample = sample + derivative * (self.sigma_down[step_index] - self.sigmas[step_index])

@@ -26,9 +26,16 @@ from sdrt.runtime.schedulers.spaces import FLOW, FLOW_PREDICTION
 #: prediction_type (its model predicts velocity); sdrt reads it so that a diffusion model's
 #: scheduler file, which names epsilon or v_prediction, is refused (Scheduler.from_config).
 FLOW_DEFAULTS: dict[str, Any] = {
-    "num_train_timesteps": 1000, "shift": 1.0, "use_dynamic_shifting": False, "base_shift": 0.5,
-    "max_shift": 1.15, "base_image_seq_len": 256, "max_image_seq_len": 4096, "time_shift_type": "exponential",
-    "shift_terminal": None, "prediction_type": FLOW_PREDICTION,
+    "num_train_timesteps": 1000,
+    "shift": 1.0,
+    "use_dynamic_shifting": False,
+    "base_shift": 0.5,
+    "max_shift": 1.15,
+    "base_image_seq_len": 256,
+    "max_image_seq_len": 4096,
+    "time_shift_type": "exponential",
+    "shift_terminal": None,
+    "prediction_type": FLOW_PREDICTION,
 }
 #: The class's further options sdrt does not implement: key -> (refused value, message).
 FLOW_UNSUPPORTED: dict[str, tuple[Any, str]] = {
@@ -36,8 +43,10 @@ FLOW_UNSUPPORTED: dict[str, tuple[Any, str]] = {
     "use_karras_sigmas": (True, "use_karras_sigmas is not supported by flow_euler"),
     "use_exponential_sigmas": (True, "use_exponential_sigmas is not supported by flow_euler"),
     "use_beta_sigmas": (True, "use_beta_sigmas is not supported by flow_euler"),
-    "stochastic_sampling": (True, "stochastic_sampling is not supported; flow_euler is the deterministic Euler "
-                                  "sampler"),
+    "stochastic_sampling": (
+        True,
+        "stochastic_sampling is not supported; flow_euler is the deterministic Euler sampler",
+    ),
 }
 #: The exponent diffusers' set_timesteps passes to its time shift (`time_shift(mu, 1.0, sigmas)`).
 TIME_SHIFT_EXPONENT = 1.0
@@ -103,12 +112,15 @@ class FlowMatchEulerDiscreteScheduler(Scheduler):
         dynamic = self.config.use_dynamic_shifting
         if mu is None:
             if dynamic:
-                raise ConfigError("this flow-matching scheduler shifts its sigmas by the image size "
-                                  "(use_dynamic_shifting): set_timesteps needs mu (dynamic_shift_mu)")
+                raise ConfigError(
+                    "this flow-matching scheduler shifts its sigmas by the image size "
+                    "(use_dynamic_shifting): set_timesteps needs mu (dynamic_shift_mu)"
+                )
             return None
         if not dynamic:
-            raise ConfigError(f"mu is for schedulers with use_dynamic_shifting; this one shifts by shift "
-                              f"{self.config.shift:g}")
+            raise ConfigError(
+                f"mu is for schedulers with use_dynamic_shifting; this one shifts by shift {self.config.shift:g}"
+            )
         if isinstance(mu, bool) or not isinstance(mu, (int, float, np.floating)) or not math.isfinite(mu):
             raise ConfigError(f"mu must be a finite number, got {mu!r}")
         if self.config.time_shift_type == "linear" and not mu > 0:
@@ -142,8 +154,9 @@ class FlowMatchEulerDiscreteScheduler(Scheduler):
     def scale_model_input(self, sample: np.ndarray, step_index: int) -> np.ndarray:
         return sample
 
-    def step(self, model_output: np.ndarray, step_index: int, sample: np.ndarray,
-             generator: TorchGenerator | None = None) -> np.ndarray:
+    def step(
+        self, model_output: np.ndarray, step_index: int, sample: np.ndarray, generator: TorchGenerator | None = None
+    ) -> np.ndarray:
         return sample + self.sigma_steps[step_index] * model_output
 
     def add_noise(self, original: np.ndarray, noise: np.ndarray, step_index: int) -> np.ndarray:

@@ -17,8 +17,13 @@ class HeunDiscreteScheduler(SigmaScheduler):
 
     reference_name = "HeunDiscreteScheduler"
     calls_per_step = 2
-    config_defaults = {**SIGMA_DEFAULTS, "beta_start": 0.00085, "beta_end": 0.012, "clip_sample": False,
-                       "clip_sample_range": 1.0}
+    config_defaults = {
+        **SIGMA_DEFAULTS,
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "clip_sample": False,
+        "clip_sample_range": 1.0,
+    }
     refused_keys = ("use_beta_sigmas",)
 
     def __init__(self, config: SchedulerConfig):
@@ -32,8 +37,9 @@ class HeunDiscreteScheduler(SigmaScheduler):
         self.timesteps = np.concatenate([timesteps[:1], np.repeat(timesteps[1:], 2)])
         self._first = None
 
-    def step(self, model_output: np.ndarray, step_index: int, sample: np.ndarray,
-             generator: TorchGenerator | None = None) -> np.ndarray:
+    def step(
+        self, model_output: np.ndarray, step_index: int, sample: np.ndarray, generator: TorchGenerator | None = None
+    ) -> np.ndarray:
         first_order = self._first is None
         if first_order:
             sigma, sigma_next = self.sigmas[step_index], self.sigmas[step_index + 1]

@@ -23,9 +23,18 @@ SIGMA_DATA = 0.5  # the consistency models' data standard deviation (diffusers' 
 
 class LCMScheduler(AlphaTableScheduler):
     reference_name = "LCMScheduler"
-    config_defaults = {**BETA_DEFAULTS, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
-                       "original_inference_steps": 50, "clip_sample": False, "clip_sample_range": 1.0,
-                       "set_alpha_to_one": True, "timestep_scaling": 10.0, "rescale_betas_zero_snr": False}
+    config_defaults = {
+        **BETA_DEFAULTS,
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "original_inference_steps": 50,
+        "clip_sample": False,
+        "clip_sample_range": 1.0,
+        "set_alpha_to_one": True,
+        "timestep_scaling": 10.0,
+        "rescale_betas_zero_snr": False,
+    }
     refused_keys = ("thresholding",)
     stochastic = True
 
@@ -37,8 +46,10 @@ class LCMScheduler(AlphaTableScheduler):
         super().check_steps(num_inference_steps)
         original = self.config.original_inference_steps
         if num_inference_steps > original:
-            raise ConfigError(f"steps ({num_inference_steps}) cannot exceed this LCM schedule's "
-                              f"original_inference_steps ({original}), of which they are a subset")
+            raise ConfigError(
+                f"steps ({num_inference_steps}) cannot exceed this LCM schedule's "
+                f"original_inference_steps ({original}), of which they are a subset"
+            )
 
     def _plan(self, num_inference_steps: int) -> None:
         original = self.config.original_inference_steps
@@ -49,8 +60,9 @@ class LCMScheduler(AlphaTableScheduler):
         self.timesteps = timesteps.astype(np.float32)
         following = np.append(timesteps[1:], timesteps[-1])  # the last step "continues" at its own timestep
         self.alpha_prod = self.alphas_cumprod[timesteps]
-        self.alpha_prod_next = np.where(following >= 0, self.alphas_cumprod[np.maximum(following, 0)],
-                                        self.final_alpha_cumprod).astype(np.float32)
+        self.alpha_prod_next = np.where(
+            following >= 0, self.alphas_cumprod[np.maximum(following, 0)], self.final_alpha_cumprod
+        ).astype(np.float32)
         scaled = timesteps.astype(np.float32) * np.float32(self.config.timestep_scaling)  # float32, as diffusers
         self.c_skip = np.float32(SIGMA_DATA**2) / (scaled**2 + np.float32(SIGMA_DATA**2))
         self.c_out = scaled / (scaled**2 + np.float32(SIGMA_DATA**2)) ** np.float32(HALF)
@@ -60,8 +72,9 @@ class LCMScheduler(AlphaTableScheduler):
         """alpha_bar of what the last step returns: LCM's last step returns its x0 estimate."""
         return np.float32(1.0)
 
-    def step(self, model_output: np.ndarray, step_index: int, sample: np.ndarray,
-             generator: TorchGenerator | None = None) -> np.ndarray:
+    def step(
+        self, model_output: np.ndarray, step_index: int, sample: np.ndarray, generator: TorchGenerator | None = None
+    ) -> np.ndarray:
         alpha_prod_t = self.alpha_prod[step_index]
         x0 = self.x0(model_output, sample, alpha_prod_t, 1 - alpha_prod_t)
         denoised = self.c_out[step_index] * x0 + self.c_skip[step_index] * sample

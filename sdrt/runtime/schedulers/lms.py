@@ -67,8 +67,9 @@ class LMSDiscreteScheduler(SigmaScheduler):
         self._derivatives.clear()
         self._last_index = None
 
-    def step(self, model_output: np.ndarray, step_index: int, sample: np.ndarray,
-             generator: TorchGenerator | None = None) -> np.ndarray:
+    def step(
+        self, model_output: np.ndarray, step_index: int, sample: np.ndarray, generator: TorchGenerator | None = None
+    ) -> np.ndarray:
         if self._last_index is not None and step_index != self._last_index + 1:
             raise RuntimeError(
                 f"LMS step {step_index} called after step {self._last_index}: "

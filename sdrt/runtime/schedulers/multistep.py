@@ -18,13 +18,21 @@ from sdrt.runtime.schedulers.tables import (
     training_sigmas,
 )
 
-MULTISTEP_DEFAULTS = {**BETA_DEFAULTS, "timestep_spacing": "linspace", "use_karras_sigmas": False,
-                      "use_exponential_sigmas": False, "rescale_betas_zero_snr": False, "final_sigmas_type": "zero",
-                      "solver_order": 2, "lower_order_final": True}
+MULTISTEP_DEFAULTS = {
+    **BETA_DEFAULTS,
+    "timestep_spacing": "linspace",
+    "use_karras_sigmas": False,
+    "use_exponential_sigmas": False,
+    "rescale_betas_zero_snr": False,
+    "final_sigmas_type": "zero",
+    "solver_order": 2,
+    "lower_order_final": True,
+}
 
 
-def multistep_schedule(config: SchedulerConfig, alphas_cumprod: np.ndarray, n: int, *, karras_rounds: bool,
-                       final_from_schedule: bool) -> tuple[np.ndarray, np.ndarray]:
+def multistep_schedule(
+    config: SchedulerConfig, alphas_cumprod: np.ndarray, n: int, *, karras_rounds: bool, final_from_schedule: bool
+) -> tuple[np.ndarray, np.ndarray]:
     """(sigmas with the final level appended, whole-number float32 timesteps). DPM++ and UniPC differ in two
     details: whether Karras timesteps are rounded, and whether a sigma_min final level repeats
     the converted schedule's last sigma (UniPC) or is the training sigma_min (DPM++)."""
@@ -63,9 +71,13 @@ class MultistepScheduler(Scheduler):
         return 1.0
 
     def _plan(self, num_inference_steps: int) -> None:
-        self.sigmas, self.timesteps = multistep_schedule(self.config, self.alphas_cumprod, num_inference_steps,
-                                                         karras_rounds=self.karras_rounds,
-                                                         final_from_schedule=self.final_from_schedule)
+        self.sigmas, self.timesteps = multistep_schedule(
+            self.config,
+            self.alphas_cumprod,
+            num_inference_steps,
+            karras_rounds=self.karras_rounds,
+            final_from_schedule=self.final_from_schedule,
+        )
         self.num_inference_steps = len(self.timesteps)
         one = np.float32(1.0)
         self.alpha_t = one / (self.sigmas**2 + one) ** HALF
@@ -82,8 +94,9 @@ class MultistepScheduler(Scheduler):
         return sample
 
     def data_prediction(self, model_output: np.ndarray, step_index: int, sample: np.ndarray) -> np.ndarray:
-        return predict_x0(self.config.prediction_type, model_output, sample, self.sigma_t[step_index],
-                          self.alpha_t[step_index])
+        return predict_x0(
+            self.config.prediction_type, model_output, sample, self.sigma_t[step_index], self.alpha_t[step_index]
+        )
 
     def add_noise(self, original: np.ndarray, noise: np.ndarray, step_index: int) -> np.ndarray:
         return self.alpha_t[step_index] * original + self.sigma_t[step_index] * noise

@@ -19,14 +19,20 @@ class PNDMScheduler(AlphaTableScheduler):
     """PLMS: n steps make n + 1 UNet calls (the second step re-evaluates the first's target)."""
 
     reference_name = "PNDMScheduler"
-    config_defaults = {**BETA_DEFAULTS, "timestep_spacing": "leading", "set_alpha_to_one": False,
-                       "skip_prk_steps": False}
+    config_defaults = {
+        **BETA_DEFAULTS,
+        "timestep_spacing": "leading",
+        "set_alpha_to_one": False,
+        "skip_prk_steps": False,
+    }
 
     def __init__(self, config: SchedulerConfig):
         super().__init__(config)
         if not config.skip_prk_steps:
-            raise ConfigError("PNDM's Runge-Kutta warm-up (skip_prk_steps false) is not supported; the `pndm` "
-                              "sampler runs PLMS (skip_prk_steps true)")
+            raise ConfigError(
+                "PNDM's Runge-Kutta warm-up (skip_prk_steps false) is not supported; the `pndm` "
+                "sampler runs PLMS (skip_prk_steps true)"
+            )
         if config.prediction_type not in ("epsilon", "v_prediction"):
             raise ConfigError("PNDM supports the epsilon and v_prediction prediction types")
         self.final_alpha_cumprod = np.float32(1.0) if config.set_alpha_to_one else self.alphas_cumprod[0]
@@ -46,8 +52,9 @@ class PNDMScheduler(AlphaTableScheduler):
     def _alpha(self, timestep: int) -> np.float32:
         return self.alphas_cumprod[timestep] if timestep >= 0 else self.final_alpha_cumprod
 
-    def step(self, model_output: np.ndarray, step_index: int, sample: np.ndarray,
-             generator: TorchGenerator | None = None) -> np.ndarray:
+    def step(
+        self, model_output: np.ndarray, step_index: int, sample: np.ndarray, generator: TorchGenerator | None = None
+    ) -> np.ndarray:
         ratio = self.config.num_train_timesteps // self.num_inference_steps
         timestep = int(self.timesteps[step_index])
         prev_timestep = timestep - ratio

@@ -10,8 +10,9 @@ diffusers equivalent and are refused by name.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from sdrt.errors import ConfigError
 
@@ -38,8 +39,19 @@ SCHEDULES: dict[str, ScheduleEntry] = {entry.name: entry for entry in _ENTRIES}
 SCHEDULE_NAMES = tuple(SCHEDULES)
 DEFAULT_SCHEDULE = "automatic"
 #: A1111's schedule types with no diffusers equivalent (refused by name, not as unknown).
-A1111_ONLY_SCHEDULES = ("uniform", "polyexponential", "kl optimal", "align your steps", "simple", "normal",
-                        "ddim", "beta", "align your steps gits", "align your steps 11", "align your steps 32")
+A1111_ONLY_SCHEDULES = (
+    "uniform",
+    "polyexponential",
+    "kl optimal",
+    "align your steps",
+    "simple",
+    "normal",
+    "ddim",
+    "beta",
+    "align your steps gits",
+    "align your steps 11",
+    "align your steps 32",
+)
 
 
 def schedule_entry(name: str) -> ScheduleEntry:
@@ -48,8 +60,10 @@ def schedule_entry(name: str) -> ScheduleEntry:
     if key in SCHEDULES:
         return SCHEDULES[key]
     if str(name).strip().lower() in A1111_ONLY_SCHEDULES:
-        raise ConfigError(f"schedule type {name!r} has no diffusers equivalent in sdrt; choose one of "
-                          f"{', '.join(e.label for e in _ENTRIES)}")
+        raise ConfigError(
+            f"schedule type {name!r} has no diffusers equivalent in sdrt; choose one of "
+            f"{', '.join(e.label for e in _ENTRIES)}"
+        )
     raise ConfigError(f"unknown schedule type {name!r}; choose one of {', '.join(SCHEDULE_NAMES)}")
 
 
@@ -67,6 +81,8 @@ def schedule_overrides(schedule: str, sampler_name: str, config_keys, fixed: Map
     if any(key in fixed for key in entry.overrides):
         raise ConfigError(f"sampler {sampler_name!r} fixes its own schedule; use it with schedule type Automatic")
     if not entry.supports(config_keys):
-        raise ConfigError(f"sampler {sampler_name!r} does not take schedule type {entry.label!r} (its diffusers "
-                          "class has no such option); use Automatic")
+        raise ConfigError(
+            f"sampler {sampler_name!r} does not take schedule type {entry.label!r} (its diffusers "
+            "class has no such option); use Automatic"
+        )
     return dict(entry.overrides)

@@ -19,8 +19,12 @@ from sdrt.runtime.schedulers.tables import (
 )
 
 #: The config keys of diffusers' Euler, LMS and Heun classes beyond the beta schedule.
-SIGMA_DEFAULTS = {**BETA_DEFAULTS, "timestep_spacing": "linspace", "use_karras_sigmas": False,
-                  "use_exponential_sigmas": False}
+SIGMA_DEFAULTS = {
+    **BETA_DEFAULTS,
+    "timestep_spacing": "linspace",
+    "use_karras_sigmas": False,
+    "use_exponential_sigmas": False,
+}
 
 
 class SigmaScheduler(Scheduler):
@@ -43,8 +47,11 @@ class SigmaScheduler(Scheduler):
         train_sigmas = self.train_sigmas
         log_sigmas = np.log(train_sigmas)
         if config.interpolation_type == "log_linear":
-            sigmas = np.exp(linspace_float32(float(np.log(train_sigmas[-1])), float(np.log(train_sigmas[0])),
-                                             num_inference_steps + 1)).astype(np.float32)
+            sigmas = np.exp(
+                linspace_float32(
+                    float(np.log(train_sigmas[-1])), float(np.log(train_sigmas[0])), num_inference_steps + 1
+                )
+            ).astype(np.float32)
         else:
             sigmas = np.interp(timesteps, np.arange(len(train_sigmas)), train_sigmas)
         if self.supports_sigma_schedules:

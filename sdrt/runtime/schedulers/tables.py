@@ -96,8 +96,9 @@ def training_sigmas(alphas_cumprod: np.ndarray) -> np.ndarray:
     return ((1 - alphas_cumprod) / alphas_cumprod) ** np.float32(0.5)
 
 
-def spaced_timesteps(config: SchedulerConfig, num_inference_steps: int, *, integer: bool = True,
-                     span_final: bool = False) -> np.ndarray:
+def spaced_timesteps(
+    config: SchedulerConfig, num_inference_steps: int, *, integer: bool = True, span_final: bool = False
+) -> np.ndarray:
     """Inference timesteps from high noise to low, per `timestep_spacing` (the choices of
     Table 2 of "Common Diffusion Noise Schedules and Sample Steps are Flawed").
 

@@ -31,8 +31,9 @@ class TCDScheduler(LCMScheduler):
         """TCD's last step maps x0 to timestep floor((1 - gamma) * 0) = 0, not to x0 itself."""
         return self.alphas_cumprod[0]
 
-    def step(self, model_output: np.ndarray, step_index: int, sample: np.ndarray,
-             generator: TorchGenerator | None = None) -> np.ndarray:
+    def step(
+        self, model_output: np.ndarray, step_index: int, sample: np.ndarray, generator: TorchGenerator | None = None
+    ) -> np.ndarray:
         eta = float(self.eta)
         last = step_index == self.num_inference_steps - 1
         following = 0 if last else int(self.timesteps[step_index + 1])
@@ -42,8 +43,9 @@ class TCDScheduler(LCMScheduler):
         alpha_s = self.alphas_cumprod[intermediate]
         prediction = self.config.prediction_type
         x0 = predict_x0(prediction, model_output, sample, (1 - alpha_t) ** HALF, alpha_t**HALF)
-        epsilon = predict_epsilon(prediction, model_output if prediction != "sample" else x0, sample,
-                                  alpha_t**HALF, (1 - alpha_t) ** HALF)
+        epsilon = predict_epsilon(
+            prediction, model_output if prediction != "sample" else x0, sample, alpha_t**HALF, (1 - alpha_t) ** HALF
+        )
         noised = alpha_s**HALF * x0 + (1 - alpha_s) ** HALF * epsilon
         if eta <= 0 or last:
             return noised.astype(np.float32)

@@ -72,7 +72,7 @@ class UniPCMultistepScheduler(MultistepScheduler):
         r = np.array(rks + [one], dtype=np.float64)
         matrix = np.stack([r**power for power in range(order)])
         if corrector:
-            rhos = (np.array([0.5]) if order == 1 else np.linalg.solve(matrix, np.array(b, np.float64)))
+            rhos = np.array([0.5]) if order == 1 else np.linalg.solve(matrix, np.array(b, np.float64))
         elif order == 1:
             rhos = np.zeros(0)
         elif order == 2:
@@ -83,8 +83,9 @@ class UniPCMultistepScheduler(MultistepScheduler):
         self._coefficients[key] = result
         return result
 
-    def step(self, model_output: np.ndarray, step_index: int, sample: np.ndarray,
-             generator: TorchGenerator | None = None) -> np.ndarray:
+    def step(
+        self, model_output: np.ndarray, step_index: int, sample: np.ndarray, generator: TorchGenerator | None = None
+    ) -> np.ndarray:
         x0 = self.data_prediction(model_output, step_index, sample)
         if self._last_sample is not None:  # UniC: correct this step's sample with the new output
             order = self._last_order
@@ -94,7 +95,7 @@ class UniPCMultistepScheduler(MultistepScheduler):
             for k, rk in enumerate(rks, start=1):
                 correction = correction + rhos[k - 1] * ((self._x0s[-(k + 1)] - m0) / rk)
             sample = ratio * self._last_sample + m0_weight * m0 + b_weight * correction
-        self._x0s = (self._x0s + [x0])[-self.config.solver_order:]
+        self._x0s = (self._x0s + [x0])[-self.config.solver_order :]
         order = self.config.solver_order
         if self.config.lower_order_final:
             order = min(order, self.num_inference_steps - step_index)
@@ -102,8 +103,9 @@ class UniPCMultistepScheduler(MultistepScheduler):
         ratio, m0_weight, b_weight, rhos, rks = self._update(step_index, step_index + 1, order, corrector=False)
         prev_sample = ratio * sample + m0_weight * x0
         if rks:
-            prediction = sum(rho * ((self._x0s[-(k + 1)] - x0) / rk)
-                             for k, (rho, rk) in enumerate(zip(rhos, rks), start=1))
+            prediction = sum(
+                rho * ((self._x0s[-(k + 1)] - x0) / rk) for k, (rho, rk) in enumerate(zip(rhos, rks), start=1)
+            )
             prev_sample = prev_sample + b_weight * prediction
         self._last_sample, self._last_order = sample, order
         return prev_sample

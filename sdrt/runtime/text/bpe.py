@@ -13,7 +13,7 @@ everywhere.
 from __future__ import annotations
 
 import heapq
-from typing import Mapping
+from collections.abc import Mapping
 
 NONE = -1  # no neighbour
 

@@ -29,7 +29,11 @@ def check_text(text: str, param: str, limit: int = MAX_PROMPT_CHARS) -> None:
     except UnicodeEncodeError as error:
         code = ord(text[error.start])
         if code in ESCAPED_BYTES:
-            raise GenerationError(f"{param} is not valid UTF-8 (byte 0x{code - ESCAPE_BASE:02x} at character "
-                                  f"{error.start}); save it as UTF-8 text", param) from None
-        raise GenerationError(f"{param} holds a lone surrogate U+{code:04X} at character {error.start}, "
-                              "which is not text", param) from None
+            raise GenerationError(
+                f"{param} is not valid UTF-8 (byte 0x{code - ESCAPE_BASE:02x} at character "
+                f"{error.start}); save it as UTF-8 text",
+                param,
+            ) from None
+        raise GenerationError(
+            f"{param} holds a lone surrogate U+{code:04X} at character {error.start}, which is not text", param
+        ) from None

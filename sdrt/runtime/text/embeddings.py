@@ -91,8 +91,10 @@ def _vectors(data, path: Path) -> dict[str, np.ndarray]:
     if "string_to_param" in data:
         params = data["string_to_param"]
         if not isinstance(params, dict) or len(params) != 1:
-            raise EmbeddingError(f"{path} has {len(params) if isinstance(params, dict) else 'no'} embeddings in "
-                                 "string_to_param; sdrt reads files with one")
+            raise EmbeddingError(
+                f"{path} has {len(params) if isinstance(params, dict) else 'no'} embeddings in "
+                "string_to_param; sdrt reads files with one"
+            )
         return {"*": _matrix(next(iter(params.values())), path)}
     arrays = {key: value for key, value in data.items() if isinstance(value, np.ndarray)}
     if len(arrays) == 1:
@@ -136,7 +138,7 @@ class EmbeddingSource:
     token: str | None = None
 
     @classmethod
-    def parse(cls, text: str) -> "EmbeddingSource":
+    def parse(cls, text: str) -> EmbeddingSource:
         """PATH or PATH:TOKEN (a colon after the file's suffix starts the token)."""
         for suffix in SUFFIXES:
             head, found, token = text.rpartition(suffix + ":")

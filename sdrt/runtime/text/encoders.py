@@ -20,10 +20,16 @@ import numpy as np
 from sdrt.errors import GenerationError, ModelFolderError
 from sdrt.runtime.engines import Engine
 from sdrt.runtime.loop.timings import TOKENIZE, Timings
-from sdrt.runtime.text.embeddings import Embedding, EmbeddingSet, EmbeddingSource, load_embeddings
 from sdrt.runtime.manifest import (
-    BATCH, EXTRA_EMBEDDINGS, LAYER_HIDDEN, POOLED, PROJECTED, UNET_CONTEXT, Manifest,
+    BATCH,
+    EXTRA_EMBEDDINGS,
+    LAYER_HIDDEN,
+    POOLED,
+    PROJECTED,
+    UNET_CONTEXT,
+    Manifest,
 )
+from sdrt.runtime.text.embeddings import Embedding, EmbeddingSet, EmbeddingSource, load_embeddings
 from sdrt.runtime.text.prompts.chunks import TokenChunks, text_chunks
 from sdrt.runtime.text.prompts.options import TextOptions
 from sdrt.runtime.text.token_tables import TokenTable
@@ -40,11 +46,18 @@ class TextEncoding:
 
 
 class TextEncoders:
-    def __init__(self, manifest: Manifest, tokenizers: list[ClipTokenizer], names: list[str],
-                 embeddings: EmbeddingSet | None = None):
+    def __init__(
+        self,
+        manifest: Manifest,
+        tokenizers: list[ClipTokenizer],
+        names: list[str],
+        embeddings: EmbeddingSet | None = None,
+    ):
         self.embeddings = embeddings or EmbeddingSet()
-        self.tables = [_token_table(manifest, name, tokenizer, self.embeddings.loaded)
-                       for name, tokenizer in zip(names, tokenizers)]
+        self.tables = [
+            _token_table(manifest, name, tokenizer, self.embeddings.loaded)
+            for name, tokenizer in zip(names, tokenizers)
+        ]
         self.manifest = manifest
         self.family = manifest.model_family
         self.tokenizers = tokenizers
@@ -60,15 +73,16 @@ class TextEncoders:
         return self.family.clip_skip_applies
 
     @classmethod
-    def load(cls, folder: Path, manifest: Manifest, embeddings: list[EmbeddingSource] | None = None
-             ) -> "TextEncoders":
+    def load(cls, folder: Path, manifest: Manifest, embeddings: list[EmbeddingSource] | None = None) -> TextEncoders:
         """The tokenizers, and the embeddings of `embeddings` (files and folders) that fit."""
         tokenizers, names = [], []
         for component, tokenizer_folder in manifest.text_encoders:
             tokenizer = ClipTokenizer.from_folder(folder / tokenizer_folder)
             if tokenizer.max_length != manifest.text_length:
-                raise ModelFolderError(f"{tokenizer_folder} length {tokenizer.max_length} differs from the text "
-                                       f"encoder's {manifest.text_length}")
+                raise ModelFolderError(
+                    f"{tokenizer_folder} length {tokenizer.max_length} differs from the text "
+                    f"encoder's {manifest.text_length}"
+                )
             tokenizers.append(tokenizer)
             names.append(component)
         loaded = load_embeddings(embeddings, lambda e: embedding_misfit(e, manifest)) if embeddings else None
@@ -78,9 +92,15 @@ class TextEncoders:
         """The text's chunks for one encoder's tokenizer and embeddings (the first by default)."""
         return text_chunks(text, options.emphasis, self.tokenizers[encoder], self.tables[encoder])
 
-    def encode(self, texts: list[str], engines: dict[str, Engine], options: TextOptions,
-               timings: Timings | None = None, used: dict | None = None,
-               negatives: frozenset[str] = frozenset()) -> list[TextEncoding]:
+    def encode(
+        self,
+        texts: list[str],
+        engines: dict[str, Engine],
+        options: TextOptions,
+        timings: Timings | None = None,
+        used: dict | None = None,
+        negatives: frozenset[str] = frozenset(),
+    ) -> list[TextEncoding]:
         """One encoding per text: every encoder's chunks, weighted, concatenated. The names of
         the embeddings the texts use are added to `used`; a text in `negatives` that is too
         long is reported as the negative prompt."""
@@ -97,7 +117,9 @@ class TextEncoders:
                     raise GenerationError(
                         f"the {param.replace('_', ' ')} {_start(text)} needs {chunks.count} chunks of "
                         f"{tokenizer.max_length - 2} tokens; this export takes at most {self.max_chunks}: shorten it, "
-                        f"or re-export the model with --max-prompt-chunks {chunks.count}", param)
+                        f"or re-export the model with --max-prompt-chunks {chunks.count}",
+                        param,
+                    )
             if timings is not None:
                 timings.add(TOKENIZE, time.perf_counter() - started)
             ids = np.concatenate([c.ids for c in chunked])
@@ -122,13 +144,12 @@ class TextEncoders:
             rows = table.rows if table is not None else np.zeros((1, engine.inputs[EXTRA_EMBEDDINGS].shape[1]))
             extra[EXTRA_EMBEDDINGS] = rows.astype(engine.input_dtype(EXTRA_EMBEDDINGS))
         for start in range(0, len(ids), step):
-            feeds = {"input_ids": ids[start:start + step].astype(engine.input_dtype("input_ids")), **extra}
+            feeds = {"input_ids": ids[start : start + step].astype(engine.input_dtype("input_ids")), **extra}
             out = engine.run(feeds)
             states = out[self.hidden_output] if layer is None else out[LAYER_HIDDEN][:, layer]
             hidden.append(states.astype(np.float32))
             pooled.append(next((out[key].astype(np.float32) for key in POOLED_OUTPUTS if key in out), None))
-        return {"hidden": np.concatenate(hidden),
-                "pooled": None if pooled[0] is None else np.concatenate(pooled)}
+        return {"hidden": np.concatenate(hidden), "pooled": None if pooled[0] is None else np.concatenate(pooled)}
 
     def _layer(self, engine: Engine, options: TextOptions) -> int | None:
         """The index into LAYER_HIDDEN for the clip skip, None for the usual output."""
@@ -136,12 +157,16 @@ class TextEncoders:
             return None
         spec = next((t for t in engine.spec.outputs if t.name == LAYER_HIDDEN), None)
         if spec is None:
-            raise GenerationError("this export's text encoder does not give its layers' outputs, which clip skip "
-                                  "needs: re-export the model with this sdrt version", "clip_skip")
+            raise GenerationError(
+                "this export's text encoder does not give its layers' outputs, which clip skip "
+                "needs: re-export the model with this sdrt version",
+                "clip_skip",
+            )
         layers = spec.shape[1]
         if options.clip_skip > layers:
-            raise GenerationError(f"clip skip {options.clip_skip} is more than the text encoder's {layers} layers",
-                                  "clip_skip")
+            raise GenerationError(
+                f"clip skip {options.clip_skip} is more than the text encoder's {layers} layers", "clip_skip"
+            )
         return layers - options.clip_skip
 
 
@@ -155,21 +180,26 @@ def embedding_misfit(embedding: Embedding, manifest: Manifest) -> str | None:
     for component, _ in manifest.text_encoders:
         spec = _extra_input(manifest, component)
         if spec is None:
-            raise ModelFolderError(f"this export's {component} takes no textual-inversion embeddings: re-export "
-                                   "the model with this sdrt version to use them")
+            raise ModelFolderError(
+                f"this export's {component} takes no textual-inversion embeddings: re-export "
+                "the model with this sdrt version to use them"
+            )
         vectors = embedding.for_encoder(component)
         if vectors is None:
             return f"it has no vectors for {component} (an embedding for another model family)"
         if vectors.shape[1] != spec.shape[1]:
-            return (f"its vectors are {vectors.shape[1]} wide; this model's {component} takes {spec.shape[1]} "
-                    "(an embedding for another model family)")
+            return (
+                f"its vectors are {vectors.shape[1]} wide; this model's {component} takes {spec.shape[1]} "
+                "(an embedding for another model family)"
+            )
         if len(vectors) > manifest.text_length - 2:
             return f"it has {len(vectors)} vectors; a prompt chunk holds {manifest.text_length - 2}"
     return None
 
 
-def _token_table(manifest: Manifest, component: str, tokenizer: ClipTokenizer,
-                 embeddings: list[Embedding]) -> TokenTable | None:
+def _token_table(
+    manifest: Manifest, component: str, tokenizer: ClipTokenizer, embeddings: list[Embedding]
+) -> TokenTable | None:
     """The encoder's extra rows (None for exports made before embeddings, which take none)."""
     spec = _extra_input(manifest, component)
     rows = manifest.token_table_rows.get(component)
@@ -178,8 +208,9 @@ def _token_table(manifest: Manifest, component: str, tokenizer: ClipTokenizer,
     table = TokenTable.build(embeddings, component, tokenizer, rows, spec.shape[1])
     limit = manifest.dims[spec.shape[0]].max if isinstance(spec.shape[0], str) else spec.shape[0]
     if len(table.rows) > limit:
-        raise ModelFolderError(f"the embeddings have {len(table.rows)} vectors for {component}; this export takes "
-                               f"at most {limit}")
+        raise ModelFolderError(
+            f"the embeddings have {len(table.rows)} vectors for {component}; this export takes at most {limit}"
+        )
     return table
 
 

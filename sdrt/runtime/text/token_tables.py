@@ -27,8 +27,9 @@ class TokenTable:
             self.by_first.setdefault(trigger.tokens[0], []).append(trigger)
 
     @classmethod
-    def build(cls, embeddings: list[Embedding], component: str, tokenizer: ClipTokenizer, table_rows: int,
-              width: int) -> "TokenTable":
+    def build(
+        cls, embeddings: list[Embedding], component: str, tokenizer: ClipTokenizer, table_rows: int, width: int
+    ) -> TokenTable:
         vectors, triggers, next_id = [], [], table_rows
         for embedding in embeddings:
             matrix = embedding.for_encoder(component)
@@ -43,6 +44,6 @@ class TokenTable:
 
     def match(self, tokens: list[int], position: int) -> Trigger | None:
         for trigger in self.by_first.get(tokens[position], ()):
-            if tuple(tokens[position:position + len(trigger.tokens)]) == trigger.tokens:
+            if tuple(tokens[position : position + len(trigger.tokens)]) == trigger.tokens:
                 return trigger
         return None

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import threading
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import regex
@@ -48,9 +48,7 @@ MAX_CACHED_WORD_CHARS = 64
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2's reversible map from the 256 byte values to printable characters."""
     printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     )
     codes = list(printable)
     extra = 0
@@ -121,7 +119,10 @@ class ClipTokenizer:
         self.merge_ranks = {pair: rank for rank, pair in enumerate(merges)}
         self.max_length = max_length
         self.bos_token, self.eos_token, self.pad_token, self.unk_token = (
-            bos_token, eos_token, pad_token, unk_token,
+            bos_token,
+            eos_token,
+            pad_token,
+            unk_token,
         )
         specials = dict(added_tokens or {})
         for token in (bos_token, eos_token, pad_token, unk_token):
@@ -148,7 +149,7 @@ class ClipTokenizer:
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def from_folder(cls, folder: str | Path) -> "ClipTokenizer":
+    def from_folder(cls, folder: str | Path) -> ClipTokenizer:
         """Load from a tokenizer folder, or from a model folder that has a `tokenizer/` inside
         (sdrt.runtime.text.tokenizer_files reads and checks the files)."""
         folder = Path(folder)
@@ -204,9 +205,7 @@ class ClipTokenizer:
     def pre_tokenize(self, normalized: str) -> list[str]:
         """Words of normalized text, before byte mapping: the CLIP split, then the byte-level one."""
         return [
-            word
-            for piece in self._clip_split.findall(normalized)
-            for word in self._byte_level_split.findall(piece)
+            word for piece in self._clip_split.findall(normalized) for word in self._byte_level_split.findall(piece)
         ]
 
     def _tokenize_segment(self, segment: str, ids: list[int]) -> None:

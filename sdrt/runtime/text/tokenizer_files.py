@@ -31,7 +31,8 @@ def _read(path: Path, *, required: bool, kind: type = dict) -> Any:
 
 def _vocab(value: Any, path: Path) -> dict[str, int]:
     if not isinstance(value, dict) or not all(
-            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in value.items()):
+        isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in value.items()
+    ):
         raise ModelFolderError(f"{path}: the vocabulary must map token strings to integer ids")
     return value
 
@@ -114,8 +115,10 @@ def read_tokenizer_folder(folder: Path) -> dict[str, Any]:
         vocab = _vocab(_read(folder / "vocab.json", required=True), folder / "vocab.json")
         merges = read_merges(folder / "merges.txt")
     else:
-        raise ModelFolderError(f"{folder} has neither tokenizer.json nor vocab.json + merges.txt; "
-                               "re-export the model or copy its tokenizer folder")
+        raise ModelFolderError(
+            f"{folder} has neither tokenizer.json nor vocab.json + merges.txt; "
+            "re-export the model or copy its tokenizer folder"
+        )
 
     def special(key: str) -> str:
         value = config.get(key)
@@ -129,5 +132,11 @@ def read_tokenizer_folder(folder: Path) -> dict[str, Any]:
     if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length >= NO_LIMIT_SENTINEL:
         raise ModelFolderError(f"{folder}/tokenizer_config.json has no usable model_max_length ({max_length!r})")
     specials = {key: special(key) for key in SPECIAL_TOKEN_KEYS}
-    return dict(vocab=vocab, merges=merges, max_length=max_length, added_tokens=added_tokens,
-                split_pattern=split_pattern, **specials)
+    return dict(
+        vocab=vocab,
+        merges=merges,
+        max_length=max_length,
+        added_tokens=added_tokens,
+        split_pattern=split_pattern,
+        **specials,
+    )

@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 import os
 import time
-from pathlib import Path
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any
 
 from sdrt.runtime.engines.tensorrt.cuda import MIB, BuildError, Cuda, import_tensorrt, peak_host_mib
 from sdrt.runtime.engines.tensorrt.plan import (
@@ -31,8 +32,9 @@ def component_key(component: str, spec: ComponentSpec, settings: BuildSettings, 
     return EngineKey.of(component, spec, settings.profile, precision, device, settings.builder())
 
 
-def build_engines(folder: str | Path, settings: BuildSettings, progress: Callable[[str], None] = print,
-                  force: bool = False) -> dict[str, Path]:
+def build_engines(
+    folder: str | Path, settings: BuildSettings, progress: Callable[[str], None] = print, force: bool = False
+) -> dict[str, Path]:
     """Builds (or keeps, when still valid) one engine per component, saves build.json, and
     returns the engine files. The timing cache in tensorrt/timing.cache is read and updated."""
     trt, cudart = import_tensorrt()
@@ -67,8 +69,9 @@ class Builder:
     progress: Callable[[str], None]
 
 
-def build_one(builder_tools: Builder, folder: Path, component: str, spec: ComponentSpec, key: EngineKey,
-              settings: BuildSettings) -> Path:
+def build_one(
+    builder_tools: Builder, folder: Path, component: str, spec: ComponentSpec, key: EngineKey, settings: BuildSettings
+) -> Path:
     trt, cuda, progress = builder_tools.trt, builder_tools.cuda, builder_tools.progress
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -107,18 +110,25 @@ def build_one(builder_tools: Builder, folder: Path, component: str, spec: Compon
     started = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise BuildError(f"TensorRT could not build {component} (see its log above); "
-                         "a smaller --max size or --max-batch, or more --workspace, may help")
+        raise BuildError(
+            f"TensorRT could not build {component} (see its log above); "
+            "a smaller --max size or --max-batch, or more --workspace, may help"
+        )
     plan = plan_path(folder, key)
     plan.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(plan, memoryview(serialized))
     write_atomically(cache_file, memoryview(config.get_timing_cache().serialize()))
-    record = {"key": key.to_json(), "plan_bytes": plan.stat().st_size,
-              "built_seconds": round(time.perf_counter() - started, 1)}
+    record = {
+        "key": key.to_json(),
+        "plan_bytes": plan.stat().st_size,
+        "built_seconds": round(time.perf_counter() - started, 1),
+    }
     write_atomically(key_path(plan), (json.dumps(record, indent=2) + "\n").encode())
-    progress(f"{component}: built {plan.name} ({plan.stat().st_size / MIB:.0f} MiB) in "
-             f"{record['built_seconds']:.0f} s; peak host memory {peak_host_mib():.0f} MiB, GPU memory in use "
-             f"{cuda.memory_in_use() / MIB:.0f} MiB")
+    progress(
+        f"{component}: built {plan.name} ({plan.stat().st_size / MIB:.0f} MiB) in "
+        f"{record['built_seconds']:.0f} s; peak host memory {peak_host_mib():.0f} MiB, GPU memory in use "
+        f"{cuda.memory_in_use() / MIB:.0f} MiB"
+    )
     return plan
 
 
@@ -185,8 +195,10 @@ def make_progress_monitor(trt, component: str, progress: Callable[[str], None]):
         def phase_start(self, phase_name, parent_phase, num_steps):
             self.steps[phase_name] = num_steps
             if parent_phase is None:
-                progress(f"{component}: {phase_name} ({time.perf_counter() - started:.0f} s, "
-                         f"peak host {peak_host_mib():.0f} MiB)")
+                progress(
+                    f"{component}: {phase_name} ({time.perf_counter() - started:.0f} s, "
+                    f"peak host {peak_host_mib():.0f} MiB)"
+                )
 
         def step_complete(self, phase_name, step):
             return True  # False would cancel the build

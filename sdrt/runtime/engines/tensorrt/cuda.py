@@ -4,7 +4,7 @@ install in one line), and the few CUDA runtime calls sdrt makes, each checked.""
 from __future__ import annotations
 
 import resource
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -12,8 +12,10 @@ from sdrt.errors import SdrtError
 from sdrt.runtime.engines.base import EngineRunError
 from sdrt.runtime.engines.tensorrt.plan import Device
 
-INSTALL_HINT = ("the tensorrt backend needs TensorRT >= 10 and cuda-python on a machine with an NVIDIA GPU: "
-                "pip install 'sdrt[tensorrt]'")
+INSTALL_HINT = (
+    "the tensorrt backend needs TensorRT >= 10 and cuda-python on a machine with an NVIDIA GPU: "
+    "pip install 'sdrt[tensorrt]'"
+)
 MIB = 2**20
 
 
@@ -72,14 +74,20 @@ class Cuda:
         return self._check(self.rt.cudaStreamCreate(), "cudaStreamCreate")
 
     def to_device(self, pointer: int, array: np.ndarray, stream) -> None:
-        self._check(self.rt.cudaMemcpyAsync(pointer, array.ctypes.data, array.nbytes,
-                                            self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice, stream),
-                    "cudaMemcpyAsync (host to device)")
+        self._check(
+            self.rt.cudaMemcpyAsync(
+                pointer, array.ctypes.data, array.nbytes, self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice, stream
+            ),
+            "cudaMemcpyAsync (host to device)",
+        )
 
     def to_host(self, array: np.ndarray, pointer: int, stream) -> None:
-        self._check(self.rt.cudaMemcpyAsync(array.ctypes.data, pointer, array.nbytes,
-                                            self.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost, stream),
-                    "cudaMemcpyAsync (device to host)")
+        self._check(
+            self.rt.cudaMemcpyAsync(
+                array.ctypes.data, pointer, array.nbytes, self.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost, stream
+            ),
+            "cudaMemcpyAsync (device to host)",
+        )
 
     def synchronize(self, stream) -> None:
         self._check(self.rt.cudaStreamSynchronize(stream), "cudaStreamSynchronize")

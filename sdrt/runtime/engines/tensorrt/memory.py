@@ -4,8 +4,8 @@ shapes, and one activation block shared by every engine."""
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from sdrt.runtime.engines.tensorrt.plan import Profile
 from sdrt.runtime.manifest import ComponentSpec, Manifest
@@ -25,8 +25,10 @@ def tensor_bytes(dtype: str, shape: list[int]) -> int:
 
 def io_shapes(spec: ComponentSpec, values: Mapping[str, int]) -> dict[str, list[int]]:
     """Concrete shapes of a component's inputs and outputs for the given dimension values."""
-    return {t.name: [size if isinstance(size, int) else int(values[size]) for size in t.shape]
-            for t in spec.inputs + spec.outputs}
+    return {
+        t.name: [size if isinstance(size, int) else int(values[size]) for size in t.shape]
+        for t in spec.inputs + spec.outputs
+    }
 
 
 @dataclass(frozen=True)
@@ -50,8 +52,9 @@ class MemoryPlan:
         return sum(self.activation_bytes.values()) - self.shared_activation_bytes
 
 
-def memory_plan(manifest: Manifest, profile: Profile, components: list[str],
-                activation_bytes: Mapping[str, int]) -> MemoryPlan:
+def memory_plan(
+    manifest: Manifest, profile: Profile, components: list[str], activation_bytes: Mapping[str, int]
+) -> MemoryPlan:
     largest = {name: high for name, (_, _, high) in profile.dims.items()}
     io = {}
     for component in components:

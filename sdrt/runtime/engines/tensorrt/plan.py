@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
 
 from sdrt.errors import ConfigError, SdrtError
 from sdrt.runtime.manifest import (
@@ -94,8 +94,10 @@ class Profile:
     def dim_ranges(self, manifest: Manifest) -> dict[str, DimRange]:
         """As the manifest's DimRange, keeping each dimension's multiple: the runtime's input
         checks and size limits then refer to what the engines were built for."""
-        return {name: DimRange(low, opt, high, manifest.dims[name].multiple if name in manifest.dims else 1)
-                for name, (low, opt, high) in self.dims.items()}
+        return {
+            name: DimRange(low, opt, high, manifest.dims[name].multiple if name in manifest.dims else 1)
+            for name, (low, opt, high) in self.dims.items()
+        }
 
     def shapes(self, spec: ComponentSpec) -> dict[str, tuple[list[int], list[int], list[int]]]:
         """(min, opt, max) shapes of each input of a component (for set_shape)."""
@@ -120,21 +122,30 @@ class Profile:
         return {"dims": {name: list(triple) for name, triple in self.dims.items()}, "static": self.static}
 
     @classmethod
-    def from_json(cls, data: Mapping) -> "Profile":
+    def from_json(cls, data: Mapping) -> Profile:
         return cls({name: tuple(triple) for name, triple in data["dims"].items()}, bool(data.get("static", False)))
 
 
-def plan_profile(manifest: Manifest, *, static: tuple[int, int] | None = None,
-                 min_size: tuple[int, int] | None = None, opt_size: tuple[int, int] | None = None,
-                 max_size: tuple[int, int] | None = None, max_batch: int = DEFAULT_MAX_BATCH,
-                 opt_batch: int = 1, max_prompt_chunks: int | None = None) -> Profile:
+def plan_profile(
+    manifest: Manifest,
+    *,
+    static: tuple[int, int] | None = None,
+    min_size: tuple[int, int] | None = None,
+    opt_size: tuple[int, int] | None = None,
+    max_size: tuple[int, int] | None = None,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    opt_batch: int = 1,
+    max_prompt_chunks: int | None = None,
+) -> Profile:
     """The profile for sizes given as (height, width): `static` fixes the size (what CUDA graphs
     want); otherwise min/opt/max default to the export's range and the native size. The text
     context takes 1 to `max_prompt_chunks` chunks (default: the export's limit), opt 1."""
     unknown = sorted(name for name in manifest.dims if dim_rule(name) is None)
     if unknown:
-        raise ConfigError(f"this model has dimensions sdrt build does not know ({', '.join(unknown)}); "
-                          "re-export it with `sdrt export`")
+        raise ConfigError(
+            f"this model has dimensions sdrt build does not know ({', '.join(unknown)}); "
+            "re-export it with `sdrt export`"
+        )
     height_range, width_range = manifest.dims[HEIGHT], manifest.dims[WIDTH]
     if static is not None:
         if min_size or opt_size or max_size:
@@ -153,8 +164,9 @@ def plan_profile(manifest: Manifest, *, static: tuple[int, int] | None = None,
                 )
     for axis, side in ((0, "height"), (1, "width")):
         if not min_size[axis] <= opt_size[axis] <= max_size[axis]:
-            raise ConfigError(f"{side}s must satisfy min <= opt <= max, got "
-                              f"{min_size[axis]}, {opt_size[axis]}, {max_size[axis]}")
+            raise ConfigError(
+                f"{side}s must satisfy min <= opt <= max, got {min_size[axis]}, {opt_size[axis]}, {max_size[axis]}"
+            )
     batch_limit = manifest.dims[BATCH].max
     if not 1 <= max_batch <= batch_limit:
         raise ConfigError(f"--max-batch must be from 1 to this export's {batch_limit}, got {max_batch}")
@@ -165,8 +177,7 @@ def plan_profile(manifest: Manifest, *, static: tuple[int, int] | None = None,
     low = Request(1, *min_size, guided=False, text_tokens=one_chunk)
     opt = Request(opt_batch, *opt_size, guided=True, text_tokens=one_chunk)
     high = Request(max_batch, *max_size, guided=True, text_tokens=most_tokens, extra_tokens=extra)
-    dims = {name: tuple(dim_rule(name)(request, factor) for request in (low, opt, high))
-            for name in manifest.dims}
+    dims = {name: tuple(dim_rule(name)(request, factor) for request in (low, opt, high)) for name in manifest.dims}
     return Profile(dims, static=static is not None)
 
 
@@ -211,11 +222,27 @@ class EngineKey:
     builder: dict = field(default_factory=dict)
 
     @classmethod
-    def of(cls, component: str, spec: ComponentSpec, profile: Profile, precision: str, device: Device,
-           builder: Mapping | None = None) -> "EngineKey":
-        return cls(component, spec.sha256, dict(spec.data_files), device.tensorrt_version, device.gpu_name,
-                   device.compute_capability, precision, profile.for_component(spec), BUILD_FORMAT,
-                   dict(builder or {}))
+    def of(
+        cls,
+        component: str,
+        spec: ComponentSpec,
+        profile: Profile,
+        precision: str,
+        device: Device,
+        builder: Mapping | None = None,
+    ) -> EngineKey:
+        return cls(
+            component,
+            spec.sha256,
+            dict(spec.data_files),
+            device.tensorrt_version,
+            device.gpu_name,
+            device.compute_capability,
+            precision,
+            profile.for_component(spec),
+            BUILD_FORMAT,
+            dict(builder or {}),
+        )
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -248,8 +275,9 @@ def stale_reason(folder: Path, key: EngineKey) -> str | None:
         if record.get("plan_bytes") == plan.stat().st_size:
             return None
         return f"{plan.name} is incomplete (an interrupted build?)"
-    others = sorted((Path(folder) / ENGINE_FOLDER).glob(f"{key.component}-*{KEY_SUFFIX}"),
-                    key=lambda path: path.stat().st_mtime)
+    others = sorted(
+        (Path(folder) / ENGINE_FOLDER).glob(f"{key.component}-*{KEY_SUFFIX}"), key=lambda path: path.stat().st_mtime
+    )
     if not others:
         return f"no {key.component} engine has been built"
     previous = json.loads(others[-1].read_text(encoding="utf-8")).get("key", {})
@@ -296,16 +324,24 @@ class BuildSettings:
     def save(self, folder: Path) -> Path:
         path = Path(folder) / ENGINE_FOLDER / BUILD_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"profile": self.profile.to_json(), "precision": self.precision,
-                   "workspace_bytes": self.workspace_bytes, "components": list(self.components)}
+        payload = {
+            "profile": self.profile.to_json(),
+            "precision": self.precision,
+            "workspace_bytes": self.workspace_bytes,
+            "components": list(self.components),
+        }
         path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
         return path
 
     @classmethod
-    def load(cls, folder: Path) -> "BuildSettings":
+    def load(cls, folder: Path) -> BuildSettings:
         path = Path(folder) / ENGINE_FOLDER / BUILD_FILE
         if not path.is_file():
             raise SdrtError(f"{folder} has no TensorRT engines: build them with `sdrt build {folder}`")
         data = json.loads(path.read_text(encoding="utf-8"))
-        return cls(Profile.from_json(data["profile"]), data["precision"], int(data["workspace_bytes"]),
-                   tuple(data["components"]))
+        return cls(
+            Profile.from_json(data["profile"]),
+            data["precision"],
+            int(data["workspace_bytes"]),
+            tuple(data["components"]),
+        )

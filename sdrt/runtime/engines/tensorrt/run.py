@@ -16,8 +16,8 @@ Runtime design:
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable, Mapping
 
 import numpy as np
 
@@ -37,8 +37,14 @@ class TrtRuntime:
     """What the engines of one pipeline share: TensorRT's runtime, the CUDA stream, the
     activation memory block and the lock that keeps them from running at once."""
 
-    def __init__(self, folder: Path, manifest: Manifest, settings: BuildSettings,
-                 progress: Callable[[str], None] | None = None, rebuild: bool = True):
+    def __init__(
+        self,
+        folder: Path,
+        manifest: Manifest,
+        settings: BuildSettings,
+        progress: Callable[[str], None] | None = None,
+        rebuild: bool = True,
+    ):
         self.trt, cudart = import_tensorrt()
         self.cuda = Cuda(cudart)
         self.folder, self.manifest, self.settings = Path(folder), manifest, settings
@@ -54,13 +60,13 @@ class TrtRuntime:
         self.engines: dict[str, TrtEngine] = {}
         self.attached: dict[Path, TrtEngine] = {}  # engines of other folders (ControlNets), by folder
 
-    def engine(self, component: str) -> "TrtEngine":
+    def engine(self, component: str) -> TrtEngine:
         with self.lock:
             if component not in self.engines:
                 self.engines[component] = TrtEngine(self, component)
             return self.engines[component]
 
-    def attach(self, folder: Path, component: str, spec: ComponentSpec) -> "TrtEngine":
+    def attach(self, folder: Path, component: str, spec: ComponentSpec) -> TrtEngine:
         """The engine of another folder's component (a ControlNet), built with this model's
         settings and profile into that folder's tensorrt/ on first use, and kept."""
         with self.lock:
@@ -75,14 +81,16 @@ class TrtRuntime:
         if reason is not None:
             if not self.rebuild and folder == self.folder:
                 raise SdrtError(f"{reason}: run `sdrt build {self.folder}`")
-            self.progress(f"{component}: {'building' if folder != self.folder else 'rebuilding'} the TensorRT "
-                          f"engine ({reason})")
+            self.progress(
+                f"{component}: {'building' if folder != self.folder else 'rebuilding'} the TensorRT engine ({reason})"
+            )
             build_one(Builder(self.trt, self.cuda, self.progress), folder, component, spec, key, self.settings)
         plan = plan_path(folder, key)
         engine = self.runtime.deserialize_cuda_engine(plan.read_bytes())
         if engine is None:
-            raise SdrtError(f"TensorRT cannot load {plan} although its key matches; delete it and run "
-                            f"`sdrt build {self.folder}`")
+            raise SdrtError(
+                f"TensorRT cannot load {plan} although its key matches; delete it and run `sdrt build {self.folder}`"
+            )
         return engine
 
     def share_activations(self, size: int) -> int:
@@ -100,8 +108,12 @@ class TrtRuntime:
             return self.activation_pointer
 
     def memory(self) -> MemoryPlan:
-        return memory_plan(self.manifest, self.settings.profile, list(self.engines),
-                           {name: engine.activation_need for name, engine in self.engines.items()})
+        return memory_plan(
+            self.manifest,
+            self.settings.profile,
+            list(self.engines),
+            {name: engine.activation_need for name, engine in self.engines.items()},
+        )
 
 
 class TrtEngine(Engine):
@@ -109,8 +121,9 @@ class TrtEngine(Engine):
 
     range_source = "range its TensorRT engine was built for (see `sdrt build --help`)"
 
-    def __init__(self, runtime: TrtRuntime, component: str, folder: Path | None = None,
-                 spec: ComponentSpec | None = None):
+    def __init__(
+        self, runtime: TrtRuntime, component: str, folder: Path | None = None, spec: ComponentSpec | None = None
+    ):
         manifest = runtime.manifest
         spec = spec or manifest.components[component]
         super().__init__(component, spec, runtime.settings.profile.dim_ranges(manifest))
@@ -120,18 +133,25 @@ class TrtEngine(Engine):
         names = [self.engine.get_tensor_name(index) for index in range(self.engine.num_io_tensors)]
         expected = [t.name for t in spec.inputs + spec.outputs]
         if sorted(names) != sorted(expected):
-            raise SdrtError(f"the {component} engine has tensors {sorted(names)}, the manifest {sorted(expected)}; "
-                            f"rebuild with `sdrt build {runtime.folder} --force`")
+            raise SdrtError(
+                f"the {component} engine has tensors {sorted(names)}, the manifest {sorted(expected)}; "
+                f"rebuild with `sdrt build {runtime.folder} --force`"
+            )
         self.dtypes = {name: np.dtype(NUMPY_DTYPES[self.engine.get_tensor_dtype(name).name]) for name in names}
         for tensor in spec.inputs + spec.outputs:
             if self.dtypes[tensor.name] != np.dtype(tensor.dtype):
-                raise SdrtError(f"the {component} engine's {tensor.name} is {self.dtypes[tensor.name]}, the manifest "
-                                f"says {tensor.dtype}; rebuild with `sdrt build {runtime.folder} --force`")
+                raise SdrtError(
+                    f"the {component} engine's {tensor.name} is {self.dtypes[tensor.name]}, the manifest "
+                    f"says {tensor.dtype}; rebuild with `sdrt build {runtime.folder} --force`"
+                )
         self.context = self.engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
         if self.context is None:
             raise EngineRunError(f"TensorRT could not create an execution context for {component}")
-        self.activation_need = int(self.engine.device_memory_size_v2 if hasattr(self.engine, "device_memory_size_v2")
-                                   else self.engine.device_memory_size)  # TensorRT 10.0
+        self.activation_need = int(
+            self.engine.device_memory_size_v2
+            if hasattr(self.engine, "device_memory_size_v2")
+            else self.engine.device_memory_size
+        )  # TensorRT 10.0
         # IO buffers at the profile's largest shapes, bound once.
         largest = {name: high for name, (_, _, high) in runtime.settings.profile.dims.items()}
         self.buffers: dict[str, int] = {}
@@ -165,8 +185,10 @@ class TrtEngine(Engine):
             arrays = {name: np.ascontiguousarray(array) for name, array in weights.items()}  # alive until refit
             for name, array in arrays.items():
                 if not refitter.set_named_weights(name, trt.Weights(array)):
-                    raise EngineRunError(f"{self.name}: TensorRT cannot refit {name}; rebuild the engines with "
-                                         f"`sdrt build {self.runtime.folder} --force`")
+                    raise EngineRunError(
+                        f"{self.name}: TensorRT cannot refit {name}; rebuild the engines with "
+                        f"`sdrt build {self.runtime.folder} --force`"
+                    )
             if not refitter.refit_cuda_engine():
                 raise EngineRunError(f"{self.name}: TensorRT refit failed (see its log)")
             self._graph = None  # captured before the refit
@@ -207,8 +229,9 @@ class TrtEngine(Engine):
         self._graph_shapes = shapes
 
 
-def load_engines(folder: Path, manifest: Manifest, progress: Callable[[str], None] | None = None,
-                 rebuild: bool = True) -> tuple[TrtRuntime, Manifest]:
+def load_engines(
+    folder: Path, manifest: Manifest, progress: Callable[[str], None] | None = None, rebuild: bool = True
+) -> tuple[TrtRuntime, Manifest]:
     """The shared runtime for a model folder built with `sdrt build`, and the manifest with its
     dimension ranges narrowed to the built profile (so size and batch checks name what the
     engines accept)."""

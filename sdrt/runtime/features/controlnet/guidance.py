@@ -64,8 +64,9 @@ class ControlRun(StepHook):
     def extra_feeds(self, ctx: StepContext, call: ModelCall) -> dict[str, np.ndarray]:
         return self.residuals(ctx.index, call.scaled, call.timestep, call.feeds, call.rows)
 
-    def residuals(self, index: int, sample: np.ndarray, timestep: np.ndarray, feeds: dict,
-                  rows: np.ndarray | None) -> dict[str, np.ndarray]:
+    def residuals(
+        self, index: int, sample: np.ndarray, timestep: np.ndarray, feeds: dict, rows: np.ndarray | None
+    ) -> dict[str, np.ndarray]:
         rows = np.arange(self.total_rows) if rows is None else rows
         summed: dict[str, np.ndarray] | None = None
         for unit in self.units:
@@ -89,8 +90,11 @@ class ControlRun(StepHook):
         everyone = bool(active.all())
         pick = (lambda a: a) if everyone else (lambda a: a[active])
         count = int(active.sum())
-        inputs = {DENOISER_SAMPLE: pick(sample), DENOISER_TIMESTEP: timestep,
-                  CONTROL_IMAGE: np.repeat(unit.image, count, axis=0)}
+        inputs = {
+            DENOISER_SAMPLE: pick(sample),
+            DENOISER_TIMESTEP: timestep,
+            CONTROL_IMAGE: np.repeat(unit.image, count, axis=0),
+        }
         for name in engine.inputs:
             if name not in inputs:
                 inputs[name] = pick(feeds[name])
@@ -108,4 +112,3 @@ class ControlRun(StepHook):
                 value = full
             result[name] = value
         return result
-

@@ -7,21 +7,20 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
-
-from PIL import Image
+from typing import TYPE_CHECKING
 
 from sdrt.errors import GenerationError, ModelFolderError
+from sdrt.runtime.engines import Engine
 from sdrt.runtime.features.controlnet.guidance import ControlRun, PreparedUnit, guidance_window
 from sdrt.runtime.features.controlnet.manifest import COMPONENT, KIND, ControlNetManifest
 from sdrt.runtime.features.controlnet.preprocess import preprocess
-from sdrt.runtime.features.controlnet.units import PARAM, ControlUnit
-from sdrt.runtime.engines import Engine
-from sdrt.runtime.imaging.inputs import to_control_input
+from sdrt.runtime.features.controlnet.units import PARAM
 from sdrt.runtime.files.integrity import verify_components
 from sdrt.runtime.files.json_files import read_json
+from sdrt.runtime.imaging.inputs import to_control_input
 from sdrt.runtime.manifest import CONTROL_IMAGE, MANIFEST_NAME, Manifest, residual_names
 
 if TYPE_CHECKING:
@@ -70,8 +69,11 @@ class ControlNetLibrary:
         names = self.names()
         if str(source) in names:
             return names[str(source)]
-        where = f"in {self.folder}" if self.folder is not None else "(give its folder, or a ControlNet folder with " \
-                                                                     "--controlnet-dir to name them)"
+        where = (
+            f"in {self.folder}"
+            if self.folder is not None
+            else "(give its folder, or a ControlNet folder with --controlnet-dir to name them)"
+        )
         raise GenerationError(f"unknown ControlNet {str(source)!r}: no such exported ControlNet {where}", PARAM)
 
     def get(self, source: str | Path) -> LoadedControlNet:
@@ -89,8 +91,9 @@ class ControlNetLibrary:
                 self._loaded.popitem(last=False)
             return self._loaded[path]
 
-    def prepare(self, resolved: "ResolvedRequest", first: int, calls: int, guided: bool, unet: Engine,
-                warnings: list[str]) -> ControlRun | None:
+    def prepare(
+        self, resolved: ResolvedRequest, first: int, calls: int, guided: bool, unet: Engine, warnings: list[str]
+    ) -> ControlRun | None:
         """The run's ControlNets: each unit's engine and control image at the image's size,
         and the calls (`calls` from UNet call `first` on) it guides."""
         controls, height, width = resolved.controls, resolved.height, resolved.width
@@ -104,12 +107,22 @@ class ControlNetLibrary:
             loaded = self.get(unit.model)
             image = preprocess(image, unit)
             if image.size != (width, height):
-                warnings.append(f"controlnet {index + 1}: the control image is {image.width}x{image.height}; it was "
-                                f"resized to {width}x{height} (Lanczos), as diffusers does")
+                warnings.append(
+                    f"controlnet {index + 1}: the control image is {image.width}x{image.height}; it was "
+                    f"resized to {width}x{height} (Lanczos), as diffusers does"
+                )
             pixels = to_control_input(image, height, width).astype(loaded.engine.input_dtype(CONTROL_IMAGE))
             pooled = loaded.manifest.global_pool_conditions  # diffusers runs these in guess mode
-            units.append(PreparedUnit(loaded.engine, pixels, float(unit.scale), guidance_window(unit.start, unit.end, calls),
-                                      soft=unit.soft or pooled, conditional_only=unit.conditional_only or pooled))
+            units.append(
+                PreparedUnit(
+                    loaded.engine,
+                    pixels,
+                    float(unit.scale),
+                    guidance_window(unit.start, unit.end, calls),
+                    soft=unit.soft or pooled,
+                    conditional_only=unit.conditional_only or pooled,
+                )
+            )
         return ControlRun(units, unet, first, guided, rows)
 
 
@@ -119,4 +132,3 @@ def _kind(path: Path):
     except ModelFolderError:
         return None
     return data.get("kind") if isinstance(data, dict) else None
-

@@ -61,19 +61,25 @@ class ControlNetManifest:
         return path
 
     @classmethod
-    def load(cls, folder: str | Path) -> "ControlNetManifest":
+    def load(cls, folder: str | Path) -> ControlNetManifest:
         folder = Path(folder)
         path = folder / MANIFEST_NAME
         if not path.is_file():
-            raise ModelFolderError(f"{folder} is not an exported ControlNet (no {MANIFEST_NAME}); export one with "
-                                   "`sdrt export CONTROLNET --out DIR`")
+            raise ModelFolderError(
+                f"{folder} is not an exported ControlNet (no {MANIFEST_NAME}); export one with "
+                "`sdrt export CONTROLNET --out DIR`"
+            )
         data = read_json(path, kind=object, max_bytes=MAX_MANIFEST_BYTES)
         if not isinstance(data, dict) or data.get("kind") != KIND:
-            raise ModelFolderError(f"{folder} is a model export, not a ControlNet; export a ControlNet with "
-                                   "`sdrt export CONTROLNET --out DIR`")
+            raise ModelFolderError(
+                f"{folder} is a model export, not a ControlNet; export a ControlNet with "
+                "`sdrt export CONTROLNET --out DIR`"
+            )
         if data.get("format_version") != FORMAT_VERSION:
-            raise ModelFolderError(f"{path}: format_version {data.get('format_version')!r} is not "
-                                   f"{FORMAT_VERSION}; re-export the ControlNet")
+            raise ModelFolderError(
+                f"{path}: format_version {data.get('format_version')!r} is not "
+                f"{FORMAT_VERSION}; re-export the ControlNet"
+            )
         import jsonschema
 
         error = jsonschema.exceptions.best_match(_validator().iter_errors(data))
@@ -83,8 +89,11 @@ class ControlNetManifest:
         data["dims"] = {name: DimRange(**value) for name, value in data["dims"].items()}
         components = {}
         for name, value in data["components"].items():
-            value = dict(value, inputs=[TensorSpec(**t) for t in value["inputs"]],
-                         outputs=[TensorSpec(**t) for t in value["outputs"]])
+            value = dict(
+                value,
+                inputs=[TensorSpec(**t) for t in value["inputs"]],
+                outputs=[TensorSpec(**t) for t in value["outputs"]],
+            )
             components[name] = ComponentSpec(**value)
         data["components"] = components
         manifest = cls(**data)
@@ -92,34 +101,51 @@ class ControlNetManifest:
             confined_path(folder, relative, f"{path}: components.{COMPONENT}")
         return manifest
 
-    def for_model(self, name: str, model: Manifest, model_name: str) -> "ControlNetManifest":
+    def for_model(self, name: str, model: Manifest, model_name: str) -> ControlNetManifest:
         """This ControlNet with the model's dimension ranges, once it is known to fit the model
         (a ModelFolderError naming what differs otherwise)."""
         family = model.model_family.controlnet_family or model.family
         if (self.family == "sdxl") != (family == "sdxl"):
-            raise ModelFolderError(f"ControlNet {name} is for {self.family} models and {model_name} is {family}; "
-                                   f"use a ControlNet trained for {family}")
+            raise ModelFolderError(
+                f"ControlNet {name} is for {self.family} models and {model_name} is {family}; "
+                f"use a ControlNet trained for {family}"
+            )
         unet = model.components[model.model_family.denoiser.component]
         wanted = residual_names(unet)
         if not wanted:
-            raise ModelFolderError(f"{model_name}'s UNet takes no ControlNet residuals: it was exported before "
-                                   "ControlNet support; re-export it with `sdrt export` to use ControlNets")
-        for what, mine, theirs in (("text width", self.text_hidden_size, model.text_hidden_size),
-                                   ("latent channels", self.latent_channels, model.latent_channels),
-                                   ("pixels per latent", self.conditioning_scale_factor, model.vae_scale_factor)):
+            raise ModelFolderError(
+                f"{model_name}'s UNet takes no ControlNet residuals: it was exported before "
+                "ControlNet support; re-export it with `sdrt export` to use ControlNets"
+            )
+        for what, mine, theirs in (
+            ("text width", self.text_hidden_size, model.text_hidden_size),
+            ("latent channels", self.latent_channels, model.latent_channels),
+            ("pixels per latent", self.conditioning_scale_factor, model.vae_scale_factor),
+        ):
             if mine != theirs:
-                raise ModelFolderError(f"ControlNet {name} ({self.family}) has {what} {mine} but {model_name} "
-                                       f"({family}) has {theirs}: it is for another model architecture")
+                raise ModelFolderError(
+                    f"ControlNet {name} ({self.family}) has {what} {mine} but {model_name} "
+                    f"({family}) has {theirs}: it is for another model architecture"
+                )
         outputs = {t.name: t.shape for t in self.spec.outputs}
         inputs = {t.name: t.shape for t in unet.inputs}
         if residual_names(self.spec) != wanted or any(outputs[n] != inputs[n] for n in wanted):
-            raise ModelFolderError(f"ControlNet {name}'s residuals do not fit {model_name}'s UNet (another UNet "
-                                   "architecture)")
-        missing = sorted({s for t in self.spec.inputs + self.spec.outputs for s in t.shape
-                          if isinstance(s, str) and s not in model.dims})
+            raise ModelFolderError(
+                f"ControlNet {name}'s residuals do not fit {model_name}'s UNet (another UNet architecture)"
+            )
+        missing = sorted(
+            {
+                s
+                for t in self.spec.inputs + self.spec.outputs
+                for s in t.shape
+                if isinstance(s, str) and s not in model.dims
+            }
+        )
         if missing:
-            raise ModelFolderError(f"ControlNet {name} has sizes {model_name} does not define ({', '.join(missing)}); "
-                                   "re-export both with this sdrt version")
+            raise ModelFolderError(
+                f"ControlNet {name} has sizes {model_name} does not define ({', '.join(missing)}); "
+                "re-export both with this sdrt version"
+            )
         return replace(self, dims=dict(model.dims))
 
 
@@ -131,17 +157,35 @@ def _validator():
     model = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
     count = {"type": "integer", "minimum": 1, "maximum": 1048576}
     schema = {
-        "$schema": model["$schema"], "type": "object", "additionalProperties": False, "$defs": model["$defs"],
-        "required": ["format_version", "kind", "family", "text_hidden_size", "latent_channels",
-                     "conditioning_channels", "conditioning_scale_factor", "global_pool_conditions", "dims",
-                     "components"],
+        "$schema": model["$schema"],
+        "type": "object",
+        "additionalProperties": False,
+        "$defs": model["$defs"],
+        "required": [
+            "format_version",
+            "kind",
+            "family",
+            "text_hidden_size",
+            "latent_channels",
+            "conditioning_channels",
+            "conditioning_scale_factor",
+            "global_pool_conditions",
+            "dims",
+            "components",
+        ],
         "properties": {
-            "format_version": {"type": "integer"}, "kind": {"const": KIND}, "family": {"enum": list(FAMILIES)},
-            "text_hidden_size": count, "latent_channels": count, "conditioning_channels": count,
-            "conditioning_scale_factor": count, "global_pool_conditions": {"type": "boolean"},
+            "format_version": {"type": "integer"},
+            "kind": {"const": KIND},
+            "family": {"enum": list(FAMILIES)},
+            "text_hidden_size": count,
+            "latent_channels": count,
+            "conditioning_channels": count,
+            "conditioning_scale_factor": count,
+            "global_pool_conditions": {"type": "boolean"},
             "dims": model["properties"]["dims"],
             "components": {**model["properties"]["components"], "required": [COMPONENT], "maxProperties": 1},
-            "source": {"type": "object"}, "versions": model["properties"]["versions"],
+            "source": {"type": "object"},
+            "versions": model["properties"]["versions"],
         },
     }
     return jsonschema.Draft202012Validator(schema)

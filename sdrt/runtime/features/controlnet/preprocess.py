@@ -37,14 +37,17 @@ def preprocessor_named(name: str) -> str | None:
 
 def check_preprocessor(unit, where: str) -> None:
     if preprocessor_named(unit.preprocessor) is None:
-        raise GenerationError(f"{where}: unknown preprocessor {unit.preprocessor!r}; choose one of "
-                              f"{', '.join(PREPROCESSORS)} (depth, pose and others need models sdrt does not run yet)",
-                              "controlnets")
+        raise GenerationError(
+            f"{where}: unknown preprocessor {unit.preprocessor!r}; choose one of "
+            f"{', '.join(PREPROCESSORS)} (depth, pose and others need models sdrt does not run yet)",
+            "controlnets",
+        )
     for name in ("low_threshold", "high_threshold"):
         value = getattr(unit, name)
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 4 * 4 * MAX_8BIT:
-            raise GenerationError(f"{where}: {name} must be a number from 0 to {4 * 4 * MAX_8BIT}, got {value!r}",
-                                  "controlnets")
+            raise GenerationError(
+                f"{where}: {name} must be a number from 0 to {4 * 4 * MAX_8BIT}, got {value!r}", "controlnets"
+            )
 
 
 def preprocess(image: Image.Image, unit) -> Image.Image:
@@ -87,7 +90,7 @@ def canny(pixels: np.ndarray, low: float, high: float) -> np.ndarray:
             rows = np.arange(height)[:, None] + 1 + dy_
             cols = np.arange(width)[None, :] + 1 + dx_
             return mag[rows, cols]
-        return mag[1 + dy_:1 + dy_ + height, 1 + dx_:1 + dx_ + width]
+        return mag[1 + dy_ : 1 + dy_ + height, 1 + dx_ : 1 + dx_ + width]
 
     x = np.abs(dx).astype(np.int64)
     y = np.abs(dy).astype(np.int64) << FIXED_POINT_BITS
@@ -96,9 +99,11 @@ def canny(pixels: np.ndarray, low: float, high: float) -> np.ndarray:
     horizontal = y < tan22
     vertical = ~horizontal & (y > tan67)
     sign = np.where((dx ^ dy) < 0, -1, 1)
-    maximum = np.where(horizontal, (m > at(0, -1)) & (m >= at(0, 1)),
-                       np.where(vertical, (m > at(-1, 0)) & (m >= at(1, 0)),
-                                (m > at(-1, -sign)) & (m > at(1, sign))))
+    maximum = np.where(
+        horizontal,
+        (m > at(0, -1)) & (m >= at(0, 1)),
+        np.where(vertical, (m > at(-1, 0)) & (m >= at(1, 0)), (m > at(-1, -sign)) & (m > at(1, sign))),
+    )
     candidate = maximum & (m > low)
     return _hysteresis(candidate, candidate & (m > high))
 

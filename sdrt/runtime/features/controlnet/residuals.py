@@ -7,7 +7,14 @@ import threading
 
 import numpy as np
 
-from sdrt.runtime.manifest import LATENT_HEIGHT, LATENT_WIDTH, UNET_BATCH, ComponentSpec, residual_names, split_downsampled
+from sdrt.runtime.manifest import (
+    LATENT_HEIGHT,
+    LATENT_WIDTH,
+    UNET_BATCH,
+    ComponentSpec,
+    residual_names,
+    split_downsampled,
+)
 
 #: Shapes whose zeros are kept (a server sees a few sizes and batches; the oldest go first).
 KEPT_SHAPES = 8

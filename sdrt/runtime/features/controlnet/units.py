@@ -24,8 +24,11 @@ from sdrt.runtime.features.controlnet.preprocess import check_preprocessor
 
 PARAM = "controlnets"
 #: A1111's control mode names -> sdrt's, both accepted (and A1111's indices 0, 1, 2).
-CONTROL_MODES = {"balanced": "Balanced", "prompt": "My prompt is more important",
-                 "controlnet": "ControlNet is more important"}
+CONTROL_MODES = {
+    "balanced": "Balanced",
+    "prompt": "My prompt is more important",
+    "controlnet": "ControlNet is more important",
+}
 DEFAULT_MODE = "balanced"
 #: The largest conditioning scale accepted (A1111's slider stops at 2).
 MAX_SCALE = 10.0
@@ -40,7 +43,7 @@ class ControlUnit:
     pipeline's ControlNet folder. `image`: a path, encoded bytes or a PIL image."""
 
     model: str | Path
-    image: "str | Path | bytes | Image.Image | None" = None
+    image: str | Path | bytes | Image.Image | None = None
     scale: float = 1.0
     start: float = 0.0
     end: float = 1.0
@@ -50,7 +53,7 @@ class ControlUnit:
     high_threshold: int = 200
 
     @classmethod
-    def parse(cls, text: str, image=None, **settings) -> "ControlUnit":
+    def parse(cls, text: str, image=None, **settings) -> ControlUnit:
         """`DIR[:SCALE]` as the CLI takes it (a path that itself holds a colon is taken whole
         when it exists)."""
         if not isinstance(text, str) or not text.strip():
@@ -74,7 +77,7 @@ class ControlUnit:
         """The ControlNet guides the conditional half of guidance only (guess mode)."""
         return self.mode == "controlnet"
 
-    def check(self, index: int) -> "ControlUnit":
+    def check(self, index: int) -> ControlUnit:
         """This unit with its mode's sdrt name; a GenerationError naming the field if any is wrong."""
         where = f"controlnet {index + 1}"
         if self.image is None:
@@ -86,8 +89,9 @@ class ControlUnit:
         if not 0 <= self.scale <= MAX_SCALE:
             raise GenerationError(f"{where}: scale must be from 0 to {MAX_SCALE:g}, got {self.scale}", PARAM)
         if not 0 <= self.start < self.end <= 1:
-            raise GenerationError(f"{where}: start and end must satisfy 0 <= start < end <= 1, got {self.start} "
-                                  f"and {self.end}", PARAM)
+            raise GenerationError(
+                f"{where}: start and end must satisfy 0 <= start < end <= 1, got {self.start} and {self.end}", PARAM
+            )
         mode = mode_named(self.mode, where)
         check_preprocessor(self, where)
         return self if mode == self.mode else replace(self, mode=mode)

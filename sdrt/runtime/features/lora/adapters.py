@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 from sdrt.runtime.features.lora.library import LoraLibrary
 from sdrt.runtime.features.lora.merge import LoraWeights, ResolvedLora, merged_tensors, resolve, unmatched_warning
@@ -33,8 +33,14 @@ class UsedLora:
 
 
 class LoraAdapters:
-    def __init__(self, folder: Path, manifest: Manifest, engines: dict, variants: Callable[[str, WeightsMap], object],
-                 library: LoraLibrary):
+    def __init__(
+        self,
+        folder: Path,
+        manifest: Manifest,
+        engines: dict,
+        variants: Callable[[str, WeightsMap], object],
+        library: LoraLibrary,
+    ):
         self.folder = folder
         self.manifest = manifest
         self.engines = engines
@@ -49,8 +55,9 @@ class LoraAdapters:
         with self._lock:
             if self._maps is None:
                 names = [name for name in ADAPTABLE if name in self.manifest.components]
-                self._maps = {name: WeightsMap.load(self.folder, name, self.manifest.components[name])
-                              for name in names}
+                self._maps = {
+                    name: WeightsMap.load(self.folder, name, self.manifest.components[name]) for name in names
+                }
             return self._maps
 
     def variants(self, component: str):
@@ -84,13 +91,19 @@ class LoraAdapters:
         engines = dict(self.engines)
         with contextlib.ExitStack() as stack:
             for component, weights in maps.items():
-                touching = [(resolved, strength) for resolved, strength in uses
-                            if component in resolved.layers and strength.of(component) != 0]
+                touching = [
+                    (resolved, strength)
+                    for resolved, strength in uses
+                    if component in resolved.layers and strength.of(component) != 0
+                ]
                 key = tuple((resolved.file.sha256, strength.of(component)) for resolved, strength in touching)
                 # A component with variants goes through them even for the base weights: a
                 # refitted engine must be given its pristine weights back.
                 if component not in self.engines or not key and component not in self._variants:
                     continue
-                tensors = (lambda c=component, t=touching, w=weights: merged_tensors(c, t, w))
+
+                def tensors(c=component, t=touching, w=weights):
+                    return merged_tensors(c, t, w)
+
                 engines[component] = stack.enter_context(self.variants(component).engine(key, tensors))
             yield engines, [UsedLora(r.file.name, r.file.short_hash, w) for r, w in uses]

@@ -31,15 +31,26 @@ SHORT_HASH = 12  # hex digits A1111 records
 DIFFUSERS_METADATA_KEY = "lora_adapter_metadata"
 #: Key prefix -> the component its layers belong to, and whether names are kohya-flattened.
 PART_PREFIXES = (
-    ("lora_unet_", "unet", True), ("lora_te1_", "text_encoder", True), ("lora_te2_", "text_encoder_2", True),
-    ("lora_te_", "text_encoder", True), ("unet.", "unet", False), ("text_encoder_2.", "text_encoder_2", False),
-    ("text_encoder.", "text_encoder", False), ("base_model.model.", "unet", False),
+    ("lora_unet_", "unet", True),
+    ("lora_te1_", "text_encoder", True),
+    ("lora_te2_", "text_encoder_2", True),
+    ("lora_te_", "text_encoder", True),
+    ("unet.", "unet", False),
+    ("text_encoder_2.", "text_encoder_2", False),
+    ("text_encoder.", "text_encoder", False),
+    ("base_model.model.", "unet", False),
 )
 #: Tensor suffix -> which factor it is (down: rank x in, up: out x rank).
 FACTOR_SUFFIXES = (
-    (".lora_down.weight", "down"), (".lora_up.weight", "up"), (".lora_A.weight", "down"), (".lora_B.weight", "up"),
-    (".lora.down.weight", "down"), (".lora.up.weight", "up"),
-    (".lora_linear_layer.down.weight", "down"), (".lora_linear_layer.up.weight", "up"), (".alpha", "alpha"),
+    (".lora_down.weight", "down"),
+    (".lora_up.weight", "up"),
+    (".lora_A.weight", "down"),
+    (".lora_B.weight", "up"),
+    (".lora.down.weight", "down"),
+    (".lora.up.weight", "up"),
+    (".lora_linear_layer.down.weight", "down"),
+    (".lora_linear_layer.up.weight", "up"),
+    (".alpha", "alpha"),
 )
 #: diffusers' attention-processor layout: `attn1.processor.to_q_lora.down.weight` is `attn1.to_q`.
 PROCESSOR_LAYER = re.compile(r"(?P<block>.+)\.processor\.(?P<proj>to_q|to_k|to_v|to_out)_lora$")
@@ -106,10 +117,13 @@ def read_lora(path: str | Path, name: str | None = None) -> LoraFile:
         raise LoraError(f"{path} is not a LoRA: it holds no plain mapping of tensors")
     layers, ignored = _layers(tensors, _peft_config(metadata, path))
     if not layers:
-        raise LoraError(f"{path} is not a LoRA: none of its {len(tensors)} keys is a LoRA layer "
-                        f"(first keys: {', '.join(list(tensors)[:3])})")
-    return LoraFile(path, name or path.stem, sha256[:SHORT_HASH], sha256, layers, ignored,
-                    metadata.get("ss_base_model_version", ""))
+        raise LoraError(
+            f"{path} is not a LoRA: none of its {len(tensors)} keys is a LoRA layer "
+            f"(first keys: {', '.join(list(tensors)[:3])})"
+        )
+    return LoraFile(
+        path, name or path.stem, sha256[:SHORT_HASH], sha256, layers, ignored, metadata.get("ss_base_model_version", "")
+    )
 
 
 def _peft_config(metadata: dict[str, str], path: Path) -> dict:
@@ -126,15 +140,15 @@ def _peft_config(metadata: dict[str, str], path: Path) -> dict:
 def _split(key: str) -> tuple[str, str, str, bool] | None:
     """(component, layer name, factor, flattened) of a key, or None for a key sdrt does not merge."""
     key = PEFT_ADAPTER.sub(r".\1.weight", key)
-    for suffix, factor in FACTOR_SUFFIXES:
+    for suffix, factor in FACTOR_SUFFIXES:  # noqa: B007 (factor is the matching suffix's, used after the break)
         if key.endswith(suffix):
-            stem = key[:-len(suffix)]
+            stem = key[: -len(suffix)]
             break
     else:
         return None
     for prefix, component, flattened in PART_PREFIXES:
         if stem.startswith(prefix):
-            name = stem[len(prefix):]
+            name = stem[len(prefix) :]
             if not flattened:
                 name = name.replace(".base_layer", "")
                 if match := PROCESSOR_LAYER.fullmatch(name):

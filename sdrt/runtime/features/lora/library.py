@@ -41,8 +41,10 @@ class LoraLibrary:
         if source in names:
             return names[source]
         if self.folder is None:
-            raise LoraError(f"LoRA {source!r} is not a file; name a LoRA file, or give a LoRA folder (--lora-dir) "
-                            "to name LoRAs by their file name")
+            raise LoraError(
+                f"LoRA {source!r} is not a file; name a LoRA file, or give a LoRA folder (--lora-dir) "
+                "to name LoRAs by their file name"
+            )
         close = [name for name in names if source.lower() in name.lower()][:3]
         hint = f" (similar: {', '.join(close)})" if close else ""
         raise LoraError(f"unknown LoRA {source!r}: no such file in {self.folder}{hint}")

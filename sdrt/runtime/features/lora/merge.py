@@ -51,12 +51,16 @@ def resolve(lora: LoraFile, maps: dict[str, WeightsMap]) -> ResolvedLora:
         try:
             layer.delta(shape)
         except ValueError as error:
-            raise LoraError(f"LoRA {lora.name} does not fit this model: its layer {layer.name}: {error}; it is "
-                            f"for another model architecture{made_for}") from None
+            raise LoraError(
+                f"LoRA {lora.name} does not fit this model: its layer {layer.name}: {error}; it is "
+                f"for another model architecture{made_for}"
+            ) from None
         resolved.layers.setdefault(layer.component, []).append((layer, module))
     if not resolved.layers:
-        raise LoraError(f"LoRA {lora.name} matches no layer of this model{made_for}: it is for another model "
-                        f"architecture (first keys: {', '.join(resolved.unmatched[:3])})")
+        raise LoraError(
+            f"LoRA {lora.name} matches no layer of this model{made_for}: it is for another model "
+            f"architecture (first keys: {', '.join(resolved.unmatched[:3])})"
+        )
     return resolved
 
 
@@ -68,8 +72,9 @@ def unmatched_warning(resolved: ResolvedLora) -> str | None:
     return f"LoRA {resolved.file.name}: {len(keys)} keys match no layer of this model and were ignored: {named}"
 
 
-def merged_tensors(component: str, uses: list[tuple[ResolvedLora, LoraWeights]],
-                   weights: WeightsMap) -> dict[str, np.ndarray]:
+def merged_tensors(
+    component: str, uses: list[tuple[ResolvedLora, LoraWeights]], weights: WeightsMap
+) -> dict[str, np.ndarray]:
     """Initializer name -> pristine weight + the sum of the LoRAs' deltas, in the graph's
     layout and dtype, for every layer of `component` a LoRA touches."""
     deltas: dict[str, np.ndarray] = {}

@@ -29,7 +29,7 @@ class LoraRef:
     weights: LoraWeights = LoraWeights()
 
     @classmethod
-    def parse(cls, text: str) -> "LoraRef":
+    def parse(cls, text: str) -> LoraRef:
         """`PATH[:WEIGHT]` (a path that itself holds a colon is taken whole when it exists)."""
         if not isinstance(text, str) or not text.strip():
             raise LoraError("a LoRA must be given as PATH or PATH:WEIGHT")

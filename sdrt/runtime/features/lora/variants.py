@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections import OrderedDict
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -28,8 +28,9 @@ Tensors = Callable[[], dict[str, np.ndarray]]
 
 
 class SessionVariants:
-    def __init__(self, base: Engine, make: Callable[[dict[str, np.ndarray]], Engine], session_bytes: int,
-                 budget_bytes: int):
+    def __init__(
+        self, base: Engine, make: Callable[[dict[str, np.ndarray]], Engine], session_bytes: int, budget_bytes: int
+    ):
         self.base = base
         self.make = make
         self.session_bytes = max(1, session_bytes)

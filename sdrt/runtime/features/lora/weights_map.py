@@ -11,16 +11,16 @@ The runtime reads the pristine weights it merges into from the exported graph it
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from sdrt.errors import GenerationError
 from sdrt.runtime.files.json_files import read_json
-from sdrt.runtime.manifest import ComponentSpec
 from sdrt.runtime.files.onnx_weights import StoredTensor, initializers
+from sdrt.runtime.manifest import ComponentSpec
 
 WEIGHTS_MAP_FILE = "weights_map.json"
 WEIGHTS_MAP_FORMAT = 1
@@ -97,14 +97,18 @@ class WeightsMap:
         return forms + [kohya_name(form) for form in forms]
 
     @classmethod
-    def load(cls, folder: Path, component: str, spec: ComponentSpec) -> "WeightsMap":
+    def load(cls, folder: Path, component: str, spec: ComponentSpec) -> WeightsMap:
         if not spec.weights_map:
-            raise LoraError(f"this export of {folder.name} has no LoRA weights map for its {component} (it was "
-                            "made before sdrt took LoRAs); re-export the model to use LoRA")
+            raise LoraError(
+                f"this export of {folder.name} has no LoRA weights map for its {component} (it was "
+                "made before sdrt took LoRAs); re-export the model to use LoRA"
+            )
         data = read_json(folder / spec.weights_map, kind=dict)
         if data.get("format") != WEIGHTS_MAP_FORMAT:
-            raise LoraError(f"{folder / spec.weights_map} has format {data.get('format')!r}, not "
-                            f"{WEIGHTS_MAP_FORMAT}; re-export the model to use LoRA")
+            raise LoraError(
+                f"{folder / spec.weights_map} has format {data.get('format')!r}, not "
+                f"{WEIGHTS_MAP_FORMAT}; re-export the model to use LoRA"
+            )
         weights, aliases = {}, {}
         for module, entry in data["modules"].items():
             weights[module] = MappedWeight(module, entry["initializer"], entry["transform"], tuple(entry["shape"]))
@@ -124,7 +128,9 @@ class WeightsMap:
                 if self._stored is None:
                     self._stored = initializers(self.onnx_file)
                 if initializer not in self._stored:
-                    raise LoraError(f"{self.onnx_file} has no initializer {initializer} although its weights map "
-                                    "names it; re-export the model")
+                    raise LoraError(
+                        f"{self.onnx_file} has no initializer {initializer} although its weights map "
+                        "names it; re-export the model"
+                    )
                 self._pristine[initializer] = self._stored[initializer].read()
             return self._pristine[initializer]

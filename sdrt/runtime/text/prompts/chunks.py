@@ -39,13 +39,14 @@ class TokenChunks:
         return len(self.ids)
 
 
-def text_chunks(text: str, emphasis: "EmphasisMode", tokenizer: ClipTokenizer,
-                table: "TokenTable | None" = None) -> TokenChunks:
+def text_chunks(
+    text: str, emphasis: EmphasisMode, tokenizer: ClipTokenizer, table: TokenTable | None = None
+) -> TokenChunks:
     """A prompt text's chunks: its emphasis fragments if the mode parses them, else the text as one."""
     return chunk_fragments(parse_emphasis(text) if emphasis.parses else [(text, 1.0)], tokenizer, table)
 
 
-def chunk_fragments(fragments: list, tokenizer: ClipTokenizer, table: "TokenTable | None" = None) -> TokenChunks:
+def chunk_fragments(fragments: list, tokenizer: ClipTokenizer, table: TokenTable | None = None) -> TokenChunks:
     """`fragments` from sdrt.runtime.text.prompts.emphasis.parse_emphasis (or [(text, 1.0)]). With a
     token `table`, a trigger word's tokens become its embedding's ids (A1111: all in one chunk,
     a new chunk if they do not fit in this one; the word's weight applies to each)."""
@@ -76,8 +77,8 @@ def chunk_fragments(fragments: list, tokenizer: ClipTokenizer, table: "TokenTabl
             if token == comma:
                 last_comma = len(tokens)
             elif len(tokens) == capacity and last_comma != -1 and len(tokens) - last_comma <= COMMA_BACKTRACK:
-                moved = tokens[last_comma + 1:], weights[last_comma + 1:]
-                tokens, weights = tokens[:last_comma + 1], weights[:last_comma + 1]
+                moved = tokens[last_comma + 1 :], weights[last_comma + 1 :]
+                tokens, weights = tokens[: last_comma + 1], weights[: last_comma + 1]
                 close()
                 tokens, weights = list(moved[0]), list(moved[1])
             if len(tokens) == capacity:
@@ -99,9 +100,13 @@ def chunk_fragments(fragments: list, tokenizer: ClipTokenizer, table: "TokenTabl
     ids = np.full((len(rows), tokenizer.max_length), tokenizer.pad_id, dtype=np.int64)
     weight_rows = np.ones((len(rows), tokenizer.max_length), dtype=np.float32)
     for row, (chunk_tokens, chunk_weights) in enumerate(rows):
-        framed = [tokenizer.bos_id, *chunk_tokens, *[tokenizer.eos_id] * (capacity - len(chunk_tokens)),
-                  tokenizer.eos_id]
+        framed = [
+            tokenizer.bos_id,
+            *chunk_tokens,
+            *[tokenizer.eos_id] * (capacity - len(chunk_tokens)),
+            tokenizer.eos_id,
+        ]
         ids[row] = framed
-        ids[row, framed.index(tokenizer.eos_id) + 1:] = tokenizer.pad_id  # a no-op where pad is the end token
-        weight_rows[row, 1:1 + len(chunk_weights)] = chunk_weights
+        ids[row, framed.index(tokenizer.eos_id) + 1 :] = tokenizer.pad_id  # a no-op where pad is the end token
+        weight_rows[row, 1 : 1 + len(chunk_weights)] = chunk_weights
     return TokenChunks(ids, weight_rows, count, tuple(used))

@@ -66,20 +66,22 @@ class EmphasisMode:
 
 
 #: The registry of emphasis modes, by A1111's names.
-EMPHASIS_MODES = {mode.name: mode for mode in (
-    EmphasisMode("Original", parses=True, weighs=True, rescales=True),
-    EmphasisMode("No norm", parses=True, weighs=True, rescales=False),
-    EmphasisMode("Ignore", parses=True, weighs=False, rescales=False),
-    EmphasisMode("None", parses=False, weighs=False, rescales=False),
-)}
+EMPHASIS_MODES = {
+    mode.name: mode
+    for mode in (
+        EmphasisMode("Original", parses=True, weighs=True, rescales=True),
+        EmphasisMode("No norm", parses=True, weighs=True, rescales=False),
+        EmphasisMode("Ignore", parses=True, weighs=False, rescales=False),
+        EmphasisMode("None", parses=False, weighs=False, rescales=False),
+    )
+}
 DEFAULT_EMPHASIS = "Original"
 
 
 def emphasis_mode(name: str) -> EmphasisMode:
     mode = EMPHASIS_MODES.get(name)
     if mode is None:
-        raise GenerationError(f"unknown emphasis mode {name!r}; choose one of {', '.join(EMPHASIS_MODES)}",
-                              "emphasis")
+        raise GenerationError(f"unknown emphasis mode {name!r}; choose one of {', '.join(EMPHASIS_MODES)}", "emphasis")
     return mode
 
 
@@ -133,8 +135,9 @@ def _weight(number: str, param: str) -> float:
     try:
         value = float(number)
     except ValueError:
-        raise GenerationError(f"{param} has a malformed emphasis weight {number!r}: write a number, e.g. "
-                              "(text:1.2)", param) from None
+        raise GenerationError(
+            f"{param} has a malformed emphasis weight {number!r}: write a number, e.g. (text:1.2)", param
+        ) from None
     if not math.isfinite(value):
         raise GenerationError(f"{param} has an emphasis weight {number!r} that is not finite", param)
     return value

@@ -170,8 +170,13 @@ def _walk(nodes: list):
         if isinstance(node, str):
             continue
         yield node
-        children = (node.parts if isinstance(node, _Verbatim) else node.options if isinstance(node, _Alternation)
-                    else [node.before or [], node.after])
+        children = (
+            node.parts
+            if isinstance(node, _Verbatim)
+            else node.options
+            if isinstance(node, _Alternation)
+            else [node.before or [], node.after]
+        )
         for child in children:
             yield from _walk(child)
 
