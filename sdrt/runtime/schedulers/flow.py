@@ -19,22 +19,26 @@ import numpy as np
 from sdrt.errors import ConfigError
 from sdrt.runtime.rng import TorchGenerator
 from sdrt.runtime.schedulers.base import Scheduler
-from sdrt.runtime.schedulers.config import SchedulerConfig
+from sdrt.runtime.schedulers.config import NEUTRAL_CONFIG, SchedulerConfig
 from sdrt.runtime.schedulers.spaces import FLOW, FLOW_PREDICTION
 
 #: The config keys of diffusers' class that sdrt reads, with its defaults. The class has no
 #: prediction_type (its model predicts velocity); sdrt reads it so that a diffusion model's
 #: scheduler file, which names epsilon or v_prediction, is refused (Scheduler.from_config).
+#: The keys diffusers' class reads; their defaults are the neutral values config.py keeps for every sampler.
+FLOW_KEYS = (
+    "num_train_timesteps",
+    "shift",
+    "use_dynamic_shifting",
+    "base_shift",
+    "max_shift",
+    "base_image_seq_len",
+    "max_image_seq_len",
+    "time_shift_type",
+    "shift_terminal",
+)
 FLOW_DEFAULTS: dict[str, Any] = {
-    "num_train_timesteps": 1000,
-    "shift": 1.0,
-    "use_dynamic_shifting": False,
-    "base_shift": 0.5,
-    "max_shift": 1.15,
-    "base_image_seq_len": 256,
-    "max_image_seq_len": 4096,
-    "time_shift_type": "exponential",
-    "shift_terminal": None,
+    **{key: NEUTRAL_CONFIG[key] for key in FLOW_KEYS},
     "prediction_type": FLOW_PREDICTION,
 }
 #: The class's further options sdrt does not implement: key -> (refused value, message).
