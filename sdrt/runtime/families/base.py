@@ -88,6 +88,8 @@ class Family:
     sampler_space: ClassVar[str] = DIFFUSION
     default_sampler: ClassVar[str] = DEFAULT_SAMPLER
     default_schedule: ClassVar[str] = DEFAULT_SCHEDULE
+    #: The families whose latents this one can finish as a refiner (sdrt.runtime.features.refiner).
+    refines: ClassVar[frozenset[str]] = frozenset()
     #: Whether `sdrt export` writes this family (manifest.schema.json lists those).
     exported: ClassVar[bool] = True
     #: Families whose exports a ControlNet trained for this one fits.

@@ -122,6 +122,7 @@ class StableDiffusionXL(Family):
     hidden_output = PENULTIMATE_HIDDEN
     own_settings = ("size_conditioning", "refiner_switch")
     features = SD_FEATURES | {"refiner", "size_conditioning"}
+    refines = frozenset({"sdxl"})  # a base model refines another's latents as diffusers allows
     controlnet_family = "sdxl"
 
     def text_encoders(self, manifest: Manifest) -> list[tuple[str, str]]:

@@ -27,10 +27,6 @@ from sdrt.runtime.schedulers import Scheduler
 if TYPE_CHECKING:
     from sdrt.runtime.pipeline import Pipeline
 
-#: The family a refiner refines, and the families that can refine it.
-BASE_FAMILY = "sdxl"
-REFINER_FAMILIES = ("sdxl", "sdxl-refiner")
-
 
 def cutoff(sampler: Scheduler, switch: float) -> int:
     train = sampler.config.num_train_timesteps
@@ -52,10 +48,11 @@ def refiner_start(sampler: Scheduler, switch: float) -> int:
 
 
 def check_pair(base: Pipeline, refiner: Pipeline) -> None:
-    """A refiner needs an SDXL base with the same latent space."""
-    if base.manifest.family != BASE_FAMILY:
+    """A refiner needs a base whose family takes one, a family that refines it (the families'
+    `features` and `refines`: SDXL's), and the same latent space."""
+    if "refiner" not in base.family.features:
         raise ModelFolderError(f"a refiner needs an SDXL base model; {base.folder} is {base.manifest.family}")
-    if refiner.manifest.family not in REFINER_FAMILIES:
+    if base.family.name not in refiner.family.refines:
         raise ModelFolderError(f"{refiner.folder} is {refiner.manifest.family}, not an SDXL model to refine with")
     for field in ("latent_channels", "vae_scale_factor"):
         if getattr(base.manifest, field) != getattr(refiner.manifest, field):
