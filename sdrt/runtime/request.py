@@ -52,8 +52,10 @@ MAX_CLIP_SKIP = 12
 
 
 def nearest_multiples(value: int, multiple: int, low: int, high: int) -> list[int]:
-    below = max(low, value // multiple * multiple)
-    above = min(high, below + multiple)
+    """The valid sizes around `value`: multiples of `multiple` within low..high."""
+    first, last = -(-low // multiple) * multiple, high // multiple * multiple
+    below = min(max(first, value // multiple * multiple), last)
+    above = min(last, below + multiple) if below < value else below
     return sorted({below, above})
 
 
@@ -168,24 +170,32 @@ def _prompts(request: GenerationRequest) -> tuple[list[str], list[str]]:
     return prompts, negatives
 
 
-def check_side(manifest: Manifest, name: str, value) -> None:
-    """A height or width against the export's range and multiple."""
+def side_problem(manifest: Manifest, name: str, value) -> str | None:
+    """What is wrong with a height or width for the export's range and multiple, or None."""
     if not _is_int(value) or value < 1:
-        raise GenerationError(f"{name} must be a positive integer, got {value!r}", name)
+        return f"{name} must be a positive integer, got {value!r}"
     valid = manifest.dims.get(HEIGHT if name == "height" else WIDTH)
     if valid is None or valid.contains(value):
-        return
-    if value % valid.multiple:
-        options = " or ".join(str(v) for v in nearest_multiples(value, valid.multiple, valid.min, valid.max))
-        raise GenerationError(
-            f"{name} {value} is not a multiple of {valid.multiple}, which this model needs: use {options}", name
+        return None
+    nearest = nearest_multiples(value, valid.multiple, valid.min, valid.max)
+    in_range = valid.min <= value <= valid.max
+    if value % valid.multiple == 0:  # so out of range
+        closest = min(nearest, key=lambda size: abs(size - value))
+        return (
+            f"{name} {value} is outside this export's range {valid.min}..{valid.max}: the nearest valid "
+            f"{name} is {closest}"
         )
-    nearest = min(max(value, valid.min), valid.max)
-    raise GenerationError(
-        f"{name} {value} is outside this export's range {valid.min}..{valid.max}; the nearest valid "
-        f"{name} is {nearest}",
-        name,
-    )
+    where = "" if in_range else f" and is outside this export's range {valid.min}..{valid.max}"
+    options = " or ".join(str(size) for size in nearest)
+    return f"{name} {value} is not a multiple of {valid.multiple}, which this model needs{where}: use {options}"
+
+
+def check_size(manifest: Manifest, height, width) -> None:
+    """Both sides against the export; one error naming every side that is wrong (the first's field)."""
+    problems = [(name, side_problem(manifest, name, value)) for name, value in (("height", height), ("width", width))]
+    wrong = [(name, problem) for name, problem in problems if problem is not None]
+    if wrong:
+        raise GenerationError("; ".join(problem for _, problem in wrong), wrong[0][0])
 
 
 def _open(source, param: str) -> Image.Image:
@@ -246,8 +256,7 @@ def _resolve(request: GenerationRequest, manifest: Manifest) -> ResolvedRequest:
             )
     height = manifest.native_height if height is None else height
     width = manifest.native_width if width is None else width
-    check_side(manifest, "height", height)
-    check_side(manifest, "width", width)
+    check_size(manifest, height, width)
     if not _is_int(request.steps) or not 1 <= request.steps <= MAX_STEPS:
         raise GenerationError(f"steps must be an integer from 1 to {MAX_STEPS}, got {request.steps!r}", "steps")
     guidance = request.guidance_scale

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -266,3 +267,21 @@ def test_nan_from_the_vae_is_a_clear_error(exported_standard):
     pipeline.engines["vae_decoder"] = NanDecoder("vae_decoder", real.spec, real.dims)
     with pytest.raises(SdrtError, match="the VAE decoded NaN .* re-export with --vae-precision fp32"):
         pipeline.generate("a cat", steps=1, seed=0)
+
+
+@pytest.mark.parametrize("height, width", [(500, 500), (8, 70), (70, 4096), (4096, 200)])
+def test_size_errors_name_every_wrong_side_and_suggest_only_valid_sizes(ours, height, width):
+    dims = ours.manifest.dims
+    with pytest.raises(SdrtError) as raised:
+        ours.generate("a cat", steps=1, height=height, width=width)
+    message = str(raised.value)
+    assert "\n" not in message
+    parts = dict(zip(("height", "width"), message.split("; "))) if "; " in message else {}
+    for name, value in (("height", height), ("width", width)):
+        if dims[name].contains(value):
+            assert f"{name} {value}" not in message
+            continue
+        part = parts.get(name, message)
+        assert part.startswith(f"{name} {value} ")
+        suggested = [int(n) for n in re.findall(r"\d+", part.split("use ")[-1] if "use " in part else part.split()[-1])]
+        assert suggested and all(dims[name].contains(size) for size in suggested), part
