@@ -94,6 +94,22 @@ from sdrt.runtime.engines import BACKEND_NAMES, DEFAULT_BACKEND
     help="Decode a preview every N steps for A1111's /sdapi/v1/progress current_image (tiny VAE when "
     "exported; 0: none).",
 )
+@click.option(
+    "--url-ttl",
+    default=3600.0,
+    show_default=True,
+    type=FiniteFloat(0, low_open=True),
+    metavar="SECONDS",
+    help="How long the images of OpenAI response_format=url answers stay at their URL.",
+)
+@click.option(
+    "--url-images",
+    default=64,
+    show_default=True,
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="response_format=url images kept at once (in memory); the oldest go first.",
+)
 @embedding_options
 @serve_lora_options
 @controlnet_dir_option
@@ -139,6 +155,8 @@ def serve(
     batch_window_ms,
     plain_prompts,
     preview_every,
+    url_ttl,
+    url_images,
     embedding_dirs,
     embedding_files,
     lora_dir,
@@ -176,6 +194,8 @@ def serve(
         batch_window_s=batch_window_ms / 1000,
         plain_prompts=plain_prompts,
         preview_every=preview_every,
+        image_url_ttl_s=url_ttl,
+        max_url_images=url_images,
     )
     if host not in ("127.0.0.1", "localhost", "::1") and not (api_key or api_auth):
         click.echo(f"warning: serving on {host} without --api-key: anyone who can reach it can use it", err=True)

@@ -10,10 +10,12 @@ and the input's size for edits and variations."""
 
 from __future__ import annotations
 
+import base64
 import io
 import time
 
 from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
 from PIL import Image, ImageOps
 from starlette.datastructures import UploadFile
 
@@ -22,7 +24,17 @@ from sdrt.runtime.imaging.png_info import format_parameters
 from sdrt.runtime.request import GenerationRequest
 from sdrt.runtime.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES, SAMPLERS
 from sdrt.runtime.sizes import SizeError, parse_size
+from sdrt.runtime.text.prompts.styles import apply_styles
 from sdrt.serve.a1111 import check_lora_tags, decode_image, deepcache_field, png_base64, served_name
+from sdrt.serve.openai_compat import (
+    URL,
+    WARNINGS_HEADER,
+    ImageStore,
+    is_openai_model,
+    response_format_of,
+    steps_of,
+    style_of,
+)
 from sdrt.serve.schemas import OpenAIImageRequest, RequestError
 
 AUTO_SIZE = "auto"
@@ -39,6 +51,7 @@ FORM_TEXTS = (
     "sampler",
     "schedule",
     "user",
+    "safety_identifier",
     "quality",
     "vae",
     "output_format",
@@ -104,10 +117,14 @@ def hires_of(body: OpenAIImageRequest):
 
 
 def add_openai_routes(app: FastAPI, service, catalog, settings, run, check_limits) -> None:
+    store = ImageStore(settings.image_url_ttl_s, settings.max_url_images)
+
     def check_model(name: str | None):
         if name is None:
             return None
         model = catalog.find(name)
+        if model is None and is_openai_model(name):
+            return None  # OpenAI's own names (dall-e-3, gpt-image-1, ...): the model served now
         if model is None:
             raise RequestError(
                 400,
@@ -116,8 +133,22 @@ def add_openai_routes(app: FastAPI, service, catalog, settings, run, check_limit
             )
         return model
 
-    async def answer(request: Request, generation: GenerationRequest, model_name, prompt: str) -> dict:
-        model = check_model(model_name)
+    def styled(body: OpenAIImageRequest, warnings: list[str]) -> tuple[str, str | None]:
+        """The prompt and negative prompt with OpenAI's `style` applied (or a warning added)."""
+        name, warning = style_of(body.style, app.state.styles)
+        if warning is not None:
+            warnings.append(warning)
+        if name is None:
+            return body.prompt, body.negative_prompt
+        prompt, negative = apply_styles(body.prompt, body.negative_prompt or "", [name], app.state.styles, "style")
+        return prompt, negative or None
+
+    async def answer(
+        request: Request, generation: GenerationRequest, body: OpenAIImageRequest, warnings: list[str]
+    ) -> JSONResponse:
+        response_format = response_format_of(body.response_format, body.model)
+        prompt = generation.prompt
+        model = check_model(body.model)
         if model is not None:
             await app.state.switch_model(model.title, "model")
         result = await run(request, generation)
@@ -128,18 +159,35 @@ def add_openai_routes(app: FastAPI, service, catalog, settings, run, check_limit
         data = []
         for index, image in enumerate(result.images):
             text = format_parameters(prompt, result.parameters, index + 1 if len(result.images) > 1 else None)
-            data.append(
-                {
-                    "b64_json": png_base64(image, text),
-                    "revised_prompt": prompt,
-                    "seed": seeds[min(index // max(per_image, 1), len(seeds) - 1)],
+            png = png_base64(image, text)
+            if response_format == URL:
+                item = {
+                    "url": str(request.url_for("openai_image_file", name=f"{store.put(base64.b64decode(png))}.png"))
                 }
+            else:
+                item = {"b64_json": png}
+            item.update(revised_prompt=prompt, seed=seeds[min(index // max(per_image, 1), len(seeds) - 1)])
+            data.append(item)
+        warnings = warnings + result.warnings
+        headers = {WARNINGS_HEADER: "; ".join(warnings).encode("ascii", "replace").decode()} if warnings else None
+        return JSONResponse(
+            {
+                "created": int(time.time()),
+                "data": data,
+                "sdrt": {"parameters": result.parameters, "warnings": warnings},
+            },
+            headers=headers,
+        )
+
+    @app.get("/v1/images/files/{name}", name="openai_image_file")
+    async def image_file(name: str):
+        """An image a `response_format=url` answer points at, while it is kept."""
+        png = store.get(name.removesuffix(".png"))
+        if png is None:
+            raise RequestError(
+                404, f"no such image: image URLs are kept {settings.image_url_ttl_s:g} s (sdrt serve --url-ttl)"
             )
-        return {
-            "created": int(time.time()),
-            "data": data,
-            "sdrt": {"parameters": result.parameters, "warnings": result.warnings},
-        }
+        return Response(png, media_type="image/png")
 
     def sampler_of(body: OpenAIImageRequest) -> str:
         """The sampler, checked here so that the error names the field the client used."""
@@ -164,7 +212,10 @@ def add_openai_routes(app: FastAPI, service, catalog, settings, run, check_limit
     async def generations(body: OpenAIImageRequest, request: Request):
         body.check()
         height, width = parse_openai_size(body.size)
-        check_limits(body.n, body.steps, "n")
+        steps = steps_of(body.steps, body.quality)
+        check_limits(body.n, steps, "n")
+        warnings: list[str] = []
+        prompt, negative = styled(body, warnings)
         if not settings.plain_prompts:
             check_lora_tags(body.prompt, "prompt")
         units = [
@@ -182,9 +233,9 @@ def add_openai_routes(app: FastAPI, service, catalog, settings, run, check_limit
         return await answer(
             request,
             GenerationRequest(
-                body.prompt,
-                negative_prompt=body.negative_prompt,
-                steps=body.steps,
+                prompt,
+                negative_prompt=negative,
+                steps=steps,
                 guidance_scale=body.guidance_scale,
                 height=height,
                 width=width,
@@ -199,8 +250,8 @@ def add_openai_routes(app: FastAPI, service, catalog, settings, run, check_limit
                 deepcache=deepcache_field(body.deepcache),
                 eta=body.eta,
             ),
-            body.model,
-            body.prompt,
+            body,
+            warnings,
         )
 
     async def image_route(request: Request, needs_prompt: bool) -> dict:
@@ -216,7 +267,8 @@ def add_openai_routes(app: FastAPI, service, catalog, settings, run, check_limit
         body = OpenAIImageRequest.model_validate({**fields, "prompt": fields.get("prompt", "")})
         body.check()
         height, width = parse_openai_size(body.size)
-        check_limits(body.n, body.steps, "n")
+        steps = steps_of(body.steps, body.quality)
+        check_limits(body.n, steps, "n")
         image, mask = _edit_images(files["image"], files.get("mask")) if needs_prompt else (files["image"], None)
         strength = body.strength or (EDIT_STRENGTH if mask is not None else VARIATION_STRENGTH)
         return await answer(
@@ -224,7 +276,7 @@ def add_openai_routes(app: FastAPI, service, catalog, settings, run, check_limit
             GenerationRequest(
                 body.prompt,
                 negative_prompt=body.negative_prompt,
-                steps=body.steps,
+                steps=steps,
                 guidance_scale=body.guidance_scale,
                 height=height,
                 width=width,
@@ -239,8 +291,8 @@ def add_openai_routes(app: FastAPI, service, catalog, settings, run, check_limit
                 vae=body.vae,
                 deepcache=deepcache_field(body.deepcache),
             ),
-            body.model,
-            body.prompt,
+            body,
+            [],
         )
 
     @app.post("/v1/images/edits")

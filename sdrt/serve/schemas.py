@@ -30,6 +30,8 @@ class ServeSettings:
     api_auth: tuple[tuple[str, str], ...] = ()  # A1111's --api-auth: HTTP basic (user, password) pairs
     styles_file: str | None = None  # A1111's styles.csv: the styles requests may name
     preview_every: int = 0  # steps between previews for /sdapi/v1/progress's current_image (0: none)
+    image_url_ttl_s: float = 3600.0  # how long a response_format=url image stays (OpenAI's: an hour)
+    max_url_images: int = 64  # response_format=url images kept at once; the oldest go first
 
 
 class RequestError(Exception):
@@ -42,9 +44,6 @@ class RequestError(Exception):
 
 #: OpenAI fields sdrt answers only with these values (None: not sent).
 OPENAI_NEUTRAL = {
-    "response_format": (("b64_json",), "only b64_json is supported (sdrt keeps no image URLs)"),
-    "quality": ((None, "auto", "standard"), "quality levels are not supported; steps set the quality"),
-    "style": ((None,), "styles are not supported; describe the style in the prompt"),
     "background": ((None, "auto", "opaque"), "transparent backgrounds are not supported"),
     "moderation": ((None, "auto", "low"), "sdrt runs no moderation model"),
     "output_format": ((None, "png"), "only png is supported"),
@@ -112,9 +111,10 @@ class OpenAIImageRequest(Body):
     prompt: StrictStr
     n: int = Field(1, ge=1)
     size: StrictStr | None = None
-    response_format: StrictStr = "b64_json"
+    response_format: StrictStr | None = None  # url for the DALL-E model names, else b64_json
     model: StrictStr | None = None
     user: StrictStr | None = None  # the end user's id, for the caller's own records
+    safety_identifier: StrictStr | None = None  # user's newer name
     quality: StrictStr | None = None
     style: StrictStr | None = None
     background: StrictStr | None = None
@@ -122,7 +122,7 @@ class OpenAIImageRequest(Body):
     output_format: StrictStr | None = None
     output_compression: int | None = None
     negative_prompt: StrictStr | None = None
-    steps: int = Field(30, ge=1)
+    steps: int | None = Field(None, ge=1)  # None: the quality preset's (sdrt.serve.openai_compat)
     guidance_scale: float = Field(DEFAULT_GUIDANCE, ge=0)
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
     sampler: StrictStr | None = None

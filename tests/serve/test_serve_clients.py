@@ -20,6 +20,7 @@ from PIL import Image, ImageOps
 from sdrt.runtime.pipeline import Pipeline
 from sdrt.serve.app import ServeSettings, create_app
 from sdrt.serve.catalog import ModelCatalog
+from sdrt.serve.openai_compat import OPENAI_DEFAULT_STEPS, QUALITY_STEPS, WARNINGS_HEADER
 from support.serving import SlowPipeline, decode_png, live_server, png_b64
 
 PROMPT = "a photo of a cat"
@@ -435,10 +436,98 @@ def test_openai_client_generations_edits_variations_and_models(served):
     )
     expected = first.generate("", steps=2, seed=6, init_image=source, strength=0.75).images[0]
     np.testing.assert_array_equal(np.asarray(decode_png(varied.data[0].b64_json)), np.asarray(expected))
-    with pytest.raises(Exception, match="style"):
-        api.images.generate(prompt=PROMPT, style="vivid", response_format="b64_json")
+    with pytest.raises(Exception, match="background"):
+        api.images.generate(prompt=PROMPT, background="transparent", response_format="b64_json")
     with pytest.raises(Exception, match="model"):
-        api.images.generate(prompt=PROMPT, model="dall-e-3", response_format="b64_json")
+        api.images.generate(prompt=PROMPT, model="midjourney", response_format="b64_json")
+
+
+def openai_client(url: str, auth: tuple[str, str] | None = (USER, PASSWORD)):
+    from openai import OpenAI
+
+    headers = {}
+    if auth is not None:
+        headers["Authorization"] = "Basic " + base64.b64encode(":".join(auth).encode()).decode()
+    return OpenAI(base_url=f"{url}/v1", api_key="unused", default_headers=headers)
+
+
+def test_openai_client_dall_e_3_defaults_answer_a_url_equal_to_the_b64_image(served):
+    """What an app written for DALL-E 3 sends (model, prompt, size; nothing else) gets a URL
+    behind the same auth, holding the image the b64 answer gives for the same seed."""
+    url = served[0]
+    api = openai_client(url)
+    made = api.images.generate(model="dall-e-3", prompt=PROMPT, size="64x64")
+    item = made.data[0]
+    assert item.b64_json is None and item.url.startswith(f"{url}/v1/images/files/")
+    assert made.model_extra["sdrt"]["parameters"]["steps"] == OPENAI_DEFAULT_STEPS
+    assert httpx.get(item.url, timeout=60).status_code == 401
+    with client(url) as http:
+        fetched = http.get(item.url)
+    assert fetched.status_code == 200 and fetched.headers["content-type"] == "image/png"
+    same = api.images.generate(
+        model="gpt-image-1", prompt=PROMPT, size="64x64", extra_body={"seed": item.model_extra["seed"]}
+    )
+    assert same.data[0].url is None
+    assert fetched.content == base64.b64decode(same.data[0].b64_json)
+    for name, answer in (("dall-e-2", "url"), ("gpt-image-1-mini", "b64_json")):
+        other = api.images.generate(model=name, prompt=PROMPT, size="64x64", extra_body={"steps": 1})
+        assert getattr(other.data[0], answer) is not None, name
+
+
+@pytest.mark.parametrize(
+    "model, quality", [("dall-e-3", "standard"), ("dall-e-3", "hd"), ("gpt-image-1", "low"), ("gpt-image-1", "high")]
+)
+def test_openai_quality_is_a_steps_preset(served, model, quality):
+    api = openai_client(served[0])
+    made = api.images.generate(model=model, prompt=PROMPT, size="64x64", quality=quality, response_format="b64_json")
+    assert made.model_extra["sdrt"]["parameters"]["steps"] == QUALITY_STEPS[quality]
+    own = api.images.generate(
+        model=model, prompt=PROMPT, quality=quality, extra_body={"steps": 2}, response_format="b64_json"
+    )
+    assert own.model_extra["sdrt"]["parameters"]["steps"] == 2
+
+
+def test_openai_style_without_a_server_style_is_accepted_with_a_warning(served):
+    api = openai_client(served[0])
+    raw = api.images.with_raw_response.generate(
+        model="dall-e-3", prompt=PROMPT, size="64x64", style="vivid", extra_body={"steps": 1}
+    )
+    made = raw.parse()
+    assert made.data[0].revised_prompt == PROMPT
+    assert any(warning.startswith("style:") for warning in made.model_extra["sdrt"]["warnings"])
+    assert "style:" in raw.headers[WARNINGS_HEADER]
+
+
+@pytest.fixture(scope="module")
+def short_lived(served, tmp_path_factory):
+    """A server whose URL images last URL_TTL_S seconds and whose styles include DALL-E 3's vivid."""
+    styles = tmp_path_factory.mktemp("vivid") / "styles.csv"
+    styles.write_text('name,prompt,negative_prompt\nVivid,"{prompt}, vivid colours",dull\n')
+    settings = ServeSettings(image_url_ttl_s=URL_TTL_S, styles_file=str(styles))
+    with live_server(create_app(served[1], settings)) as url:
+        yield url
+
+
+URL_TTL_S = 2.0
+
+
+def test_openai_image_urls_expire(short_lived):
+    api = openai_client(short_lived, auth=None)
+    made = api.images.generate(model="dall-e-3", prompt=PROMPT, size="64x64", extra_body={"steps": 1})
+    assert httpx.get(made.data[0].url, timeout=60).status_code == 200
+    time.sleep(URL_TTL_S)
+    gone = httpx.get(made.data[0].url, timeout=60)
+    assert gone.status_code == 404 and "--url-ttl" in gone.json()["error"]["message"]
+
+
+def test_openai_style_applies_the_server_style_of_that_name(short_lived):
+    api = openai_client(short_lived, auth=None)
+    raw = api.images.with_raw_response.generate(
+        model="dall-e-3", prompt=PROMPT, size="64x64", style="vivid", extra_body={"steps": 1}
+    )
+    made = raw.parse()
+    assert made.data[0].revised_prompt == f"{PROMPT}, vivid colours"
+    assert made.model_extra["sdrt"]["warnings"] == [] and WARNINGS_HEADER not in raw.headers
 
 
 def test_shutdown_stops_running_and_waiting_generations(pipeline_for_slow):
