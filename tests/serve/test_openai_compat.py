@@ -85,3 +85,26 @@ def test_kept_images_are_capped_oldest_dropped_first():
     assert store.get(names[0]) is None
     assert [store.get(name) for name in names[1:]] == [b"\x01", b"\x02"]
     assert len(store) == 2 and len(set(names)) == len(names)
+
+
+def test_docs_state_the_presets_and_defaults_the_code_uses():
+    """docs/serve.md's quality table and URL defaults are the code's (ServeSettings, `sdrt serve`)."""
+    import re
+    from pathlib import Path
+
+    from sdrt.cli.serve import serve
+    from sdrt.serve.schemas import ServeSettings
+
+    text = (Path(__file__).parents[2] / "docs" / "serve.md").read_text()
+    table = text.split("| quality | steps |", 1)[1].split("\n\n", 1)[0]
+    documented = {}
+    for names, steps in re.findall(r"^\s*\| (.+?) \| (\d+) \|$", table, flags=re.MULTILINE):
+        for name in re.findall(r"`(\w+)`", names):
+            documented[name] = int(steps)
+    assert documented == QUALITY_STEPS
+    defaults = {option.name: option.default for option in serve.params}
+    assert defaults["url_ttl"] == ServeSettings.image_url_ttl_s
+    assert defaults["url_images"] == ServeSettings.max_url_images
+    flat = " ".join(text.split())
+    assert f"`--url-ttl` seconds (default {ServeSettings.image_url_ttl_s:g}," in flat
+    assert f"`--url-images` at once (default {ServeSettings.max_url_images};" in flat
