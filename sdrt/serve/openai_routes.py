@@ -15,6 +15,7 @@ import io
 import time
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse, Response
 from PIL import Image, ImageOps
 from starlette.datastructures import UploadFile
@@ -147,6 +148,10 @@ def add_openai_routes(app: FastAPI, service, catalog, settings, run, check_limit
         request: Request, generation: GenerationRequest, body: OpenAIImageRequest, warnings: list[str]
     ) -> JSONResponse:
         response_format = response_format_of(body.response_format, body.model)
+        if response_format == URL and body.n > store.capacity:
+            raise RequestError(
+                400, f"n: at most {store.capacity} images per url answer (sdrt serve --url-images); or b64_json", "n"
+            )
         prompt = generation.prompt
         model = check_model(body.model)
         if model is not None:
@@ -171,11 +176,13 @@ def add_openai_routes(app: FastAPI, service, catalog, settings, run, check_limit
         warnings = warnings + result.warnings
         headers = {WARNINGS_HEADER: "; ".join(warnings).encode("ascii", "replace").decode()} if warnings else None
         return JSONResponse(
-            {
-                "created": int(time.time()),
-                "data": data,
-                "sdrt": {"parameters": result.parameters, "warnings": warnings},
-            },
+            jsonable_encoder(
+                {
+                    "created": int(time.time()),
+                    "data": data,
+                    "sdrt": {"parameters": result.parameters, "warnings": warnings},
+                }
+            ),
             headers=headers,
         )
 

@@ -472,6 +472,10 @@ def test_openai_client_dall_e_3_defaults_answer_a_url_equal_to_the_b64_image(ser
     for name, answer in (("dall-e-2", "url"), ("gpt-image-1-mini", "b64_json")):
         other = api.images.generate(model=name, prompt=PROMPT, size="64x64", extra_body={"steps": 1})
         assert getattr(other.data[0], answer) is not None, name
+    edited = api.images.edit(
+        model="dall-e-2", image=("image.png", io.BytesIO(fetched.content)), prompt=PROMPT, extra_body={"steps": 2}
+    )
+    assert edited.data[0].url.startswith(f"{url}/v1/images/files/")
 
 
 @pytest.mark.parametrize(
@@ -503,7 +507,7 @@ def short_lived(served, tmp_path_factory):
     """A server whose URL images last URL_TTL_S seconds and whose styles include DALL-E 3's vivid."""
     styles = tmp_path_factory.mktemp("vivid") / "styles.csv"
     styles.write_text('name,prompt,negative_prompt\nVivid,"{prompt}, vivid colours",dull\n')
-    settings = ServeSettings(image_url_ttl_s=URL_TTL_S, styles_file=str(styles))
+    settings = ServeSettings(image_url_ttl_s=URL_TTL_S, max_url_images=1, styles_file=str(styles))
     with live_server(create_app(served[1], settings)) as url:
         yield url
 
@@ -518,6 +522,9 @@ def test_openai_image_urls_expire(short_lived):
     time.sleep(URL_TTL_S)
     gone = httpx.get(made.data[0].url, timeout=60)
     assert gone.status_code == 404 and "--url-ttl" in gone.json()["error"]["message"]
+    with pytest.raises(Exception, match="url-images") as refused:  # more than the server keeps
+        api.images.generate(model="dall-e-3", prompt=PROMPT, size="64x64", n=2, extra_body={"steps": 1})
+    assert refused.value.body["param"] == "n"
 
 
 def test_openai_style_applies_the_server_style_of_that_name(short_lived):
