@@ -67,6 +67,17 @@ from sdrt.runtime.engines import BACKEND_NAMES, DEFAULT_BACKEND
     "--timeout", default=300.0, show_default=True, type=FiniteFloat(0, low_open=True), help="Seconds per request."
 )
 @click.option(
+    "--max-images",
+    default=4,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Images one request may ask for (A1111: batch_size x n_iter; OpenAI: n; extra-batch-images: images).",
+)
+@click.option(
+    "--max-steps", default=150, show_default=True, type=click.IntRange(min=1), help="Steps one request may ask for."
+)
+@click.option("--no-docs", is_flag=True, help="Serve no OpenAPI page at /docs (nor /openapi.json).")
+@click.option(
     "--max-batch",
     default=4,
     show_default=True,
@@ -135,6 +146,9 @@ def serve(
     max_queue,
     concurrency,
     timeout,
+    max_images,
+    max_steps,
+    no_docs,
     max_batch,
     batch_window_ms,
     plain_prompts,
@@ -169,6 +183,9 @@ def serve(
         max_queue=max_queue,
         concurrency=concurrency,
         timeout_s=timeout,
+        max_images=max_images,
+        max_steps=max_steps,
+        docs=not no_docs,
         api_key=api_key,
         api_auth=parse_api_auth(api_auth),
         styles_file=styles_file,

@@ -22,14 +22,15 @@ class ServeSettings:
     batch_window_s: float = 0.0  # how long a worker waits for more compatible requests to join
     timeout_s: float = 300.0  # per request, queue wait included
     max_body_bytes: int = 20 * 2**20
-    max_images: int = 4
-    max_steps: int = 150
+    max_images: int = 4  # images one request may ask for (A1111: batch_size x n_iter; OpenAI: n; extras: images)
+    max_steps: int = 150  # denoising steps one request may ask for
     retry_after_s: int = 5
     api_key: str | None = None
     plain_prompts: bool = False  # the OpenAI route reads prompts as plain text, not A1111's prompt language
     api_auth: tuple[tuple[str, str], ...] = ()  # A1111's --api-auth: HTTP basic (user, password) pairs
     styles_file: str | None = None  # A1111's styles.csv: the styles requests may name
     preview_every: int = 0  # steps between previews for /sdapi/v1/progress's current_image (0: none)
+    docs: bool = True  # FastAPI's OpenAPI page at /docs and its schema at /openapi.json (behind the auth)
 
 
 class RequestError(Exception):
