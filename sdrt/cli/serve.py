@@ -16,6 +16,8 @@ from sdrt.cli.types import PORT, THREADS, FiniteFloat
 from sdrt.errors import SdrtError
 from sdrt.runtime.engines import BACKEND_NAMES, DEFAULT_BACKEND
 
+MIB = 2**20
+
 
 @main.command()
 @click.option(
@@ -75,6 +77,13 @@ from sdrt.runtime.engines import BACKEND_NAMES, DEFAULT_BACKEND
 )
 @click.option(
     "--max-steps", default=150, show_default=True, type=click.IntRange(min=1), help="Steps one request may ask for."
+)
+@click.option(
+    "--max-body-mb",
+    default=20,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Largest request body in MiB (base64 images included); larger bodies get 413.",
 )
 @click.option("--no-docs", is_flag=True, help="Serve no OpenAPI page at /docs (nor /openapi.json).")
 @click.option(
@@ -148,6 +157,7 @@ def serve(
     timeout,
     max_images,
     max_steps,
+    max_body_mb,
     no_docs,
     max_batch,
     batch_window_ms,
@@ -185,6 +195,7 @@ def serve(
         timeout_s=timeout,
         max_images=max_images,
         max_steps=max_steps,
+        max_body_bytes=max_body_mb * MIB,
         docs=not no_docs,
         api_key=api_key,
         api_auth=parse_api_auth(api_auth),

@@ -244,6 +244,8 @@ def add_a1111_routes(app: FastAPI, service, catalog, settings) -> None:
             "controlnet_dir": _folder(service.pipeline.controlnets),
             "backend": service.pipeline.backend.name,
             "max_queue": settings.max_queue,
+            "max_images": settings.max_images,
+            "max_steps": settings.max_steps,
             "concurrency": settings.concurrency,
             "preview_every": settings.preview_every,
             "pid": os.getpid(),

@@ -121,6 +121,12 @@ def create_app(pipeline, settings: ServeSettings | None = None, catalog: ModelCa
         """A1111 makes batch_size x n_iter images per request: --max-images counts them all, and
         the refusal names the field that took the count past it."""
         check_limits(body.batch_size, body.steps, "batch_size")
+        if body.enable_hr and (body.hr_second_pass_steps or 0) > settings.max_steps:
+            raise RequestError(
+                400,
+                f"hr_second_pass_steps must be at most {settings.max_steps} (the server's --max-steps)",
+                "hr_second_pass_steps",
+            )
         total = body.batch_size * body.n_iter
         if total > settings.max_images:
             raise RequestError(

@@ -21,7 +21,7 @@ class ServeSettings:
     max_batch_images: int = 4  # images that compatible requests may share one call with; 1 = no batching
     batch_window_s: float = 0.0  # how long a worker waits for more compatible requests to join
     timeout_s: float = 300.0  # per request, queue wait included
-    max_body_bytes: int = 20 * 2**20
+    max_body_bytes: int = 20 * 2**20  # larger bodies get 413
     max_images: int = 4  # images one request may ask for (A1111: batch_size x n_iter; OpenAI: n; extras: images)
     max_steps: int = 150  # denoising steps one request may ask for
     retry_after_s: int = 5

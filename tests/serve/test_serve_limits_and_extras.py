@@ -80,12 +80,13 @@ def test_cli_passes_the_limits_and_refuses_bad_ones_in_one_line(monkeypatch, tmp
     monkeypatch.setattr(sdrt.serve.app, "create_app", capture)
     monkeypatch.setattr(RealPipeline, "load", staticmethod(lambda folder, **options: object()))
     for flags, expected in [
-        ([], (4, 150, True)),
-        (["--max-images", "9", "--max-steps", "40", "--no-docs"], (9, 40, False)),
+        ([], (4, 150, 20 * 2**20, True)),
+        (["--max-images", "9", "--max-steps", "40", "--max-body-mb", "3", "--no-docs"], (9, 40, 3 * 2**20, False)),
     ]:
         result = CliRunner().invoke(main, ["serve", "--model", str(tmp_path), *flags])
         assert result.exit_code != 0 and result.output.strip() == "error: stopped before serving", result.output
-        assert (seen["settings"].max_images, seen["settings"].max_steps, seen["settings"].docs) == expected
+        got = seen["settings"]
+        assert (got.max_images, got.max_steps, got.max_body_bytes, got.docs) == expected
     refused = CliRunner().invoke(main, ["serve", "--model", str(tmp_path), "--max-images", "0"])
     assert refused.exit_code == 2 and "--max-images" in refused.output and "Traceback" not in refused.output
 
@@ -97,6 +98,11 @@ def test_cli_passes_the_limits_and_refuses_bad_ones_in_one_line(monkeypatch, tmp
         ({"batch_size": 2, "n_iter": 2}, "n_iter", "batch_size 2 x n_iter 2 is 4 images"),
         ({"batch_size": 3}, "batch_size", "batch_size must be at most 2 (the server's --max-images)"),
         ({"steps": 4}, "steps", "steps must be at most 3 (the server's --max-steps)"),
+        (
+            {"enable_hr": True, "hr_second_pass_steps": 4},
+            "hr_second_pass_steps",
+            "hr_second_pass_steps must be at most 3",
+        ),
     ],
 )
 def test_a1111_limits_name_the_field_sent(url, payload, param, words):
@@ -118,6 +124,8 @@ def test_n_iter_within_the_limit_makes_batch_size_x_n_iter_images(url):
 
 def test_openai_n_over_the_limit_names_n(url):
     with client(url) as http:
+        flags = http.get("/sdapi/v1/cmd-flags").json()
+        assert (flags["max_images"], flags["max_steps"]) == (MAX_IMAGES, MAX_STEPS)
         response = http.post("/v1/images/generations", json={"prompt": PROMPT, "n": MAX_IMAGES + 1, "steps": 1})
     assert response.status_code == 400 and response.json()["error"]["param"] == "n", response.text
 
