@@ -16,6 +16,8 @@ from sdrt.cli.types import PORT, THREADS, FiniteFloat
 from sdrt.errors import SdrtError
 from sdrt.runtime.engines import BACKEND_NAMES, DEFAULT_BACKEND
 
+MIB = 2**20
+
 
 @main.command()
 @click.option(
@@ -66,6 +68,24 @@ from sdrt.runtime.engines import BACKEND_NAMES, DEFAULT_BACKEND
 @click.option(
     "--timeout", default=300.0, show_default=True, type=FiniteFloat(0, low_open=True), help="Seconds per request."
 )
+@click.option(
+    "--max-images",
+    default=4,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Images one request may ask for (A1111: batch_size x n_iter; OpenAI: n; extra-batch-images: images).",
+)
+@click.option(
+    "--max-steps", default=150, show_default=True, type=click.IntRange(min=1), help="Steps one request may ask for."
+)
+@click.option(
+    "--max-body-mb",
+    default=20,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Largest request body in MiB (base64 images included); larger bodies get 413.",
+)
+@click.option("--no-docs", is_flag=True, help="Serve no OpenAPI page at /docs (nor /openapi.json).")
 @click.option(
     "--max-batch",
     default=4,
@@ -151,6 +171,10 @@ def serve(
     max_queue,
     concurrency,
     timeout,
+    max_images,
+    max_steps,
+    max_body_mb,
+    no_docs,
     max_batch,
     batch_window_ms,
     plain_prompts,
@@ -187,6 +211,10 @@ def serve(
         max_queue=max_queue,
         concurrency=concurrency,
         timeout_s=timeout,
+        max_images=max_images,
+        max_steps=max_steps,
+        max_body_bytes=max_body_mb * MIB,
+        docs=not no_docs,
         api_key=api_key,
         api_auth=parse_api_auth(api_auth),
         styles_file=styles_file,

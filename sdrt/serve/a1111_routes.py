@@ -16,7 +16,7 @@ from sdrt.runtime.schedulers.schedules import SCHEDULES
 from sdrt.serve.a1111 import open_base64_image, png_base64
 from sdrt.serve.a1111_options import MODEL_OPTION
 from sdrt.serve.schemas import RequestError
-from sdrt.serve.upscale import UPSCALERS, upscale_request
+from sdrt.serve.upscale import UPSCALERS, upscale_batch_request, upscale_request
 
 #: /proc/meminfo's fields (kB) that /sdapi/v1/memory reports.
 MEMINFO = "/proc/meminfo"
@@ -108,6 +108,21 @@ def add_a1111_routes(app: FastAPI, service, catalog, settings) -> None:
 
         return {"module_list": list(PREPROCESSORS)}
 
+    @app.get("/controlnet/version")
+    async def controlnet_version():
+        """The extension's API version (webuiapi's controlnet_version reads it)."""
+        from sdrt.serve.a1111_controlnet import CONTROLNET_API_VERSION
+
+        return {"version": CONTROLNET_API_VERSION}
+
+    @app.post("/controlnet/detect")
+    def controlnet_detect(body: dict = RawBody(...)):  # plain def: FastAPI runs it off the event loop
+        """The extension's preprocessor preview: sdrt's preprocessors over a list of images."""
+        from sdrt.serve.a1111_controlnet import detect
+
+        answer = detect(body)
+        return {**answer, "images": [png_base64(image) for image in answer["images"]]}
+
     @app.get("/sdapi/v1/samplers")
     async def samplers():
         return [
@@ -196,6 +211,15 @@ def add_a1111_routes(app: FastAPI, service, catalog, settings) -> None:
         image, info = upscale_request(body)
         return {"image": png_base64(image), "html_info": info}
 
+    @app.post("/sdapi/v1/extra-batch-images")
+    def extra_batch_images(body: dict = RawBody(...)):  # plain def: FastAPI runs it off the event loop
+        images, info = upscale_batch_request(body, settings.max_images)
+        return {"images": [png_base64(image) for image in images], "html_info": info}
+
+    @app.post("/sdapi/v1/interrogate")
+    async def interrogate():
+        raise RequestError(501, "interrogate needs a captioning model (CLIP or DeepDanbooru), which sdrt does not ship")
+
     @app.post("/sdapi/v1/png-info")
     async def png_info(body: dict = RawBody(...)):
         text = open_base64_image(body.get("image"), "image").info.get(PARAMETERS_KEY)
@@ -220,6 +244,8 @@ def add_a1111_routes(app: FastAPI, service, catalog, settings) -> None:
             "controlnet_dir": _folder(service.pipeline.controlnets),
             "backend": service.pipeline.backend.name,
             "max_queue": settings.max_queue,
+            "max_images": settings.max_images,
+            "max_steps": settings.max_steps,
             "concurrency": settings.concurrency,
             "preview_every": settings.preview_every,
             "pid": os.getpid(),

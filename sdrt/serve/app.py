@@ -60,7 +60,13 @@ def create_app(pipeline, settings: ServeSettings | None = None, catalog: ModelCa
     settings = settings or ServeSettings(api_key=os.environ.get(API_KEY_ENV) or None)
     service = Service(pipeline, settings)
     catalog = catalog or ModelCatalog(pipeline.folder, None, lambda folder: pipeline)
-    app = FastAPI(title="sdrt", docs_url=None, redoc_url=None, openapi_url=None)
+    docs = settings.docs  # behind the same auth as every route (Guard): only /health is open
+    app = FastAPI(
+        title="sdrt",
+        docs_url="/docs" if docs else None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if docs else None,
+    )
     app.state.service = service
     app.state.options = A1111Options()
     app.state.styles = load_styles(settings.styles_file) if settings.styles_file else {}
@@ -82,7 +88,7 @@ def create_app(pipeline, settings: ServeSettings | None = None, catalog: ModelCa
     @app.exception_handler(RequestError)
     async def request_error(request: Request, error: RequestError):
         headers = {"Retry-After": str(settings.retry_after_s)} if error.status == 503 else None
-        kind = "server_busy" if error.status == 503 else "invalid_request_error"
+        kind = {503: "server_busy", 501: "not_implemented"}.get(error.status, "invalid_request_error")
         return JSONResponse(error_body(error.message, error.param, kind), status_code=error.status, headers=headers)
 
     @app.exception_handler(Exception)
@@ -105,9 +111,30 @@ def create_app(pipeline, settings: ServeSettings | None = None, catalog: ModelCa
 
     def check_limits(count: int, steps: int, count_param: str) -> None:
         if count > settings.max_images:
-            raise RequestError(400, f"{count_param} must be at most {settings.max_images}", count_param)
+            raise RequestError(
+                400, f"{count_param} must be at most {settings.max_images} (the server's --max-images)", count_param
+            )
         if steps > settings.max_steps:
-            raise RequestError(400, f"steps must be at most {settings.max_steps}", "steps")
+            raise RequestError(400, f"steps must be at most {settings.max_steps} (the server's --max-steps)", "steps")
+
+    def check_a1111_limits(body) -> None:
+        """A1111 makes batch_size x n_iter images per request: --max-images counts them all, and
+        the refusal names the field that took the count past it."""
+        check_limits(body.batch_size, body.steps, "batch_size")
+        if body.enable_hr and (body.hr_second_pass_steps or 0) > settings.max_steps:
+            raise RequestError(
+                400,
+                f"hr_second_pass_steps must be at most {settings.max_steps} (the server's --max-steps)",
+                "hr_second_pass_steps",
+            )
+        total = body.batch_size * body.n_iter
+        if total > settings.max_images:
+            raise RequestError(
+                400,
+                f"n_iter: batch_size {body.batch_size} x n_iter {body.n_iter} is {total} images; "
+                f"at most {settings.max_images} per request (the server's --max-images)",
+                "n_iter",
+            )
 
     async def run(request: Request, generation: GenerationRequest):
         result = await service.generate(request, generation)
@@ -137,7 +164,7 @@ def create_app(pipeline, settings: ServeSettings | None = None, catalog: ModelCa
         warnings = body.checked()
         sampler, schedule = sdrt_sampler(body.sampler_name or body.sampler_index, body.scheduler)
         eta = check_eta(sampler, body.eta)
-        check_limits(body.batch_size * body.n_iter, body.steps, "batch_size")
+        check_a1111_limits(body)
         switch = refiner_switch(service.pipeline, body.refiner_checkpoint, body.refiner_switch_at)
         options = app.state.options.changed(body.override_settings, "override_settings")
         prompt, negative = apply_styles(body.prompt, body.negative_prompt, body.styles or (), app.state.styles)

@@ -21,9 +21,9 @@ class ServeSettings:
     max_batch_images: int = 4  # images that compatible requests may share one call with; 1 = no batching
     batch_window_s: float = 0.0  # how long a worker waits for more compatible requests to join
     timeout_s: float = 300.0  # per request, queue wait included
-    max_body_bytes: int = 20 * 2**20
-    max_images: int = 4
-    max_steps: int = 150
+    max_body_bytes: int = 20 * 2**20  # larger bodies get 413
+    max_images: int = 4  # images one request may ask for (A1111: batch_size x n_iter; OpenAI: n; extras: images)
+    max_steps: int = 150  # denoising steps one request may ask for
     retry_after_s: int = 5
     api_key: str | None = None
     plain_prompts: bool = False  # the OpenAI route reads prompts as plain text, not A1111's prompt language
@@ -32,6 +32,7 @@ class ServeSettings:
     preview_every: int = 0  # steps between previews for /sdapi/v1/progress's current_image (0: none)
     image_url_ttl_s: float = 3600.0  # how long a response_format=url image stays (OpenAI's: an hour)
     max_url_images: int = 64  # response_format=url images kept at once; the oldest go first
+    docs: bool = True  # FastAPI's OpenAPI page at /docs and its schema at /openapi.json (behind the auth)
 
 
 class RequestError(Exception):
