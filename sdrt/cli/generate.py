@@ -199,7 +199,8 @@ class _Progress:
     "model_dir",
     default=None,
     type=click.Path(),
-    help="Exported model folder [default: $SDRT_MODEL, else SD 1.5 exported once into the cache].",
+    help="An export folder, or a diffusers folder, .safetensors/.ckpt checkpoint or hub id (exported once "
+    "into the cache) [default: $SDRT_MODEL, else SD 1.5 from the hub].",
 )
 @click.option("--negative-prompt", default=None, help="What the image should not show.")
 @click.option("--steps", default=DEFAULT_STEPS, show_default=True, type=int, help="Denoising steps.")
@@ -348,7 +349,7 @@ def generate(
     if seed is None:  # drawn here, so that the output names are known (and checked) first
         seed = random.SystemRandom().randint(0, MAX_SEED)
     paths = output_paths(out, seed, num_images)
-    model_dir = resolve_model(model_dir)
+    model_dir = resolve_model(model_dir, quiet=quiet or as_json)
     pipeline = Pipeline.load(
         model_dir,
         backend=backend,

@@ -171,10 +171,42 @@ def test_generate_bad_inputs_are_one_line_errors(engine, tmp_path, arguments, me
     assert not (tmp_path / "x.png").exists()
 
 
-def test_generate_without_a_model_says_how_to_export(tmp_path):
-    result = CliRunner().invoke(main, ["generate", "a cat", "--model", str(tmp_path / "none")])
-    assert result.exit_code == 2
-    assert "export one with `sdrt export MODEL" in result.output
+@pytest.mark.parametrize("name", ["none", "model.ckpt", "notes.txt", "folder"])
+def test_generate_with_no_model_at_model_says_what_it_takes(tmp_path, name):
+    """A missing path, a missing checkpoint, a file that is no model and a folder that is none:
+    one line naming --model and what it takes, exit 2, nothing exported."""
+    (tmp_path / "notes.txt").write_text("not a model")
+    (tmp_path / "folder").mkdir()
+    result = CliRunner().invoke(main, ["generate", "a cat", "--model", str(tmp_path / name)])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: --model {tmp_path / name} "), result.output
+    assert "a diffusers folder, a .safetensors/.ckpt checkpoint or a hub id" in lines[0]
+    if name in ("none", "model.ckpt"):
+        assert "does not exist" in lines[0] and "`sdrt export MODEL --out DIR`" in lines[0]
+
+
+def test_generate_from_a_diffusers_folder_exports_it_once(tiny_models, exported_tiny, tmp_path, monkeypatch):
+    """--model with a diffusers folder: exported once into $SDRT_CACHE, then the same image as
+    generating from its export; a second run reuses the cached export."""
+    import numpy as np
+    from PIL import Image
+
+    monkeypatch.setenv("SDRT_CACHE", str(tmp_path / "cache"))
+    arguments = ["generate", "a cat", "--steps", "2", "--seed", "3", "--quiet"]
+    direct = CliRunner().invoke(
+        main, [*arguments, "--model", str(exported_tiny("standard")), "--out", str(tmp_path / "a.png")]
+    )
+    assert direct.exit_code == 0, direct.output
+    source = str(tiny_models["standard"])
+    first = CliRunner().invoke(main, [*arguments, "--model", source, "--out", str(tmp_path / "b.png")])
+    assert first.exit_code == 0, first.output
+    assert f"exporting --model {tiny_models['standard']} once into" in first.output
+    assert len(list((tmp_path / "cache" / "models").iterdir())) == 1
+    with Image.open(tmp_path / "a.png") as a, Image.open(tmp_path / "b.png") as b:
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    again = CliRunner().invoke(main, [*arguments, "--model", source, "--out", str(tmp_path / "c.png")])
+    assert again.exit_code == 0 and "exporting" not in again.output, again.output
 
 
 def test_info_on_a_file_without_parameters(tmp_path):
