@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from sdrt.cli import main
+from sdrt.errors import SdrtError
 
 NO_HEAVY_IMPORTS = Path(__file__).parent.parent / "no_heavy_imports.py"
 
@@ -227,43 +228,47 @@ def test_cli_import_loads_no_export_code():
     assert result.returncode == 0, result.stderr
 
 
-def test_sigterm_stops_a_generation_at_a_step_boundary(exported_tiny, tmp_path):
-    """SIGTERM (as Ctrl-C) during `sdrt generate`: one line, exit 130, no image written."""
+def _generate_process(model: Path, out: Path, *extra: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "sdrt.cli", "generate", "a cat", "--model", str(model)]
+    command += ["--steps", "1000", "--sampler", "euler", "--seed", "1", "--out", str(out), *extra]
+    return subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+def test_a_signal_stops_a_generation_at_a_step_boundary(exported_tiny, tmp_path, signum):
+    """SIGTERM or Ctrl-C during `sdrt generate`'s loop: one line, exit 130, no image written."""
     import signal
-    import subprocess
-    import sys
     import time
 
     out = tmp_path / "never.png"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "sdrt.cli",
-            "generate",
-            "a cat",
-            "--model",
-            str(exported_tiny("standard")),
-            "--steps",
-            "1000",
-            "--sampler",
-            "euler",
-            "--seed",
-            "1",
-            "--out",
-            str(out),
-        ],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = _generate_process(exported_tiny("standard"), out)
     deadline = time.monotonic() + 60
     line = ""
     while "1/1000" not in line and time.monotonic() < deadline and process.poll() is None:
-        line += process.stderr.read(1)  # until the progress bar shows the loop running
-    process.send_signal(signal.SIGTERM)
+        line += process.stderr.read(1)  # until the progress lines show the loop running
+    process.send_signal(getattr(signal, signum))
     _, errors = process.communicate(timeout=60)
     assert process.returncode == 130, line + errors
-    assert "stopped by a signal" in errors and "Traceback" not in errors and not out.exists()
+    assert errors.strip().splitlines()[-1] == "error: stopped by a signal at a step boundary; no image was written"
+    assert "Traceback" not in errors and not out.exists()
+
+
+@pytest.mark.parametrize("delay", [0.5, 1.0])
+def test_an_early_ctrl_c_is_one_line_and_exit_130(exported_tiny, tmp_path, delay):
+    """Ctrl-C while sdrt imports onnxruntime or loads the model (Python's own start, about 0.2 s,
+    comes before sdrt's first line runs): one line, exit 130, no image, no traceback, no
+    click "Aborted!"."""
+    import signal
+    import time
+
+    out = tmp_path / "never.png"
+    process = _generate_process(exported_tiny("standard"), out, "--quiet")
+    time.sleep(delay)
+    process.send_signal(signal.SIGINT)
+    _, errors = process.communicate(timeout=60)
+    assert process.returncode == 130, errors
+    assert len(errors.strip().splitlines()) == 1 and errors.startswith("error: stopped by a signal"), errors
+    assert not out.exists()
 
 
 def test_info_on_an_export_says_its_sizes(engine):
@@ -371,3 +376,19 @@ def test_generate_with_a1111_styles(engine, tmp_path):
         ],
     )
     assert unknown.exit_code == 2 and "unknown style 'Noir'" in unknown.output
+
+
+@pytest.mark.parametrize("raised", ["library", "sdrt"])
+def test_an_error_a_signal_caused_is_reported_as_the_signal(engine, tmp_path, monkeypatch, raised):
+    """onnxruntime interrupted while it creates a session says "initialization failed"; an
+    exporter wraps the interruption in its own error: after a signal, either is the stop line."""
+    from sdrt.cli import signals
+    from sdrt.runtime.pipeline import Pipeline
+
+    def interrupted_load(*args, **kwargs):
+        signals.received.set()
+        raise RuntimeError("initialization failed") if raised == "library" else SdrtError("cannot load X")
+
+    monkeypatch.setattr(Pipeline, "load", interrupted_load)
+    result = CliRunner().invoke(main, ["generate", "a cat", "--model", str(engine), "--out", str(tmp_path / "x.png")])
+    assert result.exit_code == 130 and result.output == "error: stopped by a signal; no image was written\n"
