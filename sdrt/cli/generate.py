@@ -14,6 +14,7 @@ from sdrt.cli import main
 from sdrt.cli.controlnet_options import control_units, controlnet_options
 from sdrt.cli.default_model import resolve_model
 from sdrt.cli.image_options import hires_fix, image_options, mask_options, styled
+from sdrt.cli.progress import StepProgress
 from sdrt.cli.prompt_options import embedding_options, embedding_sources, lora_options, prompt_options
 from sdrt.cli.sdxl_options import resolve_refiner_switch, sdxl_options, size_conditioning
 from sdrt.cli.signals import stop_on_signals
@@ -168,28 +169,6 @@ def output_paths(out: str | None, seed: int, count: int) -> list[Path]:
     for path in paths:
         check_output(path)
     return paths
-
-
-class _Progress:
-    """One status line on stderr: step, total and steps per second (timed from the end of the
-    first step, so load and warm-up do not count)."""
-
-    BAR_WIDTH = 30
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-        self.first_step_done: float | None = None
-
-    def __call__(self, step: int, total: int) -> None:
-        if not self.enabled:
-            return
-        now = time.perf_counter()
-        if self.first_step_done is None:
-            self.first_step_done = now
-        elapsed = now - self.first_step_done
-        rate = (step - 1) / elapsed if elapsed > 0 else 0.0
-        done = "#" * (step * self.BAR_WIDTH // total)
-        click.echo(f"\r[{done:<{self.BAR_WIDTH}}] {step}/{total} steps, {rate:.2f} it/s", err=True, nl=step == total)
 
 
 @main.command()
@@ -367,7 +346,7 @@ def generate(
             click.echo(f"warning: embedding {name} skipped: {reason}", err=True)
     load_seconds = time.perf_counter() - started
     first_step: list[float] = []
-    bar = _Progress(enabled=not quiet and not as_json)
+    bar = StepProgress(enabled=not quiet and not as_json)
 
     def progress(step: int, total: int) -> None:
         if not first_step:
