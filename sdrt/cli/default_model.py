@@ -1,7 +1,7 @@
-"""Which model a command uses when `--model` is not given: `$SDRT_MODEL`, else SD 1.5 from the
-Hugging Face hub, exported once into the cache (~/.cache/sdrt/models, or $SDRT_CACHE/models) and
-reused. `$SDRT_MODEL` may name an export folder, or anything `sdrt export` reads (a hub id, a
-diffusers folder, a checkpoint), which is then exported once into the cache the same way."""
+"""Which model a command uses: `--model`, else `$SDRT_MODEL`, else SD 1.5 from the Hugging Face
+hub. Each may name an export folder (sdrt's, or a diffusers ONNX folder), or anything `sdrt
+export` reads (a diffusers folder, a .safetensors/.ckpt checkpoint, a hub id), which is exported
+once into the cache (~/.cache/sdrt/models, or $SDRT_CACHE/models) and reused."""
 
 from __future__ import annotations
 
@@ -10,13 +10,19 @@ from pathlib import Path
 
 import click
 
-from sdrt.errors import SdrtError
+from sdrt.errors import ModelFolderError, SdrtError
 from sdrt.runtime.manifest import MANIFEST_NAME
 
 MODEL_ENV = "SDRT_MODEL"
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 #: What an SD 1.5 export needs (measured: docs/benchmarks, README).
 SD15_EXPORT_NEEDS = "about 12.7 GiB of memory and 12 GB of disk"
+#: What `sdrt export` reads besides folders (sdrt.export.sources.CHECKPOINT_SUFFIXES, kept here so
+#: that this check imports no export code).
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
+#: The ONNX graph a diffusers ONNX folder (no manifest.json) holds for its UNet.
+ONNX_UNET = Path("unet") / "model.onnx"
+WHAT_MODEL_TAKES = "an export folder, a diffusers folder, a .safetensors/.ckpt checkpoint or a hub id"
 
 
 def cached_export(source: str) -> Path:
@@ -25,13 +31,56 @@ def cached_export(source: str) -> Path:
     return cache_root() / "models" / source.strip("/").replace("/", "--").replace("\\", "--")
 
 
-def resolve_model(model_dir: str | None) -> str:
-    """An export folder for the command: `model_dir`, `$SDRT_MODEL`, or the default."""
+def is_export(folder: Path) -> bool:
+    """A folder the runtime loads as it is: an sdrt export, or a diffusers ONNX folder."""
+    return (folder / MANIFEST_NAME).is_file() or (
+        (folder / "model_index.json").is_file() and (folder / ONNX_UNET).is_file()
+    )
+
+
+def _is_hub_id(source: str) -> bool:
+    return source.count("/") == 1 and not source.startswith((".", "/", "~")) and not Path(source).suffix
+
+
+def _check_source(source: str, named: str) -> str:
+    """`source` as `sdrt export` should read it (a local path made absolute, so that the cache
+    entry does not depend on the working folder), or a one-line error naming the fix."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise ModelFolderError(
+                f"{named} {source} is not a model folder (no {MANIFEST_NAME} or model_index.json); "
+                f"pass {WHAT_MODEL_TAKES}"
+            )
+        return str(path.resolve())
+    if path.is_file():
+        if path.suffix.lower() not in CHECKPOINT_SUFFIXES:
+            raise ModelFolderError(f"{named} {source} is not a model: pass {WHAT_MODEL_TAKES}")
+        return str(path.resolve())
+    if not _is_hub_id(source):
+        raise ModelFolderError(
+            f"{named} {source} does not exist: pass {WHAT_MODEL_TAKES}, "
+            "or make an export with `sdrt export MODEL --out DIR`"
+        )
+    return source
+
+
+def _say(line: str) -> None:
+    click.echo(line, err=True)
+
+
+def resolve_model(model_dir: str | None, quiet: bool = False) -> str:
+    """An export folder for the command, from `model_dir`, `$SDRT_MODEL` or the default, exported
+    into the cache first when it is not one (one line says so; `quiet` hides the export's own)."""
     if model_dir is not None:
-        return model_dir
-    source = os.environ.get(MODEL_ENV) or DEFAULT_MODEL
-    if (Path(source) / MANIFEST_NAME).is_file():
+        source, named = model_dir, "--model"
+    elif os.environ.get(MODEL_ENV):
+        source, named = os.environ[MODEL_ENV], f"${MODEL_ENV}"
+    else:
+        source, named = DEFAULT_MODEL, "the default model"
+    if is_export(Path(source).expanduser()):
         return source
+    source = _check_source(source, named)
     folder = cached_export(source)
     if (folder / MANIFEST_NAME).is_file():
         return str(folder)
@@ -39,15 +88,15 @@ def resolve_model(model_dir: str | None) -> str:
         from sdrt.export.exporter import export_model
     except ImportError:
         raise SdrtError(
-            f"no --model given and {source} is not exported yet; exporting it needs the export extra "
-            f"(pip install 'sdrt[export]'), or pass --model DIR"
+            f"{named} {source} is not exported yet; exporting it needs the export extra "
+            f"(pip install 'sdrt[export]'), or pass --model DIR with an export"
         ) from None
-    where = "" if source != DEFAULT_MODEL else f" (the default; set ${MODEL_ENV} or pass --model to use another)"
-    click.echo(
-        f"no --model given: exporting {source}{where} once into {folder}; this needs {SD15_EXPORT_NEEDS}", err=True
-    )
+    needs = ""
+    if source == DEFAULT_MODEL:
+        needs = f" (set ${MODEL_ENV} or pass --model to use another); this needs {SD15_EXPORT_NEEDS}"
+    _say(f"exporting {named} {source} once into {folder}{needs}")
     try:
-        export_model(source, folder, overwrite=folder.exists(), progress=lambda line: click.echo(line, err=True))
+        export_model(source, folder, overwrite=folder.exists(), progress=(lambda line: None) if quiet else _say)
     except SdrtError as error:
         raise SdrtError(
             f"{error}. Point sdrt at a model: --model DIR (an export), ${MODEL_ENV}=DIR or hub id, or "

@@ -14,6 +14,7 @@ from sdrt.cli import main
 from sdrt.cli.controlnet_options import control_units, controlnet_options
 from sdrt.cli.default_model import resolve_model
 from sdrt.cli.image_options import hires_fix, image_options, mask_options, styled
+from sdrt.cli.progress import StepProgress
 from sdrt.cli.prompt_options import embedding_options, embedding_sources, lora_options, prompt_options
 from sdrt.cli.sdxl_options import resolve_refiner_switch, sdxl_options, size_conditioning
 from sdrt.cli.signals import stop_on_signals
@@ -170,28 +171,6 @@ def output_paths(out: str | None, seed: int, count: int) -> list[Path]:
     return paths
 
 
-class _Progress:
-    """One status line on stderr: step, total and steps per second (timed from the end of the
-    first step, so load and warm-up do not count)."""
-
-    BAR_WIDTH = 30
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-        self.first_step_done: float | None = None
-
-    def __call__(self, step: int, total: int) -> None:
-        if not self.enabled:
-            return
-        now = time.perf_counter()
-        if self.first_step_done is None:
-            self.first_step_done = now
-        elapsed = now - self.first_step_done
-        rate = (step - 1) / elapsed if elapsed > 0 else 0.0
-        done = "#" * (step * self.BAR_WIDTH // total)
-        click.echo(f"\r[{done:<{self.BAR_WIDTH}}] {step}/{total} steps, {rate:.2f} it/s", err=True, nl=step == total)
-
-
 @main.command()
 @click.argument("prompt")
 @click.option(
@@ -199,7 +178,8 @@ class _Progress:
     "model_dir",
     default=None,
     type=click.Path(),
-    help="Exported model folder [default: $SDRT_MODEL, else SD 1.5 exported once into the cache].",
+    help="An export folder, or a diffusers folder, .safetensors/.ckpt checkpoint or hub id (exported once "
+    "into the cache) [default: $SDRT_MODEL, else SD 1.5 from the hub].",
 )
 @click.option("--negative-prompt", default=None, help="What the image should not show.")
 @click.option("--steps", default=DEFAULT_STEPS, show_default=True, type=int, help="Denoising steps.")
@@ -348,7 +328,7 @@ def generate(
     if seed is None:  # drawn here, so that the output names are known (and checked) first
         seed = random.SystemRandom().randint(0, MAX_SEED)
     paths = output_paths(out, seed, num_images)
-    model_dir = resolve_model(model_dir)
+    model_dir = resolve_model(model_dir, quiet=quiet or as_json)
     pipeline = Pipeline.load(
         model_dir,
         backend=backend,
@@ -366,7 +346,7 @@ def generate(
             click.echo(f"warning: embedding {name} skipped: {reason}", err=True)
     load_seconds = time.perf_counter() - started
     first_step: list[float] = []
-    bar = _Progress(enabled=not quiet and not as_json)
+    bar = StepProgress(enabled=not quiet and not as_json)
 
     def progress(step: int, total: int) -> None:
         if not first_step:

@@ -25,7 +25,8 @@ MIB = 2**20
     "model_dir",
     default=None,
     type=click.Path(),
-    help="Exported model folder [default: $SDRT_MODEL, else SD 1.5 exported once into the cache].",
+    help="An export folder, or a diffusers folder, checkpoint or hub id (exported once into the cache) "
+    "[default: $SDRT_MODEL, else SD 1.5 from the hub].",
 )
 @click.option(
     "--refiner",

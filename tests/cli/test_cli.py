@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from sdrt.cli import main
+from sdrt.errors import SdrtError
 
 NO_HEAVY_IMPORTS = Path(__file__).parent.parent / "no_heavy_imports.py"
 
@@ -171,10 +172,42 @@ def test_generate_bad_inputs_are_one_line_errors(engine, tmp_path, arguments, me
     assert not (tmp_path / "x.png").exists()
 
 
-def test_generate_without_a_model_says_how_to_export(tmp_path):
-    result = CliRunner().invoke(main, ["generate", "a cat", "--model", str(tmp_path / "none")])
-    assert result.exit_code == 2
-    assert "export one with `sdrt export MODEL" in result.output
+@pytest.mark.parametrize("name", ["none", "model.ckpt", "notes.txt", "folder"])
+def test_generate_with_no_model_at_model_says_what_it_takes(tmp_path, name):
+    """A missing path, a missing checkpoint, a file that is no model and a folder that is none:
+    one line naming --model and what it takes, exit 2, nothing exported."""
+    (tmp_path / "notes.txt").write_text("not a model")
+    (tmp_path / "folder").mkdir()
+    result = CliRunner().invoke(main, ["generate", "a cat", "--model", str(tmp_path / name)])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: --model {tmp_path / name} "), result.output
+    assert "a diffusers folder, a .safetensors/.ckpt checkpoint or a hub id" in lines[0]
+    if name in ("none", "model.ckpt"):
+        assert "does not exist" in lines[0] and "`sdrt export MODEL --out DIR`" in lines[0]
+
+
+def test_generate_from_a_diffusers_folder_exports_it_once(tiny_models, exported_tiny, tmp_path, monkeypatch):
+    """--model with a diffusers folder: exported once into $SDRT_CACHE, then the same image as
+    generating from its export; a second run reuses the cached export."""
+    import numpy as np
+    from PIL import Image
+
+    monkeypatch.setenv("SDRT_CACHE", str(tmp_path / "cache"))
+    arguments = ["generate", "a cat", "--steps", "2", "--seed", "3", "--quiet"]
+    direct = CliRunner().invoke(
+        main, [*arguments, "--model", str(exported_tiny("standard")), "--out", str(tmp_path / "a.png")]
+    )
+    assert direct.exit_code == 0, direct.output
+    source = str(tiny_models["standard"])
+    first = CliRunner().invoke(main, [*arguments, "--model", source, "--out", str(tmp_path / "b.png")])
+    assert first.exit_code == 0, first.output
+    assert f"exporting --model {tiny_models['standard']} once into" in first.output
+    assert len(list((tmp_path / "cache" / "models").iterdir())) == 1
+    with Image.open(tmp_path / "a.png") as a, Image.open(tmp_path / "b.png") as b:
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    again = CliRunner().invoke(main, [*arguments, "--model", source, "--out", str(tmp_path / "c.png")])
+    assert again.exit_code == 0 and "exporting" not in again.output, again.output
 
 
 def test_info_on_a_file_without_parameters(tmp_path):
@@ -195,43 +228,47 @@ def test_cli_import_loads_no_export_code():
     assert result.returncode == 0, result.stderr
 
 
-def test_sigterm_stops_a_generation_at_a_step_boundary(exported_tiny, tmp_path):
-    """SIGTERM (as Ctrl-C) during `sdrt generate`: one line, exit 130, no image written."""
+def _generate_process(model: Path, out: Path, *extra: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "sdrt.cli", "generate", "a cat", "--model", str(model)]
+    command += ["--steps", "1000", "--sampler", "euler", "--seed", "1", "--out", str(out), *extra]
+    return subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+def test_a_signal_stops_a_generation_at_a_step_boundary(exported_tiny, tmp_path, signum):
+    """SIGTERM or Ctrl-C during `sdrt generate`'s loop: one line, exit 130, no image written."""
     import signal
-    import subprocess
-    import sys
     import time
 
     out = tmp_path / "never.png"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "sdrt.cli",
-            "generate",
-            "a cat",
-            "--model",
-            str(exported_tiny("standard")),
-            "--steps",
-            "1000",
-            "--sampler",
-            "euler",
-            "--seed",
-            "1",
-            "--out",
-            str(out),
-        ],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = _generate_process(exported_tiny("standard"), out)
     deadline = time.monotonic() + 60
     line = ""
     while "1/1000" not in line and time.monotonic() < deadline and process.poll() is None:
-        line += process.stderr.read(1)  # until the progress bar shows the loop running
-    process.send_signal(signal.SIGTERM)
+        line += process.stderr.read(1)  # until the progress lines show the loop running
+    process.send_signal(getattr(signal, signum))
     _, errors = process.communicate(timeout=60)
     assert process.returncode == 130, line + errors
-    assert "stopped by a signal" in errors and "Traceback" not in errors and not out.exists()
+    assert errors.strip().splitlines()[-1] == "error: stopped by a signal at a step boundary; no image was written"
+    assert "Traceback" not in errors and not out.exists()
+
+
+@pytest.mark.parametrize("delay", [0.5, 1.0])
+def test_an_early_ctrl_c_is_one_line_and_exit_130(exported_tiny, tmp_path, delay):
+    """Ctrl-C while sdrt imports onnxruntime or loads the model (Python's own start, about 0.2 s,
+    comes before sdrt's first line runs): one line, exit 130, no image, no traceback, no
+    click "Aborted!"."""
+    import signal
+    import time
+
+    out = tmp_path / "never.png"
+    process = _generate_process(exported_tiny("standard"), out, "--quiet")
+    time.sleep(delay)
+    process.send_signal(signal.SIGINT)
+    _, errors = process.communicate(timeout=60)
+    assert process.returncode == 130, errors
+    assert len(errors.strip().splitlines()) == 1 and errors.startswith("error: stopped by a signal"), errors
+    assert not out.exists()
 
 
 def test_info_on_an_export_says_its_sizes(engine):
@@ -339,3 +376,19 @@ def test_generate_with_a1111_styles(engine, tmp_path):
         ],
     )
     assert unknown.exit_code == 2 and "unknown style 'Noir'" in unknown.output
+
+
+@pytest.mark.parametrize("raised", ["library", "sdrt"])
+def test_an_error_a_signal_caused_is_reported_as_the_signal(engine, tmp_path, monkeypatch, raised):
+    """onnxruntime interrupted while it creates a session says "initialization failed"; an
+    exporter wraps the interruption in its own error: after a signal, either is the stop line."""
+    from sdrt.cli import signals
+    from sdrt.runtime.pipeline import Pipeline
+
+    def interrupted_load(*args, **kwargs):
+        signals.received.set()
+        raise RuntimeError("initialization failed") if raised == "library" else SdrtError("cannot load X")
+
+    monkeypatch.setattr(Pipeline, "load", interrupted_load)
+    result = CliRunner().invoke(main, ["generate", "a cat", "--model", str(engine), "--out", str(tmp_path / "x.png")])
+    assert result.exit_code == 130 and result.output == "error: stopped by a signal; no image was written\n"

@@ -83,6 +83,7 @@ def test_cli_refuses_bad_ray_settings_in_one_line(tmp_path):
 
     from sdrt.cli import main
 
+    (tmp_path / "manifest.json").write_text("{}")  # an export, as far as --model's check looks
     result = CliRunner().invoke(main, ["serve", "--model", str(tmp_path), "--ray", "--replicas", "0"])
     assert result.exit_code == 2 and result.output.strip().endswith("--replicas must be at least 1")
     assert "Traceback" not in result.output
