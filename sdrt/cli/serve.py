@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from sdrt.errors import SdrtError
 from sdrt.runtime.engines import BACKEND_NAMES, DEFAULT_BACKEND
 
 MIB = 2**20
+#: The line `sdrt serve` ends with on Ctrl-C / SIGTERM, after uvicorn's graceful shutdown.
+SERVE_STOPPED = "sdrt serve: stopped by a signal"
 
 
 @main.command()
@@ -273,7 +276,13 @@ def serve(
 
     app = create_app(load(model_dir), settings, ModelCatalog(Path(model_dir), models_dir, load))
     config = uvicorn.Config(app, host=host, port=port, log_level="info", http=JsonErrorProtocol)
-    StoppingServer(config, app.state.service).run()
+    from sdrt.cli.signals import SIGNAL_EXIT_CODE, Interrupted
+
+    try:
+        StoppingServer(config, app.state.service).run()
+    except Interrupted:  # uvicorn shut down gracefully, then passed the signal on
+        click.echo(SERVE_STOPPED, err=True)
+        sys.exit(SIGNAL_EXIT_CODE)
 
 
 def parse_api_auth(text: str | None) -> tuple[tuple[str, str], ...]:

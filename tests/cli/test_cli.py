@@ -392,3 +392,41 @@ def test_an_error_a_signal_caused_is_reported_as_the_signal(engine, tmp_path, mo
     monkeypatch.setattr(Pipeline, "load", interrupted_load)
     result = CliRunner().invoke(main, ["generate", "a cat", "--model", str(engine), "--out", str(tmp_path / "x.png")])
     assert result.exit_code == 130 and result.output == "error: stopped by a signal; no image was written\n"
+
+
+def test_ctrl_c_on_serve_shuts_down_then_says_so_in_one_line(exported_tiny):
+    """Ctrl-C on `sdrt serve`: uvicorn's graceful shutdown, then sdrt's one line and exit 130
+    (not generate's "no image was written", not a traceback)."""
+    import signal
+    import socket
+    import time
+    import urllib.request
+
+    from sdrt.cli.serve import SERVE_STOPPED
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [
+        sys.executable,
+        "-m",
+        "sdrt.cli",
+        "serve",
+        "--model",
+        str(exported_tiny("standard")),
+        "--port",
+        str(port),
+    ]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, errors = process.communicate(timeout=60)
+    assert process.returncode == 130, errors
+    assert errors.strip().splitlines()[-1] == SERVE_STOPPED and "Traceback" not in errors
