@@ -231,7 +231,15 @@ def test_cli_import_loads_no_export_code():
 def _generate_process(model: Path, out: Path, *extra: str) -> subprocess.Popen:
     command = [sys.executable, "-m", "sdrt.cli", "generate", "a cat", "--model", str(model)]
     command += ["--steps", "1000", "--sampler", "euler", "--seed", "1", "--out", str(out), *extra]
-    return subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(command, stderr=subprocess.PIPE, text=True, preexec_fn=_interactive_signals)
+
+
+def _interactive_signals() -> None:
+    """Ctrl-C as a terminal's foreground process has it: a suite run in the background (`cmd &`)
+    hands its children SIGINT ignored, which sdrt rightly leaves ignored."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
@@ -434,7 +442,7 @@ def test_ctrl_c_on_serve_shuts_down_then_says_so_in_one_line(exported_tiny):
         "--port",
         str(port),
     ]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, preexec_fn=_interactive_signals)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and process.poll() is None:
         try:

@@ -79,6 +79,7 @@ def test_cli_passes_the_limits_and_refuses_bad_ones_in_one_line(monkeypatch, tmp
 
     monkeypatch.setattr(sdrt.serve.app, "create_app", capture)
     monkeypatch.setattr(RealPipeline, "load", staticmethod(lambda folder, **options: object()))
+    (tmp_path / "manifest.json").write_text("{}")  # an export, as far as --model's check looks
     for flags, expected in [
         ([], (4, 150, 20 * 2**20, True)),
         (["--max-images", "9", "--max-steps", "40", "--max-body-mb", "3", "--no-docs"], (9, 40, 3 * 2**20, False)),
