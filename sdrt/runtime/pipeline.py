@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from sdrt.errors import ConfigError, ModelFolderError
 from sdrt.runtime import vae
+from sdrt.runtime.compose import GenerationResult, run_resolved
 from sdrt.runtime.engines import (
     DEFAULT_BACKEND,
     DEFAULT_LORA_CACHE_MB,
@@ -32,7 +31,6 @@ from sdrt.runtime.engines import (
 from sdrt.runtime.features import refiner as refiners
 from sdrt.runtime.features.controlnet.library import ControlNetLibrary
 from sdrt.runtime.features.controlnet.manifest import COMPONENT as CONTROLNET
-from sdrt.runtime.features.deepcache import StepCachedDenoiser
 from sdrt.runtime.features.hires import hires_run
 from sdrt.runtime.features.inpaint_area import masked_run
 from sdrt.runtime.features.lora.adapters import LoraAdapters
@@ -40,30 +38,15 @@ from sdrt.runtime.features.lora.library import LoraLibrary
 from sdrt.runtime.features.preview import Preview
 from sdrt.runtime.files.integrity import verify_components
 from sdrt.runtime.files.json_files import read_json
-from sdrt.runtime.loop import modes
-from sdrt.runtime.loop.conditioning import clip_skip_warning, encode_conditioning
-from sdrt.runtime.loop.context import GenerationCancelled, RunWatch, StepContext
-from sdrt.runtime.loop.denoise import denoise
-from sdrt.runtime.loop.denoiser import EngineDenoiser
-from sdrt.runtime.loop.guiders import guider_for
-from sdrt.runtime.loop.hooks import ProgressHook
-from sdrt.runtime.loop.stage import Stage
+from sdrt.runtime.loop.context import GenerationCancelled, RunWatch
 from sdrt.runtime.loop.timings import (
-    CONTROLNET_STEPS,
-    DENOISE,
-    PREVIEWS,
-    SCHEDULER_AND_GUIDANCE,
-    TEXT_ENCODER,
     TOTAL,
-    UNET_STEPS,
-    VAE_DECODER,
-    Timings,
 )
-from sdrt.runtime.manifest import MANIFEST_NAME, UNET_SHALLOW, Manifest
+from sdrt.runtime.manifest import MANIFEST_NAME, Manifest
 from sdrt.runtime.model_folder import infer_manifest
 from sdrt.runtime.parameters import generation_parameters
-from sdrt.runtime.request import GenerationError, GenerationRequest, ResolvedRequest
-from sdrt.runtime.rng import GeneratorGroup, TorchGenerator
+from sdrt.runtime.request import GenerationError, GenerationRequest
+from sdrt.runtime.rng import TorchGenerator
 from sdrt.runtime.schedulers import Scheduler, sampler_from_config
 from sdrt.runtime.text.embeddings import EmbeddingSource
 from sdrt.runtime.text.encoders import TextEncoders
@@ -71,20 +54,7 @@ from sdrt.runtime.text.encoders import TextEncoders
 # Required besides the text encoders and the family's denoiser; vae_encoder loads on the first
 # image-to-image request.
 COMPONENTS = ("vae_decoder",)
-PIXEL_LEVELS = 255
 __all__ = ["GenerationCancelled", "GenerationResult", "Pipeline"]
-
-
-@dataclass
-class GenerationResult:
-    images: list[Image.Image]
-    array: np.ndarray  # float32 [batch, height, width, 3] in [0, 1], before 8-bit rounding
-    parameters: dict
-    timings: Mapping[
-        str, float | list[float]
-    ]  # Timings: seconds per stage (sdrt.runtime.loop.timings); "unet_steps" lists every UNet call
-    warnings: list[str] = field(default_factory=list)
-    latents: np.ndarray | None = None  # the final latents, before the VAE decode
 
 
 class Pipeline:
@@ -227,7 +197,7 @@ class Pipeline:
         refiners.check_pair(self, refiner)
         self.refiner = refiner
 
-    def _optional_engine(self, name: str) -> Engine | None:
+    def optional_engine(self, name: str) -> Engine | None:
         """An engine only some requests need (the VAE encoder), loaded on first use: text-to-
         image never pays its memory or load time."""
         with self._engine_lock:
@@ -244,7 +214,7 @@ class Pipeline:
         self, image: np.ndarray, generator: TorchGenerator, encoder: str = vae.DEFAULT_DECODER
     ) -> np.ndarray:
         """sdrt.runtime.vae.encode with the VAE's (or the tiny VAE's) encoder, loaded on first use."""
-        engine = self._optional_engine(vae.ENCODERS[encoder])
+        engine = self.optional_engine(vae.ENCODERS[encoder])
         if engine is None:
             raise GenerationError(
                 f"this export has no {vae.ENCODERS[encoder]}; re-export the model for image-to-image", "init_image"
@@ -254,7 +224,7 @@ class Pipeline:
     def decode_latents(self, latents: np.ndarray, decoder: str = vae.DEFAULT_DECODER) -> np.ndarray:
         """Images as float32 [batch, height, width, 3] in [0, 1] (sdrt.runtime.vae.decode); the
         tiny decoder loads on first use."""
-        engine = self._optional_engine(vae.DECODERS[decoder])
+        engine = self.optional_engine(vae.DECODERS[decoder])
         if engine is None:
             raise GenerationError("this export has no tiny VAE: re-export it with --tiny-vae SOURCE", "vae")
         return vae.decode(engine, self.manifest, latents, decoder)
@@ -297,81 +267,11 @@ class Pipeline:
         warnings: list[str] = []
         resolved = request.resolve(self.manifest)
         with self.loras.use(resolved.loras, warnings) as (engines, loras):
-            result = self._run(resolved, engines, progress, cancel, warnings, preview, latents_only)
+            result = run_resolved(self, resolved, engines, RunWatch(progress, cancel, preview), warnings, latents_only)
         refiner = self.refiner.folder.name if request.refiner_switch is not None else None
         result.parameters = generation_parameters(resolved, self.folder.name, result.parameters, refiner, loras)
         result.timings.set(TOTAL, time.perf_counter() - started)
         return result
-
-    def _run(
-        self,
-        resolved: ResolvedRequest,
-        engines: dict[str, Engine],
-        progress,
-        cancel,
-        warnings: list[str],
-        preview: Preview | None = None,
-        latents_only: bool = False,
-    ) -> GenerationResult:
-        """One request on `engines` (the pipeline's, or LoRA-merged ones): its stages composed
-        (the mode's start, the denoiser with DeepCache, ControlNet and preview hooks, the
-        refiner's stage) and run by the one loop; `parameters` are the embeddings it used."""
-        request = resolved.request
-        timings = Timings()
-        if resolved.per_prompt_seeds:
-            generator = GeneratorGroup([TorchGenerator(value) for value in resolved.seeds], request.num_images)
-        else:
-            generator = TorchGenerator(resolved.seeds[0])
-        names = self.family.denoiser
-        engine = engines[names.component]
-        with timings.stage(TEXT_ENCODER):
-            clip_skip_warning(self.text_encoders, resolved, warnings)
-            guider = guider_for(engine, request, resolved.guided, warnings)
-            conditioning = encode_conditioning(self.text_encoders, engines, resolved, guider, warnings, timings)
-        sampler = self.new_sampler(request)
-        denoiser = EngineDenoiser(engine, names)
-        if request.deepcache is not None:
-            denoiser = StepCachedDenoiser(
-                engine, self._optional_engine(UNET_SHALLOW), names, request.deepcache.interval
-            )
-        start = modes.prepare(
-            self.manifest,
-            resolved,
-            sampler,
-            generator,
-            timings,
-            lambda image, draw: self.encode_image(image, draw, request.vae),
-        )
-        base = Stage(denoiser, sampler, conditioning, guider, start, self.decode_latents)
-        control = self.controlnets.prepare(resolved, start.first, base.steps, guider.unconditional, engine, warnings)
-        if control is not None:
-            base.hooks.append(control)
-        stages = [base]
-        if request.refiner_switch is not None:
-            stages.append(refiners.refiner_stage(self.refiner, resolved, base, timings))
-        run_hooks = [] if progress is None else [ProgressHook(progress)]
-        if preview is not None:
-            run_hooks.append(preview.hook(self))
-        with timings.stage(DENOISE):
-            latents = denoise(stages, StepContext(generator, timings, cancel), run_hooks)
-        # Everything in the loop but the denoiser and the ControlNets: sampler, guidance, copies and casts.
-        timings.set(
-            SCHEDULER_AND_GUIDANCE,
-            timings.total(DENOISE)
-            - timings.total(UNET_STEPS)
-            - timings.total(CONTROLNET_STEPS)
-            - timings.total(PREVIEWS),
-        )
-        with timings.stage(VAE_DECODER):
-            if latents_only:
-                array = np.zeros((0, resolved.height, resolved.width, 3), dtype=np.float32)
-            else:
-                array = stages[-1].decode(latents, request.vae)  # the refiner decodes with its own VAE
-        images = [Image.fromarray((image * PIXEL_LEVELS).round().astype(np.uint8)) for image in array]
-        hashes = {e.name: e.short_hash for e in self.text_encoders.embeddings.loaded}
-        return GenerationResult(
-            images, array, {n: hashes[n] for n in conditioning.embeddings}, timings, warnings, latents
-        )
 
     def new_sampler(self, request: GenerationRequest) -> Scheduler:
         sampler = sampler_from_config(request.sampler, self.scheduler_config, request.schedule)

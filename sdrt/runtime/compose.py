@@ -1,0 +1,118 @@
+"""One resolved request on a loaded model: its stages composed from the features it uses (the
+mode's start, the family's denoiser or DeepCache's, ControlNet's hook, the refiner's stage,
+progress and previews), run by the one loop (sdrt.runtime.loop.denoise), and decoded. Pipeline.run
+calls it inside the request's LoRA engines and the outer wrappers (hires fix, masked area)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image
+
+from sdrt.runtime.engines import Engine
+from sdrt.runtime.features import refiner as refiners
+from sdrt.runtime.features.deepcache import StepCachedDenoiser
+from sdrt.runtime.loop import modes
+from sdrt.runtime.loop.conditioning import clip_skip_warning, encode_conditioning
+from sdrt.runtime.loop.context import RunWatch, StepContext
+from sdrt.runtime.loop.denoise import denoise
+from sdrt.runtime.loop.denoiser import EngineDenoiser
+from sdrt.runtime.loop.guiders import guider_for
+from sdrt.runtime.loop.hooks import ProgressHook, StepHook
+from sdrt.runtime.loop.stage import Stage
+from sdrt.runtime.loop.timings import (
+    CONTROLNET_STEPS,
+    DENOISE,
+    PREVIEWS,
+    SCHEDULER_AND_GUIDANCE,
+    TEXT_ENCODER,
+    UNET_STEPS,
+    VAE_DECODER,
+    Timings,
+)
+from sdrt.runtime.manifest import UNET_SHALLOW
+from sdrt.runtime.request import ResolvedRequest
+from sdrt.runtime.rng import GeneratorGroup, TorchGenerator
+
+if TYPE_CHECKING:
+    from sdrt.runtime.pipeline import Pipeline
+
+PIXEL_LEVELS = 255
+
+
+@dataclass
+class GenerationResult:
+    """What a request made: its images (8-bit and float), parameters, timings, warnings, latents."""
+
+    images: list[Image.Image]
+    array: np.ndarray  # float32 [batch, height, width, 3] in [0, 1], before 8-bit rounding
+    parameters: dict
+    #: Seconds per stage (sdrt.runtime.loop.timings.Timings); "unet_steps" lists every denoiser call.
+    timings: Mapping[str, float | list[float]]
+    warnings: list[str] = field(default_factory=list)
+    latents: np.ndarray | None = None  # the final latents, before the VAE decode
+
+
+def run_resolved(
+    pipeline: Pipeline,
+    resolved: ResolvedRequest,
+    engines: dict[str, Engine],
+    watch: RunWatch,
+    warnings: list[str],
+    latents_only: bool = False,
+) -> GenerationResult:
+    """One request on `engines` (the pipeline's, or LoRA-merged ones): its stages composed
+    (the mode's start, the denoiser with DeepCache, ControlNet and preview hooks, the
+    refiner's stage) and run by the one loop; `parameters` are the embeddings it used."""
+    request = resolved.request
+    timings = Timings()
+    if resolved.per_prompt_seeds:
+        generator = GeneratorGroup([TorchGenerator(value) for value in resolved.seeds], request.num_images)
+    else:
+        generator = TorchGenerator(resolved.seeds[0])
+    names = pipeline.family.denoiser
+    engine = engines[names.component]
+    with timings.stage(TEXT_ENCODER):
+        clip_skip_warning(pipeline.text_encoders, resolved, warnings)
+        guider = guider_for(engine, request, resolved.guided, warnings)
+        conditioning = encode_conditioning(pipeline.text_encoders, engines, resolved, guider, warnings, timings)
+    sampler = pipeline.new_sampler(request)
+    denoiser = EngineDenoiser(engine, names)
+    if request.deepcache is not None:
+        denoiser = StepCachedDenoiser(engine, pipeline.optional_engine(UNET_SHALLOW), names, request.deepcache.interval)
+    start = modes.prepare(
+        pipeline.manifest,
+        resolved,
+        sampler,
+        generator,
+        timings,
+        lambda image, draw: pipeline.encode_image(image, draw, request.vae),
+    )
+    base = Stage(denoiser, sampler, conditioning, guider, start, pipeline.decode_latents)
+    control = pipeline.controlnets.prepare(resolved, start.first, base.steps, guider.unconditional, engine, warnings)
+    if control is not None:
+        base.hooks.append(control)
+    stages = [base]
+    if request.refiner_switch is not None:
+        stages.append(refiners.refiner_stage(pipeline.refiner, resolved, base, timings))
+    run_hooks: list[StepHook] = [] if watch.progress is None else [ProgressHook(watch.progress)]
+    if watch.preview is not None:
+        run_hooks.append(watch.preview.hook(pipeline))
+    with timings.stage(DENOISE):
+        latents = denoise(stages, StepContext(generator, timings, watch.cancel), run_hooks)
+    # Everything in the loop but the denoiser and the ControlNets: sampler, guidance, copies and casts.
+    timings.set(
+        SCHEDULER_AND_GUIDANCE,
+        timings.total(DENOISE) - timings.total(UNET_STEPS) - timings.total(CONTROLNET_STEPS) - timings.total(PREVIEWS),
+    )
+    with timings.stage(VAE_DECODER):
+        if latents_only:
+            array = np.zeros((0, resolved.height, resolved.width, 3), dtype=np.float32)
+        else:
+            array = stages[-1].decode(latents, request.vae)  # the refiner decodes with its own VAE
+    images = [Image.fromarray((image * PIXEL_LEVELS).round().astype(np.uint8)) for image in array]
+    hashes = {e.name: e.short_hash for e in pipeline.text_encoders.embeddings.loaded}
+    return GenerationResult(images, array, {n: hashes[n] for n in conditioning.embeddings}, timings, warnings, latents)
