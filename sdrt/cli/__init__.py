@@ -1,5 +1,5 @@
 """The `sdrt` command. Importing it loads no export code, so runtime commands start fast.
-One module per command group: generate (generate, tokenize), models (export, build, verify,
+One module per command group: generate, tokenize, models (export, build, verify,
 info), bench and serve."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from sdrt.errors import SdrtError
 
 #: The modules that register the commands, imported when a command is looked up: an early
 #: Ctrl-C then meets sdrt's handler rather than Python's traceback.
-COMMAND_MODULES = ("bench", "generate", "models", "serve")
+COMMAND_MODULES = ("bench", "generate", "models", "serve", "tokenize")
 STOPPED = "stopped by a signal; no image was written"
 
 

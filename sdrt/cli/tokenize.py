@@ -1,0 +1,107 @@
+"""`sdrt tokenize`: each prompt's chunks of text encoder ids, with their weights."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from sdrt.cli import main
+from sdrt.cli.prompt_options import embedding_options, embedding_sources, prompt_options
+from sdrt.errors import SdrtError
+
+
+@main.command()
+@click.argument("prompts", nargs=-1, required=True)
+@click.option(
+    "--model",
+    "model_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Model folder (with a tokenizer/ inside) or a tokenizer folder.",
+)
+@click.option(
+    "--steps",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Show the text of each step's part of a [from:to:when] or [a|b] schedule of this many steps.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the chunks' ids, tokens and weights as JSON.")
+@prompt_options
+@embedding_options
+def tokenize(
+    prompts: tuple[str, ...],
+    model_dir: str,
+    steps: int | None,
+    as_json: bool,
+    emphasis: str,
+    clip_skip: int,
+    plain_prompt: bool,
+    embedding_dirs,
+    embedding_files,
+) -> None:
+    """Print each PROMPT's chunks of text encoder ids, with the weights emphasis gives them
+    (and, with a model folder's embeddings, the ids their trigger words become)."""
+    from sdrt.runtime.manifest import MANIFEST_NAME, Manifest
+    from sdrt.runtime.text.embeddings import EmbeddingSource
+    from sdrt.runtime.text.encoders import TextEncoders
+    from sdrt.runtime.text.prompts.chunks import text_chunks
+    from sdrt.runtime.text.prompts.emphasis import emphasis_mode
+    from sdrt.runtime.text.prompts.options import TextOptions
+    from sdrt.runtime.text.prompts.schedule import prompt_schedule
+    from sdrt.runtime.text.tokenizer import ClipTokenizer
+
+    folder = Path(model_dir)
+    mode = emphasis_mode("None" if plain_prompt else emphasis)
+    sources = [EmbeddingSource.parse(s) for s in embedding_sources(embedding_dirs, embedding_files)]
+    names: dict[int, str] = {}
+    if (folder / MANIFEST_NAME).is_file():  # a malformed model folder is one line here too
+        encoders = TextEncoders.load(folder, Manifest.load(folder), sources)  # SDXL: the first encoder's
+        tokenizer = encoders.tokenizers[0]
+        if encoders.tables[0] is not None:  # an embedding's ids show as NAME#N
+            for triggers in encoders.tables[0].by_first.values():
+                names.update({i: f"<{t.name}#{n}>" for t in triggers for n, i in enumerate(t.ids)})
+        chunker = lambda text: encoders.chunks(text, TextOptions(mode, clip_skip))  # noqa: E731
+    elif sources:
+        raise SdrtError("--embeddings needs an exported model folder (its manifest says the vectors' widths)")
+    else:
+        tokenizer = ClipTokenizer.from_folder(folder)
+        chunker = lambda text: text_chunks(text, mode, tokenizer)  # noqa: E731
+    rows = []
+    for prompt in prompts:
+        schedule = prompt_schedule(prompt, steps) if steps and not plain_prompt else [(steps, prompt)]
+        for last_step, text in schedule:
+            chunks = chunker(text)
+            rows.append(
+                {
+                    "prompt": prompt,
+                    "text": text,
+                    "last_step": last_step,
+                    "token_count": chunks.token_count,
+                    "embeddings": list(chunks.embeddings),
+                    "chunks": [
+                        {
+                            "input_ids": ids.tolist(),
+                            "tokens": [names.get(int(i)) or tokenizer.decode([i]) for i in ids],
+                            "weights": [round(float(w), 6) for w in weights],
+                        }
+                        for ids, weights in zip(chunks.ids, chunks.weights)
+                    ],
+                }
+            )
+    if as_json:
+        click.echo(json.dumps(rows, ensure_ascii=False))
+        return
+    for row in rows:
+        if row["last_step"] is not None:
+            click.echo(f"to step {row['last_step']}: {row['text']}")
+        for number, chunk in enumerate(row["chunks"], start=1):
+            shown = chunk["input_ids"].index(tokenizer.eos_id) + 1  # through the end token: the rest is padding
+            click.echo(f"chunk {number}/{len(row['chunks'])} ({row['token_count']} tokens in all):")
+            click.echo(" ".join(str(i) for i in chunk["input_ids"][:shown]))
+            words = [
+                token if weight == 1 else f"({token}:{weight:g})"
+                for token, weight in zip(chunk["tokens"][:shown], chunk["weights"][:shown])
+            ]
+            click.echo(" ".join(words))
