@@ -3,7 +3,7 @@
 A family says which text encoders its export holds and how their outputs become the
 denoiser's conditioning feeds, which component denoises and the tensor names of one call, its
 latent format (channels, VAE scaling and shift, the image-to-latent factor), its default
-sampler and schedule, the features it supports (sdrt.runtime.features.combinations) and the
+sampler (checked against the export at load), the features it supports (sdrt.runtime.features.combinations) and the
 request settings only it takes. Each family is a module of this package, registered once in
 `sdrt.runtime.families` (the single source of family names).
 """
@@ -27,7 +27,7 @@ from sdrt.runtime.manifest import (
     UNET_CONTEXT,
     Manifest,
 )
-from sdrt.runtime.schedulers import DEFAULT_SAMPLER, DEFAULT_SCHEDULE
+from sdrt.runtime.schedulers import DEFAULT_SAMPLER
 from sdrt.runtime.schedulers.spaces import DIFFUSION
 
 if TYPE_CHECKING:
@@ -86,8 +86,8 @@ class Family:
     features: ClassVar[frozenset[str]] = frozenset()
     #: The sampler space of the denoiser (sdrt.runtime.schedulers.spaces): which samplers it takes.
     sampler_space: ClassVar[str] = DIFFUSION
+    #: The sampler the export's scheduler config is checked with at load.
     default_sampler: ClassVar[str] = DEFAULT_SAMPLER
-    default_schedule: ClassVar[str] = DEFAULT_SCHEDULE
     #: The families whose latents this one can finish as a refiner (sdrt.runtime.features.refiner).
     refines: ClassVar[frozenset[str]] = frozenset()
     #: Whether `sdrt export` writes this family (manifest.schema.json lists those).
