@@ -1,22 +1,22 @@
-"""Which model a command uses: `--model`, else `$SDRT_MODEL`, else SD 1.5 from the Hugging Face
-hub. Each may name an export folder (sdrt's, or a diffusers ONNX folder), or anything `sdrt
+"""Which model a command uses: `--model`, else `$SDRT_MODEL`, else the default model (a ready ONNX
+export on the Hugging Face hub, fetched once without torch: hub_model.py). `--model` and
+`$SDRT_MODEL` may name an export folder (sdrt's, or a diffusers ONNX folder), or anything `sdrt
 export` reads (a diffusers folder, a .safetensors/.ckpt checkpoint, a hub id), which is exported
 once into the cache (~/.cache/sdrt/models, or $SDRT_CACHE/models) and reused."""
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import click
 
+from sdrt.cli.hub_model import fetch_default
 from sdrt.errors import ModelFolderError, SdrtError
 from sdrt.runtime.manifest import MANIFEST_NAME
 
 MODEL_ENV = "SDRT_MODEL"
-DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-#: What an SD 1.5 export needs (measured: docs/benchmarks, README).
-SD15_EXPORT_NEEDS = "about 12.7 GiB of memory and 12 GB of disk"
 #: What `sdrt export` reads besides folders (sdrt.export.sources.CHECKPOINT_SUFFIXES, kept here so
 #: that this check imports no export code).
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
@@ -77,7 +77,7 @@ def resolve_model(model_dir: str | None, quiet: bool = False) -> str:
     elif os.environ.get(MODEL_ENV):
         source, named = os.environ[MODEL_ENV], f"${MODEL_ENV}"
     else:
-        source, named = DEFAULT_MODEL, "the default model"
+        return str(fetch_default(_say, progress=not quiet and sys.stderr.isatty()))
     if is_export(Path(source).expanduser()):
         return source
     source = _check_source(source, named)
@@ -91,10 +91,7 @@ def resolve_model(model_dir: str | None, quiet: bool = False) -> str:
             f"{named} {source} is not exported yet; exporting it needs the export extra "
             f"(pip install 'sdrt[export]'), or pass --model DIR with an export"
         ) from None
-    needs = ""
-    if source == DEFAULT_MODEL:
-        needs = f" (set ${MODEL_ENV} or pass --model to use another); this needs {SD15_EXPORT_NEEDS}"
-    _say(f"exporting {named} {source} once into {folder}{needs}")
+    _say(f"exporting {named} {source} once into {folder}")
     try:
         export_model(source, folder, overwrite=folder.exists(), progress=(lambda line: None) if quiet else _say)
     except SdrtError as error:

@@ -15,7 +15,7 @@ import numpy as np
 from sdrt.errors import ConfigError
 from sdrt.runtime.engines.base import Engine, EngineRunError
 from sdrt.runtime.files.integrity import check_graph_io
-from sdrt.runtime.manifest import EXTRA_EMBEDDINGS, ComponentSpec, DimRange, TensorSpec, residual_names
+from sdrt.runtime.manifest import ComponentSpec, DimRange, TensorSpec
 
 ORT_ERRORS_ONLY = 3  # SessionOptions.log_severity_level: 0 verbose .. 4 fatal
 #: ONNX Runtime's NCHWc transform reorders convolution filters from the graph file, not from
@@ -55,10 +55,10 @@ def open_session(
     def make_options():
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if spec is not None and (any(t.name == EXTRA_EMBEDDINGS for t in spec.inputs) or residual_names(spec)):
-            # An input with a default (sdrt.export.onnx_graph.add_input_defaults) is by design;
-            # ONNX Runtime would warn about it at every load.
-            options.log_severity_level = ORT_ERRORS_ONLY
+        # Errors only: ONNX Runtime's warnings are for the graph's author, not the user (an input with
+        # a default, sdrt.export.onnx_graph.add_input_defaults, is by design and would warn at every
+        # load; folders made elsewhere warn of their exporter's choices).
+        options.log_severity_level = ORT_ERRORS_ONLY
         if threads:
             options.intra_op_num_threads = threads
         return options
