@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from sdrt.cli.hub_model import fetch_default
+from sdrt.cli.progress import ComponentLines
 from sdrt.errors import ModelFolderError, SdrtError
 from sdrt.runtime.manifest import MANIFEST_NAME
 
@@ -86,17 +87,22 @@ def resolve_model(model_dir: str | None, quiet: bool = False) -> str:
         return str(folder)
     try:
         from sdrt.export.exporter import export_model
+        from sdrt.export.quiet import quiet_libraries
     except ImportError:
         raise SdrtError(
             f"{named} {source} is not exported yet; exporting it needs the export extra "
             f"(pip install 'sdrt[export]'), or pass --model DIR with an export"
         ) from None
     _say(f"exporting {named} {source} once into {folder}")
+    quiet_libraries()
+    lines = ComponentLines()
     try:
-        export_model(source, folder, overwrite=folder.exists(), progress=(lambda line: None) if quiet else _say)
+        export_model(source, folder, overwrite=folder.exists(), progress=(lambda line: None) if quiet else lines)
     except SdrtError as error:
         raise SdrtError(
             f"{error}. Point sdrt at a model: --model DIR (an export), ${MODEL_ENV}=DIR or hub id, or "
             "try the whole path offline with `sdrt export --random tiny --out DIR`"
         ) from None
+    finally:
+        lines.flush()
     return str(folder)

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from sdrt.cli import main
+from sdrt.cli.progress import ComponentLines
 from sdrt.cli.types import FiniteFloat
 from sdrt.errors import SdrtError
 from sdrt.runtime.engines import BACKEND_NAMES, DEFAULT_BACKEND
@@ -102,17 +103,20 @@ def export(
     ONNX with a manifest.json, in the layout OnnxStableDiffusionPipeline reads."""
     try:
         from sdrt.export.exporter import ExportOptions, export_model
+        from sdrt.export.quiet import quiet_libraries
     except ImportError as error:
         raise SdrtError(
             f"export needs the export extra ({error.name} is missing): pip install 'sdrt[export]'"
         ) from error
+    quiet_libraries()
+    lines = ComponentLines()
     if (model is None) == (random_name is None):
         raise SdrtError("pass a MODEL to export, or --random NAME for a random-weight one")
     if random_name is not None:
         from sdrt.export.random_sources import random_source
         from sdrt.runtime.engines.ort_cache import cache_root
 
-        model = str(random_source(random_name, cache_root() / "random", lambda line: click.echo(line, err=True)))
+        model = str(random_source(random_name, cache_root() / "random", lines))
         out_dir = out_dir or str(Path("engines") / f"random-{random_name}")
     if out_dir is None:
         out_dir = str(Path("engines") / Path(model.rstrip("/")).stem.replace("/", "--"))
@@ -125,14 +129,10 @@ def export(
         tiny_vae=tiny_vae,
         deepcache=deepcache,
     )
-    manifest = export_model(
-        model,
-        out_dir,
-        config=config_dir,
-        options=options,
-        overwrite=overwrite,
-        progress=lambda line: click.echo(line, err=True),
-    )
+    try:
+        manifest = export_model(model, out_dir, config=config_dir, options=options, overwrite=overwrite, progress=lines)
+    finally:
+        lines.flush()
     click.echo(f"exported {len(manifest.components)} components to {out_dir}")
 
 

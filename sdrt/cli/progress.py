@@ -55,3 +55,38 @@ class StepProgress:
             self.write(f"\r[{done:<{BAR_WIDTH}}] {step}/{total} steps{speed}", step == total)
         elif step in (1, total) or step % max(1, math.ceil(total / PLAIN_LINES)) == 0:
             self.write(f"step {step}/{total}{speed}", True)
+
+
+class ComponentLines:
+    """`sdrt export`'s progress: the exporter's lines about one component ("unet: exporting ...",
+    "unet: max abs error ...", "unet: LoRA map ...") joined into one line per component. On a terminal
+    the line grows in place as its parts come; into a pipe or a log it is written once, whole."""
+
+    SEPARATOR = "; "
+
+    def __init__(self, terminal: bool | None = None, write: Callable[[str, bool], None] | None = None):
+        self.terminal = sys.stderr.isatty() if terminal is None else terminal
+        self.write = write or (lambda text, newline: click.echo(text, err=True, nl=newline))
+        self.subject: str | None = None
+        self.parts: list[str] = []
+
+    def __call__(self, line: str) -> None:
+        subject, colon, rest = line.partition(": ")
+        if colon and " " not in subject and subject == self.subject:
+            self.parts.append(rest)
+            if self.terminal:
+                self.write(self.SEPARATOR + rest, False)
+            return
+        self.flush()
+        if colon and " " not in subject:
+            self.subject, self.parts = subject, [rest]
+            if self.terminal:
+                self.write(line, False)
+            return
+        self.write(line, True)
+
+    def flush(self) -> None:
+        """End the component's line (call once more when the export ends)."""
+        if self.subject is not None:
+            self.write("" if self.terminal else f"{self.subject}: {self.SEPARATOR.join(self.parts)}", True)
+        self.subject, self.parts = None, []

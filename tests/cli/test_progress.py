@@ -64,3 +64,58 @@ def test_generate_into_a_pipe_and_quiet(exported_tiny, tmp_path):
     assert [line.split(",")[0].split()[1] for line in steps] == ["1/20", *(f"{n}/20" for n in range(2, 21, 2))]
     quiet = CliRunner().invoke(main, [*arguments, "--out", str(tmp_path / "b.png"), "--quiet"])
     assert quiet.exit_code == 0 and quiet.output == "", quiet.output
+
+
+EXPORT_LINES = [
+    "loading /models/sd15",
+    "text_encoder: exporting (fp32, cpu)",
+    "text_encoder: max abs error 1.4e-06, max rel error 3.6e-07 (3.8s)",
+    "text_encoder: LoRA map of 12 layers",
+    "unet: exporting (fp32, cpu)",
+    "unet: max abs error 4.8e-07, max rel error 5.1e-07 (18.2s)",
+    "exported 2 components to engines/sd15",
+]
+
+
+def _export_progress(terminal: bool) -> str:
+    from sdrt.cli.progress import ComponentLines
+
+    written: list[str] = []
+    lines = ComponentLines(terminal=terminal, write=lambda text, newline: written.append(text + "\n" * newline))
+    for line in EXPORT_LINES:
+        lines(line)
+    lines.flush()
+    return "".join(written)
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_export_progress_is_one_line_per_component(terminal):
+    """Into a log each component's line is written once, whole; on a terminal it grows in place;
+    both read the same, and lines about no component pass as they are."""
+    assert _export_progress(terminal).splitlines() == [
+        "loading /models/sd15",
+        "text_encoder: exporting (fp32, cpu); max abs error 1.4e-06, max rel error 3.6e-07 (3.8s); "
+        "LoRA map of 12 layers",
+        "unet: exporting (fp32, cpu); max abs error 4.8e-07, max rel error 5.1e-07 (18.2s)",
+        "exported 2 components to engines/sd15",
+    ]
+    assert "\r" not in _export_progress(terminal)
+
+
+def test_the_libraries_under_an_export_print_nothing(tiny_models):
+    """Loading a pipeline with diffusers prints its tqdm bars and transformers' "requires
+    torchvision" notice (checked: without quiet_libraries the same load prints them); with it,
+    nothing."""
+    import subprocess
+    import sys
+
+    load = f"from sdrt.export.sources import load_pipeline; load_pipeline({str(tiny_models['standard'])!r})"
+    loud = subprocess.run([sys.executable, "-c", load], capture_output=True, text=True)
+    assert loud.returncode == 0 and "Loading pipeline components" in loud.stderr
+    quiet = subprocess.run(
+        [sys.executable, "-c", f"from sdrt.export.quiet import quiet_libraries; quiet_libraries(); {load}"],
+        capture_output=True,
+        text=True,
+    )
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stdout == quiet.stderr == ""
