@@ -43,6 +43,7 @@ from sdrt.serve.a1111_schemas import A1111Img2ImgRequest, A1111Txt2ImgRequest
 from sdrt.serve.catalog import ModelCatalog
 from sdrt.serve.middleware import BodyLimit, Guard
 from sdrt.serve.openai_routes import add_openai_routes
+from sdrt.serve.playground import add_playground
 from sdrt.serve.schemas import (
     API_KEY_ENV,
     RequestError,
@@ -141,6 +142,8 @@ def create_app(pipeline, settings: ServeSettings | None = None, catalog: ModelCa
         if result is None:
             raise RequestError(499, "the client disconnected")
         return result
+
+    add_playground(app)
 
     @app.get("/health")
     async def health():
