@@ -63,9 +63,26 @@ class LMSDiscreteScheduler(SigmaScheduler):
 
     def _plan(self, num_inference_steps: int) -> None:
         self._compute_sigmas(num_inference_steps)
-        self.coefficients = lms_coefficients(self.sigmas, self.order)
+        try:
+            self.coefficients = lms_coefficients(self.sigmas, self.order)
+        except ConfigError as error:
+            most = self.most_steps(num_inference_steps)
+            raise ConfigError(f"{error} (at most {most} steps here)" if most else str(error)) from None
         self._derivatives.clear()
         self._last_index = None
+
+    def most_steps(self, below: int) -> int | None:
+        """The largest step count under `below` whose schedule repeats no noise level (which LMS's
+        weights need), None if there is none; the scheduler is left planned for `below` steps."""
+        found = None
+        for steps in range(below - 1, 1, -1):
+            self._compute_sigmas(steps)
+            sigmas = self.sigmas.astype(np.float64)
+            if not np.any(sigmas[1:-1] == sigmas[:-2]):
+                found = steps
+                break
+        self._compute_sigmas(below)
+        return found
 
     def step(
         self, model_output: np.ndarray, step_index: int, sample: np.ndarray, generator: TorchGenerator | None = None
