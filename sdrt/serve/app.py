@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import replace
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -17,6 +18,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sdrt.errors import SdrtError
+from sdrt.runtime.engines.ort_cache import cache_root
 from sdrt.runtime.imaging.png_info import format_parameters
 from sdrt.runtime.request import MAX_SEED, GenerationRequest
 from sdrt.runtime.schedulers import display_name
@@ -41,6 +43,7 @@ from sdrt.serve.a1111_options import MODEL_OPTION, A1111Options
 from sdrt.serve.a1111_routes import add_a1111_routes
 from sdrt.serve.a1111_schemas import A1111Img2ImgRequest, A1111Txt2ImgRequest
 from sdrt.serve.catalog import ModelCatalog
+from sdrt.serve.comfy.routes import add_comfy_routes
 from sdrt.serve.middleware import BodyLimit, Guard
 from sdrt.serve.openai_routes import add_openai_routes
 from sdrt.serve.playground import add_playground
@@ -144,6 +147,10 @@ def create_app(pipeline, settings: ServeSettings | None = None, catalog: ModelCa
         return result
 
     add_playground(app)
+    comfy_root = Path(settings.comfy_dir) if settings.comfy_dir else cache_root() / "comfy"
+    app.state.comfy = add_comfy_routes(
+        app, service, catalog, settings, {kind: comfy_root / kind for kind in ("input", "output", "temp")}
+    )
 
     @app.get("/health")
     async def health():

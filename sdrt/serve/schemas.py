@@ -33,6 +33,7 @@ class ServeSettings:
     image_url_ttl_s: float = 3600.0  # how long a response_format=url image stays (OpenAI's: an hour)
     max_url_images: int = 64  # response_format=url images kept at once; the oldest go first
     docs: bool = True  # FastAPI's OpenAPI page at /docs and its schema at /openapi.json (behind the auth)
+    comfy_dir: str | None = None  # ComfyUI routes' input/output/temp folders (default: the sdrt cache's comfy/)
 
 
 class RequestError(Exception):

@@ -1,0 +1,115 @@
+"""What the nodes see of the server: its models (the served one and --models-dir's, by the names
+ComfyUI clients send: "v1-5-pruned-emaonly.safetensors" finds the export "v1-5-pruned-emaonly"),
+its LoRAs, the input folder (uploads), the output and temp folders (SaveImage, PreviewImage), and
+the samplers and schedulers a KSampler may name."""
+
+from __future__ import annotations
+
+import re
+import threading
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from sdrt.errors import SdrtError
+
+#: ComfyUI's KSampler names -> sdrt's sampler registry names. These are diffusers-equal samplers:
+#: the same names as ComfyUI's, not yet ComfyUI's images (that needs ComfyUI's sampler family).
+SAMPLERS = {
+    "euler": "euler",
+    "euler_ancestral": "euler_a",
+    "heun": "heun",
+    "dpmpp_2m": "dpmpp_2m",
+    "lms": "lms",
+    "ddim": "ddim",
+    "ddpm": "ddpm",
+    "uni_pc": "unipc",
+    "lcm": "lcm",
+}
+#: ComfyUI's scheduler names -> sdrt's schedule types.
+SCHEDULERS = {"normal": "automatic", "karras": "karras", "exponential": "exponential", "sgm_uniform": "sgm_uniform"}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+#: A filename prefix keeps letters, digits and these; anything else becomes "_".
+PREFIX_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+PIXEL_MAX = 255
+
+
+class ComfyContext:
+    def __init__(self, service, catalog, folders: dict[str, Path]):
+        self.service, self.catalog, self.folders = service, catalog, folders
+        for folder in folders.values():
+            folder.mkdir(parents=True, exist_ok=True)
+        self.samplers, self.schedulers = SAMPLERS, SCHEDULERS
+        self.progress = None
+        self.cancel: threading.Event | None = None
+        self._loaded: dict[Path, object] = {}
+        self._counter_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ models
+    def checkpoint_names(self) -> list[str]:
+        return [model.name for model in self.catalog.models()]
+
+    def accepts_checkpoint(self, name: str) -> bool:
+        return self.catalog.find(name) is not None
+
+    def pipeline_for(self, name: str):
+        model = self.catalog.find(name)
+        if model is None:
+            raise SdrtError(f"ckpt_name: {name!r} is not a served model ({self.catalog.describe_choices()})")
+        pipeline = self.service.pipeline
+        if self.catalog.is_served(model, pipeline.folder):
+            return pipeline
+        if model.folder not in self._loaded:
+            self._loaded = {model.folder: self.catalog.load(model.folder)}  # one other model at a time
+        return self._loaded[model.folder]
+
+    def default_manifest(self):
+        return self.service.pipeline.manifest
+
+    def _loras(self) -> dict[str, Path]:
+        return self.service.pipeline.loras.library.names()
+
+    def lora_names(self) -> list[str]:
+        """The files of --lora-dir, as ComfyUI lists them (with their extension)."""
+        return sorted(path.name for path in self._loras().values())
+
+    def lora_ref_name(self, name: str) -> str:
+        """The LoRA library's name for a file name a client sends ("x.safetensors" -> "x")."""
+        by_file = {path.name: stem for stem, path in self._loras().items()}
+        return by_file.get(name, name)
+
+    def sampler_for(self, sampler: str, scheduler: str) -> tuple[str, str]:
+        return self.samplers[sampler], self.schedulers[scheduler]
+
+    # ------------------------------------------------------------------ files
+    def input_names(self) -> list[str]:
+        folder = self.folders["input"]
+        return sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+    def path_in(self, kind: str, name: str, subfolder: str = "") -> Path:
+        """A file of the input, output or temp folder; a name reaching outside it is refused."""
+        if kind not in self.folders:
+            raise SdrtError(f"type: {kind!r} is not one of {', '.join(self.folders)}")
+        root = self.folders[kind].resolve()
+        if "\0" in name or "\0" in subfolder:
+            raise SdrtError("filename: not a file name")
+        path = (root / subfolder / name).resolve()
+        if root not in path.parents:
+            raise SdrtError(f"filename: {name!r} is outside the {kind} folder")
+        return path
+
+    def input_path(self, name: str) -> Path:
+        return self.path_in("input", name)
+
+    def save_image(self, image: np.ndarray, prefix: str, kind: str) -> dict:
+        """A PNG named as ComfyUI names them (PREFIX_00001_.png, the counter past the folder's last)."""
+        folder = self.folders[kind]
+        prefix = PREFIX_UNSAFE.sub("_", prefix.replace("/", "_")) or "ComfyUI"
+        pixels = Image.fromarray(np.round(np.clip(image, 0, 1) * PIXEL_MAX).astype(np.uint8))
+        with self._counter_lock:
+            pattern = re.compile(re.escape(prefix) + r"_(\d+)_\.png$")
+            taken = [int(m.group(1)) for p in folder.iterdir() if (m := pattern.match(p.name))]
+            name = f"{prefix}_{max(taken, default=0) + 1:05d}_.png"
+            pixels.save(folder / name)
+        return {"filename": name, "subfolder": "", "type": kind}

@@ -1,0 +1,47 @@
+"""What flows along a workflow's links. A model, CLIP and VAE are handles on one sdrt Pipeline
+(sdrt runs the whole text-encoder + UNet + VAE export); conditioning keeps the text and its
+encoder settings until a sampler runs it (sdrt encodes inside its loop); latents and images are
+arrays in ComfyUI's layouts (latents [batch, channels, h, w]; images [batch, height, width, 3] in
+[0, 1])."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from sdrt.runtime.features.lora.merge import LoraWeights
+from sdrt.runtime.features.lora.tags import LoraRef
+
+
+@dataclass(frozen=True)
+class ModelHandle:
+    """MODEL, CLIP or VAE: the pipeline, the LoRAs applied so far and CLIP's last layer."""
+
+    pipeline: object
+    name: str
+    loras: tuple[LoraRef, ...] = ()
+    clip_skip: int = 1
+
+    def with_lora(self, name: str, model_weight: float, clip_weight: float) -> ModelHandle:
+        ref = LoraRef(name, LoraWeights(text=clip_weight, unet=model_weight))
+        return replace(self, loras=(*self.loras, ref))
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """CONDITIONING: the prompt text as CLIPTextEncode received it, and the CLIP it went through."""
+
+    text: str
+    clip: ModelHandle
+
+
+@dataclass
+class Latent:
+    """LATENT: `samples` [batch, channels, h, w]; EmptyLatentImage's are zeros (ComfyUI's), which
+    a sampler at full denoise replaces by noise alone. `noise_mask` is SetLatentNoiseMask's."""
+
+    samples: np.ndarray
+    empty: bool = False
+    noise_mask: np.ndarray | None = None
+    extra: dict = field(default_factory=dict)

@@ -1,0 +1,201 @@
+"""ComfyUI's API on `sdrt serve`, driven by a ComfyUI client package from PyPI
+(comfy-api-simplified: HTTP + websocket) with ComfyUI's standard API-format workflow."""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import time
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from sdrt.runtime.pipeline import Pipeline
+from sdrt.serve.app import create_app
+from sdrt.serve.schemas import ServeSettings
+from support.serving import live_server
+
+#: ComfyUI's default workflow in its API format (as "Save (API Format)" writes it), the checkpoint
+#: named as ComfyUI clients name files.
+TXT2IMG = {
+    "3": {
+        "class_type": "KSampler",
+        "inputs": {
+            "cfg": 7.5,
+            "denoise": 1,
+            "latent_image": ["5", 0],
+            "model": ["4", 0],
+            "negative": ["7", 0],
+            "positive": ["6", 0],
+            "sampler_name": "euler",
+            "scheduler": "normal",
+            "seed": 8566257,
+            "steps": 3,
+        },
+    },
+    "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "standard.safetensors"}},
+    "5": {"class_type": "EmptyLatentImage", "inputs": {"batch_size": 1, "height": 64, "width": 64}},
+    "6": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["4", 1], "text": "a red fox in the snow"}},
+    "7": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["4", 1], "text": "text, watermark"}},
+    "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
+    "9": {
+        "class_type": "SaveImage",
+        "inputs": {"filename_prefix": "ComfyUI", "images": ["8", 0]},
+        "_meta": {"title": "Save Image"},
+    },
+}
+# ComfyUI's API export gives every node a title; clients find their output node by it.
+for _node in TXT2IMG.values():
+    _node.setdefault("_meta", {"title": _node["class_type"]})
+WAIT_S = 120
+
+
+@pytest.fixture(scope="module")
+def pipeline(exported_tiny) -> Pipeline:
+    return Pipeline.load(exported_tiny("standard"))
+
+
+@pytest.fixture(scope="module")
+def server(pipeline, tmp_path_factory):
+    settings = ServeSettings(comfy_dir=str(tmp_path_factory.mktemp("comfy")))
+    with live_server(create_app(pipeline, settings)) as base:
+        yield base
+
+
+def _expected(pipeline, workflow) -> np.ndarray:
+    sampler, text = workflow["3"]["inputs"], workflow["6"]["inputs"]["text"]
+    result = pipeline.generate(
+        text,
+        negative_prompt=workflow["7"]["inputs"]["text"],
+        steps=sampler["steps"],
+        guidance_scale=sampler["cfg"],
+        seed=sampler["seed"],
+        sampler="euler",
+        height=64,
+        width=64,
+    )
+    return np.asarray(result.images[0])
+
+
+def test_a_comfyui_client_runs_the_default_workflow(server, pipeline):
+    from comfy_api_simplified import ComfyApiWrapper
+
+    api = ComfyApiWrapper(server)
+    images = api.queue_and_wait_images(copy.deepcopy(TXT2IMG), "Save Image")
+    assert len(images) == 1
+    ((name, data),) = images.items()
+    assert name.startswith("ComfyUI_") and name.endswith("_.png")
+    got = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    np.testing.assert_array_equal(got, _expected(pipeline, TXT2IMG))
+
+
+def _post(server, workflow, **extra) -> httpx.Response:
+    return httpx.post(server + "/prompt", json={"prompt": workflow, **extra}, timeout=WAIT_S)
+
+
+def _wait(server, prompt_id) -> dict:
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        history = httpx.get(f"{server}/history/{prompt_id}").json()
+        if prompt_id in history:
+            return history[prompt_id]
+        time.sleep(0.05)
+    raise AssertionError("the prompt did not finish")
+
+
+def test_history_view_and_the_cache_across_prompts(server):
+    first = _post(server, TXT2IMG, client_id="c1").json()
+    assert first["node_errors"] == {}
+    entry = _wait(server, first["prompt_id"])
+    assert entry["status"]["completed"] and entry["status"]["status_str"] == "success"
+    (saved,) = entry["outputs"]["9"]["images"]
+    view = httpx.get(server + "/view", params=saved)
+    assert view.status_code == 200 and view.content.startswith(b"\x89PNG")
+    # A new seed: the sampler and what follows run again; the loader and the encodings are reused.
+    changed = copy.deepcopy(TXT2IMG)
+    changed["3"]["inputs"]["seed"] = 1
+    second = _wait(server, _post(server, changed).json()["prompt_id"])
+    (cached,) = [data for event, data in second["status"]["messages"] if event == "execution_cached"]
+    assert set(cached["nodes"]) == {"4", "5", "6", "7"}
+    (image,) = second["outputs"]["9"]["images"]
+    assert image["filename"] != saved["filename"]
+
+
+@pytest.mark.parametrize(
+    "change, kind, node",
+    [
+        (lambda w: w["3"]["inputs"].pop("steps"), "required_input_missing", "3"),
+        (lambda w: w["3"]["inputs"].update(sampler_name="nope"), "value_not_in_list", "3"),
+        (lambda w: w["3"]["inputs"].update(steps=0), "value_smaller_than_min", "3"),
+        (lambda w: w["3"]["inputs"].update(cfg="seven"), "invalid_input_type", "3"),
+        (lambda w: w["8"]["inputs"].update(samples=["4", 0]), "return_type_mismatch", "8"),
+        (lambda w: w["8"]["inputs"].update(samples=["99", 0]), "bad_linked_input", "8"),
+        (lambda w: w["4"]["inputs"].update(ckpt_name="missing.safetensors"), "value_not_in_list", "4"),
+    ],
+)
+def test_a_bad_workflow_is_comfyuis_error_naming_the_node(server, change, kind, node):
+    workflow = copy.deepcopy(TXT2IMG)
+    change(workflow)
+    answer = _post(server, workflow)
+    assert answer.status_code == 400
+    body = answer.json()
+    assert body["error"]["type"] == "prompt_outputs_failed_validation"
+    assert [error["type"] for error in body["node_errors"][node]["errors"]] == [kind]
+    assert body["node_errors"][node]["class_type"] == workflow[node]["class_type"]
+    assert body["node_errors"][node]["dependent_outputs"] == ["9"]
+
+
+def test_an_unknown_node_and_no_output_are_refused(server):
+    workflow = copy.deepcopy(TXT2IMG)
+    workflow["10"] = {"class_type": "ConditioningSetArea", "inputs": {}}
+    body = _post(server, workflow).json()
+    assert body["error"]["type"] == "invalid_prompt"
+    assert "ConditioningSetArea does not exist" in body["error"]["message"]
+    assert "area conditioning" in body["error"]["message"], "what it would need is said"
+    no_output = {k: v for k, v in TXT2IMG.items() if k != "9"}
+    assert _post(server, no_output).json()["error"]["type"] == "prompt_no_outputs"
+
+
+def test_object_info_describes_the_nodes_from_the_registries(server):
+    info = httpx.get(server + "/object_info").json()
+    sampler = info["KSampler"]
+    assert sampler["input_order"]["required"][:2] == ["model", "seed"]
+    assert "euler" in sampler["input"]["required"]["sampler_name"][0]
+    assert sampler["output"] == ["LATENT"] and info["SaveImage"]["output_node"] is True
+    assert info["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0] == ["standard"]
+    assert httpx.get(server + "/object_info/KSampler").json() == {"KSampler": sampler}
+
+
+def test_queue_upload_and_stats(server, tmp_path):
+    picture = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(picture, format="PNG")
+    upload = httpx.post(server + "/upload/image", files={"image": ("red.png", picture.getvalue(), "image/png")})
+    assert upload.json() == {"name": "red.png", "subfolder": "", "type": "input"}
+    escape = httpx.post(server + "/upload/image", files={"image": ("x.png", b"png")}, data={"subfolder": "../.."})
+    assert escape.status_code == 400 and "outside" in escape.json()["error"]["message"]
+    assert httpx.get(server + "/view", params={"filename": "../../etc/passwd", "type": "input"}).status_code == 400
+    assert (
+        "red.png" in httpx.get(server + "/object_info/LoadImage").json()["LoadImage"]["input"]["required"]["image"][0]
+    )
+    queue = httpx.get(server + "/queue").json()
+    assert set(queue) == {"queue_running", "queue_pending"}
+    stats = httpx.get(server + "/system_stats").json()
+    assert stats["system"]["ram_total"] > 0 and stats["devices"][0]["name"] == "cpu"
+    assert httpx.get(server + "/models/checkpoints").json() == ["standard"]
+
+
+def test_img2img_through_load_image_and_vae_encode(server):
+    picture = io.BytesIO()
+    Image.new("RGB", (64, 64), (30, 120, 200)).save(picture, format="PNG")
+    httpx.post(server + "/upload/image", files={"image": ("blue.png", picture.getvalue(), "image/png")})
+    workflow = copy.deepcopy(TXT2IMG)
+    workflow["10"] = {"class_type": "LoadImage", "inputs": {"image": "blue.png"}}
+    workflow["11"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["10", 0], "vae": ["4", 2]}}
+    workflow["3"]["inputs"].update(latent_image=["11", 0], denoise=0.5)
+    entry = _wait(server, _post(server, workflow).json()["prompt_id"])
+    assert entry["status"]["completed"], json.dumps(entry["status"])
+    (saved,) = entry["outputs"]["9"]["images"]
+    assert Image.open(io.BytesIO(httpx.get(server + "/view", params=saved).content)).size == (64, 64)
