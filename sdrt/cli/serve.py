@@ -91,6 +91,12 @@ SERVE_STOPPED = "sdrt serve: stopped by a signal"
 )
 @click.option("--no-docs", is_flag=True, help="Serve no OpenAPI page at /docs (nor /openapi.json).")
 @click.option(
+    "--comfy-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="The ComfyUI routes' input/output/temp folders [default: the sdrt cache's comfy/].",
+)
+@click.option(
     "--max-batch",
     default=4,
     show_default=True,
@@ -179,6 +185,7 @@ def serve(
     max_steps,
     max_body_mb,
     no_docs,
+    comfy_dir,
     max_batch,
     batch_window_ms,
     plain_prompts,
@@ -198,7 +205,7 @@ def serve(
     cpus_per_replica,
     ray_address,
 ) -> None:
-    """Serve the model over HTTP: OpenAI Images API, AUTOMATIC1111 API, /health, /metrics."""
+    """Serve the model over HTTP: OpenAI Images API, AUTOMATIC1111 API, ComfyUI API, /health, /metrics."""
     try:
         import uvicorn
 
@@ -219,6 +226,7 @@ def serve(
         max_steps=max_steps,
         max_body_bytes=max_body_mb * MIB,
         docs=not no_docs,
+        comfy_dir=comfy_dir,
         api_key=api_key,
         api_auth=parse_api_auth(api_auth),
         styles_file=styles_file,
