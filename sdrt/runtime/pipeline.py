@@ -266,7 +266,7 @@ class Pipeline:
         started = time.perf_counter()
         warnings: list[str] = []
         resolved = request.resolve(self.manifest)
-        with self.loras.use(resolved.loras, warnings) as (engines, loras):
+        with self.loras.use(resolved.loras, warnings, request.confined_names) as (engines, loras):
             result = run_resolved(self, resolved, engines, RunWatch(progress, cancel, preview), warnings, latents_only)
         refiner = self.refiner.folder.name if request.refiner_switch is not None else None
         result.parameters = generation_parameters(resolved, self.folder.name, result.parameters, refiner, loras)

@@ -27,7 +27,7 @@ from sdrt.runtime.features.controlnet.units import ControlUnit, check_units
 from sdrt.runtime.features.deepcache import DeepCache
 from sdrt.runtime.features.hires import HiresFix
 from sdrt.runtime.features.inpaint_area import MaskOptions
-from sdrt.runtime.features.lora.tags import LoraRef, extract_tags
+from sdrt.runtime.features.lora.tags import LoraRef, extract_tags, weights_problem
 from sdrt.runtime.features.lora.weights_map import LoraError
 from sdrt.runtime.imaging.inputs import InputImageError, open_image, target_size
 from sdrt.runtime.manifest import BATCH, HEIGHT, WIDTH, Manifest
@@ -108,6 +108,9 @@ class GenerationRequest:
     plain_prompt: bool = field(default=False, metadata=SHARED)
     loras: Sequence[LoraRef | str] = field(default=(), metadata=SHARED)
     controlnets: Sequence[ControlUnit] = field(default=(), metadata=ALONE)
+    #: The LoRA and ControlNet names come from a client (servers set it): each finds a file of its
+    #: folder (--lora-dir, --controlnet-dir) only, never a path, and errors show no server path.
+    confined_names: bool = field(default=False, metadata=SHARED)
     vae: str = field(default="full", metadata=SHARED)  # the decoder: "full", or "tiny" (an export with --tiny-vae)
 
     def resolve(self, manifest: Manifest) -> ResolvedRequest:
@@ -304,15 +307,23 @@ def _resolve(request: GenerationRequest, manifest: Manifest) -> ResolvedRequest:
 def _loras(request: GenerationRequest, prompts: list[str]) -> tuple[list[str], tuple[LoraRef, ...]]:
     """The prompts without their `<lora:...>` tags, and the request's LoRAs (plain prompts keep
     their text as it is)."""
+    if not isinstance(request.confined_names, bool):
+        raise GenerationError(f"confined_names must be true or false, got {request.confined_names!r}", "confined_names")
     if isinstance(request.loras, str) or not isinstance(request.loras, (list, tuple)):
         raise GenerationError("loras must be a list of LoRAs", "loras")
     try:
         loras = [ref if isinstance(ref, LoraRef) else LoraRef.parse(ref) for ref in request.loras]
-        if request.plain_prompt:
-            return list(prompts), tuple(loras)
-        stripped = [extract_tags(prompt) for prompt in prompts]
     except LoraError as error:
         raise GenerationError(str(error), "loras") from None
+    for ref in loras:
+        if weights_problem(ref.weights):
+            raise GenerationError(f"loras: {ref.source[:100]!r}: {weights_problem(ref.weights)}", "loras")
+    if request.plain_prompt:
+        return list(prompts), tuple(loras)
+    try:
+        stripped = [extract_tags(prompt) for prompt in prompts]
+    except LoraError as error:  # a tag's fault: the prompt's
+        raise GenerationError(f"prompt: {error}", "prompt") from None
     tagged = {tuple(tags) for _, tags in stripped}
     if len(tagged) > 1:
         raise GenerationError(

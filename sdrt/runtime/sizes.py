@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from sdrt.errors import ConfigError
 
+#: The most digits a size's number may have: far beyond any image, and it keeps int() from
+#: reading thousands of digits (or raising at Python's digit limit).
+MAX_SIZE_DIGITS = 9
+#: How much of a malformed size an error quotes.
+SHOWN_CHARS = 40
+
 
 class SizeError(ConfigError):
     """A size that is not WIDTHxHEIGHT in positive whole pixels; `param` names the option or field."""
@@ -21,9 +27,10 @@ def parse_size(text: str, param: str) -> tuple[int, int]:
         height = width
     width, height = width.strip(), height.strip()
     if (
-        not (width.isascii() and width.isdigit() and height.isascii() and height.isdigit())
+        not all(part.isascii() and part.isdigit() and len(part) <= MAX_SIZE_DIGITS for part in (width, height))
         or int(width) < 1
         or int(height) < 1
     ):
-        raise SizeError(f"{param} must be WIDTHxHEIGHT in pixels, got {text!r}", param)
+        shown = str(text) if len(str(text)) <= SHOWN_CHARS else str(text)[:SHOWN_CHARS] + "..."
+        raise SizeError(f"{param} must be WIDTHxHEIGHT in pixels, got {shown!r}", param)
     return int(height), int(width)

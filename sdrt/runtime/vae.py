@@ -42,6 +42,11 @@ def decode(engine: Engine, manifest: Manifest, latents: np.ndarray, decoder: str
     """Images as float32 [batch, height, width, 3] in [0, 1], decoded by `decoder` (its engine
     given) in chunks of the export's batch limit. NaN or infinite pixels (an fp16 VAE's
     overflow) are an error, never a black image."""
+    if not np.isfinite(latents).all():  # the denoiser's, not the VAE's: say which stage
+        raise GenerationError(
+            "the denoiser produced NaN or infinite latents (before the VAE): the prompt's emphasis weights, a "
+            "LoRA's weight or the guidance scale may be too large, or the engines' precision too low (fp16)"
+        )
     scaling, shift = latent_scaling(manifest, decoder)
     scaled = latents / np.float32(scaling) + np.float32(shift)
     limit = manifest.dims[BATCH].max if BATCH in manifest.dims else len(scaled)

@@ -169,6 +169,7 @@ class Service:
             self.metrics.queue_length = self._admitted
         arrived = time.monotonic()
         deadline = arrived + settings.timeout_s
+        generation = replace(generation, confined_names=True)  # a client's names: the server's folders only
         try:
             if generation.seed is None:  # drawn here so that a batch can report each request's seed
                 generation = replace(generation, seed=random.SystemRandom().randint(0, MAX_SEED))

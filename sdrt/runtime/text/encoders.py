@@ -88,9 +88,10 @@ class TextEncoders:
         loaded = load_embeddings(embeddings, lambda e: embedding_misfit(e, manifest)) if embeddings else None
         return cls(manifest, tokenizers, names, loaded)
 
-    def chunks(self, text: str, options: TextOptions, encoder: int = 0) -> TokenChunks:
-        """The text's chunks for one encoder's tokenizer and embeddings (the first by default)."""
-        return text_chunks(text, options.emphasis, self.tokenizers[encoder], self.tables[encoder])
+    def chunks(self, text: str, options: TextOptions, encoder: int = 0, param: str = "prompt") -> TokenChunks:
+        """The text's chunks for one encoder's tokenizer and embeddings (the first by default);
+        `param` names the text's field in an error."""
+        return text_chunks(text, options.emphasis, self.tokenizers[encoder], self.tables[encoder], param)
 
     def encode(
         self,
@@ -108,7 +109,10 @@ class TextEncoders:
         pooled: list[np.ndarray | None] = [None] * len(texts)
         for encoder, (tokenizer, name) in enumerate(zip(self.tokenizers, self.names)):
             started = time.perf_counter()
-            chunked = [self.chunks(text, options, encoder) for text in texts]
+            chunked = [
+                self.chunks(text, options, encoder, "negative_prompt" if text in negatives else "prompt")
+                for text in texts
+            ]
             if used is not None:
                 used.update(dict.fromkeys(e for c in chunked for e in c.embeddings))
             for text, chunks in zip(texts, chunked):

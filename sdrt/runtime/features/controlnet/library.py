@@ -1,7 +1,9 @@
 """The ControlNets a loaded model can use: exported ControlNet folders named by path, or by their
 folder name inside the model's ControlNet folder (`--controlnet-dir`, what A1111 clients list
 with `GET /controlnet/model_list`). Each is checked against the model and its engine loaded on
-first use, then kept."""
+first use, then kept. A server's requests are `confined` (their names come from clients): a name
+then finds a ControlNet of the folder only, never a path, and errors show no server path
+(sdrt.runtime.files.confined)."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from sdrt.runtime.features.controlnet.guidance import ControlRun, PreparedUnit, 
 from sdrt.runtime.features.controlnet.manifest import COMPONENT, KIND, ControlNetManifest
 from sdrt.runtime.features.controlnet.preprocess import preprocess
 from sdrt.runtime.features.controlnet.units import PARAM
+from sdrt.runtime.files.confined import HIDDEN_FOLDER, hide_paths, inside, name_problem, shown
 from sdrt.runtime.files.integrity import verify_components
 from sdrt.runtime.files.json_files import read_json
 from sdrt.runtime.imaging.inputs import to_control_input
@@ -42,7 +45,13 @@ class LoadedControlNet:
 
 
 class ControlNetLibrary:
-    def __init__(self, model: Manifest, model_name: str, make_engine: EngineMaker, folder: str | Path | None = None):
+    def __init__(
+        self,
+        model: Manifest,
+        model_name: str,
+        make_engine: EngineMaker,
+        folder: str | Path | None = None,
+    ):
         self.model, self.model_name = model, model_name
         self.folder = None if folder is None else Path(folder)
         if self.folder is not None and not self.folder.is_dir():
@@ -51,18 +60,23 @@ class ControlNetLibrary:
         self._loaded: OrderedDict[Path, LoadedControlNet] = OrderedDict()
         self._lock = threading.Lock()
 
-    def names(self) -> dict[str, Path]:
-        """Name -> folder of every exported ControlNet in the ControlNet folder."""
+    def names(self, confined: bool = False) -> dict[str, Path]:
+        """Name -> folder of every exported ControlNet in the ControlNet folder (`confined`: only
+        those inside it once symlinks are resolved)."""
         if self.folder is None:
             return {}
         found = {}
         for path in sorted(self.folder.iterdir()):
             manifest = path / MANIFEST_NAME
+            if confined and not inside(manifest, self.folder):
+                continue  # a symlink out of the folder
             if manifest.is_file() and _kind(manifest) == KIND:
                 found[path.name] = path
         return found
 
-    def path_of(self, source: str | Path) -> Path:
+    def path_of(self, source: str | Path, confined: bool = False) -> Path:
+        if confined:
+            return self._named(source)
         path = Path(source)
         if path.is_dir():
             return path
@@ -76,15 +90,33 @@ class ControlNetLibrary:
         )
         raise GenerationError(f"unknown ControlNet {str(source)!r}: no such exported ControlNet {where}", PARAM)
 
-    def get(self, source: str | Path) -> LoadedControlNet:
-        path = self.path_of(source).resolve()
+    def _named(self, source: str | Path) -> Path:
+        """A client's name: a ControlNet of the folder, or an error that shows no server path."""
+        problem = name_problem(source)
+        if problem is not None:
+            raise GenerationError(f"unknown ControlNet {shown(source)}: {problem}; name one of this server's", PARAM)
+        names = self.names(confined=True)
+        if str(source) not in names:
+            raise GenerationError(
+                f"unknown ControlNet {shown(source)}: this server has no ControlNet of that name", PARAM
+            )
+        return names[str(source)]
+
+    def get(self, source: str | Path, confined: bool = False) -> LoadedControlNet:
+        """The ControlNet `source` names, loaded (`confined`: a client's name, see the module's note)."""
+        named = self.path_of(source, confined)
+        path = named.resolve()
         with self._lock:
             if path not in self._loaded:
                 try:
                     manifest = ControlNetManifest.load(path).for_model(path.name, self.model, self.model_name)
                     verify_components(path, manifest, [COMPONENT])
                 except ModelFolderError as error:
-                    raise GenerationError(str(error), PARAM) from None
+                    message = str(error)
+                    if confined:
+                        hidden = {named: f"ControlNet {shown(source)}", named.parent: HIDDEN_FOLDER}
+                        message = hide_paths(message, hidden)
+                    raise GenerationError(message, PARAM) from None
                 self._loaded[path] = LoadedControlNet(path.name, path, manifest, self._make_engine(path, manifest))
             self._loaded.move_to_end(path)
             while len(self._loaded) > KEPT_CONTROLNETS:
@@ -97,14 +129,15 @@ class ControlNetLibrary:
         """The run's ControlNets: each unit's engine and control image at the image's size,
         and the calls (`calls` from UNet call `first` on) it guides."""
         controls, height, width = resolved.controls, resolved.height, resolved.width
+        confined = resolved.request.confined_names
         rows = resolved.batch * (2 if guided else 1)
         if not controls:
             return None
         if not residual_names(unet.spec):
-            self.get(controls[0][0].model)  # says the model's UNet takes no residuals
+            self.get(controls[0][0].model, confined)  # says the model's UNet takes no residuals
         units = []
         for index, (unit, image) in enumerate(controls):
-            loaded = self.get(unit.model)
+            loaded = self.get(unit.model, confined)
             image = preprocess(image, unit)
             if image.size != (width, height):
                 warnings.append(

@@ -66,21 +66,24 @@ class LoraAdapters:
                 self._variants[component] = self._make_variants(component, self._maps[component])
             return self._variants[component]
 
-    def _resolve(self, ref: LoraRef) -> ResolvedLora:
-        lora = self.library.read(ref.source)
+    def _resolve(self, ref: LoraRef, confined: bool) -> ResolvedLora:
+        lora = self.library.read(ref.source, confined)
         key = (lora.sha256, str(lora.path))
         if key not in self._resolved:
             self._resolved[key] = resolve(lora, self.weights_maps())
         return self._resolved[key]
 
     @contextlib.contextmanager
-    def use(self, refs: Sequence[LoraRef], warnings: list[str]) -> Iterator[tuple[dict, list[UsedLora]]]:
-        """(the engines by component with the LoRAs merged, the LoRAs used)."""
+    def use(
+        self, refs: Sequence[LoraRef], warnings: list[str], confined: bool = False
+    ) -> Iterator[tuple[dict, list[UsedLora]]]:
+        """(the engines by component with the LoRAs merged, the LoRAs used); `confined`: the
+        names are a client's (sdrt.runtime.features.lora.library)."""
         active = [ref for ref in refs if ref.weights != LoraWeights(0.0, 0.0)]
         if not active and not self._variants:
             yield self.engines, []
             return
-        uses = [(self._resolve(ref), ref.weights) for ref in active]
+        uses = [(self._resolve(ref, confined), ref.weights) for ref in active]
         names = [resolved.file.sha256 for resolved, _ in uses]
         if len(set(names)) != len(names):
             raise LoraError("a LoRA is named twice in one request; name it once with the weight you want")

@@ -1,6 +1,10 @@
 """Where LoRAs come from: files named by path, and a folder (`--lora-dir`) whose files are
 named by their stem, subfolders included, as A1111 names them in `<lora:NAME>` tags. Parsed
-files are kept (by path, size and modification time), a few at a time."""
+files are kept (by path, size and modification time), a few at a time.
+
+A server's requests are `confined` (their names come from clients): a name then finds a file of
+the folder only (never a path; a symlink leading out of the folder is no LoRA of it), and errors
+quote the name as sent, never a path (sdrt.runtime.files.confined)."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from pathlib import Path
 
 from sdrt.runtime.features.lora.files import SUFFIXES, LoraFile, read_lora
 from sdrt.runtime.features.lora.weights_map import LoraError
+from sdrt.runtime.files.confined import HIDDEN_FOLDER, hide_paths, inside, name_problem, shown
 
 KEPT_FILES = 16  # parsed LoRA files kept in memory
 
@@ -22,18 +27,22 @@ class LoraLibrary:
         self._files: OrderedDict[tuple, LoraFile] = OrderedDict()
         self._lock = threading.Lock()
 
-    def names(self) -> dict[str, Path]:
-        """Name -> file for every LoRA in the folder (the first by sorted path wins a name)."""
+    def names(self, confined: bool = False) -> dict[str, Path]:
+        """Name -> file for every LoRA in the folder (the first by sorted path wins a name);
+        `confined`: only files inside it once symlinks are resolved."""
         if self.folder is None:
             return {}
         found: dict[str, Path] = {}
         for path in sorted(self.folder.rglob("*")):
             if path.suffix.lower() in SUFFIXES and path.is_file():
-                found.setdefault(path.stem, path)
+                if not confined or inside(path, self.folder):
+                    found.setdefault(path.stem, path)
         return found
 
-    def path_of(self, source: str) -> Path:
-        """A LoRA's file: `source` as a path, else a name in the folder."""
+    def path_of(self, source: str, confined: bool = False) -> Path:
+        """A LoRA's file: `source` as a path, else a name in the folder (a name only, when confined)."""
+        if confined:
+            return self._named(source)
         path = Path(source)
         if path.suffix.lower() in SUFFIXES and path.is_file():
             return path
@@ -49,8 +58,34 @@ class LoraLibrary:
         hint = f" (similar: {', '.join(close)})" if close else ""
         raise LoraError(f"unknown LoRA {source!r}: no such file in {self.folder}{hint}")
 
-    def read(self, source: str) -> LoraFile:
-        path = self.path_of(source)
+    def _named(self, source: str) -> Path:
+        """A client's name: a LoRA of the folder, or an error that shows no server path."""
+        problem = name_problem(source)
+        if problem is not None:
+            raise LoraError(f"unknown LoRA {shown(source)}: {problem}; name one of this server's LoRAs")
+        if self.folder is None:
+            raise LoraError(f"unknown LoRA {shown(source)}: this server has no LoRA folder (--lora-dir)")
+        names = self.names(confined=True)
+        if source not in names:
+            close = [name for name in names if source.lower() in name.lower()][:3]
+            hint = f" (similar: {', '.join(close)})" if close else ""
+            raise LoraError(f"unknown LoRA {shown(source)}: this server has no LoRA of that name{hint}")
+        return names[source]
+
+    def read(self, source: str, confined: bool = False) -> LoraFile:
+        """The parsed file `source` names (`confined`: a client's name, see the module's note)."""
+        if not confined:
+            return self._read(self.path_of(source))
+        path = self._named(source)
+        try:
+            return self._read(path)
+        except LoraError as error:
+            folder = self.folder if self.folder is not None else path.parent
+            raise LoraError(hide_paths(str(error), {path: f"LoRA {shown(source)}", folder: HIDDEN_FOLDER})) from None
+        except OSError:
+            raise LoraError(f"LoRA {shown(source)} cannot be read") from None
+
+    def _read(self, path: Path) -> LoraFile:
         stat = path.stat()
         key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
         with self._lock:

@@ -19,6 +19,10 @@ TAG = re.compile(r"<(?:lora|lyco):([^>]*)>", re.IGNORECASE)
 NAMED_ARGUMENTS = {"te": "text", "unet": "unet"}
 #: Named arguments A1111's networks take that sdrt accepts and does not use.
 IGNORED_ARGUMENTS = ("dyn",)
+#: The largest LoRA weight (in absolute value). A1111 takes any float, but its useful weights are
+#: a few units (slider LoRAs go to about +-10); a weight far past that scales the merged weights
+#: out of any range the model works in, and past float32's range gives NaN, never an image.
+MAX_LORA_WEIGHT = 100.0
 
 
 @dataclass(frozen=True)
@@ -47,7 +51,19 @@ def _number(text: str, where: str) -> float:
         raise LoraError(f"{where}: the weight {text!r} is not a number") from None
     if not math.isfinite(value):
         raise LoraError(f"{where}: the weight {text!r} is not a finite number")
+    if abs(value) > MAX_LORA_WEIGHT:
+        raise LoraError(f"{where}: the weight {text!r} is outside +-{MAX_LORA_WEIGHT:g}")
     return value
+
+
+def weights_problem(weights: LoraWeights) -> str | None:
+    """What is wrong with LoRA weights built in code (not parsed from text), or None."""
+    for value in (weights.text, weights.unet):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return f"a LoRA weight must be a finite number, got {value!r}"
+        if abs(value) > MAX_LORA_WEIGHT:
+            return f"a LoRA weight must be within +-{MAX_LORA_WEIGHT:g}, got {value!r}"
+    return None
 
 
 def _tag(body: str) -> LoraRef:

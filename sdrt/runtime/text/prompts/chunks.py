@@ -40,10 +40,15 @@ class TokenChunks:
 
 
 def text_chunks(
-    text: str, emphasis: EmphasisMode, tokenizer: ClipTokenizer, table: TokenTable | None = None
+    text: str,
+    emphasis: EmphasisMode,
+    tokenizer: ClipTokenizer,
+    table: TokenTable | None = None,
+    param: str = "prompt",
 ) -> TokenChunks:
-    """A prompt text's chunks: its emphasis fragments if the mode parses them, else the text as one."""
-    return chunk_fragments(parse_emphasis(text) if emphasis.parses else [(text, 1.0)], tokenizer, table)
+    """A prompt text's chunks: its emphasis fragments if the mode parses them, else the text as
+    one (`param` names the text's field in an emphasis error)."""
+    return chunk_fragments(parse_emphasis(text, param) if emphasis.parses else [(text, 1.0)], tokenizer, table)
 
 
 def chunk_fragments(fragments: list, tokenizer: ClipTokenizer, table: TokenTable | None = None) -> TokenChunks:

@@ -85,59 +85,118 @@ def emphasis_mode(name: str) -> EmphasisMode:
     return mode
 
 
+#: The deepest emphasis brackets may nest (open ones counted, closed or not). Each fragment is
+#: multiplied once by each bracket around it, in the order they close (A1111's order, so every
+#: weight is A1111's to the last bit): the work is the fragments times their depth, linear in
+#: the prompt with this bound. A1111's weights 64 deep are 1.1**64 = 490 at the most.
+MAX_EMPHASIS_DEPTH = 64
+#: The largest weight a token may get (a fragment's product of weights, in absolute value):
+#: hidden states times a larger weight leave any range a denoiser was trained on (fp16
+#: engines overflow at 65504), and A1111's useful weights are a few units.
+MAX_EMPHASIS_WEIGHT = 1000.0
+#: How much of a weight an error quotes.
+SHOWN_WEIGHT_CHARS = 20
+
+
+class _Emphasis:
+    """One parse. `work` counts the fragment multiplications done (what the depth bound keeps
+    linear; tests read it)."""
+
+    def __init__(self, text: str, param: str):
+        self.text, self.param = text, param
+        self.fragments: list[list] = []  # [text, weight], or [None, None] for BREAK
+        self.open_round: list[int] = []
+        self.open_square: list[int] = []
+        self.work = 0
+
+    def scale(self, start: int, factor: float) -> None:
+        """Multiply every fragment since `start` (those inside the bracket that closes)."""
+        fragments = self.fragments
+        self.work += len(fragments) - start
+        for index in range(start, len(fragments)):
+            if fragments[index][0] is not None:
+                fragments[index][1] *= factor
+
+    def open(self, stack: list[int]) -> None:
+        if len(self.open_round) + len(self.open_square) >= MAX_EMPHASIS_DEPTH:
+            raise GenerationError(
+                f"{self.param} nests emphasis brackets more than {MAX_EMPHASIS_DEPTH} deep (unclosed ones "
+                "count); close them, or write \\( and \\[ for literal brackets",
+                self.param,
+            )
+        stack.append(len(self.fragments))
+
+    def parse(self) -> list[tuple[str, float] | None]:
+        fragments, open_round, open_square = self.fragments, self.open_round, self.open_square
+        for match in _TOKEN.finditer(self.text):
+            kind = match.lastgroup if match.lastgroup != "number" else "weight"
+            value = match.group(0)
+            if kind == "escaped":
+                fragments.append([value[1:], 1.0])
+            elif kind == "open":
+                self.open(open_round if value == "(" else open_square)
+            elif kind == "weight" and open_round:
+                self.scale(open_round.pop(), _weight(match.group("number"), self.param))
+            elif kind == "weight":  # `:1.2)` with no `(` open: A1111 reads it as text
+                fragments.append([value, 1.0])
+            elif kind == "close" and value == ")" and open_round:
+                self.scale(open_round.pop(), ROUND_FACTOR)
+            elif kind == "close" and value == "]" and open_square:
+                self.scale(open_square.pop(), SQUARE_FACTOR)
+            elif kind == "close":
+                fragments.append([value, 1.0])
+            else:
+                for index, part in enumerate(_BREAK.split(value)):
+                    if index:
+                        fragments.append([None, None])
+                    fragments.append([part, 1.0])
+        for start in open_round:
+            self.scale(start, ROUND_FACTOR)
+        for start in open_square:
+            self.scale(start, SQUARE_FACTOR)
+        return self.merged()
+
+    def merged(self) -> list[tuple[str, float] | None]:
+        """Runs of equal weight as one fragment (joined once, so the merge stays linear)."""
+        runs: list[tuple[list[str], float] | None] = []
+        for text, weight in self.fragments or [["", 1.0]]:
+            if text is None:
+                runs.append(None)
+            elif runs and runs[-1] is not None and runs[-1][1] == weight:
+                runs[-1][0].append(text)
+            else:
+                self.check(weight)
+                runs.append(([text], weight))
+        return [BREAK if run is None else ("".join(run[0]), run[1]) for run in runs]
+
+    def check(self, weight: float) -> None:
+        if not abs(weight) <= MAX_EMPHASIS_WEIGHT:  # also a product that overflowed to inf
+            raise GenerationError(
+                f"{self.param}: emphasis weights multiply to {weight:g} for some of its text; a token's "
+                f"weight must be within +-{MAX_EMPHASIS_WEIGHT:g} (nested brackets multiply their weights)",
+                self.param,
+            )
+
+
 def parse_emphasis(text: str, param: str = "prompt") -> list[tuple[str, float] | None]:
-    """(text, weight) fragments, with BREAK (None) between chunks; runs of equal weight merged."""
-    fragments: list[list] = []  # [text, weight] or [None, None] for BREAK
-    open_round: list[int] = []
-    open_square: list[int] = []
-
-    def scale(start: int, factor: float) -> None:
-        for fragment in fragments[start:]:
-            if fragment[0] is not None:
-                fragment[1] *= factor
-
-    for match in _TOKEN.finditer(text):
-        kind = match.lastgroup if match.lastgroup != "number" else "weight"
-        value = match.group(0)
-        if kind == "escaped":
-            fragments.append([value[1:], 1.0])
-        elif kind == "open":
-            (open_round if value == "(" else open_square).append(len(fragments))
-        elif kind == "weight" and open_round:
-            scale(open_round.pop(), _weight(match.group("number"), param))
-        elif kind == "weight":  # `:1.2)` with no `(` open: A1111 reads it as text
-            fragments.append([value, 1.0])
-        elif kind == "close" and value == ")" and open_round:
-            scale(open_round.pop(), ROUND_FACTOR)
-        elif kind == "close" and value == "]" and open_square:
-            scale(open_square.pop(), SQUARE_FACTOR)
-        elif kind == "close":
-            fragments.append([value, 1.0])
-        else:
-            for index, part in enumerate(_BREAK.split(value)):
-                if index:
-                    fragments.append([None, None])
-                fragments.append([part, 1.0])
-    for start in open_round:
-        scale(start, ROUND_FACTOR)
-    for start in open_square:
-        scale(start, SQUARE_FACTOR)
-    merged: list[list] = []
-    for fragment in fragments or [["", 1.0]]:
-        if merged and fragment[0] is not None and merged[-1][0] is not None and merged[-1][1] == fragment[1]:
-            merged[-1][0] += fragment[0]
-        else:
-            merged.append(fragment)
-    return [BREAK if t is None else (t, w) for t, w in merged]
+    """(text, weight) fragments, with BREAK (None) between chunks; runs of equal weight merged.
+    A GenerationError naming `param` for a malformed or too large weight, or brackets nested
+    deeper than MAX_EMPHASIS_DEPTH."""
+    return _Emphasis(text, param).parse()
 
 
 def _weight(number: str, param: str) -> float:
+    shown = number if len(number) <= SHOWN_WEIGHT_CHARS else number[:SHOWN_WEIGHT_CHARS] + "..."
     try:
         value = float(number)
     except ValueError:
         raise GenerationError(
-            f"{param} has a malformed emphasis weight {number!r}: write a number, e.g. (text:1.2)", param
+            f"{param} has a malformed emphasis weight {shown!r}: write a number, e.g. (text:1.2)", param
         ) from None
-    if not math.isfinite(value):
-        raise GenerationError(f"{param} has an emphasis weight {number!r} that is not finite", param)
+    if not math.isfinite(value) or abs(value) > MAX_EMPHASIS_WEIGHT:
+        raise GenerationError(
+            f"{param} has an emphasis weight {shown!r} that is not finite or too large: a token's weight must be "
+            f"within +-{MAX_EMPHASIS_WEIGHT:g}",
+            param,
+        )
     return value

@@ -70,8 +70,9 @@ def prompt_schedule(prompt: str, steps: int) -> Schedule:
     boundaries = {steps}
     for node in _walk(nodes):
         if isinstance(node, _Edit):
-            value = float(node.when_text)
-            node.when = min(steps, int(value * steps if "." in node.when_text else value))
+            value = float(node.when_text)  # may be infinite (1e999): capped before int()
+            scaled = value * steps if "." in node.when_text else value
+            node.when = steps if scaled >= steps else int(max(scaled, 0.0))
             if node.when >= 1:
                 boundaries.add(node.when)
         elif isinstance(node, _Alternation):

@@ -10,9 +10,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sdrt.errors import ConfigError, GenerationError
+from sdrt.runtime.text.checks import MAX_PROMPT_CHARS
 
 PLACEHOLDER = "{prompt}"
 MAX_STYLES_BYTES = 4 * 2**20
+#: The most styles one request may name (A1111's UI picks a few); bounds the work of applying them.
+MAX_STYLE_NAMES = 100
+#: The longest prompt styles may produce: the prompt's own limit, so no accepted request changes;
+#: checked before each style is applied, so a `{prompt} {prompt}` style named many times never
+#: builds a text longer than this.
+MAX_STYLED_CHARS = MAX_PROMPT_CHARS
 
 
 @dataclass(frozen=True)
@@ -45,11 +52,37 @@ def merge(style_text: str, prompt: str) -> str:
     return ", ".join(part for part in (prompt.strip(), style_text.strip()) if part)
 
 
+def merged_length(style_text: str, prompt: str) -> int:
+    """len(merge(style_text, prompt)), computed without building it."""
+    count = style_text.count(PLACEHOLDER)
+    if count:
+        return len(style_text) + count * (len(prompt) - len(PLACEHOLDER))
+    parts = [len(part) for part in (prompt.strip(), style_text.strip()) if part]
+    return sum(parts) + len(", ") * (len(parts) - 1) if parts else 0
+
+
 def apply_styles(prompt: str, negative: str, names, styles: dict[str, Style], param: str = "styles") -> tuple[str, str]:
-    """(prompt, negative prompt) with the named styles applied in order."""
+    """(prompt, negative prompt) with the named styles applied in order; each text stays within
+    MAX_STYLED_CHARS as it is built (one GenerationError naming `param` otherwise)."""
+    names = list(names)
+    if len(names) > MAX_STYLE_NAMES:
+        raise GenerationError(f"{param} names {len(names)} styles; the limit is {MAX_STYLE_NAMES}", param)
     for name in names:
         if name not in styles:
             known = ", ".join(styles) or "none (start the server with --styles FILE)"
             raise GenerationError(f"unknown style {name!r}; the styles are: {known}", param)
-        prompt, negative = merge(styles[name].prompt, prompt), merge(styles[name].negative_prompt, negative)
+    for name in names:
+        style = styles[name]
+        for which, text, current in (
+            ("prompt", style.prompt, prompt),
+            ("negative prompt", style.negative_prompt, negative),
+        ):
+            length = merged_length(text, current)
+            if length > MAX_STYLED_CHARS:
+                raise GenerationError(
+                    f"{param}: applying style {name!r} would make the {which} {length} characters long; "
+                    f"the limit is {MAX_STYLED_CHARS}",
+                    param,
+                )
+        prompt, negative = merge(style.prompt, prompt), merge(style.negative_prompt, negative)
     return prompt, negative
