@@ -175,6 +175,7 @@ def ksampler(context, model, seed, steps, cfg, sampler_name, scheduler, positive
         clip_skip=positive.clip.clip_skip,
         loras=tuple(_loras_of(model, positive.clip)),
         latents=noise,
+        confined_names=True,  # a client's LoRA names: --lora-dir's files only
     )
     if not latent_image.empty or denoise < 1.0:
         if denoise <= 0.0:
