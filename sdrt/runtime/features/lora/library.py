@@ -4,14 +4,27 @@ files are kept (by path, size and modification time), a few at a time."""
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from sdrt.runtime.features.lora.files import SUFFIXES, LoraFile, read_lora
+from sdrt.runtime.features.lora.files import SUFFIXES, LoraFile, is_lora_file, read_lora
 from sdrt.runtime.features.lora.weights_map import LoraError
+from sdrt.runtime.files.safetensors_files import SafetensorsError, read_metadata
 
 KEPT_FILES = 16  # parsed LoRA files kept in memory
+
+
+@dataclass(frozen=True)
+class ListedLora:
+    """A LoRA of the folder as a listing shows it: its metadata, or why the file is bad."""
+
+    name: str
+    path: Path
+    metadata: dict[str, str] = field(default_factory=dict)
+    bad: str | None = None
 
 
 class LoraLibrary:
@@ -28,9 +41,23 @@ class LoraLibrary:
             return {}
         found: dict[str, Path] = {}
         for path in sorted(self.folder.rglob("*")):
-            if path.suffix.lower() in SUFFIXES and path.is_file():
+            if is_lora_file(path):
                 found.setdefault(path.stem, path)
         return found
+
+    def listing(self) -> list[ListedLora]:
+        """Every LoRA of the folder with its metadata (a safetensors header is read and checked);
+        a bad file is listed as bad, with one warning line, and never stops the others."""
+        listed = []
+        for name, path in self.names().items():
+            try:
+                metadata = read_metadata(path, name) if path.suffix.lower() == ".safetensors" else {}
+            except SafetensorsError as error:
+                print(f"warning: LoRA {name} is listed as bad: {error}", file=sys.stderr)
+                listed.append(ListedLora(name, path, bad=str(error)))
+                continue
+            listed.append(ListedLora(name, path, metadata))
+        return listed
 
     def path_of(self, source: str) -> Path:
         """A LoRA's file: `source` as a path, else a name in the folder."""
@@ -57,7 +84,7 @@ class LoraLibrary:
             if key in self._files:
                 self._files.move_to_end(key)
                 return self._files[key]
-        lora = read_lora(path)
+        lora = read_lora(path, label=source)
         with self._lock:
             self._files[key] = lora
             while len(self._files) > KEPT_FILES:
