@@ -70,8 +70,9 @@ def _is_index(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def _layout(entry, name: str, key: str) -> tuple[object, list[int], int, int]:
-    """(dtype, shape, begin, end) of a header entry, each checked to be what the format allows."""
+def _layout(entry, name: str, key: str, data_bytes: int) -> tuple[object, list[int], int, int]:
+    """(dtype, shape, begin, end) of a header entry, each checked to be what the format allows
+    and to fit the `data_bytes` after the header."""
     if not isinstance(entry, dict):
         raise SafetensorsError(f"{name}: tensor {key!r:.80} has a malformed header entry (not an object)")
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
@@ -83,7 +84,11 @@ def _layout(entry, name: str, key: str) -> tuple[object, list[int], int, int]:
         )
     if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_index(offset) for offset in offsets):
         raise SafetensorsError(f"{name}: tensor {key!r:.80} has malformed data_offsets {offsets!r:.80}")
-    return DTYPES[dtype], shape, offsets[0], offsets[1]
+    begin, end = offsets
+    itemsize = 2 if dtype == "BF16" else np.dtype(DTYPES[dtype]).itemsize
+    if not begin <= end <= data_bytes or end - begin != itemsize * math.prod(shape):
+        raise SafetensorsError(f"{name}: tensor {key!r:.80} lies outside the file or has the wrong size for its shape")
+    return DTYPES[dtype], shape, begin, end
 
 
 def read_safetensors(
@@ -102,10 +107,7 @@ def read_safetensors(
     metadata = header.pop(METADATA_KEY, None) or {}
     tensors = {}
     for key, entry in header.items():
-        dtype, shape, begin, end = _layout(entry, name, key)
-        itemsize = 2 if dtype == "bfloat16" else np.dtype(dtype).itemsize
-        if not begin <= end <= len(data) or end - begin != itemsize * math.prod(shape):
-            raise SafetensorsError(f"{name}: tensor {key!r:.80} lies outside the file or has the wrong size")
+        dtype, shape, begin, end = _layout(entry, name, key, len(data))
         raw = data[begin:end]
         if dtype == "bfloat16":
             array = (np.frombuffer(raw, "<u2").astype(np.uint32) << BFLOAT16_SHIFT).view(np.float32)
@@ -136,8 +138,8 @@ def read_metadata(path: str | Path, label: str | None = None) -> dict[str, str]:
         header, start = _header(handle, name)
         data_bytes = handle.seek(0, io.SEEK_END) - start
     for key, entry in header.items():
-        if key != METADATA_KEY and _layout(entry, name, key)[3] > data_bytes:
-            raise SafetensorsError(f"{name}: tensor {key!r:.80} lies outside the file")
+        if key != METADATA_KEY:
+            _layout(entry, name, key, data_bytes)
     return _strings(header.get(METADATA_KEY) or {})
 
 
