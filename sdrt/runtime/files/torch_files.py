@@ -78,11 +78,11 @@ class _Unpickler(pickle.Unpickler):
         super().__init__(io.BytesIO(data))
         self.archive, self.root, self.name, self.budget = archive, root, name, budget
         self.storages: dict[str, np.ndarray] = {}
-        self.spent = 0  # bytes of storages read and tensors built so far
+        self.spent = {"storages": 0, "tensors": 0}  # bytes read and built so far, each within the budget
 
-    def _spend(self, nbytes: int, what: str) -> None:
-        self.spent += nbytes
-        if self.spent > self.budget:
+    def _spend(self, kind: str, nbytes: int, what: str) -> None:
+        self.spent[kind] += nbytes
+        if self.spent[kind] > self.budget:
             raise TorchFileError(
                 f"{self.name} expands to more than {_mib(self.budget)} ({what}); it is not a file "
                 "sdrt reads (a zip bomb, or a file of another kind)"
@@ -110,7 +110,7 @@ class _Unpickler(pickle.Unpickler):
             member = self.archive.getinfo(f"{self.root}/data/{key}")
         except KeyError:
             raise TorchFileError(f"{self.name} lacks the tensor data {key}; the file is damaged") from None
-        self._spend(member.file_size, f"storage {key}")
+        self._spend("storages", member.file_size, f"storage {key}")
         raw = self.archive.read(member)
         itemsize = 2 if dtype == "bfloat16" else np.dtype(dtype).itemsize
         if len(raw) % itemsize:
@@ -150,7 +150,7 @@ class _Unpickler(pickle.Unpickler):
                 )
         elif offset > storage.size:
             raise TorchFileError(f"{self.name}: an empty tensor starts past its storage; the file is damaged")
-        self._spend(count * storage.itemsize, f"a tensor of shape {list(size)}")
+        self._spend("tensors", count * storage.itemsize, f"a tensor of shape {list(size)}")
         itemsize = storage.itemsize
         view = np.ndarray(
             size,
