@@ -315,3 +315,22 @@ def test_a_fifo_in_place_of_a_model_file_is_named(tmp_path):
     os.unlink(tmp_path / "manifest.json")
     os.mkfifo(tmp_path / "model_index.json")
     assert "model_index.json is a FIFO" in refused(ModelFolderError, infer_manifest, tmp_path, None)
+
+
+def test_the_server_lists_a_folder_of_hostile_loras_and_refuses_each_with_a_4xx(exported_tiny, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from sdrt.runtime.pipeline import Pipeline
+    from sdrt.serve.app import create_app
+
+    folder = tmp_path / "loras"
+    hostile = hostile_loras(folder)
+    pipeline = Pipeline.load(exported_tiny("standard"), lora_dir=folder)
+    with TestClient(create_app(pipeline)) as client:
+        listing = client.get("/sdapi/v1/loras")
+        assert listing.status_code == 200 and {entry["name"] for entry in listing.json()} == set(hostile)
+        for name, (_, key) in hostile.items():
+            body = {"prompt": f"a cat <lora:{name}:1>", "steps": 1, "width": 64, "height": 64}
+            response = client.post("/sdapi/v1/txt2img", json=body)
+            assert response.status_code == 400, response.text
+            assert name in response.text and key in response.text and str(tmp_path) not in response.text

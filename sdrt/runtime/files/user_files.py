@@ -68,7 +68,7 @@ def present(path: str | Path, error: type[SdrtError], label: str | None = None) 
     folder in its place is `error`, so that a file sdrt looks for is never silently passed over."""
     try:
         mode = os.stat(path).st_mode
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # nothing there (or a file where a folder would be)
         return False
     except (OSError, ValueError) as failure:
         raise error(f"cannot read {display_name(Path(path), label)}: {failure}") from None
@@ -88,7 +88,7 @@ def open_regular(path: str | Path, max_bytes: int, error: type[SdrtError], label
         before = os.stat(path)
         check_regular(before.st_mode, before.st_size, name, max_bytes, error)
         descriptor = os.open(path, READ_FLAGS)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # nothing there (or a file where a folder would be)
         raise error(f"{name} does not exist") from None
     except (OSError, ValueError) as failure:
         raise error(f"cannot read {name}: {getattr(failure, 'strerror', None) or failure}") from None
