@@ -15,6 +15,7 @@ import click
 from sdrt.cli.hub_model import fetch_default
 from sdrt.cli.progress import ComponentLines
 from sdrt.errors import ModelFolderError, SdrtError
+from sdrt.runtime.files.user_files import present
 from sdrt.runtime.manifest import MANIFEST_NAME
 
 MODEL_ENV = "SDRT_MODEL"
@@ -34,8 +35,8 @@ def cached_export(source: str) -> Path:
 
 def is_export(folder: Path) -> bool:
     """A folder the runtime loads as it is: an sdrt export, or a diffusers ONNX folder."""
-    return (folder / MANIFEST_NAME).is_file() or (
-        (folder / "model_index.json").is_file() and (folder / ONNX_UNET).is_file()
+    return present(folder / MANIFEST_NAME, ModelFolderError) or (
+        present(folder / "model_index.json", ModelFolderError) and (folder / ONNX_UNET).is_file()
     )
 
 
@@ -48,7 +49,7 @@ def _check_source(source: str, named: str) -> str:
     entry does not depend on the working folder), or a one-line error naming the fix."""
     path = Path(source).expanduser()
     if path.is_dir():
-        if not (path / "model_index.json").is_file():
+        if not present(path / "model_index.json", ModelFolderError):
             raise ModelFolderError(
                 f"{named} {source} is not a model folder (no {MANIFEST_NAME} or model_index.json); "
                 f"pass {WHAT_MODEL_TAKES}"

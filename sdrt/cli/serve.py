@@ -268,7 +268,7 @@ def serve(
         raise SdrtError(f"--models-dir {models_dir} is not a folder")
 
     def load(folder):
-        return Pipeline.load(
+        pipeline = Pipeline.load(
             folder,
             backend=backend,
             threads=threads,
@@ -278,6 +278,9 @@ def serve(
             lora_cache_mb=lora_cache_mb,
             controlnet_dir=controlnet_dir,
         )
+        for name, reason in pipeline.text_encoders.embeddings.skipped.items():
+            click.echo(f"warning: embedding {name} skipped: {reason}", err=True)
+        return pipeline
 
     from sdrt.serve.catalog import ModelCatalog
     from sdrt.serve.http import JsonErrorProtocol, StoppingServer

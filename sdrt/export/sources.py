@@ -3,10 +3,11 @@ single-file `.safetensors` / `.ckpt` checkpoint, or a Hugging Face hub id."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from sdrt.errors import ModelFolderError
+from sdrt.runtime.files.json_files import read_json
+from sdrt.runtime.files.user_files import present
 
 REQUIRED_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
@@ -60,17 +61,13 @@ def _pipeline_class_for_checkpoint(path: Path, config: str | None) -> str:
 
 
 def _read_index(folder: Path) -> dict:
-    index_path = folder / "model_index.json"
-    try:
-        return json.loads(index_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise ModelFolderError(f"{index_path} is not valid JSON: {error}") from None
+    return read_json(folder / "model_index.json", advice="pass a diffusers model folder")
 
 
 def _check_diffusers_folder(folder: Path) -> dict:
     """The folder's model_index.json, once the folder is known to hold a supported model."""
     index_path = folder / "model_index.json"
-    if not index_path.is_file():
+    if not present(index_path, ModelFolderError):
         raise ModelFolderError(
             f"{folder} is not a diffusers model folder (no model_index.json); pass a diffusers "
             "folder, a .safetensors/.ckpt checkpoint or a hub id"

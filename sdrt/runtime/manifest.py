@@ -16,6 +16,7 @@ from typing import Any
 
 from sdrt.errors import ModelFolderError
 from sdrt.runtime.files.json_files import read_json
+from sdrt.runtime.files.user_files import present
 
 MANIFEST_NAME = "manifest.json"
 SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
@@ -231,7 +232,7 @@ class Manifest:
         for what a schema cannot say: ranges in order, named sizes defined, finite numbers and
         every file inside the folder. Any defect is one ModelFolderError."""
         path = Path(folder) / MANIFEST_NAME
-        if not path.is_file():
+        if not present(path, ModelFolderError):
             raise ModelFolderError(f"{folder} has no {MANIFEST_NAME}; export the model with `sdrt export`")
         data = read_json(path, kind=object, max_bytes=MAX_MANIFEST_BYTES)
         if isinstance(data, dict) and data.get("kind") == "controlnet":

@@ -11,6 +11,7 @@ from sdrt.errors import ModelFolderError
 from sdrt.runtime.engines.onnxruntime import session_tensor_specs
 from sdrt.runtime.families.sd import InferredStableDiffusion
 from sdrt.runtime.files.json_files import read_json
+from sdrt.runtime.files.user_files import present
 from sdrt.runtime.manifest import FORMAT_VERSION, ComponentSpec, DimRange, Manifest
 
 ONNX_FILE = "model.onnx"
@@ -25,13 +26,13 @@ SD_LATENT_MULTIPLE = 8
 
 
 def _read_json(path: Path) -> dict:
-    return read_json(path) if path.is_file() else {}
+    return read_json(path) if present(path, ModelFolderError) else {}
 
 
 def infer_manifest(folder: Path, open_session: Callable[[Path], Any]) -> tuple[Manifest, dict[str, Any]]:
     """The manifest, and the sessions opened (with `open_session`) to read the graphs' tensors:
     the caller's engines adopt them rather than load each model a second time."""
-    if not (folder / "model_index.json").is_file():
+    if not present(folder / "model_index.json", ModelFolderError):
         raise ModelFolderError(
             f"{folder} is not an exported model (no manifest.json or model_index.json); "
             f"export one with `sdrt export MODEL --out {folder}`"

@@ -38,6 +38,7 @@ from sdrt.runtime.features.lora.library import LoraLibrary
 from sdrt.runtime.features.preview import Preview
 from sdrt.runtime.files.integrity import verify_components
 from sdrt.runtime.files.json_files import read_json
+from sdrt.runtime.files.user_files import present
 from sdrt.runtime.loop.context import GenerationCancelled, RunWatch
 from sdrt.runtime.loop.timings import (
     TOTAL,
@@ -144,7 +145,7 @@ class Pipeline:
         )
         library = LoraLibrary(lora_dir)
         sessions: dict = {}
-        if (folder / MANIFEST_NAME).is_file():
+        if present(folder / MANIFEST_NAME, ModelFolderError):
             manifest = Manifest.load(folder)
         elif not backend.infers_manifest:
             raise ModelFolderError(
@@ -163,7 +164,7 @@ class Pipeline:
         loaded = [name for name in manifest.components if name in required or name in sessions]
         verify_components(folder, manifest, loaded)
         scheduler_path = folder / "scheduler" / "scheduler_config.json"
-        if not scheduler_path.is_file():
+        if not present(scheduler_path, ModelFolderError):
             raise ModelFolderError(f"{scheduler_path} is missing; re-export the model")
         scheduler_config = read_json(scheduler_path)
         try:

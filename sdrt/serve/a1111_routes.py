@@ -4,6 +4,7 @@ generation routes themselves are in sdrt.serve.app."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 from fastapi import Body as RawBody
@@ -76,15 +77,10 @@ def add_a1111_routes(app: FastAPI, service, catalog, settings) -> None:
     @app.get("/sdapi/v1/loras")
     async def loras():
         """A1111's listing: the LoRAs of --lora-dir that <lora:NAME:WEIGHT> tags can name."""
-        from sdrt.runtime.files.safetensors_files import SafetensorsError, read_metadata
-
         listed = []
-        for name, path in service.pipeline.loras.library.names().items():
-            try:
-                metadata = read_metadata(path) if path.suffix.lower() == ".safetensors" else {}
-            except (SafetensorsError, OSError):
-                metadata = {}
-            listed.append({"name": name, "alias": name, "path": str(path), "metadata": metadata})
+        for lora in await asyncio.to_thread(service.pipeline.loras.library.listing):
+            entry = {"name": lora.name, "alias": lora.name, "path": str(lora.path), "metadata": lora.metadata}
+            listed.append(entry if lora.bad is None else {**entry, "bad": lora.bad})
         return listed
 
     @app.post("/sdapi/v1/refresh-loras")

@@ -106,3 +106,39 @@ def test_cached_pipeline_images_equal_uncached(folder, cache, monkeypatch):
     np.testing.assert_array_equal(cached, fresh)
     np.testing.assert_array_equal(cached, plain)
     assert len(list(cache.iterdir())) == 3  # text encoder, UNet, VAE decoder
+
+
+def test_finite_values_written_into_a_warm_entry_are_caught_and_the_entry_rebuilt(folder, cache, capsys):
+    import onnxruntime as ort
+
+    expected = unet(folder).run(feeds())["out_sample"]
+    (entry,) = cache.iterdir()
+    data = entry / ort_cache.DATA_FILE
+    assert data.is_file() and set(json.loads((entry / ort_cache.COMPLETE_FILE).read_text())["files"]) == {
+        ort_cache.MODEL_FILE,
+        ort_cache.DATA_FILE,
+    }
+    weights = np.frombuffer(data.read_bytes(), np.float32).copy()
+    weights[: weights.size // 2] = 0.5  # finite, the same size: only a digest tells
+    data.write_bytes(weights.tobytes())
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    damaged = ort.InferenceSession(str(entry / ort_cache.MODEL_FILE), options, providers=["CPUExecutionProvider"])
+    assert not np.array_equal(damaged.run(None, feeds())[0], expected)  # what an unchecked entry served
+    capsys.readouterr()
+    np.testing.assert_array_equal(unet(folder).run(feeds())["out_sample"], expected)
+    warnings = capsys.readouterr().err.strip().splitlines()
+    assert len(warnings) == 1 and "damaged" in warnings[0] and ort_cache.DATA_FILE in warnings[0], warnings
+    assert ort_cache.damage(entry) is None  # rebuilt, and trusted again
+    np.testing.assert_array_equal(unet(folder).run(feeds())["out_sample"], expected)
+    assert not capsys.readouterr().err
+
+
+def test_an_entry_without_a_record_of_its_files_is_rebuilt(folder, cache):
+    expected = unet(folder).run(feeds())["out_sample"]
+    (entry,) = cache.iterdir()
+    complete = entry / ort_cache.COMPLETE_FILE
+    complete.write_text(json.dumps({"sha256": "0" * 64}))  # as an older sdrt wrote it
+    assert ort_cache.complete_entry(Manifest.load(folder).components["unet"]) is None
+    np.testing.assert_array_equal(unet(folder).run(feeds())["out_sample"], expected)
+    assert "files" in json.loads(complete.read_text())

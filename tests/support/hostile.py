@@ -45,3 +45,57 @@ def gif_header(width: int, height: int) -> bytes:
 def copy_model(source: Path, target: Path) -> Path:
     shutil.copytree(source, target)
     return target
+
+
+class _Storage:
+    """A storage a hostile torch file refers to: its key and its element count."""
+
+    def __init__(self, key: str, numel: int):
+        self.key, self.numel = key, numel
+
+
+class _TensorView:
+    """A tensor as torch pickles it (a rebuild call over a storage), with any layout at all."""
+
+    def __init__(self, storage: _Storage, offset, shape, stride):
+        self.storage, self.offset, self.shape, self.stride = storage, offset, shape, stride
+
+    def __reduce__(self):
+        import collections
+
+        import torch._utils
+
+        args = (self.storage, self.offset, self.shape, self.stride, False, collections.OrderedDict())
+        return torch._utils._rebuild_tensor_v2, args
+
+
+def torch_zip(path: Path, tree, storages: dict[str, bytes], compress: bool = False) -> Path:
+    """A torch zip file holding `tree` (tensors made with tensor_view) and the raw bytes of each
+    storage, written by hand so that it can lie in ways torch.save never would."""
+    import io
+    import pickle
+    import zipfile
+
+    import torch
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            if isinstance(obj, _Storage):
+                return ("storage", torch.FloatStorage, obj.key, "cpu", obj.numel)
+            return None
+
+    buffer = io.BytesIO()
+    Pickler(buffer, protocol=2).dump(tree)
+    method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    with zipfile.ZipFile(path, "w", compression=method) as archive:
+        archive.writestr("archive/data.pkl", buffer.getvalue())
+        archive.writestr("archive/byteorder", "little")
+        archive.writestr("archive/version", "3\n")
+        for key, raw in storages.items():
+            archive.writestr(f"archive/data/{key}", raw)
+    return path
+
+
+def tensor_view(key: str, numel: int, offset, shape, stride) -> _TensorView:
+    """A float32 tensor of shape `shape` over storage `key` of `numel` elements."""
+    return _TensorView(_Storage(key, numel), offset, shape, stride)

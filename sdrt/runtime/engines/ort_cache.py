@@ -9,6 +9,11 @@ version that made it, so the cache key holds both, with the ONNX file's sha256 f
 
 Where: $SDRT_CACHE/ort (default ~/.cache/sdrt/ort), one folder per key. SDRT_ORT_CACHE=0 turns
 it off. A cache that cannot be written (read-only, disk full) or read is skipped, never fatal.
+
+An entry is trusted only while its files are the ones it was saved with: complete.json records
+each file's size and sha256 when the entry is written, and every reuse checks them (the sha256
+through sdrt.runtime.files.integrity's digest records, so an unchanged file is not read again).
+An entry that does not match (a damaged or edited file) is rebuilt, with a one-line warning.
 """
 
 from __future__ import annotations
@@ -19,10 +24,12 @@ import os
 import platform
 import re
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from sdrt.runtime.engines.onnxruntime import ORT_ERRORS_ONLY
+from sdrt.runtime.files.integrity import file_sha256, record_sha256
 from sdrt.runtime.files.leftovers import remove_stale
 from sdrt.runtime.manifest import ComponentSpec
 
@@ -78,10 +85,54 @@ def entry_folder(spec: ComponentSpec) -> Path:
     return cache_root() / "ort" / cache_key(spec, ort.__version__)
 
 
+def _record_files(staging: Path) -> dict[str, dict]:
+    """Name -> size and sha256 of each file of an entry being saved (recorded in the digest
+    cache too, so the first reuse reads nothing again)."""
+    return {
+        path.name: {"size": path.stat().st_size, "sha256": record_sha256(path)}
+        for path in sorted(staging.iterdir())
+        if path.name != COMPLETE_FILE and path.is_file()
+    }
+
+
+def damage(folder: Path) -> str | None:
+    """Why a saved entry cannot be trusted (a file changed or missing, or no record of its
+    files: an entry from an older sdrt), or None when every file is as it was saved. Files
+    added later (ort_overrides' placements record) are not the graph's and not checked."""
+    try:
+        record = json.loads((folder / COMPLETE_FILE).read_text(encoding="utf-8"))
+        files = record["files"]
+        if not isinstance(files, dict) or MODEL_FILE not in files:
+            return "it has no record of its files"
+        for name, saved in files.items():
+            path = folder / name
+            if not path.is_file():
+                return f"{name} is missing"
+            if path.stat().st_size != saved["size"] or file_sha256(path) != saved["sha256"]:
+                return f"{name} changed after it was saved"
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        return f"its record cannot be read ({type(error).__name__})"
+    return None
+
+
+def _trusted(folder: Path) -> bool:
+    """Whether a complete entry may be used; a damaged one is removed, with a warning."""
+    reason = damage(folder)
+    if reason is None:
+        return True
+    if (folder / COMPLETE_FILE).is_file() and "no record" not in reason:
+        print(
+            f"warning: the optimized-graph cache entry {folder} is damaged ({reason}); rebuilding it", file=sys.stderr
+        )
+    shutil.rmtree(folder, ignore_errors=True)
+    return False
+
+
 def complete_entry(spec: ComponentSpec) -> Path | None:
-    """The cache folder of a component's optimized graph, if one has been saved."""
+    """The cache folder of a component's optimized graph, if one has been saved and its files
+    are the ones saved."""
     folder = entry_folder(spec)
-    return folder if (folder / COMPLETE_FILE).is_file() else None
+    return folder if (folder / COMPLETE_FILE).is_file() and _trusted(folder) else None
 
 
 def cached_session(source: Path, spec: ComponentSpec, make_options: Callable, providers: list):
@@ -92,7 +143,7 @@ def cached_session(source: Path, spec: ComponentSpec, make_options: Callable, pr
 
     folder = entry_folder(spec)
     remove_stale(folder.parent, STALE_STAGING)
-    if (folder / COMPLETE_FILE).is_file():
+    if (folder / COMPLETE_FILE).is_file() and _trusted(folder):
         options = make_options()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         try:
@@ -112,8 +163,9 @@ def cached_session(source: Path, spec: ComponentSpec, make_options: Callable, pr
             "session.optimized_model_external_initializers_min_size_in_bytes", str(EXTERNAL_MIN_BYTES)
         )
         session = ort.InferenceSession(str(source), options, providers=providers)
+        files = _record_files(staging)
         (staging / COMPLETE_FILE).write_text(
-            json.dumps({"source": str(source), "sha256": spec.sha256}), encoding="utf-8"
+            json.dumps({"source": str(source), "sha256": spec.sha256, "files": files}), encoding="utf-8"
         )
         if folder.exists() and not (folder / COMPLETE_FILE).is_file():
             shutil.rmtree(folder, ignore_errors=True)  # an interrupted save

@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from sdrt.errors import ModelFolderError
+from sdrt.runtime.files.user_files import MAX_JSON_BYTES, read_regular_text
 
 #: No config or tokenizer file of a model folder is near this (CLIP's tokenizer.json: 3.6 MB).
-MAX_CONFIG_BYTES = 64 * 2**20
+MAX_CONFIG_BYTES = MAX_JSON_BYTES
 ADVICE = "re-export the model"
 
 
@@ -20,12 +21,15 @@ def _reject_constant(name: str):
 
 
 def read_json(path: Path, *, kind: type = dict, max_bytes: int = MAX_CONFIG_BYTES, advice: str = ADVICE) -> Any:
-    """The JSON value of `path`, checked to be a `kind`."""
+    """The JSON value of `path` (a regular file: a FIFO or a device is refused at once),
+    checked to be a `kind`."""
     try:
-        if path.stat().st_size > max_bytes:
-            raise ModelFolderError(f"{path} is larger than {max_bytes >> 20} MiB; {advice}")
-        value = json.loads(path.read_text(encoding="utf-8"), parse_constant=_reject_constant)
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:
+        text = read_regular_text(path, max_bytes, ModelFolderError)
+    except ModelFolderError as error:
+        raise ModelFolderError(f"{error}; {advice}") from None
+    try:
+        value = json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as error:
         reason = "nested too deeply" if isinstance(error, RecursionError) else str(error).splitlines()[0]
         raise ModelFolderError(f"cannot read {path} as JSON ({reason}); {advice}") from None
     if not isinstance(value, kind):

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from sdrt.errors import SdrtError
+from sdrt.runtime.files.user_files import MAX_IMAGE_BYTES, open_regular
 
 FLATTEN_BACKGROUND = (255, 255, 255)
 MAX_8BIT = 255
@@ -55,12 +56,10 @@ def open_image(source: str | Path | bytes | Image.Image, max_pixels: int = MAX_I
     if isinstance(source, (bytes, bytearray)):
         stream, name = io.BytesIO(source), "the input image"
     else:
-        path = Path(source)
-        if not path.is_file():
-            raise InputImageError(f"input image {path} does not exist")
-        stream, name = path, f"input image {path}"
+        name = f"input image {source}"
+        stream = open_regular(source, MAX_IMAGE_BYTES, InputImageError, name)
     try:
-        with Image.open(stream) as image:  # reads the header only
+        with stream, Image.open(stream) as image:  # reads the header only
             check_pixels(image.size, name, max_pixels)
             image.load()
             return image.copy()

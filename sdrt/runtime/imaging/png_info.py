@@ -21,6 +21,7 @@ from PIL import Image, PngImagePlugin
 
 from sdrt.errors import SdrtError
 from sdrt.runtime.files.leftovers import remove_stale
+from sdrt.runtime.files.user_files import MAX_IMAGE_BYTES, open_regular
 from sdrt.runtime.schedulers import DEFAULT_SCHEDULE, display_name
 from sdrt.runtime.schedulers.schedules import schedule_label
 
@@ -199,10 +200,8 @@ def save_png(image: Image.Image, path: Path, parameters_text: str) -> None:
 
 def read_parameters(path: Path) -> str:
     try:
-        with Image.open(path) as image:
+        with open_regular(path, MAX_IMAGE_BYTES, ImageFileError) as handle, Image.open(handle) as image:
             text = image.info.get(PARAMETERS_KEY)
-    except FileNotFoundError:
-        raise ImageFileError(f"{path} does not exist") from None
     except Image.DecompressionBombError:
         raise ImageFileError(f"{path} declares an image too large to be one sdrt made") from None
     except (OSError, SyntaxError, ValueError) as error:  # ValueError: PIL's text-chunk limits

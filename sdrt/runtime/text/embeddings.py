@@ -16,13 +16,16 @@ chunking apply to it); a word that is no loaded trigger stays text.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from sdrt.errors import SdrtError
-from sdrt.runtime.files.torch_files import load_torch_file
+from sdrt.runtime.files.safetensors_files import SafetensorsError, read_safetensors
+from sdrt.runtime.files.torch_files import TorchFileError, load_torch_file
+from sdrt.runtime.files.user_files import MAX_EMBEDDING_BYTES, is_regular, read_regular
 
 SUFFIXES = (".safetensors", ".pt", ".bin")
 #: SDXL files: the vectors of each text encoder, by the width it takes.
@@ -53,35 +56,39 @@ class Embedding:
 def read_embedding(path: str | Path, token: str | None = None) -> Embedding:
     """One embedding file; `token` overrides the trigger word (default: the file's stem)."""
     path = Path(path)
-    if not path.is_file():
-        raise EmbeddingError(f"embedding file {path} does not exist")
+    shown = printable(path)
     if path.suffix.lower() not in SUFFIXES:
-        raise EmbeddingError(f"{path} is not an embedding file ({', '.join(SUFFIXES)})")
-    if path.suffix.lower() == ".safetensors":
-        data = _read_safetensors(path)
-    else:
-        data = load_torch_file(path)
-    vectors = _vectors(data, path)
-    counts = {v.shape[0] for v in vectors.values()}
-    if len(counts) != 1 or 0 in counts:
-        raise EmbeddingError(f"{path} has vectors of different counts for its text encoders, or none")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:SHORT_HASH]
+        raise EmbeddingError(f"{shown} is not an embedding file ({', '.join(SUFFIXES)})")
     name = token or path.stem
     if not name.strip():
-        raise EmbeddingError(f"{path}: the trigger word is empty")
-    return Embedding(name, vectors, path, digest)
-
-
-def _read_safetensors(path: Path) -> dict:
-    from safetensors.numpy import load_file
-
+        raise EmbeddingError(f"{shown}: the trigger word is empty")
+    if printable(name) != name:
+        raise EmbeddingError(f"{shown}: the file's name is not UTF-8 text, so it cannot be a trigger word")
     try:
-        return load_file(str(path))
-    except Exception as error:  # safetensors raises its own error types for malformed files
-        raise EmbeddingError(f"{path} is not a readable safetensors file: {error}") from None
+        if path.suffix.lower() == ".safetensors":
+            data, _ = read_safetensors(path, MAX_EMBEDDING_BYTES, shown)
+        else:
+            data = load_torch_file(path, MAX_EMBEDDING_BYTES, shown)
+    except (SafetensorsError, TorchFileError) as error:
+        raise EmbeddingError(str(error)) from None
+    vectors = _vectors(data, shown)
+    counts = {v.shape[0] for v in vectors.values()}
+    if len(counts) != 1 or 0 in counts:
+        raise EmbeddingError(f"{shown} has vectors of different counts for its text encoders, or none")
+    digest = hashlib.sha256(read_regular(path, MAX_EMBEDDING_BYTES, EmbeddingError, shown)).hexdigest()
+    return Embedding(name, vectors, path, digest[:SHORT_HASH])
 
 
-def _vectors(data, path: Path) -> dict[str, np.ndarray]:
+def printable(text: str | Path) -> str:
+    """A file name as a message can print it: bytes that are not UTF-8 shown as \\xNN escapes."""
+    text = str(text)
+    try:
+        return os.fsencode(text).decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that is no escaped byte
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _vectors(data, path: str) -> dict[str, np.ndarray]:
     if not isinstance(data, dict):
         raise EmbeddingError(f"{path} holds no embedding (a {type(data).__name__})")
     if any(key in data for key in SDXL_KEYS):
@@ -102,7 +109,7 @@ def _vectors(data, path: Path) -> dict[str, np.ndarray]:
     raise EmbeddingError(f"{path} is not a textual-inversion embedding (keys: {', '.join(map(str, list(data)[:8]))})")
 
 
-def _matrix(value, path: Path) -> np.ndarray:
+def _matrix(value, path: str) -> np.ndarray:
     if not isinstance(value, np.ndarray) or value.ndim not in (1, 2) or not np.issubdtype(value.dtype, np.floating):
         raise EmbeddingError(f"{path}: the embedding is not a vector or matrix of numbers")
     matrix = np.atleast_2d(value).astype(np.float32)
@@ -116,7 +123,7 @@ def find_embeddings(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise EmbeddingError(f"embeddings folder {folder} does not exist")
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES)
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in SUFFIXES and is_regular(p))
 
 
 @dataclass
@@ -164,7 +171,7 @@ def load_embeddings(sources: list[EmbeddingSource], check) -> EmbeddingSet:
             except SdrtError as error:
                 if explicit:
                     raise
-                result.skipped[path.stem] = str(error)
+                result.skipped[printable(path.stem)] = str(error)
                 continue
             if reason is not None:
                 if explicit:

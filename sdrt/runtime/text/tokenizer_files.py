@@ -13,6 +13,7 @@ from typing import Any
 
 from sdrt.errors import ModelFolderError
 from sdrt.runtime.files.json_files import MAX_CONFIG_BYTES, read_json
+from sdrt.runtime.files.user_files import present, read_regular_text
 
 END_OF_WORD = "</w>"
 # transformers writes this sentinel as model_max_length when a tokenizer has no limit.
@@ -22,7 +23,7 @@ SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token")
 
 def _read(path: Path, *, required: bool, kind: type = dict) -> Any:
     """The JSON value of `path` ({} when optional and missing), checked to be a `kind`."""
-    if not path.is_file():
+    if not present(path, ModelFolderError):
         if required:
             raise ModelFolderError(f"{path} is missing")
         return kind()
@@ -50,13 +51,8 @@ def _merges(entries: Any, path: Path) -> list[tuple[str, str]]:
 
 
 def read_merges(path: Path) -> list[tuple[str, str]]:
-    try:
-        if path.stat().st_size > MAX_CONFIG_BYTES:
-            raise ModelFolderError(f"{path} is larger than {MAX_CONFIG_BYTES >> 20} MiB; it is not a merges file")
-        with open(path, encoding="utf-8") as handle:
-            lines = [line.rstrip("\n") for line in handle]
-    except (OSError, UnicodeDecodeError) as error:
-        raise ModelFolderError(f"cannot read {path}: {error}") from None
+    text = read_regular_text(path, MAX_CONFIG_BYTES, ModelFolderError)
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")  # universal newlines, as open() reads
     if lines and lines[0].startswith("#version"):
         lines[0] = ""
     return _merges([line for line in lines if line], path)
@@ -108,10 +104,10 @@ def read_tokenizer_folder(folder: Path) -> dict[str, Any]:
                 raise ModelFolderError(f"{folder}/tokenizer_config.json: added token {index!r} is malformed")
             added_tokens[entry["content"]] = int(index)
     split_pattern = None
-    if (folder / "tokenizer.json").is_file():
+    if present(folder / "tokenizer.json", ModelFolderError):
         vocab, merges, from_json, split_pattern = read_tokenizer_json(folder / "tokenizer.json")
         added_tokens.update(from_json)
-    elif (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+    elif present(folder / "vocab.json", ModelFolderError) and present(folder / "merges.txt", ModelFolderError):
         vocab = _vocab(_read(folder / "vocab.json", required=True), folder / "vocab.json")
         merges = read_merges(folder / "merges.txt")
     else:

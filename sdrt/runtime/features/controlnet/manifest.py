@@ -18,6 +18,7 @@ from typing import Any
 from sdrt.errors import ModelFolderError
 from sdrt.runtime.families import FAMILIES as MODEL_FAMILIES
 from sdrt.runtime.files.json_files import read_json
+from sdrt.runtime.files.user_files import present
 from sdrt.runtime.manifest import (
     FORMAT_VERSION,
     MANIFEST_NAME,
@@ -64,7 +65,7 @@ class ControlNetManifest:
     def load(cls, folder: str | Path) -> ControlNetManifest:
         folder = Path(folder)
         path = folder / MANIFEST_NAME
-        if not path.is_file():
+        if not present(path, ModelFolderError):
             raise ModelFolderError(
                 f"{folder} is not an exported ControlNet (no {MANIFEST_NAME}); export one with "
                 "`sdrt export CONTROLNET --out DIR`"

@@ -25,6 +25,7 @@ import numpy as np
 from sdrt.runtime.features.lora.weights_map import LoraError
 from sdrt.runtime.files.safetensors_files import SafetensorsError, read_safetensors, tensor_data_sha256
 from sdrt.runtime.files.torch_files import TorchFileError, load_torch_file
+from sdrt.runtime.files.user_files import MAX_LORA_BYTES, display_name, is_regular, open_regular
 
 SUFFIXES = (".safetensors", ".pt", ".ckpt", ".bin")
 SHORT_HASH = 12  # hex digits A1111 records
@@ -55,6 +56,9 @@ FACTOR_SUFFIXES = (
 #: diffusers' attention-processor layout: `attn1.processor.to_q_lora.down.weight` is `attn1.to_q`.
 PROCESSOR_LAYER = re.compile(r"(?P<block>.+)\.processor\.(?P<proj>to_q|to_k|to_v|to_out)_lora$")
 PEFT_ADAPTER = re.compile(r"\.(lora_[AB])\.[^.]+\.weight$")  # lora_A.<adapter>.weight
+HASH_BLOCK_BYTES = 1 << 20
+#: A factor is a matrix (rank x in, out x rank) or a convolution kernel (rank x in x kh x kw).
+FACTOR_DIMS = (2, 4)
 
 
 @dataclass
@@ -98,42 +102,58 @@ class LoraFile:
     base_model: str  # the file's own claim (kohya's ss_base_model_version), "" if none
 
 
-def read_lora(path: str | Path, name: str | None = None) -> LoraFile:
+def read_lora(path: str | Path, name: str | None = None, label: str | None = None) -> LoraFile:
+    """A LoRA file; `label` names it in errors (a server gives the name its client sent, never
+    the server's path); default: the path."""
     path = Path(path)
-    if not path.is_file():
-        raise LoraError(f"LoRA file {path} does not exist")
+    shown = display_name(path, label)
+    if not path.exists():
+        raise LoraError(f"LoRA file {shown} does not exist")
     if path.suffix.lower() not in SUFFIXES:
-        raise LoraError(f"{path} is not a LoRA file ({', '.join(SUFFIXES)})")
+        raise LoraError(f"{shown} is not a LoRA file ({', '.join(SUFFIXES)})")
     try:
         if path.suffix.lower() == ".safetensors":
-            tensors, metadata = read_safetensors(path)
-            sha256 = tensor_data_sha256(path)
+            tensors, metadata = read_safetensors(path, MAX_LORA_BYTES, label)
+            sha256 = tensor_data_sha256(path, label)
         else:
-            tensors, metadata = load_torch_file(path), {}
-            sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+            tensors, metadata = load_torch_file(path, MAX_LORA_BYTES, label), {}
+            sha256 = _file_sha256(path, label)
     except (SafetensorsError, TorchFileError) as error:
         raise LoraError(str(error)) from None
     if not isinstance(tensors, dict) or not all(isinstance(v, np.ndarray) for v in tensors.values()):
-        raise LoraError(f"{path} is not a LoRA: it holds no plain mapping of tensors")
-    layers, ignored = _layers(tensors, _peft_config(metadata, path))
+        raise LoraError(f"{shown} is not a LoRA: it holds no plain mapping of tensors")
+    layers, ignored = _layers(tensors, _peft_config(metadata, shown), shown)
     if not layers:
         raise LoraError(
-            f"{path} is not a LoRA: none of its {len(tensors)} keys is a LoRA layer "
-            f"(first keys: {', '.join(list(tensors)[:3])})"
+            f"{shown} is not a LoRA: none of its {len(tensors)} keys is a LoRA layer "
+            f"(first keys: {', '.join(str(key)[:80] for key in list(tensors)[:3])})"
         )
     return LoraFile(
         path, name or path.stem, sha256[:SHORT_HASH], sha256, layers, ignored, metadata.get("ss_base_model_version", "")
     )
 
 
-def _peft_config(metadata: dict[str, str], path: Path) -> dict:
+def is_lora_file(path: Path) -> bool:
+    """A regular file with a LoRA suffix (what a LoRA folder lists)."""
+    return path.suffix.lower() in SUFFIXES and is_regular(path)
+
+
+def _file_sha256(path: Path, label: str | None) -> str:
+    digest = hashlib.sha256()
+    with open_regular(path, MAX_LORA_BYTES, LoraError, label) as handle:
+        while block := handle.read(HASH_BLOCK_BYTES):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _peft_config(metadata: dict[str, str], shown: str) -> dict:
     raw = metadata.get(DIFFUSERS_METADATA_KEY)
     if not raw:
         return {}
     try:
         config = json.loads(raw)
-    except ValueError:
-        raise LoraError(f"{path}: its {DIFFUSERS_METADATA_KEY} metadata is not JSON") from None
+    except (ValueError, RecursionError):
+        raise LoraError(f"{shown}: its {DIFFUSERS_METADATA_KEY} metadata is not JSON") from None
     return config if isinstance(config, dict) else {}
 
 
@@ -157,36 +177,73 @@ def _split(key: str) -> tuple[str, str, str, bool] | None:
     return None
 
 
-def _layers(tensors: dict[str, np.ndarray], peft: dict) -> tuple[list[LoraLayer], list[str]]:
+def _factor(value: np.ndarray, shown: str, key: str) -> np.ndarray:
+    """A down or up factor, checked to be a finite float matrix or kernel with no empty side."""
+    if value.ndim not in FACTOR_DIMS or not np.issubdtype(value.dtype, np.floating) or 0 in value.shape:
+        raise LoraError(
+            f"LoRA {shown}: {key} is a {value.dtype} tensor of shape {list(value.shape)}, not a factor "
+            "(a matrix or a convolution kernel of numbers, no side empty)"
+        )
+    if not np.isfinite(value).all():
+        raise LoraError(f"LoRA {shown}: {key} holds NaN or infinite values")
+    return value
+
+
+def _alpha(value, shown: str, key: str) -> float:
+    """A layer's alpha: one finite number (a tensor of one element, or a number in metadata)."""
+    if isinstance(value, np.ndarray) and value.size == 1 and np.issubdtype(value.dtype, np.number):
+        number = float(value.reshape(-1)[0])
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+    else:
+        what = f"a tensor of shape {list(value.shape)}" if isinstance(value, np.ndarray) else repr(value)[:60]
+        raise LoraError(f"LoRA {shown}: {key} must be one number, not {what}")
+    if not np.isfinite(number):
+        raise LoraError(f"LoRA {shown}: {key} is {number}, not a finite number")
+    return number
+
+
+def _layers(tensors: dict[str, np.ndarray], peft: dict, shown: str) -> tuple[list[LoraLayer], list[str]]:
     layers: dict[tuple[str, str], LoraLayer] = {}
     ignored = []
     for key, value in tensors.items():
-        split = _split(key)
+        split = _split(str(key))
         if split is None:
-            ignored.append(key)
+            ignored.append(str(key))
             continue
         component, name, factor, flattened = split
         layer = layers.setdefault((component, name), LoraLayer(component, name))
         layer.keys.append(key)
         if factor == "alpha":
-            layer.alpha = float(np.asarray(value, dtype=np.float64).reshape(-1)[0])
+            layer.alpha = _alpha(value, shown, key)
         else:
-            setattr(layer, factor, value)
+            setattr(layer, factor, _factor(value, shown, key))
         if not flattened and layer.alpha is None:
-            layer.alpha, layer.rank_stabilized = _peft_alpha(peft, component, name)
+            layer.alpha, layer.rank_stabilized = _peft_alpha(peft, component, name, shown)
     complete = []
     for layer in layers.values():
         if layer.down is None or layer.up is None:
             ignored.extend(layer.keys)  # half a layer: nothing to merge
-        else:
-            complete.append(layer)
+            continue
+        if layer.up.shape[1] != layer.rank:
+            raise LoraError(
+                f"LoRA {shown}: layer {layer.name}: up {list(layer.up.shape)} does not follow down "
+                f"{list(layer.down.shape)} (rank {layer.rank}); the file is damaged"
+            )
+        complete.append(layer)
     return complete, ignored
 
 
-def _peft_alpha(config: dict, component: str, name: str) -> tuple[float | None, bool]:
+def _peft_alpha(config: dict, component: str, name: str, shown: str) -> tuple[float | None, bool]:
     """(lora_alpha, rsLoRA) for a layer from diffusers' metadata, its alpha_pattern first."""
-    alpha = config.get(f"{component}.lora_alpha")
-    for pattern, value in (config.get(f"{component}.alpha_pattern") or {}).items():
+    key = f"{component}.lora_alpha"
+    alpha = config.get(key)
+    patterns = config.get(f"{component}.alpha_pattern") or {}
+    if not isinstance(patterns, dict):
+        raise LoraError(f"LoRA {shown}: {DIFFUSERS_METADATA_KEY} {component}.alpha_pattern must be an object")
+    for pattern, value in patterns.items():
         if name == pattern or name.endswith("." + pattern):
-            alpha = value
-    return (None if alpha is None else float(alpha)), bool(config.get(f"{component}.use_rslora"))
+            alpha, key = value, f"{component}.alpha_pattern {pattern}"
+    if alpha is not None:
+        alpha = _alpha(alpha, shown, f"{DIFFUSERS_METADATA_KEY} {key}")
+    return alpha, bool(config.get(f"{component}.use_rslora"))

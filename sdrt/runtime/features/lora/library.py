@@ -8,15 +8,28 @@ quote the name as sent, never a path (sdrt.runtime.files.confined)."""
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from sdrt.runtime.features.lora.files import SUFFIXES, LoraFile, read_lora
+from sdrt.runtime.features.lora.files import SUFFIXES, LoraFile, is_lora_file, read_lora
 from sdrt.runtime.features.lora.weights_map import LoraError
 from sdrt.runtime.files.confined import HIDDEN_FOLDER, hide_paths, inside, name_problem, shown
+from sdrt.runtime.files.safetensors_files import SafetensorsError, read_metadata
 
 KEPT_FILES = 16  # parsed LoRA files kept in memory
+
+
+@dataclass(frozen=True)
+class ListedLora:
+    """A LoRA of the folder as a listing shows it: its metadata, or why the file is bad."""
+
+    name: str
+    path: Path
+    metadata: dict[str, str] = field(default_factory=dict)
+    bad: str | None = None
 
 
 class LoraLibrary:
@@ -34,10 +47,24 @@ class LoraLibrary:
             return {}
         found: dict[str, Path] = {}
         for path in sorted(self.folder.rglob("*")):
-            if path.suffix.lower() in SUFFIXES and path.is_file():
-                if not confined or inside(path, self.folder):
-                    found.setdefault(path.stem, path)
+            if is_lora_file(path) and (not confined or inside(path, self.folder)):
+                found.setdefault(path.stem, path)
         return found
+
+    def listing(self) -> list[ListedLora]:
+        """Every LoRA of the folder with its metadata (a safetensors header is read and checked);
+        a bad file is listed as bad, with one warning line, and never stops the others. The
+        listing is a server's: only files inside the folder once symlinks are resolved."""
+        listed = []
+        for name, path in self.names(confined=True).items():
+            try:
+                metadata = read_metadata(path, name) if path.suffix.lower() == ".safetensors" else {}
+            except SafetensorsError as error:
+                print(f"warning: LoRA {name} is listed as bad: {error}", file=sys.stderr)
+                listed.append(ListedLora(name, path, bad=str(error)))
+                continue
+            listed.append(ListedLora(name, path, metadata))
+        return listed
 
     def path_of(self, source: str, confined: bool = False) -> Path:
         """A LoRA's file: `source` as a path, else a name in the folder (a name only, when confined)."""
@@ -75,24 +102,24 @@ class LoraLibrary:
     def read(self, source: str, confined: bool = False) -> LoraFile:
         """The parsed file `source` names (`confined`: a client's name, see the module's note)."""
         if not confined:
-            return self._read(self.path_of(source))
+            return self._read(self.path_of(source), source)
         path = self._named(source)
         try:
-            return self._read(path)
+            return self._read(path, source)
         except LoraError as error:
             folder = self.folder if self.folder is not None else path.parent
             raise LoraError(hide_paths(str(error), {path: f"LoRA {shown(source)}", folder: HIDDEN_FOLDER})) from None
         except OSError:
             raise LoraError(f"LoRA {shown(source)} cannot be read") from None
 
-    def _read(self, path: Path) -> LoraFile:
+    def _read(self, path: Path, source: str) -> LoraFile:
         stat = path.stat()
         key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
         with self._lock:
             if key in self._files:
                 self._files.move_to_end(key)
                 return self._files[key]
-        lora = read_lora(path)
+        lora = read_lora(path, label=source)
         with self._lock:
             self._files[key] = lora
             while len(self._files) > KEPT_FILES:

@@ -6,14 +6,15 @@ after a comma (empty parts left out). Negative prompts the same way with the sty
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
 from sdrt.errors import ConfigError, GenerationError
+from sdrt.runtime.files.user_files import MAX_STYLES_BYTES, read_regular_text
 from sdrt.runtime.text.checks import MAX_PROMPT_CHARS
 
 PLACEHOLDER = "{prompt}"
-MAX_STYLES_BYTES = 4 * 2**20
 #: The most styles one request may name (A1111's UI picks a few); bounds the work of applying them.
 MAX_STYLE_NAMES = 100
 #: The longest prompt styles may produce: the prompt's own limit, so no accepted request changes;
@@ -30,13 +31,12 @@ class Style:
 
 
 def load_styles(path: str | Path) -> dict[str, Style]:
+    """The styles of a styles.csv (a regular file: a FIFO or a device is refused at once)."""
     path = Path(path)
+    text = read_regular_text(path, MAX_STYLES_BYTES, ConfigError, f"styles file {path}", encoding="utf-8-sig")
     try:
-        if path.stat().st_size > MAX_STYLES_BYTES:
-            raise ConfigError(f"styles file {path} is larger than {MAX_STYLES_BYTES} bytes")
-        with path.open(encoding="utf-8-sig", newline="") as file:
-            rows = list(csv.DictReader(file))
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        rows = list(csv.DictReader(io.StringIO(text, newline="")))
+    except csv.Error as error:
         raise ConfigError(f"cannot read styles file {path}: {error}") from None
     styles = {}
     for row in rows:
