@@ -68,7 +68,7 @@ class ComfyContext:
         return self.service.pipeline.manifest
 
     def _loras(self) -> dict[str, Path]:
-        return self.service.pipeline.loras.library.names()
+        return self.service.pipeline.loras.library.names(confined=True)
 
     def lora_names(self) -> list[str]:
         """The files of --lora-dir, as ComfyUI lists them (with their extension)."""
