@@ -105,7 +105,7 @@ class LoraLibrary:
             return self._read(self.path_of(source), source)
         path = self._named(source)
         try:
-            return self._read(path, source)
+            return self._read(path, f"LoRA {shown(source)}")
         except LoraError as error:
             folder = self.folder if self.folder is not None else path.parent
             raise LoraError(hide_paths(str(error), {path: f"LoRA {shown(source)}", folder: HIDDEN_FOLDER})) from None
