@@ -69,8 +69,8 @@ def run_resolved(
     refiner's stage) and run by the one loop; `parameters` are the embeddings it used."""
     request = resolved.request
     timings = Timings()
-    if resolved.per_prompt_seeds:
-        generator = GeneratorGroup([TorchGenerator(value) for value in resolved.seeds], request.num_images)
+    if len(resolved.seeds) > 1:  # per prompt or per image: every draw splits by rows (step noise too)
+        generator = GeneratorGroup([TorchGenerator(value) for value in resolved.seeds], resolved.seed_rows)
     else:
         generator = TorchGenerator(resolved.seeds[0])
     names = pipeline.family.denoiser

@@ -35,6 +35,7 @@ from sdrt.runtime.features.hires import hires_run
 from sdrt.runtime.features.inpaint_area import masked_run
 from sdrt.runtime.features.lora.adapters import LoraAdapters
 from sdrt.runtime.features.lora.library import LoraLibrary
+from sdrt.runtime.features.per_image import per_image_run, runs_per_image
 from sdrt.runtime.features.preview import Preview
 from sdrt.runtime.files.integrity import verify_components
 from sdrt.runtime.files.json_files import read_json
@@ -259,6 +260,8 @@ class Pipeline:
         images then equal a call with that prompt and seed alone, which is how a server
         batches requests into one UNet call. `preview` decodes the latents every N steps.
         `latents_only`: no VAE decode (diffusers' output_type="latent"): `latents`, no images."""
+        if runs_per_image(request):  # one seed per image, from an image or with the hires fix
+            return per_image_run(self, request, RunWatch(progress, cancel, preview))
         if request.hires is not None:
             return hires_run(self, request, RunWatch(progress, cancel, preview))
         if request.mask_options is not None and request.mask_image is not None:

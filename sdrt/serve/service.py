@@ -170,7 +170,7 @@ class Service:
         arrived = time.monotonic()
         deadline = arrived + settings.timeout_s
         try:
-            if generation.seed is None:  # drawn here so that a batch can report each request's seed
+            if generation.seed is None and generation.seeds is None:  # drawn here: a batch reports each seed
                 generation = replace(generation, seed=random.SystemRandom().randint(0, MAX_SEED))
             m = self.pipeline.manifest
             job = Job(
