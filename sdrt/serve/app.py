@@ -223,16 +223,20 @@ def create_app(pipeline, settings: ServeSettings | None = None, catalog: ModelCa
                 if stop.kind not in ("interrupt", "skip"):
                     raise
                 stopped = stop.kind
-                if stop.kind == "interrupt":
-                    break
-                continue
+                if stop.partial is None:
+                    if stop.kind == "interrupt":
+                        break
+                    continue
+                result = stop.partial  # interrupted: its images so far, as A1111 answers
             parameters = result.parameters
             for position, picture in enumerate(result.images, start=1):
                 text = format_parameters(prompt, result.parameters, position if body.batch_size > 1 else None)
                 images.append(png_base64(picture, text))
                 texts.append(text)
-                seeds.append(result.parameters["seeds"][position - 1])
+                seeds.append((result.parameters.get("seeds") or [result.parameters["seed"]])[position - 1])
             warnings += result.warnings
+            if stopped == "interrupt":
+                break
         info = {
             "prompt": prompt,
             "negative_prompt": base.negative_prompt or "",

@@ -1,6 +1,7 @@
-"""One seed per image (`seeds`, A1111's seed + i) and DDIM with eta (issue 34): each image of a
-batch equals the request for its seed alone, pixel for pixel, and diffusers given one
-generator per image; DDIM's variance noise equals diffusers' pipelines with that eta."""
+"""One seed per image (`seeds`, A1111's seed + i), DDIM with eta and a cancelled run's partial
+images (issue 34): each image of a batch equals the request for its seed alone, pixel for
+pixel, and diffusers given one generator per image; DDIM's variance noise equals diffusers'
+pipelines with that eta; a cancelled run decodes the latents of its last finished step."""
 
 from __future__ import annotations
 
@@ -108,3 +109,33 @@ def test_sdxl_ddim_with_eta_equals_diffusers(exported_sdxl, tiny_sdxl):
         PROMPT, steps=4, guidance_scale=5.0, seed=3, sampler="ddim", eta=1.0
     )
     assert_same_image(got.array, expected)
+
+
+def test_a_cancelled_run_offers_its_latents_so_far_decoded(tiny):
+    """What A1111's interrupt returns: the latents after the last finished step, decoded (here
+    checked against a preview of that step, which decodes the same latents)."""
+    import threading
+
+    from sdrt.runtime.features.preview import Preview
+    from sdrt.runtime.loop.context import GenerationCancelled
+    from sdrt.runtime.request import GenerationRequest
+
+    stop_after, previews = 3, {}
+    cancel = threading.Event()
+
+    def progress(done: int, total: int) -> None:
+        if done == stop_after:
+            cancel.set()
+
+    def keep(step: int, total: int, images) -> None:
+        previews[step] = images
+
+    request = GenerationRequest(PROMPT, steps=8, seeds=[5, 6], num_images=2, sampler="euler_a")
+    with pytest.raises(GenerationCancelled) as stopped:
+        tiny.run(request, progress=progress, cancel=cancel, preview=Preview(stop_after, keep))
+    partial = stopped.value.partial()
+    assert len(partial.images) == 2 and partial.parameters["seeds"] == [5, 6] and partial.parameters["steps"] == 8
+    for got, want in zip(partial.images, previews[stop_after]):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    finished = tiny.run(request)
+    assert np.abs(finished.array - partial.array).max() > MAX_PIXEL_ERROR  # stopped before the end

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from sdrt.runtime.loop.context import RunWatch
+from sdrt.runtime.loop.context import GenerationCancelled, RunWatch
 from sdrt.runtime.request import GenerationRequest
 from sdrt.runtime.seeds import image_seeds
 
@@ -50,7 +50,24 @@ def per_image_run(pipeline: Pipeline, request: GenerationRequest, watch: RunWatc
             num_images=1,
             init_latents=latents,
         )
-        results.append(pipeline.run(alone, watch.progress, watch.cancel, watch.preview))
+        try:
+            results.append(pipeline.run(alone, watch.progress, watch.cancel, watch.preview))
+        except GenerationCancelled as stopped:
+            if stopped.partial is not None:  # the images finished, and this one so far
+                stopped.partial = functools.partial(_with_partial, request, prompts, seeds, results, stopped.partial)
+            raise
+    return _merged(request, prompts, seeds, results)
+
+
+def _with_partial(request, prompts, seeds, done: list[GenerationResult], partial) -> GenerationResult:
+    return _merged(request, prompts, seeds, [*done, partial()])
+
+
+def _merged(
+    request: GenerationRequest, prompts: list[str], seeds: list[int], results: list[GenerationResult]
+) -> GenerationResult:
+    """One result of the images' runs, with the request's prompts and seeds in its parameters."""
+    count = request.num_images
     merged = results[0]
     merged.images = [image for result in results for image in result.images]
     merged.array = np.concatenate([result.array for result in results])
