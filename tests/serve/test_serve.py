@@ -266,3 +266,12 @@ def test_storm_of_bad_and_good_requests_leaves_the_server_healthy(url):
     assert statuses.count(200) == 40 and all(status < 500 for status in statuses)
     assert httpx.get(f"{url}/health").json()["status"] == "ok"
     assert growth < 64 * 2**20, f"memory grew by {growth / 2**20:.1f} MiB"
+
+
+def test_options_report_the_noise_source_sdrt_draws(url):
+    """randn_source is CPU (torch's CPU generator, one per image seed), and a change to A1111's
+    GPU source, which sdrt cannot draw yet, is a 400 naming it rather than silently ignored."""
+    assert httpx.get(f"{url}/sdapi/v1/options", timeout=30).json()["randn_source"] == "CPU"
+    refused = httpx.post(f"{url}/sdapi/v1/options", json={"randn_source": "GPU"}, timeout=30)
+    assert refused.status_code == 400 and "randn_source" in refused.text, refused.text
+    assert httpx.post(f"{url}/sdapi/v1/options", json={"randn_source": "CPU"}, timeout=30).status_code == 200
