@@ -42,7 +42,12 @@ from sdrt.runtime.schedulers import DEFAULT_SAMPLER, DEFAULT_SCHEDULE, SAMPLER_N
     type=FiniteFloat(0),
     help="Classifier-free guidance scale.",
 )
-@click.option("--seed", default=None, type=int, help="Random seed (same image as diffusers with this seed).")
+@click.option(
+    "--seed",
+    default=None,
+    type=int,
+    help="Random seed (same image as diffusers with this seed); image k of --num-images gets seed + k.",
+)
 @click.option("--height", default=None, type=int, help="Image height (default: the model's native size).")
 @click.option("--width", default=None, type=int, help="Image width (default: the model's native size).")
 @click.option("--num-images", default=1, show_default=True, type=int, help="Images to generate.")
@@ -159,6 +164,7 @@ def generate(
     from sdrt.runtime.imaging.png_info import format_parameters, save_png
     from sdrt.runtime.pipeline import Pipeline
     from sdrt.runtime.request import MAX_SEED, GenerationRequest
+    from sdrt.runtime.seeds import consecutive_seeds
 
     switch = resolve_refiner_switch(refiner, refiner_switch)
     units = control_units(
@@ -210,7 +216,7 @@ def generate(
         negative_prompt=negative_prompt,
         steps=steps,
         guidance_scale=guidance,
-        seed=seed,
+        seeds=consecutive_seeds(seed, num_images),  # image k: seed + k, each reproducible alone (A1111)
         height=height,
         width=width,
         num_images=num_images,

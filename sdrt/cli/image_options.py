@@ -67,8 +67,8 @@ def image_options(command: Callable) -> Callable:
             "--eta",
             default=None,
             type=FiniteFloat(0, 1),
-            help="For --sampler tcd: its gamma, from 0 (deterministic) to 1 [default: 0, as diffusers; "
-            "the TCD authors suggest 0.3].",
+            help="For --sampler ddim (its variance noise) and tcd (its gamma): from 0 (deterministic) to 1 "
+            "[default: 0, as diffusers; the TCD authors suggest 0.3, A1111 clients send 1 for DDIM].",
         ),
         click.option(
             "--hires",

@@ -5,6 +5,7 @@ calls it inside the request's LoRA engines and the outer wrappers (hires fix, ma
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -17,7 +18,7 @@ from sdrt.runtime.features import refiner as refiners
 from sdrt.runtime.features.deepcache import StepCachedDenoiser
 from sdrt.runtime.loop import modes
 from sdrt.runtime.loop.conditioning import clip_skip_warning, encode_conditioning
-from sdrt.runtime.loop.context import RunWatch, StepContext
+from sdrt.runtime.loop.context import GenerationCancelled, RunWatch, StepContext
 from sdrt.runtime.loop.denoise import denoise
 from sdrt.runtime.loop.denoiser import EngineDenoiser
 from sdrt.runtime.loop.guiders import guider_for
@@ -56,6 +57,11 @@ class GenerationResult:
     latents: np.ndarray | None = None  # the final latents, before the VAE decode
 
 
+def to_images(array: np.ndarray) -> list[Image.Image]:
+    """8-bit images of float [batch, height, width, 3] pixels in [0, 1]."""
+    return [Image.fromarray((image * PIXEL_LEVELS).round().astype(np.uint8)) for image in array]
+
+
 def run_resolved(
     pipeline: Pipeline,
     resolved: ResolvedRequest,
@@ -69,8 +75,8 @@ def run_resolved(
     refiner's stage) and run by the one loop; `parameters` are the embeddings it used."""
     request = resolved.request
     timings = Timings()
-    if resolved.per_prompt_seeds:
-        generator = GeneratorGroup([TorchGenerator(value) for value in resolved.seeds], request.num_images)
+    if len(resolved.seeds) > 1:  # per prompt or per image: every draw splits by rows (step noise too)
+        generator = GeneratorGroup([TorchGenerator(value) for value in resolved.seeds], resolved.seed_rows)
     else:
         generator = TorchGenerator(resolved.seeds[0])
     names = pipeline.family.denoiser
@@ -102,7 +108,14 @@ def run_resolved(
     if watch.preview is not None:
         run_hooks.append(watch.preview.hook(pipeline))
     with timings.stage(DENOISE):
-        latents = denoise(stages, StepContext(generator, timings, watch.cancel), run_hooks)
+        try:
+            latents = denoise(stages, StepContext(generator, timings, watch.cancel), run_hooks)
+        except GenerationCancelled as stopped:
+            if stopped.latents is not None:  # what A1111's interrupt returns: the latents so far, decoded
+                stopped.partial = functools.partial(
+                    _partial_result, pipeline, conditioning, stages[-1], request, stopped.latents, warnings
+                )
+            raise
     # Everything in the loop but the denoiser and the ControlNets: sampler, guidance, copies and casts.
     timings.set(
         SCHEDULER_AND_GUIDANCE,
@@ -113,6 +126,18 @@ def run_resolved(
             array = np.zeros((0, resolved.height, resolved.width, 3), dtype=np.float32)
         else:
             array = stages[-1].decode(latents, request.vae)  # the refiner decodes with its own VAE
-    images = [Image.fromarray((image * PIXEL_LEVELS).round().astype(np.uint8)) for image in array]
+    images = to_images(array)
     hashes = {e.name: e.short_hash for e in pipeline.text_encoders.embeddings.loaded}
     return GenerationResult(images, array, {n: hashes[n] for n in conditioning.embeddings}, timings, warnings, latents)
+
+
+def _partial_result(
+    pipeline: Pipeline, conditioning, stage: Stage, request, latents: np.ndarray, warnings: list[str]
+) -> GenerationResult:
+    """A cancelled run's images: the latents of its last finished step decoded (as a preview is)."""
+    array = stage.decode(latents, request.vae)
+    images = to_images(array)
+    hashes = {e.name: e.short_hash for e in pipeline.text_encoders.embeddings.loaded}
+    return GenerationResult(
+        images, array, {n: hashes[n] for n in conditioning.embeddings}, Timings(), warnings, latents
+    )

@@ -29,6 +29,8 @@ def generation_parameters(
         "schedule": request.schedule,
         "model": model,
     }
+    if resolved.per_image_seeds:  # each image's own seed (image k alone with seeds[k] is image k)
+        parameters["seeds"] = list(resolved.seeds)
     if resolved.from_image:
         parameters["strength"] = resolved.strength
     options = resolved.text_options

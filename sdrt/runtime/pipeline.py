@@ -35,6 +35,7 @@ from sdrt.runtime.features.hires import hires_run
 from sdrt.runtime.features.inpaint_area import masked_run
 from sdrt.runtime.features.lora.adapters import LoraAdapters
 from sdrt.runtime.features.lora.library import LoraLibrary
+from sdrt.runtime.features.per_image import per_image_run, runs_per_image
 from sdrt.runtime.features.preview import Preview
 from sdrt.runtime.files.integrity import verify_components
 from sdrt.runtime.files.json_files import read_json
@@ -260,19 +261,35 @@ class Pipeline:
         images then equal a call with that prompt and seed alone, which is how a server
         batches requests into one UNet call. `preview` decodes the latents every N steps.
         `latents_only`: no VAE decode (diffusers' output_type="latent"): `latents`, no images."""
-        if request.hires is not None:
-            return hires_run(self, request, RunWatch(progress, cancel, preview))
-        if request.mask_options is not None and request.mask_image is not None:
-            return masked_run(self, request, RunWatch(progress, cancel, preview))
+        watch = RunWatch(progress, cancel, preview)
+        if runs_per_image(request):  # one seed per image, from an image or with the hires fix
+            return per_image_run(self, request, watch)
+        if request.hires is not None or (request.mask_options is not None and request.mask_image is not None):
+            try:
+                return (hires_run if request.hires is not None else masked_run)(self, request, watch)
+            except GenerationCancelled as stopped:
+                stopped.partial = None  # a pass's latents are not the request's image
+                raise
         started = time.perf_counter()
         warnings: list[str] = []
         resolved = request.resolve(self.manifest)
-        with self.loras.use(resolved.loras, warnings, request.confined_names) as (engines, loras):
-            result = run_resolved(self, resolved, engines, RunWatch(progress, cancel, preview), warnings, latents_only)
         refiner = self.refiner.folder.name if request.refiner_switch is not None else None
-        result.parameters = generation_parameters(resolved, self.folder.name, result.parameters, refiner, loras)
-        result.timings.set(TOTAL, time.perf_counter() - started)
-        return result
+        loras: list = []
+
+        def finish(result: GenerationResult) -> GenerationResult:
+            result.parameters = generation_parameters(resolved, self.folder.name, result.parameters, refiner, loras)
+            result.timings.set(TOTAL, time.perf_counter() - started)
+            return result
+
+        try:
+            with self.loras.use(resolved.loras, warnings, request.confined_names) as (engines, loras):
+                result = run_resolved(self, resolved, engines, watch, warnings, latents_only)
+        except GenerationCancelled as stopped:
+            made = stopped.partial
+            if made is not None:  # the images so far, reported as the request's
+                stopped.partial = lambda: finish(made())
+            raise
+        return finish(result)
 
     def new_sampler(self, request: GenerationRequest) -> Scheduler:
         sampler = sampler_from_config(request.sampler, self.scheduler_config, request.schedule)

@@ -11,7 +11,6 @@ name instead of reading the message.
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,12 +33,12 @@ from sdrt.runtime.manifest import BATCH, HEIGHT, WIDTH, Manifest
 from sdrt.runtime.request_checks import check_deepcache, check_sampling, check_vae, latent_size
 from sdrt.runtime.request_fields import ALONE, PER_ROW, SHARED
 from sdrt.runtime.schedulers import DEFAULT_SAMPLER, DEFAULT_SCHEDULE
+from sdrt.runtime.seeds import MAX_SEED as MAX_SEED  # where callers read it
+from sdrt.runtime.seeds import image_seeds, request_seeds
 from sdrt.runtime.text.checks import check_text
 from sdrt.runtime.text.prompts.emphasis import DEFAULT_EMPHASIS, emphasis_mode
 from sdrt.runtime.text.prompts.options import TextOptions
 
-#: PyTorch's CPU generator keeps the low 32 bits of a seed.
-MAX_SEED = 2**32 - 1
 DEFAULT_STEPS = 50
 #: More steps than any sampler schedule needs; bounds a request's tables and time.
 MAX_STEPS = 10_000
@@ -66,7 +65,8 @@ def _is_int(value) -> bool:
 @dataclass(frozen=True)
 class GenerationRequest:
     """What one generate() call is asked for. `prompt` may be a list (one image set each);
-    `seed` may then be a list with one seed per prompt (text-to-image). `init_image` makes it
+    `seed` may then be a list with one seed per prompt (text-to-image); `seeds` gives each image
+    its own (the images of one prompt then do not share one generator). `init_image` makes it
     image-to-image, with `mask_image` too inpainting. `latents` replaces the seeded noise.
     SDXL only: `size_conditioning` (sdrt.runtime.families.sdxl), and `refiner_switch` in (0, 1), the
     fraction of the noise schedule after which a loaded refiner takes over (diffusers'
@@ -84,6 +84,9 @@ class GenerationRequest:
     height: int | None = field(default=None, metadata=SHARED)
     width: int | None = field(default=None, metadata=SHARED)
     seed: int | Sequence[int] | None = field(default=None, metadata=PER_ROW)
+    # One seed per image (prompt by prompt), instead of `seed`: each image equals a request for its
+    # prompt with that seed alone (A1111's seed + i: consecutive_seeds).
+    seeds: Sequence[int] | None = field(default=None, metadata=PER_ROW)
     num_images: int = field(default=1, metadata=SHARED)
     sampler: str = field(default=DEFAULT_SAMPLER, metadata=SHARED)
     # How the sampler spaces its noise levels (schedulers.schedules).
@@ -125,7 +128,7 @@ class ResolvedRequest:
     request: GenerationRequest
     prompts: list[str]
     negatives: list[str]
-    seeds: list[int]
+    seeds: list[int]  # one per prompt (per_prompt_seeds), per image (per_image_seeds), or one for all
     per_prompt_seeds: bool
     height: int
     width: int
@@ -137,6 +140,22 @@ class ResolvedRequest:
     loras: tuple[LoraRef, ...] = ()
     controls: tuple[tuple[ControlUnit, Image.Image], ...] = ()  # each ControlNet and its opened image
     init_latents: np.ndarray | None = None
+    per_image_seeds: bool = False
+
+    @property
+    def seed_rows(self) -> int:
+        """The consecutive images each of `seeds` starts (a generator each, sdrt.runtime.rng.GeneratorGroup)."""
+        if self.per_image_seeds:
+            return 1
+        return self.request.num_images if self.per_prompt_seeds else self.batch
+
+    @property
+    def image_seeds(self) -> list[int] | None:
+        """Each image's seed, when each image is reproducible alone from it (None: one generator
+        draws several images)."""
+        if self.per_image_seeds:
+            return list(self.seeds)
+        return list(self.seeds) if self.seed_rows == 1 else None
 
     @property
     def from_image(self) -> bool:
@@ -208,18 +227,6 @@ def _open(source, param: str) -> Image.Image:
         raise GenerationError(str(error), param) from None
 
 
-def _seeds(request: GenerationRequest, prompts: list[str]) -> tuple[list[int], bool]:
-    seed = request.seed if request.seed is not None else random.SystemRandom().randint(0, MAX_SEED)
-    per_prompt = isinstance(seed, (list, tuple, np.ndarray))
-    seeds = list(seed) if per_prompt else [seed]
-    for value in seeds:
-        if not _is_int(value) or not 0 <= value <= MAX_SEED:
-            raise GenerationError(f"seed must be an integer from 0 to {MAX_SEED}, got {value!r}", "seed")
-    if per_prompt and len(seeds) != len(prompts):
-        raise GenerationError(f"seed has {len(seeds)} entries for {len(prompts)} prompts", "seed")
-    return [int(value) for value in seeds], per_prompt
-
-
 def _resolve(request: GenerationRequest, manifest: Manifest) -> ResolvedRequest:
     family = manifest.model_family
     family.check_request(request, manifest)
@@ -270,8 +277,11 @@ def _resolve(request: GenerationRequest, manifest: Manifest) -> ResolvedRequest:
     if not _is_int(request.num_images) or request.num_images < 1:
         raise GenerationError(f"num_images must be a positive integer, got {request.num_images!r}", "num_images")
     check_sampling(request, manifest)
-    seeds, per_prompt = _seeds(request, prompts)
     batch = len(prompts) * request.num_images
+    if request.seeds is not None:
+        seeds, per_prompt = image_seeds(request.seed, request.seeds, batch), False
+    else:
+        seeds, per_prompt = request_seeds(request.seed, len(prompts))
     batch_range = manifest.dims.get(BATCH)
     if batch_range is not None and batch > batch_range.max:
         raise GenerationError(
@@ -299,6 +309,7 @@ def _resolve(request: GenerationRequest, manifest: Manifest) -> ResolvedRequest:
         loras,
         controls,
         init_latents,
+        request.seeds is not None,
     )
     check_combinations(resolved, family)  # what combines: the one table (sdrt.runtime.features.combinations)
     return resolved

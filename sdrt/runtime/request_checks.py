@@ -31,7 +31,8 @@ def check_sampling(request, manifest: Manifest) -> None:
         or not 0 <= request.eta <= 1
     ):
         raise GenerationError(
-            f"eta must be in [0, 1] and is for samplers that take one (tcd), not "
+            f"eta must be in [0, 1] and is for samplers that take one "
+            f"({', '.join(name for name, entry in SAMPLERS.items() if getattr(entry.cls, 'takes_eta', False))}), not "
             f"{request.sampler} with eta {request.eta!r}",
             "eta",
         )

@@ -234,9 +234,10 @@ def check_lora_tags(prompt: str, param: str) -> None:
             )
 
 
-#: The eta each sdrt sampler runs with, where eta means something: ancestral samplers add all
-#: their noise (A1111's eta 1), DDIM adds none (eta 0). Other samplers take no eta, in A1111 too.
-SAMPLER_ETA = {"euler_a": 1.0, "ddim": 0.0}
+#: The eta each sdrt sampler runs with, where eta means something but cannot be changed:
+#: ancestral samplers add all their noise (A1111's eta 1). Samplers that take an eta (DDIM's
+#: variance, TCD's gamma) get the request's; other samplers take none, in A1111 too.
+SAMPLER_ETA = {"euler_a": 1.0}
 
 
 def check_eta(sampler: str, eta: float | None) -> float | None:

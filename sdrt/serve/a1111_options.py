@@ -19,6 +19,8 @@ FIXED_OPTIONS = {
     "eta_ancestral": 1.0,
     "eta_ddim": 0.0,
     "eta_noise_seed_delta": 0,
+    # True: sdrt draws torch's CPU generator's noise, one generator per image seed (A1111's CPU
+    # source; A1111 defaults to GPU, which sdrt cannot draw yet, so setting it is refused).
     "randn_source": "CPU",
     "s_churn": 0.0,
     "s_tmin": 0.0,

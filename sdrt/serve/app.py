@@ -20,9 +20,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from sdrt.errors import SdrtError
 from sdrt.runtime.engines.ort_cache import cache_root
 from sdrt.runtime.imaging.png_info import format_parameters
-from sdrt.runtime.request import MAX_SEED, GenerationRequest
+from sdrt.runtime.request import GenerationRequest
 from sdrt.runtime.schedulers import display_name
 from sdrt.runtime.schedulers.schedules import schedule_label
+from sdrt.runtime.seeds import consecutive_seeds, draw_seed
 from sdrt.runtime.text.prompts.styles import apply_styles, load_styles
 from sdrt.serve.a1111 import (
     A1111_FIELDS,
@@ -222,25 +223,30 @@ def create_app(pipeline, settings: ServeSettings | None = None, catalog: ModelCa
     async def a1111_iterations(body, request, base: GenerationRequest, warnings: list[str]):
         """The request's `n_iter` image sets (the seed moving on by `batch_size` each), and A1111's answer."""
         seed, hires, prompt = base.seed, base.hires, base.prompt
+        seed = draw_seed() if seed is None else seed  # image k of the request gets seed + k, as in A1111
         images, texts, seeds, parameters, stopped = [], [], [], None, None
         for iteration in range(body.n_iter):
-            run_seed = None if seed is None else (seed + iteration * body.batch_size) % (MAX_SEED + 1)
+            run_seeds = consecutive_seeds(seed + iteration * body.batch_size, body.batch_size)
             try:
-                result = await run(request, replace(base, seed=run_seed))
+                result = await run(request, replace(base, seed=None, seeds=run_seeds))
             except Stopped as stop:  # A1111's /skip drops this image set, /interrupt the rest too
                 if stop.kind not in ("interrupt", "skip"):
                     raise
                 stopped = stop.kind
-                if stop.kind == "interrupt":
-                    break
-                continue
+                if stop.partial is None:
+                    if stop.kind == "interrupt":
+                        break
+                    continue
+                result = stop.partial  # interrupted: its images so far, as A1111 answers
             parameters = result.parameters
             for position, picture in enumerate(result.images, start=1):
                 text = format_parameters(prompt, result.parameters, position if body.batch_size > 1 else None)
                 images.append(png_base64(picture, text))
                 texts.append(text)
-                seeds.append(result.parameters["seed"])
+                seeds.append((result.parameters.get("seeds") or [result.parameters["seed"]])[position - 1])
             warnings += result.warnings
+            if stopped == "interrupt":
+                break
         info = {
             "prompt": prompt,
             "negative_prompt": base.negative_prompt or "",

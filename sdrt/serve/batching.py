@@ -9,7 +9,8 @@ lists here are read from those declarations, so a new setting is never left out:
   call runs with the first request's values.
 - PER_ROW fields (prompt, negative prompt, seed) may differ: the shared call takes one of each
   per request, and the pipeline gives each prompt the images it would get alone with its seed
-  (stochastic samplers included), so batching never changes a result.
+  (stochastic samplers included), so batching never changes a result. `seeds` (one per image)
+  is a list by nature: the shared call takes every request's seeds in turn.
 - A request that sets an ALONE field (an init image or mask, given latents or init latents,
   hires fix, ControlNets: each carries its own images) runs alone.
 
@@ -46,6 +47,8 @@ UNBATCHABLE = fields_with(GenerationRequest, Batching.ALONE)
 NATIVE_SIZE = ("height", "width")
 #: What a per-row value may not be: a request's own list of rows (request._prompts, _seeds).
 ROWS = (list, tuple, np.ndarray)
+#: The per-row field that holds one value per image, a list in every request that sets it.
+IMAGE_ROWS = "seeds"
 
 
 @dataclass(eq=False)
@@ -74,7 +77,7 @@ def batch_key(request: GenerationRequest, native_height: int, native_width: int)
     if any(is_set(getattr(request, name)) for name in UNBATCHABLE):
         return None
     if not isinstance(request.prompt, str) or any(
-        isinstance(getattr(request, name), ROWS) for name in PER_ROW_SETTINGS
+        isinstance(getattr(request, name), ROWS) for name in PER_ROW_SETTINGS if name != IMAGE_ROWS
     ):
         return None  # a request with rows of its own (one prompt is a str: its LoRA tags are read)
     shared = {name: getattr(request, name) for name in SHARED_SETTINGS}
@@ -84,7 +87,11 @@ def batch_key(request: GenerationRequest, native_height: int, native_width: int)
     try:
         tags = () if request.plain_prompt else tuple(extract_tags(request.prompt)[1])
         shared["loras"] = tuple(request.loras) + tags
-        key = (*shared.items(), ("negative_prompt given", request.negative_prompt is not None))
+        key = (
+            *shared.items(),
+            ("negative_prompt given", request.negative_prompt is not None),
+            ("seeds given", request.seeds is not None),
+        )
         hash(key)
     except (LoraError, TypeError):
         return None  # it runs alone, and its resolution says what is wrong
@@ -124,6 +131,10 @@ def merged_request(jobs: list[Job]) -> GenerationRequest:
     rows = {name: [getattr(job.request, name) for job in jobs] for name in PER_ROW_SETTINGS}
     if jobs[0].request.negative_prompt is None:  # the key holds whether one is given
         rows["negative_prompt"] = None
+    if jobs[0].request.seeds is None:  # the key holds whether they are given
+        rows[IMAGE_ROWS] = None
+    else:  # every request's seeds in turn, and no seed beside them
+        rows.update({IMAGE_ROWS: [seed for job in jobs for seed in job.request.seeds], "seed": None})
     return replace(jobs[0].request, **rows)
 
 
@@ -138,5 +149,9 @@ def split_result(result: GenerationResult, jobs: list[Job]) -> list[GenerationRe
     for index, job in enumerate(jobs):
         rows = slice(index * images_each, (index + 1) * images_each)
         parameters = {**result.parameters, **{name: getattr(job.request, name) for name in PER_ROW_SETTINGS}}
+        if job.request.seeds is None:
+            parameters.pop(IMAGE_ROWS)
+        else:
+            parameters.update(seed=job.request.seeds[0], seeds=list(job.request.seeds))
         results.append(GenerationResult(result.images[rows], result.array[rows], parameters, timings, []))
     return results

@@ -24,6 +24,7 @@ from sdrt.runtime.features.controlnet.units import ControlUnit
 from sdrt.runtime.imaging.png_info import format_parameters
 from sdrt.runtime.request import GenerationRequest
 from sdrt.runtime.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES, SAMPLERS
+from sdrt.runtime.seeds import seeds_for
 from sdrt.runtime.sizes import SizeError, parse_size
 from sdrt.runtime.text.prompts.styles import apply_styles
 from sdrt.serve.a1111 import check_lora_tags, decode_image, deepcache_field, png_base64, served_name
@@ -157,9 +158,7 @@ def add_openai_routes(app: FastAPI, service, catalog, settings, run, check_limit
         if model is not None:
             await app.state.switch_model(model.title, "model")
         result = await run(request, generation)
-        seeds = (
-            result.parameters["seed"] if isinstance(result.parameters["seed"], list) else [result.parameters["seed"]]
-        )
+        seeds = result.parameters.get("seeds") or [result.parameters["seed"]]  # one per image (image_seeds)
         per_image = len(result.images) // max(len(seeds), 1)
         data = []
         for index, image in enumerate(result.images):
@@ -246,7 +245,7 @@ def add_openai_routes(app: FastAPI, service, catalog, settings, run, check_limit
                 guidance_scale=body.guidance_scale,
                 height=height,
                 width=width,
-                seed=body.seed,
+                seeds=seeds_for(body.seed, body.n),
                 num_images=body.n,
                 sampler=sampler_of(body),
                 schedule=body.schedule,
@@ -287,7 +286,7 @@ def add_openai_routes(app: FastAPI, service, catalog, settings, run, check_limit
                 guidance_scale=body.guidance_scale,
                 height=height,
                 width=width,
-                seed=body.seed,
+                seeds=seeds_for(body.seed, body.n),
                 num_images=body.n,
                 sampler=sampler_of(body),
                 schedule=body.schedule,

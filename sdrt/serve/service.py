@@ -29,13 +29,18 @@ POLL_S = 0.05
 SHUTDOWN = "shutdown"  # Stopped.kind when the server stops (besides A1111's "interrupt" and "skip")
 
 
+#: A1111's /interrupt (its job answers with the images so far; /skip drops them).
+INTERRUPT = "interrupt"
+
+
 class Stopped(Exception):
     """A generation stopped by A1111's /interrupt or /skip, or by the server's shutdown (`kind`),
-    not by its client."""
+    not by its client. `partial`: an interrupted request's images so far (A1111 returns them)."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, partial=None):
         super().__init__(kind)
         self.kind = kind
+        self.partial = partial
 
 
 class ModelLock:
@@ -171,7 +176,7 @@ class Service:
         deadline = arrived + settings.timeout_s
         generation = replace(generation, confined_names=True)  # a client's names: the server's folders only
         try:
-            if generation.seed is None:  # drawn here so that a batch can report each request's seed
+            if generation.seed is None and generation.seeds is None:  # drawn here: a batch reports each seed
                 generation = replace(generation, seed=random.SystemRandom().randint(0, MAX_SEED))
             m = self.pipeline.manifest
             job = Job(
@@ -246,6 +251,19 @@ class Service:
                 if not job.future.done():
                     job.future.set_result(outcome)
 
+    @staticmethod
+    def _stopped_outcomes(stopped: GenerationCancelled, batch: list[Job]) -> list[Any]:
+        """None for each cancelled job; for jobs stopped by /interrupt, Stopped with the images
+        made so far (the current latents decoded, as A1111 answers an interrupted job)."""
+        if stopped.partial is None or not all(job.stopped_by == INTERRUPT for job in batch):
+            return [None] * len(batch)
+        try:
+            partial = stopped.partial()
+        except SdrtError:  # the decode failed (an fp16 VAE's overflow): no image, as before
+            return [None] * len(batch)
+        parts = [partial] if len(batch) == 1 else split_result(partial, batch)
+        return [Stopped(INTERRUPT, part) for part in parts]
+
     def _run_locked(self, batch: list[Job]) -> list[Any]:
         with self._model_lock.shared():
             return self._run(batch)
@@ -268,8 +286,8 @@ class Service:
                 results = [self.pipeline.run(batch[0].request, **run)]
             else:
                 results = split_result(self.pipeline.run(merged_request(batch), **run), batch)
-        except GenerationCancelled:
-            return [None] * len(batch)
+        except GenerationCancelled as stopped:
+            return self._stopped_outcomes(stopped, batch)
         except Exception as error:  # noqa: BLE001 - one request's failure must not fail its batch
             if len(batch) > 1:
                 return [self._run([job])[0] for job in batch]

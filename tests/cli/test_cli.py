@@ -141,6 +141,29 @@ def test_generate_json_reports_outputs_and_timings(engine, tmp_path):
     assert json.loads(second.output)["Batch pos"] == 2
 
 
+def test_generate_gives_image_k_seed_plus_k_each_reproducible_alone(engine, tmp_path):
+    """A1111's rule: --num-images 2 --seed 7 makes seeds 7 and 8, each PNG records its own, and
+    the second equals --seed 8 alone, pixel for pixel."""
+    import numpy as np
+    from PIL import Image
+
+    common = ["generate", "a cat", "--model", str(engine), "--steps", "2", "--sampler", "euler_a", "--quiet"]
+    batch = CliRunner().invoke(
+        main, [*common, "--num-images", "2", "--seed", "7", "--json", "--out", str(tmp_path / "b")]
+    )
+    assert batch.exit_code == 0, batch.output
+    report = json.loads(batch.output)
+    assert report["parameters"]["seeds"] == [7, 8]
+    seeds = [
+        json.loads(CliRunner().invoke(main, ["info", path, "--json"]).output)["Seed"] for path in report["outputs"]
+    ]
+    assert seeds == [7, 8]
+    alone = CliRunner().invoke(main, [*common, "--seed", "8", "--out", str(tmp_path / "alone.png")])
+    assert alone.exit_code == 0, alone.output
+    with Image.open(report["outputs"][1]) as second, Image.open(tmp_path / "alone.png") as expected:
+        np.testing.assert_array_equal(np.asarray(second), np.asarray(expected))
+
+
 @pytest.mark.parametrize(
     "arguments, message",
     [

@@ -44,7 +44,10 @@ def test_openai_client_unchanged(url, pipeline):
     )
     assert len(response.data) == 2
     images = [np.asarray(decode_png(item.b64_json)) for item in response.data]
-    expected = pipeline.generate(PROMPT, negative_prompt="blurry", steps=2, seed=3, num_images=2, height=64, width=96)
+    assert [item.model_extra["seed"] for item in response.data] == [3, 4]  # image k: seed + k, as reported
+    expected = pipeline.generate(
+        PROMPT, negative_prompt="blurry", steps=2, seeds=[3, 4], num_images=2, height=64, width=96
+    )
     for got, want in zip(images, expected.images):
         np.testing.assert_array_equal(got, np.asarray(want))
 
@@ -66,6 +69,7 @@ def test_a1111_txt2img(url):
     assert len(body["images"]) == 2
     info = json.loads(body["info"])
     assert info["seed"] == 42 and info["sampler_name"] == "Euler a" and len(info["infotexts"]) == 2
+    assert info["all_seeds"] == [42, 43] and "Seed: 43" in info["infotexts"][1]
     assert body["parameters"]["prompt"] == PROMPT
     with decode_png(body["images"][0]) as image:
         assert image.size == (64, 64)
@@ -262,3 +266,12 @@ def test_storm_of_bad_and_good_requests_leaves_the_server_healthy(url):
     assert statuses.count(200) == 40 and all(status < 500 for status in statuses)
     assert httpx.get(f"{url}/health").json()["status"] == "ok"
     assert growth < 64 * 2**20, f"memory grew by {growth / 2**20:.1f} MiB"
+
+
+def test_options_report_the_noise_source_sdrt_draws(url):
+    """randn_source is CPU (torch's CPU generator, one per image seed), and a change to A1111's
+    GPU source, which sdrt cannot draw yet, is a 400 naming it rather than silently ignored."""
+    assert httpx.get(f"{url}/sdapi/v1/options", timeout=30).json()["randn_source"] == "CPU"
+    refused = httpx.post(f"{url}/sdapi/v1/options", json={"randn_source": "GPU"}, timeout=30)
+    assert refused.status_code == 400 and "randn_source" in refused.text, refused.text
+    assert httpx.post(f"{url}/sdapi/v1/options", json={"randn_source": "CPU"}, timeout=30).status_code == 200

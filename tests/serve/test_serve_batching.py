@@ -84,9 +84,14 @@ def test_keys_follow_the_declarations_eta_included():
         "prompt",
         "negative_prompt",
         "seed",
+        "seeds",
     }
     assert job(controlnets=[object()]).key is None and job(controlnets=[]).key == job().key
     assert job(seed=[1]).key is None  # its own rows: merging would nest the seed lists
+    # One seed per image is a list by nature: requests with seeds batch together, not with `seed` ones.
+    with_seeds = job(seed=None, seeds=[4, 5], num_images=2)
+    assert with_seeds.key is not None and with_seeds.key == job(seed=None, seeds=[9, 10], num_images=2).key
+    assert with_seeds.key != job(num_images=2).key
 
 
 def test_take_batch_groups_compatible_jobs_in_order_up_to_the_image_limit():
@@ -106,6 +111,8 @@ def test_merged_call_has_a_prompt_negative_and_seed_each():
     assert merged.prompt == ["p", "q"] and merged.negative_prompt == ["", "n"] and merged.seed == [3, 4]
     assert merged.steps == 4 and merged.num_images == 1
     assert merged_request([job(prompt="p"), job(prompt="q")]).negative_prompt is None
+    per_image = merged_request([job(seed=None, seeds=[3, 4], num_images=2), job(seed=None, seeds=[8, 9], num_images=2)])
+    assert per_image.seeds == [3, 4, 8, 9] and per_image.seed is None and per_image.prompt == ["a cat", "a cat"]
 
 
 @pytest.fixture(scope="module")
@@ -150,11 +157,13 @@ def test_requests_that_arrive_together_share_a_call_and_equal_running_alone(pipe
             payload["prompt"],
             negative_prompt=payload.get("negative_prompt"),
             steps=payload["steps"],
-            seed=payload["seed"],
+            seeds=[payload["seed"], payload["seed"] + 1],  # the OpenAI route's images: seed + i
             num_images=2,
             sampler=sampler,
         )
-        got = [np.asarray(decode_png(item["b64_json"]), dtype=np.int16) for item in response.json()["data"]]
+        data = response.json()["data"]
+        assert [item["seed"] for item in data] == [payload["seed"], payload["seed"] + 1]
+        got = [np.asarray(decode_png(item["b64_json"]), dtype=np.int16) for item in data]
         for image, expected in zip(got, alone.images):
             assert np.abs(image - np.asarray(expected, dtype=np.int16)).max() <= 1
 

@@ -617,3 +617,63 @@ def test_override_checkpoint_for_one_request_then_back(served):
             assert http.get("/sdapi/v1/options").json()["sd_model_checkpoint"].startswith("second [")
         finally:
             http.post("/sdapi/v1/options", json={"sd_model_checkpoint": first.folder.name})
+
+
+def test_webuiapi_batch_gets_a_seed_per_image_and_ddim_its_eta(served):
+    """webuiapi's defaults (eta 1.0) with DDIM and batch_size 2: image k has seed + k, reported
+    in all_seeds and each infotext, and equals that seed alone."""
+    url, first, _ = served
+    result = webui(url).txt2img(prompt=PROMPT, seed=7, batch_size=2, width=64, height=64, sampler_name="DDIM")
+    assert result.info["all_seeds"] == [7, 8] and result.info["seed"] == 7
+    for index, seed in enumerate([7, 8]):
+        alone = first.generate(PROMPT, steps=2, seed=seed, sampler="ddim", eta=1.0, guidance_scale=A1111_CFG)
+        np.testing.assert_array_equal(np.asarray(result.images[index]), np.asarray(alone.images[0]))
+        assert f"Seed: {seed}," in result.info["infotexts"][index]
+        assert f"Seed: {seed}," in result.images[index].info["parameters"]
+
+
+class SlowSteps:
+    """The real pipeline, a pause after every step: a long job to interrupt."""
+
+    def __init__(self, real: Pipeline, pause_s: float = 0.05):
+        self.real, self.pause_s = real, pause_s
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def run(self, request, progress=None, cancel=None, preview=None, **options):
+        def paused(done: int, total: int) -> None:
+            time.sleep(self.pause_s)
+            if progress is not None:
+                progress(done, total)
+
+        return self.real.run(request, progress=paused, cancel=cancel, preview=preview, **options)
+
+
+def test_interrupt_answers_with_the_partial_image(pipeline_for_slow):
+    """A1111 decodes an interrupted job's latents so far and returns them: webuiapi's
+    result.image works, the infotext says the job's settings, and the rest of n_iter is dropped."""
+    import webuiapi
+
+    with live_server(create_app(SlowSteps(pipeline_for_slow), ServeSettings())) as url:
+        host, port = url.rsplit("//", 1)[1].split(":")
+        api = webuiapi.WebUIApi(host=host, port=int(port))
+        outcome = {}
+        thread = threading.Thread(
+            target=lambda: outcome.update(
+                result=api.txt2img(prompt=PROMPT, seed=3, steps=100, n_iter=2, width=64, height=64)
+            )
+        )
+        thread.start()
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{url}/sdapi/v1/progress").json()["state"]["sampling_step"] < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        api.interrupt()
+        thread.join(timeout=30)
+    result = outcome["result"]
+    assert result.info["interrupted"] is True and len(result.images) == 1
+    assert result.image.size == (64, 64) and np.asarray(result.image).std() > 1
+    assert result.info["all_seeds"] == [3] and "Steps: 100," in result.info["infotexts"][0]
+    finished = pipeline_for_slow.generate(PROMPT, steps=100, seed=3, sampler="euler_a", guidance_scale=A1111_CFG)
+    assert np.abs(np.asarray(result.image, np.int16) - np.asarray(finished.images[0], np.int16)).max() > 2

@@ -39,8 +39,12 @@ class ImageFileError(SdrtError):
 
 
 def format_parameters(prompt: str, parameters: dict, batch_position: int | None = None) -> str:
-    """A1111's text; with several images of one seed, `batch_position` (1-based) says which."""
+    """A1111's text; with several images, `batch_position` (1-based) says which (and picks its
+    seed from `seeds`, one per image, where the images have their own)."""
     lines = [prompt]
+    seed = parameters["seed"]
+    if batch_position is not None and "seeds" in parameters:
+        seed = parameters["seeds"][batch_position - 1]
     if parameters.get("negative_prompt"):
         lines.append(NEGATIVE_PREFIX + str(parameters["negative_prompt"]))
     fields = [
@@ -52,7 +56,7 @@ def format_parameters(prompt: str, parameters: dict, batch_position: int | None 
             else ()
         ),
         ("CFG scale", parameters["guidance_scale"]),
-        ("Seed", parameters["seed"]),
+        ("Seed", seed),
         ("Size", f"{parameters['width']}x{parameters['height']}"),
         ("Model", parameters["model"]),
     ]

@@ -7,7 +7,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from sdrt.errors import SdrtError
 from sdrt.runtime.loop.timings import Timings
@@ -18,7 +20,15 @@ if TYPE_CHECKING:
 
 
 class GenerationCancelled(SdrtError):
-    """The caller's cancel token was set: the generation stopped at a step boundary."""
+    """The caller's cancel token was set: the generation stopped at a step boundary. `latents`:
+    the sample after the last finished step (the loop sets them); `partial`, where the run can
+    still give what it made so far, decodes them into a GenerationResult on request (A1111's
+    interrupt answers with that image; other callers never pay for the decode)."""
+
+    def __init__(self, message: str, latents: np.ndarray | None = None):
+        super().__init__(message)
+        self.latents = latents
+        self.partial: Callable[[], Any] | None = None
 
 
 @dataclass
@@ -45,9 +55,10 @@ class StepContext:
         """Steps of the whole run finished once the current step is (progress, previews)."""
         return self.done + self.index - self.first + 1
 
-    def check_cancelled(self) -> None:
+    def check_cancelled(self, latents: np.ndarray | None = None) -> None:
+        """Raises GenerationCancelled, carrying `latents` (the current sample), once cancelled."""
         if self.cancel is not None and self.cancel.is_set():
-            raise GenerationCancelled("the generation was cancelled")
+            raise GenerationCancelled("the generation was cancelled", latents)
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,7 @@ def run_stage(stage: Stage, ctx: StepContext, hooks: Sequence[StepHook]) -> np.n
     for index in range(start.first, stage.end):
         ctx.index = index
         ctx.timestep = float(sampler.timesteps[index])
-        ctx.check_cancelled()
+        ctx.check_cancelled(latents)
         scaled = sampler.scale_model_input(guider.model_latents(latents), index)
         model_input = scaled
         if channels is not None:

@@ -1,5 +1,9 @@
-"""Denoising diffusion implicit models with eta = 0 (deterministic), as `diffusers.DDIMScheduler`
-called the way StableDiffusionPipeline calls it."""
+"""Denoising diffusion implicit models, as `diffusers.DDIMScheduler` called the way
+StableDiffusionPipeline calls it (its `eta` through extra_step_kwargs, default 0: deterministic).
+
+With eta > 0 each step adds eta * sigma_t of fresh noise (the DDIM paper's formula 16), drawn
+like diffusers' `variance_noise`: one standard normal of the model output's shape from the
+pipeline's generator, after the initial latents and one draw per step."""
 
 from __future__ import annotations
 
@@ -10,6 +14,9 @@ from sdrt.runtime.schedulers.alpha import AlphaTableScheduler
 from sdrt.runtime.schedulers.base import HALF, predict_epsilon
 from sdrt.runtime.schedulers.config import BETA_DEFAULTS, SchedulerConfig
 from sdrt.runtime.schedulers.tables import spaced_timesteps
+
+#: diffusers' pipelines pass eta=0.0 (deterministic DDIM) unless told otherwise.
+DEFAULT_ETA = 0.0
 
 
 class DDIMScheduler(AlphaTableScheduler):
@@ -25,9 +32,11 @@ class DDIMScheduler(AlphaTableScheduler):
         "rescale_betas_zero_snr": False,
     }
     refused_keys = ("thresholding",)
+    takes_eta = True
 
     def __init__(self, config: SchedulerConfig):
         super().__init__(config)
+        self.eta = DEFAULT_ETA
         self.final_alpha_cumprod = np.float32(1.0) if config.set_alpha_to_one else self.alphas_cumprod[0]
 
     def _plan(self, num_inference_steps: int) -> None:
@@ -38,6 +47,10 @@ class DDIMScheduler(AlphaTableScheduler):
         self.alpha_prod = self.alphas_cumprod[timesteps]
         self.alpha_prod_prev = np.where(
             previous >= 0, self.alphas_cumprod[np.maximum(previous, 0)], self.final_alpha_cumprod
+        ).astype(np.float32)
+        # sigma_t^2 / eta^2 = (1 - alpha_bar_prev) / (1 - alpha_bar_t) * (1 - alpha_bar_t / alpha_bar_prev)
+        self.variance = (
+            (1 - self.alpha_prod_prev) / (1 - self.alpha_prod) * (1 - self.alpha_prod / self.alpha_prod_prev)
         ).astype(np.float32)
         self.set_levels(self.alpha_prod, self.alpha_prod_prev[-1])
 
@@ -52,5 +65,13 @@ class DDIMScheduler(AlphaTableScheduler):
         pred_epsilon = predict_epsilon(
             self.config.prediction_type, model_output, sample, alpha_prod_t**HALF, beta_prod_t**HALF
         )
-        direction = (1 - alpha_prod_prev) ** HALF * pred_epsilon  # eta = 0: no variance term
-        return alpha_prod_prev**HALF * pred_original + direction
+        eta = float(self.eta)
+        std_dev = np.float32(eta) * self.variance[step_index] ** HALF
+        # Zero at a zero-SNR first step with eta 1, where float rounding can make it negative
+        # (diffusers then takes the root of a negative number and gives NaN).
+        direction = max(1 - alpha_prod_prev - std_dev**2, np.float32(0)) ** HALF * pred_epsilon
+        prev_sample = alpha_prod_prev**HALF * pred_original + direction
+        if eta <= 0:
+            return prev_sample
+        noise = self.need_generator(generator, "ddim").randn(model_output.shape)
+        return (prev_sample + std_dev * noise).astype(np.float32)
