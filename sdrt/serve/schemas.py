@@ -93,7 +93,7 @@ def check_value(value) -> None:
             children = item.values() if isinstance(item, dict) else item
             stack.extend((child, depth + 1) for child in children)
         elif isinstance(item, (int, float)) and not isinstance(item, bool):
-            if not math.isfinite(item) or abs(item) > MAX_NUMBER:
+            if (isinstance(item, float) and not math.isfinite(item)) or abs(item) > MAX_NUMBER:
                 raise ValueError(f"holds a number past the limit of {MAX_NUMBER} (or not finite)")
 
 
