@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import socket
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -116,3 +117,16 @@ def test_serve_flags_set_the_bounds(exported_tiny, monkeypatch):
     assert server.service.settings.body_timeout_s == 0.7
     refused = CliRunner().invoke(main, ["serve", "--model", str(exported_tiny("standard")), "--header-timeout", "0"])
     assert refused.exit_code == 2 and "--header-timeout" in refused.output
+
+
+def test_the_bounds_defaults_are_the_documented_ones():
+    from sdrt.cli.serve import serve
+    from sdrt.serve.http import DEFAULT_MAX_CONNECTIONS
+
+    defaults = {option.name: option.default for option in serve.params}
+    assert defaults["header_timeout"] == ServeSettings.header_timeout_s
+    assert defaults["body_timeout"] == ServeSettings.body_timeout_s
+    text = (Path(__file__).parents[2] / "docs" / "serve.md").read_text()
+    assert f"| `--header-timeout S` | {ServeSettings.header_timeout_s:g} |" in text
+    assert f"| `--body-timeout S` | {ServeSettings.body_timeout_s:g} |" in text
+    assert f"| `--max-connections N` | half the open-file limit, at most {DEFAULT_MAX_CONNECTIONS} |" in text

@@ -13,7 +13,6 @@ import uvicorn
 from PIL import Image
 
 from sdrt.runtime.pipeline import GenerationCancelled, Pipeline
-from sdrt.serve.http import server_config
 
 
 @contextlib.contextmanager
@@ -23,6 +22,8 @@ def live_server(app, settings=None):
     if settings is None:
         config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
     else:
+        from sdrt.serve.http import server_config
+
         config = server_config(app, settings, "127.0.0.1", 0, log_level="warning", lifespan="off")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
