@@ -10,6 +10,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from sdrt.runtime.manifest import Manifest
 
@@ -67,7 +68,7 @@ class ModelPool:
         self.default = default
         self._load = load
         self._keep = keep
-        self._loaded: OrderedDict[Path, object] = OrderedDict()
+        self._loaded: OrderedDict[Path, Any] = OrderedDict()
         self._manifests: dict[Path, Manifest] = {}
         self._lock = threading.Lock()
 
@@ -80,7 +81,7 @@ class ModelPool:
 
     def get(self, folder: Path | None):
         """The pipeline of `folder` (None: the default), loaded now if it is not loaded."""
-        if self.is_default(folder):
+        if folder is None or self.is_default(folder):
             return self.default
         key = self.key(folder)
         with self._lock:
