@@ -89,6 +89,29 @@ SERVE_STOPPED = "sdrt serve: stopped by a signal"
     type=click.IntRange(min=1),
     help="Largest request body in MiB (base64 images included); larger bodies get 413.",
 )
+@click.option(
+    "--header-timeout",
+    default=20.0,
+    show_default=True,
+    type=FiniteFloat(0, low_open=True),
+    metavar="SECONDS",
+    help="A request's line and headers must arrive within this; a slower connection is closed.",
+)
+@click.option(
+    "--body-timeout",
+    default=120.0,
+    show_default=True,
+    type=FiniteFloat(0, low_open=True),
+    metavar="SECONDS",
+    help="A request's body must arrive within this once its headers are in; else 408.",
+)
+@click.option(
+    "--max-connections",
+    default=None,
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Connections open at once; more are answered 503 [default: half the open-file limit, at most 1000].",
+)
 @click.option("--no-docs", is_flag=True, help="Serve no OpenAPI page at /docs (nor /openapi.json).")
 @click.option(
     "--comfy-dir",
@@ -184,6 +207,9 @@ def serve(
     max_images,
     max_steps,
     max_body_mb,
+    header_timeout,
+    body_timeout,
+    max_connections,
     no_docs,
     comfy_dir,
     max_batch,
@@ -207,9 +233,8 @@ def serve(
 ) -> None:
     """Serve the model over HTTP: OpenAI Images API, AUTOMATIC1111 API, ComfyUI API, /health, /metrics."""
     try:
-        import uvicorn
-
         from sdrt.serve.app import ServeSettings, create_app
+        from sdrt.serve.http import StoppingServer, server_config
     except ImportError as error:
         raise SdrtError(f"serve needs the serve extra ({error.name} is missing): pip install 'sdrt[serve]'") from error
     from sdrt.runtime.pipeline import Pipeline
@@ -225,6 +250,9 @@ def serve(
         max_images=max_images,
         max_steps=max_steps,
         max_body_bytes=max_body_mb * MIB,
+        header_timeout_s=header_timeout,
+        body_timeout_s=body_timeout,
+        max_connections=max_connections,
         docs=not no_docs,
         comfy_dir=comfy_dir,
         api_key=api_key,
@@ -283,10 +311,9 @@ def serve(
         return pipeline
 
     from sdrt.serve.catalog import ModelCatalog
-    from sdrt.serve.http import JsonErrorProtocol, StoppingServer
 
     app = create_app(load(model_dir), settings, ModelCatalog(Path(model_dir), models_dir, load))
-    config = uvicorn.Config(app, host=host, port=port, log_level="info", http=JsonErrorProtocol)
+    config = server_config(app, settings, host, port, log_level="info")
     from sdrt.cli.signals import SIGNAL_EXIT_CODE, Interrupted
 
     try:

@@ -9,6 +9,7 @@ import os
 
 from fastapi import Body as RawBody
 from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
 
 from sdrt.runtime.features.hires import UPSCALERS as HIRES_UPSCALERS
 from sdrt.runtime.imaging.png_info import PARAMETERS_KEY, parse_parameters
@@ -154,31 +155,22 @@ def add_a1111_routes(app: FastAPI, service, catalog, settings) -> None:
         app.state.options = options
         return None
 
-    async def switch_to(name, param: str) -> str | None:
-        """Serves the model A1111 names `name` from now on; returns the title of the model served
-        before, or None when `name` was served already."""
-        model = catalog.find(name) if isinstance(name, str) else None
-        if model is None:
-            raise RequestError(
-                400,
-                f"{param}: no model {name!r}; this server has {catalog.describe_choices()} (GET /sdapi/v1/sd-models)",
-                param,
-            )
-        if catalog.is_served(model, service.pipeline.folder):
-            return None
-        before = current_model().title
-        await service.switch_model(lambda: catalog.load(model.folder))
-        return before
-
-    app.state.switch_model = switch_to
+    async def switch_to(name, param: str) -> None:
+        """The admin action: the model A1111 names `name` is the server's default from now on
+        (requests that name their own model are not affected)."""
+        model = await run_in_threadpool(catalog.named, name, param)
+        if not catalog.is_served(model, service.pipeline.folder):
+            await service.switch_model(model.folder)
 
     @app.post("/sdapi/v1/interrupt")
     async def interrupt():
+        """Stops the running A1111 generation (never another API's job)."""
         service.stop_running("interrupt")
         return None
 
     @app.post("/sdapi/v1/skip")
     async def skip():
+        """Skips the running A1111 generation's image set (never another API's job)."""
         service.stop_running("skip")
         return None
 
@@ -203,7 +195,7 @@ def add_a1111_routes(app: FastAPI, service, catalog, settings) -> None:
         return [{"name": name} for name, (kind, _) in HIRES_UPSCALERS.items() if kind == "latent"]
 
     @app.post("/sdapi/v1/extra-single-image")
-    async def extra_single_image(body: dict = RawBody(...)):
+    def extra_single_image(body: dict = RawBody(...)):  # plain def: FastAPI runs it off the event loop
         image, info = upscale_request(body)
         return {"image": png_base64(image), "html_info": info}
 
@@ -217,7 +209,7 @@ def add_a1111_routes(app: FastAPI, service, catalog, settings) -> None:
         raise RequestError(501, "interrogate needs a captioning model (CLIP or DeepDanbooru), which sdrt does not ship")
 
     @app.post("/sdapi/v1/png-info")
-    async def png_info(body: dict = RawBody(...)):
+    def png_info(body: dict = RawBody(...)):  # plain def: FastAPI runs it off the event loop
         text = open_base64_image(body.get("image"), "image").info.get(PARAMETERS_KEY)
         if text is None:
             return {"info": "", "items": {}, "parameters": {}}

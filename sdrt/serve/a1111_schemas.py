@@ -10,10 +10,15 @@ from typing import Any
 
 from pydantic import ConfigDict, Field, StrictStr, field_validator
 
-from sdrt.runtime.request import MAX_SEED
-from sdrt.serve.schemas import Body, RequestError
+from sdrt.runtime.features.controlnet.units import MAX_SCALE as MAX_CONTROL_SCALE
+from sdrt.runtime.features.hires import MAX_SCALE as MAX_HIRES_SCALE
+from sdrt.runtime.request import MAX_SEED, MAX_STEPS
+from sdrt.runtime.text.checks import MAX_PROMPT_CHARS
+from sdrt.serve.schemas import MAX_SIDE, Body, RequestError
 
 MAX_MASK_BLUR = 64  # A1111's slider limit
+#: The most styles one request may name (each is applied in turn to the prompt).
+MAX_REQUEST_STYLES = 64
 
 #: Fields sdrt cannot honour: the values that leave them without effect, and why others are refused.
 NEUTRAL_ONLY: dict[str, tuple[tuple, str]] = {
@@ -34,6 +39,11 @@ NEUTRAL_ONLY: dict[str, tuple[tuple, str]] = {
     "resize_mode": ((0, None), "only resize mode 0 (just resize) is supported"),
     "disable_extra_networks": ((False, None), "disabling <lora:...> tags is not supported"),
     "latent_mask": ((None, ""), "a separate latent mask is not supported"),
+    "override_settings_restore_afterwards": (
+        (True, None),
+        "a request's override_settings apply to it alone; change the server's defaults "
+        "(sd_model_checkpoint included) with POST /sdapi/v1/options",
+    ),
 }
 #: Fields with no effect on the images sdrt returns: a warning when set.
 COSMETIC: dict[str, tuple[tuple, str]] = {
@@ -55,7 +65,7 @@ class A1111ControlNetUnit(Body):
     input_image: StrictStr | None = None  # the extension's older name of `image`
     module: StrictStr = "none"
     model: StrictStr = "None"
-    weight: float = Field(1.0, ge=0)
+    weight: float = Field(1.0, ge=0, le=MAX_CONTROL_SCALE)
     guidance_start: float = Field(0.0, ge=0, le=1)
     guidance_end: float = Field(1.0, ge=0, le=1)
     control_mode: StrictStr | int = "Balanced"
@@ -79,20 +89,20 @@ class A1111Request(Body):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    prompt: StrictStr = ""
-    negative_prompt: StrictStr = ""
-    steps: int = Field(20, ge=1)
+    prompt: StrictStr = Field("", max_length=MAX_PROMPT_CHARS)
+    negative_prompt: StrictStr = Field("", max_length=MAX_PROMPT_CHARS)
+    steps: int = Field(20, ge=1, le=MAX_STEPS)
     cfg_scale: float = Field(7.0, ge=0)
     seed: int = Field(-1, ge=-1, le=MAX_SEED)
     subseed: int = -1
-    width: int | None = Field(None, ge=1)
-    height: int | None = Field(None, ge=1)
+    width: int | None = Field(None, ge=1, le=MAX_SIDE)
+    height: int | None = Field(None, ge=1, le=MAX_SIDE)
     batch_size: int = Field(1, ge=1)
     n_iter: int = Field(1, ge=1)
     sampler_name: StrictStr | None = None
     sampler_index: StrictStr | None = None
     scheduler: StrictStr | None = None
-    eta: float | None = None
+    eta: float | None = Field(None, ge=0, le=1)
     refiner_checkpoint: StrictStr | None = None  # the served refiner's name; None, "" or "None": no refiner
     refiner_switch_at: float = Field(0.8, gt=0, le=1)  # 1: the refiner never takes over
     override_settings: dict[str, Any] = Field(default_factory=dict)
@@ -102,7 +112,7 @@ class A1111Request(Body):
     # Fields checked against NEUTRAL_ONLY and COSMETIC (declared so that their types are A1111's).
     restore_faces: bool | None = None
     tiling: bool | None = None
-    styles: list[StrictStr] | None = None
+    styles: list[StrictStr] | None = Field(None, max_length=MAX_REQUEST_STYLES)
     subseed_strength: float | None = None
     seed_resize_from_h: int | None = None
     seed_resize_from_w: int | None = None
@@ -126,16 +136,16 @@ class A1111Request(Body):
     denoising_strength: float | None = Field(None, gt=0, le=1)
     firstphase_width: int | None = None
     firstphase_height: int | None = None
-    hr_scale: float | None = Field(None, ge=1, le=4)
+    hr_scale: float | None = Field(None, ge=1, le=MAX_HIRES_SCALE)
     hr_upscaler: StrictStr | None = None
-    hr_second_pass_steps: int | None = Field(None, ge=0)
-    hr_resize_x: int | None = None
-    hr_resize_y: int | None = None
+    hr_second_pass_steps: int | None = Field(None, ge=0, le=MAX_STEPS)
+    hr_resize_x: int | None = Field(None, ge=0, le=MAX_SIDE)
+    hr_resize_y: int | None = Field(None, ge=0, le=MAX_SIDE)
     hr_checkpoint_name: StrictStr | None = None
     hr_sampler_name: StrictStr | None = None
     hr_scheduler: StrictStr | None = None
-    hr_prompt: StrictStr | None = None
-    hr_negative_prompt: StrictStr | None = None
+    hr_prompt: StrictStr | None = Field(None, max_length=MAX_PROMPT_CHARS)
+    hr_negative_prompt: StrictStr | None = Field(None, max_length=MAX_PROMPT_CHARS)
     hr_additional_modules: list | None = None
 
     @field_validator("alwayson_scripts")
@@ -185,7 +195,7 @@ class A1111Img2ImgRequest(A1111Request):
     mask_blur_y: int = Field(4, ge=0, le=MAX_MASK_BLUR)
     inpainting_fill: int = Field(0, ge=0, le=3)
     inpaint_full_res: bool | int = True
-    inpaint_full_res_padding: int = Field(0, ge=0)
+    inpaint_full_res_padding: int = Field(0, ge=0, le=MAX_SIDE)
     inpainting_mask_invert: int = Field(0, ge=0, le=1)
     latent_mask: StrictStr | None = None
     include_init_images: bool | None = None

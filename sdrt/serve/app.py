@@ -15,6 +15,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sdrt.errors import SdrtError
@@ -54,7 +55,7 @@ from sdrt.serve.schemas import (
     ServeSettings,
     error_body,
 )
-from sdrt.serve.service import Service, Stopped
+from sdrt.serve.service import A1111_API, Service, Stopped
 
 __all__ = ["ServeSettings", "create_app"]
 
@@ -63,8 +64,8 @@ def create_app(pipeline, settings: ServeSettings | None = None, catalog: ModelCa
     """`catalog`: the models A1111's sd_model_checkpoint and OpenAI's `model` may switch to
     (default: only `pipeline`, which then cannot be reloaded)."""
     settings = settings or ServeSettings(api_key=os.environ.get(API_KEY_ENV) or None)
-    service = Service(pipeline, settings)
     catalog = catalog or ModelCatalog(pipeline.folder, None, lambda folder: pipeline)
+    service = Service(pipeline, settings, catalog.load)
     docs = settings.docs  # behind the same auth as every route (Guard): only /health is open
     app = FastAPI(
         title="sdrt",
@@ -126,12 +127,6 @@ def create_app(pipeline, settings: ServeSettings | None = None, catalog: ModelCa
         """A1111 makes batch_size x n_iter images per request: --max-images counts them all, and
         the refusal names the field that took the count past it."""
         check_limits(body.batch_size, body.steps, "batch_size")
-        if body.enable_hr and (body.hr_second_pass_steps or 0) > settings.max_steps:
-            raise RequestError(
-                400,
-                f"hr_second_pass_steps must be at most {settings.max_steps} (the server's --max-steps)",
-                "hr_second_pass_steps",
-            )
         total = body.batch_size * body.n_iter
         if total > settings.max_images:
             raise RequestError(
@@ -141,8 +136,14 @@ def create_app(pipeline, settings: ServeSettings | None = None, catalog: ModelCa
                 "n_iter",
             )
 
-    async def run(request: Request, generation: GenerationRequest):
-        result = await service.generate(request, generation)
+    def check_hires_steps(generation: GenerationRequest, param: str) -> None:
+        """The hires fix's second pass counts against --max-steps as the first pass does."""
+        hires = generation.hires
+        if hires is not None and isinstance(hires.steps, int) and hires.steps > settings.max_steps:
+            raise RequestError(400, f"{param} must be at most {settings.max_steps} (the server's --max-steps)", param)
+
+    async def run(request: Request, generation: GenerationRequest, model=None, api=None):
+        result = await service.generate(request, generation, model, api)
         if result is None:
             raise RequestError(499, "the client disconnected")
         return result
@@ -169,20 +170,23 @@ def create_app(pipeline, settings: ServeSettings | None = None, catalog: ModelCa
     async def metrics():
         return PlainTextResponse(service.metrics.render(), media_type="text/plain; version=0.0.4")
 
-    async def a1111(
-        body: A1111Txt2ImgRequest, request: Request, image=None, mask=None, strength=None, mask_options=None
-    ):
+    def a1111_request(body: A1111Txt2ImgRequest, image, mask, strength, mask_options):
+        """The request's GenerationRequest, its warnings and its model's folder (None: the
+        default). Styles, LoRA tags and images are read here, in a worker thread: however
+        large a request is, the event loop (and every other client) never waits on it."""
         warnings = body.checked()
         sampler, schedule = sdrt_sampler(body.sampler_name or body.sampler_index, body.scheduler)
         eta = check_eta(sampler, body.eta)
         check_a1111_limits(body)
         switch = refiner_switch(service.pipeline, body.refiner_checkpoint, body.refiner_switch_at)
-        options = app.state.options.changed(body.override_settings, "override_settings")
+        options = app.state.options.changed(body.override_settings, "override_settings")  # this request's only
         prompt, negative = apply_styles(body.prompt, body.negative_prompt, body.styles or (), app.state.styles)
         check_lora_tags(prompt, "prompt")
-        units = control_units(body, image)
-        vae = a1111_vae(options.sd_vae, "override_settings.sd_vae")
-        base = GenerationRequest(
+        checkpoint = body.override_settings.get(MODEL_OPTION)
+        model = None if checkpoint is None else catalog.named(checkpoint, f"override_settings.{MODEL_OPTION}").folder
+        image = None if image is None else decode_image(image, "init_images")
+        mask = None if mask is None else decode_image(mask, "mask")
+        generation = GenerationRequest(
             prompt,
             negative_prompt=negative or None,
             steps=body.steps,
@@ -200,27 +204,25 @@ def create_app(pipeline, settings: ServeSettings | None = None, catalog: ModelCa
             refiner_switch=switch,
             clip_skip=options.clip_skip,
             emphasis=options.emphasis,
-            controlnets=units,
-            vae=vae,
+            controlnets=control_units(body, image),
+            vae=a1111_vae(options.sd_vae, "override_settings.sd_vae"),
             hires=a1111_hires(body) if image is None else None,
             deepcache=deepcache_field(body.deepcache),
             eta=eta,
         )
-        keep = body.override_settings_restore_afterwards is False  # A1111: the overrides become the options
-        checkpoint = body.override_settings.get(MODEL_OPTION)
-        served_before = None
-        if checkpoint is not None:  # A1111 loads it for this request, and loads the other one back after
-            served_before = await app.state.switch_model(checkpoint, f"override_settings.{MODEL_OPTION}")
-        try:
-            answer = await a1111_iterations(body, request, base, warnings)
-            if keep:
-                app.state.options = options
-            return answer
-        finally:
-            if served_before is not None and not keep:
-                await app.state.switch_model(served_before, f"override_settings.{MODEL_OPTION}")
+        check_hires_steps(generation, "hr_second_pass_steps")
+        return generation, warnings, model
 
-    async def a1111_iterations(body, request, base: GenerationRequest, warnings: list[str]):
+    async def a1111(
+        body: A1111Txt2ImgRequest, request: Request, image=None, mask=None, strength=None, mask_options=None
+    ):
+        """An A1111 generation: on the model its override_settings name, for this request only
+        (A1111's override_settings_restore_afterwards; the server's default changes only by
+        POST /sdapi/v1/options)."""
+        base, warnings, model = await run_in_threadpool(a1111_request, body, image, mask, strength, mask_options)
+        return await a1111_iterations(body, request, base, warnings, model)
+
+    async def a1111_iterations(body, request, base: GenerationRequest, warnings: list[str], model):
         """The request's `n_iter` image sets (the seed moving on by `batch_size` each), and A1111's answer."""
         seed, hires, prompt = base.seed, base.hires, base.prompt
         seed = draw_seed() if seed is None else seed  # image k of the request gets seed + k, as in A1111
@@ -228,7 +230,7 @@ def create_app(pipeline, settings: ServeSettings | None = None, catalog: ModelCa
         for iteration in range(body.n_iter):
             run_seeds = consecutive_seeds(seed + iteration * body.batch_size, body.batch_size)
             try:
-                result = await run(request, replace(base, seed=None, seeds=run_seeds))
+                result = await run(request, replace(base, seed=None, seeds=run_seeds), model, A1111_API)
             except Stopped as stop:  # A1111's /skip drops this image set, /interrupt the rest too
                 if stop.kind not in ("interrupt", "skip"):
                     raise
@@ -261,7 +263,7 @@ def create_app(pipeline, settings: ServeSettings | None = None, catalog: ModelCa
             "clip_skip": base.clip_skip,
             "infotexts": texts,
             "warnings": warnings,
-            "sd_model_name": service.pipeline.folder.name,
+            "sd_model_name": (model or service.pipeline.folder).name,
         }
         if parameters is not None:
             info.update(width=parameters["width"], height=parameters["height"])
@@ -290,20 +292,19 @@ def create_app(pipeline, settings: ServeSettings | None = None, catalog: ModelCa
 
     @app.post("/sdapi/v1/img2img")
     async def img2img(body: A1111Img2ImgRequest, request: Request):
-        image = decode_image(body.init_images[0], "init_images")
-        mask = decode_image(body.mask, "mask") if body.mask else None
+        mask = body.mask or None
         return await a1111(
             body,
             request,
-            image=image,
+            image=body.init_images[0],
             mask=mask,
             strength=body.denoising_strength,
             mask_options=a1111_mask_options(body) if mask else None,
         )
 
     add_a1111_routes(app, service, catalog, settings)
-    add_openai_routes(app, service, catalog, settings, run, check_limits)
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    add_openai_routes(app, service, catalog, settings, run, (check_limits, check_hires_steps))
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
     app.add_middleware(
         Guard, service=service, api_key=settings.api_key, api_auth=settings.api_auth, routes=app.router.routes
     )  # outermost

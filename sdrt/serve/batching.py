@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 
@@ -62,6 +64,8 @@ class Job:
     cancel: threading.Event = field(default_factory=threading.Event)
     batch: list[Job] = field(default_factory=list)  # set when a worker takes it
     stopped_by: str | None = None  # "interrupt" or "skip" (A1111's /interrupt, /skip) when one stopped it
+    model: Path | None = None  # the folder of the model it runs on (None: the server's default)
+    api: str | None = None  # the API it came from (A1111's /interrupt and /skip stop A1111's jobs only)
 
     @property
     def images(self) -> int:
@@ -98,15 +102,16 @@ def batch_key(request: GenerationRequest, native_height: int, native_width: int)
     return key
 
 
-def take_batch(pending: list[Job], max_images: int) -> list[Job]:
+def take_batch(pending: list[Job], max_images: int | Callable[[Job], int]) -> list[Job]:
     """Removes and returns the oldest live job plus, when it can batch, the compatible jobs
-    behind it (take_compatible). Cancelled jobs are dropped."""
+    behind it (take_compatible), up to `max_images` (or what it says for the oldest job: the
+    limit of its model). Cancelled jobs are dropped."""
     pending[:] = [job for job in pending if not job.cancel.is_set()]
     if not pending:
         return []
     batch = [pending.pop(0)]
     batch[0].batch = batch
-    take_compatible(pending, batch, max_images)
+    take_compatible(pending, batch, max_images(batch[0]) if callable(max_images) else max_images)
     return batch
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sdrt.runtime.manifest import MANIFEST_NAME
+from sdrt.serve.schemas import RequestError
 
 SHORT_HASH = 10  # A1111's title shows the first 10 hex digits
 
@@ -78,6 +79,18 @@ class ModelCatalog:
             if model.name in names or (wanted and wanted in (model.title, model.sha256[:SHORT_HASH], model.sha256)):
                 return model
         return None
+
+    def named(self, name, param: str) -> ServedModel:
+        """The model a request names in field `param`; a 400 naming it when there is none."""
+        model = self.find(name) if isinstance(name, str) else None
+        if model is None:
+            raise RequestError(
+                400,
+                f"{param}: no model {str(name)[:100]!r}; this server has {self.describe_choices()} "
+                "(GET /sdapi/v1/sd-models)",
+                param,
+            )
+        return model
 
     def describe_choices(self) -> str:
         return ", ".join(model.title for model in self.models())

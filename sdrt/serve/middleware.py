@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hmac
 import json
@@ -92,18 +93,26 @@ class Guard:
 
 class BodyLimit:
     """ASGI middleware: reads the body up to `limit` bytes (whether or not Content-Length is
-    sent) and answers 413 itself past that; otherwise replays it to the app. Later receives
-    (disconnect checks) go to the real channel."""
+    sent) and answers 413 itself past that, or 408 (closing the connection) when the whole body
+    has not arrived `timeout_s` after the headers (a client trickling it holds nothing for long);
+    otherwise replays it to the app. Later receives (disconnect checks) go to the real channel."""
 
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
+    def __init__(self, app, limit: int, timeout_s: float | None = None):
+        self.app, self.limit, self.timeout_s = app, limit, timeout_s
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         buffered, size = [], 0
+        deadline = None if self.timeout_s is None else asyncio.get_running_loop().time() + self.timeout_s
         while True:
-            message = await receive()
+            try:
+                left = None if deadline is None else max(deadline - asyncio.get_running_loop().time(), 0)
+                message = await asyncio.wait_for(receive(), left)
+            except TimeoutError:
+                late = f"the body did not arrive within {self.timeout_s:g} s of the headers"
+                await send_json(send, 408, error_body(late, None), [(b"connection", b"close")])
+                return
             buffered.append(message)
             if message["type"] != "http.request":
                 break

@@ -11,21 +11,18 @@ and the input's size for edits and variations."""
 from __future__ import annotations
 
 import base64
-import io
 import time
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse, Response
-from PIL import Image, ImageOps
-from starlette.datastructures import UploadFile
+from starlette.concurrency import run_in_threadpool
 
 from sdrt.runtime.features.controlnet.units import ControlUnit
 from sdrt.runtime.imaging.png_info import format_parameters
 from sdrt.runtime.request import GenerationRequest
 from sdrt.runtime.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES, SAMPLERS
 from sdrt.runtime.seeds import seeds_for
-from sdrt.runtime.sizes import SizeError, parse_size
 from sdrt.runtime.text.prompts.styles import apply_styles
 from sdrt.serve.a1111 import check_lora_tags, decode_image, deepcache_field, png_base64, served_name
 from sdrt.serve.openai_compat import (
@@ -37,91 +34,27 @@ from sdrt.serve.openai_compat import (
     steps_of,
     style_of,
 )
+from sdrt.serve.openai_forms import (
+    EDIT_STRENGTH,
+    VARIATION_STRENGTH,
+    edit_images,
+    form_body,
+    hires_of,
+    parse_openai_size,
+    png_bytes,
+    read_form,
+)
 from sdrt.serve.schemas import OpenAIImageRequest, RequestError
 
-AUTO_SIZE = "auto"
-#: Edits and variations: how much of the image changes (sdrt's extension field `strength`).
-EDIT_STRENGTH, VARIATION_STRENGTH = 1.0, 0.75
-#: Form fields of edits and variations besides the files, with their types.
-FORM_NUMBERS = {"n": int, "steps": int, "seed": int, "guidance_scale": float, "strength": float}
-FORM_TEXTS = (
-    "prompt",
-    "negative_prompt",
-    "size",
-    "response_format",
-    "model",
-    "sampler",
-    "schedule",
-    "user",
-    "safety_identifier",
-    "quality",
-    "vae",
-    "output_format",
-    "background",
-    "deepcache",
-)
 
-
-def parse_openai_size(size: str | None) -> tuple[int | None, int | None]:
-    if size is None or size == AUTO_SIZE:
-        return None, None
-    try:
-        return parse_size(size, "size")
-    except SizeError as error:
-        raise RequestError(400, f'{error} (or "auto")', "size") from None
-
-
-async def _form(request: Request) -> tuple[dict, dict[str, bytes]]:
-    """An edits/variations form: its fields (typed) and its files (`image`, `image[]`, `mask`)."""
-    try:
-        form = await request.form()
-    except Exception:  # noqa: BLE001 - any unreadable form is the client's error
-        raise RequestError(400, "the body must be multipart/form-data with an image file", "image") from None
-    fields, files = {}, {}
-    for key, value in form.multi_items():
-        if isinstance(value, UploadFile):
-            files.setdefault(key.removesuffix("[]"), await value.read())
-        elif key in FORM_NUMBERS:
-            try:
-                fields[key] = FORM_NUMBERS[key](value)
-            except ValueError:
-                raise RequestError(400, f"{key} must be a number, got {value[:40]!r}", key) from None
-        elif key in FORM_TEXTS:
-            fields[key] = value
-        else:
-            raise RequestError(400, f"{key}: not a field of this route", key)
-    return fields, files
-
-
-def _edit_images(image_file: bytes, mask_file: bytes | None) -> tuple[bytes, Image.Image | None]:
-    """The image, and the inpainting mask (255 = repaint) from OpenAI's transparency convention."""
-    from sdrt.runtime.imaging.inputs import open_image
-
-    source = open_image(mask_file if mask_file is not None else image_file)
-    if mask_file is None and "A" not in source.getbands() and "transparency" not in source.info:
-        return image_file, None
-    alpha = source.convert("RGBA").getchannel("A")
-    if mask_file is None and alpha.getextrema() == (255, 255):
-        return image_file, None  # fully opaque: nothing marked, an image-to-image edit
-    return image_file, ImageOps.invert(alpha)
-
-
-def hires_of(body: OpenAIImageRequest):
-    from sdrt.runtime.features.hires import HiresFix, upscaler_named
-
-    if body.hires is None:
-        return None
-    try:
-        upscaler = upscaler_named(body.hires.upscaler)
-    except ValueError as error:
-        raise RequestError(400, f"hires.upscaler: {error}", "hires.upscaler") from None
-    return HiresFix(scale=body.hires.scale, upscaler=upscaler, steps=body.hires.steps, strength=body.hires.strength)
-
-
-def add_openai_routes(app: FastAPI, service, catalog, settings, run, check_limits) -> None:
+def add_openai_routes(app: FastAPI, service, catalog, settings, run, checks) -> None:
+    """`checks`: the app's (check_limits, check_hires_steps)."""
+    check_limits, check_hires_steps = checks
     store = ImageStore(settings.image_url_ttl_s, settings.max_url_images)
 
     def check_model(name: str | None):
+        """The folder of the model a request names (None: the server's default), for this
+        request alone: another client's requests are not affected."""
         if name is None:
             return None
         model = catalog.find(name)
@@ -133,7 +66,7 @@ def add_openai_routes(app: FastAPI, service, catalog, settings, run, check_limit
                 f"model: this server serves {catalog.describe_choices()} (GET /v1/models), not {name[:100]!r}",
                 "model",
             )
-        return model
+        return model.folder
 
     def styled(body: OpenAIImageRequest, warnings: list[str]) -> tuple[str, str | None]:
         """The prompt and negative prompt with OpenAI's `style` applied (or a warning added)."""
@@ -146,7 +79,7 @@ def add_openai_routes(app: FastAPI, service, catalog, settings, run, check_limit
         return prompt, negative or None
 
     async def answer(
-        request: Request, generation: GenerationRequest, body: OpenAIImageRequest, warnings: list[str]
+        request: Request, generation: GenerationRequest, body: OpenAIImageRequest, warnings: list[str], model
     ) -> JSONResponse:
         response_format = response_format_of(body.response_format, body.model)
         if response_format == URL and body.n > store.capacity:
@@ -154,10 +87,7 @@ def add_openai_routes(app: FastAPI, service, catalog, settings, run, check_limit
                 400, f"n: at most {store.capacity} images per url answer (sdrt serve --url-images); or b64_json", "n"
             )
         prompt = generation.prompt
-        model = check_model(body.model)
-        if model is not None:
-            await app.state.switch_model(model.title, "model")
-        result = await run(request, generation)
+        result = await run(request, generation, model)
         seeds = result.parameters.get("seeds") or [result.parameters["seed"]]  # one per image (image_seeds)
         per_image = len(result.images) // max(len(seeds), 1)
         data = []
@@ -214,8 +144,9 @@ def add_openai_routes(app: FastAPI, service, catalog, settings, run, check_limit
             ],
         }
 
-    @app.post("/v1/images/generations")
-    async def generations(body: OpenAIImageRequest, request: Request):
+    def generation_of(body: OpenAIImageRequest) -> tuple[GenerationRequest, list[str], object]:
+        """A generations body as a GenerationRequest, its warnings and its model's folder; run
+        in a worker thread (styles, LoRA tags and images are read off the event loop)."""
         body.check()
         height, width = parse_openai_size(body.size)
         steps = steps_of(body.steps, body.quality)
@@ -236,32 +167,35 @@ def add_openai_routes(app: FastAPI, service, catalog, settings, run, check_limit
             )
             for index, c in enumerate(body.controlnets)
         ]
-        return await answer(
-            request,
-            GenerationRequest(
-                prompt,
-                negative_prompt=negative,
-                steps=steps,
-                guidance_scale=body.guidance_scale,
-                height=height,
-                width=width,
-                seeds=seeds_for(body.seed, body.n),
-                num_images=body.n,
-                sampler=sampler_of(body),
-                schedule=body.schedule,
-                plain_prompt=settings.plain_prompts,
-                controlnets=units,
-                vae=body.vae,
-                hires=hires_of(body),
-                deepcache=deepcache_field(body.deepcache),
-                eta=body.eta,
-            ),
-            body,
-            warnings,
+        generation = GenerationRequest(
+            prompt,
+            negative_prompt=negative,
+            steps=steps,
+            guidance_scale=body.guidance_scale,
+            height=height,
+            width=width,
+            seeds=seeds_for(body.seed, body.n),
+            num_images=body.n,
+            sampler=sampler_of(body),
+            schedule=body.schedule,
+            plain_prompt=settings.plain_prompts,
+            controlnets=units,
+            vae=body.vae,
+            hires=hires_of(body),
+            deepcache=deepcache_field(body.deepcache),
+            eta=body.eta,
         )
+        check_hires_steps(generation, "hires.steps")
+        return generation, warnings, check_model(body.model)
 
-    async def image_route(request: Request, needs_prompt: bool) -> dict:
-        fields, files = await _form(request)
+    @app.post("/v1/images/generations")
+    async def generations(body: OpenAIImageRequest, request: Request):
+        generation, warnings, model = await run_in_threadpool(generation_of, body)
+        return await answer(request, generation, body, warnings, model)
+
+    def edit_of(fields: dict, files: dict[str, bytes], needs_prompt: bool):
+        """An edits/variations form as a GenerationRequest and its model's folder; run in a
+        worker thread (the images are read off the event loop)."""
         if "image" not in files:
             raise RequestError(400, "image: an image file is required", "image")
         if needs_prompt and not fields.get("prompt"):
@@ -270,36 +204,37 @@ def add_openai_routes(app: FastAPI, service, catalog, settings, run, check_limit
         if unknown:
             param = sorted(unknown)[0]
             raise RequestError(400, f"{param}: not a file this route takes", param)
-        body = OpenAIImageRequest.model_validate({**fields, "prompt": fields.get("prompt", "")})
+        body = form_body({**fields, "prompt": fields.get("prompt", "")})
         body.check()
         height, width = parse_openai_size(body.size)
         steps = steps_of(body.steps, body.quality)
         check_limits(body.n, steps, "n")
-        image, mask = _edit_images(files["image"], files.get("mask")) if needs_prompt else (files["image"], None)
+        image, mask = edit_images(files["image"], files.get("mask")) if needs_prompt else (files["image"], None)
         strength = body.strength or (EDIT_STRENGTH if mask is not None else VARIATION_STRENGTH)
-        return await answer(
-            request,
-            GenerationRequest(
-                body.prompt,
-                negative_prompt=body.negative_prompt,
-                steps=steps,
-                guidance_scale=body.guidance_scale,
-                height=height,
-                width=width,
-                seeds=seeds_for(body.seed, body.n),
-                num_images=body.n,
-                sampler=sampler_of(body),
-                schedule=body.schedule,
-                init_image=image,
-                mask_image=_png(mask) if mask is not None else None,
-                strength=strength,
-                plain_prompt=settings.plain_prompts,
-                vae=body.vae,
-                deepcache=deepcache_field(body.deepcache),
-            ),
-            body,
-            [],
+        generation = GenerationRequest(
+            body.prompt,
+            negative_prompt=body.negative_prompt,
+            steps=steps,
+            guidance_scale=body.guidance_scale,
+            height=height,
+            width=width,
+            seeds=seeds_for(body.seed, body.n),
+            num_images=body.n,
+            sampler=sampler_of(body),
+            schedule=body.schedule,
+            init_image=image,
+            mask_image=png_bytes(mask) if mask is not None else None,
+            strength=strength,
+            plain_prompt=settings.plain_prompts,
+            vae=body.vae,
+            deepcache=deepcache_field(body.deepcache),
         )
+        return body, generation, check_model(body.model)
+
+    async def image_route(request: Request, needs_prompt: bool):
+        fields, files = await read_form(request)
+        body, generation, model = await run_in_threadpool(edit_of, fields, files, needs_prompt)
+        return await answer(request, generation, body, [], model)
 
     @app.post("/v1/images/edits")
     async def edits(request: Request):
@@ -308,9 +243,3 @@ def add_openai_routes(app: FastAPI, service, catalog, settings, run, check_limit
     @app.post("/v1/images/variations")
     async def variations(request: Request):
         return await image_route(request, needs_prompt=False)
-
-
-def _png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()

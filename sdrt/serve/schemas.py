@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
-from sdrt.runtime.request import DEFAULT_GUIDANCE, MAX_SEED
+from sdrt.runtime.features.controlnet.units import MAX_SCALE as MAX_CONTROL_SCALE
+from sdrt.runtime.features.hires import MAX_SCALE as MAX_HIRES_SCALE
+from sdrt.runtime.request import DEFAULT_GUIDANCE, MAX_SEED, MAX_STEPS
+from sdrt.runtime.text.checks import MAX_PROMPT_CHARS
 
 API_KEY_ENV = "SDRT_API_KEY"
 OPEN_ROUTES = {"/health"}
+#: The deepest nesting of lists and objects a body field may hold (A1111's settings, comments and
+#: script args are a level or two deep); deeper is a 400 naming the field, never a RecursionError.
+MAX_NESTING = 32
+#: The largest magnitude of any number in a body (2**53: what a JSON number holds exactly); every
+#: field's own bound is tighter, this one keeps arithmetic on an unbounded integer from happening.
+MAX_NUMBER = 2**53
+#: The largest image side (pixels) a request may ask for, as a size or a hires fix target.
+MAX_SIDE = 16_384
 
 
 @dataclass(frozen=True)
@@ -34,6 +46,9 @@ class ServeSettings:
     max_url_images: int = 64  # response_format=url images kept at once; the oldest go first
     docs: bool = True  # FastAPI's OpenAPI page at /docs and its schema at /openapi.json (behind the auth)
     comfy_dir: str | None = None  # ComfyUI routes' input/output/temp folders (default: the sdrt cache's comfy/)
+    header_timeout_s: float = 20.0  # a request's line and headers must arrive within this (else closed)
+    body_timeout_s: float = 120.0  # its body within this once the headers are in (else 408)
+    max_connections: int | None = None  # open at once; more get 503 (None: sdrt.serve.http's default)
 
 
 class RequestError(Exception):
@@ -67,10 +82,33 @@ def _texts(value) -> list[str]:
     return []
 
 
+def check_value(value) -> None:
+    """Raise ValueError when `value` nests deeper than MAX_NESTING or holds a number past
+    MAX_NUMBER (or not finite); walked without recursion, so any depth is safe to check."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list, tuple)):
+            if depth >= MAX_NESTING:
+                raise ValueError(f"nests deeper than {MAX_NESTING} levels")
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+        elif isinstance(item, (int, float)) and not isinstance(item, bool):
+            if (isinstance(item, float) and not math.isfinite(item)) or abs(item) > MAX_NUMBER:
+                raise ValueError(f"holds a number past the limit of {MAX_NUMBER} (or not finite)")
+
+
 class Body(BaseModel):
-    """A request body: unknown fields ignored, numbers finite, every string real UTF-8 text."""
+    """A request body: unknown fields ignored, numbers finite and bounded, values nested a few
+    levels at most, every string real UTF-8 text."""
 
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _bounded(cls, value):
+        check_value(value)
+        return value
 
     @field_validator("*", mode="after")
     @classmethod
@@ -88,7 +126,7 @@ class ControlNetField(Body):
 
     model: StrictStr
     image: StrictStr  # base64
-    scale: float = Field(1.0, ge=0)
+    scale: float = Field(1.0, ge=0, le=MAX_CONTROL_SCALE)
     start: float = Field(0.0, ge=0, le=1)
     end: float = Field(1.0, ge=0, le=1)
     mode: StrictStr = "balanced"
@@ -98,9 +136,9 @@ class ControlNetField(Body):
 class HiresField(Body):
     """sdrt's hires fix on the OpenAI route (sdrt.runtime.features.hires.HiresFix's fields)."""
 
-    scale: float = Field(2.0, ge=1, le=4)
+    scale: float = Field(2.0, ge=1, le=MAX_HIRES_SCALE)
     upscaler: StrictStr = "Latent"
-    steps: int = Field(0, ge=0)
+    steps: int = Field(0, ge=0, le=MAX_STEPS)
     strength: float = Field(0.7, gt=0, le=1)
 
 
@@ -110,7 +148,7 @@ class OpenAIImageRequest(Body):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    prompt: StrictStr
+    prompt: StrictStr = Field(max_length=MAX_PROMPT_CHARS)
     n: int = Field(1, ge=1)
     size: StrictStr | None = None
     response_format: StrictStr | None = None  # url for the DALL-E model names, else b64_json
@@ -123,8 +161,8 @@ class OpenAIImageRequest(Body):
     moderation: StrictStr | None = None
     output_format: StrictStr | None = None
     output_compression: int | None = None
-    negative_prompt: StrictStr | None = None
-    steps: int | None = Field(None, ge=1)  # None: the quality preset's (sdrt.serve.openai_compat)
+    negative_prompt: StrictStr | None = Field(None, max_length=MAX_PROMPT_CHARS)
+    steps: int | None = Field(None, ge=1, le=MAX_STEPS)  # None: the quality preset's (sdrt.serve.openai_compat)
     guidance_scale: float = Field(DEFAULT_GUIDANCE, ge=0)
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
     sampler: StrictStr | None = None

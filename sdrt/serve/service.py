@@ -6,7 +6,6 @@ the pipeline checks at every denoising step."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import threading
 import time
@@ -19,6 +18,7 @@ from sdrt.runtime.pipeline import GenerationCancelled
 from sdrt.runtime.request import MAX_SEED, GenerationRequest
 from sdrt.serve.batching import Job, batch_key, merged_request, split_result, take_batch, take_compatible
 from sdrt.serve.metrics import Metrics
+from sdrt.serve.model_pool import ModelLock, ModelPool
 from sdrt.serve.progress import Progress
 from sdrt.serve.schemas import RequestError, ServeSettings
 
@@ -27,6 +27,8 @@ OBSERVED_STAGES = (TEXT_ENCODER, DENOISE, VAE_DECODER, TOTAL)
 
 POLL_S = 0.05
 SHUTDOWN = "shutdown"  # Stopped.kind when the server stops (besides A1111's "interrupt" and "skip")
+#: The API whose jobs A1111's /interrupt and /skip stop (Job.api); the others' never.
+A1111_API = "a1111"
 
 
 #: A1111's /interrupt (its job answers with the images so far; /skip drops them).
@@ -41,41 +43,6 @@ class Stopped(Exception):
         super().__init__(kind)
         self.kind = kind
         self.partial = partial
-
-
-class ModelLock:
-    """Batches share the served model (several at once with --concurrency); replacing it waits for
-    the running ones and holds new ones back until the new model is in place."""
-
-    def __init__(self):
-        self._condition = threading.Condition()
-        self._running = 0
-        self._replacing = False
-
-    @contextlib.contextmanager
-    def shared(self):
-        with self._condition:
-            self._condition.wait_for(lambda: not self._replacing)
-            self._running += 1
-        try:
-            yield
-        finally:
-            with self._condition:
-                self._running -= 1
-                self._condition.notify_all()
-
-    @contextlib.contextmanager
-    def exclusive(self):
-        with self._condition:
-            self._condition.wait_for(lambda: not self._replacing)
-            self._replacing = True
-            self._condition.wait_for(lambda: self._running == 0)
-        try:
-            yield
-        finally:
-            with self._condition:
-                self._replacing = False
-                self._condition.notify_all()
 
 
 class Request(Protocol):
@@ -100,8 +67,8 @@ class Service:
     sdrt.serve.batching) and runs them as one generate() call in a thread. A batch stops at its
     next denoising step once every request in it has timed out or disconnected."""
 
-    def __init__(self, pipeline, settings: ServeSettings):
-        self.pipeline = pipeline
+    def __init__(self, pipeline, settings: ServeSettings, load=None):
+        self.models = ModelPool(pipeline, load)
         self.settings = settings
         self.metrics = Metrics()
         self.progress = Progress()
@@ -111,24 +78,37 @@ class Service:
         self._wakeup: asyncio.Event | None = None
         self._workers: list[asyncio.Task] = []
         self._running: list[Job] = []
-        self._model_lock = ModelLock()  # batches share the model; switch_model replaces it alone
-        self._set_batch_limit()
+        self._model_lock = ModelLock()  # batches share the models; switch_model replaces the default alone
 
-    def _set_batch_limit(self) -> None:
-        batch_range = self.pipeline.manifest.dims.get("batch")
-        self.max_batch_images = min(self.settings.max_batch_images, batch_range.max if batch_range else 1)
+    @property
+    def pipeline(self):
+        """The server's default model: what requests that name no model run on."""
+        return self.models.default
 
-    async def switch_model(self, load) -> None:
-        """Serve the pipeline `load()` returns from now on: loaded once the running batch is done,
-        while waiting requests wait (A1111's checkpoint switch)."""
+    def batch_limit(self, job: Job) -> int:
+        """The images one call on the job's model may hold."""
+        batch_range = self.models.manifest(job.model).dims.get("batch")
+        return min(self.settings.max_batch_images, batch_range.max if batch_range else 1)
+
+    def _key(self, job: Job) -> tuple | None:
+        """The job's batch key, its model first: requests share a call only on one model."""
+        m = self.models.manifest(job.model)
+        key = batch_key(job.request, m.native_height, m.native_width)
+        return None if key is None else (("model", self.models.key(job.model)), *key)
+
+    async def switch_model(self, folder) -> None:
+        """The admin switch (A1111's POST /sdapi/v1/options): the model of `folder` is the
+        default from now on, loaded once the running batches are done, while waiting requests
+        wait. Requests that name their own model are not affected."""
 
         def switch():
             with self._model_lock.exclusive():
-                pipeline = load()
-                self.pipeline = pipeline
-                self._set_batch_limit()
+                self.models.replace_default(folder)
 
         await asyncio.to_thread(switch)
+        for job in self._pending:  # the waiting requests of the default now run on the new one
+            if job.model is None:
+                job.key = self._key(job)
 
     def shutdown(self) -> None:
         """The server is stopping: running generations stop at their next step, waiting ones
@@ -144,9 +124,12 @@ class Service:
         self.stop_running(SHUTDOWN)
 
     def stop_running(self, kind: str) -> int:
-        """Stops the running generations at their next step (A1111's /interrupt and /skip);
-        their requests raise Stopped(kind). Returns how many were stopped."""
-        running = [job for job in self._running if not job.cancel.is_set()]
+        """Stops the running generations at their next step: A1111's /interrupt and /skip stop
+        the running A1111 jobs only (never another API's), the shutdown every one; their
+        requests raise Stopped(kind). Returns how many were stopped."""
+        running = [
+            job for job in self._running if not job.cancel.is_set() and (kind == SHUTDOWN or job.api == A1111_API)
+        ]
         for job in running:
             job.stopped_by = kind
             job.cancel.set()
@@ -165,7 +148,11 @@ class Service:
             self._workers = [asyncio.ensure_future(self._worker()) for _ in range(self.settings.concurrency)]
         return self._wakeup
 
-    async def generate(self, request: Request, generation: GenerationRequest) -> Any:
+    async def generate(
+        self, request: Request, generation: GenerationRequest, model=None, api: str | None = None
+    ) -> Any:
+        """The request's result, run on the model of folder `model` (None: the default)
+        with the jobs of API `api` (A1111_API: /interrupt and /skip may stop it)."""
         settings = self.settings
         with self._admit_lock:
             if self._admitted >= settings.max_queue:
@@ -178,12 +165,8 @@ class Service:
         try:
             if generation.seed is None and generation.seeds is None:  # drawn here: a batch reports each seed
                 generation = replace(generation, seed=random.SystemRandom().randint(0, MAX_SEED))
-            m = self.pipeline.manifest
-            job = Job(
-                generation,
-                batch_key(generation, m.native_height, m.native_width),
-                asyncio.get_running_loop().create_future(),
-            )
+            job = Job(generation, None, asyncio.get_running_loop().create_future(), model=model, api=api)
+            job.key = await asyncio.to_thread(self._key, job)  # reads the prompt's LoRA tags
             self._pending.append(job)
             self._start_workers().set()
             try:
@@ -228,14 +211,14 @@ class Service:
     async def _worker(self) -> None:
         assert self._wakeup is not None
         while True:
-            batch = take_batch(self._pending, self.max_batch_images)
+            batch = take_batch(self._pending, self.batch_limit)
             if not batch:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
             if self.settings.batch_window_s > 0 and batch[0].key is not None:
                 await asyncio.sleep(self.settings.batch_window_s)  # let simultaneous requests join
-                take_compatible(self._pending, batch, self.max_batch_images)
+                take_compatible(self._pending, batch, self.batch_limit(batch[0]))
             self.metrics.in_flight += len(batch)
             self.metrics.observe_batch(len(batch))
             self._running.extend(batch)
@@ -266,9 +249,14 @@ class Service:
 
     def _run_locked(self, batch: list[Job]) -> list[Any]:
         with self._model_lock.shared():
-            return self._run(batch)
+            try:
+                pipeline = self.models.get(batch[0].model)
+            except Exception as error:  # noqa: BLE001 - answered to the batch's requests
+                failure = error if isinstance(error, SdrtError) else RequestError(500, "the model could not be loaded")
+                return [failure] * len(batch)
+            return self._run(pipeline, batch)
 
-    def _run(self, batch: list[Job]) -> list[Any]:
+    def _run(self, pipeline, batch: list[Job]) -> list[Any]:
         """Outcomes for a batch: GenerationResult, None (cancelled) or the exception. A batch
         whose call fails on a request's own settings is retried one request at a time, so one
         bad request never fails the others."""
@@ -283,14 +271,14 @@ class Service:
         self.progress.begin()
         try:
             if len(batch) == 1:
-                results = [self.pipeline.run(batch[0].request, **run)]
+                results = [pipeline.run(batch[0].request, **run)]
             else:
-                results = split_result(self.pipeline.run(merged_request(batch), **run), batch)
+                results = split_result(pipeline.run(merged_request(batch), **run), batch)
         except GenerationCancelled as stopped:
             return self._stopped_outcomes(stopped, batch)
         except Exception as error:  # noqa: BLE001 - one request's failure must not fail its batch
             if len(batch) > 1:
-                return [self._run([job])[0] for job in batch]
+                return [self._run(pipeline, [job])[0] for job in batch]
             return [
                 error
                 if isinstance(error, SdrtError)

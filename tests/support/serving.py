@@ -16,9 +16,15 @@ from sdrt.runtime.pipeline import GenerationCancelled, Pipeline
 
 
 @contextlib.contextmanager
-def live_server(app):
-    """uvicorn on 127.0.0.1 with a free port, in a thread; yields the base URL."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+def live_server(app, settings=None):
+    """uvicorn on 127.0.0.1 with a free port, in a thread; yields the base URL. With `settings`
+    (ServeSettings), uvicorn is configured as `sdrt serve` configures it (sdrt.serve.http)."""
+    if settings is None:
+        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+    else:
+        from sdrt.serve.http import server_config
+
+        config = server_config(app, settings, "127.0.0.1", 0, log_level="warning", lifespan="off")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
