@@ -1,0 +1,213 @@
+"""The k-diffusion sampler family against the `k-diffusion` package itself: k_diffusion.sampling
+(what A1111 calls) drives diffusers' tiny UNet through a CompVis-style denoiser (sigmas from the
+model's betas, log-sigma timesteps) with A1111's classifier-free guidance on the denoised
+prediction, A1111's CPU noise (one torch CPU generator per image seed, the sampler's fresh noise
+drawn from the same generators) and, for the SDE samplers, torchsde's Brownian trees per seed.
+The schedule rules are written here from A1111's sd_schedulers.py, independently of sdrt's."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import diffusers_pipeline
+from sdrt.runtime.pipeline import Pipeline
+from sdrt.runtime.schedulers import K_SAMPLER_NAMES, SAMPLERS, k_sampler_name
+from support.kdiffusion_reference import denoiser, k_sampling
+
+MAX_PIXEL_ERROR = 2 / 255
+MEAN_PIXEL_ERROR = 0.5 / 255
+PROMPTS = ["a photo of a cat", "a red fox in the snow"]
+NEGATIVE = ["blurry", ""]
+SEEDS = [21, 1000]
+GUIDANCE = 7.5
+AYS_SD15 = [14.615, 6.475, 3.861, 2.697, 1.886, 1.396, 0.963, 0.652, 0.399, 0.152, 0.029]
+# A1111's sampler table: function, extra arguments, default schedule, discard_next_to_last_sigma, Brownian.
+A1111_SAMPLERS = {
+    "Euler": ("sample_euler", {}, None, False, False),
+    "Euler a": ("sample_euler_ancestral", {}, None, False, False),
+    "Heun": ("sample_heun", {}, None, False, False),
+    "DPM2": ("sample_dpm_2", {}, "karras", True, False),
+    "DPM2 a": ("sample_dpm_2_ancestral", {}, "karras", True, False),
+    "LMS": ("sample_lms", {}, None, False, False),
+    "DPM++ 2M": ("sample_dpmpp_2m", {}, "karras", False, False),
+    "DPM++ 2S a": ("sample_dpmpp_2s_ancestral", {}, "karras", False, False),
+    "DPM++ SDE": ("sample_dpmpp_sde", {}, "karras", False, True),
+    "DPM++ 2M SDE": ("sample_dpmpp_2m_sde", {}, "exponential", False, True),
+    "DPM++ 2M SDE Heun": ("sample_dpmpp_2m_sde", {"solver_type": "heun"}, "exponential", False, True),
+    "DPM++ 3M SDE": ("sample_dpmpp_3m_sde", {}, "exponential", True, True),
+}
+
+
+def a1111_sigmas(schedule: str, n: int, model) -> torch.Tensor:
+    """A1111's schedule types (modules/sd_schedulers.py), on the reference denoiser's table."""
+    ks = k_sampling()
+    sigma_min, sigma_max = model.sigmas[0].item(), model.sigmas[-1].item()
+    if schedule == "uniform":
+        return model.get_sigmas(n)
+    if schedule == "karras":
+        return ks.get_sigmas_karras(n, sigma_min, sigma_max, rho=7.0)
+    if schedule == "exponential":
+        return ks.get_sigmas_exponential(n, sigma_min, sigma_max)
+    if schedule == "polyexponential":
+        return ks.get_sigmas_polyexponential(n, sigma_min, sigma_max, rho=1.0)
+    if schedule in ("sgm_uniform", "normal"):
+        start, end = model.sigma_to_t(torch.tensor(sigma_max)), model.sigma_to_t(torch.tensor(sigma_min))
+        ts = torch.linspace(start, end, n + 1)[:-1] if schedule == "sgm_uniform" else torch.linspace(start, end, n)
+        return torch.FloatTensor([model.t_to_sigma(t) for t in ts] + [0.0])
+    if schedule == "kl_optimal":
+        alpha_min, alpha_max = torch.arctan(torch.tensor(sigma_min)), torch.arctan(torch.tensor(sigma_max))
+        steps = torch.arange(n + 1)
+        return torch.tan(steps / n * alpha_min + (1.0 - steps / n) * alpha_max)
+    if schedule == "align_your_steps":
+        if n == len(AYS_SD15):
+            return torch.FloatTensor(AYS_SD15 + [0.0])
+        ys = np.interp(np.linspace(0, 1, n), np.linspace(0, 1, len(AYS_SD15)), np.log(AYS_SD15[::-1]))
+        return torch.FloatTensor(np.append(np.exp(ys)[::-1].copy(), [0.0]))
+    if schedule == "simple":
+        ss = len(model.sigmas) / n
+        return torch.FloatTensor([float(model.sigmas[-(1 + int(x * ss))]) for x in range(n)] + [0.0])
+    if schedule == "ddim":
+        ss, x, sigs = max(len(model.sigmas) // n, 1), 1, []
+        while x < len(model.sigmas):
+            sigs.append(float(model.sigmas[x]))
+            x += ss
+        return torch.FloatTensor(sigs[::-1] + [0.0])
+    if schedule == "beta":
+        from scipy import stats
+
+        ts = [stats.beta.ppf(x, 0.6, 0.6) for x in 1 - np.linspace(0, 1, n)]
+        return torch.FloatTensor([sigma_min + x * (sigma_max - sigma_min) for x in ts] + [0.0])
+    raise AssertionError(schedule)
+
+
+class A1111Noise:
+    """A1111's CPU randn_like (TorchHijack -> ImageRNG.next): each image's next draw from its own
+    generator, the one that drew its initial noise."""
+
+    def __init__(self, generators, shape):
+        self.generators, self.shape = generators, shape
+
+    def __getattr__(self, item):
+        if item == "randn_like":
+            return lambda x: torch.stack([torch.randn(self.shape, generator=g) for g in self.generators])
+        return getattr(torch, item)
+
+
+@torch.no_grad()
+def reference_image(pipe, config, label, schedule, steps, size=64):
+    ks = k_sampling()
+    function, extra, default_schedule, discard, brownian = A1111_SAMPLERS[label]
+    cond, uncond = pipe.encode_prompt(PROMPTS, "cpu", 1, True, NEGATIVE)
+    unet = pipe.unet
+
+    def model_output(x, t, context):
+        return unet(x, t, encoder_hidden_states=context).sample
+
+    inner = denoiser(model_output, config)
+
+    def cfg(x, sigma):
+        both = inner(torch.cat([x, x]), torch.cat([sigma, sigma]), context=torch.cat([cond, uncond]))
+        c, u = both.chunk(2)
+        return u + (c - u) * GUIDANCE
+
+    n = steps + (1 if discard else 0)
+    name = default_schedule or "uniform" if schedule == "automatic" else schedule
+    sigmas = a1111_sigmas(name, n, inner)
+    if discard:
+        sigmas = torch.cat([sigmas[:-2], sigmas[-1:]])
+    shape = (unet.config.in_channels, size // 8, size // 8)
+    generators = [torch.Generator("cpu").manual_seed(seed) for seed in SEEDS]
+    x = torch.stack([torch.randn(shape, generator=g) for g in generators]) * sigmas[0]
+    kwargs = dict(extra)
+    if brownian:
+        sigma_min, sigma_max = sigmas[sigmas > 0].min(), sigmas.max()
+        kwargs["noise_sampler"] = ks.BrownianTreeNoiseSampler(x, sigma_min, sigma_max, seed=SEEDS)
+    ks.torch = A1111Noise(generators, shape)
+    try:
+        latents = getattr(ks, function)(cfg, x, sigmas, disable=True, **kwargs)
+    finally:
+        ks.torch = torch
+    image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
+    return (image / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+
+
+@pytest.fixture(scope="module")
+def kd_reference(tiny_models):
+    return {
+        kind: diffusers_pipeline("StableDiffusionPipeline", tiny_models[kind]) for kind in ("standard", "v_prediction")
+    }
+
+
+@pytest.fixture(scope="module")
+def kd_ours(exported_tiny):
+    return {kind: Pipeline.load(exported_tiny(kind)) for kind in ("standard", "v_prediction")}
+
+
+def assert_same_image(got, expected):
+    difference = np.abs(got - expected)
+    assert difference.max() <= MAX_PIXEL_ERROR, f"max {difference.max() * 255:.3f}/255"
+    assert difference.mean() <= MEAN_PIXEL_ERROR, f"mean {difference.mean() * 255:.3f}/255"
+    assert expected.std() > 0.01, "a blank reference image would make the comparison vacuous"
+
+
+def compare(kd_ours, kd_reference, label, schedule, steps, kind="standard"):
+    pipe = kd_reference[kind]
+    config = dict(pipe.scheduler.config)
+    expected = reference_image(pipe, config, label, schedule, steps)
+    result = kd_ours[kind].generate(
+        PROMPTS,
+        negative_prompt=NEGATIVE,
+        steps=steps,
+        seed=SEEDS,
+        sampler=k_sampler_name(label),
+        schedule=schedule,
+        guidance_scale=GUIDANCE,
+    )
+    assert_same_image(result.array, expected)
+    return result
+
+
+DEFAULT_CASES = [
+    ("Euler a", "automatic", "standard"),
+    ("DPM++ 2M", "automatic", "standard"),
+    ("DPM2 a", "automatic", "standard"),
+    ("DPM++ SDE", "automatic", "standard"),
+    ("Heun", "sgm_uniform", "v_prediction"),
+    ("DPM++ 2M SDE", "beta", "v_prediction"),
+]
+
+
+@pytest.mark.parametrize("label, schedule, kind", DEFAULT_CASES)
+def test_image_equals_k_diffusion(kd_ours, kd_reference, label, schedule, kind):
+    compare(kd_ours, kd_reference, label, schedule, 6, kind)
+
+
+SCHEDULES = [
+    "automatic",
+    "uniform",
+    "karras",
+    "exponential",
+    "polyexponential",
+    "sgm_uniform",
+    "kl_optimal",
+    "align_your_steps",
+    "simple",
+    "normal",
+    "ddim",
+    "beta",
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["standard", "v_prediction"])
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("label", A1111_SAMPLERS)
+def test_every_sampler_and_schedule_equals_k_diffusion(kd_ours, kd_reference, label, schedule, kind):
+    compare(kd_ours, kd_reference, label, schedule, 5, kind)
+
+
+def test_every_k_sampler_is_in_the_reference_table():
+    labels = {SAMPLERS[name].display_name for name in K_SAMPLER_NAMES}
+    assert labels == set(A1111_SAMPLERS)
