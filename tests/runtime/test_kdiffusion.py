@@ -181,7 +181,7 @@ DEFAULT_CASES = [
 
 @pytest.mark.parametrize("label, schedule, kind", DEFAULT_CASES)
 def test_image_equals_k_diffusion(kd_ours, kd_reference, label, schedule, kind):
-    compare(kd_ours, kd_reference, label, schedule, 6, kind)
+    compare(kd_ours, kd_reference, label, schedule, 4, kind)
 
 
 SCHEDULES = [

@@ -157,14 +157,37 @@ _K_BY_ANY_NAME = {
 }
 
 
+#: Prefixes that say whose name a sampler name is ("a1111:DPM++ 2M", "comfyui:dpmpp_2m").
+K_NAME_PREFIXES = ("a1111:", "comfyui:")
+
+
 def k_sampler_name(text: str) -> str:
     """The k-diffusion sampler an A1111 label ("Euler a"), ComfyUI name ("euler_ancestral") or
-    sdrt name ("k_euler_a") means (ConfigError, listing the A1111 labels, if none)."""
-    name = _K_BY_ANY_NAME.get(str(text).strip().lower()) if isinstance(text, str) else None
+    sdrt name ("k_euler_a") means, with or without a K_NAME_PREFIXES prefix (ConfigError,
+    listing the A1111 labels, if none)."""
+    key = str(text).strip().lower() if isinstance(text, str) else ""
+    for prefix in K_NAME_PREFIXES:
+        key = key.removeprefix(prefix).strip()
+    name = _K_BY_ANY_NAME.get(key)
     if name is None:
         labels = ", ".join(SAMPLERS[name].display_name for name in K_SAMPLER_NAMES)
         raise ConfigError(f"unknown k-diffusion sampler {text!r}; choose one of {labels}")
     return name
+
+
+def resolve_sampler_name(text: str) -> str:
+    """An sdrt sampler name as given, else the k-diffusion sampler an A1111 or ComfyUI name
+    means (sdrt's own names win: "euler" stays the diffusers-equal Euler, "comfyui:euler" or
+    "k_euler" is k-diffusion's). ConfigError naming both lists if neither."""
+    if text in SAMPLERS:
+        return text
+    try:
+        return k_sampler_name(text)
+    except ConfigError:
+        raise ConfigError(
+            f"unknown sampler {text!r}; choose one of {', '.join(SAMPLER_NAMES)}, or a k-diffusion sampler by "
+            f"sdrt, A1111 or ComfyUI name: {', '.join(K_SAMPLER_NAMES)}"
+        ) from None
 
 
 def sampler_entry(name: str) -> SamplerEntry:
@@ -191,6 +214,14 @@ def sampler_from_config(name: str, config: Mapping[str, Any], schedule: str = DE
     return sampler_entry(name).build(config, schedule)
 
 
+def recorded_schedule(sampler: str, schedule: str) -> str | None:
+    """The "Schedule type" a generation's PNG parameters record (see SamplerEntry.recorded_schedule)."""
+    entry = SAMPLERS.get(sampler)
+    if entry is None:
+        return None if schedule == DEFAULT_SCHEDULE else schedule_label(schedule)
+    return entry.recorded_schedule(schedule)
+
+
 def display_name(name: str) -> str:
     """The name A1111 shows for an sdrt sampler (what PNG parameters and `info` record)."""
     entry = SAMPLERS.get(name)
@@ -211,12 +242,14 @@ __all__ = [
     "K_SAMPLER_NAMES",
     "K_SCHEDULE_NAMES",
     "k_sampler_name",
+    "resolve_sampler_name",
     "SAMPLERS",
     "SAMPLER_NAMES",
     "SamplerEntry",
     "Scheduler",
     "check_sampler_space",
     "display_name",
+    "recorded_schedule",
     "sampler_entries",
     "sampler_entry",
     "sampler_from_config",
