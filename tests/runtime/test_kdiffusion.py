@@ -211,3 +211,44 @@ def test_every_sampler_and_schedule_equals_k_diffusion(kd_ours, kd_reference, la
 def test_every_k_sampler_is_in_the_reference_table():
     labels = {SAMPLERS[name].display_name for name in K_SAMPLER_NAMES}
     assert labels == set(A1111_SAMPLERS)
+
+
+@pytest.mark.parametrize("sampler", ["DPM++ 2M", "comfyui:dpmpp_2m"])
+def test_cli_takes_a1111_and_comfyui_names(kd_ours, exported_tiny, tmp_path, sampler):
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from sdrt.cli import main
+
+    out = tmp_path / "cat.png"
+    arguments = ["generate", "a photo of a cat", "--model", str(exported_tiny("standard")), "--steps", "3"]
+    arguments += ["--seed", "7", "--sampler", sampler, "--out", str(out), "--quiet"]
+    result = CliRunner().invoke(main, arguments)
+    assert result.exit_code == 0, result.output
+    with Image.open(out) as image:
+        text, pixels = image.info["parameters"], np.asarray(image)
+    assert "Steps: 3, Sampler: DPM++ 2M, Schedule type: Karras, " in text
+    expected = kd_ours["standard"].generate("a photo of a cat", steps=3, seed=7, sampler="k_dpmpp_2m")
+    assert np.array_equal(pixels, np.asarray(expected.images[0]))
+
+
+def test_cli_unknown_sampler_is_one_line(exported_tiny, tmp_path):
+    from click.testing import CliRunner
+
+    from sdrt.cli import main
+
+    arguments = ["generate", "a cat", "--model", str(exported_tiny("standard")), "--steps", "1"]
+    result = CliRunner().invoke(main, [*arguments, "--sampler", "Euler b", "--out", str(tmp_path / "x.png")])
+    assert result.exit_code != 0 and len(result.output.strip().splitlines()) == 1
+    assert "unknown sampler 'Euler b'" in result.output
+
+
+def test_img2img_with_a_k_sampler_is_refused_by_field(kd_ours):
+    from PIL import Image
+
+    from sdrt.errors import GenerationError
+
+    image = Image.fromarray(np.zeros((64, 64, 3), np.uint8))
+    with pytest.raises(GenerationError, match="k-diffusion samplers run text-to-image only") as caught:
+        kd_ours["standard"].generate("a cat", steps=2, sampler="k_euler", init_image=image)
+    assert caught.value.param == "sampler"
