@@ -252,3 +252,66 @@ def test_img2img_with_a_k_sampler_is_refused_by_field(kd_ours):
     with pytest.raises(GenerationError, match="k-diffusion samplers run text-to-image only") as caught:
         kd_ours["standard"].generate("a cat", steps=2, sampler="k_euler", init_image=image)
     assert caught.value.param == "sampler"
+
+
+@torch.no_grad()
+def sdxl_reference_image(pipe, label, schedule, steps, size):
+    """The reference above for SDXL: the UNet also takes the pooled text embedding and the
+    time ids (original size, crop (0, 0), target size)."""
+    ks = k_sampling()
+    function, extra, default_schedule, discard, brownian = A1111_SAMPLERS[label]
+    cond, uncond, pooled, negative_pooled = pipe.encode_prompt(
+        PROMPTS, device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=True, negative_prompt=NEGATIVE
+    )
+    time_ids = torch.tensor([[size, size, 0, 0, size, size]], dtype=torch.float32).repeat(2 * len(PROMPTS), 1)
+    added = {"text_embeds": torch.cat([pooled, negative_pooled]), "time_ids": time_ids}
+
+    def model_output(x, t, context):
+        return pipe.unet(x, t, encoder_hidden_states=context, added_cond_kwargs=added).sample
+
+    inner = denoiser(model_output, dict(pipe.scheduler.config))
+
+    def cfg(x, sigma):
+        c, u = inner(torch.cat([x, x]), torch.cat([sigma, sigma]), context=torch.cat([cond, uncond])).chunk(2)
+        return u + (c - u) * GUIDANCE
+
+    name = default_schedule or "uniform" if schedule == "automatic" else schedule
+    sigmas = a1111_sigmas(name, steps + (1 if discard else 0), inner)
+    if discard:
+        sigmas = torch.cat([sigmas[:-2], sigmas[-1:]])
+    shape = (pipe.unet.config.in_channels, size // 8, size // 8)
+    generators = [torch.Generator("cpu").manual_seed(seed) for seed in SEEDS]
+    x = torch.stack([torch.randn(shape, generator=g) for g in generators]) * sigmas[0]
+    kwargs = dict(extra)
+    if brownian:
+        kwargs["noise_sampler"] = ks.BrownianTreeNoiseSampler(x, sigmas[sigmas > 0].min(), sigmas.max(), seed=SEEDS)
+    ks.torch = A1111Noise(generators, shape)
+    try:
+        latents = getattr(ks, function)(cfg, x, sigmas, disable=True, **kwargs)
+    finally:
+        ks.torch = torch
+    image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
+    return (image / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("label, schedule", [("DPM++ 2M", "automatic"), ("DPM++ 3M SDE", "automatic")])
+def test_sdxl_image_equals_k_diffusion(tiny_sdxl, exported_sdxl, label, schedule):
+    from conftest import sdxl_reference
+
+    ours = Pipeline.load(exported_sdxl("base"))
+    size = ours.manifest.native_height
+    assert ours.manifest.native_width == size
+    expected = sdxl_reference_image(
+        sdxl_reference("StableDiffusionXLPipeline", tiny_sdxl["base"]), label, schedule, 4, size
+    )
+    result = ours.generate(
+        PROMPTS,
+        negative_prompt=NEGATIVE,
+        steps=4,
+        seed=SEEDS,
+        sampler=k_sampler_name(label),
+        schedule=schedule,
+        guidance_scale=GUIDANCE,
+    )
+    assert_same_image(result.array, expected)
