@@ -37,7 +37,19 @@ A1111_SAMPLERS = {
     "DPM++ 2M SDE": ("sample_dpmpp_2m_sde", {}, "exponential", False, True),
     "DPM++ 2M SDE Heun": ("sample_dpmpp_2m_sde", {"solver_type": "heun"}, "exponential", False, True),
     "DPM++ 3M SDE": ("sample_dpmpp_3m_sde", {}, "exponential", True, True),
+    # A1111 passes eta (eta_ancestral, 1) and, in place of sigmas, the model's range and the steps.
+    "DPM fast": ("sample_dpm_fast", {"eta": 1.0}, None, False, False),
 }
+
+
+def run_k_sampler(function, model, table, x, sigmas, steps, **kwargs):
+    """k_diffusion.sampling's `function` as A1111's KDiffusionSampler.sample calls it (`table`:
+    the denoiser whose sigma range DPM fast takes)."""
+    ks = k_sampling()
+    if function == "sample_dpm_fast":
+        sigma_min, sigma_max = table.sigmas[0].item(), table.sigmas[-1].item()
+        return ks.sample_dpm_fast(model, x, sigma_min, sigma_max, steps, disable=True, **kwargs)
+    return getattr(ks, function)(model, x, sigmas, disable=True, **kwargs)
 
 
 def a1111_sigmas(schedule: str, n: int, model) -> torch.Tensor:
@@ -126,7 +138,7 @@ def reference_image(pipe, config, label, schedule, steps, size=64):
         kwargs["noise_sampler"] = ks.BrownianTreeNoiseSampler(x, sigma_min, sigma_max, seed=SEEDS)
     ks.torch = A1111Noise(generators, shape)
     try:
-        latents = getattr(ks, function)(cfg, x, sigmas, disable=True, **kwargs)
+        latents = run_k_sampler(function, cfg, inner, x, sigmas, steps, **kwargs)
     finally:
         ks.torch = torch
     image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
@@ -176,6 +188,7 @@ DEFAULT_CASES = [
     ("DPM++ SDE", "automatic", "standard"),
     ("Heun", "sgm_uniform", "v_prediction"),
     ("DPM++ 2M SDE", "beta", "v_prediction"),
+    ("DPM fast", "automatic", "standard"),
 ]
 
 
@@ -287,7 +300,7 @@ def sdxl_reference_image(pipe, label, schedule, steps, size):
         kwargs["noise_sampler"] = ks.BrownianTreeNoiseSampler(x, sigmas[sigmas > 0].min(), sigmas.max(), seed=SEEDS)
     ks.torch = A1111Noise(generators, shape)
     try:
-        latents = getattr(ks, function)(cfg, x, sigmas, disable=True, **kwargs)
+        latents = run_k_sampler(function, cfg, inner, x, sigmas, steps, **kwargs)
     finally:
         ks.torch = torch
     image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample

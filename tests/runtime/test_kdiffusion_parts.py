@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_kdiffusion import A1111_SAMPLERS, SCHEDULES, A1111Noise, a1111_sigmas
+from test_kdiffusion import A1111_SAMPLERS, SCHEDULES, A1111Noise, a1111_sigmas, run_k_sampler
 
 from sdrt.errors import ConfigError
 from sdrt.runtime.imaging.png_info import format_parameters
@@ -74,7 +74,7 @@ def reference_run(label, config, steps, schedule="automatic"):
         kwargs["noise_sampler"] = ks.BrownianTreeNoiseSampler(x, sigmas[sigmas > 0].min(), sigmas.max(), seed=SEEDS)
     ks.torch = A1111Noise(generators, SHAPE)
     try:
-        return getattr(ks, function)(model, x, sigmas, disable=True, **kwargs).numpy(), sigmas.numpy()
+        return run_k_sampler(function, model, model, x, sigmas, steps, **kwargs).numpy(), sigmas.numpy()
     finally:
         ks.torch = torch
 
@@ -99,7 +99,8 @@ def test_every_sampler_loop_equals_k_diffusion(sd15_config, label, prediction):
     np.testing.assert_allclose(sampler.schedule_sigmas, sigmas, rtol=1e-6)
     # The SDE samplers' trees split at 1e-6-rounded sigmas: a float32 ulp of a schedule level
     # (torch's and NumPy's exp and sqrt differ by one) moves a split, hence their wider bound.
-    bound = 5e-3 if A1111_SAMPLERS[label][4] else 2e-6
+    # DPM fast works on eps = (x - denoised) / sigma, whose float32 rounding grows at small sigma.
+    bound = 5e-3 if A1111_SAMPLERS[label][4] else 1e-5 if label == "DPM fast" else 2e-6
     assert np.abs(got - expected).max() <= bound * np.abs(expected).max()
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sdrt.runtime.schedulers.kdiffusion import solvers
+from sdrt.runtime.schedulers.kdiffusion.dpm_fast import dpm_fast
 from sdrt.runtime.schedulers.kdiffusion.sampler import KDiffusionSampler
 
 KARRAS = "karras"
@@ -66,6 +67,19 @@ KDPMPP3MSDE = _sampler(
 )
 
 
+class KDPMFast(KDiffusionSampler):
+    """DPM fast: A1111 calls it with the model's sigma range and the step count (its schedule
+    type only sets the initial noise's scale, the first level) and eta 1 (eta_ancestral)."""
+
+    solver = staticmethod(dpm_fast)
+    reference_name = "k_diffusion.sampling.sample_dpm_fast"
+    stochastic = True
+
+    def _start(self, x, noise):
+        model = self.model
+        return dpm_fast(x, self.schedule_sigmas, noise, model.sigma_min, model.sigma_max, self.num_inference_steps)
+
+
 @dataclass(frozen=True)
 class KSamplerName:
     """How a k-diffusion sampler is named: sdrt's (A1111's own alias), A1111's label, ComfyUI's."""
@@ -89,4 +103,5 @@ K_SAMPLER_NAMES = (
     KSamplerName("k_dpmpp_2m_sde", KDPMPP2MSDE, "DPM++ 2M SDE", "dpmpp_2m_sde"),
     KSamplerName("k_dpmpp_2m_sde_heun", KDPMPP2MSDEHeun, "DPM++ 2M SDE Heun", "dpmpp_2m_sde_heun"),
     KSamplerName("k_dpmpp_3m_sde", KDPMPP3MSDE, "DPM++ 3M SDE", "dpmpp_3m_sde"),
+    KSamplerName("k_dpm_fast", KDPMFast, "DPM fast", "dpm_fast"),
 )
