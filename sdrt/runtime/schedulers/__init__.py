@@ -150,9 +150,9 @@ DISPLAY_NAMES = {entry.display_name: entry.name for entry in sampler_entries(DIF
 
 #: The k-diffusion family's sdrt names, and every name that resolves to one of them.
 K_SAMPLER_NAMES = sampler_names(DIFFUSION, KDIFFUSION)
-_K_BY_ANY_NAME = {
+_K_BY_ANY_NAME: dict[str, str] = {
     **{SAMPLERS[name].display_name.lower(): name for name in K_SAMPLER_NAMES},
-    **{SAMPLERS[name].comfy_name: name for name in K_SAMPLER_NAMES if SAMPLERS[name].comfy_name},
+    **{comfy: name for name in K_SAMPLER_NAMES if (comfy := SAMPLERS[name].comfy_name)},
     **{name: name for name in K_SAMPLER_NAMES},
 }
 

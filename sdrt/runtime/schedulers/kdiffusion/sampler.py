@@ -66,7 +66,7 @@ class KDiffusionSampler(Scheduler):
         self._noise: solvers.Noise | None = None
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any], schedule: str = AUTOMATIC) -> Scheduler:  # type: ignore[override]
+    def from_config(cls, config: Mapping[str, Any], schedule: str = AUTOMATIC) -> Scheduler:
         sampler = super().from_config(config)
         assert isinstance(sampler, KDiffusionSampler)
         sampler.schedule = k_schedule_entry(schedule).name

@@ -219,7 +219,7 @@ def dpmpp_2m_sde(
             eta_h = eta * h
             phi = -math.expm1(-h - eta_h)
             x = _f(sigma_next / sigma * math.exp(-eta_h)) * x + _f(phi) * denoised
-            if old_denoised is not None:
+            if old_denoised is not None and h_last is not None:
                 r = h_last / h
                 if solver_type == "heun":
                     weight = (phi / (-h - eta_h) + 1) * (1 / r)
@@ -247,14 +247,14 @@ def dpmpp_3m_sde(x, sigmas, noise: Noise, eta: float = 1.0, s_noise: float = 1.0
             h_eta = h * (eta + 1)
             x = _f(math.exp(-h_eta)) * x + _f(-math.expm1(-h_eta)) * denoised
             phi_2 = math.expm1(-h_eta) / h_eta + 1
-            if h_2 is not None:
+            if h_2 is not None and h_1 is not None and denoised_1 is not None and denoised_2 is not None:
                 r0, r1 = h_1 / h, h_2 / h
                 d1_0 = (denoised - denoised_1) / _f(r0)
                 d1_1 = (denoised_1 - denoised_2) / _f(r1)
                 d1 = d1_0 + (d1_0 - d1_1) * _f(r0 / (r0 + r1))
                 d2 = (d1_0 - d1_1) / _f(r0 + r1)
                 x = x + _f(phi_2) * d1 - _f(phi_2 / h_eta - 0.5) * d2
-            elif h_1 is not None:
+            elif h_1 is not None and denoised_1 is not None:
                 x = x + _f(phi_2) * ((denoised - denoised_1) / _f(h_1 / h))
             if eta:
                 scale = sigma_next * (-math.expm1(-2 * h * eta)) ** 0.5 * s_noise
