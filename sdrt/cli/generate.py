@@ -20,7 +20,15 @@ from sdrt.cli.signals import stop_on_signals
 from sdrt.cli.types import THREADS, FiniteFloat
 from sdrt.runtime.engines import BACKEND_NAMES, DEFAULT_BACKEND
 from sdrt.runtime.request import DEFAULT_GUIDANCE, DEFAULT_STEPS
-from sdrt.runtime.schedulers import DEFAULT_SAMPLER, DEFAULT_SCHEDULE, SAMPLER_NAMES, SCHEDULE_NAMES
+from sdrt.runtime.schedulers import (
+    DEFAULT_SAMPLER,
+    DEFAULT_SCHEDULE,
+    K_SAMPLER_NAMES,
+    K_SCHEDULE_NAMES,
+    SAMPLER_NAMES,
+    SCHEDULE_NAMES,
+    resolve_sampler_name,
+)
 
 
 @main.command()
@@ -58,14 +66,17 @@ from sdrt.runtime.schedulers import DEFAULT_SAMPLER, DEFAULT_SCHEDULE, SAMPLER_N
     default=DEFAULT_SAMPLER,
     show_default=True,
     metavar="NAME",
-    help=f"Sampler: {', '.join(SAMPLER_NAMES)} (--scheduler is its earlier name).",
+    help=f"Sampler: {', '.join(SAMPLER_NAMES)}; or k-diffusion's (A1111's and ComfyUI's images): "
+    f"{', '.join(K_SAMPLER_NAMES)}, also by A1111 label ('DPM++ 2M') or ComfyUI name "
+    "('comfyui:dpmpp_2m') (--scheduler is its earlier name).",
 )
 @click.option(
     "--schedule",
     default=DEFAULT_SCHEDULE,
     show_default=True,
-    type=click.Choice(SCHEDULE_NAMES),
-    help="Schedule type (A1111's): the noise levels' spacing, for the samplers that take it.",
+    type=click.Choice(tuple(dict.fromkeys((*SCHEDULE_NAMES, *K_SCHEDULE_NAMES)))),
+    help="Schedule type (A1111's): the noise levels' spacing, for the samplers that take it "
+    "(the k-diffusion samplers take them all).",
 )
 @click.option(
     "--backend",
@@ -220,7 +231,7 @@ def generate(
         height=height,
         width=width,
         num_images=num_images,
-        sampler=sampler,
+        sampler=resolve_sampler_name(sampler),
         schedule=schedule,
         init_image=init_image,
         mask_image=mask_image,

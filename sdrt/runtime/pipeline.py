@@ -28,6 +28,7 @@ from sdrt.runtime.engines import (
     LoadOptions,
     backend_named,
 )
+from sdrt.runtime.families.sdxl import StableDiffusionXL
 from sdrt.runtime.features import refiner as refiners
 from sdrt.runtime.features.controlnet.library import ControlNetLibrary
 from sdrt.runtime.features.controlnet.manifest import COMPONENT as CONTROLNET
@@ -50,6 +51,7 @@ from sdrt.runtime.parameters import generation_parameters
 from sdrt.runtime.request import GenerationError, GenerationRequest
 from sdrt.runtime.rng import TorchGenerator
 from sdrt.runtime.schedulers import Scheduler, sampler_from_config
+from sdrt.runtime.schedulers.kdiffusion.sampler import KDiffusionSampler
 from sdrt.runtime.text.embeddings import EmbeddingSource
 from sdrt.runtime.text.encoders import TextEncoders
 
@@ -293,6 +295,8 @@ class Pipeline:
 
     def new_sampler(self, request: GenerationRequest) -> Scheduler:
         sampler = sampler_from_config(request.sampler, self.scheduler_config, request.schedule)
+        if isinstance(sampler, KDiffusionSampler):  # A1111's Align Your Steps levels are SDXL's for SDXL
+            sampler.sdxl = isinstance(self.manifest.model_family, StableDiffusionXL)
         if request.eta is not None:
             sampler.eta = request.eta
         try:

@@ -11,13 +11,21 @@ from PIL import Image, UnidentifiedImageError
 
 from sdrt.errors import ConfigError
 from sdrt.runtime.imaging.inputs import InputImageError, check_pixels
-from sdrt.runtime.schedulers import DEFAULT_SAMPLER, DEFAULT_SCHEDULE, DISPLAY_NAMES, SAMPLERS, display_name
+from sdrt.runtime.schedulers import (
+    DEFAULT_SAMPLER,
+    DEFAULT_SCHEDULE,
+    DIFFUSERS,
+    DISPLAY_NAMES,
+    SAMPLERS,
+    display_name,
+)
 from sdrt.runtime.schedulers.schedules import schedule_entry
 from sdrt.serve.schemas import RequestError
 
 # A1111 sampler names (lower case) to sdrt's, of every space (the request check refuses a sampler
 # of another space than the model's by name); "DPM++ 2M Karras" keeps its own entry.
-A1111_SAMPLERS = {entry.display_name.lower(): entry.name for entry in SAMPLERS.values()}
+# The diffusers family's only: the k-diffusion family (sdrt's k_* names) shares A1111's labels.
+A1111_SAMPLERS = {entry.display_name.lower(): entry.name for entry in SAMPLERS.values() if entry.family == DIFFUSERS}
 #: Older A1111 sampler names carry their schedule: "Euler Karras" is Euler + Karras.
 LEGACY_SCHEDULE_SUFFIXES = {" karras": "karras", " exponential": "exponential"}
 #: GenerationRequest fields -> the field of each API that carries them.

@@ -58,6 +58,7 @@ def settings_for(feature: str, manifest: Manifest) -> dict:
         "controlnet": dict(controlnets=(ControlUnit("canny", image=photo()),)),
         "lora": dict(loras=("style:0.5",)),
         "two_call_sampler": dict(sampler="heun"),
+        "k_diffusion_sampler": dict(sampler="k_heun"),
         "size_conditioning": dict(size_conditioning=SizeConditioning()),
         "refiner": dict(refiner_switch=0.5),
         "deepcache": dict(deepcache=DeepCache(2)),
@@ -66,7 +67,7 @@ def settings_for(feature: str, manifest: Manifest) -> dict:
 
 
 #: The features a feature's settings also use.
-IMPLIES = {"masked_area": {"inpainting"}}
+IMPLIES = {"masked_area": {"inpainting"}, "k_diffusion_sampler": {"two_call_sampler"}}
 #: Request modes that exclude each other (one set of settings cannot ask for two).
 MODES = {"img2img", "inpainting", "masked_area"}
 REQUESTED = [name for name, feature in FEATURES.items() if feature.active is not None]

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sdrt.errors import GenerationError
-from sdrt.runtime.schedulers import SAMPLERS
+from sdrt.runtime.schedulers import KDIFFUSION, SAMPLERS
 
 if TYPE_CHECKING:
     from sdrt.runtime.families import Family
@@ -89,6 +89,14 @@ FEATURES: dict[str, Feature] = {
             per_family=False,
         ),
         Feature(
+            "k_diffusion_sampler",
+            "a k-diffusion sampler (A1111's, ComfyUI's)",
+            "sampler",
+            "`sampler`: k_euler, k_dpmpp_2m, ... (schedulers.K_SAMPLER_NAMES)",
+            lambda r: SAMPLERS[r.request.sampler].family == KDIFFUSION,
+            per_family=False,
+        ),
+        Feature(
             "size_conditioning",
             "SDXL's size conditioning",
             "size_conditioning",
@@ -128,6 +136,13 @@ REFUSED: dict[tuple[str, str], str] = {
     ("refiner", "deepcache"): "DeepCache does not run with a refiner (its graphs are not cached)",
     ("two_call_sampler", "deepcache"): f"DeepCache does not run with {' or '.join(TWO_CALL_SAMPLERS)}, which calls "
     "the UNet twice a step",
+    **{
+        (start, "k_diffusion_sampler"): "the k-diffusion samplers run text-to-image only so far (a schedule from its "
+        "first step): use a diffusers sampler"
+        for start in ("img2img", "inpainting", "init_latents", "hires")
+    },
+    ("k_diffusion_sampler", "refiner"): "the k-diffusion samplers run one model's whole schedule; a refiner is not "
+    "supported with them yet",
     ("inpainting", "refiner"): "a refiner works with text-to-image and image-to-image; inpainting with a refiner is "
     "not supported yet",
     ("controlnet", "refiner"): "ControlNets with a refiner are not supported yet (diffusers' SDXL ControlNet "

@@ -22,8 +22,7 @@ from PIL import Image, PngImagePlugin
 from sdrt.errors import SdrtError
 from sdrt.runtime.files.leftovers import remove_stale
 from sdrt.runtime.files.user_files import MAX_IMAGE_BYTES, open_regular
-from sdrt.runtime.schedulers import DEFAULT_SCHEDULE, display_name
-from sdrt.runtime.schedulers.schedules import schedule_label
+from sdrt.runtime.schedulers import DEFAULT_SCHEDULE, display_name, recorded_schedule
 
 PARAMETERS_KEY = "parameters"
 NEGATIVE_PREFIX = "Negative prompt: "
@@ -51,8 +50,8 @@ def format_parameters(prompt: str, parameters: dict, batch_position: int | None 
         ("Steps", parameters["steps"]),
         ("Sampler", display_name(parameters["sampler"])),
         *(
-            (("Schedule type", schedule_label(parameters["schedule"])),)
-            if parameters.get("schedule", DEFAULT_SCHEDULE) != DEFAULT_SCHEDULE
+            (("Schedule type", schedule),)
+            if (schedule := recorded_schedule(parameters["sampler"], parameters.get("schedule", DEFAULT_SCHEDULE)))
             else ()
         ),
         ("CFG scale", parameters["guidance_scale"]),

@@ -8,6 +8,13 @@ class of its own. `sampler_from_config(name, scheduler_config)` builds one for a
 Each sampler samples one model space (sdrt.runtime.schedulers.spaces): `SAMPLERS` holds them
 all (look-ups by name), `sampler_names(space)` / `sampler_entries(space)` list one space's, and
 `SAMPLER_NAMES` / `DISPLAY_NAMES` list the diffusion samplers, the ones the SD families take.
+
+Two families of diffusion samplers sit in the one registry: the diffusers-equal ones above
+(`family` DIFFUSERS) and the k-diffusion ones (`family` KDIFFUSION, sdrt.runtime.schedulers.
+kdiffusion: A1111's and ComfyUI's images), whose sdrt names are A1111's own aliases (k_euler_a,
+k_dpmpp_2m, ...). `k_sampler_name(text)` resolves an A1111 label ("DPM++ 2M") or a ComfyUI name
+("dpmpp_2m") to one of them; `K_SAMPLER_NAMES` lists them. The lists above stay the diffusers
+family's, so what every existing name means does not change.
 """
 
 from __future__ import annotations
@@ -24,15 +31,28 @@ from sdrt.runtime.schedulers.dpm_solver import DPMSolverMultistepScheduler
 from sdrt.runtime.schedulers.euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 from sdrt.runtime.schedulers.flow import FlowMatchEulerDiscreteScheduler
 from sdrt.runtime.schedulers.heun import HeunDiscreteScheduler
+from sdrt.runtime.schedulers.kdiffusion.family import K_SAMPLER_NAMES as _K_NAMES
+from sdrt.runtime.schedulers.kdiffusion.schedules import K_SCHEDULE_NAMES, K_SCHEDULES, k_schedule_entry
+from sdrt.runtime.schedulers.kdiffusion.schedules import UNIFORM as K_UNIFORM
 from sdrt.runtime.schedulers.lcm import LCMScheduler
 from sdrt.runtime.schedulers.lms import LMSDiscreteScheduler
 from sdrt.runtime.schedulers.pndm import PNDMScheduler
-from sdrt.runtime.schedulers.schedules import DEFAULT_SCHEDULE, SCHEDULE_NAMES, SCHEDULES, schedule_overrides
+from sdrt.runtime.schedulers.schedules import (
+    DEFAULT_SCHEDULE,
+    SCHEDULE_NAMES,
+    SCHEDULES,
+    schedule_label,
+    schedule_overrides,
+)
 from sdrt.runtime.schedulers.spaces import DIFFUSION, FLOW, SPACE_LABELS, SPACES, check_space
 from sdrt.runtime.schedulers.tcd import TCDScheduler
 from sdrt.runtime.schedulers.unipc import UniPCMultistepScheduler
 
+AUTOMATIC_SCHEDULE = DEFAULT_SCHEDULE
 KARRAS = {"use_karras_sigmas": True, "use_exponential_sigmas": False}
+#: The sampler families: diffusers-equal, and k-diffusion (A1111 / ComfyUI).
+DIFFUSERS = "diffusers"
+KDIFFUSION = "k-diffusion"
 
 
 @dataclass(frozen=True)
@@ -44,6 +64,8 @@ class SamplerEntry:
     cls: type[Scheduler]
     display_name: str
     overrides: Mapping[str, Any] = field(default_factory=dict)
+    family: str = DIFFUSERS
+    comfy_name: str | None = None  # ComfyUI's KSampler name (k-diffusion family)
 
     @property
     def reference_name(self) -> str:
@@ -60,11 +82,30 @@ class SamplerEntry:
         return self.cls.space
 
     def schedule_overrides(self, schedule: str) -> dict[str, Any]:
-        """The config a schedule type adds to this sampler's (ConfigError if it cannot take it)."""
+        """The config a schedule type adds to this sampler's (ConfigError if it cannot take it).
+        A k-diffusion sampler computes its schedule itself: nothing to add, the name is checked."""
+        if self.family == KDIFFUSION:
+            k_schedule_entry(schedule)
+            return {}
         return schedule_overrides(schedule, self.name, self.cls.config_defaults, self.overrides)
 
     def build(self, config: Mapping[str, Any], schedule: str = DEFAULT_SCHEDULE) -> Scheduler:
+        if self.family == KDIFFUSION:
+            return self.cls.from_config({**dict(config), **self.overrides}, schedule=schedule)  # type: ignore[call-arg]
         return self.cls.from_config({**dict(config), **self.overrides, **self.schedule_overrides(schedule)})
+
+    def recorded_schedule(self, schedule: str) -> str | None:
+        """The "Schedule type" PNG parameters record for this sampler run with `schedule`: for
+        the k-diffusion family what A1111 records (the schedule Automatic resolves to, none
+        when that is k-diffusion's own get_sigmas); else the label unless it is the default."""
+        if self.family == KDIFFUSION:
+            name = k_schedule_entry(schedule).name
+            if name == AUTOMATIC_SCHEDULE:
+                # A1111 runs k-diffusion's own get_sigmas (unrecorded) where the sampler has no default.
+                name = self.cls.default_schedule  # type: ignore[attr-defined]
+                return None if name == K_UNIFORM else K_SCHEDULES[name].label
+            return K_SCHEDULES[name].label
+        return None if schedule == DEFAULT_SCHEDULE else schedule_label(schedule)
 
 
 _ENTRIES = (
@@ -82,20 +123,22 @@ _ENTRIES = (
     SamplerEntry("lcm", LCMScheduler, "LCM"),  # latent consistency models, LCM-LoRA (1 to 8 steps)
     SamplerEntry("tcd", TCDScheduler, "TCD"),  # trajectory consistency distillation (TCD-LoRA), gamma = eta
     SamplerEntry("flow_euler", FlowMatchEulerDiscreteScheduler, "Euler (flow matching)"),  # SD3, FLUX
+    *(SamplerEntry(k.name, k.cls, k.label, family=KDIFFUSION, comfy_name=k.comfy_name) for k in _K_NAMES),
 )
 #: Every sampler of every space, by sdrt name.
 SAMPLERS: dict[str, SamplerEntry] = {entry.name: entry for entry in _ENTRIES}
 
 
-def sampler_entries(space: str) -> tuple[SamplerEntry, ...]:
-    """The samplers of one model space, in registry order."""
+def sampler_entries(space: str, family: str = DIFFUSERS) -> tuple[SamplerEntry, ...]:
+    """The samplers of one model space and family, in registry order (flow samplers are of
+    the diffusers family)."""
     check_space(space)
-    return tuple(entry for entry in _ENTRIES if entry.space == space)
+    return tuple(entry for entry in _ENTRIES if entry.space == space and entry.family == family)
 
 
-def sampler_names(space: str) -> tuple[str, ...]:
+def sampler_names(space: str, family: str = DIFFUSERS) -> tuple[str, ...]:
     """The sdrt names of one model space's samplers (what a model of that space is offered)."""
-    return tuple(entry.name for entry in sampler_entries(space))
+    return tuple(entry.name for entry in sampler_entries(space, family))
 
 
 #: The diffusion samplers: what the SD families (every family sdrt serves so far) take.
@@ -103,6 +146,48 @@ SAMPLER_NAMES = sampler_names(DIFFUSION)
 DEFAULT_SAMPLER = "lms"
 #: A1111 display name -> sdrt name, of the diffusion samplers.
 DISPLAY_NAMES = {entry.display_name: entry.name for entry in sampler_entries(DIFFUSION)}
+
+
+#: The k-diffusion family's sdrt names, and every name that resolves to one of them.
+K_SAMPLER_NAMES = sampler_names(DIFFUSION, KDIFFUSION)
+_K_BY_ANY_NAME: dict[str, str] = {
+    **{SAMPLERS[name].display_name.lower(): name for name in K_SAMPLER_NAMES},
+    **{comfy: name for name in K_SAMPLER_NAMES if (comfy := SAMPLERS[name].comfy_name)},
+    **{name: name for name in K_SAMPLER_NAMES},
+}
+
+
+#: Prefixes that say whose name a sampler name is ("a1111:DPM++ 2M", "comfyui:dpmpp_2m").
+K_NAME_PREFIXES = ("a1111:", "comfyui:")
+
+
+def k_sampler_name(text: str) -> str:
+    """The k-diffusion sampler an A1111 label ("Euler a"), ComfyUI name ("euler_ancestral") or
+    sdrt name ("k_euler_a") means, with or without a K_NAME_PREFIXES prefix (ConfigError,
+    listing the A1111 labels, if none)."""
+    key = str(text).strip().lower() if isinstance(text, str) else ""
+    for prefix in K_NAME_PREFIXES:
+        key = key.removeprefix(prefix).strip()
+    name = _K_BY_ANY_NAME.get(key)
+    if name is None:
+        labels = ", ".join(SAMPLERS[name].display_name for name in K_SAMPLER_NAMES)
+        raise ConfigError(f"unknown k-diffusion sampler {text!r}; choose one of {labels}")
+    return name
+
+
+def resolve_sampler_name(text: str) -> str:
+    """An sdrt sampler name as given, else the k-diffusion sampler an A1111 or ComfyUI name
+    means (sdrt's own names win: "euler" stays the diffusers-equal Euler, "comfyui:euler" or
+    "k_euler" is k-diffusion's). ConfigError naming both lists if neither."""
+    if text in SAMPLERS:
+        return text
+    try:
+        return k_sampler_name(text)
+    except ConfigError:
+        raise ConfigError(
+            f"unknown sampler {text!r}; choose one of {', '.join(SAMPLER_NAMES)}, or a k-diffusion sampler by "
+            f"sdrt, A1111 or ComfyUI name: {', '.join(K_SAMPLER_NAMES)}"
+        ) from None
 
 
 def sampler_entry(name: str) -> SamplerEntry:
@@ -129,6 +214,14 @@ def sampler_from_config(name: str, config: Mapping[str, Any], schedule: str = DE
     return sampler_entry(name).build(config, schedule)
 
 
+def recorded_schedule(sampler: str, schedule: str) -> str | None:
+    """The "Schedule type" a generation's PNG parameters record (see SamplerEntry.recorded_schedule)."""
+    entry = SAMPLERS.get(sampler)
+    if entry is None:
+        return None if schedule == DEFAULT_SCHEDULE else schedule_label(schedule)
+    return entry.recorded_schedule(schedule)
+
+
 def display_name(name: str) -> str:
     """The name A1111 shows for an sdrt sampler (what PNG parameters and `info` record)."""
     entry = SAMPLERS.get(name)
@@ -144,12 +237,19 @@ __all__ = [
     "SCHEDULE_NAMES",
     "SPACES",
     "DISPLAY_NAMES",
+    "DIFFUSERS",
+    "KDIFFUSION",
+    "K_SAMPLER_NAMES",
+    "K_SCHEDULE_NAMES",
+    "k_sampler_name",
+    "resolve_sampler_name",
     "SAMPLERS",
     "SAMPLER_NAMES",
     "SamplerEntry",
     "Scheduler",
     "check_sampler_space",
     "display_name",
+    "recorded_schedule",
     "sampler_entries",
     "sampler_entry",
     "sampler_from_config",

@@ -1,0 +1,153 @@
+"""The k-diffusion sampler family in the loop's interface (sdrt.runtime.schedulers.base): one
+class per k-diffusion sampler, each running its solver coroutine (solvers.py) one model call
+per `step`, on A1111's noise levels (schedules.py) for the model's sigma table.
+
+As A1111 runs them: the model is called at the fractional timestep of each noise level
+(log-sigma interpolation), with the sample scaled by 1 / sqrt(sigma^2 + 1); the initial noise
+is scaled by the first level; DPM2 and DPM2 a lay out one step more and drop the next-to-last
+level (`discard_next_to_last_sigma`); the ancestral samplers draw their noise from the
+generator that drew the initial latents (A1111's per-image generators: its `randn_like`), the
+SDE samplers from a Brownian tree per image seed (brownian.py).
+
+The solver holds the sample between calls: a hook that changes the latents between two calls
+of one run does not reach it (k-diffusion has no such hook either).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+import numpy as np
+
+from sdrt.errors import ConfigError
+from sdrt.runtime.rng import GeneratorGroup, TorchGenerator
+from sdrt.runtime.schedulers.base import HALF, Scheduler, predict_x0
+from sdrt.runtime.schedulers.config import BETA_DEFAULTS, SchedulerConfig
+from sdrt.runtime.schedulers.kdiffusion import solvers
+from sdrt.runtime.schedulers.kdiffusion.model_sigmas import ModelSigmas
+from sdrt.runtime.schedulers.kdiffusion.schedules import AUTOMATIC, UNIFORM, k_schedule_entry, schedule_sigmas
+
+#: k-diffusion's defaults for the churn samplers (s_churn, s_tmin, s_tmax, s_noise).
+DEFAULT_CHURN = (0.0, 0.0, float("inf"), 1.0)
+#: The last levels a schedule keeps when it ends on a final zero (the next-to-last is dropped).
+DISCARDED_INDEX = -2
+
+
+def _no_noise(x: np.ndarray) -> solvers.Noise:
+    zeros = np.zeros_like(x)
+    return lambda sigma, sigma_next: zeros
+
+
+class KDiffusionSampler(Scheduler):
+    """One k-diffusion sampler: its solver, its default schedule and its noise."""
+
+    config_defaults = {**BETA_DEFAULTS}
+    #: The solver coroutine (solvers.py) and the keyword arguments A1111 passes it.
+    solver: ClassVar[Callable[..., solvers.Solver]]
+    solver_options: ClassVar[Mapping[str, Any]] = {}
+    #: Whether the solver takes Karras churn (Euler, Heun, DPM2).
+    churns: ClassVar[bool] = False
+    #: A1111's schedule when the request says Automatic (its sampler table's 'scheduler').
+    default_schedule: ClassVar[str] = UNIFORM
+    #: A1111's discard_next_to_last_sigma (DPM2, DPM2 a, DPM++ 3M SDE).
+    discard_next_to_last_sigma: ClassVar[bool] = False
+    #: Whether the fresh noise comes from a Brownian tree per image seed (the SDE samplers).
+    brownian: ClassVar[bool] = False
+
+    def __init__(self, config: SchedulerConfig, schedule: str = AUTOMATIC, sdxl: bool = False):
+        super().__init__(config)
+        self.model = ModelSigmas(config)
+        self.schedule = k_schedule_entry(schedule).name
+        self.sdxl = sdxl
+        self.schedule_sigmas = np.zeros(1, dtype=np.float32)
+        self._solver: solvers.Solver | None = None
+        self._generator: TorchGenerator | GeneratorGroup | None = None
+        self._noise: solvers.Noise | None = None
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], schedule: str = AUTOMATIC) -> Scheduler:
+        sampler = super().from_config(config)
+        assert isinstance(sampler, KDiffusionSampler)
+        sampler.schedule = k_schedule_entry(schedule).name
+        return sampler
+
+    def _plan(self, num_inference_steps: int) -> None:
+        steps = num_inference_steps + (1 if self.discard_next_to_last_sigma else 0)
+        sigmas = schedule_sigmas(self.schedule, self.default_schedule, steps, self.model, self.sdxl)
+        if self.discard_next_to_last_sigma:
+            sigmas = np.delete(sigmas, len(sigmas) + DISCARDED_INDEX)
+        if len(sigmas) < 2 or not np.all(np.isfinite(sigmas)) or np.any(sigmas[:-1] <= 0):
+            raise ConfigError(
+                f"schedule {self.schedule!r} gives no usable noise levels for {num_inference_steps} steps"
+            )
+        self.schedule_sigmas = sigmas.astype(np.float32)
+        calls = self._dry_run()
+        self.sigmas = np.append(calls, self.schedule_sigmas[-1]).astype(np.float32)
+        self.timesteps = self.model.sigma_to_t(calls)
+        self._solver = None
+
+    def _start(self, x: np.ndarray, noise: solvers.Noise) -> solvers.Solver:
+        options = dict(self.solver_options)
+        if self.churns:
+            options["churn"] = DEFAULT_CHURN
+        return type(self).solver(x, self.schedule_sigmas, noise, **options)
+
+    def _dry_run(self) -> np.ndarray:
+        """The noise level of every model call, from a run on a one-value sample."""
+        x = np.zeros(1, dtype=np.float32)
+        run = self._start(x, _no_noise(x))
+        levels = []
+        try:
+            _, sigma = next(run)
+            while True:
+                levels.append(sigma)
+                _, sigma = run.send(x)
+        except StopIteration:
+            pass
+        return np.asarray(levels, dtype=np.float32)
+
+    @property
+    def init_noise_sigma(self) -> float:
+        return float(self.schedule_sigmas[0])
+
+    def scale_model_input(self, sample: np.ndarray, step_index: int) -> np.ndarray:
+        sigma = self.sigmas[step_index]
+        return sample * (np.float32(1) / (sigma**2 + np.float32(1)) ** HALF)
+
+    def _fresh_noise(self, x: np.ndarray) -> solvers.Noise:
+        if self.brownian:
+            from sdrt.runtime.schedulers.kdiffusion.brownian import brownian_noise
+
+            return brownian_noise(x, self.schedule_sigmas, lambda: self._generator)
+
+        def draw(sigma: float, sigma_next: float) -> np.ndarray:
+            generator = self.need_generator(self._generator, type(self).__name__)  # type: ignore[arg-type]
+            return generator.randn(x.shape).astype(np.float32)
+
+        return draw
+
+    def step(
+        self,
+        model_output: np.ndarray,
+        step_index: int,
+        sample: np.ndarray,
+        generator: TorchGenerator | GeneratorGroup | None = None,
+    ) -> np.ndarray:
+        self._generator = generator
+        if step_index == 0 or self._solver is None:
+            if step_index != 0:
+                raise ConfigError("k-diffusion samplers run a schedule from its first step only")
+            self._solver = self._start(sample, self._fresh_noise(sample))
+            next(self._solver)
+        sigma = self.sigmas[step_index]
+        denoised = predict_x0(self.config.prediction_type, model_output, sample, sigma)
+        try:
+            x, _ = self._solver.send(denoised.astype(np.float32))
+        except StopIteration as done:
+            self._solver = None
+            return done.value
+        return x
+
+    def add_noise(self, original: np.ndarray, noise: np.ndarray, step_index: int) -> np.ndarray:
+        return original + noise * self.sigmas[step_index].astype(original.dtype)

@@ -1,0 +1,333 @@
+"""The k-diffusion sampler family against the `k-diffusion` package itself: k_diffusion.sampling
+(what A1111 calls) drives diffusers' tiny UNet through a CompVis-style denoiser (sigmas from the
+model's betas, log-sigma timesteps) with A1111's classifier-free guidance on the denoised
+prediction, A1111's CPU noise (one torch CPU generator per image seed, the sampler's fresh noise
+drawn from the same generators) and, for the SDE samplers, torchsde's Brownian trees per seed.
+The schedule rules are written here from A1111's sd_schedulers.py, independently of sdrt's."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import diffusers_pipeline
+from sdrt.runtime.pipeline import Pipeline
+from sdrt.runtime.schedulers import K_SAMPLER_NAMES, SAMPLERS, k_sampler_name
+from support.kdiffusion_reference import denoiser, k_sampling
+
+# torchsde warns when a float32 sigma lies a rounding past its tree's 1e-6-rounded ends (and clamps it).
+pytestmark = pytest.mark.filterwarnings("ignore:Should have:UserWarning")
+
+MAX_PIXEL_ERROR = 2 / 255
+MEAN_PIXEL_ERROR = 0.5 / 255
+PROMPTS = ["a photo of a cat", "a red fox in the snow"]
+NEGATIVE = ["blurry", ""]
+SEEDS = [21, 1000]
+GUIDANCE = 7.5
+AYS_SD15 = [14.615, 6.475, 3.861, 2.697, 1.886, 1.396, 0.963, 0.652, 0.399, 0.152, 0.029]
+# A1111's sampler table: function, extra arguments, default schedule, discard_next_to_last_sigma, Brownian.
+A1111_SAMPLERS = {
+    "Euler": ("sample_euler", {}, None, False, False),
+    "Euler a": ("sample_euler_ancestral", {}, None, False, False),
+    "Heun": ("sample_heun", {}, None, False, False),
+    "DPM2": ("sample_dpm_2", {}, "karras", True, False),
+    "DPM2 a": ("sample_dpm_2_ancestral", {}, "karras", True, False),
+    "LMS": ("sample_lms", {}, None, False, False),
+    "DPM++ 2M": ("sample_dpmpp_2m", {}, "karras", False, False),
+    "DPM++ 2S a": ("sample_dpmpp_2s_ancestral", {}, "karras", False, False),
+    "DPM++ SDE": ("sample_dpmpp_sde", {}, "karras", False, True),
+    "DPM++ 2M SDE": ("sample_dpmpp_2m_sde", {}, "exponential", False, True),
+    "DPM++ 2M SDE Heun": ("sample_dpmpp_2m_sde", {"solver_type": "heun"}, "exponential", False, True),
+    "DPM++ 3M SDE": ("sample_dpmpp_3m_sde", {}, "exponential", True, True),
+    # A1111 passes eta (eta_ancestral, 1) and, in place of sigmas, the model's range and the steps.
+    "DPM fast": ("sample_dpm_fast", {"eta": 1.0}, None, False, False),
+}
+
+
+def run_k_sampler(function, model, table, x, sigmas, steps, **kwargs):
+    """k_diffusion.sampling's `function` as A1111's KDiffusionSampler.sample calls it (`table`:
+    the denoiser whose sigma range DPM fast takes)."""
+    ks = k_sampling()
+    if function == "sample_dpm_fast":
+        sigma_min, sigma_max = table.sigmas[0].item(), table.sigmas[-1].item()
+        return ks.sample_dpm_fast(model, x, sigma_min, sigma_max, steps, disable=True, **kwargs)
+    return getattr(ks, function)(model, x, sigmas, disable=True, **kwargs)
+
+
+def a1111_sigmas(schedule: str, n: int, model) -> torch.Tensor:
+    """A1111's schedule types (modules/sd_schedulers.py), on the reference denoiser's table."""
+    ks = k_sampling()
+    sigma_min, sigma_max = model.sigmas[0].item(), model.sigmas[-1].item()
+    if schedule == "uniform":
+        return model.get_sigmas(n)
+    if schedule == "karras":
+        return ks.get_sigmas_karras(n, sigma_min, sigma_max, rho=7.0)
+    if schedule == "exponential":
+        return ks.get_sigmas_exponential(n, sigma_min, sigma_max)
+    if schedule == "polyexponential":
+        return ks.get_sigmas_polyexponential(n, sigma_min, sigma_max, rho=1.0)
+    if schedule in ("sgm_uniform", "normal"):
+        start, end = model.sigma_to_t(torch.tensor(sigma_max)), model.sigma_to_t(torch.tensor(sigma_min))
+        ts = torch.linspace(start, end, n + 1)[:-1] if schedule == "sgm_uniform" else torch.linspace(start, end, n)
+        return torch.FloatTensor([model.t_to_sigma(t) for t in ts] + [0.0])
+    if schedule == "kl_optimal":
+        alpha_min, alpha_max = torch.arctan(torch.tensor(sigma_min)), torch.arctan(torch.tensor(sigma_max))
+        steps = torch.arange(n + 1)
+        return torch.tan(steps / n * alpha_min + (1.0 - steps / n) * alpha_max)
+    if schedule == "align_your_steps":
+        if n == len(AYS_SD15):
+            return torch.FloatTensor(AYS_SD15 + [0.0])
+        ys = np.interp(np.linspace(0, 1, n), np.linspace(0, 1, len(AYS_SD15)), np.log(AYS_SD15[::-1]))
+        return torch.FloatTensor(np.append(np.exp(ys)[::-1].copy(), [0.0]))
+    if schedule == "simple":
+        ss = len(model.sigmas) / n
+        return torch.FloatTensor([float(model.sigmas[-(1 + int(x * ss))]) for x in range(n)] + [0.0])
+    if schedule == "ddim":
+        ss, x, sigs = max(len(model.sigmas) // n, 1), 1, []
+        while x < len(model.sigmas):
+            sigs.append(float(model.sigmas[x]))
+            x += ss
+        return torch.FloatTensor(sigs[::-1] + [0.0])
+    if schedule == "beta":
+        from scipy import stats
+
+        ts = [stats.beta.ppf(x, 0.6, 0.6) for x in 1 - np.linspace(0, 1, n)]
+        return torch.FloatTensor([sigma_min + x * (sigma_max - sigma_min) for x in ts] + [0.0])
+    raise AssertionError(schedule)
+
+
+class A1111Noise:
+    """A1111's CPU randn_like (TorchHijack -> ImageRNG.next): each image's next draw from its own
+    generator, the one that drew its initial noise."""
+
+    def __init__(self, generators, shape):
+        self.generators, self.shape = generators, shape
+
+    def __getattr__(self, item):
+        if item == "randn_like":
+            return lambda x: torch.stack([torch.randn(self.shape, generator=g) for g in self.generators])
+        return getattr(torch, item)
+
+
+@torch.no_grad()
+def reference_image(pipe, config, label, schedule, steps, size=64):
+    ks = k_sampling()
+    function, extra, default_schedule, discard, brownian = A1111_SAMPLERS[label]
+    cond, uncond = pipe.encode_prompt(PROMPTS, "cpu", 1, True, NEGATIVE)
+    unet = pipe.unet
+
+    def model_output(x, t, context):
+        return unet(x, t, encoder_hidden_states=context).sample
+
+    inner = denoiser(model_output, config)
+
+    def cfg(x, sigma):
+        both = inner(torch.cat([x, x]), torch.cat([sigma, sigma]), context=torch.cat([cond, uncond]))
+        c, u = both.chunk(2)
+        return u + (c - u) * GUIDANCE
+
+    n = steps + (1 if discard else 0)
+    name = default_schedule or "uniform" if schedule == "automatic" else schedule
+    sigmas = a1111_sigmas(name, n, inner)
+    if discard:
+        sigmas = torch.cat([sigmas[:-2], sigmas[-1:]])
+    shape = (unet.config.in_channels, size // 8, size // 8)
+    generators = [torch.Generator("cpu").manual_seed(seed) for seed in SEEDS]
+    x = torch.stack([torch.randn(shape, generator=g) for g in generators]) * sigmas[0]
+    kwargs = dict(extra)
+    if brownian:
+        sigma_min, sigma_max = sigmas[sigmas > 0].min(), sigmas.max()
+        kwargs["noise_sampler"] = ks.BrownianTreeNoiseSampler(x, sigma_min, sigma_max, seed=SEEDS)
+    ks.torch = A1111Noise(generators, shape)
+    try:
+        latents = run_k_sampler(function, cfg, inner, x, sigmas, steps, **kwargs)
+    finally:
+        ks.torch = torch
+    image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
+    return (image / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+
+
+@pytest.fixture(scope="module")
+def kd_reference(tiny_models):
+    return {
+        kind: diffusers_pipeline("StableDiffusionPipeline", tiny_models[kind]) for kind in ("standard", "v_prediction")
+    }
+
+
+@pytest.fixture(scope="module")
+def kd_ours(exported_tiny):
+    return {kind: Pipeline.load(exported_tiny(kind)) for kind in ("standard", "v_prediction")}
+
+
+def assert_same_image(got, expected):
+    difference = np.abs(got - expected)
+    assert difference.max() <= MAX_PIXEL_ERROR, f"max {difference.max() * 255:.3f}/255"
+    assert difference.mean() <= MEAN_PIXEL_ERROR, f"mean {difference.mean() * 255:.3f}/255"
+    assert expected.std() > 0.01, "a blank reference image would make the comparison vacuous"
+
+
+def compare(kd_ours, kd_reference, label, schedule, steps, kind="standard"):
+    pipe = kd_reference[kind]
+    config = dict(pipe.scheduler.config)
+    expected = reference_image(pipe, config, label, schedule, steps)
+    result = kd_ours[kind].generate(
+        PROMPTS,
+        negative_prompt=NEGATIVE,
+        steps=steps,
+        seed=SEEDS,
+        sampler=k_sampler_name(label),
+        schedule=schedule,
+        guidance_scale=GUIDANCE,
+    )
+    assert_same_image(result.array, expected)
+    return result
+
+
+DEFAULT_CASES = [
+    ("Euler a", "automatic", "standard"),
+    ("DPM++ 2M", "automatic", "standard"),
+    ("DPM2 a", "automatic", "standard"),
+    ("DPM++ SDE", "automatic", "standard"),
+    ("Heun", "sgm_uniform", "v_prediction"),
+    ("DPM++ 2M SDE", "beta", "v_prediction"),
+    ("DPM fast", "automatic", "standard"),
+]
+
+
+@pytest.mark.parametrize("label, schedule, kind", DEFAULT_CASES)
+def test_image_equals_k_diffusion(kd_ours, kd_reference, label, schedule, kind):
+    compare(kd_ours, kd_reference, label, schedule, 4, kind)
+
+
+SCHEDULES = [
+    "automatic",
+    "uniform",
+    "karras",
+    "exponential",
+    "polyexponential",
+    "sgm_uniform",
+    "kl_optimal",
+    "align_your_steps",
+    "simple",
+    "normal",
+    "ddim",
+    "beta",
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["standard", "v_prediction"])
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("label", A1111_SAMPLERS)
+def test_every_sampler_and_schedule_equals_k_diffusion(kd_ours, kd_reference, label, schedule, kind):
+    compare(kd_ours, kd_reference, label, schedule, 5, kind)
+
+
+def test_every_k_sampler_is_in_the_reference_table():
+    labels = {SAMPLERS[name].display_name for name in K_SAMPLER_NAMES}
+    assert labels == set(A1111_SAMPLERS)
+
+
+@pytest.mark.parametrize("sampler", ["DPM++ 2M", "comfyui:dpmpp_2m"])
+def test_cli_takes_a1111_and_comfyui_names(kd_ours, exported_tiny, tmp_path, sampler):
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from sdrt.cli import main
+
+    out = tmp_path / "cat.png"
+    arguments = ["generate", "a photo of a cat", "--model", str(exported_tiny("standard")), "--steps", "3"]
+    arguments += ["--seed", "7", "--sampler", sampler, "--out", str(out), "--quiet"]
+    result = CliRunner().invoke(main, arguments)
+    assert result.exit_code == 0, result.output
+    with Image.open(out) as image:
+        text, pixels = image.info["parameters"], np.asarray(image)
+    assert "Steps: 3, Sampler: DPM++ 2M, Schedule type: Karras, " in text
+    expected = kd_ours["standard"].generate("a photo of a cat", steps=3, seed=7, sampler="k_dpmpp_2m")
+    assert np.array_equal(pixels, np.asarray(expected.images[0]))
+
+
+def test_cli_unknown_sampler_is_one_line(exported_tiny, tmp_path):
+    from click.testing import CliRunner
+
+    from sdrt.cli import main
+
+    arguments = ["generate", "a cat", "--model", str(exported_tiny("standard")), "--steps", "1"]
+    result = CliRunner().invoke(main, [*arguments, "--sampler", "Euler b", "--out", str(tmp_path / "x.png")])
+    assert result.exit_code != 0 and len(result.output.strip().splitlines()) == 1
+    assert "unknown sampler 'Euler b'" in result.output
+
+
+def test_img2img_with_a_k_sampler_is_refused_by_field(kd_ours):
+    from PIL import Image
+
+    from sdrt.errors import GenerationError
+
+    image = Image.fromarray(np.zeros((64, 64, 3), np.uint8))
+    with pytest.raises(GenerationError, match="k-diffusion samplers run text-to-image only") as caught:
+        kd_ours["standard"].generate("a cat", steps=2, sampler="k_euler", init_image=image)
+    assert caught.value.param == "sampler"
+
+
+@torch.no_grad()
+def sdxl_reference_image(pipe, label, schedule, steps, size):
+    """The reference above for SDXL: the UNet also takes the pooled text embedding and the
+    time ids (original size, crop (0, 0), target size)."""
+    ks = k_sampling()
+    function, extra, default_schedule, discard, brownian = A1111_SAMPLERS[label]
+    cond, uncond, pooled, negative_pooled = pipe.encode_prompt(
+        PROMPTS, device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=True, negative_prompt=NEGATIVE
+    )
+    time_ids = torch.tensor([[size, size, 0, 0, size, size]], dtype=torch.float32).repeat(2 * len(PROMPTS), 1)
+    added = {"text_embeds": torch.cat([pooled, negative_pooled]), "time_ids": time_ids}
+
+    def model_output(x, t, context):
+        return pipe.unet(x, t, encoder_hidden_states=context, added_cond_kwargs=added).sample
+
+    inner = denoiser(model_output, dict(pipe.scheduler.config))
+
+    def cfg(x, sigma):
+        c, u = inner(torch.cat([x, x]), torch.cat([sigma, sigma]), context=torch.cat([cond, uncond])).chunk(2)
+        return u + (c - u) * GUIDANCE
+
+    name = default_schedule or "uniform" if schedule == "automatic" else schedule
+    sigmas = a1111_sigmas(name, steps + (1 if discard else 0), inner)
+    if discard:
+        sigmas = torch.cat([sigmas[:-2], sigmas[-1:]])
+    shape = (pipe.unet.config.in_channels, size // 8, size // 8)
+    generators = [torch.Generator("cpu").manual_seed(seed) for seed in SEEDS]
+    x = torch.stack([torch.randn(shape, generator=g) for g in generators]) * sigmas[0]
+    kwargs = dict(extra)
+    if brownian:
+        kwargs["noise_sampler"] = ks.BrownianTreeNoiseSampler(x, sigmas[sigmas > 0].min(), sigmas.max(), seed=SEEDS)
+    ks.torch = A1111Noise(generators, shape)
+    try:
+        latents = run_k_sampler(function, cfg, inner, x, sigmas, steps, **kwargs)
+    finally:
+        ks.torch = torch
+    image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
+    return (image / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("label, schedule", [("DPM++ 2M", "automatic"), ("DPM++ 3M SDE", "automatic")])
+def test_sdxl_image_equals_k_diffusion(tiny_sdxl, exported_sdxl, label, schedule):
+    from conftest import sdxl_reference
+
+    ours = Pipeline.load(exported_sdxl("base"))
+    size = ours.manifest.native_height
+    assert ours.manifest.native_width == size
+    expected = sdxl_reference_image(
+        sdxl_reference("StableDiffusionXLPipeline", tiny_sdxl["base"]), label, schedule, 4, size
+    )
+    result = ours.generate(
+        PROMPTS,
+        negative_prompt=NEGATIVE,
+        steps=4,
+        seed=SEEDS,
+        sampler=k_sampler_name(label),
+        schedule=schedule,
+        guidance_scale=GUIDANCE,
+    )
+    assert_same_image(result.array, expected)
