@@ -26,7 +26,7 @@ from sdrt.export.model_files import family, sdxl_settings, versions, write_diffu
 from sdrt.export.validation import Case, reference_cases, validate
 from sdrt.export.weights_map import fingerprint, write_weights_map
 from sdrt.runtime.files.integrity import record_sha256
-from sdrt.runtime.files.leftovers import remove_stale
+from sdrt.runtime.files.leftovers import make_temporary_dir, remove_stale, remove_temporary_dir
 from sdrt.runtime.manifest import DEFAULT_PROMPT_CHUNKS, FORMAT_VERSION, ComponentSpec, Manifest, TensorSpec
 
 CUDA_PROVIDER = "CUDAExecutionProvider"
@@ -38,8 +38,11 @@ class ExportError(SdrtError):
     """The export could not be written or did not reproduce the PyTorch model."""
 
 
-# An export works in `.NAME.partial-PID` and moves the old folder to `.NAME.old-PID`.
+# An export works in `.NAME.partial-PID/export` and moves the old folder into `.NAME.old-PID`
+# (both marked as sdrt's temporary folders, so only they are ever swept; sdrt.runtime.files.leftovers).
 STALE_EXPORT = re.compile(r"\..+\.(partial|old)-(?P<pid>\d+)")
+CONTENT_DIR = "export"  # the folder inside `.NAME.partial-PID` that becomes NAME
+PREVIOUS_DIR = "previous"  # the replaced folder, inside `.NAME.old-PID` until it is removed
 
 
 @dataclass(frozen=True)
@@ -139,18 +142,33 @@ def _build_component(
     return final, files, validation
 
 
+def check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """An export's folder may be written: new, or (with `overwrite`) an earlier export or an
+    empty folder; never a file, a FIFO or a device, nor a folder of someone else's files."""
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise ExportError(f"{out_dir} exists and is not a folder; refusing to replace it")
+    if not overwrite:
+        raise ExportError(f"{out_dir} already exists; pass --overwrite to replace it")
+    if not (out_dir / "manifest.json").is_file() and any(out_dir.iterdir()):
+        raise ModelFolderError(f"{out_dir} is not an sdrt export; refusing to replace it")
+
+
 @contextmanager
 def staged(out_dir: Path, overwrite: bool):
     """The folder an export writes in, beside `out_dir`; moved into place when the block ends
     without an error and removed in any case (a failed or killed export leaves nothing). Write
     errors are one ExportError."""
-    if out_dir.exists() and not overwrite:
-        raise ExportError(f"{out_dir} already exists; pass --overwrite to replace it")
+    check_out_dir(out_dir, overwrite)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(out_dir.parent, STALE_EXPORT)  # folders of exports that were killed
-    staging = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
+    partial = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
+    made = False
     try:
+        make_temporary_dir(partial)
+        made = True
+        staging = partial / CONTENT_DIR
         staging.mkdir()
         yield staging
         shutil.rmtree(staging / WORK_DIR, ignore_errors=True)
@@ -160,7 +178,8 @@ def staged(out_dir: Path, overwrite: bool):
             raise ExportError(f"no space left on the device while writing {out_dir}") from None
         raise ExportError(f"cannot write {out_dir}: {error}") from None
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if made:  # never a folder of that name that this export did not make
+            remove_temporary_dir(partial)
 
 
 def export_component(
@@ -323,11 +342,20 @@ def _use_classic_attention(pipeline) -> None:
 
 def _replace(staging: Path, out_dir: Path) -> None:
     """Move the finished folder into place; an old one is removed only after that succeeds."""
-    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-    if out_dir.exists():
-        out_dir.rename(old)
-    staging.rename(out_dir)
-    shutil.rmtree(old, ignore_errors=True)
+    if not out_dir.exists():
+        staging.rename(out_dir)
+        return
+    old = make_temporary_dir(out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}"))
+    previous = old / PREVIOUS_DIR
+    try:
+        out_dir.rename(previous)
+        staging.rename(out_dir)
+    except OSError:
+        if previous.exists():
+            previous.rename(out_dir)  # the previous folder goes back where it was
+        remove_temporary_dir(old)
+        raise
+    remove_temporary_dir(old)
 
 
 def export_model(
@@ -344,10 +372,7 @@ def export_model(
     from sdrt.export.sources import NotAPipeline, load_pipeline
 
     out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise ExportError(f"{out_dir} already exists; pass --overwrite to replace it")
-    if out_dir.exists() and not (out_dir / "manifest.json").is_file() and any(out_dir.iterdir()):
-        raise ModelFolderError(f"{out_dir} is not an sdrt export; refusing to replace it")
+    check_out_dir(out_dir, overwrite)
     from sdrt.export.controlnet import export_controlnet_model, is_controlnet_source, load_controlnet
 
     progress(f"loading {source}")
