@@ -42,6 +42,8 @@ from sdrt.runtime.text.prompts.options import TextOptions
 MAX_SEED = 2**32 - 1
 DEFAULT_STEPS = 50
 DEFAULT_GUIDANCE = 7.5
+#: The largest guidance scale float32 holds (the loop's arithmetic); a larger one is not a scale.
+MAX_GUIDANCE = float(np.finfo(np.float32).max)
 # diffusers' default strengths: image-to-image keeps some of the image, inpainting repaints fully.
 IMG2IMG_STRENGTH = 0.8
 INPAINT_STRENGTH = 1.0
@@ -261,6 +263,8 @@ def _resolve(request: GenerationRequest, manifest: Manifest) -> ResolvedRequest:
         raise GenerationError(f"guidance scale must be a finite number, got {guidance!r}", "guidance_scale")
     if guidance < 0:
         raise GenerationError(f"guidance scale must be >= 0, got {guidance}", "guidance_scale")
+    if guidance > MAX_GUIDANCE:
+        raise GenerationError(f"guidance scale must be at most {MAX_GUIDANCE:.3g}, got {guidance}", "guidance_scale")
     check_sampling(request, manifest)
     seeds, per_prompt = _seeds(request, prompts)
     batch = len(prompts) * request.num_images
