@@ -24,19 +24,19 @@ ROOT = Path(__file__).resolve().parents[2]
 KILLED_EXPORT = """
 import os, signal, sys
 from pathlib import Path
-from sdrt.export import exporter
+from sdrt.export import staging as export_staging
 
 out = Path(sys.argv[1])
 real_rename = Path.rename
 
 def rename(self, target):
     moved = real_rename(self, target)
-    if Path(target).name == exporter.PREVIOUS_DIR:  # the old folder moved aside, the new one not in place
+    if Path(target).name == export_staging.PREVIOUS_DIR:  # the old folder moved aside, the new one not in place
         os.kill(os.getpid(), signal.SIGKILL)
     return moved
 
 Path.rename = rename
-with exporter.staged(out, overwrite=True) as staging:
+with export_staging.staged(out, overwrite=True) as staging:
     (staging / "model.onnx").write_bytes(b"half")
 """
 KILLED_PNG = """
@@ -89,7 +89,7 @@ def _user_look_alikes(folder: Path, dead: int, names: list[str]) -> list[Path]:
 
 
 def test_an_export_sweeps_only_what_killed_exports_left(tmp_path):
-    from sdrt.export.exporter import staged
+    from sdrt.export.staging import staged
 
     out = tmp_path / "model"
     out.mkdir()
@@ -119,7 +119,7 @@ def test_an_export_sweeps_only_what_killed_exports_left(tmp_path):
 
 
 def test_a_re_export_after_one_killed_mid_way_succeeds(tmp_path):
-    from sdrt.export.exporter import staged
+    from sdrt.export.staging import staged
 
     out = tmp_path / "model"
     out.mkdir()
@@ -134,7 +134,7 @@ def test_a_re_export_after_one_killed_mid_way_succeeds(tmp_path):
 def test_leftovers_of_an_earlier_process_with_this_process_id_are_swept(tmp_path):
     """Containers start each command with the same process id: a killed export's folders then
     carry the id of the next one, which must not take them for its own."""
-    from sdrt.export.exporter import staged
+    from sdrt.export.staging import staged
 
     out = tmp_path / "model"
     earlier = leftovers.make_temporary_dir(tmp_path / f".model.old-{os.getpid()}")
@@ -196,3 +196,29 @@ def test_a_marked_folder_of_a_running_process_stays(tmp_path):
         assert leftovers.remove_stale(tmp_path, re.compile(r"\..+\.partial-(?P<pid>\d+)")) == []
         assert busy.exists()
         child.stdin.close()
+
+
+@pytest.mark.slow  # about 30 s: one export killed half-way, one whole export
+def test_a_real_export_killed_mid_way_then_run_again(exported_tiny, tiny_models, tmp_path):
+    import shutil
+
+    out = tmp_path / "model"
+    shutil.copytree(exported_tiny("standard"), out)
+    environment = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    command = [sys.executable, "-m", "sdrt.cli", "export", str(tiny_models["standard"]), "--out", str(out)]
+    with subprocess.Popen(
+        [*command, "--overwrite"], env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as child:
+        for line in child.stdout:
+            if line.startswith("unet: exporting"):  # the text encoder done, mid-way through the UNet
+                child.kill()
+                break
+        child.wait()
+    assert child.returncode == -signal.SIGKILL
+    assert any(path.name.startswith(".model.partial-") for path in tmp_path.iterdir())
+    result = CliRunner().invoke(main, ["export", str(tiny_models["standard"]), "--out", str(out), "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["model"]
+    from sdrt.runtime.pipeline import Pipeline
+
+    Pipeline.load(out)  # the export is whole

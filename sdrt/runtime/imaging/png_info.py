@@ -205,7 +205,11 @@ def save_png(image: Image.Image, path: Path, parameters_text: str) -> None:
 def check_writable_file(path: Path) -> None:
     """A path an image may be written to: absent, or a regular file (never a folder, a FIFO or a
     device, which writing would replace)."""
-    if path.exists() and not path.is_file():
+    try:
+        special = path.exists() and not path.is_file()
+    except OSError:  # a name the system cannot look up: writing it reports why
+        return
+    if special:
         raise ImageFileError(f"{path} exists and is not a regular file; refusing to replace it")
 
 
