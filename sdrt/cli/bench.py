@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from sdrt.cli import main
+from sdrt.cli.outputs import check_output, check_report, write_report
 from sdrt.cli.types import THREADS, FiniteFloat
 from sdrt.errors import SdrtError
 from sdrt.runtime.engines import BACKEND_NAMES, DEFAULT_BACKEND
@@ -169,6 +170,10 @@ def bench(
 
     if (model_dir is None) == (arch is None):
         raise SdrtError("pass exactly one of --model DIR or --arch NAME")
+    check_report(json_path, "--json")
+    if plot_path is not None:
+        check_report(plot_path, "--plot")
+        check_output(Path(plot_path))  # an image: never into a FIFO or a device
     if runs < 1 or warmup < 0:
         raise SdrtError("--runs must be >= 1 and --warmup >= 0")
     if deepcache is not None:
@@ -234,10 +239,13 @@ def bench(
         plot_path = plot_path or (str(Path(json_path).with_suffix(".png")) if json_path else None)
         if plot_path:
             title = f"{Path(model_dir).name}, {backend}, {base.steps} steps, batch {base.num_images}"
-            written = plot(name, rows, Path(plot_path), title)
+            try:
+                written = plot(name, rows, Path(plot_path), title)
+            except OSError as error:
+                raise SdrtError(f"cannot write the plot {plot_path}: {error.strerror or error}") from None
             say(f"wrote {written}" if written else "no plot: install matplotlib (pip install 'sdrt[plot]')")
     if json_path:
-        Path(json_path).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        write_report(json_path, json.dumps(payload, indent=2) + "\n", "--json")
         say(f"wrote {json_path}")
 
 
@@ -263,5 +271,5 @@ def _latency_table(model_dir, base, backend, threads, runs, warmup, json_path, s
             },
             "items": rows,
         }
-        Path(json_path).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        write_report(json_path, json.dumps(payload, indent=2) + "\n", "--json")
         say(f"wrote {json_path}")

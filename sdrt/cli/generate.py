@@ -12,7 +12,7 @@ from sdrt.cli import main
 from sdrt.cli.controlnet_options import control_units, controlnet_options
 from sdrt.cli.default_model import resolve_model
 from sdrt.cli.image_options import hires_fix, image_options, mask_options, styled
-from sdrt.cli.outputs import output_paths
+from sdrt.cli.outputs import check_output, output_paths
 from sdrt.cli.progress import StepProgress
 from sdrt.cli.prompt_options import embedding_options, embedding_sources, lora_options, prompt_options
 from sdrt.cli.sdxl_options import resolve_refiner_switch, sdxl_options, size_conditioning
@@ -175,6 +175,7 @@ def generate(
     from sdrt.runtime.imaging.png_info import format_parameters, save_png
     from sdrt.runtime.pipeline import Pipeline
     from sdrt.runtime.request import MAX_SEED, GenerationRequest
+    from sdrt.runtime.request_checks import check_counts
     from sdrt.runtime.seeds import consecutive_seeds
 
     switch = resolve_refiner_switch(refiner, refiner_switch)
@@ -196,6 +197,7 @@ def generate(
         )
     if seed is None:  # drawn here, so that the output names are known (and checked) first
         seed = random.SystemRandom().randint(0, MAX_SEED)
+    check_counts(steps, num_images)  # before the names of num_images outputs are made and checked
     paths = output_paths(out, seed, num_images)
     model_dir = resolve_model(model_dir, quiet=quiet or as_json)
     pipeline = Pipeline.load(
@@ -254,7 +256,9 @@ def generate(
         from sdrt.runtime.features.preview import Preview
 
         def write_preview(step: int, total: int, images) -> None:
-            images[0].save(paths[0].with_name(f"{paths[0].stem}-step-{step}.png"))
+            path = paths[0].with_name(f"{paths[0].stem}-step-{step}.png")
+            check_output(path)  # never into a folder, a FIFO or a device of that name
+            images[0].save(path)
 
         previews = Preview(preview, write_preview)
     with stop_on_signals() as stop:

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from sdrt.cli import main
+from sdrt.cli.outputs import check_report, write_report
 from sdrt.cli.progress import ComponentLines
 from sdrt.cli.types import FiniteFloat
 from sdrt.errors import SdrtError
@@ -102,7 +103,7 @@ def export(
     """Export MODEL (diffusers folder, .safetensors/.ckpt checkpoint or hub id) to validated
     ONNX with a manifest.json, in the layout OnnxStableDiffusionPipeline reads."""
     try:
-        from sdrt.export.exporter import ExportOptions, export_model
+        from sdrt.export.exporter import ExportOptions, check_out_dir, export_model
         from sdrt.export.quiet import quiet_libraries
     except ImportError as error:
         raise SdrtError(
@@ -112,14 +113,17 @@ def export(
     lines = ComponentLines()
     if (model is None) == (random_name is None):
         raise SdrtError("pass a MODEL to export, or --random NAME for a random-weight one")
+    if out_dir is not None and not out_dir.strip():
+        raise SdrtError("--out is empty: give the folder to export to")
+    if out_dir is None:
+        name = f"random-{random_name}" if random_name is not None else Path(model.rstrip("/")).stem.replace("/", "--")
+        out_dir = str(Path("engines") / name)
+    check_out_dir(Path(out_dir), overwrite)  # before any work
     if random_name is not None:
         from sdrt.export.random_sources import random_source
         from sdrt.runtime.engines.ort_cache import cache_root
 
         model = str(random_source(random_name, cache_root() / "random", lines))
-        out_dir = out_dir or str(Path("engines") / f"random-{random_name}")
-    if out_dir is None:
-        out_dir = str(Path("engines") / Path(model.rstrip("/")).stem.replace("/", "--"))
     options = ExportOptions(
         precision=precision,
         vae_precision=vae_precision,
@@ -242,9 +246,10 @@ def verify(model_dir, backend, steps, json_path) -> None:
 def _verify(model_dir, backend, json_path, steps: int = 8) -> None:
     from sdrt.runtime.verify import verify as run_verify
 
+    check_report(json_path, "--json")
     report = run_verify(model_dir, backend, steps=steps, progress=lambda line: click.echo(line, err=True))
     if json_path:
-        Path(json_path).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        write_report(json_path, json.dumps(report, indent=2) + "\n", "--json")
     click.echo(json.dumps(report))
     if not report["passed"]:
         click.echo(

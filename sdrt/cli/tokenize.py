@@ -10,6 +10,7 @@ import click
 from sdrt.cli import main
 from sdrt.cli.prompt_options import embedding_options, embedding_sources, prompt_options
 from sdrt.errors import SdrtError
+from sdrt.runtime.request_checks import MAX_STEPS
 
 
 @main.command()
@@ -24,7 +25,7 @@ from sdrt.errors import SdrtError
 @click.option(
     "--steps",
     default=None,
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=MAX_STEPS),
     help="Show the text of each step's part of a [from:to:when] or [a|b] schedule of this many steps.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the chunks' ids, tokens and weights as JSON.")

@@ -8,38 +8,24 @@ place at the end, so a failed or interrupted export leaves no half-written folde
 
 from __future__ import annotations
 
-import errno
-import os
-import re
-import shutil
 import time
 import warnings
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from sdrt.errors import ModelFolderError, SdrtError
+from sdrt.errors import ModelFolderError
 from sdrt.export import onnx_graph
 from sdrt.export.components import ONNX_OPSET, ComponentExport, ModelGeometry, component_exports, text_encoder_modules
 from sdrt.export.model_files import family, sdxl_settings, versions, write_diffusers_files
+from sdrt.export.staging import WORK_DIR, ExportError, check_out_dir, staged  # noqa: F401 (ExportError)
 from sdrt.export.validation import Case, reference_cases, validate
 from sdrt.export.weights_map import fingerprint, write_weights_map
 from sdrt.runtime.files.integrity import record_sha256
-from sdrt.runtime.files.leftovers import remove_stale
 from sdrt.runtime.manifest import DEFAULT_PROMPT_CHUNKS, FORMAT_VERSION, ComponentSpec, Manifest, TensorSpec
 
 CUDA_PROVIDER = "CUDAExecutionProvider"
 ONNX_FILE = "model.onnx"
-WORK_DIR = ".work"
-
-
-class ExportError(SdrtError):
-    """The export could not be written or did not reproduce the PyTorch model."""
-
-
-# An export works in `.NAME.partial-PID` and moves the old folder to `.NAME.old-PID`.
-STALE_EXPORT = re.compile(r"\..+\.(partial|old)-(?P<pid>\d+)")
 
 
 @dataclass(frozen=True)
@@ -137,30 +123,6 @@ def _build_component(
         onnx_graph.add_input_defaults(plain, component.defaults)
         validation = dict(validate(component, plain, cases, precision), graph="exported")
     return final, files, validation
-
-
-@contextmanager
-def staged(out_dir: Path, overwrite: bool):
-    """The folder an export writes in, beside `out_dir`; moved into place when the block ends
-    without an error and removed in any case (a failed or killed export leaves nothing). Write
-    errors are one ExportError."""
-    if out_dir.exists() and not overwrite:
-        raise ExportError(f"{out_dir} already exists; pass --overwrite to replace it")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale(out_dir.parent, STALE_EXPORT)  # folders of exports that were killed
-    staging = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        staging.mkdir()
-        yield staging
-        shutil.rmtree(staging / WORK_DIR, ignore_errors=True)
-        _replace(staging, out_dir)
-    except OSError as error:
-        if error.errno == errno.ENOSPC:
-            raise ExportError(f"no space left on the device while writing {out_dir}") from None
-        raise ExportError(f"cannot write {out_dir}: {error}") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def export_component(
@@ -321,15 +283,6 @@ def _use_classic_attention(pipeline) -> None:
     pipeline.vae.set_attn_processor(AttnProcessor())
 
 
-def _replace(staging: Path, out_dir: Path) -> None:
-    """Move the finished folder into place; an old one is removed only after that succeeds."""
-    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-    if out_dir.exists():
-        out_dir.rename(old)
-    staging.rename(out_dir)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def export_model(
     source: str,
     out_dir: str | Path,
@@ -344,10 +297,7 @@ def export_model(
     from sdrt.export.sources import NotAPipeline, load_pipeline
 
     out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise ExportError(f"{out_dir} already exists; pass --overwrite to replace it")
-    if out_dir.exists() and not (out_dir / "manifest.json").is_file() and any(out_dir.iterdir()):
-        raise ModelFolderError(f"{out_dir} is not an sdrt export; refusing to replace it")
+    check_out_dir(out_dir, overwrite)
     from sdrt.export.controlnet import export_controlnet_model, is_controlnet_source, load_controlnet
 
     progress(f"loading {source}")

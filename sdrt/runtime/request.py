@@ -30,7 +30,7 @@ from sdrt.runtime.features.lora.tags import LoraRef, extract_tags, weights_probl
 from sdrt.runtime.features.lora.weights_map import LoraError
 from sdrt.runtime.imaging.inputs import InputImageError, open_image, target_size
 from sdrt.runtime.manifest import BATCH, HEIGHT, WIDTH, Manifest
-from sdrt.runtime.request_checks import check_deepcache, check_sampling, check_vae, latent_size
+from sdrt.runtime.request_checks import check_counts, check_deepcache, check_sampling, check_vae, latent_size
 from sdrt.runtime.request_fields import ALONE, PER_ROW, SHARED
 from sdrt.runtime.schedulers import DEFAULT_SAMPLER, DEFAULT_SCHEDULE
 from sdrt.runtime.seeds import MAX_SEED as MAX_SEED  # where callers read it
@@ -40,9 +40,9 @@ from sdrt.runtime.text.prompts.emphasis import DEFAULT_EMPHASIS, emphasis_mode
 from sdrt.runtime.text.prompts.options import TextOptions
 
 DEFAULT_STEPS = 50
-#: More steps than any sampler schedule needs; bounds a request's tables and time.
-MAX_STEPS = 10_000
 DEFAULT_GUIDANCE = 7.5
+#: The largest guidance scale float32 holds (the loop's arithmetic); a larger one is not a scale.
+MAX_GUIDANCE = float(np.finfo(np.float32).max)
 # diffusers' default strengths: image-to-image keeps some of the image, inpainting repaints fully.
 IMG2IMG_STRENGTH = 0.8
 INPAINT_STRENGTH = 1.0
@@ -267,15 +267,14 @@ def _resolve(request: GenerationRequest, manifest: Manifest) -> ResolvedRequest:
     height = manifest.native_height if height is None else height
     width = manifest.native_width if width is None else width
     check_size(manifest, height, width)
-    if not _is_int(request.steps) or not 1 <= request.steps <= MAX_STEPS:
-        raise GenerationError(f"steps must be an integer from 1 to {MAX_STEPS}, got {request.steps!r}", "steps")
+    check_counts(request.steps, request.num_images)
     guidance = request.guidance_scale
     if not isinstance(guidance, (int, float)) or not math.isfinite(guidance):
         raise GenerationError(f"guidance scale must be a finite number, got {guidance!r}", "guidance_scale")
     if guidance < 0:
         raise GenerationError(f"guidance scale must be >= 0, got {guidance}", "guidance_scale")
-    if not _is_int(request.num_images) or request.num_images < 1:
-        raise GenerationError(f"num_images must be a positive integer, got {request.num_images!r}", "num_images")
+    if guidance > MAX_GUIDANCE:
+        raise GenerationError(f"guidance scale must be at most {MAX_GUIDANCE:.3g}, got {guidance}", "guidance_scale")
     check_sampling(request, manifest)
     batch = len(prompts) * request.num_images
     if request.seeds is not None:

@@ -1,7 +1,7 @@
 """Checks of a GenerationRequest's optional features against the model (the family's own
 settings are its family's: sdrt.runtime.families; what combines with what:
 sdrt.runtime.features.combinations): the sampler with its schedule type and eta, latents as the
-start, the VAE, and DeepCache. Each failure is a GenerationError naming the request field."""
+start, the VAE, and DeepCache; the step and image counts. Each failure is a GenerationError naming the request field."""
 
 from __future__ import annotations
 
@@ -10,6 +10,27 @@ import numpy as np
 from sdrt.errors import ConfigError, GenerationError
 from sdrt.runtime.manifest import Manifest
 from sdrt.runtime.schedulers import SAMPLER_NAMES, SAMPLERS, check_sampler_space
+
+#: More steps than any sampler schedule needs; bounds a request's tables and time.
+MAX_STEPS = 10_000
+#: More images than one request may ask for (an export's batch limit is lower still); bounds the
+#: work a caller does (output names, seeds) before the model's own limit is known.
+MAX_NUM_IMAGES = 1024
+
+
+def check_counts(steps, num_images) -> None:
+    """The step and image counts, which size everything after them: checked before any work
+    (the CLI calls this before loading the model; resolve() again)."""
+    if not _is_count(steps) or not 1 <= steps <= MAX_STEPS:
+        raise GenerationError(f"steps must be an integer from 1 to {MAX_STEPS}, got {steps!r}", "steps")
+    if not _is_count(num_images) or num_images < 1:
+        raise GenerationError(f"num_images must be a positive integer, got {num_images!r}", "num_images")
+    if num_images > MAX_NUM_IMAGES:
+        raise GenerationError(f"num_images must be at most {MAX_NUM_IMAGES}, got {num_images}", "num_images")
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def check_sampling(request, manifest: Manifest) -> None:

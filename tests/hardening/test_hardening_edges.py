@@ -1,6 +1,6 @@
 """Numbers and text at the edges, and leftovers (issue 21, classes 6 and 7): non-finite numbers
 and undecodable text are one line everywhere; output paths are checked before generating;
-stale temporary files of killed processes are cleaned; PNGs follow the umask."""
+PNGs follow the umask (leftovers of killed processes: test_hardening_leftovers.py)."""
 
 from __future__ import annotations
 
@@ -156,41 +156,6 @@ def test_pngs_follow_the_umask(exported_tiny, tmp_path, mask):
         os.umask(previous)
     assert result.exit_code == 0, result.output
     assert stat.S_IMODE((tmp_path / "x.png").stat().st_mode) == 0o666 & ~mask
-
-
-def _dead_pid() -> int:
-    process = subprocess.Popen([sys.executable, "-c", "pass"])
-    process.wait()
-    return process.pid
-
-
-def test_stale_leftovers_of_killed_processes_are_cleaned(exported_tiny, tiny_models, tmp_path, private_cache):
-    from sdrt.export.exporter import export_model
-    from sdrt.runtime.pipeline import Pipeline
-
-    dead, alive = _dead_pid(), os.getppid()
-    stale = [tmp_path / f".old-model.partial-{dead}", tmp_path / f".other.old-{dead}"]
-    kept = tmp_path / f".busy.partial-{alive}"
-    for folder in (*stale, kept):
-        folder.mkdir()
-        (folder / "model.onnx").write_bytes(b"half")
-    export_model(str(tiny_models["standard"]), tmp_path / "fresh", progress=lambda line: None)
-    assert not any(path.exists() for path in stale) and kept.exists()
-
-    cache = private_cache / "ort"
-    cache.mkdir(parents=True, exist_ok=True)
-    (cache / f".0123abcd.{dead}").mkdir()
-    (cache / f".4567abcd.{alive}").mkdir()
-    Pipeline.load(tmp_path / "fresh")
-    assert not (cache / f".0123abcd.{dead}").exists() and (cache / f".4567abcd.{alive}").exists()
-
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / f".sdrt-{dead}-abc123.partial").write_bytes(b"half a png")
-    result = CliRunner().invoke(
-        main, ["generate", "x", "--model", str(exported_tiny("standard")), "--steps", "1", "--out", str(out / "x.png")]
-    )
-    assert result.exit_code == 0 and sorted(p.name for p in out.iterdir()) == ["x.png"]
 
 
 @pytest.mark.parametrize("port", ["99999", "-1", "65536", "http"])

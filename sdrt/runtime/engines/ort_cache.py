@@ -30,7 +30,7 @@ from pathlib import Path
 
 from sdrt.runtime.engines.onnxruntime import ORT_ERRORS_ONLY
 from sdrt.runtime.files.integrity import file_sha256, record_sha256
-from sdrt.runtime.files.leftovers import remove_stale
+from sdrt.runtime.files.leftovers import make_temporary_dir, remove_stale, remove_temporary_dir, unmark
 from sdrt.runtime.manifest import ComponentSpec
 
 CACHE_ENV = "SDRT_CACHE"
@@ -38,7 +38,8 @@ SWITCH_ENV = "SDRT_ORT_CACHE"  # "0" turns the cache off
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
 COMPLETE_FILE = "complete.json"  # written last: a folder without it is an interrupted save
-# A save in progress: `.KEY.PID` beside the entries (removed if its process was killed).
+# A save in progress: `.KEY.PID` beside the entries, marked as sdrt's temporary folder (removed
+# if its process was killed).
 STALE_STAGING = re.compile(r"\.[0-9a-f]+\.(?P<pid>\d+)")
 # Initializers from this size go to the data file (small ones stay inline in the graph).
 EXTERNAL_MIN_BYTES = 1024
@@ -152,8 +153,11 @@ def cached_session(source: Path, spec: ComponentSpec, make_options: Callable, pr
             shutil.rmtree(folder, ignore_errors=True)
     staging = folder.with_name(f".{folder.name}.{os.getpid()}")
     options = make_options()
+    made = False
     try:
-        staging.mkdir(parents=True, exist_ok=True)
+        staging.parent.mkdir(parents=True, exist_ok=True)
+        make_temporary_dir(staging)  # fails while another thread of this process saves this graph
+        made = True
         options.optimized_model_filepath = str(staging / MODEL_FILE)
         # ONNX Runtime warns that a saved NCHWc graph is specific to this machine: this cache is
         # (its key names the machine), so the warning would only alarm users.
@@ -170,11 +174,13 @@ def cached_session(source: Path, spec: ComponentSpec, make_options: Callable, pr
         if folder.exists() and not (folder / COMPLETE_FILE).is_file():
             shutil.rmtree(folder, ignore_errors=True)  # an interrupted save
         try:
+            unmark(staging)  # the entry is kept: no longer a temporary folder
             os.replace(staging, folder)
         except OSError:  # another process saved it first
-            shutil.rmtree(staging, ignore_errors=True)
+            remove_temporary_dir(staging)
         return session
     except Exception:
-        shutil.rmtree(staging, ignore_errors=True)
+        if made:
+            remove_temporary_dir(staging)
         # Saving failed (no space, read-only cache): load as usual, without the cache.
         return ort.InferenceSession(str(source), make_options(), providers=providers)

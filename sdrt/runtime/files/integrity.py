@@ -24,14 +24,15 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from sdrt.errors import ModelFolderError
-from sdrt.runtime.files.leftovers import remove_stale
+from sdrt.runtime.files.leftovers import make_temporary_dir, remove_stale, remove_temporary_dir
 from sdrt.runtime.manifest import Manifest, TensorSpec, confined_path
 
 DIGEST_DIR = "digests"
 CHUNK_BYTES = 16 * 2**20
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 SHORT_DIGEST = 12  # hex digits quoted in messages
-STALE_RECORD = re.compile(r"\.[0-9]+-[0-9]+\.json\.(?P<pid>\d+)")  # a record being written
+# A record being written: in the temporary folder `.DEV-INO.json.PID` (sdrt.runtime.files.leftovers).
+STALE_RECORD = re.compile(r"\.[0-9]+-[0-9]+\.json\.(?P<pid>\d+)")
 
 
 def _cache_dir() -> Path:
@@ -65,11 +66,16 @@ def remember(path: Path, sha256: str, stat: os.stat_result | None = None) -> Non
     try:
         record.parent.mkdir(parents=True, exist_ok=True)
         remove_stale(record.parent, STALE_RECORD)
-        staging = record.with_name(f".{record.name}.{os.getpid()}")
-        staging.write_text(json.dumps({"stamp": _stamp(stat), "sha256": sha256}), encoding="utf-8")
-        os.replace(staging, record)
+        staging = make_temporary_dir(record.with_name(f".{record.name}.{os.getpid()}"))
+    except OSError:
+        return
+    try:
+        (staging / record.name).write_text(json.dumps({"stamp": _stamp(stat), "sha256": sha256}), encoding="utf-8")
+        os.replace(staging / record.name, record)
     except OSError:
         pass
+    finally:
+        remove_temporary_dir(staging)
 
 
 def record_sha256(path: Path) -> str:

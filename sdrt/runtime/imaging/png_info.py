@@ -13,21 +13,22 @@ import json
 import math
 import os
 import re
-import tempfile
 import threading
 from pathlib import Path
 
 from PIL import Image, PngImagePlugin
 
 from sdrt.errors import SdrtError
-from sdrt.runtime.files.leftovers import remove_stale
+from sdrt.runtime.files.leftovers import make_unique_temporary_dir, remove_stale, remove_temporary_dir
 from sdrt.runtime.files.user_files import MAX_IMAGE_BYTES, open_regular
 from sdrt.runtime.schedulers import DEFAULT_SCHEDULE, display_name, recorded_schedule
 
 PARAMETERS_KEY = "parameters"
 NEGATIVE_PREFIX = "Negative prompt: "
-# Temporary files beside the output (a short name, so any valid output name has room for it).
+# A temporary folder beside the output (a short name, so any valid output name has room for it),
+# marked as sdrt's (sdrt.runtime.files.leftovers), holding the PNG until it is renamed into place.
 PARTIAL_PREFIX, PARTIAL_SUFFIX = ".sdrt-", ".partial"  # .sdrt-PID-XXXXXXXX.partial
+PARTIAL_FILE = "image.png"
 STALE_PARTIAL = re.compile(r"\.sdrt-(?P<pid>\d+)-\w+\.partial")
 NEW_FILE_MODE = 0o666  # what open() creates a file with, before the umask
 _UMASK_LOCK = threading.Lock()
@@ -187,18 +188,33 @@ def save_png(image: Image.Image, path: Path, parameters_text: str) -> None:
     info = PngImagePlugin.PngInfo()
     info.add_text(PARAMETERS_KEY, parameters_text)
     path = Path(path)
+    check_writable_file(path)
     remove_stale(path.parent, STALE_PARTIAL)
-    handle, temporary = tempfile.mkstemp(
-        prefix=f"{PARTIAL_PREFIX}{os.getpid()}-", suffix=PARTIAL_SUFFIX, dir=path.parent
-    )
+    folder = None
     try:
-        with os.fdopen(handle, "wb") as stream:
+        folder = make_unique_temporary_dir(path.parent, f"{PARTIAL_PREFIX}{os.getpid()}-", PARTIAL_SUFFIX)
+        temporary = folder / PARTIAL_FILE
+        with open(temporary, "xb") as stream:
             image.save(stream, format="PNG", pnginfo=info)
         os.chmod(temporary, NEW_FILE_MODE & ~_umask())
+        check_writable_file(path)  # nothing else took its place meanwhile
         os.replace(temporary, path)
     except OSError as error:
-        Path(temporary).unlink(missing_ok=True)
         raise ImageFileError(f"cannot write {path}: {error.strerror or error}") from None
+    finally:
+        if folder is not None:
+            remove_temporary_dir(folder)
+
+
+def check_writable_file(path: Path) -> None:
+    """A path an image may be written to: absent, or a regular file (never a folder, a FIFO or a
+    device, which writing would replace)."""
+    try:
+        special = path.exists() and not path.is_file()
+    except OSError:  # a name the system cannot look up: writing it reports why
+        return
+    if special:
+        raise ImageFileError(f"{path} exists and is not a regular file; refusing to replace it")
 
 
 def read_parameters(path: Path) -> str:

@@ -58,7 +58,8 @@ def run_stage(stage: Stage, ctx: StepContext, hooks: Sequence[StepHook]) -> np.n
         model_input = scaled
         if channels is not None:
             model_input = np.concatenate([model_input, channels], axis=1)
-        model_input = model_input.astype(denoiser.sample_dtype)
+        with np.errstate(over="ignore"):  # latents past fp16's range: inf, reported by the VAE's NaN check
+            model_input = model_input.astype(denoiser.sample_dtype)
         timestep = np.array([sampler.timesteps[index]], dtype=denoiser.timestep_dtype)
         calls = stage.conditioning.calls(index - counted_from, denoiser.dtypes)
         called = time.perf_counter()

@@ -50,7 +50,9 @@ class ClassifierFreeGuidance(NoGuidance):
 
     def combine(self, prediction: np.ndarray) -> np.ndarray:
         unconditional, conditional = np.split(prediction, 2)
-        return unconditional + self.scale * (conditional - unconditional)
+        # A huge scale overflows to inf here; the decoded image's NaN check reports it, once.
+        with np.errstate(over="ignore", invalid="ignore"):
+            return unconditional + self.scale * (conditional - unconditional)
 
 
 class GuidanceEmbedding(NoGuidance):

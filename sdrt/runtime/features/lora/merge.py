@@ -79,13 +79,17 @@ def merged_tensors(
     layout and dtype, for every layer of `component` a LoRA touches."""
     deltas: dict[str, np.ndarray] = {}
     for resolved, strength in uses:
-        scale = np.float32(strength.of(component))
-        for layer, module in resolved.layers.get(component, ()):
-            delta = layer.delta(weights.weights[module].shape) * scale
-            deltas[module] = deltas[module] + delta if module in deltas else delta
+        # A weight past float32's range overflows to inf (no warning printed): the NaN check of
+        # the decoded image reports it.
+        with np.errstate(over="ignore", invalid="ignore"):
+            scale = np.float32(strength.of(component))
+            for layer, module in resolved.layers.get(component, ()):
+                delta = layer.delta(weights.weights[module].shape) * scale
+                deltas[module] = deltas[module] + delta if module in deltas else delta
     merged = {}
     for module, delta in deltas.items():
         mapped = weights.weights[module]
         base = weights.pristine(mapped.initializer)
-        merged[mapped.initializer] = (base.astype(np.float32) + mapped.to_graph(delta)).astype(base.dtype)
+        with np.errstate(over="ignore", invalid="ignore"):  # inf deltas: reported as above
+            merged[mapped.initializer] = (base.astype(np.float32) + mapped.to_graph(delta)).astype(base.dtype)
     return merged

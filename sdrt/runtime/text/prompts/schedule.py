@@ -67,16 +67,18 @@ def prompt_schedule(prompt: str, steps: int) -> Schedule:
         nodes = _Parser(prompt).top()
     except (_NoParse, _TooDeep):
         return [(steps, prompt)]
-    boundaries = {steps}
-    for node in _walk(nodes):
+    boundaries, alternates = {steps}, False
+    for node in _walk(nodes):  # only the steps where a text can change: an edit's, or every one
         if isinstance(node, _Edit):
-            value = float(node.when_text)  # may be infinite (1e999): capped before int()
-            scaled = value * steps if "." in node.when_text else value
-            node.when = steps if scaled >= steps else int(max(scaled, 0.0))
+            value = float(node.when_text)
+            when = value * steps if "." in node.when_text else value
+            node.when = int(min(float(steps), max(0.0, when)))  # 1e999 is the last step, not an overflow
             if node.when >= 1:
                 boundaries.add(node.when)
         elif isinstance(node, _Alternation):
-            boundaries.update(range(1, steps + 1))
+            alternates = True
+    if alternates:  # once, however many alternations (each changes at every step)
+        boundaries.update(range(1, steps + 1))
     return [(step, _render(nodes, step)) for step in sorted(boundaries)]
 
 
