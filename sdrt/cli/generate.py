@@ -40,7 +40,14 @@ from sdrt.runtime.schedulers import DEFAULT_SAMPLER, DEFAULT_SCHEDULE, SAMPLER_N
     default=DEFAULT_GUIDANCE,
     show_default=True,
     type=FiniteFloat(0),
-    help="Classifier-free guidance scale.",
+    help="Classifier-free guidance scale (FLUX.1 dev: the distilled guidance, e.g. 3.5).",
+)
+@click.option(
+    "--true-cfg",
+    "true_cfg",
+    default=None,
+    type=FiniteFloat(0),
+    help="FLUX.1: real classifier-free guidance with --negative-prompt (two transformer batches a step).",
 )
 @click.option("--seed", default=None, type=int, help="Random seed (same image as diffusers with this seed).")
 @click.option("--height", default=None, type=int, help="Image height (default: the model's native size).")
@@ -114,6 +121,7 @@ def generate(
     negative_prompt,
     steps,
     guidance,
+    true_cfg,
     seed,
     height,
     width,
@@ -210,6 +218,7 @@ def generate(
         negative_prompt=negative_prompt,
         steps=steps,
         guidance_scale=guidance,
+        true_cfg_scale=true_cfg,
         seed=seed,
         height=height,
         width=width,
