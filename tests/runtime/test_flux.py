@@ -110,6 +110,31 @@ def test_true_cfg_with_a_negative_prompt_equals_flux_pipeline(tiny_flux, dev):
     assert np.abs(plain - got.array).max() > MAX_PIXEL_ERROR  # true CFG changed the image
 
 
+@pytest.mark.parametrize(("steps", "strength"), [(3, 0.8), (4, 0.6)])
+def test_image_to_image_equals_flux_img2img_pipeline(tiny_flux, dev, steps, strength):
+    """3 steps at 0.8 skips none (FLUX rounds the skipped steps down, SD the kept ones)."""
+    from diffusers import FluxImg2ImgPipeline
+
+    pixels = np.random.default_rng(0).random((SIZE["height"], SIZE["width"], 3))
+    image = Image.fromarray((pixels * 255).astype(np.uint8))
+    settings = {"steps": steps, "seed": 3, "guidance_scale": DEV_GUIDANCE, **SIZE}
+    got = dev.generate(PROMPT, init_image=image, strength=strength, **settings)
+    reference = FluxImg2ImgPipeline.from_pretrained(tiny_flux["dev"])
+    reference.set_progress_bar_config(disable=True)
+    expected = reference(
+        PROMPT,
+        image=image,
+        strength=strength,
+        num_inference_steps=steps,
+        guidance_scale=DEV_GUIDANCE,
+        generator=torch.Generator().manual_seed(3),
+        max_sequence_length=dev.manifest.flux.max_sequence_length,
+        output_type="np",
+        **SIZE,
+    ).images
+    assert_same_image(got.array, expected)
+
+
 def test_a_negative_prompt_without_true_cfg_is_ignored_with_a_warning(dev):
     settings = {"steps": 2, "seed": 3, "guidance_scale": DEV_GUIDANCE, **SIZE}
     with_negative = dev.generate(PROMPT, negative_prompt="blurry", **settings)
@@ -151,3 +176,22 @@ def test_sdrt_generate_runs_flux_without_torch_and_equals_diffusers(tiny_flux, e
     written = np.asarray(Image.open(out).convert("RGB"), dtype=np.float32) / 255
     expected = _diffusers_image(tiny_flux["dev"], dev, 6, prompt=PROMPT, guidance_scale=DEV_GUIDANCE)[0]
     assert np.abs(written - expected).max() <= MAX_PIXEL_ERROR + 0.5 / 255  # 8-bit rounding on top
+
+
+def test_sdrt_info_and_tokenize_show_both_tokenizers(exported_flux):
+    import json
+
+    from click.testing import CliRunner
+    from transformers import CLIPTokenizer, T5TokenizerFast
+
+    from sdrt.cli import main
+
+    folder = exported_flux("dev")
+    info = CliRunner().invoke(main, ["info", str(folder)])
+    assert info.exit_code == 0 and "FLUX.1: guidance-distilled" in info.output and "511 tokens" in info.output
+    text = "a red fox </s> in the snow"
+    shown = CliRunner().invoke(main, ["tokenize", text, "--model", str(folder), "--json"])
+    assert shown.exit_code == 0, shown.output
+    row = json.loads(shown.output)[0]
+    assert row["t5"]["input_ids"] == T5TokenizerFast.from_pretrained(folder / "tokenizer_2")(text).input_ids
+    assert row["clip"]["input_ids"] == CLIPTokenizer.from_pretrained(folder / "tokenizer")(text).input_ids

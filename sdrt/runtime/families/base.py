@@ -130,6 +130,11 @@ class Family:
         """The sampler's tables for a request of `steps` steps."""
         sampler.set_timesteps(steps)
 
+    def skipped_steps(self, steps: int, strength: float) -> int:
+        """The steps image-to-image skips at this strength (StableDiffusionImg2ImgPipeline's
+        get_timesteps: the kept steps rounded down)."""
+        return steps - min(int(steps * strength), steps)
+
     def zero_negative(self, manifest: Manifest, request: GenerationRequest) -> bool:
         """Whether the negative rows get zeros instead of an encoded negative prompt."""
         return False

@@ -119,6 +119,10 @@ class Flux(Family):
             mu = sampler.dynamic_shift_mu((resolved.height // patch) * (resolved.width // patch))
         sampler.set_timesteps(steps, mu=mu, sigmas=flux_sigmas(steps))
 
+    def skipped_steps(self, steps: int, strength: float) -> int:
+        """FluxImg2ImgPipeline's get_timesteps: the skipped steps rounded down (SD rounds the kept)."""
+        return int(max(steps - min(steps * strength, steps), 0))
+
     def check_request(self, request: GenerationRequest, manifest: Manifest) -> None:
         super().check_request(request, manifest)
         scale = request.true_cfg_scale
