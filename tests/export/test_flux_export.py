@@ -81,3 +81,35 @@ def test_t5_stays_fp32_under_fp16_unless_asked():
     assert component_options(fp16, CLIP_ENCODER, t5_precision_for(fp16)).precision == "fp16"
     asked = ExportOptions(precision="fp16", t5_precision="fp16")
     assert component_options(asked, T5_ENCODER, t5_precision_for(asked)).precision == "fp16"
+
+
+def test_a_t5_with_only_spiece_model_is_written_with_a_tokenizer_json(tiny_flux, tmp_path):
+    """Google's T5 releases ship spiece.model only: the export writes the tokenizer.json the
+    runtime reads, and its pieces are SentencePiece's own."""
+    import shutil
+    from types import SimpleNamespace
+
+    import sentencepiece
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from transformers import CLIPTokenizer
+
+    from sdrt.export.flux import write_flux_files
+    from sdrt.export.random_flux import CORPUS, SPIECE_MODEL, t5_tokenizer_from_spiece
+    from sdrt.runtime.text.t5_tokenizer import T5Tokenizer
+
+    source = tiny_flux["dev"]
+    spiece_only = tmp_path / "spiece-only"
+    spiece_only.mkdir()
+    shutil.copy(source / "tokenizer_2" / SPIECE_MODEL, spiece_only / SPIECE_MODEL)
+    pipeline = SimpleNamespace(
+        tokenizer=CLIPTokenizer.from_pretrained(source / "tokenizer"),
+        tokenizer_2=t5_tokenizer_from_spiece(spiece_only),
+        scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(source / "scheduler"),
+    )
+    out = tmp_path / "export"
+    write_flux_files(pipeline, out, [TRANSFORMER])
+    ours = T5Tokenizer.from_folder(out / "tokenizer_2", max_length=64)
+    reference = sentencepiece.SentencePieceProcessor(model_file=str(spiece_only / SPIECE_MODEL))
+    for text in CORPUS.read_text(encoding="utf-8").splitlines():
+        assert ours.tokenize(text) == reference.encode(text), text
+    assert json.loads((out / "model_index.json").read_text())["_class_name"] == "FluxPipeline"

@@ -135,6 +135,36 @@ def test_image_to_image_equals_flux_img2img_pipeline(tiny_flux, dev, steps, stre
     assert_same_image(got.array, expected)
 
 
+@pytest.mark.parametrize(("steps", "strength"), [(3, 0.8), (4, 1.0)])
+def test_inpainting_equals_flux_inpaint_pipeline(tiny_flux, dev, steps, strength):
+    """The transformer denoises everything; after each step the kept region is the image's
+    latents noised to the next step's level (sdrt.runtime.loop.modes.InpaintBlend)."""
+    from diffusers import FluxInpaintPipeline
+
+    pixels = np.random.default_rng(1).random((SIZE["height"], SIZE["width"], 3))
+    image = Image.fromarray((pixels * 255).astype(np.uint8))
+    hole = np.zeros((SIZE["height"], SIZE["width"]), np.uint8)
+    hole[16:48, 8:40] = 255
+    mask = Image.fromarray(hole)
+    settings = {"steps": steps, "seed": 8, "guidance_scale": DEV_GUIDANCE, **SIZE}
+    got = dev.generate(PROMPT, init_image=image, mask_image=mask, strength=strength, **settings)
+    reference = FluxInpaintPipeline.from_pretrained(tiny_flux["dev"])
+    reference.set_progress_bar_config(disable=True)
+    expected = reference(
+        PROMPT,
+        image=image,
+        mask_image=mask,
+        strength=strength,
+        num_inference_steps=steps,
+        guidance_scale=DEV_GUIDANCE,
+        generator=torch.Generator().manual_seed(8),
+        max_sequence_length=dev.manifest.flux.max_sequence_length,
+        output_type="np",
+        **SIZE,
+    ).images
+    assert_same_image(got.array, expected)
+
+
 def test_a_negative_prompt_without_true_cfg_is_ignored_with_a_warning(dev):
     settings = {"steps": 2, "seed": 3, "guidance_scale": DEV_GUIDANCE, **SIZE}
     with_negative = dev.generate(PROMPT, negative_prompt="blurry", **settings)

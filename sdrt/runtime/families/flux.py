@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
 #: Image tokens are 2x2 patches of latents.
 PATCH = 2
-FLUX_FEATURES = frozenset({"img2img", "init_latents"})
+FLUX_FEATURES = frozenset({"img2img", "init_latents", "inpainting"})
 
 
 def flux_sigmas(steps: int) -> np.ndarray:
