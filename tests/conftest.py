@@ -107,3 +107,18 @@ def sdxl_reference(class_name: str, folder: Path):
     pipeline = getattr(diffusers, class_name).from_pretrained(folder, add_watermarker=False)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
+
+
+@pytest.fixture(scope="session")
+def tiny_flux(tmp_path_factory) -> dict[str, Path]:
+    """Tiny random FLUX.1 pipelines (dev, schnell) as diffusers folders, once per session."""
+    from sdrt.export.random_flux import FLUX_KINDS, save_random_flux
+
+    root = tmp_path_factory.mktemp("tiny-flux")
+    return {kind: save_random_flux(root / kind, kind=kind, seed=0) for kind in FLUX_KINDS}
+
+
+@pytest.fixture(scope="session")
+def exported_flux(tiny_flux, tmp_path_factory):
+    """Function kind -> folder of that tiny FLUX model exported to fp32 ONNX (once per session)."""
+    return _exports(tiny_flux, tmp_path_factory.mktemp("exported-flux"), "dev")

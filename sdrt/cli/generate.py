@@ -48,7 +48,14 @@ from sdrt.runtime.schedulers import (
     default=DEFAULT_GUIDANCE,
     show_default=True,
     type=FiniteFloat(0),
-    help="Classifier-free guidance scale.",
+    help="Classifier-free guidance scale (FLUX.1 dev: the distilled guidance, e.g. 3.5).",
+)
+@click.option(
+    "--true-cfg",
+    "true_cfg",
+    default=None,
+    type=FiniteFloat(0),
+    help="FLUX.1: real classifier-free guidance with --negative-prompt (two transformer batches a step).",
 )
 @click.option(
     "--seed",
@@ -130,6 +137,7 @@ def generate(
     negative_prompt,
     steps,
     guidance,
+    true_cfg,
     seed,
     height,
     width,
@@ -229,6 +237,7 @@ def generate(
         negative_prompt=negative_prompt,
         steps=steps,
         guidance_scale=guidance,
+        true_cfg_scale=true_cfg,
         seeds=consecutive_seeds(seed, num_images),  # image k: seed + k, each reproducible alone (A1111)
         height=height,
         width=width,

@@ -17,7 +17,14 @@ from sdrt.errors import SdrtError
 from sdrt.runtime.engines import BACKEND_NAMES, DEFAULT_BACKEND
 from sdrt.runtime.manifest import DEFAULT_PROMPT_CHUNKS
 
-RANDOM_NAMES = ("tiny", "sd15", "tiny-sdxl", "sdxl")  # sdrt.export.random_sources.RANDOM_MODELS (no import here)
+RANDOM_NAMES = (
+    "tiny",
+    "sd15",
+    "tiny-sdxl",
+    "sdxl",
+    "tiny-flux",
+    "tiny-flux-schnell",
+)  # sdrt.export.random_sources.RANDOM_MODELS (no import here)
 
 
 @main.command()
@@ -27,7 +34,7 @@ RANDOM_NAMES = ("tiny", "sd15", "tiny-sdxl", "sdxl")  # sdrt.export.random_sourc
     "random_name",
     default=None,
     type=click.Choice(RANDOM_NAMES),
-    help="Instead of MODEL: a random-weight model (tiny, sd15, tiny-sdxl, sdxl), to try every step offline.",
+    help="Instead of MODEL: a random-weight model, to try every step offline.",
 )
 @click.option(
     "--out",
@@ -56,6 +63,12 @@ RANDOM_NAMES = ("tiny", "sd15", "tiny-sdxl", "sdxl")  # sdrt.export.random_sourc
     default="fp32",
     show_default=True,
     help="VAE precision: the fp16 SD VAE can overflow into NaN/black images.",
+)
+@click.option(
+    "--t5-precision",
+    type=click.Choice(["fp32", "fp16"]),
+    default=None,
+    help="FLUX.1's T5 encoder [default: fp32, even with --precision fp16: T5 overflows in fp16].",
 )
 @click.option(
     "--target",
@@ -93,6 +106,7 @@ def export(
     config_dir: str | None,
     precision: str,
     vae_precision: str,
+    t5_precision: str | None,
     target: str,
     optimize: bool,
     max_prompt_chunks: int,
@@ -127,6 +141,7 @@ def export(
     options = ExportOptions(
         precision=precision,
         vae_precision=vae_precision,
+        t5_precision=t5_precision,
         target=target,
         optimize=optimize,
         max_prompt_chunks=max_prompt_chunks,

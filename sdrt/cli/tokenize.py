@@ -57,8 +57,14 @@ def tokenize(
     mode = emphasis_mode("None" if plain_prompt else emphasis)
     sources = [EmbeddingSource.parse(s) for s in embedding_sources(embedding_dirs, embedding_files)]
     names: dict[int, str] = {}
-    if (folder / MANIFEST_NAME).is_file():  # a malformed model folder is one line here too
-        encoders = TextEncoders.load(folder, Manifest.load(folder), sources)  # SDXL: the first encoder's
+    manifest = Manifest.load(folder) if (folder / MANIFEST_NAME).is_file() else None
+    if manifest is not None and manifest.flux is not None:
+        if sources:
+            raise SdrtError("FLUX.1 exports take no textual-inversion embeddings")
+        _flux_tokens(folder, manifest, prompts, as_json)
+        return
+    if manifest is not None:  # a malformed model folder is one line here too
+        encoders = TextEncoders.load(folder, manifest, sources)  # SDXL: the first encoder's
         tokenizer = encoders.tokenizers[0]
         if encoders.tables[0] is not None:  # an embedding's ids show as NAME#N
             for triggers in encoders.tables[0].by_first.values():
@@ -106,3 +112,30 @@ def tokenize(
                 for token, weight in zip(chunk["tokens"][:shown], chunk["weights"][:shown])
             ]
             click.echo(" ".join(words))
+
+
+def _flux_tokens(folder: Path, manifest, prompts: tuple[str, ...], as_json: bool) -> None:
+    """Both FLUX tokenizers' ids of each prompt as plain text (CLIP's for the pooled embedding,
+    T5's for the hidden states), up to each one's end token, and what each cut."""
+    from sdrt.runtime.text.flux_encoders import FluxTextEncoders
+
+    encoders = FluxTextEncoders.load(folder, manifest)
+    rows = []
+    for prompt in prompts:
+        row: dict = {"prompt": prompt}
+        for name, tokenizer in zip(("clip", "t5"), encoders.tokenizers):
+            encoded = tokenizer.encode(prompt)
+            ids = encoded.input_ids[0].tolist()[: encoded.lengths[0]]
+            row[name] = {"input_ids": ids, "tokens": [tokenizer.decode([i]) for i in ids]}
+            row[name]["cut"] = encoded.dropped_text[0]
+        rows.append(row)
+    if as_json:
+        click.echo(json.dumps(rows, ensure_ascii=False))
+        return
+    for row in rows:
+        for name in ("clip", "t5"):
+            part = row[name]
+            cut = f", cut: {part['cut']!r}" if part["cut"] else ""
+            click.echo(f"{name} ({len(part['input_ids'])} tokens{cut}):")
+            click.echo(" ".join(str(i) for i in part["input_ids"]))
+            click.echo(" ".join(part["tokens"]))

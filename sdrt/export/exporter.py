@@ -41,9 +41,12 @@ class ExportOptions:
     max_prompt_chunks: int = DEFAULT_PROMPT_CHUNKS  # the UNet's longest text context, in encoder lengths
     tiny_vae: str | None = None  # an AutoencoderTiny (folder or hub id) to export beside the VAE
     deepcache: bool = False  # also the graphs DeepCache needs (sdrt.export.deepcache)
+    t5_precision: str | None = None  # FLUX's T5: fp32 unless asked (it overflows in fp16)
 
     def __post_init__(self):
         onnx_graph.check_choice("precision", self.precision, onnx_graph.PRECISIONS)
+        if self.t5_precision is not None:
+            onnx_graph.check_choice("T5 precision", self.t5_precision, onnx_graph.PRECISIONS)
         onnx_graph.check_choice("VAE precision", self.vae_precision, onnx_graph.PRECISIONS)
         onnx_graph.check_choice("target", self.target, onnx_graph.TARGETS)
         if not isinstance(self.max_prompt_chunks, int) or self.max_prompt_chunks < 1:
@@ -192,7 +195,21 @@ def export_pipeline(
 ) -> Manifest:
     """Export, validate and write the folder; returns its manifest. `release_weights` (for a
     pipeline nothing else uses) drops each module's weights once no later engine needs them,
-    which keeps a full-size SDXL export within 24 GiB."""
+    which keeps a full-size SDXL export within 24 GiB. FLUX.1 is sdrt.export.flux_export's."""
+    from sdrt.export.flux import is_flux
+
+    if is_flux(pipeline):
+        from sdrt.export.flux_export import export_flux_pipeline
+
+        return export_flux_pipeline(
+            pipeline,
+            out_dir,
+            source=source,
+            options=options,
+            overwrite=overwrite,
+            progress=progress,
+            release_weights=release_weights,
+        )
     out_dir = Path(out_dir)
     geometry = ModelGeometry.of(pipeline, options.max_prompt_chunks)
     if options.optimize and options.target == "cuda":

@@ -27,12 +27,23 @@ def _sdxl(size: str) -> Callable[[Path], Path]:
     return build
 
 
+def _flux(kind: str) -> Callable[[Path], Path]:
+    def build(folder: Path) -> Path:
+        from sdrt.export.random_flux import save_random_flux
+
+        return save_random_flux(folder, kind=kind, seed=0)
+
+    return build
+
+
 #: Name -> (what it is, builder). The full-size ones have real architectures for benchmarks.
 RANDOM_MODELS: dict[str, tuple[str, Callable[[Path], Path]]] = {
     "tiny": ("a tiny SD 1.x (seconds to build and run; for trying the whole path)", _sd("tiny")),
     "sd15": ("SD 1.5's full-size architecture (benchmarks; about 4 GB)", _sd("sd15")),
     "tiny-sdxl": ("a tiny SDXL base", _sdxl("tiny")),
     "sdxl": ("SDXL 1.0 base's full-size architecture (benchmarks; about 14 GB)", _sdxl("full")),
+    "tiny-flux": ("a tiny FLUX.1 dev (guidance-distilled)", _flux("dev")),
+    "tiny-flux-schnell": ("a tiny FLUX.1 schnell", _flux("schnell")),
 }
 
 

@@ -11,7 +11,10 @@ from sdrt.runtime.files.user_files import present
 
 REQUIRED_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
-UNSUPPORTED_COMPONENTS = {"transformer": "a diffusion transformer (SD3, Flux)", "text_encoder_3": "SD3"}
+UNSUPPORTED_COMPONENTS = {"text_encoder_3": "SD3"}
+#: FLUX.1 folders (sdrt.export.flux): diffusers' class names and their components.
+FLUX_CLASS = "FluxPipeline"
+FLUX_COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler")
 SDXL_COMPONENT = "text_encoder_2"
 # diffusers pipeline classes by what a model is; the refiner has no first text encoder, which
 # only the image-to-image class accepts.
@@ -32,8 +35,12 @@ class NotAPipeline(ModelFolderError):
 
 def _pipeline_class_for_index(index: dict) -> str:
     """The diffusers class that loads a folder with this model_index.json."""
+    if str(index.get("_class_name", "")).startswith("Flux"):
+        return FLUX_CLASS
     if SDXL_COMPONENT not in index:
         return SD_CLASS
+    if "transformer" in index:
+        return FLUX_CLASS
     if index.get("text_encoder", [None])[0] is None:
         return SDXL_REFINER_CLASS
     named = index.get("_class_name")
@@ -75,9 +82,15 @@ def _check_diffusers_folder(folder: Path) -> dict:
     index = _read_index(folder)
     for component, family in UNSUPPORTED_COMPONENTS.items():
         if component in index:
-            raise ModelFolderError(f"{folder} is {family}; sdrt exports Stable Diffusion 1.x, 2.x and SDXL only")
+            raise ModelFolderError(
+                f"{folder} is {family}; sdrt exports Stable Diffusion 1.x, 2.x, SDXL and FLUX.1 only"
+            )
+    if "transformer" in index and _pipeline_class_for_index(index) != FLUX_CLASS:
+        raise ModelFolderError(f"{folder} is a diffusion transformer sdrt does not export (FLUX.1 only)")
     required = REQUIRED_COMPONENTS
-    if SDXL_COMPONENT in index:
+    if "transformer" in index:
+        required = FLUX_COMPONENTS
+    elif SDXL_COMPONENT in index:
         required = ("unet", "vae", SDXL_COMPONENT, "tokenizer_2", "scheduler")
     missing = [c for c in required if not (folder / c).is_dir()]
     if missing:
@@ -138,6 +151,6 @@ def _from(diffusers, class_name: str, method: str, source, **kwargs):
     safety checker, SDXL ones their watermarker. Weights load as float32."""
     if class_name in SDXL_CLASSES:
         kwargs["add_watermarker"] = False
-    else:
+    elif class_name != FLUX_CLASS:
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     return getattr(getattr(diffusers, class_name), method)(source, **kwargs)

@@ -20,8 +20,6 @@ from sdrt.runtime.loop import modes
 from sdrt.runtime.loop.conditioning import clip_skip_warning, encode_conditioning
 from sdrt.runtime.loop.context import GenerationCancelled, RunWatch, StepContext
 from sdrt.runtime.loop.denoise import denoise
-from sdrt.runtime.loop.denoiser import EngineDenoiser
-from sdrt.runtime.loop.guiders import guider_for
 from sdrt.runtime.loop.hooks import ProgressHook, StepHook
 from sdrt.runtime.loop.stage import Stage
 from sdrt.runtime.loop.timings import (
@@ -83,10 +81,10 @@ def run_resolved(
     engine = engines[names.component]
     with timings.stage(TEXT_ENCODER):
         clip_skip_warning(pipeline.text_encoders, resolved, warnings)
-        guider = guider_for(engine, request, resolved.guided, warnings)
+        guider = pipeline.family.guider(engine, resolved, warnings)
         conditioning = encode_conditioning(pipeline.text_encoders, engines, resolved, guider, warnings, timings)
-    sampler = pipeline.new_sampler(request)
-    denoiser = EngineDenoiser(engine, names)
+    sampler = pipeline.new_sampler(request, resolved)
+    denoiser = pipeline.family.make_denoiser(engine)
     if request.deepcache is not None:
         denoiser = StepCachedDenoiser(engine, pipeline.optional_engine(UNET_SHALLOW), names, request.deepcache.interval)
     start = modes.prepare(

@@ -62,6 +62,16 @@ DOWN_RESIDUAL_PREFIX, MID_RESIDUAL = "down_block_residual_", "mid_block_residual
 CONTROL_IMAGE = "controlnet_cond"  # a ControlNet's conditioning image, [0, 1] RGB at the image's size
 #: A tiny VAE's decoder (AutoencoderTiny), exported beside the full one (sdrt.export.tiny_vae).
 TINY_VAE_DECODER, TINY_VAE_ENCODER = "vae_decoder_tiny", "vae_encoder_tiny"
+#: FLUX.1 (sdrt.runtime.families.flux): the denoiser, its inputs besides the text context, and dims.
+TRANSFORMER = "transformer"
+HIDDEN_STATES, POOLED_PROJECTIONS, IMG_IDS, TXT_IDS, GUIDANCE = (
+    "hidden_states",
+    "pooled_projections",
+    "img_ids",
+    "txt_ids",
+    "guidance",
+)
+IMAGE_TOKENS, T5_SEQUENCE = "image_tokens", "t5_sequence"  # packed 2x2 latent patches; T5's padded length
 #: Every engine an export may have (SDXL adds the second text encoder; a refiner has only it).
 COMPONENT_NAMES = (
     "text_encoder",
@@ -72,6 +82,7 @@ COMPONENT_NAMES = (
     TINY_VAE_DECODER,
     TINY_VAE_ENCODER,
     UNET_SHALLOW,
+    TRANSFORMER,
 )
 #: The text encoder and tokenizer of SD 1.x/2.x exports (SDXL lists its own in `sdxl`).
 CLIP_TEXT_ENCODER, CLIP_TOKENIZER = "text_encoder", "tokenizer"
@@ -150,6 +161,17 @@ class SdxlSpec:
 
 
 @dataclass(frozen=True)
+class FluxSpec:
+    """What a FLUX.1 export's runtime reads from the model (sdrt.runtime.families.flux)."""
+
+    text_encoders: list[str]  # [CLIP (pooled output), T5 (hidden states)]
+    tokenizers: list[str]  # their folders
+    max_sequence_length: int  # T5's padded length (FluxPipeline's max_sequence_length)
+    guidance_embeds: bool  # guidance-distilled (dev): the transformer takes `guidance`
+    t5_precision: str  # T5 overflows in fp16 on real weights: fp32 unless asked
+
+
+@dataclass(frozen=True)
 class TinyVaeSpec:
     """The tiny VAE decoder's own latent scaling (TAESD: 1 and 0, its latents are the UNet's)."""
 
@@ -178,6 +200,7 @@ class Manifest:
     sdxl: SdxlSpec | None = None  # SDXL families only
     token_table_rows: dict[str, int] = field(default_factory=dict)  # text encoder -> its token table's rows
     tiny_vae: TinyVaeSpec | None = None  # with a vae_decoder_tiny component
+    flux: FluxSpec | None = None  # FLUX.1 only
 
     @property
     def sampler_space(self) -> str:
@@ -222,6 +245,8 @@ class Manifest:
         data["components"] = components
         if data.get("sdxl") is not None:
             data["sdxl"] = SdxlSpec(**data["sdxl"])
+        if data.get("flux") is not None:
+            data["flux"] = FluxSpec(**data["flux"])
         if data.get("tiny_vae") is not None:
             data["tiny_vae"] = TinyVaeSpec(**data["tiny_vae"])
         return cls(**data)

@@ -34,14 +34,27 @@ def model_summary(folder: str | Path) -> dict:
         "max_batch": batch.max if batch else None,
         "max_prompt_tokens": _prompt_tokens(manifest),
         "tiny_vae": manifest.tiny_vae is not None,
+        **({} if manifest.flux is None else {"flux": _flux(manifest)}),
         "components": components,
         "source": manifest.source.get("model"),
+    }
+
+
+def _flux(manifest: Manifest) -> dict:
+    flux = manifest.flux
+    assert flux is not None  # called for FLUX exports only
+    return {
+        "guidance_distilled": flux.guidance_embeds,
+        "t5_tokens": flux.max_sequence_length,
+        "t5_precision": flux.t5_precision,
     }
 
 
 def _prompt_tokens(manifest: Manifest) -> int:
     from sdrt.runtime.manifest import TEXT_SEQUENCE
 
+    if manifest.flux is not None:  # T5's padded length, less its end token (CLIP's 75 are its pooled part)
+        return manifest.flux.max_sequence_length - 1
     sequence = manifest.dims.get(TEXT_SEQUENCE)
     chunks = 1 if sequence is None else sequence.max // manifest.text_length  # older exports: one chunk
     return chunks * (manifest.text_length - 2)  # each chunk holds its tokens between start and end
@@ -61,6 +74,10 @@ def format_summary(summary: dict) -> str:
         f"longest prompt: {summary['max_prompt_tokens']} tokens",
         f"tiny VAE: {'yes' if summary['tiny_vae'] else 'no'}",
     ]
+    if "flux" in summary:
+        flux = summary["flux"]
+        kind = "guidance-distilled (--guidance)" if flux["guidance_distilled"] else "no guidance input"
+        lines.append(f"FLUX.1: {kind}; T5 {flux['t5_precision']}, {flux['t5_tokens']} tokens")
     lines += [
         f"  {name}: {c['precision']} for {c['target']}, {c['mib']} MiB" for name, c in summary["components"].items()
     ]

@@ -33,6 +33,8 @@ def generation_parameters(
         parameters["seeds"] = list(resolved.seeds)
     if resolved.from_image:
         parameters["strength"] = resolved.strength
+    if request.true_cfg_scale is not None:  # FLUX.1's real CFG (guidance_scale is then the distilled guidance)
+        parameters["true_cfg_scale"] = float(request.true_cfg_scale)
     options = resolved.text_options
     if options.clip_skip > 1:  # A1111 records these only when they change something
         parameters["clip_skip"] = options.clip_skip

@@ -48,7 +48,7 @@ from sdrt.runtime.loop.timings import (
 from sdrt.runtime.manifest import MANIFEST_NAME, Manifest
 from sdrt.runtime.model_folder import infer_manifest
 from sdrt.runtime.parameters import generation_parameters
-from sdrt.runtime.request import GenerationError, GenerationRequest
+from sdrt.runtime.request import GenerationError, GenerationRequest, ResolvedRequest
 from sdrt.runtime.rng import TorchGenerator
 from sdrt.runtime.schedulers import Scheduler, sampler_from_config
 from sdrt.runtime.schedulers.kdiffusion.sampler import KDiffusionSampler
@@ -178,7 +178,8 @@ class Pipeline:
             raise ModelFolderError(f"{scheduler_path}: {error}") from None
         manifest, make_engine = backend.load(folder, manifest, options, sessions)
         sources = [e if isinstance(e, EmbeddingSource) else EmbeddingSource.parse(str(e)) for e in embeddings or ()]
-        text_encoders = TextEncoders.load(folder, manifest, sources)  # after the backend: its profile limits prompts
+        # After the backend: its profile limits prompts.
+        text_encoders = manifest.model_family.load_text_encoders(folder, manifest, sources)
         engines = {name: make_engine(name) for name in loaded}
         pipeline = cls(
             folder,
@@ -293,14 +294,15 @@ class Pipeline:
             raise
         return finish(result)
 
-    def new_sampler(self, request: GenerationRequest) -> Scheduler:
+    def new_sampler(self, request: GenerationRequest, resolved: ResolvedRequest | None = None) -> Scheduler:
+        """The request's sampler with its tables (the family's: FLUX's shift reads the size)."""
         sampler = sampler_from_config(request.sampler, self.scheduler_config, request.schedule)
         if isinstance(sampler, KDiffusionSampler):  # A1111's Align Your Steps levels are SDXL's for SDXL
             sampler.sdxl = isinstance(self.manifest.model_family, StableDiffusionXL)
         if request.eta is not None:
             sampler.eta = request.eta
         try:
-            sampler.set_timesteps(request.steps)
+            self.family.set_timesteps(sampler, request.steps, self.manifest, resolved)
         except ConfigError as error:
             raise GenerationError(str(error), "steps") from None
         return sampler

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +32,7 @@ from sdrt.runtime.imaging.inputs import InputImageError, open_image, target_size
 from sdrt.runtime.manifest import BATCH, HEIGHT, WIDTH, Manifest
 from sdrt.runtime.request_checks import check_counts, check_deepcache, check_sampling, check_vae, latent_size
 from sdrt.runtime.request_fields import ALONE, PER_ROW, SHARED
-from sdrt.runtime.schedulers import DEFAULT_SAMPLER, DEFAULT_SCHEDULE
+from sdrt.runtime.schedulers import DEFAULT_SAMPLER, DEFAULT_SCHEDULE, SAMPLERS
 from sdrt.runtime.seeds import MAX_SEED as MAX_SEED  # where callers read it
 from sdrt.runtime.seeds import image_seeds, request_seeds
 from sdrt.runtime.text.checks import check_text
@@ -106,6 +106,9 @@ class GenerationRequest:
     latents: np.ndarray | None = field(default=None, compare=False, metadata=ALONE)
     size_conditioning: SizeConditioning | None = field(default=None, metadata=SHARED)
     refiner_switch: float | None = field(default=None, metadata=SHARED)
+    # FLUX.1 only: real classifier-free guidance with a negative prompt (guidance_scale is then
+    # a guidance-distilled model's embedded guidance).
+    true_cfg_scale: float | None = field(default=None, metadata=SHARED)
     emphasis: str = field(default=DEFAULT_EMPHASIS, metadata=SHARED)
     clip_skip: int = field(default=1, metadata=SHARED)
     plain_prompt: bool = field(default=False, metadata=SHARED)
@@ -141,6 +144,8 @@ class ResolvedRequest:
     controls: tuple[tuple[ControlUnit, Image.Image], ...] = ()  # each ControlNet and its opened image
     init_latents: np.ndarray | None = None
     per_image_seeds: bool = False
+    #: The classifier-free guidance scale (the family's: FLUX's true CFG); None: guidance_scale.
+    cfg_scale: float | None = None
 
     @property
     def seed_rows(self) -> int:
@@ -168,7 +173,8 @@ class ResolvedRequest:
 
     @property
     def guided(self) -> bool:
-        return self.request.guidance_scale > 1
+        """Whether the batch has unconditional rows (classifier-free guidance)."""
+        return (self.request.guidance_scale if self.cfg_scale is None else self.cfg_scale) > 1
 
 
 def _prompts(request: GenerationRequest) -> tuple[list[str], list[str]]:
@@ -229,6 +235,8 @@ def _open(source, param: str) -> Image.Image:
 
 def _resolve(request: GenerationRequest, manifest: Manifest) -> ResolvedRequest:
     family = manifest.model_family
+    if request.sampler == DEFAULT_SAMPLER and SAMPLERS[DEFAULT_SAMPLER].cls.space != family.sampler_space:
+        request = replace(request, sampler=family.default_sampler)  # the default is the family's own
     family.check_request(request, manifest)
     if family.inpainting_denoiser(manifest) and request.mask_image is None:
         raise GenerationError(
@@ -309,6 +317,7 @@ def _resolve(request: GenerationRequest, manifest: Manifest) -> ResolvedRequest:
         controls,
         init_latents,
         request.seeds is not None,
+        family.cfg_scale(request),
     )
     check_combinations(resolved, family)  # what combines: the one table (sdrt.runtime.features.combinations)
     return resolved

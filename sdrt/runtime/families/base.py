@@ -31,6 +31,7 @@ from sdrt.runtime.schedulers import DEFAULT_SAMPLER
 from sdrt.runtime.schedulers.spaces import DIFFUSION
 
 if TYPE_CHECKING:
+    from sdrt.runtime.engines import Engine
     from sdrt.runtime.request import GenerationRequest, ResolvedRequest
     from sdrt.runtime.text.encoders import TextEncoding
 
@@ -102,6 +103,37 @@ class Family:
     def text_feeds(self, encoding: TextEncoding) -> dict[str, np.ndarray]:
         """The denoiser's feeds of one encoded text."""
         return {UNET_CONTEXT: encoding.hidden}
+
+    def load_text_encoders(self, folder, manifest: Manifest, embeddings):
+        """The export's text encoders with their tokenizers (sdrt.runtime.text.encoders)."""
+        from sdrt.runtime.text.encoders import TextEncoders
+
+        return TextEncoders.load(folder, manifest, embeddings)
+
+    def cfg_scale(self, request: GenerationRequest) -> float:
+        """The classifier-free guidance scale (guided when > 1): the request's guidance scale."""
+        return request.guidance_scale
+
+    def guider(self, engine: Engine, resolved: ResolvedRequest, warnings: list[str]):
+        """The request's guider on this denoiser (sdrt.runtime.loop.guiders)."""
+        from sdrt.runtime.loop.guiders import guider_for
+
+        return guider_for(engine, resolved.request, resolved.guided, warnings)
+
+    def make_denoiser(self, engine: Engine):
+        """The loop's denoiser on the family's engine (sdrt.runtime.loop.denoiser)."""
+        from sdrt.runtime.loop.denoiser import EngineDenoiser
+
+        return EngineDenoiser(engine, self.denoiser)
+
+    def set_timesteps(self, sampler, steps: int, manifest: Manifest, resolved: ResolvedRequest | None) -> None:
+        """The sampler's tables for a request of `steps` steps."""
+        sampler.set_timesteps(steps)
+
+    def skipped_steps(self, steps: int, strength: float) -> int:
+        """The steps image-to-image skips at this strength (StableDiffusionImg2ImgPipeline's
+        get_timesteps: the kept steps rounded down)."""
+        return steps - min(int(steps * strength), steps)
 
     def zero_negative(self, manifest: Manifest, request: GenerationRequest) -> bool:
         """Whether the negative rows get zeros instead of an encoded negative prompt."""

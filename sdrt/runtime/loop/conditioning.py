@@ -133,7 +133,7 @@ def encode_conditioning(
     negative_texts = cast(
         frozenset[str], frozenset(t for s in negative for _, t in s if t is not ZEROS and t not in positive_texts)
     )
-    encoded = encoders.encode(texts, engines, options, timings, used, negative_texts)
+    encoded = encoders.encode(texts, engines, options, timings, used, negative_texts, warnings)
     encodings = {}
     for text, encoding in zip(texts, encoded):
         encodings[text] = family.text_feeds(encoding)

@@ -18,7 +18,7 @@ from typing import Protocol
 
 import numpy as np
 
-from sdrt.runtime.families import LatentFormat
+from sdrt.runtime.families import Family, LatentFormat
 from sdrt.runtime.imaging.inputs import MASK_THRESHOLD, downsample_nearest, to_mask_input, to_model_input
 from sdrt.runtime.loop.context import StepContext
 from sdrt.runtime.loop.hooks import StepHook
@@ -55,11 +55,12 @@ def text_to_image(resolved: ResolvedRequest, sampler: Scheduler, generator, shap
     return DenoiseStart(latents * np.float32(sampler.init_noise_sigma))
 
 
-def first_step(resolved: ResolvedRequest, sampler: Scheduler) -> int:
-    """The UNet call image-to-image and inpainting start from, for their strength."""
+def first_step(resolved: ResolvedRequest, sampler: Scheduler, family: Family) -> int:
+    """The UNet call image-to-image and inpainting start from, for their strength (the
+    family's rounding: Family.skipped_steps)."""
     steps = resolved.request.steps
     assert resolved.strength is not None  # resolve() sets it for every request from an image or latents
-    start = (steps - min(int(steps * resolved.strength), steps)) * sampler.calls_per_step
+    start = family.skipped_steps(steps, resolved.strength) * sampler.calls_per_step
     if start >= len(sampler.timesteps):
         raise GenerationError(
             f"strength {resolved.strength} with {steps} steps leaves no denoising step; raise either", "strength"
@@ -68,9 +69,14 @@ def first_step(resolved: ResolvedRequest, sampler: Scheduler) -> int:
 
 
 def image_to_image(
-    resolved: ResolvedRequest, sampler: Scheduler, generator, shape: tuple[int, ...], encode: ImageEncoder
+    resolved: ResolvedRequest,
+    sampler: Scheduler,
+    generator,
+    shape: tuple[int, ...],
+    encode: ImageEncoder,
+    family: Family,
 ) -> DenoiseStart:
-    start = first_step(resolved, sampler)
+    start = first_step(resolved, sampler, family)
     if resolved.init_latents is not None:  # diffusers' img2img given latents: used as they are
         encoded = resolved.init_latents
     else:
@@ -105,11 +111,12 @@ def inpainting(
     shape: tuple[int, ...],
     encode: ImageEncoder,
     inpainting_unet: bool,
+    family: Family,
 ) -> DenoiseStart:
     """Draws from `generator` in diffusers' order: image latents (when needed), noise, then the
     masked image's latents."""
     batch = shape[0]
-    start = first_step(resolved, sampler)
+    start = first_step(resolved, sampler, family)
     assert resolved.image is not None and resolved.mask is not None  # resolve(): a mask needs an image
     pixels = to_model_input(resolved.image, resolved.height, resolved.width)
     mask_pixels = to_mask_input(resolved.mask, resolved.image, resolved.height, resolved.width)
@@ -149,5 +156,6 @@ def prepare(
                 shape,
                 encode,
                 inpainting_unet=manifest.model_family.inpainting_denoiser(manifest),
+                family=manifest.model_family,
             )
-        return image_to_image(resolved, sampler, generator, shape, encode)
+        return image_to_image(resolved, sampler, generator, shape, encode, manifest.model_family)

@@ -96,6 +96,7 @@ class FlowMatchEulerDiscreteScheduler(Scheduler):
             train_sigmas = shift_sigmas(train_sigmas, float(config.shift))
         self.sigma_max, self.sigma_min = float(train_sigmas[0]), float(train_sigmas[-1])
         self.mu: float | None = None
+        self.custom_sigmas: np.ndarray | None = None
         self.sigma_steps = np.zeros(0, dtype=np.float32)
 
     def dynamic_shift_mu(self, image_seq_len: int) -> float:
@@ -106,11 +107,21 @@ class FlowMatchEulerDiscreteScheduler(Scheduler):
         intercept = config.base_shift - slope * config.base_image_seq_len
         return image_seq_len * slope + intercept
 
-    def set_timesteps(self, num_inference_steps: int, mu: float | None = None) -> None:
+    def set_timesteps(self, num_inference_steps: int, mu: float | None = None, sigmas=None) -> None:
         """The tables for this many steps; `mu` is the shift of use_dynamic_shifting (required
-        there, refused otherwise: diffusers would ignore it)."""
+        there, refused otherwise: diffusers would ignore it). `sigmas`: the unshifted sigmas
+        of each step instead of the evenly spaced ones (FluxPipeline passes
+        linspace(1, 1 / steps, steps)), one per step, shifted as the spaced ones are."""
         self.mu = self._checked_mu(mu)
+        self.custom_sigmas = None if sigmas is None else self._checked_sigmas(sigmas, num_inference_steps)
         super().set_timesteps(num_inference_steps)
+
+    @staticmethod
+    def _checked_sigmas(sigmas, steps: int) -> np.ndarray:
+        values = np.asarray(sigmas, dtype=np.float64)
+        if values.shape != (steps,) or not np.isfinite(values).all() or not ((values > 0) & (values <= 1)).all():
+            raise ConfigError(f"custom sigmas must be {steps} finite values in (0, 1], one per step")
+        return values.astype(np.float32)  # as diffusers: np.array(sigmas).astype(np.float32)
 
     def _checked_mu(self, mu) -> float | None:
         dynamic = self.config.use_dynamic_shifting
@@ -139,7 +150,10 @@ class FlowMatchEulerDiscreteScheduler(Scheduler):
         config = self.config
         n_train = config.num_train_timesteps
         # float64, as diffusers' NumPy stage; then float32, as its torch tensors.
-        sigmas = np.linspace(self.sigma_max * n_train, self.sigma_min * n_train, num_inference_steps) / n_train
+        if self.custom_sigmas is not None:
+            sigmas = self.custom_sigmas
+        else:
+            sigmas = np.linspace(self.sigma_max * n_train, self.sigma_min * n_train, num_inference_steps) / n_train
         if config.use_dynamic_shifting:
             sigmas = time_shift(config.time_shift_type, self.mu, sigmas)
         else:

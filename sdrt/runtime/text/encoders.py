@@ -101,10 +101,11 @@ class TextEncoders:
         timings: Timings | None = None,
         used: dict | None = None,
         negatives: frozenset[str] = frozenset(),
+        warnings: list[str] | None = None,
     ) -> list[TextEncoding]:
         """One encoding per text: every encoder's chunks, weighted, concatenated. The names of
         the embeddings the texts use are added to `used`; a text in `negatives` that is too
-        long is reported as the negative prompt."""
+        long is reported as the negative prompt (nothing is cut, so `warnings` gets none)."""
         hidden: list[list[np.ndarray]] = [[] for _ in texts]
         pooled: list[np.ndarray | None] = [None] * len(texts)
         for encoder, (tokenizer, name) in enumerate(zip(self.tokenizers, self.names)):
