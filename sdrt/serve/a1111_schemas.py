@@ -12,7 +12,8 @@ from pydantic import ConfigDict, Field, StrictStr, field_validator
 
 from sdrt.runtime.features.controlnet.units import MAX_SCALE as MAX_CONTROL_SCALE
 from sdrt.runtime.features.hires import MAX_SCALE as MAX_HIRES_SCALE
-from sdrt.runtime.request import MAX_SEED, MAX_STEPS
+from sdrt.runtime.request import MAX_SEED
+from sdrt.runtime.request_checks import MAX_STEPS
 from sdrt.runtime.text.checks import MAX_PROMPT_CHARS
 from sdrt.serve.schemas import MAX_SIDE, Body, RequestError
 

@@ -199,3 +199,12 @@ def test_img2img_through_load_image_and_vae_encode(server):
     assert entry["status"]["completed"], json.dumps(entry["status"])
     (saved,) = entry["outputs"]["9"]["images"]
     assert Image.open(io.BytesIO(httpx.get(server + "/view", params=saved).content)).size == (64, 64)
+
+
+def test_the_servers_limits_hold_for_workflows(server):
+    workflow = copy.deepcopy(TXT2IMG)
+    workflow["3"]["inputs"]["steps"] = 151  # the server's --max-steps is 150
+    entry = _wait(server, _post(server, workflow).json()["prompt_id"])
+    assert entry["status"]["status_str"] == "error"
+    (error,) = [data for event, data in entry["status"]["messages"] if event == "execution_error"]
+    assert error["node_id"] == "3" and "--max-steps" in error["exception_message"]

@@ -64,6 +64,15 @@ class ComfyContext:
             self._loaded = {model.folder: self.catalog.load(model.folder)}  # one other model at a time
         return self._loaded[model.folder]
 
+    def check_limits(self, steps: int, images: int) -> None:
+        settings = self.service.settings
+        if steps > settings.max_steps:
+            raise SdrtError(f"steps: at most {settings.max_steps} (the server's --max-steps), got {steps}")
+        if images > settings.max_images:
+            raise SdrtError(
+                f"batch_size: at most {settings.max_images} images (the server's --max-images), got {images}"
+            )
+
     def default_manifest(self):
         return self.service.pipeline.manifest
 

@@ -14,6 +14,7 @@ from sdrt.errors import SdrtError
 from sdrt.runtime.features.lora.merge import LoraWeights
 from sdrt.runtime.features.lora.tags import LoraRef
 from sdrt.runtime.request import GenerationRequest
+from sdrt.runtime.request_checks import MAX_NUM_IMAGES, MAX_STEPS
 from sdrt.runtime.rng import TorchGenerator
 from sdrt.serve.comfy.nodes import INT_MAX, MAX_RESOLUTION, SIZE_STEP, Input, node
 from sdrt.serve.comfy.values import Conditioning, Latent, ModelHandle
@@ -23,7 +24,7 @@ SEED_BITS_KEPT = 2**32
 MODEL, CLIP, VAE, COND, LATENT, IMAGE, MASK = "MODEL", "CLIP", "VAE", "CONDITIONING", "LATENT", "IMAGE", "MASK"
 #: ComfyUI's defaults for its core nodes.
 DEFAULT_STEPS, DEFAULT_CFG, DEFAULT_SIZE = 20, 8.0, 512
-MAX_STEPS, MAX_CFG, MAX_BATCH = 10000, 100.0, 4096
+MAX_CFG = 100.0
 MAX_LORA_STRENGTH = 100.0
 PIXEL_MAX = 255.0
 
@@ -115,7 +116,7 @@ SIZE = Input("INT", DEFAULT_SIZE, 16, MAX_RESOLUTION, SIZE_STEP)
 @node(
     "EmptyLatentImage",
     "latent",
-    {"width": SIZE, "height": SIZE, "batch_size": Input("INT", 1, 1, MAX_BATCH)},
+    {"width": SIZE, "height": SIZE, "batch_size": Input("INT", 1, 1, MAX_NUM_IMAGES)},
     (LATENT,),
 )
 def empty_latent_image(context, width: int, height: int, batch_size: int):
@@ -158,6 +159,7 @@ def ksampler(context, model, seed, steps, cfg, sampler_name, scheduler, positive
         raise NodeError("the conditioning comes from another checkpoint's CLIP than the sampler's model")
     samples = latent_image.samples
     batch = samples.shape[0]
+    context.check_limits(steps, batch)  # the server's --max-steps and --max-images
     factor = pipeline.manifest.vae_scale_factor
     # ComfyUI's noise: the whole batch from one CPU generator seeded with the seed.
     noise = TorchGenerator(seed % SEED_BITS_KEPT).randn(samples.shape)
