@@ -121,6 +121,24 @@ class DimRange:
 
 
 @dataclass(frozen=True)
+class WeightQuantization:
+    """What `sdrt export --weights` did to a component (sdrt.export.quantize): its MatMul weights
+    as ONNX Runtime MatMulNBits, and the errors that measured (docs/quantization.md)."""
+
+    weights: str  # int8 / int4
+    bits: int
+    block_size: int  # weights per scale, along the MatMul's input dimension
+    symmetric: bool
+    matmuls_quantized: int
+    matmuls_kept: int  # MatMuls of two activations (attention) have no weight to quantize
+    max_abs_error: float  # the graph's output against PyTorch's fp32 module
+    max_rel_error: float
+    max_weight_error_steps: float  # largest |W' - W| in quantization steps (at most 1)
+    max_layer_rel_error: float  # worst layer's ||W' - W|| / ||W||
+    estimated_output_rel_error: float  # those layer errors added in quadrature
+
+
+@dataclass(frozen=True)
 class ComponentSpec:
     file: str
     precision: str
@@ -134,6 +152,8 @@ class ComponentSpec:
     # LoRA's map from the model's parameter names to this graph's initializers (one of
     # data_files; sdrt.runtime.features.lora.weights_map); "" in exports made before LoRA.
     weights_map: str = ""
+    # With `sdrt export --weights`: what was quantized; None for fp32/fp16 weights.
+    quantization: WeightQuantization | None = None
 
 
 @dataclass(frozen=True)
@@ -217,6 +237,8 @@ class Manifest:
             value = dict(value)
             value["inputs"] = [TensorSpec(**t) for t in value["inputs"]]
             value["outputs"] = [TensorSpec(**t) for t in value["outputs"]]
+            if value.get("quantization") is not None:
+                value["quantization"] = WeightQuantization(**value["quantization"])
             components[name] = ComponentSpec(**value)
         data["components"] = components
         if data.get("sdxl") is not None:
