@@ -132,7 +132,7 @@ def _build_component(
     if not options.optimize:
         files = onnx_graph.convert(traced, final, fp16)
         onnx_graph.add_input_defaults(final, component.defaults)
-        files, validation = _validated(component, final, files, cases, precision, options, work)
+        files, validation = _validated(component, final, files, cases, options, work)
         return final, files, dict(validation, graph="exported")
     plain = work / f"{precision}.onnx"
     onnx_graph.convert(traced, plain, fp16)
@@ -140,7 +140,7 @@ def _build_component(
         onnx_graph.optimize_for_cpu(plain, final)
         onnx_graph.add_input_defaults(final, component.defaults)
         files = [p for p in (final, final.with_name(final.name + onnx_graph.EXTERNAL_DATA_SUFFIX)) if p.exists()]
-        files, validation = _validated(component, final, files, cases, precision, options, work)
+        files, validation = _validated(component, final, files, cases, options, work)
         return final, files, dict(validation, graph="optimized")
     # CUDA target: validate the same-precision graph here; the fused one runs only on CUDA.
     files = onnx_graph.save(onnx_graph.optimize_for_cuda(traced, component.name, precision == "fp16"), final)
@@ -154,11 +154,11 @@ def _build_component(
 
 
 def _validated(
-    component: ComponentExport, final: Path, files: list[Path], cases: list[Case], precision: str, options, work: Path
+    component: ComponentExport, final: Path, files: list[Path], cases: list[Case], options: ExportOptions, work: Path
 ) -> tuple[list[Path], dict]:
     """The graph's files and validation; with --weights, quantized first (sdrt.export.quantize)."""
     if not options.quantizes(component.name):
-        return files, validate(component, final, cases, precision)
+        return files, validate(component, final, cases, options.precision_of(component.name))
     return quantize_and_validate(component, final, cases, options.weights, options.weight_block, work)
 
 
