@@ -12,9 +12,8 @@ import click
 from sdrt.cli import main
 from sdrt.cli.types import FiniteFloat
 from sdrt.errors import SdrtError
-from sdrt.export.quantize import DEFAULT_WEIGHT_BLOCK, WEIGHT_BLOCKS, WEIGHT_FORMATS  # NumPy only, no torch
 from sdrt.runtime.engines import BACKEND_NAMES, DEFAULT_BACKEND
-from sdrt.runtime.manifest import DEFAULT_PROMPT_CHUNKS
+from sdrt.runtime.manifest import DEFAULT_PROMPT_CHUNKS, DEFAULT_WEIGHT_BLOCK, WEIGHT_BLOCKS, WEIGHT_FORMATS
 
 RANDOM_NAMES = ("tiny", "sd15", "tiny-sdxl", "sdxl")  # sdrt.export.random_sources.RANDOM_MODELS (no import here)
 

@@ -23,13 +23,14 @@ from sdrt.errors import ModelFolderError, SdrtError
 from sdrt.export import onnx_graph
 from sdrt.export.components import ONNX_OPSET, ComponentExport, ModelGeometry, component_exports, text_encoder_modules
 from sdrt.export.model_files import family, sdxl_settings, versions, write_diffusers_files
-from sdrt.export.quantize import DEFAULT_WEIGHT_BLOCK, QUANTIZED_COMPONENTS, check_weights, quantize_and_validate
+from sdrt.export.quantize import QUANTIZED_COMPONENTS, check_weights, quantize_and_validate
 from sdrt.export.validation import Case, reference_cases, validate
 from sdrt.export.weights_map import fingerprint, write_weights_map
 from sdrt.runtime.files.integrity import record_sha256
 from sdrt.runtime.files.leftovers import remove_stale
 from sdrt.runtime.manifest import (
     DEFAULT_PROMPT_CHUNKS,
+    DEFAULT_WEIGHT_BLOCK,
     FORMAT_VERSION,
     ComponentSpec,
     Manifest,

@@ -31,14 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from sdrt.errors import SdrtError
+from sdrt.runtime.manifest import WEIGHT_BLOCKS, WEIGHT_FORMATS
 
-#: `--weights` choices: name -> bits per weight (the one list of them).
-WEIGHT_FORMATS = {"int8": 8, "int4": 4}
-#: Weights per scale. 32 is MatMulNBits' smallest fast block (the MLAS kernels take 16..256
-#: in powers of two); smaller blocks track the weights more closely, at 32 bits of scale per
-#: block: 1 extra bit per weight at 32, on 4 or 8.
-DEFAULT_WEIGHT_BLOCK = 32
-WEIGHT_BLOCKS = (16, 32, 64, 128, 256)
 #: Components whose MatMul weights are quantized: the text encoders and the UNets (the VAE is
 #: nearly all convolutions).
 QUANTIZED_COMPONENTS = ("text_encoder", "text_encoder_2", "unet", "unet_shallow")

@@ -120,6 +120,15 @@ class DimRange:
         return self.min <= value <= self.max and value % self.multiple == 0
 
 
+#: `sdrt export --weights` choices: name -> bits per weight (the one list; sdrt.export.quantize).
+WEIGHT_FORMATS = {"int8": 8, "int4": 4}
+#: Weights per quantization scale: MLAS's MatMulNBits kernels take 16..256 in powers of two. 32
+#: costs one fp32 scale per 32 weights (1 bit per weight on 4 or 8) and tracks the weights
+#: more closely than larger blocks; it is also the quantizer's own default.
+WEIGHT_BLOCKS = (16, 32, 64, 128, 256)
+DEFAULT_WEIGHT_BLOCK = 32
+
+
 @dataclass(frozen=True)
 class WeightQuantization:
     """What `sdrt export --weights` did to a component (sdrt.export.quantize): its MatMul weights

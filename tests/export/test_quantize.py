@@ -13,16 +13,14 @@ from click.testing import CliRunner
 from sdrt.cli import main
 from sdrt.export.exporter import ExportOptions
 from sdrt.export.quantize import (
-    DEFAULT_WEIGHT_BLOCK,
     PLAIN_OP,
     QUANTIZED_OP,
-    WEIGHT_FORMATS,
     QuantizationError,
     quantize_file,
     weight_errors,
 )
 from sdrt.export.validation import RELATIVE_TOLERANCE
-from sdrt.runtime.manifest import SCHEMA_PATH, Manifest
+from sdrt.runtime.manifest import DEFAULT_WEIGHT_BLOCK, SCHEMA_PATH, WEIGHT_FORMATS, Manifest
 from tests.conftest import diffusers_pipeline
 from tests.support.lora_files import kohya_lora
 
