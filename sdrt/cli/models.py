@@ -15,7 +15,7 @@ from sdrt.cli.progress import ComponentLines
 from sdrt.cli.types import FiniteFloat
 from sdrt.errors import SdrtError
 from sdrt.runtime.engines import BACKEND_NAMES, DEFAULT_BACKEND
-from sdrt.runtime.manifest import DEFAULT_PROMPT_CHUNKS
+from sdrt.runtime.manifest import DEFAULT_PROMPT_CHUNKS, DEFAULT_WEIGHT_BLOCK, WEIGHT_BLOCKS, WEIGHT_FORMATS
 
 RANDOM_NAMES = (
     "tiny",
@@ -98,6 +98,19 @@ RANDOM_NAMES = (
     is_flag=True,
     help="Also export the graphs DeepCache needs (generate --deepcache; a few MB, SD 1.x/2.x).",
 )
+@click.option(
+    "--weights",
+    type=click.Choice(list(WEIGHT_FORMATS)),
+    default=None,
+    help="Quantize the UNet's and text encoders' MatMul weights to 8 or 4 bits (ONNX Runtime MatMulNBits, CPU).",
+)
+@click.option(
+    "--weight-block",
+    type=click.Choice([str(b) for b in WEIGHT_BLOCKS]),
+    default=str(DEFAULT_WEIGHT_BLOCK),
+    show_default=True,
+    help="With --weights: weights per quantization scale.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing export in --out.")
 def export(
     model: str | None,
@@ -112,6 +125,8 @@ def export(
     max_prompt_chunks: int,
     tiny_vae: str | None,
     deepcache: bool,
+    weights: str | None,
+    weight_block: str,
     overwrite: bool,
 ) -> None:
     """Export MODEL (diffusers folder, .safetensors/.ckpt checkpoint or hub id) to validated
@@ -147,6 +162,8 @@ def export(
         max_prompt_chunks=max_prompt_chunks,
         tiny_vae=tiny_vae,
         deepcache=deepcache,
+        weights=weights,
+        weight_block=int(weight_block),
     )
     try:
         manifest = export_model(model, out_dir, config=config_dir, options=options, overwrite=overwrite, progress=lines)

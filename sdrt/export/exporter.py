@@ -18,11 +18,20 @@ from sdrt.errors import ModelFolderError
 from sdrt.export import onnx_graph
 from sdrt.export.components import ONNX_OPSET, ComponentExport, ModelGeometry, component_exports, text_encoder_modules
 from sdrt.export.model_files import family, sdxl_settings, versions, write_diffusers_files
+from sdrt.export.quantize import QUANTIZED_COMPONENTS, check_weights, quantize_and_validate
 from sdrt.export.staging import WORK_DIR, ExportError, check_out_dir, staged  # noqa: F401 (ExportError)
 from sdrt.export.validation import Case, reference_cases, validate
 from sdrt.export.weights_map import fingerprint, write_weights_map
 from sdrt.runtime.files.integrity import record_sha256
-from sdrt.runtime.manifest import DEFAULT_PROMPT_CHUNKS, FORMAT_VERSION, ComponentSpec, Manifest, TensorSpec
+from sdrt.runtime.manifest import (
+    DEFAULT_PROMPT_CHUNKS,
+    DEFAULT_WEIGHT_BLOCK,
+    FORMAT_VERSION,
+    ComponentSpec,
+    Manifest,
+    TensorSpec,
+    WeightQuantization,
+)
 
 CUDA_PROVIDER = "CUDAExecutionProvider"
 ONNX_FILE = "model.onnx"
@@ -42,6 +51,8 @@ class ExportOptions:
     tiny_vae: str | None = None  # an AutoencoderTiny (folder or hub id) to export beside the VAE
     deepcache: bool = False  # also the graphs DeepCache needs (sdrt.export.deepcache)
     t5_precision: str | None = None  # FLUX's T5: fp32 unless asked (it overflows in fp16)
+    weights: str | None = None  # int8 / int4: MatMul weights quantized (sdrt.export.quantize)
+    weight_block: int = DEFAULT_WEIGHT_BLOCK  # weights per quantization scale
 
     def __post_init__(self):
         onnx_graph.check_choice("precision", self.precision, onnx_graph.PRECISIONS)
@@ -51,6 +62,10 @@ class ExportOptions:
         onnx_graph.check_choice("target", self.target, onnx_graph.TARGETS)
         if not isinstance(self.max_prompt_chunks, int) or self.max_prompt_chunks < 1:
             raise ExportError(f"max_prompt_chunks must be a positive integer, got {self.max_prompt_chunks!r}")
+        check_weights(self.weights, self.weight_block, self.precision, self.target)
+
+    def quantizes(self, component: str) -> bool:
+        return self.weights is not None and component in QUANTIZED_COMPONENTS
 
     def precision_of(self, component: str) -> str:
         return self.vae_precision if component.startswith("vae") else self.precision
@@ -107,7 +122,7 @@ def _build_component(
     if not options.optimize:
         files = onnx_graph.convert(traced, final, fp16)
         onnx_graph.add_input_defaults(final, component.defaults)
-        validation = validate(component, final, cases, precision)
+        files, validation = _validated(component, final, files, cases, options, work)
         return final, files, dict(validation, graph="exported")
     plain = work / f"{precision}.onnx"
     onnx_graph.convert(traced, plain, fp16)
@@ -115,7 +130,7 @@ def _build_component(
         onnx_graph.optimize_for_cpu(plain, final)
         onnx_graph.add_input_defaults(final, component.defaults)
         files = [p for p in (final, final.with_name(final.name + onnx_graph.EXTERNAL_DATA_SUFFIX)) if p.exists()]
-        validation = validate(component, final, cases, precision)
+        files, validation = _validated(component, final, files, cases, options, work)
         return final, files, dict(validation, graph="optimized")
     # CUDA target: validate the same-precision graph here; the fused one runs only on CUDA.
     files = onnx_graph.save(onnx_graph.optimize_for_cuda(traced, component.name, precision == "fp16"), final)
@@ -126,6 +141,15 @@ def _build_component(
         onnx_graph.add_input_defaults(plain, component.defaults)
         validation = dict(validate(component, plain, cases, precision), graph="exported")
     return final, files, validation
+
+
+def _validated(
+    component: ComponentExport, final: Path, files: list[Path], cases: list[Case], options: ExportOptions, work: Path
+) -> tuple[list[Path], dict]:
+    """The graph's files and validation; with --weights, quantized first (sdrt.export.quantize)."""
+    if not options.quantizes(component.name):
+        return files, validate(component, final, cases, options.precision_of(component.name))
+    return quantize_and_validate(component, final, cases, options.weights, options.weight_block, work)
 
 
 def export_component(
@@ -146,6 +170,13 @@ def export_component(
         f"{component.name}: max abs error {validation['max_abs_error']:.2e}, "
         f"max rel error {validation['max_rel_error']:.2e} ({time.perf_counter() - started:.1f}s)"
     )
+    quantized = validation.get("quantization")
+    if quantized:
+        progress(
+            f"{component.name}: {quantized['matmuls_quantized']} MatMuls in {quantized['weights']} (block "
+            f"{quantized['block_size']}), {quantized['matmuls_kept']} kept; against PyTorch max rel error "
+            f"{quantized['max_rel_error']:.2e} (estimate {quantized['estimated_output_rel_error']:.2e})"
+        )
     if not validation["passed"]:
         raise ExportError(
             f"{component.name} ({precision}) does not reproduce the PyTorch model: relative "
@@ -164,6 +195,8 @@ def component_spec(
     weights_map: str = "",
 ) -> ComponentSpec:
     """The manifest entry of an exported engine (paths relative to the folder, digests recorded)."""
+    validation = dict(validation)
+    quantization = validation.pop("quantization", None)
     return ComponentSpec(
         file=final.relative_to(staging).as_posix(),
         precision=options.precision_of(component.name),
@@ -174,6 +207,7 @@ def component_spec(
         validation=validation,
         data_files={f.relative_to(staging).as_posix(): record_sha256(f) for f in files if f != final},
         weights_map=weights_map,
+        quantization=None if quantization is None else WeightQuantization(**quantization),
     )
 
 
@@ -237,7 +271,7 @@ def export_pipeline(
             release = release_weights and not _shares_weights(component, exports[index + 1 :])
             prints = (
                 None
-                if component.lora_model is None
+                if component.lora_model is None or options.quantizes(component.name)  # no LoRA on packed weights
                 else fingerprint(component.lora_model, component.name, options.precision_of(component.name) == "fp16")
             )
             final, files, validation = export_component(component, staging, geometry, options, progress, release)

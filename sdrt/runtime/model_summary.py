@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 from sdrt.runtime.manifest import BATCH, HEIGHT, WIDTH, Manifest
@@ -23,6 +24,8 @@ def model_summary(folder: str | Path) -> dict:
         files = [folder / spec.file, *(folder / Path(spec.file).parent / extra for extra in spec.data_files)]
         size = sum(path.stat().st_size for path in files if path.is_file())
         components[name] = {"precision": spec.precision, "target": spec.target, "mib": round(size / MIB, 1)}
+        if spec.quantization is not None:
+            components[name]["quantization"] = asdict(spec.quantization)
     batch = dims.get(BATCH)
     return {
         "model": folder.name,
@@ -79,6 +82,17 @@ def format_summary(summary: dict) -> str:
         kind = "guidance-distilled (--guidance)" if flux["guidance_distilled"] else "no guidance input"
         lines.append(f"FLUX.1: {kind}; T5 {flux['t5_precision']}, {flux['t5_tokens']} tokens")
     lines += [
-        f"  {name}: {c['precision']} for {c['target']}, {c['mib']} MiB" for name, c in summary["components"].items()
+        f"  {name}: {c['precision']} for {c['target']}, {c['mib']} MiB{_weights(c.get('quantization'))}"
+        for name, c in summary["components"].items()
     ]
     return "\n".join(lines)
+
+
+def _weights(quantization: dict | None) -> str:
+    if quantization is None:
+        return ""
+    q = quantization
+    return (
+        f", {q['weights']} weights (block {q['block_size']}{', symmetric' if q['symmetric'] else ''}): "
+        f"{q['matmuls_quantized']} MatMuls quantized, {q['matmuls_kept']} kept"
+    )

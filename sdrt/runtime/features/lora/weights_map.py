@@ -98,6 +98,11 @@ class WeightsMap:
 
     @classmethod
     def load(cls, folder: Path, component: str, spec: ComponentSpec) -> WeightsMap:
+        if spec.quantization is not None:
+            raise LoraError(
+                f"this export of {folder.name} has {spec.quantization.weights} weights in its {component} "
+                "(sdrt export --weights), which a LoRA cannot be merged into; re-export without --weights to use LoRA"
+            )
         if not spec.weights_map:
             raise LoraError(
                 f"this export of {folder.name} has no LoRA weights map for its {component} (it was "
