@@ -276,10 +276,10 @@ class Pipeline:
         started = time.perf_counter()
         warnings: list[str] = []
         resolved = request.resolve(self.manifest)
-        refiner = self.refiner.folder.name if request.refiner_switch is not None else None
         loras: list = []
 
         def finish(result: GenerationResult) -> GenerationResult:
+            refiner = self.refiner.folder.name if request.refiner_switch is not None else None  # ran: loaded
             result.parameters = generation_parameters(resolved, self.folder.name, result.parameters, refiner, loras)
             result.timings.set(TOTAL, time.perf_counter() - started)
             return result

@@ -4,6 +4,8 @@ and detect, extra-batch-images, interrogate's 501) driven by webuiapi, and the /
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import httpx
 import numpy as np
 import pytest
@@ -78,7 +80,8 @@ def test_cli_passes_the_limits_and_refuses_bad_ones_in_one_line(monkeypatch, tmp
         raise SdrtError("stopped before serving")
 
     monkeypatch.setattr(sdrt.serve.app, "create_app", capture)
-    monkeypatch.setattr(RealPipeline, "load", staticmethod(lambda folder, **options: object()))
+    loaded = SimpleNamespace(text_encoders=SimpleNamespace(embeddings=SimpleNamespace(skipped={})))
+    monkeypatch.setattr(RealPipeline, "load", staticmethod(lambda folder, **options: loaded))
     (tmp_path / "manifest.json").write_text("{}")  # an export, as far as --model's check looks
     for flags, expected in [
         ([], (4, 150, 20 * 2**20, True)),

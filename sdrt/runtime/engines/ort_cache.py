@@ -30,7 +30,7 @@ from pathlib import Path
 
 from sdrt.runtime.engines.onnxruntime import ORT_ERRORS_ONLY
 from sdrt.runtime.files.integrity import file_sha256, record_sha256
-from sdrt.runtime.files.leftovers import make_temporary_dir, remove_stale, remove_temporary_dir, unmark
+from sdrt.runtime.files.leftovers import MARKER_FILE, make_temporary_dir, remove_stale, remove_temporary_dir, unmark
 from sdrt.runtime.manifest import ComponentSpec
 
 CACHE_ENV = "SDRT_CACHE"
@@ -92,7 +92,7 @@ def _record_files(staging: Path) -> dict[str, dict]:
     return {
         path.name: {"size": path.stat().st_size, "sha256": record_sha256(path)}
         for path in sorted(staging.iterdir())
-        if path.name != COMPLETE_FILE and path.is_file()
+        if path.name not in (COMPLETE_FILE, MARKER_FILE) and path.is_file()  # the marker goes before it is kept
     }
 
 

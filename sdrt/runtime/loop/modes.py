@@ -110,6 +110,7 @@ def inpainting(
     generator,
     shape: tuple[int, ...],
     encode: ImageEncoder,
+    *,
     inpainting_unet: bool,
     family: Family,
 ) -> DenoiseStart:
