@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import signal
 import sys
-import time
 from pathlib import Path
 
 import click
@@ -13,6 +11,7 @@ from sdrt.cli import main
 from sdrt.cli.controlnet_options import controlnet_dir_option
 from sdrt.cli.default_model import resolve_model
 from sdrt.cli.prompt_options import embedding_options, embedding_sources, serve_lora_options
+from sdrt.cli.serve_ray import parse_api_auth, serve_on_ray
 from sdrt.cli.types import PORT, THREADS, FiniteFloat
 from sdrt.errors import SdrtError
 from sdrt.runtime.engines import BACKEND_NAMES, DEFAULT_BACKEND
@@ -321,53 +320,3 @@ def serve(
     except Interrupted:  # uvicorn shut down gracefully, then passed the signal on
         click.echo(SERVE_STOPPED, err=True)
         sys.exit(SIGNAL_EXIT_CODE)
-
-
-def parse_api_auth(text: str | None) -> tuple[tuple[str, str], ...]:
-    """A1111's --api-auth "user:pass,user2:pass2"."""
-    if not text:
-        return ()
-    pairs = []
-    for item in text.split(","):
-        user, sep, password = item.strip().partition(":")
-        if not sep or not user or not password:
-            raise SdrtError("--api-auth must be USER:PASSWORD pairs separated by commas")
-        pairs.append((user, password))
-    return tuple(pairs)
-
-
-def serve_on_ray(
-    model_dir,
-    refiner,
-    backend,
-    threads,
-    settings,
-    host,
-    port,
-    address,
-    replica_options: dict,
-    embeddings: list[str] = (),
-    loras: dict | None = None,
-) -> None:
-    try:
-        from sdrt.serve import ray_serve
-    except ImportError as error:
-        raise SdrtError(f"--ray needs Ray Serve ({error.name} is missing): pip install 'sdrt[ray]'") from error
-    ray_settings = ray_serve.RaySettings(**replica_options)
-    ray_settings.check()
-    ray_serve.run(
-        model_dir, backend, threads, settings, ray_settings, host, port, address, refiner, tuple(embeddings), loras
-    )
-    click.echo(f"serving on http://{host}:{port} with Ray Serve; Ctrl-C (or SIGTERM) stops it", err=True)
-
-    def stop(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)  # what service managers and containers send
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        ray_serve.shutdown()
