@@ -45,10 +45,9 @@ from sdrt.runtime.schedulers import (
 @click.option("--steps", default=DEFAULT_STEPS, show_default=True, type=int, help="Denoising steps.")
 @click.option(
     "--guidance",
-    default=DEFAULT_GUIDANCE,
-    show_default=True,
+    default=None,
     type=FiniteFloat(0),
-    help="Classifier-free guidance scale (FLUX.1 dev: the distilled guidance, e.g. 3.5).",
+    help=f"Classifier-free guidance scale [default: {DEFAULT_GUIDANCE}; FLUX.1 dev: its distilled guidance, 3.5].",
 )
 @click.option(
     "--true-cfg",
@@ -232,6 +231,8 @@ def generate(
             first_step.append(time.perf_counter() - started)
         bar(step, total)
 
+    if guidance is None:  # the family's own default (FLUX.1's 3.5), else the request's
+        guidance = pipeline.manifest.model_family.default_guidance or DEFAULT_GUIDANCE
     request = GenerationRequest(
         prompt,
         negative_prompt=negative_prompt,

@@ -194,18 +194,19 @@ def test_bad_requests_are_one_error_naming_the_field(dev, settings, field, messa
 
 
 def test_sdrt_generate_runs_flux_without_torch_and_equals_diffusers(tiny_flux, exported_flux, dev, tmp_path):
+    """No --guidance: FLUX's own default, FluxPipeline's (diffusers is called without one either)."""
     out = tmp_path / "fox.png"
     arguments = [
         "generate", PROMPT, "--model", str(exported_flux("dev")), "--steps", str(STEPS), "--seed", "6",
-        "--guidance", str(DEV_GUIDANCE), "--height", str(SIZE["height"]), "--width", str(SIZE["width"]),
-        "--out", str(out), "--quiet",
+        "--height", str(SIZE["height"]), "--width", str(SIZE["width"]), "--out", str(out), "--quiet",
     ]  # fmt: skip
     code = f"from sdrt.cli import main\nmain({arguments!r}, standalone_mode=False)\n"
     completed = subprocess.run([sys.executable, str(NO_HEAVY_IMPORTS), code], capture_output=True, text=True)
     assert completed.returncode == 0, completed.stderr
     written = np.asarray(Image.open(out).convert("RGB"), dtype=np.float32) / 255
-    expected = _diffusers_image(tiny_flux["dev"], dev, 6, prompt=PROMPT, guidance_scale=DEV_GUIDANCE)[0]
+    expected = _diffusers_image(tiny_flux["dev"], dev, 6, prompt=PROMPT)[0]
     assert np.abs(written - expected).max() <= MAX_PIXEL_ERROR + 0.5 / 255  # 8-bit rounding on top
+    assert "CFG scale: 3.5" in Image.open(out).info["parameters"]
 
 
 def test_sdrt_info_and_tokenize_show_both_tokenizers(exported_flux):

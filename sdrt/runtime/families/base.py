@@ -89,6 +89,8 @@ class Family:
     sampler_space: ClassVar[str] = DIFFUSION
     #: The sampler the export's scheduler config is checked with at load.
     default_sampler: ClassVar[str] = DEFAULT_SAMPLER
+    #: The guidance scale a command uses when none is given (None: GenerationRequest's default).
+    default_guidance: ClassVar[float | None] = None
     #: The families whose latents this one can finish as a refiner (sdrt.runtime.features.refiner).
     refines: ClassVar[frozenset[str]] = frozenset()
     #: Whether `sdrt export` writes this family (manifest.schema.json lists those).

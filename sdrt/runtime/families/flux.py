@@ -61,6 +61,8 @@ class Flux(Family):
     features = FLUX_FEATURES
     sampler_space = FLOW
     default_sampler = "flow_euler"
+    #: FluxPipeline's default guidance_scale (dev's distilled guidance; schnell ignores it).
+    default_guidance = 3.5
 
     def text_encoders(self, manifest: Manifest) -> list[tuple[str, str]]:
         flux = _flux(manifest)
