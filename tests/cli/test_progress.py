@@ -102,20 +102,25 @@ def test_export_progress_is_one_line_per_component(terminal):
     assert "\r" not in _export_progress(terminal)
 
 
-def test_the_libraries_under_an_export_print_nothing(tiny_models):
-    """Loading a pipeline with diffusers prints its tqdm bars and transformers' "requires
-    torchvision" notice (checked: without quiet_libraries the same load prints them); with it,
-    nothing."""
+def _load_pipeline(folder, quiet: bool):
     import subprocess
     import sys
 
-    load = f"from sdrt.export.sources import load_pipeline; load_pipeline({str(tiny_models['standard'])!r})"
-    loud = subprocess.run([sys.executable, "-c", load], capture_output=True, text=True)
-    assert loud.returncode == 0 and "Loading pipeline components" in loud.stderr
-    quiet = subprocess.run(
-        [sys.executable, "-c", f"from sdrt.export.quiet import quiet_libraries; quiet_libraries(); {load}"],
-        capture_output=True,
-        text=True,
-    )
+    load = f"from sdrt.export.sources import load_pipeline; load_pipeline({str(folder)!r})"
+    if quiet:
+        load = f"from sdrt.export.quiet import quiet_libraries; quiet_libraries(); {load}"
+    return subprocess.run([sys.executable, "-c", load], capture_output=True, text=True)
+
+
+def test_the_libraries_under_an_export_print_nothing(tiny_models):
+    """With quiet_libraries, loading a pipeline with diffusers prints nothing (the slow tier checks
+    that the same load prints its bars and notices without it)."""
+    quiet = _load_pipeline(tiny_models["standard"], quiet=True)
     assert quiet.returncode == 0, quiet.stderr
     assert quiet.stdout == quiet.stderr == ""
+
+
+@pytest.mark.slow  # 10 s: a second interpreter importing diffusers, to show the quiet test can fail
+def test_the_libraries_under_an_export_are_loud_by_themselves(tiny_models):
+    loud = _load_pipeline(tiny_models["standard"], quiet=False)
+    assert loud.returncode == 0 and "Loading pipeline components" in loud.stderr

@@ -100,3 +100,18 @@ def test_unknown_or_missing_backend():
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         with pytest.raises(ConfigError, match="needs ONNX Runtime's CUDAExecutionProvider"):
             provider_for("cuda")
+
+
+@pytest.mark.parametrize("setting", ["0", "1"])
+def test_ort_spinning_follows_the_environment(exported_tiny, monkeypatch, setting):
+    """SDRT_ORT_SPINNING=0 turns ONNX Runtime's spinning off; otherwise nothing is set (its default)."""
+    from sdrt.runtime.engines.onnxruntime import SPINNING_ENV, open_session
+
+    monkeypatch.setenv(SPINNING_ENV, setting)
+    session = open_session(exported_tiny("standard") / "vae_decoder" / "model.onnx", "cpu", None)
+    options = session.get_session_options()
+    try:
+        entry = options.get_session_config_entry("session.intra_op.allow_spinning")
+    except RuntimeError:  # ONNX Runtime's answer for an entry never set
+        entry = None
+    assert entry == ("0" if setting == "0" else None)

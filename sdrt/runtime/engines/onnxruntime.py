@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Mapping
@@ -17,6 +18,9 @@ from sdrt.runtime.engines.base import Engine, EngineRunError
 from sdrt.runtime.files.integrity import check_graph_io
 from sdrt.runtime.manifest import ComponentSpec, DimRange, TensorSpec
 
+#: `SDRT_ORT_SPINNING=0`: ONNX Runtime's intra-op threads sleep instead of spinning between parallel
+#: work (less CPU on a machine shared with other work, the same numbers; ORT's default is to spin).
+SPINNING_ENV = "SDRT_ORT_SPINNING"
 ORT_ERRORS_ONLY = 3  # SessionOptions.log_severity_level: 0 verbose .. 4 fatal
 #: ONNX Runtime's NCHWc transform reorders convolution filters from the graph file, not from
 #: initializers given with add_initializer (so a LoRA on a convolution would be lost: measured
@@ -61,6 +65,8 @@ def open_session(
         options.log_severity_level = ORT_ERRORS_ONLY
         if threads:
             options.intra_op_num_threads = threads
+        if os.environ.get(SPINNING_ENV, "1") == "0":  # threads wait asleep between parallel work
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return options
 
     provider_options = {"enable_cuda_graph": "1"} if cuda_graph and backend == "cuda" else {}
