@@ -134,7 +134,7 @@ def test_finite_values_written_into_a_warm_entry_are_caught_and_the_entry_rebuil
     assert not capsys.readouterr().err
 
 
-def test_an_entry_without_a_record_of_its_files_is_rebuilt(folder, cache):
+def test_an_entry_without_a_record_of_its_files_is_rebuilt(folder, cache, capsys):
     expected = unet(folder).run(feeds())["out_sample"]
     (entry,) = cache.iterdir()
     complete = entry / ort_cache.COMPLETE_FILE
@@ -142,3 +142,4 @@ def test_an_entry_without_a_record_of_its_files_is_rebuilt(folder, cache):
     assert ort_cache.complete_entry(Manifest.load(folder).components["unet"]) is None
     np.testing.assert_array_equal(unet(folder).run(feeds())["out_sample"], expected)
     assert "files" in json.loads(complete.read_text())
+    assert "warning" not in capsys.readouterr().err, "an older sdrt's entry is rebuilt without a word"

@@ -37,6 +37,8 @@ CACHE_ENV = "SDRT_CACHE"
 SWITCH_ENV = "SDRT_ORT_CACHE"  # "0" turns the cache off
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
+#: Why an entry saved by an older sdrt (its complete.json lists no files) is rebuilt, silently.
+NO_RECORD = "it has no record of its files"
 COMPLETE_FILE = "complete.json"  # written last: a folder without it is an interrupted save
 # A save in progress: `.KEY.PID` beside the entries, marked as sdrt's temporary folder (removed
 # if its process was killed).
@@ -102,9 +104,9 @@ def damage(folder: Path) -> str | None:
     added later (ort_overrides' placements record) are not the graph's and not checked."""
     try:
         record = json.loads((folder / COMPLETE_FILE).read_text(encoding="utf-8"))
-        files = record["files"]
+        files = record.get("files") if isinstance(record, dict) else None
         if not isinstance(files, dict) or MODEL_FILE not in files:
-            return "it has no record of its files"
+            return NO_RECORD  # an older sdrt's entry: rebuilt without a word
         for name, saved in files.items():
             path = folder / name
             if not path.is_file():
@@ -121,7 +123,7 @@ def _trusted(folder: Path) -> bool:
     reason = damage(folder)
     if reason is None:
         return True
-    if (folder / COMPLETE_FILE).is_file() and "no record" not in reason:
+    if (folder / COMPLETE_FILE).is_file() and reason != NO_RECORD:
         print(
             f"warning: the optimized-graph cache entry {folder} is damaged ({reason}); rebuilding it", file=sys.stderr
         )
