@@ -1,0 +1,45 @@
+"""`sdrt export`'s options (ExportOptions): precisions, target, optimization, prompt length,
+extra graphs (tiny VAE, DeepCache) and quantized weights, each checked when made."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sdrt.export import onnx_graph
+from sdrt.export.quantize import QUANTIZED_COMPONENTS, check_weights
+from sdrt.export.staging import ExportError
+from sdrt.runtime.manifest import DEFAULT_PROMPT_CHUNKS, DEFAULT_WEIGHT_BLOCK
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """How to export: precision of the UNet and text encoder, of the VAE (fp32 unless asked:
+    the fp16 VAE is known to overflow into NaN/black images), the target execution provider
+    and whether to apply that target's offline graph optimizations."""
+
+    precision: str = "fp32"
+    vae_precision: str = "fp32"
+    target: str = "cpu"
+    optimize: bool = False
+    max_prompt_chunks: int = DEFAULT_PROMPT_CHUNKS  # the UNet's longest text context, in encoder lengths
+    tiny_vae: str | None = None  # an AutoencoderTiny (folder or hub id) to export beside the VAE
+    deepcache: bool = False  # also the graphs DeepCache needs (sdrt.export.deepcache)
+    t5_precision: str | None = None  # FLUX's T5: fp32 unless asked (it overflows in fp16)
+    weights: str | None = None  # int8 / int4: MatMul weights quantized (sdrt.export.quantize)
+    weight_block: int = DEFAULT_WEIGHT_BLOCK  # weights per quantization scale
+
+    def __post_init__(self):
+        onnx_graph.check_choice("precision", self.precision, onnx_graph.PRECISIONS)
+        if self.t5_precision is not None:
+            onnx_graph.check_choice("T5 precision", self.t5_precision, onnx_graph.PRECISIONS)
+        onnx_graph.check_choice("VAE precision", self.vae_precision, onnx_graph.PRECISIONS)
+        onnx_graph.check_choice("target", self.target, onnx_graph.TARGETS)
+        if not isinstance(self.max_prompt_chunks, int) or self.max_prompt_chunks < 1:
+            raise ExportError(f"max_prompt_chunks must be a positive integer, got {self.max_prompt_chunks!r}")
+        check_weights(self.weights, self.weight_block, self.precision, self.target)
+
+    def quantizes(self, component: str) -> bool:
+        return self.weights is not None and component in QUANTIZED_COMPONENTS
+
+    def precision_of(self, component: str) -> str:
+        return self.vae_precision if component.startswith("vae") else self.precision
