@@ -29,9 +29,10 @@ from sdrt.runtime.features.inpaint_area import MaskOptions
 from sdrt.runtime.features.lora.tags import LoraRef, extract_tags, weights_problem
 from sdrt.runtime.features.lora.weights_map import LoraError
 from sdrt.runtime.imaging.inputs import InputImageError, open_image, target_size
-from sdrt.runtime.manifest import BATCH, HEIGHT, WIDTH, Manifest
+from sdrt.runtime.manifest import BATCH, HEIGHT, Manifest
 from sdrt.runtime.request_checks import check_counts, check_deepcache, check_sampling, check_vae, latent_size
 from sdrt.runtime.request_fields import ALONE, PER_ROW, SHARED
+from sdrt.runtime.request_sizes import check_size, nearest_multiples, side_problem  # noqa: F401 (read from here)
 from sdrt.runtime.schedulers import DEFAULT_SAMPLER, DEFAULT_SCHEDULE, SAMPLERS
 from sdrt.runtime.seeds import MAX_SEED as MAX_SEED  # where callers read it
 from sdrt.runtime.seeds import image_seeds, request_seeds
@@ -48,14 +49,6 @@ IMG2IMG_STRENGTH = 0.8
 INPAINT_STRENGTH = 1.0
 #: A1111's range for CLIP_stop_at_last_layers (the model's layer count is checked at encoding).
 MAX_CLIP_SKIP = 12
-
-
-def nearest_multiples(value: int, multiple: int, low: int, high: int) -> list[int]:
-    """The valid sizes around `value`: multiples of `multiple` within low..high."""
-    first, last = -(-low // multiple) * multiple, high // multiple * multiple
-    below = min(max(first, value // multiple * multiple), last)
-    above = min(last, below + multiple) if below < value else below
-    return sorted({below, above})
 
 
 def _is_int(value) -> bool:
@@ -196,34 +189,6 @@ def _prompts(request: GenerationRequest) -> tuple[list[str], list[str]]:
         for text in texts:
             check_text(text, param)
     return prompts, negatives
-
-
-def side_problem(manifest: Manifest, name: str, value) -> str | None:
-    """What is wrong with a height or width for the export's range and multiple, or None."""
-    if not _is_int(value) or value < 1:
-        return f"{name} must be a positive integer, got {value!r}"
-    valid = manifest.dims.get(HEIGHT if name == "height" else WIDTH)
-    if valid is None or valid.contains(value):
-        return None
-    nearest = nearest_multiples(value, valid.multiple, valid.min, valid.max)
-    in_range = valid.min <= value <= valid.max
-    if value % valid.multiple == 0:  # so out of range
-        closest = min(nearest, key=lambda size: abs(size - value))
-        return (
-            f"{name} {value} is outside this export's range {valid.min}..{valid.max}: the nearest valid "
-            f"{name} is {closest}"
-        )
-    where = "" if in_range else f" and is outside this export's range {valid.min}..{valid.max}"
-    options = " or ".join(str(size) for size in nearest)
-    return f"{name} {value} is not a multiple of {valid.multiple}, which this model needs{where}: use {options}"
-
-
-def check_size(manifest: Manifest, height, width) -> None:
-    """Both sides against the export; one error naming every side that is wrong (the first's field)."""
-    problems = [(name, side_problem(manifest, name, value)) for name, value in (("height", height), ("width", width))]
-    wrong = [(name, problem) for name, problem in problems if problem is not None]
-    if wrong:
-        raise GenerationError("; ".join(problem for _, problem in wrong), wrong[0][0])
 
 
 def _open(source, param: str) -> Image.Image:
