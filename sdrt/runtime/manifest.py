@@ -8,15 +8,20 @@ field and manifest.schema.json (beside this module) is its JSON Schema, checked 
 
 from __future__ import annotations
 
-import functools
 import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 from typing import Any
 
 from sdrt.errors import ModelFolderError
 from sdrt.runtime.files.json_files import read_json
 from sdrt.runtime.files.user_files import present
+from sdrt.runtime.manifest_checks import (  # noqa: F401 (read from here)
+    SCHEMA_PATH,
+    _check_schema,
+    _validator,
+    confined_path,
+)
 from sdrt.runtime.weight_formats import (  # noqa: F401 (read from here by the export and the CLI)
     DEFAULT_WEIGHT_BLOCK,
     WEIGHT_BLOCKS,
@@ -25,10 +30,8 @@ from sdrt.runtime.weight_formats import (  # noqa: F401 (read from here by the e
 )
 
 MANIFEST_NAME = "manifest.json"
-SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
 #: A manifest is a few kilobytes; anything this large is not one.
 MAX_MANIFEST_BYTES = 16 * 2**20
-MAX_MESSAGE_CHARS = 200  # of a schema error's text (it can quote a huge value)
 
 # Dynamic dimension names in `dims` (the exporter writes them, the runtime and builder read them).
 BATCH = "batch"  # images
@@ -325,38 +328,3 @@ class Manifest:
                             f"{path}: {component}.{tensor.name} has size {size!r}, which dims "
                             "does not define; re-export the model"
                         )
-
-
-def _check_schema(data, path: Path) -> None:
-    import jsonschema
-
-    error = jsonschema.exceptions.best_match(_validator().iter_errors(data))
-    if error is not None:
-        where = "/".join(str(part) for part in error.absolute_path) or "the top level"
-        message = (
-            error.message if len(error.message) <= MAX_MESSAGE_CHARS else error.message[:MAX_MESSAGE_CHARS] + "..."
-        )
-        raise ModelFolderError(f"{path} is malformed at {where}: {message}; re-export the model")
-
-
-@functools.lru_cache(maxsize=1)
-def _validator():
-    import jsonschema
-
-    schema = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
-    return jsonschema.Draft202012Validator(schema)
-
-
-def confined_path(folder: Path, relative: str, what: str) -> Path:
-    """`folder / relative`, refused unless `relative` is a relative path that stays inside the
-    folder (no absolute path, no `..`). Checked lexically: a folder may use symbolic links."""
-    parts = PurePosixPath(relative).parts
-    if (
-        not relative
-        or PurePosixPath(relative).is_absolute()
-        or PureWindowsPath(relative).drive
-        or ".." in parts
-        or "\\" in relative
-    ):
-        raise ModelFolderError(f"{what} is {relative!r}, which is not a path inside the model folder")
-    return Path(folder, *parts)
