@@ -118,9 +118,11 @@ def hub_reachable(endpoint: str | None = None) -> bool:
 
 
 def _file_hash(path: Path, algorithm: str) -> str:
-    digest = hashlib.new(algorithm)
-    if algorithm == "sha1":  # git's blob hash: a header, then the content
-        digest.update(f"blob {path.stat().st_size}\0".encode())
+    if algorithm == "sha256":
+        from sdrt.runtime.files.integrity import hash_file
+
+        return hash_file(path)
+    digest = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())  # git's blob hash: a header, the content
     with path.open("rb") as handle:
         while chunk := handle.read(HASH_CHUNK):
             digest.update(chunk)

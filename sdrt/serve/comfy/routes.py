@@ -25,7 +25,7 @@ from sdrt.serve.comfy.nodes import NODES
 from sdrt.serve.comfy.runner import PromptQueue
 from sdrt.serve.middleware import Guard
 
-#: What ComfyUI's /system_stats calls its version; sdrt answers with its own.
+#: The websocket close code for a connection without the server's credentials.
 WS_POLICY_VIOLATION = 1008
 #: The ComfyUI model folders /models lists, and what fills each.
 MODEL_FOLDERS = ("checkpoints", "loras")
@@ -176,7 +176,7 @@ def add_comfy_routes(app: FastAPI, service, catalog, settings, folders: dict[str
                 "os": sys.platform,
                 "python_version": sys.version,
                 "embedded_python": False,
-                "comfyui_version": f"sdrt {sdrt.__version__}" if hasattr(sdrt, "__version__") else "sdrt",
+                "comfyui_version": f"sdrt {sdrt.__version__}",  # what ComfyUI reports of itself
                 "ram_total": pages * page_size,
                 "ram_free": free,
                 "argv": ["sdrt", "serve"],

@@ -6,7 +6,7 @@ arrays in ComfyUI's layouts (latents [batch, channels, h, w]; images [batch, hei
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -39,9 +39,7 @@ class Conditioning:
 @dataclass
 class Latent:
     """LATENT: `samples` [batch, channels, h, w]; EmptyLatentImage's are zeros (ComfyUI's), which
-    a sampler at full denoise replaces by noise alone. `noise_mask` is SetLatentNoiseMask's."""
+    a sampler at full denoise replaces by noise alone."""
 
     samples: np.ndarray
     empty: bool = False
-    noise_mask: np.ndarray | None = None
-    extra: dict = field(default_factory=dict)
