@@ -128,3 +128,40 @@ def tiny_flux(tmp_path_factory) -> dict[str, Path]:
 def exported_flux(tiny_flux, tmp_path_factory):
     """Function kind -> folder of that tiny FLUX model exported to fp32 ONNX (once per session)."""
     return _exports(tiny_flux, tmp_path_factory.mktemp("exported-flux"), "dev")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3(tmp_path_factory) -> Path:
+    """A tiny random SD3.5-Medium-shaped pipeline with T5 as a diffusers folder, once per session."""
+    from sdrt.export.random_sd3 import save_random_sd3
+
+    return save_random_sd3(tmp_path_factory.mktemp("tiny-sd3") / "sd3", kind="t5", seed=0)
+
+
+@pytest.fixture(scope="session")
+def exported_sd3(tiny_sd3, tmp_path_factory):
+    """Function kind -> tiny_sd3 exported to fp32 ONNX, "t5" with T5 and "no-t5" with --no-t5
+    (each once per session)."""
+    from sdrt.export.exporter import ExportOptions, export_model
+
+    root = tmp_path_factory.mktemp("exported-sd3")
+    folders: dict[str, Path] = {}
+
+    def get(kind: str = "t5") -> Path:
+        if kind not in folders:
+            options = ExportOptions(no_t5=kind == "no-t5")
+            export_model(str(tiny_sd3), root / kind, options=options, progress=lambda line: None)
+            folders[kind] = root / kind
+        return folders[kind]
+
+    return get
+
+
+def sd3_reference(class_name: str, folder: Path, t5: bool = True):
+    """A diffusers SD3 pipeline class for a folder (text_encoder_3 None without T5), no progress bar."""
+    import diffusers
+
+    absent = {} if t5 else {"text_encoder_3": None, "tokenizer_3": None}
+    pipeline = getattr(diffusers, class_name).from_pretrained(folder, **absent)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline

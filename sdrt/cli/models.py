@@ -24,6 +24,8 @@ RANDOM_NAMES = (
     "sdxl",
     "tiny-flux",
     "tiny-flux-schnell",
+    "tiny-sd3",
+    "tiny-sd3-no-t5",
 )  # sdrt.export.random_sources.RANDOM_MODELS (no import here)
 
 
@@ -69,6 +71,12 @@ RANDOM_NAMES = (
     type=click.Choice(["fp32", "fp16"]),
     default=None,
     help="FLUX.1's T5 encoder [default: fp32, even with --precision fp16: T5 overflows in fp16].",
+)
+@click.option(
+    "--no-t5",
+    "no_t5",
+    is_flag=True,
+    help="SD3: leave T5 out (the runtime feeds zeros in its place, as diffusers without text_encoder_3).",
 )
 @click.option(
     "--target",
@@ -120,6 +128,7 @@ def export(
     precision: str,
     vae_precision: str,
     t5_precision: str | None,
+    no_t5: bool,
     target: str,
     optimize: bool,
     max_prompt_chunks: int,
@@ -157,6 +166,7 @@ def export(
         precision=precision,
         vae_precision=vae_precision,
         t5_precision=t5_precision,
+        no_t5=no_t5,
         target=target,
         optimize=optimize,
         max_prompt_chunks=max_prompt_chunks,

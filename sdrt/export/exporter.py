@@ -196,7 +196,20 @@ def export_pipeline(
     pipeline nothing else uses) drops each module's weights once no later engine needs them,
     which keeps a full-size SDXL export within 24 GiB. FLUX.1 is sdrt.export.flux_export's."""
     from sdrt.export.flux import is_flux
+    from sdrt.export.sd3 import is_sd3
 
+    if is_sd3(pipeline):
+        from sdrt.export.sd3_export import export_sd3_pipeline
+
+        return export_sd3_pipeline(
+            pipeline,
+            out_dir,
+            source=source,
+            options=options,
+            overwrite=overwrite,
+            progress=progress,
+            release_weights=release_weights,
+        )
     if is_flux(pipeline):
         from sdrt.export.flux_export import export_flux_pipeline
 

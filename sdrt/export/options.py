@@ -25,6 +25,7 @@ class ExportOptions:
     tiny_vae: str | None = None  # an AutoencoderTiny (folder or hub id) to export beside the VAE
     deepcache: bool = False  # also the graphs DeepCache needs (sdrt.export.deepcache)
     t5_precision: str | None = None  # FLUX's T5: fp32 unless asked (it overflows in fp16)
+    no_t5: bool = False  # SD3: export without T5 (the runtime feeds zeros in its place)
     weights: str | None = None  # int8 / int4: MatMul weights quantized (sdrt.export.quantize)
     weight_block: int = DEFAULT_WEIGHT_BLOCK  # weights per quantization scale
 

@@ -36,6 +36,15 @@ def _flux(kind: str) -> Callable[[Path], Path]:
     return build
 
 
+def _sd3(kind: str) -> Callable[[Path], Path]:
+    def build(folder: Path) -> Path:
+        from sdrt.export.random_sd3 import save_random_sd3
+
+        return save_random_sd3(folder, kind=kind, seed=0)
+
+    return build
+
+
 #: Name -> (what it is, builder). The full-size ones have real architectures for benchmarks.
 RANDOM_MODELS: dict[str, tuple[str, Callable[[Path], Path]]] = {
     "tiny": ("a tiny SD 1.x (seconds to build and run; for trying the whole path)", _sd("tiny")),
@@ -44,6 +53,8 @@ RANDOM_MODELS: dict[str, tuple[str, Callable[[Path], Path]]] = {
     "sdxl": ("SDXL 1.0 base's full-size architecture (benchmarks; about 14 GB)", _sdxl("full")),
     "tiny-flux": ("a tiny FLUX.1 dev (guidance-distilled)", _flux("dev")),
     "tiny-flux-schnell": ("a tiny FLUX.1 schnell", _flux("schnell")),
+    "tiny-sd3": ("a tiny SD3.5-Medium-shaped model (MMDiT-X) with T5", _sd3("t5")),
+    "tiny-sd3-no-t5": ("a tiny SD3.5-Medium-shaped model without T5", _sd3("no-t5")),
 }
 
 

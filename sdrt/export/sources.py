@@ -11,7 +11,10 @@ from sdrt.runtime.files.user_files import present
 
 REQUIRED_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
-UNSUPPORTED_COMPONENTS = {"text_encoder_3": "SD3"}
+UNSUPPORTED_COMPONENTS: dict[str, str] = {}
+#: Stable Diffusion 3 / 3.5 folders (sdrt.export.sd3); text_encoder_3 (T5) is optional.
+SD3_CLASS = "StableDiffusion3Pipeline"
+SD3_COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler")
 #: FLUX.1 folders (sdrt.export.flux): diffusers' class names and their components.
 FLUX_CLASS = "FluxPipeline"
 FLUX_COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler")
@@ -37,6 +40,8 @@ def _pipeline_class_for_index(index: dict) -> str:
     """The diffusers class that loads a folder with this model_index.json."""
     if str(index.get("_class_name", "")).startswith("Flux"):
         return FLUX_CLASS
+    if str(index.get("_class_name", "")).startswith("StableDiffusion3") or "text_encoder_3" in index:
+        return SD3_CLASS
     if SDXL_COMPONENT not in index:
         return SD_CLASS
     if "transformer" in index:
@@ -85,10 +90,12 @@ def _check_diffusers_folder(folder: Path) -> dict:
             raise ModelFolderError(
                 f"{folder} is {family}; sdrt exports Stable Diffusion 1.x, 2.x, SDXL and FLUX.1 only"
             )
-    if "transformer" in index and _pipeline_class_for_index(index) != FLUX_CLASS:
-        raise ModelFolderError(f"{folder} is a diffusion transformer sdrt does not export (FLUX.1 only)")
+    if "transformer" in index and _pipeline_class_for_index(index) not in (FLUX_CLASS, SD3_CLASS):
+        raise ModelFolderError(f"{folder} is a diffusion transformer sdrt does not export (FLUX.1 and SD3 only)")
     required = REQUIRED_COMPONENTS
-    if "transformer" in index:
+    if _pipeline_class_for_index(index) == SD3_CLASS:
+        required = SD3_COMPONENTS
+    elif "transformer" in index:
         required = FLUX_COMPONENTS
     elif SDXL_COMPONENT in index:
         required = ("unet", "vae", SDXL_COMPONENT, "tokenizer_2", "scheduler")
@@ -109,8 +116,11 @@ def load_pipeline(source: str, config: str | None = None):
     path = Path(source).expanduser()
     if path.is_dir():
         index = _check_diffusers_folder(path)
+        absent = {}
+        if _pipeline_class_for_index(index) == SD3_CLASS:  # diffusers cannot reload its own None components
+            absent = {name: None for name, kind in index.items() if isinstance(kind, list) and kind[:1] == [None]}
         try:
-            return _from(diffusers, _pipeline_class_for_index(index), "from_pretrained", path)
+            return _from(diffusers, _pipeline_class_for_index(index), "from_pretrained", path, **absent)
         except (OSError, ValueError, KeyError) as error:
             raise ModelFolderError(f"cannot load {path}: {error}") from None
     if path.is_file():
@@ -151,6 +161,6 @@ def _from(diffusers, class_name: str, method: str, source, **kwargs):
     safety checker, SDXL ones their watermarker. Weights load as float32."""
     if class_name in SDXL_CLASSES:
         kwargs["add_watermarker"] = False
-    elif class_name != FLUX_CLASS:
+    elif class_name not in (FLUX_CLASS, SD3_CLASS):
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     return getattr(getattr(diffusers, class_name), method)(source, **kwargs)

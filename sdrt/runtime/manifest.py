@@ -22,6 +22,7 @@ from sdrt.runtime.manifest_checks import (  # noqa: F401 (read from here)
     _validator,
     confined_path,
 )
+from sdrt.runtime.sd3_spec import Sd3Spec
 from sdrt.runtime.weight_formats import (  # noqa: F401 (read from here by the export and the CLI)
     DEFAULT_WEIGHT_BLOCK,
     WEIGHT_BLOCKS,
@@ -85,6 +86,7 @@ IMAGE_TOKENS, T5_SEQUENCE = "image_tokens", "t5_sequence"  # packed 2x2 latent p
 COMPONENT_NAMES = (
     "text_encoder",
     "text_encoder_2",
+    "text_encoder_3",  # SD3's T5
     UNET,
     "vae_decoder",
     "vae_encoder",
@@ -212,6 +214,7 @@ class Manifest:
     token_table_rows: dict[str, int] = field(default_factory=dict)  # text encoder -> its token table's rows
     tiny_vae: TinyVaeSpec | None = None  # with a vae_decoder_tiny component
     flux: FluxSpec | None = None  # FLUX.1 only
+    sd3: Sd3Spec | None = None  # Stable Diffusion 3 / 3.5 only (sdrt.runtime.sd3_spec)
 
     @property
     def sampler_space(self) -> str:
@@ -260,6 +263,8 @@ class Manifest:
             data["sdxl"] = SdxlSpec(**data["sdxl"])
         if data.get("flux") is not None:
             data["flux"] = FluxSpec(**data["flux"])
+        if data.get("sd3") is not None:
+            data["sd3"] = Sd3Spec(**data["sd3"])
         if data.get("tiny_vae") is not None:
             data["tiny_vae"] = TinyVaeSpec(**data["tiny_vae"])
         return cls(**data)

@@ -140,7 +140,7 @@ def _copy_tree(source: Path, target: Path) -> Path:
         (lambda tmp, tiny: _write(tmp / "broken.safetensors", b"not a checkpoint"), "cannot load checkpoint"),
         (lambda tmp, tiny: _remove(_copy_tree(tiny, tmp / "m"), "unet"), "lacks the component folder"),
         (lambda tmp, tiny: _sdxl(_copy_tree(tiny, tmp / "m")), "lacks the component folder(s): text_encoder_2"),
-        (lambda tmp, tiny: _sd3(_copy_tree(tiny, tmp / "m")), "is SD3"),
+        (lambda tmp, tiny: _sd3(_copy_tree(tiny, tmp / "m")), "lacks the component folder(s): transformer"),
     ],
     ids=[
         "no-model-index",

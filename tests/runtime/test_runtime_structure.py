@@ -61,8 +61,8 @@ def test_every_family_names_itself_and_an_unknown_one_is_one_clear_error():
     for name, family in FAMILIES.items():
         assert family.name == name and family_named(name) is family
         assert family.denoiser.component and family.display_name
-    with pytest.raises(Exception, match="unknown model family 'sd3'; sdrt runs sd1"):
-        family_named("sd3")
+    with pytest.raises(Exception, match="unknown model family 'sd4'; sdrt runs sd1"):
+        family_named("sd4")
 
 
 def test_timings_accept_declared_measures_only():

@@ -12,6 +12,7 @@ from sdrt.errors import ModelFolderError
 from sdrt.runtime.families.base import DenoiserCall, Family, LatentFormat
 from sdrt.runtime.families.flux import Flux
 from sdrt.runtime.families.sd import InferredStableDiffusion, StableDiffusion1, StableDiffusion2
+from sdrt.runtime.families.sd3 import StableDiffusion3
 from sdrt.runtime.families.sdxl import StableDiffusionXL, StableDiffusionXLRefiner
 
 FAMILIES: dict[str, Family] = {
@@ -23,6 +24,7 @@ FAMILIES: dict[str, Family] = {
         StableDiffusionXLRefiner(),
         Flux(),
         InferredStableDiffusion(),
+        StableDiffusion3(),
     )
 }
 FAMILY_NAMES = tuple(FAMILIES)

@@ -1,0 +1,112 @@
+"""Stable Diffusion 3 / 3.5 (SD3 Medium, SD3.5 Large, Large Turbo and Medium), as diffusers'
+`StableDiffusion3Pipeline` runs them:
+
+- text (sdrt.runtime.text.sd3_encoders): CLIP-L's and CLIP-G's penultimate states joined,
+  padded to T5's width and joined with T5's states (or its zeros) are `encoder_hidden_states`;
+  the two projected pooled outputs joined are `pooled_projections`;
+- the transformer denoises [batch, channels, height, width] latents (it patches them itself);
+  its `skip_layers` mask input skips no layer here (skip-layer guidance sets it);
+- guidance: classifier-free guidance on the guidance scale (guided when > 1, the negative
+  prompt "" unless given), negative rows first, as the pipeline;
+- sampling: flow matching (`flow_euler`), the scheduler's own sigmas (a fixed shift; a
+  dynamic one from the image's patch count when its config asks);
+- the VAE decodes latents / scaling_factor + shift_factor (both from its config).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from sdrt.errors import GenerationError, ModelFolderError
+from sdrt.runtime.families.base import DenoiserCall, Family
+from sdrt.runtime.manifest import (
+    DENOISER_OUTPUT,
+    DENOISER_TIMESTEP,
+    HIDDEN_STATES,
+    LATENT_HEIGHT,
+    POOLED_PROJECTIONS,
+    TRANSFORMER,
+    UNET_CONTEXT,
+    Manifest,
+)
+from sdrt.runtime.schedulers.spaces import FLOW
+from sdrt.runtime.sd3_spec import SKIP_LAYERS, Sd3Spec
+
+if TYPE_CHECKING:
+    from sdrt.runtime.engines import Engine
+    from sdrt.runtime.request import ResolvedRequest
+    from sdrt.runtime.text.encoders import TextEncoding
+
+#: Image tokens are patches of latents (the transformer's patch_size; 2 for every SD3 model).
+SD3_FEATURES = frozenset({"img2img", "init_latents"})
+
+
+class StableDiffusion3(Family):
+    name = "sd3"
+    display_name = "Stable Diffusion 3"
+    denoiser = DenoiserCall(TRANSFORMER, HIDDEN_STATES, DENOISER_TIMESTEP, DENOISER_OUTPUT)
+    text_sequence_feed = UNET_CONTEXT
+    features = SD3_FEATURES
+    sampler_space = FLOW
+    default_sampler = "flow_euler"
+    #: StableDiffusion3Pipeline's default guidance_scale.
+    default_guidance = 7.0
+
+    def text_encoders(self, manifest: Manifest) -> list[tuple[str, str]]:
+        spec = _sd3(manifest)
+        pairs = list(zip(spec.clip_encoders, spec.clip_tokenizers))
+        if spec.t5_encoder is not None and spec.t5_tokenizer is not None:
+            pairs.append((spec.t5_encoder, spec.t5_tokenizer))
+        return pairs
+
+    def load_text_encoders(self, folder, manifest: Manifest, embeddings):
+        from sdrt.runtime.text.sd3_encoders import Sd3TextEncoders
+
+        return Sd3TextEncoders.load(folder, manifest, embeddings)
+
+    def text_feeds(self, encoding: TextEncoding) -> dict[str, np.ndarray]:
+        if encoding.pooled is None:
+            raise ModelFolderError("SD3's CLIP encoders give no pooled output; re-export the model")
+        return {UNET_CONTEXT: encoding.hidden, POOLED_PROJECTIONS: encoding.pooled}
+
+    def inpainting_denoiser(self, manifest: Manifest) -> bool:
+        return False
+
+    def make_denoiser(self, engine: Engine):
+        from sdrt.runtime.families.sd3_denoiser import SkipMaskDenoiser
+
+        (layers,) = next(spec.shape for spec in engine.spec.inputs if spec.name == SKIP_LAYERS)
+        return SkipMaskDenoiser(engine, self.denoiser, int(layers))
+
+    def set_timesteps(self, sampler, steps: int, manifest: Manifest, resolved: ResolvedRequest | None) -> None:
+        """The scheduler's sigmas; with use_dynamic_shifting, shifted by mu for the image's
+        patch count (StableDiffusion3Pipeline's calculate_shift)."""
+        mu = None
+        if sampler.config.use_dynamic_shifting:
+            if resolved is None:
+                raise GenerationError("this SD3 sampler needs the image size (its shift depends on it)")
+            patch = manifest.vae_scale_factor * _patch(manifest)
+            mu = sampler.dynamic_shift_mu((resolved.height // patch) * (resolved.width // patch))
+        sampler.set_timesteps(steps, mu=mu)
+
+    def skipped_steps(self, steps: int, strength: float) -> int:
+        """StableDiffusion3Img2ImgPipeline's get_timesteps: the skipped steps rounded down."""
+        return int(max(steps - min(steps * strength, steps), 0))
+
+    def check_manifest(self, manifest: Manifest) -> str | None:
+        if manifest.sd3 is None:
+            return f"family {manifest.family!r} needs the sd3 section"
+        return None
+
+
+def _patch(manifest: Manifest) -> int:
+    """The latent side's multiple: the transformer's patch size, as the export recorded it."""
+    return manifest.dims[LATENT_HEIGHT].multiple
+
+
+def _sd3(manifest: Manifest) -> Sd3Spec:
+    if manifest.sd3 is None:
+        raise ModelFolderError(f"family {manifest.family!r} needs the manifest's sd3 section; re-export the model")
+    return manifest.sd3

@@ -1,0 +1,110 @@
+"""Stable Diffusion 3 / 3.5 on a tiny random SD3.5-Medium-shaped model against diffusers'
+StableDiffusion3Pipeline (CPU generator, fp32), with T5 and without it (zeros in its place).
+
+Tolerance (tests/support/images.py, 2/255 largest and 0.5/255 mean): every engine reproduces
+its PyTorch module to a relative 1e-6 or so (the export's validation) and the loop is the same
+float32 operations (the CLIP join and padding, the flow-matching Euler steps, the VAE's shift
+and scaling); measured: under 1e-3/255 before 8-bit rounding.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sdrt.errors import GenerationError
+from sdrt.runtime.pipeline import Pipeline
+from tests.conftest import sd3_reference
+from tests.support.images import MAX_PIXEL_ERROR, assert_same_image
+
+NO_HEAVY_IMPORTS = Path(__file__).parent.parent / "no_heavy_imports.py"
+PROMPT = "a red fox in a snowy forest at dawn"
+SIZE = {"height": 64, "width": 48}
+STEPS = 3
+GUIDANCE = 5.0
+
+
+@pytest.fixture(scope="module")
+def with_t5(exported_sd3) -> Pipeline:
+    return Pipeline.load(exported_sd3("t5"))
+
+
+@pytest.fixture(scope="module")
+def without_t5(exported_sd3) -> Pipeline:
+    return Pipeline.load(exported_sd3("no-t5"))
+
+
+def _diffusers_image(folder: Path, seed: int, t5: bool = True, class_name="StableDiffusion3Pipeline", **settings):
+    settings = {**SIZE, "num_inference_steps": STEPS, "guidance_scale": GUIDANCE, "prompt": PROMPT, **settings}
+    return sd3_reference(class_name, folder, t5)(
+        generator=torch.Generator().manual_seed(seed), output_type="np", **settings
+    ).images
+
+
+@pytest.mark.parametrize(
+    ("t5", "seed", "settings"),
+    [
+        (True, 1, {}),
+        (True, 2, {"negative_prompt": "blurry, low quality", "height": 32, "width": 80}),
+        (False, 3, {}),
+        (True, 4, {"guidance_scale": 1.0}),  # no CFG: one transformer batch (Large Turbo's way)
+    ],
+)
+def test_text_to_image_equals_stable_diffusion_3_pipeline(tiny_sd3, with_t5, without_t5, t5, seed, settings):
+    ours = with_t5 if t5 else without_t5
+    settings = {"guidance_scale": GUIDANCE, **SIZE, **settings}
+    got = ours.generate(PROMPT, steps=STEPS, seed=seed, **settings)
+    expected = _diffusers_image(tiny_sd3, seed, t5, **settings)
+    assert got.parameters["sampler"] == "flow_euler"
+    assert_same_image(got.array, expected)
+
+
+def test_without_t5_the_image_differs_from_with_it(with_t5, without_t5):
+    """The --no-t5 export is not the T5 one under another name: T5's states move the image."""
+    settings = {"steps": 2, "seed": 5, "guidance_scale": GUIDANCE, **SIZE}
+    difference = np.abs(with_t5.generate(PROMPT, **settings).array - without_t5.generate(PROMPT, **settings).array)
+    assert difference.max() > MAX_PIXEL_ERROR
+
+
+@pytest.mark.parametrize(("settings", "field", "message"), [({"height": 40}, "height", "not a multiple of 16")])
+def test_bad_requests_are_one_error_naming_the_field(with_t5, settings, field, message):
+    with pytest.raises(GenerationError, match=message) as raised:
+        with_t5.generate(PROMPT, steps=1, seed=0, **{**SIZE, **settings})
+    assert raised.value.param == field
+
+
+def test_sdrt_generate_runs_sd3_without_torch_and_equals_diffusers(tiny_sd3, exported_sd3, tmp_path):
+    """No --guidance: SD3's own default (7.0), StableDiffusion3Pipeline's."""
+    out = tmp_path / "fox.png"
+    arguments = [
+        "generate", PROMPT, "--model", str(exported_sd3("t5")), "--steps", str(STEPS), "--seed", "6",
+        "--height", str(SIZE["height"]), "--width", str(SIZE["width"]), "--out", str(out), "--quiet",
+    ]  # fmt: skip
+    code = f"from sdrt.cli import main\nmain({arguments!r}, standalone_mode=False)\n"
+    completed = subprocess.run([sys.executable, str(NO_HEAVY_IMPORTS), code], capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr
+    written = np.asarray(Image.open(out).convert("RGB"), dtype=np.float32) / 255
+    expected = _diffusers_image(tiny_sd3, 6, guidance_scale=7.0)[0]
+    assert np.abs(written - expected).max() <= MAX_PIXEL_ERROR + 0.5 / 255  # 8-bit rounding on top
+    assert "CFG scale: 7" in Image.open(out).info["parameters"]
+
+
+@pytest.mark.parametrize(("steps", "strength", "t5"), [(3, 0.8, True), (4, 0.6, False)])
+def test_image_to_image_equals_stable_diffusion_3_img2img_pipeline(tiny_sd3, with_t5, without_t5, steps, strength, t5):
+    """3 steps at 0.8 skips none (SD3 rounds the skipped steps down, SD the kept ones)."""
+    pixels = np.random.default_rng(0).random((SIZE["height"], SIZE["width"], 3))
+    image = Image.fromarray((pixels * 255).astype(np.uint8))
+    ours = with_t5 if t5 else without_t5
+    got = ours.generate(
+        PROMPT, init_image=image, strength=strength, steps=steps, seed=3, guidance_scale=GUIDANCE, **SIZE
+    )
+    expected = _diffusers_image(
+        tiny_sd3, 3, t5, "StableDiffusion3Img2ImgPipeline", image=image, strength=strength, num_inference_steps=steps
+    )
+    assert_same_image(got.array, expected)
