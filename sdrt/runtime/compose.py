@@ -85,6 +85,7 @@ def run_resolved(
         conditioning = encode_conditioning(pipeline.text_encoders, engines, resolved, guider, warnings, timings)
     sampler = pipeline.new_sampler(request, resolved)
     denoiser = pipeline.family.make_denoiser(engine)
+    guider.bind(denoiser)
     if request.deepcache is not None:
         denoiser = StepCachedDenoiser(engine, pipeline.optional_engine(UNET_SHALLOW), names, request.deepcache.interval)
     start = modes.prepare(

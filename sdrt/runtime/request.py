@@ -28,6 +28,7 @@ from sdrt.runtime.features.hires import HiresFix
 from sdrt.runtime.features.inpaint_area import MaskOptions
 from sdrt.runtime.features.lora.tags import LoraRef, extract_tags, weights_problem
 from sdrt.runtime.features.lora.weights_map import LoraError
+from sdrt.runtime.features.skip_layers import SkipLayerGuidance
 from sdrt.runtime.imaging.inputs import InputImageError, open_image, target_size
 from sdrt.runtime.manifest import BATCH, HEIGHT, Manifest
 from sdrt.runtime.request_checks import check_counts, check_deepcache, check_sampling, check_vae, latent_size
@@ -102,6 +103,8 @@ class GenerationRequest:
     # FLUX.1 only: real classifier-free guidance with a negative prompt (guidance_scale is then
     # a guidance-distilled model's embedded guidance).
     true_cfg_scale: float | None = field(default=None, metadata=SHARED)
+    # Stable Diffusion 3 only: skip-layer guidance (sdrt.runtime.features.skip_layers).
+    skip_layer_guidance: SkipLayerGuidance | None = field(default=None, metadata=SHARED)
     emphasis: str = field(default=DEFAULT_EMPHASIS, metadata=SHARED)
     clip_skip: int = field(default=1, metadata=SHARED)
     plain_prompt: bool = field(default=False, metadata=SHARED)

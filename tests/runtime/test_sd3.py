@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from sdrt.errors import GenerationError
+from sdrt.runtime.features.skip_layers import SkipLayerGuidance
 from sdrt.runtime.pipeline import Pipeline
 from tests.conftest import sd3_reference
 from tests.support.images import MAX_PIXEL_ERROR, assert_same_image
@@ -108,3 +109,50 @@ def test_image_to_image_equals_stable_diffusion_3_img2img_pipeline(tiny_sd3, wit
         tiny_sd3, 3, t5, "StableDiffusion3Img2ImgPipeline", image=image, strength=strength, num_inference_steps=steps
     )
     assert_same_image(got.array, expected)
+
+
+@pytest.mark.parametrize(("layers", "scale", "start", "stop"), [((1,), 2.8, 0.01, 0.9), ((0, 2), 4.0, 0.2, 0.7)])
+def test_skip_layer_guidance_equals_stable_diffusion_3_pipeline(tiny_sd3, with_t5, layers, scale, start, stop):
+    """The extra conditional call skips the layers through the export's mask (one set of weights)."""
+    settings = SkipLayerGuidance(layers, scale, start, stop)
+    got = with_t5.generate(PROMPT, steps=4, seed=1, guidance_scale=GUIDANCE, skip_layer_guidance=settings, **SIZE)
+    expected = _diffusers_image(
+        tiny_sd3,
+        1,
+        num_inference_steps=4,
+        skip_guidance_layers=list(layers),
+        skip_layer_guidance_scale=scale,
+        skip_layer_guidance_start=start,
+        skip_layer_guidance_stop=stop,
+    )
+    assert_same_image(got.array, expected)
+    plain = with_t5.generate(PROMPT, steps=4, seed=1, guidance_scale=GUIDANCE, **SIZE).array
+    assert np.abs(plain - got.array).max() > MAX_PIXEL_ERROR  # the guidance changed the image
+
+
+def test_skip_layer_guidance_without_cfg_is_not_used_with_a_warning(with_t5):
+    settings = {"steps": 2, "seed": 3, "guidance_scale": 1.0, **SIZE}
+    skipped = with_t5.generate(PROMPT, skip_layer_guidance=SkipLayerGuidance((1,), stop=1.0), **settings)
+    assert any("skip-layer guidance runs only with classifier-free guidance" in w for w in skipped.warnings)
+    np.testing.assert_array_equal(skipped.array, with_t5.generate(PROMPT, **settings).array)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (SkipLayerGuidance((3,)), r"layers \[3\] are outside this transformer's 0..2"),
+        (SkipLayerGuidance(()), "non-empty list"),
+        (SkipLayerGuidance((1,), start=0.5, stop=0.2), "start <= stop"),
+        (SkipLayerGuidance((1,), scale=float("inf")), "scale must be a finite number"),
+    ],
+)
+def test_bad_skip_layer_guidance_is_one_error_naming_the_field(with_t5, settings, message):
+    with pytest.raises(GenerationError, match=message) as raised:
+        with_t5.generate(PROMPT, steps=1, seed=0, guidance_scale=GUIDANCE, skip_layer_guidance=settings, **SIZE)
+    assert raised.value.param == "skip_layer_guidance"
+
+
+def test_skip_layer_guidance_on_a_model_without_skippable_layers_is_refused(exported_tiny):
+    with pytest.raises(GenerationError, match="applies to Stable Diffusion 3 models only") as raised:
+        Pipeline.load(exported_tiny()).generate("a cat", steps=1, skip_layer_guidance=SkipLayerGuidance((1,)))
+    assert raised.value.param == "skip_layer_guidance"

@@ -36,7 +36,7 @@ from sdrt.runtime.sd3_spec import SKIP_LAYERS, Sd3Spec
 
 if TYPE_CHECKING:
     from sdrt.runtime.engines import Engine
-    from sdrt.runtime.request import ResolvedRequest
+    from sdrt.runtime.request import GenerationRequest, ResolvedRequest
     from sdrt.runtime.text.encoders import TextEncoding
 
 #: Image tokens are patches of latents (the transformer's patch_size; 2 for every SD3 model).
@@ -48,6 +48,7 @@ class StableDiffusion3(Family):
     display_name = "Stable Diffusion 3"
     denoiser = DenoiserCall(TRANSFORMER, HIDDEN_STATES, DENOISER_TIMESTEP, DENOISER_OUTPUT)
     text_sequence_feed = UNET_CONTEXT
+    own_settings = ("skip_layer_guidance",)
     features = SD3_FEATURES
     sampler_space = FLOW
     default_sampler = "flow_euler"
@@ -71,14 +72,37 @@ class StableDiffusion3(Family):
             raise ModelFolderError("SD3's CLIP encoders give no pooled output; re-export the model")
         return {UNET_CONTEXT: encoding.hidden, POOLED_PROJECTIONS: encoding.pooled}
 
+    def guider(self, engine: Engine, resolved: ResolvedRequest, warnings: list[str]):
+        from sdrt.runtime.features.skip_layers import SkipLayerGuider
+        from sdrt.runtime.loop.guiders import guider_for
+
+        request = resolved.request
+        settings = request.skip_layer_guidance
+        if settings is None:
+            return guider_for(engine, request, resolved.guided, warnings)
+        if not resolved.guided:
+            warnings.append("skip-layer guidance runs only with classifier-free guidance (guidance > 1): not used")
+            return guider_for(engine, request, resolved.guided, warnings)
+        return SkipLayerGuider(self.cfg_scale(request), settings, request.steps, _layer_count(engine))
+
+    def check_request(self, request: GenerationRequest, manifest: Manifest) -> None:
+        super().check_request(request, manifest)
+        settings = request.skip_layer_guidance
+        if settings is not None:
+            settings.check(_sd3(manifest).transformer_layers)
+            if request.init_image is not None or request.latents is not None:
+                raise GenerationError(
+                    "skip-layer guidance runs in text-to-image only (as StableDiffusion3Pipeline)",
+                    "skip_layer_guidance",
+                )
+
     def inpainting_denoiser(self, manifest: Manifest) -> bool:
         return False
 
     def make_denoiser(self, engine: Engine):
         from sdrt.runtime.families.sd3_denoiser import SkipMaskDenoiser
 
-        (layers,) = next(spec.shape for spec in engine.spec.inputs if spec.name == SKIP_LAYERS)
-        return SkipMaskDenoiser(engine, self.denoiser, int(layers))
+        return SkipMaskDenoiser(engine, self.denoiser, _layer_count(engine))
 
     def set_timesteps(self, sampler, steps: int, manifest: Manifest, resolved: ResolvedRequest | None) -> None:
         """The scheduler's sigmas; with use_dynamic_shifting, shifted by mu for the image's
@@ -99,6 +123,12 @@ class StableDiffusion3(Family):
         if manifest.sd3 is None:
             return f"family {manifest.family!r} needs the sd3 section"
         return None
+
+
+def _layer_count(engine: Engine) -> int:
+    """The transformer's layers: its skip mask's length."""
+    (layers,) = next(spec.shape for spec in engine.spec.inputs if spec.name == SKIP_LAYERS)
+    return int(layers)
 
 
 def _patch(manifest: Manifest) -> int:

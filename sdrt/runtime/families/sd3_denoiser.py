@@ -9,7 +9,11 @@ from sdrt.runtime.engines import Engine
 from sdrt.runtime.families.base import DenoiserCall
 from sdrt.runtime.loop.context import StepContext
 from sdrt.runtime.loop.denoiser import EngineDenoiser
+from sdrt.runtime.manifest import POOLED_PROJECTIONS, UNET_CONTEXT
 from sdrt.runtime.sd3_spec import SKIP_LAYERS
+
+#: The conditioning feeds with one row per latent row (the rest, if any, are shared).
+PER_ROW_FEEDS = (UNET_CONTEXT, POOLED_PROJECTIONS)
 
 
 class SkipMaskDenoiser(EngineDenoiser):
@@ -20,6 +24,25 @@ class SkipMaskDenoiser(EngineDenoiser):
         super().__init__(engine, names)
         self.no_skip = np.zeros(layers, self.dtypes[SKIP_LAYERS])
         self.skip: np.ndarray | None = None
+        self.skip_guidance = None  # a SkipLayerGuider binds itself here
+
+    def predict(self, ctx: StepContext, model_input, scaled, timestep, calls, hooks):
+        """The step's prediction; on skip-layer guidance's steps, the conditional half's
+        prediction with its layers skipped is left in the guider (diffusers' extra call)."""
+        prediction, seconds = super().predict(ctx, model_input, scaled, timestep, calls, hooks)
+        guidance = self.skip_guidance
+        if guidance is not None and guidance.settings.active(ctx.index, guidance.steps):
+            (rows, feeds), half = calls[0], len(model_input) // 2
+            if len(calls) != 1 or rows is not None:
+                raise ValueError("skip-layer guidance needs the step's rows in one call")
+            inputs = {name: value[half:] if name in PER_ROW_FEEDS else value for name, value in feeds.items()}
+            inputs.update({self.names.sample: model_input[half:], self.names.timestep: timestep})
+            self.skip = guidance.mask
+            try:
+                guidance.skipped = self.run(ctx, 0, inputs)
+            finally:
+                self.skip = None
+        return prediction, seconds
 
     def run(self, ctx: StepContext, position: int, inputs: dict[str, np.ndarray]) -> np.ndarray:
         mask = self.no_skip if self.skip is None else self.skip.astype(self.no_skip.dtype)

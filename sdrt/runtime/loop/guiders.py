@@ -38,6 +38,9 @@ class NoGuidance:
         """Feeds every conditional row gets."""
         return {}
 
+    def bind(self, denoiser) -> None:
+        """The stage's denoiser, for a guider that calls it too (SD3's skip-layer guidance)."""
+
 
 class ClassifierFreeGuidance(NoGuidance):
     unconditional = True
