@@ -15,6 +15,7 @@ from sdrt.cli.image_options import hires_fix, image_options, mask_options, style
 from sdrt.cli.outputs import check_output, output_paths
 from sdrt.cli.progress import StepProgress
 from sdrt.cli.prompt_options import embedding_options, embedding_sources, lora_options, prompt_options
+from sdrt.cli.sd3_options import sd3_options, skip_layer_guidance
 from sdrt.cli.sdxl_options import resolve_refiner_switch, sdxl_options, size_conditioning
 from sdrt.cli.signals import stop_on_signals
 from sdrt.cli.types import THREADS, FiniteFloat
@@ -126,6 +127,7 @@ from sdrt.runtime.schedulers import (
 @click.option("--json", "as_json", is_flag=True, help="Print parameters, output paths and timings as JSON.")
 @image_options
 @sdxl_options
+@sd3_options
 @prompt_options
 @embedding_options
 @lora_options
@@ -239,6 +241,8 @@ def generate(
         steps=steps,
         guidance_scale=guidance,
         true_cfg_scale=true_cfg,
+        skip_layer_guidance=skip_layer_guidance(sdxl),
+        t5=sdxl.pop("t5"),
         seeds=consecutive_seeds(seed, num_images),  # image k: seed + k, each reproducible alone (A1111)
         height=height,
         width=width,

@@ -156,3 +156,40 @@ def test_skip_layer_guidance_on_a_model_without_skippable_layers_is_refused(expo
     with pytest.raises(GenerationError, match="applies to Stable Diffusion 3 models only") as raised:
         Pipeline.load(exported_tiny()).generate("a cat", steps=1, skip_layer_guidance=SkipLayerGuidance((1,)))
     assert raised.value.param == "skip_layer_guidance"
+
+
+def test_t5_off_at_run_time_equals_the_pipeline_without_t5(tiny_sd3, with_t5, without_t5):
+    """t5=False on an export with T5: zeros in its place, as the --no-t5 export and diffusers
+    with text_encoder_3 None."""
+    settings = {"steps": 2, "seed": 7, "guidance_scale": GUIDANCE, **SIZE}
+    got = with_t5.generate(PROMPT, t5=False, **settings)
+    assert_same_image(got.array, _diffusers_image(tiny_sd3, 7, False, num_inference_steps=2))
+    np.testing.assert_array_equal(got.array, without_t5.generate(PROMPT, **settings).array)
+
+
+def test_t5_asked_for_on_an_export_without_it_is_one_error_naming_the_field(without_t5):
+    with pytest.raises(GenerationError, match="has no T5") as raised:
+        without_t5.generate(PROMPT, steps=1, seed=0, t5=True, **SIZE)
+    assert raised.value.param == "t5"
+
+
+def test_sdrt_generate_takes_skip_layer_guidance_and_no_t5(tiny_sd3, exported_sd3, tmp_path):
+    from click.testing import CliRunner
+
+    from sdrt.cli import main
+
+    out = tmp_path / "fox.png"
+    arguments = [
+        "generate", PROMPT, "--model", str(exported_sd3("t5")), "--steps", "4", "--seed", "2", "--guidance", "5",
+        "--height", str(SIZE["height"]), "--width", str(SIZE["width"]), "--out", str(out), "--quiet",
+        "--skip-layers", "0,2", "--skip-layer-stop", "0.9", "--no-t5",
+    ]  # fmt: skip
+    result = CliRunner().invoke(main, arguments)
+    assert result.exit_code == 0, result.output
+    written = np.asarray(Image.open(out).convert("RGB"), dtype=np.float32) / 255
+    expected = _diffusers_image(
+        tiny_sd3, 2, False, num_inference_steps=4, skip_guidance_layers=[0, 2], skip_layer_guidance_stop=0.9
+    )[0]
+    assert np.abs(written - expected).max() <= MAX_PIXEL_ERROR + 0.5 / 255  # 8-bit rounding on top
+    bad = CliRunner().invoke(main, [*arguments[:-5], "--skip-layers", "9"])
+    assert bad.exit_code != 0 and "outside this transformer's 0..2" in bad.output and "Traceback" not in bad.output

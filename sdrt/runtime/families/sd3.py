@@ -48,7 +48,7 @@ class StableDiffusion3(Family):
     display_name = "Stable Diffusion 3"
     denoiser = DenoiserCall(TRANSFORMER, HIDDEN_STATES, DENOISER_TIMESTEP, DENOISER_OUTPUT)
     text_sequence_feed = UNET_CONTEXT
-    own_settings = ("skip_layer_guidance",)
+    own_settings = ("skip_layer_guidance", "t5")
     features = SD3_FEATURES
     sampler_space = FLOW
     default_sampler = "flow_euler"
@@ -87,6 +87,10 @@ class StableDiffusion3(Family):
 
     def check_request(self, request: GenerationRequest, manifest: Manifest) -> None:
         super().check_request(request, manifest)
+        if request.t5 is not None and not isinstance(request.t5, bool):
+            raise GenerationError(f"t5 must be true or false, got {request.t5!r}", "t5")
+        if request.t5 and _sd3(manifest).t5_encoder is None:
+            raise GenerationError("this SD3 export has no T5 (exported with --no-t5); leave t5 unset or false", "t5")
         settings = request.skip_layer_guidance
         if settings is not None:
             settings.check(_sd3(manifest).transformer_layers)

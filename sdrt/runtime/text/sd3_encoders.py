@@ -78,7 +78,7 @@ class Sd3TextEncoders(FluxTextEncoders):
         assert spec is not None  # load checked it
         started = time.perf_counter()
         clip_ids = [clip.encode(texts) for clip in self.clips]
-        t5_ids = self.t5.encode(texts) if self.t5 is not None else None
+        t5_ids = self.t5.encode(texts) if self.t5 is not None and options.t5 else None
         if timings is not None:
             timings.add(TOKENIZE, time.perf_counter() - started)
         for name, ids, clip in zip(CLIP_NAMES, clip_ids, self.clips):
@@ -90,7 +90,7 @@ class Sd3TextEncoders(FluxTextEncoders):
             pooled.append(outputs[PROJECTED])
         clip_states = np.concatenate(states, axis=-1)
         width = spec.joint_attention_dim
-        if self.t5 is not None and t5_ids is not None:
+        if self.t5 is not None and t5_ids is not None:  # else no T5: its zeros (diffusers without text_encoder_3)
             self._warn_cut("T5", t5_ids, self.t5.max_length, texts, negatives, warnings)
             t5_states = self._run(engines[self.names[-1]], t5_ids.input_ids, LAST_HIDDEN)
             width = t5_states.shape[-1]
