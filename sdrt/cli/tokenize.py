@@ -12,6 +12,9 @@ from sdrt.cli.prompt_options import embedding_options, embedding_sources, prompt
 from sdrt.errors import SdrtError
 from sdrt.runtime.request_checks import MAX_STEPS
 
+#: How `sdrt tokenize` names an SD3 export's tokenizers, in the order it encodes with them.
+SD3_LABELS = ("clip_l", "clip_g", "t5")
+
 
 @main.command()
 @click.argument("prompts", nargs=-1, required=True)
@@ -58,10 +61,10 @@ def tokenize(
     sources = [EmbeddingSource.parse(s) for s in embedding_sources(embedding_dirs, embedding_files)]
     names: dict[int, str] = {}
     manifest = Manifest.load(folder) if (folder / MANIFEST_NAME).is_file() else None
-    if manifest is not None and manifest.flux is not None:
+    if manifest is not None and (manifest.flux is not None or manifest.sd3 is not None):
         if sources:
-            raise SdrtError("FLUX.1 exports take no textual-inversion embeddings")
-        _flux_tokens(folder, manifest, prompts, as_json)
+            raise SdrtError(f"{manifest.model_family.display_name} exports take no textual-inversion embeddings")
+        _plain_tokens(folder, manifest, prompts, as_json)
         return
     if manifest is not None:  # a malformed model folder is one line here too
         encoders = TextEncoders.load(folder, manifest, sources)  # SDXL: the first encoder's
@@ -114,16 +117,16 @@ def tokenize(
             click.echo(" ".join(words))
 
 
-def _flux_tokens(folder: Path, manifest, prompts: tuple[str, ...], as_json: bool) -> None:
-    """Both FLUX tokenizers' ids of each prompt as plain text (CLIP's for the pooled embedding,
-    T5's for the hidden states), up to each one's end token, and what each cut."""
-    from sdrt.runtime.text.flux_encoders import FluxTextEncoders
-
-    encoders = FluxTextEncoders.load(folder, manifest)
+def _plain_tokens(folder: Path, manifest, prompts: tuple[str, ...], as_json: bool) -> None:
+    """Each tokenizer's ids of each prompt as plain text, up to its end token, and what each cut:
+    FLUX's CLIP (the pooled embedding) and T5 (the hidden states); SD3's CLIP-L, CLIP-G and T5
+    (when exported)."""
+    encoders = manifest.model_family.load_text_encoders(folder, manifest, None)
+    labels = ("clip", "t5") if manifest.flux is not None else SD3_LABELS[: len(encoders.tokenizers)]
     rows = []
     for prompt in prompts:
         row: dict = {"prompt": prompt}
-        for name, tokenizer in zip(("clip", "t5"), encoders.tokenizers):
+        for name, tokenizer in zip(labels, encoders.tokenizers):
             encoded = tokenizer.encode(prompt)
             ids = encoded.input_ids[0].tolist()[: encoded.lengths[0]]
             row[name] = {"input_ids": ids, "tokens": [tokenizer.decode([i]) for i in ids]}
@@ -133,7 +136,7 @@ def _flux_tokens(folder: Path, manifest, prompts: tuple[str, ...], as_json: bool
         click.echo(json.dumps(rows, ensure_ascii=False))
         return
     for row in rows:
-        for name in ("clip", "t5"):
+        for name in labels:
             part = row[name]
             cut = f", cut: {part['cut']!r}" if part["cut"] else ""
             click.echo(f"{name} ({len(part['input_ids'])} tokens{cut}):")

@@ -193,3 +193,23 @@ def test_sdrt_generate_takes_skip_layer_guidance_and_no_t5(tiny_sd3, exported_sd
     assert np.abs(written - expected).max() <= MAX_PIXEL_ERROR + 0.5 / 255  # 8-bit rounding on top
     bad = CliRunner().invoke(main, [*arguments[:-5], "--skip-layers", "9"])
     assert bad.exit_code != 0 and "outside this transformer's 0..2" in bad.output and "Traceback" not in bad.output
+
+
+def test_sdrt_tokenize_shows_each_sd3_tokenizer(exported_sd3):
+    import json
+
+    from click.testing import CliRunner
+    from transformers import CLIPTokenizer, T5TokenizerFast
+
+    from sdrt.cli import main
+
+    folder = exported_sd3("t5")
+    text = "a red fox </s> in the snow"
+    shown = CliRunner().invoke(main, ["tokenize", text, "--model", str(folder), "--json"])
+    assert shown.exit_code == 0, shown.output
+    row = json.loads(shown.output)[0]
+    for name, tokenizer in (("clip_l", "tokenizer"), ("clip_g", "tokenizer_2")):
+        assert row[name]["input_ids"] == CLIPTokenizer.from_pretrained(folder / tokenizer)(text).input_ids
+    assert row["t5"]["input_ids"] == T5TokenizerFast.from_pretrained(folder / "tokenizer_3")(text).input_ids
+    without = CliRunner().invoke(main, ["tokenize", text, "--model", str(exported_sd3("no-t5")), "--json"])
+    assert without.exit_code == 0 and "t5" not in json.loads(without.output)[0]
