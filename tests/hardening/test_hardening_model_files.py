@@ -92,6 +92,8 @@ EXPECTED_VALID = [
     "no tiny_vae",
     "flux=None",
     "no flux",
+    "sd3=None",
+    "no sd3",
     "unet.inputs[0].name='x'",
     "unet.file='zz'",
     "unet.inputs=[]",
