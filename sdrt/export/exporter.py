@@ -210,6 +210,8 @@ def export_pipeline(
             progress=progress,
             release_weights=release_weights,
         )
+    if options.no_t5:
+        raise ExportError("--no-t5 is for Stable Diffusion 3 models (T5 is optional there only)")
     if is_flux(pipeline):
         from sdrt.export.flux_export import export_flux_pipeline
 

@@ -61,3 +61,21 @@ def test_the_transformers_skip_mask_equals_diffusers_skip_layers(tiny_sd3, expor
         with torch.no_grad():
             unskipped = model(sample, text, pooled, timestep, return_dict=False)[0].numpy()
         assert np.abs(unskipped - expected).max() > TOLERANCE * 100  # skipping changed the prediction
+
+
+def test_sdrt_export_no_t5_leaves_t5_out_and_other_families_refuse_it(tiny_sd3, tiny_models, tmp_path):
+    from click.testing import CliRunner
+
+    from sdrt.cli import main
+
+    out = tmp_path / "no-t5"
+    result = CliRunner().invoke(main, ["export", str(tiny_sd3), "--out", str(out), "--no-t5"])
+    assert result.exit_code == 0, result.output
+    manifest = Manifest.load(out)
+    assert "text_encoder_3" not in manifest.components and manifest.sd3.t5_encoder is None
+    assert not (out / "tokenizer_3").exists()
+    refused = CliRunner().invoke(
+        main, ["export", str(tiny_models["standard"]), "--out", str(tmp_path / "sd"), "--no-t5"]
+    )
+    assert refused.exit_code != 0 and "--no-t5 is for Stable Diffusion 3 models" in refused.output
+    assert "Traceback" not in refused.output
