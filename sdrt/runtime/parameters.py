@@ -35,6 +35,16 @@ def generation_parameters(
         parameters["strength"] = resolved.strength
     if request.true_cfg_scale is not None:  # FLUX.1's real CFG (guidance_scale is then the distilled guidance)
         parameters["true_cfg_scale"] = float(request.true_cfg_scale)
+    if request.skip_layer_guidance is not None:  # SD3 (sdrt.runtime.features.skip_layers)
+        skip = request.skip_layer_guidance
+        parameters["skip_layer_guidance"] = {
+            "layers": list(skip.layers),
+            "scale": skip.scale,
+            "start": skip.start,
+            "stop": skip.stop,
+        }
+    if request.t5 is False:  # SD3 run without T5
+        parameters["t5"] = False
     options = resolved.text_options
     if options.clip_skip > 1:  # A1111 records these only when they change something
         parameters["clip_skip"] = options.clip_skip

@@ -191,6 +191,8 @@ def test_sdrt_generate_takes_skip_layer_guidance_and_no_t5(tiny_sd3, exported_sd
         tiny_sd3, 2, False, num_inference_steps=4, skip_guidance_layers=[0, 2], skip_layer_guidance_stop=0.9
     )[0]
     assert np.abs(written - expected).max() <= MAX_PIXEL_ERROR + 0.5 / 255  # 8-bit rounding on top
+    recorded = Image.open(out).info["parameters"]
+    assert "0, 2" in recorded and "skip" in recorded.lower(), recorded
     bad = CliRunner().invoke(main, [*arguments[:-5], "--skip-layers", "9"])
     assert bad.exit_code != 0 and "outside this transformer's 0..2" in bad.output and "Traceback" not in bad.output
 

@@ -87,6 +87,14 @@ def format_parameters(prompt: str, parameters: dict, batch_position: int | None 
         )
     if "deepcache" in parameters:
         fields.append(("DeepCache", quote(parameters["deepcache"])))
+    if "skip_layer_guidance" in parameters:  # SD3's skip-layer guidance
+        skip = parameters["skip_layer_guidance"]
+        layers = ", ".join(str(layer) for layer in skip["layers"])
+        fields.append(
+            ("Skip layers", quote(f"{layers}; scale {skip['scale']:g}, {skip['start']:g} to {skip['stop']:g}"))
+        )
+    if parameters.get("t5") is False:  # SD3 run without T5
+        fields.append(("T5", "off"))
     if "vae" in parameters:  # A1111's field for the VAE used
         fields.append(("VAE", "TAESD" if parameters["vae"] == "tiny" else parameters["vae"]))
     for index, unit in enumerate(parameters.get("controlnets", ())):  # the A1111 extension's record
