@@ -122,7 +122,9 @@ def test_samplers_and_schedulers_list_the_registry(served_k):
     assert all(schedulers[name] == entry.label for name, entry in K_SCHEDULES.items())
 
 
-@pytest.mark.parametrize("fields, param", [({"sampler_name": "Nope"}, "sampler_name"), ({"scheduler": "Nope"}, "scheduler")])
+@pytest.mark.parametrize(
+    "fields, param", [({"sampler_name": "Nope"}, "sampler_name"), ({"scheduler": "Nope"}, "scheduler")]
+)
 def test_unknown_names_are_a_400_naming_the_field(served_k, fields, param):
     response = txt2img(served_k[0], **{"sampler_name": "Euler a", **fields})
     assert response.status_code == 400
