@@ -1,4 +1,4 @@
-"""Helpers of the HTTP APIs: images as base64 PNGs, A1111 sampler names, and the map from a
+"""Helpers of the HTTP APIs: images as base64 PNGs (A1111 sampler names: a1111_samplers), and the map from a
 request field (GenerationError.param) to each API's own field name."""
 
 from __future__ import annotations
@@ -9,25 +9,17 @@ import io
 
 from PIL import Image, UnidentifiedImageError
 
-from sdrt.errors import ConfigError
 from sdrt.runtime.imaging.inputs import InputImageError, check_pixels
-from sdrt.runtime.schedulers import (
-    DEFAULT_SAMPLER,
-    DEFAULT_SCHEDULE,
-    DIFFUSERS,
-    DISPLAY_NAMES,
-    SAMPLERS,
-    display_name,
+from sdrt.serve.a1111_samplers import (  # noqa: F401  (re-exported: the API helpers' one import)
+    A1111_SAMPLERS,
+    NO_REFINER,
+    SAMPLER_ETA,
+    check_eta,
+    k_family_applies,
+    sdrt_sampler,
 )
-from sdrt.runtime.schedulers.schedules import schedule_entry
 from sdrt.serve.schemas import RequestError
 
-# A1111 sampler names (lower case) to sdrt's, of every space (the request check refuses a sampler
-# of another space than the model's by name); "DPM++ 2M Karras" keeps its own entry.
-# The diffusers family's only: the k-diffusion family (sdrt's k_* names) shares A1111's labels.
-A1111_SAMPLERS = {entry.display_name.lower(): entry.name for entry in SAMPLERS.values() if entry.family == DIFFUSERS}
-#: Older A1111 sampler names carry their schedule: "Euler Karras" is Euler + Karras.
-LEGACY_SCHEDULE_SUFFIXES = {" karras": "karras", " exponential": "exponential"}
 #: GenerationRequest fields -> the field of each API that carries them.
 OPENAI_FIELDS = {
     "num_images": "n",
@@ -62,7 +54,7 @@ A1111_FIELDS = {
     "deepcache": "deepcache",
 }
 #: What A1111 clients send for "no refiner" and "no ControlNet model".
-NO_REFINER = NO_MODEL = ("", "none")
+NO_MODEL = NO_REFINER
 
 
 def png_base64(image: Image.Image, parameters_text: str | None = None) -> str:
@@ -104,34 +96,6 @@ def open_base64_image(data, param: str) -> Image.Image:
             return image
     except (ValueError, OSError, Image.DecompressionBombError):
         raise RequestError(400, f"{param} is not a base64-encoded image", param) from None
-
-
-def sdrt_sampler(sampler: str | None, schedule_type: str | None) -> tuple[str, str]:
-    """(sdrt sampler, schedule type) for A1111's sampler name and schedule type: "DPM++ 2M" +
-    "Karras" is DPM++ 2M with Karras sigmas, as is the older name "DPM++ 2M Karras"; sdrt's own
-    names are accepted too. A pair sdrt cannot run is refused by the request's check."""
-    schedule = DEFAULT_SCHEDULE
-    if schedule_type is not None and schedule_type.strip():
-        try:
-            schedule = schedule_entry(schedule_type).name
-        except ConfigError as error:
-            raise RequestError(400, f"scheduler: {error}", "scheduler") from None
-    if sampler is None:
-        return DEFAULT_SAMPLER, schedule
-    name = sampler.strip().lower()
-    for suffix, implied in LEGACY_SCHEDULE_SUFFIXES.items():  # "DPM++ 2M Karras": the older A1111 names
-        if name.endswith(suffix) and name not in A1111_SAMPLERS and name not in SAMPLERS:
-            name = name[: -len(suffix)]
-            schedule = implied if schedule == DEFAULT_SCHEDULE else schedule
-    if name in SAMPLERS:
-        return name, schedule
-    if name not in A1111_SAMPLERS:
-        raise RequestError(
-            400,
-            f"unknown sampler {sampler!r}; choose one of {', '.join(DISPLAY_NAMES)} (GET /sdapi/v1/samplers)",
-            "sampler_name",
-        )
-    return A1111_SAMPLERS[name], schedule
 
 
 def refiner_switch(pipeline, checkpoint: str | None, switch_at: float) -> float | None:
@@ -240,24 +204,6 @@ def check_lora_tags(prompt: str, param: str) -> None:
                 f"path: {ref.source[:100]!r}",
                 param,
             )
-
-
-#: The eta each sdrt sampler runs with, where eta means something but cannot be changed:
-#: ancestral samplers add all their noise (A1111's eta 1). Samplers that take an eta (DDIM's
-#: variance, TCD's gamma) get the request's; other samplers take none, in A1111 too.
-SAMPLER_ETA = {"euler_a": 1.0}
-
-
-def check_eta(sampler: str, eta: float | None) -> float | None:
-    """The eta to pass on (samplers that take one: TCD's gamma), after refusing an eta that would
-    change a sampler that runs with a fixed one."""
-    if getattr(SAMPLERS[sampler].cls, "takes_eta", False):
-        return eta
-    if eta is None or sampler not in SAMPLER_ETA or eta == SAMPLER_ETA[sampler]:
-        return None
-    raise RequestError(
-        400, f"eta: {display_name(sampler)} runs with eta {SAMPLER_ETA[sampler]:g} only, got {eta:g}", "eta"
-    )
 
 
 #: A1111's inpainting_fill values sdrt honours -> sdrt.runtime.features.inpaint_area fills.

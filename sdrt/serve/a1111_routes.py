@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from sdrt.runtime.features.hires import UPSCALERS as HIRES_UPSCALERS
 from sdrt.runtime.imaging.png_info import PARAMETERS_KEY, parse_parameters
-from sdrt.runtime.schedulers import sampler_entries
+from sdrt.runtime.schedulers import K_SCHEDULES, KDIFFUSION, sampler_entries
 from sdrt.runtime.schedulers.schedules import SCHEDULES
 from sdrt.serve.a1111 import open_base64_image, png_base64
 from sdrt.serve.a1111_options import MODEL_OPTION
@@ -122,16 +122,21 @@ def add_a1111_routes(app: FastAPI, service, catalog, settings) -> None:
 
     @app.get("/sdapi/v1/samplers")
     async def samplers():
+        # A1111's text-to-image names: the k-diffusion family's labels, then the diffusers-equal
+        # samplers whose labels it does not have (DDIM, PLMS, UniPC, ...).
+        space = service.pipeline.manifest.sampler_space
+        k_entries = sampler_entries(space, KDIFFUSION)
+        k_labels = {entry.display_name for entry in k_entries}
         return [
-            {"name": entry.display_name, "aliases": [entry.name], "options": {}}
-            for entry in sampler_entries(service.pipeline.manifest.sampler_space)
+            {"name": entry.display_name, "aliases": [n for n in (entry.name, entry.comfy_name) if n], "options": {}}
+            for entry in (*k_entries, *(e for e in sampler_entries(space) if e.display_name not in k_labels))
         ]
 
     @app.get("/sdapi/v1/schedulers")
     async def schedulers():
         return [
             {"name": entry.name, "label": entry.label, "aliases": None, "default_rho": -1, "need_inner_model": False}
-            for entry in SCHEDULES.values()
+            for entry in (*K_SCHEDULES.values(), *(e for e in SCHEDULES.values() if e.name not in K_SCHEDULES))
         ]
 
     @app.get("/sdapi/v1/sd-models")

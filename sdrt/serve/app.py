@@ -37,6 +37,7 @@ from sdrt.serve.a1111 import (
     control_units,
     decode_image,
     deepcache_field,
+    k_family_applies,
     png_base64,
     refiner_switch,
     sdrt_sampler,
@@ -175,7 +176,9 @@ def create_app(pipeline, settings: ServeSettings | None = None, catalog: ModelCa
         default). Styles, LoRA tags and images are read here, in a worker thread: however
         large a request is, the event loop (and every other client) never waits on it."""
         warnings = body.checked()
-        sampler, schedule = sdrt_sampler(body.sampler_name or body.sampler_index, body.scheduler)
+        sampler, schedule = sdrt_sampler(
+            body.sampler_name or body.sampler_index, body.scheduler, k_family_applies(body, image)
+        )
         eta = check_eta(sampler, body.eta)
         check_a1111_limits(body)
         switch = refiner_switch(service.pipeline, body.refiner_checkpoint, body.refiner_switch_at)

@@ -421,7 +421,7 @@ def test_a1111_controlnet_requests_and_model_list(pipeline):
             "seed": 7,
             "width": 64,
             "height": 64,
-            "sampler_name": "Euler",
+            "sampler_name": "euler",  # sdrt's own name: the diffusers-equal Euler of SETTINGS
             "cfg_scale": 7.5,
             "alwayson_scripts": {"controlnet": {"args": [unit, {"enabled": False}]}},
         }

@@ -121,7 +121,7 @@ def test_image_to_image_and_the_cli_and_both_servers(ours, export, tmp_path):
         a1111 = httpx.post(
             f"{url}/sdapi/v1/txt2img",
             timeout=60,
-            json={"prompt": PROMPT, "steps": 4, "seed": 5, "sampler_name": "Euler", "cfg_scale": 7, "deepcache": "3"},
+            json={"prompt": PROMPT, "steps": 4, "seed": 5, "sampler_name": "euler", "cfg_scale": 7, "deepcache": "3"},
         ).json()
         openai = httpx.post(
             f"{url}/v1/images/generations",

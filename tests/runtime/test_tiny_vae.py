@@ -166,7 +166,7 @@ def test_servers_pick_the_tiny_vae(pipeline):
             "seed": 7,
             "width": 64,
             "height": 64,
-            "sampler_name": "Euler",
+            "sampler_name": "euler",  # sdrt's own name: the diffusers-equal Euler of SETTINGS
             "cfg_scale": 7.5,
             "override_settings": {"sd_vae": "TAESD"},
         }

@@ -1,0 +1,133 @@
+"""A1111's txt2img sampler names on sdrt's A1111 API run the k-diffusion family, giving the image
+A1111 computes: k_diffusion.sampling on A1111's sigma schedule with A1111's CPU noise (one
+generator per image seed, seed + i in a batch, its randn_like from the same generators), written
+here independently of sdrt from A1111's modules/sd_samplers_kdiffusion.py, sd_schedulers.py and
+processing.py, with diffusers' UNet as the denoiser."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from conftest import diffusers_pipeline
+from sdrt.runtime.pipeline import Pipeline
+from sdrt.serve.app import ServeSettings, create_app
+from support.kdiffusion_reference import denoiser, k_sampling
+from support.serving import decode_png, live_server
+
+PROMPT = "a photo of a cat"
+A1111_CFG = 7.0
+STEPS = 4
+SIZE = 64
+SEED = 21
+BATCH = 2
+MAX_PIXEL_ERROR = 2 / 255
+MEAN_PIXEL_ERROR = 0.5 / 255
+#: A1111's table (sd_samplers_kdiffusion.samplers_k_diffusion): label -> (function, schedule for Automatic).
+A1111_TABLE = {"Euler a": ("sample_euler_ancestral", None), "DPM++ 2M": ("sample_dpmpp_2m", "karras")}
+
+
+class PerImageNoise:
+    """A1111's randn_like for CPU randn_source: each image's next draw from its own generator."""
+
+    def __init__(self, generators, shape):
+        self.generators, self.shape = generators, shape
+
+    def __getattr__(self, item):
+        if item == "randn_like":
+            return lambda x: torch.stack([torch.randn(self.shape, generator=g) for g in self.generators])
+        return getattr(torch, item)
+
+
+@torch.no_grad()
+def a1111_image(pipe, label: str, schedule: str) -> np.ndarray:
+    ks = k_sampling()
+    function, automatic = A1111_TABLE[label]
+    cond, uncond = pipe.encode_prompt([PROMPT] * BATCH, "cpu", 1, True, [""] * BATCH)
+    inner = denoiser(lambda x, t, context: pipe.unet(x, t, encoder_hidden_states=context).sample, pipe.scheduler.config)
+
+    def cfg(x, sigma):
+        c, u = inner(torch.cat([x, x]), torch.cat([sigma, sigma]), context=torch.cat([cond, uncond])).chunk(2)
+        return u + (c - u) * A1111_CFG
+
+    name = (automatic or "uniform") if schedule == "Automatic" else schedule.lower()
+    if name == "karras":  # A1111's Karras: the model's sigma range, rho 7
+        sigmas = ks.get_sigmas_karras(STEPS, inner.sigmas[0].item(), inner.sigmas[-1].item(), rho=7.0)
+    else:  # Uniform: k-diffusion's own get_sigmas
+        sigmas = inner.get_sigmas(STEPS)
+    shape = (pipe.unet.config.in_channels, SIZE // 8, SIZE // 8)
+    generators = [torch.Generator("cpu").manual_seed(SEED + i) for i in range(BATCH)]
+    x = torch.stack([torch.randn(shape, generator=g) for g in generators]) * sigmas[0]
+    ks.torch = PerImageNoise(generators, shape)
+    try:
+        latents = getattr(ks, function)(cfg, x, sigmas, disable=True)
+    finally:
+        ks.torch = torch
+    image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
+    return (image / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+
+
+@pytest.fixture(scope="module")
+def served_k(exported_tiny, tiny_models):
+    pipeline = Pipeline.load(exported_tiny("standard"))
+    reference = diffusers_pipeline("StableDiffusionPipeline", tiny_models["standard"])
+    with live_server(create_app(pipeline, ServeSettings())) as url:
+        yield url, reference
+
+
+def txt2img(url, **fields):
+    payload = {"prompt": PROMPT, "steps": STEPS, "seed": SEED, "width": SIZE, "height": SIZE, "batch_size": BATCH}
+    return httpx.post(f"{url}/sdapi/v1/txt2img", json={**payload, **fields}, timeout=120)
+
+
+@pytest.mark.parametrize(
+    "sampler, schedule, recorded",
+    [("DPM++ 2M", "Karras", "Karras"), ("Euler a", "Automatic", None), ("DPM++ 2M Karras", None, "Karras")],
+)
+def test_txt2img_equals_a1111(served_k, sampler, schedule, recorded):
+    url, reference = served_k
+    fields = {"sampler_name": sampler} | ({} if schedule is None else {"scheduler": schedule})
+    response = txt2img(url, **fields)
+    assert response.status_code == 200, response.text
+    got = np.stack([np.asarray(decode_png(image), np.float64) / 255 for image in response.json()["images"]])
+    label = sampler.removesuffix(" Karras")
+    expected = a1111_image(reference, label, schedule or "Karras")
+    difference = np.abs(got - expected)
+    assert difference.max() <= MAX_PIXEL_ERROR + 0.5 / 255, f"max {difference.max() * 255:.3f}/255"  # PNG rounding
+    assert difference.mean() <= MEAN_PIXEL_ERROR, f"mean {difference.mean() * 255:.3f}/255"
+    assert expected.std() > 0.01
+    info = json.loads(response.json()["info"])
+    assert info["all_seeds"] == [SEED + i for i in range(BATCH)]
+    text = info["infotexts"][0]
+    assert f"Sampler: {label}," in text
+    assert (f"Schedule type: {recorded}" in text) if recorded else ("Schedule type:" not in text)
+
+
+def test_samplers_and_schedulers_list_the_registry(served_k):
+    from sdrt.runtime.schedulers import K_SAMPLER_NAMES, K_SCHEDULES, SAMPLERS
+
+    url, _ = served_k
+    samplers = httpx.get(f"{url}/sdapi/v1/samplers").json()
+    names = [entry["name"] for entry in samplers]
+    assert len(names) == len(set(names))
+    for name in K_SAMPLER_NAMES:
+        entry = next(e for e in samplers if e["name"] == SAMPLERS[name].display_name)
+        assert name in entry["aliases"]
+    assert "DDIM" in names and "PLMS" in names  # the diffusers-equal family's own labels stay
+    schedulers = {entry["name"]: entry["label"] for entry in httpx.get(f"{url}/sdapi/v1/schedulers").json()}
+    assert all(schedulers[name] == entry.label for name, entry in K_SCHEDULES.items())
+
+
+@pytest.mark.parametrize(
+    "fields, param", [({"sampler_name": "Nope"}, "sampler_name"), ({"scheduler": "Nope"}, "scheduler")]
+)
+def test_unknown_names_are_a_400_naming_the_field(served_k, fields, param):
+    response = txt2img(served_k[0], **{"sampler_name": "Euler a", **fields})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == param and "\n" not in error["message"]
+    assert ("Euler a" in error["message"]) if param == "sampler_name" else ("karras" in error["message"])
