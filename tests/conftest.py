@@ -128,3 +128,17 @@ def tiny_flux(tmp_path_factory) -> dict[str, Path]:
 def exported_flux(tiny_flux, tmp_path_factory):
     """Function kind -> folder of that tiny FLUX model exported to fp32 ONNX (once per session)."""
     return _exports(tiny_flux, tmp_path_factory.mktemp("exported-flux"), "dev")
+
+
+@pytest.fixture(scope="session")
+def tiny_chroma(tmp_path_factory) -> Path:
+    """A tiny random ChromaPipeline as a diffusers folder, once per session."""
+    from sdrt.export.random_chroma import save_random_chroma
+
+    return save_random_chroma(tmp_path_factory.mktemp("tiny-chroma") / "chroma", seed=0)
+
+
+@pytest.fixture(scope="session")
+def exported_chroma(tiny_chroma, tmp_path_factory) -> Path:
+    """The tiny Chroma model exported to fp32 ONNX (once per session)."""
+    return _exports({"chroma": tiny_chroma}, tmp_path_factory.mktemp("exported-chroma"), "chroma")()

@@ -14,6 +14,9 @@ CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
 UNSUPPORTED_COMPONENTS = {"text_encoder_3": "SD3"}
 #: FLUX.1 folders (sdrt.export.flux): diffusers' class names and their components.
 FLUX_CLASS = "FluxPipeline"
+#: Chroma's pipeline class and component folders (sdrt.export.chroma).
+CHROMA_CLASS = "ChromaPipeline"
+CHROMA_COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 FLUX_COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler")
 SDXL_COMPONENT = "text_encoder_2"
 # diffusers pipeline classes by what a model is; the refiner has no first text encoder, which
@@ -37,6 +40,8 @@ def _pipeline_class_for_index(index: dict) -> str:
     """The diffusers class that loads a folder with this model_index.json."""
     if str(index.get("_class_name", "")).startswith("Flux"):
         return FLUX_CLASS
+    if str(index.get("_class_name", "")).startswith("Chroma"):
+        return CHROMA_CLASS
     if SDXL_COMPONENT not in index:
         return SD_CLASS
     if "transformer" in index:
@@ -85,10 +90,13 @@ def _check_diffusers_folder(folder: Path) -> dict:
             raise ModelFolderError(
                 f"{folder} is {family}; sdrt exports Stable Diffusion 1.x, 2.x, SDXL and FLUX.1 only"
             )
-    if "transformer" in index and _pipeline_class_for_index(index) != FLUX_CLASS:
-        raise ModelFolderError(f"{folder} is a diffusion transformer sdrt does not export (FLUX.1 only)")
+    chroma = _pipeline_class_for_index(index) == CHROMA_CLASS
+    if "transformer" in index and _pipeline_class_for_index(index) != FLUX_CLASS and not chroma:
+        raise ModelFolderError(f"{folder} is a diffusion transformer sdrt does not export (FLUX.1 and Chroma only)")
     required = REQUIRED_COMPONENTS
-    if "transformer" in index:
+    if chroma:
+        required = CHROMA_COMPONENTS
+    elif "transformer" in index:
         required = FLUX_COMPONENTS
     elif SDXL_COMPONENT in index:
         required = ("unet", "vae", SDXL_COMPONENT, "tokenizer_2", "scheduler")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from sdrt.errors import ModelFolderError
 from sdrt.runtime.families.base import DenoiserCall, Family, LatentFormat
+from sdrt.runtime.families.chroma import Chroma
 from sdrt.runtime.families.flux import Flux
 from sdrt.runtime.families.sd import InferredStableDiffusion, StableDiffusion1, StableDiffusion2
 from sdrt.runtime.families.sdxl import StableDiffusionXL, StableDiffusionXLRefiner
@@ -23,6 +24,7 @@ FAMILIES: dict[str, Family] = {
         StableDiffusionXLRefiner(),
         Flux(),
         InferredStableDiffusion(),
+        Chroma(),
     )
 }
 FAMILY_NAMES = tuple(FAMILIES)
