@@ -115,15 +115,16 @@ def tokenize(
 
 
 def _flux_tokens(folder: Path, manifest, prompts: tuple[str, ...], as_json: bool) -> None:
-    """Both FLUX tokenizers' ids of each prompt as plain text (CLIP's for the pooled embedding,
-    T5's for the hidden states), up to each one's end token, and what each cut."""
-    from sdrt.runtime.text.flux_encoders import FluxTextEncoders
-
-    encoders = FluxTextEncoders.load(folder, manifest)
+    """The tokenizers' ids of each prompt as plain text for a FLUX-shaped export (FLUX.1: CLIP's
+    for the pooled embedding and T5's for the hidden states; Chroma: T5's), up to each one's end
+    token, and what each cut."""
+    family = manifest.model_family
+    encoders = family.load_text_encoders(folder, manifest, None)
+    roles = family.text_encoder_roles  # FLUX.1: clip, t5; Chroma: t5
     rows = []
     for prompt in prompts:
         row: dict = {"prompt": prompt}
-        for name, tokenizer in zip(("clip", "t5"), encoders.tokenizers):
+        for name, tokenizer in zip(roles, encoders.tokenizers):
             encoded = tokenizer.encode(prompt)
             ids = encoded.input_ids[0].tolist()[: encoded.lengths[0]]
             row[name] = {"input_ids": ids, "tokens": [tokenizer.decode([i]) for i in ids]}
@@ -133,7 +134,7 @@ def _flux_tokens(folder: Path, manifest, prompts: tuple[str, ...], as_json: bool
         click.echo(json.dumps(rows, ensure_ascii=False))
         return
     for row in rows:
-        for name in ("clip", "t5"):
+        for name in roles:
             part = row[name]
             cut = f", cut: {part['cut']!r}" if part["cut"] else ""
             click.echo(f"{name} ({len(part['input_ids'])} tokens{cut}):")
