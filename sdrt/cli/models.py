@@ -24,6 +24,7 @@ RANDOM_NAMES = (
     "sdxl",
     "tiny-flux",
     "tiny-flux-schnell",
+    "tiny-chroma",
 )  # sdrt.export.random_sources.RANDOM_MODELS (no import here)
 
 

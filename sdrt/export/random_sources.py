@@ -36,6 +36,12 @@ def _flux(kind: str) -> Callable[[Path], Path]:
     return build
 
 
+def _chroma(folder: Path) -> Path:
+    from sdrt.export.random_chroma import save_random_chroma
+
+    return save_random_chroma(folder, seed=0)
+
+
 #: Name -> (what it is, builder). The full-size ones have real architectures for benchmarks.
 RANDOM_MODELS: dict[str, tuple[str, Callable[[Path], Path]]] = {
     "tiny": ("a tiny SD 1.x (seconds to build and run; for trying the whole path)", _sd("tiny")),
@@ -44,6 +50,7 @@ RANDOM_MODELS: dict[str, tuple[str, Callable[[Path], Path]]] = {
     "sdxl": ("SDXL 1.0 base's full-size architecture (benchmarks; about 14 GB)", _sdxl("full")),
     "tiny-flux": ("a tiny FLUX.1 dev (guidance-distilled)", _flux("dev")),
     "tiny-flux-schnell": ("a tiny FLUX.1 schnell", _flux("schnell")),
+    "tiny-chroma": ("a tiny Chroma (T5 only, real CFG)", _chroma),
 }
 
 
