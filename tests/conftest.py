@@ -165,3 +165,17 @@ def sd3_reference(class_name: str, folder: Path, t5: bool = True):
     pipeline = getattr(diffusers, class_name).from_pretrained(folder, **absent)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
+
+
+@pytest.fixture(scope="session")
+def tiny_chroma(tmp_path_factory) -> Path:
+    """A tiny random ChromaPipeline as a diffusers folder, once per session."""
+    from sdrt.export.random_chroma import save_random_chroma
+
+    return save_random_chroma(tmp_path_factory.mktemp("tiny-chroma") / "chroma", seed=0)
+
+
+@pytest.fixture(scope="session")
+def exported_chroma(tiny_chroma, tmp_path_factory) -> Path:
+    """The tiny Chroma model exported to fp32 ONNX (once per session)."""
+    return _exports({"chroma": tiny_chroma}, tmp_path_factory.mktemp("exported-chroma"), "chroma")()

@@ -26,6 +26,7 @@ RANDOM_NAMES = (
     "tiny-flux-schnell",
     "tiny-sd3",
     "tiny-sd3-no-t5",
+    "tiny-chroma",
 )  # sdrt.export.random_sources.RANDOM_MODELS (no import here)
 
 

@@ -13,7 +13,6 @@ from sdrt.errors import SdrtError
 from sdrt.runtime.request_checks import MAX_STEPS
 
 #: How `sdrt tokenize` names an SD3 export's tokenizers, in the order it encodes with them.
-SD3_LABELS = ("clip_l", "clip_g", "t5")
 
 
 @main.command()
@@ -118,15 +117,19 @@ def tokenize(
 
 
 def _plain_tokens(folder: Path, manifest, prompts: tuple[str, ...], as_json: bool) -> None:
-    """Each tokenizer's ids of each prompt as plain text, up to its end token, and what each cut:
-    FLUX's CLIP (the pooled embedding) and T5 (the hidden states); SD3's CLIP-L, CLIP-G and T5
-    (when exported)."""
-    encoders = manifest.model_family.load_text_encoders(folder, manifest, None)
-    labels = ("clip", "t5") if manifest.flux is not None else SD3_LABELS[: len(encoders.tokenizers)]
+    """The tokenizers' ids of each prompt as plain text for a transformer export (FLUX.1: CLIP's
+    for the pooled embedding and T5's for the hidden states; Chroma: T5's; SD3: CLIP-L's, CLIP-G's and
+    T5's when exported), up to each one's end
+    token, and what each cut."""
+    family = manifest.model_family
+    encoders = family.load_text_encoders(folder, manifest, None)
+    roles = family.text_encoder_roles[
+        : len(encoders.tokenizers)
+    ]  # FLUX.1: clip, t5; Chroma: t5; SD3: clip_l, clip_g (, t5)
     rows = []
     for prompt in prompts:
         row: dict = {"prompt": prompt}
-        for name, tokenizer in zip(labels, encoders.tokenizers):
+        for name, tokenizer in zip(roles, encoders.tokenizers):
             encoded = tokenizer.encode(prompt)
             ids = encoded.input_ids[0].tolist()[: encoded.lengths[0]]
             row[name] = {"input_ids": ids, "tokens": [tokenizer.decode([i]) for i in ids]}
@@ -136,7 +139,7 @@ def _plain_tokens(folder: Path, manifest, prompts: tuple[str, ...], as_json: boo
         click.echo(json.dumps(rows, ensure_ascii=False))
         return
     for row in rows:
-        for name in labels:
+        for name in roles:
             part = row[name]
             cut = f", cut: {part['cut']!r}" if part["cut"] else ""
             click.echo(f"{name} ({len(part['input_ids'])} tokens{cut}):")

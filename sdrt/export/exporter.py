@@ -195,6 +195,7 @@ def export_pipeline(
     """Export, validate and write the folder; returns its manifest. `release_weights` (for a
     pipeline nothing else uses) drops each module's weights once no later engine needs them,
     which keeps a full-size SDXL export within 24 GiB. FLUX.1 is sdrt.export.flux_export's."""
+    from sdrt.export.chroma import is_chroma
     from sdrt.export.flux import is_flux
     from sdrt.export.sd3 import is_sd3
 
@@ -212,6 +213,18 @@ def export_pipeline(
         )
     if options.no_t5:
         raise ExportError("--no-t5 is for Stable Diffusion 3 models (T5 is optional there only)")
+    if is_chroma(pipeline):
+        from sdrt.export.chroma_export import export_chroma_pipeline
+
+        return export_chroma_pipeline(
+            pipeline,
+            out_dir,
+            source=source,
+            options=options,
+            overwrite=overwrite,
+            progress=progress,
+            release_weights=release_weights,
+        )
     if is_flux(pipeline):
         from sdrt.export.flux_export import export_flux_pipeline
 

@@ -45,6 +45,12 @@ def _sd3(kind: str) -> Callable[[Path], Path]:
     return build
 
 
+def _chroma(folder: Path) -> Path:
+    from sdrt.export.random_chroma import save_random_chroma
+
+    return save_random_chroma(folder, seed=0)
+
+
 #: Name -> (what it is, builder). The full-size ones have real architectures for benchmarks.
 RANDOM_MODELS: dict[str, tuple[str, Callable[[Path], Path]]] = {
     "tiny": ("a tiny SD 1.x (seconds to build and run; for trying the whole path)", _sd("tiny")),
@@ -55,6 +61,7 @@ RANDOM_MODELS: dict[str, tuple[str, Callable[[Path], Path]]] = {
     "tiny-flux-schnell": ("a tiny FLUX.1 schnell", _flux("schnell")),
     "tiny-sd3": ("a tiny SD3.5-Medium-shaped model (MMDiT-X) with T5", _sd3("t5")),
     "tiny-sd3-no-t5": ("a tiny SD3.5-Medium-shaped model without T5", _sd3("no-t5")),
+    "tiny-chroma": ("a tiny Chroma (T5 only, real CFG)", _chroma),
 }
 
 

@@ -17,6 +17,9 @@ SD3_CLASS = "StableDiffusion3Pipeline"
 SD3_COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler")
 #: FLUX.1 folders (sdrt.export.flux): diffusers' class names and their components.
 FLUX_CLASS = "FluxPipeline"
+#: Chroma's pipeline class and component folders (sdrt.export.chroma).
+CHROMA_CLASS = "ChromaPipeline"
+CHROMA_COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 FLUX_COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler")
 SDXL_COMPONENT = "text_encoder_2"
 # diffusers pipeline classes by what a model is; the refiner has no first text encoder, which
@@ -42,6 +45,8 @@ def _pipeline_class_for_index(index: dict) -> str:
         return FLUX_CLASS
     if str(index.get("_class_name", "")).startswith("StableDiffusion3") or "text_encoder_3" in index:
         return SD3_CLASS
+    if str(index.get("_class_name", "")).startswith("Chroma"):
+        return CHROMA_CLASS
     if SDXL_COMPONENT not in index:
         return SD_CLASS
     if "transformer" in index:
@@ -90,11 +95,14 @@ def _check_diffusers_folder(folder: Path) -> dict:
             raise ModelFolderError(
                 f"{folder} is {family}; sdrt exports Stable Diffusion 1.x, 2.x, SDXL and FLUX.1 only"
             )
-    if "transformer" in index and _pipeline_class_for_index(index) not in (FLUX_CLASS, SD3_CLASS):
-        raise ModelFolderError(f"{folder} is a diffusion transformer sdrt does not export (FLUX.1 and SD3 only)")
+    kind = _pipeline_class_for_index(index)
+    if "transformer" in index and kind not in (FLUX_CLASS, SD3_CLASS, CHROMA_CLASS):
+        raise ModelFolderError(
+            f"{folder} is a diffusion transformer sdrt does not export (FLUX.1, SD3 and Chroma only)"
+        )
     required = REQUIRED_COMPONENTS
-    if _pipeline_class_for_index(index) == SD3_CLASS:
-        required = SD3_COMPONENTS
+    if kind in (SD3_CLASS, CHROMA_CLASS):
+        required = SD3_COMPONENTS if kind == SD3_CLASS else CHROMA_COMPONENTS
     elif "transformer" in index:
         required = FLUX_COMPONENTS
     elif SDXL_COMPONENT in index:

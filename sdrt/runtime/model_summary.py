@@ -47,6 +47,7 @@ def _flux(manifest: Manifest) -> dict:
     flux = manifest.flux
     assert flux is not None  # called for FLUX exports only
     return {
+        "family_name": manifest.model_family.display_name,
         "guidance_distilled": flux.guidance_embeds,
         "t5_tokens": flux.max_sequence_length,
         "t5_precision": flux.t5_precision,
@@ -80,7 +81,7 @@ def format_summary(summary: dict) -> str:
     if "flux" in summary:
         flux = summary["flux"]
         kind = "guidance-distilled (--guidance)" if flux["guidance_distilled"] else "no guidance input"
-        lines.append(f"FLUX.1: {kind}; T5 {flux['t5_precision']}, {flux['t5_tokens']} tokens")
+        lines.append(f"{flux['family_name']}: {kind}; T5 {flux['t5_precision']}, {flux['t5_tokens']} tokens")
     lines += [
         f"  {name}: {c['precision']} for {c['target']}, {c['mib']} MiB{_weights(c.get('quantization'))}"
         for name, c in summary["components"].items()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from sdrt.errors import ModelFolderError
 from sdrt.runtime.families.base import DenoiserCall, Family, LatentFormat
+from sdrt.runtime.families.chroma import Chroma
 from sdrt.runtime.families.flux import Flux
 from sdrt.runtime.families.sd import InferredStableDiffusion, StableDiffusion1, StableDiffusion2
 from sdrt.runtime.families.sd3 import StableDiffusion3
@@ -25,6 +26,7 @@ FAMILIES: dict[str, Family] = {
         Flux(),
         InferredStableDiffusion(),
         StableDiffusion3(),
+        Chroma(),
     )
 }
 FAMILY_NAMES = tuple(FAMILIES)

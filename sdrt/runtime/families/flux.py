@@ -17,7 +17,7 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
@@ -57,12 +57,14 @@ class Flux(Family):
     denoiser = DenoiserCall(TRANSFORMER, HIDDEN_STATES, DENOISER_TIMESTEP, DENOISER_OUTPUT)
     hidden_output = LAST_HIDDEN
     text_sequence_feed = UNET_CONTEXT
-    own_settings = ("true_cfg_scale",)
+    own_settings: ClassVar[tuple[str, ...]] = ("true_cfg_scale",)
     features = FLUX_FEATURES
     sampler_space = FLOW
     default_sampler = "flow_euler"
     #: FluxPipeline's default guidance_scale (dev's distilled guidance; schnell ignores it).
     default_guidance = 3.5
+    #: The text encoders of the flux section, in order (CLIP-L's pooled output, T5's states).
+    text_encoder_roles: ClassVar[tuple[str, ...]] = ("clip", "t5")
 
     def text_encoders(self, manifest: Manifest) -> list[tuple[str, str]]:
         flux = _flux(manifest)
@@ -136,6 +138,8 @@ class Flux(Family):
     def check_manifest(self, manifest: Manifest) -> str | None:
         if manifest.flux is None:
             return f"family {manifest.family!r} needs the flux section"
+        if len(manifest.flux.text_encoders) != len(self.text_encoder_roles):
+            return f"family {manifest.family!r} needs {len(self.text_encoder_roles)} text encoders in the flux section"
         return None
 
 

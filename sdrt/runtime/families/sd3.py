@@ -46,6 +46,7 @@ SD3_FEATURES = frozenset({"img2img", "init_latents"})
 class StableDiffusion3(Family):
     name = "sd3"
     display_name = "Stable Diffusion 3"
+    text_encoder_roles = ("clip_l", "clip_g", "t5")  # `sdrt tokenize`'s labels; T5 when exported
     denoiser = DenoiserCall(TRANSFORMER, HIDDEN_STATES, DENOISER_TIMESTEP, DENOISER_OUTPUT)
     text_sequence_feed = UNET_CONTEXT
     own_settings = ("skip_layer_guidance", "t5")
