@@ -90,6 +90,11 @@ RANDOM_NAMES = (
     "--optimize", is_flag=True, help="Apply the target's graph optimizations (CUDA: fused attention, GroupNorm, GELU)."
 )
 @click.option(
+    "--fused-attention",
+    is_flag=True,
+    help="CPU: the UNet's attention as ONNX Runtime's MultiHeadAttention (no score matrix in memory).",
+)
+@click.option(
     "--max-prompt-chunks",
     default=DEFAULT_PROMPT_CHUNKS,
     show_default=True,
@@ -132,6 +137,7 @@ def export(
     no_t5: bool,
     target: str,
     optimize: bool,
+    fused_attention: bool,
     max_prompt_chunks: int,
     tiny_vae: str | None,
     deepcache: bool,
@@ -170,6 +176,7 @@ def export(
         no_t5=no_t5,
         target=target,
         optimize=optimize,
+        fused_attention=fused_attention,
         max_prompt_chunks=max_prompt_chunks,
         tiny_vae=tiny_vae,
         deepcache=deepcache,

@@ -81,6 +81,10 @@ def _build_component(
     traced = work / "fp32.onnx"
     cases = reference_cases(component, geometry)
     _export_torch(component, traced, cases[0])
+    if options.fuses_attention(component.name):
+        fused = work / "fused.onnx"
+        onnx_graph.fuse_attention_for_cpu(traced, fused)
+        traced = fused
     if release:
         component.module.to("meta")  # frees the weights before the ONNX copy is converted and run
     fp16 = precision == "fp16"
@@ -239,7 +243,7 @@ def export_pipeline(
         )
     out_dir = Path(out_dir)
     geometry = ModelGeometry.of(pipeline, options.max_prompt_chunks)
-    if options.optimize and options.target == "cuda":
+    if (options.optimize and options.target == "cuda") or options.fused_attention:
         _use_classic_attention(pipeline)
     num_train_timesteps = pipeline.scheduler.config.num_train_timesteps
     sdxl = sdxl_settings(pipeline)

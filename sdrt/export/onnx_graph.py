@@ -197,3 +197,34 @@ def add_input_defaults(path: Path, defaults: dict) -> None:
             raise ValueError(f"{path} has no input {name} to give a default")
         model.graph.initializer.append(numpy_helper.from_array(value.astype(types[name]), name))
     onnx.save_model(model, str(path))
+
+
+# onnxruntime.transformers' UNet fusions whose operators have no CPU kernel in ONNX Runtime
+# (GroupNorm, SkipGroupNorm, BiasSplitGelu, NHWC Conv) or whose packed layouts the CPU
+# MultiHeadAttention kernel does not take (packed QKV, packed KV): left off for the CPU.
+CPU_FUSED_COMPONENTS = ("unet",)
+CPU_UNFUSABLE = (
+    "enable_nhwc_conv",
+    "enable_group_norm",
+    "enable_skip_group_norm",
+    "enable_bias_splitgelu",
+    "enable_packed_qkv",
+    "enable_packed_kv",
+)
+
+
+def fuse_attention_for_cpu(source: Path, destination: Path) -> list[Path]:
+    """The UNet's attention (classic MatMul + Softmax + MatMul, as exported) fused into ONNX
+    Runtime's com.microsoft MultiHeadAttention, which the CPU provider runs blockwise without
+    materialising each head's score matrix; only fusions with CPU kernels. Returns the files."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    options = FusionOptions("unet")
+    for name in CPU_UNFUSABLE:
+        setattr(options, name, False)
+    logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
+    optimized = optimize_model(
+        str(source), model_type="unet", num_heads=0, hidden_size=0, opt_level=0, optimization_options=options
+    )
+    return save(optimized.model, destination)

@@ -28,6 +28,7 @@ class ExportOptions:
     no_t5: bool = False  # SD3: export without T5 (the runtime feeds zeros in its place)
     weights: str | None = None  # int8 / int4: MatMul weights quantized (sdrt.export.quantize)
     weight_block: int = DEFAULT_WEIGHT_BLOCK  # weights per quantization scale
+    fused_attention: bool = False  # CPU: the UNet's attention as ORT's MultiHeadAttention (onnx_graph)
 
     def __post_init__(self):
         onnx_graph.check_choice("precision", self.precision, onnx_graph.PRECISIONS)
@@ -38,6 +39,11 @@ class ExportOptions:
         if not isinstance(self.max_prompt_chunks, int) or self.max_prompt_chunks < 1:
             raise ExportError(f"max_prompt_chunks must be a positive integer, got {self.max_prompt_chunks!r}")
         check_weights(self.weights, self.weight_block, self.precision, self.target)
+        if self.fused_attention and self.target != "cpu":
+            raise ExportError("fused_attention is for --target cpu (--optimize fuses attention for CUDA)")
+
+    def fuses_attention(self, component: str) -> bool:
+        return self.fused_attention and component in onnx_graph.CPU_FUSED_COMPONENTS
 
     def quantizes(self, component: str) -> bool:
         return self.weights is not None and component in QUANTIZED_COMPONENTS
