@@ -94,6 +94,7 @@ class A1111Request(Body):
     negative_prompt: StrictStr = Field("", max_length=MAX_PROMPT_CHARS)
     steps: int = Field(20, ge=1, le=MAX_STEPS)
     cfg_scale: float = Field(7.0, ge=0)
+    distilled_cfg_scale: float | None = Field(None, ge=0)  # Forge's: FLUX.1's distilled guidance
     seed: int = Field(-1, ge=-1, le=MAX_SEED)
     subseed: int = -1
     width: int | None = Field(None, ge=1, le=MAX_SIDE)

@@ -47,6 +47,7 @@ from sdrt.serve.a1111_routes import add_a1111_routes
 from sdrt.serve.a1111_schemas import A1111Img2ImgRequest, A1111Txt2ImgRequest
 from sdrt.serve.catalog import ModelCatalog
 from sdrt.serve.comfy.routes import add_comfy_routes
+from sdrt.serve.family_guidance import a1111_guidance, served_family
 from sdrt.serve.middleware import BodyLimit, Guard
 from sdrt.serve.openai_routes import add_openai_routes
 from sdrt.serve.playground import add_playground
@@ -189,11 +190,15 @@ def create_app(pipeline, settings: ServeSettings | None = None, catalog: ModelCa
         model = None if checkpoint is None else catalog.named(checkpoint, f"override_settings.{MODEL_OPTION}").folder
         image = None if image is None else decode_image(image, "init_images")
         mask = None if mask is None else decode_image(mask, "mask")
+        guidance, true_cfg = a1111_guidance(
+            served_family(service.pipeline, model), body.cfg_scale, body.distilled_cfg_scale, negative
+        )
         generation = GenerationRequest(
             prompt,
             negative_prompt=negative or None,
             steps=body.steps,
-            guidance_scale=body.cfg_scale,
+            guidance_scale=guidance,
+            true_cfg_scale=true_cfg,
             height=body.height,
             width=body.width,
             seed=None if body.seed == -1 else body.seed,

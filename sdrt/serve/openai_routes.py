@@ -25,6 +25,7 @@ from sdrt.runtime.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES, SAMPLERS
 from sdrt.runtime.seeds import seeds_for
 from sdrt.runtime.text.prompts.styles import apply_styles
 from sdrt.serve.a1111 import check_lora_tags, decode_image, deepcache_field, png_base64, served_name
+from sdrt.serve.family_guidance import openai_guidance, served_family
 from sdrt.serve.openai_compat import (
     URL,
     WARNINGS_HEADER,
@@ -51,6 +52,11 @@ def add_openai_routes(app: FastAPI, service, catalog, settings, run, checks) -> 
     """`checks`: the app's (check_limits, check_hires_steps)."""
     check_limits, check_hires_steps = checks
     store = ImageStore(settings.image_url_ttl_s, settings.max_url_images)
+
+    def guidance_of(body: OpenAIImageRequest, model) -> float:
+        """guidance_scale, or the served family's default when the client sent none."""
+        given = "guidance_scale" in body.model_fields_set
+        return openai_guidance(served_family(service.pipeline, model), body.guidance_scale, given)
 
     def check_model(name: str | None):
         """The folder of the model a request names (None: the server's default), for this
@@ -167,11 +173,12 @@ def add_openai_routes(app: FastAPI, service, catalog, settings, run, checks) -> 
             )
             for index, c in enumerate(body.controlnets)
         ]
+        model = check_model(body.model)
         generation = GenerationRequest(
             prompt,
             negative_prompt=negative,
             steps=steps,
-            guidance_scale=body.guidance_scale,
+            guidance_scale=guidance_of(body, model),
             height=height,
             width=width,
             seeds=seeds_for(body.seed, body.n),
@@ -186,7 +193,7 @@ def add_openai_routes(app: FastAPI, service, catalog, settings, run, checks) -> 
             eta=body.eta,
         )
         check_hires_steps(generation, "hires.steps")
-        return generation, warnings, check_model(body.model)
+        return generation, warnings, model
 
     @app.post("/v1/images/generations")
     async def generations(body: OpenAIImageRequest, request: Request):
@@ -211,11 +218,12 @@ def add_openai_routes(app: FastAPI, service, catalog, settings, run, checks) -> 
         check_limits(body.n, steps, "n")
         image, mask = edit_images(files["image"], files.get("mask")) if needs_prompt else (files["image"], None)
         strength = body.strength or (EDIT_STRENGTH if mask is not None else VARIATION_STRENGTH)
+        model = check_model(body.model)
         generation = GenerationRequest(
             body.prompt,
             negative_prompt=body.negative_prompt,
             steps=steps,
-            guidance_scale=body.guidance_scale,
+            guidance_scale=guidance_of(body, model),
             height=height,
             width=width,
             seeds=seeds_for(body.seed, body.n),
@@ -229,7 +237,7 @@ def add_openai_routes(app: FastAPI, service, catalog, settings, run, checks) -> 
             vae=body.vae,
             deepcache=deepcache_field(body.deepcache),
         )
-        return body, generation, check_model(body.model)
+        return body, generation, model
 
     async def image_route(request: Request, needs_prompt: bool):
         fields, files = await read_form(request)
