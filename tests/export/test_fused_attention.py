@@ -30,6 +30,8 @@ def fused_export(tiny_models, tmp_path_factory):
     return out
 
 
+# The fused export (onnxruntime.transformers' optimizer) costs over a minute of CPU: slow tier.
+@pytest.mark.slow
 def test_unet_attention_is_one_operator(fused_export):
     graph = onnx.load_model(str(fused_export / "unet" / "model.onnx"), load_external_data=False).graph
     ops = [node.op_type for node in graph.node]
@@ -38,6 +40,7 @@ def test_unet_attention_is_one_operator(fused_export):
     assert "Softmax" not in ops
 
 
+@pytest.mark.slow
 def test_fused_image_equals_diffusers(fused_export, tiny_models):
     reference = diffusers_pipeline("StableDiffusionPipeline", tiny_models["standard"])
     reference.scheduler = LMSDiscreteScheduler.from_config(reference.scheduler.config)
