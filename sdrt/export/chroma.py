@@ -175,6 +175,7 @@ def chroma_component_exports(pipeline, geometry: ModelGeometry) -> list[Componen
             ],
             [TensorSpec(DENOISER_OUTPUT, f32, [UNET_BATCH, IMAGE_TOKENS, config.out_channels or packed])],
             transformer_inputs,
+            lora_model=pipeline.transformer,
         ),
         *vae_exports(pipeline, geometry),
     ]

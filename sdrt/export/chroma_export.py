@@ -20,6 +20,7 @@ from sdrt.export.chroma import (
 from sdrt.export.flux import NATIVE_LATENT_SIDE, component_options, flux_dims
 from sdrt.export.flux_export import t5_precision_for
 from sdrt.export.model_files import versions
+from sdrt.export.weights_map import lora_fingerprints, record_weights_map
 from sdrt.runtime.manifest import FORMAT_VERSION, Manifest
 from sdrt.runtime.schedulers.spaces import FLOW_PREDICTION
 
@@ -66,8 +67,12 @@ def export_chroma_pipeline(
         for index, component in enumerate(exports):
             own = component_options(options, component.name, t5_precision)
             release = release_weights and not _shares_weights(component, exports[index + 1 :])
+            prints = lora_fingerprints(component, own)
             final, files, validation = export_component(component, staging, geometry, own, progress, release)
-            components[component.name] = component_spec(component, staging, final, files, validation, own)
+            weights_map = record_weights_map(final, prints, component.name, staging, files, progress)
+            components[component.name] = component_spec(
+                component, staging, final, files, validation, own, weights_map
+            )
         write_chroma_files(pipeline, staging, list(components))
         vae = pipeline.vae.config
         manifest = Manifest(

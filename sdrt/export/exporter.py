@@ -22,7 +22,7 @@ from sdrt.export.options import ExportOptions
 from sdrt.export.quantize import quantize_and_validate
 from sdrt.export.staging import WORK_DIR, ExportError, check_out_dir, staged  # noqa: F401 (ExportError)
 from sdrt.export.validation import Case, reference_cases, validate
-from sdrt.export.weights_map import fingerprint, write_weights_map
+from sdrt.export.weights_map import lora_fingerprints, record_weights_map
 from sdrt.runtime.files.integrity import record_sha256
 from sdrt.runtime.manifest import (
     FORMAT_VERSION,
@@ -266,26 +266,9 @@ def export_pipeline(
             exports += tiny_components
         for index, component in enumerate(exports):
             release = release_weights and not _shares_weights(component, exports[index + 1 :])
-            prints = (
-                None
-                if component.lora_model is None or options.quantizes(component.name)  # no LoRA on packed weights
-                else fingerprint(component.lora_model, component.name, options.precision_of(component.name) == "fp16")
-            )
+            prints = lora_fingerprints(component, options)
             final, files, validation = export_component(component, staging, geometry, options, progress, release)
-            weights_map = ""
-            if prints is not None:
-                map_file, unmapped = write_weights_map(final, prints, component.name)
-                files.append(map_file)
-                weights_map = map_file.relative_to(staging).as_posix()
-                progress(
-                    f"{component.name}: LoRA map of {len(prints.shapes) - len(unmapped)} layers"
-                    + (
-                        f" ({len(unmapped)} not held as one tensor: {', '.join(unmapped[:3])}"
-                        f"{', ...' if len(unmapped) > 3 else ''})"
-                        if unmapped
-                        else ""
-                    )
-                )
+            weights_map = record_weights_map(final, prints, component.name, staging, files, progress)
             components[component.name] = component_spec(
                 component, staging, final, files, validation, options, weights_map
             )

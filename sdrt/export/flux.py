@@ -194,6 +194,7 @@ def flux_component_exports(pipeline, geometry: ModelGeometry, max_sequence_lengt
             [TensorSpec("input_ids", "int32", [BATCH, geometry.text_length])],
             [TensorSpec(POOLED, f32, [BATCH, clip.hidden_size])],
             clip_inputs,
+            lora_model=pipeline.text_encoder,
         ),
         ComponentExport(
             T5_ENCODER,
@@ -216,6 +217,7 @@ def flux_component_exports(pipeline, geometry: ModelGeometry, max_sequence_lengt
             ],
             [TensorSpec(DENOISER_OUTPUT, f32, [UNET_BATCH, IMAGE_TOKENS, config.out_channels or packed])],
             transformer_inputs,
+            lora_model=pipeline.transformer,
         ),
         *vae_exports(pipeline, geometry),
     ]

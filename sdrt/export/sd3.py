@@ -184,6 +184,7 @@ def sd3_component_exports(pipeline, geometry: ModelGeometry, with_t5: bool) -> l
                     TensorSpec(PROJECTED, f32, [BATCH, clip.projection_dim]),
                 ],
                 clip_inputs,
+                lora_model=getattr(pipeline, name),
             )
         )
     if with_t5:
@@ -233,6 +234,7 @@ def sd3_component_exports(pipeline, geometry: ModelGeometry, with_t5: bool) -> l
                 )
             ],
             transformer_inputs,
+            lora_model=pipeline.transformer,
         )
     )
     return exports + vae_exports(pipeline, geometry)

@@ -11,6 +11,7 @@ from pathlib import Path
 from sdrt.export.flux import component_options
 from sdrt.export.flux_export import t5_precision_for
 from sdrt.export.model_files import versions
+from sdrt.export.weights_map import lora_fingerprints, record_weights_map
 from sdrt.export.sd3 import (
     DEFAULT_SEQUENCE,
     T5_ENCODER,
@@ -54,8 +55,12 @@ def export_sd3_pipeline(
         for index, component in enumerate(exports):
             own = component_options(options, component.name, t5_precision)
             release = release_weights and not _shares_weights(component, exports[index + 1 :])
+            prints = lora_fingerprints(component, own)
             final, files, validation = export_component(component, staging, geometry, own, progress, release)
-            components[component.name] = component_spec(component, staging, final, files, validation, own)
+            weights_map = record_weights_map(final, prints, component.name, staging, files, progress)
+            components[component.name] = component_spec(
+                component, staging, final, files, validation, own, weights_map
+            )
         write_sd3_files(pipeline, staging, list(components), with_t5)
         vae = pipeline.vae.config
         native = native_latent_side(pipeline) * geometry.vae_scale_factor

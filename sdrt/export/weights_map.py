@@ -121,3 +121,28 @@ def write_weights_map(onnx_file: Path, prints: Fingerprints, component: str) -> 
     data = {"format": WEIGHTS_MAP_FORMAT, "component": component, "modules": modules, "unmapped": unmapped}
     path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
     return path, unmapped
+
+
+def lora_fingerprints(component, options) -> Fingerprints | None:
+    """The fingerprints of a component's LoRA layers, taken before it is traced (None: the
+    component takes no LoRA, or its weights are quantized, which a LoRA cannot be merged into)."""
+    if component.lora_model is None or options.quantizes(component.name):
+        return None
+    return fingerprint(component.lora_model, component.name, options.precision_of(component.name) == "fp16")
+
+
+def record_weights_map(
+    final: Path, prints: Fingerprints | None, component: str, staging: Path, files: list[Path], progress
+) -> str:
+    """Writes the weights map of an exported component (appended to `files`) and says how many
+    layers it maps; returns its path in the folder, "" without fingerprints."""
+    if prints is None:
+        return ""
+    map_file, unmapped = write_weights_map(final, prints, component)
+    files.append(map_file)
+    shown = ", ".join(unmapped[:3]) + (", ..." if len(unmapped) > 3 else "")
+    progress(
+        f"{component}: LoRA map of {len(prints.shapes) - len(unmapped)} layers"
+        + (f" ({len(unmapped)} not held as one tensor: {shown})" if unmapped else "")
+    )
+    return map_file.relative_to(staging).as_posix()
