@@ -97,6 +97,8 @@ class Family:
     exported: ClassVar[bool] = True
     #: Families whose exports a ControlNet trained for this one fits.
     controlnet_family: ClassVar[str | None] = None
+    #: The components a LoRA can change, with a weights map in the export (sdrt.runtime.features.lora).
+    lora_components: ClassVar[tuple[str, ...]] = (UNET, CLIP_TEXT_ENCODER, "text_encoder_2")
 
     def text_encoders(self, manifest: Manifest) -> list[tuple[str, str]]:
         """(text encoder component, tokenizer folder) pairs, in concatenation order."""

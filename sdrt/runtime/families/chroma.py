@@ -22,7 +22,7 @@ import numpy as np
 from sdrt.errors import ModelFolderError
 from sdrt.runtime.families.base import RowFeeds
 from sdrt.runtime.families.flux import Flux
-from sdrt.runtime.manifest import UNET_CONTEXT, Manifest
+from sdrt.runtime.manifest import TRANSFORMER, UNET_CONTEXT, Manifest
 from sdrt.runtime.text.encoders import TextEncoding
 
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 TEXT_MASK = "text_mask"
 #: The T5 encoder's second input: the tokenizer's attention mask (1 for tokens, 0 for padding).
 T5_MASK = "attention_mask"
-CHROMA_FEATURES = frozenset({"img2img", "init_latents"})
+CHROMA_FEATURES = frozenset({"img2img", "init_latents", "lora"})
 
 
 @dataclass
@@ -51,6 +51,9 @@ class Chroma(Flux):
     #: ChromaPipeline's default guidance_scale.
     default_guidance = 5.0
     text_encoder_roles = ("t5",)
+    #: LoRAs change the transformer only (ChromaPipeline's FluxLoraLoaderMixin would put a
+    #: file's text_encoder.* layers on its T5; sdrt reports them as unmatched).
+    lora_components = (TRANSFORMER,)
 
     def load_text_encoders(self, folder, manifest: Manifest, embeddings):
         from sdrt.runtime.text.chroma_encoders import ChromaTextEncoders

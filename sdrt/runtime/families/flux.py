@@ -24,6 +24,7 @@ import numpy as np
 from sdrt.errors import GenerationError, ModelFolderError
 from sdrt.runtime.families.base import DenoiserCall, Family, RowFeeds
 from sdrt.runtime.manifest import (
+    CLIP_TEXT_ENCODER,
     DENOISER_OUTPUT,
     DENOISER_TIMESTEP,
     GUIDANCE,
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
 
 #: Image tokens are 2x2 patches of latents.
 PATCH = 2
-FLUX_FEATURES = frozenset({"img2img", "init_latents", "inpainting"})
+FLUX_FEATURES = frozenset({"img2img", "init_latents", "inpainting", "lora"})
 
 
 def flux_sigmas(steps: int) -> np.ndarray:
@@ -65,6 +66,8 @@ class Flux(Family):
     default_guidance = 3.5
     #: The text encoders of the flux section, in order (CLIP-L's pooled output, T5's states).
     text_encoder_roles: ClassVar[tuple[str, ...]] = ("clip", "t5")
+    #: FluxPipeline.load_lora_weights changes the transformer and CLIP, never T5.
+    lora_components: ClassVar[tuple[str, ...]] = (TRANSFORMER, CLIP_TEXT_ENCODER)
 
     def text_encoders(self, manifest: Manifest) -> list[tuple[str, str]]:
         flux = _flux(manifest)

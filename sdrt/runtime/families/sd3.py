@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from sdrt.runtime.text.encoders import TextEncoding
 
 #: Image tokens are patches of latents (the transformer's patch_size; 2 for every SD3 model).
-SD3_FEATURES = frozenset({"img2img", "init_latents"})
+SD3_FEATURES = frozenset({"img2img", "init_latents", "lora"})
 
 
 class StableDiffusion3(Family):
@@ -55,6 +55,8 @@ class StableDiffusion3(Family):
     default_sampler = "flow_euler"
     #: StableDiffusion3Pipeline's default guidance_scale.
     default_guidance = 7.0
+    #: StableDiffusion3Pipeline.load_lora_weights changes the transformer and both CLIPs, never T5.
+    lora_components = (TRANSFORMER, "text_encoder", "text_encoder_2")
 
     def text_encoders(self, manifest: Manifest) -> list[tuple[str, str]]:
         spec = _sd3(manifest)

@@ -19,10 +19,7 @@ from sdrt.runtime.features.lora.library import LoraLibrary
 from sdrt.runtime.features.lora.merge import LoraWeights, ResolvedLora, merged_tensors, resolve, unmatched_warning
 from sdrt.runtime.features.lora.tags import LoraRef
 from sdrt.runtime.features.lora.weights_map import LoraError, WeightsMap
-from sdrt.runtime.manifest import UNET, Manifest
-
-#: The components a LoRA can change.
-ADAPTABLE = (UNET, "text_encoder", "text_encoder_2")
+from sdrt.runtime.manifest import Manifest
 
 
 @dataclass(frozen=True)
@@ -54,7 +51,8 @@ class LoraAdapters:
     def weights_maps(self) -> dict[str, WeightsMap]:
         with self._lock:
             if self._maps is None:
-                names = [name for name in ADAPTABLE if name in self.manifest.components]
+                adaptable = self.manifest.model_family.lora_components
+                names = [name for name in adaptable if name in self.manifest.components]
                 self._maps = {
                     name: WeightsMap.load(self.folder, name, self.manifest.components[name]) for name in names
                 }
@@ -70,7 +68,7 @@ class LoraAdapters:
         lora = self.library.read(ref.source, confined)
         key = (lora.sha256, str(lora.path))
         if key not in self._resolved:
-            self._resolved[key] = resolve(lora, self.weights_maps())
+            self._resolved[key] = resolve(lora, self.weights_maps(), self.manifest.model_family.display_name)
         return self._resolved[key]
 
     @contextlib.contextmanager

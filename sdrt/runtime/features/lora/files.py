@@ -4,11 +4,12 @@ Formats (each key is a layer name, a part prefix and a tensor suffix):
 - kohya / A1111 (`lora_unet_...`, `lora_te_...`, SDXL `lora_te1_` / `lora_te2_`): layer names
   flattened with underscores (diffusers module paths, or LDM ones for SDXL UNets), tensors
   `lora_down.weight`, `lora_up.weight` and a scalar `alpha`; LoCon layers are convolutions.
-- diffusers / PEFT (`unet.`, `text_encoder.`, `text_encoder_2.` and dotted module paths):
+- diffusers / PEFT (`unet.`, `transformer.`, `text_encoder.`, `text_encoder_2.` and dotted module paths):
   `lora_A.weight` / `lora_B.weight` (`base_layer` stripped), alpha and rank from the
   `lora_adapter_metadata` entry of the file's metadata; diffusers' older `lora.down/up.weight`
   and `processor.to_q_lora.down.weight` layouts too.
-Tensors of other network types (LoHa `hada_`, LoKr `lokr_`, DoRA, Tucker `lora_mid`) are not
+FLUX.1's community formats (kohya, XLabs, BFL naming) are renamed to diffusers' first
+(sdrt.runtime.features.lora.flux_formats). Tensors of other network types (LoHa `hada_`, LoKr `lokr_`, DoRA, Tucker `lora_mid`) are not
 merged: they are reported with the keys nothing uses.
 """
 
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sdrt.runtime.features.lora.flux_formats import to_diffusers_names
 from sdrt.runtime.features.lora.weights_map import LoraError
 from sdrt.runtime.files.safetensors_files import SafetensorsError, read_safetensors, tensor_data_sha256
 from sdrt.runtime.files.torch_files import TorchFileError, load_torch_file
@@ -37,6 +39,7 @@ PART_PREFIXES = (
     ("lora_te2_", "text_encoder_2", True),
     ("lora_te_", "text_encoder", True),
     ("unet.", "unet", False),
+    ("transformer.", "transformer", False),
     ("text_encoder_2.", "text_encoder_2", False),
     ("text_encoder.", "text_encoder", False),
     ("base_model.model.", "unet", False),
@@ -122,7 +125,7 @@ def read_lora(path: str | Path, name: str | None = None, label: str | None = Non
         raise LoraError(str(error)) from None
     if not isinstance(tensors, dict) or not all(isinstance(v, np.ndarray) for v in tensors.values()):
         raise LoraError(f"{shown} is not a LoRA: it holds no plain mapping of tensors")
-    layers, ignored = _layers(tensors, _peft_config(metadata, shown), shown)
+    layers, ignored = _layers(to_diffusers_names(tensors), _peft_config(metadata, shown), shown)
     if not layers:
         raise LoraError(
             f"{shown} is not a LoRA: none of its {len(tensors)} keys is a LoRA layer "

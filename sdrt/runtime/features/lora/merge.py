@@ -15,20 +15,23 @@ import numpy as np
 
 from sdrt.runtime.features.lora.files import LoraFile, LoraLayer
 from sdrt.runtime.features.lora.weights_map import LoraError, WeightsMap
-from sdrt.runtime.manifest import UNET
+from sdrt.runtime.manifest import TRANSFORMER, UNET
 
 MAX_NAMED_KEYS = 5  # unmatched keys a warning names
+#: The denoisers: a LoRA's UNet weight (A1111's `unet=`) applies to them, its text weight elsewhere.
+DENOISERS = (UNET, TRANSFORMER)
 
 
 @dataclass(frozen=True)
 class LoraWeights:
-    """How strongly one LoRA applies: to the text encoders and to the UNet (A1111's te/unet)."""
+    """How strongly one LoRA applies: to the text encoders and to the denoiser, a UNet or a
+    transformer (A1111's te/unet)."""
 
     text: float = 1.0
     unet: float = 1.0
 
     def of(self, component: str) -> float:
-        return self.unet if component == UNET else self.text
+        return self.unet if component in DENOISERS else self.text
 
 
 @dataclass
@@ -38,9 +41,17 @@ class ResolvedLora:
     unmatched: list[str] = field(default_factory=list)
 
 
-def resolve(lora: LoraFile, maps: dict[str, WeightsMap]) -> ResolvedLora:
+#: What a LoRA's denoiser layers tell of the model it was made for.
+MADE_FOR = {UNET: "a UNet's (SD 1.x, 2.x, SDXL)", TRANSFORMER: "a diffusion transformer's (FLUX.1, SD3, Chroma)"}
+
+
+def resolve(lora: LoraFile, maps: dict[str, WeightsMap], model: str = "") -> ResolvedLora:
+    """`model`: the model's family as errors name it ("FLUX.1")."""
     resolved = ResolvedLora(lora, unmatched=list(lora.ignored))
     made_for = f" (it says it was made for {lora.base_model})" if lora.base_model else ""
+    denoisers = [MADE_FOR[c] for c in MADE_FOR if any(layer.component == c for layer in lora.layers)]
+    if denoisers and not made_for:
+        made_for = f" (its layers are {' and '.join(denoisers)})"
     for layer in lora.layers:
         weights = maps.get(layer.component)
         module = None if weights is None else weights.resolve(layer.name)
@@ -58,8 +69,8 @@ def resolve(lora: LoraFile, maps: dict[str, WeightsMap]) -> ResolvedLora:
         resolved.layers.setdefault(layer.component, []).append((layer, module))
     if not resolved.layers:
         raise LoraError(
-            f"LoRA {lora.name} matches no layer of this model{made_for}: it is for another model "
-            f"architecture (first keys: {', '.join(resolved.unmatched[:3])})"
+            f"LoRA {lora.name} matches no layer of this {model + ' ' if model else ''}model{made_for}: it is "
+            f"for another model architecture (first keys: {', '.join(resolved.unmatched[:3])})"
         )
     return resolved
 

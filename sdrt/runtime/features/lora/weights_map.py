@@ -20,7 +20,7 @@ import numpy as np
 from sdrt.errors import GenerationError
 from sdrt.runtime.files.json_files import read_json
 from sdrt.runtime.files.onnx_weights import StoredTensor, initializers
-from sdrt.runtime.manifest import ComponentSpec
+from sdrt.runtime.manifest import TRANSFORMER, UNET, ComponentSpec
 
 WEIGHTS_MAP_FILE = "weights_map.json"
 WEIGHTS_MAP_FORMAT = 1
@@ -93,7 +93,7 @@ class WeightsMap:
     def _forms(self, path: str) -> list[str]:
         if not path:
             return []
-        forms = [path, TEXT_MODEL_PREFIX + path] if self.component != "unet" else [path]
+        forms = [path, TEXT_MODEL_PREFIX + path] if self.component not in (UNET, TRANSFORMER) else [path]
         return forms + [kohya_name(form) for form in forms]
 
     @classmethod
