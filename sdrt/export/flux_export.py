@@ -62,9 +62,7 @@ def export_flux_pipeline(
             prints = lora_fingerprints(component, own)
             final, files, validation = export_component(component, staging, geometry, own, progress, release)
             weights_map = record_weights_map(final, prints, component.name, staging, files, progress)
-            components[component.name] = component_spec(
-                component, staging, final, files, validation, own, weights_map
-            )
+            components[component.name] = component_spec(component, staging, final, files, validation, own, weights_map)
         write_flux_files(pipeline, staging, list(components))
         vae = pipeline.vae.config
         manifest = Manifest(

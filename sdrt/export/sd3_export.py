@@ -11,7 +11,6 @@ from pathlib import Path
 from sdrt.export.flux import component_options
 from sdrt.export.flux_export import t5_precision_for
 from sdrt.export.model_files import versions
-from sdrt.export.weights_map import lora_fingerprints, record_weights_map
 from sdrt.export.sd3 import (
     DEFAULT_SEQUENCE,
     T5_ENCODER,
@@ -22,6 +21,7 @@ from sdrt.export.sd3 import (
     sd3_spec,
     write_sd3_files,
 )
+from sdrt.export.weights_map import lora_fingerprints, record_weights_map
 from sdrt.runtime.manifest import FORMAT_VERSION, Manifest
 from sdrt.runtime.schedulers.spaces import FLOW_PREDICTION
 
@@ -58,9 +58,7 @@ def export_sd3_pipeline(
             prints = lora_fingerprints(component, own)
             final, files, validation = export_component(component, staging, geometry, own, progress, release)
             weights_map = record_weights_map(final, prints, component.name, staging, files, progress)
-            components[component.name] = component_spec(
-                component, staging, final, files, validation, own, weights_map
-            )
+            components[component.name] = component_spec(component, staging, final, files, validation, own, weights_map)
         write_sd3_files(pipeline, staging, list(components), with_t5)
         vae = pipeline.vae.config
         native = native_latent_side(pipeline) * geometry.vae_scale_factor

@@ -182,7 +182,7 @@ def test_a_prompt_longer_than_t5s_range_is_cut_with_a_warning(dev):
     ("settings", "field", "message"),
     [
         ({"height": 40}, "height", "not a multiple of 16"),
-        ({"loras": ["some_sd_lora.safetensors"]}, "loras", "LoRAs does not run on FLUX.1"),
+        ({"loras": ["some_sd_lora.safetensors"]}, "loras", "is not a file"),
         ({"true_cfg_scale": float("nan")}, "true_cfg_scale", "finite"),
         ({"sampler": "euler"}, "sampler", "flow"),
     ],

@@ -75,7 +75,12 @@ SINGLE = {
     "linear2": ("proj_out",),
     "modulation.lin": ("norm.linear",),
 }
-XLABS_DOUBLE = {"qkv_lora1": "img_attn.qkv", "proj_lora1": "img_attn.proj", "qkv_lora2": "txt_attn.qkv", "proj_lora2": "txt_attn.proj"}
+XLABS_DOUBLE = {
+    "qkv_lora1": "img_attn.qkv",
+    "proj_lora1": "img_attn.proj",
+    "qkv_lora2": "txt_attn.qkv",
+    "proj_lora2": "txt_attn.proj",
+}
 
 
 def bfl_layers(transformer, single: tuple[str, ...] = ("linear2", "modulation.lin")) -> dict[str, tuple[int, int]]:
@@ -131,7 +136,9 @@ def bfl_peft_lora(pipeline, path: Path, seed: int, prefix: str = "base_model.mod
     generator = torch.Generator().manual_seed(seed)
     tensors = {}
     for name, (out, inner) in bfl_layers(pipeline.transformer, tuple(SINGLE)).items():
-        tensors[f"{prefix}{name}.lora_A.weight"], tensors[f"{prefix}{name}.lora_B.weight"] = _pair(out, inner, generator)
+        tensors[f"{prefix}{name}.lora_A.weight"], tensors[f"{prefix}{name}.lora_B.weight"] = _pair(
+            out, inner, generator
+        )
     save_file(tensors, str(path))
     return path
 
@@ -144,11 +151,16 @@ def split_to_peft(native: dict[str, torch.Tensor], transformer) -> dict[str, tor
     for key, value in native.items():
         if not key.endswith(".lora_A.weight"):
             continue
-        stem = key[: -len(".lora_A.weight")].split("model.", 1)[-1]
+        stem = key[: -len(".lora_A.weight")].removeprefix("base_model.model.").removeprefix("diffusion_model.")
         kind, index, name = stem.split(".", 2)
-        table, blocks = (DOUBLE, "transformer_blocks") if kind == "double_blocks" else (SINGLE, "single_transformer_blocks")
+        table, blocks = (
+            (DOUBLE, "transformer_blocks") if kind == "double_blocks" else (SINGLE, "single_transformer_blocks")
+        )
         targets = [f"{blocks}.{index}.{module}" for module in table[name]]
         rows = [modules[target].out_features for target in targets]
         for target, up in zip(targets, torch.split(native[key.replace("lora_A", "lora_B")], rows)):
-            converted[f"transformer.{target}.lora_A.weight"], converted[f"transformer.{target}.lora_B.weight"] = value, up
+            converted[f"transformer.{target}.lora_A.weight"], converted[f"transformer.{target}.lora_B.weight"] = (
+                value,
+                up,
+            )
     return converted

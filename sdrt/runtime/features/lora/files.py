@@ -9,8 +9,9 @@ Formats (each key is a layer name, a part prefix and a tensor suffix):
   `lora_adapter_metadata` entry of the file's metadata; diffusers' older `lora.down/up.weight`
   and `processor.to_q_lora.down.weight` layouts too.
 FLUX.1's community formats (kohya, XLabs, BFL naming) are renamed to diffusers' first
-(sdrt.runtime.features.lora.flux_formats). Tensors of other network types (LoHa `hada_`, LoKr `lokr_`, DoRA, Tucker `lora_mid`) are not
-merged: they are reported with the keys nothing uses.
+(sdrt.runtime.features.lora.flux_formats). Tensors of other network types (LoHa `hada_`,
+LoKr `lokr_`, DoRA, Tucker `lora_mid`) are not merged: they are reported with the keys nothing
+uses.
 """
 
 from __future__ import annotations

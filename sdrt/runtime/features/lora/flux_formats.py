@@ -65,7 +65,9 @@ SINGLE = {
     "processor_qkv_lora": QKV,
     "processor_proj_lora": ("proj_out",),
 }
-#: Layers outside the blocks (kohya names them; flattened BFL names).
+#: Layers outside the blocks (flattened BFL names). diffusers 0.42 converts kohya's but then
+#: drops them (its converted keys lack the `transformer.` prefix it loads); sdrt merges them,
+#: with their alpha, as kohya's and ComfyUI's loaders do.
 OUTER = {
     "img_in": "x_embedder",
     "txt_in": "context_embedder",
@@ -105,7 +107,9 @@ def _targets(name: str) -> tuple[str, ...] | None:
     match = BLOCK.fullmatch(name)
     if match is None:
         return None
-    table, block = (DOUBLE, "transformer_blocks") if match["kind"] == "double_blocks" else (SINGLE, "single_transformer_blocks")
+    table, block = (
+        (DOUBLE, "transformer_blocks") if match["kind"] == "double_blocks" else (SINGLE, "single_transformer_blocks")
+    )
     modules = table.get(match["layer"])
     return None if modules is None else tuple(f"{block}.{match['index']}.{module}" for module in modules)
 
@@ -159,8 +163,7 @@ def to_diffusers_names(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         for module, part in zip(modules, rows):
             stem = TRANSFORMER_PREFIX + module
             converted[stem + ".lora_A.weight"], converted[stem + ".lora_B.weight"] = down, part
-            # diffusers leaves the final layer's alpha out (its kohya conversion skips it).
-            if ".alpha" in factors and not name.startswith("final_layer"):
+            if ".alpha" in factors:
                 converted[stem + ".alpha"] = factors[".alpha"]
     return converted
 

@@ -67,7 +67,9 @@ def resolve(lora: LoraFile, maps: dict[str, WeightsMap], model: str = "") -> Res
                 f"for another model architecture{made_for}"
             ) from None
         resolved.layers.setdefault(layer.component, []).append((layer, module))
-    if not resolved.layers:
+    # A LoRA whose denoiser layers fit none of this model's is for another model, even where
+    # its text encoder fits (SD 1.x and FLUX.1 share CLIP-L).
+    if not resolved.layers or (denoisers and not any(c in resolved.layers for c in DENOISERS)):
         raise LoraError(
             f"LoRA {lora.name} matches no layer of this {model + ' ' if model else ''}model{made_for}: it is "
             f"for another model architecture (first keys: {', '.join(resolved.unmatched[:3])})"
