@@ -56,9 +56,14 @@ def _reference(source: Path):
 
 
 @pytest.fixture(scope="module")
-def loras(source, tmp_path_factory) -> dict[str, Path]:
+def reference(source):
+    """One diffusers pipeline for the module: each use unloads its LoRAs (never fused) after."""
+    return _reference(source)
+
+
+@pytest.fixture(scope="module")
+def loras(reference, tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("flux-loras")
-    reference = _reference(source)
     return {
         "peft": peft_lora(reference, folder / "peft.safetensors", seed=1),
         "kohya": kohya_flux_lora(reference, folder / "kohya.safetensors", seed=2),
@@ -71,26 +76,27 @@ def pipeline(exported, loras) -> Pipeline:
     return Pipeline.load(exported, lora_dir=loras["peft"].parent)
 
 
-def reference_image(source: Path, adapters: list[tuple[Path | dict, float]], sequence: int) -> np.ndarray:
-    reference = _reference(source)
+def reference_image(reference, adapters: list[tuple[Path | dict, float]], sequence: int) -> np.ndarray:
     names = [f"adapter{index}" for index in range(len(adapters))]
     for name, (lora, _) in zip(names, adapters):
         reference.load_lora_weights(lora if isinstance(lora, dict) else str(lora), adapter_name=name)
     reference.set_adapters(names, [weight for _, weight in adapters])
-    return reference(
-        PROMPT,
-        num_inference_steps=SETTINGS["steps"],
-        guidance_scale=SETTINGS["guidance_scale"],
-        height=SETTINGS["height"],
-        width=SETTINGS["width"],
-        max_sequence_length=sequence,
-        generator=torch.Generator().manual_seed(SETTINGS["seed"]),
-        output_type="np",
-    ).images
+    try:
+        return reference(
+            PROMPT,
+            num_inference_steps=SETTINGS["steps"],
+            guidance_scale=SETTINGS["guidance_scale"],
+            height=SETTINGS["height"],
+            width=SETTINGS["width"],
+            max_sequence_length=sequence,
+            generator=torch.Generator().manual_seed(SETTINGS["seed"]),
+            output_type="np",
+        ).images
+    finally:
+        reference.unload_lora_weights()
 
 
-def test_the_weights_maps_hold_every_linear_of_the_transformer_and_clip(exported, source):
-    reference = _reference(source)
+def test_the_weights_maps_hold_every_linear_of_the_transformer_and_clip(exported, reference):
     manifest = Manifest.load(exported)
     for component, model in ((TRANSFORMER, reference.transformer), ("text_encoder", reference.text_encoder)):
         weights = WeightsMap.load(exported, component, manifest.components[component]).weights
@@ -104,19 +110,19 @@ def test_the_weights_maps_hold_every_linear_of_the_transformer_and_clip(exported
 
 
 @pytest.mark.parametrize(("kind", "weight"), [("peft", 0.8), ("kohya", 0.7), ("xlabs", 1.0)])
-def test_a_lora_equals_diffusers_load_lora_weights(pipeline, source, loras, kind, weight):
+def test_a_lora_equals_diffusers_load_lora_weights(pipeline, reference, loras, kind, weight):
     result = pipeline.generate(PROMPT, loras=[f"{loras[kind]}:{weight}"], **SETTINGS)
     assert result.warnings == []
     sequence = pipeline.manifest.flux.max_sequence_length
-    assert_same_image(result.array, reference_image(source, [(loras[kind], weight)], sequence))
+    assert_same_image(result.array, reference_image(reference, [(loras[kind], weight)], sequence))
     base = pipeline.generate(PROMPT, **SETTINGS).array
     assert np.abs(result.array - base).max() > 10 * MAX_PIXEL_ERROR  # the LoRA changed the image
 
 
-def test_two_loras_by_tag_equal_diffusers_set_adapters_and_reuse_the_merged_session(pipeline, source, loras):
+def test_two_loras_by_tag_equal_diffusers_set_adapters_and_reuse_the_merged_session(pipeline, reference, loras):
     tagged = pipeline.generate(f"{PROMPT} <lora:peft:0.6> <lora:kohya:0.5>", **SETTINGS)
     sequence = pipeline.manifest.flux.max_sequence_length
-    expected = reference_image(source, [(loras["peft"], 0.6), (loras["kohya"], 0.5)], sequence)
+    expected = reference_image(reference, [(loras["peft"], 0.6), (loras["kohya"], 0.5)], sequence)
     assert_same_image(tagged.array, expected)
     variants = pipeline.loras.variants(TRANSFORMER)
     builds = variants.builds
@@ -135,13 +141,12 @@ def test_a_lora_changes_clip_too(pipeline, loras):
     assert np.abs(both - transformer_only).max() > MAX_PIXEL_ERROR
 
 
-def test_fused_linear1_outer_layers_and_bfl_names_equal_diffusers_on_the_split_layers(pipeline, source, tmp_path):
+def test_fused_linear1_outer_layers_and_bfl_names_equal_diffusers_on_the_split_layers(pipeline, reference, tmp_path):
     """What diffusers 0.42 cannot load on a model of this size, compared with its PEFT loader
     on the layers split by the rule it uses: kohya's single-block linear1 (diffusers splits it at
     FLUX.1-dev's 3072 and 12288 rows), the layers outside the blocks (its conversion names them
     without the transformer prefix, so it drops them) and fal's BFL-named Kontext files (it
     expects 19 and 38 blocks)."""
-    reference = _reference(source)
     kohya = kohya_flux_lora(reference, tmp_path / "kohya.safetensors", 5, single=("linear1",), text=False)
     tensors = load_file(str(kohya))
     generator = torch.Generator().manual_seed(6)
@@ -176,12 +181,12 @@ def test_fused_linear1_outer_layers_and_bfl_names_equal_diffusers_on_the_split_l
     sequence = pipeline.manifest.flux.max_sequence_length
     got = pipeline.generate(PROMPT, loras=[f"{kohya}:0.8"], **SETTINGS)
     assert got.warnings == []
-    assert_same_image(got.array, reference_image(source, [(peft, 0.8)], sequence))
+    assert_same_image(got.array, reference_image(reference, [(peft, 0.8)], sequence))
     bfl = bfl_peft_lora(reference, tmp_path / "kontext.safetensors", 7)
     got = pipeline.generate(PROMPT, loras=[f"{bfl}:0.6"], **SETTINGS)
     assert got.warnings == []
     assert_same_image(
-        got.array, reference_image(source, [(split_to_peft(load_file(str(bfl)), reference.transformer), 0.6)], sequence)
+        got.array, reference_image(reference, [(split_to_peft(load_file(str(bfl)), reference.transformer), 0.6)], sequence)
     )
 
 
