@@ -122,6 +122,17 @@ class Sd3Transformer(torch.nn.Module):
         )[0]
 
 
+def unwrapped_blocks(transformer) -> torch.nn.Module:
+    """The transformer's layers under diffusers' module paths, as LoRA files name them (its
+    blocks taken out of their SkippableBlock); the same modules, no weight copied."""
+    view = torch.nn.Module()
+    for name, child in transformer.named_children():
+        if name == "transformer_blocks":
+            child = torch.nn.ModuleList([getattr(block, "block", block) for block in child])
+        view.add_module(name, child)
+    return view
+
+
 def sd3_geometry(pipeline) -> ModelGeometry:
     transformer, vae = pipeline.transformer.config, pipeline.vae.config
     return ModelGeometry(
@@ -234,7 +245,7 @@ def sd3_component_exports(pipeline, geometry: ModelGeometry, with_t5: bool) -> l
                 )
             ],
             transformer_inputs,
-            lora_model=pipeline.transformer,
+            lora_model=unwrapped_blocks(pipeline.transformer),
         )
     )
     return exports + vae_exports(pipeline, geometry)

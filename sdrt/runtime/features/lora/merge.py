@@ -63,7 +63,7 @@ def resolve(lora: LoraFile, maps: dict[str, WeightsMap], model: str = "") -> Res
             layer.delta(shape)
         except ValueError as error:
             raise LoraError(
-                f"LoRA {lora.name} does not fit this model: its layer {layer.name}: {error}; it is "
+                f"LoRA {lora.name} does not fit this {model + ' ' if model else ''}model: its layer {layer.name}: {error}; it is "
                 f"for another model architecture{made_for}"
             ) from None
         resolved.layers.setdefault(layer.component, []).append((layer, module))
