@@ -186,7 +186,8 @@ def test_fused_linear1_outer_layers_and_bfl_names_equal_diffusers_on_the_split_l
     got = pipeline.generate(PROMPT, loras=[f"{bfl}:0.6"], **SETTINGS)
     assert got.warnings == []
     assert_same_image(
-        got.array, reference_image(reference, [(split_to_peft(load_file(str(bfl)), reference.transformer), 0.6)], sequence)
+        got.array,
+        reference_image(reference, [(split_to_peft(load_file(str(bfl)), reference.transformer), 0.6)], sequence),
     )
 
 
@@ -225,13 +226,19 @@ def _cli(exported, *arguments):
     )
 
 
-def test_sd_loras_on_flux_and_flux_loras_on_sd_are_one_line(exported, exported_tiny, tiny_models, loras, tmp_path):
-    from conftest import diffusers_pipeline
-    from support.lora_files import kohya_lora
-
-    sd_lora = kohya_lora(
-        diffusers_pipeline("StableDiffusionPipeline", tiny_models["standard"]), tmp_path / "sd.safetensors", 1
-    )
+def test_sd_loras_on_flux_and_flux_loras_on_sd_are_one_line(exported, exported_tiny, loras, tmp_path):
+    # kohya's SD names: a UNet layer, and a CLIP layer that fits FLUX's CLIP (SD 1.x and FLUX.1
+    # share CLIP-L): refused all the same.
+    sd_lora = tmp_path / "sd.safetensors"
+    unet, clip = "lora_unet_down_blocks_0_attentions_0_proj_in", "lora_te_text_model_encoder_layers_0_mlp_fc1"
+    shapes = {unet: (8, 8), clip: (64, 32)}  # (out, in); the tiny FLUX CLIP's fc1 is 32 -> 64
+    factors = {}
+    for stem, (rows, columns) in shapes.items():
+        factors[f"{stem}.lora_down.weight"], factors[f"{stem}.lora_up.weight"] = (
+            torch.ones(4, columns),
+            torch.ones(rows, 4),
+        )
+    save_file(factors, str(sd_lora))
     unknown = tmp_path / "unknown.safetensors"
     save_file({"blocks.0.weight_a": torch.ones(2, 2), "blocks.0.weight_b": torch.ones(2, 2)}, str(unknown))
     out = str(tmp_path / "o.png")

@@ -49,6 +49,7 @@ def resolve(lora: LoraFile, maps: dict[str, WeightsMap], model: str = "") -> Res
     """`model`: the model's family as errors name it ("FLUX.1")."""
     resolved = ResolvedLora(lora, unmatched=list(lora.ignored))
     made_for = f" (it says it was made for {lora.base_model})" if lora.base_model else ""
+    this = f"this {model} model" if model else "this model"
     denoisers = [MADE_FOR[c] for c in MADE_FOR if any(layer.component == c for layer in lora.layers)]
     if denoisers and not made_for:
         made_for = f" (its layers are {' and '.join(denoisers)})"
@@ -63,7 +64,7 @@ def resolve(lora: LoraFile, maps: dict[str, WeightsMap], model: str = "") -> Res
             layer.delta(shape)
         except ValueError as error:
             raise LoraError(
-                f"LoRA {lora.name} does not fit this {model + ' ' if model else ''}model: its layer {layer.name}: {error}; it is "
+                f"LoRA {lora.name} does not fit {this}: its layer {layer.name}: {error}; it is "
                 f"for another model architecture{made_for}"
             ) from None
         resolved.layers.setdefault(layer.component, []).append((layer, module))
@@ -71,7 +72,7 @@ def resolve(lora: LoraFile, maps: dict[str, WeightsMap], model: str = "") -> Res
     # its text encoder fits (SD 1.x and FLUX.1 share CLIP-L).
     if not resolved.layers or (denoisers and not any(c in resolved.layers for c in DENOISERS)):
         raise LoraError(
-            f"LoRA {lora.name} matches no layer of this {model + ' ' if model else ''}model{made_for}: it is "
+            f"LoRA {lora.name} matches no layer of {this}{made_for}: it is "
             f"for another model architecture (first keys: {', '.join(resolved.unmatched[:3])})"
         )
     return resolved
