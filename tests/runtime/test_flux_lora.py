@@ -191,6 +191,40 @@ def test_fused_linear1_outer_layers_and_bfl_names_equal_diffusers_on_the_split_l
     )
 
 
+def test_kohya_conversion_equals_diffusers_lora_state_dict(reference, loras, tmp_path):
+    """Layer by layer, the deltas sdrt reads from a kohya file equal those of diffusers' own
+    conversion (FluxPipeline.lora_state_dict), the final layer's swapped modulation included
+    (alpha = rank there: diffusers' conversion leaves that alpha out)."""
+    from diffusers import FluxPipeline
+
+    tensors = load_file(str(loras["kohya"]))
+    generator = torch.Generator().manual_seed(8)
+    modules = dict(reference.transformer.named_modules())
+    for stem, module in (("final_layer_adaLN_modulation_1", "norm_out.linear"), ("img_in", "x_embedder")):
+        layer = modules[module]
+        tensors[f"lora_unet_{stem}.lora_down.weight"] = torch.randn(RANK, layer.in_features, generator=generator)
+        tensors[f"lora_unet_{stem}.lora_up.weight"] = torch.randn(layer.out_features, RANK, generator=generator)
+        tensors[f"lora_unet_{stem}.alpha"] = torch.tensor(float(RANK))
+    path = tmp_path / "kohya.safetensors"
+    save_file(tensors, str(path))
+    converted = FluxPipeline.lora_state_dict(dict(tensors))
+    theirs = {
+        key.removeprefix("transformer.")[: -len(".lora_A.weight")]: (
+            converted[key.replace(".lora_A.", ".lora_B.")] @ converted[key]
+        ).numpy()
+        for key in converted
+        if key.endswith(".lora_A.weight") and not key.startswith("text_encoder.")
+    }
+    ours = {
+        layer.name: layer.delta((layer.up.shape[0], layer.down.shape[1]))
+        for layer in read_lora(path).layers
+        if layer.component == TRANSFORMER
+    }
+    assert set(ours) == set(theirs) and "norm_out.linear" in ours
+    for module, delta in theirs.items():
+        np.testing.assert_allclose(ours[module], delta, rtol=1e-5, atol=1e-6)
+
+
 def test_comfyui_names_are_kohyas(loras, tmp_path):
     """ComfyUI saves kohya's FLUX LoRAs as diffusion_model.* and text_encoders.clip_l.transformer.*."""
     comfy = {

@@ -84,8 +84,8 @@ OUTER = {
 SWAPPED = "final_layer_adaLN_modulation_1"
 
 
-def _native(key: str) -> tuple[str, str, str] | None:
-    """(flattened BFL layer name, diffusers factor suffix, native prefix) of a FLUX-native key."""
+def _native(key: str) -> tuple[str, str] | None:
+    """(flattened BFL layer name, diffusers factor suffix) of a FLUX-native key, or None."""
     for suffix, factor in FACTORS:  # noqa: B007 (the matching suffix's factor is used after the loop)
         if key.endswith(suffix):
             stem = key[: -len(suffix)]
@@ -96,7 +96,7 @@ def _native(key: str) -> tuple[str, str, str] | None:
         if stem.startswith(prefix):
             name = stem[len(prefix) :].replace(".", "_")
             if BLOCK.fullmatch(name) or name in OUTER:
-                return name, factor, prefix
+                return name, factor
     return None
 
 
@@ -147,19 +147,21 @@ def to_diffusers_names(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if native is None:
             converted[_clip_key(str(key))] = value
             continue
-        name, factor, _ = native
+        name, factor = native
         layers.setdefault(name, {})[factor] = value
         origin.setdefault(name, []).append(key)
     for name, factors in layers.items():
         modules = _targets(name)
         down, up = factors.get(".lora_A.weight"), factors.get(".lora_B.weight")
         rows = [] if modules is None or down is None or up is None or up.ndim != 2 else _rows(modules, up, down)
+        if name == SWAPPED and rows and rows[0].shape[0] % 2 == 0:
+            shift, scale = np.split(rows[0], 2, axis=0)
+            rows = [np.concatenate([scale, shift], axis=0)]
+        elif name == SWAPPED:
+            rows = []
         if modules is None or down is None or not rows:
             converted.update({str(key): tensors[key] for key in origin[name]})  # reported as unmatched
             continue
-        if name == SWAPPED:
-            shift, scale = np.split(rows[0], 2, axis=0)
-            rows = [np.concatenate([scale, shift], axis=0)]
         for module, part in zip(modules, rows):
             stem = TRANSFORMER_PREFIX + module
             converted[stem + ".lora_A.weight"], converted[stem + ".lora_B.weight"] = down, part
