@@ -240,6 +240,20 @@ def test_comfyui_names_are_kohyas(loras, tmp_path):
     }
 
 
+def test_t5_layers_are_reported_not_merged(pipeline, loras, tmp_path):
+    """diffusers' FLUX loader puts no LoRA on T5 (kohya's lora_te2_ keys are left out): nor does sdrt."""
+    tensors = load_file(str(loras["kohya"]))
+    stem = "lora_te2_encoder_block_0_layer_0_SelfAttention_q"
+    tensors[f"{stem}.lora_down.weight"], tensors[f"{stem}.lora_up.weight"] = torch.ones(RANK, 32), torch.ones(32, RANK)
+    path = tmp_path / "with_t5.safetensors"
+    save_file(tensors, str(path))
+    got = pipeline.generate(PROMPT, loras=[f"{path}:0.7"], **SETTINGS)
+    assert len(got.warnings) == 1 and "2 keys match no layer" in got.warnings[0] and stem in got.warnings[0]
+    np.testing.assert_array_equal(
+        got.array, pipeline.generate(PROMPT, loras=[f"{loras['kohya']}:0.7"], **SETTINGS).array
+    )
+
+
 # ---------------------------------------------------------------- bad input
 def _cli(exported, *arguments):
     return CliRunner().invoke(
