@@ -109,14 +109,12 @@ def model_tensor_specs(model) -> tuple[list[TensorSpec], list[TensorSpec]]:
     def specs(port) -> list[TensorSpec]:
         # an output tensor may carry several names (an ONNX output that is also an inner value)
         kind = port.get_element_type().get_type_name()
-        return [
-            TensorSpec(
-                name,
-                OV_DTYPES.get(kind, kind),
-                [dim.get_length() if dim.is_static else f"{name}_{axis}" for axis, dim in enumerate(port.get_partial_shape())],
-            )
-            for name in sorted(port.get_names())
-        ]
+        dims = list(port.get_partial_shape())
+
+        def shape(name: str) -> list[int | str]:
+            return [dim.get_length() if dim.is_static else f"{name}_{axis}" for axis, dim in enumerate(dims)]
+
+        return [TensorSpec(name, OV_DTYPES.get(kind, kind), shape(name)) for name in sorted(port.get_names())]
 
     return (
         [spec for port in model.inputs for spec in specs(port)],
