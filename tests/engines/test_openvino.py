@@ -45,7 +45,7 @@ def random_feeds(spec, dims: dict[str, int], rng: np.random.Generator) -> dict[s
     return feeds
 
 
-@pytest.mark.parametrize("kind", ["standard", "sdxl", "flux"])
+@pytest.mark.parametrize("kind", ["standard", pytest.param("sdxl", marks=pytest.mark.slow), "flux"])
 def test_every_engine_equals_onnx_runtime(kind, exported_tiny, exported_sdxl, exported_flux):
     folder = {"standard": exported_tiny("standard"), "sdxl": exported_sdxl(), "flux": exported_flux()}[kind]
     cpu, openvino = Pipeline.load(folder, backend="cpu"), Pipeline.load(folder, backend="openvino")

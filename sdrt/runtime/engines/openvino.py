@@ -103,23 +103,20 @@ def _numpy_dtype(constant) -> np.dtype:
     return np.dtype(OV_DTYPES.get(constant.get_element_type().get_type_name(), "float32"))
 
 
-def model_tensor_specs(model) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """Inputs and outputs of an OpenVINO model as specs (checked against the manifest)."""
+def model_tensor_specs(model, known: set[str] = frozenset()) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Inputs and outputs of an OpenVINO model as specs, one per port. A port may carry several
+    tensor names (an ONNX output that is also an inner value): the one in `known` (the
+    manifest's names) is taken, else the port's first name in sorted order."""
 
-    def specs(port) -> list[TensorSpec]:
-        # an output tensor may carry several names (an ONNX output that is also an inner value)
+    def spec(port) -> TensorSpec:
+        names = sorted(port.get_names())
+        name = next((candidate for candidate in names if candidate in known), names[0])
         kind = port.get_element_type().get_type_name()
         dims = list(port.get_partial_shape())
+        shape = [dim.get_length() if dim.is_static else f"{name}_{axis}" for axis, dim in enumerate(dims)]
+        return TensorSpec(name, OV_DTYPES.get(kind, kind), shape)
 
-        def shape(name: str) -> list[int | str]:
-            return [dim.get_length() if dim.is_static else f"{name}_{axis}" for axis, dim in enumerate(dims)]
-
-        return [TensorSpec(name, OV_DTYPES.get(kind, kind), shape(name)) for name in sorted(port.get_names())]
-
-    return (
-        [spec for port in model.inputs for spec in specs(port)],
-        [spec for port in model.outputs for spec in specs(port)],
-    )
+    return [spec(port) for port in model.inputs], [spec(port) for port in model.outputs]
 
 
 class OpenVinoEngine(Engine):
@@ -141,7 +138,8 @@ class OpenVinoEngine(Engine):
         super().__init__(name, spec, dims)
         model = model if model is not None and not weights else read_model(path, weights)
         expose_defaults(model, spec.inputs)
-        check_graph_io(name, spec.inputs, spec.outputs, *model_tensor_specs(model))
+        known = {tensor.name for tensor in (*spec.inputs, *spec.outputs)}
+        check_graph_io(name, spec.inputs, spec.outputs, *model_tensor_specs(model, known))
         config = dict(COMPILE_CONFIG)
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
