@@ -29,9 +29,12 @@ def _read_json(path: Path) -> dict:
     return read_json(path) if present(path, ModelFolderError) else {}
 
 
-def infer_manifest(folder: Path, open_session: Callable[[Path], Any]) -> tuple[Manifest, dict[str, Any]]:
+def infer_manifest(
+    folder: Path, open_session: Callable[[Path], Any], session_tensors=session_tensor_specs
+) -> tuple[Manifest, dict[str, Any]]:
     """The manifest, and the sessions opened (with `open_session`) to read the graphs' tensors:
-    the caller's engines adopt them rather than load each model a second time."""
+    the caller's engines adopt them rather than load each model a second time. `session_tensors`
+    reads a session's input and output TensorSpecs (the backend's own)."""
     if not present(folder / "model_index.json", ModelFolderError):
         raise ModelFolderError(
             f"{folder} is not an exported model (no manifest.json or model_index.json); "
@@ -43,7 +46,7 @@ def infer_manifest(folder: Path, open_session: Callable[[Path], Any]) -> tuple[M
         if not path.is_file():
             continue
         sessions[name] = session = open_session(path)
-        inputs, outputs = session_tensor_specs(session)
+        inputs, outputs = session_tensors(session)
         components[name] = ComponentSpec(
             file=f"{name}/{ONNX_FILE}", precision="unknown", target="unknown", inputs=inputs, outputs=outputs, sha256=""
         )

@@ -155,7 +155,9 @@ class Pipeline:
                 f"{folder} has no manifest.json, which {backend.name} needs; export it with `sdrt export`"
             )
         else:
-            manifest, sessions = infer_manifest(folder, lambda path: backend.open_session(path, options))
+            manifest, sessions = infer_manifest(
+                folder, lambda path: backend.open_session(path, options), backend.session_tensors
+            )
         required = [name for name, _ in manifest.text_encoders] + [
             manifest.model_family.denoiser.component,
             *COMPONENTS,

@@ -50,6 +50,12 @@ class Backend(ABC):
             "export it with `sdrt export`"
         )
 
+    def session_tensors(self, session: Any) -> tuple[list, list]:
+        """The input and output TensorSpecs of a session open_session opened."""
+        from sdrt.runtime.engines.onnxruntime import session_tensor_specs
+
+        return session_tensor_specs(session)
+
     @abstractmethod
     def load(
         self, folder: Path, manifest: Manifest, options: LoadOptions, sessions: dict[str, Any]
@@ -119,14 +125,17 @@ class OrtBackend(Backend):
         return manifest, make_engine
 
     def weight_variants(self, component, engine, make_engine, pristine, loaded):
-        from sdrt.runtime.features.lora.variants import SessionVariants
+        return _session_variants(component, engine, make_engine, loaded)
 
-        folder, spec, options = loaded.folder, loaded.manifest.components[component], loaded.options
-        files = [folder / spec.file, *(folder / name for name in spec.data_files)]
-        size = sum(path.stat().st_size for path in files if path.is_file() and path.suffix != ".json")
-        return SessionVariants(
-            engine, lambda weights: make_engine(component, weights), size, options.lora_cache_mb * MIB
-        )
+
+def _session_variants(component, engine, make_engine, loaded):
+    """Engines made with merged weights, cached within the LoRA memory budget by graph size."""
+    from sdrt.runtime.features.lora.variants import SessionVariants
+
+    folder, spec, options = loaded.folder, loaded.manifest.components[component], loaded.options
+    files = [folder / spec.file, *(folder / name for name in spec.data_files)]
+    size = sum(path.stat().st_size for path in files if path.is_file() and path.suffix != ".json")
+    return SessionVariants(engine, lambda weights: make_engine(component, weights), size, options.lora_cache_mb * MIB)
 
 
 class TensorRtBackend(Backend):
@@ -149,6 +158,48 @@ class TensorRtBackend(Backend):
         from sdrt.runtime.features.lora.variants import RefitVariants
 
         return RefitVariants(engine, pristine)
+
+
+class OpenVinoBackend(Backend):
+    """OpenVINO's CPU plugin on the same ONNX files (sdrt.runtime.engines.openvino). LoRA-merged
+    weights compile a model with the merged constants, cached like ONNX Runtime's sessions."""
+
+    name = "openvino"
+
+    def open_session(self, path: Path, options: LoadOptions) -> Any:
+        from sdrt.runtime.engines.openvino import read_model
+
+        return read_model(path)
+
+    def session_tensors(self, session: Any) -> tuple[list, list]:
+        from sdrt.runtime.engines.openvino import model_tensor_specs
+
+        return model_tensor_specs(session)
+
+    def load(self, folder, manifest, options, sessions):
+        from sdrt.runtime.engines.openvino import OpenVinoEngine
+
+        if options.cuda_graph:
+            raise ConfigError("CUDA graphs need the cuda backend")
+        if options.io_binding:
+            raise ConfigError("IO binding is for the cuda backend; openvino runs on the host")
+
+        def make_engine(name: str, weights=None) -> Engine:
+            spec = manifest.components[name]
+            return OpenVinoEngine(
+                folder / spec.file,
+                name,
+                spec,
+                manifest.dims,
+                threads=options.threads,
+                model=None if weights else sessions.get(name),
+                weights=weights,
+            )
+
+        return manifest, make_engine
+
+    def weight_variants(self, component, engine, make_engine, pristine, loaded):
+        return _session_variants(component, engine, make_engine, loaded)
 
 
 @dataclass(frozen=True)
@@ -175,6 +226,7 @@ BACKENDS: dict[str, Backend] = {
         OrtBackend("cpu", device_resident=False),
         OrtBackend("cuda", device_resident=True),
         TensorRtBackend(),
+        OpenVinoBackend(),
     )
 }
 BACKEND_NAMES = tuple(BACKENDS)
