@@ -11,12 +11,13 @@ same command path in seconds. Needs the export extra (torch, diffusers, transfor
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 from sdrt.errors import ConfigError
 from sdrt.export.random_flux import _realistic_rms_norms
-from sdrt.export.random_model import PRESETS_DIR, SD2_PAD_TOKEN, SD15_PRESET, realistic_norms, save_folder
+from sdrt.export.random_model import PRESETS_DIR, SD2_PAD_TOKEN, SD15_PRESET, realistic_norms
 from sdrt.export.random_sd3 import TINY_CLIP, TINY_CLIP_G, TINY_SD3_VAE, TINY_TRANSFORMER
 
 SD35_PRESET = PRESETS_DIR / "sd35_medium"
@@ -55,40 +56,67 @@ def sd35_medium_configs(size: str = "full") -> dict[str, dict[str, Any]]:
     return configs
 
 
-def build_sd35_medium(size: str = "full", seed: int = 0):
-    """A StableDiffusion3Pipeline of SD3.5 Medium's shape without T5, seeded random weights."""
+#: The pipeline's components in build order (the seeded weights depend on it), then the rest.
+WEIGHTED = ("text_encoder", "text_encoder_2", "transformer", "vae")
+ABSENT = ("text_encoder_3", "tokenizer_3", "feature_extractor", "image_encoder")  # None in the folder
+PIPELINE_CLASS = "StableDiffusion3Pipeline"
+
+
+def _components(size: str, seed: int):
+    """(name, component) of the pipeline, each made when asked for: a caller that saves and drops
+    each one holds one component's weights at a time (the full transformer alone is 9 GB)."""
     import torch
-    from diffusers import (
-        AutoencoderKL,
-        FlowMatchEulerDiscreteScheduler,
-        SD3Transformer2DModel,
-        StableDiffusion3Pipeline,
-    )
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer
 
     configs = sd35_medium_configs(size)
     torch.manual_seed(seed)
-    encoders = []
     for offset, name in enumerate(("text_encoder", "text_encoder_2")):
         encoder = CLIPTextModelWithProjection(CLIPTextConfig(**configs[name]))
         realistic_norms(encoder, seed + offset)
-        encoders.append(encoder)
+        yield name, encoder
     transformer = SD3Transformer2DModel(**configs["transformer"])
     _realistic_rms_norms(transformer, seed + 2)
-    vae = AutoencoderKL(**configs["vae"])
-    return StableDiffusion3Pipeline(
-        transformer=transformer,
-        scheduler=FlowMatchEulerDiscreteScheduler(**configs["scheduler"]),
-        vae=vae,
-        text_encoder=encoders[0],
-        tokenizer=CLIPTokenizer.from_pretrained(SD15_PRESET / "tokenizer"),
-        text_encoder_2=encoders[1],
-        tokenizer_2=CLIPTokenizer.from_pretrained(SD15_PRESET / "tokenizer", pad_token=SD2_PAD_TOKEN),
-        text_encoder_3=None,
-        tokenizer_3=None,
-    )
+    yield "transformer", transformer
+    yield "vae", AutoencoderKL(**configs["vae"])
+    yield "scheduler", FlowMatchEulerDiscreteScheduler(**configs["scheduler"])
+    yield "tokenizer", CLIPTokenizer.from_pretrained(SD15_PRESET / "tokenizer")
+    yield "tokenizer_2", CLIPTokenizer.from_pretrained(SD15_PRESET / "tokenizer", pad_token=SD2_PAD_TOKEN)
+
+
+def build_sd35_medium(size: str = "full", seed: int = 0):
+    """A StableDiffusion3Pipeline of SD3.5 Medium's shape without T5, seeded random weights."""
+    import diffusers
+
+    parts = dict(_components(size, seed))
+    return getattr(diffusers, PIPELINE_CLASS)(**parts, text_encoder_3=None, tokenizer_3=None)
 
 
 def save_sd35_medium(out_dir: str | Path, size: str = "full", seed: int = 0) -> Path:
-    """The random SD3.5 Medium pipeline saved as a diffusers folder."""
-    return save_folder(out_dir, lambda: build_sd35_medium(size, seed))
+    """The random SD3.5 Medium pipeline saved as a diffusers folder, one component at a time
+    (the same weights as build_sd35_medium), written aside, then renamed."""
+    import gc
+
+    import diffusers
+
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        raise ConfigError(f"{out_dir} already exists")
+    staging = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    index: dict[str, Any] = {"_class_name": PIPELINE_CLASS, "_diffusers_version": diffusers.__version__}
+    try:
+        for name, component in _components(size, seed):
+            if name in WEIGHTED:
+                component.save_pretrained(staging / name, safe_serialization=True)
+            else:
+                component.save_pretrained(staging / name)
+            index[name] = [type(component).__module__.split(".")[0], type(component).__name__]
+            del component
+            gc.collect()
+        index.update({name: [None, None] for name in ABSENT})
+        (staging / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", "utf-8")
+        staging.rename(out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out_dir
