@@ -284,9 +284,10 @@ def cache_dir() -> Path:
     return cache_root()
 
 
-#: Architectures `--arch` builds with random weights: SD 1.5 and SDXL 1.0 base (bundled presets), and a
-#: tiny SD3.5-Medium-shaped model (sdrt.export.random_sd3: seconds, for trying the path).
-ARCHES = ("sd15", "sdxl", "tiny-sd3")
+#: Architectures `--arch` builds with random weights: SD 1.5 and SDXL 1.0 base (bundled presets), a
+#: tiny SD3.5-Medium-shaped model (sdrt.export.random_sd3: seconds, for trying the path), and SD3.5
+#: Medium at full size without T5 (sdrt.export.random_sd35).
+ARCHES = ("sd15", "sdxl", "tiny-sd3", "sd35-medium")
 
 
 def arch_model(arch: str, progress=lambda line: None) -> tuple[str, str]:

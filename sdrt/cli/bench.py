@@ -12,7 +12,7 @@ from sdrt.cli.outputs import check_output, check_report, write_report
 from sdrt.cli.types import THREADS, FiniteFloat
 from sdrt.errors import SdrtError
 from sdrt.runtime.engines import BACKEND_NAMES, DEFAULT_BACKEND
-from sdrt.runtime.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES, SCHEDULE_NAMES
+from sdrt.runtime.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES, SAMPLERS, SCHEDULE_NAMES
 
 
 @main.command()
@@ -21,7 +21,7 @@ from sdrt.runtime.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES, SCHEDULE_NAM
     "--arch",
     default=None,
     help="Instead of --model: a random-weight model of a real architecture "
-    "(sd15, sdxl, tiny-sd3), built and exported once into ~/.cache/sdrt (or $SDRT_CACHE).",
+    "(sd15, sdxl, tiny-sd3, sd35-medium), built and exported once into ~/.cache/sdrt (or $SDRT_CACHE).",
 )
 @click.option("--backend", default=DEFAULT_BACKEND, show_default=True, type=click.Choice(BACKEND_NAMES))
 @click.option("--height", default=None, type=int, help="Image height (default: the model's native size).")
@@ -183,12 +183,14 @@ def bench(
             DeepCache.parse(deepcache)
         except ValueError as error:
             raise SdrtError(f"--deepcache: {error}") from None
-    if sampler not in SAMPLER_NAMES:
+    if sampler not in SAMPLERS:  # flow samplers too (SD3, FLUX); the request checks the model's space
         raise SdrtError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLER_NAMES)}")
     if arch is not None:
         model_dir, source = arch_model(arch, progress=say)
         diffusers_model = diffusers_model or source
     manifest = Manifest.load(model_dir)
+    if sampler == DEFAULT_SAMPLER:  # the family's own default, as a request's (both sides run it)
+        sampler = manifest.model_family.default_sampler
     base = BenchSettings(
         height=height or manifest.native_height,
         width=width or manifest.native_width,

@@ -27,6 +27,7 @@ RANDOM_NAMES = (
     "tiny-sd3",
     "tiny-sd3-no-t5",
     "tiny-chroma",
+    "sd35-medium",
 )  # sdrt.export.random_sources.RANDOM_MODELS (no import here)
 
 

@@ -45,6 +45,12 @@ def _sd3(kind: str) -> Callable[[Path], Path]:
     return build
 
 
+def _sd35_medium(folder: Path) -> Path:
+    from sdrt.export.random_sd35 import save_sd35_medium
+
+    return save_sd35_medium(folder, size="full", seed=0)
+
+
 def _chroma(folder: Path) -> Path:
     from sdrt.export.random_chroma import save_random_chroma
 
@@ -62,6 +68,7 @@ RANDOM_MODELS: dict[str, tuple[str, Callable[[Path], Path]]] = {
     "tiny-sd3": ("a tiny SD3.5-Medium-shaped model (MMDiT-X) with T5", _sd3("t5")),
     "tiny-sd3-no-t5": ("a tiny SD3.5-Medium-shaped model without T5", _sd3("no-t5")),
     "tiny-chroma": ("a tiny Chroma (T5 only, real CFG)", _chroma),
+    "sd35-medium": ("SD3.5 Medium's full-size architecture without T5 (benchmarks; about 13 GB)", _sd35_medium),
 }
 
 

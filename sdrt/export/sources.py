@@ -126,7 +126,7 @@ def load_pipeline(source: str, config: str | None = None):
         index = _check_diffusers_folder(path)
         absent = {}
         if _pipeline_class_for_index(index) == SD3_CLASS:  # diffusers cannot reload its own None components
-            absent = {name: None for name, kind in index.items() if isinstance(kind, list) and kind[:1] == [None]}
+            absent = _absent_components(index)
         try:
             return _from(diffusers, _pipeline_class_for_index(index), "from_pretrained", path, **absent)
         except (OSError, ValueError, KeyError) as error:
@@ -161,7 +161,15 @@ def load_folder(folder: str | Path, **kwargs):
     """A diffusers folder with the pipeline class its model_index.json calls for (SD or SDXL)."""
     import diffusers
 
-    return _from(diffusers, _pipeline_class_for_index(_read_index(Path(folder))), "from_pretrained", folder, **kwargs)
+    index = _read_index(Path(folder))
+    class_name = _pipeline_class_for_index(index)
+    if class_name == SD3_CLASS:  # as load_pipeline: SD3 without T5 saved its absent components as None
+        kwargs = {**_absent_components(index), **kwargs}
+    return _from(diffusers, class_name, "from_pretrained", folder, **kwargs)
+
+
+def _absent_components(index: dict) -> dict[str, None]:
+    return {name: None for name, kind in index.items() if isinstance(kind, list) and kind[:1] == [None]}
 
 
 def _from(diffusers, class_name: str, method: str, source, **kwargs):

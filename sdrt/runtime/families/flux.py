@@ -8,9 +8,9 @@
   of every row, one batch; schnell takes none. Real classifier-free guidance runs only with
   `true_cfg_scale` > 1 and a negative prompt (FluxPipeline's do_true_cfg): then the negative
   rows are a batch half and the predictions combine as n + scale * (p - n);
-- sampling: flow matching (`flow_euler`), the sigmas linspace(1, 1 / steps, steps) shifted by
-  mu, which grows linearly with the image's token count between the scheduler config's
-  base/max image sequence lengths (FluxPipeline's calculate_shift);
+- sampling: flow matching (`flow_euler`; flow_heun, flow_dpmpp_2m, flow_unipc too), the sigmas
+  linspace(1, 1 / steps, steps) shifted by mu, which grows linearly with the image's token
+  count between the scheduler config's base/max image sequence lengths (FluxPipeline's calculate_shift);
 - the VAE decodes latents / scaling_factor + shift_factor (both from its config).
 """
 
@@ -124,7 +124,8 @@ class Flux(Family):
                 raise GenerationError("FLUX's sampler needs the image size (its shift depends on it)")
             patch = manifest.vae_scale_factor * PATCH
             mu = sampler.dynamic_shift_mu((resolved.height // patch) * (resolved.width // patch))
-        sampler.set_timesteps(steps, mu=mu, sigmas=flux_sigmas(steps))
+        # FluxPipeline passes its sigmas to the schedulers that take them (not to use_flow_sigmas ones).
+        sampler.set_timesteps(steps, mu=mu, sigmas=flux_sigmas(steps) if sampler.takes_sigmas else None)
 
     def skipped_steps(self, steps: int, strength: float) -> int:
         """FluxImg2ImgPipeline's get_timesteps: the skipped steps rounded down (SD rounds the kept)."""

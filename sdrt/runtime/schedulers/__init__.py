@@ -30,6 +30,8 @@ from sdrt.runtime.schedulers.ddpm import DDPMScheduler
 from sdrt.runtime.schedulers.dpm_solver import DPMSolverMultistepScheduler
 from sdrt.runtime.schedulers.euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 from sdrt.runtime.schedulers.flow import FlowMatchEulerDiscreteScheduler
+from sdrt.runtime.schedulers.flow_heun import FlowMatchHeunDiscreteScheduler
+from sdrt.runtime.schedulers.flow_multistep import FlowDPMSolverMultistepScheduler, FlowUniPCMultistepScheduler
 from sdrt.runtime.schedulers.heun import HeunDiscreteScheduler
 from sdrt.runtime.schedulers.kdiffusion.family import K_SAMPLER_NAMES as _K_NAMES
 from sdrt.runtime.schedulers.kdiffusion.schedules import K_SCHEDULE_NAMES, K_SCHEDULES, k_schedule_entry
@@ -50,6 +52,8 @@ from sdrt.runtime.schedulers.unipc import UniPCMultistepScheduler
 
 AUTOMATIC_SCHEDULE = DEFAULT_SCHEDULE
 KARRAS = {"use_karras_sigmas": True, "use_exponential_sigmas": False}
+#: What makes DPM++ and UniPC sample a flow-matching model (diffusers' documented settings).
+FLOW_SIGMAS = {"use_flow_sigmas": True, "prediction_type": "flow_prediction"}
 #: The sampler families: diffusers-equal, and k-diffusion (A1111 / ComfyUI).
 DIFFUSERS = "diffusers"
 KDIFFUSION = "k-diffusion"
@@ -123,6 +127,9 @@ _ENTRIES = (
     SamplerEntry("lcm", LCMScheduler, "LCM"),  # latent consistency models, LCM-LoRA (1 to 8 steps)
     SamplerEntry("tcd", TCDScheduler, "TCD"),  # trajectory consistency distillation (TCD-LoRA), gamma = eta
     SamplerEntry("flow_euler", FlowMatchEulerDiscreteScheduler, "Euler (flow matching)"),  # SD3, FLUX
+    SamplerEntry("flow_heun", FlowMatchHeunDiscreteScheduler, "Heun (flow matching)"),
+    SamplerEntry("flow_dpmpp_2m", FlowDPMSolverMultistepScheduler, "DPM++ 2M (flow matching)", FLOW_SIGMAS),
+    SamplerEntry("flow_unipc", FlowUniPCMultistepScheduler, "UniPC (flow matching)", FLOW_SIGMAS),
     *(SamplerEntry(k.name, k.cls, k.label, family=KDIFFUSION, comfy_name=k.comfy_name) for k in _K_NAMES),
 )
 #: Every sampler of every space, by sdrt name.

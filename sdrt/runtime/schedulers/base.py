@@ -101,6 +101,9 @@ class Scheduler(ABC):
     #: UNet calls per requested step (diffusers' `order`): image-to-image starts at
     #: calls_per_step * the first step it keeps.
     calls_per_step: ClassVar[int] = 1
+    #: Whether set_timesteps takes a caller's own sigmas (flow_euler's: FluxPipeline passes
+    #: them to the schedulers that accept them).
+    takes_sigmas: ClassVar[bool] = False
     #: Whether step() draws noise from the generator (so a batch's noise depends on its size).
     stochastic: ClassVar[bool] = False
 

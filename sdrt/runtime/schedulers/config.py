@@ -35,7 +35,10 @@ UNSUPPORTED_VALUES: dict[str, tuple[Any, str]] = {
     "thresholding": (True, "dynamic thresholding (for pixel-space models) is not supported"),
     "timestep_type": ("continuous", "continuous timesteps are not supported"),
     "use_lu_lambdas": (True, "use_lu_lambdas is not supported"),
-    "use_flow_sigmas": (True, "flow-matching sigmas are not supported"),
+    "use_flow_sigmas": (
+        True,
+        "use_flow_sigmas is for flow-matching models: use the flow samplers (flow_dpmpp_2m, flow_unipc)",
+    ),
 }
 #: The one DPM-Solver algorithm sdrt implements.
 SUPPORTED_ALGORITHM = "dpmsolver++"
@@ -81,6 +84,8 @@ class SchedulerConfig:
     max_image_seq_len: int
     time_shift_type: str
     shift_terminal: float | None
+    use_flow_sigmas: bool
+    flow_shift: float
 
     @classmethod
     def from_dict(
@@ -174,6 +179,8 @@ class SchedulerConfig:
             raise ConfigError(
                 "scheduler base_image_seq_len and max_image_seq_len must differ (mu is interpolated between them)"
             )
+        if not self.flow_shift > 0:
+            raise ConfigError(f"scheduler flow_shift must be positive, got {self.flow_shift!r}")
         if self.shift_terminal is not None and not 0 <= self.shift_terminal < 1:
             raise ConfigError(f"scheduler shift_terminal must be in [0, 1), got {self.shift_terminal!r}")
 
@@ -216,6 +223,8 @@ NEUTRAL_CONFIG: dict[str, Any] = {
     "max_image_seq_len": 4096,
     "time_shift_type": "exponential",
     "shift_terminal": None,
+    "use_flow_sigmas": False,
+    "flow_shift": 1.0,
 }
 #: What every diffusers scheduler reads, with its defaults.
 BETA_DEFAULTS = {

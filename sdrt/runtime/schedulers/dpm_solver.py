@@ -18,7 +18,7 @@ class DPMSolverMultistepScheduler(MultistepScheduler):
 
     reference_name = "DPMSolverMultistepScheduler"
     config_defaults = {**MULTISTEP_DEFAULTS, "solver_type": "midpoint", "euler_at_final": False}
-    refused_keys = ("use_beta_sigmas", "thresholding", "algorithm_type", "use_lu_lambdas")
+    refused_keys = ("use_beta_sigmas", "thresholding", "algorithm_type", "use_lu_lambdas", "use_flow_sigmas")
     #: Below this many steps diffusers lowers the order of the last steps (lower_order_final).
     LOWER_ORDER_FINAL_BELOW = 15
 

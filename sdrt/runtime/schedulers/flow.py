@@ -78,6 +78,38 @@ def stretch_to_terminal(sigmas: np.ndarray, terminal: float) -> np.ndarray:
     return 1 - (one_minus / scale)
 
 
+def dynamic_shift_mu(config: SchedulerConfig, image_seq_len: int) -> float:
+    """The mu diffusers' SD3 and FLUX pipelines pass for an image of `image_seq_len` latent
+    tokens: linear from base_shift at base_image_seq_len to max_shift at max_image_seq_len."""
+    slope = (config.max_shift - config.base_shift) / (config.max_image_seq_len - config.base_image_seq_len)
+    intercept = config.base_shift - slope * config.base_image_seq_len
+    return image_seq_len * slope + intercept
+
+
+def checked_mu(config: SchedulerConfig, mu) -> float | None:
+    """`mu` for set_timesteps: required with use_dynamic_shifting, refused without (diffusers
+    would ignore it), a finite number the time shift can take."""
+    dynamic = config.use_dynamic_shifting
+    if mu is None:
+        if dynamic:
+            raise ConfigError(
+                "this flow-matching scheduler shifts its sigmas by the image size "
+                "(use_dynamic_shifting): set_timesteps needs mu (dynamic_shift_mu)"
+            )
+        return None
+    if not dynamic:
+        raise ConfigError("mu is for schedulers with use_dynamic_shifting; this one has a fixed shift")
+    if isinstance(mu, bool) or not isinstance(mu, (int, float, np.floating)) or not math.isfinite(mu):
+        raise ConfigError(f"mu must be a finite number, got {mu!r}")
+    if config.time_shift_type == "linear" and not mu > 0:
+        raise ConfigError(f"a linear time shift needs a positive mu, got {mu!r}")
+    try:
+        math.exp(mu)
+    except OverflowError:
+        raise ConfigError(f"mu {mu!r} is too large for an exponential time shift") from None
+    return float(mu)
+
+
 class FlowMatchEulerDiscreteScheduler(Scheduler):
     """Euler's method on the flow ODE dx/dsigma = velocity, from sigma near 1 down to 0."""
 
@@ -86,6 +118,7 @@ class FlowMatchEulerDiscreteScheduler(Scheduler):
     config_defaults = FLOW_DEFAULTS
     refused_keys = tuple(FLOW_UNSUPPORTED)
     unsupported_values = FLOW_UNSUPPORTED
+    takes_sigmas = True
 
     def __init__(self, config: SchedulerConfig):
         super().__init__(config)
@@ -100,19 +133,15 @@ class FlowMatchEulerDiscreteScheduler(Scheduler):
         self.sigma_steps = np.zeros(0, dtype=np.float32)
 
     def dynamic_shift_mu(self, image_seq_len: int) -> float:
-        """The mu diffusers' SD3 and FLUX pipelines pass for an image of `image_seq_len` latent
-        tokens: linear from base_shift at base_image_seq_len to max_shift at max_image_seq_len."""
-        config = self.config
-        slope = (config.max_shift - config.base_shift) / (config.max_image_seq_len - config.base_image_seq_len)
-        intercept = config.base_shift - slope * config.base_image_seq_len
-        return image_seq_len * slope + intercept
+        """The mu diffusers' SD3 and FLUX pipelines pass for an image of `image_seq_len` latent tokens."""
+        return dynamic_shift_mu(self.config, image_seq_len)
 
     def set_timesteps(self, num_inference_steps: int, mu: float | None = None, sigmas=None) -> None:
         """The tables for this many steps; `mu` is the shift of use_dynamic_shifting (required
         there, refused otherwise: diffusers would ignore it). `sigmas`: the unshifted sigmas
         of each step instead of the evenly spaced ones (FluxPipeline passes
         linspace(1, 1 / steps, steps)), one per step, shifted as the spaced ones are."""
-        self.mu = self._checked_mu(mu)
+        self.mu = checked_mu(self.config, mu)
         self.custom_sigmas = None if sigmas is None else self._checked_sigmas(sigmas, num_inference_steps)
         super().set_timesteps(num_inference_steps)
 
@@ -122,29 +151,6 @@ class FlowMatchEulerDiscreteScheduler(Scheduler):
         if values.shape != (steps,) or not np.isfinite(values).all() or not ((values > 0) & (values <= 1)).all():
             raise ConfigError(f"custom sigmas must be {steps} finite values in (0, 1], one per step")
         return values.astype(np.float32)  # as diffusers: np.array(sigmas).astype(np.float32)
-
-    def _checked_mu(self, mu) -> float | None:
-        dynamic = self.config.use_dynamic_shifting
-        if mu is None:
-            if dynamic:
-                raise ConfigError(
-                    "this flow-matching scheduler shifts its sigmas by the image size "
-                    "(use_dynamic_shifting): set_timesteps needs mu (dynamic_shift_mu)"
-                )
-            return None
-        if not dynamic:
-            raise ConfigError(
-                f"mu is for schedulers with use_dynamic_shifting; this one shifts by shift {self.config.shift:g}"
-            )
-        if isinstance(mu, bool) or not isinstance(mu, (int, float, np.floating)) or not math.isfinite(mu):
-            raise ConfigError(f"mu must be a finite number, got {mu!r}")
-        if self.config.time_shift_type == "linear" and not mu > 0:
-            raise ConfigError(f"a linear time shift needs a positive mu, got {mu!r}")
-        try:
-            math.exp(mu)
-        except OverflowError:
-            raise ConfigError(f"mu {mu!r} is too large for an exponential time shift") from None
-        return float(mu)
 
     def _plan(self, num_inference_steps: int) -> None:
         config = self.config

@@ -1,6 +1,7 @@
 """What the multistep solvers (DPM++, UniPC) share: a schedule spanning the whole training
 range, the variance-preserving tables alpha_t = 1 / sqrt(sigma^2 + 1), sigma_t = sigma * alpha_t
-and lambda = log(alpha_t / sigma_t), and the data (x0) prediction their updates work on."""
+and lambda = log(alpha_t / sigma_t), and the data (x0) prediction their updates work on. Their
+flow-matching variants (use_flow_sigmas) replace only the schedule and the two tables."""
 
 from __future__ import annotations
 
@@ -71,20 +72,30 @@ class MultistepScheduler(Scheduler):
         return 1.0
 
     def _plan(self, num_inference_steps: int) -> None:
-        self.sigmas, self.timesteps = multistep_schedule(
+        self.sigmas, self.timesteps = self._schedule(num_inference_steps)
+        self.num_inference_steps = len(self.timesteps)
+        self.alpha_t, self.sigma_t = self._signal_and_noise(self.sigmas)
+        with np.errstate(divide="ignore"):  # the final sigma 0 gives lambda = +inf
+            self.lambdas = np.log(self.alpha_t) - np.log(self.sigma_t)
+        self._plan_solver()
+
+    def _schedule(self, num_inference_steps: int) -> tuple[np.ndarray, np.ndarray]:
+        """(sigmas with the final level, float32 timesteps): the diffusion schedule; the flow
+        variants (sdrt.runtime.schedulers.flow_multistep) give use_flow_sigmas' instead."""
+        return multistep_schedule(
             self.config,
             self.alphas_cumprod,
             num_inference_steps,
             karras_rounds=self.karras_rounds,
             final_from_schedule=self.final_from_schedule,
         )
-        self.num_inference_steps = len(self.timesteps)
+
+    def _signal_and_noise(self, sigmas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(alpha_t, sigma_t) of each level: variance preserving here, 1 - sigma and sigma on
+        the flow path (diffusers' _sigma_to_alpha_sigma_t)."""
         one = np.float32(1.0)
-        self.alpha_t = one / (self.sigmas**2 + one) ** HALF
-        self.sigma_t = self.sigmas * self.alpha_t
-        with np.errstate(divide="ignore"):  # the final sigma 0 gives lambda = +inf
-            self.lambdas = np.log(self.alpha_t) - np.log(self.sigma_t)
-        self._plan_solver()
+        alpha_t = one / (sigmas**2 + one) ** HALF
+        return alpha_t, sigmas * alpha_t
 
     @abstractmethod
     def _plan_solver(self) -> None:

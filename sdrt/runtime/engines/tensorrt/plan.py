@@ -6,7 +6,11 @@ machine.
 A profile gives every dynamic dimension of the manifest a (min, opt, max) triple. The user picks
 image sizes and a batch limit; each dimension follows from them by a rule of the pipeline
 (`DIM_RULES`): the UNet batch is twice the image batch (guidance), the timestep is one value,
-latent sides are image sides over the VAE's scale factor.
+latent sides are image sides over the VAE's scale factor, a diffusion transformer's image
+tokens are the latent grid's patches (a patch being the latent sides' multiple, which the
+export sets to the transformer's patch size). A dimension the size and batch do not set (the T5
+length of FLUX, Chroma and SD3, SD3's joined text sequence: the runtime pads text to the
+export's length) keeps the export's own (min, opt, max) from the manifest.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from sdrt.runtime.manifest import (
     COMPONENT_NAMES,
     EXTRA_TOKENS,
     HEIGHT,
+    IMAGE_TOKENS,
     LATENT_HEIGHT,
     LATENT_WIDTH,
     TEXT_SEQUENCE,
@@ -56,6 +61,7 @@ class Request:
     guided: bool = True
     text_tokens: int = 0  # the UNet's text context length (whole chunks of the encoder's length)
     extra_tokens: int = 1  # rows of textual-inversion vectors the text encoders get
+    patch: int = 1  # the latent sides' multiple: a diffusion transformer's patch (image tokens)
 
 
 #: Each manifest dimension as a function of (request, VAE scale factor).
@@ -69,6 +75,7 @@ DIM_RULES: dict[str, Callable[[Request, int], int]] = {
     LATENT_WIDTH: lambda r, f: r.width // f,
     TEXT_SEQUENCE: lambda r, f: r.text_tokens,
     EXTRA_TOKENS: lambda r, f: r.extra_tokens,
+    IMAGE_TOKENS: lambda r, f: DIM_RULES[LATENT_HEIGHT](r, f) // r.patch * (DIM_RULES[LATENT_WIDTH](r, f) // r.patch),
 }
 #: Dimensions named `downsampled(dim, factor)` (latent sides inside the UNet) follow these.
 DOWNSAMPLED_DIMS = (LATENT_HEIGHT, LATENT_WIDTH)
@@ -140,12 +147,6 @@ def plan_profile(
     """The profile for sizes given as (height, width): `static` fixes the size (what CUDA graphs
     want); otherwise min/opt/max default to the export's range and the native size. The text
     context takes 1 to `max_prompt_chunks` chunks (default: the export's limit), opt 1."""
-    unknown = sorted(name for name in manifest.dims if dim_rule(name) is None)
-    if unknown:
-        raise ConfigError(
-            f"this model has dimensions sdrt build does not know ({', '.join(unknown)}); "
-            "re-export it with `sdrt export`"
-        )
     height_range, width_range = manifest.dims[HEIGHT], manifest.dims[WIDTH]
     if static is not None:
         if min_size or opt_size or max_size:
@@ -174,11 +175,20 @@ def plan_profile(
     factor = manifest.vae_scale_factor
     one_chunk, most_tokens = _text_tokens(manifest, max_prompt_chunks)
     extra = manifest.dims[EXTRA_TOKENS].max if EXTRA_TOKENS in manifest.dims else 1  # the export's limit
-    low = Request(1, *min_size, guided=False, text_tokens=one_chunk)
-    opt = Request(opt_batch, *opt_size, guided=True, text_tokens=one_chunk)
-    high = Request(max_batch, *max_size, guided=True, text_tokens=most_tokens, extra_tokens=extra)
-    dims = {name: tuple(dim_rule(name)(request, factor) for request in (low, opt, high)) for name in manifest.dims}
+    patch = manifest.dims[LATENT_HEIGHT].multiple
+    low = Request(1, *min_size, guided=False, text_tokens=one_chunk, patch=patch)
+    opt = Request(opt_batch, *opt_size, guided=True, text_tokens=one_chunk, patch=patch)
+    high = Request(max_batch, *max_size, guided=True, text_tokens=most_tokens, extra_tokens=extra, patch=patch)
+    dims: dict[str, tuple[int, int, int]] = {}
+    for name, valid in manifest.dims.items():
+        rule = dim_rule(name)
+        dims[name] = export_range(valid) if rule is None else (rule(low, factor), rule(opt, factor), rule(high, factor))
     return Profile(dims, static=static is not None)
+
+
+def export_range(valid: DimRange) -> tuple[int, int, int]:
+    """A dimension the size and batch do not set: the export's own range (a text length)."""
+    return valid.min, valid.opt, valid.max
 
 
 def _text_tokens(manifest: Manifest, max_chunks: int | None) -> tuple[int, int]:

@@ -1,0 +1,95 @@
+"""TensorRT for the diffusion-transformer families (FLUX.1, SD3) through tests/fake_tensorrt.py:
+optimization profiles for the transformers' axes as the manifest names them (FLUX's image tokens
+from the size range, the T5 and joined-text lengths from the export), builds and images equal to
+the CPU path, and requests outside the built profile refused in one line."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import fake_tensorrt
+from sdrt.cli import main
+from sdrt.errors import SdrtError
+from sdrt.runtime.engines.tensorrt.plan import plan_profile
+from sdrt.runtime.manifest import HEIGHT, LATENT_HEIGHT, T5_SEQUENCE, TRANSFORMER, WIDTH, Manifest
+from sdrt.runtime.pipeline import Pipeline
+from sdrt.runtime.sd3_spec import SD3_SEQUENCE
+
+#: (min, opt, max) sizes of the builds, as height x width: small enough for the fake's CPU engines.
+MIN, OPT, MAX = (32, 32), (64, 48), (64, 64)
+SIZE_ARGS = ["--min", "32x32", "--opt", "48x64", "--max", "64x64", "--max-batch", "2"]
+
+
+@pytest.fixture(params=["flux", "sd3"])
+def dit(request, exported_flux, exported_sd3, tmp_path):
+    """A private copy of a tiny FLUX.1-dev or SD3 export (builds write into the folder)."""
+    source = exported_flux("dev") if request.param == "flux" else exported_sd3("t5")
+    folder = tmp_path / request.param
+    shutil.copytree(source, folder, ignore=shutil.ignore_patterns("tensorrt"))
+    return folder
+
+
+def dynamic_axes(manifest: Manifest) -> set[str]:
+    spec = manifest.components[TRANSFORMER]
+    return {size for tensor in spec.inputs + spec.outputs for size in tensor.shape if isinstance(size, str)}
+
+
+def test_transformer_profiles_follow_the_manifest(exported_flux, exported_sd3):
+    flux, sd3 = Manifest.load(exported_flux("dev")), Manifest.load(exported_sd3("t5"))
+    for manifest in (flux, sd3):
+        profile = plan_profile(manifest, min_size=MIN, opt_size=OPT, max_size=MAX)
+        assert dynamic_axes(manifest) <= set(profile.dims)  # every axis of the transformer has a range
+        factor = manifest.vae_scale_factor
+        assert profile.dims[HEIGHT] == (32, 64, 64) and profile.dims[WIDTH] == (32, 48, 64)
+        assert profile.dims[LATENT_HEIGHT] == (32 // factor, 64 // factor, 64 // factor)
+        # The text lengths the export fixed keep its range (the runtime pads to it).
+        for name in {T5_SEQUENCE, SD3_SEQUENCE} & set(manifest.dims):
+            valid = manifest.dims[name]
+            assert profile.dims[name] == (valid.min, valid.opt, valid.max)
+        shapes = profile.shapes(manifest.components[TRANSFORMER])
+        for tensor in manifest.components[TRANSFORMER].inputs:
+            low, opt, high = shapes[tensor.name]
+            assert len(low) == len(tensor.shape) and all(a <= b <= c for a, b, c in zip(low, opt, high))
+    # FLUX's image tokens are 2x2 latent patches: 32x32 -> 4x4 latents -> 4; 64x48 -> 12; 64x64 -> 16.
+    patch = flux.dims[LATENT_HEIGHT].multiple
+    tokens = plan_profile(flux, min_size=MIN, opt_size=OPT, max_size=MAX).dims["image_tokens"]
+    assert patch == 2 and tokens == (4, 12, 16)
+    assert SD3_SEQUENCE in sd3.dims and T5_SEQUENCE in flux.dims
+    hidden = plan_profile(flux, min_size=MIN, opt_size=OPT, max_size=MAX).shapes(flux.components[TRANSFORMER])
+    assert hidden["hidden_states"][2][:2] == [8, 16]  # guided batch 4 at the largest image
+
+
+def test_dit_builds_and_images_equal_the_cpu_path(dit, monkeypatch):
+    stats = fake_tensorrt.install(monkeypatch)
+    result = CliRunner().invoke(main, ["build", str(dit), *SIZE_ARGS])
+    assert result.exit_code == 0, result.output
+    manifest = Manifest.load(dit)
+    transformer = next(b for b in stats.builds if b["onnx"].endswith(f"{TRANSFORMER}/model.onnx"))
+    assert set(transformer["profile"]) == {t.name for t in manifest.components[TRANSFORMER].inputs}
+    assert len(stats.builds) == len(manifest.components)
+    cpu, trt = Pipeline.load(dit), Pipeline.load(dit, backend="tensorrt")
+    for settings in ({"height": 64, "width": 48, "seed": 1}, {"height": 32, "width": 64, "seed": 2}):
+        expected = cpu.generate("a red fox", steps=2, **settings).array
+        got = trt.generate("a red fox", steps=2, **settings).array
+        assert expected.std() > 0.01
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert stats.executions[TRANSFORMER] >= 4
+    with pytest.raises(SdrtError, match="height 96 is outside this export's range 32..64"):
+        trt.generate("a red fox", steps=1, height=96, width=64)
+
+
+def test_a_size_outside_the_built_profile_is_one_line_on_the_cli(exported_flux, monkeypatch, tmp_path):
+    folder = tmp_path / "flux"
+    shutil.copytree(exported_flux("dev"), folder, ignore=shutil.ignore_patterns("tensorrt"))
+    fake_tensorrt.install(monkeypatch)
+    assert CliRunner().invoke(main, ["build", str(folder), *SIZE_ARGS]).exit_code == 0
+    arguments = ["generate", "a fox", "--model", str(folder), "--backend", "tensorrt", "--steps", "1"]
+    result = CliRunner().invoke(
+        main, [*arguments, "--width", "128", "--height", "64", "--out", str(tmp_path / "x.png")]
+    )
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert result.output.strip().count("\n") == 0 and "width 128 is outside this export's range 32..64" in result.output
