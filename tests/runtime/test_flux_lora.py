@@ -300,3 +300,29 @@ def test_sd_loras_on_flux_and_flux_loras_on_sd_are_one_line(exported, exported_t
         assert result.exit_code == 2, result.output
         lines = result.output.strip().splitlines()
         assert len(lines) == 1 and message in lines[0], result.output
+
+
+def test_tensorrt_refits_the_flux_transformer_with_a_lora(exported, loras, monkeypatch, tmp_path):
+    """The strict fake builds the transformer refittable in the mapped weights, a LoRA request
+    refits them (the image equals the CPU path's with the same LoRA) and the base is restored."""
+    import shutil
+
+    import fake_tensorrt
+
+    stats = fake_tensorrt.install(monkeypatch)
+    model = tmp_path / "model"
+    shutil.copytree(exported, model, ignore=shutil.ignore_patterns("tensorrt"))
+    size = f"{SETTINGS['width']}x{SETTINGS['height']}"  # --static takes WIDTHxHEIGHT
+    result = CliRunner().invoke(main, ["build", str(model), "--static", size, "--max-batch", "1"])
+    assert result.exit_code == 0, result.output
+    build = next(b for b in stats.builds if b["onnx"].endswith(f"{TRANSFORMER}/model.onnx"))
+    mapped = WeightsMap.load(model, TRANSFORMER, Manifest.load(model).components[TRANSFORMER])
+    assert set(build["refittable"]) == {w.initializer for w in mapped.weights.values()}
+    cpu, trt = Pipeline.load(model), Pipeline.load(model, backend="tensorrt")
+    adapters = [f"{loras['kohya']}:0.8"]
+    with_lora = trt.generate(PROMPT, loras=adapters, **SETTINGS).array
+    np.testing.assert_allclose(with_lora, cpu.generate(PROMPT, loras=adapters, **SETTINGS).array, atol=1e-5)
+    base = trt.generate(PROMPT, **SETTINGS).array
+    np.testing.assert_allclose(base, cpu.generate(PROMPT, **SETTINGS).array, atol=1e-5)
+    assert np.abs(with_lora - base).max() > 10 * MAX_PIXEL_ERROR
+    assert [r["component"] for r in stats.refits].count(TRANSFORMER) == 2  # the LoRA, then the base
