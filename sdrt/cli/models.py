@@ -27,6 +27,7 @@ RANDOM_NAMES = (
     "tiny-sd3",
     "tiny-sd3-no-t5",
     "tiny-chroma",
+    "tiny-zimage",
 )  # sdrt.export.random_sources.RANDOM_MODELS (no import here)
 
 

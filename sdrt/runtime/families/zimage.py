@@ -1,0 +1,76 @@
+"""Z-Image (Turbo), as diffusers' `ZImagePipeline` and `ZImageImg2ImgPipeline` run it:
+
+- text: a Qwen3 model's hidden_states[-2] at the real tokens of the chat-wrapped prompt
+  (sdrt.runtime.text.zimage_encoders); no pooled vector, no guidance embedding;
+- the transformer (ZImageTransformer2DModel, single-stream with image and caption refiners)
+  sees 2x2 patches padded to 32 slots with RoPE positions (sdrt.runtime.families.zimage_tokens);
+  the loop's latents stay [batch, 16, h, w], as FLUX's, and the graph returns the negated
+  prediction the pipeline feeds its scheduler;
+- guidance: classifier-free when guidance_scale > 0 (the pipeline's do_classifier_free_guidance),
+  negative prompt "" when none is given, combined as c + scale * (c - u), i.e. u + (scale + 1)
+  (c - u). Z-Image Turbo is distilled for guidance_scale 0 (one batch) and about 8 steps. The
+  pipeline's cfg_truncation default (1.0) never truncates and cfg_normalization is off by
+  default; sdrt implements neither option;
+- sampling: FLUX's (flow_euler, sigmas linspace(1, 1 / steps, steps), shifted by the scheduler
+  config: Turbo's fixed shift 3, or mu from the image's token count with dynamic shifting);
+- image-to-image as FluxImg2ImgPipeline (the skipped steps rounded down); the VAE is FLUX's
+  (latents / scaling_factor + shift_factor).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from sdrt.runtime.families.base import RowFeeds
+from sdrt.runtime.families.flux import Flux
+from sdrt.runtime.manifest import UNET_CONTEXT, Manifest
+
+if TYPE_CHECKING:
+    from sdrt.runtime.engines import Engine
+    from sdrt.runtime.request import GenerationRequest, ResolvedRequest
+    from sdrt.runtime.text.encoders import TextEncoding
+
+ZIMAGE_FEATURES = frozenset({"img2img", "init_latents"})
+#: ZImagePipeline's guidance c + s (c - u) is sdrt's u + (s + 1)(c - u): the scale is offset by one.
+GUIDANCE_OFFSET = 1.0
+
+
+class ZImage(Flux):
+    name = "zimage"
+    display_name = "Z-Image"
+    own_settings = ()
+    features = ZIMAGE_FEATURES
+    #: ZImagePipeline's default guidance_scale (Turbo is run with 0).
+    default_guidance = 5.0
+    text_encoder_roles = ("qwen",)
+
+    def load_text_encoders(self, folder, manifest: Manifest, embeddings):
+        from sdrt.runtime.text.zimage_encoders import ZImageTextEncoders
+
+        return ZImageTextEncoders.load(folder, manifest, embeddings)
+
+    def text_feeds(self, encoding: TextEncoding) -> dict[str, np.ndarray]:
+        return {UNET_CONTEXT: encoding.hidden}
+
+    def row_feeds(self, manifest: Manifest, resolved: ResolvedRequest) -> RowFeeds:
+        return {"negative": {}, "positive": {}}
+
+    def cfg_scale(self, request: GenerationRequest) -> float:
+        """Guided when guidance_scale > 0 (the sdrt scale is then > 1)."""
+        return float(request.guidance_scale) + GUIDANCE_OFFSET
+
+    def guider(self, engine: Engine, resolved: ResolvedRequest, warnings: list[str]):
+        from sdrt.runtime.loop.guiders import ClassifierFreeGuidance, NoGuidance
+
+        if resolved.request.negative_prompt is not None and not resolved.guided:
+            warnings.append(
+                "Z-Image reads a negative prompt only with guidance scale > 0, as diffusers: it was not used"
+            )
+        return ClassifierFreeGuidance(self.cfg_scale(resolved.request)) if resolved.guided else NoGuidance()
+
+    def make_denoiser(self, engine: Engine):
+        from sdrt.runtime.families.zimage_tokens import ZImageDenoiser
+
+        return ZImageDenoiser(engine, self.denoiser)

@@ -1,0 +1,91 @@
+"""Z-Image on the tiny random model against diffusers' ZImagePipeline / ZImageImg2ImgPipeline
+(CPU generator, fp32): the Qwen3 encoder's hidden_states[-2] at the real tokens, the
+transformer's padded token layout, Turbo's scheduler (fixed shift 3), guidance 0 (one batch)
+and CFG (c + s (c - u)) with prompt and negative prompt of different lengths, non-square.
+Tolerance as tests/runtime/test_flux.py's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sdrt.errors import GenerationError
+from sdrt.runtime.families.zimage_tokens import pack, unpack
+from sdrt.runtime.pipeline import Pipeline
+from tests.support.images import assert_same_image
+
+PROMPT = "a red fox in a snowy forest at dawn"
+SIZE = {"height": 64, "width": 48}
+STEPS = 2
+
+
+@pytest.fixture(scope="module")
+def zimage(exported_zimage) -> Pipeline:
+    return Pipeline.load(exported_zimage)
+
+
+def _reference(folder: Path, class_name: str = "ZImagePipeline"):
+    import diffusers
+
+    pipeline = getattr(diffusers, class_name).from_pretrained(folder)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def _diffusers_image(folder: Path, seed: int, class_name: str = "ZImagePipeline", **settings):
+    settings = {**SIZE, "num_inference_steps": STEPS, **settings}
+    return _reference(folder, class_name)(
+        generator=torch.Generator().manual_seed(seed), output_type="np", **settings
+    ).images
+
+
+def test_patches_are_the_transformers():
+    """pack is ZImageTransformer2DModel._patchify_image per image; unpack inverts it."""
+    from diffusers import ZImageTransformer2DModel
+
+    latents = np.random.default_rng(0).standard_normal((2, 4, 6, 8)).astype(np.float32)
+    for row in range(2):
+        expected, _, _ = ZImageTransformer2DModel._patchify_image(None, torch.from_numpy(latents[row])[:, None], 2, 1)
+        np.testing.assert_array_equal(pack(latents)[row], expected.numpy())
+    np.testing.assert_array_equal(unpack(pack(latents), 6, 8), latents)
+
+
+@pytest.mark.parametrize(
+    ("seed", "settings"),
+    [(1, {"guidance_scale": 0.0}), (2, {"guidance_scale": 3.0, "negative_prompt": "blurry, low quality, watermark"})],
+)
+def test_text_to_image_equals_zimage_pipeline(tiny_zimage, zimage, seed, settings):
+    got = zimage.generate(PROMPT, steps=STEPS, seed=seed, **SIZE, **settings)
+    expected = _diffusers_image(tiny_zimage, seed, prompt=PROMPT, **settings)
+    assert expected.std() > 0.01
+    assert_same_image(got.array, expected)
+
+
+def test_default_guidance_is_the_pipelines_with_an_empty_negative(tiny_zimage, zimage):
+    got = zimage.generate(PROMPT, steps=STEPS, seed=3, guidance_scale=zimage.family.default_guidance, **SIZE)
+    assert_same_image(got.array, _diffusers_image(tiny_zimage, 3, prompt=PROMPT))
+
+
+def test_image_to_image_equals_zimage_img2img_pipeline(tiny_zimage, zimage):
+    from PIL import Image
+
+    pixels = np.random.default_rng(0).random((SIZE["height"], SIZE["width"], 3))
+    image = Image.fromarray((pixels * 255).astype(np.uint8))
+    got = zimage.generate(PROMPT, init_image=image, strength=0.6, steps=4, seed=4, guidance_scale=0.0, **SIZE)
+    expected = _diffusers_image(
+        tiny_zimage, 4, "ZImageImg2ImgPipeline", prompt=PROMPT, image=image, strength=0.6,
+        num_inference_steps=4, guidance_scale=0.0,
+    )  # fmt: skip
+    assert_same_image(got.array, expected)
+
+
+def test_bad_requests_are_one_error_naming_the_field(zimage):
+    with pytest.raises(GenerationError) as error:
+        zimage.generate(PROMPT, steps=1, seed=0, height=56, width=48)  # not a multiple of 16
+    assert error.value.param == "height"
+    with pytest.raises(GenerationError) as error:
+        zimage.generate(PROMPT, steps=1, seed=0, true_cfg_scale=2.0, **SIZE)
+    assert error.value.param == "true_cfg_scale"
