@@ -89,3 +89,52 @@ def test_bad_requests_are_one_error_naming_the_field(zimage):
     with pytest.raises(GenerationError) as error:
         zimage.generate(PROMPT, steps=1, seed=0, true_cfg_scale=2.0, **SIZE)
     assert error.value.param == "true_cfg_scale"
+
+
+def test_sdrt_generate_runs_zimage_without_torch_and_equals_diffusers(tiny_zimage, exported_zimage, tmp_path):
+    """No --guidance: Z-Image's own default (5.0, ZImagePipeline's), the negative prompt given."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from tests.support.images import MAX_PIXEL_ERROR
+
+    out = tmp_path / "fox.png"
+    arguments = [
+        "generate", PROMPT, "--model", str(exported_zimage), "--steps", str(STEPS), "--seed", "6",
+        "--negative-prompt", "blurry", "--height", str(SIZE["height"]), "--width", str(SIZE["width"]),
+        "--out", str(out), "--quiet",
+    ]  # fmt: skip
+    code = f"from sdrt.cli import main\nmain({arguments!r}, standalone_mode=False)\n"
+    no_heavy = Path(__file__).parent.parent / "no_heavy_imports.py"
+    completed = subprocess.run([sys.executable, str(no_heavy), code], capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr
+    written = np.asarray(Image.open(out).convert("RGB"), dtype=np.float32) / 255
+    expected = _diffusers_image(tiny_zimage, 6, prompt=PROMPT, negative_prompt="blurry")[0]
+    assert np.abs(written - expected).max() <= MAX_PIXEL_ERROR + 0.5 / 255  # 8-bit rounding on top
+    parameters = Image.open(out).info["parameters"]
+    assert "Negative prompt: blurry" in parameters and "CFG scale: 5" in parameters and "Seed: 6" in parameters
+
+
+def test_sdrt_info_tokenize_and_a_bad_size(exported_zimage, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+    from transformers import AutoTokenizer
+
+    from sdrt.cli import main
+
+    info = CliRunner().invoke(main, ["info", str(exported_zimage)])
+    assert info.exit_code == 0, info.output
+    assert "Z-Image: no guidance input; Qwen3 fp32, 512 tokens" in info.output
+    shown = CliRunner().invoke(main, ["tokenize", PROMPT, "--model", str(exported_zimage), "--json"])
+    assert shown.exit_code == 0, shown.output
+    tokenizer = AutoTokenizer.from_pretrained(str(exported_zimage / "tokenizer"))
+    chat = tokenizer.apply_chat_template(
+        [{"role": "user", "content": PROMPT}], tokenize=False, add_generation_prompt=True, enable_thinking=True
+    )
+    assert json.loads(shown.output)[0]["qwen"]["input_ids"] == tokenizer(chat).input_ids
+    model, out = str(exported_zimage), str(tmp_path / "x.png")
+    bad = CliRunner().invoke(main, ["generate", PROMPT, "--model", model, "--height", "56", "--out", out])
+    assert bad.exit_code != 0 and "height" in bad.output and len(bad.output.strip().splitlines()) == 1

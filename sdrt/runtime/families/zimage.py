@@ -45,6 +45,12 @@ class ZImage(Flux):
     #: ZImagePipeline's default guidance_scale (Turbo is run with 0).
     default_guidance = 5.0
     text_encoder_roles = ("qwen",)
+    text_label = "Qwen3"
+
+    def prompt_tokens(self, manifest: Manifest) -> int:
+        """The chat-wrapped prompt's tokens (the template's markers count, as in diffusers)."""
+        spec = manifest.flux
+        return 0 if spec is None else spec.max_sequence_length
 
     def load_text_encoders(self, folder, manifest: Manifest, embeddings):
         from sdrt.runtime.text.zimage_encoders import ZImageTextEncoders
