@@ -18,7 +18,15 @@ from sdrt.export.zimage import (
     zimage_geometry,
 )
 from sdrt.runtime.families.zimage_tokens import IMAGE_SLOTS, SEQ_MULTIPLE, TEXT_SLOTS, slots
-from sdrt.runtime.manifest import FORMAT_VERSION, DimRange, FluxSpec, Manifest
+from sdrt.runtime.manifest import (
+    FORMAT_VERSION,
+    IMAGE_TOKENS,
+    LATENT_HEIGHT,
+    T5_SEQUENCE,
+    DimRange,
+    FluxSpec,
+    Manifest,
+)
 from sdrt.runtime.schedulers.spaces import FLOW_PREDICTION
 from sdrt.runtime.text.qwen_encoder import QWEN_SEQUENCE
 from sdrt.runtime.text.qwen_tokenizer import DEFAULT_MAX_LENGTH
@@ -30,7 +38,9 @@ VALIDATION_LATENTS = 16
 
 def zimage_dims(geometry, max_sequence_length: int) -> dict[str, DimRange]:
     dims = flux_dims(geometry, max_sequence_length)
-    latent = dims["latent_height"]
+    for unused in (IMAGE_TOKENS, T5_SEQUENCE):  # FLUX's token axes; Z-Image's are slots
+        dims.pop(unused)
+    latent = dims[LATENT_HEIGHT]
     most = slots((latent.max // 2) ** 2)
     return {
         **dims,
