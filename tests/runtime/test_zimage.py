@@ -1,5 +1,5 @@
-"""Z-Image on the tiny random model against diffusers' ZImagePipeline / ZImageImg2ImgPipeline
-(CPU generator, fp32): the Qwen3 encoder's hidden_states[-2] at the real tokens, the
+"""Z-Image on the tiny random model against diffusers' ZImagePipeline, ZImageImg2ImgPipeline and
+ZImageInpaintPipeline (CPU generator, fp32): the Qwen3 encoder's hidden_states[-2] at the real tokens, the
 transformer's padded token layout, Turbo's scheduler (fixed shift 3), guidance 0 (one batch)
 and CFG (c + s (c - u)) with prompt and negative prompt of different lengths, non-square.
 Tolerance as tests/runtime/test_flux.py's."""
@@ -78,6 +78,24 @@ def test_image_to_image_equals_zimage_img2img_pipeline(tiny_zimage, zimage):
     expected = _diffusers_image(
         tiny_zimage, 4, "ZImageImg2ImgPipeline", prompt=PROMPT, image=image, strength=0.6,
         num_inference_steps=4, guidance_scale=0.0,
+    )  # fmt: skip
+    assert_same_image(got.array, expected)
+
+
+def test_inpainting_equals_zimage_inpaint_pipeline(tiny_zimage, zimage):
+    """FLUX's blend (sdrt.runtime.loop.modes.InpaintBlend), with CFG: ZImageInpaintPipeline's."""
+    from PIL import Image
+
+    pixels = np.random.default_rng(1).random((SIZE["height"], SIZE["width"], 3))
+    image = Image.fromarray((pixels * 255).astype(np.uint8))
+    hole = np.zeros((SIZE["height"], SIZE["width"]), np.uint8)
+    hole[16:48, 8:40] = 255
+    mask = Image.fromarray(hole)
+    settings = {"strength": 0.8, "guidance_scale": 2.0}
+    got = zimage.generate(PROMPT, init_image=image, mask_image=mask, steps=3, seed=8, **SIZE, **settings)
+    expected = _diffusers_image(
+        tiny_zimage, 8, "ZImageInpaintPipeline", prompt=PROMPT, image=image, mask_image=mask, num_inference_steps=3,
+        **settings,
     )  # fmt: skip
     assert_same_image(got.array, expected)
 

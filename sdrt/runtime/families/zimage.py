@@ -1,4 +1,4 @@
-"""Z-Image (Turbo), as diffusers' `ZImagePipeline` and `ZImageImg2ImgPipeline` run it:
+"""Z-Image (Turbo), as diffusers' `ZImagePipeline`, `ZImageImg2ImgPipeline` and `ZImageInpaintPipeline` run it:
 
 - text: a Qwen3 model's hidden_states[-2] at the real tokens of the chat-wrapped prompt
   (sdrt.runtime.text.zimage_encoders); no pooled vector, no guidance embedding;
@@ -13,8 +13,9 @@
   default; sdrt implements neither option;
 - sampling: FLUX's (flow_euler, sigmas linspace(1, 1 / steps, steps), shifted by the scheduler
   config: Turbo's fixed shift 3, or mu from the image's token count with dynamic shifting);
-- image-to-image as FluxImg2ImgPipeline (the skipped steps rounded down); the VAE is FLUX's
-  (latents / scaling_factor + shift_factor).
+- image-to-image and inpainting as FLUX's (ZImageImg2ImgPipeline / ZImageInpaintPipeline follow
+  FluxImg2ImgPipeline / FluxInpaintPipeline: the skipped steps rounded down, the kept region
+  re-noised after each step); the VAE is FLUX's (latents / scaling_factor + shift_factor).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
     from sdrt.runtime.request import GenerationRequest, ResolvedRequest
     from sdrt.runtime.text.encoders import TextEncoding
 
-ZIMAGE_FEATURES = frozenset({"img2img", "init_latents"})
+ZIMAGE_FEATURES = frozenset({"img2img", "init_latents", "inpainting"})
 #: ZImagePipeline's guidance c + s (c - u) is sdrt's u + (s + 1)(c - u): the scale is offset by one.
 GUIDANCE_OFFSET = 1.0
 
