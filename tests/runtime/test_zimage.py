@@ -100,6 +100,15 @@ def test_inpainting_equals_zimage_inpaint_pipeline(tiny_zimage, zimage):
     assert_same_image(got.array, expected)
 
 
+def test_a_prompt_past_512_tokens_is_cut_as_diffusers_cuts_it_with_a_warning(tiny_zimage, zimage):
+    long = "a red fox in a snowy forest at dawn, " * 60
+    small = {"height": 32, "width": 32}
+    got = zimage.generate(long, steps=1, seed=5, guidance_scale=0.0, **small)
+    assert any("longer than Qwen's 512 tokens" in warning for warning in got.warnings)
+    expected = _diffusers_image(tiny_zimage, 5, prompt=long, num_inference_steps=1, guidance_scale=0.0, **small)
+    assert_same_image(got.array, expected)
+
+
 def test_bad_requests_are_one_error_naming_the_field(zimage):
     with pytest.raises(GenerationError) as error:
         zimage.generate(PROMPT, steps=1, seed=0, height=56, width=48)  # not a multiple of 16
