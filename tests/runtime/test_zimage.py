@@ -14,6 +14,7 @@ import torch
 
 from sdrt.errors import GenerationError
 from sdrt.runtime.families.zimage_tokens import pack, unpack
+from sdrt.runtime.imaging.png_info import format_parameters
 from sdrt.runtime.pipeline import Pipeline
 from tests.support.images import assert_same_image
 
@@ -62,6 +63,23 @@ def test_text_to_image_equals_zimage_pipeline(tiny_zimage, zimage, seed, setting
     expected = _diffusers_image(tiny_zimage, seed, prompt=PROMPT, **settings)
     assert expected.std() > 0.01
     assert_same_image(got.array, expected)
+
+
+def test_cfg_truncation_and_normalization_equal_the_pipelines(tiny_zimage, zimage):
+    """Three steps at normalized times 0, 0.14, 0.4 (Turbo's shift 3): truncation 0.2 drops CFG
+    on the last; normalization 0.9 caps the guided norm (either alone changes the image)."""
+    settings = {"guidance_scale": 4.0, "negative_prompt": "blurry", "steps": 3, "seed": 7, **SIZE}
+    plain = zimage.generate(PROMPT, **settings).array
+    for options in ({"cfg_truncation": 0.2}, {"cfg_normalization": 0.9}):
+        got = zimage.generate(PROMPT, **settings, **options)
+        text = format_parameters(PROMPT, got.parameters)
+        assert f"CFG {next(iter(options)).split('_')[1]}: {next(iter(options.values()))}" in text
+        expected = _diffusers_image(
+            tiny_zimage, 7, prompt=PROMPT, negative_prompt="blurry", guidance_scale=4.0, num_inference_steps=3,
+            **options,
+        )  # fmt: skip
+        assert_same_image(got.array, expected)
+        assert np.abs(got.array - plain).max() > 4 / 255  # the option matters
 
 
 def test_default_guidance_is_the_pipelines_with_an_empty_negative(tiny_zimage, zimage):
@@ -116,10 +134,16 @@ def test_bad_requests_are_one_error_naming_the_field(zimage):
     with pytest.raises(GenerationError) as error:
         zimage.generate(PROMPT, steps=1, seed=0, true_cfg_scale=2.0, **SIZE)
     assert error.value.param == "true_cfg_scale"
+    with pytest.raises(GenerationError) as error:
+        zimage.generate(PROMPT, steps=1, seed=0, cfg_normalization=-1.0, **SIZE)
+    assert error.value.param == "cfg_normalization"
+    unguided = zimage.generate(PROMPT, steps=1, seed=0, guidance_scale=0.0, cfg_truncation=0.5, **SIZE)
+    assert any("cfg_truncation only with guidance scale > 0" in warning for warning in unguided.warnings)
 
 
 def test_sdrt_generate_runs_zimage_without_torch_and_equals_diffusers(tiny_zimage, exported_zimage, tmp_path):
-    """No --guidance: Z-Image's own default (5.0, ZImagePipeline's), the negative prompt given."""
+    """No --guidance: Z-Image's own default (5.0, ZImagePipeline's), the negative prompt given,
+    CFG truncated on the second of two steps (normalized time 0.14 > 0.1)."""
     import subprocess
     import sys
 
@@ -131,17 +155,18 @@ def test_sdrt_generate_runs_zimage_without_torch_and_equals_diffusers(tiny_zimag
     arguments = [
         "generate", PROMPT, "--model", str(exported_zimage), "--steps", str(STEPS), "--seed", "6",
         "--negative-prompt", "blurry", "--height", str(SIZE["height"]), "--width", str(SIZE["width"]),
-        "--out", str(out), "--quiet",
+        "--cfg-truncation", "0.1", "--out", str(out), "--quiet",
     ]  # fmt: skip
     code = f"from sdrt.cli import main\nmain({arguments!r}, standalone_mode=False)\n"
     no_heavy = Path(__file__).parent.parent / "no_heavy_imports.py"
     completed = subprocess.run([sys.executable, str(no_heavy), code], capture_output=True, text=True)
     assert completed.returncode == 0, completed.stderr
     written = np.asarray(Image.open(out).convert("RGB"), dtype=np.float32) / 255
-    expected = _diffusers_image(tiny_zimage, 6, prompt=PROMPT, negative_prompt="blurry")[0]
+    expected = _diffusers_image(tiny_zimage, 6, prompt=PROMPT, negative_prompt="blurry", cfg_truncation=0.1)[0]
     assert np.abs(written - expected).max() <= MAX_PIXEL_ERROR + 0.5 / 255  # 8-bit rounding on top
     parameters = Image.open(out).info["parameters"]
     assert "Negative prompt: blurry" in parameters and "CFG scale: 5" in parameters and "Seed: 6" in parameters
+    assert "CFG truncation: 0.1" in parameters
 
 
 def test_sdrt_info_tokenize_and_a_bad_size(exported_zimage, tmp_path):

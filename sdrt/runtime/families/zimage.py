@@ -9,8 +9,8 @@
 - guidance: classifier-free when guidance_scale > 0 (the pipeline's do_classifier_free_guidance),
   negative prompt "" when none is given, combined as c + scale * (c - u), i.e. u + (scale + 1)
   (c - u). Z-Image Turbo is distilled for guidance_scale 0 (one batch) and about 8 steps. The
-  pipeline's cfg_truncation default (1.0) never truncates and cfg_normalization is off by
-  default; sdrt implements neither option;
+  pipeline's cfg_truncation and cfg_normalization are request settings of this family
+  (sdrt.runtime.families.zimage_guidance);
 - sampling: FLUX's (flow_euler, sigmas linspace(1, 1 / steps, steps), shifted by the scheduler
   config: Turbo's fixed shift 3, or mu from the image's token count with dynamic shifting);
 - image-to-image and inpainting as FLUX's (ZImageImg2ImgPipeline / ZImageInpaintPipeline follow
@@ -20,10 +20,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import math
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
+from sdrt.errors import GenerationError
 from sdrt.runtime.families.base import RowFeeds
 from sdrt.runtime.families.flux import Flux
 from sdrt.runtime.manifest import UNET_CONTEXT, Manifest
@@ -41,7 +43,7 @@ GUIDANCE_OFFSET = 1.0
 class ZImage(Flux):
     name = "zimage"
     display_name = "Z-Image"
-    own_settings = ()
+    own_settings: ClassVar[tuple[str, ...]] = ("cfg_truncation", "cfg_normalization")
     features = ZIMAGE_FEATURES
     #: ZImagePipeline's default guidance_scale (Turbo is run with 0).
     default_guidance = 5.0
@@ -69,13 +71,26 @@ class ZImage(Flux):
         return float(request.guidance_scale) + GUIDANCE_OFFSET
 
     def guider(self, engine: Engine, resolved: ResolvedRequest, warnings: list[str]):
-        from sdrt.runtime.loop.guiders import ClassifierFreeGuidance, NoGuidance
+        from sdrt.runtime.families.zimage_guidance import ZImageGuidance
+        from sdrt.runtime.loop.guiders import NoGuidance
 
-        if resolved.request.negative_prompt is not None and not resolved.guided:
-            warnings.append(
-                "Z-Image reads a negative prompt only with guidance scale > 0, as diffusers: it was not used"
-            )
-        return ClassifierFreeGuidance(self.cfg_scale(resolved.request)) if resolved.guided else NoGuidance()
+        request = resolved.request
+        if not resolved.guided:
+            ignored = ["a negative prompt"] if request.negative_prompt is not None else []
+            ignored += [name for name in self.own_settings if getattr(request, name) is not None]
+            for name in ignored:
+                warnings.append(f"Z-Image reads {name} only with guidance scale > 0, as diffusers: it was not used")
+            return NoGuidance()
+        return ZImageGuidance(self.cfg_scale(request), request.cfg_truncation, request.cfg_normalization)
+
+    def check_request(self, request: GenerationRequest, manifest: Manifest) -> None:
+        super().check_request(request, manifest)
+        for name in self.own_settings:
+            value = getattr(request, name)
+            if value is not None and (
+                not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0
+            ):
+                raise GenerationError(f"{name.replace('_', ' ')} must be a finite number >= 0, got {value!r}", name)
 
     def make_denoiser(self, engine: Engine):
         from sdrt.runtime.families.zimage_tokens import ZImageDenoiser

@@ -104,9 +104,14 @@ def transformer_feeds(sample: np.ndarray, caption: np.ndarray) -> dict[str, np.n
 
 class ZImageDenoiser(EngineDenoiser):
     """The Z-Image transformer as a denoiser of unpacked latents: each call packs and pads the
-    sample and caption, adds the pad marks and positions, and unpacks the image slots."""
+    sample and caption, adds the pad marks and positions, and unpacks the image slots. A bound
+    guidance (sdrt.runtime.families.zimage_guidance) is told each step's timestep."""
+
+    guidance = None
 
     def run(self, ctx: StepContext, position: int, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        if self.guidance is not None:
+            self.guidance.timestep = ctx.timestep
         sample = inputs[self.names.sample]
         feeds = dict(inputs)
         for name, value in transformer_feeds(sample, inputs[UNET_CONTEXT]).items():
