@@ -102,7 +102,7 @@ def _check_diffusers_folder(folder: Path) -> dict:
     kind = _pipeline_class_for_index(index)
     if "transformer" in index and kind not in (FLUX_CLASS, SD3_CLASS, CHROMA_CLASS, ZIMAGE_CLASS):
         raise ModelFolderError(
-            f"{folder} is a diffusion transformer sdrt does not export (FLUX.1, SD3 and Chroma only)"
+            f"{folder} is a diffusion transformer sdrt does not export (FLUX.1, SD3, Chroma and Z-Image only)"
         )
     required = REQUIRED_COMPONENTS
     if kind in (SD3_CLASS, CHROMA_CLASS, ZIMAGE_CLASS):
