@@ -65,6 +65,15 @@ def test_text_to_image_equals_zimage_pipeline(tiny_zimage, zimage, seed, setting
     assert_same_image(got.array, expected)
 
 
+def test_two_images_per_prompt_share_calls_and_equal_the_pipeline(tiny_zimage, zimage):
+    """Rows of one caption length run in one transformer call (batch 2 per half), as wide as 80."""
+    size = {"height": 48, "width": 80}
+    settings = {"guidance_scale": 2.0, "negative_prompt": "blurry"}
+    got = zimage.generate(PROMPT, steps=STEPS, seed=9, num_images=2, **size, **settings)
+    expected = _diffusers_image(tiny_zimage, 9, prompt=PROMPT, num_images_per_prompt=2, **size, **settings)
+    assert_same_image(got.array, expected)
+
+
 def test_cfg_truncation_and_normalization_equal_the_pipelines(tiny_zimage, zimage):
     """Three steps at normalized times 0, 0.14, 0.4 (Turbo's shift 3): truncation 0.2 drops CFG
     on the last; normalization 0.9 caps the guided norm (either alone changes the image)."""
