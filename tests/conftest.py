@@ -179,3 +179,17 @@ def tiny_chroma(tmp_path_factory) -> Path:
 def exported_chroma(tiny_chroma, tmp_path_factory) -> Path:
     """The tiny Chroma model exported to fp32 ONNX (once per session)."""
     return _exports({"chroma": tiny_chroma}, tmp_path_factory.mktemp("exported-chroma"), "chroma")()
+
+
+@pytest.fixture(scope="session")
+def tiny_zimage(tmp_path_factory) -> Path:
+    """A tiny random ZImagePipeline (Turbo's scheduler) as a diffusers folder, once per session."""
+    from sdrt.export.random_zimage import save_random_zimage
+
+    return save_random_zimage(tmp_path_factory.mktemp("tiny-zimage") / "zimage", seed=0)
+
+
+@pytest.fixture(scope="session")
+def exported_zimage(tiny_zimage, tmp_path_factory) -> Path:
+    """The tiny Z-Image model exported to fp32 ONNX (once per session)."""
+    return _exports({"zimage": tiny_zimage}, tmp_path_factory.mktemp("exported-zimage"), "zimage")()

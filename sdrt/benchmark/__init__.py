@@ -285,9 +285,10 @@ def cache_dir() -> Path:
 
 
 #: Architectures `--arch` builds with random weights: SD 1.5 and SDXL 1.0 base (bundled presets), a
-#: tiny SD3.5-Medium-shaped model (sdrt.export.random_sd3: seconds, for trying the path), and SD3.5
-#: Medium at full size without T5 (sdrt.export.random_sd35).
-ARCHES = ("sd15", "sdxl", "tiny-sd3", "sd35-medium")
+#: tiny SD3.5-Medium-shaped model (sdrt.export.random_sd3: seconds, for trying the path), SD3.5
+#: Medium at full size without T5 (sdrt.export.random_sd35) and a tiny Z-Image Turbo
+#: (sdrt.export.random_zimage).
+ARCHES = ("sd15", "sdxl", "tiny-sd3", "sd35-medium", "tiny-zimage")
 
 
 def arch_model(arch: str, progress=lambda line: None) -> tuple[str, str]:

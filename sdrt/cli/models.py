@@ -28,6 +28,7 @@ RANDOM_NAMES = (
     "tiny-sd3-no-t5",
     "tiny-chroma",
     "sd35-medium",
+    "tiny-zimage",
 )  # sdrt.export.random_sources.RANDOM_MODELS (no import here)
 
 

@@ -217,6 +217,20 @@ def export_pipeline(
         )
     if options.no_t5:
         raise ExportError("--no-t5 is for Stable Diffusion 3 models (T5 is optional there only)")
+    from sdrt.export.zimage import is_zimage
+
+    if is_zimage(pipeline):
+        from sdrt.export.zimage_export import export_zimage_pipeline
+
+        return export_zimage_pipeline(
+            pipeline,
+            out_dir,
+            source=source,
+            options=options,
+            overwrite=overwrite,
+            progress=progress,
+            release_weights=release_weights,
+        )
     if is_chroma(pipeline):
         from sdrt.export.chroma_export import export_chroma_pipeline
 

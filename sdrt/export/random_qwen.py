@@ -55,3 +55,30 @@ def save_qwen_tokenizer(folder: str | Path) -> Path:
     )
     fast.save_pretrained(str(folder))
     return folder
+
+
+#: A tiny Qwen3 language model's shape (Qwen3's structure: grouped-query attention with q/k RMS
+#: norms, SwiGLU MLPs; 4 layers so hidden_states[-2] and intermediate layers differ).
+TINY_QWEN3 = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 8,
+    "max_position_embeddings": 1024,
+    "rope_theta": 1_000_000.0,
+}
+
+
+def build_random_qwen3(vocab_size: int, seed: int = 0, **overrides):
+    """A random Qwen3Model (transformers) with RMS norm scales around 1, as trained ones are."""
+    import torch
+    from transformers import Qwen3Config, Qwen3Model
+
+    from sdrt.export.random_flux import _realistic_rms_norms
+
+    torch.manual_seed(seed)
+    model = Qwen3Model(Qwen3Config(vocab_size=vocab_size, **{**TINY_QWEN3, **overrides})).eval()
+    _realistic_rms_norms(model, seed + 1)
+    return model

@@ -57,6 +57,12 @@ def _chroma(folder: Path) -> Path:
     return save_random_chroma(folder, seed=0)
 
 
+def _zimage(folder: Path) -> Path:
+    from sdrt.export.random_zimage import save_random_zimage
+
+    return save_random_zimage(folder, seed=0)
+
+
 #: Name -> (what it is, builder). The full-size ones have real architectures for benchmarks.
 RANDOM_MODELS: dict[str, tuple[str, Callable[[Path], Path]]] = {
     "tiny": ("a tiny SD 1.x (seconds to build and run; for trying the whole path)", _sd("tiny")),
@@ -69,6 +75,7 @@ RANDOM_MODELS: dict[str, tuple[str, Callable[[Path], Path]]] = {
     "tiny-sd3-no-t5": ("a tiny SD3.5-Medium-shaped model without T5", _sd3("no-t5")),
     "tiny-chroma": ("a tiny Chroma (T5 only, real CFG)", _chroma),
     "sd35-medium": ("SD3.5 Medium's full-size architecture without T5 (benchmarks; about 13 GB)", _sd35_medium),
+    "tiny-zimage": ("a tiny Z-Image Turbo (Qwen3 text encoder, single-stream DiT)", _zimage),
 }
 
 

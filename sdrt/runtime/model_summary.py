@@ -51,14 +51,15 @@ def _flux(manifest: Manifest) -> dict:
         "guidance_distilled": flux.guidance_embeds,
         "t5_tokens": flux.max_sequence_length,
         "t5_precision": flux.t5_precision,
+        "text_encoder": getattr(manifest.model_family, "text_label", "T5"),
     }
 
 
 def _prompt_tokens(manifest: Manifest) -> int:
     from sdrt.runtime.manifest import TEXT_SEQUENCE
 
-    if manifest.flux is not None:  # T5's padded length, less its end token (CLIP's 75 are its pooled part)
-        return manifest.flux.max_sequence_length - 1
+    if manifest.flux is not None:  # the family's (FLUX: T5's; CLIP's 75 are its pooled part)
+        return manifest.model_family.prompt_tokens(manifest)  # type: ignore[attr-defined]
     sequence = manifest.dims.get(TEXT_SEQUENCE)
     chunks = 1 if sequence is None else sequence.max // manifest.text_length  # older exports: one chunk
     return chunks * (manifest.text_length - 2)  # each chunk holds its tokens between start and end
@@ -81,7 +82,8 @@ def format_summary(summary: dict) -> str:
     if "flux" in summary:
         flux = summary["flux"]
         kind = "guidance-distilled (--guidance)" if flux["guidance_distilled"] else "no guidance input"
-        lines.append(f"{flux['family_name']}: {kind}; T5 {flux['t5_precision']}, {flux['t5_tokens']} tokens")
+        text = f"{flux['text_encoder']} {flux['t5_precision']}, {flux['t5_tokens']} tokens"
+        lines.append(f"{flux['family_name']}: {kind}; {text}")
     lines += [
         f"  {name}: {c['precision']} for {c['target']}, {c['mib']} MiB{_weights(c.get('quantization'))}"
         for name, c in summary["components"].items()

@@ -15,6 +15,7 @@ from sdrt.runtime.families.flux import Flux
 from sdrt.runtime.families.sd import InferredStableDiffusion, StableDiffusion1, StableDiffusion2
 from sdrt.runtime.families.sd3 import StableDiffusion3
 from sdrt.runtime.families.sdxl import StableDiffusionXL, StableDiffusionXLRefiner
+from sdrt.runtime.families.zimage import ZImage
 
 FAMILIES: dict[str, Family] = {
     family.name: family
@@ -27,6 +28,7 @@ FAMILIES: dict[str, Family] = {
         InferredStableDiffusion(),
         StableDiffusion3(),
         Chroma(),
+        ZImage(),
     )
 }
 FAMILY_NAMES = tuple(FAMILIES)

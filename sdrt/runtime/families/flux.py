@@ -68,6 +68,12 @@ class Flux(Family):
     text_encoder_roles: ClassVar[tuple[str, ...]] = ("clip", "t5")
     #: FluxPipeline.load_lora_weights changes the transformer and CLIP, never T5.
     lora_components: ClassVar[tuple[str, ...]] = (TRANSFORMER, CLIP_TEXT_ENCODER)
+    #: The encoder whose hidden states condition the transformer, as `sdrt info` names it.
+    text_label: ClassVar[str] = "T5"
+
+    def prompt_tokens(self, manifest: Manifest) -> int:
+        """The longest prompt in tokens: T5's padded length less its end token."""
+        return _flux(manifest).max_sequence_length - 1
 
     def text_encoders(self, manifest: Manifest) -> list[tuple[str, str]]:
         flux = _flux(manifest)

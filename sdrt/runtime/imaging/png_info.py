@@ -93,6 +93,9 @@ def format_parameters(prompt: str, parameters: dict, batch_position: int | None 
         fields.append(
             ("Skip layers", quote(f"{layers}; scale {skip['scale']:g}, {skip['start']:g} to {skip['stop']:g}"))
         )
+    for name, label in (("cfg_truncation", "CFG truncation"), ("cfg_normalization", "CFG normalization")):
+        if name in parameters:  # Z-Image's CFG options
+            fields.append((label, parameters[name]))
     if parameters.get("t5") is False:  # SD3 run without T5
         fields.append(("T5", "off"))
     if "vae" in parameters:  # A1111's field for the VAE used
