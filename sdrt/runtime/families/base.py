@@ -149,6 +149,11 @@ class Family:
         """A denoiser that takes the mask and masked image's latents as extra input channels."""
         return manifest.unet_in_channels != manifest.latent_channels
 
+    def own_mode(self, manifest: Manifest, resolved: ResolvedRequest):
+        """The family's own start of a run for this request (a sdrt.runtime.loop.modes.Mode: FLUX.1
+        Fill's, Kontext's), or None: the loop's text-to-image, image-to-image or inpainting."""
+        return None
+
     def check_request(self, request: GenerationRequest, manifest: Manifest) -> None:
         """What only some families take: other families' settings are refused by name."""
         from sdrt.runtime.families import FAMILIES
