@@ -146,3 +146,26 @@ def test_bad_kontext_requests_are_one_error_naming_the_field(kontext, settings, 
     with pytest.raises(GenerationError, match=message) as raised:
         kontext.generate(PROMPT, steps=1, seed=0, **SIZE, **settings)
     assert raised.value.param == field
+
+
+def test_sdrt_generate_image_on_a_kontext_export_edits_it(exported_flux_kontext, kontext, tmp_path):
+    """`sdrt generate --image ref.png`: the PNG is Pipeline.generate's edit of the reference."""
+    from click.testing import CliRunner
+
+    from sdrt.cli import main
+
+    reference, out = tmp_path / "ref.png", tmp_path / "edit.png"
+    _image(2, 32, 48).save(reference)
+    arguments = [
+        "generate", PROMPT, "--model", str(exported_flux_kontext), "--image", str(reference), "--steps", "2",
+        "--seed", "5", "--height", str(SIZE["height"]), "--width", str(SIZE["width"]), "--out", str(out), "--quiet",
+    ]  # fmt: skip
+    result = CliRunner().invoke(main, arguments)
+    assert result.exit_code == 0, result.output
+    written = np.asarray(Image.open(out).convert("RGB"), dtype=np.float32) / 255
+    settings = {"steps": 2, "seed": 5, "guidance_scale": KONTEXT_GUIDANCE, **SIZE}  # the CLI: the family default
+    expected = kontext.generate(PROMPT, init_image=Image.open(reference), **settings).array[0]
+    assert np.abs(written - expected).max() <= 0.5 / 255 + 1e-6  # 8-bit rounding
+    missing = CliRunner().invoke(main, arguments[:4] + arguments[6:])
+    assert missing.exit_code != 0 and "Kontext model: it edits a reference image" in missing.output
+    assert "Traceback" not in missing.output
