@@ -281,6 +281,8 @@ class Pipeline:
         def finish(result: GenerationResult) -> GenerationResult:
             refiner = self.refiner.folder.name if request.refiner_switch is not None else None  # ran: loaded
             result.parameters = generation_parameters(resolved, self.folder.name, result.parameters, refiner, loras)
+            if self.family.distilled_guidance(self.manifest):  # Forge's record of FLUX.1 dev's guidance
+                result.parameters["distilled_guidance"] = result.parameters["guidance_scale"]
             result.timings.set(TOTAL, time.perf_counter() - started)
             return result
 

@@ -169,3 +169,19 @@ def test_sdrt_generate_image_on_a_kontext_export_edits_it(exported_flux_kontext,
     missing = CliRunner().invoke(main, arguments[:4] + arguments[6:])
     assert missing.exit_code != 0 and "Kontext model: it edits a reference image" in missing.output
     assert "Traceback" not in missing.output
+
+
+@pytest.mark.parametrize(
+    ("extra", "cfg"),
+    [({}, "1.0"), ({"negative_prompt": "blurry", "true_cfg_scale": 4.0}, "4.0"), ({"true_cfg_scale": 4.0}, "1.0")],
+)
+def test_png_parameters_record_the_distilled_guidance_as_forge(extra, cfg):
+    """Forge on FLUX.1 dev: `CFG scale` is the real CFG (1: none), `Distilled CFG Scale` the guidance input."""
+    from sdrt.runtime.imaging.png_info import format_parameters, parse_parameters
+
+    parameters = {
+        "steps": 4, "sampler": "flow_euler", "guidance_scale": 3.5, "distilled_guidance": 3.5, "seed": 1,
+        "width": 48, "height": 64, "model": "tiny-flux", **extra,
+    }  # fmt: skip
+    fields = parse_parameters(format_parameters(PROMPT, parameters))
+    assert fields["CFG scale"] == cfg and fields["Distilled CFG Scale"] == "3.5"

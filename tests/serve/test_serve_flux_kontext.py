@@ -48,7 +48,13 @@ def test_openai_edits_on_kontext_equal_the_pipelines_edit(served):
     assert response.status_code == 200, response.text
     got = np.asarray(decode_png(response.json()["data"][0]["b64_json"]))
     expected = pipeline.generate(
-        PROMPT, init_image=reference, steps=STEPS, seed=SEED, guidance_scale=KONTEXT_GUIDANCE, height=HEIGHT, width=WIDTH
+        PROMPT,
+        init_image=reference,
+        steps=STEPS,
+        seed=SEED,
+        guidance_scale=KONTEXT_GUIDANCE,
+        height=HEIGHT,
+        width=WIDTH,
     )
     np.testing.assert_array_equal(got, np.asarray(expected.images[0]))
     masked = httpx.post(

@@ -92,6 +92,9 @@ class Flux(Family):
         guidance = {GUIDANCE: np.array(resolved.request.guidance_scale, np.float32)}
         return {"negative": dict(guidance), "positive": dict(guidance)}
 
+    def distilled_guidance(self, manifest: Manifest) -> bool:
+        return _flux(manifest).guidance_embeds
+
     def inpainting_denoiser(self, manifest: Manifest) -> bool:
         """FLUX.1 Fill; FLUX.1 dev inpaints by blending (FluxInpaintPipeline)."""
         return _flux(manifest).conditioning_channels > 0
