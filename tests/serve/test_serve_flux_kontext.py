@@ -64,3 +64,28 @@ def test_openai_edits_on_kontext_equal_the_pipelines_edit(served):
         timeout=120,
     )
     assert masked.status_code == 400 and "mask" in masked.text
+
+
+def test_a1111_img2img_on_kontext_edits_the_init_image(served):
+    """A1111 clients send denoising_strength on every img2img: on Kontext it does not apply."""
+    from support.serving import png_b64
+
+    url, pipeline = served
+    reference = Image.fromarray((np.random.default_rng(6).random((HEIGHT, WIDTH, 3)) * 255).astype(np.uint8))
+    payload = {"prompt": PROMPT, "steps": STEPS, "seed": SEED, "width": WIDTH, "height": HEIGHT, "cfg_scale": 7}
+    response = httpx.post(
+        f"{url}/sdapi/v1/img2img",
+        json={**payload, "init_images": [png_b64(reference)], "denoising_strength": 0.75},
+        timeout=120,
+    )
+    assert response.status_code == 200, response.text
+    expected = pipeline.generate(
+        PROMPT,
+        init_image=reference,
+        steps=STEPS,
+        seed=SEED,
+        guidance_scale=KONTEXT_GUIDANCE,
+        height=HEIGHT,
+        width=WIDTH,
+    )
+    np.testing.assert_array_equal(np.asarray(decode_png(response.json()["images"][0])), np.asarray(expected.images[0]))
