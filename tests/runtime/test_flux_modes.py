@@ -185,3 +185,30 @@ def test_png_parameters_record_the_distilled_guidance_as_forge(extra, cfg):
     }  # fmt: skip
     fields = parse_parameters(format_parameters(PROMPT, parameters))
     assert fields["CFG scale"] == cfg and fields["Distilled CFG Scale"] == "3.5"
+
+
+@pytest.mark.slow
+def test_kontext_batches_and_fill_batches_equal_diffusers(tiny_flux, exported_flux_fill, kontext, fill):
+    """Two images a prompt: every row gets the reference's tokens (Kontext) or the mask channels (Fill)."""
+    from diffusers import FluxFillPipeline, FluxKontextPipeline
+
+    reference = _image(2, 32, 48)
+    settings = {"steps": 2, "seed": 9, "num_images": 2, **SIZE}
+    got = kontext.generate(PROMPT, init_image=reference, guidance_scale=KONTEXT_GUIDANCE, **settings)
+    expected = _reference(FluxKontextPipeline, tiny_flux["dev"])(
+        image=reference, prompt=PROMPT, num_inference_steps=2, num_images_per_prompt=2,
+        guidance_scale=KONTEXT_GUIDANCE, generator=torch.Generator().manual_seed(9),
+        max_area=SIZE["height"] * SIZE["width"], _auto_resize=False, output_type="np",
+        max_sequence_length=kontext.manifest.flux.max_sequence_length, **SIZE,
+    ).images  # fmt: skip
+    for ours, theirs in zip(got.array, expected, strict=True):
+        assert_same_image(ours, theirs)
+    image, mask = _image(1, **SIZE), _mask()
+    got = fill.generate(PROMPT, init_image=image, mask_image=mask, guidance_scale=FILL_GUIDANCE, **settings)
+    expected = _reference(FluxFillPipeline, exported_flux_fill["source"])(
+        PROMPT, image=image, mask_image=mask, num_inference_steps=2, num_images_per_prompt=2,
+        guidance_scale=FILL_GUIDANCE, generator=torch.Generator().manual_seed(9), output_type="np",
+        max_sequence_length=fill.manifest.flux.max_sequence_length, **SIZE,
+    ).images  # fmt: skip
+    for ours, theirs in zip(got.array, expected, strict=True):
+        assert_same_image(ours, theirs)
