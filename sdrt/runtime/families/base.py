@@ -154,6 +154,10 @@ class Family:
         `Distilled CFG Scale` in PNG parameters)."""
         return False
 
+    def takes_strength(self, manifest: Manifest) -> bool:
+        """Whether an input image is a start noised by `strength` (not FLUX.1 Kontext's reference)."""
+        return True
+
     def own_mode(self, manifest: Manifest, resolved: ResolvedRequest):
         """The family's own start of a run for this request (a sdrt.runtime.loop.modes.Mode: FLUX.1
         Fill's, Kontext's), or None: the loop's text-to-image, image-to-image or inpainting."""

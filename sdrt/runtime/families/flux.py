@@ -95,6 +95,9 @@ class Flux(Family):
     def distilled_guidance(self, manifest: Manifest) -> bool:
         return _flux(manifest).guidance_embeds
 
+    def takes_strength(self, manifest: Manifest) -> bool:
+        return not _flux(manifest).kontext
+
     def inpainting_denoiser(self, manifest: Manifest) -> bool:
         """FLUX.1 Fill; FLUX.1 dev inpaints by blending (FluxInpaintPipeline)."""
         return _flux(manifest).conditioning_channels > 0
