@@ -27,6 +27,12 @@ def served(exported_flux_kontext):
         yield url, pipeline
 
 
+def _expected(pipeline: Pipeline, reference: Image.Image) -> np.ndarray:
+    """The pipeline's own Kontext edit with the settings both routes send."""
+    settings = {"steps": STEPS, "seed": SEED, "guidance_scale": KONTEXT_GUIDANCE, "height": HEIGHT, "width": WIDTH}
+    return np.asarray(pipeline.generate(PROMPT, init_image=reference, **settings).images[0])
+
+
 def _png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
@@ -47,16 +53,7 @@ def test_openai_edits_on_kontext_equal_the_pipelines_edit(served):
     )
     assert response.status_code == 200, response.text
     got = np.asarray(decode_png(response.json()["data"][0]["b64_json"]))
-    expected = pipeline.generate(
-        PROMPT,
-        init_image=reference,
-        steps=STEPS,
-        seed=SEED,
-        guidance_scale=KONTEXT_GUIDANCE,
-        height=HEIGHT,
-        width=WIDTH,
-    )
-    np.testing.assert_array_equal(got, np.asarray(expected.images[0]))
+    np.testing.assert_array_equal(got, _expected(pipeline, reference))
     masked = httpx.post(
         f"{url}/v1/images/edits",
         data=data,
@@ -79,13 +76,4 @@ def test_a1111_img2img_on_kontext_edits_the_init_image(served):
         timeout=120,
     )
     assert response.status_code == 200, response.text
-    expected = pipeline.generate(
-        PROMPT,
-        init_image=reference,
-        steps=STEPS,
-        seed=SEED,
-        guidance_scale=KONTEXT_GUIDANCE,
-        height=HEIGHT,
-        width=WIDTH,
-    )
-    np.testing.assert_array_equal(np.asarray(decode_png(response.json()["images"][0])), np.asarray(expected.images[0]))
+    np.testing.assert_array_equal(np.asarray(decode_png(response.json()["images"][0])), _expected(pipeline, reference))
