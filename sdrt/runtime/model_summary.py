@@ -51,6 +51,7 @@ def _flux(manifest: Manifest) -> dict:
         "guidance_distilled": flux.guidance_embeds,
         "t5_tokens": flux.max_sequence_length,
         "t5_precision": flux.t5_precision,
+        "variant": "Kontext" if flux.kontext else "Fill" if flux.conditioning_channels else None,
     }
 
 
@@ -81,7 +82,8 @@ def format_summary(summary: dict) -> str:
     if "flux" in summary:
         flux = summary["flux"]
         kind = "guidance-distilled (--guidance)" if flux["guidance_distilled"] else "no guidance input"
-        lines.append(f"{flux['family_name']}: {kind}; T5 {flux['t5_precision']}, {flux['t5_tokens']} tokens")
+        name = flux["family_name"] + (f" {flux['variant']}" if flux.get("variant") else "")
+        lines.append(f"{name}: {kind}; T5 {flux['t5_precision']}, {flux['t5_tokens']} tokens")
     lines += [
         f"  {name}: {c['precision']} for {c['target']}, {c['mib']} MiB{_weights(c.get('quantization'))}"
         for name, c in summary["components"].items()

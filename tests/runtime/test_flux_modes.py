@@ -59,10 +59,17 @@ def test_mask_cells_are_fill_pipelines_mask_channels():
     np.testing.assert_array_equal(mask_cells(mask.numpy(), 8), expected.numpy())
 
 
-def test_the_fill_export_records_its_conditioning_channels(fill):
+def test_the_fill_export_records_its_conditioning_channels(fill, exported_flux_fill, exported_flux_kontext):
+    from click.testing import CliRunner
+
+    from sdrt.cli import main
+
     manifest = fill.manifest
     assert manifest.flux.conditioning_channels == 320 and manifest.unet_in_channels == 384
     assert not manifest.flux.kontext
+    for folder, variant in ((exported_flux_fill["export"], "FLUX.1 Fill:"), (exported_flux_kontext, "FLUX.1 Kontext:")):
+        info = CliRunner().invoke(main, ["info", str(folder)])
+        assert info.exit_code == 0 and variant in info.output, info.output
 
 
 @pytest.mark.parametrize("strength", [1.0, pytest.param(0.5, marks=pytest.mark.slow)])
