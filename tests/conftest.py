@@ -131,6 +131,40 @@ def exported_flux(tiny_flux, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def exported_flux_fill(tmp_path_factory) -> dict[str, Path]:
+    """A tiny random FLUX.1 Fill: {"source": its diffusers folder, "export": its fp32 ONNX export}, once."""
+    from sdrt.export.exporter import export_model
+    from sdrt.export.random_flux import save_random_flux
+
+    root = tmp_path_factory.mktemp("tiny-flux-fill")
+    source = save_random_flux(root / "fill", kind="fill", seed=0)
+    export_model(str(source), root / "export", progress=lambda line: None)
+    return {"source": source, "export": root / "export"}
+
+
+@pytest.fixture(scope="session")
+def exported_flux_kontext(exported_flux, tmp_path_factory) -> Path:
+    """The tiny dev export as a FLUX.1 Kontext one: Kontext's transformer is dev's class and
+    config (`sdrt export --random tiny-flux-kontext` builds the same weights), so the engines are
+    dev's and the manifest says what a Kontext export's says (sdrt.export.flux: kontext, the
+    image tokens' range doubled for the reference's)."""
+    import dataclasses
+    import shutil
+
+    from sdrt.export.flux import KONTEXT_SEQUENCE_FACTOR
+    from sdrt.runtime.manifest import IMAGE_TOKENS, Manifest
+
+    folder = tmp_path_factory.mktemp("exported-flux-kontext") / "kontext"
+    shutil.copytree(exported_flux("dev"), folder)
+    manifest = Manifest.load(folder)
+    tokens = manifest.dims[IMAGE_TOKENS]
+    dims = {**manifest.dims, IMAGE_TOKENS: dataclasses.replace(tokens, max=tokens.max * KONTEXT_SEQUENCE_FACTOR)}
+    flux = dataclasses.replace(manifest.flux, kontext=True)
+    dataclasses.replace(manifest, dims=dims, flux=flux).save(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def tiny_sd3(tmp_path_factory) -> Path:
     """A tiny random SD3.5-Medium-shaped pipeline with T5 as a diffusers folder, once per session."""
     from sdrt.export.random_sd3 import save_random_sd3

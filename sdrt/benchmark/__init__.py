@@ -286,9 +286,11 @@ def cache_dir() -> Path:
 
 #: Architectures `--arch` builds with random weights: SD 1.5 and SDXL 1.0 base (bundled presets), a
 #: tiny SD3.5-Medium-shaped model (sdrt.export.random_sd3: seconds, for trying the path), SD3.5
-#: Medium at full size without T5 (sdrt.export.random_sd35) and a tiny Z-Image Turbo
-#: (sdrt.export.random_zimage).
-ARCHES = ("sd15", "sdxl", "tiny-sd3", "sd35-medium", "tiny-zimage")
+#: Medium at full size without T5 (sdrt.export.random_sd35), a tiny Z-Image Turbo
+#: (sdrt.export.random_zimage) and a tiny FLUX.1 dev.
+ARCHES = ("sd15", "sdxl", "tiny-sd3", "sd35-medium", "tiny-zimage", "flux-tiny")
+#: Architectures whose random model `sdrt export --random` names otherwise (sdrt.export.random_sources).
+ARCH_RANDOM_NAMES = {"flux-tiny": "tiny-flux"}  # the tiny FLUX.1 dev
 
 
 def arch_model(arch: str, progress=lambda line: None) -> tuple[str, str]:
@@ -302,7 +304,7 @@ def arch_model(arch: str, progress=lambda line: None) -> tuple[str, str]:
     except ImportError:
         raise BenchError("--arch needs the export extra to build the model: pip install 'sdrt[export]'") from None
     root = cache_dir() / "arch"
-    source, engine = random_source(arch, root, progress), root / f"{arch}-onnx-fp32"
+    source, engine = random_source(ARCH_RANDOM_NAMES.get(arch, arch), root, progress), root / f"{arch}-onnx-fp32"
     if not (engine / "manifest.json").is_file():
         progress(f"exporting it to {engine} (once)")
         export_model(str(source), engine, overwrite=engine.exists(), progress=progress)

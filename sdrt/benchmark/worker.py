@@ -72,6 +72,15 @@ class SdrtSide:
         return timings
 
 
+#: diffusers' flow-matching schedulers (FLUX.1, SD3): sdrt runs the family's own sampler on them
+#: when the bench asks for the default one (GenerationRequest.resolve), so diffusers keeps its own.
+FLOW_SCHEDULER_PREFIX = "FlowMatch"
+
+
+def is_flow_scheduler(config: dict) -> bool:
+    return str(config.get("_class_name", "")).startswith(FLOW_SCHEDULER_PREFIX)
+
+
 class DiffusersSide:
     def __init__(self, model: str, settings: dict, backend: str, threads: int | None, load_options: dict):
         import diffusers
@@ -87,10 +96,11 @@ class DiffusersSide:
         pipeline = load_folder(model, torch_dtype=dtype)  # SD 1.x/2.x or SDXL, as the folder says
         with open(f"{model}/scheduler/scheduler_config.json", encoding="utf-8") as handle:
             config = json.load(handle)
-        from sdrt.runtime.schedulers import SAMPLERS
+        from sdrt.runtime.schedulers import DEFAULT_SAMPLER, SAMPLERS
 
         sampler = SAMPLERS[settings["sampler"]]
-        pipeline.scheduler = getattr(diffusers, sampler.reference_name).from_config({**config, **sampler.overrides})
+        if not (settings["sampler"] == DEFAULT_SAMPLER and is_flow_scheduler(config)):  # a flow model keeps its own
+            pipeline.scheduler = getattr(diffusers, sampler.reference_name).from_config({**config, **sampler.overrides})
         pipeline.set_progress_bar_config(disable=True)
         self._fuse_loras(pipeline, settings.get("loras") or [])
         self.pipeline = pipeline.to(self.device)

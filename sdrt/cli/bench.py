@@ -21,7 +21,8 @@ from sdrt.runtime.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES, SAMPLERS, SC
     "--arch",
     default=None,
     help="Instead of --model: a random-weight model of a real architecture "
-    "(sd15, sdxl, tiny-sd3, sd35-medium), built and exported once into ~/.cache/sdrt (or $SDRT_CACHE).",
+    "(sd15, sdxl, tiny-sd3, sd35-medium, tiny-zimage, flux-tiny), built and exported once into "
+    "~/.cache/sdrt (or $SDRT_CACHE).",
 )
 @click.option("--backend", default=DEFAULT_BACKEND, show_default=True, type=click.Choice(BACKEND_NAMES))
 @click.option("--height", default=None, type=int, help="Image height (default: the model's native size).")

@@ -95,7 +95,13 @@ from sdrt.runtime.schedulers import (
 )
 @click.option("--threads", default=None, type=THREADS, help="CPU threads per engine (default: all cores).")
 @click.option("--cuda-graph", is_flag=True, help="With --backend cuda: capture the UNet as a CUDA graph per shape.")
-@click.option("--init-image", default=None, help="Image-to-image: start from this image.")
+@click.option(
+    "--init-image",
+    "--image",
+    "init_image",
+    default=None,
+    help="Image-to-image: start from this image (FLUX.1 Kontext: the image to edit).",
+)
 @click.option(
     "--mask",
     "mask_image",

@@ -24,6 +24,8 @@ RANDOM_NAMES = (
     "sdxl",
     "tiny-flux",
     "tiny-flux-schnell",
+    "tiny-flux-fill",
+    "tiny-flux-kontext",
     "tiny-sd3",
     "tiny-sd3-no-t5",
     "tiny-chroma",

@@ -54,7 +54,11 @@ from sdrt.runtime.manifest import (
     FluxSpec,
 )
 
-FLUX_CLASSES = ("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline")
+#: FLUX.1 Fill and Kontext: their exports keep the class name (the runtime's mode reads the manifest).
+FLUX_VARIANT_CLASSES = ("FluxFillPipeline", "FluxKontextPipeline")
+FLUX_CLASSES = ("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline", *FLUX_VARIANT_CLASSES)
+#: Kontext joins a reference image's tokens to the image sequence: up to twice the tokens.
+KONTEXT_CLASS, KONTEXT_SEQUENCE_FACTOR = "FluxKontextPipeline", 2
 CLIP_ENCODER, T5_ENCODER = "text_encoder", "text_encoder_2"
 TOKENIZERS = ("tokenizer", "tokenizer_2")
 #: FluxPipeline's default max_sequence_length is 512; schnell was trained with 256 T5 tokens.
@@ -140,8 +144,10 @@ def flux_geometry(pipeline) -> ModelGeometry:
     )
 
 
-def flux_dims(geometry: ModelGeometry, max_sequence_length: int) -> dict[str, DimRange]:
+def flux_dims(geometry: ModelGeometry, max_sequence_length: int, kontext: bool = False) -> dict[str, DimRange]:
+    """The export's ranges; a Kontext transformer's image tokens admit the reference's as well."""
     native, scale = NATIVE_LATENT_SIDE, geometry.vae_scale_factor
+    factor = KONTEXT_SEQUENCE_FACTOR if kontext else 1
     latent = DimRange(PATCH, native, native * MAX_SIDE_FACTOR, PATCH)
     image = DimRange(latent.min * scale, latent.opt * scale, latent.max * scale, PATCH * scale)
     tokens = (latent.opt // PATCH) ** 2, (latent.max // PATCH) ** 2
@@ -153,7 +159,7 @@ def flux_dims(geometry: ModelGeometry, max_sequence_length: int) -> dict[str, Di
         WIDTH: image,
         LATENT_HEIGHT: latent,
         LATENT_WIDTH: latent,
-        IMAGE_TOKENS: DimRange(1, tokens[0], tokens[1]),
+        IMAGE_TOKENS: DimRange(1, tokens[0], tokens[1] * factor),
         T5_SEQUENCE: DimRange(1, max_sequence_length, max_sequence_length),
     }
 
@@ -223,6 +229,15 @@ def flux_component_exports(pipeline, geometry: ModelGeometry, max_sequence_lengt
     ]
 
 
+def is_kontext(pipeline) -> bool:
+    return type(pipeline).__name__ == KONTEXT_CLASS
+
+
+def conditioning_channels(pipeline) -> int:
+    """The transformer's input channels past the packed latents (FLUX.1 Fill's masked image and mask)."""
+    return int(pipeline.transformer.config.in_channels) - pipeline.vae.config.latent_channels * PATCH * PATCH
+
+
 def flux_spec(pipeline, max_sequence_length: int, t5_precision: str) -> FluxSpec:
     return FluxSpec(
         text_encoders=[CLIP_ENCODER, T5_ENCODER],
@@ -230,6 +245,8 @@ def flux_spec(pipeline, max_sequence_length: int, t5_precision: str) -> FluxSpec
         max_sequence_length=max_sequence_length,
         guidance_embeds=bool(pipeline.transformer.config.guidance_embeds),
         t5_precision=t5_precision,
+        conditioning_channels=conditioning_channels(pipeline),
+        kontext=is_kontext(pipeline),
     )
 
 
@@ -240,6 +257,11 @@ def default_sequence_length(pipeline) -> int:
 def component_options(options, component: str, t5_precision: str):
     """The export options of one component: T5 keeps its own precision."""
     return replace(options, precision=t5_precision) if component == T5_ENCODER else options
+
+
+def _index_class(pipeline) -> str:
+    name = type(pipeline).__name__
+    return name if name in FLUX_VARIANT_CLASSES else "FluxPipeline"
 
 
 def write_flux_files(pipeline, folder: Path, components: list[str]) -> None:
@@ -253,7 +275,7 @@ def write_flux_files(pipeline, folder: Path, components: list[str]) -> None:
         getattr(pipeline, name).save_pretrained(folder / name)
     pipeline.scheduler.save_config(folder / "scheduler")
     index = {
-        "_class_name": "FluxPipeline",
+        "_class_name": _index_class(pipeline),
         "_diffusers_version": diffusers.__version__,
         **{name: ["diffusers", "OnnxRuntimeModel"] for name in components},
         **{name: ["transformers", type(getattr(pipeline, name)).__name__] for name in TOKENIZERS},

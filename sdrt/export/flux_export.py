@@ -17,6 +17,7 @@ from sdrt.export.flux import (
     flux_dims,
     flux_geometry,
     flux_spec,
+    is_kontext,
     write_flux_files,
 )
 from sdrt.export.model_files import versions
@@ -78,7 +79,7 @@ def export_flux_pipeline(
             text_hidden_size=geometry.text_hidden_size,
             native_height=NATIVE_LATENT_SIDE * geometry.vae_scale_factor,
             native_width=NATIVE_LATENT_SIDE * geometry.vae_scale_factor,
-            dims=flux_dims(geometry, length),
+            dims=flux_dims(geometry, length, is_kontext(pipeline)),
             components=components,
             source=source,
             versions=versions(),

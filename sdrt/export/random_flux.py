@@ -19,6 +19,10 @@ from sdrt.errors import ConfigError
 from sdrt.export.random_model import SD15_PRESET, realistic_norms, save_folder
 
 FLUX_KINDS = ("dev", "schnell")
+#: FLUX.1's editing variants (dev-based, guidance-distilled) -> their diffusers pipeline classes.
+FLUX_VARIANTS = {"fill": "FluxFillPipeline", "kontext": "FluxKontextPipeline"}
+#: Packed channels: 2x2 patches of the 16 latent channels.
+PACKED = 4
 #: T5's special ids, as Google's T5 SentencePiece models set them (no bos).
 T5_PAD_ID, T5_EOS_ID, T5_UNK_ID, T5_NO_BOS = 0, 1, 2, -1
 TINY_T5_PIECES = 200
@@ -116,16 +120,26 @@ def _realistic_rms_norms(model, seed: int) -> None:
                     bias.copy_(RMS_WEIGHT_SPREAD * torch.randn(bias.shape, generator=generator))
 
 
+def fill_channels(kind: str) -> int:
+    """FLUX.1 Fill's conditioning channels after packing: the masked image's latents and the
+    mask as one channel per pixel of each VAE cell (FluxFillPipeline.prepare_mask_latents)."""
+    if kind != "fill":
+        return 0
+    cell = 2 ** (len(TINY_VAE["block_out_channels"]) - 1)
+    return (TINY_VAE["latent_channels"] + cell * cell) * PACKED
+
+
 def build_random_flux(kind: str = "dev", seed: int = 0, work: Path | None = None):
     """A tiny random FluxPipeline; `work` is a folder for the T5 tokenizer's files."""
     import tempfile
 
+    import diffusers
     import torch
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel
 
-    if kind not in FLUX_KINDS:
-        raise ConfigError(f"unknown FLUX kind {kind!r}; choose one of {', '.join(FLUX_KINDS)}")
+    if kind not in FLUX_KINDS and kind not in FLUX_VARIANTS:
+        raise ConfigError(f"unknown FLUX kind {kind!r}; choose one of {', '.join([*FLUX_KINDS, *FLUX_VARIANTS])}")
     work = Path(work or tempfile.mkdtemp(prefix="sdrt-t5-"))
     work.mkdir(parents=True, exist_ok=True)
     (work / SPIECE_MODEL).write_bytes(train_t5_spiece())
@@ -136,11 +150,13 @@ def build_random_flux(kind: str = "dev", seed: int = 0, work: Path | None = None
     realistic_norms(text_encoder, seed)
     text_encoder_2 = T5EncoderModel(T5Config(vocab_size=len(tokenizer_2), **TINY_T5))
     _realistic_rms_norms(text_encoder_2, seed + 1)
+    latent_packed = TINY_VAE["latent_channels"] * PACKED
     transformer = FluxTransformer2DModel(
-        in_channels=TINY_VAE["latent_channels"] * 4,
+        in_channels=latent_packed + fill_channels(kind),
+        out_channels=latent_packed,
         joint_attention_dim=TINY_T5["d_model"],
         pooled_projection_dim=TINY_CLIP["hidden_size"],
-        guidance_embeds=kind == "dev",
+        guidance_embeds=kind != "schnell",
         **TINY_TRANSFORMER,
     )
     _realistic_rms_norms(transformer, seed + 2)
@@ -148,7 +164,8 @@ def build_random_flux(kind: str = "dev", seed: int = 0, work: Path | None = None
     vae = AutoencoderKL(down_block_types=(DOWN_BLOCKS,) * blocks, up_block_types=(UP_BLOCKS,) * blocks, **TINY_VAE)
     _realistic_rms_norms(vae, seed + 3)
     scheduler = FlowMatchEulerDiscreteScheduler(**{**SCHEDULER, **(SCHNELL_SCHEDULER if kind == "schnell" else {})})
-    return FluxPipeline(
+    pipeline_class = getattr(diffusers, FLUX_VARIANTS[kind]) if kind in FLUX_VARIANTS else FluxPipeline
+    return pipeline_class(
         scheduler=scheduler,
         vae=vae,
         text_encoder=text_encoder,

@@ -71,6 +71,8 @@ RANDOM_MODELS: dict[str, tuple[str, Callable[[Path], Path]]] = {
     "sdxl": ("SDXL 1.0 base's full-size architecture (benchmarks; about 14 GB)", _sdxl("full")),
     "tiny-flux": ("a tiny FLUX.1 dev (guidance-distilled)", _flux("dev")),
     "tiny-flux-schnell": ("a tiny FLUX.1 schnell", _flux("schnell")),
+    "tiny-flux-fill": ("a tiny FLUX.1 Fill (mask and masked image as extra channels)", _flux("fill")),
+    "tiny-flux-kontext": ("a tiny FLUX.1 Kontext (edits a reference image)", _flux("kontext")),
     "tiny-sd3": ("a tiny SD3.5-Medium-shaped model (MMDiT-X) with T5", _sd3("t5")),
     "tiny-sd3-no-t5": ("a tiny SD3.5-Medium-shaped model without T5", _sd3("no-t5")),
     "tiny-chroma": ("a tiny Chroma (T5 only, real CFG)", _chroma),

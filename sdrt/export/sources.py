@@ -17,6 +17,8 @@ SD3_CLASS = "StableDiffusion3Pipeline"
 SD3_COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler")
 #: FLUX.1 folders (sdrt.export.flux): diffusers' class names and their components.
 FLUX_CLASS = "FluxPipeline"
+#: FLUX.1 Fill and Kontext load with their own classes (the Fill transformer's extra channels, Kontext's edits).
+FLUX_VARIANT_CLASSES = ("FluxFillPipeline", "FluxKontextPipeline")
 #: Chroma's pipeline class and component folders (sdrt.export.chroma).
 CHROMA_CLASS = "ChromaPipeline"
 CHROMA_COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -43,6 +45,8 @@ class NotAPipeline(ModelFolderError):
 
 def _pipeline_class_for_index(index: dict) -> str:
     """The diffusers class that loads a folder with this model_index.json."""
+    if index.get("_class_name") in FLUX_VARIANT_CLASSES:
+        return str(index["_class_name"])
     if str(index.get("_class_name", "")).startswith("Flux"):
         return FLUX_CLASS
     if str(index.get("_class_name", "")).startswith("StableDiffusion3") or "text_encoder_3" in index:
@@ -100,7 +104,13 @@ def _check_diffusers_folder(folder: Path) -> dict:
                 f"{folder} is {family}; sdrt exports Stable Diffusion 1.x, 2.x, SDXL and FLUX.1 only"
             )
     kind = _pipeline_class_for_index(index)
-    if "transformer" in index and kind not in (FLUX_CLASS, SD3_CLASS, CHROMA_CLASS, ZIMAGE_CLASS):
+    if "transformer" in index and kind not in (
+        FLUX_CLASS,
+        *FLUX_VARIANT_CLASSES,
+        SD3_CLASS,
+        CHROMA_CLASS,
+        ZIMAGE_CLASS,
+    ):
         raise ModelFolderError(
             f"{folder} is a diffusion transformer sdrt does not export (FLUX.1, SD3, Chroma and Z-Image only)"
         )
@@ -181,6 +191,6 @@ def _from(diffusers, class_name: str, method: str, source, **kwargs):
     safety checker, SDXL ones their watermarker. Weights load as float32."""
     if class_name in SDXL_CLASSES:
         kwargs["add_watermarker"] = False
-    elif class_name not in (FLUX_CLASS, SD3_CLASS):
+    elif class_name not in (FLUX_CLASS, *FLUX_VARIANT_CLASSES, SD3_CLASS):
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     return getattr(getattr(diffusers, class_name), method)(source, **kwargs)

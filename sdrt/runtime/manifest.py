@@ -182,6 +182,8 @@ class FluxSpec:
     max_sequence_length: int  # T5's padded length (FluxPipeline's max_sequence_length)
     guidance_embeds: bool  # guidance-distilled (dev): the transformer takes `guidance`
     t5_precision: str  # T5 overflows in fp16 on real weights: fp32 unless asked
+    conditioning_channels: int = 0  # packed input channels past the latents' (FLUX.1 Fill: masked image + mask)
+    kontext: bool = False  # FLUX.1 Kontext: a reference image's tokens joined to the image sequence
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,7 @@ def _flux(manifest: Manifest) -> dict:
         "t5_tokens": flux.max_sequence_length,
         "t5_precision": flux.t5_precision,
         "text_encoder": getattr(manifest.model_family, "text_label", "T5"),
+        "variant": "Kontext" if flux.kontext else "Fill" if flux.conditioning_channels else None,
     }
 
 
@@ -82,8 +83,9 @@ def format_summary(summary: dict) -> str:
     if "flux" in summary:
         flux = summary["flux"]
         kind = "guidance-distilled (--guidance)" if flux["guidance_distilled"] else "no guidance input"
+        name = flux["family_name"] + (f" {flux['variant']}" if flux.get("variant") else "")
         text = f"{flux['text_encoder']} {flux['t5_precision']}, {flux['t5_tokens']} tokens"
-        lines.append(f"{flux['family_name']}: {kind}; {text}")
+        lines.append(f"{name}: {kind}; {text}")
     lines += [
         f"  {name}: {c['precision']} for {c['target']}, {c['mib']} MiB{_weights(c.get('quantization'))}"
         for name, c in summary["components"].items()

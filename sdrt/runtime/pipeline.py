@@ -283,6 +283,10 @@ class Pipeline:
         def finish(result: GenerationResult) -> GenerationResult:
             refiner = self.refiner.folder.name if request.refiner_switch is not None else None  # ran: loaded
             result.parameters = generation_parameters(resolved, self.folder.name, result.parameters, refiner, loras)
+            if self.family.distilled_guidance(self.manifest):  # Forge's record of FLUX.1 dev's guidance
+                result.parameters["distilled_guidance"] = result.parameters["guidance_scale"]
+            if not self.family.takes_strength(self.manifest):  # Kontext's image is a reference, never noised
+                result.parameters.pop("strength", None)
             result.timings.set(TOTAL, time.perf_counter() - started)
             return result
 

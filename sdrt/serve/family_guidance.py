@@ -25,6 +25,12 @@ def served_family(pipeline, model: Path | None):
     return manifest.model_family
 
 
+def edits_reference(pipeline, model: Path | None) -> bool:
+    """Whether the served model edits a reference image (FLUX.1 Kontext) rather than starting from it."""
+    manifest = pipeline.manifest if model is None else Manifest.load(model)
+    return manifest.flux is not None and manifest.flux.kontext
+
+
 def a1111_guidance(family, cfg_scale: float, distilled: float | None, negative: str | None):
     """(guidance_scale, true_cfg_scale) for A1111's cfg_scale and Forge's distilled_cfg_scale."""
     if family.default_guidance is None or "true_cfg_scale" not in family.own_settings:

@@ -4,7 +4,8 @@ chunk, and each data item says its seed (`seed`, an extension field, as `sdrt.pa
 
 Edits: the mask's transparent pixels (alpha 0) are the ones to repaint, as in OpenAI's API; with
 no mask, the image's own transparent pixels are; an image with no transparency and no mask is
-an image-to-image edit. Variations: image-to-image from the image with an empty prompt (or the
+an image-to-image edit. On a FLUX.1 Kontext model an edit is Kontext's: the image is the
+reference, whole (no mask, no strength). Variations: image-to-image from the image with an empty prompt (or the
 `prompt` extension field). `size` "auto" (or none) is the model's native size for generations
 and the input's size for edits and variations."""
 
@@ -25,7 +26,7 @@ from sdrt.runtime.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES, SAMPLERS
 from sdrt.runtime.seeds import seeds_for
 from sdrt.runtime.text.prompts.styles import apply_styles
 from sdrt.serve.a1111 import check_lora_tags, decode_image, deepcache_field, png_base64, served_name
-from sdrt.serve.family_guidance import openai_guidance, served_family
+from sdrt.serve.family_guidance import edits_reference, openai_guidance, served_family
 from sdrt.serve.openai_compat import (
     URL,
     WARNINGS_HEADER,
@@ -216,9 +217,16 @@ def add_openai_routes(app: FastAPI, service, catalog, settings, run, checks) -> 
         height, width = parse_openai_size(body.size)
         steps = steps_of(body.steps, body.quality)
         check_limits(body.n, steps, "n")
-        image, mask = edit_images(files["image"], files.get("mask")) if needs_prompt else (files["image"], None)
-        strength = body.strength or (EDIT_STRENGTH if mask is not None else VARIATION_STRENGTH)
         model = check_model(body.model)
+        kontext = edits_reference(service.pipeline, model)  # variations too: Kontext edits, never starts from
+        if kontext and "mask" in files:
+            raise RequestError(400, "mask: a FLUX.1 Kontext model edits the whole image; it takes no mask", "mask")
+        image, mask = (
+            edit_images(files["image"], files.get("mask")) if needs_prompt and not kontext else (files["image"], None)
+        )
+        strength = (
+            body.strength if kontext else body.strength or (EDIT_STRENGTH if mask is not None else VARIATION_STRENGTH)
+        )
         generation = GenerationRequest(
             body.prompt,
             negative_prompt=body.negative_prompt,

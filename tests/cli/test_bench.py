@@ -116,7 +116,10 @@ def test_cli_measures_the_hires_fix_and_a_schedule_type(engine, tmp_path):
     "arguments, message",
     [
         ([], "pass exactly one of --model DIR or --arch NAME"),
-        (["--arch", "sd3"], "unknown architecture 'sd3'; choose one of sd15, sdxl, tiny-sd3, sd35-medium, tiny-zimage"),
+        (
+            ["--arch", "sd3"],
+            "unknown architecture 'sd3'; choose one of sd15, sdxl, tiny-sd3, sd35-medium, tiny-zimage, flux-tiny",
+        ),
         (["--sweep", "colour=1,2"], "--sweep takes NAME=V1,V2"),
         (["--runs", "0"], "--runs must be >= 1"),
         (["--sampler", "nope"], "unknown sampler 'nope'"),
@@ -176,3 +179,31 @@ def test_sequential_sdxl_report_with_diffusers_baseline(exported_sdxl, tiny_sdxl
     from sdrt.benchmark.report import format_report
 
     assert "1 sequential pairs" in format_report(report)
+
+
+def test_every_arch_is_a_random_model():
+    """`--arch` builds through `sdrt export --random`'s registry (flux-tiny is its tiny-flux)."""
+    from sdrt.benchmark import ARCH_RANDOM_NAMES, ARCHES
+    from sdrt.export.random_sources import RANDOM_MODELS
+
+    assert all(ARCH_RANDOM_NAMES.get(arch, arch) in RANDOM_MODELS for arch in ARCHES)
+    assert ARCH_RANDOM_NAMES["flux-tiny"] == "tiny-flux"
+
+
+@pytest.mark.slow
+def test_flux_tiny_against_diffusers_with_the_stage_breakdown(exported_flux, tiny_flux):
+    """What `sdrt bench --arch flux-tiny --compare diffusers` measures, on the session's tiny FLUX.1
+    dev (diffusers keeps its flow-matching scheduler, sdrt runs the family's flow_euler)."""
+    settings = BenchSettings(height=64, width=64, steps=2)
+    report = run_benchmark(
+        str(exported_flux("dev")),
+        settings,
+        runs=1,
+        warmup=0,
+        compare="diffusers",
+        diffusers_model=str(tiny_flux["dev"]),
+    )
+    stages = report["sdrt"]["stages"]
+    assert {"text_encoder", "denoise", "vae_decoder", "end_to_end"} <= set(stages)
+    assert report["sdrt"]["unet_step"]["count"] == 2
+    assert len(report["speedup_vs_diffusers"]["pairs"]) == 1

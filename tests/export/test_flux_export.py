@@ -113,3 +113,31 @@ def test_a_t5_with_only_spiece_model_is_written_with_a_tokenizer_json(tiny_flux,
     for text in CORPUS.read_text(encoding="utf-8").splitlines():
         assert ours.tokenize(text) == reference.encode(text), text
     assert json.loads((out / "model_index.json").read_text())["_class_name"] == "FluxPipeline"
+
+
+def test_a_fill_export_records_its_conditioning_channels(exported_flux_fill):
+    """FLUX.1 Fill: the transformer's input is the packed latents, the masked image's latents and
+    the mask's cells (64 + 64 + 256 on the tiny model: its VAE is 8x, as the real one)."""
+    manifest = Manifest.load(exported_flux_fill["export"])
+    config = json.loads((exported_flux_fill["source"] / "transformer" / "config.json").read_text())
+    shapes = {t.name: t.shape for t in manifest.components[TRANSFORMER].inputs}
+    outputs = {t.name: t.shape for t in manifest.components[TRANSFORMER].outputs}
+    assert shapes[HIDDEN_STATES][2] == config["in_channels"] == 384 and outputs["out_sample"][2] == 64
+    assert manifest.flux.conditioning_channels == 320 and not manifest.flux.kontext
+    assert manifest.components[TRANSFORMER].validation["passed"]
+    index = json.loads((exported_flux_fill["export"] / "model_index.json").read_text())
+    assert index["_class_name"] == "FluxFillPipeline"
+
+
+@pytest.mark.slow
+def test_a_kontext_export_admits_the_reference_tokens(tmp_path):
+    """`sdrt export --random tiny-flux-kontext`: the manifest says Kontext and the image tokens'
+    range doubles (the reference's join the image's)."""
+    from sdrt.export.exporter import export_model
+    from sdrt.export.random_flux import save_random_flux
+
+    source = save_random_flux(tmp_path / "kontext", kind="kontext", seed=0)
+    manifest = export_model(str(source), tmp_path / "export", progress=lambda line: None)
+    plain = Manifest.load(tmp_path / "export")
+    assert plain.flux.kontext and manifest.flux.conditioning_channels == 0
+    assert plain.dims[IMAGE_TOKENS].max == 2 * 128**2

@@ -151,6 +151,20 @@ class Family:
         """A denoiser that takes the mask and masked image's latents as extra input channels."""
         return manifest.unet_in_channels != manifest.latent_channels
 
+    def distilled_guidance(self, manifest: Manifest) -> bool:
+        """Whether the guidance scale is a distilled model's guidance input, not CFG (Forge's
+        `Distilled CFG Scale` in PNG parameters)."""
+        return False
+
+    def takes_strength(self, manifest: Manifest) -> bool:
+        """Whether an input image is a start noised by `strength` (not FLUX.1 Kontext's reference)."""
+        return True
+
+    def own_mode(self, manifest: Manifest, resolved: ResolvedRequest):
+        """The family's own start of a run for this request (a sdrt.runtime.loop.modes.Mode: FLUX.1
+        Fill's, Kontext's), or None: the loop's text-to-image, image-to-image or inpainting."""
+        return None
+
     def check_request(self, request: GenerationRequest, manifest: Manifest) -> None:
         """What only some families take: other families' settings are refused by name."""
         from sdrt.runtime.families import FAMILIES

@@ -11,7 +11,10 @@
 - sampling: flow matching (`flow_euler`; flow_heun, flow_dpmpp_2m, flow_unipc too), the sigmas
   linspace(1, 1 / steps, steps) shifted by mu, which grows linearly with the image's token
   count between the scheduler config's base/max image sequence lengths (FluxPipeline's calculate_shift);
-- the VAE decodes latents / scaling_factor + shift_factor (both from its config).
+- the VAE decodes latents / scaling_factor + shift_factor (both from its config);
+- FLUX.1 Fill (the manifest's `conditioning_channels`: sdrt.runtime.families.flux_fill) takes
+  the mask and the masked image as extra channels; FLUX.1 Kontext (`kontext`:
+  sdrt.runtime.families.flux_kontext) joins a reference image's tokens to the sequence.
 """
 
 from __future__ import annotations
@@ -28,7 +31,9 @@ from sdrt.runtime.manifest import (
     DENOISER_OUTPUT,
     DENOISER_TIMESTEP,
     GUIDANCE,
+    HEIGHT,
     HIDDEN_STATES,
+    IMAGE_TOKENS,
     LAST_HIDDEN,
     POOLED_PROJECTIONS,
     TRANSFORMER,
@@ -96,8 +101,30 @@ class Flux(Family):
         guidance = {GUIDANCE: np.array(resolved.request.guidance_scale, np.float32)}
         return {"negative": dict(guidance), "positive": dict(guidance)}
 
+    def distilled_guidance(self, manifest: Manifest) -> bool:
+        return _flux(manifest).guidance_embeds
+
+    def takes_strength(self, manifest: Manifest) -> bool:
+        return not _flux(manifest).kontext
+
     def inpainting_denoiser(self, manifest: Manifest) -> bool:
-        return False
+        """FLUX.1 Fill; FLUX.1 dev inpaints by blending (FluxInpaintPipeline)."""
+        return _flux(manifest).conditioning_channels > 0
+
+    def own_mode(self, manifest: Manifest, resolved: ResolvedRequest):
+        """Kontext's edit of its reference image; Fill's inpainting with the mask as channels."""
+        spec = _flux(manifest)
+        if spec.kontext:
+            from sdrt.runtime.families.flux_kontext import kontext_mode
+
+            dims = manifest.dims
+            return kontext_mode(manifest.vae_scale_factor, dims[HEIGHT].multiple, dims[IMAGE_TOKENS].max)
+        if spec.conditioning_channels and resolved.mask is not None:
+            from sdrt.runtime.families.flux_fill import fill_mode
+            from sdrt.runtime.loop.modes import first_step
+
+            return fill_mode(manifest.vae_scale_factor, lambda request, sampler: first_step(request, sampler, self))
+        return None
 
     def cfg_scale(self, request: GenerationRequest) -> float:
         """True CFG needs true_cfg_scale > 1 and a negative prompt (FluxPipeline's do_true_cfg)."""
@@ -144,6 +171,14 @@ class Flux(Family):
             not isinstance(scale, (int, float)) or isinstance(scale, bool) or not math.isfinite(scale) or scale < 0
         ):
             raise GenerationError(f"true CFG scale must be a finite number >= 0, got {scale!r}", "true_cfg_scale")
+        spec = _flux(manifest)
+        if spec.conditioning_channels and request.mask_image is None:
+            raise GenerationError(
+                "this is a FLUX.1 Fill model: give it an image and a mask to fill (init_image and mask_image)",
+                "mask_image",
+            )
+        if spec.kontext:
+            _check_kontext(request)
 
     def check_manifest(self, manifest: Manifest) -> str | None:
         if manifest.flux is None:
@@ -151,6 +186,17 @@ class Flux(Family):
         if len(manifest.flux.text_encoders) != len(self.text_encoder_roles):
             return f"family {manifest.family!r} needs {len(self.text_encoder_roles)} text encoders in the flux section"
         return None
+
+
+def _check_kontext(request: GenerationRequest) -> None:
+    """A Kontext request edits one reference image: it needs one, and takes nothing of img2img's."""
+    if request.init_image is None:
+        raise GenerationError(
+            "this is a FLUX.1 Kontext model: it edits a reference image, give one (init_image, --image)", "init_image"
+        )
+    for name in ("mask_image", "init_latents", "strength"):
+        if getattr(request, name) is not None:
+            raise GenerationError(f"FLUX.1 Kontext edits its reference image as a whole: it takes no {name}", name)
 
 
 def _flux(manifest: Manifest):

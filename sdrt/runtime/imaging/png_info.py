@@ -25,6 +25,8 @@ from sdrt.runtime.schedulers import DEFAULT_SCHEDULE, display_name, recorded_sch
 
 PARAMETERS_KEY = "parameters"
 NEGATIVE_PREFIX = "Negative prompt: "
+#: Forge's `CFG scale` on a guidance-distilled model (FLUX.1 dev) when no real CFG ran.
+NO_CFG_SCALE = 1.0
 # A temporary folder beside the output (a short name, so any valid output name has room for it),
 # marked as sdrt's (sdrt.runtime.files.leftovers), holding the PNG until it is renamed into place.
 PARTIAL_PREFIX, PARTIAL_SUFFIX = ".sdrt-", ".partial"  # .sdrt-PID-XXXXXXXX.partial
@@ -55,13 +57,18 @@ def format_parameters(prompt: str, parameters: dict, batch_position: int | None 
             if (schedule := recorded_schedule(parameters["sampler"], parameters.get("schedule", DEFAULT_SCHEDULE)))
             else ()
         ),
-        ("CFG scale", parameters["guidance_scale"]),
+        (
+            "CFG scale",
+            forge_cfg_scale(parameters) if "distilled_guidance" in parameters else parameters["guidance_scale"],
+        ),
         ("Seed", seed),
         ("Size", f"{parameters['width']}x{parameters['height']}"),
         ("Model", parameters["model"]),
     ]
     if "strength" in parameters:
         fields.append(("Denoising strength", parameters["strength"]))
+    if "distilled_guidance" in parameters:  # Forge's field for FLUX.1 dev's guidance input
+        fields.append(("Distilled CFG Scale", parameters["distilled_guidance"]))
     if "hires" in parameters:  # A1111's hires fix fields
         hires = parameters["hires"]
         fields.append(
@@ -116,6 +123,13 @@ def format_parameters(prompt: str, parameters: dict, batch_position: int | None 
         fields += [("Batch size", parameters["num_images"]), ("Batch pos", batch_position)]
     lines.append(", ".join(f"{key}: {value}" for key, value in fields))
     return "\n".join(lines)
+
+
+def forge_cfg_scale(parameters: dict) -> float:
+    """Forge's `CFG scale` on a guidance-distilled model: the real CFG scale, 1 (none) unless true CFG ran."""
+    true_cfg = parameters.get("true_cfg_scale")
+    ran = true_cfg is not None and true_cfg > NO_CFG_SCALE and bool(parameters.get("negative_prompt"))
+    return true_cfg if ran else NO_CFG_SCALE
 
 
 def quote(value: str) -> str:

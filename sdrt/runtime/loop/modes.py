@@ -33,6 +33,14 @@ class ImageEncoder(Protocol):
     def __call__(self, image: np.ndarray, generator: TorchGenerator) -> np.ndarray: ...
 
 
+class Mode(Protocol):
+    """A family's own mode (Family.own_mode): the run's start from the request."""
+
+    def __call__(
+        self, resolved: ResolvedRequest, sampler: Scheduler, generator, shape: tuple[int, ...], encode: ImageEncoder
+    ) -> DenoiseStart: ...
+
+
 @dataclass
 class DenoiseStart:
     """Where a denoising run begins and what each step adds."""
@@ -146,6 +154,10 @@ def prepare(
 ) -> DenoiseStart:
     """The request's mode's start (the VAE encoder's time in VAE_ENCODER)."""
     shape = LatentFormat.of(manifest).shape(resolved.batch, resolved.height, resolved.width)
+    own = manifest.model_family.own_mode(manifest, resolved)
+    if own is not None:
+        with timings.stage(VAE_ENCODER):
+            return own(resolved, sampler, generator, shape, encode)
     if not resolved.from_image:
         return text_to_image(resolved, sampler, generator, shape)
     with timings.stage(VAE_ENCODER):
