@@ -9,6 +9,7 @@ import time
 import click
 
 from sdrt.cli import main
+from sdrt.cli.a1111_options import a1111_options
 from sdrt.cli.controlnet_options import control_units, controlnet_options
 from sdrt.cli.default_model import resolve_model
 from sdrt.cli.image_options import hires_fix, image_options, mask_options, styled
@@ -132,6 +133,7 @@ from sdrt.runtime.schedulers import (
 @embedding_options
 @lora_options
 @controlnet_options
+@a1111_options
 def generate(
     prompt,
     model_dir,
@@ -264,6 +266,7 @@ def generate(
         mask_options=masking,
         deepcache=deepcache,
         eta=eta,
+        img2img_fix_steps=sdxl.pop("img2img_fix_steps"),
     )
     previews = None
     if preview is not None:

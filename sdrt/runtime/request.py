@@ -97,6 +97,8 @@ class GenerationRequest:
     # The stochasticity of samplers that take one (TCD's gamma); None: theirs.
     eta: float | None = field(default=None, metadata=SHARED)
     strength: float | None = field(default=None, metadata=SHARED)  # read only from an image or init latents
+    # A1111's img2img_fix_steps (k-diffusion samplers): from an image, all `steps` run (of steps / strength).
+    img2img_fix_steps: bool = field(default=False, metadata=SHARED)
     latents: np.ndarray | None = field(default=None, compare=False, metadata=ALONE)
     size_conditioning: SizeConditioning | None = field(default=None, metadata=SHARED)
     refiner_switch: float | None = field(default=None, metadata=SHARED)

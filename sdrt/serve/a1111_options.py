@@ -29,7 +29,6 @@ FIXED_OPTIONS = {
     "samples_save": False,
     "grid_save": False,
     "save_images_add_number": False,
-    "img2img_fix_steps": False,
     "CLIP_stop_at_last_layers_sdxl": None,
     "sdxl_crop_top": 0,
     "sdxl_crop_left": 0,
@@ -49,6 +48,8 @@ class A1111Options:
     clip_skip: int = 1
     emphasis: str = DEFAULT_EMPHASIS
     sd_vae: str = "Automatic"
+    #: From an image with a k-diffusion sampler, all steps run (of a schedule of steps / strength).
+    img2img_fix_steps: bool = False
 
     def report(self, model_title: str, model_hash: str | None, preview_every: int) -> dict:
         return {
@@ -58,6 +59,7 @@ class A1111Options:
             "CLIP_stop_at_last_layers": self.clip_skip,
             "emphasis": self.emphasis,
             "sd_vae": self.sd_vae,
+            "img2img_fix_steps": self.img2img_fix_steps,
             "live_previews_enable": preview_every > 0,
             "show_progress_every_n_steps": preview_every or -1,
             "live_preview_content": "Combined",
@@ -84,6 +86,10 @@ class A1111Options:
                 if not isinstance(value, str):
                     raise RequestError(400, f"{where} must be a VAE name (GET /sdapi/v1/sd-vae)", where)
                 updates["sd_vae"] = value
+            elif key == "img2img_fix_steps":
+                if not isinstance(value, bool):
+                    raise RequestError(400, f"{where} must be true or false", where)
+                updates["img2img_fix_steps"] = value
             elif key in FIXED_OPTIONS:
                 if value != FIXED_OPTIONS[key]:
                     raise RequestError(

@@ -131,3 +131,42 @@ def test_unknown_names_are_a_400_naming_the_field(served_k, fields, param):
     error = response.json()["error"]
     assert error["param"] == param and "\n" not in error["message"]
     assert ("Euler a" in error["message"]) if param == "sampler_name" else ("karras" in error["message"])
+
+
+def test_img2img_equals_a1111(served_k):
+    """/sdapi/v1/img2img with an A1111 sampler label: A1111's img2img (support/a1111_img2img.py)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from support.a1111_img2img import a1111_img2img
+
+    url, reference = served_k
+    y, x = np.mgrid[0:SIZE, 0:SIZE] / SIZE
+    source = Image.fromarray((np.stack([x, y, (x + y) / 2], axis=-1) * 220).astype(np.uint8))
+    buffer = io.BytesIO()
+    source.save(buffer, format="PNG")
+    body = {"init_images": [base64.b64encode(buffer.getvalue()).decode()], "denoising_strength": 0.6}
+    response = httpx.post(
+        f"{url}/sdapi/v1/img2img",
+        json={"prompt": PROMPT, "steps": STEPS, "seed": SEED, "batch_size": BATCH, "sampler_name": "DPM++ 2M", **body},
+        timeout=120,
+    )
+    assert response.status_code == 200, response.text
+    got = np.stack([np.asarray(decode_png(image), np.float64) / 255 for image in response.json()["images"]])
+    ks = k_sampling()
+
+    def karras(n, inner):  # A1111's Karras: the model's sigma range, rho 7
+        return ks.get_sigmas_karras(n, inner.sigmas[0].item(), inner.sigmas[-1].item(), rho=7.0)
+
+    seeds = [SEED + i for i in range(BATCH)]
+    expected = a1111_img2img(
+        reference, source, "sample_dpmpp_2m", karras, prompts=[PROMPT] * BATCH, negatives=[""] * BATCH,
+        seeds=seeds, guidance=A1111_CFG, steps=STEPS, strength=0.6,
+    )  # fmt: skip
+    difference = np.abs(got - expected)
+    assert difference.max() <= MAX_PIXEL_ERROR + 0.5 / 255, f"max {difference.max() * 255:.3f}/255"  # PNG rounding
+    assert difference.mean() <= MEAN_PIXEL_ERROR and expected.std() > 0.01
+    info = json.loads(response.json()["info"])
+    assert info["all_seeds"] == seeds and "Sampler: DPM++ 2M, Schedule type: Karras" in info["infotexts"][0]

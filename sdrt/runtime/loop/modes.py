@@ -45,10 +45,15 @@ class DenoiseStart:
     counted_from: int | None = None  # the call prompt schedules count steps from (None: `first`)
 
 
+def initial_noise(generator, shape: tuple[int, ...]) -> np.ndarray:
+    """The seeded initial noise of `shape` (before any scaling)."""
+    return generator.randn(shape)
+
+
 def text_to_image(resolved: ResolvedRequest, sampler: Scheduler, generator, shape: tuple[int, ...]) -> DenoiseStart:
     given = resolved.request.latents
     if given is None:
-        return DenoiseStart(generator.randn(shape) * np.float32(sampler.init_noise_sigma))
+        return DenoiseStart(initial_noise(generator, shape) * np.float32(sampler.init_noise_sigma))
     latents = np.asarray(given, dtype=np.float32)
     if latents.shape != shape:
         raise GenerationError(f"latents must have shape {list(shape)}, got {list(latents.shape)}", "latents")
@@ -149,6 +154,11 @@ def prepare(
     if not resolved.from_image:
         return text_to_image(resolved, sampler, generator, shape)
     with timings.stage(VAE_ENCODER):
+        if getattr(sampler, "start_at_strength", None) is not None:  # the k-diffusion samplers: A1111's rules
+            from sdrt.runtime.loop.a1111_img2img import k_image_start
+
+            inpainting_unet = resolved.mask is not None and manifest.model_family.inpainting_denoiser(manifest)
+            return k_image_start(resolved, sampler, generator, shape, encode, inpainting_unet, initial_noise)  # type: ignore[arg-type]
         if resolved.mask is not None:
             return inpainting(
                 resolved,
