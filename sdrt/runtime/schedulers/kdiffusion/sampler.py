@@ -70,6 +70,8 @@ class KDiffusionSampler(Scheduler):
         self.full_sigmas = self.schedule_sigmas
         #: (latents, mask of the region to keep): A1111's inpainting blend of every denoised prediction.
         self.keep: tuple[np.ndarray, np.ndarray] | None = None
+        #: The fresh noise's generator when not the loop's (A1111's ENSD: seeds + delta).
+        self.step_generator: TorchGenerator | GeneratorGroup | None = None
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], schedule: str = AUTOMATIC) -> Scheduler:
@@ -151,7 +153,8 @@ class KDiffusionSampler(Scheduler):
             return brownian_noise(x, self.full_sigmas, lambda: self._generator)
 
         def draw(sigma: float, sigma_next: float) -> np.ndarray:
-            generator = self.need_generator(self._generator, type(self).__name__)  # type: ignore[arg-type]
+            source = self._generator if self.step_generator is None else self.step_generator
+            generator = self.need_generator(source, type(self).__name__)  # type: ignore[arg-type]
             return generator.randn(x.shape).astype(np.float32)
 
         return draw
