@@ -170,3 +170,31 @@ def test_img2img_equals_a1111(served_k):
     assert difference.mean() <= MEAN_PIXEL_ERROR and expected.std() > 0.01
     info = json.loads(response.json()["info"])
     assert info["all_seeds"] == seeds and "Sampler: DPM++ 2M, Schedule type: Karras" in info["infotexts"][0]
+
+
+def test_variation_seeds_ensd_and_nv_noise_through_txt2img(served_k, exported_tiny):
+    """A1111's variation fields and noise options on txt2img: every image has the seed, the
+    variation seeds count up from `subseed`, and each image is the runtime's with those settings
+    (whose A1111 rules tests/runtime/test_a1111_noise.py checks); infotext and info report them."""
+    from sdrt.runtime.a1111_noise import A1111Noise
+
+    url, _ = served_k
+    fields = {"sampler_name": "Euler a", "subseed": 100, "subseed_strength": 0.4}
+    fields |= {"seed_resize_from_w": 48, "seed_resize_from_h": 80}
+    fields["override_settings"] = {"eta_noise_seed_delta": 31337, "randn_source": "NV"}
+    response = txt2img(url, **fields)
+    assert response.status_code == 200, response.text
+    info = json.loads(response.json()["info"])
+    assert info["all_seeds"] == [SEED] * BATCH and info["all_subseeds"] == [100, 101]
+    text = info["infotexts"][1]
+    assert f"Seed: {SEED}," in text and "Variation seed: 101, Variation seed strength: 0.4" in text
+    assert "Seed resize from: 48x80" in text and "ENSD: 31337" in text and "RNG: NV" in text
+    got = np.stack([np.asarray(decode_png(image)) for image in response.json()["images"]])
+    noise = A1111Noise((100, 101), 0.4, (48, 80), 31337, "NV")
+    expected = Pipeline.load(exported_tiny("standard")).generate(
+        PROMPT, seeds=[SEED] * BATCH, num_images=BATCH, steps=STEPS, guidance_scale=A1111_CFG, width=SIZE,
+        height=SIZE, sampler="k_euler_a", a1111_noise=noise,
+    )  # fmt: skip
+    assert np.array_equal(got, np.stack([np.asarray(image) for image in expected.images]))
+    refused = txt2img(url, sampler_name="Euler a", override_settings={"randn_source": "TPU"})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "override_settings.randn_source"

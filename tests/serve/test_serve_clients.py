@@ -165,7 +165,7 @@ def test_sampler_and_schedule_type_pairs(served):
         ({"styles": ["Nope"]}, "styles"),
         ({"enable_hr": True, "hr_upscaler": "R-ESRGAN 4x+"}, "hr_upscaler"),
         ({"enable_hr": True, "hr_checkpoint_name": "other"}, "hr_checkpoint_name"),
-        ({"subseed_strength": 0.3}, "subseed_strength"),
+        ({"subseed_strength": 1.5}, "subseed_strength"),
         ({"script_name": "x/y/z plot"}, "script_name"),
         ({"frobnicate": 1}, "frobnicate"),
         ({"eta": 0.5, "sampler_name": "Euler a"}, "eta"),
