@@ -170,6 +170,21 @@ def test_img2img_equals_a1111(served_k):
     assert difference.mean() <= MEAN_PIXEL_ERROR and expected.std() > 0.01
     info = json.loads(response.json()["info"])
     assert info["all_seeds"] == seeds and "Sampler: DPM++ 2M, Schedule type: Karras" in info["infotexts"][0]
+    mask = np.zeros((SIZE, SIZE), np.uint8)
+    mask[:, SIZE // 2 :] = 255
+    buffer = io.BytesIO()
+    Image.fromarray(mask).save(buffer, format="PNG")
+    masked = httpx.post(  # A1111's mask handling around the k-diffusion inpainting (its defaults: blur 4, masked area)
+        f"{url}/sdapi/v1/img2img",
+        json={"prompt": PROMPT, "steps": STEPS, "seed": SEED, "sampler_name": "Euler a", **body,
+              "mask": base64.b64encode(buffer.getvalue()).decode()},
+        timeout=120,
+    )  # fmt: skip
+    assert masked.status_code == 200, masked.text
+    repainted = np.asarray(decode_png(masked.json()["images"][0]), np.float64) / 255
+    kept = np.asarray(source, np.float64)[:, :20] / 255
+    assert np.abs(repainted[:, :20] - kept).max() <= 2 / 255  # A1111 pastes the original back outside the mask
+    assert np.abs(repainted[:, 40:] - np.asarray(source, np.float64)[:, 40:] / 255).max() > 0.05
 
 
 def test_variation_seeds_ensd_and_nv_noise_through_txt2img(served_k, exported_tiny):
