@@ -116,6 +116,16 @@ def test_every_sampler_img2img_equals_a1111(standard, label, masked):
     assert_same_image(result.array, expected)
 
 
+@pytest.mark.slow  # its own model's export and two pipeline loads: about 10 s
+def test_inpainting_unet_equals_a1111(exported_tiny, tiny_models):
+    """An inpainting UNet (9 channels): A1111's image conditioning beside the mask blend."""
+    pipeline = Pipeline.load(exported_tiny("inpaint"))
+    reference_pipe = diffusers_pipeline("StableDiffusionPipeline", tiny_models["inpaint"])
+    mask = mask_image()
+    expected = reference(reference_pipe, "DPM++ 2M", 4, 0.75, mask=mask)
+    assert_same_image(ours(pipeline, "DPM++ 2M", 4, 0.75, mask_image=mask).array, expected)
+
+
 def test_fix_steps_runs_every_requested_step(standard):
     pipeline, _ = standard
     result = pipeline.generate(

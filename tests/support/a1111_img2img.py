@@ -42,6 +42,17 @@ def a1111_latent_mask(mask: Image.Image, latent_size: tuple[int, int]) -> torch.
     return torch.asarray(np.tile(latmask[None], (4, 1, 1)))
 
 
+def inpainting_conditioning(pipe, pixels, mask: Image.Image, latent_size) -> torch.Tensor:
+    """processing.py inpainting_image_conditioning: the mask rounded, the image times (1 - mask)
+    (inpainting_mask_weight 1) encoded (its posterior's mean here), the mask resized to the
+    latents' size (interpolate's nearest); [mask, masked image latents]."""
+    conditioning_mask = torch.round(torch.asarray(np.array(mask.convert("L"), np.float32) / 255)[None, None])
+    masked = pixels * (1.0 - conditioning_mask)
+    masked_latents = pipe.vae.encode(masked).latent_dist.mean * pipe.vae.config.scaling_factor
+    small_mask = torch.nn.functional.interpolate(conditioning_mask, size=tuple(latent_size))
+    return torch.cat([small_mask, masked_latents], dim=1)
+
+
 @torch.no_grad()
 def a1111_img2img(
     pipe, image, function, sigmas_for, *, prompts, negatives, seeds, guidance, steps, strength,
@@ -50,10 +61,20 @@ def a1111_img2img(
     """The images (float [batch, h, w, 3] in [0, 1]); `sigmas_for(n, inner)`: the schedule of n steps."""
     ks = k_sampling()
     cond, uncond = pipe.encode_prompt(prompts, "cpu", 1, True, negatives)
-    inner = denoiser(lambda x, t, context: pipe.unet(x, t, encoder_hidden_states=context).sample, pipe.scheduler.config)
     pixels = torch.asarray(np.array(image, np.float32) / 255).permute(2, 0, 1)[None] * 2 - 1
-    init_latent = pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
+    scaling = pipe.vae.config.scaling_factor
+    init_latent = pipe.vae.encode(pixels).latent_dist.mean * scaling
     init_latent = init_latent.repeat(len(seeds), 1, 1, 1)
+    extra_channels = None
+    if pipe.unet.config.in_channels > init_latent.shape[1]:  # an inpainting UNet: A1111's image conditioning
+        extra_channels = inpainting_conditioning(pipe, pixels, mask, init_latent.shape[-2:]).repeat(len(seeds), 1, 1, 1)
+
+    def unet(x, t, context):
+        if extra_channels is not None:  # the conditioning is concatenated to the scaled input, not scaled
+            x = torch.cat([x, extra_channels.repeat(x.shape[0] // extra_channels.shape[0], 1, 1, 1)], dim=1)
+        return pipe.unet(x, t, encoder_hidden_states=context).sample
+
+    inner = denoiser(unet, pipe.scheduler.config)
     keep = nmask = None
     if mask is not None:
         nmask = a1111_latent_mask(mask, (init_latent.shape[3], init_latent.shape[2]))
