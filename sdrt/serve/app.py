@@ -77,7 +77,7 @@ def create_app(pipeline, settings: ServeSettings | None = None, catalog: ModelCa
         openapi_url="/openapi.json" if docs else None,
     )
     app.state.service = service
-    app.state.options = A1111Options()
+    app.state.options = A1111Options(randn_source=settings.randn_source)
     app.state.styles = load_styles(settings.styles_file) if settings.styles_file else {}
 
     @app.exception_handler(StarletteHTTPException)

@@ -213,3 +213,14 @@ def test_variation_seeds_ensd_and_nv_noise_through_txt2img(served_k, exported_ti
     assert np.array_equal(got, np.stack([np.asarray(image) for image in expected.images]))
     refused = txt2img(url, sampler_name="Euler a", override_settings={"randn_source": "TPU"})
     assert refused.status_code == 400 and refused.json()["error"]["param"] == "override_settings.randn_source"
+
+
+def test_the_server_can_start_on_a1111s_default_noise_source(served_k):
+    from sdrt.serve.a1111_options import A1111Options
+
+    options = A1111Options(randn_source=ServeSettings(randn_source="GPU").randn_source)
+    assert options.report("m", None, 0)["randn_source"] == "GPU"
+    response = txt2img(
+        served_k[0], sampler_name="Euler a", steps=1, batch_size=1, override_settings={"randn_source": "GPU"}
+    )
+    assert response.status_code == 200 and "RNG:" not in json.loads(response.json()["info"])["infotexts"][0]
