@@ -58,9 +58,12 @@ class A1111Noise:
             raise GenerationError(f"subseed_strength must be from 0 to 1, got {strength!r}", "subseed_strength")
         if strength and len(self.subseeds) != images:
             raise GenerationError(f"subseeds: {len(self.subseeds)} variation seeds for {images} images", "subseed")
-        for value in (*self.subseeds, self.eta_noise_seed_delta):
+        for value, param in (
+            *((s, "subseed") for s in self.subseeds),
+            (self.eta_noise_seed_delta, "eta_noise_seed_delta"),
+        ):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value <= MAX_SEED:
-                raise GenerationError(f"seeds must be integers from 0 to {MAX_SEED}, got {value!r}", "subseed")
+                raise GenerationError(f"{param} must be an integer from 0 to {MAX_SEED}, got {value!r}", param)
         if self.seed_resize_from is not None and (len(self.seed_resize_from) != 2 or min(self.seed_resize_from) < 1):
             raise GenerationError(
                 f"seed_resize_from must be a width and a height, got {self.seed_resize_from!r}", "seed_resize_from"
@@ -143,8 +146,9 @@ def ensd_generator(settings: A1111Noise, generator):
     image seeded seed + ENSD (ImageRNG.first's last step), else None (the same generators)."""
     if not settings.eta_noise_seed_delta:
         return None
+    # The sum as A1111 seeds it: torch's CPU generator keeps its low 32 bits, the Philox key all 64.
     made = [
-        make_generator(settings.randn_source, (g.seed + settings.eta_noise_seed_delta) % (MAX_SEED + 1))
+        make_generator(settings.randn_source, g.seed + settings.eta_noise_seed_delta)
         for g in image_generators(generator)
     ]
     return made[0] if len(made) == 1 and not isinstance(generator, GeneratorGroup) else GeneratorGroup(made, 1)

@@ -126,6 +126,16 @@ def test_inpainting_unet_equals_a1111(exported_tiny, tiny_models):
     assert_same_image(ours(pipeline, "DPM++ 2M", 4, 0.75, mask_image=mask).array, expected)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("label", list(A1111_SAMPLERS))
+def test_every_sampler_img2img_equals_a1111_v_prediction(exported_tiny, tiny_models, label):
+    pipeline = Pipeline.load(exported_tiny("v_prediction"))
+    reference_pipe = diffusers_pipeline("StableDiffusionPipeline", tiny_models["v_prediction"])
+    expected = reference(reference_pipe, label, 5, 0.6, True, mask_image())
+    result = ours(pipeline, label, 5, 0.6, img2img_fix_steps=True, mask_image=mask_image())
+    assert_same_image(result.array, expected)
+
+
 def test_fix_steps_runs_every_requested_step(standard):
     pipeline, _ = standard
     result = pipeline.generate(
