@@ -56,6 +56,8 @@ class A1111Noise:
         strength = self.subseed_strength
         if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 <= strength <= 1:
             raise GenerationError(f"subseed_strength must be from 0 to 1, got {strength!r}", "subseed_strength")
+        if not isinstance(self.subseeds, (tuple, list)):
+            raise GenerationError(f"subseeds must be a list of seeds, got {self.subseeds!r}", "subseed")
         if strength and len(self.subseeds) != images:
             raise GenerationError(f"subseeds: {len(self.subseeds)} variation seeds for {images} images", "subseed")
         for value, param in (
@@ -64,7 +66,12 @@ class A1111Noise:
         ):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value <= MAX_SEED:
                 raise GenerationError(f"{param} must be an integer from 0 to {MAX_SEED}, got {value!r}", param)
-        if self.seed_resize_from is not None and (len(self.seed_resize_from) != 2 or min(self.seed_resize_from) < 1):
+        resize = self.seed_resize_from
+        if resize is not None and not (
+            isinstance(resize, (tuple, list))
+            and len(resize) == 2
+            and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in resize)
+        ):
             raise GenerationError(
                 f"seed_resize_from must be a width and a height, got {self.seed_resize_from!r}", "seed_resize_from"
             )

@@ -260,7 +260,13 @@ def _resolve(request: GenerationRequest, manifest: Manifest) -> ResolvedRequest:
     check_sampling(request, manifest)
     batch = len(prompts) * request.num_images
     if request.a1111_noise is not None:
+        if not isinstance(request.a1111_noise, A1111Noise):
+            raise GenerationError("a1111_noise must be an A1111Noise (sdrt.runtime.a1111_noise)", "a1111_noise")
         request.a1111_noise.check(batch)
+    if not isinstance(request.img2img_fix_steps, bool):
+        raise GenerationError(
+            f"img2img_fix_steps must be true or false, got {request.img2img_fix_steps!r}", "img2img_fix_steps"
+        )
     if request.seeds is not None:
         seeds, per_prompt = image_seeds(request.seed, request.seeds, batch), False
     else:
