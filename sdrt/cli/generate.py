@@ -9,8 +9,10 @@ import time
 import click
 
 from sdrt.cli import main
+from sdrt.cli.a1111_options import a1111_noise_settings, a1111_options
 from sdrt.cli.controlnet_options import control_units, controlnet_options
 from sdrt.cli.default_model import resolve_model
+from sdrt.cli.from_png import from_png_options
 from sdrt.cli.image_options import hires_fix, image_options, mask_options, styled
 from sdrt.cli.outputs import check_output, output_paths
 from sdrt.cli.progress import StepProgress
@@ -34,7 +36,7 @@ from sdrt.runtime.schedulers import (
 
 
 @main.command()
-@click.argument("prompt")
+@click.argument("prompt", required=False)
 @click.option(
     "--model",
     "model_dir",
@@ -140,6 +142,8 @@ from sdrt.runtime.schedulers import (
 @embedding_options
 @lora_options
 @controlnet_options
+@a1111_options
+@from_png_options
 def generate(
     prompt,
     model_dir,
@@ -189,11 +193,12 @@ def generate(
     or <lora:NAME:WEIGHT> in PROMPT with --lora-dir. ControlNets: --controlnet with
     --control-image."""
     started = time.perf_counter()
+    if prompt is None:
+        raise click.UsageError("give a PROMPT, or --from-png / --parameters")
     from sdrt.runtime.imaging.png_info import format_parameters, save_png
     from sdrt.runtime.pipeline import Pipeline
     from sdrt.runtime.request import MAX_SEED, GenerationRequest
     from sdrt.runtime.request_checks import check_counts
-    from sdrt.runtime.seeds import consecutive_seeds
 
     switch = resolve_refiner_switch(refiner, refiner_switch)
     units = control_units(
@@ -241,6 +246,8 @@ def generate(
             first_step.append(time.perf_counter() - started)
         bar(step, total)
 
+    sampler = resolve_sampler_name(sampler)
+    seeds, a1111_noise = a1111_noise_settings(sdxl, sampler, seed, num_images)
     if guidance is None:  # the family's own default (FLUX.1's 3.5), else the request's
         guidance = pipeline.manifest.model_family.default_guidance or DEFAULT_GUIDANCE
     request = GenerationRequest(
@@ -252,11 +259,11 @@ def generate(
         **zimage_settings(sdxl),
         skip_layer_guidance=skip_layer_guidance(sdxl),
         t5=sdxl.pop("t5"),
-        seeds=consecutive_seeds(seed, num_images),  # image k: seed + k, each reproducible alone (A1111)
+        seeds=seeds,  # image k: seed + k, each reproducible alone (A1111)
         height=height,
         width=width,
         num_images=num_images,
-        sampler=resolve_sampler_name(sampler),
+        sampler=sampler,
         schedule=schedule,
         init_image=init_image,
         mask_image=mask_image,
@@ -273,6 +280,8 @@ def generate(
         mask_options=masking,
         deepcache=deepcache,
         eta=eta,
+        img2img_fix_steps=sdxl.pop("img2img_fix_steps"),
+        a1111_noise=a1111_noise,
     )
     previews = None
     if preview is not None:

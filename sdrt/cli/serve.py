@@ -138,6 +138,14 @@ SERVE_STOPPED = "sdrt serve: stopped by a signal"
     help="The OpenAI route reads prompts as plain text (A1111 routes always read A1111's prompt language).",
 )
 @click.option(
+    "--randn-source",
+    default="CPU",
+    show_default=True,
+    type=click.Choice(["CPU", "GPU", "NV"]),
+    help="A1111's randn_source to start with: CPU (torch's CPU generator, diffusers' noise) or A1111's "
+    "default GPU (torch's CUDA Philox generator as A1111's NV source emulates it; unverified on a GPU).",
+)
+@click.option(
     "--preview-every",
     default=0,
     show_default=True,
@@ -215,6 +223,7 @@ def serve(
     batch_window_ms,
     plain_prompts,
     preview_every,
+    randn_source,
     url_ttl,
     url_images,
     embedding_dirs,
@@ -261,6 +270,7 @@ def serve(
         batch_window_s=batch_window_ms / 1000,
         plain_prompts=plain_prompts,
         preview_every=preview_every,
+        randn_source=randn_source,
         image_url_ttl_s=url_ttl,
         max_url_images=url_images,
     )

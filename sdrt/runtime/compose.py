@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from sdrt.runtime.a1111_noise import make_generator
 from sdrt.runtime.engines import Engine
 from sdrt.runtime.features import refiner as refiners
 from sdrt.runtime.features.deepcache import StepCachedDenoiser
@@ -73,10 +74,12 @@ def run_resolved(
     refiner's stage) and run by the one loop; `parameters` are the embeddings it used."""
     request = resolved.request
     timings = Timings()
+    noise = request.a1111_noise
+    make = TorchGenerator if noise is None else functools.partial(make_generator, noise.randn_source)
     if len(resolved.seeds) > 1:  # per prompt or per image: every draw splits by rows (step noise too)
-        generator = GeneratorGroup([TorchGenerator(value) for value in resolved.seeds], resolved.seed_rows)
+        generator = GeneratorGroup([make(value) for value in resolved.seeds], resolved.seed_rows)
     else:
-        generator = TorchGenerator(resolved.seeds[0])
+        generator = make(resolved.seeds[0])
     names = pipeline.family.denoiser
     engine = engines[names.component]
     with timings.stage(TEXT_ENCODER):

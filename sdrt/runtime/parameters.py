@@ -33,6 +33,10 @@ def generation_parameters(
         parameters["seeds"] = list(resolved.seeds)
     if resolved.from_image:
         parameters["strength"] = resolved.strength
+    if request.a1111_noise is not None:  # A1111's noise settings (sdrt.runtime.a1111_noise)
+        from sdrt.runtime.a1111_noise import noise_parameters
+
+        parameters["a1111_noise"] = noise_parameters(request.a1111_noise)
     if request.true_cfg_scale is not None:  # FLUX.1's real CFG (guidance_scale is then the distilled guidance)
         parameters["true_cfg_scale"] = float(request.true_cfg_scale)
     for name in ("cfg_truncation", "cfg_normalization"):  # Z-Image's CFG options

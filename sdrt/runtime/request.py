@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from sdrt.errors import GenerationError
+from sdrt.runtime.a1111_noise import A1111Noise
 from sdrt.runtime.families.sdxl import SizeConditioning
 from sdrt.runtime.features.combinations import check_combinations
 from sdrt.runtime.features.controlnet.units import PARAM as CONTROLNETS
@@ -97,6 +98,10 @@ class GenerationRequest:
     # The stochasticity of samplers that take one (TCD's gamma); None: theirs.
     eta: float | None = field(default=None, metadata=SHARED)
     strength: float | None = field(default=None, metadata=SHARED)  # read only from an image or init latents
+    # A1111's img2img_fix_steps (k-diffusion samplers): from an image, all `steps` run (of steps / strength).
+    img2img_fix_steps: bool = field(default=False, metadata=SHARED)
+    # A1111's noise: variation seeds, seed resize, ENSD, randn_source (sdrt.runtime.a1111_noise).
+    a1111_noise: A1111Noise | None = field(default=None, metadata=ALONE)
     latents: np.ndarray | None = field(default=None, compare=False, metadata=ALONE)
     size_conditioning: SizeConditioning | None = field(default=None, metadata=SHARED)
     refiner_switch: float | None = field(default=None, metadata=SHARED)
@@ -258,6 +263,14 @@ def _resolve(request: GenerationRequest, manifest: Manifest) -> ResolvedRequest:
         raise GenerationError(f"guidance scale must be at most {MAX_GUIDANCE:.3g}, got {guidance}", "guidance_scale")
     check_sampling(request, manifest)
     batch = len(prompts) * request.num_images
+    if request.a1111_noise is not None:
+        if not isinstance(request.a1111_noise, A1111Noise):
+            raise GenerationError("a1111_noise must be an A1111Noise (sdrt.runtime.a1111_noise)", "a1111_noise")
+        request.a1111_noise.check(batch)
+    if not isinstance(request.img2img_fix_steps, bool):
+        raise GenerationError(
+            f"img2img_fix_steps must be true or false, got {request.img2img_fix_steps!r}", "img2img_fix_steps"
+        )
     if request.seeds is not None:
         seeds, per_prompt = image_seeds(request.seed, request.seeds, batch), False
     else:

@@ -52,6 +52,7 @@ A1111_FIELDS = {
     "mask_options": "mask",
     "hires": "enable_hr",
     "deepcache": "deepcache",
+    "seed_resize_from": "seed_resize_from_w",
 }
 #: What A1111 clients send for "no refiner" and "no ControlNet model".
 NO_MODEL = NO_REFINER

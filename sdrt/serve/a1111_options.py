@@ -6,11 +6,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from sdrt.runtime.request import MAX_CLIP_SKIP
+from sdrt.runtime.a1111_noise import CPU, RANDN_SOURCES
+from sdrt.runtime.request import MAX_CLIP_SKIP, MAX_SEED
 from sdrt.runtime.text.prompts.emphasis import DEFAULT_EMPHASIS, EMPHASIS_MODES
 from sdrt.serve.schemas import RequestError
 
 MODEL_OPTION = "sd_model_checkpoint"
+#: sdrt's A1111 server starts on torch's CPU noise (A1111 starts on GPU; docs/serve.md says why).
+DEFAULT_RANDN_SOURCE = CPU
 #: Options sdrt cannot change, with the value it works with (a client may set them to that value).
 FIXED_OPTIONS = {
     "samples_format": "png",
@@ -18,10 +21,6 @@ FIXED_OPTIONS = {
     "enable_pnginfo": True,
     "eta_ancestral": 1.0,
     "eta_ddim": 0.0,
-    "eta_noise_seed_delta": 0,
-    # True: sdrt draws torch's CPU generator's noise, one generator per image seed (A1111's CPU
-    # source; A1111 defaults to GPU, which sdrt cannot draw yet, so setting it is refused).
-    "randn_source": "CPU",
     "s_churn": 0.0,
     "s_tmin": 0.0,
     "s_noise": 1.0,
@@ -29,7 +28,6 @@ FIXED_OPTIONS = {
     "samples_save": False,
     "grid_save": False,
     "save_images_add_number": False,
-    "img2img_fix_steps": False,
     "CLIP_stop_at_last_layers_sdxl": None,
     "sdxl_crop_top": 0,
     "sdxl_crop_left": 0,
@@ -49,6 +47,12 @@ class A1111Options:
     clip_skip: int = 1
     emphasis: str = DEFAULT_EMPHASIS
     sd_vae: str = "Automatic"
+    #: From an image with a k-diffusion sampler, all steps run (of a schedule of steps / strength).
+    img2img_fix_steps: bool = False
+    #: ENSD: the sampler's fresh noise from generators of seed + this (sdrt.runtime.a1111_noise).
+    eta_noise_seed_delta: int = 0
+    #: The noise's generator (CPU, GPU, NV). sdrt starts with CPU, not A1111's GPU: see docs/serve.md.
+    randn_source: str = DEFAULT_RANDN_SOURCE
 
     def report(self, model_title: str, model_hash: str | None, preview_every: int) -> dict:
         return {
@@ -58,6 +62,9 @@ class A1111Options:
             "CLIP_stop_at_last_layers": self.clip_skip,
             "emphasis": self.emphasis,
             "sd_vae": self.sd_vae,
+            "img2img_fix_steps": self.img2img_fix_steps,
+            "eta_noise_seed_delta": self.eta_noise_seed_delta,
+            "randn_source": self.randn_source,
             "live_previews_enable": preview_every > 0,
             "show_progress_every_n_steps": preview_every or -1,
             "live_preview_content": "Combined",
@@ -84,6 +91,18 @@ class A1111Options:
                 if not isinstance(value, str):
                     raise RequestError(400, f"{where} must be a VAE name (GET /sdapi/v1/sd-vae)", where)
                 updates["sd_vae"] = value
+            elif key == "randn_source":
+                if value not in RANDN_SOURCES:
+                    raise RequestError(400, f"{where} must be one of {', '.join(RANDN_SOURCES)}", where)
+                updates["randn_source"] = value
+            elif key == "eta_noise_seed_delta":
+                if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
+                    raise RequestError(400, f"{where} must be an integer from 0 to {MAX_SEED}", where)
+                updates["eta_noise_seed_delta"] = value
+            elif key == "img2img_fix_steps":
+                if not isinstance(value, bool):
+                    raise RequestError(400, f"{where} must be true or false", where)
+                updates["img2img_fix_steps"] = value
             elif key in FIXED_OPTIONS:
                 if value != FIXED_OPTIONS[key]:
                     raise RequestError(

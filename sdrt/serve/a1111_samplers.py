@@ -33,14 +33,13 @@ LEGACY_SCHEDULE_SUFFIXES = {" karras": "karras", " exponential": "exponential"}
 
 def k_family_applies(body, image) -> bool:
     """Whether A1111's sampler names mean the k-diffusion family (A1111's own images) for this
-    request: text-to-image without the hires fix or a refiner. The k-diffusion samplers run a
-    schedule from its first step only, so img2img, inpainting, the hires fix and a refiner keep
-    the diffusers-equal samplers of the same names."""
+    request: text-to-image and image-to-image (inpainting too) without the hires fix or a
+    refiner, which keep the diffusers-equal samplers of the same names."""
     refiner = getattr(body, "refiner_checkpoint", None)
     switch_at = getattr(body, "refiner_switch_at", None)
     has_refiner = refiner is not None and refiner.strip().lower() not in NO_REFINER
     has_refiner = has_refiner and (switch_at is None or switch_at < 1)
-    return image is None and not getattr(body, "enable_hr", False) and not has_refiner
+    return not getattr(body, "enable_hr", False) and not has_refiner
 
 
 def _k_sampler(sampler: str, schedule_type: str | None) -> tuple[str, str] | None:

@@ -25,9 +25,6 @@ MAX_REQUEST_STYLES = 64
 NEUTRAL_ONLY: dict[str, tuple[tuple, str]] = {
     "restore_faces": ((False, None), "face restoration is not supported"),
     "tiling": ((False, None), "seamless tiling is not supported"),
-    "subseed_strength": ((0, None), "variation seeds are not supported"),
-    "seed_resize_from_h": ((0, -1, None), "seed resizing is not supported"),
-    "seed_resize_from_w": ((0, -1, None), "seed resizing is not supported"),
     "s_churn": ((0, None), "sampler churn is not supported"),
     "s_tmin": ((0, None), "sampler churn is not supported"),
     "s_tmax": ((0, None), "sampler churn is not supported"),

@@ -42,6 +42,7 @@ from sdrt.serve.a1111 import (
     refiner_switch,
     sdrt_sampler,
 )
+from sdrt.serve.a1111_noise_fields import a1111_noise, a1111_variation_info
 from sdrt.serve.a1111_options import MODEL_OPTION, A1111Options
 from sdrt.serve.a1111_routes import add_a1111_routes
 from sdrt.serve.a1111_schemas import A1111Img2ImgRequest, A1111Txt2ImgRequest
@@ -76,7 +77,7 @@ def create_app(pipeline, settings: ServeSettings | None = None, catalog: ModelCa
         openapi_url="/openapi.json" if docs else None,
     )
     app.state.service = service
-    app.state.options = A1111Options()
+    app.state.options = A1111Options(randn_source=settings.randn_source)
     app.state.styles = load_styles(settings.styles_file) if settings.styles_file else {}
 
     @app.exception_handler(StarletteHTTPException)
@@ -219,6 +220,8 @@ def create_app(pipeline, settings: ServeSettings | None = None, catalog: ModelCa
             hires=a1111_hires(body) if image is None else None,
             deepcache=deepcache_field(body.deepcache),
             eta=eta,
+            img2img_fix_steps=options.img2img_fix_steps,
+            a1111_noise=a1111_noise(body, options),
         )
         check_hires_steps(generation, "hr_second_pass_steps")
         return generation, warnings, model
@@ -237,10 +240,18 @@ def create_app(pipeline, settings: ServeSettings | None = None, catalog: ModelCa
         seed, hires, prompt = base.seed, base.hires, base.prompt
         seed = draw_seed() if seed is None else seed  # image k of the request gets seed + k, as in A1111
         images, texts, seeds, parameters, stopped = [], [], [], None, None
+        noise, subseed = base.a1111_noise, None
+        if noise is not None and noise.subseed_strength:  # A1111: one seed, consecutive variation seeds
+            subseed = draw_seed() if body.subseed in (None, -1) else body.subseed
         for iteration in range(body.n_iter):
             run_seeds = consecutive_seeds(seed + iteration * body.batch_size, body.batch_size)
+            job = base
+            if subseed is not None:
+                run_seeds = [seed] * body.batch_size
+                subseeds = consecutive_seeds(subseed + iteration * body.batch_size, body.batch_size)
+                job = replace(base, a1111_noise=replace(noise, subseeds=tuple(subseeds)))
             try:
-                result = await run(request, replace(base, seed=None, seeds=run_seeds), model, A1111_API)
+                result = await run(request, replace(job, seed=None, seeds=run_seeds), model, A1111_API)
             except Stopped as stop:  # A1111's /skip drops this image set, /interrupt the rest too
                 if stop.kind not in ("interrupt", "skip"):
                     raise
@@ -265,6 +276,7 @@ def create_app(pipeline, settings: ServeSettings | None = None, catalog: ModelCa
             "styles": body.styles or [],
             "seed": seeds[0] if seeds else seed,
             "all_seeds": seeds,
+            **a1111_variation_info(base.a1111_noise, subseed, len(seeds)),
             "sampler_name": display_name(base.sampler),
             "scheduler": schedule_label(base.schedule),
             "cfg_scale": body.cfg_scale,

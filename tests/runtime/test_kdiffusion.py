@@ -259,14 +259,12 @@ def test_cli_unknown_sampler_is_one_line(exported_tiny, tmp_path):
     assert "unknown sampler 'Euler b'" in result.output
 
 
-def test_img2img_with_a_k_sampler_is_refused_by_field(kd_ours):
-    from PIL import Image
-
+def test_hires_with_a_k_sampler_is_refused_by_field(kd_ours):
     from sdrt.errors import GenerationError
+    from sdrt.runtime.features.hires import HiresFix
 
-    image = Image.fromarray(np.zeros((64, 64, 3), np.uint8))
-    with pytest.raises(GenerationError, match="k-diffusion samplers run text-to-image only") as caught:
-        kd_ours["standard"].generate("a cat", steps=2, sampler="k_euler", init_image=image)
+    with pytest.raises(GenerationError, match="k-diffusion samplers is not supported yet") as caught:
+        kd_ours["standard"].generate("a cat", steps=2, sampler="k_euler", hires=HiresFix(scale=2.0))
     assert caught.value.param == "sampler"
 
 

@@ -131,3 +131,96 @@ def test_unknown_names_are_a_400_naming_the_field(served_k, fields, param):
     error = response.json()["error"]
     assert error["param"] == param and "\n" not in error["message"]
     assert ("Euler a" in error["message"]) if param == "sampler_name" else ("karras" in error["message"])
+
+
+def test_img2img_equals_a1111(served_k):
+    """/sdapi/v1/img2img with an A1111 sampler label: A1111's img2img (support/a1111_img2img.py)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from support.a1111_img2img import a1111_img2img
+
+    url, reference = served_k
+    y, x = np.mgrid[0:SIZE, 0:SIZE] / SIZE
+    source = Image.fromarray((np.stack([x, y, (x + y) / 2], axis=-1) * 220).astype(np.uint8))
+    buffer = io.BytesIO()
+    source.save(buffer, format="PNG")
+    body = {"init_images": [base64.b64encode(buffer.getvalue()).decode()], "denoising_strength": 0.6}
+    response = httpx.post(
+        f"{url}/sdapi/v1/img2img",
+        json={"prompt": PROMPT, "steps": STEPS, "seed": SEED, "batch_size": BATCH, "sampler_name": "DPM++ 2M", **body},
+        timeout=120,
+    )
+    assert response.status_code == 200, response.text
+    got = np.stack([np.asarray(decode_png(image), np.float64) / 255 for image in response.json()["images"]])
+    ks = k_sampling()
+
+    def karras(n, inner):  # A1111's Karras: the model's sigma range, rho 7
+        return ks.get_sigmas_karras(n, inner.sigmas[0].item(), inner.sigmas[-1].item(), rho=7.0)
+
+    seeds = [SEED + i for i in range(BATCH)]
+    expected = a1111_img2img(
+        reference, source, "sample_dpmpp_2m", karras, prompts=[PROMPT] * BATCH, negatives=[""] * BATCH,
+        seeds=seeds, guidance=A1111_CFG, steps=STEPS, strength=0.6,
+    )  # fmt: skip
+    difference = np.abs(got - expected)
+    assert difference.max() <= MAX_PIXEL_ERROR + 0.5 / 255, f"max {difference.max() * 255:.3f}/255"  # PNG rounding
+    assert difference.mean() <= MEAN_PIXEL_ERROR and expected.std() > 0.01
+    info = json.loads(response.json()["info"])
+    assert info["all_seeds"] == seeds and "Sampler: DPM++ 2M, Schedule type: Karras" in info["infotexts"][0]
+    mask = np.zeros((SIZE, SIZE), np.uint8)
+    mask[:, SIZE // 2 :] = 255
+    buffer = io.BytesIO()
+    Image.fromarray(mask).save(buffer, format="PNG")
+    masked = httpx.post(  # A1111's mask handling around the k-diffusion inpainting (its defaults: blur 4, masked area)
+        f"{url}/sdapi/v1/img2img",
+        json={"prompt": PROMPT, "steps": STEPS, "seed": SEED, "sampler_name": "Euler a", **body,
+              "mask": base64.b64encode(buffer.getvalue()).decode()},
+        timeout=120,
+    )  # fmt: skip
+    assert masked.status_code == 200, masked.text
+    repainted = np.asarray(decode_png(masked.json()["images"][0]), np.float64) / 255
+    kept = np.asarray(source, np.float64)[:, :20] / 255
+    assert np.abs(repainted[:, :20] - kept).max() <= 2 / 255  # A1111 pastes the original back outside the mask
+    assert np.abs(repainted[:, 40:] - np.asarray(source, np.float64)[:, 40:] / 255).max() > 0.05
+
+
+def test_variation_seeds_ensd_and_nv_noise_through_txt2img(served_k, exported_tiny):
+    """A1111's variation fields and noise options on txt2img: every image has the seed, the
+    variation seeds count up from `subseed`, and each image is the runtime's with those settings
+    (whose A1111 rules tests/runtime/test_a1111_noise.py checks); infotext and info report them."""
+    from sdrt.runtime.a1111_noise import A1111Noise
+
+    url, _ = served_k
+    fields = {"sampler_name": "Euler a", "subseed": 100, "subseed_strength": 0.4}
+    fields |= {"seed_resize_from_w": 48, "seed_resize_from_h": 80}
+    fields["override_settings"] = {"eta_noise_seed_delta": 31337, "randn_source": "NV"}
+    response = txt2img(url, **fields)
+    assert response.status_code == 200, response.text
+    info = json.loads(response.json()["info"])
+    assert info["all_seeds"] == [SEED] * BATCH and info["all_subseeds"] == [100, 101]
+    text = info["infotexts"][1]
+    assert f"Seed: {SEED}," in text and "Variation seed: 101, Variation seed strength: 0.4" in text
+    assert "Seed resize from: 48x80" in text and "ENSD: 31337" in text and "RNG: NV" in text
+    got = np.stack([np.asarray(decode_png(image)) for image in response.json()["images"]])
+    noise = A1111Noise((100, 101), 0.4, (48, 80), 31337, "NV")
+    expected = Pipeline.load(exported_tiny("standard")).generate(
+        PROMPT, seeds=[SEED] * BATCH, num_images=BATCH, steps=STEPS, guidance_scale=A1111_CFG, width=SIZE,
+        height=SIZE, sampler="k_euler_a", a1111_noise=noise,
+    )  # fmt: skip
+    assert np.array_equal(got, np.stack([np.asarray(image) for image in expected.images]))
+    refused = txt2img(url, sampler_name="Euler a", override_settings={"randn_source": "TPU"})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "override_settings.randn_source"
+
+
+def test_the_server_can_start_on_a1111s_default_noise_source(served_k):
+    from sdrt.serve.a1111_options import A1111Options
+
+    options = A1111Options(randn_source=ServeSettings(randn_source="GPU").randn_source)
+    assert options.report("m", None, 0)["randn_source"] == "GPU"
+    response = txt2img(
+        served_k[0], sampler_name="Euler a", steps=1, batch_size=1, override_settings={"randn_source": "GPU"}
+    )
+    assert response.status_code == 200 and "RNG:" not in json.loads(response.json()["info"])["infotexts"][0]

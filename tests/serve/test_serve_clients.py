@@ -165,7 +165,7 @@ def test_sampler_and_schedule_type_pairs(served):
         ({"styles": ["Nope"]}, "styles"),
         ({"enable_hr": True, "hr_upscaler": "R-ESRGAN 4x+"}, "hr_upscaler"),
         ({"enable_hr": True, "hr_checkpoint_name": "other"}, "hr_checkpoint_name"),
-        ({"subseed_strength": 0.3}, "subseed_strength"),
+        ({"subseed_strength": 1.5}, "subseed_strength"),
         ({"script_name": "x/y/z plot"}, "script_name"),
         ({"frobnicate": 1}, "frobnicate"),
         ({"eta": 0.5, "sampler_name": "Euler a"}, "eta"),
@@ -288,7 +288,7 @@ def test_a1111_mask_invert_blur_and_paste_back(served):
         PROMPT,
         steps=3,
         seed=7,
-        sampler="euler",
+        sampler="k_euler",  # A1111's "Euler" from an image: k-diffusion's Euler, as A1111
         init_image=source,
         mask_image=flipped,
         strength=0.9,
@@ -304,7 +304,7 @@ def test_a1111_mask_invert_blur_and_paste_back(served):
         PROMPT,
         steps=3,
         seed=7,
-        sampler="euler",
+        sampler="k_euler",  # A1111's "Euler" from an image: k-diffusion's Euler, as A1111
         init_image=source,
         mask_image=soft,
         strength=0.9,
@@ -352,7 +352,7 @@ def test_a1111_only_masked_crops_inpaints_and_pastes(served):
         PROMPT,
         steps=2,
         seed=3,
-        sampler="euler",
+        sampler="k_euler",  # A1111's "Euler" from an image: k-diffusion's Euler
         init_image=crop,
         mask_image=crop_mask,
         strength=0.8,

@@ -171,13 +171,13 @@ class Flux(Family):
             not isinstance(scale, (int, float)) or isinstance(scale, bool) or not math.isfinite(scale) or scale < 0
         ):
             raise GenerationError(f"true CFG scale must be a finite number >= 0, got {scale!r}", "true_cfg_scale")
-        spec = _flux(manifest)
-        if spec.conditioning_channels and request.mask_image is None:
+        spec = manifest.flux  # None only on a manifest check_manifest refuses at load
+        if spec is not None and spec.conditioning_channels and request.mask_image is None:
             raise GenerationError(
                 "this is a FLUX.1 Fill model: give it an image and a mask to fill (init_image and mask_image)",
                 "mask_image",
             )
-        if spec.kontext:
+        if spec is not None and spec.kontext:
             _check_kontext(request)
 
     def check_manifest(self, manifest: Manifest) -> str | None:

@@ -136,11 +136,8 @@ REFUSED: dict[tuple[str, str], str] = {
     ("refiner", "deepcache"): "DeepCache does not run with a refiner (its graphs are not cached)",
     ("two_call_sampler", "deepcache"): f"DeepCache does not run with {' or '.join(TWO_CALL_SAMPLERS)}, which calls "
     "the UNet twice a step",
-    **{
-        (start, "k_diffusion_sampler"): "the k-diffusion samplers run text-to-image only so far (a schedule from its "
-        "first step): use a diffusers sampler"
-        for start in ("img2img", "inpainting", "init_latents", "hires")
-    },
+    ("hires", "k_diffusion_sampler"): "the hires fix's second pass with the k-diffusion samplers is not supported "
+    "yet: use a diffusers sampler",
     ("k_diffusion_sampler", "refiner"): "the k-diffusion samplers run one model's whole schedule; a refiner is not "
     "supported with them yet",
     ("inpainting", "refiner"): "a refiner works with text-to-image and image-to-image; inpainting with a refiner is "

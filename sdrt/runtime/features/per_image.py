@@ -49,6 +49,7 @@ def per_image_run(pipeline: Pipeline, request: GenerationRequest, watch: RunWatc
             seeds=None,
             num_images=1,
             init_latents=latents,
+            a1111_noise=None if request.a1111_noise is None else request.a1111_noise.for_image(index),
         )
         try:
             results.append(pipeline.run(alone, watch.progress, watch.cancel, watch.preview))
@@ -81,5 +82,9 @@ def _merged(
         seeds=seeds,
         num_images=count,
     )
+    if request.a1111_noise is not None:  # every image's variation seed
+        from sdrt.runtime.a1111_noise import noise_parameters
+
+        merged.parameters["a1111_noise"] = noise_parameters(request.a1111_noise)
     merged.timings = functools.reduce(lambda a, b: a.plus(b), [result.timings for result in results])
     return merged

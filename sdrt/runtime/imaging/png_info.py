@@ -65,6 +65,10 @@ def format_parameters(prompt: str, parameters: dict, batch_position: int | None 
         ("Size", f"{parameters['width']}x{parameters['height']}"),
         ("Model", parameters["model"]),
     ]
+    if "a1111_noise" in parameters:  # variation seed, seed resize, ENSD, RNG
+        from sdrt.runtime.a1111_noise import noise_fields
+
+        fields += noise_fields(parameters["a1111_noise"], batch_position)
     if "strength" in parameters:
         fields.append(("Denoising strength", parameters["strength"]))
     if "distilled_guidance" in parameters:  # Forge's field for FLUX.1 dev's guidance input

@@ -13,6 +13,7 @@ picks one by the request's inputs and runs the same loop for all of them.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -53,10 +54,32 @@ class DenoiseStart:
     counted_from: int | None = None  # the call prompt schedules count steps from (None: `first`)
 
 
+def initial_noise(resolved: ResolvedRequest, sampler: Scheduler, generator, shape: tuple[int, ...]) -> np.ndarray:
+    """The seeded initial noise of `shape` (before any scaling), with A1111's noise settings
+    (sdrt.runtime.a1111_noise) where the request has them."""
+    settings = resolved.request.a1111_noise
+    if settings is None:
+        return generator.randn(shape)
+    from sdrt.runtime.a1111_noise import a1111_initial_noise, ensd_generator
+
+    if settings.changes_noise:
+        noise = a1111_initial_noise(settings, generator, shape, resolved.height)
+    else:
+        noise = generator.randn(shape)
+    step_generator = ensd_generator(settings, generator)
+    if step_generator is not None:
+        if not hasattr(sampler, "step_generator"):
+            if sampler.stochastic:
+                raise GenerationError("eta_noise_seed_delta is for the k-diffusion samplers", "eta_noise_seed_delta")
+        else:
+            sampler.step_generator = step_generator
+    return noise
+
+
 def text_to_image(resolved: ResolvedRequest, sampler: Scheduler, generator, shape: tuple[int, ...]) -> DenoiseStart:
     given = resolved.request.latents
     if given is None:
-        return DenoiseStart(generator.randn(shape) * np.float32(sampler.init_noise_sigma))
+        return DenoiseStart(initial_noise(resolved, sampler, generator, shape) * np.float32(sampler.init_noise_sigma))
     latents = np.asarray(given, dtype=np.float32)
     if latents.shape != shape:
         raise GenerationError(f"latents must have shape {list(shape)}, got {list(latents.shape)}", "latents")
@@ -161,6 +184,17 @@ def prepare(
     if not resolved.from_image:
         return text_to_image(resolved, sampler, generator, shape)
     with timings.stage(VAE_ENCODER):
+        if getattr(sampler, "start_at_strength", None) is not None:  # the k-diffusion samplers: A1111's rules
+            from sdrt.runtime.loop.a1111_img2img import k_image_start
+
+            inpainting_unet = resolved.mask is not None and manifest.model_family.inpainting_denoiser(manifest)
+            noise = functools.partial(initial_noise, resolved, sampler)
+            return k_image_start(resolved, sampler, generator, shape, encode, inpainting_unet, noise)  # type: ignore[arg-type]
+        settings = resolved.request.a1111_noise
+        if settings is not None and (settings.changes_noise or settings.eta_noise_seed_delta):
+            raise GenerationError(
+                "variation seeds, seed resizing and ENSD from an image are for the k-diffusion samplers", "subseed"
+            )
         if resolved.mask is not None:
             return inpainting(
                 resolved,

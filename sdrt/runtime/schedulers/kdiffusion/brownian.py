@@ -19,6 +19,7 @@ from collections.abc import Callable
 import numpy as np
 
 from sdrt.runtime.rng import GeneratorGroup, TorchGenerator
+from sdrt.runtime.rng_philox import PhiloxGenerator
 
 #: torchsde BrownianTree's defaults (k-diffusion passes none): search tolerance, entropy pool.
 TOLERANCE = 1e-6
@@ -31,8 +32,9 @@ ROOT_WORDS = 3
 class BrownianTree:
     """Increments W(ta, tb) of one Brownian motion of `shape` over [t0, t1], from `seed`."""
 
-    def __init__(self, shape: tuple[int, ...], t0: float, t1: float, seed: int):
+    def __init__(self, shape: tuple[int, ...], t0: float, t1: float, seed: int, kind: type = TorchGenerator):
         self.shape, self.seed = tuple(shape), int(seed)
+        self.kind = kind  # the generator of its normals: torch's CPU one, or the CUDA one's emulation
         self.digits = -int(math.log10(TOLERANCE))
         self.start, self.end = self._round(t0), self._round(t1)
         root_seed = np.random.SeedSequence(entropy=self.seed, pool_size=POOL_SIZE).generate_state(ROOT_WORDS)[0]
@@ -44,7 +46,7 @@ class BrownianTree:
         return round(float(value), self.digits)
 
     def _randn(self, seed) -> np.ndarray:
-        return TorchGenerator(int(seed)).randn(self.shape)
+        return self.kind(int(seed)).randn(self.shape)
 
     def _split_seed(self, key: int, depth: int) -> int:
         sequence = np.random.SeedSequence(entropy=self.seed, spawn_key=(key, depth), pool_size=POOL_SIZE)
@@ -108,9 +110,11 @@ def brownian_noise(
         if not trees:
             source = generator()
             if isinstance(source, GeneratorGroup) and source.rows_each == 1:
-                trees.extend(BrownianTree(x.shape[1:], sigma_min, sigma_max, g.seed) for g in source.generators)
-            elif isinstance(source, TorchGenerator):
-                trees.append(BrownianTree(x.shape, sigma_min, sigma_max, source.seed))
+                trees.extend(
+                    BrownianTree(x.shape[1:], sigma_min, sigma_max, g.seed, type(g)) for g in source.generators
+                )
+            elif isinstance(source, (TorchGenerator, PhiloxGenerator)):
+                trees.append(BrownianTree(x.shape, sigma_min, sigma_max, source.seed, type(source)))
             else:
                 raise ValueError("the SDE samplers need one generator, or one per image, for their Brownian trees")
         low, high = min(sigma, sigma_next), max(sigma, sigma_next)

@@ -69,15 +69,19 @@ KDPMPP3MSDE = _sampler(
 
 class KDPMFast(KDiffusionSampler):
     """DPM fast: A1111 calls it with the model's sigma range and the step count (its schedule
-    type only sets the initial noise's scale, the first level) and eta 1 (eta_ancestral)."""
+    type only sets the initial noise's scale, the first level) and eta 1 (eta_ancestral); from
+    an image, with the kept tail's range (its first level to its last positive one) and length."""
 
     solver = staticmethod(dpm_fast)
     reference_name = "k_diffusion.sampling.sample_dpm_fast"
     stochastic = True
 
     def _start(self, x, noise):
+        sigmas = self.schedule_sigmas
+        if sigmas is not self.full_sigmas:  # image-to-image: A1111's sample_img2img arguments
+            return dpm_fast(x, sigmas, noise, float(sigmas[-2]), float(sigmas[0]), len(sigmas) - 1)
         model = self.model
-        return dpm_fast(x, self.schedule_sigmas, noise, model.sigma_min, model.sigma_max, self.num_inference_steps)
+        return dpm_fast(x, sigmas, noise, model.sigma_min, model.sigma_max, self.num_inference_steps)
 
 
 @dataclass(frozen=True)

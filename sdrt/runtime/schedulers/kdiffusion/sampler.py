@@ -32,6 +32,8 @@ from sdrt.runtime.schedulers.kdiffusion.schedules import AUTOMATIC, UNIFORM, k_s
 DEFAULT_CHURN = (0.0, 0.0, float("inf"), 1.0)
 #: The last levels a schedule keeps when it ends on a final zero (the next-to-last is dropped).
 DISCARDED_INDEX = -2
+#: A1111's cap on the denoising strength in its img2img step count (setup_img2img_steps).
+MAX_IMG2IMG_STRENGTH = 0.999
 
 
 def _no_noise(x: np.ndarray) -> solvers.Noise:
@@ -64,6 +66,12 @@ class KDiffusionSampler(Scheduler):
         self._solver: solvers.Solver | None = None
         self._generator: TorchGenerator | GeneratorGroup | None = None
         self._noise: solvers.Noise | None = None
+        #: The whole schedule's levels (the Brownian trees' range), before img2img keeps its tail.
+        self.full_sigmas = self.schedule_sigmas
+        #: (latents, mask of the region to keep): A1111's inpainting blend of every denoised prediction.
+        self.keep: tuple[np.ndarray, np.ndarray] | None = None
+        #: The fresh noise's generator when not the loop's (A1111's ENSD: seeds + delta).
+        self.step_generator: TorchGenerator | GeneratorGroup | None = None
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], schedule: str = AUTOMATIC) -> Scheduler:
@@ -72,7 +80,8 @@ class KDiffusionSampler(Scheduler):
         sampler.schedule = k_schedule_entry(schedule).name
         return sampler
 
-    def _plan(self, num_inference_steps: int) -> None:
+    def _levels(self, num_inference_steps: int) -> np.ndarray:
+        """The schedule's noise levels for this many steps, as A1111's get_sigmas gives them."""
         steps = num_inference_steps + (1 if self.discard_next_to_last_sigma else 0)
         sigmas = schedule_sigmas(self.schedule, self.default_schedule, steps, self.model, self.sdxl)
         if self.discard_next_to_last_sigma:
@@ -81,7 +90,29 @@ class KDiffusionSampler(Scheduler):
             raise ConfigError(
                 f"schedule {self.schedule!r} gives no usable noise levels for {num_inference_steps} steps"
             )
-        self.schedule_sigmas = sigmas.astype(np.float32)
+        return sigmas.astype(np.float32)
+
+    def _plan(self, num_inference_steps: int) -> None:
+        self.full_sigmas = self.schedule_sigmas = self._levels(num_inference_steps)
+        self._plan_calls()
+
+    def start_at_strength(self, strength: float, fix_steps: bool = False) -> None:
+        """A1111's image-to-image (sd_samplers_common.setup_img2img_steps, KDiffusionSampler.
+        sample_img2img): of the schedule for the requested steps (with `fix_steps`, for
+        steps / strength, so the requested steps all run), the tail from the level
+        steps - t_enc - 1 on, t_enc = int(min(strength, 0.999) * steps) (steps - 1 with
+        `fix_steps`); the run then starts from that tail's first level."""
+        requested = self.num_inference_steps
+        capped = min(float(strength), MAX_IMG2IMG_STRENGTH)
+        if fix_steps:
+            steps, kept = int(requested / capped), requested - 1
+        else:
+            steps, kept = requested, int(capped * requested)
+        self.full_sigmas = self._levels(steps)
+        self.schedule_sigmas = self.full_sigmas[steps - kept - 1 :]
+        self._plan_calls()
+
+    def _plan_calls(self) -> None:
         calls = self._dry_run()
         self.sigmas = np.append(calls, self.schedule_sigmas[-1]).astype(np.float32)
         self.timesteps = self.model.sigma_to_t(calls)
@@ -119,10 +150,11 @@ class KDiffusionSampler(Scheduler):
         if self.brownian:
             from sdrt.runtime.schedulers.kdiffusion.brownian import brownian_noise
 
-            return brownian_noise(x, self.schedule_sigmas, lambda: self._generator)
+            return brownian_noise(x, self.full_sigmas, lambda: self._generator)
 
         def draw(sigma: float, sigma_next: float) -> np.ndarray:
-            generator = self.need_generator(self._generator, type(self).__name__)  # type: ignore[arg-type]
+            source = self._generator if self.step_generator is None else self.step_generator
+            generator = self.need_generator(source, type(self).__name__)  # type: ignore[arg-type]
             return generator.randn(x.shape).astype(np.float32)
 
         return draw
@@ -142,12 +174,21 @@ class KDiffusionSampler(Scheduler):
             next(self._solver)
         sigma = self.sigmas[step_index]
         denoised = predict_x0(self.config.prediction_type, model_output, sample, sigma)
+        if self.keep is not None:
+            denoised = self._blend(denoised)
         try:
             x, _ = self._solver.send(denoised.astype(np.float32))
         except StopIteration as done:
             self._solver = None
-            return done.value
+            return done.value if self.keep is None else self._blend(done.value)
         return x
+
+    def _blend(self, latents: np.ndarray) -> np.ndarray:
+        """A1111's inpainting blend (CFGDenoiser's, after each prediction, and the sampled latents'):
+        the kept region from the image's latents."""
+        assert self.keep is not None
+        image_latents, keep = self.keep
+        return (image_latents * keep + latents * (np.float32(1) - keep)).astype(np.float32)
 
     def add_noise(self, original: np.ndarray, noise: np.ndarray, step_index: int) -> np.ndarray:
         return original + noise * self.sigmas[step_index].astype(original.dtype)
