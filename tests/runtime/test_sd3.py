@@ -215,3 +215,40 @@ def test_sdrt_tokenize_shows_each_sd3_tokenizer(exported_sd3):
     assert row["t5"]["input_ids"] == T5TokenizerFast.from_pretrained(folder / "tokenizer_3")(text).input_ids
     without = CliRunner().invoke(main, ["tokenize", text, "--model", str(exported_sd3("no-t5")), "--json"])
     assert without.exit_code == 0 and "t5" not in json.loads(without.output)[0]
+
+
+def _inpaint_inputs(seed: int) -> tuple[Image.Image, Image.Image]:
+    pixels = np.random.default_rng(seed).random((SIZE["height"], SIZE["width"], 3))
+    hole = np.zeros((SIZE["height"], SIZE["width"]), np.uint8)
+    hole[16:48, 8:40] = 255
+    return Image.fromarray((pixels * 255).astype(np.uint8)), Image.fromarray(hole)
+
+
+def _inpaint_reference(folder: Path, seed: int, t5: bool, **settings) -> np.ndarray:
+    """StableDiffusion3InpaintPipeline's latents, decoded as every other SD3 pipeline decodes them
+    (latents / scaling_factor + shift_factor). diffusers 0.42's inpaint pipeline decodes without
+    the shift (diffusers issue #13611, fixed by pull request #14671): sdrt keeps SD3's decoding."""
+    pipeline = sd3_reference("StableDiffusion3InpaintPipeline", folder, t5)
+    settings = {**SIZE, "guidance_scale": GUIDANCE, "prompt": PROMPT, **settings}
+    latents = pipeline(generator=torch.Generator().manual_seed(seed), output_type="latent", **settings).images
+    config = pipeline.vae.config
+    with torch.no_grad():
+        decoded = pipeline.vae.decode(latents / config.scaling_factor + config.shift_factor).sample
+    return pipeline.image_processor.postprocess(decoded, output_type="np")
+
+
+@pytest.mark.parametrize(("steps", "strength", "t5", "guidance"), [(3, 0.8, True, GUIDANCE), (3, 1.0, False, 1.0)])
+def test_inpainting_equals_stable_diffusion_3_inpaint_pipeline(
+    tiny_sd3, with_t5, without_t5, steps, strength, t5, guidance
+):
+    """The 16-channel transformer denoises everything; after each step the kept region is the
+    image's latents noised to the next step's level, as the pipeline (sdrt.runtime.loop.modes)."""
+    image, mask = _inpaint_inputs(1)
+    ours = with_t5 if t5 else without_t5
+    settings = {"steps": steps, "seed": 8, "guidance_scale": guidance, **SIZE}
+    got = ours.generate(PROMPT, init_image=image, mask_image=mask, strength=strength, **settings)
+    expected = _inpaint_reference(
+        tiny_sd3, 8, t5, image=image, mask_image=mask, strength=strength, num_inference_steps=steps,
+        guidance_scale=guidance,
+    )  # fmt: skip
+    assert_same_image(got.array, expected)

@@ -10,7 +10,10 @@
   prompt "" unless given), negative rows first, as the pipeline;
 - sampling: flow matching (`flow_euler`), the scheduler's own sigmas (a fixed shift; a
   dynamic one from the image's patch count when its config asks);
-- the VAE decodes latents / scaling_factor + shift_factor (both from its config).
+- the VAE decodes latents / scaling_factor + shift_factor (both from its config);
+- modes: image-to-image and inpainting as StableDiffusion3Img2ImgPipeline and
+  StableDiffusion3InpaintPipeline (the 16-channel transformer denoises everything and the kept
+  region is blended back after each step: sdrt.runtime.loop.modes).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ if TYPE_CHECKING:
     from sdrt.runtime.text.encoders import TextEncoding
 
 #: Image tokens are patches of latents (the transformer's patch_size; 2 for every SD3 model).
-SD3_FEATURES = frozenset({"img2img", "init_latents"})
+SD3_FEATURES = frozenset({"img2img", "init_latents", "inpainting"})
 
 
 class StableDiffusion3(Family):
