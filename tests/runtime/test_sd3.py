@@ -54,7 +54,6 @@ def _diffusers_image(folder: Path, seed: int, t5: bool = True, class_name="Stabl
         (True, 1, {}),
         (True, 2, {"negative_prompt": "blurry, low quality", "height": 32, "width": 80}),
         (False, 3, {}),
-        (True, 4, {"guidance_scale": 1.0}),  # no CFG: one transformer batch (Large Turbo's way)
     ],
 )
 def test_text_to_image_equals_stable_diffusion_3_pipeline(tiny_sd3, with_t5, without_t5, t5, seed, settings):
@@ -64,6 +63,36 @@ def test_text_to_image_equals_stable_diffusion_3_pipeline(tiny_sd3, with_t5, wit
     expected = _diffusers_image(tiny_sd3, seed, t5, **settings)
     assert got.parameters["sampler"] == "flow_euler"
     assert_same_image(got.array, expected)
+
+
+@pytest.mark.parametrize(("guidance", "steps"), [(0.0, 4), (1.0, 2)])
+def test_large_turbo_style_runs_one_transformer_batch_and_equal_the_pipeline(
+    tiny_sd3, with_t5, monkeypatch, guidance, steps
+):
+    """SD3.5 Large Turbo's way (few steps, guidance 0): no CFG, so every transformer call has
+    one row per image, in sdrt as in StableDiffusion3Pipeline (do_classifier_free_guidance is
+    guidance_scale > 1)."""
+    ours_batches: list[int] = []
+    engine = with_t5.engines["transformer"]
+    original = engine.run
+
+    def run(feeds):
+        ours_batches.append(len(feeds["hidden_states"]))
+        return original(feeds)
+
+    monkeypatch.setattr(engine, "run", run)
+    got = with_t5.generate(PROMPT, steps=steps, seed=9, guidance_scale=guidance, **SIZE)
+    reference = sd3_reference("StableDiffusion3Pipeline", tiny_sd3)
+    their_batches: list[int] = []
+    reference.transformer.register_forward_pre_hook(
+        lambda module, args, kwargs: their_batches.append(len(kwargs["hidden_states"])), with_kwargs=True
+    )
+    expected = reference(
+        PROMPT, num_inference_steps=steps, guidance_scale=guidance, generator=torch.Generator().manual_seed(9),
+        output_type="np", **SIZE,
+    ).images  # fmt: skip
+    assert_same_image(got.array, expected)
+    assert ours_batches == their_batches == [1] * steps
 
 
 def test_without_t5_the_image_differs_from_with_it(with_t5, without_t5):
