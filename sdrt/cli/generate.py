@@ -243,6 +243,7 @@ def generate(
         true_cfg_scale=true_cfg,
         skip_layer_guidance=skip_layer_guidance(sdxl),
         t5=sdxl.pop("t5"),
+        max_sequence_length=sdxl.pop("max_sequence_length"),
         seeds=consecutive_seeds(seed, num_images),  # image k: seed + k, each reproducible alone (A1111)
         height=height,
         width=width,

@@ -281,3 +281,72 @@ def test_inpainting_equals_stable_diffusion_3_inpaint_pipeline(
         guidance_scale=guidance,
     )  # fmt: skip
     assert_same_image(got.array, expected)
+
+
+_PLAIN_IMAGES: dict[tuple, np.ndarray] = {}
+
+
+def _plain_image(pipeline: Pipeline, **settings) -> np.ndarray:
+    """The image without the setting under test, once per pipeline and settings."""
+    key = (id(pipeline), tuple(sorted(settings.items())))
+    if key not in _PLAIN_IMAGES:
+        _PLAIN_IMAGES[key] = pipeline.generate(PROMPT, **settings).array
+    return _PLAIN_IMAGES[key]
+
+
+@pytest.mark.parametrize(
+    ("t5", "ours", "theirs"),
+    [
+        (True, {"clip_skip": 2}, {"clip_skip": 1}),  # A1111's count: diffusers' clip_skip + 1
+        (True, {"clip_skip": 3}, {"clip_skip": 2}),
+        (True, {"max_sequence_length": 4}, {"max_sequence_length": 4}),
+        (False, {"max_sequence_length": 4}, {"max_sequence_length": 4}),  # T5's zeros that long
+    ],
+)
+def test_clip_skip_and_t5_length_equal_stable_diffusion_3_pipeline(tiny_sd3, with_t5, without_t5, t5, ours, theirs):
+    """Clip skip reads CLIP's hidden_states[-(clip_skip + 1)] for the prompt only (the pipeline
+    encodes the negative prompt without it); T5's ids (or zeros) are max_sequence_length long."""
+    pipeline = with_t5 if t5 else without_t5
+    settings = {"steps": 2, "seed": 4, "guidance_scale": GUIDANCE, "negative_prompt": "blurry", **SIZE}
+    got = pipeline.generate(PROMPT, **settings, **ours)
+    expected = _diffusers_image(
+        tiny_sd3, 4, t5, num_inference_steps=2, negative_prompt="blurry", **theirs
+    )  # fmt: skip
+    assert_same_image(got.array, expected)
+    assert np.abs(got.array - _plain_image(pipeline, **settings)).max() > MAX_PIXEL_ERROR
+    if t5 and "max_sequence_length" in ours:
+        assert any("longer than T5's 4 tokens" in warning for warning in got.warnings), got.warnings
+    recorded = got.parameters.get("clip_skip", got.parameters.get("max_sequence_length"))
+    assert recorded == next(iter(ours.values()))
+
+
+@pytest.mark.parametrize(
+    ("settings", "field", "message"),
+    [
+        ({"clip_skip": 4}, "clip_skip", "clip skip 4 is more than text_encoder's 3 layers"),
+        ({"max_sequence_length": 0}, "max_sequence_length", "from 1 to 256"),
+        ({"max_sequence_length": 257}, "max_sequence_length", r"from 1 to 256 \(this export's T5 length\), got 257"),
+        ({"max_sequence_length": "64"}, "max_sequence_length", "whole number"),
+    ],
+)
+def test_bad_text_settings_are_one_error_naming_the_field(with_t5, settings, field, message):
+    with pytest.raises(GenerationError, match=message) as raised:
+        with_t5.generate(PROMPT, steps=1, seed=0, **{**SIZE, **settings})
+    assert raised.value.param == field and "\n" not in str(raised.value)
+
+
+def test_clip_skip_on_an_export_without_layer_states_asks_for_a_re_export(with_t5):
+    """Exports made before the CLIP encoders gave their layer states."""
+    from dataclasses import replace
+
+    from sdrt.runtime.sd3_spec import CLIP_LAYER_STATES
+    from sdrt.runtime.text.sd3_text_options import check_clip_skip
+
+    manifest = with_t5.manifest
+    old = dict(manifest.components)
+    clip = old["text_encoder"]
+    old["text_encoder"] = replace(clip, outputs=[t for t in clip.outputs if t.name != CLIP_LAYER_STATES])
+    with pytest.raises(GenerationError, match="re-export the model") as raised:
+        check_clip_skip(2, replace(manifest, components=old), manifest.sd3)
+    assert raised.value.param == "clip_skip"
+    check_clip_skip(1, replace(manifest, components=old), manifest.sd3)  # no clip skip: the old export runs

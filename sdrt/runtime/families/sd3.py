@@ -52,10 +52,12 @@ class StableDiffusion3(Family):
     text_encoder_roles = ("clip_l", "clip_g", "t5")  # `sdrt tokenize`'s labels; T5 when exported
     denoiser = DenoiserCall(TRANSFORMER, HIDDEN_STATES, DENOISER_TIMESTEP, DENOISER_OUTPUT)
     text_sequence_feed = UNET_CONTEXT
-    own_settings = ("skip_layer_guidance", "t5")
+    own_settings = ("skip_layer_guidance", "t5", "max_sequence_length")
     features = SD3_FEATURES
     sampler_space = FLOW
     default_sampler = "flow_euler"
+    #: StableDiffusion3Pipeline has clip_skip (sdrt.runtime.text.sd3_text_options).
+    clip_skip_applies = True
     #: StableDiffusion3Pipeline's default guidance_scale.
     default_guidance = 7.0
 
@@ -90,7 +92,12 @@ class StableDiffusion3(Family):
         return SkipLayerGuider(self.cfg_scale(request), settings, request.steps, _layer_count(engine))
 
     def check_request(self, request: GenerationRequest, manifest: Manifest) -> None:
+        from sdrt.runtime.text.sd3_text_options import check_clip_skip, check_max_sequence_length
+
         super().check_request(request, manifest)
+        check_max_sequence_length(request.max_sequence_length, _sd3(manifest))
+        if isinstance(request.clip_skip, int):  # else refused by name when the text options are read
+            check_clip_skip(request.clip_skip, manifest, _sd3(manifest))
         if request.t5 is not None and not isinstance(request.t5, bool):
             raise GenerationError(f"t5 must be true or false, got {request.t5!r}", "t5")
         if request.t5 and _sd3(manifest).t5_encoder is None:
