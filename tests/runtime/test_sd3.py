@@ -21,6 +21,7 @@ from PIL import Image
 from sdrt.errors import GenerationError
 from sdrt.runtime.features.skip_layers import SkipLayerGuidance
 from sdrt.runtime.pipeline import Pipeline
+from sdrt.runtime.text.sd3_prompts import BREAK_WARNING
 from tests.conftest import sd3_reference
 from tests.support.images import MAX_PIXEL_ERROR, assert_same_image
 
@@ -350,3 +351,63 @@ def test_clip_skip_on_an_export_without_layer_states_asks_for_a_re_export(with_t
         check_clip_skip(2, replace(manifest, components=old), manifest.sd3)
     assert raised.value.param == "clip_skip"
     check_clip_skip(1, replace(manifest, components=old), manifest.sd3)  # no clip skip: the old export runs
+
+
+WEIGHTED = "a (red fox:2.5) in a [snowy] forest BREAK at dawn"
+PLAIN = "a red fox in a snowy forest at dawn"  # WEIGHTED without its syntax (BREAK a space)
+FRAGMENTS = [("a ", 1.0), ("red fox", 2.5), (" in a ", 1.0), ("snowy", 1 / 1.1), (" forest", 1.0), ("at dawn", 1.0)]
+
+
+def _weighted_clip(states: torch.Tensor, tokenizer) -> torch.Tensor:
+    """A1111's "Original" emphasis on one CLIP's [1, 77, width] states: each token times its
+    fragment's weight, then scaled back to the unweighted mean."""
+    weights = [1.0]  # the start token
+    for text, weight in FRAGMENTS:
+        weights += [weight] * len(tokenizer(text, add_special_tokens=False).input_ids)
+    row = torch.ones(states.shape[1])
+    row[: len(weights)] = torch.tensor(weights)
+    weighted = states * row[None, :, None]
+    return weighted * (states.mean() / weighted.mean())
+
+
+def test_a1111_emphasis_weighs_the_clip_states_and_t5_reads_the_plain_text(tiny_sd3, with_t5, monkeypatch):
+    """Expected: the pipeline's own conditioning of the plain prompt (same CLIP ids: CLIP's BPE
+    splits at spaces), with each CLIP encoder's part weighted; T5 gets the plain prompt's ids."""
+    reference = sd3_reference("StableDiffusion3Pipeline", tiny_sd3)
+    with torch.no_grad():
+        embeds, negative, pooled, negative_pooled = reference.encode_prompt(
+            PLAIN, PLAIN, PLAIN, negative_prompt="blurry", do_classifier_free_guidance=True
+        )
+    clip = reference.tokenizer.model_max_length
+    widths = (reference.text_encoder.config.hidden_size, reference.text_encoder_2.config.hidden_size)
+    embeds = embeds.clone()
+    start = 0
+    for width, tokenizer in zip(widths, (reference.tokenizer, reference.tokenizer_2)):
+        part = embeds[:, :clip, start : start + width]
+        embeds[:, :clip, start : start + width] = _weighted_clip(part, tokenizer)
+        start += width
+    expected = reference(
+        prompt_embeds=embeds, negative_prompt_embeds=negative, pooled_prompt_embeds=pooled,
+        negative_pooled_prompt_embeds=negative_pooled, num_inference_steps=2, guidance_scale=GUIDANCE,
+        generator=torch.Generator().manual_seed(5), output_type="np", **SIZE,
+    ).images  # fmt: skip
+    t5_ids: list[np.ndarray] = []
+    engine = with_t5.engines["text_encoder_3"]
+    original = engine.run
+
+    def run(feeds):
+        t5_ids.append(feeds["input_ids"].copy())
+        return original(feeds)
+
+    monkeypatch.setattr(engine, "run", run)
+    settings = {"steps": 2, "seed": 5, "guidance_scale": GUIDANCE, "negative_prompt": "blurry", **SIZE}
+    got = with_t5.generate(WEIGHTED, **settings)
+    assert_same_image(got.array, expected)
+    assert got.warnings == [BREAK_WARNING]
+    plain = with_t5.generate(PLAIN, **settings)
+    assert np.abs(plain.array - got.array).max() > MAX_PIXEL_ERROR  # the weights moved the image
+    (weighted_ids, plain_ids) = (ids[:1] for ids in t5_ids)  # the prompt's row (the negative's follows)
+    np.testing.assert_array_equal(weighted_ids, plain_ids)
+    assert weighted_ids[0].tolist() == reference.tokenizer_3(PLAIN, padding="max_length", max_length=256).input_ids
+    unweighted = with_t5.generate(WEIGHTED, plain_prompt=True, **settings)  # brackets as text: other ids
+    assert np.abs(unweighted.array - got.array).max() > MAX_PIXEL_ERROR
