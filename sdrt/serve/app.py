@@ -217,6 +217,7 @@ def create_app(pipeline, settings: ServeSettings | None = None, catalog: ModelCa
             hires=a1111_hires(body) if image is None else None,
             deepcache=deepcache_field(body.deepcache),
             eta=eta,
+            **body.sd3_settings(),
         )
         check_hires_steps(generation, "hr_second_pass_steps")
         return generation, warnings, model
