@@ -95,8 +95,9 @@ class StableDiffusion3(Family):
         from sdrt.runtime.text.sd3_text_options import check_clip_skip, check_max_sequence_length
 
         super().check_request(request, manifest)
-        check_max_sequence_length(request.max_sequence_length, _sd3(manifest))
-        if isinstance(request.clip_skip, int):  # else refused by name when the text options are read
+        if request.max_sequence_length is not None:
+            check_max_sequence_length(request.max_sequence_length, _sd3(manifest))
+        if isinstance(request.clip_skip, int) and request.clip_skip > 1:  # else refused when the text options are read
             check_clip_skip(request.clip_skip, manifest, _sd3(manifest))
         if request.t5 is not None and not isinstance(request.t5, bool):
             raise GenerationError(f"t5 must be true or false, got {request.t5!r}", "t5")
