@@ -225,6 +225,9 @@ def test_sdrt_generate_takes_skip_layer_guidance_and_no_t5(tiny_sd3, exported_sd
     assert "0, 2" in recorded and "skip" in recorded.lower(), recorded
     bad = CliRunner().invoke(main, [*arguments[:-5], "--skip-layers", "9"])
     assert bad.exit_code != 0 and "outside this transformer's 0..2" in bad.output and "Traceback" not in bad.output
+    bad = CliRunner().invoke(main, [*arguments, "--max-sequence-length", "0"])
+    assert bad.exit_code != 0 and "max_sequence_length must be a whole number from 1 to 256" in bad.output
+    assert len(bad.output.strip().splitlines()) == 1, bad.output
 
 
 def test_sdrt_tokenize_shows_each_sd3_tokenizer(exported_sd3):
