@@ -20,6 +20,7 @@ from PIL import Image
 
 from sdrt.errors import GenerationError
 from sdrt.runtime.features.skip_layers import SkipLayerGuidance
+from sdrt.runtime.imaging.png_info import format_parameters
 from sdrt.runtime.pipeline import Pipeline
 from sdrt.runtime.text.sd3_prompts import BREAK_WARNING
 from tests.conftest import sd3_reference
@@ -322,6 +323,8 @@ def test_clip_skip_and_t5_length_equal_stable_diffusion_3_pipeline(tiny_sd3, wit
         assert any("longer than T5's 4 tokens" in warning for warning in got.warnings), got.warnings
     recorded = got.parameters.get("clip_skip", got.parameters.get("max_sequence_length"))
     assert recorded == next(iter(ours.values()))
+    text = format_parameters(PROMPT, got.parameters)
+    assert ("Clip skip: " if "clip_skip" in ours else "T5 length: ") + str(recorded) in text, text
 
 
 @pytest.mark.parametrize(
