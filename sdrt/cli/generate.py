@@ -259,6 +259,7 @@ def generate(
         **zimage_settings(sdxl),
         skip_layer_guidance=skip_layer_guidance(sdxl),
         t5=sdxl.pop("t5"),
+        max_sequence_length=sdxl.pop("max_sequence_length"),
         seeds=seeds,  # image k: seed + k, each reproducible alone (A1111)
         height=height,
         width=width,

@@ -1,5 +1,5 @@
 """`sdrt generate`'s Stable Diffusion 3 options: skip-layer guidance (diffusers' names and
-defaults) and the T5 switch."""
+defaults), the T5 switch and T5's length."""
 
 from __future__ import annotations
 
@@ -28,7 +28,8 @@ class Layers(click.ParamType):
 
 
 def sd3_options(command: Callable) -> Callable:
-    """Adds --skip-layers (with --skip-layer-scale, -start, -stop) and --t5/--no-t5 to a command."""
+    """Adds --skip-layers (with --skip-layer-scale, -start, -stop), --t5/--no-t5 and
+    --max-sequence-length to a command."""
     fraction = FiniteFloat(0, 1)
     options = [
         click.option(
@@ -57,6 +58,13 @@ def sd3_options(command: Callable) -> Callable:
             "t5",
             default=None,
             help="SD3: with or without T5 (without: zeros in its place, as diffusers) [default: as exported].",
+        ),
+        click.option(
+            "--max-sequence-length",
+            "max_sequence_length",
+            default=None,
+            type=int,
+            help="SD3: T5's token length, 1 to the export's [default: the export's, 256].",
         ),
     ]
     return with_options(command, options)

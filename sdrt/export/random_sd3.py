@@ -29,7 +29,9 @@ from sdrt.export.random_model import SD2_PAD_TOKEN, SD15_PRESET, realistic_norms
 
 SD3_KINDS = ("t5", "no-t5")
 #: CLIP-G is wider than CLIP-L (1280 vs 768 at full size); T5 wider than both joined (4096 vs 2048).
-TINY_CLIP_G = {**TINY_CLIP, "hidden_size": 48, "projection_dim": 48, "num_attention_heads": 4}
+#: Three layers each, so diffusers' clip skip 1 and 2 (hidden_states[-3], [-4]) both exist.
+TINY_SD3_CLIP_L = {**TINY_CLIP, "num_hidden_layers": 3}
+TINY_CLIP_G = {**TINY_SD3_CLIP_L, "hidden_size": 48, "projection_dim": 48, "num_attention_heads": 4}
 TINY_SD3_T5 = {**TINY_T5, "d_model": 96}
 TINY_TRANSFORMER = {
     "sample_size": 16,
@@ -65,7 +67,7 @@ def build_random_sd3(t5: bool = True, seed: int = 0, work: Path | None = None):
     torch.manual_seed(seed)
     tokenizer = CLIPTokenizer.from_pretrained(SD15_PRESET / "tokenizer")
     tokenizer_2 = CLIPTokenizer.from_pretrained(SD15_PRESET / "tokenizer", pad_token=SD2_PAD_TOKEN)
-    text_encoder = CLIPTextModelWithProjection(CLIPTextConfig(vocab_size=len(tokenizer), **TINY_CLIP))
+    text_encoder = CLIPTextModelWithProjection(CLIPTextConfig(vocab_size=len(tokenizer), **TINY_SD3_CLIP_L))
     realistic_norms(text_encoder, seed)
     text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(vocab_size=len(tokenizer), **TINY_CLIP_G))
     realistic_norms(text_encoder_2, seed + 1)
@@ -79,7 +81,7 @@ def build_random_sd3(t5: bool = True, seed: int = 0, work: Path | None = None):
         _realistic_rms_norms(text_encoder_3, seed + 2)
     transformer = SD3Transformer2DModel(
         joint_attention_dim=TINY_SD3_T5["d_model"],
-        pooled_projection_dim=TINY_CLIP["projection_dim"] + TINY_CLIP_G["projection_dim"],
+        pooled_projection_dim=TINY_SD3_CLIP_L["projection_dim"] + TINY_CLIP_G["projection_dim"],
         **TINY_TRANSFORMER,
     )
     _realistic_rms_norms(transformer, seed + 3)

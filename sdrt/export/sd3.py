@@ -47,7 +47,7 @@ from sdrt.runtime.manifest import (
     UNET_CONTEXT,
     DimRange,
 )
-from sdrt.runtime.sd3_spec import SD3_SEQUENCE, SKIP_LAYERS, Sd3Spec
+from sdrt.runtime.sd3_spec import CLIP_LAYER_STATES, SD3_SEQUENCE, SKIP_LAYERS, Sd3Spec
 
 SD3_CLASSES = ("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline", "StableDiffusion3InpaintPipeline")
 CLIP_ENCODERS, T5_ENCODER = ("text_encoder", "text_encoder_2"), "text_encoder_3"
@@ -70,7 +70,8 @@ def is_sd3(pipeline) -> bool:
 
 
 class ClipPenultimate(torch.nn.Module):
-    """int32 ids -> the penultimate layer's hidden states and the projected pooled output."""
+    """int32 ids -> the penultimate layer's hidden states, the projected pooled output and every
+    hidden state stacked (CLIP_LAYER_STATES, for clip skip)."""
 
     def __init__(self, model):
         super().__init__()
@@ -78,7 +79,7 @@ class ClipPenultimate(torch.nn.Module):
 
     def forward(self, input_ids):
         out = self.model(input_ids.to(torch.int64), output_hidden_states=True, return_dict=True)
-        return out.hidden_states[PENULTIMATE], out.text_embeds
+        return out.hidden_states[PENULTIMATE], out.text_embeds, torch.stack(out.hidden_states, dim=1)
 
 
 class SkippableBlock(torch.nn.Module):
@@ -193,6 +194,11 @@ def sd3_component_exports(pipeline, geometry: ModelGeometry, with_t5: bool) -> l
                 [
                     TensorSpec(PENULTIMATE_HIDDEN, f32, [BATCH, geometry.text_length, clip.hidden_size]),
                     TensorSpec(PROJECTED, f32, [BATCH, clip.projection_dim]),
+                    TensorSpec(
+                        CLIP_LAYER_STATES,
+                        f32,
+                        [BATCH, clip.num_hidden_layers + 1, geometry.text_length, clip.hidden_size],
+                    ),
                 ],
                 clip_inputs,
                 lora_model=getattr(pipeline, name),

@@ -52,6 +52,8 @@ def generation_parameters(
         }
     if request.t5 is False:  # SD3 run without T5
         parameters["t5"] = False
+    if request.max_sequence_length is not None:  # SD3's T5 length
+        parameters["max_sequence_length"] = int(request.max_sequence_length)
     options = resolved.text_options
     if options.clip_skip > 1:  # A1111 records these only when they change something
         parameters["clip_skip"] = options.clip_skip

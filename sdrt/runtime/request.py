@@ -115,6 +115,8 @@ class GenerationRequest:
     # Stable Diffusion 3 only: skip-layer guidance (sdrt.runtime.features.skip_layers).
     skip_layer_guidance: SkipLayerGuidance | None = field(default=None, metadata=SHARED)
     t5: bool | None = field(default=None, metadata=SHARED)  # SD3: False runs without T5 (its zeros); None: as exported
+    # SD3: T5's token length (StableDiffusion3Pipeline's max_sequence_length); None: the export's (256).
+    max_sequence_length: int | None = field(default=None, metadata=SHARED)
     emphasis: str = field(default=DEFAULT_EMPHASIS, metadata=SHARED)
     clip_skip: int = field(default=1, metadata=SHARED)
     plain_prompt: bool = field(default=False, metadata=SHARED)
@@ -348,4 +350,6 @@ def _text_options(request: GenerationRequest) -> TextOptions:
         raise GenerationError(
             f"clip skip must be an integer from 1 to {MAX_CLIP_SKIP}, got {request.clip_skip!r}", "clip_skip"
         )
-    return TextOptions(mode, int(request.clip_skip), t5=request.t5 is not False)
+    return TextOptions(
+        mode, int(request.clip_skip), t5=request.t5 is not False, max_sequence_length=request.max_sequence_length
+    )

@@ -10,6 +10,10 @@ SKIP_LAYERS = "skip_layers"
 #: The transformer's text sequence: CLIP's tokens then T5's (or T5's zeros).
 SD3_SEQUENCE = "sd3_sequence"
 SKIP_LAYER_COUNT = "transformer_layers"
+#: A CLIP encoder's every hidden state, the embeddings' first, without the final layer norm:
+#: float32 [batch, layers + 1, tokens, width]. StableDiffusion3Pipeline's clip skip k reads
+#: hidden_states[-(k + 2)] (sdrt.runtime.text.sd3_encoders).
+CLIP_LAYER_STATES = "clip_layer_states"
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from sdrt.runtime.request import MAX_SEED
 from sdrt.runtime.request_checks import MAX_STEPS
 from sdrt.runtime.text.checks import MAX_PROMPT_CHARS
 from sdrt.serve.schemas import MAX_SIDE, Body, RequestError
+from sdrt.serve.sd3_fields import Sd3Fields
 
 MAX_MASK_BLUR = 64  # A1111's slider limit
 #: The most styles one request may name (each is applied in turn to the prompt).
@@ -82,8 +83,9 @@ def _script_is_off(args: Any) -> bool:
     return args in ([], None) or (isinstance(args, list) and len(args) >= 1 and args[0] is False)
 
 
-class A1111Request(Body):
-    """The fields both A1111 routes take (A1111's StableDiffusionProcessing API models)."""
+class A1111Request(Body, Sd3Fields):
+    """The fields both A1111 routes take (A1111's StableDiffusionProcessing API models), and
+    sdrt's SD3 fields (sdrt.serve.sd3_fields)."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 

@@ -222,6 +222,7 @@ def create_app(pipeline, settings: ServeSettings | None = None, catalog: ModelCa
             eta=eta,
             img2img_fix_steps=options.img2img_fix_steps,
             a1111_noise=a1111_noise(body, options),
+            **body.sd3_settings(),
         )
         check_hires_steps(generation, "hr_second_pass_steps")
         return generation, warnings, model

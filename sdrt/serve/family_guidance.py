@@ -1,12 +1,12 @@
 """The guidance a served model's family reads from the servers' fields.
 
-On a guidance-distilled family (FLUX.1: `Family.default_guidance` set) the guidance scale is the
+On a guidance-distilled family (FLUX.1: a default guidance and `true_cfg_scale`) the guidance scale is the
 distilled guidance: A1111's routes take it from Forge's `distilled_cfg_scale` (the family's
 default when absent), and `cfg_scale` is real CFG only with a negative prompt and a scale above 1
 (FluxPipeline's do_true_cfg; A1111 clients send cfg_scale 7 on every request, which must not
 double the work of a plain request). The OpenAI route's `guidance_scale`, when the client leaves
-it out, is the family's default. Other families keep the fields as they are (Chroma and Z-Image,
-whose guidance scale is real CFG, take cfg_scale as it is).
+it out, is the family's default (FLUX.1's 3.5, SD3's 7.0, Chroma's 5.0). Other families keep the
+fields as they are (SD3, Chroma and Z-Image, whose guidance scale is real CFG, take cfg_scale as it is).
 """
 
 from __future__ import annotations
@@ -33,11 +33,17 @@ def edits_reference(pipeline, model: Path | None) -> bool:
 
 def a1111_guidance(family, cfg_scale: float, distilled: float | None, negative: str | None):
     """(guidance_scale, true_cfg_scale) for A1111's cfg_scale and Forge's distilled_cfg_scale."""
-    if family.default_guidance is None or "true_cfg_scale" not in family.own_settings:
-        return cfg_scale, None  # real CFG is the guidance scale itself (Chroma, Z-Image)
+    if not guidance_distilled(family):
+        return cfg_scale, None
     guidance = family.default_guidance if distilled is None else distilled
     true_cfg = cfg_scale if negative and cfg_scale > NO_CFG else None
     return guidance, true_cfg
+
+
+def guidance_distilled(family) -> bool:
+    """Whether the family's guidance scale is a distilled guidance, real CFG its true_cfg_scale
+    (FLUX.1); SD3 and Chroma have a default guidance that is real CFG."""
+    return family.default_guidance is not None and "true_cfg_scale" in family.own_settings
 
 
 def openai_guidance(family, guidance_scale: float, given: bool) -> float:

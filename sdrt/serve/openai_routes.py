@@ -192,6 +192,7 @@ def add_openai_routes(app: FastAPI, service, catalog, settings, run, checks) -> 
             hires=hires_of(body),
             deepcache=deepcache_field(body.deepcache),
             eta=body.eta,
+            **body.sd3_settings(),
         )
         check_hires_steps(generation, "hires.steps")
         return generation, warnings, model
@@ -244,6 +245,7 @@ def add_openai_routes(app: FastAPI, service, catalog, settings, run, checks) -> 
             plain_prompt=settings.plain_prompts,
             vae=body.vae,
             deepcache=deepcache_field(body.deepcache),
+            **body.sd3_settings(),
         )
         return body, generation, model
 

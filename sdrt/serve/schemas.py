@@ -12,6 +12,7 @@ from sdrt.runtime.features.hires import MAX_SCALE as MAX_HIRES_SCALE
 from sdrt.runtime.request import DEFAULT_GUIDANCE, MAX_SEED
 from sdrt.runtime.request_checks import MAX_STEPS
 from sdrt.runtime.text.checks import MAX_PROMPT_CHARS
+from sdrt.serve.sd3_fields import Sd3Fields
 
 API_KEY_ENV = "SDRT_API_KEY"
 OPEN_ROUTES = {"/health"}
@@ -144,8 +145,8 @@ class HiresField(Body):
     strength: float = Field(0.7, gt=0, le=1)
 
 
-class OpenAIImageRequest(Body):
-    """OpenAI's image request, plus sdrt's extension fields (steps, seed, sampler, ...). Fields
+class OpenAIImageRequest(Body, Sd3Fields):
+    """OpenAI's image request, plus sdrt's extension fields (steps, seed, sampler, SD3's, ...). Fields
     OpenAI defines that sdrt cannot honour are refused unless neutral (check)."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)

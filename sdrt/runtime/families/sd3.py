@@ -10,7 +10,10 @@
   prompt "" unless given), negative rows first, as the pipeline;
 - sampling: flow matching (`flow_euler`), the scheduler's own sigmas (a fixed shift; a
   dynamic one from the image's patch count when its config asks);
-- the VAE decodes latents / scaling_factor + shift_factor (both from its config).
+- the VAE decodes latents / scaling_factor + shift_factor (both from its config);
+- modes: image-to-image and inpainting as StableDiffusion3Img2ImgPipeline and
+  StableDiffusion3InpaintPipeline (the 16-channel transformer denoises everything and the kept
+  region is blended back after each step: sdrt.runtime.loop.modes).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ if TYPE_CHECKING:
     from sdrt.runtime.text.encoders import TextEncoding
 
 #: Image tokens are patches of latents (the transformer's patch_size; 2 for every SD3 model).
-SD3_FEATURES = frozenset({"img2img", "init_latents", "lora"})
+SD3_FEATURES = frozenset({"img2img", "init_latents", "inpainting", "lora"})
 
 
 class StableDiffusion3(Family):
@@ -49,10 +52,12 @@ class StableDiffusion3(Family):
     text_encoder_roles = ("clip_l", "clip_g", "t5")  # `sdrt tokenize`'s labels; T5 when exported
     denoiser = DenoiserCall(TRANSFORMER, HIDDEN_STATES, DENOISER_TIMESTEP, DENOISER_OUTPUT)
     text_sequence_feed = UNET_CONTEXT
-    own_settings = ("skip_layer_guidance", "t5")
+    own_settings = ("skip_layer_guidance", "t5", "max_sequence_length")
     features = SD3_FEATURES
     sampler_space = FLOW
     default_sampler = "flow_euler"
+    #: StableDiffusion3Pipeline has clip_skip (sdrt.runtime.text.sd3_text_options).
+    clip_skip_applies = True
     #: StableDiffusion3Pipeline's default guidance_scale.
     default_guidance = 7.0
     #: StableDiffusion3Pipeline.load_lora_weights changes the transformer and both CLIPs, never T5.
@@ -89,7 +94,13 @@ class StableDiffusion3(Family):
         return SkipLayerGuider(self.cfg_scale(request), settings, request.steps, _layer_count(engine))
 
     def check_request(self, request: GenerationRequest, manifest: Manifest) -> None:
+        from sdrt.runtime.text.sd3_text_options import check_clip_skip, check_max_sequence_length
+
         super().check_request(request, manifest)
+        if request.max_sequence_length is not None:
+            check_max_sequence_length(request.max_sequence_length, _sd3(manifest))
+        if isinstance(request.clip_skip, int) and request.clip_skip > 1:  # else refused when the text options are read
+            check_clip_skip(request.clip_skip, manifest, _sd3(manifest))
         if request.t5 is not None and not isinstance(request.t5, bool):
             raise GenerationError(f"t5 must be true or false, got {request.t5!r}", "t5")
         if request.t5 and _sd3(manifest).t5_encoder is None:

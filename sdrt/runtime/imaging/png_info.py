@@ -109,6 +109,8 @@ def format_parameters(prompt: str, parameters: dict, batch_position: int | None 
             fields.append((label, parameters[name]))
     if parameters.get("t5") is False:  # SD3 run without T5
         fields.append(("T5", "off"))
+    if "max_sequence_length" in parameters:  # SD3's T5 length
+        fields.append(("T5 length", parameters["max_sequence_length"]))
     if "vae" in parameters:  # A1111's field for the VAE used
         fields.append(("VAE", "TAESD" if parameters["vae"] == "tiny" else parameters["vae"]))
     for index, unit in enumerate(parameters.get("controlnets", ())):  # the A1111 extension's record

@@ -77,12 +77,14 @@ class T5Tokenizer:
         check_text(text, "prompt")
         return list(self._tokenizer.encode(text, add_special_tokens=False).ids)
 
-    def encode(self, prompts: str | Sequence[str]) -> TokenizedPrompts:
-        """int64 [batch, max_length]: pieces (cut to max_length - 1), eos, pads."""
+    def encode(self, prompts: str | Sequence[str], max_length: int | None = None) -> TokenizedPrompts:
+        """int64 [batch, max_length]: pieces (cut to max_length - 1), eos, pads (`max_length`:
+        another length than the tokenizer's, SD3's per-request max_sequence_length)."""
         if isinstance(prompts, str):
             prompts = [prompts]
-        capacity = self.max_length - SPECIAL_TOKENS_AT_END
-        input_ids = np.full((len(prompts), self.max_length), self.pad_id, dtype=np.int64)
+        length = self.max_length if max_length is None else max_length
+        capacity = length - SPECIAL_TOKENS_AT_END
+        input_ids = np.full((len(prompts), length), self.pad_id, dtype=np.int64)
         lengths, dropped = [], []
         for row, prompt in enumerate(prompts):
             content = self.tokenize(prompt)

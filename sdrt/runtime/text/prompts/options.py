@@ -15,3 +15,4 @@ class TextOptions:
     emphasis: EmphasisMode = emphasis_mode(DEFAULT_EMPHASIS)
     clip_skip: int = 1
     t5: bool = True  # SD3: False runs without T5, zeros in its place (sdrt.runtime.text.sd3_encoders)
+    max_sequence_length: int | None = None  # SD3: T5's token length (None: the export's); checked by the family
