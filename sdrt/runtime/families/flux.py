@@ -108,8 +108,10 @@ class Flux(Family):
         return not _flux(manifest).kontext
 
     def inpainting_denoiser(self, manifest: Manifest) -> bool:
-        """FLUX.1 Fill; FLUX.1 dev inpaints by blending (FluxInpaintPipeline)."""
-        return _flux(manifest).conditioning_channels > 0
+        """FLUX.1 Fill; FLUX.1 dev inpaints by blending (FluxInpaintPipeline). Asked before the
+        request's features are checked, so a manifest without the flux section (which load
+        refuses) answers no rather than failing here."""
+        return manifest.flux is not None and manifest.flux.conditioning_channels > 0
 
     def own_mode(self, manifest: Manifest, resolved: ResolvedRequest):
         """Kontext's edit of its reference image; Fill's inpainting with the mask as channels."""
