@@ -31,6 +31,8 @@ from sdrt.runtime.schedulers.dpm_solver import DPMSolverMultistepScheduler
 from sdrt.runtime.schedulers.euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 from sdrt.runtime.schedulers.flow import FlowMatchEulerDiscreteScheduler
 from sdrt.runtime.schedulers.heun import HeunDiscreteScheduler
+from sdrt.runtime.schedulers.kdiffusion.comfy import COMFY_SAMPLER_NAMES as _COMFY_NAMES
+from sdrt.runtime.schedulers.kdiffusion.comfy_schedules import COMFY_SCHEDULER_NAMES, check_comfy_scheduler
 from sdrt.runtime.schedulers.kdiffusion.family import K_SAMPLER_NAMES as _K_NAMES
 from sdrt.runtime.schedulers.kdiffusion.schedules import K_SCHEDULE_NAMES, K_SCHEDULES, k_schedule_entry
 from sdrt.runtime.schedulers.kdiffusion.schedules import UNIFORM as K_UNIFORM
@@ -53,6 +55,8 @@ KARRAS = {"use_karras_sigmas": True, "use_exponential_sigmas": False}
 #: The sampler families: diffusers-equal, and k-diffusion (A1111 / ComfyUI).
 DIFFUSERS = "diffusers"
 KDIFFUSION = "k-diffusion"
+#: ComfyUI's KSampler samplers: the k-diffusion solvers with ComfyUI's rules (kdiffusion/comfy.py).
+COMFYUI = "comfyui"
 
 
 @dataclass(frozen=True)
@@ -87,10 +91,14 @@ class SamplerEntry:
         if self.family == KDIFFUSION:
             k_schedule_entry(schedule)
             return {}
+        if self.family == COMFYUI:
+            if schedule != DEFAULT_SCHEDULE:
+                check_comfy_scheduler(schedule)
+            return {}
         return schedule_overrides(schedule, self.name, self.cls.config_defaults, self.overrides)
 
     def build(self, config: Mapping[str, Any], schedule: str = DEFAULT_SCHEDULE) -> Scheduler:
-        if self.family == KDIFFUSION:
+        if self.family in (KDIFFUSION, COMFYUI):
             return self.cls.from_config({**dict(config), **self.overrides}, schedule=schedule)  # type: ignore[call-arg]
         return self.cls.from_config({**dict(config), **self.overrides, **self.schedule_overrides(schedule)})
 
@@ -98,6 +106,8 @@ class SamplerEntry:
         """The "Schedule type" PNG parameters record for this sampler run with `schedule`: for
         the k-diffusion family what A1111 records (the schedule Automatic resolves to, none
         when that is k-diffusion's own get_sigmas); else the label unless it is the default."""
+        if self.family == COMFYUI:  # ComfyUI's scheduler name ("automatic": its default workflow's)
+            return self.cls.schedule_name(schedule)  # type: ignore[attr-defined]
         if self.family == KDIFFUSION:
             name = k_schedule_entry(schedule).name
             if name == AUTOMATIC_SCHEDULE:
@@ -124,6 +134,10 @@ _ENTRIES = (
     SamplerEntry("tcd", TCDScheduler, "TCD"),  # trajectory consistency distillation (TCD-LoRA), gamma = eta
     SamplerEntry("flow_euler", FlowMatchEulerDiscreteScheduler, "Euler (flow matching)"),  # SD3, FLUX
     *(SamplerEntry(k.name, k.cls, k.label, family=KDIFFUSION, comfy_name=k.comfy_name) for k in _K_NAMES),
+    *(
+        SamplerEntry(c.name, c.cls, f"{c.comfy_name} (ComfyUI)", family=COMFYUI, comfy_name=c.comfy_name)
+        for c in _COMFY_NAMES
+    ),
 )
 #: Every sampler of every space, by sdrt name.
 SAMPLERS: dict[str, SamplerEntry] = {entry.name: entry for entry in _ENTRIES}
@@ -155,6 +169,11 @@ _K_BY_ANY_NAME: dict[str, str] = {
     **{comfy: name for name in K_SAMPLER_NAMES if (comfy := SAMPLERS[name].comfy_name)},
     **{name: name for name in K_SAMPLER_NAMES},
 }
+
+
+#: ComfyUI's samplers (its rules), by sdrt name, and ComfyUI's KSampler name -> sdrt name.
+COMFY_SAMPLER_NAMES = sampler_names(DIFFUSION, COMFYUI)
+COMFY_SAMPLERS = {SAMPLERS[name].comfy_name: name for name in COMFY_SAMPLER_NAMES}
 
 
 #: Prefixes that say whose name a sampler name is ("a1111:DPM++ 2M", "comfyui:dpmpp_2m").
@@ -239,6 +258,10 @@ __all__ = [
     "DISPLAY_NAMES",
     "DIFFUSERS",
     "KDIFFUSION",
+    "COMFYUI",
+    "COMFY_SAMPLERS",
+    "COMFY_SAMPLER_NAMES",
+    "COMFY_SCHEDULER_NAMES",
     "K_SAMPLER_NAMES",
     "K_SCHEDULE_NAMES",
     "k_sampler_name",
