@@ -11,6 +11,7 @@ import time
 import httpx
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from sdrt.runtime.pipeline import Pipeline
@@ -65,22 +66,59 @@ def server(pipeline, tmp_path_factory):
         yield base
 
 
-def _expected(pipeline, workflow) -> np.ndarray:
-    sampler, text = workflow["3"]["inputs"], workflow["6"]["inputs"]["text"]
-    result = pipeline.generate(
-        text,
-        negative_prompt=workflow["7"]["inputs"]["text"],
-        steps=sampler["steps"],
-        guidance_scale=sampler["cfg"],
-        seed=sampler["seed"],
-        sampler="euler",
-        height=64,
-        width=64,
+@pytest.fixture(scope="module")
+def reference(tiny_models):
+    from conftest import diffusers_pipeline
+
+    return diffusers_pipeline("StableDiffusionPipeline", tiny_models["standard"])
+
+
+def _encode(reference, workflow, batch: int):
+    positive, negative = workflow["6"]["inputs"]["text"], workflow["7"]["inputs"]["text"]
+    return reference.encode_prompt(positive, "cpu", batch, True, negative)
+
+
+def _decode(reference, latents) -> np.ndarray:
+    """8-bit pixels as SaveImage writes them."""
+    with torch.no_grad():
+        image = reference.vae.decode(latents / reference.vae.config.scaling_factor).sample
+    pixels = (image / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    return np.round(pixels * 255).astype(np.uint8)
+
+
+def _expected(reference, workflow, batch: int = 1) -> np.ndarray:
+    """ComfyUI's image for the default workflow: its KSampler composed from its sources
+    (tests/support/comfy_reference.py) on diffusers' UNet, decoded by diffusers' VAE."""
+    from support.comfy_reference import ComfyModelSampling, comfy_ksampler
+
+    sampler = workflow["3"]["inputs"]
+    cond, uncond = _encode(reference, workflow, batch)
+    s = ComfyModelSampling(dict(reference.scheduler.config))
+    zeros = torch.zeros(batch, reference.unet.config.in_channels, 64 // 8, 64 // 8)
+    latents = comfy_ksampler(
+        reference.unet,
+        s,
+        cond,
+        uncond,
+        sampler["sampler_name"],
+        sampler["scheduler"],
+        sampler["steps"],
+        sampler["cfg"],
+        sampler["seed"],
+        zeros,
+        denoise=sampler["denoise"],
     )
-    return np.asarray(result.images[0])
+    return _decode(reference, latents)
 
 
-def test_a_comfyui_client_runs_the_default_workflow(server, pipeline):
+def assert_close_pixels(got: np.ndarray, expected: np.ndarray) -> None:
+    """Within 2/255 max and 0.5/255 mean (8-bit rounding of float32 pixels within that)."""
+    difference = np.abs(got.astype(np.int16) - expected.astype(np.int16))
+    assert difference.max() <= 2 and difference.mean() <= 0.5, (difference.max(), difference.mean())
+    assert expected.std() > 2, "a flat reference would make the comparison vacuous"
+
+
+def test_a_comfyui_client_runs_the_default_workflow(server, reference):
     from comfy_api_simplified import ComfyApiWrapper
 
     api = ComfyApiWrapper(server)
@@ -89,7 +127,7 @@ def test_a_comfyui_client_runs_the_default_workflow(server, pipeline):
     ((name, data),) = images.items()
     assert name.startswith("ComfyUI_") and name.endswith("_.png")
     got = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-    np.testing.assert_array_equal(got, _expected(pipeline, TXT2IMG))
+    assert_close_pixels(got, _expected(reference, TXT2IMG)[0])
 
 
 def _post(server, workflow, **extra) -> httpx.Response:
@@ -208,3 +246,52 @@ def test_the_servers_limits_hold_for_workflows(server):
     assert entry["status"]["status_str"] == "error"
     (error,) = [data for event, data in entry["status"]["messages"] if event == "execution_error"]
     assert error["node_id"] == "3" and "--max-steps" in error["exception_message"]
+
+
+def _advanced(model, latent, add_noise, start, end, leftover, sampler="euler_ancestral", scheduler="karras"):
+    return {
+        "class_type": "KSamplerAdvanced",
+        "inputs": {
+            "add_noise": add_noise,
+            "noise_seed": 77,
+            "steps": 6,
+            "cfg": 7.5,
+            "sampler_name": sampler,
+            "scheduler": scheduler,
+            "positive": ["6", 0],
+            "negative": ["7", 0],
+            "latent_image": latent,
+            "model": model,
+            "start_at_step": start,
+            "end_at_step": end,
+            "return_with_leftover_noise": leftover,
+        },
+        "_meta": {"title": "KSamplerAdvanced"},
+    }
+
+
+def test_ksampler_advanced_two_passes_equal_comfyui(server, reference):
+    """Two KSamplerAdvanced passes (the base + refiner pattern): steps 0-3 with noise and the
+    leftover noise returned, then 3-end without new noise; a batch of two from one seed."""
+    from comfy_api_simplified import ComfyApiWrapper
+
+    from support.comfy_reference import ComfyModelSampling, comfy_ksampler
+
+    workflow = copy.deepcopy(TXT2IMG)
+    workflow["5"]["inputs"]["batch_size"] = 2
+    workflow["3"] = _advanced(["4", 0], ["5", 0], "enable", 0, 3, "enable")
+    workflow["10"] = _advanced(["4", 0], ["3", 0], "disable", 3, 10000, "disable")
+    workflow["8"]["inputs"]["samples"] = ["10", 0]
+    images = ComfyApiWrapper(server).queue_and_wait_images(workflow, "Save Image")
+    got = [np.asarray(Image.open(io.BytesIO(data)).convert("RGB")) for _, data in sorted(images.items())]
+
+    cond, uncond = _encode(reference, workflow, 2)
+    s = ComfyModelSampling(dict(reference.scheduler.config))
+    zeros = torch.zeros(2, reference.unet.config.in_channels, 8, 8)
+    arguments = (reference.unet, s, cond, uncond, "euler_ancestral", "karras", 6, 7.5, 77)
+    first = comfy_ksampler(*arguments, zeros, start_step=0, last_step=3, force_full=False)
+    final = comfy_ksampler(*arguments, first, start_step=3, last_step=10000, force_full=True, add_noise=False)
+    expected = _decode(reference, final)
+    assert len(got) == 2 and np.abs(expected[0].astype(int) - expected[1]).max() > 2, "two different images"
+    for image, reference_image in zip(got, expected):
+        assert_close_pixels(image, reference_image)

@@ -109,7 +109,6 @@ NOT_RUN: dict[str, str] = {
     "ConditioningSetArea": "area conditioning: sdrt's loop has one conditioning per image",
     "ConditioningCombine": "several conditionings averaged per step: not in sdrt's loop",
     "ConditioningConcat": "token-wise concatenation of two encodings: not in sdrt's loop",
-    "KSamplerAdvanced": "start/end steps and leftover noise: needs the ComfyUI sampler family",
     "ControlNetLoader": "ComfyUI's ControlNet nodes: use the A1111 routes' ControlNet for now",
     "ControlNetApplyAdvanced": "ComfyUI's ControlNet nodes: use the A1111 routes' ControlNet for now",
     "VAELoader": "a separate VAE: sdrt exports carry their VAE",
