@@ -39,7 +39,7 @@ from sdrt.runtime.schedulers.kdiffusion.comfy_schedules import KSamplerSteps
 from sdrt.runtime.seeds import MAX_SEED as MAX_SEED  # where callers read it
 from sdrt.runtime.seeds import image_seeds, request_seeds
 from sdrt.runtime.text.checks import check_text
-from sdrt.runtime.text.prompts.emphasis import DEFAULT_EMPHASIS, emphasis_mode
+from sdrt.runtime.text.prompts.emphasis import COMFYUI_EMPHASIS, DEFAULT_EMPHASIS, emphasis_mode
 from sdrt.runtime.text.prompts.options import TextOptions
 
 DEFAULT_STEPS = 50
@@ -309,7 +309,7 @@ def _loras(request: GenerationRequest, prompts: list[str]) -> tuple[list[str], t
     for ref in loras:
         if weights_problem(ref.weights):
             raise GenerationError(f"loras: {ref.source[:100]!r}: {weights_problem(ref.weights)}", "loras")
-    if request.plain_prompt:
+    if request.plain_prompt or request.emphasis == COMFYUI_EMPHASIS:  # ComfyUI's prompts have no LoRA tags
         return list(prompts), tuple(loras)
     try:
         stripped = [extract_tags(prompt) for prompt in prompts]

@@ -74,8 +74,11 @@ def reference(tiny_models):
 
 
 def _encode(reference, workflow, batch: int):
-    positive, negative = workflow["6"]["inputs"]["text"], workflow["7"]["inputs"]["text"]
-    return reference.encode_prompt(positive, "cpu", batch, True, negative)
+    """CLIPTextEncode as ComfyUI encodes (its weights, its padding), per image of the batch."""
+    from support.comfy_reference import comfy_encode
+
+    texts = workflow["6"]["inputs"]["text"], workflow["7"]["inputs"]["text"]
+    return [comfy_encode(reference, text).repeat(batch, 1, 1) for text in texts]
 
 
 def _decode(reference, latents) -> np.ndarray:
@@ -295,3 +298,20 @@ def test_ksampler_advanced_two_passes_equal_comfyui(server, reference):
     assert len(got) == 2 and np.abs(expected[0].astype(int) - expected[1]).max() > 2, "two different images"
     for image, reference_image in zip(got, expected):
         assert_close_pixels(image, reference_image)
+
+
+def test_clip_text_encode_weighs_as_comfyui(server, reference):
+    """`(word:1.5)` in CLIPTextEncode: ComfyUI's rule (from the empty prompt's states, no mean
+    restoration), through the client."""
+    from comfy_api_simplified import ComfyApiWrapper
+
+    workflow = copy.deepcopy(TXT2IMG)
+    workflow["6"]["inputs"]["text"] = "a (red:6.0) fox in the ((snow)), (blurry:-4.0)"
+    workflow["3"]["inputs"]["seed"] = 5
+    ((_, data),) = ComfyApiWrapper(server).queue_and_wait_images(workflow, "Save Image").items()
+    got = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    expected = _expected(reference, workflow)[0]
+    assert_close_pixels(got, expected)
+    plain = copy.deepcopy(workflow)
+    plain["6"]["inputs"]["text"] = "a red fox in the snow, blurry"
+    assert np.abs(_expected(reference, plain)[0].astype(int) - expected).max() > 2, "the weights change the image"

@@ -233,3 +233,82 @@ def comfy_ksampler(unet, s, cond, uncond, sampler, scheduler, steps, cfg, seed, 
         sigma_min = sigmas[-1] if sigmas[-1] != 0 else sigmas[-2]
         return ks.sample_dpm_fast(model, x, float(sigma_min), float(sigmas[0]), len(sigmas) - 1, disable=True)
     return getattr(ks, FUNCTIONS[sampler])(model, x, sigmas, disable=True, **kwargs)
+
+
+# ---- comfy/sd1_clip.py's prompt weights, for the SD 1.x CLIP ----
+def _parse_parentheses(string):
+    result, current, nesting = [], "", 0
+    for char in string:
+        if char == "(":
+            if nesting == 0:
+                if current:
+                    result.append(current)
+                current = "("
+            else:
+                current += char
+            nesting += 1
+        elif char == ")":
+            nesting -= 1
+            if nesting == 0:
+                result.append(current + ")")
+                current = ""
+            else:
+                current += char
+        else:
+            current += char
+    if current:
+        result.append(current)
+    return result
+
+
+def token_weights(string, current_weight):
+    out = []
+    for x in _parse_parentheses(string):
+        weight = current_weight
+        if len(x) >= 2 and x[-1] == ")" and x[0] == "(":
+            x = x[1:-1]
+            xx = x.rfind(":")
+            weight *= 1.1
+            if xx > 0:
+                try:
+                    weight = float(x[xx + 1 :])
+                    x = x[:xx]
+                except ValueError:
+                    pass
+            out += token_weights(x, weight)
+        else:
+            out += [(x, current_weight)]
+    return out
+
+
+def comfy_tokens(tokenizer, text):
+    """SDTokenizer.tokenize_with_weights for one chunk: (token, weight) pairs, start + words +
+    end, padded with the end token (SD 1.x's pad_with_end) to the tokenizer's length."""
+    text = text.replace("\\)", "\0\1").replace("\\(", "\0\2")
+    start, end = tokenizer.bos_token_id, tokenizer.eos_token_id
+    pairs = [(start, 1.0)]
+    for segment, weight in token_weights(text, 1.0):
+        words = segment.replace("\0\1", ")").replace("\0\2", "(").replace("\n", " ").split(" ")
+        for word in (w for w in words if w != ""):
+            pairs += [(t, weight) for t in tokenizer(word)["input_ids"][1:-1]]
+    pairs.append((end, 1.0))
+    assert len(pairs) <= tokenizer.model_max_length, "one chunk only"
+    return pairs + [(end, 1.0)] * (tokenizer.model_max_length - len(pairs))
+
+
+@torch.no_grad()
+def comfy_encode(pipe, text):
+    """ClipTokenWeightEncoder.encode_token_weights: each weighted token's state moved from the
+    empty prompt's (gen_empty_tokens: start, end, then pad = end), z = (z - z_empty) * w + z_empty."""
+    pairs = comfy_tokens(pipe.tokenizer, text)
+    tokens = torch.tensor([[t for t, _ in pairs]])
+    z = pipe.text_encoder(tokens).last_hidden_state[0].clone()
+    weights = [w for _, w in pairs]
+    if any(w != 1.0 for w in weights):
+        start, end = pipe.tokenizer.bos_token_id, pipe.tokenizer.eos_token_id
+        empty = torch.tensor([[start, end] + [end] * (len(pairs) - 2)])
+        z_empty = pipe.text_encoder(empty).last_hidden_state[0]
+        for j, weight in enumerate(weights):
+            if weight != 1.0:
+                z[j] = (z[j] - z_empty[j]) * weight + z_empty[j]
+    return z[None]

@@ -18,6 +18,7 @@ from sdrt.runtime.features.lora.tags import LoraRef
 from sdrt.runtime.request import GenerationRequest
 from sdrt.runtime.request_checks import MAX_NUM_IMAGES, MAX_STEPS
 from sdrt.runtime.schedulers.kdiffusion.comfy_schedules import KSamplerSteps
+from sdrt.runtime.text.prompts.emphasis import COMFYUI_EMPHASIS
 from sdrt.serve.comfy.nodes import INT_MAX, MAX_RESOLUTION, SIZE_STEP, Input, node
 from sdrt.serve.comfy.values import Conditioning, Latent, ModelHandle
 
@@ -175,6 +176,7 @@ def _sample(context, model, seed, sampler_name, scheduler, positive, negative, l
         clip_skip=positive.clip.clip_skip,
         loras=tuple(_loras_of(model, positive.clip)),
         ksampler_steps=replace(cut, seed=seed),
+        emphasis=COMFYUI_EMPHASIS,  # CLIPTextEncode's weights, ComfyUI's rule (no mean restoration)
         confined_names=True,  # a client's LoRA names: --lora-dir's files only
     )
     if not latent_image.empty:  # ComfyUI adds the noise to the latent image: sdrt's image-to-image start
