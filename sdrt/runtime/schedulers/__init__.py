@@ -178,6 +178,7 @@ COMFY_SAMPLERS = {SAMPLERS[name].comfy_name: name for name in COMFY_SAMPLER_NAME
 
 #: Prefixes that say whose name a sampler name is ("a1111:DPM++ 2M", "comfyui:dpmpp_2m").
 K_NAME_PREFIXES = ("a1111:", "comfyui:")
+COMFY_PREFIX = K_NAME_PREFIXES[1]
 
 
 def k_sampler_name(text: str) -> str:
@@ -196,10 +197,14 @@ def k_sampler_name(text: str) -> str:
 
 def resolve_sampler_name(text: str) -> str:
     """An sdrt sampler name as given, else the k-diffusion sampler an A1111 or ComfyUI name
-    means (sdrt's own names win: "euler" stays the diffusers-equal Euler, "comfyui:euler" or
-    "k_euler" is k-diffusion's). ConfigError naming both lists if neither."""
+    means (sdrt's own names win: "euler" stays the diffusers-equal Euler, "k_euler" is
+    k-diffusion's with A1111's rules, "comfyui:euler" or "comfy_euler" ComfyUI's with its rules).
+    ConfigError naming both lists if neither."""
     if text in SAMPLERS:
         return text
+    comfy = str(text).strip().lower().removeprefix(COMFY_PREFIX) if isinstance(text, str) else ""
+    if isinstance(text, str) and text.strip().lower().startswith(COMFY_PREFIX) and comfy in COMFY_SAMPLERS:
+        return COMFY_SAMPLERS[comfy]  # "comfyui:NAME": ComfyUI's sampler, with ComfyUI's rules
     try:
         return k_sampler_name(text)
     except ConfigError:
