@@ -315,3 +315,88 @@ def test_clip_text_encode_weighs_as_comfyui(server, reference):
     plain = copy.deepcopy(workflow)
     plain["6"]["inputs"]["text"] = "a red fox in the snow, blurry"
     assert np.abs(_expected(reference, plain)[0].astype(int) - expected).max() > 2, "the weights change the image"
+
+
+def _torch_upscale(samples: torch.Tensor, width: int, height: int, method: str, crop: str) -> torch.Tensor:
+    """comfy.utils.common_upscale for torch's interpolate modes."""
+    if crop == "center":
+        old_width, old_height = samples.shape[-1], samples.shape[-2]
+        old_aspect, new_aspect = old_width / old_height, width / height
+        x = y = 0
+        if old_aspect > new_aspect:
+            x = round((old_width - old_width * (new_aspect / old_aspect)) / 2)
+        elif old_aspect < new_aspect:
+            y = round((old_height - old_height * (old_aspect / new_aspect)) / 2)
+        samples = samples.narrow(-2, y, old_height - y * 2).narrow(-1, x, old_width - x * 2)
+    return torch.nn.functional.interpolate(samples, size=(height, width), mode=method)
+
+
+@pytest.mark.parametrize("method", ["nearest-exact", "bilinear", "area", "bicubic"])
+@pytest.mark.parametrize("size, crop", [((13, 7), "disabled"), ((5, 11), "center"), ((16, 9), "center")])
+def test_common_upscale_equals_comfyuis(method, size, crop):
+    from sdrt.serve.comfy.image_nodes import common_upscale
+
+    samples = torch.randn(2, 4, 9, 10, generator=torch.Generator().manual_seed(3))
+    expected = _torch_upscale(samples, *size, method, crop).numpy()
+    got = common_upscale(samples.numpy(), *size, method, crop)
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)  # float32 sums in another order
+
+
+def test_hires_two_pass_with_latent_upscale_by_equals_comfyui(server, reference):
+    """KSampler, LatentUpscaleBy 1.5, KSampler at denoise 0.5 (ComfyUI's hires fix workflow)."""
+    from comfy_api_simplified import ComfyApiWrapper
+
+    from support.comfy_reference import ComfyModelSampling, comfy_ksampler
+
+    workflow = copy.deepcopy(TXT2IMG)
+    workflow["3"]["inputs"].update(sampler_name="dpmpp_2m", scheduler="karras")
+    workflow["10"] = {
+        "class_type": "LatentUpscaleBy",
+        "inputs": {"samples": ["3", 0], "upscale_method": "nearest-exact", "scale_by": 1.5},
+        "_meta": {"title": "Upscale Latent By"},
+    }
+    second = copy.deepcopy(workflow["3"])
+    second["inputs"].update(latent_image=["10", 0], denoise=0.5, seed=11, sampler_name="euler_ancestral")
+    workflow["11"] = second
+    workflow["8"]["inputs"]["samples"] = ["11", 0]
+    ((_, data),) = ComfyApiWrapper(server).queue_and_wait_images(workflow, "Save Image").items()
+    got = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    assert got.shape == (96, 96, 3)
+
+    cond, uncond = _encode(reference, workflow, 1)
+    s = ComfyModelSampling(dict(reference.scheduler.config))
+    zeros = torch.zeros(1, reference.unet.config.in_channels, 8, 8)
+    first = comfy_ksampler(reference.unet, s, cond, uncond, "dpmpp_2m", "karras", 3, 7.5, 8566257, zeros)
+    upscaled = _torch_upscale(first, 12, 12, "nearest-exact", "disabled")
+    final = comfy_ksampler(
+        reference.unet, s, cond, uncond, "euler_ancestral", "karras", 3, 7.5, 11, upscaled, denoise=0.5
+    )
+    assert_close_pixels(got, _decode(reference, final)[0])
+
+
+def test_image_scale_nodes_through_the_client(server):
+    from comfy_api_simplified import ComfyApiWrapper
+
+    pixels = np.random.default_rng(4).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    picture = io.BytesIO()
+    Image.fromarray(pixels).save(picture, format="PNG")
+    httpx.post(server + "/upload/image", files={"image": ("noise.png", picture.getvalue(), "image/png")})
+    workflow = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "noise.png"}},
+        "2": {
+            "class_type": "ImageScale",
+            "inputs": {"image": ["1", 0], "upscale_method": "bilinear", "width": 24, "height": 0, "crop": "center"},
+        },
+        "3": {"class_type": "ImageScaleBy", "inputs": {"image": ["2", 0], "upscale_method": "area", "scale_by": 0.5}},
+        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "scaled"}},
+    }
+    for key, value in workflow.items():
+        value["_meta"] = {"title": f"n{key}"}
+    ((_, data),) = ComfyApiWrapper(server).queue_and_wait_images(workflow, "n4").items()
+    got = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    image = torch.from_numpy(pixels.astype(np.float32) / 255).permute(2, 0, 1)[None]
+    scaled = _torch_upscale(image, 24, 16, "bilinear", "center")  # height: round(20 * 24 / 30)
+    scaled = _torch_upscale(scaled, 12, 8, "area", "disabled")
+    expected = np.round(scaled[0].permute(1, 2, 0).clamp(0, 1).numpy() * 255).astype(np.uint8)
+    assert got.shape == expected.shape == (8, 12, 3)
+    assert np.abs(got.astype(int) - expected).max() <= 1

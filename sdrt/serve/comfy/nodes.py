@@ -112,11 +112,7 @@ NOT_RUN: dict[str, str] = {
     "ControlNetLoader": "ComfyUI's ControlNet nodes: use the A1111 routes' ControlNet for now",
     "ControlNetApplyAdvanced": "ComfyUI's ControlNet nodes: use the A1111 routes' ControlNet for now",
     "VAELoader": "a separate VAE: sdrt exports carry their VAE",
-    "LatentUpscale": "latent resampling between two samplers (hires): not wired to the graph yet",
-    "LatentUpscaleBy": "latent resampling between two samplers (hires): not wired to the graph yet",
     "VAEEncodeForInpaint": "inpainting through the graph: not wired yet (the A1111 routes inpaint)",
     "SetLatentNoiseMask": "a noise mask through the graph: not wired yet (the A1111 routes inpaint)",
     "LoadImageMask": "masks through the graph: not wired yet",
-    "ImageScale": "image resampling in the graph: not wired yet",
-    "ImageScaleBy": "image resampling in the graph: not wired yet",
 }
