@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import math
 import time
 
 import httpx
@@ -400,3 +401,86 @@ def test_image_scale_nodes_through_the_client(server):
     expected = np.round(scaled[0].permute(1, 2, 0).clamp(0, 1).numpy() * 255).astype(np.uint8)
     assert got.shape == expected.shape == (8, 12, 3)
     assert np.abs(got.astype(int) - expected).max() <= 1
+
+
+def _upload_rgba(server, name: str) -> np.ndarray:
+    """An RGBA picture with a transparent square (ComfyUI's mask: 1 where transparent)."""
+    rgba = np.zeros((64, 64, 4), np.uint8)
+    rgba[..., 0], rgba[..., 1], rgba[..., 2] = 40, 160, 90
+    rgba[..., 3] = 255
+    rgba[20:44, 16:40, 3] = 0
+    picture = io.BytesIO()
+    Image.fromarray(rgba).save(picture, format="PNG")
+    httpx.post(server + "/upload/image", files={"image": (name, picture.getvalue(), "image/png")})
+    return rgba
+
+
+@torch.no_grad()
+def _vae_latents(reference, pixels: torch.Tensor) -> torch.Tensor:
+    """VAEEncode: the latent distribution's mean, scaled (sdrt's latent space)."""
+    encoded = reference.vae.encode(pixels.permute(0, 3, 1, 2) * 2 - 1).latent_dist.mode()
+    return encoded * reference.vae.config.scaling_factor
+
+
+@pytest.mark.parametrize("sampler", ["euler_ancestral", "ddim"])
+def test_set_latent_noise_mask_equals_comfyui(server, reference, sampler):
+    from comfy_api_simplified import ComfyApiWrapper
+
+    from support.comfy_reference import ComfyModelSampling, comfy_ksampler
+
+    rgba = _upload_rgba(server, "holed.png")
+    workflow = copy.deepcopy(TXT2IMG)
+    workflow["10"] = {"class_type": "LoadImage", "inputs": {"image": "holed.png"}}
+    workflow["11"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["10", 0], "vae": ["4", 2]}}
+    workflow["12"] = {"class_type": "SetLatentNoiseMask", "inputs": {"samples": ["11", 0], "mask": ["10", 1]}}
+    workflow["3"]["inputs"].update(latent_image=["12", 0], denoise=0.8, sampler_name=sampler)
+    for key in ("10", "11", "12"):
+        workflow[key]["_meta"] = {"title": key}
+    ((_, data),) = ComfyApiWrapper(server).queue_and_wait_images(workflow, "Save Image").items()
+    got = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+    pixels = torch.from_numpy(rgba[..., :3].astype(np.float32) / 255)[None]
+    mask = 1.0 - torch.from_numpy(rgba[..., 3].astype(np.float32) / 255)[None]
+    cond, uncond = _encode(reference, workflow, 1)
+    s = ComfyModelSampling(dict(reference.scheduler.config))
+    arguments = (reference.unet, s, cond, uncond, sampler, "normal", 3, 7.5, 8566257, _vae_latents(reference, pixels))
+    expected = _decode(reference, comfy_ksampler(*arguments, denoise=0.8, noise_mask=mask))[0]
+    assert_close_pixels(got, expected)
+    unmasked = _decode(reference, comfy_ksampler(*arguments, denoise=0.8))[0]
+    assert np.abs(unmasked.astype(int) - expected).max() > 2, "the mask changes the image"
+
+
+def _grow(mask: torch.Tensor, by: int) -> torch.Tensor:
+    kernel = torch.ones((1, 1, by, by))
+    return torch.clamp(torch.nn.functional.conv2d(mask.round(), kernel, padding=math.ceil((by - 1) / 2)), 0, 1)
+
+
+def test_vae_encode_for_inpaint_with_load_image_mask_equals_comfyui(server, reference):
+    from comfy_api_simplified import ComfyApiWrapper
+
+    from support.comfy_reference import ComfyModelSampling, comfy_ksampler
+
+    rgba = _upload_rgba(server, "holed2.png")
+    workflow = copy.deepcopy(TXT2IMG)
+    workflow["10"] = {"class_type": "LoadImage", "inputs": {"image": "holed2.png"}}
+    workflow["13"] = {"class_type": "LoadImageMask", "inputs": {"image": "holed2.png", "channel": "alpha"}}
+    workflow["11"] = {
+        "class_type": "VAEEncodeForInpaint",
+        "inputs": {"pixels": ["10", 0], "vae": ["4", 2], "mask": ["13", 0], "grow_mask_by": 6},
+    }
+    workflow["3"]["inputs"].update(latent_image=["11", 0], sampler_name="dpmpp_2m", scheduler="karras")
+    for key in ("10", "11", "13"):
+        workflow[key]["_meta"] = {"title": key}
+    ((_, data),) = ComfyApiWrapper(server).queue_and_wait_images(workflow, "Save Image").items()
+    got = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+    pixels = torch.from_numpy(rgba[..., :3].astype(np.float32) / 255)[None]
+    mask = (1.0 - torch.from_numpy(rgba[..., 3].astype(np.float32) / 255))[None, None]
+    grey = (pixels - 0.5) * (1.0 - mask.round())[:, 0, :, :, None] + 0.5
+    noise_mask = _grow(mask, 6)[:, :, :64, :64].round()
+    cond, uncond = _encode(reference, workflow, 1)
+    s = ComfyModelSampling(dict(reference.scheduler.config))
+    latents = _vae_latents(reference, grey)
+    arguments = (reference.unet, s, cond, uncond, "dpmpp_2m", "karras", 3, 7.5, 8566257, latents)
+    expected = _decode(reference, comfy_ksampler(*arguments, noise_mask=noise_mask))[0]
+    assert_close_pixels(got, expected)

@@ -196,9 +196,10 @@ def sample_lcm(model, x, sigmas, noise_sampler, s: ComfyModelSampling):
 def comfy_ksampler(unet, s, cond, uncond, sampler, scheduler, steps, cfg, seed, latent_image, **cut):
     """ComfyUI's common_ksampler -> KSAMPLER.sample, on `latent_image` (sdrt's scaled latents,
     ComfyUI's after process_latent_in). `cut`: denoise, start_step, last_step, force_full,
-    add_noise."""
+    add_noise, noise_mask (a [batch, height, width] mask: 1 repaints)."""
     ks = k_sampling()
     add_noise = cut.pop("add_noise", True)
+    noise_mask = cut.pop("noise_mask", None)
     sigmas = ksampler_sigmas(s, sampler, scheduler, steps, **cut)
     if add_noise:
         noise = torch.randn(latent_image.size(), generator=torch.manual_seed(seed), device="cpu")
@@ -215,6 +216,22 @@ def comfy_ksampler(unet, s, cond, uncond, sampler, scheduler, steps, cfg, seed, 
         output = unet(s.calculate_input(both_sigma, both_x), t, encoder_hidden_states=context).sample
         c, u = s.calculate_denoised(both_sigma, output, both_x).chunk(2)
         return u + (c - u) * cfg
+
+    if noise_mask is not None:  # KSamplerX0Inpaint, the mask as comfy.utils.reshape_mask makes it
+        mask = torch.nn.functional.interpolate(
+            noise_mask.reshape(-1, 1, *noise_mask.shape[-2:]), size=latent_image.shape[-2:], mode="bilinear"
+        )
+        mask = mask.repeat(-(-latent_image.shape[0] // mask.shape[0]), latent_image.shape[1], 1, 1)
+        mask = mask[: latent_image.shape[0]]
+        mask_noise = noise
+        if sampler == "ddim":  # ComfyUI's ddim: inpaint_options "random"
+            mask_noise = torch.randn(noise.shape, generator=torch.manual_seed(seed + 1))
+        unmasked = model
+
+        def model(x, sigma, **kwargs):
+            noised = latent_image + mask_noise * sigma.view(-1, 1, 1, 1)
+            out = unmasked(x * mask + noised * (1 - mask), sigma)
+            return out * mask + latent_image * (1 - mask)
 
     generator = torch.Generator("cpu").manual_seed(seed + 1)  # default_noise_sampler on the CPU
 

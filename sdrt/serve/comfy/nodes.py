@@ -112,7 +112,4 @@ NOT_RUN: dict[str, str] = {
     "ControlNetLoader": "ComfyUI's ControlNet nodes: use the A1111 routes' ControlNet for now",
     "ControlNetApplyAdvanced": "ComfyUI's ControlNet nodes: use the A1111 routes' ControlNet for now",
     "VAELoader": "a separate VAE: sdrt exports carry their VAE",
-    "VAEEncodeForInpaint": "inpainting through the graph: not wired yet (the A1111 routes inpaint)",
-    "SetLatentNoiseMask": "a noise mask through the graph: not wired yet (the A1111 routes inpaint)",
-    "LoadImageMask": "masks through the graph: not wired yet",
 }

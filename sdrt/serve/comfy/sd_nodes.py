@@ -15,6 +15,7 @@ from PIL import Image
 from sdrt.errors import SdrtError
 from sdrt.runtime.features.lora.merge import LoraWeights
 from sdrt.runtime.features.lora.tags import LoraRef
+from sdrt.runtime.imaging.resample import resize_latents
 from sdrt.runtime.request import GenerationRequest
 from sdrt.runtime.request_checks import MAX_NUM_IMAGES, MAX_STEPS
 from sdrt.runtime.schedulers.kdiffusion.comfy_schedules import KSamplerSteps
@@ -179,13 +180,25 @@ def _sample(context, model, seed, sampler_name, scheduler, positive, negative, l
         emphasis=COMFYUI_EMPHASIS,  # CLIPTextEncode's weights, ComfyUI's rule (no mean restoration)
         confined_names=True,  # a client's LoRA names: --lora-dir's files only
     )
-    if not latent_image.empty:  # ComfyUI adds the noise to the latent image: sdrt's image-to-image start
+    if latent_image.noise_mask is not None:
+        settings["ksampler_steps"] = replace(cut, seed=seed, noise_mask=latent_mask(latent_image))
+    if not latent_image.empty or latent_image.noise_mask is not None:
+        # ComfyUI adds the noise to the latent image: sdrt's image-to-image start
         settings.update(init_latents=samples, strength=1.0)
     request = GenerationRequest(positive.text, **settings)
     if len(pipeline.new_sampler(request).timesteps) == 0:
         return (latent_image,)  # ComfyUI's KSampler returns the latents when its cut leaves no step
     result = pipeline.run(request, progress=context.progress, cancel=context.cancel, latents_only=True)
     return (Latent(np.asarray(result.latents, np.float32)),)
+
+
+def latent_mask(latent: Latent) -> np.ndarray:
+    """comfy.utils.reshape_mask: the noise mask bilinear at the latents' size, one per image."""
+    assert latent.noise_mask is not None
+    samples, mask = latent.samples, latent.noise_mask
+    resized = resize_latents(mask.reshape(-1, 1, *mask.shape[-2:]), *samples.shape[-2:], "bilinear")
+    repeats = -(-samples.shape[0] // resized.shape[0])
+    return np.concatenate([resized] * repeats)[: samples.shape[0]]
 
 
 @node(

@@ -9,6 +9,8 @@ place of A1111's (comfy/samplers.py, comfy/sample.py, comfy/k_diffusion/sampling
 - the ancestral samplers' noise from a generator of their own, seeded seed + 1 (its
   default_noise_sampler on the CPU), the whole batch at once; the SDE samplers' from one Brownian
   tree seeded with the seed for the whole batch;
+- a latent's noise mask (SetLatentNoiseMask) as KSamplerX0Inpaint blends: before each call the
+  kept region is the latent image noised to the level, after it the prediction is the latent image;
 - dpm_fast over the schedule's own range (its last positive level to its first) with eta 0,
   ddim as euler, and lcm (ComfyUI's own sampler).
 ComfyUI's CFG (uncond + (cond - uncond) * cfg on the denoised prediction) is the loop's guidance
@@ -53,12 +55,15 @@ class ComfyRules(KDiffusionSampler):
 
     #: KSampler.calculate_sigmas' DISCARD_PENULTIMATE_SIGMA_SAMPLERS.
     discard_penultimate: ClassVar[bool] = False
+    #: ComfyUI's ddim: a noise mask's noise is drawn afresh (its inpaint_options "random").
+    random_inpaint_noise: ClassVar[bool] = False
 
     def __init__(self, config: SchedulerConfig, schedule: str = DEFAULT_COMFY_SCHEDULER, sdxl: bool = False):
         super().__init__(config, AUTOMATIC, sdxl)
         self.model: ComfyModelSigmas = ComfyModelSigmas(config)
         self.schedule = _scheduler(schedule)
         self.ksampler_steps = KSamplerSteps()
+        self._masked: tuple[np.ndarray, np.ndarray] = (np.zeros(0, np.float32), np.zeros(0, np.float32))
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], schedule: str = DEFAULT_COMFY_SCHEDULER) -> Scheduler:
@@ -105,9 +110,36 @@ class ComfyRules(KDiffusionSampler):
 
     def add_noise(self, original: np.ndarray, noise: np.ndarray, step_index: int) -> np.ndarray:
         """noise_scaling: the latent image plus the noise at the first level's factor (at a later
-        level, its sigma: scale_latent_inpaint)."""
+        level, its sigma: scale_latent_inpaint). At the first, the latent image and the noise
+        are kept for a noise mask's blend (KSamplerX0Inpaint keeps them)."""
+        if step_index == 0:
+            kept = noise if self.ksampler_steps.add_noise else np.zeros_like(noise)
+            if self.random_inpaint_noise:  # ComfyUI's ddim: the mask's noise from seed + 1
+                kept = TorchGenerator(self._seed() + CPU_NOISE_SEED_OFFSET).randn(noise.shape)
+            self._masked = (original, kept)
         scale = self.init_noise_sigma if step_index == 0 else float(self.sigmas[step_index])
         return original + noise * np.float32(scale)
+
+    def _blended(self, x: np.ndarray, step_index: int) -> np.ndarray:
+        """KSamplerX0Inpaint's model input: the kept region at the latent image noised to this level."""
+        mask, (latent, noise) = self.ksampler_steps.noise_mask, self._masked
+        assert mask is not None
+        rows = x.shape[0] // latent.shape[0]  # the guider's rows (one set per conditioning)
+        mask, latent, noise = (np.concatenate([a] * rows) if rows > 1 else a for a in (mask, latent, noise))
+        sigma = np.float32(self.sigmas[step_index])
+        return x * mask + (latent + noise * sigma) * (np.float32(1) - mask)
+
+    def scale_model_input(self, sample: np.ndarray, step_index: int) -> np.ndarray:
+        if self.ksampler_steps.noise_mask is not None:
+            sample = self._blended(sample, step_index)
+        return super().scale_model_input(sample, step_index)
+
+    def _denoised(self, model_output: np.ndarray, sample: np.ndarray, step_index: int) -> np.ndarray:
+        mask = self.ksampler_steps.noise_mask
+        if mask is None:
+            return super()._denoised(model_output, sample, step_index)
+        denoised = super()._denoised(model_output, self._blended(sample, step_index), step_index)
+        return denoised * mask + self._masked[0] * (np.float32(1) - mask)
 
     def _seed(self) -> int:
         seed = self.ksampler_steps.seed
@@ -152,8 +184,12 @@ class ComfyLCM(ComfyRules):
     stochastic = True
 
 
-def _comfy(base: type[KDiffusionSampler], discard: bool = False) -> type[ComfyRules]:
-    namespace = {"discard_penultimate": discard, "__doc__": f"ComfyUI's rules on {base.__name__}."}
+def _comfy(base: type[KDiffusionSampler], discard: bool = False, random_noise: bool = False) -> type[ComfyRules]:
+    namespace = {
+        "discard_penultimate": discard,
+        "random_inpaint_noise": random_noise,
+        "__doc__": f"ComfyUI's rules on {base.__name__}.",
+    }
     return type(f"Comfy{base.__name__}", (ComfyRules, base), namespace)
 
 
@@ -178,7 +214,7 @@ _KSAMPLERS: dict[str, type[ComfyRules]] = {
     "dpmpp_2m_sde": _comfy(family.KDPMPP2MSDE),
     "dpmpp_2m_sde_heun": _comfy(family.KDPMPP2MSDEHeun),
     "dpmpp_3m_sde": _comfy(family.KDPMPP3MSDE),
-    "ddim": _comfy(family.KEuler),  # ComfyUI's "ddim" is sample_euler
+    "ddim": _comfy(family.KEuler, random_noise=True),  # ComfyUI's "ddim" is sample_euler
     "lcm": ComfyLCM,
 }
 #: ComfyUI's KSampler samplers sdrt runs, in ComfyUI's order; sdrt names them comfy_<name>.

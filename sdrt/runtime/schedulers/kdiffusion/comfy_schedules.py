@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -120,7 +120,8 @@ class KSamplerSteps:
     """What ComfyUI's KSampler and KSamplerAdvanced do to a schedule and its noise: `denoise`
     (the last steps + 1 levels of a schedule of int(steps / denoise) steps), the advanced
     sampler's `start_step` / `last_step` (None: all), `force_full_denoise` (a cut schedule ends
-    at 0), `add_noise` (off: the latents start as given) and the seed of its sampler noise."""
+    at 0), `add_noise` (off: the latents start as given), the seed of its sampler noise and the
+    latent's noise mask."""
 
     denoise: float = 1.0
     start_step: int | None = None
@@ -128,6 +129,8 @@ class KSamplerSteps:
     force_full_denoise: bool = False
     add_noise: bool = True
     seed: int | None = None
+    #: SetLatentNoiseMask's mask at the latents' size [batch or 1, 1, h, w]: 1 is denoised, 0 kept.
+    noise_mask: np.ndarray | None = field(default=None, compare=False)
 
     def cut(self, steps: int, schedule: Callable[[int], np.ndarray]) -> np.ndarray:
         """KSampler.set_steps then KSampler.sample's cut (empty: no step to run)."""

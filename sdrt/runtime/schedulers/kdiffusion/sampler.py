@@ -140,14 +140,17 @@ class KDiffusionSampler(Scheduler):
                 raise ConfigError("k-diffusion samplers run a schedule from its first step only")
             self._solver = self._start(sample, self._fresh_noise(sample))
             next(self._solver)
-        sigma = self.sigmas[step_index]
-        denoised = predict_x0(self.config.prediction_type, model_output, sample, sigma)
+        denoised = self._denoised(model_output, sample, step_index)
         try:
             x, _ = self._solver.send(denoised.astype(np.float32))
         except StopIteration as done:
             self._solver = None
             return done.value
         return x
+
+    def _denoised(self, model_output: np.ndarray, sample: np.ndarray, step_index: int) -> np.ndarray:
+        """The denoised prediction the solver is sent for a model output."""
+        return predict_x0(self.config.prediction_type, model_output, sample, self.sigmas[step_index])
 
     def add_noise(self, original: np.ndarray, noise: np.ndarray, step_index: int) -> np.ndarray:
         return original + noise * self.sigmas[step_index].astype(original.dtype)
