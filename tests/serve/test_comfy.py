@@ -484,3 +484,18 @@ def test_vae_encode_for_inpaint_with_load_image_mask_equals_comfyui(server, refe
     arguments = (reference.unet, s, cond, uncond, "dpmpp_2m", "karras", 3, 7.5, 8566257, latents)
     expected = _decode(reference, comfy_ksampler(*arguments, noise_mask=noise_mask))[0]
     assert_close_pixels(got, expected)
+
+
+def test_vae_loader_names_an_exports_vae(server):
+    from comfy_api_simplified import ComfyApiWrapper
+
+    workflow = copy.deepcopy(TXT2IMG)
+    loader = {"class_type": "VAELoader", "inputs": {"vae_name": "standard.safetensors"}, "_meta": {"title": "v"}}
+    workflow["10"] = loader
+    workflow["8"]["inputs"]["vae"] = ["10", 0]
+    api = ComfyApiWrapper(server)
+    ((_, with_loader),) = api.queue_and_wait_images(workflow, "Save Image").items()
+    ((_, plain),) = api.queue_and_wait_images(copy.deepcopy(TXT2IMG), "Save Image").items()
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(with_loader))), np.asarray(Image.open(io.BytesIO(plain))))
+    info = httpx.get(server + "/object_info/VAELoader").json()["VAELoader"]
+    assert info["input"]["required"]["vae_name"][0] == ["standard"]

@@ -111,5 +111,4 @@ NOT_RUN: dict[str, str] = {
     "ConditioningConcat": "token-wise concatenation of two encodings: not in sdrt's loop",
     "ControlNetLoader": "ComfyUI's ControlNet nodes: use the A1111 routes' ControlNet for now",
     "ControlNetApplyAdvanced": "ComfyUI's ControlNet nodes: use the A1111 routes' ControlNet for now",
-    "VAELoader": "a separate VAE: sdrt exports carry their VAE",
 }

@@ -68,6 +68,12 @@ def checkpoint_loader(context, ckpt_name: str):
     return handle, handle, handle
 
 
+@node("VAELoader", "loaders", {"vae_name": CHECKPOINT}, (VAE,))
+def vae_loader(context, vae_name: str):
+    """An export's VAE by the export's name (sdrt exports carry their VAE; no separate VAE files)."""
+    return (ModelHandle(context.pipeline_for(vae_name), vae_name),)
+
+
 @node(
     "CLIPSetLastLayer",
     "conditioning",
