@@ -161,3 +161,42 @@ def test_nearest_timestep_is_comfyuis():
     sigmas = np.array([14.6, 7.3, 1.0, 0.5, 0.03, 0.0292], np.float32)
     expected = s.timestep(torch.from_numpy(sigmas)).numpy()
     assert np.array_equal(model.nearest_timestep(sigmas), expected.astype(np.float32))
+
+
+@torch.no_grad()
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize(
+    "sampler, scheduler", [pytest.param("dpmpp_2m", "karras", marks=pytest.mark.slow), ("euler_ancestral", "normal")]
+)
+def test_sdxl_image_equals_comfyui(tiny_sdxl, exported_sdxl, sampler, scheduler):
+    """SDXL: the UNet also takes the pooled text embedding and the size ids (the image's size,
+    crop 0, 0: ComfyUI's SDXL adm for a KSampler's latents)."""
+    from conftest import sdxl_reference
+
+    ours = Pipeline.load(exported_sdxl("base"))
+    size = ours.manifest.native_height
+    pipe = sdxl_reference("StableDiffusionXLPipeline", tiny_sdxl["base"])
+    cond, uncond, pooled, negative_pooled = pipe.encode_prompt(
+        PROMPT, device="cpu", num_images_per_prompt=BATCH, do_classifier_free_guidance=True, negative_prompt=NEGATIVE
+    )
+    time_ids = torch.tensor([[size, size, 0, 0, size, size]], dtype=torch.float32).repeat(2 * BATCH, 1)
+    added = {"text_embeds": torch.cat([pooled, negative_pooled]), "time_ids": time_ids}
+
+    def unet(x, t, encoder_hidden_states):
+        return pipe.unet(x, t, encoder_hidden_states=encoder_hidden_states, added_cond_kwargs=added)
+
+    s = ComfyModelSampling(dict(pipe.scheduler.config))
+    zeros = torch.zeros(BATCH, pipe.unet.config.in_channels, size // 8, size // 8)
+    latents = comfy_ksampler(unet, s, cond, uncond, sampler, scheduler, 3, CFG, SEED, zeros)
+    expected = decode(pipe, latents)
+    result = ours.generate(
+        PROMPT,
+        negative_prompt=NEGATIVE,
+        num_images=BATCH,
+        steps=3,
+        seed=SEED,
+        sampler=COMFY_SAMPLERS[sampler],
+        schedule=scheduler,
+        guidance_scale=CFG,
+    )
+    assert_same_image(result.array, expected)
