@@ -155,13 +155,14 @@ FUNCTIONS = {
     "dpmpp_sde": "sample_dpmpp_sde",
     "dpmpp_2m": "sample_dpmpp_2m",
     "dpmpp_2m_sde": "sample_dpmpp_2m_sde",
+    "dpmpp_2m_sde_heun": "sample_dpmpp_2m_sde",  # solver_type "heun"
     "dpmpp_3m_sde": "sample_dpmpp_3m_sde",
     "ddim": "sample_euler",
     "lcm": None,
 }
 DISCARD_PENULTIMATE = ("dpm_2", "dpm_2_ancestral")
 ANCESTRAL = ("euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "lcm")
-BROWNIAN = ("dpmpp_sde", "dpmpp_2m_sde", "dpmpp_3m_sde")
+BROWNIAN = ("dpmpp_sde", "dpmpp_2m_sde", "dpmpp_2m_sde_heun", "dpmpp_3m_sde")
 
 
 def ksampler_sigmas(s, sampler, scheduler, steps, denoise=1.0, start_step=None, last_step=None, force_full=False):
@@ -244,6 +245,8 @@ def comfy_ksampler(unet, s, cond, uncond, sampler, scheduler, steps, cfg, seed, 
     if sampler in BROWNIAN:
         positive = sigmas[sigmas > 0]
         kwargs["noise_sampler"] = ks.BrownianTreeNoiseSampler(x, positive.min(), sigmas.max(), seed=seed)
+    if sampler == "dpmpp_2m_sde_heun":
+        kwargs["solver_type"] = "heun"
     if sampler == "lcm":
         return sample_lcm(model, x, sigmas, fresh, s)
     if sampler == "dpm_fast":  # ComfyUI's dpm_fast_function: the schedule's range, eta 0
