@@ -114,7 +114,8 @@ class ComfyRules(KDiffusionSampler):
         are kept for a noise mask's blend (KSamplerX0Inpaint keeps them)."""
         if step_index == 0:
             kept = noise if self.ksampler_steps.add_noise else np.zeros_like(noise)
-            if self.random_inpaint_noise:  # ComfyUI's ddim: the mask's noise from seed + 1
+            if self.random_inpaint_noise and self.ksampler_steps.noise_mask is not None:
+                # ComfyUI's ddim: the mask's noise from seed + 1
                 kept = TorchGenerator(self._seed() + CPU_NOISE_SEED_OFFSET).randn(noise.shape)
             self._masked = (original, kept)
         scale = self.init_noise_sigma if step_index == 0 else float(self.sigmas[step_index])
