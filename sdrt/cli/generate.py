@@ -25,6 +25,7 @@ from sdrt.cli.zimage_options import zimage_options, zimage_settings
 from sdrt.runtime.engines import BACKEND_NAMES, DEFAULT_BACKEND
 from sdrt.runtime.request import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from sdrt.runtime.schedulers import (
+    COMFY_SCHEDULER_NAMES,
     DEFAULT_SAMPLER,
     DEFAULT_SCHEDULE,
     K_SAMPLER_NAMES,
@@ -76,17 +77,17 @@ from sdrt.runtime.schedulers import (
     default=DEFAULT_SAMPLER,
     show_default=True,
     metavar="NAME",
-    help=f"Sampler: {', '.join(SAMPLER_NAMES)}; or k-diffusion's (A1111's and ComfyUI's images): "
-    f"{', '.join(K_SAMPLER_NAMES)}, also by A1111 label ('DPM++ 2M') or ComfyUI name "
-    "('comfyui:dpmpp_2m') (--scheduler is its earlier name).",
+    help=f"Sampler: {', '.join(SAMPLER_NAMES)}; or k-diffusion's with A1111's rules (A1111's images): "
+    f"{', '.join(K_SAMPLER_NAMES)}, also by A1111 label ('DPM++ 2M'); or ComfyUI's with its rules "
+    "(ComfyUI's images): comfy_euler, ... or 'comfyui:euler' (--scheduler is its earlier name).",
 )
 @click.option(
     "--schedule",
     default=DEFAULT_SCHEDULE,
     show_default=True,
-    type=click.Choice(tuple(dict.fromkeys((*SCHEDULE_NAMES, *K_SCHEDULE_NAMES)))),
+    type=click.Choice(tuple(dict.fromkeys((*SCHEDULE_NAMES, *K_SCHEDULE_NAMES, *COMFY_SCHEDULER_NAMES)))),
     help="Schedule type (A1111's): the noise levels' spacing, for the samplers that take it "
-    "(the k-diffusion samplers take them all).",
+    "(the k-diffusion samplers take them all; ComfyUI's comfy_* samplers take ComfyUI's schedulers).",
 )
 @click.option(
     "--backend",

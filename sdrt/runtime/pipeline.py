@@ -51,6 +51,7 @@ from sdrt.runtime.parameters import generation_parameters
 from sdrt.runtime.request import GenerationError, GenerationRequest, ResolvedRequest
 from sdrt.runtime.rng import TorchGenerator
 from sdrt.runtime.schedulers import Scheduler, sampler_from_config
+from sdrt.runtime.schedulers.kdiffusion.comfy import ComfyRules
 from sdrt.runtime.schedulers.kdiffusion.sampler import KDiffusionSampler
 from sdrt.runtime.text.embeddings import EmbeddingSource
 from sdrt.runtime.text.encoders import TextEncoders
@@ -307,6 +308,10 @@ class Pipeline:
             sampler.sdxl = isinstance(self.manifest.model_family, StableDiffusionXL)
         if request.eta is not None:
             sampler.eta = request.eta
+        if request.ksampler_steps is not None:
+            if not isinstance(sampler, ComfyRules):
+                raise GenerationError("ksampler_steps are for ComfyUI's samplers (comfy_*)", "ksampler_steps")
+            sampler.ksampler_steps = request.ksampler_steps
         try:
             self.family.set_timesteps(sampler, request.steps, self.manifest, resolved)
         except ConfigError as error:

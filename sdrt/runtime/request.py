@@ -36,10 +36,11 @@ from sdrt.runtime.request_checks import check_counts, check_deepcache, check_sam
 from sdrt.runtime.request_fields import ALONE, PER_ROW, SHARED
 from sdrt.runtime.request_sizes import check_size, nearest_multiples, side_problem  # noqa: F401 (read from here)
 from sdrt.runtime.schedulers import DEFAULT_SAMPLER, DEFAULT_SCHEDULE, SAMPLERS
+from sdrt.runtime.schedulers.kdiffusion.comfy_schedules import KSamplerSteps
 from sdrt.runtime.seeds import MAX_SEED as MAX_SEED  # where callers read it
 from sdrt.runtime.seeds import image_seeds, request_seeds
 from sdrt.runtime.text.checks import check_text
-from sdrt.runtime.text.prompts.emphasis import DEFAULT_EMPHASIS, emphasis_mode
+from sdrt.runtime.text.prompts.emphasis import COMFYUI_EMPHASIS, DEFAULT_EMPHASIS, emphasis_mode
 from sdrt.runtime.text.prompts.options import TextOptions
 
 DEFAULT_STEPS = 50
@@ -126,6 +127,8 @@ class GenerationRequest:
     #: folder (--lora-dir, --controlnet-dir) only, never a path, and errors show no server path.
     confined_names: bool = field(default=False, metadata=SHARED)
     vae: str = field(default="full", metadata=SHARED)  # the decoder: "full", or "tiny" (an export with --tiny-vae)
+    # ComfyUI's samplers (comfy_*) only: its KSampler's denoise, start/end steps, noise and seed.
+    ksampler_steps: KSamplerSteps | None = field(default=None, metadata=SHARED)
 
     def resolve(self, manifest: Manifest) -> ResolvedRequest:
         """Every field checked against the model; defaults filled in; images opened."""
@@ -325,7 +328,7 @@ def _loras(request: GenerationRequest, prompts: list[str]) -> tuple[list[str], t
     for ref in loras:
         if weights_problem(ref.weights):
             raise GenerationError(f"loras: {ref.source[:100]!r}: {weights_problem(ref.weights)}", "loras")
-    if request.plain_prompt:
+    if request.plain_prompt or request.emphasis == COMFYUI_EMPHASIS:  # ComfyUI's prompts have no LoRA tags
         return list(prompts), tuple(loras)
     try:
         stripped = [extract_tags(prompt) for prompt in prompts]

@@ -59,6 +59,7 @@ def settings_for(feature: str, manifest: Manifest) -> dict:
         "lora": dict(loras=("style:0.5",)),
         "two_call_sampler": dict(sampler="heun"),
         "k_diffusion_sampler": dict(sampler="k_heun"),
+        "comfyui_sampler": dict(sampler="comfy_heun"),
         "size_conditioning": dict(size_conditioning=SizeConditioning()),
         "refiner": dict(refiner_switch=0.5),
         "deepcache": dict(deepcache=DeepCache(2)),
@@ -67,9 +68,15 @@ def settings_for(feature: str, manifest: Manifest) -> dict:
 
 
 #: The features a feature's settings also use.
-IMPLIES = {"masked_area": {"inpainting"}, "k_diffusion_sampler": {"two_call_sampler"}}
+IMPLIES = {
+    "masked_area": {"inpainting"},
+    "k_diffusion_sampler": {"two_call_sampler"},
+    "comfyui_sampler": {"two_call_sampler"},
+}
 #: Request modes that exclude each other (one set of settings cannot ask for two).
 MODES = {"img2img", "inpainting", "masked_area"}
+#: Features that name the request's one sampler, each of another family.
+SAMPLER_FAMILIES = {"k_diffusion_sampler", "comfyui_sampler"}
 REQUESTED = [name for name, feature in FEATURES.items() if feature.active is not None]
 
 
@@ -157,6 +164,8 @@ def test_the_sdxl_refiner_family_refuses_a_refiner_switch(manifest):
 def _combinable(pair) -> bool:
     used = set(pair).union(*(IMPLIES.get(name, set()) for name in pair))
     if len(used & MODES) > 1 and not (used & MODES) <= {"masked_area", "inpainting"}:
+        return False
+    if len(used & SAMPLER_FAMILIES) > 1:  # one sampler per request
         return False
     return not any(combinations.refusal(a, b) for a, b in itertools.combinations(used, 2))
 

@@ -16,6 +16,7 @@ from sdrt.errors import ConfigError, GenerationError
 from sdrt.runtime.manifest import Manifest
 from sdrt.runtime.request import GenerationRequest
 from sdrt.runtime.schedulers import (
+    COMFYUI,
     DIFFUSERS,
     DISPLAY_NAMES,
     KDIFFUSION,
@@ -235,7 +236,7 @@ def test_registry_lists_samplers_by_space():
     assert SAMPLER_NAMES == sampler_names(DIFFUSION)
     assert "flow_euler" not in SAMPLER_NAMES and "flow_euler" not in DISPLAY_NAMES.values()
     assert sampler_names(FLOW)[0] == "flow_euler"
-    families = (DIFFUSERS, KDIFFUSION)
+    families = (DIFFUSERS, KDIFFUSION, COMFYUI)
     assert set(SAMPLERS) == {name for space in SPACES for family in families for name in sampler_names(space, family)}
     assert sampler_names(FLOW, KDIFFUSION) == ()
     assert all(entry.space == FLOW for entry in sampler_entries(FLOW))
@@ -257,7 +258,7 @@ def test_every_sampler_has_the_shared_tables(sd15_dir, name):
     assert sampler.timesteps.dtype == np.float32 and sampler.sigmas.dtype == np.float32
     assert sampler.sigmas.shape == (calls + 1,)
     # DPM fast's 3-stage steps call the model below the next step's level, then step back up to it.
-    assert name == "k_dpm_fast" or np.all(np.diff(sampler.sigmas) <= 0)
+    assert name in ("k_dpm_fast", "comfy_dpm_fast") or np.all(np.diff(sampler.sigmas) <= 0)
     assert sampler.sigmas[0] > sampler.sigmas[-1]
     ones, zeros = np.ones(SAMPLE_SHAPE, np.float32), np.zeros(SAMPLE_SHAPE, np.float32)
     for index in range(calls):
@@ -266,6 +267,8 @@ def test_every_sampler_has_the_shared_tables(sd15_dir, name):
         noise = np.float64(sampler.add_noise(zeros, ones, index).max())
         if SAMPLERS[name].space == FLOW:
             assert (signal, noise) == pytest.approx((1 - sigma, sigma), abs=4 * UNIT_ROUNDOFF)
+        elif SAMPLERS[name].family == COMFYUI and index == 0:  # ComfyUI's noise_scaling: sqrt(1 + sigma^2) at full
+            assert noise / signal == pytest.approx(sampler.init_noise_sigma, rel=8 * UNIT_ROUNDOFF)
         else:
             assert noise / signal == pytest.approx(sigma, rel=8 * UNIT_ROUNDOFF)
 

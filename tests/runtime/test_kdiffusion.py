@@ -229,8 +229,14 @@ def test_every_k_sampler_is_in_the_reference_table():
     assert labels == set(A1111_SAMPLERS)
 
 
-@pytest.mark.parametrize("sampler", ["DPM++ 2M", "comfyui:dpmpp_2m"])
-def test_cli_takes_a1111_and_comfyui_names(kd_ours, exported_tiny, tmp_path, sampler):
+@pytest.mark.parametrize(
+    "sampler, recorded, same_as",
+    [
+        ("DPM++ 2M", "Sampler: DPM++ 2M, Schedule type: Karras, ", "k_dpmpp_2m"),
+        ("comfyui:dpmpp_2m", "Sampler: dpmpp_2m (ComfyUI), Schedule type: normal, ", "comfy_dpmpp_2m"),
+    ],
+)
+def test_cli_takes_a1111_and_comfyui_names(kd_ours, exported_tiny, tmp_path, sampler, recorded, same_as):
     from click.testing import CliRunner
     from PIL import Image
 
@@ -243,8 +249,8 @@ def test_cli_takes_a1111_and_comfyui_names(kd_ours, exported_tiny, tmp_path, sam
     assert result.exit_code == 0, result.output
     with Image.open(out) as image:
         text, pixels = image.info["parameters"], np.asarray(image)
-    assert "Steps: 3, Sampler: DPM++ 2M, Schedule type: Karras, " in text
-    expected = kd_ours["standard"].generate("a photo of a cat", steps=3, seed=7, sampler="k_dpmpp_2m")
+    assert f"Steps: 3, {recorded}" in text
+    expected = kd_ours["standard"].generate("a photo of a cat", steps=3, seed=7, sampler=same_as)
     assert np.array_equal(pixels, np.asarray(expected.images[0]))
 
 

@@ -166,7 +166,8 @@ def test_a1111_and_comfyui_names_resolve_to_one_sampler():
 def test_sdrt_names_keep_their_samplers():
     assert resolve_sampler_name("euler") == "euler" and resolve_sampler_name("dpmpp_2m") == "dpmpp_2m"
     assert resolve_sampler_name("Euler a") == "k_euler_a"
-    assert resolve_sampler_name("comfyui:euler") == "k_euler"
+    assert resolve_sampler_name("comfyui:euler") == "comfy_euler"  # ComfyUI's name: ComfyUI's rules
+    assert resolve_sampler_name("a1111:euler") == "k_euler"
     with pytest.raises(ConfigError, match="unknown sampler 'Euler b'"):
         resolve_sampler_name("Euler b")
 

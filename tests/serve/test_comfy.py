@@ -6,11 +6,13 @@ from __future__ import annotations
 import copy
 import io
 import json
+import math
 import time
 
 import httpx
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from sdrt.runtime.pipeline import Pipeline
@@ -65,22 +67,62 @@ def server(pipeline, tmp_path_factory):
         yield base
 
 
-def _expected(pipeline, workflow) -> np.ndarray:
-    sampler, text = workflow["3"]["inputs"], workflow["6"]["inputs"]["text"]
-    result = pipeline.generate(
-        text,
-        negative_prompt=workflow["7"]["inputs"]["text"],
-        steps=sampler["steps"],
-        guidance_scale=sampler["cfg"],
-        seed=sampler["seed"],
-        sampler="euler",
-        height=64,
-        width=64,
+@pytest.fixture(scope="module")
+def reference(tiny_models):
+    from conftest import diffusers_pipeline
+
+    return diffusers_pipeline("StableDiffusionPipeline", tiny_models["standard"])
+
+
+def _encode(reference, workflow, batch: int):
+    """CLIPTextEncode as ComfyUI encodes (its weights, its padding), per image of the batch."""
+    from support.comfy_reference import comfy_encode
+
+    texts = workflow["6"]["inputs"]["text"], workflow["7"]["inputs"]["text"]
+    return [comfy_encode(reference, text).repeat(batch, 1, 1) for text in texts]
+
+
+def _decode(reference, latents) -> np.ndarray:
+    """8-bit pixels as SaveImage writes them."""
+    with torch.no_grad():
+        image = reference.vae.decode(latents / reference.vae.config.scaling_factor).sample
+    pixels = (image / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    return np.round(pixels * 255).astype(np.uint8)
+
+
+def _expected(reference, workflow, batch: int = 1) -> np.ndarray:
+    """ComfyUI's image for the default workflow: its KSampler composed from its sources
+    (tests/support/comfy_reference.py) on diffusers' UNet, decoded by diffusers' VAE."""
+    from support.comfy_reference import ComfyModelSampling, comfy_ksampler
+
+    sampler = workflow["3"]["inputs"]
+    cond, uncond = _encode(reference, workflow, batch)
+    s = ComfyModelSampling(dict(reference.scheduler.config))
+    zeros = torch.zeros(batch, reference.unet.config.in_channels, 64 // 8, 64 // 8)
+    latents = comfy_ksampler(
+        reference.unet,
+        s,
+        cond,
+        uncond,
+        sampler["sampler_name"],
+        sampler["scheduler"],
+        sampler["steps"],
+        sampler["cfg"],
+        sampler["seed"],
+        zeros,
+        denoise=sampler["denoise"],
     )
-    return np.asarray(result.images[0])
+    return _decode(reference, latents)
 
 
-def test_a_comfyui_client_runs_the_default_workflow(server, pipeline):
+def assert_close_pixels(got: np.ndarray, expected: np.ndarray) -> None:
+    """Within 2/255 max and 0.5/255 mean (8-bit rounding of float32 pixels within that)."""
+    difference = np.abs(got.astype(np.int16) - expected.astype(np.int16))
+    assert difference.max() <= 2 and difference.mean() <= 0.5, (difference.max(), difference.mean())
+    assert expected.std() > 2, "a flat reference would make the comparison vacuous"
+
+
+def test_a_comfyui_client_runs_the_default_workflow(server, reference):
     from comfy_api_simplified import ComfyApiWrapper
 
     api = ComfyApiWrapper(server)
@@ -89,7 +131,7 @@ def test_a_comfyui_client_runs_the_default_workflow(server, pipeline):
     ((name, data),) = images.items()
     assert name.startswith("ComfyUI_") and name.endswith("_.png")
     got = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-    np.testing.assert_array_equal(got, _expected(pipeline, TXT2IMG))
+    assert_close_pixels(got, _expected(reference, TXT2IMG)[0])
 
 
 def _post(server, workflow, **extra) -> httpx.Response:
@@ -208,3 +250,252 @@ def test_the_servers_limits_hold_for_workflows(server):
     assert entry["status"]["status_str"] == "error"
     (error,) = [data for event, data in entry["status"]["messages"] if event == "execution_error"]
     assert error["node_id"] == "3" and "--max-steps" in error["exception_message"]
+
+
+def _advanced(model, latent, add_noise, start, end, leftover, sampler="euler_ancestral", scheduler="karras"):
+    return {
+        "class_type": "KSamplerAdvanced",
+        "inputs": {
+            "add_noise": add_noise,
+            "noise_seed": 77,
+            "steps": 6,
+            "cfg": 7.5,
+            "sampler_name": sampler,
+            "scheduler": scheduler,
+            "positive": ["6", 0],
+            "negative": ["7", 0],
+            "latent_image": latent,
+            "model": model,
+            "start_at_step": start,
+            "end_at_step": end,
+            "return_with_leftover_noise": leftover,
+        },
+        "_meta": {"title": "KSamplerAdvanced"},
+    }
+
+
+def test_ksampler_advanced_two_passes_equal_comfyui(server, reference):
+    """Two KSamplerAdvanced passes (the base + refiner pattern): steps 0-3 with noise and the
+    leftover noise returned, then 3-end without new noise; a batch of two from one seed."""
+    from comfy_api_simplified import ComfyApiWrapper
+
+    from support.comfy_reference import ComfyModelSampling, comfy_ksampler
+
+    workflow = copy.deepcopy(TXT2IMG)
+    workflow["5"]["inputs"]["batch_size"] = 2
+    workflow["3"] = _advanced(["4", 0], ["5", 0], "enable", 0, 3, "enable")
+    workflow["10"] = _advanced(["4", 0], ["3", 0], "disable", 3, 10000, "disable")
+    workflow["8"]["inputs"]["samples"] = ["10", 0]
+    images = ComfyApiWrapper(server).queue_and_wait_images(workflow, "Save Image")
+    got = [np.asarray(Image.open(io.BytesIO(data)).convert("RGB")) for _, data in sorted(images.items())]
+
+    cond, uncond = _encode(reference, workflow, 2)
+    s = ComfyModelSampling(dict(reference.scheduler.config))
+    zeros = torch.zeros(2, reference.unet.config.in_channels, 8, 8)
+    arguments = (reference.unet, s, cond, uncond, "euler_ancestral", "karras", 6, 7.5, 77)
+    first = comfy_ksampler(*arguments, zeros, start_step=0, last_step=3, force_full=False)
+    final = comfy_ksampler(*arguments, first, start_step=3, last_step=10000, force_full=True, add_noise=False)
+    expected = _decode(reference, final)
+    assert len(got) == 2 and np.abs(expected[0].astype(int) - expected[1]).max() > 2, "two different images"
+    for image, reference_image in zip(got, expected):
+        assert_close_pixels(image, reference_image)
+
+
+def test_clip_text_encode_weighs_as_comfyui(server, reference):
+    """`(word:1.5)` in CLIPTextEncode: ComfyUI's rule (from the empty prompt's states, no mean
+    restoration), through the client."""
+    from comfy_api_simplified import ComfyApiWrapper
+
+    workflow = copy.deepcopy(TXT2IMG)
+    workflow["6"]["inputs"]["text"] = "a (red:6.0) fox in the ((snow)), (blurry:-4.0)"
+    workflow["3"]["inputs"]["seed"] = 5
+    ((_, data),) = ComfyApiWrapper(server).queue_and_wait_images(workflow, "Save Image").items()
+    got = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    expected = _expected(reference, workflow)[0]
+    assert_close_pixels(got, expected)
+    plain = copy.deepcopy(workflow)
+    plain["6"]["inputs"]["text"] = "a red fox in the snow, blurry"
+    assert np.abs(_expected(reference, plain)[0].astype(int) - expected).max() > 2, "the weights change the image"
+
+
+def _torch_upscale(samples: torch.Tensor, width: int, height: int, method: str, crop: str) -> torch.Tensor:
+    """comfy.utils.common_upscale for torch's interpolate modes."""
+    if crop == "center":
+        old_width, old_height = samples.shape[-1], samples.shape[-2]
+        old_aspect, new_aspect = old_width / old_height, width / height
+        x = y = 0
+        if old_aspect > new_aspect:
+            x = round((old_width - old_width * (new_aspect / old_aspect)) / 2)
+        elif old_aspect < new_aspect:
+            y = round((old_height - old_height * (old_aspect / new_aspect)) / 2)
+        samples = samples.narrow(-2, y, old_height - y * 2).narrow(-1, x, old_width - x * 2)
+    return torch.nn.functional.interpolate(samples, size=(height, width), mode=method)
+
+
+@pytest.mark.parametrize("method", ["nearest-exact", "bilinear", "area", "bicubic"])
+@pytest.mark.parametrize("size, crop", [((13, 7), "disabled"), ((5, 11), "center"), ((16, 9), "center")])
+def test_common_upscale_equals_comfyuis(method, size, crop):
+    from sdrt.serve.comfy.image_nodes import common_upscale
+
+    samples = torch.randn(2, 4, 9, 10, generator=torch.Generator().manual_seed(3))
+    expected = _torch_upscale(samples, *size, method, crop).numpy()
+    got = common_upscale(samples.numpy(), *size, method, crop)
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)  # float32 sums in another order
+
+
+def test_hires_two_pass_with_latent_upscale_by_equals_comfyui(server, reference):
+    """KSampler, LatentUpscaleBy 1.5, KSampler at denoise 0.5 (ComfyUI's hires fix workflow)."""
+    from comfy_api_simplified import ComfyApiWrapper
+
+    from support.comfy_reference import ComfyModelSampling, comfy_ksampler
+
+    workflow = copy.deepcopy(TXT2IMG)
+    workflow["3"]["inputs"].update(sampler_name="dpmpp_2m", scheduler="karras")
+    workflow["10"] = {
+        "class_type": "LatentUpscaleBy",
+        "inputs": {"samples": ["3", 0], "upscale_method": "nearest-exact", "scale_by": 1.5},
+        "_meta": {"title": "Upscale Latent By"},
+    }
+    second = copy.deepcopy(workflow["3"])
+    second["inputs"].update(latent_image=["10", 0], denoise=0.5, seed=11, sampler_name="euler_ancestral")
+    workflow["11"] = second
+    workflow["8"]["inputs"]["samples"] = ["11", 0]
+    ((_, data),) = ComfyApiWrapper(server).queue_and_wait_images(workflow, "Save Image").items()
+    got = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    assert got.shape == (96, 96, 3)
+
+    cond, uncond = _encode(reference, workflow, 1)
+    s = ComfyModelSampling(dict(reference.scheduler.config))
+    zeros = torch.zeros(1, reference.unet.config.in_channels, 8, 8)
+    first = comfy_ksampler(reference.unet, s, cond, uncond, "dpmpp_2m", "karras", 3, 7.5, 8566257, zeros)
+    upscaled = _torch_upscale(first, 12, 12, "nearest-exact", "disabled")
+    final = comfy_ksampler(
+        reference.unet, s, cond, uncond, "euler_ancestral", "karras", 3, 7.5, 11, upscaled, denoise=0.5
+    )
+    assert_close_pixels(got, _decode(reference, final)[0])
+
+
+def test_image_scale_nodes_through_the_client(server):
+    from comfy_api_simplified import ComfyApiWrapper
+
+    pixels = np.random.default_rng(4).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    picture = io.BytesIO()
+    Image.fromarray(pixels).save(picture, format="PNG")
+    httpx.post(server + "/upload/image", files={"image": ("noise.png", picture.getvalue(), "image/png")})
+    workflow = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "noise.png"}},
+        "2": {
+            "class_type": "ImageScale",
+            "inputs": {"image": ["1", 0], "upscale_method": "bilinear", "width": 24, "height": 0, "crop": "center"},
+        },
+        "3": {"class_type": "ImageScaleBy", "inputs": {"image": ["2", 0], "upscale_method": "area", "scale_by": 0.5}},
+        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "scaled"}},
+    }
+    for key, value in workflow.items():
+        value["_meta"] = {"title": f"n{key}"}
+    ((_, data),) = ComfyApiWrapper(server).queue_and_wait_images(workflow, "n4").items()
+    got = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    image = torch.from_numpy(pixels.astype(np.float32) / 255).permute(2, 0, 1)[None]
+    scaled = _torch_upscale(image, 24, 16, "bilinear", "center")  # height: round(20 * 24 / 30)
+    scaled = _torch_upscale(scaled, 12, 8, "area", "disabled")
+    expected = np.round(scaled[0].permute(1, 2, 0).clamp(0, 1).numpy() * 255).astype(np.uint8)
+    assert got.shape == expected.shape == (8, 12, 3)
+    assert np.abs(got.astype(int) - expected).max() <= 1
+
+
+def _upload_rgba(server, name: str) -> np.ndarray:
+    """An RGBA picture with a transparent square (ComfyUI's mask: 1 where transparent)."""
+    rgba = np.zeros((64, 64, 4), np.uint8)
+    rgba[..., 0], rgba[..., 1], rgba[..., 2] = 40, 160, 90
+    rgba[..., 3] = 255
+    rgba[20:44, 16:40, 3] = 0
+    picture = io.BytesIO()
+    Image.fromarray(rgba).save(picture, format="PNG")
+    httpx.post(server + "/upload/image", files={"image": (name, picture.getvalue(), "image/png")})
+    return rgba
+
+
+@torch.no_grad()
+def _vae_latents(reference, pixels: torch.Tensor) -> torch.Tensor:
+    """VAEEncode: the latent distribution's mean, scaled (sdrt's latent space)."""
+    encoded = reference.vae.encode(pixels.permute(0, 3, 1, 2) * 2 - 1).latent_dist.mode()
+    return encoded * reference.vae.config.scaling_factor
+
+
+@pytest.mark.parametrize("sampler", ["euler_ancestral", "ddim"])
+def test_set_latent_noise_mask_equals_comfyui(server, reference, sampler):
+    from comfy_api_simplified import ComfyApiWrapper
+
+    from support.comfy_reference import ComfyModelSampling, comfy_ksampler
+
+    rgba = _upload_rgba(server, "holed.png")
+    workflow = copy.deepcopy(TXT2IMG)
+    workflow["10"] = {"class_type": "LoadImage", "inputs": {"image": "holed.png"}}
+    workflow["11"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["10", 0], "vae": ["4", 2]}}
+    workflow["12"] = {"class_type": "SetLatentNoiseMask", "inputs": {"samples": ["11", 0], "mask": ["10", 1]}}
+    workflow["3"]["inputs"].update(latent_image=["12", 0], denoise=0.8, sampler_name=sampler)
+    for key in ("10", "11", "12"):
+        workflow[key]["_meta"] = {"title": key}
+    ((_, data),) = ComfyApiWrapper(server).queue_and_wait_images(workflow, "Save Image").items()
+    got = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+    pixels = torch.from_numpy(rgba[..., :3].astype(np.float32) / 255)[None]
+    mask = 1.0 - torch.from_numpy(rgba[..., 3].astype(np.float32) / 255)[None]
+    cond, uncond = _encode(reference, workflow, 1)
+    s = ComfyModelSampling(dict(reference.scheduler.config))
+    arguments = (reference.unet, s, cond, uncond, sampler, "normal", 3, 7.5, 8566257, _vae_latents(reference, pixels))
+    expected = _decode(reference, comfy_ksampler(*arguments, denoise=0.8, noise_mask=mask))[0]
+    assert_close_pixels(got, expected)
+    unmasked = _decode(reference, comfy_ksampler(*arguments, denoise=0.8))[0]
+    assert np.abs(unmasked.astype(int) - expected).max() > 2, "the mask changes the image"
+
+
+def _grow(mask: torch.Tensor, by: int) -> torch.Tensor:
+    kernel = torch.ones((1, 1, by, by))
+    return torch.clamp(torch.nn.functional.conv2d(mask.round(), kernel, padding=math.ceil((by - 1) / 2)), 0, 1)
+
+
+def test_vae_encode_for_inpaint_with_load_image_mask_equals_comfyui(server, reference):
+    from comfy_api_simplified import ComfyApiWrapper
+
+    from support.comfy_reference import ComfyModelSampling, comfy_ksampler
+
+    rgba = _upload_rgba(server, "holed2.png")
+    workflow = copy.deepcopy(TXT2IMG)
+    workflow["10"] = {"class_type": "LoadImage", "inputs": {"image": "holed2.png"}}
+    workflow["13"] = {"class_type": "LoadImageMask", "inputs": {"image": "holed2.png", "channel": "alpha"}}
+    workflow["11"] = {
+        "class_type": "VAEEncodeForInpaint",
+        "inputs": {"pixels": ["10", 0], "vae": ["4", 2], "mask": ["13", 0], "grow_mask_by": 6},
+    }
+    workflow["3"]["inputs"].update(latent_image=["11", 0], sampler_name="dpmpp_2m", scheduler="karras")
+    for key in ("10", "11", "13"):
+        workflow[key]["_meta"] = {"title": key}
+    ((_, data),) = ComfyApiWrapper(server).queue_and_wait_images(workflow, "Save Image").items()
+    got = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+    pixels = torch.from_numpy(rgba[..., :3].astype(np.float32) / 255)[None]
+    mask = (1.0 - torch.from_numpy(rgba[..., 3].astype(np.float32) / 255))[None, None]
+    grey = (pixels - 0.5) * (1.0 - mask.round())[:, 0, :, :, None] + 0.5
+    noise_mask = _grow(mask, 6)[:, :, :64, :64].round()
+    cond, uncond = _encode(reference, workflow, 1)
+    s = ComfyModelSampling(dict(reference.scheduler.config))
+    latents = _vae_latents(reference, grey)
+    arguments = (reference.unet, s, cond, uncond, "dpmpp_2m", "karras", 3, 7.5, 8566257, latents)
+    expected = _decode(reference, comfy_ksampler(*arguments, noise_mask=noise_mask))[0]
+    assert_close_pixels(got, expected)
+
+
+def test_vae_loader_names_an_exports_vae(server):
+    from comfy_api_simplified import ComfyApiWrapper
+
+    workflow = copy.deepcopy(TXT2IMG)
+    loader = {"class_type": "VAELoader", "inputs": {"vae_name": "standard.safetensors"}, "_meta": {"title": "v"}}
+    workflow["10"] = loader
+    workflow["8"]["inputs"]["vae"] = ["10", 0]
+    api = ComfyApiWrapper(server)
+    ((_, with_loader),) = api.queue_and_wait_images(workflow, "Save Image").items()
+    ((_, plain),) = api.queue_and_wait_images(copy.deepcopy(TXT2IMG), "Save Image").items()
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(with_loader))), np.asarray(Image.open(io.BytesIO(plain))))
+    info = httpx.get(server + "/object_info/VAELoader").json()["VAELoader"]
+    assert info["input"]["required"]["vae_name"][0] == ["standard"]

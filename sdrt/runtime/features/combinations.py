@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sdrt.errors import GenerationError
-from sdrt.runtime.schedulers import KDIFFUSION, SAMPLERS
+from sdrt.runtime.schedulers import COMFYUI, KDIFFUSION, SAMPLERS
 
 if TYPE_CHECKING:
     from sdrt.runtime.families import Family
@@ -90,10 +90,18 @@ FEATURES: dict[str, Feature] = {
         ),
         Feature(
             "k_diffusion_sampler",
-            "a k-diffusion sampler (A1111's, ComfyUI's)",
+            "a k-diffusion sampler (A1111's rules)",
             "sampler",
             "`sampler`: k_euler, k_dpmpp_2m, ... (schedulers.K_SAMPLER_NAMES)",
             lambda r: SAMPLERS[r.request.sampler].family == KDIFFUSION,
+            per_family=False,
+        ),
+        Feature(
+            "comfyui_sampler",
+            "ComfyUI's sampler (ComfyUI's rules)",
+            "sampler",
+            "`sampler`: comfy_euler, comfy_dpmpp_2m, ... (schedulers.COMFY_SAMPLER_NAMES)",
+            lambda r: SAMPLERS[r.request.sampler].family == COMFYUI,
             per_family=False,
         ),
         Feature(
@@ -140,6 +148,12 @@ REFUSED: dict[tuple[str, str], str] = {
     "yet: use a diffusers sampler",
     ("k_diffusion_sampler", "refiner"): "the k-diffusion samplers run one model's whole schedule; a refiner is not "
     "supported with them yet",
+    ("inpainting", "comfyui_sampler"): "ComfyUI's samplers inpaint by a latent noise mask (the ComfyUI API's "
+    "SetLatentNoiseMask), not sdrt's mask_image blend: use a diffusers sampler",
+    ("hires", "comfyui_sampler"): "ComfyUI's samplers run ComfyUI's two passes (the ComfyUI API's LatentUpscale), "
+    "not A1111's hires fix: use a diffusers or k-diffusion sampler",
+    ("comfyui_sampler", "refiner"): "ComfyUI's samplers run one model's schedule (the ComfyUI API's "
+    "KSamplerAdvanced passes); a refiner is not supported with them",
     ("inpainting", "refiner"): "a refiner works with text-to-image and image-to-image; inpainting with a refiner is "
     "not supported yet",
     ("controlnet", "refiner"): "ControlNets with a refiner are not supported yet (diffusers' SDXL ControlNet "

@@ -10,6 +10,7 @@ import numpy as np
 CUBIC_A, CUBIC_A_ANTIALIAS = -0.75, -0.5
 BILINEAR_SUPPORT, BICUBIC_SUPPORT = 1.0, 2.0
 LATENT_MODES = ("nearest", "nearest-exact", "bilinear", "bilinear-antialias", "bicubic", "bicubic-antialias")
+AREA = "area"  # also taken (ComfyUI's upscale nodes name it), not an A1111 latent upscaler
 
 
 def _cubic(x: np.ndarray, a: float) -> np.ndarray:
@@ -53,6 +54,16 @@ def _bicubic(size_in: int, size_out: int) -> np.ndarray:
     return weights
 
 
+def _area(size_in: int, size_out: int) -> np.ndarray:
+    """torch's mode="area" (adaptive average pooling): output i averages inputs
+    floor(i * in / out) to ceil((i + 1) * in / out)."""
+    weights = np.zeros((size_out, size_in), dtype=np.float64)
+    for row in range(size_out):
+        first, last = (row * size_in) // size_out, -((-(row + 1) * size_in) // size_out)
+        weights[row, first:last] = 1 / (last - first)
+    return weights
+
+
 def _antialiased(size_in: int, size_out: int, support: float, kernel) -> np.ndarray:
     """torch's antialias=True: the kernel widened by the downscale factor, taps normalized."""
     scale = size_in / size_out
@@ -76,11 +87,13 @@ def axis_weights(mode: str, size_in: int, size_out: int) -> np.ndarray:
         return _bilinear(size_in, size_out)
     if mode == "bicubic":
         return _bicubic(size_in, size_out)
+    if mode == AREA:
+        return _area(size_in, size_out)
     if mode == "bilinear-antialias":
         return _antialiased(size_in, size_out, BILINEAR_SUPPORT, lambda x: np.maximum(1 - np.abs(x), 0.0))
     if mode == "bicubic-antialias":
         return _antialiased(size_in, size_out, BICUBIC_SUPPORT, lambda x: _cubic(x, CUBIC_A_ANTIALIAS))
-    raise ValueError(f"unknown resampling mode {mode!r}; choose one of {', '.join(LATENT_MODES)}")
+    raise ValueError(f"unknown resampling mode {mode!r}; choose one of {', '.join((*LATENT_MODES, AREA))}")
 
 
 def resize_latents(latents: np.ndarray, height: int, width: int, mode: str) -> np.ndarray:

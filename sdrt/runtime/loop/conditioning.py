@@ -117,7 +117,8 @@ def encode_conditioning(
     steps = request.steps
 
     def schedule(text: str) -> list[tuple[int, str]]:
-        return [(steps, text)] if request.plain_prompt else prompt_schedule(text, steps)
+        plain = request.plain_prompt or not options.emphasis.a1111_syntax  # ComfyUI's: no prompt editing
+        return [(steps, text)] if plain else prompt_schedule(text, steps)
 
     family = encoders.family
     extras = family.row_feeds(encoders.manifest, resolved)
@@ -144,6 +145,7 @@ def encode_conditioning(
             for _ in range(request.num_images):
                 partner = len(rows) + half if entries[0][1] is ZEROS else None
                 rows.append(Row([e for e, _ in entries], [t for _, t in entries], dict(extras[kind]), partner))
-    if not request.plain_prompt and any(COMPOSABLE_AND.search(p) for p in resolved.texts):
+    a1111_syntax = not request.plain_prompt and options.emphasis.a1111_syntax
+    if a1111_syntax and any(COMPOSABLE_AND.search(p) for p in resolved.texts):
         warnings.append("AND (A1111's composable diffusion) is not supported: it is read as a word")
     return Conditioning(rows, encodings, guided, family.text_sequence_feed, tuple(used))

@@ -33,6 +33,8 @@ from sdrt.runtime.schedulers.flow import FlowMatchEulerDiscreteScheduler
 from sdrt.runtime.schedulers.flow_heun import FlowMatchHeunDiscreteScheduler
 from sdrt.runtime.schedulers.flow_multistep import FlowDPMSolverMultistepScheduler, FlowUniPCMultistepScheduler
 from sdrt.runtime.schedulers.heun import HeunDiscreteScheduler
+from sdrt.runtime.schedulers.kdiffusion.comfy import COMFY_SAMPLER_NAMES as _COMFY_NAMES
+from sdrt.runtime.schedulers.kdiffusion.comfy_schedules import COMFY_SCHEDULER_NAMES, check_comfy_scheduler
 from sdrt.runtime.schedulers.kdiffusion.family import K_SAMPLER_NAMES as _K_NAMES
 from sdrt.runtime.schedulers.kdiffusion.schedules import K_SCHEDULE_NAMES, K_SCHEDULES, k_schedule_entry
 from sdrt.runtime.schedulers.kdiffusion.schedules import UNIFORM as K_UNIFORM
@@ -57,6 +59,8 @@ FLOW_SIGMAS = {"use_flow_sigmas": True, "prediction_type": "flow_prediction"}
 #: The sampler families: diffusers-equal, and k-diffusion (A1111 / ComfyUI).
 DIFFUSERS = "diffusers"
 KDIFFUSION = "k-diffusion"
+#: ComfyUI's KSampler samplers: the k-diffusion solvers with ComfyUI's rules (kdiffusion/comfy.py).
+COMFYUI = "comfyui"
 
 
 @dataclass(frozen=True)
@@ -91,10 +95,14 @@ class SamplerEntry:
         if self.family == KDIFFUSION:
             k_schedule_entry(schedule)
             return {}
+        if self.family == COMFYUI:
+            if schedule != DEFAULT_SCHEDULE:
+                check_comfy_scheduler(schedule)
+            return {}
         return schedule_overrides(schedule, self.name, self.cls.config_defaults, self.overrides)
 
     def build(self, config: Mapping[str, Any], schedule: str = DEFAULT_SCHEDULE) -> Scheduler:
-        if self.family == KDIFFUSION:
+        if self.family in (KDIFFUSION, COMFYUI):
             return self.cls.from_config({**dict(config), **self.overrides}, schedule=schedule)  # type: ignore[call-arg]
         return self.cls.from_config({**dict(config), **self.overrides, **self.schedule_overrides(schedule)})
 
@@ -102,6 +110,8 @@ class SamplerEntry:
         """The "Schedule type" PNG parameters record for this sampler run with `schedule`: for
         the k-diffusion family what A1111 records (the schedule Automatic resolves to, none
         when that is k-diffusion's own get_sigmas); else the label unless it is the default."""
+        if self.family == COMFYUI:  # ComfyUI's scheduler name ("automatic": its default workflow's)
+            return self.cls.schedule_name(schedule)  # type: ignore[attr-defined]
         if self.family == KDIFFUSION:
             name = k_schedule_entry(schedule).name
             if name == AUTOMATIC_SCHEDULE:
@@ -131,6 +141,10 @@ _ENTRIES = (
     SamplerEntry("flow_dpmpp_2m", FlowDPMSolverMultistepScheduler, "DPM++ 2M (flow matching)", FLOW_SIGMAS),
     SamplerEntry("flow_unipc", FlowUniPCMultistepScheduler, "UniPC (flow matching)", FLOW_SIGMAS),
     *(SamplerEntry(k.name, k.cls, k.label, family=KDIFFUSION, comfy_name=k.comfy_name) for k in _K_NAMES),
+    *(
+        SamplerEntry(c.name, c.cls, f"{c.comfy_name} (ComfyUI)", family=COMFYUI, comfy_name=c.comfy_name)
+        for c in _COMFY_NAMES
+    ),
 )
 #: Every sampler of every space, by sdrt name.
 SAMPLERS: dict[str, SamplerEntry] = {entry.name: entry for entry in _ENTRIES}
@@ -164,8 +178,14 @@ _K_BY_ANY_NAME: dict[str, str] = {
 }
 
 
+#: ComfyUI's samplers (its rules), by sdrt name, and ComfyUI's KSampler name -> sdrt name.
+COMFY_SAMPLER_NAMES = sampler_names(DIFFUSION, COMFYUI)
+COMFY_SAMPLERS = {SAMPLERS[name].comfy_name: name for name in COMFY_SAMPLER_NAMES}
+
+
 #: Prefixes that say whose name a sampler name is ("a1111:DPM++ 2M", "comfyui:dpmpp_2m").
 K_NAME_PREFIXES = ("a1111:", "comfyui:")
+COMFY_PREFIX = K_NAME_PREFIXES[1]
 
 
 def k_sampler_name(text: str) -> str:
@@ -184,10 +204,14 @@ def k_sampler_name(text: str) -> str:
 
 def resolve_sampler_name(text: str) -> str:
     """An sdrt sampler name as given, else the k-diffusion sampler an A1111 or ComfyUI name
-    means (sdrt's own names win: "euler" stays the diffusers-equal Euler, "comfyui:euler" or
-    "k_euler" is k-diffusion's). ConfigError naming both lists if neither."""
+    means (sdrt's own names win: "euler" stays the diffusers-equal Euler, "k_euler" is
+    k-diffusion's with A1111's rules, "comfyui:euler" or "comfy_euler" ComfyUI's with its rules).
+    ConfigError naming both lists if neither."""
     if text in SAMPLERS:
         return text
+    comfy = str(text).strip().lower().removeprefix(COMFY_PREFIX) if isinstance(text, str) else ""
+    if isinstance(text, str) and text.strip().lower().startswith(COMFY_PREFIX) and comfy in COMFY_SAMPLERS:
+        return COMFY_SAMPLERS[comfy]  # "comfyui:NAME": ComfyUI's sampler, with ComfyUI's rules
     try:
         return k_sampler_name(text)
     except ConfigError:
@@ -246,6 +270,10 @@ __all__ = [
     "DISPLAY_NAMES",
     "DIFFUSERS",
     "KDIFFUSION",
+    "COMFYUI",
+    "COMFY_SAMPLERS",
+    "COMFY_SAMPLER_NAMES",
+    "COMFY_SCHEDULER_NAMES",
     "K_SAMPLER_NAMES",
     "K_SCHEDULE_NAMES",
     "k_sampler_name",

@@ -128,12 +128,17 @@ class TextEncoders:
             if timings is not None:
                 timings.add(TOKENIZE, time.perf_counter() - started)
             ids = np.concatenate([c.ids for c in chunked])
+            # ComfyUI's weights move states from the empty prompt's: encoded in the same batch.
+            empty = options.emphasis.relative_to_empty and any(np.any(c.weights != 1) for c in chunked)
+            if empty:
+                ids = np.concatenate([ids, self.chunks("", options, encoder).ids])
             outputs = self._run(engines[name], ids, options, self.tables[encoder])
+            empty_states = outputs["hidden"][-1] if empty else None
             row = 0
             for index, chunks in enumerate(chunked):
                 rows = slice(row, row + chunks.count)
                 row += chunks.count
-                states = options.emphasis.apply(outputs["hidden"][rows], chunks.weights)
+                states = options.emphasis.apply(outputs["hidden"][rows], chunks.weights, empty_states)
                 hidden[index].append(states.reshape(-1, states.shape[-1]))
                 if outputs["pooled"] is not None:
                     pooled[index] = outputs["pooled"][rows.start]

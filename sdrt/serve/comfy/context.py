@@ -13,22 +13,8 @@ import numpy as np
 from PIL import Image
 
 from sdrt.errors import SdrtError
+from sdrt.runtime.schedulers import COMFY_SAMPLERS, COMFY_SCHEDULER_NAMES
 
-#: ComfyUI's KSampler names -> sdrt's sampler registry names. These are diffusers-equal samplers:
-#: the same names as ComfyUI's, not yet ComfyUI's images (that needs ComfyUI's sampler family).
-SAMPLERS = {
-    "euler": "euler",
-    "euler_ancestral": "euler_a",
-    "heun": "heun",
-    "dpmpp_2m": "dpmpp_2m",
-    "lms": "lms",
-    "ddim": "ddim",
-    "ddpm": "ddpm",
-    "uni_pc": "unipc",
-    "lcm": "lcm",
-}
-#: ComfyUI's scheduler names -> sdrt's schedule types.
-SCHEDULERS = {"normal": "automatic", "karras": "karras", "exponential": "exponential", "sgm_uniform": "sgm_uniform"}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 #: A filename prefix keeps letters, digits and these; anything else becomes "_".
 PREFIX_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
@@ -40,7 +26,8 @@ class ComfyContext:
         self.service, self.catalog, self.folders = service, catalog, folders
         for folder in folders.values():
             folder.mkdir(parents=True, exist_ok=True)
-        self.samplers, self.schedulers = SAMPLERS, SCHEDULERS
+        # ComfyUI's KSampler names -> sdrt's ComfyUI samplers (its rules); its schedulers, in its order.
+        self.samplers, self.schedulers = COMFY_SAMPLERS, COMFY_SCHEDULER_NAMES
         self.progress = None
         self.cancel: threading.Event | None = None
         self._loaded: dict[Path, object] = {}
@@ -88,8 +75,8 @@ class ComfyContext:
         by_file = {path.name: stem for stem, path in self._loras().items()}
         return by_file.get(name, name)
 
-    def sampler_for(self, sampler: str, scheduler: str) -> tuple[str, str]:
-        return self.samplers[sampler], self.schedulers[scheduler]
+    def sampler_for(self, sampler: str) -> str:
+        return self.samplers[sampler]
 
     # ------------------------------------------------------------------ files
     def input_names(self) -> list[str]:

@@ -11,12 +11,8 @@ import numpy as np
 from PIL import Image
 
 from sdrt.errors import SdrtError
-from sdrt.runtime.features.lora.merge import LoraWeights
-from sdrt.runtime.features.lora.tags import LoraRef
-from sdrt.runtime.request import GenerationRequest
-from sdrt.runtime.request_checks import MAX_NUM_IMAGES, MAX_STEPS
-from sdrt.runtime.rng import TorchGenerator
-from sdrt.serve.comfy.nodes import INT_MAX, MAX_RESOLUTION, SIZE_STEP, Input, node
+from sdrt.runtime.request_checks import MAX_NUM_IMAGES
+from sdrt.serve.comfy.nodes import MAX_RESOLUTION, SIZE_STEP, Input, node
 from sdrt.serve.comfy.values import Conditioning, Latent, ModelHandle
 
 #: torch.manual_seed keeps a seed's low 64 bits and its CPU generator their low 32.
@@ -62,6 +58,12 @@ CHECKPOINT = Input(
 def checkpoint_loader(context, ckpt_name: str):
     handle = ModelHandle(context.pipeline_for(ckpt_name), ckpt_name)
     return handle, handle, handle
+
+
+@node("VAELoader", "loaders", {"vae_name": CHECKPOINT}, (VAE,))
+def vae_loader(context, vae_name: str):
+    """An export's VAE by the export's name (sdrt exports carry their VAE; no separate VAE files)."""
+    return (ModelHandle(context.pipeline_for(vae_name), vae_name),)
 
 
 @node(
@@ -124,69 +126,6 @@ def empty_latent_image(context, width: int, height: int, batch_size: int):
     factor = manifest.vae_scale_factor
     shape = (batch_size, manifest.latent_channels, height // factor, width // factor)
     return (Latent(np.zeros(shape, np.float32), empty=True),)
-
-
-def _loras_of(model: ModelHandle, clip: ModelHandle) -> list[LoraRef]:
-    """One LoraRef per LoRA file: its UNet weight from the MODEL chain, text weight from CLIP's."""
-    weights: dict[str, list[float]] = {}
-    for ref in model.loras:
-        weights.setdefault(ref.source, [0.0, 0.0])[1] += ref.weights.unet
-    for ref in clip.loras:
-        weights.setdefault(ref.source, [0.0, 0.0])[0] += ref.weights.text
-    return [LoraRef(name, LoraWeights(text=text, unet=unet)) for name, (text, unet) in weights.items()]
-
-
-@node(
-    "KSampler",
-    "sampling",
-    {
-        "model": Input(MODEL),
-        "seed": Input("INT", 0, 0, INT_MAX),
-        "steps": Input("INT", DEFAULT_STEPS, 1, MAX_STEPS),
-        "cfg": Input("FLOAT", DEFAULT_CFG, 0.0, MAX_CFG, 0.1),
-        "sampler_name": Input(_samplers),
-        "scheduler": Input(_schedulers),
-        "positive": Input(COND),
-        "negative": Input(COND),
-        "latent_image": Input(LATENT),
-        "denoise": Input("FLOAT", 1.0, 0.0, 1.0, 0.01),
-    },
-    (LATENT,),
-)
-def ksampler(context, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise):
-    pipeline = model.pipeline
-    if positive.clip.pipeline is not pipeline or negative.clip.pipeline is not pipeline:
-        raise NodeError("the conditioning comes from another checkpoint's CLIP than the sampler's model")
-    samples = latent_image.samples
-    batch = samples.shape[0]
-    context.check_limits(steps, batch)  # the server's --max-steps and --max-images
-    factor = pipeline.manifest.vae_scale_factor
-    # ComfyUI's noise: the whole batch from one CPU generator seeded with the seed.
-    noise = TorchGenerator(seed % SEED_BITS_KEPT).randn(samples.shape)
-    sampler, schedule = context.sampler_for(sampler_name, scheduler)
-    settings = dict(
-        negative_prompt=negative.text,
-        steps=steps,
-        guidance_scale=cfg,
-        height=samples.shape[2] * factor,
-        width=samples.shape[3] * factor,
-        num_images=batch,
-        seed=seed % SEED_BITS_KEPT,
-        sampler=sampler,
-        schedule=schedule,
-        clip_skip=positive.clip.clip_skip,
-        loras=tuple(_loras_of(model, positive.clip)),
-        latents=noise,
-        confined_names=True,  # a client's LoRA names: --lora-dir's files only
-    )
-    if not latent_image.empty or denoise < 1.0:
-        if denoise <= 0.0:
-            return (latent_image,)
-        # ComfyUI's denoise runs `steps` steps: the tail of a schedule of steps / denoise.
-        settings.update(init_latents=samples, strength=denoise, steps=max(steps, int(steps / denoise)))
-    request = GenerationRequest(positive.text, **settings)
-    result = pipeline.run(request, progress=context.progress, cancel=context.cancel, latents_only=True)
-    return (Latent(np.asarray(result.latents, np.float32)),)
 
 
 @node("VAEDecode", "latent", {"samples": Input(LATENT), "vae": Input(VAE)}, (IMAGE,))

@@ -43,3 +43,4 @@ class Latent:
 
     samples: np.ndarray
     empty: bool = False
+    noise_mask: np.ndarray | None = None  # SetLatentNoiseMask's [batch or 1, 1, height, width]: 1 repaints

@@ -15,8 +15,8 @@ from sdrt.runtime.schedulers.config import SchedulerConfig
 from sdrt.runtime.schedulers.tables import COSINE_MAX_BETA, COSINE_OFFSET, linspace_float32, sigma_to_timestep
 
 
-def model_alphas_cumprod(config: SchedulerConfig) -> np.ndarray:
-    """alpha_bar of every training timestep (float32), from float64 betas."""
+def model_alphas_cumprod(config: SchedulerConfig, dtype=np.float32) -> np.ndarray:
+    """alpha_bar of every training timestep (float32 unless `dtype` says), from float64 betas."""
     n = config.num_train_timesteps
     if config.trained_betas is not None:
         betas = np.asarray(config.trained_betas, dtype=np.float64)
@@ -28,7 +28,7 @@ def model_alphas_cumprod(config: SchedulerConfig) -> np.ndarray:
         steps = np.arange(n + 1, dtype=np.float64) / n
         alpha_bar = np.cos((steps + COSINE_OFFSET) / (1 + COSINE_OFFSET) * np.pi / 2) ** 2
         betas = np.minimum(1 - alpha_bar[1:] / alpha_bar[:-1], COSINE_MAX_BETA)
-    return np.cumprod(1.0 - betas).astype(np.float32)
+    return np.cumprod(1.0 - betas).astype(dtype)
 
 
 class ModelSigmas:

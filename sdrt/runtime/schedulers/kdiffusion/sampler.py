@@ -172,8 +172,7 @@ class KDiffusionSampler(Scheduler):
                 raise ConfigError("k-diffusion samplers run a schedule from its first step only")
             self._solver = self._start(sample, self._fresh_noise(sample))
             next(self._solver)
-        sigma = self.sigmas[step_index]
-        denoised = predict_x0(self.config.prediction_type, model_output, sample, sigma)
+        denoised = self._denoised(model_output, sample, step_index)
         if self.keep is not None:
             denoised = self._blend(denoised)
         try:
@@ -189,6 +188,10 @@ class KDiffusionSampler(Scheduler):
         assert self.keep is not None
         image_latents, keep = self.keep
         return (image_latents * keep + latents * (np.float32(1) - keep)).astype(np.float32)
+
+    def _denoised(self, model_output: np.ndarray, sample: np.ndarray, step_index: int) -> np.ndarray:
+        """The denoised prediction the solver is sent for a model output."""
+        return predict_x0(self.config.prediction_type, model_output, sample, self.sigmas[step_index])
 
     def add_noise(self, original: np.ndarray, noise: np.ndarray, step_index: int) -> np.ndarray:
         return original + noise * self.sigmas[step_index].astype(original.dtype)

@@ -262,3 +262,14 @@ def dpmpp_3m_sde(x, sigmas, noise: Noise, eta: float = 1.0, s_noise: float = 1.0
         denoised_1, denoised_2 = denoised, denoised_1
         h_1, h_2 = h, h_1
     return x
+
+
+def lcm(x, sigmas, noise: Noise) -> Solver:
+    """ComfyUI's sample_lcm (not in k-diffusion): each step lands on the prediction and noises
+    it afresh to the next level (noise_scaling: x0 + sigma_next * noise)."""
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
+        x = yield x, sigma
+        if sigma_next > 0:
+            x = x + noise(sigma, sigma_next) * _f(sigma_next)
+    return x

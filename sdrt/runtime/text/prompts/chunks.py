@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from sdrt.runtime.text.prompts.comfy_weights import parse_comfy_weights
 from sdrt.runtime.text.prompts.emphasis import BREAK, EmphasisMode, parse_emphasis
 from sdrt.runtime.text.tokenizer import ClipTokenizer
 
@@ -48,7 +49,11 @@ def text_chunks(
 ) -> TokenChunks:
     """A prompt text's chunks: its emphasis fragments if the mode parses them, else the text as
     one (`param` names the text's field in an emphasis error)."""
-    return chunk_fragments(parse_emphasis(text, param) if emphasis.parses else [(text, 1.0)], tokenizer, table)
+    if not emphasis.parses:
+        return chunk_fragments([(text, 1.0)], tokenizer, table)
+    if not emphasis.a1111_syntax:
+        return chunk_fragments(parse_comfy_weights(text, param), tokenizer, table)
+    return chunk_fragments(parse_emphasis(text, param), tokenizer, table)
 
 
 def chunk_fragments(fragments: list, tokenizer: ClipTokenizer, table: TokenTable | None = None) -> TokenChunks:

@@ -17,7 +17,9 @@ Modes (A1111's `emphasis` option), applied to each encoded chunk of 77 tokens:
   mean equals the unweighted chunk's mean (the default, as in A1111);
 - "No norm": multiply, no rescaling;
 - "Ignore": brackets are syntax, but every weight is 1;
-- "None": no emphasis syntax at all: brackets and BREAK are text.
+- "None": no emphasis syntax at all: brackets and BREAK are text;
+- "ComfyUI": ComfyUI's weights and syntax instead of A1111's (sdrt.runtime.text.prompts.comfy_weights:
+  each weighted token moved from the empty prompt's state, no rescaling; no BREAK, editing or tags).
 """
 
 from __future__ import annotations
@@ -53,11 +55,20 @@ class EmphasisMode:
     parses: bool  # brackets and BREAK are syntax
     weighs: bool  # the weights reach the hidden states
     rescales: bool  # the weighted chunk is scaled back to its unweighted mean
+    #: A1111's prompt language (emphasis, BREAK, editing, LoRA tags); else ComfyUI's weights only.
+    a1111_syntax: bool = True
+    #: Weights move a token's state from the empty prompt's (ComfyUI): apply() needs `empty`.
+    relative_to_empty: bool = False
 
-    def apply(self, hidden: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        """`hidden` [chunk, tokens, width] of one text's chunks, `weights` [chunk, tokens]."""
+    def apply(self, hidden: np.ndarray, weights: np.ndarray, empty: np.ndarray | None = None) -> np.ndarray:
+        """`hidden` [chunk, tokens, width] of one text's chunks, `weights` [chunk, tokens];
+        `empty` [tokens, width]: the empty prompt's states (for a relative_to_empty mode)."""
         if not self.weighs or np.all(weights == 1):
             return hidden
+        if self.relative_to_empty:
+            assert empty is not None  # the encoder encodes the empty prompt for this mode
+            w = weights[..., None].astype(hidden.dtype)
+            return np.where(w != 1, (hidden - empty) * w + empty, hidden)
         weighted = hidden * weights[..., None].astype(hidden.dtype)
         if not self.rescales:
             return weighted
@@ -73,9 +84,11 @@ EMPHASIS_MODES = {
         EmphasisMode("No norm", parses=True, weighs=True, rescales=False),
         EmphasisMode("Ignore", parses=True, weighs=False, rescales=False),
         EmphasisMode("None", parses=False, weighs=False, rescales=False),
+        EmphasisMode("ComfyUI", parses=True, weighs=True, rescales=False, a1111_syntax=False, relative_to_empty=True),
     )
 }
 DEFAULT_EMPHASIS = "Original"
+COMFYUI_EMPHASIS = "ComfyUI"
 
 
 def emphasis_mode(name: str) -> EmphasisMode:
