@@ -8,7 +8,11 @@ time, GFLOP/s (FLOPs of one call counted by torch's FlopCounterMode on the same 
 and the output's change against ONNX Runtime's plain graph.
 
     python benchmarks/backend_unet.py --work /tmp/sd15-unet --latent 64 --runs 3 \
+        --onnx ~/.cache/sdrt/arch/sd15-onnx-fp32/unet/model.onnx \
         --json docs/benchmarks/cpu-sd15-512-backends.json
+
+(the export comes from `sdrt bench --arch sd15`, or python -c "from sdrt.benchmark import arch_model;
+arch_model('sd15')"; tracing here needs the graph under 2 GiB, so only small latents)
 """
 
 from __future__ import annotations
@@ -95,6 +99,12 @@ def unet_flops(latent: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, required=True, help="folder for the traced graphs")
+    parser.add_argument(
+        "--onnx",
+        type=Path,
+        default=None,
+        help="a UNet ONNX (e.g. `sdrt bench --arch sd15`'s export) instead of tracing",
+    )
     parser.add_argument("--latent", type=int, default=64, help="latent side (64 = 512x512)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
@@ -102,7 +112,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     arguments = parser.parse_args()
     kinds = [kind for kind in arguments.engines.split(",") if kind]
-    plain = arguments.work / "plain" / "model.onnx"
+    plain = arguments.onnx or arguments.work / "plain" / "model.onnx"
     if not plain.exists():
         trace(plain, arguments.latent)
     graphs = {kind: plain for kind in kinds}
