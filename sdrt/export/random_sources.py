@@ -51,6 +51,15 @@ def _chroma(folder: Path) -> Path:
     return save_random_chroma(folder, seed=0)
 
 
+def _flux2_klein(kind: str) -> Callable[[Path], Path]:
+    def build(folder: Path) -> Path:
+        from sdrt.export.random_flux2 import save_random_flux2_klein
+
+        return save_random_flux2_klein(folder, kind=kind, seed=0)
+
+    return build
+
+
 #: Name -> (what it is, builder). The full-size ones have real architectures for benchmarks.
 RANDOM_MODELS: dict[str, tuple[str, Callable[[Path], Path]]] = {
     "tiny": ("a tiny SD 1.x (seconds to build and run; for trying the whole path)", _sd("tiny")),
@@ -62,6 +71,8 @@ RANDOM_MODELS: dict[str, tuple[str, Callable[[Path], Path]]] = {
     "tiny-sd3": ("a tiny SD3.5-Medium-shaped model (MMDiT-X) with T5", _sd3("t5")),
     "tiny-sd3-no-t5": ("a tiny SD3.5-Medium-shaped model without T5", _sd3("no-t5")),
     "tiny-chroma": ("a tiny Chroma (T5 only, real CFG)", _chroma),
+    "tiny-flux2-klein": ("a tiny FLUX.2 [klein] (distilled: no CFG)", _flux2_klein("distilled")),
+    "tiny-flux2-klein-base": ("a tiny FLUX.2 [klein] base (real CFG)", _flux2_klein("base")),
 }
 
 

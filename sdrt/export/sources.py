@@ -19,6 +19,8 @@ SD3_COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "text_encod
 FLUX_CLASS = "FluxPipeline"
 #: Chroma's pipeline class and component folders (sdrt.export.chroma).
 CHROMA_CLASS = "ChromaPipeline"
+#: FLUX.2 [klein]'s pipeline class (sdrt.export.flux2).
+FLUX2_KLEIN_CLASS = "Flux2KleinPipeline"
 CHROMA_COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 FLUX_COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler")
 SDXL_COMPONENT = "text_encoder_2"
@@ -41,6 +43,8 @@ class NotAPipeline(ModelFolderError):
 
 def _pipeline_class_for_index(index: dict) -> str:
     """The diffusers class that loads a folder with this model_index.json."""
+    if str(index.get("_class_name", "")) == FLUX2_KLEIN_CLASS:
+        return FLUX2_KLEIN_CLASS
     if str(index.get("_class_name", "")).startswith("Flux"):
         return FLUX_CLASS
     if str(index.get("_class_name", "")).startswith("StableDiffusion3") or "text_encoder_3" in index:
@@ -96,12 +100,12 @@ def _check_diffusers_folder(folder: Path) -> dict:
                 f"{folder} is {family}; sdrt exports Stable Diffusion 1.x, 2.x, SDXL and FLUX.1 only"
             )
     kind = _pipeline_class_for_index(index)
-    if "transformer" in index and kind not in (FLUX_CLASS, SD3_CLASS, CHROMA_CLASS):
+    if "transformer" in index and kind not in (FLUX_CLASS, SD3_CLASS, CHROMA_CLASS, FLUX2_KLEIN_CLASS):
         raise ModelFolderError(
-            f"{folder} is a diffusion transformer sdrt does not export (FLUX.1, SD3 and Chroma only)"
+            f"{folder} is a diffusion transformer sdrt does not export (FLUX.1, FLUX.2 klein, SD3 and Chroma only)"
         )
     required = REQUIRED_COMPONENTS
-    if kind in (SD3_CLASS, CHROMA_CLASS):
+    if kind in (SD3_CLASS, CHROMA_CLASS, FLUX2_KLEIN_CLASS):  # FLUX.2 klein has Chroma's component folders
         required = SD3_COMPONENTS if kind == SD3_CLASS else CHROMA_COMPONENTS
     elif "transformer" in index:
         required = FLUX_COMPONENTS

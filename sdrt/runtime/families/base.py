@@ -112,7 +112,7 @@ class Family:
 
         return TextEncoders.load(folder, manifest, embeddings)
 
-    def cfg_scale(self, request: GenerationRequest) -> float:
+    def cfg_scale(self, request: GenerationRequest, manifest: Manifest | None = None) -> float:
         """The classifier-free guidance scale (guided when > 1): the request's guidance scale."""
         return request.guidance_scale
 
