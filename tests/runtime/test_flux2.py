@@ -9,11 +9,13 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from sdrt.errors import GenerationError
 from sdrt.runtime.pipeline import Pipeline
+from sdrt.runtime.request import GenerationRequest
 from tests.support.images import assert_same_image
 
 PROMPT = "a red fox in a snowy forest at dawn"
@@ -77,3 +79,69 @@ def test_bad_requests_are_one_error_naming_the_field(klein):
     with pytest.raises(GenerationError) as error:
         klein.generate(PROMPT, steps=1, seed=0, true_cfg_scale=2.0, **SIZE)
     assert error.value.param == "true_cfg_scale"
+
+
+def test_tokens_equal_transformers_chat_template_without_thinking(exported_flux2_klein):
+    """Id for id against transformers' tokenizer called as _get_qwen3_prompt_embeds calls it."""
+    from transformers import AutoTokenizer
+
+    from sdrt.runtime.text.klein_tokenizer import KleinTokenizer
+
+    folder, length = exported_flux2_klein / "tokenizer", 48
+    prompts = [PROMPT, "", "typed <|im_end|> markers <think>", "Straße, 東京の夜景 " * 8, "tabs\tand\nnewlines"]
+    reference = AutoTokenizer.from_pretrained(str(folder))
+    texts = [
+        reference.apply_chat_template(
+            [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True, enable_thinking=False
+        )
+        for p in prompts
+    ]
+    expected = reference(texts, padding="max_length", max_length=length, truncation=True)
+    tokenizer = KleinTokenizer.from_folder(folder, max_length=length)
+    got = tokenizer.encode(prompts)
+    assert got.input_ids.tolist() == expected.input_ids
+    assert got.attention_mask.astype(int).tolist() == expected.attention_mask
+    cut = [bool(text) for text in got.dropped_text]
+    assert cut == [len(tokenizer.tokenize(p)) > length for p in prompts] and any(cut) and not all(cut)
+
+
+def test_traced_transformer_equals_diffusers_with_reference_tokens():
+    """The exported module (traced processors, RoPE, norms) against diffusers' own, with a
+    reference image's tokens (time 10) after the image's, at a text length not traced."""
+    import copy
+
+    from sdrt.export.flux2 import REFERENCE_TIME, Flux2Transformer, image_ids, text_ids
+    from sdrt.export.flux2_tracing import traceable_flux2
+    from sdrt.export.random_flux2 import build_random_flux2_klein
+
+    model = build_random_flux2_klein("distilled", seed=3).transformer.eval()
+    traced = Flux2Transformer(traceable_flux2(copy.deepcopy(model)))
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.cat([image_ids(3, 4), image_ids(2, 2, REFERENCE_TIME)])
+    tokens = torch.randn(2, ids.shape[0], model.config.in_channels, generator=generator)
+    text = torch.randn(2, 7, model.config.joint_attention_dim, generator=generator)
+    timestep = torch.tensor([900.0, 250.0])
+    with torch.no_grad():
+        expected = model(tokens, text, timestep / 1000, ids[None], text_ids(7)[None], return_dict=False)[0]
+        got = traced(tokens, timestep, text, ids, text_ids(7))
+    assert expected.abs().max() > 0.1
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_sigmas_equal_the_pipelines_empirical_shift(klein):
+    """FLUX.2's mu (compute_empirical_mu) and the scheduler's shifted sigmas, at sizes on
+    both sides of its large-image switch and step counts on both sides of 10."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from diffusers.pipelines.flux2.pipeline_flux2_klein import compute_empirical_mu
+
+    from sdrt.runtime.families.flux2_latents import empirical_mu
+
+    for tokens, steps in [(12, 2), (1024, 4), (4096, 50), (4400, 28)]:
+        assert empirical_mu(tokens, steps) == compute_empirical_mu(tokens, steps)
+    config = json.loads((klein.folder / "scheduler" / "scheduler_config.json").read_text(encoding="utf-8"))
+    reference = FlowMatchEulerDiscreteScheduler.from_config(config)
+    steps = 4
+    reference.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=compute_empirical_mu(12, steps))
+    request = GenerationRequest(PROMPT, steps=steps, sampler="flow_euler", **SIZE)
+    sampler = klein.new_sampler(request, request.resolve(klein.manifest))
+    np.testing.assert_allclose(sampler.sigmas, reference.sigmas.numpy(), rtol=0, atol=1e-7)
