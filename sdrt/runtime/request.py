@@ -103,6 +103,8 @@ class GenerationRequest:
     # FLUX.1 only: real classifier-free guidance with a negative prompt (guidance_scale is then
     # a guidance-distilled model's embedded guidance).
     true_cfg_scale: float | None = field(default=None, metadata=SHARED)
+    # FLUX.2 [klein] only: images to edit from (sdrt.runtime.features.references).
+    reference_images: Sequence[str | Path | bytes | Image.Image] | None = field(default=None, metadata=ALONE)
     # Stable Diffusion 3 only: skip-layer guidance (sdrt.runtime.features.skip_layers).
     skip_layer_guidance: SkipLayerGuidance | None = field(default=None, metadata=SHARED)
     t5: bool | None = field(default=None, metadata=SHARED)  # SD3: False runs without T5 (its zeros); None: as exported

@@ -145,3 +145,47 @@ def test_sigmas_equal_the_pipelines_empirical_shift(klein):
     request = GenerationRequest(PROMPT, steps=steps, sampler="flow_euler", **SIZE)
     sampler = klein.new_sampler(request, request.resolve(klein.manifest))
     np.testing.assert_allclose(sampler.sigmas, reference.sigmas.numpy(), rtol=0, atol=1e-7)
+
+
+def _picture(width: int, height: int, seed: int):
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).random((height, width, 3))
+    smooth = (pixels + np.roll(pixels, 1, axis=0) + np.roll(pixels, 1, axis=1)) / 3
+    return Image.fromarray((smooth * 255).astype(np.uint8))
+
+
+def test_reference_images_equal_the_pipelines_editing(tiny_flux2_klein, klein):
+    """Two references of other sizes (one cut to the multiple of 16 by a centred crop), CFG on.
+    The random model reads them weakly (0.007 of a pixel, under the image tolerance), so the
+    final latents are compared too: within 1e-4 of their scale, where leaving the references
+    out is off by 3.7e-3."""
+    from sdrt.export.flux2 import _bn_stats, unpatchify
+
+    references = [_picture(80, 72, 0), _picture(64, 96, 1)]
+    settings = {"steps": STEPS, "seed": 5, "guidance_scale": 3.0, **SIZE}
+    got = klein.generate(PROMPT, reference_images=references, **settings)
+    expected = _diffusers_image(tiny_flux2_klein, klein, 5, guidance_scale=3.0, image=references)
+    assert_same_image(got.array, expected)
+    reference = _reference(tiny_flux2_klein)
+    latents = reference(
+        prompt=PROMPT, image=references, num_inference_steps=STEPS, guidance_scale=3.0, output_type="latent",
+        generator=torch.Generator().manual_seed(5), max_sequence_length=klein.manifest.flux2.max_sequence_length,
+        **SIZE,
+    ).images  # fmt: skip
+    mean, std = _bn_stats(reference.vae)
+
+    def vae_latents(ours):
+        return unpatchify(torch.from_numpy(ours) * std + mean).numpy()
+
+    plain = klein.generate(PROMPT, **settings)
+    scale = np.abs(latents.numpy()).max()
+    assert np.abs(vae_latents(got.latents) - latents.numpy()).max() <= 1e-4 * scale
+    assert np.abs(vae_latents(plain.latents) - latents.numpy()).max() > 1e-3 * scale  # 10x the tolerance
+
+
+def test_bad_reference_images_are_one_error_naming_the_field(klein):
+    for references in ([_picture(40, 80, 0)], [_picture(600, 64, 0)], "not a list", [], [b"not an image"]):
+        with pytest.raises(GenerationError) as error:
+            klein.generate(PROMPT, steps=1, seed=0, reference_images=references, **SIZE)
+        assert error.value.param == "reference_images", references

@@ -122,6 +122,11 @@ class Family:
 
         return guider_for(engine, resolved.request, resolved.guided, warnings)
 
+    def step_hooks(self, pipeline, resolved: ResolvedRequest) -> list:
+        """The family's own step hooks for a request (sdrt.runtime.loop.hooks; FLUX.2's
+        reference images); none by default."""
+        return []
+
     def make_denoiser(self, engine: Engine):
         """The loop's denoiser on the family's engine (sdrt.runtime.loop.denoiser)."""
         from sdrt.runtime.loop.denoiser import EngineDenoiser

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from sdrt.runtime.request import GenerationRequest, ResolvedRequest
     from sdrt.runtime.text.encoders import TextEncoding
 
-FLUX2_FEATURES: frozenset[str] = frozenset()
+FLUX2_FEATURES = frozenset({"reference_images"})
 
 
 class Flux2(Flux):
@@ -60,8 +60,8 @@ class Flux2(Flux):
 
     def cfg_scale(self, request: GenerationRequest, manifest: Manifest | None = None) -> float:
         """Flux2KleinPipeline's do_classifier_free_guidance: scale > 1 and not distilled."""
-        distilled = manifest is None or _flux2(manifest).distilled
-        return 1.0 if distilled else float(request.guidance_scale)
+        spec = None if manifest is None else manifest.flux2  # a loaded export has it (check_manifest)
+        return 1.0 if spec is not None and spec.distilled else float(request.guidance_scale)
 
     def guider(self, engine: Engine, resolved: ResolvedRequest, warnings: list[str]):
         from sdrt.runtime.loop.guiders import ClassifierFreeGuidance, NoGuidance
@@ -72,6 +72,18 @@ class Flux2(Flux):
                 "model (one transformer batch a step), as diffusers ignores it"
             )
         return ClassifierFreeGuidance(float(resolved.request.guidance_scale)) if resolved.guided else NoGuidance()
+
+    def step_hooks(self, pipeline, resolved: ResolvedRequest) -> list:
+        """The reference images' tokens on every call (sdrt.runtime.features.references)."""
+        from sdrt.runtime.features.references import PARAM, ReferenceImages, open_references
+
+        sources = resolved.request.reference_images
+        if sources is None:
+            return []
+        encoder = pipeline.optional_engine("vae_encoder")
+        if encoder is None:
+            raise GenerationError("this export has no vae_encoder; re-export the model to use reference images", PARAM)
+        return [ReferenceImages(encoder, open_references(sources), pipeline.manifest.vae_scale_factor)]
 
     def make_denoiser(self, engine: Engine):
         from sdrt.runtime.families.flux2_latents import TokenDenoiser
@@ -90,6 +102,13 @@ class Flux2(Flux):
             patch = manifest.vae_scale_factor
             mu = empirical_mu((resolved.height // patch) * (resolved.width // patch), steps)
         sampler.set_timesteps(steps, mu=mu, sigmas=flux_sigmas(steps))
+
+    def check_request(self, request: GenerationRequest, manifest: Manifest) -> None:
+        super().check_request(request, manifest)
+        if request.reference_images is not None:
+            from sdrt.runtime.features.references import open_references
+
+            open_references(request.reference_images)  # refused here, before any model runs
 
     def check_manifest(self, manifest: Manifest) -> str | None:
         if manifest.flux2 is None:

@@ -20,8 +20,8 @@ from sdrt.runtime.manifest import DENOISER_OUTPUT, HIDDEN_STATES, IMG_IDS, TXT_I
 TIME_AXIS, ROW_AXIS, COLUMN_AXIS, TEXT_AXIS = range(POSITION_AXES)
 #: Reference image k's time coordinate is REFERENCE_TIME * (k + 1) (_prepare_image_ids' scale).
 REFERENCE_TIME = 10
-#: The denoiser's per-row feeds of reference images (sdrt.runtime.families.flux2_references):
-#: their tokens [references' tokens, channels] and ids [references' tokens, 4].
+#: The denoiser's feeds of reference images (sdrt.runtime.features.references): their tokens
+#: [rows, references' tokens, channels] and ids [references' tokens, 4].
 REFERENCE_TOKENS, REFERENCE_IDS = "reference_tokens", "reference_ids"
 
 # The empirical shift of FLUX.2's schedule (compute_empirical_mu): mu is linear in the image's
@@ -85,7 +85,7 @@ class TokenDenoiser(EngineDenoiser):
         reference_ids = feeds.pop(REFERENCE_IDS, None)
         if references is not None and reference_ids is not None:
             tokens = np.concatenate([tokens, references.astype(tokens.dtype)], axis=1)
-            ids = np.concatenate([ids, reference_ids[0]])
+            ids = np.concatenate([ids, reference_ids])
         feeds[HIDDEN_STATES] = np.ascontiguousarray(tokens).astype(self.dtypes[HIDDEN_STATES], copy=False)
         feeds[IMG_IDS] = ids.astype(self.dtypes[IMG_IDS])
         feeds[TXT_IDS] = text_ids(inputs[UNET_CONTEXT].shape[1]).astype(self.dtypes[TXT_IDS])

@@ -19,6 +19,7 @@ VAE_ENCODER = "vae_encoder"
 DENOISE = "denoise"
 UNET_STEPS = "unet_steps"
 CONTROLNET_STEPS = "controlnet_steps"
+REFERENCE_FEEDS = "reference_feeds"
 UNET_HOST_COPIES = "unet_host_copies"
 PREVIEWS = "previews"
 SCHEDULER_AND_GUIDANCE = "scheduler_and_guidance"
@@ -35,13 +36,14 @@ MEASURES = {
     DENOISE: "the whole denoising loop",
     UNET_STEPS: "each denoiser call of the loop, without the ControlNets",
     CONTROLNET_STEPS: "each step's ControlNet residuals",
+    REFERENCE_FEEDS: "each denoiser call's FLUX.2 reference-image tokens (encoded once, before the loop)",
     UNET_HOST_COPIES: "host-device copies inside the denoiser calls (device engines)",
     PREVIEWS: "decoding previews during the loop",
     SCHEDULER_AND_GUIDANCE: "the loop's time outside the models: sampler, guidance, copies and casts",
     VAE_DECODER: "decoding the final latents",
     TOTAL: "the whole request",
 }
-CALL_MEASURES = frozenset({UNET_STEPS, CONTROLNET_STEPS})
+CALL_MEASURES = frozenset({UNET_STEPS, CONTROLNET_STEPS, REFERENCE_FEEDS})
 
 
 class Timings(Mapping):
