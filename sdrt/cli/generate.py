@@ -96,6 +96,12 @@ from sdrt.runtime.schedulers import (
 @click.option("--cuda-graph", is_flag=True, help="With --backend cuda: capture the UNet as a CUDA graph per shape.")
 @click.option("--init-image", default=None, help="Image-to-image: start from this image.")
 @click.option(
+    "--reference-image",
+    "reference_images",
+    multiple=True,
+    help="FLUX.2 [klein]: an image to edit from (repeat for several, up to 4).",
+)
+@click.option(
     "--mask",
     "mask_image",
     default=None,
@@ -250,6 +256,7 @@ def generate(
         sampler=resolve_sampler_name(sampler),
         schedule=schedule,
         init_image=init_image,
+        reference_images=list(sdxl.pop("reference_images")) or None,
         mask_image=mask_image,
         strength=strength,
         size_conditioning=conditioning,

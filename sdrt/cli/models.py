@@ -27,6 +27,8 @@ RANDOM_NAMES = (
     "tiny-sd3",
     "tiny-sd3-no-t5",
     "tiny-chroma",
+    "tiny-flux2-klein",
+    "tiny-flux2-klein-base",
 )  # sdrt.export.random_sources.RANDOM_MODELS (no import here)
 
 

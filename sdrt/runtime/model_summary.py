@@ -38,6 +38,7 @@ def model_summary(folder: str | Path) -> dict:
         "max_prompt_tokens": _prompt_tokens(manifest),
         "tiny_vae": manifest.tiny_vae is not None,
         **({} if manifest.flux is None else {"flux": _flux(manifest)}),
+        **({} if manifest.flux2 is None else {"flux2": _flux2(manifest)}),
         "components": components,
         "source": manifest.source.get("model"),
     }
@@ -54,11 +55,19 @@ def _flux(manifest: Manifest) -> dict:
     }
 
 
+def _flux2(manifest: Manifest) -> dict:
+    spec = manifest.flux2
+    assert spec is not None  # called for FLUX.2 exports only
+    return {"distilled": spec.distilled, "text_layers": list(spec.text_layers), "qwen_tokens": spec.max_sequence_length}
+
+
 def _prompt_tokens(manifest: Manifest) -> int:
     from sdrt.runtime.manifest import TEXT_SEQUENCE
 
     if manifest.flux is not None:  # T5's padded length, less its end token (CLIP's 75 are its pooled part)
         return manifest.flux.max_sequence_length - 1
+    if manifest.flux2 is not None:  # Qwen3's padded length, the chat wrapping's tokens included
+        return manifest.flux2.max_sequence_length
     sequence = manifest.dims.get(TEXT_SEQUENCE)
     chunks = 1 if sequence is None else sequence.max // manifest.text_length  # older exports: one chunk
     return chunks * (manifest.text_length - 2)  # each chunk holds its tokens between start and end
@@ -82,6 +91,11 @@ def format_summary(summary: dict) -> str:
         flux = summary["flux"]
         kind = "guidance-distilled (--guidance)" if flux["guidance_distilled"] else "no guidance input"
         lines.append(f"{flux['family_name']}: {kind}; T5 {flux['t5_precision']}, {flux['t5_tokens']} tokens")
+    if "flux2" in summary:
+        flux2 = summary["flux2"]
+        kind = "distilled (no CFG; --guidance ignored)" if flux2["distilled"] else "base (CFG with --guidance > 1)"
+        layers = ", ".join(map(str, flux2["text_layers"]))
+        lines.append(f"FLUX.2 [klein]: {kind}; Qwen3 hidden states {layers}, {flux2['qwen_tokens']} tokens")
     lines += [
         f"  {name}: {c['precision']} for {c['target']}, {c['mib']} MiB{_weights(c.get('quantization'))}"
         for name, c in summary["components"].items()

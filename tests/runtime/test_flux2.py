@@ -189,3 +189,52 @@ def test_bad_reference_images_are_one_error_naming_the_field(klein):
         with pytest.raises(GenerationError) as error:
             klein.generate(PROMPT, steps=1, seed=0, reference_images=references, **SIZE)
         assert error.value.param == "reference_images", references
+
+
+def test_sdrt_generate_runs_klein_without_torch_and_equals_diffusers(tiny_flux2_klein, exported_flux2_klein, klein):
+    """No --guidance: the family's default (4.0, Flux2KleinPipeline's), with a reference image;
+    the PNG parameters record the reference count."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from tests.support.images import MAX_PIXEL_ERROR
+
+    folder = exported_flux2_klein.parent
+    reference, out = folder / "reference.png", folder / "fox.png"
+    _picture(64, 80, 2).save(reference)
+    arguments = [
+        "generate", PROMPT, "--model", str(exported_flux2_klein), "--steps", str(STEPS), "--seed", "6",
+        "--reference-image", str(reference), "--height", str(SIZE["height"]), "--width", str(SIZE["width"]),
+        "--out", str(out), "--quiet",
+    ]  # fmt: skip
+    code = f"from sdrt.cli import main\nmain({arguments!r}, standalone_mode=False)\n"
+    completed = subprocess.run([sys.executable, str(NO_HEAVY_IMPORTS), code], capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr
+    written = np.asarray(Image.open(out).convert("RGB"), dtype=np.float32) / 255
+    expected = _diffusers_image(tiny_flux2_klein, klein, 6, image=[Image.open(reference)])[0]
+    assert np.abs(written - expected).max() <= MAX_PIXEL_ERROR + 0.5 / 255  # 8-bit rounding on top
+    parameters = Image.open(out).info["parameters"]
+    assert "CFG scale: 4" in parameters and "Reference images: 1" in parameters
+
+
+def test_sdrt_info_and_tokenize_show_klein(exported_flux2_klein):
+    from click.testing import CliRunner
+    from transformers import AutoTokenizer
+
+    from sdrt.cli import main
+
+    info = CliRunner().invoke(main, ["info", str(exported_flux2_klein)])
+    assert info.exit_code == 0, info.output
+    assert "FLUX.2 [klein]: base (CFG with --guidance > 1); Qwen3 hidden states 9, 18, 27, 512 tokens" in info.output
+    shown = CliRunner().invoke(main, ["tokenize", PROMPT, "--model", str(exported_flux2_klein), "--json"])
+    assert shown.exit_code == 0, shown.output
+    tokenizer = AutoTokenizer.from_pretrained(str(exported_flux2_klein / "tokenizer"))
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": PROMPT}], tokenize=False, add_generation_prompt=True, enable_thinking=False
+    )
+    assert json.loads(shown.output)[0]["qwen3"]["input_ids"] == tokenizer(text).input_ids
+    bad = CliRunner().invoke(main, ["generate", PROMPT, "--model", str(exported_flux2_klein), "--steps", "1",
+                                    "--reference-image", "/no/such/image.png", "--out", "/dev/null/x.png"])  # fmt: skip
+    assert bad.exit_code != 0 and len(bad.output.strip().splitlines()) == 1, bad.output

@@ -66,9 +66,10 @@ class Flux2(Flux):
     def guider(self, engine: Engine, resolved: ResolvedRequest, warnings: list[str]):
         from sdrt.runtime.loop.guiders import ClassifierFreeGuidance, NoGuidance
 
-        if resolved.cfg_scale == 1.0 and resolved.request.guidance_scale > 1:
+        asked = resolved.request.guidance_scale
+        if resolved.cfg_scale == 1.0 and asked > 1 and asked != self.default_guidance:  # not diffusers' default
             warnings.append(
-                f"guidance scale {resolved.request.guidance_scale:g} is ignored by this distilled FLUX.2 "
+                f"guidance scale {asked:g} is ignored by this distilled FLUX.2 "
                 "model (one transformer batch a step), as diffusers ignores it"
             )
         return ClassifierFreeGuidance(float(resolved.request.guidance_scale)) if resolved.guided else NoGuidance()

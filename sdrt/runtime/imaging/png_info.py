@@ -93,6 +93,8 @@ def format_parameters(prompt: str, parameters: dict, batch_position: int | None 
         fields.append(
             ("Skip layers", quote(f"{layers}; scale {skip['scale']:g}, {skip['start']:g} to {skip['stop']:g}"))
         )
+    if "reference_images" in parameters:  # FLUX.2's editing
+        fields.append(("Reference images", parameters["reference_images"]))
     if parameters.get("t5") is False:  # SD3 run without T5
         fields.append(("T5", "off"))
     if "vae" in parameters:  # A1111's field for the VAE used
