@@ -118,9 +118,9 @@ def tokenize(
 
 def _plain_tokens(folder: Path, manifest, prompts: tuple[str, ...], as_json: bool) -> None:
     """The tokenizers' ids of each prompt as plain text for a transformer export (FLUX.1: CLIP's
-    for the pooled embedding and T5's for the hidden states; Chroma: T5's; FLUX.2: Qwen3's, chat-wrapped; SD3: CLIP-L's, CLIP-G's and
-    T5's when exported), up to each one's end
-    token, and what each cut."""
+    for the pooled embedding and T5's for the hidden states; Chroma: T5's; FLUX.2: Qwen3's,
+    chat-wrapped; SD3: CLIP-L's, CLIP-G's and T5's when exported), up to each one's end token,
+    and what each cut."""
     family = manifest.model_family
     encoders = family.load_text_encoders(folder, manifest, None)
     roles = family.text_encoder_roles[
