@@ -56,7 +56,7 @@ def reference_input(image: Image.Image, multiple: int, index: int) -> np.ndarray
     image = to_rgb(image)
     if width * height > MAX_AREA:
         scale = math.sqrt(MAX_AREA / (width * height))
-        image = image.resize((int(width * scale), int(height * scale)), Image.LANCZOS)
+        image = image.resize((int(width * scale), int(height * scale)), Image.Resampling.LANCZOS)
     width, height = image.size
     kept_width, kept_height = width - width % multiple, height - height % multiple
     left, top = (width - kept_width) // 2, (height - kept_height) // 2

@@ -8,6 +8,7 @@ the pipeline's stack on dim 1, then permute and reshape). A cut prompt is a warn
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -37,7 +38,7 @@ class Flux2TextEncoders(FluxTextEncoders):
         spec = manifest.flux2
         if spec is None:
             raise ModelFolderError("a FLUX.2 export needs the manifest's flux2 section; re-export the model")
-        tokenizer = KleinTokenizer.from_folder(folder / spec.tokenizer, spec.max_sequence_length)
+        tokenizer = cast(KleinTokenizer, KleinTokenizer.from_folder(folder / spec.tokenizer, spec.max_sequence_length))
         return cls(manifest, tokenizer, spec.text_encoder, spec.text_layers)
 
     def encode(
@@ -58,6 +59,7 @@ class Flux2TextEncoders(FluxTextEncoders):
                 "re-export the model"
             )
         encoding = encoder.encode(texts, timings)
-        self._warn_cut("Qwen3", encoding.tokens, tokenizer.max_length, texts, negatives, warnings)
+        # Reads only each row's dropped_text, which QwenTokens has as TokenizedPrompts does.
+        self._warn_cut("Qwen3", encoding.tokens, tokenizer.max_length, texts, negatives, warnings)  # type: ignore[arg-type]
         joined = np.concatenate(encoding.hidden, axis=-1)
         return [TextEncoding(joined[row], None) for row in range(len(texts))]
