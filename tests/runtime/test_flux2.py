@@ -58,7 +58,7 @@ def _diffusers_image(folder: Path, ours: Pipeline, seed: int, distilled: bool = 
     ).images
 
 
-@pytest.mark.parametrize("guidance", [4.0, 1.0])
+@pytest.mark.parametrize("guidance", [4.0, pytest.param(1.0, marks=pytest.mark.slow)])
 def test_base_text_to_image_equals_flux2_klein_pipeline(tiny_flux2_klein, klein, guidance):
     got = klein.generate(PROMPT, steps=STEPS, seed=1, guidance_scale=guidance, **SIZE)
     assert_same_image(got.array, _diffusers_image(tiny_flux2_klein, klein, 1, guidance_scale=guidance))
@@ -66,8 +66,8 @@ def test_base_text_to_image_equals_flux2_klein_pipeline(tiny_flux2_klein, klein,
 
 def test_distilled_ignores_guidance_as_the_pipeline(tiny_flux2_klein, distilled_export):
     ours = Pipeline.load(distilled_export)
-    got = ours.generate(PROMPT, steps=STEPS, seed=2, guidance_scale=4.0, **SIZE)
-    expected = _diffusers_image(tiny_flux2_klein, ours, 2, distilled=True, guidance_scale=4.0)
+    got = ours.generate(PROMPT, steps=STEPS, seed=2, guidance_scale=5.0, **SIZE)
+    expected = _diffusers_image(tiny_flux2_klein, ours, 2, distilled=True, guidance_scale=5.0)
     assert_same_image(got.array, expected)
     assert any("ignored" in warning for warning in got.warnings)
 
@@ -158,30 +158,29 @@ def _picture(width: int, height: int, seed: int):
 def test_reference_images_equal_the_pipelines_editing(tiny_flux2_klein, klein):
     """Two references of other sizes (one cut to the multiple of 16 by a centred crop), CFG on.
     The random model reads them weakly (0.007 of a pixel, under the image tolerance), so the
-    final latents are compared too: within 1e-4 of their scale, where leaving the references
-    out is off by 3.7e-3."""
+    final latents are compared: within 1e-4 of their scale (measured ~1e-6), where leaving the
+    references out is off by 3.7e-3."""
     from sdrt.export.flux2 import _bn_stats, unpatchify
 
     references = [_picture(80, 72, 0), _picture(64, 96, 1)]
     settings = {"steps": STEPS, "seed": 5, "guidance_scale": 3.0, **SIZE}
     got = klein.generate(PROMPT, reference_images=references, **settings)
-    expected = _diffusers_image(tiny_flux2_klein, klein, 5, guidance_scale=3.0, image=references)
-    assert_same_image(got.array, expected)
     reference = _reference(tiny_flux2_klein)
-    latents = reference(
+    expected = reference(
         prompt=PROMPT, image=references, num_inference_steps=STEPS, guidance_scale=3.0, output_type="latent",
         generator=torch.Generator().manual_seed(5), max_sequence_length=klein.manifest.flux2.max_sequence_length,
         **SIZE,
-    ).images  # fmt: skip
+    ).images.numpy()  # fmt: skip
     mean, std = _bn_stats(reference.vae)
 
-    def vae_latents(ours):
+    def vae_latents(ours):  # the pipeline's latents before its VAE decode
         return unpatchify(torch.from_numpy(ours) * std + mean).numpy()
 
     plain = klein.generate(PROMPT, **settings)
-    scale = np.abs(latents.numpy()).max()
-    assert np.abs(vae_latents(got.latents) - latents.numpy()).max() <= 1e-4 * scale
-    assert np.abs(vae_latents(plain.latents) - latents.numpy()).max() > 1e-3 * scale  # 10x the tolerance
+    scale = np.abs(expected).max()
+    assert np.abs(vae_latents(got.latents) - expected).max() <= 1e-4 * scale
+    assert np.abs(vae_latents(plain.latents) - expected).max() > 1e-3 * scale  # 10x the tolerance
+    assert got.parameters["reference_images"] == 2
 
 
 def test_bad_reference_images_are_one_error_naming_the_field(klein):
@@ -191,6 +190,7 @@ def test_bad_reference_images_are_one_error_naming_the_field(klein):
         assert error.value.param == "reference_images", references
 
 
+@pytest.mark.slow  # 6 s of CPU: a fresh process loads the export
 def test_sdrt_generate_runs_klein_without_torch_and_equals_diffusers(tiny_flux2_klein, exported_flux2_klein, klein):
     """No --guidance: the family's default (4.0, Flux2KleinPipeline's), with a reference image;
     the PNG parameters record the reference count."""
