@@ -194,3 +194,16 @@ def tiny_flux2_klein(tmp_path_factory) -> Path:
 def exported_flux2_klein(tiny_flux2_klein, tmp_path_factory) -> Path:
     """The tiny FLUX.2 [klein] base model exported to fp32 ONNX (once per session)."""
     return _exports({"base": tiny_flux2_klein}, tmp_path_factory.mktemp("exported-flux2"), "base")()
+
+
+def tiny_zimage(tmp_path_factory) -> Path:
+    """A tiny random ZImagePipeline (Turbo's scheduler) as a diffusers folder, once per session."""
+    from sdrt.export.random_zimage import save_random_zimage
+
+    return save_random_zimage(tmp_path_factory.mktemp("tiny-zimage") / "zimage", seed=0)
+
+
+@pytest.fixture(scope="session")
+def exported_zimage(tiny_zimage, tmp_path_factory) -> Path:
+    """The tiny Z-Image model exported to fp32 ONNX (once per session)."""
+    return _exports({"zimage": tiny_zimage}, tmp_path_factory.mktemp("exported-zimage"), "zimage")()

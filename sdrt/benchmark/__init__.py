@@ -285,8 +285,9 @@ def cache_dir() -> Path:
 
 
 #: Architectures `--arch` builds with random weights: SD 1.5 and SDXL 1.0 base (bundled presets), and a
-#: tiny SD3.5-Medium-shaped model (sdrt.export.random_sd3: seconds, for trying the path).
-ARCHES = ("sd15", "sdxl", "tiny-sd3")
+#: tiny SD3.5-Medium-shaped model (sdrt.export.random_sd3: seconds, for trying the path) and a tiny
+#: Z-Image Turbo (sdrt.export.random_zimage).
+ARCHES = ("sd15", "sdxl", "tiny-sd3", "tiny-zimage")
 
 
 def arch_model(arch: str, progress=lambda line: None) -> tuple[str, str]:

@@ -19,6 +19,7 @@ from sdrt.cli.sd3_options import sd3_options, skip_layer_guidance
 from sdrt.cli.sdxl_options import resolve_refiner_switch, sdxl_options, size_conditioning
 from sdrt.cli.signals import stop_on_signals
 from sdrt.cli.types import THREADS, FiniteFloat
+from sdrt.cli.zimage_options import zimage_options, zimage_settings
 from sdrt.runtime.engines import BACKEND_NAMES, DEFAULT_BACKEND
 from sdrt.runtime.request import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from sdrt.runtime.schedulers import (
@@ -134,6 +135,7 @@ from sdrt.runtime.schedulers import (
 @image_options
 @sdxl_options
 @sd3_options
+@zimage_options
 @prompt_options
 @embedding_options
 @lora_options
@@ -247,6 +249,7 @@ def generate(
         steps=steps,
         guidance_scale=guidance,
         true_cfg_scale=true_cfg,
+        **zimage_settings(sdxl),
         skip_layer_guidance=skip_layer_guidance(sdxl),
         t5=sdxl.pop("t5"),
         seeds=consecutive_seeds(seed, num_images),  # image k: seed + k, each reproducible alone (A1111)

@@ -29,6 +29,7 @@ RANDOM_NAMES = (
     "tiny-chroma",
     "tiny-flux2-klein",
     "tiny-flux2-klein-base",
+    "tiny-zimage",
 )  # sdrt.export.random_sources.RANDOM_MODELS (no import here)
 
 

@@ -230,6 +230,20 @@ def export_pipeline(
             progress=progress,
             release_weights=release_weights,
         )
+    from sdrt.export.zimage import is_zimage
+
+    if is_zimage(pipeline):
+        from sdrt.export.zimage_export import export_zimage_pipeline
+
+        return export_zimage_pipeline(
+            pipeline,
+            out_dir,
+            source=source,
+            options=options,
+            overwrite=overwrite,
+            progress=progress,
+            release_weights=release_weights,
+        )
     if is_chroma(pipeline):
         from sdrt.export.chroma_export import export_chroma_pipeline
 

@@ -60,6 +60,12 @@ def _flux2_klein(kind: str) -> Callable[[Path], Path]:
     return build
 
 
+def _zimage(folder: Path) -> Path:
+    from sdrt.export.random_zimage import save_random_zimage
+
+    return save_random_zimage(folder, seed=0)
+
+
 #: Name -> (what it is, builder). The full-size ones have real architectures for benchmarks.
 RANDOM_MODELS: dict[str, tuple[str, Callable[[Path], Path]]] = {
     "tiny": ("a tiny SD 1.x (seconds to build and run; for trying the whole path)", _sd("tiny")),
@@ -73,6 +79,7 @@ RANDOM_MODELS: dict[str, tuple[str, Callable[[Path], Path]]] = {
     "tiny-chroma": ("a tiny Chroma (T5 only, real CFG)", _chroma),
     "tiny-flux2-klein": ("a tiny FLUX.2 [klein] (distilled: no CFG)", _flux2_klein("distilled")),
     "tiny-flux2-klein-base": ("a tiny FLUX.2 [klein] base (real CFG)", _flux2_klein("base")),
+    "tiny-zimage": ("a tiny Z-Image Turbo (Qwen3 text encoder, single-stream DiT)", _zimage),
 }
 
 

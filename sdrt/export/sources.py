@@ -22,6 +22,8 @@ CHROMA_CLASS = "ChromaPipeline"
 #: FLUX.2 [klein]'s pipeline class (sdrt.export.flux2).
 FLUX2_KLEIN_CLASS = "Flux2KleinPipeline"
 CHROMA_COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
+#: Z-Image's pipeline class (sdrt.export.zimage); its components are Chroma's.
+ZIMAGE_CLASS = "ZImagePipeline"
 FLUX_COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler")
 SDXL_COMPONENT = "text_encoder_2"
 # diffusers pipeline classes by what a model is; the refiner has no first text encoder, which
@@ -51,6 +53,8 @@ def _pipeline_class_for_index(index: dict) -> str:
         return SD3_CLASS
     if str(index.get("_class_name", "")).startswith("Chroma"):
         return CHROMA_CLASS
+    if str(index.get("_class_name", "")).startswith("ZImage"):
+        return ZIMAGE_CLASS
     if SDXL_COMPONENT not in index:
         return SD_CLASS
     if "transformer" in index:
@@ -100,12 +104,14 @@ def _check_diffusers_folder(folder: Path) -> dict:
                 f"{folder} is {family}; sdrt exports Stable Diffusion 1.x, 2.x, SDXL and FLUX.1 only"
             )
     kind = _pipeline_class_for_index(index)
-    if "transformer" in index and kind not in (FLUX_CLASS, SD3_CLASS, CHROMA_CLASS, FLUX2_KLEIN_CLASS):
+    if "transformer" in index and kind not in (FLUX_CLASS, SD3_CLASS, CHROMA_CLASS, ZIMAGE_CLASS, FLUX2_KLEIN_CLASS):
         raise ModelFolderError(
-            f"{folder} is a diffusion transformer sdrt does not export (FLUX.1, FLUX.2 klein, SD3 and Chroma only)"
+            f"{folder} is a diffusion transformer sdrt does not export "
+            "(FLUX.1, FLUX.2 klein, SD3, Chroma and Z-Image only)"
         )
     required = REQUIRED_COMPONENTS
-    if kind in (SD3_CLASS, CHROMA_CLASS, FLUX2_KLEIN_CLASS):  # FLUX.2 klein has Chroma's component folders
+    # Z-Image and FLUX.2 klein have Chroma's component folders.
+    if kind in (SD3_CLASS, CHROMA_CLASS, ZIMAGE_CLASS, FLUX2_KLEIN_CLASS):
         required = SD3_COMPONENTS if kind == SD3_CLASS else CHROMA_COMPONENTS
     elif "transformer" in index:
         required = FLUX_COMPONENTS

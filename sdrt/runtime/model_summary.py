@@ -52,6 +52,7 @@ def _flux(manifest: Manifest) -> dict:
         "guidance_distilled": flux.guidance_embeds,
         "t5_tokens": flux.max_sequence_length,
         "t5_precision": flux.t5_precision,
+        "text_encoder": getattr(manifest.model_family, "text_label", "T5"),
     }
 
 
@@ -64,10 +65,10 @@ def _flux2(manifest: Manifest) -> dict:
 def _prompt_tokens(manifest: Manifest) -> int:
     from sdrt.runtime.manifest import TEXT_SEQUENCE
 
-    if manifest.flux is not None:  # T5's padded length, less its end token (CLIP's 75 are its pooled part)
-        return manifest.flux.max_sequence_length - 1
     if manifest.flux2 is not None:  # Qwen3's padded length, the chat wrapping's tokens included
         return manifest.flux2.max_sequence_length
+    if manifest.flux is not None:  # the family's (FLUX: T5's; CLIP's 75 are its pooled part)
+        return manifest.model_family.prompt_tokens(manifest)  # type: ignore[attr-defined]
     sequence = manifest.dims.get(TEXT_SEQUENCE)
     chunks = 1 if sequence is None else sequence.max // manifest.text_length  # older exports: one chunk
     return chunks * (manifest.text_length - 2)  # each chunk holds its tokens between start and end
@@ -90,7 +91,8 @@ def format_summary(summary: dict) -> str:
     if "flux" in summary:
         flux = summary["flux"]
         kind = "guidance-distilled (--guidance)" if flux["guidance_distilled"] else "no guidance input"
-        lines.append(f"{flux['family_name']}: {kind}; T5 {flux['t5_precision']}, {flux['t5_tokens']} tokens")
+        text = f"{flux['text_encoder']} {flux['t5_precision']}, {flux['t5_tokens']} tokens"
+        lines.append(f"{flux['family_name']}: {kind}; {text}")
     if "flux2" in summary:
         flux2 = summary["flux2"]
         kind = "distilled (no CFG; --guidance ignored)" if flux2["distilled"] else "base (CFG with --guidance > 1)"

@@ -35,6 +35,9 @@ def generation_parameters(
         parameters["strength"] = resolved.strength
     if request.true_cfg_scale is not None:  # FLUX.1's real CFG (guidance_scale is then the distilled guidance)
         parameters["true_cfg_scale"] = float(request.true_cfg_scale)
+    for name in ("cfg_truncation", "cfg_normalization"):  # Z-Image's CFG options
+        if getattr(request, name) is not None:
+            parameters[name] = float(getattr(request, name))
     if request.skip_layer_guidance is not None:  # SD3 (sdrt.runtime.features.skip_layers)
         skip = request.skip_layer_guidance
         parameters["skip_layer_guidance"] = {

@@ -105,6 +105,10 @@ class GenerationRequest:
     true_cfg_scale: float | None = field(default=None, metadata=SHARED)
     # FLUX.2 [klein] only: images to edit from (sdrt.runtime.features.references).
     reference_images: Sequence[str | Path | bytes | Image.Image] | None = field(default=None, metadata=ALONE)
+    # Z-Image only (sdrt.runtime.families.zimage_guidance): ZImagePipeline's CFG truncation and
+    # normalization; None: the pipeline's defaults (no truncation, no normalization).
+    cfg_truncation: float | None = field(default=None, metadata=SHARED)
+    cfg_normalization: float | None = field(default=None, metadata=SHARED)
     # Stable Diffusion 3 only: skip-layer guidance (sdrt.runtime.features.skip_layers).
     skip_layer_guidance: SkipLayerGuidance | None = field(default=None, metadata=SHARED)
     t5: bool | None = field(default=None, metadata=SHARED)  # SD3: False runs without T5 (its zeros); None: as exported

@@ -5,7 +5,8 @@ distilled guidance: A1111's routes take it from Forge's `distilled_cfg_scale` (t
 default when absent), and `cfg_scale` is real CFG only with a negative prompt and a scale above 1
 (FluxPipeline's do_true_cfg; A1111 clients send cfg_scale 7 on every request, which must not
 double the work of a plain request). The OpenAI route's `guidance_scale`, when the client leaves
-it out, is the family's default. Other families keep the fields as they are.
+it out, is the family's default. Other families keep the fields as they are (Chroma and Z-Image,
+whose guidance scale is real CFG, take cfg_scale as it is).
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ def served_family(pipeline, model: Path | None):
 
 def a1111_guidance(family, cfg_scale: float, distilled: float | None, negative: str | None):
     """(guidance_scale, true_cfg_scale) for A1111's cfg_scale and Forge's distilled_cfg_scale."""
-    if family.default_guidance is None:
-        return cfg_scale, None
+    if family.default_guidance is None or "true_cfg_scale" not in family.own_settings:
+        return cfg_scale, None  # real CFG is the guidance scale itself (Chroma, Z-Image)
     guidance = family.default_guidance if distilled is None else distilled
     true_cfg = cfg_scale if negative and cfg_scale > NO_CFG else None
     return guidance, true_cfg

@@ -116,7 +116,7 @@ def test_cli_measures_the_hires_fix_and_a_schedule_type(engine, tmp_path):
     "arguments, message",
     [
         ([], "pass exactly one of --model DIR or --arch NAME"),
-        (["--arch", "sd3"], "unknown architecture 'sd3'; choose one of sd15, sdxl, tiny-sd3"),
+        (["--arch", "sd3"], "unknown architecture 'sd3'; choose one of sd15, sdxl, tiny-sd3, tiny-zimage"),
         (["--sweep", "colour=1,2"], "--sweep takes NAME=V1,V2"),
         (["--runs", "0"], "--runs must be >= 1"),
         (["--sampler", "nope"], "unknown sampler 'nope'"),

@@ -16,6 +16,7 @@ from sdrt.runtime.families.flux2 import Flux2
 from sdrt.runtime.families.sd import InferredStableDiffusion, StableDiffusion1, StableDiffusion2
 from sdrt.runtime.families.sd3 import StableDiffusion3
 from sdrt.runtime.families.sdxl import StableDiffusionXL, StableDiffusionXLRefiner
+from sdrt.runtime.families.zimage import ZImage
 
 FAMILIES: dict[str, Family] = {
     family.name: family
@@ -29,6 +30,7 @@ FAMILIES: dict[str, Family] = {
         StableDiffusion3(),
         Chroma(),
         Flux2(),
+        ZImage(),
     )
 }
 FAMILY_NAMES = tuple(FAMILIES)

@@ -65,6 +65,12 @@ class Flux(Family):
     default_guidance = 3.5
     #: The text encoders of the flux section, in order (CLIP-L's pooled output, T5's states).
     text_encoder_roles: ClassVar[tuple[str, ...]] = ("clip", "t5")
+    #: The encoder whose hidden states condition the transformer, as `sdrt info` names it.
+    text_label: ClassVar[str] = "T5"
+
+    def prompt_tokens(self, manifest: Manifest) -> int:
+        """The longest prompt in tokens: T5's padded length less its end token."""
+        return _flux(manifest).max_sequence_length - 1
 
     def text_encoders(self, manifest: Manifest) -> list[tuple[str, str]]:
         flux = _flux(manifest)

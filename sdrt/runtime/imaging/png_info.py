@@ -95,6 +95,9 @@ def format_parameters(prompt: str, parameters: dict, batch_position: int | None 
         )
     if "reference_images" in parameters:  # FLUX.2's editing
         fields.append(("Reference images", parameters["reference_images"]))
+    for name, label in (("cfg_truncation", "CFG truncation"), ("cfg_normalization", "CFG normalization")):
+        if name in parameters:  # Z-Image's CFG options
+            fields.append((label, parameters[name]))
     if parameters.get("t5") is False:  # SD3 run without T5
         fields.append(("T5", "off"))
     if "vae" in parameters:  # A1111's field for the VAE used
