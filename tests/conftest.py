@@ -196,6 +196,7 @@ def exported_flux2_klein(tiny_flux2_klein, tmp_path_factory) -> Path:
     return _exports({"base": tiny_flux2_klein}, tmp_path_factory.mktemp("exported-flux2"), "base")()
 
 
+@pytest.fixture(scope="session")
 def tiny_zimage(tmp_path_factory) -> Path:
     """A tiny random ZImagePipeline (Turbo's scheduler) as a diffusers folder, once per session."""
     from sdrt.export.random_zimage import save_random_zimage

@@ -292,7 +292,7 @@ def _resolve(request: GenerationRequest, manifest: Manifest) -> ResolvedRequest:
         controls,
         init_latents,
         request.seeds is not None,
-        family.cfg_scale(request, manifest),
+        family.export_cfg_scale(request, manifest),
     )
     check_combinations(resolved, family)  # what combines: the one table (sdrt.runtime.features.combinations)
     return resolved

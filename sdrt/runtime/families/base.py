@@ -112,9 +112,14 @@ class Family:
 
         return TextEncoders.load(folder, manifest, embeddings)
 
-    def cfg_scale(self, request: GenerationRequest, manifest: Manifest | None = None) -> float:
+    def cfg_scale(self, request: GenerationRequest) -> float:
         """The classifier-free guidance scale (guided when > 1): the request's guidance scale."""
         return request.guidance_scale
+
+    def export_cfg_scale(self, request: GenerationRequest, manifest: Manifest) -> float:
+        """The CFG scale a request runs with on this export (ResolvedRequest.cfg_scale): the
+        family's cfg_scale, unless the export says more (FLUX.2's distilled models)."""
+        return self.cfg_scale(request)
 
     def guider(self, engine: Engine, resolved: ResolvedRequest, warnings: list[str]):
         """The request's guider on this denoiser (sdrt.runtime.loop.guiders)."""

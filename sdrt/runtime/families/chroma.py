@@ -66,7 +66,7 @@ class Chroma(Flux):
     def row_feeds(self, manifest: Manifest, resolved: ResolvedRequest) -> RowFeeds:
         return {"negative": {}, "positive": {}}
 
-    def cfg_scale(self, request: GenerationRequest, manifest: Manifest | None = None) -> float:
+    def cfg_scale(self, request: GenerationRequest) -> float:
         """ChromaPipeline's do_classifier_free_guidance: guidance_scale > 1."""
         return float(request.guidance_scale)
 

@@ -96,7 +96,7 @@ class Flux(Family):
     def inpainting_denoiser(self, manifest: Manifest) -> bool:
         return False
 
-    def cfg_scale(self, request: GenerationRequest, manifest: Manifest | None = None) -> float:
+    def cfg_scale(self, request: GenerationRequest) -> float:
         """True CFG needs true_cfg_scale > 1 and a negative prompt (FluxPipeline's do_true_cfg)."""
         if request.true_cfg_scale is None or request.negative_prompt is None:
             return 1.0

@@ -58,10 +58,13 @@ class Flux2(Flux):
     def row_feeds(self, manifest: Manifest, resolved: ResolvedRequest) -> RowFeeds:
         return {"negative": {}, "positive": {}}
 
-    def cfg_scale(self, request: GenerationRequest, manifest: Manifest | None = None) -> float:
+    def cfg_scale(self, request: GenerationRequest) -> float:
+        return float(request.guidance_scale)
+
+    def export_cfg_scale(self, request: GenerationRequest, manifest: Manifest) -> float:
         """Flux2KleinPipeline's do_classifier_free_guidance: scale > 1 and not distilled."""
-        spec = None if manifest is None else manifest.flux2  # a loaded export has it (check_manifest)
-        return 1.0 if spec is not None and spec.distilled else float(request.guidance_scale)
+        spec = manifest.flux2  # a loaded export has it (check_manifest)
+        return 1.0 if spec is not None and spec.distilled else self.cfg_scale(request)
 
     def guider(self, engine: Engine, resolved: ResolvedRequest, warnings: list[str]):
         from sdrt.runtime.loop.guiders import ClassifierFreeGuidance, NoGuidance
