@@ -247,6 +247,8 @@ def _resolve(request: GenerationRequest, manifest: Manifest) -> ResolvedRequest:
                 f"{image.width}x{image.height}; they must have the same size",
                 "mask_image",
             )
+    if height is None or width is None:
+        height, width = family.default_size(request, manifest, height, width)
     height = manifest.native_height if height is None else height
     width = manifest.native_width if width is None else width
     check_size(manifest, height, width)

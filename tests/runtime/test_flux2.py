@@ -238,3 +238,17 @@ def test_sdrt_info_and_tokenize_show_klein(exported_flux2_klein):
     bad = CliRunner().invoke(main, ["generate", PROMPT, "--model", str(exported_flux2_klein), "--steps", "1",
                                     "--reference-image", "/no/such/image.png", "--out", "/dev/null/x.png"])  # fmt: skip
     assert bad.exit_code != 0 and len(bad.output.strip().splitlines()) == 1, bad.output
+
+
+@pytest.mark.slow  # 4 s: one more pair of runs
+def test_the_size_defaults_to_the_first_references(tiny_flux2_klein, klein):
+    """No height or width: the first reference's, cut to the multiple of 16 (80x72 -> 80x64)."""
+    references = [_picture(80, 72, 3)]
+    got = klein.generate(PROMPT, steps=STEPS, seed=7, guidance_scale=1.0, reference_images=references)
+    assert got.array.shape[1:3] == (64, 80)
+    settings = {"num_inference_steps": STEPS, "prompt": PROMPT, "guidance_scale": 1.0, "image": references}
+    expected = _reference(tiny_flux2_klein)(
+        generator=torch.Generator().manual_seed(7), max_sequence_length=klein.manifest.flux2.max_sequence_length,
+        output_type="np", **settings,
+    ).images  # fmt: skip
+    assert_same_image(got.array, expected)

@@ -114,6 +114,18 @@ class Flux2(Flux):
 
             open_references(request.reference_images)  # refused here, before any model runs
 
+    def default_size(
+        self, request: GenerationRequest, manifest: Manifest, height: int | None, width: int | None
+    ) -> tuple[int | None, int | None]:
+        """The first reference image's prepared size where the request gives none (the
+        pipeline's `height = height or image_height`)."""
+        if request.reference_images is None:
+            return height, width
+        from sdrt.runtime.features.references import open_references, prepared_size
+
+        first = prepared_size(open_references(request.reference_images)[0], manifest.vae_scale_factor)
+        return (first[0] if height is None else height), (first[1] if width is None else width)
+
     def check_manifest(self, manifest: Manifest) -> str | None:
         if manifest.flux2 is None:
             return f"family {manifest.family!r} needs the flux2 section"

@@ -49,16 +49,28 @@ def check_reference(image: Image.Image, index: int) -> None:
         raise GenerationError(f"{where} is too elongated: its sides must be within {MAX_ASPECT}:1", PARAM)
 
 
+def _area_size(width: int, height: int) -> tuple[int, int]:
+    """(width, height) after _resize_to_target_area when the image is larger than MAX_AREA."""
+    if width * height <= MAX_AREA:
+        return width, height
+    scale = math.sqrt(MAX_AREA / (width * height))
+    return int(width * scale), int(height * scale)
+
+
+def prepared_size(image: Image.Image, multiple: int) -> tuple[int, int]:
+    """(height, width) of a reference as the pipeline prepares it (and sizes the image by)."""
+    width, height = _area_size(*image.size)
+    return height - height % multiple, width - width % multiple
+
+
 def reference_input(image: Image.Image, multiple: int, index: int) -> np.ndarray:
     """float32 [1, 3, height, width] in [-1, 1]: one reference as the pipeline prepares it."""
     check_reference(image, index)
-    width, height = image.size
     image = to_rgb(image)
-    if width * height > MAX_AREA:
-        scale = math.sqrt(MAX_AREA / (width * height))
-        image = image.resize((int(width * scale), int(height * scale)), Image.Resampling.LANCZOS)
+    if _area_size(*image.size) != image.size:
+        image = image.resize(_area_size(*image.size), Image.Resampling.LANCZOS)
     width, height = image.size
-    kept_width, kept_height = width - width % multiple, height - height % multiple
+    kept_height, kept_width = prepared_size(image, multiple)
     left, top = (width - kept_width) // 2, (height - kept_height) // 2
     image = image.crop((left, top, left + kept_width, top + kept_height))
     return to_model_input(image, kept_height, kept_width)
