@@ -219,6 +219,10 @@ def add_openai_routes(app: FastAPI, service, catalog, settings, run, checks) -> 
         image, mask = edit_images(files["image"], files.get("mask")) if needs_prompt else (files["image"], None)
         strength = body.strength or (EDIT_STRENGTH if mask is not None else VARIATION_STRENGTH)
         model = check_model(body.model)
+        # FLUX.2 [klein] edits from the image as a reference (its pipeline has no image-to-image).
+        referenced = (
+            needs_prompt and mask is None and "reference_images" in served_family(service.pipeline, model).features
+        )
         generation = GenerationRequest(
             body.prompt,
             negative_prompt=body.negative_prompt,
@@ -230,9 +234,10 @@ def add_openai_routes(app: FastAPI, service, catalog, settings, run, checks) -> 
             num_images=body.n,
             sampler=sampler_of(body),
             schedule=body.schedule,
-            init_image=image,
+            init_image=None if referenced else image,
+            reference_images=[image] if referenced else None,
             mask_image=png_bytes(mask) if mask is not None else None,
-            strength=strength,
+            strength=None if referenced else strength,
             plain_prompt=settings.plain_prompts,
             vae=body.vae,
             deepcache=deepcache_field(body.deepcache),
