@@ -216,6 +216,21 @@ def exported_chroma(tiny_chroma, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_flux2_klein(tmp_path_factory) -> Path:
+    """A tiny random FLUX.2 [klein] base model (Flux2KleinPipeline) as a diffusers folder, once
+    per session (the distilled variant is the same weights with is_distilled set)."""
+    from sdrt.export.random_flux2 import save_random_flux2_klein
+
+    return save_random_flux2_klein(tmp_path_factory.mktemp("tiny-flux2") / "klein", kind="base", seed=0)
+
+
+@pytest.fixture(scope="session")
+def exported_flux2_klein(tiny_flux2_klein, tmp_path_factory) -> Path:
+    """The tiny FLUX.2 [klein] base model exported to fp32 ONNX (once per session)."""
+    return _exports({"base": tiny_flux2_klein}, tmp_path_factory.mktemp("exported-flux2"), "base")()
+
+
+@pytest.fixture(scope="session")
 def tiny_zimage(tmp_path_factory) -> Path:
     """A tiny random ZImagePipeline (Turbo's scheduler) as a diffusers folder, once per session."""
     from sdrt.export.random_zimage import save_random_zimage

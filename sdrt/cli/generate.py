@@ -106,6 +106,12 @@ from sdrt.runtime.schedulers import (
     help="Image-to-image: start from this image (FLUX.1 Kontext: the image to edit).",
 )
 @click.option(
+    "--reference-image",
+    "reference_images",
+    multiple=True,
+    help="FLUX.2 [klein]: an image to edit from (repeat for several, up to 4).",
+)
+@click.option(
     "--mask",
     "mask_image",
     default=None,
@@ -268,6 +274,7 @@ def generate(
         sampler=sampler,
         schedule=schedule,
         init_image=init_image,
+        reference_images=list(sdxl.pop("reference_images")) or None,
         mask_image=mask_image,
         strength=strength,
         size_conditioning=conditioning,

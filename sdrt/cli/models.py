@@ -30,6 +30,8 @@ RANDOM_NAMES = (
     "tiny-sd3-no-t5",
     "tiny-chroma",
     "sd35-medium",
+    "tiny-flux2-klein",
+    "tiny-flux2-klein-base",
     "tiny-zimage",
 )  # sdrt.export.random_sources.RANDOM_MODELS (no import here)
 

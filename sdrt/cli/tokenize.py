@@ -60,7 +60,7 @@ def tokenize(
     sources = [EmbeddingSource.parse(s) for s in embedding_sources(embedding_dirs, embedding_files)]
     names: dict[int, str] = {}
     manifest = Manifest.load(folder) if (folder / MANIFEST_NAME).is_file() else None
-    if manifest is not None and (manifest.flux is not None or manifest.sd3 is not None):
+    if manifest is not None and (manifest.flux is not None or manifest.sd3 is not None or manifest.flux2 is not None):
         if sources:
             raise SdrtError(f"{manifest.model_family.display_name} exports take no textual-inversion embeddings")
         _plain_tokens(folder, manifest, prompts, as_json)
@@ -118,9 +118,9 @@ def tokenize(
 
 def _plain_tokens(folder: Path, manifest, prompts: tuple[str, ...], as_json: bool) -> None:
     """The tokenizers' ids of each prompt as plain text for a transformer export (FLUX.1: CLIP's
-    for the pooled embedding and T5's for the hidden states; Chroma: T5's; SD3: CLIP-L's, CLIP-G's and
-    T5's when exported), up to each one's end
-    token, and what each cut."""
+    for the pooled embedding and T5's for the hidden states; Chroma: T5's; FLUX.2: Qwen3's,
+    chat-wrapped; SD3: CLIP-L's, CLIP-G's and T5's when exported), up to each one's end token,
+    and what each cut."""
     family = manifest.model_family
     encoders = family.load_text_encoders(folder, manifest, None)
     roles = family.text_encoder_roles[

@@ -201,6 +201,7 @@ def export_pipeline(
     which keeps a full-size SDXL export within 24 GiB. FLUX.1 is sdrt.export.flux_export's."""
     from sdrt.export.chroma import is_chroma
     from sdrt.export.flux import is_flux
+    from sdrt.export.flux2 import is_flux2
     from sdrt.export.sd3 import is_sd3
 
     if is_sd3(pipeline):
@@ -217,6 +218,18 @@ def export_pipeline(
         )
     if options.no_t5:
         raise ExportError("--no-t5 is for Stable Diffusion 3 models (T5 is optional there only)")
+    if is_flux2(pipeline):
+        from sdrt.export.flux2_export import export_flux2_pipeline
+
+        return export_flux2_pipeline(
+            pipeline,
+            out_dir,
+            source=source,
+            options=options,
+            overwrite=overwrite,
+            progress=progress,
+            release_weights=release_weights,
+        )
     from sdrt.export.zimage import is_zimage
 
     if is_zimage(pipeline):

@@ -57,6 +57,15 @@ def _chroma(folder: Path) -> Path:
     return save_random_chroma(folder, seed=0)
 
 
+def _flux2_klein(kind: str) -> Callable[[Path], Path]:
+    def build(folder: Path) -> Path:
+        from sdrt.export.random_flux2 import save_random_flux2_klein
+
+        return save_random_flux2_klein(folder, kind=kind, seed=0)
+
+    return build
+
+
 def _zimage(folder: Path) -> Path:
     from sdrt.export.random_zimage import save_random_zimage
 
@@ -77,6 +86,8 @@ RANDOM_MODELS: dict[str, tuple[str, Callable[[Path], Path]]] = {
     "tiny-sd3-no-t5": ("a tiny SD3.5-Medium-shaped model without T5", _sd3("no-t5")),
     "tiny-chroma": ("a tiny Chroma (T5 only, real CFG)", _chroma),
     "sd35-medium": ("SD3.5 Medium's full-size architecture without T5 (benchmarks; about 13 GB)", _sd35_medium),
+    "tiny-flux2-klein": ("a tiny FLUX.2 [klein] (distilled: no CFG)", _flux2_klein("distilled")),
+    "tiny-flux2-klein-base": ("a tiny FLUX.2 [klein] base (real CFG)", _flux2_klein("base")),
     "tiny-zimage": ("a tiny Z-Image Turbo (Qwen3 text encoder, single-stream DiT)", _zimage),
 }
 

@@ -21,6 +21,8 @@ FLUX_CLASS = "FluxPipeline"
 FLUX_VARIANT_CLASSES = ("FluxFillPipeline", "FluxKontextPipeline")
 #: Chroma's pipeline class and component folders (sdrt.export.chroma).
 CHROMA_CLASS = "ChromaPipeline"
+#: FLUX.2 [klein]'s pipeline class (sdrt.export.flux2).
+FLUX2_KLEIN_CLASS = "Flux2KleinPipeline"
 CHROMA_COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 #: Z-Image's pipeline class (sdrt.export.zimage); its components are Chroma's.
 ZIMAGE_CLASS = "ZImagePipeline"
@@ -47,6 +49,8 @@ def _pipeline_class_for_index(index: dict) -> str:
     """The diffusers class that loads a folder with this model_index.json."""
     if index.get("_class_name") in FLUX_VARIANT_CLASSES:
         return str(index["_class_name"])
+    if str(index.get("_class_name", "")) == FLUX2_KLEIN_CLASS:
+        return FLUX2_KLEIN_CLASS
     if str(index.get("_class_name", "")).startswith("Flux"):
         return FLUX_CLASS
     if str(index.get("_class_name", "")).startswith("StableDiffusion3") or "text_encoder_3" in index:
@@ -110,12 +114,15 @@ def _check_diffusers_folder(folder: Path) -> dict:
         SD3_CLASS,
         CHROMA_CLASS,
         ZIMAGE_CLASS,
+        FLUX2_KLEIN_CLASS,
     ):
         raise ModelFolderError(
-            f"{folder} is a diffusion transformer sdrt does not export (FLUX.1, SD3, Chroma and Z-Image only)"
+            f"{folder} is a diffusion transformer sdrt does not export "
+            "(FLUX.1, FLUX.2 klein, SD3, Chroma and Z-Image only)"
         )
     required = REQUIRED_COMPONENTS
-    if kind in (SD3_CLASS, CHROMA_CLASS, ZIMAGE_CLASS):
+    # Z-Image and FLUX.2 klein have Chroma's component folders.
+    if kind in (SD3_CLASS, CHROMA_CLASS, ZIMAGE_CLASS, FLUX2_KLEIN_CLASS):
         required = SD3_COMPONENTS if kind == SD3_CLASS else CHROMA_COMPONENTS
     elif "transformer" in index:
         required = FLUX_COMPONENTS

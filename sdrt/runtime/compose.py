@@ -103,6 +103,7 @@ def run_resolved(
     control = pipeline.controlnets.prepare(resolved, start.first, base.steps, guider.unconditional, engine, warnings)
     if control is not None:
         base.hooks.append(control)
+    base.hooks.extend(pipeline.family.step_hooks(pipeline, resolved))
     stages = [base]
     if request.refiner_switch is not None:
         stages.append(refiners.refiner_stage(pipeline.refiner, resolved, base, timings))

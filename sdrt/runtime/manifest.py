@@ -16,6 +16,7 @@ from typing import Any
 from sdrt.errors import ModelFolderError
 from sdrt.runtime.files.json_files import read_json
 from sdrt.runtime.files.user_files import present
+from sdrt.runtime.flux2_spec import Flux2Spec
 from sdrt.runtime.manifest_checks import (  # noqa: F401 (read from here)
     SCHEMA_PATH,
     _check_schema,
@@ -217,6 +218,7 @@ class Manifest:
     tiny_vae: TinyVaeSpec | None = None  # with a vae_decoder_tiny component
     flux: FluxSpec | None = None  # FLUX.1 only
     sd3: Sd3Spec | None = None  # Stable Diffusion 3 / 3.5 only (sdrt.runtime.sd3_spec)
+    flux2: Flux2Spec | None = None  # FLUX.2 [klein] only (sdrt.runtime.flux2_spec)
 
     @property
     def sampler_space(self) -> str:
@@ -267,6 +269,8 @@ class Manifest:
             data["flux"] = FluxSpec(**data["flux"])
         if data.get("sd3") is not None:
             data["sd3"] = Sd3Spec(**data["sd3"])
+        if data.get("flux2") is not None:
+            data["flux2"] = Flux2Spec(**data["flux2"])
         if data.get("tiny_vae") is not None:
             data["tiny_vae"] = TinyVaeSpec(**data["tiny_vae"])
         return cls(**data)

@@ -38,6 +38,7 @@ def model_summary(folder: str | Path) -> dict:
         "max_prompt_tokens": _prompt_tokens(manifest),
         "tiny_vae": manifest.tiny_vae is not None,
         **({} if manifest.flux is None else {"flux": _flux(manifest)}),
+        **({} if manifest.flux2 is None else {"flux2": _flux2(manifest)}),
         "components": components,
         "source": manifest.source.get("model"),
     }
@@ -56,9 +57,17 @@ def _flux(manifest: Manifest) -> dict:
     }
 
 
+def _flux2(manifest: Manifest) -> dict:
+    spec = manifest.flux2
+    assert spec is not None  # called for FLUX.2 exports only
+    return {"distilled": spec.distilled, "text_layers": list(spec.text_layers), "qwen_tokens": spec.max_sequence_length}
+
+
 def _prompt_tokens(manifest: Manifest) -> int:
     from sdrt.runtime.manifest import TEXT_SEQUENCE
 
+    if manifest.flux2 is not None:  # Qwen3's padded length, the chat wrapping's tokens included
+        return manifest.flux2.max_sequence_length
     if manifest.flux is not None:  # the family's (FLUX: T5's; CLIP's 75 are its pooled part)
         return manifest.model_family.prompt_tokens(manifest)  # type: ignore[attr-defined]
     sequence = manifest.dims.get(TEXT_SEQUENCE)
@@ -86,6 +95,11 @@ def format_summary(summary: dict) -> str:
         name = flux["family_name"] + (f" {flux['variant']}" if flux.get("variant") else "")
         text = f"{flux['text_encoder']} {flux['t5_precision']}, {flux['t5_tokens']} tokens"
         lines.append(f"{name}: {kind}; {text}")
+    if "flux2" in summary:
+        flux2 = summary["flux2"]
+        kind = "distilled (no CFG; --guidance ignored)" if flux2["distilled"] else "base (CFG with --guidance > 1)"
+        layers = ", ".join(map(str, flux2["text_layers"]))
+        lines.append(f"FLUX.2 [klein]: {kind}; Qwen3 hidden states {layers}, {flux2['qwen_tokens']} tokens")
     lines += [
         f"  {name}: {c['precision']} for {c['target']}, {c['mib']} MiB{_weights(c.get('quantization'))}"
         for name, c in summary["components"].items()

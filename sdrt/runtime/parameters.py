@@ -50,6 +50,8 @@ def generation_parameters(
             "start": skip.start,
             "stop": skip.stop,
         }
+    if request.reference_images is not None:  # FLUX.2's editing: how many images it read
+        parameters["reference_images"] = len(request.reference_images)
     if request.t5 is False:  # SD3 run without T5
         parameters["t5"] = False
     if request.max_sequence_length is not None:  # SD3's T5 length

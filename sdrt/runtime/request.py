@@ -109,6 +109,8 @@ class GenerationRequest:
     # FLUX.1 only: real classifier-free guidance with a negative prompt (guidance_scale is then
     # a guidance-distilled model's embedded guidance).
     true_cfg_scale: float | None = field(default=None, metadata=SHARED)
+    # FLUX.2 [klein] only: images to edit from (sdrt.runtime.features.references).
+    reference_images: Sequence[str | Path | bytes | Image.Image] | None = field(default=None, metadata=ALONE)
     # Z-Image only (sdrt.runtime.families.zimage_guidance): ZImagePipeline's CFG truncation and
     # normalization; None: the pipeline's defaults (no truncation, no normalization).
     cfg_truncation: float | None = field(default=None, metadata=SHARED)
@@ -255,6 +257,8 @@ def _resolve(request: GenerationRequest, manifest: Manifest) -> ResolvedRequest:
                 f"{image.width}x{image.height}; they must have the same size",
                 "mask_image",
             )
+    if height is None or width is None:
+        height, width = family.default_size(request, manifest, height, width)
     height = manifest.native_height if height is None else height
     width = manifest.native_width if width is None else width
     check_size(manifest, height, width)
@@ -308,7 +312,7 @@ def _resolve(request: GenerationRequest, manifest: Manifest) -> ResolvedRequest:
         controls,
         init_latents,
         request.seeds is not None,
-        family.cfg_scale(request),
+        family.export_cfg_scale(request, manifest),
     )
     check_combinations(resolved, family)  # what combines: the one table (sdrt.runtime.features.combinations)
     return resolved

@@ -228,6 +228,10 @@ def add_openai_routes(app: FastAPI, service, catalog, settings, run, checks) -> 
         strength = (
             body.strength if kontext else body.strength or (EDIT_STRENGTH if mask is not None else VARIATION_STRENGTH)
         )
+        # FLUX.2 [klein] edits from the image as a reference (its pipeline has no image-to-image).
+        referenced = (
+            needs_prompt and mask is None and "reference_images" in served_family(service.pipeline, model).features
+        )
         generation = GenerationRequest(
             body.prompt,
             negative_prompt=body.negative_prompt,
@@ -239,9 +243,10 @@ def add_openai_routes(app: FastAPI, service, catalog, settings, run, checks) -> 
             num_images=body.n,
             sampler=sampler_of(body),
             schedule=body.schedule,
-            init_image=image,
+            init_image=None if referenced else image,
+            reference_images=[image] if referenced else None,
             mask_image=png_bytes(mask) if mask is not None else None,
-            strength=strength,
+            strength=None if referenced else strength,
             plain_prompt=settings.plain_prompts,
             vae=body.vae,
             deepcache=deepcache_field(body.deepcache),

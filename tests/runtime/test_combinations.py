@@ -64,6 +64,7 @@ def settings_for(feature: str, manifest: Manifest) -> dict:
         "refiner": dict(refiner_switch=0.5),
         "deepcache": dict(deepcache=DeepCache(2)),
         "tiny_vae": dict(vae="tiny"),
+        "reference_images": dict(reference_images=[photo()]),
     }[feature]
 
 
@@ -170,7 +171,12 @@ def _combinable(pair) -> bool:
     return not any(combinations.refusal(a, b) for a, b in itertools.combinations(used, 2))
 
 
-ALLOWED = [pair for pair in itertools.combinations(REQUESTED, 2) if _combinable(pair)]
+#: Features only a family without this SD manifest's others runs, tested with that family's own
+#: (FLUX.2's reference images: tests/runtime/test_flux2.py).
+OWN_FAMILY_TESTS = {"reference_images"}
+ALLOWED = [
+    pair for pair in itertools.combinations(REQUESTED, 2) if _combinable(pair) and not OWN_FAMILY_TESTS & set(pair)
+]
 
 
 @pytest.mark.parametrize("pair", ALLOWED, ids="+".join)

@@ -12,6 +12,7 @@ from sdrt.errors import ModelFolderError
 from sdrt.runtime.families.base import DenoiserCall, Family, LatentFormat
 from sdrt.runtime.families.chroma import Chroma
 from sdrt.runtime.families.flux import Flux
+from sdrt.runtime.families.flux2 import Flux2
 from sdrt.runtime.families.sd import InferredStableDiffusion, StableDiffusion1, StableDiffusion2
 from sdrt.runtime.families.sd3 import StableDiffusion3
 from sdrt.runtime.families.sdxl import StableDiffusionXL, StableDiffusionXLRefiner
@@ -28,6 +29,7 @@ FAMILIES: dict[str, Family] = {
         InferredStableDiffusion(),
         StableDiffusion3(),
         Chroma(),
+        Flux2(),
         ZImage(),
     )
 }

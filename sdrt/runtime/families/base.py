@@ -118,11 +118,28 @@ class Family:
         """The classifier-free guidance scale (guided when > 1): the request's guidance scale."""
         return request.guidance_scale
 
+    def default_size(
+        self, request: GenerationRequest, manifest: Manifest, height: int | None, width: int | None
+    ) -> tuple[int | None, int | None]:
+        """A request's height and width where it gives none, before the export's native size
+        (FLUX.2 takes its first reference image's); by default left as they are."""
+        return height, width
+
+    def export_cfg_scale(self, request: GenerationRequest, manifest: Manifest) -> float:
+        """The CFG scale a request runs with on this export (ResolvedRequest.cfg_scale): the
+        family's cfg_scale, unless the export says more (FLUX.2's distilled models)."""
+        return self.cfg_scale(request)
+
     def guider(self, engine: Engine, resolved: ResolvedRequest, warnings: list[str]):
         """The request's guider on this denoiser (sdrt.runtime.loop.guiders)."""
         from sdrt.runtime.loop.guiders import guider_for
 
         return guider_for(engine, resolved.request, resolved.guided, warnings)
+
+    def step_hooks(self, pipeline, resolved: ResolvedRequest) -> list:
+        """The family's own step hooks for a request (sdrt.runtime.loop.hooks; FLUX.2's
+        reference images); none by default."""
+        return []
 
     def make_denoiser(self, engine: Engine):
         """The loop's denoiser on the family's engine (sdrt.runtime.loop.denoiser)."""

@@ -121,6 +121,13 @@ FEATURES: dict[str, Feature] = {
         Feature("deepcache", "DeepCache", "deepcache", "`deepcache`", lambda r: r.request.deepcache is not None),
         Feature("tiny_vae", "the tiny VAE", "vae", '`vae="tiny"`', lambda r: r.request.vae == "tiny"),
         Feature("preview", "previews", "preview", "`Pipeline.run(preview=...)`", None),
+        Feature(
+            "reference_images",
+            "reference images (FLUX.2 editing)",
+            "reference_images",
+            "`reference_images`",
+            lambda r: r.request.reference_images is not None,
+        ),
     )
 }
 FEATURE_NAMES = tuple(FEATURES)

@@ -104,6 +104,8 @@ def format_parameters(prompt: str, parameters: dict, batch_position: int | None 
         fields.append(
             ("Skip layers", quote(f"{layers}; scale {skip['scale']:g}, {skip['start']:g} to {skip['stop']:g}"))
         )
+    if "reference_images" in parameters:  # FLUX.2's editing
+        fields.append(("Reference images", parameters["reference_images"]))
     for name, label in (("cfg_truncation", "CFG truncation"), ("cfg_normalization", "CFG normalization")):
         if name in parameters:  # Z-Image's CFG options
             fields.append((label, parameters[name]))

@@ -20,6 +20,7 @@ DENOISE = "denoise"
 UNET_STEPS = "unet_steps"
 CONTROLNET_STEPS = "controlnet_steps"
 REFERENCE_TOKENS = "reference_tokens"  # FLUX.1 Kontext (sdrt.runtime.families.flux_kontext)
+REFERENCE_FEEDS = "reference_feeds"
 UNET_HOST_COPIES = "unet_host_copies"
 PREVIEWS = "previews"
 SCHEDULER_AND_GUIDANCE = "scheduler_and_guidance"
@@ -37,13 +38,14 @@ MEASURES = {
     UNET_STEPS: "each denoiser call of the loop, without the ControlNets",
     CONTROLNET_STEPS: "each step's ControlNet residuals",
     REFERENCE_TOKENS: "each call's reference-image tokens (FLUX.1 Kontext)",
+    REFERENCE_FEEDS: "each denoiser call's FLUX.2 reference-image tokens (encoded once, before the loop)",
     UNET_HOST_COPIES: "host-device copies inside the denoiser calls (device engines)",
     PREVIEWS: "decoding previews during the loop",
     SCHEDULER_AND_GUIDANCE: "the loop's time outside the models: sampler, guidance, copies and casts",
     VAE_DECODER: "decoding the final latents",
     TOTAL: "the whole request",
 }
-CALL_MEASURES = frozenset({UNET_STEPS, CONTROLNET_STEPS, REFERENCE_TOKENS})
+CALL_MEASURES = frozenset({UNET_STEPS, CONTROLNET_STEPS, REFERENCE_TOKENS, REFERENCE_FEEDS})
 
 
 class Timings(Mapping):
