@@ -184,7 +184,7 @@ def prepare(
     if not resolved.from_image:
         return text_to_image(resolved, sampler, generator, shape)
     with timings.stage(VAE_ENCODER):
-        if getattr(sampler, "start_at_strength", None) is not None:  # the k-diffusion samplers: A1111's rules
+        if getattr(sampler, "starts_images_as_a1111", False):  # the k-diffusion samplers: A1111's rules
             from sdrt.runtime.loop.a1111_img2img import k_image_start
 
             inpainting_unet = resolved.mask is not None and manifest.model_family.inpainting_denoiser(manifest)

@@ -57,6 +57,8 @@ class ComfyRules(KDiffusionSampler):
     discard_penultimate: ClassVar[bool] = False
     #: ComfyUI's ddim: a noise mask's noise is drawn afresh (its inpaint_options "random").
     random_inpaint_noise: ClassVar[bool] = False
+    #: The KSampler's latents are where a run starts (its denoise cuts the schedule itself).
+    starts_images_as_a1111: ClassVar[bool] = False
 
     def __init__(self, config: SchedulerConfig, schedule: str = DEFAULT_COMFY_SCHEDULER, sdxl: bool = False):
         super().__init__(config, AUTOMATIC, sdxl)

@@ -54,6 +54,9 @@ class KDiffusionSampler(Scheduler):
     default_schedule: ClassVar[str] = UNIFORM
     #: A1111's discard_next_to_last_sigma (DPM2, DPM2 a, DPM++ 3M SDE).
     discard_next_to_last_sigma: ClassVar[bool] = False
+    #: Whether a run from an image starts as A1111's img2img (start_at_strength and
+    #: sdrt.runtime.loop.a1111_img2img); ComfyUI's samplers start from the given latents instead.
+    starts_images_as_a1111: ClassVar[bool] = True
     #: Whether the fresh noise comes from a Brownian tree per image seed (the SDE samplers).
     brownian: ClassVar[bool] = False
 
