@@ -42,13 +42,24 @@ def feeds(latent: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(SEED)
     return {
         "sample": rng.standard_normal((BATCH, IN_CHANNELS, latent, latent), dtype=np.float32),
-        "timestep": np.array([TIMESTEP], np.float32),
+        "timestep": np.full((BATCH,), TIMESTEP, np.float32),
         "encoder_hidden_states": rng.standard_normal((BATCH, TEXT_LENGTH, CONTEXT_WIDTH), dtype=np.float32),
     }
 
 
 def open_engine(kind: str, graph: Path, threads: int | None):
-    """A callable feeds -> output for one engine kind."""
+    """A callable feeds -> output for one engine kind. A graph inside an sdrt export runs as
+    sdrt's own engine for that backend (inputs checked, ControlNet residuals fed as zeros, OpenVINO's
+    inputs with defaults kept as inputs); a bare graph runs in a plain session."""
+    folder = graph.parent.parent
+    if (folder / "manifest.json").is_file() and kind != "ort-fused":
+        from sdrt.runtime.engines import LoadOptions, backend_named
+        from sdrt.runtime.manifest import Manifest
+
+        manifest = Manifest.load(folder)
+        backend = backend_named("cpu" if kind == "ort" else kind)
+        engine = backend.load(folder, manifest, LoadOptions(threads=threads), {})[1](graph.parent.name)
+        return lambda values: engine.run(values)[engine.output_names[0]]
     if kind.startswith("ort"):
         import onnxruntime as ort
 
@@ -57,7 +68,8 @@ def open_engine(kind: str, graph: Path, threads: int | None):
         if threads:
             options.intra_op_num_threads = threads
         session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
-        return lambda values: session.run(None, values)[0]
+        names = {tensor.name for tensor in session.get_inputs()}
+        return lambda values: session.run(None, {k: v for k, v in values.items() if k in names})[0]
     import openvino
 
     from sdrt.runtime.engines.openvino import COMPILE_CONFIG, DEVICE, read_model
