@@ -287,8 +287,9 @@ def cache_dir() -> Path:
 #: Architectures `--arch` builds with random weights: SD 1.5 and SDXL 1.0 base (bundled presets), a
 #: tiny SD3.5-Medium-shaped model (sdrt.export.random_sd3: seconds, for trying the path), SD3.5
 #: Medium at full size without T5 (sdrt.export.random_sd35), a tiny Z-Image Turbo
-#: (sdrt.export.random_zimage) and a tiny FLUX.1 dev.
-ARCHES = ("sd15", "sdxl", "tiny-sd3", "sd35-medium", "tiny-zimage", "flux-tiny")
+#: (sdrt.export.random_zimage), a tiny FLUX.1 dev and a tiny distilled FLUX.2 [klein]
+#: (sdrt.export.random_flux2).
+ARCHES = ("sd15", "sdxl", "tiny-sd3", "sd35-medium", "tiny-zimage", "flux-tiny", "tiny-flux2-klein")
 #: Architectures whose random model `sdrt export --random` names otherwise (sdrt.export.random_sources).
 ARCH_RANDOM_NAMES = {"flux-tiny": "tiny-flux"}  # the tiny FLUX.1 dev
 

@@ -126,7 +126,7 @@ class DiffusersSide:
         started = time.perf_counter()
         with torch.inference_mode():
             images = self.pipeline(
-                s.get("prompt", PROMPT),
+                prompt=s.get("prompt", PROMPT),  # by name: Flux2KleinPipeline's first argument is the image
                 num_inference_steps=s["steps"],
                 guidance_scale=s["guidance"],
                 height=s["height"],

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from sdrt.benchmark import ARCHES
 from sdrt.cli import main
 from sdrt.cli.outputs import check_output, check_report, write_report
 from sdrt.cli.types import THREADS, FiniteFloat
@@ -21,7 +22,7 @@ from sdrt.runtime.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES, SAMPLERS, SC
     "--arch",
     default=None,
     help="Instead of --model: a random-weight model of a real architecture "
-    "(sd15, sdxl, tiny-sd3, sd35-medium, tiny-zimage, flux-tiny), built and exported once into "
+    f"({', '.join(ARCHES)}), built and exported once into "
     "~/.cache/sdrt (or $SDRT_CACHE).",
 )
 @click.option("--backend", default=DEFAULT_BACKEND, show_default=True, type=click.Choice(BACKEND_NAMES))

@@ -118,7 +118,8 @@ def test_cli_measures_the_hires_fix_and_a_schedule_type(engine, tmp_path):
         ([], "pass exactly one of --model DIR or --arch NAME"),
         (
             ["--arch", "sd3"],
-            "unknown architecture 'sd3'; choose one of sd15, sdxl, tiny-sd3, sd35-medium, tiny-zimage, flux-tiny",
+            "unknown architecture 'sd3'; choose one of sd15, sdxl, tiny-sd3, sd35-medium, tiny-zimage, flux-tiny, "
+            "tiny-flux2-klein",
         ),
         (["--sweep", "colour=1,2"], "--sweep takes NAME=V1,V2"),
         (["--runs", "0"], "--runs must be >= 1"),
@@ -205,5 +206,23 @@ def test_flux_tiny_against_diffusers_with_the_stage_breakdown(exported_flux, tin
     )
     stages = report["sdrt"]["stages"]
     assert {"text_encoder", "denoise", "vae_decoder", "end_to_end"} <= set(stages)
+    assert report["sdrt"]["unet_step"]["count"] == 2
+    assert len(report["speedup_vs_diffusers"]["pairs"]) == 1
+
+
+@pytest.mark.slow
+def test_flux2_klein_against_diffusers(exported_flux2_klein, tiny_flux2_klein):
+    """What `sdrt bench --arch tiny-flux2-klein --compare diffusers` measures, on the session's
+    tiny klein (Flux2KleinPipeline takes the prompt by name: its first argument is the image)."""
+    settings = BenchSettings(height=64, width=64, steps=2)
+    report = run_benchmark(
+        str(exported_flux2_klein),
+        settings,
+        runs=1,
+        warmup=0,
+        compare="diffusers",
+        diffusers_model=str(tiny_flux2_klein),
+    )
+    assert {"text_encoder", "denoise", "vae_decoder", "end_to_end"} <= set(report["sdrt"]["stages"])
     assert report["sdrt"]["unet_step"]["count"] == 2
     assert len(report["speedup_vs_diffusers"]["pairs"]) == 1

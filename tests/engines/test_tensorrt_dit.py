@@ -1,7 +1,8 @@
-"""TensorRT for the diffusion-transformer families (FLUX.1, SD3) through tests/fake_tensorrt.py:
-optimization profiles for the transformers' axes as the manifest names them (FLUX's image tokens
-from the size range, the T5 and joined-text lengths from the export), builds and images equal to
-the CPU path, and requests outside the built profile refused in one line."""
+"""TensorRT for the diffusion-transformer families (FLUX.1, SD3, Z-Image, FLUX.2 [klein], Chroma)
+through tests/fake_tensorrt.py: optimization profiles for the transformers' axes as the manifest
+names them (FLUX's, Chroma's and klein's image tokens and Z-Image's image slots from the size
+range, the text lengths from the export), builds and images equal to the CPU path, and requests
+outside the built profile refused in one line."""
 
 from __future__ import annotations
 
@@ -15,22 +16,49 @@ import fake_tensorrt
 from sdrt.cli import main
 from sdrt.errors import SdrtError
 from sdrt.runtime.engines.tensorrt.plan import plan_profile
-from sdrt.runtime.manifest import HEIGHT, LATENT_HEIGHT, T5_SEQUENCE, TRANSFORMER, WIDTH, Manifest
+from sdrt.runtime.manifest import (
+    BATCH,
+    HEIGHT,
+    LATENT_HEIGHT,
+    LATENT_WIDTH,
+    T5_SEQUENCE,
+    TIMESTEP_BATCH,
+    TRANSFORMER,
+    UNET_BATCH,
+    WIDTH,
+    Manifest,
+)
 from sdrt.runtime.pipeline import Pipeline
 from sdrt.runtime.sd3_spec import SD3_SEQUENCE
 
 #: (min, opt, max) sizes of the builds, as height x width: small enough for the fake's CPU engines.
 MIN, OPT, MAX = (32, 32), (64, 48), (64, 64)
+#: The images compared with the CPU path: the opt size and one of another shape within the profile.
+SIZES = ({"height": 64, "width": 48, "seed": 1}, {"height": 32, "width": 64, "seed": 2})
 SIZE_ARGS = ["--min", "32x32", "--opt", "48x64", "--max", "64x64", "--max-batch", "2"]
 
 
-@pytest.fixture(params=["flux", "sd3"])
-def dit(request, exported_flux, exported_sd3, tmp_path):
-    """A private copy of a tiny FLUX.1-dev or SD3 export (builds write into the folder)."""
-    source = exported_flux("dev") if request.param == "flux" else exported_sd3("t5")
+@pytest.fixture(params=["flux", "sd3", "zimage", "flux2", "chroma"])
+def dit(request, tmp_path):
+    """A private copy of a tiny FLUX.1-dev, SD3, Z-Image, FLUX.2 [klein] or Chroma export (builds
+    write into the folder)."""
+    source = export_of(request, request.param)
     folder = tmp_path / request.param
     shutil.copytree(source, folder, ignore=shutil.ignore_patterns("tensorrt"))
     return folder
+
+
+def export_of(request, family: str):
+    """The tiny export of a family (its session fixture is only built when used)."""
+    if family == "flux":
+        return request.getfixturevalue("exported_flux")("dev")
+    if family == "sd3":
+        return request.getfixturevalue("exported_sd3")("t5")
+    return request.getfixturevalue(EXPORTS[family])
+
+
+#: The session fixture of each newer family's tiny export (tests/conftest.py).
+EXPORTS = {"zimage": "exported_zimage", "flux2": "exported_flux2_klein", "chroma": "exported_chroma"}
 
 
 def dynamic_axes(manifest: Manifest) -> set[str]:
@@ -63,6 +91,32 @@ def test_transformer_profiles_follow_the_manifest(exported_flux, exported_sd3):
     assert hidden["hidden_states"][2][:2] == [8, 16]  # guided batch 4 at the largest image
 
 
+#: Each newer family's image-token axis at the (min, opt, max) sizes: Chroma's are FLUX's 2x2
+#: latent patches (8x VAE); klein's VAE graph patchifies (16x, one token a latent pixel); Z-Image's
+#: 4, 12 and 16 patches each pad to one 32-slot multiple. Their text axes keep the export's range.
+IMAGE_AXES = {
+    "chroma": ("image_tokens", (4, 12, 16)),
+    "flux2": ("image_tokens", (4, 12, 16)),
+    "zimage": ("image_slots", (32, 32, 32)),
+}
+
+
+@pytest.mark.parametrize("family", sorted(IMAGE_AXES))
+def test_newer_dit_profiles_follow_the_manifest(request, family):
+    manifest = Manifest.load(export_of(request, family))
+    profile = plan_profile(manifest, min_size=MIN, opt_size=OPT, max_size=MAX)
+    assert dynamic_axes(manifest) <= set(profile.dims)
+    axis, expected = IMAGE_AXES[family]
+    assert profile.dims[axis] == expected
+    sized = {axis, BATCH, UNET_BATCH, TIMESTEP_BATCH, HEIGHT, WIDTH, LATENT_HEIGHT, LATENT_WIDTH}
+    for name in set(manifest.dims) - sized:  # text lengths: the export's own range
+        valid = manifest.dims[name]
+        assert profile.dims[name] == (valid.min, valid.opt, valid.max), name
+    if family == "zimage":  # the export's largest image: its slots are the export's most
+        native = plan_profile(manifest).dims[axis]
+        assert native[2] == manifest.dims[axis].max and native[0] == manifest.dims[axis].multiple
+
+
 def test_dit_builds_and_images_equal_the_cpu_path(dit, monkeypatch):
     stats = fake_tensorrt.install(monkeypatch)
     result = CliRunner().invoke(main, ["build", str(dit), *SIZE_ARGS])
@@ -72,12 +126,13 @@ def test_dit_builds_and_images_equal_the_cpu_path(dit, monkeypatch):
     assert set(transformer["profile"]) == {t.name for t in manifest.components[TRANSFORMER].inputs}
     assert len(stats.builds) == len(manifest.components)
     cpu, trt = Pipeline.load(dit), Pipeline.load(dit, backend="tensorrt")
-    for settings in ({"height": 64, "width": 48, "seed": 1}, {"height": 32, "width": 64, "seed": 2}):
+    sizes = SIZES if dit.name in ("flux", "sd3") else SIZES[:1]  # the newer families: one image (cost)
+    for settings in sizes:
         expected = cpu.generate("a red fox", steps=2, **settings).array
         got = trt.generate("a red fox", steps=2, **settings).array
         assert expected.std() > 0.01
         np.testing.assert_allclose(got, expected, atol=1e-5)
-    assert stats.executions[TRANSFORMER] >= 4
+    assert stats.executions[TRANSFORMER] >= 2 * len(sizes)
     with pytest.raises(SdrtError, match="height 96 is outside this export's range 32..64"):
         trt.generate("a red fox", steps=1, height=96, width=64)
 

@@ -95,6 +95,33 @@ def test_image_to_image_equals_chroma_img2img_pipeline(tiny_chroma, chroma):
     assert_same_image(got.array, expected)
 
 
+def test_inpainting_equals_chroma_inpaint_pipeline(tiny_chroma, chroma):
+    """FLUX.1's blend: the kept region is the image's latents noised to the next step's level."""
+    from PIL import Image
+
+    pixels = np.random.default_rng(1).random((SIZE["height"], SIZE["width"], 3))
+    image = Image.fromarray((pixels * 255).astype(np.uint8))
+    hole = np.zeros((SIZE["height"], SIZE["width"]), np.uint8)
+    hole[16:48, 8:40] = 255
+    mask = Image.fromarray(hole)
+    settings = {"guidance_scale": 3.0, "negative_prompt": "blurry"}
+    got = chroma.generate(PROMPT, init_image=image, mask_image=mask, strength=0.8, steps=3, seed=8, **SIZE, **settings)
+    reference = _reference(tiny_chroma, "ChromaInpaintPipeline")
+    # diffusers 0.42's ChromaInpaintPipeline reads transformer.config.guidance_embeds, which
+    # Chroma's transformer config lacks (it has no guidance input): say so, as it means.
+    reference.transformer.register_to_config(guidance_embeds=False)
+    expected = reference(
+        PROMPT, image=image, mask_image=mask, strength=0.8, num_inference_steps=3,
+        generator=torch.Generator().manual_seed(8), max_sequence_length=chroma.manifest.flux.max_sequence_length,
+        output_type="np", **SIZE, **settings,
+    ).images  # fmt: skip
+    assert expected.std() > 0.01
+    assert_same_image(got.array, expected)
+    # The kept region differs from a plain image-to-image run's: the mask is used.
+    plain = chroma.generate(PROMPT, init_image=image, strength=0.8, steps=3, seed=8, **SIZE, **settings)
+    assert np.abs(plain.array - got.array)[:8].max() > 0.02
+
+
 def test_sdrt_generate_runs_chroma_without_torch_and_equals_diffusers(tiny_chroma, exported_chroma, chroma, tmp_path):
     """No --guidance: Chroma's own default (5.0, ChromaPipeline's), the negative prompt given."""
     import subprocess

@@ -9,7 +9,9 @@ sdrt.runtime.families.flux), with these differences:
   graph appends ones for the image tokens (_prepare_attention_mask), as diffusers adds it to
   the attention scores;
 - guidance: real classifier-free guidance with the request's guidance scale (> 1 guides), the
-  negative prompt "" when none is given; n + scale * (p - n), as ChromaPipeline.
+  negative prompt "" when none is given; n + scale * (p - n), as ChromaPipeline;
+- image-to-image and inpainting as ChromaImg2ImgPipeline and ChromaInpaintPipeline, which follow
+  FLUX.1's pipelines (the loop's blend, sdrt.runtime.loop.modes).
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ if TYPE_CHECKING:
 TEXT_MASK = "text_mask"
 #: The T5 encoder's second input: the tokenizer's attention mask (1 for tokens, 0 for padding).
 T5_MASK = "attention_mask"
-CHROMA_FEATURES = frozenset({"img2img", "init_latents", "lora"})
+#: Inpainting as ChromaInpaintPipeline: FLUX.1's blend (FluxInpaintPipeline's mask, strength and
+#: noise order, which Chroma's pipeline keeps), the kept region re-noised after each step.
+CHROMA_FEATURES = frozenset({"img2img", "init_latents", "inpainting", "lora"})
 
 
 @dataclass

@@ -126,6 +126,17 @@ class Flux2(Flux):
         first = prepared_size(open_references(request.reference_images)[0], manifest.vae_scale_factor)
         return (first[0] if height is None else height), (first[1] if width is None else width)
 
+    # FLUX.1's answers read its flux section, which a FLUX.2 manifest has not: klein has no
+    # guidance input, no Kontext reference mode and no Fill channels.
+    def distilled_guidance(self, manifest: Manifest) -> bool:
+        return False
+
+    def takes_strength(self, manifest: Manifest) -> bool:
+        return True
+
+    def own_mode(self, manifest: Manifest, resolved: ResolvedRequest):
+        return None
+
     def check_manifest(self, manifest: Manifest) -> str | None:
         if manifest.flux2 is None:
             return f"family {manifest.family!r} needs the flux2 section"

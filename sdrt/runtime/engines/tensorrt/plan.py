@@ -8,9 +8,12 @@ image sizes and a batch limit; each dimension follows from them by a rule of the
 (`DIM_RULES`): the UNet batch is twice the image batch (guidance), the timestep is one value,
 latent sides are image sides over the VAE's scale factor, a diffusion transformer's image
 tokens are the latent grid's patches (a patch being the latent sides' multiple, which the
-export sets to the transformer's patch size). A dimension the size and batch do not set (the T5
-length of FLUX, Chroma and SD3, SD3's joined text sequence: the runtime pads text to the
-export's length) keeps the export's own (min, opt, max) from the manifest.
+export sets to the transformer's patch size; FLUX.2 [klein]'s VAE graph patchifies, so its
+multiple is 1), Z-Image's image slots those tokens padded to its sequence multiple. A dimension
+the size and batch do not set (the T5 length of FLUX, Chroma and SD3, SD3's joined text
+sequence, the Qwen3 lengths of klein and Z-Image: the runtime pads text to the export's length;
+Z-Image's caption slots, which follow the prompt) keeps the export's own (min, opt, max) from
+the manifest.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from sdrt.errors import ConfigError, SdrtError
+from sdrt.runtime.families.zimage_tokens import IMAGE_SLOTS, slots
 from sdrt.runtime.manifest import (
     BATCH,
     COMPONENT_NAMES,
@@ -76,6 +80,8 @@ DIM_RULES: dict[str, Callable[[Request, int], int]] = {
     TEXT_SEQUENCE: lambda r, f: r.text_tokens,
     EXTRA_TOKENS: lambda r, f: r.extra_tokens,
     IMAGE_TOKENS: lambda r, f: DIM_RULES[LATENT_HEIGHT](r, f) // r.patch * (DIM_RULES[LATENT_WIDTH](r, f) // r.patch),
+    # Z-Image's image tokens padded to its sequence multiple (sdrt.runtime.families.zimage_tokens).
+    IMAGE_SLOTS: lambda r, f: slots(DIM_RULES[IMAGE_TOKENS](r, f)),
 }
 #: Dimensions named `downsampled(dim, factor)` (latent sides inside the UNet) follow these.
 DOWNSAMPLED_DIMS = (LATENT_HEIGHT, LATENT_WIDTH)
