@@ -11,13 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 from sdrt.errors import GenerationError
 from sdrt.runtime.features.lora.weights_map import WeightsMap
 from sdrt.runtime.manifest import TRANSFORMER, Manifest
 from sdrt.runtime.pipeline import Pipeline
-from support.dit_lora_files import peft_lora
+from support.dit_lora_files import ALPHA, peft_lora
 from support.images import MAX_PIXEL_ERROR, assert_same_image
 
 PROMPT = "a red fox in a snowy forest at dawn"
@@ -89,6 +90,29 @@ def test_two_zimage_loras_with_cfg_equal_set_adapters(zimage, zimage_reference, 
     first = peft_lora(zimage_reference, tmp_path / "first.safetensors", seed=7, text_encoders=())
     second = peft_lora(zimage_reference, tmp_path / "second.safetensors", seed=8, text_encoders=())
     _check(zimage, zimage_reference, [(first, 0.6), (second, -0.4)], guidance_scale=3.0)
+
+
+def _community_layout(peft: Path, out: Path, kohya: bool) -> Path:
+    """The same layers as kohya's (`lora_unet_<module flattened>.lora_down/up`) or ComfyUI's
+    (`diffusion_model.<module>.lora_A/B`) Z-Image files name them, with the rank's alpha."""
+    tensors = {}
+    with safe_open(str(peft), "pt") as handle:
+        for key in handle.keys():
+            module, factor = key.removeprefix("transformer.").rsplit(".lora_", 1)
+            stem = "lora_unet_" + module.replace(".", "_") if kohya else "diffusion_model." + module
+            kind = {"A.weight": "down", "B.weight": "up"}[factor] if kohya else factor.split(".")[0]
+            tensors[f"{stem}.lora_{kind}.weight"] = handle.get_tensor(key)
+            tensors[f"{stem}.alpha"] = torch.tensor(ALPHA)
+    save_file(tensors, str(out))
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kohya", [True, False])
+def test_a_community_zimage_lora_equals_diffusers_conversion(zimage, zimage_reference, tmp_path, kohya):
+    peft = peft_lora(zimage_reference, tmp_path / "peft.safetensors", seed=9, text_encoders=())
+    lora = _community_layout(peft, tmp_path / "community.safetensors", kohya)
+    _check(zimage, zimage_reference, [(lora, 0.7)], guidance_scale=0.0)
 
 
 def test_a_flux1_lora_on_zimage_is_one_error_naming_the_field(zimage, tmp_path):
