@@ -229,4 +229,5 @@ def flux2_transformer_export(pipeline) -> ComponentExport:
         ],
         [TensorSpec(DENOISER_OUTPUT, f32, [UNET_BATCH, IMAGE_TOKENS, config.out_channels or channels])],
         transformer_inputs,
+        lora_model=pipeline.transformer,  # the wrapper keeps diffusers' module paths under it
     )

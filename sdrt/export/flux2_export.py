@@ -23,6 +23,7 @@ from sdrt.export.flux2 import (
 )
 from sdrt.export.model_files import versions
 from sdrt.export.qwen_encoder import hidden_indices, language_model, qwen_encoder_export
+from sdrt.export.weights_map import lora_fingerprints, record_weights_map
 from sdrt.runtime.flux2_spec import Flux2Spec
 from sdrt.runtime.manifest import FORMAT_VERSION, DimRange, Manifest
 from sdrt.runtime.schedulers.spaces import FLOW_PREDICTION
@@ -78,8 +79,12 @@ def export_flux2_pipeline(
         ]
         for index, component in enumerate(exports):
             release = release_weights and not _shares_weights(component, exports[index + 1 :])
+            prints = lora_fingerprints(component, options)
             final, files, validation = export_component(component, staging, geometry, options, progress, release)
-            components[component.name] = component_spec(component, staging, final, files, validation, options)
+            weights_map = record_weights_map(final, prints, component.name, staging, files, progress)
+            components[component.name] = component_spec(
+                component, staging, final, files, validation, options, weights_map
+            )
         write_flux2_files(pipeline, staging, list(components))
         manifest = Manifest(
             format_version=FORMAT_VERSION,

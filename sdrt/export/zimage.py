@@ -171,6 +171,7 @@ def zimage_component_exports(pipeline, geometry: ModelGeometry) -> list[Componen
             ],
             [TensorSpec(DENOISER_OUTPUT, f32, [UNET_BATCH, IMAGE_SLOTS, features])],
             transformer_inputs,
+            lora_model=pipeline.transformer,  # the wrapper keeps diffusers' module paths under it
         ),
         *vae_exports(pipeline, geometry),
     ]

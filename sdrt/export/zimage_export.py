@@ -10,6 +10,7 @@ from pathlib import Path
 
 from sdrt.export.flux import NATIVE_LATENT_SIDE, flux_dims
 from sdrt.export.model_files import versions
+from sdrt.export.weights_map import lora_fingerprints, record_weights_map
 from sdrt.export.zimage import (
     TEXT_ENCODER,
     TOKENIZER,
@@ -87,8 +88,12 @@ def export_zimage_pipeline(
         exports = zimage_component_exports(pipeline, geometry)
         for index, component in enumerate(exports):
             release = release_weights and not _shares_weights(component, exports[index + 1 :])
+            prints = lora_fingerprints(component, options)
             final, files, validation = export_component(component, staging, geometry, options, progress, release)
-            components[component.name] = component_spec(component, staging, final, files, validation, options)
+            weights_map = record_weights_map(final, prints, component.name, staging, files, progress)
+            components[component.name] = component_spec(
+                component, staging, final, files, validation, options, weights_map
+            )
         write_zimage_files(pipeline, staging, list(components))
         vae = pipeline.vae.config
         manifest = Manifest(

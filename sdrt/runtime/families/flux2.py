@@ -24,14 +24,14 @@ import numpy as np
 from sdrt.errors import GenerationError, ModelFolderError
 from sdrt.runtime.families.base import RowFeeds
 from sdrt.runtime.families.flux import Flux, flux_sigmas
-from sdrt.runtime.manifest import UNET_CONTEXT, Manifest
+from sdrt.runtime.manifest import TRANSFORMER, UNET_CONTEXT, Manifest
 
 if TYPE_CHECKING:
     from sdrt.runtime.engines import Engine
     from sdrt.runtime.request import GenerationRequest, ResolvedRequest
     from sdrt.runtime.text.encoders import TextEncoding
 
-FLUX2_FEATURES = frozenset({"reference_images"})
+FLUX2_FEATURES = frozenset({"reference_images", "lora"})
 
 
 class Flux2(Flux):
@@ -42,6 +42,8 @@ class Flux2(Flux):
     #: Flux2KleinPipeline's default guidance_scale (the base model's CFG; distilled ones ignore it).
     default_guidance = 4.0
     text_encoder_roles = ("qwen3",)
+    #: Flux2KleinPipeline.load_lora_weights (Flux2LoraLoaderMixin) changes the transformer only.
+    lora_components = (TRANSFORMER,)
 
     def text_encoders(self, manifest: Manifest) -> list[tuple[str, str]]:
         spec = _flux2(manifest)
@@ -89,6 +91,18 @@ class Flux2(Flux):
             raise GenerationError("this export has no vae_encoder; re-export the model to use reference images", PARAM)
         return [ReferenceImages(encoder, open_references(sources), pipeline.manifest.vae_scale_factor)]
 
+    # FLUX.1's answers read its flux section, which a FLUX.2 manifest does not have: klein has no
+    # guidance input (its guidance is real CFG), no Fill channels, and its reference images are
+    # step hooks, not a mode of the loop as Kontext's.
+    def distilled_guidance(self, manifest: Manifest) -> bool:
+        return False
+
+    def takes_strength(self, manifest: Manifest) -> bool:
+        return True
+
+    def own_mode(self, manifest: Manifest, resolved: ResolvedRequest):
+        return None
+
     def make_denoiser(self, engine: Engine):
         from sdrt.runtime.families.flux2_latents import TokenDenoiser
 
@@ -125,17 +139,6 @@ class Flux2(Flux):
 
         first = prepared_size(open_references(request.reference_images)[0], manifest.vae_scale_factor)
         return (first[0] if height is None else height), (first[1] if width is None else width)
-
-    # FLUX.1's answers read its flux section, which a FLUX.2 manifest has not: klein has no
-    # guidance input, no Kontext reference mode and no Fill channels.
-    def distilled_guidance(self, manifest: Manifest) -> bool:
-        return False
-
-    def takes_strength(self, manifest: Manifest) -> bool:
-        return True
-
-    def own_mode(self, manifest: Manifest, resolved: ResolvedRequest):
-        return None
 
     def check_manifest(self, manifest: Manifest) -> str | None:
         if manifest.flux2 is None:

@@ -28,14 +28,14 @@ import numpy as np
 from sdrt.errors import GenerationError
 from sdrt.runtime.families.base import RowFeeds
 from sdrt.runtime.families.flux import Flux
-from sdrt.runtime.manifest import UNET_CONTEXT, Manifest
+from sdrt.runtime.manifest import TRANSFORMER, UNET_CONTEXT, Manifest
 
 if TYPE_CHECKING:
     from sdrt.runtime.engines import Engine
     from sdrt.runtime.request import GenerationRequest, ResolvedRequest
     from sdrt.runtime.text.encoders import TextEncoding
 
-ZIMAGE_FEATURES = frozenset({"img2img", "init_latents", "inpainting"})
+ZIMAGE_FEATURES = frozenset({"img2img", "init_latents", "inpainting", "lora"})
 #: ZImagePipeline's guidance c + s (c - u) is sdrt's u + (s + 1)(c - u): the scale is offset by one.
 GUIDANCE_OFFSET = 1.0
 
@@ -49,6 +49,8 @@ class ZImage(Flux):
     default_guidance = 5.0
     text_encoder_roles = ("qwen",)
     text_label = "Qwen3"
+    #: ZImagePipeline.load_lora_weights (ZImageLoraLoaderMixin) changes the transformer only.
+    lora_components = (TRANSFORMER,)
 
     def prompt_tokens(self, manifest: Manifest) -> int:
         """The chat-wrapped prompt's tokens (the template's markers count, as in diffusers)."""

@@ -8,6 +8,8 @@ Formats (each key is a layer name, a part prefix and a tensor suffix):
   `lora_A.weight` / `lora_B.weight` (`base_layer` stripped), alpha and rank from the
   `lora_adapter_metadata` entry of the file's metadata; diffusers' older `lora.down/up.weight`
   and `processor.to_q_lora.down.weight` layouts too.
+- ComfyUI's `diffusion_model.` + dotted module paths (Z-Image's community files): the denoiser's
+  layers, a transformer's where the model has no UNet (sdrt.runtime.features.lora.merge).
 FLUX.1's community formats (kohya, XLabs, BFL naming) are renamed to diffusers' first
 (sdrt.runtime.features.lora.flux_formats). Tensors of other network types (LoHa `hada_`,
 LoKr `lokr_`, DoRA, Tucker `lora_mid`) are not merged: they are reported with the keys nothing
@@ -44,6 +46,7 @@ PART_PREFIXES = (
     ("text_encoder_2.", "text_encoder_2", False),
     ("text_encoder.", "text_encoder", False),
     ("base_model.model.", "unet", False),
+    ("diffusion_model.", "unet", False),  # ComfyUI's denoiser prefix (the non-FLUX files)
 )
 #: Tensor suffix -> which factor it is (down: rank x in, up: out x rank).
 FACTOR_SUFFIXES = (

@@ -45,6 +45,13 @@ class ResolvedLora:
 MADE_FOR = {UNET: "a UNet's (SD 1.x, 2.x, SDXL)", TRANSFORMER: "a diffusion transformer's (FLUX.1, SD3, Chroma)"}
 
 
+def _component(named: str, maps: dict[str, WeightsMap]) -> str:
+    """The component a file's layer is looked up in: kohya's `lora_unet_` and ComfyUI's
+    `diffusion_model.` name the denoiser, the transformer of a model without a UNet (Z-Image's
+    community LoRAs name its diffusers modules so, as diffusers' Z-Image converter reads them)."""
+    return TRANSFORMER if named == UNET and UNET not in maps and TRANSFORMER in maps else named
+
+
 def resolve(lora: LoraFile, maps: dict[str, WeightsMap], model: str = "") -> ResolvedLora:
     """`model`: the model's family as errors name it ("FLUX.1")."""
     resolved = ResolvedLora(lora, unmatched=list(lora.ignored))
@@ -54,7 +61,8 @@ def resolve(lora: LoraFile, maps: dict[str, WeightsMap], model: str = "") -> Res
     if denoisers and not made_for:
         made_for = f" (its layers are {' and '.join(denoisers)})"
     for layer in lora.layers:
-        weights = maps.get(layer.component)
+        component = _component(layer.component, maps)
+        weights = maps.get(component)
         module = None if weights is None else weights.resolve(layer.name)
         if module is None:
             resolved.unmatched.extend(layer.keys)
@@ -67,7 +75,7 @@ def resolve(lora: LoraFile, maps: dict[str, WeightsMap], model: str = "") -> Res
                 f"LoRA {lora.name} does not fit {this}: its layer {layer.name}: {error}; it is "
                 f"for another model architecture{made_for}"
             ) from None
-        resolved.layers.setdefault(layer.component, []).append((layer, module))
+        resolved.layers.setdefault(component, []).append((layer, module))
     # A LoRA whose denoiser layers fit none of this model's is for another model, even where
     # its text encoder fits (SD 1.x and FLUX.1 share CLIP-L).
     if not resolved.layers or (denoisers and not any(c in resolved.layers for c in DENOISERS)):
