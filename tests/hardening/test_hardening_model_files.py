@@ -72,7 +72,7 @@ def _cases(data: dict):
 
 
 # Edits that leave a manifest valid as a document: other numbers, free-form source and
-# versions; no sdxl or flux section (an SD 1.x model's are null); no token table sizes (no embeddings
+# versions; no sdxl, flux, sd3 or flux2 section (an SD 1.x model's are null); no token table sizes (no embeddings
 # then); and three that only the files can refute (checked at load, below).
 EXPECTED_VALID = [
     "vae_scaling_factor=1180591620717411303424",
@@ -94,6 +94,8 @@ EXPECTED_VALID = [
     "no flux",
     "sd3=None",
     "no sd3",
+    "flux2=None",
+    "no flux2",
     "unet.inputs[0].name='x'",
     "unet.file='zz'",
     "unet.inputs=[]",

@@ -51,6 +51,7 @@ def k_image_start(
     generator,
     shape: tuple[int, ...],
     encode: ImageEncoder,
+    *,
     inpainting_unet: bool,
     noise,
 ) -> DenoiseStart:

@@ -189,7 +189,15 @@ def prepare(
 
             inpainting_unet = resolved.mask is not None and manifest.model_family.inpainting_denoiser(manifest)
             noise = functools.partial(initial_noise, resolved, sampler)
-            return k_image_start(resolved, sampler, generator, shape, encode, inpainting_unet, noise)  # type: ignore[arg-type]
+            return k_image_start(
+                resolved,
+                sampler,  # type: ignore[arg-type]
+                generator,
+                shape,
+                encode,
+                inpainting_unet=inpainting_unet,
+                noise=noise,
+            )
         settings = resolved.request.a1111_noise
         if settings is not None and (settings.changes_noise or settings.eta_noise_seed_delta):
             raise GenerationError(
