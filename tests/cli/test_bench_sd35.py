@@ -41,6 +41,7 @@ def test_tiny_build_keeps_the_structure():
     assert pipeline.vae.config.latent_channels == 16 and pipeline.scheduler.config.shift == 3.0
 
 
+@pytest.mark.slow
 def test_bench_arch_sd35_medium_runs_the_command_path(exported_sd3, tiny_sd3, monkeypatch, tmp_path):
     """The cached arch folders stand in for the build (the slow test below builds them): the
     command reaches the SD3 export without T5 and benchmarks it with the family's sampler."""

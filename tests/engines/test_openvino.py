@@ -20,7 +20,7 @@ from sdrt.runtime.pipeline import Pipeline
 from support.images import MAX_PIXEL_ERROR, assert_same_image
 from support.lora_files import kohya_lora
 
-openvino = pytest.importorskip("openvino")
+openvino_module = pytest.importorskip("openvino")
 
 SETTINGS = dict(steps=3, seed=11, height=64, width=64, sampler="euler", guidance_scale=7.5)
 PROMPT = "a photo of a cat"
@@ -45,9 +45,13 @@ def random_feeds(spec, dims: dict[str, int], rng: np.random.Generator) -> dict[s
     return feeds
 
 
-@pytest.mark.parametrize("kind", ["standard", pytest.param("sdxl", marks=pytest.mark.slow), "flux"])
-def test_every_engine_equals_onnx_runtime(kind, exported_tiny, exported_sdxl, exported_flux):
-    folder = {"standard": exported_tiny("standard"), "sdxl": exported_sdxl(), "flux": exported_flux()}[kind]
+@pytest.mark.parametrize(
+    "kind", ["standard", pytest.param("sdxl", marks=pytest.mark.slow), pytest.param("flux", marks=pytest.mark.slow)]
+)
+def test_every_engine_equals_onnx_runtime(kind, request):
+    """Every engine on the same random feeds; OpenVINO compiles each for f32 arithmetic."""
+    fixture = {"standard": "exported_tiny", "sdxl": "exported_sdxl", "flux": "exported_flux"}[kind]
+    folder = request.getfixturevalue(fixture)()
     cpu, openvino = Pipeline.load(folder, backend="cpu"), Pipeline.load(folder, backend="openvino")
     manifest = Manifest.load(folder)
     dims = {name: dim.opt if dim.opt else dim.min for name, dim in manifest.dims.items()}
@@ -59,12 +63,13 @@ def test_every_engine_equals_onnx_runtime(kind, exported_tiny, exported_sdxl, ex
             scale = np.abs(value).max() or 1.0
             assert got[output].dtype == value.dtype
             assert np.abs(got[output] - value).max() <= ENGINE_RTOL * scale, f"{name}.{output}"
+        # bf16 on CPUs that have it, unless sdrt says f32
+        assert engine.compiled.get_property("INFERENCE_PRECISION_HINT") == openvino_module.Type.f32
 
 
+@pytest.mark.slow
 def test_the_image_equals_diffusers_and_computes_in_f32(exported, tiny_models):
     pipeline = Pipeline.load(exported, backend="openvino")
-    for engine in pipeline.engines.values():  # bf16 on CPUs that have it, unless sdrt says f32
-        assert engine.compiled.get_property("INFERENCE_PRECISION_HINT") == openvino.Type.f32
     reference = diffusers_pipeline("StableDiffusionPipeline", tiny_models["standard"])
     reference.scheduler = reference_scheduler("euler", reference.scheduler.config)
     expected = reference(
@@ -91,6 +96,7 @@ def test_a_lora_on_openvino_equals_the_cpu_backend(exported, tiny_models, tmp_pa
     assert np.abs(with_lora.array - base).max() > 10 * MAX_PIXEL_ERROR  # the merged weights were used
 
 
+@pytest.mark.slow
 def test_a_folder_without_a_manifest_is_read_by_openvino(exported, tmp_path):
     folder = tmp_path / "no-manifest"
     shutil.copytree(exported, folder)

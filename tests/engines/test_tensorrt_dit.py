@@ -38,7 +38,10 @@ SIZES = ({"height": 64, "width": 48, "seed": 1}, {"height": 32, "width": 64, "se
 SIZE_ARGS = ["--min", "32x32", "--opt", "48x64", "--max", "64x64", "--max-batch", "2"]
 
 
-@pytest.fixture(params=["flux", "sd3", "zimage", "flux2", "chroma"])
+#: FLUX.1 and Z-Image build in the default run (the two token-axis rules); the others in the slow tier.
+@pytest.fixture(
+    params=["flux", "zimage", *(pytest.param(name, marks=pytest.mark.slow) for name in ("sd3", "flux2", "chroma"))]
+)
 def dit(request, tmp_path):
     """A private copy of a tiny FLUX.1-dev, SD3, Z-Image, FLUX.2 [klein] or Chroma export (builds
     write into the folder)."""
