@@ -19,6 +19,7 @@ def engine(exported_tiny) -> Path:
     return exported_tiny("standard")
 
 
+@pytest.mark.slow
 def test_report_with_diffusers_baseline(engine, tiny_models):
     settings = BenchSettings(height=64, width=64, steps=3)
     report = run_benchmark(
@@ -47,6 +48,7 @@ def test_report_with_diffusers_baseline(engine, tiny_models):
     assert {"sdrt", "onnxruntime", "torch", "diffusers"} <= set(report["versions"])
 
 
+@pytest.mark.slow
 def test_cli_sweep_writes_one_report_per_value(engine, tmp_path):
     out = tmp_path / "sweep.json"
     result = CliRunner().invoke(

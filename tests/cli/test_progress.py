@@ -112,6 +112,7 @@ def _load_pipeline(folder, quiet: bool):
     return subprocess.run([sys.executable, "-c", load], capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_the_libraries_under_an_export_print_nothing(tiny_models):
     """With quiet_libraries, loading a pipeline with diffusers prints nothing (the slow tier checks
     that the same load prints its bars and notices without it)."""

@@ -84,6 +84,7 @@ def test_the_image_equals_diffusers_and_computes_in_f32(exported, tiny_models):
     assert_same_image(pipeline.generate(PROMPT, **SETTINGS).array, expected)
 
 
+@pytest.mark.slow
 def test_a_lora_on_openvino_equals_the_cpu_backend(exported, tiny_models, tmp_path):
     reference = diffusers_pipeline("StableDiffusionPipeline", tiny_models["standard"])
     lora = kohya_lora(reference, tmp_path / "locon.safetensors", seed=5, conv=True)  # linear and conv weights

@@ -164,6 +164,7 @@ def test_the_http_layers_own_errors_are_json(pipeline):
         thread.join(timeout=30)
 
 
+@pytest.mark.slow
 def test_metrics_labels_stay_bounded_across_a_storm_of_unknown_paths(url):
     rng = random.Random(0)
     with httpx.Client(base_url=url, timeout=30) as client:

@@ -166,7 +166,11 @@ def test_nearest_timestep_is_comfyuis():
 @torch.no_grad()
 @pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.mark.parametrize(
-    "sampler, scheduler", [pytest.param("dpmpp_2m", "karras", marks=pytest.mark.slow), ("euler_ancestral", "normal")]
+    "sampler, scheduler",
+    [
+        pytest.param("dpmpp_2m", "karras", marks=pytest.mark.slow),
+        pytest.param("euler_ancestral", "normal", marks=pytest.mark.slow),
+    ],
 )
 def test_sdxl_image_equals_comfyui(tiny_sdxl, exported_sdxl, sampler, scheduler):
     """SDXL: the UNet also takes the pooled text embedding and the size ids (the image's size,

@@ -222,6 +222,7 @@ def test_tensorrt_through_the_fake(export, tmp_path, monkeypatch):
     assert stats.executions["unet"] == 3 and stats.executions["unet_shallow"] == 2
 
 
+@pytest.mark.slow
 def test_sdxl_deepcache_equals_the_deepcache_package(tiny_sdxl, tmp_path):
     """SDXL: the shallow graph adds the pooled text and size conditioning as the UNet does; its last
     up block has no attention, so the graph takes no text context."""

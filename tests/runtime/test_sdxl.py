@@ -218,7 +218,14 @@ def ensemble(tiny_sdxl, sampler, switch, steps, seed, image=None, strength=0.3, 
     ).images
 
 
-@pytest.mark.parametrize("sampler,switch", [("euler", 0.8), ("euler_a", 0.8), ("dpmpp_2m", 0.5), ("heun", 0.7)])
+@pytest.mark.parametrize(
+    "sampler,switch",
+    [
+        ("euler", 0.8),
+        *(pytest.param(*case, marks=pytest.mark.slow) for case in (("euler_a", 0.8), ("dpmpp_2m", 0.5))),
+        ("heun", 0.7),
+    ],
+)
 def test_base_and_refiner_equal_diffusers_ensemble(with_refiner, tiny_sdxl, sampler, switch):
     result = with_refiner.generate(
         PROMPT, guidance_scale=5.0, steps=10, seed=11, sampler=sampler, refiner_switch=switch
