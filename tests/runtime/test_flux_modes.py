@@ -156,6 +156,7 @@ def test_bad_kontext_requests_are_one_error_naming_the_field(kontext, settings, 
     assert raised.value.param == field
 
 
+@pytest.mark.slow  # the torch-free test below runs `sdrt generate --image` on Kontext in the default run
 def test_sdrt_generate_image_on_a_kontext_export_edits_it(exported_flux_kontext, kontext, tmp_path):
     """`sdrt generate --image ref.png`: the PNG is Pipeline.generate's edit of the reference."""
     from click.testing import CliRunner
@@ -220,3 +221,43 @@ def test_kontext_batches_and_fill_batches_equal_diffusers(tiny_flux, exported_fl
     ).images  # fmt: skip
     for ours, theirs in zip(got.array, expected, strict=True):
         assert_same_image(ours, theirs)
+
+
+def test_schnell_fill_and_kontext_run_in_a_process_without_torch(
+    exported_flux, exported_flux_fill, exported_flux_kontext, fill, kontext, tmp_path
+):
+    """`sdrt generate` on schnell, Fill and Kontext exports in one process that cannot import
+    torch (tests/no_heavy_imports.py), each PNG equal to Pipeline.generate here (which the tests
+    above hold equal to diffusers) within 8-bit rounding."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    image, mask, reference = tmp_path / "image.png", tmp_path / "mask.png", tmp_path / "ref.png"
+    _image(1, SIZE["height"], SIZE["width"]).save(image)
+    _mask().save(mask)
+    _image(2, 32, 48).save(reference)
+    common = ["--steps", "2", "--seed", "3", "--height", str(SIZE["height"]), "--width", str(SIZE["width"]), "--quiet"]
+    runs = {
+        "schnell": [str(exported_flux("schnell"))],
+        "fill": [str(exported_flux_fill["export"]), "--init-image", str(image), "--mask", str(mask)],
+        "kontext": [str(exported_flux_kontext), "--image", str(reference)],
+    }
+    calls = [
+        ["generate", PROMPT, "--model", *arguments, *common, "--out", str(tmp_path / f"{name}.png")]
+        for name, arguments in runs.items()
+    ]
+    code = "from sdrt.cli import main\n" + "".join(f"main({call!r}, standalone_mode=False)\n" for call in calls)
+    no_torch = Path(__file__).parent.parent / "no_heavy_imports.py"
+    completed = subprocess.run([sys.executable, str(no_torch), code], capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr
+    settings = {"steps": 2, "seed": 3, "guidance_scale": KONTEXT_GUIDANCE, **SIZE}  # the CLI: the family default
+    expected = {
+        "schnell": Pipeline.load(exported_flux("schnell")).generate(PROMPT, **settings),
+        "fill": fill.generate(PROMPT, init_image=Image.open(image), mask_image=Image.open(mask), **settings),
+        "kontext": kontext.generate(PROMPT, init_image=Image.open(reference), **settings),
+    }
+    for name, result in expected.items():
+        written = np.asarray(Image.open(tmp_path / f"{name}.png").convert("RGB"), dtype=np.float32) / 255
+        assert np.abs(written - result.array[0]).max() <= 0.5 / 255 + 1e-6, name  # 8-bit rounding
+        assert result.array.std() > 0.01, name
