@@ -255,8 +255,8 @@ def generate(
 
     sampler = resolve_sampler_name(sampler)
     seeds, a1111_noise = a1111_noise_settings(sdxl, sampler, seed, num_images)
-    if guidance is None:  # the family's own default (FLUX.1's 3.5), else the request's
-        guidance = pipeline.manifest.model_family.default_guidance or DEFAULT_GUIDANCE
+    if guidance is None:  # the export's own default (FLUX.1's 3.5, Fill's 30), else the request's
+        guidance = pipeline.manifest.model_family.guidance_default(pipeline.manifest) or DEFAULT_GUIDANCE
     request = GenerationRequest(
         prompt,
         negative_prompt=negative_prompt,

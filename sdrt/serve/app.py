@@ -48,7 +48,7 @@ from sdrt.serve.a1111_routes import add_a1111_routes
 from sdrt.serve.a1111_schemas import A1111Img2ImgRequest, A1111Txt2ImgRequest
 from sdrt.serve.catalog import ModelCatalog
 from sdrt.serve.comfy.routes import add_comfy_routes
-from sdrt.serve.family_guidance import a1111_guidance, edits_reference, served_family
+from sdrt.serve.family_guidance import a1111_guidance, edits_reference, served_manifest
 from sdrt.serve.middleware import BodyLimit, Guard
 from sdrt.serve.openai_routes import add_openai_routes
 from sdrt.serve.playground import add_playground
@@ -192,7 +192,7 @@ def create_app(pipeline, settings: ServeSettings | None = None, catalog: ModelCa
         image = None if image is None else decode_image(image, "init_images")
         mask = None if mask is None else decode_image(mask, "mask")
         guidance, true_cfg = a1111_guidance(
-            served_family(service.pipeline, model), body.cfg_scale, body.distilled_cfg_scale, negative
+            served_manifest(service.pipeline, model), body.cfg_scale, body.distilled_cfg_scale, negative
         )
         if image is not None and edits_reference(service.pipeline, model):
             strength = None  # FLUX.1 Kontext edits its reference whole; A1111 clients send a strength always

@@ -5,7 +5,7 @@ distilled guidance: A1111's routes take it from Forge's `distilled_cfg_scale` (t
 default when absent), and `cfg_scale` is real CFG only with a negative prompt and a scale above 1
 (FluxPipeline's do_true_cfg; A1111 clients send cfg_scale 7 on every request, which must not
 double the work of a plain request). The OpenAI route's `guidance_scale`, when the client leaves
-it out, is the family's default (FLUX.1's 3.5, SD3's 7.0, Chroma's 5.0). Other families keep the
+it out, is the export's default (FLUX.1's 3.5, Fill's 30, SD3's 7.0, Chroma's 5.0). Other families keep the
 fields as they are (SD3, Chroma and Z-Image, whose guidance scale is real CFG, take cfg_scale as it is).
 """
 
@@ -19,10 +19,14 @@ from sdrt.runtime.manifest import Manifest
 NO_CFG = 1.0
 
 
+def served_manifest(pipeline, model: Path | None) -> Manifest:
+    """The manifest of the model a request runs on: the served default's, or that folder's."""
+    return pipeline.manifest if model is None else Manifest.load(model)
+
+
 def served_family(pipeline, model: Path | None):
-    """The family of the model a request runs on: the served default's, or that folder's."""
-    manifest = pipeline.manifest if model is None else Manifest.load(model)
-    return manifest.model_family
+    """The family of the model a request runs on."""
+    return served_manifest(pipeline, model).model_family
 
 
 def edits_reference(pipeline, model: Path | None) -> bool:
@@ -31,11 +35,12 @@ def edits_reference(pipeline, model: Path | None) -> bool:
     return manifest.flux is not None and manifest.flux.kontext
 
 
-def a1111_guidance(family, cfg_scale: float, distilled: float | None, negative: str | None):
+def a1111_guidance(manifest: Manifest, cfg_scale: float, distilled: float | None, negative: str | None):
     """(guidance_scale, true_cfg_scale) for A1111's cfg_scale and Forge's distilled_cfg_scale."""
+    family = manifest.model_family
     if not guidance_distilled(family):
         return cfg_scale, None
-    guidance = family.default_guidance if distilled is None else distilled
+    guidance = family.guidance_default(manifest) if distilled is None else distilled
     true_cfg = cfg_scale if negative and cfg_scale > NO_CFG else None
     return guidance, true_cfg
 
@@ -46,8 +51,7 @@ def guidance_distilled(family) -> bool:
     return family.default_guidance is not None and "true_cfg_scale" in family.own_settings
 
 
-def openai_guidance(family, guidance_scale: float, given: bool) -> float:
-    """The OpenAI route's guidance: the family's default when the client sent none."""
-    if given or family.default_guidance is None:
-        return guidance_scale
-    return family.default_guidance
+def openai_guidance(manifest: Manifest, guidance_scale: float, given: bool) -> float:
+    """The OpenAI route's guidance: the export's default when the client sent none."""
+    default = manifest.model_family.guidance_default(manifest)
+    return guidance_scale if given or default is None else default

@@ -26,7 +26,7 @@ from sdrt.runtime.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES, SAMPLERS
 from sdrt.runtime.seeds import seeds_for
 from sdrt.runtime.text.prompts.styles import apply_styles
 from sdrt.serve.a1111 import check_lora_tags, decode_image, deepcache_field, png_base64, served_name
-from sdrt.serve.family_guidance import edits_reference, openai_guidance, served_family
+from sdrt.serve.family_guidance import edits_reference, openai_guidance, served_family, served_manifest
 from sdrt.serve.openai_compat import (
     URL,
     WARNINGS_HEADER,
@@ -57,7 +57,7 @@ def add_openai_routes(app: FastAPI, service, catalog, settings, run, checks) -> 
     def guidance_of(body: OpenAIImageRequest, model) -> float:
         """guidance_scale, or the served family's default when the client sent none."""
         given = "guidance_scale" in body.model_fields_set
-        return openai_guidance(served_family(service.pipeline, model), body.guidance_scale, given)
+        return openai_guidance(served_manifest(service.pipeline, model), body.guidance_scale, given)
 
     def check_model(name: str | None):
         """The folder of the model a request names (None: the server's default), for this

@@ -254,7 +254,12 @@ def test_schnell_fill_and_kontext_run_in_a_process_without_torch(
     settings = {"steps": 2, "seed": 3, "guidance_scale": KONTEXT_GUIDANCE, **SIZE}  # the CLI: the family default
     expected = {
         "schnell": Pipeline.load(exported_flux("schnell")).generate(PROMPT, **settings),
-        "fill": fill.generate(PROMPT, init_image=Image.open(image), mask_image=Image.open(mask), **settings),
+        "fill": fill.generate(  # the CLI's default on Fill: FluxFillPipeline's guidance 30
+            PROMPT,
+            init_image=Image.open(image),
+            mask_image=Image.open(mask),
+            **{**settings, "guidance_scale": FILL_GUIDANCE},
+        ),
         "kontext": kontext.generate(PROMPT, init_image=Image.open(reference), **settings),
     }
     for name, result in expected.items():

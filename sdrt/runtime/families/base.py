@@ -193,6 +193,11 @@ class Family:
                         f"{name} applies to {family.display_name} models only; this is {manifest.family}", name
                     )
 
+    def guidance_default(self, manifest: Manifest) -> float | None:
+        """The guidance scale a command or server uses for this export when none is given (a
+        variant of the family may have its own pipeline default: FLUX.1 Fill)."""
+        return self.default_guidance
+
     def check_manifest(self, manifest: Manifest) -> str | None:
         """What is wrong with an export that names this family, or None."""
         return None

@@ -49,6 +49,8 @@ if TYPE_CHECKING:
 
 #: Image tokens are 2x2 patches of latents.
 PATCH = 2
+#: FluxFillPipeline's default guidance_scale (FluxPipeline's is the family's 3.5).
+FILL_GUIDANCE = 30.0
 FLUX_FEATURES = frozenset({"img2img", "init_latents", "inpainting", "lora"})
 
 
@@ -103,6 +105,10 @@ class Flux(Family):
 
     def distilled_guidance(self, manifest: Manifest) -> bool:
         return _flux(manifest).guidance_embeds
+
+    def guidance_default(self, manifest: Manifest) -> float | None:
+        fill = manifest.flux is not None and manifest.flux.conditioning_channels > 0
+        return FILL_GUIDANCE if fill else self.default_guidance
 
     def takes_strength(self, manifest: Manifest) -> bool:
         return not _flux(manifest).kontext
