@@ -212,6 +212,7 @@ def test_generate_with_no_model_at_model_says_what_it_takes(tmp_path, name):
         assert "does not exist" in lines[0] and "`sdrt export MODEL --out DIR`" in lines[0]
 
 
+@pytest.mark.slow
 def test_generate_from_a_diffusers_folder_exports_it_once(tiny_models, exported_tiny, tmp_path, monkeypatch):
     """--model with a diffusers folder: exported once into $SDRT_CACHE, then the same image as
     generating from its export; a second run reuses the cached export."""

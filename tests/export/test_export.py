@@ -102,6 +102,7 @@ def test_vae_encoder_gives_the_latent_distribution(exported, tiny_models):
     np.testing.assert_allclose(std, distribution.std.numpy(), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_cli_export_overwrite_and_refusals(tiny_models, tmp_path):
     runner = CliRunner()
     out = tmp_path / "engine"

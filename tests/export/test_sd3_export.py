@@ -63,6 +63,7 @@ def test_the_transformers_skip_mask_equals_diffusers_skip_layers(tiny_sd3, expor
         assert np.abs(unskipped - expected).max() > TOLERANCE * 100  # skipping changed the prediction
 
 
+@pytest.mark.slow
 def test_sdrt_export_no_t5_leaves_t5_out_and_other_families_refuse_it(tiny_sd3, tiny_models, tmp_path):
     from click.testing import CliRunner
 

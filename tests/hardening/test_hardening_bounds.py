@@ -59,6 +59,7 @@ def test_long_words_tokenize_as_the_reference_does(sd15_dir, tokenizer, seed):
     assert tokenizer.tokenize(word) == reference(word, add_special_tokens=False)["input_ids"]
 
 
+@pytest.mark.slow
 def test_the_word_cache_is_bounded_in_entries_and_size(sd15_dir):
     tokenizer = ClipTokenizer.from_folder(sd15_dir)
     rng = random.Random(1)

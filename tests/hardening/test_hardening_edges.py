@@ -58,7 +58,7 @@ def test_the_api_refuses_non_finite_numbers(exported_tiny, tmp_path, field, valu
 UNDECODABLE = [b"a\xff", b"\x80", b"caf\xe9", b"\xc3", b"ok \xed\xa0\x80 surrogate", b"\xf8\x88\x80\x80\x80"]
 
 
-@pytest.mark.parametrize("command", ["generate", "tokenize"])
+@pytest.mark.parametrize("command", ["generate", pytest.param("tokenize", marks=pytest.mark.slow)])
 def test_invalid_utf8_prompts_are_one_line(exported_tiny, tmp_path, command):
     folder = str(exported_tiny("standard"))
     for prompt in UNDECODABLE:

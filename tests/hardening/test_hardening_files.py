@@ -291,6 +291,7 @@ def run_cli(*arguments: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_the_cli_refuses_special_files_in_one_line(exported_tiny, fifo, tmp_path):
     model = str(exported_tiny("standard"))
     out = str(tmp_path / "o.png")

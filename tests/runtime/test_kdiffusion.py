@@ -315,7 +315,9 @@ def sdxl_reference_image(pipe, label, schedule, steps, size):
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
-@pytest.mark.parametrize("label, schedule", [("DPM++ 2M", "automatic"), ("DPM++ 3M SDE", "automatic")])
+@pytest.mark.parametrize(
+    "label, schedule", [("DPM++ 2M", "automatic"), pytest.param("DPM++ 3M SDE", "automatic", marks=pytest.mark.slow)]
+)
 def test_sdxl_image_equals_k_diffusion(tiny_sdxl, exported_sdxl, label, schedule):
     from conftest import sdxl_reference
 
