@@ -4,7 +4,6 @@ sdrt.export.flux_export does for FLUX.1."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,27 +16,12 @@ from sdrt.export.chroma import (
     chroma_geometry,
     chroma_spec,
 )
+from sdrt.export.dit_export import export_components, write_one_tokenizer_files
 from sdrt.export.flux import NATIVE_LATENT_SIDE, component_options, flux_dims
 from sdrt.export.flux_export import t5_precision_for
 from sdrt.export.model_files import versions
-from sdrt.export.weights_map import lora_fingerprints, record_weights_map
 from sdrt.runtime.manifest import FORMAT_VERSION, Manifest
 from sdrt.runtime.schedulers.spaces import FLOW_PREDICTION
-
-
-def write_chroma_files(pipeline, folder: Path, components: list[str]) -> None:
-    import diffusers
-
-    pipeline.tokenizer.save_pretrained(folder / TOKENIZER)
-    pipeline.scheduler.save_config(folder / "scheduler")
-    index = {
-        "_class_name": "ChromaPipeline",
-        "_diffusers_version": diffusers.__version__,
-        **{name: ["diffusers", "OnnxRuntimeModel"] for name in components},
-        TOKENIZER: ["transformers", type(pipeline.tokenizer).__name__],
-        "scheduler": ["diffusers", type(pipeline.scheduler).__name__],
-    }
-    (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
 
 
 def export_chroma_pipeline(
@@ -51,7 +35,7 @@ def export_chroma_pipeline(
     release_weights: bool = False,
     max_sequence_length: int | None = None,
 ) -> Manifest:
-    from sdrt.export.exporter import ExportError, _shares_weights, component_spec, export_component, staged
+    from sdrt.export.exporter import ExportError, staged
 
     if options.optimize or options.deepcache or options.tiny_vae is not None:
         raise ExportError("Chroma exports take no --optimize, --deepcache or --tiny-vae yet")
@@ -62,16 +46,16 @@ def export_chroma_pipeline(
     if options.precision == "fp16" and t5_precision == "fp32":
         progress(f"{T5_ENCODER}: kept in fp32 (T5 overflows in fp16 on real weights; --t5-precision fp16 to ask)")
     with staged(out_dir, overwrite) as staging:
-        components = {}
         exports = chroma_component_exports(pipeline, geometry)
-        for index, component in enumerate(exports):
-            own = component_options(options, component.name, t5_precision)
-            release = release_weights and not _shares_weights(component, exports[index + 1 :])
-            prints = lora_fingerprints(component, own)
-            final, files, validation = export_component(component, staging, geometry, own, progress, release)
-            weights_map = record_weights_map(final, prints, component.name, staging, files, progress)
-            components[component.name] = component_spec(component, staging, final, files, validation, own, weights_map)
-        write_chroma_files(pipeline, staging, list(components))
+        components = export_components(
+            exports,
+            staging,
+            geometry,
+            lambda name: component_options(options, name, t5_precision),
+            progress,
+            release_weights,
+        )
+        write_one_tokenizer_files(pipeline, staging, list(components), TOKENIZER, "ChromaPipeline")
         vae = pipeline.vae.config
         manifest = Manifest(
             format_version=FORMAT_VERSION,

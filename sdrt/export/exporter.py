@@ -186,6 +186,29 @@ def _available_providers() -> list[str]:
     return ort.get_available_providers()
 
 
+#: The diffusion-transformer families' exporters, tried in order (a Chroma or FLUX.2 pipeline is
+#: FLUX-shaped too, so FLUX.1 comes last): (detector module, detector, exporter module, exporter).
+TRANSFORMER_EXPORTERS = (
+    ("sdrt.export.sd3", "is_sd3", "sdrt.export.sd3_export", "export_sd3_pipeline"),
+    ("sdrt.export.flux2", "is_flux2", "sdrt.export.flux2_export", "export_flux2_pipeline"),
+    ("sdrt.export.zimage", "is_zimage", "sdrt.export.zimage_export", "export_zimage_pipeline"),
+    ("sdrt.export.chroma", "is_chroma", "sdrt.export.chroma_export", "export_chroma_pipeline"),
+    ("sdrt.export.flux", "is_flux", "sdrt.export.flux_export", "export_flux_pipeline"),
+)
+#: The only exporter that takes --no-t5 (T5 is optional in SD3 alone).
+SD3_EXPORTER = "export_sd3_pipeline"
+
+
+def _transformer_exporter(pipeline):
+    """The export function of a diffusion-transformer pipeline, or None for a UNet one."""
+    import importlib
+
+    for detector_module, detector, module, name in TRANSFORMER_EXPORTERS:
+        if getattr(importlib.import_module(detector_module), detector)(pipeline):
+            return getattr(importlib.import_module(module), name)
+    return None
+
+
 def export_pipeline(
     pipeline,
     out_dir: str | Path,
@@ -198,68 +221,13 @@ def export_pipeline(
 ) -> Manifest:
     """Export, validate and write the folder; returns its manifest. `release_weights` (for a
     pipeline nothing else uses) drops each module's weights once no later engine needs them,
-    which keeps a full-size SDXL export within 24 GiB. FLUX.1 is sdrt.export.flux_export's."""
-    from sdrt.export.chroma import is_chroma
-    from sdrt.export.flux import is_flux
-    from sdrt.export.flux2 import is_flux2
-    from sdrt.export.sd3 import is_sd3
-
-    if is_sd3(pipeline):
-        from sdrt.export.sd3_export import export_sd3_pipeline
-
-        return export_sd3_pipeline(
-            pipeline,
-            out_dir,
-            source=source,
-            options=options,
-            overwrite=overwrite,
-            progress=progress,
-            release_weights=release_weights,
-        )
-    if options.no_t5:
+    which keeps a full-size SDXL export within 24 GiB. A diffusion-transformer pipeline goes to its
+    family's exporter (TRANSFORMER_EXPORTERS)."""
+    exporter = _transformer_exporter(pipeline)
+    if options.no_t5 and getattr(exporter, "__name__", None) != SD3_EXPORTER:
         raise ExportError("--no-t5 is for Stable Diffusion 3 models (T5 is optional there only)")
-    if is_flux2(pipeline):
-        from sdrt.export.flux2_export import export_flux2_pipeline
-
-        return export_flux2_pipeline(
-            pipeline,
-            out_dir,
-            source=source,
-            options=options,
-            overwrite=overwrite,
-            progress=progress,
-            release_weights=release_weights,
-        )
-    from sdrt.export.zimage import is_zimage
-
-    if is_zimage(pipeline):
-        from sdrt.export.zimage_export import export_zimage_pipeline
-
-        return export_zimage_pipeline(
-            pipeline,
-            out_dir,
-            source=source,
-            options=options,
-            overwrite=overwrite,
-            progress=progress,
-            release_weights=release_weights,
-        )
-    if is_chroma(pipeline):
-        from sdrt.export.chroma_export import export_chroma_pipeline
-
-        return export_chroma_pipeline(
-            pipeline,
-            out_dir,
-            source=source,
-            options=options,
-            overwrite=overwrite,
-            progress=progress,
-            release_weights=release_weights,
-        )
-    if is_flux(pipeline):
-        from sdrt.export.flux_export import export_flux_pipeline
-
-        return export_flux_pipeline(
+    if exporter is not None:
+        return exporter(
             pipeline,
             out_dir,
             source=source,

@@ -5,10 +5,10 @@ sdrt.export.chroma_export does for Chroma."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
+from sdrt.export.dit_export import export_components, same_options, write_one_tokenizer_files
 from sdrt.export.flux2 import (
     FLUX2_FAMILY,
     KLEIN_LAYERS,
@@ -23,27 +23,10 @@ from sdrt.export.flux2 import (
 )
 from sdrt.export.model_files import versions
 from sdrt.export.qwen_encoder import hidden_indices, language_model, qwen_encoder_export
-from sdrt.export.weights_map import lora_fingerprints, record_weights_map
 from sdrt.runtime.flux2_spec import Flux2Spec
 from sdrt.runtime.manifest import FORMAT_VERSION, DimRange, Manifest
 from sdrt.runtime.schedulers.spaces import FLOW_PREDICTION
 from sdrt.runtime.text.qwen_encoder import QWEN_SEQUENCE
-
-
-def write_flux2_files(pipeline, folder: Path, components: list[str]) -> None:
-    import diffusers
-
-    pipeline.tokenizer.save_pretrained(folder / TOKENIZER)
-    pipeline.scheduler.save_config(folder / "scheduler")
-    index = {
-        "_class_name": type(pipeline).__name__,
-        "_diffusers_version": diffusers.__version__,
-        "is_distilled": bool(pipeline.config.is_distilled),
-        **{name: ["diffusers", "OnnxRuntimeModel"] for name in components},
-        TOKENIZER: ["transformers", type(pipeline.tokenizer).__name__],
-        "scheduler": ["diffusers", type(pipeline.scheduler).__name__],
-    }
-    (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
 
 
 def export_flux2_pipeline(
@@ -58,7 +41,7 @@ def export_flux2_pipeline(
     max_sequence_length: int | None = None,
     text_layers: tuple[int, ...] = KLEIN_LAYERS,
 ) -> Manifest:
-    from sdrt.export.exporter import ExportError, _shares_weights, component_spec, export_component, staged
+    from sdrt.export.exporter import ExportError, staged
 
     if options.optimize or options.deepcache or options.tiny_vae is not None:
         raise ExportError("FLUX.2 exports take no --optimize, --deepcache or --tiny-vae yet")
@@ -71,21 +54,20 @@ def export_flux2_pipeline(
     except ValueError as error:
         raise ExportError(f"FLUX.2's text encoder: {error}") from None
     with staged(out_dir, overwrite) as staging:
-        components = {}
         exports = [
             qwen_encoder_export(pipeline.text_encoder, TEXT_ENCODER, indices),
             flux2_transformer_export(pipeline),
             *flux2_vae_exports(pipeline, geometry),
         ]
-        for index, component in enumerate(exports):
-            release = release_weights and not _shares_weights(component, exports[index + 1 :])
-            prints = lora_fingerprints(component, options)
-            final, files, validation = export_component(component, staging, geometry, options, progress, release)
-            weights_map = record_weights_map(final, prints, component.name, staging, files, progress)
-            components[component.name] = component_spec(
-                component, staging, final, files, validation, options, weights_map
-            )
-        write_flux2_files(pipeline, staging, list(components))
+        components = export_components(exports, staging, geometry, same_options(options), progress, release_weights)
+        write_one_tokenizer_files(
+            pipeline,
+            staging,
+            list(components),
+            TOKENIZER,
+            type(pipeline).__name__,
+            is_distilled=bool(pipeline.config.is_distilled),
+        )
         manifest = Manifest(
             format_version=FORMAT_VERSION,
             family=FLUX2_FAMILY,

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from sdrt.export.dit_export import export_components
 from sdrt.export.flux import (
     NATIVE_LATENT_SIDE,
     T5_ENCODER,
@@ -21,7 +22,6 @@ from sdrt.export.flux import (
     write_flux_files,
 )
 from sdrt.export.model_files import versions
-from sdrt.export.weights_map import lora_fingerprints, record_weights_map
 from sdrt.runtime.manifest import FORMAT_VERSION, Manifest
 from sdrt.runtime.schedulers.spaces import FLOW_PREDICTION
 
@@ -44,7 +44,7 @@ def export_flux_pipeline(
     release_weights: bool = False,
     max_sequence_length: int | None = None,
 ) -> Manifest:
-    from sdrt.export.exporter import ExportError, _shares_weights, component_spec, export_component, staged
+    from sdrt.export.exporter import ExportError, staged
 
     if options.optimize or options.deepcache or options.tiny_vae is not None:
         raise ExportError("FLUX exports take no --optimize, --deepcache or --tiny-vae yet (docs/flux.md)")
@@ -55,15 +55,15 @@ def export_flux_pipeline(
     if options.precision == "fp16" and t5_precision == "fp32":
         progress(f"{T5_ENCODER}: kept in fp32 (T5 overflows in fp16 on real weights; --t5-precision fp16 to ask)")
     with staged(out_dir, overwrite) as staging:
-        components = {}
         exports = flux_component_exports(pipeline, geometry, length)
-        for index, component in enumerate(exports):
-            own = component_options(options, component.name, t5_precision)
-            release = release_weights and not _shares_weights(component, exports[index + 1 :])
-            prints = lora_fingerprints(component, own)
-            final, files, validation = export_component(component, staging, geometry, own, progress, release)
-            weights_map = record_weights_map(final, prints, component.name, staging, files, progress)
-            components[component.name] = component_spec(component, staging, final, files, validation, own, weights_map)
+        components = export_components(
+            exports,
+            staging,
+            geometry,
+            lambda name: component_options(options, name, t5_precision),
+            progress,
+            release_weights,
+        )
         write_flux_files(pipeline, staging, list(components))
         vae = pipeline.vae.config
         manifest = Manifest(

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from sdrt.export.dit_export import export_components
 from sdrt.export.flux import component_options
 from sdrt.export.flux_export import t5_precision_for
 from sdrt.export.model_files import versions
@@ -21,7 +22,6 @@ from sdrt.export.sd3 import (
     sd3_spec,
     write_sd3_files,
 )
-from sdrt.export.weights_map import lora_fingerprints, record_weights_map
 from sdrt.runtime.manifest import FORMAT_VERSION, Manifest
 from sdrt.runtime.schedulers.spaces import FLOW_PREDICTION
 
@@ -39,7 +39,7 @@ def export_sd3_pipeline(
     release_weights: bool = False,
     max_sequence_length: int = DEFAULT_SEQUENCE,
 ) -> Manifest:
-    from sdrt.export.exporter import ExportError, _shares_weights, component_spec, export_component, staged
+    from sdrt.export.exporter import ExportError, staged
 
     if options.optimize or options.deepcache or options.tiny_vae is not None:
         raise ExportError("SD3 exports take no --optimize, --deepcache or --tiny-vae yet")
@@ -50,15 +50,15 @@ def export_sd3_pipeline(
     geometry = sd3_geometry(pipeline)
     t5_precision = t5_precision_for(options)
     with staged(out_dir, overwrite) as staging:
-        components = {}
         exports = sd3_component_exports(pipeline, geometry, with_t5)
-        for index, component in enumerate(exports):
-            own = component_options(options, component.name, t5_precision)
-            release = release_weights and not _shares_weights(component, exports[index + 1 :])
-            prints = lora_fingerprints(component, own)
-            final, files, validation = export_component(component, staging, geometry, own, progress, release)
-            weights_map = record_weights_map(final, prints, component.name, staging, files, progress)
-            components[component.name] = component_spec(component, staging, final, files, validation, own, weights_map)
+        components = export_components(
+            exports,
+            staging,
+            geometry,
+            lambda name: component_options(options, name, t5_precision),
+            progress,
+            release_weights,
+        )
         write_sd3_files(pipeline, staging, list(components), with_t5)
         vae = pipeline.vae.config
         native = native_latent_side(pipeline) * geometry.vae_scale_factor

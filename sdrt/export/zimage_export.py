@@ -4,13 +4,12 @@ whose `t5_precision` holds the text encoder's precision), as sdrt.export.chroma_
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
+from sdrt.export.dit_export import export_components, same_options, write_one_tokenizer_files
 from sdrt.export.flux import NATIVE_LATENT_SIDE, flux_dims
 from sdrt.export.model_files import versions
-from sdrt.export.weights_map import lora_fingerprints, record_weights_map
 from sdrt.export.zimage import (
     TEXT_ENCODER,
     TOKENIZER,
@@ -51,21 +50,6 @@ def zimage_dims(geometry, max_sequence_length: int) -> dict[str, DimRange]:
     }
 
 
-def write_zimage_files(pipeline, folder: Path, components: list[str]) -> None:
-    import diffusers
-
-    pipeline.tokenizer.save_pretrained(folder / TOKENIZER)
-    pipeline.scheduler.save_config(folder / "scheduler")
-    index = {
-        "_class_name": "ZImagePipeline",
-        "_diffusers_version": diffusers.__version__,
-        **{name: ["diffusers", "OnnxRuntimeModel"] for name in components},
-        TOKENIZER: ["transformers", type(pipeline.tokenizer).__name__],
-        "scheduler": ["diffusers", type(pipeline.scheduler).__name__],
-    }
-    (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
-
-
 def export_zimage_pipeline(
     pipeline,
     out_dir: str | Path,
@@ -76,7 +60,7 @@ def export_zimage_pipeline(
     progress: Callable[[str], None] = print,
     release_weights: bool = False,
 ) -> Manifest:
-    from sdrt.export.exporter import ExportError, _shares_weights, component_spec, export_component, staged
+    from sdrt.export.exporter import ExportError, staged
 
     if options.optimize or options.deepcache or options.tiny_vae is not None or options.no_t5:
         raise ExportError("Z-Image exports take no --optimize, --deepcache, --tiny-vae or --no-t5 yet")
@@ -84,17 +68,9 @@ def export_zimage_pipeline(
     length = DEFAULT_MAX_LENGTH
     geometry = zimage_geometry(pipeline, VALIDATION_LATENTS)
     with staged(out_dir, overwrite) as staging:
-        components = {}
         exports = zimage_component_exports(pipeline, geometry)
-        for index, component in enumerate(exports):
-            release = release_weights and not _shares_weights(component, exports[index + 1 :])
-            prints = lora_fingerprints(component, options)
-            final, files, validation = export_component(component, staging, geometry, options, progress, release)
-            weights_map = record_weights_map(final, prints, component.name, staging, files, progress)
-            components[component.name] = component_spec(
-                component, staging, final, files, validation, options, weights_map
-            )
-        write_zimage_files(pipeline, staging, list(components))
+        components = export_components(exports, staging, geometry, same_options(options), progress, release_weights)
+        write_one_tokenizer_files(pipeline, staging, list(components), TOKENIZER, "ZImagePipeline")
         vae = pipeline.vae.config
         manifest = Manifest(
             format_version=FORMAT_VERSION,
