@@ -7,16 +7,14 @@ padded or cut to the export's `max_sequence_length` (a cut is a warning, as in F
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 
-from sdrt.errors import ModelFolderError
 from sdrt.runtime.engines import Engine
 from sdrt.runtime.families.chroma import T5_MASK, MaskedEncoding
 from sdrt.runtime.loop.timings import TOKENIZE, Timings
-from sdrt.runtime.manifest import LAST_HIDDEN, Manifest
-from sdrt.runtime.text.flux_encoders import FluxTextEncoders
+from sdrt.runtime.manifest import LAST_HIDDEN
+from sdrt.runtime.text.flux_encoders import OneTokenizerTextEncoders
 from sdrt.runtime.text.prompts.options import TextOptions
 from sdrt.runtime.text.t5_tokenizer import T5Tokenizer
 
@@ -31,22 +29,12 @@ def token_masks(lengths: list[int], max_length: int) -> tuple[np.ndarray, np.nda
     return (positions < counts).astype(np.int64), (positions < counts + VISIBLE_PADDING).astype(np.float32)
 
 
-class ChromaTextEncoders(FluxTextEncoders):
+class ChromaTextEncoders(OneTokenizerTextEncoders):
     """The T5 encoder of a Chroma export (the interface the loop reads from TextEncoders)."""
 
-    def __init__(self, manifest: Manifest, t5: T5Tokenizer, names: list[str]):
-        super().__init__(manifest, None, t5, names)  # type: ignore[arg-type]
-        self.tokenizers = [t5]
-
-    @classmethod
-    def load(cls, folder: Path, manifest: Manifest, embeddings=None) -> ChromaTextEncoders:
-        if embeddings:
-            raise ModelFolderError("Chroma exports take no textual-inversion embeddings")
-        spec = manifest.flux
-        if spec is None:
-            raise ModelFolderError("a Chroma export needs the manifest's flux section; re-export the model")
-        t5 = T5Tokenizer.from_folder(folder / spec.tokenizers[0], spec.max_sequence_length)
-        return cls(manifest, t5, list(spec.text_encoders))
+    label = "Chroma"
+    tokenizer_class = T5Tokenizer
+    t5_slot = True
 
     def encode(
         self,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -93,3 +94,28 @@ class FluxTextEncoders:
                 which = "negative prompt" if text in negatives else "prompt"
                 shown = dropped if len(dropped) <= SHOWN_DROPPED_CHARS else dropped[:SHOWN_DROPPED_CHARS] + "..."
                 warnings.append(f"the {which} is longer than {name}'s {limit} tokens; this was cut: {shown!r}")
+
+
+class OneTokenizerTextEncoders(FluxTextEncoders):
+    """An export whose flux section names one text encoder and its tokenizer (Chroma's T5,
+    Z-Image's Qwen3): loaded the same way; each subclass encodes as its pipeline does."""
+
+    #: The family's name in errors, and the class that reads the tokenizer folder.
+    label: ClassVar[str]
+    tokenizer_class: ClassVar[type]
+    #: Whether the tokenizer fills FluxTextEncoders' T5 slot.
+    t5_slot: ClassVar[bool] = False
+
+    def __init__(self, manifest: Manifest, tokenizer, names: list[str]):
+        super().__init__(manifest, None, tokenizer if self.t5_slot else None, names)  # type: ignore[arg-type]
+        self.tokenizers = [tokenizer]
+
+    @classmethod
+    def load(cls, folder: Path, manifest: Manifest, embeddings=None):
+        if embeddings:
+            raise ModelFolderError(f"{cls.label} exports take no textual-inversion embeddings")
+        spec = manifest.flux
+        if spec is None:
+            raise ModelFolderError(f"a {cls.label} export needs the manifest's flux section; re-export the model")
+        tokenizer = cls.tokenizer_class.from_folder(folder / spec.tokenizers[0], spec.max_sequence_length)
+        return cls(manifest, tokenizer, list(spec.text_encoders))

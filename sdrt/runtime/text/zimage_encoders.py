@@ -8,35 +8,20 @@ transformer calls (sdrt.runtime.loop.conditioning groups rows by length).
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from sdrt.errors import ModelFolderError
 from sdrt.runtime.engines import Engine
 from sdrt.runtime.loop.timings import Timings
-from sdrt.runtime.manifest import Manifest
 from sdrt.runtime.text.encoders import TextEncoding
-from sdrt.runtime.text.flux_encoders import FluxTextEncoders
+from sdrt.runtime.text.flux_encoders import OneTokenizerTextEncoders
 from sdrt.runtime.text.prompts.options import TextOptions
 from sdrt.runtime.text.qwen_encoder import QwenTextEncoder
 from sdrt.runtime.text.qwen_tokenizer import QwenTokenizer
 
 
-class ZImageTextEncoders(FluxTextEncoders):
+class ZImageTextEncoders(OneTokenizerTextEncoders):
     """The Qwen3 encoder of a Z-Image export (the interface the loop reads from TextEncoders)."""
 
-    def __init__(self, manifest: Manifest, qwen: QwenTokenizer, names: list[str]):
-        super().__init__(manifest, None, None, names)  # type: ignore[arg-type]
-        self.tokenizers = [qwen]
-
-    @classmethod
-    def load(cls, folder: Path, manifest: Manifest, embeddings=None) -> ZImageTextEncoders:
-        if embeddings:
-            raise ModelFolderError("Z-Image exports take no textual-inversion embeddings")
-        spec = manifest.flux
-        if spec is None:
-            raise ModelFolderError("a Z-Image export needs the manifest's flux section; re-export the model")
-        qwen = QwenTokenizer.from_folder(folder / spec.tokenizers[0], spec.max_sequence_length)
-        return cls(manifest, qwen, list(spec.text_encoders))
+    label = "Z-Image"
+    tokenizer_class = QwenTokenizer
 
     def encode(
         self,
