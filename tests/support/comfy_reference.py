@@ -159,6 +159,7 @@ FUNCTIONS = {
     "dpmpp_3m_sde": "sample_dpmpp_3m_sde",
     "ddim": "sample_euler",
     "lcm": None,
+    "dpm_adaptive": "sample_dpm_adaptive",
 }
 DISCARD_PENULTIMATE = ("dpm_2", "dpm_2_ancestral")
 ANCESTRAL = ("euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "lcm")
@@ -252,6 +253,9 @@ def comfy_ksampler(unet, s, cond, uncond, sampler, scheduler, steps, cfg, seed, 
     if sampler == "dpm_fast":  # ComfyUI's dpm_fast_function: the schedule's range, eta 0
         sigma_min = sigmas[-1] if sigmas[-1] != 0 else sigmas[-2]
         return ks.sample_dpm_fast(model, x, float(sigma_min), float(sigmas[0]), len(sigmas) - 1, disable=True)
+    if sampler == "dpm_adaptive":  # ComfyUI's dpm_adaptive_function: the schedule's range, its defaults
+        sigma_min = sigmas[-1] if sigmas[-1] != 0 else sigmas[-2]
+        return ks.sample_dpm_adaptive(model, x, float(sigma_min), float(sigmas[0]), disable=True)
     return getattr(ks, FUNCTIONS[sampler])(model, x, sigmas, disable=True, **kwargs)
 
 
