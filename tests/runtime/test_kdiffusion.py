@@ -243,6 +243,7 @@ def test_every_k_sampler_is_in_the_reference_table():
     [
         ("DPM++ 2M", "Sampler: DPM++ 2M, Schedule type: Karras, ", "k_dpmpp_2m"),
         ("comfyui:dpmpp_2m", "Sampler: dpmpp_2m (ComfyUI), Schedule type: normal, ", "comfy_dpmpp_2m"),
+        ("LCM", "Sampler: LCM, CFG scale: ", "k_lcm"),  # A1111's LCM ("lcm" is diffusers' LCMScheduler)
     ],
 )
 def test_cli_takes_a1111_and_comfyui_names(kd_ours, exported_tiny, tmp_path, sampler, recorded, same_as):

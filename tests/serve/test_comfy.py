@@ -190,6 +190,17 @@ def test_a_bad_workflow_is_comfyuis_error_naming_the_node(server, change, kind, 
     assert body["node_errors"][node]["dependent_outputs"] == ["9"]
 
 
+def test_comfyuis_samplers_sdrt_does_not_run_are_refused_by_name(server):
+    """dpm_adaptive is offered; uni_pc (and ComfyUI's other names sdrt lacks) refused saying why."""
+    choices = httpx.get(f"{server}/object_info/KSampler").json()["KSampler"]["input"]["required"]["sampler_name"][0]
+    assert "dpm_adaptive" in choices and "uni_pc" not in choices
+    workflow = copy.deepcopy(TXT2IMG)
+    workflow["3"]["inputs"]["sampler_name"] = "uni_pc"
+    (error,) = _post(server, workflow).json()["node_errors"]["3"]["errors"]
+    assert error["type"] == "value_not_in_list"
+    assert "'uni_pc' is not run by sdrt: ComfyUI's own UniPC" in error["details"]
+
+
 def test_an_unknown_node_and_no_output_are_refused(server):
     workflow = copy.deepcopy(TXT2IMG)
     workflow["10"] = {"class_type": "ConditioningSetArea", "inputs": {}}
