@@ -177,7 +177,8 @@ def test_sdrt_names_keep_their_samplers():
     assert resolve_sampler_name("DPM adaptive") == "k_dpm_ad" and resolve_sampler_name("LCM") == "k_lcm"
     assert resolve_sampler_name("lcm") == "lcm" and resolve_sampler_name("comfyui:lcm") == "comfy_lcm"
     assert resolve_sampler_name("comfyui:dpm_adaptive") == "comfy_dpm_adaptive"
-    for refused in ("uni_pc", "uni_pc_bh2", "euler_cfg_pp", "dpmpp_sde_gpu", "res_multistep"):
+    assert resolve_sampler_name("comfyui:uni_pc") == "comfy_uni_pc"
+    for refused in ("euler_cfg_pp", "dpmpp_sde_gpu", "res_multistep", "deis", "sa_solver_pece"):
         with pytest.raises(ConfigError, match=f"ComfyUI's sampler '{refused}' is not run by sdrt: "):
             resolve_sampler_name(f"comfyui:{refused}")
 
@@ -247,3 +248,41 @@ def test_dpm_adaptive_rejections_equal_k_diffusion(eta):
         got = done.value
     assert calls == info["nfe"]
     assert np.abs(got - expected.numpy()).max() <= 1e-5 * np.abs(expected.numpy()).max()
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("variant", ["bh1", "bh2"])
+@pytest.mark.parametrize("levels", [2, 3, 4, 5, 8])
+def test_comfyui_uni_pc_equals_its_algorithm(variant, levels):
+    """ComfyUI's UniPC (support/comfy_unipc.py) on the exact denoiser of unit-Gaussian data, at
+    every order it takes (levels - 2, at most 3; lower first and last), ending at 0 and not."""
+    from sdrt.runtime.schedulers.kdiffusion.uni_pc import uni_pc
+    from support.comfy_unipc import sample_unipc
+
+    x = torch.randn((2, *SHAPE), generator=torch.manual_seed(4)) * 14.6
+    for sigmas in (
+        torch.linspace(14.6, 0.03, levels),
+        torch.cat([torch.linspace(14.6, 0.03, levels - 1), torch.zeros(1)]),
+    ):
+
+        def model(x, sigma):
+            return x / (1 + sigma[:, None, None, None] ** 2)
+
+        expected = sample_unipc(model, x, sigmas, variant).numpy()
+        other = sample_unipc(model, x, sigmas, "bh2" if variant == "bh1" else "bh1").numpy()
+        run = uni_pc(x.numpy(), sigmas.numpy(), None, variant)
+        calls = 0
+        try:
+            sample, sigma = next(run)
+            while True:
+                calls += 1
+                sample, sigma = run.send((sample / np.float32(1 + sigma**2)).astype(np.float32))
+        except StopIteration as done:
+            got = done.value
+        assert calls == levels - 1  # one model call a step: the first at the start, none after the last
+        scale = np.abs(expected).max()
+        # float32 lambda at the final level 0.001 takes log(1 - exp(2 log alpha)) of ~1e-6: a one-ulp
+        # difference between torch's and NumPy's exp there moves the last step (seen: 1.4e-5 relative).
+        assert np.abs(got - expected).max() <= 1e-4 * scale, np.abs(got - expected).max() / scale
+        if levels > 3:
+            assert np.abs(other - expected).max() > 1e-3 * scale, "bh1 and bh2 should differ here"

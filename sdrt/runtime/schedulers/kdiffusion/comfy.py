@@ -12,7 +12,7 @@ place of A1111's (comfy/samplers.py, comfy/sample.py, comfy/k_diffusion/sampling
 - a latent's noise mask (SetLatentNoiseMask) as KSamplerX0Inpaint blends: before each call the
   kept region is the latent image noised to the level, after it the prediction is the latent image;
 - dpm_fast and dpm_adaptive over the schedule's own range (its last positive level to its
-  first) with eta 0, ddim as euler, and lcm (ComfyUI's own sampler).
+  first) with eta 0, ddim as euler, lcm and uni_pc / uni_pc_bh2 (ComfyUI's own samplers: uni_pc.py).
 ComfyUI's CFG (uncond + (cond - uncond) * cfg on the denoised prediction) is the loop's guidance
 on the model output, which is the same arithmetic for these linear parameterizations.
 """
@@ -41,6 +41,7 @@ from sdrt.runtime.schedulers.kdiffusion.comfy_schedules import (
 from sdrt.runtime.schedulers.kdiffusion.dpm_adaptive import dpm_adaptive
 from sdrt.runtime.schedulers.kdiffusion.dpm_fast import dpm_fast
 from sdrt.runtime.schedulers.kdiffusion.sampler import KDiffusionSampler
+from sdrt.runtime.schedulers.kdiffusion.uni_pc import BH1, BH2, uni_pc
 
 #: What "automatic" means for a ComfyUI sampler: the scheduler of ComfyUI's default workflow.
 DEFAULT_COMFY_SCHEDULER = "normal"
@@ -205,6 +206,17 @@ class ComfyLCM(ComfyRules):
     stochastic = True
 
 
+def _uni_pc(variant: str) -> type[ComfyRules]:
+    """ComfyUI's uni_pc (bh1) / uni_pc_bh2: its own UniPC (uni_pc.py), the next-to-last level dropped."""
+    namespace = {
+        "solver": staticmethod(uni_pc),
+        "solver_options": {"variant": variant},
+        "reference_name": "comfy.extra_samplers.uni_pc.sample_unipc",
+        "discard_penultimate": True,
+    }
+    return type(f"ComfyUniPC{variant.upper()}", (ComfyRules,), namespace)
+
+
 def _comfy(base: type[KDiffusionSampler], discard: bool = False, random_noise: bool = False) -> type[ComfyRules]:
     namespace = {
         "discard_penultimate": discard,
@@ -238,6 +250,8 @@ _KSAMPLERS: dict[str, type[ComfyRules]] = {
     "ddim": _comfy(family.KEuler, random_noise=True),  # ComfyUI's "ddim" is sample_euler
     "lcm": ComfyLCM,
     "dpm_adaptive": ComfyDPMAdaptive,
+    "uni_pc": _uni_pc(BH1),
+    "uni_pc_bh2": _uni_pc(BH2),
 }
 #: ComfyUI's KSampler samplers sdrt runs, in ComfyUI's order; sdrt names them comfy_<name>.
 COMFY_SAMPLER_NAMES = tuple(ComfySamplerName(f"comfy_{name}", cls, name) for name, cls in _KSAMPLERS.items())
@@ -254,10 +268,6 @@ _FORK = (
     "a solver of ComfyUI's own comfy/k_diffusion/sampling.py (not in the k-diffusion package): it needs its "
     "loop as a solver coroutine and a reference written from ComfyUI's source"
 )
-_UNI_PC = (
-    "ComfyUI's own UniPC (comfy/extra_samplers/uni_pc.py: multistep UniPC in its sigma space, bh1 or bh2, "
-    "the next-to-last level dropped): it needs that solver and an independent reference"
-)
 #: ComfyUI's KSAMPLER_NAMES / SAMPLER_NAMES that sdrt does not run, and what each would need.
 COMFY_NOT_RUN: dict[str, str] = {
     **{name: _CFG_PP for name in ("euler_cfg_pp", "euler_ancestral_cfg_pp", "dpmpp_2s_ancestral_cfg_pp")},
@@ -267,6 +277,4 @@ COMFY_NOT_RUN: dict[str, str] = {
     **{name: _FORK for name in ("heunpp2", "ddpm", "ipndm", "ipndm_v", "deis", "res_multistep")},
     **{name: _FORK for name in ("res_multistep_ancestral", "gradient_estimation", "er_sde", "seeds_2", "seeds_3")},
     **{name: _FORK for name in ("sa_solver", "sa_solver_pece")},
-    "uni_pc": _UNI_PC,
-    "uni_pc_bh2": _UNI_PC,
 }
