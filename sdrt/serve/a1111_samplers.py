@@ -45,7 +45,7 @@ def k_family_applies(body, image) -> bool:
 def _k_sampler(sampler: str, schedule_type: str | None) -> tuple[str, str] | None:
     """(k-diffusion sampler, its schedule type) for an A1111 sampler label and schedule type,
     as A1111 runs them; None where the label names no k-diffusion sampler (DDIM, PLMS, UniPC,
-    LCM, sdrt's own names: the diffusers-equal family runs those)."""
+    sdrt's own names: the diffusers-equal family runs those)."""
     if sampler in SAMPLERS:
         return None
     name, implied = sampler.strip(), None

@@ -90,6 +90,10 @@ DEFAULT_CASES = [
     ("dpmpp_2m_sde_heun", "exponential", "standard"),
     ("lcm", "sgm_uniform", "standard"),
     ("dpm_fast", "kl_optimal", "standard"),
+    # ~40 model calls (its step sizes follow the model): the slow grid's, and the solver's own test
+    pytest.param("dpm_adaptive", "karras", "standard", marks=pytest.mark.slow),
+    ("uni_pc", "normal", "standard"),
+    ("uni_pc_bh2", "karras", "v_prediction"),
 ]
 
 

@@ -14,7 +14,7 @@ import torch
 from conftest import diffusers_pipeline
 from sdrt.runtime.pipeline import Pipeline
 from sdrt.runtime.schedulers import K_SAMPLER_NAMES, SAMPLERS, k_sampler_name
-from support.kdiffusion_reference import denoiser, k_sampling
+from support.kdiffusion_reference import denoiser, k_sampling, lcm_denoiser, sample_lcm
 
 # torchsde warns when a float32 sigma lies a rounding past its tree's 1e-6-rounded ends (and clamps it).
 pytestmark = pytest.mark.filterwarnings("ignore:Should have:UserWarning")
@@ -42,6 +42,8 @@ A1111_SAMPLERS = {
     "DPM++ 3M SDE": ("sample_dpmpp_3m_sde", {}, "exponential", True, True),
     # A1111 passes eta (eta_ancestral, 1) and, in place of sigmas, the model's range and the steps.
     "DPM fast": ("sample_dpm_fast", {"eta": 1.0}, None, False, False),
+    "DPM adaptive": ("sample_dpm_adaptive", {"eta": 1.0}, None, False, False),  # the model's range, no steps
+    "LCM": ("sample_lcm", {}, None, False, False),  # A1111's own, on its LCMCompVisDenoiser
 }
 
 
@@ -52,6 +54,11 @@ def run_k_sampler(function, model, table, x, sigmas, steps, **kwargs):
     if function == "sample_dpm_fast":
         sigma_min, sigma_max = table.sigmas[0].item(), table.sigmas[-1].item()
         return ks.sample_dpm_fast(model, x, sigma_min, sigma_max, steps, disable=True, **kwargs)
+    if function == "sample_dpm_adaptive":
+        sigma_min, sigma_max = table.sigmas[0].item(), table.sigmas[-1].item()
+        return ks.sample_dpm_adaptive(model, x, sigma_min, sigma_max, disable=True, **kwargs)
+    if function == "sample_lcm":
+        return sample_lcm(model, x, sigmas, disable=True, **kwargs)
     return getattr(ks, function)(model, x, sigmas, disable=True, **kwargs)
 
 
@@ -120,7 +127,7 @@ def reference_image(pipe, config, label, schedule, steps, size=64):
     def model_output(x, t, context):
         return unet(x, t, encoder_hidden_states=context).sample
 
-    inner = denoiser(model_output, config)
+    inner = (lcm_denoiser if label == "LCM" else denoiser)(model_output, config)
 
     def cfg(x, sigma):
         both = inner(torch.cat([x, x]), torch.cat([sigma, sigma]), context=torch.cat([cond, uncond]))
@@ -192,6 +199,8 @@ DEFAULT_CASES = [
     ("Heun", "sgm_uniform", "v_prediction"),
     ("DPM++ 2M SDE", "beta", "v_prediction"),
     ("DPM fast", "automatic", "standard"),
+    ("DPM adaptive", "automatic", "standard"),
+    ("LCM", "automatic", "standard"),
 ]
 
 
@@ -234,6 +243,7 @@ def test_every_k_sampler_is_in_the_reference_table():
     [
         ("DPM++ 2M", "Sampler: DPM++ 2M, Schedule type: Karras, ", "k_dpmpp_2m"),
         ("comfyui:dpmpp_2m", "Sampler: dpmpp_2m (ComfyUI), Schedule type: normal, ", "comfy_dpmpp_2m"),
+        ("LCM", "Sampler: LCM, CFG scale: ", "k_lcm"),  # A1111's LCM ("lcm" is diffusers' LCMScheduler)
     ],
 )
 def test_cli_takes_a1111_and_comfyui_names(kd_ours, exported_tiny, tmp_path, sampler, recorded, same_as):

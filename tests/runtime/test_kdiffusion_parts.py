@@ -26,7 +26,7 @@ from sdrt.runtime.schedulers import (
 )
 from sdrt.runtime.schedulers.kdiffusion.beta_quantile import beta_quantile
 from sdrt.runtime.schedulers.kdiffusion.brownian import BrownianTree
-from support.kdiffusion_reference import denoiser, k_sampling
+from support.kdiffusion_reference import denoiser, k_sampling, lcm_denoiser
 
 # torchsde warns when a float32 sigma lies a rounding past its tree's 1e-6-rounded ends (and clamps it).
 pytestmark = pytest.mark.filterwarnings("ignore:Should have:UserWarning")
@@ -69,7 +69,7 @@ def stand_in(x, t):
 def reference_run(label, config, steps, schedule="automatic"):
     ks = k_sampling()
     function, extra, default, discard, brownian = A1111_SAMPLERS[label]
-    model = denoiser(stand_in_torch, config)
+    model = (lcm_denoiser if label == "LCM" else denoiser)(stand_in_torch, config)
     name = default or "uniform" if schedule == "automatic" else schedule
     sigmas = a1111_sigmas(name, steps + (1 if discard else 0), model)
     if discard:
@@ -91,8 +91,11 @@ def our_run(label, config, steps, schedule="automatic"):
     sampler.set_timesteps(steps)
     generator = GeneratorGroup([TorchGenerator(seed) for seed in SEEDS], 1)
     x = generator.randn((len(SEEDS), *SHAPE)) * np.float32(sampler.init_noise_sigma)
-    for index, timestep in enumerate(sampler.timesteps):
-        x = sampler.step(stand_in(sampler.scale_model_input(x, index), timestep), index, x, generator=generator)
+    index = 0
+    while index < len(sampler.timesteps):  # DPM adaptive lays out each next call as it runs
+        output = stand_in(sampler.scale_model_input(x, index), sampler.timesteps[index])
+        x = sampler.step(output, index, x, generator=generator)
+        index += 1
     return x, sampler
 
 
@@ -104,6 +107,7 @@ def test_every_sampler_loop_equals_k_diffusion(sd15_config, label, prediction):
     expected, sigmas = reference_run(label, config, 10)
     got, sampler = our_run(label, config, 10)
     np.testing.assert_allclose(sampler.schedule_sigmas, sigmas, rtol=1e-6)
+    assert len(sampler.timesteps) > 10 or label != "DPM adaptive"  # its calls laid out as it ran
     # The SDE samplers' trees split at 1e-6-rounded sigmas: a float32 ulp of a schedule level
     # (torch's and NumPy's exp and sqrt differ by one) moves a split, hence their wider bound.
     # DPM fast works on eps = (x - denoised) / sigma, whose float32 rounding grows at small sigma.
@@ -113,7 +117,7 @@ def test_every_sampler_loop_equals_k_diffusion(sd15_config, label, prediction):
     # linearly, so the bound grows with the number of model calls (two per step for DPM2 a, Heun...).
     calls = len(sampler.timesteps) * sampler.calls_per_step
     rounding = calls * STAND_IN_ULPS * float(np.finfo(np.float32).eps)
-    bound = 5e-3 if A1111_SAMPLERS[label][4] else 1e-5 if label == "DPM fast" else rounding
+    bound = 5e-3 if A1111_SAMPLERS[label][4] else 1e-5 if label.startswith("DPM ") else rounding
     assert np.abs(got - expected).max() <= bound * np.abs(expected).max()
 
 
@@ -180,6 +184,13 @@ def test_sdrt_names_keep_their_samplers():
     assert resolve_sampler_name("a1111:euler") == "k_euler"
     with pytest.raises(ConfigError, match="unknown sampler 'Euler b'"):
         resolve_sampler_name("Euler b")
+    assert resolve_sampler_name("DPM adaptive") == "k_dpm_ad" and resolve_sampler_name("LCM") == "k_lcm"
+    assert resolve_sampler_name("lcm") == "lcm" and resolve_sampler_name("comfyui:lcm") == "comfy_lcm"
+    assert resolve_sampler_name("comfyui:dpm_adaptive") == "comfy_dpm_adaptive"
+    assert resolve_sampler_name("comfyui:uni_pc") == "comfy_uni_pc"
+    for refused in ("euler_cfg_pp", "dpmpp_sde_gpu", "res_multistep", "deis", "sa_solver_pece"):
+        with pytest.raises(ConfigError, match=f"ComfyUI's sampler '{refused}' is not run by sdrt: "):
+            resolve_sampler_name(f"comfyui:{refused}")
 
 
 @pytest.mark.parametrize(
@@ -190,6 +201,9 @@ def test_sdrt_names_keep_their_samplers():
         ("k_euler_a", "automatic", None),  # k-diffusion's own get_sigmas: A1111 records none
         ("k_euler_a", "Align Your Steps", "Schedule type: Align Your Steps"),
         ("k_euler", "uniform", "Schedule type: Uniform"),
+        ("k_dpm_ad", "automatic", None),
+        ("k_lcm", "automatic", None),
+        ("k_lcm", "karras", "Schedule type: Karras"),
     ],
 )
 def test_png_parameters_record_what_a1111_records(sampler, schedule, recorded):
@@ -204,3 +218,81 @@ def test_png_parameters_record_what_a1111_records(sampler, schedule, recorded):
 def test_unknown_schedule_is_a_clear_error(sd15_config):
     with pytest.raises(ConfigError, match="unknown schedule type 'sideways'"):
         sampler_from_config("k_euler", sd15_config, "sideways")
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_dpm_adaptive_rejections_equal_k_diffusion(eta):
+    """The adaptive solver's controller, through rejected steps (a first h of 3 is too long), on
+    the exact denoiser of unit-Gaussian data, with and without eta's fresh noise."""
+    from sdrt.runtime.schedulers.kdiffusion.dpm_adaptive import dpm_adaptive
+
+    ks = k_sampling()
+    x = torch.randn((2, *SHAPE), generator=torch.manual_seed(3)) * 14.6
+    draws = [torch.randn(x.shape, generator=torch.manual_seed(100 + i)) for i in range(60)]
+
+    def noise_sampler(queue):
+        return lambda sigma, sigma_next: queue.pop(0)
+
+    expected, info = ks.sample_dpm_adaptive(
+        lambda x, sigma: x / (1 + sigma[:, None, None, None] ** 2),
+        x,
+        0.0292,
+        14.6,
+        disable=True,
+        h_init=3.0,
+        eta=eta,
+        noise_sampler=noise_sampler(list(draws)),
+        return_info=True,
+    )
+    assert info["n_reject"] > 0
+    queue = [d.numpy() for d in draws]
+    run = dpm_adaptive(x.numpy(), None, lambda s, t: queue.pop(0), 0.0292, 14.6, eta=eta, h_init=3.0)
+    calls = 0
+    try:
+        sample, sigma = next(run)
+        while True:
+            calls += 1
+            sample, sigma = run.send((sample / np.float32(1 + sigma**2)).astype(np.float32))
+    except StopIteration as done:
+        got = done.value
+    assert calls == info["nfe"]
+    assert np.abs(got - expected.numpy()).max() <= 1e-5 * np.abs(expected.numpy()).max()
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("variant", ["bh1", "bh2"])
+@pytest.mark.parametrize("levels", [2, 3, 4, 5, 8])
+def test_comfyui_uni_pc_equals_its_algorithm(variant, levels):
+    """ComfyUI's UniPC (support/comfy_unipc.py) on the exact denoiser of unit-Gaussian data, at
+    every order it takes (levels - 2, at most 3; lower first and last), ending at 0 and not."""
+    from sdrt.runtime.schedulers.kdiffusion.uni_pc import uni_pc
+    from support.comfy_unipc import sample_unipc
+
+    x = torch.randn((2, *SHAPE), generator=torch.manual_seed(4)) * 14.6
+    for sigmas in (
+        torch.linspace(14.6, 0.03, levels),
+        torch.cat([torch.linspace(14.6, 0.03, levels - 1), torch.zeros(1)]),
+    ):
+
+        def model(x, sigma):
+            return x / (1 + sigma[:, None, None, None] ** 2)
+
+        expected = sample_unipc(model, x, sigmas, variant).numpy()
+        other = sample_unipc(model, x, sigmas, "bh2" if variant == "bh1" else "bh1").numpy()
+        run = uni_pc(x.numpy(), sigmas.numpy(), None, variant)
+        calls = 0
+        try:
+            sample, sigma = next(run)
+            while True:
+                calls += 1
+                sample, sigma = run.send((sample / np.float32(1 + sigma**2)).astype(np.float32))
+        except StopIteration as done:
+            got = done.value
+        assert calls == levels - 1  # one model call a step: the first at the start, none after the last
+        scale = np.abs(expected).max()
+        # float32 lambda at the final level 0.001 takes log(1 - exp(2 log alpha)) of ~1e-6: a one-ulp
+        # difference between torch's and NumPy's exp there moves the last step (seen: 1.4e-5 relative).
+        assert np.abs(got - expected).max() <= 1e-4 * scale, np.abs(got - expected).max() / scale
+        if levels > 3:
+            assert np.abs(other - expected).max() > 1e-3 * scale, "bh1 and bh2 should differ here"

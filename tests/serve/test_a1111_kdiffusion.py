@@ -224,3 +224,15 @@ def test_the_server_can_start_on_a1111s_default_noise_source(served_k):
         served_k[0], sampler_name="Euler a", steps=1, batch_size=1, override_settings={"randn_source": "GPU"}
     )
     assert response.status_code == 200 and "RNG:" not in json.loads(response.json()["info"])["infotexts"][0]
+
+
+def test_dpm_adaptive_and_lcm_labels_run_a1111s_samplers():
+    from sdrt.serve.a1111_samplers import check_eta, sdrt_sampler
+    from sdrt.serve.schemas import RequestError
+
+    assert sdrt_sampler("DPM adaptive", None, k_family=True) == ("k_dpm_ad", "automatic")
+    assert sdrt_sampler("LCM", "Karras", k_family=True) == ("k_lcm", "karras")
+    assert check_eta("k_dpm_ad", 1.0) is None  # webuiapi's default eta: A1111's eta_ancestral
+    with pytest.raises(RequestError, match="eta: DPM adaptive runs with eta 1 only, got 0.5") as caught:
+        check_eta("k_dpm_ad", 0.5)
+    assert caught.value.param == "eta"

@@ -190,6 +190,17 @@ def test_a_bad_workflow_is_comfyuis_error_naming_the_node(server, change, kind, 
     assert body["node_errors"][node]["dependent_outputs"] == ["9"]
 
 
+def test_comfyuis_samplers_sdrt_does_not_run_are_refused_by_name(server):
+    """dpm_adaptive and uni_pc are offered; ComfyUI's names sdrt lacks are refused saying why."""
+    choices = httpx.get(f"{server}/object_info/KSampler").json()["KSampler"]["input"]["required"]["sampler_name"][0]
+    assert {"dpm_adaptive", "uni_pc", "uni_pc_bh2"} <= set(choices) and "euler_cfg_pp" not in choices
+    workflow = copy.deepcopy(TXT2IMG)
+    workflow["3"]["inputs"]["sampler_name"] = "euler_cfg_pp"
+    (error,) = _post(server, workflow).json()["node_errors"]["3"]["errors"]
+    assert error["type"] == "value_not_in_list"
+    assert "'euler_cfg_pp' is not run by sdrt: CFG++" in error["details"]
+
+
 def test_an_unknown_node_and_no_output_are_refused(server):
     workflow = copy.deepcopy(TXT2IMG)
     workflow["10"] = {"class_type": "ConditioningSetArea", "inputs": {}}

@@ -15,6 +15,7 @@ import math
 import numpy as np
 import torch
 
+from support.comfy_unipc import sample_unipc
 from support.kdiffusion_reference import k_sampling
 
 
@@ -159,8 +160,11 @@ FUNCTIONS = {
     "dpmpp_3m_sde": "sample_dpmpp_3m_sde",
     "ddim": "sample_euler",
     "lcm": None,
+    "dpm_adaptive": "sample_dpm_adaptive",
+    "uni_pc": None,  # comfy/extra_samplers/uni_pc.py (support/comfy_unipc.py)
+    "uni_pc_bh2": None,
 }
-DISCARD_PENULTIMATE = ("dpm_2", "dpm_2_ancestral")
+DISCARD_PENULTIMATE = ("dpm_2", "dpm_2_ancestral", "uni_pc", "uni_pc_bh2")
 ANCESTRAL = ("euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "lcm")
 BROWNIAN = ("dpmpp_sde", "dpmpp_2m_sde", "dpmpp_2m_sde_heun", "dpmpp_3m_sde")
 
@@ -252,6 +256,11 @@ def comfy_ksampler(unet, s, cond, uncond, sampler, scheduler, steps, cfg, seed, 
     if sampler == "dpm_fast":  # ComfyUI's dpm_fast_function: the schedule's range, eta 0
         sigma_min = sigmas[-1] if sigmas[-1] != 0 else sigmas[-2]
         return ks.sample_dpm_fast(model, x, float(sigma_min), float(sigmas[0]), len(sigmas) - 1, disable=True)
+    if sampler in ("uni_pc", "uni_pc_bh2"):
+        return sample_unipc(model, x, sigmas, "bh2" if sampler == "uni_pc_bh2" else "bh1")
+    if sampler == "dpm_adaptive":  # ComfyUI's dpm_adaptive_function: the schedule's range, its defaults
+        sigma_min = sigmas[-1] if sigmas[-1] != 0 else sigmas[-2]
+        return ks.sample_dpm_adaptive(model, x, float(sigma_min), float(sigmas[0]), disable=True)
     return getattr(ks, FUNCTIONS[sampler])(model, x, sigmas, disable=True, **kwargs)
 
 

@@ -50,7 +50,8 @@ def run_stage(stage: Stage, ctx: StepContext, hooks: Sequence[StepHook]) -> np.n
     counted_from = start.first if start.counted_from is None else start.counted_from
     ctx.first, ctx.end = start.first, stage.end
     channels = None if start.channels is None else guider.model_latents(start.channels)
-    for index in range(start.first, stage.end):
+    index, end = start.first, stage.end
+    while index < stage.end:  # re-read: an adaptive sampler lays out its next call as it runs
         ctx.index = index
         ctx.timestep = float(sampler.timesteps[index])
         ctx.check_cancelled(latents)
@@ -71,6 +72,10 @@ def run_stage(stage: Stage, ctx: StepContext, hooks: Sequence[StepHook]) -> np.n
             ctx.timings.add(UNET_HOST_COPIES, denoiser.last_copy_seconds)
         prediction = guider.combine(prediction.astype(np.float32))
         latents = sampler.step(prediction, index, latents, generator=ctx.generator)
+        if stage.end != end:  # the calls an adaptive sampler added count in the run's total
+            ctx.total, end = ctx.total + stage.end - end, stage.end
+            ctx.end = end
         for hook in hooks:
             latents = hook.after_step(ctx, latents)
+        index += 1
     return latents

@@ -33,6 +33,7 @@ from sdrt.runtime.schedulers.flow import FlowMatchEulerDiscreteScheduler
 from sdrt.runtime.schedulers.flow_heun import FlowMatchHeunDiscreteScheduler
 from sdrt.runtime.schedulers.flow_multistep import FlowDPMSolverMultistepScheduler, FlowUniPCMultistepScheduler
 from sdrt.runtime.schedulers.heun import HeunDiscreteScheduler
+from sdrt.runtime.schedulers.kdiffusion.comfy import COMFY_NOT_RUN
 from sdrt.runtime.schedulers.kdiffusion.comfy import COMFY_SAMPLER_NAMES as _COMFY_NAMES
 from sdrt.runtime.schedulers.kdiffusion.comfy_schedules import COMFY_SCHEDULER_NAMES, check_comfy_scheduler
 from sdrt.runtime.schedulers.kdiffusion.family import K_SAMPLER_NAMES as _K_NAMES
@@ -212,6 +213,8 @@ def resolve_sampler_name(text: str) -> str:
     comfy = str(text).strip().lower().removeprefix(COMFY_PREFIX) if isinstance(text, str) else ""
     if isinstance(text, str) and text.strip().lower().startswith(COMFY_PREFIX) and comfy in COMFY_SAMPLERS:
         return COMFY_SAMPLERS[comfy]  # "comfyui:NAME": ComfyUI's sampler, with ComfyUI's rules
+    if isinstance(text, str) and text.strip().lower().startswith(COMFY_PREFIX) and comfy in COMFY_NOT_RUN:
+        raise ConfigError(f"ComfyUI's sampler {comfy!r} is not run by sdrt: {COMFY_NOT_RUN[comfy]}")
     try:
         return k_sampler_name(text)
     except ConfigError:
@@ -272,6 +275,7 @@ __all__ = [
     "KDIFFUSION",
     "COMFYUI",
     "COMFY_SAMPLERS",
+    "COMFY_NOT_RUN",
     "COMFY_SAMPLER_NAMES",
     "COMFY_SCHEDULER_NAMES",
     "K_SAMPLER_NAMES",

@@ -37,6 +37,9 @@ def _check_value(name: str, spec: Input, value: Any, context) -> dict | None:
     choices = spec.choices(context)
     if choices is not None:
         if value not in choices and not (spec.accepts is not None and spec.accepts(context, value)):
+            if spec.refusals is not None and value in spec.refusals:
+                detail = f"{name}: '{value}' is not run by sdrt: {spec.refusals[value]}"
+                return _error("value_not_in_list", "Value not in list", detail, input_name=name)
             shown = ", ".join(map(str, choices[:20]))
             return _error(
                 "value_not_in_list", "Value not in list", f"{name}: '{value}' not in [{shown}]", input_name=name

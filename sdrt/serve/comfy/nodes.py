@@ -4,7 +4,7 @@ its outputs, and a function from its inputs to its outputs."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +36,8 @@ class Input:
     #: A COMBO may also take values outside its listed choices that this accepts (model names as
     #: ComfyUI clients write them, "NAME.safetensors").
     accepts: Callable[[Any, Any], bool] | None = None
+    #: A COMBO's values ComfyUI has and sdrt does not run, with what each would need.
+    refusals: Mapping[str, str] | None = None
 
     def choices(self, context) -> list[str] | None:
         return None if isinstance(self.kind, str) else list(self.kind(context))

@@ -13,6 +13,7 @@ from sdrt.runtime.features.lora.tags import LoraRef
 from sdrt.runtime.imaging.resample import resize_latents
 from sdrt.runtime.request import GenerationRequest
 from sdrt.runtime.request_checks import MAX_STEPS
+from sdrt.runtime.schedulers import COMFY_NOT_RUN
 from sdrt.runtime.schedulers.kdiffusion.comfy_schedules import KSamplerSteps
 from sdrt.runtime.text.prompts.emphasis import COMFYUI_EMPHASIS
 from sdrt.serve.comfy.nodes import INT_MAX, Input, node
@@ -44,7 +45,7 @@ def _loras_of(model: ModelHandle, clip: ModelHandle) -> list[LoraRef]:
 SAMPLER_INPUTS = {
     "steps": Input("INT", DEFAULT_STEPS, 1, MAX_STEPS),
     "cfg": Input("FLOAT", DEFAULT_CFG, 0.0, MAX_CFG, 0.1),
-    "sampler_name": Input(_samplers),
+    "sampler_name": Input(_samplers, refusals=COMFY_NOT_RUN),
     "scheduler": Input(_schedulers),
     "positive": Input(COND),
     "negative": Input(COND),

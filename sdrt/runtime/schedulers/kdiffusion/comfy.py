@@ -11,8 +11,8 @@ place of A1111's (comfy/samplers.py, comfy/sample.py, comfy/k_diffusion/sampling
   tree seeded with the seed for the whole batch;
 - a latent's noise mask (SetLatentNoiseMask) as KSamplerX0Inpaint blends: before each call the
   kept region is the latent image noised to the level, after it the prediction is the latent image;
-- dpm_fast over the schedule's own range (its last positive level to its first) with eta 0,
-  ddim as euler, and lcm (ComfyUI's own sampler).
+- dpm_fast and dpm_adaptive over the schedule's own range (its last positive level to its
+  first) with eta 0, ddim as euler, lcm and uni_pc / uni_pc_bh2 (ComfyUI's own samplers: uni_pc.py).
 ComfyUI's CFG (uncond + (cond - uncond) * cfg on the denoised prediction) is the loop's guidance
 on the model output, which is the same arithmetic for these linear parameterizations.
 """
@@ -38,8 +38,10 @@ from sdrt.runtime.schedulers.kdiffusion.comfy_schedules import (
     check_comfy_scheduler,
     comfy_sigmas,
 )
+from sdrt.runtime.schedulers.kdiffusion.dpm_adaptive import dpm_adaptive
 from sdrt.runtime.schedulers.kdiffusion.dpm_fast import dpm_fast
 from sdrt.runtime.schedulers.kdiffusion.sampler import KDiffusionSampler
+from sdrt.runtime.schedulers.kdiffusion.uni_pc import BH1, BH2, uni_pc
 
 #: What "automatic" means for a ComfyUI sampler: the scheduler of ComfyUI's default workflow.
 DEFAULT_COMFY_SCHEDULER = "normal"
@@ -95,7 +97,10 @@ class ComfyRules(KDiffusionSampler):
         self.schedule_sigmas = sigmas.astype(np.float32)
         calls = self._dry_run()
         self.sigmas = np.append(calls, self.schedule_sigmas[-1]).astype(np.float32)
-        self.timesteps = self.model.nearest_timestep(calls)
+        self.timesteps = self.call_timesteps(calls)
+
+    def call_timesteps(self, calls: np.ndarray) -> np.ndarray:
+        return self.model.nearest_timestep(calls)
 
     @property
     def max_denoise(self) -> bool:
@@ -181,10 +186,35 @@ class ComfyDPMFast(ComfyRules):
         return dpm_fast(x, sigmas, noise, sigma_min, float(sigmas[0]), len(sigmas) - 1, eta=0.0)
 
 
+class ComfyDPMAdaptive(ComfyRules):
+    """ComfyUI's dpm_adaptive: k-diffusion's from the schedule's first level to its last positive
+    one, at its defaults (eta 0: no fresh noise)."""
+
+    solver = staticmethod(dpm_adaptive)
+    reference_name = "k_diffusion.sampling.sample_dpm_adaptive"
+    adaptive = True
+
+    def _start(self, x, noise):
+        sigmas = self.schedule_sigmas
+        sigma_min = float(sigmas[-1]) if sigmas[-1] != 0 else float(sigmas[-2])
+        return dpm_adaptive(x, sigmas, noise, sigma_min, float(sigmas[0]))
+
+
 class ComfyLCM(ComfyRules):
     solver = staticmethod(solvers.lcm)
     reference_name = "comfy.k_diffusion.sampling.sample_lcm"
     stochastic = True
+
+
+def _uni_pc(variant: str) -> type[ComfyRules]:
+    """ComfyUI's uni_pc (bh1) / uni_pc_bh2: its own UniPC (uni_pc.py), the next-to-last level dropped."""
+    namespace = {
+        "solver": staticmethod(uni_pc),
+        "solver_options": {"variant": variant},
+        "reference_name": "comfy.extra_samplers.uni_pc.sample_unipc",
+        "discard_penultimate": True,
+    }
+    return type(f"ComfyUniPC{variant.upper()}", (ComfyRules,), namespace)
 
 
 def _comfy(base: type[KDiffusionSampler], discard: bool = False, random_noise: bool = False) -> type[ComfyRules]:
@@ -219,6 +249,32 @@ _KSAMPLERS: dict[str, type[ComfyRules]] = {
     "dpmpp_3m_sde": _comfy(family.KDPMPP3MSDE),
     "ddim": _comfy(family.KEuler, random_noise=True),  # ComfyUI's "ddim" is sample_euler
     "lcm": ComfyLCM,
+    "dpm_adaptive": ComfyDPMAdaptive,
+    "uni_pc": _uni_pc(BH1),
+    "uni_pc_bh2": _uni_pc(BH2),
 }
 #: ComfyUI's KSampler samplers sdrt runs, in ComfyUI's order; sdrt names them comfy_<name>.
 COMFY_SAMPLER_NAMES = tuple(ComfySamplerName(f"comfy_{name}", cls, name) for name, cls in _KSAMPLERS.items())
+
+_CFG_PP = (
+    "CFG++: the step moves along the unconditional prediction (a post-CFG hook in ComfyUI), which "
+    "sdrt's loop, guiding the model output, does not hand its samplers"
+)
+_GPU_TREE = (
+    "its Brownian tree draws on the model's device (torch's CUDA generator on a GPU, which sdrt does not "
+    "reproduce); on a CPU it is the sampler of the same name without _gpu, which sdrt runs"
+)
+_FORK = (
+    "a solver of ComfyUI's own comfy/k_diffusion/sampling.py (not in the k-diffusion package): it needs its "
+    "loop as a solver coroutine and a reference written from ComfyUI's source"
+)
+#: ComfyUI's KSAMPLER_NAMES / SAMPLER_NAMES that sdrt does not run, and what each would need.
+COMFY_NOT_RUN: dict[str, str] = {
+    **{name: _CFG_PP for name in ("euler_cfg_pp", "euler_ancestral_cfg_pp", "dpmpp_2s_ancestral_cfg_pp")},
+    **{name: _CFG_PP for name in ("dpmpp_2m_cfg_pp", "res_multistep_cfg_pp", "res_multistep_ancestral_cfg_pp")},
+    "gradient_estimation_cfg_pp": _CFG_PP,
+    **{name: _GPU_TREE for name in ("dpmpp_sde_gpu", "dpmpp_2m_sde_gpu", "dpmpp_2m_sde_heun_gpu", "dpmpp_3m_sde_gpu")},
+    **{name: _FORK for name in ("heunpp2", "ddpm", "ipndm", "ipndm_v", "deis", "res_multistep")},
+    **{name: _FORK for name in ("res_multistep_ancestral", "gradient_estimation", "er_sde", "seeds_2", "seeds_3")},
+    **{name: _FORK for name in ("sa_solver", "sa_solver_pece")},
+}

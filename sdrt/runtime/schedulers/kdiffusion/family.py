@@ -7,7 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sdrt.runtime.schedulers.kdiffusion import solvers
+from sdrt.runtime.schedulers.kdiffusion.dpm_adaptive import dpm_adaptive
 from sdrt.runtime.schedulers.kdiffusion.dpm_fast import dpm_fast
+from sdrt.runtime.schedulers.kdiffusion.lcm import KLCM
 from sdrt.runtime.schedulers.kdiffusion.sampler import KDiffusionSampler
 
 KARRAS = "karras"
@@ -84,6 +86,27 @@ class KDPMFast(KDiffusionSampler):
         return dpm_fast(x, sigmas, noise, model.sigma_min, model.sigma_max, self.num_inference_steps)
 
 
+class KDPMAdaptive(KDiffusionSampler):
+    """DPM adaptive: A1111 calls it with the model's sigma range and eta 1 (eta_ancestral), the
+    solver's other settings at k-diffusion's defaults (rtol 0.05, atol 0.0078, h_init 0.05); its
+    schedule type, as DPM fast's, only sets the initial noise's scale. From an image, the kept
+    tail's range. Its model calls follow the model's outputs (`adaptive`)."""
+
+    solver = staticmethod(dpm_adaptive)
+    reference_name = "k_diffusion.sampling.sample_dpm_adaptive"
+    stochastic = True
+    adaptive = True
+    #: A1111's eta for it (opts.eta_ancestral's default).
+    eta = 1.0
+
+    def _start(self, x, noise):
+        sigmas = self.schedule_sigmas
+        if sigmas is not self.full_sigmas:  # image-to-image: A1111's sample_img2img arguments
+            return dpm_adaptive(x, sigmas, noise, float(sigmas[-2]), float(sigmas[0]), eta=self.eta)
+        model = self.model
+        return dpm_adaptive(x, sigmas, noise, model.sigma_min, model.sigma_max, eta=self.eta)
+
+
 @dataclass(frozen=True)
 class KSamplerName:
     """How a k-diffusion sampler is named: sdrt's (A1111's own alias), A1111's label, ComfyUI's."""
@@ -108,4 +131,7 @@ K_SAMPLER_NAMES = (
     KSamplerName("k_dpmpp_2m_sde_heun", KDPMPP2MSDEHeun, "DPM++ 2M SDE Heun", "dpmpp_2m_sde_heun"),
     KSamplerName("k_dpmpp_3m_sde", KDPMPP3MSDE, "DPM++ 3M SDE", "dpmpp_3m_sde"),
     KSamplerName("k_dpm_fast", KDPMFast, "DPM fast", "dpm_fast"),
+    KSamplerName("k_dpm_ad", KDPMAdaptive, "DPM adaptive", "dpm_adaptive"),
+    # ComfyUI's lcm runs the model's own sigmas without LCM's boundary condition: comfy_lcm.
+    KSamplerName("k_lcm", KLCM, "LCM", None),
 )

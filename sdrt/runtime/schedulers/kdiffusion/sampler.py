@@ -59,6 +59,9 @@ class KDiffusionSampler(Scheduler):
     starts_images_as_a1111: ClassVar[bool] = True
     #: Whether the fresh noise comes from a Brownian tree per image seed (the SDE samplers).
     brownian: ClassVar[bool] = False
+    #: Whether the model calls follow the model's outputs (DPM adaptive): only the first is laid
+    #: out before the run, each next one as the solver yields it (the loop's stage end follows).
+    adaptive: ClassVar[bool] = False
 
     def __init__(self, config: SchedulerConfig, schedule: str = AUTOMATIC, sdxl: bool = False):
         super().__init__(config)
@@ -118,8 +121,18 @@ class KDiffusionSampler(Scheduler):
     def _plan_calls(self) -> None:
         calls = self._dry_run()
         self.sigmas = np.append(calls, self.schedule_sigmas[-1]).astype(np.float32)
-        self.timesteps = self.model.sigma_to_t(calls)
+        self.timesteps = self.call_timesteps(calls)
         self._solver = None
+
+    def call_timesteps(self, calls: np.ndarray) -> np.ndarray:
+        """The model's timestep input at each call's noise level."""
+        return self.model.sigma_to_t(calls)
+
+    def _lay_out(self, sigma: float) -> None:
+        """An adaptive solver's next call, at `sigma`, appended to the run's calls."""
+        level = np.float32(sigma)
+        self.sigmas = np.insert(self.sigmas, len(self.sigmas) - 1, level).astype(np.float32)
+        self.timesteps = np.append(self.timesteps, self.call_timesteps(np.array([level]))).astype(np.float32)
 
     def _start(self, x: np.ndarray, noise: solvers.Noise) -> solvers.Solver:
         options = dict(self.solver_options)
@@ -128,15 +141,15 @@ class KDiffusionSampler(Scheduler):
         return type(self).solver(x, self.schedule_sigmas, noise, **options)
 
     def _dry_run(self) -> np.ndarray:
-        """The noise level of every model call, from a run on a one-value sample."""
+        """The noise level of every model call, from a run on a one-value sample (of an adaptive
+        solver, the first call's only: the others follow the model's outputs)."""
         x = np.zeros(1, dtype=np.float32)
         run = self._start(x, _no_noise(x))
         levels = []
         try:
-            _, sigma = next(run)
-            while True:
-                levels.append(sigma)
-                _, sigma = run.send(x)
+            levels.append(next(run)[1])
+            while not self.adaptive:
+                levels.append(run.send(x)[1])
         except StopIteration:
             pass
         return np.asarray(levels, dtype=np.float32)
@@ -179,10 +192,12 @@ class KDiffusionSampler(Scheduler):
         if self.keep is not None:
             denoised = self._blend(denoised)
         try:
-            x, _ = self._solver.send(denoised.astype(np.float32))
+            x, sigma = self._solver.send(denoised.astype(np.float32))
         except StopIteration as done:
             self._solver = None
             return done.value if self.keep is None else self._blend(done.value)
+        if self.adaptive and step_index + 1 == len(self.timesteps):
+            self._lay_out(sigma)
         return x
 
     def _blend(self, latents: np.ndarray) -> np.ndarray:
