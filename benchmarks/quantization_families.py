@@ -22,13 +22,13 @@ import numpy as np
 from benchmarks.quantization import change, component_mib
 from sdrt.benchmark import machine_info
 from sdrt.runtime.manifest import Manifest
-from sdrt.runtime.pipeline import Pipeline
 
 #: `sdrt export --random` names, one per family (sdrt.export.random_sources.RANDOM_MODELS).
 FAMILIES = ("tiny", "tiny-sdxl", "tiny-flux", "tiny-sd3", "tiny-chroma", "tiny-flux2-klein", "tiny-zimage")
 WEIGHTS = ("fp32", "int8", "int4")
 PROMPT = "an astronaut riding a horse on mars"
 STEPS, SEED = 4, 0
+SIDE = 128  # pixels: a few latent patches for every family, and little memory
 
 
 def export(name: str, weights: str, folder: Path) -> None:
@@ -39,9 +39,15 @@ def export(name: str, weights: str, folder: Path) -> None:
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
 
 
-def image(folder: Path) -> np.ndarray:
-    result = Pipeline.load(folder).generate(PROMPT, steps=STEPS, seed=SEED)
-    return np.asarray(result.images[0], dtype=np.float64)
+def image(folder: Path, scratch: Path) -> np.ndarray:
+    """One image, generated in its own process (each export's memory is freed with it)."""
+    from PIL import Image
+
+    out = scratch / f"{folder.name}.png"
+    command = [sys.executable, "-m", "sdrt.cli", "generate", PROMPT, "--model", str(folder), "--out", str(out)]
+    command += ["--steps", str(STEPS), "--seed", str(SEED), "--height", str(SIDE), "--width", str(SIDE), "--quiet"]
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    return np.asarray(Image.open(out), dtype=np.float64)
 
 
 def main() -> None:
@@ -56,7 +62,7 @@ def main() -> None:
         for weights in WEIGHTS:
             folder = arguments.work / f"{name}-{weights}"
             export(name, weights, folder)
-            picture = image(folder)
+            picture = image(folder, arguments.work)
             reference = picture if reference is None else reference
             quantized = {
                 component: {
@@ -84,7 +90,7 @@ def main() -> None:
                 flush=True,
             )
     if arguments.json:
-        report = {"machine": machine_info(), "steps": STEPS, "rows": rows}
+        report = {"machine": machine_info(), "steps": STEPS, "side": SIDE, "rows": rows}
         arguments.json.write_text(json.dumps(report, indent=2) + "\n")
 
 

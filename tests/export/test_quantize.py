@@ -156,48 +156,90 @@ def _block_step(weight: np.ndarray, bits: int) -> np.ndarray:
     return np.repeat(step, DEFAULT_WEIGHT_BLOCK, axis=0)[:k]
 
 
-def test_a_lora_merges_into_packed_weights_within_their_steps(int4_export, tiny_models, locon):
-    """Unpacked, merged and packed again at load time, each weight is within the two steps the
-    arithmetic allows of diffusers' fp32 merge (load_lora_weights + fuse_lora): the exported
-    weight is within one step s0 of the fp32 one, and packing (exported + delta) adds at most one
-    step of its new block, whose largest magnitude is at most the fused block's plus s0. The
-    unmerged weights break that bound (the test can fail); convolutions, kept fp32, merge exactly."""
+def _linear_and_conv_weights(model) -> dict[str, np.ndarray]:
+    """Module path -> weight (PEFT's wrapped `base_layer`s under the layer's own path)."""
     from torch.nn import Conv2d, Linear
 
+    return {
+        name.replace(".base_layer", "").removeprefix("text_model."): module.weight.detach().numpy().copy()
+        for name, module in model.named_modules()
+        if isinstance(module, (Linear, Conv2d))
+    }
+
+
+def assert_merged_within_steps(
+    export: Path, component: str, lora: Path, unmerged: dict, fused: dict, bits: int, denoiser: str = "unet"
+):
+    """Each packed weight sdrt merges `lora` into is within the two steps the arithmetic allows
+    of the fp32 merge `fused`: the exported weight is within one step s0 of the fp32 one, and
+    packing (exported + delta) adds at most one step of its new block, whose largest magnitude is
+    at most the fused block's plus s0. The unmerged weights must break that bound (so the check
+    can fail); weights kept fp32 (convolutions) merge exactly. Returns (packed, fp32) layers."""
     from sdrt.runtime.features.lora.files import read_lora
     from sdrt.runtime.features.lora.merge import LoraWeights, merged_tensors, resolve
     from sdrt.runtime.features.lora.weights_map import WeightsMap
     from sdrt.runtime.packed_weights import unpack
 
-    reference = diffusers_pipeline("StableDiffusionPipeline", tiny_models["standard"])
-
-    def layers() -> dict[str, np.ndarray]:
-        modules = reference.unet.named_modules()
-        return {n: m.weight.detach().numpy().copy() for n, m in modules if isinstance(m, (Linear, Conv2d))}
-
-    unmerged = layers()
-    reference.load_lora_weights(str(locon))
-    reference.fuse_lora(lora_scale=LORA_WEIGHT)
-    fused = {name.replace(".base_layer", ""): weight for name, weight in layers().items()}
-    manifest = Manifest.load(int4_export)
-    weights = WeightsMap.load(int4_export, "unet", manifest.components["unet"])
-    resolved = resolve(read_lora(locon), {"unet": weights})
-    merged = merged_tensors("unet", [(resolved, LoraWeights(LORA_WEIGHT, LORA_WEIGHT))], weights)
-    bits, checked, unmerged_outside, convolutions = WEIGHT_FORMATS["int4"], 0, 0, 0
-    for _, module in resolved.layers["unet"]:
+    specs = Manifest.load(export).components
+    maps = {name: WeightsMap.load(export, name, specs[name]) for name in {component, denoiser}}
+    weights = maps[component]
+    resolved = resolve(read_lora(lora), maps)
+    merged = merged_tensors(component, [(resolved, LoraWeights(LORA_WEIGHT, LORA_WEIGHT))], weights)
+    packed, kept = 0, 0
+    for _, module in resolved.layers[component]:
         mapped = weights.weights[module]
         truth = mapped.to_graph(fused[module])
         if mapped.packed is None:
             np.testing.assert_allclose(merged[mapped.initializer], truth, rtol=1e-5, atol=1e-6)
-            convolutions += 1
+            kept += 1
             continue
         got = unpack(mapped.packed, merged[mapped.packed.codes], merged[mapped.packed.scales])[0]
         s0 = _block_step(mapped.to_graph(unmerged[module]), bits)
         bound = s0 + (_block_step(truth, bits) + s0 / 2 ** (bits - 1)) + 1e-6
         assert np.all(np.abs(got - truth) <= bound), module
-        unmerged_outside += bool(np.any(np.abs(mapped.to_graph(unmerged[module]) - truth) > bound))
-        checked += 1
-    assert checked >= 40 and convolutions > 0 and unmerged_outside == checked
+        assert np.any(np.abs(mapped.to_graph(unmerged[module]) - truth) > bound), module
+        packed += 1
+    return packed, kept
+
+
+def test_a_lora_merges_into_packed_weights_within_their_steps(int4_export, tiny_models, locon):
+    """Against diffusers' load_lora_weights + fuse_lora in fp32 (assert_merged_within_steps)."""
+    reference = diffusers_pipeline("StableDiffusionPipeline", tiny_models["standard"])
+    unmerged = _linear_and_conv_weights(reference.unet)
+    reference.load_lora_weights(str(locon))
+    reference.fuse_lora(lora_scale=LORA_WEIGHT)
+    fused = _linear_and_conv_weights(reference.unet)
+    packed, kept = assert_merged_within_steps(int4_export, "unet", locon, unmerged, fused, WEIGHT_FORMATS["int4"])
+    assert packed >= 40 and kept > 0
+
+
+@pytest.mark.slow
+def test_a_lora_merges_into_a_quantized_flux_transformer_and_clip(tiny_flux, tmp_path):
+    """The same on FLUX.1 int8 (the transformer's Gemm layers packed too) with a PEFT LoRA of
+    every transformer Linear and CLIP's attention and MLP, then an image from it."""
+    from diffusers import FluxPipeline
+
+    from sdrt.runtime.pipeline import Pipeline
+    from tests.support.dit_lora_files import peft_lora
+
+    export = tmp_path / "flux-int8"
+    result = CliRunner().invoke(main, ["export", str(tiny_flux["dev"]), "--out", str(export), "--weights", "int8"])
+    assert result.exit_code == 0, result.output
+    reference = FluxPipeline.from_pretrained(tiny_flux["dev"])
+    lora = peft_lora(reference, tmp_path / "peft.safetensors", seed=1)
+    models = {"transformer": reference.transformer, "text_encoder": reference.text_encoder}
+    unmerged = {name: _linear_and_conv_weights(model) for name, model in models.items()}
+    reference.load_lora_weights(str(lora))
+    reference.fuse_lora(components=list(models), lora_scale=LORA_WEIGHT)
+    for name, model in models.items():
+        fused = _linear_and_conv_weights(model)
+        bits = WEIGHT_FORMATS["int8"]
+        packed, _ = assert_merged_within_steps(export, name, lora, unmerged[name], fused, bits, "transformer")
+        assert packed > 0
+    pipeline = Pipeline.load(export)
+    settings = dict(steps=1, seed=3, height=64, width=64)
+    with_lora = pipeline.generate("a cat", loras=[f"{lora}:{LORA_WEIGHT}"], **settings).array
+    assert np.abs(with_lora - pipeline.generate("a cat", **settings).array).max() > 10 * MAX_PIXEL_ERROR
 
 
 def test_a_lora_on_a_quantized_export_runs_the_packed_weights_it_merged(int4_export, locon, tmp_path):
