@@ -31,15 +31,20 @@ from pathlib import Path
 import numpy as np
 
 from sdrt.errors import SdrtError
-from sdrt.runtime.manifest import WEIGHT_BLOCKS, WEIGHT_FORMATS
+from sdrt.runtime.manifest import COMPONENT_NAMES, VAE_COMPONENTS, WEIGHT_BLOCKS, WEIGHT_FORMATS
+from sdrt.runtime.packed_weights import PackedLayout, unpack
 
-#: Components whose MatMul weights are quantized: the text encoders and the UNets (the VAE is
-#: nearly all convolutions).
-QUANTIZED_COMPONENTS = ("text_encoder", "text_encoder_2", "unet", "unet_shallow")
-QUANTIZED_OP, PLAIN_OP = "MatMulNBits", "MatMul"
+#: Components whose MatMul weights are quantized: every engine an export may have but the VAEs'
+#: (nearly all convolutions): the text encoders (CLIP, T5, Qwen3), UNets and transformers.
+QUANTIZED_COMPONENTS = tuple(name for name in COMPONENT_NAMES if name not in VAE_COMPONENTS)
+QUANTIZED_OP, PLAIN_OP, GEMM_OP = "MatMulNBits", "MatMul", "Gemm"
 #: Slack on the per-weight bound |W' - W| <= |s| for float32 rounding in the dequantization.
 FLOAT_SLACK = 1e-5
 QUANTIZER_LOGGER = "onnxruntime.quantization"
+#: Written in a component's work folder (staging/WORK_DIR/component): each packed weight's
+#: layout and the sha256 of the fp32 weight it was packed from, which the LoRA weights map
+#: (sdrt.export.weights_map) matches layers against, as it matches unpacked initializers.
+PACKED_SOURCES_FILE = "packed_sources.json"
 
 
 class QuantizationError(SdrtError):
@@ -88,23 +93,56 @@ def quantize_model(model, bits: int, block: int):
     return quantizer.model.model
 
 
-def dequantized(node, initializers: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """(weight [K, N] as the kernel sees it, |scale| per weight) of one MatMulNBits node, read
-    from its packed codes: N rows of ceil(K / block) blocks, codes packed low bits first."""
+def packed_layout(node) -> PackedLayout:
+    """Where and how one MatMulNBits node holds its weight."""
     attributes = {a.name: a.i for a in node.attribute}
-    k, n, bits, block = attributes["K"], attributes["N"], attributes["bits"], attributes["block_size"]
-    packed = initializers[node.input[1]]
-    blocks = packed.shape[1]
-    per_byte = 8 // bits
-    shifts = np.arange(per_byte, dtype=np.uint8) * bits
-    codes = ((packed[..., None] >> shifts) & ((1 << bits) - 1)).reshape(n, blocks, block)
-    scales = initializers[node.input[2]].reshape(n, blocks, 1).astype(np.float32)
     if len(node.input) > 3 and node.input[3]:
         raise QuantizationError(f"{node.name}: zero points are not expected in a symmetric quantization")
-    zero_point = 1 << (bits - 1)
-    weight = (codes.astype(np.float32) - zero_point) * scales
-    step = np.broadcast_to(np.abs(scales), weight.shape)
-    return weight.reshape(n, -1)[:, :k].T, step.reshape(n, -1)[:, :k].T
+    return PackedLayout(
+        node.input[1], node.input[2], attributes["K"], attributes["N"], attributes["bits"], attributes["block_size"]
+    )
+
+
+def dequantized(node, initializers: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(weight [K, N] as the kernel sees it, |scale| per weight) of one MatMulNBits node, read
+    from its packed codes (sdrt.runtime.packed_weights.unpack)."""
+    layout = packed_layout(node)
+    return unpack(layout, initializers[layout.codes], initializers[layout.scales])
+
+
+def gemms_as_matmuls(model) -> int:
+    """Rewrites each Gemm of a weight (a Linear on a 2-D input: the transformers' timestep and
+    modulation layers, up to a quarter of FLUX.1's weights) as MatMul + Add, in place, so that
+    the quantizer, which takes MatMuls only, packs it too; returns how many. Only the plain
+    form (alpha = beta = 1, A not transposed) is rewritten: it is the one torch exports."""
+    from onnx import helper, numpy_helper
+
+    weights = {t.name: t for t in model.graph.initializer}
+    nodes, rewritten, transposed = [], 0, set()
+    for node in model.graph.node:
+        attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        plain = attributes.get("alpha", 1.0) == 1.0 and attributes.get("beta", 1.0) == 1.0
+        if node.op_type != GEMM_OP or node.input[1] not in weights or attributes.get("transA", 0) or not plain:
+            nodes.append(node)
+            continue
+        weight = numpy_helper.to_array(weights[node.input[1]])
+        name = f"{node.input[1]}_kn" if attributes.get("transB", 0) else node.input[1]
+        if name not in weights:  # the weight as MatMul takes it, [in, out]
+            weights[name] = numpy_helper.from_array(np.ascontiguousarray(weight.T), name)
+            model.graph.initializer.append(weights[name])
+            transposed.add(node.input[1])
+        product = f"{node.output[0]}_matmul" if len(node.input) > 2 and node.input[2] else node.output[0]
+        nodes.append(helper.make_node(PLAIN_OP, [node.input[0], name], [product], name=f"{node.name}_matmul"))
+        if product != node.output[0]:
+            nodes.append(helper.make_node("Add", [product, node.input[2]], [node.output[0]], name=f"{node.name}_bias"))
+        rewritten += 1
+    used = {name for node in nodes for name in node.input}
+    kept = [t for t in model.graph.initializer if t.name in used or t.name not in transposed]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    return rewritten
 
 
 def _count(model, op: str) -> int:
@@ -117,6 +155,7 @@ def quantize_file(path: Path, bits: int, block: int) -> tuple[object, object, di
     from onnx import numpy_helper
 
     original = onnx.load_model(str(path), load_external_data=True)
+    gemms_as_matmuls(original)
     weights = {t.name: t for t in original.graph.initializer}
     by_output = {node.output[0]: node for node in original.graph.node if node.op_type == PLAIN_OP}
     quantized = quantize_model(onnx.ModelProto.FromString(original.SerializeToString()), bits, block)
@@ -154,6 +193,24 @@ def weight_errors(quantized, exported: dict[str, tuple[str, np.ndarray]]) -> tup
     return dequant, figures
 
 
+def _write_packed_sources(quantized, exported: dict[str, tuple[str, np.ndarray]], path: Path) -> None:
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    sources = {}
+    for node in quantized.graph.node:
+        if node.op_type == QUANTIZED_OP:
+            weight = np.ascontiguousarray(exported[node.name][1], dtype=np.float32)
+            layout = packed_layout(node)
+            sources[layout.codes] = {
+                "sha256": hashlib.sha256(weight.tobytes()).hexdigest(),
+                "shape": list(weight.shape),
+                "layout": asdict(layout),
+            }
+    path.write_text(json.dumps(sources), encoding="utf-8")
+
+
 def _run(component, path: Path, cases) -> list[list[np.ndarray]]:
     import onnxruntime as ort
 
@@ -182,6 +239,7 @@ def quantize_and_validate(
     bits = WEIGHT_FORMATS[weights]
     original, quantized, exported = quantize_file(final, bits, block)
     dequant, figures = weight_errors(quantized, exported)
+    _write_packed_sources(quantized, exported, work / PACKED_SOURCES_FILE)
     reference = work / "dequantized.onnx"
     for tensor in original.graph.initializer:
         if tensor.name in dequant:

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sdrt.export.quantize import PACKED_SOURCES_FILE
+from sdrt.export.staging import WORK_DIR
 from sdrt.runtime.features.lora.weights_map import (
     TEXT_MODEL_PREFIX,
     TRANSFORMS,
@@ -25,6 +27,7 @@ from sdrt.runtime.features.lora.weights_map import (
     WEIGHTS_MAP_FORMAT,
     applicable_transforms,
 )
+from sdrt.runtime.files.json_files import read_json
 from sdrt.runtime.files.onnx_weights import initializers
 
 
@@ -94,17 +97,28 @@ def _ldm_namer(unet):
     return name
 
 
-def write_weights_map(onnx_file: Path, prints: Fingerprints, component: str) -> tuple[Path, list[str]]:
+def write_weights_map(
+    onnx_file: Path, prints: Fingerprints, component: str, packed: dict[str, dict] | None = None
+) -> tuple[Path, list[str]]:
     """Matches the graph's initializers to the fingerprints and writes WEIGHTS_MAP_FILE beside
-    `onnx_file`; returns the file and the layers left unmapped."""
+    `onnx_file`; returns the file and the layers left unmapped. `packed`: the packed weights of a
+    quantized graph by their codes' initializer, each with the digest and shape of the fp32
+    weight it was packed from (sdrt.export.quantize.PACKED_SOURCES_FILE); a layer matched to
+    one gets its layout in the map (`packed`), and LoRAs are merged into it unpacked, then packed
+    again (sdrt.runtime.features.lora.merge)."""
+    packed = packed or {}
+    candidates = [
+        (t.name, t.shape, _digest(t.read())) for t in initializers(onnx_file).values() if t.name not in packed
+    ]
+    candidates += [(name, tuple(entry["shape"]), entry["sha256"]) for name, entry in packed.items()]
     by_layer: dict[str, list[tuple[str, str]]] = {}
     claimed: dict[str, int] = {}
-    for tensor in initializers(onnx_file).values():
-        for module, transform, shape in prints.digests.get(_digest(tensor.read()), ()):
-            if shape != tensor.shape:
+    for name, stored_shape, digest in candidates:
+        for module, transform, shape in prints.digests.get(digest, ()):
+            if shape != stored_shape:
                 continue
-            by_layer.setdefault(module, []).append((tensor.name, transform))
-            claimed[tensor.name] = claimed.get(tensor.name, 0) + 1
+            by_layer.setdefault(module, []).append((name, transform))
+            claimed[name] = claimed.get(name, 0) + 1
     modules, unmapped = {}, []
     for module, shape in prints.shapes.items():
         found = by_layer.get(module, [])
@@ -115,6 +129,8 @@ def write_weights_map(onnx_file: Path, prints: Fingerprints, component: str) -> 
             continue
         initializer, transform = found[0]
         modules[module] = {"initializer": initializer, "transform": transform, "shape": list(shape)}
+        if initializer in packed:
+            modules[module]["packed"] = packed[initializer]["layout"]
         if prints.ldm.get(module):
             modules[module]["ldm"] = prints.ldm[module]
     path = onnx_file.with_name(WEIGHTS_MAP_FILE)
@@ -125,8 +141,8 @@ def write_weights_map(onnx_file: Path, prints: Fingerprints, component: str) -> 
 
 def lora_fingerprints(component, options) -> Fingerprints | None:
     """The fingerprints of a component's LoRA layers, taken before it is traced (None: the
-    component takes no LoRA, or its weights are quantized, which a LoRA cannot be merged into)."""
-    if component.lora_model is None or options.quantizes(component.name):
+    component takes no LoRA)."""
+    if component.lora_model is None:
         return None
     return fingerprint(component.lora_model, component.name, options.precision_of(component.name) == "fp16")
 
@@ -138,7 +154,9 @@ def record_weights_map(
     layers it maps; returns its path in the folder, "" without fingerprints."""
     if prints is None:
         return ""
-    map_file, unmapped = write_weights_map(final, prints, component)
+    sources = staging / WORK_DIR / component / PACKED_SOURCES_FILE  # written by a quantized export
+    packed = read_json(sources, kind=dict) if sources.is_file() else None
+    map_file, unmapped = write_weights_map(final, prints, component, packed)
     files.append(map_file)
     shown = ", ".join(unmapped[:3]) + (", ..." if len(unmapped) > 3 else "")
     progress(

@@ -73,6 +73,8 @@ DOWN_RESIDUAL_PREFIX, MID_RESIDUAL = "down_block_residual_", "mid_block_residual
 CONTROL_IMAGE = "controlnet_cond"  # a ControlNet's conditioning image, [0, 1] RGB at the image's size
 #: A tiny VAE's decoder (AutoencoderTiny), exported beside the full one (sdrt.export.tiny_vae).
 TINY_VAE_DECODER, TINY_VAE_ENCODER = "vae_decoder_tiny", "vae_encoder_tiny"
+#: The VAEs' engines (the full one's and the tiny one's), nearly all convolutions.
+VAE_COMPONENTS = ("vae_decoder", "vae_encoder", TINY_VAE_DECODER, TINY_VAE_ENCODER)
 #: FLUX.1 (sdrt.runtime.families.flux): the denoiser, its inputs besides the text context, and dims.
 TRANSFORMER = "transformer"
 HIDDEN_STATES, POOLED_PROJECTIONS, IMG_IDS, TXT_IDS, GUIDANCE = (

@@ -22,6 +22,7 @@ from sdrt.export.quantize import (
 from sdrt.export.validation import RELATIVE_TOLERANCE
 from sdrt.runtime.manifest import DEFAULT_WEIGHT_BLOCK, SCHEMA_PATH, WEIGHT_FORMATS, Manifest
 from tests.conftest import diffusers_pipeline
+from tests.support.images import MAX_PIXEL_ERROR
 from tests.support.lora_files import kohya_lora
 
 QUANTIZED = ("text_encoder", "unet")
@@ -136,24 +137,163 @@ def test_bad_weights_options_are_one_clear_line(tiny_models, tmp_path):
         ExportOptions(weights="int8", weight_block=3)
 
 
-def test_lora_on_a_quantized_export_is_refused_by_name(int4_export, tiny_models, tmp_path):
-    reference = diffusers_pipeline("StableDiffusionPipeline", tiny_models["standard"])
-    lora = kohya_lora(reference, tmp_path / "kohya.safetensors", seed=1)
-    arguments = ["generate", "a cat", "--model", str(int4_export), *GENERATE, "--out", str(tmp_path / "o.png")]
-    result = CliRunner().invoke(main, [*arguments, "--lora", str(lora)])
-    lines = result.output.strip().splitlines()
-    assert result.exit_code == 2 and len(lines) == 1, result.output
-    assert "int4 weights" in lines[0] and "re-export without --weights" in lines[0]
+LORA_WEIGHT = 0.7
 
-    from fastapi.testclient import TestClient
+
+@pytest.fixture(scope="module")
+def locon(tiny_models, tmp_path_factory) -> Path:
+    reference = diffusers_pipeline("StableDiffusionPipeline", tiny_models["standard"])
+    return kohya_lora(reference, tmp_path_factory.mktemp("lora") / "locon.safetensors", seed=2, conv=True)
+
+
+def _block_step(weight: np.ndarray, bits: int) -> np.ndarray:
+    """Per weight [K, N]: its block's (blocks of DEFAULT_WEIGHT_BLOCK along K) largest magnitude
+    over 2^(bits-1), the quantization step of a symmetric block."""
+    k, n = weight.shape
+    padded = np.zeros((-(-k // DEFAULT_WEIGHT_BLOCK) * DEFAULT_WEIGHT_BLOCK, n), np.float32)
+    padded[:k] = np.abs(weight)
+    step = padded.reshape(-1, DEFAULT_WEIGHT_BLOCK, n).max(axis=1) / 2 ** (bits - 1)
+    return np.repeat(step, DEFAULT_WEIGHT_BLOCK, axis=0)[:k]
+
+
+def _linear_and_conv_weights(model) -> dict[str, np.ndarray]:
+    """Module path -> weight (PEFT's wrapped `base_layer`s under the layer's own path)."""
+    from torch.nn import Conv2d, Linear
+
+    return {
+        name.replace(".base_layer", "").removeprefix("text_model."): module.weight.detach().numpy().copy()
+        for name, module in model.named_modules()
+        if isinstance(module, (Linear, Conv2d))
+    }
+
+
+def assert_merged_within_steps(
+    export: Path, component: str, lora: Path, unmerged: dict, fused: dict, bits: int, denoiser: str = "unet"
+):
+    """Each packed weight sdrt merges `lora` into is within the two steps the arithmetic allows
+    of the fp32 merge `fused`: the exported weight is within one step s0 of the fp32 one, and
+    packing (exported + delta) adds at most one step of its new block, whose largest magnitude is
+    at most the fused block's plus s0. The unmerged weights must break that bound (so the check
+    can fail); weights kept fp32 (convolutions) merge exactly. Returns (packed, fp32) layers."""
+    from sdrt.runtime.features.lora.files import read_lora
+    from sdrt.runtime.features.lora.merge import LoraWeights, merged_tensors, resolve
+    from sdrt.runtime.features.lora.weights_map import WeightsMap
+    from sdrt.runtime.packed_weights import unpack
+
+    specs = Manifest.load(export).components
+    maps = {name: WeightsMap.load(export, name, specs[name]) for name in {component, denoiser}}
+    weights = maps[component]
+    resolved = resolve(read_lora(lora), maps)
+    merged = merged_tensors(component, [(resolved, LoraWeights(LORA_WEIGHT, LORA_WEIGHT))], weights)
+    packed, kept = 0, 0
+    for _, module in resolved.layers[component]:
+        mapped = weights.weights[module]
+        truth = mapped.to_graph(fused[module])
+        if mapped.packed is None:
+            np.testing.assert_allclose(merged[mapped.initializer], truth, rtol=1e-5, atol=1e-6)
+            kept += 1
+            continue
+        got = unpack(mapped.packed, merged[mapped.packed.codes], merged[mapped.packed.scales])[0]
+        s0 = _block_step(mapped.to_graph(unmerged[module]), bits)
+        bound = s0 + (_block_step(truth, bits) + s0 / 2 ** (bits - 1)) + 1e-6
+        assert np.all(np.abs(got - truth) <= bound), module
+        assert np.any(np.abs(mapped.to_graph(unmerged[module]) - truth) > bound), module
+        packed += 1
+    return packed, kept
+
+
+def test_a_lora_merges_into_packed_weights_within_their_steps(int4_export, tiny_models, locon):
+    """Against diffusers' load_lora_weights + fuse_lora in fp32 (assert_merged_within_steps)."""
+    reference = diffusers_pipeline("StableDiffusionPipeline", tiny_models["standard"])
+    unmerged = _linear_and_conv_weights(reference.unet)
+    reference.load_lora_weights(str(locon))
+    reference.fuse_lora(lora_scale=LORA_WEIGHT)
+    fused = _linear_and_conv_weights(reference.unet)
+    packed, kept = assert_merged_within_steps(int4_export, "unet", locon, unmerged, fused, WEIGHT_FORMATS["int4"])
+    assert packed >= 40 and kept > 0
+
+
+@pytest.mark.slow
+def test_a_lora_merges_into_a_quantized_flux_transformer_and_clip(tiny_flux, tmp_path):
+    """The same on FLUX.1 int8 (the transformer's Gemm layers packed too) with a PEFT LoRA of
+    every transformer Linear and CLIP's attention and MLP, then an image from it."""
+    from diffusers import FluxPipeline
 
     from sdrt.runtime.pipeline import Pipeline
-    from sdrt.serve.app import create_app
+    from tests.support.dit_lora_files import peft_lora
 
-    with TestClient(create_app(Pipeline.load(int4_export, lora_dir=tmp_path))) as client:
-        body = {"prompt": "a cat <lora:kohya:0.7>", "steps": 1, "width": 64, "height": 64}
-        refused = client.post("/sdapi/v1/txt2img", json=body)
-    error = refused.json()["error"]  # the tag came in the prompt: the field named is the prompt
-    assert (
-        refused.status_code == 400 and error["param"] == "prompt" and "re-export without --weights" in error["message"]
+    export = tmp_path / "flux-int8"
+    result = CliRunner().invoke(main, ["export", str(tiny_flux["dev"]), "--out", str(export), "--weights", "int8"])
+    assert result.exit_code == 0, result.output
+    reference = FluxPipeline.from_pretrained(tiny_flux["dev"])
+    lora = peft_lora(reference, tmp_path / "peft.safetensors", seed=1)
+    models = {"transformer": reference.transformer, "text_encoder": reference.text_encoder}
+    unmerged = {name: _linear_and_conv_weights(model) for name, model in models.items()}
+    reference.load_lora_weights(str(lora))
+    reference.fuse_lora(components=list(models), lora_scale=LORA_WEIGHT)
+    for name, model in models.items():
+        fused = _linear_and_conv_weights(model)
+        bits = WEIGHT_FORMATS["int8"]
+        packed, _ = assert_merged_within_steps(export, name, lora, unmerged[name], fused, bits, "transformer")
+        assert packed > 0
+    pipeline = Pipeline.load(export)
+    settings = dict(steps=1, seed=3, height=64, width=64)
+    with_lora = pipeline.generate("a cat", loras=[f"{lora}:{LORA_WEIGHT}"], **settings).array
+    assert np.abs(with_lora - pipeline.generate("a cat", **settings).array).max() > 10 * MAX_PIXEL_ERROR
+
+
+def test_a_lora_on_a_quantized_export_runs_the_packed_weights_it_merged(int4_export, locon, tmp_path):
+    """The engine ONNX Runtime builds with the merged codes and scales as initializer overrides
+    (from the optimized-graph cache and without it) computes what a graph holding them does; a
+    LoRA then changes the image, and weight 0 gives the base image exactly."""
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from sdrt.runtime.engines.onnxruntime import open_session
+    from sdrt.runtime.features.lora.files import read_lora
+    from sdrt.runtime.features.lora.merge import LoraWeights, merged_tensors, resolve
+    from sdrt.runtime.features.lora.weights_map import WeightsMap
+    from sdrt.runtime.pipeline import Pipeline
+
+    manifest = Manifest.load(int4_export)
+    spec = manifest.components["unet"]
+    weights = WeightsMap.load(int4_export, "unet", spec)
+    merged = merged_tensors(
+        "unet", [(resolve(read_lora(locon), {"unet": weights}), LoraWeights(LORA_WEIGHT, LORA_WEIGHT))], weights
     )
+    graph = onnx.load_model(str(int4_export / spec.file))
+    for tensor in graph.graph.initializer:
+        if tensor.name in merged:
+            tensor.CopyFrom(numpy_helper.from_array(merged[tensor.name], tensor.name))
+    written = tmp_path / "merged.onnx"
+    onnx.save_model(graph, str(written))
+    rng = np.random.default_rng(0)
+    feeds = {
+        "sample": rng.standard_normal((2, 4, 8, 8), np.float32),
+        "timestep": np.array([500.0], np.float32),
+        "encoder_hidden_states": rng.standard_normal((2, 77, 32), np.float32),
+    }
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    expected = ort.InferenceSession(str(written), options, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    for with_spec in (spec, None):  # the cached optimized graph, then the exported one
+        session = open_session(int4_export / spec.file, spec=with_spec, weights=merged)
+        got = session.run(None, feeds)[0]
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * float(np.abs(expected).max()))
+
+    pipeline = Pipeline.load(int4_export)
+    settings = dict(steps=1, seed=3, height=64, width=64)
+    base = pipeline.generate("a cat", **settings).array
+    with_lora = pipeline.generate("a cat", loras=[f"{locon}:{LORA_WEIGHT}"], **settings).array
+    without = pipeline.generate("a cat", loras=[f"{locon}:0"], **settings).array
+    assert np.array_equal(base, without) and np.abs(with_lora - base).max() > 10 * MAX_PIXEL_ERROR
+
+
+def test_an_old_quantized_export_without_a_map_is_refused_by_name(int4_export, tmp_path):
+    from dataclasses import replace
+
+    from sdrt.runtime.features.lora.weights_map import LoraError, WeightsMap
+
+    spec = replace(Manifest.load(int4_export).components["unet"], weights_map="")
+    with pytest.raises(LoraError, match="int4 weights in its unet and no LoRA weights map.*re-export"):
+        WeightsMap.load(int4_export, "unet", spec)

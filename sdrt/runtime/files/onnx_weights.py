@@ -31,6 +31,7 @@ DATA_TYPES = {
     11: np.dtype(np.float64),
     6: np.dtype(np.int32),
     7: np.dtype(np.int64),
+    2: np.dtype(np.uint8),  # MatMulNBits' packed codes (sdrt export --weights)
 }
 
 

@@ -108,10 +108,7 @@ def merged_tensors(
             for layer, module in resolved.layers.get(component, ()):
                 delta = layer.delta(weights.weights[module].shape) * scale
                 deltas[module] = deltas[module] + delta if module in deltas else delta
-    merged = {}
+    merged: dict[str, np.ndarray] = {}
     for module, delta in deltas.items():
-        mapped = weights.weights[module]
-        base = weights.pristine(mapped.initializer)
-        with np.errstate(over="ignore", invalid="ignore"):  # inf deltas: reported as above
-            merged[mapped.initializer] = (base.astype(np.float32) + mapped.to_graph(delta)).astype(base.dtype)
+        merged.update(weights.merged(weights.weights[module], delta))
     return merged

@@ -21,6 +21,7 @@ from sdrt.errors import GenerationError
 from sdrt.runtime.files.json_files import read_json
 from sdrt.runtime.files.onnx_weights import StoredTensor, initializers
 from sdrt.runtime.manifest import TRANSFORMER, UNET, ComponentSpec
+from sdrt.runtime.packed_weights import PackedLayout, pack, unpack
 
 WEIGHTS_MAP_FILE = "weights_map.json"
 WEIGHTS_MAP_FORMAT = 1
@@ -69,6 +70,7 @@ class MappedWeight:
     initializer: str
     transform: str
     shape: tuple[int, ...]  # the layer's weight in PyTorch layout (what a LoRA's delta has)
+    packed: PackedLayout | None = None  # a quantized export's MatMulNBits weight (sdrt.runtime.packed_weights)
 
     def to_graph(self, delta: np.ndarray) -> np.ndarray:
         return TRANSFORMS[self.transform](delta)
@@ -98,10 +100,11 @@ class WeightsMap:
 
     @classmethod
     def load(cls, folder: Path, component: str, spec: ComponentSpec) -> WeightsMap:
-        if spec.quantization is not None:
+        if spec.quantization is not None and not spec.weights_map:
             raise LoraError(
                 f"this export of {folder.name} has {spec.quantization.weights} weights in its {component} "
-                "(sdrt export --weights), which a LoRA cannot be merged into; re-export without --weights to use LoRA"
+                "and no LoRA weights map (it was made before sdrt merged LoRAs into quantized weights); "
+                "re-export the model to use LoRA"
             )
         if not spec.weights_map:
             raise LoraError(
@@ -116,7 +119,10 @@ class WeightsMap:
             )
         weights, aliases = {}, {}
         for module, entry in data["modules"].items():
-            weights[module] = MappedWeight(module, entry["initializer"], entry["transform"], tuple(entry["shape"]))
+            packed = PackedLayout(**entry["packed"]) if entry.get("packed") else None
+            weights[module] = MappedWeight(
+                module, entry["initializer"], entry["transform"], tuple(entry["shape"]), packed
+            )
             if entry.get("ldm"):
                 aliases[module] = entry["ldm"]
         return cls(component, folder / spec.file, weights, aliases)
@@ -139,3 +145,18 @@ class WeightsMap:
                     )
                 self._pristine[initializer] = self._stored[initializer].read()
             return self._pristine[initializer]
+
+    def merged(self, mapped: MappedWeight, delta: np.ndarray) -> dict[str, np.ndarray]:
+        """The initializers of one layer with `delta` (PyTorch layout, fp32) added to its pristine
+        weight. A packed weight is unpacked, added to and packed again as the export packs it:
+        each weight then lies within one step of its new block of (exported weight + delta),
+        the exported weight being itself within one step of the fp32 one (docs/quantization.md)."""
+        with np.errstate(over="ignore", invalid="ignore"):  # inf deltas: the decoded image's NaN check reports them
+            if mapped.packed is None:
+                base = self.pristine(mapped.initializer)
+                return {mapped.initializer: (base.astype(np.float32) + mapped.to_graph(delta)).astype(base.dtype)}
+            layout = mapped.packed
+            codes, scales = self.pristine(layout.codes), self.pristine(layout.scales)
+            weight = unpack(layout, codes, scales)[0] + mapped.to_graph(delta)
+        new_codes, new_scales = pack(layout, weight, codes.shape, scales.shape)
+        return {layout.codes: new_codes, layout.scales: new_scales.astype(scales.dtype)}
