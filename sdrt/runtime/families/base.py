@@ -99,6 +99,9 @@ class Family:
     controlnet_family: ClassVar[str | None] = None
     #: The components a LoRA can change, with a weights map in the export (sdrt.runtime.features.lora).
     lora_components: ClassVar[tuple[str, ...]] = (UNET, CLIP_TEXT_ENCODER, "text_encoder_2")
+    #: Whose BFL layer names a kohya / ai-toolkit LoRA of this family uses (the tables of
+    #: sdrt.runtime.features.lora.flux2_formats.BFL_LAYOUTS); FLUX.1's unless the family differs.
+    lora_bfl_layout: ClassVar[str] = "flux1"
 
     def text_encoders(self, manifest: Manifest) -> list[tuple[str, str]]:
         """(text encoder component, tokenizer folder) pairs, in concatenation order."""

@@ -44,6 +44,8 @@ class Flux2(Flux):
     text_encoder_roles = ("qwen3",)
     #: Flux2KleinPipeline.load_lora_weights (Flux2LoraLoaderMixin) changes the transformer only.
     lora_components = (TRANSFORMER,)
+    #: FLUX.2's own BFL names (Flux2LoraLoaderMixin's converters: ff.linear_in, to_qkv_mlp_proj, ...).
+    lora_bfl_layout = "flux2"
 
     def text_encoders(self, manifest: Manifest) -> list[tuple[str, str]]:
         spec = _flux2(manifest)
