@@ -128,6 +128,12 @@ class Family:
         (FLUX.2 takes its first reference image's); by default left as they are."""
         return height, width
 
+    def reference_tokens(self, manifest: Manifest, image_tokens: tuple[int, int, int]) -> tuple[int, int, int]:
+        """The (min, opt, max) tokens of reference images a denoiser call carries beside the
+        generated image's, whose own are `image_tokens`: what a TensorRT profile's image-token
+        range adds (sdrt.runtime.engines.tensorrt.plan). None for a family that edits no reference."""
+        return 0, 0, 0
+
     def export_cfg_scale(self, request: GenerationRequest, manifest: Manifest) -> float:
         """The CFG scale a request runs with on this export (ResolvedRequest.cfg_scale): the
         family's cfg_scale, unless the export says more (FLUX.2's distilled models)."""

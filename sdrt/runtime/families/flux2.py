@@ -93,6 +93,15 @@ class Flux2(Flux):
             raise GenerationError("this export has no vae_encoder; re-export the model to use reference images", PARAM)
         return [ReferenceImages(encoder, open_references(sources), pipeline.manifest.vae_scale_factor)]
 
+    def reference_tokens(self, manifest: Manifest, image_tokens: tuple[int, int, int]) -> tuple[int, int, int]:
+        """Up to MAX_REFERENCES references, each at most the native area (larger ones are resized
+        to it: sdrt.runtime.features.references), whatever the image's size; none at min and opt."""
+        from sdrt.runtime.features.references import MAX_REFERENCES
+
+        factor = manifest.vae_scale_factor  # one token a latent pixel (the VAE graph patchifies)
+        native = (manifest.native_height // factor) * (manifest.native_width // factor)
+        return 0, 0, MAX_REFERENCES * native
+
     # FLUX.1's answers read its flux section, which a FLUX.2 manifest does not have: klein has no
     # guidance input (its guidance is real CFG), no Fill channels, and its reference images are
     # step hooks, not a mode of the loop as Kontext's.
