@@ -48,7 +48,7 @@ from sdrt.serve.a1111_routes import add_a1111_routes
 from sdrt.serve.a1111_schemas import A1111Img2ImgRequest, A1111Txt2ImgRequest
 from sdrt.serve.catalog import ModelCatalog
 from sdrt.serve.comfy.routes import add_comfy_routes
-from sdrt.serve.family_guidance import a1111_guidance, edits_reference, served_manifest
+from sdrt.serve.family_guidance import a1111_guidance, a1111_references, edits_reference, served_family, served_manifest
 from sdrt.serve.middleware import BodyLimit, Guard
 from sdrt.serve.openai_routes import add_openai_routes
 from sdrt.serve.playground import add_playground
@@ -196,6 +196,7 @@ def create_app(pipeline, settings: ServeSettings | None = None, catalog: ModelCa
         )
         if image is not None and edits_reference(service.pipeline, model):
             strength = None  # FLUX.1 Kontext edits its reference whole; A1111 clients send a strength always
+        references, image, strength = a1111_references(served_family(service.pipeline, model), body, image, strength)
         generation = GenerationRequest(
             prompt,
             negative_prompt=negative or None,
@@ -209,6 +210,7 @@ def create_app(pipeline, settings: ServeSettings | None = None, catalog: ModelCa
             sampler=sampler,
             schedule=schedule,
             init_image=image,
+            reference_images=references,
             mask_image=mask,
             mask_options=mask_options,
             strength=strength,

@@ -35,6 +35,23 @@ def edits_reference(pipeline, model: Path | None) -> bool:
     return manifest.flux is not None and manifest.flux.kontext
 
 
+def a1111_references(family, body, image, strength) -> tuple[list | None, object, float | None]:
+    """(reference_images, init image, strength) of an A1111 request. FLUX.2 [klein] edits from
+    reference images (Flux2KleinPipeline takes `image` as references and has no image-to-image),
+    so img2img's init_images, all of them in order, are its references, with no start image and
+    no strength; a mask is refused naming the field (it does not inpaint). Others: as given."""
+    if image is None or "reference_images" not in family.features:
+        return None, image, strength
+    from sdrt.serve.a1111 import decode_image
+    from sdrt.serve.schemas import RequestError
+
+    if getattr(body, "mask", None):
+        raise RequestError(
+            400, f"mask: a {family.display_name} model edits from reference images; it takes no mask", "mask"
+        )
+    return [decode_image(data, "init_images") for data in body.init_images], None, None
+
+
 def a1111_guidance(manifest: Manifest, cfg_scale: float, distilled: float | None, negative: str | None):
     """(guidance_scale, true_cfg_scale) for A1111's cfg_scale and Forge's distilled_cfg_scale."""
     family = manifest.model_family

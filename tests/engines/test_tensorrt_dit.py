@@ -16,6 +16,7 @@ import fake_tensorrt
 from sdrt.cli import main
 from sdrt.errors import SdrtError
 from sdrt.runtime.engines.tensorrt.plan import plan_profile
+from sdrt.runtime.features.references import MAX_REFERENCES
 from sdrt.runtime.manifest import (
     BATCH,
     HEIGHT,
@@ -94,12 +95,18 @@ def test_transformer_profiles_follow_the_manifest(exported_flux, exported_sd3):
     assert hidden["hidden_states"][2][:2] == [8, 16]  # guided batch 4 at the largest image
 
 
+#: A klein reference larger than 1024 x 1024 pixels is resized to that area (Flux2KleinPipeline's
+#: _resize_to_target_area), and one token is 16 x 16 pixels (8x VAE, 2x2 patchified): 4096 at most.
+KLEIN_REFERENCE_TOKENS = (1024 // 16) ** 2
+
+
 #: Each newer family's image-token axis at the (min, opt, max) sizes: Chroma's are FLUX's 2x2
 #: latent patches (8x VAE); klein's VAE graph patchifies (16x, one token a latent pixel); Z-Image's
 #: 4, 12 and 16 patches each pad to one 32-slot multiple. Their text axes keep the export's range.
+#: klein's largest also holds its references (test_reference_tokens_widen_the_image_token_profiles).
 IMAGE_AXES = {
     "chroma": ("image_tokens", (4, 12, 16)),
-    "flux2": ("image_tokens", (4, 12, 16)),
+    "flux2": ("image_tokens", (4, 12, 16 + MAX_REFERENCES * KLEIN_REFERENCE_TOKENS)),
     "zimage": ("image_slots", (32, 32, 32)),
 }
 
@@ -118,6 +125,49 @@ def test_newer_dit_profiles_follow_the_manifest(request, family):
     if family == "zimage":  # the export's largest image: its slots are the export's most
         native = plan_profile(manifest).dims[axis]
         assert native[2] == manifest.dims[axis].max and native[0] == manifest.dims[axis].multiple
+
+
+def test_reference_tokens_widen_the_image_token_profiles(request, exported_flux_kontext):
+    """The image-token range a TensorRT profile gives the transformer covers the references its
+    edits join to the image's tokens: Kontext's one (at most the largest image's, the opt one at
+    opt), klein's up to four of at most 1024 x 1024 pixels each whatever the image's size; none
+    at min (the smallest image, a reference smaller still). Within the export's own range."""
+    image = (4, 12, 16)  # 32x32, 64x48, 64x64 in 2x2 patches of 8x latents (FLUX.1) / 16x (klein)
+    kontext = plan_profile(Manifest.load(exported_flux_kontext), min_size=MIN, opt_size=OPT, max_size=MAX)
+    assert kontext.dims["image_tokens"] == (image[0], 2 * image[1], 2 * image[2])
+    klein = Manifest.load(export_of(request, "flux2"))
+    widened = plan_profile(klein, min_size=MIN, opt_size=OPT, max_size=MAX).dims["image_tokens"]
+    assert widened == (*image[:2], image[2] + MAX_REFERENCES * KLEIN_REFERENCE_TOKENS)
+    largest = plan_profile(klein).dims["image_tokens"]  # the export's largest image and four references
+    side = klein.dims[HEIGHT].max // klein.vae_scale_factor
+    assert largest[2] == side * side + MAX_REFERENCES * KLEIN_REFERENCE_TOKENS <= klein.dims["image_tokens"].max
+
+
+@pytest.mark.slow  # two fake builds and four edits
+def test_klein_and_kontext_engines_take_reference_images(request, exported_flux_kontext, monkeypatch, tmp_path):
+    """Built through the strict fake, each runs an edit with its reference(s) equal to the CPU path.
+    The references are within the built size range: the VAE encoder encodes each at its own size,
+    and its engine takes the profile's sizes only."""
+    from PIL import Image
+
+    stats = fake_tensorrt.install(monkeypatch)
+    pixels = np.random.default_rng(4).random((64, 64, 3))
+    reference = Image.fromarray((pixels * 255).astype(np.uint8))
+    cases = {
+        "kontext": (exported_flux_kontext, {"init_image": reference.resize((48, 64))}),
+        "flux2": (export_of(request, "flux2"), {"reference_images": [reference, reference.rotate(90)]}),
+    }
+    for name, (source, edit) in cases.items():
+        folder = tmp_path / name
+        shutil.copytree(source, folder, ignore=shutil.ignore_patterns("tensorrt"))
+        result = CliRunner().invoke(main, ["build", str(folder), *SIZE_ARGS])
+        assert result.exit_code == 0, result.output
+        settings = {"steps": 2, "seed": 5, "height": 64, "width": 48, **edit}
+        expected = Pipeline.load(folder).generate("a red fox", **settings).array
+        got = Pipeline.load(folder, backend="tensorrt").generate("a red fox", **settings).array
+        assert expected.std() > 0.01, name
+        np.testing.assert_allclose(got, expected, atol=1e-5, err_msg=name)
+    assert stats.executions[TRANSFORMER] >= 4
 
 
 def test_dit_builds_and_images_equal_the_cpu_path(dit, monkeypatch):

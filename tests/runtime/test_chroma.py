@@ -122,31 +122,6 @@ def test_inpainting_equals_chroma_inpaint_pipeline(tiny_chroma, chroma):
     assert np.abs(plain.array - got.array)[:8].max() > 0.02
 
 
-def test_sdrt_generate_runs_chroma_without_torch_and_equals_diffusers(tiny_chroma, exported_chroma, chroma, tmp_path):
-    """No --guidance: Chroma's own default (5.0, ChromaPipeline's), the negative prompt given."""
-    import subprocess
-    import sys
-
-    from PIL import Image
-
-    from tests.support.images import MAX_PIXEL_ERROR
-
-    out = tmp_path / "fox.png"
-    arguments = [
-        "generate", PROMPT, "--model", str(exported_chroma), "--steps", str(STEPS), "--seed", "6",
-        "--negative-prompt", "blurry", "--height", str(SIZE["height"]), "--width", str(SIZE["width"]),
-        "--out", str(out), "--quiet",
-    ]  # fmt: skip
-    code = f"from sdrt.cli import main\nmain({arguments!r}, standalone_mode=False)\n"
-    no_heavy = Path(__file__).parent.parent / "no_heavy_imports.py"
-    completed = subprocess.run([sys.executable, str(no_heavy), code], capture_output=True, text=True)
-    assert completed.returncode == 0, completed.stderr
-    written = np.asarray(Image.open(out).convert("RGB"), dtype=np.float32) / 255
-    expected = _diffusers_image(tiny_chroma, chroma, 6, prompt=PROMPT, negative_prompt="blurry")[0]
-    assert np.abs(written - expected).max() <= MAX_PIXEL_ERROR + 0.5 / 255  # 8-bit rounding on top
-    assert "CFG scale: 5" in Image.open(out).info["parameters"]
-
-
 def test_sdrt_info_shows_chroma(exported_chroma):
     from click.testing import CliRunner
 

@@ -21,7 +21,6 @@ from tests.support.images import assert_same_image
 PROMPT = "a red fox in a snowy forest at dawn"
 SIZE = {"height": 64, "width": 48}
 STEPS = 2
-NO_HEAVY_IMPORTS = Path(__file__).parent.parent / "no_heavy_imports.py"
 
 
 @pytest.fixture(scope="module")
@@ -188,35 +187,6 @@ def test_bad_reference_images_are_one_error_naming_the_field(klein):
         with pytest.raises(GenerationError) as error:
             klein.generate(PROMPT, steps=1, seed=0, reference_images=references, **SIZE)
         assert error.value.param == "reference_images", references
-
-
-@pytest.mark.slow  # 6 s of CPU: a fresh process loads the export
-def test_sdrt_generate_runs_klein_without_torch_and_equals_diffusers(tiny_flux2_klein, exported_flux2_klein, klein):
-    """No --guidance: the family's default (4.0, Flux2KleinPipeline's), with a reference image;
-    the PNG parameters record the reference count."""
-    import subprocess
-    import sys
-
-    from PIL import Image
-
-    from tests.support.images import MAX_PIXEL_ERROR
-
-    folder = exported_flux2_klein.parent
-    reference, out = folder / "reference.png", folder / "fox.png"
-    _picture(64, 80, 2).save(reference)
-    arguments = [
-        "generate", PROMPT, "--model", str(exported_flux2_klein), "--steps", str(STEPS), "--seed", "6",
-        "--reference-image", str(reference), "--height", str(SIZE["height"]), "--width", str(SIZE["width"]),
-        "--out", str(out), "--quiet",
-    ]  # fmt: skip
-    code = f"from sdrt.cli import main\nmain({arguments!r}, standalone_mode=False)\n"
-    completed = subprocess.run([sys.executable, str(NO_HEAVY_IMPORTS), code], capture_output=True, text=True)
-    assert completed.returncode == 0, completed.stderr
-    written = np.asarray(Image.open(out).convert("RGB"), dtype=np.float32) / 255
-    expected = _diffusers_image(tiny_flux2_klein, klein, 6, image=[Image.open(reference)])[0]
-    assert np.abs(written - expected).max() <= MAX_PIXEL_ERROR + 0.5 / 255  # 8-bit rounding on top
-    parameters = Image.open(out).info["parameters"]
-    assert "CFG scale: 4" in parameters and "Reference images: 1" in parameters
 
 
 def test_sdrt_info_and_tokenize_show_klein(exported_flux2_klein):

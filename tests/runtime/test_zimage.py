@@ -150,34 +150,6 @@ def test_bad_requests_are_one_error_naming_the_field(zimage):
     assert any("cfg_truncation only with guidance scale > 0" in warning for warning in unguided.warnings)
 
 
-def test_sdrt_generate_runs_zimage_without_torch_and_equals_diffusers(tiny_zimage, exported_zimage, tmp_path):
-    """No --guidance: Z-Image's own default (5.0, ZImagePipeline's), the negative prompt given,
-    CFG truncated on the second of two steps (normalized time 0.14 > 0.1)."""
-    import subprocess
-    import sys
-
-    from PIL import Image
-
-    from tests.support.images import MAX_PIXEL_ERROR
-
-    out = tmp_path / "fox.png"
-    arguments = [
-        "generate", PROMPT, "--model", str(exported_zimage), "--steps", str(STEPS), "--seed", "6",
-        "--negative-prompt", "blurry", "--height", str(SIZE["height"]), "--width", str(SIZE["width"]),
-        "--cfg-truncation", "0.1", "--out", str(out), "--quiet",
-    ]  # fmt: skip
-    code = f"from sdrt.cli import main\nmain({arguments!r}, standalone_mode=False)\n"
-    no_heavy = Path(__file__).parent.parent / "no_heavy_imports.py"
-    completed = subprocess.run([sys.executable, str(no_heavy), code], capture_output=True, text=True)
-    assert completed.returncode == 0, completed.stderr
-    written = np.asarray(Image.open(out).convert("RGB"), dtype=np.float32) / 255
-    expected = _diffusers_image(tiny_zimage, 6, prompt=PROMPT, negative_prompt="blurry", cfg_truncation=0.1)[0]
-    assert np.abs(written - expected).max() <= MAX_PIXEL_ERROR + 0.5 / 255  # 8-bit rounding on top
-    parameters = Image.open(out).info["parameters"]
-    assert "Negative prompt: blurry" in parameters and "CFG scale: 5" in parameters and "Seed: 6" in parameters
-    assert "CFG truncation: 0.1" in parameters
-
-
 def test_sdrt_info_tokenize_and_a_bad_size(exported_zimage, tmp_path):
     import json
 

@@ -16,9 +16,9 @@ from safetensors.torch import save_file
 
 from sdrt.errors import GenerationError
 from sdrt.runtime.features.lora.weights_map import WeightsMap
-from sdrt.runtime.manifest import TRANSFORMER, Manifest
+from sdrt.runtime.manifest import TRANSFORMER
 from sdrt.runtime.pipeline import Pipeline
-from support.dit_lora_files import ALPHA, peft_lora
+from support.dit_lora_files import ALPHA, flux2_native_lora, peft_lora
 from support.images import MAX_PIXEL_ERROR, assert_same_image
 
 PROMPT = "a red fox in a snowy forest at dawn"
@@ -126,9 +126,36 @@ def test_a_flux1_lora_on_zimage_is_one_error_naming_the_field(zimage, tmp_path):
 
 
 # ---------------------------------------------------------------- FLUX.2 [klein]
-def test_a_flux2_klein_lora_equals_flux2_klein_pipeline(exported_flux2_klein, tiny_flux2_klein, tmp_path):
-    reference = _reference(tiny_flux2_klein, "Flux2KleinPipeline")
-    klein = Pipeline.load(exported_flux2_klein)
-    lora = peft_lora(reference, tmp_path / "klein.safetensors", seed=6, text_encoders=())
-    sequence = Manifest.load(exported_flux2_klein).flux2.max_sequence_length
-    _check(klein, reference, [(lora, 0.8)], guidance_scale=4.0, max_sequence_length=sequence)
+@pytest.fixture(scope="module")
+def klein(exported_flux2_klein) -> Pipeline:
+    return Pipeline.load(exported_flux2_klein)
+
+
+@pytest.fixture(scope="module")
+def klein_reference(tiny_flux2_klein):
+    return _reference(tiny_flux2_klein, "Flux2KleinPipeline")
+
+
+def test_a_flux2_klein_lora_equals_flux2_klein_pipeline(klein, klein_reference, tmp_path):
+    lora = peft_lora(klein_reference, tmp_path / "klein.safetensors", seed=6, text_encoders=())
+    sequence = klein.manifest.flux2.max_sequence_length
+    _check(klein, klein_reference, [(lora, 0.8)], guidance_scale=4.0, max_sequence_length=sequence)
+
+
+def test_kohya_and_ai_toolkit_klein_loras_equal_flux2_lora_loader(klein, klein_reference, tmp_path):
+    """FLUX.2's BFL names, fused q/k/v split, a single block's linear1 kept whole: a kohya file
+    (flattened, lora_down/up, alpha) and an ai-toolkit one (diffusion_model. + dotted, lora_A/B,
+    the shared modulations and the final layer's too) in one request, against
+    Flux2LoraLoaderMixin.load_lora_weights of both + set_adapters."""
+    kohya = flux2_native_lora(klein_reference, tmp_path / "kohya.safetensors", seed=11, style="kohya")
+    toolkit = flux2_native_lora(klein_reference, tmp_path / "toolkit.safetensors", seed=12, style="ai-toolkit")
+    sequence = klein.manifest.flux2.max_sequence_length
+    _check(klein, klein_reference, [(kohya, 0.7), (toolkit, -0.5)], guidance_scale=4.0, max_sequence_length=sequence)
+
+
+@pytest.mark.slow
+def test_a_peft_bfl_named_klein_lora_equals_flux2_lora_loader(klein, klein_reference, tmp_path):
+    """PEFT's base_model.model. + BFL names, which diffusers renames to ai-toolkit's."""
+    lora = flux2_native_lora(klein_reference, tmp_path / "peft-bfl.safetensors", seed=13, style="peft")
+    sequence = klein.manifest.flux2.max_sequence_length
+    _check(klein, klein_reference, [(lora, 0.9)], guidance_scale=1.0, max_sequence_length=sequence)

@@ -164,3 +164,71 @@ def split_to_peft(native: dict[str, torch.Tensor], transformer) -> dict[str, tor
                 up,
             )
     return converted
+
+
+# ---------------------------------------------------------------- FLUX.2's native layouts
+#: FLUX.2's BFL layer names -> Flux2Transformer2DModel's modules (rows in this order), from the
+#: two models' layouts: a double block's MLPs are ff.linear_in/out, a single block's linear1 is
+#: one fused module, the modulations are shared by all blocks.
+FLUX2_DOUBLE = {
+    "img_attn.proj": ("attn.to_out.0",),
+    "img_attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
+    "img_mlp.0": ("ff.linear_in",),
+    "img_mlp.2": ("ff.linear_out",),
+    "txt_attn.proj": ("attn.to_add_out",),
+    "txt_attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
+    "txt_mlp.0": ("ff_context.linear_in",),
+    "txt_mlp.2": ("ff_context.linear_out",),
+}
+FLUX2_SINGLE = {"linear1": ("attn.to_qkv_mlp_proj",), "linear2": ("attn.to_out",)}
+#: Outside the blocks: the layers diffusers' kohya converter maps, then the ones only its
+#: ai-toolkit (BFL) converter maps.
+FLUX2_OUTER_KOHYA = {
+    "img_in": "x_embedder",
+    "txt_in": "context_embedder",
+    "time_in.in_layer": "time_guidance_embed.timestep_embedder.linear_1",
+    "time_in.out_layer": "time_guidance_embed.timestep_embedder.linear_2",
+    "final_layer.linear": "proj_out",
+}
+FLUX2_OUTER_BFL = {
+    **FLUX2_OUTER_KOHYA,
+    "final_layer.adaLN_modulation.1": "norm_out.linear",
+    "single_stream_modulation.lin": "single_stream_modulation.linear",
+    "double_stream_modulation_img.lin": "double_stream_modulation_img.linear",
+    "double_stream_modulation_txt.lin": "double_stream_modulation_txt.linear",
+}
+#: Layout -> (key prefix, dotted or flattened names, down/up factor suffixes, alpha written).
+FLUX2_STYLES = {
+    "kohya": ("lora_unet_", False, ("lora_down", "lora_up"), True),
+    "ai-toolkit": ("diffusion_model.", True, ("lora_A", "lora_B"), False),
+    "peft": ("base_model.model.", True, ("lora_A", "lora_B"), False),
+}
+
+
+def flux2_native_lora(pipeline, path: Path, seed: int, style: str) -> Path:
+    """A FLUX.2 LoRA in BFL names: kohya's (`lora_unet_double_blocks_0_img_attn_qkv.lora_down`,
+    alpha), ai-toolkit's (`diffusion_model.double_blocks.0.img_attn.qkv.lora_A`) or PEFT's
+    (`base_model.model.` + the same); fused weights' shapes joined from the diffusers modules."""
+    prefix, dotted, (down_name, up_name), alpha = FLUX2_STYLES[style]
+    transformer = pipeline.transformer
+    modules = dict(transformer.named_modules())
+    layers = {}
+    for kind, table, blocks in (
+        ("double_blocks", FLUX2_DOUBLE, "transformer_blocks"),
+        ("single_blocks", FLUX2_SINGLE, "single_transformer_blocks"),
+    ):
+        for index in range(len(getattr(transformer, blocks))):
+            for name, targets in table.items():
+                layers[f"{kind}.{index}.{name}"] = [modules[f"{blocks}.{index}.{target}"] for target in targets]
+    outer = FLUX2_OUTER_KOHYA if style == "kohya" else FLUX2_OUTER_BFL
+    layers.update({name: [modules[target]] for name, target in outer.items()})
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for name, parts in layers.items():
+        stem = prefix + (name if dotted else name.replace(".", "_"))
+        down, up = _pair(sum(p.out_features for p in parts), parts[0].in_features, generator)
+        tensors[f"{stem}.{down_name}.weight"], tensors[f"{stem}.{up_name}.weight"] = down, up
+        if alpha:
+            tensors[f"{stem}.alpha"] = torch.tensor(ALPHA)
+    save_file(tensors, str(path))
+    return path

@@ -99,6 +99,9 @@ class Family:
     controlnet_family: ClassVar[str | None] = None
     #: The components a LoRA can change, with a weights map in the export (sdrt.runtime.features.lora).
     lora_components: ClassVar[tuple[str, ...]] = (UNET, CLIP_TEXT_ENCODER, "text_encoder_2")
+    #: Whose BFL layer names a kohya / ai-toolkit LoRA of this family uses (the tables of
+    #: sdrt.runtime.features.lora.flux2_formats.BFL_LAYOUTS); FLUX.1's unless the family differs.
+    lora_bfl_layout: ClassVar[str] = "flux1"
 
     def text_encoders(self, manifest: Manifest) -> list[tuple[str, str]]:
         """(text encoder component, tokenizer folder) pairs, in concatenation order."""
@@ -124,6 +127,12 @@ class Family:
         """A request's height and width where it gives none, before the export's native size
         (FLUX.2 takes its first reference image's); by default left as they are."""
         return height, width
+
+    def reference_tokens(self, manifest: Manifest, image_tokens: tuple[int, int, int]) -> tuple[int, int, int]:
+        """The (min, opt, max) tokens of reference images a denoiser call carries beside the
+        generated image's, whose own are `image_tokens`: what a TensorRT profile's image-token
+        range adds (sdrt.runtime.engines.tensorrt.plan). None for a family that edits no reference."""
+        return 0, 0, 0
 
     def export_cfg_scale(self, request: GenerationRequest, manifest: Manifest) -> float:
         """The CFG scale a request runs with on this export (ResolvedRequest.cfg_scale): the

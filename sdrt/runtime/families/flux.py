@@ -110,6 +110,14 @@ class Flux(Family):
         fill = manifest.flux is not None and manifest.flux.conditioning_channels > 0
         return FILL_GUIDANCE if fill else self.default_guidance
 
+    def reference_tokens(self, manifest: Manifest, image_tokens: tuple[int, int, int]) -> tuple[int, int, int]:
+        """Kontext: one reference, encoded at its own size, at most the largest image's tokens (the
+        export doubles its range so); opt a reference of the opt size. min none, so a reference
+        smaller than the smallest image still fits."""
+        if manifest.flux is None or not manifest.flux.kontext:
+            return 0, 0, 0
+        return 0, image_tokens[1], image_tokens[2]
+
     def takes_strength(self, manifest: Manifest) -> bool:
         return not _flux(manifest).kontext
 

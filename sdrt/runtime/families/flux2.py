@@ -44,6 +44,8 @@ class Flux2(Flux):
     text_encoder_roles = ("qwen3",)
     #: Flux2KleinPipeline.load_lora_weights (Flux2LoraLoaderMixin) changes the transformer only.
     lora_components = (TRANSFORMER,)
+    #: FLUX.2's own BFL names (Flux2LoraLoaderMixin's converters: ff.linear_in, to_qkv_mlp_proj, ...).
+    lora_bfl_layout = "flux2"
 
     def text_encoders(self, manifest: Manifest) -> list[tuple[str, str]]:
         spec = _flux2(manifest)
@@ -90,6 +92,15 @@ class Flux2(Flux):
         if encoder is None:
             raise GenerationError("this export has no vae_encoder; re-export the model to use reference images", PARAM)
         return [ReferenceImages(encoder, open_references(sources), pipeline.manifest.vae_scale_factor)]
+
+    def reference_tokens(self, manifest: Manifest, image_tokens: tuple[int, int, int]) -> tuple[int, int, int]:
+        """Up to MAX_REFERENCES references, each at most the native area (larger ones are resized
+        to it: sdrt.runtime.features.references), whatever the image's size; none at min and opt."""
+        from sdrt.runtime.features.references import MAX_REFERENCES
+
+        factor = manifest.vae_scale_factor  # one token a latent pixel (the VAE graph patchifies)
+        native = (manifest.native_height // factor) * (manifest.native_width // factor)
+        return 0, 0, MAX_REFERENCES * native
 
     # FLUX.1's answers read its flux section, which a FLUX.2 manifest does not have: klein has no
     # guidance input (its guidance is real CFG), no Fill channels, and its reference images are

@@ -9,7 +9,9 @@ image sizes and a batch limit; each dimension follows from them by a rule of the
 latent sides are image sides over the VAE's scale factor, a diffusion transformer's image
 tokens are the latent grid's patches (a patch being the latent sides' multiple, which the
 export sets to the transformer's patch size; FLUX.2 [klein]'s VAE graph patchifies, so its
-multiple is 1), Z-Image's image slots those tokens padded to its sequence multiple. A dimension
+multiple is 1), plus the reference images' tokens the family's edits join to them (FLUX.1 Kontext's
+one, FLUX.2 [klein]'s up to four: Family.reference_tokens, capped at the export's range), Z-Image's
+image slots those tokens padded to its sequence multiple. A dimension
 the size and batch do not set (the T5 length of FLUX, Chroma and SD3, SD3's joined text
 sequence, the Qwen3 lengths of klein and Z-Image: the runtime pads text to the export's length;
 Z-Image's caption slots, which follow the prompt) keeps the export's own (min, opt, max) from
@@ -189,7 +191,17 @@ def plan_profile(
     for name, valid in manifest.dims.items():
         rule = dim_rule(name)
         dims[name] = export_range(valid) if rule is None else (rule(low, factor), rule(opt, factor), rule(high, factor))
+    if IMAGE_TOKENS in dims:
+        dims[IMAGE_TOKENS] = _with_references(manifest, dims[IMAGE_TOKENS])
     return Profile(dims, static=static is not None)
+
+
+def _with_references(manifest: Manifest, tokens: tuple[int, int, int]) -> tuple[int, int, int]:
+    """The image tokens' range with the family's reference tokens added, within the export's."""
+    extra = manifest.model_family.reference_tokens(manifest, tokens)
+    limit = manifest.dims[IMAGE_TOKENS].max
+    low, opt, high = (min(own + more, limit) for own, more in zip(tokens, extra, strict=True))
+    return low, opt, high
 
 
 def export_range(valid: DimRange) -> tuple[int, int, int]:

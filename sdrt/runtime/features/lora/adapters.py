@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from sdrt.runtime.features.lora.flux2_formats import BFL_LAYOUTS
 from sdrt.runtime.features.lora.library import LoraLibrary
 from sdrt.runtime.features.lora.merge import LoraWeights, ResolvedLora, merged_tensors, resolve, unmatched_warning
 from sdrt.runtime.features.lora.tags import LoraRef
@@ -65,7 +66,7 @@ class LoraAdapters:
             return self._variants[component]
 
     def _resolve(self, ref: LoraRef, confined: bool) -> ResolvedLora:
-        lora = self.library.read(ref.source, confined)
+        lora = self.library.read(ref.source, confined, BFL_LAYOUTS[self.manifest.model_family.lora_bfl_layout])
         key = (lora.sha256, str(lora.path))
         if key not in self._resolved:
             self._resolved[key] = resolve(lora, self.weights_maps(), self.manifest.model_family.display_name)

@@ -11,9 +11,9 @@ Formats (each key is a layer name, a part prefix and a tensor suffix):
 - ComfyUI's `diffusion_model.` + dotted module paths (Z-Image's community files): the denoiser's
   layers, a transformer's where the model has no UNet (sdrt.runtime.features.lora.merge).
 FLUX.1's community formats (kohya, XLabs, BFL naming) are renamed to diffusers' first
-(sdrt.runtime.features.lora.flux_formats). Tensors of other network types (LoHa `hada_`,
-LoKr `lokr_`, DoRA, Tucker `lora_mid`) are not merged: they are reported with the keys nothing
-uses.
+(sdrt.runtime.features.lora.flux_formats), FLUX.2's by the model's own BFL table
+(flux2_formats). Tensors of other network types (LoHa `hada_`, LoKr `lokr_`, DoRA, Tucker
+`lora_mid`) are not merged: they are reported with the keys nothing uses.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sdrt.runtime.features.lora.flux_formats import to_diffusers_names
+from sdrt.runtime.features.lora.flux_formats import FLUX1, BflLayout, to_diffusers_names
 from sdrt.runtime.features.lora.weights_map import LoraError
 from sdrt.runtime.files.safetensors_files import SafetensorsError, read_safetensors, tensor_data_sha256
 from sdrt.runtime.files.torch_files import TorchFileError, load_torch_file
@@ -109,9 +109,12 @@ class LoraFile:
     base_model: str  # the file's own claim (kohya's ss_base_model_version), "" if none
 
 
-def read_lora(path: str | Path, name: str | None = None, label: str | None = None) -> LoraFile:
+def read_lora(
+    path: str | Path, name: str | None = None, label: str | None = None, layout: BflLayout = FLUX1
+) -> LoraFile:
     """A LoRA file; `label` names it in errors (a server gives the name its client sent, never
-    the server's path); default: the path."""
+    the server's path); default: the path. `layout`: the model's BFL layer names, which a
+    kohya / ai-toolkit file uses (FLUX.1's unless the family says otherwise)."""
     path = Path(path)
     shown = display_name(path, label)
     if not path.exists():
@@ -129,7 +132,7 @@ def read_lora(path: str | Path, name: str | None = None, label: str | None = Non
         raise LoraError(str(error)) from None
     if not isinstance(tensors, dict) or not all(isinstance(v, np.ndarray) for v in tensors.values()):
         raise LoraError(f"{shown} is not a LoRA: it holds no plain mapping of tensors")
-    layers, ignored = _layers(to_diffusers_names(tensors), _peft_config(metadata, shown), shown)
+    layers, ignored = _layers(to_diffusers_names(tensors, layout), _peft_config(metadata, shown), shown)
     if not layers:
         raise LoraError(
             f"{shown} is not a LoRA: none of its {len(tensors)} keys is a LoRA layer "

@@ -1,6 +1,7 @@
 """FLUX.1 LoRA files in the community formats, renamed in NumPy to diffusers' layout
 (`transformer.<module>.lora_A/lora_B.weight` and `.alpha`), as diffusers' FluxPipeline.
-load_lora_weights converts them (loaders/lora_conversion_utils.py), read and rewritten here:
+load_lora_weights converts them (loaders/lora_conversion_utils.py), read and rewritten here
+(FLUX.2's BFL names follow the same rules with their own tables: flux2_formats.py):
 
 - kohya / sd-scripts: `lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight`, `.lora_up`,
   `.alpha`: BFL's module names flattened; ComfyUI saves the same with `diffusion_model.` for
@@ -18,6 +19,7 @@ delta as splitting the fused delta. Keys of other models are passed through unch
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -84,7 +86,23 @@ OUTER = {
 SWAPPED = "final_layer_adaLN_modulation_1"
 
 
-def _native(key: str) -> tuple[str, str] | None:
+@dataclass(frozen=True)
+class BflLayout:
+    """One model's BFL layer names (flattened) -> diffusers' modules: a double block's, a single
+    block's, the layers outside the blocks, and the outer layers whose up rows BFL keeps as
+    (shift, scale) where diffusers' module has (scale, shift)."""
+
+    name: str
+    double: dict[str, tuple[str, ...]]
+    single: dict[str, tuple[str, ...]]
+    outer: dict[str, str]
+    swapped: frozenset[str] = frozenset()
+
+
+FLUX1 = BflLayout("flux1", DOUBLE, SINGLE, OUTER, frozenset({SWAPPED}))
+
+
+def _native(key: str, layout: BflLayout = FLUX1) -> tuple[str, str] | None:
     """(flattened BFL layer name, diffusers factor suffix) of a FLUX-native key, or None."""
     for suffix, factor in FACTORS:  # noqa: B007 (the matching suffix's factor is used after the loop)
         if key.endswith(suffix):
@@ -95,20 +113,22 @@ def _native(key: str) -> tuple[str, str] | None:
     for prefix in NATIVE_PREFIXES:
         if stem.startswith(prefix):
             name = stem[len(prefix) :].replace(".", "_")
-            if BLOCK.fullmatch(name) or name in OUTER:
+            if BLOCK.fullmatch(name) or name in layout.outer:
                 return name, factor
     return None
 
 
-def _targets(name: str) -> tuple[str, ...] | None:
+def _targets(name: str, layout: BflLayout) -> tuple[str, ...] | None:
     """The diffusers modules a flattened BFL layer name stands for, or None."""
-    if name in OUTER:
-        return (OUTER[name],)
+    if name in layout.outer:
+        return (layout.outer[name],)
     match = BLOCK.fullmatch(name)
     if match is None:
         return None
     table, block = (
-        (DOUBLE, "transformer_blocks") if match["kind"] == "double_blocks" else (SINGLE, "single_transformer_blocks")
+        (layout.double, "transformer_blocks")
+        if match["kind"] == "double_blocks"
+        else (layout.single, "single_transformer_blocks")
     )
     modules = table.get(match["layer"])
     return None if modules is None else tuple(f"{block}.{match['index']}.{module}" for module in modules)
@@ -130,20 +150,20 @@ def _rows(modules: tuple[str, ...], up: np.ndarray, down: np.ndarray) -> list[np
     return np.split(up, np.cumsum(sizes)[:-1], axis=0)
 
 
-def is_flux_native(tensors: dict[str, np.ndarray]) -> bool:
-    return any(_native(str(key)) is not None for key in tensors)
+def is_flux_native(tensors: dict[str, np.ndarray], layout: BflLayout = FLUX1) -> bool:
+    return any(_native(str(key), layout) is not None for key in tensors)
 
 
-def to_diffusers_names(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The file's tensors with its FLUX-native layers renamed (and fused layers split) to
-    diffusers' layout; a file with none is returned as it is."""
-    if not is_flux_native(tensors):
+def to_diffusers_names(tensors: dict[str, np.ndarray], layout: BflLayout = FLUX1) -> dict[str, np.ndarray]:
+    """The file's tensors with its BFL-named layers (FLUX.1's, or `layout`'s) renamed (and fused
+    layers split) to diffusers' layout; a file with none is returned as it is."""
+    if not is_flux_native(tensors, layout):
         return tensors
     layers: dict[str, dict[str, np.ndarray]] = {}
     origin: dict[str, list] = {}  # layer -> its keys in the file
     converted: dict[str, np.ndarray] = {}
     for key, value in tensors.items():
-        native = _native(str(key))
+        native = _native(str(key), layout)
         if native is None:
             converted[_clip_key(str(key))] = value
             continue
@@ -151,13 +171,13 @@ def to_diffusers_names(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         layers.setdefault(name, {})[factor] = value
         origin.setdefault(name, []).append(key)
     for name, factors in layers.items():
-        modules = _targets(name)
+        modules = _targets(name, layout)
         down, up = factors.get(".lora_A.weight"), factors.get(".lora_B.weight")
         rows = [] if modules is None or down is None or up is None or up.ndim != 2 else _rows(modules, up, down)
-        if name == SWAPPED and rows and rows[0].shape[0] % 2 == 0:
+        if name in layout.swapped and rows and rows[0].shape[0] % 2 == 0:
             shift, scale = np.split(rows[0], 2, axis=0)
             rows = [np.concatenate([scale, shift], axis=0)]
-        elif name == SWAPPED:
+        elif name in layout.swapped:
             rows = []
         if modules is None or down is None or not rows:
             converted.update({str(key): tensors[key] for key in origin[name]})  # reported as unmatched

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sdrt.runtime.features.lora.files import SUFFIXES, LoraFile, is_lora_file, read_lora
+from sdrt.runtime.features.lora.flux_formats import FLUX1, BflLayout
 from sdrt.runtime.features.lora.weights_map import LoraError
 from sdrt.runtime.files.confined import HIDDEN_FOLDER, hide_paths, inside, name_problem, shown
 from sdrt.runtime.files.safetensors_files import SafetensorsError, read_metadata
@@ -99,27 +100,28 @@ class LoraLibrary:
             raise LoraError(f"unknown LoRA {shown(source)}: this server has no LoRA of that name{hint}")
         return names[source]
 
-    def read(self, source: str, confined: bool = False) -> LoraFile:
-        """The parsed file `source` names (`confined`: a client's name, see the module's note)."""
+    def read(self, source: str, confined: bool = False, layout: BflLayout = FLUX1) -> LoraFile:
+        """The parsed file `source` names (`confined`: a client's name, see the module's note),
+        its BFL-named layers read with the model's `layout` (sdrt.runtime.features.lora.files)."""
         if not confined:
-            return self._read(self.path_of(source), source)
+            return self._read(self.path_of(source), source, layout)
         path = self._named(source)
         try:
-            return self._read(path, f"LoRA {shown(source)}")
+            return self._read(path, f"LoRA {shown(source)}", layout)
         except LoraError as error:
             folder = self.folder if self.folder is not None else path.parent
             raise LoraError(hide_paths(str(error), {path: f"LoRA {shown(source)}", folder: HIDDEN_FOLDER})) from None
         except OSError:
             raise LoraError(f"LoRA {shown(source)} cannot be read") from None
 
-    def _read(self, path: Path, source: str) -> LoraFile:
+    def _read(self, path: Path, source: str, layout: BflLayout) -> LoraFile:
         stat = path.stat()
-        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, layout.name)
         with self._lock:
             if key in self._files:
                 self._files.move_to_end(key)
                 return self._files[key]
-        lora = read_lora(path, label=source)
+        lora = read_lora(path, label=source, layout=layout)
         with self._lock:
             self._files[key] = lora
             while len(self._files) > KEPT_FILES:
