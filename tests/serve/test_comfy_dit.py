@@ -329,3 +329,78 @@ def test_object_info_lists_the_flux_files_of_the_served_export(flux_server):
         "ModelSamplingSD3",
     ):
         assert info[name]["name"] == name
+
+
+def _flux_reference(tiny_flux, exported_flux, negative: str | None = None):
+    import diffusers
+
+    pipe = diffusers.FluxPipeline.from_pretrained(tiny_flux["dev"])
+    length = Pipeline.load(exported_flux("dev")).manifest.flux.max_sequence_length
+    encoded = [pipe.encode_prompt(text, prompt_2=None, max_sequence_length=length) for text in (PROMPT, negative or "")]
+    return pipe, encoded
+
+
+def _two_conditionings(pipe, encoded, guidance: float):
+    """FLUX's velocity for the positive and (negative=True) the negative encoding."""
+    positive, negative = (flux_velocity(pipe, *e, guidance, SIZE, SIZE) for e in encoded)
+    return lambda x, sigma, is_negative: (negative if is_negative else positive)(x, sigma, False)
+
+
+@pytest.mark.slow
+def test_flux_true_cfg_with_the_models_own_sampling_equals_comfyuis(flux_server, tiny_flux, exported_flux):
+    """No ModelSamplingFlux (dev's own shift 1.15), no FluxGuidance (ComfyUI's 3.5), cfg 2.5."""
+    workflow = _changed(FLUX, "13", model=["12", 0], positive=["6", 0], cfg=2.5, sampler_name="dpmpp_2m")
+    workflow = _changed(workflow, "13", scheduler="beta", steps=4)
+    workflow["33"]["inputs"]["text"] = NEGATIVE
+    pipe, encoded = _flux_reference(tiny_flux, exported_flux, NEGATIVE)
+    velocity = _two_conditionings(pipe, encoded, 3.5)
+    latents = comfy_flow_ksampler(velocity, FluxSampling(1.15), "dpmpp_2m", "beta", 4, 2.5, 42, _latent_in(pipe, 1))
+    assert_close_pixels(_image(flux_server, workflow), decode(pipe, latents)[0])
+
+
+@pytest.mark.slow
+def test_flux_ksampler_advanced_two_passes_with_leftover_noise_equal_comfyuis(flux_server, tiny_flux, exported_flux):
+    """The first pass ends above 0 (CONST's inverse_noise_scaling divides), the second adds no noise."""
+    workflow = copy.deepcopy(FLUX)
+    common = {"model": ["30", 0], "positive": ["26", 0], "negative": ["33", 0], "cfg": 1.0, "steps": 4}
+    common.update(sampler_name="heun", scheduler="normal", noise_seed=5, end_at_step=10000)
+    first = {**common, "latent_image": ["27", 0], "add_noise": "enable", "start_at_step": 0, "end_at_step": 2}
+    workflow["13"] = {"class_type": "KSamplerAdvanced", "inputs": {**first, "return_with_leftover_noise": "enable"}}
+    second = {**common, "latent_image": ["13", 0], "add_noise": "disable", "start_at_step": 2}
+    workflow["14"] = {"class_type": "KSamplerAdvanced", "inputs": {**second, "return_with_leftover_noise": "disable"}}
+    workflow["8"]["inputs"]["samples"] = ["14", 0]
+    pipe, encoded = _flux_reference(tiny_flux, exported_flux)
+    velocity = _two_conditionings(pipe, encoded, 4.0)
+    s = FluxSampling(flux_node_shift(1.15, 0.5, SIZE, SIZE))
+    half = comfy_flow_ksampler(velocity, s, "heun", "normal", 4, 1.0, 5, _latent_in(pipe, 1), last_step=2)
+    latents = comfy_flow_ksampler(velocity, s, "heun", "normal", 4, 1.0, 5, half, start_step=2, add_noise=False)
+    assert_close_pixels(_image(flux_server, _titled(workflow)), decode(pipe, latents)[0])
+
+
+@pytest.mark.slow
+def test_sd3_without_t5_at_part_denoise_equals_comfyuis(sd3_server, tiny_sd3, exported_sd3):
+    """DualCLIPLoader's sd3 (no T5: diffusers' zeros, as sdrt's export), an empty latent at
+    denoise 0.7: noise_scaling mixes ComfyUI's raw zeros through process_latent_in in."""
+    from conftest import sd3_reference
+
+    workflow = copy.deepcopy(SD3)
+    workflow["11"] = {
+        "class_type": "DualCLIPLoader",
+        "inputs": {"clip_name1": "clip_l.safetensors", "clip_name2": "clip_g.safetensors", "type": "sd3"},
+    }
+    workflow = _changed(workflow, "3", sampler_name="lms", scheduler="ddim_uniform", denoise=0.7, steps=4)
+    pipe = sd3_reference("StableDiffusion3Pipeline", tiny_sd3, t5=False)
+    length = Pipeline.load(exported_sd3("t5")).manifest.sd3.max_sequence_length
+    embeds, negative_embeds, pooled, negative_pooled = pipe.encode_prompt(
+        PROMPT,
+        PROMPT,
+        PROMPT,
+        negative_prompt=NEGATIVE,
+        negative_prompt_2=NEGATIVE,
+        negative_prompt_3=NEGATIVE,
+        max_sequence_length=length,
+    )
+    velocity = sd3_velocity(pipe, embeds, negative_embeds, pooled, negative_pooled)
+    s = DiscreteFlow(2.0)
+    latents = comfy_flow_ksampler(velocity, s, "lms", "ddim_uniform", 4, 4.5, 7, _latent_in(pipe, 1), denoise=0.7)
+    assert_close_pixels(_image(sd3_server, _titled(workflow)), decode(pipe, latents)[0])
