@@ -35,6 +35,7 @@ from sdrt.runtime.schedulers.flow_multistep import FlowDPMSolverMultistepSchedul
 from sdrt.runtime.schedulers.heun import HeunDiscreteScheduler
 from sdrt.runtime.schedulers.kdiffusion.comfy import COMFY_NOT_RUN
 from sdrt.runtime.schedulers.kdiffusion.comfy import COMFY_SAMPLER_NAMES as _COMFY_NAMES
+from sdrt.runtime.schedulers.kdiffusion.comfy_flow import COMFY_FLOW_SAMPLER_NAMES as _COMFY_FLOW_NAMES
 from sdrt.runtime.schedulers.kdiffusion.comfy_schedules import COMFY_SCHEDULER_NAMES, check_comfy_scheduler
 from sdrt.runtime.schedulers.kdiffusion.family import K_SAMPLER_NAMES as _K_NAMES
 from sdrt.runtime.schedulers.kdiffusion.schedules import K_SCHEDULE_NAMES, K_SCHEDULES, k_schedule_entry
@@ -146,6 +147,10 @@ _ENTRIES = (
         SamplerEntry(c.name, c.cls, f"{c.comfy_name} (ComfyUI)", family=COMFYUI, comfy_name=c.comfy_name)
         for c in _COMFY_NAMES
     ),
+    *(
+        SamplerEntry(c.name, c.cls, f"{c.comfy_name} (ComfyUI, flow)", family=COMFYUI, comfy_name=c.comfy_name)
+        for c in _COMFY_FLOW_NAMES
+    ),
 )
 #: Every sampler of every space, by sdrt name.
 SAMPLERS: dict[str, SamplerEntry] = {entry.name: entry for entry in _ENTRIES}
@@ -182,6 +187,8 @@ _K_BY_ANY_NAME: dict[str, str] = {
 #: ComfyUI's samplers (its rules), by sdrt name, and ComfyUI's KSampler name -> sdrt name.
 COMFY_SAMPLER_NAMES = sampler_names(DIFFUSION, COMFYUI)
 COMFY_SAMPLERS = {SAMPLERS[name].comfy_name: name for name in COMFY_SAMPLER_NAMES}
+#: The same for flow models (FLUX.1, SD3: kdiffusion/comfy_flow.py), the samplers ComfyUI runs unchanged there.
+COMFY_FLOW_SAMPLERS = {SAMPLERS[name].comfy_name: name for name in sampler_names(FLOW, COMFYUI)}
 
 
 #: Prefixes that say whose name a sampler name is ("a1111:DPM++ 2M", "comfyui:dpmpp_2m").

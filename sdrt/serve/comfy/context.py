@@ -51,6 +51,10 @@ class ComfyContext:
             self._loaded = {model.folder: self.catalog.load(model.folder)}  # one other model at a time
         return self._loaded[model.folder]
 
+    def loaded_pipelines(self) -> list:
+        """The --models-dir models loaded besides the served one."""
+        return list(self._loaded.values())
+
     def check_limits(self, steps: int, images: int) -> None:
         settings = self.service.settings
         if steps > settings.max_steps:

@@ -16,6 +16,8 @@ from sdrt.runtime.request_checks import MAX_STEPS
 from sdrt.runtime.schedulers import COMFY_NOT_RUN
 from sdrt.runtime.schedulers.kdiffusion.comfy_schedules import KSamplerSteps
 from sdrt.runtime.text.prompts.emphasis import COMFYUI_EMPHASIS
+from sdrt.serve.comfy.dit_sampling import check_clip
+from sdrt.serve.comfy.dit_sampling import request_settings as flow_settings
 from sdrt.serve.comfy.nodes import INT_MAX, Input, node
 from sdrt.serve.comfy.sd_nodes import (
     COND,
@@ -25,7 +27,6 @@ from sdrt.serve.comfy.sd_nodes import (
     MAX_CFG,
     MODEL,
     SEED_BITS_KEPT,
-    NodeError,
     _samplers,
     _schedulers,
 )
@@ -60,8 +61,8 @@ def _sample(context, model, seed, sampler_name, scheduler, positive, negative, l
     """ComfyUI's common_ksampler on sdrt's loop: ComfyUI's sampler (its rules) over the cut
     schedule; noise for the whole batch from the seed; the latents as given when no step runs."""
     pipeline = model.pipeline
-    if positive.clip.pipeline is not pipeline or negative.clip.pipeline is not pipeline:
-        raise NodeError("the conditioning comes from another checkpoint's CLIP than the sampler's model")
+    check_clip(positive.clip, pipeline)
+    check_clip(negative.clip, pipeline)
     samples = latent_image.samples
     batch = samples.shape[0]
     context.check_limits(steps, batch)  # the server's --max-steps and --max-images
@@ -87,6 +88,7 @@ def _sample(context, model, seed, sampler_name, scheduler, positive, negative, l
     if not latent_image.empty or latent_image.noise_mask is not None:
         # ComfyUI adds the noise to the latent image: sdrt's image-to-image start
         settings.update(init_latents=samples, strength=1.0)
+    settings = flow_settings(pipeline, model, positive, negative, latent_image, cfg, settings)  # FLUX.1, SD3
     request = GenerationRequest(positive.text, **settings)
     if len(pipeline.new_sampler(request).timesteps) == 0:
         return (latent_image,)  # ComfyUI's KSampler returns the latents when its cut leaves no step

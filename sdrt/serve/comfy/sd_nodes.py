@@ -7,11 +7,14 @@ ComfyUI's raw VAE space: they only pass between these nodes."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 from PIL import Image
 
 from sdrt.errors import SdrtError
 from sdrt.runtime.request_checks import MAX_NUM_IMAGES
+from sdrt.serve.comfy import dit_models
 from sdrt.serve.comfy.nodes import MAX_RESOLUTION, SIZE_STEP, Input, node
 from sdrt.serve.comfy.values import Conditioning, Latent, ModelHandle
 
@@ -60,9 +63,19 @@ def checkpoint_loader(context, ckpt_name: str):
     return handle, handle, handle
 
 
-@node("VAELoader", "loaders", {"vae_name": CHECKPOINT}, (VAE,))
+VAE_NAME = Input(
+    lambda context: [*context.checkpoint_names(), *dit_models.vae_files(context)],
+    accepts=lambda context, name: name in dit_models.VAE_FILES or CHECKPOINT.accepts(context, name),
+)
+
+
+@node("VAELoader", "loaders", {"vae_name": VAE_NAME}, (VAE,))
 def vae_loader(context, vae_name: str):
-    """An export's VAE by the export's name (sdrt exports carry their VAE; no separate VAE files)."""
+    """An export's VAE by the export's name (sdrt exports carry their VAE), or FLUX.1's ae file:
+    an export of that family's VAE (sdrt.serve.comfy.dit_models)."""
+    family = dit_models.VAE_FILES.get(vae_name)
+    if family is not None:
+        return (ModelHandle(dit_models.family_pipeline(context, family, f"vae_name {vae_name}"), vae_name),)
     return (ModelHandle(context.pipeline_for(vae_name), vae_name),)
 
 
@@ -73,7 +86,7 @@ def vae_loader(context, vae_name: str):
     (CLIP,),
 )
 def clip_set_last_layer(context, clip: ModelHandle, stop_at_clip_layer: int):
-    return (ModelHandle(clip.pipeline, clip.name, clip.loras, clip_skip=-stop_at_clip_layer),)
+    return (replace(clip, clip_skip=-stop_at_clip_layer),)
 
 
 @node("CLIPTextEncode", "conditioning", {"text": Input("STRING", multiline=True), "clip": Input(CLIP)}, (COND,))

@@ -12,6 +12,19 @@ import numpy as np
 
 from sdrt.runtime.features.lora.merge import LoraWeights
 from sdrt.runtime.features.lora.tags import LoraRef
+from sdrt.runtime.schedulers.kdiffusion.comfy_flow_sigmas import FlowModelSampling
+
+
+@dataclass(frozen=True)
+class TextEncoderFiles:
+    """What a CLIP loader (DualCLIPLoader, TripleCLIPLoader, CLIPLoader) loaded: ComfyUI's CLIP
+    type, the sdrt family whose export carries those encoders, the files' roles and T5's use."""
+
+    node: str
+    clip_type: str
+    family: str
+    names: tuple[str, ...]
+    t5: bool | None = None  # SD3: with T5 (TripleCLIPLoader) or without (DualCLIPLoader); None: the export's
 
 
 @dataclass(frozen=True)
@@ -22,6 +35,10 @@ class ModelHandle:
     name: str
     loras: tuple[LoraRef, ...] = ()
     clip_skip: int = 1
+    #: ModelSamplingFlux / ModelSamplingSD3's patch of a flow model (None: the model's own).
+    model_sampling: FlowModelSampling | None = None
+    #: A CLIP from ComfyUI's text-encoder files: it runs with the sampler's model (pipeline None).
+    encoders: TextEncoderFiles | None = None
 
     def with_lora(self, name: str, model_weight: float, clip_weight: float) -> ModelHandle:
         ref = LoraRef(name, LoraWeights(text=clip_weight, unet=model_weight))
@@ -34,6 +51,7 @@ class Conditioning:
 
     text: str
     clip: ModelHandle
+    guidance: float | None = None  # FluxGuidance's (None: ComfyUI's FLUX default)
 
 
 @dataclass

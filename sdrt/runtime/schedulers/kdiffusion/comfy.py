@@ -135,7 +135,11 @@ class ComfyRules(KDiffusionSampler):
         rows = x.shape[0] // latent.shape[0]  # the guider's rows (one set per conditioning)
         mask, latent, noise = (np.concatenate([a] * rows) if rows > 1 else a for a in (mask, latent, noise))
         sigma = np.float32(self.sigmas[step_index])
-        return x * mask + (latent + noise * sigma) * (np.float32(1) - mask)
+        return x * mask + self._noised(latent, noise, sigma) * (np.float32(1) - mask)
+
+    def _noised(self, latent: np.ndarray, noise: np.ndarray, sigma: np.float32) -> np.ndarray:
+        """scale_latent_inpaint: the latent image at a level (EPS / V_PREDICTION's noise_scaling)."""
+        return latent + noise * sigma
 
     def scale_model_input(self, sample: np.ndarray, step_index: int) -> np.ndarray:
         if self.ksampler_steps.noise_mask is not None:

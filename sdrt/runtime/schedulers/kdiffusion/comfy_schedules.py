@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,6 +22,9 @@ from sdrt.runtime.schedulers.kdiffusion import schedules as a1111
 from sdrt.runtime.schedulers.kdiffusion.beta_quantile import beta_quantile
 from sdrt.runtime.schedulers.kdiffusion.model_sigmas import ModelSigmas, model_alphas_cumprod
 from sdrt.runtime.schedulers.tables import linspace_float32
+
+if TYPE_CHECKING:
+    from sdrt.runtime.schedulers.kdiffusion.comfy_flow_sigmas import FlowModelSampling
 
 #: comfy/samplers.py's beta_scheduler defaults (alpha, beta) and linear_quadratic_schedule's threshold.
 BETA_ALPHA = 0.6
@@ -131,6 +135,9 @@ class KSamplerSteps:
     seed: int | None = None
     #: SetLatentNoiseMask's mask at the latents' size [batch or 1, 1, h, w]: 1 is denoised, 0 kept.
     noise_mask: np.ndarray | None = field(default=None, compare=False)
+    #: A flow model's sampling (comfy_flow_sigmas.FlowModelSampling: ModelSamplingFlux / SD3's
+    #: shift); None: the model's own.
+    model_sampling: FlowModelSampling | None = None
 
     def cut(self, steps: int, schedule: Callable[[int], np.ndarray]) -> np.ndarray:
         """KSampler.set_steps then KSampler.sample's cut (empty: no step to run)."""
