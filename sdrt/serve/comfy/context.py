@@ -75,6 +75,19 @@ class ComfyContext:
         by_file = {path.name: stem for stem, path in self._loras().items()}
         return by_file.get(name, name)
 
+    def controlnet_names(self) -> list[str]:
+        """The exported ControlNets of --controlnet-dir, by folder name."""
+        return sorted(self.service.pipeline.controlnets.names(confined=True))
+
+    def controlnet_name(self, name: str) -> str | None:
+        """The ControlNet a client's name finds ("NAME", "NAME.safetensors", "sub/NAME.pth")."""
+        stem = name.replace("\\", "/").rsplit("/", 1)[-1]
+        names = self.controlnet_names()
+        for candidate in (stem, stem.rsplit(".", 1)[0]):
+            if candidate in names:
+                return candidate
+        return None
+
     def sampler_for(self, sampler: str) -> str:
         return self.samplers[sampler]
 

@@ -15,6 +15,7 @@ from sdrt.runtime.request import GenerationRequest
 from sdrt.runtime.request_checks import MAX_STEPS
 from sdrt.runtime.schedulers.kdiffusion.comfy_schedules import KSamplerSteps
 from sdrt.runtime.text.prompts.emphasis import COMFYUI_EMPHASIS
+from sdrt.serve.comfy.control_nodes import control_units
 from sdrt.serve.comfy.nodes import INT_MAX, Input, node
 from sdrt.serve.comfy.sd_nodes import (
     COND,
@@ -87,8 +88,12 @@ def _sample(context, model, seed, sampler_name, scheduler, positive, negative, l
         # ComfyUI adds the noise to the latent image: sdrt's image-to-image start
         settings.update(init_latents=samples, strength=1.0)
     request = GenerationRequest(positive.text, **settings)
-    if len(pipeline.new_sampler(request).timesteps) == 0:
+    sampler = pipeline.new_sampler(request)
+    if len(sampler.timesteps) == 0:
         return (latent_image,)  # ComfyUI's KSampler returns the latents when its cut leaves no step
+    if positive.controls or negative.controls:
+        units = control_units(positive, negative, sampler.model, settings["height"], settings["width"])
+        request = replace(request, controlnets=units)
     result = pipeline.run(request, progress=context.progress, cancel=context.cancel, latents_only=True)
     return (Latent(np.asarray(result.latents, np.float32)),)
 
