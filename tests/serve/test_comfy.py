@@ -57,23 +57,14 @@ WAIT_S = 120
 
 
 @pytest.fixture(scope="module")
-def controlnet(tiny_models, tmp_path_factory) -> Path:
-    """A tiny random ControlNet for the tiny SD model (a diffusers folder), exported as `edges` into
-    the server's --controlnet-dir (its parent's `exported`)."""
-    from sdrt.export.exporter import export_model
-    from sdrt.export.random_model import TINY_CONDITIONING_EMBEDDING, save_random_controlnet
-
-    root = tmp_path_factory.mktemp("comfy-controlnets")
-    folder = save_random_controlnet(
-        root / "edges", tiny_models["standard"], seed=1, conditioning_embedding=TINY_CONDITIONING_EMBEDDING
-    )
-    export_model(str(folder), root / "exported" / "edges", progress=lambda line: None)
-    return folder
+def controlnet(tiny_controlnets) -> Path:
+    """The tiny `edges` ControlNet (a diffusers folder); the server's --controlnet-dir has its export."""
+    return tiny_controlnets["edges"]
 
 
 @pytest.fixture(scope="module")
 def pipeline(exported_tiny, controlnet) -> Pipeline:
-    return Pipeline.load(exported_tiny("standard"), controlnet_dir=controlnet.parent / "exported")
+    return Pipeline.load(exported_tiny("standard"), controlnet_dir=controlnet.parent.parent / "exported")
 
 
 @pytest.fixture(scope="module")
