@@ -582,3 +582,34 @@ def test_controlnet_apply_advanced_equals_comfyui(server, reference, controlnet)
     assert_close_pixels(got, expected)
     plain = _decode(reference, comfy_ksampler(*arguments))[0]
     assert np.abs(plain.astype(int) - expected).max() > 2, "the ControlNet changes the image"
+
+
+def _frames(server, client_id: str, workflow: dict, **extra) -> list[bytes]:
+    """The binary frames the prompt's client gets on the websocket until the prompt ends."""
+    from websockets.sync.client import connect
+
+    frames = []
+    with connect(server.replace("http://", "ws://") + f"/ws?clientId={client_id}") as socket:
+        assert json.loads(socket.recv(timeout=WAIT_S))["type"] == "status"
+        assert _post(server, workflow, client_id=client_id, **extra).status_code == 200
+        while True:
+            message = socket.recv(timeout=WAIT_S)
+            if isinstance(message, bytes):
+                frames.append(message)
+            elif json.loads(message)["type"] in ("execution_success", "execution_error"):
+                return frames
+
+
+def test_preview_frames_on_the_websocket_when_a_prompt_asks(server):
+    """ComfyUI's binary preview frames (server.py send_image: event 1 PREVIEW_IMAGE, type 1 JPEG,
+    big-endian words) for a prompt whose extra_data asks (preview_method), none otherwise."""
+    workflow = copy.deepcopy(TXT2IMG)
+    workflow["3"]["inputs"].update(seed=21, steps=4)
+    frames = _frames(server, "previews", workflow, extra_data={"preview_method": "auto"})
+    assert len(frames) == 3, "after each step but the last (the image itself follows)"
+    for frame in frames:
+        assert frame[:8] == b"\x00\x00\x00\x01\x00\x00\x00\x01"
+        with Image.open(io.BytesIO(frame[8:])) as preview:
+            assert preview.format == "JPEG" and preview.size == (64, 64)
+    workflow["3"]["inputs"]["seed"] = 22
+    assert _frames(server, "quiet", workflow) == [], "the server previews nothing unless asked (--preview-every 0)"

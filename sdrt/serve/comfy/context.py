@@ -29,6 +29,7 @@ class ComfyContext:
         # ComfyUI's KSampler names -> sdrt's ComfyUI samplers (its rules); its schedulers, in its order.
         self.samplers, self.schedulers = COMFY_SAMPLERS, COMFY_SCHEDULER_NAMES
         self.progress = None
+        self.preview = None  # the running prompt's previews (sdrt.serve.comfy.previews)
         self.cancel: threading.Event | None = None
         self._loaded: dict[Path, object] = {}
         self._counter_lock = threading.Lock()

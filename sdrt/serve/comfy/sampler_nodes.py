@@ -94,7 +94,8 @@ def _sample(context, model, seed, sampler_name, scheduler, positive, negative, l
     if positive.controls or negative.controls:
         units = control_units(positive, negative, sampler.model, settings["height"], settings["width"])
         request = replace(request, controlnets=units)
-    result = pipeline.run(request, progress=context.progress, cancel=context.cancel, latents_only=True)
+    watch = dict(progress=context.progress, cancel=context.cancel, preview=context.preview)
+    result = pipeline.run(request, **watch, latents_only=True)
     return (Latent(np.asarray(result.latents, np.float32)),)
 
 
