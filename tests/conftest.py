@@ -69,6 +69,27 @@ def _exports(sources: dict[str, Path], root: Path, default: str):
     return get
 
 
+@pytest.fixture(scope="session")
+def tiny_controlnets(tiny_models, tmp_path_factory) -> dict[str, Path]:
+    """Two tiny random ControlNets for the tiny SD model (`edges`, `depth`): name -> diffusers
+    folder; their exports lie in the folders' parent's parent's `exported` (a --controlnet-dir)."""
+    from sdrt.export.exporter import export_model
+    from sdrt.export.random_model import TINY_CONDITIONING_EMBEDDING, save_random_controlnet
+
+    root = tmp_path_factory.mktemp("controlnets")
+    found = {}
+    for name, seed in (("edges", 1), ("depth", 2)):
+        folder = save_random_controlnet(
+            root / "diffusers" / name,
+            tiny_models["standard"],
+            seed=seed,
+            conditioning_embedding=TINY_CONDITIONING_EMBEDDING,
+        )
+        export_model(str(folder), root / "exported" / name, progress=lambda line: None)
+        found[name] = folder
+    return found
+
+
 def reference_scheduler(name: str, config: dict):
     """The diffusers scheduler an sdrt sampler reproduces, built from the same config."""
     import diffusers

@@ -100,7 +100,12 @@ def run_resolved(
         lambda image, draw: pipeline.encode_image(image, draw, request.vae),
     )
     base = Stage(denoiser, sampler, conditioning, guider, start, pipeline.decode_latents)
-    control = pipeline.controlnets.prepare(resolved, start.first, base.steps, guider.unconditional, engine, warnings)
+    call_sigmas = getattr(sampler, "sigmas", None)
+    if call_sigmas is not None:
+        call_sigmas = call_sigmas[start.first : start.first + base.steps]  # ComfyUI's rule: levels per call
+    control = pipeline.controlnets.prepare(
+        resolved, start.first, base.steps, guider.unconditional, engine, warnings, call_sigmas
+    )
     if control is not None:
         base.hooks.append(control)
     base.hooks.extend(pipeline.family.step_hooks(pipeline, resolved))

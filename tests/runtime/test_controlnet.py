@@ -46,17 +46,9 @@ def source(tiny_models):
 
 
 @pytest.fixture(scope="module")
-def controlnets(source, tmp_path_factory) -> dict[str, Path]:
-    """Two tiny random ControlNets for the tiny SD model: diffusers folders and exports."""
-    root = tmp_path_factory.mktemp("controlnets")
-    found = {}
-    for name, seed in (("edges", 1), ("depth", 2)):
-        folder = save_random_controlnet(
-            root / "diffusers" / name, source, seed=seed, conditioning_embedding=TINY_CONDITIONING_EMBEDDING
-        )
-        export_model(str(folder), root / "exported" / name, progress=lambda line: None)
-        found[name] = folder
-    return found
+def controlnets(tiny_controlnets) -> dict[str, Path]:
+    """Two tiny random ControlNets for the tiny SD model: diffusers folders and exports (conftest)."""
+    return tiny_controlnets
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import io
 import json
 import math
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -56,8 +57,14 @@ WAIT_S = 120
 
 
 @pytest.fixture(scope="module")
-def pipeline(exported_tiny) -> Pipeline:
-    return Pipeline.load(exported_tiny("standard"))
+def controlnet(tiny_controlnets) -> Path:
+    """The tiny `edges` ControlNet (a diffusers folder); the server's --controlnet-dir has its export."""
+    return tiny_controlnets["edges"]
+
+
+@pytest.fixture(scope="module")
+def pipeline(exported_tiny, controlnet) -> Pipeline:
+    return Pipeline.load(exported_tiny("standard"), controlnet_dir=controlnet.parent.parent / "exported")
 
 
 @pytest.fixture(scope="module")
@@ -510,3 +517,110 @@ def test_vae_loader_names_an_exports_vae(server):
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(with_loader))), np.asarray(Image.open(io.BytesIO(plain))))
     info = httpx.get(server + "/object_info/VAELoader").json()["VAELoader"]
     assert info["input"]["required"]["vae_name"][0] == ["standard"]
+
+
+def test_controlnet_apply_advanced_equals_comfyui(server, reference, controlnet):
+    """ControlNetLoader + ControlNetApplyAdvanced (strength 0.7, start 0.2, end 0.6) with heun
+    (two model calls a step): ComfyUI's rules written from comfy/controlnet.py and nodes.py; the
+    hint of another aspect ratio, resized nearest-exact with a centre crop."""
+    from comfy_api_simplified import ComfyApiWrapper
+    from diffusers import ControlNetModel
+
+    from support.comfy_reference import ComfyModelSampling, comfy_ksampler
+
+    hint = np.random.default_rng(9).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    picture = io.BytesIO()
+    Image.fromarray(hint).save(picture, format="PNG")
+    httpx.post(server + "/upload/image", files={"image": ("hint.png", picture.getvalue(), "image/png")})
+    strength, start, end = 0.7, 0.2, 0.6
+    workflow = copy.deepcopy(TXT2IMG)
+    workflow["10"] = {"class_type": "ControlNetLoader", "inputs": {"control_net_name": "edges.safetensors"}}
+    workflow["11"] = {"class_type": "LoadImage", "inputs": {"image": "hint.png"}}
+    workflow["12"] = {
+        "class_type": "ControlNetApplyAdvanced",
+        "inputs": {
+            "positive": ["6", 0],
+            "negative": ["7", 0],
+            "control_net": ["10", 0],
+            "image": ["11", 0],
+            "strength": strength,
+            "start_percent": start,
+            "end_percent": end,
+        },
+    }
+    workflow["3"]["inputs"].update(positive=["12", 0], negative=["12", 1], sampler_name="heun", steps=4)
+    for key in ("10", "11", "12"):
+        workflow[key]["_meta"] = {"title": key}
+    ((_, data),) = ComfyApiWrapper(server).queue_and_wait_images(workflow, "Save Image").items()
+    got = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+    model = ControlNetModel.from_pretrained(controlnet)
+    s = ComfyModelSampling(dict(reference.scheduler.config))
+
+    def percent_to_sigma(percent):  # ModelSamplingDiscrete.percent_to_sigma
+        return (
+            999999999.9
+            if percent <= 0
+            else 0.0
+            if percent >= 1
+            else s.sigma(torch.tensor((1 - percent) * 999.0)).item()
+        )
+
+    highest, lowest = percent_to_sigma(start), percent_to_sigma(end)
+    image = torch.from_numpy(hint.astype(np.float32) / 255).permute(2, 0, 1)[None]
+    cond_hint = _torch_upscale(image, 64, 64, "nearest-exact", "center")
+    guided = []
+
+    def control(scaled, t, context, sigma):  # ControlNet.get_control, on both halves of the batch
+        if sigma[0] > highest or sigma[0] < lowest:
+            return {}
+        guided.append(float(sigma[0]))
+        down, mid = model(
+            scaled,
+            t,
+            encoder_hidden_states=context,
+            controlnet_cond=cond_hint.repeat(len(scaled), 1, 1, 1),
+            return_dict=False,
+        )
+        down = [residual * strength for residual in down]
+        return {"down_block_additional_residuals": down, "mid_block_additional_residual": mid * strength}
+
+    cond, uncond = _encode(reference, workflow, 1)
+    zeros = torch.zeros(1, reference.unet.config.in_channels, 8, 8)
+    arguments = (reference.unet, s, cond, uncond, "heun", "normal", 4, 7.5, 8566257, zeros)
+    expected = _decode(reference, comfy_ksampler(*arguments, control=control))[0]
+    assert 0 < len(guided) < 7, "the window keeps some of heun's seven calls, not all"
+    assert_close_pixels(got, expected)
+    plain = _decode(reference, comfy_ksampler(*arguments))[0]
+    assert np.abs(plain.astype(int) - expected).max() > 2, "the ControlNet changes the image"
+
+
+def _frames(server, client_id: str, workflow: dict, **extra) -> list[bytes]:
+    """The binary frames the prompt's client gets on the websocket until the prompt ends."""
+    from websockets.sync.client import connect
+
+    frames = []
+    with connect(server.replace("http://", "ws://") + f"/ws?clientId={client_id}") as socket:
+        assert json.loads(socket.recv(timeout=WAIT_S))["type"] == "status"
+        assert _post(server, workflow, client_id=client_id, **extra).status_code == 200
+        while True:
+            message = socket.recv(timeout=WAIT_S)
+            if isinstance(message, bytes):
+                frames.append(message)
+            elif json.loads(message)["type"] in ("execution_success", "execution_error"):
+                return frames
+
+
+def test_preview_frames_on_the_websocket_when_a_prompt_asks(server):
+    """ComfyUI's binary preview frames (server.py send_image: event 1 PREVIEW_IMAGE, type 1 JPEG,
+    big-endian words) for a prompt whose extra_data asks (preview_method), none otherwise."""
+    workflow = copy.deepcopy(TXT2IMG)
+    workflow["3"]["inputs"].update(seed=21, steps=4)
+    frames = _frames(server, "previews", workflow, extra_data={"preview_method": "auto"})
+    assert len(frames) == 3, "after each step but the last (the image itself follows)"
+    for frame in frames:
+        assert frame[:8] == b"\x00\x00\x00\x01\x00\x00\x00\x01"
+        with Image.open(io.BytesIO(frame[8:])) as preview:
+            assert preview.format == "JPEG" and preview.size == (64, 64)
+    workflow["3"]["inputs"]["seed"] = 22
+    assert _frames(server, "quiet", workflow) == [], "the server previews nothing unless asked (--preview-every 0)"

@@ -201,10 +201,12 @@ def sample_lcm(model, x, sigmas, noise_sampler, s: ComfyModelSampling):
 def comfy_ksampler(unet, s, cond, uncond, sampler, scheduler, steps, cfg, seed, latent_image, **cut):
     """ComfyUI's common_ksampler -> KSAMPLER.sample, on `latent_image` (sdrt's scaled latents,
     ComfyUI's after process_latent_in). `cut`: denoise, start_step, last_step, force_full,
-    add_noise, noise_mask (a [batch, height, width] mask: 1 repaints)."""
+    add_noise, noise_mask (a [batch, height, width] mask: 1 repaints); `control(scaled, t, context,
+    sigma)`: extra UNet keyword arguments for a call (ControlNet residuals), or {}."""
     ks = k_sampling()
     add_noise = cut.pop("add_noise", True)
     noise_mask = cut.pop("noise_mask", None)
+    control = cut.pop("control", None) or (lambda scaled, t, context, sigma: {})
     sigmas = ksampler_sigmas(s, sampler, scheduler, steps, **cut)
     if add_noise:
         noise = torch.randn(latent_image.size(), generator=torch.manual_seed(seed), device="cpu")
@@ -218,7 +220,9 @@ def comfy_ksampler(unet, s, cond, uncond, sampler, scheduler, steps, cfg, seed, 
     def model(x, sigma, **kwargs):
         both_x, both_sigma = torch.cat([x, x]), torch.cat([sigma, sigma])
         t = s.timestep(both_sigma).float()
-        output = unet(s.calculate_input(both_sigma, both_x), t, encoder_hidden_states=context).sample
+        scaled = s.calculate_input(both_sigma, both_x)
+        extra = control(scaled, t, context, sigma)
+        output = unet(scaled, t, encoder_hidden_states=context, **extra).sample
         c, u = s.calculate_denoised(both_sigma, output, both_x).chunk(2)
         return u + (c - u) * cfg
 

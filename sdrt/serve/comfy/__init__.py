@@ -8,6 +8,7 @@ sd_nodes.py   the nodes' implementations on an sdrt Pipeline
 sampler_nodes.py KSampler and KSamplerAdvanced (ComfyUI's samplers and rules)
 image_nodes.py the resampling nodes (LatentUpscale, ImageScale, ...)
 mask_nodes.py  LoadImageMask, SetLatentNoiseMask, VAEEncodeForInpaint
+control_nodes.py ControlNetLoader, ControlNetApply, ControlNetApplyAdvanced (ComfyUI's rules)
 graph.py      validation (ComfyUI's error body) and the execution order
 runner.py     the prompt queue, history and the events a run sends
 routes.py     the routes and the websocket

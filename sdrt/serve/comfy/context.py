@@ -29,6 +29,7 @@ class ComfyContext:
         # ComfyUI's KSampler names -> sdrt's ComfyUI samplers (its rules); its schedulers, in its order.
         self.samplers, self.schedulers = COMFY_SAMPLERS, COMFY_SCHEDULER_NAMES
         self.progress = None
+        self.preview = None  # the running prompt's previews (sdrt.serve.comfy.previews)
         self.cancel: threading.Event | None = None
         self._loaded: dict[Path, object] = {}
         self._counter_lock = threading.Lock()
@@ -78,6 +79,19 @@ class ComfyContext:
         """The LoRA library's name for a file name a client sends ("x.safetensors" -> "x")."""
         by_file = {path.name: stem for stem, path in self._loras().items()}
         return by_file.get(name, name)
+
+    def controlnet_names(self) -> list[str]:
+        """The exported ControlNets of --controlnet-dir, by folder name."""
+        return sorted(self.service.pipeline.controlnets.names(confined=True))
+
+    def controlnet_name(self, name: str) -> str | None:
+        """The ControlNet a client's name finds ("NAME", "NAME.safetensors", "sub/NAME.pth")."""
+        stem = name.replace("\\", "/").rsplit("/", 1)[-1]
+        names = self.controlnet_names()
+        for candidate in (stem, stem.rsplit(".", 1)[0]):
+            if candidate in names:
+                return candidate
+        return None
 
     def sampler_for(self, sampler: str) -> str:
         return self.samplers[sampler]

@@ -111,6 +111,4 @@ NOT_RUN: dict[str, str] = {
     "ConditioningSetArea": "area conditioning: sdrt's loop has one conditioning per image",
     "ConditioningCombine": "several conditionings averaged per step: not in sdrt's loop",
     "ConditioningConcat": "token-wise concatenation of two encodings: not in sdrt's loop",
-    "ControlNetLoader": "ComfyUI's ControlNet nodes: use the A1111 routes' ControlNet for now",
-    "ControlNetApplyAdvanced": "ComfyUI's ControlNet nodes: use the A1111 routes' ControlNet for now",
 }

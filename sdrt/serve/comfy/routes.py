@@ -42,10 +42,10 @@ class Clients:
         self.queues: dict[str, set[asyncio.Queue]] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
 
-    def send(self, event: str, data: dict, client_id: str | None) -> None:
+    def send(self, event: str, data: dict | bytes, client_id: str | None) -> None:
         if self.loop is None:
             return
-        message = {"type": event, "data": data}
+        message = data if isinstance(data, bytes) else {"type": event, "data": data}
         targets = (
             [q for qs in self.queues.values() for q in qs] if client_id is None else self.queues.get(client_id, ())
         )
@@ -238,7 +238,8 @@ def add_comfy_routes(app: FastAPI, service, catalog, settings, folders: dict[str
                     receiving.result()  # raises on disconnect; clients' own messages are ignored
                     receiving = asyncio.create_task(socket.receive_text())
                     continue
-                await socket.send_json(getting.result())
+                message = getting.result()
+                await (socket.send_bytes(message) if isinstance(message, bytes) else socket.send_json(message))
         except (WebSocketDisconnect, RuntimeError):
             pass
         finally:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from sdrt.runtime.loop.context import GenerationCancelled
 from sdrt.serve.comfy.graph import is_link, order, validate
 from sdrt.serve.comfy.nodes import NODES
+from sdrt.serve.comfy.previews import preview_for
 
 #: Finished prompts kept for /history (ComfyUI keeps 10,000; these hold image names, not images).
 MAX_HISTORY = 1000
@@ -43,7 +44,8 @@ def _milliseconds() -> int:
 
 
 class PromptQueue:
-    """`send(event, data, client_id)` delivers a message (client_id None: to every client)."""
+    """`send(event, data, client_id)` delivers a message (client_id None: to every client); bytes
+    `data` is a binary frame (a preview)."""
 
     def __init__(self, context, max_queue: int, send: Callable[[str, dict, str | None], None]):
         self.context, self.max_queue, self.send = context, max_queue, send
@@ -160,6 +162,9 @@ class PromptQueue:
         nodes = order(prompt, item.outputs)
         signatures = {node_id: self._signature(prompt, node_id, memo) for node_id in nodes}
         self._message(item, "execution_start", {})
+        self.context.preview = preview_for(
+            item.extra, self.context.service.settings.preview_every, lambda frame: self.send("", frame, item.client_id)
+        )
         cached = [node_id for node_id in nodes if signatures[node_id] in self.cache]
         self._message(item, "execution_cached", {"nodes": cached})
         results: dict[str, tuple] = {}

@@ -16,6 +16,7 @@ from sdrt.runtime.request_checks import MAX_STEPS
 from sdrt.runtime.schedulers import COMFY_NOT_RUN
 from sdrt.runtime.schedulers.kdiffusion.comfy_schedules import KSamplerSteps
 from sdrt.runtime.text.prompts.emphasis import COMFYUI_EMPHASIS
+from sdrt.serve.comfy.control_nodes import control_units
 from sdrt.serve.comfy.dit_sampling import check_clip
 from sdrt.serve.comfy.dit_sampling import request_settings as flow_settings
 from sdrt.serve.comfy.nodes import INT_MAX, Input, node
@@ -90,9 +91,14 @@ def _sample(context, model, seed, sampler_name, scheduler, positive, negative, l
         settings.update(init_latents=samples, strength=1.0)
     settings = flow_settings(pipeline, model, positive, negative, latent_image, cfg, settings)  # FLUX.1, SD3
     request = GenerationRequest(positive.text, **settings)
-    if len(pipeline.new_sampler(request).timesteps) == 0:
+    sampler = pipeline.new_sampler(request)
+    if len(sampler.timesteps) == 0:
         return (latent_image,)  # ComfyUI's KSampler returns the latents when its cut leaves no step
-    result = pipeline.run(request, progress=context.progress, cancel=context.cancel, latents_only=True)
+    if positive.controls or negative.controls:
+        units = control_units(positive, negative, sampler.model, settings["height"], settings["width"])
+        request = replace(request, controlnets=units)
+    watch = dict(progress=context.progress, cancel=context.cancel, preview=context.preview)
+    result = pipeline.run(request, **watch, latents_only=True)
     return (Latent(np.asarray(result.latents, np.float32)),)
 
 

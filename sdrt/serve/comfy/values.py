@@ -45,13 +45,30 @@ class ModelHandle:
         return replace(self, loras=(*self.loras, ref))
 
 
+@dataclass(frozen=True, eq=False)
+class Control:
+    """One ControlNet applied to a conditioning (ControlNetApply / ControlNetApplyAdvanced): the
+    ControlNet's name, the hint IMAGE [batch, height, width, 3], its strength and ComfyUI's
+    start/end percents; `to_uncond`: ControlNetApply's, which a negative without ControlNets
+    takes too. Compared by identity, as ComfyUI compares its ControlNet objects."""
+
+    name: str
+    hint: np.ndarray
+    strength: float
+    start_percent: float = 0.0
+    end_percent: float = 1.0
+    to_uncond: bool = False
+
+
 @dataclass(frozen=True)
 class Conditioning:
-    """CONDITIONING: the prompt text as CLIPTextEncode received it, and the CLIP it went through."""
+    """CONDITIONING: the prompt text as CLIPTextEncode received it, the CLIP it went through and
+    the ControlNets applied to it, in order."""
 
     text: str
     clip: ModelHandle
     guidance: float | None = None  # FluxGuidance's (None: ComfyUI's FLUX default)
+    controls: tuple[Control, ...] = ()
 
 
 @dataclass

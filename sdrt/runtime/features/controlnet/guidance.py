@@ -47,6 +47,14 @@ def guidance_window(start: float, end: float, calls: int) -> np.ndarray:
     return np.array([0.0 if i / calls < start or (i + 1) / calls > end else 1.0 for i in range(calls)])
 
 
+def level_window(levels: tuple[float, float], call_sigmas: np.ndarray) -> np.ndarray:
+    """1 for the calls whose noise level lies in (highest, lowest) `levels` (ComfyUI's ControlNet
+    get_control: skipped when sigma > highest or sigma < lowest, compared in float32)."""
+    sigmas = np.asarray(call_sigmas, np.float32)
+    highest, lowest = np.float32(levels[0]), np.float32(levels[1])
+    return ((sigmas <= highest) & (sigmas >= lowest)).astype(np.float64)
+
+
 class ControlRun(StepHook):
     """The residual feeds of one denoising run's UNet calls: a step hook whose extra feeds are
     each call's residuals, computed from its scaled latents, timestep, conditioning and rows."""

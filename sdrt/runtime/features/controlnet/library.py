@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from sdrt.errors import GenerationError, ModelFolderError
 from sdrt.runtime.engines import Engine
-from sdrt.runtime.features.controlnet.guidance import ControlRun, PreparedUnit, guidance_window
+from sdrt.runtime.features.controlnet.guidance import ControlRun, PreparedUnit, guidance_window, level_window
 from sdrt.runtime.features.controlnet.manifest import COMPONENT, KIND, ControlNetManifest
 from sdrt.runtime.features.controlnet.preprocess import preprocess
 from sdrt.runtime.features.controlnet.units import PARAM
@@ -124,10 +126,18 @@ class ControlNetLibrary:
             return self._loaded[path]
 
     def prepare(
-        self, resolved: ResolvedRequest, first: int, calls: int, guided: bool, unet: Engine, warnings: list[str]
+        self,
+        resolved: ResolvedRequest,
+        first: int,
+        calls: int,
+        guided: bool,
+        unet: Engine,
+        warnings: list[str],
+        call_sigmas: np.ndarray | None = None,
     ) -> ControlRun | None:
         """The run's ControlNets: each unit's engine and control image at the image's size,
-        and the calls (`calls` from UNet call `first` on) it guides."""
+        and the calls (`calls` from UNet call `first` on) it guides (a unit with `levels`: by
+        each call's noise level, `call_sigmas` of those calls)."""
         controls, height, width = resolved.controls, resolved.height, resolved.width
         confined = resolved.request.confined_names
         rows = resolved.batch * (2 if guided else 1)
@@ -146,12 +156,18 @@ class ControlNetLibrary:
                 )
             pixels = to_control_input(image, height, width).astype(loaded.engine.input_dtype(CONTROL_IMAGE))
             pooled = loaded.manifest.global_pool_conditions  # diffusers runs these in guess mode
+            if unit.levels is None:
+                keep = guidance_window(unit.start, unit.end, calls)
+            elif call_sigmas is None:
+                raise GenerationError("a ControlNet guided by noise levels needs a sampler with noise levels", PARAM)
+            else:
+                keep = level_window(unit.levels, call_sigmas)
             units.append(
                 PreparedUnit(
                     loaded.engine,
                     pixels,
                     float(unit.scale),
-                    guidance_window(unit.start, unit.end, calls),
+                    keep,
                     soft=unit.soft or pooled,
                     conditional_only=unit.conditional_only or pooled,
                 )

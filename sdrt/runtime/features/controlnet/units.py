@@ -8,7 +8,9 @@ strongly and when it guides.
   "controlnet" is diffusers' guess mode: the ControlNet sees only the conditional half and its
   residuals are weighted from 0.1 (first block) up to 1 (mid block), the unconditional half
   gets none; "prompt" weights them the same way on both halves;
-- `preprocessor` makes the control image from a photo (sdrt.runtime.features.controlnet.preprocess).
+- `preprocessor` makes the control image from a photo (sdrt.runtime.features.controlnet.preprocess);
+- `levels` (ComfyUI's rule, its ControlNet `timestep_range`), in place of `start` / `end`: the
+  highest and lowest noise level it guides; a model call guides when its sigma lies between them.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class ControlUnit:
     preprocessor: str = "none"
     low_threshold: int = 100  # canny's thresholds (A1111's defaults), on 8-bit gradients
     high_threshold: int = 200
+    levels: tuple[float, float] | None = None  # (highest, lowest) sigma guided, ComfyUI's rule
 
     @classmethod
     def parse(cls, text: str, image=None, **settings) -> ControlUnit:
@@ -91,6 +94,14 @@ class ControlUnit:
         if not 0 <= self.start < self.end <= 1:
             raise GenerationError(
                 f"{where}: start and end must satisfy 0 <= start < end <= 1, got {self.start} and {self.end}", PARAM
+            )
+        if self.levels is not None and not (
+            isinstance(self.levels, tuple)
+            and len(self.levels) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in self.levels)
+        ):
+            raise GenerationError(
+                f"{where}: levels must be two noise levels (highest, lowest), got {self.levels!r}", PARAM
             )
         mode = mode_named(self.mode, where)
         check_preprocessor(self, where)
