@@ -25,7 +25,8 @@ def ddim(model, x, timesteps, ac, noise, eta=0.0, cfgpp=False):
     alphas = ac[timesteps]
     alphas_prev = ac[torch.nn.functional.pad(timesteps[:-1], pad=(1, 0))].to(torch.float64)
     sqrt_one_minus_alphas = torch.sqrt(1 - alphas)
-    sigmas = eta * np.sqrt((1 - alphas_prev.numpy()) / (1 - alphas.numpy()) * (1 - alphas.numpy() / alphas_prev.numpy()))
+    a, a_prev = alphas.numpy(), alphas_prev.numpy()
+    sigmas = eta * np.sqrt((1 - a_prev) / (1 - a) * (1 - a / a_prev))
     s_x = x.new_ones((x.shape[0], 1, 1, 1))
     for i in range(len(timesteps) - 1):
         index = len(timesteps) - 1 - i
@@ -79,7 +80,8 @@ class VP:
         self.t_array = torch.linspace(0.0, 1.0, self.total_N + 1)[1:]
 
     def log_alpha(self, t):
-        return torch.tensor(np.interp(float(t), self.t_array.numpy(), self.log_alpha_array.numpy()), dtype=torch.float32)
+        value = np.interp(float(t), self.t_array.numpy(), self.log_alpha_array.numpy())
+        return torch.tensor(value, dtype=torch.float32)
 
     def alpha(self, t):
         return torch.exp(self.log_alpha(t))
