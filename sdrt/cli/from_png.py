@@ -23,6 +23,7 @@ FIELDS = {
     "ENSD": "eta_noise_seed_delta",
     "Clip skip": "clip_skip",
     "Emphasis": "emphasis",
+    "Eta DDIM": "eta",
 }
 #: Fields that describe the image or the run without changing the pixels sdrt makes here.
 DESCRIPTIVE = {

@@ -37,6 +37,8 @@ def generation_parameters(
         from sdrt.runtime.a1111_noise import noise_parameters
 
         parameters["a1111_noise"] = noise_parameters(request.a1111_noise)
+    if request.eta is not None:  # the samplers that take one (DDIM's variance, TCD's gamma)
+        parameters["eta"] = float(request.eta)
     if request.true_cfg_scale is not None:  # FLUX.1's real CFG (guidance_scale is then the distilled guidance)
         parameters["true_cfg_scale"] = float(request.true_cfg_scale)
     for name in ("cfg_truncation", "cfg_normalization"):  # Z-Image's CFG options

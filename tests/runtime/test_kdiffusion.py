@@ -275,13 +275,45 @@ def test_cli_unknown_sampler_is_one_line(exported_tiny, tmp_path):
     assert "unknown sampler 'Euler b'" in result.output
 
 
-def test_hires_with_a_k_sampler_is_refused_by_field(kd_ours):
-    from sdrt.errors import GenerationError
+@torch.no_grad()
+def a1111_hires_reference(pipe, seed, steps, hires_steps, strength, size=64, hires_size=96):
+    """A1111's txt2img with the hires fix and Euler (processing.py sample / sample_hr_pass): the
+    first pass, its latents upscaled by the "Latent" upscaler (interpolate, bilinear), then
+    sample_img2img with the hires steps passed (setup_img2img_steps' fixed-steps rule: a schedule
+    of int(steps / strength), its last steps - 1 levels and one more) from the upscaled latents
+    plus the seed's first noise at the larger size (a fresh ImageRNG) times the tail's first level."""
+    ks = k_sampling()
+    cond, uncond = pipe.encode_prompt([PROMPTS[0]], "cpu", 1, True, [NEGATIVE[0]])
+    inner = denoiser(lambda x, t, context: pipe.unet(x, t, encoder_hidden_states=context).sample, pipe.scheduler.config)
+
+    def cfg(x, sigma):
+        c, u = inner(torch.cat([x, x]), torch.cat([sigma, sigma]), context=torch.cat([cond, uncond])).chunk(2)
+        return u + (c - u) * GUIDANCE
+
+    channels = pipe.unet.config.in_channels
+    sigmas = inner.get_sigmas(steps)  # Euler's Automatic: k-diffusion's own schedule
+    x = torch.randn((channels, size // 8, size // 8), generator=torch.Generator("cpu").manual_seed(seed))[None]
+    latents = ks.sample_euler(cfg, x * sigmas[0], sigmas, disable=True)
+    upscaled = torch.nn.functional.interpolate(latents, size=(hires_size // 8,) * 2, mode="bilinear", antialias=False)
+    total, t_enc = int(hires_steps / min(strength, 0.999)), hires_steps - 1
+    sched = inner.get_sigmas(total)[total - t_enc - 1 :]
+    generator = torch.Generator("cpu").manual_seed(seed)
+    noise = torch.randn((channels, hires_size // 8, hires_size // 8), generator=generator)[None]
+    latents = ks.sample_euler(cfg, upscaled + noise * sched[0], sched, disable=True)
+    image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
+    return (image / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+
+
+def test_hires_with_a_k_sampler_equals_a1111(kd_ours, kd_reference):
     from sdrt.runtime.features.hires import HiresFix
 
-    with pytest.raises(GenerationError, match="k-diffusion samplers is not supported yet") as caught:
-        kd_ours["standard"].generate("a cat", steps=2, sampler="k_euler", hires=HiresFix(scale=2.0))
-    assert caught.value.param == "sampler"
+    expected = a1111_hires_reference(kd_reference["standard"], 11, 2, 2, 0.6)
+    result = kd_ours["standard"].generate(
+        PROMPTS[0], negative_prompt=NEGATIVE[0], steps=2, seed=11, sampler="k_euler", guidance_scale=GUIDANCE,
+        height=64, width=64, hires=HiresFix(scale=1.5, upscaler="Latent", steps=2, strength=0.6),
+    )  # fmt: skip
+    assert_same_image(result.array, expected)
+    assert len(result.timings["unet_steps"]) == 2 + 2  # the first pass's steps, then all the hires steps
 
 
 @torch.no_grad()

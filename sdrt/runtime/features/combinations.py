@@ -151,8 +151,6 @@ REFUSED: dict[tuple[str, str], str] = {
     ("refiner", "deepcache"): "DeepCache does not run with a refiner (its graphs are not cached)",
     ("two_call_sampler", "deepcache"): f"DeepCache does not run with {' or '.join(TWO_CALL_SAMPLERS)}, which calls "
     "the UNet twice a step",
-    ("hires", "k_diffusion_sampler"): "the hires fix's second pass with the k-diffusion samplers is not supported "
-    "yet: use a diffusers sampler",
     ("k_diffusion_sampler", "refiner"): "the k-diffusion samplers run one model's whole schedule; a refiner is not "
     "supported with them yet",
     ("inpainting", "comfyui_sampler"): "ComfyUI's samplers inpaint by a latent noise mask (the ComfyUI API's "

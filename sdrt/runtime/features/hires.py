@@ -8,6 +8,10 @@ upscalers), with the same seed.
 With a pixel upscaler and several images, each image's second pass runs alone with its
 prompt's seed (diffusers' image-to-image takes one picture per prompt); latent upscalers keep
 the batch. The PNG parameters record the first pass's size and A1111's "Hires" fields.
+
+With A1111's samplers (the k-diffusion family) the second pass is A1111's: its img2img from the
+upscaled latents (or the upscaled picture's), all the hires steps run (img2img_fix_steps' rule),
+with each image seed's first noise at the larger size.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from PIL import Image
 from sdrt.errors import GenerationError
 from sdrt.runtime.imaging.resample import resize_latents
 from sdrt.runtime.loop.context import RunWatch
+from sdrt.runtime.schedulers import SAMPLERS
 
 if TYPE_CHECKING:
     from sdrt.runtime.pipeline import GenerationResult, Pipeline
@@ -124,6 +129,10 @@ def hires_run(pipeline: Pipeline, request: GenerationRequest, watch: RunWatch) -
         schedule=hires.schedule or request.schedule,
         seed=first.parameters["seed"],
     )
+    if getattr(SAMPLERS[second.sampler].cls, "starts_images_as_a1111", False):
+        # A1111's second pass hands its steps to sample_img2img, whose setup_img2img_steps then
+        # runs them all (of a schedule of steps / strength): img2img_fix_steps' rule.
+        second = replace(second, img2img_fix_steps=True)
     if kind == "latent":
         latents = resize_latents(first.latents, height // m.vae_scale_factor, width // m.vae_scale_factor, mode)
         result = pipeline.run(replace(second, init_latents=latents), watch.progress, watch.cancel, watch.preview)

@@ -34,6 +34,8 @@ PARTIAL_FILE = "image.png"
 STALE_PARTIAL = re.compile(r"\.sdrt-(?P<pid>\d+)-\w+\.partial")
 NEW_FILE_MODE = 0o666  # what open() creates a file with, before the umask
 _UMASK_LOCK = threading.Lock()
+#: The samplers whose eta A1111 records as "Eta DDIM" (its timestep samplers' eta_ddim).
+ETA_DDIM_SAMPLERS = ("a1111_ddim", "a1111_ddim_cfgpp")
 
 
 class ImageFileError(SdrtError):
@@ -69,6 +71,8 @@ def format_parameters(prompt: str, parameters: dict, batch_position: int | None 
         from sdrt.runtime.a1111_noise import noise_fields
 
         fields += noise_fields(parameters["a1111_noise"], batch_position)
+    if parameters.get("eta") and parameters["sampler"] in ETA_DDIM_SAMPLERS:  # A1111's field, where not 0
+        fields.append(("Eta DDIM", parameters["eta"]))
     if "strength" in parameters:
         fields.append(("Denoising strength", parameters["strength"]))
     if "distilled_guidance" in parameters:  # Forge's field for FLUX.1 dev's guidance input

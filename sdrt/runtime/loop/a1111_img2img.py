@@ -1,4 +1,5 @@
-"""Image-to-image and inpainting with the k-diffusion samplers, as A1111 runs them
+"""Image-to-image and inpainting with the k-diffusion samplers (and A1111's timestep samplers,
+which start from alpha_bar instead: A1111TimestepSampler.noised_image), as A1111 runs them
 (modules/processing.py StableDiffusionProcessingImg2Img, sd_samplers_kdiffusion.sample_img2img):
 
 - the run is the tail of the schedule for the requested steps (KDiffusionSampler.start_at_strength);
@@ -21,6 +22,7 @@ from sdrt.errors import ConfigError
 from sdrt.runtime.imaging.inputs import MASK_THRESHOLD, downsample_nearest, mask_gray, to_mask_input, to_model_input
 from sdrt.runtime.loop.modes import DenoiseStart, ImageEncoder
 from sdrt.runtime.request import GenerationError, ResolvedRequest
+from sdrt.runtime.schedulers.a1111_timesteps import A1111TimestepSampler
 from sdrt.runtime.schedulers.kdiffusion.sampler import KDiffusionSampler
 
 MAX_8BIT = 255
@@ -47,7 +49,7 @@ def latent_mask(mask: Image.Image, height: int, width: int, latent_height: int, 
 
 def k_image_start(
     resolved: ResolvedRequest,
-    sampler: KDiffusionSampler,
+    sampler: KDiffusionSampler | A1111TimestepSampler,
     generator,
     shape: tuple[int, ...],
     encode: ImageEncoder,
@@ -73,7 +75,7 @@ def k_image_start(
         image_latents = encode(pixels, mean)  # type: ignore[arg-type]
     if image_latents.shape[0] != batch:
         image_latents = np.concatenate([image_latents] * batch)
-    latents = image_latents + initial * np.float32(sampler.schedule_sigmas[0])
+    latents = sampler.noised_image(image_latents, initial)
     if resolved.mask is None:
         return DenoiseStart(latents.astype(np.float32), 0)
     repaint = latent_mask(resolved.mask, resolved.height, resolved.width, shape[2], shape[3])

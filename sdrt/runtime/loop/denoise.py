@@ -70,7 +70,10 @@ def run_stage(stage: Stage, ctx: StepContext, hooks: Sequence[StepHook]) -> np.n
             ctx.timings.call(measure, seconds)
         if denoiser.copies_to_device:
             ctx.timings.add(UNET_HOST_COPIES, denoiser.last_copy_seconds)
-        prediction = guider.combine(prediction.astype(np.float32))
+        prediction = prediction.astype(np.float32)
+        if getattr(sampler, "takes_unconditional", False) and guider.unconditional:  # A1111's DDIM CFG++
+            sampler.unconditional = np.split(prediction, 2)[0]  # type: ignore[attr-defined]
+        prediction = guider.combine(prediction)
         latents = sampler.step(prediction, index, latents, generator=ctx.generator)
         if stage.end != end:  # the calls an adaptive sampler added count in the run's total
             ctx.total, end = ctx.total + stage.end - end, stage.end

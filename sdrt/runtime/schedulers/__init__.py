@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sdrt.errors import ConfigError
+from sdrt.runtime.schedulers.a1111_timesteps import A1111DDIM, A1111DDIMCFGPP, A1111PLMS
+from sdrt.runtime.schedulers.a1111_unipc import A1111UniPC
 from sdrt.runtime.schedulers.base import Scheduler
 from sdrt.runtime.schedulers.ddim import DDIMScheduler
 from sdrt.runtime.schedulers.ddpm import DDPMScheduler
@@ -151,6 +153,12 @@ _ENTRIES = (
         SamplerEntry(c.name, c.cls, f"{c.comfy_name} (ComfyUI, flow)", family=COMFYUI, comfy_name=c.comfy_name)
         for c in _COMFY_FLOW_NAMES
     ),
+    # A1111's timestep samplers (its sd_samplers_timesteps.py), by A1111's labels; sdrt's ddim, pndm
+    # and unipc stay diffusers'.
+    SamplerEntry("a1111_ddim", A1111DDIM, "DDIM", family=KDIFFUSION),
+    SamplerEntry("a1111_ddim_cfgpp", A1111DDIMCFGPP, "DDIM CFG++", family=KDIFFUSION),
+    SamplerEntry("a1111_plms", A1111PLMS, "PLMS", family=KDIFFUSION),
+    SamplerEntry("a1111_unipc", A1111UniPC, "UniPC", family=KDIFFUSION),
 )
 #: Every sampler of every space, by sdrt name.
 SAMPLERS: dict[str, SamplerEntry] = {entry.name: entry for entry in _ENTRIES}
@@ -177,9 +185,9 @@ DISPLAY_NAMES = {entry.display_name: entry.name for entry in sampler_entries(DIF
 
 #: The k-diffusion family's sdrt names, and every name that resolves to one of them.
 K_SAMPLER_NAMES = sampler_names(DIFFUSION, KDIFFUSION)
-_K_BY_ANY_NAME: dict[str, str] = {
-    **{SAMPLERS[name].display_name.lower(): name for name in K_SAMPLER_NAMES},
+_K_BY_ANY_NAME: dict[str, str] = {  # A1111's labels win over ComfyUI's names ("DDIM" is A1111's)
     **{comfy: name for name in K_SAMPLER_NAMES if (comfy := SAMPLERS[name].comfy_name)},
+    **{SAMPLERS[name].display_name.lower(): name for name in K_SAMPLER_NAMES},
     **{name: name for name in K_SAMPLER_NAMES},
 }
 

@@ -118,6 +118,10 @@ class KDiffusionSampler(Scheduler):
         self.schedule_sigmas = self.full_sigmas[steps - kept - 1 :]
         self._plan_calls()
 
+    def noised_image(self, image_latents: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        """A1111's img2img start: the image's latents plus the noise at the tail's first level."""
+        return image_latents + noise * np.float32(self.schedule_sigmas[0])
+
     def _plan_calls(self) -> None:
         calls = self._dry_run()
         self.sigmas = np.append(calls, self.schedule_sigmas[-1]).astype(np.float32)
