@@ -66,6 +66,16 @@ def check_deepcache(request, manifest: Manifest) -> None:
         raise GenerationError(problem, "deepcache")
 
 
+def check_cache(request, manifest: Manifest) -> None:
+    """The step cache's settings and the export's graphs (the families it runs on: Family.features)."""
+    if request.cache is not None and "step_cache" in manifest.model_family.features:  # else refused by family
+        from sdrt.runtime.features.step_caches import cache_problem
+
+        problem = cache_problem(request.cache, manifest)
+        if problem is not None:
+            raise GenerationError(problem, "cache")
+
+
 def latent_size(request, manifest: Manifest, strength) -> tuple[int, int, float]:
     latents = request.init_latents
     if not isinstance(latents, np.ndarray) or latents.ndim != 4 or latents.shape[1] != manifest.latent_channels:
