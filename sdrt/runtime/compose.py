@@ -17,7 +17,6 @@ from sdrt.runtime.a1111_noise import make_generator
 from sdrt.runtime.engines import Engine
 from sdrt.runtime.features import refiner as refiners
 from sdrt.runtime.features.deepcache import StepCachedDenoiser
-from sdrt.runtime.features.step_caches import cache_run
 from sdrt.runtime.loop import modes
 from sdrt.runtime.loop.conditioning import clip_skip_warning, encode_conditioning
 from sdrt.runtime.loop.context import GenerationCancelled, RunWatch, StepContext
@@ -94,7 +93,7 @@ def run_resolved(
     guider.bind(denoiser)
     cache = None
     if request.cache is not None:
-        cache = cache_run(request.cache, pipeline.optional_engine, guider.unconditional)
+        cache = request.cache.start(pipeline, engine, names, guider.unconditional)
         denoiser.step_cache = cache
     if request.deepcache is not None:
         denoiser = StepCachedDenoiser(engine, pipeline.optional_engine(UNET_SHALLOW), names, request.deepcache.interval)
@@ -139,7 +138,7 @@ def run_resolved(
     images = to_images(array)
     hashes = {e.name: e.short_hash for e in pipeline.text_encoders.embeddings.loaded}
     used = {n: hashes[n] for n in conditioning.embeddings}
-    full_steps = None if cache is None else cache.full_steps()
+    full_steps = None if cache is None else cache.record.full_steps()
     return GenerationResult(images, array, used, timings, warnings, latents, full_steps)
 
 

@@ -120,11 +120,18 @@ FEATURES: dict[str, Feature] = {
         ),
         Feature("deepcache", "DeepCache", "deepcache", "`deepcache`", lambda r: r.request.deepcache is not None),
         Feature(
-            "step_cache",
-            "the step caches (first-block)",
+            "first_block_cache",
+            "the first-block cache",
             "cache",
-            "`cache`",
-            lambda r: r.request.cache is not None,
+            "`cache` first-block:THRESHOLD",
+            lambda r: getattr(r.request.cache, "feature", None) == "first_block_cache",
+        ),
+        Feature(
+            "taylorseer_cache",
+            "the TaylorSeer cache",
+            "cache",
+            "`cache` taylorseer:SETTINGS",
+            lambda r: getattr(r.request.cache, "feature", None) == "taylorseer_cache",
         ),
         Feature("tiny_vae", "the tiny VAE", "vae", '`vae="tiny"`', lambda r: r.request.vae == "tiny"),
         Feature("preview", "previews", "preview", "`Pipeline.run(preview=...)`", None),
@@ -158,7 +165,8 @@ REFUSED: dict[tuple[str, str], str] = {
     ("refiner", "deepcache"): "DeepCache does not run with a refiner (its graphs are not cached)",
     ("two_call_sampler", "deepcache"): f"DeepCache does not run with {' or '.join(TWO_CALL_SAMPLERS)}, which calls "
     "the UNet twice a step",
-    ("lora", "step_cache"): "the step caches do not run with LoRAs (the transformer's parts are not merged)",
+    ("lora", "first_block_cache"): "the first-block cache does not run with LoRAs (the transformer's parts are not "
+    "merged)",
     ("hires", "k_diffusion_sampler"): "the hires fix's second pass with the k-diffusion samplers is not supported "
     "yet: use a diffusers sampler",
     ("k_diffusion_sampler", "refiner"): "the k-diffusion samplers run one model's whole schedule; a refiner is not "
