@@ -97,8 +97,9 @@ class GenerationRequest:
     init_latents: np.ndarray | None = field(default=None, compare=False, metadata=ALONE)
     hires: HiresFix | None = field(default=None, metadata=ALONE)  # A1111's hires fix (sdrt.runtime.features.hires)
     deepcache: DeepCache | None = field(default=None, metadata=SHARED)  # step caching (sdrt.runtime.features.deepcache)
-    # The transformer families' step cache (sdrt.runtime.features.step_caches: first-block).
-    cache: StepCache | None = field(default=None, metadata=SHARED)
+    # The transformer families' step cache (sdrt.runtime.features.step_caches). Alone: the
+    # first-block cache decides over all of a branch's rows, so batching would change its steps.
+    cache: StepCache | None = field(default=None, metadata=ALONE)
     # The stochasticity of samplers that take one (TCD's gamma); None: theirs.
     eta: float | None = field(default=None, metadata=SHARED)
     strength: float | None = field(default=None, metadata=SHARED)  # read only from an image or init latents
