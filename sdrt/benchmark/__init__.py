@@ -17,8 +17,8 @@ import numpy as np
 from sdrt.benchmark.driver import BenchError, Worker
 from sdrt.benchmark.machine import machine_info, matmul_gflops, model_hash, unet_gflop_per_call, versions
 from sdrt.runtime.features.deepcache import DeepCache
-from sdrt.runtime.features.step_caches import parse_cache
 from sdrt.runtime.features.hires import HiresFix
+from sdrt.runtime.features.step_caches import parse_cache
 from sdrt.runtime.manifest import Manifest
 from sdrt.runtime.request import GenerationRequest
 from sdrt.runtime.schedulers import DEFAULT_SAMPLER

@@ -43,7 +43,6 @@ DEEPCACHE = click.option(
 )
 
 
-
 class CacheOption(click.ParamType):
     name = "NAME[:SETTINGS]"
 

@@ -93,7 +93,9 @@ class FluxBody(torch.nn.Module):
         rope = _rope(self.model, img_ids, txt_ids)
         hidden, context = head_hidden, head_context
         for block in _blocks(self.model)[1:]:
-            context, hidden = block(hidden_states=hidden, encoder_hidden_states=context, temb=temb, image_rotary_emb=rope)
+            context, hidden = block(
+                hidden_states=hidden, encoder_hidden_states=context, temb=temb, image_rotary_emb=rope
+            )
         return hidden
 
 

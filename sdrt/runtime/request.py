@@ -25,15 +25,22 @@ from sdrt.runtime.features.combinations import check_combinations
 from sdrt.runtime.features.controlnet.units import PARAM as CONTROLNETS
 from sdrt.runtime.features.controlnet.units import ControlUnit, check_units
 from sdrt.runtime.features.deepcache import DeepCache
-from sdrt.runtime.features.step_caches import StepCache
 from sdrt.runtime.features.hires import HiresFix
 from sdrt.runtime.features.inpaint_area import MaskOptions
 from sdrt.runtime.features.lora.tags import LoraRef, extract_tags, weights_problem
 from sdrt.runtime.features.lora.weights_map import LoraError
 from sdrt.runtime.features.skip_layers import SkipLayerGuidance
+from sdrt.runtime.features.step_caches import StepCache
 from sdrt.runtime.imaging.inputs import InputImageError, open_image, target_size
 from sdrt.runtime.manifest import BATCH, HEIGHT, Manifest
-from sdrt.runtime.request_checks import check_cache, check_counts, check_deepcache, check_sampling, check_vae, latent_size
+from sdrt.runtime.request_checks import (
+    check_cache,
+    check_counts,
+    check_deepcache,
+    check_sampling,
+    check_vae,
+    latent_size,
+)
 from sdrt.runtime.request_fields import ALONE, PER_ROW, SHARED
 from sdrt.runtime.request_sizes import check_size, nearest_multiples, side_problem  # noqa: F401 (read from here)
 from sdrt.runtime.schedulers import DEFAULT_SAMPLER, DEFAULT_SCHEDULE, SAMPLERS

@@ -37,11 +37,11 @@ from sdrt.serve.a1111 import (
     control_units,
     decode_image,
     deepcache_field,
-    step_cache_field,
     k_family_applies,
     png_base64,
     refiner_switch,
     sdrt_sampler,
+    step_cache_field,
 )
 from sdrt.serve.a1111_noise_fields import a1111_noise, a1111_variation_info
 from sdrt.serve.a1111_options import MODEL_OPTION, A1111Options

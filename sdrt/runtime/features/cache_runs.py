@@ -145,6 +145,7 @@ class TaylorSeerRun:
             output = self.engine.run(feeds)[self.output]
             self._update(state, output)
             return output
+        assert state.last_update is not None  # the warm-up's first call always computes
         offset = state.step - state.last_update
         predicted = np.zeros(state.factors[0].shape, state.dtype)
         for order, factor in enumerate(state.factors):

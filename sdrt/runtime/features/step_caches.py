@@ -165,8 +165,8 @@ def parse_cache(text: str) -> StepCache:
     return CACHES[name].parse(settings.strip())
 
 
-def cache_problem(cache, manifest: Manifest) -> str | None:
+def cache_problem(cache: object, manifest: Manifest) -> str | None:
     """Why `cache` cannot run on this export (the family's refusal is the combinations table's)."""
-    if not isinstance(cache, tuple(CACHES.values())):
+    if not isinstance(cache, (FirstBlockCache, TaylorSeer)):
         return f"cache must be one of {', '.join(CACHES)} (NAME[:SETTINGS]), got {cache!r}"
     return cache.problem() or cache.manifest_problem(manifest)
