@@ -186,6 +186,14 @@ def exported_flux_kontext(exported_flux, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def exported_flux_parts(tiny_flux, exported_flux, tmp_path_factory) -> Path:
+    """The tiny dev export with the transformer also in parts, as `--cache-graphs` makes it (once)."""
+    from tests.support.step_caches import add_cache_graphs
+
+    return add_cache_graphs(tiny_flux["dev"], exported_flux("dev"), tmp_path_factory.mktemp("flux-parts") / "dev")
+
+
+@pytest.fixture(scope="session")
 def tiny_sd3(tmp_path_factory) -> Path:
     """A tiny random SD3.5-Medium-shaped pipeline with T5 as a diffusers folder, once per session."""
     from sdrt.export.random_sd3 import save_random_sd3

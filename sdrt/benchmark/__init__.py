@@ -18,6 +18,7 @@ from sdrt.benchmark.driver import BenchError, Worker
 from sdrt.benchmark.machine import machine_info, matmul_gflops, model_hash, unet_gflop_per_call, versions
 from sdrt.runtime.features.deepcache import DeepCache
 from sdrt.runtime.features.hires import HiresFix
+from sdrt.runtime.features.step_caches import parse_cache
 from sdrt.runtime.manifest import Manifest
 from sdrt.runtime.request import GenerationRequest
 from sdrt.runtime.schedulers import DEFAULT_SAMPLER
@@ -43,6 +44,7 @@ class BenchSettings:
     schedule: str = "automatic"  # A1111's schedule type (sdrt.runtime.schedulers.schedules)
     hires: float | None = None  # the hires fix's scale (Latent upscaler, as many steps, strength 0.7)
     deepcache: str | None = None  # DeepCache "INTERVAL[:BRANCH]" (an export made with --deepcache)
+    cache: str | None = None  # a transformer step cache "NAME[:SETTINGS]" (sdrt.runtime.features.step_caches)
 
     def request(self, seed: int = 0) -> GenerationRequest:
         """The generation one measured run makes."""
@@ -63,6 +65,7 @@ class BenchSettings:
             schedule=self.schedule,
             hires=None if self.hires is None else HiresFix(scale=self.hires),
             deepcache=None if self.deepcache is None else DeepCache.parse(self.deepcache),
+            cache=None if self.cache is None else parse_cache(self.cache),
             controlnets=[ControlUnit.parse(text, image) for text in self.controlnets],
         )
 
@@ -166,9 +169,10 @@ def run_benchmark(
             or settings.hires
             or settings.schedule != "automatic"
             or settings.deepcache
+            or settings.cache
         ):
             raise BenchError(
-                "--compare with --controlnet, --vae tiny, --hires, --schedule or --deepcache is not "
+                "--compare with --controlnet, --vae tiny, --hires, --schedule, --deepcache or --cache is not "
                 "supported yet: measure sdrt alone (or use --latency-table)"
             )
         try:

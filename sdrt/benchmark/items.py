@@ -13,12 +13,18 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sdrt.runtime.features.deepcache import DeepCache
-from sdrt.runtime.manifest import UNET_SHALLOW
+from sdrt.runtime.features.step_caches import FirstBlockCache, TaylorSeer
+from sdrt.runtime.manifest import CACHE_GRAPHS, UNET_SHALLOW
 from sdrt.runtime.request import GenerationRequest
+from sdrt.runtime.schedulers.spaces import FLOW
 
 PLAIN = "plain"
 FEW_STEPS = 4  # LCM / TCD: what LCM-LoRA and TCD-LoRA users run
 FEW_STEP_GUIDANCE = 1.0
+#: The step caches measured: FirstBlockCacheConfig's default threshold and a looser one;
+#: TaylorSeerCacheConfig's defaults (a full call every 5 steps after 3) and a full call every other step.
+FIRST_BLOCK_THRESHOLDS = (0.05, 0.2)
+TAYLORSEER_ITEMS = {"taylorseer": TaylorSeer(), "taylorseer_2": TaylorSeer(cache_interval=2)}
 
 
 @dataclass(frozen=True)
@@ -29,11 +35,17 @@ class Item:
 
 def items_for(manifest) -> list[Item]:
     """The plain run, and each shortcut this export can take."""
-    found = [
-        Item(PLAIN),
-        Item(f"lcm_{FEW_STEPS}", {"sampler": "lcm", "steps": FEW_STEPS, "guidance_scale": FEW_STEP_GUIDANCE}),
-        Item(f"tcd_{FEW_STEPS}", {"sampler": "tcd", "steps": FEW_STEPS, "guidance_scale": FEW_STEP_GUIDANCE}),
-    ]
+    features = manifest.model_family.features
+    found = [Item(PLAIN)]
+    if manifest.sampler_space != FLOW:  # LCM and TCD are UNet samplers
+        found += [
+            Item(f"lcm_{FEW_STEPS}", {"sampler": "lcm", "steps": FEW_STEPS, "guidance_scale": FEW_STEP_GUIDANCE}),
+            Item(f"tcd_{FEW_STEPS}", {"sampler": "tcd", "steps": FEW_STEPS, "guidance_scale": FEW_STEP_GUIDANCE}),
+        ]
+    if FirstBlockCache.feature in features and all(name in manifest.components for name in CACHE_GRAPHS):
+        found += [Item(f"first_block_{t:g}", {"cache": FirstBlockCache(t)}) for t in FIRST_BLOCK_THRESHOLDS]
+    if TaylorSeer.feature in features:
+        found += [Item(name, {"cache": cache}) for name, cache in TAYLORSEER_ITEMS.items()]
     if UNET_SHALLOW in manifest.components:
         found += [Item(f"deepcache_{interval}", {"deepcache": DeepCache(interval)}) for interval in (2, 3)]
     if manifest.tiny_vae is not None:
@@ -74,17 +86,19 @@ def latency_table(
             "speedup": plain_time / median,
             **compare(plain_image, result.array),
             "unet_calls": len(result.timings.get("unet_steps", ())),
+            # With a step cache: the calls that ran the whole transformer (the positive branch's).
+            **({} if result.full_steps is None else {"full_calls": len(result.full_steps["cond"])}),
         }
         say(f"{item.name}: {median:.3f} s per image")
     return rows
 
 
 def format_table(rows: dict) -> str:
-    lines = [f"{'item':<14} {'steps':>5} {'s/image':>9} {'speed-up':>9} {'MAD/255':>8} {'PSNR dB':>8}"]
+    lines = [f"{'item':<16} {'steps':>5} {'s/image':>9} {'speed-up':>9} {'MAD/255':>8} {'PSNR dB':>8} {'full':>5}"]
     for name, row in rows.items():
         psnr = "inf" if row["psnr_db"] is None else f"{row['psnr_db']:.1f}"
         lines.append(
-            f"{name:<14} {row['steps']:>5} {row['seconds_per_image']:>9.3f} {row['speedup']:>8.2f}x "
-            f"{row['mean_abs_255']:>8.2f} {psnr:>8}"
+            f"{name:<16} {row['steps']:>5} {row['seconds_per_image']:>9.3f} {row['speedup']:>8.2f}x "
+            f"{row['mean_abs_255']:>8.2f} {psnr:>8} {row.get('full_calls', row['unet_calls']):>5}"
         )
     return "\n".join(lines)

@@ -97,10 +97,18 @@ from sdrt.runtime.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES, SAMPLERS, SC
     help="Measure DeepCache (an export made with --deepcache).",
 )
 @click.option(
+    "--cache",
+    "step_cache",
+    default=None,
+    metavar="NAME[:SETTINGS]",
+    help="Measure a transformer step cache: first-block:THRESHOLD (an export made with --cache-graphs) "
+    "or taylorseer:KEY=VALUE,...",
+)
+@click.option(
     "--latency-table",
     is_flag=True,
     help="Time per image, speed-up and image change of each shortcut the export takes (LCM, TCD, "
-    "DeepCache, tiny VAE) against the plain --steps run, in this process.",
+    "DeepCache, step caches, tiny VAE) against the plain --steps run, in this process.",
 )
 @click.option("--runs", default=3, show_default=True, type=int, help="Measured runs (after the warm-up).")
 @click.option("--warmup", default=1, show_default=True, type=int, help="Unmeasured runs first.")
@@ -150,6 +158,7 @@ def bench(
     schedule,
     hires,
     deepcache,
+    step_cache,
     latency_table,
     runs,
     warmup,
@@ -185,6 +194,13 @@ def bench(
             DeepCache.parse(deepcache)
         except ValueError as error:
             raise SdrtError(f"--deepcache: {error}") from None
+    if step_cache is not None:
+        from sdrt.runtime.features.step_caches import parse_cache
+
+        try:
+            parse_cache(step_cache)
+        except ValueError as error:
+            raise SdrtError(f"--cache: {error}") from None
     if sampler not in SAMPLERS:  # flow samplers too (SD3, FLUX); the request checks the model's space
         raise SdrtError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLER_NAMES)}")
     if arch is not None:
@@ -206,6 +222,7 @@ def bench(
         schedule=schedule,
         hires=hires,
         deepcache=deepcache,
+        cache=step_cache,
         **({"prompt": prompt} if prompt is not None else {}),
     )
     if latency_table:

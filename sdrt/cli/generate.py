@@ -219,6 +219,7 @@ def generate(
     )
     conditioning = size_conditioning(sdxl)
     hires, masking, deepcache, eta = hires_fix(sdxl), mask_options(sdxl), sdxl.pop("deepcache"), sdxl.pop("eta")
+    step_cache = sdxl.pop("step_cache")
     prompt, negative_prompt = styled(prompt, negative_prompt, sdxl)
     if masking is not None and mask_image is None:
         raise click.UsageError(
@@ -288,6 +289,7 @@ def generate(
         hires=hires,
         mask_options=masking,
         deepcache=deepcache,
+        cache=step_cache,
         eta=eta,
         img2img_fix_steps=sdxl.pop("img2img_fix_steps"),
         a1111_noise=a1111_noise,
@@ -307,6 +309,8 @@ def generate(
     if not quiet:
         for warning in result.warnings:
             click.echo(f"warning: {warning}", err=True)
+        for branch, steps in (result.full_steps or {}).items():
+            click.echo(f"cache: {branch} ran in full at steps {' '.join(map(str, steps)) or 'none'}", err=True)
     stage = time.perf_counter()
     for position, (image, path) in enumerate(zip(result.images, paths), start=1):
         save_png(image, path, format_parameters(prompt, result.parameters, position if len(paths) > 1 else None))
@@ -324,6 +328,7 @@ def generate(
                     "outputs": [str(p) for p in paths],
                     "timings": timings,
                     "warnings": result.warnings,
+                    **({} if result.full_steps is None else {"full_steps": result.full_steps}),
                 }
             )
         )

@@ -18,6 +18,7 @@ from sdrt.runtime.features.hires import (
     upscaler_named,
 )
 from sdrt.runtime.features.inpaint_area import MASK_FILLS, MaskOptions
+from sdrt.runtime.features.step_caches import CACHES, parse_cache
 
 
 class DeepCacheOption(click.ParamType):
@@ -41,6 +42,29 @@ DEEPCACHE = click.option(
     "made with --deepcache; branch 0).",
 )
 
+
+class CacheOption(click.ParamType):
+    name = "NAME[:SETTINGS]"
+
+    def convert(self, value, param, ctx):
+        if value is None or isinstance(value, tuple(CACHES.values())):
+            return value
+        try:
+            return parse_cache(value)
+        except ValueError as error:
+            self.fail(str(error), param, ctx)
+
+
+STEP_CACHE = click.option(
+    "--cache",
+    "step_cache",
+    default=None,
+    type=CacheOption(),
+    metavar="NAME[:SETTINGS]",
+    help="A transformer step cache: first-block:THRESHOLD (an export made with --cache-graphs) or "
+    "taylorseer:KEY=VALUE,... (TaylorSeerCacheConfig's fields, lite mode). docs/step-caches.md.",
+)
+
 HIRES = ("hires", "hires_upscaler", "hires_steps", "hires_strength", "hires_prompt")
 MASK = ("mask_blur", "invert_mask", "inpaint_area", "mask_padding", "mask_fill", "paste_back")
 INPAINT_AREAS = ("whole", "masked")
@@ -49,6 +73,7 @@ INPAINT_AREAS = ("whole", "masked")
 def image_options(command: Callable) -> Callable:
     options = [
         DEEPCACHE,
+        STEP_CACHE,
         click.option(
             "--style",
             "styles",

@@ -119,6 +119,11 @@ RANDOM_NAMES = (
     help="Also export the graphs DeepCache needs (generate --deepcache; a few MB, SD 1.x/2.x).",
 )
 @click.option(
+    "--cache-graphs",
+    is_flag=True,
+    help="FLUX.1: also export the transformer in parts, for the step caches (generate --cache; docs/step-caches.md).",
+)
+@click.option(
     "--weights",
     type=click.Choice(list(WEIGHT_FORMATS)),
     default=None,
@@ -147,6 +152,7 @@ def export(
     max_prompt_chunks: int,
     tiny_vae: str | None,
     deepcache: bool,
+    cache_graphs: bool,
     weights: str | None,
     weight_block: str,
     overwrite: bool,
@@ -186,6 +192,7 @@ def export(
         max_prompt_chunks=max_prompt_chunks,
         tiny_vae=tiny_vae,
         deepcache=deepcache,
+        cache_graphs=cache_graphs,
         weights=weights,
         weight_block=int(weight_block),
     )

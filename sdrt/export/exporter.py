@@ -197,6 +197,8 @@ TRANSFORMER_EXPORTERS = (
 )
 #: The only exporter that takes --no-t5 (T5 is optional in SD3 alone).
 SD3_EXPORTER = "export_sd3_pipeline"
+#: The only exporter that takes --cache-graphs (sdrt.export.flux_cache).
+FLUX_EXPORTER = "export_flux_pipeline"
 
 
 def _transformer_exporter(pipeline):
@@ -226,6 +228,8 @@ def export_pipeline(
     exporter = _transformer_exporter(pipeline)
     if options.no_t5 and getattr(exporter, "__name__", None) != SD3_EXPORTER:
         raise ExportError("--no-t5 is for Stable Diffusion 3 models (T5 is optional there only)")
+    if options.cache_graphs and getattr(exporter, "__name__", None) != FLUX_EXPORTER:
+        raise ExportError("--cache-graphs is for FLUX.1 models (the other families' transformers are not split yet)")
     if exporter is not None:
         return exporter(
             pipeline,

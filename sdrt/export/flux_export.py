@@ -56,6 +56,10 @@ def export_flux_pipeline(
         progress(f"{T5_ENCODER}: kept in fp32 (T5 overflows in fp16 on real weights; --t5-precision fp16 to ask)")
     with staged(out_dir, overwrite) as staging:
         exports = flux_component_exports(pipeline, geometry, length)
+        if options.cache_graphs:
+            from sdrt.export.flux_cache import flux_cache_exports
+
+            exports = flux_cache_exports(exports, pipeline)
         components = export_components(
             exports,
             staging,

@@ -24,6 +24,7 @@ class ExportOptions:
     max_prompt_chunks: int = DEFAULT_PROMPT_CHUNKS  # the UNet's longest text context, in encoder lengths
     tiny_vae: str | None = None  # an AutoencoderTiny (folder or hub id) to export beside the VAE
     deepcache: bool = False  # also the graphs DeepCache needs (sdrt.export.deepcache)
+    cache_graphs: bool = False  # FLUX.1: also the transformer in parts, for the step caches (sdrt.export.flux_cache)
     t5_precision: str | None = None  # FLUX's T5: fp32 unless asked (it overflows in fp16)
     no_t5: bool = False  # SD3: export without T5 (the runtime feeds zeros in its place)
     weights: str | None = None  # int8 / int4: MatMul weights quantized (sdrt.export.quantize)

@@ -54,6 +54,8 @@ class GenerationResult:
     timings: Mapping[str, float | list[float]]
     warnings: list[str] = field(default_factory=list)
     latents: np.ndarray | None = None  # the final latents, before the VAE decode
+    #: With a step cache: guidance branch -> the steps whose model call ran in full (the others were cached).
+    full_steps: dict[str, list[int]] | None = None
 
 
 def to_images(array: np.ndarray) -> list[Image.Image]:
@@ -89,6 +91,10 @@ def run_resolved(
     sampler = pipeline.new_sampler(request, resolved)
     denoiser = pipeline.family.make_denoiser(engine)
     guider.bind(denoiser)
+    cache = None
+    if request.cache is not None:
+        cache = request.cache.start(pipeline, engine, names, guider.unconditional)
+        denoiser.step_cache = cache
     if request.deepcache is not None:
         denoiser = StepCachedDenoiser(engine, pipeline.optional_engine(UNET_SHALLOW), names, request.deepcache.interval)
     start = modes.prepare(
@@ -136,7 +142,9 @@ def run_resolved(
             array = stages[-1].decode(latents, request.vae)  # the refiner decodes with its own VAE
     images = to_images(array)
     hashes = {e.name: e.short_hash for e in pipeline.text_encoders.embeddings.loaded}
-    return GenerationResult(images, array, {n: hashes[n] for n in conditioning.embeddings}, timings, warnings, latents)
+    used = {n: hashes[n] for n in conditioning.embeddings}
+    full_steps = None if cache is None else cache.record.full_steps()
+    return GenerationResult(images, array, used, timings, warnings, latents, full_steps)
 
 
 def _partial_result(

@@ -85,6 +85,19 @@ HIDDEN_STATES, POOLED_PROJECTIONS, IMG_IDS, TXT_IDS, GUIDANCE = (
     "guidance",
 )
 IMAGE_TOKENS, T5_SEQUENCE = "image_tokens", "t5_sequence"  # packed 2x2 latent patches; T5's padded length
+#: A transformer exported in parts for the step caches (`sdrt export --cache-graphs`, sdrt.export.flux_cache):
+#: the head (embeddings and the first block), the body (the other blocks) and the tail (norm_out, proj_out).
+TRANSFORMER_HEAD, TRANSFORMER_BODY, TRANSFORMER_TAIL = "transformer_head", "transformer_body", "transformer_tail"
+CACHE_GRAPHS = (TRANSFORMER_HEAD, TRANSFORMER_BODY, TRANSFORMER_TAIL)
+#: The tensors between the parts: the first block's outputs and its image-stream residual, the
+#: time/text embedding every block takes, and the last block's image-stream output.
+HEAD_HIDDEN, HEAD_CONTEXT, FIRST_RESIDUAL, TEMB, BODY_HIDDEN = (
+    "head_hidden_states",
+    "head_encoder_hidden_states",
+    "first_block_residual",
+    "temb",
+    "body_hidden_states",
+)
 #: Every engine an export may have (SDXL adds the second text encoder; a refiner has only it).
 COMPONENT_NAMES = (
     "text_encoder",
@@ -97,6 +110,7 @@ COMPONENT_NAMES = (
     TINY_VAE_ENCODER,
     UNET_SHALLOW,
     TRANSFORMER,
+    *CACHE_GRAPHS,
 )
 #: The text encoder and tokenizer of SD 1.x/2.x exports (SDXL lists its own in `sdxl`).
 CLIP_TEXT_ENCODER, CLIP_TOKENIZER = "text_encoder", "tokenizer"

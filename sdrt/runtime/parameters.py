@@ -70,6 +70,8 @@ def generation_parameters(
         parameters["lora_hashes"] = {lora.name: lora.short_hash for lora in loras}
     if request.deepcache is not None:
         parameters["deepcache"] = f"{request.deepcache.interval}:{request.deepcache.branch}"
+    if request.cache is not None:
+        parameters["cache"] = request.cache.text
     if request.vae != "full":
         parameters["vae"] = request.vae
     if resolved.controls:

@@ -30,9 +30,17 @@ from sdrt.runtime.features.inpaint_area import MaskOptions
 from sdrt.runtime.features.lora.tags import LoraRef, extract_tags, weights_problem
 from sdrt.runtime.features.lora.weights_map import LoraError
 from sdrt.runtime.features.skip_layers import SkipLayerGuidance
+from sdrt.runtime.features.step_caches import StepCache
 from sdrt.runtime.imaging.inputs import InputImageError, open_image, target_size
 from sdrt.runtime.manifest import BATCH, HEIGHT, Manifest
-from sdrt.runtime.request_checks import check_counts, check_deepcache, check_sampling, check_vae, latent_size
+from sdrt.runtime.request_checks import (
+    check_cache,
+    check_counts,
+    check_deepcache,
+    check_sampling,
+    check_vae,
+    latent_size,
+)
 from sdrt.runtime.request_fields import ALONE, PER_ROW, SHARED
 from sdrt.runtime.request_sizes import check_size, nearest_multiples, side_problem  # noqa: F401 (read from here)
 from sdrt.runtime.schedulers import DEFAULT_SAMPLER, DEFAULT_SCHEDULE, SAMPLERS
@@ -96,6 +104,9 @@ class GenerationRequest:
     init_latents: np.ndarray | None = field(default=None, compare=False, metadata=ALONE)
     hires: HiresFix | None = field(default=None, metadata=ALONE)  # A1111's hires fix (sdrt.runtime.features.hires)
     deepcache: DeepCache | None = field(default=None, metadata=SHARED)  # step caching (sdrt.runtime.features.deepcache)
+    # The transformer families' step cache (sdrt.runtime.features.step_caches). Alone: the
+    # first-block cache decides over all of a branch's rows, so batching would change its steps.
+    cache: StepCache | None = field(default=None, metadata=ALONE)
     # The stochasticity of samplers that take one (TCD's gamma); None: theirs.
     eta: float | None = field(default=None, metadata=SHARED)
     strength: float | None = field(default=None, metadata=SHARED)  # read only from an image or init latents
@@ -294,6 +305,7 @@ def _resolve(request: GenerationRequest, manifest: Manifest) -> ResolvedRequest:
     controls = tuple((unit, _open(unit.image, CONTROLNETS)) for unit in check_units(request.controlnets))
     check_vae(request, manifest)
     check_deepcache(request, manifest)
+    check_cache(request, manifest)
     init_latents = None if request.init_latents is None else np.asarray(request.init_latents, np.float32)
     resolved = ResolvedRequest(
         request,

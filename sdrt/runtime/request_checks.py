@@ -66,6 +66,23 @@ def check_deepcache(request, manifest: Manifest) -> None:
         raise GenerationError(problem, "deepcache")
 
 
+def check_cache(request, manifest: Manifest) -> None:
+    """The step cache's settings and the export's graphs, where the family takes that cache (a
+    family that does not is refused by name: sdrt.runtime.features.combinations)."""
+    cache = request.cache
+    if cache is not None and getattr(cache, "feature", None) in manifest.model_family.features:
+        from sdrt.runtime.features.step_caches import cache_problem
+
+        problem = cache_problem(cache, manifest)
+        if problem is not None:
+            raise GenerationError(problem, "cache")
+    elif cache is not None:
+        from sdrt.runtime.features.step_caches import CACHES
+
+        if not isinstance(cache, tuple(CACHES.values())):
+            raise GenerationError(f"cache must be one of {', '.join(CACHES)} (NAME[:SETTINGS]), got {cache!r}", "cache")
+
+
 def latent_size(request, manifest: Manifest, strength) -> tuple[int, int, float]:
     latents = request.init_latents
     if not isinstance(latents, np.ndarray) or latents.ndim != 4 or latents.shape[1] != manifest.latent_channels:

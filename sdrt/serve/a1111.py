@@ -52,6 +52,7 @@ A1111_FIELDS = {
     "mask_options": "mask",
     "hires": "enable_hr",
     "deepcache": "deepcache",
+    "cache": "cache",
     "seed_resize_from": "seed_resize_from_w",
 }
 #: What A1111 clients send for "no refiner" and "no ControlNet model".
@@ -274,6 +275,18 @@ def a1111_hires(body):
         sampler=None if _same(body.hr_sampler_name) else sampler,
         schedule=None if _same(body.hr_scheduler) else schedule,
     )
+
+
+def step_cache_field(value, param: str = "cache"):
+    """sdrt's `cache` extension field ("first-block:THRESHOLD", "taylorseer:KEY=VALUE,...") as its step cache."""
+    from sdrt.runtime.features.step_caches import parse_cache
+
+    if value is None:
+        return None
+    try:
+        return parse_cache(value)
+    except ValueError as error:
+        raise RequestError(400, f"{param}: {error}", param) from None
 
 
 def deepcache_field(value, param: str = "deepcache"):

@@ -110,6 +110,7 @@ class A1111Request(Body, Sd3Fields):
     alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
     send_images: bool = True
     deepcache: StrictStr | int | None = None  # sdrt's extension: DeepCache "INTERVAL[:BRANCH]"
+    cache: StrictStr | None = None  # sdrt's extension: a transformer step cache "NAME[:SETTINGS]"
     # Fields checked against NEUTRAL_ONLY and COSMETIC (declared so that their types are A1111's).
     restore_faces: bool | None = None
     tiling: bool | None = None

@@ -41,6 +41,7 @@ from sdrt.serve.a1111 import (
     png_base64,
     refiner_switch,
     sdrt_sampler,
+    step_cache_field,
 )
 from sdrt.serve.a1111_noise_fields import a1111_noise, a1111_variation_info
 from sdrt.serve.a1111_options import MODEL_OPTION, A1111Options
@@ -221,6 +222,7 @@ def create_app(pipeline, settings: ServeSettings | None = None, catalog: ModelCa
             vae=a1111_vae(options.sd_vae, "override_settings.sd_vae"),
             hires=a1111_hires(body) if image is None else None,
             deepcache=deepcache_field(body.deepcache),
+            cache=step_cache_field(body.cache),
             eta=eta,
             img2img_fix_steps=options.img2img_fix_steps,
             a1111_noise=a1111_noise(body, options),

@@ -36,6 +36,7 @@ FORM_TEXTS = (
     "output_format",
     "background",
     "deepcache",
+    "cache",
 )
 
 

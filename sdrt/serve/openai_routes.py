@@ -25,7 +25,14 @@ from sdrt.runtime.request import GenerationRequest
 from sdrt.runtime.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES, SAMPLERS
 from sdrt.runtime.seeds import seeds_for
 from sdrt.runtime.text.prompts.styles import apply_styles
-from sdrt.serve.a1111 import check_lora_tags, decode_image, deepcache_field, png_base64, served_name
+from sdrt.serve.a1111 import (
+    check_lora_tags,
+    decode_image,
+    deepcache_field,
+    png_base64,
+    served_name,
+    step_cache_field,
+)
 from sdrt.serve.family_guidance import edits_reference, openai_guidance, served_family, served_manifest
 from sdrt.serve.openai_compat import (
     URL,
@@ -191,6 +198,7 @@ def add_openai_routes(app: FastAPI, service, catalog, settings, run, checks) -> 
             vae=body.vae,
             hires=hires_of(body),
             deepcache=deepcache_field(body.deepcache),
+            cache=step_cache_field(body.cache),
             eta=body.eta,
             **body.sd3_settings(),
         )
@@ -250,6 +258,7 @@ def add_openai_routes(app: FastAPI, service, catalog, settings, run, checks) -> 
             plain_prompt=settings.plain_prompts,
             vae=body.vae,
             deepcache=deepcache_field(body.deepcache),
+            cache=step_cache_field(body.cache),
             **body.sd3_settings(),
         )
         return body, generation, model

@@ -176,6 +176,7 @@ class OpenAIImageRequest(Body, Sd3Fields):
     vae: StrictStr = "full"  # sdrt's extension: "tiny" decodes with the tiny VAE
     hires: HiresField | None = None  # sdrt's extension: A1111's hires fix
     deepcache: StrictStr | int | None = None  # sdrt's extension: DeepCache "INTERVAL[:BRANCH]"
+    cache: StrictStr | None = None  # sdrt's extension: a transformer step cache "NAME[:SETTINGS]"
     eta: float | None = Field(None, ge=0, le=1)  # sdrt's extension: TCD's gamma
 
     def check(self) -> None:

@@ -102,3 +102,33 @@ def test_bad_flux_requests_name_the_field(served, route, payload, param):
     response = httpx.post(f"{url}{route}", json={"prompt": PROMPT, "steps": 1, **payload}, timeout=60)
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == param, response.text
+
+
+def test_the_cache_field_on_both_servers(served):
+    """sdrt's `cache` extension: the pipeline's own image with that cache, on either API."""
+    from sdrt.runtime.features.step_caches import parse_cache
+
+    url, pipeline = served
+    cache, steps = "taylorseer:cache_interval=2,disable_cache_before_step=1", 3  # step 1 is predicted
+    expected = _expected(pipeline, guidance_scale=FORGE_DISTILLED, steps=steps, cache=parse_cache(cache))
+    assert not np.array_equal(expected, _expected(pipeline, guidance_scale=FORGE_DISTILLED, steps=steps))
+    base = {"prompt": PROMPT, "steps": steps, "seed": SEED, "cache": cache}
+    body = _post(url, "/sdapi/v1/txt2img", {**base, "width": WIDTH, "height": HEIGHT})
+    np.testing.assert_array_equal(np.asarray(decode_png(body["images"][0])), expected)
+    body = _post(url, "/v1/images/generations", {**base, "size": f"{WIDTH}x{HEIGHT}", "response_format": "b64_json"})
+    np.testing.assert_array_equal(np.asarray(decode_png(body["data"][0]["b64_json"])), expected)
+
+
+@pytest.mark.parametrize(
+    ("route", "cache", "message"),
+    [
+        ("/sdapi/v1/txt2img", "taylorseer:max_order=-1", "max_order"),
+        ("/v1/images/generations", "first-block:0.1", "--cache-graphs"),  # this export has no parts
+    ],
+)
+def test_bad_cache_fields_are_400_naming_it(served, route, cache, message):
+    url, _ = served
+    size = {"size": f"{WIDTH}x{HEIGHT}"} if route.startswith("/v1") else {"width": WIDTH, "height": HEIGHT}
+    response = httpx.post(f"{url}{route}", json={"prompt": PROMPT, "steps": 1, "cache": cache, **size}, timeout=60)
+    assert response.status_code == 400 and message in response.text, response.text
+    assert response.json()["error"]["param"] == "cache", response.text

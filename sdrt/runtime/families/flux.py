@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 PATCH = 2
 #: FluxFillPipeline's default guidance_scale (FluxPipeline's is the family's 3.5).
 FILL_GUIDANCE = 30.0
-FLUX_FEATURES = frozenset({"img2img", "init_latents", "inpainting", "lora"})
+FLUX_FEATURES = frozenset({"img2img", "init_latents", "inpainting", "lora", "first_block_cache", "taylorseer_cache"})
 
 
 def flux_sigmas(steps: int) -> np.ndarray:

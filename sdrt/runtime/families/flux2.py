@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from sdrt.runtime.request import GenerationRequest, ResolvedRequest
     from sdrt.runtime.text.encoders import TextEncoding
 
-FLUX2_FEATURES = frozenset({"reference_images", "lora"})
+FLUX2_FEATURES = frozenset({"reference_images", "lora", "taylorseer_cache"})
 
 
 class Flux2(Flux):

@@ -15,7 +15,7 @@ import numpy as np
 from sdrt.runtime.flux2_spec import POSITION_AXES
 from sdrt.runtime.loop.context import StepContext
 from sdrt.runtime.loop.denoiser import EngineDenoiser
-from sdrt.runtime.manifest import DENOISER_OUTPUT, HIDDEN_STATES, IMG_IDS, TXT_IDS, UNET_CONTEXT
+from sdrt.runtime.manifest import HIDDEN_STATES, IMG_IDS, TXT_IDS, UNET_CONTEXT
 
 TIME_AXIS, ROW_AXIS, COLUMN_AXIS, TEXT_AXIS = range(POSITION_AXES)
 #: Reference image k's time coordinate is REFERENCE_TIME * (k + 1) (_prepare_image_ids' scale).
@@ -89,5 +89,5 @@ class TokenDenoiser(EngineDenoiser):
         feeds[HIDDEN_STATES] = np.ascontiguousarray(tokens).astype(self.dtypes[HIDDEN_STATES], copy=False)
         feeds[IMG_IDS] = ids.astype(self.dtypes[IMG_IDS])
         feeds[TXT_IDS] = text_ids(inputs[UNET_CONTEXT].shape[1]).astype(self.dtypes[TXT_IDS])
-        prediction = self.engine.run(feeds)[DENOISER_OUTPUT]
+        prediction = self.call_engine(ctx, position, feeds)
         return latents_of(prediction[:, : height * width], height, width)

@@ -17,7 +17,7 @@ import numpy as np
 
 from sdrt.runtime.loop.context import StepContext
 from sdrt.runtime.loop.denoiser import EngineDenoiser
-from sdrt.runtime.manifest import DENOISER_OUTPUT, HIDDEN_STATES, IMG_IDS, TXT_IDS, UNET_CONTEXT
+from sdrt.runtime.manifest import HIDDEN_STATES, IMG_IDS, TXT_IDS, UNET_CONTEXT
 
 PATCH = 2
 #: RoPE position ids: (0, row, column) for image tokens, zeros for text tokens.
@@ -74,5 +74,5 @@ class PackedDenoiser(EngineDenoiser):
         feeds[HIDDEN_STATES] = np.ascontiguousarray(tokens)
         feeds[IMG_IDS] = ids.astype(self.dtypes[IMG_IDS])
         feeds[TXT_IDS] = text_ids(inputs[UNET_CONTEXT].shape[1]).astype(self.dtypes[TXT_IDS])
-        prediction = self.engine.run(feeds)[DENOISER_OUTPUT]
+        prediction = self.call_engine(ctx, position, feeds)
         return unpack(prediction[:, : (height // PATCH) * (width // PATCH)], height, width)

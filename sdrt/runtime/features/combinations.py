@@ -119,6 +119,20 @@ FEATURES: dict[str, Feature] = {
             lambda r: r.request.refiner_switch is not None,
         ),
         Feature("deepcache", "DeepCache", "deepcache", "`deepcache`", lambda r: r.request.deepcache is not None),
+        Feature(
+            "first_block_cache",
+            "the first-block cache",
+            "cache",
+            "`cache` first-block:THRESHOLD",
+            lambda r: getattr(r.request.cache, "feature", None) == "first_block_cache",
+        ),
+        Feature(
+            "taylorseer_cache",
+            "the TaylorSeer cache",
+            "cache",
+            "`cache` taylorseer:SETTINGS",
+            lambda r: getattr(r.request.cache, "feature", None) == "taylorseer_cache",
+        ),
         Feature("tiny_vae", "the tiny VAE", "vae", '`vae="tiny"`', lambda r: r.request.vae == "tiny"),
         Feature("preview", "previews", "preview", "`Pipeline.run(preview=...)`", None),
         Feature(
@@ -151,6 +165,8 @@ REFUSED: dict[tuple[str, str], str] = {
     ("refiner", "deepcache"): "DeepCache does not run with a refiner (its graphs are not cached)",
     ("two_call_sampler", "deepcache"): f"DeepCache does not run with {' or '.join(TWO_CALL_SAMPLERS)}, which calls "
     "the UNet twice a step",
+    ("lora", "first_block_cache"): "the first-block cache does not run with LoRAs (the transformer's parts are not "
+    "merged)",
     ("k_diffusion_sampler", "refiner"): "the k-diffusion samplers run one model's whole schedule; a refiner is not "
     "supported with them yet",
     ("inpainting", "comfyui_sampler"): "ComfyUI's samplers inpaint by a latent noise mask (the ComfyUI API's "

@@ -102,6 +102,8 @@ def format_parameters(prompt: str, parameters: dict, batch_position: int | None 
         )
     if "deepcache" in parameters:
         fields.append(("DeepCache", quote(parameters["deepcache"])))
+    if "cache" in parameters:  # a transformer step cache (sdrt.runtime.features.step_caches)
+        fields.append(("Step cache", quote(parameters["cache"])))
     if "skip_layer_guidance" in parameters:  # SD3's skip-layer guidance
         skip = parameters["skip_layer_guidance"]
         layers = ", ".join(str(layer) for layer in skip["layers"])

@@ -4,7 +4,9 @@
 tensor names) once per call of the step's conditioning (sdrt.runtime.loop.conditioning: one
 call, or one per text length), each call with the extra feeds of the step hooks (ControlNet
 residuals; a UNet with residual inputs that gets none feeds zeros, sdrt.runtime.engines.base).
-Step caches (DeepCache) subclass it and override `run`, reading the step from the context.
+Step caches (DeepCache) subclass it and override `run`, reading the step from the context; the
+transformer families' step caches (sdrt.runtime.features.step_caches) take over `call_engine`
+through `step_cache` instead, so the family's own feeds (FLUX's packing) stay as they are.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ class EngineDenoiser:
         self.sample_dtype = engine.input_dtype(names.sample)
         self.timestep_dtype = engine.input_dtype(names.timestep)
         self.dtypes = {name: engine.input_dtype(name) for name in engine.inputs}
+        #: A step cache's run (sdrt.runtime.features.step_caches) that makes each call's output; None: the engine.
+        self.step_cache = None
 
     @property
     def copies_to_device(self) -> bool:
@@ -71,4 +75,10 @@ class EngineDenoiser:
 
     def run(self, ctx: StepContext, position: int, inputs: dict[str, np.ndarray]) -> np.ndarray:
         """One engine call: the `position`-th call of the step."""
-        return self.engine.run(inputs)[self.names.output]
+        return self.call_engine(ctx, position, inputs)
+
+    def call_engine(self, ctx: StepContext, position: int, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """The denoiser's output for the engine's feeds: the engine's, or the step cache's."""
+        if self.step_cache is not None:
+            return self.step_cache.run(ctx, position, feeds)
+        return self.engine.run(feeds)[self.names.output]
