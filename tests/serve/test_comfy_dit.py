@@ -212,6 +212,7 @@ def test_comfyuis_flux_dev_workflow_equals_comfyuis_ksampler(flux_server, tiny_f
     assert_close_pixels(_image(flux_server, copy.deepcopy(FLUX)), _flux_expected(tiny_flux, exported_flux, FLUX))
 
 
+@pytest.mark.slow  # the suite's CPU budget: SD3's diffusers pipeline loads in ~5 s
 def test_comfyuis_sd3_workflow_with_t5_equals_comfyuis_ksampler(sd3_server, tiny_sd3, exported_sd3):
     from conftest import sd3_reference
 

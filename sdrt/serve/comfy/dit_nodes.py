@@ -7,6 +7,7 @@ KSampler runs these models through sdrt.serve.comfy.dit_sampling."""
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 
@@ -122,7 +123,8 @@ def empty_sd3_latent_image(context, width: int, height: int, batch_size: int):
 
 
 def _patched(model: ModelHandle, family: str, node_name: str, sampling: FlowModelSampling) -> tuple:
-    actual = model.pipeline.manifest.family
+    pipeline: Any = model.pipeline
+    actual = pipeline.manifest.family
     if actual != family:
         raise NodeError(f"{node_name} patches a {family} model; {model.name} is a {actual} model")
     return (replace(model, model_sampling=sampling),)

@@ -89,7 +89,7 @@ def request_settings(
     if comfy_name not in COMFY_FLOW_SAMPLERS:
         raise NodeError(
             f"sampler_name: {comfy_name} on a flow model is ComfyUI's rectified-flow variant, not run by sdrt; "
-            f"choose one of {', '.join(COMFY_FLOW_SAMPLERS)}"
+            f"choose one of {', '.join(map(str, COMFY_FLOW_SAMPLERS))}"
         )
     if cfg < 1:
         raise NodeError(f"cfg: below 1 ({cfg}) sdrt runs no classifier-free guidance on {family}; use 1 or more")
