@@ -173,6 +173,19 @@ def test_history_view_and_the_cache_across_prompts(server):
     assert image["filename"] != saved["filename"]
 
 
+def _apply_controlnet(workflow: dict, name: str, negative=("12", 1)) -> None:
+    """ControlNetLoader `name` + ControlNetApplyAdvanced on the sampler's conditionings (its
+    negative output to the sampler unless `negative` says another)."""
+    workflow["10"] = {"class_type": "ControlNetLoader", "inputs": {"control_net_name": name}}
+    workflow["12"] = {
+        "class_type": "ControlNetApplyAdvanced",
+        "inputs": {"positive": ["6", 0], "negative": ["7", 0], "control_net": ["10", 0], "image": ["11", 0]},
+    }
+    workflow["12"]["inputs"].update(strength=1.0, start_percent=0.0, end_percent=1.0)
+    workflow["11"] = {"class_type": "LoadImage", "inputs": {"image": "hint.png"}}
+    workflow["3"]["inputs"].update(positive=["12", 0], negative=list(negative))
+
+
 @pytest.mark.parametrize(
     "change, kind, node",
     [
@@ -183,6 +196,7 @@ def test_history_view_and_the_cache_across_prompts(server):
         (lambda w: w["8"]["inputs"].update(samples=["4", 0]), "return_type_mismatch", "8"),
         (lambda w: w["8"]["inputs"].update(samples=["99", 0]), "bad_linked_input", "8"),
         (lambda w: w["4"]["inputs"].update(ckpt_name="missing.safetensors"), "value_not_in_list", "4"),
+        (lambda w: _apply_controlnet(w, "missing.pth"), "value_not_in_list", "10"),
     ],
 )
 def test_a_bad_workflow_is_comfyuis_error_naming_the_node(server, change, kind, node):
@@ -248,6 +262,20 @@ def test_img2img_through_load_image_and_vae_encode(server):
     assert entry["status"]["completed"], json.dumps(entry["status"])
     (saved,) = entry["outputs"]["9"]["images"]
     assert Image.open(io.BytesIO(httpx.get(server + "/view", params=saved).content)).size == (64, 64)
+
+
+def test_a_controlnet_on_the_positive_only_is_refused_by_the_sampler(server):
+    """sdrt's ControlNets guide both halves of guidance: a negative without the positive's
+    ControlNetApplyAdvanced is an execution_error naming the sampler."""
+    picture = io.BytesIO()
+    Image.new("RGB", (64, 64), (9, 9, 9)).save(picture, format="PNG")
+    httpx.post(server + "/upload/image", files={"image": ("hint.png", picture.getvalue(), "image/png")})
+    workflow = copy.deepcopy(TXT2IMG)
+    _apply_controlnet(workflow, "edges")
+    workflow["3"]["inputs"]["negative"] = ["7", 0]
+    entry = _wait(server, _post(server, workflow).json()["prompt_id"])
+    (error,) = [data for event, data in entry["status"]["messages"] if event == "execution_error"]
+    assert error["node_id"] == "3" and "different ControlNets" in error["exception_message"]
 
 
 def test_the_servers_limits_hold_for_workflows(server):
