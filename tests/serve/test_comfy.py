@@ -173,6 +173,19 @@ def test_history_view_and_the_cache_across_prompts(server):
     assert image["filename"] != saved["filename"]
 
 
+def _apply_controlnet(workflow: dict, name: str, negative=("12", 1)) -> None:
+    """ControlNetLoader `name` + ControlNetApplyAdvanced on the sampler's conditionings (its
+    negative output to the sampler unless `negative` says another)."""
+    workflow["10"] = {"class_type": "ControlNetLoader", "inputs": {"control_net_name": name}}
+    workflow["12"] = {
+        "class_type": "ControlNetApplyAdvanced",
+        "inputs": {"positive": ["6", 0], "negative": ["7", 0], "control_net": ["10", 0], "image": ["11", 0]},
+    }
+    workflow["12"]["inputs"].update(strength=1.0, start_percent=0.0, end_percent=1.0)
+    workflow["11"] = {"class_type": "LoadImage", "inputs": {"image": "hint.png"}}
+    workflow["3"]["inputs"].update(positive=["12", 0], negative=list(negative))
+
+
 @pytest.mark.parametrize(
     "change, kind, node",
     [
@@ -183,6 +196,7 @@ def test_history_view_and_the_cache_across_prompts(server):
         (lambda w: w["8"]["inputs"].update(samples=["4", 0]), "return_type_mismatch", "8"),
         (lambda w: w["8"]["inputs"].update(samples=["99", 0]), "bad_linked_input", "8"),
         (lambda w: w["4"]["inputs"].update(ckpt_name="missing.safetensors"), "value_not_in_list", "4"),
+        (lambda w: _apply_controlnet(w, "missing.pth"), "value_not_in_list", "10"),
     ],
 )
 def test_a_bad_workflow_is_comfyuis_error_naming_the_node(server, change, kind, node):
@@ -259,6 +273,20 @@ def test_img2img_through_load_image_and_vae_encode(server):
     assert entry["status"]["completed"], json.dumps(entry["status"])
     (saved,) = entry["outputs"]["9"]["images"]
     assert Image.open(io.BytesIO(httpx.get(server + "/view", params=saved).content)).size == (64, 64)
+
+
+def test_a_controlnet_on_the_positive_only_is_refused_by_the_sampler(server):
+    """sdrt's ControlNets guide both halves of guidance: a negative without the positive's
+    ControlNetApplyAdvanced is an execution_error naming the sampler."""
+    picture = io.BytesIO()
+    Image.new("RGB", (64, 64), (9, 9, 9)).save(picture, format="PNG")
+    httpx.post(server + "/upload/image", files={"image": ("hint.png", picture.getvalue(), "image/png")})
+    workflow = copy.deepcopy(TXT2IMG)
+    _apply_controlnet(workflow, "edges")
+    workflow["3"]["inputs"]["negative"] = ["7", 0]
+    entry = _wait(server, _post(server, workflow).json()["prompt_id"])
+    (error,) = [data for event, data in entry["status"]["messages"] if event == "execution_error"]
+    assert error["node_id"] == "3" and "different ControlNets" in error["exception_message"]
 
 
 def test_the_servers_limits_hold_for_workflows(server):
@@ -624,3 +652,75 @@ def test_preview_frames_on_the_websocket_when_a_prompt_asks(server):
             assert preview.format == "JPEG" and preview.size == (64, 64)
     workflow["3"]["inputs"]["seed"] = 22
     assert _frames(server, "quiet", workflow) == [], "the server previews nothing unless asked (--preview-every 0)"
+
+
+@pytest.fixture(scope="module")
+def sdxl_server(exported_sdxl, tmp_path_factory):
+    """The tiny SDXL base served, the tiny refiner beside it in --models-dir."""
+    from sdrt.serve.catalog import ModelCatalog
+
+    base, refiner = exported_sdxl("base"), exported_sdxl("refiner")
+    settings = ServeSettings(comfy_dir=str(tmp_path_factory.mktemp("comfy-sdxl")))
+    catalog = ModelCatalog(base, refiner.parent, Pipeline.load)  # as `sdrt serve --models-dir` makes it
+    with live_server(create_app(Pipeline.load(base), settings, catalog)) as url:
+        yield url
+
+
+def _sdxl_encode(pipe, prompt: str, negative: str, aesthetic: tuple[float, float] | None, size: int):
+    """(cond, uncond, the UNet's added conditioning for [cond; uncond]) as ComfyUI's SDXL adm makes
+    it: the latents' size, crop 0, 0; the refiner's aesthetic score 6 (positive) and 2.5 (negative)."""
+    cond, uncond, pooled, negative_pooled = pipe.encode_prompt(
+        prompt, device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=True, negative_prompt=negative
+    )
+    if aesthetic is None:
+        ids = [[size, size, 0, 0, size, size]] * 2
+    else:
+        ids = [[size, size, 0, 0, aesthetic[0]], [size, size, 0, 0, aesthetic[1]]]
+    added = {"text_embeds": torch.cat([pooled, negative_pooled]), "time_ids": torch.tensor(ids, dtype=torch.float32)}
+    return cond, uncond, added
+
+
+@pytest.mark.slow  # two SDXL exports and their diffusers references: about 14 s
+def test_sdxl_base_and_refiner_equal_comfyui(sdxl_server, tiny_sdxl):
+    """ComfyUI's SDXL base + refiner workflow: two checkpoints, each with its CLIPTextEncodes;
+    KSamplerAdvanced on the base for steps 0-2 returning the leftover noise, then on the refiner
+    from step 2 without new noise; decoded by the refiner's VAE."""
+    from comfy_api_simplified import ComfyApiWrapper
+
+    from conftest import sdxl_reference
+    from support.comfy_reference import ComfyModelSampling, comfy_ksampler
+
+    size, prompt, negative = 64, TXT2IMG["6"]["inputs"]["text"], TXT2IMG["7"]["inputs"]["text"]
+    workflow = copy.deepcopy(TXT2IMG)
+    workflow["4"]["inputs"]["ckpt_name"] = "base.safetensors"
+    workflow["5"]["inputs"].update(width=size, height=size)
+    workflow["12"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "refiner.safetensors"}}
+    workflow["15"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": ["12", 1], "text": prompt}}
+    workflow["16"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": ["12", 1], "text": negative}}
+    workflow["3"] = _advanced(["4", 0], ["5", 0], "enable", 0, 2, "enable", "dpmpp_2m", "karras")
+    workflow["11"] = _advanced(["12", 0], ["3", 0], "disable", 2, 10000, "disable", "dpmpp_2m", "karras")
+    workflow["11"]["inputs"].update(positive=["15", 0], negative=["16", 0], steps=6)
+    workflow["3"]["inputs"]["steps"] = 6
+    workflow["8"]["inputs"].update(samples=["11", 0], vae=["12", 2])
+    for key in ("12", "15", "16"):
+        workflow[key]["_meta"] = {"title": key}
+    ((_, data),) = ComfyApiWrapper(sdxl_server).queue_and_wait_images(workflow, "Save Image").items()
+    got = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+    base = sdxl_reference("StableDiffusionXLPipeline", tiny_sdxl["base"])
+    refiner = sdxl_reference("StableDiffusionXLImg2ImgPipeline", tiny_sdxl["refiner"])
+    assert base.vae.config.scaling_factor == refiner.vae.config.scaling_factor, "latents pass as they are"
+
+    def sampled(pipe, aesthetic, latents, **cut):
+        cond, uncond, added = _sdxl_encode(pipe, prompt, negative, aesthetic, size)
+
+        def unet(x, t, encoder_hidden_states, **extra):
+            return pipe.unet(x, t, encoder_hidden_states=encoder_hidden_states, added_cond_kwargs=added, **extra)
+
+        s = ComfyModelSampling(dict(pipe.scheduler.config))
+        return comfy_ksampler(unet, s, cond, uncond, "dpmpp_2m", "karras", 6, 7.5, 77, latents, **cut)
+
+    zeros = torch.zeros(1, base.unet.config.in_channels, size // 8, size // 8)
+    first = sampled(base, None, zeros, start_step=0, last_step=2, force_full=False)
+    final = sampled(refiner, (6.0, 2.5), first, start_step=2, last_step=10000, force_full=True, add_noise=False)
+    assert_close_pixels(got, _decode(refiner, final)[0])

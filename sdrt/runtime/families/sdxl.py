@@ -174,7 +174,7 @@ class StableDiffusionXLRefiner(StableDiffusionXL):
     features = StableDiffusionXL.features - {"refiner"}
 
     def check_request(self, request: GenerationRequest, manifest: Manifest) -> None:
-        if request.init_image is None:
+        if request.init_image is None and request.init_latents is None:  # an image, or latents (ComfyUI)
             raise GenerationError(
                 "this is an SDXL refiner, which refines an image: load it as the refiner of an "
                 "SDXL base model (--refiner), or give it an init image",

@@ -108,7 +108,14 @@ def node(name: str, category: str, required: dict[str, Input], outputs: tuple[st
 
 #: ComfyUI nodes sdrt knows but does not run, with what each would need (the docs list them).
 NOT_RUN: dict[str, str] = {
-    "ConditioningSetArea": "area conditioning: sdrt's loop has one conditioning per image",
-    "ConditioningCombine": "several conditionings averaged per step: not in sdrt's loop",
-    "ConditioningConcat": "token-wise concatenation of two encodings: not in sdrt's loop",
+    "ConditioningSetArea": "area conditioning: several conditional model calls per step, each on its area "
+    "with ComfyUI's feathered weights, summed and divided by the weights (calc_cond_batch); sdrt's guidance "
+    "has one conditional prediction per image",
+    "ConditioningSetAreaPercentage": "area conditioning (as ConditioningSetArea): not in sdrt's loop",
+    "ConditioningSetMask": "masked conditioning: several conditional model calls per step weighted by masks; "
+    "not in sdrt's loop",
+    "ConditioningCombine": "several conditionings averaged per step: a conditional model call for each, their "
+    "predictions averaged before guidance (calc_cond_batch); sdrt's guidance has one conditional prediction",
+    "ConditioningConcat": "token-wise concatenation of two encodings: a chunk break in ComfyUI's prompt "
+    "weighting (which has no BREAK word) for the sampler's prompt",
 }
