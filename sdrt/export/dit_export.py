@@ -14,7 +14,9 @@ from sdrt.export.weights_map import lora_fingerprints, record_weights_map
 def export_components(exports, staging: Path, geometry, options_of, progress, release_weights: bool) -> dict:
     """Component name -> ComponentSpec for each of `exports`, in order. `options_of(name)` is a
     component's own export options (T5 kept in fp32, say); with `release_weights` a module's
-    weights are dropped once no later component shares them."""
+    weights are dropped once no later component shares them. Each is traced with its weights
+    streamed to disk (sdrt.export.streamed_trace): the transformers and T5 are the largest
+    engines sdrt exports."""
     from sdrt.export.exporter import _shares_weights, component_spec, export_component
 
     components = {}
@@ -22,7 +24,7 @@ def export_components(exports, staging: Path, geometry, options_of, progress, re
         own = options_of(component.name)
         release = release_weights and not _shares_weights(component, exports[index + 1 :])
         prints = lora_fingerprints(component, own)
-        final, files, validation = export_component(component, staging, geometry, own, progress, release)
+        final, files, validation = export_component(component, staging, geometry, own, progress, release, streamed=True)
         weights_map = record_weights_map(final, prints, component.name, staging, files, progress)
         components[component.name] = component_spec(component, staging, final, files, validation, own, weights_map)
     return components

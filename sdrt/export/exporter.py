@@ -68,10 +68,16 @@ def _graph_dtypes(path: Path, specs: list[TensorSpec]) -> list[TensorSpec]:
 
 
 def _build_component(
-    component: ComponentExport, staging: Path, geometry: ModelGeometry, options: ExportOptions, release: bool = False
+    component: ComponentExport,
+    staging: Path,
+    geometry: ModelGeometry,
+    options: ExportOptions,
+    release: bool = False,
+    streamed: bool = False,
 ) -> tuple[Path, list[Path], dict]:
     """Export, convert and optimize one engine; returns its file, all its files, validation.
-    With `release`, the module's weights are dropped once traced (nothing later needs them)."""
+    With `release`, the module's weights are dropped once traced (nothing later needs them);
+    `streamed` traces without holding a copy of them (sdrt.export.streamed_trace)."""
     precision = options.precision_of(component.name)
     work = staging / WORK_DIR / component.name
     work.mkdir(parents=True)
@@ -80,7 +86,12 @@ def _build_component(
     final = out_dir / ONNX_FILE
     traced = work / "fp32.onnx"
     cases = reference_cases(component, geometry)
-    _export_torch(component, traced, cases[0])
+    if streamed:
+        from sdrt.export.streamed_trace import export_streamed
+
+        export_streamed(component, traced, cases[0].inputs)
+    else:
+        _export_torch(component, traced, cases[0])
     if options.fuses_attention(component.name):
         fused = work / "fused.onnx"
         onnx_graph.fuse_attention_for_cpu(traced, fused)
@@ -128,13 +139,14 @@ def export_component(
     options: ExportOptions,
     progress: Callable[[str], None],
     release: bool = False,
+    streamed: bool = False,
 ) -> tuple[Path, list[Path], dict]:
     """_build_component with its progress lines; an engine that does not reproduce its module
     is an ExportError."""
     started = time.perf_counter()
     precision = options.precision_of(component.name)
     progress(f"{component.name}: exporting ({precision}, {options.target}{', optimized' if options.optimize else ''})")
-    final, files, validation = _build_component(component, staging, geometry, options, release)
+    final, files, validation = _build_component(component, staging, geometry, options, release, streamed)
     progress(
         f"{component.name}: max abs error {validation['max_abs_error']:.2e}, "
         f"max rel error {validation['max_rel_error']:.2e} ({time.perf_counter() - started:.1f}s)"

@@ -101,30 +101,39 @@ def _shapes_from_dims():
 
 def _save_streamed(model, base_dir: Path, destination: Path, to_half: set[str]) -> list[Path]:
     """Save `model`, whose external tensors live under `base_dir`, as `destination` plus one
-    data file; the tensors named in `to_half` hold float32 data to store as float16."""
+    data file; the tensors named in `to_half` hold float32 data to store as float16. Each
+    tensor's bytes go from file to file: never into the proto, whose arena would keep them."""
     import numpy as np
     import onnx
-    from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
     from onnxruntime.transformers.float16 import convert_np_to_float16
 
     external = [t for t in model.graph.initializer if uses_external_data(t)]
     if not external:  # all in the graph already: small enough to hold
         return save(model, destination)
     data = destination.with_name(destination.name + EXTERNAL_DATA_SUFFIX)
-    with open(data, "wb") as handle:
-        for tensor in external:
-            load_external_data_for_tensor(tensor, str(base_dir))
-            raw = tensor.raw_data
-            if tensor.name in to_half:
-                raw = convert_np_to_float16(np.frombuffer(raw, dtype=np.float32)).astype(np.float16).tobytes()
-            offset = handle.tell()
-            handle.write(raw)
-            tensor.ClearField("raw_data")
-            del tensor.external_data[:]
-            for key, value in (("location", data.name), ("offset", str(offset)), ("length", str(len(raw)))):
-                entry = tensor.external_data.add()
-                entry.key, entry.value = key, value
-            tensor.data_location = onnx.TensorProto.EXTERNAL
+    sources: dict[str, object] = {}
+    try:
+        with open(data, "wb") as handle:
+            for tensor in external:
+                info = ExternalDataInfo(tensor)
+                if info.location not in sources:
+                    sources[info.location] = open(base_dir / info.location, "rb")  # noqa: SIM115 (closed below)
+                source = sources[info.location]
+                source.seek(info.offset or 0)
+                raw = source.read(info.length) if info.length else source.read()
+                if tensor.name in to_half:
+                    raw = convert_np_to_float16(np.frombuffer(raw, dtype=np.float32)).astype(np.float16).tobytes()
+                offset = handle.tell()
+                handle.write(raw)
+                del tensor.external_data[:]
+                for key, value in (("location", data.name), ("offset", str(offset)), ("length", str(len(raw)))):
+                    entry = tensor.external_data.add()
+                    entry.key, entry.value = key, value
+                tensor.data_location = onnx.TensorProto.EXTERNAL
+    finally:
+        for source in sources.values():
+            source.close()
     onnx.save_model(model, str(destination))
     return [destination, data]
 
