@@ -237,3 +237,14 @@ def test_export_cache_graphs_and_generate_without_torch(tiny_flux, tiny_flux2_kl
     assert completed.returncode == 0, completed.stderr
     report = json.loads(completed.stdout.strip().splitlines()[-1])
     assert report["parameters"]["cache"] == "first-block:0.25" and 0 < len(report["full_steps"]["cond"]) < 6
+
+
+def test_first_block_cache_with_a_lora_is_one_line_naming_both(exported_flux_parts):
+    from sdrt.runtime.features.combinations import REFUSED
+    from sdrt.runtime.manifest import Manifest
+    from sdrt.runtime.request import GenerationRequest
+
+    request = GenerationRequest(PROMPT, steps=1, cache=FirstBlockCache(), loras=("style:0.5",), **SIZE)
+    with pytest.raises(GenerationError) as raised:
+        request.resolve(Manifest.load(exported_flux_parts))
+    assert REFUSED[("lora", "first_block_cache")] in str(raised.value) and raised.value.param == "cache"
