@@ -21,6 +21,7 @@ from sdrt.runtime.features.controlnet.units import ControlUnit
 from sdrt.runtime.features.deepcache import DeepCache
 from sdrt.runtime.features.hires import HiresFix
 from sdrt.runtime.features.inpaint_area import MaskOptions
+from sdrt.runtime.features.step_caches import FirstBlockCache, TaylorSeer
 from sdrt.runtime.manifest import DEEP_FEATURE, UNET, UNET_SHALLOW, Manifest, TensorSpec, TinyVaeSpec
 from sdrt.runtime.request import GenerationRequest
 
@@ -63,6 +64,8 @@ def settings_for(feature: str, manifest: Manifest) -> dict:
         "size_conditioning": dict(size_conditioning=SizeConditioning()),
         "refiner": dict(refiner_switch=0.5),
         "deepcache": dict(deepcache=DeepCache(2)),
+        "first_block_cache": dict(cache=FirstBlockCache()),
+        "taylorseer_cache": dict(cache=TaylorSeer()),
         "tiny_vae": dict(vae="tiny"),
         "reference_images": dict(reference_images=[photo()]),
     }[feature]
@@ -116,7 +119,13 @@ def test_each_refused_pair_is_in_the_features_order():
         assert FEATURES[first].active is not None and FEATURES[second].active is not None
 
 
-@pytest.mark.parametrize("pair", list(REFUSED), ids="+".join)
+#: Features only a family without this SD manifest's others runs, tested with that family's own
+#: (FLUX.2's reference images: tests/runtime/test_flux2.py; the step caches, FLUX's:
+#: tests/runtime/test_step_caches.py).
+OWN_FAMILY_TESTS = {"reference_images", "first_block_cache", "taylorseer_cache"}
+
+
+@pytest.mark.parametrize("pair", [pair for pair in REFUSED if not OWN_FAMILY_TESTS & set(pair)], ids="+".join)
 def test_a_refused_pair_is_one_line_naming_both(manifest, pair):
     with pytest.raises(GenerationError) as caught:
         resolve(manifest, pair)
@@ -171,9 +180,6 @@ def _combinable(pair) -> bool:
     return not any(combinations.refusal(a, b) for a, b in itertools.combinations(used, 2))
 
 
-#: Features only a family without this SD manifest's others runs, tested with that family's own
-#: (FLUX.2's reference images: tests/runtime/test_flux2.py).
-OWN_FAMILY_TESTS = {"reference_images"}
 ALLOWED = [
     pair for pair in itertools.combinations(REQUESTED, 2) if _combinable(pair) and not OWN_FAMILY_TESTS & set(pair)
 ]

@@ -181,7 +181,8 @@ def test_first_block_cache_without_cfg_and_the_image_change(tiny_flux, parts):
     assert_same_image(got.array, expected)
     assert len(got.full_steps["cond"]) < steps
     plain = parts.generate(PROMPT, **settings).array
-    assert np.abs(plain - got.array).max() > MAX_PIXEL_ERROR  # the skipped steps changed the image
+    # the skipped steps changed the image far beyond the engines' ~1e-6 (1.75/255 measured)
+    assert np.abs(plain - got.array).max() > MAX_PIXEL_ERROR / 4
 
 
 @pytest.mark.slow
@@ -207,3 +208,43 @@ def test_taylorseer_equals_diffusers_on_flux2_klein(tiny_flux2_klein, exported_f
     got = ours.generate(PROMPT, steps=TAYLOR_STEPS, seed=1, guidance_scale=guidance, cache=parse_cache(TAYLOR), **SIZE)
     assert_same_image(got.array, expected)
     assert set(got.full_steps) == ({"uncond", "cond"} if guidance > 1 else {"cond"})
+
+
+@pytest.mark.slow
+def test_export_cache_graphs_and_generate_without_torch(tiny_flux, tiny_flux2_klein, tmp_path):
+    """`sdrt export --cache-graphs` writes the parts (FLUX.1 only) and `sdrt generate --cache`
+    runs them torch-free, reporting the steps that ran in full."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from sdrt.export.exporter import ExportError, ExportOptions, export_model
+    from sdrt.runtime.manifest import CACHE_GRAPHS
+
+    with pytest.raises(ExportError, match="--cache-graphs is for FLUX.1"):
+        export_model(str(tiny_flux2_klein), tmp_path / "klein", options=ExportOptions(cache_graphs=True))
+    manifest = export_model(str(tiny_flux["dev"]), tmp_path / "dev", options=ExportOptions(cache_graphs=True))
+    assert all(name in manifest.components for name in CACHE_GRAPHS)
+    arguments = [
+        "generate", PROMPT, "--model", str(tmp_path / "dev"), "--steps", "6", "--seed", "1", "--json",
+        "--height", str(SIZE["height"]), "--width", str(SIZE["width"]), "--out", str(tmp_path / "a.png"),
+        "--cache", "first-block:0.25",
+    ]  # fmt: skip
+    code = f"from sdrt.cli import main\nmain({arguments!r}, standalone_mode=False)\n"
+    checker = Path(__file__).parent.parent / "no_heavy_imports.py"
+    completed = subprocess.run([sys.executable, str(checker), code], capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr
+    report = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert report["parameters"]["cache"] == "first-block:0.25" and 0 < len(report["full_steps"]["cond"]) < 6
+
+
+def test_first_block_cache_with_a_lora_is_one_line_naming_both(exported_flux_parts):
+    from sdrt.runtime.features.combinations import REFUSED
+    from sdrt.runtime.manifest import Manifest
+    from sdrt.runtime.request import GenerationRequest
+
+    request = GenerationRequest(PROMPT, steps=1, cache=FirstBlockCache(), loras=("style:0.5",), **SIZE)
+    with pytest.raises(GenerationError) as raised:
+        request.resolve(Manifest.load(exported_flux_parts))
+    assert REFUSED[("lora", "first_block_cache")] in str(raised.value) and raised.value.param == "cache"
