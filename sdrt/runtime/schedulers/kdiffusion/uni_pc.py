@@ -47,7 +47,7 @@ def _data_prediction(x, sigma):
     return (x - _std(sigma) * eps) / np.exp(_log_alpha(sigma))
 
 
-def _update(x, models: list, times: list, t, order: int, corrector: bool, variant: str):
+def _update(x, models: list, times: list, t, order: int, *, corrector: bool, variant: str):
     """One multistep UniPC step (the B(h) update) from times[-1] to t: (x at t, model at x)."""
     t_0, model_0 = times[-1], models[-1]
     lambda_0, lambda_t = _lambda(t_0), _lambda(t)
@@ -100,14 +100,18 @@ def uni_pc(x, sigmas, noise: Noise, variant: str = BH1) -> Solver:
         if step_index == 0:
             models, previous = [(yield from _data_prediction(x, times[0]))], [times[0]]
         elif step_index < order:
-            x, model = yield from _update(x, models, previous, times[step_index], step_index, True, variant)
+            x, model = yield from _update(
+                x, models, previous, times[step_index], step_index, corrector=True, variant=variant
+            )
             models.append(model)
             previous.append(times[step_index])
         else:
             last = step_index + (2 if step_index == steps - 1 else 1)
             for step in range(step_index, last):
                 step_order = min(order, steps + 1 - step)
-                x, model = yield from _update(x, models, previous, times[step], step_order, step != steps, variant)
+                x, model = yield from _update(
+                    x, models, previous, times[step], step_order, corrector=step != steps, variant=variant
+                )
                 models, previous = models[1:] + models[-1:], previous[1:] + [times[step]]
                 if step < steps:
                     models[-1] = model
