@@ -388,7 +388,7 @@ def test_servers_read_the_prompt_language(ours):
         return np.asarray(ours.generate(prompt, **settings).images[0])
 
     prompt = "a (red:1.5) fox BREAK [snow|rain]"
-    with TestClient(create_app(ours)) as client:
+    with TestClient(create_app(ours, ServeSettings(randn_source="CPU"))) as client:
         body = {
             "prompt": prompt,
             "steps": 2,

@@ -38,7 +38,8 @@ def served(exported_tiny, tmp_path_factory):
     catalog = ModelCatalog(first, models, lambda folder: pipelines[folder.resolve()])
     styles = tmp_path_factory.mktemp("styles") / "styles.csv"
     styles.write_text('name,prompt,negative_prompt\nCinematic,"{prompt}, cinematic still",blurry\nGrain,film grain,\n')
-    settings = ServeSettings(api_auth=((USER, PASSWORD),), styles_file=str(styles))
+    # torch's CPU noise, as Pipeline.generate draws (the server's default is A1111's GPU)
+    settings = ServeSettings(api_auth=((USER, PASSWORD),), styles_file=str(styles), randn_source="CPU")
     app = create_app(pipelines[first.resolve()], settings, catalog)
     with live_server(app) as url:
         yield url, pipelines[first.resolve()], pipelines[second.resolve()]

@@ -60,6 +60,7 @@ def serve_two(models, tmp_path, gated_second: Gated | None = None, default=None,
     (folder / "second").symlink_to(second.folder, target_is_directory=True)
     by_folder = {first.folder.resolve(): first, second.folder.resolve(): gated_second or second}
     catalog = ModelCatalog(first.folder, folder, lambda path: by_folder[path.resolve()])
+    settings.setdefault("randn_source", "CPU")  # torch's CPU noise, as Pipeline.generate draws
     return create_app(default or first, ServeSettings(**settings), catalog)
 
 
