@@ -158,7 +158,7 @@ def test_hires_fix_from_the_cli_and_both_apis(ours, exported_tiny, tmp_path):
                 "prompt": PROMPT,
                 "steps": 2,
                 "seed": 6,
-                "sampler_name": "Euler",
+                "sampler_name": "euler",  # sdrt's own name: the diffusers-equal Euler (A1111's "Euler" is k_euler)
                 "cfg_scale": 7.0,
                 "enable_hr": True,
                 "hr_scale": 1.5,
