@@ -139,11 +139,11 @@ SERVE_STOPPED = "sdrt serve: stopped by a signal"
 )
 @click.option(
     "--randn-source",
-    default="CPU",
+    default="GPU",
     show_default=True,
     type=click.Choice(["CPU", "GPU", "NV"]),
-    help="A1111's randn_source to start with: CPU (torch's CPU generator, diffusers' noise) or A1111's "
-    "default GPU (torch's CUDA Philox generator as A1111's NV source emulates it; unverified on a GPU).",
+    help="A1111's randn_source to start with: A1111's default GPU (torch's CUDA Philox generator as A1111's "
+    "NV source emulates it; unverified on a GPU), NV, or CPU (torch's CPU generator, diffusers' noise).",
 )
 @click.option(
     "--preview-every",

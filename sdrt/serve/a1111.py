@@ -11,6 +11,7 @@ from PIL import Image, UnidentifiedImageError
 
 from sdrt.runtime.imaging.inputs import InputImageError, check_pixels
 from sdrt.serve.a1111_samplers import (  # noqa: F401  (re-exported: the API helpers' one import)
+    A1111_DEFAULT_SAMPLER,
     A1111_SAMPLERS,
     NO_REFINER,
     SAMPLER_ETA,
@@ -262,6 +263,7 @@ def a1111_hires(body):
         sampler, schedule = sdrt_sampler(
             None if _same(body.hr_sampler_name) else body.hr_sampler_name,
             None if _same(body.hr_scheduler) else body.hr_scheduler,
+            k_family_applies(body, None),
         )
     return HiresFix(
         scale=body.hr_scale if body.hr_scale is not None else 2.0,

@@ -6,14 +6,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from sdrt.runtime.a1111_noise import CPU, RANDN_SOURCES
+from sdrt.runtime.a1111_noise import A1111_RANDN_SOURCE, RANDN_SOURCES
 from sdrt.runtime.request import MAX_CLIP_SKIP, MAX_SEED
+from sdrt.runtime.schedulers import a1111_unipc as unipc
 from sdrt.runtime.text.prompts.emphasis import DEFAULT_EMPHASIS, EMPHASIS_MODES
 from sdrt.serve.schemas import RequestError
 
 MODEL_OPTION = "sd_model_checkpoint"
-#: sdrt's A1111 server starts on torch's CPU noise (A1111 starts on GPU; docs/serve.md says why).
-DEFAULT_RANDN_SOURCE = CPU
+#: sdrt's A1111 server starts on A1111's default noise, GPU (torch's CUDA Philox, emulated).
+DEFAULT_RANDN_SOURCE = A1111_RANDN_SOURCE
 #: Options sdrt cannot change, with the value it works with (a client may set them to that value).
 FIXED_OPTIONS = {
     "samples_format": "png",
@@ -35,6 +36,12 @@ FIXED_OPTIONS = {
     "sdxl_refiner_high_aesthetic_score": 6.0,
     "upcast_attn": False,
     "token_merging_ratio": 0.0,
+    # A1111's UniPC options (sdrt.runtime.schedulers.a1111_unipc), at A1111's defaults.
+    "uni_pc_variant": unipc.DEFAULT_VARIANT,
+    "uni_pc_skip_type": unipc.DEFAULT_SKIP_TYPE,
+    "uni_pc_order": unipc.DEFAULT_ORDER,
+    "uni_pc_lower_order_final": unipc.DEFAULT_LOWER_ORDER_FINAL,
+    "always_discard_next_to_last_sigma": False,
 }
 #: What A1111 calls the model's own VAE; "TAESD" (or "tiny") picks the tiny VAE (sdrt.serve.a1111).
 VAE_CHOICES = ("Automatic", "None")
@@ -51,7 +58,7 @@ class A1111Options:
     img2img_fix_steps: bool = False
     #: ENSD: the sampler's fresh noise from generators of seed + this (sdrt.runtime.a1111_noise).
     eta_noise_seed_delta: int = 0
-    #: The noise's generator (CPU, GPU, NV). sdrt starts with CPU, not A1111's GPU: see docs/serve.md.
+    #: The noise's generator (CPU, GPU, NV); A1111's default GPU unless the server starts with another.
     randn_source: str = DEFAULT_RANDN_SOURCE
 
     def report(self, model_title: str, model_hash: str | None, preview_every: int) -> dict:

@@ -22,6 +22,8 @@ from sdrt.serve.schemas import RequestError
 
 #: What A1111 clients send for "no refiner".
 NO_REFINER = ("", "none")
+#: The sampler of a request that names none (A1111's API models: sampler_index's default "Euler").
+A1111_DEFAULT_SAMPLER = "Euler"
 
 # A1111 sampler names (lower case) to sdrt's, of every space (the request check refuses a sampler
 # of another space than the model's by name); "DPM++ 2M Karras" keeps its own entry.
@@ -33,13 +35,13 @@ LEGACY_SCHEDULE_SUFFIXES = {" karras": "karras", " exponential": "exponential"}
 
 def k_family_applies(body, image) -> bool:
     """Whether A1111's sampler names mean the k-diffusion family (A1111's own images) for this
-    request: text-to-image and image-to-image (inpainting too) without the hires fix or a
-    refiner, which keep the diffusers-equal samplers of the same names."""
+    request: text-to-image (with the hires fix too) and image-to-image (inpainting too) without
+    a refiner, which keeps the diffusers-equal samplers of the same names."""
     refiner = getattr(body, "refiner_checkpoint", None)
     switch_at = getattr(body, "refiner_switch_at", None)
     has_refiner = refiner is not None and refiner.strip().lower() not in NO_REFINER
     has_refiner = has_refiner and (switch_at is None or switch_at < 1)
-    return not getattr(body, "enable_hr", False) and not has_refiner
+    return not has_refiner
 
 
 def _k_sampler(sampler: str, schedule_type: str | None) -> tuple[str, str] | None:
@@ -112,7 +114,11 @@ def sdrt_sampler(sampler: str | None, schedule_type: str | None, k_family: bool 
 ANCESTRAL_ETA = 1.0
 SAMPLER_ETA = {
     "euler_a": ANCESTRAL_ETA,
-    **{name: ANCESTRAL_ETA for name in K_SAMPLER_NAMES if SAMPLERS[name].stochastic},
+    **{
+        name: ANCESTRAL_ETA
+        for name in K_SAMPLER_NAMES
+        if SAMPLERS[name].stochastic and not getattr(SAMPLERS[name].cls, "takes_eta", False)  # not A1111's DDIM
+    },
 }
 
 

@@ -22,11 +22,12 @@ from sdrt.errors import SdrtError
 from sdrt.runtime.engines.ort_cache import cache_root
 from sdrt.runtime.imaging.png_info import format_parameters
 from sdrt.runtime.request import GenerationRequest
-from sdrt.runtime.schedulers import display_name
+from sdrt.runtime.schedulers import DIFFUSION, display_name
 from sdrt.runtime.schedulers.schedules import schedule_label
 from sdrt.runtime.seeds import consecutive_seeds, draw_seed
 from sdrt.runtime.text.prompts.styles import apply_styles, load_styles
 from sdrt.serve.a1111 import (
+    A1111_DEFAULT_SAMPLER,
     A1111_FIELDS,
     OPENAI_FIELDS,
     a1111_hires,
@@ -179,17 +180,18 @@ def create_app(pipeline, settings: ServeSettings | None = None, catalog: ModelCa
         default). Styles, LoRA tags and images are read here, in a worker thread: however
         large a request is, the event loop (and every other client) never waits on it."""
         warnings = body.checked()
-        sampler, schedule = sdrt_sampler(
-            body.sampler_name or body.sampler_index, body.scheduler, k_family_applies(body, image)
-        )
+        checkpoint = body.override_settings.get(MODEL_OPTION)
+        model = None if checkpoint is None else catalog.named(checkpoint, f"override_settings.{MODEL_OPTION}").folder
+        named = body.sampler_name or body.sampler_index
+        if named is None and served_manifest(service.pipeline, model).sampler_space == DIFFUSION:
+            named = A1111_DEFAULT_SAMPLER  # flow models keep their family's own default
+        sampler, schedule = sdrt_sampler(named, body.scheduler, k_family_applies(body, image))
         eta = check_eta(sampler, body.eta)
         check_a1111_limits(body)
         switch = refiner_switch(service.pipeline, body.refiner_checkpoint, body.refiner_switch_at)
         options = app.state.options.changed(body.override_settings, "override_settings")  # this request's only
         prompt, negative = apply_styles(body.prompt, body.negative_prompt, body.styles or (), app.state.styles)
         check_lora_tags(prompt, "prompt")
-        checkpoint = body.override_settings.get(MODEL_OPTION)
-        model = None if checkpoint is None else catalog.named(checkpoint, f"override_settings.{MODEL_OPTION}").folder
         image = None if image is None else decode_image(image, "init_images")
         mask = None if mask is None else decode_image(mask, "mask")
         guidance, true_cfg = a1111_guidance(

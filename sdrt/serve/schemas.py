@@ -44,7 +44,7 @@ class ServeSettings:
     api_auth: tuple[tuple[str, str], ...] = ()  # A1111's --api-auth: HTTP basic (user, password) pairs
     styles_file: str | None = None  # A1111's styles.csv: the styles requests may name
     preview_every: int = 0  # steps between previews for /sdapi/v1/progress's current_image (0: none)
-    randn_source: str = "CPU"  # A1111's option's starting value (CPU, GPU, NV; A1111's own is GPU)
+    randn_source: str = "GPU"  # A1111's option's starting value (CPU, GPU, NV): A1111's own default
     image_url_ttl_s: float = 3600.0  # how long a response_format=url image stays (OpenAI's: an hour)
     max_url_images: int = 64  # response_format=url images kept at once; the oldest go first
     docs: bool = True  # FastAPI's OpenAPI page at /docs and its schema at /openapi.json (behind the auth)

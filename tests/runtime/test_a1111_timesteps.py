@@ -134,6 +134,16 @@ def test_unipc_order_above_the_steps_is_refused(pipelines):
         pipelines["standard"][0].generate("a cat", steps=2, seed=1, sampler="a1111_unipc")
 
 
+def test_eta_ddim_is_recorded_where_a1111_records_it():
+    from sdrt.runtime.imaging.png_info import format_parameters
+
+    base = {"seed": 7, "steps": 4, "guidance_scale": 7.5, "width": 64, "height": 64, "model": "m"}
+    assert ", Eta DDIM: 1.0" in format_parameters("a cat", {**base, "sampler": "a1111_ddim", "eta": 1.0})
+    assert "Eta" not in format_parameters("a cat", {**base, "sampler": "a1111_ddim", "eta": 0.0})  # A1111's default
+    assert "Eta" not in format_parameters("a cat", {**base, "sampler": "ddim", "eta": 1.0})  # diffusers' DDIM
+
+
+@pytest.mark.slow
 def test_cli_ddim_with_eta_records_and_regenerates(pipelines, exported_tiny, tmp_path):
     """`--sampler DDIM --eta 1` is A1111's DDIM; its PNG records "Eta DDIM" and regenerates alone."""
     from click.testing import CliRunner
@@ -157,6 +167,7 @@ def test_cli_ddim_with_eta_records_and_regenerates(pipelines, exported_tiny, tmp
         assert np.array_equal(np.asarray(image), pixels)
 
 
+@pytest.mark.slow
 def test_webuiapi_default_ddim_runs_on_the_a1111_route(pipelines):
     """webuiapi's txt2img defaults (DDIM at eta 1, batch_size 2) on /sdapi/v1/txt2img: A1111's
     DDIM with seed + i per image (CPU noise here, for the torch reference)."""

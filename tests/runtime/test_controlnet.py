@@ -390,12 +390,12 @@ def test_a1111_controlnet_requests_and_model_list(pipeline):
 
     from fastapi.testclient import TestClient
 
-    from sdrt.serve.app import create_app
+    from sdrt.serve.app import ServeSettings, create_app
 
     buffer = io.BytesIO()
     shapes_image(1).save(buffer, format="PNG")
     encoded = base64.b64encode(buffer.getvalue()).decode()
-    with TestClient(create_app(pipeline)) as client:
+    with TestClient(create_app(pipeline, ServeSettings(randn_source="CPU"))) as client:
         assert set(client.get("/controlnet/model_list").json()["model_list"]) == {"edges", "depth"}
         assert "canny" in client.get("/controlnet/module_list").json()["module_list"]
         unit = {

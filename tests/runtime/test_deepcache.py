@@ -83,7 +83,7 @@ def test_image_to_image_and_the_cli_and_both_servers(ours, export, tmp_path):
     import httpx
     from PIL import Image
 
-    from sdrt.serve.app import create_app
+    from sdrt.serve.app import ServeSettings, create_app
     from support.serving import decode_png, live_server
 
     photo = Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8))
@@ -117,7 +117,7 @@ def test_image_to_image_and_the_cli_and_both_servers(ours, export, tmp_path):
     with Image.open(out) as picture:
         np.testing.assert_array_equal(np.asarray(picture), np.asarray(expected.images[0]))
         assert 'DeepCache: "3:0"' in picture.info["parameters"]
-    with live_server(create_app(ours)) as url:
+    with live_server(create_app(ours, ServeSettings(randn_source="CPU"))) as url:
         a1111 = httpx.post(
             f"{url}/sdapi/v1/txt2img",
             timeout=60,

@@ -143,12 +143,12 @@ def test_hires_fix_from_the_cli_and_both_apis(ours, exported_tiny, tmp_path):
         ],
     )
     assert bad.exit_code != 0 and "Traceback" not in bad.output and "hires upscaler" in bad.output
-    from sdrt.serve.app import create_app
+    from sdrt.serve.app import ServeSettings, create_app
     from support.serving import decode_png, live_server
 
     hires = HiresFix(scale=1.5, upscaler="Latent (bicubic)", steps=2, strength=0.5)
     expected = ours.generate(PROMPT, steps=2, seed=6, sampler="euler", guidance_scale=7.0, hires=hires)
-    with live_server(create_app(ours)) as url:
+    with live_server(create_app(ours, ServeSettings(randn_source="CPU"))) as url:
         import httpx
 
         a1111 = httpx.post(
@@ -158,7 +158,7 @@ def test_hires_fix_from_the_cli_and_both_apis(ours, exported_tiny, tmp_path):
                 "prompt": PROMPT,
                 "steps": 2,
                 "seed": 6,
-                "sampler_name": "Euler",
+                "sampler_name": "euler",  # sdrt's own name: the diffusers-equal Euler (A1111's "Euler" is k_euler)
                 "cfg_scale": 7.0,
                 "enable_hr": True,
                 "hr_scale": 1.5,

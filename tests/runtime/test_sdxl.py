@@ -467,7 +467,7 @@ def test_a1111_refiner_fields_and_openai_route_serve_sdxl(exported_sdxl):
 
     from fastapi.testclient import TestClient
 
-    from sdrt.serve.app import create_app
+    from sdrt.serve.app import ServeSettings, create_app
 
     pipeline = Pipeline.load(exported_sdxl("base"), refiner=exported_sdxl("refiner"))
     body = {
@@ -479,7 +479,7 @@ def test_a1111_refiner_fields_and_openai_route_serve_sdxl(exported_sdxl):
         "refiner_checkpoint": "refiner",
         "refiner_switch_at": 0.7,
     }
-    with TestClient(create_app(pipeline)) as client:
+    with TestClient(create_app(pipeline, ServeSettings(randn_source="CPU"))) as client:
         answer = client.post("/sdapi/v1/txt2img", json=body)
         assert answer.status_code == 200, answer.text
         got = np.asarray(Image.open(io.BytesIO(base64.b64decode(answer.json()["images"][0]))))

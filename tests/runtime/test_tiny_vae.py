@@ -156,10 +156,10 @@ def test_cli_vae_tiny_and_previews(exported, pipeline, tmp_path):
 def test_servers_pick_the_tiny_vae(pipeline):
     from fastapi.testclient import TestClient
 
-    from sdrt.serve.app import create_app
+    from sdrt.serve.app import ServeSettings, create_app
 
     expected = np.asarray(pipeline.generate(PROMPT, vae="tiny", **SETTINGS).images[0])
-    with TestClient(create_app(pipeline)) as client:
+    with TestClient(create_app(pipeline, ServeSettings(randn_source="CPU"))) as client:
         body = {
             "prompt": PROMPT,
             "steps": 4,

@@ -269,11 +269,11 @@ def test_storm_of_bad_and_good_requests_leaves_the_server_healthy(url):
 
 
 def test_options_report_the_noise_source_sdrt_draws(url):
-    """randn_source starts as CPU (torch's CPU generator, one per image seed; A1111 starts on GPU,
-    docs/serve.md says why) and takes A1111's CPU, GPU and NV; anything else is a 400 naming it."""
-    assert httpx.get(f"{url}/sdapi/v1/options", timeout=30).json()["randn_source"] == "CPU"
+    """randn_source starts as A1111's default, GPU (torch's CUDA Philox generator, emulated), and
+    takes A1111's CPU, GPU and NV; anything else is a 400 naming it."""
+    assert httpx.get(f"{url}/sdapi/v1/options", timeout=30).json()["randn_source"] == "GPU"
     refused = httpx.post(f"{url}/sdapi/v1/options", json={"randn_source": "TPU"}, timeout=30)
     assert refused.status_code == 400 and "randn_source" in refused.text, refused.text
-    for source in ("NV", "GPU", "CPU"):  # CPU last: the server's other tests draw CPU noise
+    for source in ("NV", "CPU", "GPU"):  # GPU last: the server's other tests draw its default noise
         assert httpx.post(f"{url}/sdapi/v1/options", json={"randn_source": source}, timeout=30).status_code == 200
         assert httpx.get(f"{url}/sdapi/v1/options", timeout=30).json()["randn_source"] == source

@@ -38,7 +38,8 @@ def served(exported_tiny, tmp_path_factory):
     catalog = ModelCatalog(first, models, lambda folder: pipelines[folder.resolve()])
     styles = tmp_path_factory.mktemp("styles") / "styles.csv"
     styles.write_text('name,prompt,negative_prompt\nCinematic,"{prompt}, cinematic still",blurry\nGrain,film grain,\n')
-    settings = ServeSettings(api_auth=((USER, PASSWORD),), styles_file=str(styles))
+    # torch's CPU noise, as Pipeline.generate draws (the server's default is A1111's GPU)
+    settings = ServeSettings(api_auth=((USER, PASSWORD),), styles_file=str(styles), randn_source="CPU")
     app = create_app(pipelines[first.resolve()], settings, catalog)
     with live_server(app) as url:
         yield url, pipelines[first.resolve()], pipelines[second.resolve()]
@@ -594,6 +595,7 @@ def test_prompt_styles_apply_as_a1111_does(served):
         height=64,
         width=64,
         guidance_scale=A1111_CFG,
+        sampler="k_euler",  # no sampler named: A1111's API default, Euler
     )
     np.testing.assert_array_equal(np.asarray(decode_png(body["images"][0])), np.asarray(expected.images[0]))
 
@@ -610,7 +612,9 @@ def test_override_checkpoint_for_one_request_then_back(served):
     }
     with client(url) as http:
         body = http.post("/sdapi/v1/txt2img", json=payload).json()
-        expected = second.generate(PROMPT, steps=2, seed=4, height=64, width=64, guidance_scale=A1111_CFG)
+        expected = second.generate(  # no sampler named: A1111's API default, Euler
+            PROMPT, steps=2, seed=4, height=64, width=64, guidance_scale=A1111_CFG, sampler="k_euler"
+        )
         np.testing.assert_array_equal(np.asarray(decode_png(body["images"][0])), np.asarray(expected.images[0]))
         assert http.get("/sdapi/v1/options").json()["sd_model_checkpoint"].startswith(first.folder.name)
         # A request's overrides never persist: keeping them is the admin's POST /sdapi/v1/options.
@@ -627,7 +631,7 @@ def test_webuiapi_batch_gets_a_seed_per_image_and_ddim_its_eta(served):
     result = webui(url).txt2img(prompt=PROMPT, seed=7, batch_size=2, width=64, height=64, sampler_name="DDIM")
     assert result.info["all_seeds"] == [7, 8] and result.info["seed"] == 7
     for index, seed in enumerate([7, 8]):
-        alone = first.generate(PROMPT, steps=2, seed=seed, sampler="ddim", eta=1.0, guidance_scale=A1111_CFG)
+        alone = first.generate(PROMPT, steps=2, seed=seed, sampler="a1111_ddim", eta=1.0, guidance_scale=A1111_CFG)
         np.testing.assert_array_equal(np.asarray(result.images[index]), np.asarray(alone.images[0]))
         assert f"Seed: {seed}," in result.info["infotexts"][index]
         assert f"Seed: {seed}," in result.images[index].info["parameters"]

@@ -12,7 +12,7 @@ from PIL import Image
 
 from sdrt.runtime.families.flux import Flux
 from sdrt.runtime.pipeline import Pipeline
-from sdrt.serve.app import create_app
+from sdrt.serve.app import ServeSettings, create_app
 from support.serving import decode_png, live_server, png_b64
 
 PROMPT = "a red fox in a snowy forest at dawn"
@@ -23,7 +23,7 @@ FORGE_DISTILLED = 3.5  # Forge's default distilled_cfg_scale
 @pytest.fixture(scope="module")
 def served(exported_flux):
     pipeline = Pipeline.load(exported_flux("dev"))
-    with live_server(create_app(pipeline)) as url:
+    with live_server(create_app(pipeline, ServeSettings(randn_source="CPU"))) as url:
         yield url, pipeline
 
 

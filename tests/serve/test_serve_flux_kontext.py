@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from sdrt.runtime.pipeline import Pipeline
-from sdrt.serve.app import create_app
+from sdrt.serve.app import ServeSettings, create_app
 from support.serving import decode_png, live_server
 
 PROMPT = "make the fox wear a red scarf"
@@ -23,7 +23,7 @@ KONTEXT_GUIDANCE = 3.5  # the family's default, what the route uses without guid
 @pytest.fixture(scope="module")
 def served(exported_flux_kontext):
     pipeline = Pipeline.load(exported_flux_kontext)
-    with live_server(create_app(pipeline)) as url:
+    with live_server(create_app(pipeline, ServeSettings(randn_source="CPU"))) as url:
         yield url, pipeline
 
 

@@ -60,12 +60,15 @@ def serve_two(models, tmp_path, gated_second: Gated | None = None, default=None,
     (folder / "second").symlink_to(second.folder, target_is_directory=True)
     by_folder = {first.folder.resolve(): first, second.folder.resolve(): gated_second or second}
     catalog = ModelCatalog(first.folder, folder, lambda path: by_folder[path.resolve()])
+    settings.setdefault("randn_source", "CPU")  # torch's CPU noise, as Pipeline.generate draws
     return create_app(default or first, ServeSettings(**settings), catalog)
 
 
-def expected(pipeline: Pipeline, seed: int, steps: int = 2, guidance=A1111_CFG) -> np.ndarray:
+def expected(pipeline: Pipeline, seed: int, steps: int = 2, guidance=A1111_CFG, sampler="k_euler") -> np.ndarray:
     return np.asarray(
-        pipeline.generate(PROMPT, steps=steps, seed=seed, height=64, width=64, guidance_scale=guidance).images[0]
+        pipeline.generate(  # the requests name no sampler: A1111's API default Euler (k-diffusion's), OpenAI's lms
+            PROMPT, steps=steps, seed=seed, height=64, width=64, guidance_scale=guidance, sampler=sampler
+        ).images[0]
     )
 
 
@@ -109,16 +112,16 @@ def test_a_requests_model_is_its_own(models, tmp_path):
         np.testing.assert_array_equal(a1111_image(http.post("/sdapi/v1/txt2img", json=named_first)), expected(first, 3))
         openai = {"prompt": PROMPT, "steps": 2, "seed": 4, "size": "64x64", "guidance_scale": A1111_CFG}
         np.testing.assert_array_equal(
-            openai_image(http.post("/v1/images/generations", json=openai)), expected(first, 4)
+            openai_image(http.post("/v1/images/generations", json=openai)), expected(first, 4, sampler="lms")
         )
         gated.gate.set()
         held.join(WAIT_S)
         np.testing.assert_array_equal(a1111_image(held_out["response"]), expected(second, 1))
         # OpenAI's `model` runs that request on it, and switches nothing for anyone else.
         on_second = http.post("/v1/images/generations", json={**openai, "seed": 5, "model": "second"})
-        np.testing.assert_array_equal(openai_image(on_second), expected(second, 5))
+        np.testing.assert_array_equal(openai_image(on_second), expected(second, 5, sampler="lms"))
         np.testing.assert_array_equal(
-            openai_image(http.post("/v1/images/generations", json=openai)), expected(first, 4)
+            openai_image(http.post("/v1/images/generations", json=openai)), expected(first, 4, sampler="lms")
         )
         assert http.get("/sdapi/v1/options").json()["sd_model_checkpoint"].startswith(first.folder.name)
         assert http.get("/health").json()["model"] == first.folder.name
@@ -152,7 +155,7 @@ def test_interrupt_and_skip_stop_a1111_jobs_only(models, tmp_path):
         gated.gate.set()
         openai_thread.join(WAIT_S)
         a1111_thread.join(WAIT_S)
-        np.testing.assert_array_equal(openai_image(openai_out["response"]), expected(first, 7, steps=3))
+        np.testing.assert_array_equal(openai_image(openai_out["response"]), expected(first, 7, steps=3, sampler="lms"))
         assert a1111_out["response"].status_code == 200
         info = a1111_out["response"].json()["info"]
         assert '"skipped": true' in info or '"interrupted": true' in info

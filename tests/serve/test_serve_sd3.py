@@ -13,7 +13,7 @@ import pytest
 from sdrt.runtime.families.sd3 import StableDiffusion3
 from sdrt.runtime.features.skip_layers import SkipLayerGuidance
 from sdrt.runtime.pipeline import Pipeline
-from sdrt.serve.app import create_app
+from sdrt.serve.app import ServeSettings, create_app
 from support.serving import decode_png, live_server
 
 PROMPT = "a red fox in a snowy forest at dawn"
@@ -24,7 +24,7 @@ SKIP = {"layers": [0, 2], "scale": 3.0, "stop": 0.9}
 @pytest.fixture(scope="module")
 def served(exported_sd3):
     pipeline = Pipeline.load(exported_sd3("t5"))
-    with live_server(create_app(pipeline)) as url:
+    with live_server(create_app(pipeline, ServeSettings(randn_source="CPU"))) as url:
         yield url, pipeline
 
 

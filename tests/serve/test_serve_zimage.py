@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from sdrt.runtime.pipeline import Pipeline
-from sdrt.serve.app import create_app
+from sdrt.serve.app import ServeSettings, create_app
 from support.serving import decode_png, live_server
 
 PROMPT = "a red fox in a snowy forest at dawn"
@@ -19,7 +19,7 @@ HEIGHT, WIDTH, STEPS, SEED = 64, 48, 2, 3
 @pytest.fixture(scope="module")
 def served(exported_zimage):
     pipeline = Pipeline.load(exported_zimage)
-    with live_server(create_app(pipeline)) as url:
+    with live_server(create_app(pipeline, ServeSettings(randn_source="CPU"))) as url:
         yield url, pipeline
 
 

@@ -97,7 +97,8 @@ class SamplerEntry:
         """The config a schedule type adds to this sampler's (ConfigError if it cannot take it).
         A k-diffusion sampler computes its schedule itself: nothing to add, the name is checked."""
         if self.family == KDIFFUSION:
-            k_schedule_entry(schedule)
+            if k_schedule_entry(schedule).name != AUTOMATIC_SCHEDULE and not getattr(self.cls, "takes_schedule", True):
+                raise ConfigError(f"A1111's {self.display_name} takes no schedule type (Automatic only)")
             return {}
         if self.family == COMFYUI:
             if schedule != DEFAULT_SCHEDULE:

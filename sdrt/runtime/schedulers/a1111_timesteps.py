@@ -87,6 +87,8 @@ class A1111TimestepSampler(Scheduler):
     starts_images_as_a1111: ClassVar[bool] = True
     #: What PNG parameters record as the schedule (none: A1111 has no schedule type for these).
     default_schedule: ClassVar[str] = UNIFORM
+    #: A1111 has no schedule type for these samplers (SamplerEntry.schedule_overrides refuses one).
+    takes_schedule: ClassVar[bool] = False
     #: Whether the run is sent the unconditional prediction too (DDIM CFG++).
     takes_unconditional: ClassVar[bool] = False
     #: A1111's sampler label (error messages).
