@@ -3,6 +3,7 @@ through diffusers' from_single_file with --config giving everything else, and ex
 
 from __future__ import annotations
 
+import json
 import types
 
 import numpy as np
@@ -12,8 +13,8 @@ from click.testing import CliRunner
 from safetensors.torch import save_file
 
 from sdrt.cli import main
-from sdrt.export.dit_single_file import FULL_CHECKPOINT_PREFIX
-from sdrt.export.sources import load_folder, load_pipeline
+from sdrt.export.dit_single_file import FULL_CHECKPOINT_PREFIX, load_dit_transformer
+from sdrt.export.sources import load_pipeline
 from sdrt.runtime.pipeline import Pipeline
 from support.dit_checkpoints import flux_original_state_dict, sd3_original_state_dict
 
@@ -27,8 +28,8 @@ def tiny_flux_split(monkeypatch, tiny_flux):
     """Run diffusers' own FLUX converter on the tiny model: only its hard-coded split sizes change."""
     from diffusers.loaders import single_file_utils
 
-    config = load_folder(tiny_flux["dev"]).transformer.config
-    width = config.num_attention_heads * config.attention_head_dim
+    config = json.loads((tiny_flux["dev"] / "transformer" / "config.json").read_text(encoding="utf-8"))
+    width = config["num_attention_heads"] * config["attention_head_dim"]
     tiny = (width, width, width, 4 * width)
 
     def split(tensor, sizes, dim=0):
@@ -46,29 +47,33 @@ def _assert_same_weights(loaded, original):
         assert torch.equal(got[key], tensor), key
 
 
-@pytest.mark.parametrize("prefix", ["", FULL_CHECKPOINT_PREFIX])
-def test_sd3_single_file_loads_the_same_transformer(tiny_sd3, tmp_path, prefix):
-    original = load_folder(tiny_sd3)
+def _sd3_transformer(folder):
+    from diffusers import SD3Transformer2DModel
+
+    return SD3Transformer2DModel.from_pretrained(folder, subfolder="transformer")
+
+
+def test_sd3_single_file_loads_the_same_transformer(tiny_sd3, tmp_path):
+    original = _sd3_transformer(tiny_sd3)
     checkpoint = tmp_path / "sd3.safetensors"
-    save_file(sd3_original_state_dict(original.transformer, prefix), str(checkpoint))
-    loaded = load_pipeline(str(checkpoint), config=str(tiny_sd3))
-    assert type(loaded).__name__ == "StableDiffusion3Pipeline"
-    _assert_same_weights(loaded.transformer, original.transformer)
-    _assert_same_weights(loaded.vae, original.vae)
+    save_file(sd3_original_state_dict(original), str(checkpoint))
+    _assert_same_weights(load_dit_transformer(checkpoint, "sd3", str(tiny_sd3)), original)
 
 
 def test_flux_single_file_loads_the_same_transformer(tiny_flux, tiny_flux_split, tmp_path):
-    original = load_folder(tiny_flux["dev"])
-    checkpoint = tmp_path / "flux.safetensors"
-    save_file(flux_original_state_dict(original.transformer, FULL_CHECKPOINT_PREFIX), str(checkpoint))
+    from diffusers import FluxTransformer2DModel
+
+    original = FluxTransformer2DModel.from_pretrained(tiny_flux["dev"], subfolder="transformer")
+    checkpoint = tmp_path / "flux.safetensors"  # a full checkpoint's transformer prefix
+    save_file(flux_original_state_dict(original, FULL_CHECKPOINT_PREFIX), str(checkpoint))
     loaded = load_pipeline(str(checkpoint), config=str(tiny_flux["dev"]))
     assert type(loaded).__name__ == "FluxPipeline"
-    _assert_same_weights(loaded.transformer, original.transformer)
+    _assert_same_weights(loaded.transformer, original)
 
 
 def test_single_file_errors_are_one_line(tiny_flux, tiny_sd3, tmp_path):
     sd3_file, other = tmp_path / "sd3.safetensors", tmp_path / "other.safetensors"
-    save_file(sd3_original_state_dict(load_folder(tiny_sd3).transformer), str(sd3_file))
+    save_file(sd3_original_state_dict(_sd3_transformer(tiny_sd3)), str(sd3_file))
     save_file({"some.weight": torch.zeros(2)}, str(other))
     cases = {
         (str(sd3_file),): "pass --config",
@@ -84,7 +89,7 @@ def test_single_file_errors_are_one_line(tiny_flux, tiny_sd3, tmp_path):
 @pytest.mark.slow  # exports the tiny SD3 again to compare its images with the folder export's
 def test_sd3_export_from_a_single_file_equals_export_from_the_folder(tiny_sd3, exported_sd3, tmp_path):
     checkpoint = tmp_path / "sd3.safetensors"
-    save_file(sd3_original_state_dict(load_folder(tiny_sd3).transformer), str(checkpoint))
+    save_file(sd3_original_state_dict(_sd3_transformer(tiny_sd3), FULL_CHECKPOINT_PREFIX), str(checkpoint))
     out = tmp_path / "from-file"
     result = CliRunner().invoke(main, ["export", str(checkpoint), "--config", str(tiny_sd3), "--out", str(out)])
     assert result.exit_code == 0, result.output
