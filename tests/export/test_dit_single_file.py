@@ -96,3 +96,20 @@ def test_sd3_export_from_a_single_file_equals_export_from_the_folder(tiny_sd3, e
     settings = dict(prompt="a photo of a cat", steps=3, seed=2, guidance_scale=4.0)
     expected = Pipeline.load(exported_sd3("t5")).generate(**settings).array
     np.testing.assert_array_equal(Pipeline.load(out).generate(**settings).array, expected)
+
+
+@pytest.mark.slow  # exports the tiny FLUX.1 dev again to compare its images with the folder export's
+def test_flux_export_from_a_single_file_equals_export_from_the_folder(
+    tiny_flux, tiny_flux_split, exported_flux, tmp_path
+):
+    from diffusers import FluxTransformer2DModel
+
+    transformer = FluxTransformer2DModel.from_pretrained(tiny_flux["dev"], subfolder="transformer")
+    checkpoint = tmp_path / "flux.safetensors"
+    save_file(flux_original_state_dict(transformer), str(checkpoint))
+    out = tmp_path / "from-file"
+    result = CliRunner().invoke(main, ["export", str(checkpoint), "--config", str(tiny_flux["dev"]), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    settings = dict(prompt="a photo of a cat", steps=3, seed=2, guidance_scale=3.5)
+    expected = Pipeline.load(exported_flux("dev")).generate(**settings).array
+    np.testing.assert_array_equal(Pipeline.load(out).generate(**settings).array, expected)
