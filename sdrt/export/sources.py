@@ -76,17 +76,57 @@ def _pipeline_class_for_checkpoint(path: Path, config: str | None) -> str:
         return _pipeline_class_for_index(_read_index(Path(config)))
     if path.suffix.lower() != ".safetensors":
         return SD_CLASS
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="numpy") as handle:
-            keys = list(handle.keys())
-    except Exception as error:  # safetensors raises its own error types for a corrupt header
-        raise ModelFolderError(f"cannot load checkpoint {path}: {error}") from None
+    keys = _checkpoint_keys(path)
     if not any(key.startswith(SDXL_CHECKPOINT_PREFIX) for key in keys):
         return SD_CLASS
     first = any(key.startswith(SDXL_FIRST_ENCODER_PREFIX) for key in keys)
     return SDXL_CLASS if first else SDXL_REFINER_CLASS
+
+
+def _checkpoint_keys(path: Path) -> list[str]:
+    """The tensor names in a .safetensors file's header."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            return list(handle.keys())
+    except Exception as error:  # safetensors raises its own error types for a corrupt header
+        raise ModelFolderError(f"cannot load checkpoint {path}: {error}") from None
+
+
+def _dit_checkpoint(path: Path, config: str | None) -> tuple[str, str] | None:
+    """(pipeline class, key layout) for a FLUX.1 or SD3 transformer checkpoint, known from its keys
+    or from a local --config folder's class; None for the UNet models' checkpoints."""
+    from sdrt.export.dit_single_file import check_dit_checkpoint, checkpoint_layout, layout_of_class
+
+    is_safetensors = path.suffix.lower() == ".safetensors"
+    layout = checkpoint_layout(_checkpoint_keys(path)) if is_safetensors else None
+    class_name = None
+    if config is not None and (Path(config).expanduser() / "model_index.json").is_file():
+        class_name = _pipeline_class_for_index(_read_index(Path(config).expanduser()))
+    expected = (
+        None if class_name is None else layout_of_class(class_name, (FLUX_CLASS, *FLUX_VARIANT_CLASSES), SD3_CLASS)
+    )
+    if layout is None and expected is None:
+        return None
+    if not is_safetensors:
+        raise ModelFolderError(f"{path}: FLUX.1 and SD3 single files load from .safetensors only")
+    layout = check_dit_checkpoint(path, layout, expected, config)
+    return class_name or (FLUX_CLASS if layout == "flux" else SD3_CLASS), layout
+
+
+def _load_dit_pipeline(diffusers, path: Path, config: str, class_name: str, layout: str):
+    """The pipeline of `config` with its transformer read from the single file `path`."""
+    from sdrt.export.dit_single_file import load_dit_transformer
+
+    folder = Path(config).expanduser()
+    try:
+        transformer = load_dit_transformer(path, layout, config)
+        absent = _absent_components(_read_index(folder)) if class_name == SD3_CLASS and folder.is_dir() else {}
+        source = folder if folder.is_dir() else config
+        return _from(diffusers, class_name, "from_pretrained", source, transformer=transformer, **absent)
+    except Exception as error:  # diffusers raises many types for a bad checkpoint or config
+        raise ModelFolderError(f"cannot load checkpoint {path} with --config {config}: {error}") from None
 
 
 def _read_index(folder: Path) -> dict:
@@ -155,6 +195,9 @@ def load_pipeline(source: str, config: str | None = None):
     if path.is_file():
         if path.suffix.lower() not in CHECKPOINT_SUFFIXES:
             raise ModelFolderError(f"{path} is not a checkpoint (expected {' or '.join(CHECKPOINT_SUFFIXES)})")
+        dit = _dit_checkpoint(path, config)
+        if dit is not None:
+            return _load_dit_pipeline(diffusers, path, str(config), *dit)
         kwargs = {} if config is None else {"config": str(config), "local_files_only": True}
         class_name = _pipeline_class_for_checkpoint(path, config)
         try:
