@@ -225,6 +225,7 @@ def create_app(pipeline, settings: ServeSettings | None = None, catalog: ModelCa
             img2img_fix_steps=options.img2img_fix_steps,
             a1111_noise=a1111_noise(body, options),
             **body.sd3_settings(),
+            **body.kontext_settings(),
         )
         check_hires_steps(generation, "hr_second_pass_steps")
         return generation, warnings, model

@@ -251,6 +251,7 @@ def add_openai_routes(app: FastAPI, service, catalog, settings, run, checks) -> 
             vae=body.vae,
             deepcache=deepcache_field(body.deepcache),
             **body.sd3_settings(),
+            **body.kontext_settings(),
         )
         return body, generation, model
 
