@@ -18,6 +18,7 @@ from PIL import Image
 from sdrt.errors import GenerationError
 from sdrt.runtime.families.flux_fill import mask_cells
 from sdrt.runtime.pipeline import Pipeline
+from sdrt.runtime.request import GenerationRequest
 from tests.support.images import MAX_PIXEL_ERROR, assert_same_image
 
 PROMPT = "a red fox in a snowy forest at dawn"
@@ -156,77 +157,50 @@ def kontext_reference(tiny_flux):
 
 
 class _Sized(Exception):
-    """Raised from the pipeline's image preprocessing: its sizes are known, nothing more is run."""
+    """Raised once the reference is preprocessed: its pixels are known, nothing more is run."""
 
 
 @pytest.mark.parametrize(
     ("reference_size", "size", "area"),
     [((48, 80), SIZE, DOUBLE_AREA), ((100, 37), {"width": 1536}, None), ((512, 512), {}, 5000), ((33, 70), {}, None)],
 )
-def test_kontext_sizes_are_the_pipelines(kontext_reference, kontext, reference_size, size, area):
-    """The sizes FluxKontextPipeline picks (read from its preprocessing call, the run stopped there)
-    for the reference and the output, equal to the ones sdrt encodes and generates at."""
-    from sdrt.runtime.families.flux_kontext_sizes import auto_resize
-    from sdrt.runtime.families.flux_kontext_sizes import reference_size as sdrt_reference_size
-    from sdrt.runtime.request import GenerationRequest
+def test_kontext_sizes_are_the_pipelines(kontext_reference, kontext, monkeypatch, reference_size, size, area):
+    """FluxKontextPipeline's own sizes (`_auto_resize` and `max_area` at their defaults or given):
+    the output size it checks and the reference pixels it preprocesses (read from its calls, the
+    run stopped there), equal to the size sdrt generates at and the pixels it encodes. The rest of
+    an edit with a reference of any size is test_kontext_equals_flux_kontext_pipeline's; a whole
+    run at a preferred resolution (about 1 megapixel) needs over 2 GiB in the tiny VAE encoder's
+    attention on either side, so none runs here."""
+    import sdrt.runtime.families.flux_kontext as flux_kontext
+    from sdrt.runtime.imaging.inputs import to_model_input
 
     pipeline, seen = kontext_reference, {}
+    preprocess = pipeline.image_processor.preprocess
 
-    def preprocess(image, height, width, **_):
-        seen["reference"] = (height, width)
+    def stop_after_preprocess(*args, **kwargs):
+        seen["diffusers"] = preprocess(*args, **kwargs).numpy()
         raise _Sized
 
     def check_inputs(prompt, prompt_2, height, width, **_):
         seen["output"] = (height, width)
 
-    pipeline.image_processor.preprocess, pipeline.check_inputs = preprocess, check_inputs
+    def stop_after_model_input(image, height, width):
+        seen["sdrt"] = to_model_input(image, height, width)
+        raise _Sized
+
+    monkeypatch.setattr(pipeline.image_processor, "preprocess", stop_after_preprocess)
+    monkeypatch.setattr(pipeline, "check_inputs", check_inputs)
+    monkeypatch.setattr(flux_kontext, "to_model_input", stop_after_model_input)
     reference = _image(7, *reference_size)
+    area_setting = {} if area is None else {"max_area": area}
     with pytest.raises(_Sized):
-        pipeline(
-            image=reference,
-            prompt=PROMPT,
-            max_sequence_length=8,
-            **size,
-            **({} if area is None else {"max_area": area}),
-        )
-    request = GenerationRequest(PROMPT, init_image=reference, kontext_max_area=area, **size)
-    resolved = request.resolve(kontext.manifest)
-    multiple = kontext.manifest.dims["height"].multiple
-    height, width = (side - side % multiple for side in reference.size[::-1])
+        pipeline(image=reference, prompt=PROMPT, max_sequence_length=8, **size, **area_setting)
+    resolved = GenerationRequest(PROMPT, init_image=reference, kontext_max_area=area, **size).resolve(kontext.manifest)
     assert (resolved.height, resolved.width) == seen["output"]
-    assert sdrt_reference_size(height, width, auto_resize(request), multiple) == seen["reference"]
-
-
-#: A square output's area without a size: 64x64 (the default, 1024x1024, would be over 2 GiB a
-#: process in the tiny VAE decoder's attention; its size is held by test_kontext_sizes_are_the_pipelines).
-SQUARE_AREA = 64 * 64
-
-
-@pytest.mark.slow  # a 1328x800 reference on both sides
-@pytest.mark.parametrize(("size", "area"), [(SIZE, DOUBLE_AREA), ({}, SQUARE_AREA)])
-def test_kontext_auto_resize_equals_the_pipelines(tiny_flux, kontext, size, area):
-    """FluxKontextPipeline's own sizes: the reference resized to the preferred resolution nearest its
-    aspect ratio (a 48x80 one: 1328x800), the output at max_area pixels at the requested aspect
-    ratio (the native one's, square, without a size)."""
-    from diffusers import FluxKontextPipeline
-
-    reference = _image(5, 48, 80)
-    area_setting = {"kontext_max_area": area}
-    got = kontext.generate(
-        PROMPT, init_image=reference, steps=2, seed=6, guidance_scale=KONTEXT_GUIDANCE, **size, **area_setting
-    )
-    expected = _reference(FluxKontextPipeline, tiny_flux["dev"])(
-        image=reference, prompt=PROMPT, num_inference_steps=2, guidance_scale=KONTEXT_GUIDANCE,
-        generator=torch.Generator().manual_seed(6), max_sequence_length=kontext.manifest.flux.max_sequence_length,
-        output_type="np", max_area=area, **size,
-    ).images  # fmt: skip
-    assert got.array.shape == expected.shape == ((1, 80, 64, 3) if size else (1, 64, 64, 3))
-    assert_same_image(got.array, expected)
-    own_size = kontext.generate(
-        PROMPT, init_image=reference, steps=2, seed=6, guidance_scale=KONTEXT_GUIDANCE, **size, **area_setting,
-        kontext_auto_resize=False,
-    )  # fmt: skip
-    assert np.abs(own_size.array - got.array).max() > MAX_PIXEL_ERROR  # the resized reference changes the edit
+    with pytest.raises(_Sized):
+        kontext.generate(PROMPT, init_image=reference, steps=1, seed=0, kontext_max_area=area, **size)
+    assert seen["sdrt"].shape == seen["diffusers"].shape
+    np.testing.assert_array_equal(seen["sdrt"], seen["diffusers"])
 
 
 @pytest.mark.parametrize(
