@@ -14,6 +14,7 @@ from sdrt.cli.controlnet_options import control_units, controlnet_options
 from sdrt.cli.default_model import resolve_model
 from sdrt.cli.from_png import from_png_options
 from sdrt.cli.image_options import hires_fix, image_options, mask_options, styled
+from sdrt.cli.kontext_options import kontext_options, kontext_settings
 from sdrt.cli.outputs import check_output, output_paths
 from sdrt.cli.progress import StepProgress
 from sdrt.cli.prompt_options import embedding_options, embedding_sources, lora_options, prompt_options
@@ -145,6 +146,7 @@ from sdrt.runtime.schedulers import (
 @sdxl_options
 @sd3_options
 @zimage_options
+@kontext_options
 @prompt_options
 @embedding_options
 @lora_options
@@ -265,6 +267,7 @@ def generate(
         guidance_scale=guidance,
         true_cfg_scale=true_cfg,
         **zimage_settings(sdxl),
+        **kontext_settings(sdxl),
         skip_layer_guidance=skip_layer_guidance(sdxl),
         t5=sdxl.pop("t5"),
         max_sequence_length=sdxl.pop("max_sequence_length"),

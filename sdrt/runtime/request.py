@@ -120,6 +120,11 @@ class GenerationRequest:
     # FLUX.1 only: real classifier-free guidance with a negative prompt (guidance_scale is then
     # a guidance-distilled model's embedded guidance).
     true_cfg_scale: float | None = field(default=None, metadata=SHARED)
+    # FLUX.1 Kontext only (sdrt.runtime.families.flux_kontext_sizes): the reference resized to the
+    # nearest preferred resolution (None: on, as FluxKontextPipeline's _auto_resize), and the
+    # output's area in pixels (None: the pipeline's max_area, 1024 ** 2).
+    kontext_auto_resize: bool | None = field(default=None, metadata=SHARED)
+    kontext_max_area: int | None = field(default=None, metadata=SHARED)
     # FLUX.2 [klein] only: images to edit from (sdrt.runtime.features.references).
     reference_images: Sequence[str | Path | bytes | Image.Image] | None = field(default=None, metadata=ALONE)
     # Z-Image only (sdrt.runtime.families.zimage_guidance): ZImagePipeline's CFG truncation and
@@ -272,6 +277,7 @@ def _resolve(request: GenerationRequest, manifest: Manifest) -> ResolvedRequest:
         height, width = family.default_size(request, manifest, height, width)
     height = manifest.native_height if height is None else height
     width = manifest.native_width if width is None else width
+    height, width = family.output_size(request, manifest, height, width)
     check_size(manifest, height, width)
     check_counts(request.steps, request.num_images)
     guidance = request.guidance_scale

@@ -236,6 +236,26 @@ def a1111_mask_options(body):
     )
 
 
+def family_mask_options(family, options, warnings: list[str]):
+    """A1111's mask handling where the served family has it (`masked_area`); elsewhere (FLUX.1 Fill
+    and FLUX.1's inpainting, whose pipelines take the mask as it is) the mask is used as given, as
+    Pipeline.generate with the image and the mask: the fields every A1111 client sends (blur,
+    fill, masked area) are reported unused, an inverted mask is refused naming its field."""
+    if options is None or "masked_area" in family.features:
+        return options
+    if options.invert:
+        raise RequestError(
+            400,
+            f"inpainting_mask_invert: a {family.display_name} model takes its mask as given; invert the mask image",
+            "inpainting_mask_invert",
+        )
+    warnings.append(
+        f"mask_blur, inpainting_fill, inpaint_full_res: A1111's mask handling does not apply to "
+        f"{family.display_name} models; the mask was used as given"
+    )
+    return None
+
+
 #: What A1111 clients send for "the same as the first pass" in the hires fix's fields.
 SAME_AS_FIRST_PASS = ("", "use same sampler", "use same scheduler", "use same checkpoint", "use same choices")
 

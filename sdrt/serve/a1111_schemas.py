@@ -15,6 +15,7 @@ from sdrt.runtime.features.hires import MAX_SCALE as MAX_HIRES_SCALE
 from sdrt.runtime.request import MAX_SEED
 from sdrt.runtime.request_checks import MAX_STEPS
 from sdrt.runtime.text.checks import MAX_PROMPT_CHARS
+from sdrt.serve.kontext_fields import KontextFields
 from sdrt.serve.schemas import MAX_SIDE, Body, RequestError
 from sdrt.serve.sd3_fields import Sd3Fields
 
@@ -83,7 +84,7 @@ def _script_is_off(args: Any) -> bool:
     return args in ([], None) or (isinstance(args, list) and len(args) >= 1 and args[0] is False)
 
 
-class A1111Request(Body, Sd3Fields):
+class A1111Request(Body, Sd3Fields, KontextFields):
     """The fields both A1111 routes take (A1111's StableDiffusionProcessing API models), and
     sdrt's SD3 fields (sdrt.serve.sd3_fields)."""
 

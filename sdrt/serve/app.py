@@ -38,6 +38,7 @@ from sdrt.serve.a1111 import (
     control_units,
     decode_image,
     deepcache_field,
+    family_mask_options,
     k_family_applies,
     png_base64,
     refiner_switch,
@@ -200,6 +201,7 @@ def create_app(pipeline, settings: ServeSettings | None = None, catalog: ModelCa
         if image is not None and edits_reference(service.pipeline, model):
             strength = None  # FLUX.1 Kontext edits its reference whole; A1111 clients send a strength always
         references, image, strength = a1111_references(served_family(service.pipeline, model), body, image, strength)
+        mask_options = family_mask_options(served_family(service.pipeline, model), mask_options, warnings)
         generation = GenerationRequest(
             prompt,
             negative_prompt=negative or None,
@@ -229,6 +231,7 @@ def create_app(pipeline, settings: ServeSettings | None = None, catalog: ModelCa
             img2img_fix_steps=options.img2img_fix_steps,
             a1111_noise=a1111_noise(body, options),
             **body.sd3_settings(),
+            **body.kontext_settings(),
         )
         check_hires_steps(generation, "hr_second_pass_steps")
         return generation, warnings, model

@@ -20,7 +20,14 @@ MAX_SIZE_CHARS = 32
 #: Edits and variations: how much of the image changes (sdrt's extension field `strength`).
 EDIT_STRENGTH, VARIATION_STRENGTH = 1.0, 0.75
 #: Form fields of edits and variations besides the files, with their types.
-FORM_NUMBERS = {"n": int, "steps": int, "seed": int, "guidance_scale": float, "strength": float}
+FORM_NUMBERS = {
+    "n": int,
+    "steps": int,
+    "seed": int,
+    "guidance_scale": float,
+    "strength": float,
+    "kontext_max_area": int,
+}
 FORM_TEXTS = (
     "prompt",
     "negative_prompt",
@@ -37,6 +44,7 @@ FORM_TEXTS = (
     "background",
     "deepcache",
     "cache",
+    "kontext_auto_resize",  # "true" / "false", read by the body's boolean field
 )
 
 

@@ -260,6 +260,7 @@ def add_openai_routes(app: FastAPI, service, catalog, settings, run, checks) -> 
             deepcache=deepcache_field(body.deepcache),
             cache=step_cache_field(body.cache),
             **body.sd3_settings(),
+            **body.kontext_settings(),
         )
         return body, generation, model
 

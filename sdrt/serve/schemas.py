@@ -12,6 +12,7 @@ from sdrt.runtime.features.hires import MAX_SCALE as MAX_HIRES_SCALE
 from sdrt.runtime.request import DEFAULT_GUIDANCE, MAX_SEED
 from sdrt.runtime.request_checks import MAX_STEPS
 from sdrt.runtime.text.checks import MAX_PROMPT_CHARS
+from sdrt.serve.kontext_fields import KontextFields
 from sdrt.serve.sd3_fields import Sd3Fields
 
 API_KEY_ENV = "SDRT_API_KEY"
@@ -145,7 +146,7 @@ class HiresField(Body):
     strength: float = Field(0.7, gt=0, le=1)
 
 
-class OpenAIImageRequest(Body, Sd3Fields):
+class OpenAIImageRequest(Body, Sd3Fields, KontextFields):
     """OpenAI's image request, plus sdrt's extension fields (steps, seed, sampler, SD3's, ...). Fields
     OpenAI defines that sdrt cannot honour are refused unless neutral (check)."""
 

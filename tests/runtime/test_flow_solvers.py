@@ -78,6 +78,37 @@ def test_tables_and_loops_match_diffusers(name, case, steps):
     assert np.abs(sample - noise).max() > 0.1
 
 
+#: Custom sigmas for flow UniPC: one starting at 1 (diffusers moves it 1e-6 below), one not, uneven.
+CUSTOM_SIGMAS = {"from 1": [1.0, 0.75, 0.5, 0.25], "uneven": [0.9, 0.6, 0.3, 0.1, 0.05]}
+
+
+@pytest.mark.parametrize("sigmas", list(CUSTOM_SIGMAS))
+@pytest.mark.parametrize("case", list(CONFIGS))
+def test_flow_unipc_custom_sigmas_match_diffusers(case, sigmas):
+    """UniPCMultistepScheduler.set_timesteps(sigmas=...) with use_flow_sigmas: the given sigmas set
+    the step count and are shifted as its own; tables and a whole loop equal."""
+    config, mu = CONFIGS[case]
+    custom = CUSTOM_SIGMAS[sigmas]
+    ours, theirs = sampler_from_config("flow_unipc", config), reference("flow_unipc", config)
+    ours.set_timesteps(len(custom), mu=mu, sigmas=custom)
+    theirs.set_timesteps(sigmas=np.array(custom), **({} if mu is None else {"mu": mu}))
+    np.testing.assert_array_equal(ours.timesteps, theirs.timesteps.numpy().astype(np.float32))
+    np.testing.assert_array_equal(ours.sigmas, theirs.sigmas.numpy())
+    noise = np.random.default_rng(4).standard_normal(SAMPLE_SHAPE).astype(np.float32)
+    sample, ref_sample, magnitudes = noise.copy(), torch.from_numpy(noise.copy()), []
+    for index, timestep in enumerate(theirs.timesteps):
+        velocity = stand_in_velocity(ref_sample.numpy(), float(timestep))
+        magnitudes.append(max(float(ref_sample.abs().max()), float(np.abs(velocity).max())))
+        ref_sample = theirs.step(torch.from_numpy(velocity), timestep, ref_sample).prev_sample
+        sample = ours.step(stand_in_velocity(sample, float(ours.timesteps[index])), index, sample)
+    magnitudes.append(float(ref_sample.abs().max()))
+    assert_within_loop_bound(sample, ref_sample.numpy(), magnitudes, seeded=False)
+    ours.set_timesteps(len(custom), mu=mu)  # without them again: the linspace's own
+    assert not np.array_equal(ours.sigmas, theirs.sigmas.numpy())
+    with pytest.raises(ConfigError, match="takes no custom sigmas"):
+        sampler_from_config("flow_dpmpp_2m", config).set_timesteps(4, mu=mu, sigmas=custom)
+
+
 def test_flow_heun_image_to_image_start_is_scale_noise():
     """SD3's img2img start for a two-call sampler: the first kept step's first call."""
     ours, theirs = sampler_from_config("flow_heun", SD3_CONFIG), reference("flow_heun", SD3_CONFIG)

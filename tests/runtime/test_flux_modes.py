@@ -2,8 +2,10 @@
 FluxKontextPipeline (CPU generator, fp32; tolerance as tests/runtime/test_flux.py: every engine
 reproduces its module to a relative 1e-6, the loop repeats the pipeline's float32 arithmetic).
 
-Kontext's sizes are passed explicitly: the reference at its own size (`_auto_resize=False`) and
-the output's area as `max_area`, so the pipeline resizes neither (sdrt.runtime.families.flux_kontext).
+Most Kontext tests pass sizes explicitly: the reference at its own size (`_auto_resize=False`,
+sdrt's `kontext_auto_resize=False`) and the output's area as `max_area`, so neither side resizes
+(sdrt.runtime.families.flux_kontext); `test_kontext_auto_resize_equals_the_pipelines` holds the
+pipeline's own sizes.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from PIL import Image
 from sdrt.errors import GenerationError
 from sdrt.runtime.families.flux_fill import mask_cells
 from sdrt.runtime.pipeline import Pipeline
+from sdrt.runtime.request import GenerationRequest
 from tests.support.images import MAX_PIXEL_ERROR, assert_same_image
 
 PROMPT = "a red fox in a snowy forest at dawn"
@@ -23,6 +26,9 @@ SIZE = {"height": 64, "width": 48}
 STEPS = 3
 #: FluxFillPipeline's default guidance scale; Kontext's is FluxPipeline's.
 FILL_GUIDANCE, KONTEXT_GUIDANCE = 30.0, 3.5
+#: Kontext at the sizes given: the reference's own, the output's as requested (its area as max_area).
+AS_GIVEN = {"kontext_auto_resize": False, "kontext_max_area": SIZE["height"] * SIZE["width"]}
+AS_GIVEN_CLI = ["--no-kontext-resize", "--kontext-max-area", str(AS_GIVEN["kontext_max_area"])]
 
 
 def _image(seed: int, height: int, width: int) -> Image.Image:
@@ -116,8 +122,9 @@ def test_kontext_equals_flux_kontext_pipeline(tiny_flux, kontext, reference_size
 
     reference = _image(2, *reference_size)
     got = kontext.generate(
-        PROMPT, init_image=reference, steps=STEPS, seed=4, guidance_scale=KONTEXT_GUIDANCE, **SIZE, **settings
-    )
+        PROMPT, init_image=reference, steps=STEPS, seed=4, guidance_scale=KONTEXT_GUIDANCE, **SIZE, **settings,
+        **AS_GIVEN,
+    )  # fmt: skip
     expected = _reference(FluxKontextPipeline, tiny_flux["dev"])(
         image=reference,
         prompt=PROMPT,
@@ -134,8 +141,66 @@ def test_kontext_equals_flux_kontext_pipeline(tiny_flux, kontext, reference_size
     assert expected.std() > 0.01
     assert_same_image(got.array, expected)
     assert "strength" not in got.parameters  # a reference, not a start: nothing to record
-    plain = kontext.generate(PROMPT, init_image=_image(3, *reference_size), steps=STEPS, seed=4, **SIZE)
+    plain = kontext.generate(PROMPT, init_image=_image(3, *reference_size), steps=STEPS, seed=4, **SIZE, **AS_GIVEN)
     assert np.abs(plain.array - got.array).max() > MAX_PIXEL_ERROR  # the reference changes the image
+
+
+#: An output area other than the request's: 64x48 at twice its area is 80x64 on the 16-pixel grid.
+DOUBLE_AREA = 2 * SIZE["height"] * SIZE["width"]
+
+
+@pytest.fixture(scope="module")
+def kontext_reference(tiny_flux):
+    from diffusers import FluxKontextPipeline
+
+    return _reference(FluxKontextPipeline, tiny_flux["dev"])
+
+
+class _Sized(Exception):
+    """Raised once the reference is preprocessed: its pixels are known, nothing more is run."""
+
+
+@pytest.mark.parametrize(
+    ("reference_size", "size", "area"),
+    [((48, 80), SIZE, DOUBLE_AREA), ((100, 37), {"width": 1536}, None), ((512, 512), {}, 5000), ((33, 70), {}, None)],
+)
+def test_kontext_sizes_are_the_pipelines(kontext_reference, kontext, monkeypatch, reference_size, size, area):
+    """FluxKontextPipeline's own sizes (`_auto_resize` and `max_area` at their defaults or given):
+    the output size it checks and the reference pixels it preprocesses (read from its calls, the
+    run stopped there), equal to the size sdrt generates at and the pixels it encodes. The rest of
+    an edit with a reference of any size is test_kontext_equals_flux_kontext_pipeline's; a whole
+    run at a preferred resolution (about 1 megapixel) needs over 2 GiB in the tiny VAE encoder's
+    attention on either side, so none runs here."""
+    import sdrt.runtime.families.flux_kontext as flux_kontext
+    from sdrt.runtime.imaging.inputs import to_model_input
+
+    pipeline, seen = kontext_reference, {}
+    preprocess = pipeline.image_processor.preprocess
+
+    def stop_after_preprocess(*args, **kwargs):
+        seen["diffusers"] = preprocess(*args, **kwargs).numpy()
+        raise _Sized
+
+    def check_inputs(prompt, prompt_2, height, width, **_):
+        seen["output"] = (height, width)
+
+    def stop_after_model_input(image, height, width):
+        seen["sdrt"] = to_model_input(image, height, width)
+        raise _Sized
+
+    monkeypatch.setattr(pipeline.image_processor, "preprocess", stop_after_preprocess)
+    monkeypatch.setattr(pipeline, "check_inputs", check_inputs)
+    monkeypatch.setattr(flux_kontext, "to_model_input", stop_after_model_input)
+    reference = _image(7, *reference_size)
+    area_setting = {} if area is None else {"max_area": area}
+    with pytest.raises(_Sized):
+        pipeline(image=reference, prompt=PROMPT, max_sequence_length=8, **size, **area_setting)
+    resolved = GenerationRequest(PROMPT, init_image=reference, kontext_max_area=area, **size).resolve(kontext.manifest)
+    assert (resolved.height, resolved.width) == seen["output"]
+    with pytest.raises(_Sized):
+        kontext.generate(PROMPT, init_image=reference, steps=1, seed=0, kontext_max_area=area, **size)
+    assert seen["sdrt"].shape == seen["diffusers"].shape
+    np.testing.assert_array_equal(seen["sdrt"], seen["diffusers"])
 
 
 @pytest.mark.parametrize(
@@ -144,6 +209,8 @@ def test_kontext_equals_flux_kontext_pipeline(tiny_flux, kontext, reference_size
         ({}, "init_image", "Kontext model: it edits a reference image"),
         ({"init_image": "mask"}, "mask_image", "takes no mask_image"),
         ({"init_image": "image", "strength": 0.5}, "strength", "takes no strength"),
+        ({"init_image": "image", "kontext_max_area": 0}, "kontext_max_area", "a positive number of pixels"),
+        ({"init_image": "image", "kontext_auto_resize": "yes"}, "kontext_auto_resize", "must be true or false"),
     ],
 )
 def test_bad_kontext_requests_are_one_error_naming_the_field(kontext, settings, field, message):
@@ -168,11 +235,12 @@ def test_sdrt_generate_image_on_a_kontext_export_edits_it(exported_flux_kontext,
     arguments = [
         "generate", PROMPT, "--model", str(exported_flux_kontext), "--image", str(reference), "--steps", "2",
         "--seed", "5", "--height", str(SIZE["height"]), "--width", str(SIZE["width"]), "--out", str(out), "--quiet",
+        *AS_GIVEN_CLI,
     ]  # fmt: skip
     result = CliRunner().invoke(main, arguments)
     assert result.exit_code == 0, result.output
     written = np.asarray(Image.open(out).convert("RGB"), dtype=np.float32) / 255
-    settings = {"steps": 2, "seed": 5, "guidance_scale": KONTEXT_GUIDANCE, **SIZE}  # the CLI: the family default
+    settings = {"steps": 2, "seed": 5, "guidance_scale": KONTEXT_GUIDANCE, **SIZE, **AS_GIVEN}  # the family default
     expected = kontext.generate(PROMPT, init_image=Image.open(reference), **settings).array[0]
     assert np.abs(written - expected).max() <= 0.5 / 255 + 1e-6  # 8-bit rounding
     missing = CliRunner().invoke(main, arguments[:4] + arguments[6:])
@@ -203,7 +271,7 @@ def test_kontext_batches_and_fill_batches_equal_diffusers(tiny_flux, exported_fl
 
     reference = _image(2, 32, 48)
     settings = {"steps": 2, "seed": 9, "num_images": 2, **SIZE}
-    got = kontext.generate(PROMPT, init_image=reference, guidance_scale=KONTEXT_GUIDANCE, **settings)
+    got = kontext.generate(PROMPT, init_image=reference, guidance_scale=KONTEXT_GUIDANCE, **settings, **AS_GIVEN)
     expected = _reference(FluxKontextPipeline, tiny_flux["dev"])(
         image=reference, prompt=PROMPT, num_inference_steps=2, num_images_per_prompt=2,
         guidance_scale=KONTEXT_GUIDANCE, generator=torch.Generator().manual_seed(9),
@@ -241,7 +309,7 @@ def test_schnell_fill_and_kontext_run_in_a_process_without_torch(
     runs = {
         "schnell": [str(exported_flux("schnell"))],
         "fill": [str(exported_flux_fill["export"]), "--init-image", str(image), "--mask", str(mask)],
-        "kontext": [str(exported_flux_kontext), "--image", str(reference)],
+        "kontext": [str(exported_flux_kontext), "--image", str(reference), *AS_GIVEN_CLI],
     }
     calls = [
         ["generate", PROMPT, "--model", *arguments, *common, "--out", str(tmp_path / f"{name}.png")]
@@ -260,7 +328,7 @@ def test_schnell_fill_and_kontext_run_in_a_process_without_torch(
             mask_image=Image.open(mask),
             **{**settings, "guidance_scale": FILL_GUIDANCE},
         ),
-        "kontext": kontext.generate(PROMPT, init_image=Image.open(reference), **settings),
+        "kontext": kontext.generate(PROMPT, init_image=Image.open(reference), **settings, **AS_GIVEN),
     }
     for name, result in expected.items():
         written = np.asarray(Image.open(tmp_path / f"{name}.png").convert("RGB"), dtype=np.float32) / 255

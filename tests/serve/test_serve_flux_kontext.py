@@ -18,6 +18,9 @@ from support.serving import decode_png, live_server
 PROMPT = "make the fox wear a red scarf"
 HEIGHT, WIDTH, STEPS, SEED = 64, 48, 2, 3
 KONTEXT_GUIDANCE = 3.5  # the family's default, what the route uses without guidance_scale
+#: sdrt's Kontext size fields (both servers): the reference at its own size, the output at the
+#: requested one (its area), so the tiny runs stay small (the automatic sizes: tests/runtime/test_flux_modes.py).
+AS_GIVEN = {"kontext_auto_resize": False, "kontext_max_area": HEIGHT * WIDTH}
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +33,7 @@ def served(exported_flux_kontext):
 def _expected(pipeline: Pipeline, reference: Image.Image) -> np.ndarray:
     """The pipeline's own Kontext edit with the settings both routes send."""
     settings = {"steps": STEPS, "seed": SEED, "guidance_scale": KONTEXT_GUIDANCE, "height": HEIGHT, "width": WIDTH}
+    settings.update(AS_GIVEN)
     return np.asarray(pipeline.generate(PROMPT, init_image=reference, **settings).images[0])
 
 
@@ -45,6 +49,7 @@ def test_openai_edits_on_kontext_equal_the_pipelines_edit(served):
     pixels[..., 3] = 0.5  # a translucent reference: on Kontext its alpha marks nothing to repaint
     reference = Image.fromarray((pixels * 255).astype(np.uint8), "RGBA")
     data = {"prompt": PROMPT, "size": f"{WIDTH}x{HEIGHT}", "steps": str(STEPS), "seed": str(SEED)}
+    data.update({name: str(value).lower() for name, value in AS_GIVEN.items()})  # form fields
     response = httpx.post(
         f"{url}/v1/images/edits",
         data={**data, "response_format": "b64_json"},
@@ -70,6 +75,7 @@ def test_a1111_img2img_on_kontext_edits_the_init_image(served):
     url, pipeline = served
     reference = Image.fromarray((np.random.default_rng(6).random((HEIGHT, WIDTH, 3)) * 255).astype(np.uint8))
     payload = {"prompt": PROMPT, "steps": STEPS, "seed": SEED, "width": WIDTH, "height": HEIGHT, "cfg_scale": 7}
+    payload.update(AS_GIVEN)
     response = httpx.post(
         f"{url}/sdapi/v1/img2img",
         json={**payload, "init_images": [png_b64(reference)], "denoising_strength": 0.75},

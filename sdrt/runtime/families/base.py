@@ -128,6 +128,10 @@ class Family:
         (FLUX.2 takes its first reference image's); by default left as they are."""
         return height, width
 
+    def output_size(self, request: GenerationRequest, manifest: Manifest, height: int, width: int) -> tuple[int, int]:
+        """The output's size from the request's (FLUX.1 Kontext's follows its max_area); by default as it is."""
+        return height, width
+
     def reference_tokens(self, manifest: Manifest, image_tokens: tuple[int, int, int]) -> tuple[int, int, int]:
         """The (min, opt, max) tokens of reference images a denoiser call carries beside the
         generated image's, whose own are `image_tokens`: what a TensorRT profile's image-token

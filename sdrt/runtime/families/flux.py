@@ -65,7 +65,7 @@ class Flux(Family):
     denoiser = DenoiserCall(TRANSFORMER, HIDDEN_STATES, DENOISER_TIMESTEP, DENOISER_OUTPUT)
     hidden_output = LAST_HIDDEN
     text_sequence_feed = UNET_CONTEXT
-    own_settings: ClassVar[tuple[str, ...]] = ("true_cfg_scale",)
+    own_settings: ClassVar[tuple[str, ...]] = ("true_cfg_scale", "kontext_auto_resize", "kontext_max_area")
     features = FLUX_FEATURES
     sampler_space = FLOW
     default_sampler = "flow_euler"
@@ -117,6 +117,17 @@ class Flux(Family):
         if manifest.flux is None or not manifest.flux.kontext:
             return 0, 0, 0
         return 0, image_tokens[1], image_tokens[2]
+
+    def output_size(self, request: GenerationRequest, manifest: Manifest, height: int, width: int) -> tuple[int, int]:
+        """Kontext: the requested size's aspect ratio (the native size's when none is given) at
+        max_area pixels, as FluxKontextPipeline (sdrt.runtime.families.flux_kontext_sizes)."""
+        if manifest.flux is None or not manifest.flux.kontext:
+            return height, width
+        from sdrt.runtime.families.flux_kontext_sizes import max_area, output_size
+
+        height = manifest.native_height if request.height is None else height
+        width = manifest.native_width if request.width is None else width
+        return output_size(height, width, max_area(request), manifest.dims[HEIGHT].multiple)
 
     def takes_strength(self, manifest: Manifest) -> bool:
         return not _flux(manifest).kontext
@@ -195,6 +206,10 @@ class Flux(Family):
             )
         if spec is not None and spec.kontext:
             _check_kontext(request)
+        elif spec is not None:
+            for name in ("kontext_auto_resize", "kontext_max_area"):
+                if getattr(request, name) is not None:
+                    raise GenerationError(f"{name} applies to FLUX.1 Kontext models only", name)
 
     def check_manifest(self, manifest: Manifest) -> str | None:
         if manifest.flux is None:

@@ -5,10 +5,9 @@ first component is 1 (sdrt.runtime.families.flux_latents); the generated latents
 noise at every step count, and the prediction keeps the image's tokens only. The sampler's shift
 counts the generated image's tokens alone, as the pipeline's `image_seq_len`.
 
-Sizes: the reference is encoded at its own size rounded down to a multiple of 16 (the pipeline
-with `_auto_resize=False`); the output size is the request's, the reference's by default. The
-pipeline's own resizing (PREFERRED_KONTEXT_RESOLUTIONS for the reference, `max_area` for the
-output) is not reproduced: a caller picks sizes explicitly.
+Sizes, as the pipeline chooses them (sdrt.runtime.families.flux_kontext_sizes): the reference at
+the preferred resolution nearest its aspect ratio (`kontext_auto_resize`, on by default), else at
+its own size rounded down to a multiple of 16; the output at `kontext_max_area` pixels.
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, cast
 import numpy as np
 
 from sdrt.errors import GenerationError
+from sdrt.runtime.families.flux_kontext_sizes import auto_resize, reference_size
 from sdrt.runtime.families.flux_latents import PATCH, REFERENCE_LATENTS
 from sdrt.runtime.imaging.inputs import to_model_input
 from sdrt.runtime.loop.hooks import ModelCall, StepHook
@@ -66,6 +66,7 @@ def kontext_mode(vae_scale_factor: int, multiple: int, max_tokens: int):
         if min(height, width) < multiple:
             size = f"{image.width}x{image.height}"
             raise GenerationError(f"the reference image is {size}, under {multiple} pixels a side", "init_image")
+        height, width = reference_size(height, width, auto_resize(resolved.request), multiple)
         tokens = (height // cell) * (width // cell) + (resolved.height // cell) * (resolved.width // cell)
         if tokens > max_tokens:
             raise GenerationError(

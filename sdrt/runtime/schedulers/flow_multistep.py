@@ -17,7 +17,7 @@ computed from those, as in FluxPipeline.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -67,6 +67,9 @@ class FlowSigmas(MultistepScheduler):
     refused_keys = tuple(FLOW_MULTISTEP_UNSUPPORTED)
     unsupported_values = FLOW_MULTISTEP_UNSUPPORTED
     mu: float | None = None
+    #: Whether set_timesteps takes custom sigmas (diffusers' UniPC does with use_flow_sigmas).
+    takes_custom_sigmas: ClassVar[bool] = False
+    custom_sigmas: np.ndarray | None = None
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Scheduler:
@@ -81,10 +84,18 @@ class FlowSigmas(MultistepScheduler):
         return dynamic_shift_mu(self.config, image_seq_len)
 
     def set_timesteps(self, num_inference_steps: int, mu: float | None = None, sigmas=None) -> None:
-        """The flow samplers' signature: `mu` with use_dynamic_shifting (required there); no
-        custom sigmas (FluxPipeline drops its own for use_flow_sigmas schedulers)."""
+        """The flow samplers' signature: `mu` with use_dynamic_shifting (required there). Custom
+        `sigmas` where the diffusers class takes them (UniPC: they set the step count and are
+        shifted as its own linspace); FluxPipeline drops its own for use_flow_sigmas schedulers,
+        so the family never passes them (`takes_sigmas` stays False)."""
+        self.custom_sigmas = None
         if sigmas is not None:
-            raise ConfigError(f"{self.reference_name} with flow sigmas takes no custom sigmas in sdrt")
+            if not self.takes_custom_sigmas:
+                raise ConfigError(f"{self.reference_name} with flow sigmas takes no custom sigmas in sdrt")
+            custom = np.asarray(sigmas, dtype=np.float64)
+            if custom.ndim != 1 or not len(custom) or not np.all(np.isfinite(custom)):
+                raise ConfigError("custom sigmas must be a non-empty list of finite numbers")
+            self.custom_sigmas, num_inference_steps = custom, len(custom)
         self.mu = checked_mu(self.config, mu)
         super().set_timesteps(num_inference_steps)
 
@@ -116,7 +127,10 @@ class FlowDPMSolverMultistepScheduler(FlowSigmas, DPMSolverMultistepScheduler):
 
 class FlowUniPCMultistepScheduler(FlowSigmas, UniPCMultistepScheduler):
     """UniPC on flow sigmas: linspace(1, 1 / num_train_timesteps, steps + 1) without its last,
-    shifted (by flow_shift, or mu's time shift), optionally stretched to shift_terminal."""
+    shifted (by flow_shift, or mu's time shift), optionally stretched to shift_terminal; custom
+    sigmas stand for the linspace (UniPCMultistepScheduler.set_timesteps(sigmas=...))."""
+
+    takes_custom_sigmas = True
 
     config_defaults = {
         **FLOW_MULTISTEP_DEFAULTS,
@@ -130,6 +144,8 @@ class FlowUniPCMultistepScheduler(FlowSigmas, UniPCMultistepScheduler):
         config = self.config
         n_train = config.num_train_timesteps
         sigmas = np.linspace(1, 1 / n_train, num_inference_steps + 1)[:-1]
+        if self.custom_sigmas is not None:
+            sigmas = self.custom_sigmas.copy()
         if config.use_dynamic_shifting:
             sigmas = time_shift(config.time_shift_type, self.mu, sigmas)
         else:
