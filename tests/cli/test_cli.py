@@ -178,7 +178,8 @@ def test_generate_gives_image_k_seed_plus_k_each_reproducible_alone(engine, tmp_
             "error: unknown sampler 'dpm3'; choose one of lms, euler, euler_a, ddim, dpmpp_2m, "
             "dpmpp_2m_karras, pndm, ddpm, heun, unipc, lcm, tcd, or a k-diffusion sampler by sdrt, A1111 or "
             "ComfyUI name: k_euler, k_euler_a, k_heun, k_dpm_2, k_dpm_2_a, k_lms, k_dpmpp_2m, k_dpmpp_2s_a, "
-            "k_dpmpp_sde, k_dpmpp_2m_sde, k_dpmpp_2m_sde_heun, k_dpmpp_3m_sde, k_dpm_fast, a1111_ddim, "
+            "k_dpmpp_sde, k_dpmpp_2m_sde, k_dpmpp_2m_sde_heun, k_dpmpp_3m_sde, k_dpm_fast, k_dpm_ad, k_lcm, "
+            "a1111_ddim, "
             "a1111_ddim_cfgpp, a1111_plms, a1111_unipc",
         ),
         (
