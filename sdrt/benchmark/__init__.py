@@ -229,6 +229,7 @@ def run_benchmark(
             "peak_rss_bytes": peaks["diffusers"]["peak_rss_bytes"],
             "peak_gpu_bytes": peaks["diffusers"].get("peak_gpu_bytes"),
             "end_to_end": summarize([b["end_to_end"] for b in baseline]),
+            "unet_step": summarize([t for b in baseline for t in b["unet_steps"]]),  # its UNet/transformer calls
         }
         report["speedup_vs_diffusers"] = {"pairs": pairs, **summarize(pairs)}
         report["memory_ratio_vs_diffusers"] = peaks["sdrt"]["peak_rss_bytes"] / peaks["diffusers"]["peak_rss_bytes"]

@@ -105,6 +105,25 @@ class DiffusersSide:
         self._fuse_loras(pipeline, settings.get("loras") or [])
         self.pipeline = pipeline.to(self.device)
         self.settings = settings
+        self.denoiser_calls: list[float] = []
+        self._time_denoiser(getattr(pipeline, "transformer", None) or pipeline.unet)
+
+    def _time_denoiser(self, module) -> None:
+        """Seconds of each denoiser call (the UNet or transformer), as sdrt's unet_steps."""
+        started: list[float] = []
+
+        def before(*_):
+            if self.device == "cuda":
+                self.torch.cuda.synchronize()
+            started.append(time.perf_counter())
+
+        def after(*_):
+            if self.device == "cuda":
+                self.torch.cuda.synchronize()
+            self.denoiser_calls.append(time.perf_counter() - started.pop())
+
+        module.register_forward_pre_hook(before)
+        module.register_forward_hook(after)
 
     @staticmethod
     def _fuse_loras(pipeline, loras: list[str]) -> None:
@@ -123,6 +142,7 @@ class DiffusersSide:
     def run(self, seed: int) -> dict:
         s = self.settings
         torch = self.torch
+        self.denoiser_calls.clear()
         started = time.perf_counter()
         with torch.inference_mode():
             images = self.pipeline(
@@ -138,7 +158,7 @@ class DiffusersSide:
             torch.cuda.synchronize()
         total = time.perf_counter() - started
         png = png_seconds(images[0])
-        return {"total": total, "png": png, "end_to_end": total + png}
+        return {"total": total, "png": png, "end_to_end": total + png, "unet_steps": list(self.denoiser_calls)}
 
 
 def main() -> None:

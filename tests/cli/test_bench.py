@@ -43,6 +43,8 @@ def test_report_with_diffusers_baseline(engine, tiny_models):
     assert 0 <= sdrt["outside_engines_fraction"]["median"] < 1
     assert sdrt["load_seconds"] > 0 and sdrt["peak_rss_bytes"] > 0
     assert len(report["speedup_vs_diffusers"]["pairs"]) == 2 and report["memory_ratio_vs_diffusers"] > 0
+    assert report["diffusers"]["unet_step"]["count"] == 2 * 3  # its UNet's calls, timed by hooks
+    assert 0 < report["diffusers"]["unet_step"]["max"] <= report["diffusers"]["end_to_end"]["max"]
     assert report["unet_gflop_per_call"] > 0 and report["matmul_gflops"] > 0
     assert report["precision"]["unet"] == "fp32" and len(report["model"]["hash"]) == 16
     assert {"sdrt", "onnxruntime", "torch", "diffusers"} <= set(report["versions"])
