@@ -13,6 +13,7 @@ from PIL import Image
 
 from sdrt.runtime.pipeline import Pipeline
 from sdrt.serve.app import create_app
+from sdrt.serve.schemas import ServeSettings
 from support.serving import decode_png, live_server
 
 PROMPT = "a red fox in a snowy forest at dawn"
@@ -56,7 +57,7 @@ def test_a1111_img2img_reads_every_init_image_as_a_reference(exported_flux2_klei
     references = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in ((80, 64), (64, 96))]
     payload = {"prompt": PROMPT, "steps": STEPS, "seed": SEED, "width": WIDTH, "height": HEIGHT, "cfg_scale": 3}
     payload.update(init_images=[png_b64(image) for image in references], denoising_strength=0.75)
-    with live_server(create_app(pipeline)) as url:
+    with live_server(create_app(pipeline, ServeSettings(randn_source="CPU"))) as url:
         response = httpx.post(f"{url}/sdapi/v1/img2img", json=payload, timeout=120)
         assert response.status_code == 200, response.text
         got = np.asarray(decode_png(response.json()["images"][0]))

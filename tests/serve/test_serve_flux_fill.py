@@ -15,6 +15,7 @@ from PIL import Image
 
 from sdrt.runtime.pipeline import Pipeline
 from sdrt.serve.app import create_app
+from sdrt.serve.schemas import ServeSettings
 from support.serving import decode_png, live_server, png_b64
 
 PROMPT = "a red fox in a snowy forest at dawn"
@@ -26,7 +27,7 @@ FILL_GUIDANCE = 30.0
 @pytest.fixture(scope="module")
 def served(exported_flux_fill):
     pipeline = Pipeline.load(exported_flux_fill["export"])
-    with live_server(create_app(pipeline)) as url:
+    with live_server(create_app(pipeline, ServeSettings(randn_source="CPU"))) as url:
         yield url, pipeline
 
 

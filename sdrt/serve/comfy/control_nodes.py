@@ -11,6 +11,8 @@ ComfyUI's rules (comfy/controlnet.py):
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 from PIL import Image
 
@@ -45,7 +47,7 @@ def controlnet_loader(context, control_net_name: str):
 
 
 def _with(conditioning: Conditioning, control: Control) -> Conditioning:
-    return Conditioning(conditioning.text, conditioning.clip, (*conditioning.controls, control))
+    return replace(conditioning, controls=(*conditioning.controls, control))
 
 
 @node(
