@@ -205,6 +205,7 @@ def sdxl_controlnet(tiny_sdxl, tmp_path_factory) -> tuple[Path, Path]:
     return folder, root / "exported"
 
 
+@pytest.mark.slow  # the suite's costliest check; SD 1.x ControlNets stay in the default run
 def test_an_sdxl_controlnet_equals_diffusers(tiny_sdxl, exported_sdxl, sdxl_controlnet):
     from diffusers import ControlNetModel, StableDiffusionXLControlNetPipeline
 
