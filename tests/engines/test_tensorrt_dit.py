@@ -113,8 +113,6 @@ IMAGE_AXES = {
 
 #: klein's profile spans four references' tokens: its fake build is the slowest (the slow tier has it).
 NEWER_FAMILIES = [pytest.param(f, marks=pytest.mark.slow) if f == "flux2" else f for f in sorted(IMAGE_AXES)]
-    pytest.param(name, marks=pytest.mark.slow) if name == "flux2" else name for name in sorted(IMAGE_AXES)
-]
 
 
 @pytest.mark.parametrize("family", NEWER_FAMILIES)
