@@ -227,7 +227,8 @@ class A1111TimestepSampler(Scheduler):
         return draw
 
     def _start(self, x: np.ndarray, noise: Noise) -> Run:
-        raise NotImplementedError
+        """The sampler's run from the initial sample (each of DDIM, PLMS and UniPC defines its own)."""
+        raise NotImplementedError(f"{type(self).__name__} defines no run")
 
     # -- shared by DDIM and PLMS ---------------------------------------------------------------
 
