@@ -9,14 +9,13 @@ place at the end, so a failed or interrupted export leaves no half-written folde
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 from sdrt.errors import ModelFolderError
 from sdrt.export import onnx_graph
-from sdrt.export.components import ONNX_OPSET, ComponentExport, ModelGeometry, component_exports, text_encoder_modules
+from sdrt.export.components import ComponentExport, ModelGeometry, component_exports, text_encoder_modules
 from sdrt.export.model_files import family, sdxl_settings, versions, write_diffusers_files
 from sdrt.export.options import ExportOptions
 from sdrt.export.quantize import quantize_and_validate
@@ -37,22 +36,9 @@ ONNX_FILE = "model.onnx"
 
 
 def _export_torch(component: ComponentExport, path: Path, case: Case) -> None:
-    import torch
+    from sdrt.export.streamed_trace import trace_component
 
-    example = tuple(torch.from_numpy(array) for array in case.inputs)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer warnings about Python control flow on shapes
-        torch.onnx.export(
-            component.module.eval(),
-            example,
-            str(path),
-            dynamo=False,
-            opset_version=ONNX_OPSET,
-            input_names=[t.name for t in component.inputs],
-            output_names=[t.name for t in component.outputs],
-            dynamic_axes=component.dynamic_axes(),
-            do_constant_folding=True,
-        )
+    trace_component(component, case.inputs, path)
 
 
 def _graph_dtypes(path: Path, specs: list[TensorSpec]) -> list[TensorSpec]:

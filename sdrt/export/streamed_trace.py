@@ -39,17 +39,16 @@ TRACE_MMAP_THRESHOLD = 1 << 20
 GLIBC_MMAP_THRESHOLD_MAX = 32 << 20
 
 
-def export_streamed(component: ComponentExport, path: Path, example) -> list[Path]:
-    """Trace `component` to `path` (graph only) plus `path.data` (its weights, written from the
-    module's tensors); `example` are the inputs it is traced on. Returns the files."""
-    import onnx
+def trace_component(component: ComponentExport, example, path: Path, *, weights: bool = True) -> None:
+    """torch.onnx's TorchScript trace of `component` on the arrays `example` to `path`, with its
+    tensor names and dynamic axes from the manifest; `weights=False` leaves the weights out of the
+    graph (graph inputs named by their state-dict keys) and folds no constants on them."""
     import torch
 
-    module = component.module.eval()
-    with torch.no_grad(), warnings.catch_warnings(), _large_blocks_mapped():
+    with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about Python control flow on shapes
         torch.onnx.export(
-            module,
+            component.module.eval(),
             tuple(torch.from_numpy(array) for array in example),
             str(path),
             dynamo=False,
@@ -57,9 +56,19 @@ def export_streamed(component: ComponentExport, path: Path, example) -> list[Pat
             input_names=[t.name for t in component.inputs],
             output_names=[t.name for t in component.outputs],
             dynamic_axes=component.dynamic_axes(),
-            export_params=False,
-            do_constant_folding=False,
+            export_params=weights,
+            do_constant_folding=weights,
         )
+
+
+def export_streamed(component: ComponentExport, path: Path, example) -> list[Path]:
+    """Trace `component` to `path` (graph only) plus `path.data` (its weights, written from the
+    module's tensors); `example` are the inputs it is traced on. Returns the files."""
+    import onnx
+
+    module = component.module.eval()
+    with _large_blocks_mapped():
+        trace_component(component, example, path, weights=False)
     model = onnx.load_model(str(path))
     tensors = {**dict(module.named_parameters()), **dict(module.named_buffers())}
     data = path.with_name(path.name + EXTERNAL_DATA_SUFFIX)
