@@ -34,6 +34,13 @@ def a1111_options(command: Callable) -> Callable:
             "schedule of steps / strength) [default: int(strength * steps) + 1 of --steps' schedule].",
         ),
         click.option(
+            "--discard-penultimate-sigma",
+            "discard_penultimate_sigma",
+            is_flag=True,
+            help="A1111's always_discard_next_to_last_sigma: its samplers lay out one step more and drop the "
+            "next-to-last noise level (DPM2, DPM2 a and DPM++ 3M SDE always do).",
+        ),
+        click.option(
             "--subseed",
             default=None,
             type=click.IntRange(0),

@@ -73,6 +73,8 @@ def defaults_from_parameters(text: str) -> tuple[dict, list[str]]:
         elif key == "Size":
             width, _, height = str(value).partition("x")
             defaults["width"], defaults["height"] = int(width), int(height)
+        elif key == "Discard penultimate sigma":  # A1111 writes it only when on
+            defaults["discard_penultimate_sigma"] = str(value) == "True"
         elif key == "Seed resize from":
             defaults["seed_resize_from"] = str(value)
         elif key in DESCRIPTIVE:

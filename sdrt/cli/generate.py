@@ -295,6 +295,7 @@ def generate(
         cache=step_cache,
         eta=eta,
         img2img_fix_steps=sdxl.pop("img2img_fix_steps"),
+        discard_penultimate_sigma=sdxl.pop("discard_penultimate_sigma"),
         a1111_noise=a1111_noise,
     )
     previews = None

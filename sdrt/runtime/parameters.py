@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sdrt.runtime.request import ResolvedRequest
+from sdrt.runtime.schedulers import discard_option_applies
 from sdrt.runtime.text.prompts.emphasis import DEFAULT_EMPHASIS
 
 
@@ -37,6 +38,8 @@ def generation_parameters(
         from sdrt.runtime.a1111_noise import noise_parameters
 
         parameters["a1111_noise"] = noise_parameters(request.a1111_noise)
+    if request.discard_penultimate_sigma and discard_option_applies(request.sampler):  # A1111 records it only then
+        parameters["discard_penultimate_sigma"] = True
     if request.eta is not None:  # the samplers that take one (DDIM's variance, TCD's gamma)
         parameters["eta"] = float(request.eta)
     if request.true_cfg_scale is not None:  # FLUX.1's real CFG (guidance_scale is then the distilled guidance)

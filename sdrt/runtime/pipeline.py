@@ -308,6 +308,8 @@ class Pipeline:
             sampler.sdxl = isinstance(self.manifest.model_family, StableDiffusionXL)
         if request.eta is not None:
             sampler.eta = request.eta
+        if request.discard_penultimate_sigma and getattr(sampler, "takes_discard_option", False):
+            sampler.always_discard = True  # type: ignore[attr-defined]
         if request.ksampler_steps is not None:
             if not isinstance(sampler, ComfyRules):
                 raise GenerationError("ksampler_steps are for ComfyUI's samplers (comfy_*)", "ksampler_steps")

@@ -112,6 +112,8 @@ class GenerationRequest:
     strength: float | None = field(default=None, metadata=SHARED)  # read only from an image or init latents
     # A1111's img2img_fix_steps (k-diffusion samplers): from an image, all `steps` run (of steps / strength).
     img2img_fix_steps: bool = field(default=False, metadata=SHARED)
+    # A1111's always_discard_next_to_last_sigma (its samplers): one step more laid out, the next-to-last dropped.
+    discard_penultimate_sigma: bool = field(default=False, metadata=SHARED)
     # A1111's noise: variation seeds, seed resize, ENSD, randn_source (sdrt.runtime.a1111_noise).
     a1111_noise: A1111Noise | None = field(default=None, metadata=ALONE)
     latents: np.ndarray | None = field(default=None, compare=False, metadata=ALONE)

@@ -46,6 +46,8 @@ def check_sampling(request, manifest: Manifest) -> None:
         SAMPLERS[request.sampler].schedule_overrides(request.schedule)
     except ConfigError as error:
         raise GenerationError(str(error), "schedule") from None
+    if not isinstance(request.discard_penultimate_sigma, bool):
+        raise GenerationError("discard_penultimate_sigma must be true or false", "discard_penultimate_sigma")
     if request.eta is not None and (
         not getattr(SAMPLERS[request.sampler].cls, "takes_eta", False)
         or not isinstance(request.eta, (int, float))

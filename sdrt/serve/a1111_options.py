@@ -41,7 +41,6 @@ FIXED_OPTIONS = {
     "uni_pc_skip_type": unipc.DEFAULT_SKIP_TYPE,
     "uni_pc_order": unipc.DEFAULT_ORDER,
     "uni_pc_lower_order_final": unipc.DEFAULT_LOWER_ORDER_FINAL,
-    "always_discard_next_to_last_sigma": False,
 }
 #: What A1111 calls the model's own VAE; "TAESD" (or "tiny") picks the tiny VAE (sdrt.serve.a1111).
 VAE_CHOICES = ("Automatic", "None")
@@ -56,6 +55,9 @@ class A1111Options:
     sd_vae: str = "Automatic"
     #: From an image with a k-diffusion sampler, all steps run (of a schedule of steps / strength).
     img2img_fix_steps: bool = False
+    #: A1111's samplers lay out one step more and drop the next-to-last level (GenerationRequest's
+    #: discard_penultimate_sigma).
+    always_discard_next_to_last_sigma: bool = False
     #: ENSD: the sampler's fresh noise from generators of seed + this (sdrt.runtime.a1111_noise).
     eta_noise_seed_delta: int = 0
     #: The noise's generator (CPU, GPU, NV); A1111's default GPU unless the server starts with another.
@@ -70,6 +72,7 @@ class A1111Options:
             "emphasis": self.emphasis,
             "sd_vae": self.sd_vae,
             "img2img_fix_steps": self.img2img_fix_steps,
+            "always_discard_next_to_last_sigma": self.always_discard_next_to_last_sigma,
             "eta_noise_seed_delta": self.eta_noise_seed_delta,
             "randn_source": self.randn_source,
             "live_previews_enable": preview_every > 0,
@@ -106,10 +109,10 @@ class A1111Options:
                 if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
                     raise RequestError(400, f"{where} must be an integer from 0 to {MAX_SEED}", where)
                 updates["eta_noise_seed_delta"] = value
-            elif key == "img2img_fix_steps":
+            elif key in ("img2img_fix_steps", "always_discard_next_to_last_sigma"):
                 if not isinstance(value, bool):
                     raise RequestError(400, f"{where} must be true or false", where)
-                updates["img2img_fix_steps"] = value
+                updates[key] = value
             elif key in FIXED_OPTIONS:
                 if value != FIXED_OPTIONS[key]:
                     raise RequestError(

@@ -229,6 +229,7 @@ def create_app(pipeline, settings: ServeSettings | None = None, catalog: ModelCa
             cache=step_cache_field(body.cache),
             eta=eta,
             img2img_fix_steps=options.img2img_fix_steps,
+            discard_penultimate_sigma=options.always_discard_next_to_last_sigma,
             a1111_noise=a1111_noise(body, options),
             **body.sd3_settings(),
             **body.kontext_settings(),

@@ -10,6 +10,7 @@ from test_a1111_img2img import init_image, mask_image
 from test_kdiffusion import assert_same_image
 
 from conftest import diffusers_pipeline
+from sdrt.runtime.imaging.png_info import format_parameters
 from sdrt.runtime.pipeline import Pipeline
 from sdrt.runtime.schedulers import K_SAMPLER_NAMES, SAMPLERS, k_sampler_name, resolve_sampler_name
 from sdrt.runtime.schedulers.a1111_timesteps import A1111TimestepSampler
@@ -81,6 +82,25 @@ def test_txt2img_equals_a1111(pipelines, label, steps, kind, eta):
     laid_out = len(range(0, 1000, 1000 // steps))
     calls = {"PLMS": laid_out, "UniPC": laid_out}.get(label, laid_out - 1)  # DDIM ends one short of its layout
     assert len(result.timings["unet_steps"]) == calls  # one batch: a generator per image
+
+
+def test_always_discard_next_to_last_sigma_lays_out_one_step_more(pipelines):
+    """A1111's get_timesteps with always_discard_next_to_last_sigma: steps += 1, nothing dropped."""
+    ours, reference_pipe = pipelines["standard"]
+    expected = a1111_timestep_image(
+        reference_pipe, "DDIM", prompts=PROMPTS, negatives=NEGATIVE, seeds=SEEDS, guidance=GUIDANCE, steps=5, eta=0.0
+    )
+    result = ours.generate(
+        PROMPTS,
+        negative_prompt=NEGATIVE,
+        steps=4,
+        seeds=SEEDS,
+        sampler=k_sampler_name("DDIM"),
+        guidance_scale=GUIDANCE,
+        discard_penultimate_sigma=True,
+    )
+    assert_same_image(result.array, expected)
+    assert "Discard penultimate sigma: True" in format_parameters(PROMPTS[0], result.parameters, 1)
 
 
 def test_img2img_equals_a1111(pipelines):

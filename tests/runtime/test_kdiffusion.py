@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from conftest import diffusers_pipeline
+from sdrt.runtime.imaging.png_info import format_parameters
 from sdrt.runtime.pipeline import Pipeline
 from sdrt.runtime.schedulers import K_SAMPLER_NAMES, SAMPLERS, k_sampler_name
 from support.kdiffusion_reference import denoiser, k_sampling, lcm_denoiser, sample_lcm
@@ -118,9 +119,12 @@ class A1111Noise:
 
 
 @torch.no_grad()
-def reference_image(pipe, config, label, schedule, steps, size=64):
+def reference_image(pipe, config, label, schedule, steps, size=64, always_discard=False):
+    """`always_discard`: A1111's always_discard_next_to_last_sigma (get_sigmas: the sampler's own
+    discard, or this option's)."""
     ks = k_sampling()
     function, extra, default_schedule, discard, brownian = A1111_SAMPLERS[label]
+    discard = discard or always_discard
     cond, uncond = pipe.encode_prompt(PROMPTS, "cpu", 1, True, NEGATIVE)
     unet = pipe.unet
 
@@ -174,12 +178,13 @@ def assert_same_image(got, expected):
     assert expected.std() > 0.01, "a blank reference image would make the comparison vacuous"
 
 
-def compare(kd_ours, kd_reference, label, schedule, steps, kind="standard"):
+def compare(kd_ours, kd_reference, label, schedule, steps, kind="standard", always_discard=False):
     pipe = kd_reference[kind]
     config = dict(pipe.scheduler.config)
-    expected = reference_image(pipe, config, label, schedule, steps)
+    expected = reference_image(pipe, config, label, schedule, steps, always_discard=always_discard)
     result = kd_ours[kind].generate(
         PROMPTS,
+        discard_penultimate_sigma=always_discard,
         negative_prompt=NEGATIVE,
         steps=steps,
         seed=SEEDS,
@@ -209,6 +214,15 @@ DEFAULT_CASES = [
 @pytest.mark.parametrize("label, schedule, kind", DEFAULT_CASES)
 def test_image_equals_k_diffusion(kd_ours, kd_reference, label, schedule, kind):
     compare(kd_ours, kd_reference, label, schedule, 4, kind)
+
+
+@pytest.mark.parametrize("label, recorded", [("Euler", True), ("DPM2", False)])
+def test_always_discard_next_to_last_sigma_equals_a1111(kd_ours, kd_reference, label, recorded):
+    """A1111's always_discard_next_to_last_sigma: one step more, the next-to-last level dropped,
+    recorded only where the sampler does not discard already (DPM2 does)."""
+    result = compare(kd_ours, kd_reference, label, "karras", 4, always_discard=True)
+    text = format_parameters(PROMPTS[0], result.parameters, 1)
+    assert ("Discard penultimate sigma: True" in text) is recorded
 
 
 SCHEDULES = [

@@ -272,6 +272,13 @@ def recorded_schedule(sampler: str, schedule: str) -> str | None:
     return entry.recorded_schedule(schedule)
 
 
+def discard_option_applies(sampler: str) -> bool:
+    """Whether A1111's always_discard_next_to_last_sigma changes this sampler's run (and its PNG
+    parameters record "Discard penultimate sigma"): A1111's own samplers that do not already discard."""
+    cls = sampler_entry(sampler).cls
+    return getattr(cls, "takes_discard_option", False) and not getattr(cls, "discard_next_to_last_sigma", False)
+
+
 def display_name(name: str) -> str:
     """The name A1111 shows for an sdrt sampler (what PNG parameters and `info` record)."""
     entry = SAMPLERS.get(name)

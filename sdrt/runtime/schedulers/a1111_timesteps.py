@@ -93,6 +93,9 @@ class A1111TimestepSampler(Scheduler):
     takes_unconditional: ClassVar[bool] = False
     #: A1111's sampler label (error messages).
     label: ClassVar[str]
+    #: A1111's always_discard_next_to_last_sigma reaches these samplers (get_timesteps: one more step).
+    takes_discard_option: ClassVar[bool] = True
+    discard_next_to_last_sigma: ClassVar[bool] = False
 
     def __init__(self, config: SchedulerConfig, schedule: str = AUTOMATIC):
         super().__init__(config)
@@ -109,6 +112,9 @@ class A1111TimestepSampler(Scheduler):
         self.unconditional: np.ndarray | None = None
         self._generator: TorchGenerator | GeneratorGroup | None = None
         self._run: Run | None = None
+        #: A1111's always_discard_next_to_last_sigma, set per request (Pipeline.new_sampler): get_timesteps
+        #: then lays out one step more and drops nothing (the run makes that step too).
+        self.always_discard = False
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], schedule: str = AUTOMATIC) -> Scheduler:
@@ -119,7 +125,7 @@ class A1111TimestepSampler(Scheduler):
     # -- the plan ------------------------------------------------------------------------------
 
     def _plan(self, num_inference_steps: int) -> None:
-        self.run_timesteps = a1111_timesteps(num_inference_steps)
+        self.run_timesteps = a1111_timesteps(num_inference_steps + int(self.always_discard))
         self.noise_timestep = None
         self._plan_calls()
 
@@ -128,7 +134,7 @@ class A1111TimestepSampler(Scheduler):
         steps, t_enc = img2img_steps(self.num_inference_steps, strength, fix_steps)
         if steps < 1:
             raise ConfigError("strength 0 leaves no denoising step")
-        laid_out = a1111_timesteps(steps)
+        laid_out = a1111_timesteps(steps + int(self.always_discard))
         self.run_timesteps = laid_out[:t_enc]
         self.noise_timestep = int(laid_out[t_enc])
         self._plan_calls()

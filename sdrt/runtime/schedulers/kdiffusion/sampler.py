@@ -54,6 +54,8 @@ class KDiffusionSampler(Scheduler):
     default_schedule: ClassVar[str] = UNIFORM
     #: A1111's discard_next_to_last_sigma (DPM2, DPM2 a, DPM++ 3M SDE).
     discard_next_to_last_sigma: ClassVar[bool] = False
+    #: Whether A1111's always_discard_next_to_last_sigma option reaches the sampler (ComfyUI's: no).
+    takes_discard_option: ClassVar[bool] = True
     #: Whether a run from an image starts as A1111's img2img (start_at_strength and
     #: sdrt.runtime.loop.a1111_img2img); ComfyUI's samplers start from the given latents instead.
     starts_images_as_a1111: ClassVar[bool] = True
@@ -78,6 +80,13 @@ class KDiffusionSampler(Scheduler):
         self.keep: tuple[np.ndarray, np.ndarray] | None = None
         #: The fresh noise's generator when not the loop's (A1111's ENSD: seeds + delta).
         self.step_generator: TorchGenerator | GeneratorGroup | None = None
+        #: A1111's always_discard_next_to_last_sigma, set per request (Pipeline.new_sampler).
+        self.always_discard = False
+
+    @property
+    def discards(self) -> bool:
+        """Whether the schedule lays out one step more and drops its next-to-last level."""
+        return self.discard_next_to_last_sigma or self.always_discard
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], schedule: str = AUTOMATIC) -> Scheduler:
@@ -88,9 +97,9 @@ class KDiffusionSampler(Scheduler):
 
     def _levels(self, num_inference_steps: int) -> np.ndarray:
         """The schedule's noise levels for this many steps, as A1111's get_sigmas gives them."""
-        steps = num_inference_steps + (1 if self.discard_next_to_last_sigma else 0)
+        steps = num_inference_steps + (1 if self.discards else 0)
         sigmas = schedule_sigmas(self.schedule, self.default_schedule, steps, self.model, self.sdxl)
-        if self.discard_next_to_last_sigma:
+        if self.discards:
             sigmas = np.delete(sigmas, len(sigmas) + DISCARDED_INDEX)
         if len(sigmas) < 2 or not np.all(np.isfinite(sigmas)) or np.any(sigmas[:-1] <= 0):
             raise ConfigError(

@@ -1,0 +1,28 @@
+"""A1111's sampling options on sdrt's A1111 server (GET/POST /sdapi/v1/options, override_settings)
+and their PNG parameters read back by `sdrt generate --from-png`."""
+
+from __future__ import annotations
+
+import pytest
+
+from sdrt.cli.from_png import defaults_from_parameters
+from sdrt.serve.a1111_options import FIXED_OPTIONS, A1111Options
+from sdrt.serve.schemas import RequestError
+
+
+def test_always_discard_is_reported_with_a1111s_default_and_settable():
+    options = A1111Options()
+    assert "always_discard_next_to_last_sigma" not in FIXED_OPTIONS
+    assert options.report("m", None, 0)["always_discard_next_to_last_sigma"] is False  # A1111's default
+    changed = options.changed({"always_discard_next_to_last_sigma": True}, "override_settings")
+    assert changed.report("m", None, 0)["always_discard_next_to_last_sigma"] is True
+    with pytest.raises(RequestError) as refused:
+        options.changed({"always_discard_next_to_last_sigma": "yes"}, "override_settings")
+    assert refused.value.status == 400 and refused.value.param == "override_settings.always_discard_next_to_last_sigma"
+
+
+def test_from_png_reads_discard_penultimate_sigma_back():
+    text = "a cat\nSteps: 4, Sampler: Euler, Schedule type: Karras, CFG scale: 7, Seed: 1, "
+    text += "Discard penultimate sigma: True"
+    defaults, notes = defaults_from_parameters(text)
+    assert defaults["discard_penultimate_sigma"] is True and not notes
