@@ -381,7 +381,7 @@ def test_flux_ksampler_advanced_two_passes_with_leftover_noise_equal_comfyuis(fl
 @pytest.mark.slow
 def test_sd3_without_t5_at_part_denoise_equals_comfyuis(sd3_server, tiny_sd3, exported_sd3):
     """DualCLIPLoader's sd3 (no T5: diffusers' zeros, as sdrt's export), an empty latent at
-    denoise 0.7: noise_scaling mixes ComfyUI's raw zeros through process_latent_in in."""
+    denoise 0.7: noise_scaling mixes in ComfyUI's zeros, unshifted (count_nonzero is 0)."""
     from conftest import sd3_reference
 
     workflow = copy.deepcopy(SD3)
@@ -403,7 +403,8 @@ def test_sd3_without_t5_at_part_denoise_equals_comfyuis(sd3_server, tiny_sd3, ex
     )
     velocity = sd3_velocity(pipe, embeds, negative_embeds, pooled, negative_pooled)
     s = DiscreteFlow(2.0)
-    latents = comfy_flow_ksampler(velocity, s, "lms", "ddim_uniform", 4, 4.5, 7, _latent_in(pipe, 1), denoise=0.7)
+    empty = torch.zeros_like(_latent_in(pipe, 1))  # inner_sample: an all-zero latent is not shifted
+    latents = comfy_flow_ksampler(velocity, s, "lms", "ddim_uniform", 4, 4.5, 7, empty, denoise=0.7)
     assert_close_pixels(_image(sd3_server, _titled(workflow)), decode(pipe, latents)[0])
 
 
