@@ -381,7 +381,7 @@ def test_flux_ksampler_advanced_two_passes_with_leftover_noise_equal_comfyuis(fl
 @pytest.mark.slow
 def test_sd3_without_t5_at_part_denoise_equals_comfyuis(sd3_server, tiny_sd3, exported_sd3):
     """DualCLIPLoader's sd3 (no T5: diffusers' zeros, as sdrt's export), an empty latent at
-    denoise 0.7: noise_scaling mixes ComfyUI's raw zeros through process_latent_in in."""
+    denoise 0.7: noise_scaling mixes in ComfyUI's zeros, unshifted (count_nonzero is 0)."""
     from conftest import sd3_reference
 
     workflow = copy.deepcopy(SD3)
@@ -403,5 +403,56 @@ def test_sd3_without_t5_at_part_denoise_equals_comfyuis(sd3_server, tiny_sd3, ex
     )
     velocity = sd3_velocity(pipe, embeds, negative_embeds, pooled, negative_pooled)
     s = DiscreteFlow(2.0)
-    latents = comfy_flow_ksampler(velocity, s, "lms", "ddim_uniform", 4, 4.5, 7, _latent_in(pipe, 1), denoise=0.7)
+    empty = torch.zeros_like(_latent_in(pipe, 1))  # inner_sample: an all-zero latent is not shifted
+    latents = comfy_flow_ksampler(velocity, s, "lms", "ddim_uniform", 4, 4.5, 7, empty, denoise=0.7)
     assert_close_pixels(_image(sd3_server, _titled(workflow)), decode(pipe, latents)[0])
+
+
+@pytest.mark.slow  # the suite's CPU budget: four sdrt and reference runs, ~7 s
+def test_flux_batch_of_two_and_a_noise_mask_equal_comfyuis(flux_server, tiny_flux, exported_flux):
+    """EmptySD3LatentImage's batch of 2 (prepare_noise: the whole batch from one CPU generator)
+    and a LoadImage mask through SetLatentNoiseMask on a VAEEncode'd image at denoise 0.8
+    (KSamplerX0Inpaint: the kept region CONST-noised to each level, the prediction there the
+    latent image)."""
+    from serve.test_comfy import _upload_rgba
+
+    batch = _changed(FLUX, "27", batch_size=2)
+    entry = _run(flux_server, batch)
+    assert entry["status"]["completed"], entry["status"]["messages"]
+    got = []
+    for saved in entry["outputs"]["9"]["images"]:
+        view = httpx.get(flux_server + "/view", params=saved)
+        got.append(np.asarray(Image.open(__import__("io").BytesIO(view.content)).convert("RGB")))
+    pipe, encoded = _flux_reference(tiny_flux, exported_flux)
+    (embeds, pooled, ids), (negative, negative_pooled, _) = encoded
+    two = (
+        (torch.cat([embeds] * 2), torch.cat([pooled] * 2), ids),
+        (torch.cat([negative] * 2), torch.cat([negative_pooled] * 2), ids),
+    )
+    velocity = _two_conditionings(pipe, two, 4.0)
+    s = FluxSampling(flux_node_shift(1.15, 0.5, SIZE, SIZE))
+    latents = comfy_flow_ksampler(velocity, s, "euler", "simple", 3, 1.0, 42, _latent_in(pipe, 2))
+    expected = decode(pipe, latents)
+    assert len(got) == 2
+    for image, reference in zip(got, expected, strict=True):
+        assert_close_pixels(image, reference)
+    assert np.abs(expected[0].astype(int) - expected[1]).max() > 2, "the batch's noises differ"
+
+    rgba = _upload_rgba(flux_server, "holed.png")
+    masked = copy.deepcopy(FLUX)
+    masked["40"] = {"class_type": "LoadImage", "inputs": {"image": "holed.png"}}
+    masked["41"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["40", 0], "vae": ["10", 0]}}
+    masked["42"] = {"class_type": "SetLatentNoiseMask", "inputs": {"samples": ["41", 0], "mask": ["40", 1]}}
+    masked = _changed(masked, "13", latent_image=["42", 0], denoise=0.8, sampler_name="dpmpp_2m")
+    pixels = torch.from_numpy(rgba[..., :3].astype(np.float32) / 255).permute(2, 0, 1)[None]
+    mask = 1.0 - torch.from_numpy(rgba[..., 3].astype(np.float32) / 255)[None]
+    config = pipe.vae.config
+    with torch.no_grad():
+        z = pipe.vae.encode(pixels * 2 - 1).latent_dist.mode()
+    image = (z - config.shift_factor) * config.scaling_factor  # process_latent_in
+    velocity = _two_conditionings(pipe, encoded, 4.0)
+    arguments = (velocity, s, "dpmpp_2m", "simple", 3, 1.0, 42, image)
+    expected = decode(pipe, comfy_flow_ksampler(*arguments, denoise=0.8, noise_mask=mask))[0]
+    assert_close_pixels(_image(flux_server, _titled(masked)), expected)
+    unmasked = decode(pipe, comfy_flow_ksampler(*arguments, denoise=0.8))[0]
+    assert np.abs(unmasked.astype(int) - expected).max() > 2, "the mask changes the image"

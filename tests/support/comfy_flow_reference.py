@@ -69,6 +69,7 @@ def comfy_flow_ksampler(velocity, s, sampler, scheduler, steps, cfg, seed, laten
     after process_latent_in. `cut`: denoise, start_step, last_step, force_full, add_noise."""
     ks = k_sampling()
     add_noise = cut.pop("add_noise", True)
+    noise_mask = cut.pop("noise_mask", None)  # [batch or 1, h, w], 1 repaints: KSamplerX0Inpaint
     sigmas = ksampler_sigmas(s, sampler, scheduler, steps, **cut)
     if add_noise:
         noise = torch.randn(latent_image.size(), generator=torch.manual_seed(seed), device="cpu")
@@ -83,6 +84,19 @@ def comfy_flow_ksampler(velocity, s, sampler, scheduler, steps, cfg, seed, laten
             return cond
         uncond = x - velocity(x, sigma.flatten(), True) * sigma
         return uncond + (cond - uncond) * cfg
+
+    if noise_mask is not None:  # comfy.sampler_helpers.prepare_mask: bilinear, repeated to the batch
+        mask = torch.nn.functional.interpolate(
+            noise_mask.reshape(-1, 1, *noise_mask.shape[-2:]), size=latent_image.shape[-2:], mode="bilinear"
+        )
+        mask = mask.repeat(-(-latent_image.shape[0] // mask.shape[0]), latent_image.shape[1], 1, 1)
+        mask = mask[: latent_image.shape[0]]
+        unmasked = model
+
+        def model(x, sigma, **kwargs):
+            s_ = sigma.view(-1, 1, 1, 1)
+            kept = s_ * noise + (1.0 - s_) * latent_image
+            return unmasked(x * mask + kept * (1 - mask), sigma) * mask + latent_image * (1 - mask)
 
     samples = getattr(ks, FUNCTIONS[sampler])(model, x, sigmas, disable=True)
     return samples / (1.0 - sigmas[-1])

@@ -1,8 +1,8 @@
 """KSampler and KSamplerAdvanced on FLUX.1 and SD3 exports, as ComfyUI samples its flow models:
 ComfyUI's samplers with CONST model sampling (sdrt.runtime.schedulers.kdiffusion.comfy_flow),
 the model's own sampling or the workflow's ModelSamplingFlux / ModelSamplingSD3 patch, the
-latent image always noised as noise_scaling does (EmptySD3LatentImage's zeros are raw VAE
-zeros: process_latent_in moves them into the model's space), and the guidance:
+latent image always noised as noise_scaling does (EmptySD3LatentImage's zeros stay zeros:
+ComfyUI does not shift an empty latent), and the guidance:
 
 - FLUX.1: FluxGuidance's value is the distilled guidance (ComfyUI's FLUX default 3.5 without
   one); KSampler's cfg above 1 is real classifier-free guidance with the negative prompt
@@ -62,12 +62,11 @@ def model_sampling(model: ModelHandle, pipeline) -> FlowModelSampling:
 
 def model_latents(latent: Latent, manifest) -> np.ndarray:
     """The latent image in the model's space: an empty latent is ComfyUI's raw zeros at the
-    model's channels (fix_empty_latent_channels) through process_latent_in, (0 - shift) * scale."""
+    model's channels (fix_empty_latent_channels), which CFGGuider.inner_sample leaves unshifted
+    (process_latent_in only when count_nonzero > 0): zeros in the model's space too."""
     samples = latent.samples
     if latent.empty:
-        shape = (samples.shape[0], manifest.latent_channels, *samples.shape[2:])
-        value = (0.0 - manifest.vae_shift_factor) * manifest.vae_scaling_factor
-        return np.full(shape, value, np.float32)
+        return np.zeros((samples.shape[0], manifest.latent_channels, *samples.shape[2:]), np.float32)
     if samples.shape[1] != manifest.latent_channels:
         raise NodeError(
             f"the latent image has {samples.shape[1]} channels; the sampler's model takes {manifest.latent_channels}"
