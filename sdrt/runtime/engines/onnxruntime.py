@@ -52,7 +52,7 @@ def open_session(
     replaces initializers by name (LoRA-merged weights; sdrt.runtime.engines.ort_overrides)."""
     import onnxruntime as ort
 
-    from sdrt.runtime.engines import ort_cache
+    from sdrt.runtime.engines import ort_arena, ort_cache
 
     provider = provider_for(backend)
 
@@ -67,6 +67,8 @@ def open_session(
             options.intra_op_num_threads = threads
         if os.environ.get(SPINNING_ENV, "1") == "0":  # threads wait asleep between parallel work
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if backend == "cpu":
+            ort_arena.share(options)  # one arena for the pipeline's sessions, not one each
         return options
 
     provider_options = {"enable_cuda_graph": "1"} if cuda_graph and backend == "cuda" else {}
