@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import resource
 import statistics
+import sys
 import tempfile
 import time
 import warnings
@@ -33,6 +36,7 @@ TIMESTEP = 500.0
 KERNEL_SUFFIX = "_kernel_time"
 BLOCK_PREFIXES = ("down_blocks", "up_blocks", "mid_block")
 TOP_OPS = 12
+KIB = 1024
 
 
 def trace(path: Path, latent: int) -> Path:
@@ -93,19 +97,18 @@ def feeds_for(session: ort.InferenceSession, latent: int) -> dict[str, np.ndarra
     return {name: value for name, value in feeds.items() if name in names}
 
 
-def profile(path: Path, latent: int) -> tuple[dict, np.ndarray, float]:
+def profile(path: Path, latent: int) -> tuple[dict, np.ndarray, float, int]:
     """One warm-up, then one profiled call; the kernel times per op type and per block, the
-    output and the profiled call's wall time."""
+    output, the profiled call's wall time and the process's peak RSS in bytes (run it in a
+    process of its own: `profile_in_process`)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    feeds = feeds_for(session, latent)
-    session.run(None, feeds)
     options.enable_profiling = True
     with tempfile.TemporaryDirectory() as folder:
         options.profile_file_prefix = str(Path(folder) / "ort")
         profiled = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        profiled.run(None, feeds)  # the profiled session's own warm-up
+        feeds = feeds_for(profiled, latent)
+        profiled.run(None, feeds)  # warm-up
         began = time.perf_counter()
         output = profiled.run(None, feeds)[0]
         wall = time.perf_counter() - began
@@ -121,7 +124,23 @@ def profile(path: Path, latent: int) -> tuple[dict, np.ndarray, float]:
         seconds = event["dur"] / 1e6
         by_op[event["args"]["op_name"]] += seconds
         by_block[block_of(event["name"][: -len(KERNEL_SUFFIX)])] += seconds
-    return {"op": dict(by_op), "block": dict(by_block)}, output, wall
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * KIB
+    return {"op": dict(by_op), "block": dict(by_block)}, output, wall, peak
+
+
+def _profile_worker(path: Path, latent: int, pipe) -> None:
+    pipe.send(profile(path, latent))
+
+
+def profile_in_process(path: Path, latent: int) -> tuple[dict, np.ndarray, float, int]:
+    """`profile` in a fresh process, so that its peak RSS is this graph's alone."""
+    context = multiprocessing.get_context("spawn")
+    parent, child = context.Pipe()
+    process = context.Process(target=_profile_worker, args=(path, latent, child))
+    process.start()
+    result = parent.recv()
+    process.join()
+    return result
 
 
 def shares(times: dict[str, float], top: int | None = None) -> dict[str, dict[str, float]]:
@@ -136,6 +155,9 @@ def main() -> None:
     parser.add_argument("--onnx", type=Path, default=None, help="a UNet ONNX to profile instead of tracing one")
     parser.add_argument("--latent", type=int, default=64, help="latent side (64 = 512x512)")
     parser.add_argument("--fused", action="store_true", help="also the CPU-fused graph, interleaved")
+    parser.add_argument(
+        "--fused-onnx", type=Path, default=None, help="the fused graph (an `sdrt export --fused-attention` UNet)"
+    )
     parser.add_argument("--runs", type=int, default=1, help="profiled calls per graph (interleaved)")
     parser.add_argument("--json", type=Path, default=None)
     arguments = parser.parse_args()
@@ -146,7 +168,7 @@ def main() -> None:
     if arguments.fused:
         from sdrt.export import onnx_graph
 
-        fused = arguments.work / "fused" / "model.onnx"
+        fused = arguments.fused_onnx or arguments.work / "fused" / "model.onnx"
         if not fused.exists():
             fused.parent.mkdir(parents=True, exist_ok=True)
             onnx_graph.fuse_attention_for_cpu(plain, fused)
@@ -155,11 +177,12 @@ def main() -> None:
     outputs = {}
     for _ in range(arguments.runs):
         for name, path in graphs.items():
-            times, outputs[name], wall = profile(path, arguments.latent)
-            collected[name].append((times, wall))
-            print(name, f"{wall:.2f} s", flush=True)
+            times, outputs[name], wall, peak = profile_in_process(path, arguments.latent)
+            collected[name].append((times, wall, peak))
+            print(name, f"{wall:.2f} s, peak {peak / 2**30:.2f} GiB", flush=True)
     report: dict = {
         "machine": machine_info(),
+        "command": " ".join(["python", "benchmarks/ort_profile.py", *sys.argv[1:]]),
         "note": "a 2-core machine shared with other jobs while measuring: read the shares, not the seconds",
         "batch": BATCH,
         "latent": arguments.latent,
@@ -167,11 +190,12 @@ def main() -> None:
         "graphs": {},
     }
     for name, runs in collected.items():
-        walls = [wall for _, wall in runs]
+        walls = [wall for _, wall, _ in runs]
         middle = runs[walls.index(statistics.median_low(walls))][0]
         report["graphs"][name] = {
             "call_s": walls,
             "call_s_median": statistics.median(walls),
+            "peak_rss_gib": round(max(peak for _, _, peak in runs) / 2**30, 2),
             "op_type": shares(middle["op"], TOP_OPS),
             "block": shares(middle["block"]),
         }
