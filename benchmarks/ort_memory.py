@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import resource
 import statistics
 import sys
 import time
@@ -30,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from backend_unet import feeds  # noqa: E402
 
 from sdrt.benchmark import machine_info  # noqa: E402
+from sdrt.benchmark.worker import peak_rss_bytes  # noqa: E402
 
-KIB = 1024
 GIB = 2**30
 #: The session options tried: name -> (enable_cpu_mem_arena, enable_mem_pattern, disable_prepacking).
 #: "default" is ONNX Runtime's (and sdrt's before this measurement).
@@ -43,14 +42,6 @@ VARIANTS = {
     "no-prepack": (True, True, True),
 }
 DEFAULT_RUNS = "plain:default,plain:no-arena,plain:no-prepack,fused:default,fused:no-arena,fused:no-arena-no-pattern"
-
-
-def high_water() -> int:
-    """The process's RSS high-water mark so far, in bytes (Linux: VmHWM)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * KIB
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * KIB
 
 
 def worker(graph: str, variant: str, latent: int, calls: int, pipe) -> None:
@@ -65,7 +56,7 @@ def worker(graph: str, variant: str, latent: int, calls: int, pipe) -> None:
         options.add_session_config_entry("session.disable_prepacking", "1")
     began = time.perf_counter()
     session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
-    load_s, load_peak = time.perf_counter() - began, high_water()
+    load_s, load_peak = time.perf_counter() - began, peak_rss_bytes()
     names = {tensor.name for tensor in session.get_inputs()}
     values = {name: value for name, value in feeds(latent).items() if name in names}
     began = time.perf_counter()
@@ -76,7 +67,7 @@ def worker(graph: str, variant: str, latent: int, calls: int, pipe) -> None:
         began = time.perf_counter()
         output = session.run(None, values)[0]
         times.append(time.perf_counter() - began)
-    pipe.send({"load_s": load_s, "warmup_s": warm_s, "call_s": times, "load_peak": load_peak, "peak": high_water()})
+    pipe.send({"load_s": load_s, "warmup_s": warm_s, "call_s": times, "load_peak": load_peak, "peak": peak_rss_bytes()})
     pipe.send(output)
 
 

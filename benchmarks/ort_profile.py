@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import resource
 import statistics
 import sys
 import tempfile
@@ -30,13 +29,13 @@ import numpy as np
 import onnxruntime as ort
 
 from sdrt.benchmark import machine_info
+from sdrt.benchmark.worker import peak_rss_bytes
 
 BATCH, TEXT_LENGTH, CONTEXT_WIDTH, IN_CHANNELS, SEED = 2, 77, 768, 4, 0
 TIMESTEP = 500.0
 KERNEL_SUFFIX = "_kernel_time"
 BLOCK_PREFIXES = ("down_blocks", "up_blocks", "mid_block")
 TOP_OPS = 12
-KIB = 1024
 
 
 def trace(path: Path, latent: int) -> Path:
@@ -124,7 +123,7 @@ def profile(path: Path, latent: int) -> tuple[dict, np.ndarray, float, int]:
         seconds = event["dur"] / 1e6
         by_op[event["args"]["op_name"]] += seconds
         by_block[block_of(event["name"][: -len(KERNEL_SUFFIX)])] += seconds
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * KIB
+    peak = peak_rss_bytes()
     return {"op": dict(by_op), "block": dict(by_block)}, output, wall, peak
 
 

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-USE_ENV_ALLOCATORS = "session.use_env_allocators"
+from sdrt.runtime.engines.ort_arena import USE_ENV_ALLOCATORS
+
 #: Variant name -> (SessionOptions attributes, session config entries).
 VARIANTS = {
     "default": ({}, {}),
@@ -96,8 +97,11 @@ def child(args) -> dict:
     if args.child in SHARED_ARENA_STRATEGY:
         import onnxruntime as ort
 
+        from sdrt.runtime.engines.ort_arena import NO_LIMIT, ORT_DEFAULT
+
         info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
-        ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, SHARED_ARENA_STRATEGY[args.child], -1, -1))
+        strategy = SHARED_ARENA_STRATEGY[args.child]
+        ort.create_and_register_allocator(info, ort.OrtArenaCfg(NO_LIMIT, strategy, ORT_DEFAULT, ORT_DEFAULT))
     report: dict = {"variant": args.child, "components": {}}
     sessions = {}
     for name in args.components.split(","):
