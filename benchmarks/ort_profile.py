@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import statistics
 import sys
 import tempfile
@@ -174,11 +175,13 @@ def main() -> None:
         graphs["fused"] = fused
     collected: dict[str, list] = {name: [] for name in graphs}
     outputs = {}
+    load_averages: dict[str, list[float]] = {name: [] for name in graphs}  # 1-minute, after each call
     for _ in range(arguments.runs):
         for name, path in graphs.items():
             times, outputs[name], wall, peak = profile_in_process(path, arguments.latent)
             collected[name].append((times, wall, peak))
-            print(name, f"{wall:.2f} s, peak {peak / 2**30:.2f} GiB", flush=True)
+            load_averages[name].append(round(os.getloadavg()[0], 2))
+            print(name, f"{wall:.2f} s, peak {peak / 2**30:.2f} GiB, load {load_averages[name][-1]}", flush=True)
     report: dict = {
         "machine": machine_info(),
         "command": " ".join(["python", "benchmarks/ort_profile.py", *sys.argv[1:]]),
@@ -194,11 +197,14 @@ def main() -> None:
         report["graphs"][name] = {
             "call_s": walls,
             "call_s_median": statistics.median(walls),
+            "load_average_1min": load_averages[name],
             "peak_rss_gib": round(max(peak for _, _, peak in runs) / 2**30, 2),
             "op_type": shares(middle["op"], TOP_OPS),
             "block": shares(middle["block"]),
         }
     if "fused" in outputs:
+        pairs = zip(report["graphs"]["fused"]["call_s"], report["graphs"]["plain"]["call_s"])
+        report["fused_over_plain_call"] = sorted(fused / plain for fused, plain in pairs)
         reference = outputs["plain"]
         report["fused_max_rel_change"] = float(np.abs(outputs["fused"] - reference).max() / np.abs(reference).max())
     text = json.dumps(report, indent=2)

@@ -32,6 +32,19 @@ def private_cache(tmp_path_factory):
         os.environ["SDRT_CACHE"] = previous
 
 
+@pytest.fixture(scope="session", autouse=True)
+def plain_attention_exports():
+    """The suite's exports keep the UNet's attention as MatMul + Softmax unless a test asks for
+    the fusion: fusing costs several CPU seconds per tiny UNet (onnxruntime.transformers'
+    optimizer), and tests/export/test_fused_attention.py checks that the fused graph is the same.
+    """
+    from sdrt.export import options
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(options, "FUSED_ATTENTION_BY_TARGET", dict.fromkeys(options.FUSED_ATTENTION_BY_TARGET, False))
+        yield
+
+
 @pytest.fixture(scope="session")
 def sd15_dir() -> Path:
     """The SD 1.5 preset: real configs and the real CLIP tokenizer, no weights."""

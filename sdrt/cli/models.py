@@ -96,9 +96,10 @@ RANDOM_NAMES = (
     "--optimize", is_flag=True, help="Apply the target's graph optimizations (CUDA: fused attention, GroupNorm, GELU)."
 )
 @click.option(
-    "--fused-attention",
-    is_flag=True,
-    help="CPU: the UNet's attention as ONNX Runtime's MultiHeadAttention (no score matrix in memory).",
+    "--fused-attention/--no-fused-attention",
+    default=None,
+    help="The UNet's attention as ONNX Runtime's MultiHeadAttention (no score matrix in memory) "
+    "[default: on for --target cpu, off for cuda].",
 )
 @click.option(
     "--max-prompt-chunks",
@@ -148,7 +149,7 @@ def export(
     no_t5: bool,
     target: str,
     optimize: bool,
-    fused_attention: bool,
+    fused_attention: bool | None,
     max_prompt_chunks: int,
     tiny_vae: str | None,
     deepcache: bool,

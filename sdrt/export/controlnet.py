@@ -150,11 +150,12 @@ def export_controlnet_model(
     out_dir: str | Path,
     *,
     source: dict,
-    options: ExportOptions = ExportOptions(),
+    options: ExportOptions | None = None,
     overwrite: bool = False,
     progress: Callable[[str], None] = print,
 ) -> ControlNetManifest:
     """Export, validate and write a ControlNet's folder; returns its manifest."""
+    options = ExportOptions() if options is None else options  # made now: its defaults are read when made
     config = model.config
     geometry = controlnet_geometry(config)
     component = controlnet_component(model)

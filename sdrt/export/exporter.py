@@ -78,12 +78,12 @@ def _build_component(
         export_streamed(component, traced, cases[0].inputs)
     else:
         _export_torch(component, traced, cases[0])
+    if release:
+        component.module.to("meta")  # frees the weights before the ONNX copy is fused, converted and run
     if options.fuses_attention(component.name):
         fused = work / "fused.onnx"
         onnx_graph.fuse_attention_for_cpu(traced, fused)
         traced = fused
-    if release:
-        component.module.to("meta")  # frees the weights before the ONNX copy is converted and run
     fp16 = precision == "fp16"
     if not options.optimize:
         files = onnx_graph.convert(traced, final, fp16)
@@ -175,6 +175,7 @@ def component_spec(
         data_files={f.relative_to(staging).as_posix(): record_sha256(f) for f in files if f != final},
         weights_map=weights_map,
         quantization=None if quantization is None else WeightQuantization(**quantization),
+        fused_attention=options.fuses_attention(component.name),
     )
 
 
@@ -214,7 +215,7 @@ def export_pipeline(
     out_dir: str | Path,
     *,
     source: dict,
-    options: ExportOptions = ExportOptions(),
+    options: ExportOptions | None = None,
     overwrite: bool = False,
     progress: Callable[[str], None] = print,
     release_weights: bool = False,
@@ -223,6 +224,7 @@ def export_pipeline(
     pipeline nothing else uses) drops each module's weights once no later engine needs them,
     which keeps a full-size SDXL export within 24 GiB. A diffusion-transformer pipeline goes to its
     family's exporter (TRANSFORMER_EXPORTERS)."""
+    options = ExportOptions() if options is None else options  # made now: its defaults are read when made
     exporter = _transformer_exporter(pipeline)
     if options.no_t5 and getattr(exporter, "__name__", None) != SD3_EXPORTER:
         raise ExportError("--no-t5 is for Stable Diffusion 3 models (T5 is optional there only)")
@@ -316,7 +318,7 @@ def export_model(
     out_dir: str | Path,
     *,
     config: str | None = None,
-    options: ExportOptions = ExportOptions(),
+    options: ExportOptions | None = None,
     overwrite: bool = False,
     progress: Callable[[str], None] = print,
 ):

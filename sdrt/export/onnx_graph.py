@@ -225,15 +225,29 @@ CPU_UNFUSABLE = (
 def fuse_attention_for_cpu(source: Path, destination: Path) -> list[Path]:
     """The UNet's attention (classic MatMul + Softmax + MatMul, as exported) fused into ONNX
     Runtime's com.microsoft MultiHeadAttention, which the CPU provider runs blockwise without
-    materialising each head's score matrix; only fusions with CPU kernels. Returns the files."""
+    materialising each head's score matrix; only fusions with CPU kernels. Self-attention's packed
+    Q, K, V weights are split back (sdrt.export.cpu_attention: LoRA needs them apart). Returns the files.
+
+    The fusions run on the graph without its external weights (their shape inference copies the
+    model several times: with SD 1.5's 3.4 GB of weights loaded, about 11 GB), reading only the
+    weights they pack; the rest are loaded once, to save."""
+    import onnx
+    from onnx.external_data_helper import load_external_data_for_model
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
+
+    from sdrt.export.cpu_attention import separate_self_attention_weights
 
     options = FusionOptions("unet")
     for name in CPU_UNFUSABLE:
         setattr(options, name, False)
     logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
-    optimized = optimize_model(
-        str(source), model_type="unet", num_heads=0, hidden_size=0, opt_level=0, optimization_options=options
-    )
-    return save(optimized.model, destination)
+    folder = source.resolve().parent
+    graph = onnx.load_model(str(source), load_external_data=False)
+    # the fusions read a weight through its external data path, relative to the working folder
+    with contextlib.chdir(folder):
+        optimized = optimize_model(
+            graph, model_type="unet", num_heads=0, hidden_size=0, opt_level=0, optimization_options=options
+        )
+    load_external_data_for_model(optimized.model, str(folder))
+    return save(separate_self_attention_weights(optimized.model), destination)

@@ -10,6 +10,10 @@ from sdrt.export.quantize import QUANTIZED_COMPONENTS, check_weights
 from sdrt.export.staging import ExportError
 from sdrt.runtime.manifest import DEFAULT_PROMPT_CHUNKS, DEFAULT_WEIGHT_BLOCK
 
+#: Whether the UNet's attention is fused when `sdrt export` is not told (--[no-]fused-attention).
+#: CPU: not yet (its speed at 512x512 is being measured); CUDA: never (--optimize fuses there).
+FUSED_ATTENTION_BY_TARGET = {"cpu": False, "cuda": False}
+
 
 @dataclass(frozen=True)
 class ExportOptions:
@@ -29,7 +33,9 @@ class ExportOptions:
     no_t5: bool = False  # SD3: export without T5 (the runtime feeds zeros in its place)
     weights: str | None = None  # int8 / int4: MatMul weights quantized (sdrt.export.quantize)
     weight_block: int = DEFAULT_WEIGHT_BLOCK  # weights per quantization scale
-    fused_attention: bool = False  # CPU: the UNet's attention as ORT's MultiHeadAttention (onnx_graph)
+    # The UNet's attention as ORT's MultiHeadAttention (onnx_graph); None: the target's default
+    # (FUSED_ATTENTION_BY_TARGET), resolved when made.
+    fused_attention: bool | None = None
 
     def __post_init__(self):
         onnx_graph.check_choice("precision", self.precision, onnx_graph.PRECISIONS)
@@ -40,11 +46,13 @@ class ExportOptions:
         if not isinstance(self.max_prompt_chunks, int) or self.max_prompt_chunks < 1:
             raise ExportError(f"max_prompt_chunks must be a positive integer, got {self.max_prompt_chunks!r}")
         check_weights(self.weights, self.weight_block, self.precision, self.target)
-        if self.fused_attention and self.target != "cpu":
+        if self.fused_attention is None:
+            object.__setattr__(self, "fused_attention", FUSED_ATTENTION_BY_TARGET[self.target])
+        elif self.fused_attention and self.target != "cpu":
             raise ExportError("fused_attention is for --target cpu (--optimize fuses attention for CUDA)")
 
     def fuses_attention(self, component: str) -> bool:
-        return self.fused_attention and component in onnx_graph.CPU_FUSED_COMPONENTS
+        return bool(self.fused_attention) and component in onnx_graph.CPU_FUSED_COMPONENTS
 
     def quantizes(self, component: str) -> bool:
         return self.weights is not None and component in QUANTIZED_COMPONENTS

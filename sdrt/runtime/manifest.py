@@ -176,6 +176,8 @@ class ComponentSpec:
     weights_map: str = ""
     # With `sdrt export --weights`: what was quantized; None for fp32/fp16 weights.
     quantization: WeightQuantization | None = None
+    # Attention as com.microsoft.MultiHeadAttention (CPU UNet default); False before it existed.
+    fused_attention: bool = False
 
 
 @dataclass(frozen=True)
