@@ -10,7 +10,8 @@ from sdrt.export.quantize import QUANTIZED_COMPONENTS, check_weights
 from sdrt.export.staging import ExportError
 from sdrt.runtime.manifest import DEFAULT_PROMPT_CHUNKS, DEFAULT_WEIGHT_BLOCK
 
-#: Whether the UNet's attention is fused when `sdrt export` is not told (--[no-]fused-attention).
+#: Whether the UNet's attention is fused when `sdrt export` is not told (--[no-]fused-attention),
+#: for fp32 exports without --weights (fp16's conversion cannot type com.microsoft operators).
 #: CPU: not yet (its speed at 512x512 is being measured); CUDA: never (--optimize fuses there).
 FUSED_ATTENTION_BY_TARGET = {"cpu": False, "cuda": False}
 
@@ -46,10 +47,13 @@ class ExportOptions:
         if not isinstance(self.max_prompt_chunks, int) or self.max_prompt_chunks < 1:
             raise ExportError(f"max_prompt_chunks must be a positive integer, got {self.max_prompt_chunks!r}")
         check_weights(self.weights, self.weight_block, self.precision, self.target)
-        if self.fused_attention is None:
-            object.__setattr__(self, "fused_attention", FUSED_ATTENTION_BY_TARGET[self.target])
+        if self.fused_attention is None:  # the measured case only: fp32, unquantized
+            plain_fp32 = self.precision == "fp32" and self.weights is None
+            object.__setattr__(self, "fused_attention", FUSED_ATTENTION_BY_TARGET[self.target] and plain_fp32)
         elif self.fused_attention and self.target != "cpu":
             raise ExportError("fused_attention is for --target cpu (--optimize fuses attention for CUDA)")
+        elif self.fused_attention and self.precision != "fp32":
+            raise ExportError("fused_attention needs --precision fp32 (the fp16 conversion cannot type its operator)")
 
     def fuses_attention(self, component: str) -> bool:
         return bool(self.fused_attention) and component in onnx_graph.CPU_FUSED_COMPONENTS

@@ -77,9 +77,11 @@ def test_fused_image_equals_diffusers(fused_export, tiny_models):
     assert expected.std() > 0.01
 
 
-def test_fused_attention_is_for_the_cpu():
+def test_fused_attention_is_for_the_cpu_in_fp32():
     with pytest.raises(ExportError, match="fused_attention"):
         ExportOptions(target="cuda", fused_attention=True)
+    with pytest.raises(ExportError, match="fused_attention needs --precision fp32"):
+        ExportOptions(precision="fp16", fused_attention=True)
 
 
 def test_a_fused_transformer_block_equals_diffusers(tmp_path):
@@ -130,6 +132,8 @@ def test_fused_attention_defaults_to_the_target(monkeypatch, tmp_path):
     monkeypatch.setattr(options, "FUSED_ATTENTION_BY_TARGET", {"cpu": True, "cuda": False})
     assert ExportOptions().fused_attention is True
     assert ExportOptions(target="cuda").fused_attention is False
+    assert ExportOptions(precision="fp16").fused_attention is False
+    assert ExportOptions(weights="int8").fused_attention is False
     assert ExportOptions(fused_attention=False).fuses_attention("unet") is False
     made: list[ExportOptions] = []
 
