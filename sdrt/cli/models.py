@@ -99,7 +99,7 @@ RANDOM_NAMES = (
     "--fused-attention/--no-fused-attention",
     default=None,
     help="The UNet's attention as ONNX Runtime's MultiHeadAttention (no score matrix in memory) "
-    "[default: on for --target cpu, off for cuda].",
+    "[default: on for fp32 --target cpu exports without --weights].",
 )
 @click.option(
     "--max-prompt-chunks",

@@ -12,8 +12,9 @@ from sdrt.runtime.manifest import DEFAULT_PROMPT_CHUNKS, DEFAULT_WEIGHT_BLOCK
 
 #: Whether the UNet's attention is fused when `sdrt export` is not told (--[no-]fused-attention),
 #: for fp32 exports without --weights (fp16's conversion cannot type com.microsoft operators).
-#: CPU: not yet (its speed at 512x512 is being measured); CUDA: never (--optimize fuses there).
-FUSED_ATTENTION_BY_TARGET = {"cpu": False, "cuda": False}
+#: CPU: yes; SD 1.5's UNet at 512x512 peaks at 0.49x the plain graph's memory at the same
+#: speed (docs/benchmarks/cpu-sd15-512-ort-profile.json). CUDA: no (--optimize fuses there).
+FUSED_ATTENTION_BY_TARGET = {"cpu": True, "cuda": False}
 
 
 @dataclass(frozen=True)
