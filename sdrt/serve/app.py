@@ -230,6 +230,7 @@ def create_app(pipeline, settings: ServeSettings | None = None, catalog: ModelCa
             eta=eta,
             img2img_fix_steps=options.img2img_fix_steps,
             discard_penultimate_sigma=options.always_discard_next_to_last_sigma,
+            sampler_settings=options.sampler,
             a1111_noise=a1111_noise(body, options),
             **body.sd3_settings(),
             **body.kontext_settings(),

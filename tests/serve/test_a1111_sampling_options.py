@@ -26,3 +26,20 @@ def test_from_png_reads_discard_penultimate_sigma_back():
     text += "Discard penultimate sigma: True"
     defaults, notes = defaults_from_parameters(text)
     assert defaults["discard_penultimate_sigma"] is True and not notes
+
+
+def test_sgm_noise_multiplier_is_reported_with_a1111s_default_and_settable():
+    options = A1111Options()
+    assert options.report("m", None, 0)["sgm_noise_multiplier"] is False  # A1111's default
+    changed = options.changed({"sgm_noise_multiplier": True}, "override_settings")
+    assert changed.report("m", None, 0)["sgm_noise_multiplier"] is True
+    assert changed.sampler.sgm_noise_multiplier is True and options.sampler.sgm_noise_multiplier is False
+    with pytest.raises(RequestError) as refused:
+        options.changed({"sgm_noise_multiplier": 1}, "override_settings")
+    assert refused.value.status == 400 and refused.value.param == "override_settings.sgm_noise_multiplier"
+
+
+def test_from_png_reads_sgm_noise_multiplier_back():
+    text = "a cat\nSteps: 4, Sampler: Euler, Schedule type: Karras, CFG scale: 7, Seed: 1, SGM noise multiplier: True"
+    defaults, notes = defaults_from_parameters(text)
+    assert defaults["sgm_noise_multiplier"] is True and not notes

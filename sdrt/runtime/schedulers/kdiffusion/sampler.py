@@ -22,6 +22,7 @@ import numpy as np
 
 from sdrt.errors import ConfigError
 from sdrt.runtime.rng import GeneratorGroup, TorchGenerator
+from sdrt.runtime.sampler_settings import SamplerSettings
 from sdrt.runtime.schedulers.base import HALF, Scheduler, predict_x0
 from sdrt.runtime.schedulers.config import BETA_DEFAULTS, SchedulerConfig
 from sdrt.runtime.schedulers.kdiffusion import solvers
@@ -56,6 +57,8 @@ class KDiffusionSampler(Scheduler):
     discard_next_to_last_sigma: ClassVar[bool] = False
     #: Whether A1111's always_discard_next_to_last_sigma option reaches the sampler (ComfyUI's: no).
     takes_discard_option: ClassVar[bool] = True
+    #: Whether A1111's sampler settings (sdrt.runtime.sampler_settings) reach it (ComfyUI's: no).
+    takes_a1111_settings: ClassVar[bool] = True
     #: Whether a run from an image starts as A1111's img2img (start_at_strength and
     #: sdrt.runtime.loop.a1111_img2img); ComfyUI's samplers start from the given latents instead.
     starts_images_as_a1111: ClassVar[bool] = True
@@ -82,6 +85,8 @@ class KDiffusionSampler(Scheduler):
         self.step_generator: TorchGenerator | GeneratorGroup | None = None
         #: A1111's always_discard_next_to_last_sigma, set per request (Pipeline.new_sampler).
         self.always_discard = False
+        #: A1111's sampler settings, set per request (Pipeline.new_sampler) where they reach the sampler.
+        self.settings = SamplerSettings()
 
     @property
     def discards(self) -> bool:
@@ -170,6 +175,15 @@ class KDiffusionSampler(Scheduler):
     @property
     def init_noise_sigma(self) -> float:
         return float(self.schedule_sigmas[0])
+
+    @property
+    def text_noise_scale(self) -> float:
+        """A1111's txt2img start (KDiffusionSampler.sample): the noise times the first level, or with
+        its SGM noise multiplier, times sqrt(1 + first level^2) (float32, as A1111's tensor math)."""
+        if not self.settings.sgm_noise_multiplier:
+            return self.init_noise_sigma
+        first = np.float32(self.schedule_sigmas[0])
+        return float(np.sqrt(np.float32(1) + first * first))
 
     def scale_model_input(self, sample: np.ndarray, step_index: int) -> np.ndarray:
         sigma = self.sigmas[step_index]
