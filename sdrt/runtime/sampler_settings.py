@@ -35,6 +35,17 @@ class SamplerSettings:
         "SGM noise multiplier",
         "text-to-image's initial noise times sqrt(1 + sigma0^2) instead of sigma0 (SDXL's reference code)",
     )
+    eta_ancestral: float = _setting(
+        1.0, "Eta", "the ancestral and SDE samplers' noise (DPM fast and adaptive's too): 0 none, 1 all", 0.0, 1.0
+    )
+    s_churn: float = _setting(0.0, "Sigma churn", "Euler, Heun and DPM2's churn (Karras et al.'s S_churn)", 0.0, 100.0)
+    s_tmin: float = _setting(0.0, "Sigma tmin", "the lowest noise level the churn applies at", 0.0, 10.0)
+    s_tmax: float = _setting(
+        0.0, "Sigma tmax", "the highest noise level the churn applies at (0: no limit)", 0.0, 999.0
+    )
+    s_noise: float = _setting(
+        1.0, "Sigma noise", "the churn's and the ancestral / SDE samplers' fresh noise scale (not Euler a's)", 0.0, 1.1
+    )
 
     def options(self) -> dict[str, bool | float]:
         """The settings by A1111 option name (GET /sdapi/v1/options)."""

@@ -239,3 +239,22 @@ def test_sgm_noise_multiplier_scales_the_txt2img_noise_as_a1111(kd_ours, kd_refe
         {"a1111_settings": {"SGM noise multiplier": True}} if sgm else {}
     )
     assert settings_parameters(request, config, from_image=True) == {}
+
+
+# Euler's Karras levels for 4 steps are 14.6, 3.17, 0.447, 0.029: the churn window [1, 5] takes
+# only 3.17, so dropping any of s_churn, s_tmin, s_tmax or s_noise changes the image.
+CHURN = {"s_churn": 2.0, "s_tmin": 1.0, "s_tmax": 5.0, "s_noise": 0.8}
+SETTINGS_CASES = [
+    pytest.param("Euler", "karras", 4, CHURN, id="euler-churn"),
+    pytest.param("Euler a", "automatic", 3, {"eta_ancestral": 0.5}, id="euler_a-eta"),
+    pytest.param("DPM2 a", "automatic", 3, {"eta_ancestral": 0.6, "s_noise": 0.7}, id="dpm2_a-eta-noise"),
+    # Its 3 exponential steps are long (h ~3): eta hardly shows there, the Brownian noise's scale does.
+    pytest.param("DPM++ 2M SDE", "automatic", 3, {"s_noise": 0.7}, id="2m_sde-noise"),
+    # A1111 passes Euler a neither churn nor s_noise (sampler_extra_params): nothing changes or is recorded.
+    pytest.param("Euler a", "automatic", 3, {"s_noise": 0.5, "s_churn": 3.0}, id="euler_a-ignores"),
+]
+
+
+@pytest.mark.parametrize("label, schedule, steps, changes", SETTINGS_CASES)
+def test_eta_and_churn_settings_equal_a1111(kd_ours, kd_reference, label, schedule, steps, changes):
+    compare_settings(kd_ours, kd_reference, label, schedule, steps, **changes)

@@ -233,6 +233,7 @@ def test_dpm_adaptive_and_lcm_labels_run_a1111s_samplers():
     assert sdrt_sampler("DPM adaptive", None, k_family=True) == ("k_dpm_ad", "automatic")
     assert sdrt_sampler("LCM", "Karras", k_family=True) == ("k_lcm", "karras")
     assert check_eta("k_dpm_ad", 1.0) is None  # webuiapi's default eta: A1111's eta_ancestral
-    with pytest.raises(RequestError, match="eta: DPM adaptive runs with eta 1 only, got 0.5") as caught:
-        check_eta("k_dpm_ad", 0.5)
+    assert check_eta("k_dpm_ad", 0.5) is None  # A1111's p.eta, in place of eta_ancestral
+    with pytest.raises(RequestError, match="eta: LCM runs with eta 1 only, got 0.5") as caught:
+        check_eta("k_lcm", 0.5)  # k-diffusion's LCM takes no eta
     assert caught.value.param == "eta"

@@ -26,11 +26,10 @@ from sdrt.runtime.sampler_settings import SamplerSettings
 from sdrt.runtime.schedulers.base import HALF, Scheduler, predict_x0
 from sdrt.runtime.schedulers.config import BETA_DEFAULTS, SchedulerConfig
 from sdrt.runtime.schedulers.kdiffusion import solvers
+from sdrt.runtime.schedulers.kdiffusion.a1111_settings import solver_settings
 from sdrt.runtime.schedulers.kdiffusion.model_sigmas import ModelSigmas
 from sdrt.runtime.schedulers.kdiffusion.schedules import AUTOMATIC, UNIFORM, k_schedule_entry, schedule_sigmas
 
-#: k-diffusion's defaults for the churn samplers (s_churn, s_tmin, s_tmax, s_noise).
-DEFAULT_CHURN = (0.0, 0.0, float("inf"), 1.0)
 #: The last levels a schedule keeps when it ends on a final zero (the next-to-last is dropped).
 DISCARDED_INDEX = -2
 #: A1111's cap on the denoising strength in its img2img step count (setup_img2img_steps).
@@ -51,6 +50,10 @@ class KDiffusionSampler(Scheduler):
     solver_options: ClassVar[Mapping[str, Any]] = {}
     #: Whether the solver takes Karras churn (Euler, Heun, DPM2).
     churns: ClassVar[bool] = False
+    #: Whether A1111 passes it eta (eta_ancestral: k-diffusion's function takes one) and s_noise
+    #: (sampler_extra_params) apart from churn (sdrt.runtime.schedulers.kdiffusion.a1111_settings).
+    takes_eta_ancestral: ClassVar[bool] = False
+    takes_s_noise: ClassVar[bool] = False
     #: A1111's schedule when the request says Automatic (its sampler table's 'scheduler').
     default_schedule: ClassVar[str] = UNIFORM
     #: A1111's discard_next_to_last_sigma (DPM2, DPM2 a, DPM++ 3M SDE).
@@ -153,9 +156,7 @@ class KDiffusionSampler(Scheduler):
         self.timesteps = np.append(self.timesteps, self.call_timesteps(np.array([level]))).astype(np.float32)
 
     def _start(self, x: np.ndarray, noise: solvers.Noise) -> solvers.Solver:
-        options = dict(self.solver_options)
-        if self.churns:
-            options["churn"] = DEFAULT_CHURN
+        options = {**self.solver_options, **solver_settings(self)}
         return type(self).solver(x, self.schedule_sigmas, noise, **options)
 
     def _dry_run(self) -> np.ndarray:
