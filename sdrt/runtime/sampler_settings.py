@@ -46,6 +46,14 @@ class SamplerSettings:
     s_noise: float = _setting(
         1.0, "Sigma noise", "the churn's and the ancestral / SDE samplers' fresh noise scale (not Euler a's)", 0.0, 1.1
     )
+    sigma_min: float = _setting(0.0, "Schedule min sigma", "the schedule's lowest level (0: the model's)", 0.0)
+    sigma_max: float = _setting(0.0, "Schedule max sigma", "the schedule's highest level (0: the model's)", 0.0)
+    rho: float = _setting(0.0, "Schedule rho", "Karras' and Polyexponential's rho (0: theirs, 7 and 1)", 0.0)
+    use_old_karras_scheduler_sigmas: bool = _setting(
+        False, "", "the schedules' range 0.1 to 10 instead of the model's (A1111 records nothing)"
+    )
+    beta_dist_alpha: float = _setting(0.6, "Beta schedule alpha", "the Beta schedule's alpha", 0.01, 1.0)
+    beta_dist_beta: float = _setting(0.6, "Beta schedule beta", "the Beta schedule's beta", 0.01, 1.0)
 
     def options(self) -> dict[str, bool | float]:
         """The settings by A1111 option name (GET /sdapi/v1/options)."""
@@ -77,8 +85,10 @@ class SamplerSettings:
 
 #: Every setting's A1111 option name, in declaration order.
 SETTING_NAMES = tuple(item.name for item in dataclasses.fields(SamplerSettings))
-#: A1111's PNG parameters label -> the option it records.
-SETTING_LABELS = {item.metadata[LABEL]: item.name for item in dataclasses.fields(SamplerSettings)}
+#: A1111's PNG parameters label -> the option it records (of the options A1111 records).
+SETTING_LABELS = {
+    item.metadata[LABEL]: item.name for item in dataclasses.fields(SamplerSettings) if item.metadata[LABEL]
+}
 
 
 def setting_field(name: str) -> dataclasses.Field:

@@ -258,3 +258,38 @@ SETTINGS_CASES = [
 @pytest.mark.parametrize("label, schedule, steps, changes", SETTINGS_CASES)
 def test_eta_and_churn_settings_equal_a1111(kd_ours, kd_reference, label, schedule, steps, changes):
     compare_settings(kd_ours, kd_reference, label, schedule, steps, **changes)
+
+
+SCHEDULE_CASES = [
+    # Karras's three: a range of 0.1 to 5 (the model's 0.029 to 14.6) and rho 2.5 (its own 7: the middle
+    # level 1.42 instead of 0.93).
+    pytest.param("Euler", "karras", 3, {"sigma_min": 0.1, "sigma_max": 5.0, "rho": 2.5}, id="karras-range-rho"),
+    # At sigma0 = 1, sqrt(1 + sigma0^2) = 1.41 x sigma0: the SGM multiplier shows in the image.
+    pytest.param("Euler", "karras", 3, {"sgm_noise_multiplier": True, "sigma_max": 1.0}, id="sgm-small-sigma0"),
+    # DPM++ 2M's Automatic is Karras (A1111's table), so the old range 0.1 to 10 applies, unrecorded.
+    pytest.param("DPM++ 2M", "automatic", 3, {"use_old_karras_scheduler_sigmas": True}, id="old-karras"),
+    pytest.param("Euler", "polyexponential", 3, {"rho": 2.0, "sigma_max": 8.0}, id="polyexponential-rho"),
+    # Exponential has no rho: neither applied nor recorded.
+    pytest.param("Euler", "exponential", 3, {"rho": 3.0, "sigma_min": 0.2}, id="exponential-no-rho"),
+    pytest.param("Heun", "sgm_uniform", 2, {"sigma_max": 6.0}, id="sgm_uniform-range"),
+    pytest.param("Euler", "beta", 3, {"beta_dist_alpha": 0.3, "beta_dist_beta": 0.9}, id="beta-alpha-beta"),
+    # Euler's Automatic is no schedule function (model_wrap.get_sigmas): the range is neither applied nor recorded.
+    pytest.param("Euler", "automatic", 3, {"sigma_max": 5.0, "rho": 3.0}, id="automatic-uniform-ignores"),
+]
+
+
+@pytest.mark.parametrize("label, schedule, steps, changes", SCHEDULE_CASES)
+def test_schedule_settings_equal_a1111(kd_ours, kd_reference, label, schedule, steps, changes):
+    compare_settings(kd_ours, kd_reference, label, schedule, steps, **changes)
+
+
+def test_beta_schedule_records_its_defaults_as_a1111():
+    """get_sigmas records the Beta schedule's alpha and beta whatever they are."""
+    from sdrt.runtime.request import GenerationRequest
+    from sdrt.runtime.schedulers.kdiffusion.a1111_settings import settings_parameters
+
+    config = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "num_train_timesteps": 1000}
+    request = GenerationRequest("a cat", steps=3, sampler="k_euler", schedule="beta")
+    fields = settings_parameters(request, config, from_image=False)["a1111_settings"]
+    assert fields == {"Beta schedule alpha": 0.6, "Beta schedule beta": 0.6}
+    assert settings_parameters(GenerationRequest("a cat", sampler="k_euler"), config, from_image=False) == {}

@@ -74,3 +74,52 @@ def test_from_png_reads_eta_and_churn_back():
         5.0,
         0.8,
     ]
+
+
+def test_schedule_options_are_reported_with_a1111s_defaults_and_checked():
+    report = A1111Options().report("m", None, 0)
+    names = ("sigma_min", "sigma_max", "rho", "use_old_karras_scheduler_sigmas", "beta_dist_alpha", "beta_dist_beta")
+    assert [report[k] for k in names] == [0.0, 0.0, 0.0, False, 0.6, 0.6]
+    changed = A1111Options().changed({"sigma_max": 5.0, "use_old_karras_scheduler_sigmas": True}, "override_settings")
+    assert changed.sampler.sigma_max == 5.0 and changed.sampler.use_old_karras_scheduler_sigmas is True
+    for name, bad in (
+        ("sigma_min", -0.1),
+        ("rho", "7"),
+        ("beta_dist_alpha", 0.0),
+        ("use_old_karras_scheduler_sigmas", 0),
+    ):
+        with pytest.raises(RequestError) as refused:
+            A1111Options().changed({name: bad}, "override_settings")
+        assert refused.value.status == 400 and refused.value.param == f"override_settings.{name}"
+
+
+def test_from_png_reads_schedule_settings_back():
+    text = "a cat\nSteps: 4, Sampler: Euler, Schedule type: Beta, CFG scale: 7, Seed: 1, Schedule min sigma: 0.1, "
+    text += "Schedule max sigma: 5.0, Schedule rho: 5.0, Beta schedule alpha: 0.3, Beta schedule beta: 0.9"
+    defaults, notes = defaults_from_parameters(text)
+    assert not notes
+    names = ("sigma_min", "sigma_max", "rho", "beta_dist_alpha", "beta_dist_beta")
+    assert [defaults[k] for k in names] == [0.1, 5.0, 5.0, 0.3, 0.9]
+
+
+def test_a_payloads_eta_replaces_eta_ancestral_for_the_k_samplers_that_take_one():
+    """Sampler.initialize: p.eta if the payload gives one, else opts.eta_ancestral."""
+    from sdrt.runtime.sampler_settings import SamplerSettings
+    from sdrt.serve.a1111_samplers import a1111_sampler_settings
+
+    options = SamplerSettings(eta_ancestral=0.3)
+    assert a1111_sampler_settings("k_euler_a", 0.7, options).eta_ancestral == 0.7
+    assert a1111_sampler_settings("k_euler_a", None, options).eta_ancestral == 0.3
+    assert a1111_sampler_settings("k_euler", 0.7, options) == options  # no eta in sample_euler
+
+
+def test_generate_has_a_flag_per_setting_at_a1111s_default():
+    import dataclasses
+
+    from sdrt.cli.generate import generate
+    from sdrt.runtime.sampler_settings import SamplerSettings
+
+    params = {param.name: param for param in generate.params}
+    for item in dataclasses.fields(SamplerSettings):
+        param = params[item.name]  # a switch is a flag, off unless given (A1111's defaults are all off)
+        assert (param.is_flag and item.default is False) or param.default == item.default, item.name

@@ -100,11 +100,11 @@ ComfyRule = Callable[[int, ComfyModelSigmas], np.ndarray]
 #: ComfyUI's SCHEDULER_HANDLERS, in its order (karras, exponential, simple and ddim_uniform are
 #: A1111's rules exactly: both take them from k-diffusion or the same loop).
 COMFY_SCHEDULERS: dict[str, ComfyRule] = {
-    "simple": lambda n, model: a1111.simple(n, model, False),
+    "simple": lambda n, model: a1111.simple(n, model, False, a1111.ScheduleShape.of(model)),
     "sgm_uniform": lambda n, model: _normal(n, model, sgm=True),
-    "karras": lambda n, model: a1111.karras(n, model, False),
-    "exponential": lambda n, model: a1111.exponential(n, model, False),
-    "ddim_uniform": lambda n, model: a1111.ddim(n, model, False),
+    "karras": lambda n, model: a1111.karras(n, model, False, a1111.ScheduleShape.of(model)),
+    "exponential": lambda n, model: a1111.exponential(n, model, False, a1111.ScheduleShape.of(model)),
+    "ddim_uniform": lambda n, model: a1111.ddim(n, model, False, a1111.ScheduleShape.of(model)),
     "beta": _beta,
     "normal": _normal,
     "linear_quadratic": _linear_quadratic,

@@ -26,7 +26,7 @@ from sdrt.runtime.sampler_settings import SamplerSettings
 from sdrt.runtime.schedulers.base import HALF, Scheduler, predict_x0
 from sdrt.runtime.schedulers.config import BETA_DEFAULTS, SchedulerConfig
 from sdrt.runtime.schedulers.kdiffusion import solvers
-from sdrt.runtime.schedulers.kdiffusion.a1111_settings import solver_settings
+from sdrt.runtime.schedulers.kdiffusion.a1111_settings import schedule_shape, solver_settings
 from sdrt.runtime.schedulers.kdiffusion.model_sigmas import ModelSigmas
 from sdrt.runtime.schedulers.kdiffusion.schedules import AUTOMATIC, UNIFORM, k_schedule_entry, schedule_sigmas
 
@@ -106,7 +106,8 @@ class KDiffusionSampler(Scheduler):
     def _levels(self, num_inference_steps: int) -> np.ndarray:
         """The schedule's noise levels for this many steps, as A1111's get_sigmas gives them."""
         steps = num_inference_steps + (1 if self.discards else 0)
-        sigmas = schedule_sigmas(self.schedule, self.default_schedule, steps, self.model, self.sdxl)
+        shape, _ = schedule_shape(self)
+        sigmas = schedule_sigmas(self.schedule, self.default_schedule, steps, self.model, self.sdxl, shape)
         if self.discards:
             sigmas = np.delete(sigmas, len(sigmas) + DISCARDED_INDEX)
         if len(sigmas) < 2 or not np.all(np.isfinite(sigmas)) or np.any(sigmas[:-1] <= 0):
