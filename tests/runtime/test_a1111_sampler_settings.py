@@ -293,3 +293,17 @@ def test_beta_schedule_records_its_defaults_as_a1111():
     fields = settings_parameters(request, config, from_image=False)["a1111_settings"]
     assert fields == {"Beta schedule alpha": 0.6, "Beta schedule beta": 0.6}
     assert settings_parameters(GenerationRequest("a cat", sampler="k_euler"), config, from_image=False) == {}
+
+
+def test_hires_keeps_the_first_passs_sgm_noise_multiplier_field(kd_ours):
+    """A1111's hires fix: the first pass (sample) records SGM noise multiplier, the second
+    (sample_img2img) adds its own fields; the image's parameters keep both."""
+    from sdrt.runtime.features.hires import HiresFix
+
+    settings = SamplerSettings(sgm_noise_multiplier=True, s_churn=1.0)
+    result = kd_ours["standard"].generate(
+        PROMPTS[0], steps=2, seed=3, sampler="k_euler", height=64, width=64, sampler_settings=settings,
+        hires=HiresFix(scale=1.5, upscaler="Latent", steps=2, strength=0.6),
+    )  # fmt: skip
+    fields = parse_parameters(format_parameters(PROMPTS[0], result.parameters))
+    assert fields["SGM noise multiplier"] == "True" and fields["Sigma churn"] == "1.0"
