@@ -35,7 +35,7 @@ from sdrt.runtime.loop.timings import (
 )
 from sdrt.runtime.manifest import UNET_SHALLOW
 from sdrt.runtime.request import ResolvedRequest
-from sdrt.runtime.rng import GeneratorGroup, TorchGenerator
+from sdrt.runtime.rng import GeneratorGroup, IndexedDraws, TorchGenerator
 
 if TYPE_CHECKING:
     from sdrt.runtime.pipeline import Pipeline
@@ -82,6 +82,9 @@ def run_resolved(
         generator = GeneratorGroup([make(value) for value in resolved.seeds], resolved.seed_rows)
     else:
         generator = make(resolved.seeds[0])
+    indices = request.ksampler_steps.noise_indices if request.ksampler_steps is not None else None
+    if indices is not None:  # ComfyUI's latent batch_index: each image's draw of the one generator
+        generator = IndexedDraws(generator, indices)
     names = pipeline.family.denoiser
     engine = engines[names.component]
     with timings.stage(TEXT_ENCODER):

@@ -198,17 +198,36 @@ def sample_lcm(model, x, sigmas, noise_sampler, s: ComfyModelSampling):
 
 
 @torch.no_grad()
+def prepare_noise_with_indices(latent_image, seed, noise_inds):
+    """comfy/sample.py prepare_noise with a latent's batch_index: one image-sized draw per index
+    from 0 to the largest, the unique indices' draws kept, rows picked by np.unique's inverse."""
+    import numpy as np
+
+    generator = torch.manual_seed(seed)
+    unique, inverse = np.unique(noise_inds, return_inverse=True)
+    kept = []
+    for i in range(unique[-1] + 1):
+        noise = torch.randn([1, *latent_image.size()[1:]], generator=generator, device="cpu")
+        if i in unique:
+            kept.append(noise)
+    return torch.cat([kept[i] for i in inverse], axis=0)
+
+
 def comfy_ksampler(unet, s, cond, uncond, sampler, scheduler, steps, cfg, seed, latent_image, **cut):
     """ComfyUI's common_ksampler -> KSAMPLER.sample, on `latent_image` (sdrt's scaled latents,
     ComfyUI's after process_latent_in). `cut`: denoise, start_step, last_step, force_full,
-    add_noise, noise_mask (a [batch, height, width] mask: 1 repaints); `control(scaled, t, context,
+    add_noise, noise_inds (the latent's batch_index), noise_mask (a [batch, height, width] mask:
+    1 repaints); `control(scaled, t, context,
     sigma)`: extra UNet keyword arguments for a call (ControlNet residuals), or {}."""
     ks = k_sampling()
     add_noise = cut.pop("add_noise", True)
     noise_mask = cut.pop("noise_mask", None)
+    noise_inds = cut.pop("noise_inds", None)
     control = cut.pop("control", None) or (lambda scaled, t, context, sigma: {})
     sigmas = ksampler_sigmas(s, sampler, scheduler, steps, **cut)
-    if add_noise:
+    if add_noise and noise_inds is not None:
+        noise = prepare_noise_with_indices(latent_image, seed, noise_inds)
+    elif add_noise:
         noise = torch.randn(latent_image.size(), generator=torch.manual_seed(seed), device="cpu")
     else:
         noise = torch.zeros_like(latent_image)

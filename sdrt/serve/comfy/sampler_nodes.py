@@ -80,12 +80,12 @@ def _sample(context, model, seed, sampler_name, scheduler, positive, negative, l
         schedule=scheduler,
         clip_skip=positive.clip.clip_skip,
         loras=tuple(_loras_of(model, positive.clip)),
-        ksampler_steps=replace(cut, seed=seed),
+        ksampler_steps=replace(cut, seed=seed, noise_indices=latent_image.batch_index),
         emphasis=COMFYUI_EMPHASIS,  # CLIPTextEncode's weights, ComfyUI's rule (no mean restoration)
         confined_names=True,  # a client's LoRA names: --lora-dir's files only
     )
     if latent_image.noise_mask is not None:
-        settings["ksampler_steps"] = replace(cut, seed=seed, noise_mask=latent_mask(latent_image))
+        settings["ksampler_steps"] = replace(settings["ksampler_steps"], noise_mask=latent_mask(latent_image))
     if not latent_image.empty or latent_image.noise_mask is not None:
         # ComfyUI adds the noise to the latent image: sdrt's image-to-image start
         settings.update(init_latents=samples, strength=1.0)
@@ -99,7 +99,8 @@ def _sample(context, model, seed, sampler_name, scheduler, positive, negative, l
         request = replace(request, controlnets=units)
     watch = dict(progress=context.progress, cancel=context.cancel, preview=context.preview)
     result = pipeline.run(request, **watch, latents_only=True)
-    return (Latent(np.asarray(result.latents, np.float32)),)
+    # common_ksampler's latent.copy(): the noise mask and batch index go on with the samples
+    return (replace(latent_image, samples=np.asarray(result.latents, np.float32), empty=False),)
 
 
 def latent_mask(latent: Latent) -> np.ndarray:

@@ -74,8 +74,12 @@ class Conditioning:
 @dataclass
 class Latent:
     """LATENT: `samples` [batch, channels, h, w]; EmptyLatentImage's are zeros (ComfyUI's), which
-    a sampler at full denoise replaces by noise alone."""
+    a sampler at full denoise replaces by noise alone. The nodes that change a latent keep its
+    other entries (ComfyUI's `samples.copy()`): `dataclasses.replace`."""
 
     samples: np.ndarray
     empty: bool = False
     noise_mask: np.ndarray | None = None  # SetLatentNoiseMask's [batch or 1, 1, height, width]: 1 repaints
+    #: Each image's index in the batch its noise is drawn for (LatentFromBatch, RepeatLatentBatch);
+    #: None: the latent's own order. Kept by the nodes that copy a latent, as ComfyUI's dict copies.
+    batch_index: tuple[int, ...] | None = None
