@@ -437,19 +437,31 @@ def sdxl_reference_image(pipe, label, schedule, steps, size):
     return (image / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
 
 
-@pytest.mark.filterwarnings("ignore::UserWarning")
-@pytest.mark.parametrize(
-    "label, schedule", [("DPM++ 2M", "automatic"), pytest.param("DPM++ 3M SDE", "automatic", marks=pytest.mark.slow)]
-)
-def test_sdxl_image_equals_k_diffusion(tiny_sdxl, exported_sdxl, label, schedule):
+@pytest.fixture(scope="module")
+def sdxl_pair(tiny_sdxl, exported_sdxl):
+    """(sdrt's tiny SDXL base, diffusers' pipeline of the same model)."""
     from conftest import sdxl_reference
 
-    ours = Pipeline.load(exported_sdxl("base"))
+    return Pipeline.load(exported_sdxl("base")), sdxl_reference("StableDiffusionXLPipeline", tiny_sdxl["base"])
+
+
+#: SDXL: one pair in the default run, every A1111 sampler x schedule in the slow tier.
+SDXL_DEFAULT = ("DPM++ 2M", "automatic")
+SDXL_CASES = [SDXL_DEFAULT] + [
+    pytest.param(label, schedule, marks=pytest.mark.slow)
+    for label in A1111_SAMPLERS
+    for schedule in SCHEDULES
+    if (label, schedule) != SDXL_DEFAULT
+]
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("label, schedule", SDXL_CASES)
+def test_sdxl_image_equals_k_diffusion(sdxl_pair, label, schedule):
+    ours, pipe = sdxl_pair
     size = ours.manifest.native_height
     assert ours.manifest.native_width == size
-    expected = sdxl_reference_image(
-        sdxl_reference("StableDiffusionXLPipeline", tiny_sdxl["base"]), label, schedule, 4, size
-    )
+    expected = sdxl_reference_image(pipe, label, schedule, 4, size)
     result = ours.generate(
         PROMPTS,
         negative_prompt=NEGATIVE,

@@ -167,8 +167,6 @@ REFUSED: dict[tuple[str, str], str] = {
     "the UNet twice a step",
     ("lora", "first_block_cache"): "the first-block cache does not run with LoRAs (the transformer's parts are not "
     "merged)",
-    ("k_diffusion_sampler", "refiner"): "the k-diffusion samplers run one model's whole schedule; a refiner is not "
-    "supported with them yet",
     ("inpainting", "comfyui_sampler"): "ComfyUI's samplers inpaint by a latent noise mask (the ComfyUI API's "
     "SetLatentNoiseMask), not sdrt's mask_image blend: use a diffusers sampler",
     ("hires", "comfyui_sampler"): "ComfyUI's samplers run ComfyUI's two passes (the ComfyUI API's LatentUpscale), "
