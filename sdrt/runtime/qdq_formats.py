@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 #: `sdrt export --qdq` choices: name -> the ONNX element type its QuantizeLinear outputs (opset 19).
-QDQ_FORMATS = {"int8": "int8", "fp8": "float8e4m3fn"}
+QDQ_FORMATS = {"int8": "int8", "fp8": "float8_e4m3fn"}
 #: The oldest GPU TensorRT builds FP8 for: compute capability 8.9 (Ada; Hopper is 9.0). TensorRT's
 #: support matrix lists FP8 from SM 8.9 on; older GPUs have no FP8 tensor cores.
 FP8_MIN_COMPUTE_CAPABILITY = (8, 9)

@@ -3,6 +3,8 @@ within the bound its scales give, the manifest, and the refusals."""
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 from onnx import numpy_helper
 
+import fake_tensorrt
 from sdrt.cli import main
 from sdrt.export.exporter import ExportOptions
 from sdrt.export.qdq import quantize_export
@@ -137,6 +140,12 @@ def test_the_recorded_error_is_the_graphs_on_the_held_out_prompt(int8_export, ex
     assert error == pytest.approx(spec.qdq.rms_rel_error, rel=1e-4)
 
 
+def test_info_names_the_qdq_unet(int8_export):
+    result = CliRunner().invoke(main, ["info", str(int8_export)])
+    assert result.exit_code == 0 and "unet: fp32 for cpu" in result.output
+    assert "int8 Q/DQ for TensorRT" in result.output and "layers quantized" in result.output
+
+
 def test_lora_on_a_qdq_export_is_refused_by_name(int8_export):
     spec = Manifest.load(int8_export).components["unet"]
     assert spec.weights_map == ""
@@ -166,12 +175,82 @@ def test_the_cli_refuses_qdq_with_weights_in_one_line(tmp_path):
     assert result.exit_code != 0 and "do not combine" in result.output and "Traceback" not in result.output
 
 
+@pytest.fixture(scope="module")
+def fp8_export(exported_tiny, tmp_path_factory) -> Path:
+    return _qdq_export(exported_tiny, tmp_path_factory, "fp8")
+
+
 @pytest.mark.slow
-def test_fp8_graph_holds_float8_weights_within_its_bound(exported_tiny, tmp_path_factory):
-    folder = _qdq_export(exported_tiny, tmp_path_factory, "fp8")
+def test_fp8_graph_holds_float8_weights_within_its_bound(fp8_export):
+    folder = fp8_export
     model = onnx.load_model(str(folder / "unet" / "model.onnx"))
     assert any(o.version >= 19 for o in model.opset_import if o.domain in ("", "ai.onnx"))
-    codes = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT8E4M3FN]
+    float8 = {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT8E4M3FN}
+    codes = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in float8]  # weights
     spec = Manifest.load(folder).components["unet"]
     assert spec.qdq.qdq == "fp8" and len(codes) == spec.qdq.nodes_quantized
     assert spec.validation["passed"] and 0 < spec.qdq.rms_rel_error <= spec.qdq.error_bound
+
+
+# ---------------------------------------------------------------- sdrt build (tests/fake_tensorrt.py)
+@pytest.fixture()
+def int8_model(int8_export, tmp_path) -> Path:
+    """A private copy: builds write into the model folder."""
+    folder = tmp_path / "model"
+    shutil.copytree(int8_export, folder)
+    return folder
+
+
+def _build(model: Path, *arguments):
+    return CliRunner().invoke(main, ["build", str(model), "--static", "64x64", "--max-batch", "2", *arguments])
+
+
+def test_an_int8_qdq_unet_builds_weakly_typed_with_int8_and_fp16(int8_model, monkeypatch):
+    from sdrt.runtime.pipeline import Pipeline
+
+    stats = fake_tensorrt.install(monkeypatch)
+    result = _build(int8_model)
+    assert result.exit_code == 0, result.output
+    unet = next(b for b in stats.builds if b["onnx"].endswith("unet/model.onnx"))
+    assert unet["int8"] and unet["fp16"] and not unet["fp8"] and not unet["strongly_typed"]
+    assert unet["qdq_types"] == ["int8"] and unet["pinned_fp32"] > 0 and not unet["refittable"]
+    assert not any(b["int8"] for b in stats.builds if b is not unet)  # the rest has no Q/DQ
+    record = json.loads(next((int8_model / "tensorrt").glob("unet-*.plan.json")).read_text())
+    assert record["key"]["precision"] == "int8"
+    settings = dict(prompt="a cat", steps=2, seed=1)
+    expected = Pipeline.load(int8_model).generate(**settings).array
+    np.testing.assert_allclose(
+        Pipeline.load(int8_model, backend="tensorrt").generate(**settings).array, expected, atol=1e-5
+    )
+
+
+def test_the_fake_refuses_a_qdq_build_without_its_flag(int8_model, monkeypatch):
+    """The strict fake is what the test above relies on: without BuilderFlag.INT8 it fails."""
+    from sdrt.runtime.engines.tensorrt import build
+
+    fake_tensorrt.install(monkeypatch)
+    monkeypatch.setitem(build.QDQ_BUILDER_FLAGS, "int8", "TF32")
+    result = _build(int8_model)
+    assert result.exit_code != 0 and "without BuilderFlag.INT8" in str(result.exception)
+
+
+def test_fp8_is_refused_in_one_line_below_compute_capability_8_9(int8_model, monkeypatch):
+    manifest = json.loads((int8_model / "manifest.json").read_text())
+    manifest["components"]["unet"]["qdq"]["qdq"] = "fp8"  # what an fp8 export records
+    (int8_model / "manifest.json").write_text(json.dumps(manifest))
+    stats = fake_tensorrt.install(monkeypatch, capability=(8, 6))
+    result = _build(int8_model)
+    assert result.exit_code != 0 and not stats.builds and "Traceback" not in result.output
+    assert "compute capability 8.6" in result.output and "--qdq int8" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_an_fp8_qdq_unet_builds_with_fp8_on_hopper(fp8_export, tmp_path, monkeypatch):
+    folder = tmp_path / "model"
+    shutil.copytree(fp8_export, folder)
+    stats = fake_tensorrt.install(monkeypatch)  # compute capability 9.0
+    result = _build(folder)
+    assert result.exit_code == 0, result.output
+    unet = next(b for b in stats.builds if b["onnx"].endswith("unet/model.onnx"))
+    assert unet["fp8"] and unet["fp16"] and not unet["int8"] and unet["qdq_types"] == ["float8_e4m3fn"]
