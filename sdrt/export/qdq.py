@@ -50,6 +50,10 @@ FP8_OPSET = 19
 #: held-out prompt's run (the noisiest inputs and the cleanest).
 CHECKED_CALLS = 3
 CALIBRATION_METHODS = {"int8": "MinMax", "fp8": "Distribution"}
+# ONNX Runtime's calibrators hold every calibration call's intermediate tensors until the end.
+# Its CalibMaxIntermediateOutputs option, documented as the same ranges in less memory, drops
+# each full chunk without merging it in ONNX Runtime 1.32 (MinMaxCalibrater.collect_data calls
+# clear_collected_data only), so it is not used: memory grows with the calls (docs/quantization.md).
 
 
 def check_qdq(qdq: str | None, prompts: int, weights: str | None, precision: str, optimize: bool) -> None:
