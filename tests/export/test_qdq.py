@@ -140,6 +140,24 @@ def test_the_recorded_error_is_the_graphs_on_the_held_out_prompt(int8_export, ex
     assert error == pytest.approx(spec.qdq.rms_rel_error, rel=1e-4)
 
 
+def test_a_prompt_the_export_never_saw_is_within_the_bound_too(int8_export, exported_tiny):
+    """The bound is checked on the held-out prompt at export; on another prompt's whole run (the
+    graph as written, as TensorRT reads it) the error stays within it on this model."""
+    import onnxruntime as ort
+
+    from sdrt.export.qdq_calibration import CALIBRATION_PROMPTS, record_denoiser_inputs
+
+    spec = Manifest.load(int8_export).components["unet"]
+    _, (calls,) = record_denoiser_inputs(exported_tiny(), [CALIBRATION_PROMPTS[-1]], STEPS, lambda line: None)
+    as_written = ort.SessionOptions()
+    as_written.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    fp32 = ort.InferenceSession(str(exported_tiny() / "unet" / "model.onnx"), providers=["CPUExecutionProvider"])
+    qdq = ort.InferenceSession(str(int8_export / spec.file), as_written, providers=["CPUExecutionProvider"])
+    outputs = [(fp32.run(["out_sample"], feeds)[0], qdq.run(["out_sample"], feeds)[0]) for feeds in calls]
+    error = np.sqrt(sum(np.sum((got - want) ** 2) for want, got in outputs) / sum(np.sum(w**2) for w, _ in outputs))
+    assert 0 < error <= spec.qdq.error_bound
+
+
 def test_info_names_the_qdq_unet(int8_export):
     result = CliRunner().invoke(main, ["info", str(int8_export)])
     assert result.exit_code == 0 and "unet: fp32 for cpu" in result.output
