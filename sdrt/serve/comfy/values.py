@@ -12,6 +12,7 @@ import numpy as np
 
 from sdrt.runtime.features.lora.merge import LoraWeights
 from sdrt.runtime.features.lora.tags import LoraRef
+from sdrt.runtime.regions import Area
 from sdrt.runtime.schedulers.kdiffusion.comfy_flow_sigmas import FlowModelSampling
 
 
@@ -61,14 +62,33 @@ class Control:
 
 
 @dataclass(frozen=True)
+class Region:
+    """What ComfyUI's conditioning nodes set on an entry (sdrt.serve.comfy.conditioning_nodes):
+    its area, strength and timestep range (None: unset)."""
+
+    area: Area | None = None
+    strength: float = 1.0
+    start_percent: float | None = None
+    end_percent: float | None = None
+
+
+@dataclass(frozen=True)
 class Conditioning:
     """CONDITIONING: the prompt text as CLIPTextEncode received it, the CLIP it went through and
-    the ControlNets applied to it, in order."""
+    the ControlNets applied to it, in order; ComfyUI's list of such entries is this one and the
+    `combined` after it (ConditioningCombine), each with its region."""
 
     text: str
     clip: ModelHandle
     guidance: float | None = None  # FluxGuidance's (None: ComfyUI's FLUX default)
     controls: tuple[Control, ...] = ()
+    region: Region = Region()
+    combined: tuple[Conditioning, ...] = ()
+
+    @property
+    def entries(self) -> tuple[Conditioning, ...]:
+        """ComfyUI's list: this entry (without the others) and the combined ones."""
+        return (replace(self, combined=()), *self.combined) if self.combined else (self,)
 
 
 @dataclass

@@ -1,0 +1,239 @@
+"""ComfyUI's conditioning lists through the /prompt route (ConditioningCombine, ConditioningSetArea,
+ConditioningSetAreaPercentage, ConditioningSetAreaStrength, ConditioningSetTimestepRange) equal
+ComfyUI's rule, written here from comfy/samplers.py independently of sdrt: process_conds
+(percentage areas resolved on the latents, percents to sigmas, create_cond_with_same_area_if_none
+both ways) and calc_cond_batch (each cond's UNet call on its area, get_area_and_mult's feathered
+weights, denoised predictions summed over 1e-37 weight sums), on diffusers' tiny UNet driven by
+k-diffusion's sampler as tests/support/comfy_reference.py composes ComfyUI's KSampler."""
+
+from __future__ import annotations
+
+import copy
+import io
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.serve.test_comfy import TXT2IMG, _decode, assert_close_pixels
+
+#: The tiny export's largest size: 16 x 16 latents, room for areas of 8 latent rows (feathered
+#: over min(8, 8 // 4) = 2 rows from each inner edge).
+SIZE = 128
+
+
+@pytest.fixture(scope="module")
+def server(exported_tiny, tmp_path_factory):
+    from sdrt.runtime.pipeline import Pipeline
+    from sdrt.serve.app import create_app
+    from sdrt.serve.schemas import ServeSettings
+    from support.serving import live_server
+
+    pipeline = Pipeline.load(exported_tiny("standard"))
+    settings = ServeSettings(comfy_dir=str(tmp_path_factory.mktemp("comfy")))
+    with live_server(create_app(pipeline, settings)) as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_models):
+    from conftest import diffusers_pipeline
+
+    return diffusers_pipeline("StableDiffusionPipeline", tiny_models["standard"])
+
+
+# ---- ComfyUI's rule (comfy/samplers.py), written from its source ----
+def _percent_to_sigma(s, percent: float) -> float:  # ModelSamplingDiscrete.percent_to_sigma
+    if percent <= 0.0:
+        return 999999999.9
+    if percent >= 1.0:
+        return 0.0
+    return s.sigma(torch.tensor((1.0 - percent) * 999.0)).item()
+
+
+def _resolve(conds: list[dict], s, rows: int, columns: int) -> list[dict]:
+    """resolve_areas_and_cond_masks_multidim's percentages, then calculate_start_end_timesteps."""
+    out = []
+    for c in conds:
+        c = dict(c)
+        if "area" in c and c["area"][0] == "percentage":
+            _, h, w, y, x = c["area"]
+            c["area"] = (max(1, round(h * rows)), max(1, round(w * columns)), round(y * rows), round(x * columns))
+        if "start_percent" in c:
+            c["timestep_start"] = _percent_to_sigma(s, c["start_percent"])
+        if "end_percent" in c:
+            c["timestep_end"] = _percent_to_sigma(s, c["end_percent"])
+        out.append(c)
+    return out
+
+
+def _same_area(conds: list[dict], c: dict) -> None:
+    """create_cond_with_same_area_if_none."""
+    if "area" not in c:
+        return
+    ca, smallest = c["area"], None
+    for x in conds:
+        if "area" in x:
+            a = x["area"]
+            inside = all(ca[2 + i] >= a[2 + i] and ca[i] + ca[2 + i] <= a[i] + a[2 + i] for i in range(2))
+            if inside:
+                if smallest is None or "area" not in smallest:
+                    smallest = x
+                elif math.prod(smallest["area"][:2]) > math.prod(a[:2]):
+                    smallest = x
+        elif smallest is None:
+            smallest = x
+    if smallest is None or smallest.get("area") == ca:
+        return
+    conds.append({**c, "context": smallest["context"]})
+
+
+def _calc(unet, s, conds: list[dict], x: torch.Tensor, sigma: torch.Tensor, feather: bool = True) -> torch.Tensor:
+    """calc_cond_batch for one side: each cond's call on its area, weighted, summed, divided."""
+    out, count = torch.zeros_like(x), torch.ones_like(x) * 1e-37
+    rows, columns = x.shape[2:]
+    for c in conds:
+        if "timestep_start" in c and sigma[0] > c["timestep_start"]:
+            continue
+        if "timestep_end" in c and sigma[0] < c["timestep_end"]:
+            continue
+        h, w, y, left = c.get("area", (rows, columns, 0, 0))
+        h, w = min(rows - y, h), min(columns - left, w)
+        part = x[:, :, y : y + h, left : left + w]
+        mult = torch.ones_like(part) * c.get("strength", 1.0)
+        if "area" in c and feather:
+            for axis, (offset, size, total) in enumerate(((y, h, rows), (left, w, columns))):
+                rr = min(8, size // 4)
+                for t in range(rr):
+                    if offset != 0:
+                        mult.narrow(axis + 2, t, 1).mul_((1.0 / rr) * (t + 1))
+                    if offset + size < total:
+                        mult.narrow(axis + 2, size - 1 - t, 1).mul_((1.0 / rr) * (t + 1))
+        t = s.timestep(sigma).float()
+        context = c["context"].repeat(len(x), 1, 1)
+        output = unet(s.calculate_input(sigma, part), t, encoder_hidden_states=context).sample
+        out[:, :, y : y + h, left : left + w] += s.calculate_denoised(sigma, output, part) * mult
+        count[:, :, y : y + h, left : left + w] += mult
+    return out / count
+
+
+def _expected(reference, positive, negative, sampler: str, steps: int, cfg: float, seed: int, **options) -> np.ndarray:
+    from support.comfy_reference import ComfyModelSampling, comfy_ksampler
+
+    s = ComfyModelSampling(dict(reference.scheduler.config))
+    rows = columns = SIZE // 8
+    positive, negative = _resolve(positive, s, rows, columns), _resolve(negative, s, rows, columns)
+    for c in list(positive):  # process_conds: for k in conds, for c in conds[k], the other side
+        _same_area(negative, c)
+    for c in list(negative):
+        _same_area(positive, c)
+
+    def guided(x, sigma):
+        cond = _calc(reference.unet, s, positive, x, sigma, **options)
+        uncond = _calc(reference.unet, s, negative, x, sigma, **options)
+        return uncond + (cond - uncond) * cfg
+
+    zeros = torch.zeros(1, reference.unet.config.in_channels, rows, columns)
+    latents = comfy_ksampler(reference.unet, s, None, None, sampler, "normal", steps, cfg, seed, zeros, guided=guided)
+    return _decode(reference, latents)[0]
+
+
+def _context(reference, text: str) -> torch.Tensor:
+    from support.comfy_reference import comfy_encode
+
+    return comfy_encode(reference, text)
+
+
+# ---- the workflows ----
+def _workflow(positive: list, extra: dict, sampler: str = "euler", steps: int = 3) -> dict:
+    workflow = copy.deepcopy(TXT2IMG)
+    workflow["5"]["inputs"].update(height=SIZE, width=SIZE)
+    workflow["3"]["inputs"].update(positive=positive, sampler_name=sampler, steps=steps)
+    for key, value in extra.items():
+        workflow[key] = {**value, "_meta": {"title": key}}
+    return workflow
+
+
+def _text(text: str) -> dict:
+    return {"class_type": "CLIPTextEncode", "inputs": {"clip": ["4", 1], "text": text}}
+
+
+def _run(server, workflow) -> np.ndarray:
+    from comfy_api_simplified import ComfyApiWrapper
+
+    ((_, data),) = ComfyApiWrapper(server).queue_and_wait_images(workflow, "Save Image").items()
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+FOX, BIRD, NEGATIVE = "a red fox in the snow", "a blue bird on a branch", "text, watermark"
+SEED, CFG = 8566257, 7.5
+
+
+def test_combine_and_an_area_with_its_strength_equal_comfyui(server, reference):
+    """ConditioningCombine of the whole image's prompt and ConditioningSetArea's (64 x 64 px at
+    (32, 24): latent rows 3..11, columns 4..12, feathered over 2 rows and columns) with
+    strength 0.8; the negative gets a copy of the area with its own text."""
+    area = {"width": 64, "height": 64, "x": 32, "y": 24, "strength": 0.8}
+    extra = {
+        "20": _text(BIRD),
+        "21": {"class_type": "ConditioningSetArea", "inputs": {"conditioning": ["20", 0], **area}},
+        "22": {
+            "class_type": "ConditioningCombine",
+            "inputs": {"conditioning_1": ["6", 0], "conditioning_2": ["21", 0]},
+        },
+    }
+    got = _run(server, _workflow(["22", 0], extra))
+    fox, bird, negative = (_context(reference, text) for text in (FOX, BIRD, NEGATIVE))
+    positive = [{"context": fox}, {"context": bird, "area": (8, 8, 3, 4), "strength": 0.8}]
+    expected = _expected(reference, positive, [{"context": negative}], "euler", 3, CFG, SEED)
+    assert_close_pixels(got, expected)
+    unfeathered = _expected(reference, positive, [{"context": negative}], "euler", 3, CFG, SEED, feather=False)
+    assert np.abs(unfeathered.astype(int) - expected).max() > 2, "the feather changes the image"
+    moved = [positive[0], {**positive[1], "area": (8, 8, 4, 4)}]
+    shifted = _expected(reference, moved, [{"context": negative}], "euler", 3, CFG, SEED)
+    assert np.abs(shifted.astype(int) - expected).max() > 2, "the area's offset changes the image"
+
+
+def test_percentage_areas_and_a_timestep_range_equal_comfyui(server, reference):
+    """ConditioningSetAreaPercentage (rounded to latent units on the 16 x 16 latents: 6 x 8 at
+    (5, 8), touching
+    the right border: no feather there), ConditioningSetAreaStrength over a combined list, and
+    ConditioningSetTimestepRange keeping the fox for the first 40% of the noise levels (heun:
+    two UNet calls a step, the window decided per call)."""
+    extra = {
+        "20": _text(BIRD),
+        "21": {
+            "class_type": "ConditioningSetAreaPercentage",
+            "inputs": {"conditioning": ["20", 0], "width": 0.5, "height": 0.4, "x": 0.5, "y": 0.3, "strength": 1.0},
+        },
+        "23": {
+            "class_type": "ConditioningSetTimestepRange",
+            "inputs": {"conditioning": ["6", 0], "start": 0.0, "end": 0.4},
+        },
+        "24": _text("a snowy forest"),
+        "25": {
+            "class_type": "ConditioningCombine",
+            "inputs": {"conditioning_1": ["23", 0], "conditioning_2": ["24", 0]},
+        },
+        "26": {
+            "class_type": "ConditioningCombine",
+            "inputs": {"conditioning_1": ["25", 0], "conditioning_2": ["21", 0]},
+        },
+        "27": {"class_type": "ConditioningSetAreaStrength", "inputs": {"conditioning": ["26", 0], "strength": 1.5}},
+    }
+    got = _run(server, _workflow(["27", 0], extra, sampler="heun", steps=3))
+    fox, bird, forest, negative = (_context(reference, t) for t in (FOX, BIRD, "a snowy forest", NEGATIVE))
+    positive = [
+        {"context": fox, "start_percent": 0.0, "end_percent": 0.4, "strength": 1.5},
+        {"context": forest, "strength": 1.5},
+        {"context": bird, "area": ("percentage", 0.4, 0.5, 0.3, 0.5), "strength": 1.5},
+    ]
+    expected = _expected(reference, positive, [{"context": negative}], "heun", 3, CFG, SEED)
+    assert_close_pixels(got, expected)
+    always = [{**positive[0], "end_percent": 1.0}, *positive[1:]]
+    assert (
+        np.abs(_expected(reference, always, [{"context": negative}], "heun", 3, CFG, SEED).astype(int) - expected).max()
+        > 2
+    ), "the timestep range changes the image"
