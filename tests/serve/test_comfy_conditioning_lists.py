@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.serve.test_comfy import TXT2IMG, _decode, assert_close_pixels
+from tests.serve.test_comfy import TXT2IMG, _decode, _post, _wait, assert_close_pixels
 
 #: The tiny export's largest size: 16 x 16 latents, room for areas of 8 latent rows (feathered
 #: over min(8, 8 // 4) = 2 rows from each inner edge).
@@ -113,7 +113,10 @@ def _calc(unet, s, conds: list[dict], x: torch.Tensor, sigma: torch.Tensor, feat
                         mult.narrow(axis + 2, size - 1 - t, 1).mul_((1.0 / rr) * (t + 1))
         t = s.timestep(sigma).float()
         context = c["context"].repeat(len(x), 1, 1)
-        output = unet(s.calculate_input(sigma, part), t, encoder_hidden_states=context).sample
+        extra = {}
+        if "added" in c:  # SDXL's adm: its pooled output and the image's size ids (CONDRegular, repeated)
+            extra["added_cond_kwargs"] = {name: value.repeat(len(x), 1) for name, value in c["added"].items()}
+        output = unet(s.calculate_input(sigma, part), t, encoder_hidden_states=context, **extra).sample
         out[:, :, y : y + h, left : left + w] += s.calculate_denoised(sigma, output, part) * mult
         count[:, :, y : y + h, left : left + w] += mult
     return out / count
@@ -147,8 +150,10 @@ def _context(reference, text: str) -> torch.Tensor:
 
 
 # ---- the workflows ----
-def _workflow(positive: list, extra: dict, sampler: str = "euler", steps: int = 3) -> dict:
+def _workflow(positive: list, extra: dict, sampler: str = "euler", steps: int = 3, checkpoint: str = "") -> dict:
     workflow = copy.deepcopy(TXT2IMG)
+    if checkpoint:
+        workflow["4"]["inputs"]["ckpt_name"] = checkpoint
     workflow["5"]["inputs"].update(height=SIZE, width=SIZE)
     workflow["3"]["inputs"].update(positive=positive, sampler_name=sampler, steps=steps)
     for key, value in extra.items():
@@ -237,3 +242,72 @@ def test_percentage_areas_and_a_timestep_range_equal_comfyui(server, reference):
         np.abs(_expected(reference, always, [{"context": negative}], "heun", 3, CFG, SEED).astype(int) - expected).max()
         > 2
     ), "the timestep range changes the image"
+
+
+@pytest.fixture(scope="module")
+def sdxl_server(exported_sdxl, tmp_path_factory):
+    from sdrt.runtime.pipeline import Pipeline
+    from sdrt.serve.app import create_app
+    from sdrt.serve.schemas import ServeSettings
+    from support.serving import live_server
+
+    settings = ServeSettings(comfy_dir=str(tmp_path_factory.mktemp("comfy-sdxl")))
+    with live_server(create_app(Pipeline.load(exported_sdxl("base")), settings)) as base:
+        yield base
+
+
+def test_an_sdxl_area_alone_on_the_positive_equals_comfyui(sdxl_server, tiny_sdxl):
+    """SDXL (each call with its text's pooled output and the image's size ids): the positive is
+    only an area (64 x 64 px at (48, 32)), so outside it ComfyUI's positive denoised prediction
+    is 0 (its weight sum is 1e-37); the negative gets a copy of the area with its text."""
+    from conftest import sdxl_reference
+
+    extra = {
+        "21": {
+            "class_type": "ConditioningSetArea",
+            "inputs": {"conditioning": ["6", 0], "width": 64, "height": 64, "x": 48, "y": 32, "strength": 1.0},
+        },
+    }
+    got = _run(sdxl_server, _workflow(["21", 0], extra, sampler="dpmpp_2m", checkpoint="base.safetensors"))
+    pipe = sdxl_reference("StableDiffusionXLPipeline", tiny_sdxl["base"])
+    ids = torch.tensor([[SIZE, SIZE, 0, 0, SIZE, SIZE]], dtype=torch.float32)
+
+    def cond(text: str, **values) -> dict:
+        context, _, pooled, _ = pipe.encode_prompt(text, device="cpu", do_classifier_free_guidance=False)
+        return {"context": context, "added": {"text_embeds": pooled, "time_ids": ids}, **values}
+
+    positive = [cond(FOX, area=(8, 8, 4, 6))]
+    expected = _expected(pipe, positive, [cond(NEGATIVE)], "dpmpp_2m", 3, CFG, SEED)
+    assert_close_pixels(got, expected)
+
+
+@pytest.mark.parametrize(
+    ("area", "says"),
+    [
+        ({"width": 72, "height": 64, "x": 0, "y": 0}, "the area 9x8 at (0, 0) (latent units) does not fit"),
+        ({"width": 64, "height": 64, "x": 128, "y": 0}, "lies outside the 16x16 latents"),
+    ],
+)
+def test_an_area_sdrt_cannot_run_is_the_samplers_error_naming_it(server, area, says):
+    """An area of an odd latent size (the tiny export's UNet takes steps of 2; ComfyUI's takes
+    any) or beyond the latents: an execution_error of the sampler, saying what is wrong."""
+    extra = {"21": {"class_type": "ConditioningSetArea", "inputs": {"conditioning": ["6", 0], **area, "strength": 1.0}}}
+    entry = _wait(server, _post(server, _workflow(["21", 0], extra)).json()["prompt_id"])
+    (error,) = [data for event, data in entry["status"]["messages"] if event == "execution_error"]
+    assert error["node_id"] == "3" and says in error["exception_message"], error["exception_message"]
+
+
+def test_conditioning_lists_on_a_flow_model_are_refused_by_name():
+    """FLUX.1 / SD3 have no UNet areas: the sampler refuses, naming the nodes and the family."""
+    from types import SimpleNamespace
+
+    from sdrt.serve.comfy.conditioning_nodes import conditioning_entries, conditioning_set_area
+    from sdrt.serve.comfy.sd_nodes import NodeError
+    from sdrt.serve.comfy.values import Conditioning, ModelHandle
+
+    flux = SimpleNamespace(manifest=SimpleNamespace(family="flux"), family=SimpleNamespace(sampler_space="flow"))
+    plain = Conditioning(FOX, ModelHandle(flux, "flux"))
+    (area,) = conditioning_set_area(None, plain, 64, 64, 0, 0, 1.0)
+    assert conditioning_entries(plain, plain, None, flux) is None, "one plain conditioning a side runs as ever"
+    with pytest.raises(NodeError, match="ConditioningSetArea.*run on SD 1.x and SDXL; this is flux"):
+        conditioning_entries(area, plain, None, flux)
