@@ -10,24 +10,30 @@ ComfyUI's rules (comfy/samplers.py), resolved here once the latents' size is kno
   size max(1, round(p * H)), offset round(p * H), per side;
 - each side gets a copy of every area entry of the other side it has none of the same area for,
   with the text of its own smallest entry that holds the area (create_cond_with_same_area_if_none);
+- a mask (ConditioningSetMask) is resized bilinear to the latents; with `mask_bounds` its
+  bounding box (at least MIN_BOUNDS a side; an empty mask: MIN_BOUNDS at 0, 0) becomes the area;
 - an area is cut to the latents (get_area_and_mult: size min(H - offset, size)), and its weight is
   the strength, feathered over min(8, size // 4) rows and columns, (t + 1) / rr at row t from
   each edge that does not touch the latents' border; an entry without an area weighs its
-  strength everywhere.
+  strength everywhere; a masked entry weighs mask x mask strength x strength on its window,
+  without feather.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from sdrt.errors import GenerationError
+from sdrt.runtime.imaging.resample import resize_latents
 
 PARAM = "conditionings"
 #: get_area_and_mult's feather: at most FEATHER rows, and a quarter of the area's side at most.
 FEATHER, FEATHER_SHARE = 8, 4
+#: resolve_areas_and_cond_masks_multidim's smallest side of a mask's bounds (ConditioningSetArea's 64 px).
+MIN_BOUNDS = 8
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,11 @@ class ConditioningEntry:
     area: Area | None = None
     strength: float = 1.0
     levels: tuple[float, float] | None = None
+    #: ConditioningSetMask's mask [batch or 1, height, width] in [0, 1] at any size, its strength,
+    #: and whether its bounding box is the area (set_cond_area "mask bounds").
+    mask: np.ndarray | None = field(default=None, compare=False)
+    mask_strength: float = 1.0
+    mask_bounds: bool = False
 
     def problem(self) -> str | None:
         if not isinstance(self.prompt, str):
@@ -79,6 +90,12 @@ class ConditioningEntry:
                 return f"a percentage area takes fractions in [0, 1], got {values}"
             if not self.area.percentage and not all(float(value).is_integer() for value in values):
                 return f"an area in latent units takes whole numbers, got {values}"
+        if self.mask is not None:
+            mask = self.mask
+            if not isinstance(mask, np.ndarray) or mask.ndim not in (2, 3) or 0 in mask.shape:
+                return "a conditioning's mask is an array [batch, height, width] or [height, width]"
+            if not np.all(np.isfinite(mask)) or not _number(self.mask_strength):
+                return "a conditioning's mask and its strength must be finite numbers"
         if self.levels is not None and not (len(self.levels) == 2 and all(_number(level) for level in self.levels)):
             return f"a conditioning's levels are two noise levels, got {self.levels!r}"
         return None
@@ -115,6 +132,8 @@ class Placed:
     area: tuple[int, int, int, int] | None
     strength: float
     levels: tuple[float, float] | None
+    mask: np.ndarray | None = field(default=None, compare=False)  # [batch or 1, H, W] on the latents
+    mask_strength: float = 1.0
 
 
 def _inside(inner: tuple[int, ...], outer: tuple[int, ...]) -> bool:
@@ -150,13 +169,30 @@ def place(entries: ConditioningEntries, rows: int, columns: int) -> tuple[list[P
 
     def placed(entry: ConditioningEntry) -> Placed:
         area = None if entry.area is None else entry.area.resolve(rows, columns)
-        return Placed(entry.prompt, area, float(entry.strength), entry.levels)
+        mask = None
+        if entry.mask is not None:
+            mask = np.asarray(entry.mask, np.float32).reshape(-1, *entry.mask.shape[-2:])
+            if mask.shape[1:] != (rows, columns):
+                mask = resize_latents(mask[:, None], rows, columns, "bilinear")[:, 0]
+            if entry.mask_bounds:
+                area = _bounds(mask)
+        return Placed(entry.prompt, area, float(entry.strength), entry.levels, mask, float(entry.mask_strength))
 
     positive = [placed(entry) for entry in entries.positive]
     negative = [placed(entry) for entry in entries.negative]
     _with_same_areas(negative, positive)
     _with_same_areas(positive, negative)
     return negative, positive
+
+
+def _bounds(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """get_mask_aabb of the mask's largest magnitude over its batch: (height, width, y, x), each
+    side at least MIN_BOUNDS; an all-zero mask's is MIN_BOUNDS at 0, 0."""
+    ys, xs = np.nonzero(np.abs(mask).max(axis=0))
+    if len(ys) == 0:
+        return MIN_BOUNDS, MIN_BOUNDS, 0, 0
+    height, width = int(ys.max() - ys.min() + 1), int(xs.max() - xs.min() + 1)
+    return max(MIN_BOUNDS, height), max(MIN_BOUNDS, width), int(ys.min()), int(xs.min())
 
 
 def window(area: tuple[int, int, int, int] | None, rows: int, columns: int) -> tuple[int, int, int, int]:
@@ -173,9 +209,12 @@ def window(area: tuple[int, int, int, int] | None, rows: int, columns: int) -> t
 
 
 def weights(entry: Placed, rows: int, columns: int) -> np.ndarray:
-    """get_area_and_mult's mult over the entry's window, [height, width] float32."""
+    """get_area_and_mult's mult over the entry's window, [batch or 1, height, width] float32."""
     y, x, height, width = window(entry.area, rows, columns)
-    mult = np.full((height, width), entry.strength, np.float32)
+    if entry.mask is not None:
+        part = entry.mask[:, y : y + height, x : x + width] * np.float32(entry.mask_strength)
+        return (part * np.float32(entry.strength)).astype(np.float32)
+    mult = np.full((1, height, width), entry.strength, np.float32)
     if entry.area is None:
         return mult
     for axis, (offset, size, total) in enumerate(((y, height, rows), (x, width, columns))):
@@ -187,5 +226,5 @@ def weights(entry: Placed, rows: int, columns: int) -> np.ndarray:
                 ramp[t] *= factor
             if offset + size < total:
                 ramp[size - 1 - t] *= factor
-        mult *= ramp[:, None] if axis == 0 else ramp[None, :]
+        mult *= ramp[None, :, None] if axis == 0 else ramp[None, None, :]
     return mult

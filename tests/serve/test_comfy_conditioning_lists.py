@@ -12,6 +12,7 @@ import copy
 import io
 import math
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -58,6 +59,17 @@ def _resolve(conds: list[dict], s, rows: int, columns: int) -> list[dict]:
     out = []
     for c in conds:
         c = dict(c)
+        if "mask" in c:  # resized bilinear to the latents; "mask bounds": get_mask_aabb's box as the area
+            mask = c["mask"]
+            if mask.shape[1:] != (rows, columns):
+                size = (rows, columns)
+                mask = torch.nn.functional.interpolate(mask[:, None], size=size, mode="bilinear", align_corners=False)
+                mask = mask[:, 0]
+            c["mask"] = mask
+            if c.get("set_area_to_bounds"):
+                ys, xs = torch.where(mask.abs().max(dim=0).values != 0)
+                h, w = int(ys.max() - ys.min() + 1), int(xs.max() - xs.min() + 1)
+                c["area"] = (max(8, h), max(8, w), int(ys.min()), int(xs.min()))
         if "area" in c and c["area"][0] == "percentage":
             _, h, w, y, x = c["area"]
             c["area"] = (max(1, round(h * rows)), max(1, round(w * columns)), round(y * rows), round(x * columns))
@@ -102,8 +114,13 @@ def _calc(unet, s, conds: list[dict], x: torch.Tensor, sigma: torch.Tensor, feat
         h, w, y, left = c.get("area", (rows, columns, 0, 0))
         h, w = min(rows - y, h), min(columns - left, w)
         part = x[:, :, y : y + h, left : left + w]
-        mult = torch.ones_like(part) * c.get("strength", 1.0)
-        if "area" in c and feather:
+        if "mask" in c:
+            mask = c["mask"][: len(x), y : y + h, left : left + w] * c.get("mask_strength", 1.0)
+            mask = mask[:, None].repeat(len(x) // len(mask), part.shape[1], 1, 1)
+        else:
+            mask = torch.ones_like(part)
+        mult = mask * c.get("strength", 1.0)
+        if "area" in c and "mask" not in c and feather:
             for axis, (offset, size, total) in enumerate(((y, h, rows), (left, w, columns))):
                 rr = min(8, size // 4)
                 for t in range(rr):
@@ -242,6 +259,44 @@ def test_percentage_areas_and_a_timestep_range_equal_comfyui(server, reference):
         np.abs(_expected(reference, always, [{"context": negative}], "heun", 3, CFG, SEED).astype(int) - expected).max()
         > 2
     ), "the timestep range changes the image"
+
+
+@pytest.mark.parametrize("set_cond_area", ["default", "mask bounds"])
+def test_a_mask_equals_comfyui(server, reference, set_cond_area):
+    """ConditioningSetMask (LoadImageMask's red channel, soft inside rows and columns 32..96 px;
+    strength 0.9): the mask bilinear at the 16 x 16 latents weighs the bird, without feather;
+    with "mask bounds" its bounding box (latents 4..12) is the bird's area, and the negative
+    gets a copy of that area with the mask and its own text."""
+    red = np.zeros((SIZE, SIZE), np.uint8)
+    rows, columns = np.mgrid[32:96, 32:96]
+    red[32:96, 32:96] = 60 + (rows * 7 + columns * 3) % 190
+    picture = io.BytesIO()
+    Image.fromarray(np.stack([red, red // 2, red // 3], axis=-1)).save(picture, format="PNG")
+    files = {"image": ("mask.png", picture.getvalue(), "image/png")}
+    assert httpx.post(server + "/upload/image", files=files).status_code == 200
+    extra = {
+        "20": _text(BIRD),
+        "28": {"class_type": "LoadImageMask", "inputs": {"image": "mask.png", "channel": "red"}},
+        "29": {
+            "class_type": "ConditioningSetMask",
+            "inputs": {"conditioning": ["20", 0], "mask": ["28", 0], "strength": 0.9, "set_cond_area": set_cond_area},
+        },
+        "22": {
+            "class_type": "ConditioningCombine",
+            "inputs": {"conditioning_1": ["6", 0], "conditioning_2": ["29", 0]},
+        },
+    }
+    got = _run(server, _workflow(["22", 0], extra))
+    fox, bird, negative = (_context(reference, text) for text in (FOX, BIRD, NEGATIVE))
+    mask = torch.from_numpy(red.astype(np.float32) / 255)[None]
+    bounds = set_cond_area == "mask bounds"
+    masked = {"context": bird, "mask": mask, "mask_strength": 0.9, "set_area_to_bounds": bounds}
+    expected = _expected(reference, [{"context": fox}, masked], [{"context": negative}], "euler", 3, CFG, SEED)
+    assert_close_pixels(got, expected)
+    unmasked = _expected(
+        reference, [{"context": fox}, {"context": bird}], [{"context": negative}], "euler", 3, CFG, SEED
+    )
+    assert np.abs(unmasked.astype(int) - expected).max() > 2, "the mask changes the image"
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ from sdrt.serve.comfy.nodes import NODES, NOT_RUN
 CONDITIONING_NODES = {
     "ConditioningConcat": "token-wise concatenation",
     "ConditioningAverage": "conditioning_to_strength",
-    "ConditioningSetMask": "masked conditioning",
     "ConditioningZeroOut": "zeros for the encoding and the pooled output",
 }
 

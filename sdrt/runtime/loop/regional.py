@@ -41,7 +41,7 @@ EMPTY_WEIGHT = np.float32(1e-37)
 @dataclass(frozen=True)
 class Slot:
     """One entry's rows of the batch: its side (0 negative, 1 positive), text, window, weights
-    over the whole latents [1, 1, H, W] (zeros outside the window) and noise-level window."""
+    over the whole latents [images or 1, 1, H, W] (zeros outside the window) and noise-level window."""
 
     side: int
     text: str
@@ -125,7 +125,7 @@ class RegionalGuidance(ClassifierFreeGuidance):
     def _side(self, prediction: np.ndarray, side: int) -> np.ndarray:
         batch = self.images
         total = np.zeros((batch, *prediction.shape[1:]), np.float32)
-        count = np.full((1, 1, *prediction.shape[2:]), EMPTY_WEIGHT, np.float32)
+        count = np.full((batch, 1, *prediction.shape[2:]), EMPTY_WEIGHT, np.float32)
         for index, slot in enumerate(self.slots):
             if slot.side == side and self._active[index]:
                 total += prediction[index * batch : (index + 1) * batch] * slot.weights
@@ -169,8 +169,9 @@ def regional_guidance(
     for side, placed in enumerate(sides):
         for entry in placed:
             y, x, height, width = window(entry.area, rows, columns)
-            full = np.zeros((1, 1, rows, columns), np.float32)
-            full[0, 0, y : y + height, x : x + width] = weights(entry, rows, columns)
+            mult = _per_image(weights(entry, rows, columns), request.num_images)
+            full = np.zeros((len(mult), 1, rows, columns), np.float32)
+            full[:, 0, y : y + height, x : x + width] = mult
             slots.append(Slot(side, entry.prompt, (y, x, height, width), full, entry.levels))
     _check_windows(engines[encoders.family.denoiser.component], encoders.family.denoiser.sample, slots)
     texts = list(dict.fromkeys(slot.text for slot in slots))
@@ -208,3 +209,13 @@ def _check_windows(engine: Engine, sample: str, slots: list[Slot]) -> None:
                     f"{name} takes {valid.min}..{valid.max} in steps of {valid.multiple}",
                     PARAM,
                 )
+
+
+def _per_image(mult: np.ndarray, images: int) -> np.ndarray:
+    """get_area_and_mult's mask rows for the batch: the first `images`, repeated to the batch."""
+    mult = mult[:images]
+    if len(mult) == 1 or len(mult) == images:
+        return mult
+    if images % len(mult):
+        raise GenerationError(f"a mask of {len(mult)} images does not divide a batch of {images}", PARAM)
+    return np.concatenate([mult] * (images // len(mult)))

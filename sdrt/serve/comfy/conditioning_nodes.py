@@ -1,5 +1,6 @@
 """ComfyUI's conditioning-list nodes (nodes.py: ConditioningCombine, ConditioningSetArea,
-ConditioningSetAreaPercentage, ConditioningSetAreaStrength, ConditioningSetTimestepRange) and
+ConditioningSetAreaPercentage, ConditioningSetAreaStrength, ConditioningSetMask,
+ConditioningSetTimestepRange) and
 the sampler's conditioning entries they make (sdrt.runtime.regions, run by
 sdrt.runtime.loop.regional on SD 1.x / SDXL UNets).
 
@@ -13,11 +14,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
+
 from sdrt.runtime.regions import Area, ConditioningEntries, ConditioningEntry
 from sdrt.serve.comfy.control_nodes import PERCENT_STEP, percent_to_sigma
 from sdrt.serve.comfy.dit_sampling import FLOW_FAMILIES
 from sdrt.serve.comfy.nodes import MAX_RESOLUTION, SIZE_STEP, Input, node
-from sdrt.serve.comfy.sd_nodes import COND, NodeError
+from sdrt.serve.comfy.sd_nodes import COND, MASK, NodeError
 from sdrt.serve.comfy.values import Conditioning, Region
 
 #: ConditioningSetArea's pixels per latent unit (nodes.py: height // 8), and its smallest side.
@@ -94,6 +97,28 @@ def conditioning_set_area_strength(context, conditioning, strength: float):
     return (_each(conditioning, strength=strength),)
 
 
+#: ConditioningSetMask's set_cond_area: the whole latents, or the mask's bounding box.
+MASK_AREAS = ("default", "mask bounds")
+
+
+@node(
+    "ConditioningSetMask",
+    "conditioning",
+    {
+        "conditioning": Input(COND),
+        "mask": Input(MASK),
+        "strength": STRENGTH,
+        "set_cond_area": Input(lambda context: list(MASK_AREAS)),
+    },
+    (COND,),
+)
+def conditioning_set_mask(context, conditioning, mask: np.ndarray, strength: float, set_cond_area: str):
+    mask = np.asarray(mask, np.float32)
+    mask = mask[None] if mask.ndim < 3 else mask
+    values = dict(mask=mask, mask_strength=strength, mask_bounds=set_cond_area != MASK_AREAS[0])
+    return (_each(conditioning, **values),)
+
+
 @node(
     "ConditioningSetTimestepRange",
     "advanced/conditioning",
@@ -109,7 +134,7 @@ def conditioning_set_timestep_range(context, conditioning, start: float, end: fl
 
 
 def _plain(conditioning: Conditioning) -> bool:
-    return not conditioning.combined and conditioning.region == Region()
+    return not conditioning.combined and conditioning.region == Region() and conditioning.region.mask is None
 
 
 def conditioning_entries(positive: Conditioning, negative: Conditioning, model_sigmas, pipeline):
@@ -136,6 +161,14 @@ def conditioning_entries(positive: Conditioning, negative: Conditioning, model_s
             start = 0.0 if region.start_percent is None else region.start_percent
             end = 1.0 if region.end_percent is None else region.end_percent
             levels = (percent_to_sigma(model_sigmas, start), percent_to_sigma(model_sigmas, end))
-        return ConditioningEntry(conditioning.text, region.area, float(region.strength), levels)
+        return ConditioningEntry(
+            conditioning.text,
+            region.area,
+            float(region.strength),
+            levels,
+            mask=region.mask,
+            mask_strength=float(region.mask_strength),
+            mask_bounds=region.mask_bounds,
+        )
 
     return ConditioningEntries(tuple(entry(c) for c in positive.entries), tuple(entry(c) for c in negative.entries))

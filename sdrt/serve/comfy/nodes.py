@@ -108,9 +108,6 @@ def node(name: str, category: str, required: dict[str, Input], outputs: tuple[st
 
 #: ComfyUI nodes sdrt knows but does not run, with what each would need (the docs list them).
 NOT_RUN: dict[str, str] = {
-    "ConditioningSetMask": "masked conditioning: the mask resized bilinear to the latents, times its strength, "
-    "as an entry's weights (get_area_and_mult), and the mask's bounds as its area with set_cond_area; sdrt's "
-    "conditioning lists take rectangular areas only",
     "ConditioningConcat": "token-wise concatenation of two encodings: a chunk break in ComfyUI's prompt "
     "weighting (which has no BREAK word) for the sampler's prompt",
     "ConditioningAverage": "a blend of two encodings, conditioning_to_strength * to + (1 - it) * from over the "

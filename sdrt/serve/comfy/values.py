@@ -6,7 +6,7 @@ arrays in ComfyUI's layouts (latents [batch, channels, h, w]; images [batch, hei
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -70,6 +70,9 @@ class Region:
     strength: float = 1.0
     start_percent: float | None = None
     end_percent: float | None = None
+    mask: np.ndarray | None = field(default=None, compare=False)  # ConditioningSetMask's [batch, h, w]
+    mask_strength: float = 1.0
+    mask_bounds: bool = False
 
 
 @dataclass(frozen=True)
