@@ -139,7 +139,7 @@ def _calc(unet, s, conds: list[dict], x: torch.Tensor, sigma: torch.Tensor, feat
     return out / count
 
 
-def _expected(reference, positive, negative, sampler: str, steps: int, cfg: float, seed: int, **options) -> np.ndarray:
+def _expected(reference, positive, negative, sampler, steps, cfg, seed, batch: int = 1, **options) -> np.ndarray:
     from support.comfy_reference import ComfyModelSampling, comfy_ksampler
 
     s = ComfyModelSampling(dict(reference.scheduler.config))
@@ -155,9 +155,10 @@ def _expected(reference, positive, negative, sampler: str, steps: int, cfg: floa
         uncond = _calc(reference.unet, s, negative, x, sigma, **options)
         return uncond + (cond - uncond) * cfg
 
-    zeros = torch.zeros(1, reference.unet.config.in_channels, rows, columns)
+    zeros = torch.zeros(batch, reference.unet.config.in_channels, rows, columns)
     latents = comfy_ksampler(reference.unet, s, None, None, sampler, "normal", steps, cfg, seed, zeros, guided=guided)
-    return _decode(reference, latents)[0]
+    images = _decode(reference, latents)
+    return images[0] if batch == 1 else images
 
 
 def _context(reference, text: str) -> torch.Tensor:
@@ -185,8 +186,9 @@ def _text(text: str) -> dict:
 def _run(server, workflow) -> np.ndarray:
     from comfy_api_simplified import ComfyApiWrapper
 
-    ((_, data),) = ComfyApiWrapper(server).queue_and_wait_images(workflow, "Save Image").items()
-    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    images = ComfyApiWrapper(server).queue_and_wait_images(workflow, "Save Image")
+    pixels = [np.asarray(Image.open(io.BytesIO(data)).convert("RGB")) for _, data in sorted(images.items())]
+    return pixels[0] if len(pixels) == 1 else np.stack(pixels)
 
 
 FOX, BIRD, NEGATIVE = "a red fox in the snow", "a blue bird on a branch", "text, watermark"
@@ -196,7 +198,8 @@ SEED, CFG = 8566257, 7.5
 def test_combine_and_an_area_with_its_strength_equal_comfyui(server, reference):
     """ConditioningCombine of the whole image's prompt and ConditioningSetArea's (64 x 64 px at
     (32, 24): latent rows 3..11, columns 4..12, feathered over 2 rows and columns) with
-    strength 0.8; the negative gets a copy of the area with its own text."""
+    strength 0.8; the negative gets a copy of the area with its own text. A batch of two: each
+    image's rows of every call (ComfyUI's noise for the batch from one generator)."""
     area = {"width": 64, "height": 64, "x": 32, "y": 24, "strength": 0.8}
     extra = {
         "20": _text(BIRD),
@@ -206,15 +209,19 @@ def test_combine_and_an_area_with_its_strength_equal_comfyui(server, reference):
             "inputs": {"conditioning_1": ["6", 0], "conditioning_2": ["21", 0]},
         },
     }
-    got = _run(server, _workflow(["22", 0], extra))
+    workflow = _workflow(["22", 0], extra)
+    workflow["5"]["inputs"]["batch_size"] = 2
+    got = _run(server, workflow)
     fox, bird, negative = (_context(reference, text) for text in (FOX, BIRD, NEGATIVE))
     positive = [{"context": fox}, {"context": bird, "area": (8, 8, 3, 4), "strength": 0.8}]
-    expected = _expected(reference, positive, [{"context": negative}], "euler", 3, CFG, SEED)
+    arguments = ([{"context": negative}], "euler", 3, CFG, SEED, 2)
+    expected = _expected(reference, positive, *arguments)
+    assert got.shape == expected.shape == (2, SIZE, SIZE, 3)
     assert_close_pixels(got, expected)
-    unfeathered = _expected(reference, positive, [{"context": negative}], "euler", 3, CFG, SEED, feather=False)
+    unfeathered = _expected(reference, positive, *arguments, feather=False)
     assert np.abs(unfeathered.astype(int) - expected).max() > 2, "the feather changes the image"
     moved = [positive[0], {**positive[1], "area": (8, 8, 4, 4)}]
-    shifted = _expected(reference, moved, [{"context": negative}], "euler", 3, CFG, SEED)
+    shifted = _expected(reference, moved, *arguments)
     assert np.abs(shifted.astype(int) - expected).max() > 2, "the area's offset changes the image"
 
 
