@@ -4,7 +4,8 @@ calc_cond_batch sums them, then classifier-free guidance.
 
 `RegionalGuidance` is the stage's guider and its conditioning at once. Its batch holds the
 latents once per entry (negative entries first); each step its calls cover the entries whose
-noise-level window holds the call's sigma, one call per window size and text length, each row
+noise-level window holds the call's sigma, one call per window size and text length (split
+to the denoiser's largest batch), each row
 with its window (sdrt.runtime.loop.denoiser crops the rows and pastes the outputs back, zeros
 elsewhere). `combine` then gives, per side,
 
@@ -59,9 +60,19 @@ class Slot:
 
 class RegionalGuidance(ClassifierFreeGuidance):
     def __init__(
-        self, slots: list[Slot], images: int, scale: float | None, *, encodings, extras, sequence_feed: str, embeddings
+        self,
+        slots: list[Slot],
+        images: int,
+        scale: float | None,
+        *,
+        encodings,
+        extras,
+        sequence_feed: str,
+        embeddings,
+        max_rows: int | None = None,
     ):
         super().__init__(1.0 if scale is None else scale)
+        self.max_rows = max_rows  # the denoiser's largest batch (an engine's profile), None: any
         self.sequence_feed = sequence_feed  # rows of one call share its length
         self.unconditional = scale is not None
         self.slots = slots
@@ -98,8 +109,10 @@ class RegionalGuidance(ClassifierFreeGuidance):
             if active[index]:
                 length = self.encodings[slot.text][self.sequence_feed].shape[0]
                 groups.setdefault((slot.window[2:], length), []).append(index)
+        per_call = len(self.slots) if self.max_rows is None else max(1, self.max_rows // self.images)
+        chunks = [group[i : i + per_call] for group in groups.values() for i in range(0, len(group), per_call)]
         calls = []
-        for members in groups.values():
+        for members in chunks:
             rows: list[int] = []
             windows: list[tuple[int, int, int, int]] = []
             feeds: list[dict[str, np.ndarray]] = []
@@ -173,7 +186,10 @@ def regional_guidance(
             full = np.zeros((len(mult), 1, rows, columns), np.float32)
             full[:, 0, y : y + height, x : x + width] = mult
             slots.append(Slot(side, entry.prompt, (y, x, height, width), full, entry.levels))
-    _check_windows(engines[encoders.family.denoiser.component], encoders.family.denoiser.sample, slots)
+    denoiser = engines[encoders.family.denoiser.component]
+    _check_windows(denoiser, encoders.family.denoiser.sample, slots)
+    batch = denoiser.inputs[encoders.family.denoiser.sample].shape[0]
+    batches = denoiser.dims.get(batch) if isinstance(batch, str) else None
     texts = list(dict.fromkeys(slot.text for slot in slots))
     negative_only = frozenset(t for t in texts if all(s.side == 0 for s in slots if s.text == t))
     used: dict[str, None] = {}
@@ -192,6 +208,7 @@ def regional_guidance(
         extras=side_extras,
         sequence_feed=sequence,
         embeddings=tuple(used),
+        max_rows=None if batches is None else batches.max,
     )
 
 
