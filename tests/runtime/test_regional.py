@@ -78,3 +78,17 @@ def test_calls_split_to_the_denoisers_largest_batch_and_skip_entries_outside_the
     assert [list(rows) for rows, _, _ in early] == [[0, 1, 2, 3], [4, 5]], "two entries of two images a call"
     later = guidance.calls(1, {})
     assert sorted(row for rows, _, _ in later for row in rows) == list(range(8)), "the fourth joins at sigma 3"
+
+
+def test_conditioning_lists_with_a_sampler_other_than_comfyuis_are_refused_naming_the_field():
+    """Their entries are decided by ComfyUI's per-call sigmas: another sampler is refused before any encoding."""
+    from types import SimpleNamespace
+
+    from sdrt.runtime.loop.guiders import ClassifierFreeGuidance
+    from sdrt.runtime.loop.regional import regional_guidance
+
+    entries = ConditioningEntries((ConditioningEntry("a", Area(4, 4, 0, 0)),), (ConditioningEntry("b"),))
+    resolved = SimpleNamespace(request=SimpleNamespace(conditionings=entries, sampler="euler"))
+    with pytest.raises(GenerationError, match="ComfyUI's samplers") as refused:
+        regional_guidance(None, {}, resolved, ClassifierFreeGuidance(7.5), [], None)
+    assert refused.value.param == "conditionings"

@@ -31,7 +31,7 @@ from sdrt.runtime.loop.guiders import ClassifierFreeGuidance, NoGuidance
 from sdrt.runtime.loop.timings import Timings
 from sdrt.runtime.regions import PARAM, Placed, place, weights, window
 from sdrt.runtime.request import ResolvedRequest
-from sdrt.runtime.schedulers import COMFYUI, KDIFFUSION, SAMPLERS
+from sdrt.runtime.schedulers import COMFYUI, SAMPLERS
 from sdrt.runtime.schedulers.base import predict_x0
 from sdrt.runtime.text.encoders import TextEncoders
 
@@ -169,8 +169,8 @@ def regional_guidance(
     request = resolved.request
     entries = request.conditionings
     assert entries is not None
-    if SAMPLERS[request.sampler].family not in (KDIFFUSION, COMFYUI):
-        raise GenerationError("conditioning lists run with ComfyUI's or k-diffusion's samplers", PARAM)
+    if SAMPLERS[request.sampler].family != COMFYUI:  # their per-call sigmas decide the entries
+        raise GenerationError("conditioning lists run with ComfyUI's samplers (comfy_*)", PARAM)
     if type(guider) not in (ClassifierFreeGuidance, NoGuidance):
         kind = type(guider).__name__
         raise GenerationError(f"conditioning lists do not run with this model's guidance ({kind})", PARAM)
