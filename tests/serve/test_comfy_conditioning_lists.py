@@ -139,7 +139,7 @@ def _calc(unet, s, conds: list[dict], x: torch.Tensor, sigma: torch.Tensor, feat
     return out / count
 
 
-def _expected(reference, positive, negative, sampler, steps, cfg, seed, batch: int = 1, **options) -> np.ndarray:
+def _expected(reference, positive, negative, sampler, steps, cfg, seed, batch=1, cut=None, **options) -> np.ndarray:
     from support.comfy_reference import ComfyModelSampling, comfy_ksampler
 
     s = ComfyModelSampling(dict(reference.scheduler.config))
@@ -156,7 +156,8 @@ def _expected(reference, positive, negative, sampler, steps, cfg, seed, batch: i
         return uncond + (cond - uncond) * cfg
 
     zeros = torch.zeros(batch, reference.unet.config.in_channels, rows, columns)
-    latents = comfy_ksampler(reference.unet, s, None, None, sampler, "normal", steps, cfg, seed, zeros, guided=guided)
+    arguments = (reference.unet, s, None, None, sampler, "normal", steps, cfg, seed, zeros)
+    latents = comfy_ksampler(*arguments, guided=guided, **(cut or {}))
     images = _decode(reference, latents)
     return images[0] if batch == 1 else images
 
@@ -266,6 +267,49 @@ def test_percentage_areas_and_a_timestep_range_equal_comfyui(server, reference):
         np.abs(_expected(reference, always, [{"context": negative}], "heun", 3, CFG, SEED).astype(int) - expected).max()
         > 2
     ), "the timestep range changes the image"
+
+
+def test_a_timestep_range_under_ksampler_advanceds_cut_equals_comfyui(server, reference):
+    """KSamplerAdvanced from step 2 of 5 (the schedule's tail): the bird's range 0.7..1.0 is
+    decided on the cut schedule's own sigmas, call by call."""
+    extra = {
+        "20": _text(BIRD),
+        "23": {
+            "class_type": "ConditioningSetTimestepRange",
+            "inputs": {"conditioning": ["20", 0], "start": 0.7, "end": 1.0},
+        },
+        "25": {
+            "class_type": "ConditioningCombine",
+            "inputs": {"conditioning_1": ["6", 0], "conditioning_2": ["23", 0]},
+        },
+    }
+    workflow = _workflow(["25", 0], extra)
+    sampler = workflow["3"]["inputs"]
+    workflow["3"] = {
+        "class_type": "KSamplerAdvanced",
+        "inputs": {
+            **{key: sampler[key] for key in ("cfg", "latent_image", "model", "negative", "positive", "scheduler")},
+            "add_noise": "enable",
+            "noise_seed": SEED,
+            "steps": 5,
+            "sampler_name": "euler",
+            "start_at_step": 2,
+            "end_at_step": 10000,
+            "return_with_leftover_noise": "disable",
+        },
+        "_meta": {"title": "KSamplerAdvanced"},
+    }
+    got = _run(server, workflow)
+    fox, bird, negative = (_context(reference, t) for t in (FOX, BIRD, NEGATIVE))
+    positive = [{"context": fox}, {"context": bird, "start_percent": 0.7, "end_percent": 1.0}]
+    cut = dict(start_step=2, last_step=10000, force_full=True)
+    expected = _expected(reference, positive, [{"context": negative}], "euler", 5, CFG, SEED, cut=cut)
+    assert_close_pixels(got, expected)
+    without = _expected(reference, positive[:1], [{"context": negative}], "euler", 5, CFG, SEED, cut=cut)
+    assert np.abs(without.astype(int) - expected).max() > 2, "the bird takes part in some calls"
+    always = [positive[0], {"context": bird}]
+    everywhere = _expected(reference, always, [{"context": negative}], "euler", 5, CFG, SEED, cut=cut)
+    assert np.abs(everywhere.astype(int) - expected).max() > 2, "and not in all of them"
 
 
 @pytest.mark.parametrize("set_cond_area", ["default", "mask bounds"])
