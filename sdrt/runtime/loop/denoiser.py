@@ -74,9 +74,11 @@ class EngineDenoiser:
         parts = [(call, one(position, *call)) for position, call in enumerate(calls)]
         if not parts:  # no conditioning at this call's noise level: zeros, as calc_cond_batch's sums
             return np.zeros(scaled.shape, np.float32), seconds
-        windowed = any(len(call) > 2 for call in calls)
-        size = (len(model_input), parts[0][1].shape[1], *model_input.shape[2:])
-        prediction = (np.zeros if windowed else np.empty)(size, parts[0][1].dtype)  # rows no call covers: zeros
+        first = parts[0][1]
+        if any(len(call) > 2 for call in calls):  # windows: the latents' size, zeros where no call covers
+            prediction = np.zeros((len(model_input), first.shape[1], *model_input.shape[2:]), first.dtype)
+        else:
+            prediction = np.empty((len(model_input), *first.shape[1:]), first.dtype)
         for call, part in parts:
             if len(call) > 2:
                 paste(prediction, call[0], call[2], part)
