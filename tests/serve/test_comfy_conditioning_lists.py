@@ -1,16 +1,14 @@
 """ComfyUI's conditioning lists through the /prompt route (ConditioningCombine, ConditioningSetArea,
-ConditioningSetAreaPercentage, ConditioningSetAreaStrength, ConditioningSetTimestepRange) equal
-ComfyUI's rule, written here from comfy/samplers.py independently of sdrt: process_conds
-(percentage areas resolved on the latents, percents to sigmas, create_cond_with_same_area_if_none
-both ways) and calc_cond_batch (each cond's UNet call on its area, get_area_and_mult's feathered
-weights, denoised predictions summed over 1e-37 weight sums), on diffusers' tiny UNet driven by
-k-diffusion's sampler as tests/support/comfy_reference.py composes ComfyUI's KSampler."""
+ConditioningSetAreaPercentage, ConditioningSetAreaStrength, ConditioningSetMask,
+ConditioningSetTimestepRange) equal ComfyUI's rule, written from comfy/samplers.py independently
+of sdrt (tests/support/comfy_cond_lists.py: process_conds and calc_cond_batch), on diffusers'
+tiny UNet driven by k-diffusion's sampler as tests/support/comfy_reference.py composes ComfyUI's
+KSampler."""
 
 from __future__ import annotations
 
 import copy
 import io
-import math
 
 import httpx
 import numpy as np
@@ -45,114 +43,21 @@ def reference(tiny_models):
     return diffusers_pipeline("StableDiffusionPipeline", tiny_models["standard"])
 
 
-# ---- ComfyUI's rule (comfy/samplers.py), written from its source ----
-def _percent_to_sigma(s, percent: float) -> float:  # ModelSamplingDiscrete.percent_to_sigma
-    if percent <= 0.0:
-        return 999999999.9
-    if percent >= 1.0:
-        return 0.0
-    return s.sigma(torch.tensor((1.0 - percent) * 999.0)).item()
-
-
-def _resolve(conds: list[dict], s, rows: int, columns: int) -> list[dict]:
-    """resolve_areas_and_cond_masks_multidim's percentages, then calculate_start_end_timesteps."""
-    out = []
-    for c in conds:
-        c = dict(c)
-        if "mask" in c:  # resized bilinear to the latents; "mask bounds": get_mask_aabb's box as the area
-            mask = c["mask"]
-            if mask.shape[1:] != (rows, columns):
-                size = (rows, columns)
-                mask = torch.nn.functional.interpolate(mask[:, None], size=size, mode="bilinear", align_corners=False)
-                mask = mask[:, 0]
-            c["mask"] = mask
-            if c.get("set_area_to_bounds"):
-                ys, xs = torch.where(mask.abs().max(dim=0).values != 0)
-                h, w = int(ys.max() - ys.min() + 1), int(xs.max() - xs.min() + 1)
-                c["area"] = (max(8, h), max(8, w), int(ys.min()), int(xs.min()))
-        if "area" in c and c["area"][0] == "percentage":
-            _, h, w, y, x = c["area"]
-            c["area"] = (max(1, round(h * rows)), max(1, round(w * columns)), round(y * rows), round(x * columns))
-        if "start_percent" in c:
-            c["timestep_start"] = _percent_to_sigma(s, c["start_percent"])
-        if "end_percent" in c:
-            c["timestep_end"] = _percent_to_sigma(s, c["end_percent"])
-        out.append(c)
-    return out
-
-
-def _same_area(conds: list[dict], c: dict) -> None:
-    """create_cond_with_same_area_if_none."""
-    if "area" not in c:
-        return
-    ca, smallest = c["area"], None
-    for x in conds:
-        if "area" in x:
-            a = x["area"]
-            inside = all(ca[2 + i] >= a[2 + i] and ca[i] + ca[2 + i] <= a[i] + a[2 + i] for i in range(2))
-            if inside:
-                if smallest is None or "area" not in smallest:
-                    smallest = x
-                elif math.prod(smallest["area"][:2]) > math.prod(a[:2]):
-                    smallest = x
-        elif smallest is None:
-            smallest = x
-    if smallest is None or smallest.get("area") == ca:
-        return
-    conds.append({**c, "context": smallest["context"]})
-
-
-def _calc(unet, s, conds: list[dict], x: torch.Tensor, sigma: torch.Tensor, feather: bool = True) -> torch.Tensor:
-    """calc_cond_batch for one side: each cond's call on its area, weighted, summed, divided."""
-    out, count = torch.zeros_like(x), torch.ones_like(x) * 1e-37
-    rows, columns = x.shape[2:]
-    for c in conds:
-        if "timestep_start" in c and sigma[0] > c["timestep_start"]:
-            continue
-        if "timestep_end" in c and sigma[0] < c["timestep_end"]:
-            continue
-        h, w, y, left = c.get("area", (rows, columns, 0, 0))
-        h, w = min(rows - y, h), min(columns - left, w)
-        part = x[:, :, y : y + h, left : left + w]
-        if "mask" in c:
-            mask = c["mask"][: len(x), y : y + h, left : left + w] * c.get("mask_strength", 1.0)
-            mask = mask[:, None].repeat(len(x) // len(mask), part.shape[1], 1, 1)
-        else:
-            mask = torch.ones_like(part)
-        mult = mask * c.get("strength", 1.0)
-        if "area" in c and "mask" not in c and feather:
-            for axis, (offset, size, total) in enumerate(((y, h, rows), (left, w, columns))):
-                rr = min(8, size // 4)
-                for t in range(rr):
-                    if offset != 0:
-                        mult.narrow(axis + 2, t, 1).mul_((1.0 / rr) * (t + 1))
-                    if offset + size < total:
-                        mult.narrow(axis + 2, size - 1 - t, 1).mul_((1.0 / rr) * (t + 1))
-        t = s.timestep(sigma).float()
-        context = c["context"].repeat(len(x), 1, 1)
-        extra = {}
-        if "added" in c:  # SDXL's adm: its pooled output and the image's size ids (CONDRegular, repeated)
-            extra["added_cond_kwargs"] = {name: value.repeat(len(x), 1) for name, value in c["added"].items()}
-        output = unet(s.calculate_input(sigma, part), t, encoder_hidden_states=context, **extra).sample
-        out[:, :, y : y + h, left : left + w] += s.calculate_denoised(sigma, output, part) * mult
-        count[:, :, y : y + h, left : left + w] += mult
-    return out / count
-
-
 def _expected(reference, positive, negative, sampler, steps, cfg, seed, batch=1, cut=None, **options) -> np.ndarray:
+    from support.comfy_cond_lists import calc_side, resolve_conds, same_area
     from support.comfy_reference import ComfyModelSampling, comfy_ksampler
 
     s = ComfyModelSampling(dict(reference.scheduler.config))
     rows = columns = SIZE // 8
-    positive, negative = _resolve(positive, s, rows, columns), _resolve(negative, s, rows, columns)
+    positive, negative = resolve_conds(positive, s, rows, columns), resolve_conds(negative, s, rows, columns)
     for c in list(positive):  # process_conds: for k in conds, for c in conds[k], the other side
-        _same_area(negative, c)
+        same_area(negative, c)
     for c in list(negative):
-        _same_area(positive, c)
+        same_area(positive, c)
 
     def guided(x, sigma):
-        cond = _calc(reference.unet, s, positive, x, sigma, **options)
-        uncond = _calc(reference.unet, s, negative, x, sigma, **options)
+        cond = calc_side(reference.unet, s, positive, x, sigma, **options)
+        uncond = calc_side(reference.unet, s, negative, x, sigma, **options)
         return uncond + (cond - uncond) * cfg
 
     zeros = torch.zeros(batch, reference.unet.config.in_channels, rows, columns)
