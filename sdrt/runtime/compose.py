@@ -22,6 +22,7 @@ from sdrt.runtime.loop.conditioning import clip_skip_warning, encode_conditionin
 from sdrt.runtime.loop.context import GenerationCancelled, RunWatch, StepContext
 from sdrt.runtime.loop.denoise import denoise
 from sdrt.runtime.loop.hooks import ProgressHook, StepHook
+from sdrt.runtime.loop.regional import RegionalGuidance, regional_guidance
 from sdrt.runtime.loop.stage import Stage
 from sdrt.runtime.loop.timings import (
     CONTROLNET_STEPS,
@@ -90,7 +91,11 @@ def run_resolved(
     with timings.stage(TEXT_ENCODER):
         clip_skip_warning(pipeline.text_encoders, resolved, warnings)
         guider = pipeline.family.guider(engine, resolved, warnings)
-        conditioning = encode_conditioning(pipeline.text_encoders, engines, resolved, guider, warnings, timings)
+        if request.conditionings is None:
+            conditioning = encode_conditioning(pipeline.text_encoders, engines, resolved, guider, warnings, timings)
+        else:  # ComfyUI's conditioning lists: guider and conditioning in one (sdrt.runtime.loop.regional)
+            encoders = pipeline.text_encoders
+            guider = conditioning = regional_guidance(encoders, engines, resolved, guider, warnings, timings)
     sampler = pipeline.new_sampler(request, resolved)
     denoiser = pipeline.family.make_denoiser(engine)
     guider.bind(denoiser)
@@ -108,6 +113,8 @@ def run_resolved(
         timings,
         lambda image, draw: pipeline.encode_image(image, draw, request.vae),
     )
+    if isinstance(guider, RegionalGuidance):
+        guider.follow(sampler, start.first if start.counted_from is None else start.counted_from)
     base = Stage(denoiser, sampler, conditioning, guider, start, pipeline.decode_latents)
     call_sigmas = getattr(sampler, "sigmas", None)
     if call_sigmas is not None:

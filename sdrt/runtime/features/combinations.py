@@ -142,12 +142,20 @@ FEATURES: dict[str, Feature] = {
             "`reference_images`",
             lambda r: r.request.reference_images is not None,
         ),
+        Feature(
+            "conditioning_lists",
+            "ComfyUI's conditioning lists (areas, strengths, timestep ranges)",
+            "conditionings",
+            "`conditionings` (the ComfyUI API's ConditioningCombine, ConditioningSetArea, ...)",
+            lambda r: r.request.conditionings is not None,
+        ),
     )
 }
 FEATURE_NAMES = tuple(FEATURES)
 
 _NOT_HIRES = "the hires fix is for text-to-image; this request has an init image"
 _ONE_SEED = "one seed per prompt works for text-to-image only; give one seed"
+_ONE_CONDITIONING = "conditioning lists run one ComfyUI sampler's pass (the ComfyUI API's KSampler)"
 
 #: The refused pairs (earlier, later feature in FEATURES' order; the error takes the later one's field) -> why,
 #: in the order they are checked.
@@ -177,6 +185,12 @@ REFUSED: dict[tuple[str, str], str] = {
     "not supported yet",
     ("controlnet", "refiner"): "ControlNets with a refiner are not supported yet (diffusers' SDXL ControlNet "
     "pipelines have no refiner switch either)",
+    ("hires", "conditioning_lists"): _ONE_CONDITIONING,
+    ("controlnet", "conditioning_lists"): "ControlNets do not run with conditioning lists yet (ComfyUI crops the "
+    "hint to each area)",
+    ("refiner", "conditioning_lists"): _ONE_CONDITIONING,
+    ("deepcache", "conditioning_lists"): "DeepCache does not run with conditioning lists (a model call per entry "
+    "and area)",
 }
 
 

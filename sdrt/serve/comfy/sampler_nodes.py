@@ -16,6 +16,7 @@ from sdrt.runtime.request_checks import MAX_STEPS
 from sdrt.runtime.schedulers import COMFY_NOT_RUN
 from sdrt.runtime.schedulers.kdiffusion.comfy_schedules import KSamplerSteps
 from sdrt.runtime.text.prompts.emphasis import COMFYUI_EMPHASIS
+from sdrt.serve.comfy.conditioning_nodes import conditioning_entries
 from sdrt.serve.comfy.control_nodes import control_units
 from sdrt.serve.comfy.dit_sampling import check_clip
 from sdrt.serve.comfy.dit_sampling import request_settings as flow_settings
@@ -62,8 +63,8 @@ def _sample(context, model, seed, sampler_name, scheduler, positive, negative, l
     """ComfyUI's common_ksampler on sdrt's loop: ComfyUI's sampler (its rules) over the cut
     schedule; noise for the whole batch from the seed; the latents as given when no step runs."""
     pipeline = model.pipeline
-    check_clip(positive.clip, pipeline)
-    check_clip(negative.clip, pipeline)
+    for entry in (*positive.entries, *negative.entries):
+        check_clip(entry.clip, pipeline)
     samples = latent_image.samples
     batch = samples.shape[0]
     context.check_limits(steps, batch)  # the server's --max-steps and --max-images
@@ -94,6 +95,9 @@ def _sample(context, model, seed, sampler_name, scheduler, positive, negative, l
     sampler = pipeline.new_sampler(request)
     if len(sampler.timesteps) == 0:
         return (latent_image,)  # ComfyUI's KSampler returns the latents when its cut leaves no step
+    entries = conditioning_entries(positive, negative, sampler.model, pipeline)  # ComfyUI's lists, areas
+    if entries is not None:
+        request = replace(request, conditionings=entries)
     if positive.controls or negative.controls:
         units = control_units(positive, negative, sampler.model, settings["height"], settings["width"])
         request = replace(request, controlnets=units)
