@@ -6,9 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sdrt.export import onnx_graph
+from sdrt.export.qdq import check_qdq
 from sdrt.export.quantize import QUANTIZED_COMPONENTS, check_weights
 from sdrt.export.staging import ExportError
 from sdrt.runtime.manifest import DEFAULT_PROMPT_CHUNKS, DEFAULT_WEIGHT_BLOCK
+from sdrt.runtime.qdq_formats import DEFAULT_QDQ_PROMPTS
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,8 @@ class ExportOptions:
     weights: str | None = None  # int8 / int4: MatMul weights quantized (sdrt.export.quantize)
     weight_block: int = DEFAULT_WEIGHT_BLOCK  # weights per quantization scale
     fused_attention: bool = False  # CPU: the UNet's attention as ORT's MultiHeadAttention (onnx_graph)
+    qdq: str | None = None  # int8 / fp8: the denoiser as a Q/DQ graph for TensorRT (sdrt.export.qdq)
+    qdq_prompts: int = DEFAULT_QDQ_PROMPTS  # prompts whose denoising calibrates the Q/DQ scales
 
     def __post_init__(self):
         onnx_graph.check_choice("precision", self.precision, onnx_graph.PRECISIONS)
@@ -40,6 +44,7 @@ class ExportOptions:
         if not isinstance(self.max_prompt_chunks, int) or self.max_prompt_chunks < 1:
             raise ExportError(f"max_prompt_chunks must be a positive integer, got {self.max_prompt_chunks!r}")
         check_weights(self.weights, self.weight_block, self.precision, self.target)
+        check_qdq(self.qdq, self.qdq_prompts, self.weights, self.precision, self.optimize or self.fused_attention)
         if self.fused_attention and self.target != "cpu":
             raise ExportError("fused_attention is for --target cpu (--optimize fuses attention for CUDA)")
 

@@ -33,6 +33,7 @@ from sdrt.runtime.features.skip_layers import SkipLayerGuidance
 from sdrt.runtime.features.step_caches import StepCache
 from sdrt.runtime.imaging.inputs import InputImageError, open_image, target_size
 from sdrt.runtime.manifest import BATCH, HEIGHT, Manifest
+from sdrt.runtime.regions import ConditioningEntries
 from sdrt.runtime.request_checks import (
     check_cache,
     check_counts,
@@ -152,6 +153,7 @@ class GenerationRequest:
     vae: str = field(default="full", metadata=SHARED)  # the decoder: "full", or "tiny" (an export with --tiny-vae)
     # ComfyUI's samplers (comfy_*) only: its KSampler's denoise, start/end steps, noise and seed.
     ksampler_steps: KSamplerSteps | None = field(default=None, metadata=SHARED)
+    conditionings: ConditioningEntries | None = field(default=None, metadata=ALONE)  # ComfyUI's lists (regions.py)
 
     def resolve(self, manifest: Manifest) -> ResolvedRequest:
         """Every field checked against the model; defaults filled in; images opened."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from sdrt.errors import ConfigError
+from sdrt.runtime.features.refiner import refiner_switches_mid_run
 from sdrt.runtime.sampler_settings import SamplerSettings
 from sdrt.runtime.schedulers import (
     DEFAULT_SAMPLER,
@@ -38,13 +39,16 @@ LEGACY_SCHEDULE_SUFFIXES = {" karras": "karras", " exponential": "exponential"}
 
 def k_family_applies(body, image) -> bool:
     """Whether A1111's sampler names mean the k-diffusion family (A1111's own images) for this
-    request: text-to-image (with the hires fix too) and image-to-image (inpainting too) without
-    a refiner, which keeps the diffusers-equal samplers of the same names."""
+    request: text-to-image (with the hires fix too) and image-to-image (inpainting too); with a
+    refiner only for the samplers A1111 switches mid-run (sdrt.runtime.features.refiner: not its
+    timestep samplers or DPM adaptive), the others keeping the diffusers-equal samplers."""
     refiner = getattr(body, "refiner_checkpoint", None)
     switch_at = getattr(body, "refiner_switch_at", None)
     has_refiner = refiner is not None and refiner.strip().lower() not in NO_REFINER
-    has_refiner = has_refiner and (switch_at is None or switch_at < 1)
-    return not has_refiner
+    if not has_refiner or (switch_at is not None and switch_at >= 1):
+        return True
+    chosen = _k_sampler(getattr(body, "sampler_name", None) or A1111_DEFAULT_SAMPLER, None)
+    return chosen is not None and refiner_switches_mid_run(SAMPLERS[chosen[0]].cls)
 
 
 def _k_sampler(sampler: str, schedule_type: str | None) -> tuple[str, str] | None:

@@ -138,6 +138,9 @@ class KSamplerSteps:
     #: A flow model's sampling (comfy_flow_sigmas.FlowModelSampling: ModelSamplingFlux / SD3's
     #: shift); None: the model's own.
     model_sampling: FlowModelSampling | None = None
+    #: The latent's batch_index (LatentFromBatch, RepeatLatentBatch): which draw of the seed's
+    #: generator each image's initial noise is (sdrt.runtime.rng.IndexedDraws); None: in order.
+    noise_indices: tuple[int, ...] | None = None
 
     def cut(self, steps: int, schedule: Callable[[int], np.ndarray]) -> np.ndarray:
         """KSampler.set_steps then KSampler.sample's cut (empty: no step to run)."""
