@@ -27,6 +27,7 @@ NEGATIVE = ["blurry", ""]
 SEEDS = [21, 1000]
 GUIDANCE = 7.5
 AYS_SD15 = [14.615, 6.475, 3.861, 2.697, 1.886, 1.396, 0.963, 0.652, 0.399, 0.152, 0.029]
+AYS_SDXL = [14.615, 6.315, 3.771, 2.181, 1.342, 0.862, 0.555, 0.380, 0.234, 0.113, 0.029]  # shared.sd_model.is_sdxl
 # A1111's sampler table: function, extra arguments, default schedule, discard_next_to_last_sigma, Brownian.
 A1111_SAMPLERS = {
     "Euler": ("sample_euler", {}, None, False, False),
@@ -63,8 +64,9 @@ def run_k_sampler(function, model, table, x, sigmas, steps, **kwargs):
     return getattr(ks, function)(model, x, sigmas, disable=True, **kwargs)
 
 
-def a1111_sigmas(schedule: str, n: int, model) -> torch.Tensor:
-    """A1111's schedule types (modules/sd_schedulers.py), on the reference denoiser's table."""
+def a1111_sigmas(schedule: str, n: int, model, sdxl: bool = False) -> torch.Tensor:
+    """A1111's schedule types (modules/sd_schedulers.py), on the reference denoiser's table
+    (`sdxl`: Align Your Steps' SDXL levels)."""
     ks = k_sampling()
     sigma_min, sigma_max = model.sigmas[0].item(), model.sigmas[-1].item()
     if schedule == "uniform":
@@ -84,9 +86,10 @@ def a1111_sigmas(schedule: str, n: int, model) -> torch.Tensor:
         steps = torch.arange(n + 1)
         return torch.tan(steps / n * alpha_min + (1.0 - steps / n) * alpha_max)
     if schedule == "align_your_steps":
-        if n == len(AYS_SD15):
-            return torch.FloatTensor(AYS_SD15 + [0.0])
-        ys = np.interp(np.linspace(0, 1, n), np.linspace(0, 1, len(AYS_SD15)), np.log(AYS_SD15[::-1]))
+        levels = AYS_SDXL if sdxl else AYS_SD15
+        if n == len(levels):
+            return torch.FloatTensor(levels + [0.0])
+        ys = np.interp(np.linspace(0, 1, n), np.linspace(0, 1, len(levels)), np.log(levels[::-1]))
         return torch.FloatTensor(np.append(np.exp(ys)[::-1].copy(), [0.0]))
     if schedule == "simple":
         ss = len(model.sigmas) / n
@@ -419,7 +422,7 @@ def sdxl_reference_image(pipe, label, schedule, steps, size):
         return u + (c - u) * GUIDANCE
 
     name = default_schedule or "uniform" if schedule == "automatic" else schedule
-    sigmas = a1111_sigmas(name, steps + (1 if discard else 0), inner)
+    sigmas = a1111_sigmas(name, steps + (1 if discard else 0), inner, sdxl=True)
     if discard:
         sigmas = torch.cat([sigmas[:-2], sigmas[-1:]])
     shape = (pipe.unet.config.in_channels, size // 8, size // 8)
