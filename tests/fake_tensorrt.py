@@ -39,8 +39,9 @@ class Stats:
 
 
 # ---------------------------------------------------------------- cuda runtime
-def make_cudart(stats: Stats, device_name: str = DEVICE_NAME) -> types.ModuleType:
+def make_cudart(stats: Stats, device_name: str = DEVICE_NAME, capability: tuple[int, int] = (9, 0)) -> types.ModuleType:
     rt = types.ModuleType("cuda.bindings.runtime")
+    rt.capability = capability
 
     class cudaError_t(enum.IntEnum):
         cudaSuccess = 0
@@ -95,7 +96,9 @@ def make_cudart(stats: Stats, device_name: str = DEVICE_NAME) -> types.ModuleTyp
         return ok, 0
 
     def cudaGetDeviceProperties(index):
-        return ok, types.SimpleNamespace(name=device_name.encode() + b"\x00" * 8, major=9, minor=0)
+        return ok, types.SimpleNamespace(
+            name=device_name.encode() + b"\x00" * 8, major=capability[0], minor=capability[1]
+        )
 
     def cudaMemGetInfo():
         used = sum(buffer.nbytes for buffer in stats.allocated.values())
@@ -130,12 +133,25 @@ def make_cudart(stats: Stats, device_name: str = DEVICE_NAME) -> types.ModuleTyp
 
 
 # ---------------------------------------------------------------- tensorrt
+def _qdq_types(model) -> set[str]:
+    """The element types the graph's QuantizeLinear nodes produce (their zero point's type)."""
+    import onnx
+
+    initializers = {t.name: t for t in model.graph.initializer}
+    types_ = set()
+    for node in model.graph.node:
+        if node.op_type == "QuantizeLinear" and len(node.input) > 2 and node.input[2] in initializers:
+            types_.add(onnx.helper.tensor_dtype_to_np_dtype(initializers[node.input[2]].data_type).name)
+    return types_
+
+
 def make_tensorrt(stats: Stats, cudart: types.ModuleType, version: str = "10.9.0") -> types.ModuleType:
     import onnx
     import onnxruntime as ort
 
     trt = types.ModuleType("tensorrt")
     trt.__version__ = version
+    cudart_capability = cudart.capability
 
     class DataType(enum.Enum):
         FLOAT = 0
@@ -147,7 +163,7 @@ def make_tensorrt(stats: Stats, cudart: types.ModuleType, version: str = "10.9.0
     trt.float32, trt.float16 = DataType.FLOAT, DataType.HALF
     trt.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, level=2: None})
     trt.NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag", {"STRONGLY_TYPED": 5})
-    trt.BuilderFlag = enum.Enum("BuilderFlag", "FP16 OBEY_PRECISION_CONSTRAINTS TF32 REFIT REFIT_INDIVIDUAL")
+    trt.BuilderFlag = enum.Enum("BuilderFlag", "FP16 INT8 FP8 OBEY_PRECISION_CONSTRAINTS TF32 REFIT REFIT_INDIVIDUAL")
     trt.MemoryPoolType = enum.Enum("MemoryPoolType", "WORKSPACE")
     trt.OnnxParserFlag = enum.Enum("OnnxParserFlag", "NATIVE_INSTANCENORM")
     trt.LayerType = enum.Enum("LayerType", "NORMALIZATION SOFTMAX REDUCE CONVOLUTION OTHER")
@@ -188,6 +204,7 @@ def make_tensorrt(stats: Stats, cudart: types.ModuleType, version: str = "10.9.0
             self.source_path = None  # the model's file, when sdrt parsed a copy of it
             self.weights: dict[str, tuple] = {}  # initializer -> (shape, dtype)
             self.refittable: set[str] = set()
+            self.qdq_types: set[str] = set()  # the element types of the graph's QuantizeLinear outputs
 
         def mark_weights_refittable(self, name):
             if name not in self.weights:
@@ -217,6 +234,7 @@ def make_tensorrt(stats: Stats, cudart: types.ModuleType, version: str = "10.9.0
             # As TensorRT does: an input with an initializer is a constant, never an engine input.
             self.network.constant_inputs = sorted(t.name for t in model.graph.initializer if t.name in inputs)
             self.network.layers = [Layer(node.op_type) for node in model.graph.node]
+            self.network.qdq_types = _qdq_types(model)
             self.network.onnx_path = path
             self.network.weights = {
                 t.name: (tuple(t.dims), onnx.helper.tensor_dtype_to_np_dtype(t.data_type))
@@ -298,6 +316,22 @@ def make_tensorrt(stats: Stats, cudart: types.ModuleType, version: str = "10.9.0
             strongly = bool(network.flags & (1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)))
             assert not (strongly and trt.BuilderFlag.FP16 in config.flags), "strongly typed networks take no FP16 flag"
             pinned = [layer for layer in network.layers if layer.precision is not None]
+            # Explicit quantization (TensorRT's "Working with Quantized Types"): a weakly typed network
+            # with Q/DQ layers needs the flag of their type (INT8, FP8); such a flag without Q/DQ layers
+            # asks for implicit int8 calibration, which sdrt never does.
+            quantized = {trt.BuilderFlag.INT8: "int8", trt.BuilderFlag.FP8: "float8_e4m3fn"}
+            for flag, dtype in quantized.items():
+                if dtype in network.qdq_types:
+                    assert strongly or flag in config.flags, (
+                        f"a {dtype} Q/DQ network built without BuilderFlag.{flag.name}"
+                    )
+                else:
+                    assert flag not in config.flags, f"BuilderFlag.{flag.name} on a network without {dtype} Q/DQ layers"
+            assert not (strongly and network.qdq_types and config.flags & set(quantized)), (
+                "strongly typed: no INT8/FP8 flag"
+            )
+            assert network.qdq_types <= set(quantized.values()), network.qdq_types
+            assert "float8_e4m3fn" not in network.qdq_types or cudart_capability >= (8, 9), "FP8 needs SM 8.9+"
             if trt.BuilderFlag.FP16 in config.flags:
                 assert pinned and trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS in config.flags
             monitor = config.progress_monitor
@@ -324,6 +358,9 @@ def make_tensorrt(stats: Stats, cudart: types.ModuleType, version: str = "10.9.0
                     for name in refittable
                 },
                 "fp16": trt.BuilderFlag.FP16 in config.flags,
+                "int8": trt.BuilderFlag.INT8 in config.flags,
+                "fp8": trt.BuilderFlag.FP8 in config.flags,
+                "qdq_types": sorted(network.qdq_types),
                 "strongly_typed": strongly,
                 "pinned_fp32": len(pinned),
                 "version": version,
@@ -490,12 +527,18 @@ def make_tensorrt(stats: Stats, cudart: types.ModuleType, version: str = "10.9.0
     return trt
 
 
-def install(monkeypatch, stats: Stats | None = None, device_name: str = DEVICE_NAME, version: str = "10.9.0") -> Stats:
+def install(
+    monkeypatch,
+    stats: Stats | None = None,
+    device_name: str = DEVICE_NAME,
+    version: str = "10.9.0",
+    capability: tuple[int, int] = (9, 0),
+) -> Stats:
     """Makes `import tensorrt` and `from cuda.bindings import runtime` give the fakes."""
     import sys
 
     stats = stats or Stats()
-    cudart = make_cudart(stats, device_name)
+    cudart = make_cudart(stats, device_name, capability)
     trt = make_tensorrt(stats, cudart, version)
     cuda = types.ModuleType("cuda")
     bindings = types.ModuleType("cuda.bindings")

@@ -9,6 +9,7 @@ import click
 
 from sdrt.errors import ConfigError
 from sdrt.runtime.imaging.png_info import PARAMETERS_KEY, parse_parameters, typed_parameters
+from sdrt.runtime.sampler_settings import SETTING_LABELS, setting_field
 
 #: A1111 field -> generate's option (the value as the option takes it).
 FIELDS = {
@@ -75,6 +76,9 @@ def defaults_from_parameters(text: str) -> tuple[dict, list[str]]:
             defaults["width"], defaults["height"] = int(width), int(height)
         elif key == "Discard penultimate sigma":  # A1111 writes it only when on
             defaults["discard_penultimate_sigma"] = str(value) == "True"
+        elif key in SETTING_LABELS:  # A1111's sampler settings, recorded where they applied
+            name = SETTING_LABELS[key]
+            defaults[name] = str(value) == "True" if isinstance(setting_field(name).default, bool) else float(value)
         elif key == "Seed resize from":
             defaults["seed_resize_from"] = str(value)
         elif key in DESCRIPTIVE:

@@ -18,6 +18,7 @@ from sdrt.cli.kontext_options import kontext_options, kontext_settings
 from sdrt.cli.outputs import check_output, output_paths
 from sdrt.cli.progress import StepProgress
 from sdrt.cli.prompt_options import embedding_options, embedding_sources, lora_options, prompt_options
+from sdrt.cli.sampler_settings_options import sampler_settings, sampler_settings_options
 from sdrt.cli.sd3_options import sd3_options, skip_layer_guidance
 from sdrt.cli.sdxl_options import resolve_refiner_switch, sdxl_options, size_conditioning
 from sdrt.cli.signals import stop_on_signals
@@ -152,6 +153,7 @@ from sdrt.runtime.schedulers import (
 @lora_options
 @controlnet_options
 @a1111_options
+@sampler_settings_options
 @from_png_options
 def generate(
     prompt,
@@ -296,6 +298,7 @@ def generate(
         eta=eta,
         img2img_fix_steps=sdxl.pop("img2img_fix_steps"),
         discard_penultimate_sigma=sdxl.pop("discard_penultimate_sigma"),
+        sampler_settings=sampler_settings(sdxl),
         a1111_noise=a1111_noise,
     )
     previews = None

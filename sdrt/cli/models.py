@@ -16,6 +16,7 @@ from sdrt.cli.types import FiniteFloat
 from sdrt.errors import SdrtError
 from sdrt.runtime.engines import BACKEND_NAMES, DEFAULT_BACKEND
 from sdrt.runtime.manifest import DEFAULT_PROMPT_CHUNKS, DEFAULT_WEIGHT_BLOCK, WEIGHT_BLOCKS, WEIGHT_FORMATS
+from sdrt.runtime.qdq_formats import DEFAULT_QDQ_PROMPTS, QDQ_FORMATS
 
 RANDOM_NAMES = (
     "tiny",
@@ -137,6 +138,19 @@ RANDOM_NAMES = (
     show_default=True,
     help="With --weights: weights per quantization scale.",
 )
+@click.option(
+    "--qdq",
+    type=click.Choice(list(QDQ_FORMATS)),
+    default=None,
+    help="The UNet/transformer as a Q/DQ graph for TensorRT int8 or fp8 engines (sdrt build; fp8 needs SM 8.9+).",
+)
+@click.option(
+    "--qdq-prompts",
+    default=DEFAULT_QDQ_PROMPTS,
+    show_default=True,
+    type=int,
+    help="With --qdq: prompts whose denoising runs calibrate the scales (one more is held out to check them).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing export in --out.")
 def export(
     model: str | None,
@@ -156,6 +170,8 @@ def export(
     cache_graphs: bool,
     weights: str | None,
     weight_block: str,
+    qdq: str | None,
+    qdq_prompts: int,
     overwrite: bool,
 ) -> None:
     """Export MODEL (diffusers folder, .safetensors/.ckpt checkpoint or hub id) to validated
@@ -196,6 +212,8 @@ def export(
         cache_graphs=cache_graphs,
         weights=weights,
         weight_block=int(weight_block),
+        qdq=qdq,
+        qdq_prompts=qdq_prompts,
     )
     try:
         manifest = export_model(model, out_dir, config=config_dir, options=options, overwrite=overwrite, progress=lines)

@@ -326,11 +326,14 @@ def export_model(
     manifest. A ControlNet is exported alone (sdrt.export.controlnet)."""
     from sdrt.export.sources import NotAPipeline, load_pipeline
 
+    options = ExportOptions() if options is None else options  # made now: its defaults are read when made
     out_dir = Path(out_dir)
     check_out_dir(out_dir, overwrite)
     from sdrt.export.controlnet import export_controlnet_model, is_controlnet_source, load_controlnet
 
     progress(f"loading {source}")
+    if is_controlnet_source(source) and options.qdq is not None:
+        raise ExportError("--qdq quantizes a pipeline's denoiser; export the ControlNet without it")
     if is_controlnet_source(source):
         return export_controlnet_model(
             load_controlnet(source, config),
@@ -350,6 +353,14 @@ def export_model(
         return export_controlnet_model(
             model, out_dir, source={"model": str(source)}, options=options, overwrite=overwrite, progress=progress
         )
+    if options.qdq is not None:  # the fp32 export first, then its denoiser quantized (sdrt.export.qdq)
+        from sdrt.export.qdq import export_with_qdq
+
+        def export_fp32(folder: Path) -> Manifest:
+            fp32 = replace(options, qdq=None)
+            return export_pipeline(pipeline, folder, source={"model": str(source)}, options=fp32, progress=progress)
+
+        return export_with_qdq(export_fp32, out_dir, options, overwrite, progress)
     return export_pipeline(
         pipeline,
         out_dir,

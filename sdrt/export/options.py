@@ -6,9 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sdrt.export import onnx_graph
+from sdrt.export.qdq import check_qdq
 from sdrt.export.quantize import QUANTIZED_COMPONENTS, check_weights
 from sdrt.export.staging import ExportError
 from sdrt.runtime.manifest import DEFAULT_PROMPT_CHUNKS, DEFAULT_WEIGHT_BLOCK
+from sdrt.runtime.qdq_formats import DEFAULT_QDQ_PROMPTS
 
 #: Whether the UNet's attention is fused when `sdrt export` is not told (--[no-]fused-attention),
 #: for fp32 exports without --weights (fp16's conversion cannot type com.microsoft operators).
@@ -38,6 +40,8 @@ class ExportOptions:
     # The UNet's attention as ORT's MultiHeadAttention (onnx_graph); None: the target's default
     # (FUSED_ATTENTION_BY_TARGET), resolved when made.
     fused_attention: bool | None = None
+    qdq: str | None = None  # int8 / fp8: the denoiser as a Q/DQ graph for TensorRT (sdrt.export.qdq)
+    qdq_prompts: int = DEFAULT_QDQ_PROMPTS  # prompts whose denoising calibrates the Q/DQ scales
 
     def __post_init__(self):
         onnx_graph.check_choice("precision", self.precision, onnx_graph.PRECISIONS)
@@ -49,9 +53,10 @@ class ExportOptions:
             raise ExportError(f"max_prompt_chunks must be a positive integer, got {self.max_prompt_chunks!r}")
         check_weights(self.weights, self.weight_block, self.precision, self.target)
         if self.fused_attention is None:  # the measured case only: fp32, unquantized
-            plain_fp32 = self.precision == "fp32" and self.weights is None
+            plain_fp32 = self.precision == "fp32" and self.weights is None and self.qdq is None
             object.__setattr__(self, "fused_attention", FUSED_ATTENTION_BY_TARGET[self.target] and plain_fp32)
-        elif self.fused_attention and self.target != "cpu":
+        check_qdq(self.qdq, self.qdq_prompts, self.weights, self.precision, self.optimize or self.fused_attention)
+        if self.fused_attention and self.target != "cpu":
             raise ExportError("fused_attention is for --target cpu (--optimize fuses attention for CUDA)")
         elif self.fused_attention and self.precision != "fp32":
             raise ExportError("fused_attention needs --precision fp32 (the fp16 conversion cannot type its operator)")

@@ -22,6 +22,7 @@ from sdrt.runtime.loop.conditioning import clip_skip_warning, encode_conditionin
 from sdrt.runtime.loop.context import GenerationCancelled, RunWatch, StepContext
 from sdrt.runtime.loop.denoise import denoise
 from sdrt.runtime.loop.hooks import ProgressHook, StepHook
+from sdrt.runtime.loop.regional import RegionalGuidance, regional_guidance
 from sdrt.runtime.loop.stage import Stage
 from sdrt.runtime.loop.timings import (
     CONTROLNET_STEPS,
@@ -35,7 +36,7 @@ from sdrt.runtime.loop.timings import (
 )
 from sdrt.runtime.manifest import UNET_SHALLOW
 from sdrt.runtime.request import ResolvedRequest
-from sdrt.runtime.rng import GeneratorGroup, TorchGenerator
+from sdrt.runtime.rng import GeneratorGroup, IndexedDraws, TorchGenerator
 
 if TYPE_CHECKING:
     from sdrt.runtime.pipeline import Pipeline
@@ -82,12 +83,19 @@ def run_resolved(
         generator = GeneratorGroup([make(value) for value in resolved.seeds], resolved.seed_rows)
     else:
         generator = make(resolved.seeds[0])
+    indices = request.ksampler_steps.noise_indices if request.ksampler_steps is not None else None
+    if indices is not None:  # ComfyUI's latent batch_index: each image's draw of the one generator
+        generator = IndexedDraws(generator, indices)
     names = pipeline.family.denoiser
     engine = engines[names.component]
     with timings.stage(TEXT_ENCODER):
         clip_skip_warning(pipeline.text_encoders, resolved, warnings)
         guider = pipeline.family.guider(engine, resolved, warnings)
-        conditioning = encode_conditioning(pipeline.text_encoders, engines, resolved, guider, warnings, timings)
+        if request.conditionings is None:
+            conditioning = encode_conditioning(pipeline.text_encoders, engines, resolved, guider, warnings, timings)
+        else:  # ComfyUI's conditioning lists: guider and conditioning in one (sdrt.runtime.loop.regional)
+            encoders = pipeline.text_encoders
+            guider = conditioning = regional_guidance(encoders, engines, resolved, guider, warnings, timings)
     sampler = pipeline.new_sampler(request, resolved)
     denoiser = pipeline.family.make_denoiser(engine)
     guider.bind(denoiser)
@@ -105,6 +113,8 @@ def run_resolved(
         timings,
         lambda image, draw: pipeline.encode_image(image, draw, request.vae),
     )
+    if isinstance(guider, RegionalGuidance):
+        guider.follow(sampler, start.first if start.counted_from is None else start.counted_from)
     base = Stage(denoiser, sampler, conditioning, guider, start, pipeline.decode_latents)
     call_sigmas = getattr(sampler, "sigmas", None)
     if call_sigmas is not None:

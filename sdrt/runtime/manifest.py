@@ -23,6 +23,7 @@ from sdrt.runtime.manifest_checks import (  # noqa: F401 (read from here)
     _validator,
     confined_path,
 )
+from sdrt.runtime.qdq_formats import QdqQuantization
 from sdrt.runtime.sd3_spec import Sd3Spec
 from sdrt.runtime.weight_formats import (  # noqa: F401 (read from here by the export and the CLI)
     DEFAULT_WEIGHT_BLOCK,
@@ -176,6 +177,8 @@ class ComponentSpec:
     weights_map: str = ""
     # With `sdrt export --weights`: what was quantized; None for fp32/fp16 weights.
     quantization: WeightQuantization | None = None
+    # With `sdrt export --qdq`: the Q/DQ graph's record (sdrt.runtime.qdq_formats); None otherwise.
+    qdq: QdqQuantization | None = None
     # Attention as com.microsoft.MultiHeadAttention (CPU UNet default); False before it existed.
     fused_attention: bool = False
 
@@ -279,6 +282,8 @@ class Manifest:
             value["outputs"] = [TensorSpec(**t) for t in value["outputs"]]
             if value.get("quantization") is not None:
                 value["quantization"] = WeightQuantization(**value["quantization"])
+            if value.get("qdq") is not None:
+                value["qdq"] = QdqQuantization(**value["qdq"])
             components[name] = ComponentSpec(**value)
         data["components"] = components
         if data.get("sdxl") is not None:

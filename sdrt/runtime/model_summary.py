@@ -26,6 +26,8 @@ def model_summary(folder: str | Path) -> dict:
         components[name] = {"precision": spec.precision, "target": spec.target, "mib": round(size / MIB, 1)}
         if spec.quantization is not None:
             components[name]["quantization"] = asdict(spec.quantization)
+        if spec.qdq is not None:
+            components[name]["qdq"] = asdict(spec.qdq)
     batch = dims.get(BATCH)
     return {
         "model": folder.name,
@@ -101,7 +103,8 @@ def format_summary(summary: dict) -> str:
         layers = ", ".join(map(str, flux2["text_layers"]))
         lines.append(f"FLUX.2 [klein]: {kind}; Qwen3 hidden states {layers}, {flux2['qwen_tokens']} tokens")
     lines += [
-        f"  {name}: {c['precision']} for {c['target']}, {c['mib']} MiB{_weights(c.get('quantization'))}"
+        f"  {name}: {c['precision']} for {c['target']}, {c['mib']} MiB"
+        f"{_weights(c.get('quantization'))}{_qdq(c.get('qdq'))}"
         for name, c in summary["components"].items()
     ]
     return "\n".join(lines)
@@ -114,4 +117,13 @@ def _weights(quantization: dict | None) -> str:
     return (
         f", {q['weights']} weights (block {q['block_size']}{', symmetric' if q['symmetric'] else ''}): "
         f"{q['matmuls_quantized']} MatMuls quantized, {q['matmuls_kept']} kept"
+    )
+
+
+def _qdq(qdq: dict | None) -> str:
+    if qdq is None:
+        return ""
+    return (
+        f", {qdq['qdq']} Q/DQ for TensorRT: {qdq['nodes_quantized']} layers quantized, {qdq['nodes_kept']} kept "
+        f"(calibrated on {qdq['calibration_prompts']} prompts)"
     )

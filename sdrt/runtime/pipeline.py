@@ -51,6 +51,7 @@ from sdrt.runtime.parameters import generation_parameters
 from sdrt.runtime.request import GenerationError, GenerationRequest, ResolvedRequest
 from sdrt.runtime.rng import TorchGenerator
 from sdrt.runtime.schedulers import Scheduler, sampler_from_config
+from sdrt.runtime.schedulers.kdiffusion.a1111_settings import settings_parameters
 from sdrt.runtime.schedulers.kdiffusion.comfy import ComfyRules
 from sdrt.runtime.schedulers.kdiffusion.sampler import KDiffusionSampler
 from sdrt.runtime.text.embeddings import EmbeddingSource
@@ -284,6 +285,7 @@ class Pipeline:
         def finish(result: GenerationResult) -> GenerationResult:
             refiner = self.refiner.folder.name if request.refiner_switch is not None else None  # ran: loaded
             result.parameters = generation_parameters(resolved, self.folder.name, result.parameters, refiner, loras)
+            result.parameters.update(settings_parameters(request, self.scheduler_config, resolved.from_image))
             if self.family.distilled_guidance(self.manifest):  # Forge's record of FLUX.1 dev's guidance
                 result.parameters["distilled_guidance"] = result.parameters["guidance_scale"]
             if not self.family.takes_strength(self.manifest):  # Kontext's image is a reference, never noised
@@ -310,6 +312,8 @@ class Pipeline:
             sampler.eta = request.eta
         if request.discard_penultimate_sigma and getattr(sampler, "takes_discard_option", False):
             sampler.always_discard = True  # type: ignore[attr-defined]
+        if isinstance(sampler, KDiffusionSampler) and sampler.takes_a1111_settings:
+            sampler.settings = request.sampler_settings
         if request.ksampler_steps is not None:
             if not isinstance(sampler, ComfyRules):
                 raise GenerationError("ksampler_steps are for ComfyUI's samplers (comfy_*)", "ksampler_steps")

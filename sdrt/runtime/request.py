@@ -33,6 +33,7 @@ from sdrt.runtime.features.skip_layers import SkipLayerGuidance
 from sdrt.runtime.features.step_caches import StepCache
 from sdrt.runtime.imaging.inputs import InputImageError, open_image, target_size
 from sdrt.runtime.manifest import BATCH, HEIGHT, Manifest
+from sdrt.runtime.regions import ConditioningEntries
 from sdrt.runtime.request_checks import (
     check_cache,
     check_counts,
@@ -43,6 +44,7 @@ from sdrt.runtime.request_checks import (
 )
 from sdrt.runtime.request_fields import ALONE, PER_ROW, SHARED
 from sdrt.runtime.request_sizes import check_size, nearest_multiples, side_problem  # noqa: F401 (read from here)
+from sdrt.runtime.sampler_settings import SamplerSettings
 from sdrt.runtime.schedulers import DEFAULT_SAMPLER, DEFAULT_SCHEDULE, SAMPLERS
 from sdrt.runtime.schedulers.kdiffusion.comfy_schedules import KSamplerSteps
 from sdrt.runtime.seeds import MAX_SEED as MAX_SEED  # where callers read it
@@ -114,6 +116,8 @@ class GenerationRequest:
     img2img_fix_steps: bool = field(default=False, metadata=SHARED)
     # A1111's always_discard_next_to_last_sigma (its samplers): one step more laid out, the next-to-last dropped.
     discard_penultimate_sigma: bool = field(default=False, metadata=SHARED)
+    # A1111's sampler settings (sgm_noise_multiplier, eta, churn, schedule range: sdrt.runtime.sampler_settings).
+    sampler_settings: SamplerSettings = field(default=SamplerSettings(), metadata=SHARED)
     # A1111's noise: variation seeds, seed resize, ENSD, randn_source (sdrt.runtime.a1111_noise).
     a1111_noise: A1111Noise | None = field(default=None, metadata=ALONE)
     latents: np.ndarray | None = field(default=None, compare=False, metadata=ALONE)
@@ -149,6 +153,7 @@ class GenerationRequest:
     vae: str = field(default="full", metadata=SHARED)  # the decoder: "full", or "tiny" (an export with --tiny-vae)
     # ComfyUI's samplers (comfy_*) only: its KSampler's denoise, start/end steps, noise and seed.
     ksampler_steps: KSamplerSteps | None = field(default=None, metadata=SHARED)
+    conditionings: ConditioningEntries | None = field(default=None, metadata=ALONE)  # ComfyUI's lists (regions.py)
 
     def resolve(self, manifest: Manifest) -> ResolvedRequest:
         """Every field checked against the model; defaults filled in; images opened."""

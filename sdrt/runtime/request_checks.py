@@ -9,6 +9,7 @@ import numpy as np
 
 from sdrt.errors import ConfigError, GenerationError
 from sdrt.runtime.manifest import Manifest
+from sdrt.runtime.sampler_settings import SamplerSettings
 from sdrt.runtime.schedulers import SAMPLER_NAMES, SAMPLERS, check_sampler_space
 
 #: More steps than any sampler schedule needs; bounds a request's tables and time.
@@ -48,6 +49,9 @@ def check_sampling(request, manifest: Manifest) -> None:
         raise GenerationError(str(error), "schedule") from None
     if not isinstance(request.discard_penultimate_sigma, bool):
         raise GenerationError("discard_penultimate_sigma must be true or false", "discard_penultimate_sigma")
+    if not isinstance(request.sampler_settings, SamplerSettings):
+        raise GenerationError("sampler_settings must be a SamplerSettings", "sampler_settings")
+    request.sampler_settings.check()
     if request.eta is not None and (
         not getattr(SAMPLERS[request.sampler].cls, "takes_eta", False)
         or not isinstance(request.eta, (int, float))

@@ -112,3 +112,27 @@ class GeneratorGroup:
             raise ValueError(f"this generator group draws batches of {rows} rows, asked for {list(shape)}")
         block = (self.rows_each, *shape[1:])
         return np.concatenate([generator.randn(block) for generator in self.generators])
+
+
+class IndexedDraws:
+    """ComfyUI's prepare_noise for a latent with a `batch_index` (LatentFromBatch,
+    RepeatLatentBatch): one generator draws one image's noise at a time for every index from 0
+    to the largest, in order, and row k takes the draw of index k; so an image taken from a
+    batch gets the noise it had in the whole batch."""
+
+    def __init__(self, generator, indices: tuple[int, ...]):
+        if not indices or min(indices) < 0:
+            raise ValueError("batch indices must be a non-empty list of non-negative whole numbers")
+        self.generator = generator
+        self.indices = tuple(int(i) for i in indices)
+
+    def randn(self, shape: tuple[int, ...] | list[int]) -> np.ndarray:
+        shape = tuple(int(s) for s in shape)
+        if not shape or shape[0] != len(self.indices):
+            raise ValueError(f"these batch indices draw {len(self.indices)} rows, asked for {list(shape)}")
+        wanted, draws = set(self.indices), {}
+        for index in range(max(self.indices) + 1):
+            draw = self.generator.randn((1, *shape[1:]))
+            if index in wanted:  # the draws no row takes are discarded, as ComfyUI's are
+                draws[index] = draw
+        return np.concatenate([draws[index] for index in self.indices])

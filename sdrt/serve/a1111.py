@@ -15,6 +15,7 @@ from sdrt.serve.a1111_samplers import (  # noqa: F401  (re-exported: the API hel
     A1111_SAMPLERS,
     NO_REFINER,
     SAMPLER_ETA,
+    a1111_sampler_settings,
     check_eta,
     k_family_applies,
     sdrt_sampler,

@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 
 from sdrt.runtime.a1111_noise import A1111_RANDN_SOURCE, RANDN_SOURCES
 from sdrt.runtime.request import MAX_CLIP_SKIP, MAX_SEED
+from sdrt.runtime.sampler_settings import SETTING_NAMES, SamplerSettings
 from sdrt.runtime.schedulers import a1111_unipc as unipc
 from sdrt.runtime.text.prompts.emphasis import DEFAULT_EMPHASIS, EMPHASIS_MODES
 from sdrt.serve.schemas import RequestError
@@ -20,11 +21,7 @@ FIXED_OPTIONS = {
     "samples_format": "png",
     "grid_format": "png",
     "enable_pnginfo": True,
-    "eta_ancestral": 1.0,
     "eta_ddim": 0.0,
-    "s_churn": 0.0,
-    "s_tmin": 0.0,
-    "s_noise": 1.0,
     "sd_vae_overrides_per_model_preferences": True,
     "samples_save": False,
     "grid_save": False,
@@ -62,6 +59,8 @@ class A1111Options:
     eta_noise_seed_delta: int = 0
     #: The noise's generator (CPU, GPU, NV); A1111's default GPU unless the server starts with another.
     randn_source: str = DEFAULT_RANDN_SOURCE
+    #: A1111's sampler settings (sgm_noise_multiplier, ...: GenerationRequest's sampler_settings).
+    sampler: SamplerSettings = SamplerSettings()
 
     def report(self, model_title: str, model_hash: str | None, preview_every: int) -> dict:
         return {
@@ -75,6 +74,7 @@ class A1111Options:
             "always_discard_next_to_last_sigma": self.always_discard_next_to_last_sigma,
             "eta_noise_seed_delta": self.eta_noise_seed_delta,
             "randn_source": self.randn_source,
+            **self.sampler.options(),
             "live_previews_enable": preview_every > 0,
             "show_progress_every_n_steps": preview_every or -1,
             "live_preview_content": "Combined",
@@ -84,7 +84,8 @@ class A1111Options:
     def changed(self, changes: dict, field: str) -> A1111Options:
         """These options with `changes` applied (model switches aside: see MODEL_OPTION); a
         change sdrt cannot make is a 400 naming `field`.KEY."""
-        updates = {}
+        updates: dict = {}
+        settings: dict = {}
         for key, value in changes.items():
             where = f"{field}.{key}"
             if key == MODEL_OPTION:
@@ -113,6 +114,8 @@ class A1111Options:
                 if not isinstance(value, bool):
                     raise RequestError(400, f"{where} must be true or false", where)
                 updates[key] = value
+            elif key in SETTING_NAMES:
+                settings[key] = value
             elif key in FIXED_OPTIONS:
                 if value != FIXED_OPTIONS[key]:
                     raise RequestError(
@@ -124,4 +127,11 @@ class A1111Options:
                     f"{where}: sdrt does not support this option (GET /sdapi/v1/options lists those it reports)",
                     where,
                 )
+        if settings:
+            sampler = replace(self.sampler, **settings)
+            problem = sampler.problem()
+            if problem is not None:
+                name, why = problem
+                raise RequestError(400, f"{field}.{name} {why}, got {settings[name]!r}", f"{field}.{name}")
+            updates["sampler"] = sampler
         return replace(self, **updates)

@@ -4,7 +4,11 @@ the same names; and the eta each sampler runs with."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from sdrt.errors import ConfigError
+from sdrt.runtime.features.refiner import refiner_switches_mid_run
+from sdrt.runtime.sampler_settings import SamplerSettings
 from sdrt.runtime.schedulers import (
     DEFAULT_SAMPLER,
     DEFAULT_SCHEDULE,
@@ -35,13 +39,16 @@ LEGACY_SCHEDULE_SUFFIXES = {" karras": "karras", " exponential": "exponential"}
 
 def k_family_applies(body, image) -> bool:
     """Whether A1111's sampler names mean the k-diffusion family (A1111's own images) for this
-    request: text-to-image (with the hires fix too) and image-to-image (inpainting too) without
-    a refiner, which keeps the diffusers-equal samplers of the same names."""
+    request: text-to-image (with the hires fix too) and image-to-image (inpainting too); with a
+    refiner only for the samplers A1111 switches mid-run (sdrt.runtime.features.refiner: not its
+    timestep samplers or DPM adaptive), the others keeping the diffusers-equal samplers."""
     refiner = getattr(body, "refiner_checkpoint", None)
     switch_at = getattr(body, "refiner_switch_at", None)
     has_refiner = refiner is not None and refiner.strip().lower() not in NO_REFINER
-    has_refiner = has_refiner and (switch_at is None or switch_at < 1)
-    return not has_refiner
+    if not has_refiner or (switch_at is not None and switch_at >= 1):
+        return True
+    chosen = _k_sampler(getattr(body, "sampler_name", None) or A1111_DEFAULT_SAMPLER, None)
+    return chosen is not None and refiner_switches_mid_run(SAMPLERS[chosen[0]].cls)
 
 
 def _k_sampler(sampler: str, schedule_type: str | None) -> tuple[str, str] | None:
@@ -109,17 +116,28 @@ def sdrt_sampler(sampler: str | None, schedule_type: str | None, k_family: bool 
 
 #: The eta each sdrt sampler runs with, where eta means something but cannot be changed:
 #: ancestral samplers add all their noise (A1111's eta 1). Samplers that take an eta (DDIM's
-#: variance, TCD's gamma) get the request's; other samplers take none, in A1111 too.
-#: The k-diffusion family's stochastic samplers run A1111's eta_ancestral default.
+#: variance, TCD's gamma) get the request's; other samplers take none, in A1111 too. A1111's
+#: k-diffusion samplers whose function takes an eta run the request's in place of the
+#: eta_ancestral option (a1111_sampler_settings); its other stochastic ones (LCM) eta 1.
 ANCESTRAL_ETA = 1.0
 SAMPLER_ETA = {
     "euler_a": ANCESTRAL_ETA,
     **{
         name: ANCESTRAL_ETA
         for name in K_SAMPLER_NAMES
-        if SAMPLERS[name].stochastic and not getattr(SAMPLERS[name].cls, "takes_eta", False)  # not A1111's DDIM
+        if SAMPLERS[name].stochastic
+        and not getattr(SAMPLERS[name].cls, "takes_eta", False)  # not A1111's DDIM
+        and not getattr(SAMPLERS[name].cls, "takes_eta_ancestral", False)
     },
 }
+
+
+def a1111_sampler_settings(sampler: str, eta: float | None, settings: SamplerSettings) -> SamplerSettings:
+    """The request's sampler settings: the options', with a payload's eta as the eta A1111's
+    k-diffusion samplers take (Sampler.initialize: p.eta if given, else opts.eta_ancestral)."""
+    if eta is None or not getattr(SAMPLERS[sampler].cls, "takes_eta_ancestral", False):
+        return settings
+    return replace(settings, eta_ancestral=float(eta))
 
 
 def check_eta(sampler: str, eta: float | None) -> float | None:

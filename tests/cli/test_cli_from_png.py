@@ -76,3 +76,24 @@ def test_from_png_without_parameters_is_one_line(tmp_path):
     result = CliRunner().invoke(main, ["generate", "--from-png", str(bare)])
     assert result.exit_code != 0 and "has no A1111 'parameters' text" in result.output
     assert len(result.output.strip().splitlines()) <= 3  # click's usage line, hint and the error
+
+
+def test_from_png_regenerates_a1111s_sampler_settings(exported_tiny, tmp_path):
+    """Each A1111 sampler setting recorded in the PNG comes back through --from-png (same pixels)."""
+    model = str(exported_tiny("standard"))
+    first = tmp_path / "first.png"
+    made = generate(
+        PROMPT, "--model", model, "--steps", "3", "--seed", "5", "--sampler", "Euler", "--schedule", "karras",
+        "--sgm-noise-multiplier", "--s-churn", "2", "--s-tmin", "1", "--s-tmax", "5", "--s-noise", "0.8",
+        "--sigma-min", "0.1", "--sigma-max", "8", "--rho", "5", "--out", str(first),
+    )  # fmt: skip
+    assert made.exit_code == 0, made.output
+    original, text = pixels_and_text(first)
+    recorded = "Schedule min sigma: 0.1, Schedule max sigma: 8.0, Schedule rho: 5.0, SGM noise multiplier: True, "
+    recorded += "Sigma churn: 2.0, Sigma tmin: 1.0, Sigma tmax: 5.0, Sigma noise: 0.8"
+    assert recorded in text
+    again = tmp_path / "again.png"
+    result = CliRunner().invoke(main, ["generate", "--from-png", str(first), "--model", model, "--out", str(again)])
+    assert result.exit_code == 0, result.output
+    regenerated, text_again = pixels_and_text(again)
+    assert np.array_equal(regenerated, original) and recorded in text_again

@@ -134,6 +134,7 @@ def test_fused_attention_defaults_to_the_target(monkeypatch, tmp_path):
     assert ExportOptions(target="cuda").fused_attention is False
     assert ExportOptions(precision="fp16").fused_attention is False
     assert ExportOptions(weights="int8").fused_attention is False
+    assert ExportOptions(qdq="int8").fused_attention is False  # Q/DQ quantizes the plain graph
     assert ExportOptions(fused_attention=False).fuses_attention("unet") is False
     made: list[ExportOptions] = []
 

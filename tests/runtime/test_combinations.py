@@ -23,6 +23,7 @@ from sdrt.runtime.features.hires import HiresFix
 from sdrt.runtime.features.inpaint_area import MaskOptions
 from sdrt.runtime.features.step_caches import FirstBlockCache, TaylorSeer
 from sdrt.runtime.manifest import DEEP_FEATURE, UNET, UNET_SHALLOW, Manifest, TensorSpec, TinyVaeSpec
+from sdrt.runtime.regions import Area, ConditioningEntries, ConditioningEntry
 from sdrt.runtime.request import GenerationRequest
 
 SDXL_ONLY = {"size_conditioning", "refiner"}
@@ -68,6 +69,7 @@ def settings_for(feature: str, manifest: Manifest) -> dict:
         "taylorseer_cache": dict(cache=TaylorSeer()),
         "tiny_vae": dict(vae="tiny"),
         "reference_images": dict(reference_images=[photo()]),
+        "conditioning_lists": dict(conditionings=ConditioningEntries((ConditioningEntry("a", Area(2, 2, 0, 0)),), ())),
     }[feature]
 
 

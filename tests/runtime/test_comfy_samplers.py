@@ -171,23 +171,24 @@ def test_nearest_timestep_is_comfyuis():
     assert np.array_equal(model.nearest_timestep(sigmas), expected.astype(np.float32))
 
 
-@torch.no_grad()
-@pytest.mark.filterwarnings("ignore::UserWarning")
-@pytest.mark.parametrize(
-    "sampler, scheduler",
-    [
-        pytest.param("dpmpp_2m", "karras", marks=pytest.mark.slow),
-        pytest.param("euler_ancestral", "normal", marks=pytest.mark.slow),
-    ],
-)
-def test_sdxl_image_equals_comfyui(tiny_sdxl, exported_sdxl, sampler, scheduler):
-    """SDXL: the UNet also takes the pooled text embedding and the size ids (the image's size,
-    crop 0, 0: ComfyUI's SDXL adm for a KSampler's latents)."""
+@pytest.fixture(scope="module")
+def sdxl_pair(tiny_sdxl, exported_sdxl):
+    """(sdrt's tiny SDXL base, diffusers' pipeline of the same model)."""
     from conftest import sdxl_reference
 
-    ours = Pipeline.load(exported_sdxl("base"))
+    return Pipeline.load(exported_sdxl("base")), sdxl_reference("StableDiffusionXLPipeline", tiny_sdxl["base"])
+
+
+@torch.no_grad()
+@pytest.mark.slow  # every ComfyUI sampler x scheduler on SDXL (SD 1.x has the default-run subset)
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("scheduler", COMFY_SCHEDULER_NAMES)
+@pytest.mark.parametrize("sampler", FUNCTIONS)
+def test_sdxl_image_equals_comfyui(sdxl_pair, sampler, scheduler):
+    """SDXL: the UNet also takes the pooled text embedding and the size ids (the image's size,
+    crop 0, 0: ComfyUI's SDXL adm for a KSampler's latents)."""
+    ours, pipe = sdxl_pair
     size = ours.manifest.native_height
-    pipe = sdxl_reference("StableDiffusionXLPipeline", tiny_sdxl["base"])
     cond, uncond, pooled, negative_pooled = pipe.encode_prompt(
         PROMPT, device="cpu", num_images_per_prompt=BATCH, do_classifier_free_guidance=True, negative_prompt=NEGATIVE
     )

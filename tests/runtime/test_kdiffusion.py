@@ -27,6 +27,7 @@ NEGATIVE = ["blurry", ""]
 SEEDS = [21, 1000]
 GUIDANCE = 7.5
 AYS_SD15 = [14.615, 6.475, 3.861, 2.697, 1.886, 1.396, 0.963, 0.652, 0.399, 0.152, 0.029]
+AYS_SDXL = [14.615, 6.315, 3.771, 2.181, 1.342, 0.862, 0.555, 0.380, 0.234, 0.113, 0.029]  # shared.sd_model.is_sdxl
 # A1111's sampler table: function, extra arguments, default schedule, discard_next_to_last_sigma, Brownian.
 A1111_SAMPLERS = {
     "Euler": ("sample_euler", {}, None, False, False),
@@ -63,8 +64,9 @@ def run_k_sampler(function, model, table, x, sigmas, steps, **kwargs):
     return getattr(ks, function)(model, x, sigmas, disable=True, **kwargs)
 
 
-def a1111_sigmas(schedule: str, n: int, model) -> torch.Tensor:
-    """A1111's schedule types (modules/sd_schedulers.py), on the reference denoiser's table."""
+def a1111_sigmas(schedule: str, n: int, model, sdxl: bool = False) -> torch.Tensor:
+    """A1111's schedule types (modules/sd_schedulers.py), on the reference denoiser's table
+    (`sdxl`: Align Your Steps' SDXL levels)."""
     ks = k_sampling()
     sigma_min, sigma_max = model.sigmas[0].item(), model.sigmas[-1].item()
     if schedule == "uniform":
@@ -84,9 +86,10 @@ def a1111_sigmas(schedule: str, n: int, model) -> torch.Tensor:
         steps = torch.arange(n + 1)
         return torch.tan(steps / n * alpha_min + (1.0 - steps / n) * alpha_max)
     if schedule == "align_your_steps":
-        if n == len(AYS_SD15):
-            return torch.FloatTensor(AYS_SD15 + [0.0])
-        ys = np.interp(np.linspace(0, 1, n), np.linspace(0, 1, len(AYS_SD15)), np.log(AYS_SD15[::-1]))
+        levels = AYS_SDXL if sdxl else AYS_SD15
+        if n == len(levels):
+            return torch.FloatTensor(levels + [0.0])
+        ys = np.interp(np.linspace(0, 1, n), np.linspace(0, 1, len(levels)), np.log(levels[::-1]))
         return torch.FloatTensor(np.append(np.exp(ys)[::-1].copy(), [0.0]))
     if schedule == "simple":
         ss = len(model.sigmas) / n
@@ -241,17 +244,74 @@ SCHEDULES = [
 ]
 
 
+#: How many reference runs with one-ulp noise on the model's outputs measure the reference's own
+#: float32 spread, and how far past the largest of them sdrt may land: it differs from the
+#: reference by ONNX Runtime's rounding in every model call (3-6 ulps relative, measured), so by
+#: somewhat more than one ulp's noise; a wrong sampler or eta lands ~40/255 away on the mean.
+SPREAD_RUNS = 3
+SPREAD_MARGIN = 3.0
+ULP = 2.0**-23
+
+
+@torch.no_grad()
+def reference_spread(pipe, config, label, schedule, steps) -> tuple[float, float]:
+    """(max, mean) pixel distance of the reference from itself when each UNet output is scaled
+    by 1 + N(0, 1) ulps: the floor float32 sets under a comparison of this sampler."""
+    expected = reference_image(pipe, config, label, schedule, steps)
+    forward = pipe.unet.forward
+    spreads = []
+
+    def perturbed(generator):
+        def call(*args, **kwargs):
+            output = forward(*args, **kwargs)
+            sample = output.sample
+            output.sample = sample * (1 + ULP * torch.randn(sample.shape, generator=generator))
+            return output
+
+        return call
+
+    for run in range(SPREAD_RUNS):
+        pipe.unet.forward = perturbed(torch.Generator("cpu").manual_seed(run))
+        try:
+            spreads.append(np.abs(reference_image(pipe, config, label, schedule, steps) - expected))
+        finally:
+            pipe.unet.forward = forward
+    return max(float(d.max()) for d in spreads), max(float(d.mean()) for d in spreads)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["standard", "v_prediction"])
 @pytest.mark.parametrize("schedule", SCHEDULES)
 @pytest.mark.parametrize("label", A1111_SAMPLERS)
 def test_every_sampler_and_schedule_equals_k_diffusion(kd_ours, kd_reference, label, schedule, kind):
     if label == "DPM adaptive" and kind == "v_prediction":
-        # Not explained yet: 22-35/255 max on every schedule (epsilon passes, as does ComfyUI's
-        # eta-0 dpm_adaptive on v-prediction and the solver alone at eta 1 on both). The controller's
-        # errors agree to ~1e-4 through its first rejected attempt (the 5th), then differ by 1%.
-        pytest.xfail("A1111's DPM adaptive (eta 1) on v-prediction differs from k-diffusion's")
+        # Ill-conditioned, not a mismatch: its step-size controller sizes each step from the difference
+        # of two solvers' results, which amplifies float32 rounding; on the tiny v-prediction model at
+        # eta 1 the reference moves 8-30/255 from itself (max; 0.7-2/255 mean) under one-ulp noise or
+        # a change of torch's thread count, where epsilon's moves ~0.005/255. Compared against that
+        # measured floor instead.
+        return compare_within_reference_spread(kd_ours, kd_reference, label, schedule, 5, kind)
     compare(kd_ours, kd_reference, label, schedule, 5, kind)
+
+
+def compare_within_reference_spread(kd_ours, kd_reference, label, schedule, steps, kind):
+    pipe = kd_reference[kind]
+    config = dict(pipe.scheduler.config)
+    spread_max, spread_mean = reference_spread(pipe, config, label, schedule, steps)
+    assert spread_max > MAX_PIXEL_ERROR, "the reference is stable here: compare() applies"
+    expected = reference_image(pipe, config, label, schedule, steps)
+    result = kd_ours[kind].generate(
+        PROMPTS,
+        negative_prompt=NEGATIVE,
+        steps=steps,
+        seed=SEEDS,
+        sampler=k_sampler_name(label),
+        schedule=schedule,
+        guidance_scale=GUIDANCE,
+    )
+    difference = np.abs(result.array - expected)
+    assert difference.max() <= SPREAD_MARGIN * spread_max, f"max {difference.max() * 255:.3f}/255"
+    assert difference.mean() <= SPREAD_MARGIN * spread_mean, f"mean {difference.mean() * 255:.4f}/255"
 
 
 def test_every_k_sampler_is_in_the_reference_table():
@@ -362,7 +422,7 @@ def sdxl_reference_image(pipe, label, schedule, steps, size):
         return u + (c - u) * GUIDANCE
 
     name = default_schedule or "uniform" if schedule == "automatic" else schedule
-    sigmas = a1111_sigmas(name, steps + (1 if discard else 0), inner)
+    sigmas = a1111_sigmas(name, steps + (1 if discard else 0), inner, sdxl=True)
     if discard:
         sigmas = torch.cat([sigmas[:-2], sigmas[-1:]])
     shape = (pipe.unet.config.in_channels, size // 8, size // 8)
@@ -380,19 +440,31 @@ def sdxl_reference_image(pipe, label, schedule, steps, size):
     return (image / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
 
 
-@pytest.mark.filterwarnings("ignore::UserWarning")
-@pytest.mark.parametrize(
-    "label, schedule", [("DPM++ 2M", "automatic"), pytest.param("DPM++ 3M SDE", "automatic", marks=pytest.mark.slow)]
-)
-def test_sdxl_image_equals_k_diffusion(tiny_sdxl, exported_sdxl, label, schedule):
+@pytest.fixture(scope="module")
+def sdxl_pair(tiny_sdxl, exported_sdxl):
+    """(sdrt's tiny SDXL base, diffusers' pipeline of the same model)."""
     from conftest import sdxl_reference
 
-    ours = Pipeline.load(exported_sdxl("base"))
+    return Pipeline.load(exported_sdxl("base")), sdxl_reference("StableDiffusionXLPipeline", tiny_sdxl["base"])
+
+
+#: SDXL: one pair in the default run, every A1111 sampler x schedule in the slow tier.
+SDXL_DEFAULT = ("DPM++ 2M", "automatic")
+SDXL_CASES = [SDXL_DEFAULT] + [
+    pytest.param(label, schedule, marks=pytest.mark.slow)
+    for label in A1111_SAMPLERS
+    for schedule in SCHEDULES
+    if (label, schedule) != SDXL_DEFAULT
+]
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("label, schedule", SDXL_CASES)
+def test_sdxl_image_equals_k_diffusion(sdxl_pair, label, schedule):
+    ours, pipe = sdxl_pair
     size = ours.manifest.native_height
     assert ours.manifest.native_width == size
-    expected = sdxl_reference_image(
-        sdxl_reference("StableDiffusionXLPipeline", tiny_sdxl["base"]), label, schedule, 4, size
-    )
+    expected = sdxl_reference_image(pipe, label, schedule, 4, size)
     result = ours.generate(
         PROMPTS,
         negative_prompt=NEGATIVE,

@@ -233,6 +233,31 @@ def test_dpm_adaptive_and_lcm_labels_run_a1111s_samplers():
     assert sdrt_sampler("DPM adaptive", None, k_family=True) == ("k_dpm_ad", "automatic")
     assert sdrt_sampler("LCM", "Karras", k_family=True) == ("k_lcm", "karras")
     assert check_eta("k_dpm_ad", 1.0) is None  # webuiapi's default eta: A1111's eta_ancestral
-    with pytest.raises(RequestError, match="eta: DPM adaptive runs with eta 1 only, got 0.5") as caught:
-        check_eta("k_dpm_ad", 0.5)
+    assert check_eta("k_dpm_ad", 0.5) is None  # A1111's p.eta, in place of eta_ancestral
+    with pytest.raises(RequestError, match="eta: LCM runs with eta 1 only, got 0.5") as caught:
+        check_eta("k_lcm", 0.5)  # k-diffusion's LCM takes no eta
     assert caught.value.param == "eta"
+
+
+def test_sampler_settings_reach_the_a1111_route(served_k, exported_tiny):
+    """A payload's eta (A1111's p.eta) and override_settings' sampler options run and are recorded."""
+    from sdrt.runtime.a1111_noise import A1111Noise
+    from sdrt.runtime.sampler_settings import SamplerSettings
+
+    url = served_k[0]
+    overrides = {
+        "sgm_noise_multiplier": True,
+        "s_noise": 0.7,
+        "randn_source": "CPU",
+    }  # s_noise: not Euler a's (neither run nor recorded)
+    response = txt2img(url, sampler_name="Euler a", steps=2, batch_size=1, eta=0.5, override_settings=overrides)
+    assert response.status_code == 200, response.text
+    text = json.loads(response.json()["info"])["infotexts"][0]
+    assert "SGM noise multiplier: True" in text and "Eta: 0.5" in text and "Sigma noise" not in text
+    settings = SamplerSettings(sgm_noise_multiplier=True, eta_ancestral=0.5)
+    expected = Pipeline.load(exported_tiny("standard")).generate(
+        PROMPT, seeds=[SEED], steps=2, guidance_scale=A1111_CFG, width=SIZE, height=SIZE, sampler="k_euler_a",
+        a1111_noise=A1111Noise(randn_source="CPU"), sampler_settings=settings,
+    )  # fmt: skip
+    got = np.asarray(decode_png(response.json()["images"][0]))
+    assert np.array_equal(got, np.asarray(expected.images[0]))

@@ -224,11 +224,11 @@ def test_comfyuis_samplers_sdrt_does_not_run_are_refused_by_name(server):
 
 def test_an_unknown_node_and_no_output_are_refused(server):
     workflow = copy.deepcopy(TXT2IMG)
-    workflow["10"] = {"class_type": "ConditioningSetArea", "inputs": {}}
+    workflow["10"] = {"class_type": "ConditioningConcat", "inputs": {}}
     body = _post(server, workflow).json()
     assert body["error"]["type"] == "invalid_prompt"
-    assert "ConditioningSetArea does not exist" in body["error"]["message"]
-    assert "area conditioning" in body["error"]["message"], "what it would need is said"
+    assert "ConditioningConcat does not exist" in body["error"]["message"]
+    assert "token-wise concatenation" in body["error"]["message"], "what it would need is said"
     no_output = {k: v for k, v in TXT2IMG.items() if k != "9"}
     assert _post(server, no_output).json()["error"]["type"] == "prompt_no_outputs"
 

@@ -11,15 +11,9 @@ from sdrt.serve.comfy.nodes import NODES, NOT_RUN
 
 #: ComfyUI's conditioning nodes (nodes.py) and a phrase of what sdrt would need for each.
 CONDITIONING_NODES = {
-    "ConditioningCombine": "several conditionings averaged",
     "ConditioningConcat": "token-wise concatenation",
     "ConditioningAverage": "conditioning_to_strength",
-    "ConditioningSetArea": "area conditioning",
-    "ConditioningSetAreaPercentage": "area conditioning",
-    "ConditioningSetAreaStrength": "strength",
-    "ConditioningSetMask": "masked conditioning",
     "ConditioningZeroOut": "zeros for the encoding and the pooled output",
-    "ConditioningSetTimestepRange": "start_percent and end_percent",
 }
 
 

@@ -169,7 +169,7 @@ def test_sampler_and_schedule_type_pairs(served):
         ({"subseed_strength": 1.5}, "subseed_strength"),
         ({"script_name": "x/y/z plot"}, "script_name"),
         ({"frobnicate": 1}, "frobnicate"),
-        ({"eta": 0.5, "sampler_name": "Euler a"}, "eta"),
+        ({"eta": 0.5, "sampler_name": "LCM"}, "eta"),
         ({"override_settings": {"sd_model_checkpoint": "nope"}}, "override_settings.sd_model_checkpoint"),
         ({"override_settings": {"samples_format": "jpg"}}, "override_settings.samples_format"),
         ({"override_settings": {"sd_vae": "vae-ft-mse-840000.safetensors"}}, "override_settings.sd_vae"),

@@ -198,24 +198,45 @@ def sample_lcm(model, x, sigmas, noise_sampler, s: ComfyModelSampling):
 
 
 @torch.no_grad()
+def prepare_noise_with_indices(latent_image, seed, noise_inds):
+    """comfy/sample.py prepare_noise with a latent's batch_index: one image-sized draw per index
+    from 0 to the largest, the unique indices' draws kept, rows picked by np.unique's inverse."""
+    import numpy as np
+
+    generator = torch.manual_seed(seed)
+    unique, inverse = np.unique(noise_inds, return_inverse=True)
+    kept = []
+    for i in range(unique[-1] + 1):
+        noise = torch.randn([1, *latent_image.size()[1:]], generator=generator, device="cpu")
+        if i in unique:
+            kept.append(noise)
+    return torch.cat([kept[i] for i in inverse], axis=0)
+
+
 def comfy_ksampler(unet, s, cond, uncond, sampler, scheduler, steps, cfg, seed, latent_image, **cut):
     """ComfyUI's common_ksampler -> KSAMPLER.sample, on `latent_image` (sdrt's scaled latents,
     ComfyUI's after process_latent_in). `cut`: denoise, start_step, last_step, force_full,
-    add_noise, noise_mask (a [batch, height, width] mask: 1 repaints); `control(scaled, t, context,
-    sigma)`: extra UNet keyword arguments for a call (ControlNet residuals), or {}."""
+    add_noise, noise_inds (the latent's batch_index), noise_mask (a [batch, height, width] mask:
+    1 repaints); `control(scaled, t, context, sigma)`: extra UNet keyword arguments for a call
+    (ControlNet residuals), or {}; `guided(x, sigma)`: the guided denoised sample in place of the
+    cond/uncond pair (conditioning lists)."""
     ks = k_sampling()
     add_noise = cut.pop("add_noise", True)
     noise_mask = cut.pop("noise_mask", None)
+    noise_inds = cut.pop("noise_inds", None)
     control = cut.pop("control", None) or (lambda scaled, t, context, sigma: {})
+    guided = cut.pop("guided", None)  # guided(x, sigma) -> the guided denoised sample, instead of cond/uncond
     sigmas = ksampler_sigmas(s, sampler, scheduler, steps, **cut)
-    if add_noise:
+    if add_noise and noise_inds is not None:
+        noise = prepare_noise_with_indices(latent_image, seed, noise_inds)
+    elif add_noise:
         noise = torch.randn(latent_image.size(), generator=torch.manual_seed(seed), device="cpu")
     else:
         noise = torch.zeros_like(latent_image)
     max_sigma, first = float(s.sigma_max), float(sigmas[0])
     max_denoise = math.isclose(max_sigma, first, rel_tol=1e-05) or first > max_sigma
     x = noise * (torch.sqrt(1.0 + sigmas[0] ** 2.0) if max_denoise else sigmas[0]) + latent_image
-    context = torch.cat([cond, uncond])
+    context = None if guided is not None else torch.cat([cond, uncond])
 
     def model(x, sigma, **kwargs):
         both_x, both_sigma = torch.cat([x, x]), torch.cat([sigma, sigma])
@@ -225,6 +246,11 @@ def comfy_ksampler(unet, s, cond, uncond, sampler, scheduler, steps, cfg, seed, 
         output = unet(scaled, t, encoder_hidden_states=context, **extra).sample
         c, u = s.calculate_denoised(both_sigma, output, both_x).chunk(2)
         return u + (c - u) * cfg
+
+    if guided is not None:
+
+        def model(x, sigma, **kwargs):
+            return guided(x, sigma)
 
     if noise_mask is not None:  # KSamplerX0Inpaint, the mask as comfy.utils.reshape_mask makes it
         mask = torch.nn.functional.interpolate(

@@ -24,6 +24,7 @@ SD_FEATURES = frozenset(
         "masked_area",
         "tiny_vae",
         "preview",
+        "conditioning_lists",
     }
 )
 

@@ -142,12 +142,20 @@ FEATURES: dict[str, Feature] = {
             "`reference_images`",
             lambda r: r.request.reference_images is not None,
         ),
+        Feature(
+            "conditioning_lists",
+            "ComfyUI's conditioning lists (areas, strengths, timestep ranges)",
+            "conditionings",
+            "`conditionings` (the ComfyUI API's ConditioningCombine, ConditioningSetArea, ...)",
+            lambda r: r.request.conditionings is not None,
+        ),
     )
 }
 FEATURE_NAMES = tuple(FEATURES)
 
 _NOT_HIRES = "the hires fix is for text-to-image; this request has an init image"
 _ONE_SEED = "one seed per prompt works for text-to-image only; give one seed"
+_ONE_CONDITIONING = "conditioning lists run one ComfyUI sampler's pass (the ComfyUI API's KSampler)"
 
 #: The refused pairs (earlier, later feature in FEATURES' order; the error takes the later one's field) -> why,
 #: in the order they are checked.
@@ -167,8 +175,6 @@ REFUSED: dict[tuple[str, str], str] = {
     "the UNet twice a step",
     ("lora", "first_block_cache"): "the first-block cache does not run with LoRAs (the transformer's parts are not "
     "merged)",
-    ("k_diffusion_sampler", "refiner"): "the k-diffusion samplers run one model's whole schedule; a refiner is not "
-    "supported with them yet",
     ("inpainting", "comfyui_sampler"): "ComfyUI's samplers inpaint by a latent noise mask (the ComfyUI API's "
     "SetLatentNoiseMask), not sdrt's mask_image blend: use a diffusers sampler",
     ("hires", "comfyui_sampler"): "ComfyUI's samplers run ComfyUI's two passes (the ComfyUI API's LatentUpscale), "
@@ -179,6 +185,12 @@ REFUSED: dict[tuple[str, str], str] = {
     "not supported yet",
     ("controlnet", "refiner"): "ControlNets with a refiner are not supported yet (diffusers' SDXL ControlNet "
     "pipelines have no refiner switch either)",
+    ("hires", "conditioning_lists"): _ONE_CONDITIONING,
+    ("controlnet", "conditioning_lists"): "ControlNets do not run with conditioning lists yet (ComfyUI crops the "
+    "hint to each area)",
+    ("refiner", "conditioning_lists"): _ONE_CONDITIONING,
+    ("deepcache", "conditioning_lists"): "DeepCache does not run with conditioning lists (a model call per entry "
+    "and area)",
 }
 
 

@@ -27,6 +27,7 @@ from sdrt.errors import GenerationError
 from sdrt.runtime.imaging.resample import resize_latents
 from sdrt.runtime.loop.context import RunWatch
 from sdrt.runtime.schedulers import SAMPLERS
+from sdrt.runtime.schedulers.kdiffusion.a1111_settings import PARAMETERS_KEY as SETTINGS_KEY
 
 if TYPE_CHECKING:
     from sdrt.runtime.pipeline import GenerationResult, Pipeline
@@ -138,6 +139,8 @@ def hires_run(pipeline: Pipeline, request: GenerationRequest, watch: RunWatch) -
         result = pipeline.run(replace(second, init_latents=latents), watch.progress, watch.cancel, watch.preview)
     else:
         result = _pixel_passes(pipeline, second, first, mode, watch)
+    if SETTINGS_KEY in first.parameters:  # A1111 keeps the first pass's fields (SGM noise multiplier) too
+        result.parameters[SETTINGS_KEY] = {**first.parameters[SETTINGS_KEY], **result.parameters.get(SETTINGS_KEY, {})}
     result.parameters.update(
         width=first.parameters["width"],
         height=first.parameters["height"],

@@ -71,6 +71,7 @@ def format_parameters(prompt: str, parameters: dict, batch_position: int | None 
         from sdrt.runtime.a1111_noise import noise_fields
 
         fields += noise_fields(parameters["a1111_noise"], batch_position)
+    fields += list(parameters.get("a1111_settings", {}).items())  # A1111's sampler settings, where they applied
     if parameters.get("discard_penultimate_sigma"):  # A1111's always_discard_next_to_last_sigma, where it applied
         fields.append(("Discard penultimate sigma", True))
     if parameters.get("eta") and parameters["sampler"] in ETA_DDIM_SAMPLERS:  # A1111's field, where not 0

@@ -2,7 +2,8 @@
 
 `EngineDenoiser` runs the family's denoiser engine (sdrt.runtime.families: its component and
 tensor names) once per call of the step's conditioning (sdrt.runtime.loop.conditioning: one
-call, or one per text length), each call with the extra feeds of the step hooks (ControlNet
+call, or one per text length; sdrt.runtime.loop.regional: calls on windows of their rows, the
+rest zeros), each call with the extra feeds of the step hooks (ControlNet
 residuals; a UNet with residual inputs that gets none feeds zeros, sdrt.runtime.engines.base).
 Step caches (DeepCache) subclass it and override `run`, reading the step from the context; the
 transformer families' step caches (sdrt.runtime.features.step_caches) take over `call_engine`
@@ -20,6 +21,7 @@ from sdrt.runtime.engines import Engine
 from sdrt.runtime.families import DenoiserCall
 from sdrt.runtime.loop.context import StepContext
 from sdrt.runtime.loop.hooks import ModelCall, StepHook
+from sdrt.runtime.loop.windows import crop, paste
 
 
 class EngineDenoiser:
@@ -54,8 +56,10 @@ class EngineDenoiser:
         latents before an inpainting denoiser's extra channels (what ControlNets see)."""
         seconds = [0.0] * len(hooks)
 
-        def one(position: int, rows, feeds) -> np.ndarray:
+        def one(position: int, rows, feeds, windows=None) -> np.ndarray:
             pick = (lambda a: a) if rows is None else (lambda a: a[rows])
+            if windows is not None:  # each row's window of the latents (sdrt.runtime.loop.regional)
+                pick = lambda a: crop(a, rows, windows)  # noqa: E731
             call = ModelCall(rows, pick(model_input), pick(scaled), timestep, feeds)
             added: dict[str, np.ndarray] = {}
             for index, hook in enumerate(hooks):
@@ -65,12 +69,21 @@ class EngineDenoiser:
             inputs = {self.names.sample: call.sample, self.names.timestep: timestep, **feeds, **added}
             return self.run(ctx, position, inputs)
 
-        if len(calls) == 1:
+        if len(calls) == 1 and len(calls[0]) == 2:
             return one(0, *calls[0]), seconds
-        parts = [(rows, one(position, rows, feeds)) for position, (rows, feeds) in enumerate(calls)]
-        prediction = np.empty((len(model_input), *parts[0][1].shape[1:]), parts[0][1].dtype)
-        for rows, part in parts:
-            prediction[rows] = part
+        parts = [(call, one(position, *call)) for position, call in enumerate(calls)]
+        if not parts:  # no conditioning at this call's noise level: zeros, as calc_cond_batch's sums
+            return np.zeros(scaled.shape, np.float32), seconds
+        first = parts[0][1]
+        if any(len(call) > 2 for call in calls):  # windows: the latents' size, zeros where no call covers
+            prediction = np.zeros((len(model_input), first.shape[1], *model_input.shape[2:]), first.dtype)
+        else:
+            prediction = np.empty((len(model_input), *first.shape[1:]), first.dtype)
+        for call, part in parts:
+            if len(call) > 2:
+                paste(prediction, call[0], call[2], part)
+            else:
+                prediction[call[0]] = part
         return prediction, seconds
 
     def run(self, ctx: StepContext, position: int, inputs: dict[str, np.ndarray]) -> np.ndarray:

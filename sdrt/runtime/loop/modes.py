@@ -79,11 +79,11 @@ def initial_noise(resolved: ResolvedRequest, sampler: Scheduler, generator, shap
 def text_to_image(resolved: ResolvedRequest, sampler: Scheduler, generator, shape: tuple[int, ...]) -> DenoiseStart:
     given = resolved.request.latents
     if given is None:
-        return DenoiseStart(initial_noise(resolved, sampler, generator, shape) * np.float32(sampler.init_noise_sigma))
+        return DenoiseStart(initial_noise(resolved, sampler, generator, shape) * np.float32(sampler.text_noise_scale))
     latents = np.asarray(given, dtype=np.float32)
     if latents.shape != shape:
         raise GenerationError(f"latents must have shape {list(shape)}, got {list(latents.shape)}", "latents")
-    return DenoiseStart(latents * np.float32(sampler.init_noise_sigma))
+    return DenoiseStart(latents * np.float32(sampler.text_noise_scale))
 
 
 def first_step(resolved: ResolvedRequest, sampler: Scheduler, family: Family) -> int:

@@ -142,6 +142,12 @@ class Scheduler(ABC):
     def init_noise_sigma(self) -> float:
         """Standard deviation of the initial latent noise."""
 
+    @property
+    def text_noise_scale(self) -> float:
+        """The factor of text-to-image's initial noise: init_noise_sigma, unless a sampler's own
+        rule says otherwise (A1111's SGM noise multiplier for its k-diffusion samplers)."""
+        return self.init_noise_sigma
+
     @abstractmethod
     def scale_model_input(self, sample: np.ndarray, step_index: int) -> np.ndarray:
         """The UNet input for step `step_index`."""

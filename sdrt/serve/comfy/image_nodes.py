@@ -7,6 +7,8 @@ ComfyUI's raw-space result scaled the same way."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from sdrt.runtime.imaging.resample import resize_latents
@@ -70,7 +72,7 @@ def latent_upscale(context, samples: Latent, upscale_method: str, width: int, he
     else:
         width, height = max(MIN_LATENT_UPSCALE, width), max(MIN_LATENT_UPSCALE, height)
     size = (width // PIXELS_PER_LATENT, height // PIXELS_PER_LATENT)
-    return (Latent(common_upscale(samples.samples, *size, upscale_method, crop)),)
+    return (replace(samples, samples=common_upscale(samples.samples, *size, upscale_method, crop)),)
 
 
 @node(
@@ -86,7 +88,7 @@ def latent_upscale(context, samples: Latent, upscale_method: str, width: int, he
 def latent_upscale_by(context, samples: Latent, upscale_method: str, scale_by: float):
     h, w = samples.samples.shape[-2:]
     size = (round(w * scale_by), round(h * scale_by))
-    return (Latent(common_upscale(samples.samples, *size, upscale_method, "disabled")),)
+    return (replace(samples, samples=common_upscale(samples.samples, *size, upscale_method, "disabled")),)
 
 
 def _image_scale(image: np.ndarray, width: int, height: int, method: str, crop: str) -> np.ndarray:

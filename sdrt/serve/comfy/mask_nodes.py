@@ -5,6 +5,7 @@ and VAEEncodeForInpaint (the masked pixels grey, encoded, the mask grown by a fe
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 from PIL import Image
@@ -40,7 +41,7 @@ def load_image_mask(context, image: str, channel: str):
 
 @node("SetLatentNoiseMask", "latent/inpaint", {"samples": Input(LATENT), "mask": Input(MASK)}, (LATENT,))
 def set_latent_noise_mask(context, samples: Latent, mask: np.ndarray):
-    return (Latent(samples.samples, samples.empty, mask.reshape(-1, 1, *mask.shape[-2:]).astype(np.float32)),)
+    return (replace(samples, noise_mask=mask.reshape(-1, 1, *mask.shape[-2:]).astype(np.float32)),)
 
 
 def _grown(mask: np.ndarray, by: int) -> np.ndarray:

@@ -108,22 +108,11 @@ def node(name: str, category: str, required: dict[str, Input], outputs: tuple[st
 
 #: ComfyUI nodes sdrt knows but does not run, with what each would need (the docs list them).
 NOT_RUN: dict[str, str] = {
-    "ConditioningSetArea": "area conditioning: several conditional model calls per step, each on its area "
-    "with ComfyUI's feathered weights, summed and divided by the weights (calc_cond_batch); sdrt's guidance "
-    "has one conditional prediction per image",
-    "ConditioningSetAreaPercentage": "area conditioning (as ConditioningSetArea): not in sdrt's loop",
-    "ConditioningSetMask": "masked conditioning: several conditional model calls per step weighted by masks; "
-    "not in sdrt's loop",
-    "ConditioningCombine": "several conditionings averaged per step: a conditional model call for each, their "
-    "predictions averaged before guidance (calc_cond_batch); sdrt's guidance has one conditional prediction",
     "ConditioningConcat": "token-wise concatenation of two encodings: a chunk break in ComfyUI's prompt "
     "weighting (which has no BREAK word) for the sampler's prompt",
-    "ConditioningSetAreaStrength": "area conditioning's strength (as ConditioningSetArea): not in sdrt's loop",
     "ConditioningAverage": "a blend of two encodings, conditioning_to_strength * to + (1 - it) * from over the "
     "to's tokens (the from's first cond, zero-padded or cut to the to's length) and its pooled output: sdrt "
     "encodes the prompt text inside its loop, so a conditioning would need to carry its encodings",
     "ConditioningZeroOut": "zeros for the encoding and the pooled output: sdrt's loop zeros only SDXL's missing "
     "negative prompt (force_zeros_for_empty_prompt), not a conditioning from a node",
-    "ConditioningSetTimestepRange": "a conditioning used only between start_percent and end_percent of the "
-    "model's sigmas (calculate_start_end_timesteps): several conditional calls per step, as ConditioningCombine",
 }

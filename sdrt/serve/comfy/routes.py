@@ -18,7 +18,7 @@ from starlette.datastructures import UploadFile as StarletteUpload
 
 import sdrt
 from sdrt.errors import SdrtError
-from sdrt.serve.comfy import dit_nodes, image_nodes, mask_nodes, sampler_nodes, sd_nodes  # noqa: F401  (registers the nodes)
+from sdrt.serve.comfy import batch_nodes, dit_nodes, image_nodes, mask_nodes, sampler_nodes, sd_nodes  # noqa: F401  (registers the nodes)
 from sdrt.serve.comfy.context import ComfyContext
 from sdrt.serve.comfy.graph import WorkflowError
 from sdrt.serve.comfy.nodes import NODES

@@ -16,6 +16,7 @@ from sdrt.runtime.request_checks import MAX_STEPS
 from sdrt.runtime.schedulers import COMFY_NOT_RUN
 from sdrt.runtime.schedulers.kdiffusion.comfy_schedules import KSamplerSteps
 from sdrt.runtime.text.prompts.emphasis import COMFYUI_EMPHASIS
+from sdrt.serve.comfy.conditioning_nodes import conditioning_entries
 from sdrt.serve.comfy.control_nodes import control_units
 from sdrt.serve.comfy.dit_sampling import check_clip
 from sdrt.serve.comfy.dit_sampling import request_settings as flow_settings
@@ -62,8 +63,8 @@ def _sample(context, model, seed, sampler_name, scheduler, positive, negative, l
     """ComfyUI's common_ksampler on sdrt's loop: ComfyUI's sampler (its rules) over the cut
     schedule; noise for the whole batch from the seed; the latents as given when no step runs."""
     pipeline = model.pipeline
-    check_clip(positive.clip, pipeline)
-    check_clip(negative.clip, pipeline)
+    for entry in (*positive.entries, *negative.entries):
+        check_clip(entry.clip, pipeline)
     samples = latent_image.samples
     batch = samples.shape[0]
     context.check_limits(steps, batch)  # the server's --max-steps and --max-images
@@ -80,12 +81,12 @@ def _sample(context, model, seed, sampler_name, scheduler, positive, negative, l
         schedule=scheduler,
         clip_skip=positive.clip.clip_skip,
         loras=tuple(_loras_of(model, positive.clip)),
-        ksampler_steps=replace(cut, seed=seed),
+        ksampler_steps=replace(cut, seed=seed, noise_indices=latent_image.batch_index),
         emphasis=COMFYUI_EMPHASIS,  # CLIPTextEncode's weights, ComfyUI's rule (no mean restoration)
         confined_names=True,  # a client's LoRA names: --lora-dir's files only
     )
     if latent_image.noise_mask is not None:
-        settings["ksampler_steps"] = replace(cut, seed=seed, noise_mask=latent_mask(latent_image))
+        settings["ksampler_steps"] = replace(settings["ksampler_steps"], noise_mask=latent_mask(latent_image))
     if not latent_image.empty or latent_image.noise_mask is not None:
         # ComfyUI adds the noise to the latent image: sdrt's image-to-image start
         settings.update(init_latents=samples, strength=1.0)
@@ -94,12 +95,16 @@ def _sample(context, model, seed, sampler_name, scheduler, positive, negative, l
     sampler = pipeline.new_sampler(request)
     if len(sampler.timesteps) == 0:
         return (latent_image,)  # ComfyUI's KSampler returns the latents when its cut leaves no step
+    entries = conditioning_entries(positive, negative, sampler.model, pipeline)  # ComfyUI's lists, areas
+    if entries is not None:
+        request = replace(request, conditionings=entries)
     if positive.controls or negative.controls:
         units = control_units(positive, negative, sampler.model, settings["height"], settings["width"])
         request = replace(request, controlnets=units)
     watch = dict(progress=context.progress, cancel=context.cancel, preview=context.preview)
     result = pipeline.run(request, **watch, latents_only=True)
-    return (Latent(np.asarray(result.latents, np.float32)),)
+    # common_ksampler's latent.copy(): the noise mask and batch index go on with the samples
+    return (replace(latent_image, samples=np.asarray(result.latents, np.float32), empty=False),)
 
 
 def latent_mask(latent: Latent) -> np.ndarray:

@@ -6,12 +6,13 @@ arrays in ComfyUI's layouts (latents [batch, channels, h, w]; images [batch, hei
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from sdrt.runtime.features.lora.merge import LoraWeights
 from sdrt.runtime.features.lora.tags import LoraRef
+from sdrt.runtime.regions import Area
 from sdrt.runtime.schedulers.kdiffusion.comfy_flow_sigmas import FlowModelSampling
 
 
@@ -61,21 +62,47 @@ class Control:
 
 
 @dataclass(frozen=True)
+class Region:
+    """What ComfyUI's conditioning nodes set on an entry (sdrt.serve.comfy.conditioning_nodes):
+    its area, strength and timestep range (None: unset)."""
+
+    area: Area | None = None
+    strength: float = 1.0
+    start_percent: float | None = None
+    end_percent: float | None = None
+    mask: np.ndarray | None = field(default=None, compare=False)  # ConditioningSetMask's [batch, h, w]
+    mask_strength: float = 1.0
+    mask_bounds: bool = False
+
+
+@dataclass(frozen=True)
 class Conditioning:
     """CONDITIONING: the prompt text as CLIPTextEncode received it, the CLIP it went through and
-    the ControlNets applied to it, in order."""
+    the ControlNets applied to it, in order; ComfyUI's list of such entries is this one and the
+    `combined` after it (ConditioningCombine), each with its region."""
 
     text: str
     clip: ModelHandle
     guidance: float | None = None  # FluxGuidance's (None: ComfyUI's FLUX default)
     controls: tuple[Control, ...] = ()
+    region: Region = Region()
+    combined: tuple[Conditioning, ...] = ()
+
+    @property
+    def entries(self) -> tuple[Conditioning, ...]:
+        """ComfyUI's list: this entry (without the others) and the combined ones."""
+        return (replace(self, combined=()), *self.combined) if self.combined else (self,)
 
 
 @dataclass
 class Latent:
     """LATENT: `samples` [batch, channels, h, w]; EmptyLatentImage's are zeros (ComfyUI's), which
-    a sampler at full denoise replaces by noise alone."""
+    a sampler at full denoise replaces by noise alone. The nodes that change a latent keep its
+    other entries (ComfyUI's `samples.copy()`): `dataclasses.replace`."""
 
     samples: np.ndarray
     empty: bool = False
     noise_mask: np.ndarray | None = None  # SetLatentNoiseMask's [batch or 1, 1, height, width]: 1 repaints
+    #: Each image's index in the batch its noise is drawn for (LatentFromBatch, RepeatLatentBatch);
+    #: None: the latent's own order. Kept by the nodes that copy a latent, as ComfyUI's dict copies.
+    batch_index: tuple[int, ...] | None = None

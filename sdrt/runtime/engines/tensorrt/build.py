@@ -23,8 +23,13 @@ from sdrt.runtime.engines.tensorrt.plan import (
 )
 from sdrt.runtime.files.integrity import verify_components
 from sdrt.runtime.manifest import ComponentSpec, Manifest
+from sdrt.runtime.qdq_formats import FP8_MIN_COMPUTE_CAPABILITY, fp8_supported
 
 TIMING_CACHE = "timing.cache"
+#: A Q/DQ graph (sdrt export --qdq) builds weakly typed: its Q/DQ layers in the format the flag
+#: allows (TensorRT's explicit quantization), everything else in fp16 as an fp32 graph does.
+QDQ_BUILDER_FLAGS = {"int8": "INT8", "fp8": "FP8"}
+FP16_BUILDS = ("fp16", *QDQ_BUILDER_FLAGS)
 
 
 def component_key(component: str, spec: ComponentSpec, settings: BuildSettings, device: Device) -> EngineKey:
@@ -44,6 +49,7 @@ def build_engines(
     cuda = Cuda(cudart)
     device = cuda.device(trt.__version__)
     components = [name for name in settings.components if name in manifest.components]
+    check_qdq_device(manifest, components, device)
     plans = {}
     for component in components:
         spec = manifest.components[component]
@@ -58,6 +64,18 @@ def build_engines(
         plans[component] = plan
     settings.save(folder)
     return plans
+
+
+def check_qdq_device(manifest: Manifest, components: list[str], device: Device) -> None:
+    """One line for fp8 engines on a GPU without FP8 (compute capability below 8.9)."""
+    for name in components:
+        qdq = manifest.components[name].qdq
+        if qdq is not None and qdq.qdq == "fp8" and not fp8_supported(device.compute_capability):
+            raise BuildError(
+                f"{name} is an fp8 Q/DQ graph and this GPU ({device.gpu_name}, compute capability "
+                f"{device.compute_capability}) has no FP8; TensorRT builds fp8 from compute capability "
+                f"{'.'.join(map(str, FP8_MIN_COMPUTE_CAPABILITY))} (Ada, Hopper): export with --qdq int8 for this GPU"
+            )
 
 
 @dataclass(frozen=True)
@@ -92,7 +110,10 @@ def build_one(
     if spec.weights_map:
         marked = refittable_weights(trt, network, config, folder, component, spec)
         progress(f"{component}: {marked} refittable (LoRA)")
-    if key.precision == "fp16" and not strongly_typed:
+    if spec.qdq is not None:
+        config.set_flag(getattr(trt.BuilderFlag, QDQ_BUILDER_FLAGS[spec.qdq.qdq]))
+        progress(f"{component}: {spec.qdq.nodes_quantized} layers in {spec.qdq.qdq} (explicit Q/DQ)")
+    if key.precision in FP16_BUILDS and not strongly_typed:
         config.set_flag(trt.BuilderFlag.FP16)
         kept = keep_fp32_layers(trt, network)
         config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)

@@ -320,6 +320,12 @@ def component_precision(component: str, spec: ComponentSpec, requested: str) -> 
     (SD's VAE overflows in fp16; export with --vae-precision fp16 to choose otherwise)."""
     if requested not in PRECISIONS:
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {requested!r}")
+    if spec.qdq is not None:  # a Q/DQ graph (sdrt export --qdq): its layers in int8 / fp8, the rest fp16
+        if requested == "fp32":
+            raise ConfigError(
+                f"{component} is a {spec.qdq.qdq} Q/DQ graph, built in {spec.qdq.qdq} and fp16; drop --precision fp32"
+            )
+        return spec.qdq.qdq
     if spec.precision == "fp16":
         if requested == "fp32":
             raise ConfigError(f"{component} was exported in fp16; re-export with --precision fp32 for fp32 engines")

@@ -100,6 +100,12 @@ class WeightsMap:
 
     @classmethod
     def load(cls, folder: Path, component: str, spec: ComponentSpec) -> WeightsMap:
+        if spec.qdq is not None:
+            raise LoraError(
+                f"LoRA cannot apply to this export of {folder.name}: its {component} is a {spec.qdq.qdq} Q/DQ graph "
+                "(sdrt export --qdq), calibrated for its own weights; merge the LoRA into the model and export "
+                "that, or use an export without --qdq"
+            )
         if spec.quantization is not None and not spec.weights_map:
             raise LoraError(
                 f"this export of {folder.name} has {spec.quantization.weights} weights in its {component} "

@@ -58,6 +58,7 @@ class ComfyRules(KDiffusionSampler):
     #: KSampler.calculate_sigmas' DISCARD_PENULTIMATE_SIGMA_SAMPLERS.
     discard_penultimate: ClassVar[bool] = False
     takes_discard_option: ClassVar[bool] = False  # A1111's option; ComfyUI has none
+    takes_a1111_settings: ClassVar[bool] = False  # A1111's sampler settings; ComfyUI has none
     #: ComfyUI's ddim: a noise mask's noise is drawn afresh (its inpaint_options "random").
     random_inpaint_noise: ClassVar[bool] = False
     #: The KSampler's latents are where a run starts (its denoise cuts the schedule itself).

@@ -100,11 +100,11 @@ ComfyRule = Callable[[int, ComfyModelSigmas], np.ndarray]
 #: ComfyUI's SCHEDULER_HANDLERS, in its order (karras, exponential, simple and ddim_uniform are
 #: A1111's rules exactly: both take them from k-diffusion or the same loop).
 COMFY_SCHEDULERS: dict[str, ComfyRule] = {
-    "simple": lambda n, model: a1111.simple(n, model, False),
+    "simple": lambda n, model: a1111.simple(n, model, False, a1111.ScheduleShape.of(model)),
     "sgm_uniform": lambda n, model: _normal(n, model, sgm=True),
-    "karras": lambda n, model: a1111.karras(n, model, False),
-    "exponential": lambda n, model: a1111.exponential(n, model, False),
-    "ddim_uniform": lambda n, model: a1111.ddim(n, model, False),
+    "karras": lambda n, model: a1111.karras(n, model, False, a1111.ScheduleShape.of(model)),
+    "exponential": lambda n, model: a1111.exponential(n, model, False, a1111.ScheduleShape.of(model)),
+    "ddim_uniform": lambda n, model: a1111.ddim(n, model, False, a1111.ScheduleShape.of(model)),
     "beta": _beta,
     "normal": _normal,
     "linear_quadratic": _linear_quadratic,
@@ -138,6 +138,9 @@ class KSamplerSteps:
     #: A flow model's sampling (comfy_flow_sigmas.FlowModelSampling: ModelSamplingFlux / SD3's
     #: shift); None: the model's own.
     model_sampling: FlowModelSampling | None = None
+    #: The latent's batch_index (LatentFromBatch, RepeatLatentBatch): which draw of the seed's
+    #: generator each image's initial noise is (sdrt.runtime.rng.IndexedDraws); None: in order.
+    noise_indices: tuple[int, ...] | None = None
 
     def cut(self, steps: int, schedule: Callable[[int], np.ndarray]) -> np.ndarray:
         """KSampler.set_steps then KSampler.sample's cut (empty: no step to run)."""

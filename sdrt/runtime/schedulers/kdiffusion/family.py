@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sdrt.runtime.schedulers.kdiffusion import solvers
+from sdrt.runtime.schedulers.kdiffusion.a1111_settings import solver_settings
 from sdrt.runtime.schedulers.kdiffusion.dpm_adaptive import dpm_adaptive
 from sdrt.runtime.schedulers.kdiffusion.dpm_fast import dpm_fast
 from sdrt.runtime.schedulers.kdiffusion.lcm import KLCM
@@ -26,8 +27,11 @@ def _sampler(name: str, solver, stochastic: bool = False, **attributes) -> type[
     return type(name, (KDiffusionSampler,), namespace)
 
 
+#: A1111's sampler settings each sampler takes beside its schedule (sdrt.runtime.schedulers.kdiffusion.a1111_settings).
+ETA_AND_NOISE = {"takes_eta_ancestral": True, "takes_s_noise": True}
+
 KEuler = _sampler("KEuler", solvers.euler, churns=True)
-KEulerAncestral = _sampler("KEulerAncestral", solvers.euler_ancestral, stochastic=True)
+KEulerAncestral = _sampler("KEulerAncestral", solvers.euler_ancestral, stochastic=True, takes_eta_ancestral=True)
 KHeun = _sampler("KHeun", solvers.heun, churns=True, calls_per_step=2)
 KDPM2 = _sampler(
     "KDPM2", solvers.dpm_2, churns=True, calls_per_step=2, default_schedule=KARRAS, discard_next_to_last_sigma=True
@@ -36,6 +40,7 @@ KDPM2Ancestral = _sampler(
     "KDPM2Ancestral",
     solvers.dpm_2_ancestral,
     stochastic=True,
+    **ETA_AND_NOISE,
     calls_per_step=2,
     default_schedule=KARRAS,
     discard_next_to_last_sigma=True,
@@ -43,13 +48,24 @@ KDPM2Ancestral = _sampler(
 KLMS = _sampler("KLMS", solvers.lms)
 KDPMPP2M = _sampler("KDPMPP2M", solvers.dpmpp_2m, default_schedule=KARRAS)
 KDPMPP2SAncestral = _sampler(
-    "KDPMPP2SAncestral", solvers.dpmpp_2s_ancestral, stochastic=True, calls_per_step=2, default_schedule=KARRAS
+    "KDPMPP2SAncestral",
+    solvers.dpmpp_2s_ancestral,
+    stochastic=True,
+    calls_per_step=2,
+    default_schedule=KARRAS,
+    **ETA_AND_NOISE,
 )
 KDPMPPSDE = _sampler(
-    "KDPMPPSDE", solvers.dpmpp_sde, stochastic=True, calls_per_step=2, default_schedule=KARRAS, brownian=True
+    "KDPMPPSDE",
+    solvers.dpmpp_sde,
+    stochastic=True,
+    calls_per_step=2,
+    default_schedule=KARRAS,
+    brownian=True,
+    **ETA_AND_NOISE,
 )
 KDPMPP2MSDE = _sampler(
-    "KDPMPP2MSDE", solvers.dpmpp_2m_sde, stochastic=True, default_schedule=EXPONENTIAL, brownian=True
+    "KDPMPP2MSDE", solvers.dpmpp_2m_sde, stochastic=True, default_schedule=EXPONENTIAL, brownian=True, **ETA_AND_NOISE
 )
 KDPMPP2MSDEHeun = _sampler(
     "KDPMPP2MSDEHeun",
@@ -58,6 +74,7 @@ KDPMPP2MSDEHeun = _sampler(
     default_schedule=EXPONENTIAL,
     brownian=True,
     solver_options={"solver_type": "heun"},
+    **ETA_AND_NOISE,
 )
 KDPMPP3MSDE = _sampler(
     "KDPMPP3MSDE",
@@ -66,6 +83,7 @@ KDPMPP3MSDE = _sampler(
     default_schedule=EXPONENTIAL,
     brownian=True,
     discard_next_to_last_sigma=True,
+    **ETA_AND_NOISE,
 )
 
 
@@ -77,17 +95,18 @@ class KDPMFast(KDiffusionSampler):
     solver = staticmethod(dpm_fast)
     reference_name = "k_diffusion.sampling.sample_dpm_fast"
     stochastic = True
+    takes_eta_ancestral = takes_s_noise = True
 
     def _start(self, x, noise):
-        sigmas = self.schedule_sigmas
+        sigmas, options = self.schedule_sigmas, solver_settings(self)
         if sigmas is not self.full_sigmas:  # image-to-image: A1111's sample_img2img arguments
-            return dpm_fast(x, sigmas, noise, float(sigmas[-2]), float(sigmas[0]), len(sigmas) - 1)
+            return dpm_fast(x, sigmas, noise, float(sigmas[-2]), float(sigmas[0]), len(sigmas) - 1, **options)
         model = self.model
-        return dpm_fast(x, sigmas, noise, model.sigma_min, model.sigma_max, self.num_inference_steps)
+        return dpm_fast(x, sigmas, noise, model.sigma_min, model.sigma_max, self.num_inference_steps, **options)
 
 
 class KDPMAdaptive(KDiffusionSampler):
-    """DPM adaptive: A1111 calls it with the model's sigma range and eta 1 (eta_ancestral), the
+    """DPM adaptive: A1111 calls it with the model's sigma range and eta (eta_ancestral), the
     solver's other settings at k-diffusion's defaults (rtol 0.05, atol 0.0078, h_init 0.05); its
     schedule type, as DPM fast's, only sets the initial noise's scale. From an image, the kept
     tail's range. Its model calls follow the model's outputs (`adaptive`)."""
@@ -96,15 +115,14 @@ class KDPMAdaptive(KDiffusionSampler):
     reference_name = "k_diffusion.sampling.sample_dpm_adaptive"
     stochastic = True
     adaptive = True
-    #: A1111's eta for it (opts.eta_ancestral's default).
-    eta = 1.0
+    takes_eta_ancestral = True  # no s_noise: sampler_extra_params does not list it
 
     def _start(self, x, noise):
-        sigmas = self.schedule_sigmas
+        sigmas, options = self.schedule_sigmas, solver_settings(self)
         if sigmas is not self.full_sigmas:  # image-to-image: A1111's sample_img2img arguments
-            return dpm_adaptive(x, sigmas, noise, float(sigmas[-2]), float(sigmas[0]), eta=self.eta)
+            return dpm_adaptive(x, sigmas, noise, float(sigmas[-2]), float(sigmas[0]), **options)
         model = self.model
-        return dpm_adaptive(x, sigmas, noise, model.sigma_min, model.sigma_max, eta=self.eta)
+        return dpm_adaptive(x, sigmas, noise, model.sigma_min, model.sigma_max, **options)
 
 
 @dataclass(frozen=True)

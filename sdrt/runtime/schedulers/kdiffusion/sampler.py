@@ -22,14 +22,14 @@ import numpy as np
 
 from sdrt.errors import ConfigError
 from sdrt.runtime.rng import GeneratorGroup, TorchGenerator
+from sdrt.runtime.sampler_settings import SamplerSettings
 from sdrt.runtime.schedulers.base import HALF, Scheduler, predict_x0
 from sdrt.runtime.schedulers.config import BETA_DEFAULTS, SchedulerConfig
 from sdrt.runtime.schedulers.kdiffusion import solvers
+from sdrt.runtime.schedulers.kdiffusion.a1111_settings import schedule_shape, solver_settings
 from sdrt.runtime.schedulers.kdiffusion.model_sigmas import ModelSigmas
 from sdrt.runtime.schedulers.kdiffusion.schedules import AUTOMATIC, UNIFORM, k_schedule_entry, schedule_sigmas
 
-#: k-diffusion's defaults for the churn samplers (s_churn, s_tmin, s_tmax, s_noise).
-DEFAULT_CHURN = (0.0, 0.0, float("inf"), 1.0)
 #: The last levels a schedule keeps when it ends on a final zero (the next-to-last is dropped).
 DISCARDED_INDEX = -2
 #: A1111's cap on the denoising strength in its img2img step count (setup_img2img_steps).
@@ -50,12 +50,18 @@ class KDiffusionSampler(Scheduler):
     solver_options: ClassVar[Mapping[str, Any]] = {}
     #: Whether the solver takes Karras churn (Euler, Heun, DPM2).
     churns: ClassVar[bool] = False
+    #: Whether A1111 passes it eta (eta_ancestral: k-diffusion's function takes one) and s_noise
+    #: (sampler_extra_params) apart from churn (sdrt.runtime.schedulers.kdiffusion.a1111_settings).
+    takes_eta_ancestral: ClassVar[bool] = False
+    takes_s_noise: ClassVar[bool] = False
     #: A1111's schedule when the request says Automatic (its sampler table's 'scheduler').
     default_schedule: ClassVar[str] = UNIFORM
     #: A1111's discard_next_to_last_sigma (DPM2, DPM2 a, DPM++ 3M SDE).
     discard_next_to_last_sigma: ClassVar[bool] = False
     #: Whether A1111's always_discard_next_to_last_sigma option reaches the sampler (ComfyUI's: no).
     takes_discard_option: ClassVar[bool] = True
+    #: Whether A1111's sampler settings (sdrt.runtime.sampler_settings) reach it (ComfyUI's: no).
+    takes_a1111_settings: ClassVar[bool] = True
     #: Whether a run from an image starts as A1111's img2img (start_at_strength and
     #: sdrt.runtime.loop.a1111_img2img); ComfyUI's samplers start from the given latents instead.
     starts_images_as_a1111: ClassVar[bool] = True
@@ -82,6 +88,8 @@ class KDiffusionSampler(Scheduler):
         self.step_generator: TorchGenerator | GeneratorGroup | None = None
         #: A1111's always_discard_next_to_last_sigma, set per request (Pipeline.new_sampler).
         self.always_discard = False
+        #: A1111's sampler settings, set per request (Pipeline.new_sampler) where they reach the sampler.
+        self.settings = SamplerSettings()
 
     @property
     def discards(self) -> bool:
@@ -98,7 +106,8 @@ class KDiffusionSampler(Scheduler):
     def _levels(self, num_inference_steps: int) -> np.ndarray:
         """The schedule's noise levels for this many steps, as A1111's get_sigmas gives them."""
         steps = num_inference_steps + (1 if self.discards else 0)
-        sigmas = schedule_sigmas(self.schedule, self.default_schedule, steps, self.model, self.sdxl)
+        shape, _ = schedule_shape(self)
+        sigmas = schedule_sigmas(self.schedule, self.default_schedule, steps, self.model, self.sdxl, shape)
         if self.discards:
             sigmas = np.delete(sigmas, len(sigmas) + DISCARDED_INDEX)
         if len(sigmas) < 2 or not np.all(np.isfinite(sigmas)) or np.any(sigmas[:-1] <= 0):
@@ -148,9 +157,7 @@ class KDiffusionSampler(Scheduler):
         self.timesteps = np.append(self.timesteps, self.call_timesteps(np.array([level]))).astype(np.float32)
 
     def _start(self, x: np.ndarray, noise: solvers.Noise) -> solvers.Solver:
-        options = dict(self.solver_options)
-        if self.churns:
-            options["churn"] = DEFAULT_CHURN
+        options = {**self.solver_options, **solver_settings(self)}
         return type(self).solver(x, self.schedule_sigmas, noise, **options)
 
     def _dry_run(self) -> np.ndarray:
@@ -170,6 +177,15 @@ class KDiffusionSampler(Scheduler):
     @property
     def init_noise_sigma(self) -> float:
         return float(self.schedule_sigmas[0])
+
+    @property
+    def text_noise_scale(self) -> float:
+        """A1111's txt2img start (KDiffusionSampler.sample): the noise times the first level, or with
+        its SGM noise multiplier, times sqrt(1 + first level^2) (float32, as A1111's tensor math)."""
+        if not self.settings.sgm_noise_multiplier:
+            return self.init_noise_sigma
+        first = np.float32(self.schedule_sigmas[0])
+        return float(np.sqrt(np.float32(1) + first * first))
 
     def scale_model_input(self, sample: np.ndarray, step_index: int) -> np.ndarray:
         sigma = self.sigmas[step_index]
