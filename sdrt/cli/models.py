@@ -98,7 +98,8 @@ RANDOM_NAMES = (
 @click.option(
     "--fused-attention",
     is_flag=True,
-    help="CPU: the UNet's attention as ONNX Runtime's MultiHeadAttention (no score matrix in memory).",
+    help="CPU: the UNet's attention as ONNX Runtime's MultiHeadAttention (no score matrix in memory); "
+    "SD3's transformer: its RMS norms and tanh GELUs as ONNX Runtime's fused operators.",
 )
 @click.option(
     "--max-prompt-chunks",

@@ -82,6 +82,10 @@ def _build_component(
         fused = work / "fused.onnx"
         onnx_graph.fuse_attention_for_cpu(traced, fused)
         traced = fused
+    if options.fuses_operators(component):
+        from sdrt.export.dit_cpu_fusions import fuse_file
+
+        fuse_file(traced, traced)
     if release:
         component.module.to("meta")  # frees the weights before the ONNX copy is converted and run
     fp16 = precision == "fp16"

@@ -4,11 +4,15 @@ extra graphs (tiny VAE, DeepCache) and quantized weights, each checked when made
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sdrt.export import onnx_graph
 from sdrt.export.quantize import QUANTIZED_COMPONENTS, check_weights
 from sdrt.export.staging import ExportError
 from sdrt.runtime.manifest import DEFAULT_PROMPT_CHUNKS, DEFAULT_WEIGHT_BLOCK
+
+if TYPE_CHECKING:
+    from sdrt.export.components import ComponentExport
 
 
 @dataclass(frozen=True)
@@ -29,7 +33,9 @@ class ExportOptions:
     no_t5: bool = False  # SD3: export without T5 (the runtime feeds zeros in its place)
     weights: str | None = None  # int8 / int4: MatMul weights quantized (sdrt.export.quantize)
     weight_block: int = DEFAULT_WEIGHT_BLOCK  # weights per quantization scale
-    fused_attention: bool = False  # CPU: the UNet's attention as ORT's MultiHeadAttention (onnx_graph)
+    # CPU: the UNet's attention as ORT's MultiHeadAttention (onnx_graph); SD3's transformer's
+    # norms and GELUs as ORT's fused operators (dit_cpu_fusions)
+    fused_attention: bool = False
 
     def __post_init__(self):
         onnx_graph.check_choice("precision", self.precision, onnx_graph.PRECISIONS)
@@ -45,6 +51,11 @@ class ExportOptions:
 
     def fuses_attention(self, component: str) -> bool:
         return self.fused_attention and component in onnx_graph.CPU_FUSED_COMPONENTS
+
+    def fuses_operators(self, component: ComponentExport) -> bool:
+        """The component's graph gets sdrt.export.dit_cpu_fusions (fp32 only: ONNX Runtime's
+        CPU kernels for them are float32)."""
+        return self.fused_attention and component.cpu_fusions and self.precision_of(component.name) == "fp32"
 
     def quantizes(self, component: str) -> bool:
         return self.weights is not None and component in QUANTIZED_COMPONENTS
