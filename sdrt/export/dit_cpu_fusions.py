@@ -4,9 +4,10 @@ torch.onnx writes diffusers' RMSNorm (the q/k norms) as Pow, ReduceMean, Add, Sq
 Mul and the tanh GELU of the MLPs (`gelu-approximate`) as eight elementwise operators after the
 bias Add. ONNX Runtime's own optimizer fuses only some of them: its transpose optimizer moves the
 key's head Transpose behind the key norm first, so that norm no longer reduces the last axis and
-stays unfused, and it folds the GELU's 0.5 into the next MatMul before its GELU fusion runs, so
-no GELU is fused. Each unfused operator is a pass over a whole activation (the image MLP's is
-2 x 1024 tokens x 6144 at 512x512), which the CPU pays in memory traffic. Here, before ONNX
+stays unfused, and no GELU is fused (its saved optimized graph has the GELU's 0.5 folded into the
+next MatMul as a FusedMatMul alpha and the other seven operators left as they were). Each
+unfused operator is a pass over a whole activation (the image MLP's is 2 x 1024 tokens x 6144 at
+512x512), which the CPU pays in memory traffic. Here, before ONNX
 Runtime sees the graph, each such RMSNorm becomes one SimplifiedLayerNormalization (ONNX
 Runtime's RMS norm kernel: y = x / sqrt(mean(x^2) + epsilon) * scale, in float32) and each GELU
 one com.microsoft FastGelu with the bias Add folded in (y = gelu_tanh(x + bias)), both with CPU
