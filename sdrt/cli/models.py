@@ -100,7 +100,8 @@ RANDOM_NAMES = (
     "--fused-attention/--no-fused-attention",
     default=None,
     help="The UNet's attention as ONNX Runtime's MultiHeadAttention (no score matrix in memory) "
-    "[default: on for fp32 --target cpu exports without --weights].",
+    "[default: on for fp32 --target cpu exports without --weights]; asked for, also SD3's "
+    "transformer's RMS norms and tanh GELUs as ONNX Runtime's fused operators.",
 )
 @click.option(
     "--max-prompt-chunks",

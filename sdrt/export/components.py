@@ -210,6 +210,9 @@ class ComponentExport:
     defaults: dict[str, np.ndarray] = field(default_factory=dict)
     # The model whose layers LoRA files name (the UNet, a text model): it gets a weights map.
     lora_model: torch.nn.Module | None = None
+    # With --fused-attention (CPU, fp32): its RMS norms and tanh GELUs as ONNX Runtime's fused
+    # operators (sdrt.export.dit_cpu_fusions).
+    cpu_fusions: bool = False
 
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
         return {

@@ -84,6 +84,10 @@ def _build_component(
         fused = work / "fused.onnx"
         onnx_graph.fuse_attention_for_cpu(traced, fused)
         traced = fused
+    if options.fuses_operators(component):
+        from sdrt.export.dit_cpu_fusions import fuse_file
+
+        fuse_file(traced, traced)
     fp16 = precision == "fp16"
     if not options.optimize:
         files = onnx_graph.convert(traced, final, fp16)

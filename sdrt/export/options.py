@@ -3,7 +3,8 @@ extra graphs (tiny VAE, DeepCache) and quantized weights, each checked when made
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from sdrt.export import onnx_graph
 from sdrt.export.qdq import check_qdq
@@ -17,6 +18,9 @@ from sdrt.runtime.qdq_formats import DEFAULT_QDQ_PROMPTS
 #: CPU: yes; SD 1.5's UNet at 512x512 peaks at 0.49x the plain graph's memory at the same
 #: speed (docs/benchmarks/cpu-sd15-512-ort-profile.json). CUDA: no (--optimize fuses there).
 FUSED_ATTENTION_BY_TARGET = {"cpu": True, "cuda": False}
+
+if TYPE_CHECKING:
+    from sdrt.export.components import ComponentExport
 
 
 @dataclass(frozen=True)
@@ -38,10 +42,13 @@ class ExportOptions:
     weights: str | None = None  # int8 / int4: MatMul weights quantized (sdrt.export.quantize)
     weight_block: int = DEFAULT_WEIGHT_BLOCK  # weights per quantization scale
     # The UNet's attention as ORT's MultiHeadAttention (onnx_graph); None: the target's default
-    # (FUSED_ATTENTION_BY_TARGET), resolved when made.
+    # (FUSED_ATTENTION_BY_TARGET), resolved when made. Asked for (True), also SD3's transformer's
+    # norms and GELUs as ORT's fused operators (dit_cpu_fusions), which OpenVINO and TensorRT lack.
     fused_attention: bool | None = None
     qdq: str | None = None  # int8 / fp8: the denoiser as a Q/DQ graph for TensorRT (sdrt.export.qdq)
     qdq_prompts: int = DEFAULT_QDQ_PROMPTS  # prompts whose denoising calibrates the Q/DQ scales
+    #: Whether fused_attention came from the target's default rather than being asked for.
+    fused_by_default: bool = field(default=False, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         onnx_graph.check_choice("precision", self.precision, onnx_graph.PRECISIONS)
@@ -55,6 +62,7 @@ class ExportOptions:
         if self.fused_attention is None:  # the measured case only: fp32, unquantized
             plain_fp32 = self.precision == "fp32" and self.weights is None and self.qdq is None
             object.__setattr__(self, "fused_attention", FUSED_ATTENTION_BY_TARGET[self.target] and plain_fp32)
+            object.__setattr__(self, "fused_by_default", True)
         check_qdq(self.qdq, self.qdq_prompts, self.weights, self.precision, self.optimize or self.fused_attention)
         if self.fused_attention and self.target != "cpu":
             raise ExportError("fused_attention is for --target cpu (--optimize fuses attention for CUDA)")
@@ -63,6 +71,13 @@ class ExportOptions:
 
     def fuses_attention(self, component: str) -> bool:
         return bool(self.fused_attention) and component in onnx_graph.CPU_FUSED_COMPONENTS
+
+    def fuses_operators(self, component: ComponentExport) -> bool:
+        """The component's graph gets sdrt.export.dit_cpu_fusions: asked for only (not the CPU
+        default: OpenVINO and TensorRT read the same export), fp32 only (ONNX Runtime's CPU
+        kernels for them are float32)."""
+        asked = bool(self.fused_attention) and not self.fused_by_default
+        return asked and component.cpu_fusions and self.precision_of(component.name) == "fp32"
 
     def quantizes(self, component: str) -> bool:
         return self.weights is not None and component in QUANTIZED_COMPONENTS

@@ -252,6 +252,7 @@ def sd3_component_exports(pipeline, geometry: ModelGeometry, with_t5: bool) -> l
             ],
             transformer_inputs,
             lora_model=unwrapped_blocks(pipeline.transformer),
+            cpu_fusions=True,
         )
     )
     return exports + vae_exports(pipeline, geometry)

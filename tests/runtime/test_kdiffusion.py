@@ -298,7 +298,9 @@ def compare_within_reference_spread(kd_ours, kd_reference, label, schedule, step
     pipe = kd_reference[kind]
     config = dict(pipe.scheduler.config)
     spread_max, spread_mean = reference_spread(pipe, config, label, schedule, steps)
-    assert spread_max > MAX_PIXEL_ERROR, "the reference is stable here: compare() applies"
+    # Where the reference is stable (some schedules' starting level), the usual bound applies.
+    bound_max = max(MAX_PIXEL_ERROR, SPREAD_MARGIN * spread_max)
+    bound_mean = max(MEAN_PIXEL_ERROR, SPREAD_MARGIN * spread_mean)
     expected = reference_image(pipe, config, label, schedule, steps)
     result = kd_ours[kind].generate(
         PROMPTS,
@@ -310,8 +312,8 @@ def compare_within_reference_spread(kd_ours, kd_reference, label, schedule, step
         guidance_scale=GUIDANCE,
     )
     difference = np.abs(result.array - expected)
-    assert difference.max() <= SPREAD_MARGIN * spread_max, f"max {difference.max() * 255:.3f}/255"
-    assert difference.mean() <= SPREAD_MARGIN * spread_mean, f"mean {difference.mean() * 255:.4f}/255"
+    assert difference.max() <= bound_max, f"max {difference.max() * 255:.3f}/255"
+    assert difference.mean() <= bound_mean, f"mean {difference.mean() * 255:.4f}/255"
 
 
 def test_every_k_sampler_is_in_the_reference_table():
@@ -415,7 +417,7 @@ def sdxl_reference_image(pipe, label, schedule, steps, size):
     def model_output(x, t, context):
         return pipe.unet(x, t, encoder_hidden_states=context, added_cond_kwargs=added).sample
 
-    inner = denoiser(model_output, dict(pipe.scheduler.config))
+    inner = (lcm_denoiser if label == "LCM" else denoiser)(model_output, dict(pipe.scheduler.config))
 
     def cfg(x, sigma):
         c, u = inner(torch.cat([x, x]), torch.cat([sigma, sigma]), context=torch.cat([cond, uncond])).chunk(2)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from support.kdiffusion_reference import denoiser, k_sampling
+from support.kdiffusion_reference import denoiser, k_sampling, lcm_denoiser, sample_lcm
 
 
 class A1111CpuNoise:
@@ -74,7 +74,7 @@ def a1111_img2img(
             x = torch.cat([x, extra_channels.repeat(x.shape[0] // extra_channels.shape[0], 1, 1, 1)], dim=1)
         return pipe.unet(x, t, encoder_hidden_states=context).sample
 
-    inner = denoiser(unet, pipe.scheduler.config)
+    inner = (lcm_denoiser if function == "sample_lcm" else denoiser)(unet, pipe.scheduler.config)  # A1111's LCM's own
     keep = nmask = None
     if mask is not None:
         nmask = a1111_latent_mask(mask, (init_latent.shape[3], init_latent.shape[2]))
@@ -105,6 +105,10 @@ def a1111_img2img(
             latents = ks.sample_dpm_fast(
                 cfg, xi, sigma_sched[-2], sigma_sched[0], len(sigma_sched) - 1, disable=True, **kwargs
             )
+        elif function == "sample_dpm_adaptive":  # sample_img2img: the tail's range
+            latents = ks.sample_dpm_adaptive(cfg, xi, sigma_sched[-2], sigma_sched[0], disable=True, **kwargs)
+        elif function == "sample_lcm":  # A1111's own (modules/sd_samplers_lcm.py)
+            latents = sample_lcm(cfg, xi, sigma_sched, disable=True, **kwargs)
         else:
             latents = getattr(ks, function)(cfg, xi, sigma_sched, disable=True, **kwargs)
     finally:
