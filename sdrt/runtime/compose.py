@@ -35,7 +35,7 @@ from sdrt.runtime.loop.timings import (
     Timings,
 )
 from sdrt.runtime.manifest import UNET_SHALLOW
-from sdrt.runtime.request import ResolvedRequest
+from sdrt.runtime.request_resolve import ResolvedRequest
 from sdrt.runtime.rng import GeneratorGroup, IndexedDraws, TorchGenerator
 
 if TYPE_CHECKING:

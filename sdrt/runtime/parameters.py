@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sdrt.runtime.request import ResolvedRequest
+from sdrt.runtime.request_resolve import ResolvedRequest
 from sdrt.runtime.schedulers import discard_option_applies
 from sdrt.runtime.text.prompts.emphasis import DEFAULT_EMPHASIS
 

@@ -48,7 +48,8 @@ from sdrt.runtime.loop.timings import (
 from sdrt.runtime.manifest import MANIFEST_NAME, Manifest
 from sdrt.runtime.model_folder import infer_manifest
 from sdrt.runtime.parameters import generation_parameters
-from sdrt.runtime.request import GenerationError, GenerationRequest, ResolvedRequest
+from sdrt.runtime.request import GenerationError, GenerationRequest
+from sdrt.runtime.request_resolve import ResolvedRequest
 from sdrt.runtime.rng import TorchGenerator
 from sdrt.runtime.schedulers import Scheduler, sampler_from_config
 from sdrt.runtime.schedulers.kdiffusion.a1111_settings import settings_parameters

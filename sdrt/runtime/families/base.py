@@ -32,7 +32,8 @@ from sdrt.runtime.schedulers.spaces import DIFFUSION
 
 if TYPE_CHECKING:
     from sdrt.runtime.engines import Engine
-    from sdrt.runtime.request import GenerationRequest, ResolvedRequest
+    from sdrt.runtime.request import GenerationRequest
+    from sdrt.runtime.request_resolve import ResolvedRequest
     from sdrt.runtime.text.encoders import TextEncoding
 
 #: Per-row feeds besides the text that stay constant through a run, for negative and positive rows.

@@ -29,7 +29,8 @@ from sdrt.runtime.text.encoders import TextEncoding
 
 if TYPE_CHECKING:
     from sdrt.runtime.engines import Engine
-    from sdrt.runtime.request import GenerationRequest, ResolvedRequest
+    from sdrt.runtime.request import GenerationRequest
+    from sdrt.runtime.request_resolve import ResolvedRequest
 
 #: The transformer's input of which T5 tokens it attends to (float 0/1 per text token).
 TEXT_MASK = "text_mask"

@@ -44,7 +44,8 @@ from sdrt.runtime.schedulers.spaces import FLOW
 
 if TYPE_CHECKING:
     from sdrt.runtime.engines import Engine
-    from sdrt.runtime.request import GenerationRequest, ResolvedRequest
+    from sdrt.runtime.request import GenerationRequest
+    from sdrt.runtime.request_resolve import ResolvedRequest
     from sdrt.runtime.text.encoders import TextEncoding
 
 #: Image tokens are 2x2 patches of latents.

@@ -28,7 +28,8 @@ from sdrt.runtime.manifest import TRANSFORMER, UNET_CONTEXT, Manifest
 
 if TYPE_CHECKING:
     from sdrt.runtime.engines import Engine
-    from sdrt.runtime.request import GenerationRequest, ResolvedRequest
+    from sdrt.runtime.request import GenerationRequest
+    from sdrt.runtime.request_resolve import ResolvedRequest
     from sdrt.runtime.text.encoders import TextEncoding
 
 FLUX2_FEATURES = frozenset({"reference_images", "lora", "taylorseer_cache"})

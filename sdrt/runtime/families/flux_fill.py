@@ -20,7 +20,7 @@ from sdrt.runtime.imaging.inputs import MASK_THRESHOLD, to_mask_input, to_model_
 
 if TYPE_CHECKING:
     from sdrt.runtime.loop.modes import DenoiseStart, ImageEncoder
-    from sdrt.runtime.request import ResolvedRequest
+    from sdrt.runtime.request_resolve import ResolvedRequest
     from sdrt.runtime.schedulers import Scheduler
 
 

@@ -26,7 +26,7 @@ from sdrt.runtime.loop.timings import REFERENCE_TOKENS
 if TYPE_CHECKING:
     from sdrt.runtime.loop.context import StepContext
     from sdrt.runtime.loop.modes import DenoiseStart, ImageEncoder
-    from sdrt.runtime.request import ResolvedRequest
+    from sdrt.runtime.request_resolve import ResolvedRequest
     from sdrt.runtime.rng import TorchGenerator
     from sdrt.runtime.schedulers import Scheduler
 

@@ -39,7 +39,8 @@ from sdrt.runtime.sd3_spec import SKIP_LAYERS, Sd3Spec
 
 if TYPE_CHECKING:
     from sdrt.runtime.engines import Engine
-    from sdrt.runtime.request import GenerationRequest, ResolvedRequest
+    from sdrt.runtime.request import GenerationRequest
+    from sdrt.runtime.request_resolve import ResolvedRequest
     from sdrt.runtime.text.encoders import TextEncoding
 
 #: Image tokens are patches of latents (the transformer's patch_size; 2 for every SD3 model).

@@ -26,7 +26,8 @@ from sdrt.runtime.manifest import PENULTIMATE_HIDDEN, TEXT_EMBEDS, TIME_IDS, UNE
 
 if TYPE_CHECKING:  # the request module imports this one
     from sdrt.runtime.manifest import SdxlSpec
-    from sdrt.runtime.request import GenerationRequest, ResolvedRequest
+    from sdrt.runtime.request import GenerationRequest
+    from sdrt.runtime.request_resolve import ResolvedRequest
     from sdrt.runtime.text.encoders import TextEncoding
 
 #: diffusers' default aesthetic scores for the refiner's conditioning.

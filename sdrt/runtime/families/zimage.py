@@ -32,7 +32,8 @@ from sdrt.runtime.manifest import TRANSFORMER, UNET_CONTEXT, Manifest
 
 if TYPE_CHECKING:
     from sdrt.runtime.engines import Engine
-    from sdrt.runtime.request import GenerationRequest, ResolvedRequest
+    from sdrt.runtime.request import GenerationRequest
+    from sdrt.runtime.request_resolve import ResolvedRequest
     from sdrt.runtime.text.encoders import TextEncoding
 
 ZIMAGE_FEATURES = frozenset({"img2img", "init_latents", "inpainting", "lora"})

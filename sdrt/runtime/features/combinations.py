@@ -25,7 +25,7 @@ from sdrt.runtime.schedulers import COMFYUI, KDIFFUSION, SAMPLERS
 
 if TYPE_CHECKING:
     from sdrt.runtime.families import Family
-    from sdrt.runtime.request import ResolvedRequest
+    from sdrt.runtime.request_resolve import ResolvedRequest
 
 
 #: Samplers whose step calls the UNet more than once (Heun).

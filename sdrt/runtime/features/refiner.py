@@ -25,7 +25,7 @@ from sdrt.runtime.loop.guiders import guider_for
 from sdrt.runtime.loop.modes import DenoiseStart
 from sdrt.runtime.loop.stage import Stage
 from sdrt.runtime.loop.timings import TEXT_ENCODER, Timings
-from sdrt.runtime.request import ResolvedRequest
+from sdrt.runtime.request_resolve import ResolvedRequest
 from sdrt.runtime.schedulers import Scheduler
 
 if TYPE_CHECKING:

@@ -21,7 +21,8 @@ from PIL import Image
 from sdrt.errors import ConfigError
 from sdrt.runtime.imaging.inputs import MASK_THRESHOLD, downsample_nearest, mask_gray, to_mask_input, to_model_input
 from sdrt.runtime.loop.modes import DenoiseStart, ImageEncoder
-from sdrt.runtime.request import GenerationError, ResolvedRequest
+from sdrt.runtime.request import GenerationError
+from sdrt.runtime.request_resolve import ResolvedRequest
 from sdrt.runtime.schedulers.a1111_timesteps import A1111TimestepSampler
 from sdrt.runtime.schedulers.kdiffusion.sampler import KDiffusionSampler
 

@@ -25,7 +25,7 @@ import numpy as np
 from sdrt.runtime.engines import Engine
 from sdrt.runtime.loop.guiders import NoGuidance
 from sdrt.runtime.loop.timings import Timings
-from sdrt.runtime.request import ResolvedRequest
+from sdrt.runtime.request_resolve import ResolvedRequest
 from sdrt.runtime.text.encoders import TextEncoders
 from sdrt.runtime.text.prompts.schedule import prompt_schedule
 

@@ -25,7 +25,8 @@ from sdrt.runtime.loop.context import StepContext
 from sdrt.runtime.loop.hooks import StepHook
 from sdrt.runtime.loop.timings import VAE_ENCODER, Timings
 from sdrt.runtime.manifest import Manifest
-from sdrt.runtime.request import GenerationError, ResolvedRequest
+from sdrt.runtime.request import GenerationError
+from sdrt.runtime.request_resolve import ResolvedRequest
 from sdrt.runtime.rng import TorchGenerator
 from sdrt.runtime.schedulers import Scheduler
 

@@ -30,7 +30,7 @@ from sdrt.runtime.engines import Engine
 from sdrt.runtime.loop.guiders import ClassifierFreeGuidance, NoGuidance
 from sdrt.runtime.loop.timings import Timings
 from sdrt.runtime.regions import PARAM, Placed, place, weights, window
-from sdrt.runtime.request import ResolvedRequest
+from sdrt.runtime.request_resolve import ResolvedRequest
 from sdrt.runtime.schedulers import COMFYUI, SAMPLERS
 from sdrt.runtime.schedulers.base import predict_x0
 from sdrt.runtime.text.encoders import TextEncoders

@@ -29,7 +29,7 @@ from sdrt.runtime.imaging.inputs import to_control_input
 from sdrt.runtime.manifest import CONTROL_IMAGE, MANIFEST_NAME, Manifest, residual_names
 
 if TYPE_CHECKING:
-    from sdrt.runtime.request import ResolvedRequest
+    from sdrt.runtime.request_resolve import ResolvedRequest
 
 #: ControlNets whose engines stay loaded (the least recently used goes first; SD 1.5's takes
 #: 1.4 GB in fp32). A request holds its engines until it ends.
