@@ -18,14 +18,13 @@ from runtime.test_kdiffusion import (
     NEGATIVE,
     PROMPTS,
     SEEDS,
-    A1111Noise,
     a1111_sigmas,
     assert_same_image,
-    run_k_sampler,
+    sample_as_a1111,
 )
 from sdrt.runtime.pipeline import Pipeline
 from sdrt.runtime.schedulers import k_sampler_name
-from support.kdiffusion_reference import denoiser, k_sampling
+from support.kdiffusion_reference import denoiser
 
 STEPS = 6
 #: A1111's sdxl_refiner_high_aesthetic_score / sdxl_refiner_low_aesthetic_score defaults.
@@ -62,8 +61,7 @@ def _model(pipe, time_ids, cond, uncond, pooled, negative_pooled):
 
 @torch.no_grad()
 def reference_image(base, refiner, label, switch_at, size):
-    ks = k_sampling()
-    function, extra, default_schedule, discard, brownian = A1111_SAMPLERS[label]
+    _, _, default_schedule, discard, _ = A1111_SAMPLERS[label]
     rows = 2 * len(PROMPTS)
     encoded = base.encode_prompt(
         PROMPTS, device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=True, negative_prompt=NEGATIVE
@@ -90,17 +88,7 @@ def reference_image(base, refiner, label, switch_at, size):
     sigmas = a1111_sigmas(name, STEPS + (1 if discard else 0), inner)
     if discard:
         sigmas = torch.cat([sigmas[:-2], sigmas[-1:]])
-    shape = (base.unet.config.in_channels, size // 8, size // 8)
-    generators = [torch.Generator("cpu").manual_seed(seed) for seed in SEEDS]
-    x = torch.stack([torch.randn(shape, generator=g) for g in generators]) * sigmas[0]
-    kwargs = dict(extra)
-    if brownian:
-        kwargs["noise_sampler"] = ks.BrownianTreeNoiseSampler(x, sigmas[sigmas > 0].min(), sigmas.max(), seed=SEEDS)
-    ks.torch = A1111Noise(generators, shape)
-    try:
-        latents = run_k_sampler(function, model, inner, x, sigmas, STEPS, **kwargs)
-    finally:
-        ks.torch = torch
+    latents = sample_as_a1111(label, model, inner, sigmas, STEPS, base.unet.config.in_channels, size)
     image = refiner.vae.decode(latents / refiner.vae.config.scaling_factor).sample
     return (image / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy(), state["switched_at"]
 

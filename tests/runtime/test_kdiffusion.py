@@ -121,12 +121,31 @@ class A1111Noise:
         return getattr(torch, item)
 
 
+def sample_as_a1111(label, model, inner, sigmas, steps, channels, size):
+    """The latents of A1111's KDiffusionSampler.sample for `label` over `sigmas`: each image's
+    initial noise and fresh noise from its own CPU generator (SEEDS), the SDE samplers' Brownian
+    trees per seed, `model(x, sigma)` the guided denoiser, `inner` its k-diffusion table."""
+    ks = k_sampling()
+    function, extra, _, _, brownian = A1111_SAMPLERS[label]
+    shape = (channels, size // 8, size // 8)
+    generators = [torch.Generator("cpu").manual_seed(seed) for seed in SEEDS]
+    x = torch.stack([torch.randn(shape, generator=g) for g in generators]) * sigmas[0]
+    kwargs = dict(extra)
+    if brownian:
+        sigma_min, sigma_max = sigmas[sigmas > 0].min(), sigmas.max()
+        kwargs["noise_sampler"] = ks.BrownianTreeNoiseSampler(x, sigma_min, sigma_max, seed=SEEDS)
+    ks.torch = A1111Noise(generators, shape)
+    try:
+        return run_k_sampler(function, model, inner, x, sigmas, steps, **kwargs)
+    finally:
+        ks.torch = torch
+
+
 @torch.no_grad()
 def reference_image(pipe, config, label, schedule, steps, size=64, always_discard=False):
     """`always_discard`: A1111's always_discard_next_to_last_sigma (get_sigmas: the sampler's own
     discard, or this option's)."""
-    ks = k_sampling()
-    function, extra, default_schedule, discard, brownian = A1111_SAMPLERS[label]
+    _, _, default_schedule, discard, _ = A1111_SAMPLERS[label]
     discard = discard or always_discard
     cond, uncond = pipe.encode_prompt(PROMPTS, "cpu", 1, True, NEGATIVE)
     unet = pipe.unet
@@ -146,18 +165,7 @@ def reference_image(pipe, config, label, schedule, steps, size=64, always_discar
     sigmas = a1111_sigmas(name, n, inner)
     if discard:
         sigmas = torch.cat([sigmas[:-2], sigmas[-1:]])
-    shape = (unet.config.in_channels, size // 8, size // 8)
-    generators = [torch.Generator("cpu").manual_seed(seed) for seed in SEEDS]
-    x = torch.stack([torch.randn(shape, generator=g) for g in generators]) * sigmas[0]
-    kwargs = dict(extra)
-    if brownian:
-        sigma_min, sigma_max = sigmas[sigmas > 0].min(), sigmas.max()
-        kwargs["noise_sampler"] = ks.BrownianTreeNoiseSampler(x, sigma_min, sigma_max, seed=SEEDS)
-    ks.torch = A1111Noise(generators, shape)
-    try:
-        latents = run_k_sampler(function, cfg, inner, x, sigmas, steps, **kwargs)
-    finally:
-        ks.torch = torch
+    latents = sample_as_a1111(label, cfg, inner, sigmas, steps, unet.config.in_channels, size)
     image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
     return (image / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
 
@@ -406,8 +414,7 @@ def test_hires_with_a_k_sampler_equals_a1111(kd_ours, kd_reference):
 def sdxl_reference_image(pipe, label, schedule, steps, size):
     """The reference above for SDXL: the UNet also takes the pooled text embedding and the
     time ids (original size, crop (0, 0), target size)."""
-    ks = k_sampling()
-    function, extra, default_schedule, discard, brownian = A1111_SAMPLERS[label]
+    _, _, default_schedule, discard, _ = A1111_SAMPLERS[label]
     cond, uncond, pooled, negative_pooled = pipe.encode_prompt(
         PROMPTS, device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=True, negative_prompt=NEGATIVE
     )
@@ -427,17 +434,7 @@ def sdxl_reference_image(pipe, label, schedule, steps, size):
     sigmas = a1111_sigmas(name, steps + (1 if discard else 0), inner, sdxl=True)
     if discard:
         sigmas = torch.cat([sigmas[:-2], sigmas[-1:]])
-    shape = (pipe.unet.config.in_channels, size // 8, size // 8)
-    generators = [torch.Generator("cpu").manual_seed(seed) for seed in SEEDS]
-    x = torch.stack([torch.randn(shape, generator=g) for g in generators]) * sigmas[0]
-    kwargs = dict(extra)
-    if brownian:
-        kwargs["noise_sampler"] = ks.BrownianTreeNoiseSampler(x, sigmas[sigmas > 0].min(), sigmas.max(), seed=SEEDS)
-    ks.torch = A1111Noise(generators, shape)
-    try:
-        latents = run_k_sampler(function, cfg, inner, x, sigmas, steps, **kwargs)
-    finally:
-        ks.torch = torch
+    latents = sample_as_a1111(label, cfg, inner, sigmas, steps, pipe.unet.config.in_channels, size)
     image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
     return (image / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
 
