@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sdrt.benchmark.baselines import check_openvino, parse_baselines, summarize_pairs
 from sdrt.benchmark.driver import BenchError, Worker
 from sdrt.benchmark.machine import machine_info, matmul_gflops, model_hash, unet_gflop_per_call, versions
 from sdrt.runtime.features.deepcache import DeepCache
@@ -137,6 +138,28 @@ def _sdrt_summary(runs: list[dict], load_seconds: float, peak: int) -> dict:
     }
 
 
+def _check_diffusers(settings: BenchSettings, diffusers_model: str | None) -> None:
+    if diffusers_model is None:
+        raise BenchError("--compare diffusers needs the model's diffusers folder: pass --diffusers-model DIR")
+    if (
+        settings.controlnets
+        or settings.vae != "full"
+        or settings.hires
+        or settings.schedule != "automatic"
+        or settings.deepcache
+        or settings.cache
+    ):
+        raise BenchError(
+            "--compare diffusers with --controlnet, --vae tiny, --hires, --schedule, --deepcache or --cache is "
+            "not supported yet: measure sdrt alone (or use --latency-table)"
+        )
+    try:
+        import diffusers  # noqa: F401
+        import torch  # noqa: F401
+    except ImportError:
+        raise BenchError("--compare diffusers needs torch and diffusers: pip install 'sdrt[export]'") from None
+
+
 def run_benchmark(
     model: str,
     settings: BenchSettings,
@@ -145,56 +168,50 @@ def run_benchmark(
     threads: int | None = None,
     runs: int = 3,
     warmup: int = 1,
-    compare: str | None = None,
+    compare: str | tuple[str, ...] | None = None,
     diffusers_model: str | None = None,
     progress=lambda line: None,
     cuda_graph: bool = False,
     sequential: bool = False,
     embeddings: list[str] | None = None,
 ) -> dict:
-    """Benchmark an exported model; with compare="diffusers" also the same model in diffusers,
-    interleaved run by run, or after it with `sequential`."""
+    """Benchmark an exported model; with compare="diffusers" also the same model in diffusers, with
+    "openvino" sdrt's loop on OpenVINO (sdrt.benchmark.baselines), interleaved run by run, or one
+    after the other with `sequential`."""
     manifest = Manifest.load(model)
     if diffusers_model is None:
         source = manifest.source.get("model")
         diffusers_model = source if source and (Path(source) / "model_index.json").is_file() else None
-    if compare is not None:
-        if compare != "diffusers":
-            raise BenchError(f"unknown baseline {compare!r}; sdrt compares with diffusers")
-        if diffusers_model is None:
-            raise BenchError("--compare diffusers needs the model's diffusers folder: pass --diffusers-model DIR")
-        if (
-            settings.controlnets
-            or settings.vae != "full"
-            or settings.hires
-            or settings.schedule != "automatic"
-            or settings.deepcache
-            or settings.cache
-        ):
-            raise BenchError(
-                "--compare with --controlnet, --vae tiny, --hires, --schedule, --deepcache or --cache is not "
-                "supported yet: measure sdrt alone (or use --latency-table)"
-            )
-        try:
-            import diffusers  # noqa: F401
-            import torch  # noqa: F401
-        except ImportError:
-            raise BenchError("--compare diffusers needs torch and diffusers: pip install 'sdrt[export]'") from None
+    baselines = parse_baselines(compare)
+    names = [baseline.name for baseline in baselines]
+    if "diffusers" in names:
+        _check_diffusers(settings, diffusers_model)
+    if "openvino" in names:
+        check_openvino(backend)
     settings.request().resolve(manifest)  # a setting the model cannot take: one line, before any worker
     load_options = {"cuda_graph": True} if cuda_graph else {}
     if embeddings:
         load_options["embeddings"] = [str(Path(e).resolve()) if Path(e).exists() else e for e in embeddings]
-    sides = [("sdrt", model, load_options)] + ([("diffusers", diffusers_model, {})] if compare else [])
-    results: dict[str, list[dict]] = {kind: [] for kind, _, _ in sides}
+    sides = [("sdrt", "sdrt", model, load_options, backend)] + [
+        (
+            b.name,
+            b.worker,
+            diffusers_model if b.worker == "diffusers" else model,
+            {} if b.worker == "diffusers" else load_options,
+            b.backend or backend,
+        )
+        for b in baselines
+    ]
+    results: dict[str, list[dict]] = {side[0]: [] for side in sides}
     peaks, loads = {}, {}
     # Interleaved (A B A B): drift on a shared machine hits both sides alike. Sequential: one
     # side at a time, for models of which two copies do not fit in memory (SDXL on 24 GiB).
     for group in [[side] for side in sides] if sequential else [sides]:
         workers = []
         try:
-            for kind, path, options in group:
-                progress(f"loading {kind} ({backend})")
-                workers.append(Worker(kind, path, settings, backend, threads, options))
+            for label, kind, path, options, engine in group:
+                progress(f"loading {label} ({engine})")
+                workers.append(Worker(kind, path, settings, engine, threads, options, label=label))
             _measure(workers, warmup, runs, results, progress)
         finally:
             peaks.update({w.kind: w.close() for w in workers})
@@ -209,7 +226,7 @@ def run_benchmark(
         "precision": {name: spec.precision for name, spec in manifest.components.items()},
         "model": {"path": str(model), "hash": model_hash(manifest)},
         "machine": machine_info(),
-        "versions": versions(compare is not None),
+        "versions": versions("diffusers" in names, "openvino" in names),
         "runs": runs,
         "warmup": warmup,
         "sequential": sequential,
@@ -221,9 +238,8 @@ def run_benchmark(
     report["matmul_gflops"] = matmul_gflops()
     if flop is not None:
         report["unet_gflops_achieved"] = flop / report["sdrt"]["unet_step"]["p50"]
-    if compare:
+    if "diffusers" in names:
         baseline = results["diffusers"]
-        pairs = [b["end_to_end"] / a["end_to_end"] for a, b in zip(results["sdrt"], baseline)]
         report["diffusers"] = {
             "load_seconds": loads["diffusers"],
             "peak_rss_bytes": peaks["diffusers"]["peak_rss_bytes"],
@@ -231,12 +247,18 @@ def run_benchmark(
             "end_to_end": summarize([b["end_to_end"] for b in baseline]),
             "unet_step": summarize([t for b in baseline for t in b["unet_steps"]]),  # its UNet/transformer calls
         }
-        report["speedup_vs_diffusers"] = {"pairs": pairs, **summarize(pairs)}
+        report["speedup_vs_diffusers"] = summarize_pairs(results["sdrt"], baseline, summarize)
         report["memory_ratio_vs_diffusers"] = peaks["sdrt"]["peak_rss_bytes"] / peaks["diffusers"]["peak_rss_bytes"]
         if report["sdrt"]["peak_gpu_bytes"] and report["diffusers"]["peak_gpu_bytes"]:
             report["gpu_memory_ratio_vs_diffusers"] = (
                 report["sdrt"]["peak_gpu_bytes"] / report["diffusers"]["peak_gpu_bytes"]
             )
+    if "openvino" in names:  # sdrt's loop on OpenVINO: the same stages as sdrt's own
+        report["openvino"] = _sdrt_summary(results["openvino"], loads["openvino"], peaks["openvino"]["peak_rss_bytes"])
+        report["speedup_vs_openvino"] = summarize_pairs(results["sdrt"], results["openvino"], summarize)
+        report["memory_ratio_vs_openvino"] = peaks["sdrt"]["peak_rss_bytes"] / peaks["openvino"]["peak_rss_bytes"]
+        if flop is not None:
+            report["openvino"]["unet_gflops_achieved"] = flop / report["openvino"]["unet_step"]["p50"]
     return report
 
 

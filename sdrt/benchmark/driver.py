@@ -30,8 +30,9 @@ class Worker:
         backend: str,
         threads: int | None,
         load_options: dict | None = None,
+        label: str | None = None,
     ):
-        self.kind = kind
+        self.kind = label or kind  # the name its results go under (one sdrt worker per engine)
         command = [
             sys.executable,
             "-m",

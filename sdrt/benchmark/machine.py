@@ -77,7 +77,7 @@ def machine_info() -> dict:
     return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
 
 
-def versions(compare: bool) -> dict:
+def versions(compare: bool, openvino: bool = False) -> dict:
     import onnxruntime
 
     found = {"sdrt": __version__, "numpy": np.__version__, "onnxruntime": onnxruntime.__version__}
@@ -86,6 +86,10 @@ def versions(compare: bool) -> dict:
         import torch
 
         found.update(torch=torch.__version__, diffusers=diffusers.__version__)
+    if openvino:
+        import openvino as ov
+
+        found["openvino"] = ov.__version__
     return found
 
 

@@ -1,4 +1,4 @@
-"""A benchmark report as text: per-stage latency, memory and the ratio to diffusers."""
+"""A benchmark report as text: per-stage latency, memory and the ratio to each baseline."""
 
 from __future__ import annotations
 
@@ -48,5 +48,16 @@ def format_report(report: dict) -> str:
             f"{len(ratio['pairs'])} {'sequential' if report.get('sequential') else 'interleaved'} pairs "
             f"(min {ratio['min']:.2f}, max {ratio['max']:.2f}); "
             f"memory {report['memory_ratio_vs_diffusers']:.2f}x"
+        )
+    if "openvino" in report:
+        o, ratio = report["openvino"], report["speedup_vs_openvino"]
+        lines.append(
+            f"openvino end to end      {o['stages']['end_to_end']['median'] * 1e3:10.1f} ms, UNet step p50 "
+            f"{o['unet_step']['p50'] * 1e3:.1f} ms, load {o['load_seconds']:.2f} s, peak "
+            f"{o['peak_rss_bytes'] / 2**30:.2f} GiB"
+        )
+        lines.append(
+            f"speedup vs openvino      {ratio['median']:.2f}x median of {len(ratio['pairs'])} pairs "
+            f"(min {ratio['min']:.2f}, max {ratio['max']:.2f}); memory {report['memory_ratio_vs_openvino']:.2f}x"
         )
     return "\n".join(lines)

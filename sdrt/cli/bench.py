@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from sdrt.benchmark import ARCHES
+from sdrt.benchmark.baselines import BASELINES
 from sdrt.cli import main
 from sdrt.cli.outputs import check_output, check_report, write_report
 from sdrt.cli.types import THREADS, FiniteFloat
@@ -115,14 +116,15 @@ from sdrt.runtime.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES, SAMPLERS, SC
 @click.option("--threads", default=None, type=THREADS, help="CPU threads (default: all cores).")
 @click.option(
     "--compare",
-    default=None,
-    type=click.Choice(["diffusers"]),
-    help="Also run the same model in diffusers + torch, interleaved A B A B.",
+    multiple=True,
+    type=click.Choice(list(BASELINES)),
+    help="Also run the same model in diffusers + torch, or sdrt's loop on OpenVINO (the same ONNX graphs), "
+    "interleaved A B A B; repeatable.",
 )
 @click.option(
     "--sequential",
     is_flag=True,
-    help="With --compare: all of sdrt's runs, then diffusers' (one model in memory at a time).",
+    help="With --compare: all of sdrt's runs, then each baseline's (one model in memory at a time).",
 )
 @click.option(
     "--diffusers-model",
@@ -241,7 +243,7 @@ def bench(
             threads=threads,
             runs=runs,
             warmup=warmup,
-            compare=compare,
+            compare=compare or None,
             diffusers_model=diffusers_model,
             progress=say,
             cuda_graph=cuda_graph,

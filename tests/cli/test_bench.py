@@ -149,6 +149,37 @@ def test_compare_needs_the_diffusers_folder(engine, tmp_path):
         run_benchmark(str(copy), BenchSettings(64, 64), compare="diffusers")
 
 
+@pytest.mark.slow  # ~10 s: two workers, one compiling the graphs for OpenVINO
+def test_openvino_baseline_runs_the_same_loop_on_openvino_in_turns(engine):
+    """`--compare openvino`: sdrt's loop on OpenVINO's CPU plugin, its own worker taking turns with
+    sdrt's ONNX Runtime one; its report has sdrt's stages, its UNet calls and the pair ratios."""
+    pytest.importorskip("openvino")
+    settings = BenchSettings(height=64, width=64, steps=2)
+    report = run_benchmark(str(engine), settings, runs=2, warmup=0, compare=("openvino",))
+    openvino = report["openvino"]
+    assert openvino["unet_step"]["count"] == 2 * 2 and report["sdrt"]["unet_step"]["count"] == 2 * 2  # 2 runs of 2
+    assert set(openvino["stages"]) == set(report["sdrt"]["stages"]) and openvino["load_seconds"] > 0
+    pairs = report["speedup_vs_openvino"]["pairs"]
+    assert len(pairs) == 2 and all(p > 0 for p in pairs) and report["memory_ratio_vs_openvino"] > 0
+    assert report["versions"]["openvino"] and "diffusers" not in report
+    from sdrt.benchmark.report import format_report
+
+    assert "speedup vs openvino" in format_report(report)
+
+
+@pytest.mark.parametrize(
+    ("compare", "backend", "message"),
+    [
+        ("openvino", "tensorrt", "--compare openvino runs beside --backend cpu (not tensorrt)"),
+        (("diffusers", "nope"), "cpu", "unknown baseline 'nope'; choose from diffusers, openvino"),
+    ],
+)
+def test_baselines_are_refused_in_one_line(engine, compare, backend, message):
+    with pytest.raises(BenchError) as error:
+        run_benchmark(str(engine), BenchSettings(64, 64), backend=backend, compare=compare)
+    assert str(error.value) == message
+
+
 def test_summary_and_sweep_parsing():
     summary = summarize([3.0, 1.0, 2.0, 10.0])
     assert summary["median"] == 2.5 and summary["min"] == 1.0 and summary["max"] == 10.0 and summary["count"] == 4
