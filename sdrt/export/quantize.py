@@ -154,11 +154,16 @@ def quantize_file(path: Path, bits: int, block: int) -> tuple[object, object, di
     import onnx
     from onnx import numpy_helper
 
-    original = onnx.load_model(str(path), load_external_data=True)
-    gemms_as_matmuls(original)
+    def load():  # twice from the file, not copied through one serialized message: a UNet or a
+        # transformer is over protobuf's 2 GiB message limit, which only files with external data escape
+        model = onnx.load_model(str(path), load_external_data=True)
+        gemms_as_matmuls(model)
+        return model
+
+    original = load()
     weights = {t.name: t for t in original.graph.initializer}
     by_output = {node.output[0]: node for node in original.graph.node if node.op_type == PLAIN_OP}
-    quantized = quantize_model(onnx.ModelProto.FromString(original.SerializeToString()), bits, block)
+    quantized = quantize_model(load(), bits, block)
     exported = {}
     for node in quantized.graph.node:
         if node.op_type == QUANTIZED_OP:
