@@ -24,6 +24,7 @@ relative weight error ||W' - W|| / ||W||, squared).
 
 from __future__ import annotations
 
+import json
 import logging
 from contextlib import contextmanager
 from pathlib import Path
@@ -103,13 +104,6 @@ def packed_layout(node) -> PackedLayout:
     )
 
 
-def dequantized(node, initializers: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """(weight [K, N] as the kernel sees it, |scale| per weight) of one MatMulNBits node, read
-    from its packed codes (sdrt.runtime.packed_weights.unpack)."""
-    layout = packed_layout(node)
-    return unpack(layout, initializers[layout.codes], initializers[layout.scales])
-
-
 def gemms_as_matmuls(model) -> int:
     """Rewrites each Gemm of a weight (a Linear on a 2-D input: the transformers' timestep and
     modulation layers, up to a quarter of FLUX.1's weights) as MatMul + Add, in place, so that
@@ -149,45 +143,59 @@ def _count(model, op: str) -> int:
     return sum(node.op_type == op for node in model.graph.node)
 
 
-def quantize_file(path: Path, bits: int, block: int) -> tuple[object, object, dict[str, tuple[str, np.ndarray]]]:
-    """(original model, quantized model, {quantized node: (its weight's initializer, value)})."""
+def load_for_quantization(path: Path):
+    """The fp32 graph at `path`, weights loaded, its Gemms of weights as MatMuls (what the
+    quantizer packs)."""
     import onnx
+
+    model = onnx.load_model(str(path), load_external_data=True)
+    gemms_as_matmuls(model)
+    return model
+
+
+def quantize_file(path: Path, bits: int, block: int) -> tuple[object, dict[str, str]]:
+    """(quantized model, {quantized node: the fp32 weight initializer it packs}). The quantizer
+    rewrites the loaded graph in place: no second copy of the weights (a full-size UNet or
+    transformer is several GB, and over protobuf's 2 GiB message limit for a serialized copy)."""
+    model = load_for_quantization(path)
+    weight_of = {node.output[0]: node.input[1] for node in model.graph.node if node.op_type == PLAIN_OP}
+    quantized = quantize_model(model, bits, block)
+    sources = {n.name: weight_of[n.output[0]] for n in quantized.graph.node if n.op_type == QUANTIZED_OP}
+    return quantized, sources
+
+
+def dequantize_into(quantized, reference, sources: dict[str, str]) -> tuple[dict, dict]:
+    """Each weight of `reference` (the fp32 graph, load_for_quantization) that `quantized` packs
+    replaced, in place and one at a time, by its dequantized value. Returns the weight-error
+    figures (the largest |W' - W| / |s|, at most 1; the worst layer's ||W' - W|| / ||W||; their
+    quadrature sum) and each packed weight's layout with the sha256 of the fp32 weight it was
+    packed from (PACKED_SOURCES_FILE)."""
+    import hashlib
+    from dataclasses import asdict
+
     from onnx import numpy_helper
 
-    def load():  # twice from the file, not copied through one serialized message: a UNet or a
-        # transformer is over protobuf's 2 GiB message limit, which only files with external data escape
-        model = onnx.load_model(str(path), load_external_data=True)
-        gemms_as_matmuls(model)
-        return model
-
-    original = load()
-    weights = {t.name: t for t in original.graph.initializer}
-    by_output = {node.output[0]: node for node in original.graph.node if node.op_type == PLAIN_OP}
-    quantized = quantize_model(load(), bits, block)
-    exported = {}
-    for node in quantized.graph.node:
-        if node.op_type == QUANTIZED_OP:
-            source = by_output[node.output[0]]
-            exported[node.name] = (source.input[1], numpy_helper.to_array(weights[source.input[1]]))
-    return original, quantized, exported
-
-
-def weight_errors(quantized, exported: dict[str, tuple[str, np.ndarray]]) -> tuple[dict[str, np.ndarray], dict]:
-    """The dequantized weight by the initializer it replaces, and the weight-error figures: the largest
-    |W' - W| / |s| (at most 1), the worst layer's ||W' - W|| / ||W|| and their quadrature sum."""
-    from onnx import numpy_helper
-
-    initializers = {t.name: numpy_helper.to_array(t) for t in quantized.graph.initializer}
-    dequant, worst_step, relative = {}, 0.0, []
+    packed = {t.name: t for t in quantized.graph.initializer}
+    weights = {t.name: t for t in reference.graph.initializer}
+    worst_step, relative, packed_sources = 0.0, [], {}
     for node in quantized.graph.node:
         if node.op_type != QUANTIZED_OP:
             continue
-        weight, step = dequantized(node, initializers)
-        name, original = exported[node.name]
+        layout = packed_layout(node)
+        weight, step = unpack(
+            layout, numpy_helper.to_array(packed[layout.codes]), numpy_helper.to_array(packed[layout.scales])
+        )
+        name = sources[node.name]
+        original = np.ascontiguousarray(numpy_helper.to_array(weights[name]), dtype=np.float32)
         error = np.abs(weight - original)
         worst_step = max(worst_step, float((error / np.maximum(step, np.finfo(np.float32).tiny)).max()))
         relative.append(float(np.linalg.norm(error) / max(float(np.linalg.norm(original)), 1e-30)))
-        dequant[name] = weight
+        packed_sources[layout.codes] = {
+            "sha256": hashlib.sha256(original.tobytes()).hexdigest(),
+            "shape": list(original.shape),
+            "layout": asdict(layout),
+        }
+        weights[name].CopyFrom(numpy_helper.from_array(weight.astype(np.float32), name))
     figures = {
         "max_weight_error_steps": worst_step,
         "max_layer_rel_error": max(relative, default=0.0),
@@ -195,25 +203,7 @@ def weight_errors(quantized, exported: dict[str, tuple[str, np.ndarray]]) -> tup
     }
     if worst_step > 1 + FLOAT_SLACK:
         raise QuantizationError(f"a quantized weight is {worst_step:.3g} steps off, more than one step")
-    return dequant, figures
-
-
-def _write_packed_sources(quantized, exported: dict[str, tuple[str, np.ndarray]], path: Path) -> None:
-    import hashlib
-    import json
-    from dataclasses import asdict
-
-    sources = {}
-    for node in quantized.graph.node:
-        if node.op_type == QUANTIZED_OP:
-            weight = np.ascontiguousarray(exported[node.name][1], dtype=np.float32)
-            layout = packed_layout(node)
-            sources[layout.codes] = {
-                "sha256": hashlib.sha256(weight.tobytes()).hexdigest(),
-                "shape": list(weight.shape),
-                "layout": asdict(layout),
-            }
-    path.write_text(json.dumps(sources), encoding="utf-8")
+    return figures, packed_sources
 
 
 def _run(component, path: Path, cases) -> list[list[np.ndarray]]:
@@ -236,19 +226,15 @@ def quantize_and_validate(
     """Quantize the fp32 graph at `final` in place; returns its files and its validation: the
     graph against the fp32 graph holding its dequantized weights (`passed`), with the error
     against PyTorch and the weight figures under `quantization` (see the module docstring)."""
-    from onnx import numpy_helper
-
     from sdrt.export import onnx_graph
     from sdrt.export.validation import Case, validate
 
     bits = WEIGHT_FORMATS[weights]
-    original, quantized, exported = quantize_file(final, bits, block)
-    dequant, figures = weight_errors(quantized, exported)
-    _write_packed_sources(quantized, exported, work / PACKED_SOURCES_FILE)
+    quantized, sources = quantize_file(final, bits, block)
+    original = load_for_quantization(final)  # the fp32 graph again, after the quantizer freed its own
+    figures, packed_sources = dequantize_into(quantized, original, sources)
+    (work / PACKED_SOURCES_FILE).write_text(json.dumps(packed_sources), encoding="utf-8")
     reference = work / "dequantized.onnx"
-    for tensor in original.graph.initializer:
-        if tensor.name in dequant:
-            tensor.CopyFrom(numpy_helper.from_array(dequant[tensor.name], tensor.name))
     onnx_graph.save(original, reference)
     del original
     for leftover in final.parent.glob(final.name + "*"):

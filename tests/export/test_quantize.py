@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
+from onnx import numpy_helper
 
 from sdrt.cli import main
 from sdrt.export.exporter import ExportOptions
@@ -16,8 +17,9 @@ from sdrt.export.quantize import (
     PLAIN_OP,
     QUANTIZED_OP,
     QuantizationError,
+    dequantize_into,
+    load_for_quantization,
     quantize_file,
-    weight_errors,
 )
 from sdrt.export.validation import RELATIVE_TOLERANCE
 from sdrt.runtime.manifest import DEFAULT_WEIGHT_BLOCK, SCHEMA_PATH, WEIGHT_FORMATS, Manifest
@@ -77,11 +79,15 @@ def test_int8_codes_are_within_one_step_of_the_weights(exported_tiny):
     max|w| / 2^(bits-1) of its block (blocks along the input dimension) of its exported value."""
     bits = WEIGHT_FORMATS["int8"]
     unet = Path(exported_tiny("standard")) / "unet" / "model.onnx"
-    _, quantized, exported = quantize_file(unet, bits, DEFAULT_WEIGHT_BLOCK)
-    dequant, figures = weight_errors(quantized, exported)
+    quantized, sources = quantize_file(unet, bits, DEFAULT_WEIGHT_BLOCK)
+    reference = load_for_quantization(unet)
+    exported = {t.name: numpy_helper.to_array(t) for t in reference.graph.initializer if t.name in sources.values()}
+    figures, _ = dequantize_into(quantized, reference, sources)
+    dequant = {t.name: numpy_helper.to_array(t) for t in reference.graph.initializer if t.name in exported}
     packed = [n for n in quantized.graph.node if n.op_type == QUANTIZED_OP]
     assert packed and all({a.name: a.i for a in n.attribute}["bits"] == bits for n in packed)
-    for name, original in exported.values():
+    assert len(exported) == len(packed)  # one fp32 weight per packed node
+    for name, original in exported.items():
         k, n = original.shape
         padded = np.zeros((-(-k // DEFAULT_WEIGHT_BLOCK) * DEFAULT_WEIGHT_BLOCK, n), np.float32)
         padded[:k] = np.abs(original)
