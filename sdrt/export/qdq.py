@@ -158,18 +158,22 @@ def _session(path: Path):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def _with_outputs(model, names: list[str], path: Path) -> Path:
-    """A copy of `model` at `path` that also outputs the float tensors `names`."""
+def _with_outputs(source: Path, names: list[str], path: Path) -> Path:
+    """The graph at `source` saved at `path` (the same folder) also outputting the float tensors
+    `names`. Read without its external data, so a graph over protobuf's 2 GiB message limit is
+    never copied: the probe names the same weights file."""
     import onnx
     from onnx import TensorProto, helper
 
-    copy = onnx.ModelProto.FromString(model.SerializeToString())
-    copy.graph.output.extend(helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in names)
-    onnx_graph.save(copy, path)
+    if source.parent != path.parent:
+        raise ValueError(f"{path} must be beside {source}: it reads the same external data")
+    model = onnx.load_model(str(source), load_external_data=False)
+    model.graph.output.extend(helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in names)
+    onnx.save_model(model, str(path))
     return path
 
 
-def check_graph(model, fp32: Path, quantized, kept, fmt: str, calls: list[dict], work: Path) -> dict:
+def check_graph(model, qdq_file: Path, fp32: Path, quantized, kept, fmt: str, calls: list[dict]) -> dict:
     """The checks of sdrt.export.qdq_checks on the held-out `calls`; returns the record's figures."""
     import onnx
     from onnx import numpy_helper
@@ -188,7 +192,8 @@ def check_graph(model, fp32: Path, quantized, kept, fmt: str, calls: list[dict],
     consumers = {node.input[0]: node for node in model.graph.node if node.op_type == checks.DEQUANTIZE_OP}
     quantizers = {node.input[0]: node.output[0] for node in model.graph.node if node.op_type == checks.QUANTIZE_OP}
     rounded_names = {x: consumers[quantizers[x]].output[0] for x in pairs}
-    probe = _session(_with_outputs(model, list(pairs) + list(rounded_names.values()), work / "probe.onnx"))
+    probe_names = list(pairs) + list(rounded_names.values())
+    probe = _session(_with_outputs(qdq_file, probe_names, qdq_file.with_name("probe.onnx")))
     reference = _session(fp32)
     names = [o.name for o in probe.get_outputs()]
     inputs = {i.name for i in probe.get_inputs()}
@@ -241,10 +246,9 @@ def quantize_export(
     final = staging / spec.file
     final.parent.mkdir(parents=True, exist_ok=True)
     progress(f"{component}: quantizing to {fmt} Q/DQ on {sum(map(len, runs))} recorded calls")
-    model, quantized, kept = quantize_graph(
-        source / spec.file, work / "qdq.onnx", fmt, [c for r in runs for c in r], work
-    )
-    figures = check_graph(model, source / spec.file, quantized, kept, fmt, checked, work)
+    qdq_file = work / "qdq.onnx"
+    model, quantized, kept = quantize_graph(source / spec.file, qdq_file, fmt, [c for r in runs for c in r], work)
+    figures = check_graph(model, qdq_file, source / spec.file, quantized, kept, fmt, checked)
     files = onnx_graph.save(model, final)
     shutil.rmtree(work)
     passed = bool(figures["rms_rel_error"] <= figures["error_bound"])  # False for NaN too
