@@ -277,7 +277,8 @@ def build(
     then_verify,
 ) -> None:
     """Build TensorRT engines for an exported MODEL_DIR (into MODEL_DIR/tensorrt/)."""
-    from sdrt.runtime.engines.tensorrt.plan import BuildSettings, plan_profile
+    from sdrt.runtime.engines.tensorrt.plan import BuildSettings
+    from sdrt.runtime.engines.tensorrt.profiles import plan_profile
     from sdrt.runtime.manifest import Manifest
     from sdrt.runtime.sizes import parse_size
 
