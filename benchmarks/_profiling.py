@@ -1,6 +1,7 @@
-"""What the ONNX Runtime profiling benchmarks share (ort_profile.py, dit_profile.py, dit_ab.py):
-the kernel times of a session's last profiled run, times as shares of their total, a side run
-in a process of its own, and the JSON report printed and written."""
+"""What the ONNX Runtime benchmarks share (ort_profile.py, dit_profile.py, dit_ab.py,
+session_memory.py): a component's CPU session opened as sdrt opens it, the kernel times of a
+session's last profiled run, times as shares of their total, a side run in a process of its
+own, and the JSON report printed and written."""
 
 from __future__ import annotations
 
@@ -8,9 +9,29 @@ import json
 import multiprocessing
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 #: ONNX Runtime's profiler names a node's kernel event `<node name>_kernel_time`.
 KERNEL_SUFFIX = "_kernel_time"
+
+
+def cpu_session(folder: Path, spec: Any, options) -> tuple[Any, bool]:
+    """The session of the component `spec` (a ComponentSpec) of the export in `folder` as sdrt's
+    CPU backend opens it: the cached optimized graph, optimizations off, when
+    sdrt.runtime.engines.ort_cache holds one, else the export at the highest level. `options`
+    (SessionOptions) get the optimization level. Returns (session, whether from the cache)."""
+    import onnxruntime as ort
+
+    from sdrt.runtime.engines import ort_cache
+
+    entry = ort_cache.complete_entry(spec) if ort_cache.enabled() else None
+    if entry is not None:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        path = entry / ort_cache.MODEL_FILE
+    else:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        path = Path(folder) / spec.file
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]), entry is not None
 
 
 def kernel_times(events: list[dict]) -> Iterator[tuple[str, str, float]]:

@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _profiling import in_process, kernel_times, print_report, shares  # noqa: E402
+from _profiling import cpu_session, in_process, kernel_times, print_report, shares  # noqa: E402
 
 from sdrt.benchmark import machine_info  # noqa: E402
 from sdrt.benchmark.worker import peak_rss_bytes  # noqa: E402
@@ -136,7 +136,7 @@ def ort_session(folder: Path, profile_prefix: str | None, configure=None):
     `configure(options)` changes its options (an A/B setting). Returns (session, whether from cache)."""
     import onnxruntime as ort
 
-    from sdrt.runtime.engines import ort_arena, ort_cache
+    from sdrt.runtime.engines import ort_arena
     from sdrt.runtime.manifest import Manifest
 
     spec = Manifest.load(folder).components["transformer"]
@@ -148,15 +148,7 @@ def ort_session(folder: Path, profile_prefix: str | None, configure=None):
     ort_arena.share(options)
     if configure:
         configure(options)
-    entry = ort_cache.complete_entry(spec) if ort_cache.enabled() else None
-    if entry is not None:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        path = entry / ort_cache.MODEL_FILE
-    else:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        path = folder / spec.file
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return session, entry is not None
+    return cpu_session(folder, spec, options)
 
 
 def ort_side(folder: Path, height: int, width: int) -> dict:
