@@ -14,8 +14,6 @@ optimized at load at ORT_ENABLE_ALL as sdrt's cache would optimize it once.
 from __future__ import annotations
 
 import argparse
-import json
-import multiprocessing
 import os
 import statistics
 import sys
@@ -26,6 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _profiling import in_process, print_report  # noqa: E402
 from dit_profile import ONNX_FOLDER, inputs, ort_session  # noqa: E402
 
 from sdrt.benchmark import machine_info  # noqa: E402
@@ -72,20 +71,6 @@ def run_variant(variant: str, folder: Path, height: int, width: int, calls: int,
     return {"load_s": load, "warmup_s": warmup, "call_s": times, "cpu_s": cpu, "peak_rss_gib": peak, "output": output}
 
 
-def _worker(arguments: dict, pipe) -> None:
-    pipe.send(run_variant(**arguments))
-
-
-def in_process(**arguments) -> dict:
-    context = multiprocessing.get_context("spawn")
-    parent, child = context.Pipe()
-    process = context.Process(target=_worker, args=(arguments, child))
-    process.start()
-    result = parent.recv()
-    process.join()
-    return result
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variant", action="append", required=True, help=f"{', '.join(SETTINGS)} or graph=PATH")
@@ -107,6 +92,7 @@ def main() -> None:
             shape = {"height": arguments.height, "width": arguments.width}
             results[variant].append(
                 in_process(
+                    run_variant,
                     variant=variant,
                     folder=arguments.onnx_folder,
                     calls=arguments.calls,
@@ -145,10 +131,7 @@ def main() -> None:
             "max_abs_diff_vs_first": difference,
             "max_abs_first": float(np.abs(reference).max()),
         }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if arguments.json:
-        arguments.json.write_text(text + "\n")
+    print_report(report, arguments.json)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import sys
 import tempfile
@@ -31,8 +30,12 @@ from pathlib import Path
 
 import numpy as np
 
-from sdrt.benchmark import machine_info
-from sdrt.benchmark.worker import peak_rss_bytes
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _profiling import cpu_session, in_process, kernel_times, print_report, shares  # noqa: E402
+
+from sdrt.benchmark import machine_info  # noqa: E402
+from sdrt.benchmark.worker import peak_rss_bytes  # noqa: E402
 
 ARCH = Path.home() / ".cache" / "sdrt" / "arch"
 ONNX_FOLDER, DIFFUSERS_FOLDER = ARCH / "sd35-medium-onnx-fp32", ARCH / "sd35-medium-diffusers"
@@ -42,7 +45,6 @@ ONNX_FOLDER, DIFFUSERS_FOLDER = ARCH / "sd35-medium-onnx-fp32", ARCH / "sd35-med
 BATCH, TEXT_TOKENS, CHANNELS, POOLED, CONTEXT, VAE_SCALE = 2, 77 + 256, 16, 2048, 4096, 8
 #: A flow-matching timestep mid-schedule (sigma 0.5 * 1000, as SD3's pipeline passes it).
 TIMESTEP, SEED = 500.0, 0
-KERNEL_SUFFIX = "_kernel_time"
 TOP = 15
 
 #: Operator kinds, each side's names -> kind; anything else is "other".
@@ -134,7 +136,7 @@ def ort_session(folder: Path, profile_prefix: str | None, configure=None):
     `configure(options)` changes its options (an A/B setting). Returns (session, whether from cache)."""
     import onnxruntime as ort
 
-    from sdrt.runtime.engines import ort_arena, ort_cache
+    from sdrt.runtime.engines import ort_arena
     from sdrt.runtime.manifest import Manifest
 
     spec = Manifest.load(folder).components["transformer"]
@@ -146,15 +148,7 @@ def ort_session(folder: Path, profile_prefix: str | None, configure=None):
     ort_arena.share(options)
     if configure:
         configure(options)
-    entry = ort_cache.complete_entry(spec) if ort_cache.enabled() else None
-    if entry is not None:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        path = entry / ort_cache.MODEL_FILE
-    else:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        path = folder / spec.file
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return session, entry is not None
+    return cpu_session(folder, spec, options)
 
 
 def ort_side(folder: Path, height: int, width: int) -> dict:
@@ -166,17 +160,12 @@ def ort_side(folder: Path, height: int, width: int) -> dict:
         warm = _timed(lambda: session.run(None, feeds))
         call = _timed(lambda: session.run(None, feeds))
         events = json.loads(Path(session.end_profiling()).read_text())
-    runs = [event for event in events if event.get("name") == "model_run"]
-    start = runs[-1]["ts"] if runs else 0
     by_op: dict[str, float] = defaultdict(float)
     by_block: dict[str, float] = defaultdict(float)
     by_part: dict[str, float] = defaultdict(float)
     nodes: dict[str, float] = defaultdict(float)
-    for event in events:
-        if event.get("cat") != "Node" or not event.get("name", "").endswith(KERNEL_SUFFIX) or event["ts"] < start:
-            continue
-        seconds, op = event["dur"] / 1e6, event["args"]["op_name"]
-        kind, part = block_kind(event["name"][: -len(KERNEL_SUFFIX)])
+    for node, op, seconds in kernel_times(events):
+        kind, part = block_kind(node)
         by_op[op] += seconds
         by_block[kind] += seconds
         if part:
@@ -268,30 +257,6 @@ def _timed(call) -> float:
     return time.perf_counter() - began
 
 
-def shares(times: dict[str, float], top: int | None = None) -> dict[str, dict[str, float]]:
-    total = sum(times.values()) or 1.0
-    ordered = sorted(times.items(), key=lambda item: -item[1])[:top]
-    return {name: {"s": round(value, 3), "share": round(value / total, 4)} for name, value in ordered}
-
-
-def _worker(side: str, arguments: dict, pipe) -> None:
-    pipe.send(SIDES[side](**arguments))
-
-
-SIDES = {"sdrt": ort_side, "diffusers": torch_side}
-
-
-def in_process(side: str, **arguments) -> dict:
-    """One side in a fresh process, so that its peak RSS is its own."""
-    context = multiprocessing.get_context("spawn")
-    parent, child = context.Pipe()
-    process = context.Process(target=_worker, args=(side, arguments, child))
-    process.start()
-    result = parent.recv()
-    process.join()
-    return result
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--onnx-folder", type=Path, default=ONNX_FOLDER, help="the sdrt export")
@@ -313,16 +278,13 @@ def main() -> None:
     }
     for side in arguments.sides.split(","):
         shape = {"height": arguments.height, "width": arguments.width}
-        if side == "sdrt":
-            report[side] = in_process(side, folder=arguments.onnx_folder, **shape)
+        if side == "sdrt":  # each side in a process of its own, so that its peak RSS is its own
+            report[side] = in_process(ort_side, folder=arguments.onnx_folder, **shape)
         else:
-            report[side] = in_process(side, folder=arguments.diffusers_folder, threads=arguments.threads, **shape)
+            report[side] = in_process(torch_side, folder=arguments.diffusers_folder, threads=arguments.threads, **shape)
         print(side, report[side]["call_s"], "s", flush=True)
     report["load_average_after"] = list(os.getloadavg())
-    text = json.dumps(report, indent=2)
-    print(text)
-    if arguments.json:
-        arguments.json.write_text(text + "\n")
+    print_report(report, arguments.json)
 
 
 if __name__ == "__main__":

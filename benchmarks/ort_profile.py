@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import statistics
 import sys
@@ -29,18 +28,23 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from sdrt.benchmark import machine_info
-from sdrt.benchmark.worker import peak_rss_bytes
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _profiling import in_process, kernel_times, print_report, shares  # noqa: E402
+
+from sdrt.benchmark import machine_info  # noqa: E402
+from sdrt.benchmark.worker import peak_rss_bytes  # noqa: E402
 
 BATCH, TEXT_LENGTH, CONTEXT_WIDTH, IN_CHANNELS, SEED = 2, 77, 768, 4, 0
 TIMESTEP = 500.0
-KERNEL_SUFFIX = "_kernel_time"
 BLOCK_PREFIXES = ("down_blocks", "up_blocks", "mid_block")
 TOP_OPS = 12
 
 
-def trace(path: Path, latent: int) -> Path:
-    """The full-size SD 1.5 UNet (random weights) traced to ONNX at batch BATCH, `latent`^2."""
+def trace(path: Path, latent: int, classic_attention: bool = True) -> Path:
+    """The full-size SD 1.5 UNet (random weights) traced to ONNX at batch BATCH, `latent`^2, its
+    attention as `sdrt export` traces it (classic: explicit MatMul + Softmax) or as diffusers'
+    default processor (scaled_dot_product_attention)."""
     import torch
     from diffusers import UNet2DConditionModel
     from diffusers.models.attention_processor import AttnProcessor
@@ -49,7 +53,8 @@ def trace(path: Path, latent: int) -> Path:
 
     torch.manual_seed(SEED)
     unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(SD15_PRESET / "unet")).eval()
-    unet.set_attn_processor(AttnProcessor())
+    if classic_attention:
+        unet.set_attn_processor(AttnProcessor())
 
     class Plain(torch.nn.Module):
         def __init__(self):
@@ -100,7 +105,7 @@ def feeds_for(session: ort.InferenceSession, latent: int) -> dict[str, np.ndarra
 def profile(path: Path, latent: int) -> tuple[dict, np.ndarray, float, int]:
     """One warm-up, then one profiled call; the kernel times per op type and per block, the
     output, the profiled call's wall time and the process's peak RSS in bytes (run it in a
-    process of its own: `profile_in_process`)."""
+    process of its own: `_profiling.in_process`)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.enable_profiling = True
@@ -113,40 +118,13 @@ def profile(path: Path, latent: int) -> tuple[dict, np.ndarray, float, int]:
         output = profiled.run(None, feeds)[0]
         wall = time.perf_counter() - began
         events = json.loads(Path(profiled.end_profiling()).read_text())
-    # keep only the last run's node events: the profile holds both runs
-    runs = [event for event in events if event.get("name") == "model_run"]
-    start = runs[-1]["ts"] if runs else 0
     by_op: dict[str, float] = defaultdict(float)
     by_block: dict[str, float] = defaultdict(float)
-    for event in events:
-        if event.get("cat") != "Node" or not event.get("name", "").endswith(KERNEL_SUFFIX) or event["ts"] < start:
-            continue
-        seconds = event["dur"] / 1e6
-        by_op[event["args"]["op_name"]] += seconds
-        by_block[block_of(event["name"][: -len(KERNEL_SUFFIX)])] += seconds
+    for node, op, seconds in kernel_times(events):  # the profiled call's: the profile holds both
+        by_op[op] += seconds
+        by_block[block_of(node)] += seconds
     peak = peak_rss_bytes()
     return {"op": dict(by_op), "block": dict(by_block)}, output, wall, peak
-
-
-def _profile_worker(path: Path, latent: int, pipe) -> None:
-    pipe.send(profile(path, latent))
-
-
-def profile_in_process(path: Path, latent: int) -> tuple[dict, np.ndarray, float, int]:
-    """`profile` in a fresh process, so that its peak RSS is this graph's alone."""
-    context = multiprocessing.get_context("spawn")
-    parent, child = context.Pipe()
-    process = context.Process(target=_profile_worker, args=(path, latent, child))
-    process.start()
-    result = parent.recv()
-    process.join()
-    return result
-
-
-def shares(times: dict[str, float], top: int | None = None) -> dict[str, dict[str, float]]:
-    total = sum(times.values())
-    ordered = sorted(times.items(), key=lambda item: -item[1])[:top]
-    return {name: {"s": round(value, 3), "share": round(value / total, 4)} for name, value in ordered}
 
 
 def main() -> None:
@@ -178,7 +156,7 @@ def main() -> None:
     load_averages: dict[str, list[float]] = {name: [] for name in graphs}  # 1-minute, after each call
     for _ in range(arguments.runs):
         for name, path in graphs.items():
-            times, outputs[name], wall, peak = profile_in_process(path, arguments.latent)
+            times, outputs[name], wall, peak = in_process(profile, path=path, latent=arguments.latent)
             collected[name].append((times, wall, peak))
             load_averages[name].append(round(os.getloadavg()[0], 2))
             print(name, f"{wall:.2f} s, peak {peak / 2**30:.2f} GiB, load {load_averages[name][-1]}", flush=True)
@@ -207,10 +185,7 @@ def main() -> None:
         report["fused_over_plain_call"] = sorted(fused / plain for fused, plain in pairs)
         reference = outputs["plain"]
         report["fused_max_rel_change"] = float(np.abs(outputs["fused"] - reference).max() / np.abs(reference).max())
-    text = json.dumps(report, indent=2)
-    print(text)
-    if arguments.json:
-        arguments.json.write_text(text + "\n")
+    print_report(report, arguments.json)
 
 
 if __name__ == "__main__":

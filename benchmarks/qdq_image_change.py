@@ -17,36 +17,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sdrt.benchmark import machine_info
-from sdrt.runtime.manifest import Manifest
-from sdrt.runtime.pipeline import Pipeline
+from _image_change import PIXEL_MAX, generated, image_change  # noqa: E402
 
-PIXEL_MAX = 255.0
+from sdrt.benchmark import machine_info  # noqa: E402
+from sdrt.runtime.manifest import Manifest  # noqa: E402
+
 PROMPTS = ("an astronaut riding a horse on mars, highly detailed", "a castle on a hill at dawn")
 SEED = 0
-
-
-def images(folder: Path, steps: int) -> list[np.ndarray]:
-    pipeline = Pipeline.load(folder)
-    return [
-        np.asarray(pipeline.generate(prompt, steps=steps, seed=SEED).images[0], dtype=np.float64) for prompt in PROMPTS
-    ]
-
-
-def change(got: np.ndarray, reference: np.ndarray) -> dict:
-    difference = np.abs(got - reference)
-    mse = float(np.mean(difference**2))
-    return {
-        "max_over_255": float(difference.max() / PIXEL_MAX),
-        "mean_over_255": float(difference.mean() / PIXEL_MAX),
-        "psnr_db": math.inf if mse == 0 else 10 * math.log10(PIXEL_MAX**2 / mse),
-    }
 
 
 def main() -> None:
@@ -56,13 +39,15 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     exports = [(label, Path(folder)) for label, folder in (item.split("=", 1) for item in args.exports)]
-    reference = images(exports[0][1], args.steps)
+    reference = generated(exports[0][1], PROMPTS, args.steps, SEED)
     rows = []
     for label, folder in exports[1:]:
         manifest = Manifest.load(folder)
         denoiser = manifest.model_family.denoiser.component
         record = manifest.components[denoiser].qdq
-        changes = [change(got, want) for got, want in zip(images(folder, args.steps), reference)]
+        changes = [
+            image_change(got, want) for got, want in zip(generated(folder, PROMPTS, args.steps, SEED), reference)
+        ]
         rows.append(
             {
                 "label": label,

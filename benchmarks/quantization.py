@@ -15,20 +15,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sdrt.benchmark import machine_info
-from sdrt.runtime.manifest import Manifest
-from sdrt.runtime.pipeline import Pipeline
+from _image_change import generated, image_change  # noqa: E402
+
+from sdrt.benchmark import machine_info  # noqa: E402
+from sdrt.runtime.manifest import Manifest  # noqa: E402
 
 MIB = 2**20
-PIXEL_MAX = 255.0
 PROMPT = "an astronaut riding a horse on mars, highly detailed"
 SEED = 0
 
@@ -58,21 +57,6 @@ def bench(folder: Path, steps: int, runs: int, size: int | None) -> dict:
     }
 
 
-def image(folder: Path, steps: int, size: int | None) -> np.ndarray:
-    settings = {"steps": steps, "seed": SEED} | ({} if size is None else {"height": size, "width": size})
-    return np.asarray(Pipeline.load(folder).generate(PROMPT, **settings).images[0], dtype=np.float64)
-
-
-def change(got: np.ndarray, reference: np.ndarray) -> dict:
-    difference = np.abs(got - reference)
-    mse = float(np.mean(difference**2))
-    return {
-        "max_over_255": float(difference.max() / PIXEL_MAX),
-        "mean_over_255": float(difference.mean() / PIXEL_MAX),
-        "psnr_db": math.inf if mse == 0 else 10 * math.log10(PIXEL_MAX**2 / mse),
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("exports", nargs="+", metavar="LABEL=FOLDER")
@@ -85,7 +69,7 @@ def main() -> None:
     rows, reference = [], None
     for label, folder in labelled:
         folder = Path(folder)
-        picture = image(folder, arguments.steps, arguments.size)
+        (picture,) = generated(folder, [PROMPT], arguments.steps, SEED, arguments.size)
         reference = picture if reference is None else reference
         quantization = {
             name: spec.quantization.__dict__
@@ -98,7 +82,7 @@ def main() -> None:
                 "folder": str(folder),
                 "mib": component_mib(folder),
                 **bench(folder, arguments.steps, arguments.runs, arguments.size),
-                "image_change": change(picture, reference),
+                "image_change": image_change(picture, reference),
                 "quantization": quantization,
             }
         )

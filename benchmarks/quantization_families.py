@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.quantization import change, component_mib
+from benchmarks._image_change import image_change
+from benchmarks.quantization import component_mib
 from sdrt.benchmark import machine_info
 from sdrt.runtime.manifest import Manifest
 
@@ -78,7 +79,7 @@ def main() -> None:
                 "model": name,
                 "weights": weights,
                 "mib": component_mib(folder),
-                "image_change": change(picture, reference),
+                "image_change": image_change(picture, reference),
                 "quantized": quantized,
             }
             rows.append(row)

@@ -12,58 +12,25 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
-import torch
 
-from sdrt.benchmark import machine_info
-from sdrt.export import onnx_graph
-from sdrt.export.quantize import PLAIN_OP, QUANTIZED_OP, WEIGHT_FORMATS, quantize_model
-from sdrt.export.random_model import SD15_PRESET
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from ort_profile import trace  # noqa: E402
+
+from sdrt.benchmark import machine_info  # noqa: E402
+from sdrt.export import onnx_graph  # noqa: E402
+from sdrt.export.quantize import PLAIN_OP, QUANTIZED_OP, WEIGHT_FORMATS, quantize_model  # noqa: E402
 
 BATCH, LATENT, TEXT_LENGTH, SEED = 2, 64, 77, 0
 BLOCK = 32
 MIB = 2**20
-
-
-def trace(folder: Path) -> Path:
-    from diffusers import UNet2DConditionModel
-
-    torch.manual_seed(SEED)
-    unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(SD15_PRESET / "unet")).eval()
-    sample = torch.randn(BATCH, unet.config.in_channels, LATENT, LATENT)
-    context = torch.randn(BATCH, TEXT_LENGTH, unet.config.cross_attention_dim)
-    path = folder / "fp32" / "model.onnx"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            lambda_module(unet),
-            (sample, torch.tensor([500.0]), context),
-            str(path),
-            dynamo=False,
-            opset_version=17,
-            input_names=["sample", "timestep", "encoder_hidden_states"],
-            output_names=["out_sample"],
-        )
-    return path
-
-
-def lambda_module(unet):
-    class Plain(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.unet = unet
-
-        def forward(self, sample, timestep, context):
-            return self.unet(sample, timestep, context, return_dict=False)[0]
-
-    return Plain()
 
 
 def size_mib(path: Path) -> float:
@@ -91,7 +58,7 @@ def main() -> None:
     arguments = parser.parse_args()
     fp32 = arguments.work / "fp32" / "model.onnx"
     if not fp32.exists():
-        trace(arguments.work)
+        trace(fp32, LATENT, classic_attention=False)
     paths = {"fp32": fp32}
     counts = {}
     for name, bits in WEIGHT_FORMATS.items():

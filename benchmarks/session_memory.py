@@ -33,7 +33,11 @@ from pathlib import Path
 
 import numpy as np
 
-from sdrt.runtime.engines.ort_arena import USE_ENV_ALLOCATORS
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _profiling import cpu_session  # noqa: E402
+
+from sdrt.runtime.engines.ort_arena import USE_ENV_ALLOCATORS  # noqa: E402
 
 #: Variant name -> (SessionOptions attributes, session config entries).
 VARIANTS = {
@@ -68,10 +72,9 @@ def memory_status() -> dict[str, int]:
     return values
 
 
-def open_component(folder: Path, name: str, spec: dict, attributes: dict, config: dict, threads: int):
+def open_component(folder: Path, name: str, attributes: dict, config: dict, threads: int):
     import onnxruntime as ort
 
-    from sdrt.runtime.engines import ort_cache
     from sdrt.runtime.manifest import Manifest
 
     options = ort.SessionOptions()
@@ -81,16 +84,7 @@ def open_component(folder: Path, name: str, spec: dict, attributes: dict, config
         setattr(options, key, value)
     for key, value in config.items():
         options.add_session_config_entry(key, value)
-    component = Manifest.load(folder).components[name]
-    entry = ort_cache.complete_entry(component) if ort_cache.enabled() else None
-    if entry is not None:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        path = entry / ort_cache.MODEL_FILE
-    else:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        path = folder / spec["file"]
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return session, entry is not None
+    return cpu_session(folder, Manifest.load(folder).components[name], options)
 
 
 def inputs_for(spec: dict, dims: dict, sizes: dict) -> dict[str, np.ndarray]:
@@ -120,9 +114,7 @@ def child(args) -> dict:
     sessions = {}
     for name in args.components.split(","):
         started = time.perf_counter()
-        sessions[name], cached = open_component(
-            folder, name, manifest["components"][name], attributes, config, args.threads
-        )
+        sessions[name], cached = open_component(folder, name, attributes, config, args.threads)
         report["components"][name] = {
             "load_seconds": time.perf_counter() - started,
             "from_cache": cached,

@@ -22,8 +22,9 @@ import numpy as np
 import torch
 
 from sdrt.benchmark import machine_info
+from sdrt.export.component_build import _build_component
 from sdrt.export.components import ModelGeometry
-from sdrt.export.exporter import ExportOptions, _build_component
+from sdrt.export.options import ExportOptions
 from sdrt.export.random_model import save_random_tiny_vae
 from sdrt.export.tiny_vae import load_tiny_vae, tiny_vae_exports
 from sdrt.runtime.engines.onnxruntime import OrtEngine

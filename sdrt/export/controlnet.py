@@ -18,11 +18,13 @@ from pathlib import Path
 import torch
 
 from sdrt.errors import ModelFolderError, SdrtError
+from sdrt.export.component_build import component_spec, export_component
 from sdrt.export.components import ComponentExport, ModelGeometry
-from sdrt.export.exporter import ExportOptions, component_spec, export_component, staged
 from sdrt.export.model_files import versions
+from sdrt.export.options import ExportOptions
 from sdrt.export.residuals import residual_layout, residual_specs
 from sdrt.export.sdxl import MAX_SIZE_CONDITION
+from sdrt.export.staging import staged
 from sdrt.runtime.features.controlnet.manifest import COMPONENT, KIND, ControlNetManifest
 from sdrt.runtime.manifest import (
     CONTROL_IMAGE,

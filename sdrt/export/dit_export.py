@@ -17,12 +17,12 @@ def export_components(exports, staging: Path, geometry, options_of, progress, re
     weights are dropped once no later component shares them. Each is traced with its weights
     streamed to disk (sdrt.export.streamed_trace): the transformers and T5 are the largest
     engines sdrt exports."""
-    from sdrt.export.exporter import _shares_weights, component_spec, export_component
+    from sdrt.export.component_build import component_spec, export_component, shares_weights
 
     components = {}
     for index, component in enumerate(exports):
         own = options_of(component.name)
-        release = release_weights and not _shares_weights(component, exports[index + 1 :])
+        release = release_weights and not shares_weights(component, exports[index + 1 :])
         prints = lora_fingerprints(component, own)
         final, files, validation = export_component(component, staging, geometry, own, progress, release, streamed=True)
         weights_map = record_weights_map(final, prints, component.name, staging, files, progress)

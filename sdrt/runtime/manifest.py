@@ -17,12 +17,7 @@ from sdrt.errors import ModelFolderError
 from sdrt.runtime.files.json_files import read_json
 from sdrt.runtime.files.user_files import present
 from sdrt.runtime.flux2_spec import Flux2Spec
-from sdrt.runtime.manifest_checks import (  # noqa: F401 (read from here)
-    SCHEMA_PATH,
-    _check_schema,
-    _validator,
-    confined_path,
-)
+from sdrt.runtime.manifest_checks import _check_schema, check_manifest
 from sdrt.runtime.qdq_formats import QdqQuantization
 from sdrt.runtime.sd3_spec import Sd3Spec
 from sdrt.runtime.weight_formats import (  # noqa: F401 (read from here by the export and the CLI)
@@ -313,52 +308,5 @@ class Manifest:
             )
         _check_schema(data, path)
         manifest = cls.from_dict(data)
-        manifest.check(path)
+        check_manifest(manifest, path)
         return manifest
-
-    def check(self, path: Path) -> None:
-        """What the schema cannot say; `path` names the manifest in messages."""
-        for name, dim in self.dims.items():
-            if not dim.min <= dim.opt <= dim.max:
-                raise ModelFolderError(
-                    f"{path}: dims.{name} needs min <= opt <= max, got {dim.min}, {dim.opt}, "
-                    f"{dim.max}; re-export the model"
-                )
-        problem = self.model_family.check_manifest(self)
-        if problem is not None:
-            raise ModelFolderError(f"{path}: {problem}; re-export the model")
-        for component, tokenizer in self.text_encoders:
-            if component not in self.components:
-                raise ModelFolderError(
-                    f"{path}: the text encoder {component!r} is not among the components; re-export the model"
-                )
-            confined_path(path.parent, tokenizer, f"{path}: tokenizer")
-        encoders = [component for component, _ in self.text_encoders]
-        for component in self.token_table_rows:
-            if component not in encoders:
-                raise ModelFolderError(
-                    f"{path}: token_table_rows names {component!r}, which is not one of the text "
-                    f"encoders ({', '.join(encoders)}); re-export the model"
-                )
-        if (self.tiny_vae is None) == (TINY_VAE_DECODER in self.components):
-            raise ModelFolderError(
-                f"{path}: tiny_vae and the {TINY_VAE_DECODER} component disagree; re-export the model"
-            )
-        if self.tiny_vae is not None and self.tiny_vae.scaling_factor == 0:
-            raise ModelFolderError(f"{path}: tiny_vae.scaling_factor must not be 0; re-export the model")
-        for component, spec in self.components.items():
-            named = [("file", spec.file), *(("data_files", name) for name in spec.data_files)]
-            for key, relative in named + ([("weights_map", spec.weights_map)] if spec.weights_map else []):
-                confined_path(path.parent, relative, f"{path}: components.{component}.{key}")
-            if spec.weights_map and spec.weights_map not in spec.data_files:
-                raise ModelFolderError(
-                    f"{path}: components.{component}.weights_map is not among its data_files "
-                    "(so nothing checks it); re-export the model"
-                )
-            for tensor in (*spec.inputs, *spec.outputs):
-                for size in tensor.shape:
-                    if isinstance(size, str) and size not in self.dims:
-                        raise ModelFolderError(
-                            f"{path}: {component}.{tensor.name} has size {size!r}, which dims "
-                            "does not define; re-export the model"
-                        )

@@ -12,10 +12,21 @@ from sdrt.runtime.engines.onnxruntime import session_tensor_specs
 from sdrt.runtime.families.sd import InferredStableDiffusion
 from sdrt.runtime.files.json_files import read_json
 from sdrt.runtime.files.user_files import present
-from sdrt.runtime.manifest import FORMAT_VERSION, ComponentSpec, DimRange, Manifest
+from sdrt.runtime.manifest import (
+    CLIP_TEXT_ENCODER,
+    CLIP_TOKENIZER,
+    FORMAT_VERSION,
+    HEIGHT,
+    WIDTH,
+    ComponentSpec,
+    DimRange,
+    Manifest,
+)
 
 ONNX_FILE = "model.onnx"
-FOLDER_COMPONENTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
+#: The inferred family's denoiser: its component and input names.
+DENOISER = InferredStableDiffusion.denoiser
+FOLDER_COMPONENTS = (CLIP_TEXT_ENCODER, DENOISER.component, "vae_decoder", "vae_encoder")
 # The SD 1.x/2.x VAE latent scale, used only when the folder has no vae config: diffusers'
 # OnnxStableDiffusionPipeline assumes the same value for such folders.
 SD_VAE_SCALING_FACTOR = 0.18215
@@ -50,16 +61,16 @@ def infer_manifest(
         components[name] = ComponentSpec(
             file=f"{name}/{ONNX_FILE}", precision="unknown", target="unknown", inputs=inputs, outputs=outputs, sha256=""
         )
-    for required in ("text_encoder", "unet", "vae_decoder"):
+    for required in (CLIP_TEXT_ENCODER, DENOISER.component, "vae_decoder"):
         if required not in components:
             raise ModelFolderError(f"{folder}/{required}/{ONNX_FILE} is missing")
-    unet_sample = {t.name: t for t in components["unet"].inputs}["sample"]
-    first_output = components["text_encoder"].outputs[0]
-    tokenizer_config = _read_json(folder / "tokenizer" / "tokenizer_config.json")
+    unet_sample = {t.name: t for t in components[DENOISER.component].inputs}[DENOISER.sample]
+    first_output = components[CLIP_TEXT_ENCODER].outputs[0]
+    tokenizer_config = _read_json(folder / CLIP_TOKENIZER / "tokenizer_config.json")
     text_length = _fixed(first_output.shape[1], tokenizer_config.get("model_max_length"))
     vae = _read_json(folder / "vae_decoder" / "config.json")
     scheduler = _read_json(folder / "scheduler" / "scheduler_config.json")
-    unet = _read_json(folder / "unet" / "config.json")
+    unet = _read_json(folder / DENOISER.component / "config.json")
     vae_scale = 2 ** (len(vae["block_out_channels"]) - 1) if "block_out_channels" in vae else SD_VAE_SCALE_FACTOR
     latent_channels = _fixed(components["vae_decoder"].inputs[0].shape[1], vae.get("latent_channels"))
     native_latent = unet.get("sample_size") or SD_LATENT_MULTIPLE * SD_VAE_SCALE_FACTOR
@@ -77,8 +88,8 @@ def infer_manifest(
         native_height=native_latent * vae_scale,
         native_width=native_latent * vae_scale,
         dims={
-            "height": DimRange(vae_scale, native_latent * vae_scale, 2**16, vae_scale * SD_LATENT_MULTIPLE),
-            "width": DimRange(vae_scale, native_latent * vae_scale, 2**16, vae_scale * SD_LATENT_MULTIPLE),
+            HEIGHT: DimRange(vae_scale, native_latent * vae_scale, 2**16, vae_scale * SD_LATENT_MULTIPLE),
+            WIDTH: DimRange(vae_scale, native_latent * vae_scale, 2**16, vae_scale * SD_LATENT_MULTIPLE),
         },
         components=components,
         source={"inferred_from": str(folder)},

@@ -24,12 +24,11 @@ from sdrt.runtime.engines.tensorrt.plan import (
     BuildSettings,
     Device,
     EngineKey,
-    Request,
     component_precision,
     plan_path,
-    plan_profile,
     stale_reason,
 )
+from sdrt.runtime.engines.tensorrt.profiles import Request, plan_profile
 from sdrt.runtime.manifest import Manifest
 from sdrt.runtime.pipeline import Pipeline
 from sdrt.runtime.sizes import parse_size

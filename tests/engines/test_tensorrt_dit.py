@@ -15,7 +15,7 @@ from click.testing import CliRunner
 import fake_tensorrt
 from sdrt.cli import main
 from sdrt.errors import SdrtError
-from sdrt.runtime.engines.tensorrt.plan import plan_profile
+from sdrt.runtime.engines.tensorrt.profiles import plan_profile
 from sdrt.runtime.features.references import MAX_REFERENCES
 from sdrt.runtime.manifest import (
     BATCH,

@@ -22,7 +22,8 @@ from sdrt.export.quantize import (
     quantize_file,
 )
 from sdrt.export.validation import RELATIVE_TOLERANCE
-from sdrt.runtime.manifest import DEFAULT_WEIGHT_BLOCK, SCHEMA_PATH, WEIGHT_FORMATS, Manifest
+from sdrt.runtime.manifest import DEFAULT_WEIGHT_BLOCK, WEIGHT_FORMATS, Manifest
+from sdrt.runtime.manifest_checks import SCHEMA_PATH
 from tests.conftest import diffusers_pipeline
 from tests.support.images import MAX_PIXEL_ERROR
 from tests.support.lora_files import kohya_lora

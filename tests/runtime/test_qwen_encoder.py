@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
+from sdrt.export.component_build import component_spec, export_component
 from sdrt.export.components import ModelGeometry
-from sdrt.export.exporter import component_spec, export_component
 from sdrt.export.options import ExportOptions
 from sdrt.export.qwen_encoder import hidden_indices, qwen_encoder_export
 from sdrt.export.random_qwen import build_random_qwen3, save_qwen_tokenizer

@@ -13,7 +13,7 @@ import sdrt.runtime
 from sdrt.runtime.families import FAMILIES, FAMILY_NAMES, family_named
 from sdrt.runtime.features.controlnet.manifest import FAMILIES as CONTROLNET_FAMILIES
 from sdrt.runtime.loop.timings import MEASURES, UNET_STEPS, Timings
-from sdrt.runtime.manifest import SCHEMA_PATH
+from sdrt.runtime.manifest_checks import SCHEMA_PATH
 
 RUNTIME = Path(sdrt.runtime.__file__).parent
 #: At most this many required positional arguments (keyword-only ones are named at every call).

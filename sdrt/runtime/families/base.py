@@ -136,7 +136,7 @@ class Family:
     def reference_tokens(self, manifest: Manifest, image_tokens: tuple[int, int, int]) -> tuple[int, int, int]:
         """The (min, opt, max) tokens of reference images a denoiser call carries beside the
         generated image's, whose own are `image_tokens`: what a TensorRT profile's image-token
-        range adds (sdrt.runtime.engines.tensorrt.plan). None for a family that edits no reference."""
+        range adds (sdrt.runtime.engines.tensorrt.profiles). None for a family that edits no reference."""
         return 0, 0, 0
 
     def export_cfg_scale(self, request: GenerationRequest, manifest: Manifest) -> float:

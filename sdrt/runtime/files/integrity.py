@@ -25,7 +25,8 @@ from pathlib import Path
 
 from sdrt.errors import ModelFolderError
 from sdrt.runtime.files.leftovers import make_temporary_dir, remove_stale, remove_temporary_dir
-from sdrt.runtime.manifest import Manifest, TensorSpec, confined_path
+from sdrt.runtime.manifest import Manifest, TensorSpec
+from sdrt.runtime.manifest_checks import confined_path
 
 DIGEST_DIR = "digests"
 CHUNK_BYTES = 16 * 2**20

@@ -1,3 +1,3 @@
-"""The TensorRT backend: plan.py (profiles, cache keys, build settings; no TensorRT needed),
-memory.py (the device memory plan), cuda.py (imports and CUDA calls), build.py (`sdrt build`)
-and run.py (engines at run time)."""
+"""The TensorRT backend: profiles.py (optimization profiles) and plan.py (cache keys, build
+settings), neither needing TensorRT; memory.py (the device memory plan), cuda.py (imports and
+CUDA calls), build.py (`sdrt build`) and run.py (engines at run time)."""

@@ -7,7 +7,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from sdrt.runtime.engines.tensorrt.plan import Profile
+from sdrt.runtime.engines.tensorrt.profiles import Profile
 from sdrt.runtime.manifest import ComponentSpec, Manifest
 
 #: CUDA allocations are aligned to 256 bytes; the plan rounds each buffer up to it.

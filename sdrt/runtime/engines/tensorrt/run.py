@@ -1,6 +1,6 @@
 """TensorRT engines at run time, with cuda-python for streams and device memory, no torch.
 docs/tensorrt.md lists every TensorRT and CUDA call made in this package, with what it expects.
-The pure parts (profiles, cache keys, memory plan) live in plan.py, builds in build.py.
+The pure parts live in profiles.py, plan.py (cache keys) and memory.py, builds in build.py.
 
 Runtime design:
 - one CUDA stream for the pipeline; the engines run one at a time under one lock (a pipeline

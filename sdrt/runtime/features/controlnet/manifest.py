@@ -23,14 +23,13 @@ from sdrt.runtime.manifest import (
     FORMAT_VERSION,
     MANIFEST_NAME,
     MAX_MANIFEST_BYTES,
-    SCHEMA_PATH,
     ComponentSpec,
     DimRange,
     Manifest,
     TensorSpec,
-    confined_path,
     residual_names,
 )
+from sdrt.runtime.manifest_checks import SCHEMA_PATH, confined_path
 
 KIND = "controlnet"
 COMPONENT = "controlnet"

@@ -31,22 +31,24 @@ from sdrt.runtime.features.lora.weights_map import LoraError
 from sdrt.runtime.files.safetensors_files import SafetensorsError, read_safetensors, tensor_data_sha256
 from sdrt.runtime.files.torch_files import TorchFileError, load_torch_file
 from sdrt.runtime.files.user_files import MAX_LORA_BYTES, display_name, is_regular, open_regular
+from sdrt.runtime.manifest import TRANSFORMER, UNET
 
 SUFFIXES = (".safetensors", ".pt", ".ckpt", ".bin")
 SHORT_HASH = 12  # hex digits A1111 records
 DIFFUSERS_METADATA_KEY = "lora_adapter_metadata"
-#: Key prefix -> the component its layers belong to, and whether names are kohya-flattened.
+#: Key prefix -> the component its layers belong to (the manifest's names; merge.py gives a
+#: transformer export the UNet prefixes' layers), and whether names are kohya-flattened.
 PART_PREFIXES = (
-    ("lora_unet_", "unet", True),
+    ("lora_unet_", UNET, True),
     ("lora_te1_", "text_encoder", True),
     ("lora_te2_", "text_encoder_2", True),
     ("lora_te_", "text_encoder", True),
-    ("unet.", "unet", False),
-    ("transformer.", "transformer", False),
+    ("unet.", UNET, False),
+    ("transformer.", TRANSFORMER, False),
     ("text_encoder_2.", "text_encoder_2", False),
     ("text_encoder.", "text_encoder", False),
-    ("base_model.model.", "unet", False),
-    ("diffusion_model.", "unet", False),  # ComfyUI's denoiser prefix (the non-FLUX files)
+    ("base_model.model.", UNET, False),
+    ("diffusion_model.", UNET, False),  # ComfyUI's denoiser prefix (the non-FLUX files)
 )
 #: Tensor suffix -> which factor it is (down: rank x in, up: out x rank).
 FACTOR_SUFFIXES = (
