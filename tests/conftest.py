@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,14 @@ DATA_DIR = Path(__file__).parent / "data"
 # ONNX Runtime's threads sleep rather than spin between parallel work: the same numbers, about a
 # fifth less CPU for the suite's tiny models (sdrt.runtime.engines.onnxruntime.SPINNING_ENV).
 os.environ.setdefault("SDRT_ORT_SPINNING", "0")
+# PyTorch (the reference pipelines, every export's trace and validation) on one thread: its OpenMP
+# threads spin while they wait, which on tiny models costs more CPU than their parallel work saves
+# (a tiny SD export: 11 s of CPU on two threads, 5 s on one, on a 2-core EPYC). Set before torch is
+# imported, so subprocesses (the CLI, Ray's workers) inherit it; the numbers are float32 sums in
+# another order, within every test's arithmetic bound.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+if "torch" in sys.modules:  # imported before this file (a plugin): the variable came too late
+    sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture(scope="session", autouse=True)

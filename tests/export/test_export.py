@@ -208,8 +208,22 @@ def _export(tiny_models, tmp_path, **options) -> Manifest:
     )
 
 
-def test_fp16_keeps_the_vae_fp32_by_default_and_is_validated(tiny_models, tmp_path):
-    manifest = _export(tiny_models, tmp_path, precision="fp16")
+@pytest.fixture(scope="module")
+def fp16_external(tiny_models, tmp_path_factory) -> Path:
+    """One fp16 export, every weight past a 1-byte protobuf limit: the UNet and text encoder in
+    fp16 and the VAE in fp32 (its default) each write their weights to one external data file,
+    so this one export serves the fp16 checks and the external-data checks, both precisions."""
+    import sdrt.export.onnx_graph as onnx_graph
+
+    root = tmp_path_factory.mktemp("fp16-external")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(onnx_graph, "PROTOBUF_LIMIT_BYTES", 1)
+        _export(tiny_models, root, precision="fp16")
+    return root / "engine"
+
+
+def test_fp16_keeps_the_vae_fp32_by_default_and_is_validated(fp16_external):
+    manifest = Manifest.load(fp16_external)
     unet = manifest.components["unet"]
     assert unet.precision == "fp16" and manifest.components["text_encoder"].precision == "fp16"
     assert manifest.components["vae_decoder"].precision == "fp32"
@@ -258,12 +272,10 @@ def test_cuda_optimized_graph_has_the_fused_diffusion_ops(tiny_models, tmp_path)
     assert unet.validation["passed"]
 
 
-def test_large_weights_go_to_one_external_data_file(tiny_models, tmp_path, monkeypatch):
-    import sdrt.export.onnx_graph as onnx_graph
-
-    monkeypatch.setattr(onnx_graph, "PROTOBUF_LIMIT_BYTES", 1)
-    manifest = _export(tiny_models, tmp_path)
-    folder = tmp_path / "engine"
+def test_large_weights_go_to_one_external_data_file(fp16_external):
+    folder = fp16_external
+    manifest = Manifest.load(folder)
+    assert {spec.precision for spec in manifest.components.values()} == {"fp16", "fp32"}
     for name, spec in manifest.components.items():
         ((data_file, digest),) = [(k, v) for k, v in spec.data_files.items() if k != spec.weights_map]
         assert data_file == f"{name}/model.onnx.data"

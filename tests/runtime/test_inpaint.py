@@ -45,9 +45,22 @@ def box_mask(width=96, height=64) -> Image.Image:
     return Image.fromarray(values)
 
 
-@pytest.mark.parametrize("strength", [1.0, 0.6])
-@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
-@pytest.mark.parametrize("kind", ["inpaint", "standard"])
+def _grid() -> list:
+    """Every (kind, sampler, strength): the default run keeps half, each sampler with both kinds
+    and both strengths ((standard, 0.6) and (inpaint, 1.0) for every other sampler, (standard,
+    1.0) and (inpaint, 0.6) for the rest), so each kind x strength meets three samplers; the
+    other half is the slow tier's."""
+    cases = []
+    for index, sampler in enumerate(sorted(SAMPLERS)):
+        default = {("standard", 0.6), ("inpaint", 1.0)} if index % 2 == 0 else {("standard", 1.0), ("inpaint", 0.6)}
+        for kind in ("inpaint", "standard"):
+            for strength in (1.0, 0.6):
+                marks = () if (kind, strength) in default else pytest.mark.slow
+                cases.append(pytest.param(kind, sampler, strength, marks=marks, id=f"{kind}-{sampler}-{strength}"))
+    return cases
+
+
+@pytest.mark.parametrize("kind, sampler, strength", _grid())
 def test_inpainting_equals_diffusers(engines, references, tiny_models, kind, sampler, strength):
     ours = Pipeline.load(engines[kind])
     reference = references[kind]

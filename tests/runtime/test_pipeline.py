@@ -70,8 +70,18 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", CASES)
-@pytest.mark.parametrize("latent_source", ["seed", "given_latents"])
+#: The 20-step loop once by default (from a seed); given latents over 20 steps is the slow tier's.
+SLOW_IMAGE_CASES = {("given_latents", "twenty_steps")}
+
+
+@pytest.mark.parametrize(
+    "latent_source, case",
+    [
+        pytest.param(source, case, marks=pytest.mark.slow if (source, case) in SLOW_IMAGE_CASES else ())
+        for source in ("seed", "given_latents")
+        for case in CASES
+    ],
+)
 def test_image_equals_diffusers(ours, reference, case, latent_source):
     settings = dict(CASES[case])
     prompt, steps = settings.pop("prompt"), settings.pop("steps")
