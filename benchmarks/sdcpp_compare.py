@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import resource
 import subprocess
@@ -31,9 +30,11 @@ import numpy as np
 
 from sdrt.benchmark import machine_info
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _image_change import image_change  # noqa: E402  (the other benchmarks' image change)
+
 PROMPT = "a photo of a cat"
 CFG_SCALE, SEED = 7.0, 1
-PIXEL_MAX = 255.0
 SDRT_SIDE = "sdrt:"  # a child's --one for an sdrt export: "sdrt:LABEL=FOLDER"
 
 
@@ -72,17 +73,10 @@ def run_sdrt(folder: str, steps: int, size: int, threads: int, image_out: Path) 
         PROMPT, steps=steps, height=size, width=size, guidance_scale=CFG_SCALE, seed=SEED, sampler="euler"
     )
     generate = time.perf_counter() - start
-    np.save(image_out, np.asarray(result.images[0]))
+    np.save(image_out, np.asarray(result.images[0], dtype=np.float64))  # pixels, for image_change
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {"steps": steps, "size": size, "load_s": load, "generate_s": generate, "peak_rss_gib": peak / 2**30,
             "unet_calls_s": result.timings.get("unet_steps"), "load_average": os.getloadavg()}  # fmt: skip
-
-
-def image_change(got: np.ndarray, reference: np.ndarray) -> dict:
-    difference = np.abs(got.astype(np.float64) - reference.astype(np.float64))
-    mse = float(np.mean(difference**2))
-    return {"max_over_255": float(difference.max() / PIXEL_MAX), "mean_over_255": float(difference.mean() / PIXEL_MAX),
-            "psnr_db": None if mse == 0 else 10 * math.log10(PIXEL_MAX**2 / mse)}  # fmt: skip
 
 
 def summarize(rows: list[dict], baseline: list[dict]) -> dict:
@@ -137,9 +131,9 @@ def main() -> None:
                                                for side in sides}}  # fmt: skip
     labels = [entry.split("=", 1)[0] for entry in args.sdrt]
     if labels:
-        reference = np.load(args.work / f"sdrt-{labels[0]}.npy")
+        reference = np.load(args.work / f"sdrt-{labels[0]}.npy").astype(np.float64)
         report["image_change_vs_" + labels[0]] = {
-            label: image_change(np.load(args.work / f"sdrt-{label}.npy"), reference) for label in labels[1:]
+            label: image_change(np.load(args.work / f"sdrt-{label}.npy").astype(np.float64), reference) for label in labels[1:]
         }
     text = json.dumps(report, indent=1)
     print(text)
