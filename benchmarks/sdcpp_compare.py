@@ -131,10 +131,9 @@ def main() -> None:
                                                for side in sides}}  # fmt: skip
     labels = [entry.split("=", 1)[0] for entry in args.sdrt]
     if labels:
-        reference = np.load(args.work / f"sdrt-{labels[0]}.npy").astype(np.float64)
-        report["image_change_vs_" + labels[0]] = {
-            label: image_change(np.load(args.work / f"sdrt-{label}.npy").astype(np.float64), reference) for label in labels[1:]
-        }
+        images = {label: np.load(args.work / f"sdrt-{label}.npy").astype(np.float64) for label in labels}
+        reference = images[labels[0]]
+        report["image_change_vs_" + labels[0]] = {label: image_change(images[label], reference) for label in labels[1:]}
     text = json.dumps(report, indent=1)
     print(text)
     if args.json:
