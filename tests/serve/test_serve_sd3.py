@@ -12,6 +12,7 @@ import pytest
 
 from sdrt.runtime.families.sd3 import StableDiffusion3
 from sdrt.runtime.features.skip_layers import SkipLayerGuidance
+from sdrt.runtime.features.step_caches import parse_cache
 from sdrt.runtime.pipeline import Pipeline
 from sdrt.serve.app import ServeSettings, create_app
 from support.serving import decode_png, live_server
@@ -76,6 +77,7 @@ def test_openai_generations_take_t5_and_default_to_sd3s_guidance(served):
         ("/sdapi/v1/txt2img", {"max_sequence_length": 999}, "max_sequence_length"),
         ("/v1/images/generations", {"max_sequence_length": 0}, "max_sequence_length"),
         ("/v1/images/generations", {"skip_layer_guidance": {"layers": [1], "scale": "x"}}, "skip_layer_guidance.scale"),
+        ("/v1/images/generations", {"cache": "taylorseer", "skip_layer_guidance": {"layers": [1]}}, "cache"),
     ],
 )
 def test_bad_sd3_fields_are_400_naming_the_field(served, route, payload, param):
@@ -85,6 +87,20 @@ def test_bad_sd3_fields_are_400_naming_the_field(served, route, payload, param):
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert error["param"] == param and "\n" not in error["message"], response.text
+
+
+def test_the_taylorseer_cache_field_on_both_servers(served):
+    """sdrt's `cache` extension on SD3: the pipeline's own image with that cache, on either API."""
+    url, pipeline = served
+    cache = "taylorseer:cache_interval=2,disable_cache_before_step=1"  # step 1 of 3 is predicted
+    base = {"prompt": PROMPT, "steps": STEPS, "seed": SEED, "cache": cache}
+    a1111 = _expected(pipeline, guidance_scale=5.0, cache=parse_cache(cache))
+    assert not np.array_equal(a1111, _expected(pipeline, guidance_scale=5.0))  # the field matters
+    got = _image(url, "/sdapi/v1/txt2img", {**base, "cfg_scale": 5, "width": WIDTH, "height": HEIGHT})
+    np.testing.assert_array_equal(got, a1111)
+    openai = _expected(pipeline, guidance_scale=StableDiffusion3.default_guidance, cache=parse_cache(cache))
+    got = _image(url, "/v1/images/generations", {**base, "size": f"{WIDTH}x{HEIGHT}", "response_format": "b64_json"})
+    np.testing.assert_array_equal(got, openai)
 
 
 def test_sd3_fields_on_another_family_are_refused_by_name(exported_tiny):

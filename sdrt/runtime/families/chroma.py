@@ -38,7 +38,7 @@ TEXT_MASK = "text_mask"
 T5_MASK = "attention_mask"
 #: Inpainting as ChromaInpaintPipeline: FLUX.1's blend (FluxInpaintPipeline's mask, strength and
 #: noise order, which Chroma's pipeline keeps), the kept region re-noised after each step.
-CHROMA_FEATURES = frozenset({"img2img", "init_latents", "inpainting", "lora"})
+CHROMA_FEATURES = frozenset({"img2img", "init_latents", "inpainting", "lora", "taylorseer_cache"})
 
 
 @dataclass

@@ -45,5 +45,7 @@ class SkipMaskDenoiser(EngineDenoiser):
         return prediction, seconds
 
     def run(self, ctx: StepContext, position: int, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        mask = self.no_skip if self.skip is None else self.skip.astype(self.no_skip.dtype)
-        return self.engine.run({**inputs, SKIP_LAYERS: mask})[self.names.output]
+        if self.skip is None:  # the step's own call: the step cache's, if any
+            return self.call_engine(ctx, position, {**inputs, SKIP_LAYERS: self.no_skip})
+        # skip-layer guidance's extra call (no step cache runs with it: sdrt.runtime.request_checks)
+        return self.engine.run({**inputs, SKIP_LAYERS: self.skip.astype(self.no_skip.dtype)})[self.names.output]
