@@ -17,6 +17,7 @@ from sdrt.cli import main
 from sdrt.errors import SdrtError
 from sdrt.runtime.engines.tensorrt.profiles import plan_profile
 from sdrt.runtime.features.references import MAX_REFERENCES
+from sdrt.runtime.features.step_caches import parse_cache
 from sdrt.runtime.manifest import (
     BATCH,
     HEIGHT,
@@ -190,6 +191,12 @@ def test_dit_builds_and_images_equal_the_cpu_path(dit, monkeypatch):
         assert expected.std() > 0.01
         np.testing.assert_allclose(got, expected, atol=1e-5)
     assert stats.executions[TRANSFORMER] >= 2 * len(sizes)
+    if "taylorseer_cache" in manifest.model_family.features:  # the step cache on the engine: step 1 predicted
+        cache = parse_cache("taylorseer:cache_interval=2,disable_cache_before_step=1")
+        expected = cpu.generate("a red fox", steps=3, cache=cache, **SIZES[0])
+        got = trt.generate("a red fox", steps=3, cache=cache, **SIZES[0])
+        assert got.full_steps == expected.full_steps and got.full_steps["cond"] == [0, 2]
+        np.testing.assert_allclose(got.array, expected.array, atol=1e-5)
     with pytest.raises(SdrtError, match="height 96 is outside this export's range 32..64"):
         trt.generate("a red fox", steps=1, height=96, width=64)
 
