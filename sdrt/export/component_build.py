@@ -58,7 +58,7 @@ def _build_component(
     out_dir = staging / component.name
     out_dir.mkdir()
     final = out_dir / ONNX_FILE
-    traced = work / "fp32.onnx"
+    traced = work / "traced.onnx"  # not plain's name below: a streamed trace's data must not be overwritten
     cases = reference_cases(component, geometry)
     if streamed:
         from sdrt.export.streamed_trace import export_streamed

@@ -103,7 +103,9 @@ def export_pipeline(
         for index, component in enumerate(exports):
             release = release_weights and not shares_weights(component, exports[index + 1 :])
             prints = lora_fingerprints(component, options)
-            final, files, validation = export_component(component, staging, geometry, options, progress, release)
+            final, files, validation = export_component(
+                component, staging, geometry, options, progress, release, streamed=True
+            )
             weights_map = record_weights_map(final, prints, component.name, staging, files, progress)
             components[component.name] = component_spec(
                 component, staging, final, files, validation, options, weights_map

@@ -138,6 +138,11 @@ def _save_streamed(model, base_dir: Path, destination: Path, to_half: set[str]) 
     return [destination, data]
 
 
+#: Initializers smaller than this stay inside the optimized graph (onnx's own default threshold):
+#: the folded shape constants, which shape inference must read inline on the next load.
+INLINE_TENSOR_BYTES = 1024
+
+
 def optimize_for_cpu(source: Path, destination: Path) -> None:
     """ONNX Runtime's own graph optimizations for its CPU provider, applied once offline.
 
@@ -153,7 +158,9 @@ def optimize_for_cpu(source: Path, destination: Path) -> None:
         options.add_session_config_entry(
             "session.optimized_model_external_initializers_file_name", destination.name + EXTERNAL_DATA_SUFFIX
         )
-        options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "0")
+        options.add_session_config_entry(
+            "session.optimized_model_external_initializers_min_size_in_bytes", str(INLINE_TENSOR_BYTES)
+        )
     destination.unlink(missing_ok=True)
     ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
 

@@ -305,8 +305,10 @@ def test_streamed_conversion_of_external_weights_equals_the_in_memory_one(export
         all_tensors_to_one_file=False,
         size_threshold=0,
     )
+    single = tmp_path / "single.onnx"  # the same graph with its weights inside (the export's are external)
+    onnx.save_model(onnx.load_model(str(source)), str(single))
     streamed = onnx_graph.convert(external, tmp_path / "streamed.onnx", fp16)
-    in_memory = onnx_graph.convert(source, tmp_path / "in_memory.onnx", fp16)
+    in_memory = onnx_graph.convert(single, tmp_path / "in_memory.onnx", fp16)
     assert [p.name for p in streamed] == ["streamed.onnx", "streamed.onnx.data"] and len(in_memory) == 1
 
     def weights(path):
