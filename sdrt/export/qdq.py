@@ -20,7 +20,6 @@ The checks are in sdrt.export.qdq_checks; the text encoders and the VAE stay as 
 from __future__ import annotations
 
 import logging
-import os
 import re
 import shutil
 from collections.abc import Callable
@@ -233,7 +232,7 @@ def quantize_export(
     steps: int = CALIBRATION_STEPS,
 ) -> Manifest:
     """The fp32 export in `source` written to `staging` with its denoiser as a Q/DQ graph (the
-    other files hard-linked or copied); returns the new manifest. `source` is left as it was."""
+    other files copied); returns the new manifest. `source` is left as it was."""
     manifest = Manifest.load(source)
     component, runs = record_denoiser_inputs(source, list(CALIBRATION_PROMPTS[: prompts + 1]), steps, progress)
     spec = manifest.components[component]
@@ -297,18 +296,16 @@ def quantize_export(
 
 
 def _copy_tree(source: Path, staging: Path, skipped: set[str]) -> None:
-    """Every file of `source` but `skipped` (relative paths) into `staging`: hard links where the
-    file system allows (nothing here is written in place), copies elsewhere."""
+    """Every file of `source` but `skipped` (relative paths) copied into `staging`. Not hard links:
+    onnx refuses to read external weights from a file with more than one link (its guard against
+    hard-link attacks), which would break both folders' external data."""
     for path in sorted(source.rglob("*")):
         relative = path.relative_to(source).as_posix()
         if path.is_dir() or relative in skipped:
             continue
         target = staging / relative
         target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(path, target)
-        except OSError:
-            shutil.copy2(path, target)
+        shutil.copy2(path, target)
 
 
 def export_with_qdq(
