@@ -71,6 +71,7 @@ def _build_component(
     if options.fuses_attention(component.name):
         fused = work / "fused.onnx"
         onnx_graph.fuse_attention_for_cpu(traced, fused)
+        _drop(traced)
         traced = fused
     if options.fuses_operators(component):
         from sdrt.export.dit_cpu_fusions import fuse_file
@@ -79,13 +80,16 @@ def _build_component(
     fp16 = precision == "fp16"
     if not options.optimize:
         files = onnx_graph.convert(traced, final, fp16)
+        _drop(traced)
         onnx_graph.add_input_defaults(final, component.defaults)
         files, validation = _validated(component, final, files, cases, options, work)
         return final, files, dict(validation, graph="exported")
     plain = work / f"{precision}.onnx"
     onnx_graph.convert(traced, plain, fp16)
     if options.target == "cpu":
+        _drop(traced)
         onnx_graph.optimize_for_cpu(plain, final)
+        _drop(plain)
         onnx_graph.add_input_defaults(final, component.defaults)
         files = [p for p in (final, final.with_name(final.name + onnx_graph.EXTERNAL_DATA_SUFFIX)) if p.exists()]
         files, validation = _validated(component, final, files, cases, options, work)
@@ -99,6 +103,13 @@ def _build_component(
         onnx_graph.add_input_defaults(plain, component.defaults)
         validation = dict(validate(component, plain, cases, precision), graph="exported")
     return final, files, validation
+
+
+def _drop(graph: Path) -> None:
+    """Deletes a work graph and its external data once the next step has read it: a full-size
+    UNet or transformer is 10 GB or more a copy, and an export makes up to four of them."""
+    graph.unlink(missing_ok=True)
+    graph.with_name(graph.name + onnx_graph.EXTERNAL_DATA_SUFFIX).unlink(missing_ok=True)
 
 
 def _validated(
