@@ -73,6 +73,22 @@ def _full_steps(calls: list[tuple[str, bool]], names: dict[str, str]) -> dict[st
     return steps
 
 
+def _both(reference, ours: Pipeline, seed: int, **extra):
+    """(diffusers' image, sdrt's result with the cache) for the same guided request and seed."""
+    expected = reference(
+        prompt=PROMPT,
+        negative_prompt=NEGATIVE,
+        num_inference_steps=STEPS,
+        guidance_scale=GUIDANCE,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="np",
+        **SIZE,
+        **extra,
+    ).images
+    settings = {"steps": STEPS, "seed": seed, "guidance_scale": GUIDANCE, "negative_prompt": NEGATIVE, **SIZE}
+    return expected, ours.generate(PROMPT, cache=parse_cache(TAYLOR), **settings)
+
+
 @pytest.fixture(scope="module")
 def sd3(exported_sd3) -> Pipeline:
     return Pipeline.load(exported_sd3("t5"))
@@ -88,17 +104,7 @@ def test_taylorseer_on_sd3_equals_diffusers_hook_with_cfg(tiny_sd3, sd3):
     # lite mode fails on SD3 in diffusers 0.42: the last joint block's text stream is None, and
     # TaylorSeerState.update reads every output's dtype. Hooking proj_out alone is its output.
     calls = _hook(reference.transformer, ("cond_uncond",), lite=False)
-    expected = reference(
-        prompt=PROMPT,
-        negative_prompt=NEGATIVE,
-        num_inference_steps=STEPS,
-        guidance_scale=GUIDANCE,
-        generator=torch.Generator().manual_seed(1),
-        output_type="np",
-        **SIZE,
-    ).images
-    settings = {"steps": STEPS, "seed": 1, "guidance_scale": GUIDANCE, "negative_prompt": NEGATIVE, **SIZE}
-    got = sd3.generate(PROMPT, cache=parse_cache(TAYLOR), **settings)
+    expected, got = _both(reference, sd3, seed=1)
     assert got.full_steps == _full_steps(calls, {"cond_uncond": "uncond cond"})
     assert got.full_steps["cond"] == [0, 1, 3, 5]
     assert_same_image(got.array, expected)
@@ -111,18 +117,7 @@ def test_taylorseer_on_chroma_equals_diffusers_hook_per_guidance_branch(tiny_chr
     reference = diffusers.ChromaPipeline.from_pretrained(tiny_chroma)
     reference.set_progress_bar_config(disable=True)
     calls = _hook(reference.transformer, ("cond", "uncond"))
-    expected = reference(
-        prompt=PROMPT,
-        negative_prompt=NEGATIVE,
-        num_inference_steps=STEPS,
-        guidance_scale=GUIDANCE,
-        generator=torch.Generator().manual_seed(2),
-        max_sequence_length=chroma.manifest.flux.max_sequence_length,
-        output_type="np",
-        **SIZE,
-    ).images
-    settings = {"steps": STEPS, "seed": 2, "guidance_scale": GUIDANCE, "negative_prompt": NEGATIVE, **SIZE}
-    got = chroma.generate(PROMPT, cache=parse_cache(TAYLOR), **settings)
+    expected, got = _both(reference, chroma, seed=2, max_sequence_length=chroma.manifest.flux.max_sequence_length)
     assert got.full_steps == _full_steps(calls, {"cond": "cond", "uncond": "uncond"})
     assert got.full_steps["uncond"] == [0, 1, 3, 5]
     assert_same_image(got.array, expected)
