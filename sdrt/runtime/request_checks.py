@@ -80,11 +80,6 @@ def check_cache(request, manifest: Manifest) -> None:
         from sdrt.runtime.features.step_caches import cache_problem
 
         problem = cache_problem(cache, manifest)
-        if problem is None and request.skip_layer_guidance is not None:
-            problem = (
-                f"the {cache.name} cache does not run with skip-layer guidance: its extra call on some steps "
-                "would count as a step of the cache"
-            )
         if problem is not None:
             raise GenerationError(problem, "cache")
     elif cache is not None:

@@ -21,6 +21,7 @@ from sdrt.runtime.features.controlnet.units import ControlUnit
 from sdrt.runtime.features.deepcache import DeepCache
 from sdrt.runtime.features.hires import HiresFix
 from sdrt.runtime.features.inpaint_area import MaskOptions
+from sdrt.runtime.features.skip_layers import SkipLayerGuidance
 from sdrt.runtime.features.step_caches import FirstBlockCache, TaylorSeer
 from sdrt.runtime.manifest import DEEP_FEATURE, UNET, UNET_SHALLOW, Manifest, TensorSpec, TinyVaeSpec
 from sdrt.runtime.regions import Area, ConditioningEntries, ConditioningEntry
@@ -65,6 +66,7 @@ def settings_for(feature: str, manifest: Manifest) -> dict:
         "size_conditioning": dict(size_conditioning=SizeConditioning()),
         "refiner": dict(refiner_switch=0.5),
         "deepcache": dict(deepcache=DeepCache(2)),
+        "skip_layer_guidance": dict(skip_layer_guidance=SkipLayerGuidance(layers=(1,))),
         "first_block_cache": dict(cache=FirstBlockCache()),
         "taylorseer_cache": dict(cache=TaylorSeer()),
         "tiny_vae": dict(vae="tiny"),
@@ -122,9 +124,10 @@ def test_each_refused_pair_is_in_the_features_order():
 
 
 #: Features only a family without this SD manifest's others runs, tested with that family's own
-#: (FLUX.2's reference images: tests/runtime/test_flux2.py; the step caches, FLUX's:
+#: (FLUX.2's reference images: tests/runtime/test_flux2.py; SD3's skip-layer guidance with TaylorSeer:
+#: tests/runtime/test_step_caches_dit.py; the step caches, FLUX's:
 #: tests/runtime/test_step_caches.py).
-OWN_FAMILY_TESTS = {"reference_images", "first_block_cache", "taylorseer_cache"}
+OWN_FAMILY_TESTS = {"reference_images", "skip_layer_guidance", "first_block_cache", "taylorseer_cache"}
 
 
 @pytest.mark.parametrize("pair", [pair for pair in REFUSED if not OWN_FAMILY_TESTS & set(pair)], ids="+".join)

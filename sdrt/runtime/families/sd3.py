@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from sdrt.runtime.text.encoders import TextEncoding
 
 #: Image tokens are patches of latents (the transformer's patch_size; 2 for every SD3 model).
-SD3_FEATURES = frozenset({"img2img", "init_latents", "inpainting", "lora", "taylorseer_cache"})
+SD3_FEATURES = frozenset({"img2img", "init_latents", "inpainting", "lora", "skip_layer_guidance", "taylorseer_cache"})
 
 
 class StableDiffusion3(Family):

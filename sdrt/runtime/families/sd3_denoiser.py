@@ -47,5 +47,5 @@ class SkipMaskDenoiser(EngineDenoiser):
     def run(self, ctx: StepContext, position: int, inputs: dict[str, np.ndarray]) -> np.ndarray:
         if self.skip is None:  # the step's own call: the step cache's, if any
             return self.call_engine(ctx, position, {**inputs, SKIP_LAYERS: self.no_skip})
-        # skip-layer guidance's extra call (no step cache runs with it: sdrt.runtime.request_checks)
+        # skip-layer guidance's extra call (no step cache runs with it: sdrt.runtime.features.combinations)
         return self.engine.run({**inputs, SKIP_LAYERS: self.skip.astype(self.no_skip.dtype)})[self.names.output]

@@ -120,6 +120,13 @@ FEATURES: dict[str, Feature] = {
         ),
         Feature("deepcache", "DeepCache", "deepcache", "`deepcache`", lambda r: r.request.deepcache is not None),
         Feature(
+            "skip_layer_guidance",
+            "skip-layer guidance",
+            "skip_layer_guidance",
+            "`skip_layer_guidance`",
+            lambda r: r.request.skip_layer_guidance is not None,
+        ),
+        Feature(
             "first_block_cache",
             "the first-block cache",
             "cache",
@@ -173,6 +180,8 @@ REFUSED: dict[tuple[str, str], str] = {
     ("refiner", "deepcache"): "DeepCache does not run with a refiner (its graphs are not cached)",
     ("two_call_sampler", "deepcache"): f"DeepCache does not run with {' or '.join(TWO_CALL_SAMPLERS)}, which calls "
     "the UNet twice a step",
+    ("skip_layer_guidance", "taylorseer_cache"): "the cache counts each transformer call as a step, so it does not "
+    "run with skip-layer guidance's extra calls",
     ("lora", "first_block_cache"): "the first-block cache does not run with LoRAs (the transformer's parts are not "
     "merged)",
     ("inpainting", "comfyui_sampler"): "ComfyUI's samplers inpaint by a latent noise mask (the ComfyUI API's "
